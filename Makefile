@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` and `make test` (each creates .venv and builds dllm).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# A CUDA build of torch, so the CUDA kernels compile and link even where no GPU can run them.
+TORCH_SPEC ?= torch==2.14.1
+
+.PHONY: venv build demo test clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy tqdm pytest "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	touch $@
+
+venv: $(VENV)/.deps
+
+build: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+demo: build
+	$(PY) bench/sample_categorical.py --out out/sample_categorical
+
+test: build
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build $(VENV)

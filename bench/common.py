@@ -1,0 +1,141 @@
+"""Shared benchmark plumbing: timers, the bandwidth floor, and result files.
+
+Every benchmark times dllm and the peer a user would otherwise run in the same process, and
+reports the ratio and the fraction of the hardware floor: the time to move the op's bytes at the
+copy bandwidth measured here, in this run (on an H100 that measured 2.98 TB/s).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, device: str, *, warmup: int = 3, reps: int = 20, min_seconds: float = 0.2) -> list[float]:
+    """Per-call times in ms. CUDA: events around each call, with L2 flushed in between so the
+    op reads its input from HBM, as it does in a sampling loop. CPU: wall clock."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    if device.startswith("cuda"):
+        flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t_end = time.perf_counter() + min_seconds
+        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
+            flush.zero_()
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        t_end = time.perf_counter() + min_seconds
+        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
+    """Measured copy bandwidth, counting bytes read plus bytes written (the floor's unit)."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = statistics.median(time_ms(lambda: dst.copy_(src), device, reps=10))
+    return nbytes / (ms * 1e-3) / 1e9
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(device: str) -> dict:
+    import dllm
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "dllm": dllm.build_info(),
+        "commit": git_commit(),
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
+    else:
+        info.update(card=f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    return info
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    dtype: str
+    impl: str
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    bytes: int
+    gbps: float
+    pct_floor: float
+    ratio_vs_dllm: float = 1.0
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes: int, floor_gbps: float, **kw) -> Row:
+    times = sorted(time_ms(fn, device, **kw))
+    median = statistics.median(times)
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    gbps = nbytes / (median * 1e-3) / 1e9
+    return Row(op, shape, dtype, impl, median, q(0.2), q(0.8), nbytes, gbps, 100.0 * gbps / floor_gbps)
+
+
+def format_table(title: str, meta: dict, rows: list[Row]) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"{meta['card']} | torch {meta['torch']} | {meta['date']} | commit {meta['commit']}",
+        f"floor: copy bandwidth measured in this run, {meta['floor_gbps']:.0f} GB/s (bytes read + written)",
+        f"command: `{meta['command']}`",
+        "",
+        "| op | shape | dtype | impl | median ms | GB/s | % of floor | dllm speedup | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {r.gbps:.1f} | "
+            f"{r.pct_floor:.1f} | {r.ratio_vs_dllm:.2f}x | {r.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, title: str, meta: dict, rows: list[Row]) -> str:
+    """Writes results.json and summary.md into `out`; returns the markdown table."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    table = format_table(title, meta, rows)
+    (out / "summary.md").write_text(table)
+    return table

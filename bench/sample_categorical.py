@@ -1,0 +1,91 @@
+"""Benchmark: dllm.ops.sample_categorical against what samplers do today.
+
+Peers, timed in the same run on the same logits:
+  - softmax + torch.multinomial (the textbook draw);
+  - float32 Gumbel race, MDLM/SEDD style (fast but inexact: truncates the tail);
+  - float64 Gumbel-argmax, LLaDA's add_gumbel_noise (exact, materialises float64 copies).
+
+  python bench/sample_categorical.py --device cuda --out bench/results/<name>
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import dllm
+from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def multinomial(logits, t):
+    probs = torch.softmax(logits.float() / t, dim=-1)
+    return torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(probs.shape[:-1])
+
+
+def gumbel_fp32(logits, t):
+    u = torch.rand(logits.shape, device=logits.device)
+    return (logits.float() / t - torch.log(-torch.log(u + 1e-10) + 1e-10)).argmax(-1)
+
+
+def gumbel_fp64_llada(logits, t):
+    # LLaDA generate.py: exp(logits) / (-log u)^T in float64, then argmax.
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    return (logits.exp() / (-torch.log(noise)) ** t).argmax(-1)
+
+
+PEERS = {
+    "softmax+multinomial": multinomial,
+    "fp32 Gumbel (MDLM/SEDD)": gumbel_fp32,
+    "fp64 Gumbel (LLaDA)": gumbel_fp64_llada,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default=None, help="comma-separated ROWSxV (default depends on the device)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    args = ap.parse_args()
+
+    device = args.device
+    default = "16384x50258,1024x50258,1024x126464,64x50258" if device.startswith("cuda") else "256x50258,1024x32000"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    dtype = DTYPES[args.dtype]
+    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    t = args.temperature
+
+    rows: list[Row] = []
+    for n, vocab in shapes:
+        logits = (torch.randn(n, vocab, device=device) * 3).to(dtype)
+        nbytes = logits.numel() * logits.element_size() + n * (8 + 4)  # read logits, write tokens + logprob
+        shape = f"{n}x{vocab}"
+        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
+        ours = measure("sample", shape, args.dtype, "dllm", lambda: dllm.ops.sample_categorical(logits, t),
+                       device, nbytes, floor_gbps, **reps)
+        rows.append(ours)
+        for name, peer in PEERS.items():
+            try:
+                row = measure("sample", shape, args.dtype, name, lambda: peer(logits, t), device, nbytes, floor_gbps, **reps)
+            except torch.OutOfMemoryError:
+                rows.append(Row("sample", shape, args.dtype, name, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory"))
+                continue
+            row.ratio_vs_dllm = row.median_ms / ours.median_ms
+            rows.append(row)
+        ours.note = "exact, 64-bit-uniform Gumbel tails; also returns logprob"
+        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
+            f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows if r.shape == shape and r.impl != "dllm"))
+
+    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    title = "sample_categorical: one exact draw per row"
+    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+// Small helpers shared by the CPU and CUDA kernels. Framework-free: no torch headers here.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define DLLM_HD __host__ __device__ __forceinline__
+#else
+#define DLLM_HD inline
+#endif
+
+namespace dllm {
+
+// Element types the kernels read; the torch bindings map at::ScalarType onto these.
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+DLLM_HD float bits_to_float(uint32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+DLLM_HD float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
+
+// IEEE half -> float without F16C, so the CPU build needs no special -m flags.
+DLLM_HD float fp16_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (man << 13));  // inf / nan
+  if (exp != 0) return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
+  // Subnormal half: man * 2^-24 is exact in float.
+  const float mag = float(man) * 5.9604644775390625e-8f;
+  return sign ? -mag : mag;
+}
+
+// exp(x) for x <= ~0 by range reduction and a degree-6 polynomial for 2^f, |f| <= 1/2.
+// Written as plain arithmetic so GCC vectorises it at -O3 (libm's expf does not vectorise
+// without -ffast-math, which would also break our inf/NaN checks). Relative error < 2e-7.
+// x below -87.3 (and -inf) returns 2^-126 instead of 0: harmless inside a sum that
+// always contains exp(0) = 1.
+DLLM_HD float exp_poly(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  const float t = x * 1.4426950408889634f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  const float f = t - n;
+  float p = 1.5403530393381606e-4f;
+  p = p * f + 1.3333558146428443e-3f;
+  p = p * f + 9.6181291076284772e-3f;
+  p = p * f + 5.5504108664821580e-2f;
+  p = p * f + 2.4022650695910071e-1f;
+  p = p * f + 6.9314718055994531e-1f;
+  p = p * f + 1.0f;
+  const int32_t e = int32_t(n) + 127;
+  return p * bits_to_float(uint32_t(e) << 23);
+}
+
+}  // namespace dllm

@@ -1,0 +1,285 @@
+// CUDA kernel of sample_categorical: the grouped Gumbel-max of dllm/sample_categorical.h.
+//
+// One block of 256 threads per row. Pass 1 streams the row once: each warp owns whole groups
+// and reduces their online log-sum-exp with shuffles, so the streaming loop has no block
+// barriers. Loads are 16-byte vectors from the 16-byte-aligned address at or below the row
+// start; elements outside the row or group are masked, which makes rows of any length and
+// alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path. Pass 2
+// re-reads only the chosen group (4 KB of bf16, usually still in L2) to pick a subgroup and a
+// token inside it.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "dllm/sample_categorical.h"
+
+namespace dllm {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+template <DType D>
+struct Vec;
+template <>
+struct Vec<DType::kFloat32> {
+  static constexpr int kSize = 4;
+  __device__ static float get(const uint4& v, int j) {
+    return __uint_as_float(reinterpret_cast<const uint32_t*>(&v)[j]);
+  }
+};
+template <>
+struct Vec<DType::kBFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
+  }
+};
+template <>
+struct Vec<DType::kFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (w >> 16) : w)));
+  }
+};
+
+// A row seen as 16-byte chunks starting at the aligned address at or below its first element.
+template <DType D>
+struct RowView {
+  static constexpr int kVec = Vec<D>::kSize;
+  const uint4* base;
+  int64_t head;  // elements between the aligned base and the row's first element
+  __device__ RowView(const char* row, int elem_bytes) {
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
+    base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
+    head = int64_t(addr & 15) / elem_bytes;
+  }
+  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
+  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
+  __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
+  __device__ float at(int64_t i) const {
+    const int64_t k = i + head;
+    return Vec<D>::get(__ldg(base + k / kVec), int(k % kVec));
+  }
+};
+
+struct MaxSum {
+  float m, s;
+};
+
+__device__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -kInf) return {m, 0.0f};
+  const float sa = a.m == -kInf ? 0.0f : a.s * __expf(a.m - m);
+  const float sb = b.m == -kInf ? 0.0f : b.s * __expf(b.m - m);
+  return {m, sa + sb};
+}
+
+struct ArgMax {
+  float v;
+  int64_t i;  // INT64_MAX when empty
+};
+
+// Larger value wins; equal values go to the lower index.
+__device__ ArgMax better(ArgMax a, ArgMax b) {
+  return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+}
+
+__device__ ArgMax warp_argmax(ArgMax a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    ArgMax b{__shfl_xor_sync(0xffffffffu, a.v, o), __shfl_xor_sync(0xffffffffu, a.i, o)};
+    a = better(a, b);
+  }
+  return a;
+}
+
+__device__ ArgMax block_argmax(ArgMax a, ArgMax* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  a = warp_argmax(a);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  a = lane < kWarps ? scratch[lane] : ArgMax{-kInf, INT64_MAX};
+  return warp_argmax(a);
+}
+
+__device__ MaxSum warp_max_sum(MaxSum a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
+  return a;
+}
+
+__device__ MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  a = warp_max_sum(a);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
+}
+
+__device__ void report(int64_t* first_error, int64_t row, CategoricalStatus status) {
+  atomicMin(reinterpret_cast<unsigned long long*>(first_error),
+            static_cast<unsigned long long>((row << 2) | status));
+}
+
+__device__ void write_row(const CategoricalParams& p, int64_t r, int64_t token, float logprob,
+                          CategoricalStatus status) {
+  if (threadIdx.x != 0) return;
+  p.tokens[r] = token;
+  p.logprob[r] = logprob;
+  if (status != kCategoricalOk) report(p.first_error, r, status);
+}
+
+struct Scratch {
+  ArgMax argmax[kWarps];
+  MaxSum maxsum[kWarps];
+  float subgroup_lse[kSubgroupsPerGroup];
+};
+
+// One row by the whole block. Every early return is taken by all threads together.
+template <DType D>
+__device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
+                           float* group_lse, Scratch& scratch) {
+  constexpr int kVec = Vec<D>::kSize;
+  constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t vocab = p.vocab;
+  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+
+  const float temperature = p.temperature ? p.temperature[r] : p.scalar_temperature;
+  if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
+  const bool greedy = temperature == 0.0f;
+  const float scale = greedy ? 1.0f : 1.0f / temperature;
+  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * kElemBytes, kElemBytes);
+
+  // Pass 1: per-group log-sum-exp (and the argmax when greedy), one warp per group.
+  ArgMax best{-kInf, INT64_MAX};
+  bool bad = false;
+  for (int64_t g = warp; g < groups; g += kWarps) {
+    const int64_t lo = g * kCategoricalGroup;
+    const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+    const int64_t c_end = view.end_chunk(hi);
+    MaxSum acc{-kInf, 0.0f};
+    for (int64_t c0 = view.first_chunk(lo) + lane; c0 < c_end; c0 += 32 * kUnroll) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
+      float y[kUnroll][kVec];
+      float m = -kInf;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) {
+          const int64_t idx = view.index(c0 + 32 * u, j);
+          const bool valid = c0 + 32 * u < c_end && idx >= lo && idx < hi;
+          y[u][j] = valid ? Vec<D>::get(raw[u], j) * scale : -kInf;
+          bad |= valid && !(y[u][j] < kInf);  // NaN, +inf, or overflow by a tiny temperature
+          m = fmaxf(m, y[u][j]);
+          if (greedy && y[u][j] > best.v) best = ArgMax{y[u][j], idx};
+        }
+      }
+      if (m == -kInf) continue;
+      float s = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) s += __expf(y[u][j] - m);
+      acc = merge(acc, MaxSum{m, s});
+    }
+    acc = warp_max_sum(acc);
+    if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
+  }
+  // Also the barrier that publishes group_lse.
+  if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);
+  if (greedy) best = block_argmax(best, scratch.argmax);
+
+  MaxSum row{-kInf, 0.0f};
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) row = merge(row, MaxSum{group_lse[g], 1.0f});
+  row = block_max_sum(row, scratch.maxsum);
+  if (row.m == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
+  const float row_lse = row.m + __logf(row.s);
+
+  if (!greedy) {
+    // Choose the group: Gumbel-max over the group log-masses.
+    ArgMax pick{-kInf, INT64_MAX};
+    for (int64_t g = threadIdx.x; g < groups; g += kThreads)
+      if (group_lse[g] != -kInf)
+        pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, r, g, RngStream::kGroup), g});
+    const int64_t lo = block_argmax(pick, scratch.argmax).i * kCategoricalGroup;
+
+    // Pass 2 re-reads the chosen group: warp w owns subgroup w, 8 consecutive elements a lane.
+    static_assert(kWarps == kSubgroupsPerGroup && kCategoricalSubgroup == 32 * 8);
+    const int64_t first = lo + threadIdx.x * 8;
+    float y[8];
+    float m = -kInf;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      y[j] = first + j < vocab ? view.at(first + j) * scale : -kInf;
+      m = fmaxf(m, y[j]);
+    }
+    float s = 0.0f;
+    if (m != -kInf) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s += __expf(y[j] - m);
+    }
+    MaxSum sub = warp_max_sum(MaxSum{m, s});
+    if (lane == 0) scratch.subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);
+    __syncthreads();
+    pick = ArgMax{-kInf, INT64_MAX};
+    if (threadIdx.x < kSubgroupsPerGroup && scratch.subgroup_lse[threadIdx.x] != -kInf) {
+      const int64_t index = lo / kCategoricalSubgroup + threadIdx.x;
+      pick = ArgMax{scratch.subgroup_lse[threadIdx.x] + gumbel_at(seed, offset, r, index, RngStream::kSubgroup),
+                    int64_t(threadIdx.x)};
+    }
+    const int64_t chosen = block_argmax(pick, scratch.argmax).i;
+
+    // The token: Gumbel-max inside the chosen subgroup, one element a thread.
+    const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
+    ArgMax mine{-kInf, INT64_MAX};
+    const float yi = idx < vocab ? view.at(idx) * scale : -kInf;
+    if (yi != -kInf) mine = ArgMax{yi + gumbel_at(seed, offset, r, idx, RngStream::kElement), idx};
+    best.i = block_argmax(mine, scratch.argmax).i;
+  }
+  write_row(p, r, best.i, view.at(best.i) * scale - row_lse, kCategoricalOk);
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) sample_categorical_kernel(CategoricalParams p) {
+  extern __shared__ float group_lse[];
+  __shared__ Scratch scratch;
+  uint64_t seed, offset;
+  p.rng.unpack(seed, offset);
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    sample_row<D>(p, r, seed, offset, group_lse, scratch);
+    __syncthreads();  // group_lse and the scratch arrays are reused by the next row
+  }
+}
+
+}  // namespace
+
+void sample_categorical_cuda(const CategoricalParams& p, void* stream) {
+  if (p.rows == 0) return;
+  const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  const size_t smem = size_t(groups) * sizeof(float);
+  const unsigned grid = unsigned(p.rows < 2147483647 ? p.rows : 2147483647);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::kFloat32: sample_categorical_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kBFloat16: sample_categorical_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kFloat16: sample_categorical_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
+  }
+}
+
+}  // namespace dllm

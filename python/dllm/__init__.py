@@ -1,0 +1,9 @@
+"""dllm: fast kernels and a small Python API for discrete diffusion language models."""
+
+import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
+
+from ._extension import build_info
+from . import ops
+
+__version__ = build_info()["version"]
+__all__ = ["build_info", "ops", "__version__"]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for a machine with a GPU and torch already installed:
+# builds dllm against that torch, runs every test (CUDA ones included) and the benchmarks, and
+# writes logs, results.json and summary.md files into OUT_DIR.
+#
+#   bash scripts/gpu_check.sh OUT_DIR
+#
+# Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
+# DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network.
+set -uo pipefail
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR}
+PY=${PYTHON:-python3}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export DLLM_CUDA=ON
+
+"$PY" - <<'PYEOF' | tee "$OUT/machine.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda)
+print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+PYEOF
+
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+  "$PY" -m pip install --no-index --find-links "${DLLM_WHEELS:-wheels}" pytest numpy >"$OUT/pip-pytest.log" 2>&1 \
+    || echo "pytest is missing and no wheel for it was found: tests will not run" | tee -a "$OUT/machine.txt"
+fi
+
+echo "== build" | tee "$OUT/status.txt"
+start=$(date +%s)
+if ! "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
+  echo "build FAILED (see build.log)" | tee -a "$OUT/status.txt"
+  tail -40 "$OUT/build.log"
+  exit 1
+fi
+echo "build ok in $(( $(date +%s) - start )) s" | tee -a "$OUT/status.txt"
+
+echo "== tests" | tee -a "$OUT/status.txt"
+(cd tests && "$PY" -m pytest -q -rs --junitxml="$OUT/tests.xml") >"$OUT/tests.log" 2>&1
+echo "tests exit code $?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/status.txt"
+
+echo "== benchmarks" | tee -a "$OUT/status.txt"
+for bench in bench/sample_categorical.py; do
+  name=$(basename "$bench" .py)
+  "$PY" "$bench" --device cuda --out "$OUT/$name" >"$OUT/$name.log" 2>&1
+  echo "$name exit code $?" | tee -a "$OUT/status.txt"
+  cat "$OUT/$name/summary.md" 2>/dev/null
+done
