@@ -1,6 +1,10 @@
 // Argument checks shared by the torch bindings: errors name the op and the offending argument.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstdint>
 
 #include "dllm/common.h"
 
@@ -22,6 +26,27 @@ inline at::Tensor as_rows(const at::Tensor& t) {
   at::Tensor rows = t.reshape({-1, t.size(-1)});
   if (rows.size(1) > 1 && rows.stride(1) != 1) rows = rows.contiguous();
   return rows;
+}
+
+// Runs fn(begin, end) -> encoded error over [0, n) on torch's intra-op threads and returns the
+// smallest encoded error any chunk reported (the kernels encode the row in the high bits).
+template <typename Fn>
+int64_t parallel_min_error(int64_t n, int64_t grain, const Fn& fn) {
+  std::atomic<int64_t> first{INT64_MAX};
+  at::parallel_for(0, n, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
+    const int64_t err = fn(begin, end);
+    int64_t seen = first.load();
+    while (err < seen && !first.compare_exchange_weak(seen, err)) {
+    }
+  });
+  return first.load();
+}
+
+// True when a device error flag may be read back: never during CUDA-graph capture.
+bool may_sync_current_stream();
+
+inline void check_same_device(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but logits are on ", ref.device());
 }
 
 }  // namespace dllm::binding

@@ -10,4 +10,22 @@ TORCH_LIBRARY(dllm, m) {
       "sample_categorical(Tensor logits, Tensor? temperature, float scalar_temperature, *, "
       "Generator? generator=None) -> (Tensor tokens, Tensor logprob)",
       {at::Tag::nondeterministic_seeded});
+
+  // logits [..., L, V]; x int64 [..., L]. For each x == mask_id: a proposal (argmax at
+  // temperature 0, else an exact draw after top-k / top-p filtering; never mask_id) and its
+  // confidence ("prob", "margin", "entropy", "random"). Elsewhere x0 = x and conf = -inf.
+  // logits_shift = 1 reads position i's logits from row i - 1 (row 0 for position 0).
+  m.def(
+      "predict_masked(Tensor logits, Tensor x, int mask_id, float temperature=0., int top_k=0, float top_p=1., "
+      "str confidence=\"prob\", int logits_shift=0, *, Generator? generator=None) -> (Tensor x0, Tensor conf)",
+      {at::Tag::nondeterministic_seeded});
+
+  // x int64 [B, L] updated in place: among x == mask_id inside window[b] = [start, end), commit
+  // x0 at the num_tokens[b] most confident positions, or those with conf >= threshold (at least
+  // the best one), or each with probability prob[b]. Returns the count per row, int64 [B].
+  m.def(
+      "commit_tokens(Tensor(a!) x, Tensor x0, Tensor conf, int mask_id, Tensor? num_tokens=None, "
+      "float? threshold=None, Tensor? prob=None, Tensor? window=None, float position_temperature=0., *, "
+      "Generator? generator=None) -> Tensor committed",
+      {at::Tag::nondeterministic_seeded});
 }

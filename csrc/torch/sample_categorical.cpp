@@ -1,15 +1,12 @@
 // Torch binding of sample_categorical: checks, the CPU kernel, and the shared error reporting.
 #include "sample_categorical.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <cmath>
-#include <mutex>
 
 #include "checks.h"
+#include "rng.h"
 
 namespace dllm::binding {
 
@@ -28,8 +25,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
   const int64_t rows = call.logits.size(0);
   if (temperature.has_value()) {
     const at::Tensor& t = *temperature;
-    TORCH_CHECK(t.device() == logits.device(), op, ": temperature is on ", t.device(),
-                " but logits are on ", logits.device());
+      check_same_device(op, logits, t, "temperature");
     TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": temperature must be a floating tensor, got ",
                      t.scalar_type());
     TORCH_CHECK(t.numel() == 1 || t.sizes() == lead, op, ": temperature must have one element or the shape ",
@@ -74,23 +70,11 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cpu_op(const at::Tensor& l
                                                               double scalar_temperature,
                                                               std::optional<at::Generator> generator) {
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
-  {
-    // One 64-bit key per call from torch's CPU generator: torch.manual_seed reproduces the
-    // draw, and consecutive calls differ. Within the call, (row, index) pick the Philox counter.
-    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    call.params.rng.seed = gen->random64();
-  }
-  std::atomic<int64_t> first_error{kNoError};
+  call.params.rng = cpu_rng_state(generator);
   const CategoricalParams& p = call.params;
-  const int64_t grain = std::max<int64_t>(1, 65536 / p.vocab);
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
-    const int64_t err = sample_categorical_cpu(p, begin, end);
-    int64_t seen = first_error.load();
-    while (err < seen && !first_error.compare_exchange_weak(seen, err)) {
-    }
-  });
-  raise_categorical_error(first_error.load());
+  raise_categorical_error(parallel_min_error(p.rows, 65536 / p.vocab, [&](int64_t begin, int64_t end) {
+    return sample_categorical_cpu(p, begin, end);
+  }));
   return {call.tokens, call.logprob};
 }
 

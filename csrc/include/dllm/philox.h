@@ -63,14 +63,20 @@ DLLM_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
 }
 
 // Independent streams drawn inside one op call.
-enum class RngStream : uint32_t { kGroup = 0, kSubgroup = 1, kElement = 2 };
+enum class RngStream : uint32_t {
+  kGroup = 0,     // hierarchical Gumbel-max: group choice
+  kSubgroup = 1,  // hierarchical Gumbel-max: subgroup choice
+  kElement = 2,   // hierarchical Gumbel-max: token choice
+  kUniform = 3,   // plain uniforms (random confidence, Bernoulli commits)
+  kPosition = 4,  // Gumbel keys over positions (sampling positions without replacement)
+};
 
 // 128 random bits for the pair of logical indices (2j, 2j+1) of `row` in `stream`.
-// The row takes 63 bits, the pair index 32 bits, and the call's offset 32 bits of counter plus
+// The row takes 61 bits, the stream 3, the pair index 32 bits, and the call's offset 32 bits of counter plus
 // the high offset bits folded into the key, so calls never reuse a counter.
 DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair,
                           RngStream stream) {
-  const U32x4 ctr{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 30),
+  const U32x4 ctr{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29),
                   uint32_t(offset)};
   return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32) ^ uint32_t(offset >> 32));
 }
@@ -94,6 +100,12 @@ DLLM_HD float exponential_from_bits(uint32_t lo, uint32_t hi) {
 // Gumbel(0, 1) = -log(E), E ~ Exp(1).
 DLLM_HD float gumbel_from_bits(uint32_t lo, uint32_t hi) {
   return -logf(exponential_from_bits(lo, hi));
+}
+
+// Uniform on [0, 1) with 24 random bits, for choices that need no far tail.
+DLLM_HD float uniform_at(uint64_t seed, uint64_t offset, uint64_t row, uint64_t index, RngStream stream) {
+  const U32x4 r = philox_pair(seed, offset, row, uint32_t(index >> 1), stream);
+  return float(((index & 1) ? r.z : r.x) >> 8) * 5.9604644775390625e-8f;
 }
 
 // The Gumbel noise of logical `index` of `row` in `stream`.

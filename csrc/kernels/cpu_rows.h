@@ -1,0 +1,139 @@
+// Row primitives shared by the CPU sampling kernels: loading, reductions, hierarchical Gumbel-max.
+// Internal to csrc/kernels (framework-free like the rest of the kernels).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "dllm/common.h"
+#include "dllm/philox.h"
+#include "dllm/sample_categorical.h"
+
+namespace dllm::cpu {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+template <DType D>
+struct Loader;
+template <>
+struct Loader<DType::kFloat32> {
+  using T = float;
+  static float load(T v) { return v; }
+};
+template <>
+struct Loader<DType::kBFloat16> {
+  using T = uint16_t;
+  static float load(T v) { return bf16_to_float(v); }
+};
+template <>
+struct Loader<DType::kFloat16> {
+  using T = uint16_t;
+  static float load(T v) { return fp16_to_float(v); }
+};
+
+// Converts a row to float32 times `scale`; returns false if any value is NaN or +inf after
+// scaling (a tiny temperature can overflow a finite logit).
+template <DType D>
+bool load_row(const void* row, int64_t n, float scale, float* out) {
+  const auto* src = static_cast<const typename Loader<D>::T*>(row);
+  for (int64_t i = 0; i < n; ++i) out[i] = Loader<D>::load(src[i]) * scale;
+  int32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= !(out[i] < kInf);
+  return bad == 0;
+}
+
+// Reductions with kLanes independent accumulators: a single running max or sum is one long
+// dependency chain, and the compiler may not reorder float sums by itself.
+constexpr int64_t kLanes = 16;
+
+inline float max_of(const float* x, int64_t n) {
+  float acc[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) acc[k] = -kInf;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
+  for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
+  float m = -kInf;
+  for (int64_t k = 0; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
+  return m;
+}
+
+// First index of the maximum (the lowest index wins ties); -1 if every entry is -inf.
+inline int64_t argmax_of(const float* x, int64_t n) {
+  const float m = max_of(x, n);
+  if (m == -kInf) return -1;
+  int64_t i = 0;
+  while (x[i] != m) ++i;
+  return i;
+}
+
+// log(sum(exp(x[0..n)))) given m = max(x); -inf when every entry is -inf.
+inline float log_sum_exp(const float* x, int64_t n, float m) {
+  if (m == -kInf) return -kInf;
+  // Double accumulators: a float sum that holds the maximum's 1 rounds away most of each tiny
+  // tail term added to it, and the tail's total mass is what rare-token probabilities hinge on.
+  double acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += exp_poly(x[i + k] - m);
+  for (; i < n; ++i) acc[0] += exp_poly(x[i] - m);
+  double sum = 0.0;
+  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
+  return m + float(std::log(sum));
+}
+
+inline float log_sum_exp(const float* x, int64_t n) { return log_sum_exp(x, n, max_of(x, n)); }
+
+// argmax_i (logw[i] + Gumbel noise of logical index first + i); -inf entries never win.
+// Returns -1 only if every entry is -inf.
+inline int64_t gumbel_argmax(const float* logw, int64_t n, uint64_t seed, uint64_t offset, int64_t row,
+                             int64_t first, RngStream stream) {
+  int64_t best = -1;
+  float best_key = -kInf;
+  U32x4 bits{};
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t index = uint64_t(first + i);
+    if (i == 0 || (index & 1) == 0) bits = philox_pair(seed, offset, uint64_t(row), uint32_t(index >> 1), stream);
+    if (logw[i] == -kInf) continue;
+    const float noise = (index & 1) ? gumbel_from_bits(bits.z, bits.w) : gumbel_from_bits(bits.x, bits.y);
+    if (best < 0 || logw[i] + noise > best_key) best = i, best_key = logw[i] + noise;
+  }
+  return best;
+}
+
+inline int64_t num_groups(int64_t vocab) { return (vocab + kCategoricalGroup - 1) / kCategoricalGroup; }
+
+// Log-mass of every group of kCategoricalGroup entries of y.
+inline void group_log_sums(const float* y, int64_t vocab, float* group_lse) {
+  for (int64_t g = 0; g < num_groups(vocab); ++g) {
+    const int64_t lo = g * kCategoricalGroup;
+    group_lse[g] = log_sum_exp(y + lo, std::min(kCategoricalGroup, vocab - lo));
+  }
+}
+
+// One exact draw from softmax(y) by the hierarchical Gumbel-max of dllm/sample_categorical.h,
+// given the group log-masses; the caller guarantees a finite entry.
+inline int64_t draw_hierarchical(const float* y, int64_t vocab, const float* group_lse, uint64_t seed,
+                                 uint64_t offset, int64_t row) {
+  const int64_t group = gumbel_argmax(group_lse, num_groups(vocab), seed, offset, row, 0, RngStream::kGroup);
+  const int64_t lo = group * kCategoricalGroup;
+  const int64_t n = std::min(kCategoricalGroup, vocab - lo);
+  float sub_lse[kSubgroupsPerGroup];
+  const int64_t subgroups = (n + kCategoricalSubgroup - 1) / kCategoricalSubgroup;
+  for (int64_t s = 0; s < subgroups; ++s)
+    sub_lse[s] = log_sum_exp(y + lo + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
+  const int64_t sub = gumbel_argmax(sub_lse, subgroups, seed, offset, row, group * kSubgroupsPerGroup,
+                                    RngStream::kSubgroup);
+  const int64_t first = lo + sub * kCategoricalSubgroup;
+  return first + gumbel_argmax(y + first, std::min(kCategoricalSubgroup, vocab - first), seed, offset, row, first,
+                               RngStream::kElement);
+}
+
+// Keeps the lowest encoded error, (row << 2) | status, across calls.
+inline void note_error(int64_t& first_error, int64_t row, int64_t status) {
+  first_error = std::min(first_error, (row << 2) | status);
+}
+
+}  // namespace dllm::cpu

@@ -1,0 +1,125 @@
+// CPU kernel of predict_masked: a proposal and a confidence at every masked position.
+#include <vector>
+
+#include "cpu_rows.h"
+#include "dllm/unmask.h"
+#include "filter_threshold.h"
+
+namespace dllm {
+namespace {
+
+using namespace cpu;
+
+// Sets y[j] = -inf for the tokens that top-k / top-p filtering removes. `y` holds the tempered
+// values and `lse` their log-sum-exp; `v` the untempered ones (same order as y).
+void apply_filter(const float* v, float* y, int64_t vocab, float lse, int64_t top_k, float top_p) {
+  const uint64_t top_p_mass = top_p >= 1.0f ? UINT64_MAX : fixed_mass(top_p);
+  RadixLevel level;
+  std::vector<uint32_t> count(256);
+  std::vector<uint64_t> mass(256);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    std::fill(count.begin(), count.end(), 0u);
+    std::fill(mass.begin(), mass.end(), 0ull);
+    const uint32_t high_mask = shift == 24 ? 0u : ~0u << (shift + 8);
+    for (int64_t j = 0; j < vocab; ++j) {
+      if (y[j] == -kInf) continue;
+      const uint32_t key = ordered_key(v[j]);
+      if ((key & high_mask) != (level.prefix & high_mask)) continue;
+      const int d = (key >> shift) & 255;
+      count[d] += 1;
+      mass[d] += fixed_mass(exp_poly(y[j] - lse));
+    }
+    radix_step(level, count.data(), mass.data(), shift, top_k, top_p_mass);
+  }
+  for (int64_t j = 0; j < vocab; ++j)
+    if (ordered_key(v[j]) < level.prefix) y[j] = -kInf;
+}
+
+float confidence_of(Confidence kind, const float* v, int64_t vocab, int64_t token, float m, float lse,
+                    int64_t greedy, uint64_t seed, uint64_t offset, int64_t position) {
+  switch (kind) {
+    case Confidence::kProb: return std::exp(v[token] - lse);
+    case Confidence::kMargin: {
+      float second = -kInf;
+      for (int64_t j = 0; j < vocab; ++j)
+        if (j != greedy && v[j] > second) second = v[j];
+      return std::exp(m - lse) - (second == -kInf ? 0.0f : std::exp(second - lse));
+    }
+    case Confidence::kEntropy: {
+      // sum p log p, with log p = (v - m) - log S and S = sum exp(v - m).
+      double s = 0.0, t = 0.0;  // double sums: cheap on a CPU, and this is a difference of sums
+      for (int64_t j = 0; j < vocab; ++j) {
+        const float d = std::max(v[j] - m, -87.0f);  // -inf entries contribute ~0, not NaN
+        const float e = exp_poly(d);
+        s += e;
+        t += double(e) * d;
+      }
+      return float(t / s - std::log(s));
+    }
+    case Confidence::kRandom: return uniform_at(seed, offset, uint64_t(position), 0, RngStream::kUniform);
+  }
+  return kNaN;
+}
+
+template <DType D>
+int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
+  const size_t elem = D == DType::kFloat32 ? 4 : 2;
+  const int64_t vocab = p.vocab;
+  std::vector<float> v(vocab), y(vocab), group_lse(num_groups(vocab));
+  int64_t first_error = kNoError;
+  for (int64_t pos = begin; pos < end; ++pos) {
+    const int64_t token_in = p.x[pos];
+    p.x0[pos] = token_in;
+    p.conf[pos] = -kInf;
+    if (token_in != p.mask_id) continue;
+    const int64_t b = pos / p.length, i = pos % p.length;
+    const int64_t src = b * p.length + std::max<int64_t>(i - p.logits_shift, 0);
+    if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, 1.0f, v.data())) {
+      note_error(first_error, pos, kNonFinite);
+      continue;
+    }
+    v[p.mask_id] = -kInf;  // the mask token is never proposed (MDLM's SUBS rule)
+    const float m = max_of(v.data(), vocab);
+    if (m == -kInf) {
+      note_error(first_error, pos, kAllMinusInf);
+      continue;
+    }
+    const float lse = log_sum_exp(v.data(), vocab, m);
+    const int64_t greedy = argmax_of(v.data(), vocab);
+    int64_t token = greedy;
+    if (p.temperature > 0.0f) {
+      const float scale = 1.0f / p.temperature;
+      int32_t bad = 0;
+      for (int64_t j = 0; j < vocab; ++j) {
+        y[j] = v[j] * scale;
+        bad |= y[j] == kInf;
+      }
+      if (bad) {
+        note_error(first_error, pos, kNonFinite);
+        continue;
+      }
+      group_log_sums(y.data(), vocab, group_lse.data());
+      if (p.top_k > 0 || p.top_p < 1.0f) {
+        apply_filter(v.data(), y.data(), vocab, log_sum_exp(group_lse.data(), num_groups(vocab)), p.top_k, p.top_p);
+        group_log_sums(y.data(), vocab, group_lse.data());
+      }
+      token = draw_hierarchical(y.data(), vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
+    }
+    p.x0[pos] = token;
+    p.conf[pos] = confidence_of(p.confidence, v.data(), vocab, token, m, lse, greedy, p.rng.seed, p.rng.offset, pos);
+  }
+  return first_error;
+}
+
+}  // namespace
+
+int64_t predict_masked_cpu(const PredictParams& p, int64_t begin, int64_t end) {
+  switch (p.dtype) {
+    case DType::kFloat32: return predict_positions<DType::kFloat32>(p, begin, end);
+    case DType::kBFloat16: return predict_positions<DType::kBFloat16>(p, begin, end);
+    case DType::kFloat16: return predict_positions<DType::kFloat16>(p, begin, end);
+  }
+  return kNoError;
+}
+
+}  // namespace dllm

@@ -1,0 +1,187 @@
+// Torch bindings of predict_masked and commit_tokens: checks, CPU kernels, error reporting.
+#include "unmask.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "checks.h"
+#include "rng.h"
+
+namespace dllm::binding {
+
+PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id, double temperature,
+                            int64_t top_k, double top_p, const std::string& confidence, int64_t logits_shift) {
+  constexpr const char* op = "predict_masked";
+  TORCH_CHECK(logits.dim() >= 2, op, ": logits must be [..., L, V], got ", logits.sizes());
+  const DType dtype = logits_dtype(op, logits, "logits");
+  const int64_t vocab = logits.size(-1);
+  const at::IntArrayRef lead = logits.sizes().slice(0, logits.dim() - 1);
+  TORCH_CHECK(vocab > 0, op, ": logits has an empty vocabulary dimension (V = 0)");
+  TORCH_CHECK(vocab < (int64_t(1) << 31), op, ": vocabularies of 2^31 or more entries are not supported");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, op, ": x must be int64, got ", x.scalar_type());
+  TORCH_CHECK(x.sizes() == lead, op, ": x must have the shape ", lead, " of logits without its last dimension, got ",
+              x.sizes());
+  check_same_device(op, logits, x, "x");
+  TORCH_CHECK(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ", vocab, ")");
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0, op, ": temperature must be finite and >= 0, got ",
+              temperature);
+  TORCH_CHECK(top_k >= 0, op, ": top_k must be >= 0 (0 turns it off), got ", top_k);
+  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1], got ", top_p);
+  const int64_t length = logits.size(-2);
+  TORCH_CHECK(logits_shift >= 0 && (logits_shift < length || length == 0), op,
+              ": logits_shift must be in [0, L) with L = ", length, ", got ", logits_shift);
+  Confidence kind;
+  if (confidence == "prob") kind = Confidence::kProb;
+  else if (confidence == "margin") kind = Confidence::kMargin;
+  else if (confidence == "entropy") kind = Confidence::kEntropy;
+  else if (confidence == "random") kind = Confidence::kRandom;
+  else TORCH_CHECK_VALUE(false, op, ": confidence must be 'prob', 'margin', 'entropy' or 'random', got '", confidence, "'");
+
+  PredictCall call;
+  call.logits = as_rows(logits);
+  call.x = x.contiguous();
+  call.x0 = at::empty(lead, x.options());
+  call.conf = at::empty(lead, logits.options().dtype(at::kFloat));
+  call.random = temperature > 0.0 || kind == Confidence::kRandom;
+  PredictParams& p = call.params;
+  p.logits = call.logits.data_ptr();
+  p.dtype = dtype;
+  p.length = length;
+  p.batch = length == 0 ? 0 : call.logits.size(0) / length;
+  p.vocab = vocab;
+  p.row_stride = call.logits.stride(0);
+  p.logits_shift = logits_shift;
+  p.x = call.x.data_ptr<int64_t>();
+  p.mask_id = mask_id;
+  p.temperature = float(temperature);
+  p.top_k = top_k;
+  p.top_p = float(top_p);
+  p.confidence = kind;
+  p.x0 = call.x0.data_ptr<int64_t>();
+  p.conf = call.conf.data_ptr<float>();
+  return call;
+}
+
+void raise_predict_error(int64_t encoded, int64_t length) {
+  if (encoded == kNoError) return;
+  const int64_t pos = encoded >> 2;
+  const char* why = (encoded & 3) == kNonFinite ? "has NaN or +inf logits (or overflows float32 after division by the temperature)"
+                                                : "has only -inf logits besides the mask token, so nothing can be proposed";
+  TORCH_CHECK_VALUE(false, "predict_masked: masked position ", pos % length, " of sequence ", pos / length, " ", why);
+}
+
+CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& conf, int64_t mask_id,
+                          const std::optional<at::Tensor>& num_tokens, std::optional<double> threshold,
+                          const std::optional<at::Tensor>& prob, const std::optional<at::Tensor>& window,
+                          double position_temperature) {
+  constexpr const char* op = "commit_tokens";
+  TORCH_CHECK(x.dim() == 2, op, ": x must be [B, L], got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kLong && x0.scalar_type() == at::kLong, op, ": x and x0 must be int64");
+  TORCH_CHECK_TYPE(conf.scalar_type() == at::kFloat, op, ": conf must be float32, got ", conf.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": x is updated in place and must be contiguous");
+  TORCH_CHECK(x0.sizes() == x.sizes() && conf.sizes() == x.sizes(), op, ": x, x0 and conf must share one shape [B, L], got ",
+              x.sizes(), ", ", x0.sizes(), ", ", conf.sizes());
+  check_same_device(op, x, x0, "x0");
+  check_same_device(op, x, conf, "conf");
+  TORCH_CHECK(mask_id >= 0, op, ": mask_id must be >= 0, got ", mask_id);
+  const int rules = int(num_tokens.has_value()) + int(threshold.has_value()) + int(prob.has_value());
+  TORCH_CHECK_VALUE(rules == 1, op, ": give exactly one of num_tokens, threshold or prob (got ", rules, ")");
+  TORCH_CHECK(std::isfinite(position_temperature) && position_temperature >= 0.0, op,
+              ": position_temperature must be finite and >= 0, got ", position_temperature);
+  TORCH_CHECK_VALUE(position_temperature == 0.0 || num_tokens.has_value(), op,
+                    ": position_temperature applies only to num_tokens (choosing k positions)");
+  const int64_t batch = x.size(0);
+  auto per_row = [&](const at::Tensor& t, const char* name, at::ScalarType dtype) {
+    check_same_device(op, x, t, name);
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, op, ": ", name, " must have shape [", batch, "], got ", t.sizes());
+    return t.to(dtype).contiguous();
+  };
+
+  CommitCall call;
+  call.x0 = x0.contiguous();
+  call.conf = conf.contiguous();
+  call.committed = at::empty({batch}, x.options());
+  CommitParams& p = call.params;
+  p.x = x.data_ptr<int64_t>();
+  p.x0 = call.x0.data_ptr<int64_t>();
+  p.conf = call.conf.data_ptr<float>();
+  p.batch = batch;
+  p.length = x.size(1);
+  p.mask_id = mask_id;
+  p.position_temperature = float(position_temperature);
+  p.committed = call.committed.data_ptr<int64_t>();
+  if (num_tokens.has_value()) {
+    TORCH_CHECK_TYPE(!at::isFloatingType(num_tokens->scalar_type()), op, ": num_tokens must be an integer tensor");
+    call.num_tokens = per_row(*num_tokens, "num_tokens", at::kLong);
+    p.rule = CommitRule::kNumTokens;
+    p.num_tokens = call.num_tokens.data_ptr<int64_t>();
+  } else if (threshold.has_value()) {
+    TORCH_CHECK(!std::isnan(*threshold), op, ": threshold is NaN");
+    p.rule = CommitRule::kThreshold;
+    p.threshold = float(*threshold);
+  } else {
+    call.prob = per_row(*prob, "prob", at::kFloat);
+    p.rule = CommitRule::kProb;
+    p.prob = call.prob.data_ptr<float>();
+  }
+  if (window.has_value()) {
+    check_same_device(op, x, *window, "window");
+    TORCH_CHECK(window->dim() == 2 && window->size(0) == batch && window->size(1) == 2, op,
+                ": window must have shape [", batch, ", 2] ([start, end) per row), got ", window->sizes());
+    call.window = window->to(at::kLong).contiguous();
+    p.window = call.window.data_ptr<int64_t>();
+  }
+  call.random = p.rule == CommitRule::kProb || position_temperature > 0.0;
+  return call;
+}
+
+void raise_commit_error(int64_t encoded) {
+  if (encoded == kNoError) return;
+  const int64_t row = encoded >> 3;
+  const char* why = "";
+  switch (encoded & 7) {
+    case kNegativeCount: why = "has a negative num_tokens"; break;
+    case kBadWindow: why = "has a window outside [0, L] or with start > end"; break;
+    case kBadProb: why = "has a prob outside [0, 1]"; break;
+    case kNaNConfidence: why = "has a NaN confidence at a masked position"; break;
+  }
+  TORCH_CHECK_VALUE(false, "commit_tokens: row ", row, " ", why);
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> predict_masked_cpu_op(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id,
+                                                          double temperature, int64_t top_k, double top_p,
+                                                          c10::string_view confidence, int64_t logits_shift,
+                                                          std::optional<at::Generator> generator) {
+  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift);
+  if (call.random) call.params.rng = cpu_rng_state(generator);
+  const PredictParams& p = call.params;
+  raise_predict_error(parallel_min_error(p.batch * p.length, 1 + 65536 / p.vocab, [&](int64_t begin, int64_t end) {
+                        return predict_masked_cpu(p, begin, end);
+                      }),
+                      p.length);
+  return {call.x0, call.conf};
+}
+
+at::Tensor commit_tokens_cpu_op(at::Tensor& x, const at::Tensor& x0, const at::Tensor& conf, int64_t mask_id,
+                                const std::optional<at::Tensor>& num_tokens, std::optional<double> threshold,
+                                const std::optional<at::Tensor>& prob, const std::optional<at::Tensor>& window,
+                                double position_temperature, std::optional<at::Generator> generator) {
+  CommitCall call = prepare_commit(x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature);
+  if (call.random) call.params.rng = cpu_rng_state(generator);
+  const CommitParams& p = call.params;
+  raise_commit_error(parallel_min_error(p.batch, 1 + 16384 / std::max<int64_t>(p.length, 1),
+                                        [&](int64_t begin, int64_t end) { return commit_tokens_cpu(p, begin, end); }));
+  return call.committed;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm, CPU, m) {
+  m.impl("predict_masked", &predict_masked_cpu_op);
+  m.impl("commit_tokens", &commit_tokens_cpu_op);
+}
+
+}  // namespace dllm::binding

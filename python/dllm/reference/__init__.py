@@ -1,0 +1,1 @@
+"""Plain-PyTorch references of dllm's ops, float64-capable: the math the kernels must match."""

@@ -1,0 +1,27 @@
+"""How many tokens a masked-diffusion sampler commits per step."""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's linear schedule (``get_num_transfer_tokens``): with m masked tokens and `steps`
+    steps, every step commits floor(m / steps) tokens and the first m mod steps steps one more,
+    so the expected number of unmasked tokens grows linearly in time.
+
+    Args:
+        masked: int ``[B]``, masked tokens per row (e.g. ``(x == mask_id).sum(-1)`` over a block).
+        steps: number of steps (> 0).
+
+    Returns:
+        int64 ``[B, steps]``, summing to ``masked`` along the last dimension.
+    """
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    masked = masked.to(torch.int64)
+    if (masked < 0).any():
+        raise ValueError("masked counts must be >= 0")
+    base = (masked // steps)[:, None].expand(-1, steps)
+    extra = torch.arange(steps, device=masked.device)[None, :] < (masked % steps)[:, None]
+    return base + extra.to(torch.int64)

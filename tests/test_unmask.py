@@ -1,0 +1,299 @@
+"""dllm.ops.predict_masked and dllm.ops.commit_tokens against float64 references."""
+
+import pytest
+import torch
+
+import dllm
+from dllm.reference import unmask as ref
+from dllm.unmask_schedule import linear_transfer_counts
+from stats import chi_square_pvalue, two_sample_pvalue
+
+P_MIN = 1e-4
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+MASK = 7
+
+
+def masked_batch(B, L, V, device, dtype=torch.float32, frac=0.6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(B, L, V, generator=g) * 2).to(dtype)
+    x = torch.randint(0, V, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < frac] = MASK
+    return logits.to(device), x.to(device)
+
+
+# ---- predict_masked: deterministic parts ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["prob", "margin", "entropy"])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_greedy_proposals_and_confidence_match_reference(device, dtype, kind, shift):
+    logits, x = masked_batch(3, 113, 301, device, dtype)
+    logits[0, 5, :] = 0.0  # a fully tied row: the lowest index that is not the mask wins
+    logits[1, 9, MASK] = 100.0  # the mask token is never proposed, however likely
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence=kind, logits_shift=shift)
+    rx0, rconf = ref.predict_masked_greedy(logits, x, MASK, kind, shift)
+    masked = x == MASK
+    assert torch.equal(x0, rx0)
+    assert not (x0[masked] == MASK).any()
+    assert torch.equal(x0[~masked], x[~masked]) and torch.isinf(conf[~masked]).all()
+    # float32 math against float64: bounded by what plain PyTorch makes in float32
+    torch_conf = ref.confidence(ref.shifted(logits, shift).float(), rx0, MASK, kind).float().double()
+    torch_err = (torch_conf - rconf)[masked].abs().max()
+    assert (conf.double() - rconf)[masked].abs().max() <= 2 * torch_err + 1e-6
+
+
+def test_large_vocab_greedy(device):
+    logits, x = masked_batch(1, 5, 126464, device, torch.bfloat16)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    rx0, rconf = ref.predict_masked_greedy(logits, x, MASK)
+    assert torch.equal(x0, rx0)
+    m = x == MASK
+    torch.testing.assert_close(conf[m].double(), rconf[m], rtol=1e-4, atol=1e-7)
+
+
+def test_only_masked_rows_are_read(device):
+    logits, x = masked_batch(2, 17, 40, device)
+    logits[x != MASK] = float("nan")  # poison every row that must not be read
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0)
+    assert torch.isfinite(conf[x == MASK]).all()
+
+
+def test_random_confidence_is_uniform(device):
+    logits, x = masked_batch(4, 1000, 11, device, frac=1.0)
+    _, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="random")
+    bins = (conf.flatten() * 20).long().clamp(max=19)
+    assert chi_square_pvalue(bins, torch.full((20,), 0.05, dtype=torch.float64).numpy()) > P_MIN
+
+
+# ---- predict_masked: proposals in distribution ------------------------------------------------
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (1.0, 7, 1.0), (1.0, 0, 0.8), (0.7, 12, 0.9)],
+)
+def test_proposals_match_filtered_distribution(device, temperature, top_k, top_p):
+    V, n = 40, 1 << 18
+    g = torch.Generator().manual_seed(3)
+    row = torch.randn(V, generator=g) * 1.5
+    row[3] = row[4]  # a tie, kept or dropped together
+    logits = row.to(device).expand(n, 1, V)
+    x = torch.full((n, 1), MASK, device=device)
+    x0, _ = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature, top_k=top_k, top_p=top_p)
+    probs = ref.filtered_proposal_probs(row, MASK, temperature, top_k, top_p).numpy()
+    assert probs[MASK] == 0
+    assert chi_square_pvalue(x0, probs) > P_MIN
+
+
+def test_proposals_reach_rare_tail_tokens(device):
+    # 5000 tail tokens of total mass ~1e-3 behind one head token (each ~2e-7): they must come
+    # out at their true rate, as sample_categorical's do.
+    V, head, n = 5001, 17, 1 << 19
+    row = torch.full((V,), -15.4)
+    row[head] = 0.0
+    logits = row.to(device).expand(n, 1, V)
+    x = torch.full((n, 1), MASK, device=device)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0)
+    p = ref.filtered_proposal_probs(row, MASK, 1.0)
+    rare = (x0 != head).sum().item()
+    expected = n * (1 - p[head].item())
+    assert abs(rare - expected) < 4 * expected**0.5, (rare, expected)
+    # "prob" confidence is the untempered probability of the proposal, as accurate as float32
+    # softmax gets it
+    torch_err = (torch.softmax(row, 0)[head].double() - p[head]).abs()
+    assert (conf[x0 == head].double() - p[head]).abs().max() <= 2 * torch_err + 1e-7
+
+
+# ---- commit_tokens ----------------------------------------------------------------------------
+
+def commit_inputs(B, L, device, seed=0, ties=True):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 50, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < 0.7] = MASK
+    x0 = torch.randint(100, 200, (B, L), generator=g)
+    conf = torch.rand(B, L, generator=g)
+    if ties:
+        conf = (conf * 8).round() / 8  # many exact ties
+    return x.to(device), x0.to(device), conf.to(device)
+
+
+@pytest.mark.parametrize("L", [1, 203, 1023])
+def test_top_k_commit_matches_reference_with_ties_and_windows(device, L):
+    B = 6
+    x, x0, conf = commit_inputs(B, L, device)
+    x[2] = 3  # nothing masked in this row
+    k = torch.tensor([0, 1, 5, 10**6, 3, L // 2 + 1], device=device)  # k = 0 and k > #masked
+    window = torch.tensor([[0, L], [0, L], [0, L], [L // 3, L], [L // 2, L // 2], [1 % L, L]], device=device)
+    for w in (None, window):
+        got = x.clone()
+        committed = dllm.ops.commit_tokens(got, x0, conf, mask_id=MASK, num_tokens=k, window=w)
+        want = ref.commit_tokens(x, x0, conf, MASK, num_tokens=k, window=w)
+        assert torch.equal(got, want)
+        assert torch.equal(committed, (got != x).sum(-1))
+
+
+def test_threshold_commit_matches_reference(device):
+    x, x0, conf = commit_inputs(5, 300, device, seed=1)
+    conf[4] = 0.1  # nothing reaches the threshold: the single most confident one still commits
+    window = torch.tensor([[0, 300], [10, 50], [0, 0], [299, 300], [0, 300]], device=device)
+    got = x.clone()
+    committed = dllm.ops.commit_tokens(got, x0, conf, mask_id=MASK, threshold=0.9, window=window)
+    want = ref.commit_tokens(x, x0, conf, MASK, threshold=0.9, window=window)
+    assert torch.equal(got, want)
+    assert committed[2] == 0 and committed[4] == 1
+    assert torch.equal(committed, (got != x).sum(-1))
+
+
+def test_prob_commit_is_bernoulli(device):
+    B, L = 4, 4096
+    x = torch.full((B, L), MASK, device=device)
+    x0 = torch.zeros(B, L, dtype=torch.int64, device=device)
+    conf = torch.zeros(B, L, device=device)
+    p = torch.tensor([0.0, 0.1, 0.5, 1.0], device=device)
+    committed = dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, prob=p)
+    assert committed[0] == 0 and committed[3] == L
+    for b, q in ((1, 0.1), (2, 0.5)):
+        assert abs(committed[b].item() - q * L) < 4 * (L * q * (1 - q)) ** 0.5
+    assert torch.equal(committed, (x != MASK).sum(-1))
+
+
+def test_position_temperature_draws_without_replacement(device):
+    # Choosing 2 of 4 positions by Gumbel-top-k must match sampling without replacement from
+    # softmax(conf / T): compare the frequency of each unordered pair with its exact probability.
+    import itertools
+
+    T, n = 0.5, 1 << 16
+    c = torch.tensor([0.1, 0.5, 0.2, 0.9])
+    x = torch.full((n, 4), MASK, device=device)
+    x0 = torch.arange(4, device=device).expand(n, 4).contiguous()
+    dllm.ops.commit_tokens(x, x0, c.to(device).expand(n, 4).contiguous(), mask_id=MASK,
+                           num_tokens=2, position_temperature=T)
+    chosen = (x != MASK).cpu()
+    assert (chosen.sum(-1) == 2).all()
+    w = torch.softmax(c.double() / T, 0)
+    pairs = list(itertools.combinations(range(4), 2))
+    exact = torch.tensor([w[i] * w[j] / (1 - w[i]) + w[j] * w[i] / (1 - w[j]) for i, j in pairs])
+    code = {p: k for k, p in enumerate(pairs)}
+    labels = torch.tensor([code[tuple(r.nonzero()[:, 0].tolist())] for r in chosen[:20000]])
+    assert chi_square_pvalue(labels, exact.numpy()) > P_MIN
+
+
+def test_commit_reproducible_with_seed(device):
+    x, x0, conf = commit_inputs(3, 100, device)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        y = x.clone()
+        dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=0.3)
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_linear_transfer_counts():
+    counts = linear_transfer_counts(torch.tensor([10, 3, 0]), 4)
+    assert counts.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
+    with pytest.raises(ValueError):
+        linear_transfer_counts(torch.tensor([1]), 0)
+
+
+# ---- errors, opcheck, compile -------------------------------------------------------------------
+
+def test_bad_inputs_raise_clear_errors(device):
+    logits, x = masked_batch(2, 10, 20, device)
+    with pytest.raises(RuntimeError, match="mask_id 20 is outside"):
+        dllm.ops.predict_masked(logits, x, mask_id=20)
+    with pytest.raises(RuntimeError, match="x must have the shape"):
+        dllm.ops.predict_masked(logits, x[:, :5], mask_id=MASK)
+    with pytest.raises(ValueError, match="confidence must be"):
+        dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="best")
+    with pytest.raises(RuntimeError, match="top_p must be in"):
+        dllm.ops.predict_masked(logits, x, mask_id=MASK, top_p=0.0)
+    bad = logits.clone()
+    bad[1, (x[1] == MASK).nonzero()[0, 0]] = float("nan")
+    with pytest.raises(ValueError, match="sequence 1 has NaN"):
+        dllm.ops.predict_masked(bad, x, mask_id=MASK)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    with pytest.raises(ValueError, match="exactly one of"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, threshold=0.5)
+    with pytest.raises(ValueError, match="exactly one of"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK)
+    with pytest.raises(RuntimeError, match="window must have shape"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, window=torch.zeros(2, 3, dtype=torch.long, device=device))
+    with pytest.raises(ValueError, match="position_temperature applies only"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, threshold=0.5, position_temperature=1.0)
+
+
+def test_bad_row_values(device):
+    logits, x = masked_batch(2, 10, 20, device)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    cases = [
+        dict(num_tokens=torch.tensor([1, -1], device=device)),
+        dict(num_tokens=1, window=torch.tensor([[0, 10], [4, 11]], device=device)),
+        dict(prob=torch.tensor([0.5, 1.5], device=device)),
+    ]
+    for kwargs in cases:
+        y = x.clone()
+        if device == "cpu":
+            with pytest.raises(ValueError, match="row 1 has"):
+                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **kwargs)
+        else:  # CUDA never synchronises: the row is left alone and reports -1
+            committed = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **kwargs)
+            assert committed[1] == -1 and torch.equal(y[1], x[1])
+
+
+def test_opcheck(device):
+    logits, x = masked_batch(2, 9, 30, device)
+    torch.library.opcheck(torch.ops.dllm.predict_masked.default, (logits, x, MASK))
+    torch.library.opcheck(torch.ops.dllm.predict_masked.default, (logits.bfloat16(), x, MASK, 0.0, 0, 1.0, "margin", 1))
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    k = torch.tensor([2, 3], device=device)
+    torch.library.opcheck(torch.ops.dllm.commit_tokens.default, (x.clone(), x0, conf, MASK, k))
+    torch.library.opcheck(torch.ops.dllm.commit_tokens.default, (x.clone(), x0, conf, MASK, None, 0.5))
+
+
+def test_compiled_llada_step_matches_eager(device):
+    logits, x = masked_batch(2, 64, 100, device)
+    window = torch.tensor([[0, 32], [0, 64]], device=device)
+
+    def step(logits, x):
+        x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+        committed = dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=torch.tensor([3, 4], device=x.device), window=window)
+        return x, committed
+
+    compiled = torch.compile(step, fullgraph=True)
+    a, ca = compiled(logits, x.clone())
+    b, cb = step(logits, x.clone())
+    assert torch.equal(a, b) and torch.equal(ca, cb)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_captures_a_full_step():
+    logits, x = masked_batch(2, 256, 1000, "cuda")
+    static_x = x.clone()
+    k = torch.tensor([4, 4], device="cuda")
+
+    def step():
+        x0, conf = dllm.ops.predict_masked(logits, static_x, mask_id=MASK, temperature=1.0)
+        return dllm.ops.commit_tokens(static_x, x0, conf, mask_id=MASK, num_tokens=k)
+
+    step()  # warm up outside capture
+    static_x.copy_(x)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        committed = step()
+    static_x.copy_(x)
+    masked_before = (static_x == MASK).sum()
+    graph.replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert (masked_before - (static_x == MASK).sum()).item() == 16
+    assert committed.tolist() == [4, 4]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_proposals_agree_with_cpu_in_distribution():
+    V, n = 300, 1 << 18
+    row = torch.randn(V) * 2
+    x = torch.full((n, 1), MASK)
+    cpu, _ = dllm.ops.predict_masked(row.expand(n, 1, V), x, mask_id=MASK, temperature=0.8, top_p=0.95)
+    gpu, _ = dllm.ops.predict_masked(row.cuda().expand(n, 1, V), x.cuda(), mask_id=MASK, temperature=0.8, top_p=0.95)
+    assert two_sample_pvalue(cpu, gpu, V) > P_MIN
