@@ -14,131 +14,20 @@
 #include <cstdint>
 #include <limits>
 
+#include "cuda_rows.cuh"
 #include "dllm/sample_categorical.h"
 
 namespace dllm {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-template <DType D>
-struct Vec;
-template <>
-struct Vec<DType::kFloat32> {
-  static constexpr int kSize = 4;
-  __device__ static float get(const uint4& v, int j) {
-    return __uint_as_float(reinterpret_cast<const uint32_t*>(&v)[j]);
-  }
-};
-template <>
-struct Vec<DType::kBFloat16> {
-  static constexpr int kSize = 8;
-  __device__ static float get(const uint4& v, int j) {
-    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
-    return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
-  }
-};
-template <>
-struct Vec<DType::kFloat16> {
-  static constexpr int kSize = 8;
-  __device__ static float get(const uint4& v, int j) {
-    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
-    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (w >> 16) : w)));
-  }
-};
-
-// A row seen as 16-byte chunks starting at the aligned address at or below its first element.
-template <DType D>
-struct RowView {
-  static constexpr int kVec = Vec<D>::kSize;
-  const uint4* base;
-  int64_t head;  // elements between the aligned base and the row's first element
-  __device__ RowView(const char* row, int elem_bytes) {
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
-    base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
-    head = int64_t(addr & 15) / elem_bytes;
-  }
-  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
-  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
-  __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
-  __device__ float at(int64_t i) const {
-    const int64_t k = i + head;
-    return Vec<D>::get(__ldg(base + k / kVec), int(k % kVec));
-  }
-};
-
-struct MaxSum {
-  float m, s;
-};
-
-__device__ MaxSum merge(MaxSum a, MaxSum b) {
-  const float m = fmaxf(a.m, b.m);
-  if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * __expf(a.m - m);
-  const float sb = b.m == -kInf ? 0.0f : b.s * __expf(b.m - m);
-  return {m, sa + sb};
-}
-
-struct ArgMax {
-  float v;
-  int64_t i;  // INT64_MAX when empty
-};
-
-// Larger value wins; equal values go to the lower index.
-__device__ ArgMax better(ArgMax a, ArgMax b) {
-  return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
-}
-
-__device__ ArgMax warp_argmax(ArgMax a) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    ArgMax b{__shfl_xor_sync(0xffffffffu, a.v, o), __shfl_xor_sync(0xffffffffu, a.i, o)};
-    a = better(a, b);
-  }
-  return a;
-}
-
-__device__ ArgMax block_argmax(ArgMax a, ArgMax* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  a = warp_argmax(a);
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = a;
-  __syncthreads();
-  a = lane < kWarps ? scratch[lane] : ArgMax{-kInf, INT64_MAX};
-  return warp_argmax(a);
-}
-
-__device__ MaxSum warp_max_sum(MaxSum a) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
-  return a;
-}
-
-__device__ MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  a = warp_max_sum(a);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = a;
-  __syncthreads();
-  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
-}
-
-__device__ void report(int64_t* first_error, int64_t row, CategoricalStatus status) {
-  atomicMin(reinterpret_cast<unsigned long long*>(first_error),
-            static_cast<unsigned long long>((row << 2) | status));
-}
+using namespace cuda;
 
 __device__ void write_row(const CategoricalParams& p, int64_t r, int64_t token, float logprob,
                           CategoricalStatus status) {
   if (threadIdx.x != 0) return;
   p.tokens[r] = token;
   p.logprob[r] = logprob;
-  if (status != kCategoricalOk) report(p.first_error, r, status);
+  if (status != kCategoricalOk) report_error(p.first_error, (r << 2) | status);
 }
 
 struct Scratch {

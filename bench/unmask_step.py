@@ -1,0 +1,106 @@
+"""Benchmark: one masked-diffusion unmasking step, dllm against LLaDA's eager step.
+
+The peer is LLaDA's generate.py step written out faithfully: float64 Gumbel noise on the logits,
+argmax, float64 softmax for the confidence, masking, then a per-row torch.topk loop (with its
+implicit host sync per row) and the scatter. dllm does the same with predict_masked +
+commit_tokens. Memory is the peak allocated during the step, beyond its inputs (CUDA only).
+
+  python bench/unmask_step.py --device cuda --out bench/results/<name>
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import dllm
+from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+
+MASK = 126336  # LLaDA's mask id
+
+
+def llada_step(logits, x, num_transfer, temperature):
+    mask_index = x == MASK
+    if temperature > 0:
+        z = logits.to(torch.float64)
+        noise = torch.rand_like(z, dtype=torch.float64)
+        noisy = z.exp() / (-torch.log(noise)) ** temperature
+    else:
+        noisy = logits
+    x0 = torch.argmax(noisy, dim=-1)
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+    x0 = torch.where(mask_index, x0, x)
+    confidence = torch.where(mask_index, x0_p, -torch.inf)
+    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        _, select = torch.topk(confidence[j], k=num_transfer[j])
+        transfer[j, select] = True
+    x = x.clone()
+    x[transfer] = x0[transfer]
+    return x
+
+
+def dllm_step(logits, x, num_transfer, temperature):
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature)
+    x = x.clone()
+    dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=num_transfer)
+    return x
+
+
+def peak_extra_bytes(fn, device) -> int:
+    if not device.startswith("cuda"):
+        return 0
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default=None, help="comma-separated BxLxV")
+    ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (0: greedy)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = args.device
+    default = "1x1024x126464,8x1024x126464,1x4096x126464" if device.startswith("cuda") else "1x512x126464"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    t = args.temperature
+    rows: list[Row] = []
+    for B, L, V in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        logits = (torch.randn(B, L, V, device=device, generator=g) * 3).bfloat16()
+        x = torch.full((B, L), MASK, device=device)  # a fresh canvas: every position masked
+        k = torch.full((B,), max(1, L // 64), device=device)  # L / 64 tokens per step
+        nbytes = logits.numel() * 2 + x.numel() * 8 * 2  # read the logits once, read + write x
+        shape = f"{B}x{L}x{V}"
+        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 3, "min_seconds": 0.0}
+        ours = measure("unmask step", shape, "bf16", "dllm", lambda: dllm_step(logits, x, k, t), device, nbytes, floor_gbps, **reps)
+        ours.extra["peak_extra_MB"] = peak_extra_bytes(lambda: dllm_step(logits, x, k, t), device) / 2**20
+        rows.append(ours)
+        try:
+            peer = measure("unmask step", shape, "bf16", "LLaDA eager", lambda: llada_step(logits, x, k.tolist(), t),
+                           device, nbytes, floor_gbps, **reps)
+            peer.extra["peak_extra_MB"] = peak_extra_bytes(lambda: llada_step(logits, x, k.tolist(), t), device) / 2**20
+            peer.ratio_vs_dllm = peer.median_ms / ours.median_ms
+        except torch.OutOfMemoryError:
+            peer = Row("unmask step", shape, "bf16", "LLaDA eager", float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory")
+        rows.append(peer)
+        for r in (ours, peer):
+            if "peak_extra_MB" in r.extra and device.startswith("cuda"):
+                r.note = f"peak extra memory {r.extra['peak_extra_MB']:.0f} MB"
+        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor), LLaDA eager {peer.median_ms:.3f} ms ({peer.ratio_vs_dllm:.1f}x)")
+    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    title = f"unmasking step (predict_masked + commit_tokens), temperature {t}"
+    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+
+
+if __name__ == "__main__":
+    main()

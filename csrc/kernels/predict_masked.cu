@@ -1,0 +1,293 @@
+// CUDA kernel of predict_masked: one block per masked position (unmasked positions only copy x).
+//
+// Pass A streams the row once for the untempered statistics every confidence needs (max,
+// sum-exp, sum p*logit for the entropy, the top two values). Greedy decoding (temperature 0,
+// LLaDA's and Fast-dLLM's default) stops there. With a temperature, pass B computes the tempered
+// group log-masses, the optional top-k / top-p radix passes find the value threshold (and pass B
+// repeats under it), and the hierarchical Gumbel-max of sample_categorical draws the token.
+// Passes after A re-read the row, usually from L2.
+#include "cuda_rows.cuh"
+#include "dllm/philox.h"
+#include "dllm/unmask.h"
+#include "filter_threshold.h"
+
+namespace dllm {
+namespace {
+
+using namespace cuda;
+
+// Online untempered statistics of one thread's elements.
+struct RowStats {
+  float m = -kInf;   // max
+  float s = 0.0f;    // sum exp(v - m)
+  float t = 0.0f;    // sum exp(v - m) * (v - m), for the entropy
+  ArgMax best{-kInf, INT64_MAX};
+  float second = -kInf;  // second largest value (equal to best.v on a tie)
+  bool bad = false;
+
+  __device__ void add(float v, int64_t idx) {
+    bad |= !(v < kInf);
+    if (v == -kInf || !(v < kInf)) return;
+    if (v > m) {
+      if (m == -kInf) {
+        s = t = 0.0f;
+      } else {
+        const float f = __expf(m - v);
+        t = f * (t + (m - v) * s);
+        s *= f;
+      }
+      m = v;
+    }
+    const float e = __expf(v - m);
+    s += e;
+    t += e * (v - m);
+    if (v > best.v || (v == best.v && idx < best.i)) {
+      second = fmaxf(second, best.v);
+      best = ArgMax{v, idx};
+    } else {
+      second = fmaxf(second, v);
+    }
+  }
+
+  __device__ static RowStats merge(const RowStats& a, const RowStats& b) {
+    RowStats r;
+    r.m = fmaxf(a.m, b.m);
+    if (r.m != -kInf) {
+      const float fa = a.m == -kInf ? 0.0f : __expf(a.m - r.m);
+      const float fb = b.m == -kInf ? 0.0f : __expf(b.m - r.m);
+      r.s = a.s * fa + b.s * fb;
+      r.t = fa * (a.t + (a.m - r.m) * a.s) + fb * (b.t + (b.m - r.m) * b.s);
+      if (a.m == -kInf) r.t = b.t * fb;
+      if (b.m == -kInf) r.t = a.t * fa;
+    }
+    r.best = better(a.best, b.best);
+    const float loser = (r.best.i == a.best.i) ? b.best.v : a.best.v;
+    r.second = fmaxf(fmaxf(a.second, b.second), loser);
+    r.bad = a.bad || b.bad;
+    return r;
+  }
+
+  __device__ RowStats shuffled(int o) const {
+    RowStats r;
+    r.m = __shfl_xor_sync(0xffffffffu, m, o);
+    r.s = __shfl_xor_sync(0xffffffffu, s, o);
+    r.t = __shfl_xor_sync(0xffffffffu, t, o);
+    r.best.v = __shfl_xor_sync(0xffffffffu, best.v, o);
+    r.best.i = __shfl_xor_sync(0xffffffffu, best.i, o);
+    r.second = __shfl_xor_sync(0xffffffffu, second, o);
+    r.bad = __shfl_xor_sync(0xffffffffu, int(bad), o) != 0;
+    return r;
+  }
+};
+
+__device__ RowStats block_stats(RowStats a, RowStats* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) a = RowStats::merge(a, a.shuffled(o));
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  a = lane < kWarps ? scratch[lane] : RowStats{};
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) a = RowStats::merge(a, a.shuffled(o));
+  return a;
+}
+
+// Calls f(index, value) for the elements of [lo, hi) that thread `tid` of `nthreads` owns,
+// with kUnroll 16-byte loads in flight.
+template <DType D, typename F>
+__device__ void for_elements(const RowView<D>& view, int64_t lo, int64_t hi, int tid, int nthreads, F&& f) {
+  constexpr int kVec = Vec<D>::kSize;
+  const int64_t c_end = view.end_chunk(hi);
+  for (int64_t c0 = view.first_chunk(lo) + tid; c0 < c_end; c0 += int64_t(nthreads) * kUnroll) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (c0 + int64_t(nthreads) * u < c_end) raw[u] = __ldg(view.base + c0 + int64_t(nthreads) * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = c0 + int64_t(nthreads) * u;
+      if (c >= c_end) break;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const int64_t idx = view.index(c, j);
+        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
+      }
+    }
+  }
+}
+
+struct Scratch {
+  RowStats stats[kWarps];
+  ArgMax argmax[kWarps];
+  MaxSum maxsum[kWarps];
+  float subgroup_lse[kSubgroupsPerGroup];
+  uint32_t count[256];
+  unsigned long long mass[256];
+  RadixLevel level;
+};
+
+template <DType D>
+__device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset,
+                                 float* group_lse, Scratch& sm) {
+  constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t token_in = p.x[pos];
+  if (token_in != p.mask_id) {
+    if (threadIdx.x == 0) p.x0[pos] = token_in, p.conf[pos] = -kInf;
+    return;
+  }
+  const int64_t vocab = p.vocab, mask = p.mask_id;
+  const int64_t b = pos / p.length, i = pos % p.length;
+  const int64_t src = b * p.length + (i - p.logits_shift > 0 ? i - p.logits_shift : 0);
+  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * kElemBytes, kElemBytes);
+  auto fail = [&](CategoricalStatus status) {
+    if (threadIdx.x == 0) {
+      p.x0[pos] = token_in, p.conf[pos] = kNaN;
+      report_error(p.first_error, (pos << 2) | status);
+    }
+  };
+
+  // Pass A: untempered statistics over the vocabulary without the mask token.
+  RowStats mine;
+  for_elements(view, 0, vocab, threadIdx.x, kThreads, [&](int64_t idx, float v) {
+    if (idx != mask) mine.add(v, idx);
+    else mine.bad |= !(v < kInf);  // the CPU kernel rejects a NaN mask logit too
+  });
+  const RowStats st = block_stats(mine, sm.stats);
+  if (st.bad) return fail(kNonFinite);
+  if (st.m == -kInf) return fail(kAllMinusInf);
+  const float lse = st.m + __logf(st.s);
+  int64_t token = st.best.i;
+
+  if (p.temperature > 0.0f) {
+    const float scale = 1.0f / p.temperature;
+    uint32_t tau = 0;  // keep values whose ordered key is >= tau
+    const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+    auto weight = [&](int64_t idx, float v) { return (idx == mask || ordered_key(v) < tau) ? -kInf : v * scale; };
+    // Pass B: tempered group log-masses, one warp per group.
+    auto group_pass = [&]() {
+      bool overflow = false;
+      for (int64_t g = warp; g < groups; g += kWarps) {
+        const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+        float m = -kInf, s = 0.0f;
+        for_elements(view, lo, hi, lane, 32, [&](int64_t idx, float v) {
+          const float y = weight(idx, v);
+          overflow |= y == kInf;
+          if (y == -kInf || y == kInf) return;
+          if (y > m) s = m == -kInf ? 0.0f : s * __expf(m - y), m = y;
+          s += __expf(y - m);
+        });
+        const MaxSum acc = warp_max_sum(MaxSum{m, s});
+        if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
+      }
+      return __syncthreads_or(overflow) != 0;
+    };
+    if (group_pass()) return fail(kNonFinite);
+    if (p.top_k > 0 || p.top_p < 1.0f) {
+      MaxSum tot{-kInf, 0.0f};
+      for (int64_t g = threadIdx.x; g < groups; g += kThreads) tot = merge(tot, MaxSum{group_lse[g], 1.0f});
+      tot = block_max_sum(tot, sm.maxsum);
+      const float lse_t = tot.m + __logf(tot.s);
+      const uint64_t top_p_mass = p.top_p >= 1.0f ? UINT64_MAX : fixed_mass(p.top_p);
+      if (threadIdx.x == 0) sm.level = RadixLevel{};
+      for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int d = threadIdx.x; d < 256; d += kThreads) sm.count[d] = 0, sm.mass[d] = 0;
+        __syncthreads();
+        const uint32_t prefix = sm.level.prefix;
+        const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
+        for_elements(view, 0, vocab, threadIdx.x, kThreads, [&](int64_t idx, float v) {
+          if (idx == mask || v == -kInf) return;
+          const uint32_t key = ordered_key(v);
+          if ((key & high) != (prefix & high)) return;
+          const int d = (key >> shift) & 255;
+          atomicAdd(&sm.count[d], 1u);
+          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf(v * scale - lse_t))));
+        });
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          RadixLevel level = sm.level;
+          radix_step(level, sm.count, reinterpret_cast<const uint64_t*>(sm.mass), shift, p.top_k, top_p_mass);
+          sm.level = level;
+        }
+        __syncthreads();
+      }
+      tau = sm.level.prefix;
+      group_pass();
+    }
+    // The hierarchical Gumbel-max of sample_categorical: group, subgroup, token.
+    ArgMax pick{-kInf, INT64_MAX};
+    for (int64_t g = threadIdx.x; g < groups; g += kThreads)
+      if (group_lse[g] != -kInf)
+        pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, pos, g, RngStream::kGroup), g});
+    const int64_t lo = block_argmax(pick, sm.argmax).i * kCategoricalGroup;
+    const int64_t first = lo + threadIdx.x * 8;
+    float y[8];
+    float m = -kInf;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      y[j] = first + j < vocab ? weight(first + j, view.at(first + j)) : -kInf;
+      m = fmaxf(m, y[j]);
+    }
+    float s = 0.0f;
+    if (m != -kInf) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) s += __expf(y[j] - m);
+    }
+    const MaxSum sub = warp_max_sum(MaxSum{m, s});
+    if (lane == 0) sm.subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);
+    __syncthreads();
+    pick = ArgMax{-kInf, INT64_MAX};
+    if (threadIdx.x < kSubgroupsPerGroup && sm.subgroup_lse[threadIdx.x] != -kInf)
+      pick = ArgMax{sm.subgroup_lse[threadIdx.x] +
+                        gumbel_at(seed, offset, pos, lo / kCategoricalSubgroup + threadIdx.x, RngStream::kSubgroup),
+                    int64_t(threadIdx.x)};
+    const int64_t idx = lo + block_argmax(pick, sm.argmax).i * kCategoricalSubgroup + threadIdx.x;
+    ArgMax el{-kInf, INT64_MAX};
+    const float yi = idx < vocab ? weight(idx, view.at(idx)) : -kInf;
+    if (yi != -kInf) el = ArgMax{yi + gumbel_at(seed, offset, pos, idx, RngStream::kElement), idx};
+    token = block_argmax(el, sm.argmax).i;
+  }
+
+  if (threadIdx.x == 0) {
+    float conf = 0.0f;
+    switch (p.confidence) {
+      case Confidence::kProb: conf = __expf(view.at(token) - lse); break;
+      case Confidence::kMargin: conf = __expf(st.m - lse) - (st.second == -kInf ? 0.0f : __expf(st.second - lse)); break;
+      case Confidence::kEntropy: conf = st.t / st.s - __logf(st.s); break;
+      case Confidence::kRandom: conf = uniform_at(seed, offset, uint64_t(pos), 0, RngStream::kUniform); break;
+    }
+    p.x0[pos] = token;
+    p.conf[pos] = conf;
+  }
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) predict_masked_kernel(PredictParams p) {
+  extern __shared__ float group_lse[];
+  __shared__ Scratch scratch;
+  uint64_t seed, offset;
+  p.rng.unpack(seed, offset);
+  const int64_t positions = p.batch * p.length;
+  for (int64_t pos = blockIdx.x; pos < positions; pos += gridDim.x) {
+    predict_position<D>(p, pos, seed, offset, group_lse, scratch);
+    __syncthreads();  // shared memory is reused by the next position
+  }
+}
+
+}  // namespace
+
+void predict_masked_cuda(const PredictParams& p, void* stream) {
+  const int64_t positions = p.batch * p.length;
+  if (positions == 0) return;
+  const size_t smem = size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float);
+  const unsigned grid = unsigned(positions < 2147483647 ? positions : 2147483647);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::kFloat32: predict_masked_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kBFloat16: predict_masked_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kFloat16: predict_masked_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
+  }
+}
+
+}  // namespace dllm

@@ -1,0 +1,47 @@
+// CUDA bindings of predict_masked and commit_tokens.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "rng.h"
+#include "unmask.h"
+
+namespace dllm::binding {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id,
+                                                           double temperature, int64_t top_k, double top_p,
+                                                           c10::string_view confidence, int64_t logits_shift,
+                                                           std::optional<at::Generator> generator) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift);
+  if (call.random) call.params.rng = cuda_rng_state(generator);
+  at::Tensor first_error = at::full({1}, kNoError, x.options());
+  call.params.first_error = first_error.data_ptr<int64_t>();
+  predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (may_sync_current_stream()) raise_predict_error(first_error.item<int64_t>(), call.params.length);
+  return {call.x0, call.conf};
+}
+
+at::Tensor commit_tokens_cuda_op(at::Tensor& x, const at::Tensor& x0, const at::Tensor& conf, int64_t mask_id,
+                                 const std::optional<at::Tensor>& num_tokens, std::optional<double> threshold,
+                                 const std::optional<at::Tensor>& prob, const std::optional<at::Tensor>& window,
+                                 double position_temperature, std::optional<at::Generator> generator) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  CommitCall call = prepare_commit(x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature);
+  if (call.random) call.params.rng = cuda_rng_state(generator);
+  commit_tokens_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return call.committed;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm, CUDA, m) {
+  m.impl("predict_masked", &predict_masked_cuda_op);
+  m.impl("commit_tokens", &commit_tokens_cuda_op);
+}
+
+}  // namespace dllm::binding
