@@ -1,0 +1,135 @@
+"""dllm.generate: one entry point for every sampler."""
+
+from __future__ import annotations
+
+import torch
+
+from . import masked
+from .loop import StepLoop
+from .model_protocol import mask_id_of
+from .output import GenerationOutput
+
+SAMPLERS = ("mdlm", "first-hitting", "llada", "dream", "fast-dllm")
+VARIANTS = {"llada": ("low_confidence", "random"), "dream": tuple(masked.DREAM_ALGS)}
+DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}
+
+
+def _parse_sampler(sampler: str) -> tuple[str, str | None]:
+    name, _, variant = sampler.partition(":")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} "
+                         "(variants: llada:random, dream:origin|maskgit_plus|topk_margin|entropy)")
+    if variant and variant not in VARIANTS.get(name, ()):
+        raise ValueError(f"sampler {name!r} has no variant {variant!r}; variants: {VARIANTS.get(name, ())}")
+    return name, variant or DEFAULT_VARIANT.get(name)
+
+
+def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_id: int, device):
+    """Left-padded prompts followed by gen_length masks (or the infill template)."""
+    if prompt is None:
+        batch = 1 if infill is None else (infill.shape[0] if infill.dim() == 2 else 1)
+        prompt = torch.empty(batch, 0, dtype=torch.int64, device=device)
+    elif isinstance(prompt, (list, tuple)):
+        rows = [torch.as_tensor(p, dtype=torch.int64, device=device).flatten() for p in prompt]
+        width = max(r.numel() for r in rows)
+        padded = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
+        pad_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        for i, r in enumerate(rows):
+            padded[i, width - r.numel():] = r
+            pad_mask[i, width - r.numel():] = True
+        if attention_mask is not None:
+            raise ValueError("give either a list of ragged prompts or a padded prompt with attention_mask, not both")
+        prompt, attention_mask = padded, (None if bool(pad_mask.all()) else pad_mask)
+    else:
+        prompt = torch.as_tensor(prompt, dtype=torch.int64, device=device)
+        prompt = prompt[None] if prompt.dim() == 1 else prompt
+    if (prompt == mask_id).any():
+        raise ValueError(f"the prompt contains the mask token {mask_id}")
+    batch, width = prompt.shape
+    gen = torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)
+    if infill is not None:
+        infill = torch.as_tensor(infill, dtype=torch.int64, device=device)
+        infill = infill[None] if infill.dim() == 1 else infill
+        if infill.shape[-1] != gen_length:
+            raise ValueError(f"infill must cover the generated region: last dimension {gen_length}, got {tuple(infill.shape)}")
+        gen = infill.expand(batch, gen_length).clone()
+    x = torch.cat([prompt, gen], 1)
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask, device=device).bool()
+        if attention_mask.shape != prompt.shape:
+            raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got {tuple(attention_mask.shape)}")
+        attention_mask = torch.cat([attention_mask, torch.ones_like(gen, dtype=torch.bool)], 1)
+    return x, attention_mask, width
+
+
+@torch.no_grad()
+def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, block_length: int | None = None,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, threshold: float | None = None,
+             alg_temp: float = 0.0, cfg_scale: float = 0.0, infill=None, attention_mask=None, cache=None,
+             cuda_graph: bool = False, generator: torch.Generator | None = None, callback=None,
+             return_history: bool = False) -> GenerationOutput:
+    """Generate with a diffusion LM: start from masks after the prompt and denoise.
+
+    Args:
+        model: see :mod:`dllm.sampling.model_protocol` (tokens -> logits, a ``mask_id``).
+        prompt: int64 ``[B, P]`` or ``[P]``, or a list of 1-D prompts of different lengths (left
+            padded with ``model.pad_id``); None for unconditional generation.
+        gen_length: tokens to generate after the prompt.
+        steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
+            its count, so both ignore it).
+        sampler: "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
+            "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or
+            "fast-dllm". Each names the paper it follows in its docstring (dllm.sampling.masked).
+        block_length: semi-autoregressive block size for "llada" (default gen_length) and
+            "fast-dllm" (default 32).
+        temperature, top_k, top_p: the proposal distribution (0 = argmax), see
+            :func:`dllm.ops.predict_masked`.
+        threshold: Fast-dLLM's confidence threshold (default 0.9).
+        alg_temp: Dream's temperature over positions (0: take the top ones).
+        cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off).
+        infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
+            its non-mask tokens are known and stay fixed (a prefix, a suffix, any pattern).
+        attention_mask: bool ``[B, P]`` for left-padded prompts (True on real tokens).
+        generator: a ``torch.Generator`` on the model's device.
+        callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU).
+        return_history: keep the canvas after every step.
+
+    Returns:
+        :class:`GenerationOutput` (sequences [B, P + gen_length], history, nfe, step_times).
+        nfe counts model evaluations; a classifier-free-guidance step counts 2.
+    """
+    name, variant = _parse_sampler(sampler)
+    if gen_length <= 0 or steps <= 0:
+        raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
+    if cache is not None:
+        raise ValueError("cache: the prefix and dual KV caches need a model with KV-cache support, "
+                         "which no dllm model has yet; call without cache")
+    if cuda_graph:
+        raise ValueError("cuda_graph=True is not supported yet; the step ops are capturable (no host syncs), "
+                         "so a step can be captured by hand with torch.cuda.graph")
+    if threshold is not None and name != "fast-dllm":
+        raise ValueError("threshold applies only to the fast-dllm sampler")
+    if cfg_scale and name != "llada":
+        raise ValueError("cfg_scale applies only to the llada sampler")
+    if alg_temp and name != "dream":
+        raise ValueError("alg_temp applies only to the dream sampler")
+    mask_id = mask_id_of(model)
+    device = next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
+                                       int(getattr(model, "pad_id", 0)), device)
+    loop = StepLoop(model, attention_mask, callback, return_history, device)
+    common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                  shift=int(getattr(model, "logits_shift", 0)), generator=generator)
+    if name == "llada":
+        masked.llada(loop, x, start=start, steps=steps, block_length=block_length or gen_length, cfg_scale=cfg_scale,
+                     remasking=variant, prompt_positions=slice(0, start), **common)
+    elif name == "mdlm":
+        masked.mdlm(loop, x, steps=steps, **common)
+    elif name == "first-hitting":
+        masked.first_hitting(loop, x, **common)
+    elif name == "dream":
+        masked.dream(loop, x, steps=steps, alg=variant, alg_temp=alg_temp, **common)
+    else:
+        masked.fast_dllm(loop, x, start=start, block_length=block_length or 32,
+                         threshold=0.9 if threshold is None else threshold, **common)
+    return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())

@@ -1,0 +1,35 @@
+"""The contract between dllm's samplers and a model. Any nn.Module (or callable) works if it
+
+- maps tokens to logits: ``model(x) -> [B, L, V]`` for x int64 ``[B, L]``; it may also return an
+  object with a ``.logits`` attribute (Hugging Face style);
+- has ``mask_id`` (int): the mask token, a valid index of the logits;
+- optionally has ``logits_shift`` (int, default 0): 1 when position i is predicted by logits row
+  i - 1 (Dream, and other models adapted from autoregressive ones);
+- optionally has ``time_conditioned`` (bool, default False): when True it is called as
+  ``model(x, sigma)`` with the total noise ``sigma`` float ``[B]`` (SEDD; MDLM with time
+  conditioning). Time-agnostic models are never given the time, which is what lets the MDLM
+  sampler skip the network on steps that unmask nothing;
+- optionally has ``pad_id`` (int, default 0): used to left-pad ragged prompts;
+- accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
+  padded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def mask_id_of(model) -> int:
+    mask_id = getattr(model, "mask_id", None)
+    if mask_id is None:
+        raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id")
+    return int(mask_id)
+
+
+def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    out = model(x, sigma, **kwargs) if getattr(model, "time_conditioned", False) else model(x, **kwargs)
+    logits = getattr(out, "logits", out)
+    if logits.dim() != 3 or logits.shape[:2] != x.shape:
+        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for tokens {tuple(x.shape)}; expected [B, L, V]")
+    return logits
