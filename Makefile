@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CUDA build of torch, so the CUDA kernels compile and link even where no GPU can run them.
 TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: venv build demo test clean
+.PHONY: venv build demo test gpu-wheels clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q
+
+# Wheels the GPU machine lacks (it has no network): pass them along with the device tool's
+# carry=["wheels"] and run `DLLM_WHEELS=wheels bash scripts/gpu_check.sh OUT`.
+gpu-wheels: venv
+	$(PY) -m pip download -q -d wheels --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 pytest numpy
 
 clean:
 	rm -rf build $(VENV)

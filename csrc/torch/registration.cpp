@@ -28,4 +28,17 @@ TORCH_LIBRARY(dllm, m) {
       "float? threshold=None, Tensor? prob=None, Tensor? window=None, float position_temperature=0., *, "
       "Generator? generator=None) -> Tensor committed",
       {at::Tag::nondeterministic_seeded});
+
+  // Non-causal attention. Padded: q [B, Sq, H, D], k and v [B, Sk, Hkv, D] (H a multiple of
+  // Hkv), optional int q_len / kv_len [B] (right padding: keys past kv_len are never read,
+  // output rows past q_len are zero). Varlen: q [Tq, H, D], k and v [Tk, Hkv, D] packed, with
+  // cu_seqlens_q / cu_seqlens_k [B + 1] and the max lengths. Returns out (like q) and the
+  // float32 log-sum-exp [H, Tq] (Tq = B * Sq when padded) that the backward needs.
+  m.def(
+      "attention_forward(Tensor q, Tensor k, Tensor v, Tensor? kv_len, Tensor? q_len, Tensor? cu_seqlens_q, "
+      "Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? kv_len, "
+      "Tensor? q_len, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale) "
+      "-> (Tensor dq, Tensor dk, Tensor dv)");
 }

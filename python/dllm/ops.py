@@ -11,7 +11,7 @@ import torch
 
 from . import _extension  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["sample_categorical", "predict_masked", "commit_tokens"]
+__all__ = ["sample_categorical", "predict_masked", "commit_tokens", "attention", "attention_varlen"]
 
 Temperature = float | torch.Tensor
 
@@ -170,3 +170,118 @@ def _commit_tokens_fake(x, x0, conf, mask_id, num_tokens=None, threshold=None, p
                         position_temperature=0.0, *, generator=None):
     torch._check(x.dim() == 2, lambda: "commit_tokens: x must be [B, L]")
     return x.new_empty((x.shape[0],), dtype=torch.int64)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    kv_len: torch.Tensor | None = None,
+    q_len: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Bidirectional (non-causal) attention over right-padded batches, differentiable.
+
+    Args:
+        q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hkv, D]`` with H a multiple of Hkv (GQA / MQA).
+            float32 (CPU only), bfloat16 or float16. Sq may differ from Sk (a query block
+            attending to a cached context).
+        kv_len: int ``[B]``, valid keys per sequence: keys past it are never read (no mask).
+        q_len: int ``[B]``, valid queries per sequence: output rows past it are zero.
+        softmax_scale: default ``1 / sqrt(D)``.
+
+    Returns:
+        ``[B, Sq, H, D]``, like q. The backward saves only the output and the per-row
+        log-sum-exp. Lengths outside ``[0, S]`` raise on the CPU and are clamped on CUDA (checking
+        would synchronise).
+
+    Status: the CPU kernel is dllm's own (tiled online softmax, fused backward). The CUDA
+    tensor-core kernel is not written yet; on a GPU this currently runs torch SDPA with a
+    key-padding mask, with the same semantics.
+    """
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    if q.is_cuda and not _has_cuda_kernel("attention_forward"):
+        return _sdpa_attention(q, k, v, kv_len, q_len, scale)
+    out, _ = torch.ops.dllm.attention_forward(q, k, v, kv_len, q_len, None, None, 0, 0, scale)
+    return out
+
+
+def _has_cuda_kernel(name: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"dllm::{name}", "CUDA")
+
+
+def _sdpa_attention(q, k, v, kv_len, q_len, scale):
+    """Until dllm's CUDA attention kernel lands: torch SDPA with a key-padding mask, same
+    semantics (rows past q_len and rows without keys are zero)."""
+    B, Sq, H, _ = q.shape
+    Sk = k.shape[1]
+    mask = None
+    if kv_len is not None:
+        # A sequence without keys attends to everything and is zeroed below: no NaN rows, which
+        # some SDPA backends return (and differentiate) for a fully masked row.
+        mask = (torch.arange(Sk, device=q.device)[None, :] < kv_len[:, None]) | (kv_len == 0)[:, None]
+        mask = mask[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
+        enable_gqa=H != k.shape[2]).transpose(1, 2)
+    keep = torch.ones(B, Sq, dtype=torch.bool, device=q.device)
+    if q_len is not None:
+        keep &= torch.arange(Sq, device=q.device)[None, :] < q_len[:, None]
+    if kv_len is not None:
+        keep &= (kv_len > 0)[:, None]
+    return out * keep[:, :, None, None].to(out.dtype)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`attention` on packed sequences, FlashAttention's varlen convention: q ``[Tq, H, D]``,
+    k and v ``[Tk, Hkv, D]``; sequence b owns rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` (int
+    ``[B + 1]``, starting at 0); ``max_seqlen_*`` bound the lengths (Python ints, so no
+    ``.item()`` breaks a compiled graph)."""
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    if q.is_cuda and not _has_cuda_kernel("attention_forward"):
+        raise NotImplementedError("attention_varlen has no CUDA kernel yet; use dllm.ops.attention with kv_len / q_len")
+    out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                              max_seqlen_k, scale)
+    return out
+
+
+@torch.library.register_fake("dllm::attention_forward")
+def _attention_forward_fake(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
+    torch._check(q.dim() in (3, 4), lambda: "attention: q must be [B, S, H, D] or [T, H, D]")
+    tokens = q.shape[0] * q.shape[1] if q.dim() == 4 else q.shape[0]
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((q.shape[-2], tokens), dtype=torch.float32)
+
+
+@torch.library.register_fake("dllm::attention_backward")
+def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                             max_seqlen_k, scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, kv_len, q_len, cu_q, cu_k, max_q, max_k, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_len, q_len, cu_q, cu_k)
+    ctx.max_q, ctx.max_k, ctx.scale = max_q, max_k, scale
+
+
+def _attention_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, kv_len, q_len, cu_q, cu_k = ctx.saved_tensors
+    dq, dk, dv = torch.ops.dllm.attention_backward(grad_out, q, k, v, out, lse, kv_len, q_len, cu_q, cu_k,
+                                                   ctx.max_q, ctx.max_k, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("dllm::attention_forward", _attention_backward, setup_context=_attention_setup_context)

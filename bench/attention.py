@@ -1,0 +1,89 @@
+"""Benchmark: dllm.ops.attention against torch SDPA, with and without per-sequence lengths.
+
+Peers (same run, same inputs): SDPA's flash, cuDNN and memory-efficient backends on a GPU
+(a boolean key-padding mask for the runs with lengths; flash refuses masks), SDPA's default
+CPU path on the CPU. TFLOP/s = 4 * B * H * Sq * Sk * D / time, counted on the full lengths
+(ANCHORS.md's convention); forward + backward counts 3.5x the forward.
+
+  python bench/attention.py --device cuda --out bench/results/<name>
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import dllm
+from common import Row, format_table, machine, measure, write_results
+
+BACKENDS = {"SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
+            "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default=None, help="comma-separated BxHxLxD")
+    ap.add_argument("--backward", action="store_true", help="time forward + backward")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = args.device
+    cuda = device.startswith("cuda")
+    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows: list[Row] = []
+    for B, H, L, D in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(B, L, H, D, device=device, dtype=dtype, generator=g).requires_grad_(args.backward)
+                   for _ in range(3))
+        kv_len = torch.randint(L // 2, L + 1, (B,), device=device, generator=g)
+        mask = (torch.arange(L, device=device)[None, :] < kv_len[:, None])[:, None, None, :]
+        flops = 4 * B * H * L * L * D * (3.5 if args.backward else 1.0)
+        for masked in (False, True):
+            lens = kv_len if masked else None
+
+            def run(fn):
+                def call():
+                    out = fn()
+                    if args.backward:
+                        out.backward(torch.ones_like(out))
+                return call
+
+            impls = {"dllm": run(lambda: dllm.ops.attention(q, k, v, kv_len=lens))}
+            qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            peers = BACKENDS if cuda else {"SDPA (CPU)": None}
+            for name, backend in peers.items():
+                def sdpa(backend=backend):
+                    if backend is None:
+                        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
+                    with sdpa_kernel([backend]):
+                        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
+                impls[name] = run(sdpa)
+            shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
+            ours = None
+            for name, fn in impls.items():
+                try:
+                    r = measure("attention" + (" fwd+bwd" if args.backward else " fwd"), shape, str(dtype).split(".")[-1],
+                                name, fn, device, 0, 1.0, **({} if cuda else {"warmup": 1, "reps": 3, "min_seconds": 0}))
+                except RuntimeError as e:  # a backend that refuses the inputs (flash with a mask)
+                    r = Row("attention", shape, str(dtype), name, float("nan"), 0, 0, 0, 0, 0, float("nan"), str(e).split("\n")[0][:60])
+                r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12 if r.median_ms == r.median_ms else 0.0
+                r.note = r.note or f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s"
+                if name == "dllm":
+                    ours = r
+                else:
+                    r.ratio_vs_dllm = r.median_ms / ours.median_ms
+                rows.append(r)
+            print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(impls):]))
+    meta = machine(device) | {"floor_gbps": float("nan")}
+    title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")
+    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+
+
+if __name__ == "__main__":
+    main()

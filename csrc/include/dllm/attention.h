@@ -1,0 +1,51 @@
+// Bidirectional (non-causal) attention with per-sequence lengths, forward and backward.
+//
+// Every layout is described the same way: q, k, v, out are [tokens, heads, D] with token and
+// head strides, and sequence b owns query tokens [q_start[b], q_start[b] + q_count[b]) and key
+// tokens [k_start[b], k_start[b] + k_count[b]). A padded batch [B, S, H, D] with lengths is
+// q_start[b] = b * S, q_count[b] = q_len[b]; a packed varlen batch uses cu_seqlens. Keys past
+// k_count are never read (no mask tensor exists); query rows in a sequence's padding are not
+// computed and their output is zero.
+#pragma once
+#include <cstdint>
+
+#include "dllm/common.h"
+
+namespace dllm {
+
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // [heads, q_tokens] log-sum-exp of the scaled scores; -inf for empty rows
+  DType dtype = DType::kBFloat16;
+  int64_t batch = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  int64_t q_tokens = 0, k_tokens = 0;
+  int64_t max_q = 0, max_k = 0;  // upper bounds of q_count / k_count
+  int64_t q_token_stride = 0, q_head_stride = 0;
+  int64_t k_token_stride = 0, k_head_stride = 0;
+  int64_t v_token_stride = 0, v_head_stride = 0;
+  int64_t o_token_stride = 0, o_head_stride = 0;
+  const int64_t* q_start = nullptr;  // [batch]
+  const int64_t* q_count = nullptr;  // [batch]
+  const int64_t* k_start = nullptr;  // [batch]
+  const int64_t* k_count = nullptr;  // [batch]
+  float scale = 1.0f;
+};
+
+struct AttentionGradParams {
+  AttentionParams fwd;          // q, k, v, out, lse as in the forward
+  const void* dout = nullptr;   // like out
+  int64_t do_token_stride = 0, do_head_stride = 0;
+  void* dq = nullptr;           // like q (contiguous [q_tokens, heads, D])
+  void* dk = nullptr;           // like k (contiguous [k_tokens, kv_heads, D])
+  void* dv = nullptr;           // like v (contiguous [k_tokens, kv_heads, D])
+};
+
+// CPU: the forward over (sequence, head) pairs [begin, end) of batch * heads, and the backward
+// over (sequence, kv head) pairs [begin, end) of batch * kv_heads.
+void attention_forward_cpu(const AttentionParams& p, int64_t begin, int64_t end);
+void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t end);
+
+}  // namespace dllm

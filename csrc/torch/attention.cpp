@@ -1,0 +1,189 @@
+// Torch bindings of attention_forward / attention_backward: layouts, checks, CPU kernels.
+#include "attention.h"
+
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace dllm::binding {
+namespace {
+
+constexpr const char* kOp = "attention";
+
+at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const char* name, bool cuda) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, kOp, ": ", name, " must have shape [", batch, "], got ", t.sizes());
+  TORCH_CHECK_TYPE(!at::isFloatingType(t.scalar_type()), kOp, ": ", name, " must be an integer tensor");
+  at::Tensor n = t.to(at::kLong);
+  if (!cuda) {  // on CUDA a check would synchronise; lengths are clamped to [0, S] instead
+    TORCH_CHECK_VALUE(n.ge(0).all().item<bool>() && n.le(max_len).all().item<bool>(), kOp, ": ", name,
+                      " must lie in [0, ", max_len, "]");
+  }
+  return n.clamp(0, max_len).contiguous();
+}
+
+}  // namespace
+
+AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
+                                const std::optional<at::Tensor>& cu_seqlens_q,
+                                const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                int64_t max_seqlen_k, double scale, bool cuda) {
+  const bool varlen = cu_seqlens_q.has_value();
+  TORCH_CHECK(varlen == cu_seqlens_k.has_value(), kOp, ": give both cu_seqlens_q and cu_seqlens_k, or neither");
+  const int64_t rank = varlen ? 3 : 4;
+  TORCH_CHECK(q.dim() == rank && k.dim() == rank && v.dim() == rank, kOp, ": q, k, v must be ",
+              varlen ? "[total, heads, D] (varlen)" : "[B, S, heads, D]", ", got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  const DType dtype = logits_dtype(kOp, q, "q");
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+                   ": q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
+  check_same_device(kOp, q, k, "k");
+  check_same_device(kOp, q, v, "v");
+  TORCH_CHECK(k.sizes() == v.sizes(), kOp, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
+  const int64_t heads = q.size(-2), kv_heads = k.size(-2), dim = q.size(-1);
+  TORCH_CHECK(k.size(-1) == dim, kOp, ": q and k must share the head dimension, got ", dim, " and ", k.size(-1));
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, kOp, ": the number of q heads (", heads,
+              ") must be a multiple of the number of k/v heads (", kv_heads, ")");
+  TORCH_CHECK(dim > 0, kOp, ": head dimension must be positive");
+
+  AttentionCall call;
+  call.q = q.contiguous();
+  call.k = k.contiguous();
+  call.v = v.contiguous();
+  auto opts = q.options().dtype(at::kLong);
+  int64_t batch, max_q, max_k;
+  if (varlen) {
+    TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), kOp, ": varlen inputs take lengths from cu_seqlens only");
+    for (const at::Tensor* cu : {&*cu_seqlens_q, &*cu_seqlens_k}) {
+      check_same_device(kOp, q, *cu, "cu_seqlens");
+      TORCH_CHECK(cu->dim() == 1 && cu->size(0) >= 1, kOp, ": cu_seqlens must be [B + 1]");
+    }
+    TORCH_CHECK(cu_seqlens_q->size(0) == cu_seqlens_k->size(0), kOp, ": cu_seqlens_q and cu_seqlens_k disagree on B");
+    batch = cu_seqlens_q->size(0) - 1;
+    const at::Tensor cq = cu_seqlens_q->to(at::kLong), ck = cu_seqlens_k->to(at::kLong);
+    if (!cuda) {
+      TORCH_CHECK_VALUE(cq[0].item<int64_t>() == 0 && ck[0].item<int64_t>() == 0 && cq.diff().ge(0).all().item<bool>() &&
+                            ck.diff().ge(0).all().item<bool>() && cq[-1].item<int64_t>() <= q.size(0) &&
+                            ck[-1].item<int64_t>() <= k.size(0),
+                        kOp, ": cu_seqlens must start at 0, never decrease, and end within the packed tokens");
+      TORCH_CHECK_VALUE(cq.diff().le(max_seqlen_q).all().item<bool>() && ck.diff().le(max_seqlen_k).all().item<bool>(),
+                        kOp, ": a sequence is longer than max_seqlen_q / max_seqlen_k");
+    }
+    call.q_start = cq.slice(0, 0, batch).contiguous();
+    call.q_count = cq.diff().clamp(0, max_seqlen_q).contiguous();
+    call.k_start = ck.slice(0, 0, batch).contiguous();
+    call.k_count = ck.diff().clamp(0, max_seqlen_k).contiguous();
+    max_q = max_seqlen_q;
+    max_k = max_seqlen_k;
+  } else {
+    batch = q.size(0);
+    TORCH_CHECK(k.size(0) == batch, kOp, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
+    max_q = q.size(1);
+    max_k = k.size(1);
+    call.q_start = at::arange(batch, opts) * max_q;
+    call.k_start = at::arange(batch, opts) * max_k;
+    call.q_count = q_len ? lengths(*q_len, batch, max_q, "q_len", cuda) : at::full({batch}, max_q, opts);
+    call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda) : at::full({batch}, max_k, opts);
+    if (q_len) check_same_device(kOp, q, *q_len, "q_len");
+    if (kv_len) check_same_device(kOp, q, *kv_len, "kv_len");
+  }
+  const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
+  const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;
+  call.out = at::zeros_like(call.q);
+  call.lse = at::full({heads, q_tokens}, -std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
+
+  AttentionParams& p = call.params;
+  p.q = call.q.data_ptr();
+  p.k = call.k.data_ptr();
+  p.v = call.v.data_ptr();
+  p.out = call.out.data_ptr();
+  p.lse = call.lse.data_ptr<float>();
+  p.dtype = dtype;
+  p.batch = batch;
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = dim;
+  p.q_tokens = q_tokens;
+  p.k_tokens = k_tokens;
+  p.max_q = max_q;
+  p.max_k = max_k;
+  p.q_token_stride = heads * dim;
+  p.q_head_stride = dim;
+  p.k_token_stride = p.v_token_stride = kv_heads * dim;
+  p.k_head_stride = p.v_head_stride = dim;
+  p.o_token_stride = heads * dim;
+  p.o_head_stride = dim;
+  p.q_start = call.q_start.data_ptr<int64_t>();
+  p.q_count = call.q_count.data_ptr<int64_t>();
+  p.k_start = call.k_start.data_ptr<int64_t>();
+  p.k_count = call.k_count.data_ptr<int64_t>();
+  p.scale = float(scale);
+  return call;
+}
+
+AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                             const std::optional<at::Tensor>& kv_len,
+                                             const std::optional<at::Tensor>& q_len,
+                                             const std::optional<at::Tensor>& cu_seqlens_q,
+                                             const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                             int64_t max_seqlen_k, double scale, bool cuda) {
+  AttentionGradCall call;
+  call.fwd = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
+  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
+  TORCH_CHECK(lse.sizes() == call.fwd.lse.sizes() && lse.scalar_type() == at::kFloat, kOp,
+              ": lse must be float32 ", call.fwd.lse.sizes());
+  // The backward reads the forward's out and lse in place of the zero-filled ones.
+  call.fwd.out = out.to(q.scalar_type()).contiguous();
+  call.fwd.lse = lse.contiguous();
+  call.fwd.params.out = call.fwd.out.data_ptr();
+  call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
+  call.dout = dout.to(q.scalar_type()).contiguous();
+  call.dq = at::zeros_like(call.fwd.q);
+  call.dk = at::zeros_like(call.fwd.k);
+  call.dv = at::zeros_like(call.fwd.v);
+  AttentionGradParams& g = call.params;
+  g.fwd = call.fwd.params;
+  g.dout = call.dout.data_ptr();
+  g.do_token_stride = g.fwd.o_token_stride;
+  g.do_head_stride = g.fwd.o_head_stride;
+  g.dq = call.dq.data_ptr();
+  g.dk = call.dk.data_ptr();
+  g.dv = call.dv.data_ptr();
+  return call;
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cpu_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                             const std::optional<at::Tensor>& kv_len,
+                                                             const std::optional<at::Tensor>& q_len,
+                                                             const std::optional<at::Tensor>& cu_seqlens_q,
+                                                             const std::optional<at::Tensor>& cu_seqlens_k,
+                                                             int64_t max_seqlen_q, int64_t max_seqlen_k, double scale) {
+  AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         max_seqlen_k, scale, false);
+  const AttentionParams& p = call.params;
+  at::parallel_for(0, p.batch * p.heads, 1, [&](int64_t b, int64_t e) { attention_forward_cpu(p, b, e); });
+  return {call.out, call.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cpu_op(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
+    const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double scale) {
+  AttentionGradCall call = prepare_attention_backward(dout, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q,
+                                                      cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, false);
+  const AttentionGradParams& g = call.params;
+  at::parallel_for(0, g.fwd.batch * g.fwd.kv_heads, 1, [&](int64_t b, int64_t e) { attention_backward_cpu(g, b, e); });
+  return {call.dq, call.dk, call.dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm, CPU, m) {
+  m.impl("attention_forward", &attention_forward_cpu_op);
+  m.impl("attention_backward", &attention_backward_cpu_op);
+}
+
+}  // namespace dllm::binding

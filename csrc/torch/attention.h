@@ -1,0 +1,38 @@
+// Shared between the CPU and CUDA bindings of the attention ops.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "dllm/attention.h"
+
+namespace dllm::binding {
+
+struct AttentionCall {
+  at::Tensor q, k, v, out, lse;
+  at::Tensor q_start, q_count, k_start, k_count;  // int64 [B] sequence descriptors
+  AttentionParams params;
+};
+
+// Padded ([B, S, H, D] with optional q_len / kv_len) or varlen ([T, H, D] with cu_seqlens).
+AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
+                                const std::optional<at::Tensor>& cu_seqlens_q,
+                                const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                int64_t max_seqlen_k, double scale, bool cuda);
+
+struct AttentionGradCall {
+  AttentionCall fwd;
+  at::Tensor dout, dq, dk, dv;
+  AttentionGradParams params;
+};
+
+AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                             const std::optional<at::Tensor>& kv_len,
+                                             const std::optional<at::Tensor>& q_len,
+                                             const std::optional<at::Tensor>& cu_seqlens_q,
+                                             const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+                                             int64_t max_seqlen_k, double scale, bool cuda);
+
+}  // namespace dllm::binding
