@@ -215,38 +215,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       tau = sm.level.prefix;
       group_pass();
     }
-    // The hierarchical Gumbel-max of sample_categorical: group, subgroup, token.
-    ArgMax pick{-kInf, INT64_MAX};
-    for (int64_t g = threadIdx.x; g < groups; g += kThreads)
-      if (group_lse[g] != -kInf)
-        pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, pos, g, RngStream::kGroup), g});
-    const int64_t lo = block_argmax(pick, sm.argmax).i * kCategoricalGroup;
-    const int64_t first = lo + threadIdx.x * 8;
-    float y[8];
-    float m = -kInf;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      y[j] = first + j < vocab ? weight(first + j, view.at(first + j)) : -kInf;
-      m = fmaxf(m, y[j]);
-    }
-    float s = 0.0f;
-    if (m != -kInf) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s += __expf(y[j] - m);
-    }
-    const MaxSum sub = warp_max_sum(MaxSum{m, s});
-    if (lane == 0) sm.subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);
-    __syncthreads();
-    pick = ArgMax{-kInf, INT64_MAX};
-    if (threadIdx.x < kSubgroupsPerGroup && sm.subgroup_lse[threadIdx.x] != -kInf)
-      pick = ArgMax{sm.subgroup_lse[threadIdx.x] +
-                        gumbel_at(seed, offset, pos, lo / kCategoricalSubgroup + threadIdx.x, RngStream::kSubgroup),
-                    int64_t(threadIdx.x)};
-    const int64_t idx = lo + block_argmax(pick, sm.argmax).i * kCategoricalSubgroup + threadIdx.x;
-    ArgMax el{-kInf, INT64_MAX};
-    const float yi = idx < vocab ? weight(idx, view.at(idx)) : -kInf;
-    if (yi != -kInf) el = ArgMax{yi + gumbel_at(seed, offset, pos, idx, RngStream::kElement), idx};
-    token = block_argmax(el, sm.argmax).i;
+    token = draw_hierarchical(view, vocab, group_lse, weight, seed, offset, uint64_t(pos), sm.argmax, sm.subgroup_lse);
   }
 
   if (threadIdx.x == 0) {

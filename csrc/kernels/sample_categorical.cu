@@ -101,45 +101,8 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   const float row_lse = row.m + __logf(row.s);
 
   if (!greedy) {
-    // Choose the group: Gumbel-max over the group log-masses.
-    ArgMax pick{-kInf, INT64_MAX};
-    for (int64_t g = threadIdx.x; g < groups; g += kThreads)
-      if (group_lse[g] != -kInf)
-        pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, r, g, RngStream::kGroup), g});
-    const int64_t lo = block_argmax(pick, scratch.argmax).i * kCategoricalGroup;
-
-    // Pass 2 re-reads the chosen group: warp w owns subgroup w, 8 consecutive elements a lane.
-    static_assert(kWarps == kSubgroupsPerGroup && kCategoricalSubgroup == 32 * 8);
-    const int64_t first = lo + threadIdx.x * 8;
-    float y[8];
-    float m = -kInf;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      y[j] = first + j < vocab ? view.at(first + j) * scale : -kInf;
-      m = fmaxf(m, y[j]);
-    }
-    float s = 0.0f;
-    if (m != -kInf) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) s += __expf(y[j] - m);
-    }
-    MaxSum sub = warp_max_sum(MaxSum{m, s});
-    if (lane == 0) scratch.subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);
-    __syncthreads();
-    pick = ArgMax{-kInf, INT64_MAX};
-    if (threadIdx.x < kSubgroupsPerGroup && scratch.subgroup_lse[threadIdx.x] != -kInf) {
-      const int64_t index = lo / kCategoricalSubgroup + threadIdx.x;
-      pick = ArgMax{scratch.subgroup_lse[threadIdx.x] + gumbel_at(seed, offset, r, index, RngStream::kSubgroup),
-                    int64_t(threadIdx.x)};
-    }
-    const int64_t chosen = block_argmax(pick, scratch.argmax).i;
-
-    // The token: Gumbel-max inside the chosen subgroup, one element a thread.
-    const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
-    ArgMax mine{-kInf, INT64_MAX};
-    const float yi = idx < vocab ? view.at(idx) * scale : -kInf;
-    if (yi != -kInf) mine = ArgMax{yi + gumbel_at(seed, offset, r, idx, RngStream::kElement), idx};
-    best.i = block_argmax(mine, scratch.argmax).i;
+    best.i = draw_hierarchical(view, vocab, group_lse, [scale](int64_t, float v) { return v * scale; }, seed, offset,
+                               uint64_t(r), scratch.argmax, scratch.subgroup_lse);
   }
   write_row(p, r, best.i, view.at(best.i) * scale - row_lse, kCategoricalOk);
 }
