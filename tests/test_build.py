@@ -59,3 +59,34 @@ def test_every_op_has_cpu_and_cuda_kernels():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         if dllm.build_info()["cuda"] and name not in CPU_ONLY_FOR_NOW:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+def test_baseline_and_avx2_cpu_builds_agree():
+    # The hot CPU kernels exist twice (baseline x86-64 and AVX2 + FMA); DLLM_CPU_BASELINE=1
+    # forces the baseline one. Both must compute the same thing.
+    code = (
+        "import torch, dllm\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "logits = torch.randn(64, 3001, generator=g)\n"
+        "x = torch.randint(0, 3001, (4, 16), generator=g); x[:, ::2] = 5\n"
+        "q, k, v = (torch.randn(2, 37, 4, 24, generator=g) for _ in range(3))\n"
+        "torch.manual_seed(1)\n"
+        "t, lp = dllm.ops.sample_categorical(logits, 0.7)\n"
+        "x0, c = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, temperature=1.0, top_p=0.9)\n"
+        "o = dllm.ops.attention(q, k, v)\n"
+        "torch.save((t, lp, x0, c, o), OUT)\n"
+    )
+    results = []
+    for baseline in (False, True):
+        import tempfile
+        path = tempfile.mktemp(suffix=".pt")
+        env = dict(os.environ, **({"DLLM_CPU_BASELINE": "1"} if baseline else {}))
+        r = subprocess.run([sys.executable, "-c", f"OUT = {path!r}\n" + code], env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        results.append(torch.load(path))
+    for a, b in zip(*results):
+        if a.dtype == torch.int64:
+            assert (a != b).float().mean() < 0.01  # a near-tie may round either way
+        else:
+            fin = torch.isfinite(a)
+            torch.testing.assert_close(a[fin], b[fin], rtol=1e-5, atol=1e-5)

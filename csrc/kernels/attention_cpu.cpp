@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/attention.h"
 
@@ -189,7 +190,7 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
 
 }  // namespace
 
-void attention_forward_cpu(const AttentionParams& p, int64_t begin, int64_t end) {
+void DLLM_ISA_NAME(attention_forward_cpu)(const AttentionParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return forward_pairs<DType::kFloat32>(p, begin, end);
     case DType::kBFloat16: return forward_pairs<DType::kBFloat16>(p, begin, end);
@@ -197,7 +198,7 @@ void attention_forward_cpu(const AttentionParams& p, int64_t begin, int64_t end)
   }
 }
 
-void attention_backward_cpu(const AttentionGradParams& g, int64_t begin, int64_t end) {
+void DLLM_ISA_NAME(attention_backward_cpu)(const AttentionGradParams& g, int64_t begin, int64_t end) {
   switch (g.fwd.dtype) {
     case DType::kFloat32: return backward_pairs<DType::kFloat32>(g, begin, end);
     case DType::kBFloat16: return backward_pairs<DType::kBFloat16>(g, begin, end);

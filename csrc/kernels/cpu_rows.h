@@ -11,6 +11,8 @@
 #include "dllm/sample_categorical.h"
 
 namespace dllm::cpu {
+// Internal linkage: each translation unit (and instruction-set variant) has its own copies.
+namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -136,4 +138,5 @@ inline void note_error(int64_t& first_error, int64_t row, int64_t status) {
   first_error = std::min(first_error, (row << 2) | status);
 }
 
+}  // namespace
 }  // namespace dllm::cpu

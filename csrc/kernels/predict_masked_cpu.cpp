@@ -1,6 +1,7 @@
 // CPU kernel of predict_masked: a proposal and a confidence at every masked position.
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/unmask.h"
 #include "filter_threshold.h"
@@ -113,7 +114,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
 
 }  // namespace
 
-int64_t predict_masked_cpu(const PredictParams& p, int64_t begin, int64_t end) {
+int64_t DLLM_ISA_NAME(predict_masked_cpu)(const PredictParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return predict_positions<DType::kFloat32>(p, begin, end);
     case DType::kBFloat16: return predict_positions<DType::kBFloat16>(p, begin, end);

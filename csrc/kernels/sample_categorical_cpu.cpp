@@ -1,6 +1,7 @@
 // CPU kernel of sample_categorical: the hierarchical Gumbel-max of dllm/sample_categorical.h.
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 
 namespace dllm {
@@ -44,7 +45,7 @@ int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_e
 
 }  // namespace
 
-int64_t sample_categorical_cpu(const CategoricalParams& p, int64_t row_begin, int64_t row_end) {
+int64_t DLLM_ISA_NAME(sample_categorical_cpu)(const CategoricalParams& p, int64_t row_begin, int64_t row_end) {
   switch (p.dtype) {
     case DType::kFloat32: return sample_rows<DType::kFloat32>(p, row_begin, row_end);
     case DType::kBFloat16: return sample_rows<DType::kBFloat16>(p, row_begin, row_end);

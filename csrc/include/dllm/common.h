@@ -5,8 +5,12 @@
 
 #if defined(__CUDACC__)
 #define DLLM_HD __host__ __device__ __forceinline__
+#define DLLM_HD_MEMBER __host__ __device__ __forceinline__
 #else
-#define DLLM_HD inline
+// static: every CPU translation unit keeps its own copy, so kernels compiled for different
+// instruction sets (csrc/kernels/cpu_isa.h) never share one through the linker.
+#define DLLM_HD static inline
+#define DLLM_HD_MEMBER inline
 #endif
 
 namespace dllm {

@@ -21,7 +21,7 @@ struct RngState {
   const int64_t* offset_ptr = nullptr;  // non-null only under graph capture
   uint64_t offset_intragraph = 0;
 
-  DLLM_HD void unpack(uint64_t& s, uint64_t& o) const {
+  DLLM_HD_MEMBER void unpack(uint64_t& s, uint64_t& o) const {
     if (seed_ptr != nullptr) {
       s = uint64_t(*seed_ptr);
       o = uint64_t(*offset_ptr) + offset_intragraph;
