@@ -258,34 +258,6 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
 
 // ---- losses --------------------------------------------------------------------------------
 
-// Per-row constants of score entropy; see python/dllm/sedd/reference.py for the formulas.
-struct SeRow {
-  double shift, ratio, const_term, neg_scale, x0_coef;
-};
-
-SeRow se_row(const LossParams& p, int64_t b, int64_t xt, int64_t x0) {
-  const double sigma = p.sigma[b];
-  const double K = double(p.vocab);
-  SeRow s{};
-  s.shift = p.scale_by_sigma ? log_expm1(sigma) + std::log(K - 1.0) : 0.0;
-  const double em1 = std::expm1(sigma);
-  if (p.graph == SeddGraph::kAbsorb) {
-    s.ratio = 1.0 / em1;
-    s.const_term = s.ratio * (std::log(s.ratio) - 1.0);
-    s.x0_coef = s.ratio;  // -ratio * log_s[x0]
-  } else {
-    const double q = em1 / (em1 + K);
-    const bool same = xt == x0;
-    s.ratio = q;
-    s.neg_scale = same ? q : 1.0;  // multiplies mean_y log_s_y
-    s.x0_coef = same ? 0.0 : 1.0 / em1;
-    s.const_term = same ? (K - 1.0) / K * q * (std::log(q) - 1.0) : ((-std::log(q) - 1.0) / q - (K - 2.0)) / K;
-  }
-  return s;
-}
-
-bool bad_loss_sigma(float sigma, float dsigma) { return !(sigma > 0.0f && sigma < kInf && dsigma < kInf && dsigma > -kInf); }
-
 template <DType D>
 int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
   using T = typename IO<D>::T;
@@ -316,7 +288,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
       if (xt < 0 || xt >= K || x0 < 0 || x0 >= V) status = kSeddBadToken;
       else if (bad_loss_sigma(p.sigma[b], p.dsigma[b])) status = kSeddBadSigma;
       else if (!absorb || xt == K - 1) {
-        const SeRow s = se_row(p, b, xt, x0);
+        const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], K, xt, x0);
         for (int64_t i = 0; i < K; ++i) buf[i] = IO<D>::load(row[i]);
         const double l_x0 = double(buf[x0]);
         double sum_l = 0.0;
@@ -327,15 +299,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
         buf[xt] = -kInf;  // absorb: xt is the mask, excluded from the positive term
         const float m = max_of(buf.data(), K);
         const double sum_exp = m == -kInf ? 0.0 : std::exp(double(m) - s.shift) * exp_inplace_sum(buf.data(), K, m);
-        double se;
-        if (absorb) {
-          se = sum_exp - s.ratio * (l_x0 - s.shift) + s.const_term;
-        } else {
-          const double mean_log = (sum_l - double(K - 1) * s.shift) / double(K);
-          const double neg = s.neg_scale * mean_log + s.x0_coef * (l_x0 - s.shift);
-          se = sum_exp / double(K) - neg + s.const_term;
-        }
-        loss = double(p.dsigma[b]) * se;
+        loss = double(p.dsigma[b]) * se_value(s, p.graph, K, sum_exp, sum_l, l_x0);
       }
     }
     if (status != kSeddOk) {
@@ -353,44 +317,20 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
   const int64_t K = p.vocab;
   std::vector<float> buf(K);
   for (int64_t r = begin; r < end; ++r) {
-    const int64_t b = r / p.seq_len;
-    const int64_t xt = p.x_t[r], x0 = p.x0[r];
+    const int64_t x0 = p.x0[r];
     const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
     T* grad = static_cast<T*>(p.grad) + r * K;
-    // Gradient of every row: d/dl_y = g * (a * exp(l_y - ref) - bias) for y != skip, then
-    // -x0_coef * g at x0, 0 at `skip`. Rows outside the loss are zero.
-    bool active;
-    int64_t skip = -1;
-    double g = 0.0, a = 0.0, ref = 0.0, bias = 0.0, x0_coef = 0.0;
-    if (p.kind == LossKind::kMaskedDiffusion) {
-      active = xt == p.mask_id && x0 != p.mask_id;
-      g = double(p.grad_loss[b]) * double(p.weight[b]);
-      skip = p.mask_id;
-      a = 1.0;
-      ref = active ? double(p.lse[r]) : 0.0;
-      x0_coef = 1.0;
-    } else {
-      const bool absorb = p.graph == SeddGraph::kAbsorb;
-      active = !absorb || xt == K - 1;
-      g = double(p.grad_loss[b]) * double(p.dsigma[b]);
-      skip = xt;
-      if (active) {
-        const SeRow s = se_row(p, b, xt, x0);
-        ref = s.shift;
-        a = absorb ? 1.0 : 1.0 / double(K);
-        bias = absorb ? 0.0 : s.neg_scale / double(K);
-        x0_coef = s.x0_coef;
-      }
-    }
-    if (!active) {
+    const GradRow gr = grad_row(p, r);
+    if (!gr.active) {
       std::fill(grad, grad + K, IO<D>::store(0.0f));
       continue;
     }
     for (int64_t i = 0; i < K; ++i) buf[i] = IO<D>::load(row[i]);
-    const float ga = float(g * a), gb = float(g * bias), fref = float(ref);
-    for (int64_t i = 0; i < K; ++i) buf[i] = ga * exp_any(buf[i] - fref) - gb;
-    buf[x0] -= float(g * x0_coef);
-    buf[skip] = 0.0f;
+    const float l_x0 = buf[x0];
+    const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
+    for (int64_t i = 0; i < K; ++i) buf[i] = ga * exp_any(buf[i] - ref) - gb;
+    buf[x0] = float(x0_grad(gr, l_x0));
+    buf[gr.skip] = 0.0f;
     for (int64_t i = 0; i < K; ++i) grad[i] = IO<D>::store(buf[i]);
   }
   return kSeddNoError;

@@ -164,6 +164,84 @@ DLLM_HD double clip_level(const StepRow& s, double u_x, double sum_others, int64
   return a;
 }
 
+// Per-row constants of the score-entropy loss (see python/dllm/sedd/reference.py).
+struct SeRow {
+  double shift, ratio, const_term, neg_scale, x0_coef;
+};
+
+DLLM_HD SeRow se_row(SeddGraph graph, bool scale_by_sigma, double sigma, int64_t vocab, int64_t xt, int64_t x0) {
+  const double K = double(vocab);
+  SeRow s{};
+  s.shift = scale_by_sigma ? log_expm1(sigma) + log(K - 1.0) : 0.0;
+  const double em1 = expm1(sigma);
+  if (graph == SeddGraph::kAbsorb) {
+    s.ratio = 1.0 / em1;  // the true ratio p_t(x0) / p_t(mask)
+    s.const_term = s.ratio * (log(s.ratio) - 1.0);
+    s.x0_coef = s.ratio;
+  } else {
+    const double q = em1 / (em1 + K);
+    const bool same = xt == x0;
+    s.ratio = q;
+    s.neg_scale = same ? q : 1.0;
+    s.x0_coef = same ? 0.0 : 1.0 / em1;
+    s.const_term = same ? (K - 1.0) / K * q * (log(q) - 1.0) : ((-log(q) - 1.0) / q - (K - 2.0)) / K;
+  }
+  return s;
+}
+
+// Score entropy of one position from its row sums over y != x_t: sum_exp = sum exp(l_y - shift)
+// (absorb: the mask is x_t, so that is the positive term), sum_l = sum l_y (uniform only), and
+// the raw logit at x0.
+DLLM_HD double se_value(const SeRow& s, SeddGraph graph, int64_t vocab, double sum_exp, double sum_l, double l_x0) {
+  if (graph == SeddGraph::kAbsorb) return sum_exp - s.ratio * (l_x0 - s.shift) + s.const_term;
+  const double K = double(vocab);
+  const double mean_log = (sum_l - (K - 1.0) * s.shift) / K;  // the 0 at x_t counts in the mean
+  const double neg = s.neg_scale * mean_log + s.x0_coef * (l_x0 - s.shift);
+  return sum_exp / K - neg + s.const_term;
+}
+
+DLLM_HD bool bad_loss_sigma(float sigma, float dsigma) {
+  return !(sigma > 0.0f && sigma < INFINITY && dsigma < INFINITY && dsigma > -INFINITY);
+}
+
+// The loss gradient of one row is d/dl_y = ga * exp(l_y - ref) - gb for y != skip, minus g_x0
+// more at x0, and 0 at skip; rows outside the loss (not active) are all 0. Only valid for rows
+// the forward accepted. The x0 entry, where two large terms may cancel, is computed in double
+// by x0_grad.
+struct GradRow {
+  bool active = false;
+  int64_t skip = 0;
+  double ga = 0.0, gb = 0.0, ref = 0.0, g_x0 = 0.0;
+};
+
+DLLM_HD double x0_grad(const GradRow& gr, float l_x0) { return gr.ga * exp(double(l_x0) - gr.ref) - gr.gb - gr.g_x0; }
+
+DLLM_HD GradRow grad_row(const LossParams& p, int64_t r) {
+  const int64_t b = r / p.seq_len;
+  const int64_t xt = p.x_t[r], x0 = p.x0[r];
+  GradRow gr;
+  if (p.kind == LossKind::kMaskedDiffusion) {
+    gr.active = xt == p.mask_id && x0 != p.mask_id;
+    const double g = double(p.grad_loss[b]) * double(p.weight[b]);
+    gr.skip = p.mask_id;
+    gr.ga = g;
+    gr.ref = gr.active ? double(p.lse[r]) : 0.0;
+    gr.g_x0 = g;
+    return gr;
+  }
+  const bool absorb = p.graph == SeddGraph::kAbsorb;
+  gr.active = !absorb || xt == p.vocab - 1;
+  gr.skip = xt;
+  if (!gr.active) return gr;
+  const double g = double(p.grad_loss[b]) * double(p.dsigma[b]);
+  const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], p.vocab, xt, x0);
+  gr.ref = s.shift;
+  gr.ga = absorb ? g : g / double(p.vocab);
+  gr.gb = absorb ? 0.0 : g * s.neg_scale / double(p.vocab);
+  gr.g_x0 = g * s.x0_coef;
+  return gr;
+}
+
 DLLM_HD uint64_t mulhi64(uint64_t a, uint64_t b) {
 #if defined(__CUDA_ARCH__)
   return __umul64hi(a, b);
