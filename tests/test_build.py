@@ -49,7 +49,8 @@ def test_import_under_another_torch_names_both_versions_and_the_fix():
 
 def test_every_op_has_cpu_and_cuda_kernels():
     # Fake kernels are exercised by the opcheck test of each op.
-    for name in ("sample_categorical",):
+    for name in ("sample_categorical", "sedd_step", "sample_transition", "score_entropy_loss",
+                 "score_entropy_loss_backward", "masked_diffusion_loss", "masked_diffusion_loss_backward"):
         op = getattr(torch.ops.dllm, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         if dllm.build_info()["cuda"]:

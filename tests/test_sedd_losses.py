@@ -51,7 +51,7 @@ def test_score_entropy_values_and_gradients(device, shape, graph, sbs):
     leaf = logits.clone().requires_grad_()
     loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
     assert loss.shape == shape[:1] and loss.dtype == torch.float32
-    g_out = torch.rand(shape[0], device=device) + 0.5
+    g_out = (torch.rand(shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
     (grad,) = torch.autograd.grad(loss, leaf, g_out)
 
     exact_leaf = logits.double().requires_grad_()
@@ -73,7 +73,7 @@ def test_masked_diffusion_values_and_gradients(device, shape):
     weight = dsigma / torch.expm1(sigma)
     leaf = logits.clone().requires_grad_()
     loss = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, weight, mask_id=mask_id)
-    g_out = torch.rand(shape[0], device=device) + 0.5
+    g_out = (torch.rand(shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
     (grad,) = torch.autograd.grad(loss, leaf, g_out)
     exact_leaf = logits.double().requires_grad_()
     exact = ref.masked_diffusion_loss(exact_leaf, x_t, x0, weight.double(), mask_id=mask_id)
