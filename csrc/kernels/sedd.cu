@@ -49,6 +49,75 @@ struct IO<DType::kFloat16> {
   __device__ static T store(float v) { return __float2half_rn(v); }
 };
 
+// 16-byte vector loads of a row of any alignment, as in sample_categorical.cu: chunks start at
+// the aligned address at or below the row's first element and elements outside the range are
+// masked, so bf16 rows of odd length (V = 50258 starts rows at 4-byte boundaries) stay on the
+// vector path.
+template <DType D>
+struct Vec;
+template <>
+struct Vec<DType::kFloat32> {
+  static constexpr int kSize = 4;
+  __device__ static float get(const uint4& v, int j) { return __uint_as_float(reinterpret_cast<const uint32_t*>(&v)[j]); }
+};
+template <>
+struct Vec<DType::kBFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
+  }
+};
+template <>
+struct Vec<DType::kFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (w >> 16) : w)));
+  }
+};
+
+template <DType D>
+struct RowView {
+  static constexpr int kVec = Vec<D>::kSize;
+  const uint4* base;
+  int64_t head;  // elements between the aligned base and the row's first element
+  __device__ RowView(const void* row) {
+    constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
+    base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
+    head = int64_t(addr & 15) / kElemBytes;
+  }
+  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
+  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
+  __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
+};
+
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
+
+// Calls f(index, value) for every element of [lo, hi) that this lane owns (a warp covers the
+// range together), loading kUnroll 16-byte chunks at a time.
+template <DType D, typename F>
+__device__ void for_each_in_range(const RowView<D>& view, int64_t lo, int64_t hi, int lane, F f) {
+  constexpr int kVec = Vec<D>::kSize;
+  const int64_t c_end = view.end_chunk(hi);
+  for (int64_t c0 = view.first_chunk(lo) + lane; c0 < c_end; c0 += 32 * kUnroll) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c0 + 32 * u >= c_end) break;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const int64_t idx = view.index(c0 + 32 * u, j);
+        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
+      }
+    }
+  }
+}
+
 struct MaxSum {
   float m, s;
 };
@@ -155,6 +224,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
 
   const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
+  const RowView<D> view(row);
 
   // Pass 1: per-group online (max, sum exp) of the logits other than x.
   bool bad = false;
@@ -162,17 +232,16 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
-    for (int64_t i = lo + lane; i < hi; i += 32) {
-      const float l = IO<D>::load(row, i);
+    for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
       bad |= !(l < kInf);
-      if (i == x || l == -kInf) continue;
-      if (l > acc.m) {
+      if (i == x || l == -kInf) return;
+      if (l > acc.m) {  // online max and sum, one exp per element
         acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
         acc.m = l;
       } else {
         acc.s += expf(l - acc.m);
       }
-    }
+    });
     acc = warp_max_sum(acc);
     if (lane == 0) {
       group_lw[2 * g] = acc.m;
@@ -203,10 +272,10 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       const int64_t lo = g * kCategoricalGroup;
       const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
       float acc = 0.0f;
-      for (int64_t i = lo + lane; i < hi; i += 32) {
-        const float w = expf(IO<D>::load(row, i) - ref) - clip;
+      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+        const float w = expf(l - ref) - clip;
         acc += (i != x && w > 0.0f) ? w : 0.0f;
-      }
+      });
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
       if (lane == 0) group_lw[2 * g] = acc > 0.0f ? float(log(double(acc)) + s.log_c) : -kInf;
@@ -250,6 +319,8 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
                   int64_t(threadIdx.x)};
   }
   const int64_t chosen = block_argmax(pick, scratch.argmax).i;
+  // Unreachable when the group had positive mass; guards the index arithmetic below anyway.
+  if (chosen == INT64_MAX) return finish(-1, kSeddNoMass);
 
   // The token: Gumbel-max inside the chosen subgroup, one element a thread.
   const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
@@ -257,7 +328,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   const float lw = idx < K ? element_lw(IO<D>::load(row, idx), idx, x, s.clip, ref, clip) : -kInf;
   if (lw != -kInf) mine = ArgMax{lw + gumbel_at(seed, offset, r, idx, RngStream::kElement), idx};
   const int64_t token = block_argmax(mine, scratch.argmax).i;
-  finish(token, kSeddOk);
+  finish(token, token == INT64_MAX ? kSeddNoMass : kSeddOk);
 }
 
 template <DType D>

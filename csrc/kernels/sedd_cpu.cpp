@@ -188,9 +188,11 @@ int64_t draw(const float* buf, const double* group_sum, int64_t vocab, double lo
   for (int64_t s = 0; s < subgroups; ++s)
     sub[s] = float(sum_of(buf + lo + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup)));
   const int64_t s = gumbel_argmax_linear(sub, subgroups, seed, offset, r, best_group * kSubgroupsPerGroup, RngStream::kSubgroup);
+  if (s < 0) return -1;  // unreachable when the group had positive mass
   const int64_t first = lo + s * kCategoricalSubgroup;
-  return first + gumbel_argmax_linear(buf + first, std::min(kCategoricalSubgroup, vocab - first), seed, offset, r,
-                                      first, RngStream::kElement);
+  const int64_t e = gumbel_argmax_linear(buf + first, std::min(kCategoricalSubgroup, vocab - first), seed, offset, r,
+                                         first, RngStream::kElement);
+  return e < 0 ? -1 : first + e;
 }
 
 bool bad_sigma(float sigma, float d) {
