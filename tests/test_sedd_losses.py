@@ -212,3 +212,20 @@ def test_schedules_weight_the_loss_like_sedd(device):
     logits, x_t, x0, s, d = make_inputs((2, 5, 37), "absorb", torch.float32, device)
     torch.testing.assert_close(graph.loss(logits, x_t, x0, s, d),
                                dllm.ops.score_entropy_loss(logits, x_t, x0, s, d, graph="absorb"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_extra_memory_is_o_of_b_l():
+    # Forward + backward allocate the gradient and O(B * L) more, never a second [B, L, K].
+    logits, x_t, x0, sigma, dsigma = make_inputs((4, 256, 50258), "absorb", torch.bfloat16, "cuda")
+    leaf = logits.requires_grad_()
+    grad_bytes = leaf.numel() * leaf.element_size()
+    for fn in (lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph="absorb"),
+               lambda z: dllm.ops.masked_diffusion_loss(z, x_t, x0, dsigma, mask_id=50257)):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        (g,) = torch.autograd.grad(fn(leaf).sum(), leaf)
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= grad_bytes + (1 << 20)
+        del g

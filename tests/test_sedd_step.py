@@ -300,3 +300,17 @@ def test_cuda_graph_replays_draw_fresh_numbers_like_eager():
     eager = [step() for _ in range(2)]
     assert torch.equal(first, eager[0]) and torch.equal(second, eager[1])
     assert not torch.equal(first, second)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_allocates_no_b_l_k_temporary():
+    logits = torch.randn(4, 256, 50258, dtype=torch.bfloat16, device="cuda")
+    x = torch.full((4, 256), 50257, device="cuda")
+    s, d = torch.full((4,), 0.5, device="cuda"), torch.full((4,), 0.1, device="cuda")
+    for graph in ("absorb", "uniform"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        dllm.ops.sedd_step(logits, x, s, d, graph=graph, method="analytic")
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= 1 << 20

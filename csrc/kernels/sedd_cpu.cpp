@@ -21,10 +21,12 @@ uint32_t float_bits(float f) {
   return u;
 }
 
+// Round to nearest even; NaN stays a (quiet) NaN. Branch-free so the store loops vectorise.
 uint16_t float_to_bf16(float f) {
   const uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // quiet NaN
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                   // round to nearest even
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 
 // Round-to-nearest-even float -> IEEE half without F16C (no special -m flags in the build).
@@ -317,7 +319,6 @@ template <DType D>
 int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
   using T = typename IO<D>::T;
   const int64_t K = p.vocab;
-  std::vector<float> buf(K);
   for (int64_t r = begin; r < end; ++r) {
     const int64_t x0 = p.x0[r];
     const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
@@ -327,13 +328,11 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
       std::fill(grad, grad + K, IO<D>::store(0.0f));
       continue;
     }
-    for (int64_t i = 0; i < K; ++i) buf[i] = IO<D>::load(row[i]);
-    const float l_x0 = buf[x0];
+    // One fused load-compute-store loop (it vectorises), then the two special entries.
     const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
-    for (int64_t i = 0; i < K; ++i) buf[i] = ga * exp_any(buf[i] - ref) - gb;
-    buf[x0] = float(x0_grad(gr, l_x0));
-    buf[gr.skip] = 0.0f;
-    for (int64_t i = 0; i < K; ++i) grad[i] = IO<D>::store(buf[i]);
+    for (int64_t i = 0; i < K; ++i) grad[i] = IO<D>::store(ga * exp_any(IO<D>::load(row[i]) - ref) - gb);
+    grad[x0] = IO<D>::store(float(x0_grad(gr, IO<D>::load(row[x0]))));
+    grad[gr.skip] = IO<D>::store(0.0f);
   }
   return kSeddNoError;
 }
