@@ -379,28 +379,37 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t skip = md ? p.mask_id : xt;
     MaxSum acc{-kInf, 0.0f};
     double sum_l = 0.0;
-    for (int64_t i = threadIdx.x; i < K; i += kThreads) {
-      const float l = IO<D>::load(row, i);
-      if (i == skip) continue;
-      if (!md && !absorb) sum_l += double(l);
-      if (l > acc.m) {  // online max and sum: one exp per element (NaN falls through and propagates)
-        acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
-        acc.m = l;
-      } else if (l != -kInf) {
-        acc.s += expf(l - acc.m);
-      }
+    // Warp w streams the w-th eighth of the row with 16-byte loads.
+    const RowView<D> view(row);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
+    const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
+    bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
+    if (lo < hi) {
+      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+        nan |= l != l;
+        if (i == skip) return;
+        if (!md && !absorb) sum_l += double(l);
+        if (l > acc.m) {  // online max and sum: one exp per element (NaN falls through and propagates)
+          acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
+          acc.m = l;
+        } else if (l != -kInf) {
+          acc.s += expf(l - acc.m);
+        }
+      });
     }
+    nan = __syncthreads_or(nan);
     acc = block_max_sum(acc, maxsum);
     if (!md && !absorb) sum_l = block_sum(sum_l, sums);
     if (threadIdx.x == 0) {
       const double l_x0 = double(IO<D>::load(row, x0));
-      const double lse = acc.m == -kInf ? -INFINITY : double(acc.m) + log(double(acc.s));
+      const double lse = nan ? double(NAN) : acc.m == -kInf ? -INFINITY : double(acc.m) + log(double(acc.s));
       if (md) {
         p.lse[r] = float(lse);
         p.row_loss[r] = double(p.weight[b]) * (lse - l_x0);
       } else {
         const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], K, xt, x0);
-        const double sum_exp = acc.m == -kInf ? 0.0 : exp(lse - s.shift);
+        const double sum_exp = nan ? double(NAN) : acc.m == -kInf ? 0.0 : exp(lse - s.shift);
         p.row_loss[r] = double(p.dsigma[b]) * se_value(s, p.graph, K, sum_exp, sum_l, l_x0);
       }
     }
