@@ -45,6 +45,8 @@ CASES = [
     ("uniform", 1.0, 0.8, 0.2, False),
     ("uniform", 3.0, 2.0, 0.7, False),
     ("uniform", 1.0, 0.8, 0.2, True),
+    ("absorb", 3.0, 20.0, 2.0, True),   # geometric schedule's sigma_max: a large shift
+    ("uniform", 4.0, 1e-3, 1e-3, False),  # almost no time passes: rare moves
 ]
 
 
@@ -73,6 +75,24 @@ def test_half_precision_logits(device, dtype, graph):
     x = k - 1 if graph == "absorb" else 5
     probs = exact_next_token_probs(row, x, 0.7, 0.2, graph, "analytic", graph == "absorb")
     tokens = draws(row, x, 0.7, 0.2, 1 << 18, graph, "analytic", graph == "absorb")
+    assert chi_square_pvalue(tokens, probs) > P_MIN
+
+
+@pytest.mark.parametrize("graph, method", [("absorb", "analytic"), ("absorb", "denoise"), ("uniform", "analytic"),
+                                           ("uniform", "euler")])
+def test_minus_inf_logits_are_never_drawn(device, graph, method):
+    torch.manual_seed(12)
+    k = 301
+    row = torch.randn(k) * 2
+    banned = torch.zeros(k, dtype=torch.bool)
+    banned[torch.randperm(k - 1)[:100]] = True
+    row[banned] = float("-inf")
+    row = row.to(device)
+    x = k - 1 if graph == "absorb" else int((~banned).nonzero()[3])
+    sigma, dsig = (0.5, 0.5) if method == "denoise" else (0.5, 0.2)
+    probs = exact_next_token_probs(row, x, sigma, dsig, graph, method, graph == "absorb")
+    tokens = draws(row, x, sigma, dsig, 1 << 17, graph, method, graph == "absorb")
+    assert not banned.to(device)[tokens].any()
     assert chi_square_pvalue(tokens, probs) > P_MIN
 
 
