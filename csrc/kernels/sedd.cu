@@ -5,9 +5,9 @@
 // groups of 2048 and reduces their online (max, sum-exp), skipping x, whose weight is computed
 // separately from the row sum. Mixture rows then need nothing more than the group log-masses;
 // clip rows (uniform analytic/denoise) make a second pass over the row for the clipped group
-// sums, which a block issues right after its first pass, so it is served from L2 (a 100 KB
-// bf16 row per block against 50 MB of L2). The chosen group (4 KB) is read once more to pick a
-// subgroup and a token. Absorbing-graph rows that are not masked are never read.
+// sums, which a block issues right after its first pass; the launch bounds the rows in flight
+// so that it is served from L2 (see sedd_step_cuda). The chosen group (4 KB) is read once more
+// to pick a subgroup and a token. Absorbing-graph rows that are not masked are never read.
 //
 // Losses: one block per row. The forward reduces the row sums into double per-row losses; the
 // backward reads the row and writes its gradient once, elementwise.
@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -469,10 +470,22 @@ void sedd_step_cuda(const SeddStepParams& p, void* stream) {
   const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
   const size_t smem = size_t(groups) * 2 * sizeof(float);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  unsigned grid = grid_for(p.rows);
+  if (p.graph == SeddGraph::kUniform && p.method != SeddMethod::kEuler) {
+    // Clip rows read their row a second time right after the first pass. Bounding the rows in
+    // flight (one per resident block, grid-strided) to about 24 MB keeps that second read in
+    // L2 (50 MB on an H100) instead of HBM; at least one block per SM keeps every SM busy.
+    int device = 0, sms = 1;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int64_t row_bytes = p.vocab * (p.dtype == DType::kFloat32 ? 4 : 2);
+    const int64_t in_flight = std::max<int64_t>(sms, (int64_t(24) << 20) / row_bytes);
+    grid = unsigned(std::min<int64_t>(grid, in_flight));
+  }
   switch (p.dtype) {
-    case DType::kFloat32: sedd_step_kernel<DType::kFloat32><<<grid_for(p.rows), kThreads, smem, s>>>(p); break;
-    case DType::kBFloat16: sedd_step_kernel<DType::kBFloat16><<<grid_for(p.rows), kThreads, smem, s>>>(p); break;
-    case DType::kFloat16: sedd_step_kernel<DType::kFloat16><<<grid_for(p.rows), kThreads, smem, s>>>(p); break;
+    case DType::kFloat32: sedd_step_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kBFloat16: sedd_step_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kFloat16: sedd_step_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
   }
 }
 
