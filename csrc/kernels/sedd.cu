@@ -452,7 +452,7 @@ __global__ void sample_transition_kernel(SampleTransitionParams p) {
       p.x_t[r] = -1;
       report(p.first_error, r, kSeddBadSigma);
     } else {
-      const U32x4 bits = philox_pair(seed, offset, uint64_t(r), 0, RngStream::kTransition);
+      const U32x4 bits = philox_pair(seed, offset, uint64_t(r), 0, RngStream::kGroup);
       p.x_t[r] = transition_token(p.graph, x0, p.num_classes, double(sigma), bits);
     }
   }

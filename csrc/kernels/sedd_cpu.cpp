@@ -367,7 +367,8 @@ int64_t loss_backward_cpu(const LossParams& p, int64_t begin, int64_t end) {
 }
 
 // Forward noising: one Philox block per position, 64 bits for the move decision and 64 for the
-// replacement token, so a position's outcome depends only on (seed, offset, position).
+// replacement token, so a position's outcome depends only on (seed, offset, position). Streams
+// separate the draws inside one call; this op has only one kind of draw, so it takes kGroup.
 int64_t sample_transition_cpu(const SampleTransitionParams& p, int64_t begin, int64_t end) {
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
@@ -384,7 +385,7 @@ int64_t sample_transition_cpu(const SampleTransitionParams& p, int64_t begin, in
       p.x_t[r] = -1;
       continue;
     }
-    const U32x4 bits = philox_pair(p.rng.seed, p.rng.offset, uint64_t(r), 0, RngStream::kTransition);
+    const U32x4 bits = philox_pair(p.rng.seed, p.rng.offset, uint64_t(r), 0, RngStream::kGroup);
     p.x_t[r] = transition_token(p.graph, x0, p.num_classes, double(sigma), bits);
   }
   return first_error;

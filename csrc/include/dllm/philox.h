@@ -63,8 +63,7 @@ DLLM_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
 }
 
 // Independent streams drawn inside one op call.
-// The stream id takes the top two bits of a counter word, so there are at most four.
-enum class RngStream : uint32_t { kGroup = 0, kSubgroup = 1, kElement = 2, kTransition = 3 };
+enum class RngStream : uint32_t { kGroup = 0, kSubgroup = 1, kElement = 2 };
 
 // 128 random bits for the pair of logical indices (2j, 2j+1) of `row` in `stream`.
 // The row takes 63 bits, the pair index 32 bits, and the call's offset 32 bits of counter plus
