@@ -49,8 +49,9 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
                              bool scale_by_sigma, std::optional<at::Generator> generator) {
   const c10::cuda::CUDAGuard guard(logits.device());
   StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
-  // The kernel keeps two floats per group of 2048 in the 48 KB of default shared memory.
-  TORCH_CHECK(call.params.vocab <= 2048 * (48 * 1024 / 8), "sedd_step: CUDA supports K up to 12582912, got ",
+  // The kernel keeps two floats per group of 2048 in the 48 KB of default shared memory (less
+  // its static scratch).
+  TORCH_CHECK(call.params.vocab <= int64_t(2048) * 6000, "sedd_step: CUDA supports K up to 12288000, got ",
               call.params.vocab);
   call.params.rng = cuda_rng(generator);
   at::Tensor slot = error_slot(logits);
