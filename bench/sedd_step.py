@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("--cases", default="absorb:analytic,absorb:euler,uniform:analytic", help="graph:method list")
     ap.add_argument("--mask-frac", type=float, default=1.0, help="fraction of masked positions (absorb)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--compile-all", action="store_true",
+                    help="time the torch.compile peer for every case (default: the first case only; "
+                         "each compile takes seconds to tens of seconds)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
 
@@ -79,7 +82,7 @@ def main() -> None:
             ours.note = f"extra memory {ours.extra['peak_mb']:.1f} MB" if cuda else "reads each row once"
             rows.append(ours)
             peers = [("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
-            if not args.no_compile:
+            if not args.no_compile and (args.compile_all or (graph, method) == cases[0]):
                 compiled = torch.compile(eager, dynamic=False)
                 t0 = time.perf_counter()
                 try:
