@@ -229,3 +229,37 @@ def test_cuda_extra_memory_is_o_of_b_l():
         torch.cuda.synchronize()
         assert torch.cuda.max_memory_allocated() - base <= grad_bytes + (1 << 20)
         del g
+
+
+def _largest_allocation(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max([e.self_cpu_memory_usage for e in prof.events()] + [0])
+
+
+def test_cpu_ops_allocate_no_b_l_k_temporary():
+    # Every [B, L, K] tensor of at least one byte an element would show up as an allocation of
+    # >= B * L * K bytes; only the backward's gradient may be that large.
+    b, l, k = 2, 64, 5003
+    logits, x_t, x0, sigma, dsigma = make_inputs((b, l, k), "absorb", torch.float32, "cpu")
+    mask = torch.full_like(x_t, k - 1)
+    forward = [
+        lambda: dllm.ops.sedd_step(logits, mask, sigma, dsigma, graph="absorb", method="analytic"),
+        lambda: dllm.ops.sedd_step(logits, x0, sigma, dsigma, graph="uniform", method="analytic"),
+        lambda: dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb"),
+        lambda: dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=k - 1),
+        lambda: dllm.ops.sample_transition(x0, sigma, graph="uniform", num_classes=k),
+    ]
+    for fn in forward:
+        assert _largest_allocation(fn) < b * l * k
+    g = torch.ones(b)
+    lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=k - 1)[1]
+    backward = [
+        lambda: torch.ops.dllm.score_entropy_loss_backward(g, logits, x_t, x0, sigma, dsigma, graph="absorb",
+                                                           scale_by_sigma=True),
+        lambda: torch.ops.dllm.masked_diffusion_loss_backward(g, logits, lse, x_t, x0, dsigma, mask_id=k - 1),
+    ]
+    for fn in backward:
+        assert _largest_allocation(fn) == logits.numel() * logits.element_size()
+    # The check can fail: the eager reference does allocate [B, L, K] temporaries.
+    assert _largest_allocation(lambda: ref.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb")) >= b * l * k
