@@ -54,7 +54,9 @@ CPU_ONLY_FOR_NOW = {"attention_forward", "attention_backward"}
 
 def test_every_op_has_cpu_and_cuda_kernels():
     # Fake kernels are exercised by the opcheck test of each op.
-    for name in ("sample_categorical", "predict_masked", "commit_tokens", "attention_forward", "attention_backward"):
+    for name in ("sample_categorical", "predict_masked", "commit_tokens", "attention_forward", "attention_backward",
+                 "sedd_step", "sample_transition", "score_entropy_loss", "score_entropy_loss_backward",
+                 "masked_diffusion_loss", "masked_diffusion_loss_backward"):
         op = getattr(torch.ops.dllm, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         if dllm.build_info()["cuda"] and name not in CPU_ONLY_FOR_NOW:

@@ -4,7 +4,8 @@ import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
 
 from ._extension import build_info
 from . import ops
+from . import sedd
 from .sampling import GenerationOutput, generate
 
 __version__ = build_info()["version"]
-__all__ = ["build_info", "ops", "generate", "GenerationOutput", "__version__"]
+__all__ = ["build_info", "ops", "sedd", "generate", "GenerationOutput", "__version__"]

@@ -11,7 +11,17 @@ import torch
 
 from . import _extension  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["sample_categorical", "predict_masked", "commit_tokens", "attention", "attention_varlen"]
+__all__ = [
+    "sample_categorical",
+    "predict_masked",
+    "commit_tokens",
+    "attention",
+    "attention_varlen",
+    "sedd_step",
+    "score_entropy_loss",
+    "masked_diffusion_loss",
+    "sample_transition",
+]
 
 Temperature = float | torch.Tensor
 
@@ -285,3 +295,229 @@ def _attention_backward(ctx, grad_out, grad_lse):
 
 
 torch.library.register_autograd("dllm::attention_forward", _attention_backward, setup_context=_attention_setup_context)
+
+
+# ---- SEDD / MDLM ---------------------------------------------------------------------------
+
+PerBatch = float | torch.Tensor
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _per_batch(v: PerBatch, like: torch.Tensor) -> torch.Tensor:
+    """A float or a [B] tensor as the [B] tensor the ops take."""
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.full((like.shape[0],), float(v), dtype=torch.float32, device=like.device)
+
+
+def sedd_step(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    sigma: PerBatch,
+    dsig: PerBatch,
+    *,
+    graph: str,
+    method: str,
+    scale_by_sigma: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One SEDD sampler step, fused: score post-processing, predictor and an exact draw.
+
+    Args:
+        logits: the network's raw output ``[B, L, K]``, float32, bfloat16 or float16. Graph
+            ``"absorb"``: ``K = V + 1`` and the mask is ``K - 1``; graph ``"uniform"``: ``K = V``.
+        x: current tokens, int64 ``[B, L]`` in ``[0, K)``.
+        sigma: total noise at the current time, a float or a floating ``[B]`` tensor, ``> 0``.
+            Used for the log-score shift.
+        dsig: the step's noise term, ``>= 0`` (float or ``[B]``): ``sigma(t) - sigma(t - dt)``
+            for ``"analytic"``, ``dt * dsigma/dt(t)`` for ``"euler"``, ``sigma(t)`` for
+            ``"denoise"``.
+        graph: ``"absorb"`` or ``"uniform"``.
+        method: ``"analytic"`` (Tweedie tau-leaping: staggered score times the transposed
+            transition), ``"euler"`` (tau-leaping with the reverse rate) or ``"denoise"`` (the
+            final step: analytic, with the mask column dropped for absorb).
+        scale_by_sigma: subtract ``log(expm1(sigma)) + log(K - 1)`` from the logits first
+            (SEDD's absorbing models; SEDD trains uniform models without it). Either way the
+            log-score of the input token is set to 0.
+        generator: a ``torch.Generator`` on the logits' device (default: torch's default one).
+
+    Returns:
+        ``x_next``, int64 ``[B, L]``.
+
+    Negative weights (SEDD's clipped mass) are never drawn, as in SEDD's ``argmax(p / E)``.
+    Under the absorbing graph unmasked tokens are kept and their logits are not read. The draw
+    is exact in distribution with float64-grade Gumbel tails (see ``sample_categorical``); each
+    row is read from memory once and nothing of size ``[B, L, K]`` is allocated.
+
+    Raises ``ValueError`` for NaN or ``+inf`` logits in a row that is read, ``x`` outside
+    ``[0, K)``, ``sigma <= 0`` or ``dsig < 0`` (or non-finite), or a row with no positive weight.
+    On CUDA that check synchronises with the device (skipped inside CUDA-graph capture, where
+    bad rows come back as ``-1``).
+    """
+    return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits), _per_batch(dsig, logits),
+                                    graph=graph, method=method, scale_by_sigma=scale_by_sigma, generator=generator)
+
+
+def _check_bl_k(op: str, logits, *tokens):
+    torch._check(logits.dim() == 3, lambda: f"{op}: logits must have shape [B, L, K]")
+    torch._check(logits.dtype in _FLOATS, lambda: f"{op}: logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    for t in tokens:
+        torch._check(t.shape == logits.shape[:2], lambda: f"{op}: token tensors must have shape [B, L]")
+
+
+@torch.library.register_fake("dllm::sedd_step")
+def _sedd_step_fake(logits, x, sigma, dsig, *, graph, method, scale_by_sigma=True, generator=None):
+    _check_bl_k("sedd_step", logits, x)
+    return torch.empty_like(x)
+
+
+def score_entropy_loss(
+    logits: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    sigma: PerBatch,
+    dsigma: PerBatch,
+    *,
+    graph: str,
+    scale_by_sigma: bool = True,
+) -> torch.Tensor:
+    """SEDD's training loss: denoising score entropy, ``dsigma``-weighted, summed over positions.
+
+    Args:
+        logits: the network's raw output ``[B, L, K]`` at ``x_t`` (float32, bfloat16, float16),
+            post-processed here exactly as in ``sedd_step``.
+        x_t: noised tokens int64 ``[B, L]``; x0: clean tokens int64 ``[B, L]`` (absorb: in
+            ``[0, K - 1)``).
+        sigma: total noise ``> 0`` and dsigma: its time derivative (the per-sequence weight);
+            floats or ``[B]`` tensors.
+        graph: ``"absorb"`` (only masked positions count) or ``"uniform"``.
+        scale_by_sigma: as in ``sedd_step``.
+
+    Returns:
+        ``loss`` float32 ``[B]`` (SEDD then takes ``.mean()``; it is not normalised by length).
+
+    Differentiable in ``logits`` (not in sigma or dsigma): forward and backward are fused
+    kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing but
+    the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
+    tokens out of range or ``sigma <= 0`` raise ``ValueError``.
+    """
+    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits), _per_batch(dsigma, logits),
+                                             graph=graph, scale_by_sigma=scale_by_sigma)
+
+
+@torch.library.register_fake("dllm::score_entropy_loss")
+def _score_entropy_loss_fake(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
+    _check_bl_k("score_entropy_loss", logits, x_t, x0)
+    return logits.new_empty(logits.shape[:1], dtype=torch.float32)
+
+
+@torch.library.register_fake("dllm::score_entropy_loss_backward")
+def _score_entropy_loss_backward_fake(grad_loss, logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma):
+    _check_bl_k("score_entropy_loss_backward", logits, x_t, x0)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _score_entropy_setup(ctx, inputs, keyword_only_inputs, output):
+    logits, x_t, x0, sigma, dsigma = inputs
+    ctx.save_for_backward(logits, x_t, x0, sigma, dsigma)
+    ctx.kw = keyword_only_inputs
+
+
+def _score_entropy_backward(ctx, grad):
+    logits, x_t, x0, sigma, dsigma = ctx.saved_tensors
+    dlogits = torch.ops.dllm.score_entropy_loss_backward(grad, logits, x_t, x0, sigma, dsigma, **ctx.kw)
+    return dlogits, None, None, None, None
+
+
+torch.library.register_autograd("dllm::score_entropy_loss", _score_entropy_backward, setup_context=_score_entropy_setup)
+
+
+def masked_diffusion_loss(
+    logits: torch.Tensor,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    weight: PerBatch,
+    *,
+    mask_id: int,
+) -> torch.Tensor:
+    """MDLM's continuous-time loss (SUBS parameterisation), fused log-softmax and gather.
+
+    ``loss[b] = weight[b] * sum over positions l with x_t[b, l] == mask_id of
+    -log softmax(logits[b, l] without the mask logit)[x0[b, l]]``; unmasked positions count 0
+    (carry-over unmasking).
+
+    Args:
+        logits: ``[B, L, K]`` float32, bfloat16 or float16. x_t, x0: int64 ``[B, L]`` in
+            ``[0, K)``; x0 must not be the mask where x_t is masked.
+        weight: per-sequence weight, e.g. ``dsigma / expm1(sigma)`` or ``1 / t`` for the
+            log-linear schedule; a float or a ``[B]`` tensor.
+        mask_id: the mask token, in ``[0, K)``.
+
+    Returns:
+        ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``); the forward
+        saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
+        once.
+    """
+    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, _per_batch(weight, logits), mask_id=mask_id)[0]
+
+
+@torch.library.register_fake("dllm::masked_diffusion_loss")
+def _masked_diffusion_loss_fake(logits, x_t, x0, weight, *, mask_id):
+    _check_bl_k("masked_diffusion_loss", logits, x_t, x0)
+    return (logits.new_empty(logits.shape[:1], dtype=torch.float32),
+            logits.new_empty(logits.shape[:2], dtype=torch.float32))
+
+
+@torch.library.register_fake("dllm::masked_diffusion_loss_backward")
+def _masked_diffusion_loss_backward_fake(grad_loss, logits, lse, x_t, x0, weight, *, mask_id):
+    _check_bl_k("masked_diffusion_loss_backward", logits, x_t, x0)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
+    logits, x_t, x0, weight = inputs
+    ctx.save_for_backward(logits, output[1], x_t, x0, weight)
+    ctx.mask_id = keyword_only_inputs["mask_id"]
+
+
+def _masked_diffusion_backward(ctx, grad, _grad_lse):
+    logits, lse, x_t, x0, weight = ctx.saved_tensors
+    dlogits = torch.ops.dllm.masked_diffusion_loss_backward(grad, logits, lse, x_t, x0, weight, mask_id=ctx.mask_id)
+    return dlogits, None, None, None
+
+
+torch.library.register_autograd("dllm::masked_diffusion_loss", _masked_diffusion_backward,
+                                setup_context=_masked_diffusion_setup)
+
+
+def sample_transition(
+    x0: torch.Tensor,
+    sigma: PerBatch,
+    *,
+    graph: str,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The forward (noising) process of a SEDD graph at total noise ``sigma``.
+
+    Each position independently moves with probability ``1 - exp(-sigma)``: to the mask
+    ``num_classes - 1`` (``"absorb"``), or to a uniformly drawn token of ``[0, num_classes)``,
+    possibly itself (``"uniform"``).
+
+    Args:
+        x0: clean tokens, int64 ``[B, L]`` in ``[0, num_classes)``.
+        sigma: ``>= 0``, a float or a floating ``[B]`` tensor.
+        num_classes: ``K``, the logits' last dimension (absorb: vocabulary + 1).
+        generator: a ``torch.Generator`` on ``x0``'s device.
+
+    Returns:
+        ``x_t``, int64 ``[B, L]``. The move test uses 53-bit uniforms in double.
+    """
+    return torch.ops.dllm.sample_transition(x0, _per_batch(sigma, x0), graph=graph, num_classes=num_classes,
+                                            generator=generator)
+
+
+@torch.library.register_fake("dllm::sample_transition")
+def _sample_transition_fake(x0, sigma, *, graph, num_classes, generator=None):
+    torch._check(x0.dim() == 2, lambda: "sample_transition: x0 must have shape [B, L]")
+    return torch.empty_like(x0)

@@ -1,0 +1,89 @@
+"""Benchmark: score_entropy_loss and masked_diffusion_loss, forward + backward, against eager.
+
+The peers are the plain-PyTorch references (dllm.sedd.reference: SEDD's score entropy, MDLM's
+SUBS loss) with autograd, in float32 on the same logits. The floor is reading the logits and
+writing their gradient once at the measured copy bandwidth; dllm's fused kernels read the logits
+twice (forward, backward) and write the gradient once.
+
+  python bench/sedd_losses.py --device cuda --out bench/results/<name>/sedd_losses
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import dllm
+from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from dllm.sedd import reference as ref
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def fwd_bwd(loss_fn, logits):
+    leaf = logits.detach().requires_grad_()
+    loss = loss_fn(leaf)
+    (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    return grad
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default depends on the device)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--mask-frac", type=float, default=0.5, help="fraction of masked positions")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    args = ap.parse_args()
+
+    device = args.device
+    cuda = device.startswith("cuda")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or ("16x1024x50258" if cuda else "2x256x50258")).split(",")]
+    dtype = DTYPES[args.dtype]
+    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
+    reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
+
+    rows: list[Row] = []
+    for b, l, k in shapes:
+        gen = torch.Generator().manual_seed(0)
+        logits = (torch.randn(b, l, k, generator=gen) * 2).to(dtype).to(device)
+        x0 = torch.randint(0, k - 1, (b, l), generator=gen).to(device)
+        masked = torch.rand(b, l, generator=gen).to(device) < args.mask_frac
+        x_t = torch.where(masked, torch.full_like(x0, k - 1), x0)
+        sigma = torch.full((b,), 0.7, device=device)
+        dsigma = torch.full((b,), 1.3, device=device)
+        weight = dsigma / torch.expm1(sigma)
+        nbytes = 2 * logits.numel() * logits.element_size()  # read logits, write d(logits)
+        shape = f"{b}x{l}x{k}"
+        cases = {
+            "score_entropy_loss absorb": (
+                lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph="absorb"),
+                lambda z: ref.score_entropy_loss(z.float(), x_t, x0, sigma, dsigma, graph="absorb")),
+            "masked_diffusion_loss": (
+                lambda z: dllm.ops.masked_diffusion_loss(z, x_t, x0, weight, mask_id=k - 1),
+                lambda z: ref.masked_diffusion_loss(z.float(), x_t, x0, weight, mask_id=k - 1)),
+        }
+        for op, (ours_fn, peer_fn) in cases.items():
+            ours = measure(op + " fwd+bwd", shape, args.dtype, "dllm", lambda: fwd_bwd(ours_fn, logits), device, nbytes,
+                           floor_gbps, **reps)
+            ours.note = f"{ours.median_ms / (nbytes / floor_gbps / 1e6):.2f}x the floor"
+            rows.append(ours)
+            try:
+                peer = measure(op + " fwd+bwd", shape, args.dtype, "eager reference (fp32)",
+                               lambda: fwd_bwd(peer_fn, logits), device, nbytes, floor_gbps, **reps)
+                peer.ratio_vs_dllm = peer.median_ms / ours.median_ms
+                rows.append(peer)
+            except torch.OutOfMemoryError:
+                rows.append(Row(op + " fwd+bwd", shape, args.dtype, "eager reference (fp32)", float("nan"), 0, 0, nbytes,
+                                0, 0, float("nan"), "out of memory"))
+            print(f"{shape} {op}: " + ", ".join(f"{r.impl} {r.median_ms:.2f} ms" for r in rows[-2:]), flush=True)
+
+    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    title = "SEDD / MDLM losses: forward + backward"
+    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+
+
+if __name__ == "__main__":
+    main()

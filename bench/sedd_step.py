@@ -1,0 +1,117 @@
+"""Benchmark: dllm.ops.sedd_step against SEDD's sampler glue in eager PyTorch and torch.compile.
+
+The peer is the plain-PyTorch reference (dllm.sedd.reference.sedd_step: SEDD's score
+post-processing, staggered score times transposed transition or the reverse rate, and a Gumbel
+race), run in float32 on the same logits, as SEDD's sampler does after its bf16 network. Every
+position is masked by default (--mask-frac), so dllm reads every row: the absorbing graph's
+skipping of unmasked rows is not counted in its favour.
+
+  python bench/sedd_step.py --device cuda --out bench/results/<name>/sedd_step
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import dllm
+from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from dllm.sedd import reference as ref
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def eager(logits, x, sigma, dsig, graph, method):
+    return ref.sedd_step(logits.float(), x, sigma, dsig, graph=graph, method=method, scale_by_sigma=graph == "absorb")
+
+
+def peak_mb(fn, device) -> float:
+    if not device.startswith("cuda"):
+        return float("nan")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default depends on the device)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--cases", default="absorb:analytic,absorb:euler,uniform:analytic", help="graph:method list")
+    ap.add_argument("--mask-frac", type=float, default=1.0, help="fraction of masked positions (absorb)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--compile-all", action="store_true",
+                    help="time the torch.compile peer for every case (default: the first case only; "
+                         "each compile takes seconds to tens of seconds)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    args = ap.parse_args()
+
+    device = args.device
+    cuda = device.startswith("cuda")
+    default = "16x1024x50258,1x1024x50258,64x128x50258" if cuda else "2x256x50258"
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    dtype = DTYPES[args.dtype]
+    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
+    reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
+    cases = [tuple(c.split(":")) for c in args.cases.split(",")]
+
+    rows: list[Row] = []
+    for b, l, k in shapes:
+        gen = torch.Generator().manual_seed(0)
+        logits = (torch.randn(b, l, k, generator=gen) * 2).to(dtype).to(device)
+        nbytes = logits.numel() * logits.element_size() + b * l * 16  # logits, x in, x_next out
+        shape = f"{b}x{l}x{k}"
+        for graph, method in cases:
+            x = torch.randint(0, k, (b, l), generator=gen).to(device)
+            if graph == "absorb":
+                x = torch.where(torch.rand(b, l, generator=gen).to(device) < args.mask_frac, torch.full_like(x, k - 1), x)
+            sigma = torch.full((b,), 0.7, device=device)
+            dsig = sigma if method == "denoise" else torch.full((b,), 0.01, device=device)
+            op = f"sedd_step {graph}/{method}"
+            ours_fn = lambda: dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph, method=method,  # noqa: E731
+                                                 scale_by_sigma=graph == "absorb")
+            ours = measure(op, shape, args.dtype, "dllm", ours_fn, device, nbytes, floor_gbps, **reps)
+            ours.extra["peak_mb"] = peak_mb(ours_fn, device)
+            ours.note = f"extra memory {ours.extra['peak_mb']:.1f} MB" if cuda else "reads each row once"
+            rows.append(ours)
+            peers = [("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
+            if not args.no_compile and (args.compile_all or (graph, method) == cases[0]):
+                compiled = torch.compile(eager, dynamic=False)
+                t0 = time.perf_counter()
+                try:
+                    compiled(logits, x, sigma, dsig, graph, method)
+                    compile_s = time.perf_counter() - t0
+                    peers.append((f"torch.compile reference ({compile_s:.0f} s compile)",
+                                  lambda: compiled(logits, x, sigma, dsig, graph, method)))
+                except Exception as e:  # noqa: BLE001  (report, do not hide, a peer that fails)
+                    rows.append(Row(op, shape, args.dtype, "torch.compile reference", float("nan"), 0, 0, nbytes, 0, 0,
+                                    float("nan"), f"failed: {type(e).__name__}"))
+            for name, fn in peers:
+                try:
+                    row = measure(op, shape, args.dtype, name, fn, device, nbytes, floor_gbps, **reps)
+                except torch.OutOfMemoryError:
+                    rows.append(Row(op, shape, args.dtype, name, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory"))
+                    continue
+                row.ratio_vs_dllm = row.median_ms / ours.median_ms
+                row.extra["peak_mb"] = peak_mb(fn, device)
+                if cuda:
+                    row.note = f"extra memory {row.extra['peak_mb']:.0f} MB"
+                rows.append(row)
+            print(f"{shape} {graph}/{method}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
+                f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows
+                if r.shape == shape and r.op == op and r.impl != "dllm"), flush=True)
+
+    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    title = "sedd_step: fused SEDD sampler step (score transform + predictor + exact draw)"
+    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+
+
+if __name__ == "__main__":
+    main()

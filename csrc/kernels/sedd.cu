@@ -1,0 +1,518 @@
+// CUDA kernels of the SEDD/MDLM ops (dllm/sedd.h).
+//
+// sedd_step: one block of 256 threads per row, the grouped Gumbel-max of sample_categorical
+// with SEDD's weights computed on load. Pass 1 streams the row once: each warp owns whole
+// groups of 2048 and reduces their online (max, sum-exp), skipping x, whose weight is computed
+// separately from the row sum. Mixture rows then need nothing more than the group log-masses;
+// clip rows (uniform analytic/denoise) make a second pass over the row for the clipped group
+// sums, which a block issues right after its first pass; the launch bounds the rows in flight
+// so that it is served from L2 (see sedd_step_cuda). The chosen group (4 KB) is read once more
+// to pick a subgroup and a token. Absorbing-graph rows that are not masked are never read.
+//
+// Losses: one block per row. The forward reduces the row sums into double per-row losses; the
+// backward reads the row and writes its gradient once, elementwise.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "dllm/sample_categorical.h"
+#include "dllm/sedd.h"
+
+namespace dllm {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+template <DType D>
+struct IO;
+template <>
+struct IO<DType::kFloat32> {
+  using T = float;
+  __device__ static float load(const T* p, int64_t i) { return __ldg(p + i); }
+  __device__ static T store(float v) { return v; }
+};
+template <>
+struct IO<DType::kBFloat16> {
+  using T = __nv_bfloat16;
+  __device__ static float load(const T* p, int64_t i) { return __bfloat162float(__ldg(p + i)); }
+  __device__ static T store(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct IO<DType::kFloat16> {
+  using T = __half;
+  __device__ static float load(const T* p, int64_t i) { return __half2float(__ldg(p + i)); }
+  __device__ static T store(float v) { return __float2half_rn(v); }
+};
+
+// 16-byte vector loads of a row of any alignment, as in sample_categorical.cu: chunks start at
+// the aligned address at or below the row's first element and elements outside the range are
+// masked, so bf16 rows of odd length (V = 50258 starts rows at 4-byte boundaries) stay on the
+// vector path.
+template <DType D>
+struct Vec;
+template <>
+struct Vec<DType::kFloat32> {
+  static constexpr int kSize = 4;
+  __device__ static float get(const uint4& v, int j) { return __uint_as_float(reinterpret_cast<const uint32_t*>(&v)[j]); }
+};
+template <>
+struct Vec<DType::kBFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
+  }
+};
+template <>
+struct Vec<DType::kFloat16> {
+  static constexpr int kSize = 8;
+  __device__ static float get(const uint4& v, int j) {
+    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
+    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (w >> 16) : w)));
+  }
+};
+
+template <DType D>
+struct RowView {
+  static constexpr int kVec = Vec<D>::kSize;
+  const uint4* base;
+  int64_t head;  // elements between the aligned base and the row's first element
+  __device__ RowView(const void* row) {
+    constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
+    base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
+    head = int64_t(addr & 15) / kElemBytes;
+  }
+  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
+  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
+  __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
+};
+
+constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
+
+// Calls f(index, value) for every element of [lo, hi) that this lane owns (a warp covers the
+// range together), loading kUnroll 16-byte chunks at a time.
+template <DType D, typename F>
+__device__ void for_each_in_range(const RowView<D>& view, int64_t lo, int64_t hi, int lane, F f) {
+  constexpr int kVec = Vec<D>::kSize;
+  const int64_t c_end = view.end_chunk(hi);
+  for (int64_t c0 = view.first_chunk(lo) + lane; c0 < c_end; c0 += 32 * kUnroll) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c0 + 32 * u >= c_end) break;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const int64_t idx = view.index(c0 + 32 * u, j);
+        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
+      }
+    }
+  }
+}
+
+struct MaxSum {
+  float m, s;
+};
+
+__device__ MaxSum merge(MaxSum a, MaxSum b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -kInf) return {m, 0.0f};
+  const float sa = a.m == -kInf ? 0.0f : a.s * expf(a.m - m);
+  const float sb = b.m == -kInf ? 0.0f : b.s * expf(b.m - m);
+  return {m, sa + sb};
+}
+
+__device__ MaxSum warp_max_sum(MaxSum a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
+  return a;
+}
+
+__device__ MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  a = warp_max_sum(a);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
+}
+
+__device__ double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ double block_sum(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < kWarps ? scratch[lane] : 0.0);
+}
+
+struct ArgMax {
+  float v;
+  int64_t i;  // INT64_MAX when empty
+};
+
+__device__ ArgMax better(ArgMax a, ArgMax b) { return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a; }
+
+__device__ ArgMax warp_argmax(ArgMax a) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) a = better(a, ArgMax{__shfl_xor_sync(0xffffffffu, a.v, o), __shfl_xor_sync(0xffffffffu, a.i, o)});
+  return a;
+}
+
+__device__ ArgMax block_argmax(ArgMax a, ArgMax* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  a = warp_argmax(a);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  return warp_argmax(lane < kWarps ? scratch[lane] : ArgMax{-kInf, INT64_MAX});
+}
+
+__device__ void report(int64_t* first_error, int64_t row, SeddStatus status) {
+  atomicMin(reinterpret_cast<unsigned long long*>(first_error), static_cast<unsigned long long>(sedd_encode(row, status)));
+}
+
+struct StepScratch {
+  ArgMax argmax[kWarps];
+  MaxSum maxsum[kWarps];
+  double sum[kWarps];
+  float subgroup_lw[kSubgroupsPerGroup];
+};
+
+// log-weight of a token inside its group, up to the group's constant: the raw logit for
+// mixture rows, log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x.
+__device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref, float a) {
+  if (i == x) return -kInf;
+  if (!clip) return l;
+  const float w = expf(l - ref) - a;
+  return w > 0.0f ? logf(w) : -kInf;
+}
+
+template <DType D>
+__device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint64_t offset, float* group_lw,
+                         StepScratch& scratch) {
+  using T = typename IO<D>::T;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t K = p.vocab;
+  const int64_t groups = (K + kCategoricalGroup - 1) / kCategoricalGroup;
+  const int64_t b = r / p.seq_len;
+  const int64_t x = p.x[r];
+  const float sigma = p.sigma[b], d = p.dsig[b];
+  auto finish = [&](int64_t token, SeddStatus status) {
+    if (threadIdx.x != 0) return;
+    p.x_next[r] = status == kSeddOk ? token : -1;
+    if (status != kSeddOk) report(p.first_error, r, status);
+  };
+  if (x < 0 || x >= K) return finish(-1, kSeddBadToken);
+  if (!(sigma > 0.0f && sigma < kInf && d >= 0.0f && d < kInf)) return finish(-1, kSeddBadSigma);
+  if (p.graph == SeddGraph::kAbsorb && x != K - 1) return finish(x, kSeddOk);
+
+  const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
+  const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
+  const RowView<D> view(row);
+
+  // Pass 1: per-group online (max, sum exp) of the logits other than x.
+  bool bad = false;
+  for (int64_t g = warp; g < groups; g += kWarps) {
+    const int64_t lo = g * kCategoricalGroup;
+    const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
+    MaxSum acc{-kInf, 0.0f};
+    for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+      bad |= !(l < kInf);
+      if (i == x || l == -kInf) return;
+      if (l > acc.m) {  // online max and sum, one exp per element
+        acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
+        acc.m = l;
+      } else {
+        acc.s += expf(l - acc.m);
+      }
+    });
+    acc = warp_max_sum(acc);
+    if (lane == 0) {
+      group_lw[2 * g] = acc.m;
+      group_lw[2 * g + 1] = acc.s;
+    }
+  }
+  if (__syncthreads_or(bad)) return finish(-1, kSeddNonFinite);
+  MaxSum row_acc{-kInf, 0.0f};
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) row_acc = merge(row_acc, MaxSum{group_lw[2 * g], group_lw[2 * g + 1]});
+  row_acc = block_max_sum(row_acc, scratch.maxsum);  // its barriers also order group_lw's reuse below
+
+  double log_w_x;
+  float ref = 0.0f, clip = 0.0f;
+  if (!s.clip) {
+    const double lse_others = row_acc.m == -kInf ? -INFINITY : double(row_acc.m) + log(double(row_acc.s));
+    log_w_x = mixture_log_w_x(s, lse_others);
+    // Group log-weights in place: log(sum exp l) + log c - shift.
+    for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+      const float m = group_lw[2 * g], sum = group_lw[2 * g + 1];
+      group_lw[2 * g] = m == -kInf ? -kInf : float(double(m) + log(double(sum)) + s.log_c - s.shift);
+    }
+  } else {
+    ref = fmaxf(row_acc.m, float(s.shift));
+    const double sum_others = row_acc.m == -kInf ? 0.0 : double(row_acc.s) * exp(double(row_acc.m) - double(ref));
+    clip = float(clip_level(s, exp(s.shift - double(ref)), sum_others, K, log_w_x));
+    // Pass 2 (from L2): the clipped group sums.
+    for (int64_t g = warp; g < groups; g += kWarps) {
+      const int64_t lo = g * kCategoricalGroup;
+      const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
+      float acc = 0.0f;
+      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+        const float w = expf(l - ref) - clip;
+        acc += (i != x && w > 0.0f) ? w : 0.0f;
+      });
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) group_lw[2 * g] = acc > 0.0f ? float(log(double(acc)) + s.log_c) : -kInf;
+    }
+  }
+  __syncthreads();
+
+  // The group (or x, candidate index `groups`): Gumbel-max over the log-weights.
+  ArgMax pick{-kInf, INT64_MAX};
+  for (int64_t g = threadIdx.x; g <= groups; g += kThreads) {
+    const float lw = g < groups ? group_lw[2 * g] : float(log_w_x);
+    if (lw != -kInf) pick = better(pick, ArgMax{lw + gumbel_at(seed, offset, r, g, RngStream::kGroup), g});
+  }
+  const int64_t group = block_argmax(pick, scratch.argmax).i;
+  if (group == INT64_MAX) return finish(-1, kSeddNoMass);
+  if (group == groups) return finish(x, kSeddOk);
+
+  // The subgroup: warp w owns subgroup w, 8 consecutive elements a lane.
+  static_assert(kWarps == kSubgroupsPerGroup && kCategoricalSubgroup == 32 * 8);
+  const int64_t lo = group * kCategoricalGroup;
+  const int64_t first = lo + threadIdx.x * 8;
+  float y[8];
+  float m = -kInf;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    y[j] = first + j < K ? element_lw(IO<D>::load(row, first + j), first + j, x, s.clip, ref, clip) : -kInf;
+    m = fmaxf(m, y[j]);
+  }
+  float sum = 0.0f;
+  if (m != -kInf) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sum += expf(y[j] - m);
+  }
+  const MaxSum sub = warp_max_sum(MaxSum{m, sum});
+  if (lane == 0) scratch.subgroup_lw[warp] = sub.m == -kInf ? -kInf : sub.m + logf(sub.s);
+  __syncthreads();
+  pick = ArgMax{-kInf, INT64_MAX};
+  if (threadIdx.x < kSubgroupsPerGroup && scratch.subgroup_lw[threadIdx.x] != -kInf) {
+    const int64_t index = lo / kCategoricalSubgroup + threadIdx.x;
+    pick = ArgMax{scratch.subgroup_lw[threadIdx.x] + gumbel_at(seed, offset, r, index, RngStream::kSubgroup),
+                  int64_t(threadIdx.x)};
+  }
+  const int64_t chosen = block_argmax(pick, scratch.argmax).i;
+  // Unreachable when the group had positive mass; guards the index arithmetic below anyway.
+  if (chosen == INT64_MAX) return finish(-1, kSeddNoMass);
+
+  // The token: Gumbel-max inside the chosen subgroup, one element a thread.
+  const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
+  ArgMax mine{-kInf, INT64_MAX};
+  const float lw = idx < K ? element_lw(IO<D>::load(row, idx), idx, x, s.clip, ref, clip) : -kInf;
+  if (lw != -kInf) mine = ArgMax{lw + gumbel_at(seed, offset, r, idx, RngStream::kElement), idx};
+  const int64_t token = block_argmax(mine, scratch.argmax).i;
+  finish(token, token == INT64_MAX ? kSeddNoMass : kSeddOk);
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) sedd_step_kernel(SeddStepParams p) {
+  extern __shared__ float group_lw[];  // [groups][2]: (max, sum) after pass 1, then log-weights
+  __shared__ StepScratch scratch;
+  uint64_t seed, offset;
+  p.rng.unpack(seed, offset);
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    step_row<D>(p, r, seed, offset, group_lw, scratch);
+    __syncthreads();  // group_lw and the scratch arrays are reused by the next row
+  }
+}
+
+// ---- losses --------------------------------------------------------------------------------
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
+  using T = typename IO<D>::T;
+  __shared__ MaxSum maxsum[kWarps];
+  __shared__ double sums[kWarps];
+  const int64_t K = p.vocab;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const int64_t b = r / p.seq_len;
+    const int64_t xt = p.x_t[r], x0 = p.x0[r];
+    const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
+    const bool md = p.kind == LossKind::kMaskedDiffusion;
+    const bool absorb = p.graph == SeddGraph::kAbsorb;
+    SeddStatus status = kSeddOk;
+    bool active = false;
+    if (md) {
+      if (xt < 0 || xt >= K || x0 < 0 || x0 >= K) status = kSeddBadToken;
+      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;
+      else active = xt == p.mask_id;
+    } else {
+      if (xt < 0 || xt >= K || x0 < 0 || x0 >= (absorb ? K - 1 : K)) status = kSeddBadToken;
+      else if (bad_loss_sigma(p.sigma[b], p.dsigma[b])) status = kSeddBadSigma;
+      else active = !absorb || xt == K - 1;
+    }
+    if (!active) {  // uniform over the block: every thread takes this branch together
+      if (threadIdx.x == 0) {
+        p.row_loss[r] = status == kSeddOk ? 0.0 : __longlong_as_double(0x7ff8000000000000ll);
+        if (md) p.lse[r] = 0.0f;
+        if (status != kSeddOk) report(p.first_error, r, status);
+      }
+      continue;
+    }
+    const int64_t skip = md ? p.mask_id : xt;
+    MaxSum acc{-kInf, 0.0f};
+    double sum_l = 0.0;
+    // Warp w streams the w-th eighth of the row with 16-byte loads.
+    const RowView<D> view(row);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
+    const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
+    bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
+    if (lo < hi) {
+      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+        nan |= l != l;
+        if (i == skip) return;
+        if (!md && !absorb) sum_l += double(l);
+        if (l > acc.m) {  // online max and sum: one exp per element (NaN falls through and propagates)
+          acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
+          acc.m = l;
+        } else if (l != -kInf) {
+          acc.s += expf(l - acc.m);
+        }
+      });
+    }
+    nan = __syncthreads_or(nan);
+    acc = block_max_sum(acc, maxsum);
+    if (!md && !absorb) sum_l = block_sum(sum_l, sums);
+    if (threadIdx.x == 0) {
+      const double l_x0 = double(IO<D>::load(row, x0));
+      const double lse = nan ? double(NAN) : acc.m == -kInf ? -INFINITY : double(acc.m) + log(double(acc.s));
+      if (md) {
+        p.lse[r] = float(lse);
+        p.row_loss[r] = double(p.weight[b]) * (lse - l_x0);
+      } else {
+        const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], K, xt, x0);
+        const double sum_exp = nan ? double(NAN) : acc.m == -kInf ? 0.0 : exp(lse - s.shift);
+        p.row_loss[r] = double(p.dsigma[b]) * se_value(s, p.graph, K, sum_exp, sum_l, l_x0);
+      }
+    }
+    __syncthreads();  // the shared scratch is reused by the next row
+  }
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
+  using T = typename IO<D>::T;
+  const int64_t K = p.vocab;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
+    T* grad = static_cast<T*>(p.grad) + r * K;
+    const GradRow gr = grad_row(p, r);
+    const int64_t x0 = p.x0[r];
+    const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
+    for (int64_t i = threadIdx.x; i < K; i += kThreads) {
+      float v = 0.0f;
+      if (gr.active && i != gr.skip) {
+        const float l = IO<D>::load(row, i);
+        v = i == x0 ? float(x0_grad(gr, l)) : ga * expf(l - ref) - gb;
+      }
+      grad[i] = IO<D>::store(v);
+    }
+  }
+}
+
+__global__ void sample_transition_kernel(SampleTransitionParams p) {
+  uint64_t seed, offset;
+  p.rng.unpack(seed, offset);
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < p.rows; r += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x0 = p.x0[r];
+    const float sigma = p.sigma[r / p.seq_len];
+    if (x0 < 0 || x0 >= p.num_classes) {
+      p.x_t[r] = -1;
+      report(p.first_error, r, kSeddBadToken);
+    } else if (!(sigma >= 0.0f && sigma < kInf)) {
+      p.x_t[r] = -1;
+      report(p.first_error, r, kSeddBadSigma);
+    } else {
+      const U32x4 bits = philox_pair(seed, offset, uint64_t(r), 0, RngStream::kGroup);
+      p.x_t[r] = transition_token(p.graph, x0, p.num_classes, double(sigma), bits);
+    }
+  }
+}
+
+unsigned grid_for(int64_t rows) {
+  // Enough blocks to fill the device many times over; rows beyond are grid-strided.
+  return unsigned(rows < (int64_t(1) << 20) ? rows : (int64_t(1) << 20));
+}
+
+}  // namespace
+
+void sedd_step_cuda(const SeddStepParams& p, void* stream) {
+  if (p.rows == 0) return;
+  const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  const size_t smem = size_t(groups) * 2 * sizeof(float);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  unsigned grid = grid_for(p.rows);
+  if (p.graph == SeddGraph::kUniform && p.method != SeddMethod::kEuler) {
+    // Clip rows read their row a second time right after the first pass. Bounding the rows in
+    // flight (one per resident block, grid-strided) to about 24 MB keeps that second read in
+    // L2 (50 MB on an H100) instead of HBM; at least one block per SM keeps every SM busy.
+    int device = 0, sms = 1;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    const int64_t row_bytes = p.vocab * (p.dtype == DType::kFloat32 ? 4 : 2);
+    const int64_t in_flight = std::max<int64_t>(sms, (int64_t(24) << 20) / row_bytes);
+    grid = unsigned(std::min<int64_t>(grid, in_flight));
+  }
+  switch (p.dtype) {
+    case DType::kFloat32: sedd_step_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kBFloat16: sedd_step_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
+    case DType::kFloat16: sedd_step_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
+  }
+}
+
+void loss_forward_cuda(const LossParams& p, void* stream) {
+  if (p.rows == 0) return;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::kFloat32: loss_forward_kernel<DType::kFloat32><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+    case DType::kBFloat16: loss_forward_kernel<DType::kBFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+    case DType::kFloat16: loss_forward_kernel<DType::kFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+  }
+}
+
+void loss_backward_cuda(const LossParams& p, void* stream) {
+  if (p.rows == 0) return;
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (p.dtype) {
+    case DType::kFloat32: loss_backward_kernel<DType::kFloat32><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+    case DType::kBFloat16: loss_backward_kernel<DType::kBFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+    case DType::kFloat16: loss_backward_kernel<DType::kFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
+  }
+}
+
+void sample_transition_cuda(const SampleTransitionParams& p, void* stream) {
+  if (p.rows == 0) return;
+  const int64_t blocks = (p.rows + kThreads - 1) / kThreads;
+  sample_transition_kernel<<<grid_for(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+}
+
+}  // namespace dllm

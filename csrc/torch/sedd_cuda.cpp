@@ -1,0 +1,143 @@
+// CUDA bindings of the SEDD/MDLM ops: Philox state from torch's CUDA generator, launch on the
+// current stream, and the error check (skipped under graph capture, where it cannot sync).
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <mutex>
+
+#include "sedd.h"
+
+namespace dllm::binding {
+namespace {
+
+// Same construction as sample_categorical's: each call takes one fresh Philox offset, and the
+// counters inside a call are keyed by (row, index).
+RngState cuda_rng(std::optional<at::Generator> generator) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+  at::PhiloxCudaState st;
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    st = gen->philox_cuda_state(4);
+  }
+  RngState rng;
+  if (st.captured_) {
+    rng.seed_ptr = st.seed_.ptr;
+    rng.offset_ptr = st.offset_.ptr;
+    rng.offset_intragraph = st.offset_intragraph_;
+  } else {
+    rng.seed = st.seed_.val;
+    rng.offset = st.offset_.val;
+  }
+  return rng;
+}
+
+at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kSeddNoError, like.options().dtype(at::kLong)); }
+
+void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const char* names) {
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
+    raise_sedd_error(op, slot.item<int64_t>(), seq_len, names);
+}
+
+cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& sigma,
+                             const at::Tensor& dsig, c10::string_view graph, c10::string_view method,
+                             bool scale_by_sigma, std::optional<at::Generator> generator) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
+  // The kernel keeps two floats per group of 2048 in the 48 KB of default shared memory (less
+  // its static scratch).
+  TORCH_CHECK(call.params.vocab <= int64_t(2048) * 6000, "sedd_step: CUDA supports K up to 12288000, got ",
+              call.params.vocab);
+  call.params.rng = cuda_rng(generator);
+  at::Tensor slot = error_slot(logits);
+  call.params.first_error = slot.data_ptr<int64_t>();
+  sedd_step_cuda(call.params, stream());
+  check_errors("sedd_step", slot, call.params.seq_len, "x");
+  return call.x_next;
+}
+
+at::Tensor sample_transition_cuda_op(const at::Tensor& x0, const at::Tensor& sigma, c10::string_view graph,
+                                     int64_t num_classes, std::optional<at::Generator> generator) {
+  const c10::cuda::CUDAGuard guard(x0.device());
+  TransitionCall call = prepare_transition(x0, sigma, graph, num_classes);
+  call.params.rng = cuda_rng(generator);
+  at::Tensor slot = error_slot(x0);
+  call.params.first_error = slot.data_ptr<int64_t>();
+  sample_transition_cuda(call.params, stream());
+  check_errors("sample_transition", slot, call.params.seq_len, "x0");
+  return call.x_t;
+}
+
+at::Tensor score_entropy_loss_cuda_op(const at::Tensor& logits, const at::Tensor& x_t, const at::Tensor& x0,
+                                      const at::Tensor& sigma, const at::Tensor& dsigma, c10::string_view graph,
+                                      bool scale_by_sigma) {
+  constexpr const char* op = "score_entropy_loss";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
+  at::Tensor slot = error_slot(logits);
+  call.params.first_error = slot.data_ptr<int64_t>();
+  loss_forward_cuda(call.params, stream());
+  check_errors(op, slot, call.params.seq_len, "x_t or x0");
+  return finish_loss(call);
+}
+
+at::Tensor score_entropy_loss_backward_cuda_op(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                               const at::Tensor& x_t, const at::Tensor& x0, const at::Tensor& sigma,
+                                               const at::Tensor& dsigma, c10::string_view graph, bool scale_by_sigma) {
+  constexpr const char* op = "score_entropy_loss_backward";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
+  prepare_backward(op, call, grad_loss);
+  loss_backward_cuda(call.params, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return call.grad.view(logits.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> masked_diffusion_loss_cuda_op(const at::Tensor& logits, const at::Tensor& x_t,
+                                                                 const at::Tensor& x0, const at::Tensor& weight,
+                                                                 int64_t mask_id) {
+  constexpr const char* op = "masked_diffusion_loss";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
+  call.lse = at::empty({x_t.size(0), x_t.size(1)}, logits.options().dtype(at::kFloat));
+  call.params.lse = call.lse.data_ptr<float>();
+  at::Tensor slot = error_slot(logits);
+  call.params.first_error = slot.data_ptr<int64_t>();
+  loss_forward_cuda(call.params, stream());
+  check_errors(op, slot, call.params.seq_len, "x_t or x0");
+  return {finish_loss(call), call.lse};
+}
+
+at::Tensor masked_diffusion_loss_backward_cuda_op(const at::Tensor& grad_loss, const at::Tensor& logits,
+                                                  const at::Tensor& lse, const at::Tensor& x_t, const at::Tensor& x0,
+                                                  const at::Tensor& weight, int64_t mask_id) {
+  constexpr const char* op = "masked_diffusion_loss_backward";
+  const c10::cuda::CUDAGuard guard(logits.device());
+  LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == x_t.sizes() && lse.device() == logits.device(), op,
+              ": lse must be the float32 [B, L] tensor that masked_diffusion_loss returned");
+  call.lse = lse.contiguous();
+  call.params.lse = call.lse.data_ptr<float>();
+  prepare_backward(op, call, grad_loss);
+  loss_backward_cuda(call.params, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return call.grad.view(logits.sizes());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm, CUDA, m) {
+  m.impl("sedd_step", &sedd_step_cuda_op);
+  m.impl("sample_transition", &sample_transition_cuda_op);
+  m.impl("score_entropy_loss", &score_entropy_loss_cuda_op);
+  m.impl("score_entropy_loss_backward", &score_entropy_loss_backward_cuda_op);
+  m.impl("masked_diffusion_loss", &masked_diffusion_loss_cuda_op);
+  m.impl("masked_diffusion_loss_backward", &masked_diffusion_loss_backward_cuda_op);
+}
+
+}  // namespace dllm::binding

@@ -1,0 +1,92 @@
+"""dllm.ops.sample_transition: the forward noising of SEDD's graphs, tested statistically."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dllm
+from stats import chi_square_pvalue, poisson_z
+
+P_MIN = 1e-4
+
+
+def test_absorb_masks_at_rate_one_minus_exp_minus_sigma(device):
+    k, n = 50258, 1 << 16
+    torch.manual_seed(0)
+    x0 = torch.randint(0, k - 1, (4, n), device=device)
+    sigma = torch.tensor([1e-3, 0.2, 1.0, 4.0], device=device)
+    x_t = dllm.ops.sample_transition(x0, sigma, graph="absorb", num_classes=k)
+    moved = x_t != x0
+    assert (x_t[moved] == k - 1).all()
+    for b in range(4):
+        p = -math.expm1(-sigma[b].item())
+        count = moved[b].sum().item()
+        assert abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p)), (b, count, n * p)
+
+
+def test_uniform_moves_to_uniform_tokens(device):
+    k, n = 37, 1 << 18
+    torch.manual_seed(1)
+    x0 = torch.full((1, n), 5, device=device)
+    sigma = 0.7
+    x_t = dllm.ops.sample_transition(x0, sigma, graph="uniform", num_classes=k)
+    p_move = -math.expm1(-sigma)
+    probs = np.full(k, p_move / k)
+    probs[5] += 1 - p_move
+    assert chi_square_pvalue(x_t, probs) > P_MIN
+
+
+def test_uniform_large_vocab_stays_in_range(device):
+    k = 50257
+    torch.manual_seed(2)
+    x0 = torch.randint(0, k, (2, 1 << 16), device=device)
+    x_t = dllm.ops.sample_transition(x0, torch.tensor([5.0, 5.0], device=device), graph="uniform", num_classes=k)
+    assert x_t.min() >= 0 and x_t.max() < k
+    # Nearly every token moved; destinations fall evenly into 16 bins of the vocabulary (x0 is
+    # uniform too, so the stayers do not bias the bins).
+    bins = (x_t * 16 // k).flatten()
+    p_move = -math.expm1(-5.0)
+    stay = (x_t == x0).sum().item()
+    n = x0.numel()
+    assert abs(poisson_z(stay, n * (1 - p_move + p_move / k))) < 5
+    assert chi_square_pvalue(bins, np.full(16, 1 / 16)) > P_MIN
+
+
+def test_seeded_and_zero_sigma(device):
+    x0 = torch.randint(0, 100, (3, 1000), device=device)
+    torch.manual_seed(3)
+    a = dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=101)
+    b = dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=101)
+    torch.manual_seed(3)
+    assert torch.equal(a, dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=101))
+    assert not torch.equal(a, b)
+    assert torch.equal(dllm.ops.sample_transition(x0, 0.0, graph="absorb", num_classes=101), x0)
+
+
+def test_graph_object_and_errors(device):
+    graph = dllm.sedd.Absorbing(100)
+    x0 = torch.randint(0, 100, (2, 50), device=device)
+    assert ((graph.sample_transition(x0, 50.0) == 100)).all()
+    with pytest.raises(ValueError, match=r"x0 at position \[1, 3\]"):
+        bad = x0.clone()
+        bad[1, 3] = 101
+        dllm.ops.sample_transition(bad, 0.5, graph="absorb", num_classes=101)
+    with pytest.raises(ValueError, match=r"sigma\[0\]"):
+        dllm.ops.sample_transition(x0, torch.tensor([-1.0, 1.0], device=device), graph="absorb", num_classes=101)
+    with pytest.raises(RuntimeError, match="num_classes must be"):
+        dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=1)
+
+
+def test_opcheck_and_compile(device):
+    x0 = torch.randint(0, 30, (2, 40), device=device)
+    sigma = torch.full((2,), 0.5, device=device)
+    torch.library.opcheck(torch.ops.dllm.sample_transition.default, (x0, sigma), dict(graph="absorb", num_classes=31),
+                          test_utils=("test_schema", "test_faketensor"))
+    compiled = torch.compile(lambda x: dllm.ops.sample_transition(x, sigma, graph="uniform", num_classes=30) + 0,
+                             fullgraph=True)
+    torch.manual_seed(0)
+    got = compiled(x0)
+    torch.manual_seed(0)
+    assert torch.equal(got, dllm.ops.sample_transition(x0, sigma, graph="uniform", num_classes=30))

@@ -1,0 +1,265 @@
+"""score_entropy_loss and masked_diffusion_loss: values and gradients against float64 references."""
+
+import pytest
+import torch
+
+import dllm
+from dllm.sedd import reference as ref
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (B, L, K): awkward lengths, a small odd K, and GPT-2's K = 50258 (absorb) / 50257 (uniform).
+SHAPES = [(3, 1, 37), (2, 113, 37), (1, 1023, 37), (2, 3, 50258)]
+
+
+def make_inputs(shape, graph, dtype, device, seed=0):
+    b, l, k = shape
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(shape, generator=gen) * 2).to(dtype)
+    v = k - 1 if graph == "absorb" else k
+    x0 = torch.randint(0, v, (b, l), generator=gen)
+    sigma = torch.rand(b, generator=gen) * 3 + 0.05
+    dsigma = torch.rand(b, generator=gen) * 2 + 0.1
+    if graph == "absorb":
+        x_t = torch.where(torch.rand(b, l, generator=gen) < 0.6, torch.full_like(x0, k - 1), x0)
+    else:  # about half the positions moved, some of them back onto x0
+        x_t = torch.where(torch.rand(b, l, generator=gen) < 0.5, torch.randint(0, k, (b, l), generator=gen), x0)
+    return [t.to(device) for t in (logits, x_t, x0, sigma, dsigma)]
+
+
+def se_ref(logits, x_t, x0, sigma, dsigma, graph, sbs, dtype=torch.float64):
+    return ref.score_entropy_loss(logits.to(dtype), x_t, x0, sigma.to(dtype), dsigma.to(dtype), graph=graph,
+                                  scale_by_sigma=sbs)
+
+
+def bound(ours, exact, torch32):
+    """Elementwise: kernel error vs float64 within 2x plain PyTorch's float32 error on the same
+    values, plus 1e-6 relative (8 float32 ulps): the kernels' vectorised exp has relative
+    error up to 2e-7 (libm's: half an ulp) and is followed by up to three float32 roundings
+    (scale, product, offset), and elements where PyTorch happens to round exactly would
+    otherwise allow no error at all. Measured worst case over many seeds: 5e-7."""
+    err = (ours.double() - exact).abs()
+    allowed = 2 * (torch32.double() - exact).abs() + 1e-6 * exact.abs() + 1e-6
+    assert (err <= allowed).all(), (err.max().item(), (torch32.double() - exact).abs().max().item())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("graph, sbs", [("absorb", True), ("uniform", False), ("uniform", True)])
+def test_score_entropy_values_and_gradients(device, shape, graph, sbs):
+    if graph == "uniform" and shape[2] == 50258:
+        shape = shape[:2] + (50257,)
+    logits, x_t, x0, sigma, dsigma = make_inputs(shape, graph, torch.float32, device)
+    leaf = logits.clone().requires_grad_()
+    loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
+    assert loss.shape == shape[:1] and loss.dtype == torch.float32
+    g_out = (torch.rand(shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
+    (grad,) = torch.autograd.grad(loss, leaf, g_out)
+
+    exact_leaf = logits.double().requires_grad_()
+    exact = se_ref(exact_leaf, x_t, x0, sigma, dsigma, graph, sbs)
+    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
+    f32_leaf = logits.clone().requires_grad_()
+    f32 = se_ref(f32_leaf, x_t, x0, sigma, dsigma, graph, sbs, torch.float32)
+    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
+    bound(loss, exact.detach(), f32.detach())
+    bound(grad, exact_grad, f32_grad)
+    if graph == "absorb":  # unmasked positions and the mask column get no gradient
+        assert (grad[x_t != shape[2] - 1] == 0).all() and (grad[..., -1] == 0).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_masked_diffusion_values_and_gradients(device, shape):
+    logits, x_t, x0, sigma, dsigma = make_inputs(shape, "absorb", torch.float32, device, seed=1)
+    mask_id = shape[2] - 1
+    weight = dsigma / torch.expm1(sigma)
+    leaf = logits.clone().requires_grad_()
+    loss = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, weight, mask_id=mask_id)
+    g_out = (torch.rand(shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
+    (grad,) = torch.autograd.grad(loss, leaf, g_out)
+    exact_leaf = logits.double().requires_grad_()
+    exact = ref.masked_diffusion_loss(exact_leaf, x_t, x0, weight.double(), mask_id=mask_id)
+    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
+    f32_leaf = logits.clone().requires_grad_()
+    f32 = ref.masked_diffusion_loss(f32_leaf, x_t, x0, weight, mask_id=mask_id)
+    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
+    bound(loss, exact.detach(), f32.detach())
+    bound(grad, exact_grad, f32_grad)
+
+
+def test_masked_diffusion_mask_anywhere(device):
+    # MDLM's mask id need not be the last index.
+    logits, x_t, x0, _, w = make_inputs((2, 50, 29), "uniform", torch.float32, device, seed=2)
+    mask_id = 7
+    x0 = torch.where(x0 == mask_id, torch.zeros_like(x0), x0)
+    x_t = torch.where(torch.rand(x0.shape, device=device) < 0.5, torch.full_like(x0, mask_id), x0)
+    got = dllm.ops.masked_diffusion_loss(logits, x_t, x0, w, mask_id=mask_id)
+    exact = ref.masked_diffusion_loss(logits.double(), x_t, x0, w.double(), mask_id=mask_id)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("loss_name", ["score_entropy_absorb", "score_entropy_uniform", "masked_diffusion"])
+def test_half_precision_logits(device, dtype, loss_name):
+    # The kernels compute in float32 from the half-precision values; the gradient is rounded
+    # once to the logits' dtype.
+    graph = "uniform" if loss_name.endswith("uniform") else "absorb"
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 67, 1031), graph, dtype, device, seed=3)
+    leaf = logits.clone().requires_grad_()
+    exact_leaf = logits.double().requires_grad_()
+    if loss_name == "masked_diffusion":
+        loss = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, dsigma, mask_id=1030)
+        exact = ref.masked_diffusion_loss(exact_leaf, x_t, x0, dsigma.double(), mask_id=1030)
+    else:
+        loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=graph == "absorb")
+        exact = se_ref(exact_leaf, x_t, x0, sigma, dsigma, graph, graph == "absorb")
+    (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), exact_leaf)
+    assert grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), exact.detach(), rtol=2e-6, atol=1e-5)
+    ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    err = (grad.double() - exact_grad).abs()
+    assert (err <= ulp * exact_grad.abs() + 1e-6).all(), err.max()
+
+
+def test_non_finite_logits_propagate(device):
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)
+    x_t[0, 2] = 10
+    logits[0, 2, 3] = float("nan")
+    loss = dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb")
+    assert loss[0].isnan() and loss[1].isfinite()
+
+
+@pytest.mark.parametrize(
+    "op, change, match",
+    [
+        ("se", dict(x0=lambda t: t.index_fill(1, torch.tensor([1], device=t.device), 10)), r"x_t or x0 at position \[0, 1\] is outside"),
+        ("se", dict(x_t=lambda t: t.index_fill(1, torch.tensor([2], device=t.device), 11)), r"x_t or x0 at position \[0, 2\]"),
+        ("se", dict(sigma=lambda t: t.index_fill(0, torch.tensor([1], device=t.device), -1.0)), r"sigma\[1\] must be finite and > 0"),
+        ("md", dict(x0=lambda t: t.index_fill(1, torch.tensor([3], device=t.device), 10)), r"x0\[0, 3\] is the mask id"),
+        ("md", dict(x_t=lambda t: t.index_fill(1, torch.tensor([0], device=t.device), -2)), r"x_t or x0 at position \[0, 0\]"),
+    ],
+)
+def test_bad_values_raise_clear_errors(device, op, change, match):
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)
+    x_t[:] = 10  # every position masked
+    args = dict(logits=logits, x_t=x_t, x0=x0, sigma=sigma, dsigma=dsigma)
+    for key, f in change.items():
+        args[key] = f(args[key])
+    with pytest.raises(ValueError, match=match):
+        if op == "se":
+            dllm.ops.score_entropy_loss(**args, graph="absorb")
+        else:
+            dllm.ops.masked_diffusion_loss(args["logits"], args["x_t"], args["x0"], args["dsigma"], mask_id=10)
+
+
+def test_bad_shapes_raise_clear_errors(device):
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)
+    with pytest.raises(RuntimeError, match=r"x0 must have shape \[B, L\]"):
+        dllm.ops.score_entropy_loss(logits, x_t, x0[:, :4], sigma, dsigma, graph="absorb")
+    with pytest.raises(RuntimeError, match=r"dsigma must have shape \[B\]"):
+        dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma[:1], graph="absorb")
+    with pytest.raises(RuntimeError, match="mask_id must be in"):
+        dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=11)
+    with pytest.raises(ValueError, match="graph must be"):
+        dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorbing")
+
+
+def test_opcheck(device):
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 7, 53), "absorb", torch.float32, device)
+    logits.requires_grad_()
+    torch.library.opcheck(torch.ops.dllm.score_entropy_loss.default, (logits, x_t, x0, sigma, dsigma),
+                          dict(graph="absorb", scale_by_sigma=True))
+    torch.library.opcheck(torch.ops.dllm.score_entropy_loss.default, (logits, x_t, x0, sigma, dsigma),
+                          dict(graph="uniform", scale_by_sigma=False))
+    torch.library.opcheck(torch.ops.dllm.masked_diffusion_loss.default, (logits, x_t, x0, dsigma), dict(mask_id=52))
+    g = torch.ones(2, device=device)
+    torch.library.opcheck(torch.ops.dllm.score_entropy_loss_backward.default,
+                          (g, logits.detach(), x_t, x0, sigma, dsigma), dict(graph="absorb", scale_by_sigma=True))
+    lse = torch.ops.dllm.masked_diffusion_loss(logits.detach(), x_t, x0, dsigma, mask_id=52)[1]
+    torch.library.opcheck(torch.ops.dllm.masked_diffusion_loss_backward.default,
+                          (g, logits.detach(), lse, x_t, x0, dsigma), dict(mask_id=52))
+
+
+def test_torch_compile_fullgraph_forward_and_backward(device):
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 9, 61), "absorb", torch.float32, device)
+
+    def total(z):
+        se = dllm.ops.score_entropy_loss(z * 0.5, x_t, x0, sigma, dsigma, graph="absorb")
+        md = dllm.ops.masked_diffusion_loss(z, x_t, x0, dsigma, mask_id=60)
+        return (se + md).sum()
+
+    compiled = torch.compile(total, fullgraph=True)
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    got = compiled(a)
+    want = total(b)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_schedules_weight_the_loss_like_sedd(device):
+    # LogLinear: P(masked) = (1 - eps) t, and MDLM's weight dsigma / expm1(sigma) equals 1 / t.
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    sigma, dsigma = dllm.sedd.LogLinear()(t)
+    torch.testing.assert_close(-torch.expm1(-sigma), (1 - 1e-3) * t)
+    torch.testing.assert_close(dsigma / torch.expm1(sigma), 1 / t)
+    sigma, dsigma = dllm.sedd.Geometric(1e-4, 20.0)(t)
+    h = 1e-6
+    up, _ = dllm.sedd.Geometric(1e-4, 20.0)(t + h)
+    torch.testing.assert_close(dsigma, (up - sigma) / h, rtol=1e-4, atol=0)
+    graph = dllm.sedd.Absorbing(36)
+    logits, x_t, x0, s, d = make_inputs((2, 5, 37), "absorb", torch.float32, device)
+    torch.testing.assert_close(graph.loss(logits, x_t, x0, s, d),
+                               dllm.ops.score_entropy_loss(logits, x_t, x0, s, d, graph="absorb"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_extra_memory_is_o_of_b_l():
+    # Forward + backward allocate the gradient and O(B * L) more, never a second [B, L, K].
+    logits, x_t, x0, sigma, dsigma = make_inputs((4, 256, 50258), "absorb", torch.bfloat16, "cuda")
+    leaf = logits.requires_grad_()
+    grad_bytes = leaf.numel() * leaf.element_size()
+    for fn in (lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph="absorb"),
+               lambda z: dllm.ops.masked_diffusion_loss(z, x_t, x0, dsigma, mask_id=50257)):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        (g,) = torch.autograd.grad(fn(leaf).sum(), leaf)
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= grad_bytes + (1 << 20)
+        del g
+
+
+def _largest_allocation(fn) -> int:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max([e.self_cpu_memory_usage for e in prof.events()] + [0])
+
+
+def test_cpu_ops_allocate_no_b_l_k_temporary():
+    # Every [B, L, K] tensor of at least one byte an element would show up as an allocation of
+    # >= B * L * K bytes; only the backward's gradient may be that large.
+    b, l, k = 2, 64, 5003
+    logits, x_t, x0, sigma, dsigma = make_inputs((b, l, k), "absorb", torch.float32, "cpu")
+    mask = torch.full_like(x_t, k - 1)
+    forward = [
+        lambda: dllm.ops.sedd_step(logits, mask, sigma, dsigma, graph="absorb", method="analytic"),
+        lambda: dllm.ops.sedd_step(logits, x0, sigma, dsigma, graph="uniform", method="analytic"),
+        lambda: dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb"),
+        lambda: dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=k - 1),
+        lambda: dllm.ops.sample_transition(x0, sigma, graph="uniform", num_classes=k),
+    ]
+    for fn in forward:
+        assert _largest_allocation(fn) < b * l * k
+    g = torch.ones(b)
+    lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=k - 1)[1]
+    backward = [
+        lambda: torch.ops.dllm.score_entropy_loss_backward(g, logits, x_t, x0, sigma, dsigma, graph="absorb",
+                                                           scale_by_sigma=True),
+        lambda: torch.ops.dllm.masked_diffusion_loss_backward(g, logits, lse, x_t, x0, dsigma, mask_id=k - 1),
+    ]
+    for fn in backward:
+        assert _largest_allocation(fn) == logits.numel() * logits.element_size()
+    # The check can fail: the eager reference does allocate [B, L, K] temporaries.
+    assert _largest_allocation(lambda: ref.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb")) >= b * l * k
