@@ -46,16 +46,19 @@ struct Vec<DType::kFloat16> {
   }
 };
 
-// A row seen as 16-byte chunks starting at the aligned address at or below its first element.
+// A row seen as 16-byte chunks starting at the aligned address at or below its first element;
+// elements outside a requested range are masked, so rows of any length and alignment (V = 50258
+// bf16 rows start at 4-byte boundaries) take the vector path.
 template <DType D>
 struct RowView {
   static constexpr int kVec = Vec<D>::kSize;
+  static constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
   const uint4* base;
   int64_t head;  // elements between the aligned base and the row's first element
-  __device__ RowView(const char* row, int elem_bytes) {
+  __device__ explicit RowView(const void* row) {
     const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
     base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
-    head = int64_t(addr & 15) / elem_bytes;
+    head = int64_t(addr & 15) / kElemBytes;
   }
   __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
   __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
@@ -65,6 +68,31 @@ struct RowView {
     return Vec<D>::get(__ldg(base + k / kVec), int(k % kVec));
   }
 };
+
+// Calls f(index, value) for the elements of [lo, hi) that thread `tid` of `nthreads` owns (a
+// warp: tid = lane, nthreads = 32; a block: threadIdx.x, kThreads), with kUnroll 16-byte loads
+// in flight.
+template <DType D, typename F>
+__device__ void for_elements(const RowView<D>& view, int64_t lo, int64_t hi, int tid, int nthreads, F&& f) {
+  constexpr int kVec = Vec<D>::kSize;
+  const int64_t c_end = view.end_chunk(hi);
+  for (int64_t c0 = view.first_chunk(lo) + tid; c0 < c_end; c0 += int64_t(nthreads) * kUnroll) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      if (c0 + int64_t(nthreads) * u < c_end) raw[u] = __ldg(view.base + c0 + int64_t(nthreads) * u);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = c0 + int64_t(nthreads) * u;
+      if (c >= c_end) break;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const int64_t idx = view.index(c, j);
+        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
+      }
+    }
+  }
+}
 
 struct MaxSum {
   float m, s;
@@ -121,6 +149,21 @@ __device__ inline MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
   if (lane == 0) scratch[warp] = a;
   __syncthreads();
   return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
+}
+
+__device__ inline double warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ inline double block_sum(double v, double* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < kWarps ? scratch[lane] : 0.0);
 }
 
 // Lowers the device error word to `encoded` ((row << bits) | status) if that is smaller.

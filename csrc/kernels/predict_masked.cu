@@ -93,30 +93,6 @@ __device__ RowStats block_stats(RowStats a, RowStats* scratch) {
   return a;
 }
 
-// Calls f(index, value) for the elements of [lo, hi) that thread `tid` of `nthreads` owns,
-// with kUnroll 16-byte loads in flight.
-template <DType D, typename F>
-__device__ void for_elements(const RowView<D>& view, int64_t lo, int64_t hi, int tid, int nthreads, F&& f) {
-  constexpr int kVec = Vec<D>::kSize;
-  const int64_t c_end = view.end_chunk(hi);
-  for (int64_t c0 = view.first_chunk(lo) + tid; c0 < c_end; c0 += int64_t(nthreads) * kUnroll) {
-    uint4 raw[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (c0 + int64_t(nthreads) * u < c_end) raw[u] = __ldg(view.base + c0 + int64_t(nthreads) * u);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + int64_t(nthreads) * u;
-      if (c >= c_end) break;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const int64_t idx = view.index(c, j);
-        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
-      }
-    }
-  }
-}
-
 struct Scratch {
   RowStats stats[kWarps];
   ArgMax argmax[kWarps];
@@ -130,7 +106,6 @@ struct Scratch {
 template <DType D>
 __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset,
                                  float* group_lse, Scratch& sm) {
-  constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t token_in = p.x[pos];
   if (token_in != p.mask_id) {
@@ -140,7 +115,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const int64_t vocab = p.vocab, mask = p.mask_id;
   const int64_t b = pos / p.length, i = pos % p.length;
   const int64_t src = b * p.length + (i - p.logits_shift > 0 ? i - p.logits_shift : 0);
-  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * kElemBytes, kElemBytes);
+  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
   auto fail = [&](CategoricalStatus status) {
     if (threadIdx.x == 0) {
       p.x0[pos] = token_in, p.conf[pos] = kNaN;

@@ -41,7 +41,6 @@ template <DType D>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
                            float* group_lse, Scratch& scratch) {
   constexpr int kVec = Vec<D>::kSize;
-  constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t vocab = p.vocab;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
@@ -50,7 +49,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
   const bool greedy = temperature == 0.0f;
   const float scale = greedy ? 1.0f : 1.0f / temperature;
-  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * kElemBytes, kElemBytes);
+  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
 
   // Pass 1: per-group log-sum-exp (and the argmax when greedy), one warp per group.
   ArgMax best{-kInf, INT64_MAX};

@@ -19,15 +19,14 @@
 #include <cstdint>
 #include <limits>
 
+#include "cuda_rows.cuh"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
 
 namespace dllm {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr float kInf = std::numeric_limits<float>::infinity();
+using namespace cuda;
 
 template <DType D>
 struct IO;
@@ -50,142 +49,8 @@ struct IO<DType::kFloat16> {
   __device__ static T store(float v) { return __float2half_rn(v); }
 };
 
-// 16-byte vector loads of a row of any alignment, as in sample_categorical.cu: chunks start at
-// the aligned address at or below the row's first element and elements outside the range are
-// masked, so bf16 rows of odd length (V = 50258 starts rows at 4-byte boundaries) stay on the
-// vector path.
-template <DType D>
-struct Vec;
-template <>
-struct Vec<DType::kFloat32> {
-  static constexpr int kSize = 4;
-  __device__ static float get(const uint4& v, int j) { return __uint_as_float(reinterpret_cast<const uint32_t*>(&v)[j]); }
-};
-template <>
-struct Vec<DType::kBFloat16> {
-  static constexpr int kSize = 8;
-  __device__ static float get(const uint4& v, int j) {
-    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
-    return __uint_as_float((j & 1) ? (w & 0xffff0000u) : (w << 16));
-  }
-};
-template <>
-struct Vec<DType::kFloat16> {
-  static constexpr int kSize = 8;
-  __device__ static float get(const uint4& v, int j) {
-    const uint32_t w = reinterpret_cast<const uint32_t*>(&v)[j >> 1];
-    return __half2float(__ushort_as_half(static_cast<unsigned short>((j & 1) ? (w >> 16) : w)));
-  }
-};
-
-template <DType D>
-struct RowView {
-  static constexpr int kVec = Vec<D>::kSize;
-  const uint4* base;
-  int64_t head;  // elements between the aligned base and the row's first element
-  __device__ RowView(const void* row) {
-    constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
-    base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
-    head = int64_t(addr & 15) / kElemBytes;
-  }
-  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
-  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
-  __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
-};
-
-constexpr int kUnroll = 4;  // 16-byte loads in flight per lane
-
-// Calls f(index, value) for every element of [lo, hi) that this lane owns (a warp covers the
-// range together), loading kUnroll 16-byte chunks at a time.
-template <DType D, typename F>
-__device__ void for_each_in_range(const RowView<D>& view, int64_t lo, int64_t hi, int lane, F f) {
-  constexpr int kVec = Vec<D>::kSize;
-  const int64_t c_end = view.end_chunk(hi);
-  for (int64_t c0 = view.first_chunk(lo) + lane; c0 < c_end; c0 += 32 * kUnroll) {
-    uint4 raw[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-      if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (c0 + 32 * u >= c_end) break;
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) {
-        const int64_t idx = view.index(c0 + 32 * u, j);
-        if (idx >= lo && idx < hi) f(idx, Vec<D>::get(raw[u], j));
-      }
-    }
-  }
-}
-
-struct MaxSum {
-  float m, s;
-};
-
-__device__ MaxSum merge(MaxSum a, MaxSum b) {
-  const float m = fmaxf(a.m, b.m);
-  if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * expf(a.m - m);
-  const float sb = b.m == -kInf ? 0.0f : b.s * expf(b.m - m);
-  return {m, sa + sb};
-}
-
-__device__ MaxSum warp_max_sum(MaxSum a) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
-  return a;
-}
-
-__device__ MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  a = warp_max_sum(a);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = a;
-  __syncthreads();
-  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
-}
-
-__device__ double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ double block_sum(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  return warp_sum(lane < kWarps ? scratch[lane] : 0.0);
-}
-
-struct ArgMax {
-  float v;
-  int64_t i;  // INT64_MAX when empty
-};
-
-__device__ ArgMax better(ArgMax a, ArgMax b) { return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a; }
-
-__device__ ArgMax warp_argmax(ArgMax a) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) a = better(a, ArgMax{__shfl_xor_sync(0xffffffffu, a.v, o), __shfl_xor_sync(0xffffffffu, a.i, o)});
-  return a;
-}
-
-__device__ ArgMax block_argmax(ArgMax a, ArgMax* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  a = warp_argmax(a);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = a;
-  __syncthreads();
-  return warp_argmax(lane < kWarps ? scratch[lane] : ArgMax{-kInf, INT64_MAX});
-}
-
 __device__ void report(int64_t* first_error, int64_t row, SeddStatus status) {
-  atomicMin(reinterpret_cast<unsigned long long*>(first_error), static_cast<unsigned long long>(sedd_encode(row, status)));
+  report_error(first_error, sedd_encode(row, status));
 }
 
 struct StepScratch {
@@ -233,7 +98,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
-    for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+    for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
       bad |= !(l < kInf);
       if (i == x || l == -kInf) return;
       if (l > acc.m) {  // online max and sum, one exp per element
@@ -273,7 +138,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       const int64_t lo = g * kCategoricalGroup;
       const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
       float acc = 0.0f;
-      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+      for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
         const float w = expf(l - ref) - clip;
         acc += (i != x && w > 0.0f) ? w : 0.0f;
       });
@@ -387,7 +252,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
     bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
     if (lo < hi) {
-      for_each_in_range<D>(view, lo, hi, lane, [&](int64_t i, float l) {
+      for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
         nan |= l != l;
         if (i == skip) return;
         if (!md && !absorb) sum_l += double(l);

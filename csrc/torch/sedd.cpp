@@ -1,14 +1,10 @@
 // Torch bindings of the SEDD/MDLM ops: checks, the CPU kernels, and the shared error reporting.
 #include "sedd.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
-#include <mutex>
-
 #include "checks.h"
+#include "rng.h"
 
 namespace dllm::binding {
 namespace {
@@ -188,29 +184,14 @@ namespace {
 // Runs `kernel(begin, end) -> encoded error` over rows on torch's CPU thread pool.
 template <typename F>
 int64_t parallel_rows(int64_t rows, int64_t row_len, F kernel) {
-  std::atomic<int64_t> first_error{kSeddNoError};
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(row_len, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    const int64_t err = kernel(begin, end);
-    int64_t seen = first_error.load();
-    while (err < seen && !first_error.compare_exchange_weak(seen, err)) {
-    }
-  });
-  return first_error.load();
-}
-
-uint64_t cpu_seed(std::optional<at::Generator> generator) {
-  // One 64-bit key per call: torch.manual_seed reproduces the draw and consecutive calls differ.
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
-  return gen->random64();
+  return parallel_min_error(rows, 65536 / std::max<int64_t>(row_len, 1), kernel);
 }
 
 at::Tensor sedd_step_cpu_op(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& sigma,
                             const at::Tensor& dsig, c10::string_view graph, c10::string_view method,
                             bool scale_by_sigma, std::optional<at::Generator> generator) {
   StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
-  call.params.rng.seed = cpu_seed(generator);
+  call.params.rng = cpu_rng_state(generator);
   const SeddStepParams& p = call.params;
   raise_sedd_error("sedd_step", parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return sedd_step_cpu(p, b, e); }),
                    p.seq_len, "x");
@@ -220,7 +201,7 @@ at::Tensor sedd_step_cpu_op(const at::Tensor& logits, const at::Tensor& x, const
 at::Tensor sample_transition_cpu_op(const at::Tensor& x0, const at::Tensor& sigma, c10::string_view graph,
                                     int64_t num_classes, std::optional<at::Generator> generator) {
   TransitionCall call = prepare_transition(x0, sigma, graph, num_classes);
-  call.params.rng.seed = cpu_seed(generator);
+  call.params.rng = cpu_rng_state(generator);
   const SampleTransitionParams& p = call.params;
   raise_sedd_error("sample_transition",
                    parallel_rows(p.rows, 64, [&](int64_t b, int64_t e) { return sample_transition_cpu(p, b, e); }),

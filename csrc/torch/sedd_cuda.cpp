@@ -1,45 +1,21 @@
 // CUDA bindings of the SEDD/MDLM ops: Philox state from torch's CUDA generator, launch on the
 // current stream, and the error check (skipped under graph capture, where it cannot sync).
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <mutex>
-
+#include "checks.h"
+#include "rng.h"
 #include "sedd.h"
 
 namespace dllm::binding {
 namespace {
 
-// Same construction as sample_categorical's: each call takes one fresh Philox offset, and the
-// counters inside a call are keyed by (row, index).
-RngState cuda_rng(std::optional<at::Generator> generator) {
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
-  at::PhiloxCudaState st;
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    st = gen->philox_cuda_state(4);
-  }
-  RngState rng;
-  if (st.captured_) {
-    rng.seed_ptr = st.seed_.ptr;
-    rng.offset_ptr = st.offset_.ptr;
-    rng.offset_intragraph = st.offset_intragraph_;
-  } else {
-    rng.seed = st.seed_.val;
-    rng.offset = st.offset_.val;
-  }
-  return rng;
-}
-
 at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kSeddNoError, like.options().dtype(at::kLong)); }
 
 void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const char* names) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
-    raise_sedd_error(op, slot.item<int64_t>(), seq_len, names);
+  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, names);
 }
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -53,7 +29,7 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
   // its static scratch).
   TORCH_CHECK(call.params.vocab <= int64_t(2048) * 6000, "sedd_step: CUDA supports K up to 12288000, got ",
               call.params.vocab);
-  call.params.rng = cuda_rng(generator);
+  call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   sedd_step_cuda(call.params, stream());
@@ -65,7 +41,7 @@ at::Tensor sample_transition_cuda_op(const at::Tensor& x0, const at::Tensor& sig
                                      int64_t num_classes, std::optional<at::Generator> generator) {
   const c10::cuda::CUDAGuard guard(x0.device());
   TransitionCall call = prepare_transition(x0, sigma, graph, num_classes);
-  call.params.rng = cuda_rng(generator);
+  call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(x0);
   call.params.first_error = slot.data_ptr<int64_t>();
   sample_transition_cuda(call.params, stream());
