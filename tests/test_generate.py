@@ -136,3 +136,57 @@ def test_clear_errors():
         dllm.generate(model, torch.tensor([1, MASK]), gen_length=8, steps=4, sampler="llada")
     with pytest.raises(ValueError, match="mask_id"):
         dllm.generate(lambda x: x, gen_length=8, steps=4, sampler="llada")
+
+
+# ---- SEDD samplers ------------------------------------------------------------------------------
+
+from dllm.sedd import Absorbing, Uniform  # noqa: E402
+
+
+class TinyScore(nn.Module):
+    """A sigma-conditioned toy score network over a graph's classes."""
+
+    def __init__(self, graph):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.graph = graph
+        k = graph.num_classes
+        self.emb = nn.Parameter(torch.randn(k, 8, generator=g))
+        self.head = nn.Parameter(torch.randn(17, k, generator=g))
+        self.calls = []
+
+    def forward(self, x, sigma):
+        self.calls.append(sigma.clone())
+        h = self.emb[x]
+        h = torch.cat([h, h.mean(1, keepdim=True).expand_as(h), sigma[:, None, None].expand(*x.shape, 1)], -1)
+        return h @ self.head
+
+
+@pytest.mark.parametrize("graph", [Absorbing(V - 1), Uniform(V)])
+@pytest.mark.parametrize("method", ["analytic", "euler"])
+def test_sedd_samplers(graph, method):
+    model = TinyScore(graph)
+    prompt = torch.randint(0, V - 1, (2, 3))
+    g = torch.Generator().manual_seed(0)
+    out = dllm.generate(model, prompt, gen_length=24, steps=8, sampler=f"sedd-{method}", generator=g, return_history=True)
+    assert out.sequences.shape == (2, 27) and torch.equal(out.sequences[:, :3], prompt)
+    assert out.nfe == 9 == len(model.calls) == len(out.history)  # steps + the denoising step
+    assert (out.sequences < graph.num_classes).all()
+    if isinstance(graph, Absorbing):
+        assert not (out.sequences == graph.mask_id).any()
+    assert model.calls[0][0] > model.calls[-1][0]  # noise decreases
+    again = dllm.generate(model, prompt, gen_length=24, steps=8, sampler=f"sedd-{method}",
+                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sequences, again.sequences)
+
+
+def test_sedd_infill_on_the_uniform_graph_uses_minus_one():
+    model = TinyScore(Uniform(V))
+    template = torch.full((16,), -1)
+    template[4:8] = torch.tensor([1, 2, 3, 4])
+    out = dllm.generate(model, gen_length=16, steps=4, sampler="sedd-analytic", infill=template)
+    assert out.sequences[0, 4:8].tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="do not apply to the SEDD samplers"):
+        dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", threshold=0.9)
+    with pytest.raises(ValueError, match="graph"):
+        dllm.generate(TinyModel(), gen_length=16, steps=4, sampler="sedd-euler")

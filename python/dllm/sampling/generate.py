@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import torch
 
-from . import masked
+from . import masked, score
+from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import mask_id_of
 from .output import GenerationOutput
 
-SAMPLERS = ("mdlm", "first-hitting", "llada", "dream", "fast-dllm")
+SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
 VARIANTS = {"llada": ("low_confidence", "random"), "dream": tuple(masked.DREAM_ALGS)}
 DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}
+UNKNOWN = -1  # in an infill template: a position to generate (the only marker a uniform graph has)
+
+
+def _check_unsupported(cache, cuda_graph) -> None:
+    if cache is not None:
+        raise ValueError("cache: the prefix and dual KV caches need a model with KV-cache support, "
+                         "which no dllm model has yet; call without cache")
+    if cuda_graph:
+        raise ValueError("cuda_graph=True is not supported yet; the step ops are capturable (no host syncs), "
+                         "so a step can be captured by hand with torch.cuda.graph")
+
+
+def _device_of(model) -> torch.device:
+    return next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
 
 
 def _parse_sampler(sampler: str) -> tuple[str, str | None]:
@@ -49,6 +64,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
     gen = torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)
     if infill is not None:
         infill = torch.as_tensor(infill, dtype=torch.int64, device=device)
+        infill = torch.where(infill == UNKNOWN, mask_id, infill)
         infill = infill[None] if infill.dim() == 1 else infill
         if infill.shape[-1] != gen_length:
             raise ValueError(f"infill must cover the generated region: last dimension {gen_length}, got {tuple(infill.shape)}")
@@ -76,10 +92,12 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             padded with ``model.pad_id``); None for unconditional generation.
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
-            its count, so both ignore it).
-        sampler: "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
+            its count, so both ignore it; the SEDD samplers add the denoising step).
+        sampler: "sedd-analytic" or "sedd-euler" (score models, with the final denoising
+            step), "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
             "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or
-            "fast-dllm". Each names the paper it follows in its docstring (dllm.sampling.masked).
+            "fast-dllm". Each names the paper it follows in its docstring
+            (dllm.sampling.score, dllm.sampling.masked).
         block_length: semi-autoregressive block size for "llada" (default gen_length) and
             "fast-dllm" (default 32).
         temperature, top_k, top_p: the proposal distribution (0 = argmax), see
@@ -88,7 +106,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         alg_temp: Dream's temperature over positions (0: take the top ones).
         cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off).
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
-            its non-mask tokens are known and stay fixed (a prefix, a suffix, any pattern).
+            its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
+            any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
         attention_mask: bool ``[B, P]`` for left-padded prompts (True on real tokens).
         generator: a ``torch.Generator`` on the model's device.
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU).
@@ -99,14 +118,15 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         nfe counts model evaluations; a classifier-free-guidance step counts 2.
     """
     name, variant = _parse_sampler(sampler)
+    if name.startswith("sedd-"):
+        return _generate_sedd(model, prompt, name.removeprefix("sedd-"), gen_length=gen_length, steps=steps,
+                              infill=infill, attention_mask=attention_mask, cache=cache, cuda_graph=cuda_graph,
+                              generator=generator, callback=callback, return_history=return_history,
+                              unsupported=dict(block_length=block_length, temperature=temperature, top_k=top_k,
+                                               top_p=top_p, threshold=threshold, alg_temp=alg_temp, cfg_scale=cfg_scale))
     if gen_length <= 0 or steps <= 0:
         raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
-    if cache is not None:
-        raise ValueError("cache: the prefix and dual KV caches need a model with KV-cache support, "
-                         "which no dllm model has yet; call without cache")
-    if cuda_graph:
-        raise ValueError("cuda_graph=True is not supported yet; the step ops are capturable (no host syncs), "
-                         "so a step can be captured by hand with torch.cuda.graph")
+    _check_unsupported(cache, cuda_graph)
     if threshold is not None and name != "fast-dllm":
         raise ValueError("threshold applies only to the fast-dllm sampler")
     if cfg_scale and name != "llada":
@@ -114,7 +134,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     if alg_temp and name != "dream":
         raise ValueError("alg_temp applies only to the dream sampler")
     mask_id = mask_id_of(model)
-    device = next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    device = _device_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        int(getattr(model, "pad_id", 0)), device)
     loop = StepLoop(model, attention_mask, callback, return_history, device)
@@ -132,4 +152,33 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     else:
         masked.fast_dllm(loop, x, start=start, block_length=block_length or 32,
                          threshold=0.9 if threshold is None else threshold, **common)
+    return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
+
+
+def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attention_mask, cache, cuda_graph, generator,
+                   callback, return_history, unsupported) -> GenerationOutput:
+    """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
+    _check_unsupported(cache, cuda_graph)
+    given = [k for k, v in unsupported.items() if v not in (None, 0, 0.0, 1.0)]
+    if given:
+        raise ValueError(f"{', '.join(given)} do not apply to the SEDD samplers")
+    if gen_length <= 0 or steps <= 0:
+        raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or Uniform)")
+    noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
+    placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
+    if infill is not None:
+        infill = torch.as_tensor(infill)
+        infill = torch.where(infill == UNKNOWN, placeholder, infill)
+    device = _device_of(model)
+    x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
+                                   int(getattr(model, "pad_id", 0)), device)
+    known = x != placeholder
+    if placeholder == UNKNOWN:
+        x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
+    loop = StepLoop(model, attention_mask, callback, return_history, device)
+    x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
+                   known=known if bool(known.any()) else None, generator=generator)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())

@@ -9,6 +9,9 @@
   ``model(x, sigma)`` with the total noise ``sigma`` float ``[B]`` (SEDD; MDLM with time
   conditioning). Time-agnostic models are never given the time, which is what lets the MDLM
   sampler skip the network on steps that unmask nothing;
+- score models (the SEDD samplers) have ``graph``, a ``dllm.sedd.Absorbing`` or ``Uniform``
+  graph, optionally ``noise``, a ``dllm.sedd`` schedule (default: log-linear for the absorbing
+  graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
 - optionally has ``pad_id`` (int, default 0): used to left-pad ragged prompts;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
   padded.
@@ -28,7 +31,7 @@ def mask_id_of(model) -> int:
 
 def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
     kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
-    out = model(x, sigma, **kwargs) if getattr(model, "time_conditioned", False) else model(x, **kwargs)
+    out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
     logits = getattr(out, "logits", out)
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
         raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for tokens {tuple(x.shape)}; expected [B, L, V]")
