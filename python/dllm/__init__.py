@@ -4,6 +4,7 @@ import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
 
 from ._extension import build_info
 from . import ops
+from .training import TrainConfig, train
 
 __version__ = build_info()["version"]
-__all__ = ["build_info", "ops", "__version__"]
+__all__ = ["build_info", "ops", "train", "TrainConfig", "__version__"]

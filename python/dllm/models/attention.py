@@ -1,0 +1,28 @@
+"""The one place models call attention: dllm's fused op when it exists and applies, else SDPA.
+
+Layout is ``[B, S, H, D]`` for q and ``[B, Sk, Hkv, D]`` for k and v, the layout of
+``dllm.ops.attention`` (non-causal, GQA by head groups). Causal and masked calls always take
+SDPA, which the fused op does not cover.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+
+def fused_attention_available() -> bool:
+    return hasattr(ops, "attention")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    if not causal and attn_mask is None and fused_attention_available():
+        return ops.attention(q, k, v)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = qt.shape[1] != kt.shape[1]
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
+                                         enable_gqa=gqa)
+    return out.transpose(1, 2)
