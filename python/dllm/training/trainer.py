@@ -231,13 +231,14 @@ class Trainer:
         model.eval()
 
         def run() -> float:
-            g = torch.Generator().manual_seed(cfg.seed + _EVAL_SEED_OFFSET)
+            # Noise for the whole validation set at once: the estimate must not depend on how it is batched.
+            draws = self.objective.draw(n, L, torch.Generator().manual_seed(cfg.seed + _EVAL_SEED_OFFSET))
             total, count = 0.0, 0
             for start in range(0, n, bs):
                 rows = range(start, min(n, start + bs))
                 x = self.data.val.get(rows).to(self.device)
                 with self.amp:
-                    nll = self.objective.nll(model, x, self.objective.draw(len(rows), L, g))
+                    nll = self.objective.nll(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
                 total += nll.double().sum().item()
                 count += x.numel()
             return total / count
