@@ -4,7 +4,8 @@ import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
 
 from ._extension import build_info
 from . import ops
+from . import data, models, objectives
 from .training import TrainConfig, train
 
 __version__ = build_info()["version"]
-__all__ = ["build_info", "ops", "train", "TrainConfig", "__version__"]
+__all__ = ["build_info", "ops", "data", "models", "objectives", "train", "TrainConfig", "__version__"]
