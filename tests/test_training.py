@@ -37,6 +37,18 @@ def test_loss_falls_on_a_tiny_model(tmp_path, corpus, objective, extra):
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     model = dllm.models.from_pretrained(tmp_path / "run" / "model")
     assert model.config.arch == {"ar": "ar", "llada": "llada"}.get(objective, "dit")
+    assert dllm.data.tokenizer_for_model(tmp_path / "run" / "model").kind == "byte"
+
+
+def test_bpe_run_saves_its_tokenizer_beside_the_model(tmp_path, corpus):
+    res = dllm.train(**tiny(tmp_path, corpus, tokenizer="bpe", bpe_vocab_size=300, steps=3))
+    tok = dllm.data.tokenizer_for_model(tmp_path / "run" / "model")
+    assert tok.vocab_size == 300 and (tmp_path / "run" / "model" / "tokenizer.json").is_file()
+    model = dllm.models.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.vocab_size == 300
+    # bits per byte accounts for the bytes each BPE token covers, so it is below bits per token
+    assert res["val_bpb"] < res["val_bits_per_token"]
+    assert dllm.data.tokenizer_for_model(tmp_path / "run" / "model").fingerprint == tok.fingerprint
 
 
 class _Crash(Exception):

@@ -129,10 +129,14 @@ def tokenizer_config(tok) -> dict:
             "fingerprint": tok.fingerprint}
 
 
-def tokenizer_from_dir(directory: str | os.PathLike, cfg: dict):
-    """The tokenizer recorded by ``tokenizer_config`` beside a model or checkpoint."""
-    if cfg.get("kind") == "byte":
-        return ByteTokenizer()
-    return BPETokenizer.from_file(Path(directory) / "tokenizer.json")
+def tokenizer_for_model(directory: str | os.PathLike):
+    """The tokenizer a model folder written by ``dllm.train`` was trained with (recorded in its config.json)."""
+    import json
 
-
+    cfg = json.loads((Path(directory) / "config.json").read_text()).get("tokenizer")
+    if cfg is None:
+        raise ValueError(f"{str(directory)!r}/config.json records no tokenizer")
+    tok = ByteTokenizer() if cfg["kind"] == "byte" else BPETokenizer.from_file(Path(directory) / "tokenizer.json")
+    if tok.fingerprint != cfg["fingerprint"]:
+        raise ValueError(f"the tokenizer in {str(directory)!r} is not the one the model was trained with")
+    return tok

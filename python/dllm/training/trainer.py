@@ -57,7 +57,8 @@ class Trainer:
         self.device = _pick_device(cfg.device, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
+        self.owns_process_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_process_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if cfg.batch_size % (self.world * cfg.grad_accum):
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
@@ -315,7 +316,7 @@ class Trainer:
         return result
 
     def _should_stop(self, elapsed: float) -> bool:
-        stop = torch.tensor([float(elapsed >= self.cfg.max_time)])
+        stop = torch.tensor([float(elapsed >= self.cfg.max_time)], device=self.device)
         if self.world > 1:
             dist.broadcast(stop, 0)  # rank 0's clock decides, so every rank stops at the same step
         return bool(stop.item())
@@ -348,4 +349,9 @@ def train(config: TrainConfig | None = None, **overrides) -> dict:
     Under ``torchrun`` (``WORLD_SIZE > 1``) it runs data-parallel; rank 0 logs and writes files.
     """
     base = config.to_dict() if config is not None else {}
-    return Trainer(TrainConfig.from_dict({**base, **overrides})).run()
+    trainer = Trainer(TrainConfig.from_dict({**base, **overrides}))
+    try:
+        return trainer.run()
+    finally:
+        if trainer.owns_process_group:
+            dist.destroy_process_group()
