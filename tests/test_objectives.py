@@ -201,3 +201,27 @@ def test_uniform_sedd_model_has_no_mask_output():
     assert SEDD(tok, graph="uniform").model_vocab_size == tok.vocab_size - 1
     d = SEDD(tok, graph="uniform").draw(4, 8, torch.Generator().manual_seed(0))
     assert d["y"].max() < tok.vocab_size - 1
+
+
+def test_losses_dispatch_to_fused_ops_when_present(monkeypatch):
+    from dllm.objectives import losses
+
+    calls = []
+
+    def fake_se(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
+        calls.append(("se", graph, scale_by_sigma))
+        return torch.full((logits.shape[0],), 7.0)
+
+    def fake_md(logits, x_t, x0, weight, *, mask_id):
+        calls.append(("md", mask_id))
+        return torch.full((logits.shape[0],), 3.0)
+
+    monkeypatch.setattr(losses.ops, "score_entropy_loss", fake_se, raising=False)
+    monkeypatch.setattr(losses.ops, "masked_diffusion_loss", fake_md, raising=False)
+    tok = ByteTokenizer()
+    x0 = torch.randint(0, 256, (2, 4))
+    g = torch.Generator().manual_seed(0)
+    for obj, want in ((SEDD(tok, graph="uniform"), 7.0), (MDLM(tok), 3.0), (LLaDA(tok), 3.0)):
+        nll = obj.nll(_Fixed(torch.zeros(2, 4, obj.model_vocab_size)), x0, obj.draw(2, 4, g))
+        assert torch.equal(nll, torch.full((2,), want))
+    assert calls == [("se", "uniform", False), ("md", tok.mask_id), ("md", tok.mask_id)]
