@@ -41,8 +41,8 @@ def main() -> None:
         m = r["cfg"]["model"]
         tps = last_t["tokens"] / sum((x["tokens"] - p["tokens"]) / x["tok_per_s"]
                                      for p, x in zip([{"tokens": 0}] + r["train"], r["train"]))
-        rows.append(f"| {r['name']} | {m['arch']} {m['hidden']}x{m['layers']} | {last_t['step']} | {last_t['tokens']:,} | "
-                    f"{max(last_v['elapsed'], last_t['elapsed']):.0f} | {last_t['tokens'] / tps:.0f} | {tps:,.0f} | {last_v['val_bits_per_token']:.3f} | "
+        rows.append(f"| {r['name']} | {m['arch']} {m['hidden']}x{m['layers']} | {last_v['step']} | {last_v['tokens']:,} | "
+                    f"{max(last_v['elapsed'], last_t['elapsed']):.0f} | {last_v['tokens'] / tps:.0f} | {tps:,.0f} | {last_v['val_bits_per_token']:.3f} | "
                     f"{last_v['val_bpb']:.3f} | {last_v.get('val_bpb_ema', float('nan')):.3f} |")
         dst = args.out / r["name"]
         dst.mkdir(exist_ok=True)
