@@ -1,0 +1,72 @@
+"""The ``dllm`` command line: ``dllm train [options]`` (``dllm train --help`` lists every option)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import typing
+
+from .training.config import TrainConfig
+
+
+def _flag_type(field: dataclasses.Field):
+    hints = typing.get_type_hints(TrainConfig)
+    t = hints[field.name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="JSON", help="a JSON file of options (as in OUT_DIR/run_config.json's "
+                   "'train' entry); flags given on the command line override it")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        default = f.default
+        help_text = f"{meta['help']} (default: {default})"
+        typ = _flag_type(f)
+        if typ is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=typ, default=None, choices=meta.get("choices"),
+                           metavar=None if meta.get("choices") else f.name.upper(), help=help_text)
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    base = {}
+    if ns.config:
+        with open(ns.config) as fh:
+            base = json.load(fh)
+        base = base.get("train", base)
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name) is not None}
+    return TrainConfig.from_dict({**base, **given})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dllm", description="dllm: discrete diffusion language models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tp = sub.add_parser("train", help="train a model (MDLM, SEDD, LLaDA or autoregressive)",
+                        description="Train a diffusion or autoregressive LM. Default corpus: the running Python's "
+                        "standard-library sources. Run under `torchrun --nproc_per_node N` for data parallelism.")
+    add_train_arguments(tp)
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if ns.command == "train":
+        from .training import train
+
+        try:
+            cfg = config_from_args(ns)
+        except (ValueError, OSError) as e:
+            parser.error(str(e))
+        result = train(cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

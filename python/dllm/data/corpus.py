@@ -1,0 +1,129 @@
+"""Text corpora: the running Python's standard library by default, or any file or folder.
+
+Validation holds out whole files (chosen by a hash of the relative path, so the split does not
+depend on file order or on the machine), which keeps near-duplicate lines of one file from
+leaking across the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("dllm")
+
+# Test suites and vendored packages are not "the standard library" a reader thinks of, and the
+# test folder alone is larger than the rest.
+_STDLIB_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+_TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".json", ".c", ".h", ".cpp", ".js", ".html", ".css",
+                  ".toml", ".yaml", ".yml", ".csv", ".tex", ".sh", ".ini", ".cfg", ".xml"}
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+@dataclass
+class Corpus:
+    """The readable text documents of a corpus, split into train and validation by whole file."""
+
+    root: str
+    train: list[tuple[str, str]] = field(default_factory=list)  # (relative path, text)
+    val: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    hash: str = ""
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(t.encode("utf-8")) for _, t in self.train + self.val)
+
+
+def _candidate_files(path: Path, stdlib: bool) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"corpus path {str(path)!r} does not exist")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (stdlib and d in _STDLIB_SKIP_DIRS))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if stdlib:
+                if p.suffix == ".py":
+                    out.append(p)
+            elif p.suffix.lower() in _TEXT_SUFFIXES or p.suffix == "":
+                out.append(p)
+    return out
+
+
+def _read_text(p: Path) -> tuple[str | None, str]:
+    """The file's text, or None and the reason it is not usable text."""
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
+    if not raw.strip():
+        return None, "empty"
+    if b"\x00" in raw[:8192]:
+        return None, "binary (contains NUL bytes)"
+    try:
+        return raw.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return None, "binary (not UTF-8 text)"
+
+
+def _is_val(rel: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "little")
+    return (h / 2**64) < val_fraction
+
+
+def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 0.05) -> Corpus:
+    """Read a corpus: ``None`` (or ``"stdlib"``) for the running Python's standard-library sources,
+    else a text file or a folder of text files.
+
+    Empty, binary and unreadable files are skipped with a warning naming them; a corpus with no
+    usable text raises ``ValueError``. At least one file goes to each split when there are two or
+    more files. ``Corpus.hash`` is a SHA-256 over the paths and texts of both splits.
+    """
+    stdlib = path is None or str(path) == "stdlib"
+    root = stdlib_root() if stdlib else Path(path).expanduser()
+    files = _candidate_files(root, stdlib)
+    corpus = Corpus(root=str(root))
+    docs = []
+    for p in files:
+        text, reason = _read_text(p)
+        rel = p.name if p == root else str(p.relative_to(root))
+        if text is None:
+            corpus.skipped.append((str(p), reason))
+            continue
+        docs.append((rel, text))
+    if corpus.skipped:
+        shown = "; ".join(f"{p}: {r}" for p, r in corpus.skipped[:5])
+        more = f" (and {len(corpus.skipped) - 5} more)" if len(corpus.skipped) > 5 else ""
+        log.warning("corpus: skipped %d file(s): %s%s", len(corpus.skipped), shown, more)
+    if not docs:
+        raise ValueError(f"corpus {str(root)!r} has no readable UTF-8 text files")
+    for rel, text in docs:
+        (corpus.val if _is_val(rel, val_fraction) else corpus.train).append((rel, text))
+    # Tiny corpora (tests, a single file) still need both splits.
+    if val_fraction > 0 and not corpus.val and len(corpus.train) > 1:
+        corpus.val.append(corpus.train.pop())
+    if not corpus.train and len(corpus.val) > 1:
+        corpus.train.append(corpus.val.pop(0))
+    if len(docs) == 1 and val_fraction > 0:
+        # One file: hold out its tail instead, still never mixing text across the split.
+        rel, text = docs[0]
+        cut = int(len(text) * (1 - val_fraction))
+        corpus.train, corpus.val = [(rel, text[:cut])], [(rel + "#val", text[cut:])]
+    h = hashlib.sha256()
+    for split, items in (("train", corpus.train), ("val", corpus.val)):
+        for rel, text in items:
+            h.update(f"{split}\0{rel}\0".encode())
+            h.update(text.encode("utf-8"))
+            h.update(b"\0")
+    corpus.hash = h.hexdigest()
+    return corpus

@@ -1,0 +1,170 @@
+"""Packed token streams in a memory-mapped cache, and a resumable batch order over them.
+
+Documents are concatenated with an end-of-text id after each one and cut into fixed-length
+windows (no padding). The token files are written once per (corpus hash, tokenizer) and then
+memory-mapped, so a second run skips the tokenizing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import Corpus, load_corpus
+from .tokenizer import BPETokenizer, load_tokenizer
+
+log = logging.getLogger("dllm")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DLLM_CACHE", Path.home() / ".cache" / "dllm"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TokenCache:
+    """``train.bin`` / ``val.bin`` (uint16 or uint32) and ``meta.json`` in one folder per corpus and tokenizer."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+
+    @property
+    def ready(self) -> bool:
+        return (self.dir / "meta.json").is_file()
+
+    def build(self, corpus: Corpus, tok) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+        meta = {"corpus_hash": corpus.hash, "tokenizer": tok.fingerprint, "dtype": np.dtype(dtype).name}
+        for split, docs in (("train", corpus.train), ("val", corpus.val)):
+            texts = [t for _, t in docs]
+            if isinstance(tok, BPETokenizer):
+                encoded = tok.encode_batch(texts)
+            else:
+                encoded = [tok.encode(t) for t in texts]
+            eos = np.array([tok.eos_id], dtype=np.int64)
+            ids = np.concatenate([p for e in encoded for p in (e, eos)]) if encoded else np.zeros(0, np.int64)
+            _atomic_write_bytes(self.dir / f"{split}.bin", ids.astype(dtype).tobytes())
+            meta[f"{split}_tokens"] = int(ids.size)
+            meta[f"{split}_bytes"] = sum(len(t.encode("utf-8")) for t in texts)
+            meta[f"{split}_files"] = len(texts)
+        # meta.json last: its presence marks a complete cache.
+        _atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
+
+    def meta(self) -> dict:
+        return json.loads((self.dir / "meta.json").read_text())
+
+    def tokens(self, split: str) -> np.ndarray:
+        m = self.meta()
+        if m[f"{split}_tokens"] == 0:
+            return np.zeros(0, dtype=m["dtype"])
+        return np.memmap(self.dir / f"{split}.bin", dtype=m["dtype"], mode="r")
+
+
+class PackedDataset:
+    """Non-overlapping windows of ``seq_len`` tokens over one split's token stream."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        if len(tokens) < seq_len:
+            raise ValueError(f"the split has {len(tokens)} tokens, fewer than one sequence of {seq_len}; "
+                             "use a larger corpus or a shorter --seq-len")
+        self.tokens = tokens
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.seq_len
+
+    def get(self, indices) -> torch.Tensor:
+        L = self.seq_len
+        rows = [np.asarray(self.tokens[i * L:(i + 1) * L], dtype=np.int64) for i in indices]
+        return torch.from_numpy(np.stack(rows))
+
+
+class BatchOrder:
+    """A fresh seeded permutation of the windows each epoch; ``state_dict`` is the data position."""
+
+    def __init__(self, num_windows: int, seed: int):
+        self.n, self.seed = num_windows, seed
+        self.epoch, self.pos = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def next(self, count: int) -> np.ndarray:
+        out = []
+        while count > 0:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._perm = self._permutation()
+            take = min(count, self.n - self.pos)
+            out.append(self._perm[self.pos:self.pos + take])
+            self.pos += take
+            count -= take
+        return np.concatenate(out)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "num_windows": self.n, "seed": self.seed}
+
+    def load_state_dict(self, s: dict) -> None:
+        if s["num_windows"] != self.n or s["seed"] != self.seed:
+            raise ValueError("the checkpoint's data position belongs to another dataset or seed "
+                             f"({s['num_windows']} windows, seed {s['seed']}; now {self.n}, seed {self.seed})")
+        self.epoch, self.pos = s["epoch"], s["pos"]
+        self._perm = self._permutation()
+
+
+@dataclass
+class Prepared:
+    tokenizer: object
+    train: PackedDataset
+    val: PackedDataset
+    meta: dict
+    corpus_hash: str
+
+    @property
+    def val_bytes_per_token(self) -> float:
+        return self.meta["val_bytes"] / self.meta["val_tokens"]
+
+
+def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 256,
+            val_fraction: float = 0.05, bpe_vocab_size: int = 4096, cache_dir: str | None = None) -> Prepared:
+    """Load a corpus, build (or reuse) its token cache and return the packed train/val datasets.
+
+    ``tokenizer``: ``"byte"``, ``"bpe"`` (trained on the training split once and cached), or a path
+    to a tokenizer.json.
+    """
+    corpus = load_corpus(data, val_fraction=val_fraction)
+    if not corpus.val:
+        raise ValueError("the corpus has no validation text; use --val-fraction > 0 or more files")
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if tokenizer == "bpe":
+        tok_dir = root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}"
+        if (tok_dir / "tokenizer.json").is_file():
+            tok = load_tokenizer(tok_dir)
+        else:
+            log.info("training a %d-entry BPE on %d files", bpe_vocab_size, len(corpus.train))
+            tok = load_tokenizer("bpe", train_texts=[t for _, t in corpus.train], vocab_size=bpe_vocab_size)
+            tok.save(tok_dir)
+    else:
+        tok = load_tokenizer(tokenizer)
+    cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}")
+    if not cache.ready:
+        log.info("tokenizing %d files into %s", len(corpus.train) + len(corpus.val), cache.dir)
+        cache.build(corpus, tok)
+    meta = cache.meta()
+    return Prepared(tok, PackedDataset(cache.tokens("train"), seq_len), PackedDataset(cache.tokens("val"), seq_len),
+                    meta, corpus.hash)

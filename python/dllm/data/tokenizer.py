@@ -1,0 +1,142 @@
+"""Tokenizers: byte-level (the default, nothing to train) and BPE through the ``tokenizers`` library.
+
+Every tokenizer has an end-of-text id (it separates packed documents and starts autoregressive
+sequences) and a mask id (the absorbing state of masked diffusion), both real vocabulary entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+MASK_TOKEN = "<|mask|>"
+EOS_TOKEN = "<|endoftext|>"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes 0..255, then end-of-text (256), then mask (257): 258 entries."""
+
+    kind = "byte"
+
+    def __init__(self):
+        self.eos_id = 256
+        self.mask_id = 257
+        self.vocab_size = 258
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        out, chunk = [], bytearray()
+        for i in ids:
+            if i < 256:
+                chunk.append(i)
+                continue
+            out.append(chunk.decode("utf-8", errors="replace"))
+            chunk = bytearray()
+            out.append(EOS_TOKEN if i == self.eos_id else MASK_TOKEN)
+        out.append(chunk.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Nothing to write: the byte tokenizer is recorded by name in config files."""
+
+    @property
+    def fingerprint(self) -> str:
+        return "byte-v1"
+
+
+class BPETokenizer:
+    """A ``tokenizers.Tokenizer`` with an end-of-text and a mask token (added if the file lacks them)."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self._tok = tok
+        for special in (EOS_TOKEN, MASK_TOKEN):
+            if tok.token_to_id(special) is None:
+                tok.add_special_tokens([special])
+        self.eos_id = tok.token_to_id(EOS_TOKEN)
+        self.mask_id = tok.token_to_id(MASK_TOKEN)
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json at {str(path)!r}")
+        return cls(Tokenizer.from_file(str(path)))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(Path(directory) / "tokenizer.json"))
+
+    @property
+    def fingerprint(self) -> str:
+        return "bpe-" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
+    """Train a byte-level BPE (``vocab_size`` entries including end-of-text and mask) on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,  # the mask token is appended after training, so it is the last id
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return BPETokenizer(tok)
+
+
+def load_tokenizer(spec: str | os.PathLike = "byte", *, train_texts: Iterable[str] | None = None,
+                   vocab_size: int = 4096):
+    """``"byte"``; ``"bpe"`` (trained on ``train_texts``); or a path to a tokenizer.json or its folder."""
+    if str(spec) == "byte":
+        return ByteTokenizer()
+    if str(spec) == "bpe":
+        if train_texts is None:
+            raise ValueError("load_tokenizer('bpe') needs train_texts to train on")
+        return train_bpe(train_texts, vocab_size)
+    return BPETokenizer.from_file(spec)
+
+
+def tokenizer_config(tok) -> dict:
+    return {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "mask_id": tok.mask_id,
+            "fingerprint": tok.fingerprint}
+
+
+def tokenizer_for_model(directory: str | os.PathLike):
+    """The tokenizer a model folder written by ``dllm.train`` was trained with (recorded in its config.json)."""
+    import json
+
+    cfg = json.loads((Path(directory) / "config.json").read_text()).get("tokenizer")
+    if cfg is None:
+        raise ValueError(f"{str(directory)!r}/config.json records no tokenizer")
+    tok = ByteTokenizer() if cfg["kind"] == "byte" else BPETokenizer.from_file(Path(directory) / "tokenizer.json")
+    if tok.fingerprint != cfg["fingerprint"]:
+        raise ValueError(f"the tokenizer in {str(directory)!r} is not the one the model was trained with")
+    return tok

@@ -1,0 +1,35 @@
+"""The one place models call attention: dllm's fused op when it exists and applies, else SDPA.
+
+Layout is ``[B, S, H, D]`` for q and ``[B, Sk, Hkv, D]`` for k and v, the layout of
+``dllm.ops.attention`` (non-causal, GQA by head groups). Causal and masked calls, and dtypes or
+head sizes the op does not cover, take SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+
+def fused_attention_available() -> bool:
+    return hasattr(ops, "attention")
+
+
+def _fused_applies(q: torch.Tensor) -> bool:
+    # The op's documented coverage: on the GPU bfloat16/float16 with head dim 64 or 128; float32 too on the CPU.
+    if q.is_cuda:
+        return q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in (64, 128)
+    return q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    if not causal and attn_mask is None and fused_attention_available() and _fused_applies(q):
+        return ops.attention(q, k, v)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = qt.shape[1] != kt.shape[1]
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
+                                         enable_gqa=gqa)
+    return out.transpose(1, 2)

@@ -1,0 +1,135 @@
+"""The SEDD/MDLM diffusion transformer (DiT with adaLN), and the autoregressive baseline on it.
+
+Both run the same blocks; the AR model only switches attention to causal and adds a KV cache, so
+diffusion and autoregression are compared on one backbone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+from .config import ModelConfig
+from .io import PretrainedMixin
+from .layers import KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask, modulate
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.hidden
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.norm1 = LayerNorm(d, cfg.norm_eps)
+        self.attn_qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.norm2 = LayerNorm(d, cfg.norm_eps)
+        hid = int(cfg.mlp_ratio * d)
+        self.mlp = nn.Sequential(nn.Linear(d, hid), nn.GELU(approximate="tanh"), nn.Linear(hid, d))
+        self.dropout = nn.Dropout(cfg.dropout)
+        # Zero-initialised so every block starts as the identity (gates are zero).
+        self.adaLN_modulation = nn.Linear(cfg.cond_dim, 6 * d)
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x, c, cos, sin, *, causal=False, cache: KVCache | None = None, layer=0, start=0):
+        B, S, _ = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        q, k, v = self.attn_qkv(h).view(B, S, 3, self.heads, self.head_dim).unbind(2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        mask = None
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)
+            mask = cached_causal_mask(start, S, x.device)
+            causal = False  # the explicit mask (or a single query) already encodes causality
+        a = attention(q, k, v, causal=causal, attn_mask=mask).reshape(B, S, -1)
+        x = x + gate1[:, None] * self.dropout(self.attn_out(a))
+        h = modulate(self.norm2(x), shift2, scale2)
+        return x + gate2[:, None] * self.dropout(self.mlp(h))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm_final = LayerNorm(cfg.hidden, cfg.norm_eps)
+        self.linear = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.hidden)
+        for m in (self.linear, self.adaLN_modulation):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiffusionTransformer(PretrainedMixin, nn.Module):
+    """SEDD/MDLM DiT: ``forward(x [B, L] int64, sigma [B] or None) -> logits [B, L, vocab] float32``.
+
+    The output is raw: the objective turns it into log-scores (SEDD) or SUBS probabilities (MDLM).
+    With ``time_conditioning=False`` sigma is replaced by zeros, as MDLM does, so the network is
+    time-agnostic.
+    """
+
+    causal = False
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.vocab_embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden))
+        nn.init.kaiming_uniform_(self.vocab_embed, a=math.sqrt(5))
+        self.sigma_map = TimestepEmbedder(cfg.cond_dim)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.layers))
+        self.output_layer = FinalLayer(cfg)
+
+    def _cond(self, sigma, batch, device):
+        if sigma is None or not self.config.time_conditioning:
+            sigma = torch.zeros(batch, device=device)
+        return F.silu(self.sigma_map(sigma))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, cache: KVCache | None = None,
+                start: int = 0) -> torch.Tensor:
+        B, S = x.shape
+        if start + S > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        h = F.embedding(x, self.vocab_embed)
+        c = self._cond(sigma, B, x.device)
+        cos, sin = self.rotary(start, S, x.device)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start)
+        return self.output_layer(h, c).float()
+
+
+class ARTransformer(DiffusionTransformer):
+    """The same backbone with causal attention: ``forward(x)`` gives next-token logits at every position."""
+
+    causal = True
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
+        cfg = self.config
+        p = self.vocab_embed
+        return KVCache(cfg.layers, batch, max_len or cfg.max_seq_len, cfg.heads, cfg.head_dim, p.device, dtype or p.dtype)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward)."""
+        B, P = prompt.shape
+        cache = self.new_cache(B, P + max_new_tokens)
+        logits = self(prompt, cache=cache, start=0)[:, -1]
+        out = [prompt]
+        for i in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits = self(nxt, cache=cache, start=P + i)[:, -1]
+        return torch.cat(out, dim=1)

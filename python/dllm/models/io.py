@@ -1,0 +1,71 @@
+"""save_pretrained / from_pretrained: a folder with config.json and model.safetensors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _atomic_replace(write, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class PretrainedMixin:
+    config: ModelConfig
+
+    def save_pretrained(self, directory: str | os.PathLike, **extra) -> None:
+        """Write ``config.json`` (the model config, plus ``extra`` JSON-able entries such as the
+        tokenizer or objective) and ``model.safetensors``."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_replace(lambda p: save_file(state, str(p), metadata={"format": "pt"}), d / WEIGHTS_NAME)
+        cfg = {"model": self.config.to_dict(), **extra}
+        _atomic_replace(lambda p: p.write_text(json.dumps(cfg, indent=2)), d / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+        """Load a model written by ``save_pretrained``; called on a base class it builds the saved
+        architecture."""
+        model = from_pretrained(directory, map_location=map_location)
+        if not isinstance(model, cls):
+            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+def build_model(cfg: ModelConfig):
+    from .dit import ARTransformer, DiffusionTransformer
+    from .llada import LLaDAModel
+
+    return {"dit": DiffusionTransformer, "ar": ARTransformer, "llada": LLaDAModel}[cfg.arch](cfg)
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    p = Path(directory) / CONFIG_NAME
+    if not p.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; expected a folder written by save_pretrained")
+    return json.loads(p.read_text())
+
+
+def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    from safetensors.torch import load_file
+
+    cfg = ModelConfig.from_dict(read_config(directory)["model"])
+    model = build_model(cfg)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
+    model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    return model.to(map_location)

@@ -1,0 +1,103 @@
+"""Building blocks shared by the models: norms, rotary embeddings, the sigma embedder, a KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm(nn.Module):
+    """Weight-only LayerNorm computed in float32 (SEDD's DiT norm), whatever the autocast dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """Rotate-half rotary embedding; cos/sin are recomputed from positions, never stored in weights."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x``: ``[B, S, H, D]``."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rot = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rot.float() * sin).to(x.dtype)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of sigma (256 frequencies) through a two-layer MLP (SEDD's ``sigma_map``)."""
+
+    def __init__(self, cond_dim: int, freq_dim: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.freq_dim, self.max_period = freq_dim, max_period
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+        args = sigma.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class KVCache:
+    """Per-layer key/value buffers ``[B, max_len, Hkv, D]`` for autoregressive decoding."""
+
+    def __init__(self, layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, device, dtype):
+        shape = (batch, max_len, kv_heads, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        end = start + k.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer][:, start:end] = k
+        self.v[layer][:, start:end] = v
+        return self.k[layer][:, :end], self.v[layer][:, :end]
+
+
+def cached_causal_mask(start: int, q_len: int, device) -> torch.Tensor | None:
+    """Boolean mask for queries at ``start..start+q_len`` over keys ``0..start+q_len`` (None if not needed)."""
+    if q_len == 1:
+        return None
+    qpos = torch.arange(start, start + q_len, device=device)[:, None]
+    kpos = torch.arange(start + q_len, device=device)[None, :]
+    return kpos <= qpos

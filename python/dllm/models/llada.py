@@ -1,0 +1,73 @@
+"""A LLaDA/Dream-style bidirectional LM: LLaMA blocks (RMSNorm, SwiGLU, RoPE, GQA) without the causal mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+from .config import ModelConfig
+from .io import PretrainedMixin
+from .layers import RMSNorm, Rotary, apply_rotary
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.heads, self.head_dim = cfg.hidden, cfg.heads, cfg.head_dim
+        self.kv_heads = cfg.kv_heads or cfg.heads
+        self.attn_norm = RMSNorm(d, cfg.norm_eps)
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+        # SwiGLU at 2/3 of the dense width keeps the parameter count of a 4x GELU MLP.
+        hid = 8 * ((int(2 * cfg.mlp_ratio * d / 3) + 7) // 8)
+        self.gate_proj = nn.Linear(d, hid, bias=False)
+        self.up_proj = nn.Linear(d, hid, bias=False)
+        self.down_proj = nn.Linear(hid, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, S, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(B, S, self.heads, self.head_dim)
+        k = self.k_proj(h).view(B, S, self.kv_heads, self.head_dim)
+        v = self.v_proj(h).view(B, S, self.kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        x = x + self.o_proj(attention(q, k, v).reshape(B, S, -1))
+        h = self.mlp_norm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class LLaDAModel(PretrainedMixin, nn.Module):
+    """``forward(x [B, L], sigma=None) -> logits [B, L, vocab] float32``; sigma is accepted and ignored
+    (LLaDA has no time input), so the objectives can call every model the same way."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and name != "embed.weight":
+                nn.init.normal_(p, std=0.02)
+        # Residual projections scaled down by depth (GPT-2's rule) keep early activations bounded.
+        for blk in self.blocks:
+            for p in (blk.o_proj.weight, blk.down_proj.weight):
+                nn.init.normal_(p, std=0.02 / (2 * cfg.layers) ** 0.5)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        S = x.shape[1]
+        if S > self.config.max_seq_len:
+            raise ValueError(f"sequence of {S} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        h = self.embed(x)
+        cos, sin = self.rotary(0, S, x.device)
+        for blk in self.blocks:
+            h = blk(h, cos, sin)
+        return self.lm_head(self.norm(h)).float()

@@ -1,0 +1,110 @@
+"""The diffusion objectives: SEDD score entropy, MDLM continuous-time masked diffusion, LLaDA masked CE."""
+
+from __future__ import annotations
+
+import torch
+
+from ..noise import get_noise
+from .base import Objective, sample_t
+from .losses import masked_diffusion_loss, score_entropy_loss
+
+
+class SEDD(Objective):
+    """Score entropy (ALGORITHMS.md 1.2-1.4): per-sequence ``sum_l dsigma(t) * SE``, mean over the batch.
+
+    ``graph="absorb"`` (the mask is the last vocabulary entry, logits scaled by sigma) or
+    ``"uniform"`` (the model's output covers the real tokens only, no mask).
+    """
+
+    name = "sedd"
+    time_conditioning = True
+
+    def __init__(self, tokenizer, *, graph: str = "absorb", noise: str = "loglinear", sampling_eps: float = 1e-3):
+        super().__init__(tokenizer)
+        if graph not in ("absorb", "uniform"):
+            raise ValueError(f"unknown graph {graph!r}; expected 'absorb' or 'uniform'")
+        if self.mask_id != self.vocab_size - 1:
+            raise ValueError(f"SEDD needs the mask as the last vocabulary entry; this tokenizer has it at "
+                             f"{self.mask_id} of {self.vocab_size}")
+        self.graph, self.noise, self.sampling_eps = graph, get_noise(noise), sampling_eps
+
+    @property
+    def model_vocab_size(self) -> int:
+        return self.vocab_size if self.graph == "absorb" else self.vocab_size - 1
+
+    def draw(self, batch, seq_len, generator):
+        d = {"t": sample_t(batch, generator, self.sampling_eps, antithetic=False),
+             "u": torch.rand(batch, seq_len, generator=generator)}
+        if self.graph == "uniform":
+            d["y"] = torch.randint(0, self.model_vocab_size, (batch, seq_len), generator=generator)
+        return d
+
+    def noisy(self, x0, draws):
+        sigma, dsigma = self.noise(draws["t"].to(x0.device))
+        move = draws["u"].to(x0.device) < -torch.expm1(-sigma)[:, None]
+        if self.graph == "absorb":
+            x_t = torch.where(move, torch.full_like(x0, self.mask_id), x0)
+        else:
+            x_t = torch.where(move, draws["y"].to(x0.device), x0)
+        return x_t, sigma, dsigma
+
+    def nll(self, model, x0, draws):
+        x_t, sigma, dsigma = self.noisy(x0, draws)
+        logits = model(x_t, sigma)
+        return score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=self.graph,
+                                  scale_by_sigma=self.graph == "absorb")
+
+    def train_loss(self, nll, seq_len):
+        return nll.mean()  # SEDD's reduction: summed over positions, averaged over sequences
+
+    def config(self):
+        return {"name": self.name, "graph": self.graph, "noise": self.noise.config()}
+
+
+class MDLM(Objective):
+    """Continuous-time masked diffusion with SUBS (ALGORITHMS.md 2.2): ``-log p(x0) * dsigma / expm1(sigma)``
+    at masked positions (``1/t`` for the log-linear schedule), antithetic t."""
+
+    name = "mdlm"
+
+    def __init__(self, tokenizer, *, noise: str = "loglinear", sampling_eps: float = 1e-3, antithetic: bool = True):
+        super().__init__(tokenizer)
+        self.noise, self.sampling_eps, self.antithetic = get_noise(noise), sampling_eps, antithetic
+
+    def draw(self, batch, seq_len, generator):
+        return {"t": sample_t(batch, generator, self.sampling_eps, self.antithetic),
+                "u": torch.rand(batch, seq_len, generator=generator)}
+
+    def nll(self, model, x0, draws):
+        sigma, dsigma = self.noise(draws["t"].to(x0.device))
+        move = draws["u"].to(x0.device) < -torch.expm1(-sigma)[:, None]
+        x_t = torch.where(move, torch.full_like(x0, self.mask_id), x0)
+        logits = model(x_t, sigma)
+        return masked_diffusion_loss(logits, x_t, x0, dsigma / torch.expm1(sigma), mask_id=self.mask_id)
+
+    def config(self):
+        return {"name": self.name, "noise": self.noise.config(), "antithetic": self.antithetic}
+
+
+class LLaDA(Objective):
+    """LLaDA's pre-training loss (ALGORITHMS.md 3.1): mask with ``p = (1 - eps) t + eps``, CE on
+    masked tokens divided by ``p``, summed and divided by batch * length."""
+
+    name = "llada"
+    arch = "llada"
+
+    def __init__(self, tokenizer, *, eps: float = 1e-3):
+        super().__init__(tokenizer)
+        self.eps = eps
+
+    def draw(self, batch, seq_len, generator):
+        return {"t": torch.rand(batch, generator=generator), "u": torch.rand(batch, seq_len, generator=generator)}
+
+    def nll(self, model, x0, draws):
+        p = (1 - self.eps) * draws["t"].to(x0.device) + self.eps
+        x_t = torch.where(draws["u"].to(x0.device) < p[:, None], torch.full_like(x0, self.mask_id), x0)
+        logits = model(x_t, None)
+        return masked_diffusion_loss(logits, x_t, x0, 1.0 / p, mask_id=self.mask_id)
+
+    def config(self):
+        return {"name": self.name, "eps": self.eps}

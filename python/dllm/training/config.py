@@ -1,0 +1,80 @@
+"""The training configuration: one dataclass, the source of the CLI flags and of the JSON saved with a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    objective: str = _f("mdlm", "training objective", choices=["mdlm", "sedd", "llada", "ar"])
+    graph: str = _f("absorb", "SEDD forward process", choices=["absorb", "uniform"])
+    noise: str = _f("loglinear", "noise schedule of SEDD/MDLM", choices=["loglinear", "geometric"])
+    model: str = _f("tiny", "model size", choices=["tiny", "small", "medium"])
+    arch: str | None = _f(None, "architecture (default: the objective's: dit for sedd/mdlm, ar for ar, llada for llada)",
+                          choices=["dit", "ar", "llada"])
+    time_conditioning: bool | None = _f(None, "condition the DiT on sigma (default: on for SEDD, off for MDLM)")
+    dropout: float = _f(0.0, "dropout in the transformer blocks")
+    hidden: int | None = _f(None, "override the size's hidden width")
+    layers: int | None = _f(None, "override the size's number of blocks")
+    heads: int | None = _f(None, "override the size's attention heads")
+    kv_heads: int | None = _f(None, "key/value heads of the llada architecture (grouped-query attention; default: heads)")
+    # data
+    data: str | None = _f(None, "corpus: a text file or folder (default: this Python's standard-library sources)")
+    tokenizer: str = _f("byte", "'byte', 'bpe' (trained on the corpus and cached), or a path to a tokenizer.json")
+    bpe_vocab_size: int = _f(4096, "vocabulary size of a trained BPE (end-of-text and mask included)")
+    val_fraction: float = _f(0.05, "fraction of files held out for validation (whole files)")
+    cache_dir: str | None = _f(None, "token cache folder (default: $DLLM_CACHE or ~/.cache/dllm)")
+    seq_len: int = _f(256, "tokens per packed sequence")
+    # optimisation
+    batch_size: int = _f(32, "sequences per optimizer step, summed over processes and accumulation steps")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (per process)")
+    steps: int = _f(1000, "optimizer steps")
+    max_time: float = _f(0.0, "stop after this many seconds of training (0: no limit); checkpoints and evaluates at the stop")
+    lr: float = _f(3e-4, "peak learning rate (AdamW)")
+    min_lr_ratio: float = _f(0.1, "cosine schedule: final learning rate as a fraction of --lr")
+    schedule: str = _f("cosine", "learning rate after warm-up", choices=["cosine", "constant"])
+    warmup: int = _f(100, "linear warm-up steps")
+    weight_decay: float = _f(0.0, "AdamW weight decay (decoupled)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.999, "AdamW beta2")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this (0: off)")
+    ema: float = _f(0.9999, "EMA decay, with warm-up min(decay, (1+n)/(10+n)) (0: no EMA)")
+    # run
+    out_dir: str = _f("out/train", "folder for checkpoint.pt, metrics.jsonl, loss.png and model/")
+    seed: int = _f(0, "seed of initialisation, data order and diffusion noise")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    amp: bool = _f(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
+    eval_every: int = _f(200, "validate every N steps (and at the end; 0: only at the end)")
+    eval_batches: int = _f(8, "validation batches of --batch-size sequences (fixed sequences and noise)")
+    ckpt_every: int = _f(500, "checkpoint every N steps (and at the end; 0: only at the end)")
+    log_every: int = _f(10, "append training metrics every N steps")
+    resume: str = _f("auto", "'auto' (resume from OUT_DIR/checkpoint.pt if present), 'never', or a checkpoint path")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self):
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str) -> "TrainConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,357 @@
+"""The training loop: one process or DDP under torchrun, exact resume, periodic validation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data.dataset import BatchOrder, prepare
+from ..data.tokenizer import tokenizer_config
+from ..models import build_model, model_config
+from ..objectives import get_objective
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .ema import EMA
+from .metrics import MetricsLog, plot_metrics
+
+log = logging.getLogger("dllm")
+
+CHECKPOINT = "checkpoint.pt"
+_EVAL_SEED_OFFSET = 0x5EED
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _pick_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(spec)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine or constant."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.world, local_rank = _dist_env()
+        self.device = _pick_device(cfg.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.owns_process_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_process_group:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
+                             f"({self.world} x {cfg.grad_accum})")
+        self.out = Path(cfg.out_dir)
+        self.is_main = self.rank == 0
+
+        # Rank 0 tokenizes first so that the others find a finished cache instead of racing to write it.
+        if self.is_main:
+            self.data = self._prepare()
+        self._barrier()
+        if not self.is_main:
+            self.data = self._prepare()
+        self.tokenizer = self.data.tokenizer
+
+        self.objective = get_objective(cfg.objective, self.tokenizer, graph=cfg.graph, noise=cfg.noise)
+        arch = cfg.arch or self.objective.arch
+        if (arch == "ar") != (cfg.objective == "ar"):
+            raise ValueError(f"objective {cfg.objective!r} cannot train arch {arch!r}: the autoregressive objective "
+                             "and the causal 'ar' architecture go together")
+        sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
+        tc = cfg.time_conditioning if cfg.time_conditioning is not None else self.objective.time_conditioning
+        self.model_cfg = model_config(cfg.model, arch=arch, vocab_size=self.objective.model_vocab_size,
+                                      max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
+
+        torch.manual_seed(cfg.seed)
+        self.raw_model = build_model(self.model_cfg).to(self.device)
+        self.model = (DistributedDataParallel(self.raw_model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                      if self.world > 1 else self.raw_model)
+        self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                                     weight_decay=cfg.weight_decay)
+        self.ema = EMA(self.params, cfg.ema) if cfg.ema > 0 else None
+        self.order = BatchOrder(len(self.data.train), cfg.seed)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step = 0
+        self.tokens_seen = 0
+        self.train_time = 0.0   # seconds spent in optimizer steps (for tokens/s)
+        self.elapsed = 0.0      # wall-clock seconds of the run, summed over resumes
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def _prepare(self):
+        c = self.cfg
+        return prepare(c.data, tokenizer=c.tokenizer, seq_len=c.seq_len, val_fraction=c.val_fraction,
+                       bpe_vocab_size=c.bpe_vocab_size, cache_dir=c.cache_dir)
+
+    def _barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def _resume_path(self) -> Path | None:
+        r = self.cfg.resume
+        if r == "never":
+            return None
+        if r == "auto":
+            p = self.out / CHECKPOINT
+            return p if p.exists() else None
+        p = Path(r)
+        if not p.exists():
+            raise FileNotFoundError(f"--resume {r!r}: no such checkpoint")
+        return p
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": 1,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "train_time": self.train_time,
+            "elapsed": self.elapsed,
+            "model": self.raw_model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.opt.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "data": self.order.state_dict(),
+            "corpus_hash": self.data.corpus_hash,
+            "tokenizer": tokenizer_config(self.tokenizer),
+            "model_config": self.model_cfg.to_dict(),
+            "objective": self.objective.config(),
+            "train_config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, s: dict, source: str) -> None:
+        def refuse(what, saved, now):
+            raise CheckpointError(f"checkpoint {source!r} was written for another {what} ({saved} vs now {now}); "
+                                  "use another --out-dir or --resume never")
+
+        for key in ("format", "step", "model", "optimizer", "rng", "data", "corpus_hash", "model_config"):
+            if key not in s:
+                raise CheckpointError(f"checkpoint {source!r} lacks {key!r}; it was not written by dllm.train")
+        if s["corpus_hash"] != self.data.corpus_hash:
+            refuse("corpus", s["corpus_hash"][:12], self.data.corpus_hash[:12])
+        if s["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
+            refuse("tokenizer", s["tokenizer"]["fingerprint"], self.tokenizer.fingerprint)
+        if s["model_config"] != self.model_cfg.to_dict():
+            refuse("model", s["model_config"], self.model_cfg.to_dict())
+        if s["objective"] != self.objective.config():
+            refuse("objective", s["objective"], self.objective.config())
+        self.raw_model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        if self.ema is not None:
+            if s["ema"] is None:
+                refuse("EMA setting", "no EMA", f"ema={self.cfg.ema}")
+            self.ema.load_state_dict(s["ema"])
+        self.order.load_state_dict(s["data"])
+        torch.set_rng_state(s["rng"]["torch"])
+        self.noise_gen.set_state(s["rng"]["noise"])
+        if s["rng"]["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
+        self.step, self.tokens_seen = s["step"], s["tokens_seen"]
+        self.train_time, self.elapsed = s["train_time"], s["elapsed"]
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.out / CHECKPOINT)
+        self._barrier()
+
+    # -- one optimizer step ------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, L = self.cfg, self.cfg.seq_len
+        B = cfg.batch_size
+        idx = self.order.next(B)
+        draws = self.objective.draw(B, L, self.noise_gen)
+        per = B // self.world
+        lo = self.rank * per
+        x = self.data.train.get(idx[lo:lo + per]).to(self.device)
+        draws = {k: v[lo:lo + per] for k, v in draws.items()}
+        micro = per // cfg.grad_accum
+        self.model.train()
+        nll_sum = torch.zeros((), device=self.device)
+        for i in range(cfg.grad_accum):
+            sl = slice(i * micro, (i + 1) * micro)
+            sync = nullcontext() if self.world == 1 or i == cfg.grad_accum - 1 else self.model.no_sync()
+            with sync:
+                with self.amp:
+                    nll = self.objective.nll(self.model, x[sl], {k: v[sl] for k, v in draws.items()})
+                loss = self.objective.train_loss(nll, L) / cfg.grad_accum
+                loss.backward()
+            nll_sum += nll.detach().sum()
+        if cfg.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        else:
+            gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]))
+        lr = lr_at(cfg, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
+        if self.world > 1:
+            dist.all_reduce(nll_sum)
+        nll_tok = nll_sum.item() / (B * L)
+        loss_val = self.objective.train_loss(torch.full((B,), nll_sum.item() / B), L).item()
+        self.step += 1
+        self.tokens_seen += B * L
+        return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": float(gnorm)}
+
+    # -- validation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation NLL (the ELBO bound for diffusion, exact for AR) on fixed sequences and fixed noise."""
+        cfg, L = self.cfg, self.cfg.seq_len
+        bs = max(1, cfg.batch_size // (self.world * cfg.grad_accum))
+        n = min(len(self.data.val), cfg.eval_batches * cfg.batch_size)
+        model = self.raw_model
+        was_training = model.training
+        model.eval()
+
+        def run() -> float:
+            # Noise for the whole validation set at once: the estimate must not depend on how it is batched.
+            draws = self.objective.draw(n, L, torch.Generator().manual_seed(cfg.seed + _EVAL_SEED_OFFSET))
+            total, count = 0.0, 0
+            for start in range(0, n, bs):
+                rows = range(start, min(n, start + bs))
+                x = self.data.val.get(rows).to(self.device)
+                with self.amp:
+                    nll = self.objective.nll(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
+                total += nll.double().sum().item()
+                count += x.numel()
+            return total / count
+
+        out = {}
+        for suffix, ctx in (("", nullcontext()), ("_ema", self.ema.applied() if self.ema else None)):
+            if ctx is None:
+                continue
+            with ctx:
+                nats = run()
+            bits = nats / math.log(2)
+            out[f"val_nll_per_token{suffix}"] = nats
+            out[f"val_bits_per_token{suffix}"] = bits
+            out[f"val_bpb{suffix}"] = bits / self.data.val_bytes_per_token
+        model.train(was_training)
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        resume = self._resume_path()
+        if resume is not None:
+            self.load_state_dict(load_checkpoint(resume), str(resume))
+            log.info("resumed from %s at step %d", resume, self.step)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.truncate_after(self.step)
+            (self.out / "run_config.json").write_text(json.dumps(
+                {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
+                 "tokenizer": tokenizer_config(self.tokenizer), "corpus_hash": self.data.corpus_hash,
+                 "data": self.data.meta, "world_size": self.world}, indent=2))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_main),
+                   dynamic_ncols=True, desc=f"{cfg.objective}")
+        t_run = time.perf_counter() - self.elapsed
+        win_tokens, win_time, last = 0, 0.0, {}
+        evaluated_at = -1
+        while self.step < cfg.steps:
+            if cfg.max_time > 0 and self._should_stop(time.perf_counter() - t_run):
+                break
+            t0 = time.perf_counter()
+            last = self.train_step()
+            dt = time.perf_counter() - t0
+            self.train_time += dt
+            win_time += dt
+            win_tokens += cfg.batch_size * cfg.seq_len
+            self.elapsed = time.perf_counter() - t_run
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"training loss became {last['loss']} at step {self.step}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                tps = win_tokens / win_time
+                if self.is_main:
+                    self.metrics.write({"step": self.step, **last, "bits_per_token": last["nll_per_token"] / math.log(2),
+                                        "tokens": self.tokens_seen, "tok_per_s": tps, "elapsed": self.elapsed})
+                bar.set_postfix(loss=f"{last['loss']:.4g}", tok_s=f"{tps:,.0f}")
+                win_tokens, win_time = 0, 0.0
+            bar.update(1)
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self._eval_and_log()
+                evaluated_at = self.step
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                self.save()
+        bar.close()
+        result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
+                  "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
+        if evaluated_at != self.step:
+            result.update(self._eval_and_log())
+        else:
+            result.update({k: v for k, v in self.metrics.read()[-1].items() if k.startswith("val_")} if self.is_main else {})
+        self.save()
+        if self.is_main:
+            self._export()
+        return result
+
+    def _should_stop(self, elapsed: float) -> bool:
+        stop = torch.tensor([float(elapsed >= self.cfg.max_time)], device=self.device)
+        if self.world > 1:
+            dist.broadcast(stop, 0)  # rank 0's clock decides, so every rank stops at the same step
+        return bool(stop.item())
+
+    def _eval_and_log(self) -> dict:
+        res = {}
+        if self.is_main:
+            res = self.evaluate()
+            self.metrics.write({"step": self.step, **res, "tokens": self.tokens_seen, "elapsed": self.elapsed})
+            log.info("step %d: %s", self.step, ", ".join(f"{k} {v:.4f}" for k, v in res.items() if "bpb" in k))
+            plot_metrics(self.metrics.path, self.out / "loss.png",
+                         title=f"{self.cfg.objective} {self.cfg.model} ({self.model_cfg.arch})")
+        self._barrier()
+        return res
+
+    def _export(self) -> None:
+        """The final weights (EMA when enabled) as a save_pretrained folder, with the tokenizer beside them."""
+        extra = {"tokenizer": tokenizer_config(self.tokenizer), "objective": self.objective.config(),
+                 "corpus_hash": self.data.corpus_hash, "step": self.step, "weights": "ema" if self.ema else "model"}
+        ctx = self.ema.applied() if self.ema else nullcontext()
+        with ctx:
+            self.raw_model.save_pretrained(self.out / "model", **extra)
+        self.tokenizer.save(self.out / "model")
+
+
+def train(config: TrainConfig | None = None, **overrides) -> dict:
+    """Train a model; ``overrides`` are ``TrainConfig`` fields. Returns the final step, tokens, tokens/s,
+    last training loss and validation metrics (``val_bpb``, ``val_bits_per_token``, and ``_ema`` variants).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) it runs data-parallel; rank 0 logs and writes files.
+    """
+    base = config.to_dict() if config is not None else {}
+    trainer = Trainer(TrainConfig.from_dict({**base, **overrides}))
+    try:
+        return trainer.run()
+    finally:
+        if trainer.owns_process_group:
+            dist.destroy_process_group()

@@ -1,0 +1,26 @@
+"""Shared set-up for the training tests: a small corpus of real Python files and tiny-model options."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+MODULES = ["bisect.py", "heapq.py", "textwrap.py", "fnmatch.py", "colorsys.py", "keyword.py", "shlex.py",
+           "glob.py", "copy.py", "string.py"]
+
+
+def make_corpus(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for m in MODULES:
+        shutil.copy(STDLIB / m, root / m)
+    return root
+
+
+def tiny(tmp: Path, corpus: Path, **kw) -> dict:
+    opts = dict(data=str(corpus), cache_dir=str(tmp / "cache"), out_dir=str(tmp / "run"), hidden=64, layers=2,
+                heads=4, seq_len=64, batch_size=8, steps=20, warmup=2, lr=3e-3, eval_every=0, eval_batches=2,
+                ckpt_every=0, log_every=1, progress=False, val_fraction=0.2)
+    opts.update(kw)
+    return opts

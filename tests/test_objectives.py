@@ -1,0 +1,227 @@
+"""Objectives against direct float64 formulas written from the definitions, not from the code."""
+
+import math
+
+import pytest
+import torch
+
+from dllm.data import ByteTokenizer
+from dllm.noise import GeometricNoise, LogLinearNoise
+from dllm.objectives import AR, LLaDA, MDLM, SEDD
+from dllm.objectives.losses import log_score, masked_diffusion_reference, score_entropy_reference
+
+f64 = torch.float64
+
+
+def transition(graph, K, sigma):
+    """p_t(y | x0) as a [K, K] matrix (rows x0) for total noise sigma."""
+    keep = math.exp(-sigma)
+    if graph == "absorb":
+        P = keep * torch.eye(K, dtype=f64)
+        P[:, K - 1] += 1 - keep
+        P[K - 1] = 0
+        P[K - 1, K - 1] = 1
+    else:
+        P = keep * torch.eye(K, dtype=f64) + (1 - keep) / K
+    return P
+
+
+def rate(graph, K):
+    """Forward rate a -> b (off-diagonal entries)."""
+    if graph == "absorb":
+        R = torch.zeros(K, K, dtype=f64)
+        R[:, K - 1] = 1
+        R[K - 1, K - 1] = 0
+    else:
+        R = torch.full((K, K), 1 / K, dtype=f64)
+        R.fill_diagonal_(0)
+    return R
+
+
+def direct_score_entropy(s, x_t, x0, graph, sigma):
+    """sum_{y != x_t} R(y -> x_t) [exp(s_y) - r_y s_y + r_y (log r_y - 1)],  r_y = p(y|x0) / p(x_t|x0)."""
+    K = len(s)
+    P, R = transition(graph, K, sigma), rate(graph, K)
+    total = 0.0
+    for y in range(K):
+        if y == x_t or R[y, x_t] == 0:
+            continue
+        r = P[x0, y] / P[x0, x_t]
+        k = r * (math.log(r) - 1) if r > 0 else 0.0
+        total += R[y, x_t] * (math.exp(s[y]) - r * s[y] + k)
+    return total
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_score_entropy_matches_the_definition(graph):
+    g = torch.Generator().manual_seed(0)
+    B, L, K = 3, 7, 6
+    logits = torch.randn(B, L, K, generator=g, dtype=f64)
+    sigma = torch.tensor([0.05, 0.7, 2.5], dtype=f64)    # both sides of the expm1 switch at 0.5
+    dsigma = torch.tensor([1.3, 0.4, 2.0], dtype=f64)
+    x0 = torch.randint(0, K - 1, (B, L), generator=g)
+    x_t = x0.clone()
+    if graph == "absorb":
+        x_t[torch.rand(B, L, generator=g) < 0.6] = K - 1
+    else:
+        move = torch.rand(B, L, generator=g) < 0.6
+        x_t[move] = torch.randint(0, K, (B, L), generator=g)[move]
+    got = score_entropy_reference(logits, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=graph == "absorb")
+    s = log_score(logits, x_t, sigma, scale_by_sigma=graph == "absorb")
+    want = torch.tensor([sum(dsigma[b].item() * direct_score_entropy(s[b, l].tolist(), x_t[b, l].item(), x0[b, l].item(),
+                                                                      graph, sigma[b].item()) for l in range(L))
+                         for b in range(B)], dtype=f64)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_absorb_log_score_starts_at_the_true_ratio_mass_and_loss_is_zero_at_the_truth():
+    K, sigma = 9, torch.tensor([0.3], dtype=f64)
+    x_t = torch.full((1, 1), K - 1)
+    s = log_score(torch.zeros(1, 1, K, dtype=f64), x_t, sigma, scale_by_sigma=True)
+    torch.testing.assert_close(s[0, 0, :K - 1].exp().sum(), 1 / torch.expm1(sigma[0]))
+    assert s[0, 0, K - 1] == 0  # the log-ratio of the input state to itself
+    # The exact score: all ratio mass on x0 -> score entropy 0; anything else -> positive.
+    x0 = torch.tensor([[2]])
+    exact = torch.full((1, 1, K), -1e4, dtype=f64)
+    exact[0, 0, 2] = -math.log(math.expm1(0.3))
+    z = score_entropy_reference(exact, x_t, x0, sigma, torch.ones(1, dtype=f64), graph="absorb", scale_by_sigma=False)
+    assert abs(z.item()) < 1e-12
+    off = score_entropy_reference(exact + 0.1, x_t, x0, sigma, torch.ones(1, dtype=f64), graph="absorb", scale_by_sigma=False)
+    assert off.item() > 1e-4
+
+
+def test_masked_diffusion_matches_the_definition():
+    g = torch.Generator().manual_seed(1)
+    B, L, K = 2, 5, 7
+    M = K - 1
+    logits = torch.randn(B, L, K, generator=g, dtype=f64)
+    x0 = torch.randint(0, M, (B, L), generator=g)
+    x_t = torch.where(torch.rand(B, L, generator=g) < 0.5, torch.full_like(x0, M), x0)
+    w = torch.tensor([2.0, 0.5], dtype=f64)
+    got = masked_diffusion_reference(logits, x_t, x0, w, mask_id=M)
+    want = []
+    for b in range(B):
+        tot = 0.0
+        for l in range(L):
+            if x_t[b, l] == M:
+                z = sum(math.exp(logits[b, l, y].item()) for y in range(M))  # the mask logit is excluded
+                tot += -(logits[b, l, x0[b, l]].item() - math.log(z))
+        want.append(w[b].item() * tot)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=f64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", [LogLinearNoise(), GeometricNoise()])
+def test_noise_derivative(noise):
+    t = torch.linspace(0.01, 0.99, 17, dtype=f64)
+    sigma, dsigma = noise(t)
+    h = 1e-6
+    fd = (noise(t + h)[0] - noise(t - h)[0]) / (2 * h)
+    torch.testing.assert_close(dsigma, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_loglinear_mask_probability_and_mdlm_weight_is_one_over_t():
+    n = LogLinearNoise(1e-3)
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=f64)
+    sigma, dsigma = n(t)
+    torch.testing.assert_close(-torch.expm1(-sigma), (1 - 1e-3) * t)
+    torch.testing.assert_close(dsigma / torch.expm1(sigma), 1 / t)
+
+
+class _Fixed(torch.nn.Module):
+    """A 'model' that returns given logits and records what it was called with."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x, sigma=None):
+        self.x, self.sigma = x, sigma
+        return self.logits
+
+
+def test_sedd_objective_noises_weights_and_reduces_as_specified():
+    tok = ByteTokenizer()
+    obj = SEDD(tok, graph="absorb")
+    B, L, K = 4, 16, tok.vocab_size
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    d = obj.draw(B, L, g)
+    logits = torch.randn(B, L, K, generator=g)
+    m = _Fixed(logits)
+    nll = obj.nll(m, x0, d)
+    sigma, dsigma = LogLinearNoise()(d["t"])
+    x_t = torch.where(d["u"] < 1 - torch.exp(-sigma)[:, None], torch.full_like(x0, tok.mask_id), x0)
+    assert torch.equal(m.x, x_t) and torch.allclose(m.sigma, sigma)
+    want = score_entropy_reference(logits.double(), x_t, x0, sigma.double(), dsigma.double(), graph="absorb")
+    torch.testing.assert_close(nll.double(), want, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(obj.train_loss(nll, L), nll.mean())  # per-sequence sum, mean over the batch
+    assert ((d["t"] >= 1e-3) & (d["t"] <= 1)).all()
+
+
+def test_mdlm_bound_of_a_uniform_model_is_log_vocab_per_token():
+    tok = ByteTokenizer()
+    obj = MDLM(tok)
+    B, L = 512, 32
+    g = torch.Generator().manual_seed(3)
+    d = obj.draw(B, L, g)
+    t = d["t"]
+    assert torch.allclose(torch.sort((t - 1e-3) / (1 - 1e-3) * B).values.floor(), torch.arange(B, dtype=torch.float32),
+                          atol=1e-3)  # antithetic: one t in each 1/B stratum
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    nll = obj.nll(_Fixed(torch.zeros(B, L, tok.vocab_size)), x0, d)
+    per_token = nll.sum() / (B * L)
+    assert abs(per_token.item() / math.log(tok.vocab_size - 1) - 1) < 0.01
+
+
+def test_llada_weight_and_ar_shift():
+    tok = ByteTokenizer()
+    B, L = 2, 6
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    obj = LLaDA(tok)
+    d = obj.draw(B, L, g)
+    logits = torch.randn(B, L, tok.vocab_size, generator=g)
+    m = _Fixed(logits)
+    nll = obj.nll(m, x0, d)
+    p = (1 - 1e-3) * d["t"] + 1e-3
+    assert torch.equal(m.x == tok.mask_id, d["u"] < p[:, None]) and m.sigma is None
+    torch.testing.assert_close(nll, masked_diffusion_reference(logits, m.x, x0, 1 / p, mask_id=tok.mask_id))
+    assert torch.allclose(obj.train_loss(nll, L), nll.sum() / (B * L))
+
+    ar = AR(tok)
+    m = _Fixed(logits)
+    nll = ar.nll(m, x0, {})
+    assert torch.equal(m.x[:, 0], torch.full((B,), tok.eos_id)) and torch.equal(m.x[:, 1:], x0[:, :-1])
+    want = -torch.log_softmax(logits.double(), -1).gather(-1, x0[..., None]).squeeze(-1).sum(-1)
+    torch.testing.assert_close(nll.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_uniform_sedd_model_has_no_mask_output():
+    tok = ByteTokenizer()
+    assert SEDD(tok, graph="uniform").model_vocab_size == tok.vocab_size - 1
+    d = SEDD(tok, graph="uniform").draw(4, 8, torch.Generator().manual_seed(0))
+    assert d["y"].max() < tok.vocab_size - 1
+
+
+def test_losses_dispatch_to_fused_ops_when_present(monkeypatch):
+    from dllm.objectives import losses
+
+    calls = []
+
+    def fake_se(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
+        calls.append(("se", graph, scale_by_sigma))
+        return torch.full((logits.shape[0],), 7.0)
+
+    def fake_md(logits, x_t, x0, weight, *, mask_id):
+        calls.append(("md", mask_id))
+        return torch.full((logits.shape[0],), 3.0)
+
+    monkeypatch.setattr(losses.ops, "score_entropy_loss", fake_se, raising=False)
+    monkeypatch.setattr(losses.ops, "masked_diffusion_loss", fake_md, raising=False)
+    tok = ByteTokenizer()
+    x0 = torch.randint(0, 256, (2, 4))
+    g = torch.Generator().manual_seed(0)
+    for obj, want in ((SEDD(tok, graph="uniform"), 7.0), (MDLM(tok), 3.0), (LLaDA(tok), 3.0)):
+        nll = obj.nll(_Fixed(torch.zeros(2, 4, obj.model_vocab_size)), x0, obj.draw(2, 4, g))
+        assert torch.equal(nll, torch.full((2,), want))
+    assert calls == [("se", "uniform", False), ("md", tok.mask_id), ("md", tok.mask_id)]

@@ -1,0 +1,197 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dllm
+from dllm.training import CheckpointError, EMA, TrainConfig, Trainer, load_checkpoint, lr_at, save_checkpoint
+from dllm.training.trainer import CHECKPOINT
+
+from _train_helpers import make_corpus, tiny
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _losses(out_dir):
+    recs = [json.loads(line) for line in open(os.path.join(out_dir, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+@pytest.mark.parametrize("objective,extra", [("mdlm", {}), ("sedd", {}), ("sedd", {"graph": "uniform"}),
+                                             ("llada", {"kv_heads": 2}), ("ar", {})])
+def test_loss_falls_on_a_tiny_model(tmp_path, corpus, objective, extra):
+    res = dllm.train(**tiny(tmp_path, corpus, objective=objective, steps=30, ema=0, **extra))
+    loss = _losses(tmp_path / "run")
+    first = sum(loss[s] for s in range(1, 6)) / 5
+    last = sum(loss[s] for s in range(26, 31)) / 5
+    assert last < 0.8 * first, (objective, first, last)
+    assert res["step"] == 30 and res["val_bpb"] < 8.5 and res["tok_per_s"] > 0
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    model = dllm.models.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.arch == {"ar": "ar", "llada": "llada"}.get(objective, "dit")
+    assert dllm.data.tokenizer_for_model(tmp_path / "run" / "model").kind == "byte"
+
+
+def test_bpe_run_saves_its_tokenizer_beside_the_model(tmp_path, corpus):
+    res = dllm.train(**tiny(tmp_path, corpus, tokenizer="bpe", bpe_vocab_size=300, steps=3))
+    tok = dllm.data.tokenizer_for_model(tmp_path / "run" / "model")
+    assert tok.vocab_size == 300 and (tmp_path / "run" / "model" / "tokenizer.json").is_file()
+    model = dllm.models.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.vocab_size == 300
+    # bits per byte accounts for the bytes each BPE token covers, so it is below bits per token
+    assert res["val_bpb"] < res["val_bits_per_token"]
+    assert dllm.data.tokenizer_for_model(tmp_path / "run" / "model").fingerprint == tok.fingerprint
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
+    opts = dict(objective="sedd", steps=10, ckpt_every=4, eval_every=5, ema=0.99, grad_accum=2)
+    full = dllm.train(**tiny(tmp_path / "a", corpus, **opts))
+
+    real_step = Trainer.train_step
+
+    def crashing(self):
+        if self.step == 6:  # dies two steps after the checkpoint at step 4
+            raise _Crash()
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(_Crash):
+        dllm.train(**tiny(tmp_path / "b", corpus, **opts))
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)["step"] == 4
+    resumed = dllm.train(**tiny(tmp_path / "b", corpus, **opts))
+
+    a, b = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 11))  # the crashed run's steps 5-6 were replaced
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=1e-6, abs=1e-7), s
+    assert resumed["val_bpb"] == pytest.approx(full["val_bpb"], rel=1e-6)
+    assert resumed["val_bpb_ema"] == pytest.approx(full["val_bpb_ema"], rel=1e-6)
+    sa = load_checkpoint(tmp_path / "a" / "run" / CHECKPOINT)
+    sb = load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)
+    for k in sa["model"]:
+        torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_refuses_another_corpus(tmp_path, corpus):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    other = make_corpus(tmp_path / "other")
+    (other / "extra.py").write_text("x = 1\n" * 200)
+    with pytest.raises(CheckpointError, match="another corpus"):
+        dllm.train(**tiny(tmp_path, other, steps=4))
+
+
+def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    path = tmp_path / "run" / CHECKPOINT
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a dllm checkpoint"):
+        load_checkpoint(path)
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+    # A child process starts writing a large checkpoint and is SIGKILLed in the middle of the write.
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from dllm.training import checkpoint as ck
+        real_write = None
+        class Dying:
+            def __init__(self, f): self.f = f
+            def write(self, b):
+                self.f.write(b[: len(b) // 2]); self.f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            def __getattr__(self, n): return getattr(self.f, n)
+            def __enter__(self): return self
+            def __exit__(self, *a): return self.f.__exit__(*a)
+        import builtins
+        real_open = builtins.open
+        ck.open = lambda *a, **k: Dying(real_open(*a, **k))
+        ck.save_checkpoint({{"step": 2, "w": torch.randn(1_000_000)}}, {str(path)!r})
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt.pt"]
+    assert leftovers and all(".tmp" in n for n in leftovers)  # the half-written file never replaced the old one
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.arange(10.0))
+
+
+def test_gradient_accumulation_gives_the_same_update(tmp_path, corpus):
+    a = dllm.train(**tiny(tmp_path / "a", corpus, objective="mdlm", steps=3, ema=0))
+    b = dllm.train(**tiny(tmp_path / "b", corpus, objective="mdlm", steps=3, ema=0, grad_accum=4))
+    la, lb = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
+    for s in la:
+        assert lb[s] == pytest.approx(la[s], rel=1e-5)
+    assert b["val_bpb"] == pytest.approx(a["val_bpb"], rel=1e-5)
+
+
+def test_ddp_two_gloo_processes_equal_one_process(tmp_path, corpus):
+    def run(out, nproc):
+        opts = tiny(tmp_path / out, corpus, objective="sedd", steps=2, ema=0, lr=1e-2, warmup=1)
+        args = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items() if not isinstance(v, bool)]
+        args.append("--no-progress")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+               if nproc > 1 else [sys.executable]) + ["-m", "dllm.cli", "train", *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout.strip().splitlines()[-1]), load_checkpoint(tmp_path / out / "run" / CHECKPOINT)
+
+    one, s1 = run("one", 1)
+    two, s2 = run("two", 2)
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert two["val_bpb"] == pytest.approx(one["val_bpb"], rel=1e-5)
+    for k in s1["model"]:
+        torch.testing.assert_close(s2["model"][k], s1["model"][k], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "run" / "run_config.json").read_text())["world_size"] == 2
+
+
+def test_lr_schedule_and_ema_decay():
+    c = TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
+    assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0)
+    assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
+    assert lr_at(TrainConfig(lr=1.0, warmup=10, schedule="constant"), 500) == 1.0
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], decay=0.9999)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.update()  # decay min(0.9999, 2/11)
+    torch.testing.assert_close(ema.shadow[0], torch.full((3,), 9 / 11))
+    with ema.applied():
+        assert torch.equal(p.detach(), ema.shadow[0])
+    assert torch.equal(p.detach(), torch.ones(3))
+
+
+def test_cli_help_documents_every_option():
+    r = subprocess.run([sys.executable, "-m", "dllm.cli", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    import dataclasses
+
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in r.stdout, f.name
+    bad = subprocess.run([sys.executable, "-m", "dllm.cli", "train", "--batch-size", "6", "--grad-accum", "4"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "divisible" in bad.stderr
