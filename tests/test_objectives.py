@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dllm.data import ByteTokenizer
-from dllm.noise import GeometricNoise, LogLinearNoise
+from dllm.sedd import Geometric, LogLinear
 from dllm.objectives import AR, LLaDA, MDLM, SEDD
 from dllm.objectives.losses import log_score, masked_diffusion_reference, score_entropy_reference
 
@@ -110,7 +110,7 @@ def test_masked_diffusion_matches_the_definition():
     torch.testing.assert_close(got, torch.tensor(want, dtype=f64), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("noise", [LogLinearNoise(), GeometricNoise()])
+@pytest.mark.parametrize("noise", [LogLinear(), Geometric()])
 def test_noise_derivative(noise):
     t = torch.linspace(0.01, 0.99, 17, dtype=f64)
     sigma, dsigma = noise(t)
@@ -120,7 +120,7 @@ def test_noise_derivative(noise):
 
 
 def test_loglinear_mask_probability_and_mdlm_weight_is_one_over_t():
-    n = LogLinearNoise(1e-3)
+    n = LogLinear(1e-3)
     t = torch.tensor([0.01, 0.3, 0.9], dtype=f64)
     sigma, dsigma = n(t)
     torch.testing.assert_close(-torch.expm1(-sigma), (1 - 1e-3) * t)
@@ -149,7 +149,7 @@ def test_sedd_objective_noises_weights_and_reduces_as_specified():
     logits = torch.randn(B, L, K, generator=g)
     m = _Fixed(logits)
     nll = obj.nll(m, x0, d)
-    sigma, dsigma = LogLinearNoise()(d["t"])
+    sigma, dsigma = LogLinear()(d["t"])
     x_t = torch.where(d["u"] < 1 - torch.exp(-sigma)[:, None], torch.full_like(x0, tok.mask_id), x0)
     assert torch.equal(m.x, x_t) and torch.allclose(m.sigma, sigma)
     want = score_entropy_reference(logits.double(), x_t, x0, sigma.double(), dsigma.double(), graph="absorb")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..noise import get_noise
+from ..sedd.schedules import get_noise
 from .base import Objective, sample_t
 from .losses import masked_diffusion_loss, score_entropy_loss
 

@@ -4,6 +4,6 @@ reference of every SEDD/MDLM op. The fused kernels are ``dllm.ops.sedd_step``,
 
 from . import reference
 from .graphs import Absorbing, Uniform
-from .schedules import Geometric, LogLinear
+from .schedules import Geometric, LogLinear, get_noise
 
-__all__ = ["Absorbing", "Uniform", "LogLinear", "Geometric", "reference"]
+__all__ = ["Absorbing", "Uniform", "LogLinear", "Geometric", "get_noise", "reference"]
