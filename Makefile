@@ -19,7 +19,7 @@ build: venv
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
 demo: build
-	$(PY) bench/sample_categorical.py --out out/sample_categorical
+	$(VENV)/bin/dllm demo --out-dir out/demo
 
 test: build
 	$(PY) -m pytest -q
