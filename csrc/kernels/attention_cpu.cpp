@@ -23,41 +23,10 @@ void load_vec(const void* base, int64_t offset, int64_t n, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = Loader<D>::load(src[i]);
 }
 
-inline uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
-  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even
-}
-
-inline uint16_t to_fp16(float f) {
-  // IEEE round-to-nearest-even float -> half, handling overflow, subnormals and NaN.
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  x &= 0x7fffffffu;
-  if (x > 0x7f800000u) return uint16_t(sign | 0x7e00u);
-  if (x >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: inf
-  if (x < 0x38800000u) {  // below the smallest normal half: subnormal or zero
-    if (x < 0x33000000u) return uint16_t(sign);
-    const uint32_t man = (x & 0x7fffffu) | 0x800000u;
-    const int shift = 126 - int(x >> 23);  // 14..24
-    const uint32_t half = man >> (shift);
-    const uint32_t rem = man & ((1u << shift) - 1u), mid = 1u << (shift - 1);
-    return uint16_t(sign | (half + (rem > mid || (rem == mid && (half & 1u)))));
-  }
-  const uint32_t r = x + 0xfffu + ((x >> 13) & 1u) - (112u << 23);
-  return uint16_t(sign | (r >> 13));
-}
-
 template <DType D>
 void store_vec(void* base, int64_t offset, int64_t n, const float* in) {
-  if constexpr (D == DType::kFloat32) {
-    std::memcpy(static_cast<float*>(base) + offset, in, n * 4);
-  } else {
-    auto* dst = static_cast<uint16_t*>(base) + offset;
-    for (int64_t i = 0; i < n; ++i) dst[i] = D == DType::kBFloat16 ? to_bf16(in[i]) : to_fp16(in[i]);
-  }
+  auto* dst = static_cast<typename Loader<D>::T*>(base) + offset;
+  for (int64_t i = 0; i < n; ++i) dst[i] = Loader<D>::store(in[i]);
 }
 
 inline float dot(const float* a, const float* b, int64_t n) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "dllm/common.h"
@@ -17,22 +18,60 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN. Branch-free, so store loops
+// vectorise.
+inline uint16_t float_to_bf16(float f) {
+  const uint32_t u = float_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+
+// float -> IEEE half, round to nearest even, without F16C (the baseline build has no -m flags).
+inline uint16_t float_to_fp16(float f) {
+  uint32_t u = float_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  u &= 0x7fffffffu;
+  uint32_t h;
+  if (u >= 0x47800000u) {  // >= 65536 (after rounding: inf), inf or NaN
+    h = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (u < 0x38800000u) {  // half subnormal or zero: let a float add do the rounding
+    const float magic = bits_to_float(uint32_t((127 - 15 + 23 - 10 + 1) << 23));
+    h = float_bits(bits_to_float(u) + magic) - float_bits(magic);
+  } else {
+    const uint32_t odd = (u >> 13) & 1u;
+    u += (uint32_t(15 - 127) << 23) + 0xfffu + odd;
+    h = u >> 13;  // a carry into the exponent rounds up to the next binade or to inf correctly
+  }
+  return uint16_t(h | sign);
+}
+
+// Element type of each DType, with conversions to and from float.
 template <DType D>
 struct Loader;
 template <>
 struct Loader<DType::kFloat32> {
   using T = float;
   static float load(T v) { return v; }
+  static T store(float v) { return v; }
 };
 template <>
 struct Loader<DType::kBFloat16> {
   using T = uint16_t;
   static float load(T v) { return bf16_to_float(v); }
+  static T store(float v) { return float_to_bf16(v); }
 };
 template <>
 struct Loader<DType::kFloat16> {
   using T = uint16_t;
   static float load(T v) { return fp16_to_float(v); }
+  static T store(float v) { return float_to_fp16(v); }
 };
 
 // Converts a row to float32 times `scale`; returns false if any value is NaN or +inf after

@@ -6,92 +6,17 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_rows.h"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
 
 namespace dllm {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int64_t kLanes = 16;
-
-uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
-// Round to nearest even; NaN stays a (quiet) NaN. Branch-free so the store loops vectorise.
-uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_bits(f);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = (u >> 16) | 0x40u;
-  return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
-}
-
-// Round-to-nearest-even float -> IEEE half without F16C (no special -m flags in the build).
-uint16_t float_to_fp16(float f) {
-  uint32_t u = float_bits(f);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  u &= 0x7fffffffu;
-  uint32_t h;
-  if (u >= 0x47800000u) {  // >= 65536 (after rounding: inf), inf or NaN
-    h = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
-  } else if (u < 0x38800000u) {  // half subnormal or zero: let a float add do the rounding
-    const float magic = bits_to_float(uint32_t((127 - 15 + 23 - 10 + 1) << 23));
-    h = float_bits(bits_to_float(u) + magic) - float_bits(magic);
-  } else {
-    const uint32_t odd = (u >> 13) & 1u;
-    u += (uint32_t(15 - 127) << 23) + 0xfffu + odd;
-    h = u >> 13;  // a carry into the exponent rounds up to the next binade or to inf correctly
-  }
-  return uint16_t(h | sign);
-}
-
-template <DType D>
-struct IO;
-template <>
-struct IO<DType::kFloat32> {
-  using T = float;
-  static float load(T v) { return v; }
-  static T store(float v) { return v; }
-};
-template <>
-struct IO<DType::kBFloat16> {
-  using T = uint16_t;
-  static float load(T v) { return bf16_to_float(v); }
-  static T store(float v) { return float_to_bf16(v); }
-};
-template <>
-struct IO<DType::kFloat16> {
-  using T = uint16_t;
-  static float load(T v) { return fp16_to_float(v); }
-  static T store(float v) { return float_to_fp16(v); }
-};
+using namespace cpu;
 
 // exp for any float input: exp_poly is only valid up to ~88.7, above which the result is inf.
 inline float exp_any(float v) { return v > 88.72f ? kInf : exp_poly(v); }
-
-// Loads n logits into buf; returns whether any is NaN or +inf.
-template <DType D>
-bool load_row(const typename IO<D>::T* row, int64_t n, float* buf) {
-  int32_t bad = 0;
-  for (int64_t i = 0; i < n; ++i) buf[i] = IO<D>::load(row[i]);
-  for (int64_t i = 0; i < n; ++i) bad |= !(buf[i] < kInf);
-  return bad != 0;
-}
-
-float max_of(const float* x, int64_t n) {
-  float acc[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) acc[k] = -kInf;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-  for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
-  float m = -kInf;
-  for (int64_t k = 0; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
-  return m;
-}
 
 // x[i] <- exp(x[i] - ref) (0 for -inf entries); returns the sum. ref >= every x[i].
 double exp_inplace_sum(float* x, int64_t n, float ref) {
@@ -203,7 +128,7 @@ bool bad_sigma(float sigma, float d) {
 
 template <DType D>
 int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
-  using T = typename IO<D>::T;
+  using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
   const int64_t groups = (K + kCategoricalGroup - 1) / kCategoricalGroup;
   std::vector<float> buf(K);
@@ -223,7 +148,7 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
     } else {
       const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, p.sigma[b], p.dsig[b], K);
       const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
-      if (load_row<D>(row, K, buf.data())) {
+      if (!load_row<D>(row, K, 1.0f, buf.data())) {
         status = kSeddNonFinite;
       } else {
         buf[x] = -kInf;  // x's own log-score is fixed at 0: handled as the extra candidate
@@ -264,7 +189,7 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
 
 template <DType D>
 int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
-  using T = typename IO<D>::T;
+  using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
   std::vector<float> buf(K);
   int64_t first_error = kSeddNoError;
@@ -278,12 +203,12 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
       if (xt < 0 || xt >= K || x0 < 0 || x0 >= K) status = kSeddBadToken;
       else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;
       else if (xt == p.mask_id) {
-        for (int64_t i = 0; i < K; ++i) buf[i] = IO<D>::load(row[i]);
+        for (int64_t i = 0; i < K; ++i) buf[i] = Loader<D>::load(row[i]);
         buf[p.mask_id] = -kInf;  // SUBS: the mask is never predicted
         const float m = max_of(buf.data(), K);
         const double lse = double(m) + std::log(exp_inplace_sum(buf.data(), K, m));
         p.lse[r] = float(lse);
-        loss = double(p.weight[b]) * (lse - double(IO<D>::load(row[x0])));
+        loss = double(p.weight[b]) * (lse - double(Loader<D>::load(row[x0])));
       }
       if (xt != p.mask_id || status != kSeddOk) p.lse[r] = 0.0f;
     } else {
@@ -293,7 +218,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
       else if (bad_loss_sigma(p.sigma[b], p.dsigma[b])) status = kSeddBadSigma;
       else if (!absorb || xt == K - 1) {
         const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], K, xt, x0);
-        for (int64_t i = 0; i < K; ++i) buf[i] = IO<D>::load(row[i]);
+        for (int64_t i = 0; i < K; ++i) buf[i] = Loader<D>::load(row[i]);
         const double l_x0 = double(buf[x0]);
         double sum_l = 0.0;
         if (!absorb) {
@@ -317,7 +242,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
 
 template <DType D>
 int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
-  using T = typename IO<D>::T;
+  using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t x0 = p.x0[r];
@@ -325,14 +250,14 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
     T* grad = static_cast<T*>(p.grad) + r * K;
     const GradRow gr = grad_row(p, r);
     if (!gr.active) {
-      std::fill(grad, grad + K, IO<D>::store(0.0f));
+      std::fill(grad, grad + K, Loader<D>::store(0.0f));
       continue;
     }
     // One fused load-compute-store loop (it vectorises), then the two special entries.
     const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
-    for (int64_t i = 0; i < K; ++i) grad[i] = IO<D>::store(ga * exp_any(IO<D>::load(row[i]) - ref) - gb);
-    grad[x0] = IO<D>::store(float(x0_grad(gr, IO<D>::load(row[x0]))));
-    grad[gr.skip] = IO<D>::store(0.0f);
+    for (int64_t i = 0; i < K; ++i) grad[i] = Loader<D>::store(ga * exp_any(Loader<D>::load(row[i]) - ref) - gb);
+    grad[x0] = Loader<D>::store(float(x0_grad(gr, Loader<D>::load(row[x0]))));
+    grad[gr.skip] = Loader<D>::store(0.0f);
   }
   return kSeddNoError;
 }
