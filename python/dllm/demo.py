@@ -101,27 +101,29 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
         print(f"\n=== {title} ===\n{text}")
         report.append(f"## {title}\n\n```\n{text}\n```\n")
 
-    samples = generate(diffusion, gen_length=gen_length, steps=steps, sampler="mdlm", temperature=1.0, generator=g)
-    section("unconditional sample (mdlm sampler)", _show(tok, samples.sequences[0]))
+    samples = generate(diffusion, gen_length=gen_length, steps=steps, sampler="mdlm", temperature=1.0, generator=g,
+                       return_history=True)
+    section(f"unconditional sample (mdlm sampler, {steps} steps)", _show(tok, samples.sequences[0]))
 
     prompt = torch.as_tensor(tok.encode(COMPLETION_PROMPT), device=device)
     done = generate(diffusion, prompt, gen_length=gen_length // 2, steps=gen_length // 2, sampler="llada",
-                    block_length=gen_length // 8, generator=g)
-    section(f"completion of a signature (llada sampler, blocks of {gen_length // 8}, one token a step)",
+                    block_length=gen_length // 8, temperature=0.8, generator=g)
+    section(f"completion of a signature (llada sampler, blocks of {gen_length // 8}, one token a step, "
+            "temperature 0.8)",
             _show(tok, done.sequences[0]))
 
     before, after = tok.encode(INFILL_BEFORE), tok.encode(INFILL_AFTER)
     hole = gen_length // 4
     template = torch.cat([torch.as_tensor(before), torch.full((hole,), tok.mask_id), torch.as_tensor(after)])
     filled = generate(diffusion, gen_length=template.numel(), steps=hole, sampler="llada", infill=template.to(device),
-                      generator=g, return_history=True)
-    section(f"infill of a {hole}-token function body (llada sampler)", _show(tok, filled.sequences[0]))
+                      temperature=0.8, generator=g)
+    section(f"infill of a {hole}-token function body (llada sampler, temperature 0.8)", _show(tok, filled.sequences[0]))
 
     watch = generate(diffusion, gen_length=gen_length // 2, steps=8, sampler="llada", generator=g,
                      return_history=True, temperature=1.0)
     lines = [f"step {i + 1}: {_show(tok, h[0])!r}" for i, h in enumerate(watch.history)]
     section("denoising step by step (8 steps, masks as _)", "\n".join(lines))
-    _trajectory_png(filled.history, tok.mask_id, out / "trajectory.png")
+    _trajectory_png(samples.history, tok.mask_id, out / "trajectory.png")
 
     length = gen_length
     diff_tps = _tokens_per_second(lambda: generate(diffusion, gen_length=length, steps=length // 4, sampler="llada",
