@@ -118,7 +118,8 @@ def format_table(title: str, meta: dict, rows: list[Row]) -> str:
         f"# {title}",
         "",
         f"{meta['card']} | torch {meta['torch']} | {meta['date']} | commit {meta['commit']}",
-        f"floor: copy bandwidth measured in this run, {meta['floor_gbps']:.0f} GB/s (bytes read + written)",
+        (f"floor: copy bandwidth measured in this run, {meta['floor_gbps']:.0f} GB/s (bytes read + written)"
+         if meta["floor_gbps"] == meta["floor_gbps"] else "floor: none (a compute-bound op; the note gives FLOP/s)"),
         f"command: `{meta['command']}`",
         "",
         "| op | shape | dtype | impl | median ms | GB/s | % of floor | dllm speedup | note |",
