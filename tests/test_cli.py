@@ -11,7 +11,7 @@ def dllm(*args, timeout=600):
 
 def test_help_lists_every_command():
     out = dllm("--help")
-    assert out.returncode == 0 and "demo" in out.stdout and "train" in out.stdout
+    assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample"))
     demo = dllm("demo", "--help")
     for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed"):
         assert flag in demo.stdout
@@ -28,6 +28,16 @@ def test_demo_end_to_end(tmp_path):
     assert "def is_even(n):" in text and "return a - b" in text  # the prompt and the infill's known suffix
     again = dllm("demo", "--minutes", "0.02", "--gen-length", "32", "--steps", "4", "--out-dir", str(tmp_path))
     assert again.returncode == 0 and "reusing" in again.stdout
+    # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline
+    for kind, extra in (("mdlm", ["--show-steps", "--sampler", "mdlm"]), ("ar", [])):
+        out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(", "--gen-length", "16",
+                   "--steps", "4", "--num-samples", "2", *extra)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.count("--- sample") == 2 and "def f(" in out.stdout
+    assert "step 4:" in dllm("sample", str(tmp_path / "mdlm" / "model"), "--gen-length", "8", "--steps", "4",
+                             "--show-steps").stdout
+    bad = dllm("sample", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "config.json" in bad.stderr
 
 
 def test_demo_rejects_bad_arguments():

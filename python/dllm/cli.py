@@ -1,4 +1,4 @@
-"""The ``dllm`` command line: ``dllm demo`` and ``dllm train`` (``--help`` on each lists every option)."""
+"""The ``dllm`` command line: ``dllm demo``, ``dllm train`` and ``dllm sample`` (``--help`` on each lists every option)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
     dp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    sp = sub.add_parser("sample", help="generate from a model folder written by `dllm train`",
+                        description="Generate with a trained model: masked-diffusion models take dllm.generate's "
+                        "samplers, SEDD models the SEDD samplers, autoregressive models their KV cache.")
+    sp.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
+    sp.add_argument("--prompt", default="", help="text to continue (default: none)")
+    sp.add_argument("--gen-length", type=int, default=128, help="tokens to generate (default: 128)")
+    sp.add_argument("--steps", type=int, default=64, help="sampler steps (default: 64)")
+    sp.add_argument("--sampler", default=None, help="a dllm.generate sampler (default: llada, or sedd-analytic "
+                    "for SEDD models); ignored for autoregressive models")
+    sp.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default: 0.8)")
+    sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (llada, fast-dllm)")
+    sp.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    sp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if ns.command == "demo":
@@ -72,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         if ns.minutes <= 0 or ns.gen_length < 16 or ns.steps <= 0:
             parser.error("--minutes and --steps must be positive and --gen-length at least 16")
         run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed)
+        return 0
+    if ns.command == "sample":
+        from .sample_cli import run_sample
+
+        if ns.gen_length <= 0 or ns.steps <= 0 or ns.num_samples <= 0:
+            parser.error("--gen-length, --steps and --num-samples must be positive")
+        try:
+            run_sample(ns.model, prompt=ns.prompt, gen_length=ns.gen_length, steps=ns.steps, sampler=ns.sampler,
+                       temperature=ns.temperature, block_length=ns.block_length, num_samples=ns.num_samples,
+                       seed=ns.seed, device=ns.device, show_steps=ns.show_steps)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
         return 0
     if ns.command == "train":
         from .training import train

@@ -15,27 +15,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from .data.tokenizer import MASK_TOKEN, tokenizer_for_model
-from .models import from_pretrained
+from .data.tokenizer import MASK_TOKEN
 from .sampling import generate
+from .sampling.pretrained import load_for_sampling
 from .training import train
 
 COMPLETION_PROMPT = "def is_even(n):\n    "
 INFILL_BEFORE = "def add(a, b):\n    "
 INFILL_AFTER = "\n\n\ndef sub(a, b):\n    return a - b\n"
-
-
-class MaskedLM(nn.Module):
-    """Gives a trained diffusion model the sampler protocol (dllm/sampling/model_protocol.py)."""
-
-    def __init__(self, model: nn.Module, mask_id: int):
-        super().__init__()
-        self.model, self.mask_id = model, mask_id
-
-    def forward(self, x):
-        return self.model(x)
 
 
 def _train(objective: str, out: Path, minutes: float, device: str, retrain: bool, seq_len: int) -> Path:
@@ -52,7 +40,8 @@ def _train(objective: str, out: Path, minutes: float, device: str, retrain: bool
     return model_dir
 
 
-def _show(tok, ids: torch.Tensor) -> str:
+def show(tok, ids: torch.Tensor) -> str:
+    """Decoded text with masks drawn as _."""
     return tok.decode(ids.tolist()).replace(MASK_TOKEN, "_")
 
 
@@ -91,9 +80,8 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     seq_len = max(gen_length, 128)
     dirs = {obj: _train(obj, out, minutes, device, retrain, seq_len) for obj in ("mdlm", "ar")}
-    tok = tokenizer_for_model(dirs["mdlm"])
-    diffusion = MaskedLM(from_pretrained(dirs["mdlm"]).to(device).eval(), tok.mask_id)
-    ar = from_pretrained(dirs["ar"]).to(device).eval()
+    diffusion, tok, _ = load_for_sampling(dirs["mdlm"], device)
+    ar, _, _ = load_for_sampling(dirs["ar"], device)
     g = torch.Generator(device=device).manual_seed(seed)
     report: list[str] = []
 
@@ -103,25 +91,25 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
 
     samples = generate(diffusion, gen_length=gen_length, steps=steps, sampler="mdlm", temperature=1.0, generator=g,
                        return_history=True)
-    section(f"unconditional sample (mdlm sampler, {steps} steps)", _show(tok, samples.sequences[0]))
+    section(f"unconditional sample (mdlm sampler, {steps} steps)", show(tok, samples.sequences[0]))
 
     prompt = torch.as_tensor(tok.encode(COMPLETION_PROMPT), device=device)
     done = generate(diffusion, prompt, gen_length=gen_length // 2, steps=gen_length // 2, sampler="llada",
                     block_length=gen_length // 8, temperature=0.8, generator=g)
     section(f"completion of a signature (llada sampler, blocks of {gen_length // 8}, one token a step, "
             "temperature 0.8)",
-            _show(tok, done.sequences[0]))
+            show(tok, done.sequences[0]))
 
     before, after = tok.encode(INFILL_BEFORE), tok.encode(INFILL_AFTER)
     hole = gen_length // 4
     template = torch.cat([torch.as_tensor(before), torch.full((hole,), tok.mask_id), torch.as_tensor(after)])
     filled = generate(diffusion, gen_length=template.numel(), steps=hole, sampler="llada", infill=template.to(device),
                       temperature=0.8, generator=g)
-    section(f"infill of a {hole}-token function body (llada sampler, temperature 0.8)", _show(tok, filled.sequences[0]))
+    section(f"infill of a {hole}-token function body (llada sampler, temperature 0.8)", show(tok, filled.sequences[0]))
 
     watch = generate(diffusion, gen_length=gen_length // 2, steps=8, sampler="llada", generator=g,
                      return_history=True, temperature=1.0)
-    lines = [f"step {i + 1}: {_show(tok, h[0])!r}" for i, h in enumerate(watch.history)]
+    lines = [f"step {i + 1}: {show(tok, h[0])!r}" for i, h in enumerate(watch.history)]
     section("denoising step by step (8 steps, masks as _)", "\n".join(lines))
     _trajectory_png(samples.history, tok.mask_id, out / "trajectory.png")
 

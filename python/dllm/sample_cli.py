@@ -1,0 +1,41 @@
+"""`dllm sample`: generate from a model folder written by `dllm train`."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .demo import show
+from .sampling import generate
+from .sampling.pretrained import load_for_sampling
+
+
+def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None, temperature: float,
+               block_length: int | None, num_samples: int, seed: int, device: str, show_steps: bool) -> list[str]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok, kind = load_for_sampling(model_dir, device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
+    texts = []
+    for i in range(num_samples):
+        t0 = time.perf_counter()
+        if kind == "ar":
+            start = ids if ids.numel() else torch.full((1,), tok.eos_id, device=device)
+            seq = model.generate(start[None], gen_length, temperature=temperature, generator=g)[0]
+            info = f"autoregressive, {gen_length} steps"
+        else:
+            name = sampler or ("sedd-analytic" if kind == "score" else "llada")
+            callback = (lambda step, x, logits: print(f"  step {step + 1}: {show(tok, x[0])!r}")) if show_steps else None
+            out = generate(model, ids if ids.numel() else None, gen_length=gen_length, steps=steps, sampler=name,
+                           temperature=temperature, block_length=block_length, generator=g, callback=callback)
+            seq = out.sequences[0]
+            info = f"{name}, {out.nfe} network evaluations"
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        text = show(tok, seq)
+        texts.append(text)
+        print(f"--- sample {i + 1} ({info}, {gen_length / seconds:,.0f} tokens/s) ---\n{text}")
+    return texts
