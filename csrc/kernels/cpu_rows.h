@@ -127,21 +127,28 @@ inline float log_sum_exp(const float* x, int64_t n, float m) {
 
 inline float log_sum_exp(const float* x, int64_t n) { return log_sum_exp(x, n, max_of(x, n)); }
 
-// argmax_i (logw[i] + Gumbel noise of logical index first + i); -inf entries never win.
-// Returns -1 only if every entry is -inf.
-inline int64_t gumbel_argmax(const float* logw, int64_t n, uint64_t seed, uint64_t offset, int64_t row,
-                             int64_t first, RngStream stream) {
+// argmax_i (log_weight(i) + Gumbel noise of logical index first + i); -inf log-weights never
+// win. One Philox call serves each pair of indices. Returns -1 only if every entry is -inf.
+template <typename LogWeight>
+int64_t gumbel_argmax_by(int64_t n, LogWeight log_weight, uint64_t seed, uint64_t offset, int64_t row,
+                         int64_t first, RngStream stream) {
   int64_t best = -1;
   float best_key = -kInf;
   U32x4 bits{};
   for (int64_t i = 0; i < n; ++i) {
     const uint64_t index = uint64_t(first + i);
     if (i == 0 || (index & 1) == 0) bits = philox_pair(seed, offset, uint64_t(row), uint32_t(index >> 1), stream);
-    if (logw[i] == -kInf) continue;
+    const float lw = log_weight(i);
+    if (lw == -kInf) continue;
     const float noise = (index & 1) ? gumbel_from_bits(bits.z, bits.w) : gumbel_from_bits(bits.x, bits.y);
-    if (best < 0 || logw[i] + noise > best_key) best = i, best_key = logw[i] + noise;
+    if (best < 0 || lw + noise > best_key) best = i, best_key = lw + noise;
   }
   return best;
+}
+
+inline int64_t gumbel_argmax(const float* logw, int64_t n, uint64_t seed, uint64_t offset, int64_t row,
+                             int64_t first, RngStream stream) {
+  return gumbel_argmax_by(n, [logw](int64_t i) { return logw[i]; }, seed, offset, row, first, stream);
 }
 
 inline int64_t num_groups(int64_t vocab) { return (vocab + kCategoricalGroup - 1) / kCategoricalGroup; }

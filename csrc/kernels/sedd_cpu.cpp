@@ -70,26 +70,12 @@ double sum_of(const float* x, int64_t n) {
   return s;
 }
 
-float noise_at(uint64_t seed, uint64_t offset, int64_t row, int64_t index, RngStream stream) {
-  return gumbel_at(seed, offset, uint64_t(row), uint64_t(index), stream);
-}
-
 // argmax_i (log(w[i]) + Gumbel noise of logical index first + i) over weights w >= 0; -1 when
 // every weight is 0.
 int64_t gumbel_argmax_linear(const float* w, int64_t n, uint64_t seed, uint64_t offset, int64_t row,
                              int64_t first, RngStream stream) {
-  int64_t best = -1;
-  float best_key = -kInf;
-  U32x4 bits{};
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t index = uint64_t(first + i);
-    if (i == 0 || (index & 1) == 0) bits = philox_pair(seed, offset, uint64_t(row), uint32_t(index >> 1), stream);
-    if (!(w[i] > 0.0f)) continue;
-    const float noise = (index & 1) ? gumbel_from_bits(bits.z, bits.w) : gumbel_from_bits(bits.x, bits.y);
-    const float key = std::log(w[i]) + noise;
-    if (best < 0 || key > best_key) best = i, best_key = key;
-  }
-  return best;
+  return gumbel_argmax_by(n, [w](int64_t i) { return w[i] > 0.0f ? std::log(w[i]) : -kInf; }, seed, offset, row,
+                          first, stream);
 }
 
 // The hierarchical Gumbel-max of sample_categorical over linear weights buf[0..K), whose
@@ -103,7 +89,7 @@ int64_t draw(const float* buf, const double* group_sum, int64_t vocab, double lo
   for (int64_t g = 0; g <= groups; ++g) {
     const double lw = g < groups ? (group_sum[g] > 0.0 ? std::log(group_sum[g]) + log_factor : -INFINITY) : log_w_x;
     if (lw == -INFINITY) continue;
-    const double key = lw + noise_at(seed, offset, r, g, RngStream::kGroup);
+    const double key = lw + gumbel_at(seed, offset, uint64_t(r), uint64_t(g), RngStream::kGroup);
     if (best_group < 0 || key > best_key) best_group = g, best_key = key;
   }
   if (best_group < 0) return -1;

@@ -131,8 +131,6 @@ def tokenizer_config(tok) -> dict:
 
 def tokenizer_for_model(directory: str | os.PathLike):
     """The tokenizer a model folder written by ``dllm.train`` was trained with (recorded in its config.json)."""
-    import json
-
     cfg = json.loads((Path(directory) / "config.json").read_text()).get("tokenizer")
     if cfg is None:
         raise ValueError(f"{str(directory)!r}/config.json records no tokenizer")
