@@ -1,4 +1,5 @@
-"""save_pretrained / from_pretrained: a folder with config.json and model.safetensors."""
+"""save_pretrained / from_pretrained: a folder with config.json and model.safetensors; published
+checkpoint folders (SEDD, MDLM, LLaDA, Dream) are handed to :mod:`dllm.models.hub`."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
+from ..io import build_model
 from ..layers import Rotary
 from .dream import DREAM
 from .layout import ROTARY_BUFFER, Layout
@@ -57,8 +58,6 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
         raise ValueError(f"{layout.name} checkpoints load in float32 (dllm's DiT takes float32 sigma features); "
                          "run the model under torch.autocast for bfloat16 compute")
     cfg = layout.model_config(config)
-    from ..io import build_model
-
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
         net = build_model(cfg)
     state = _read_state(directory, layout, cfg, {k: tuple(v.shape) for k, v in net.state_dict().items()}, dtype, device)

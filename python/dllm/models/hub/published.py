@@ -16,7 +16,7 @@ class PublishedModel(nn.Module):
     ``graph`` and ``noise``.
     """
 
-    def __init__(self, net: nn.Module, *, layout: str, config: dict, tokenizer=None, pad_id: int = 0,
+    def __init__(self, net: nn.Module, *, layout: str, config: dict | None = None, tokenizer=None, pad_id: int = 0,
                  logits_shift: int = 0, time_conditioned: bool = False, **protocol):
         super().__init__()
         self.net, self.layout, self.config, self.tokenizer = net, layout, config, tokenizer
