@@ -39,7 +39,8 @@ echo "== tests" | tee -a "$OUT/status.txt"
 echo "tests exit code $?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/status.txt"
 
 echo "== benchmarks" | tee -a "$OUT/status.txt"
-for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py bench/sedd_step.py bench/sedd_losses.py; do
+for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py bench/sedd_step.py bench/sedd_losses.py \
+             bench/published_latency.py; do
   name=$(basename "$bench" .py)
   "$PY" "$bench" --device cuda --out "$OUT/$name" >"$OUT/$name.log" 2>&1
   echo "$name exit code $?" | tee -a "$OUT/status.txt"

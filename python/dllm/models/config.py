@@ -17,6 +17,8 @@ class ModelConfig:
     heads: int = 4
     kv_heads: int | None = None     # llada only (grouped-query attention); None means heads
     mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None   # llada only: the SwiGLU width; None derives it from mlp_ratio
+    qkv_bias: bool = False          # llada only: biases on q/k/v (Qwen2.5, hence Dream)
     cond_dim: int = 64              # dit/ar: width of the sigma embedding that drives adaLN
     max_seq_len: int = 1024
     time_conditioning: bool = False  # dit: condition on sigma (SEDD) or not (MDLM's default)

@@ -1,4 +1,5 @@
-"""save_pretrained / from_pretrained: a folder with config.json and model.safetensors."""
+"""save_pretrained / from_pretrained: a folder with config.json and model.safetensors; published
+checkpoint folders (SEDD, MDLM, LLaDA, Dream) are handed to :mod:`dllm.models.hub`."""
 
 from __future__ import annotations
 
@@ -55,17 +56,34 @@ def build_model(cfg: ModelConfig):
 def read_config(directory: str | os.PathLike) -> dict:
     p = Path(directory) / CONFIG_NAME
     if not p.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; expected a folder written by save_pretrained")
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; expected a folder written by save_pretrained "
+                                "or a published SEDD, MDLM, LLaDA or Dream checkpoint")
     return json.loads(p.read_text())
 
 
-def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+def is_dllm_config(config: dict) -> bool:
+    """A config.json written by save_pretrained (SEDD's hydra config also has a "model" entry)."""
+    return isinstance(config.get("model"), dict) and "arch" in config["model"]
+
+
+def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None):
+    """Load a model folder: one written by ``save_pretrained`` (returns that model class), or a
+    published checkpoint (SEDD, MDLM, LLaDA, Dream; see :mod:`dllm.models.hub`), returned as a
+    :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs. ``dtype`` casts a
+    dllm folder's weights (default: as saved); for published folders see
+    :func:`~dllm.models.hub.load_published`."""
     from safetensors.torch import load_file
 
-    cfg = ModelConfig.from_dict(read_config(directory)["model"])
+    config = read_config(directory)
+    if not is_dllm_config(config):
+        from .hub import load_published
+
+        return load_published(directory, config, map_location=map_location, dtype=dtype)
+    cfg = ModelConfig.from_dict(config["model"])
     model = build_model(cfg)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
     model.load_state_dict(load_file(str(weights), device=str(map_location)))
-    return model.to(map_location)
+    return model.to(map_location) if dtype is None else model.to(map_location, dtype)

@@ -18,13 +18,13 @@ class LLaDABlock(nn.Module):
         d, self.heads, self.head_dim = cfg.hidden, cfg.heads, cfg.head_dim
         self.kv_heads = cfg.kv_heads or cfg.heads
         self.attn_norm = RMSNorm(d, cfg.norm_eps)
-        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(d, d, bias=False)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
         # SwiGLU at 2/3 of the dense width keeps the parameter count of a 4x GELU MLP.
-        hid = 8 * ((int(2 * cfg.mlp_ratio * d / 3) + 7) // 8)
+        hid = cfg.mlp_hidden or 8 * ((int(2 * cfg.mlp_ratio * d / 3) + 7) // 8)
         self.gate_proj = nn.Linear(d, hid, bias=False)
         self.up_proj = nn.Linear(d, hid, bias=False)
         self.down_proj = nn.Linear(hid, d, bias=False)

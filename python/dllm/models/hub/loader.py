@@ -1,0 +1,122 @@
+"""Published checkpoint folders -> dllm's model classes, wrapped for dllm's samplers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..io import build_model
+from ..layers import Rotary
+from .dream import DREAM
+from .layout import ROTARY_BUFFER, Layout
+from .llada import LLADA
+from .mdlm import MDLM
+from .published import PublishedModel
+from .sedd import SEDD
+from .weights import SHARD_INDEX, index_map, iter_tensors, weight_files
+
+LAYOUTS = (SEDD, MDLM, LLADA, DREAM)
+TOKENIZER_NAME = "tokenizer.json"
+
+
+def detect_layout(config: dict, directory: str | Path = "") -> Layout:
+    for layout in LAYOUTS:
+        if layout.detect(config):
+            return layout
+    raise ValueError(f"{str(directory)!r}: config.json is neither a dllm folder (a \"model\" entry with \"arch\") nor a "
+                     f"published layout dllm reads ({', '.join(l.name for l in LAYOUTS)}); "
+                     f"model_type={config.get('model_type')!r}")
+
+
+def load_tokenizer(directory: Path):
+    path = directory / TOKENIZER_NAME
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def load_published(directory: str | Path, config: dict, *, map_location: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None) -> PublishedModel:
+    """Build dllm's model for a published checkpoint folder and load its weights.
+
+    ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere for LLaDA and Dream; SEDD and
+    MDLM load in float32 (run them under ``torch.autocast`` for bfloat16 compute, as their
+    authors do). Weights are read tensor by tensor straight onto ``map_location``.
+    """
+    directory = Path(directory)
+    layout = detect_layout(config, directory)
+    device = torch.device(map_location)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_only else torch.float32
+    if layout.float32_only and dtype != torch.float32:
+        raise ValueError(f"{layout.name} checkpoints load in float32 (dllm's DiT takes float32 sigma features); "
+                         "run the model under torch.autocast for bfloat16 compute")
+    cfg = layout.model_config(config)
+    with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
+        net = build_model(cfg)
+    state = _read_state(directory, layout, cfg, {k: tuple(v.shape) for k, v in net.state_dict().items()}, dtype, device)
+    net.load_state_dict(state, strict=True, assign=True)
+    for module in net.modules():  # non-persistent buffers were left on the meta device
+        if isinstance(module, Rotary):
+            module.inv_freq = Rotary(cfg.head_dim, cfg.rope_base).inv_freq.to(device)
+    tokenizer = load_tokenizer(directory)
+    protocol = layout.protocol(config, tokenizer)
+    _check_ids(layout, protocol, cfg)
+    return PublishedModel(net.eval(), layout=layout.name, config=config, tokenizer=tokenizer, **protocol)
+
+
+def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[str, tuple], dtype, device) -> dict:
+    files = weight_files(directory)
+    index = index_map(directory)
+    to_dllm = {layout.published_name(name): name for name in shapes}
+    state: dict[str, torch.Tensor] = {}
+    found_in: dict[str, str] = {}
+    unexpected: list[str] = []
+    for path in tqdm(files, desc=f"loading {layout.name} shards", unit="file", disable=len(files) < 2):
+        for key, tensor in iter_tensors(path, device):
+            if index is not None and index.get(key) != path.name:
+                raise ValueError(f"{key} is in {path.name} but {SHARD_INDEX} places it in {index.get(key)}")
+            target = to_dllm.get(key)
+            if target is None:
+                if re.fullmatch(ROTARY_BUFFER, key):
+                    _check_rotary(key, path, tensor, cfg)
+                else:
+                    unexpected.append(f"{key} (in {path.name})")
+                continue
+            if key in found_in:
+                raise ValueError(f"weight {key} appears in both {found_in[key]} and {path.name}")
+            if tuple(tensor.shape) != shapes[target]:
+                raise ValueError(f"weight {key} in {path.name} has shape {tuple(tensor.shape)}, but config.json "
+                                 f"implies {shapes[target]}")
+            state[target] = tensor.to(dtype)
+            found_in[key] = path.name
+    missing = [f"{key} (expected in {index.get(key, '?') if index else files[0].name})"
+               for key, name in to_dllm.items() if name not in state]
+    if missing or unexpected:
+        parts = ([f"missing weights {missing}"] if missing else []) + ([f"unexpected weights {unexpected}"] if unexpected else [])
+        raise ValueError(f"{str(directory)!r} does not hold a {layout.name} checkpoint matching its config.json: "
+                         + "; ".join(parts))
+    return state
+
+
+def _check_rotary(key: str, path: Path, tensor: torch.Tensor, cfg: ModelConfig) -> None:
+    """A saved rotary buffer must be what dllm recomputes from the config (head size and base)."""
+    expected = Rotary(cfg.head_dim, cfg.rope_base).inv_freq
+    if tuple(tensor.shape) != tuple(expected.shape) or not torch.allclose(tensor.float().cpu(), expected, rtol=1e-4):
+        raise ValueError(f"rotary buffer {key} in {path.name} does not match head size {cfg.head_dim} and rotary "
+                         f"base {cfg.rope_base} from config.json")
+
+
+def _check_ids(layout: Layout, protocol: dict, cfg: ModelConfig) -> None:
+    if "mask_id" in protocol and protocol["mask_id"] is None:
+        raise ValueError(f"{layout.name} checkpoint: no mask token id in config.json (mask_token_id) or tokenizer.json")
+    for name in ("mask_id", "pad_id", "eos_id"):
+        value = protocol.get(name)
+        if value is not None and not 0 <= value < cfg.vocab_size:
+            raise ValueError(f"{layout.name} checkpoint: {name} {value} is outside the vocabulary [0, {cfg.vocab_size})")

@@ -1,0 +1,53 @@
+"""Reading a published checkpoint's tensors: one safetensors file, safetensors shards with their
+index, or a ``pytorch_model.bin``, one tensor at a time so that peak host memory stays near one
+tensor (safetensors memory-maps its files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+SAFETENSORS = "model.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a folder, preferring safetensors; shards are checked against their index."""
+    index = directory / SHARD_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index} has no weight_map")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            raise FileNotFoundError(f"{index} lists shards that are not in {str(directory)!r}: {absent}")
+        return files
+    for name in (SAFETENSORS, TORCH_BIN):
+        if (directory / name).is_file():
+            return [directory / name]
+    raise FileNotFoundError(f"no weights in {str(directory)!r}: expected {SAFETENSORS}, {SHARD_INDEX} with its "
+                            f"shards, or {TORCH_BIN}")
+
+
+def index_map(directory: Path) -> dict[str, str] | None:
+    index = directory / SHARD_INDEX
+    return json.loads(index.read_text())["weight_map"] if index.is_file() else None
+
+
+def iter_tensors(path: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of one file; safetensors reads each tensor straight onto ``device``."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        for name, t in state.items():
+            yield name, t.to(device)

@@ -1,0 +1,401 @@
+"""Published checkpoint layouts (SEDD, MDLM, LLaDA, Dream) loaded by dllm.models.from_pretrained.
+
+No checkpoint can be downloaded here, so each test writes a tiny random checkpoint in the
+published layout (file names, sharding and index, weight names, config keys, tokenizer.json) and
+checks dllm's forward pass against a plain-PyTorch float64 implementation of the published
+architecture kept in this file (ALGORITHMS.md 1.6, 3.1, 3.2), which uses none of dllm's modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+import dllm
+from dllm.models import DiffusionTransformer, from_pretrained, model_config
+from dllm.sedd import Absorbing, LogLinear
+from dllm.sedd.reference import log_score
+
+f64 = torch.float64
+
+
+# --------------------------- plain-PyTorch references (float64) ---------------------------
+
+def rope(x, theta):
+    """x [B, H, S, D]: rotate-half rotary as complex multiplication of the pairs (j, j + D/2)."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-2 * torch.arange(half, dtype=f64) / x.shape[-1])
+    angle = torch.arange(x.shape[2], dtype=f64)[:, None] * freqs[None]
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat([z.real, z.imag], -1)
+
+
+def attend(q, k, v):
+    """Bidirectional softmax attention over [B, H, S, D]; key/value heads shared by query groups."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+
+
+def heads(t, n):  # [B, S, n * D] -> [B, n, S, D]
+    return t.view(t.shape[0], t.shape[1], n, -1).transpose(1, 2)
+
+
+def merge(t):  # [B, H, S, D] -> [B, S, H * D]
+    return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1)
+
+
+def layer_norm(x, w, eps=1e-5):
+    mu = x.mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + eps) * w
+
+
+def rms_norm(x, w, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def ref_dit(sd, prefix, x, sigma, n_heads):
+    """SEDD's DiT (MDLM's backbone): adaLN blocks over sinusoidal sigma features; raw output."""
+    p = lambda n: sd[prefix + n].to(f64)  # noqa: E731
+    lin = lambda t, n, bias=True: t @ p(n + ".weight").T + (p(n + ".bias") if bias else 0)  # noqa: E731
+    h = p("vocab_embed.embedding")[x]
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(128, dtype=f64) / 128)
+    args = sigma.to(f64)[:, None] * freqs[None]
+    t = torch.cat([torch.cos(args), torch.sin(args)], -1)
+    c = F.silu(lin(F.silu(lin(t, "sigma_map.mlp.0")), "sigma_map.mlp.2"))
+    n_blocks = len({k.removeprefix(prefix).split(".")[1] for k in sd if k.startswith(prefix + "blocks.")})
+    for i in range(n_blocks):
+        b = f"blocks.{i}."
+        sh1, sc1, g1, sh2, sc2, g2 = (m[:, None] for m in lin(c, b + "adaLN_modulation").chunk(6, -1))
+        a = layer_norm(h, p(b + "norm1.weight")) * (1 + sc1) + sh1
+        q, k, v = lin(a, b + "attn_qkv", bias=False).view(*x.shape, 3, -1).unbind(2)
+        q, k, v = heads(q, n_heads), heads(k, n_heads), heads(v, n_heads)
+        h = h + g1 * lin(merge(attend(rope(q, 10000.0), rope(k, 10000.0), v)), b + "attn_out", bias=False)
+        m = layer_norm(h, p(b + "norm2.weight")) * (1 + sc2) + sh2
+        h = h + g2 * lin(F.gelu(lin(m, b + "mlp.0"), approximate="tanh"), b + "mlp.2")
+    shift, scale = (m[:, None] for m in lin(c, "output_layer.adaLN_modulation").chunk(2, -1))
+    return lin(layer_norm(h, p("output_layer.norm_final.weight")) * (1 + scale) + shift, "output_layer.linear")
+
+
+def sedd_log_score(raw, x, sigma):
+    """SEDD.forward's tail: scale by sigma (absorbing graph), then 0 at the input token."""
+    esigm1 = torch.where(sigma < 0.5, torch.expm1(sigma), sigma.exp() - 1).to(f64)
+    out = raw - esigm1.log()[:, None, None] - math.log(raw.shape[-1] - 1)
+    return out.scatter(-1, x[..., None], 0.0)
+
+
+def ref_llama(sd, names, x, *, n_heads, n_kv, theta, eps):
+    """A bidirectional LLaMA/Qwen2 stack: RMSNorm, RoPE, GQA, SwiGLU, optional q/k/v biases."""
+    p = lambda n: sd[n].to(f64)  # noqa: E731
+    lin = lambda t, n: t @ p(n + ".weight").T + (p(n + ".bias") if n + ".bias" in sd else 0)  # noqa: E731
+    h = p(names["embed"])[x]
+    i = 0
+    while names["q"].format(i=i) + ".weight" in sd:
+        n = {k: v.format(i=i) for k, v in names.items()}
+        a = rms_norm(h, p(n["attn_norm"]), eps)
+        q, k, v = heads(lin(a, n["q"]), n_heads), heads(lin(a, n["k"]), n_kv), heads(lin(a, n["v"]), n_kv)
+        h = h + lin(merge(attend(rope(q, theta), rope(k, theta), v)), n["o"])
+        m = rms_norm(h, p(n["mlp_norm"]), eps)
+        h = h + lin(F.silu(lin(m, n["gate"])) * lin(m, n["up"]), n["down"])
+        i += 1
+    return rms_norm(h, p(names["norm"]), eps) @ p(names["head"]).T
+
+
+LLADA_NAMES = dict(embed="model.transformer.wte.weight", norm="model.transformer.ln_f.weight",
+                   head="model.transformer.ff_out.weight", attn_norm="model.transformer.blocks.{i}.attn_norm.weight",
+                   q="model.transformer.blocks.{i}.q_proj", k="model.transformer.blocks.{i}.k_proj",
+                   v="model.transformer.blocks.{i}.v_proj", o="model.transformer.blocks.{i}.attn_out",
+                   mlp_norm="model.transformer.blocks.{i}.ff_norm.weight", gate="model.transformer.blocks.{i}.ff_proj",
+                   up="model.transformer.blocks.{i}.up_proj", down="model.transformer.blocks.{i}.ff_out")
+DREAM_NAMES = dict(embed="model.embed_tokens.weight", norm="model.norm.weight", head="lm_head.weight",
+                   attn_norm="model.layers.{i}.input_layernorm.weight", q="model.layers.{i}.self_attn.q_proj",
+                   k="model.layers.{i}.self_attn.k_proj", v="model.layers.{i}.self_attn.v_proj",
+                   o="model.layers.{i}.self_attn.o_proj", mlp_norm="model.layers.{i}.post_attention_layernorm.weight",
+                   gate="model.layers.{i}.mlp.gate_proj", up="model.layers.{i}.mlp.up_proj",
+                   down="model.layers.{i}.mlp.down_proj")
+
+
+# ------------------------------ tiny checkpoints, published layouts ------------------------------
+
+def random_weights(shapes: dict, seed: int) -> dict:
+    """Matrices ~ N(0, 1/fan_in), norm weights ~ 1 + N(0, 0.1^2), biases ~ N(0, 0.1^2): nothing zero."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        t = torch.randn(shape, generator=g)
+        if len(shape) == 2:
+            t = t / math.sqrt(shape[1])
+        elif "norm" in name:
+            t = 1 + 0.1 * t
+        else:
+            t = 0.1 * t
+        out[name] = t.contiguous()
+    return out
+
+
+def inv_freq(head_dim, base=10000.0):
+    return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+
+
+def dit_shapes(prefix, V, d, cond, layers):
+    s = {"vocab_embed.embedding": (V, d), "sigma_map.mlp.0.weight": (cond, 256), "sigma_map.mlp.0.bias": (cond,),
+         "sigma_map.mlp.2.weight": (cond, cond), "sigma_map.mlp.2.bias": (cond,),
+         "output_layer.norm_final.weight": (d,), "output_layer.linear.weight": (V, d), "output_layer.linear.bias": (V,),
+         "output_layer.adaLN_modulation.weight": (2 * d, cond), "output_layer.adaLN_modulation.bias": (2 * d,)}
+    for i in range(layers):
+        b = f"blocks.{i}."
+        s.update({b + "norm1.weight": (d,), b + "attn_qkv.weight": (3 * d, d), b + "attn_out.weight": (d, d),
+                  b + "norm2.weight": (d,), b + "mlp.0.weight": (4 * d, d), b + "mlp.0.bias": (4 * d,),
+                  b + "mlp.2.weight": (d, 4 * d), b + "mlp.2.bias": (d,), b + "adaLN_modulation.weight": (6 * d, cond),
+                  b + "adaLN_modulation.bias": (6 * d,)})
+    return {prefix + k: v for k, v in s.items()}
+
+
+def llama_shapes(names, V, d, n_heads, n_kv, hidden, layers, qkv_bias):
+    hd = d // n_heads
+    s = {names["embed"]: (V, d), names["norm"]: (d,), names["head"]: (V, d)}
+    for i in range(layers):
+        n = {k: v.format(i=i) for k, v in names.items()}
+        s.update({n["attn_norm"]: (d,), n["q"] + ".weight": (d, d), n["k"] + ".weight": (n_kv * hd, d),
+                  n["v"] + ".weight": (n_kv * hd, d), n["o"] + ".weight": (d, d), n["mlp_norm"]: (d,),
+                  n["gate"] + ".weight": (hidden, d), n["up"] + ".weight": (hidden, d), n["down"] + ".weight": (d, hidden)})
+        if qkv_bias:
+            s.update({n["q"] + ".bias": (d,), n["k"] + ".bias": (n_kv * hd,), n["v"] + ".bias": (n_kv * hd,)})
+    return s
+
+
+def write_sharded(directory, tensors: dict, shards: int) -> None:
+    """transformers' layout: model-0000k-of-0000n.safetensors plus model.safetensors.index.json."""
+    names = sorted(tensors)
+    weight_map = {}
+    for k in range(shards):
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[k::shards]}
+        save_file(part, str(directory / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_tokenizer(directory, vocab_size: int, specials: dict[int, str]) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = {specials.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(directory / "tokenizer.json"))
+
+
+SEDD_CONFIG = {"ngpus": 8, "tokens": 40, "training": {"batch_size": 512, "ema": 0.9999},
+               "graph": {"type": "absorb", "file": "data", "report_all": False},
+               "noise": {"type": "loglinear", "sigma_min": 1e-4, "sigma_max": 20},
+               "model": {"name": "small", "type": "ddit", "hidden_size": 48, "cond_dim": 24, "length": 32,
+                         "n_blocks": 2, "n_heads": 3, "scale_by_sigma": True, "dropout": 0.1}}
+MDLM_CONFIG = {"architectures": ["MDLM"], "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig",
+                                                       "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+               "model_type": "mdlm", "vocab_size": 41, "model_length": 32, "hidden_dim": 48, "cond_dim": 24,
+               "n_blocks": 2, "n_heads": 3, "dropout": 0.1, "time_conditioning": False, "return_dict": False,
+               "torch_dtype": "float32", "transformers_version": "4.38.2"}
+LLADA_CONFIG = {"architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": 48, "n_heads": 3, "n_kv_heads": 3,
+                "n_layers": 2, "mlp_hidden_size": 80, "mlp_ratio": 4, "vocab_size": 96, "embedding_size": 96,
+                "max_sequence_length": 64, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "mask_token_id": 90,
+                "eos_token_id": 88, "pad_token_id": 88, "activation_type": "silu", "block_type": "llama",
+                "layer_norm_type": "rms", "layer_norm_with_affine": True, "bias_for_layer_norm": False,
+                "include_bias": False, "include_qkv_bias": False, "weight_tying": False, "attention_layer_norm": False,
+                "input_emb_norm": False, "scale_logits": False, "alibi": False, "rope": True,
+                "multi_query_attention": None, "flash_attention": False, "precision": "amp_bf16"}
+DREAM_CONFIG = {"architectures": ["DreamModel"], "model_type": "Dream", "hidden_size": 64, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 72, "vocab_size": 100,
+                "max_position_embeddings": 64, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "mask_token_id": 97,
+                "pad_token_id": 95, "bos_token_id": 95, "eos_token_id": 95, "hidden_act": "silu",
+                "tie_word_embeddings": False, "use_sliding_window": False, "rope_scaling": None,
+                "torch_dtype": "bfloat16", "attention_dropout": 0.0}
+
+
+def make_checkpoint(directory, family: str, *, weights_file: str | None = None, config_edit=None, tokenizer=True):
+    """Write a tiny checkpoint of `family` into `directory`; returns its tensors (published names)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = json.loads(json.dumps({"sedd": SEDD_CONFIG, "mdlm": MDLM_CONFIG, "llada": LLADA_CONFIG,
+                                    "dream": DREAM_CONFIG}[family]))
+    if config_edit:
+        config_edit(config)
+    if family in ("sedd", "mdlm"):
+        prefix = "" if family == "sedd" else "backbone."
+        V = SEDD_CONFIG["tokens"] + 1 if family == "sedd" else MDLM_CONFIG["vocab_size"]
+        tensors = random_weights(dit_shapes(prefix, V, 48, 24, 2), seed=1 if family == "sedd" else 2)
+        tensors[prefix + "rotary_emb.inv_freq"] = inv_freq(16)  # a persistent buffer in both codebases
+        weights_file = weights_file or ("pytorch_model.bin" if family == "sedd" else "model.safetensors")
+        if weights_file.endswith(".bin"):
+            torch.save(tensors, directory / weights_file)
+        else:
+            save_file(tensors, str(directory / weights_file), metadata={"format": "pt"})
+    elif family == "llada":
+        tensors = random_weights(llama_shapes(LLADA_NAMES, 96, 48, 3, 3, 80, 2, False), seed=3)
+        write_sharded(directory, tensors, 2)
+        if tokenizer:
+            write_tokenizer(directory, 96, {90: "<|mdm_mask|>", 88: "<|eot_id|>"})
+    else:
+        tensors = random_weights(llama_shapes(DREAM_NAMES, 100, 64, 4, 2, 72, 2, True), seed=4)
+        write_sharded(directory, tensors, 3)
+        if tokenizer:
+            write_tokenizer(directory, 100, {97: "<|mask|>", 95: "<|endoftext|>"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return tensors
+
+
+def tokens(V, shape=(2, 13), seed=0):
+    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------- tests -------------------------------------------
+
+@pytest.mark.parametrize("weights_file", ["pytorch_model.bin", "model.safetensors"])
+def test_sedd_matches_published_architecture(tmp_path, weights_file):
+    sd = make_checkpoint(tmp_path, "sedd", weights_file=weights_file)
+    model = from_pretrained(tmp_path)
+    x = tokens(41)
+    sigma = torch.tensor([0.3, 2.5])
+    out = model(x, sigma)
+    ref = ref_dit(sd, "", x, sigma, 3)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    # dllm's kernels turn the raw output into SEDD's log-score; its reference does the same math
+    torch.testing.assert_close(log_score(out.double(), x, sigma.double(), model.graph.scale_by_sigma),
+                               sedd_log_score(ref, x, sigma), rtol=1e-4, atol=1e-4)
+    assert isinstance(model.graph, Absorbing) and model.graph.vocab_size == 40 and model.graph.scale_by_sigma
+    assert isinstance(model.noise, LogLinear) and model.time_conditioned
+    assert model.mask_id == 40 and model.tokenizer is None and model.layout == "sedd"
+
+
+def test_mdlm_matches_published_architecture(tmp_path):
+    sd = make_checkpoint(tmp_path, "mdlm")
+    model = from_pretrained(tmp_path)
+    x = tokens(41)
+    ref = ref_dit(sd, "backbone.", x, torch.zeros(2), 3)  # time_conditioning False: sigma is zeroed
+    torch.testing.assert_close(model(x).double(), ref, rtol=1e-4, atol=1e-4)
+    assert model.mask_id == 40 and not model.time_conditioned and model.logits_shift == 0
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_llama_families_match_published_architecture(tmp_path, family):
+    sd = make_checkpoint(tmp_path, family)
+    model = from_pretrained(tmp_path)
+    cfg = LLADA_CONFIG if family == "llada" else DREAM_CONFIG
+    x = tokens(cfg.get("vocab_size"), (2, 11))
+    if family == "llada":
+        ref = ref_llama(sd, LLADA_NAMES, x, n_heads=3, n_kv=3, theta=5e5, eps=1e-5)
+    else:
+        ref = ref_llama(sd, DREAM_NAMES, x, n_heads=4, n_kv=2, theta=1e6, eps=1e-6)
+    out = model(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    assert model.mask_id == cfg["mask_token_id"] and model.pad_id == cfg["pad_token_id"]
+    assert model.logits_shift == (1 if family == "dream" else 0)
+    mask_token = "<|mdm_mask|>" if family == "llada" else "<|mask|>"
+    assert model.tokenizer.token_to_id(mask_token) == model.mask_id
+
+
+def test_bfloat16_load_is_within_bf16_tolerance(tmp_path):
+    sd = make_checkpoint(tmp_path, "dream")
+    model = from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.net.embed.weight.dtype == torch.bfloat16
+    x = tokens(100, (2, 11))
+    ref = ref_llama(sd, DREAM_NAMES, x, n_heads=4, n_kv=2, theta=1e6, eps=1e-6)
+    err = (model(x).double() - ref).abs().max() / ref.abs().max()
+    assert err < 3e-2, err
+
+
+def test_mask_id_from_tokenizer_when_config_has_none(tmp_path):
+    make_checkpoint(tmp_path, "llada", config_edit=lambda c: c.pop("mask_token_id"))
+    assert from_pretrained(tmp_path).mask_id == 90
+
+
+def test_special_ids_must_agree_and_exist(tmp_path):
+    make_checkpoint(tmp_path / "a", "dream", config_edit=lambda c: c.update(mask_token_id=96))
+    with pytest.raises(ValueError, match=r"mask_token_id=96 but tokenizer.json maps '<\|mask\|>' to 97"):
+        from_pretrained(tmp_path / "a")
+    make_checkpoint(tmp_path / "b", "llada", config_edit=lambda c: c.pop("mask_token_id"), tokenizer=False)
+    with pytest.raises(ValueError, match="no mask token id"):
+        from_pretrained(tmp_path / "b")
+
+
+def _rewrite_shard(directory, file, edit, *, reindex: bool):
+    from safetensors.torch import load_file
+
+    part = load_file(str(directory / file))
+    edit(part)
+    save_file(part, str(directory / file))
+    if reindex:
+        index_path = directory / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text())
+        index["weight_map"] |= dict.fromkeys(part, file)
+        index_path.write_text(json.dumps(index))
+
+
+def test_missing_unexpected_and_misshapen_weights_are_named(tmp_path):
+    shard2 = "model-00002-of-00002.safetensors"
+    make_checkpoint(tmp_path / "missing", "llada")
+    victim = "model.transformer.blocks.1.up_proj.weight"
+    owner = json.loads((tmp_path / "missing" / "model.safetensors.index.json").read_text())["weight_map"][victim]
+    _rewrite_shard(tmp_path / "missing", owner, lambda part: part.pop(victim), reindex=False)  # the index still lists it
+    with pytest.raises(ValueError, match=rf"missing weights \['{victim} \(expected in {owner}\)'\]"):
+        from_pretrained(tmp_path / "missing")
+
+    make_checkpoint(tmp_path / "extra", "llada")
+    _rewrite_shard(tmp_path / "extra", shard2, lambda part: part.update({"model.transformer.blocks.0.q_norm.weight":
+                                                                        torch.ones(48)}), reindex=True)
+    with pytest.raises(ValueError, match=rf"unexpected weights \['model.transformer.blocks.0.q_norm.weight \(in {shard2}\)'\]"):
+        from_pretrained(tmp_path / "extra")
+
+    sd = make_checkpoint(tmp_path / "shape", "mdlm")
+    sd["backbone.blocks.1.attn_out.weight"] = torch.ones(48, 47)
+    save_file(sd, str(tmp_path / "shape" / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"backbone.blocks.1.attn_out.weight in model.safetensors has shape "
+                                         r"\(48, 47\), but config.json implies \(48, 48\)"):
+        from_pretrained(tmp_path / "shape")
+
+
+def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
+    make_checkpoint(tmp_path / "tied", "llada", config_edit=lambda c: c.update(weight_tying=True))
+    with pytest.raises(ValueError, match=r"LLaDA checkpoint options \{'weight_tying': True\} are not supported"):
+        from_pretrained(tmp_path / "tied")
+    make_checkpoint(tmp_path / "rope", "sedd")
+    sd = torch.load(tmp_path / "rope" / "pytorch_model.bin")
+    sd["rotary_emb.inv_freq"] = inv_freq(16, 500.0)
+    torch.save(sd, tmp_path / "rope" / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="rotary buffer rotary_emb.inv_freq in pytorch_model.bin does not match"):
+        from_pretrained(tmp_path / "rope")
+    make_checkpoint(tmp_path / "gpt2", "mdlm", config_edit=lambda c: c.update(model_type="gpt2"))
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        from_pretrained(tmp_path / "gpt2")
+    make_checkpoint(tmp_path / "bf16", "mdlm")
+    with pytest.raises(ValueError, match="load in float32"):
+        from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+
+
+def test_dllm_folders_still_load_as_their_own_class(tmp_path):
+    net = DiffusionTransformer(model_config("tiny", time_conditioning=True, vocab_size=50))
+    net.save_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
+    assert type(again) is DiffusionTransformer
+    x, sigma = tokens(50), torch.tensor([0.5, 1.0])
+    torch.testing.assert_close(again(x, sigma), net(x, sigma), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family,sampler", [("sedd", "sedd-analytic"), ("mdlm", "mdlm"), ("llada", "llada"),
+                                            ("dream", "dream")])
+def test_generate_runs_each_family(tmp_path, family, sampler):
+    make_checkpoint(tmp_path, family)
+    model = from_pretrained(tmp_path)
+    prompt = torch.tensor([[3, 7, 5], [1, 2, 4]])
+    torch.manual_seed(0)
+    out = dllm.generate(model, prompt, gen_length=8, steps=4, sampler=sampler).sequences
+    assert out.shape == (2, 11) and torch.equal(out[:, :3], prompt)
+    assert not (out == model.mask_id).any()
