@@ -6,12 +6,12 @@ fallback)."""
 
 import pytest
 import torch
+from conftest import HAS_CUDA
 
 import dllm
 from dllm.reference.attention import attention as reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-HAS_CUDA = torch.cuda.is_available() and dllm.build_info()["cuda"]
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 
 
@@ -197,7 +197,7 @@ def test_cuda_kernel_errors_and_fallback():
     # attention() itself falls back to SDPA for these
     assert not dllm.ops._cuda_kernel_supports(q)
     out = dllm.ops.attention(q, k, v)
-    torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-4, rtol=1e-4)
 
 
 @cuda_only

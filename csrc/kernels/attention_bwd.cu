@@ -299,14 +299,14 @@ template <DType DT, int Dim>
 void launch_backward(const AttentionGradParams& g, const float* delta, cudaStream_t stream) {
   const AttentionParams& p = g.fwd;
   constexpr int dq_smem = dq_smem_bytes<Dim>(), dkdv_smem = dkdv_smem_bytes<Dim>();
-  auto dq_kernel = attention_dq_kernel<DT, Dim>;
-  auto dkdv_kernel = attention_dkdv_kernel<DT, Dim>;
-  cudaFuncSetAttribute(dq_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dq_smem);
-  cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dkdv_smem);
+  allow_dynamic_smem<attention_dq_kernel<DT, Dim>>(dq_smem);
+  allow_dynamic_smem<attention_dkdv_kernel<DT, Dim>>(dkdv_smem);
   const unsigned q_blocks = unsigned((p.max_q + kRowsPerCta - 1) / kRowsPerCta);
   const unsigned k_blocks = unsigned((p.max_k + kRowsPerCta - 1) / kRowsPerCta);
-  dq_kernel<<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(g, delta);
-  dkdv_kernel<<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta);
+  attention_dq_kernel<DT, Dim><<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(
+      g, delta);
+  attention_dkdv_kernel<DT, Dim>
+      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta);
 }
 
 }  // namespace

@@ -156,10 +156,9 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
 template <DType DT, int Dim>
 void launch_forward(const AttentionParams& p, cudaStream_t stream) {
   constexpr int smem = fwd_smem_bytes<Dim>();
-  auto kernel = attention_fwd_kernel<DT, Dim>;
-  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);
   const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM), unsigned(p.heads), unsigned(p.batch));
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  attention_fwd_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p);
 }
 
 }  // namespace

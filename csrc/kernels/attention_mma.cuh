@@ -16,7 +16,9 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "dllm/common.h"
@@ -162,6 +164,20 @@ __device__ __forceinline__ void store_rows(typename Elem<D>::T* dst, int64_t row
     for (int nb = 0; nb < Dim / 8; ++nb)
       out[nb * 4] = Elem<D>::pack(acc[nb][2 * half] * mul, acc[nb][2 * half + 1] * mul);
   }
+}
+
+// Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:
+// the attribute outlives the call, and setting it only on a first, eager call keeps it out of
+// CUDA-graph captures.
+template <auto Kernel>
+void allow_dynamic_smem(int bytes) {
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  cudaGetDevice(&device);
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (done.load(std::memory_order_relaxed) & bit) return;
+  cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  done.fetch_or(bit);
 }
 
 }  // namespace dllm::attn

@@ -218,17 +218,15 @@ def attention(
     return out
 
 
-def _has_cuda_kernel(name: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"dllm::{name}", "CUDA")
-
-
+# Decided once at import (the library is loaded by then), so that torch.compile reads a constant
+# instead of tracing a dispatcher query.
+_HAS_CUDA_ATTENTION = torch._C._dispatch_has_kernel_for_dispatch_key("dllm::attention_forward", "CUDA")
 CUDA_HEAD_DIMS = (64, 128)
 
 
 def _cuda_kernel_supports(q: torch.Tensor) -> bool:
-    """Whether dllm's CUDA attention kernels take q (built with CUDA, 16-bit, D 64 or 128)."""
-    return (_has_cuda_kernel("attention_forward") and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[-1] in CUDA_HEAD_DIMS)
+    """Whether dllm's CUDA attention kernels take q (a CUDA build, bfloat16 / float16, D 64 or 128)."""
+    return _HAS_CUDA_ATTENTION and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in CUDA_HEAD_DIMS
 
 
 def _sdpa_attention(q, k, v, kv_len, q_len, scale):
