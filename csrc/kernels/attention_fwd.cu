@@ -29,8 +29,9 @@ constexpr int fwd_smem_bytes() {
   return (kBlockM + 4 * kBlockN) * Dim * 2;  // Q, then K[2], V[2]
 }
 
+// At D = 64 two CTAs share an SM (48 KB of shared memory and <= 128 registers each, no spills).
 template <DType DT, int Dim>
-__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_kernel(const AttentionParams p) {
   using T = typename Elem<DT>::T;
   constexpr int kSteps = Dim / 16;        // k-steps of Q K^T
   constexpr int kScoreBlocks = kBlockN / 8;
