@@ -113,9 +113,8 @@ __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_str
   }
 }
 
-// ldmatrix lane addresses, for a fragment whose top-left element is (row0, 8 * chunk0):
-//   A operand 16x16 (a0..a3), or two B operands of k x n = 16x8 from an [n][k] tile read
-//   without .trans ("k-contiguous", e.g. K in Q K^T): see a_tile / b_tile_nk below.
+// Fragment loads: each lane gives the address of row (lane % 8) of matrix (lane / 8); chunk0 is
+// the fragment's first column / 8.
 // A 16x16 from a row-major [m][k] tile: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7),
 // (rows 0-7, k 8-15), (rows 8-15, k 8-15) -> a0, a1, a2, a3.
 template <int Dim, typename T>
@@ -133,7 +132,7 @@ __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n
 
 // B operands (k 16 x n 8) of two adjacent n-blocks from a [k][n] tile (n contiguous, e.g. V in
 // P V), transposed by ldmatrix: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
-// (k 8-15, n 8-15) -> b[0], b[1] for n-block n-chunk chunk0 and b[2], b[3] for chunk0 + 1.
+// (k 8-15, n 8-15) -> b[0], b[1] for the n-block at chunk0 and b[2], b[3] for the one at chunk0 + 1.
 template <int Dim, typename T>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int k0, int chunk0, int lane) {
   ldmatrix_x4_trans(b, tile + swz<Dim>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));
