@@ -51,9 +51,18 @@ struct Elem<DType::kFloat16> {
   __device__ static float2 unpack(uint32_t bits) { return __half22float2(*reinterpret_cast<__half2*>(&bits)); }
 };
 
+// Builds for architectures before sm_80 (no bf16 mma, no cp.async) compile, and the binding
+// refuses such devices before any kernel runs.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define DLLM_ATTN_NEEDS_SM80 1
+#endif
+
 // c += a * b on one m16n8k16 tile.
 template <DType D>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef DLLM_ATTN_NEEDS_SM80
+  __trap();
+#else
   if constexpr (D == DType::kBFloat16) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -67,6 +76,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
+#endif
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -87,11 +97,20 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 
 // 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !valid.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+#ifdef DLLM_ATTN_NEEDS_SM80
+  __trap();
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 16 : 0));
+#endif
 }
+#ifdef DLLM_ATTN_NEEDS_SM80
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_all() {}
+#else
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#endif
 
 // Element offset of (row, 8-column chunk) in a swizzled [rows][Dim] tile.
 template <int Dim>

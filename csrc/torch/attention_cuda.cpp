@@ -21,6 +21,9 @@ void check_supported(const AttentionParams& p) {
   TORCH_CHECK_NOT_IMPLEMENTED(p.head_dim == 64 || p.head_dim == 128,
                               "attention: CUDA supports head dimension 64 or 128, got ", p.head_dim);
   TORCH_CHECK(p.batch <= 65535 && p.heads <= 65535, "attention: CUDA supports at most 65535 sequences and heads");
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK_NOT_IMPLEMENTED(prop->major >= 8, "attention: the CUDA kernels need compute capability 8.0 or newer, got ",
+                              prop->major, ".", prop->minor);
 }
 
 // The kernels copy rows in 16-byte chunks; a contiguous view at an odd offset gets a copy.
