@@ -1,14 +1,18 @@
 """dllm.ops.attention and attention_varlen against a float64 reference (FlashAttention's rule:
 the kernel's error is at most ~2x what plain PyTorch makes in the same precision, 3x for
-gradients)."""
+gradients). The tests named *_cuda_kernel_* run only where a GPU and a CUDA build exist; the
+shared ones run on both devices (on CUDA, head dimensions other than 64 / 128 take the SDPA
+fallback)."""
 
 import pytest
 import torch
+from conftest import HAS_CUDA
 
 import dllm
 from dllm.reference.attention import attention as reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 
 
 def inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=0):
@@ -52,12 +56,11 @@ def test_forward_and_gradients_match_float64(device, dtype, B, Sq, Sk, H, Hkv, D
         check(a, r, l, 3, f"d{name}")
 
 
-def test_varlen_equals_padded(device):
-    if device == "cuda" and not dllm.ops._has_cuda_kernel("attention_forward"):
-        pytest.skip("attention_varlen has no CUDA kernel yet")
+@pytest.mark.parametrize("D", [64, 128])
+def test_varlen_equals_padded(device, D):
     dtype = torch.bfloat16
     lens_q, lens_k = [5, 0, 17, 1], [9, 4, 17, 0]
-    B, Sq, Sk, H, Hkv, D = 4, 17, 17, 4, 2, 64
+    B, Sq, Sk, H, Hkv = 4, 17, 17, 4, 2
     q, k, v = inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=1)
     q_len = torch.tensor(lens_q, device=device)
     kv_len = torch.tensor(lens_k, device=device)
@@ -73,12 +76,11 @@ def test_varlen_equals_padded(device):
 
 
 def test_bad_inputs(device):
-    if device == "cuda" and not dllm.ops._has_cuda_kernel("attention_forward"):
-        pytest.skip("no CUDA attention kernel yet: SDPA raises its own errors")
-    q, k, v = inputs(2, 5, 6, 4, 3, 8, torch.bfloat16, device)
+    # D = 64, so that on CUDA the checks are dllm's, not the SDPA fallback's.
+    q, k, v = inputs(2, 5, 6, 4, 3, 64, torch.bfloat16, device)
     with pytest.raises(RuntimeError, match="multiple of the number of k/v heads"):
         dllm.ops.attention(q, k, v)
-    q, k, v = inputs(2, 5, 6, 4, 2, 8, torch.bfloat16, device)
+    q, k, v = inputs(2, 5, 6, 4, 2, 64, torch.bfloat16, device)
     with pytest.raises(RuntimeError, match="share the head dimension"):
         dllm.ops.attention(q, k[..., :4], v[..., :4])
     with pytest.raises(RuntimeError, match=r"kv_len must have shape \[2\]"):
@@ -91,9 +93,7 @@ def test_bad_inputs(device):
 
 
 def test_opcheck_and_compile(device):
-    if device == "cuda" and not dllm.ops._has_cuda_kernel("attention_forward"):
-        pytest.skip("no CUDA attention kernel yet")
-    q, k, v = inputs(2, 7, 9, 4, 2, 16, torch.bfloat16, device)
+    q, k, v = inputs(2, 7, 9, 4, 2, 64, torch.bfloat16, device)
     kv_len = torch.tensor([3, 9], device=device)
     op = torch.ops.dllm.attention_forward.default
     torch.library.opcheck(op, (q, k, v, kv_len, None, None, None, 0, 0, 0.25))
@@ -107,3 +107,109 @@ def test_opcheck_and_compile(device):
     g1 = torch.autograd.grad(compiled(q, k, v), q)[0]
     g2 = torch.autograd.grad(f(q, k, v), q)[0]
     assert torch.equal(g1, g2)
+
+
+# ---- the CUDA tensor-core kernels ---------------------------------------------------------------
+# Sizes cross every tile boundary the kernels have: 128-query CTAs, 64-key tiles (forward, dQ),
+# 128-key CTAs with 32/64-query tiles (dK/dV); S = 1 and 1023 = 16 * 64 - 1 leave one row / key
+# in a tile. B = 3 sequences take kv_len (0, full, partial) and q_len (full, partial, 1).
+
+
+def lengths_for(Sq, Sk, device):
+    kv_len = torch.tensor([0, Sk, max(Sk // 2 - 3, 1)], device=device, dtype=torch.int32)
+    q_len = torch.tensor([Sq, max(Sq - 7, 1), 1], device=device, dtype=torch.int32)
+    return kv_len, q_len
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, Hkv, lengths",
+    [(2, 113, 203, 4, 2, False), (3, 203, 113, 2, 2, True), (1, 1, 1023, 4, 1, False), (3, 1023, 1, 2, 1, True),
+     (3, 1023, 1023, 2, 1, True), (1, 300, 1023, 3, 3, False)],
+)
+def test_cuda_kernel_matches_float64(dtype, D, B, Sq, Sk, H, Hkv, lengths):
+    q, k, v = inputs(B, Sq, Sk, H, Hkv, D, dtype, "cuda", seed=Sq + Sk + D)
+    assert dllm.ops._cuda_kernel_supports(q)
+    kv_len, q_len = lengths_for(Sq, Sk, "cuda") if lengths else (None, None)
+    out = dllm.ops.attention(q, k, v, kv_len=kv_len, q_len=q_len)
+    ref = reference(q, k, v, kv_len, q_len)
+    low = reference(q, k, v, kv_len, q_len, upcast=False)
+    check(out, ref, low, 2, "out")
+    if lengths:
+        assert (out[0] == 0).all()  # no keys
+        for b in range(B):
+            assert (out[b, int(q_len[b]):] == 0).all()
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
+    low_grads = torch.autograd.grad(low, (q, k, v), g)
+    for name, a, r, l in zip("qkv", grads, ref_grads, low_grads):
+        check(a, r, l, 3, f"d{name}")
+
+
+@cuda_only
+@pytest.mark.parametrize("D", [64, 128])
+def test_cuda_kernel_lse_and_determinism(D):
+    q, k, v = inputs(2, 150, 77, 4, 2, D, torch.bfloat16, "cuda", seed=3)
+    kv_len = torch.tensor([77, 40], device="cuda", dtype=torch.int32)
+    q_len = torch.tensor([150, 99], device="cuda", dtype=torch.int32)
+    qd, kd, vd = (t.detach() for t in (q, k, v))
+    out, lse = torch.ops.dllm.attention_forward(qd, kd, vd, kv_len, q_len, None, None, 0, 0, 0.3)
+    scores = torch.einsum("bqhd,bkhd->bhqk", qd.double(), kd.double().repeat_interleave(2, 2)) * 0.3
+    scores[1, :, :, 40:] = float("-inf")
+    ref_lse = scores.logsumexp(-1)  # [B, H, Sq]
+    got = lse.view(4, 2, 150).transpose(0, 1)
+    torch.testing.assert_close(got[0].double(), ref_lse[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(got[1, :, :99].double(), ref_lse[1, :, :99], atol=1e-3, rtol=0)
+    assert (got[1, :, 99:] == float("-inf")).all()
+    # no atomics: the backward gives identical bits on every run
+    go = torch.randn_like(out)
+    args = (go, qd, kd, vd, out, lse, kv_len, q_len, None, None, 0, 0, 0.3)
+    first = torch.ops.dllm.attention_backward(*args)
+    for a, b in zip(first, torch.ops.dllm.attention_backward(*args)):
+        assert torch.equal(a, b)
+
+
+@cuda_only
+def test_cuda_kernel_reads_strided_and_unaligned_inputs():
+    B, S, H, D = 2, 70, 4, 128
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(B, S, 3, H, D, generator=g).to("cuda", torch.bfloat16)
+    q, k, v = qkv.unbind(2)  # non-contiguous views
+    flat = torch.randn(B * S * H * D + 1, generator=g).to("cuda", torch.bfloat16)
+    q_odd = flat[1:].view(B, S, H, D)  # contiguous, 2 bytes off a 16-byte boundary
+    expected = dllm.ops.attention(q.contiguous(), k.contiguous(), v.contiguous())
+    assert torch.equal(dllm.ops.attention(q, k, v), expected)
+    assert torch.equal(dllm.ops.attention(q_odd, k, v), dllm.ops.attention(q_odd.clone(), k, v))
+
+
+@cuda_only
+def test_cuda_kernel_errors_and_fallback():
+    q, k, v = inputs(1, 4, 4, 2, 2, 32, torch.bfloat16, "cuda")
+    cu = torch.tensor([0, 4], device="cuda", dtype=torch.int32)
+    with pytest.raises(NotImplementedError, match="head dimension 64 or 128, got 32"):
+        dllm.ops.attention_varlen(q[0], k[0], v[0], cu, cu, 4, 4)
+    q, k, v = inputs(1, 4, 4, 2, 2, 64, torch.float32, "cuda")
+    with pytest.raises(NotImplementedError, match="bfloat16 and float16"):
+        dllm.ops.attention_varlen(q[0], k[0], v[0], cu, cu, 4, 4)
+    # attention() itself falls back to SDPA for these
+    assert not dllm.ops._cuda_kernel_supports(q)
+    out = dllm.ops.attention(q, k, v)
+    torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-4, rtol=1e-4)
+
+
+@cuda_only
+def test_cuda_kernel_never_synchronises():
+    # A CUDA graph capture fails on any host synchronisation; lengths are clamped, not checked.
+    q, k, v = inputs(2, 40, 50, 4, 2, 64, torch.bfloat16, "cuda")
+    q, k, v = (t.detach() for t in (q, k, v))
+    kv_len = torch.tensor([50, 9], device="cuda")
+    eager = dllm.ops.attention(q, k, v, kv_len=kv_len)  # also loads the kernels before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = dllm.ops.attention(q, k, v, kv_len=kv_len)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)

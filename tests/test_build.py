@@ -47,11 +47,6 @@ def test_import_under_another_torch_names_both_versions_and_the_fix():
     assert "pip install --no-build-isolation" in result.stderr
 
 
-# Ops whose CUDA kernel is still to be written (dllm.ops.attention runs torch SDPA on a GPU
-# meanwhile); remove an entry when its kernel lands.
-CPU_ONLY_FOR_NOW = {"attention_forward", "attention_backward"}
-
-
 def test_every_op_has_cpu_and_cuda_kernels():
     # Fake kernels are exercised by the opcheck test of each op.
     for name in ("sample_categorical", "predict_masked", "commit_tokens", "attention_forward", "attention_backward",
@@ -59,7 +54,7 @@ def test_every_op_has_cpu_and_cuda_kernels():
                  "masked_diffusion_loss", "masked_diffusion_loss_backward"):
         op = getattr(torch.ops.dllm, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
-        if dllm.build_info()["cuda"] and name not in CPU_ONLY_FOR_NOW:
+        if dllm.build_info()["cuda"]:
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
 
 

@@ -206,24 +206,33 @@ def attention(
         log-sum-exp. Lengths outside ``[0, S]`` raise on the CPU and are clamped on CUDA (checking
         would synchronise).
 
-    Status: the CPU kernel is dllm's own (tiled online softmax, fused backward). The CUDA
-    tensor-core kernel is not written yet; on a GPU this currently runs torch SDPA with a
-    key-padding mask, with the same semantics.
+    Kernels: on the CPU a tiled online softmax with a fused backward; on CUDA FlashAttention-2
+    style tensor-core kernels (``mma.sync``, sm_80+) for bfloat16 / float16 with D = 64 or 128,
+    and a deterministic backward (no atomics). Other head dimensions and float32 on CUDA run
+    torch SDPA with a key-padding mask instead, with the same semantics.
     """
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    if q.is_cuda and not _has_cuda_kernel("attention_forward"):
+    if q.is_cuda and not _cuda_kernel_supports(q):
         return _sdpa_attention(q, k, v, kv_len, q_len, scale)
     out, _ = torch.ops.dllm.attention_forward(q, k, v, kv_len, q_len, None, None, 0, 0, scale)
     return out
 
 
-def _has_cuda_kernel(name: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"dllm::{name}", "CUDA")
+# Decided once at import (the library is loaded by then), so that torch.compile reads a constant
+# instead of tracing a dispatcher query.
+_HAS_CUDA_ATTENTION = torch._C._dispatch_has_kernel_for_dispatch_key("dllm::attention_forward", "CUDA")
+CUDA_HEAD_DIMS = (64, 128)
+
+
+def _cuda_kernel_supports(q: torch.Tensor) -> bool:
+    """Whether dllm's CUDA attention kernels take q (a CUDA build, bfloat16 / float16, D 64 or 128)."""
+    return _HAS_CUDA_ATTENTION and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in CUDA_HEAD_DIMS
 
 
 def _sdpa_attention(q, k, v, kv_len, q_len, scale):
-    """Until dllm's CUDA attention kernel lands: torch SDPA with a key-padding mask, same
-    semantics (rows past q_len and rows without keys are zero)."""
+    """What :func:`attention` runs on CUDA for shapes the kernels do not take (see
+    ``_cuda_kernel_supports``): torch SDPA with a key-padding mask, same semantics (rows past
+    q_len and rows without keys are zero)."""
     B, Sq, H, _ = q.shape
     Sk = k.shape[1]
     mask = None
@@ -256,10 +265,10 @@ def attention_varlen(
     """:func:`attention` on packed sequences, FlashAttention's varlen convention: q ``[Tq, H, D]``,
     k and v ``[Tk, Hkv, D]``; sequence b owns rows ``cu_seqlens[b]:cu_seqlens[b + 1]`` (int
     ``[B + 1]``, starting at 0); ``max_seqlen_*`` bound the lengths (Python ints, so no
-    ``.item()`` breaks a compiled graph)."""
+    ``.item()`` breaks a compiled graph). On CUDA: bfloat16 / float16 with D = 64 or 128 only
+    (``NotImplementedError`` otherwise); cu_seqlens are not checked there (that would
+    synchronise), so they must be valid."""
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    if q.is_cuda and not _has_cuda_kernel("attention_forward"):
-        raise NotImplementedError("attention_varlen has no CUDA kernel yet; use dllm.ops.attention with kv_len / q_len")
     out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                               max_seqlen_k, scale)
     return out

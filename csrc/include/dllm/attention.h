@@ -48,4 +48,11 @@ struct AttentionGradParams {
 void attention_forward_cpu(const AttentionParams& p, int64_t begin, int64_t end);
 void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t end);
 
+// CUDA (head_dim 64 or 128, bfloat16 or float16), asynchronously on `stream` (a cudaStream_t).
+// All pointers are device pointers; q, k, v, out and dout 16-byte aligned; out and dq / dk / dv
+// zero-filled and lse filled with -inf beforehand, since rows without work are not written.
+// `delta` is float32 scratch of lse's shape [heads, q_tokens].
+void attention_forward_cuda(const AttentionParams& p, void* stream);
+void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream);
+
 }  // namespace dllm

@@ -18,10 +18,10 @@ def fused_attention_available() -> bool:
 
 
 def _fused_applies(q: torch.Tensor) -> bool:
-    # The op's coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the CPU, SDPA's
-    # AVX-512 GEMM path is about 3.6x faster than dllm's kernel on unpadded batches (measured,
-    # bench/attention.py), so models take SDPA there.
-    return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in (64, 128)
+    # The op's tensor-core coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the
+    # CPU, SDPA's AVX-512 GEMM path is about 3.6x faster than dllm's kernel on unpadded batches
+    # (measured, bench/attention.py), so models take SDPA there.
+    return q.is_cuda and ops._cuda_kernel_supports(q)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,

@@ -1,0 +1,175 @@
+// CUDA attention forward (dllm/attention.h), FlashAttention-2's design on mma.sync tensor cores.
+//
+// One CTA per (128-query tile, head, sequence), 8 warps of 16 query rows each. The CTA streams
+// its sequence's K/V in 64-key tiles through double-buffered shared memory (cp.async: tile j+1
+// loads while tile j is multiplied); each warp keeps its Q fragments, scores, probabilities and
+// output accumulator in registers, with the online softmax in base 2 (scores pre-multiplied by
+// scale * log2 e). Keys past k_count are never read: the loop stops at the last tile holding a
+// key, whose missing rows are zero-filled and whose columns past k_count get -inf. Query rows
+// past q_count are zero-filled, computed and not stored (the binding pre-zeroes out and fills
+// lse with -inf, which is also the result for a sequence without keys).
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "attention_mma.cuh"
+#include "dllm/attention.h"
+
+namespace dllm {
+namespace {
+
+using namespace attn;
+
+constexpr int kWarps = 8, kThreads = kWarps * 32;
+constexpr int kBlockM = 16 * kWarps;  // queries per CTA
+constexpr int kBlockN = 64;           // keys per tile
+
+template <int Dim>
+constexpr int fwd_smem_bytes() {
+  return (kBlockM + 4 * kBlockN) * Dim * 2;  // Q, then K[2], V[2]
+}
+
+// At D = 64 two CTAs share an SM (48 KB of shared memory and <= 128 registers each, no spills).
+template <DType DT, int Dim>
+__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_kernel(const AttentionParams p) {
+  using T = typename Elem<DT>::T;
+  constexpr int kSteps = Dim / 16;        // k-steps of Q K^T
+  constexpr int kScoreBlocks = kBlockN / 8;
+  constexpr int kOutBlocks = Dim / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
+  T* sV = sK + 2 * kBlockN * Dim;
+
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
+  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  if (m0 >= qn || kn == 0) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int hk = int(h / (p.heads / p.kv_heads));
+  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
+  const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
+  const int n_tiles = (kn + kBlockN - 1) / kBlockN;
+
+  load_tile<kBlockM, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
+  load_tile<kBlockN, Dim, kThreads>(sK, gk, p.k_token_stride, kn);
+  load_tile<kBlockN, Dim, kThreads>(sV, gv, p.v_token_stride, kn);
+  cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  uint32_t qf[kSteps][4];
+  float o[kOutBlocks][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait_all();
+    __syncthreads();  // tile j is visible to all, and every warp is done with tile j - 1's buffers
+    if (j == 0) {
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) load_a<Dim>(qf[ks], sQ, warp * 16, 2 * ks, lane);
+    }
+    if (j + 1 < n_tiles) {
+      const int next = (j + 1) * kBlockN, buf = ((j + 1) & 1) * kBlockN * Dim;
+      load_tile<kBlockN, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
+      load_tile<kBlockN, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
+      cp_async_commit();
+    }
+    const T* k_tile = sK + (j & 1) * kBlockN * Dim;
+    const T* v_tile = sV + (j & 1) * kBlockN * Dim;
+
+    float s[kScoreBlocks][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+#pragma unroll
+      for (int nb = 0; nb < kScoreBlocks; nb += 2) {
+        uint32_t kb[4];
+        load_b_nk<Dim>(kb, k_tile, nb * 8, 2 * ks, lane);
+        mma<DT>(s[nb], qf[ks], kb[0], kb[1]);
+        mma<DT>(s[nb + 1], qf[ks], kb[2], kb[3]);
+      }
+    }
+    const int key0 = j * kBlockN;
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + nb * 8 + 2 * t + (e & 1);
+        s[nb][e] = key < kn ? s[nb][e] * scale_log2 : -INFINITY;
+      }
+
+    // Online softmax; a row's 64 scores of this tile live in the 4 lanes of its quad. Every tile
+    // holds at least one key, so the new maximum is finite and exp2(-inf - max) = 0 is exact.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = row_max[half];
+#pragma unroll
+      for (int nb = 0; nb < kScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float correction = exp2f(row_max[half] - mx);
+      row_max[half] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          s[nb][e] = exp2f(s[nb][e] - mx);
+          sum += s[nb][e];
+        }
+      row_sum[half] = row_sum[half] * correction + sum;
+#pragma unroll
+      for (int db = 0; db < kOutBlocks; ++db) {
+        o[db][2 * half] *= correction;
+        o[db][2 * half + 1] *= correction;
+      }
+    }
+
+    // O += P V, P rounded to the input type in registers.
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a<DT>(a, s, kk);
+#pragma unroll
+      for (int db = 0; db < kOutBlocks; db += 2) {
+        uint32_t vb[4];
+        load_b_kn<Dim>(vb, v_tile, kk * 16, db, lane);
+        mma<DT>(o[db], a, vb[0], vb[1]);
+        mma<DT>(o[db + 1], a, vb[2], vb[3]);
+      }
+    }
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 1);
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);
+    inv[half] = 1.0f / row_sum[half];  // >= 1: the row maximum contributes exp2(0)
+    const int row = warp * 16 + g + 8 * half;
+    if (t == 0 && m0 + row < qn)
+      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] + log2f(row_sum[half])) * kLn2;
+  }
+  T* gout = static_cast<T*>(p.out) + q0 * p.o_token_stride + h * p.o_head_stride;
+  store_rows<DT, Dim>(gout, p.o_token_stride, o, warp * 16, qn - m0, inv[0], inv[1], lane);
+}
+
+template <DType DT, int Dim>
+void launch_forward(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int smem = fwd_smem_bytes<Dim>();
+  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);
+  const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM), unsigned(p.heads), unsigned(p.batch));
+  attention_fwd_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p);
+}
+
+}  // namespace
+
+void attention_forward_cuda(const AttentionParams& p, void* stream) {
+  if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.head_dim == 64) return bf16 ? launch_forward<DType::kBFloat16, 64>(p, s) : launch_forward<DType::kFloat16, 64>(p, s);
+  return bf16 ? launch_forward<DType::kBFloat16, 128>(p, s) : launch_forward<DType::kFloat16, 128>(p, s);
+}
+
+}  // namespace dllm

@@ -1,0 +1,201 @@
+// Tensor-core building blocks of the CUDA attention kernels (sm_80+): cp.async tile loads into
+// swizzled shared memory, ldmatrix fragment loads and mma.sync.m16n8k16 (bf16/fp16 in, fp32 out).
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
+//   A 16x16 (row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B 16x8  (k x n):     b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
+//   C 16x8  (fp32):      c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+// so the C fragments of two adjacent 8-column blocks are, once rounded to 16 bits, exactly the
+// A fragment of the 16-wide k-step that those columns form (FlashAttention-2's P-in-registers).
+//
+// ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8x8 matrix i, and register i returns
+// matrix i with lane holding (row g, cols 2t..2t+1); with .trans it holds (rows 2t..2t+1, col g).
+//
+// Shared tiles are [rows][D] with 16-byte chunks swizzled: chunk c of row r lives at chunk
+// c ^ (r % 8), so the 8 rows an ldmatrix phase reads at one column hit 8 different bank groups.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "dllm/common.h"
+
+namespace dllm::attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <DType D>
+struct Elem;
+template <>
+struct Elem<DType::kBFloat16> {
+  using T = __nv_bfloat16;
+  __device__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ static float2 unpack(uint32_t bits) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&bits));
+  }
+};
+template <>
+struct Elem<DType::kFloat16> {
+  using T = __half;
+  __device__ static uint32_t pack(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+  __device__ static float2 unpack(uint32_t bits) { return __half22float2(*reinterpret_cast<__half2*>(&bits)); }
+};
+
+// Builds for architectures before sm_80 (no bf16 mma, no cp.async) compile, and the binding
+// refuses such devices before any kernel runs.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define DLLM_ATTN_NEEDS_SM80 1
+#endif
+
+// c += a * b on one m16n8k16 tile.
+template <DType D>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef DLLM_ATTN_NEEDS_SM80
+  __trap();
+#else
+  if constexpr (D == DType::kBFloat16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+// 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !valid.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+#ifdef DLLM_ATTN_NEEDS_SM80
+  __trap();
+#else
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+#endif
+}
+#ifdef DLLM_ATTN_NEEDS_SM80
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_all() {}
+#else
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#endif
+
+// Element offset of (row, 8-column chunk) in a swizzled [rows][Dim] tile.
+template <int Dim>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * Dim + ((chunk ^ (row & 7)) << 3);
+}
+
+// Rows [0, Rows) of a [Rows][Dim] tile from global rows `row_stride` elements apart; rows at or
+// past `valid_rows` are zero-filled, so they contribute nothing to any product.
+template <int Rows, int Dim, int Threads, typename T>
+__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_stride, int valid_rows) {
+  constexpr int kChunks = Dim / 8;
+  static_assert((Rows * kChunks) % Threads == 0, "every thread loads the same number of chunks");
+#pragma unroll
+  for (int i = threadIdx.x; i < Rows * kChunks; i += Threads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = r < valid_rows;
+    cp_async_16(tile + swz<Dim>(r, c), src + (valid ? r * row_stride + c * 8 : 0), valid);
+  }
+}
+
+// Fragment loads: each lane gives the address of row (lane % 8) of matrix (lane / 8); chunk0 is
+// the fragment's first column / 8.
+// A 16x16 from a row-major [m][k] tile: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7),
+// (rows 0-7, k 8-15), (rows 8-15, k 8-15) -> a0, a1, a2, a3.
+template <int Dim, typename T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int chunk0, int lane) {
+  ldmatrix_x4(a, tile + swz<Dim>(row0 + (lane & 15), chunk0 + (lane >> 4)));
+}
+
+// B operands (k 16 x n 8) of two adjacent n-blocks from an [n][k] tile (k contiguous): matrices
+// (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) -> b[0], b[1] for n-block
+// n0 and b[2], b[3] for n-block n0 + 8.
+template <int Dim, typename T>
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n0, int chunk0, int lane) {
+  ldmatrix_x4(b, tile + swz<Dim>(n0 + (lane & 7) + ((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1)));
+}
+
+// B operands (k 16 x n 8) of two adjacent n-blocks from a [k][n] tile (n contiguous, e.g. V in
+// P V), transposed by ldmatrix: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
+// (k 8-15, n 8-15) -> b[0], b[1] for the n-block at chunk0 and b[2], b[3] for the one at chunk0 + 1.
+template <int Dim, typename T>
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int k0, int chunk0, int lane) {
+  ldmatrix_x4_trans(b, tile + swz<Dim>(k0 + (lane & 7) + (((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));
+}
+
+// The A fragment of k-step kk (columns 16kk..16kk+15) from fp32 accumulators of 8-column blocks.
+template <DType D, int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[N][4], int kk) {
+  a[0] = Elem<D>::pack(acc[2 * kk][0], acc[2 * kk][1]);
+  a[1] = Elem<D>::pack(acc[2 * kk][2], acc[2 * kk][3]);
+  a[2] = Elem<D>::pack(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+  a[3] = Elem<D>::pack(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// Stores the 16 x Dim fp32 accumulator of one warp (rows row0 + g, row0 + g + 8) times `mul`,
+// skipping rows at or past `valid_rows`.
+template <DType D, int Dim>
+__device__ __forceinline__ void store_rows(typename Elem<D>::T* dst, int64_t row_stride, const float (&acc)[Dim / 8][4],
+                                           int row0, int valid_rows, float mul0, float mul1, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + g + 8 * half;
+    if (row >= valid_rows) continue;
+    const float mul = half ? mul1 : mul0;
+    auto* out = reinterpret_cast<uint32_t*>(dst + row * row_stride + 2 * t);
+#pragma unroll
+    for (int nb = 0; nb < Dim / 8; ++nb)
+      out[nb * 4] = Elem<D>::pack(acc[nb][2 * half] * mul, acc[nb][2 * half + 1] * mul);
+  }
+}
+
+// Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:
+// the attribute outlives the call, and setting it only on a first, eager call keeps it out of
+// CUDA-graph captures.
+template <auto Kernel>
+void allow_dynamic_smem(int bytes) {
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  cudaGetDevice(&device);
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (done.load(std::memory_order_relaxed) & bit) return;
+  cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  done.fetch_or(bit);
+}
+
+}  // namespace dllm::attn

@@ -1,0 +1,88 @@
+// CUDA bindings of attention_forward / attention_backward: what the tensor-core kernels support
+// on top of prepare_attention's checks, 16-byte aligned operands, and the launch on the current
+// stream. Nothing here synchronises (lengths are clamped on the device, never checked).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "attention.h"
+
+namespace dllm::binding {
+namespace {
+
+cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+
+void check_supported(const AttentionParams& p) {
+  TORCH_CHECK_NOT_IMPLEMENTED(p.dtype != DType::kFloat32,
+                              "attention: CUDA supports bfloat16 and float16 (float32 runs on the CPU only)");
+  TORCH_CHECK_NOT_IMPLEMENTED(p.head_dim == 64 || p.head_dim == 128,
+                              "attention: CUDA supports head dimension 64 or 128, got ", p.head_dim);
+  TORCH_CHECK(p.batch <= 65535 && p.heads <= 65535, "attention: CUDA supports at most 65535 sequences and heads");
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK_NOT_IMPLEMENTED(prop->major >= 8, "attention: the CUDA kernels need compute capability 8.0 or newer, got ",
+                              prop->major, ".", prop->minor);
+}
+
+// The kernels copy rows in 16-byte chunks; a contiguous view at an odd offset gets a copy.
+void align16(at::Tensor& t, const void*& ptr) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) t = t.clone(at::MemoryFormat::Contiguous);
+  ptr = t.data_ptr();
+}
+
+void align_inputs(AttentionCall& call) {
+  align16(call.q, call.params.q);
+  align16(call.k, call.params.k);
+  align16(call.v, call.params.v);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                              const std::optional<at::Tensor>& kv_len,
+                                                              const std::optional<at::Tensor>& q_len,
+                                                              const std::optional<at::Tensor>& cu_seqlens_q,
+                                                              const std::optional<at::Tensor>& cu_seqlens_k,
+                                                              int64_t max_seqlen_q, int64_t max_seqlen_k, double scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         max_seqlen_k, scale, true);
+  check_supported(call.params);
+  align_inputs(call);
+  attention_forward_cuda(call.params, stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {call.out, call.lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
+    const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
+    int64_t max_seqlen_k, double scale) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  AttentionGradCall call = prepare_attention_backward(dout, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q,
+                                                      cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true);
+  AttentionGradParams& g = call.params;
+  check_supported(g.fwd);
+  align_inputs(call.fwd);
+  g.fwd.q = call.fwd.params.q;
+  g.fwd.k = call.fwd.params.k;
+  g.fwd.v = call.fwd.params.v;
+  align16(call.dout, g.dout);
+  const void* out_ptr = nullptr;
+  align16(call.fwd.out, out_ptr);
+  g.fwd.out = const_cast<void*>(out_ptr);
+  at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
+  attention_backward_cuda(g, delta.data_ptr<float>(), stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {call.dq, call.dk, call.dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dllm, CUDA, m) {
+  m.impl("attention_forward", &attention_forward_cuda_op);
+  m.impl("attention_backward", &attention_backward_cuda_op);
+}
+
+}  // namespace dllm::binding
