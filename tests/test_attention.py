@@ -24,7 +24,10 @@ def inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=0):
 def check(got, ref, low, factor, what):
     err = (got.double() - ref).abs().max().item()
     torch_err = (low.double() - ref).abs().max().item()
-    assert err <= factor * torch_err + 1e-5, f"{what}: max error {err:.3g} vs plain PyTorch's {torch_err:.3g}"
+    # The floor is relative: float32 sums of a few hundred terms differ from PyTorch's blocked
+    # GEMM order by ~1e-6 of their magnitude even where PyTorch happens to be nearly exact.
+    floor = 1e-5 * max(1.0, ref.abs().max().item())
+    assert err <= factor * torch_err + floor, f"{what}: max error {err:.3g} vs plain PyTorch's {torch_err:.3g}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -48,7 +51,7 @@ def test_forward_and_gradients_match_float64(device, dtype, B, Sq, Sk, H, Hkv, D
     if q_len is not None:
         for b in range(B):
             assert (out[b, int(q_len[b]):] == 0).all()
-    g = torch.randn_like(out)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
     low_grads = torch.autograd.grad(low, (q, k, v), g)
@@ -141,7 +144,7 @@ def test_cuda_kernel_matches_float64(dtype, D, B, Sq, Sk, H, Hkv, lengths):
         assert (out[0] == 0).all()  # no keys
         for b in range(B):
             assert (out[b, int(q_len[b]):] == 0).all()
-    g = torch.randn_like(out)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     ref_grads = torch.autograd.grad(ref, (q, k, v), g.double())
     low_grads = torch.autograd.grad(low, (q, k, v), g)
