@@ -7,49 +7,16 @@ copy bandwidth measured here, in this run (on an H100 that measured 2.98 TB/s).
 
 from __future__ import annotations
 
-import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device: str, *, warmup: int = 3, reps: int = 20, min_seconds: float = 0.2) -> list[float]:
-    """Per-call times in ms. CUDA: events around each call, with L2 flushed in between so the
-    op reads its input from HBM, as it does in a sampling loop. CPU: wall clock."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times: list[float] = []
-    if device.startswith("cuda"):
-        flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t_end = time.perf_counter() + min_seconds
-        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
-            flush.zero_()
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        t_end = time.perf_counter() + min_seconds
-        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
+from dllm.benchmarks.common import card, git_commit, sync, time_ms, utc_now  # noqa: F401 (re-exported)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
@@ -60,20 +27,11 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine(device: str) -> dict:
     import dllm
 
     info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "torch": torch.__version__,
         "dllm": dllm.build_info(),
         "commit": git_commit(),
@@ -84,7 +42,7 @@ def machine(device: str) -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(card=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
     else:
-        info.update(card=f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+        info.update(card=card(device))
     return info
 
 

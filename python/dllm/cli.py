@@ -1,9 +1,11 @@
-"""The ``dllm`` command line: ``dllm demo``, ``dllm train`` and ``dllm sample`` (``--help`` on each lists every option)."""
+"""The ``dllm`` command line: ``dllm demo``, ``dllm train``, ``dllm sample`` and ``dllm bench`` (``--help`` on each
+lists every option)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -11,6 +13,9 @@ import sys
 import typing
 
 from .training.config import TrainConfig
+
+# `dllm bench NAME`: each module has add_arguments(parser) and run(ns); its docstring is the help.
+BENCHMARKS = {"e2e": "dllm.benchmarks.e2e"}
 
 
 def _flag_type(field: dataclasses.Field):
@@ -79,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     sp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    bp = sub.add_parser("bench", help="benchmarks: e2e (diffusion against autoregressive, end to end)",
+                        description="Benchmarks that write a markdown report with tables and plots.")
+    bench_sub = bp.add_subparsers(dest="benchmark", required=True)
+    bench_parsers = {}
+    for name, module in BENCHMARKS.items():
+        doc = importlib.import_module(module).__doc__
+        bench_parsers[name] = bench_sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        importlib.import_module(module).add_arguments(bench_parsers[name])
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if ns.command == "demo":
@@ -99,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                        seed=ns.seed, device=ns.device, show_steps=ns.show_steps)
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
+        return 0
+    if ns.command == "bench":
+        try:
+            importlib.import_module(BENCHMARKS[ns.benchmark]).run(ns)
+        except (ValueError, FileNotFoundError) as e:
+            bench_parsers[ns.benchmark].error(str(e))
         return 0
     if ns.command == "train":
         from .training import train

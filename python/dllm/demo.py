@@ -19,25 +19,11 @@ import torch
 from .data.tokenizer import MASK_TOKEN
 from .sampling import generate
 from .sampling.pretrained import load_for_sampling
-from .training import train
+from .training.timed import train_for_minutes
 
 COMPLETION_PROMPT = "def is_even(n):\n    "
 INFILL_BEFORE = "def add(a, b):\n    "
 INFILL_AFTER = "\n\n\ndef sub(a, b):\n    return a - b\n"
-
-
-def _train(objective: str, out: Path, minutes: float, device: str, retrain: bool, seq_len: int) -> Path:
-    model_dir = out / objective / "model"
-    if model_dir.exists() and not retrain:
-        print(f"[demo] reusing {model_dir} (--retrain to train again)")
-        return model_dir
-    if retrain and (out / objective).exists():
-        shutil.rmtree(out / objective)
-    print(f"[demo] training the tiny {objective} model for {minutes:g} minutes on {device}")
-    train(objective=objective, model="tiny", seq_len=seq_len, batch_size=16, lr=1e-3, schedule="constant",
-          warmup=50, ema=0.99, steps=20000, max_time=minutes * 60, eval_every=0, eval_batches=2, ckpt_every=0,
-          out_dir=str(out / objective), device=device)
-    return model_dir
 
 
 def show(tok, ids: torch.Tensor) -> str:
@@ -79,7 +65,8 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     seq_len = max(gen_length, 128)
-    dirs = {obj: _train(obj, out, minutes, device, retrain, seq_len) for obj in ("mdlm", "ar")}
+    dirs = {obj: train_for_minutes(obj, out, minutes, device=device, seq_len=seq_len, retrain=retrain, log_prefix="[demo]")
+            for obj in ("mdlm", "ar")}
     diffusion, tok, _ = load_for_sampling(dirs["mdlm"], device)
     ar, _, _ = load_for_sampling(dirs["ar"], device)
     g = torch.Generator(device=device).manual_seed(seed)

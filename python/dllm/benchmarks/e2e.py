@@ -1,0 +1,424 @@
+"""`dllm bench e2e`: can a diffusion LM outrun the autoregressive baseline of the same size?
+
+Trains (or loads) an MDLM and the causal transformer on the same backbone, data and time budget,
+then sweeps batch size x generation length x sampler steps x sampler, measuring throughput
+(tokens/s, latency per call) and, at every point, quality: the validation NLL (a T-step bound for
+diffusion), the parse rate of samples, the parse rate and exact match of infilled held-out function
+bodies, and the token entropy beside each. Writes report.md, results.json and PNG plots to --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.corpus import load_corpus
+from ..models.attention import _fused_applies, fused_attention_available
+from ..models.config import SIZES
+from ..models.io import read_config
+from ..objectives import get_objective
+from ..sampling import generate
+from ..sampling.pretrained import load_for_sampling
+from ..training.timed import train_for_minutes
+from .code_quality import (cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
+                           unigram_entropy)
+from .common import card, git_commit, time_ms, utc_now
+
+# Fast-dLLM's KV cache for dllm.generate(cache=...): None until dllm.generate supports "prefix"/"dual";
+# then "dual" (Fast-dLLM's best: both the prefix and the suffix of the current block are cached).
+FAST_DLLM_CACHE = None
+SAMPLERS = ("mdlm", "llada", "fast-dllm")
+SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
+BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
+FAST_DLLM_THRESHOLD = 0.9
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out-dir", default="out/bench-e2e", help="report folder (default: out/bench-e2e)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="training time per model when a model folder is not given (default: 10)")
+    p.add_argument("--model-dir", default=None, help="a trained MDLM model folder to reuse (OUT_DIR/model of `dllm train`)")
+    p.add_argument("--ar-dir", default=None, help="a trained autoregressive model folder to reuse")
+    p.add_argument("--train-dir", default=None, help="where to train the models (default: OUT_DIR/models); "
+                   "models already there are reused unless --retrain")
+    p.add_argument("--train-steps", type=int, default=20000,
+                   help="optimizer steps per model, the other cap beside --minutes: equal steps keep the budgets equal "
+                   "on a machine shared with other work (default: 20000)")
+    p.add_argument("--retrain", action="store_true", help="train again even if --train-dir has models")
+    p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size preset (default: small)")
+    p.add_argument("--data", default=None, help="corpus: a text file or folder (default: the standard library)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
+    p.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024],
+                   help="generated tokens per sequence (default: 256 1024)")
+    p.add_argument("--step-fractions", nargs="+", default=["1", "1/2", "1/4", "1/8"],
+                   help="diffusion steps as fractions of the generation length (default: 1 1/2 1/4 1/8)")
+    p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS,
+                   help="diffusion samplers (default: mdlm llada fast-dllm)")
+    p.add_argument("--samples", type=int, default=32,
+                   help="generated samples and infilled functions per quality point (default: 32)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of both models (default: 1)")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per throughput point, after one warm-up (default: 3)")
+    p.add_argument("--nll-windows", type=int, default=64, help="held-out windows for the validation NLL (default: 64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is steadier on a busy machine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default: 0)")
+
+
+@dataclass
+class Models:
+    diffusion: torch.nn.Module   # MaskedLM: what dllm.generate takes
+    ar: torch.nn.Module          # ARTransformer
+    tok: object
+    dirs: dict
+    seq_len: int                 # the window both were trained on
+    data: str | None
+    val_fraction: float
+
+
+def _check(ns) -> list[Fraction]:
+    fracs = []
+    for s in ns.step_fractions:
+        try:
+            f = Fraction(s)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"--step-fractions: {s!r} is not a fraction like 1/4") from None
+        if not 0 < f <= 1:
+            raise ValueError(f"--step-fractions must lie in (0, 1], got {s}")
+        fracs.append(f)
+    if min(ns.batch_sizes) <= 0 or min(ns.gen_lengths) <= 0 or ns.samples <= 0 or ns.reps <= 0 or ns.nll_windows <= 0:
+        raise ValueError("--batch-sizes, --gen-lengths, --samples, --reps and --nll-windows must be positive")
+    if (ns.model_dir is None or ns.ar_dir is None) and (ns.minutes <= 0 or ns.train_steps <= 0):
+        raise ValueError("--minutes and --train-steps must be positive when models are trained")
+    if ns.threads is not None and ns.threads <= 0:
+        raise ValueError("--threads must be positive")
+    for length in ns.gen_lengths:
+        if length > BLOCK_LENGTH and length % BLOCK_LENGTH and {"llada", "fast-dllm"} & set(ns.samplers):
+            raise ValueError(f"--gen-lengths: {length} is not a multiple of the {BLOCK_LENGTH}-token blocks of "
+                             "llada and fast-dllm")
+    return sorted(set(fracs), reverse=True)
+
+
+def _training_config(model_dir: Path) -> dict:
+    run_config = model_dir.parent / "run_config.json"
+    return json.loads(run_config.read_text())["train"] if run_config.is_file() else {}
+
+
+def _load_models(ns, device: str) -> Models:
+    max_gen = max(ns.gen_lengths)
+    # One prompt token (end-of-text: "a file starts here") plus room for the infill context.
+    seq_len = max_gen + max(32, max_gen // 4)
+    train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
+    dirs = {}
+    for objective, given in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
+        dirs[objective] = Path(given) if given else train_for_minutes(
+            objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=ns.data,
+            retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]")
+    diffusion, tok, kind = load_for_sampling(dirs["mdlm"], device)
+    ar, ar_tok, ar_kind = load_for_sampling(dirs["ar"], device)
+    if kind != "masked" or ar_kind != "ar":
+        raise ValueError(f"--model-dir must hold a masked-diffusion model and --ar-dir an autoregressive one; "
+                         f"got {kind!r} and {ar_kind!r}")
+    if tok.fingerprint != ar_tok.fingerprint:
+        raise ValueError("the diffusion and autoregressive models use different tokenizers")
+    windows = {int(read_config(d)["model"]["max_seq_len"]) for d in dirs.values()}
+    if min(windows) < max_gen + 1:
+        raise ValueError(f"the models take {min(windows)} tokens; generating {max_gen} after a prompt token needs "
+                         f"{max_gen + 1}: train with a longer window or pass shorter --gen-lengths")
+    cfg = _training_config(dirs["mdlm"])
+    return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows),
+                  cfg.get("data", ns.data), cfg.get("val_fraction", 0.05))
+
+
+def _val_windows(models: Models, count: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """The first ``count`` packed windows of the held-out files, and those files."""
+    corpus = load_corpus(models.data, val_fraction=models.val_fraction)
+    ids: list[int] = []
+    need = count * models.seq_len
+    for _, text in corpus.val:
+        ids.extend(int(i) for i in models.tok.encode(text))
+        ids.append(models.tok.eos_id)
+        if len(ids) >= need:
+            break
+    n = len(ids) // models.seq_len
+    if n == 0:
+        raise ValueError(f"the held-out split has fewer than {models.seq_len} tokens")
+    return torch.tensor(ids[:min(n, count) * models.seq_len]).view(-1, models.seq_len), corpus.val
+
+
+@torch.no_grad()
+def nll_per_token(net, objective, windows: torch.Tensor, steps: int | None, *, seed: int, device: str,
+                  precision) -> float:
+    """Held-out NLL in nats per token: exact for the autoregressive objective; for MDLM the bound of the
+    T-step masked process (``steps=T``) or the continuous-time bound (``steps=None``).
+
+    On the log-linear schedule the T-step bound is ``sum_i E[(alpha_s - alpha_t) / (1 - alpha_t) * CE_masked]``
+    over t = i/T, s = (i-1)/T, and its weight is 1/(T t): MDLM's continuous-time estimator with t drawn
+    uniformly from the grid {1/T, ..., 1} (stratified over the windows) instead of from [0, 1]."""
+    n, length = windows.shape
+    g = torch.Generator().manual_seed(seed)
+    draws = objective.draw(n, length, g)
+    if steps is not None and "t" in draws:
+        i = ((torch.arange(n) + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
+        draws["t"] = (i / steps).float()
+    total = 0.0
+    for lo in range(0, n, 16):
+        rows = slice(lo, min(n, lo + 16))
+        with precision:
+            nll = objective.nll(net, windows[rows].to(device), {k: v[rows] for k, v in draws.items()})
+        total += nll.double().sum().item()
+    return total / windows.numel()
+
+
+def _diffusion_steps(sampler: str, length: int, frac: Fraction | None) -> int:
+    """The grid's steps for a sampler; llada's round up to a multiple of its blocks (1 for fast-dllm, which adapts)."""
+    if frac is None:
+        return 1
+    steps = max(1, round(length * frac))
+    if sampler == "llada":
+        blocks = length // min(BLOCK_LENGTH, length)
+        steps = -(-steps // blocks) * blocks
+    return steps
+
+
+def _diffusion_kwargs(sampler: str, steps: int, length: int) -> dict:
+    kw = dict(sampler=SAMPLER_NAMES[sampler], steps=steps)
+    if sampler != "mdlm":
+        kw["block_length"] = min(BLOCK_LENGTH, length)
+    if sampler == "fast-dllm":
+        kw.update(threshold=FAST_DLLM_THRESHOLD, cache=FAST_DLLM_CACHE)
+    return kw
+
+
+class Runner:
+    """Generation with either model under the run's precision, always after an end-of-text prompt."""
+
+    def __init__(self, models: Models, device: str, temperature: float, seed: int, precision):
+        self.m, self.device, self.temperature, self.seed, self.precision = models, device, temperature, seed, precision
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def diffusion(self, sampler: str, steps: int, length: int, batch: int, g: torch.Generator):
+        prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
+        with self.precision:
+            out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
+                           **_diffusion_kwargs(sampler, steps, length))
+        return out.sequences[:, 1:], out.nfe
+
+    def ar(self, length: int, batch: int, g: torch.Generator):
+        prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
+        with self.precision:
+            seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g)
+        return seq[:, 1:], length
+
+    def call(self, model: str, sampler: str | None, steps: int, length: int, batch: int, g):
+        if model == "ar":
+            return self.ar(length, batch, g)
+        return self.diffusion(sampler, steps, length, batch, g)
+
+
+def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int, samples: int, chunk: int) -> dict:
+    g = runner.generator()
+    tokens, texts, nfes = [], [], []
+    for lo in range(0, samples, chunk):
+        ids, nfe = runner.call(model, sampler, steps, length, min(chunk, samples - lo), g)
+        nfes.append(nfe)
+        for row in ids.tolist():
+            tokens.extend(row)
+            texts.append(runner.m.tok.decode(cut_at(row, runner.m.tok.eos_id)))
+    return {"parse_rate": parse_rate(texts), "parse_prefix": mean_parseable_prefix(texts),
+            "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes), "example": texts[0]}
+
+
+def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
+    """Diffusion: the body is masked between its context and filled with ``round(len(body) * frac)`` steps.
+    Autoregressive: completion from the context before the body only (it cannot see the suffix)."""
+    g = runner.generator()
+    fills, tokens, nfes = [], [], []
+    mask_id = runner.m.tok.mask_id
+    for task in tasks:
+        n = len(task.body)
+        if model == "ar":
+            prompt = torch.tensor([task.before], device=runner.device)
+            with runner.precision:
+                hole = runner.m.ar.generate(prompt, n, temperature=runner.temperature, generator=g)[0, len(task.before):]
+            nfes.append(n)
+        else:
+            template = torch.tensor(task.before + [mask_id] * n + task.after, device=runner.device)
+            kw = _diffusion_kwargs(sampler, max(1, round(n * frac)) if frac is not None else 1, template.numel())
+            if "block_length" in kw:
+                kw["block_length"] = template.numel()  # one block: the hole sits between known context
+            with runner.precision:
+                out = generate(runner.m.diffusion, gen_length=template.numel(), infill=template,
+                               temperature=runner.temperature, generator=g, **kw)
+            hole = out.sequences[0, len(task.before):len(task.before) + n]
+            nfes.append(out.nfe)
+        ids = hole.tolist()
+        tokens.extend(ids)
+        fills.append(runner.m.tok.decode(ids))
+    return {"infill_parse": sum(t.function_parses(f) for t, f in zip(tasks, fills)) / len(tasks),
+            "infill_exact": exact_match(fills, [t.body_text for t in tasks]),
+            "infill_entropy": unigram_entropy(tokens), "infill_nfe": statistics.mean(nfes)}
+
+
+def _throughput(runner: Runner, model: str, sampler, steps: int, length: int, batch: int, reps: int) -> dict:
+    g = runner.generator()
+    nfes: list[int] = []
+
+    def once():
+        nfes.append(runner.call(model, sampler, steps, length, batch, g)[1])
+
+    times = sorted(time_ms(once, runner.device, warmup=1, reps=reps, min_seconds=0.0))
+    median = statistics.median(times)
+    return {"batch": batch, "latency_ms": median, "p20_ms": times[int(0.2 * (len(times) - 1))],
+            "p80_ms": times[int(0.8 * (len(times) - 1))], "tokens_per_s": batch * length / (median * 1e-3),
+            "nfe": statistics.mean(nfes[1:])}
+
+
+def _sdpa_backends(device: str, dtype, heads: int, head_dim: int, q_len: int, causal: bool) -> list[str]:
+    """The SDPA backends that accept this call (PyTorch takes the first of its priority order)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, heads, q_len, head_dim, device=device, dtype=dtype)
+    kv = torch.randn(1, heads, 16, head_dim, device=device, dtype=dtype)  # keys and values
+    ok = []
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.MATH):
+        try:
+            with warnings.catch_warnings(), sdpa_kernel([backend]):
+                warnings.simplefilter("ignore")
+                F.scaled_dot_product_attention(q, kv, kv, is_causal=causal)
+            ok.append(backend.name.lower())
+        except RuntimeError:
+            pass
+    return ok
+
+
+def kernels(models: Models, device: str, dtype) -> dict:
+    cfg = models.ar.config
+    probe = torch.empty(1, 1, cfg.heads, cfg.head_dim, device=device, dtype=dtype)
+    fused = fused_attention_available() and _fused_applies(probe)
+    where = "CUDA" if device.startswith("cuda") else "C++ CPU"
+    dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
+    prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)
+    decode = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 1, False)
+    attention = (f"dllm.ops.attention (fused, bidirectional, head dim {cfg.head_dim})" if fused else
+                 f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
+                 f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
+                 f"{cfg.head_dim} on {device})")
+    return {
+        "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
+        "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
+                     f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE or 'none (not in this build)'}",
+        "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}), "
+              f"cached decode, one query and no mask (eligible: {', '.join(decode)}); sampling: torch.multinomial",
+    }
+
+
+def run(ns: argparse.Namespace) -> dict:
+    """Runs the whole sweep and writes the report; returns what results.json holds."""
+    from tqdm.auto import tqdm
+
+    from .e2e_report import write_report
+
+    fracs = _check(ns)
+    load_at_start = os.getloadavg()[0]
+    device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    torch.manual_seed(ns.seed)
+    models = _load_models(ns, device)
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    precision = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    runner = Runner(models, device, ns.temperature, ns.seed, precision)
+    windows, val_files = _val_windows(models, ns.nll_windows)
+    # The infill template (context, hole, context) fits the window the models were trained on.
+    hole = min(128, models.seq_len // 3)
+    before = models.seq_len // 2
+    tasks = held_out_functions(val_files, models.tok, max_body=hole, min_body=4, before=before,
+                               after=models.seq_len - before - hole, count=ns.samples, seed=ns.seed)
+    if not tasks:
+        raise ValueError("no held-out function with a small body to infill; use a corpus of Python files")
+
+    objectives = {}
+    for name, d in models.dirs.items():
+        cfg = read_config(d)["objective"]
+        if name == "mdlm" and (cfg.get("name") != "mdlm" or cfg.get("noise", {}).get("type") != "loglinear"):
+            raise ValueError("the T-step NLL bound is implemented for MDLM on the log-linear schedule; "
+                             f"--model-dir holds {cfg}")
+        objectives[name] = get_objective(cfg["name"], models.tok)
+    nets = {"mdlm": models.diffusion.model, "ar": models.ar}
+    for net in nets.values():
+        net.eval()
+    nll_cache: dict = {}
+
+    def nll(model: str, steps: int | None) -> float:
+        key = (model, steps if model == "mdlm" else None)
+        if key not in nll_cache:
+            nll_cache[key] = nll_per_token(nets[model], objectives[model], windows, key[1], seed=ns.seed,
+                                           device=device, precision=precision)
+        return nll_cache[key]
+
+    points = []  # (model, sampler, length, frac)
+    for length in ns.gen_lengths:
+        points.append(("ar", None, length, None))
+        for sampler in ns.samplers:
+            points += [("mdlm", sampler, length, f) for f in ([None] if sampler == "fast-dllm" else fracs)]
+    chunk = max(ns.batch_sizes)
+    infill_cache: dict = {}
+    quality, speed = [], []
+    for model, sampler, length, frac in tqdm(points, desc="e2e", dynamic_ncols=True):
+        steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
+        point = {"model": "diffusion (mdlm)" if model == "mdlm" else "autoregressive", "sampler": sampler or "kv-cache",
+                 "gen_length": length, "fraction": str(frac) if frac is not None else None, "steps": steps}
+        q = _sample_quality(runner, model, sampler, steps, length, ns.samples, chunk)
+        if (model, sampler, frac) not in infill_cache:
+            infill_cache[model, sampler, frac] = _infill_quality(runner, tasks, model, sampler, frac)
+        bound_steps = None if sampler == "fast-dllm" else steps
+        q.update(infill_cache[model, sampler, frac], nll=nll(model, bound_steps),
+                 nll_kind=("exact" if model == "ar" else f"{bound_steps}-step bound" if bound_steps else
+                           "continuous-time bound"))
+        quality.append({**point, **q})
+        for batch in ns.batch_sizes:
+            speed.append({**point, **_throughput(runner, model, sampler, steps, length, batch, ns.reps)})
+    for row in speed:
+        ar_row = next(r for r in speed if r["model"] == "autoregressive" and r["gen_length"] == row["gen_length"]
+                      and r["batch"] == row["batch"])
+        row["speedup_vs_ar"] = row["tokens_per_s"] / ar_row["tokens_per_s"]
+    reference = {str(length): unigram_entropy(windows[:, :length].flatten().tolist()) for length in ns.gen_lengths}
+    meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
+            "date": utc_now(), "device": device, "size": ns.size, "seq_len": models.seq_len,
+            "model_dirs": models.dirs, "minutes": ns.minutes if not (ns.model_dir and ns.ar_dir) else None,
+            "train_step_cap": ns.train_steps,
+            "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
+            "load_average": [load_at_start, os.getloadavg()[0]], "cpus": os.cpu_count(),
+            "temperature": ns.temperature, "samples": ns.samples, "infill_tasks": len(tasks), "reps": ns.reps,
+            "nll_windows": int(windows.shape[0]), "continuous_bound": nll("mdlm", None),
+            "reference_entropy": reference, "kernels": kernels(models, device, dtype),
+            "fast_dllm": {"threshold": FAST_DLLM_THRESHOLD, "block_length": BLOCK_LENGTH, "cache": FAST_DLLM_CACHE},
+            "grid": {"batch_sizes": ns.batch_sizes, "gen_lengths": ns.gen_lengths,
+                     "step_fractions": [str(f) for f in fracs], "samplers": ns.samplers}}
+    results = {"meta": meta, "throughput": speed, "quality": quality}
+    out = Path(ns.out_dir)
+    write_report(out, results)
+    print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
+    return results
+
+
+def _trained_steps(model_dir: Path) -> int | None:
+    step = read_config(model_dir).get("step")
+    return int(step) if step is not None else None
+

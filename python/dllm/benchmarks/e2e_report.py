@@ -1,0 +1,274 @@
+"""The e2e benchmark's report: report.md (stamp, definitions, tables), results.json and three PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .code_quality import __doc__ as QUALITY_DEFINITIONS
+
+COLORS = {"mdlm": "tab:blue", "llada": "tab:orange", "fast-dllm": "tab:green", "kv-cache": "black"}
+QUALITY_METRICS = (("nll", "val NLL, nats/token (lower: better)"), ("parse_prefix", "parseable prefix"),
+                   ("parse_rate", "parse rate"), ("entropy", "sample token entropy, bits"),
+                   ("infill_parse", "infill parse rate"), ("infill_exact", "infill exact match"))
+
+
+def _nfe(row: dict, key: str) -> float:
+    """Where a point sits on a steps axis: its grid steps, or fast-dllm's measured evaluations."""
+    return row[key] if row["sampler"] == "fast-dllm" else row["steps"]
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}"
+
+
+def _throughput_table(rows: list[dict], length: int) -> list[str]:
+    out = [f"### Throughput, {length} generated tokens", "",
+           "| model | sampler | steps | batch | nfe | latency ms (p20-p80) | tokens/s | vs AR |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["gen_length"] != length:
+            continue
+        steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
+        out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['batch']} | {r['nfe']:.1f} | "
+                   f"{r['latency_ms']:.1f} ({r['p20_ms']:.1f}-{r['p80_ms']:.1f}) | {r['tokens_per_s']:,.0f} | "
+                   f"{r['speedup_vs_ar']:.2f}x |")
+    return out + [""]
+
+
+def _quality_table(rows: list[dict], length: int, reference: float) -> list[str]:
+    out = [f"### Quality, {length} generated tokens (held-out text of this length: {reference:.2f} bits entropy)", "",
+           "| model | sampler | steps | nfe | val NLL | NLL is | parse | parseable prefix | entropy | "
+           "infill parse | infill exact | infill entropy | infill nfe |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["gen_length"] != length:
+            continue
+        steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
+        out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['quality_nfe']:.1f} | {_f(r['nll'])} | "
+                   f"{r['nll_kind']} | {_f(r['parse_rate'], 2)} | {_f(r['parse_prefix'], 2)} | {_f(r['entropy'], 2)} | "
+                   f"{_f(r['infill_parse'], 2)} | {_f(r['infill_exact'], 2)} | {_f(r['infill_entropy'], 2)} | "
+                   f"{r['infill_nfe']:.1f} |")
+    return out + [""]
+
+
+def _examples(rows: list[dict], length: int) -> list[str]:
+    out = [f"### First sample of each sampler at its most steps, {length} tokens", ""]
+    seen = set()
+    for r in rows:
+        if r["gen_length"] != length or r["sampler"] in seen:
+            continue
+        seen.add(r["sampler"])
+        text = r["example"][:400].replace("```", "'''")
+        steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
+        out += [f"{r['model']}, {r['sampler']}, {steps} steps:", "", "```", text, "```", ""]
+    return out
+
+
+def _definitions() -> list[str]:
+    """The bullet list of code_quality's docstring, one markdown item a definition."""
+    items: list[str] = []
+    for line in QUALITY_DEFINITIONS.splitlines():
+        if line.startswith("- "):
+            items.append(line)
+        elif items and line.startswith("  "):
+            items[-1] += " " + line.strip()
+    return items
+
+
+def markdown(results: dict) -> str:
+    m = results["meta"]
+    k = m["kernels"]
+    trained = (f"trained {m['minutes']:g} minutes or {m['train_step_cap']} steps each, whichever ends first"
+               if m["minutes"] else "reused folders") + \
+        f" (optimizer steps: diffusion {m['train_steps']['mdlm']}, autoregressive {m['train_steps']['ar']})"
+    definitions = _definitions()
+    lines = [
+        "# Diffusion vs autoregressive, end to end", "",
+        f"{m['card']} | torch {m['torch']} | commit {m['commit']} | {m['date']}", "",
+        f"command: `{m['command']}`", "",
+        f"Machine load (1-minute load average) at the start and the end of the sweep: {m['load_average'][0]:.1f} "
+        f"and {m['load_average'][1]:.1f} on {m['cpus']} cores (above the threads used: other work shared the "
+        "cores and the timings are noisy).", "",
+        f"Models: the `{m['size']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
+        f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}.", "",
+        "Kernels (each side's best in this build):", "",
+        f"- precision: {k['precision']}",
+        f"- diffusion: {k['diffusion']}",
+        f"- autoregressive: {k['ar']}", "",
+        "## How it is measured", "",
+        f"- Both models generate after one end-of-text token (the start of a file), temperature "
+        f"{m['temperature']:g}; {m['samples']} samples per quality point, {m['infill_tasks']} infilled functions.",
+        f"- Throughput: one warm-up call, then the median of {m['reps']} timed `generate` calls (CUDA: events "
+        "after a synchronize); tokens/s = batch x generated length / that time; latency = that time, which every "
+        "sequence of the batch waits.",
+        "- steps: round(fraction x length); llada's are rounded up to a multiple of its blocks "
+        f"({m['fast_dllm']['block_length']} tokens, as fast-dllm's); nfe = network evaluations measured (mdlm "
+        "skips the network on steps that unmask nothing). fast-dllm (threshold "
+        f"{m['fast_dllm']['threshold']}) picks its own step count: its rows carry the measured nfe instead.",
+        "- val NLL, nats per token on the first "
+        f"{m['nll_windows']} held-out windows: exact for the autoregressive model; for diffusion the bound of the "
+        "T-step masked process with T = the point's steps (looser for fewer steps; llada picks positions by "
+        "confidence and has no bound of its own, so it shares the T-step value); fast-dllm's adaptive steps get "
+        f"the continuous-time bound ({m['continuous_bound']:.3f}).",
+        "- Samples are judged up to their first end-of-text.", *definitions,
+        "- Infill: held-out functions (files of the validation split) with small bodies; diffusion masks the "
+        "body between its context (before and after) and fills it in round(fraction x body length) steps "
+        "(fast-dllm: adaptive) as one block; the autoregressive model cannot infill, so its row is a "
+        "prefix-only completion of the same number of tokens from the context before the body. "
+        "Infill parse: the def line plus the filled body parses; exact: the body is reproduced character for "
+        "character.", "",
+        "## Throughput", "",
+    ]
+    lengths = m["grid"]["gen_lengths"]
+    for length in lengths:
+        lines += _throughput_table(results["throughput"], length)
+    lines += ["## Quality", ""]
+    for length in lengths:
+        lines += _quality_table(results["quality"], length, m["reference_entropy"][str(length)])
+    lines += ["## Plots", "", "![throughput against steps](throughput.png)", "",
+              "![quality against steps](quality.png)", "", "![speed/quality frontier](frontier.png)", "",
+              "## Samples", ""]
+    for length in lengths:
+        lines += _examples(results["quality"], length)
+    return "\n".join(lines) + "\n"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _no_minor_labels(ax) -> None:
+    """Log axes label their minor ticks too, which overlap on short ranges."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _series(rows: list[dict], **match) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if all(r[k] == v for k, v in match.items()):
+            by.setdefault(r["sampler"], []).append(r)
+    return by
+
+
+def plot_throughput(results: dict, path: Path) -> None:
+    plt = _plt()
+    grid = results["meta"]["grid"]
+    rows, cols = grid["batch_sizes"], grid["gen_lengths"]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.8 * len(cols), 3.6 * len(rows)), squeeze=False)
+    for i, batch in enumerate(rows):
+        for j, length in enumerate(cols):
+            ax = axes[i][j]
+            for sampler, pts in _series(results["throughput"], batch=batch, gen_length=length).items():
+                pts = sorted(pts, key=lambda r: r["nfe"])
+                style = dict(marker="*", ms=12, ls="none") if sampler in ("kv-cache", "fast-dllm") else dict(marker="o")
+                label = "autoregressive (KV cache)" if sampler == "kv-cache" else f"diffusion, {sampler}"
+                ax.plot([r["nfe"] for r in pts], [r["tokens_per_s"] for r in pts], color=COLORS[sampler],
+                        label=label, **style)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            _no_minor_labels(ax)
+            ax.set_xlabel("network evaluations (steps)")
+            ax.set_ylabel("tokens/s")
+            ax.set_title(f"{length} tokens, batch {batch}")
+            ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"throughput against steps ({results['meta']['card']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_quality(results: dict, path: Path) -> None:
+    plt = _plt()
+    cols = results["meta"]["grid"]["gen_lengths"]
+    fig, axes = plt.subplots(len(QUALITY_METRICS), len(cols), figsize=(4.8 * len(cols), 2.6 * len(QUALITY_METRICS)),
+                             squeeze=False)
+    for j, length in enumerate(cols):
+        series = _series(results["quality"], gen_length=length)
+        for i, (key, label) in enumerate(QUALITY_METRICS):
+            ax = axes[i][j]
+            for sampler, pts in series.items():
+                xs = [_nfe(r, "quality_nfe") for r in pts]
+                ys = [r[key] for r in pts]
+                if sampler == "kv-cache":
+                    ax.axhline(ys[0], color="black", ls="--", lw=1, label="autoregressive")
+                else:
+                    style = dict(marker="*", ms=12, ls="none") if sampler == "fast-dllm" else dict(marker="o")
+                    ax.plot(xs, ys, color=COLORS[sampler], label=f"diffusion, {sampler}", **style)
+            ax.set_xscale("log", base=2)
+            _no_minor_labels(ax)
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{length} tokens")
+            if i == len(QUALITY_METRICS) - 1:
+                ax.set_xlabel("steps (fast-dllm: measured nfe)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
+    """The points no other point beats on both speed (higher) and quality."""
+    sign = 1 if higher_is_better else -1
+    front, best = [], -float("inf")
+    for x, y in sorted(points, key=lambda p: -p[0]):
+        if sign * y > best:
+            front.append((x, y))
+            best = sign * y
+    return sorted(front)
+
+
+def plot_frontier(results: dict, path: Path) -> None:
+    plt = _plt()
+    grid = results["meta"]["grid"]
+    combos = [(length, batch) for length in grid["gen_lengths"] for batch in grid["batch_sizes"]]
+    metrics = (("nll", "val NLL, nats/token", False), ("parse_prefix", "parseable prefix", True))
+    quality = {(r["sampler"], r["gen_length"], r["steps"]): r for r in results["quality"]}
+    fig, axes = plt.subplots(len(metrics), len(combos), figsize=(4.2 * len(combos), 3.4 * len(metrics)), squeeze=False)
+    for j, (length, batch) in enumerate(combos):
+        pts = [(r, quality[r["sampler"], length, r["steps"]]) for r in results["throughput"]
+               if r["gen_length"] == length and r["batch"] == batch]
+        for i, (key, label, higher) in enumerate(metrics):
+            ax = axes[i][j]
+            for speed, q in pts:
+                ar = speed["sampler"] == "kv-cache"
+                ax.plot(speed["tokens_per_s"], q[key], marker="*" if ar else "o", ms=12 if ar else 6,
+                        color=COLORS[speed["sampler"]], ls="none")
+            for model, color in (("diffusion (mdlm)", "tab:purple"), ("autoregressive", "black")):
+                front = _pareto([(s["tokens_per_s"], q[key]) for s, q in pts if s["model"] == model], higher)
+                if len(front) > 1:
+                    ax.plot(*zip(*front), color=color, lw=1, ls=":")
+            ax.set_xscale("log")
+            _no_minor_labels(ax)
+            ax.set_xlabel("tokens/s")
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{length} tokens, batch {batch}", fontsize=9)
+    handles = [plt.Line2D([], [], color=c, marker="*" if s == "kv-cache" else "o", ls="none",
+                          label="autoregressive" if s == "kv-cache" else f"diffusion, {s}") for s, c in COLORS.items()]
+    handles.append(plt.Line2D([], [], color="tab:purple", ls=":", label="diffusion frontier"))
+    axes[0][0].legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot_throughput(results, out / "throughput.png")
+    plot_quality(results, out / "quality.png")
+    plot_frontier(results, out / "frontier.png")
+    (out / "report.md").write_text(markdown(results))

@@ -1,0 +1,173 @@
+"""`dllm bench e2e`: the quality metrics on hand-made inputs, and a CI-sized run on the CPU with tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+from _train_helpers import make_corpus
+
+from dllm.benchmarks.code_quality import (cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
+                                          parseable_prefix, parses, unigram_entropy)
+from dllm.benchmarks.e2e import _diffusion_steps, nll_per_token
+from dllm.cli import main
+from dllm.data.tokenizer import load_tokenizer
+
+GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", ""]
+BAD = ["def f(:\n", "x = (1,\n", "    return 1\n", "if x\n    y\n"]
+
+SMALL_FUNCTIONS = '''
+
+def _e2e_add(a, b):
+    """Sum of two numbers."""
+    return a + b
+
+
+def _e2e_twice(x):
+    return 2 * x
+
+
+class _E2E:
+    def size(self):
+        return len(self.items)
+'''
+
+
+def test_parse_rate_of_known_code():
+    assert all(parses(t) for t in GOOD) and not any(parses(t) for t in BAD)
+    assert parse_rate(GOOD + BAD) == 0.5
+    assert parse_rate(["x = 1\x00"]) == 0.0  # a null byte is a failure, not a crash
+    assert math.isnan(parse_rate([]))
+
+
+def test_parseable_prefix_counts_whole_lines():
+    assert parseable_prefix("x = 1\ny = 2\n") == 1.0
+    assert parseable_prefix("x = 1\ny = 2\nz = (") == pytest.approx(2 / 3)
+    assert parseable_prefix("def f(:\nx = 1\n") == 0.0
+    assert mean_parseable_prefix(["x = 1", "x = (\n"]) == 0.5
+
+
+def test_entropy_of_known_distributions():
+    assert unigram_entropy([7] * 10) == 0.0
+    assert unigram_entropy([0, 1, 2, 3]) == pytest.approx(2.0)
+    # p = (1/2, 1/4, 1/4): H = 1/2 + 2 * 1/4 * 2 = 1.5 bits
+    assert unigram_entropy(torch.tensor([5, 5, 6, 9]).tolist()) == pytest.approx(1.5)
+    probs = torch.tensor([3, 1, 1, 5], dtype=torch.float64) / 10
+    tokens = [i for i, c in enumerate((3, 1, 1, 5)) for _ in range(c)]
+    assert unigram_entropy(tokens) == pytest.approx(-(probs * probs.log2()).sum().item())
+
+
+def test_exact_match_and_cut():
+    assert exact_match(["a", "b ", "c"], ["a", "b", "c"]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])
+    assert cut_at([1, 2, 9, 3], 9) == [1, 2] and cut_at([1, 2], 9) == [1, 2]
+
+
+def test_held_out_functions_mask_bodies_after_docstrings():
+    tok = load_tokenizer("byte")
+    text = "import os\n" + SMALL_FUNCTIONS
+    tasks = held_out_functions([("m.py", text)], tok, max_body=40, min_body=4, before=30, after=10, count=10)
+    bodies = sorted(t.body_text for t in tasks)
+    assert bodies == ["return 2 * x", "return a + b", "return len(self.items)"]
+    for t in tasks:
+        assert tok.decode(t.before + t.body + t.after) in text and len(t.before) == 30
+        assert t.function_parses(t.body_text) and not t.function_parses("return (")
+    add = next(t for t in tasks if t.body_text == "return a + b")
+    assert tok.decode(add.before).endswith('"""Sum of two numbers."""\n    ')
+    assert held_out_functions([("m.py", text)], tok, max_body=11, min_body=4, before=30, after=10, count=10) == []
+
+
+def test_step_grid():
+    assert [_diffusion_steps("mdlm", 64, f) for f in (1, 0.5, 0.125)] == [64, 32, 8]
+    assert _diffusion_steps("llada", 128, 1 / 8) == 16       # 4 blocks of 32: a multiple of 4
+    assert _diffusion_steps("llada", 96, 1 / 32) == 3        # 3 steps for 3 blocks
+    assert _diffusion_steps("fast-dllm", 64, None) == 1
+
+
+class _Uniform(torch.nn.Module):
+    """Logits that ignore the input: every NLL is log(vocab) per predicted token."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, sigma=None):
+        return torch.zeros(*x.shape, self.vocab) + self.anchor
+
+
+def test_nll_bound_against_a_hand_computation():
+    from dllm.objectives import get_objective
+
+    tok = load_tokenizer("byte")
+    windows = torch.randint(0, 256, (6, 10), generator=torch.Generator().manual_seed(0))
+    net = _Uniform(tok.vocab_size)
+    kw = dict(seed=3, device="cpu", precision=torch.autocast("cpu", enabled=False))
+    assert nll_per_token(net, get_objective("ar", tok), windows, None, **kw) == pytest.approx(math.log(tok.vocab_size))
+    # MDLM, T steps: each window draws t = i/T and weights the CE of its masked tokens by 1/t.
+    mdlm = get_objective("mdlm", tok)
+    for steps in (1, 4):
+        g = torch.Generator().manual_seed(3)
+        draws = mdlm.draw(6, 10, g)
+        i = ((torch.arange(6) + torch.rand(6, generator=g)) / 6 * steps).floor().clamp(max=steps - 1) + 1
+        t = (i / steps).double()
+        masked = (draws["u"] < (1 - 1e-3) * t.float()[:, None]).double().sum(1)
+        # SUBS: the mask is no answer, so a uniform model pays log(vocab - 1) per masked token
+        expected = (masked / t * math.log(tok.vocab_size - 1)).sum().item() / windows.numel()
+        assert expected > 0 and nll_per_token(net, mdlm, windows, steps, **kw) == pytest.approx(expected, rel=1e-4)
+
+
+def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
+    corpus = make_corpus(tmp_path / "corpus")
+    for f in corpus.iterdir():  # whichever file is held out has small functions to infill
+        f.write_text(f.read_text() + SMALL_FUNCTIONS)
+    monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.04", "--data", str(corpus), "--gen-lengths", "16", "32",
+            "--batch-sizes", "1", "2", "--step-fractions", "1", "1/2", "--samples", "3", "--reps", "1",
+            "--nll-windows", "3", "--device", "cpu", "--threads", "1", "--out-dir", str(out), "--train-dir", str(tmp_path / "models")]
+    assert main(args) == 0
+    for name in ("report.md", "results.json", "throughput.png", "quality.png", "frontier.png"):
+        assert (out / name).stat().st_size > 0
+    res = json.loads((out / "results.json").read_text())
+    # the grid: per length, AR once, mdlm and llada at both step fractions, fast-dllm once (adaptive)
+    expected = {("kv-cache", 16): [16], ("kv-cache", 32): [32], ("mdlm", 16): [16, 8], ("mdlm", 32): [32, 16],
+                ("llada", 16): [16, 8], ("llada", 32): [32, 16], ("fast-dllm", 16): [1], ("fast-dllm", 32): [1]}
+    got: dict = {}
+    for r in res["quality"]:
+        got.setdefault((r["sampler"], r["gen_length"]), []).append(r["steps"])
+    assert got == expected
+    assert sorted((r["sampler"], r["gen_length"], r["steps"], r["batch"]) for r in res["throughput"]) == sorted(
+        (s, length, st, b) for (s, length), steps in expected.items() for st in steps for b in (1, 2))
+    numbers = [v for r in res["quality"] + res["throughput"] for v in r.values() if isinstance(v, float)]
+    assert numbers and all(math.isfinite(v) for v in numbers)
+    for r in res["quality"]:
+        assert 0 <= r["parse_rate"] <= 1 and 0 <= r["infill_exact"] <= 1 and r["entropy"] <= math.log2(258)
+        assert r["nll"] > 0
+    for r in res["throughput"]:
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["gen_length"] / (r["latency_ms"] * 1e-3))
+    # each step count has its own bound; fast-dllm's nfe is measured (its blocks here are the whole length)
+    nll = {(r["sampler"], r["gen_length"], r["steps"]): r["nll"] for r in res["quality"]}
+    assert nll["mdlm", 32, 32] != nll["mdlm", 32, 16] and nll["mdlm", 32, 16] == nll["llada", 32, 16]
+    assert all(1 <= r["nfe"] <= r["gen_length"] for r in res["throughput"] if r["sampler"] == "fast-dllm")
+    report = (out / "report.md").read_text()
+    meta = res["meta"]
+    assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
+    assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
+    assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
+
+
+def test_bench_e2e_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", "--step-fractions", "3/2", "--model-dir", "x", "--ar-dir", "y"])
+    assert "--step-fractions must lie in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", "--gen-lengths", "48", "--model-dir", "x", "--ar-dir", "y"])
+    assert "not a multiple of the 32-token blocks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", "--model-dir", "nowhere", "--ar-dir", "nowhere"])
+    assert "nowhere" in capsys.readouterr().err
