@@ -1,9 +1,11 @@
-"""The ``dllm`` command line: ``dllm demo``, ``dllm train`` and ``dllm sample`` (``--help`` on each lists every option)."""
+"""The ``dllm`` command line: ``dllm demo``, ``train``, ``sample``, ``eval`` and ``bench`` (``--help`` on each lists
+every option)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -11,6 +13,9 @@ import sys
 import typing
 
 from .training.config import TrainConfig
+
+# `dllm bench NAME`: each module has add_arguments(parser) and run(ns)
+BENCHMARKS = {"step": "dllm.benchmarks.step_latency"}
 
 
 def _flag_type(field: dataclasses.Field):
@@ -79,6 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     sp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    ep = sub.add_parser("eval", help="validation loss of a model folder written by `dllm train`",
+                        description="The NLL of a trained model on the held-out split of its corpus (the bound for "
+                        "diffusion models, exact for autoregressive ones), in nats and bits per token and bits per "
+                        "byte, as JSON. Defaults are the run's, so the numbers match its last validation.")
+    ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
+    ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
+    ep.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the run's)")
+    ep.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    ep.add_argument("--seed", type=int, default=None, help="seed of the diffusion noise (default: the run's --seed)")
+    bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
+                        description="Benchmarks that time dllm against the eager code a user would otherwise run.")
+    bench_sub = bp.add_subparsers(dest="benchmark", required=True)
+    for name, module_name in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or name).strip().splitlines()[0]
+        module.add_arguments(bench_sub.add_parser(name, help=summary, description=module.__doc__,
+                                                  formatter_class=argparse.RawDescriptionHelpFormatter))
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if ns.command == "demo":
@@ -98,6 +120,21 @@ def main(argv: list[str] | None = None) -> int:
                        temperature=ns.temperature, block_length=ns.block_length, num_samples=ns.num_samples,
                        seed=ns.seed, device=ns.device, show_steps=ns.show_steps)
         except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+        return 0
+    if ns.command == "eval":
+        from .eval_cli import run_eval
+
+        try:
+            result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed)
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(str(e))
+        print(json.dumps(result, indent=2))
+        return 0
+    if ns.command == "bench":
+        try:
+            importlib.import_module(BENCHMARKS[ns.benchmark]).run(ns)
+        except ValueError as e:
             parser.error(str(e))
         return 0
     if ns.command == "train":

@@ -1,0 +1,1 @@
+"""Benchmarks behind `dllm bench` (each module: add_arguments(parser), run(ns))."""
