@@ -198,9 +198,12 @@ def _machine(device: torch.device) -> dict:
 
 
 def format_table(meta: dict, rows: list[Row]) -> str:
+    load = meta.get("load_average")
     lines = [f"# Sampler step latency (network + sampler step), random weights, temperature {meta['temperature']}", "",
              f"{meta['card']} | torch {meta['torch']} | {meta['date']} | commit {meta['commit']}",
-             f"command: `{meta['command']}`", "",
+             f"command: `{meta['command']}`",
+             *([f"machine load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in load)}"] if load else []),
+             "",
              "| preset | model | B x L x V | dtype | impl | median ms/step | p20 | p80 | speedup vs eager |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -219,6 +222,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing each step (default: 3)")
     p.add_argument("--reps", type=int, default=10, help="timed calls per step (default: 10)")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay of dllm's step (GPU only)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice); 1 keeps timings stable on a busy machine")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
 
@@ -228,8 +233,11 @@ def run(ns: argparse.Namespace) -> list[Row]:
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device)
     dtype_name = ns.dtype if ns.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if ns.reps <= 0 or ns.warmup < 0:
-        raise ValueError(f"--reps must be positive and --warmup not negative, got {ns.reps} and {ns.warmup}")
+    if ns.reps <= 0 or ns.warmup < 0 or ns.threads < 0:
+        raise ValueError(f"--reps must be positive, --warmup and --threads not negative; got {ns.reps}, {ns.warmup} "
+                         f"and {ns.threads}")
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible")
     dtype = DTYPES[dtype_name]

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from .attention import attention, key_padding_mask
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import DenoisingKVCache, KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask, modulate
+from .layers import (DenoisingKVCache, KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask,
+                     modulate)
 
 
 class DiTBlock(nn.Module):
@@ -46,10 +47,11 @@ class DiTBlock(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
         if causal and (cache is not None or mask is not None):
-            # the explicit mask (or a single query) encodes causality
+            # SDPA takes a causal flag or a mask, not both: causality goes into the mask (a single query needs none)
             causal_mask = (cached_causal_mask(start, S, x.device) if cache is not None
                            else torch.ones(S, S, dtype=torch.bool, device=x.device).tril())
-            mask = causal_mask if mask is None else (mask if causal_mask is None else mask & causal_mask)
+            if causal_mask is not None:
+                mask = causal_mask if mask is None else mask & causal_mask
             causal = False
         a = attention(q, k, v, causal=causal, attn_mask=mask).reshape(B, S, -1)
         x = x + gate1[:, None] * self.dropout(self.attn_out(a))
@@ -103,7 +105,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         """``x`` holds the tokens at positions ``[start, start + S)``. ``cache``: the autoregressive
         model's :class:`KVCache`, or a :meth:`new_kv_cache` (keys of the whole canvas, see
         :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
-        keys (keys are x's positions, or the whole canvas with a denoising cache)."""
+        keys (the keys: x's positions, or every position the cache holds)."""
         B, S = x.shape
         if start + S > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")

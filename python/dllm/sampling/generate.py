@@ -132,7 +132,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         cuda_graph: capture one sampler step (network + predict_masked + commit_tokens) in a CUDA
             graph and replay it for every step ("llada" and "dream", on a CUDA model).
         generator: a ``torch.Generator`` on the model's device.
-        callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU).
+        callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
+            cache, logits covers only the positions the step fed.
         return_history: keep the canvas after every step.
 
     Returns:
