@@ -28,6 +28,7 @@ class Recorder:
 
     def __init__(self, model):
         self.model, self.mask_id, self.calls = model, model.mask_id, []
+        self.logits_shift = getattr(model, "logits_shift", 0)
         self.new_kv_cache = model.new_kv_cache
 
     def __call__(self, x, **kw):
@@ -188,3 +189,21 @@ def test_caches_on_cuda_match_the_cpu_rule(cache):
     out = dllm.generate(model, [p for p in PROMPTS], gen_length=24, steps=1, sampler="fast-dllm", block_length=8,
                         threshold=0.5, cache=cache)
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("prompt", [PROMPTS, None])
+def test_shifted_head_caches_feed_one_position_earlier(cache, prompt):
+    # Dream's head predicts position i from row i - 1: a cached step must also feed block_start - 1.
+    from dllm.models.hub import PublishedModel
+
+    net = make("llada", layers=1).model
+    model = Recorder(PublishedModel(net, layout="dream", mask_id=MASK, logits_shift=1))
+    ref = dllm.generate(PublishedModel(net, layout="dream", mask_id=MASK, logits_shift=1), prompt, gen_length=24,
+                        steps=1, sampler="fast-dllm", block_length=8, threshold=0.5)
+    out = dllm.generate(model, prompt, gen_length=24, steps=1, sampler="fast-dllm", block_length=8, threshold=0.5,
+                        cache=cache)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    width = out.sequences.shape[1] - 24
+    starts = {start for _, start, _ in model.calls}
+    assert starts - {0} and all((s - width + 1) % 8 == 0 for s in starts - {0})
