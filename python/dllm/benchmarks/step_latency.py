@@ -42,7 +42,7 @@ class Case:
 PRESETS = {
     "sedd-small": [Case("sedd", dict(arch="dit", hidden=768, layers=12, heads=12, cond_dim=128, vocab_size=50258,
                                      time_conditioning=True), 16, 1024)],
-    "llada-8b": [Case("llada", dict(arch="llada", hidden=4096, layers=32, heads=32, mlp_ratio=4.5,
+    "llada-8b": [Case("llada", dict(arch="llada", hidden=4096, layers=32, heads=32, mlp_hidden=12288,
                                     vocab_size=126464), 1, 1024)],
     "tiny": [Case("sedd", dict(arch="dit", hidden=64, layers=2, heads=4, cond_dim=32, vocab_size=258,
                                time_conditioning=True), 2, 64),

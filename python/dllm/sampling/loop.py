@@ -32,9 +32,15 @@ class StepLoop:
         else:
             self._start = time.perf_counter()
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, **cache_kwargs) -> torch.Tensor:
-        """The model's logits, not counted in nfe (for step functions run by :meth:`run_step`)."""
-        return call_model(self.model, x, sigma, self.attention_mask, **cache_kwargs)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, stacked: int = 1,
+                **cache_kwargs) -> torch.Tensor:
+        """The model's logits, not counted in nfe (for step functions run by :meth:`run_step`).
+        ``stacked``: x holds that many copies of the batch (classifier-free guidance), each
+        padded like the prompts."""
+        mask = self.attention_mask
+        if mask is not None and stacked > 1:
+            mask = mask.repeat(stacked, 1)
+        return call_model(self.model, x, sigma, mask, **cache_kwargs)
 
     def logits(self, x: torch.Tensor, sigma: torch.Tensor | None = None, evaluations: int = 1,
                **cache_kwargs) -> torch.Tensor:

@@ -42,7 +42,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         if cfg_scale > 0:
             unconditional = x.clone()
             unconditional[:, prompt_positions] = mask_id
-            cond, uncond = loop.forward(torch.cat([x, unconditional])).chunk(2)
+            cond, uncond = loop.forward(torch.cat([x, unconditional]), stacked=2).chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)
         else:
             logits = loop.forward(x)
