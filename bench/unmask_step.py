@@ -17,30 +17,13 @@ import torch
 
 import dllm
 from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from dllm.benchmarks.step_latency import llada_eager_step
 
 MASK = 126336  # LLaDA's mask id
 
 
 def llada_step(logits, x, num_transfer, temperature):
-    mask_index = x == MASK
-    if temperature > 0:
-        z = logits.to(torch.float64)
-        noise = torch.rand_like(z, dtype=torch.float64)
-        noisy = z.exp() / (-torch.log(noise)) ** temperature
-    else:
-        noisy = logits
-    x0 = torch.argmax(noisy, dim=-1)
-    p = torch.softmax(logits.to(torch.float64), dim=-1)
-    x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
-    x0 = torch.where(mask_index, x0, x)
-    confidence = torch.where(mask_index, x0_p, -torch.inf)
-    transfer = torch.zeros_like(x0, dtype=torch.bool)
-    for j in range(confidence.shape[0]):
-        _, select = torch.topk(confidence[j], k=num_transfer[j])
-        transfer[j, select] = True
-    x = x.clone()
-    x[transfer] = x0[transfer]
-    return x
+    return llada_eager_step(logits, x, num_transfer, temperature, MASK)
 
 
 def dllm_step(logits, x, num_transfer, temperature):

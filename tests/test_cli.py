@@ -4,6 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from dllm.eval_cli import run_eval
+from dllm.training import train
+
+from _train_helpers import make_corpus, tiny
+
 
 def dllm(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "dllm.cli", *args], capture_output=True, text=True, timeout=timeout)
@@ -11,7 +18,11 @@ def dllm(*args, timeout=600):
 
 def test_help_lists_every_command():
     out = dllm("--help")
-    assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample"))
+    assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample", "eval", "bench"))
+    for args, flags in ((("eval",), ("--batches", "--batch-size", "--device", "--seed")),
+                        (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out"))):
+        text = dllm(*args, "--help").stdout
+        assert all(f in text for f in flags), (args, text)
     demo = dllm("demo", "--help")
     for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed"):
         assert flag in demo.stdout
@@ -43,3 +54,37 @@ def test_demo_end_to_end(tmp_path):
 def test_demo_rejects_bad_arguments():
     out = dllm("demo", "--minutes", "0")
     assert out.returncode == 2 and "--minutes" in out.stderr
+
+
+def test_eval_reproduces_the_trainers_validation(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    res = train(**tiny(tmp_path / "mdlm", corpus, steps=4, ema=0.5))
+    out = dllm("eval", str(tmp_path / "mdlm" / "run" / "model"), "--device", "cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "eval" in out.stderr  # the progress bar
+    mdlm = json.loads(out.stdout)
+    assert mdlm["nll"] == "bound" and mdlm["weights"] == "ema"  # the exported weights are the EMA's
+    for key in ("val_nll_per_token", "val_bits_per_token", "val_bpb"):
+        assert abs(mdlm[key] - res[key + "_ema"]) < 1e-4 * res[key + "_ema"], (key, mdlm[key], res[key + "_ema"])
+    bad = dllm("eval", str(tmp_path / "mdlm" / "run"))
+    assert bad.returncode == 2 and "config.json" in bad.stderr
+    # an autoregressive model: the exact NLL; other batches, batch size and seed in-process
+    res = train(**tiny(tmp_path / "ar", corpus, objective="ar", steps=4, ema=0))
+    got = run_eval(tmp_path / "ar" / "run" / "model", device="cpu", progress=False)
+    assert got["nll"] == "exact" and abs(got["val_bpb"] - res["val_bpb"]) < 1e-4 * res["val_bpb"]
+    other = run_eval(tmp_path / "mdlm" / "run" / "model", batches=1, batch_size=3, seed=7, device="cpu", progress=False)
+    assert other["sequences"] == 3 < mdlm["sequences"] and other["seed"] == 7 and other["val_bpb"] != mdlm["val_bpb"]
+    with pytest.raises(ValueError, match="must be positive"):
+        run_eval(tmp_path / "ar" / "run" / "model", batches=0, device="cpu")
+
+
+def test_bench_step_tiny_end_to_end(tmp_path):
+    out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    impls = {"network only", "eager reference step", "dllm step"}
+    assert {(r["model"].split()[0], r["impl"]) for r in rows} == {(k, i) for k in ("sedd", "llada") for i in impls}
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
+    bad = dllm("bench", "step", "--reps", "0")
+    assert bad.returncode == 2 and "--reps" in bad.stderr

@@ -76,6 +76,11 @@ def test_llada_cfg_counts_two_evaluations_and_masks_the_prompt():
     assert out.nfe == 32 and len(model.calls) == 16
     x, _, _ = model.calls[0]
     assert x.shape[0] == 4 and (x[2:, :4] == MASK).all() and torch.equal(x[:2, :4], prompt)
+    # ragged prompts: both halves of the guided batch carry the prompts' padding mask
+    out, model = run("llada", prompt=[[3, 4, 5], [6]], cfg_scale=1.0)
+    _, _, mask = model.calls[0]
+    assert mask.shape == (4, 3 + 32) and torch.equal(mask[:2], mask[2:]) and mask[:, :2].tolist() == [[True, True],
+                                                                                                      [False, False]] * 2
 
 
 def test_llada_semi_autoregressive_blocks():

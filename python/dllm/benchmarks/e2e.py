@@ -35,9 +35,9 @@ from .code_quality import (cut_at, exact_match, held_out_functions, mean_parseab
                            unigram_entropy)
 from .common import card, git_commit, time_ms, utc_now
 
-# Fast-dLLM's KV cache for dllm.generate(cache=...): None until dllm.generate supports "prefix"/"dual";
-# then "dual" (Fast-dLLM's best: both the prefix and the suffix of the current block are cached).
-FAST_DLLM_CACHE = None
+# Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
+# the current block are cached, each step feeds only the block).
+FAST_DLLM_CACHE = "dual"
 SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
@@ -321,7 +321,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
     return {
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
-                     f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE or 'none (not in this build)'}",
+                     f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}",
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}), "
               f"cached decode, one query and no mask (eligible: {', '.join(decode)}); sampling: torch.multinomial",
     }

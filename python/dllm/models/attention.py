@@ -2,7 +2,8 @@
 
 Layout is ``[B, S, H, D]`` for q and ``[B, Sk, Hkv, D]`` for k and v, the layout of
 ``dllm.ops.attention`` (non-causal, GQA by head groups). Causal and masked calls, and dtypes or
-head sizes the op does not cover, take SDPA.
+head sizes the op does not cover, take SDPA. Sq may differ from Sk: a query block attends to a
+cached context (Fast-dLLM's KV caches), positions being absolute on both sides.
 """
 
 from __future__ import annotations
@@ -33,3 +34,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
                                          enable_gqa=gqa)
     return out.transpose(1, 2)
+
+
+def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B, Sk]`` bool (True on real tokens) as an SDPA mask ``[B, 1, 1, Sk]``: padded keys are never attended."""
+    return None if attention_mask is None else attention_mask.bool()[:, None, None, :]

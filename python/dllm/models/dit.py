@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, key_padding_mask
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask, modulate
+from .layers import (DenoisingKVCache, KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask,
+                     modulate)
 
 
 class DiTBlock(nn.Module):
@@ -35,17 +36,23 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, c, cos, sin, *, causal=False, cache: KVCache | None = None, layer=0, start=0):
+    def forward(self, x, c, cos, sin, *, causal=False, cache: KVCache | DenoisingKVCache | None = None, layer=0,
+                start=0, key_mask: torch.Tensor | None = None):
         B, S, _ = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
         q, k, v = self.attn_qkv(h).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        mask = None
+        mask = key_mask
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-            mask = cached_causal_mask(start, S, x.device)
-            causal = False  # the explicit mask (or a single query) already encodes causality
+        if causal and (cache is not None or mask is not None):
+            # SDPA takes a causal flag or a mask, not both: causality goes into the mask (a single query needs none)
+            causal_mask = (cached_causal_mask(start, S, x.device) if cache is not None
+                           else torch.ones(S, S, dtype=torch.bool, device=x.device).tril())
+            if causal_mask is not None:
+                mask = causal_mask if mask is None else mask & causal_mask
+            causal = False
         a = attention(q, k, v, causal=causal, attn_mask=mask).reshape(B, S, -1)
         x = x + gate1[:, None] * self.dropout(self.attn_out(a))
         h = modulate(self.norm2(x), shift2, scale2)
@@ -92,23 +99,35 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
             sigma = torch.zeros(batch, device=device)
         return F.silu(self.sigma_map(sigma))
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
+                cache: KVCache | DenoisingKVCache | None = None, start: int = 0,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` holds the tokens at positions ``[start, start + S)``. ``cache``: the autoregressive
+        model's :class:`KVCache`, or a :meth:`new_kv_cache` (keys of the whole canvas, see
+        :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
+        keys (the keys: x's positions, or every position the cache holds)."""
         B, S = x.shape
         if start + S > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
         h = F.embedding(x, self.vocab_embed)
         c = self._cond(sigma, B, x.device)
         cos, sin = self.rotary(start, S, x.device)
+        key_mask = key_padding_mask(attention_mask)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start)
+            h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start, key_mask=key_mask)
         return self.output_layer(h, c).float()
+
+    def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
+        """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""
+        return DenoisingKVCache(batch, length)
 
 
 class ARTransformer(DiffusionTransformer):
     """The same backbone with causal attention: ``forward(x)`` gives next-token logits at every position."""
 
     causal = True
+    # Causal decoding has its own cache (new_cache); the denoising cache of the samplers does not apply.
+    new_kv_cache = None
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
         cfg = self.config

@@ -1,4 +1,4 @@
-"""Building blocks shared by the models: norms, rotary embeddings, the sigma embedder, a KV cache."""
+"""Building blocks shared by the models: norms, rotary embeddings, the sigma embedder, KV caches."""
 
 from __future__ import annotations
 
@@ -92,6 +92,32 @@ class KVCache:
         self.k[layer][:, start:end] = k
         self.v[layer][:, start:end] = v
         return self.k[layer][:, :end], self.v[layer][:, :end]
+
+
+class DenoisingKVCache:
+    """Keys and values of every canvas position, per layer, for bidirectional denoising (Fast-dLLM's
+    prefix and dual caches). A forward over the whole canvas (the refresh) replaces every entry; a
+    forward over tokens at ``[start, start + S)`` overwrites only theirs, and its queries attend over
+    all ``length`` positions: the fresh ones and the cached rest, which may be stale."""
+
+    def __init__(self, batch: int, length: int):
+        self.batch, self.length = batch, length
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[1]
+        if k.shape[0] != self.batch or start < 0 or end > self.length:
+            raise ValueError(f"the KV cache holds {self.batch} canvases of {self.length} positions; asked to write "
+                             f"{k.shape[0]} at [{start}, {end})")
+        if start == 0 and end == self.length:
+            self.k[layer], self.v[layer] = k.contiguous(), v.contiguous()
+        elif layer not in self.k:
+            raise ValueError("the KV cache is empty: its first forward must cover the whole canvas (the refresh)")
+        else:
+            self.k[layer][:, start:end] = k
+            self.v[layer][:, start:end] = v
+        return self.k[layer], self.v[layer]
 
 
 def cached_causal_mask(start: int, q_len: int, device) -> torch.Tensor | None:

@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention
+from .attention import attention, key_padding_mask
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import RMSNorm, Rotary, apply_rotary
+from .layers import DenoisingKVCache, RMSNorm, Rotary, apply_rotary
 
 
 class LLaDABlock(nn.Module):
@@ -29,14 +29,17 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, hid, bias=False)
         self.down_proj = nn.Linear(hid, d, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, *, cache: DenoisingKVCache | None = None, layer=0, start=0,
+                key_mask: torch.Tensor | None = None):
         B, S, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(B, S, self.heads, self.head_dim)
         k = self.k_proj(h).view(B, S, self.kv_heads, self.head_dim)
         v = self.v_proj(h).view(B, S, self.kv_heads, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        x = x + self.o_proj(attention(q, k, v).reshape(B, S, -1))
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)
+        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask).reshape(B, S, -1))
         h = self.mlp_norm(x)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
@@ -62,12 +65,21 @@ class LLaDAModel(PretrainedMixin, nn.Module):
             for p in (blk.o_proj.weight, blk.down_proj.weight):
                 nn.init.normal_(p, std=0.02 / (2 * cfg.layers) ** 0.5)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, cache: DenoisingKVCache | None = None,
+                start: int = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` holds the tokens at positions ``[start, start + S)``; ``cache`` (from :meth:`new_kv_cache`)
+        supplies the keys of the rest of the canvas. ``attention_mask``: bool ``[B, keys]``, False on
+        padded keys (keys are x's positions, or the whole canvas with a cache)."""
         S = x.shape[1]
-        if S > self.config.max_seq_len:
-            raise ValueError(f"sequence of {S} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        if start + S > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
         h = self.embed(x)
-        cos, sin = self.rotary(0, S, x.device)
-        for blk in self.blocks:
-            h = blk(h, cos, sin)
+        cos, sin = self.rotary(start, S, x.device)
+        key_mask = key_padding_mask(attention_mask)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, cos, sin, cache=cache, layer=i, start=start, key_mask=key_mask)
         return self.lm_head(self.norm(h)).float()
+
+    def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
+        """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""
+        return DenoisingKVCache(batch, length)

@@ -16,13 +16,30 @@ DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}
 UNKNOWN = -1  # in an infill template: a position to generate (the only marker a uniform graph has)
 
 
-def _check_unsupported(cache, cuda_graph) -> None:
+CACHES = ("prefix", "dual")
+GRAPHED_SAMPLERS = ("llada", "dream")  # static step shapes and no host decisions inside a step
+
+
+def _check_cache(name: str, cache) -> None:
+    if cache is None:
+        return
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}; choose 'prefix' or 'dual' (or None)")
+    if name != "fast-dllm":
+        raise ValueError(f"cache={cache!r} applies only to the fast-dllm sampler, not {name!r}")
+
+
+def _check_cuda_graph(name: str, cuda_graph: bool, cache, device: torch.device) -> None:
+    if not cuda_graph:
+        return
+    if name not in GRAPHED_SAMPLERS:
+        raise ValueError(f"cuda_graph=True supports the {' and '.join(GRAPHED_SAMPLERS)} samplers, not {name!r}: "
+                         "mdlm, first-hitting, fast-dllm and the SEDD samplers decide on the host between steps "
+                         "(skips, step counts, block ends) or change shapes")
     if cache is not None:
-        raise ValueError("cache: the prefix and dual KV caches need a model with KV-cache support, "
-                         "which no dllm model has yet; call without cache")
-    if cuda_graph:
-        raise ValueError("cuda_graph=True is not supported yet; the step ops are capturable (no host syncs), "
-                         "so a step can be captured by hand with torch.cuda.graph")
+        raise ValueError("cuda_graph=True cannot be combined with cache=")
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA model; this one is on {device}")
 
 
 def _device_of(model) -> torch.device:
@@ -109,8 +126,14 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
             any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
         attention_mask: bool ``[B, P]`` for left-padded prompts (True on real tokens).
+        cache: "fast-dllm" only: None (every step runs the whole canvas), "prefix" or "dual"
+            (Fast-dLLM's approximate KV caches, refreshed once per block; the model needs the
+            KV-cache interface of :mod:`dllm.sampling.model_protocol`).
+        cuda_graph: capture one sampler step (network + predict_masked + commit_tokens) in a CUDA
+            graph and replay it for every step ("llada" and "dream", on a CUDA model).
         generator: a ``torch.Generator`` on the model's device.
-        callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU).
+        callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
+            cache, logits covers only the positions the step fed.
         return_history: keep the canvas after every step.
 
     Returns:
@@ -126,7 +149,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
                                                top_p=top_p, threshold=threshold, alg_temp=alg_temp, cfg_scale=cfg_scale))
     if gen_length <= 0 or steps <= 0:
         raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
-    _check_unsupported(cache, cuda_graph)
+    device = _device_of(model)
+    _check_cache(name, cache)
+    _check_cuda_graph(name, cuda_graph, cache, device)
     if threshold is not None and name != "fast-dllm":
         raise ValueError("threshold applies only to the fast-dllm sampler")
     if cfg_scale and name != "llada":
@@ -134,10 +159,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     if alg_temp and name != "dream":
         raise ValueError("alg_temp applies only to the dream sampler")
     mask_id = mask_id_of(model)
-    device = _device_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        int(getattr(model, "pad_id", 0)), device)
-    loop = StepLoop(model, attention_mask, callback, return_history, device)
+    loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                   shift=int(getattr(model, "logits_shift", 0)), generator=generator)
     if name == "llada":
@@ -151,14 +175,15 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         masked.dream(loop, x, steps=steps, alg=variant, alg_temp=alg_temp, **common)
     else:
         masked.fast_dllm(loop, x, start=start, block_length=block_length or 32,
-                         threshold=0.9 if threshold is None else threshold, **common)
+                         threshold=0.9 if threshold is None else threshold, cache=cache, **common)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
 
 
 def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attention_mask, cache, cuda_graph, generator,
                    callback, return_history, unsupported) -> GenerationOutput:
     """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
-    _check_unsupported(cache, cuda_graph)
+    _check_cache("sedd-" + method, cache)
+    _check_cuda_graph("sedd-" + method, cuda_graph, cache, _device_of(model))
     given = [k for k, v in unsupported.items() if v not in (None, 0, 0.0, 1.0)]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to the SEDD samplers")

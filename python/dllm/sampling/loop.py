@@ -6,17 +6,21 @@ import time
 
 import torch
 
-from .model_protocol import call_model
+from .cuda_graph import GraphedStep
+from .model_protocol import call_model, new_kv_cache
 
 
 class StepLoop:
-    def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device):
+    def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device, *,
+                 cuda_graph: bool = False, generator: torch.Generator | None = None):
         self.model = model
         self.attention_mask = attention_mask
         self.callback = callback
         self.history: list[torch.Tensor] | None = [] if return_history else None
         self.nfe = 0
         self.cuda = device.type == "cuda"
+        self.cuda_graph, self.generator = cuda_graph, generator
+        self._graphs: dict = {}  # step function -> its GraphedStep
         self._marks: list = []  # (start, end) CUDA events or perf_counter pairs
         self._start = None
         self.step = 0
@@ -28,9 +32,37 @@ class StepLoop:
         else:
             self._start = time.perf_counter()
 
-    def logits(self, x: torch.Tensor, sigma: torch.Tensor | None = None, evaluations: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, stacked: int = 1,
+                **cache_kwargs) -> torch.Tensor:
+        """The model's logits, not counted in nfe (for step functions run by :meth:`run_step`).
+        ``stacked``: x holds that many copies of the batch (classifier-free guidance), each
+        padded like the prompts."""
+        mask = self.attention_mask
+        if mask is not None and stacked > 1:
+            mask = mask.repeat(stacked, 1)
+        return call_model(self.model, x, sigma, mask, **cache_kwargs)
+
+    def logits(self, x: torch.Tensor, sigma: torch.Tensor | None = None, evaluations: int = 1,
+               **cache_kwargs) -> torch.Tensor:
         self.nfe += evaluations
-        return call_model(self.model, x, sigma, self.attention_mask)
+        return self.forward(x, sigma, **cache_kwargs)
+
+    def new_kv_cache(self, x: torch.Tensor):
+        return new_kv_cache(self.model, x.shape[0], x.shape[1])
+
+    def run_step(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1) -> torch.Tensor:
+        """One whole step ``fn(x, *args) -> logits`` (x updated in place), replayed from a CUDA graph
+        when cuda_graph is on; timed, counted and reported like any step."""
+        self.begin()
+        if self.cuda_graph:
+            if fn not in self._graphs:
+                self._graphs[fn] = GraphedStep(fn, self.generator)
+            logits = self._graphs[fn](x, *args)
+        else:
+            logits = fn(x, *args)
+        self.nfe += evaluations
+        self.end(x, logits)
+        return logits
 
     def end(self, x: torch.Tensor, logits: torch.Tensor | None) -> None:
         if self.cuda:

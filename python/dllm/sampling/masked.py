@@ -37,24 +37,26 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({blocks})")
     per_block = steps // blocks
     confidence = "random" if remasking == "random" else "prob"
+
+    def step(x, num_tokens, window):
+        if cfg_scale > 0:
+            unconditional = x.clone()
+            unconditional[:, prompt_positions] = mask_id
+            cond, uncond = loop.forward(torch.cat([x, unconditional]), stacked=2).chunk(2)
+            logits = uncond + (cfg_scale + 1) * (cond - uncond)
+        else:
+            logits = loop.forward(x)
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
+        ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_tokens, window=window, generator=generator)
+        return logits
+
     for b in range(blocks):
         lo, hi = start + b * block_length, start + (b + 1) * block_length
         window = _window(x, lo, hi)
         counts = linear_transfer_counts((x[:, lo:hi] == mask_id).sum(-1), per_block)
         for s in range(per_block):
-            loop.begin()
-            if cfg_scale > 0:
-                unconditional = x.clone()
-                unconditional[:, prompt_positions] = mask_id
-                both = loop.logits(torch.cat([x, unconditional]), evaluations=2)
-                cond, uncond = both.chunk(2)
-                logits = uncond + (cfg_scale + 1) * (cond - uncond)
-            else:
-                logits = loop.logits(x)
-            x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                                          top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
-            ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=counts[:, s], window=window, generator=generator)
-            loop.end(x, logits)
+            loop.run_step(step, x, counts[:, s], window, evaluations=2 if cfg_scale > 0 else 1)
     return x
 
 
@@ -115,41 +117,69 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
     the batch-average of masked tokens; dllm counts per row, which ragged batches need."""
     times = torch.linspace(1, eps, steps + 1).tolist()
     kind = DREAM_ALGS[alg]
-    for i in range(steps):
-        t, s = times[i], times[i + 1]
-        last = i == steps - 1
-        loop.begin()
-        logits = loop.logits(x)
+
+    def step(x, rate):
+        logits = loop.forward(x)
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                                       confidence=kind or "prob", logits_shift=shift, generator=generator)
         if kind is None:
-            ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=1.0 if last else 1 - s / t, generator=generator)
+            ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate.float(), generator=generator)
         else:
-            masked = (x == mask_id).sum(-1)
-            k = masked if last else (masked.double() * (1 - s / t)).floor().long()
+            k = ((x == mask_id).sum(-1).double() * rate).floor().long()
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=k, position_temperature=alg_temp,
                               generator=generator)
-        loop.end(x, logits)
+        return logits
+
+    for i in range(steps):
+        t, s = times[i], times[i + 1]
+        # the fraction of masked tokens to commit (all of them at the last step), a tensor so that a
+        # captured step reads it
+        rate = torch.full((x.shape[0],), 1.0 if i == steps - 1 else 1 - s / t, dtype=torch.float64, device=x.device)
+        loop.run_step(step, x, rate)
     return x
 
 
-def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, temperature, top_k, top_p, shift,
+def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cache, temperature, top_k, top_p, shift,
               generator):
     """Fast-dLLM's parallel decoding (Wu et al. 2025, `get_transfer_index` in threshold mode):
     blocks left to right; every step commits each masked position of the block whose proposal
     has probability >= threshold, and at least the most confident one, until the block is done.
-    The number of steps adapts to the model's confidence."""
-    gen_length = x.shape[1] - start
+    The number of steps adapts to the model's confidence.
+
+    cache (Fast-dLLM's `generate_with_prefix_cache` / `generate_with_dual_cache`): the block's
+    first step runs the whole canvas and refreshes every layer's keys and values; the block's
+    later steps feed only x[:, block_start:] ("prefix": the prefix comes from the cache) or only
+    the block ("dual": prefix and suffix come from the cache). Approximate: cached keys do not
+    see the tokens committed since the refresh (exact for one layer, whose keys depend only on
+    their own token). The logits given to the callback cover the positions fed."""
+    length = x.shape[1]
+    gen_length = length - start
     if gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
-    for lo in range(start, x.shape[1], block_length):
+    kv = loop.new_kv_cache(x) if cache is not None else None
+
+    def decode(part, logits, window):
+        x0, conf = ops.predict_masked(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, logits_shift=shift, generator=generator)
+        ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
+
+    for lo in range(start, length, block_length):
         hi = lo + block_length
         window = _window(x, lo, hi)
+        refresh = True
         while bool((x[:, lo:hi] == mask_id).any()):
             loop.begin()
-            logits = loop.logits(x)
-            x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                                          top_p=top_p, logits_shift=shift, generator=generator)
-            ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
+            if kv is None:
+                logits = loop.logits(x)
+                decode(x, logits, window)
+            else:
+                # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
+                q_lo = 0 if refresh else lo - min(shift, lo)
+                q_hi = length if refresh or cache == "prefix" else hi
+                part = x[:, q_lo:q_hi].contiguous()
+                logits = loop.logits(part, cache=kv, start=q_lo)
+                decode(part, logits, window - q_lo)
+                x[:, q_lo:q_hi] = part
+                refresh = False
             loop.end(x, logits)
     return x

@@ -14,7 +14,15 @@
   graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
 - optionally has ``pad_id`` (int, default 0): used to left-pad ragged prompts;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
-  padded.
+  padded;
+- optionally has the KV-cache interface that ``cache="prefix"`` / ``"dual"`` (Fast-dLLM) need:
+  ``new_kv_cache(batch, length)`` returns an empty cache for ``batch`` canvases of ``length``
+  tokens, and ``model(x_part, cache=kv, start=s[, attention_mask=m])`` takes the tokens at
+  positions ``[s, s + S)`` only: it writes their keys and values into ``kv`` (per layer, at their
+  absolute positions, RoPE included) and lets them attend over all ``length`` positions, the
+  cached ones as they were last written; it returns logits ``[B, S, V]``. A call with ``s = 0``
+  and the whole canvas refreshes every entry. ``m`` then covers all ``length`` keys. dllm's
+  DiffusionTransformer and LLaDAModel implement it (dllm.models.layers.DenoisingKVCache).
 """
 
 from __future__ import annotations
@@ -29,8 +37,18 @@ def mask_id_of(model) -> int:
     return int(mask_id)
 
 
-def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+def new_kv_cache(model, batch: int, length: int):
+    make = getattr(model, "new_kv_cache", None)
+    if make is None:
+        raise ValueError(f"cache= needs a model with the KV-cache interface (new_kv_cache(batch, length) and "
+                         f"model(x, cache=, start=)); {type(model).__name__} has none: call with cache=None "
+                         "(see dllm.sampling.model_protocol)")
+    return make(batch, length)
+
+
+def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None,
+               **cache_kwargs) -> torch.Tensor:
+    kwargs = dict(cache_kwargs) if attention_mask is None else {"attention_mask": attention_mask, **cache_kwargs}
     out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
     logits = getattr(out, "logits", out)
     if logits.dim() != 3 or logits.shape[:2] != x.shape:

@@ -11,14 +11,17 @@ from ..sedd import Absorbing, Uniform, get_noise
 
 
 class MaskedLM(nn.Module):
-    """A masked-diffusion network (MDLM, LLaDA objectives) with the mask id samplers need."""
+    """A masked-diffusion network (MDLM, LLaDA objectives) with the mask id samplers need; it passes
+    ``attention_mask`` and the KV-cache interface through."""
 
     def __init__(self, model: nn.Module, mask_id: int):
         super().__init__()
         self.model, self.mask_id = model, mask_id
+        if getattr(model, "new_kv_cache", None) is not None:
+            self.new_kv_cache = model.new_kv_cache
 
-    def forward(self, x):
-        return self.model(x)
+    def forward(self, x, **kwargs):
+        return self.model(x, **kwargs)
 
 
 class ScoreModel(nn.Module):

@@ -21,12 +21,12 @@ from ..objectives import get_objective
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
+from .evaluation import nll_metrics, validation_nll
 from .metrics import MetricsLog, plot_metrics
 
 log = logging.getLogger("dllm")
 
 CHECKPOINT = "checkpoint.pt"
-_EVAL_SEED_OFFSET = 0x5EED
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -224,36 +224,19 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Validation NLL (the ELBO bound for diffusion, exact for AR) on fixed sequences and fixed noise."""
-        cfg, L = self.cfg, self.cfg.seq_len
-        bs = max(1, cfg.batch_size // (self.world * cfg.grad_accum))
-        n = min(len(self.data.val), cfg.eval_batches * cfg.batch_size)
+        cfg = self.cfg
         model = self.raw_model
         was_training = model.training
         model.eval()
-
-        def run() -> float:
-            # Noise for the whole validation set at once: the estimate must not depend on how it is batched.
-            draws = self.objective.draw(n, L, torch.Generator().manual_seed(cfg.seed + _EVAL_SEED_OFFSET))
-            total, count = 0.0, 0
-            for start in range(0, n, bs):
-                rows = range(start, min(n, start + bs))
-                x = self.data.val.get(rows).to(self.device)
-                with self.amp:
-                    nll = self.objective.nll(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
-                total += nll.double().sum().item()
-                count += x.numel()
-            return total / count
-
         out = {}
         for suffix, ctx in (("", nullcontext()), ("_ema", self.ema.applied() if self.ema else None)):
             if ctx is None:
                 continue
             with ctx:
-                nats = run()
-            bits = nats / math.log(2)
-            out[f"val_nll_per_token{suffix}"] = nats
-            out[f"val_bits_per_token{suffix}"] = bits
-            out[f"val_bpb{suffix}"] = bits / self.data.val_bytes_per_token
+                nats = validation_nll(model, self.objective, self.data.val, sequences=cfg.eval_batches * cfg.batch_size,
+                                      batch_size=max(1, cfg.batch_size // (self.world * cfg.grad_accum)),
+                                      seed=cfg.seed, device=self.device, amp=self.amp)
+            out.update(nll_metrics(nats, self.data.val_bytes_per_token, suffix))
         model.train(was_training)
         return out
 

@@ -23,13 +23,12 @@ class PublishedModel(nn.Module):
         self.pad_id, self.logits_shift, self.time_conditioned = pad_id, logits_shift, time_conditioned
         for name, value in protocol.items():  # mask_id, eos_id, graph, noise
             setattr(self, name, value)
+        if getattr(net, "new_kv_cache", None) is not None:  # the KV-cache interface of Fast-dLLM's caches
+            self.new_kv_cache = net.new_kv_cache
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("padded prompts (attention_mask with False entries) are not supported by dllm's "
-                             "model classes yet; give prompts of one length")
-        return self.net(x, sigma)
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """kwargs: ``attention_mask``, and ``cache`` / ``start`` of the KV-cache interface."""
+        return self.net(x, sigma, **kwargs)
 
     def extra_repr(self) -> str:
         mask = getattr(self, "mask_id", None)

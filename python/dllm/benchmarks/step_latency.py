@@ -1,0 +1,280 @@
+"""Per-step latency of a diffusion sampler (network + sampler step), random weights: dllm against the eager step.
+
+Each preset builds a model with random weights and times one sampler step on a fully masked
+canvas: the network forward, then either the eager reference step users run today (SEDD's
+score transform + Tweedie step + Gumbel draw, dllm.sedd.reference; LLaDA's generate.py step:
+float64 Gumbel noise, float64 softmax confidence, a per-row topk with its host sync, the
+scatter) or dllm's step (dllm.ops.sedd_step; predict_masked + commit_tokens), and on a GPU also
+dllm's step replayed from a CUDA graph (generate(..., cuda_graph=True)). The network alone is
+timed too. Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16, L 1024), llada-8b
+(32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16 weights), tiny (both
+kinds at toy sizes, seconds on a CPU).
+
+  dllm bench step --preset sedd-small --out bench/results/<name>/step_latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str     # "sedd" (a score model and SEDD's analytic step) or "llada" (a masked LM and LLaDA's step)
+    model: dict   # ModelConfig fields
+    batch: int
+    length: int
+
+
+PRESETS = {
+    "sedd-small": [Case("sedd", dict(arch="dit", hidden=768, layers=12, heads=12, cond_dim=128, vocab_size=50258,
+                                     time_conditioning=True), 16, 1024)],
+    "llada-8b": [Case("llada", dict(arch="llada", hidden=4096, layers=32, heads=32, mlp_hidden=12288,
+                                    vocab_size=126464), 1, 1024)],
+    "tiny": [Case("sedd", dict(arch="dit", hidden=64, layers=2, heads=4, cond_dim=32, vocab_size=258,
+                               time_conditioning=True), 2, 64),
+             Case("llada", dict(arch="llada", hidden=64, layers=2, heads=4, vocab_size=258), 2, 64)],
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Row:
+    preset: str
+    model: str
+    shape: str
+    dtype: str
+    impl: str
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    speedup_vs_eager: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+def llada_eager_step(logits, x, num_transfer, temperature: float, mask_id: int) -> torch.Tensor:
+    """LLaDA's generate.py step, written out faithfully: float64 Gumbel noise on the logits, argmax,
+    float64 softmax for the confidence, then per row a topk of ``num_transfer[j]`` (an int that a
+    tensor entry turns into a host sync, as in LLaDA) and the scatter. Returns the new canvas."""
+    mask_index = x == mask_id
+    if temperature > 0:
+        z = logits.to(torch.float64)
+        noise = torch.rand_like(z, dtype=torch.float64)
+        noisy = z.exp() / (-torch.log(noise)) ** temperature
+    else:
+        noisy = logits
+    x0 = torch.argmax(noisy, dim=-1)
+    p = torch.softmax(logits.to(torch.float64), dim=-1)
+    x0_p = torch.gather(p, -1, x0[..., None])[..., 0]
+    x0 = torch.where(mask_index, x0, x)
+    confidence = torch.where(mask_index, x0_p, -torch.inf)
+    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        _, select = torch.topk(confidence[j], k=int(num_transfer[j]))
+        transfer[j, select] = True
+    x = x.clone()
+    x[transfer] = x0[transfer]
+    return x
+
+
+def _time_ms(fn, device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Per-call latency in ms: CUDA events around each call on a GPU, the wall clock on a CPU."""
+    for _ in range(warmup):
+        fn()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(reps):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _random_model(case: Case, device: torch.device, dtype: torch.dtype):
+    from ..models import build_model
+    from ..models.config import ModelConfig
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place on the device, in the benchmark's dtype (no fp32 copy of 8B)
+    try:
+        with device:
+            model = build_model(ModelConfig(max_seq_len=case.length, **case.model))
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not bool(p.any()):  # the DiT's zero-initialised adaLN and head would give constant logits
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def _steps(case: Case, model, device: torch.device, temperature: float, graphs: bool) -> dict:
+    """The timed callables of one case: the network alone, the eager step, dllm's step (and graphed)."""
+    from .. import ops
+    from ..sampling.cuda_graph import GraphedStep
+    from ..sedd import reference
+
+    B, L, V = case.batch, case.length, case.model["vocab_size"]
+    mask_id = V - 1
+    canvas = torch.full((B, L), mask_id, dtype=torch.int64, device=device)  # a fresh, fully masked canvas
+    if case.kind == "sedd":
+        sigma = torch.full((B,), 0.7, device=device)
+        dsig = torch.full((B,), 0.01, device=device)
+        step_args = dict(graph="absorb", method="analytic", scale_by_sigma=True)
+
+        def network():
+            return model(canvas, sigma)
+
+        def eager():
+            return reference.sedd_step(model(canvas, sigma).float(), canvas, sigma, dsig, **step_args)
+
+        def ours(x):
+            out = ops.sedd_step(model(x, sigma), x, sigma, dsig, **step_args)
+            x.copy_(out)
+            return out
+    else:
+        k = torch.full((B,), max(1, L // 64), dtype=torch.int64, device=device)  # LLaDA's L / 64 tokens per step
+
+        def network():
+            return model(canvas)
+
+        def eager():
+            return llada_eager_step(model(canvas), canvas, k, temperature, mask_id)
+
+        def ours(x):
+            logits = model(x)
+            x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature)
+            ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=k)
+            return logits
+
+    steps = {"network only": network, "eager reference step": eager, "dllm step": lambda: ours(canvas.clone())}
+    if graphs:
+        graphed = GraphedStep(ours, None)
+        steps["dllm step, CUDA graph"] = lambda: graphed(canvas.clone())
+    return steps
+
+
+def _machine(device: torch.device) -> dict:
+    import dllm
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "torch": torch.__version__, "dllm": dllm.build_info(), "commit": commit, "python": platform.python_version(),
+            "command": " ".join([Path(sys.executable).name, "-m", "dllm.cli"] + sys.argv[1:])}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(card=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
+    else:
+        info.update(card=f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+                    load_average=os.getloadavg())  # other processes on the machine skew CPU timings
+    return info
+
+
+def format_table(meta: dict, rows: list[Row]) -> str:
+    load = meta.get("load_average")
+    lines = [f"# Sampler step latency (network + sampler step), random weights, temperature {meta['temperature']}", "",
+             f"{meta['card']} | torch {meta['torch']} | {meta['date']} | commit {meta['commit']}",
+             f"command: `{meta['command']}`",
+             *([f"machine load average (1, 5, 15 min) at the end: {', '.join(f'{v:.1f}' for v in load)}"] if load else []),
+             "",
+             "| preset | model | B x L x V | dtype | impl | median ms/step | p20 | p80 | speedup vs eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.preset} | {r.model} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.3f} | "
+                     f"{r.p20_ms:.3f} | {r.p80_ms:.3f} | {r.speedup_vs_eager:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="model and shape: sedd-small, llada-8b (GPU sizes) or tiny (seconds on a CPU) (default: tiny)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                   help="weights and activations (default: bf16 on a GPU, fp32 on a CPU)")
+    p.add_argument("--temperature", type=float, default=1.0, help="LLaDA-step temperature, 0 = greedy (default: 1)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing each step (default: 3)")
+    p.add_argument("--reps", type=int, default=10, help="timed calls per step (default: 10)")
+    p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay of dllm's step (GPU only)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (default 0: torch's choice); 1 keeps timings stable on a busy machine")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
+    p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
+
+
+def run(ns: argparse.Namespace) -> list[Row]:
+    from tqdm.auto import tqdm
+
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device)
+    dtype_name = ns.dtype if ns.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if ns.reps <= 0 or ns.warmup < 0 or ns.threads < 0:
+        raise ValueError(f"--reps must be positive, --warmup and --threads not negative; got {ns.reps}, {ns.warmup} "
+                         f"and {ns.threads}")
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible")
+    dtype = DTYPES[dtype_name]
+    amp = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else nullcontext()
+    torch.manual_seed(ns.seed)
+    rows: list[Row] = []
+    cases = PRESETS[ns.preset]
+    bar = tqdm(total=len(cases) * (4 if device.type == "cuda" and not ns.no_graph else 3), desc="bench step",
+               dynamic_ncols=True)
+    for case in cases:
+        model = _random_model(case, device, dtype)
+        name = f"{case.kind} {case.model['layers']}x{case.model['hidden']}"
+        shape = f"{case.batch}x{case.length}x{case.model['vocab_size']}"
+        case_rows = []
+        with torch.no_grad(), amp:
+            steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph)
+            for impl, fn in steps.items():
+                bar.set_postfix_str(f"{name}: {impl}")
+                times = sorted(_time_ms(fn, device, ns.warmup, ns.reps))
+                q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+                case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
+                bar.update(1)
+        eager = next(r.median_ms for r in case_rows if r.impl == "eager reference step")
+        for r in case_rows:
+            r.speedup_vs_eager = eager / r.median_ms
+        rows += case_rows
+        print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
+                                              for r in case_rows), flush=True)
+        del model, steps
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    bar.close()
+    meta = _machine(device) | {"preset": ns.preset, "temperature": ns.temperature, "warmup": ns.warmup, "reps": ns.reps}
+    table = format_table(meta, rows)
+    if ns.out is not None:
+        ns.out.mkdir(parents=True, exist_ok=True)
+        (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        (ns.out / "summary.md").write_text(table)
+    print(table)
+    return rows

@@ -1,0 +1,209 @@
+"""Fast-dLLM's prefix and dual KV caches on dllm's bidirectional models, and cuda_graph=True."""
+
+import pytest
+import torch
+
+import dllm
+from dllm.models import build_model, model_config
+from dllm.models.layers import DenoisingKVCache
+from dllm.sampling.pretrained import MaskedLM
+
+V, MASK = 50, 49
+ARCHS = ["dit", "llada"]
+
+
+def make(arch, layers, seed=0, std=0.3):
+    torch.manual_seed(seed)
+    cfg = model_config("tiny", arch=arch, vocab_size=V, hidden=32, heads=4, layers=layers, max_seq_len=96, cond_dim=16,
+                       **({"kv_heads": 2} if arch == "llada" else {}))
+    net = build_model(cfg)
+    with torch.no_grad():
+        for p in net.parameters():  # the DiT starts as the identity with zero logits; make every layer matter
+            p.normal_(0, std)
+    return MaskedLM(net.eval(), MASK)
+
+
+class Recorder:
+    """Wraps a model and keeps every call: (tokens fed, start, logits)."""
+
+    def __init__(self, model):
+        self.model, self.mask_id, self.calls = model, model.mask_id, []
+        self.logits_shift = getattr(model, "logits_shift", 0)
+        self.new_kv_cache = model.new_kv_cache
+
+    def __call__(self, x, **kw):
+        logits = self.model(x, **kw)
+        self.calls.append((x.clone(), kw.get("start", 0), logits))
+        return logits
+
+
+PROMPTS = [[5, 7, 9, 11, 2, 3, 1], [8, 8, 4], [30, 31, 32, 33, 34]]  # ragged: left padded, attention_mask
+
+
+def fast(model, cache, **kw):
+    kw = {"gen_length": 24, "steps": 1, "block_length": 8, "temperature": 0.0, "threshold": 0.5, **kw}
+    return dllm.generate(model, PROMPTS, sampler="fast-dllm", cache=cache, return_history=True, **kw)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_forward_equals_full_forward_when_the_cache_is_fresh(arch):
+    # With every cached entry up to date the cache is exact at any depth; absolute RoPE positions and
+    # the key-padding mask over the whole canvas are what make the sliced forward agree.
+    net = make(arch, layers=3).model
+    x = torch.randint(0, V - 1, (2, 40))
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, :6] = False
+    full = net(x, attention_mask=mask)
+    kv = net.new_kv_cache(2, 40)
+    torch.testing.assert_close(net(x, cache=kv, start=0, attention_mask=mask), full)
+    for lo, hi in ((13, 40), (13, 21), (0, 5), (39, 40)):
+        torch.testing.assert_close(net(x[:, lo:hi], cache=kv, start=lo, attention_mask=mask), full[:, lo:hi],
+                                   atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_one_layer_caches_reproduce_the_uncached_sampler(arch, cache):
+    # In one layer a key depends only on its own token, and within a block the prefix and the suffix
+    # do not change, so the cached keys are the ones a full forward would compute.
+    ref_model, model = Recorder(make(arch, layers=1)), Recorder(make(arch, layers=1))
+    ref, out = fast(ref_model, None), fast(model, cache)
+    assert torch.equal(out.sequences, ref.sequences) and not (out.sequences == MASK).any()
+    assert out.nfe == ref.nfe == len(model.calls) > 24 // 8
+    for (x_ref, _, logits_ref), (x, start, logits) in zip(ref_model.calls, model.calls):
+        torch.testing.assert_close(logits, logits_ref[:, start:start + x.shape[1]], atol=2e-5, rtol=2e-5)
+        assert torch.equal(x, x_ref[:, start:start + x.shape[1]])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_deep_model_refreshes_once_per_block_and_feeds_the_right_span(arch, cache):
+    model = Recorder(make(arch, layers=3, std=0.2))
+    out = fast(model, cache, threshold=0.95)
+    width = max(map(len, PROMPTS))
+    assert out.sequences.shape == (3, width + 24) and not (out.sequences == MASK).any()
+    assert [p[-len(p):] for p in out.sequences[:, :width].tolist()] == [[0] * (width - len(p)) + p for p in PROMPTS]
+    assert out.nfe == len(model.calls) == len(out.history) == len(out.step_times)
+    refreshes = [i for i, (x, start, _) in enumerate(model.calls) if x.shape[1] == width + 24]
+    assert len(refreshes) == 3 and refreshes[0] == 0 and out.nfe > 3  # one per block, and later steps in between
+    for i, (x, start, logits) in enumerate(model.calls):
+        if i in refreshes:
+            # the block's first step is the uncached step: the whole canvas through the network
+            assert start == 0
+            canvas = out.history[i - 1] if i else None
+            if canvas is not None:
+                torch.testing.assert_close(logits, model.model(canvas, attention_mask=canvas_mask()))
+        else:
+            block = (start - width) // 8
+            assert start == width + 8 * block
+            assert x.shape[1] == (width + 24 - start if cache == "prefix" else 8)
+
+
+def canvas_mask():
+    width = max(map(len, PROMPTS))
+    m = torch.ones(3, width + 24, dtype=torch.bool)
+    for i, p in enumerate(PROMPTS):
+        m[i, :width - len(p)] = False
+    return m
+
+
+def test_cache_errors():
+    model = make("llada", layers=1)
+    with pytest.raises(ValueError, match="applies only to the fast-dllm sampler"):
+        dllm.generate(model, gen_length=8, steps=8, sampler="llada", cache="prefix")
+    with pytest.raises(ValueError, match="unknown cache 'full'"):
+        dllm.generate(model, gen_length=8, steps=8, sampler="fast-dllm", cache="full")
+    with pytest.raises(ValueError, match="applies only to the fast-dllm sampler"):
+        dllm.generate(make("dit", 1).model, gen_length=8, steps=8, sampler="sedd-analytic", cache="dual")
+
+    class NoCache(torch.nn.Module):
+        mask_id = MASK
+
+        def forward(self, x):
+            return torch.zeros(*x.shape, V)
+
+    with pytest.raises(ValueError, match="KV-cache interface.*NoCache"):
+        dllm.generate(NoCache(), gen_length=8, steps=8, sampler="fast-dllm", block_length=8, cache="dual")
+    ar = build_model(model_config("tiny", arch="ar", vocab_size=V, hidden=32, layers=1, cond_dim=16))
+    ar.mask_id = MASK
+    with pytest.raises(ValueError, match="KV-cache interface.*ARTransformer"):
+        dllm.generate(ar, gen_length=8, steps=8, sampler="fast-dllm", block_length=8, cache="prefix")
+    kv = DenoisingKVCache(2, 10)
+    k = torch.zeros(2, 3, 1, 4)
+    with pytest.raises(ValueError, match="first forward must cover the whole canvas"):
+        kv.update(0, 2, k, k)
+    with pytest.raises(ValueError, match=r"2 canvases of 10 positions; asked to write 2 at \[8, 11\)"):
+        kv.update(0, 8, k, k)
+
+
+def test_cuda_graph_errors():
+    model = make("llada", layers=1)
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):
+        dllm.generate(model, gen_length=8, steps=8, sampler="dream", cuda_graph=True)
+    for sampler in ("mdlm", "fast-dllm", "first-hitting"):
+        with pytest.raises(ValueError, match=f"supports the llada and dream samplers, not '{sampler}'"):
+            dllm.generate(model, gen_length=8, steps=8, sampler=sampler, cuda_graph=True)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("sampler, kw", [("llada", {}), ("llada", {"cfg_scale": 1.0, "block_length": 16}),
+                                         ("dream", {}), ("dream:origin", {}), ("llada:random", {})])
+def test_cuda_graph_equals_eager(sampler, kw):
+    model = make("llada", layers=2).cuda()
+    prompt = torch.randint(0, V - 1, (3, 6), device="cuda")
+    for temperature in (0.0, 1.0):
+        outs = []
+        for graph in (False, True, True):
+            g = torch.Generator(device="cuda").manual_seed(3)
+            outs.append(dllm.generate(model, prompt, gen_length=32, steps=16, sampler=sampler, temperature=temperature,
+                                      cuda_graph=graph, generator=g, **kw))
+        eager, graphed, again = outs
+        assert torch.equal(graphed.sequences, again.sequences)  # seeded: reproducible
+        assert len(graphed.step_times) == 16 and all(t > 0 for t in graphed.step_times)
+        assert graphed.nfe == eager.nfe
+        if temperature == 0.0:
+            assert torch.equal(graphed.sequences, eager.sequences)
+        assert not (graphed.sequences == MASK).any()
+
+
+@cuda
+def test_cuda_graph_with_the_default_generator_is_reproducible():
+    model = make("llada", layers=2).cuda()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(dllm.generate(model, gen_length=16, steps=8, sampler="dream", temperature=1.0,
+                                  cuda_graph=True).sequences)
+    assert torch.equal(*runs)
+
+
+@cuda
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_caches_on_cuda_match_the_cpu_rule(cache):
+    model = make("llada", layers=1).cuda()
+    ref = dllm.generate(model, [p for p in PROMPTS], gen_length=24, steps=1, sampler="fast-dllm", block_length=8,
+                        threshold=0.5)
+    out = dllm.generate(model, [p for p in PROMPTS], gen_length=24, steps=1, sampler="fast-dllm", block_length=8,
+                        threshold=0.5, cache=cache)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("prompt", [PROMPTS, None])
+def test_shifted_head_caches_feed_one_position_earlier(cache, prompt):
+    # Dream's head predicts position i from row i - 1: a cached step must also feed block_start - 1.
+    from dllm.models.hub import PublishedModel
+
+    net = make("llada", layers=1).model
+    model = Recorder(PublishedModel(net, layout="dream", mask_id=MASK, logits_shift=1))
+    ref = dllm.generate(PublishedModel(net, layout="dream", mask_id=MASK, logits_shift=1), prompt, gen_length=24,
+                        steps=1, sampler="fast-dllm", block_length=8, threshold=0.5)
+    out = dllm.generate(model, prompt, gen_length=24, steps=1, sampler="fast-dllm", block_length=8, threshold=0.5,
+                        cache=cache)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    width = out.sequences.shape[1] - 24
+    starts = {start for _, start, _ in model.calls}
+    assert starts - {0} and all((s - width + 1) % 8 == 0 for s in starts - {0})
