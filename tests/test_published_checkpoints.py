@@ -302,13 +302,18 @@ def test_llama_families_match_published_architecture(tmp_path, family):
     assert model.tokenizer.token_to_id(mask_token) == model.mask_id
 
 
-def test_bfloat16_load_is_within_bf16_tolerance(tmp_path):
-    sd = make_checkpoint(tmp_path, "dream")
+@pytest.mark.parametrize("family", ["dream", "sedd"])
+def test_bfloat16_load_is_within_bf16_tolerance(tmp_path, family):
+    sd = make_checkpoint(tmp_path, family)
     model = from_pretrained(tmp_path, dtype=torch.bfloat16)
-    assert model.net.embed.weight.dtype == torch.bfloat16
-    x = tokens(100, (2, 11))
-    ref = ref_llama(sd, DREAM_NAMES, x, n_heads=4, n_kv=2, theta=1e6, eps=1e-6)
-    err = (model(x).double() - ref).abs().max() / ref.abs().max()
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    if family == "dream":
+        x = tokens(100, (2, 11))
+        out, ref = model(x), ref_llama(sd, DREAM_NAMES, x, n_heads=4, n_kv=2, theta=1e6, eps=1e-6)
+    else:
+        x, sigma = tokens(41), torch.tensor([0.3, 2.5])
+        out, ref = model(x, sigma), ref_dit(sd, "", x, sigma, 3)
+    err = (out.double() - ref).abs().max() / ref.abs().max()
     assert err < 3e-2, err
 
 
@@ -375,9 +380,6 @@ def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
     make_checkpoint(tmp_path / "gpt2", "mdlm", config_edit=lambda c: c.update(model_type="gpt2"))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
         from_pretrained(tmp_path / "gpt2")
-    make_checkpoint(tmp_path / "bf16", "mdlm")
-    with pytest.raises(ValueError, match="load in float32"):
-        from_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
 
 
 def test_dllm_folders_still_load_as_their_own_class(tmp_path):

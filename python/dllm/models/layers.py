@@ -69,7 +69,9 @@ class TimestepEmbedder(nn.Module):
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
         args = sigma.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        # Features in float32 for accuracy, then in the MLP's dtype so bf16 / fp64 models run too.
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 def modulate(x, shift, scale):

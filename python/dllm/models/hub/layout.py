@@ -23,8 +23,9 @@ class Layout:
     names: tuple[tuple[str, str], ...]
     # config.json (and the tokenizers.Tokenizer or None) -> sampler-protocol attributes
     protocol: Callable[[dict, object], dict]
-    # dllm's DiT runs in float32 (its sigma embedding takes float32 input); bf16 needs autocast
-    float32_only: bool = False
+    # SEDD and MDLM keep float32 weights and compute in bf16 under autocast; load them in float32
+    # unless a dtype is asked for
+    float32_default: bool = False
 
     def published_name(self, dllm_name: str) -> str:
         for pattern, template in self.names:

@@ -46,17 +46,14 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     """Build dllm's model for a published checkpoint folder and load its weights.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere for LLaDA and Dream; SEDD and
-    MDLM load in float32 (run them under ``torch.autocast`` for bfloat16 compute, as their
-    authors do). Weights are read tensor by tensor straight onto ``map_location``.
+    MDLM default to float32 (their authors keep float32 weights and compute under bfloat16
+    autocast), any dtype when asked. Weights are read tensor by tensor straight onto ``map_location``.
     """
     directory = Path(directory)
     layout = detect_layout(config, directory)
     device = torch.device(map_location)
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_only else torch.float32
-    if layout.float32_only and dtype != torch.float32:
-        raise ValueError(f"{layout.name} checkpoints load in float32 (dllm's DiT takes float32 sigma features); "
-                         "run the model under torch.autocast for bfloat16 compute")
+        dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_default else torch.float32
     cfg = layout.model_config(config)
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
         net = build_model(cfg)

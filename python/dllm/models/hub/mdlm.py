@@ -29,5 +29,5 @@ MDLM = Layout(
     model_config=_model_config,
     names=((r"vocab_embed", "backbone.vocab_embed.embedding"), (r"(.+)", r"backbone.\1")),
     protocol=_protocol,
-    float32_only=True,
+    float32_default=True,
 )

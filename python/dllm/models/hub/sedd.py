@@ -57,5 +57,5 @@ SEDD = Layout(
     model_config=_model_config,
     names=((r"vocab_embed", "vocab_embed.embedding"), (r"(.+)", r"\1")),
     protocol=_protocol,
-    float32_only=True,
+    float32_default=True,
 )
