@@ -6,7 +6,8 @@
 #   bash scripts/gpu_check.sh OUT_DIR
 #
 # Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
-# DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network.
+# DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
+# DLLM_E2E_MINUTES, to also run `dllm bench e2e` with that training budget per model.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR}
 PY=${PYTHON:-python3}
@@ -46,3 +47,17 @@ for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py
   echo "$name exit code $?" | tee -a "$OUT/status.txt"
   cat "$OUT/$name/summary.md" 2>/dev/null
 done
+for preset in sedd-small llada-8b; do
+  "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
+    >"$OUT/step_latency-$preset.log" 2>&1
+  echo "step_latency $preset exit code $?" | tee -a "$OUT/status.txt"
+  cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
+done
+
+# The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): opt in, it needs
+# more than one device session's budget at the default grid.
+if [ -n "${DLLM_E2E_MINUTES:-}" ]; then
+  "$PY" -m dllm.cli bench e2e --size small --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e" \
+    >"$OUT/e2e.log" 2>&1
+  echo "e2e exit code $?" | tee -a "$OUT/status.txt"
+fi
