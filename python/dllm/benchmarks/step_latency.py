@@ -16,19 +16,18 @@ kinds at toy sizes, seconds on a CPU).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .common import card, git_commit, time_ms, utc_now
 
 
 @dataclass(frozen=True)
@@ -88,29 +87,6 @@ def llada_eager_step(logits, x, num_transfer, temperature: float, mask_id: int) 
     x = x.clone()
     x[transfer] = x0[transfer]
     return x
-
-
-def _time_ms(fn, device: torch.device, warmup: int, reps: int) -> list[float]:
-    """Per-call latency in ms: CUDA events around each call on a GPU, the wall clock on a CPU."""
-    for _ in range(warmup):
-        fn()
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    times = []
-    for _ in range(reps):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return times
 
 
 def _random_model(case: Case, device: torch.device, dtype: torch.dtype):
@@ -180,20 +156,13 @@ def _steps(case: Case, model, device: torch.device, temperature: float, graphs: 
 def _machine(device: torch.device) -> dict:
     import dllm
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "torch": torch.__version__, "dllm": dllm.build_info(), "commit": commit, "python": platform.python_version(),
+    info = {"date": utc_now(), "torch": torch.__version__, "dllm": dllm.build_info(), "commit": git_commit(),
+            "python": platform.python_version(), "card": card(str(device)),
             "command": " ".join([Path(sys.executable).name, "-m", "dllm.cli"] + sys.argv[1:])}
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(card=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
+        info.update(sms=torch.cuda.get_device_properties(device).multi_processor_count, cuda=torch.version.cuda)
     else:
-        info.update(card=f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-                    load_average=os.getloadavg())  # other processes on the machine skew CPU timings
+        info.update(load_average=os.getloadavg())  # other processes on the machine skew CPU timings
     return info
 
 
@@ -256,7 +225,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
             steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph)
             for impl, fn in steps.items():
                 bar.set_postfix_str(f"{name}: {impl}")
-                times = sorted(_time_ms(fn, device, ns.warmup, ns.reps))
+                times = sorted(time_ms(fn, str(device), warmup=ns.warmup, reps=ns.reps, min_seconds=0.0))
                 q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
                 case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
                 bar.update(1)
