@@ -6,10 +6,12 @@ import sys
 
 import pytest
 
+from dllm.cli import main
 from dllm.eval_cli import run_eval
 from dllm.training import train
 
 from _train_helpers import make_corpus, tiny
+from test_published_checkpoints import make_checkpoint, write_tokenizer
 
 
 def dllm(*args, timeout=600):
@@ -20,6 +22,7 @@ def test_help_lists_every_command():
     out = dllm("--help")
     assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample", "eval", "bench"))
     for args, flags in ((("eval",), ("--batches", "--batch-size", "--device", "--seed")),
+                        (("sample",), ("--sampler", "--block-length", "--cache", "--cuda-graph", "published")),
                         (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out"))):
         text = dllm(*args, "--help").stdout
         assert all(f in text for f in flags), (args, text)
@@ -49,6 +52,44 @@ def test_demo_end_to_end(tmp_path):
                              "--show-steps").stdout
     bad = dllm("sample", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "config.json" in bad.stderr
+
+
+def sample_in_process(capsys, *args) -> tuple[int, str, str]:
+    """`dllm sample ARGS` run by cli.main in this process (no interpreter start-up): (exit code, stdout, stderr)."""
+    try:
+        code = main(["sample", *args, "--device", "cpu", "--gen-length", "8", "--steps", "4"])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_sample_published_llada_folder(tmp_path, capsys):
+    make_checkpoint(tmp_path, "llada")  # WordLevel tokenizer.json: "wN" is id N, the mask is <|mdm_mask|>
+    code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--show-steps")
+    assert code == 0, err
+    assert "--- sample 1 (llada, 4 network evaluations" in out and "w3 w7 w5" in out
+    assert "_" in out.split("step 1:")[1].splitlines()[0]  # masked positions left after the first step
+    assert "<|mdm_mask|>" not in out  # the mask decodes as <|mask|>, which show() draws as _
+    code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--sampler", "fast-dllm",
+                                       "--block-length", "4", "--cache", "dual")
+    assert code == 0, err
+    assert "--- sample 1 (fast-dllm," in out and "w3 w7 w5" in out
+    code, _, err = sample_in_process(capsys, str(tmp_path), "--cuda-graph")
+    assert code == 2 and "cuda_graph needs a CUDA model" in err
+    code, _, err = sample_in_process(capsys, str(tmp_path), "--cache", "prefix")  # the default sampler is llada
+    assert code == 2 and "only to the fast-dllm sampler" in err
+
+
+def test_sample_published_sedd_folder(tmp_path, capsys):
+    make_checkpoint(tmp_path, "sedd")
+    code, _, err = sample_in_process(capsys, str(tmp_path))
+    assert code == 2 and "no tokenizer.json" in err and "GPT-2's tokenizer.json into the folder" in err
+    write_tokenizer(tmp_path, 40, {})  # SEDD's absorbing mask is id 40, one past the tokenizer's vocabulary
+    code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w1 w2", "--show-steps")
+    assert code == 0, err
+    assert "--- sample 1 (sedd-analytic," in out and "w1 w2" in out
+    assert "_" in out.split("step 1:")[1].splitlines()[0]
 
 
 def test_demo_rejects_bad_arguments():

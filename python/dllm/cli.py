@@ -69,21 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
     dp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    sp = sub.add_parser("sample", help="generate from a model folder written by `dllm train`",
+    sp = sub.add_parser("sample", help="generate from a model folder written by `dllm train` or a published checkpoint",
                         description="Generate with a trained model: masked-diffusion models take dllm.generate's "
-                        "samplers, SEDD models the SEDD samplers, autoregressive models their KV cache.")
-    sp.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
+                        "samplers, SEDD models the SEDD samplers, autoregressive models their KV cache. Published "
+                        "SEDD, MDLM, LLaDA and Dream folders load too (they need their tokenizer.json).")
+    sp.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`) or a published checkpoint folder")
     sp.add_argument("--prompt", default="", help="text to continue (default: none)")
     sp.add_argument("--gen-length", type=int, default=128, help="tokens to generate (default: 128)")
     sp.add_argument("--steps", type=int, default=64, help="sampler steps (default: 64)")
-    sp.add_argument("--sampler", default=None, help="a dllm.generate sampler (default: llada, or sedd-analytic "
-                    "for SEDD models); ignored for autoregressive models")
-    sp.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default: 0.8)")
+    sp.add_argument("--sampler", default=None, help="a dllm.generate sampler (default: sedd-analytic for SEDD "
+                    "models, the family's own for published MDLM, LLaDA and Dream, else llada); ignored for "
+                    "autoregressive models")
+    sp.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy (default: "
+                    "0.8; the SEDD samplers take none)")
     sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (llada, fast-dllm)")
     sp.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
     sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     sp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    sp.add_argument("--cache", choices=("prefix", "dual"), default=None, help="Fast-dLLM's approximate KV cache, "
+                    "refreshed once per block (with --sampler fast-dllm only; default: none)")
+    sp.add_argument("--cuda-graph", action="store_true", help="replay each sampler step as a CUDA graph "
+                    "(llada and dream samplers on CUDA only)")
     ep = sub.add_parser("eval", help="validation loss of a model folder written by `dllm train`",
                         description="The NLL of a trained model on the held-out split of its corpus (the bound for "
                         "diffusion models, exact for autoregressive ones), in nats and bits per token and bits per "
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_sample(ns.model, prompt=ns.prompt, gen_length=ns.gen_length, steps=ns.steps, sampler=ns.sampler,
                        temperature=ns.temperature, block_length=ns.block_length, num_samples=ns.num_samples,
-                       seed=ns.seed, device=ns.device, show_steps=ns.show_steps)
+                       seed=ns.seed, device=ns.device, show_steps=ns.show_steps, cache=ns.cache,
+                       cuda_graph=ns.cuda_graph)
         except (ValueError, FileNotFoundError) as e:
             parser.error(str(e))
         return 0

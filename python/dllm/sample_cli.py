@@ -1,4 +1,4 @@
-"""`dllm sample`: generate from a model folder written by `dllm train`."""
+"""`dllm sample`: generate from a model folder written by `dllm train` or a published checkpoint folder."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ from .demo import show
 from .sampling import generate
 from .sampling.pretrained import load_for_sampling
 
+# published checkpoints sample with their authors' sampler; dllm-trained masked models with llada's
+DEFAULT_SAMPLERS = {"sedd": "sedd-analytic", "mdlm": "mdlm", "llada": "llada", "dream": "dream"}
 
-def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None, temperature: float,
-               block_length: int | None, num_samples: int, seed: int, device: str, show_steps: bool) -> list[str]:
+
+def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
+               temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
+               show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok, kind = load_for_sampling(model_dir, device)
+    if kind == "ar" and (cache or cuda_graph):
+        raise ValueError("--cache and --cuda-graph apply to diffusion samplers, not to an autoregressive model")
+    if temperature is None:  # SEDD's samplers draw from the exact reverse process: no temperature to set
+        temperature = 0.0 if kind == "score" else 0.8
+    default = DEFAULT_SAMPLERS.get(getattr(model, "layout", None), "sedd-analytic" if kind == "score" else "llada")
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
     texts = []
@@ -26,10 +35,11 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
             seq = model.generate(start[None], gen_length, temperature=temperature, generator=g)[0]
             info = f"autoregressive, {gen_length} steps"
         else:
-            name = sampler or ("sedd-analytic" if kind == "score" else "llada")
+            name = sampler or default
             callback = (lambda step, x, logits: print(f"  step {step + 1}: {show(tok, x[0])!r}")) if show_steps else None
             out = generate(model, ids if ids.numel() else None, gen_length=gen_length, steps=steps, sampler=name,
-                           temperature=temperature, block_length=block_length, generator=g, callback=callback)
+                           temperature=temperature, block_length=block_length, cache=cache, cuda_graph=cuda_graph,
+                           generator=g, callback=callback)
             seq = out.sequences[0]
             info = f"{name}, {out.nfe} network evaluations"
         if device.startswith("cuda"):

@@ -95,6 +95,31 @@ class BPETokenizer:
         return "bpe-" + hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
 
 
+class PublishedTokenizer(BPETokenizer):
+    """A published checkpoint's ``tokenizers.Tokenizer`` with the model's own special ids: nothing is
+    added to the vocabulary, and the mask id decodes as ``<|mask|>`` even where the file has no such
+    entry (GPT-2's tokenizer for SEDD and MDLM, whose mask is the id after its vocabulary); SEDD's
+    uniform graph has no mask (``mask_id=None``)."""
+
+    kind = "published"
+
+    def __init__(self, tok, *, mask_id: int | None, eos_id: int | None = None):
+        self._tok, self.mask_id = tok, mask_id
+        self.eos_id = eos_id if eos_id is not None else tok.token_to_id(EOS_TOKEN)
+        self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), -1 if mask_id is None else mask_id + 1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out, chunk = [], []
+        for i in (int(i) for i in ids):
+            if i != self.mask_id:
+                chunk.append(i)
+                continue
+            out += [self._tok.decode(chunk, skip_special_tokens=False), MASK_TOKEN]
+            chunk = []
+        out.append(self._tok.decode(chunk, skip_special_tokens=False))
+        return "".join(out)
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
     """Train a byte-level BPE (``vocab_size`` entries including end-of-text and mask) on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -1,12 +1,16 @@
-"""Model folders written by `dllm train` as samplers see them (the model protocol)."""
+"""Model folders written by `dllm train`, and published checkpoint folders, as samplers see them (the model
+protocol)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
-from ..data.tokenizer import tokenizer_for_model
+from ..data.tokenizer import PublishedTokenizer, tokenizer_for_model
 from ..models import from_pretrained
-from ..models.io import read_config
+from ..models.hub import detect_layout
+from ..models.io import is_dllm_config, read_config
 from ..sedd import Absorbing, Uniform, get_noise
 
 
@@ -37,10 +41,14 @@ class ScoreModel(nn.Module):
 
 def load_for_sampling(directory, device="cpu"):
     """Returns (model, tokenizer, kind) with kind "ar", "masked" or "score"; the model is wrapped
-    so that dllm.generate (or, for "ar", its own KV-cache generate) can run it."""
-    objective = read_config(directory).get("objective", {})
+    so that dllm.generate (or, for "ar", its own KV-cache generate) can run it. A published
+    checkpoint folder (SEDD, MDLM, LLaDA, Dream) needs its tokenizer.json."""
+    config = read_config(directory)
+    if not is_dllm_config(config):
+        return _load_published(directory, config, device)
+    objective = config.get("objective", {})
     tok = tokenizer_for_model(directory)
-    net = from_pretrained(directory).to(device).eval()
+    net = from_pretrained(directory, map_location=device).eval()
     name = objective.get("name")
     if name == "ar":
         return net, tok, "ar"
@@ -49,3 +57,16 @@ def load_for_sampling(directory, device="cpu"):
         graph = Absorbing(tok.vocab_size - 1) if objective["graph"] == "absorb" else Uniform(tok.vocab_size - 1)
         return ScoreModel(net, graph, get_noise(noise.pop("type"), **noise)), tok, "score"
     return MaskedLM(net, tok.mask_id), tok, "masked"
+
+
+def _load_published(directory, config: dict, device):
+    layout = detect_layout(config, directory).name
+    if not (Path(directory) / "tokenizer.json").is_file():
+        where = ("SEDD and MDLM use GPT-2's tokenizer: put GPT-2's tokenizer.json" if layout in ("sedd", "mdlm")
+                 else f"put the {layout} checkpoint's tokenizer.json")
+        raise FileNotFoundError(f"{str(directory)!r} has no tokenizer.json, which `dllm sample` needs to read "
+                                f"prompts and write text; {where} into the folder")
+    model = from_pretrained(directory, map_location=device)
+    tok = PublishedTokenizer(model.tokenizer, mask_id=getattr(model, "mask_id", None),
+                             eos_id=getattr(model, "eos_id", None))
+    return model, tok, "score" if layout == "sedd" else "masked"
