@@ -11,8 +11,9 @@
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR}
 PY=${PYTHON:-python3}
+# Absolute before the cd's below: a relative OUT_DIR would otherwise move with them (tests.xml into tests/).
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
 export DLLM_CUDA=ON
 
 "$PY" - <<'PYEOF' | tee "$OUT/machine.txt"

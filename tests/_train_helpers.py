@@ -21,6 +21,9 @@ def make_corpus(root: Path) -> Path:
 def tiny(tmp: Path, corpus: Path, **kw) -> dict:
     opts = dict(data=str(corpus), cache_dir=str(tmp / "cache"), out_dir=str(tmp / "run"), hidden=64, layers=2,
                 heads=4, seq_len=64, batch_size=8, steps=20, warmup=2, lr=3e-3, eval_every=0, eval_batches=2,
-                ckpt_every=0, log_every=1, progress=False, val_fraction=0.2)
+                ckpt_every=0, log_every=1, progress=False, val_fraction=0.2,
+                # The tests compare runs to 1e-5 and to `dllm eval --device cpu`, and run two DDP ranks
+                # on one machine: the default "auto" would pick CUDA (bf16 autocast, one GPU) there.
+                device="cpu")
     opts.update(kw)
     return opts

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dllm.cli import main
 from dllm.eval_cli import run_eval
@@ -124,6 +125,8 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     impls = {"network only", "eager reference step", "dllm step"}
+    if torch.cuda.is_available():  # --device auto picks the GPU, which adds the CUDA-graph replay
+        impls.add("dllm step, CUDA graph")
     assert {(r["model"].split()[0], r["impl"]) for r in rows} == {(k, i) for k in ("sedd", "llada") for i in impls}
     assert all(r["median_ms"] > 0 for r in rows)
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()

@@ -38,7 +38,7 @@ def _trajectory_png(history: list[torch.Tensor], mask_id: int, path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = torch.stack([(h[0] != mask_id).float() for h in history]).numpy()
+    grid = torch.stack([(h[0] != mask_id).float() for h in history]).cpu().numpy()
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
     ax.set_xlabel("position")
