@@ -3,13 +3,17 @@
 # builds dllm against that torch, runs every test (CUDA ones included) and the benchmarks, and
 # writes logs, results.json and summary.md files into OUT_DIR.
 #
-#   bash scripts/gpu_check.sh OUT_DIR
+#   bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]
+#
+# With ARCHIVE, OUT_DIR is also packed into that one file at the end (the device tool brings back
+# at most 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere).
 #
 # Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
 # DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
 # DLLM_E2E_MINUTES, to also run `dllm bench e2e` with that training budget per model.
 set -uo pipefail
-OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR}
+OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
+ARCHIVE=${2:+$(realpath -m "$2")}
 PY=${PYTHON:-python3}
 # Absolute before the cd's below: a relative OUT_DIR would otherwise move with them (tests.xml into tests/).
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -62,3 +66,8 @@ if [ -n "${DLLM_E2E_MINUTES:-}" ]; then
     >"$OUT/e2e.log" 2>&1
   echo "e2e exit code $?" | tee -a "$OUT/status.txt"
 fi
+
+if [ -n "$ARCHIVE" ]; then
+  tar czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $OUT into $ARCHIVE"
+fi
+cat "$OUT/status.txt"
