@@ -76,7 +76,7 @@ template <DType DT, int Dim>
 __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionGradParams g, const float* delta) {
   using T = typename Elem<DT>::T;
   constexpr int kDqKeys = dq_keys<Dim>();
-  constexpr int kSteps = Dim / 16, kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8;
+  constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
@@ -127,22 +127,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
     const T* v_tile = sV + (j & 1) * kDqKeys * Dim;
 
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-      uint32_t qa[4], da[4];
-      load_a<Dim>(qa, sQ, warp * 16, 2 * ks, lane);
-      load_a<Dim>(da, sdO, warp * 16, 2 * ks, lane);
-#pragma unroll
-      for (int nb = 0; nb < kScoreBlocks; nb += 2) {
-        uint32_t kb[4], vb[4];
-        load_b_nk<Dim>(kb, k_tile, nb * 8, 2 * ks, lane);
-        load_b_nk<Dim>(vb, v_tile, nb * 8, 2 * ks, lane);
-        mma<DT>(s[nb], qa, kb[0], kb[1]);
-        mma<DT>(s[nb + 1], qa, kb[2], kb[3]);
-        mma<DT>(dp[nb], da, vb[0], vb[1]);
-        mma<DT>(dp[nb + 1], da, vb[2], vb[3]);
-      }
-    }
+    paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, warp * 16, lane);  // S = Q K^T, dP = dO V^T
     const int key0 = j * kDqKeys;
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
@@ -174,7 +159,7 @@ template <DType DT, int Dim>
 __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const AttentionGradParams g, const float* delta) {
   using T = typename Elem<DT>::T;
   constexpr int kQueries = dkdv_queries<Dim>();
-  constexpr int kSteps = Dim / 16, kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8;
+  constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sK = reinterpret_cast<T*>(smem);
@@ -236,22 +221,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
 
     // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-      uint32_t ka[4], va[4];
-      load_a<Dim>(ka, sK, warp * 16, 2 * ks, lane);
-      load_a<Dim>(va, sV, warp * 16, 2 * ks, lane);
-#pragma unroll
-      for (int nb = 0; nb < kScoreBlocks; nb += 2) {
-        uint32_t qb[4], db[4];
-        load_b_nk<Dim>(qb, q_tile, nb * 8, 2 * ks, lane);
-        load_b_nk<Dim>(db, do_tile, nb * 8, 2 * ks, lane);
-        mma<DT>(s[nb], ka, qb[0], qb[1]);
-        mma<DT>(s[nb + 1], ka, qb[2], qb[3]);
-        mma<DT>(dp[nb], va, db[0], db[1]);
-        mma<DT>(dp[nb + 1], va, db[2], db[3]);
-      }
-    }
+    paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile, do_tile, warp * 16, lane);
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll

@@ -166,6 +166,30 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[N]
   a[3] = Elem<D>::pack(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
 }
 
+// The backward's paired score products for one warp's 16 rows: c1 += A1 B1^T and c2 += A2 B2^T,
+// A from rows row0.. of the [rows][Dim] tiles a1, a2, B from the first N rows of the [N][Dim]
+// tiles b1, b2 (S and dP in the dQ kernel, their transposes in the dK/dV kernel).
+template <DType D, int Dim, int N, typename T>
+__device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c2)[N / 8][4], const T* a1, const T* a2,
+                                                const T* b1, const T* b2, int row0, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < Dim / 16; ++ks) {
+    uint32_t x1[4], x2[4];
+    load_a<Dim>(x1, a1, row0, 2 * ks, lane);
+    load_a<Dim>(x2, a2, row0, 2 * ks, lane);
+#pragma unroll
+    for (int nb = 0; nb < N / 8; nb += 2) {
+      uint32_t y1[4], y2[4];
+      load_b_nk<Dim>(y1, b1, nb * 8, 2 * ks, lane);
+      load_b_nk<Dim>(y2, b2, nb * 8, 2 * ks, lane);
+      mma<D>(c1[nb], x1, y1[0], y1[1]);
+      mma<D>(c1[nb + 1], x1, y1[2], y1[3]);
+      mma<D>(c2[nb], x2, y2[0], y2[1]);
+      mma<D>(c2[nb + 1], x2, y2[2], y2[3]);
+    }
+  }
+}
+
 // Stores the 16 x Dim fp32 accumulator of one warp (rows row0 + g, row0 + g + 8) times `mul`,
 // skipping rows at or past `valid_rows`.
 template <DType D, int Dim>
