@@ -138,18 +138,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
         s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);  // dS
       }
     // dQ += dS K: K is the [k = key][n = d] operand, read transposed.
-#pragma unroll
-    for (int kk = 0; kk < kDqKeys / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<DT>(a, s, kk);
-#pragma unroll
-      for (int db = 0; db < kOutBlocks; db += 2) {
-        uint32_t kb[4];
-        load_b_kn<Dim>(kb, k_tile, kk * 16, db, lane);
-        mma<DT>(dq[db], a, kb[0], kb[1]);
-        mma<DT>(dq[db + 1], a, kb[2], kb[3]);
-      }
-    }
+    accumulate_times_tile<DT, Dim, kDqKeys>(dq, s, k_tile, lane);
   }
   T* gdq = static_cast<T*>(g.dq) + q0 * p.q_token_stride + h * p.q_head_stride;
   store_rows<DT, Dim>(gdq, p.q_token_stride, dq, warp * 16, qn - m0, p.scale, p.scale, lane);
@@ -228,35 +217,13 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
       for (int e = 0; e < 4; ++e) s[nb][e] = exp2f(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
 
     // dV += P^T dO (dO is the [k = query][n = d] operand, read transposed).
-#pragma unroll
-    for (int kk = 0; kk < kQueries / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<DT>(a, s, kk);
-#pragma unroll
-      for (int ob = 0; ob < kOutBlocks; ob += 2) {
-        uint32_t bb[4];
-        load_b_kn<Dim>(bb, do_tile, kk * 16, ob, lane);
-        mma<DT>(dv[ob], a, bb[0], bb[1]);
-        mma<DT>(dv[ob + 1], a, bb[2], bb[3]);
-      }
-    }
+    accumulate_times_tile<DT, Dim, kQueries>(dv, s, do_tile, lane);
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
     // dK += dS^T Q.
-#pragma unroll
-    for (int kk = 0; kk < kQueries / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<DT>(a, s, kk);
-#pragma unroll
-      for (int ob = 0; ob < kOutBlocks; ob += 2) {
-        uint32_t bb[4];
-        load_b_kn<Dim>(bb, q_tile, kk * 16, ob, lane);
-        mma<DT>(dk[ob], a, bb[0], bb[1]);
-        mma<DT>(dk[ob + 1], a, bb[2], bb[3]);
-      }
-    }
+    accumulate_times_tile<DT, Dim, kQueries>(dk, s, q_tile, lane);
   }
   // dk, dv are contiguous [k_tokens, kv_heads, D]: same strides as k.
   T* gdk = static_cast<T*>(g.dk) + k0 * p.k_token_stride + hk * p.k_head_stride;

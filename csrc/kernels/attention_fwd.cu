@@ -126,18 +126,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
     }
 
     // O += P V, P rounded to the input type in registers.
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<DT>(a, s, kk);
-#pragma unroll
-      for (int db = 0; db < kOutBlocks; db += 2) {
-        uint32_t vb[4];
-        load_b_kn<Dim>(vb, v_tile, kk * 16, db, lane);
-        mma<DT>(o[db], a, vb[0], vb[1]);
-        mma<DT>(o[db + 1], a, vb[2], vb[3]);
-      }
-    }
+    accumulate_times_tile<DT, Dim, kBlockN>(o, s, v_tile, lane);
   }
 
   float inv[2];

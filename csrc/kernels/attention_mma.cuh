@@ -190,6 +190,26 @@ __device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c
   }
 }
 
+// out += P B for one warp's 16 rows: P is the fp32 accumulator of a 16 x N product (rounded to
+// the input type in registers, FlashAttention-2's P-in-registers), B the first N rows of the
+// [N][Dim] tile b read transposed (V in O += P V; K, dO, Q in the backward).
+template <DType D, int Dim, int N, typename T>
+__device__ __forceinline__ void accumulate_times_tile(float (&out)[Dim / 8][4], const float (&p)[N / 8][4], const T* b,
+                                                      int lane) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) {
+    uint32_t a[4];
+    acc_to_a<D>(a, p, kk);
+#pragma unroll
+    for (int db = 0; db < Dim / 8; db += 2) {
+      uint32_t y[4];
+      load_b_kn<Dim>(y, b, kk * 16, db, lane);
+      mma<D>(out[db], a, y[0], y[1]);
+      mma<D>(out[db + 1], a, y[2], y[3]);
+    }
+  }
+}
+
 // Stores the 16 x Dim fp32 accumulator of one warp (rows row0 + g, row0 + g + 8) times `mul`,
 // skipping rows at or past `valid_rows`.
 template <DType D, int Dim>
