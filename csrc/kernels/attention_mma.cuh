@@ -60,8 +60,10 @@ struct Elem<DType::kFloat16> {
 // c += a * b on one m16n8k16 tile.
 template <DType D>
 __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#ifdef DLLM_ATTN_NEEDS_SM80
+#if defined(DLLM_ATTN_NEEDS_SM80)
   __trap();
+#elif defined(DLLM_CUDA_EMULATOR)  // tests/cuda_emulator runs these kernels on the CPU
+  cuemu::mma_m16n8k16(c, a, b0, b1, D == DType::kBFloat16);
 #else
   if constexpr (D == DType::kBFloat16) {
     asm volatile(
@@ -84,29 +86,42 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::ldmatrix_x4(r, p, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::ldmatrix_x4(r, p, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_addr(p)));
+#endif
 }
 
 // 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !valid.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-#ifdef DLLM_ATTN_NEEDS_SM80
+#if defined(DLLM_ATTN_NEEDS_SM80)
   __trap();
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::cp_async(dst, src, 16, valid);
 #else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
                "r"(valid ? 16 : 0));
 #endif
 }
-#ifdef DLLM_ATTN_NEEDS_SM80
+#if defined(DLLM_ATTN_NEEDS_SM80)
 __device__ __forceinline__ void cp_async_commit() {}
 __device__ __forceinline__ void cp_async_wait_all() {}
+#elif defined(DLLM_CUDA_EMULATOR)
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait_all() { cuemu::cp_async_wait_all(); }
 #else
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }

@@ -1,0 +1,67 @@
+"""Builds the CUDA emulator extension: dllm's shipped CUDA bindings (csrc/torch/*_cuda.cpp) and
+CUDA kernels (csrc/kernels/*.cu, translated) compiled for the CPU emulator, registered as the
+CPU kernels of torch.ops.dllm_emu.<op>, whose schemas are copied from torch.ops.dllm.<op>.
+
+Compiled once into build/cuda_emulator (ninja rebuilds what changed), a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.utils.cpp_extension as cpp_extension
+
+from .translate import translate_tree
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+OPS = (
+    "sample_categorical",
+    "predict_masked",
+    "commit_tokens",
+    "sedd_step",
+    "sample_transition",
+    "score_entropy_loss",
+    "score_entropy_loss_backward",
+    "masked_diffusion_loss",
+    "masked_diffusion_loss_backward",
+    "attention_forward",
+    "attention_backward",
+)
+BINDINGS = ("sample_categorical", "unmask", "sedd", "attention")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
+
+
+@functools.cache
+def load():
+    """The compiled extension (its `configure` and `grids_run`); torch.ops.dllm_emu is then live."""
+    import dllm.ops  # noqa: F401  (registers the dllm schemas this copies)
+
+    library = torch.library.Library("dllm_emu", "DEF")
+    for op in OPS:
+        schema = str(getattr(torch.ops.dllm, op).default._schema)
+        library.define(schema.removeprefix("dllm::"))
+    load.library = library  # the definitions live as long as this object
+
+    build = ROOT / "build" / "cuda_emulator"
+    kernels = translate_tree(ROOT / "csrc" / "kernels", build / "kernels")
+    wrappers = []
+    for name in BINDINGS:
+        for suffix in ("", "_cuda"):
+            wrapper = build / f"bind_{name}{suffix}.cpp"
+            text = f'#include "library_redirect.h"\n#include "{name}{suffix}.cpp"\n'
+            if not wrapper.exists() or wrapper.read_text() != text:
+                wrapper.write_text(text)
+            wrappers.append(wrapper)
+    return cpp_extension.load(
+        name="dllm_cuda_emulator",
+        sources=[str(p) for p in (HERE / "cuda_emulator.cpp", HERE / "emulator_module.cpp", *wrappers, *kernels)],
+        extra_include_paths=[
+            str(p)
+            for p in (HERE / "include", HERE, build / "kernels", ROOT / "csrc" / "include", ROOT / "csrc" / "torch", ROOT / "csrc" / "kernels")
+        ],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas"],
+        build_directory=str(build),
+        verbose=False,
+    )

@@ -1,0 +1,307 @@
+// The emulator's scheduler: blocks one after another, the threads of a block as ucontext fibers
+// that switch at synchronisation points. See cuda_emulator.h.
+#include "cuda_emulator.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "emulator_settings.h"
+
+namespace cuemu {
+namespace {
+
+constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kSlotBytes = 64;  // per lane and warp-synchronous operation
+
+struct Barrier {
+  int expected = 0, count = 0, acc = 0, result = 0;
+  uint64_t generation = 0;
+};
+
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+  bool valid;
+};
+
+struct Fiber {
+  ucontext_t context;
+  ThreadIndex index;
+  int linear = 0;
+  bool done = false;
+  const char* waiting_at = nullptr;
+  std::vector<PendingCopy> pending;
+};
+
+struct State {
+  dim3 grid, block;
+  int threads = 0;
+  void (*body)(void*) = nullptr;
+  void* arg = nullptr;
+  std::vector<Fiber> fibers;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  Fiber* current = nullptr;
+  ucontext_t scheduler;
+  uint64_t progress = 0;
+  std::string error;
+  Barrier block_barrier;
+  std::vector<Barrier> warp_barriers;
+  std::vector<int> warp_live, warp_size;
+  std::vector<unsigned char> warp_slots;
+  std::unique_ptr<unsigned char[]> smem_storage;
+  unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
+  uint64_t block_serial = 0;
+  std::unordered_map<void*, uint64_t> shared_regions;
+  std::mt19937_64 order_rng;
+};
+
+State st;
+std::mutex one_grid_at_a_time;
+
+void yield() { swapcontext(&st.current->context, &st.scheduler); }
+
+void flush_copies(Fiber& f) {
+  for (const PendingCopy& c : f.pending) {
+    if (c.valid)
+      std::memcpy(c.dst, c.src, c.bytes);
+    else
+      std::memset(c.dst, 0, c.bytes);
+  }
+  f.pending.clear();
+}
+
+void release(Barrier& b) {
+  b.result = b.acc;
+  b.count = 0;
+  ++b.generation;
+  ++st.progress;
+}
+
+int arrive(Barrier& b, int predicate, int op, const char* where) {
+  if (b.count == 0) b.acc = op == 2 ? 1 : 0;
+  const int p = predicate != 0;
+  b.acc = op == 1 ? (b.acc | p) : op == 2 ? (b.acc & p) : op == 3 ? b.acc + p : 0;
+  const uint64_t generation = b.generation;
+  ++b.count;
+  ++st.progress;
+  if (b.count == b.expected) {
+    release(b);
+  } else {
+    st.current->waiting_at = where;
+    while (b.generation == generation) yield();
+    st.current->waiting_at = nullptr;
+  }
+  return b.result;
+}
+
+void leave(Barrier& b) {
+  --b.expected;
+  if (b.count > 0 && b.count == b.expected) release(b);
+}
+
+void fiber_main() {
+  Fiber* f = st.current;
+  st.body(st.arg);
+  flush_copies(*f);
+  f->done = true;
+  const int warp = f->linear / 32;
+  leave(st.block_barrier);
+  leave(st.warp_barriers[warp]);
+  --st.warp_live[warp];
+  ++st.progress;
+  setcontext(&st.scheduler);
+}
+
+std::vector<int> pass_order(int n) {
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  if (settings().order == Order::kReverse) std::reverse(order.begin(), order.end());
+  if (settings().order == Order::kShuffled) std::shuffle(order.begin(), order.end(), st.order_rng);
+  return order;
+}
+
+std::string deadlock_report() {
+  int at_block = 0, at_warp = 0;
+  for (const Fiber& f : st.fibers) {
+    if (f.done || !f.waiting_at) continue;
+    (std::strcmp(f.waiting_at, "block") == 0 ? at_block : at_warp) += 1;
+  }
+  return "deadlock in block (" + std::to_string(st.fibers[0].index.block_idx.x) + ", " +
+         std::to_string(st.fibers[0].index.block_idx.y) + ", " + std::to_string(st.fibers[0].index.block_idx.z) +
+         "): " + std::to_string(at_block) + " threads wait at a block barrier (" +
+         std::to_string(st.block_barrier.count) + " of " + std::to_string(st.block_barrier.expected) +
+         " arrived), " + std::to_string(at_warp) + " at warp-synchronous operations";
+}
+
+void run_block(dim3 block_idx) {
+  ++st.block_serial;
+  if (st.smem_bytes) std::memset(st.smem, 0xff, st.smem_bytes);
+  const int warps = (st.threads + 31) / 32;
+  st.block_barrier = Barrier{st.threads};
+  st.warp_barriers.assign(warps, Barrier{});
+  st.warp_live.assign(warps, 0);
+  st.warp_size.assign(warps, 0);
+  for (int i = 0; i < st.threads; ++i) {
+    Fiber& f = st.fibers[i];
+    f.index.thread_idx = dim3(i % st.block.x, (i / st.block.x) % st.block.y, i / (st.block.x * st.block.y));
+    f.index.block_idx = block_idx;
+    f.linear = i;
+    f.done = false;
+    f.waiting_at = nullptr;
+    f.pending.clear();
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = st.stacks[i].get();
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_main, 0);
+    ++st.warp_live[i / 32];
+    ++st.warp_size[i / 32];
+    ++st.warp_barriers[i / 32].expected;
+  }
+  int live = st.threads;
+  while (live > 0) {
+    const uint64_t before = st.progress;
+    for (int i : pass_order(st.threads)) {
+      Fiber& f = st.fibers[i];
+      if (f.done) continue;
+      st.current = &f;
+      swapcontext(&st.scheduler, &f.context);
+      st.current = nullptr;
+      if (!st.error.empty()) throw std::runtime_error("CUDA emulator: " + st.error);
+    }
+    live = int(std::count_if(st.fibers.begin(), st.fibers.begin() + st.threads, [](const Fiber& f) { return !f.done; }));
+    if (live > 0 && st.progress == before) throw std::runtime_error("CUDA emulator: " + deadlock_report());
+  }
+}
+
+}  // namespace
+
+Settings& settings() {
+  static Settings s;
+  return s;
+}
+
+const ThreadIndex& self() { return st.current->index; }
+const dim3& block_dim() { return st.block; }
+const dim3& grid_dim() { return st.grid; }
+int lane_id() { return st.current->linear % 32; }
+
+void fail(const char* what) {
+  const ThreadIndex& i = st.current->index;
+  st.error = std::string(what) + " (thread " + std::to_string(i.thread_idx.x) + ", block " +
+             std::to_string(i.block_idx.x) + ", " + std::to_string(i.block_idx.y) + ", " +
+             std::to_string(i.block_idx.z) + ")";
+  setcontext(&st.scheduler);
+  std::abort();  // unreachable: the scheduler never resumes a failed fiber
+}
+
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg) {
+  const std::lock_guard<std::mutex> lock(one_grid_at_a_time);
+  const int threads = int(block.x * block.y * block.z);
+  if (threads < 1 || threads > 1024) throw std::runtime_error("CUDA emulator: invalid block size");
+  if (dynamic_smem > 227 * 1024) throw std::runtime_error("CUDA emulator: more dynamic shared memory than an H100 has");
+  st.grid = grid;
+  st.block = block;
+  st.threads = threads;
+  st.body = body;
+  st.arg = arg;
+  st.error.clear();
+  st.order_rng.seed(settings().seed);
+  if (int(st.fibers.size()) < threads) st.fibers.resize(threads);
+  while (int(st.stacks.size()) < threads) st.stacks.emplace_back(new char[kStackBytes]);
+  st.warp_slots.assign(size_t((threads + 31) / 32) * 32 * kSlotBytes, 0);
+  st.smem_storage.reset(new unsigned char[dynamic_smem + 128]);
+  st.smem = st.smem_storage.get() + (128 - reinterpret_cast<uintptr_t>(st.smem_storage.get()) % 128) % 128;
+  st.smem_bytes = dynamic_smem;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z));
+  ++settings().grids_run;
+}
+
+void* dynamic_shared() { return st.smem; }
+
+void shared_region(void* p, size_t bytes) {
+  uint64_t& serial = st.shared_regions[p];
+  if (serial == st.block_serial) return;
+  std::memset(p, 0xff, bytes);
+  serial = st.block_serial;
+}
+
+int sync_block(int predicate, int op) { return arrive(st.block_barrier, predicate, op, "block"); }
+
+void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
+  if (mask != 0xffffffffu) fail("warp-synchronous operation with a partial mask (not emulated)");
+  if (bytes > kSlotBytes) fail("warp exchange of more than 64 bytes a lane");
+  const int warp = st.current->linear / 32, lane = st.current->linear % 32;
+  if (st.warp_size[warp] != 32 || st.warp_live[warp] != 32)
+    fail("warp-synchronous operation with mask 0xffffffff in a warp with exited or missing lanes");
+  unsigned char* slots = st.warp_slots.data() + size_t(warp) * 32 * kSlotBytes;
+  std::memcpy(slots + lane * kSlotBytes, mine, bytes);
+  arrive(st.warp_barriers[warp], 0, 0, "warp");
+  for (int l = 0; l < 32; ++l) std::memcpy(static_cast<unsigned char*>(all) + l * bytes, slots + l * kSlotBytes, bytes);
+  arrive(st.warp_barriers[warp], 0, 0, "warp");
+}
+
+void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
+  st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
+  if (!settings().defer_async_copies) flush_copies(*st.current);
+}
+
+void cp_async_wait_all() { flush_copies(*st.current); }
+
+float b16_to_float(uint16_t bits, bool bf16) {
+  return bf16 ? __bfloat162float(__nv_bfloat16{bits}) : __half2float(__half{bits});
+}
+
+// Fragment layouts as documented in attention_mma.cuh (PTX ISA, mma.m16n8k16), lane = 4 g + t.
+void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16) {
+  struct Operands {
+    uint32_t a[4], b[2];
+  } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+  warp_exchange(&mine, all, sizeof(Operands), 0xffffffffu);
+  auto half_of = [](uint32_t word, int col) { return uint16_t(col & 1 ? word >> 16 : word & 0xffff); };
+  auto A = [&](int row, int col) {  // 16 x 16
+    const int reg = (row >= 8) + 2 * (col >= 8);
+    return b16_to_float(half_of(all[4 * (row % 8) + (col % 8) / 2].a[reg], col), bf16);
+  };
+  auto B = [&](int k, int n) {  // 16 x 8
+    return b16_to_float(half_of(all[4 * n + (k % 8) / 2].b[k >= 8], k), bf16);
+  };
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >= 2), col = 2 * t + (i & 1);
+    double acc = c[i];
+    for (int k = 0; k < 16; ++k) acc += double(A(row, k)) * double(B(k, col));
+    c[i] = float(acc);
+  }
+}
+
+// Lanes 8i..8i+7 address the rows of matrix i; register i gets matrix i's (row g, cols 2t, 2t+1)
+// or, transposed, (rows 2t, 2t+1, col g).
+void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+  const void* rows[32];
+  warp_exchange(&p, rows, sizeof(p), 0xffffffffu);
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  auto at = [&](int matrix, int row, int col) {
+    uint16_t v;
+    std::memcpy(&v, static_cast<const unsigned char*>(rows[8 * matrix + row]) + 2 * col, 2);
+    return uint32_t(v);
+  };
+  for (int m = 0; m < 4; ++m)
+    r[m] = trans ? (at(m, 2 * t, g) | at(m, 2 * t + 1, g) << 16) : (at(m, g, 2 * t) | at(m, g, 2 * t + 1) << 16);
+}
+
+}  // namespace cuemu

@@ -1,0 +1,228 @@
+// A CPU emulator of the slice of CUDA that dllm's kernels use, so that the CUDA kernels run (and
+// are compared with the CPU ops) on machines without a GPU.
+//
+// Every CUDA thread of a block is a fiber; the fibers of a block run on the calling thread,
+// switching only at block barriers and warp-synchronous operations (shuffles, ballots, mma,
+// ldmatrix), and blocks run one after another. The order in which fibers run between two
+// synchronisation points is a setting (forward, reverse, shuffled), so a kernel whose result
+// depends on it has a race. Shared memory is poisoned with 0xff bytes (NaN as float, bf16 and
+// fp16) at the start of every block; cp.async copies can be deferred to the wait that must
+// precede their use. A barrier that can never complete is reported as a deadlock, and
+// warp-synchronous operations after some lanes of the warp exited are reported as errors.
+//
+// Kernel sources pass through translate.py first: it rewrites `kernel<<<grid, block, smem,
+// stream>>>(args)` into cuemu::launch(...)(args) and registers __shared__ variables for
+// poisoning. Results are exact in the emulator's own arithmetic: __expf and friends are the
+// accurate libm functions, and mma accumulates exact products in double.
+#pragma once
+#define DLLM_CUDA_EMULATOR 1
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define __shared__ static  // translate.py rewrites declarations; this covers any it missed
+
+#include "cuda_host_api.h"
+
+// CUDA declares these in the global namespace.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+
+namespace cuemu {
+
+// ---- scheduler (cuda_emulator.cpp) ----
+struct ThreadIndex {
+  dim3 thread_idx, block_idx;
+};
+const ThreadIndex& self();
+const dim3& block_dim();
+const dim3& grid_dim();
+int lane_id();
+void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg);
+void* dynamic_shared();
+void shared_region(void* p, size_t bytes);
+int sync_block(int predicate, int op);  // op: 0 plain, 1 or, 2 and, 3 count
+// Publishes `bytes` of this lane's data and copies all 32 lanes' data into `all` (lane-major).
+void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
+[[noreturn]] void fail(const char* what);
+void cp_async(void* dst, const void* src, size_t bytes, bool valid);
+void cp_async_wait_all();
+
+// cuemu::launch(kernel, grid, block, smem, stream)(args...) runs the grid to completion.
+template <typename... Params>
+struct Launch {
+  void (*kernel)(Params...);
+  dim3 grid, block;
+  size_t smem;
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    struct Call {
+      void (*kernel)(Params...);
+      std::tuple<std::decay_t<Params>...> params;
+    } call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+    run_grid(grid, block, smem, [](void* c) {
+      auto* call = static_cast<Call*>(c);
+      std::apply(call->kernel, call->params);  // each thread gets its own copy, as on the GPU
+    }, &call);
+  }
+};
+template <typename... Params>
+Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  return Launch<Params...>{kernel, grid, block, smem};
+}
+
+template <typename T>
+T shfl(unsigned mask, T v, int src_of_lane_xor, bool is_xor) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
+  T all[32];
+  warp_exchange(&v, all, sizeof(T), mask);
+  const int lane = lane_id();
+  return all[is_xor ? (lane ^ src_of_lane_xor) : (src_of_lane_xor & 31)];
+}
+
+// ---- tensor-core and async-copy primitives of csrc/kernels/attention_mma.cuh ----
+float b16_to_float(uint16_t bits, bool bf16);
+void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
+void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
+
+}  // namespace cuemu
+
+#define threadIdx (::cuemu::self().thread_idx)
+#define blockIdx (::cuemu::self().block_idx)
+#define blockDim (::cuemu::block_dim())
+#define gridDim (::cuemu::grid_dim())
+
+inline void __syncthreads() { cuemu::sync_block(0, 0); }
+inline int __syncthreads_or(int p) { return cuemu::sync_block(p, 1); }
+inline int __syncthreads_and(int p) { return cuemu::sync_block(p, 2); }
+inline int __syncthreads_count(int p) { return cuemu::sync_block(p, 3); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  int all[32];
+  const int one = 1;
+  cuemu::warp_exchange(&one, all, sizeof(int), mask);
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int = 32) {
+  return cuemu::shfl(mask, v, lane_mask, true);
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src, int = 32) {
+  return cuemu::shfl(mask, v, src, false);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  int all[32];
+  const int mine = pred != 0;
+  cuemu::warp_exchange(&mine, all, sizeof(int), mask);
+  unsigned bits = 0;
+  for (int i = 0; i < 32; ++i) bits |= unsigned(all[i]) << i;
+  return bits;
+}
+inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
+inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == 0xffffffffu; }
+[[noreturn]] inline void __trap() { cuemu::fail("__trap() executed"); }
+
+// Fibers switch only at synchronisation points, so read-modify-writes are atomic as written.
+template <typename T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+  const unsigned long long old = *p;
+  if (v < old) *p = v;
+  return old;
+}
+template <typename T>
+T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline double __longlong_as_double(long long v) {
+  double d;
+  std::memcpy(&d, &v, 8);
+  return d;
+}
+inline long long __double_as_longlong(double d) {
+  long long v;
+  std::memcpy(&v, &d, 8);
+  return v;
+}
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
+inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz(unsigned(v)); }
+inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
+
+// ---- bfloat16 and float16: storage types with round-to-nearest-even conversions ----
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+struct __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+struct __half {
+  uint16_t x;
+};
+struct __half2 {
+  __half x, y;
+};
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float(unsigned(h.x) << 16); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const unsigned u = __float_as_uint(f);
+  if (std::isnan(f)) return {uint16_t((u >> 16) | 0x40)};
+  return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)}; }
+inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {__bfloat162float(v.x), __bfloat162float(v.y)}; }
+inline float __half2float(__half h) {
+  _Float16 f;
+  std::memcpy(&f, &h.x, 2);
+  return float(f);
+}
+inline __half __float2half_rn(float f) {
+  const _Float16 h = static_cast<_Float16>(f);
+  __half out;
+  std::memcpy(&out.x, &h, 2);
+  return out;
+}
+inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half __ushort_as_half(unsigned short v) { return {v}; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
+inline float2 __half22float2(__half2 v) { return {__half2float(v.x), __half2float(v.y)}; }
+

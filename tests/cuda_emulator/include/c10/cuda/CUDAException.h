@@ -1,0 +1,3 @@
+// The CUDA emulator's stand-in: emulated launches run synchronously and throw on failure.
+#pragma once
+#define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)

@@ -1,0 +1,9 @@
+// The CUDA emulator's stand-in: one emulated device, nothing to guard.
+#pragma once
+#include <c10/core/Device.h>
+
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+}  // namespace c10::cuda

@@ -1,0 +1,259 @@
+"""dllm's CUDA kernels, and the CUDA bindings that launch them, run on the CPU by the emulator in
+tests/cuda_emulator, so that they are tested where no GPU exists.
+
+torch.ops.dllm_emu.<op> is the shipped CUDA binding of dllm::<op> launching the shipped CUDA
+kernel, in the emulator, on CPU tensors. Sampling kernels share Philox keys with the CPU ops, so
+each draw is compared one to one with the CPU op (itself tested statistically against float64
+references); attention is compared with the float64 reference under FlashAttention's error rule.
+Every kernel runs under three schedules (thread order between barriers forward, reverse and
+shuffled; cp.async copies landing at the wait or at issue): a result that depends on the
+schedule is a race. Shared memory starts every block as NaN, so reading it before writing shows.
+What the emulator cannot see: speed, memory coalescing, and the exact rounding of __expf and of
+the tensor cores' accumulation.
+"""
+
+import pytest
+import torch
+from cuda_emulator.build import load
+from test_attention import check, check_gradients
+from test_sedd_losses import make_inputs as loss_inputs
+from test_unmask import MASK, commit_inputs, masked_batch
+
+import dllm
+from dllm.reference.attention import attention as reference_attention
+
+EMU = torch.ops.dllm_emu
+CPU = torch.ops.dllm
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (order, cp.async copies deferred to the wait): 0 forward, 1 reverse, 2 shuffled
+SCHEDULES = {"forward": (0, True), "reverse-copies-at-issue": (1, False), "shuffled": (2, True)}
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    return load()
+
+
+@pytest.fixture(params=list(SCHEDULES))
+def schedule(request, emulator):
+    order, deferred = SCHEDULES[request.param]
+    emulator.configure(order, deferred, 1234)
+    yield emulator
+    emulator.configure(0, True, 0)
+
+
+def emulated(emulator, op, *args, **kwargs):
+    """op(*args) in the emulator, checking that a kernel ran (no silent fallback)."""
+    before = emulator.grids_run()
+    out = op(*args, **kwargs)
+    assert emulator.grids_run() > before, "the emulated op launched no kernel"
+    return out
+
+
+def gen(seed=7):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vocab", [37, 2049, 50258])
+def test_sample_categorical(schedule, dtype, vocab):
+    logits = (torch.randn(6, vocab, generator=gen(0)) * 3).to(dtype)
+    temperature = torch.tensor([0.0, 0.7, 1.0, 1.3, 0.5, 2.0])
+    got = emulated(schedule, EMU.sample_categorical, logits, temperature, 1.0, generator=gen())
+    want = CPU.sample_categorical(logits, temperature, 1.0, generator=gen())
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_sample_categorical_reports_the_first_bad_row(emulator):
+    logits = torch.randn(5, 3000)
+    logits[3, 17] = float("nan")
+    logits[4] = float("-inf")
+    with pytest.raises(ValueError, match="row 3 of logits .* NaN"):
+        EMU.sample_categorical(logits, None, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("confidence", ["prob", "margin", "entropy", "random"])
+@pytest.mark.parametrize("temperature, top_k, top_p, shift", [(0.0, 0, 1.0, 0), (1.0, 0, 1.0, 1), (0.8, 50, 0.9, 0)])
+def test_predict_masked(schedule, dtype, confidence, temperature, top_k, top_p, shift):
+    logits, x = masked_batch(2, 37, 3001, "cpu", dtype)
+    args = (logits, x, MASK, temperature, top_k, top_p, confidence, shift)
+    got = emulated(schedule, EMU.predict_masked, *args, generator=gen())
+    want = CPU.predict_masked(*args, generator=gen())
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+def test_predict_masked_llada_vocabulary(emulator):
+    logits, x = masked_batch(1, 5, 126464, "cpu", torch.bfloat16)
+    for temperature in (0.0, 1.0):
+        got = emulated(emulator, EMU.predict_masked, logits, x, MASK, temperature, generator=gen())
+        want = CPU.predict_masked(logits, x, MASK, temperature, generator=gen())
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        dict(num_tokens=torch.tensor([0, 3, 500])),
+        dict(num_tokens=torch.tensor([5, 1, 2]), window=torch.tensor([[0, 300], [40, 90], [1000, 1023]])),
+        dict(threshold=0.6),
+        dict(prob=torch.tensor([0.1, 0.5, 1.0])),
+        dict(num_tokens=torch.tensor([4, 9, 1]), position_temperature=0.3),
+    ],
+    ids=["top-k", "top-k-window", "threshold", "prob", "position-temperature"],
+)
+def test_commit_tokens(schedule, rule):
+    x, x0, conf = commit_inputs(3, 1023, "cpu")
+    x_emu, x_cpu = x.clone(), x.clone()
+    got = emulated(schedule, EMU.commit_tokens, x_emu, x0, conf, MASK, generator=gen(), **rule)
+    want = CPU.commit_tokens(x_cpu, x0, conf, MASK, generator=gen(), **rule)
+    assert torch.equal(got, want)
+    assert torch.equal(x_emu, x_cpu)
+
+
+# ---- SEDD / MDLM -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("method", ["analytic", "euler", "denoise"])
+@pytest.mark.parametrize("K", [37, 50258])
+def test_sedd_step(schedule, dtype, graph, method, K):
+    B, L = 2, 7 if K > 1000 else 113
+    logits = (torch.randn(B, L, K, generator=gen(1)) * 2).to(dtype)
+    x = torch.randint(0, K, (B, L), generator=gen(2))
+    sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+    kwargs = dict(graph=graph, method=method)
+    got = emulated(schedule, EMU.sedd_step, logits, x, sigma, dsig, generator=gen(), **kwargs)
+    want = CPU.sedd_step(logits, x, sigma, dsig, generator=gen(), **kwargs)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_sample_transition(schedule, graph):
+    x0 = torch.randint(0, 500, (3, 1023), generator=gen(3))
+    sigma = torch.tensor([0.01, 0.7, 6.0])
+    got = emulated(schedule, EMU.sample_transition, x0, sigma, graph=graph, num_classes=501, generator=gen())
+    want = CPU.sample_transition(x0, sigma, graph=graph, num_classes=501, generator=gen())
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("shape", [(2, 113, 37), (1, 3, 50258)])
+def test_score_entropy_loss(schedule, dtype, graph, shape):
+    logits, x_t, x0, sigma, dsigma = loss_inputs(shape, graph, dtype, "cpu")
+    logits = logits.detach()
+    args = (logits, x_t, x0, sigma, dsigma)
+    loss = emulated(schedule, EMU.score_entropy_loss, *args, graph=graph)
+    torch.testing.assert_close(loss, CPU.score_entropy_loss(*args, graph=graph), rtol=1e-5, atol=1e-5)
+    grad_loss = torch.randn(shape[0], generator=gen(4))
+    grad = emulated(schedule, EMU.score_entropy_loss_backward, grad_loss, *args, graph=graph, scale_by_sigma=True)
+    want = CPU.score_entropy_loss_backward(grad_loss, *args, graph=graph, scale_by_sigma=True)
+    torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 113, 37), (1, 3, 50258)])
+def test_masked_diffusion_loss(schedule, dtype, shape):
+    B, L, K = shape
+    logits = (torch.randn(shape, generator=gen(5)) * 2).to(dtype)
+    x0 = torch.randint(0, K - 1, (B, L), generator=gen(6))
+    x_t = torch.where(torch.rand(B, L, generator=gen(8)) < 0.5, K - 1, x0)
+    weight = torch.rand(B, generator=gen(9)) + 0.5
+    loss, lse = emulated(schedule, EMU.masked_diffusion_loss, logits, x_t, x0, weight, mask_id=K - 1)
+    want_loss, want_lse = CPU.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=K - 1)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    masked = x_t == K - 1  # the CPU op computes the log-sum-exp where the loss needs it
+    torch.testing.assert_close(lse[masked], want_lse[masked], rtol=1e-6, atol=1e-5)
+    grad_loss = torch.randn(B, generator=gen(10))
+    grad = emulated(schedule, EMU.masked_diffusion_loss_backward, grad_loss, logits, lse, x_t, x0, weight, mask_id=K - 1)
+    want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=K - 1)
+    torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+class EmulatedAttention(torch.autograd.Function):
+    """The emulated forward and backward kernels behind autograd, as dllm.ops.attention has them."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, kv_len, q_len, cu_q, cu_k, max_q, max_k, scale):
+        out, lse = EMU.attention_forward(q, k, v, kv_len, q_len, cu_q, cu_k, max_q, max_k, scale)
+        ctx.save_for_backward(q, k, v, out, lse, kv_len, q_len, cu_q, cu_k)
+        ctx.sizes = max_q, max_k, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, kv_len, q_len, cu_q, cu_k = ctx.saved_tensors
+        grads = EMU.attention_backward(grad_out, q, k, v, out, lse, kv_len, q_len, cu_q, cu_k, *ctx.sizes)
+        return *grads, None, None, None, None, None, None, None
+
+
+def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
+    g = gen(11)
+    make = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    return make(B, Sq, H, D), make(B, Sk, Hkv, D), make(B, Sk, Hkv, D)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, Hkv, D, lengths",
+    [
+        (2, 113, 203, 4, 2, 64, True),  # GQA, Sq != Sk, an empty and a partial sequence
+        (1, 1, 113, 2, 2, 128, False),  # one query row
+        (2, 203, 1, 2, 1, 64, True),  # one key
+        (1, 130, 130, 1, 1, 128, True),  # full lengths, tiles of 64 plus a remainder
+    ],
+)
+def test_attention_forward_and_backward_match_float64(emulator, dtype, B, Sq, Sk, H, Hkv, D, lengths):
+    q, k, v = attention_inputs(B, Sq, Sk, H, Hkv, D, dtype)
+    kv_len = q_len = None
+    if lengths:
+        kv_len = torch.tensor([0, Sk // 2 + 1][:B] if B > 1 else [Sk], dtype=torch.int32)
+        q_len = torch.tensor([Sq, max(Sq - 7, 1)][:B] if B > 1 else [Sq], dtype=torch.int32)
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, D**-0.5)
+    ref = reference_attention(q, k, v, kv_len, q_len)
+    low = reference_attention(q, k, v, kv_len, q_len, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
+def test_attention_is_schedule_independent_and_deterministic(schedule):
+    q, k, v = attention_inputs(2, 70, 140, 2, 1, 64, torch.bfloat16)
+    kv_len = torch.tensor([140, 66], dtype=torch.int32)
+    out = emulated(schedule, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 140, 0.125)
+    grads = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen(12)).to(out))
+    schedule.configure(0, True, 0)
+    out0 = EmulatedAttention.apply(q, k, v, kv_len, None, None, None, 70, 140, 0.125)
+    grads0 = torch.autograd.grad(out0, (q, k, v), torch.randn(out.shape, generator=gen(12)).to(out))
+    assert torch.equal(out, out0)
+    for a, b in zip(grads, grads0):
+        assert torch.equal(a, b)
+
+
+def test_attention_varlen_equals_padded(emulator):
+    lengths = [5, 70, 1]
+    q, k, v = attention_inputs(3, 70, 70, 2, 2, 64, torch.bfloat16)
+    q, k, v = (t.detach() for t in (q, k, v))
+    packed = [torch.cat([t[b, :n] for b, n in enumerate(lengths)]) for t in (q, k, v)]
+    cu = torch.tensor([0, 5, 75, 76], dtype=torch.int32)
+    out_varlen, _ = emulated(emulator, EMU.attention_forward, *packed, None, None, cu, cu, 70, 70, 0.125)
+    n = torch.tensor(lengths, dtype=torch.int32)
+    out_padded, _ = EMU.attention_forward(q, k, v, n, n, None, None, 70, 70, 0.125)
+    assert torch.equal(out_varlen, torch.cat([out_padded[b, :m] for b, m in enumerate(lengths)]))
+
+
+def test_attention_binding_refuses_what_the_kernels_do_not_take(emulator):
+    q = torch.randn(1, 8, 2, 40, dtype=torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="head dimension 64 or 128"):
+        EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
+    q = torch.randn(1, 8, 2, 64)
+    with pytest.raises(NotImplementedError, match="float32 runs on the CPU only"):
+        EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
+    assert dllm.ops.attention(q, q, q).shape == q.shape  # the CPU op takes both
