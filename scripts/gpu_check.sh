@@ -11,7 +11,7 @@
 # Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
 # DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
 # DLLM_E2E_MINUTES, to also run `dllm bench e2e` with that training budget per model;
-# DLLM_TESTS, extra pytest arguments (e.g. -k "cuda or gpu or graph").
+# DLLM_TESTS, extra pytest arguments (e.g. -k "(cuda or gpu or graph) and not emulated").
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
 ARCHIVE=${2:+$(realpath -m "$2")}
@@ -42,8 +42,9 @@ fi
 echo "build ok in $(( $(date +%s) - start )) s" | tee -a "$OUT/status.txt"
 
 echo "== tests" | tee -a "$OUT/status.txt"
-# DLLM_TESTS narrows the run, e.g. DLLM_TESTS='-k "cuda or gpu or graph"' for the GPU tests only
-# (the CPU ones run in CI anyway), which saves minutes of a short device lease.
+# DLLM_TESTS narrows the run, e.g. DLLM_TESTS='-k "(cuda or gpu or graph) and not emulated"' for
+# the GPU tests only (the CPU ones, the CUDA emulator's included, run in CI anyway), which saves
+# minutes of a short device lease.
 (cd tests && eval "\"\$PY\" -m pytest -q -rs --junitxml=\"\$OUT/tests.xml\" ${DLLM_TESTS:-}") >"$OUT/tests.log" 2>&1
 echo "tests exit code $?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/status.txt"
 

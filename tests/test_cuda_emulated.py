@@ -5,12 +5,15 @@ torch.ops.dllm_emu.<op> is the shipped CUDA binding of dllm::<op> launching the 
 kernel, in the emulator, on CPU tensors. Sampling kernels share Philox keys with the CPU ops, so
 each draw is compared one to one with the CPU op (itself tested statistically against float64
 references); attention is compared with the float64 reference under FlashAttention's error rule.
-Every kernel runs under three schedules (thread order between barriers forward, reverse and
-shuffled; cp.async copies landing at the wait or at issue): a result that depends on the
-schedule is a race. Shared memory starts every block as NaN, so reading it before writing shows.
-What the emulator cannot see: speed, memory coalescing, and the exact rounding of __expf and of
-the tensor cores' accumulation.
+Every kernel runs under three schedules (thread order between barriers forward, reverse, or one
+warp lagging behind the others up to the next barrier; cp.async copies landing as late as a
+correct kernel allows or at issue): a result that depends on the schedule is a race. Shared
+memory starts every block as NaN, so reading it before writing shows. What the emulator cannot
+see: speed, memory coalescing, and the exact rounding of __expf and of the tensor cores'
+accumulation.
 """
+
+import re
 
 import pytest
 import torch
@@ -25,8 +28,8 @@ from dllm.reference.attention import attention as reference_attention
 EMU = torch.ops.dllm_emu
 CPU = torch.ops.dllm
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# (order, cp.async copies deferred to the wait): 0 forward, 1 reverse, 2 shuffled
-SCHEDULES = {"forward": (0, True), "reverse-copies-at-issue": (1, False), "shuffled": (2, True)}
+# (thread order, cp.async copies landing as late as allowed rather than at issue)
+SCHEDULES = {"forward": (0, True), "reverse-copies-at-issue": (1, False), "lagging-warp": (2, True)}
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +70,43 @@ def test_sample_categorical(schedule, dtype, vocab):
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
 
 
-def test_sample_categorical_reports_the_first_bad_row(emulator):
+def same_error(emulated_call, cpu_call):
+    """Both calls raise, the same exception type with the same message (read back from the kernel)."""
+    with pytest.raises(Exception) as cpu_error:
+        cpu_call()
+    with pytest.raises(cpu_error.type, match=f"^{re.escape(str(cpu_error.value))}$"):
+        emulated_call()
+
+
+def test_kernel_errors_read_back_like_the_cpu_ops(emulator):
     logits = torch.randn(5, 3000)
     logits[3, 17] = float("nan")
     logits[4] = float("-inf")
-    with pytest.raises(ValueError, match="row 3 of logits .* NaN"):
-        EMU.sample_categorical(logits, None, 1.0)
+    same_error(lambda: EMU.sample_categorical(logits, None, 1.0), lambda: CPU.sample_categorical(logits, None, 1.0))
+    clean = torch.randn(5, 3000)
+    same_error(lambda: EMU.sample_categorical(clean, torch.tensor([1.0, 1, -1, 1, 1]), 1.0),
+               lambda: CPU.sample_categorical(clean, torch.tensor([1.0, 1, -1, 1, 1]), 1.0))
+    step = (logits.view(1, 5, 3000), torch.full((1, 5), 2999), torch.tensor([1.0]), torch.tensor([0.1]))
+    same_error(lambda: EMU.sedd_step(*step, graph="absorb", method="analytic"),
+               lambda: CPU.sedd_step(*step, graph="absorb", method="analytic"))
+    x = torch.full((1, 5), MASK)
+    same_error(lambda: EMU.predict_masked(logits.view(1, 5, 3000), x, MASK),
+               lambda: CPU.predict_masked(logits.view(1, 5, 3000), x, MASK))
+
+
+def test_strided_broadcast_and_unaligned_rows(emulator):
+    base = torch.randn(4, 3001, dtype=torch.bfloat16)
+    for logits in (base[:, 1:], base.t().contiguous().t(), base[:1].expand(4, 3001)):
+        got = emulated(emulator, EMU.sample_categorical, logits, None, 0.9, generator=gen())
+        want = CPU.sample_categorical(logits, None, 0.9, generator=gen())
+        assert torch.equal(got[0], want[0])
+    q, k, v = (t.detach() for t in attention_inputs(1, 40, 40, 2, 2, 64, torch.float16))
+    q_strided = torch.randn(1, 2, 40, 64, dtype=torch.float16).transpose(1, 2)  # [B, S, H, D], head-major storage
+    q_offset = torch.randn(1 * 40 * 2 * 64 + 3, dtype=torch.float16)[3:].view(1, 40, 2, 64)  # 6 bytes off alignment
+    for query in (q_strided, q_offset):
+        out, _ = emulated(emulator, EMU.attention_forward, query, k, v, None, None, None, None, 40, 40, 0.125)
+        ref = reference_attention(query, k, v, None, None)
+        check(out, ref, reference_attention(query, k, v, None, None, upcast=False), 2, "out")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -100,15 +134,22 @@ def test_predict_masked_llada_vocabulary(emulator):
     "rule",
     [
         dict(num_tokens=torch.tensor([0, 3, 500])),
-        dict(num_tokens=torch.tensor([5, 1, 2]), window=torch.tensor([[0, 300], [40, 90], [1000, 1023]])),
         dict(threshold=0.6),
         dict(prob=torch.tensor([0.1, 0.5, 1.0])),
         dict(num_tokens=torch.tensor([4, 9, 1]), position_temperature=0.3),
     ],
-    ids=["top-k", "top-k-window", "threshold", "prob", "position-temperature"],
+    ids=["top-k", "threshold", "prob", "position-temperature"],
 )
-def test_commit_tokens(schedule, rule):
+@pytest.mark.parametrize("windowed", [False, True])
+def test_commit_tokens(schedule, rule, windowed):
     x, x0, conf = commit_inputs(3, 1023, "cpu")
+    if windowed:
+        window = torch.tensor([[0, 300], [40, 90], [1000, 1023]])
+        rule = dict(rule, window=window)
+        for b, (start, end) in enumerate(window.tolist()):  # the most confident positions lie just outside
+            for i in (start - 1, end):
+                if 0 <= i < x.shape[1]:
+                    x[b, i], conf[b, i] = MASK, 1.0
     x_emu, x_cpu = x.clone(), x.clone()
     got = emulated(schedule, EMU.commit_tokens, x_emu, x0, conf, MASK, generator=gen(), **rule)
     want = CPU.commit_tokens(x_cpu, x0, conf, MASK, generator=gen(), **rule)
@@ -171,7 +212,8 @@ def test_masked_diffusion_loss(schedule, dtype, shape):
     masked = x_t == K - 1  # the CPU op computes the log-sum-exp where the loss needs it
     torch.testing.assert_close(lse[masked], want_lse[masked], rtol=1e-6, atol=1e-5)
     grad_loss = torch.randn(B, generator=gen(10))
-    grad = emulated(schedule, EMU.masked_diffusion_loss_backward, grad_loss, logits, lse, x_t, x0, weight, mask_id=K - 1)
+    grad = emulated(schedule, EMU.masked_diffusion_loss_backward, grad_loss, logits, lse, x_t, x0, weight,
+                    mask_id=K - 1)
     want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=K - 1)
     torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
 

@@ -30,6 +30,7 @@ OPS = (
     "attention_forward",
     "attention_backward",
 )
+INCLUDE_DIRS = ("include", "torch", "kernels")  # of csrc, after the stand-ins and the translations
 BINDINGS = ("sample_categorical", "unmask", "sedd", "attention")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
 
 
@@ -58,8 +59,7 @@ def load():
         name="dllm_cuda_emulator",
         sources=[str(p) for p in (HERE / "cuda_emulator.cpp", HERE / "emulator_module.cpp", *wrappers, *kernels)],
         extra_include_paths=[
-            str(p)
-            for p in (HERE / "include", HERE, build / "kernels", ROOT / "csrc" / "include", ROOT / "csrc" / "torch", ROOT / "csrc" / "kernels")
+            str(p) for p in (HERE / "include", HERE, build / "kernels", *(ROOT / "csrc" / d for d in INCLUDE_DIRS))
         ],
         extra_cflags=["-O1", "-Wno-unknown-pragmas"],
         build_directory=str(build),

@@ -1,8 +1,10 @@
-// The emulator's scheduler: blocks one after another, the threads of a block as ucontext fibers
+// The emulator's scheduler: blocks one after another, the threads of a block as fibers
 // that switch at synchronisation points. See cuda_emulator.h.
 #include "cuda_emulator.h"
 
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <memory>
@@ -34,13 +36,54 @@ struct PendingCopy {
   bool valid;
 };
 
+// A fiber's saved context. On x86-64 a switch saves the callee-saved registers on the fiber's
+// stack and swaps stack pointers (tens of nanoseconds); glibc's swapcontext also saves the
+// signal mask with a system call on every switch, which made the emulator 5x slower.
+#if defined(__x86_64__)
+extern "C" void cuemu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl cuemu_switch
+  .type cuemu_switch, @function
+cuemu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuemu_switch, .-cuemu_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+struct Context {
+  ucontext_t uc;
+};
+#endif
+
 struct Fiber {
-  ucontext_t context;
+  Context context;
   ThreadIndex index;
   int linear = 0;
   bool done = false;
-  const char* waiting_at = nullptr;
-  std::vector<PendingCopy> pending;
+  const char* waiting_at = nullptr;  // "block" or "warp" while waiting at a barrier
+  const Barrier* waiting_on = nullptr;
+  uint64_t waiting_generation = 0;
+  int warp_parity = 0;
+  // cp.async copies issued, and those a wait completed: other threads may read the latter only
+  // after a block barrier, so in the strict mode they land when the next one releases.
+  std::vector<PendingCopy> pending, waited;
 };
 
 struct State {
@@ -51,13 +94,13 @@ struct State {
   std::vector<Fiber> fibers;
   std::vector<std::unique_ptr<char[]>> stacks;
   Fiber* current = nullptr;
-  ucontext_t scheduler;
+  Context scheduler;
   uint64_t progress = 0;
   std::string error;
   Barrier block_barrier;
   std::vector<Barrier> warp_barriers;
   std::vector<int> warp_live, warp_size;
-  std::vector<unsigned char> warp_slots;
+  std::vector<unsigned char> warp_slots;  // [warp][parity][lane][kSlotBytes]
   std::unique_ptr<unsigned char[]> smem_storage;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
@@ -69,19 +112,52 @@ struct State {
 State st;
 std::mutex one_grid_at_a_time;
 
-void yield() { swapcontext(&st.current->context, &st.scheduler); }
+void fiber_main();
 
-void flush_copies(Fiber& f) {
-  for (const PendingCopy& c : f.pending) {
+#if defined(__x86_64__)
+void switch_to(Context& from, Context& to) { cuemu_switch(&from.sp, to.sp); }
+
+[[noreturn]] void fiber_entry() {
+  fiber_main();
+  std::abort();  // fiber_main switches away for good
+}
+
+void start_context(Context& c, char* stack, size_t bytes) {
+  // The stack cuemu_switch pops: six registers, then fiber_entry as the return address, placed
+  // so that fiber_entry starts with the stack alignment of a called function.
+  auto* top = reinterpret_cast<uintptr_t*>((reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15)) - 8);
+  *--top = reinterpret_cast<uintptr_t>(&fiber_entry);
+  for (int i = 0; i < 6; ++i) *--top = 0;
+  c.sp = top;
+}
+#else
+void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+
+void start_context(Context& c, char* stack, size_t bytes) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, fiber_main, 0);
+}
+#endif
+
+void yield() { switch_to(st.current->context, st.scheduler); }
+
+void flush_copies(std::vector<PendingCopy>& copies) {
+  for (const PendingCopy& c : copies) {
     if (c.valid)
       std::memcpy(c.dst, c.src, c.bytes);
     else
       std::memset(c.dst, 0, c.bytes);
   }
-  f.pending.clear();
+  copies.clear();
 }
 
 void release(Barrier& b) {
+  if (&b == &st.block_barrier) {
+    for (int i = 0; i < st.threads; ++i) flush_copies(st.fibers[i].waited);
+  }
   b.result = b.acc;
   b.count = 0;
   ++b.generation;
@@ -98,9 +174,13 @@ int arrive(Barrier& b, int predicate, int op, const char* where) {
   if (b.count == b.expected) {
     release(b);
   } else {
-    st.current->waiting_at = where;
-    while (b.generation == generation) yield();
-    st.current->waiting_at = nullptr;
+    Fiber& f = *st.current;
+    f.waiting_at = where;
+    f.waiting_on = &b;
+    f.waiting_generation = generation;
+    yield();  // the scheduler resumes this fiber only once the barrier has released
+    f.waiting_at = nullptr;
+    f.waiting_on = nullptr;
   }
   return b.result;
 }
@@ -113,23 +193,18 @@ void leave(Barrier& b) {
 void fiber_main() {
   Fiber* f = st.current;
   st.body(st.arg);
-  flush_copies(*f);
+  flush_copies(f->pending);
+  flush_copies(f->waited);
   f->done = true;
   const int warp = f->linear / 32;
   leave(st.block_barrier);
   leave(st.warp_barriers[warp]);
   --st.warp_live[warp];
   ++st.progress;
-  setcontext(&st.scheduler);
+  Context finished;
+  switch_to(finished, st.scheduler);
 }
 
-std::vector<int> pass_order(int n) {
-  std::vector<int> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  if (settings().order == Order::kReverse) std::reverse(order.begin(), order.end());
-  if (settings().order == Order::kShuffled) std::shuffle(order.begin(), order.end(), st.order_rng);
-  return order;
-}
 
 std::string deadlock_report() {
   int at_block = 0, at_warp = 0;
@@ -159,29 +234,40 @@ void run_block(dim3 block_idx) {
     f.linear = i;
     f.done = false;
     f.waiting_at = nullptr;
+    f.waiting_on = nullptr;
+    f.warp_parity = 0;
     f.pending.clear();
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = st.stacks[i].get();
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_main, 0);
+    f.waited.clear();
+    start_context(f.context, st.stacks[i].get(), kStackBytes);
     ++st.warp_live[i / 32];
     ++st.warp_size[i / 32];
     ++st.warp_barriers[i / 32].expected;
   }
+  std::vector<int> order(st.threads);
+  std::iota(order.begin(), order.end(), 0);
+  if (settings().order == Order::kReverse) std::reverse(order.begin(), order.end());
+  // In the lagging-warp order one warp, drawn per block, runs only when no other thread can
+  // move, so the others run as far ahead of it as the barriers allow: a missing barrier between
+  // a write and a read of shared memory by different warps (either way round) then shows.
+  const int lagging = settings().order == Order::kLaggingWarp && warps > 1 ? int(st.order_rng() % warps) : -1;
   int live = st.threads;
+  bool stalled = false;
   while (live > 0) {
+    const bool everyone = lagging < 0 || stalled;
     const uint64_t before = st.progress;
-    for (int i : pass_order(st.threads)) {
+    for (int i : order) {
       Fiber& f = st.fibers[i];
-      if (f.done) continue;
+      if (f.done || (f.waiting_on && f.waiting_on->generation == f.waiting_generation)) continue;
+      if (!everyone && i / 32 == lagging) continue;
       st.current = &f;
-      swapcontext(&st.scheduler, &f.context);
+      switch_to(st.scheduler, f.context);
       st.current = nullptr;
       if (!st.error.empty()) throw std::runtime_error("CUDA emulator: " + st.error);
     }
-    live = int(std::count_if(st.fibers.begin(), st.fibers.begin() + st.threads, [](const Fiber& f) { return !f.done; }));
-    if (live > 0 && st.progress == before) throw std::runtime_error("CUDA emulator: " + deadlock_report());
+    live = int(std::count_if(st.fibers.begin(), st.fibers.begin() + st.threads,
+                             [](const Fiber& f) { return !f.done; }));
+    stalled = st.progress == before;
+    if (live > 0 && stalled && everyone) throw std::runtime_error("CUDA emulator: " + deadlock_report());
   }
 }
 
@@ -202,7 +288,8 @@ void fail(const char* what) {
   st.error = std::string(what) + " (thread " + std::to_string(i.thread_idx.x) + ", block " +
              std::to_string(i.block_idx.x) + ", " + std::to_string(i.block_idx.y) + ", " +
              std::to_string(i.block_idx.z) + ")";
-  setcontext(&st.scheduler);
+  Context failed;
+  switch_to(failed, st.scheduler);
   std::abort();  // unreachable: the scheduler never resumes a failed fiber
 }
 
@@ -220,7 +307,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), v
   st.order_rng.seed(settings().seed);
   if (int(st.fibers.size()) < threads) st.fibers.resize(threads);
   while (int(st.stacks.size()) < threads) st.stacks.emplace_back(new char[kStackBytes]);
-  st.warp_slots.assign(size_t((threads + 31) / 32) * 32 * kSlotBytes, 0);
+  st.warp_slots.assign(size_t((threads + 31) / 32) * 2 * 32 * kSlotBytes, 0);
   st.smem_storage.reset(new unsigned char[dynamic_smem + 128]);
   st.smem = st.smem_storage.get() + (128 - reinterpret_cast<uintptr_t>(st.smem_storage.get()) % 128) % 128;
   st.smem_bytes = dynamic_smem;
@@ -247,19 +334,30 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
   const int warp = st.current->linear / 32, lane = st.current->linear % 32;
   if (st.warp_size[warp] != 32 || st.warp_live[warp] != 32)
     fail("warp-synchronous operation with mask 0xffffffff in a warp with exited or missing lanes");
-  unsigned char* slots = st.warp_slots.data() + size_t(warp) * 32 * kSlotBytes;
+  unsigned char* slots = st.warp_slots.data() + size_t(warp) * 2 * 32 * kSlotBytes;
+  // Consecutive exchanges alternate between two slot sets, so one barrier each suffices: a lane
+  // can write set p again only after the next exchange's barrier, which every lane reaches only
+  // after reading set p.
+  Fiber& f = *st.current;
+  slots += size_t(f.warp_parity) * 32 * kSlotBytes;
+  f.warp_parity ^= 1;
   std::memcpy(slots + lane * kSlotBytes, mine, bytes);
   arrive(st.warp_barriers[warp], 0, 0, "warp");
   for (int l = 0; l < 32; ++l) std::memcpy(static_cast<unsigned char*>(all) + l * bytes, slots + l * kSlotBytes, bytes);
-  arrive(st.warp_barriers[warp], 0, 0, "warp");
 }
 
 void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
+    fail("misaligned address in cp.async");
   st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
-  if (!settings().defer_async_copies) flush_copies(*st.current);
+  if (!settings().defer_async_copies) flush_copies(st.current->pending);
 }
 
-void cp_async_wait_all() { flush_copies(*st.current); }
+void cp_async_wait_all() {
+  Fiber& f = *st.current;
+  f.waited.insert(f.waited.end(), f.pending.begin(), f.pending.end());
+  f.pending.clear();
+}
 
 float b16_to_float(uint16_t bits, bool bf16) {
   return bf16 ? __bfloat162float(__nv_bfloat16{bits}) : __half2float(__half{bits});

@@ -4,11 +4,13 @@
 // Every CUDA thread of a block is a fiber; the fibers of a block run on the calling thread,
 // switching only at block barriers and warp-synchronous operations (shuffles, ballots, mma,
 // ldmatrix), and blocks run one after another. The order in which fibers run between two
-// synchronisation points is a setting (forward, reverse, shuffled), so a kernel whose result
-// depends on it has a race. Shared memory is poisoned with 0xff bytes (NaN as float, bf16 and
-// fp16) at the start of every block; cp.async copies can be deferred to the wait that must
-// precede their use. A barrier that can never complete is reported as a deadlock, and
-// warp-synchronous operations after some lanes of the warp exited are reported as errors.
+// synchronisation points is a setting (forward, reverse, one warp lagging behind the others),
+// so a kernel whose result depends on it has a race. Shared memory is poisoned with 0xff bytes (NaN as float, bf16 and
+// fp16) at the start of every block; cp.async copies land as late as a correct kernel allows
+// (at the first block barrier after the issuing thread's wait), or at issue. Reported as
+// errors: a barrier that can never complete (deadlock), warp-synchronous operations after some
+// lanes of the warp exited or with a partial mask, and misaligned vector loads, cp.async and
+// ldmatrix addresses.
 //
 // Kernel sources pass through translate.py first: it rewrites `kernel<<<grid, block, smem,
 // stream>>>(args)` into cuemu::launch(...)(args) and registers __shared__ variables for
@@ -153,6 +155,7 @@ T atomicMax(T* p, T v) {
 
 template <typename T>
 T __ldg(const T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) cuemu::fail("misaligned address in __ldg");
   return *p;
 }
 inline float __expf(float x) { return expf(x); }
@@ -207,7 +210,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
 }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
-inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) { return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
 inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {__bfloat162float(v.x), __bfloat162float(v.y)}; }
 inline float __half2float(__half h) {
   _Float16 f;

@@ -19,7 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "configure",
       [](int order, bool defer_async_copies, uint64_t seed) {
-        TORCH_CHECK(order >= 0 && order <= 2, "order: 0 forward, 1 reverse, 2 shuffled");
+        TORCH_CHECK(order >= 0 && order <= 2, "order: 0 forward, 1 reverse, 2 lagging warp");
         cuemu::settings().order = static_cast<cuemu::Order>(order);
         cuemu::settings().defer_async_copies = defer_async_copies;
         cuemu::settings().seed = seed;

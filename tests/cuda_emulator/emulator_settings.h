@@ -5,12 +5,14 @@
 namespace cuemu {
 
 // The order in which a block's threads run between two synchronisation points.
-enum class Order : int { kForward = 0, kReverse = 1, kShuffled = 2 };
+enum class Order : int { kForward = 0, kReverse = 1, kLaggingWarp = 2 };
 
 struct Settings {
   Order order = Order::kForward;
-  bool defer_async_copies = true;  // cp.async lands at the issuing thread's wait, not at issue
-  uint64_t seed = 0;               // of the shuffled order
+  // cp.async copies land when a block barrier follows the issuing thread's wait (the latest
+  // that a correct kernel allows), rather than at issue (the earliest).
+  bool defer_async_copies = true;
+  uint64_t seed = 0;  // draws the lagging warp of each block
   uint64_t grids_run = 0;          // kernel launches completed, so tests see the emulator ran
 };
 Settings& settings();

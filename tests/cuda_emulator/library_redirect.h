@@ -7,5 +7,6 @@
 
 #undef TORCH_LIBRARY_IMPL
 #define TORCH_LIBRARY_IMPL(ns, key, m) DLLM_EMU_IMPL_##key(m)
-#define DLLM_EMU_IMPL_CPU(m) [[maybe_unused]] static void C10_CONCATENATE(dllm_emu_dropped_, __COUNTER__)(torch::Library & m)
+#define DLLM_EMU_IMPL_CPU(m) \
+  [[maybe_unused]] static void C10_CONCATENATE(dllm_emu_dropped_, __COUNTER__)(torch::Library & m)
 #define DLLM_EMU_IMPL_CUDA(m) _TORCH_LIBRARY_IMPL(dllm_emu, CPU, m, C10_UID)

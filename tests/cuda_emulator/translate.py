@@ -21,8 +21,12 @@ PRELUDE = """\
 #line 1 "{source}"
 """
 
-_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
-_STATIC_SHARED = re.compile(r"__shared__\s+(?:__align__\(\s*(\d+)\s*\)\s+)?([\w:<>,\s]+?)\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;")
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;"
+)
+_STATIC_SHARED = re.compile(
+    r"__shared__\s+(?:__align__\(\s*(\d+)\s*\)\s+)?([\w:<>,\s]+?)\s+(\w+)\s*((?:\[[^\]]+\])*)\s*;"
+)
 
 
 def _kernel_start(text: str, end: int) -> int:
