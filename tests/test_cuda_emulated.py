@@ -7,7 +7,8 @@ each draw is compared one to one with the CPU op (itself tested statistically ag
 references); attention is compared with the float64 reference under FlashAttention's error rule.
 Every kernel runs under three schedules (thread order between barriers forward, reverse, or one
 warp lagging behind the others up to the next barrier; cp.async copies landing as late as a
-correct kernel allows or at issue): a result that depends on the schedule is a race. Shared
+correct kernel allows or at issue; row loops over 3 blocks or one block a row): a result that
+depends on the schedule is a race. Shared
 memory starts every block as NaN, so reading it before writing shows. What the emulator cannot
 see: speed, memory coalescing, and the exact rounding of __expf and of the tensor cores'
 accumulation.
@@ -28,8 +29,13 @@ from dllm.reference.attention import attention as reference_attention
 EMU = torch.ops.dllm_emu
 CPU = torch.ops.dllm
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# (thread order, cp.async copies landing as late as allowed rather than at issue)
-SCHEDULES = {"forward": (0, True), "reverse-copies-at-issue": (1, False), "lagging-warp": (2, True)}
+# (thread order, cp.async copies landing as late as allowed rather than at issue, most blocks of
+# a grid-stride kernel: 3 makes each block take several rows, as large batches do on the GPU)
+SCHEDULES = {
+    "forward": (0, True, 0),
+    "reverse-copies-at-issue": (1, False, 0),
+    "lagging-warp-3-blocks": (2, True, 3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +45,9 @@ def emulator():
 
 @pytest.fixture(params=list(SCHEDULES))
 def schedule(request, emulator):
-    order, deferred = SCHEDULES[request.param]
-    emulator.configure(order, deferred, 1234)
+    emulator.configure(*SCHEDULES[request.param], 1234)
     yield emulator
-    emulator.configure(0, True, 0)
+    emulator.configure(0, True, 0, 0)
 
 
 def emulated(emulator, op, *args, **kwargs):
@@ -251,6 +256,7 @@ def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
         (1, 1, 113, 2, 2, 128, False),  # one query row
         (2, 203, 1, 2, 1, 64, True),  # one key
         (1, 130, 130, 1, 1, 128, True),  # full lengths, tiles of 64 plus a remainder
+        (1, 1023, 1023, 1, 1, 64, False),  # 16 key tiles: the double-buffered pipeline in steady state
     ],
 )
 def test_attention_forward_and_backward_match_float64(emulator, dtype, B, Sq, Sk, H, Hkv, D, lengths):
@@ -271,7 +277,7 @@ def test_attention_is_schedule_independent_and_deterministic(schedule):
     kv_len = torch.tensor([140, 66], dtype=torch.int32)
     out = emulated(schedule, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 140, 0.125)
     grads = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen(12)).to(out))
-    schedule.configure(0, True, 0)
+    schedule.configure(0, True, 0, 0)
     out0 = EmulatedAttention.apply(q, k, v, kv_len, None, None, None, 70, 140, 0.125)
     grads0 = torch.autograd.grad(out0, (q, k, v), torch.randn(out.shape, generator=gen(12)).to(out))
     assert torch.equal(out, out0)

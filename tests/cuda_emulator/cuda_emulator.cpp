@@ -105,7 +105,8 @@ struct State {
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
   uint64_t block_serial = 0;
-  std::unordered_map<void*, uint64_t> shared_regions;
+  std::unordered_map<void*, uint64_t> shared_regions;  // __shared__ variable -> block it was poisoned in
+  std::unordered_map<void*, size_t> shared_sizes;
   std::mt19937_64 order_rng;
 };
 
@@ -278,6 +279,8 @@ Settings& settings() {
   return s;
 }
 
+size_t grid_stride_blocks() { return settings().grid_stride_blocks; }
+
 const ThreadIndex& self() { return st.current->index; }
 const dim3& block_dim() { return st.block; }
 const dim3& grid_dim() { return st.grid; }
@@ -322,6 +325,7 @@ void* dynamic_shared() { return st.smem; }
 void shared_region(void* p, size_t bytes) {
   uint64_t& serial = st.shared_regions[p];
   if (serial == st.block_serial) return;
+  st.shared_sizes[p] = bytes;
   std::memset(p, 0xff, bytes);
   serial = st.block_serial;
 }
@@ -346,7 +350,19 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
   for (int l = 0; l < 32; ++l) std::memcpy(static_cast<unsigned char*>(all) + l * bytes, slots + l * kSlotBytes, bytes);
 }
 
+// Whether [p, p + bytes) lies in this block's shared memory (dynamic or a __shared__ variable).
+static bool in_shared(const void* p, size_t bytes) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c >= st.smem && c + bytes <= st.smem + st.smem_bytes) return true;
+  for (const auto& [region, size] : st.shared_sizes) {
+    const auto* r = static_cast<const unsigned char*>(region);
+    if (c >= r && c + bytes <= r + size) return true;
+  }
+  return false;
+}
+
 void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
+  if (!in_shared(dst, bytes)) fail("cp.async destination outside the block's shared memory");
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     fail("misaligned address in cp.async");
   st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
@@ -390,6 +406,7 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
 // or, transposed, (rows 2t, 2t+1, col g).
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+  if (!in_shared(p, 16)) fail("ldmatrix row address outside the block's shared memory");
   const void* rows[32];
   warp_exchange(&p, rows, sizeof(p), 0xffffffffu);
   const int lane = lane_id(), g = lane / 4, t = lane % 4;

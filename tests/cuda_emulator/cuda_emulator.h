@@ -9,8 +9,8 @@
 // fp16) at the start of every block; cp.async copies land as late as a correct kernel allows
 // (at the first block barrier after the issuing thread's wait), or at issue. Reported as
 // errors: a barrier that can never complete (deadlock), warp-synchronous operations after some
-// lanes of the warp exited or with a partial mask, and misaligned vector loads, cp.async and
-// ldmatrix addresses.
+// lanes of the warp exited or with a partial mask, misaligned vector loads, cp.async and
+// ldmatrix addresses, and cp.async or ldmatrix outside the block's shared memory.
 //
 // Kernel sources pass through translate.py first: it rewrites `kernel<<<grid, block, smem,
 // stream>>>(args)` into cuemu::launch(...)(args) and registers __shared__ variables for
@@ -62,6 +62,9 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid);
 void cp_async_wait_all();
 
 // cuemu::launch(kernel, grid, block, smem, stream)(args...) runs the grid to completion.
+// launch_grid_stride is for kernels that stride over their work by gridDim.x: the grid may be
+// cut to settings().grid_stride_blocks blocks, so that each block takes several rows.
+size_t grid_stride_blocks();
 template <typename... Params>
 struct Launch {
   void (*kernel)(Params...);
@@ -81,6 +84,12 @@ struct Launch {
 };
 template <typename... Params>
 Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  return Launch<Params...>{kernel, grid, block, smem};
+}
+template <typename... Params>
+Launch<Params...> launch_grid_stride(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem = 0,
+                                     cudaStream_t = nullptr) {
+  if (const size_t cap = grid_stride_blocks(); cap > 0 && grid.x > cap) grid.x = unsigned(cap);
   return Launch<Params...>{kernel, grid, block, smem};
 }
 

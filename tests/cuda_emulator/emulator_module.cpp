@@ -18,12 +18,14 @@ bool may_sync_current_stream() { return true; }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "configure",
-      [](int order, bool defer_async_copies, uint64_t seed) {
+      [](int order, bool defer_async_copies, uint64_t grid_stride_blocks, uint64_t seed) {
         TORCH_CHECK(order >= 0 && order <= 2, "order: 0 forward, 1 reverse, 2 lagging warp");
         cuemu::settings().order = static_cast<cuemu::Order>(order);
         cuemu::settings().defer_async_copies = defer_async_copies;
+        cuemu::settings().grid_stride_blocks = grid_stride_blocks;
         cuemu::settings().seed = seed;
       },
-      "Sets the thread order between synchronisation points and when cp.async copies land.");
+      "Sets the thread order between synchronisation points, when cp.async copies land, and the "
+      "most blocks a grid-stride kernel gets (0: as launched).");
   m.def("grids_run", [] { return cuemu::settings().grids_run; }, "Kernel launches the emulator has completed.");
 }

@@ -13,6 +13,7 @@ struct Settings {
   // that a correct kernel allows), rather than at issue (the earliest).
   bool defer_async_copies = true;
   uint64_t seed = 0;  // draws the lagging warp of each block
+  uint64_t grid_stride_blocks = 0;  // when > 0, grid-stride kernels get at most this many blocks
   uint64_t grids_run = 0;          // kernel launches completed, so tests see the emulator ran
 };
 Settings& settings();

@@ -2,7 +2,9 @@
 
 Three rewrites, each checked to leave nothing behind:
 - ``kernel<T><<<grid, block, smem, stream>>>(args)`` becomes
-  ``::cuemu::launch(kernel<T>, grid, block, smem, stream)(args)``;
+  ``::cuemu::launch(kernel<T>, grid, block, smem, stream)(args)``, or ``::cuemu::launch_grid_stride``
+  for kernels that loop over their work with a stride of ``gridDim.x`` (so that the emulator may
+  launch fewer blocks and exercise the loop);
 - ``extern __shared__ T name[];`` becomes a pointer to the block's dynamic shared memory;
 - ``__shared__ T name...;`` becomes a static (blocks run one at a time) that the emulator poisons
   at the start of every block.
@@ -46,13 +48,28 @@ def _kernel_start(text: str, end: int) -> int:
     return i
 
 
+def _grid_stride_kernels(text: str) -> set[str]:
+    """Names of the __global__ functions whose body strides by gridDim.x."""
+    names = set()
+    for m in re.finditer(r"__global__[^{;]*?\b(\w+)\s*\([^(){;]*\)\s*\{", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if re.search(r"\+=\s*(?:int64_t\()?gridDim\.x", text[m.end() : i]):
+            names.add(m[1])
+    return names
+
+
 def _rewrite_launches(text: str) -> str:
+    grid_stride = _grid_stride_kernels(text)
     while (open_at := text.find("<<<")) >= 0:
         close_at = text.index(">>>", open_at)
         start = _kernel_start(text, open_at)
         kernel = text[start:open_at].strip()
         config = text[open_at + 3 : close_at]
-        text = f"{text[:start]}::cuemu::launch({kernel}, {config}){text[close_at + 3 :]}"
+        launch = "launch_grid_stride" if kernel.split("<")[0] in grid_stride else "launch"
+        text = f"{text[:start]}::cuemu::{launch}({kernel}, {config}){text[close_at + 3 :]}"
     return text
 
 
