@@ -37,6 +37,8 @@ def chi_square_pvalue(tokens: torch.Tensor, probs: np.ndarray, min_expected: flo
     assert counts.size == probs.size, "a token outside the vocabulary was drawn"
     assert counts[probs == 0].sum() == 0, "a token of probability zero was drawn"
     obs, exp = pooled(counts[probs > 0], probs[probs > 0] * n, min_expected)
+    if obs.size == 1:  # one bin holds all the mass, and no token outside it was drawn
+        return 1.0
     stat = float(((obs - exp) ** 2 / exp).sum())
     return chi2_sf(stat, obs.size - 1)
 

@@ -1,6 +1,7 @@
 """dllm.ops.sedd_step against SEDD's sampler math, evaluated exactly in float64."""
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def test_frequencies_match_exact_next_token_distribution(device, case, method):
     if method == "denoise":
         dsig = sigma
     k = 37
-    gen = torch.Generator().manual_seed(hash(case) % 1000)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))  # hash() of a str varies per process
     row = (torch.randn(k, generator=gen) * scale).to(device)
     x = k - 1 if graph == "absorb" else 11
     probs = exact_next_token_probs(row, x, sigma, dsig, graph, method, sbs)

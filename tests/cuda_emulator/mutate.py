@@ -1,0 +1,64 @@
+"""Checks that tests/test_cuda_emulated.py catches bugs: plants one known bug at a time in a
+copy of the CUDA kernels (a missing barrier or wait, an off-by-one, a wrong fragment layout) and
+reports whether some emulated test failed. Takes about ten minutes on 2 cores.
+
+    python tests/cuda_emulator/mutate.py [INDEX ...]
+
+Runs in a temporary git worktree of HEAD, with its own emulator build; the working tree is not
+touched. Two barriers are known to survive (the row-loop barriers of sedd_step_kernel and
+predict_masked_kernel): each is followed by barriers inside the next row's reductions before any
+shared memory is written again, so removing them changes nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FWD, BWD, MMA = (f"csrc/kernels/{name}" for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh"))
+# (file, text, replacement, tests that must catch it)
+MUTANTS = [
+    (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
+    (FWD, "    cp_async_wait_all();\n", "", "attention"),
+    (FWD, "s[nb][e] = key < kn ?", "s[nb][e] = key <= kn ?", "attention"),
+    (BWD, "    cp_async_wait_all();\n    __syncthreads();\n", "    cp_async_wait_all();\n", "attention"),
+    (MMA, "(((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));", "((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1)));",
+     "attention"),
+    (MMA, "a[1] = Elem<D>::pack(acc[2 * kk][2], acc[2 * kk][3]);",
+     "a[1] = Elem<D>::pack(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);", "attention"),
+    ("csrc/kernels/cuda_rows.cuh", "  __syncthreads();  // scratch may still be read by a previous reduction\n", "",
+     "sample_categorical or predict_masked"),
+    ("csrc/kernels/commit_tokens.cu", "const bool in = i < end &&", "const bool in = i <= end &&", "commit"),
+]
+
+
+def main(selected: list[int]) -> int:
+    missed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], cwd=ROOT, check=True)
+        try:
+            for i, (path, old, new, tests) in enumerate(MUTANTS):
+                if selected and i not in selected:
+                    continue
+                source = tree / path
+                original = source.read_text()
+                assert old in original, f"mutant {i}: {old!r} is no longer in {path}"
+                source.write_text(original.replace(old, new, 1))
+                run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                      "tests/test_cuda_emulated.py", "-k", tests], cwd=tree, capture_output=True, text=True)
+                source.write_text(original)
+                caught = run.returncode != 0
+                missed += not caught
+                summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+                print(f"mutant {i} ({path}): {'caught' if caught else 'MISSED'} - {summary}", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main([int(a) for a in sys.argv[1:]]))
