@@ -18,6 +18,7 @@ import re
 
 import pytest
 import torch
+import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
 from test_attention import check, check_gradients
 from test_sedd_losses import make_inputs as loss_inputs
@@ -40,6 +41,8 @@ SCHEDULES = {
 
 @pytest.fixture(scope="module")
 def emulator():
+    if not cpp_extension.is_ninja_available():  # `make test` installs it; this is for other environments
+        pytest.skip("the CUDA emulator is built with ninja (pip install ninja)")
     return load()
 
 
@@ -305,3 +308,25 @@ def test_attention_binding_refuses_what_the_kernels_do_not_take(emulator):
     with pytest.raises(NotImplementedError, match="float32 runs on the CPU only"):
         EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
     assert dllm.ops.attention(q, q, q).shape == q.shape  # the CPU op takes both
+
+
+def test_rows_past_2_gib(emulator):
+    """Byte offsets past 2^31 (LLaDA's B=8, L=1024 logits are 2.07 GB in bf16): two rows of a
+    strided view, the second one 2 GiB after the first, read without any 32-bit overflow. Only
+    the two rows' pages are ever touched."""
+    V, gap = 50258, (1 << 30) + 17
+    storage = torch.empty(gap + V, dtype=torch.bfloat16)
+    logits = storage.as_strided((1, 2, V), (2 * gap, gap, 1))
+    logits.copy_((torch.randn(1, 2, V, generator=gen(13)) * 3).to(torch.bfloat16))
+    compact = logits.contiguous()
+    rows = logits.view(2, V)
+    got = emulated(emulator, EMU.sample_categorical, rows, None, 0.8, generator=gen())
+    assert torch.equal(got[0], CPU.sample_categorical(compact.view(2, V), None, 0.8, generator=gen())[0])
+    x = torch.full((1, 2), MASK)
+    got = emulated(emulator, EMU.predict_masked, logits, x, MASK, 1.0, generator=gen())
+    assert torch.equal(got[0], CPU.predict_masked(compact, x, MASK, 1.0, generator=gen())[0])
+    x = torch.tensor([[V - 1, 5]])
+    sigma, dsig = torch.tensor([1.5]), torch.tensor([0.2])
+    got = emulated(emulator, EMU.sedd_step, logits, x, sigma, dsig, graph="absorb", method="analytic", generator=gen())
+    want = CPU.sedd_step(compact, x, sigma, dsig, graph="absorb", method="analytic", generator=gen())
+    assert torch.equal(got, want)

@@ -296,11 +296,24 @@ void fail(const char* what) {
   std::abort();  // unreachable: the scheduler never resumes a failed fiber
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg) {
+std::unordered_map<const void*, size_t>& dynamic_smem_limits() {
+  static std::unordered_map<const void*, size_t> limits;
+  return limits;
+}
+
+void allow_dynamic_smem(const void* kernel, int bytes) { dynamic_smem_limits()[kernel] = size_t(bytes); }
+
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg) {
   const std::lock_guard<std::mutex> lock(one_grid_at_a_time);
   const int threads = int(block.x * block.y * block.z);
   if (threads < 1 || threads > 1024) throw std::runtime_error("CUDA emulator: invalid block size");
-  if (dynamic_smem > 227 * 1024) throw std::runtime_error("CUDA emulator: more dynamic shared memory than an H100 has");
+  const auto opted_in = dynamic_smem_limits().find(kernel);
+  const size_t allowed = opted_in == dynamic_smem_limits().end() ? 48 * 1024 : opted_in->second;
+  const size_t limit = std::min<size_t>(227 * 1024, allowed);
+  if (dynamic_smem > limit)
+    throw std::runtime_error("CUDA emulator: a launch asks for " + std::to_string(dynamic_smem) +
+                             " bytes of dynamic shared memory; the kernel allows " + std::to_string(limit) +
+                             " (48 KB unless cudaFuncSetAttribute raised it; 227 KB at most)");
   st.grid = grid;
   st.block = block;
   st.threads = threads;

@@ -5,12 +5,13 @@
 // switching only at block barriers and warp-synchronous operations (shuffles, ballots, mma,
 // ldmatrix), and blocks run one after another. The order in which fibers run between two
 // synchronisation points is a setting (forward, reverse, one warp lagging behind the others),
-// so a kernel whose result depends on it has a race. Shared memory is poisoned with 0xff bytes (NaN as float, bf16 and
-// fp16) at the start of every block; cp.async copies land as late as a correct kernel allows
-// (at the first block barrier after the issuing thread's wait), or at issue. Reported as
-// errors: a barrier that can never complete (deadlock), warp-synchronous operations after some
-// lanes of the warp exited or with a partial mask, misaligned vector loads, cp.async and
-// ldmatrix addresses, and cp.async or ldmatrix outside the block's shared memory.
+// so a kernel whose result depends on it has a race. Shared memory is poisoned with 0xff bytes
+// (NaN as float, bf16 and fp16) at the start of every block; cp.async copies land as late as a
+// correct kernel allows (at the first block barrier after the issuing thread's wait), or at
+// issue. Reported as errors: a barrier that can never complete (deadlock), warp-synchronous
+// operations after some lanes of the warp exited or with a partial mask, misaligned vector
+// loads, cp.async and ldmatrix addresses, cp.async or ldmatrix outside the block's shared
+// memory, and launches with more dynamic shared memory than the kernel opted into.
 //
 // Kernel sources pass through translate.py first: it rewrites `kernel<<<grid, block, smem,
 // stream>>>(args)` into cuemu::launch(...)(args) and registers __shared__ variables for
@@ -51,7 +52,7 @@ const ThreadIndex& self();
 const dim3& block_dim();
 const dim3& grid_dim();
 int lane_id();
-void run_grid(dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg);
+void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg);
 void* dynamic_shared();
 void shared_region(void* p, size_t bytes);
 int sync_block(int predicate, int op);  // op: 0 plain, 1 or, 2 and, 3 count
@@ -76,7 +77,7 @@ struct Launch {
       void (*kernel)(Params...);
       std::tuple<std::decay_t<Params>...> params;
     } call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
-    run_grid(grid, block, smem, [](void* c) {
+    run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem, [](void* c) {
       auto* call = static_cast<Call*>(c);
       std::apply(call->kernel, call->params);  // each thread gets its own copy, as on the GPU
     }, &call);

@@ -35,7 +35,13 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
   *value = cudaDeviceProp{}.multiProcessorCount;
   return cudaSuccess;
 }
+namespace cuemu {
+// Launches above 48 KB of dynamic shared memory fail on a GPU unless the kernel opted in.
+void allow_dynamic_smem(const void* kernel, int bytes);
+}  // namespace cuemu
 template <typename Kernel>
-cudaError_t cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
+cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute attribute, int value) {
+  if (attribute == cudaFuncAttributeMaxDynamicSharedMemorySize)
+    cuemu::allow_dynamic_smem(reinterpret_cast<const void*>(kernel), value);
   return cudaSuccess;
 }

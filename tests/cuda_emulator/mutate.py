@@ -32,6 +32,9 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "  __syncthreads();  // scratch may still be read by a previous reduction\n", "",
      "sample_categorical or predict_masked"),
     ("csrc/kernels/commit_tokens.cu", "const bool in = i < end &&", "const bool in = i <= end &&", "commit"),
+    ("csrc/kernels/sample_categorical.cu", "+ r * p.row_stride * RowView<D>::kElemBytes)",
+     "+ int(r * p.row_stride * RowView<D>::kElemBytes))", "2_gib"),  # 32-bit byte offsets
+    (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
 ]
 
 
@@ -48,8 +51,9 @@ def main(selected: list[int]) -> int:
                 original = source.read_text()
                 assert old in original, f"mutant {i}: {old!r} is no longer in {path}"
                 source.write_text(original.replace(old, new, 1))
-                run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                      "tests/test_cuda_emulated.py", "-k", tests], cwd=tree, capture_output=True, text=True)
+                pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+                run = subprocess.run([*pytest, "tests/test_cuda_emulated.py", "-k", tests], cwd=tree,
+                                     capture_output=True, text=True)
                 source.write_text(original)
                 caught = run.returncode != 0
                 missed += not caught
