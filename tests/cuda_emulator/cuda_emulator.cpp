@@ -105,8 +105,11 @@ struct State {
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
   uint64_t block_serial = 0;
-  std::unordered_map<void*, uint64_t> shared_regions;  // __shared__ variable -> block it was poisoned in
-  std::unordered_map<void*, size_t> shared_sizes;
+  struct SharedVariable {
+    size_t bytes;
+    uint64_t poisoned_in;  // block_serial
+  };
+  std::unordered_map<void*, SharedVariable> shared_variables;
   std::mt19937_64 order_rng;
 };
 
@@ -336,11 +339,10 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
 void* dynamic_shared() { return st.smem; }
 
 void shared_region(void* p, size_t bytes) {
-  uint64_t& serial = st.shared_regions[p];
-  if (serial == st.block_serial) return;
-  st.shared_sizes[p] = bytes;
+  State::SharedVariable& v = st.shared_variables[p];
+  if (v.poisoned_in == st.block_serial) return;
   std::memset(p, 0xff, bytes);
-  serial = st.block_serial;
+  v = {bytes, st.block_serial};
 }
 
 int sync_block(int predicate, int op) { return arrive(st.block_barrier, predicate, op, "block"); }
@@ -367,9 +369,9 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
 static bool in_shared(const void* p, size_t bytes) {
   const auto* c = static_cast<const unsigned char*>(p);
   if (c >= st.smem && c + bytes <= st.smem + st.smem_bytes) return true;
-  for (const auto& [region, size] : st.shared_sizes) {
-    const auto* r = static_cast<const unsigned char*>(region);
-    if (c >= r && c + bytes <= r + size) return true;
+  for (const auto& [variable, info] : st.shared_variables) {
+    const auto* v = static_cast<const unsigned char*>(variable);
+    if (c >= v && c + bytes <= v + info.bytes) return true;
   }
   return false;
 }

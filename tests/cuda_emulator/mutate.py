@@ -57,7 +57,10 @@ def main(selected: list[int]) -> int:
                 source.write_text(original)
                 caught = run.returncode != 0
                 missed += not caught
-                summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+                if run.returncode < 0:  # an out-of-bounds access can take the process down
+                    summary = f"crashed with signal {-run.returncode}"
+                else:
+                    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
                 print(f"mutant {i} ({path}): {'caught' if caught else 'MISSED'} - {summary}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
