@@ -8,11 +8,10 @@ references); attention is compared with the float64 reference under FlashAttenti
 Every kernel runs under three schedules (thread order between barriers forward, reverse, or one
 warp lagging behind the others up to the next barrier; cp.async copies landing as late as a
 correct kernel allows or at issue; row loops over 3 blocks or one block a row): a result that
-depends on the schedule is a race. Shared
-memory starts every block as NaN, so reading it before writing shows. What the emulator cannot
-see: speed, memory coalescing, and the exact rounding of __expf and of the tensor cores'
-accumulation.
-"""
+depends on the schedule is a race. Shared memory starts every block as NaN, so reading it before
+writing shows. What the emulator cannot see: speed, memory coalescing, and the exact rounding of
+__expf and of the tensor cores' accumulation. tests/cuda_emulator/mutate.py checks that these
+tests catch planted bugs."""
 
 import re
 
