@@ -5,8 +5,9 @@
 #
 #   bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]
 #
-# With ARCHIVE, OUT_DIR is also packed into that one file at the end (the device tool brings back
-# at most 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere).
+# With ARCHIVE, OUT_DIR is also packed into that one file, again after every stage, so a run cut
+# short by a time limit still brings back what it measured (the device tool brings back at most
+# 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere).
 #
 # Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
 # DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
@@ -20,6 +21,11 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 export DLLM_CUDA=ON
+
+pack() {
+  [ -z "$ARCHIVE" ] && return 0
+  tar czf "$ARCHIVE.partial" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$ARCHIVE.partial" "$ARCHIVE"
+}
 
 "$PY" - <<'PYEOF' | tee "$OUT/machine.txt"
 import torch
@@ -37,9 +43,11 @@ start=$(date +%s)
 if ! "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
   echo "build FAILED (see build.log)" | tee -a "$OUT/status.txt"
   tail -40 "$OUT/build.log"
+  pack
   exit 1
 fi
 echo "build ok in $(( $(date +%s) - start )) s" | tee -a "$OUT/status.txt"
+pack
 
 echo "== tests" | tee -a "$OUT/status.txt"
 # DLLM_TESTS narrows the run, e.g. DLLM_TESTS='-k "(cuda or gpu or graph) and not emulated"' for
@@ -47,6 +55,7 @@ echo "== tests" | tee -a "$OUT/status.txt"
 # minutes of a short device lease.
 (cd tests && eval "\"\$PY\" -m pytest -q -rs --junitxml=\"\$OUT/tests.xml\" ${DLLM_TESTS:-}") >"$OUT/tests.log" 2>&1
 echo "tests exit code $?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/status.txt"
+pack
 
 echo "== benchmarks" | tee -a "$OUT/status.txt"
 for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py bench/sedd_step.py bench/sedd_losses.py \
@@ -55,12 +64,14 @@ for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py
   "$PY" "$bench" --device cuda --out "$OUT/$name" >"$OUT/$name.log" 2>&1
   echo "$name exit code $?" | tee -a "$OUT/status.txt"
   cat "$OUT/$name/summary.md" 2>/dev/null
+  pack
 done
 for preset in sedd-small llada-8b; do
   "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
     >"$OUT/step_latency-$preset.log" 2>&1
   echo "step_latency $preset exit code $?" | tee -a "$OUT/status.txt"
   cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
+  pack
 done
 
 # The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): opt in, it needs
@@ -71,7 +82,5 @@ if [ -n "${DLLM_E2E_MINUTES:-}" ]; then
   echo "e2e exit code $?" | tee -a "$OUT/status.txt"
 fi
 
-if [ -n "$ARCHIVE" ]; then
-  tar czf "$ARCHIVE" -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $OUT into $ARCHIVE"
-fi
+pack && [ -n "$ARCHIVE" ] && echo "packed $OUT into $ARCHIVE"
 cat "$OUT/status.txt"
