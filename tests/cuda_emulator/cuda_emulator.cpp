@@ -168,10 +168,9 @@ void release(Barrier& b) {
   ++st.progress;
 }
 
-int arrive(Barrier& b, int predicate, int op, const char* where) {
-  if (b.count == 0) b.acc = op == 2 ? 1 : 0;
-  const int p = predicate != 0;
-  b.acc = op == 1 ? (b.acc | p) : op == 2 ? (b.acc & p) : op == 3 ? b.acc + p : 0;
+int arrive(Barrier& b, int predicate, const char* where) {
+  if (b.count == 0) b.acc = 0;
+  b.acc |= predicate != 0;
   const uint64_t generation = b.generation;
   ++b.count;
   ++st.progress;
@@ -345,7 +344,10 @@ void shared_region(void* p, size_t bytes) {
   v = {bytes, st.block_serial};
 }
 
-int sync_block(int predicate, int op) { return arrive(st.block_barrier, predicate, op, "block"); }
+int sync_block(int predicate, bool reduce_or) {
+  const int any = arrive(st.block_barrier, predicate, "block");
+  return reduce_or ? any : 0;
+}
 
 void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
   if (mask != 0xffffffffu) fail("warp-synchronous operation with a partial mask (not emulated)");
@@ -361,7 +363,7 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
   slots += size_t(f.warp_parity) * 32 * kSlotBytes;
   f.warp_parity ^= 1;
   std::memcpy(slots + lane * kSlotBytes, mine, bytes);
-  arrive(st.warp_barriers[warp], 0, 0, "warp");
+  arrive(st.warp_barriers[warp], 0, "warp");
   for (int l = 0; l < 32; ++l) std::memcpy(static_cast<unsigned char*>(all) + l * bytes, slots + l * kSlotBytes, bytes);
 }
 
@@ -390,9 +392,11 @@ void cp_async_wait_all() {
   f.pending.clear();
 }
 
+namespace {
 float b16_to_float(uint16_t bits, bool bf16) {
   return bf16 ? __bfloat162float(__nv_bfloat16{bits}) : __half2float(__half{bits});
 }
+}  // namespace
 
 // Fragment layouts as documented in attention_mma.cuh (PTX ISA, mma.m16n8k16), lane = 4 g + t.
 void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16) {

@@ -55,7 +55,7 @@ int lane_id();
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg);
 void* dynamic_shared();
 void shared_region(void* p, size_t bytes);
-int sync_block(int predicate, int op);  // op: 0 plain, 1 or, 2 and, 3 count
+int sync_block(int predicate, bool reduce_or);
 // Publishes `bytes` of this lane's data and copies all 32 lanes' data into `all` (lane-major).
 void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
 [[noreturn]] void fail(const char* what);
@@ -95,16 +95,14 @@ Launch<Params...> launch_grid_stride(void (*kernel)(Params...), dim3 grid, dim3 
 }
 
 template <typename T>
-T shfl(unsigned mask, T v, int src_of_lane_xor, bool is_xor) {
+T shfl_xor(unsigned mask, T v, int lane_mask) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
   T all[32];
   warp_exchange(&v, all, sizeof(T), mask);
-  const int lane = lane_id();
-  return all[is_xor ? (lane ^ src_of_lane_xor) : (src_of_lane_xor & 31)];
+  return all[lane_id() ^ lane_mask];
 }
 
 // ---- tensor-core and async-copy primitives of csrc/kernels/attention_mma.cuh ----
-float b16_to_float(uint16_t bits, bool bf16);
 void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 
@@ -115,22 +113,11 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 #define blockDim (::cuemu::block_dim())
 #define gridDim (::cuemu::grid_dim())
 
-inline void __syncthreads() { cuemu::sync_block(0, 0); }
-inline int __syncthreads_or(int p) { return cuemu::sync_block(p, 1); }
-inline int __syncthreads_and(int p) { return cuemu::sync_block(p, 2); }
-inline int __syncthreads_count(int p) { return cuemu::sync_block(p, 3); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  int all[32];
-  const int one = 1;
-  cuemu::warp_exchange(&one, all, sizeof(int), mask);
-}
+inline void __syncthreads() { cuemu::sync_block(0, false); }
+inline int __syncthreads_or(int p) { return cuemu::sync_block(p, true); }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int = 32) {
-  return cuemu::shfl(mask, v, lane_mask, true);
-}
-template <typename T>
-T __shfl_sync(unsigned mask, T v, int src, int = 32) {
-  return cuemu::shfl(mask, v, src, false);
+  return cuemu::shfl_xor(mask, v, lane_mask);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   int all[32];
@@ -140,8 +127,6 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
   for (int i = 0; i < 32; ++i) bits |= unsigned(all[i]) << i;
   return bits;
 }
-inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }
-inline int __all_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) == 0xffffffffu; }
 [[noreturn]] inline void __trap() { cuemu::fail("__trap() executed"); }
 
 // Fibers switch only at synchronisation points, so read-modify-writes are atomic as written.
@@ -156,12 +141,6 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   if (v < old) *p = v;
   return old;
 }
-template <typename T>
-T atomicMax(T* p, T v) {
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
-}
 
 template <typename T>
 T __ldg(const T* p) {
@@ -170,7 +149,6 @@ T __ldg(const T* p) {
 }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
-inline float __fdividef(float a, float b) { return a / b; }
 inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);
@@ -186,18 +164,11 @@ inline double __longlong_as_double(long long v) {
   std::memcpy(&d, &v, 8);
   return d;
 }
-inline long long __double_as_longlong(double d) {
-  long long v;
-  std::memcpy(&v, &d, 8);
-  return v;
-}
 inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
 inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
   return (unsigned long long)(((unsigned __int128)a * b) >> 64);
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
-inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
-inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz(unsigned(v)); }
 inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
 
 // ---- bfloat16 and float16: storage types with round-to-nearest-even conversions ----
@@ -219,7 +190,6 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   if (std::isnan(f)) return {uint16_t((u >> 16) | 0x40)};
   return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
 }
-inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
   return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
 }
@@ -235,9 +205,7 @@ inline __half __float2half_rn(float f) {
   std::memcpy(&out.x, &h, 2);
   return out;
 }
-inline __half __float2half(float f) { return __float2half_rn(f); }
 inline __half __ushort_as_half(unsigned short v) { return {v}; }
-inline unsigned short __half_as_ushort(__half h) { return h.x; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
 inline float2 __half22float2(__half2 v) { return {__half2float(v.x), __half2float(v.y)}; }
 
