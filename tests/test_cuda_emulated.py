@@ -101,6 +101,35 @@ def test_kernel_errors_read_back_like_the_cpu_ops(emulator):
                lambda: CPU.predict_masked(logits.view(1, 5, 3000), x, MASK))
 
 
+def test_graph_capture_paths(emulator):
+    """Under CUDA-graph capture the kernels read the Philox key through device pointers (what
+    replays refill) and the bindings skip reading the error word back: same draws, no raise."""
+    logits, x = masked_batch(2, 37, 3001, "cpu", torch.bfloat16)
+    step = (logits[..., :3001], x, torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05]))
+    calls = [
+        lambda ops: ops.sample_categorical(logits, None, 0.9, generator=gen()),
+        lambda ops: ops.predict_masked(logits, x, MASK, 1.0, 20, 0.9, "prob", 1, generator=gen()),
+        lambda ops: ops.sedd_step(*step, graph="uniform", method="analytic", generator=gen()),
+        lambda ops: ops.sample_transition(x, torch.tensor([0.3, 2.0]), graph="absorb", num_classes=3002,
+                                          generator=gen()),
+    ]
+    nan_logits = logits.clone()
+    nan_logits[1, 3, 5] = float("nan")
+    emulator.set_capturing(True)
+    try:
+        for call in calls:
+            got, want = emulated(emulator, call, EMU), call(CPU)
+            if isinstance(got, tuple):  # (tokens, log-probability or confidence)
+                torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+                got, want = got[0], want[0]
+            assert torch.equal(got, want)
+        emulated(emulator, EMU.sample_categorical, nan_logits, None, 1.0)  # the NaN row is not read back
+    finally:
+        emulator.set_capturing(False)
+    with pytest.raises(ValueError, match="NaN"):
+        EMU.sample_categorical(nan_logits, None, 1.0)
+
+
 def test_strided_broadcast_and_unaligned_rows(emulator):
     base = torch.randn(4, 3001, dtype=torch.bfloat16)
     for logits in (base[:, 1:], base.t().contiguous().t(), base[:1].expand(4, 3001)):

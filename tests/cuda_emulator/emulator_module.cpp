@@ -5,13 +5,29 @@
 #include "rng.h"
 
 namespace dllm::binding {
+namespace {
+bool capturing = false;           // pretend a CUDA graph is being captured
+int64_t captured_seed, captured_offset;  // what the graph's replays would refill
+}  // namespace
 
 // The emulated ops take CPU tensors and a CPU generator; taking the same Philox key as the CPU
-// ops makes their draws comparable one to one.
-RngState cuda_rng_state(const std::optional<at::Generator>& generator) { return cpu_rng_state(generator); }
+// ops makes their draws comparable one to one. While "capturing", the kernels read the key the
+// way they do under CUDA-graph capture: through pointers, the offset plus an intra-graph step.
+RngState cuda_rng_state(const std::optional<at::Generator>& generator) {
+  RngState rng = cpu_rng_state(generator);
+  if (!capturing) return rng;
+  constexpr uint64_t kIntragraph = 8;
+  captured_seed = int64_t(rng.seed);
+  captured_offset = int64_t(rng.offset - kIntragraph);
+  RngState captured;
+  captured.seed_ptr = &captured_seed;
+  captured.offset_ptr = &captured_offset;
+  captured.offset_intragraph = kIntragraph;
+  return captured;
+}
 
-// Launches run synchronously, so the device error word can always be read.
-bool may_sync_current_stream() { return true; }
+// Launches run synchronously, so the device error word can be read, except "during capture".
+bool may_sync_current_stream() { return !capturing; }
 
 }  // namespace dllm::binding
 
@@ -28,4 +44,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Sets the thread order between synchronisation points, when cp.async copies land, and the "
       "most blocks a grid-stride kernel gets (0: as launched).");
   m.def("grids_run", [] { return cuemu::settings().grids_run; }, "Kernel launches the emulator has completed.");
+  m.def(
+      "set_capturing", [](bool on) { dllm::binding::capturing = on; },
+      "Makes the CUDA bindings behave as under CUDA-graph capture: the Philox key is read through "
+      "pointers, and device error words are not read back.");
 }
