@@ -194,16 +194,23 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
   return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
 }
 inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {__bfloat162float(v.x), __bfloat162float(v.y)}; }
+// Plain integer arithmetic rather than _Float16, which older compilers lack; checked against
+// _Float16 on every float32 bit pattern.
 inline float __half2float(__half h) {
-  _Float16 f;
-  std::memcpy(&f, &h.x, 2);
-  return float(f);
+  const unsigned sign = unsigned(h.x & 0x8000u) << 16, exp = (h.x >> 10) & 0x1fu, man = h.x & 0x3ffu;
+  if (exp == 0x1f) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+  if (exp != 0) return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+  const float magnitude = float(man) * 5.9604644775390625e-8f;  // subnormal: man * 2^-24, exact
+  return sign ? -magnitude : magnitude;
 }
 inline __half __float2half_rn(float f) {
-  const _Float16 h = static_cast<_Float16>(f);
-  __half out;
-  std::memcpy(&out.x, &h, 2);
-  return out;
+  unsigned x = __float_as_uint(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x >= 0x7f800000u) return {uint16_t(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u))};  // NaN, inf
+  if (x >= 0x477ff000u) return {uint16_t(sign | 0x7c00u)};  // rounds to 65536 or more: inf
+  if (x < 0x38800000u) return {uint16_t(sign | uint16_t(std::nearbyint(__uint_as_float(x) * 16777216.0f)))};
+  return {uint16_t(sign | ((x + 0xfffu + ((x >> 13) & 1u) - 0x38000000u) >> 13))};  // rebias, round to even
 }
 inline __half __ushort_as_half(unsigned short v) { return {v}; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
