@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.utils.cpp_extension as cpp_extension
 
-from .translate import translate_tree
+from .translate import translate_tree, write_if_changed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -51,9 +51,7 @@ def load():
     for name in BINDINGS:
         for suffix in ("", "_cuda"):
             wrapper = build / f"bind_{name}{suffix}.cpp"
-            text = f'#include "library_redirect.h"\n#include "{name}{suffix}.cpp"\n'
-            if not wrapper.exists() or wrapper.read_text() != text:
-                wrapper.write_text(text)
+            write_if_changed(wrapper, f'#include "library_redirect.h"\n#include "{name}{suffix}.cpp"\n')
             wrappers.append(wrapper)
     return cpp_extension.load(
         name="dllm_cuda_emulator",

@@ -92,15 +92,19 @@ def translate(text: str, source: str) -> str:
     return PRELUDE.format(source=source) + text
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Keeps the mtime of unchanged files, so ninja rebuilds only what changed."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def translate_tree(kernel_dir: Path, out_dir: Path) -> list[Path]:
     """Translates every .cu and .cuh of kernel_dir into out_dir; returns the translated .cu files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     units = []
     for src in sorted([*kernel_dir.glob("*.cu"), *kernel_dir.glob("*.cuh")]):
         dst = out_dir / (src.name + ".cpp" if src.suffix == ".cu" else src.name)
-        text = translate(src.read_text(), str(src))
-        if not dst.exists() or dst.read_text() != text:  # keep mtimes, so ninja rebuilds only what changed
-            dst.write_text(text)
+        write_if_changed(dst, translate(src.read_text(), str(src)))
         if src.suffix == ".cu":
             units.append(dst)
     return units
