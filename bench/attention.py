@@ -5,7 +5,9 @@ backends on a GPU (a boolean key-padding mask for the runs with lengths; flash r
 SDPA's default CPU path on the CPU. TFLOP/s = 4 * B * H * Sq * Sk * D / time, counted on the full
 lengths (ANCHORS.md's convention) also for the runs with lengths (kv_len uniform in [L/2, L]);
 forward + backward counts 3.5x the forward. The default GPU shapes hold the issue's targets:
-SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048.
+SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
+dllm forward kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);
+the ratios are against the default one.
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -13,6 +15,7 @@ SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -38,6 +41,7 @@ def main() -> None:
     default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64"
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
+    wgmma = cuda and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
     rows: list[Row] = []
     for B, H, L, D in shapes:
         g = torch.Generator(device=device).manual_seed(0)
@@ -57,6 +61,8 @@ def main() -> None:
                 return call
 
             impls = {"dllm": run(lambda: dllm.ops.attention(q, k, v, kv_len=lens))}
+            if wgmma:
+                impls["dllm wgmma"] = impls["dllm"]  # the same call, with DLLM_ATTENTION_KERNEL=wgmma
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             peers = BACKENDS if cuda else {"SDPA (CPU)": None}
             for name, backend in peers.items():
@@ -69,6 +75,7 @@ def main() -> None:
             shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
             ours = None
             for name, fn in impls.items():
+                os.environ["DLLM_ATTENTION_KERNEL"] = "wgmma" if name == "dllm wgmma" else "mma"
                 try:
                     r = measure("attention" + (" fwd+bwd" if args.backward else " fwd"), shape, str(dtype).split(".")[-1],
                                 name, fn, device, 0, 1.0, **({} if cuda else {"warmup": 1, "reps": 3, "min_seconds": 0}))
@@ -81,6 +88,7 @@ def main() -> None:
                 else:
                     r.ratio_vs_dllm = r.median_ms / ours.median_ms
                 rows.append(r)
+            os.environ.pop("DLLM_ATTENTION_KERNEL")
             print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(impls):]))
     meta = machine(device) | {"floor_gbps": float("nan")}
     title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")

@@ -66,6 +66,10 @@ for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py
   cat "$OUT/$name/summary.md" 2>/dev/null
   pack
 done
+"$PY" bench/attention.py --device cuda --backward --out "$OUT/attention_backward" >"$OUT/attention_backward.log" 2>&1
+echo "attention --backward exit code $?" | tee -a "$OUT/status.txt"
+cat "$OUT/attention_backward/summary.md" 2>/dev/null
+pack
 for preset in sedd-small llada-8b; do
   "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
     >"$OUT/step_latency-$preset.log" 2>&1

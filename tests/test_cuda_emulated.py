@@ -9,8 +9,9 @@ Every kernel runs under three schedules (thread order between barriers forward, 
 warp lagging behind the others up to the next barrier; cp.async copies landing as late as a
 correct kernel allows or at issue; row loops over 3 blocks or one block a row): a result that
 depends on the schedule is a race. Shared memory starts every block as NaN, so reading it before
-writing shows. What the emulator cannot see: speed, memory coalescing, and the exact rounding of
-__expf and of the tensor cores' accumulation. tests/cuda_emulator/mutate.py checks that these
+writing shows. What the emulator cannot see: speed, memory coalescing, the exact rounding of
+__expf and of the tensor cores' accumulation, and a missing fence.proxy.async between cp.async
+writes and the wgmma reads of the same shared memory. tests/cuda_emulator/mutate.py checks that these
 tests catch planted bugs."""
 
 import re
@@ -272,6 +273,13 @@ class EmulatedAttention(torch.autograd.Function):
         return *grads, None, None, None, None, None, None, None
 
 
+@pytest.fixture(params=["mma", "wgmma"])
+def forward_kernel(request, emulator, monkeypatch):
+    """The forward kernel the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma."""
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", request.param)
+    return request.param
+
+
 def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
     g = gen(11)
     make = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_()  # noqa: E731
@@ -289,7 +297,7 @@ def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
         (1, 1023, 1023, 1, 1, 64, False),  # 16 key tiles: the double-buffered pipeline in steady state
     ],
 )
-def test_attention_forward_and_backward_match_float64(emulator, dtype, B, Sq, Sk, H, Hkv, D, lengths):
+def test_attention_forward_and_backward_match_float64(emulator, forward_kernel, dtype, B, Sq, Sk, H, Hkv, D, lengths):
     q, k, v = attention_inputs(B, Sq, Sk, H, Hkv, D, dtype)
     kv_len = q_len = None
     if lengths:
@@ -302,7 +310,7 @@ def test_attention_forward_and_backward_match_float64(emulator, dtype, B, Sq, Sk
     check_gradients(out, ref, low, (q, k, v))
 
 
-def test_attention_is_schedule_independent_and_deterministic(schedule):
+def test_attention_is_schedule_independent_and_deterministic(schedule, forward_kernel):
     q, k, v = attention_inputs(2, 70, 140, 2, 1, 64, torch.bfloat16)
     kv_len = torch.tensor([140, 66], dtype=torch.int32)
     out = emulated(schedule, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 140, 0.125)
@@ -315,7 +323,7 @@ def test_attention_is_schedule_independent_and_deterministic(schedule):
         assert torch.equal(a, b)
 
 
-def test_attention_varlen_equals_padded(emulator):
+def test_attention_varlen_equals_padded(emulator, forward_kernel):
     lengths = [5, 70, 1]
     q, k, v = attention_inputs(3, 70, 70, 2, 2, 64, torch.bfloat16)
     q, k, v = (t.detach() for t in (q, k, v))
@@ -335,6 +343,13 @@ def test_attention_binding_refuses_what_the_kernels_do_not_take(emulator):
     with pytest.raises(NotImplementedError, match="float32 runs on the CPU only"):
         EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
     assert dllm.ops.attention(q, q, q).shape == q.shape  # the CPU op takes both
+
+
+def test_attention_kernel_choice_is_checked(emulator, monkeypatch):
+    q = torch.randn(1, 8, 2, 64, dtype=torch.bfloat16)
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", "flash")
+    with pytest.raises(RuntimeError, match='DLLM_ATTENTION_KERNEL must be "mma" or "wgmma", got "flash"'):
+        EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
 
 
 def test_rows_past_2_gib(emulator):

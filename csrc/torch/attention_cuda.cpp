@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "attention.h"
 
@@ -24,6 +26,23 @@ void check_supported(const AttentionParams& p) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK_NOT_IMPLEMENTED(prop->major >= 8, "attention: the CUDA kernels need compute capability 8.0 or newer, got ",
                               prop->major, ".", prop->minor);
+}
+
+// DLLM_ATTENTION_KERNEL picks the forward kernel: "mma" (mma.sync, compute capability 8.0 and
+// newer; the default) or "wgmma" (Hopper's wgmma, compute capability 9.0, in builds for 9.0).
+// The wgmma kernel stays opt-in until it has been measured on a GPU (bench/attention.py runs both).
+bool use_wgmma_forward() {
+  const char* choice = std::getenv("DLLM_ATTENTION_KERNEL");
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "mma") == 0) return false;
+  TORCH_CHECK(std::strcmp(choice, "wgmma") == 0, "DLLM_ATTENTION_KERNEL must be \"mma\" or \"wgmma\", got \"",
+              choice, "\"");
+  TORCH_CHECK_NOT_IMPLEMENTED(DLLM_WITH_WGMMA, "DLLM_ATTENTION_KERNEL=wgmma: this build of dllm has no wgmma kernels "
+                              "(they are built when TORCH_CUDA_ARCH_LIST includes 9.0)");
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK_NOT_IMPLEMENTED(prop->major == 9 && prop->minor == 0,
+                              "DLLM_ATTENTION_KERNEL=wgmma needs compute capability 9.0, got ", prop->major, ".",
+                              prop->minor);
+  return true;
 }
 
 // The kernels copy rows in 16-byte chunks; a contiguous view at an odd offset gets a copy.
@@ -49,7 +68,13 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
                                          max_seqlen_k, scale, true);
   check_supported(call.params);
   align_inputs(call);
-  attention_forward_cuda(call.params, stream());
+  if (use_wgmma_forward()) {
+#if DLLM_WITH_WGMMA
+    attention_forward_wgmma_cuda(call.params, stream());
+#endif
+  } else {
+    attention_forward_cuda(call.params, stream());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.out, call.lse};
 }

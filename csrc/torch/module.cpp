@@ -6,4 +6,5 @@
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dllm compiled core: registers the torch.ops.dllm operators";
   m.attr("with_cuda") = pybind11::bool_(DLLM_WITH_CUDA);
+  m.attr("with_wgmma") = pybind11::bool_(DLLM_WITH_WGMMA);
 }

@@ -30,7 +30,8 @@ def build_info() -> dict:
 
     Returns a dict: ``version`` (dllm), ``torch`` (the torch version it was built against),
     ``torch_cuda`` (that torch's CUDA version, or None), ``cuda`` (whether CUDA kernels are
-    compiled in) and ``cuda_archs`` (the compiled SM architectures, e.g. ``["80", "90"]``).
+    compiled in), ``cuda_archs`` (the compiled SM architectures, e.g. ``["80", "90"]``) and
+    ``wgmma`` (whether the Hopper attention forward on wgmma, built for sm_90a, is compiled in).
     """
     archs = [a for a in _build_config.CUDA_ARCHS.split(";") if a]
     return {
@@ -39,4 +40,5 @@ def build_info() -> dict:
         "torch_cuda": _build_config.TORCH_CUDA_VERSION or None,
         "cuda": bool(_C.with_cuda),
         "cuda_archs": archs if _C.with_cuda else [],
+        "wgmma": bool(_C.with_wgmma),
     }

@@ -59,7 +59,7 @@ def load():
         extra_include_paths=[
             str(p) for p in (HERE / "include", HERE, build / "kernels", *(ROOT / "csrc" / d for d in INCLUDE_DIRS))
         ],
-        extra_cflags=["-O1", "-Wno-unknown-pragmas"],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas", "-DDLLM_WITH_WGMMA=1"],
         build_directory=str(build),
         verbose=False,
     )

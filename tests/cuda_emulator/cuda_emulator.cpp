@@ -23,6 +23,10 @@ namespace {
 
 constexpr size_t kStackBytes = 256 * 1024;
 constexpr size_t kSlotBytes = 64;  // per lane and warp-synchronous operation
+constexpr int kWarpgroupThreads = 128;
+// The shared window's address of the dynamic shared memory: 128 bytes short of a 1024-byte
+// boundary, so that a kernel relying on an alignment it did not establish fails.
+constexpr uint32_t kWindowBase = 1024 - 128;
 
 struct Barrier {
   int expected = 0, count = 0, acc = 0, result = 0;
@@ -34,6 +38,13 @@ struct PendingCopy {
   const void* src;
   size_t bytes;
   bool valid;
+};
+
+struct PendingWgmma {
+  float* d;
+  const uint32_t* a;
+  uint64_t b_descriptor;
+  bool accumulate, trans_b, bf16;
 };
 
 // A fiber's saved context. On x86-64 a switch saves the callee-saved registers on the fiber's
@@ -80,10 +91,13 @@ struct Fiber {
   const char* waiting_at = nullptr;  // "block" or "warp" while waiting at a barrier
   const Barrier* waiting_on = nullptr;
   uint64_t waiting_generation = 0;
-  int warp_parity = 0;
+  int warp_parity = 0, warpgroup_parity = 0;
   // cp.async copies issued, and those a wait completed: other threads may read the latter only
   // after a block barrier, so in the strict mode they land when the next one releases.
   std::vector<PendingCopy> pending, waited;
+  // wgmma issued since the last commit, and the committed groups not yet retired by a wait.
+  std::vector<PendingWgmma> wgmma_open;
+  std::vector<std::vector<PendingWgmma>> wgmma_groups;
 };
 
 struct State {
@@ -101,6 +115,9 @@ struct State {
   std::vector<Barrier> warp_barriers;
   std::vector<int> warp_live, warp_size;
   std::vector<unsigned char> warp_slots;  // [warp][parity][lane][kSlotBytes]
+  std::vector<Barrier> warpgroup_barriers;
+  std::vector<int> warpgroup_live, warpgroup_size;
+  std::vector<unsigned char> warpgroup_slots;  // [warpgroup][parity][thread][kSlotBytes]
   std::unique_ptr<unsigned char[]> smem_storage;
   unsigned char* smem = nullptr;
   size_t smem_bytes = 0;
@@ -196,13 +213,16 @@ void leave(Barrier& b) {
 void fiber_main() {
   Fiber* f = st.current;
   st.body(st.arg);
+  if (!f->wgmma_open.empty() || !f->wgmma_groups.empty()) fail("thread exits with wgmma not retired by a wait_group");
   flush_copies(f->pending);
   flush_copies(f->waited);
   f->done = true;
-  const int warp = f->linear / 32;
+  const int warp = f->linear / 32, warpgroup = f->linear / kWarpgroupThreads;
   leave(st.block_barrier);
   leave(st.warp_barriers[warp]);
+  leave(st.warpgroup_barriers[warpgroup]);
   --st.warp_live[warp];
+  --st.warpgroup_live[warpgroup];
   ++st.progress;
   Context finished;
   switch_to(finished, st.scheduler);
@@ -230,6 +250,10 @@ void run_block(dim3 block_idx) {
   st.warp_barriers.assign(warps, Barrier{});
   st.warp_live.assign(warps, 0);
   st.warp_size.assign(warps, 0);
+  const int warpgroups = (st.threads + kWarpgroupThreads - 1) / kWarpgroupThreads;
+  st.warpgroup_barriers.assign(warpgroups, Barrier{});
+  st.warpgroup_live.assign(warpgroups, 0);
+  st.warpgroup_size.assign(warpgroups, 0);
   for (int i = 0; i < st.threads; ++i) {
     Fiber& f = st.fibers[i];
     f.index.thread_idx = dim3(i % st.block.x, (i / st.block.x) % st.block.y, i / (st.block.x * st.block.y));
@@ -239,12 +263,18 @@ void run_block(dim3 block_idx) {
     f.waiting_at = nullptr;
     f.waiting_on = nullptr;
     f.warp_parity = 0;
+    f.warpgroup_parity = 0;
     f.pending.clear();
     f.waited.clear();
+    f.wgmma_open.clear();
+    f.wgmma_groups.clear();
     start_context(f.context, st.stacks[i].get(), kStackBytes);
     ++st.warp_live[i / 32];
     ++st.warp_size[i / 32];
     ++st.warp_barriers[i / 32].expected;
+    ++st.warpgroup_live[i / kWarpgroupThreads];
+    ++st.warpgroup_size[i / kWarpgroupThreads];
+    ++st.warpgroup_barriers[i / kWarpgroupThreads].expected;
   }
   std::vector<int> order(st.threads);
   std::iota(order.begin(), order.end(), 0);
@@ -326,6 +356,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
   if (int(st.fibers.size()) < threads) st.fibers.resize(threads);
   while (int(st.stacks.size()) < threads) st.stacks.emplace_back(new char[kStackBytes]);
   st.warp_slots.assign(size_t((threads + 31) / 32) * 2 * 32 * kSlotBytes, 0);
+  st.warpgroup_slots.assign(size_t((threads + kWarpgroupThreads - 1) / kWarpgroupThreads) * 2 * kWarpgroupThreads * kSlotBytes, 0);
   st.smem_storage.reset(new unsigned char[dynamic_smem + 128]);
   st.smem = st.smem_storage.get() + (128 - reinterpret_cast<uintptr_t>(st.smem_storage.get()) % 128) % 128;
   st.smem_bytes = dynamic_smem;
@@ -349,22 +380,28 @@ int sync_block(int predicate, bool reduce_or) {
   return reduce_or ? any : 0;
 }
 
+// Publishes `bytes` of this thread's data to the `threads` threads of its group (a warp or a
+// warpgroup) and copies all of theirs into `all`, in thread order. Consecutive exchanges
+// alternate between two slot sets, so one barrier each suffices: a thread can write set p again
+// only after the next exchange's barrier, which every thread reaches only after reading set p.
+void group_exchange(Barrier& barrier, unsigned char* slots, int& parity, int threads, const void* mine, void* all,
+                    size_t bytes, const char* where) {
+  if (bytes > kSlotBytes) fail("exchange of more than 64 bytes a thread");
+  slots += size_t(parity) * threads * kSlotBytes;
+  parity ^= 1;
+  std::memcpy(slots + (st.current->linear % threads) * kSlotBytes, mine, bytes);
+  arrive(barrier, 0, where);
+  for (int i = 0; i < threads; ++i)
+    std::memcpy(static_cast<unsigned char*>(all) + i * bytes, slots + i * kSlotBytes, bytes);
+}
+
 void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask) {
   if (mask != 0xffffffffu) fail("warp-synchronous operation with a partial mask (not emulated)");
-  if (bytes > kSlotBytes) fail("warp exchange of more than 64 bytes a lane");
-  const int warp = st.current->linear / 32, lane = st.current->linear % 32;
+  const int warp = st.current->linear / 32;
   if (st.warp_size[warp] != 32 || st.warp_live[warp] != 32)
     fail("warp-synchronous operation with mask 0xffffffff in a warp with exited or missing lanes");
-  unsigned char* slots = st.warp_slots.data() + size_t(warp) * 2 * 32 * kSlotBytes;
-  // Consecutive exchanges alternate between two slot sets, so one barrier each suffices: a lane
-  // can write set p again only after the next exchange's barrier, which every lane reaches only
-  // after reading set p.
-  Fiber& f = *st.current;
-  slots += size_t(f.warp_parity) * 32 * kSlotBytes;
-  f.warp_parity ^= 1;
-  std::memcpy(slots + lane * kSlotBytes, mine, bytes);
-  arrive(st.warp_barriers[warp], 0, "warp");
-  for (int l = 0; l < 32; ++l) std::memcpy(static_cast<unsigned char*>(all) + l * bytes, slots + l * kSlotBytes, bytes);
+  group_exchange(st.warp_barriers[warp], st.warp_slots.data() + size_t(warp) * 2 * 32 * kSlotBytes,
+                 st.current->warp_parity, 32, mine, all, bytes, "warp");
 }
 
 // Whether [p, p + bytes) lies in this block's shared memory (dynamic or a __shared__ variable).
@@ -436,6 +473,104 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
   };
   for (int m = 0; m < 4; ++m)
     r[m] = trans ? (at(m, 2 * t, g) | at(m, 2 * t + 1, g) << 16) : (at(m, g, 2 * t) | at(m, g, 2 * t + 1) << 16);
+}
+
+uint32_t shared_window_address(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c < st.smem || c > st.smem + st.smem_bytes)
+    fail("shared-window address of a pointer outside dynamic shared memory");
+  return kWindowBase + uint32_t(c - st.smem);
+}
+
+namespace {
+
+void warpgroup_exchange(const void* mine, void* all, size_t bytes) {
+  const int group = st.current->linear / kWarpgroupThreads;
+  if (st.warpgroup_size[group] != kWarpgroupThreads || st.warpgroup_live[group] != kWarpgroupThreads)
+    fail("wgmma in a warpgroup with exited or missing threads");
+  group_exchange(st.warpgroup_barriers[group],
+                 st.warpgroup_slots.data() + size_t(group) * 2 * kWarpgroupThreads * kSlotBytes,
+                 st.current->warpgroup_parity, kWarpgroupThreads, mine, all, bytes, "warpgroup");
+}
+
+// Element (k, n) of a wgmma B operand (16 x 64) read through its descriptor (PTX ISA "Matrix
+// Descriptor Format"; CUTLASS's canonical GMMA layouts in 16-byte units: K-major SW128
+// ((8,n),2):((8,SBO),1), MN-major SW128 ((8,n),(8,k)):((1,LBO),(8,SBO))).
+float descriptor_element(uint64_t descriptor, int k, int n, bool trans_b, bool bf16) {
+  const uint32_t start = uint32_t(descriptor & 0x3fff) << 4;
+  const uint32_t leading = uint32_t((descriptor >> 16) & 0x3fff) << 4;
+  const uint32_t stride = uint32_t((descriptor >> 32) & 0x3fff) << 4;
+  if ((descriptor >> 62) != 1 || ((descriptor >> 49) & 7) != 0)
+    fail("wgmma descriptor: only the 128-byte swizzle with base offset 0 is emulated");
+  uint32_t address;
+  if (trans_b) {  // MN-major: 64 n values per 128-byte row, 8 k rows per 1024-byte atom
+    address = start + (n / 64) * leading + (n % 64) * 2 + (k % 8) * 128 + (k / 8) * stride;
+  } else {  // K-major: the 16 k values of one n row, 8 n rows per atom
+    if (start % 128 + 32 > 128) fail("wgmma descriptor: a K-major step crosses its 128-byte swizzle row");
+    address = start + (n / 8) * stride + (n % 8) * 128 + k * 2;
+  }
+  address ^= ((address >> 7) & 7) << 4;  // the 128-byte swizzle: bits 4-6 ^= bits 7-9
+  if (address < kWindowBase || address + 2 > kWindowBase + st.smem_bytes)
+    fail("wgmma operand outside the block's dynamic shared memory");
+  uint16_t bits;
+  std::memcpy(&bits, st.smem + (address - kWindowBase), 2);
+  return b16_to_float(bits, bf16);
+}
+
+// Runs one wgmma for this thread's 32 accumulators, exchanging the A fragments and checking that
+// the whole warpgroup issued the same instruction.
+void run_wgmma(const PendingWgmma& op) {
+  struct Issued {
+    uint32_t a[4];
+    uint64_t b_descriptor;
+    uint32_t flags;
+  } mine{{op.a[0], op.a[1], op.a[2], op.a[3]}, op.b_descriptor,
+         uint32_t(op.accumulate) | uint32_t(op.trans_b) << 1 | uint32_t(op.bf16) << 2},
+      all[kWarpgroupThreads];
+  warpgroup_exchange(&mine, all, sizeof(Issued));
+  for (const Issued& other : all)
+    if (other.b_descriptor != mine.b_descriptor || other.flags != mine.flags)
+      fail("wgmma: the threads of a warpgroup issued different instructions");
+  const int thread = st.current->linear % kWarpgroupThreads, warp = thread / 32, g = (thread % 32) / 4, t = thread % 4;
+  auto half_of = [](uint32_t word, int col) { return uint16_t(col & 1 ? word >> 16 : word & 0xffff); };
+  // A rows 16 warp + g and + 8 (the m16n8k16 A layout of each warp), B columns 8 j + 2 t (+ 1).
+  double a[2][16], b[16][16];
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) {
+      const Issued& owner = all[32 * warp + 4 * g + (k % 8) / 2];
+      a[h][k] = b16_to_float(half_of(owner.a[h + 2 * (k >= 8)], k), op.bf16);
+    }
+  for (int c = 0; c < 16; ++c)
+    for (int k = 0; k < 16; ++k)
+      b[c][k] = descriptor_element(op.b_descriptor, k, 8 * (c / 2) + 2 * t + c % 2, op.trans_b, op.bf16);
+  for (int i = 0; i < 32; ++i) {
+    const int h = (i / 2) % 2, c = 2 * (i / 4) + i % 2;
+    double acc = op.accumulate ? op.d[i] : 0.0;
+    for (int k = 0; k < 16; ++k) acc += a[h][k] * b[c][k];
+    op.d[i] = float(acc);
+  }
+}
+
+}  // namespace
+
+void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b_descriptor, bool accumulate, bool trans_b,
+                     bool bf16) {
+  st.current->wgmma_open.push_back(PendingWgmma{d, a, b_descriptor, accumulate, trans_b, bf16});
+}
+
+void wgmma_commit_group() {
+  Fiber& f = *st.current;
+  f.wgmma_groups.push_back(std::move(f.wgmma_open));
+  f.wgmma_open.clear();
+}
+
+void wgmma_wait_group(int pending) {
+  Fiber& f = *st.current;
+  while (int(f.wgmma_groups.size()) > pending) {
+    const std::vector<PendingWgmma> group = std::move(f.wgmma_groups.front());
+    f.wgmma_groups.erase(f.wgmma_groups.begin());
+    for (const PendingWgmma& op : group) run_wgmma(op);
+  }
 }
 
 }  // namespace cuemu

@@ -3,7 +3,7 @@
 //
 // Every CUDA thread of a block is a fiber; the fibers of a block run on the calling thread,
 // switching only at block barriers and warp-synchronous operations (shuffles, ballots, mma,
-// ldmatrix), and blocks run one after another. The order in which fibers run between two
+// ldmatrix; wgmma waits synchronise a warpgroup), and blocks run one after another. The order in which fibers run between two
 // synchronisation points is a setting (forward, reverse, one warp lagging behind the others),
 // so a kernel whose result depends on it has a race. Shared memory is poisoned with 0xff bytes
 // (NaN as float, bf16 and fp16) at the start of every block; cp.async copies land as late as a
@@ -106,6 +106,19 @@ T shfl_xor(unsigned mask, T v, int lane_mask) {
 void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 
+// ---- Hopper warpgroup primitives of csrc/kernels/wgmma.cuh ----
+// wgmma runs when a wait_group retires its group, reading the A registers and the shared memory
+// of B then (the latest a correct kernel allows), so a kernel that touches either before its wait
+// gets a wrong result. B is read through the descriptor's address bits, 128-byte swizzle included.
+void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b_descriptor, bool accumulate, bool trans_b,
+                     bool bf16);
+void wgmma_commit_group();
+void wgmma_wait_group(int pending);
+// The shared-window address of p, which must lie in the block's dynamic shared memory. The
+// window starts 128 bytes short of a 1024-byte boundary, so kernels must align what the
+// hardware's swizzle needs themselves.
+uint32_t shared_window_address(const void* p);
+
 }  // namespace cuemu
 
 #define threadIdx (::cuemu::self().thread_idx)
@@ -169,7 +182,7 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
   return (unsigned long long)(((unsigned __int128)a * b) >> 64);
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
-inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<size_t>(p); }
+inline size_t __cvta_generic_to_shared(const void* p) { return cuemu::shared_window_address(p); }
 
 // ---- bfloat16 and float16: storage types with round-to-nearest-even conversions ----
 struct __nv_bfloat16 {

@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FWD, BWD, MMA = (f"csrc/kernels/{name}" for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh"))
+FWD, BWD, MMA, WG_FWD, WG = (
+    f"csrc/kernels/{name}"
+    for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh", "attention_fwd_wgmma.cu", "wgmma.cuh")
+)
 # (file, text, replacement, tests that must catch it)
 MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
@@ -37,6 +40,17 @@ MUTANTS = [
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
     ("csrc/include/dllm/philox.h", "o = uint64_t(*offset_ptr) + offset_intragraph;", "o = uint64_t(*offset_ptr);",
      "capture"),  # graph replays would repeat their draws
+    # the wgmma forward: scores read before their wgmma retired, an unswizzled layout, V read as
+    # K-major, a wrong 8-row stride in the descriptor, tiles not aligned to the swizzle atom, a
+    # missing barrier before the next tile's loads
+    (WG_FWD, "    wg::commit_group();\n    wg::wait_group<0>();\n#pragma unroll\n    for (int nb = 0;",
+     "    wg::commit_group();\n#pragma unroll\n    for (int nb = 0;", "attention and wgmma"),
+    (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
+    (WG_FWD, "wg::mma_async<DT, true>(acc, pf[kk], desc, true);", "wg::mma_async<DT, false>(acc, pf[kk], desc, true);",
+     "attention and wgmma"),
+    (WG, "uint64_t(kSwizzleAtomBytes >> 4) << 32", "uint64_t(kSwizzleAtomBytes >> 3) << 32", "attention and wgmma"),
+    (WG_FWD, "unsigned char* smem = smem_raw + (", "unsigned char* smem = smem_raw; (void)(", "attention and wgmma"),
+    (WG_FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention and wgmma"),
 ]
 
 

@@ -1,0 +1,212 @@
+// CUDA attention forward for Hopper (sm_90a): the forward of attention_fwd.cu with its two
+// products on wgmma, the warpgroup-wide asynchronous tensor-core instruction that mma.sync
+// cannot reach the H100's peak without.
+//
+// One CTA per (128-query tile, head, sequence): two warpgroups of 64 query rows each. All 256
+// threads stream K/V tiles with cp.async into double-buffered shared memory, as in the mma.sync
+// kernel. Each warpgroup keeps Q (loaded once) and P in registers, so both products read only B
+// from shared memory: S = Q K^T with K as a K-major operand and O += P V with V as an MN-major
+// one, the same swizzled panel layout serving both (wgmma.cuh). The products' accumulators have
+// the mma.sync fragment layout, so the masking, online softmax (base 2) and epilogue are those
+// of attention_fwd.cu. Keys past k_count are never read; query rows past q_count are zero-filled,
+// computed and not stored.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "attention_mma.cuh"
+#include "dllm/attention.h"
+#include "wgmma.cuh"
+
+namespace dllm {
+namespace {
+
+using namespace attn;
+
+constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups;
+constexpr int kBlockM = 64 * kWarpgroups;  // queries per CTA
+
+// Keys per tile: 128 at D = 128 (one CTA per SM, up to 255 registers a thread); 64 at D = 64, so
+// that two CTAs share an SM within 128 registers a thread.
+template <int Dim>
+constexpr int block_n() {
+  return Dim == 64 ? 64 : 128;
+}
+
+template <int Dim>
+constexpr int wgmma_fwd_smem_bytes() {
+  // Q, then K[2], V[2], plus slack to align the panels to the 1024-byte swizzle atom.
+  return (kBlockM + 4 * block_n<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;
+}
+
+template <DType DT, int Dim>
+__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgmma_kernel(const AttentionParams p) {
+  using T = typename Elem<DT>::T;
+  constexpr int kBlockN = block_n<Dim>();
+  constexpr int kSteps = Dim / 16;         // k-steps of Q K^T
+  constexpr int kKeySteps = kBlockN / 16;  // k-steps of P V
+  constexpr int kScoreBlocks = kBlockN / 8, kOutBlocks = Dim / 8;
+  constexpr int kPanelBytes = kBlockN * wg::kPanelRowBytes;  // one 64-column panel of a K/V tile
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The swizzle works on shared-memory address bits, so align the tiles here rather than trust
+  // the dynamic window's placement.
+  constexpr uint32_t kAtom = wg::kSwizzleAtomBytes;
+  unsigned char* smem = smem_raw + (kAtom - smem_addr(smem_raw) % kAtom) % kAtom;
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
+  T* sV = sK + 2 * kBlockN * Dim;
+
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
+  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  if (m0 >= qn || kn == 0) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int hk = int(h / (p.heads / p.kv_heads));
+  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
+  const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
+  const int n_tiles = (kn + kBlockN - 1) / kBlockN;
+
+  wg::load_panels<kBlockM, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
+  wg::load_panels<kBlockN, Dim, kThreads>(sK, gk, p.k_token_stride, kn);
+  wg::load_panels<kBlockN, Dim, kThreads>(sV, gv, p.v_token_stride, kn);
+  cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  uint32_t qf[kSteps][4];
+  float o[kOutBlocks][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait_all();
+    wg::fence_proxy_async();  // the tile's cp.async writes, before wgmma reads them
+    __syncthreads();  // tile j is visible to all, and every warpgroup is done with tile j - 1's buffers
+    if (j == 0) {
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) wg::load_a_panels<kBlockM>(qf[ks], sQ, warp * 16, 2 * ks, lane);
+    }
+    if (j + 1 < n_tiles) {
+      const int next = (j + 1) * kBlockN, buf = ((j + 1) & 1) * kBlockN * Dim;
+      wg::load_panels<kBlockN, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
+      wg::load_panels<kBlockN, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
+      cp_async_commit();
+    }
+    const unsigned char* k_tile = reinterpret_cast<const unsigned char*>(sK + (j & 1) * kBlockN * Dim);
+    const unsigned char* v_tile = reinterpret_cast<const unsigned char*>(sV + (j & 1) * kBlockN * Dim);
+
+    // S = Q K^T, 64 keys per wgmma: B = keys [64 nb, 64 nb + 64) x the 16 columns of step ks,
+    // which start 32 ks bytes into row 0 of panel ks / 4.
+    float s[kScoreBlocks][4];
+    wg::fence();
+#pragma unroll
+    for (int nb = 0; nb < kBlockN / 64; ++nb) {
+      float(&acc)[32] = *reinterpret_cast<float(*)[32]>(&s[8 * nb][0]);
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        const uint64_t desc =
+            wg::sw128_descriptor(k_tile + (ks / 4) * kPanelBytes + nb * 64 * wg::kPanelRowBytes + (ks % 4) * 32);
+        wg::mma_async<DT, false>(acc, qf[ks], desc, ks > 0);
+      }
+    }
+    wg::commit_group();
+    wg::wait_group<0>();
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wg::operand_fence(s[nb][e]);
+
+    const int key0 = j * kBlockN;
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + nb * 8 + 2 * t + (e & 1);
+        s[nb][e] = key < kn ? s[nb][e] * scale_log2 : -INFINITY;
+      }
+
+    // Online softmax; a row's scores of this tile live in the 4 lanes of its quad. Every tile
+    // holds at least one key, so the new maximum is finite and exp2(-inf - max) = 0 is exact.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = row_max[half];
+#pragma unroll
+      for (int nb = 0; nb < kScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float correction = exp2f(row_max[half] - mx);
+      row_max[half] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+        for (int e = 2 * half; e < 2 * half + 2; ++e) {
+          s[nb][e] = exp2f(s[nb][e] - mx);
+          sum += s[nb][e];
+        }
+      row_sum[half] = row_sum[half] * correction + sum;
+#pragma unroll
+      for (int db = 0; db < kOutBlocks; ++db) {
+        o[db][2 * half] *= correction;
+        o[db][2 * half + 1] *= correction;
+      }
+    }
+
+    // O += P V, P rounded to the input type in registers; 64 output columns (one V panel) per
+    // wgmma, B = the 16 keys of step kk, which start at row 16 kk of that panel.
+    uint32_t pf[kKeySteps][4];
+#pragma unroll
+    for (int kk = 0; kk < kKeySteps; ++kk) acc_to_a<DT>(pf[kk], s, kk);
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeySteps; ++kk)
+#pragma unroll
+      for (int panel = 0; panel < Dim / 64; ++panel) {
+        float(&acc)[32] = *reinterpret_cast<float(*)[32]>(&o[8 * panel][0]);
+        const uint64_t desc = wg::sw128_descriptor(v_tile + panel * kPanelBytes + kk * 16 * wg::kPanelRowBytes);
+        wg::mma_async<DT, true>(acc, pf[kk], desc, true);
+      }
+    wg::commit_group();
+    wg::wait_group<0>();
+#pragma unroll
+    for (int db = 0; db < kOutBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wg::operand_fence(o[db][e]);
+#pragma unroll
+    for (int kk = 0; kk < kKeySteps; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wg::operand_fence(pf[kk][e]);
+  }
+
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 1);
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);
+    inv[half] = 1.0f / row_sum[half];  // >= 1: the row maximum contributes exp2(0)
+    const int row = warp * 16 + (lane >> 2) + 8 * half;
+    if (t == 0 && m0 + row < qn)
+      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] + log2f(row_sum[half])) * kLn2;
+  }
+  T* gout = static_cast<T*>(p.out) + q0 * p.o_token_stride + h * p.o_head_stride;
+  store_rows<DT, Dim>(gout, p.o_token_stride, o, warp * 16, qn - m0, inv[0], inv[1], lane);
+}
+
+template <DType DT, int Dim>
+void launch_forward(const AttentionParams& p, cudaStream_t stream) {
+  constexpr int smem = wgmma_fwd_smem_bytes<Dim>();
+  allow_dynamic_smem<attention_fwd_wgmma_kernel<DT, Dim>>(smem);
+  const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM), unsigned(p.heads), unsigned(p.batch));
+  attention_fwd_wgmma_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p);
+}
+
+}  // namespace
+
+void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream) {
+  if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.head_dim == 64) return bf16 ? launch_forward<DType::kBFloat16, 64>(p, s) : launch_forward<DType::kFloat16, 64>(p, s);
+  return bf16 ? launch_forward<DType::kBFloat16, 128>(p, s) : launch_forward<DType::kFloat16, 128>(p, s);
+}
+
+}  // namespace dllm

@@ -1,0 +1,160 @@
+// Hopper warpgroup tensor-core building blocks (sm_90a): wgmma.mma_async m64n64k16 with A in
+// registers and B in shared memory, its fences, and the shared-memory layout and descriptors B
+// is read through.
+//
+// A warpgroup is 4 consecutive warps (128 threads). Its m64n64k16 product D[64][64] += A[64][16]
+// B[16][64] spreads A and D over the warps as mma.sync.m16n8k16 does over one warp: warp w of the
+// warpgroup holds rows 16w..16w+15 in exactly the m16n8k16 A and C fragment layouts (see
+// attention_mma.cuh), D being 8 such 16x8 blocks, so d[4j + i] is block j's c[i]. The softmax and
+// fragment helpers of the mma.sync kernels therefore apply unchanged.
+//
+// B stays in shared memory in "panels": a [rows][Dim] tile is Dim / 64 panels of [rows][64], each
+// row 128 bytes whose 16-byte chunk c lives at chunk c ^ (row % 8) (the 128-byte swizzle, applied
+// by the hardware to address bits 4-6 from bits 7-9, so panels must start 1024-byte aligned).
+// Read through a descriptor, that one layout serves both operands of attention:
+//   K in S = Q K^T is B "K-major" (keys x Dim, Dim contiguous): start = the 16-column step's first
+//     chunk in row 0 of its 8-row group, stride between 8-row groups (SBO) 1024 bytes;
+//   V in O = P V is B "MN-major" (keys x Dim, Dim = N contiguous), selected by the instruction's
+//     transpose bit: start = row 0 of the 16-key step, SBO 1024 bytes between its two 8-key halves.
+// (PTX ISA "Shared Memory Matrix Layout" and "Matrix Descriptor Format"; CUTLASS's canonical GMMA
+// layouts SW128 K-major ((8,n),2):((8,SBO),1) and MN-major ((8,n),(8,k)):((1,LBO),(8,SBO)) in
+// 16-byte units.)
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "attention_mma.cuh"
+
+namespace dllm::wg {
+
+// sm_90a: the "a" features, which wgmma needs, exist only in code built for exactly sm_90a.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DLLM_WGMMA_UNAVAILABLE 1
+#endif
+
+constexpr int kPanel = 64;            // columns per panel
+constexpr int kPanelRowBytes = 128;   // one panel row: 64 16-bit values
+constexpr int kSwizzleAtomBytes = 1024;
+
+// Element offset of (row, 8-column chunk) in a [rows][Dim] tile stored as panels.
+template <int Rows>
+__device__ __forceinline__ int panel_offset(int row, int chunk) {
+  return (chunk >> 3) * Rows * kPanel + row * kPanel + (((chunk & 7) ^ (row & 7)) << 3);
+}
+
+// Rows [0, Rows) of a [Rows][Dim] panel tile from global rows `row_stride` elements apart; rows at
+// or past `valid_rows` are zero-filled, so they contribute nothing to any product.
+template <int Rows, int Dim, int Threads, typename T>
+__device__ __forceinline__ void load_panels(T* tile, const T* src, int64_t row_stride, int valid_rows) {
+  constexpr int kChunks = Dim / 8;
+  static_assert((Rows * kChunks) % Threads == 0, "every thread loads the same number of chunks");
+#pragma unroll
+  for (int i = threadIdx.x; i < Rows * kChunks; i += Threads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = r < valid_rows;
+    attn::cp_async_16(tile + panel_offset<Rows>(r, c), src + (valid ? r * row_stride + c * 8 : 0), valid);
+  }
+}
+
+// The m16n8k16 A fragment of 16 rows from row0 and 16 columns from chunk0 * 8 of a panel tile.
+template <int Rows, typename T>
+__device__ __forceinline__ void load_a_panels(uint32_t (&a)[4], const T* tile, int row0, int chunk0, int lane) {
+  attn::ldmatrix_x4(a, tile + panel_offset<Rows>(row0 + (lane & 15), chunk0 + (lane >> 4)));
+}
+
+// Descriptor of a 128-byte-swizzled operand at `start` (bits 0-13: address >> 4; 16-29: LBO >> 4;
+// 32-45: SBO >> 4; 62-63: swizzle mode, 1 = 128 bytes). LBO is unused by both of our operands
+// (K-major: the 16 columns of a step lie inside one 128-byte row; MN-major: N = 64 lies inside one
+// panel), so it is left at 1 as CUTLASS does.
+__device__ __forceinline__ uint64_t sw128_descriptor(const void* start) {
+  const uint32_t address = attn::smem_addr(start);
+  return uint64_t((address & 0x3ffff) >> 4) | uint64_t(1) << 16 | uint64_t(kSwizzleAtomBytes >> 4) << 32 |
+         uint64_t(1) << 62;
+}
+
+// Registers (or accumulators) that an in-flight wgmma reads or writes: the empty asm keeps the
+// compiler from moving other accesses to them across the wgmma's issue and wait.
+__device__ __forceinline__ void operand_fence(float& r) {
+#if !defined(DLLM_CUDA_EMULATOR)
+  asm volatile("" : "+f"(r)::"memory");
+#endif
+}
+__device__ __forceinline__ void operand_fence(uint32_t& r) {
+#if !defined(DLLM_CUDA_EMULATOR)
+  asm volatile("" : "+r"(r)::"memory");
+#endif
+}
+
+// Orders this thread's register writes before the wgmmas that read them (wgmma.fence).
+__device__ __forceinline__ void fence() {
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif !defined(DLLM_CUDA_EMULATOR)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void commit_group() {
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::wgmma_commit_group();
+#else
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void wait_group() {
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::wgmma_wait_group(N);
+#else
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Makes this thread's generic-proxy shared-memory writes (cp.async included) visible to the async
+// proxy through which wgmma reads its shared operands; a block barrier then publishes them.
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif !defined(DLLM_CUDA_EMULATOR)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// d (+)= A B on one m64n64k16 step, asynchronously (complete after wait_group). a: this thread's
+// A fragment; b: B's descriptor; TransB: B is MN-major (V) rather than K-major (K).
+template <DType D, bool TransB>
+__device__ __forceinline__ void mma_async(float (&d)[32], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::wgmma_m64n64k16(d, a, b, accumulate, TransB, D == DType::kBFloat16);
+#else
+#define DLLM_WGMMA_M64N64K16(TYPES)                                                                          \
+  asm volatile(                                                                                              \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                          \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPES                                                     \
+      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
+      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"    \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),       \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),           \
+        "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),           \
+        "+f"(d[30]), "+f"(d[31])                                                                             \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(TransB)))
+  if constexpr (D == DType::kBFloat16) {
+    DLLM_WGMMA_M64N64K16("bf16.bf16");
+  } else {
+    DLLM_WGMMA_M64N64K16("f16.f16");
+  }
+#undef DLLM_WGMMA_M64N64K16
+#endif
+}
+
+}  // namespace dllm::wg
