@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
 #pragma unroll
       for (int ks = 0; ks < kSteps; ++ks) {
         const uint64_t desc =
-            wg::sw128_descriptor(k_tile + (ks / 4) * kPanelBytes + nb * 64 * wg::kPanelRowBytes + (ks % 4) * 32);
+            wg::sw128_descriptor<false>(k_tile + (ks / 4) * kPanelBytes + nb * 64 * wg::kPanelRowBytes + (ks % 4) * 32);
         wg::mma_async<DT, false>(acc, qf[ks], desc, ks > 0);
       }
     }
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
 #pragma unroll
       for (int panel = 0; panel < Dim / 64; ++panel) {
         float(&acc)[32] = *reinterpret_cast<float(*)[32]>(&o[8 * panel][0]);
-        const uint64_t desc = wg::sw128_descriptor(v_tile + panel * kPanelBytes + kk * 16 * wg::kPanelRowBytes);
+        const uint64_t desc = wg::sw128_descriptor<true>(v_tile + panel * kPanelBytes + kk * 16 * wg::kPanelRowBytes);
         wg::mma_async<DT, true>(acc, pf[kk], desc, true);
       }
     wg::commit_group();

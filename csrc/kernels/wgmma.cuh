@@ -64,13 +64,16 @@ __device__ __forceinline__ void load_a_panels(uint32_t (&a)[4], const T* tile, i
 }
 
 // Descriptor of a 128-byte-swizzled operand at `start` (bits 0-13: address >> 4; 16-29: LBO >> 4;
-// 32-45: SBO >> 4; 62-63: swizzle mode, 1 = 128 bytes). LBO is unused by both of our operands
-// (K-major: the 16 columns of a step lie inside one 128-byte row; MN-major: N = 64 lies inside one
-// panel), so it is left at 1 as CUTLASS does.
+// 32-45: SBO >> 4; 62-63: swizzle mode, 1 = 128 bytes). SBO, the stride between 8-row groups, is
+// one swizzle atom for both operands. LBO is unused by both (K-major: a step's 16 columns lie in
+// one 128-byte row; MN-major: N = 64 fills exactly one panel): K-major gets 16 bytes as in
+// CUTLASS; MN-major gets the 8-row stride too, which is also right under the reading of the PTX
+// ISA in which LBO and SBO swap roles for MN-major operands.
+template <bool MnMajor>
 __device__ __forceinline__ uint64_t sw128_descriptor(const void* start) {
   const uint32_t address = attn::smem_addr(start);
-  return uint64_t((address & 0x3ffff) >> 4) | uint64_t(1) << 16 | uint64_t(kSwizzleAtomBytes >> 4) << 32 |
-         uint64_t(1) << 62;
+  constexpr uint64_t kLeading = MnMajor ? kSwizzleAtomBytes >> 4 : 1, kStride = kSwizzleAtomBytes >> 4;
+  return uint64_t((address & 0x3ffff) >> 4) | kLeading << 16 | kStride << 32 | uint64_t(1) << 62;
 }
 
 // Registers (or accumulators) that an in-flight wgmma reads or writes: the empty asm keeps the

@@ -48,8 +48,8 @@ MUTANTS = [
     (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
     (WG_FWD, "wg::mma_async<DT, true>(acc, pf[kk], desc, true);", "wg::mma_async<DT, false>(acc, pf[kk], desc, true);",
      "attention and wgmma"),
-    (WG, "uint64_t(kSwizzleAtomBytes >> 4) << 32", "uint64_t(kSwizzleAtomBytes >> 3) << 32", "attention and wgmma"),
-    (WG_FWD, "unsigned char* smem = smem_raw + (", "unsigned char* smem = smem_raw; (void)(", "attention and wgmma"),
+    (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
+    (WG_FWD, "smem_raw + (kAtom - smem_addr(smem_raw) % kAtom) % kAtom;", "smem_raw;", "attention and wgmma"),
     (WG_FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention and wgmma"),
 ]
 
@@ -71,13 +71,14 @@ def main(selected: list[int]) -> int:
                 run = subprocess.run([*pytest, "tests/test_cuda_emulated.py", "-k", tests], cwd=tree,
                                      capture_output=True, text=True)
                 source.write_text(original)
-                # pytest exits 1 when a test failed; a crash is a signal; 5 (nothing selected) is not a catch
-                caught = run.returncode == 1 or run.returncode < 0
-                missed += not caught
                 if run.returncode < 0:  # an out-of-bounds access can take the process down
                     summary = f"crashed with signal {-run.returncode}"
                 else:
                     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+                # A failed test or a crash is a catch; an error (the mutant does not compile) or 5
+                # (nothing selected) is not.
+                caught = run.returncode < 0 or (run.returncode == 1 and " failed" in summary and " error" not in summary)
+                missed += not caught
                 print(f"mutant {i} ({path}): {'caught' if caught else 'MISSED'} - {summary}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
