@@ -16,8 +16,8 @@ cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a C
 
 
 @pytest.fixture(params=["mma", "wgmma"])
-def forward_kernel(request, monkeypatch):
-    """The CUDA forward kernel (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma where it runs."""
+def attention_kernel(request, monkeypatch):
+    """The CUDA kernels (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma where they run."""
     if request.param == "wgmma" and not (
         dllm.build_info()["wgmma"] and torch.cuda.get_device_capability() == (9, 0)
     ):
@@ -148,7 +148,7 @@ def lengths_for(Sq, Sk, device):
     [(2, 113, 203, 4, 2, False), (3, 203, 113, 2, 2, True), (1, 1, 1023, 4, 1, False), (3, 1023, 1, 2, 1, True),
      (3, 1023, 1023, 2, 1, True), (1, 300, 1023, 3, 3, False)],
 )
-def test_cuda_kernel_matches_float64(forward_kernel, dtype, D, B, Sq, Sk, H, Hkv, lengths):
+def test_cuda_kernel_matches_float64(attention_kernel, dtype, D, B, Sq, Sk, H, Hkv, lengths):
     q, k, v = inputs(B, Sq, Sk, H, Hkv, D, dtype, "cuda", seed=Sq + Sk + D)
     assert dllm.ops._cuda_kernel_supports(q)
     kv_len, q_len = lengths_for(Sq, Sk, "cuda") if lengths else (None, None)
@@ -165,7 +165,7 @@ def test_cuda_kernel_matches_float64(forward_kernel, dtype, D, B, Sq, Sk, H, Hkv
 
 @cuda_only
 @pytest.mark.parametrize("D", [64, 128])
-def test_cuda_kernel_lse_and_determinism(forward_kernel, D):
+def test_cuda_kernel_lse_and_determinism(attention_kernel, D):
     q, k, v = inputs(2, 150, 77, 4, 2, D, torch.bfloat16, "cuda", seed=3)
     kv_len = torch.tensor([77, 40], device="cuda", dtype=torch.int32)
     q_len = torch.tensor([150, 99], device="cuda", dtype=torch.int32)
@@ -187,7 +187,7 @@ def test_cuda_kernel_lse_and_determinism(forward_kernel, D):
 
 
 @cuda_only
-def test_cuda_kernel_reads_strided_and_unaligned_inputs(forward_kernel):
+def test_cuda_kernel_reads_strided_and_unaligned_inputs(attention_kernel):
     B, S, H, D = 2, 70, 4, 128
     g = torch.Generator().manual_seed(5)
     qkv = torch.randn(B, S, 3, H, D, generator=g).to("cuda", torch.bfloat16)
@@ -215,7 +215,7 @@ def test_cuda_kernel_errors_and_fallback():
 
 
 @cuda_only
-def test_cuda_kernel_never_synchronises(forward_kernel):
+def test_cuda_kernel_never_synchronises(attention_kernel):
     # A CUDA graph capture fails on any host synchronisation; lengths are clamped, not checked.
     q, k, v = inputs(2, 40, 50, 4, 2, 64, torch.bfloat16, "cuda")
     q, k, v = (t.detach() for t in (q, k, v))

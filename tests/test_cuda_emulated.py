@@ -274,8 +274,8 @@ class EmulatedAttention(torch.autograd.Function):
 
 
 @pytest.fixture(params=["mma", "wgmma"])
-def forward_kernel(request, emulator, monkeypatch):
-    """The forward kernel the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma."""
+def attention_kernel(request, emulator, monkeypatch):
+    """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma."""
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", request.param)
     return request.param
 
@@ -297,7 +297,7 @@ def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
         (1, 1023, 1023, 1, 1, 64, False),  # 16 key tiles: the double-buffered pipeline in steady state
     ],
 )
-def test_attention_forward_and_backward_match_float64(emulator, forward_kernel, dtype, B, Sq, Sk, H, Hkv, D, lengths):
+def test_attention_forward_and_backward_match_float64(emulator, attention_kernel, dtype, B, Sq, Sk, H, Hkv, D, lengths):
     q, k, v = attention_inputs(B, Sq, Sk, H, Hkv, D, dtype)
     kv_len = q_len = None
     if lengths:
@@ -310,7 +310,7 @@ def test_attention_forward_and_backward_match_float64(emulator, forward_kernel, 
     check_gradients(out, ref, low, (q, k, v))
 
 
-def test_attention_is_schedule_independent_and_deterministic(schedule, forward_kernel):
+def test_attention_is_schedule_independent_and_deterministic(schedule, attention_kernel):
     q, k, v = attention_inputs(2, 70, 140, 2, 1, 64, torch.bfloat16)
     kv_len = torch.tensor([140, 66], dtype=torch.int32)
     out = emulated(schedule, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 140, 0.125)
@@ -323,7 +323,7 @@ def test_attention_is_schedule_independent_and_deterministic(schedule, forward_k
         assert torch.equal(a, b)
 
 
-def test_attention_varlen_equals_padded(emulator, forward_kernel):
+def test_attention_varlen_equals_padded(emulator, attention_kernel):
     lengths = [5, 70, 1]
     q, k, v = attention_inputs(3, 70, 70, 2, 2, 64, torch.bfloat16)
     q, k, v = (t.detach() for t in (q, k, v))

@@ -248,19 +248,24 @@ void launch_backward(const AttentionGradParams& g, const float* delta, cudaStrea
 
 }  // namespace
 
+void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stream) {
+  const AttentionParams& p = g.fwd;
+  const int64_t rows = p.q_tokens * p.heads;
+  if (rows == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const unsigned blocks = unsigned((rows + 7) / 8);
+  if (p.dtype == DType::kBFloat16)
+    attention_delta_kernel<DType::kBFloat16><<<blocks, 256, 0, s>>>(g, delta);
+  else
+    attention_delta_kernel<DType::kFloat16><<<blocks, 256, 0, s>>>(g, delta);
+}
+
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream) {
   const AttentionParams& p = g.fwd;
   if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf16 = p.dtype == DType::kBFloat16;
-  const int64_t rows = p.q_tokens * p.heads;
-  if (rows > 0) {
-    const unsigned blocks = unsigned((rows + 7) / 8);
-    if (bf16)
-      attention_delta_kernel<DType::kBFloat16><<<blocks, 256, 0, s>>>(g, delta);
-    else
-      attention_delta_kernel<DType::kFloat16><<<blocks, 256, 0, s>>>(g, delta);
-  }
+  attention_delta_cuda(g, delta, s);
   if (p.head_dim == 64)
     return bf16 ? launch_backward<DType::kBFloat16, 64>(g, delta, s) : launch_backward<DType::kFloat16, 64>(g, delta, s);
   return bf16 ? launch_backward<DType::kBFloat16, 128>(g, delta, s) : launch_backward<DType::kFloat16, 128>(g, delta, s);

@@ -99,15 +99,13 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     float s[kScoreBlocks][4];
     wg::fence();
 #pragma unroll
-    for (int nb = 0; nb < kBlockN / 64; ++nb) {
-      float(&acc)[32] = *reinterpret_cast<float(*)[32]>(&s[8 * nb][0]);
+    for (int nb = 0; nb < kBlockN / 64; ++nb)
 #pragma unroll
       for (int ks = 0; ks < kSteps; ++ks) {
         const uint64_t desc =
             wg::sw128_descriptor<false>(k_tile + (ks / 4) * kPanelBytes + nb * 64 * wg::kPanelRowBytes + (ks % 4) * 32);
-        wg::mma_async<DT, false>(acc, qf[ks], desc, ks > 0);
+        wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), qf[ks], desc, ks > 0);
       }
-    }
     wg::commit_group();
     wg::wait_group<0>();
 #pragma unroll
@@ -161,9 +159,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     for (int kk = 0; kk < kKeySteps; ++kk)
 #pragma unroll
       for (int panel = 0; panel < Dim / 64; ++panel) {
-        float(&acc)[32] = *reinterpret_cast<float(*)[32]>(&o[8 * panel][0]);
         const uint64_t desc = wg::sw128_descriptor<true>(v_tile + panel * kPanelBytes + kk * 16 * wg::kPanelRowBytes);
-        wg::mma_async<DT, true>(acc, pf[kk], desc, true);
+        wg::mma_async<DT, 64, true>(wg::columns<64>(o, 8 * panel), pf[kk], desc, true);
       }
     wg::commit_group();
     wg::wait_group<0>();

@@ -1,6 +1,6 @@
-// Hopper warpgroup tensor-core building blocks (sm_90a): wgmma.mma_async m64n64k16 with A in
-// registers and B in shared memory, its fences, and the shared-memory layout and descriptors B
-// is read through.
+// Hopper warpgroup tensor-core building blocks (sm_90a): wgmma.mma_async m64n64k16 and m64n32k16
+// with A in registers or shared memory and B in shared memory, its fences, and the shared-memory
+// layout and descriptors the operands are read through.
 //
 // A warpgroup is 4 consecutive warps (128 threads). Its m64n64k16 product D[64][64] += A[64][16]
 // B[16][64] spreads A and D over the warps as mma.sync.m16n8k16 does over one warp: warp w of the
@@ -130,34 +130,85 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-// d (+)= A B on one m64n64k16 step, asynchronously (complete after wait_group). a: this thread's
-// A fragment; b: B's descriptor; TransB: B is MN-major (V) rather than K-major (K).
-template <DType D, bool TransB>
-__device__ __forceinline__ void mma_async(float (&d)[32], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
+// The accumulator operands of an m64nNk16 wgmma (N / 2 fp32 registers a thread) and the list
+// of their asm operand numbers.
+#define DLLM_WG_D16                                                                                          \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define DLLM_WG_D32                                                                                          \
+  DLLM_WG_D16, "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),   \
+      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), \
+      "+f"(d[31])
+#define DLLM_WG_R16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define DLLM_WG_R32                                                                                          \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+
+// d (+)= A B on one m64nNk16 step (N = 32 or 64), asynchronously: complete after wait_group.
+// a: this thread's A fragment (rows 16 w.. of warp w, the m16n8k16 A layout); b: B's
+// descriptor; TransB: B is MN-major (V, dO, Q in the products with a transposed tile) rather
+// than K-major.
+template <DType D, int N, bool TransB>
+__device__ __forceinline__ void mma_async(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
+  static_assert(N == 32 || N == 64);
 #if defined(DLLM_WGMMA_UNAVAILABLE)
   __trap();
 #elif defined(DLLM_CUDA_EMULATOR)
-  cuemu::wgmma_m64n64k16(d, a, b, accumulate, TransB, D == DType::kBFloat16);
+  cuemu::wgmma(d, N, a, 0, b, accumulate, TransB, D == DType::kBFloat16);
 #else
-#define DLLM_WGMMA_M64N64K16(TYPES)                                                                          \
-  asm volatile(                                                                                              \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                                          \
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPES                                                     \
-      " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, " \
-      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"    \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),       \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),           \
-        "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),           \
-        "+f"(d[30]), "+f"(d[31])                                                                             \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(TransB)))
-  if constexpr (D == DType::kBFloat16) {
-    DLLM_WGMMA_M64N64K16("bf16.bf16");
-  } else {
-    DLLM_WGMMA_M64N64K16("f16.f16");
-  }
-#undef DLLM_WGMMA_M64N64K16
+#define DLLM_WG_RS(SHAPE, TYPES, REGS, OUTS, A0, A1, A2, A3, B, SCALE, TRANS)                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES \
+               " " REGS ", {%" A0 ", %" A1 ", %" A2 ", %" A3 "}, %" B ", p, 1, 1, %" TRANS ";\n}\n"             \
+               : OUTS                                                                                       \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(accumulate)), "n"(int(TransB)))
+  if constexpr (N == 64 && D == DType::kBFloat16)
+    DLLM_WG_RS("m64n64k16", "bf16.bf16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35", "36", "37", "38");
+  else if constexpr (N == 64)
+    DLLM_WG_RS("m64n64k16", "f16.f16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35", "36", "37", "38");
+  else if constexpr (D == DType::kBFloat16)
+    DLLM_WG_RS("m64n32k16", "bf16.bf16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19", "20", "21", "22");
+  else
+    DLLM_WG_RS("m64n32k16", "f16.f16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19", "20", "21", "22");
+#undef DLLM_WG_RS
 #endif
+}
+
+// The same with A read from shared memory too, K-major, through the descriptor a.
+template <DType D, int N, bool TransB>
+__device__ __forceinline__ void mma_async(float (&d)[N / 2], uint64_t a, uint64_t b, bool accumulate) {
+  static_assert(N == 32 || N == 64);
+#if defined(DLLM_WGMMA_UNAVAILABLE)
+  __trap();
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::wgmma(d, N, nullptr, a, b, accumulate, TransB, D == DType::kBFloat16);
+#else
+#define DLLM_WG_SS(SHAPE, TYPES, REGS, OUTS, A, B, SCALE, TRANS)                                             \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES \
+               " " REGS ", %" A ", %" B ", p, 1, 1, 0, %" TRANS ";\n}\n"                                      \
+               : OUTS                                                                                       \
+               : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(TransB)))
+  if constexpr (N == 64 && D == DType::kBFloat16)
+    DLLM_WG_SS("m64n64k16", "bf16.bf16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35");
+  else if constexpr (N == 64)
+    DLLM_WG_SS("m64n64k16", "f16.f16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35");
+  else if constexpr (D == DType::kBFloat16)
+    DLLM_WG_SS("m64n32k16", "bf16.bf16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19");
+  else
+    DLLM_WG_SS("m64n32k16", "f16.f16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19");
+#undef DLLM_WG_SS
+#endif
+}
+
+#undef DLLM_WG_D16
+#undef DLLM_WG_D32
+#undef DLLM_WG_R16
+#undef DLLM_WG_R32
+
+// An N-column slice of an accumulator array in the mma.sync layout ([8-column block][4]), as the
+// d operand of mma_async: blocks first_block .. first_block + N / 8 - 1.
+template <int N, int Blocks>
+__device__ __forceinline__ float (&columns(float (&acc)[Blocks][4], int first_block))[N / 2] {
+  return *reinterpret_cast<float(*)[N / 2]>(&acc[first_block][0]);
 }
 
 }  // namespace dllm::wg

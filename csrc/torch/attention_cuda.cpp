@@ -28,10 +28,10 @@ void check_supported(const AttentionParams& p) {
                               prop->major, ".", prop->minor);
 }
 
-// DLLM_ATTENTION_KERNEL picks the forward kernel: "mma" (mma.sync, compute capability 8.0 and
-// newer; the default) or "wgmma" (Hopper's wgmma, compute capability 9.0, in builds for 9.0).
-// The wgmma kernel stays opt-in until it has been measured on a GPU (bench/attention.py runs both).
-bool use_wgmma_forward() {
+// DLLM_ATTENTION_KERNEL picks the kernels: "mma" (mma.sync, compute capability 8.0 and newer;
+// the default) or "wgmma" (Hopper's wgmma, compute capability 9.0, in builds for 9.0). The wgmma
+// kernels stay opt-in until they have been measured on a GPU (bench/attention.py runs both).
+bool use_wgmma() {
   const char* choice = std::getenv("DLLM_ATTENTION_KERNEL");
   if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "mma") == 0) return false;
   TORCH_CHECK(std::strcmp(choice, "wgmma") == 0, "DLLM_ATTENTION_KERNEL must be \"mma\" or \"wgmma\", got \"",
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
                                          max_seqlen_k, scale, true);
   check_supported(call.params);
   align_inputs(call);
-  if (use_wgmma_forward()) {
+  if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(call.params, stream());
 #endif
@@ -98,7 +98,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   align16(call.fwd.out, out_ptr);
   g.fwd.out = const_cast<void*>(out_ptr);
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
-  attention_backward_cuda(g, delta.data_ptr<float>(), stream());
+  if (use_wgmma()) {
+#if DLLM_WITH_WGMMA
+    attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), stream());
+#endif
+  } else {
+    attention_backward_cuda(g, delta.data_ptr<float>(), stream());
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.dq, call.dk, call.dv};
 }

@@ -42,8 +42,9 @@ struct PendingCopy {
 
 struct PendingWgmma {
   float* d;
-  const uint32_t* a;
-  uint64_t b_descriptor;
+  int n;
+  const uint32_t* a;  // null: A is read through a_descriptor
+  uint64_t a_descriptor, b_descriptor;
   bool accumulate, trans_b, bf16;
 };
 
@@ -493,7 +494,7 @@ void warpgroup_exchange(const void* mine, void* all, size_t bytes) {
                  st.current->warpgroup_parity, kWarpgroupThreads, mine, all, bytes, "warpgroup");
 }
 
-// Element (k, n) of a wgmma B operand (16 x 64) read through its descriptor (PTX ISA "Matrix
+// Element (k, n) of a wgmma operand (B, 16 x N; or A, 16 x 64 with n the row) read through its descriptor (PTX ISA "Matrix
 // Descriptor Format"; CUTLASS's canonical GMMA layouts in 16-byte units: K-major SW128
 // ((8,n),2):((8,SBO),1), MN-major SW128 ((8,n),(8,k)):((1,LBO),(8,SBO))).
 float descriptor_element(uint64_t descriptor, int k, int n, bool trans_b, bool bf16) {
@@ -517,19 +518,21 @@ float descriptor_element(uint64_t descriptor, int k, int n, bool trans_b, bool b
   return b16_to_float(bits, bf16);
 }
 
-// Runs one wgmma for this thread's 32 accumulators, exchanging the A fragments and checking that
-// the whole warpgroup issued the same instruction.
+// Runs one wgmma for this thread's n / 2 accumulators, exchanging the A fragments and checking
+// that the whole warpgroup issued the same instruction.
 void run_wgmma(const PendingWgmma& op) {
   struct Issued {
     uint32_t a[4];
-    uint64_t b_descriptor;
+    uint64_t a_descriptor, b_descriptor;
     uint32_t flags;
-  } mine{{op.a[0], op.a[1], op.a[2], op.a[3]}, op.b_descriptor,
-         uint32_t(op.accumulate) | uint32_t(op.trans_b) << 1 | uint32_t(op.bf16) << 2},
+  } mine{{}, op.a ? 0 : op.a_descriptor, op.b_descriptor,
+         uint32_t(op.accumulate) | uint32_t(op.trans_b) << 1 | uint32_t(op.bf16) << 2 | uint32_t(op.a != nullptr) << 3 |
+             uint32_t(op.n) << 4},
       all[kWarpgroupThreads];
+  if (op.a) std::memcpy(mine.a, op.a, sizeof(mine.a));
   warpgroup_exchange(&mine, all, sizeof(Issued));
   for (const Issued& other : all)
-    if (other.b_descriptor != mine.b_descriptor || other.flags != mine.flags)
+    if (other.a_descriptor != mine.a_descriptor || other.b_descriptor != mine.b_descriptor || other.flags != mine.flags)
       fail("wgmma: the threads of a warpgroup issued different instructions");
   const int thread = st.current->linear % kWarpgroupThreads, warp = thread / 32, g = (thread % 32) / 4, t = thread % 4;
   auto half_of = [](uint32_t word, int col) { return uint16_t(col & 1 ? word >> 16 : word & 0xffff); };
@@ -537,13 +540,19 @@ void run_wgmma(const PendingWgmma& op) {
   double a[2][16], b[16][16];
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 16; ++k) {
-      const Issued& owner = all[32 * warp + 4 * g + (k % 8) / 2];
-      a[h][k] = b16_to_float(half_of(owner.a[h + 2 * (k >= 8)], k), op.bf16);
+      const int row = 16 * warp + g + 8 * h;
+      if (op.a) {
+        const Issued& owner = all[32 * warp + 4 * g + (k % 8) / 2];
+        a[h][k] = b16_to_float(half_of(owner.a[h + 2 * (k >= 8)], k), op.bf16);
+      } else {
+        a[h][k] = descriptor_element(op.a_descriptor, k, row, false, op.bf16);
+      }
     }
-  for (int c = 0; c < 16; ++c)
+  const int columns = op.n / 4;  // this thread's: two of every 8
+  for (int c = 0; c < columns; ++c)
     for (int k = 0; k < 16; ++k)
       b[c][k] = descriptor_element(op.b_descriptor, k, 8 * (c / 2) + 2 * t + c % 2, op.trans_b, op.bf16);
-  for (int i = 0; i < 32; ++i) {
+  for (int i = 0; i < op.n / 2; ++i) {
     const int h = (i / 2) % 2, c = 2 * (i / 4) + i % 2;
     double acc = op.accumulate ? op.d[i] : 0.0;
     for (int k = 0; k < 16; ++k) acc += a[h][k] * b[c][k];
@@ -553,9 +562,10 @@ void run_wgmma(const PendingWgmma& op) {
 
 }  // namespace
 
-void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b_descriptor, bool accumulate, bool trans_b,
-                     bool bf16) {
-  st.current->wgmma_open.push_back(PendingWgmma{d, a, b_descriptor, accumulate, trans_b, bf16});
+void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
+           bool trans_b, bool bf16) {
+  if (n % 8 != 0 || n < 8 || n > 64) fail("wgmma: only N = 8 .. 64 is emulated");
+  st.current->wgmma_open.push_back(PendingWgmma{d, n, a, a_descriptor, b_descriptor, accumulate, trans_b, bf16});
 }
 
 void wgmma_commit_group() {

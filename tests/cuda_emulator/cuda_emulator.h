@@ -110,8 +110,10 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 // wgmma runs when a wait_group retires its group, reading the A registers and the shared memory
 // of B then (the latest a correct kernel allows), so a kernel that touches either before its wait
 // gets a wrong result. B is read through the descriptor's address bits, 128-byte swizzle included.
-void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t b_descriptor, bool accumulate, bool trans_b,
-                     bool bf16);
+// m64nNk16 with d the thread's N / 2 accumulators and A either this thread's fragment `a` or,
+// when a is null, the K-major shared operand of `a_descriptor`.
+void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
+           bool trans_b, bool bf16);
 void wgmma_commit_group();
 void wgmma_wait_group(int pending);
 // The shared-window address of p, which must lie in the block's dynamic shared memory. The

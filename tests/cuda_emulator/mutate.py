@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FWD, BWD, MMA, WG_FWD, WG = (
+FWD, BWD, MMA, WG_FWD, WG_BWD, WG = (
     f"csrc/kernels/{name}"
-    for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh", "attention_fwd_wgmma.cu", "wgmma.cuh")
+    for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh", "attention_fwd_wgmma.cu",
+                 "attention_bwd_wgmma.cu", "wgmma.cuh")
 )
 # (file, text, replacement, tests that must catch it)
 MUTANTS = [
@@ -46,11 +47,17 @@ MUTANTS = [
     (WG_FWD, "    wg::commit_group();\n    wg::wait_group<0>();\n#pragma unroll\n    for (int nb = 0;",
      "    wg::commit_group();\n#pragma unroll\n    for (int nb = 0;", "attention and wgmma"),
     (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
-    (WG_FWD, "wg::mma_async<DT, true>(acc, pf[kk], desc, true);", "wg::mma_async<DT, false>(acc, pf[kk], desc, true);",
+    (WG_FWD, "wg::mma_async<DT, 64, true>(", "wg::mma_async<DT, 64, false>(",
      "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
     (WG_FWD, "smem_raw + (kAtom - smem_addr(smem_raw) % kAtom) % kAtom;", "smem_raw;", "attention and wgmma"),
     (WG_FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention and wgmma"),
+    # the wgmma backward: dQ's product still in flight when its K buffer is refilled, a warpgroup
+    # reading the other's rows of K / V, dO and Q read as K-major in the P^T / dS^T products
+    (WG_BWD, "    wg::wait_group<0>();\n    fence_accumulators(dq);", "    fence_accumulators(dq);", "attention and wgmma"),
+    (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
+    (WG_BWD, "wg::mma_async<DT, 64, true>(wg::columns<64>(out", "wg::mma_async<DT, 64, false>(wg::columns<64>(out",
+     "attention and wgmma"),
 ]
 
 

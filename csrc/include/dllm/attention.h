@@ -53,9 +53,12 @@ void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t
 // zero-filled and lse filled with -inf beforehand, since rows without work are not written.
 // `delta` is float32 scratch of lse's shape [heads, q_tokens].
 void attention_forward_cuda(const AttentionParams& p, void* stream);
-// The forward on Hopper's wgmma instruction, for compute capability 9.0 only; it exists in
-// builds whose architectures include 9.0 (compiled for sm_90a), same contract as above.
+// delta = rowsum(dO * O), the backward's first step (part of attention_backward_cuda).
+void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stream);
+// The forward and backward on Hopper's wgmma instruction, for compute capability 9.0 only; they
+// exist in builds whose architectures include 9.0 (compiled for sm_90a). Same contracts as above.
 void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream);
+void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream);
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream);
 
 }  // namespace dllm

@@ -1,0 +1,330 @@
+// CUDA attention backward for Hopper (sm_90a): the dQ and dK/dV kernels of attention_bwd.cu with
+// their products on wgmma (delta = rowsum(dO * O) is attention_bwd.cu's kernel). Deterministic,
+// no atomics: P and dP are recomputed in both kernels, as there.
+//
+//   dQ:    one CTA per (128-query tile, head, sequence), two warpgroups of 64 queries. Q and dO
+//          stay in shared memory as the A operands of S = Q K^T and dP = dO V^T; the K/V tiles
+//          of 64 keys stream through double buffers; dQ += dS K takes dS from registers and K as
+//          an MN-major operand.
+//   dK/dV: one CTA per (128-key tile, kv head, sequence), two warpgroups of 64 keys. K and V stay
+//          in shared memory as the A operands of S^T = K Q^T and dP^T = V dO^T; the query tiles
+//          (of every q head of the GQA group) stream; dV += P^T dO and dK += dS^T Q take P^T and
+//          dS^T from registers, dO and Q as MN-major operands. The dV product runs while dS^T is
+//          computed.
+// Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_count get
+// P = 0 (their lse is treated as +inf) and key columns past k_count get P = 0 in the dQ kernel;
+// the dK/dV kernel never stores the rows of those keys.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "attention_mma.cuh"
+#include "dllm/attention.h"
+#include "wgmma.cuh"
+
+namespace dllm {
+namespace {
+
+using namespace attn;
+
+constexpr int kThreads = 256;     // two warpgroups
+constexpr int kRowsPerCta = 128;  // queries per dQ CTA, keys per dK/dV CTA
+constexpr int kDqKeys = 64;       // keys per streamed dQ tile
+
+// Queries per streamed dK/dV tile: the N of S^T and dP^T; 32 at D = 128 keeps dK, dV, S^T and
+// dP^T within the register file.
+template <int Dim>
+constexpr int dkdv_queries() {
+  return Dim == 128 ? 32 : 64;
+}
+
+template <int Dim>
+constexpr int dq_smem_bytes() {
+  return (2 * kRowsPerCta + 4 * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[2], V[2]
+}
+
+template <int Dim>
+constexpr int dkdv_smem_bytes() {
+  return (2 * kRowsPerCta + 4 * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[2], dO[2]
+}
+
+// The dynamic shared memory, aligned to the swizzle atom (the swizzle works on address bits).
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  constexpr uint32_t kAtom = wg::kSwizzleAtomBytes;
+  return raw + (kAtom - smem_addr(raw) % kAtom) % kAtom;
+}
+
+// lse in base 2, +inf where the row takes no part (padding, or a row without keys), so that
+// exp2(s - lse) = 0 there.
+__device__ __forceinline__ float lse_log2(const float* lse, int64_t index, bool valid) {
+  const float v = valid ? lse[index] : -INFINITY;
+  return v == -INFINITY ? INFINITY : v * kLog2e;
+}
+
+// Descriptor of the K-major operand rows [row0, row0 + 64 or N) x columns [16 ks, 16 ks + 16) of a
+// [Rows][Dim] panel tile, and of the MN-major operand rows [16 kk, 16 kk + 16) x columns
+// [64 panel, 64 panel + 64).
+template <int Rows, typename T>
+__device__ __forceinline__ uint64_t k_major(const T* tile, int row0, int ks) {
+  const auto* base = reinterpret_cast<const unsigned char*>(tile);
+  return wg::sw128_descriptor<false>(base + (ks / 4) * Rows * wg::kPanelRowBytes + row0 * wg::kPanelRowBytes +
+                                     (ks % 4) * 32);
+}
+template <int Rows, typename T>
+__device__ __forceinline__ uint64_t mn_major(const T* tile, int kk, int panel) {
+  const auto* base = reinterpret_cast<const unsigned char*>(tile);
+  return wg::sw128_descriptor<true>(base + panel * Rows * wg::kPanelRowBytes + kk * 16 * wg::kPanelRowBytes);
+}
+
+template <int Blocks>
+__device__ __forceinline__ void fence_accumulators(float (&acc)[Blocks][4]) {
+#pragma unroll
+  for (int b = 0; b < Blocks; ++b)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) wg::operand_fence(acc[b][e]);
+}
+template <int Steps>
+__device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
+#pragma unroll
+  for (int s = 0; s < Steps; ++s)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) wg::operand_fence(frag[s][e]);
+}
+
+// c1 = A1 B1^T and c2 = A2 B2^T for one warpgroup, A from its 64 rows of the [kRowsPerCta][Dim]
+// tiles a1, a2 and B the first N rows of the [N][Dim] tiles b1, b2, all K-major; retired on return.
+template <DType DT, int Dim, int N, typename T>
+__device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c2)[N / 8][4], const T* a1, const T* a2,
+                                                const T* b1, const T* b2, int row0) {
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < Dim / 16; ++ks) {
+    wg::mma_async<DT, N, false>(wg::columns<N>(c1, 0), k_major<kRowsPerCta>(a1, row0, ks), k_major<N>(b1, 0, ks),
+                                ks > 0);
+    wg::mma_async<DT, N, false>(wg::columns<N>(c2, 0), k_major<kRowsPerCta>(a2, row0, ks), k_major<N>(b2, 0, ks),
+                                ks > 0);
+  }
+  wg::commit_group();
+  wg::wait_group<0>();
+  fence_accumulators(c1);
+  fence_accumulators(c2);
+}
+
+// out += P B, asynchronously (retired by the caller's wait_group): P the fp32 accumulator of a
+// 64 x N product rounded into the A fragments `frag`, B the [N][Dim] tile b as an MN-major operand.
+template <DType DT, int Dim, int N, typename T>
+__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
+                                                 const float (&p)[N / 8][4], const T* b) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) acc_to_a<DT>(frag[kk], p, kk);
+  wg::fence();
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk)
+#pragma unroll
+    for (int panel = 0; panel < Dim / 64; ++panel)
+      wg::mma_async<DT, 64, true>(wg::columns<64>(out, 8 * panel), frag[kk], mn_major<N>(b, kk, panel), true);
+  wg::commit_group();
+}
+
+template <DType DT, int Dim>
+__global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const AttentionGradParams g, const float* delta) {
+  using T = typename Elem<DT>::T;
+  constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8;
+  const AttentionParams& p = g.fwd;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(aligned_smem(smem_raw));
+  T* sdO = sQ + kRowsPerCta * Dim;
+  T* sK = sdO + kRowsPerCta * Dim;  // two buffers of kDqKeys * Dim
+  T* sV = sK + 2 * kDqKeys * Dim;
+
+  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
+  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  if (m0 >= qn || kn == 0) return;  // dq is pre-zeroed
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, t = lane & 3;
+  const int row0 = 64 * (warp / 4);  // this warpgroup's first query row in the tile
+  const int hk = int(h / (p.heads / p.kv_heads));
+  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
+  const T* gdo = static_cast<const T*>(g.dout) + q0 * g.do_token_stride + h * g.do_head_stride;
+  const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
+  const int n_tiles = (kn + kDqKeys - 1) / kDqKeys;
+
+  wg::load_panels<kRowsPerCta, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
+  wg::load_panels<kRowsPerCta, Dim, kThreads>(sdO, gdo, g.do_token_stride, qn - m0);
+  wg::load_panels<kDqKeys, Dim, kThreads>(sK, gk, p.k_token_stride, kn);
+  wg::load_panels<kDqKeys, Dim, kThreads>(sV, gv, p.v_token_stride, kn);
+  cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  float lse2[2], row_delta[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = warp * 16 + gid + 8 * half;
+    const bool valid = m0 + row < qn;
+    const int64_t index = h * p.q_tokens + q0 + row;
+    lse2[half] = lse_log2(p.lse, index, valid);
+    row_delta[half] = valid ? delta[index] : 0.0f;
+  }
+  float dq[kOutBlocks][4] = {};
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait_all();
+    wg::fence_proxy_async();
+    __syncthreads();  // tile j is visible to all, and every warpgroup is done with tile j - 1's buffers
+    if (j + 1 < n_tiles) {
+      const int next = (j + 1) * kDqKeys, buf = ((j + 1) & 1) * kDqKeys * Dim;
+      wg::load_panels<kDqKeys, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
+      wg::load_panels<kDqKeys, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
+      cp_async_commit();
+    }
+    const T* k_tile = sK + (j & 1) * kDqKeys * Dim;
+    const T* v_tile = sV + (j & 1) * kDqKeys * Dim;
+
+    float s[kScoreBlocks][4], dp[kScoreBlocks][4];
+    paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, row0);  // S = Q K^T, dP = dO V^T
+    const int key0 = j * kDqKeys;
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + nb * 8 + 2 * t + (e & 1);
+        const float prob = key < kn ? exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
+        s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);  // dS
+      }
+    // dQ += dS K (K as the [k = key][n = d] operand).
+    uint32_t dsf[kDqKeys / 16][4];
+    issue_times_tile<DT, Dim, kDqKeys>(dq, dsf, s, k_tile);
+    wg::wait_group<0>();
+    fence_accumulators(dq);
+    fence_fragments(dsf);
+  }
+  T* gdq = static_cast<T*>(g.dq) + q0 * p.q_token_stride + h * p.q_head_stride;
+  store_rows<DT, Dim>(gdq, p.q_token_stride, dq, warp * 16, qn - m0, p.scale, p.scale, lane);
+}
+
+template <DType DT, int Dim>
+__global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const AttentionGradParams g,
+                                                                        const float* delta) {
+  using T = typename Elem<DT>::T;
+  constexpr int kQueries = dkdv_queries<Dim>();
+  constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8;
+  const AttentionParams& p = g.fwd;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(aligned_smem(smem_raw));
+  T* sV = sK + kRowsPerCta * Dim;
+  T* sQ = sV + kRowsPerCta * Dim;  // two buffers of kQueries * Dim
+  T* sdO = sQ + 2 * kQueries * Dim;
+
+  const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
+  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  if (n0 >= kn || qn == 0) return;  // dk, dv are pre-zeroed
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int row0 = 64 * (warp / 4);  // this warpgroup's first key row in the tile
+  const int group = int(p.heads / p.kv_heads);
+  const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + n0;
+  const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
+  // Query tile `it` of the walk over (head of the group, tile): its first row in q and dO.
+  const int q_tiles = (qn + kQueries - 1) / kQueries, steps = group * q_tiles;
+  auto head_of = [&](int it) { return hk * group + it / q_tiles; };
+  auto row_of = [&](int it) { return (it % q_tiles) * kQueries; };
+  auto load_queries = [&](int it, int buf) {
+    const int h = head_of(it), r = row_of(it);
+    const T* gq = static_cast<const T*>(p.q) + (q0 + r) * p.q_token_stride + h * p.q_head_stride;
+    const T* gdo = static_cast<const T*>(g.dout) + (q0 + r) * g.do_token_stride + h * g.do_head_stride;
+    wg::load_panels<kQueries, Dim, kThreads>(sQ + buf * kQueries * Dim, gq, p.q_token_stride, qn - r);
+    wg::load_panels<kQueries, Dim, kThreads>(sdO + buf * kQueries * Dim, gdo, g.do_token_stride, qn - r);
+  };
+
+  wg::load_panels<kRowsPerCta, Dim, kThreads>(sK, gk, p.k_token_stride, kn - n0);
+  wg::load_panels<kRowsPerCta, Dim, kThreads>(sV, gv, p.v_token_stride, kn - n0);
+  load_queries(0, 0);
+  cp_async_commit();
+
+  const float scale_log2 = p.scale * kLog2e;
+  float dk[kOutBlocks][4] = {}, dv[kOutBlocks][4] = {};
+
+  for (int it = 0; it < steps; ++it) {
+    cp_async_wait_all();
+    wg::fence_proxy_async();
+    __syncthreads();
+    if (it + 1 < steps) {
+      load_queries(it + 1, (it + 1) & 1);
+      cp_async_commit();
+    }
+    const T* q_tile = sQ + (it & 1) * kQueries * Dim;
+    const T* do_tile = sdO + (it & 1) * kQueries * Dim;
+    const int h = head_of(it), r0 = row_of(it);
+
+    // This thread's score columns are the queries r0 + 8 nb + 2t + {0, 1}.
+    float col_lse[kScoreBlocks][2], col_delta[kScoreBlocks][2];
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int row = r0 + nb * 8 + 2 * t + e;
+        const bool valid = row < qn;
+        const int64_t index = h * p.q_tokens + q0 + row;
+        col_lse[nb][e] = lse_log2(p.lse, index, valid);
+        col_delta[nb][e] = valid ? delta[index] : 0.0f;
+      }
+
+    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys.
+    float s[kScoreBlocks][4], dp[kScoreBlocks][4];
+    paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile, do_tile, row0);
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nb][e] = exp2f(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
+
+    // dV += P^T dO runs while dS^T is computed; dK += dS^T Q follows. dO and Q are the
+    // [k = query][n = d] operands.
+    uint32_t pf[kQueries / 16][4], dsf[kQueries / 16][4];
+    issue_times_tile<DT, Dim, kQueries>(dv, pf, s, do_tile);
+#pragma unroll
+    for (int nb = 0; nb < kScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
+    issue_times_tile<DT, Dim, kQueries>(dk, dsf, s, q_tile);
+    wg::wait_group<0>();
+    fence_accumulators(dk);
+    fence_accumulators(dv);
+    fence_fragments(pf);
+    fence_fragments(dsf);
+  }
+  // dk, dv are contiguous [k_tokens, kv_heads, D]: same strides as k.
+  T* gdk = static_cast<T*>(g.dk) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  T* gdv = static_cast<T*>(g.dv) + k0 * p.k_token_stride + hk * p.k_head_stride;
+  store_rows<DT, Dim>(gdk, p.k_token_stride, dk, warp * 16, kn - n0, p.scale, p.scale, lane);
+  store_rows<DT, Dim>(gdv, p.k_token_stride, dv, warp * 16, kn - n0, 1.0f, 1.0f, lane);
+}
+
+template <DType DT, int Dim>
+void launch_backward(const AttentionGradParams& g, const float* delta, cudaStream_t stream) {
+  const AttentionParams& p = g.fwd;
+  constexpr int dq_smem = dq_smem_bytes<Dim>(), dkdv_smem = dkdv_smem_bytes<Dim>();
+  allow_dynamic_smem<attention_dq_wgmma_kernel<DT, Dim>>(dq_smem);
+  allow_dynamic_smem<attention_dkdv_wgmma_kernel<DT, Dim>>(dkdv_smem);
+  const unsigned q_blocks = unsigned((p.max_q + kRowsPerCta - 1) / kRowsPerCta);
+  const unsigned k_blocks = unsigned((p.max_k + kRowsPerCta - 1) / kRowsPerCta);
+  attention_dq_wgmma_kernel<DT, Dim>
+      <<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(g, delta);
+  attention_dkdv_wgmma_kernel<DT, Dim>
+      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta);
+}
+
+}  // namespace
+
+void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream) {
+  const AttentionParams& p = g.fwd;
+  if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  attention_delta_cuda(g, delta, s);
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.head_dim == 64)
+    return bf16 ? launch_backward<DType::kBFloat16, 64>(g, delta, s) : launch_backward<DType::kFloat16, 64>(g, delta, s);
+  return bf16 ? launch_backward<DType::kBFloat16, 128>(g, delta, s) : launch_backward<DType::kFloat16, 128>(g, delta, s);
+}
+
+}  // namespace dllm
