@@ -6,7 +6,7 @@ SDPA's default CPU path on the CPU. TFLOP/s = 4 * B * H * Sq * Sk * D / time, co
 lengths (ANCHORS.md's convention) also for the runs with lengths (kv_len uniform in [L/2, L]);
 forward + backward counts 3.5x the forward. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
-dllm forward kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);
+sets of dllm kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);
 the ratios are against the default one.
 
   python bench/attention.py --device cuda --out bench/results/<name>

@@ -2,20 +2,23 @@
 // with A in registers or shared memory and B in shared memory, its fences, and the shared-memory
 // layout and descriptors the operands are read through.
 //
-// A warpgroup is 4 consecutive warps (128 threads). Its m64n64k16 product D[64][64] += A[64][16]
-// B[16][64] spreads A and D over the warps as mma.sync.m16n8k16 does over one warp: warp w of the
+// A warpgroup is 4 consecutive warps (128 threads). Its m64nNk16 product D[64][N] += A[64][16]
+// B[16][N] spreads A and D over the warps as mma.sync.m16n8k16 does over one warp: warp w of the
 // warpgroup holds rows 16w..16w+15 in exactly the m16n8k16 A and C fragment layouts (see
-// attention_mma.cuh), D being 8 such 16x8 blocks, so d[4j + i] is block j's c[i]. The softmax and
-// fragment helpers of the mma.sync kernels therefore apply unchanged.
+// attention_mma.cuh), D being N / 8 such 16x8 blocks, so d[4j + i] is block j's c[i]. The softmax
+// and fragment helpers of the mma.sync kernels therefore apply unchanged.
 //
-// B stays in shared memory in "panels": a [rows][Dim] tile is Dim / 64 panels of [rows][64], each
-// row 128 bytes whose 16-byte chunk c lives at chunk c ^ (row % 8) (the 128-byte swizzle, applied
-// by the hardware to address bits 4-6 from bits 7-9, so panels must start 1024-byte aligned).
-// Read through a descriptor, that one layout serves both operands of attention:
-//   K in S = Q K^T is B "K-major" (keys x Dim, Dim contiguous): start = the 16-column step's first
-//     chunk in row 0 of its 8-row group, stride between 8-row groups (SBO) 1024 bytes;
-//   V in O = P V is B "MN-major" (keys x Dim, Dim = N contiguous), selected by the instruction's
-//     transpose bit: start = row 0 of the 16-key step, SBO 1024 bytes between its two 8-key halves.
+// Shared operands live in "panels": a [rows][Dim] tile is Dim / 64 panels of [rows][64], each row
+// 128 bytes whose 16-byte chunk c lives at chunk c ^ (row % 8) (the 128-byte swizzle, applied by
+// the hardware to address bits 4-6 from bits 7-9, so panels must start 1024-byte aligned). Read
+// through a descriptor, that one layout serves every operand of attention:
+//   "K-major" (rows x Dim, Dim the contiguous k dimension): the A and B of S = Q K^T and of the
+//     backward's dP = dO V^T, S^T = K Q^T, dP^T = V dO^T. Start = the 16-column step's first
+//     chunk in the operand's first row; stride between 8-row groups (SBO) 1024 bytes.
+//   "MN-major" (rows x Dim with the rows as k, Dim = N contiguous), selected by the instruction's
+//     transpose bit: the B of O = P V, dQ = dS K, dV = P^T dO, dK = dS^T Q. Start = the first row
+//     of the 16-row step in the panel of the 64 output columns; SBO 1024 bytes between its two
+//     8-row halves.
 // (PTX ISA "Shared Memory Matrix Layout" and "Matrix Descriptor Format"; CUTLASS's canonical GMMA
 // layouts SW128 K-major ((8,n),2):((8,SBO),1) and MN-major ((8,n),(8,k)):((1,LBO),(8,SBO)) in
 // 16-byte units.)
