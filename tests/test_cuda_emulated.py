@@ -9,9 +9,9 @@ Every kernel runs under three schedules (thread order between barriers forward, 
 warp lagging behind the others up to the next barrier; cp.async copies landing as late as a
 correct kernel allows or at issue; row loops over 3 blocks or one block a row): a result that
 depends on the schedule is a race. Shared memory starts every block as NaN, so reading it before
-writing shows. What the emulator cannot see: speed, memory coalescing, the exact rounding of
-__expf and of the tensor cores' accumulation, and a missing fence.proxy.async between cp.async
-writes and the wgmma reads of the same shared memory. tests/cuda_emulator/mutate.py checks that these
+writing shows; wgmma reads shared memory as the async proxy sees it, so a missing
+fence.proxy.async after cp.async shows too. What the emulator cannot see: speed, memory
+coalescing, and the exact rounding of __expf and of the tensor cores' accumulation. tests/cuda_emulator/mutate.py checks that these
 tests catch planted bugs."""
 
 import re

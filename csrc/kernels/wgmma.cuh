@@ -128,7 +128,9 @@ __device__ __forceinline__ void wait_group() {
 __device__ __forceinline__ void fence_proxy_async() {
 #if defined(DLLM_WGMMA_UNAVAILABLE)
   __trap();
-#elif !defined(DLLM_CUDA_EMULATOR)
+#elif defined(DLLM_CUDA_EMULATOR)
+  cuemu::fence_proxy_async();
+#else
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }

@@ -38,6 +38,7 @@ struct PendingCopy {
   const void* src;
   size_t bytes;
   bool valid;
+  bool fenced = false;  // a fence.proxy.async of the issuing thread followed its wait
 };
 
 struct PendingWgmma {
@@ -96,6 +97,9 @@ struct Fiber {
   // cp.async copies issued, and those a wait completed: other threads may read the latter only
   // after a block barrier, so in the strict mode they land when the next one releases.
   std::vector<PendingCopy> pending, waited;
+  // Landed cp.async copies into dynamic shared memory that no fence.proxy.async of this thread
+  // has yet made visible to the async proxy (wgmma's operand reads).
+  std::vector<std::pair<unsigned char*, size_t>> unfenced;
   // wgmma issued since the last commit, and the committed groups not yet retired by a wait.
   std::vector<PendingWgmma> wgmma_open;
   std::vector<std::vector<PendingWgmma>> wgmma_groups;
@@ -121,6 +125,9 @@ struct State {
   std::vector<unsigned char> warpgroup_slots;  // [warpgroup][parity][thread][kSlotBytes]
   std::unique_ptr<unsigned char[]> smem_storage;
   unsigned char* smem = nullptr;
+  // Dynamic shared memory as the async proxy sees it: what wgmma reads. cp.async writes reach it
+  // only through their thread's fence.proxy.async.
+  std::unique_ptr<unsigned char[]> async_view;
   size_t smem_bytes = 0;
   uint64_t block_serial = 0;
   struct SharedVariable {
@@ -166,19 +173,30 @@ void start_context(Context& c, char* stack, size_t bytes) {
 
 void yield() { switch_to(st.current->context, st.scheduler); }
 
-void flush_copies(std::vector<PendingCopy>& copies) {
+unsigned char* async_view_of(void* p) {
+  auto* c = static_cast<unsigned char*>(p);
+  return c >= st.smem && c < st.smem + st.smem_bytes ? st.async_view.get() + (c - st.smem) : nullptr;
+}
+
+void flush_copies(Fiber& owner, std::vector<PendingCopy>& copies) {
   for (const PendingCopy& c : copies) {
     if (c.valid)
       std::memcpy(c.dst, c.src, c.bytes);
     else
       std::memset(c.dst, 0, c.bytes);
+    if (unsigned char* seen = async_view_of(c.dst)) {
+      if (c.fenced)
+        std::memcpy(seen, c.dst, c.bytes);
+      else
+        owner.unfenced.emplace_back(static_cast<unsigned char*>(c.dst), c.bytes);
+    }
   }
   copies.clear();
 }
 
 void release(Barrier& b) {
   if (&b == &st.block_barrier) {
-    for (int i = 0; i < st.threads; ++i) flush_copies(st.fibers[i].waited);
+    for (int i = 0; i < st.threads; ++i) flush_copies(st.fibers[i], st.fibers[i].waited);
   }
   b.result = b.acc;
   b.count = 0;
@@ -215,8 +233,8 @@ void fiber_main() {
   Fiber* f = st.current;
   st.body(st.arg);
   if (!f->wgmma_open.empty() || !f->wgmma_groups.empty()) fail("thread exits with wgmma not retired by a wait_group");
-  flush_copies(f->pending);
-  flush_copies(f->waited);
+  flush_copies(*f, f->pending);
+  flush_copies(*f, f->waited);
   f->done = true;
   const int warp = f->linear / 32, warpgroup = f->linear / kWarpgroupThreads;
   leave(st.block_barrier);
@@ -245,7 +263,10 @@ std::string deadlock_report() {
 
 void run_block(dim3 block_idx) {
   ++st.block_serial;
-  if (st.smem_bytes) std::memset(st.smem, 0xff, st.smem_bytes);
+  if (st.smem_bytes) {
+    std::memset(st.smem, 0xff, st.smem_bytes);
+    std::memset(st.async_view.get(), 0xff, st.smem_bytes);
+  }
   const int warps = (st.threads + 31) / 32;
   st.block_barrier = Barrier{st.threads};
   st.warp_barriers.assign(warps, Barrier{});
@@ -267,6 +288,7 @@ void run_block(dim3 block_idx) {
     f.warpgroup_parity = 0;
     f.pending.clear();
     f.waited.clear();
+    f.unfenced.clear();
     f.wgmma_open.clear();
     f.wgmma_groups.clear();
     start_context(f.context, st.stacks[i].get(), kStackBytes);
@@ -361,6 +383,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
   st.smem_storage.reset(new unsigned char[dynamic_smem + 128]);
   st.smem = st.smem_storage.get() + (128 - reinterpret_cast<uintptr_t>(st.smem_storage.get()) % 128) % 128;
   st.smem_bytes = dynamic_smem;
+  st.async_view.reset(new unsigned char[dynamic_smem + 1]);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z));
@@ -421,7 +444,14 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     fail("misaligned address in cp.async");
   st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
-  if (!settings().defer_async_copies) flush_copies(st.current->pending);
+  if (!settings().defer_async_copies) flush_copies(*st.current, st.current->pending);
+}
+
+void fence_proxy_async() {
+  Fiber& f = *st.current;
+  for (const auto& [generic, bytes] : f.unfenced) std::memcpy(async_view_of(generic), generic, bytes);
+  f.unfenced.clear();
+  for (PendingCopy& c : f.waited) c.fenced = true;
 }
 
 void cp_async_wait_all() {
@@ -514,7 +544,7 @@ float descriptor_element(uint64_t descriptor, int k, int n, bool trans_b, bool b
   if (address < kWindowBase || address + 2 > kWindowBase + st.smem_bytes)
     fail("wgmma operand outside the block's dynamic shared memory");
   uint16_t bits;
-  std::memcpy(&bits, st.smem + (address - kWindowBase), 2);
+  std::memcpy(&bits, st.async_view.get() + (address - kWindowBase), 2);
   return b16_to_float(bits, bf16);
 }
 

@@ -107,14 +107,20 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 
 // ---- Hopper warpgroup primitives of csrc/kernels/wgmma.cuh ----
-// wgmma runs when a wait_group retires its group, reading the A registers and the shared memory
-// of B then (the latest a correct kernel allows), so a kernel that touches either before its wait
-// gets a wrong result. B is read through the descriptor's address bits, 128-byte swizzle included.
+// wgmma runs when a wait_group retires its group, reading the A registers and the shared operands
+// then (the latest a correct kernel allows), so a kernel that touches either before its wait gets
+// a wrong result. Shared operands are read through the descriptor's address bits, 128-byte
+// swizzle included, from the async proxy's view of shared memory, which cp.async writes reach
+// only through a fence.proxy.async of the writing thread (plain stores are not modelled there:
+// dllm's wgmma operands all arrive by cp.async).
 // m64nNk16 with d the thread's N / 2 accumulators and A either this thread's fragment `a` or,
 // when a is null, the K-major shared operand of `a_descriptor`.
 void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
            bool trans_b, bool bf16);
 void wgmma_commit_group();
+// fence.proxy.async.shared::cta: this thread's completed cp.async copies (landed, or waited for
+// and landing at the next block barrier) become visible to wgmma's operand reads.
+void fence_proxy_async();
 void wgmma_wait_group(int pending);
 // The shared-window address of p, which must lie in the block's dynamic shared memory. The
 // window starts 128 bytes short of a 1024-byte boundary, so kernels must align what the

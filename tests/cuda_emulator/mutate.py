@@ -58,6 +58,8 @@ MUTANTS = [
     (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
     (WG_BWD, "wg::mma_async<DT, 64, true>(wg::columns<64>(out", "wg::mma_async<DT, 64, false>(wg::columns<64>(out",
      "attention and wgmma"),
+    # cp.async writes not made visible to wgmma's async-proxy reads
+    (WG_FWD, "    wg::fence_proxy_async();  // the tile's cp.async writes", "    // (removed)", "attention and wgmma"),
 ]
 
 
