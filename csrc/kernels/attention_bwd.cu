@@ -45,13 +45,6 @@ constexpr int dkdv_smem_bytes() {
   return (2 * kRowsPerCta + 4 * dkdv_queries<Dim>()) * Dim * 2;  // K, V, then Q[2], dO[2]
 }
 
-// lse in base 2, +inf where the row takes no part (padding, or a row without keys), so that
-// exp2(s - lse) = 0 there.
-__device__ __forceinline__ float lse_log2(const float* lse, int64_t index, bool valid) {
-  const float v = valid ? lse[index] : -INFINITY;
-  return v == -INFINITY ? INFINITY : v * kLog2e;
-}
-
 template <DType DT>
 __global__ void __launch_bounds__(256) attention_delta_kernel(const AttentionGradParams g, float* delta) {
   using T = typename Elem<DT>::T;
@@ -87,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (m0 >= qn || kn == 0) return;  // dq is pre-zeroed
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
@@ -104,14 +97,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
 
   const float scale_log2 = p.scale * kLog2e;
   float lse2[2], row_delta[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = warp * 16 + gid + 8 * half;
-    const bool valid = m0 + row < qn;
-    const int64_t index = h * p.q_tokens + q0 + row;
-    lse2[half] = lse_log2(p.lse, index, valid);
-    row_delta[half] = valid ? delta[index] : 0.0f;
-  }
+  row_stats(lse2, row_delta, p, delta, h, q0, m0, qn, warp * 16, lane);
   float dq[kOutBlocks][4] = {};
 
   for (int j = 0; j < n_tiles; ++j) {
@@ -128,15 +114,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
 
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
     paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, warp * 16, lane);  // S = Q K^T, dP = dO V^T
-    const int key0 = j * kDqKeys;
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + nb * 8 + 2 * t + (e & 1);
-        const float prob = key < kn ? exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
-        s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);  // dS
-      }
+    scores_to_ds(s, dp, j * kDqKeys, kn, scale_log2, lse2, row_delta, lane);
     // dQ += dS K: K is the [k = key][n = d] operand, read transposed.
     accumulate_times_tile<DT, Dim, kDqKeys>(dq, s, k_tile, lane);
   }
@@ -159,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (n0 >= kn || qn == 0) return;  // dk, dv are pre-zeroed
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = int(p.heads / p.kv_heads);
   const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + n0;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
@@ -195,18 +173,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
     const T* do_tile = sdO + (it & 1) * kQueries * Dim;
     const int h = head_of(it), r0 = row_of(it);
 
-    // This thread's score columns are the queries r0 + 8 nb + 2t + {0, 1}.
     float col_lse[kScoreBlocks][2], col_delta[kScoreBlocks][2];
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int row = r0 + nb * 8 + 2 * t + e;
-        const bool valid = row < qn;
-        const int64_t index = h * p.q_tokens + q0 + row;
-        col_lse[nb][e] = lse_log2(p.lse, index, valid);
-        col_delta[nb][e] = valid ? delta[index] : 0.0f;
-      }
+    column_stats(col_lse, col_delta, p, delta, h, q0, r0, qn, lane);
 
     // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};

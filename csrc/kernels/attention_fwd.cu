@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (m0 >= qn || kn == 0) return;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
@@ -89,58 +89,14 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
         mma<DT>(s[nb + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    const int key0 = j * kBlockN;
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + nb * 8 + 2 * t + (e & 1);
-        s[nb][e] = key < kn ? s[nb][e] * scale_log2 : -INFINITY;
-      }
-
-    // Online softmax; a row's 64 scores of this tile live in the 4 lanes of its quad. Every tile
-    // holds at least one key, so the new maximum is finite and exp2(-inf - max) = 0 is exact.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = row_max[half];
-#pragma unroll
-      for (int nb = 0; nb < kScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float correction = exp2f(row_max[half] - mx);
-      row_max[half] = mx;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-        for (int e = 2 * half; e < 2 * half + 2; ++e) {
-          s[nb][e] = exp2f(s[nb][e] - mx);
-          sum += s[nb][e];
-        }
-      row_sum[half] = row_sum[half] * correction + sum;
-#pragma unroll
-      for (int db = 0; db < kOutBlocks; ++db) {
-        o[db][2 * half] *= correction;
-        o[db][2 * half + 1] *= correction;
-      }
-    }
+    scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
+    online_softmax(s, o, row_max, row_sum);
 
     // O += P V, P rounded to the input type in registers.
     accumulate_times_tile<DT, Dim, kBlockN>(o, s, v_tile, lane);
   }
 
-  float inv[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 1);
-    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);
-    inv[half] = 1.0f / row_sum[half];  // >= 1: the row maximum contributes exp2(0)
-    const int row = warp * 16 + g + 8 * half;
-    if (t == 0 && m0 + row < qn)
-      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] + log2f(row_sum[half])) * kLn2;
-  }
-  T* gout = static_cast<T*>(p.out) + q0 * p.o_token_stride + h * p.o_head_stride;
-  store_rows<DT, Dim>(gout, p.o_token_stride, o, warp * 16, qn - m0, inv[0], inv[1], lane);
+  finish_forward<DT, Dim>(p, o, row_max, row_sum, h, q0, m0, qn, warp * 16, lane);
 }
 
 template <DType DT, int Dim>

@@ -19,8 +19,10 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 
+#include "dllm/attention.h"
 #include "dllm/common.h"
 
 namespace dllm::attn {
@@ -241,6 +243,132 @@ __device__ __forceinline__ void store_rows(typename Elem<D>::T* dst, int64_t row
     for (int nb = 0; nb < Dim / 8; ++nb)
       out[nb * 4] = Elem<D>::pack(acc[nb][2 * half] * mul, acc[nb][2 * half + 1] * mul);
   }
+}
+
+// ---- the elementwise parts of the kernels, shared by the mma.sync and wgmma versions ----------
+// Score accumulators s[nb][e] have the m16n8k16 C layout: this thread's rows g (e < 2) and g + 8
+// (e >= 2) of its warp's 16, columns 8 nb + 2t + (e & 1) of the tile.
+
+// Scores of the key tile starting at key0 scaled to base 2, keys at or past kn set to -inf.
+template <int Blocks>
+__device__ __forceinline__ void scale_and_mask_keys(float (&s)[Blocks][4], int key0, int kn, float scale_log2,
+                                                    int lane) {
+#pragma unroll
+  for (int nb = 0; nb < Blocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + nb * 8 + 2 * (lane & 3) + (e & 1);
+      s[nb][e] = key < kn ? s[nb][e] * scale_log2 : -INFINITY;
+    }
+}
+
+// One tile of the forward's online softmax: s becomes P (unnormalised, base 2), the running row
+// maximum and per-thread partial row sums move on, and the output accumulator o is rescaled. A
+// row's scores of the tile live in the 4 lanes of its quad. Every tile holds at least one key,
+// so the new maximum is finite and exp2(-inf - max) = 0 is exact.
+template <int ScoreBlocks, int OutBlocks>
+__device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float (&o)[OutBlocks][4],
+                                               float (&row_max)[2], float (&row_sum)[2]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float mx = row_max[half];
+#pragma unroll
+    for (int nb = 0; nb < ScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float correction = exp2f(row_max[half] - mx);
+    row_max[half] = mx;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nb = 0; nb < ScoreBlocks; ++nb)
+#pragma unroll
+      for (int e = 2 * half; e < 2 * half + 2; ++e) {
+        s[nb][e] = exp2f(s[nb][e] - mx);
+        sum += s[nb][e];
+      }
+    row_sum[half] = row_sum[half] * correction + sum;
+#pragma unroll
+    for (int db = 0; db < OutBlocks; ++db) {
+      o[db][2 * half] *= correction;
+      o[db][2 * half + 1] *= correction;
+    }
+  }
+}
+
+// The forward's epilogue for one warp's 16 rows (row0.. of the CTA's tile, whose first query is
+// token q0 of the layout and row m0 of its sequence): lse, then O normalised by the row sums.
+template <DType D, int Dim>
+__device__ __forceinline__ void finish_forward(const AttentionParams& p, const float (&o)[Dim / 8][4],
+                                               const float (&row_max)[2], float (&row_sum)[2], int64_t h,
+                                               int64_t q0, int m0, int qn, int row0, int lane) {
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 1);
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);
+    inv[half] = 1.0f / row_sum[half];  // >= 1: the row maximum contributes exp2(0)
+    const int row = row0 + (lane >> 2) + 8 * half;
+    if ((lane & 3) == 0 && m0 + row < qn)
+      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] + log2f(row_sum[half])) * kLn2;
+  }
+  auto* out = static_cast<typename Elem<D>::T*>(p.out) + q0 * p.o_token_stride + h * p.o_head_stride;
+  store_rows<D, Dim>(out, p.o_token_stride, o, row0, qn - m0, inv[0], inv[1], lane);
+}
+
+// lse in base 2, +inf where the row takes no part (padding, or a row without keys), so that
+// exp2(s - lse) = 0 there.
+__device__ __forceinline__ float lse_log2(const float* lse, int64_t index, bool valid) {
+  const float v = valid ? lse[index] : -INFINITY;
+  return v == -INFINITY ? INFINITY : v * kLog2e;
+}
+
+// The backward's statistics (lse in base 2, delta) of this thread's two query rows in the dQ
+// kernels: rows row0 + g and + 8 of the CTA's tile (query token q0, row m0 of its sequence).
+__device__ __forceinline__ void row_stats(float (&lse2)[2], float (&row_delta)[2], const AttentionParams& p,
+                                          const float* delta, int64_t h, int64_t q0, int m0, int qn, int row0,
+                                          int lane) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = row0 + (lane >> 2) + 8 * half;
+    const bool valid = m0 + row < qn;
+    const int64_t index = h * p.q_tokens + q0 + row;
+    lse2[half] = lse_log2(p.lse, index, valid);
+    row_delta[half] = valid ? delta[index] : 0.0f;
+  }
+}
+
+// The backward's per-query statistics (lse in base 2, delta) of the query rows this thread's
+// score columns hold in the dK/dV kernels: rows r0 + 8 nb + 2t + {0, 1} of head h.
+template <int Blocks>
+__device__ __forceinline__ void column_stats(float (&col_lse)[Blocks][2], float (&col_delta)[Blocks][2],
+                                             const AttentionParams& p, const float* delta, int64_t h, int64_t q0,
+                                             int r0, int qn, int lane) {
+#pragma unroll
+  for (int nb = 0; nb < Blocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int row = r0 + nb * 8 + 2 * (lane & 3) + e;
+      const bool valid = row < qn;
+      const int64_t index = h * p.q_tokens + q0 + row;
+      col_lse[nb][e] = lse_log2(p.lse, index, valid);
+      col_delta[nb][e] = valid ? delta[index] : 0.0f;
+    }
+}
+
+// The dQ kernels' dS = P (dP - delta) in place of S, with P = exp2(S scaled - lse) and keys at or
+// past kn given P = 0; lse2 / row_delta are this thread's two rows' statistics.
+template <int Blocks>
+__device__ __forceinline__ void scores_to_ds(float (&s)[Blocks][4], const float (&dp)[Blocks][4], int key0, int kn,
+                                             float scale_log2, const float (&lse2)[2], const float (&row_delta)[2],
+                                             int lane) {
+#pragma unroll
+  for (int nb = 0; nb < Blocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + nb * 8 + 2 * (lane & 3) + (e & 1);
+      const float prob = key < kn ? exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
+      s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);
+    }
 }
 
 // Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:

@@ -27,7 +27,7 @@ FWD, BWD, MMA, WG_FWD, WG_BWD, WG = (
 MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
     (FWD, "    cp_async_wait_all();\n", "", "attention"),
-    (FWD, "s[nb][e] = key < kn ?", "s[nb][e] = key <= kn ?", "attention"),
+    (MMA, "s[nb][e] = key < kn ?", "s[nb][e] = key <= kn ?", "attention"),
     (BWD, "    cp_async_wait_all();\n    __syncthreads();\n", "    cp_async_wait_all();\n", "attention"),
     (MMA, "(((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));", "((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1)));",
      "attention"),
