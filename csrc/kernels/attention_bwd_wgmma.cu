@@ -48,42 +48,6 @@ constexpr int dkdv_smem_bytes() {
   return (2 * kRowsPerCta + 4 * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[2], dO[2]
 }
 
-// The dynamic shared memory, aligned to the swizzle atom (the swizzle works on address bits).
-__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
-  constexpr uint32_t kAtom = wg::kSwizzleAtomBytes;
-  return raw + (kAtom - smem_addr(raw) % kAtom) % kAtom;
-}
-
-// Descriptor of the K-major operand rows [row0, row0 + 64 or N) x columns [16 ks, 16 ks + 16) of a
-// [Rows][Dim] panel tile, and of the MN-major operand rows [16 kk, 16 kk + 16) x columns
-// [64 panel, 64 panel + 64).
-template <int Rows, typename T>
-__device__ __forceinline__ uint64_t k_major(const T* tile, int row0, int ks) {
-  const auto* base = reinterpret_cast<const unsigned char*>(tile);
-  return wg::sw128_descriptor<false>(base + (ks / 4) * Rows * wg::kPanelRowBytes + row0 * wg::kPanelRowBytes +
-                                     (ks % 4) * 32);
-}
-template <int Rows, typename T>
-__device__ __forceinline__ uint64_t mn_major(const T* tile, int kk, int panel) {
-  const auto* base = reinterpret_cast<const unsigned char*>(tile);
-  return wg::sw128_descriptor<true>(base + panel * Rows * wg::kPanelRowBytes + kk * 16 * wg::kPanelRowBytes);
-}
-
-template <int Blocks>
-__device__ __forceinline__ void fence_accumulators(float (&acc)[Blocks][4]) {
-#pragma unroll
-  for (int b = 0; b < Blocks; ++b)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) wg::operand_fence(acc[b][e]);
-}
-template <int Steps>
-__device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
-#pragma unroll
-  for (int s = 0; s < Steps; ++s)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) wg::operand_fence(frag[s][e]);
-}
-
 // c1 = A1 B1^T and c2 = A2 B2^T for one warpgroup, A from its 64 rows of the [kRowsPerCta][Dim]
 // tiles a1, a2 and B the first N rows of the [N][Dim] tiles b1, b2, all K-major; retired on return.
 template <DType DT, int Dim, int N, typename T>
@@ -92,31 +56,15 @@ __device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < Dim / 16; ++ks) {
-    wg::mma_async<DT, N, false>(wg::columns<N>(c1, 0), k_major<kRowsPerCta>(a1, row0, ks), k_major<N>(b1, 0, ks),
+    wg::mma_async<DT, N, false>(wg::columns<N>(c1, 0), wg::k_major<kRowsPerCta>(a1, row0, ks), wg::k_major<N>(b1, 0, ks),
                                 ks > 0);
-    wg::mma_async<DT, N, false>(wg::columns<N>(c2, 0), k_major<kRowsPerCta>(a2, row0, ks), k_major<N>(b2, 0, ks),
+    wg::mma_async<DT, N, false>(wg::columns<N>(c2, 0), wg::k_major<kRowsPerCta>(a2, row0, ks), wg::k_major<N>(b2, 0, ks),
                                 ks > 0);
   }
   wg::commit_group();
   wg::wait_group<0>();
-  fence_accumulators(c1);
-  fence_accumulators(c2);
-}
-
-// out += P B, asynchronously (retired by the caller's wait_group): P the fp32 accumulator of a
-// 64 x N product rounded into the A fragments `frag`, B the [N][Dim] tile b as an MN-major operand.
-template <DType DT, int Dim, int N, typename T>
-__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
-                                                 const float (&p)[N / 8][4], const T* b) {
-#pragma unroll
-  for (int kk = 0; kk < N / 16; ++kk) acc_to_a<DT>(frag[kk], p, kk);
-  wg::fence();
-#pragma unroll
-  for (int kk = 0; kk < N / 16; ++kk)
-#pragma unroll
-    for (int panel = 0; panel < Dim / 64; ++panel)
-      wg::mma_async<DT, 64, true>(wg::columns<64>(out, 8 * panel), frag[kk], mn_major<N>(b, kk, panel), true);
-  wg::commit_group();
+  wg::fence_accumulators(c1);
+  wg::fence_accumulators(c2);
 }
 
 template <DType DT, int Dim>
@@ -125,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(aligned_smem(smem_raw));
+  T* sQ = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sdO = sQ + kRowsPerCta * Dim;
   T* sK = sdO + kRowsPerCta * Dim;  // two buffers of kDqKeys * Dim
   T* sV = sK + 2 * kDqKeys * Dim;
@@ -172,10 +120,10 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
     scores_to_ds(s, dp, j * kDqKeys, kn, scale_log2, lse2, row_delta, lane);
     // dQ += dS K (K as the [k = key][n = d] operand).
     uint32_t dsf[kDqKeys / 16][4];
-    issue_times_tile<DT, Dim, kDqKeys>(dq, dsf, s, k_tile);
+    wg::issue_times_tile<DT, Dim, kDqKeys>(dq, dsf, s, k_tile);
     wg::wait_group<0>();
-    fence_accumulators(dq);
-    fence_fragments(dsf);
+    wg::fence_accumulators(dq);
+    wg::fence_fragments(dsf);
   }
   T* gdq = static_cast<T*>(g.dq) + q0 * p.q_token_stride + h * p.q_head_stride;
   store_rows<DT, Dim>(gdq, p.q_token_stride, dq, warp * 16, qn - m0, p.scale, p.scale, lane);
@@ -189,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  T* sK = reinterpret_cast<T*>(aligned_smem(smem_raw));
+  T* sK = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sV = sK + kRowsPerCta * Dim;
   T* sQ = sV + kRowsPerCta * Dim;  // two buffers of kQueries * Dim
   T* sdO = sQ + 2 * kQueries * Dim;
@@ -249,17 +197,17 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     // dV += P^T dO runs while dS^T is computed; dK += dS^T Q follows. dO and Q are the
     // [k = query][n = d] operands.
     uint32_t pf[kQueries / 16][4], dsf[kQueries / 16][4];
-    issue_times_tile<DT, Dim, kQueries>(dv, pf, s, do_tile);
+    wg::issue_times_tile<DT, Dim, kQueries>(dv, pf, s, do_tile);
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
-    issue_times_tile<DT, Dim, kQueries>(dk, dsf, s, q_tile);
+    wg::issue_times_tile<DT, Dim, kQueries>(dk, dsf, s, q_tile);
     wg::wait_group<0>();
-    fence_accumulators(dk);
-    fence_accumulators(dv);
-    fence_fragments(pf);
-    fence_fragments(dsf);
+    wg::fence_accumulators(dk);
+    wg::fence_accumulators(dv);
+    wg::fence_fragments(pf);
+    wg::fence_fragments(dsf);
   }
   // dk, dv are contiguous [k_tokens, kv_heads, D]: same strides as k.
   T* gdk = static_cast<T*>(g.dk) + k0 * p.k_token_stride + hk * p.k_head_stride;

@@ -46,13 +46,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   constexpr int kSteps = Dim / 16;         // k-steps of Q K^T
   constexpr int kKeySteps = kBlockN / 16;  // k-steps of P V
   constexpr int kScoreBlocks = kBlockN / 8, kOutBlocks = Dim / 8;
-  constexpr int kPanelBytes = kBlockN * wg::kPanelRowBytes;  // one 64-column panel of a K/V tile
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The swizzle works on shared-memory address bits, so align the tiles here rather than trust
-  // the dynamic window's placement.
-  constexpr uint32_t kAtom = wg::kSwizzleAtomBytes;
-  unsigned char* smem = smem_raw + (kAtom - smem_addr(smem_raw) % kAtom) % kAtom;
-  T* sQ = reinterpret_cast<T*>(smem);
+  T* sQ = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
   T* sV = sK + 2 * kBlockN * Dim;
 
@@ -91,54 +86,31 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
       wg::load_panels<kBlockN, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
       cp_async_commit();
     }
-    const unsigned char* k_tile = reinterpret_cast<const unsigned char*>(sK + (j & 1) * kBlockN * Dim);
-    const unsigned char* v_tile = reinterpret_cast<const unsigned char*>(sV + (j & 1) * kBlockN * Dim);
+    const T* k_tile = sK + (j & 1) * kBlockN * Dim;
+    const T* v_tile = sV + (j & 1) * kBlockN * Dim;
 
-    // S = Q K^T, 64 keys per wgmma: B = keys [64 nb, 64 nb + 64) x the 16 columns of step ks,
-    // which start 32 ks bytes into row 0 of panel ks / 4.
+    // S = Q K^T, 64 keys (K-major rows 64 nb..) per wgmma.
     float s[kScoreBlocks][4];
     wg::fence();
 #pragma unroll
     for (int nb = 0; nb < kBlockN / 64; ++nb)
 #pragma unroll
-      for (int ks = 0; ks < kSteps; ++ks) {
-        const uint64_t desc =
-            wg::sw128_descriptor<false>(k_tile + (ks / 4) * kPanelBytes + nb * 64 * wg::kPanelRowBytes + (ks % 4) * 32);
-        wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), qf[ks], desc, ks > 0);
-      }
+      for (int ks = 0; ks < kSteps; ++ks)
+        wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), qf[ks], wg::k_major<kBlockN>(k_tile, 64 * nb, ks),
+                                     ks > 0);
     wg::commit_group();
     wg::wait_group<0>();
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) wg::operand_fence(s[nb][e]);
+    wg::fence_accumulators(s);
 
     scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
     online_softmax(s, o, row_max, row_sum);
 
-    // O += P V, P rounded to the input type in registers; 64 output columns (one V panel) per
-    // wgmma, B = the 16 keys of step kk, which start at row 16 kk of that panel.
+    // O += P V, P rounded to the input type in registers, V the MN-major operand.
     uint32_t pf[kKeySteps][4];
-#pragma unroll
-    for (int kk = 0; kk < kKeySteps; ++kk) acc_to_a<DT>(pf[kk], s, kk);
-    wg::fence();
-#pragma unroll
-    for (int kk = 0; kk < kKeySteps; ++kk)
-#pragma unroll
-      for (int panel = 0; panel < Dim / 64; ++panel) {
-        const uint64_t desc = wg::sw128_descriptor<true>(v_tile + panel * kPanelBytes + kk * 16 * wg::kPanelRowBytes);
-        wg::mma_async<DT, 64, true>(wg::columns<64>(o, 8 * panel), pf[kk], desc, true);
-      }
-    wg::commit_group();
+    wg::issue_times_tile<DT, Dim, kBlockN>(o, pf, s, v_tile);
     wg::wait_group<0>();
-#pragma unroll
-    for (int db = 0; db < kOutBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) wg::operand_fence(o[db][e]);
-#pragma unroll
-    for (int kk = 0; kk < kKeySteps; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) wg::operand_fence(pf[kk][e]);
+    wg::fence_accumulators(o);
+    wg::fence_fragments(pf);
   }
 
   finish_forward<DT, Dim>(p, o, row_max, row_sum, h, q0, m0, qn, warp * 16, lane);

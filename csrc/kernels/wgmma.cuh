@@ -216,4 +216,56 @@ __device__ __forceinline__ float (&columns(float (&acc)[Blocks][4], int first_bl
   return *reinterpret_cast<float(*)[N / 2]>(&acc[first_block][0]);
 }
 
+// The dynamic shared memory, aligned to the swizzle atom (the swizzle works on address bits).
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  constexpr uint32_t kAtom = kSwizzleAtomBytes;
+  return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;
+}
+
+// Descriptor of the K-major operand rows [row0, row0 + 64 or N) x columns [16 ks, 16 ks + 16) of a
+// [Rows][Dim] panel tile, and of the MN-major operand rows [16 kk, 16 kk + 16) x columns
+// [64 panel, 64 panel + 64).
+template <int Rows, typename T>
+__device__ __forceinline__ uint64_t k_major(const T* tile, int row0, int ks) {
+  const auto* base = reinterpret_cast<const unsigned char*>(tile);
+  return sw128_descriptor<false>(base + (ks / 4) * Rows * kPanelRowBytes + row0 * kPanelRowBytes + (ks % 4) * 32);
+}
+template <int Rows, typename T>
+__device__ __forceinline__ uint64_t mn_major(const T* tile, int kk, int panel) {
+  const auto* base = reinterpret_cast<const unsigned char*>(tile);
+  return sw128_descriptor<true>(base + panel * Rows * kPanelRowBytes + kk * 16 * kPanelRowBytes);
+}
+
+// operand_fence over accumulators and A fragments, after the wait_group that retired their wgmmas.
+template <int Blocks>
+__device__ __forceinline__ void fence_accumulators(float (&acc)[Blocks][4]) {
+#pragma unroll
+  for (int b = 0; b < Blocks; ++b)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) operand_fence(acc[b][e]);
+}
+template <int Steps>
+__device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
+#pragma unroll
+  for (int s = 0; s < Steps; ++s)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) operand_fence(frag[s][e]);
+}
+
+// out += P B, asynchronously (retired by the caller's wait_group): P the fp32 accumulator of a
+// 64 x N product rounded into the A fragments `frag`, B the [N][Dim] tile b as an MN-major operand.
+template <DType DT, int Dim, int N, typename T>
+__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
+                                                 const float (&p)[N / 8][4], const T* b) {
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk) attn::acc_to_a<DT>(frag[kk], p, kk);
+  fence();
+#pragma unroll
+  for (int kk = 0; kk < N / 16; ++kk)
+#pragma unroll
+    for (int panel = 0; panel < Dim / 64; ++panel)
+      mma_async<DT, 64, true>(columns<64>(out, 8 * panel), frag[kk], mn_major<N>(b, kk, panel), true);
+  commit_group();
+}
+
 }  // namespace dllm::wg

@@ -41,23 +41,21 @@ MUTANTS = [
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
     ("csrc/include/dllm/philox.h", "o = uint64_t(*offset_ptr) + offset_intragraph;", "o = uint64_t(*offset_ptr);",
      "capture"),  # graph replays would repeat their draws
-    # the wgmma forward: scores read before their wgmma retired, an unswizzled layout, V read as
-    # K-major, a wrong 8-row stride in the descriptor, tiles not aligned to the swizzle atom, a
-    # missing barrier before the next tile's loads
-    (WG_FWD, "    wg::commit_group();\n    wg::wait_group<0>();\n#pragma unroll\n    for (int nb = 0;",
-     "    wg::commit_group();\n#pragma unroll\n    for (int nb = 0;", "attention and wgmma"),
-    (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
-    (WG_FWD, "wg::mma_async<DT, 64, true>(", "wg::mma_async<DT, 64, false>(",
+    # the wgmma kernels: scores read before their wgmma retired, an unswizzled layout, V / dO / Q
+    # read as K-major in the P (or dS) products, a wrong 8-row stride in the descriptors, tiles
+    # not aligned to the swizzle atom, a missing barrier before the next tile's loads
+    (WG_FWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(s);", "    wg::fence_accumulators(s);",
      "attention and wgmma"),
+    (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
+    (WG, "mma_async<DT, 64, true>(columns<64>(out", "mma_async<DT, 64, false>(columns<64>(out", "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
-    (WG_FWD, "smem_raw + (kAtom - smem_addr(smem_raw) % kAtom) % kAtom;", "smem_raw;", "attention and wgmma"),
+    (WG, "return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;", "return raw;", "attention and wgmma"),
     (WG_FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention and wgmma"),
     # the wgmma backward: dQ's product still in flight when its K buffer is refilled, a warpgroup
-    # reading the other's rows of K / V, dO and Q read as K-major in the P^T / dS^T products
-    (WG_BWD, "    wg::wait_group<0>();\n    fence_accumulators(dq);", "    fence_accumulators(dq);", "attention and wgmma"),
-    (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
-    (WG_BWD, "wg::mma_async<DT, 64, true>(wg::columns<64>(out", "wg::mma_async<DT, 64, false>(wg::columns<64>(out",
+    # reading the other's rows of dO in its dP product
+    (WG_BWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(dq);", "    wg::fence_accumulators(dq);",
      "attention and wgmma"),
+    (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
     (WG_FWD, "    wg::fence_proxy_async();  // the tile's cp.async writes", "    // (removed)", "attention and wgmma"),
 ]
