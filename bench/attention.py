@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shapes", default=None, help="comma-separated BxHxLxD")
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
+    ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     device = args.device
@@ -41,7 +42,7 @@ def main() -> None:
     default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64"
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
-    wgmma = cuda and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
+    wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
     rows: list[Row] = []
     for B, H, L, D in shapes:
         g = torch.Generator(device=device).manual_seed(0)

@@ -12,7 +12,12 @@
 # Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
 # DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
 # DLLM_E2E_MINUTES, to also run `dllm bench e2e` with that training budget per model;
-# DLLM_TESTS, extra pytest arguments (e.g. -k "(cuda or gpu or graph) and not emulated").
+# DLLM_TESTS_K, a pytest -k expression narrowing the tests (e.g. "(cuda or gpu or graph) and not
+# emulated" for the GPU tests only: the CPU ones, the CUDA emulator's included, run in CI anyway).
+#
+# Every stage runs under `timeout`, and the Hopper wgmma kernels (never run on a GPU before their
+# first check) are tested in a process of their own, before anything benchmarks them: a hang or a
+# sticky CUDA error there costs one stage, not the lease or the mma.sync results.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
 ARCHIVE=${2:+$(realpath -m "$2")}
@@ -50,28 +55,38 @@ echo "build ok in $(( $(date +%s) - start )) s" | tee -a "$OUT/status.txt"
 pack
 
 echo "== tests" | tee -a "$OUT/status.txt"
-# DLLM_TESTS narrows the run, e.g. DLLM_TESTS='-k "(cuda or gpu or graph) and not emulated"' for
-# the GPU tests only (the CPU ones, the CUDA emulator's included, run in CI anyway), which saves
-# minutes of a short device lease.
-(cd tests && eval "\"\$PY\" -m pytest -q -rs --junitxml=\"\$OUT/tests.xml\" ${DLLM_TESTS:-}") >"$OUT/tests.log" 2>&1
-echo "tests exit code $?: $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/status.txt"
+K=${DLLM_TESTS_K:-}
+run_tests() {  # NAME SECONDS EXPRESSION
+  (cd tests && timeout "$2" "$PY" -m pytest -q -rs --junitxml="$OUT/tests-$1.xml" -k "$3") >"$OUT/tests-$1.log" 2>&1
+  local rc=$?
+  echo "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")" | tee -a "$OUT/status.txt"
+  return $rc
+}
+run_tests main 300 "${K:+($K) and }not wgmma"
+WGMMA_OK=1
+if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
+  run_tests wgmma 180 "${K:+($K) and }wgmma" || WGMMA_OK=0
+fi
 pack
 
 echo "== benchmarks" | tee -a "$OUT/status.txt"
+NO_WGMMA=()
+[ "$WGMMA_OK" = 1 ] || { NO_WGMMA=(--no-wgmma); echo "wgmma tests failed: benchmarks leave it out" | tee -a "$OUT/status.txt"; }
 for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py bench/sedd_step.py bench/sedd_losses.py \
              bench/published_latency.py; do
   name=$(basename "$bench" .py)
-  "$PY" "$bench" --device cuda --out "$OUT/$name" >"$OUT/$name.log" 2>&1
+  extra=(); [ "$name" = attention ] && extra=("${NO_WGMMA[@]}")
+  timeout 150 "$PY" "$bench" --device cuda --out "$OUT/$name" "${extra[@]}" >"$OUT/$name.log" 2>&1
   echo "$name exit code $?" | tee -a "$OUT/status.txt"
   cat "$OUT/$name/summary.md" 2>/dev/null
   pack
 done
-"$PY" bench/attention.py --device cuda --backward --out "$OUT/attention_backward" >"$OUT/attention_backward.log" 2>&1
+timeout 150 "$PY" bench/attention.py --device cuda --backward --out "$OUT/attention_backward" "${NO_WGMMA[@]}" >"$OUT/attention_backward.log" 2>&1
 echo "attention --backward exit code $?" | tee -a "$OUT/status.txt"
 cat "$OUT/attention_backward/summary.md" 2>/dev/null
 pack
 for preset in sedd-small llada-8b; do
-  "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
+  timeout 150 "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
     >"$OUT/step_latency-$preset.log" 2>&1
   echo "step_latency $preset exit code $?" | tee -a "$OUT/status.txt"
   cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
