@@ -66,12 +66,14 @@ def test_baseline_and_avx2_cpu_builds_agree():
         "g = torch.Generator().manual_seed(0)\n"
         "logits = torch.randn(64, 3001, generator=g)\n"
         "x = torch.randint(0, 3001, (4, 16), generator=g); x[:, ::2] = 5\n"
-        "q, k, v = (torch.randn(2, 37, 4, 24, generator=g) for _ in range(3))\n"
+        "q, k, v = (torch.randn(2, 37, 4, 24, generator=g).requires_grad_() for _ in range(3))\n"
+        "w = torch.randn(2, 37, 4, 24, generator=g)\n"
         "torch.manual_seed(1)\n"
         "t, lp = dllm.ops.sample_categorical(logits, 0.7)\n"
         "x0, c = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, temperature=1.0, top_p=0.9)\n"
-        "o = dllm.ops.attention(q, k, v)\n"
-        "torch.save((t, lp, x0, c, o), OUT)\n"
+        "o = dllm.ops.attention(q, k, v, kv_len=torch.tensor([37, 20], dtype=torch.int32))\n"
+        "(o * w).sum().backward()\n"
+        "torch.save((t, lp, x0, c, o.detach(), q.grad, k.grad, v.grad), OUT)\n"
     )
     results = []
     for baseline in (False, True):

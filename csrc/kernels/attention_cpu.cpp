@@ -1,11 +1,13 @@
-// CPU attention: per query row, an online softmax over key tiles (FlashAttention's recurrence),
-// float32 accumulation; the backward recomputes probabilities from the saved log-sum-exp.
+// CPU attention: FlashAttention's tiling on the CPU. Query tiles of 32 rows meet key tiles of 64
+// in cache-resident float32 buffers; every product (S = Q K^T, O += P V, and the backward's dP,
+// dV, dK, dQ) is a register-blocked small GEMM (cpu_gemm.h), and the softmax is online (running
+// row max and sum). The backward recomputes the probabilities from the saved log-sum-exp.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
+#include "cpu_gemm.h"
 #include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/attention.h"
@@ -13,147 +15,162 @@
 namespace dllm {
 namespace {
 
+using cpu::gemm;
+using cpu::kGemmCols;
+using cpu::kGemmRows;
 using cpu::Loader;
+using cpu::round_up;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int64_t kKeyTile = 64;
+constexpr int64_t kQueryTile = 32, kKeyTile = 64;
+
+// `rows` rows of `dim` values, `stride` elements apart from element `first`, times `scale` into
+// out[row][0, ld), the columns past dim zeroed (so the GEMMs may run over ld).
+template <DType D>
+void load_rows(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, float scale, float* out,
+               int64_t ld) {
+  const auto* src = static_cast<const typename Loader<D>::T*>(base) + first;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r * ld;
+    for (int64_t d = 0; d < dim; ++d) o[d] = Loader<D>::load(src[r * stride + d]) * scale;
+    std::fill(o + dim, o + ld, 0.0f);
+  }
+}
+
+// The same rows transposed: out[d][r] for r < rows, columns [rows, cols) zeroed.
+template <DType D>
+void load_rows_transposed(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t cols, int64_t dim,
+                          float* out, int64_t ld) {
+  const auto* src = static_cast<const typename Loader<D>::T*>(base) + first;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < dim; ++d) out[d * ld + r] = Loader<D>::load(src[r * stride + d]);
+  for (int64_t d = 0; d < dim; ++d) std::fill(out + d * ld + rows, out + d * ld + cols, 0.0f);
+}
 
 template <DType D>
-void load_vec(const void* base, int64_t offset, int64_t n, float* out) {
-  const auto* src = static_cast<const typename Loader<D>::T*>(base) + offset;
-  for (int64_t i = 0; i < n; ++i) out[i] = Loader<D>::load(src[i]);
+void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, const float* in, int64_t ld) {
+  auto* dst = static_cast<typename Loader<D>::T*>(base) + first;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < dim; ++d) dst[r * stride + d] = Loader<D>::store(in[r * ld + d]);
 }
 
-template <DType D>
-void store_vec(void* base, int64_t offset, int64_t n, const float* in) {
-  auto* dst = static_cast<typename Loader<D>::T*>(base) + offset;
-  for (int64_t i = 0; i < n; ++i) dst[i] = Loader<D>::store(in[i]);
-}
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
-  for (; i < n; ++i) acc[0] += a[i] * b[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-inline void axpy(float a, const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-// One (sequence, head) pair: query rows in tiles of kQueryTile, so each key/value tile is
-// converted to float once per query tile rather than once per query row.
-constexpr int64_t kQueryTile = 32;
-
+// One (sequence, head) pair at a time. Buffers are [rows][ld] with ld = dim rounded up to the
+// GEMM's 16 columns; padding rows and columns hold zeros.
 template <DType D>
 void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
-  const int64_t dim = p.head_dim, group = p.heads / p.kv_heads;
-  std::vector<float> q(kQueryTile * dim), acc(kQueryTile * dim), keys(kKeyTile * dim), keys_t(dim * kKeyTile);
-  std::vector<float> values(kKeyTile * dim);
+  const int64_t dim = p.head_dim, ld = round_up(dim, kGemmCols), group = p.heads / p.kv_heads;
+  std::vector<float> q(kQueryTile * ld), acc(kQueryTile * ld), keys_t, values;
   std::vector<float> s(kQueryTile * kKeyTile), m(kQueryTile), l(kQueryTile);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
+    // K^T and V of the whole sequence, converted once for all of its query tiles.
+    const int64_t kcols = round_up(kn, kGemmCols);
+    keys_t.resize(dim * kcols);
+    values.resize(kcols * ld);
+    load_rows_transposed<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, kcols, dim,
+                            keys_t.data(), kcols);
+    load_rows<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
     for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
-      const int64_t ni = std::min(kQueryTile, qn - i0);
-      for (int64_t i = 0; i < ni; ++i) {
-        load_vec<D>(p.q, (q0 + i0 + i) * p.q_token_stride + h * p.q_head_stride, dim, q.data() + i * dim);
-        for (int64_t d = 0; d < dim; ++d) q[i * dim + d] *= p.scale;
-      }
+      const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRows);
+      load_rows<D>(p.q, (q0 + i0) * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, ni, dim, p.scale,
+                   q.data(), ld);
+      std::fill(q.begin() + ni * ld, q.begin() + mi * ld, 0.0f);
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.0f);
       for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
-        const int64_t nj = std::min(kKeyTile, kn - j0);
-        for (int64_t j = 0; j < nj; ++j) {
-          load_vec<D>(p.k, (k0 + j0 + j) * p.k_token_stride + hk * p.k_head_stride, dim, keys.data() + j * dim);
-          load_vec<D>(p.v, (k0 + j0 + j) * p.v_token_stride + hk * p.v_head_stride, dim, values.data() + j * dim);
-        }
-        // K^T, so that the score loop runs along keys: broadcast one q entry, vector over keys.
-        for (int64_t j = 0; j < kKeyTile; ++j)
-          for (int64_t d = 0; d < dim; ++d) keys_t[d * kKeyTile + j] = j < nj ? keys[j * dim + d] : 0.0f;
-        for (int64_t i = 0; i < ni; ++i) {
+        const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
+        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0, kcols, s.data(), kKeyTile, false);
+        for (int64_t i = 0; i < mi; ++i) {
           float* si = s.data() + i * kKeyTile;
-          std::fill(si, si + kKeyTile, 0.0f);
-          const float* qi = q.data() + i * dim;
-          for (int64_t d = 0; d < dim; ++d) {
-            const float qd = qi[d];
-            const float* kd = keys_t.data() + d * kKeyTile;
-            for (int64_t j = 0; j < kKeyTile; ++j) si[j] += qd * kd[j];
-          }
-          float tile_max = -kInf;
-          for (int64_t j = 0; j < nj; ++j) tile_max = std::max(tile_max, si[j]);
-          // Online softmax (FlashAttention's recurrence): rescale what was accumulated so far.
-          const float m_new = std::max(m[i], tile_max);
-          const float correction = m[i] == -kInf ? 0.0f : std::exp(m[i] - m_new);
-          float* ai = acc.data() + i * dim;
-          l[i] *= correction;
-          for (int64_t d = 0; d < dim; ++d) ai[d] *= correction;
+          // FlashAttention's recurrence: rescale what was accumulated under the old maximum.
+          const float m_new = std::max(m[i], cpu::max_of(si, nj));
+          const float correction = m[i] == -kInf ? 0.0f : exp_poly(m[i] - m_new);
+          float* ai = acc.data() + i * ld;
+          for (int64_t d = 0; d < ld; ++d) ai[d] *= correction;
           for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - m_new);
-          for (int64_t j = 0; j < nj; ++j) {
-            l[i] += si[j];
-            axpy(si[j], values.data() + j * dim, ai, dim);
-          }
+          l[i] = l[i] * correction + cpu::sum_of(si, nj);
           m[i] = m_new;
         }
+        gemm<false>(mi, ld, nj, s.data(), kKeyTile, values.data() + j0 * ld, ld, acc.data(), ld, true);
       }
       for (int64_t i = 0; i < ni; ++i) {
-        const int64_t tok = q0 + i0 + i;
-        float* ai = acc.data() + i * dim;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        for (int64_t d = 0; d < dim; ++d) ai[d] *= inv;
-        store_vec<D>(p.out, tok * p.o_token_stride + h * p.o_head_stride, dim, ai);
-        p.lse[h * p.q_tokens + tok] = l[i] > 0.0f ? m[i] + std::log(l[i]) : -kInf;
+        for (int64_t d = 0; d < dim; ++d) acc[i * ld + d] *= inv;
+        p.lse[h * p.q_tokens + q0 + i0 + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : -kInf;
       }
+      store_rows<D>(p.out, (q0 + i0) * p.o_token_stride + h * p.o_head_stride, p.o_token_stride, ni, dim, acc.data(),
+                    ld);
     }
   }
 }
 
+// One (sequence, kv head) pair at a time, so that the heads sharing it add into one dK and dV.
 template <DType D>
 void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
   const AttentionParams& p = g.fwd;
-  const int64_t dim = p.head_dim, group = p.heads / p.kv_heads;
-  std::vector<float> q(dim), dout(dim), out(dim), dq(dim), kv_row(dim), v_row(dim);
-  std::vector<float> dk, dv;
+  const int64_t dim = p.head_dim, ld = round_up(dim, kGemmCols), group = p.heads / p.kv_heads;
+  std::vector<float> keys, keys_t, values_t, dk, dv, q, dout, dq, out(ld), lse, delta;
+  std::vector<float> s(kQueryTile * kKeyTile), dp(kQueryTile * kKeyTile);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
-    dk.assign(kn * dim, 0.0f);
-    dv.assign(kn * dim, 0.0f);
-    // keys and values of this (sequence, kv head), converted once
-    std::vector<float> keys(kn * dim), values(kn * dim);
-    for (int64_t j = 0; j < kn; ++j) {
-      load_vec<D>(p.k, (k0 + j) * p.k_token_stride + hk * p.k_head_stride, dim, keys.data() + j * dim);
-      load_vec<D>(p.v, (k0 + j) * p.v_token_stride + hk * p.v_head_stride, dim, values.data() + j * dim);
-    }
+    const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRows);
+    const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
+    keys.assign(kcols * ld, 0.0f);
+    keys_t.resize(dim * kcols);
+    values_t.resize(dim * kcols);
+    load_rows<D>(p.k, k_first, p.k_token_stride, kn, dim, 1.0f, keys.data(), ld);
+    load_rows_transposed<D>(p.k, k_first, p.k_token_stride, kn, kcols, dim, keys_t.data(), kcols);
+    load_rows_transposed<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, kcols, dim,
+                            values_t.data(), kcols);
+    dk.assign(kcols * ld, 0.0f);
+    dv.assign(kcols * ld, 0.0f);
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      q.assign(qrows * ld, 0.0f);
+      dout.assign(qrows * ld, 0.0f);
+      dq.assign(qrows * ld, 0.0f);
+      lse.assign(qrows, -kInf);
+      delta.assign(qrows, 0.0f);
+      load_rows<D>(p.q, q0 * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, qn, dim, 1.0f, q.data(), ld);
+      load_rows<D>(g.dout, q0 * g.do_token_stride + h * g.do_head_stride, g.do_token_stride, qn, dim, 1.0f,
+                   dout.data(), ld);
       for (int64_t i = 0; i < qn; ++i) {
-        const int64_t tok = q0 + i;
-        std::fill(dq.begin(), dq.end(), 0.0f);
-        const float lse = p.lse[h * p.q_tokens + tok];
-        if (lse != -kInf) {
-          load_vec<D>(p.q, tok * p.q_token_stride + h * p.q_head_stride, dim, q.data());
-          load_vec<D>(g.dout, tok * g.do_token_stride + h * g.do_head_stride, dim, dout.data());
-          load_vec<D>(p.out, tok * p.o_token_stride + h * p.o_head_stride, dim, out.data());
-          const float delta = dot(dout.data(), out.data(), dim);  // rowsum(dO * O)
-          for (int64_t j = 0; j < kn; ++j) {
-            const float* kj = keys.data() + j * dim;
-            const float pij = std::exp(p.scale * dot(q.data(), kj, dim) - lse);
-            const float dp = dot(dout.data(), values.data() + j * dim, dim);
-            const float ds = pij * (dp - delta) * p.scale;
-            axpy(pij, dout.data(), dv.data() + j * dim, dim);
-            axpy(ds, q.data(), dk.data() + j * dim, dim);
-            axpy(ds, kj, dq.data(), dim);
-          }
-        }
-        store_vec<D>(g.dq, (tok * p.heads + h) * dim, dim, dq.data());
+        lse[i] = p.lse[h * p.q_tokens + q0 + i];
+        load_rows<D>(p.out, (q0 + i) * p.o_token_stride + h * p.o_head_stride, 0, 1, dim, 1.0f, out.data(), ld);
+        float dot = 0.0f;  // delta = rowsum(dO * O)
+        for (int64_t d = 0; d < dim; ++d) dot += dout[i * ld + d] * out[d];
+        delta[i] = dot;
       }
+      for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
+        const int64_t mi = std::min(kQueryTile, qrows - i0);
+        const float* qi = q.data() + i0 * ld;
+        const float* doi = dout.data() + i0 * ld;
+        for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
+          const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
+          gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0, kcols, s.data(), kKeyTile, false);
+          gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0, kcols, dp.data(), kKeyTile, false);
+          // s becomes P, dp becomes dS = P (dP - delta) scale; zero past the keys and on padding
+          // or empty rows, so the transposed products below may run over them.
+          for (int64_t i = 0; i < mi; ++i) {
+            const float row_lse = lse[i0 + i], row_delta = delta[i0 + i];
+            float* si = s.data() + i * kKeyTile;
+            float* dpi = dp.data() + i * kKeyTile;
+            for (int64_t j = 0; j < cols; ++j) {
+              const float pij = j < nj && row_lse != -kInf ? exp_poly(p.scale * si[j] - row_lse) : 0.0f;
+              si[j] = pij;
+              dpi[j] = pij * (dpi[j] - row_delta) * p.scale;
+            }
+          }
+          gemm<true>(cols, ld, mi, s.data(), kKeyTile, doi, ld, dv.data() + j0 * ld, ld, true);   // dV += P^T dO
+          gemm<true>(cols, ld, mi, dp.data(), kKeyTile, qi, ld, dk.data() + j0 * ld, ld, true);  // dK += dS^T Q
+          gemm<false>(mi, ld, nj, dp.data(), kKeyTile, keys.data() + j0 * ld, ld, dq.data() + i0 * ld, ld, true);
+        }
+      }
+      store_rows<D>(g.dq, (q0 * p.heads + h) * dim, p.heads * dim, qn, dim, dq.data(), ld);
     }
-    for (int64_t j = 0; j < kn; ++j) {
-      store_vec<D>(g.dk, ((k0 + j) * p.kv_heads + hk) * dim, dim, dk.data() + j * dim);
-      store_vec<D>(g.dv, ((k0 + j) * p.kv_heads + hk) * dim, dim, dv.data() + j * dim);
-    }
+    store_rows<D>(g.dk, (k0 * p.kv_heads + hk) * dim, p.kv_heads * dim, kn, dim, dk.data(), ld);
+    store_rows<D>(g.dv, (k0 * p.kv_heads + hk) * dim, p.kv_heads * dim, kn, dim, dv.data(), ld);
   }
 }
 

@@ -101,6 +101,17 @@ inline float max_of(const float* x, int64_t n) {
   return m;
 }
 
+inline float sum_of(const float* x, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += x[i + k];
+  for (; i < n; ++i) acc[0] += x[i];
+  float sum = 0.0f;
+  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
+  return sum;
+}
+
 // First index of the maximum (the lowest index wins ties); -1 if every entry is -inf.
 inline int64_t argmax_of(const float* x, int64_t n) {
   const float m = max_of(x, n);
