@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")
-    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64"
+    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64,1x4x2048x128"
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)

@@ -19,12 +19,13 @@ using cpu::gemm;
 using cpu::kGemmCols;
 using cpu::kGemmRows;
 using cpu::Loader;
+using cpu::padded_stride;
 using cpu::round_up;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kQueryTile = 32, kKeyTile = 64;
 
 // `rows` rows of `dim` values, `stride` elements apart from element `first`, times `scale` into
-// out[row][0, ld), the columns past dim zeroed (so the GEMMs may run over ld).
+// out[row][0, ld), the columns past dim zeroed (so the GEMMs may run over them).
 template <DType D>
 void load_rows(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, float scale, float* out,
                int64_t ld) {
@@ -53,22 +54,24 @@ void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t
     for (int64_t d = 0; d < dim; ++d) dst[r * stride + d] = Loader<D>::store(in[r * ld + d]);
 }
 
-// One (sequence, head) pair at a time. Buffers are [rows][ld] with ld = dim rounded up to the
-// GEMM's 16 columns; padding rows and columns hold zeros.
+// One (sequence, head) pair at a time. Buffers are [rows][dcols], dcols = dim rounded up to the
+// GEMM's 16 columns (padding rows and columns hold zeros), with rows ld apart; K^T and V^T are
+// [dim][kcols] with rows kld apart.
 template <DType D>
 void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
-  const int64_t dim = p.head_dim, ld = round_up(dim, kGemmCols), group = p.heads / p.kv_heads;
+  const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);
+  const int64_t group = p.heads / p.kv_heads;
   std::vector<float> q(kQueryTile * ld), acc(kQueryTile * ld), keys_t, values;
   std::vector<float> s(kQueryTile * kKeyTile), m(kQueryTile), l(kQueryTile);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
     // K^T and V of the whole sequence, converted once for all of its query tiles.
-    const int64_t kcols = round_up(kn, kGemmCols);
-    keys_t.resize(dim * kcols);
+    const int64_t kcols = round_up(kn, kGemmCols), kld = padded_stride(kcols);
+    keys_t.resize(dim * kld);
     values.resize(kcols * ld);
     load_rows_transposed<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, kcols, dim,
-                            keys_t.data(), kcols);
+                            keys_t.data(), kld);
     load_rows<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
     for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
       const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRows);
@@ -80,19 +83,19 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
       std::fill(l.begin(), l.end(), 0.0f);
       for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
         const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
-        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0, kcols, s.data(), kKeyTile, false);
+        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0, kld, s.data(), kKeyTile, false);
         for (int64_t i = 0; i < mi; ++i) {
           float* si = s.data() + i * kKeyTile;
           // FlashAttention's recurrence: rescale what was accumulated under the old maximum.
           const float m_new = std::max(m[i], cpu::max_of(si, nj));
           const float correction = m[i] == -kInf ? 0.0f : exp_poly(m[i] - m_new);
           float* ai = acc.data() + i * ld;
-          for (int64_t d = 0; d < ld; ++d) ai[d] *= correction;
+          for (int64_t d = 0; d < dcols; ++d) ai[d] *= correction;
           for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - m_new);
           l[i] = l[i] * correction + cpu::sum_of(si, nj);
           m[i] = m_new;
         }
-        gemm<false>(mi, ld, nj, s.data(), kKeyTile, values.data() + j0 * ld, ld, acc.data(), ld, true);
+        gemm<false>(mi, dcols, nj, s.data(), kKeyTile, values.data() + j0 * ld, ld, acc.data(), ld, true);
       }
       for (int64_t i = 0; i < ni; ++i) {
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
@@ -109,21 +112,22 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
 template <DType D>
 void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
   const AttentionParams& p = g.fwd;
-  const int64_t dim = p.head_dim, ld = round_up(dim, kGemmCols), group = p.heads / p.kv_heads;
+  const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);
+  const int64_t group = p.heads / p.kv_heads;
   std::vector<float> keys, keys_t, values_t, dk, dv, q, dout, dq, out(ld), lse, delta;
   std::vector<float> s(kQueryTile * kKeyTile), dp(kQueryTile * kKeyTile);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
-    const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRows);
+    const int64_t kcols = round_up(kn, kGemmCols), kld = padded_stride(kcols), qrows = round_up(qn, kGemmRows);
     const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
     keys.assign(kcols * ld, 0.0f);
-    keys_t.resize(dim * kcols);
-    values_t.resize(dim * kcols);
+    keys_t.resize(dim * kld);
+    values_t.resize(dim * kld);
     load_rows<D>(p.k, k_first, p.k_token_stride, kn, dim, 1.0f, keys.data(), ld);
-    load_rows_transposed<D>(p.k, k_first, p.k_token_stride, kn, kcols, dim, keys_t.data(), kcols);
+    load_rows_transposed<D>(p.k, k_first, p.k_token_stride, kn, kcols, dim, keys_t.data(), kld);
     load_rows_transposed<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, kcols, dim,
-                            values_t.data(), kcols);
+                            values_t.data(), kld);
     dk.assign(kcols * ld, 0.0f);
     dv.assign(kcols * ld, 0.0f);
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
@@ -142,14 +146,16 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
         for (int64_t d = 0; d < dim; ++d) dot += dout[i * ld + d] * out[d];
         delta[i] = dot;
       }
-      for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
-        const int64_t mi = std::min(kQueryTile, qrows - i0);
-        const float* qi = q.data() + i0 * ld;
-        const float* doi = dout.data() + i0 * ld;
-        for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
-          const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
-          gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0, kcols, s.data(), kKeyTile, false);
-          gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0, kcols, dp.data(), kKeyTile, false);
+      // Key tiles outside, as in FlashAttention-2's backward: a key tile's K, V, dK and dV stay in
+      // cache while the query tiles stream past.
+      for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
+        const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
+        for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
+          const int64_t mi = std::min(kQueryTile, qrows - i0);
+          const float* qi = q.data() + i0 * ld;
+          const float* doi = dout.data() + i0 * ld;
+          gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0, kld, s.data(), kKeyTile, false);
+          gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0, kld, dp.data(), kKeyTile, false);
           // s becomes P, dp becomes dS = P (dP - delta) scale; zero past the keys and on padding
           // or empty rows, so the transposed products below may run over them.
           for (int64_t i = 0; i < mi; ++i) {
@@ -162,9 +168,9 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
               dpi[j] = pij * (dpi[j] - row_delta) * p.scale;
             }
           }
-          gemm<true>(cols, ld, mi, s.data(), kKeyTile, doi, ld, dv.data() + j0 * ld, ld, true);   // dV += P^T dO
-          gemm<true>(cols, ld, mi, dp.data(), kKeyTile, qi, ld, dk.data() + j0 * ld, ld, true);  // dK += dS^T Q
-          gemm<false>(mi, ld, nj, dp.data(), kKeyTile, keys.data() + j0 * ld, ld, dq.data() + i0 * ld, ld, true);
+          gemm<true>(cols, dcols, mi, s.data(), kKeyTile, doi, ld, dv.data() + j0 * ld, ld, true);   // dV += P^T dO
+          gemm<true>(cols, dcols, mi, dp.data(), kKeyTile, qi, ld, dk.data() + j0 * ld, ld, true);  // dK += dS^T Q
+          gemm<false>(mi, dcols, nj, dp.data(), kKeyTile, keys.data() + j0 * ld, ld, dq.data() + i0 * ld, ld, true);
         }
       }
       store_rows<D>(g.dq, (q0 * p.heads + h) * dim, p.heads * dim, qn, dim, dq.data(), ld);

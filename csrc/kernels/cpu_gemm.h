@@ -23,6 +23,11 @@ constexpr int64_t kGemmRows = 4, kGemmCols = 16;
 
 inline int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 
+// Row stride (in floats) for rows of `cols` floats, cols a multiple of kGemmCols: an odd multiple
+// of 64 bytes. At a stride of a large power of two the rows a GEMM walks down all fall into the
+// same few cache sets and evict each other (measured: 2.3x slower at 2048 keys).
+inline int64_t padded_stride(int64_t cols) { return cols % (2 * kGemmCols) == 0 ? cols + kGemmCols : cols; }
+
 // C[M][N] = (accumulate ? C : 0) + op(A) B, with op(A) [M][K] either A stored [M][K] or, with
 // TransA, the transpose of A stored [K][M]; B [K][N]; rows lda / ldb / ldc floats apart.
 // M must be a multiple of kGemmRows and N of kGemmCols: callers pad with zeros.
