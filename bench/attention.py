@@ -3,7 +3,7 @@
 Peers (same run, same inputs): SDPA's default choice and its flash, cuDNN and memory-efficient
 backends on a GPU (a boolean key-padding mask for the runs with lengths; flash refuses masks),
 SDPA's default CPU path on the CPU. TFLOP/s = 4 * B * H * Sq * Sk * D / time, counted on the full
-lengths (ANCHORS.md's convention) also for the runs with lengths (kv_len uniform in [L/2, L]);
+lengths (FlashAttention's convention) also for the runs with lengths (kv_len uniform in [L/2, L]);
 forward + backward counts 3.5x the forward. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
 sets of dllm kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);

@@ -5,7 +5,7 @@ vocab 126464; Dream-7B = Qwen2.5-7B: 3584, 28 layers, 28 query / 4 key-value hea
 vocab 152064, q/k/v biases) in dllm's LLaDAModel, wrapped like a loaded checkpoint, in bf16 on a
 GPU. Rows: one sampler step (one forward over prompt + generation, then dllm's predict/commit
 ops), and a whole ``dllm.generate`` whose tokens/s is generated tokens over its wall time. There
-is no peer in this file: the reference numbers are LLaDA's and Fast-dLLM's (ALGORITHMS.md 5).
+is no peer in this file: the reference numbers are those LLaDA's and Fast-dLLM's papers report.
 --tiny runs the same code at tiny shapes on the CPU, as a smoke test of the script.
 
   python bench/published_latency.py --device cuda --out bench/results/<name>/published_latency

@@ -3,7 +3,8 @@
 No checkpoint can be downloaded here, so each test writes a tiny random checkpoint in the
 published layout (file names, sharding and index, weight names, config keys, tokenizer.json) and
 checks dllm's forward pass against a plain-PyTorch float64 implementation of the published
-architecture kept in this file (ALGORITHMS.md 1.6, 3.1, 3.2), which uses none of dllm's modules.
+architecture kept in this file (as SEDD's, LLaDA's and Dream's released code define it), which
+uses none of dllm's modules.
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def test_bad_logits_raise_clear_errors(device, make, error, match):
 
 def test_bad_temperature_raises(device):
     logits = torch.randn(3, 10, device=device)
-    with pytest.raises(RuntimeError, match="finite and >= 0"):
+    with pytest.raises(ValueError, match="finite and >= 0"):
         dllm.ops.sample_categorical(logits, -1.0)
     with pytest.raises(ValueError, match="row 1 .*temperature"):
         dllm.ops.sample_categorical(logits, torch.tensor([1.0, -0.5, 1.0], device=device))

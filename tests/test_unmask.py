@@ -199,14 +199,16 @@ def test_linear_transfer_counts():
 
 def test_bad_inputs_raise_clear_errors(device):
     logits, x = masked_batch(2, 10, 20, device)
-    with pytest.raises(RuntimeError, match="mask_id 20 is outside"):
+    with pytest.raises(ValueError, match="mask_id 20 is outside"):
         dllm.ops.predict_masked(logits, x, mask_id=20)
     with pytest.raises(RuntimeError, match="x must have the shape"):
         dllm.ops.predict_masked(logits, x[:, :5], mask_id=MASK)
     with pytest.raises(ValueError, match="confidence must be"):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="best")
-    with pytest.raises(RuntimeError, match="top_p must be in"):
+    with pytest.raises(ValueError, match="top_p must be in"):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=-1.0)
     bad = logits.clone()
     bad[1, (x[1] == MASK).nonzero()[0, 0]] = float("nan")
     with pytest.raises(ValueError, match="sequence 1 has NaN"):

@@ -3,6 +3,8 @@
 
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "checks.h"
 #include "rng.h"
 
@@ -170,6 +172,8 @@ void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const ch
                         "] is outside the graph's token range (absorb: tokens [0, K - 1) plus the mask K - 1; "
                         "uniform: [0, K))");
     case kSeddBadSigma:
+      // Noising at sigma = 0 is the identity, so only sample_transition accepts it.
+      TORCH_CHECK_VALUE(std::strcmp(op, "sample_transition") != 0, op, ": sigma[", b, "] must be finite and >= 0");
       TORCH_CHECK_VALUE(false, op, ": sigma[", b, "] must be finite and > 0, and the step/weight term [", b,
                         "] finite (and >= 0 for a step)");
     case kSeddMaskTarget:

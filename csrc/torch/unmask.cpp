@@ -23,11 +23,11 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   TORCH_CHECK(x.sizes() == lead, op, ": x must have the shape ", lead, " of logits without its last dimension, got ",
               x.sizes());
   check_same_device(op, logits, x, "x");
-  TORCH_CHECK(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ", vocab, ")");
-  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0.0, op, ": temperature must be finite and >= 0, got ",
+  TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ", vocab, ")");
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.0, op, ": temperature must be finite and >= 0, got ",
               temperature);
-  TORCH_CHECK(top_k >= 0, op, ": top_k must be >= 0 (0 turns it off), got ", top_k);
-  TORCH_CHECK(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1], got ", top_p);
+  TORCH_CHECK_VALUE(top_k >= 0, op, ": top_k must be >= 0 (0 turns it off), got ", top_k);
+  TORCH_CHECK_VALUE(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1], got ", top_p);
   const int64_t length = logits.size(-2);
   TORCH_CHECK(logits_shift >= 0 && (logits_shift < length || length == 0), op,
               ": logits_shift must be in [0, L) with L = ", length, ", got ", logits_shift);
@@ -84,10 +84,10 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
               x.sizes(), ", ", x0.sizes(), ", ", conf.sizes());
   check_same_device(op, x, x0, "x0");
   check_same_device(op, x, conf, "conf");
-  TORCH_CHECK(mask_id >= 0, op, ": mask_id must be >= 0, got ", mask_id);
+  TORCH_CHECK_VALUE(mask_id >= 0, op, ": mask_id must be >= 0, got ", mask_id);
   const int rules = int(num_tokens.has_value()) + int(threshold.has_value()) + int(prob.has_value());
   TORCH_CHECK_VALUE(rules == 1, op, ": give exactly one of num_tokens, threshold or prob (got ", rules, ")");
-  TORCH_CHECK(std::isfinite(position_temperature) && position_temperature >= 0.0, op,
+  TORCH_CHECK_VALUE(std::isfinite(position_temperature) && position_temperature >= 0.0, op,
               ": position_temperature must be finite and >= 0, got ", position_temperature);
   TORCH_CHECK_VALUE(position_temperature == 0.0 || num_tokens.has_value(), op,
                     ": position_temperature applies only to num_tokens (choosing k positions)");

@@ -4,10 +4,10 @@ import torch  # noqa: F401  (the extension needs torch's libraries loaded first)
 
 from ._extension import build_info
 from . import ops
-from . import data, models, objectives, sedd
+from . import data, models, objectives, reference, sedd
 from .sampling import GenerationOutput, generate
 from .training import TrainConfig, train
 
 __version__ = build_info()["version"]
-__all__ = ["build_info", "ops", "sedd", "generate", "GenerationOutput", "data", "models", "objectives", "train",
-           "TrainConfig", "__version__"]
+__all__ = ["build_info", "ops", "reference", "sedd", "generate", "GenerationOutput", "data", "models", "objectives",
+           "train", "TrainConfig", "__version__"]

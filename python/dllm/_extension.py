@@ -31,7 +31,8 @@ def build_info() -> dict:
     Returns a dict: ``version`` (dllm), ``torch`` (the torch version it was built against),
     ``torch_cuda`` (that torch's CUDA version, or None), ``cuda`` (whether CUDA kernels are
     compiled in), ``cuda_archs`` (the compiled SM architectures, e.g. ``["80", "90"]``) and
-    ``wgmma`` (whether the Hopper attention forward on wgmma, built for sm_90a, is compiled in).
+    ``wgmma`` (whether the Hopper attention kernels on wgmma, forward and backward, built for
+    sm_90a, are compiled in).
     """
     archs = [a for a in _build_config.CUDA_ARCHS.split(";") if a]
     return {

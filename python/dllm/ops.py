@@ -35,8 +35,9 @@ def sample_categorical(
     """Draw one token per row from ``softmax(logits / temperature)``, exactly, in one pass.
 
     Args:
-        logits: ``[..., V]`` float32, bfloat16 or float16, any leading shape. The last dimension
-            must be contiguous; rows may be strided (a slice of a larger tensor is read in place).
+        logits: ``[..., V]`` float32, bfloat16 or float16, any leading shape. Rows may be strided
+            (a slice of a larger tensor is read in place); a last dimension that is not contiguous
+            is copied first.
             ``-inf`` entries are never drawn.
         temperature: a float, or a float tensor of shape ``logits.shape[:-1]`` (one per row) or
             with one element. ``0`` means argmax, ties going to the lowest index. Default 1.
@@ -50,8 +51,8 @@ def sample_categorical(
 
     The draw is exact in distribution, tails included: Gumbel noise comes from 64-bit uniforms
     (float32 noise from 24-bit uniforms truncates the tail and acts as a lower temperature,
-    arXiv:2409.02908), and a grouped Gumbel-max spends random numbers on about ``V / 2048 + 2048``
-    entries per row instead of ``V``. No ``[..., V]`` temporary is allocated.
+    arXiv:2409.02908), and a grouped Gumbel-max spends random numbers on about
+    ``V / 2048 + 8 + 256`` entries per row instead of ``V``. No ``[..., V]`` temporary is allocated.
 
     Raises ``ValueError`` for a row with NaN or ``+inf`` logits, a row that is all ``-inf``, or a
     negative or non-finite temperature. On CUDA that check synchronises with the device; inside
@@ -195,8 +196,8 @@ def attention(
 
     Args:
         q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hkv, D]`` with H a multiple of Hkv (GQA / MQA).
-            float32 (CPU only), bfloat16 or float16. Sq may differ from Sk (a query block
-            attending to a cached context).
+            float32, bfloat16 or float16 (float32 on CUDA goes to SDPA, see below). Sq may differ
+            from Sk (a query block attending to a cached context).
         kv_len: int ``[B]``, valid keys per sequence: keys past it are never read (no mask).
         q_len: int ``[B]``, valid queries per sequence: output rows past it are zero.
         softmax_scale: default ``1 / sqrt(D)``.

@@ -50,7 +50,7 @@ class ModelConfig:
         return cls(**d)
 
 
-# SEDD's small and medium (ALGORITHMS.md 1.6); tiny trains in minutes on two CPU cores.
+# SEDD's small and medium (its released configs); tiny trains in minutes on two CPU cores.
 SIZES = {
     "tiny": dict(hidden=128, layers=4, heads=4, cond_dim=64),
     "small": dict(hidden=768, layers=12, heads=12, cond_dim=128),

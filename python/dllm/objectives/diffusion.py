@@ -10,7 +10,8 @@ from .losses import masked_diffusion_loss, score_entropy_loss
 
 
 class SEDD(Objective):
-    """Score entropy (ALGORITHMS.md 1.2-1.4): per-sequence ``sum_l dsigma(t) * SE``, mean over the batch.
+    """Score entropy (SEDD, Lou et al. 2024, arXiv:2310.16834): per-sequence
+    ``sum_l dsigma(t) * SE``, mean over the batch.
 
     ``graph="absorb"`` (the mask is the last vocabulary entry, logits scaled by sigma) or
     ``"uniform"`` (the model's output covers the real tokens only, no mask).
@@ -62,8 +63,9 @@ class SEDD(Objective):
 
 
 class MDLM(Objective):
-    """Continuous-time masked diffusion with SUBS (ALGORITHMS.md 2.2): ``-log p(x0) * dsigma / expm1(sigma)``
-    at masked positions (``1/t`` for the log-linear schedule), antithetic t."""
+    """Continuous-time masked diffusion with SUBS (MDLM, Sahoo et al. 2024, arXiv:2406.07524):
+    ``-log p(x0) * dsigma / expm1(sigma)`` at masked positions (``1/t`` for the log-linear
+    schedule), antithetic t."""
 
     name = "mdlm"
 
@@ -87,8 +89,9 @@ class MDLM(Objective):
 
 
 class LLaDA(Objective):
-    """LLaDA's pre-training loss (ALGORITHMS.md 3.1): mask with ``p = (1 - eps) t + eps``, CE on
-    masked tokens divided by ``p``, summed and divided by batch * length."""
+    """LLaDA's pre-training loss (Nie et al. 2025, arXiv:2502.09992): mask with
+    ``p = (1 - eps) t + eps``, CE on masked tokens divided by ``p``, summed and divided by
+    batch * length."""
 
     name = "llada"
     arch = "llada"

@@ -1,5 +1,5 @@
 """The two loss kernels, each behind one dispatch point: ``dllm.ops``' fused op when it exists,
-else the plain-PyTorch reference below (the math of ALGORITHMS.md 1.2-1.4 and 2.2).
+else the plain-PyTorch reference below (SEDD's score entropy, MDLM's SUBS loss).
 
 Signatures are those of the fused ops, so they plug in without touching the objectives.
 """
