@@ -31,11 +31,12 @@ BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDP
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--shapes", default=None, help="comma-separated BxHxLxD")
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")

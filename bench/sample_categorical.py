@@ -47,10 +47,11 @@ PEERS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--shapes", default=None, help="comma-separated ROWSxV (default depends on the device)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
 

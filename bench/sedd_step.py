@@ -41,9 +41,10 @@ def peak_mb(fn, device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default depends on the device)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
     ap.add_argument("--cases", default="absorb:analytic,absorb:euler,uniform:analytic", help="graph:method list")
     ap.add_argument("--mask-frac", type=float, default=1.0, help="fraction of masked positions (absorb)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")

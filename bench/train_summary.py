@@ -27,8 +27,8 @@ def load(run: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("runs", nargs="+", type=Path, help="output folders of `dllm train` runs")
+    ap.add_argument("--out", type=Path, required=True, help="folder for the summary and its plots")
     ap.add_argument("--note", default="", help="a line about the conditions of the measurement")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,11 @@ def peak_extra_bytes(fn, device) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--shapes", default=None, help="comma-separated BxLxV")
     ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (0: greedy)")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
     device = args.device
     default = "1x1024x126464,8x1024x126464,1x4096x126464" if device.startswith("cuda") else "1x512x126464"

@@ -77,7 +77,9 @@ def test_sample_published_llada_folder(tmp_path, capsys):
     assert code == 0, err
     assert "--- sample 1 (fast-dllm," in out and "w3 w7 w5" in out
     code, _, err = sample_in_process(capsys, str(tmp_path), "--cuda-graph")
-    assert code == 2 and "cuda_graph needs a CUDA model" in err
+    assert code == 2 and "cuda_graph needs a CUDA model" in err and "usage: dllm sample" in err
+    code, _, err = sample_in_process(capsys, str(tmp_path), "--sampler", "sedd-analytic")
+    assert code == 2 and "need a score model" in err
     code, _, err = sample_in_process(capsys, str(tmp_path), "--cache", "prefix")  # the default sampler is llada
     assert code == 2 and "only to the fast-dllm sampler" in err
 
@@ -95,7 +97,7 @@ def test_sample_published_sedd_folder(tmp_path, capsys):
 
 def test_demo_rejects_bad_arguments():
     out = dllm("demo", "--minutes", "0")
-    assert out.returncode == 2 and "--minutes" in out.stderr
+    assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr
 
 
 def test_eval_reproduces_the_trainers_validation(tmp_path):

@@ -32,7 +32,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default
-        help_text = f"{meta['help']} (default: {default})"
+        help_text = meta["help"] if "(default:" in meta["help"] else f"{meta['help']} (default: {default})"
         typ = _flag_type(f)
         if typ is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         "step by step and tokens/s; outputs go to --out-dir.")
     dp.add_argument("--minutes", type=float, default=3.0, help="training time per model (default: 3)")
     dp.add_argument("--out-dir", default="out/demo", help="output folder (default: out/demo)")
-    dp.add_argument("--gen-length", type=int, default=128, help="tokens per sample (default: 128)")
+    dp.add_argument("--gen-length", type=int, default=128, help="tokens per sample, at least 16 (default: 128)")
     dp.add_argument("--steps", type=int, default=64, help="sampler steps for the unconditional sample (default: 64)")
     dp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
@@ -116,35 +116,35 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         if ns.minutes <= 0 or ns.gen_length < 16 or ns.steps <= 0:
-            parser.error("--minutes and --steps must be positive and --gen-length at least 16")
+            dp.error("--minutes and --steps must be positive and --gen-length at least 16")
         run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed)
         return 0
     if ns.command == "sample":
         from .sample_cli import run_sample
 
         if ns.gen_length <= 0 or ns.steps <= 0 or ns.num_samples <= 0:
-            parser.error("--gen-length, --steps and --num-samples must be positive")
+            sp.error("--gen-length, --steps and --num-samples must be positive")
         try:
             run_sample(ns.model, prompt=ns.prompt, gen_length=ns.gen_length, steps=ns.steps, sampler=ns.sampler,
                        temperature=ns.temperature, block_length=ns.block_length, num_samples=ns.num_samples,
                        seed=ns.seed, device=ns.device, show_steps=ns.show_steps, cache=ns.cache,
                        cuda_graph=ns.cuda_graph)
-        except (ValueError, FileNotFoundError) as e:
-            parser.error(str(e))
+        except (ValueError, OSError) as e:
+            sp.error(str(e))
         return 0
     if ns.command == "eval":
         from .eval_cli import run_eval
 
         try:
             result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed)
-        except (ValueError, FileNotFoundError) as e:
-            parser.error(str(e))
+        except (ValueError, OSError) as e:
+            ep.error(str(e))
         print(json.dumps(result, indent=2))
         return 0
     if ns.command == "bench":
         try:
             importlib.import_module(BENCHMARKS[ns.benchmark]).run(ns)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:
             bench_parsers[ns.benchmark].error(str(e))
         return 0
     if ns.command == "train":
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = config_from_args(ns)
         except (ValueError, OSError) as e:
-            parser.error(str(e))
+            tp.error(str(e))
         result = train(cfg)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))

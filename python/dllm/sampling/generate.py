@@ -179,19 +179,24 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
 
 
+# generate()'s defaults, and temperature 1 (the exact reverse process SEDD samples anyway): values
+# that leave a SEDD sampler unchanged, so passing them is not an error.
+_SEDD_NEUTRAL = {"temperature": (0.0, 1.0), "top_k": (0,), "top_p": (1.0,), "alg_temp": (0.0,), "cfg_scale": (0.0,)}
+
+
 def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attention_mask, cache, cuda_graph, generator,
                    callback, return_history, unsupported) -> GenerationOutput:
     """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or Uniform)")
     _check_cache("sedd-" + method, cache)
     _check_cuda_graph("sedd-" + method, cuda_graph, cache, _device_of(model))
-    given = [k for k, v in unsupported.items() if v not in (None, 0, 0.0, 1.0)]
+    given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to the SEDD samplers")
     if gen_length <= 0 or steps <= 0:
         raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
-    graph = getattr(model, "graph", None)
-    if graph is None:
-        raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or Uniform)")
     noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
     if infill is not None:
