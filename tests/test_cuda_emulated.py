@@ -67,6 +67,36 @@ def gen(seed=7):
 
 # ---- sampling ----------------------------------------------------------------------------------
 
+def test_noise_from_bits_matches_float64(emulator):
+    """The Exp(1) and Gumbel variates every sampling kernel draws, against float64 math on the same
+    64 bits: random bits, both halves' extremes (u = 2^-64 / 2, just under and over 1/2, 1 - 2^-64 / 2)
+    and uniforms too small for 24-bit generators (the Gumbel tail up to 44)."""
+    g = torch.Generator().manual_seed(3)
+    random = torch.randint(-2**63, 2**63 - 1, (200_000,), generator=g, dtype=torch.int64)
+    tiny = torch.randint(0, 2**40, (20_000,), generator=g, dtype=torch.int64)  # u < 2^-24
+    edges = torch.tensor([0, 1, 2**62, 2**63 - 1, -2**63, -2, -1, 2**24, -2**24], dtype=torch.int64)
+    bits = torch.cat([random, tiny, -1 - tiny, edges])
+    exponential, gumbel = emulator.noise_from_bits(bits)
+    lower = bits >= 0  # u < 1/2
+    w = (torch.where(lower, bits, torch.bitwise_not(bits)).double() + 0.5) / 2.0**64  # min(u, 1 - u)
+    want_e = torch.where(lower, -torch.log1p(-w), -torch.log(w))
+    assert (exponential > 0).all() and torch.isfinite(gumbel).all()
+    assert ((exponential.double() - want_e).abs() / want_e).max() < 6e-7  # a few float32 ulps
+    want_g = -torch.log(want_e)
+    assert ((gumbel.double() - want_g).abs() / want_g.abs().clamp(min=1.0)).max() < 6e-7
+    assert gumbel.max() > 40  # u near 2^-64 reaches the far tail
+
+
+def test_log_poly_is_within_two_ulps(emulator):
+    x = torch.cat([torch.logspace(-37, 38, 100_001), torch.linspace(0.5, 2.0, 100_001)]).float()
+    got, want = emulator.log_poly(x).double(), torch.log(x.double())
+    _, exponent = torch.frexp(want)
+    ulp = torch.ldexp(torch.ones_like(want), exponent - 24)  # float32's ulp at want
+    err = (got - want).abs()
+    assert (err[want == 0] == 0).all()
+    assert (err / ulp)[want != 0].max() <= 2
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("vocab", [37, 2049, 50258])
 def test_sample_categorical(schedule, dtype, vocab):

@@ -4,20 +4,11 @@
 // Plain GCC/Clang vector types: the AVX2 + FMA build gets ymm FMAs, the baseline pairs of SSE ops.
 #pragma once
 #include <cstdint>
-#include <cstring>
+
+#include "cpu_simd.h"
 
 namespace dllm::cpu {
 namespace {
-
-typedef float Float8 __attribute__((vector_size(32)));
-
-inline Float8 load8(const float* p) {
-  Float8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store8(float* p, Float8 v) { std::memcpy(p, &v, sizeof v); }
 
 constexpr int64_t kGemmRows = 4, kGemmCols = 16;
 

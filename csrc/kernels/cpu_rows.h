@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu_simd.h"
 #include "dllm/common.h"
 #include "dllm/philox.h"
 #include "dllm/sample_categorical.h"
@@ -18,16 +19,10 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-inline uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-
 // float -> bfloat16, round to nearest even; NaN stays a (quiet) NaN. Branch-free, so store loops
 // vectorise.
 inline uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_bits(f);
+  const uint32_t u = float_to_bits(f);
   const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
   const uint32_t nan = (u >> 16) | 0x40u;
   return uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
@@ -35,7 +30,7 @@ inline uint16_t float_to_bf16(float f) {
 
 // float -> IEEE half, round to nearest even, without F16C (the baseline build has no -m flags).
 inline uint16_t float_to_fp16(float f) {
-  uint32_t u = float_bits(f);
+  uint32_t u = float_to_bits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   u &= 0x7fffffffu;
   uint32_t h;
@@ -43,7 +38,7 @@ inline uint16_t float_to_fp16(float f) {
     h = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
   } else if (u < 0x38800000u) {  // half subnormal or zero: let a float add do the rounding
     const float magic = bits_to_float(uint32_t((127 - 15 + 23 - 10 + 1) << 23));
-    h = float_bits(bits_to_float(u) + magic) - float_bits(magic);
+    h = float_to_bits(bits_to_float(u) + magic) - float_to_bits(magic);
   } else {
     const uint32_t odd = (u >> 13) & 1u;
     u += (uint32_t(15 - 127) << 23) + 0xfffu + odd;
@@ -90,25 +85,26 @@ bool load_row(const void* row, int64_t n, float scale, float* out) {
 constexpr int64_t kLanes = 16;
 
 inline float max_of(const float* x, int64_t n) {
-  float acc[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) acc[k] = -kInf;
+  Float8 a0 = Float8{} - kInf, a1 = a0;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] = x[i + k] > acc[k] ? x[i + k] : acc[k];
-  for (; i < n; ++i) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
-  float m = -kInf;
-  for (int64_t k = 0; k < kLanes; ++k) m = acc[k] > m ? acc[k] : m;
+  for (; i + kLanes <= n; i += kLanes) {
+    a0 = max8(a0, load8(x + i));
+    a1 = max8(a1, load8(x + i + 8));
+  }
+  float m = hmax8(max8(a0, a1));
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
 }
 
 inline float sum_of(const float* x, int64_t n) {
-  float acc[kLanes] = {};
+  Float8 a0{}, a1{};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += x[i + k];
-  for (; i < n; ++i) acc[0] += x[i];
-  float sum = 0.0f;
-  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
+  for (; i + kLanes <= n; i += kLanes) {
+    a0 += load8(x + i);
+    a1 += load8(x + i + 8);
+  }
+  float sum = hsum8(a0 + a1);
+  for (; i < n; ++i) sum += x[i];
   return sum;
 }
 
@@ -117,6 +113,8 @@ inline int64_t argmax_of(const float* x, int64_t n) {
   const float m = max_of(x, n);
   if (m == -kInf) return -1;
   int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    if (any8((load8(x + i) == m) | (load8(x + i + 8) == m))) break;
   while (x[i] != m) ++i;
   return i;
 }
@@ -138,21 +136,50 @@ inline float log_sum_exp(const float* x, int64_t n, float m) {
 
 inline float log_sum_exp(const float* x, int64_t n) { return log_sum_exp(x, n, max_of(x, n)); }
 
+// Gumbel noise of logical indices [2 pair0, 2 pair0 + 16) of `row` in `stream`: the values
+// gumbel_at gives, from eight Philox calls run lane by lane so that the loops vectorise.
+constexpr int64_t kNoiseBlock = 16;
+
+inline void gumbel_block(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair0, RngStream stream,
+                         float* noise) {
+  constexpr int kPairs = kNoiseBlock / 2;
+  uint32_t c0[kPairs], c1[kPairs], c2[kPairs], c3[kPairs];
+  for (int k = 0; k < kPairs; ++k) {
+    const U32x4 ctr = philox_counter(offset, row, pair0 + uint32_t(k), stream);
+    c0[k] = ctr.x, c1[k] = ctr.y, c2[k] = ctr.z, c3[k] = ctr.w;
+  }
+  uint32_t k0 = philox_key0(seed), k1 = philox_key1(seed, offset);
+  for (int round = 0; round < 10; ++round) {
+    for (int k = 0; k < kPairs; ++k) {
+      const uint64_t p0 = uint64_t(kPhiloxM0) * c0[k], p1 = uint64_t(kPhiloxM1) * c2[k];
+      const uint32_t x = uint32_t(p1 >> 32) ^ c1[k] ^ k0, z = uint32_t(p0 >> 32) ^ c3[k] ^ k1;
+      c0[k] = x, c1[k] = uint32_t(p1), c2[k] = z, c3[k] = uint32_t(p0);
+    }
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  float even[kPairs], odd[kPairs];
+  for (int k = 0; k < kPairs; ++k) even[k] = gumbel_from_bits(c0[k], c1[k]), odd[k] = gumbel_from_bits(c2[k], c3[k]);
+  for (int k = 0; k < kPairs; ++k) noise[2 * k] = even[k], noise[2 * k + 1] = odd[k];
+}
+
 // argmax_i (log_weight(i) + Gumbel noise of logical index first + i); -inf log-weights never
-// win. One Philox call serves each pair of indices. Returns -1 only if every entry is -inf.
+// win, ties go to the lowest i. Returns -1 only if every entry is -inf.
 template <typename LogWeight>
 int64_t gumbel_argmax_by(int64_t n, LogWeight log_weight, uint64_t seed, uint64_t offset, int64_t row,
                          int64_t first, RngStream stream) {
   int64_t best = -1;
   float best_key = -kInf;
-  U32x4 bits{};
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t index = uint64_t(first + i);
-    if (i == 0 || (index & 1) == 0) bits = philox_pair(seed, offset, uint64_t(row), uint32_t(index >> 1), stream);
-    const float lw = log_weight(i);
-    if (lw == -kInf) continue;
-    const float noise = (index & 1) ? gumbel_from_bits(bits.z, bits.w) : gumbel_from_bits(bits.x, bits.y);
-    if (best < 0 || lw + noise > best_key) best = i, best_key = lw + noise;
+  float noise[kNoiseBlock];
+  const int64_t skip = first & 1;  // blocks start at an even logical index: one Philox call per pair
+  for (int64_t base = -skip; base < n; base += kNoiseBlock) {
+    gumbel_block(seed, offset, uint64_t(row), uint32_t(uint64_t(first + base) >> 1), stream, noise);
+    for (int64_t i = std::max<int64_t>(base, 0); i < std::min(base + kNoiseBlock, n); ++i) {
+      const float lw = log_weight(i);
+      if (lw == -kInf) continue;
+      const float key = lw + noise[i - base];
+      if (best < 0 || key > best_key) best = i, best_key = key;
+    }
   }
   return best;
 }

@@ -85,27 +85,36 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
       note_error(first_error, pos, kAllMinusInf);
       continue;
     }
-    const float lse = log_sum_exp(v.data(), vocab, m);
-    const int64_t greedy = argmax_of(v.data(), vocab);
+    const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
+    // At temperature 1 without filtering the tempered row is v itself: its group masses give the
+    // row's log-sum-exp, and no second copy or pass is needed.
+    const bool untempered = p.temperature == 1.0f && !filtered;
+    const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
+    const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab) : -1;
     int64_t token = greedy;
     if (p.temperature > 0.0f) {
-      const float scale = 1.0f / p.temperature;
-      int32_t bad = 0;
-      for (int64_t j = 0; j < vocab; ++j) {
-        y[j] = v[j] * scale;
-        bad |= y[j] == kInf;
+      float* tempered = v.data();
+      if (!untempered) {
+        const float scale = 1.0f / p.temperature;
+        int32_t bad = 0;
+        for (int64_t j = 0; j < vocab; ++j) {
+          y[j] = v[j] * scale;
+          bad |= y[j] == kInf;
+        }
+        if (bad) {
+          note_error(first_error, pos, kNonFinite);
+          continue;
+        }
+        tempered = y.data();
       }
-      if (bad) {
-        note_error(first_error, pos, kNonFinite);
-        continue;
+      group_log_sums(tempered, vocab, group_lse.data());
+      if (filtered) {
+        apply_filter(v.data(), tempered, vocab, log_sum_exp(group_lse.data(), num_groups(vocab)), p.top_k, p.top_p);
+        group_log_sums(tempered, vocab, group_lse.data());
       }
-      group_log_sums(y.data(), vocab, group_lse.data());
-      if (p.top_k > 0 || p.top_p < 1.0f) {
-        apply_filter(v.data(), y.data(), vocab, log_sum_exp(group_lse.data(), num_groups(vocab)), p.top_k, p.top_p);
-        group_log_sums(y.data(), vocab, group_lse.data());
-      }
-      token = draw_hierarchical(y.data(), vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
+      token = draw_hierarchical(tempered, vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
     }
+    const float lse = untempered ? log_sum_exp(group_lse.data(), num_groups(vocab)) : log_sum_exp(v.data(), vocab, m);
     p.x0[pos] = token;
     p.conf[pos] = confidence_of(p.confidence, v.data(), vocab, token, m, lse, greedy, p.rng.seed, p.rng.offset, pos);
   }

@@ -1,6 +1,7 @@
 // The emulator extension's Python surface (settings) and the two CUDA-only binding hooks.
 #include <torch/extension.h>
 
+#include "dllm/philox.h"
 #include "emulator_settings.h"
 #include "rng.h"
 
@@ -44,6 +45,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Sets the thread order between synchronisation points, when cp.async copies land, and the "
       "most blocks a grid-stride kernel gets (0: as launched).");
   m.def("grids_run", [] { return cuemu::settings().grids_run; }, "Kernel launches the emulator has completed.");
+  m.def(
+      "noise_from_bits",
+      [](const at::Tensor& bits) {
+        TORCH_CHECK(bits.scalar_type() == at::kLong && bits.is_contiguous(), "bits: contiguous int64");
+        at::Tensor exponential = at::empty(bits.sizes(), bits.options().dtype(at::kFloat));
+        at::Tensor gumbel = at::empty_like(exponential);
+        const auto* b = reinterpret_cast<const uint64_t*>(bits.data_ptr<int64_t>());
+        for (int64_t i = 0; i < bits.numel(); ++i) {
+          const uint32_t lo = uint32_t(b[i]), hi = uint32_t(b[i] >> 32);
+          exponential.data_ptr<float>()[i] = dllm::exponential_from_bits(lo, hi);
+          gumbel.data_ptr<float>()[i] = dllm::gumbel_from_bits(lo, hi);
+        }
+        return std::make_tuple(exponential, gumbel);
+      },
+      "The kernels' Exp(1) and Gumbel(0, 1) variates from 64 random bits each (dllm/philox.h).");
+  m.def(
+      "log_poly",
+      [](const at::Tensor& x) {
+        TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32");
+        at::Tensor out = at::empty_like(x);
+        for (int64_t i = 0; i < x.numel(); ++i) out.data_ptr<float>()[i] = dllm::log_poly(x.data_ptr<float>()[i]);
+        return out;
+      },
+      "The kernels' log (dllm/philox.h) of positive normal floats.");
   m.def(
       "set_capturing", [](bool on) { dllm::binding::capturing = on; },
       "Makes the CUDA bindings behave as under CUDA-graph capture: the Philox key is read through "

@@ -28,6 +28,16 @@ DLLM_HD float bits_to_float(uint32_t bits) {
 #endif
 }
 
+DLLM_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
 DLLM_HD float bf16_to_float(uint16_t h) { return bits_to_float(uint32_t(h) << 16); }
 
 // IEEE half -> float without F16C, so the CPU build needs no special -m flags.

@@ -47,17 +47,20 @@ DLLM_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #endif
 }
 
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;  // multipliers
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // key increments (Weyl)
+
 DLLM_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(0xD2511F53u, c.x, hi0, lo0);
-    mulhilo32(0xCD9E8D57u, c.z, hi1, lo1);
+    mulhilo32(kPhiloxM0, c.x, hi0, lo0);
+    mulhilo32(kPhiloxM1, c.z, hi1, lo1);
     c = U32x4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return c;
 }
@@ -74,32 +77,62 @@ enum class RngStream : uint32_t {
 // 128 random bits for the pair of logical indices (2j, 2j+1) of `row` in `stream`.
 // The row takes 61 bits, the stream 3, the pair index 32 bits, and the call's offset 32 bits of counter plus
 // the high offset bits folded into the key, so calls never reuse a counter.
-DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair,
-                          RngStream stream) {
-  const U32x4 ctr{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29),
-                  uint32_t(offset)};
-  return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32) ^ uint32_t(offset >> 32));
+DLLM_HD U32x4 philox_counter(uint64_t offset, uint64_t row, uint32_t pair, RngStream stream) {
+  return U32x4{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29), uint32_t(offset)};
+}
+DLLM_HD uint32_t philox_key0(uint64_t seed) { return uint32_t(seed); }
+DLLM_HD uint32_t philox_key1(uint64_t seed, uint64_t offset) { return uint32_t(seed >> 32) ^ uint32_t(offset >> 32); }
+
+DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair, RngStream stream) {
+  return philox4x32_10(philox_counter(offset, row, pair, stream), philox_key0(seed), philox_key1(seed, offset));
+}
+
+// log(x) for positive normal finite x (Cephes' logf: the mantissa reduced to [sqrt(1/2), sqrt(2)),
+// a degree-9 polynomial; about 1 ulp). Plain branch-free arithmetic, so the CPU kernels'
+// noise loops vectorise (libm's logf does not), and the CPU and CUDA kernels compute the same
+// noise from the same bits.
+DLLM_HD float log_poly(float x) {
+  const uint32_t bits = float_to_bits(x);
+  const float m = bits_to_float((bits & 0x007fffffu) | 0x3f000000u);  // x = m 2^e, m in [1/2, 1)
+  const bool low = m < 0.70710678f;
+  const float e = float(int32_t(bits >> 23) - (low ? 127 : 126));
+  const float f = low ? (m + m) - 1.0f : m - 1.0f;
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += -2.12194440e-4f * e;  // log(2) split in two so that e log(2) adds without rounding
+  y += -0.5f * z;
+  return (f + y) + 0.693359375f * e;
 }
 
 // Exp(1) variate from 64 random bits with float64-grade tails in float32 arithmetic.
-// u is uniform on (0, 1) at 2^-64 resolution. For u < 1/2 we use -log1p(-u): u is tiny near 0
-// and float32 represents tiny numbers exactly, so E resolves down to 2^-64 (a Gumbel noise up
-// to 44, where 24-bit uniforms stop at 16.6 and cut off rare tokens, arXiv 2409.02908). For
-// u >= 1/2, 1 - u is formed exactly in integers first, so the upper tail of E is exact too.
+// The bits give u uniform on (0, 1) at 2^-64 resolution, and w = min(u, 1 - u) in (0, 1/2] is
+// formed from the integers (the complement is exact), then converted: float represents tiny
+// numbers exactly, so E = -log(1 - u) resolves u down to 2^-64, a Gumbel noise up to 44 (24-bit
+// uniforms stop at 16.6 and cut off rare tokens, arXiv 2409.02908). For u < 1/2, E =
+// -log1p(-w) by Goldberg's log1p (log(1 - w) times w / (1 - (1 - w)), exact near 0); for
+// u >= 1/2, E = -log(w). Branch-free, so it vectorises.
 DLLM_HD float exponential_from_bits(uint32_t lo, uint32_t hi) {
-  const uint64_t bits = (uint64_t(hi) << 32) | lo;
-  constexpr float kTwoPowMinus64 = 5.421010862427522e-20f;
-  if ((hi >> 31) == 0) {
-    const float u = (float(bits) + 0.5f) * kTwoPowMinus64;
-    return -log1pf(-u);
-  }
-  const float v = (float(~bits) + 0.5f) * kTwoPowMinus64;  // 1 - u, exact up to rounding of v
-  return -logf(v);
+  const bool upper = (hi >> 31) != 0;
+  const uint32_t wh = upper ? ~hi : hi, wl = upper ? ~lo : lo;  // wh < 2^31: a signed conversion
+  const float wl_float = float(int32_t(wl >> 16)) * 65536.0f + float(int32_t(wl & 0xffffu));
+  const float w = float(int32_t(wh)) * 2.3283064365386963e-10f + (wl_float + 0.5f) * 5.421010862427522e-20f;
+  const float z = upper ? w : 1.0f - w;
+  const float l = log_poly(z);
+  return upper ? -l : (z == 1.0f ? w : -l * (w / (1.0f - z)));
 }
 
 // Gumbel(0, 1) = -log(E), E ~ Exp(1).
 DLLM_HD float gumbel_from_bits(uint32_t lo, uint32_t hi) {
-  return -logf(exponential_from_bits(lo, hi));
+  return -log_poly(exponential_from_bits(lo, hi));
 }
 
 // Uniform on [0, 1) with 24 random bits, for choices that need no far tail.
