@@ -71,9 +71,20 @@ def test_baseline_and_avx2_cpu_builds_agree():
         "torch.manual_seed(1)\n"
         "t, lp = dllm.ops.sample_categorical(logits, 0.7)\n"
         "x0, c = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, temperature=1.0, top_p=0.9)\n"
+        "x1, c1 = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, confidence='margin')\n"
         "o = dllm.ops.attention(q, k, v, kv_len=torch.tensor([37, 20], dtype=torch.int32))\n"
         "(o * w).sum().backward()\n"
-        "torch.save((t, lp, x0, c, o.detach(), q.grad, k.grad, v.grad), OUT)\n"
+        "sl = logits[:64].view(4, 16, 3001).clone().requires_grad_()\n"
+        "sig, ds = torch.tensor([0.5, 1.0, 2.0, 3.0]), torch.tensor([0.1, 0.2, 0.3, 0.4])\n"
+        "xs = dllm.ops.sedd_step(sl.detach(), x, sig, ds, graph='uniform', method='analytic')\n"
+        "xa = dllm.ops.sedd_step(sl.detach(), torch.full_like(x, 3000), sig, ds, graph='absorb', method='euler')\n"
+        "x0s = x.clamp(max=2999)\n"
+        "se = dllm.ops.score_entropy_loss(sl, torch.where(x == 5, 3000, x0s), x0s, sig, ds, graph='absorb')\n"
+        "se.sum().backward()\n"
+        "md = dllm.ops.masked_diffusion_loss(sl, torch.where(x == 5, 3000, x0s), x0s, ds, mask_id=3000)\n"
+        "xt = dllm.ops.sample_transition(x, sig, graph='uniform', num_classes=3001)\n"
+        "torch.save((t, lp, x0, c, x1, c1, o.detach(), q.grad, k.grad, v.grad, xs, xa, se.detach(), sl.grad,\n"
+        "            md.detach(), xt), OUT)\n"
     )
     results = []
     for baseline in (False, True):

@@ -3,6 +3,7 @@
 
 #include "dllm/attention.h"
 #include "dllm/sample_categorical.h"
+#include "dllm/sedd.h"
 #include "dllm/unmask.h"
 
 namespace dllm {
@@ -15,6 +16,10 @@ DLLM_ISA_VARIANTS(int64_t, sample_categorical_cpu, (const CategoricalParams&, in
 DLLM_ISA_VARIANTS(int64_t, predict_masked_cpu, (const PredictParams&, int64_t, int64_t))
 DLLM_ISA_VARIANTS(void, attention_forward_cpu, (const AttentionParams&, int64_t, int64_t))
 DLLM_ISA_VARIANTS(void, attention_backward_cpu, (const AttentionGradParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(int64_t, sedd_step_cpu, (const SeddStepParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(int64_t, loss_forward_cpu, (const LossParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(int64_t, loss_backward_cpu, (const LossParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(int64_t, sample_transition_cpu, (const SampleTransitionParams&, int64_t, int64_t))
 
 namespace {
 
@@ -44,6 +49,12 @@ int64_t predict_masked_cpu(const PredictParams& p, int64_t b, int64_t e) { retur
 void attention_forward_cpu(const AttentionParams& p, int64_t b, int64_t e) { DLLM_PICK(attention_forward_cpu)(p, b, e); }
 void attention_backward_cpu(const AttentionGradParams& p, int64_t b, int64_t e) {
   DLLM_PICK(attention_backward_cpu)(p, b, e);
+}
+int64_t sedd_step_cpu(const SeddStepParams& p, int64_t b, int64_t e) { return DLLM_PICK(sedd_step_cpu)(p, b, e); }
+int64_t loss_forward_cpu(const LossParams& p, int64_t b, int64_t e) { return DLLM_PICK(loss_forward_cpu)(p, b, e); }
+int64_t loss_backward_cpu(const LossParams& p, int64_t b, int64_t e) { return DLLM_PICK(loss_backward_cpu)(p, b, e); }
+int64_t sample_transition_cpu(const SampleTransitionParams& p, int64_t b, int64_t e) {
+  return DLLM_PICK(sample_transition_cpu)(p, b, e);
 }
 
 }  // namespace dllm

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
@@ -250,7 +251,7 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
 
 }  // namespace
 
-int64_t sedd_step_cpu(const SeddStepParams& p, int64_t begin, int64_t end) {
+int64_t DLLM_ISA_NAME(sedd_step_cpu)(const SeddStepParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return step_rows<DType::kFloat32>(p, begin, end);
     case DType::kBFloat16: return step_rows<DType::kBFloat16>(p, begin, end);
@@ -259,7 +260,7 @@ int64_t sedd_step_cpu(const SeddStepParams& p, int64_t begin, int64_t end) {
   return kSeddNoError;
 }
 
-int64_t loss_forward_cpu(const LossParams& p, int64_t begin, int64_t end) {
+int64_t DLLM_ISA_NAME(loss_forward_cpu)(const LossParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return forward_rows<DType::kFloat32>(p, begin, end);
     case DType::kBFloat16: return forward_rows<DType::kBFloat16>(p, begin, end);
@@ -268,7 +269,7 @@ int64_t loss_forward_cpu(const LossParams& p, int64_t begin, int64_t end) {
   return kSeddNoError;
 }
 
-int64_t loss_backward_cpu(const LossParams& p, int64_t begin, int64_t end) {
+int64_t DLLM_ISA_NAME(loss_backward_cpu)(const LossParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: return backward_rows<DType::kFloat32>(p, begin, end);
     case DType::kBFloat16: return backward_rows<DType::kBFloat16>(p, begin, end);
@@ -280,7 +281,7 @@ int64_t loss_backward_cpu(const LossParams& p, int64_t begin, int64_t end) {
 // Forward noising: one Philox block per position, 64 bits for the move decision and 64 for the
 // replacement token, so a position's outcome depends only on (seed, offset, position). Streams
 // separate the draws inside one call; this op has only one kind of draw, so it takes kGroup.
-int64_t sample_transition_cpu(const SampleTransitionParams& p, int64_t begin, int64_t end) {
+int64_t DLLM_ISA_NAME(sample_transition_cpu)(const SampleTransitionParams& p, int64_t begin, int64_t end) {
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / p.seq_len;
