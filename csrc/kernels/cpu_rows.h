@@ -137,7 +137,8 @@ inline float log_sum_exp(const float* x, int64_t n, float m) {
 inline float log_sum_exp(const float* x, int64_t n) { return log_sum_exp(x, n, max_of(x, n)); }
 
 // Gumbel noise of logical indices [2 pair0, 2 pair0 + 16) of `row` in `stream`: the values
-// gumbel_at gives, from eight Philox calls run lane by lane so that the loops vectorise.
+// gumbel_at gives, from eight independent Philox calls and sixteen branch-free noise
+// transforms, loops that GCC vectorises across the lanes.
 constexpr int64_t kNoiseBlock = 16;
 
 inline void gumbel_block(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair0, RngStream stream,
@@ -145,18 +146,8 @@ inline void gumbel_block(uint64_t seed, uint64_t offset, uint64_t row, uint32_t 
   constexpr int kPairs = kNoiseBlock / 2;
   uint32_t c0[kPairs], c1[kPairs], c2[kPairs], c3[kPairs];
   for (int k = 0; k < kPairs; ++k) {
-    const U32x4 ctr = philox_counter(offset, row, pair0 + uint32_t(k), stream);
-    c0[k] = ctr.x, c1[k] = ctr.y, c2[k] = ctr.z, c3[k] = ctr.w;
-  }
-  uint32_t k0 = philox_key0(seed), k1 = philox_key1(seed, offset);
-  for (int round = 0; round < 10; ++round) {
-    for (int k = 0; k < kPairs; ++k) {
-      const uint64_t p0 = uint64_t(kPhiloxM0) * c0[k], p1 = uint64_t(kPhiloxM1) * c2[k];
-      const uint32_t x = uint32_t(p1 >> 32) ^ c1[k] ^ k0, z = uint32_t(p0 >> 32) ^ c3[k] ^ k1;
-      c0[k] = x, c1[k] = uint32_t(p1), c2[k] = z, c3[k] = uint32_t(p0);
-    }
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
+    const U32x4 r = philox_pair(seed, offset, row, pair0 + uint32_t(k), stream);
+    c0[k] = r.x, c1[k] = r.y, c2[k] = r.z, c3[k] = r.w;
   }
   float even[kPairs], odd[kPairs];
   for (int k = 0; k < kPairs; ++k) even[k] = gumbel_from_bits(c0[k], c1[k]), odd[k] = gumbel_from_bits(c2[k], c3[k]);

@@ -47,20 +47,17 @@ DLLM_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #endif
 }
 
-constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;  // multipliers
-constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // key increments (Weyl)
-
 DLLM_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
     uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kPhiloxM0, c.x, hi0, lo0);
-    mulhilo32(kPhiloxM1, c.z, hi1, lo1);
+    mulhilo32(0xD2511F53u, c.x, hi0, lo0);
+    mulhilo32(0xCD9E8D57u, c.z, hi1, lo1);
     c = U32x4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
   }
   return c;
 }
@@ -77,14 +74,11 @@ enum class RngStream : uint32_t {
 // 128 random bits for the pair of logical indices (2j, 2j+1) of `row` in `stream`.
 // The row takes 61 bits, the stream 3, the pair index 32 bits, and the call's offset 32 bits of counter plus
 // the high offset bits folded into the key, so calls never reuse a counter.
-DLLM_HD U32x4 philox_counter(uint64_t offset, uint64_t row, uint32_t pair, RngStream stream) {
-  return U32x4{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29), uint32_t(offset)};
-}
-DLLM_HD uint32_t philox_key0(uint64_t seed) { return uint32_t(seed); }
-DLLM_HD uint32_t philox_key1(uint64_t seed, uint64_t offset) { return uint32_t(seed >> 32) ^ uint32_t(offset >> 32); }
-
-DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair, RngStream stream) {
-  return philox4x32_10(philox_counter(offset, row, pair, stream), philox_key0(seed), philox_key1(seed, offset));
+DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair,
+                          RngStream stream) {
+  const U32x4 ctr{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29),
+                  uint32_t(offset)};
+  return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32) ^ uint32_t(offset >> 32));
 }
 
 // log(x) for positive normal finite x (Cephes' logf: the mantissa reduced to [sqrt(1/2), sqrt(2)),
