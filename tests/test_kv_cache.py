@@ -113,8 +113,10 @@ def test_cache_errors():
         dllm.generate(model, gen_length=8, steps=8, sampler="llada", cache="prefix")
     with pytest.raises(ValueError, match="unknown cache 'full'"):
         dllm.generate(model, gen_length=8, steps=8, sampler="fast-dllm", cache="full")
+    score_model = make("dit", 1).model
+    score_model.graph = dllm.sedd.Absorbing(MASK)
     with pytest.raises(ValueError, match="applies only to the fast-dllm sampler"):
-        dllm.generate(make("dit", 1).model, gen_length=8, steps=8, sampler="sedd-analytic", cache="dual")
+        dllm.generate(score_model, gen_length=8, steps=8, sampler="sedd-analytic", cache="dual")
 
     class NoCache(torch.nn.Module):
         mask_id = MASK
