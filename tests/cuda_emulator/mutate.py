@@ -41,6 +41,8 @@ MUTANTS = [
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
     ("csrc/include/dllm/philox.h", "o = uint64_t(*offset_ptr) + offset_intragraph;", "o = uint64_t(*offset_ptr);",
      "capture"),  # graph replays would repeat their draws
+    # the Exp(1) noise without Goldberg's log1p correction: small u lose their relative precision
+    ("csrc/include/dllm/philox.h", "(z == 1.0f ? w : -l * (w / (1.0f - z)))", "(z == 1.0f ? w : -l)", "noise"),
     # the wgmma kernels: scores read before their wgmma retired, an unswizzled layout, V / dO / Q
     # read as K-major in the P (or dS) products, a wrong 8-row stride in the descriptors, tiles
     # not aligned to the swizzle atom, a missing barrier before the next tile's loads
