@@ -1,7 +1,6 @@
 // Small float GEMMs on cache-resident tiles, the inner loop of the CPU attention: a 4 x 16 block
 // of C stays in eight 8-lane vector registers while k runs, so each k costs two vector loads of B,
 // four broadcasts of A and eight multiply-adds (the register blocking of BLAS micro-kernels).
-// Plain GCC/Clang vector types: the AVX2 + FMA build gets ymm FMAs, the baseline pairs of SSE ops.
 #pragma once
 #include <cstdint>
 

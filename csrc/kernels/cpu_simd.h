@@ -1,6 +1,6 @@
 // 8-lane float vectors for the CPU kernels, as plain GCC/Clang vector types: the AVX2 + FMA build
-// gets ymm instructions, the baseline pairs of SSE ones. Loops written with them vectorise
-// whatever the auto-vectoriser makes of the scalar form (it left the row max scalar).
+// gets ymm instructions, the baseline pairs of SSE ones. Loops written with them are vectorised
+// whatever the auto-vectoriser would make of the scalar form (it left the row max scalar).
 #pragma once
 #include <cstdint>
 #include <cstring>

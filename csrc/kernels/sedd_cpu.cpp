@@ -60,17 +60,6 @@ double clip_inplace_sum(float* x, int64_t n, float a) {
   return s;
 }
 
-double sum_of(const float* x, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += x[i + k];
-  for (; i < n; ++i) acc[0] += x[i];
-  double s = 0.0;
-  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
-}
-
 // argmax_i (log(w[i]) + Gumbel noise of logical index first + i) over weights w >= 0; -1 when
 // every weight is 0.
 int64_t gumbel_argmax_linear(const float* w, int64_t n, uint64_t seed, uint64_t offset, int64_t row,
@@ -100,7 +89,7 @@ int64_t draw(const float* buf, const double* group_sum, int64_t vocab, double lo
   float sub[kSubgroupsPerGroup];
   const int64_t subgroups = (n + kCategoricalSubgroup - 1) / kCategoricalSubgroup;
   for (int64_t s = 0; s < subgroups; ++s)
-    sub[s] = float(sum_of(buf + lo + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup)));
+    sub[s] = sum_of(buf + lo + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
   const int64_t s = gumbel_argmax_linear(sub, subgroups, seed, offset, r, best_group * kSubgroupsPerGroup, RngStream::kSubgroup);
   if (s < 0) return -1;  // unreachable when the group had positive mass
   const int64_t first = lo + s * kCategoricalSubgroup;
