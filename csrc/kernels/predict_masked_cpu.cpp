@@ -86,15 +86,15 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
       continue;
     }
     const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
-    // At temperature 1 without filtering the tempered row is v itself: its group masses give the
-    // row's log-sum-exp, and no second copy or pass is needed.
-    const bool untempered = p.temperature == 1.0f && !filtered;
     const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
     const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab) : -1;
     int64_t token = greedy;
+    float tempered_lse = kNaN;  // of the tempered row before filtering
     if (p.temperature > 0.0f) {
+      // At temperature 1 the tempered row is v itself: it is drawn from in place unless filtering
+      // has to edit it.
       float* tempered = v.data();
-      if (!untempered) {
+      if (p.temperature != 1.0f || filtered) {
         const float scale = 1.0f / p.temperature;
         int32_t bad = 0;
         for (int64_t j = 0; j < vocab; ++j) {
@@ -108,13 +108,15 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
         tempered = y.data();
       }
       group_log_sums(tempered, vocab, group_lse.data());
+      tempered_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
       if (filtered) {
-        apply_filter(v.data(), tempered, vocab, log_sum_exp(group_lse.data(), num_groups(vocab)), p.top_k, p.top_p);
+        apply_filter(v.data(), tempered, vocab, tempered_lse, p.top_k, p.top_p);
         group_log_sums(tempered, vocab, group_lse.data());
       }
       token = draw_hierarchical(tempered, vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
     }
-    const float lse = untempered ? log_sum_exp(group_lse.data(), num_groups(vocab)) : log_sum_exp(v.data(), vocab, m);
+    // The confidence is under the untempered softmax, whose log-sum-exp at temperature 1 is known.
+    const float lse = p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m);
     p.x0[pos] = token;
     p.conf[pos] = confidence_of(p.confidence, v.data(), vocab, token, m, lse, greedy, p.rng.seed, p.rng.offset, pos);
   }

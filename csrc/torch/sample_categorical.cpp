@@ -33,7 +33,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
     call.temperature = t.to(at::kFloat).reshape({-1}).expand({rows}).contiguous();
   } else {
     TORCH_CHECK_VALUE(std::isfinite(scalar_temperature) && scalar_temperature >= 0.0, op,
-                ": temperature must be finite and >= 0 (0 means argmax), got ", scalar_temperature);
+                      ": temperature must be finite and >= 0 (0 means argmax), got ", scalar_temperature);
   }
   call.tokens = at::empty(lead, logits.options().dtype(at::kLong));
   call.logprob = at::empty(lead, logits.options().dtype(at::kFloat));

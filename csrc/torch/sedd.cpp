@@ -3,8 +3,6 @@
 
 #include <torch/library.h>
 
-#include <cstring>
-
 #include "checks.h"
 #include "rng.h"
 
@@ -157,7 +155,8 @@ at::Tensor finish_loss(const LossCall& call) {
   return call.row_loss.view({call.x_t.size(0), call.x_t.size(1)}).sum(1).to(at::kFloat);
 }
 
-void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names) {
+void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names,
+                      const char* sigma_rule) {
   if (encoded == kSeddNoError) return;
   const int64_t row = encoded >> 3;
   const int64_t b = row / seq_len, l = row % seq_len;
@@ -172,10 +171,7 @@ void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const ch
                         "] is outside the graph's token range (absorb: tokens [0, K - 1) plus the mask K - 1; "
                         "uniform: [0, K))");
     case kSeddBadSigma:
-      // Noising at sigma = 0 is the identity, so only sample_transition accepts it.
-      TORCH_CHECK_VALUE(std::strcmp(op, "sample_transition") != 0, op, ": sigma[", b, "] must be finite and >= 0");
-      TORCH_CHECK_VALUE(false, op, ": sigma[", b, "] must be finite and > 0, and the step/weight term [", b,
-                        "] finite (and >= 0 for a step)");
+      TORCH_CHECK_VALUE(false, op, ": sigma[", b, "] ", sigma_rule);
     case kSeddMaskTarget:
       TORCH_CHECK_VALUE(false, op, ": x0[", b, ", ", l, "] is the mask id at a masked position: the clean data must not contain the mask");
     default: break;
@@ -209,7 +205,7 @@ at::Tensor sample_transition_cpu_op(const at::Tensor& x0, const at::Tensor& sigm
   const SampleTransitionParams& p = call.params;
   raise_sedd_error("sample_transition",
                    parallel_rows(p.rows, 64, [&](int64_t b, int64_t e) { return sample_transition_cpu(p, b, e); }),
-                   p.seq_len, "x0");
+                   p.seq_len, "x0", kSigmaRuleNoising);
   return call.x_t;
 }
 

@@ -39,7 +39,14 @@ void prepare_backward(const char* op, LossCall& call, const at::Tensor& grad_los
 // The per-sequence loss [B] float32 from the per-position losses.
 at::Tensor finish_loss(const LossCall& call);
 
+// What kSeddBadSigma means, after "sigma[b] ": the steps and losses need sigma > 0 (they take
+// log(expm1(sigma))), noising accepts sigma = 0 (the identity).
+constexpr const char* kSigmaRuleStep =
+    "must be finite and > 0, and the step/weight term at that index finite (and >= 0 for a step)";
+constexpr const char* kSigmaRuleNoising = "must be finite and >= 0";
+
 // Throws the error the kernels encoded as (row << 3) | status; no-op for kSeddNoError.
-void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names);
+void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names,
+                      const char* sigma_rule = kSigmaRuleStep);
 
 }  // namespace dllm::binding

@@ -13,9 +13,10 @@ namespace {
 
 at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kSeddNoError, like.options().dtype(at::kLong)); }
 
-void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const char* names) {
+void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const char* names,
+                  const char* sigma_rule = kSigmaRuleStep) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, names);
+  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, names, sigma_rule);
 }
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -45,7 +46,7 @@ at::Tensor sample_transition_cuda_op(const at::Tensor& x0, const at::Tensor& sig
   at::Tensor slot = error_slot(x0);
   call.params.first_error = slot.data_ptr<int64_t>();
   sample_transition_cuda(call.params, stream());
-  check_errors("sample_transition", slot, call.params.seq_len, "x0");
+  check_errors("sample_transition", slot, call.params.seq_len, "x0", kSigmaRuleNoising);
   return call.x_t;
 }
 

@@ -23,9 +23,10 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   TORCH_CHECK(x.sizes() == lead, op, ": x must have the shape ", lead, " of logits without its last dimension, got ",
               x.sizes());
   check_same_device(op, logits, x, "x");
-  TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ", vocab, ")");
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.0, op, ": temperature must be finite and >= 0, got ",
-              temperature);
+  TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ",
+                    vocab, ")");
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.0, op,
+                    ": temperature must be finite and >= 0, got ", temperature);
   TORCH_CHECK_VALUE(top_k >= 0, op, ": top_k must be >= 0 (0 turns it off), got ", top_k);
   TORCH_CHECK_VALUE(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1], got ", top_p);
   const int64_t length = logits.size(-2);
@@ -88,7 +89,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
   const int rules = int(num_tokens.has_value()) + int(threshold.has_value()) + int(prob.has_value());
   TORCH_CHECK_VALUE(rules == 1, op, ": give exactly one of num_tokens, threshold or prob (got ", rules, ")");
   TORCH_CHECK_VALUE(std::isfinite(position_temperature) && position_temperature >= 0.0, op,
-              ": position_temperature must be finite and >= 0, got ", position_temperature);
+                    ": position_temperature must be finite and >= 0, got ", position_temperature);
   TORCH_CHECK_VALUE(position_temperature == 0.0 || num_tokens.has_value(), op,
                     ": position_temperature applies only to num_tokens (choosing k positions)");
   const int64_t batch = x.size(0);

@@ -32,7 +32,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         meta = f.metadata
         default = f.default
-        help_text = meta["help"] if "(default:" in meta["help"] else f"{meta['help']} (default: {default})"
+        # A None default means "derived": the help text says from what.
+        help_text = meta["help"] if default is None else f"{meta['help']} (default: {default})"
         typ = _flag_type(f)
         if typ is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -37,8 +37,7 @@ def sample_categorical(
     Args:
         logits: ``[..., V]`` float32, bfloat16 or float16, any leading shape. Rows may be strided
             (a slice of a larger tensor is read in place); a last dimension that is not contiguous
-            is copied first.
-            ``-inf`` entries are never drawn.
+            is copied first. ``-inf`` entries are never drawn.
         temperature: a float, or a float tensor of shape ``logits.shape[:-1]`` (one per row) or
             with one element. ``0`` means argmax, ties going to the lowest index. Default 1.
         generator: a ``torch.Generator`` on the logits' device; default: torch's default one.

@@ -1,4 +1,5 @@
-// The emulator extension's Python surface (settings) and the two CUDA-only binding hooks.
+// The emulator extension's Python surface (settings, and the kernels' shared noise math for
+// direct tests) and the two CUDA-only binding hooks.
 #include <torch/extension.h>
 
 #include "dllm/philox.h"

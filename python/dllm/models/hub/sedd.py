@@ -1,6 +1,6 @@
 """SEDD (louaaron/sedd-small, sedd-medium): huggingface_hub's PyTorchModelHubMixin folder, a
-config.json holding the whole hydra config and the state dict of ``SEDD`` (SEDD's released model code),
-whose module names dllm's DiT shares except the embedding table."""
+config.json holding the whole hydra config and the state dict of ``SEDD`` (SEDD's released model
+code), whose module names dllm's DiT shares except the embedding table."""
 
 from __future__ import annotations
 
