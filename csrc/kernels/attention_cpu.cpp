@@ -1,4 +1,4 @@
-// CPU attention: FlashAttention's tiling on the CPU. Query tiles of 32 rows meet key tiles of 64
+// CPU attention: FlashAttention's tiling on the CPU. Query tiles of 48 rows meet key tiles of 64
 // in cache-resident float32 buffers; every product (S = Q K^T, O += P V, and the backward's dP,
 // dV, dK, dQ) is a register-blocked small GEMM (cpu_gemm.h), and the softmax is online (running
 // row max and sum). The backward recomputes the probabilities from the saved log-sum-exp.
@@ -22,7 +22,7 @@ using cpu::Loader;
 using cpu::padded_stride;
 using cpu::round_up;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int64_t kQueryTile = 32, kKeyTile = 64;
+constexpr int64_t kQueryTile = 48, kKeyTile = 64;
 
 // `rows` rows of `dim` values, `stride` elements apart from element `first`, times `scale` into
 // out[row][0, ld), the columns past dim zeroed (so the GEMMs may run over them).
@@ -37,15 +37,24 @@ void load_rows(const void* base, int64_t first, int64_t stride, int64_t rows, in
   }
 }
 
-// The same rows transposed: out[d][r] for r < rows, columns [rows, cols) zeroed.
+// The same rows transposed, one key tile at a time: tile t holds rows [t * kKeyTile, (t + 1) *
+// kKeyTile) as out[t * dim * kKeyTile + d * kKeyTile + r % kKeyTile], the columns past `rows` zeroed.
+// A GEMM then walks one contiguous block per tile; transposing the whole sequence into one
+// [dim][rows] matrix put every row of a tile on its own page (a TLB miss per row at 2048 keys).
 template <DType D>
-void load_rows_transposed(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t cols, int64_t dim,
-                          float* out, int64_t ld) {
+void load_key_tiles(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, float* out) {
   const auto* src = static_cast<const typename Loader<D>::T*>(base) + first;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < dim; ++d) out[d * ld + r] = Loader<D>::load(src[r * stride + d]);
-  for (int64_t d = 0; d < dim; ++d) std::fill(out + d * ld + rows, out + d * ld + cols, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r / kKeyTile * dim * kKeyTile + r % kKeyTile;
+    for (int64_t d = 0; d < dim; ++d) o[d * kKeyTile] = Loader<D>::load(src[r * stride + d]);
+  }
+  if (rows % kKeyTile != 0) {
+    float* last = out + rows / kKeyTile * dim * kKeyTile;
+    for (int64_t d = 0; d < dim; ++d) std::fill(last + d * kKeyTile + rows % kKeyTile, last + (d + 1) * kKeyTile, 0.0f);
+  }
 }
+
+inline int64_t key_tiles_size(int64_t rows, int64_t dim) { return round_up(rows, kKeyTile) * dim; }
 
 template <DType D>
 void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, const float* in, int64_t ld) {
@@ -56,7 +65,7 @@ void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t
 
 // One (sequence, head) pair at a time. Buffers are [rows][dcols], dcols = dim rounded up to the
 // GEMM's 16 columns (padding rows and columns hold zeros), with rows ld apart; K^T and V^T are
-// [dim][kcols] with rows kld apart.
+// key tiles (load_key_tiles).
 template <DType D>
 void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
   const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);
@@ -67,11 +76,10 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
     // K^T and V of the whole sequence, converted once for all of its query tiles.
-    const int64_t kcols = round_up(kn, kGemmCols), kld = padded_stride(kcols);
-    keys_t.resize(dim * kld);
+    const int64_t kcols = round_up(kn, kGemmCols);
+    keys_t.resize(key_tiles_size(kn, dim));
     values.resize(kcols * ld);
-    load_rows_transposed<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, kcols, dim,
-                            keys_t.data(), kld);
+    load_key_tiles<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, dim, keys_t.data());
     load_rows<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
     for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
       const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRows);
@@ -83,17 +91,23 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
       std::fill(l.begin(), l.end(), 0.0f);
       for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
         const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
-        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0, kld, s.data(), kKeyTile, false);
+        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0 * dim, kKeyTile, s.data(), kKeyTile, false);
         for (int64_t i = 0; i < mi; ++i) {
           float* si = s.data() + i * kKeyTile;
-          // FlashAttention's recurrence: rescale what was accumulated under the old maximum.
-          const float m_new = std::max(m[i], cpu::max_of(si, nj));
-          const float correction = m[i] == -kInf ? 0.0f : exp_poly(m[i] - m_new);
-          float* ai = acc.data() + i * ld;
-          for (int64_t d = 0; d < dcols; ++d) ai[d] *= correction;
-          for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - m_new);
-          l[i] = l[i] * correction + cpu::sum_of(si, nj);
-          m[i] = m_new;
+          // FlashAttention's recurrence: rescale what was accumulated under the old maximum, only
+          // when the maximum grew (after the first few tiles it rarely does).
+          const float m_tile = cpu::max_of(si, nj);
+          if (m_tile > m[i]) {
+            if (m[i] != -kInf) {
+              const float correction = exp_poly(m[i] - m_tile);
+              float* ai = acc.data() + i * ld;
+              for (int64_t d = 0; d < dcols; ++d) ai[d] *= correction;
+              l[i] *= correction;
+            }
+            m[i] = m_tile;
+          }
+          for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - m[i]);
+          l[i] += cpu::sum_of(si, nj);
         }
         gemm<false>(mi, dcols, nj, s.data(), kKeyTile, values.data() + j0 * ld, ld, acc.data(), ld, true);
       }
@@ -119,15 +133,14 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
-    const int64_t kcols = round_up(kn, kGemmCols), kld = padded_stride(kcols), qrows = round_up(qn, kGemmRows);
+    const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRows);
     const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
     keys.assign(kcols * ld, 0.0f);
-    keys_t.resize(dim * kld);
-    values_t.resize(dim * kld);
+    keys_t.resize(key_tiles_size(kn, dim));
+    values_t.resize(key_tiles_size(kn, dim));
     load_rows<D>(p.k, k_first, p.k_token_stride, kn, dim, 1.0f, keys.data(), ld);
-    load_rows_transposed<D>(p.k, k_first, p.k_token_stride, kn, kcols, dim, keys_t.data(), kld);
-    load_rows_transposed<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, kcols, dim,
-                            values_t.data(), kld);
+    load_key_tiles<D>(p.k, k_first, p.k_token_stride, kn, dim, keys_t.data());
+    load_key_tiles<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, values_t.data());
     dk.assign(kcols * ld, 0.0f);
     dv.assign(kcols * ld, 0.0f);
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
@@ -154,8 +167,8 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
           const int64_t mi = std::min(kQueryTile, qrows - i0);
           const float* qi = q.data() + i0 * ld;
           const float* doi = dout.data() + i0 * ld;
-          gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0, kld, s.data(), kKeyTile, false);
-          gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0, kld, dp.data(), kKeyTile, false);
+          gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0 * dim, kKeyTile, s.data(), kKeyTile, false);
+          gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0 * dim, kKeyTile, dp.data(), kKeyTile, false);
           // s becomes P, dp becomes dS = P (dP - delta) scale; zero past the keys and on padding
           // or empty rows, so the transposed products below may run over them.
           for (int64_t i = 0; i < mi; ++i) {
