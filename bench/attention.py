@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")
-    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "2x4x512x64,1x4x2048x128"
+    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "16x4x160x32,2x4x512x64,1x4x2048x128"
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
@@ -80,7 +80,7 @@ def main() -> None:
                 os.environ["DLLM_ATTENTION_KERNEL"] = "wgmma" if name == "dllm wgmma" else "mma"
                 try:
                     r = measure("attention" + (" fwd+bwd" if args.backward else " fwd"), shape, str(dtype).split(".")[-1],
-                                name, fn, device, 0, 1.0, **({} if cuda else {"warmup": 1, "reps": 3, "min_seconds": 0}))
+                                name, fn, device, 0, 1.0, **({} if cuda else {"warmup": 2, "reps": 10, "min_seconds": 0}))
                 except RuntimeError as e:  # a backend that refuses the inputs (flash with a mask)
                     r = Row("attention", shape, str(dtype), name, float("nan"), 0, 0, 0, 0, 0, float("nan"), str(e).split("\n")[0][:60])
                 r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12 if r.median_ms == r.median_ms else 0.0

@@ -20,8 +20,8 @@ def fused_attention_available() -> bool:
 
 def _fused_applies(q: torch.Tensor) -> bool:
     # The op's tensor-core coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the
-    # CPU, SDPA's AVX-512 GEMM path is still 1.1-1.25x faster than dllm's AVX2 kernel on full
-    # batches (measured, bench/attention.py), so models take SDPA there.
+    # CPU, dllm's kernel and SDPA's flash path run at parity on full batches (0.9-1.1x either way,
+    # bench/results/cpu-2core-2026-11-29/attention*), so models keep SDPA there.
     return q.is_cuda and ops._cuda_kernel_supports(q)
 
 
