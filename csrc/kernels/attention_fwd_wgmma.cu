@@ -4,9 +4,10 @@
 //
 // One CTA per (128-query tile, head, sequence): two warpgroups of 64 query rows each. All 256
 // threads stream K/V tiles with cp.async into double-buffered shared memory, as in the mma.sync
-// kernel. Each warpgroup keeps Q (loaded once) and P in registers, so both products read only B
-// from shared memory: S = Q K^T with K as a K-major operand and O += P V with V as an MN-major
-// one, the same swizzled panel layout serving both (wgmma.cuh). The products' accumulators have
+// kernel. S = Q K^T reads both operands from shared memory, Q (loaded once) and K as K-major
+// operands, as FlashAttention-3 does: Q in registers cost 32 of them at D = 128 and made the D = 64
+// kernel spill under its 128-register cap. O += P V takes P from registers and V as an MN-major
+// operand, the same swizzled panel layout serving all three (wgmma.cuh). The accumulators have
 // the mma.sync fragment layout, so the masking, online softmax (base 2) and epilogue are those
 // of attention_fwd.cu. Keys past k_count are never read; query rows past q_count are zero-filled,
 // computed and not stored.
@@ -55,6 +56,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (m0 >= qn || kn == 0) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int q_row0 = (warp / 4) * 64;  // this warpgroup's 64 query rows
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
@@ -68,7 +70,6 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
-  uint32_t qf[kSteps][4];
   float o[kOutBlocks][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
 
@@ -76,10 +77,6 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     cp_async_wait_all();
     wg::fence_proxy_async();  // the tile's cp.async writes, before wgmma reads them
     __syncthreads();  // tile j is visible to all, and every warpgroup is done with tile j - 1's buffers
-    if (j == 0) {
-#pragma unroll
-      for (int ks = 0; ks < kSteps; ++ks) wg::load_a_panels<kBlockM>(qf[ks], sQ, warp * 16, 2 * ks, lane);
-    }
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN, buf = ((j + 1) & 1) * kBlockN * Dim;
       wg::load_panels<kBlockN, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
@@ -96,8 +93,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     for (int nb = 0; nb < kBlockN / 64; ++nb)
 #pragma unroll
       for (int ks = 0; ks < kSteps; ++ks)
-        wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), qf[ks], wg::k_major<kBlockN>(k_tile, 64 * nb, ks),
-                                     ks > 0);
+        wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), wg::k_major<kBlockM>(sQ, q_row0, ks),
+                                     wg::k_major<kBlockN>(k_tile, 64 * nb, ks), ks > 0);
     wg::commit_group();
     wg::wait_group<0>();
     wg::fence_accumulators(s);

@@ -60,12 +60,6 @@ __device__ __forceinline__ void load_panels(T* tile, const T* src, int64_t row_s
   }
 }
 
-// The m16n8k16 A fragment of 16 rows from row0 and 16 columns from chunk0 * 8 of a panel tile.
-template <int Rows, typename T>
-__device__ __forceinline__ void load_a_panels(uint32_t (&a)[4], const T* tile, int row0, int chunk0, int lane) {
-  attn::ldmatrix_x4(a, tile + panel_offset<Rows>(row0 + (lane & 15), chunk0 + (lane >> 4)));
-}
-
 // Descriptor of a 128-byte-swizzled operand at `start` (bits 0-13: address >> 4; 16-29: LBO >> 4;
 // 32-45: SBO >> 4; 62-63: swizzle mode, 1 = 128 bytes). SBO, the stride between 8-row groups, is
 // one swizzle atom for both operands. LBO is unused by both (K-major: a step's 16 columns lie in

@@ -58,6 +58,8 @@ MUTANTS = [
     (WG_BWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(dq);", "    wg::fence_accumulators(dq);",
      "attention and wgmma"),
     (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
+    # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
+    (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
     (WG_FWD, "    wg::fence_proxy_async();  // the tile's cp.async writes", "    // (removed)", "attention and wgmma"),
 ]
