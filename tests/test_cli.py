@@ -28,7 +28,7 @@ def test_help_lists_every_command():
         text = dllm(*args, "--help").stdout
         assert all(f in text for f in flags), (args, text)
     demo = dllm("demo", "--help")
-    for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed"):
+    for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed", "--tokenizer"):
         assert flag in demo.stdout
 
 
@@ -43,6 +43,8 @@ def test_demo_end_to_end(tmp_path):
     assert "def is_even(n):" in text and "return a - b" in text  # the prompt and the infill's known suffix
     again = dllm("demo", "--minutes", "0.02", "--gen-length", "32", "--steps", "4", "--out-dir", str(tmp_path))
     assert again.returncode == 0 and "reusing" in again.stdout
+    other = dllm("demo", "--minutes", "0.02", "--tokenizer", "byte", "--out-dir", str(tmp_path))
+    assert other.returncode == 2 and "trained with the 'bpe' tokenizer" in other.stderr and "--retrain" in other.stderr
     # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline
     for kind, extra in (("mdlm", ["--show-steps", "--sampler", "mdlm"]), ("ar", [])):
         out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(", "--gen-length", "16",

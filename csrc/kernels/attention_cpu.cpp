@@ -64,8 +64,8 @@ void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t
 }
 
 // One (sequence, head) pair at a time. Buffers are [rows][dcols], dcols = dim rounded up to the
-// GEMM's 16 columns (padding rows and columns hold zeros), with rows ld apart; K^T and V^T are
-// key tiles (load_key_tiles).
+// GEMM's 16 columns (padding rows and columns hold zeros), with rows ld apart; K^T (and, in the
+// backward, V^T) are stored as key tiles (load_key_tiles).
 template <DType D>
 void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
   const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);

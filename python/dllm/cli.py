@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
     dp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    dp.add_argument("--tokenizer", choices=("bpe", "byte"), default="bpe",
+                    help="a 4096-entry BPE trained on the corpus once and cached, or UTF-8 bytes (default: bpe)")
     sp = sub.add_parser("sample", help="generate from a model folder written by `dllm train` or a published checkpoint",
                         description="Generate with a trained model: masked-diffusion models take dllm.generate's "
                         "samplers, SEDD models the SEDD samplers, autoregressive models their KV cache. Published "
@@ -118,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if ns.minutes <= 0 or ns.gen_length < 16 or ns.steps <= 0:
             dp.error("--minutes and --steps must be positive and --gen-length at least 16")
-        run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed)
+        try:
+            run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed, ns.tokenizer)
+        except (ValueError, OSError) as e:
+            dp.error(str(e))
         return 0
     if ns.command == "sample":
         from .sample_cli import run_sample

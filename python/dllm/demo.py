@@ -59,13 +59,14 @@ def _tokens_per_second(fn, tokens: int) -> float:
 
 
 def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 128, steps: int = 64,
-             device: str = "auto", retrain: bool = False, seed: int = 0) -> dict:
+             device: str = "auto", retrain: bool = False, seed: int = 0, tokenizer: str = "bpe") -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     seq_len = max(gen_length, 128)
-    dirs = {obj: train_for_minutes(obj, out, minutes, device=device, seq_len=seq_len, retrain=retrain, log_prefix="[demo]")
+    dirs = {obj: train_for_minutes(obj, out, minutes, device=device, seq_len=seq_len, tokenizer=tokenizer,
+                                   retrain=retrain, log_prefix="[demo]")
             for obj in ("mdlm", "ar")}
     diffusion, tok, _ = load_for_sampling(dirs["mdlm"], device)
     ar, _, _ = load_for_sampling(dirs["ar"], device)

@@ -256,8 +256,13 @@ class Trainer:
                  "data": self.data.meta, "world_size": self.world}, indent=2))
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_main),
-                   dynamic_ncols=True, desc=f"{cfg.objective}")
+        # A run bounded by max_time counts seconds on its bar: a count of steps towards cfg.steps would
+        # promise an end (and an ETA) that the clock overrides.
+        timed = cfg.max_time > 0
+        bar = tqdm(total=cfg.max_time if timed else cfg.steps, initial=min(self.elapsed, cfg.max_time) if timed else
+                   self.step, unit="s" if timed else "step", disable=not (cfg.progress and self.is_main),
+                   dynamic_ncols=True, desc=f"{cfg.objective}",
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if timed else None)
         t_run = time.perf_counter() - self.elapsed
         win_tokens, win_time, last = 0, 0.0, {}
         evaluated_at = -1
@@ -278,9 +283,9 @@ class Trainer:
                 if self.is_main:
                     self.metrics.write({"step": self.step, **last, "bits_per_token": last["nll_per_token"] / math.log(2),
                                         "tokens": self.tokens_seen, "tok_per_s": tps, "elapsed": self.elapsed})
-                bar.set_postfix(loss=f"{last['loss']:.4g}", tok_s=f"{tps:,.0f}")
+                bar.set_postfix(step=self.step, loss=f"{last['loss']:.4g}", tok_s=f"{tps:,.0f}")
                 win_tokens, win_time = 0, 0.0
-            bar.update(1)
+            bar.update(min(self.elapsed, cfg.max_time) - bar.n if timed else 1)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._eval_and_log()
                 evaluated_at = self.step
