@@ -3,10 +3,42 @@
 import os
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import torch
 
 import dllm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Every CPU op once, on awkward shapes, forward and backward; saved to OUT for comparison across builds.
+_OPS_SCRIPT = (
+    "import torch, dllm\n"
+    "g = torch.Generator().manual_seed(0)\n"
+    "logits = torch.randn(64, 3001, generator=g)\n"
+    "x = torch.randint(0, 3001, (4, 16), generator=g); x[:, ::2] = 5\n"
+    "q, k, v = (torch.randn(2, 37, 4, 24, generator=g).requires_grad_() for _ in range(3))\n"
+    "w = torch.randn(2, 37, 4, 24, generator=g)\n"
+    "torch.manual_seed(1)\n"
+    "t, lp = dllm.ops.sample_categorical(logits, 0.7)\n"
+    "x0, c = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, temperature=1.0, top_p=0.9)\n"
+    "x1, c1 = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, confidence='margin')\n"
+    "o = dllm.ops.attention(q, k, v, kv_len=torch.tensor([37, 20], dtype=torch.int32))\n"
+    "(o * w).sum().backward()\n"
+    "sl = logits[:64].view(4, 16, 3001).clone().requires_grad_()\n"
+    "sig, ds = torch.tensor([0.5, 1.0, 2.0, 3.0]), torch.tensor([0.1, 0.2, 0.3, 0.4])\n"
+    "xs = dllm.ops.sedd_step(sl.detach(), x, sig, ds, graph='uniform', method='analytic')\n"
+    "xa = dllm.ops.sedd_step(sl.detach(), torch.full_like(x, 3000), sig, ds, graph='absorb', method='euler')\n"
+    "x0s = x.clamp(max=2999)\n"
+    "se = dllm.ops.score_entropy_loss(sl, torch.where(x == 5, 3000, x0s), x0s, sig, ds, graph='absorb')\n"
+    "se.sum().backward()\n"
+    "md = dllm.ops.masked_diffusion_loss(sl, torch.where(x == 5, 3000, x0s), x0s, ds, mask_id=3000)\n"
+    "xt = dllm.ops.sample_transition(x, sig, graph='uniform', num_classes=3001)\n"
+    "torch.save((t, lp, x0, c, x1, c1, o.detach(), q.grad, k.grad, v.grad, xs, xa, se.detach(), sl.grad,\n"
+    "            md.detach(), xt), OUT)\n"
+)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -58,45 +90,43 @@ def test_every_op_has_cpu_and_cuda_kernels():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
 
 
-def test_baseline_and_avx2_cpu_builds_agree():
+def _run_ops(tmp_path, name: str, **env_changes) -> list[torch.Tensor]:
+    """_OPS_SCRIPT's results in a fresh interpreter under os.environ updated with env_changes."""
+    out = tmp_path / f"{name}.pt"
+    env = dict(os.environ, **env_changes)
+    r = subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + _OPS_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return torch.load(out)
+
+
+def test_baseline_and_avx2_cpu_builds_agree(tmp_path):
     # The hot CPU kernels exist twice (baseline x86-64 and AVX2 + FMA); DLLM_CPU_BASELINE=1
     # forces the baseline one. Both must compute the same thing.
-    code = (
-        "import torch, dllm\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "logits = torch.randn(64, 3001, generator=g)\n"
-        "x = torch.randint(0, 3001, (4, 16), generator=g); x[:, ::2] = 5\n"
-        "q, k, v = (torch.randn(2, 37, 4, 24, generator=g).requires_grad_() for _ in range(3))\n"
-        "w = torch.randn(2, 37, 4, 24, generator=g)\n"
-        "torch.manual_seed(1)\n"
-        "t, lp = dllm.ops.sample_categorical(logits, 0.7)\n"
-        "x0, c = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, temperature=1.0, top_p=0.9)\n"
-        "x1, c1 = dllm.ops.predict_masked(logits[:64].view(4, 16, 3001), x, mask_id=5, confidence='margin')\n"
-        "o = dllm.ops.attention(q, k, v, kv_len=torch.tensor([37, 20], dtype=torch.int32))\n"
-        "(o * w).sum().backward()\n"
-        "sl = logits[:64].view(4, 16, 3001).clone().requires_grad_()\n"
-        "sig, ds = torch.tensor([0.5, 1.0, 2.0, 3.0]), torch.tensor([0.1, 0.2, 0.3, 0.4])\n"
-        "xs = dllm.ops.sedd_step(sl.detach(), x, sig, ds, graph='uniform', method='analytic')\n"
-        "xa = dllm.ops.sedd_step(sl.detach(), torch.full_like(x, 3000), sig, ds, graph='absorb', method='euler')\n"
-        "x0s = x.clamp(max=2999)\n"
-        "se = dllm.ops.score_entropy_loss(sl, torch.where(x == 5, 3000, x0s), x0s, sig, ds, graph='absorb')\n"
-        "se.sum().backward()\n"
-        "md = dllm.ops.masked_diffusion_loss(sl, torch.where(x == 5, 3000, x0s), x0s, ds, mask_id=3000)\n"
-        "xt = dllm.ops.sample_transition(x, sig, graph='uniform', num_classes=3001)\n"
-        "torch.save((t, lp, x0, c, x1, c1, o.detach(), q.grad, k.grad, v.grad, xs, xa, se.detach(), sl.grad,\n"
-        "            md.detach(), xt), OUT)\n"
-    )
-    results = []
-    for baseline in (False, True):
-        import tempfile
-        path = tempfile.mktemp(suffix=".pt")
-        env = dict(os.environ, **({"DLLM_CPU_BASELINE": "1"} if baseline else {}))
-        r = subprocess.run([sys.executable, "-c", f"OUT = {path!r}\n" + code], env=env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        results.append(torch.load(path))
-    for a, b in zip(*results):
+    for a, b in zip(_run_ops(tmp_path, "avx2"), _run_ops(tmp_path, "baseline", DLLM_CPU_BASELINE="1")):
         if a.dtype == torch.int64:
             assert (a != b).float().mean() < 0.01  # a near-tie may round either way
         else:
             fin = torch.isfinite(a)
             torch.testing.assert_close(a[fin], b[fin], rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_only_build_needs_no_cuda_toolkit(tmp_path):
+    # What a user without nvcc builds (DLLM_CUDA=OFF, no nvcc on PATH, no CUDA_HOME): CMake then
+    # links torch's CPU libraries itself instead of through torch's CMake config, a configuration the
+    # CUDA build in CI never compiles. It must build, say so, and compute exactly what this build does.
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX")}
+    env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and not (Path(d) / "nvcc").exists())
+    env["DLLM_CUDA"] = "OFF"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
+                            "-w", str(tmp_path / "wheel"), f"--config-settings=build-dir={tmp_path / 'build'}", str(ROOT)],
+                           env=env, capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stderr[-3000:]
+    zipfile.ZipFile(next((tmp_path / "wheel").glob("dllm-*.whl"))).extractall(tmp_path / "site")
+    site = {"PYTHONPATH": str(tmp_path / "site")}
+    info = subprocess.run([sys.executable, "-c", "import dllm; print(dllm.__file__, dllm.build_info()['cuda'])"],
+                          env=dict(env, **site), capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0 and info.stdout.split() == [str(tmp_path / "site" / "dllm" / "__init__.py"), "False"], \
+        info.stdout + info.stderr
+    for a, b in zip(_run_ops(tmp_path, "this_build"), _run_ops(tmp_path, "cpu_only", **site)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
