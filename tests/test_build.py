@@ -111,7 +111,7 @@ def test_baseline_and_avx2_cpu_builds_agree(tmp_path):
             torch.testing.assert_close(a[fin], b[fin], rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_only_build_needs_no_cuda_toolkit(tmp_path):
+def test_cpu_only_build_without_nvcc(tmp_path):
     # What a user without nvcc builds (DLLM_CUDA=OFF, no nvcc on PATH, no CUDA_HOME): CMake then
     # links torch's CPU libraries itself instead of through torch's CMake config, a configuration the
     # CUDA build in CI never compiles. It must build, say so, and compute exactly what this build does.
