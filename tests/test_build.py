@@ -119,8 +119,8 @@ def test_cpu_only_build_without_nvcc(tmp_path):
     env["PATH"] = os.pathsep.join(d for d in env["PATH"].split(os.pathsep) if d and not (Path(d) / "nvcc").exists())
     env["DLLM_CUDA"] = "OFF"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
-                            "-w", str(tmp_path / "wheel"), f"--config-settings=build-dir={tmp_path / 'build'}", str(ROOT)],
-                           env=env, capture_output=True, text=True, timeout=1800)
+                            "-w", str(tmp_path / "wheel"), f"--config-settings=build-dir={tmp_path / 'build'}",
+                            str(ROOT)], env=env, capture_output=True, text=True, timeout=1800)
     assert build.returncode == 0, build.stderr[-3000:]
     zipfile.ZipFile(next((tmp_path / "wheel").glob("dllm-*.whl"))).extractall(tmp_path / "site")
     site = {"PYTHONPATH": str(tmp_path / "site")}

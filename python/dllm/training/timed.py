@@ -31,7 +31,7 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
     if retrain and (out / objective).exists():
         shutil.rmtree(out / objective)
     print(f"{log_prefix} training the {size} {objective} model for {minutes:g} minutes on {device}")
-    train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16, lr=1e-3, schedule="constant",
-          warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0, eval_batches=2, ckpt_every=0,
-          out_dir=str(out / objective), device=device, seed=seed)
+    train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16, lr=1e-3,
+          schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0, eval_batches=2,
+          ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed)
     return model_dir
