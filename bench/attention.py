@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Row, format_table, machine, measure, write_results
+from common import Row, format_table, machine, row_of, time_interleaved, write_results
 
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -62,36 +62,48 @@ def main() -> None:
                         out.backward(torch.ones_like(out))
                 return call
 
-            impls = {"dllm": run(lambda: dllm.ops.attention(q, k, v, kv_len=lens))}
+            def dllm_call(kernel):
+                def call():
+                    os.environ["DLLM_ATTENTION_KERNEL"] = kernel  # read by the op at every call
+                    return dllm.ops.attention(q, k, v, kv_len=lens)
+                return call
+
+            candidates = {"dllm": run(dllm_call("mma"))}
             if wgmma:
-                impls["dllm wgmma"] = impls["dllm"]  # the same call, with DLLM_ATTENTION_KERNEL=wgmma
+                candidates["dllm wgmma"] = run(dllm_call("wgmma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            peers = BACKENDS if cuda else {"SDPA (CPU)": None}
-            for name, backend in peers.items():
+            for name, backend in (BACKENDS if cuda else {"SDPA (CPU)": None}).items():
                 def sdpa(backend=backend):
                     if backend is None:
                         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
                     with sdpa_kernel([backend]):
                         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
-                impls[name] = run(sdpa)
-            shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
-            ours = None
-            for name, fn in impls.items():
-                os.environ["DLLM_ATTENTION_KERNEL"] = "wgmma" if name == "dllm wgmma" else "mma"
+                candidates[name] = run(sdpa)
+            impls, refused = {}, {}
+            for name, fn in candidates.items():
                 try:
-                    r = measure("attention" + (" fwd+bwd" if args.backward else " fwd"), shape, str(dtype).split(".")[-1],
-                                name, fn, device, 0, 1.0, **({} if cuda else {"warmup": 2, "reps": 10, "min_seconds": 0}))
+                    fn()
+                    impls[name] = fn
                 except RuntimeError as e:  # a backend that refuses the inputs (flash with a mask)
-                    r = Row("attention", shape, str(dtype), name, float("nan"), 0, 0, 0, 0, 0, float("nan"), str(e).split("\n")[0][:60])
-                r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12 if r.median_ms == r.median_ms else 0.0
-                r.note = r.note or (f"{r.extra['tflops']:.1f} TFLOP/s" if cuda else f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s")
-                if name == "dllm":
-                    ours = r
-                else:
-                    r.ratio_vs_dllm = r.median_ms / ours.median_ms
-                rows.append(r)
+                    if name == "dllm":
+                        raise
+                    refused[name] = str(e).split("\n")[0][:60]
+            # All of them timed in turns, so that a change in the machine's load hits each alike.
+            times = dict(zip(impls, time_interleaved(list(impls.values()), device, warmup=2, reps=20 if cuda else 10)))
             os.environ.pop("DLLM_ATTENTION_KERNEL")
-            print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(impls):]))
+            shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
+            op, dt = "attention" + (" fwd+bwd" if args.backward else " fwd"), str(dtype).removeprefix("torch.")
+            ours = row_of(op, shape, dt, "dllm", times["dllm"], 0, 1.0)
+            for name in candidates:
+                if name in refused:
+                    r = Row(op, shape, dt, name, float("nan"), 0, 0, 0, 0, 0, float("nan"), refused[name])
+                else:
+                    r = ours if name == "dllm" else row_of(op, shape, dt, name, times[name], 0, 1.0)
+                    r.ratio_vs_dllm = r.median_ms / ours.median_ms
+                    r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12
+                    r.note = f"{r.extra['tflops']:.1f} TFLOP/s" if cuda else f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s"
+                rows.append(r)
+            print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(candidates):]))
     meta = machine(device) | {"floor_gbps": float("nan")}
     title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")
     print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from dllm.benchmarks.common import card, git_commit, sync, time_ms, utc_now  # noqa: F401 (re-exported)
+from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
+    card, git_commit, sync, time_interleaved, time_ms, utc_now)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
@@ -63,12 +64,16 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
-def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes: int, floor_gbps: float, **kw) -> Row:
-    times = sorted(time_ms(fn, device, **kw))
+def row_of(op: str, shape: str, dtype: str, impl: str, times: list[float], nbytes: int, floor_gbps: float) -> Row:
+    times = sorted(times)
     median = statistics.median(times)
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     gbps = nbytes / (median * 1e-3) / 1e9
     return Row(op, shape, dtype, impl, median, q(0.2), q(0.8), nbytes, gbps, 100.0 * gbps / floor_gbps)
+
+
+def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes: int, floor_gbps: float, **kw) -> Row:
+    return row_of(op, shape, dtype, impl, time_ms(fn, device, **kw), nbytes, floor_gbps)
 
 
 def format_table(title: str, meta: dict, rows: list[Row]) -> str:

@@ -19,17 +19,23 @@ import dllm
 from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
 from dllm.benchmarks.step_latency import llada_eager_step
 
-MASK = 126336  # LLaDA's mask id
+LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
+
+
+def mask_id_for(vocab: int) -> int:
+    """LLaDA's mask id where the vocabulary holds it, else the last token (shapes given by --shapes)."""
+    return LLADA_MASK if vocab > LLADA_MASK else vocab - 1
 
 
 def llada_step(logits, x, num_transfer, temperature):
-    return llada_eager_step(logits, x, num_transfer, temperature, MASK)
+    return llada_eager_step(logits, x, num_transfer, temperature, mask_id_for(logits.shape[-1]))
 
 
 def dllm_step(logits, x, num_transfer, temperature):
-    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature)
+    mask_id = mask_id_for(logits.shape[-1])
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature)
     x = x.clone()
-    dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=num_transfer)
+    dllm.ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_transfer)
     return x
 
 
@@ -61,7 +67,7 @@ def main() -> None:
     for B, L, V in shapes:
         g = torch.Generator(device=device).manual_seed(0)
         logits = (torch.randn(B, L, V, device=device, generator=g) * 3).bfloat16()
-        x = torch.full((B, L), MASK, device=device)  # a fresh canvas: every position masked
+        x = torch.full((B, L), mask_id_for(V), device=device)  # a fresh canvas: every position masked
         k = torch.full((B,), max(1, L // 64), device=device)  # L / 64 tokens per step
         nbytes = logits.numel() * 2 + x.numel() * 8 * 2  # read the logits once, read + write x
         shape = f"{B}x{L}x{V}"

@@ -16,30 +16,53 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class _Clock:
+    """Times one call in ms. CUDA: events around it, with L2 flushed first so the op reads its
+    input from HBM, as it does in a sampling loop. CPU: wall clock."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            self.flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            self.flush.zero_()
+            self.start.record()
+            fn()
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
 def time_ms(fn, device: str, *, warmup: int = 3, reps: int = 20, min_seconds: float = 0.2) -> list[float]:
-    """Per-call times in ms. CUDA: events around each call, with L2 flushed in between so the
-    op reads its input from HBM, as it does in a sampling loop. CPU: wall clock."""
+    """Per-call times in ms (see _Clock): at least reps calls, more until min_seconds have passed."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times: list[float] = []
-    if device.startswith("cuda"):
-        flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        t_end = time.perf_counter() + min_seconds
-        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
-            flush.zero_()
-            start.record()
+    clock, times = _Clock(device), []
+    t_end = time.perf_counter() + min_seconds
+    while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
+        times.append(clock(fn))
+    return times
+
+
+def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10) -> list[list[float]]:
+    """Per-call times in ms of each of fns, called in turns (fn 0, fn 1, ..., fn 0, ...) so that all
+    of them meet the same machine: on a shared CPU the load drifts over seconds, and timing one
+    after the other turns that drift into error in their ratio."""
+    for fn in fns:
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        t_end = time.perf_counter() + min_seconds
-        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    sync(device)
+    clock, times = _Clock(device), [[] for _ in fns]
+    for _ in range(reps):
+        for fn, t in zip(fns, times):
+            t.append(clock(fn))
     return times
 
 

@@ -1,0 +1,36 @@
+"""The bench/ scripts on the CPU at toy sizes: each runs to the end and writes its results.
+
+They are the GPU session's main job (scripts/gpu_check.sh runs them with the GPU's shapes), so a
+script broken by a refactor must fail here, not there. These runs time nothing worth reading.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+RUNS = {
+    "attention": ["--shapes", "1x2x33x16"],
+    "attention_backward": ["--shapes", "1x2x33x16", "--backward"],
+    "sample_categorical": ["--shapes", "8x301"],
+    "unmask_step": ["--shapes", "1x16x301"],
+    "sedd_step": ["--shapes", "1x16x301", "--no-compile"],
+    "sedd_losses": ["--shapes", "1x16x301"],
+    "published_latency": ["--tiny", "--gen", "8", "--prompt", "4", "--steps", "2"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_bench_script_runs(name, tmp_path):
+    script = BENCH / (name.removesuffix("_backward") + ".py")
+    r = subprocess.run([sys.executable, str(script), "--device", "cpu", *RUNS[name], "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["rows"] and result["meta"]["torch"]
+    assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
+    assert (tmp_path / "summary.md").read_text().startswith("# ")
