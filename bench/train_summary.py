@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 from pathlib import Path
 
 import torch
+
+from common import card, git_commit
 
 
 def load(run: Path) -> dict:
@@ -53,10 +54,11 @@ def main() -> None:
     head = [f"# Tiny-model training at an equal wall-clock budget",
             "",
             f"Corpus: {runs[0]['cfg']['data']['train_bytes']:,} training bytes / {runs[0]['cfg']['data']['val_bytes']:,} "
-            f"validation bytes (whole files held out), corpus hash `{runs[0]['cfg']['corpus_hash'][:16]}`, byte tokenizer.",
+            f"validation bytes (whole files held out), corpus hash `{runs[0]['cfg']['corpus_hash'][:16]}`, "
+            f"{c['tokenizer']} tokenizer" + (f" ({c['bpe_vocab_size']} tokens)." if c["tokenizer"] == "bpe" else "."),
             f"Settings: seq_len {c['seq_len']}, batch {c['batch_size']}, lr {c['lr']} ({c['schedule']}, warm-up {c['warmup']}), "
             f"max_time {c['max_time']} s, validation on {c['eval_batches'] * c['batch_size']} fixed windows with fixed noise.",
-            f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}.",
+            f"Machine: {card('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}, commit {git_commit()}.",
             "Diffusion rows are upper bounds (ELBO); the AR row is the exact NLL.",
             "tokens/s (train) counts optimizer steps only (validation and checkpoint time excluded).",
             ""]
