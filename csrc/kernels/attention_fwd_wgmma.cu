@@ -3,14 +3,23 @@
 // cannot reach the H100's peak without.
 //
 // One CTA per (128-query tile, head, sequence): two warpgroups of 64 query rows each. All 256
-// threads stream K/V tiles with cp.async into double-buffered shared memory, as in the mma.sync
-// kernel. S = Q K^T reads both operands from shared memory, Q (loaded once) and K as K-major
-// operands, as FlashAttention-3 does: Q in registers cost 32 of them at D = 128 and made the D = 64
-// kernel spill under its 128-register cap. O += P V takes P from registers and V as an MN-major
-// operand, the same swizzled panel layout serving all three (wgmma.cuh). The accumulators have
-// the mma.sync fragment layout, so the masking, online softmax (base 2) and epilogue are those
-// of attention_fwd.cu. Keys past k_count are never read; query rows past q_count are zero-filled,
-// computed and not stored.
+// threads stream K/V tiles with cp.async into shared memory. S = Q K^T reads both operands from
+// shared memory, Q (loaded once) and K as K-major operands, as FlashAttention-3 does: Q in
+// registers cost 32 of them at D = 128 and made the D = 64 kernel spill under its 128-register
+// cap. O += P V takes P from registers and V as an MN-major operand, the same swizzled panel
+// layout serving all three (wgmma.cuh).
+//
+// FlashAttention-3's intra-warpgroup overlap: each key tile j issues S_j = Q K_j^T and then the
+// previous tile's O += P_{j-1} V_{j-1}, and computes the softmax of S_j while the second product
+// runs; that product is retired only after the next tile's block barrier. (ptxas of CUDA 13.0
+// hoists a wait placed right after the softmax above it, serialising the two again: the SASS
+// shows it.) So V is loaded a tile behind K, into one of three buffers, since P_{j-1} V_{j-1} may
+// still read its buffer while V_{j+1} is loaded; and P_j is rounded into registers of its own
+// (p_next) that become the product's operand (pf) only after that retirement.
+//
+// The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
+// and epilogue are those of attention_fwd.cu. Keys past k_count are never read; query rows past
+// q_count are zero-filled, computed and not stored.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -34,10 +43,12 @@ constexpr int block_n() {
   return Dim == 64 ? 64 : 128;
 }
 
+constexpr int kVBuffers = 3;  // V_{j+1} loads while P_{j-1} V_{j-1} may still read its buffer
+
 template <int Dim>
 constexpr int wgmma_fwd_smem_bytes() {
-  // Q, then K[2], V[2], plus slack to align the panels to the 1024-byte swizzle atom.
-  return (kBlockM + 4 * block_n<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;
+  // Q, then K[2], V[3], plus slack to align the panels to the 1024-byte swizzle atom.
+  return (kBlockM + (2 + kVBuffers) * block_n<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;
 }
 
 template <DType DT, int Dim>
@@ -50,8 +61,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
-  T* sV = sK + 2 * kBlockN * Dim;
-
+  T* sV = sK + 2 * kBlockN * Dim;  // kVBuffers of them
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (m0 >= qn || kn == 0) return;
@@ -66,28 +76,34 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
 
   wg::load_panels<kBlockM, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
   wg::load_panels<kBlockN, Dim, kThreads>(sK, gk, p.k_token_stride, kn);
-  wg::load_panels<kBlockN, Dim, kThreads>(sV, gv, p.v_token_stride, kn);
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
   float o[kOutBlocks][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
+  float s[kScoreBlocks][4], correction[2];
+  uint32_t pf[kKeySteps][4];      // P of the tile whose P V is issued next, its A operand
+  uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
+  auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
-  for (int j = 0; j < n_tiles; ++j) {
+  // Waits for K_j and V_{j-1}, then starts loading K_{j+1} and V_j into the buffers of K_{j-1} and
+  // V_{j-2}, which every warpgroup is done with (V_{j-2}'s product retired one tile ago).
+  auto next_tile = [&](int j) {
     cp_async_wait_all();
-    wg::fence_proxy_async();  // the tile's cp.async writes, before wgmma reads them
-    __syncthreads();  // tile j is visible to all, and every warpgroup is done with tile j - 1's buffers
+    wg::fence_proxy_async();  // K_j's and V_{j-1}'s cp.async writes, before wgmma reads them
+    __syncthreads();
     if (j + 1 < n_tiles) {
-      const int next = (j + 1) * kBlockN, buf = ((j + 1) & 1) * kBlockN * Dim;
-      wg::load_panels<kBlockN, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
-      wg::load_panels<kBlockN, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
-      cp_async_commit();
+      const int next = (j + 1) * kBlockN;
+      wg::load_panels<kBlockN, Dim, kThreads>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
+                                              p.k_token_stride, kn - next);
     }
+    wg::load_panels<kBlockN, Dim, kThreads>(v_tile(j), gv + j * kBlockN * p.v_token_stride, p.v_token_stride,
+                                            kn - j * kBlockN);
+    cp_async_commit();
+  };
+  // S_j = Q K_j^T, 64 keys (K-major rows 64 nb..) per wgmma; in flight on return.
+  auto issue_scores = [&](int j) {
     const T* k_tile = sK + (j & 1) * kBlockN * Dim;
-    const T* v_tile = sV + (j & 1) * kBlockN * Dim;
-
-    // S = Q K^T, 64 keys (K-major rows 64 nb..) per wgmma.
-    float s[kScoreBlocks][4];
     wg::fence();
 #pragma unroll
     for (int nb = 0; nb < kBlockN / 64; ++nb)
@@ -96,19 +112,53 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
         wg::mma_async<DT, 64, false>(wg::columns<64>(s, 8 * nb), wg::k_major<kBlockM>(sQ, q_row0, ks),
                                      wg::k_major<kBlockN>(k_tile, 64 * nb, ks), ks > 0);
     wg::commit_group();
-    wg::wait_group<0>();
-    wg::fence_accumulators(s);
-
-    scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
-    online_softmax(s, o, row_max, row_sum);
-
-    // O += P V, P rounded to the input type in registers, V the MN-major operand.
-    uint32_t pf[kKeySteps][4];
-    wg::issue_times_tile<DT, Dim, kBlockN>(o, pf, s, v_tile);
-    wg::wait_group<0>();
+  };
+  // After the wait that retired P_{j-2} V_{j-2}: O moves on to S_{j-1}'s row maximum, and P_{j-1}
+  // becomes the A operand (a copy that the compiler renames away).
+  auto next_fragments = [&] {
     wg::fence_accumulators(o);
     wg::fence_fragments(pf);
+    rescale_rows(o, correction);
+#pragma unroll
+    for (int kk = 0; kk < kKeySteps; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pf[kk][e] = p_next[kk][e];
+  };
+
+  // Tile 0: no product of an earlier tile to overlap with.
+  next_tile(0);
+  issue_scores(0);
+  wg::wait_group<0>();
+  wg::fence_accumulators(s);
+  scale_and_mask_keys(s, 0, kn, scale_log2, lane);
+  softmax_tile(s, row_max, row_sum, correction);
+  wg::to_fragments<DT, kBlockN>(p_next, s);
+
+  for (int j = 1; j < n_tiles; ++j) {
+    next_tile(j);
+    wg::wait_group<0>();
+    next_fragments();
+    // S_j, then O += P_{j-1} V_{j-1}, which runs during the softmax of S_j and until the wait above
+    // in the next tile.
+    issue_scores(j);
+    wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
+    wg::wait_group<1>();  // S_j
+    wg::fence_accumulators(s);
+    scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
+    softmax_tile(s, row_max, row_sum, correction);
+    wg::to_fragments<DT, kBlockN>(p_next, s);  // P rounded to the input type
   }
+
+  // O += P V of the last tile.
+  cp_async_wait_all();
+  wg::fence_proxy_async();
+  __syncthreads();
+  wg::wait_group<0>();
+  next_fragments();
+  wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(n_tiles - 1));
+  wg::wait_group<0>();
+  wg::fence_accumulators(o);
+  wg::fence_fragments(pf);
 
   finish_forward<DT, Dim>(p, o, row_max, row_sum, h, q0, m0, qn, warp * 16, lane);
 }

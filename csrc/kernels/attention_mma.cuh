@@ -262,13 +262,14 @@ __device__ __forceinline__ void scale_and_mask_keys(float (&s)[Blocks][4], int k
     }
 }
 
-// One tile of the forward's online softmax: s becomes P (unnormalised, base 2), the running row
-// maximum and per-thread partial row sums move on, and the output accumulator o is rescaled. A
-// row's scores of the tile live in the 4 lanes of its quad. Every tile holds at least one key,
-// so the new maximum is finite and exp2(-inf - max) = 0 is exact.
-template <int ScoreBlocks, int OutBlocks>
-__device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float (&o)[OutBlocks][4],
-                                               float (&row_max)[2], float (&row_sum)[2]) {
+// One tile of the forward's online softmax: s becomes P (unnormalised, base 2), and the running
+// row maximum and per-thread partial row sums move on; `correction` is the factor by which the
+// output accumulator must then be rescaled (rescale_rows). A row's scores of the tile live in the
+// 4 lanes of its quad. Every tile holds at least one key, so the new maximum is finite and
+// exp2(-inf - max) = 0 is exact.
+template <int ScoreBlocks>
+__device__ __forceinline__ void softmax_tile(float (&s)[ScoreBlocks][4], float (&row_max)[2], float (&row_sum)[2],
+                                             float (&correction)[2]) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float mx = row_max[half];
@@ -276,7 +277,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float
     for (int nb = 0; nb < ScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float correction = exp2f(row_max[half] - mx);
+    correction[half] = exp2f(row_max[half] - mx);
     row_max[half] = mx;
     float sum = 0.0f;
 #pragma unroll
@@ -286,13 +287,24 @@ __device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float
         s[nb][e] = exp2f(s[nb][e] - mx);
         sum += s[nb][e];
       }
-    row_sum[half] = row_sum[half] * correction + sum;
-#pragma unroll
-    for (int db = 0; db < OutBlocks; ++db) {
-      o[db][2 * half] *= correction;
-      o[db][2 * half + 1] *= correction;
-    }
+    row_sum[half] = row_sum[half] * correction[half] + sum;
   }
+}
+
+template <int OutBlocks>
+__device__ __forceinline__ void rescale_rows(float (&o)[OutBlocks][4], const float (&correction)[2]) {
+#pragma unroll
+  for (int db = 0; db < OutBlocks; ++db)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[db][e] *= correction[e >> 1];
+}
+
+template <int ScoreBlocks, int OutBlocks>
+__device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float (&o)[OutBlocks][4],
+                                               float (&row_max)[2], float (&row_sum)[2]) {
+  float correction[2];
+  softmax_tile(s, row_max, row_sum, correction);
+  rescale_rows(o, correction);
 }
 
 // The forward's epilogue for one warp's 16 rows (row0.. of the CTA's tile, whose first query is

@@ -246,13 +246,18 @@ __device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
     for (int e = 0; e < 4; ++e) operand_fence(frag[s][e]);
 }
 
-// out += P B, asynchronously (retired by the caller's wait_group): P the fp32 accumulator of a
-// 64 x N product rounded into the A fragments `frag`, B the [N][Dim] tile b as an MN-major operand.
-template <DType DT, int Dim, int N, typename T>
-__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
-                                                 const float (&p)[N / 8][4], const T* b) {
+// P, the fp32 accumulator of a 64 x N product, rounded into the A fragments of P B.
+template <DType DT, int N>
+__device__ __forceinline__ void to_fragments(uint32_t (&frag)[N / 16][4], const float (&p)[N / 8][4]) {
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk) attn::acc_to_a<DT>(frag[kk], p, kk);
+}
+
+// out += P B, asynchronously (retired by the caller's wait_group): P given as its A fragments
+// `frag`, B the [N][Dim] tile b as an MN-major operand.
+template <DType DT, int Dim, int N, typename T>
+__device__ __forceinline__ void issue_times_fragments(float (&out)[Dim / 8][4], const uint32_t (&frag)[N / 16][4],
+                                                      const T* b) {
   fence();
 #pragma unroll
   for (int kk = 0; kk < N / 16; ++kk)
@@ -260,6 +265,14 @@ __device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint3
     for (int panel = 0; panel < Dim / 64; ++panel)
       mma_async<DT, 64, true>(columns<64>(out, 8 * panel), frag[kk], mn_major<N>(b, kk, panel), true);
   commit_group();
+}
+
+// The same with P given as the accumulator p, rounded into `frag` first.
+template <DType DT, int Dim, int N, typename T>
+__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
+                                                 const float (&p)[N / 8][4], const T* b) {
+  to_fragments<DT, N>(frag, p);
+  issue_times_fragments<DT, Dim, N>(out, frag, b);
 }
 
 }  // namespace dllm::wg

@@ -46,13 +46,12 @@ MUTANTS = [
     # the wgmma kernels: scores read before their wgmma retired, an unswizzled layout, V / dO / Q
     # read as K-major in the P (or dS) products, a wrong 8-row stride in the descriptors, tiles
     # not aligned to the swizzle atom, a missing barrier before the next tile's loads
-    (WG_FWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(s);", "    wg::fence_accumulators(s);",
-     "attention and wgmma"),
+    (WG_FWD, "    wg::wait_group<1>();  // S_j\n", "", "attention and wgmma"),
     (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
     (WG, "mma_async<DT, 64, true>(columns<64>(out", "mma_async<DT, 64, false>(columns<64>(out", "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
     (WG, "return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;", "return raw;", "attention and wgmma"),
-    (WG_FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention and wgmma"),
+    (WG_FWD, "before wgmma reads them\n    __syncthreads();\n", "before wgmma reads them\n", "attention and wgmma"),
     # the wgmma backward: dQ's product still in flight when its K buffer is refilled, a warpgroup
     # reading the other's rows of dO in its dP product
     (WG_BWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(dq);", "    wg::fence_accumulators(dq);",
@@ -61,7 +60,12 @@ MUTANTS = [
     # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
     (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
-    (WG_FWD, "    wg::fence_proxy_async();  // the tile's cp.async writes", "    // (removed)", "attention and wgmma"),
+    (WG_FWD, "    wg::fence_proxy_async();  // K_j's", "    // (removed)", "attention and wgmma"),
+    # the forward's overlapped P V: retired after O is rescaled and its operand replaced, reading
+    # V_j's buffer, or V loaded into the buffer it still reads
+    (WG_FWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
+    (WG_FWD, "(o, pf, v_tile(j - 1));", "(o, pf, v_tile(j));", "attention and wgmma"),
+    (WG_FWD, "constexpr int kVBuffers = 3;", "constexpr int kVBuffers = 2;", "attention and wgmma"),
 ]
 
 

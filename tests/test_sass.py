@@ -1,0 +1,59 @@
+"""Properties of the compiled CUDA kernels that no CPU run can show and that a refactor can silently
+lose: read from the machine code (SASS) of the built extension with cuobjdump, so they hold
+wherever the kernels compile, GPU or not."""
+
+import glob
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import dllm
+from dllm import _C
+
+
+def cuobjdump() -> str | None:
+    """cuobjdump from PATH or the nvidia-cuda-cuobjdump wheel (whose -sass needs nvdisasm beside it:
+    nvidia-cuda-nvdisasm)."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    wheel = sorted(glob.glob(str(Path(sys.prefix) / "lib/python*/site-packages/nvidia/cu*/bin/cuobjdump")))
+    return wheel[-1] if wheel else None
+
+
+TOOL = cuobjdump()
+pytestmark = [
+    pytest.mark.skipif(not dllm.build_info()["cuda"], reason="a CPU-only build has no CUDA kernels"),
+    pytest.mark.skipif(TOOL is None, reason="cuobjdump not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"),
+]
+
+
+def dump(*flags: str) -> dict[str, str]:
+    """Kernel name -> its section of cuobjdump's output for the built extension."""
+    out = subprocess.run([TOOL, *flags, _C.__file__], capture_output=True, text=True, check=True).stdout
+    return {m.group(1): m.group(2) for m in re.finditer(r"Function\s*:?\s*(\S+?):?\n(.*?)(?=\n\s*Function|\Z)", out, re.S)}
+
+
+@pytest.mark.skipif(not dllm.build_info()["wgmma"], reason="the build has no sm_90a kernels")
+def test_wgmma_forward_overlaps_softmax_with_the_previous_tiles_product():
+    """attention_fwd_wgmma.cu computes a key tile's softmax while the previous tile's P V runs. The
+    SASS shows whether it does: an exponential (MUFU.EX2) issued after a wait that leaves a group in
+    flight (WARPGROUP.DEPBAR.LE gsb0, 0x1) and before the wait for all of them (0x0) overlaps. Only
+    the first tile's, about half of the code's exponentials, cannot."""
+    kernels = {name: sass for name, sass in dump("-sass").items() if "attention_fwd_wgmma_kernel" in name}
+    assert len(kernels) == 4  # bf16 and fp16, D = 64 and 128
+    for name, sass in kernels.items():
+        in_flight, overlapped, total = False, 0, 0
+        for line in sass.splitlines():
+            if "DEPBAR.LE gsb0, 0x1" in line:
+                in_flight = True
+            elif "DEPBAR.LE gsb0, 0x0" in line:
+                in_flight = False
+            elif "MUFU.EX2" in line:
+                total += 1
+                overlapped += in_flight
+        assert total > 0 and overlapped >= 0.45 * total, f"{name}: {overlapped} of {total} exponentials overlap"
