@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = exp2f(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
+      for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
 
     // dV += P^T dO (dO is the [k = query][n = d] operand, read transposed).
     accumulate_times_tile<DT, Dim, kQueries>(dv, s, do_tile, lane);

@@ -246,6 +246,20 @@ __device__ __forceinline__ void store_rows(typename Elem<D>::T* dst, int64_t row
 }
 
 // ---- the elementwise parts of the kernels, shared by the mma.sync and wgmma versions ----------
+// 2^x by the MUFU.EX2 instruction alone, results below 2^-126 flushed to zero. exp2f adds a
+// rescaling around it for such results (three more instructions on the FMA pipe, which the
+// softmax keeps as busy as the MUFU one); no probability, row sum or rescaling factor of
+// attention is changed by them beyond float32 rounding, since each row's maximum contributes 1.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(DLLM_CUDA_EMULATOR)
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 // Score accumulators s[nb][e] have the m16n8k16 C layout: this thread's rows g (e < 2) and g + 8
 // (e >= 2) of its warp's 16, columns 8 nb + 2t + (e & 1) of the tile.
 
@@ -277,14 +291,14 @@ __device__ __forceinline__ void softmax_tile(float (&s)[ScoreBlocks][4], float (
     for (int nb = 0; nb < ScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    correction[half] = exp2f(row_max[half] - mx);
+    correction[half] = exp2_ftz(row_max[half] - mx);
     row_max[half] = mx;
     float sum = 0.0f;
 #pragma unroll
     for (int nb = 0; nb < ScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 2 * half; e < 2 * half + 2; ++e) {
-        s[nb][e] = exp2f(s[nb][e] - mx);
+        s[nb][e] = exp2_ftz(s[nb][e] - mx);
         sum += s[nb][e];
       }
     row_sum[half] = row_sum[half] * correction[half] + sum;
@@ -378,7 +392,7 @@ __device__ __forceinline__ void scores_to_ds(float (&s)[Blocks][4], const float 
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int key = key0 + nb * 8 + 2 * (lane & 3) + (e & 1);
-      const float prob = key < kn ? exp2f(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
+      const float prob = key < kn ? exp2_ftz(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
       s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);
     }
 }

@@ -185,7 +185,9 @@ void flush_copies(Fiber& owner, std::vector<PendingCopy>& copies) {
     else
       std::memset(c.dst, 0, c.bytes);
     if (unsigned char* seen = async_view_of(c.dst)) {
-      if (c.fenced)
+      // Copies landing at issue (the earliest) reach the async proxy at once too, so that a wgmma
+      // still in flight reads a refilled buffer's new contents.
+      if (c.fenced || !settings().defer_async_copies)
         std::memcpy(seen, c.dst, c.bytes);
       else
         owner.unfenced.emplace_back(static_cast<unsigned char*>(c.dst), c.bytes);

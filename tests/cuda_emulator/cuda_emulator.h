@@ -111,8 +111,8 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 // then (the latest a correct kernel allows), so a kernel that touches either before its wait gets
 // a wrong result. Shared operands are read through the descriptor's address bits, 128-byte
 // swizzle included, from the async proxy's view of shared memory, which cp.async writes reach
-// only through a fence.proxy.async of the writing thread (plain stores are not modelled there:
-// dllm's wgmma operands all arrive by cp.async).
+// only through a fence.proxy.async of the writing thread, or at once when copies land at issue
+// (plain stores are not modelled there: dllm's wgmma operands all arrive by cp.async).
 // m64nNk16 with d the thread's N / 2 accumulators and A either this thread's fragment `a` or,
 // when a is null, the K-major shared operand of `a_descriptor`.
 void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
