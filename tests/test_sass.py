@@ -32,10 +32,10 @@ pytestmark = [
 ]
 
 
-def dump(*flags: str) -> dict[str, str]:
-    """Kernel name -> its section of cuobjdump's output for the built extension."""
-    out = subprocess.run([TOOL, *flags, _C.__file__], capture_output=True, text=True, check=True).stdout
-    return {m.group(1): m.group(2) for m in re.finditer(r"Function\s*:?\s*(\S+?):?\n(.*?)(?=\n\s*Function|\Z)", out, re.S)}
+def kernel_sass() -> dict[str, str]:
+    """Kernel name -> its SASS in the built extension."""
+    out = subprocess.run([TOOL, "-sass", _C.__file__], capture_output=True, text=True, check=True).stdout
+    return {m.group(1): m.group(2) for m in re.finditer(r"Function : (\S+)\n(.*?)(?=\n\s*Function : |\Z)", out, re.S)}
 
 
 @pytest.mark.skipif(not dllm.build_info()["wgmma"], reason="the build has no sm_90a kernels")
@@ -44,7 +44,7 @@ def test_wgmma_forward_overlaps_softmax_with_the_previous_tiles_product():
     SASS shows whether it does: an exponential (MUFU.EX2) issued after a wait that leaves a group in
     flight (WARPGROUP.DEPBAR.LE gsb0, 0x1) and before the wait for all of them (0x0) overlaps. Only
     the first tile's, about half of the code's exponentials, cannot."""
-    kernels = {name: sass for name, sass in dump("-sass").items() if "attention_fwd_wgmma_kernel" in name}
+    kernels = {name: sass for name, sass in kernel_sass().items() if "attention_fwd_wgmma_kernel" in name}
     assert len(kernels) == 4  # bf16 and fp16, D = 64 and 128
     for name, sass in kernels.items():
         in_flight, overlapped, total = False, 0, 0
