@@ -86,12 +86,16 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
+  // This thread's copies have landed and are visible to wgmma's reads, and every thread is here.
+  auto arrive = [] {
+    cp_async_wait_all();
+    wg::fence_proxy_async();
+    __syncthreads();
+  };
   // Waits for K_j and V_{j-1}, then starts loading K_{j+1} and V_j into the buffers of K_{j-1} and
   // V_{j-2}, which every warpgroup is done with (V_{j-2}'s product retired one tile ago).
   auto next_tile = [&](int j) {
-    cp_async_wait_all();
-    wg::fence_proxy_async();  // K_j's and V_{j-1}'s cp.async writes, before wgmma reads them
-    __syncthreads();
+    arrive();
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN;
       wg::load_panels<kBlockN, Dim, kThreads>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
@@ -150,9 +154,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   }
 
   // O += P V of the last tile.
-  cp_async_wait_all();
-  wg::fence_proxy_async();
-  __syncthreads();
+  arrive();
   wg::wait_group<0>();
   next_fragments();
   wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(n_tiles - 1));

@@ -51,7 +51,8 @@ MUTANTS = [
     (WG, "mma_async<DT, 64, true>(columns<64>(out", "mma_async<DT, 64, false>(columns<64>(out", "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
     (WG, "return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;", "return raw;", "attention and wgmma"),
-    (WG_FWD, "before wgmma reads them\n    __syncthreads();\n", "before wgmma reads them\n", "attention and wgmma"),
+    (WG_FWD, "    wg::fence_proxy_async();\n    __syncthreads();\n", "    wg::fence_proxy_async();\n",
+     "attention and wgmma"),
     # the wgmma backward: dQ's product still in flight when its K buffer is refilled, a warpgroup
     # reading the other's rows of dO in its dP product
     (WG_BWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(dq);", "    wg::fence_accumulators(dq);",
@@ -60,7 +61,8 @@ MUTANTS = [
     # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
     (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
-    (WG_FWD, "    wg::fence_proxy_async();  // K_j's", "    // (removed)", "attention and wgmma"),
+    (WG_FWD, "    cp_async_wait_all();\n    wg::fence_proxy_async();\n", "    cp_async_wait_all();\n",
+     "attention and wgmma"),
     # the forward's overlapped P V: retired after O is rescaled and its operand replaced, reading
     # V_j's buffer, or V loaded into the buffer it still reads
     (WG_FWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
