@@ -94,6 +94,27 @@ def test_varlen_equals_padded(device, D):
     assert torch.equal(gq, gq_padded)
 
 
+def far_negative_inputs(B, Sq, Sk, H, Hkv, D, dtype, device, shift=12.0):
+    """q, k whose every score sits near -shift^2 (about -144, times the scale): then exp(-lse) is
+    past float32's range, which the backward must never multiply by a padded key."""
+    q, k, v = (t.detach() for t in inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=4))
+    q[..., 0] += shift
+    k[..., 0] -= shift
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_softmax_scale_and_far_negative_scores(device, dtype):
+    q, k, v = far_negative_inputs(2, 113, 203, 4, 2, 64, dtype, device)
+    kv_len = torch.tensor([203, 102], device=device, dtype=torch.int32)  # a partial last key tile
+    out = dllm.ops.attention(q, k, v, kv_len=kv_len, softmax_scale=0.9)
+    ref = reference(q, k, v, kv_len, None, softmax_scale=0.9)
+    low = reference(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
+    assert ref.abs().max() > 0.5  # the scores' spread leaves rows far from uniform
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
 def test_bad_inputs(device):
     # D = 64, so that on CUDA the checks are dllm's, not the SDPA fallback's.
     q, k, v = inputs(2, 5, 6, 4, 3, 64, torch.bfloat16, device)
@@ -106,6 +127,11 @@ def test_bad_inputs(device):
         dllm.ops.attention(q, k, v, kv_len=torch.tensor([1], device=device))
     with pytest.raises(TypeError, match="share a dtype"):
         dllm.ops.attention(q, k.half(), v)
+    for scale in (0.0, -0.125, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="softmax_scale must be positive and finite"):
+            dllm.ops.attention(q, k, v, softmax_scale=scale)
+        with pytest.raises(ValueError, match="softmax_scale must be positive and finite"):
+            torch.ops.dllm.attention_forward(q, k, v, None, None, None, None, 0, 0, scale)
     if device == "cpu":
         with pytest.raises(ValueError, match="kv_len must lie in"):
             dllm.ops.attention(q, k, v, kv_len=torch.tensor([1, 7]))

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
-from test_attention import check, check_gradients
+from test_attention import check, check_gradients, far_negative_inputs
 from test_sedd_losses import make_inputs as loss_inputs
 from test_unmask import MASK, commit_inputs, masked_batch
 
@@ -336,6 +336,18 @@ def test_attention_forward_and_backward_match_float64(emulator, attention_kernel
     out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, D**-0.5)
     ref = reference_attention(q, k, v, kv_len, q_len)
     low = reference_attention(q, k, v, kv_len, q_len, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
+def test_attention_softmax_scale_and_far_negative_scores(emulator, attention_kernel):
+    """A scale other than 1/sqrt(D) (the kernels fold it into the exponent) and scores so negative
+    that exp(-lse) overflows float32 (the dQ kernels must zero the padded keys' dS, not multiply)."""
+    q, k, v = far_negative_inputs(2, 113, 203, 2, 1, 64, torch.bfloat16, "cpu")
+    kv_len = torch.tensor([203, 102], dtype=torch.int32)
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 113, 203, 0.9)
+    ref = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9)
+    low = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
     check(out, ref, low, 2, "out")
     check_gradients(out, ref, low, (q, k, v))
 

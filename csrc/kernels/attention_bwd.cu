@@ -114,7 +114,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
 
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
     paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, warp * 16, lane);  // S = Q K^T, dP = dO V^T
-    scores_to_ds(s, dp, j * kDqKeys, kn, scale_log2, lse2, row_delta, lane);
+    scores_to_ds(s, dp, scale_log2, lse2, row_delta);
+    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
     // dQ += dS K: K is the [k = key][n = d] operand, read transposed.
     accumulate_times_tile<DT, Dim, kDqKeys>(dq, s, k_tile, lane);
   }

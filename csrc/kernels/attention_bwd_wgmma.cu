@@ -117,7 +117,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
 
     float s[kScoreBlocks][4], dp[kScoreBlocks][4];
     paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, row0);  // S = Q K^T, dP = dO V^T
-    scores_to_ds(s, dp, j * kDqKeys, kn, scale_log2, lse2, row_delta, lane);
+    scores_to_ds(s, dp, scale_log2, lse2, row_delta);
+    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
     // dQ += dS K (K as the [k = key][n = d] operand).
     uint32_t dsf[kDqKeys / 16][4];
     wg::issue_times_tile<DT, Dim, kDqKeys>(dq, dsf, s, k_tile);

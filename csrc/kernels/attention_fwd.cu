@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
   const float scale_log2 = p.scale * kLog2e;
   uint32_t qf[kSteps][4];
   float o[kOutBlocks][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // raw scores; per-thread partial sums
 
   for (int j = 0; j < n_tiles; ++j) {
     cp_async_wait_all();
@@ -89,14 +89,14 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
         mma<DT>(s[nb + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
-    online_softmax(s, o, row_max, row_sum);
+    if ((j + 1) * kBlockN > kn) mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
+    online_softmax(s, o, row_max, row_sum, scale_log2);
 
     // O += P V, P rounded to the input type in registers.
     accumulate_times_tile<DT, Dim, kBlockN>(o, s, v_tile, lane);
   }
 
-  finish_forward<DT, Dim>(p, o, row_max, row_sum, h, q0, m0, qn, warp * 16, lane);
+  finish_forward<DT, Dim>(p, o, row_max, row_sum, scale_log2, h, q0, m0, qn, warp * 16, lane);
 }
 
 template <DType DT, int Dim>

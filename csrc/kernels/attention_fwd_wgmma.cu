@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
 
   const float scale_log2 = p.scale * kLog2e;
   float o[kOutBlocks][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // base-2 units; per-thread partial sums
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // raw scores; per-thread partial sums
   float s[kScoreBlocks][4], correction[2];
   uint32_t pf[kKeySteps][4];      // P of the tile whose P V is issued next, its A operand
   uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
@@ -134,8 +134,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   issue_scores(0);
   wg::wait_group<0>();
   wg::fence_accumulators(s);
-  scale_and_mask_keys(s, 0, kn, scale_log2, lane);
-  softmax_tile(s, row_max, row_sum, correction);
+  if (kBlockN > kn) mask_keys(s, 0, kn, lane, -INFINITY);
+  softmax_tile(s, row_max, row_sum, correction, scale_log2);
   wg::to_fragments<DT, kBlockN>(p_next, s);
 
   for (int j = 1; j < n_tiles; ++j) {
@@ -148,8 +148,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
     wg::wait_group<1>();  // S_j
     wg::fence_accumulators(s);
-    scale_and_mask_keys(s, j * kBlockN, kn, scale_log2, lane);
-    softmax_tile(s, row_max, row_sum, correction);
+    if ((j + 1) * kBlockN > kn) mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
+    softmax_tile(s, row_max, row_sum, correction, scale_log2);
     wg::to_fragments<DT, kBlockN>(p_next, s);  // P rounded to the input type
   }
 
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   wg::fence_accumulators(o);
   wg::fence_fragments(pf);
 
-  finish_forward<DT, Dim>(p, o, row_max, row_sum, h, q0, m0, qn, warp * 16, lane);
+  finish_forward<DT, Dim>(p, o, row_max, row_sum, scale_log2, h, q0, m0, qn, warp * 16, lane);
 }
 
 template <DType DT, int Dim>

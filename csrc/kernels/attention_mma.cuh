@@ -263,27 +263,28 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 // Score accumulators s[nb][e] have the m16n8k16 C layout: this thread's rows g (e < 2) and g + 8
 // (e >= 2) of its warp's 16, columns 8 nb + 2t + (e & 1) of the tile.
 
-// Scores of the key tile starting at key0 scaled to base 2, keys at or past kn set to -inf.
+// Keys at or past kn of the key tile starting at key0 get `value` (-inf for scores, 0 for dS).
+// Only a sequence's last tile can hold such keys; the kernels call this for it alone, sparing
+// every full tile a compare and a select per score.
 template <int Blocks>
-__device__ __forceinline__ void scale_and_mask_keys(float (&s)[Blocks][4], int key0, int kn, float scale_log2,
-                                                    int lane) {
+__device__ __forceinline__ void mask_keys(float (&s)[Blocks][4], int key0, int kn, int lane, float value) {
 #pragma unroll
   for (int nb = 0; nb < Blocks; ++nb)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = key0 + nb * 8 + 2 * (lane & 3) + (e & 1);
-      s[nb][e] = key < kn ? s[nb][e] * scale_log2 : -INFINITY;
-    }
+    for (int e = 0; e < 4; ++e)
+      if (key0 + nb * 8 + 2 * (lane & 3) + (e & 1) >= kn) s[nb][e] = value;
 }
 
-// One tile of the forward's online softmax: s becomes P (unnormalised, base 2), and the running
-// row maximum and per-thread partial row sums move on; `correction` is the factor by which the
-// output accumulator must then be rescaled (rescale_rows). A row's scores of the tile live in the
-// 4 lanes of its quad. Every tile holds at least one key, so the new maximum is finite and
-// exp2(-inf - max) = 0 is exact.
+// One tile of the forward's online softmax: s (raw scores Q K^T) becomes P (unnormalised, base 2),
+// and the running row maximum (of raw scores) and per-thread partial row sums move on;
+// `correction` is the factor by which the output accumulator must then be rescaled
+// (rescale_rows). The softmax scale (times log2 e, > 0, so the maximum of the raw scores is that
+// of the scaled ones) enters only the exponent, P = exp2(s c - max c): one FFMA per score. A
+// row's scores of the tile live in the 4 lanes of its quad. Every tile holds at least one key, so
+// the new maximum is finite and exp2(-inf) = 0 is exact.
 template <int ScoreBlocks>
 __device__ __forceinline__ void softmax_tile(float (&s)[ScoreBlocks][4], float (&row_max)[2], float (&row_sum)[2],
-                                             float (&correction)[2]) {
+                                             float (&correction)[2], float scale_log2) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float mx = row_max[half];
@@ -291,14 +292,16 @@ __device__ __forceinline__ void softmax_tile(float (&s)[ScoreBlocks][4], float (
     for (int nb = 0; nb < ScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    correction[half] = exp2_ftz(row_max[half] - mx);
+    // exactly 1 while the maximum stands: no drift over a long row's tiles
+    correction[half] = exp2_ftz((row_max[half] - mx) * scale_log2);
+    const float mx_scaled = mx * scale_log2;
     row_max[half] = mx;
     float sum = 0.0f;
 #pragma unroll
     for (int nb = 0; nb < ScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 2 * half; e < 2 * half + 2; ++e) {
-        s[nb][e] = exp2_ftz(s[nb][e] - mx);
+        s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -mx_scaled));
         sum += s[nb][e];
       }
     row_sum[half] = row_sum[half] * correction[half] + sum;
@@ -315,18 +318,19 @@ __device__ __forceinline__ void rescale_rows(float (&o)[OutBlocks][4], const flo
 
 template <int ScoreBlocks, int OutBlocks>
 __device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float (&o)[OutBlocks][4],
-                                               float (&row_max)[2], float (&row_sum)[2]) {
+                                               float (&row_max)[2], float (&row_sum)[2], float scale_log2) {
   float correction[2];
-  softmax_tile(s, row_max, row_sum, correction);
+  softmax_tile(s, row_max, row_sum, correction, scale_log2);
   rescale_rows(o, correction);
 }
 
 // The forward's epilogue for one warp's 16 rows (row0.. of the CTA's tile, whose first query is
 // token q0 of the layout and row m0 of its sequence): lse, then O normalised by the row sums.
+// row_max holds raw scores (softmax_tile).
 template <DType D, int Dim>
 __device__ __forceinline__ void finish_forward(const AttentionParams& p, const float (&o)[Dim / 8][4],
-                                               const float (&row_max)[2], float (&row_sum)[2], int64_t h,
-                                               int64_t q0, int m0, int qn, int row0, int lane) {
+                                               const float (&row_max)[2], float (&row_sum)[2], float scale_log2,
+                                               int64_t h, int64_t q0, int m0, int qn, int row0, int lane) {
   float inv[2];
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
@@ -335,7 +339,7 @@ __device__ __forceinline__ void finish_forward(const AttentionParams& p, const f
     inv[half] = 1.0f / row_sum[half];  // >= 1: the row maximum contributes exp2(0)
     const int row = row0 + (lane >> 2) + 8 * half;
     if ((lane & 3) == 0 && m0 + row < qn)
-      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] + log2f(row_sum[half])) * kLn2;
+      p.lse[h * p.q_tokens + q0 + row] = (row_max[half] * scale_log2 + log2f(row_sum[half])) * kLn2;
   }
   auto* out = static_cast<typename Elem<D>::T*>(p.out) + q0 * p.o_token_stride + h * p.o_head_stride;
   store_rows<D, Dim>(out, p.o_token_stride, o, row0, qn - m0, inv[0], inv[1], lane);
@@ -381,20 +385,17 @@ __device__ __forceinline__ void column_stats(float (&col_lse)[Blocks][2], float 
     }
 }
 
-// The dQ kernels' dS = P (dP - delta) in place of S, with P = exp2(S scaled - lse) and keys at or
-// past kn given P = 0; lse2 / row_delta are this thread's two rows' statistics.
+// The dQ kernels' dS = P (dP - delta) in place of S, with P = exp2(S scaled - lse); lse2 /
+// row_delta are this thread's two rows' statistics. Keys past the sequence's end (zero-filled, so
+// S = 0 and P = 2^-lse, possibly inf) are the caller's to zero (mask_keys).
 template <int Blocks>
-__device__ __forceinline__ void scores_to_ds(float (&s)[Blocks][4], const float (&dp)[Blocks][4], int key0, int kn,
-                                             float scale_log2, const float (&lse2)[2], const float (&row_delta)[2],
-                                             int lane) {
+__device__ __forceinline__ void scores_to_ds(float (&s)[Blocks][4], const float (&dp)[Blocks][4], float scale_log2,
+                                             const float (&lse2)[2], const float (&row_delta)[2]) {
 #pragma unroll
   for (int nb = 0; nb < Blocks; ++nb)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = key0 + nb * 8 + 2 * (lane & 3) + (e & 1);
-      const float prob = key < kn ? exp2_ftz(s[nb][e] * scale_log2 - lse2[e >> 1]) : 0.0f;
-      s[nb][e] = prob * (dp[nb][e] - row_delta[e >> 1]);
-    }
+    for (int e = 0; e < 4; ++e)
+      s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -lse2[e >> 1])) * (dp[nb][e] - row_delta[e >> 1]);
 }
 
 // Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:

@@ -3,6 +3,8 @@
 
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "checks.h"
 
 namespace dllm::binding {
@@ -44,6 +46,8 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, kOp, ": the number of q heads (", heads,
               ") must be a multiple of the number of k/v heads (", kv_heads, ")");
   TORCH_CHECK(dim > 0, kOp, ": head dimension must be positive");
+  // The kernels take each row's maximum of the raw scores as that of the scaled ones.
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, kOp, ": softmax_scale must be positive and finite, got ", scale);
 
   AttentionCall call;
   call.q = q.contiguous();

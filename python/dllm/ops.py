@@ -7,6 +7,8 @@ break. Randomness comes from torch's generators, so ``torch.manual_seed`` reprod
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _extension  # noqa: F401  (loads the library that registers the ops)
@@ -199,7 +201,8 @@ def attention(
             from Sk (a query block attending to a cached context).
         kv_len: int ``[B]``, valid keys per sequence: keys past it are never read (no mask).
         q_len: int ``[B]``, valid queries per sequence: output rows past it are zero.
-        softmax_scale: default ``1 / sqrt(D)``.
+        softmax_scale: the factor of the scores, positive (the kernels take each row's maximum of
+            the raw scores as that of the scaled ones); default ``1 / sqrt(D)``.
 
     Returns:
         ``[B, Sq, H, D]``, like q. The backward saves only the output and the per-row
@@ -211,11 +214,19 @@ def attention(
     and a deterministic backward (no atomics). Other head dimensions and float32 on CUDA run
     torch SDPA with a key-padding mask instead, with the same semantics.
     """
-    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    scale = _softmax_scale(q, softmax_scale)
     if q.is_cuda and not _cuda_kernel_supports(q):
         return _sdpa_attention(q, k, v, kv_len, q_len, scale)
     out, _ = torch.ops.dllm.attention_forward(q, k, v, kv_len, q_len, None, None, 0, 0, scale)
     return out
+
+
+def _softmax_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
+    if softmax_scale is None:
+        return q.shape[-1] ** -0.5
+    if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+        raise ValueError(f"attention: softmax_scale must be positive and finite, got {softmax_scale}")
+    return float(softmax_scale)
 
 
 # Decided once at import (the library is loaded by then), so that torch.compile reads a constant
@@ -268,7 +279,7 @@ def attention_varlen(
     ``.item()`` breaks a compiled graph). On CUDA: bfloat16 / float16 with D = 64 or 128 only
     (``NotImplementedError`` otherwise); cu_seqlens are not checked there (that would
     synchronise), so they must be valid."""
-    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    scale = _softmax_scale(q, softmax_scale)
     out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                               max_seqlen_k, scale)
     return out

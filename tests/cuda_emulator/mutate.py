@@ -27,7 +27,7 @@ FWD, BWD, MMA, WG_FWD, WG_BWD, WG = (
 MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
     (FWD, "    cp_async_wait_all();\n", "", "attention"),
-    (MMA, "s[nb][e] = key < kn ?", "s[nb][e] = key <= kn ?", "attention"),
+    (MMA, "(e & 1) >= kn) s[nb][e] = value;", "(e & 1) > kn) s[nb][e] = value;", "attention"),
     (BWD, "    cp_async_wait_all();\n    __syncthreads();\n", "    cp_async_wait_all();\n", "attention"),
     (MMA, "(((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));", "((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1)));",
      "attention"),
@@ -68,6 +68,12 @@ MUTANTS = [
     (WG_FWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
     (WG_FWD, "(o, pf, v_tile(j - 1));", "(o, pf, v_tile(j));", "attention and wgmma"),
     (WG_FWD, "constexpr int kVBuffers = 3;", "constexpr int kVBuffers = 2;", "attention and wgmma"),
+    # the softmax scale folded into the exponent: the running maximum's correction left unscaled;
+    # a sequence's last key tile left unmasked; the dQ kernel's dS of padded keys not zeroed
+    # (harmless until exp(-lse) overflows: inf * a zero-filled K row)
+    (MMA, "exp2_ftz((row_max[half] - mx) * scale_log2)", "exp2_ftz(row_max[half] - mx)", "attention"),
+    (FWD, "    if ((j + 1) * kBlockN > kn) mask_keys", "    if (j * kBlockN > kn) mask_keys", "attention"),
+    (BWD, "    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
 ]
 
 
