@@ -57,3 +57,13 @@ def test_wgmma_forward_overlaps_softmax_with_the_previous_tiles_product():
                 total += 1
                 overlapped += in_flight
         assert total > 0 and overlapped >= 0.45 * total, f"{name}: {overlapped} of {total} exponentials overlap"
+
+
+def test_no_kernel_spills_or_keeps_a_stack():
+    """Registers spilled to local memory, or an array indexed at run time (which lands on the
+    stack), cost a round trip through L1 per use: every kernel keeps its state in registers."""
+    out = subprocess.run([TOOL, "-res-usage", _C.__file__], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"Function (\S+):\n\s*(REG:.*)", out))
+    assert len(usage) >= 40  # every op's kernels, for each dtype and head dimension
+    for name, line in usage.items():
+        assert " STACK:0 " in line and " LOCAL:0 " in line, f"{name}: {line}"

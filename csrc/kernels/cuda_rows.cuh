@@ -63,9 +63,14 @@ struct RowView {
   __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
   __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
   __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
+  // One element by a load of its own width: picking it out of a 16-byte chunk at a run-time
+  // index would put the chunk on the stack.
   __device__ float at(int64_t i) const {
-    const int64_t k = i + head;
-    return Vec<D>::get(__ldg(base + k / kVec), int(k % kVec));
+    const char* element = reinterpret_cast<const char*>(base) + (i + head) * kElemBytes;
+    if constexpr (D == DType::kFloat32) return __ldg(reinterpret_cast<const float*>(element));
+    const unsigned short bits = __ldg(reinterpret_cast<const unsigned short*>(element));
+    if constexpr (D == DType::kBFloat16) return __uint_as_float(uint32_t(bits) << 16);
+    return __half2float(__ushort_as_half(bits));
   }
 };
 
