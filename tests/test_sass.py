@@ -39,20 +39,20 @@ def kernel_sass() -> dict[str, str]:
 
 
 @pytest.mark.skipif(not dllm.build_info()["wgmma"], reason="the build has no sm_90a kernels")
-def test_wgmma_forward_overlaps_softmax_with_the_previous_tiles_product():
-    """attention_fwd_wgmma.cu computes a key tile's softmax while the previous tile's P V runs. The
-    SASS shows whether it does: an exponential (MUFU.EX2) issued after a wait that leaves a group in
-    flight (WARPGROUP.DEPBAR.LE gsb0, 0x1) and before the wait for all of them (0x0) overlaps. Only
-    the first tile's, about half of the code's exponentials, cannot."""
-    kernels = {name: sass for name, sass in kernel_sass().items() if "attention_fwd_wgmma_kernel" in name}
-    assert len(kernels) == 4  # bf16 and fp16, D = 64 and 128
+def test_wgmma_kernels_overlap_exponentials_with_the_previous_tiles_products():
+    """The wgmma forward computes a key tile's softmax while the previous tile's P V runs, and the
+    backward kernels compute a tile's P and dS while the previous tile's dQ (or dK and dV)
+    products run. The SASS shows whether they do: an exponential (MUFU.EX2) issued after a wait
+    that leaves groups in flight (WARPGROUP.DEPBAR.LE gsb0, 0x1 or 0x2) and before the wait for
+    all of them (0x0) overlaps. Only the first tile's, about half of the code's, cannot."""
+    kernels = {name: sass for name, sass in kernel_sass().items() if "wgmma_kernel" in name}
+    assert len(kernels) == 12  # forward, dQ and dK/dV; bf16 and fp16; D = 64 and 128
     for name, sass in kernels.items():
         in_flight, overlapped, total = False, 0, 0
         for line in sass.splitlines():
-            if "DEPBAR.LE gsb0, 0x1" in line:
-                in_flight = True
-            elif "DEPBAR.LE gsb0, 0x0" in line:
-                in_flight = False
+            wait = re.search(r"DEPBAR\.LE gsb0, (0x[0-9a-f]+)", line)
+            if wait:
+                in_flight = int(wait.group(1), 16) > 0
             elif "MUFU.EX2" in line:
                 total += 1
                 overlapped += in_flight

@@ -4,15 +4,20 @@
 //
 //   dQ:    one CTA per (128-query tile, head, sequence), two warpgroups of 64 queries. Q and dO
 //          stay in shared memory as the A operands of S = Q K^T and dP = dO V^T; the K/V tiles
-//          of 64 keys stream through double buffers; dQ += dS K takes dS from registers and K as
-//          an MN-major operand.
+//          of 64 keys stream; dQ += dS K takes dS from registers and K as an MN-major operand.
 //   dK/dV: one CTA per (128-key tile, kv head, sequence), two warpgroups of 64 keys. K and V stay
 //          in shared memory as the A operands of S^T = K Q^T and dP^T = V dO^T; the query tiles
 //          (of every q head of the GQA group) stream; dV += P^T dO and dK += dS^T Q take P^T and
-//          dS^T from registers, dO and Q as MN-major operands. The dV product runs while dS^T is
-//          computed.
+//          dS^T from registers, dO and Q as MN-major operands.
+//
+// Both overlap as the forward does (attention_fwd_wgmma.cu): tile j issues its score products and
+// then tile j - 1's gradient products, computes dS_j (and P_j) while those run, and retires them
+// only after the next tile's block barrier (ptxas hoists an earlier wait). So tile j's dS lives in
+// registers of its own (ds_next) until it becomes the operand, and the streamed operand of the
+// gradient products (K, or Q and dO) takes four buffers.
+//
 // Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_count get
-// P = 0 (their lse is treated as +inf) and key columns past k_count get P = 0 in the dQ kernel;
+// P = 0 (their lse is treated as +inf) and key columns past k_count get dS = 0 in the dQ kernel;
 // the dK/dV kernel never stores the rows of those keys.
 #include <cuda_runtime.h>
 
@@ -38,21 +43,28 @@ constexpr int dkdv_queries() {
   return Dim == 128 ? 32 : 64;
 }
 
+// Buffers of the streamed tiles. A tile's dQ (or dK/dV) product is issued one iteration after its
+// scores and retired one iteration later still, while the tile after next loads: K (or Q and dO)
+// takes four buffers. V only feeds the dQ kernel's scores: two.
+constexpr int kDqKBuffers = 4;
+constexpr int kQueryBuffers = 4;
+
 template <int Dim>
 constexpr int dq_smem_bytes() {
-  return (2 * kRowsPerCta + 4 * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[2], V[2]
+  return (2 * kRowsPerCta + (kDqKBuffers + 2) * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[4], V[2]
 }
 
 template <int Dim>
 constexpr int dkdv_smem_bytes() {
-  return (2 * kRowsPerCta + 4 * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[2], dO[2]
+  return (2 * kRowsPerCta + 2 * kQueryBuffers * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[4], dO[4]
 }
 
 // c1 = A1 B1^T and c2 = A2 B2^T for one warpgroup, A from its 64 rows of the [kRowsPerCta][Dim]
-// tiles a1, a2 and B the first N rows of the [N][Dim] tiles b1, b2, all K-major; retired on return.
+// tiles a1, a2 and B the first N rows of the [N][Dim] tiles b1, b2, all K-major; one group, in
+// flight on return.
 template <DType DT, int Dim, int N, typename T>
-__device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c2)[N / 8][4], const T* a1, const T* a2,
-                                                const T* b1, const T* b2, int row0) {
+__device__ __forceinline__ void issue_paired_products(float (&c1)[N / 8][4], float (&c2)[N / 8][4], const T* a1,
+                                                      const T* a2, const T* b1, const T* b2, int row0) {
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < Dim / 16; ++ks) {
@@ -62,21 +74,18 @@ __device__ __forceinline__ void paired_products(float (&c1)[N / 8][4], float (&c
                                 ks > 0);
   }
   wg::commit_group();
-  wg::wait_group<0>();
-  wg::fence_accumulators(c1);
-  wg::fence_accumulators(c2);
 }
 
 template <DType DT, int Dim>
 __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const AttentionGradParams g, const float* delta) {
   using T = typename Elem<DT>::T;
-  constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8;
+  constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8, kKeySteps = kDqKeys / 16;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sdO = sQ + kRowsPerCta * Dim;
-  T* sK = sdO + kRowsPerCta * Dim;  // two buffers of kDqKeys * Dim
-  T* sV = sK + 2 * kDqKeys * Dim;
+  T* sK = sdO + kRowsPerCta * Dim;  // kDqKBuffers of kDqKeys * Dim
+  T* sV = sK + kDqKBuffers * kDqKeys * Dim;  // two of them
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
@@ -90,42 +99,83 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
   const int n_tiles = (kn + kDqKeys - 1) / kDqKeys;
+  auto k_tile = [&](int j) { return sK + (j % kDqKBuffers) * kDqKeys * Dim; };
+  auto v_tile = [&](int j) { return sV + (j & 1) * kDqKeys * Dim; };
+  auto load_keys = [&](int j) {
+    const int first = j * kDqKeys;
+    wg::load_panels<kDqKeys, Dim, kThreads>(k_tile(j), gk + first * p.k_token_stride, p.k_token_stride, kn - first);
+    wg::load_panels<kDqKeys, Dim, kThreads>(v_tile(j), gv + first * p.v_token_stride, p.v_token_stride, kn - first);
+  };
 
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sdO, gdo, g.do_token_stride, qn - m0);
-  wg::load_panels<kDqKeys, Dim, kThreads>(sK, gk, p.k_token_stride, kn);
-  wg::load_panels<kDqKeys, Dim, kThreads>(sV, gv, p.v_token_stride, kn);
+  load_keys(0);
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
   float lse2[2], row_delta[2];
   row_stats(lse2, row_delta, p, delta, h, q0, m0, qn, warp * 16, lane);
   float dq[kOutBlocks][4] = {};
+  float s[kScoreBlocks][4], dp[kScoreBlocks][4];
+  uint32_t dsf[kKeySteps][4];      // dS of the tile whose dQ product is issued next, its A operand
+  uint32_t ds_next[kKeySteps][4];  // dS of the latest tile, until the product reading dsf retires
 
-  for (int j = 0; j < n_tiles; ++j) {
-    cp_async_wait_all();
-    wg::fence_proxy_async();
-    __syncthreads();  // tile j is visible to all, and every warpgroup is done with tile j - 1's buffers
+  // Waits for K_j, V_j, then starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and
+  // V_{j-1}: dQ += dS_{j-2} K_{j-2} may still run, but tile j - 3's product and tile j - 1's
+  // scores retired before every warpgroup got here.
+  auto next_tile = [&](int j) {
+    wg::arrive();
     if (j + 1 < n_tiles) {
-      const int next = (j + 1) * kDqKeys, buf = ((j + 1) & 1) * kDqKeys * Dim;
-      wg::load_panels<kDqKeys, Dim, kThreads>(sK + buf, gk + next * p.k_token_stride, p.k_token_stride, kn - next);
-      wg::load_panels<kDqKeys, Dim, kThreads>(sV + buf, gv + next * p.v_token_stride, p.v_token_stride, kn - next);
+      load_keys(j + 1);
       cp_async_commit();
     }
-    const T* k_tile = sK + (j & 1) * kDqKeys * Dim;
-    const T* v_tile = sV + (j & 1) * kDqKeys * Dim;
-
-    float s[kScoreBlocks][4], dp[kScoreBlocks][4];
-    paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, row0);  // S = Q K^T, dP = dO V^T
+  };
+  // S_j = Q K_j^T and dP_j = dO V_j^T, in flight on return.
+  auto issue_scores = [&](int j) {
+    issue_paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile(j), v_tile(j), row0);
+  };
+  // From the retired S_j, dP_j: dS_j rounded into ds_next.
+  auto scores_to_fragments = [&](int j) {
+    wg::fence_accumulators(s);
+    wg::fence_accumulators(dp);
     scores_to_ds(s, dp, scale_log2, lse2, row_delta);
     if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
-    // dQ += dS K (K as the [k = key][n = d] operand).
-    uint32_t dsf[kDqKeys / 16][4];
-    wg::issue_times_tile<DT, Dim, kDqKeys>(dq, dsf, s, k_tile);
-    wg::wait_group<0>();
+    wg::to_fragments<DT, kDqKeys>(ds_next, s);
+  };
+  // After the wait that retired the product of tile j - 2: dS_{j-1} becomes the A operand.
+  auto next_fragments = [&] {
     wg::fence_accumulators(dq);
     wg::fence_fragments(dsf);
+    wg::copy_fragments(dsf, ds_next);
+  };
+
+  // Tile 0: no product of an earlier tile to overlap with.
+  next_tile(0);
+  issue_scores(0);
+  wg::wait_group<0>();
+  scores_to_fragments(0);
+
+  for (int j = 1; j < n_tiles; ++j) {
+    next_tile(j);
+    wg::wait_group<0>();
+    next_fragments();
+    // S_j and dP_j, then dQ += dS_{j-1} K_{j-1} (K as the [k = key][n = d] operand), which runs
+    // while dS_j is computed and until the wait above in the next tile.
+    issue_scores(j);
+    wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(j - 1));
+    wg::wait_group<1>();  // S_j, dP_j
+    scores_to_fragments(j);
   }
+
+  // dQ += dS K of the last tile.
+  wg::arrive();
+  wg::wait_group<0>();
+  next_fragments();
+  wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(n_tiles - 1));
+  wg::wait_group<0>();
+  wg::fence_accumulators(dq);
+  wg::fence_fragments(dsf);
+
   T* gdq = static_cast<T*>(g.dq) + q0 * p.q_token_stride + h * p.q_head_stride;
   store_rows<DT, Dim>(gdq, p.q_token_stride, dq, warp * 16, qn - m0, p.scale, p.scale, lane);
 }
@@ -135,13 +185,13 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
                                                                         const float* delta) {
   using T = typename Elem<DT>::T;
   constexpr int kQueries = dkdv_queries<Dim>();
-  constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8;
+  constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8, kQuerySteps = kQueries / 16;
   const AttentionParams& p = g.fwd;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(wg::aligned_smem(smem_raw));
   T* sV = sK + kRowsPerCta * Dim;
-  T* sQ = sV + kRowsPerCta * Dim;  // two buffers of kQueries * Dim
-  T* sdO = sQ + 2 * kQueries * Dim;
+  T* sQ = sV + kRowsPerCta * Dim;  // kQueryBuffers of kQueries * Dim
+  T* sdO = sQ + kQueryBuffers * kQueries * Dim;
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
@@ -156,60 +206,102 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   const int q_tiles = (qn + kQueries - 1) / kQueries, steps = group * q_tiles;
   auto head_of = [&](int it) { return hk * group + it / q_tiles; };
   auto row_of = [&](int it) { return (it % q_tiles) * kQueries; };
-  auto load_queries = [&](int it, int buf) {
+  auto q_tile = [&](int it) { return sQ + (it % kQueryBuffers) * kQueries * Dim; };
+  auto do_tile = [&](int it) { return sdO + (it % kQueryBuffers) * kQueries * Dim; };
+  auto load_queries = [&](int it) {
     const int h = head_of(it), r = row_of(it);
     const T* gq = static_cast<const T*>(p.q) + (q0 + r) * p.q_token_stride + h * p.q_head_stride;
     const T* gdo = static_cast<const T*>(g.dout) + (q0 + r) * g.do_token_stride + h * g.do_head_stride;
-    wg::load_panels<kQueries, Dim, kThreads>(sQ + buf * kQueries * Dim, gq, p.q_token_stride, qn - r);
-    wg::load_panels<kQueries, Dim, kThreads>(sdO + buf * kQueries * Dim, gdo, g.do_token_stride, qn - r);
+    wg::load_panels<kQueries, Dim, kThreads>(q_tile(it), gq, p.q_token_stride, qn - r);
+    wg::load_panels<kQueries, Dim, kThreads>(do_tile(it), gdo, g.do_token_stride, qn - r);
   };
 
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sK, gk, p.k_token_stride, kn - n0);
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sV, gv, p.v_token_stride, kn - n0);
-  load_queries(0, 0);
+  load_queries(0);
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
   float dk[kOutBlocks][4] = {}, dv[kOutBlocks][4] = {};
+  float s[kScoreBlocks][4], dp[kScoreBlocks][4];
+  float col_lse[kScoreBlocks][2], col_delta[kScoreBlocks][2];
+  uint32_t pf[kQuerySteps][4], dsf[kQuerySteps][4];  // P^T, dS^T of the tile whose products are issued next
+  uint32_t p_next[kQuerySteps][4], ds_next[kQuerySteps][4];  // those of the latest tile, until then
 
-  for (int it = 0; it < steps; ++it) {
-    cp_async_wait_all();
-    wg::fence_proxy_async();
-    __syncthreads();
+  // Waits for query tile it, then starts loading tile it + 1 into the buffers of tile it - 3:
+  // tile it - 2's products may still run, but tile it - 3's retired before every warpgroup got here.
+  auto next_tile = [&](int it) {
+    wg::arrive();
     if (it + 1 < steps) {
-      load_queries(it + 1, (it + 1) & 1);
+      load_queries(it + 1);
       cp_async_commit();
     }
-    const T* q_tile = sQ + (it & 1) * kQueries * Dim;
-    const T* do_tile = sdO + (it & 1) * kQueries * Dim;
-    const int h = head_of(it), r0 = row_of(it);
-
-    float col_lse[kScoreBlocks][2], col_delta[kScoreBlocks][2];
-    column_stats(col_lse, col_delta, p, delta, h, q0, r0, qn, lane);
-
-    // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys.
-    float s[kScoreBlocks][4], dp[kScoreBlocks][4];
-    paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile, do_tile, row0);
+  };
+  // The statistics of tile it's queries (read before its products are issued, so that the loads
+  // are in flight meanwhile), then S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys.
+  auto issue_scores = [&](int it) {
+    column_stats(col_lse, col_delta, p, delta, head_of(it), q0, row_of(it), qn, lane);
+    issue_paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile(it), do_tile(it), row0);
+  };
+  // From the retired S^T, dP^T: P^T and dS^T rounded into p_next, ds_next.
+  auto scores_to_fragments = [&] {
+    wg::fence_accumulators(s);
+    wg::fence_accumulators(dp);
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
-
-    // dV += P^T dO runs while dS^T is computed; dK += dS^T Q follows. dO and Q are the
-    // [k = query][n = d] operands.
-    uint32_t pf[kQueries / 16][4], dsf[kQueries / 16][4];
-    wg::issue_times_tile<DT, Dim, kQueries>(dv, pf, s, do_tile);
+      for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -col_lse[nb][e & 1]));  // P^T
+    wg::to_fragments<DT, kQueries>(p_next, s);
 #pragma unroll
     for (int nb = 0; nb < kScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
-    wg::issue_times_tile<DT, Dim, kQueries>(dk, dsf, s, q_tile);
-    wg::wait_group<0>();
+    wg::to_fragments<DT, kQueries>(ds_next, s);
+  };
+  // After the wait that retired tile it - 2's products: tile it - 1's P^T, dS^T become operands.
+  auto next_fragments = [&] {
     wg::fence_accumulators(dk);
     wg::fence_accumulators(dv);
     wg::fence_fragments(pf);
     wg::fence_fragments(dsf);
+    wg::copy_fragments(pf, p_next);
+    wg::copy_fragments(dsf, ds_next);
+  };
+  // dV += P^T dO and dK += dS^T Q of tile it (dO and Q as the [k = query][n = d] operands): two groups.
+  auto issue_gradients = [&](int it) {
+    wg::issue_times_fragments<DT, Dim, kQueries>(dv, pf, do_tile(it));
+    wg::issue_times_fragments<DT, Dim, kQueries>(dk, dsf, q_tile(it));
+  };
+
+  // Tile 0: no products of an earlier tile to overlap with.
+  next_tile(0);
+  issue_scores(0);
+  wg::wait_group<0>();
+  scores_to_fragments();
+
+  for (int it = 1; it < steps; ++it) {
+    next_tile(it);
+    wg::wait_group<0>();
+    next_fragments();
+    // S^T, dP^T of tile it, then tile it - 1's dV and dK products, which run while P^T and dS^T
+    // of tile it are computed and until the wait above in the next tile.
+    issue_scores(it);
+    issue_gradients(it - 1);
+    wg::wait_group<2>();  // S^T, dP^T
+    scores_to_fragments();
   }
+
+  // The last tile's products.
+  wg::arrive();
+  wg::wait_group<0>();
+  next_fragments();
+  issue_gradients(steps - 1);
+  wg::wait_group<0>();
+  wg::fence_accumulators(dk);
+  wg::fence_accumulators(dv);
+  wg::fence_fragments(pf);
+  wg::fence_fragments(dsf);
+
   // dk, dv are contiguous [k_tokens, kv_heads, D]: same strides as k.
   T* gdk = static_cast<T*>(g.dk) + k0 * p.k_token_stride + hk * p.k_head_stride;
   T* gdv = static_cast<T*>(g.dv) + k0 * p.k_token_stride + hk * p.k_head_stride;

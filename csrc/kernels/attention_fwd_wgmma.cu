@@ -86,16 +86,10 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
-  // This thread's copies have landed and are visible to wgmma's reads, and every thread is here.
-  auto arrive = [] {
-    cp_async_wait_all();
-    wg::fence_proxy_async();
-    __syncthreads();
-  };
   // Waits for K_j and V_{j-1}, then starts loading K_{j+1} and V_j into the buffers of K_{j-1} and
   // V_{j-2}, which every warpgroup is done with (V_{j-2}'s product retired one tile ago).
   auto next_tile = [&](int j) {
-    arrive();
+    wg::arrive();
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN;
       wg::load_panels<kBlockN, Dim, kThreads>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
@@ -118,15 +112,12 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     wg::commit_group();
   };
   // After the wait that retired P_{j-2} V_{j-2}: O moves on to S_{j-1}'s row maximum, and P_{j-1}
-  // becomes the A operand (a copy that the compiler renames away).
+  // becomes the A operand.
   auto next_fragments = [&] {
     wg::fence_accumulators(o);
     wg::fence_fragments(pf);
     rescale_rows(o, correction);
-#pragma unroll
-    for (int kk = 0; kk < kKeySteps; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pf[kk][e] = p_next[kk][e];
+    wg::copy_fragments(pf, p_next);
   };
 
   // Tile 0: no product of an earlier tile to overlap with.
@@ -154,7 +145,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   }
 
   // O += P V of the last tile.
-  arrive();
+  wg::arrive();
   wg::wait_group<0>();
   next_fragments();
   wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(n_tiles - 1));

@@ -246,6 +246,24 @@ __device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
     for (int e = 0; e < 4; ++e) operand_fence(frag[s][e]);
 }
 
+// This thread's cp.async copies have landed and are visible to wgmma's reads, and every thread of
+// the block is here.
+__device__ __forceinline__ void arrive() {
+  attn::cp_async_wait_all();
+  fence_proxy_async();
+  __syncthreads();
+}
+
+// The A fragments of the next issued product take the registers computed a tile earlier (a copy
+// that the compiler renames away).
+template <int Steps>
+__device__ __forceinline__ void copy_fragments(uint32_t (&to)[Steps][4], const uint32_t (&from)[Steps][4]) {
+#pragma unroll
+  for (int s = 0; s < Steps; ++s)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) to[s][e] = from[s][e];
+}
+
 // P, the fp32 accumulator of a 64 x N product, rounded into the A fragments of P B.
 template <DType DT, int N>
 __device__ __forceinline__ void to_fragments(uint32_t (&frag)[N / 16][4], const float (&p)[N / 8][4]) {

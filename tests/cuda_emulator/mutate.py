@@ -51,17 +51,15 @@ MUTANTS = [
     (WG, "mma_async<DT, 64, true>(columns<64>(out", "mma_async<DT, 64, false>(columns<64>(out", "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
     (WG, "return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;", "return raw;", "attention and wgmma"),
-    (WG_FWD, "    wg::fence_proxy_async();\n    __syncthreads();\n", "    wg::fence_proxy_async();\n",
-     "attention and wgmma"),
-    # the wgmma backward: dQ's product still in flight when its K buffer is refilled, a warpgroup
-    # reading the other's rows of dO in its dP product
-    (WG_BWD, "    wg::wait_group<0>();\n    wg::fence_accumulators(dq);", "    wg::fence_accumulators(dq);",
-     "attention and wgmma"),
+    (WG, "  fence_proxy_async();\n  __syncthreads();\n", "  fence_proxy_async();\n", "attention and wgmma"),
+    # the wgmma backward: dQ's product of tile j - 2 still in flight when tile j + 1's K loads, a
+    # warpgroup reading the other's rows of dO in its dP product
+    (WG_BWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
     (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
     # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
     (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
-    (WG_FWD, "    cp_async_wait_all();\n    wg::fence_proxy_async();\n", "    cp_async_wait_all();\n",
+    (WG, "  attn::cp_async_wait_all();\n  fence_proxy_async();\n", "  attn::cp_async_wait_all();\n",
      "attention and wgmma"),
     # the forward's overlapped P V: retired after O is rescaled and its operand replaced, reading
     # V_j's buffer, or V loaded into the buffer it still reads
@@ -74,6 +72,15 @@ MUTANTS = [
     (MMA, "exp2_ftz((row_max[half] - mx) * scale_log2)", "exp2_ftz(row_max[half] - mx)", "attention"),
     (FWD, "    if ((j + 1) * kBlockN > kn) mask_keys", "    if (j * kBlockN > kn) mask_keys", "attention"),
     (BWD, "    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
+    # the wgmma backward's overlap: the dK/dV products of tile it - 2 not retired before tile
+    # it + 1's queries load, or reading tile it's buffers; the streamed operands in three buffers;
+    # the scores read before they retire; dQ's product reading K_j
+    (WG_BWD, "    next_tile(it);\n    wg::wait_group<0>();\n", "    next_tile(it);\n", "attention and wgmma"),
+    (WG_BWD, "    issue_gradients(it - 1);", "    issue_gradients(it);", "attention and wgmma"),
+    (WG_BWD, "constexpr int kQueryBuffers = 4;", "constexpr int kQueryBuffers = 3;", "attention and wgmma"),
+    (WG_BWD, "constexpr int kDqKBuffers = 4;", "constexpr int kDqKBuffers = 3;", "attention and wgmma"),
+    (WG_BWD, "    wg::wait_group<2>();  // S^T, dP^T", "    wg::wait_group<3>();", "attention and wgmma"),
+    (WG_BWD, "(dq, dsf, k_tile(j - 1));", "(dq, dsf, k_tile(j));", "attention and wgmma"),
 ]
 
 
