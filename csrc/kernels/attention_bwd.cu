@@ -8,7 +8,7 @@
 // P and dP are recomputed in both kernels (7 tile GEMMs instead of FlashAttention-2's 5), which
 // buys a result that does not depend on scheduling and needs no fp32 dQ buffer or atomics.
 // Query rows past q_count get P = 0 (their lse is treated as +inf) and key columns past k_count
-// get P = 0 in the dQ kernel; the dK/dV kernel never stores the rows of those keys.
+// get dS = 0 in the dQ kernel; the dK/dV kernel never stores the rows of those keys.
 #include <cuda_runtime.h>
 
 #include <cmath>

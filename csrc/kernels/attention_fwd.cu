@@ -3,11 +3,12 @@
 // One CTA per (128-query tile, head, sequence), 8 warps of 16 query rows each. The CTA streams
 // its sequence's K/V in 64-key tiles through double-buffered shared memory (cp.async: tile j+1
 // loads while tile j is multiplied); each warp keeps its Q fragments, scores, probabilities and
-// output accumulator in registers, with the online softmax in base 2 (scores pre-multiplied by
-// scale * log2 e). Keys past k_count are never read: the loop stops at the last tile holding a
-// key, whose missing rows are zero-filled and whose columns past k_count get -inf. Query rows
-// past q_count are zero-filled, computed and not stored (the binding pre-zeroes out and fills
-// lse with -inf, which is also the result for a sequence without keys).
+// output accumulator in registers, with the online softmax in base 2 (the scale times log2 e
+// entering each exponent's FMA). Keys past k_count are never read: the loop stops at the last
+// tile holding a key, whose missing rows are zero-filled and whose columns past k_count get -inf
+// (the only tile that is masked). Query rows past q_count are zero-filled, computed and not
+// stored (the binding pre-zeroes out and fills lse with -inf, which is also the result for a
+// sequence without keys).
 #include <cuda_runtime.h>
 
 #include <cmath>

@@ -285,12 +285,4 @@ __device__ __forceinline__ void issue_times_fragments(float (&out)[Dim / 8][4], 
   commit_group();
 }
 
-// The same with P given as the accumulator p, rounded into `frag` first.
-template <DType DT, int Dim, int N, typename T>
-__device__ __forceinline__ void issue_times_tile(float (&out)[Dim / 8][4], uint32_t (&frag)[N / 16][4],
-                                                 const float (&p)[N / 8][4], const T* b) {
-  to_fragments<DT, N>(frag, p);
-  issue_times_fragments<DT, Dim, N>(out, frag, b);
-}
-
 }  // namespace dllm::wg
