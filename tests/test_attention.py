@@ -103,6 +103,27 @@ def far_negative_inputs(B, Sq, Sk, H, Hkv, D, dtype, device, shift=12.0):
     return q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
 
 
+def growing_scores_inputs(B, Sq, Sk, H, Hkv, D, dtype, device, reach=8.0):
+    """q, k whose scores climb along the keys by about reach^2 (64, times the scale): every key
+    tile's row maximum far above the last one's, so P relative to a stale maximum would overflow
+    float16 (the kernels must rescale)."""
+    q, k, v = (t.detach() for t in inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=6))
+    q[..., 0] = reach
+    k[..., 0] = torch.linspace(-reach, reach, Sk, device=device).to(dtype)[None, :, None]
+    return q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_row_maxima_that_climb_from_tile_to_tile(device, dtype):
+    q, k, v = growing_scores_inputs(2, 70, 203, 2, 1, 64, dtype, device)
+    kv_len = torch.tensor([203, 150], device=device, dtype=torch.int32)
+    out = dllm.ops.attention(q, k, v, kv_len=kv_len, softmax_scale=0.9)
+    ref = reference(q, k, v, kv_len, None, softmax_scale=0.9)
+    low = reference(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_softmax_scale_and_far_negative_scores(device, dtype):
     q, k, v = far_negative_inputs(2, 113, 203, 4, 2, 64, dtype, device)

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
-from test_attention import check, check_gradients, far_negative_inputs
+from test_attention import check, check_gradients, far_negative_inputs, growing_scores_inputs
 from test_sedd_losses import make_inputs as loss_inputs
 from test_unmask import MASK, commit_inputs, masked_batch
 
@@ -346,6 +346,18 @@ def test_attention_softmax_scale_and_far_negative_scores(emulator, attention_ker
     q, k, v = far_negative_inputs(2, 113, 203, 2, 1, 64, torch.bfloat16, "cpu")
     kv_len = torch.tensor([203, 102], dtype=torch.int32)
     out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 113, 203, 0.9)
+    ref = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9)
+    low = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
+def test_attention_row_maxima_that_climb_from_tile_to_tile(emulator, attention_kernel):
+    """Every key tile's row maximum far above the last: the kernels keep a stale maximum only
+    while P stays below 2^8 (kRescaleThreshold), else float16 P would overflow."""
+    q, k, v = growing_scores_inputs(2, 70, 203, 2, 1, 64, torch.float16, "cpu")
+    kv_len = torch.tensor([203, 150], dtype=torch.int32)
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 203, 0.9)
     ref = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9)
     low = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
     check(out, ref, low, 2, "out")

@@ -82,6 +82,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   float o[kOutBlocks][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // raw scores; per-thread partial sums
   float s[kScoreBlocks][4], correction[2];
+  bool rescale;  // whether the latest softmax moved the row maxima (softmax_tile)
   uint32_t pf[kKeySteps][4];      // P of the tile whose P V is issued next, its A operand
   uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   auto next_fragments = [&] {
     wg::fence_accumulators(o);
     wg::fence_fragments(pf);
-    rescale_rows(o, correction);
+    if (rescale) rescale_rows(o, correction);
     wg::copy_fragments(pf, p_next);
   };
 
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   wg::wait_group<0>();
   wg::fence_accumulators(s);
   if (kBlockN > kn) mask_keys(s, 0, kn, lane, -INFINITY);
-  softmax_tile(s, row_max, row_sum, correction, scale_log2);
+  rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
   wg::to_fragments<DT, kBlockN>(p_next, s);
 
   for (int j = 1; j < n_tiles; ++j) {
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     wg::wait_group<1>();  // S_j
     wg::fence_accumulators(s);
     if ((j + 1) * kBlockN > kn) mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
-    softmax_tile(s, row_max, row_sum, correction, scale_log2);
+    rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
     wg::to_fragments<DT, kBlockN>(p_next, s);  // P rounded to the input type
   }
 

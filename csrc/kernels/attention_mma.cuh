@@ -275,37 +275,54 @@ __device__ __forceinline__ void mask_keys(float (&s)[Blocks][4], int key0, int k
       if (key0 + nb * 8 + 2 * (lane & 3) + (e & 1) >= kn) s[nb][e] = value;
 }
 
-// One tile of the forward's online softmax: s (raw scores Q K^T) becomes P (unnormalised, base 2),
-// and the running row maximum (of raw scores) and per-thread partial row sums move on;
-// `correction` is the factor by which the output accumulator must then be rescaled
+// How far (in log2 units) a tile's row maximum may exceed the running one before the running one
+// moves: FlashAttention-4's conditional rescaling. Until then P reaches at most 2^8, which every
+// type it is rounded to holds with its full precision, and the output accumulator needs no
+// rescaling; after a row's first tiles its maximum rarely jumps that far.
+constexpr float kRescaleThreshold = 8.0f;
+
+// One tile of the forward's online softmax: s (raw scores Q K^T) becomes P (unnormalised, base 2)
+// and the per-thread partial row sums move on. The running row maximum (of raw scores) moves only
+// when some row of the warp exceeds it by more than kRescaleThreshold; then the function returns
+// true and `correction` holds the factors by which the output accumulator must be rescaled
 // (rescale_rows). The softmax scale (times log2 e, > 0, so the maximum of the raw scores is that
 // of the scaled ones) enters only the exponent, P = exp2(s c - max c): one FFMA per score. A
 // row's scores of the tile live in the 4 lanes of its quad. Every tile holds at least one key, so
-// the new maximum is finite and exp2(-inf) = 0 is exact.
+// a new maximum is finite and exp2(-inf) = 0 is exact.
 template <int ScoreBlocks>
-__device__ __forceinline__ void softmax_tile(float (&s)[ScoreBlocks][4], float (&row_max)[2], float (&row_sum)[2],
+__device__ __forceinline__ bool softmax_tile(float (&s)[ScoreBlocks][4], float (&row_max)[2], float (&row_sum)[2],
                                              float (&correction)[2], float scale_log2) {
+  float mx[2];
+  bool grows = false;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    float mx = row_max[half];
+    mx[half] = -INFINITY;
 #pragma unroll
-    for (int nb = 0; nb < ScoreBlocks; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    // exactly 1 while the maximum stands: no drift over a long row's tiles
-    correction[half] = exp2_ftz((row_max[half] - mx) * scale_log2);
-    const float mx_scaled = mx * scale_log2;
-    row_max[half] = mx;
+    for (int nb = 0; nb < ScoreBlocks; ++nb) mx[half] = fmaxf(mx[half], fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
+    grows |= (mx[half] - row_max[half]) * scale_log2 > kRescaleThreshold;  // always on the first tile
+  }
+  const bool rescale = __ballot_sync(0xffffffffu, grows) != 0;  // one decision per warp
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (rescale) {
+      const float new_max = fmaxf(row_max[half], mx[half]);
+      correction[half] = exp2_ftz((row_max[half] - new_max) * scale_log2);  // exactly 1 where it stands
+      row_max[half] = new_max;
+    }
+    const float max_scaled = row_max[half] * scale_log2;
     float sum = 0.0f;
 #pragma unroll
     for (int nb = 0; nb < ScoreBlocks; ++nb)
 #pragma unroll
       for (int e = 2 * half; e < 2 * half + 2; ++e) {
-        s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -mx_scaled));
+        s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -max_scaled));
         sum += s[nb][e];
       }
-    row_sum[half] = row_sum[half] * correction[half] + sum;
+    row_sum[half] = (rescale ? row_sum[half] * correction[half] : row_sum[half]) + sum;
   }
+  return rescale;
 }
 
 template <int OutBlocks>
@@ -320,8 +337,7 @@ template <int ScoreBlocks, int OutBlocks>
 __device__ __forceinline__ void online_softmax(float (&s)[ScoreBlocks][4], float (&o)[OutBlocks][4],
                                                float (&row_max)[2], float (&row_sum)[2], float scale_log2) {
   float correction[2];
-  softmax_tile(s, row_max, row_sum, correction, scale_log2);
-  rescale_rows(o, correction);
+  if (softmax_tile(s, row_max, row_sum, correction, scale_log2)) rescale_rows(o, correction);
 }
 
 // The forward's epilogue for one warp's 16 rows (row0.. of the CTA's tile, whose first query is

@@ -81,6 +81,10 @@ MUTANTS = [
     (WG_BWD, "constexpr int kDqKBuffers = 4;", "constexpr int kDqKBuffers = 3;", "attention and wgmma"),
     (WG_BWD, "    wg::wait_group<2>();  // S^T, dP^T", "    wg::wait_group<3>();", "attention and wgmma"),
     (WG_BWD, "(dq, dsf, k_tile(j - 1));", "(dq, dsf, k_tile(j));", "attention and wgmma"),
+    # the conditional rescaling: a stale maximum kept however far a tile's exceeds it (float16 P
+    # overflows); the wgmma forward rescaling O by a stale correction
+    (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),
+    (WG_FWD, "    if (rescale) rescale_rows(o, correction);", "    rescale_rows(o, correction);", "attention and wgmma"),
 ]
 
 
