@@ -1,6 +1,6 @@
 """Checks that tests/test_cuda_emulated.py catches bugs: plants one known bug at a time in a
 copy of the CUDA kernels (a missing barrier or wait, an off-by-one, a wrong fragment layout) and
-reports whether some emulated test failed. Takes about ten minutes on 2 cores.
+reports whether some emulated test failed. Takes about fifteen minutes on 2 cores.
 
     python tests/cuda_emulator/mutate.py [INDEX ...]
 
@@ -69,7 +69,7 @@ MUTANTS = [
     # the softmax scale folded into the exponent: the running maximum's correction left unscaled;
     # a sequence's last key tile left unmasked; the dQ kernel's dS of padded keys not zeroed
     # (harmless until exp(-lse) overflows: inf * a zero-filled K row)
-    (MMA, "exp2_ftz((row_max[half] - mx) * scale_log2)", "exp2_ftz(row_max[half] - mx)", "attention"),
+    (MMA, "exp2_ftz((row_max[half] - new_max) * scale_log2)", "exp2_ftz(row_max[half] - new_max)", "attention"),
     (FWD, "    if ((j + 1) * kBlockN > kn) mask_keys", "    if (j * kBlockN > kn) mask_keys", "attention"),
     (BWD, "    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
     # the wgmma backward's overlap: the dK/dV products of tile it - 2 not retired before tile
