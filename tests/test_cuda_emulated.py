@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
-from test_attention import check, check_gradients, far_negative_inputs, growing_scores_inputs
+from test_attention import EXTREME_SCORES, check, check_gradients
 from test_sedd_losses import make_inputs as loss_inputs
 from test_unmask import MASK, commit_inputs, masked_batch
 
@@ -340,24 +340,15 @@ def test_attention_forward_and_backward_match_float64(emulator, attention_kernel
     check_gradients(out, ref, low, (q, k, v))
 
 
-def test_attention_softmax_scale_and_far_negative_scores(emulator, attention_kernel):
-    """A scale other than 1/sqrt(D) (the kernels fold it into the exponent) and scores so negative
-    that exp(-lse) overflows float32 (the dQ kernels must zero the padded keys' dS, not multiply)."""
-    q, k, v = far_negative_inputs(2, 113, 203, 2, 1, 64, torch.bfloat16, "cpu")
+@pytest.mark.parametrize("scores", list(EXTREME_SCORES))
+def test_attention_extreme_scores_with_a_softmax_scale(emulator, attention_kernel, scores):
+    """A scale other than 1/sqrt(D) (the kernels fold it into the exponent), with scores whose
+    exp(-lse) overflows float32 (the dQ kernels must zero the padded keys' dS, not multiply) or
+    whose row maxima climb from key tile to key tile (a stale maximum stands only while P stays
+    below 2^8, kRescaleThreshold, else float16 P overflows)."""
+    q, k, v = EXTREME_SCORES[scores](2, 113, 203, 2, 1, 64, torch.float16, "cpu")
     kv_len = torch.tensor([203, 102], dtype=torch.int32)
     out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 113, 203, 0.9)
-    ref = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9)
-    low = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
-    check(out, ref, low, 2, "out")
-    check_gradients(out, ref, low, (q, k, v))
-
-
-def test_attention_row_maxima_that_climb_from_tile_to_tile(emulator, attention_kernel):
-    """Every key tile's row maximum far above the last: the kernels keep a stale maximum only
-    while P stays below 2^8 (kRescaleThreshold), else float16 P would overflow."""
-    q, k, v = growing_scores_inputs(2, 70, 203, 2, 1, 64, torch.float16, "cpu")
-    kv_len = torch.tensor([203, 150], dtype=torch.int32)
-    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, None, None, None, 70, 203, 0.9)
     ref = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9)
     low = reference_attention(q, k, v, kv_len, None, softmax_scale=0.9, upcast=False)
     check(out, ref, low, 2, "out")
