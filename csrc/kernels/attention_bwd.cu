@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
     paired_products<DT, Dim, kDqKeys>(s, dp, sQ, sdO, k_tile, v_tile, warp * 16, lane);  // S = Q K^T, dP = dO V^T
     scores_to_ds(s, dp, scale_log2, lse2, row_delta);
-    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
+    mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
     // dQ += dS K: K is the [k = key][n = d] operand, read transposed.
     accumulate_times_tile<DT, Dim, kDqKeys>(dq, s, k_tile, lane);
   }
@@ -180,17 +180,11 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
     // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
     float s[kScoreBlocks][4] = {}, dp[kScoreBlocks][4] = {};
     paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile, do_tile, warp * 16, lane);
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(s[nb][e] * scale_log2 - col_lse[nb][e & 1]);  // P^T
+    scores_to_probs_t(s, scale_log2, col_lse);
 
     // dV += P^T dO (dO is the [k = query][n = d] operand, read transposed).
     accumulate_times_tile<DT, Dim, kQueries>(dv, s, do_tile, lane);
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
+    probs_to_ds_t(s, dp, col_delta);
     // dK += dS^T Q.
     accumulate_times_tile<DT, Dim, kQueries>(dk, s, q_tile, lane);
   }

@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
     wg::fence_accumulators(s);
     wg::fence_accumulators(dp);
     scores_to_ds(s, dp, scale_log2, lse2, row_delta);
-    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
+    mask_keys(s, j * kDqKeys, kn, lane, 0.0f);
     wg::to_fragments<DT, kDqKeys>(ds_next, s);
   };
   // After the wait that retired the product of tile j - 2: dS_{j-1} becomes the A operand.
@@ -247,15 +247,9 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   auto scores_to_fragments = [&] {
     wg::fence_accumulators(s);
     wg::fence_accumulators(dp);
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -col_lse[nb][e & 1]));  // P^T
+    scores_to_probs_t(s, scale_log2, col_lse);
     wg::to_fragments<DT, kQueries>(p_next, s);
-#pragma unroll
-    for (int nb = 0; nb < kScoreBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];  // dS^T
+    probs_to_ds_t(s, dp, col_delta);
     wg::to_fragments<DT, kQueries>(ds_next, s);
   };
   // After the wait that retired tile it - 2's products: tile it - 1's P^T, dS^T become operands.

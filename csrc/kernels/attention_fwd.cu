@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
         mma<DT>(s[nb + 1], qf[ks], kb[2], kb[3]);
       }
     }
-    if ((j + 1) * kBlockN > kn) mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
+    mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
     online_softmax(s, o, row_max, row_sum, scale_log2);
 
     // O += P V, P rounded to the input type in registers.

@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   issue_scores(0);
   wg::wait_group<0>();
   wg::fence_accumulators(s);
-  if (kBlockN > kn) mask_keys(s, 0, kn, lane, -INFINITY);
+  mask_keys(s, 0, kn, lane, -INFINITY);
   rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
   wg::to_fragments<DT, kBlockN>(p_next, s);
 
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
     wg::wait_group<1>();  // S_j
     wg::fence_accumulators(s);
-    if ((j + 1) * kBlockN > kn) mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
+    mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
     rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
     wg::to_fragments<DT, kBlockN>(p_next, s);  // P rounded to the input type
   }

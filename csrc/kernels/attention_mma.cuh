@@ -264,10 +264,11 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 // (e >= 2) of its warp's 16, columns 8 nb + 2t + (e & 1) of the tile.
 
 // Keys at or past kn of the key tile starting at key0 get `value` (-inf for scores, 0 for dS).
-// Only a sequence's last tile can hold such keys; the kernels call this for it alone, sparing
-// every full tile a compare and a select per score.
+// Only a sequence's last tile can hold such keys: every full tile returns at once (a branch the
+// whole warp takes), sparing it a compare and a select per score.
 template <int Blocks>
 __device__ __forceinline__ void mask_keys(float (&s)[Blocks][4], int key0, int kn, int lane, float value) {
+  if (key0 + Blocks * 8 <= kn) return;
 #pragma unroll
   for (int nb = 0; nb < Blocks; ++nb)
 #pragma unroll
@@ -310,6 +311,7 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[ScoreBlocks][4], float (
       const float new_max = fmaxf(row_max[half], mx[half]);
       correction[half] = exp2_ftz((row_max[half] - new_max) * scale_log2);  // exactly 1 where it stands
       row_max[half] = new_max;
+      row_sum[half] *= correction[half];
     }
     const float max_scaled = row_max[half] * scale_log2;
     float sum = 0.0f;
@@ -320,7 +322,7 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[ScoreBlocks][4], float (
         s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -max_scaled));
         sum += s[nb][e];
       }
-    row_sum[half] = (rescale ? row_sum[half] * correction[half] : row_sum[half]) + sum;
+    row_sum[half] += sum;
   }
   return rescale;
 }
@@ -412,6 +414,27 @@ __device__ __forceinline__ void scores_to_ds(float (&s)[Blocks][4], const float 
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -lse2[e >> 1])) * (dp[nb][e] - row_delta[e >> 1]);
+}
+
+// The dK/dV kernels' P^T = exp2(S^T scaled - lse) in place of S^T; col_lse holds the statistics
+// of this thread's query columns (column_stats).
+template <int Blocks>
+__device__ __forceinline__ void scores_to_probs_t(float (&s)[Blocks][4], float scale_log2,
+                                                  const float (&col_lse)[Blocks][2]) {
+#pragma unroll
+  for (int nb = 0; nb < Blocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nb][e] = exp2_ftz(fmaf(s[nb][e], scale_log2, -col_lse[nb][e & 1]));
+}
+
+// Then dS^T = P^T (dP^T - delta) in place of P^T.
+template <int Blocks>
+__device__ __forceinline__ void probs_to_ds_t(float (&s)[Blocks][4], const float (&dp)[Blocks][4],
+                                              const float (&col_delta)[Blocks][2]) {
+#pragma unroll
+  for (int nb = 0; nb < Blocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];
 }
 
 // Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:

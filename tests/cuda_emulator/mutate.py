@@ -70,8 +70,8 @@ MUTANTS = [
     # a sequence's last key tile left unmasked; the dQ kernel's dS of padded keys not zeroed
     # (harmless until exp(-lse) overflows: inf * a zero-filled K row)
     (MMA, "exp2_ftz((row_max[half] - new_max) * scale_log2)", "exp2_ftz(row_max[half] - new_max)", "attention"),
-    (FWD, "    if ((j + 1) * kBlockN > kn) mask_keys", "    if (j * kBlockN > kn) mask_keys", "attention"),
-    (BWD, "    if ((j + 1) * kDqKeys > kn) mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
+    (MMA, "  if (key0 + Blocks * 8 <= kn) return;", "  if (key0 < kn) return;", "attention"),
+    (BWD, "    mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
     # the wgmma backward's overlap: the dK/dV products of tile it - 2 not retired before tile
     # it + 1's queries load, or reading tile it's buffers; the streamed operands in three buffers;
     # the scores read before they retire; dQ's product reading K_j
