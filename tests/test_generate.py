@@ -121,6 +121,55 @@ def test_ragged_prompts_are_left_padded_with_an_attention_mask():
     assert attention[1, :3].tolist() == [False, False, True] and attention[:, 3:].all()
 
 
+def test_right_padded_prompts_are_moved_to_the_left():
+    prompt = torch.tensor([[5, 6, 7], [8, PAD, PAD]])
+    right, model = run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    left, _ = run("llada", prompt=[torch.tensor([5, 6, 7]), torch.tensor([8])])
+    assert torch.equal(right.sequences, left.sequences)
+    assert model.calls[0][2][1, :3].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="one contiguous run"):
+        run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 1]]))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_time_conditioned_models_get_sigma_from_every_sampler(sampler):
+    out, model = run(sampler, model=TinyModel(time_conditioned=True), prompt=torch.tensor([[1, 2, 3, 4]]))
+    sigmas = torch.cat([sigma for _, sigma, _ in model.calls])
+    assert len(sigmas) == out.nfe and torch.isfinite(sigmas).all()
+    assert (sigmas[1:] <= sigmas[:-1]).all()  # the noise falls as tokens are committed
+    if sampler.partition(":")[0] in ("llada", "dream", "fast-dllm"):  # no clock: the canvas's masked fraction
+        masked = [(x == MASK).sum() / x.shape[1] for x, _, _ in model.calls]
+        torch.testing.assert_close(sigmas, -torch.log1p(-(1 - 1e-3) * torch.stack(masked)))
+
+
+def test_trained_model_wrappers_pass_sigma_and_the_padding_mask():
+    from dllm.models import build_model, model_config
+    from dllm.sampling.pretrained import MaskedLM, ScoreModel
+    from dllm.sedd import LogLinear
+
+    net = build_model(model_config("tiny", arch="dit", vocab_size=V, hidden=32, heads=4, layers=1, max_seq_len=64,
+                                   cond_dim=16, time_conditioning=True)).eval()
+    sigmas = []
+    net.register_forward_pre_hook(lambda module, args: sigmas.append(args[1] if len(args) > 1 else None))
+    masked = MaskedLM(net, MASK)
+    assert masked.time_conditioned
+    dllm.generate(masked, [[1, 2, 3], [4]], gen_length=8, steps=4, sampler="mdlm")
+    assert sigmas and all(s is not None for s in sigmas)
+    score = ScoreModel(net, Absorbing(V - 1), LogLinear())
+    out = dllm.generate(score, [[1, 2, 3], [4]], gen_length=8, steps=4, sampler="sedd-analytic")
+    assert out.sequences[1, :3].tolist() == [PAD, PAD, 4]
+
+
+def test_fast_dllm_default_and_short_last_block():
+    out, model = run("fast-dllm", gen_length=20, block_length=8, return_history=True)
+    assert not (out.sequences == MASK).any()
+    for before, after in zip([torch.full((1, 20), MASK)] + out.history, out.history):
+        changed = (before != after)[0].nonzero().flatten()
+        assert changed.numel() and changed.max() // 8 == changed.min() // 8  # one block per step
+    out, _ = run("fast-dllm", gen_length=16, block_length=None)  # the default block (32) is longer
+    assert not (out.sequences == MASK).any()
+
+
 def test_shifted_logits_and_callback():
     seen = []
     out, _ = run("dream", model=TinyModel(logits_shift=1), callback=lambda step, x, logits: seen.append(step))
@@ -141,6 +190,34 @@ def test_clear_errors():
         dllm.generate(model, torch.tensor([1, MASK]), gen_length=8, steps=4, sampler="llada")
     with pytest.raises(ValueError, match="mask_id"):
         dllm.generate(lambda x: x, gen_length=8, steps=4, sampler="llada")
+    for sampler, options, message in [
+            ("llada", dict(block_length=-8), "block_length must be a positive int"),
+            ("fast-dllm", dict(block_length=0), "block_length must be a positive int"),
+            ("mdlm", dict(block_length=4), "block_length applies only"),
+            ("dream", dict(block_length=4), "block_length applies only"),
+            ("llada", dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
+            ("dream:origin", dict(alg_temp=0.5), "not to origin"),
+            ("llada", dict(steps=4.0), "steps must be a positive int"),
+            ("llada", dict(gen_length=0), "gen_length must be a positive int"),
+            ("llada", dict(prompt=[]), "empty list"),
+            ("llada", dict(prompt=torch.ones(1, 1, 3, dtype=torch.long)), r"\[P\] or \[B, P\]"),
+            ("llada", dict(prompt=torch.tensor([-1, 2])), "negative token ids"),
+            ("llada", dict(prompt=torch.ones(2, 3, dtype=torch.long), infill=torch.full((3, 8), MASK)), "3 rows for 2"),
+            ("llada", dict(infill=torch.full((8,), -2)), "negative ids"),
+            ("llada", dict(prompt=[[1, 2], [3]], model=TinyModel()), None)]:
+        kw = {"gen_length": 8, "steps": 4, **options}
+        model = kw.pop("model", model)
+        if message is None:
+            model.pad_id = MASK
+            message = "pad_id equals its mask_id"
+        with pytest.raises(ValueError, match=message):
+            dllm.generate(model, sampler=sampler, **kw)
+    with pytest.raises(TypeError, match="integer token ids"):
+        dllm.generate(TinyModel(), torch.tensor([1.5, 2.0]), gen_length=8, steps=4, sampler="llada")
+    with pytest.raises(TypeError, match="integer token ids"):
+        dllm.generate(TinyModel(), gen_length=8, steps=4, sampler="llada", infill=torch.zeros(8, dtype=torch.bool))
+    with pytest.raises(TypeError, match="sampler must be a name"):
+        dllm.generate(TinyModel(), gen_length=8, steps=4, sampler=None)
 
 
 # ---- SEDD samplers ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from . import masked, score
@@ -18,6 +20,8 @@ UNKNOWN = -1  # in an infill template: a position to generate (the only marker a
 
 CACHES = ("prefix", "dual")
 GRAPHED_SAMPLERS = ("llada", "dream")  # static step shapes and no host decisions inside a step
+BLOCK_SAMPLERS = ("llada", "fast-dllm")
+FAST_DLLM_BLOCK = 32  # Fast-dLLM's default block size
 
 
 def _check_cache(name: str, cache) -> None:
@@ -42,11 +46,36 @@ def _check_cuda_graph(name: str, cuda_graph: bool, cache, device: torch.device) 
         raise ValueError(f"cuda_graph needs a CUDA model; this one is on {device}")
 
 
+def _check_lengths(**lengths) -> None:
+    for key, value in lengths.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+
+
+def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp) -> None:
+    """Options that do not apply to the chosen sampler are errors, not silently ignored."""
+    if block_length is not None:
+        if name not in BLOCK_SAMPLERS:
+            raise ValueError(f"block_length applies only to the {' and '.join(BLOCK_SAMPLERS)} samplers, not {name!r}")
+        _check_lengths(block_length=block_length)
+    if threshold is not None and name != "fast-dllm":
+        raise ValueError("threshold applies only to the fast-dllm sampler")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (0: no guidance), got {cfg_scale}")
+    if cfg_scale and name != "llada":
+        raise ValueError("cfg_scale applies only to the llada sampler")
+    if alg_temp and (name != "dream" or variant == "origin"):
+        raise ValueError("alg_temp applies only to the dream sampler's confidence algorithms "
+                         "(entropy, maskgit_plus, topk_margin), not to origin")
+
+
 def _device_of(model) -> torch.device:
     return next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
 
 
 def _parse_sampler(sampler: str) -> tuple[str, str | None]:
+    if not isinstance(sampler, str):
+        raise TypeError(f"sampler must be a name such as 'llada', got {sampler!r}")
     name, _, variant = sampler.partition(":")
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} "
@@ -56,41 +85,75 @@ def _parse_sampler(sampler: str) -> tuple[str, str | None]:
     return name, variant or DEFAULT_VARIANT.get(name)
 
 
+def _token_tensor(value, what: str, device) -> torch.Tensor:
+    t = torch.as_tensor(value, device=device)
+    if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
+        raise TypeError(f"{what} must hold integer token ids, got {t.dtype}")
+    return t.to(torch.int64)
+
+
+def _left_align(prompt: torch.Tensor, attention_mask, device):
+    """The prompts with their padding moved to the left (right-padded rows are rotated), and the mask."""
+    mask = torch.as_tensor(attention_mask, device=device)
+    if mask.shape != prompt.shape:
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got {tuple(mask.shape)}")
+    mask = mask.bool()
+    run_starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]
+    if bool((run_starts.sum(-1) > 1).any()):
+        raise ValueError("attention_mask must mark one contiguous run of real tokens per row (left or right padding)")
+    order = torch.sort(mask.to(torch.int8), dim=1, stable=True).indices  # pads first, tokens in their order
+    return prompt.gather(1, order), mask.gather(1, order)
+
+
 def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_id: int, device):
     """Left-padded prompts followed by gen_length masks (or the infill template)."""
+    if infill is not None:
+        infill = _token_tensor(infill, "infill", device)
+        infill = torch.where(infill == UNKNOWN, mask_id, infill)
+        infill = infill[None] if infill.dim() == 1 else infill
+        if infill.dim() != 2 or infill.shape[-1] != gen_length:
+            raise ValueError(f"infill must be [gen_length] or [B, gen_length] with gen_length {gen_length}, "
+                             f"got {tuple(infill.shape)}")
+        if bool(((infill < 0) & (infill != mask_id)).any()):
+            raise ValueError(f"infill holds negative ids other than {UNKNOWN} (the unknown marker)")
     if prompt is None:
-        batch = 1 if infill is None else (infill.shape[0] if infill.dim() == 2 else 1)
-        prompt = torch.empty(batch, 0, dtype=torch.int64, device=device)
+        prompt = torch.empty(1 if infill is None else infill.shape[0], 0, dtype=torch.int64, device=device)
     elif isinstance(prompt, (list, tuple)):
-        rows = [torch.as_tensor(p, dtype=torch.int64, device=device).flatten() for p in prompt]
-        width = max(r.numel() for r in rows)
-        padded = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
-        pad_mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
-        for i, r in enumerate(rows):
-            padded[i, width - r.numel():] = r
-            pad_mask[i, width - r.numel():] = True
         if attention_mask is not None:
             raise ValueError("give either a list of ragged prompts or a padded prompt with attention_mask, not both")
-        prompt, attention_mask = padded, (None if bool(pad_mask.all()) else pad_mask)
+        if not prompt:
+            raise ValueError("prompt is an empty list; pass None for unconditional generation")
+        rows = [_token_tensor(p, "prompt", device) for p in prompt]
+        if any(r.dim() > 1 for r in rows):
+            raise ValueError("a list of prompts must hold 1-D prompts")
+        width = max(r.numel() for r in rows)
+        if any(r.numel() < width for r in rows):
+            if pad_id == mask_id:
+                raise ValueError(f"the model's pad_id equals its mask_id ({mask_id}): ragged prompts need "
+                                 "another pad_id")
+            attention_mask = torch.stack([torch.arange(width, device=device) >= width - r.numel() for r in rows])
+        prompt = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
+        for i, r in enumerate(rows):
+            prompt[i, width - r.numel():] = r
     else:
-        prompt = torch.as_tensor(prompt, dtype=torch.int64, device=device)
+        prompt = _token_tensor(prompt, "prompt", device)
         prompt = prompt[None] if prompt.dim() == 1 else prompt
-    if (prompt == mask_id).any():
-        raise ValueError(f"the prompt contains the mask token {mask_id}")
+        if prompt.dim() != 2:
+            raise ValueError(f"prompt must be [P] or [B, P], got shape {tuple(prompt.shape)}")
+        if attention_mask is not None:
+            prompt, attention_mask = _left_align(prompt, attention_mask, device)
+    if bool((prompt < 0).any()):
+        raise ValueError("the prompt holds negative token ids")
+    if bool((prompt == mask_id).any()):
+        raise ValueError(f"the prompt (or its padding) contains the mask token {mask_id}")
     batch, width = prompt.shape
     gen = torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)
     if infill is not None:
-        infill = torch.as_tensor(infill, dtype=torch.int64, device=device)
-        infill = torch.where(infill == UNKNOWN, mask_id, infill)
-        infill = infill[None] if infill.dim() == 1 else infill
-        if infill.shape[-1] != gen_length:
-            raise ValueError(f"infill must cover the generated region: last dimension {gen_length}, got {tuple(infill.shape)}")
+        if infill.shape[0] not in (1, batch):
+            raise ValueError(f"infill has {infill.shape[0]} rows for {batch} prompts")
         gen = infill.expand(batch, gen_length).clone()
     x = torch.cat([prompt, gen], 1)
     if attention_mask is not None:
-        attention_mask = torch.as_tensor(attention_mask, device=device).bool()
-        if attention_mask.shape != prompt.shape:
-            raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got {tuple(attention_mask.shape)}")
         attention_mask = torch.cat([attention_mask, torch.ones_like(gen, dtype=torch.bool)], 1)
     return x, attention_mask, width
 
@@ -115,8 +178,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or
             "fast-dllm". Each names the paper it follows in its docstring
             (dllm.sampling.score, dllm.sampling.masked).
-        block_length: semi-autoregressive block size for "llada" (default gen_length) and
-            "fast-dllm" (default 32).
+        block_length: semi-autoregressive block size for "llada" (default gen_length; it must
+            divide gen_length, and the block count must divide steps) and "fast-dllm" (default 32; a
+            last block may be shorter); an error for the other samplers.
         temperature, top_k, top_p: the proposal distribution (0 = argmax), see
             :func:`dllm.ops.predict_masked`.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
@@ -125,7 +189,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
             any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
-        attention_mask: bool ``[B, P]`` for left-padded prompts (True on real tokens).
+        attention_mask: bool ``[B, P]`` for padded prompts (True on real tokens), one contiguous
+            run per row: right-padded rows are moved to the left, so ``sequences`` always holds
+            left-padded prompts followed by the generated region.
         cache: "fast-dllm" only: None (every step runs the whole canvas), "prefix" or "dual"
             (Fast-dLLM's approximate KV caches, refreshed once per block; the model needs the
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
@@ -141,23 +207,18 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         nfe counts model evaluations; a classifier-free-guidance step counts 2.
     """
     name, variant = _parse_sampler(sampler)
+    _check_lengths(gen_length=gen_length, steps=steps)
     if name.startswith("sedd-"):
         return _generate_sedd(model, prompt, name.removeprefix("sedd-"), gen_length=gen_length, steps=steps,
                               infill=infill, attention_mask=attention_mask, cache=cache, cuda_graph=cuda_graph,
                               generator=generator, callback=callback, return_history=return_history,
                               unsupported=dict(block_length=block_length, temperature=temperature, top_k=top_k,
                                                top_p=top_p, threshold=threshold, alg_temp=alg_temp, cfg_scale=cfg_scale))
-    if gen_length <= 0 or steps <= 0:
-        raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
     device = _device_of(model)
     _check_cache(name, cache)
     _check_cuda_graph(name, cuda_graph, cache, device)
-    if threshold is not None and name != "fast-dllm":
-        raise ValueError("threshold applies only to the fast-dllm sampler")
-    if cfg_scale and name != "llada":
-        raise ValueError("cfg_scale applies only to the llada sampler")
-    if alg_temp and name != "dream":
-        raise ValueError("alg_temp applies only to the dream sampler")
+    _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
+                          alg_temp=alg_temp)
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        int(getattr(model, "pad_id", 0)), device)
@@ -165,7 +226,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                   shift=int(getattr(model, "logits_shift", 0)), generator=generator)
     if name == "llada":
-        masked.llada(loop, x, start=start, steps=steps, block_length=block_length or gen_length, cfg_scale=cfg_scale,
+        masked.llada(loop, x, start=start, steps=steps, block_length=gen_length if block_length is None else block_length, cfg_scale=cfg_scale,
                      remasking=variant, prompt_positions=slice(0, start), **common)
     elif name == "mdlm":
         masked.mdlm(loop, x, steps=steps, **common)
@@ -174,7 +235,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     elif name == "dream":
         masked.dream(loop, x, steps=steps, alg=variant, alg_temp=alg_temp, **common)
     else:
-        masked.fast_dllm(loop, x, start=start, block_length=block_length or 32,
+        masked.fast_dllm(loop, x, start=start, block_length=FAST_DLLM_BLOCK if block_length is None else block_length,
                          threshold=0.9 if threshold is None else threshold, cache=cache, **common)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
 
@@ -195,13 +256,8 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
         raise ValueError(f"{', '.join(given)} do not apply to the SEDD samplers")
-    if gen_length <= 0 or steps <= 0:
-        raise ValueError(f"gen_length and steps must be positive, got {gen_length} and {steps}")
     noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
-    if infill is not None:
-        infill = torch.as_tensor(infill)
-        infill = torch.where(infill == UNKNOWN, placeholder, infill)
     device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    int(getattr(model, "pad_id", 0)), device)

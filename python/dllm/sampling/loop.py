@@ -14,6 +14,7 @@ class StepLoop:
     def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device, *,
                  cuda_graph: bool = False, generator: torch.Generator | None = None):
         self.model = model
+        self.time_conditioned = bool(getattr(model, "time_conditioned", False))
         self.attention_mask = attention_mask
         self.callback = callback
         self.history: list[torch.Tensor] | None = [] if return_history else None

@@ -22,6 +22,17 @@ def _loglinear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return -torch.log1p(-(1 - eps) * t)
 
 
+def _canvas_sigma(loop: StepLoop, x: torch.Tensor, mask_id: int) -> torch.Tensor | None:
+    """A time-conditioned model's sigma in the samplers without a clock of their own (llada, dream,
+    fast-dllm): the log-linear sigma at t = the canvas's masked fraction of real tokens, the rate
+    at which training masked them; None for a time-agnostic model."""
+    if not loop.time_conditioned:
+        return None
+    mask = loop.attention_mask
+    real = x.shape[1] if mask is None else mask.sum(-1).repeat(x.shape[0] // mask.shape[0])
+    return _loglinear_sigma((x == mask_id).sum(-1) / real)
+
+
 def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature, top_k, top_p, cfg_scale,
           remasking, shift, prompt_positions, generator):
     """LLaDA (Nie et al. 2025, generate.py): semi-autoregressive blocks; in each, the linear
@@ -42,10 +53,11 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         if cfg_scale > 0:
             unconditional = x.clone()
             unconditional[:, prompt_positions] = mask_id
-            cond, uncond = loop.forward(torch.cat([x, unconditional]), stacked=2).chunk(2)
+            both = torch.cat([x, unconditional])
+            cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)
         else:
-            logits = loop.forward(x)
+            logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
                                       top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_tokens, window=window, generator=generator)
@@ -67,7 +79,7 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
     unmasks everything. For a time-agnostic model the logits of a step that unmasked nothing
     are reused, so that step costs no network call."""
     logits = None
-    time_conditioned = getattr(loop.model, "time_conditioned", False)
+    time_conditioned = loop.time_conditioned
     for i in range(steps):
         t, s = 1 - i / steps, 1 - (i + 1) / steps
         loop.begin()
@@ -88,7 +100,7 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
     step, at the time it would first unmask, drawn analytically, t <- t * u^(1/n) with n masked
     tokens. The position is uniform among the masked ones, so `steps` is the number of masked
     tokens; the time matters only to a time-conditioned model."""
-    time_conditioned = getattr(loop.model, "time_conditioned", False)
+    time_conditioned = loop.time_conditioned
     t = torch.ones(x.shape[0], device=x.device, dtype=torch.float64)
     one = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
     for _ in range(int((x == mask_id).sum(-1).max())):
@@ -119,7 +131,7 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
     kind = DREAM_ALGS[alg]
 
     def step(x, rate):
-        logits = loop.forward(x)
+        logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                                       confidence=kind or "prob", logits_shift=shift, generator=generator)
         if kind is None:
@@ -142,7 +154,7 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
 def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cache, temperature, top_k, top_p, shift,
               generator):
     """Fast-dLLM's parallel decoding (Wu et al. 2025, `get_transfer_index` in threshold mode):
-    blocks left to right; every step commits each masked position of the block whose proposal
+    blocks left to right (the last one may be shorter); every step commits each masked position of the block whose proposal
     has probability >= threshold, and at least the most confident one, until the block is done.
     The number of steps adapts to the model's confidence.
 
@@ -153,9 +165,6 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     see the tokens committed since the refresh (exact for one layer, whose keys depend only on
     their own token). The logits given to the callback cover the positions fed."""
     length = x.shape[1]
-    gen_length = length - start
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
     kv = loop.new_kv_cache(x) if cache is not None else None
 
     def decode(part, logits, window):
@@ -164,20 +173,21 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
     for lo in range(start, length, block_length):
-        hi = lo + block_length
+        hi = min(lo + block_length, length)
         window = _window(x, lo, hi)
         refresh = True
         while bool((x[:, lo:hi] == mask_id).any()):
             loop.begin()
+            sigma = _canvas_sigma(loop, x, mask_id)
             if kv is None:
-                logits = loop.logits(x)
+                logits = loop.logits(x, sigma)
                 decode(x, logits, window)
             else:
                 # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
                 q_lo = 0 if refresh else lo - min(shift, lo)
                 q_hi = length if refresh or cache == "prefix" else hi
                 part = x[:, q_lo:q_hi].contiguous()
-                logits = loop.logits(part, cache=kv, start=q_lo)
+                logits = loop.logits(part, sigma, cache=kv, start=q_lo)
                 decode(part, logits, window - q_lo)
                 x[:, q_lo:q_hi] = part
                 refresh = False

@@ -1,18 +1,20 @@
 """The contract between dllm's samplers and a model. Any nn.Module (or callable) works if it
 
-- maps tokens to logits: ``model(x) -> [B, L, V]`` for x int64 ``[B, L]``; it may also return an
-  object with a ``.logits`` attribute (Hugging Face style);
+- maps tokens to logits: ``model(x) -> [B, L, V]`` (float32, bfloat16 or float16) for x int64
+  ``[B, L]``; it may also return an object with a ``.logits`` attribute (Hugging Face style);
 - has ``mask_id`` (int): the mask token, a valid index of the logits;
 - optionally has ``logits_shift`` (int, default 0): 1 when position i is predicted by logits row
   i - 1 (Dream, and other models adapted from autoregressive ones);
 - optionally has ``time_conditioned`` (bool, default False): when True it is called as
   ``model(x, sigma)`` with the total noise ``sigma`` float ``[B]`` (SEDD; MDLM with time
-  conditioning). Time-agnostic models are never given the time, which is what lets the MDLM
-  sampler skip the network on steps that unmask nothing;
+  conditioning): the sampler's time for "mdlm" and "first-hitting", and the log-linear sigma of
+  each canvas's masked fraction for "llada", "dream" and "fast-dllm", which have no clock of their
+  own. Time-agnostic models are never given the time, which is what lets the MDLM sampler skip
+  the network on steps that unmask nothing;
 - score models (the SEDD samplers) have ``graph``, a ``dllm.sedd.Absorbing`` or ``Uniform``
   graph, optionally ``noise``, a ``dllm.sedd`` schedule (default: log-linear for the absorbing
   graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
-- optionally has ``pad_id`` (int, default 0): used to left-pad ragged prompts;
+- optionally has ``pad_id`` (int, default 0, not the mask id): used to left-pad ragged prompts;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
   padded;
 - optionally has the KV-cache interface that ``cache="prefix"`` / ``"dual"`` (Fast-dLLM) need:

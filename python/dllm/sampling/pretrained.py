@@ -16,16 +16,18 @@ from ..sedd import Absorbing, Uniform, get_noise
 
 class MaskedLM(nn.Module):
     """A masked-diffusion network (MDLM, LLaDA objectives) with the mask id samplers need; it passes
-    ``attention_mask`` and the KV-cache interface through."""
+    sigma (to a DiT trained with time conditioning), ``attention_mask`` and the KV-cache interface
+    through."""
 
     def __init__(self, model: nn.Module, mask_id: int):
         super().__init__()
         self.model, self.mask_id = model, mask_id
+        self.time_conditioned = bool(getattr(getattr(model, "config", None), "time_conditioning", False))
         if getattr(model, "new_kv_cache", None) is not None:
             self.new_kv_cache = model.new_kv_cache
 
-    def forward(self, x, **kwargs):
-        return self.model(x, **kwargs)
+    def forward(self, x, sigma=None, **kwargs):
+        return self.model(x, **kwargs) if sigma is None else self.model(x, sigma, **kwargs)
 
 
 class ScoreModel(nn.Module):
@@ -35,8 +37,8 @@ class ScoreModel(nn.Module):
         super().__init__()
         self.model, self.graph, self.noise = model, graph, noise
 
-    def forward(self, x, sigma):
-        return self.model(x, sigma)
+    def forward(self, x, sigma, **kwargs):
+        return self.model(x, sigma, **kwargs)
 
 
 def load_for_sampling(directory, device="cpu"):
