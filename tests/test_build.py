@@ -57,6 +57,12 @@ def test_build_info_describes_this_build():
         assert info["cuda_archs"] == []
     if os.environ.get("DLLM_CUDA") == "ON":  # CI forces the CUDA build: it must have happened
         assert info["cuda"]
+    commit = info["commit"].removesuffix("-dirty")  # benchmarks stamp their results with it
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo).returncode == 0, commit
+    else:
+        assert commit == "unknown"
 
 
 def test_import_never_touches_torch_cuda():

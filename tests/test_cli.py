@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from dllm.cli import main
+from dllm.demo import MASK_GLYPH
+from dllm.devices import resolve_device
 from dllm.eval_cli import run_eval
 from dllm.training import train
 
@@ -41,10 +43,13 @@ def test_demo_end_to_end(tmp_path):
     assert speed["diffusion_tokens_per_s"] > 0 and speed["ar_tokens_per_s"] > 0
     text = (tmp_path / "samples.md").read_text()
     assert "def is_even(n):" in text and "return a - b" in text  # the prompt and the infill's known suffix
+    assert "--- next sample ---" in text  # two unconditional samples
     again = dllm("demo", "--minutes", "0.02", "--gen-length", "32", "--steps", "4", "--out-dir", str(tmp_path))
     assert again.returncode == 0 and "reusing" in again.stdout
     other = dllm("demo", "--minutes", "0.02", "--tokenizer", "byte", "--out-dir", str(tmp_path))
     assert other.returncode == 2 and "trained with the 'bpe' tokenizer" in other.stderr and "--retrain" in other.stderr
+    longer = dllm("demo", "--minutes", "0.02", "--gen-length", "256", "--out-dir", str(tmp_path))
+    assert longer.returncode == 2 and "128-token windows" in longer.stderr and "--retrain" in longer.stderr
     # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline
     for kind, extra in (("mdlm", ["--show-steps", "--sampler", "mdlm"]), ("ar", [])):
         out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(", "--gen-length", "16",
@@ -72,14 +77,15 @@ def test_sample_published_llada_folder(tmp_path, capsys):
     code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--show-steps")
     assert code == 0, err
     assert "--- sample 1 (llada, 4 network evaluations" in out and "w3 w7 w5" in out
-    assert "_" in out.split("step 1:")[1].splitlines()[0]  # masked positions left after the first step
-    assert "<|mdm_mask|>" not in out  # the mask decodes as <|mask|>, which show() draws as _
+    assert MASK_GLYPH in out.split("step 1:")[1].splitlines()[0]  # masked positions left after the first step
+    assert "<|mdm_mask|>" not in out  # the mask decodes as <|mask|>, which show() draws as MASK_GLYPH
     code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--sampler", "fast-dllm",
                                        "--block-length", "4", "--cache", "dual")
     assert code == 0, err
     assert "--- sample 1 (fast-dllm," in out and "w3 w7 w5" in out
     code, _, err = sample_in_process(capsys, str(tmp_path), "--cuda-graph")
-    assert code == 2 and "cuda_graph needs a CUDA model" in err and "usage: dllm sample" in err
+    assert code == 2 and err.endswith("dllm sample: error: cuda_graph needs a CUDA model; this one is on cpu\n")
+    assert "usage:" not in err  # an error found at run time is not a usage error
     code, _, err = sample_in_process(capsys, str(tmp_path), "--sampler", "sedd-analytic")
     assert code == 2 and "need a score model" in err
     code, _, err = sample_in_process(capsys, str(tmp_path), "--cache", "prefix")  # the default sampler is llada
@@ -94,12 +100,42 @@ def test_sample_published_sedd_folder(tmp_path, capsys):
     code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w1 w2", "--show-steps")
     assert code == 0, err
     assert "--- sample 1 (sedd-analytic," in out and "w1 w2" in out
-    assert "_" in out.split("step 1:")[1].splitlines()[0]
+    assert MASK_GLYPH in out.split("step 1:")[1].splitlines()[0]
 
 
 def test_demo_rejects_bad_arguments():
     out = dllm("demo", "--minutes", "0")
     assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr
+    out = dllm("demo", "--gen-length", "36")  # the completion's blocks need a multiple of 8
+    assert out.returncode == 2 and "multiple of 8" in out.stderr
+
+
+def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "corpus")
+    for args, message in [(["--steps", "0"], "steps must be positive"),
+                          (["--log-every", "0"], "log_every must be positive"),
+                          (["--val-fraction", "1.5"], "val_fraction must lie in (0, 1)"),
+                          (["--data", str(tmp_path / "nowhere")], "does not exist"),
+                          (["--objective", "ar", "--arch", "dit"], "cannot train arch"),
+                          (["--device", "tpu"], "device 'tpu'")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--data", str(corpus), "--out-dir", str(tmp_path / "run"), "--no-progress", *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_devices_are_checked_before_any_work():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        resolve_device("bogus")
+    if torch.cuda.is_available():  # a bare 'cuda' is this process's GPU: torch.cuda.set_device needs an index
+        assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ValueError, match="no CUDA device is visible"):
+            resolve_device("cuda")
 
 
 def test_eval_reproduces_the_trainers_validation(tmp_path):
@@ -136,3 +172,5 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
     bad = dllm("bench", "step", "--reps", "0")
     assert bad.returncode == 2 and "--reps" in bad.stderr
+    bad = dllm("bench", "step", "--reps", "2", "--out", str(tmp_path / "results.json" / "x"))
+    assert bad.returncode == 2 and "results.json" in bad.stderr and "ms/step" not in bad.stdout  # before measuring

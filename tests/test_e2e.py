@@ -161,7 +161,24 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
 
 
-def test_bench_e2e_rejects_bad_arguments(capsys):
+def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):
+    from dllm.training import train
+
+    from _train_helpers import tiny
+
+    corpus = make_corpus(tmp_path / "corpus")
+    monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
+    train(**tiny(tmp_path / "mdlm", corpus, tokenizer="bpe", bpe_vocab_size=300, steps=2, seq_len=64))
+    given = tmp_path / "mdlm" / "run" / "model"
+    main(["bench", "e2e", "--size", "tiny", "--minutes", "0.02", "--train-steps", "2", "--gen-lengths", "16",
+          "--batch-sizes", "1", "--step-fractions", "1", "--samplers", "mdlm", "--samples", "1", "--reps", "1",
+          "--nll-windows", "1", "--device", "cpu", "--threads", "1", "--model-dir", str(given),
+          "--out-dir", str(tmp_path / "report"), "--train-dir", str(tmp_path / "models")])
+    baseline = json.loads((tmp_path / "models" / "ar" / "run_config.json").read_text())["train"]
+    assert baseline["tokenizer"] == str(given / "tokenizer.json") and baseline["data"] == str(corpus)
+
+
+def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["bench", "e2e", "--step-fractions", "3/2", "--model-dir", "x", "--ar-dir", "y"])
     assert "--step-fractions must lie in (0, 1]" in capsys.readouterr().err
@@ -171,3 +188,7 @@ def test_bench_e2e_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "e2e", "--model-dir", "nowhere", "--ar-dir", "nowhere"])
     assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):  # an unwritable report folder fails before any model loads
+        main(["bench", "e2e", "--model-dir", "nowhere", "--ar-dir", "nowhere", "--out-dir", str(tmp_path / "file" / "r")])
+    assert "file" in capsys.readouterr().err

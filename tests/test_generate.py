@@ -268,11 +268,13 @@ def test_sedd_infill_on_the_uniform_graph_uses_minus_one():
     template[4:8] = torch.tensor([1, 2, 3, 4])
     out = dllm.generate(model, gen_length=16, steps=4, sampler="sedd-analytic", infill=template)
     assert out.sequences[0, 4:8].tolist() == [1, 2, 3, 4]
-    with pytest.raises(ValueError, match="do not apply to the SEDD samplers"):
+    with pytest.raises(ValueError, match="^threshold does not apply to the SEDD samplers"):
         dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", threshold=0.9)
-    with pytest.raises(ValueError, match="^top_k do not apply"):
+    with pytest.raises(ValueError, match="^top_k does not apply"):
         dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", top_k=1, temperature=1.0)
     dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", temperature=1.0, top_p=1.0)
     # A masked-diffusion model under a SEDD sampler: the missing graph is the error, not the options.
     with pytest.raises(ValueError, match="graph"):
         dllm.generate(TinyModel(), gen_length=16, steps=4, sampler="sedd-euler", temperature=0.8)
+    with pytest.raises(ValueError, match="score .SEDD. model"):
+        dllm.generate(model, gen_length=16, steps=4, sampler="llada")

@@ -210,7 +210,7 @@ def _bad(device, **change):
         (dict(x=lambda t: t.index_fill(1, torch.tensor([2], device=t.device), 10)), ValueError, r"x at position \[0, 2\] is outside"),
         (dict(x=lambda t: t.index_fill(1, torch.tensor([1], device=t.device), -1)), ValueError, r"x at position \[0, 1\]"),
         (dict(sigma=lambda t: t.index_fill(0, torch.tensor([1], device=t.device), 0.0)), ValueError, r"sigma\[1\] must be finite and > 0"),
-        (dict(dsig=lambda t: -t), ValueError, r"sigma\[0\] must be finite and > 0, and the step"),
+        (dict(dsig=lambda t: -t), ValueError, r"sigma\[0\] must be finite and > 0, and dsig\[0\] finite and >= 0"),
         (dict(logits=lambda t: t[..., :1]), RuntimeError, "K >= 2"),
         (dict(logits=lambda t: t[0]), RuntimeError, r"shape \[B, L, K\]"),
         (dict(x=lambda t: t[:, :2]), RuntimeError, r"x must have shape \[B, L\]"),

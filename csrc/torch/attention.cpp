@@ -14,7 +14,7 @@ constexpr const char* kOp = "attention";
 
 at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const char* name, bool cuda) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, kOp, ": ", name, " must have shape [", batch, "], got ", t.sizes());
-  TORCH_CHECK_TYPE(!at::isFloatingType(t.scalar_type()), kOp, ": ", name, " must be an integer tensor");
+  check_integer(kOp, t, name);
   at::Tensor n = t.to(at::kLong);
   if (!cuda) {  // on CUDA a check would synchronise; lengths are clamped to [0, S] instead
     TORCH_CHECK_VALUE(n.ge(0).all().item<bool>() && n.le(max_len).all().item<bool>(), kOp, ": ", name,
@@ -59,6 +59,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), kOp, ": varlen inputs take lengths from cu_seqlens only");
     for (const at::Tensor* cu : {&*cu_seqlens_q, &*cu_seqlens_k}) {
       check_same_device(kOp, q, *cu, "cu_seqlens");
+      check_integer(kOp, *cu, "cu_seqlens");
       TORCH_CHECK(cu->dim() == 1 && cu->size(0) >= 1, kOp, ": cu_seqlens must be [B + 1]");
     }
     TORCH_CHECK(cu_seqlens_q->size(0) == cu_seqlens_k->size(0), kOp, ": cu_seqlens_q and cu_seqlens_k disagree on B");

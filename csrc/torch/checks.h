@@ -45,6 +45,12 @@ int64_t parallel_min_error(int64_t n, int64_t grain, const Fn& fn) {
 // True when a device error flag may be read back: never during CUDA-graph capture.
 bool may_sync_current_stream();
 
+// Counts, lengths and offsets: any integer type, but not bool (a mask passed by mistake) or float.
+inline void check_integer(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+                   " must be an integer tensor, got ", t.scalar_type());
+}
+
 inline void check_same_device(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but logits are on ", ref.device());
 }

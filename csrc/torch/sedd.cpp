@@ -155,8 +155,7 @@ at::Tensor finish_loss(const LossCall& call) {
   return call.row_loss.view({call.x_t.size(0), call.x_t.size(1)}).sum(1).to(at::kFloat);
 }
 
-void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names,
-                      const char* sigma_rule) {
+void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const SeddErrorText& text) {
   if (encoded == kSeddNoError) return;
   const int64_t row = encoded >> 3;
   const int64_t b = row / seq_len, l = row % seq_len;
@@ -167,11 +166,13 @@ void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const ch
       TORCH_CHECK_VALUE(false, op, ": no token has positive probability at position [", b, ", ", l,
                         "] (are all its logits -inf?)");
     case kSeddBadToken:
-      TORCH_CHECK_VALUE(false, op, ": ", token_names, " at position [", b, ", ", l,
-                        "] is outside the graph's token range (absorb: tokens [0, K - 1) plus the mask K - 1; "
-                        "uniform: [0, K))");
-    case kSeddBadSigma:
-      TORCH_CHECK_VALUE(false, op, ": sigma[", b, "] ", sigma_rule);
+      TORCH_CHECK_VALUE(false, op, ": ", text.tokens, " at position [", b, ", ", l, "] is outside the token range (",
+                        text.token_range, ")");
+    case kSeddBadSigma: {
+      const std::string step =
+          text.step_name ? c10::str(", and ", text.step_name, "[", b, "] ", text.step_rule) : std::string();
+      TORCH_CHECK_VALUE(false, op, ": sigma[", b, "] ", text.sigma_rule, step);
+    }
     case kSeddMaskTarget:
       TORCH_CHECK_VALUE(false, op, ": x0[", b, ", ", l, "] is the mask id at a masked position: the clean data must not contain the mask");
     default: break;
@@ -194,7 +195,7 @@ at::Tensor sedd_step_cpu_op(const at::Tensor& logits, const at::Tensor& x, const
   call.params.rng = cpu_rng_state(generator);
   const SeddStepParams& p = call.params;
   raise_sedd_error("sedd_step", parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return sedd_step_cpu(p, b, e); }),
-                   p.seq_len, "x");
+                   p.seq_len, kStepErrors);
   return call.x_next;
 }
 
@@ -205,7 +206,7 @@ at::Tensor sample_transition_cpu_op(const at::Tensor& x0, const at::Tensor& sigm
   const SampleTransitionParams& p = call.params;
   raise_sedd_error("sample_transition",
                    parallel_rows(p.rows, 64, [&](int64_t b, int64_t e) { return sample_transition_cpu(p, b, e); }),
-                   p.seq_len, "x0", kSigmaRuleNoising);
+                   p.seq_len, kNoisingErrors);
   return call.x_t;
 }
 
@@ -216,7 +217,7 @@ at::Tensor score_entropy_loss_cpu_op(const at::Tensor& logits, const at::Tensor&
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
   const LossParams& p = call.params;
   raise_sedd_error(op, parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_forward_cpu(p, b, e); }),
-                   p.seq_len, "x_t or x0");
+                   p.seq_len, kScoreEntropyErrors);
   return finish_loss(call);
 }
 
@@ -240,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> masked_diffusion_loss_cpu_op(const at::Tensor
   call.params.lse = call.lse.data_ptr<float>();
   const LossParams& p = call.params;
   raise_sedd_error(op, parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_forward_cpu(p, b, e); }),
-                   p.seq_len, "x_t or x0");
+                   p.seq_len, kMaskedDiffusionErrors);
   return {finish_loss(call), call.lse};
 }
 

@@ -39,14 +39,24 @@ void prepare_backward(const char* op, LossCall& call, const at::Tensor& grad_los
 // The per-sequence loss [B] float32 from the per-position losses.
 at::Tensor finish_loss(const LossCall& call);
 
-// What kSeddBadSigma means, after "sigma[b] ": the steps and losses need sigma > 0 (they take
-// log(expm1(sigma))), noising accepts sigma = 0 (the identity).
-constexpr const char* kSigmaRuleStep =
-    "must be finite and > 0, and the step/weight term at that index finite (and >= 0 for a step)";
-constexpr const char* kSigmaRuleNoising = "must be finite and >= 0";
+// How an op's errors name its inputs. kSeddBadSigma reads "sigma[b] <sigma_rule>", then ", and
+// <step_name>[b] <step_rule>" when the op has a step or weight term: the steps and losses need
+// sigma > 0 (they take log(expm1(sigma))), noising accepts sigma = 0 (the identity).
+struct SeddErrorText {
+  const char* tokens;       // the token inputs, for kSeddBadToken
+  const char* token_range;  // their valid range
+  const char* sigma_rule;
+  const char* step_name;  // nullptr: no step or weight term
+  const char* step_rule;
+};
+constexpr const char* kGraphTokenRange = "absorb: tokens [0, K - 1) plus the mask K - 1; uniform: [0, K)";
+constexpr SeddErrorText kStepErrors{"x", kGraphTokenRange, "must be finite and > 0", "dsig", "finite and >= 0"};
+constexpr SeddErrorText kNoisingErrors{"x0", kGraphTokenRange, "must be finite and >= 0", nullptr, nullptr};
+constexpr SeddErrorText kScoreEntropyErrors{"x_t or x0", kGraphTokenRange, "must be finite and > 0", "dsigma",
+                                            "finite"};
+constexpr SeddErrorText kMaskedDiffusionErrors{"x_t or x0", "[0, K), K = logits.size(-1)", nullptr, nullptr, nullptr};
 
 // Throws the error the kernels encoded as (row << 3) | status; no-op for kSeddNoError.
-void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const char* token_names,
-                      const char* sigma_rule = kSigmaRuleStep);
+void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const SeddErrorText& text);
 
 }  // namespace dllm::binding

@@ -13,10 +13,9 @@ namespace {
 
 at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kSeddNoError, like.options().dtype(at::kLong)); }
 
-void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const char* names,
-                  const char* sigma_rule = kSigmaRuleStep) {
+void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const SeddErrorText& text) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, names, sigma_rule);
+  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, text);
 }
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
@@ -34,7 +33,7 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   sedd_step_cuda(call.params, stream());
-  check_errors("sedd_step", slot, call.params.seq_len, "x");
+  check_errors("sedd_step", slot, call.params.seq_len, kStepErrors);
   return call.x_next;
 }
 
@@ -46,7 +45,7 @@ at::Tensor sample_transition_cuda_op(const at::Tensor& x0, const at::Tensor& sig
   at::Tensor slot = error_slot(x0);
   call.params.first_error = slot.data_ptr<int64_t>();
   sample_transition_cuda(call.params, stream());
-  check_errors("sample_transition", slot, call.params.seq_len, "x0", kSigmaRuleNoising);
+  check_errors("sample_transition", slot, call.params.seq_len, kNoisingErrors);
   return call.x_t;
 }
 
@@ -59,7 +58,7 @@ at::Tensor score_entropy_loss_cuda_op(const at::Tensor& logits, const at::Tensor
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   loss_forward_cuda(call.params, stream());
-  check_errors(op, slot, call.params.seq_len, "x_t or x0");
+  check_errors(op, slot, call.params.seq_len, kScoreEntropyErrors);
   return finish_loss(call);
 }
 
@@ -86,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> masked_diffusion_loss_cuda_op(const at::Tenso
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   loss_forward_cuda(call.params, stream());
-  check_errors(op, slot, call.params.seq_len, "x_t or x0");
+  check_errors(op, slot, call.params.seq_len, kMaskedDiffusionErrors);
   return {finish_loss(call), call.lse};
 }
 

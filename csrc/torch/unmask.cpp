@@ -113,7 +113,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
   p.position_temperature = float(position_temperature);
   p.committed = call.committed.data_ptr<int64_t>();
   if (num_tokens.has_value()) {
-    TORCH_CHECK_TYPE(!at::isFloatingType(num_tokens->scalar_type()), op, ": num_tokens must be an integer tensor");
+    check_integer(op, *num_tokens, "num_tokens");
     call.num_tokens = per_row(*num_tokens, "num_tokens", at::kLong);
     p.rule = CommitRule::kNumTokens;
     p.num_tokens = call.num_tokens.data_ptr<int64_t>();
@@ -128,6 +128,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
   }
   if (window.has_value()) {
     check_same_device(op, x, *window, "window");
+    check_integer(op, *window, "window");
     TORCH_CHECK(window->dim() == 2 && window->size(0) == batch && window->size(1) == 2, op,
                 ": window must have shape [", batch, ", 2] ([start, end) per row), got ", window->sizes());
     call.window = window->to(at::kLong).contiguous();

@@ -7,7 +7,7 @@ unreadable "undefined symbol" error, so the versions are compared first.
 import torch
 
 try:
-    from . import _build_config
+    from . import _build_commit, _build_config
 except ImportError as e:  # a source checkout that was never built
     raise ImportError(
         "dllm's compiled extension is missing: install the package with "
@@ -32,7 +32,8 @@ def build_info() -> dict:
     ``torch_cuda`` (that torch's CUDA version, or None), ``cuda`` (whether CUDA kernels are
     compiled in), ``cuda_archs`` (the compiled SM architectures, e.g. ``["80", "90"]``) and
     ``wgmma`` (whether the Hopper attention kernels on wgmma, forward and backward, built for
-    sm_90a, are compiled in).
+    sm_90a, are compiled in) and ``commit`` (the git commit built, ``-dirty`` with uncommitted
+    changes, or "unknown" outside a checkout).
     """
     archs = [a for a in _build_config.CUDA_ARCHS.split(";") if a]
     return {
@@ -42,4 +43,5 @@ def build_info() -> dict:
         "cuda": bool(_C.with_cuda),
         "cuda_archs": archs if _C.with_cuda else [],
         "wgmma": bool(_C.with_wgmma),
+        "commit": _build_commit.COMMIT,
     }

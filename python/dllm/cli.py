@@ -12,10 +12,21 @@ import os
 import sys
 import typing
 
+from .devices import DEVICE_HELP
+from .training.checkpoint import CheckpointError
 from .training.config import TrainConfig
 
 # `dllm bench NAME`: each module has add_arguments(parser) and run(ns); its docstring is the help.
 BENCHMARKS = {"step": "dllm.benchmarks.step_latency", "e2e": "dllm.benchmarks.e2e"}
+
+
+# Mistakes a user can fix, found once the command runs: reported in one line, without a traceback.
+USER_ERRORS = (ValueError, OSError, CheckpointError)
+
+
+def _fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:
+    # parser.error would print the usage block too, which says nothing about an error found at run time
+    parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def _flag_type(field: dataclasses.Field):
@@ -65,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                         "step by step and tokens/s; outputs go to --out-dir.")
     dp.add_argument("--minutes", type=float, default=3.0, help="training time per model (default: 3)")
     dp.add_argument("--out-dir", default="out/demo", help="output folder (default: out/demo)")
-    dp.add_argument("--gen-length", type=int, default=128, help="tokens per sample, at least 16 (default: 128)")
-    dp.add_argument("--steps", type=int, default=64, help="sampler steps for the unconditional sample (default: 64)")
-    dp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    dp.add_argument("--gen-length", type=int, default=128, help="tokens per sample, a multiple of 8, at least 16 (default: 128)")
+    dp.add_argument("--steps", type=int, default=64, help="sampler steps for the unconditional samples (default: 64)")
+    dp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
     dp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     dp.add_argument("--tokenizer", choices=("bpe", "byte"), default="bpe",
@@ -79,17 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`) or a published checkpoint folder")
     sp.add_argument("--prompt", default="", help="text to continue (default: none)")
     sp.add_argument("--gen-length", type=int, default=128, help="tokens to generate (default: 128)")
-    sp.add_argument("--steps", type=int, default=64, help="sampler steps (default: 64)")
+    sp.add_argument("--steps", type=int, default=64, help="sampler steps (default: 64; fast-dllm and "
+                    "first-hitting choose their own, autoregressive models take one per token)")
     sp.add_argument("--sampler", default=None, help="a dllm.generate sampler (default: sedd-analytic for SEDD "
                     "models, the family's own for published MDLM, LLaDA and Dream, else llada); ignored for "
                     "autoregressive models")
     sp.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy (default: "
                     "0.8; the SEDD samplers take none)")
-    sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block (llada, fast-dllm)")
+    sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block of the llada and "
+                    "fast-dllm samplers (default: llada the whole --gen-length, fast-dllm 32)")
     sp.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
     sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    sp.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step")
+    sp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step (diffusion "
+                    "samplers)")
     sp.add_argument("--cache", choices=("prefix", "dual"), default=None, help="Fast-dLLM's approximate KV cache, "
                     "refreshed once per block (with --sampler fast-dllm only; default: none)")
     sp.add_argument("--cuda-graph", action="store_true", help="replay each sampler step as a CUDA graph "
@@ -101,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
     ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
     ep.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the run's)")
-    ep.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    ep.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     ep.add_argument("--seed", type=int, default=None, help="seed of the diffusion noise (default: the run's --seed)")
     bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
                         description="Benchmarks that time dllm against the eager code a user would otherwise run.")
@@ -118,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "demo":
         from .demo import run_demo
 
-        if ns.minutes <= 0 or ns.gen_length < 16 or ns.steps <= 0:
-            dp.error("--minutes and --steps must be positive and --gen-length at least 16")
+        if ns.minutes <= 0 or ns.gen_length < 16 or ns.gen_length % 8 or ns.steps <= 0:
+            dp.error("--minutes and --steps must be positive and --gen-length a multiple of 8, at least 16")
         try:
             run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed, ns.tokenizer)
-        except (ValueError, OSError) as e:
-            dp.error(str(e))
+        except USER_ERRORS as e:
+            _fail(dp, e)
         return 0
     if ns.command == "sample":
         from .sample_cli import run_sample
@@ -135,23 +149,23 @@ def main(argv: list[str] | None = None) -> int:
                        temperature=ns.temperature, block_length=ns.block_length, num_samples=ns.num_samples,
                        seed=ns.seed, device=ns.device, show_steps=ns.show_steps, cache=ns.cache,
                        cuda_graph=ns.cuda_graph)
-        except (ValueError, OSError) as e:
-            sp.error(str(e))
+        except USER_ERRORS as e:
+            _fail(sp, e)
         return 0
     if ns.command == "eval":
         from .eval_cli import run_eval
 
         try:
             result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed)
-        except (ValueError, OSError) as e:
-            ep.error(str(e))
+        except USER_ERRORS as e:
+            _fail(ep, e)
         print(json.dumps(result, indent=2))
         return 0
     if ns.command == "bench":
         try:
             importlib.import_module(BENCHMARKS[ns.benchmark]).run(ns)
-        except (ValueError, OSError) as e:
-            bench_parsers[ns.benchmark].error(str(e))
+        except USER_ERRORS as e:
+            _fail(bench_parsers[ns.benchmark], e)
         return 0
     if ns.command == "train":
         from .training import train
@@ -160,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_from_args(ns)
         except (ValueError, OSError) as e:
             tp.error(str(e))
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except USER_ERRORS as e:
+            _fail(tp, e)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .data.tokenizer import MASK_TOKEN
+from .devices import resolve_device
 from .sampling import generate
 from .sampling.pretrained import load_for_sampling
 from .training.timed import train_for_minutes
@@ -26,9 +27,12 @@ INFILL_BEFORE = "def add(a, b):\n    "
 INFILL_AFTER = "\n\n\ndef sub(a, b):\n    return a - b\n"
 
 
+MASK_GLYPH = "\u2591"  # a light shade: code has underscores, so they cannot stand for masks
+
+
 def show(tok, ids: torch.Tensor) -> str:
-    """Decoded text with masks drawn as _."""
-    return tok.decode(ids.tolist()).replace(MASK_TOKEN, "_")
+    """Decoded text with masks drawn as MASK_GLYPH."""
+    return tok.decode(ids.tolist()).replace(MASK_TOKEN, MASK_GLYPH)
 
 
 def _trajectory_png(history: list[torch.Tensor], mask_id: int, path: Path) -> None:
@@ -62,8 +66,7 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
              device: str = "auto", retrain: bool = False, seed: int = 0, tokenizer: str = "bpe") -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     seq_len = max(gen_length, 128)
     dirs = {obj: train_for_minutes(obj, out, minutes, device=device, seq_len=seq_len, tokenizer=tokenizer,
                                    retrain=retrain, log_prefix="[demo]")
@@ -77,9 +80,10 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
         print(f"\n=== {title} ===\n{text}")
         report.append(f"## {title}\n\n```\n{text}\n```\n")
 
-    samples = generate(diffusion, gen_length=gen_length, steps=steps, sampler="mdlm", temperature=1.0, generator=g,
-                       return_history=True)
-    section(f"unconditional sample (mdlm sampler, {steps} steps)", show(tok, samples.sequences[0]))
+    samples = generate(diffusion, torch.empty(2, 0, dtype=torch.int64), gen_length=gen_length, steps=steps,
+                       sampler="mdlm", temperature=1.0, generator=g, return_history=True)
+    section(f"two unconditional samples (mdlm sampler, {steps} steps)",
+            "\n\n--- next sample ---\n\n".join(show(tok, row) for row in samples.sequences))
 
     prompt = torch.as_tensor(tok.encode(COMPLETION_PROMPT), device=device)
     done = generate(diffusion, prompt, gen_length=gen_length // 2, steps=gen_length // 2, sampler="llada",
@@ -98,7 +102,7 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
     watch = generate(diffusion, gen_length=gen_length // 2, steps=8, sampler="llada", generator=g,
                      return_history=True, temperature=1.0)
     lines = [f"step {i + 1}: {show(tok, h[0])!r}" for i, h in enumerate(watch.history)]
-    section("denoising step by step (8 steps, masks as _)", "\n".join(lines))
+    section(f"denoising step by step (8 steps, masks as {MASK_GLYPH})", "\n".join(lines))
     _trajectory_png(samples.history, tok.mask_id, out / "trajectory.png")
 
     length = gen_length

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .data.dataset import prepare
+from .devices import resolve_device
 from .data.tokenizer import tokenizer_for_model
 from .models import from_pretrained
 from .models.io import read_config
@@ -24,6 +25,8 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     Diffusion models report their NLL bound, autoregressive ones the exact NLL. Defaults (batches,
     batch size, seed) are the run's, so the numbers match the trainer's last validation of the
     exported weights (the ``_ema`` ones when the run kept an EMA)."""
+    if (batches is not None and batches <= 0) or (batch_size is not None and batch_size <= 0):
+        raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
     model_dir = Path(model_dir)
     config = read_config(model_dir)
     run_config = model_dir.parent / "run_config.json"
@@ -42,13 +45,11 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     if objective.config() != config.get("objective"):
         raise ValueError(f"{str(model_dir)!r} was trained with objective {config.get('objective')}, which `dllm eval` "
                          f"cannot rebuild (got {objective.config()})")
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = resolve_device(device)
     model = from_pretrained(model_dir, map_location=dev).eval()
     batches = cfg.eval_batches if batches is None else batches
     batch_size = cfg.batch_size if batch_size is None else batch_size
     seed = cfg.seed if seed is None else seed
-    if batches <= 0 or batch_size <= 0:
-        raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and dev.type == "cuda" else nullcontext()
     sequences = min(len(data.val), batches * batch_size)
     nats = validation_nll(model, objective, data.val, sequences=sequences, batch_size=batch_size, seed=seed,

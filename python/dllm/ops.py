@@ -125,7 +125,7 @@ def _predict_masked_fake(logits, x, mask_id, temperature=0.0, top_k=0, top_p=1.0
                          logits_shift=0, *, generator=None):
     torch._check(logits.dim() >= 2, lambda: "predict_masked: logits must be [..., L, V]")
     torch._check(x.shape == logits.shape[:-1], lambda: "predict_masked: x must have the shape of logits[..., 0]")
-    return torch.empty_like(x), logits.new_empty(x.shape, dtype=torch.float32)
+    return x.new_empty(x.shape), logits.new_empty(x.shape, dtype=torch.float32)
 
 
 def commit_tokens(
@@ -165,9 +165,11 @@ def commit_tokens(
 
     The op never synchronises with the host, so a whole sampler step can be captured in a CUDA
     graph. Invalid per-row values (a negative count, a window outside ``[0, L]``, a prob outside
-    ``[0, 1]``, a NaN confidence at an eligible position) raise ``ValueError`` on the CPU; on CUDA
-    that row is left unchanged and its count is -1.
+    ``[0, 1]``, a NaN confidence at an eligible position) leave that row unchanged: its count is
+    -1 on CUDA, and on the CPU the call raises ``ValueError`` after committing the valid rows.
     """
+    if x.dim() != 2:
+        raise ValueError(f"commit_tokens: x must be [B, L], got shape {tuple(x.shape)}")
     if isinstance(num_tokens, int):
         num_tokens = torch.full((x.shape[0],), num_tokens, dtype=torch.int64, device=x.device)
     if isinstance(prob, (int, float)):
@@ -223,6 +225,8 @@ def attention(
 
 def _softmax_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
     if softmax_scale is None:
+        if q.dim() == 0 or q.shape[-1] == 0:
+            raise ValueError(f"attention: q must have a positive head dimension, got shape {tuple(q.shape)}")
         return q.shape[-1] ** -0.5
     if not (math.isfinite(softmax_scale) and softmax_scale > 0):
         raise ValueError(f"attention: softmax_scale must be positive and finite, got {softmax_scale}")
@@ -327,6 +331,8 @@ def _per_batch(v: PerBatch, like: torch.Tensor) -> torch.Tensor:
     """A float or a [B] tensor as the [B] tensor the ops take."""
     if isinstance(v, torch.Tensor):
         return v
+    if like.dim() == 0:
+        raise ValueError("expected batched inputs ([B, L, ...]), got a 0-d tensor")
     return torch.full((like.shape[0],), float(v), dtype=torch.float32, device=like.device)
 
 
@@ -388,7 +394,7 @@ def _check_bl_k(op: str, logits, *tokens):
 @torch.library.register_fake("dllm::sedd_step")
 def _sedd_step_fake(logits, x, sigma, dsig, *, graph, method, scale_by_sigma=True, generator=None):
     _check_bl_k("sedd_step", logits, x)
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def score_entropy_loss(
@@ -540,4 +546,20 @@ def sample_transition(
 @torch.library.register_fake("dllm::sample_transition")
 def _sample_transition_fake(x0, sigma, *, graph, num_classes, generator=None):
     torch._check(x0.dim() == 2, lambda: "sample_transition: x0 must have shape [B, L]")
-    return torch.empty_like(x0)
+    return x0.new_empty(x0.shape)
+
+
+# Without an autograd kernel, torch's fallback would let gradients flow through these ops as None
+# or zeros with only a warning: the samplers' float outputs (log-probabilities, confidences) and
+# second derivatives of the fused losses and attention raise instead.
+def _register_not_differentiable(op: str, what: str) -> None:
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{what} is not differentiable")
+
+    torch.library.register_autograd(f"dllm::{op}", backward)
+
+
+_register_not_differentiable("sample_categorical", "dllm.ops.sample_categorical (its logprob output)")
+_register_not_differentiable("predict_masked", "dllm.ops.predict_masked (its confidence output)")
+for _loss in ("attention", "score_entropy_loss", "masked_diffusion_loss"):
+    _register_not_differentiable(f"{_loss}_backward", f"the gradient of dllm.ops.{_loss} (no double backward)")

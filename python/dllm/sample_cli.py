@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm.auto import tqdm
 
 from .demo import show
+from .devices import resolve_device
 from .sampling import generate
 from .sampling.pretrained import load_for_sampling
 
@@ -14,14 +16,20 @@ from .sampling.pretrained import load_for_sampling
 DEFAULT_SAMPLERS = {"sedd": "sedd-analytic", "mdlm": "mdlm", "llada": "llada", "dream": "dream"}
 
 
+def _expected_steps(sampler: str, steps: int) -> int | None:
+    """What the progress bar counts to: fast-dllm adapts its step count and first-hitting takes one per mask."""
+    name = sampler.partition(":")[0]
+    return None if name in ("fast-dllm", "first-hitting") else steps + 1 if name.startswith("sedd-") else steps
+
+
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
                temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     model, tok, kind = load_for_sampling(model_dir, device)
-    if kind == "ar" and (cache or cuda_graph):
-        raise ValueError("--cache and --cuda-graph apply to diffusion samplers, not to an autoregressive model")
+    if kind == "ar" and (cache or cuda_graph or show_steps or block_length is not None):
+        raise ValueError("--cache, --cuda-graph, --show-steps and --block-length apply to diffusion samplers, not to "
+                         "an autoregressive model")
     if temperature is None:  # SEDD's samplers draw from the exact reverse process: no temperature to set
         temperature = 0.0 if kind == "score" else 0.8
     default = DEFAULT_SAMPLERS.get(getattr(model, "layout", None), "sedd-analytic" if kind == "score" else "llada")
@@ -36,10 +44,16 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
             info = f"autoregressive, {gen_length} steps"
         else:
             name = sampler or default
-            callback = (lambda step, x, logits: print(f"  step {step + 1}: {show(tok, x[0])!r}")) if show_steps else None
-            out = generate(model, ids if ids.numel() else None, gen_length=gen_length, steps=steps, sampler=name,
-                           temperature=temperature, block_length=block_length, cache=cache, cuda_graph=cuda_graph,
-                           generator=g, callback=callback)
+            with tqdm(total=_expected_steps(name, steps), desc=f"sample {i + 1}", unit="step", leave=False,
+                      disable=show_steps) as bar:
+                def callback(step, x, logits):
+                    if show_steps:
+                        print(f"  step {step + 1}: {show(tok, x[0])!r}")
+                    bar.update()
+
+                out = generate(model, ids if ids.numel() else None, gen_length=gen_length, steps=steps, sampler=name,
+                               temperature=temperature, block_length=block_length, cache=cache, cuda_graph=cuda_graph,
+                               generator=g, callback=callback)
             seq = out.sequences[0]
             info = f"{name}, {out.nfe} network evaluations"
         if device.startswith("cuda"):

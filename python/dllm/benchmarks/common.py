@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .._extension import build_info
 
 
 def sync(device: str) -> None:
@@ -66,16 +69,22 @@ def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10)
     return times
 
 
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The short commit of the checkout (``-dirty`` with uncommitted changes), or "unknown"."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=cwd)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=cwd)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def command_line() -> str:
+    """The command as it was typed: ``dllm ...``, ``python -m dllm.cli ...`` or ``python bench/NAME.py ...``."""
+    prog = Path(sys.argv[0])
+    if prog.name == "dllm":
+        head = ["dllm"]
+    elif prog.name == "cli.py" and prog.parent.name == "dllm":
+        head = ["python", "-m", "dllm.cli"]
+    else:
+        head = ["python", os.path.relpath(prog)]
+    return " ".join(head + sys.argv[1:])
+
+
+def git_commit() -> str:
+    """The short commit the installed dllm was built from (``-dirty`` with uncommitted changes), or
+    "unknown": the code that ran, wherever the benchmark is started from."""
+    return build_info()["commit"]
 
 
 def cpu_model() -> str:

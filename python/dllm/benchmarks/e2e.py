@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.corpus import load_corpus
+from ..devices import DEVICE_HELP, resolve_device
 from ..models.attention import _fused_applies, fused_attention_available
 from ..models.config import SIZES
 from ..models.io import read_config
@@ -33,7 +33,7 @@ from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
 from .code_quality import (cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
                            unigram_entropy)
-from .common import card, git_commit, time_ms, utc_now
+from .common import card, command_line, git_commit, time_ms, utc_now
 
 # Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
 # the current block are cached, each step feeds only the block).
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of both models (default: 1)")
     p.add_argument("--reps", type=int, default=3, help="timed calls per throughput point, after one warm-up (default: 3)")
     p.add_argument("--nll-windows", type=int, default=64, help="held-out windows for the validation NLL (default: 64)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is steadier on a busy machine)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and sampling (default: 0)")
@@ -120,11 +120,17 @@ def _load_models(ns, device: str) -> Models:
     # One prompt token (end-of-text: "a file starts here") plus room for the infill context.
     seq_len = max_gen + max(32, max_gen // 4)
     train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
+    # A model trained here beside a given one takes that one's corpus and tokenizer: the same data.
+    given = Path(ns.model_dir or ns.ar_dir) if (ns.model_dir or ns.ar_dir) else None
+    data, tokenizer = ns.data, "byte"
+    if given is not None:
+        data = _training_config(given).get("data", ns.data) if ns.data is None else ns.data
+        tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
     dirs = {}
-    for objective, given in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
-        dirs[objective] = Path(given) if given else train_for_minutes(
-            objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=ns.data,
-            retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]")
+    for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
+        dirs[objective] = Path(path) if path else train_for_minutes(
+            objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=data,
+            tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]")
     diffusion, tok, kind = load_for_sampling(dirs["mdlm"], device)
     ar, ar_tok, ar_kind = load_for_sampling(dirs["ar"], device)
     if kind != "masked" or ar_kind != "ar":
@@ -334,8 +340,9 @@ def run(ns: argparse.Namespace) -> dict:
     from .e2e_report import write_report
 
     fracs = _check(ns)
+    Path(ns.out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the sweep
     load_at_start = os.getloadavg()[0]
-    device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(ns.device))
     if ns.threads:
         torch.set_num_threads(ns.threads)
     torch.manual_seed(ns.seed)
@@ -399,7 +406,7 @@ def run(ns: argparse.Namespace) -> dict:
                       and r["batch"] == row["batch"])
         row["speedup_vs_ar"] = row["tokens_per_s"] / ar_row["tokens_per_s"]
     reference = {str(length): unigram_entropy(windows[:, :length].flatten().tolist()) for length in ns.gen_lengths}
-    meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
+    meta = {"command": command_line(), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
             "date": utc_now(), "device": device, "size": ns.size, "seq_len": models.seq_len,
             "model_dirs": models.dirs, "minutes": ns.minutes if not (ns.model_dir and ns.ar_dir) else None,
             "train_step_cap": ns.train_steps,

@@ -20,14 +20,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .common import card, git_commit, time_ms, utc_now
+from ..devices import DEVICE_HELP, resolve_device
+from .common import card, command_line, git_commit, time_ms, utc_now
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _machine(device: torch.device) -> dict:
 
     info = {"date": utc_now(), "torch": torch.__version__, "dllm": dllm.build_info(), "commit": git_commit(),
             "python": platform.python_version(), "card": card(str(device)),
-            "command": " ".join([Path(sys.executable).name, "-m", "dllm.cli"] + sys.argv[1:])}
+            "command": command_line()}
     if device.type == "cuda":
         info.update(sms=torch.cuda.get_device_properties(device).multi_processor_count, cuda=torch.version.cuda)
     else:
@@ -184,7 +184,7 @@ def format_table(meta: dict, rows: list[Row]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model and shape: sedd-small, llada-8b (GPU sizes) or tiny (seconds on a CPU) (default: tiny)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="weights and activations (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--temperature", type=float, default=1.0, help="LLaDA-step temperature, 0 = greedy (default: 1)")
@@ -200,15 +200,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> list[Row]:
     from tqdm.auto import tqdm
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device)
+    device = resolve_device(ns.device)
+    if ns.out is not None:  # an unwritable folder fails now, not after the measurements
+        ns.out.mkdir(parents=True, exist_ok=True)
     dtype_name = ns.dtype if ns.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if not 0 <= ns.temperature < float("inf"):
+        raise ValueError(f"--temperature must be finite and >= 0, got {ns.temperature}")
     if ns.reps <= 0 or ns.warmup < 0 or ns.threads < 0:
         raise ValueError(f"--reps must be positive, --warmup and --threads not negative; got {ns.reps}, {ns.warmup} "
                          f"and {ns.threads}")
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
     dtype = DTYPES[dtype_name]
     amp = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else nullcontext()
     torch.manual_seed(ns.seed)
@@ -242,7 +244,6 @@ def run(ns: argparse.Namespace) -> list[Row]:
     meta = _machine(device) | {"preset": ns.preset, "temperature": ns.temperature, "warmup": ns.warmup, "reps": ns.reps}
     table = format_table(meta, rows)
     if ns.out is not None:
-        ns.out.mkdir(parents=True, exist_ok=True)
         (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
         (ns.out / "summary.md").write_text(table)
     print(table)

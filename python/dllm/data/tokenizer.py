@@ -131,7 +131,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
         vocab_size=vocab_size - 1,  # the mask token is appended after training, so it is the last id
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=True,  # a bar on the terminal (tens of seconds on the standard library)
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     return BPETokenizer(tok)

@@ -138,6 +138,8 @@ class ARTransformer(DiffusionTransformer):
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward)."""
+        if not 0 <= temperature < float("inf"):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         B, P = prompt.shape
         cache = self.new_cache(B, P + max_new_tokens)
         logits = self(prompt, cache=cache, start=0)[:, -1]

@@ -18,6 +18,9 @@ WEIGHTS_NAME = "model.safetensors"
 def _atomic_replace(write, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files 0600; others should read a shared model
     os.replace(tmp, path)
 
 

@@ -219,6 +219,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     _check_cuda_graph(name, cuda_graph, cache, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
                           alg_temp=alg_temp)
+    if getattr(model, "graph", None) is not None:
+        raise ValueError(f"this is a score (SEDD) model: sample it with sedd-analytic or sedd-euler, not {name!r}")
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        int(getattr(model, "pad_id", 0)), device)
@@ -255,7 +257,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     _check_cuda_graph("sedd-" + method, cuda_graph, cache, _device_of(model))
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
-        raise ValueError(f"{', '.join(given)} do not apply to the SEDD samplers")
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
     noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
     device = _device_of(model)

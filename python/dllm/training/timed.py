@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+from .checkpoint import CheckpointError
 from .trainer import train
 
 
@@ -20,18 +21,26 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
     budget or ``steps`` optimizer steps end; returns the exported model folder. An existing folder is
     reused unless ``retrain``; one trained with another tokenizer is refused."""
     model_dir = out / objective / "model"
-    if model_dir.exists() and not retrain:
-        run_config = out / objective / "run_config.json"
-        trained_with = json.loads(run_config.read_text())["train"]["tokenizer"] if run_config.exists() else tokenizer
-        if trained_with != tokenizer:
-            raise ValueError(f"{model_dir} was trained with the {trained_with!r} tokenizer, not {tokenizer!r}: "
-                             "retrain (--retrain) or choose another output folder")
-        print(f"{log_prefix} reusing {model_dir} (--retrain to train again)")
-        return model_dir
+    run_config = out / objective / "run_config.json"
     if retrain and (out / objective).exists():
         shutil.rmtree(out / objective)
+    elif run_config.exists():  # a finished run, or an interrupted one that train() resumes
+        trained = json.loads(run_config.read_text())["train"]
+        if trained["tokenizer"] != tokenizer:
+            raise ValueError(f"{out / objective} holds a model trained with the {trained['tokenizer']!r} tokenizer, "
+                             f"not {tokenizer!r}: retrain (--retrain) or choose another output folder")
+        if trained["seq_len"] < seq_len:
+            raise ValueError(f"{out / objective} holds a model trained on {trained['seq_len']}-token windows, "
+                             f"shorter than the {seq_len} needed: retrain (--retrain) or choose another output folder")
+        if model_dir.exists():
+            print(f"{log_prefix} reusing {model_dir} (--retrain to train again)")
+            return model_dir
     print(f"{log_prefix} training the {size} {objective} model for {minutes:g} minutes on {device}")
-    train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16, lr=1e-3,
-          schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0, eval_batches=2,
-          ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed)
+    try:
+        train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16,
+              lr=1e-3, schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0,
+              eval_batches=2, ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed)
+    except CheckpointError as e:
+        raise CheckpointError(f"the unfinished run in {out / objective} cannot continue ({e}); --retrain starts "
+                              "it over") from e
     return model_dir

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import BatchOrder, prepare
+from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
 from ..models import build_model, model_config
 from ..objectives import get_objective
@@ -34,12 +35,6 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _pick_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(spec)
-
-
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine or constant."""
     if step < cfg.warmup:
@@ -54,7 +49,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_env()
-        self.device = _pick_device(cfg.device, local_rank)
+        self.device = resolve_device(cfg.device, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.owns_process_group = self.world > 1 and not dist.is_initialized()

@@ -1,0 +1,15 @@
+# Writes OUTPUT: the git commit of SOURCE_DIR ("-dirty" with uncommitted changes to tracked files),
+# or "unknown" outside a checkout. Run at every build, so the stamp follows the code that was built.
+execute_process(COMMAND git rev-parse --short HEAD WORKING_DIRECTORY "${SOURCE_DIR}"
+                OUTPUT_VARIABLE commit RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(rc EQUAL 0)
+  execute_process(COMMAND git status --porcelain --untracked-files=no WORKING_DIRECTORY "${SOURCE_DIR}"
+                  OUTPUT_VARIABLE changes OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(changes)
+    string(APPEND commit "-dirty")
+  endif()
+else()
+  set(commit "unknown")
+endif()
+file(WRITE "${OUTPUT}.new" "# Written at every build by cmake/build_commit.cmake.\nCOMMIT = \"${commit}\"\n")
+file(COPY_FILE "${OUTPUT}.new" "${OUTPUT}" ONLY_IF_DIFFERENT)

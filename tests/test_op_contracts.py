@@ -1,0 +1,92 @@
+"""What every op promises beyond its values: non-contiguous inputs under torch.compile and opcheck,
+no silent gradients, and clear errors for inputs of the wrong kind."""
+
+import pytest
+import torch
+
+from dllm import ops
+
+V = 10
+
+
+def transposed_tokens(B: int, L: int, high: int = V) -> torch.Tensor:
+    return torch.randint(0, high, (L, B)).t()  # [B, L] with strides (1, B)
+
+
+TOKEN_OPS = {
+    "sedd_step": (lambda logits, x: ops.sedd_step(logits, x, 1.0, 0.3, graph="uniform", method="euler"),
+                  lambda logits, x: (torch.ops.dllm.sedd_step.default, (logits, x, torch.ones(3), torch.full((3,), 0.3)),
+                                     {"graph": "uniform", "method": "euler"})),
+    "sample_transition": (lambda logits, x: ops.sample_transition(x, 0.5, graph="uniform", num_classes=V),
+                          lambda logits, x: (torch.ops.dllm.sample_transition.default, (x, torch.full((3,), 0.5)),
+                                             {"graph": "uniform", "num_classes": V})),
+    "predict_masked": (lambda logits, x: ops.predict_masked(logits, x, mask_id=V - 1)[0],
+                       lambda logits, x: (torch.ops.dllm.predict_masked.default, (logits, x, V - 1), {})),
+}
+
+
+@pytest.mark.parametrize("name", TOKEN_OPS)
+def test_non_contiguous_tokens_under_compile_and_opcheck(name):
+    call, op_args = TOKEN_OPS[name]
+    logits, x = torch.randn(3, 4, V), transposed_tokens(3, 4)
+    torch.manual_seed(0)
+    eager = call(logits, x)
+    torch.manual_seed(0)
+    compiled = torch.compile(lambda a, b: call(a, b) + 0, fullgraph=True)(logits, x)
+    assert compiled.is_contiguous() and torch.equal(eager, compiled)
+    op, args, kwargs = op_args(logits, x)
+    torch.library.opcheck(op, args, kwargs, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_second_derivatives_raise():
+    q, k, v = (torch.randn(1, 5, 2, 8, requires_grad=True) for _ in range(3))
+    dq, = torch.autograd.grad(ops.attention(q, k, v).square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(dq.sum(), k)
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    x_t, x0 = torch.full((2, 3), V - 1), torch.randint(0, V - 1, (2, 3))
+    for loss in (ops.score_entropy_loss(logits, x_t, x0, torch.ones(2), torch.ones(2), graph="absorb"),
+                 ops.masked_diffusion_loss(logits, x_t, x0, 1.0, mask_id=V - 1)):
+        g, = torch.autograd.grad(loss.sum(), logits, create_graph=True)
+        with pytest.raises(RuntimeError, match="no double backward"):
+            g.square().sum().backward()
+
+
+def test_sampler_outputs_are_not_differentiable():
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    _, conf = ops.predict_masked(logits, torch.full((2, 3), V - 1), mask_id=V - 1)
+    with pytest.raises(RuntimeError, match="predict_masked .its confidence output. is not differentiable"):
+        conf.sum().backward()
+    _, logprob = ops.sample_categorical(logits)
+    with pytest.raises(RuntimeError, match="sample_categorical .its logprob output. is not differentiable"):
+        logprob.sum().backward()
+
+
+def test_inputs_of_the_wrong_kind_are_named():
+    scalar = torch.tensor(5)
+    with pytest.raises(ValueError, match="commit_tokens: x must be"):
+        ops.commit_tokens(scalar, scalar, torch.tensor(1.0), mask_id=5, num_tokens=1)
+    with pytest.raises(ValueError, match="batched inputs"):
+        ops.sample_transition(scalar, 1.0, graph="absorb", num_classes=V)
+    with pytest.raises(ValueError, match="positive head dimension"):
+        ops.attention(*(torch.randn(1, 2, 1, 0) for _ in range(3)))
+    x, x0, conf = torch.full((2, 5), V - 1), torch.randint(0, V - 1, (2, 5)), torch.rand(2, 5)
+    with pytest.raises(TypeError, match="num_tokens must be an integer tensor, got Bool"):
+        ops.commit_tokens(x, x0, conf, mask_id=V - 1, num_tokens=torch.tensor([True, True]))
+    with pytest.raises(TypeError, match="window must be an integer tensor, got Float"):
+        ops.commit_tokens(x, x0, conf, mask_id=V - 1, num_tokens=1, window=torch.tensor([[0.5, 3.7], [0.0, 5.0]]))
+    q = torch.randn(5, 2, 8)
+    with pytest.raises(TypeError, match="cu_seqlens must be an integer tensor"):
+        ops.attention_varlen(q, q, q, torch.tensor([0.0, 2.5, 5.0]), torch.tensor([0, 2, 5]), 3, 3)
+    with pytest.raises(TypeError, match="kv_len must be an integer tensor, got Bool"):
+        ops.attention(q[None], q[None], q[None], kv_len=torch.tensor([True]))
+
+
+def test_errors_blame_the_argument_at_fault():
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    with pytest.raises(ValueError, match=r"sigma\[1\] must be finite and > 0, and dsig\[1\] finite and >= 0"):
+        ops.sedd_step(logits, x, torch.ones(2), torch.tensor([0.1, -0.1]), graph="absorb", method="euler")
+    x0 = torch.randint(0, V - 1, (2, 3))
+    x0[0, 1] = V + 2
+    with pytest.raises(ValueError, match=r"position \[0, 1\] is outside the token range \(\[0, K\), K = logits"):
+        ops.masked_diffusion_loss(logits, torch.full((2, 3), 3), x0, 1.0, mask_id=3)
