@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Row, format_table, machine, row_of, time_interleaved, write_results
+from common import Results, Row, machine, row_of, time_interleaved
 
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -44,7 +44,9 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": float("nan")}
+    title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")
+    rows = Results(args.out, title, meta)
     for B, H, L, D in shapes:
         g = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(B, L, H, D, device=device, dtype=dtype, generator=g).requires_grad_(args.backward)
@@ -104,9 +106,7 @@ def main() -> None:
                     r.note = f"{r.extra['tflops']:.1f} TFLOP/s" if cuda else f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s"
                 rows.append(r)
             print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(candidates):]))
-    meta = machine(device) | {"floor_gbps": float("nan")}
-    title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

@@ -103,3 +103,21 @@ def write_results(out: Path, title: str, meta: dict, rows: list[Row]) -> str:
     table = format_table(title, meta, rows)
     (out / "summary.md").write_text(table)
     return table
+
+
+class Results(list):
+    """The rows of a run, rewritten into ``out`` (results.json, summary.md) after every append, so
+    that a run cut short by a time limit keeps what it measured."""
+
+    def __init__(self, out: Path | None, title: str, meta: dict):
+        super().__init__()
+        self.out, self.title, self.meta = out, title, meta
+
+    def append(self, row: Row) -> None:
+        super().append(row)
+        if self.out is not None:
+            write_results(self.out, self.title, self.meta, self)
+
+    def finish(self) -> None:
+        """Writes the final rows (notes and ratios filled in after their append) and prints the table."""
+        print(write_results(self.out, self.title, self.meta, self) if self.out else format_table(self.title, self.meta, self))

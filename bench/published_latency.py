@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from common import Results, copy_bandwidth_gbps, machine, measure
 from dllm.models import LLaDAModel, ModelConfig
 from dllm.models.hub import PublishedModel
 
@@ -72,7 +72,10 @@ def main() -> None:
     steps, B = args.steps or G, args.batch
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 26))
     reps = {} if device.startswith("cuda") else {"warmup": 3, "reps": 5, "min_seconds": 0.0}
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": floor_gbps}
+    title = ("published model shapes (random weights): one sampler step and generate; GB/s = weight bytes read "
+             "per forward")
+    rows = Results(args.out, title, meta)
     for name in args.models.split(","):
         model, sampler, params = build(name, args.tiny, device, dtype)
         label = f"{name}{' (tiny)' if args.tiny else ''}"
@@ -100,10 +103,7 @@ def main() -> None:
         rows.append(gen)
         print(f"{label}: step {step.median_ms:.2f} ms, generate {gen.median_ms / 1e3:.2f} s = {tokens_per_s:.1f} tokens/s")
         del model, run  # free one model before building the next
-    meta = machine(device) | {"floor_gbps": floor_gbps}
-    title = ("published model shapes (random weights): one sampler step and generate; GB/s = weight bytes read "
-             "per forward")
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

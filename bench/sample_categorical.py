@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from common import Results, Row, copy_bandwidth_gbps, machine, measure
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -62,7 +62,9 @@ def main() -> None:
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
     t = args.temperature
 
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    title = "sample_categorical: one exact draw per row"
+    rows = Results(args.out, title, meta)
     for n, vocab in shapes:
         logits = (torch.randn(n, vocab, device=device) * 3).to(dtype)
         nbytes = logits.numel() * logits.element_size() + n * (8 + 4)  # read logits, write tokens + logprob
@@ -83,9 +85,7 @@ def main() -> None:
         print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
             f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows if r.shape == shape and r.impl != "dllm"))
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
-    title = "sample_categorical: one exact draw per row"
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

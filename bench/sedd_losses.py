@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from common import Results, Row, copy_bandwidth_gbps, machine, measure
 from dllm.sedd import reference as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,12 +46,14 @@ def main() -> None:
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
     reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
 
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    title = "SEDD / MDLM losses: forward + backward"
+    rows = Results(args.out, title, meta)
     for b, l, k in shapes:
-        gen = torch.Generator().manual_seed(0)
-        logits = (torch.randn(b, l, k, generator=gen) * 2).to(dtype).to(device)
-        x0 = torch.randint(0, k - 1, (b, l), generator=gen).to(device)
-        masked = torch.rand(b, l, generator=gen).to(device) < args.mask_frac
+        gen = torch.Generator(device=device).manual_seed(0)  # drawn on the device: GB of logits
+        logits = (torch.randn(b, l, k, generator=gen, device=device) * 2).to(dtype)
+        x0 = torch.randint(0, k - 1, (b, l), generator=gen, device=device)
+        masked = torch.rand(b, l, generator=gen, device=device) < args.mask_frac
         x_t = torch.where(masked, torch.full_like(x0, k - 1), x0)
         sigma = torch.full((b,), 0.7, device=device)
         dsigma = torch.full((b,), 1.3, device=device)
@@ -81,9 +83,7 @@ def main() -> None:
                                 0, 0, float("nan"), "out of memory"))
             print(f"{shape} {op}: " + ", ".join(f"{r.impl} {r.median_ms:.2f} ms" for r in rows[-2:]), flush=True)
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
-    title = "SEDD / MDLM losses: forward + backward"
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

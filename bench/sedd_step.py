@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from common import Results, Row, copy_bandwidth_gbps, machine, measure
 from dllm.sedd import reference as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -49,8 +49,8 @@ def main() -> None:
     ap.add_argument("--mask-frac", type=float, default=1.0, help="fraction of masked positions (absorb)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--compile-all", action="store_true",
-                    help="time the torch.compile peer for every case (default: the first case only; "
-                         "each compile takes seconds to tens of seconds)")
+                    help="time the torch.compile peer for every shape and case (default: the first shape's first "
+                         "case only; each compile takes seconds to tens of seconds)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
 
@@ -63,16 +63,18 @@ def main() -> None:
     reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
 
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    title = "sedd_step: fused SEDD sampler step (score transform + predictor + exact draw)"
+    rows = Results(args.out, title, meta)
     for b, l, k in shapes:
-        gen = torch.Generator().manual_seed(0)
-        logits = (torch.randn(b, l, k, generator=gen) * 2).to(dtype).to(device)
+        gen = torch.Generator(device=device).manual_seed(0)  # drawn on the device: GB of logits
+        logits = (torch.randn(b, l, k, generator=gen, device=device) * 2).to(dtype)
         nbytes = logits.numel() * logits.element_size() + b * l * 16  # logits, x in, x_next out
         shape = f"{b}x{l}x{k}"
         for graph, method in cases:
-            x = torch.randint(0, k, (b, l), generator=gen).to(device)
+            x = torch.randint(0, k, (b, l), generator=gen, device=device)
             if graph == "absorb":
-                x = torch.where(torch.rand(b, l, generator=gen).to(device) < args.mask_frac, torch.full_like(x, k - 1), x)
+                x = torch.where(torch.rand(b, l, generator=gen, device=device) < args.mask_frac, torch.full_like(x, k - 1), x)
             sigma = torch.full((b,), 0.7, device=device)
             dsig = sigma if method == "denoise" else torch.full((b,), 0.01, device=device)
             op = f"sedd_step {graph}/{method}"
@@ -83,7 +85,7 @@ def main() -> None:
             ours.note = f"extra memory {ours.extra['peak_mb']:.1f} MB" if cuda else "reads each row once"
             rows.append(ours)
             peers = [("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
-            if not args.no_compile and (args.compile_all or (graph, method) == cases[0]):
+            if not args.no_compile and (args.compile_all or ((graph, method) == cases[0] and (b, l, k) == shapes[0])):
                 compiled = torch.compile(eager, dynamic=False)
                 t0 = time.perf_counter()
                 try:
@@ -109,9 +111,7 @@ def main() -> None:
                 f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows
                 if r.shape == shape and r.op == op and r.impl != "dllm"), flush=True)
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
-    title = "sedd_step: fused SEDD sampler step (score transform + predictor + exact draw)"
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

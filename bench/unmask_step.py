@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Row, copy_bandwidth_gbps, format_table, machine, measure, write_results
+from common import Results, Row, copy_bandwidth_gbps, machine, measure
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -63,7 +63,9 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
     t = args.temperature
-    rows: list[Row] = []
+    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    title = f"unmasking step (predict_masked + commit_tokens), temperature {t}"
+    rows = Results(args.out, title, meta)
     for B, L, V in shapes:
         g = torch.Generator(device=device).manual_seed(0)
         logits = (torch.randn(B, L, V, device=device, generator=g) * 3).bfloat16()
@@ -87,9 +89,7 @@ def main() -> None:
             if "peak_extra_MB" in r.extra and device.startswith("cuda"):
                 r.note = f"peak extra memory {r.extra['peak_extra_MB']:.0f} MB"
         print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor), LLaDA eager {peer.median_ms:.3f} ms ({peer.ratio_vs_dllm:.1f}x)")
-    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
-    title = f"unmasking step (predict_masked + commit_tokens), temperature {t}"
-    print(write_results(args.out, title, meta, rows) if args.out else format_table(title, meta, rows))
+    rows.finish()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-# Writes OUTPUT: the git commit of SOURCE_DIR ("-dirty" with uncommitted changes to tracked files),
-# or "unknown" outside a checkout. Run at every build, so the stamp follows the code that was built.
+# Writes OUTPUT: the git commit of SOURCE_DIR ("-dirty" with uncommitted changes to tracked files);
+# outside a checkout, $DLLM_BUILD_COMMIT if set (a copy of the source made elsewhere), else
+# "unknown". Run at every build, so the stamp follows the code that was built.
 execute_process(COMMAND git rev-parse --short HEAD WORKING_DIRECTORY "${SOURCE_DIR}"
                 OUTPUT_VARIABLE commit RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
 if(rc EQUAL 0)
@@ -8,6 +9,8 @@ if(rc EQUAL 0)
   if(changes)
     string(APPEND commit "-dirty")
   endif()
+elseif(DEFINED ENV{DLLM_BUILD_COMMIT})
+  set(commit "$ENV{DLLM_BUILD_COMMIT}")
 else()
   set(commit "unknown")
 endif()

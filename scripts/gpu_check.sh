@@ -1,104 +1,139 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, for a machine with a GPU and torch already installed:
-# builds dllm against that torch, runs every test (CUDA ones included) and the benchmarks, and
-# writes logs, results.json and summary.md files into OUT_DIR.
+# The GPU check, for a machine with a GPU and torch already installed: installs dllm (a wheel
+# built elsewhere for that torch and Python, or a build from this source), runs the GPU tests and
+# the benchmarks, and writes logs, results.json and summary.md files into OUT_DIR.
 #
 #   bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]
 #
 # With ARCHIVE, OUT_DIR is also packed into that one file, again after every stage, so a run cut
 # short by a time limit still brings back what it measured (the device tool brings back at most
-# 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere).
+# 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere). Benchmarks rewrite their results
+# after every row for the same reason.
 #
-# Environment: PYTHON (default python3); TORCH_CUDA_ARCH_LIST (default: the visible GPU's);
-# DLLM_WHEELS, a folder of wheels (pytest and its dependencies) for a machine without network;
-# DLLM_E2E_MINUTES, to also run `dllm bench e2e` with that training budget per model;
-# DLLM_TESTS_K, a pytest -k expression narrowing the tests (e.g. "(cuda or gpu or graph) and not
-# emulated" for the GPU tests only: the CPU ones, the CUDA emulator's included, run in CI anyway).
+# Environment:
+#   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
+#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). A
+#                    10-minute device call fits install,tests or install,bench,steps, not all four.
+#   DLLM_WHEEL       a dllm wheel built for this machine's torch and Python (scripts/device_wheel.sh
+#                    builds one): installed instead of building here.
+#   DLLM_BUILD_COMMIT  the commit of this source (the machine's copy has no .git): stamps the build
+#                    and the results, and skips the build when the installed dllm is that commit.
+#   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "(cuda or gpu or graph) and not
+#                    emulated"; the CPU ones, the CUDA emulator's included, run in CI; "" runs all).
+#   DLLM_E2E_MINUTES training budget per model of `dllm bench e2e` (stage e2e).
+#   DLLM_WHEELS      a folder of wheels (pytest and its dependencies) for a machine without them.
+#   PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's).
 #
-# Every stage runs under `timeout`, and the Hopper wgmma kernels (never run on a GPU before their
-# first check) are tested in a process of their own, before anything benchmarks them: a hang or a
-# sticky CUDA error there costs one stage, not the lease or the mma.sync results.
+# Every stage runs under `timeout` (SIGINT first, so pytest still writes its report and the
+# benchmarks their rows), and the Hopper wgmma kernels (never run on a GPU before their first
+# check) are tested in a process of their own, before anything benchmarks them: a hang or a sticky
+# CUDA error there costs one stage, not the lease or the mma.sync results.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
 ARCHIVE=${2:+$(realpath -m "$2")}
 PY=${PYTHON:-python3}
+# Absolute (the test stage runs from tests/), but not resolved: a venv's python is a symlink.
+[[ "$PY" == */* ]] && PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+STAGES=${DLLM_GPU_STAGES:-install,tests,bench,steps}
+K=${DLLM_TESTS_K-(cuda or gpu or graph) and not emulated}
 # Absolute before the cd's below: a relative OUT_DIR would otherwise move with them (tests.xml into tests/).
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+[ -n "${DLLM_WHEEL:-}" ] && DLLM_WHEEL=$(realpath "$DLLM_WHEEL")
 cd "$(dirname "$0")/.."
 export DLLM_CUDA=ON
 
+stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+note() { echo "$*" | tee -a "$OUT/status.txt"; }
 pack() {
   [ -z "$ARCHIVE" ] && return 0
   tar czf "$ARCHIVE.partial" -C "$(dirname "$OUT")" "$(basename "$OUT")" && mv "$ARCHIVE.partial" "$ARCHIVE"
 }
+installed_commit() { "$PY" -c "import dllm; print(dllm.build_info()['commit'])" 2>/dev/null; }
 
+: >"$OUT/status.txt"
 "$PY" - <<'PYEOF' | tee "$OUT/machine.txt"
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda)
-print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+print("device", *((torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)) if torch.cuda.is_available()
+                  else ("none visible",)))
 PYEOF
+note "stages: $STAGES"
 
-if ! "$PY" -c "import pytest" 2>/dev/null; then
-  "$PY" -m pip install --no-index --find-links "${DLLM_WHEELS:-wheels}" pytest numpy >"$OUT/pip-pytest.log" 2>&1 \
-    || echo "pytest is missing and no wheel for it was found: tests will not run" | tee -a "$OUT/machine.txt"
-fi
-
-echo "== build" | tee "$OUT/status.txt"
-start=$(date +%s)
-if ! "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
-  echo "build FAILED (see build.log)" | tee -a "$OUT/status.txt"
-  tail -40 "$OUT/build.log"
+if stage install; then
+  start=$(date +%s)
+  commit=${DLLM_BUILD_COMMIT:-}
+  if [ -n "${DLLM_WHEEL:-}" ]; then
+    how="wheel $(basename "$DLLM_WHEEL")"
+    "$PY" -m pip install --no-deps --force-reinstall "$DLLM_WHEEL" >"$OUT/install.log" 2>&1
+  elif [ -n "$commit" ] && [[ "$commit" != *-dirty ]] && [ "$(installed_commit)" = "$commit" ]; then
+    how="already installed"
+  else
+    how="build"
+    "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/install.log" 2>&1
+  fi
+  if ! "$PY" -c "import dllm; print('dllm', dllm.build_info())" >>"$OUT/machine.txt" 2>>"$OUT/install.log"; then
+    note "install ($how) FAILED (see install.log)"
+    tail -40 "$OUT/install.log"
+    pack
+    exit 1
+  fi
+  note "install ($how) ok in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/machine.txt")"
   pack
-  exit 1
 fi
-echo "build ok in $(( $(date +%s) - start )) s" | tee -a "$OUT/status.txt"
-pack
 
-echo "== tests" | tee -a "$OUT/status.txt"
-K=${DLLM_TESTS_K:-}
-run_tests() {  # NAME SECONDS EXPRESSION
-  (cd tests && timeout "$2" "$PY" -m pytest -q -rs --junitxml="$OUT/tests-$1.xml" -k "$3") >"$OUT/tests-$1.log" 2>&1
-  local rc=$?
-  echo "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")" | tee -a "$OUT/status.txt"
-  return $rc
-}
-run_tests main 300 "${K:+($K) and }not wgmma"
 WGMMA_OK=1
-if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
-  run_tests wgmma 180 "${K:+($K) and }wgmma" || WGMMA_OK=0
+if stage tests; then
+  if ! "$PY" -c "import pytest" 2>/dev/null; then
+    "$PY" -m pip install --no-index --find-links "${DLLM_WHEELS:-wheels}" pytest numpy >"$OUT/pip-pytest.log" 2>&1 \
+      || note "pytest is missing and no wheel for it was found: tests will not run"
+  fi
+  opts=(-q -rs)
+  # Processes per test file: a sticky CUDA error fails one file's tests, not every later one.
+  "$PY" -c "import xdist" 2>/dev/null && opts+=(-n 4 --dist loadfile)
+  "$PY" -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout 120)
+  run_tests() {  # NAME SECONDS EXPRESSION
+    (cd tests && timeout -s INT -k 15 "$2" "$PY" -m pytest "${opts[@]}" --junitxml="$OUT/tests-$1.xml" -k "$3") \
+      >"$OUT/tests-$1.log" 2>&1
+    local rc=$?
+    note "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")"
+    return $rc
+  }
+  run_tests main 240 "${K:+($K) and }not wgmma"
+  if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
+    run_tests wgmma 150 "${K:+($K) and }wgmma" || WGMMA_OK=0
+  fi
+  pack
 fi
-pack
 
-echo "== benchmarks" | tee -a "$OUT/status.txt"
-NO_WGMMA=()
-[ "$WGMMA_OK" = 1 ] || { NO_WGMMA=(--no-wgmma); echo "wgmma tests failed: benchmarks leave it out" | tee -a "$OUT/status.txt"; }
-for bench in bench/sample_categorical.py bench/unmask_step.py bench/attention.py bench/sedd_step.py bench/sedd_losses.py \
-             bench/published_latency.py; do
-  name=$(basename "$bench" .py)
-  extra=(); [ "$name" = attention ] && extra=("${NO_WGMMA[@]}")
-  timeout 150 "$PY" "$bench" --device cuda --out "$OUT/$name" "${extra[@]}" >"$OUT/$name.log" 2>&1
-  echo "$name exit code $?" | tee -a "$OUT/status.txt"
-  cat "$OUT/$name/summary.md" 2>/dev/null
-  pack
-done
-timeout 150 "$PY" bench/attention.py --device cuda --backward --out "$OUT/attention_backward" "${NO_WGMMA[@]}" >"$OUT/attention_backward.log" 2>&1
-echo "attention --backward exit code $?" | tee -a "$OUT/status.txt"
-cat "$OUT/attention_backward/summary.md" 2>/dev/null
-pack
-for preset in sedd-small llada-8b; do
-  timeout 150 "$PY" -m dllm.cli bench step --preset "$preset" --device cuda --out "$OUT/step_latency-$preset" \
-    >"$OUT/step_latency-$preset.log" 2>&1
-  echo "step_latency $preset exit code $?" | tee -a "$OUT/status.txt"
-  cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
-  pack
-done
+if stage bench; then
+  no_wgmma=()
+  [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed: benchmarks leave it out"; }
+  for bench in attention sedd_step unmask_step sample_categorical sedd_losses published_latency attention_backward; do
+    args=(--device cuda --out "$OUT/$bench")
+    [ "$bench" = attention ] || [ "$bench" = attention_backward ] && args+=(${no_wgmma[@]+"${no_wgmma[@]}"})
+    [ "$bench" = attention_backward ] && args+=(--backward)
+    timeout -s INT -k 10 75 "$PY" "bench/${bench%_backward}.py" "${args[@]}" >"$OUT/$bench.log" 2>&1
+    note "$bench exit code $?"
+    cat "$OUT/$bench/summary.md" 2>/dev/null
+    pack
+  done
+fi
 
-# The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): opt in, it needs
-# more than one device session's budget at the default grid.
-if [ -n "${DLLM_E2E_MINUTES:-}" ]; then
-  "$PY" -m dllm.cli bench e2e --size small --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e" \
-    >"$OUT/e2e.log" 2>&1
-  echo "e2e exit code $?" | tee -a "$OUT/status.txt"
+if stage steps; then
+  for preset in sedd-small llada-8b; do
+    timeout -s INT -k 10 90 "$PY" -m dllm.cli bench step --preset "$preset" --device cuda \
+      --out "$OUT/step_latency-$preset" >"$OUT/step_latency-$preset.log" 2>&1
+    note "step_latency $preset exit code $?"
+    cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
+    pack
+  done
+fi
+
+# The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): a call of its own.
+if stage e2e && [ -n "${DLLM_E2E_MINUTES:-}" ]; then
+  timeout -s INT -k 10 $(( DLLM_E2E_MINUTES * 120 + 240 )) "$PY" -m dllm.cli bench e2e --size small \
+    --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e" >"$OUT/e2e.log" 2>&1
+  note "e2e exit code $?"
 fi
 
 pack && [ -n "$ARCHIVE" ] && echo "packed $OUT into $ARCHIVE"

@@ -34,3 +34,14 @@ def test_bench_script_runs(name, tmp_path):
     assert result["rows"] and result["meta"]["torch"]
     assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
     assert (tmp_path / "summary.md").read_text().startswith("# ")
+
+
+def test_results_are_written_after_every_row(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import Results, Row
+
+    rows = Results(tmp_path, "title", {"card": "c", "torch": "t", "date": "d", "commit": "x", "floor_gbps": 1.0,
+                                       "command": "cmd"})
+    for n in (1, 2):  # a run killed here keeps the rows so far
+        rows.append(Row("op", "1x1", "fp32", f"impl {n}", 1.0, 1.0, 1.0, 8, 1.0, 100.0))
+        assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == n

@@ -118,3 +118,14 @@ def test_attention_dispatch_uses_fused_op_where_it_applies(monkeypatch):
     assert torch.count_nonzero(attn_mod.attention(q, q, q)) == 0 and calls == [q.shape]
     ref = attn_mod.attention(q, q, q, causal=True)  # causal always takes SDPA
     assert torch.count_nonzero(ref) > 0 and len(calls) == 1
+
+
+def test_cached_decoding_under_autocast_takes_the_fused_op(monkeypatch):
+    # On a GPU, bf16 autocast makes q bfloat16 while the AR model's KV cache holds float32 keys; the
+    # fused op takes one dtype. Simulated here by letting the op apply on the CPU.
+    monkeypatch.setattr(attn_mod, "_fused_applies", lambda q: q.dtype == torch.bfloat16)
+    torch.manual_seed(0)
+    net = build_model(model_config("tiny", arch="ar", hidden=128, heads=2, vocab_size=50)).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net.generate(torch.zeros(2, 1, dtype=torch.long), 4, temperature=1.0)
+    assert out.shape == (2, 5) and out.min() >= 0 and out.max() < 50

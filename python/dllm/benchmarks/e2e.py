@@ -328,8 +328,10 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}",
-        "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}), "
-              f"cached decode, one query and no mask (eligible: {', '.join(decode)}); sampling: torch.multinomial",
+        "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
+              "cached decode, one query and no mask: "
+              + ("dllm.ops.attention (fused)" if fused else f"SDPA (eligible: {', '.join(decode)})")
+              + "; sampling: torch.multinomial",
     }
 
 

@@ -28,7 +28,9 @@ def _fused_applies(q: torch.Tensor) -> bool:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     if not causal and attn_mask is None and fused_attention_available() and _fused_applies(q):
-        return ops.attention(q, k, v)
+        # Under autocast the projections give a bf16 q while a KV cache may hold float32 keys: cast
+        # them to q's dtype, as SDPA under autocast would.
+        return ops.attention(q, k.to(q.dtype), v.to(q.dtype))
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = qt.shape[1] != kt.shape[1]
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=attn_mask, is_causal=causal and attn_mask is None,

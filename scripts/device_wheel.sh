@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A dllm wheel for the GPU machine, built here: its Python and torch (3.12, torch 2.11.0+cu130)
+# differ from this checkout's .venv, and an extension loads only under the torch it was built
+# against. Building here spends no device time and finds compile errors before the device does.
+#
+#   bash scripts/device_wheel.sh [WHEEL_DIR]      (default: wheels/)
+#
+# then, on the device: DLLM_WHEEL=wheels/dllm-*.whl bash scripts/gpu_check.sh OUT_DIR.
+# Environment: DEVICE_PYTHON (default python3.12), DEVICE_TORCH (default torch==2.11.0),
+# DEVICE_VENV (default .venv-device), TORCH_CUDA_ARCH_LIST (default 9.0: the H100/H200).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=${1:-wheels}
+VENV=${DEVICE_VENV:-.venv-device}
+PY="$VENV/bin/python"
+if [ ! -x "$PY" ]; then
+  "${DEVICE_PYTHON:-python3.12}" -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q "${DEVICE_TORCH:-torch==2.11.0}" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+fi
+mkdir -p "$DEST"
+rm -f "$DEST"/dllm-*.whl
+DLLM_CUDA=ON TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+  "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$DEST" \
+  .
+"$PY" -c "import torch; print('built against torch', torch.__version__)"
+ls -l "$DEST"/dllm-*.whl
