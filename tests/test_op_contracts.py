@@ -90,3 +90,14 @@ def test_errors_blame_the_argument_at_fault():
     x0[0, 1] = V + 2
     with pytest.raises(ValueError, match=r"position \[0, 1\] is outside the token range \(\[0, K\), K = logits"):
         ops.masked_diffusion_loss(logits, torch.full((2, 3), 3), x0, 1.0, mask_id=3)
+
+
+def test_meta_tensors_are_not_mixed_with_real_ones():
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    with pytest.raises(RuntimeError, match=r"sedd_step: all tensors must be on one device, got \['cpu', 'meta'\]"):
+        ops.sedd_step(logits, x, torch.ones(2, device="meta"), 0.1, graph="absorb", method="analytic")
+    with pytest.raises(RuntimeError, match="commit_tokens: all tensors must be on one device"):
+        ops.commit_tokens(x.clone(), torch.zeros(2, 3, dtype=torch.long, device="meta"), torch.rand(2, 3),
+                          mask_id=V - 1, num_tokens=1)
+    meta = ops.sedd_step(logits.to("meta"), x.to("meta"), 1.0, 0.1, graph="absorb", method="analytic")
+    assert meta.device.type == "meta" and meta.shape == x.shape  # all on meta: shapes only

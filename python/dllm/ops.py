@@ -7,6 +7,7 @@ break. Randomness comes from torch's generators, so ``torch.manual_seed`` reprod
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -64,7 +65,22 @@ def sample_categorical(
     return torch.ops.dllm.sample_categorical(logits, None, float(temperature), generator=generator)
 
 
+def _one_device(fake):
+    """The kernels refuse tensors on different devices; their fakes, which also serve as the Meta
+    kernel whenever one input is on ``meta``, must too (else a meta/CPU mix returns garbage)."""
+    op = fake.__name__.removeprefix("_").removesuffix("_fake")
+
+    @functools.wraps(fake)
+    def checked(*args, **kwargs):
+        devices = {str(a.device) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        torch._check(len(devices) <= 1, lambda: f"{op}: all tensors must be on one device, got {sorted(devices)}")
+        return fake(*args, **kwargs)
+
+    return checked
+
+
 @torch.library.register_fake("dllm::sample_categorical")
+@_one_device
 def _sample_categorical_fake(logits, temperature, scalar_temperature, *, generator=None):
     torch._check(logits.dim() >= 1, lambda: "sample_categorical: logits needs a vocabulary dimension")
     torch._check(
@@ -121,6 +137,7 @@ def predict_masked(
 
 
 @torch.library.register_fake("dllm::predict_masked")
+@_one_device
 def _predict_masked_fake(logits, x, mask_id, temperature=0.0, top_k=0, top_p=1.0, confidence="prob",
                          logits_shift=0, *, generator=None):
     torch._check(logits.dim() >= 2, lambda: "predict_masked: logits must be [..., L, V]")
@@ -180,6 +197,7 @@ def commit_tokens(
 
 
 @torch.library.register_fake("dllm::commit_tokens")
+@_one_device
 def _commit_tokens_fake(x, x0, conf, mask_id, num_tokens=None, threshold=None, prob=None, window=None,
                         position_temperature=0.0, *, generator=None):
     torch._check(x.dim() == 2, lambda: "commit_tokens: x must be [B, L]")
@@ -290,6 +308,7 @@ def attention_varlen(
 
 
 @torch.library.register_fake("dllm::attention_forward")
+@_one_device
 def _attention_forward_fake(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
     torch._check(q.dim() in (3, 4), lambda: "attention: q must be [B, S, H, D] or [T, H, D]")
     tokens = q.shape[0] * q.shape[1] if q.dim() == 4 else q.shape[0]
@@ -297,6 +316,7 @@ def _attention_forward_fake(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, 
 
 
 @torch.library.register_fake("dllm::attention_backward")
+@_one_device
 def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                              max_seqlen_k, scale):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
@@ -392,6 +412,7 @@ def _check_bl_k(op: str, logits, *tokens):
 
 
 @torch.library.register_fake("dllm::sedd_step")
+@_one_device
 def _sedd_step_fake(logits, x, sigma, dsig, *, graph, method, scale_by_sigma=True, generator=None):
     _check_bl_k("sedd_step", logits, x)
     return x.new_empty(x.shape)
@@ -432,12 +453,14 @@ def score_entropy_loss(
 
 
 @torch.library.register_fake("dllm::score_entropy_loss")
+@_one_device
 def _score_entropy_loss_fake(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
     _check_bl_k("score_entropy_loss", logits, x_t, x0)
     return logits.new_empty(logits.shape[:1], dtype=torch.float32)
 
 
 @torch.library.register_fake("dllm::score_entropy_loss_backward")
+@_one_device
 def _score_entropy_loss_backward_fake(grad_loss, logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma):
     _check_bl_k("score_entropy_loss_backward", logits, x_t, x0)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -488,6 +511,7 @@ def masked_diffusion_loss(
 
 
 @torch.library.register_fake("dllm::masked_diffusion_loss")
+@_one_device
 def _masked_diffusion_loss_fake(logits, x_t, x0, weight, *, mask_id):
     _check_bl_k("masked_diffusion_loss", logits, x_t, x0)
     return (logits.new_empty(logits.shape[:1], dtype=torch.float32),
@@ -495,6 +519,7 @@ def _masked_diffusion_loss_fake(logits, x_t, x0, weight, *, mask_id):
 
 
 @torch.library.register_fake("dllm::masked_diffusion_loss_backward")
+@_one_device
 def _masked_diffusion_loss_backward_fake(grad_loss, logits, lse, x_t, x0, weight, *, mask_id):
     _check_bl_k("masked_diffusion_loss_backward", logits, x_t, x0)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -544,6 +569,7 @@ def sample_transition(
 
 
 @torch.library.register_fake("dllm::sample_transition")
+@_one_device
 def _sample_transition_fake(x0, sigma, *, graph, num_classes, generator=None):
     torch._check(x0.dim() == 2, lambda: "sample_transition: x0 must have shape [B, L]")
     return x0.new_empty(x0.shape)
