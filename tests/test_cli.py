@@ -56,6 +56,7 @@ def test_demo_end_to_end(tmp_path):
                    "--steps", "4", "--num-samples", "2", *extra)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.count("--- sample") == 2 and "def f(" in out.stdout
+        assert out.stdout.count("including warm-up") == 1  # only the first sample's speed includes it
     assert "step 4:" in dllm("sample", str(tmp_path / "mdlm" / "model"), "--gen-length", "8", "--steps", "4",
                              "--show-steps").stdout
     bad = dllm("sample", str(tmp_path / "nowhere"))

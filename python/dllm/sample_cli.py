@@ -61,5 +61,6 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
         seconds = time.perf_counter() - t0
         text = show(tok, seq)
         texts.append(text)
-        print(f"--- sample {i + 1} ({info}, {gen_length / seconds:,.0f} tokens/s) ---\n{text}")
+        warm = ", including warm-up" if i == 0 else ""  # first calls allocate, autotune, fill caches
+        print(f"--- sample {i + 1} ({info}, {gen_length / seconds:,.0f} tokens/s{warm}) ---\n{text}")
     return texts
