@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                         "step by step and tokens/s; outputs go to --out-dir.")
     dp.add_argument("--minutes", type=float, default=3.0, help="training time per model (default: 3)")
     dp.add_argument("--out-dir", default="out/demo", help="output folder (default: out/demo)")
-    dp.add_argument("--gen-length", type=int, default=128, help="tokens per sample, a multiple of 8, at least 16 (default: 128)")
+    dp.add_argument("--gen-length", type=int, default=128,
+                    help="tokens per sample, a multiple of 8, at least 16 (default: 128)")
     dp.add_argument("--steps", type=int, default=64, help="sampler steps for the unconditional samples (default: 64)")
     dp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")

@@ -154,9 +154,9 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
 def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cache, temperature, top_k, top_p, shift,
               generator):
     """Fast-dLLM's parallel decoding (Wu et al. 2025, `get_transfer_index` in threshold mode):
-    blocks left to right (the last one may be shorter); every step commits each masked position of the block whose proposal
-    has probability >= threshold, and at least the most confident one, until the block is done.
-    The number of steps adapts to the model's confidence.
+    blocks left to right (the last one may be shorter); every step commits each masked position
+    of the block whose proposal has probability >= threshold, and at least the most confident
+    one, until the block is done. The number of steps adapts to the model's confidence.
 
     cache (Fast-dLLM's `generate_with_prefix_cache` / `generate_with_dual_cache`): the block's
     first step runs the whole canvas and refreshes every layer's keys and values; the block's
