@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    card, git_commit, sync, time_interleaved, time_ms, utc_now)
+    card, command_line, git_commit, sync, time_interleaved, time_ms, utc_now)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
@@ -36,7 +35,7 @@ def machine(device: str) -> dict:
         "torch": torch.__version__,
         "dllm": dllm.build_info(),
         "commit": git_commit(),
-        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "command": command_line(),
         "python": platform.python_version(),
     }
     if device.startswith("cuda"):

@@ -121,10 +121,10 @@ def _load_models(ns, device: str) -> Models:
     seq_len = max_gen + max(32, max_gen // 4)
     train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
     # A model trained here beside a given one takes that one's corpus and tokenizer: the same data.
-    given = Path(ns.model_dir or ns.ar_dir) if (ns.model_dir or ns.ar_dir) else None
     data, tokenizer = ns.data, "byte"
-    if given is not None:
-        data = _training_config(given).get("data", ns.data) if ns.data is None else ns.data
+    if ns.model_dir or ns.ar_dir:
+        given = Path(ns.model_dir or ns.ar_dir)
+        data = ns.data if ns.data is not None else _training_config(given).get("data")
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
