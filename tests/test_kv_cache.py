@@ -185,7 +185,10 @@ def test_cuda_graph_with_the_default_generator_is_reproducible():
 @cuda
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_caches_on_cuda_match_the_cpu_rule(cache):
-    model = make("llada", layers=1).cuda()
+    # CUDA rounds matmuls of different shapes differently in the last bits, so equality needs every
+    # decision to clear that: with seed 8 (measured on the CPU) the closest top-two logits differ by
+    # 2.2e-4 and the closest top-two confidences by 2.9e-4 of their value, against float32's 6e-8.
+    model = make("llada", layers=1, seed=8).cuda()
     ref = dllm.generate(model, [p for p in PROMPTS], gen_length=24, steps=1, sampler="fast-dllm", block_length=8,
                         threshold=0.5)
     out = dllm.generate(model, [p for p in PROMPTS], gen_length=24, steps=1, sampler="fast-dllm", block_length=8,
