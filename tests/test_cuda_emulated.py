@@ -178,10 +178,12 @@ def test_strided_broadcast_and_unaligned_rows(emulator):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("confidence", ["prob", "margin", "entropy", "random"])
-@pytest.mark.parametrize("temperature, top_k, top_p, shift", [(0.0, 0, 1.0, 0), (1.0, 0, 1.0, 1), (0.8, 50, 0.9, 0)])
-def test_predict_masked(schedule, dtype, confidence, temperature, top_k, top_p, shift):
+@pytest.mark.parametrize("temperature, top_k, top_p, shift, confidence_from",
+                         [(0.0, 0, 1.0, 0, "model"), (1.0, 0, 1.0, 1, "model"), (0.8, 50, 0.9, 0, "model"),
+                          (0.0, 50, 0.9, 0, "proposal"), (0.0, 1, 1.0, 0, "proposal"), (0.3, 0, 0.95, 1, "proposal")])
+def test_predict_masked(schedule, dtype, confidence, temperature, top_k, top_p, shift, confidence_from):
     logits, x = masked_batch(2, 37, 3001, "cpu", dtype)
-    args = (logits, x, MASK, temperature, top_k, top_p, confidence, shift)
+    args = (logits, x, MASK, temperature, top_k, top_p, confidence, shift, confidence_from)
     got = emulated(schedule, EMU.predict_masked, *args, generator=gen())
     want = CPU.predict_masked(*args, generator=gen())
     assert torch.equal(got[0], want[0])

@@ -176,6 +176,48 @@ def test_shifted_logits_and_callback():
     assert not (out.sequences == MASK).any() and seen == list(range(16))
 
 
+def dream_transcription(model, prompt, gen_length, steps, alg, top_k, top_p, eps=1e-3, scored_by_model=False):
+    """Dream's diffusion_generate at temperature 0 for one sequence, step by step in float64: shifted
+    logits, the proposal's distribution after top-p / top-k (dllm also drops the mask token), a
+    confidence from it (from the unfiltered distribution if scored_by_model, as LLaDA scores), and
+    the floor(n (1 - s/t)) most confident positions committed."""
+    from dllm.reference.unmask import filtered_proposal_probs, shifted
+
+    x = torch.cat([prompt, torch.full((1, gen_length), MASK)], 1)
+    times = torch.linspace(1, eps, steps + 1).tolist()
+    for i in range(steps):
+        masked = x[0] == MASK
+        logits = shifted(model(x).double(), 1)[0]
+        p = filtered_proposal_probs(logits, MASK, 1.0, 0, 1.0) if scored_by_model else \
+            filtered_proposal_probs(logits, MASK, 1.0, top_k, top_p)
+        x0 = p.argmax(-1)
+        top2 = p.topk(2, -1).values
+        conf = {"maskgit_plus": top2[:, 0], "topk_margin": top2[:, 0] - top2[:, 1],
+                "entropy": torch.where(p > 0, p * p.log(), 0.0).sum(-1)}[alg]
+        n = int(masked.sum())
+        k = n if i == steps - 1 else int(n * (1 - times[i + 1] / times[i]))
+        order = sorted(masked.nonzero().flatten().tolist(), key=lambda j: (-conf[j].item(), j))
+        for j in order[:k]:
+            x[0, j] = x0[j]
+    return x
+
+
+class SofterModel(TinyModel):
+    def forward(self, x, sigma=None, attention_mask=None):
+        return super().forward(x, sigma, attention_mask) * 0.5
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_dream_scores_the_filtered_proposal_distribution_as_dream_does(alg):
+    model = SofterModel(logits_shift=1)
+    prompt = torch.randint(1, MASK, (1, 4), generator=torch.Generator().manual_seed(3))
+    out = dllm.generate(model, prompt, gen_length=32, steps=8, sampler=f"dream:{alg}", temperature=0.0, top_p=0.5)
+    want = dream_transcription(model, prompt, 32, 8, alg, 0, 0.5)
+    assert torch.equal(out.sequences, want)
+    # the setting tells the two scorings apart
+    assert not torch.equal(want, dream_transcription(model, prompt, 32, 8, alg, 0, 0.5, scored_by_model=True))
+
+
 def test_clear_errors():
     model = TinyModel()
     with pytest.raises(ValueError, match="unknown sampler"):

@@ -42,6 +42,30 @@ def test_greedy_proposals_and_confidence_match_reference(device, dtype, kind, sh
     assert (conf.double() - rconf)[masked].abs().max() <= 2 * torch_err + 1e-6
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["prob", "margin", "entropy"])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.0, 0, 1.0), (0.0, 5, 1.0), (0.0, 0, 0.9), (0.5, 0, 1.0),
+                                                       (0.2, 0, 0.95), (1.3, 20, 0.9), (1.0, 1, 1.0)])
+def test_proposal_confidence_matches_reference(device, dtype, kind, temperature, top_k, top_p):
+    # Dream scores a proposal under the distribution it is drawn from: tempered, then filtered.
+    logits, x = masked_batch(3, 57, 301, device, dtype)
+    g = torch.Generator(device).manual_seed(0)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       confidence=kind, logits_shift=1, confidence_from="proposal", generator=g)
+    masked = x == MASK
+    rows = ref.shifted(logits, 1).cpu()
+    want = ref.proposal_confidence(rows, x0.cpu(), MASK, kind, temperature, top_k, top_p)
+    err = (conf.cpu().double() - want)[masked.cpu()].abs()
+    # float32 math against float64 over values up to 1 / temperature times larger
+    assert err.max() <= 4e-6 * max(1.0, 1.0 / temperature if temperature else 1.0)
+    if temperature == 0.0 and top_k == 0 and top_p == 1.0:  # nothing reshapes: the model's own distribution
+        _, model_conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence=kind, logits_shift=1)
+        assert torch.equal(conf, model_conf)
+    else:
+        other = ref.confidence(rows, x0.cpu(), MASK, kind)
+        assert (other - want)[masked.cpu()].abs().max() > 1e-2  # the two distributions do differ here
+
+
 def test_large_vocab_greedy(device):
     logits, x = masked_batch(1, 5, 126464, device, torch.bfloat16)
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
@@ -246,6 +270,8 @@ def test_opcheck(device):
     logits, x = masked_batch(2, 9, 30, device)
     torch.library.opcheck(torch.ops.dllm.predict_masked.default, (logits, x, MASK))
     torch.library.opcheck(torch.ops.dllm.predict_masked.default, (logits.bfloat16(), x, MASK, 0.0, 0, 1.0, "margin", 1))
+    torch.library.opcheck(torch.ops.dllm.predict_masked.default,
+                          (logits, x, MASK, 0.0, 3, 1.0, "entropy", 0, "proposal"))
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
     k = torch.tensor([2, 3], device=device)
     torch.library.opcheck(torch.ops.dllm.commit_tokens.default, (x.clone(), x0, conf, MASK, k))

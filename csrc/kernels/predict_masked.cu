@@ -5,7 +5,10 @@
 // LLaDA's and Fast-dLLM's default) stops there. With a temperature, pass B computes the tempered
 // group log-masses, the optional top-k / top-p radix passes find the value threshold (and pass B
 // repeats under it), and the hierarchical Gumbel-max of sample_categorical draws the token.
-// Passes after A re-read the row, usually from L2.
+// Confidences under the proposal's distribution (Dream) take its log-sum-exp from the final
+// pass B's group masses, and its entropy from statistics that pass keeps; at temperature 0 they
+// run pass B untempered when filtering changes the distribution. Passes after A re-read the
+// row, usually from L2.
 #include "cuda_rows.cuh"
 #include "dllm/philox.h"
 #include "dllm/unmask.h"
@@ -135,13 +138,18 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const float lse = st.m + __logf(st.s);
   int64_t token = st.best.i;
 
-  if (p.temperature > 0.0f) {
-    const float scale = 1.0f / p.temperature;
-    uint32_t tau = 0;  // keep values whose ordered key is >= tau
+  const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
+  const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
+  const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
+  uint32_t tau = 0;                        // filtering keeps values whose ordered key is >= tau
+  float conf_scale = 1.0f, conf_lse = lse;  // the confidence's distribution: softmax(v * conf_scale)
+  RowStats kept;                           // proposal_entropy: the kept tempered values
+  if (p.temperature > 0.0f || (proposal_scored && filtered)) {
+    const float scale = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
     const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
     auto weight = [&](int64_t idx, float v) { return (idx == mask || ordered_key(v) < tau) ? -kInf : v * scale; };
     // Pass B: tempered group log-masses, one warp per group.
-    auto group_pass = [&]() {
+    auto group_pass = [&](bool track_kept) {
       bool overflow = false;
       for (int64_t g = warp; g < groups; g += kWarps) {
         const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
@@ -152,14 +160,15 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
           if (y == -kInf || y == kInf) return;
           if (y > m) s = m == -kInf ? 0.0f : s * __expf(m - y), m = y;
           s += __expf(y - m);
+          if (track_kept) kept.add(y, idx);
         });
         const MaxSum acc = warp_max_sum(MaxSum{m, s});
         if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
       }
       return __syncthreads_or(overflow) != 0;
     };
-    if (group_pass()) return fail(kNonFinite);
-    if (p.top_k > 0 || p.top_p < 1.0f) {
+    if (group_pass(proposal_entropy && !filtered)) return fail(kNonFinite);
+    if (filtered) {
       MaxSum tot{-kInf, 0.0f};
       for (int64_t g = threadIdx.x; g < groups; g += kThreads) tot = merge(tot, MaxSum{group_lse[g], 1.0f});
       tot = block_max_sum(tot, sm.maxsum);
@@ -188,17 +197,32 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         __syncthreads();
       }
       tau = sm.level.prefix;
-      group_pass();
+      group_pass(proposal_entropy);
     }
-    token = draw_hierarchical(view, vocab, group_lse, weight, seed, offset, uint64_t(pos), sm.argmax, sm.subgroup_lse);
+    if (p.temperature > 0.0f)
+      token = draw_hierarchical(view, vocab, group_lse, weight, seed, offset, uint64_t(pos), sm.argmax, sm.subgroup_lse);
+    if (proposal_scored) {
+      MaxSum tot{-kInf, 0.0f};
+      for (int64_t g = threadIdx.x; g < groups; g += kThreads) tot = merge(tot, MaxSum{group_lse[g], 1.0f});
+      tot = block_max_sum(tot, sm.maxsum);
+      conf_scale = scale;
+      conf_lse = tot.m + __logf(tot.s);
+      if (proposal_entropy) kept = block_stats(kept, sm.stats);
+    }
   }
 
   if (threadIdx.x == 0) {
+    // Filtering keeps the top value always, the second one only above the threshold.
+    const bool second_kept = st.second != -kInf && !(proposal_scored && ordered_key(st.second) < tau);
     float conf = 0.0f;
     switch (p.confidence) {
-      case Confidence::kProb: conf = __expf(view.at(token) - lse); break;
-      case Confidence::kMargin: conf = __expf(st.m - lse) - (st.second == -kInf ? 0.0f : __expf(st.second - lse)); break;
-      case Confidence::kEntropy: conf = st.t / st.s - __logf(st.s); break;
+      case Confidence::kProb: conf = __expf(view.at(token) * conf_scale - conf_lse); break;
+      case Confidence::kMargin:
+        conf = __expf(st.m * conf_scale - conf_lse) - (second_kept ? __expf(st.second * conf_scale - conf_lse) : 0.0f);
+        break;
+      case Confidence::kEntropy:
+        conf = proposal_entropy ? kept.t / kept.s - __logf(kept.s) : st.t / st.s - __logf(st.s);
+        break;
       case Confidence::kRandom: conf = uniform_at(seed, offset, uint64_t(pos), 0, RngStream::kUniform); break;
     }
     p.x0[pos] = token;

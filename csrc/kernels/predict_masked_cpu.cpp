@@ -1,4 +1,5 @@
 // CPU kernel of predict_masked: a proposal and a confidence at every masked position.
+#include <cmath>
 #include <vector>
 
 #include "cpu_isa.h"
@@ -86,16 +87,20 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
       continue;
     }
     const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
+    const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
     const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
     const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab) : -1;
     int64_t token = greedy;
     float tempered_lse = kNaN;  // of the tempered row before filtering
-    if (p.temperature > 0.0f) {
-      // At temperature 1 the tempered row is v itself: it is drawn from in place unless filtering
-      // has to edit it.
+    // The confidence's distribution: softmax of `scored`, whose max and log-sum-exp these are.
+    const float* scored = v.data();
+    float scored_max = m, scored_lse = kNaN;
+    if (p.temperature > 0.0f || (proposal_scored && filtered)) {
+      // The tempered row (untempered at temperature 0, for filtering alone) is v itself at scale 1,
+      // drawn from in place unless filtering has to edit it.
+      const float scale = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
       float* tempered = v.data();
-      if (p.temperature != 1.0f || filtered) {
-        const float scale = 1.0f / p.temperature;
+      if (scale != 1.0f || filtered) {
         int32_t bad = 0;
         for (int64_t j = 0; j < vocab; ++j) {
           y[j] = v[j] * scale;
@@ -113,12 +118,19 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
         apply_filter(v.data(), tempered, vocab, tempered_lse, p.top_k, p.top_p);
         group_log_sums(tempered, vocab, group_lse.data());
       }
-      token = draw_hierarchical(tempered, vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
+      if (p.temperature > 0.0f) token = draw_hierarchical(tempered, vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
+      if (proposal_scored) {
+        scored = tempered;
+        scored_max = m * scale;
+        scored_lse = filtered ? log_sum_exp(group_lse.data(), num_groups(vocab)) : tempered_lse;
+      }
     }
-    // The confidence is under the untempered softmax, whose log-sum-exp at temperature 1 is known.
-    const float lse = p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m);
+    // Otherwise the confidence is under the untempered softmax, whose log-sum-exp is known already
+    // at temperature 1.
+    if (std::isnan(scored_lse)) scored_lse = p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m);
     p.x0[pos] = token;
-    p.conf[pos] = confidence_of(p.confidence, v.data(), vocab, token, m, lse, greedy, p.rng.seed, p.rng.offset, pos);
+    p.conf[pos] = confidence_of(p.confidence, scored, vocab, token, scored_max, scored_lse, greedy, p.rng.seed,
+                                p.rng.offset, pos);
   }
   return first_error;
 }

@@ -13,11 +13,13 @@ TORCH_LIBRARY(dllm, m) {
 
   // logits [..., L, V]; x int64 [..., L]. For each x == mask_id: a proposal (argmax at
   // temperature 0, else an exact draw after top-k / top-p filtering; never mask_id) and its
-  // confidence ("prob", "margin", "entropy", "random"). Elsewhere x0 = x and conf = -inf.
+  // confidence ("prob", "margin", "entropy", "random") under the model's distribution or, with
+  // confidence_from="proposal", the proposal's. Elsewhere x0 = x and conf = -inf.
   // logits_shift = 1 reads position i's logits from row i - 1 (row 0 for position 0).
   m.def(
       "predict_masked(Tensor logits, Tensor x, int mask_id, float temperature=0., int top_k=0, float top_p=1., "
-      "str confidence=\"prob\", int logits_shift=0, *, Generator? generator=None) -> (Tensor x0, Tensor conf)",
+      "str confidence=\"prob\", int logits_shift=0, str confidence_from=\"model\", *, Generator? generator=None) -> "
+      "(Tensor x0, Tensor conf)",
       {at::Tag::nondeterministic_seeded});
 
   // x int64 [B, L] updated in place: among x == mask_id inside window[b] = [start, end), commit

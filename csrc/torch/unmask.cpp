@@ -11,7 +11,8 @@
 namespace dllm::binding {
 
 PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id, double temperature,
-                            int64_t top_k, double top_p, const std::string& confidence, int64_t logits_shift) {
+                            int64_t top_k, double top_p, const std::string& confidence, int64_t logits_shift,
+                            const std::string& confidence_from) {
   constexpr const char* op = "predict_masked";
   TORCH_CHECK(logits.dim() >= 2, op, ": logits must be [..., L, V], got ", logits.sizes());
   const DType dtype = logits_dtype(op, logits, "logits");
@@ -38,6 +39,8 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   else if (confidence == "entropy") kind = Confidence::kEntropy;
   else if (confidence == "random") kind = Confidence::kRandom;
   else TORCH_CHECK_VALUE(false, op, ": confidence must be 'prob', 'margin', 'entropy' or 'random', got '", confidence, "'");
+  TORCH_CHECK_VALUE(confidence_from == "model" || confidence_from == "proposal", op,
+                    ": confidence_from must be 'model' or 'proposal', got '", confidence_from, "'");
 
   PredictCall call;
   call.logits = as_rows(logits);
@@ -59,6 +62,7 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   p.top_k = top_k;
   p.top_p = float(top_p);
   p.confidence = kind;
+  p.proposal_confidence = confidence_from == "proposal";
   p.x0 = call.x0.data_ptr<int64_t>();
   p.conf = call.conf.data_ptr<float>();
   return call;
@@ -156,8 +160,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> predict_masked_cpu_op(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id,
                                                           double temperature, int64_t top_k, double top_p,
                                                           c10::string_view confidence, int64_t logits_shift,
-                                                          std::optional<at::Generator> generator) {
-  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift);
+                                                          c10::string_view confidence_from, std::optional<at::Generator> generator) {
+  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift,
+                                     std::string(confidence_from));
   if (call.random) call.params.rng = cpu_rng_state(generator);
   const PredictParams& p = call.params;
   raise_predict_error(parallel_min_error(p.batch * p.length, 1 + 65536 / p.vocab, [&](int64_t begin, int64_t end) {

@@ -13,9 +13,10 @@ namespace {
 std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id,
                                                            double temperature, int64_t top_k, double top_p,
                                                            c10::string_view confidence, int64_t logits_shift,
-                                                           std::optional<at::Generator> generator) {
+                                                           c10::string_view confidence_from, std::optional<at::Generator> generator) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift);
+  PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift,
+                                     std::string(confidence_from));
   if (call.random) call.params.rng = cuda_rng_state(generator);
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();

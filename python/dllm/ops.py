@@ -101,6 +101,7 @@ def predict_masked(
     top_p: float = 1.0,
     confidence: str = "prob",
     logits_shift: int = 0,
+    confidence_from: str = "model",
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Propose a token and score it at every masked position, in one pass over the logits.
@@ -114,13 +115,18 @@ def predict_masked(
         top_k: keep the ``top_k`` largest logits (0: off).
         top_p: keep the smallest set of largest logits whose tempered mass reaches ``top_p``
             (1: off). Both filters keep every token tied with the last one kept.
-        confidence: how each proposal is scored, from the untempered, unfiltered distribution
-            over the vocabulary without the mask token: ``"prob"`` (probability of the proposal:
-            LLaDA low_confidence, Dream maskgit_plus), ``"margin"`` (top-1 minus top-2
-            probability: Dream topk_margin), ``"entropy"`` (negative entropy, sum p log p: Dream
-            entropy), ``"random"`` (uniform on [0, 1): LLaDA random remasking).
+        confidence: how each proposal is scored under the distribution ``confidence_from``
+            names: ``"prob"`` (probability of the proposal: LLaDA low_confidence, Dream
+            maskgit_plus), ``"margin"`` (top-1 minus top-2 probability: Dream topk_margin),
+            ``"entropy"`` (negative entropy, sum p log p: Dream entropy), ``"random"`` (uniform
+            on [0, 1): LLaDA random remasking).
         logits_shift: 1 reads position i's prediction from logits row i - 1, and position 0's from
             row 0 (Dream's head, inherited from an autoregressive model), without a copy.
+        confidence_from: ``"model"``: the untempered, unfiltered ``softmax(logits)`` (LLaDA,
+            Fast-dLLM); ``"proposal"``: the distribution the proposal is drawn from,
+            ``softmax(logits / temperature)`` after top-k / top-p (temperature 1 when it is 0:
+            the filtered ``softmax(logits)``), as Dream's ``sample_tokens`` scores. Both are over
+            the vocabulary without the mask token.
         generator: a ``torch.Generator`` on the logits' device.
 
     Returns:
@@ -132,14 +138,14 @@ def predict_masked(
     besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
     """
     return torch.ops.dllm.predict_masked(
-        logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, generator=generator
+        logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, confidence_from, generator=generator
     )
 
 
 @torch.library.register_fake("dllm::predict_masked")
 @_one_device
 def _predict_masked_fake(logits, x, mask_id, temperature=0.0, top_k=0, top_p=1.0, confidence="prob",
-                         logits_shift=0, *, generator=None):
+                         logits_shift=0, confidence_from="model", *, generator=None):
     torch._check(logits.dim() >= 2, lambda: "predict_masked: logits must be [..., L, V]")
     torch._check(x.shape == logits.shape[:-1], lambda: "predict_masked: x must have the shape of logits[..., 0]")
     return x.new_empty(x.shape), logits.new_empty(x.shape, dtype=torch.float32)

@@ -9,8 +9,10 @@
 
 namespace dllm {
 
-// How a proposal's confidence is scored. All but kRandom are functions of the untempered,
-// unfiltered distribution over the vocabulary without the mask token.
+// How a proposal's confidence is scored. All but kRandom are functions of a distribution over the
+// vocabulary without the mask token: the model's (untempered, unfiltered softmax of the logits;
+// LLaDA, Fast-dLLM) or, with PredictParams::proposal_confidence, the proposal's (softmax of the
+// logits over the temperature, 1 at temperature 0, after top-k / top-p; Dream's sample_tokens).
 enum class Confidence : int { kProb = 0, kMargin = 1, kEntropy = 2, kRandom = 3 };
 
 struct PredictParams {
@@ -27,6 +29,7 @@ struct PredictParams {
   int64_t top_k = 0;         // 0: off
   float top_p = 1.0f;        // 1: off
   Confidence confidence = Confidence::kProb;
+  bool proposal_confidence = false;  // score under the proposal's distribution, not the model's
   RngState rng;
   int64_t* x0 = nullptr;   // [batch, length]
   float* conf = nullptr;   // [batch, length]

@@ -48,18 +48,28 @@ def filtered_proposal_probs(logits: torch.Tensor, mask_id: int, temperature: flo
     return p / p.sum(-1, keepdim=True)
 
 
-def confidence(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, kind: str) -> torch.Tensor:
-    """float64 confidence of `tokens` under the untempered clean distribution (not "random")."""
-    logp = clean_log_probs(logits, mask_id)
-    p = logp.exp()
+def _score(p: torch.Tensor, tokens: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "prob":
         return p.gather(-1, tokens[..., None])[..., 0]
     if kind == "margin":
         top2 = p.topk(2, -1).values
         return top2[..., 0] - top2[..., 1]
     if kind == "entropy":
-        return torch.where(p > 0, p * logp, 0.0).sum(-1)
+        return torch.where(p > 0, p * p.log(), 0.0).sum(-1)
     raise ValueError(f"no deterministic reference for confidence {kind!r}")
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, kind: str) -> torch.Tensor:
+    """float64 confidence of `tokens` under the untempered clean distribution (not "random"):
+    LLaDA's, and predict_masked's with confidence_from="model"."""
+    return _score(clean_log_probs(logits, mask_id).exp(), tokens, kind)
+
+
+def proposal_confidence(logits: torch.Tensor, tokens: torch.Tensor, mask_id: int, kind: str, temperature: float,
+                        top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """float64 confidence of `tokens` under the distribution they are drawn from, temperature 0
+    scoring at temperature 1 (Dream's sample_tokens; predict_masked's confidence_from="proposal")."""
+    return _score(filtered_proposal_probs(logits, mask_id, temperature or 1.0, top_k, top_p), tokens, kind)
 
 
 def predict_masked_greedy(logits: torch.Tensor, x: torch.Tensor, mask_id: int, confidence_kind: str = "prob",

@@ -125,15 +125,18 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
     unmasks each masked token with probability 1 - s/t; the confidence algorithms commit
     floor(n_masked * (1 - s/t)) tokens per row (all at the last step) ranked by the proposal's
     probability ("maskgit_plus"), top-1 minus top-2 margin ("topk_margin") or negative entropy
-    ("entropy"), or drawn from softmax(confidence / alg_temp) when alg_temp > 0. Dream counts
-    the batch-average of masked tokens; dllm counts per row, which ragged batches need."""
+    ("entropy"), or drawn from softmax(confidence / alg_temp) when alg_temp > 0. As in Dream's
+    sample_tokens, the confidence is that of the distribution the proposal is drawn from
+    (tempered, after top-k / top-p). Dream counts the batch-average of masked tokens; dllm counts
+    per row, which ragged batches need."""
     times = torch.linspace(1, eps, steps + 1).tolist()
     kind = DREAM_ALGS[alg]
 
     def step(x, rate):
         logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      confidence=kind or "prob", logits_shift=shift, generator=generator)
+                                      confidence=kind or "prob", logits_shift=shift, confidence_from="proposal",
+                                      generator=generator)
         if kind is None:
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate.float(), generator=generator)
         else:
