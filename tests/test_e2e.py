@@ -10,13 +10,13 @@ import pytest
 import torch
 from _train_helpers import make_corpus
 
-from dllm.benchmarks.code_quality import (cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
-                                          parseable_prefix, parses, unigram_entropy)
+from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix,
+                                          parse_rate, parseable_prefix, parses, unigram_entropy)
 from dllm.benchmarks.e2e import _diffusion_steps, nll_per_token
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
 
-GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", ""]
+GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", "import os  # a comment\n"]
 BAD = ["def f(:\n", "x = (1,\n", "    return 1\n", "if x\n    y\n"]
 
 SMALL_FUNCTIONS = '''
@@ -41,12 +41,15 @@ def test_parse_rate_of_known_code():
     assert parse_rate(GOOD + BAD) == 0.5
     assert parse_rate(["x = 1\x00"]) == 0.0  # a null byte is a failure, not a crash
     assert math.isnan(parse_rate([]))
+    blank = ["", "\n" + " " * 60, "# a comment\n"]  # ast.parse accepts them, but they hold no code
+    assert parse_rate(blank) == 0.0 and blank_rate(blank + ["x = 1", "def f(:"]) == pytest.approx(3 / 5)
 
 
 def test_parseable_prefix_counts_whole_lines():
     assert parseable_prefix("x = 1\ny = 2\n") == 1.0
     assert parseable_prefix("x = 1\ny = 2\nz = (") == pytest.approx(2 / 3)
     assert parseable_prefix("def f(:\nx = 1\n") == 0.0
+    assert parseable_prefix("") == 0.0 and parseable_prefix("\n\n   \n") == 0.0
     assert mean_parseable_prefix(["x = 1", "x = (\n"]) == 0.5
 
 
@@ -77,6 +80,7 @@ def test_held_out_functions_mask_bodies_after_docstrings():
         assert tok.decode(t.before + t.body + t.after) in text and len(t.before) == 30
         assert t.function_parses(t.body_text) and not t.function_parses("return (")
     add = next(t for t in tasks if t.body_text == "return a + b")
+    assert not add.function_parses("") and not add.function_parses("\n   ")  # the docstring alone is no fill
     assert tok.decode(add.before).endswith('"""Sum of two numbers."""\n    ')
     assert held_out_functions([("m.py", text)], tok, max_body=11, min_body=4, before=30, after=10, count=10) == []
 
@@ -146,8 +150,9 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     numbers = [v for r in res["quality"] + res["throughput"] for v in r.values() if isinstance(v, float)]
     assert numbers and all(math.isfinite(v) for v in numbers)
     for r in res["quality"]:
-        assert 0 <= r["parse_rate"] <= 1 and 0 <= r["infill_exact"] <= 1 and r["entropy"] <= math.log2(258)
-        assert r["nll"] > 0
+        assert 0 <= r["parse_rate"] <= 1 - r["blank_rate"] and 0 <= r["infill_exact"] <= 1
+        assert r["entropy"] <= math.log2(258) and r["nll"] > 0 and r["nll_se"] > 0
+    assert not (out / "partial.json").exists()  # the interim results give way to the report
     for r in res["throughput"]:
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["gen_length"] / (r["latency_ms"] * 1e-3))
     # each step count has its own bound; fast-dllm's nfe is measured (its blocks here are the whole length)
@@ -159,6 +164,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
+    assert "latency ms (one run)" in report and " ± " in report
 
 
 def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):

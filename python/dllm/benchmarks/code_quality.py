@@ -1,10 +1,12 @@
 """Quality of generated Python: does it parse, how diverse are its tokens, and held-out functions to infill.
 
 Definitions (the e2e report quotes them):
-- parse rate: the fraction of samples whose text, cut at the first end-of-text, ``ast.parse`` accepts whole;
+- parse rate: the fraction of samples whose text, cut at the first end-of-text, ``ast.parse`` accepts whole
+  and that hold at least one statement (blank or comment-only text is not code);
 - parseable prefix: per sample, the fraction of its lines that form the longest prefix of whole lines
-  ``ast.parse`` accepts, averaged over samples (a sample cut off mid-statement still earns credit for
-  the complete code before the cut);
+  ``ast.parse`` accepts with at least one statement, averaged over samples (a sample cut off
+  mid-statement still earns credit for the complete code before the cut; a blank one earns none);
+- blank rate: the fraction of samples with no statement at all (empty, whitespace, comments);
 - token entropy: the Shannon entropy, in bits, of the empirical unigram distribution of all generated
   tokens pooled over a point's samples. A sampler that lowers it (greedy, over-confident parallel
   commits) can raise parse rates by repeating safe tokens, so every quality number sits beside it.
@@ -23,26 +25,36 @@ from typing import Iterable
 import torch
 
 
-def parses(text: str) -> bool:
-    """Whether ``ast.parse`` accepts the text (syntax warnings silenced, recursion and null bytes count as failures)."""
+def _module(text: str) -> ast.Module | None:
+    """The parsed text, or None where ``ast.parse`` refuses it (syntax warnings silenced, recursion and null
+    bytes count as failures)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ast.parse(text)
-        return True
+            return ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
+        return None
+
+
+def parses(text: str) -> bool:
+    """Whether the text is Python code: ``ast.parse`` accepts it and it holds at least one statement."""
+    tree = _module(text)
+    return tree is not None and len(tree.body) > 0
 
 
 def parse_rate(texts: list[str]) -> float:
     return sum(parses(t) for t in texts) / len(texts) if texts else math.nan
 
 
+def blank_rate(texts: list[str]) -> float:
+    """The fraction of texts with no statement: empty, whitespace or comments only."""
+    return sum(_module(t) is not None and not _module(t).body for t in texts) / len(texts) if texts else math.nan
+
+
 def parseable_prefix(text: str) -> float:
-    """The fraction of the text's lines in its longest prefix of whole lines that parses (1.0: all of it)."""
+    """The fraction of the text's lines in its longest prefix of whole lines that parses with at least one
+    statement (1.0: all of it; 0.0 for blank text)."""
     lines = text.splitlines()
-    if not lines:
-        return 1.0
     for k in range(len(lines), 0, -1):
         if parses("\n".join(lines[:k])):
             return k / len(lines)
@@ -85,8 +97,17 @@ class InfillTask:
     body_text: str
     header_text: str    # from the start of the def line to the body: header_text + body parses (after dedent)
 
+    def _statements(self, body_text: str) -> int:
+        """Statements in the function made of the header and this body; -1 if it does not parse."""
+        tree = _module(textwrap.dedent(self.header_text + body_text))
+        if tree is None or not tree.body or not isinstance(tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return -1
+        return len(tree.body[0].body)
+
     def function_parses(self, body_text: str) -> bool:
-        return parses(textwrap.dedent(self.header_text + body_text))
+        """Whether the def line plus the fill parses with a statement of the fill's own (a blank fill of a
+        documented function parses: its docstring is a statement)."""
+        return self._statements(body_text) > self._statements("pass") - 1
 
 
 def _byte_offsets(text: bytes) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import warnings
@@ -31,7 +32,7 @@ from ..objectives import get_objective
 from ..sampling import generate
 from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
-from .code_quality import (cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
+from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
                            unigram_entropy)
 from .common import card, command_line, git_commit, time_ms, utc_now
 
@@ -164,10 +165,11 @@ def _val_windows(models: Models, count: int) -> tuple[torch.Tensor, list[tuple[s
 
 
 @torch.no_grad()
-def nll_per_token(net, objective, windows: torch.Tensor, steps: int | None, *, seed: int, device: str,
-                  precision) -> float:
-    """Held-out NLL in nats per token: exact for the autoregressive objective; for MDLM the bound of the
-    T-step masked process (``steps=T``) or the continuous-time bound (``steps=None``).
+def nll_per_window(net, objective, windows: torch.Tensor, steps: int | None, *, seed: int, device: str,
+                   precision) -> torch.Tensor:
+    """Held-out NLL of each window in nats per token, float64 ``[n]``: exact for the autoregressive
+    objective; for MDLM the bound of the T-step masked process (``steps=T``) or the continuous-time bound
+    (``steps=None``), each window's estimate from one draw of the noise.
 
     On the log-linear schedule the T-step bound is ``sum_i E[(alpha_s - alpha_t) / (1 - alpha_t) * CE_masked]``
     over t = i/T, s = (i-1)/T, and its weight is 1/(T t): MDLM's continuous-time estimator with t drawn
@@ -178,13 +180,18 @@ def nll_per_token(net, objective, windows: torch.Tensor, steps: int | None, *, s
     if steps is not None and "t" in draws:
         i = ((torch.arange(n) + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
         draws["t"] = (i / steps).float()
-    total = 0.0
+    per_window = []
     for lo in range(0, n, 16):
         rows = slice(lo, min(n, lo + 16))
         with precision:
             nll = objective.nll(net, windows[rows].to(device), {k: v[rows] for k, v in draws.items()})
-        total += nll.double().sum().item()
-    return total / windows.numel()
+        per_window.append(nll.double().cpu() / length)
+    return torch.cat(per_window)
+
+
+def nll_per_token(net, objective, windows: torch.Tensor, steps: int | None, **kw) -> float:
+    """The mean of :func:`nll_per_window`."""
+    return nll_per_window(net, objective, windows, steps, **kw).mean().item()
 
 
 def _diffusion_steps(sampler: str, length: int, frac: Fraction | None) -> int:
@@ -245,7 +252,7 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
             tokens.extend(row)
             texts.append(runner.m.tok.decode(cut_at(row, runner.m.tok.eos_id)))
     return {"parse_rate": parse_rate(texts), "parse_prefix": mean_parseable_prefix(texts),
-            "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes), "example": texts[0]}
+            "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes), "example": texts[0]}
 
 
 def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
@@ -374,11 +381,14 @@ def run(ns: argparse.Namespace) -> dict:
         net.eval()
     nll_cache: dict = {}
 
-    def nll(model: str, steps: int | None) -> float:
+    def nll(model: str, steps: int | None) -> tuple[float, float]:
+        """The mean over the windows and its standard error."""
         key = (model, steps if model == "mdlm" else None)
         if key not in nll_cache:
-            nll_cache[key] = nll_per_token(nets[model], objectives[model], windows, key[1], seed=ns.seed,
-                                           device=device, precision=precision)
+            per = nll_per_window(nets[model], objectives[model], windows, key[1], seed=ns.seed, device=device,
+                                 precision=precision)
+            se = per.std().item() / len(per) ** 0.5 if len(per) > 1 else math.nan
+            nll_cache[key] = (per.mean().item(), se)
         return nll_cache[key]
 
     points = []  # (model, sampler, length, frac)
@@ -397,12 +407,15 @@ def run(ns: argparse.Namespace) -> dict:
         if (model, sampler, frac) not in infill_cache:
             infill_cache[model, sampler, frac] = _infill_quality(runner, tasks, model, sampler, frac)
         bound_steps = None if sampler == "fast-dllm" else steps
-        q.update(infill_cache[model, sampler, frac], nll=nll(model, bound_steps),
+        mean, se = nll(model, bound_steps)
+        q.update(infill_cache[model, sampler, frac], nll=mean, nll_se=se,
                  nll_kind=("exact" if model == "ar" else f"{bound_steps}-step bound" if bound_steps else
                            "continuous-time bound"))
         quality.append({**point, **q})
         for batch in ns.batch_sizes:
             speed.append({**point, **_throughput(runner, model, sampler, steps, length, batch, ns.reps)})
+        # what is measured so far survives an interrupted sweep; the report replaces it at the end
+        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": speed}, indent=1))
     for row in speed:
         ar_row = next(r for r in speed if r["model"] == "autoregressive" and r["gen_length"] == row["gen_length"]
                       and r["batch"] == row["batch"])
@@ -414,8 +427,9 @@ def run(ns: argparse.Namespace) -> dict:
             "train_step_cap": ns.train_steps,
             "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
             "load_average": [load_at_start, os.getloadavg()[0]], "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
             "temperature": ns.temperature, "samples": ns.samples, "infill_tasks": len(tasks), "reps": ns.reps,
-            "nll_windows": int(windows.shape[0]), "continuous_bound": nll("mdlm", None),
+            "nll_windows": int(windows.shape[0]), "continuous_bound": nll("mdlm", None)[0],
             "reference_entropy": reference, "kernels": kernels(models, device, dtype),
             "fast_dllm": {"threshold": FAST_DLLM_THRESHOLD, "block_length": BLOCK_LENGTH, "cache": FAST_DLLM_CACHE},
             "grid": {"batch_sizes": ns.batch_sizes, "gen_lengths": ns.gen_lengths,
@@ -423,6 +437,7 @@ def run(ns: argparse.Namespace) -> dict:
     results = {"meta": meta, "throughput": speed, "quality": quality}
     out = Path(ns.out_dir)
     write_report(out, results)
+    (out / "partial.json").unlink(missing_ok=True)
     print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
     return results
 

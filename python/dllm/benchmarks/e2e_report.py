@@ -22,9 +22,10 @@ def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _throughput_table(rows: list[dict], length: int) -> list[str]:
+def _throughput_table(rows: list[dict], length: int, reps: int) -> list[str]:
+    spread = "p20-p80" if reps >= 5 else "min-max" if reps > 1 else "one run"
     out = [f"### Throughput, {length} generated tokens", "",
-           "| model | sampler | steps | batch | nfe | latency ms (p20-p80) | tokens/s | vs AR |",
+           f"| model | sampler | steps | batch | nfe | latency ms ({spread}) | tokens/s | vs AR |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gen_length"] != length:
@@ -38,15 +39,16 @@ def _throughput_table(rows: list[dict], length: int) -> list[str]:
 
 def _quality_table(rows: list[dict], length: int, reference: float) -> list[str]:
     out = [f"### Quality, {length} generated tokens (held-out text of this length: {reference:.2f} bits entropy)", "",
-           "| model | sampler | steps | nfe | val NLL | NLL is | parse | parseable prefix | entropy | "
+           "| model | sampler | steps | nfe | val NLL (± s.e.) | NLL is | parse | blank | parseable prefix | entropy | "
            "infill parse | infill exact | infill entropy | infill nfe |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gen_length"] != length:
             continue
         steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
-        out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['quality_nfe']:.1f} | {_f(r['nll'])} | "
-                   f"{r['nll_kind']} | {_f(r['parse_rate'], 2)} | {_f(r['parse_prefix'], 2)} | {_f(r['entropy'], 2)} | "
+        out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['quality_nfe']:.1f} | "
+                   f"{_f(r['nll'])} ± {_f(r['nll_se'])} | {r['nll_kind']} | {_f(r['parse_rate'], 2)} | "
+                   f"{_f(r['blank_rate'], 2)} | {_f(r['parse_prefix'], 2)} | {_f(r['entropy'], 2)} | "
                    f"{_f(r['infill_parse'], 2)} | {_f(r['infill_exact'], 2)} | {_f(r['infill_entropy'], 2)} | "
                    f"{r['infill_nfe']:.1f} |")
     return out + [""]
@@ -88,8 +90,9 @@ def markdown(results: dict) -> str:
         f"{m['card']} | torch {m['torch']} | commit {m['commit']} | {m['date']}", "",
         f"command: `{m['command']}`", "",
         f"Machine load (1-minute load average) at the start and the end of the sweep: {m['load_average'][0]:.1f} "
-        f"and {m['load_average'][1]:.1f} on {m['cpus']} cores (above the threads used: other work shared the "
-        "cores and the timings are noisy).", "",
+        f"and {m['load_average'][1]:.1f} on {m['cpus']} cores, {m['threads']} used by this run" +
+        (" (other work shared the cores: the timings are noisy)." if max(m["load_average"]) > m["threads"] + 0.5
+         else "."), "",
         f"Models: the `{m['size']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
         f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}.", "",
         "Kernels (each side's best in this build):", "",
@@ -107,7 +110,8 @@ def markdown(results: dict) -> str:
         "skips the network on steps that unmask nothing). fast-dllm (threshold "
         f"{m['fast_dllm']['threshold']}) picks its own step count: its rows carry the measured nfe instead.",
         "- val NLL, nats per token on the first "
-        f"{m['nll_windows']} held-out windows: exact for the autoregressive model; for diffusion the bound of the "
+        f"{m['nll_windows']} held-out windows (± one standard error over them; the diffusion bounds draw one noise "
+        "level a window): exact for the autoregressive model; for diffusion the bound of the "
         "T-step masked process with T = the point's steps (looser for fewer steps; llada picks positions by "
         "confidence and has no bound of its own, so it shares the T-step value); fast-dllm's adaptive steps get "
         f"the continuous-time bound ({m['continuous_bound']:.3f}).",
@@ -116,13 +120,13 @@ def markdown(results: dict) -> str:
         "body between its context (before and after) and fills it in round(fraction x body length) steps "
         "(fast-dllm: adaptive) as one block; the autoregressive model cannot infill, so its row is a "
         "prefix-only completion of the same number of tokens from the context before the body. "
-        "Infill parse: the def line plus the filled body parses; exact: the body is reproduced character for "
-        "character.", "",
+        "Infill parse: the def line plus the filled body parses, with a statement of the fill's own; exact: the "
+        "body is reproduced character for character.", "",
         "## Throughput", "",
     ]
     lengths = m["grid"]["gen_lengths"]
     for length in lengths:
-        lines += _throughput_table(results["throughput"], length)
+        lines += _throughput_table(results["throughput"], length, m["reps"])
     lines += ["## Quality", ""]
     for length in lengths:
         lines += _quality_table(results["quality"], length, m["reference_entropy"][str(length)])
