@@ -87,10 +87,12 @@ def format_table(title: str, meta: dict, rows: list[Row]) -> str:
         "| op | shape | dtype | impl | median ms | GB/s | % of floor | dllm speedup | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    has_floor = meta["floor_gbps"] == meta["floor_gbps"]
     for r in rows:
+        moved = r.bytes > 0  # rows of compute-bound ops count no bytes
         lines.append(
-            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {r.gbps:.1f} | "
-            f"{r.pct_floor:.1f} | {r.ratio_vs_dllm:.2f}x | {r.note} |"
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {f'{r.gbps:.1f}' if moved else '-'} | "
+            f"{f'{r.pct_floor:.1f}' if moved and has_floor else '-'} | {r.ratio_vs_dllm:.2f}x | {r.note} |"
         )
     return "\n".join(lines) + "\n"
 

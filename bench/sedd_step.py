@@ -86,6 +86,7 @@ def main() -> None:
             rows.append(ours)
             peers = [("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
             if not args.no_compile and (args.compile_all or ((graph, method) == cases[0] and (b, l, k) == shapes[0])):
+                torch._dynamo.reset()  # a fresh compile each time: past 8 recompiles dynamo silently runs eager
                 compiled = torch.compile(eager, dynamic=False)
                 t0 = time.perf_counter()
                 try:

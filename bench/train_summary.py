@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import card, git_commit
+from common import card, command_line, git_commit, utc_now
 
 
 def load(run: Path) -> dict:
@@ -58,7 +58,12 @@ def main() -> None:
             f"{c['tokenizer']} tokenizer" + (f" ({c['bpe_vocab_size']} tokens)." if c["tokenizer"] == "bpe" else "."),
             f"Settings: seq_len {c['seq_len']}, batch {c['batch_size']}, lr {c['lr']} ({c['schedule']}, warm-up {c['warmup']}), "
             f"max_time {c['max_time']} s, validation on {c['eval_batches'] * c['batch_size']} fixed windows with fixed noise.",
-            f"Machine: {card('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}, commit {git_commit()}.",
+            *(f"Run {r['name']}: started {p['started']} on {p['card']}, torch {p['torch']}, commit {p['commit']}: "
+              f"`{p['command']}`." for r in runs for p in [r["cfg"].get("provenance")] if p),
+            f"Summarised {utc_now()} by `{command_line()}`" +
+            ("." if all("provenance" in r["cfg"] for r in runs) else
+             f" on {card('cuda' if torch.cuda.is_available() else 'cpu')}, torch {torch.__version__}, commit "
+             f"{git_commit()} (runs without a provenance record were trained elsewhere or earlier)."),
             "Diffusion rows are upper bounds (ELBO); the AR row is the exact NLL.",
             "tokens/s (train) counts optimizer steps only (validation and checkpoint time excluded).",
             ""]

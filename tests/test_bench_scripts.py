@@ -45,3 +45,21 @@ def test_results_are_written_after_every_row(tmp_path, monkeypatch):
     for n in (1, 2):  # a run killed here keeps the rows so far
         rows.append(Row("op", "1x1", "fp32", f"impl {n}", 1.0, 1.0, 1.0, 8, 1.0, 100.0))
         assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == n
+
+
+def test_train_summary_names_where_each_run_was_trained(tmp_path):
+    from dllm.training import train
+
+    from _train_helpers import make_corpus, tiny
+
+    corpus = make_corpus(tmp_path / "corpus")
+    run = tmp_path / "mdlm"
+    train(**tiny(run, corpus, steps=2, eval_every=2, out_dir=str(run)))
+    r = subprocess.run([sys.executable, str(BENCH / "train_summary.py"), str(run), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    provenance = json.loads((run / "run_config.json").read_text())["provenance"]
+    assert provenance["card"].startswith("CPU") and provenance["commit"] and provenance["started"]
+    assert f"Run mdlm: started {provenance['started']} on {provenance['card']}" in summary
+    assert "Summarised " in summary and "train_summary.py" in summary

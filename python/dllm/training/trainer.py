@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..benchmarks.common import card, command_line, git_commit, utc_now
 from ..data.dataset import BatchOrder, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
@@ -248,7 +249,10 @@ class Trainer:
             (self.out / "run_config.json").write_text(json.dumps(
                 {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
                  "tokenizer": tokenizer_config(self.tokenizer), "corpus_hash": self.data.corpus_hash,
-                 "data": self.data.meta, "world_size": self.world}, indent=2))
+                 "data": self.data.meta, "world_size": self.world,
+                 # where and from what this run (or its latest resume) started
+                 "provenance": {"started": utc_now(), "card": card(str(self.device)), "torch": torch.__version__,
+                                "commit": git_commit(), "command": command_line()}}, indent=2))
         from tqdm.auto import tqdm
 
         # A run bounded by max_time counts seconds on its bar: a count of steps towards cfg.steps would
