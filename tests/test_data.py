@@ -7,6 +7,7 @@ import torch
 
 from dllm.data import BatchOrder, ByteTokenizer, load_corpus, load_tokenizer, prepare, train_bpe
 from dllm.data.dataset import PackedDataset
+from dllm.data.tokenizer import token_byte_lengths
 
 from _train_helpers import make_corpus
 
@@ -106,6 +107,20 @@ def test_prepare_caches_tokens_and_packs(corpus_dir, tmp_path):
     pb = prepare(str(corpus_dir), tokenizer="bpe", bpe_vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache"),
                  val_fraction=0.2)
     assert pb.tokenizer.vocab_size == 300 and pb.meta["train_tokens"] < p.meta["train_tokens"]
+
+
+def test_bits_per_byte_divides_by_the_bytes_of_the_scored_windows(corpus_dir, tmp_path):
+    for tokenizer in ("byte", "bpe"):
+        p = prepare(str(corpus_dir), tokenizer=tokenizer, bpe_vocab_size=300, seq_len=32,
+                    cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+        lengths = token_byte_lengths(p.tokenizer)
+        assert lengths[p.tokenizer.eos_id] == 0 and lengths[p.tokenizer.mask_id] == 0
+        for split in ("train", "val"):  # every byte of the files, none for the separators
+            tokens = np.asarray(getattr(p, split).tokens, dtype=np.int64)
+            assert lengths[tokens].sum() == p.meta[f"{split}_bytes"]
+        # three windows: the bytes their own tokens stand for, whatever the split's average
+        window = np.asarray(p.val.tokens[:3 * 32], dtype=np.int64)
+        assert p.val_bytes_per_token(3) == pytest.approx(lengths[window].sum() / window.size)
 
 
 def test_packed_dataset_too_short():

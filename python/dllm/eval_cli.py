@@ -57,4 +57,4 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     return {"model": str(model_dir), "objective": cfg.objective,
             "nll": "exact" if cfg.objective == "ar" else "bound", "weights": config.get("weights", "model"),
             "step": config.get("step"), "sequences": sequences, "seq_len": cfg.seq_len, "seed": seed,
-            "device": str(dev), **nll_metrics(nats, data.val_bytes_per_token)}
+            "device": str(dev), **nll_metrics(nats, data.val_bytes_per_token(sequences))}

@@ -120,6 +120,23 @@ class PublishedTokenizer(BPETokenizer):
         return "".join(out)
 
 
+def token_byte_lengths(tok) -> np.ndarray:
+    """Bytes of text each id stands for, int64 ``[vocab_size]``: 0 for end-of-text, mask and other added
+    tokens, which are not text. Bits per byte divide by the sum over the tokens scored."""
+    lengths = np.zeros(tok.vocab_size, dtype=np.int64)
+    if tok.kind == "byte":
+        lengths[:256] = 1
+        return lengths
+    t = tok._tok
+    added = set(t.get_added_tokens_decoder())
+    byte_level = type(t.decoder).__name__ == "ByteLevel"  # each character of a vocabulary entry is one byte
+    for i in range(t.get_vocab_size(with_added_tokens=True)):
+        if i in added or i == tok.mask_id:
+            continue
+        lengths[i] = len(t.id_to_token(i)) if byte_level else len(t.decode([i]).encode("utf-8"))
+    return lengths
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
     """Train a byte-level BPE (``vocab_size`` entries including end-of-text and mask) on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

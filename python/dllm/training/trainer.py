@@ -225,14 +225,15 @@ class Trainer:
         was_training = model.training
         model.eval()
         out = {}
+        sequences = cfg.eval_batches * cfg.batch_size
         for suffix, ctx in (("", nullcontext()), ("_ema", self.ema.applied() if self.ema else None)):
             if ctx is None:
                 continue
             with ctx:
-                nats = validation_nll(model, self.objective, self.data.val, sequences=cfg.eval_batches * cfg.batch_size,
+                nats = validation_nll(model, self.objective, self.data.val, sequences=sequences,
                                       batch_size=max(1, cfg.batch_size // (self.world * cfg.grad_accum)),
                                       seed=cfg.seed, device=self.device, amp=self.amp)
-            out.update(nll_metrics(nats, self.data.val_bytes_per_token, suffix))
+            out.update(nll_metrics(nats, self.data.val_bytes_per_token(sequences), suffix))
         model.train(was_training)
         return out
 
