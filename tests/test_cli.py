@@ -118,6 +118,8 @@ def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
                           (["--val-fraction", "1.5"], "val_fraction must lie in (0, 1)"),
                           (["--data", str(tmp_path / "nowhere")], "does not exist"),
                           (["--objective", "ar", "--arch", "dit"], "cannot train arch"),
+                          (["--heads", "0"], "heads must be positive"),
+                          (["--lr", "1e30", "--grad-clip", "0", "--steps", "6"], "training loss became"),
                           (["--device", "tpu"], "device 'tpu'")]:
         with pytest.raises(SystemExit) as stop:
             main(["train", "--data", str(corpus), "--out-dir", str(tmp_path / "run"), "--no-progress", *args])

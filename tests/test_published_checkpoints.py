@@ -381,6 +381,24 @@ def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
     make_checkpoint(tmp_path / "gpt2", "mdlm", config_edit=lambda c: c.update(model_type="gpt2"))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
         from_pretrained(tmp_path / "gpt2")
+    make_checkpoint(tmp_path / "short", "mdlm", config_edit=lambda c: c.pop("hidden_dim"))
+    with pytest.raises(ValueError, match="lacks 'hidden_dim', which the mdlm layout needs"):
+        from_pretrained(tmp_path / "short")
+    make_checkpoint(tmp_path / "cut", "mdlm")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        from_pretrained(tmp_path / "cut")
+
+
+def test_a_truncated_dllm_folder_is_named(tmp_path):
+    from dllm.models import build_model, model_config
+
+    build_model(model_config("tiny", vocab_size=40, hidden=16, heads=2, layers=1)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        from_pretrained(tmp_path)
 
 
 def test_dllm_folders_still_load_as_their_own_class(tmp_path):

@@ -93,6 +93,45 @@ def test_resume_refuses_another_corpus(tmp_path, corpus):
         dllm.train(**tiny(tmp_path, other, steps=4))
 
 
+def test_resume_records_changed_options_and_refuses_to_drop_or_retune_the_ema(tmp_path, corpus, caplog):
+    dllm.train(**tiny(tmp_path, corpus, steps=2, ema=0.9))
+    for ema in (0.0, 0.5):  # dropping the average kept so far, or retuning it behind the record's back
+        with pytest.raises(CheckpointError, match="EMA setting"):
+            dllm.train(**tiny(tmp_path, corpus, steps=4, ema=ema))
+    with caplog.at_level("WARNING"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, ema=0.9, lr=1e-2))
+    assert "changed options" in caplog.text and "'lr': [0.003, 0.01]" in caplog.text
+    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert record["changed_at_resume"] == [{"step": 2, "options": {"lr": [0.003, 0.01], "steps": [2, 4]}}]
+    assert record["train"]["lr"] == 0.01
+
+
+def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
+    dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
+    dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records if "val_bpb" in r] == [3]
+
+
+def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
+    monkeypatch.chdir(corpus.parent)
+    dllm.train(**tiny(tmp_path, corpus.name, steps=1, cache_dir="cache-rel"))
+    train = json.loads((tmp_path / "run" / "run_config.json").read_text())["train"]
+    assert train["data"] == str(corpus.resolve()) and train["cache_dir"] == str((corpus.parent / "cache-rel").resolve())
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(heads=0), "heads must be positive"), (dict(layers=-1), "layers must be positive"),
+    (dict(hidden=0), "hidden must be positive"), (dict(lr=float("inf")), "lr must be finite"),
+    (dict(min_lr_ratio=5.0), "min_lr_ratio must lie in"), (dict(tokenizer="bpe", bpe_vocab_size=1), "at least 258"),
+    (dict(kv_heads=2), "kv_heads applies to the llada architecture only"),
+    (dict(objective="sedd", arch="llada"), "takes no time input"),
+])
+def test_nonsense_settings_are_refused(tmp_path, corpus, options, message):
+    with pytest.raises(ValueError, match=message):
+        dllm.train(**tiny(tmp_path, corpus, steps=1, **options))
+
+
 def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
     dllm.train(**tiny(tmp_path, corpus, steps=2))
     path = tmp_path / "run" / CHECKPOINT

@@ -21,7 +21,7 @@ BENCHMARKS = {"step": "dllm.benchmarks.step_latency", "e2e": "dllm.benchmarks.e2
 
 
 # Mistakes a user can fix, found once the command runs: reported in one line, without a traceback.
-USER_ERRORS = (ValueError, OSError, CheckpointError)
+USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError)
 
 
 def _fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:

@@ -69,6 +69,17 @@ def is_dllm_config(config: dict) -> bool:
     return isinstance(config.get("model"), dict) and "arch" in config["model"]
 
 
+def read_weights(path: Path, device) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as e:
+        raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}): an incomplete copy?") from None
+
+
 def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None):
     """Load a model folder: one written by ``save_pretrained`` (returns that model class), or a
@@ -76,8 +87,6 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
     :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs. ``dtype`` casts a
     dllm folder's weights (default: as saved); for published folders see
     :func:`~dllm.models.hub.load_published`."""
-    from safetensors.torch import load_file
-
     config = read_config(directory)
     if not is_dllm_config(config):
         from .hub import load_published
@@ -88,5 +97,5 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
-    model.load_state_dict(load_file(str(weights), device=str(map_location)))
+    model.load_state_dict(read_weights(weights, map_location))
     return model.to(map_location) if dtype is None else model.to(map_location, dtype)

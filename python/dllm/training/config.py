@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
+
+
+BPE_MIN_VOCAB = 258  # a byte-level BPE starts from the 256 bytes, plus end-of-text and mask
 
 
 def _f(default, help: str, **kw):
@@ -68,9 +72,20 @@ class TrainConfig:
         for name in not_negative:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        for name in ("hidden", "layers", "heads", "kv_heads"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("dropout", "ema", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.tokenizer == "bpe" and self.bpe_vocab_size < BPE_MIN_VOCAB:
+            raise ValueError(f"bpe_vocab_size must be at least {BPE_MIN_VOCAB} (256 bytes, end-of-text and mask), got "
+                             f"{self.bpe_vocab_size}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.batch_size % self.grad_accum:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -46,8 +47,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+# Options that shape the rest of a run: a resume may change them, and the run's record says when.
+RESUME_SHAPING = ("lr", "min_lr_ratio", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size",
+                  "dropout")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        # absolute paths in the run's record, so that `dllm eval` finds the corpus from any folder
+        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in ("data", "cache_dir")
+                                          if getattr(cfg, k)})
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_env()
         self.device = resolve_device(cfg.device, local_rank)
@@ -77,6 +86,12 @@ class Trainer:
                              "and the causal 'ar' architecture go together")
         sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
         tc = cfg.time_conditioning if cfg.time_conditioning is not None else self.objective.time_conditioning
+        if cfg.kv_heads is not None and arch != "llada":
+            raise ValueError(f"kv_heads applies to the llada architecture only, not {arch!r}")
+        if tc and arch == "llada":
+            raise ValueError(f"the llada architecture takes no time input, and the {cfg.objective!r} objective "
+                             "conditions on it: use the dit architecture (--arch dit) or turn time conditioning off "
+                             "(--no-time-conditioning)")
         self.model_cfg = model_config(cfg.model, arch=arch, vocab_size=self.objective.model_vocab_size,
                                       max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
 
@@ -95,6 +110,7 @@ class Trainer:
         self.train_time = 0.0   # seconds spent in optimizer steps (for tokens/s)
         self.elapsed = 0.0      # wall-clock seconds of the run, summed over resumes
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.resume_changes: dict = {}
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -156,12 +172,19 @@ class Trainer:
             refuse("model", s["model_config"], self.model_cfg.to_dict())
         if s["objective"] != self.objective.config():
             refuse("objective", s["objective"], self.objective.config())
+        if (self.ema is None) != (s["ema"] is None) or (s["ema"] and s["ema"]["decay"] != self.cfg.ema):
+            # the average kept so far would be dropped, or go on under another decay than the record says
+            refuse("EMA setting", f"ema={s['ema']['decay'] if s['ema'] else 0}", f"ema={self.cfg.ema}")
         self.raw_model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         if self.ema is not None:
-            if s["ema"] is None:
-                refuse("EMA setting", "no EMA", f"ema={self.cfg.ema}")
             self.ema.load_state_dict(s["ema"])
+        saved, now = s.get("train_config", {}), self.cfg.to_dict()
+        shaping = RESUME_SHAPING + (("steps",) if self.cfg.schedule == "cosine" else ())
+        self.resume_changes = {k: [saved[k], now[k]] for k in shaping if k in saved and saved[k] != now[k]}
+        if self.resume_changes:
+            log.warning("resuming %s at step %d with changed options (old, new): %s", source, s["step"],
+                        self.resume_changes)
         self.order.load_state_dict(s["data"])
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"])
@@ -247,10 +270,14 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.truncate_after(self.step)
-            (self.out / "run_config.json").write_text(json.dumps(
+            record = self.out / "run_config.json"
+            changes = json.loads(record.read_text()).get("changed_at_resume", []) if resume and record.is_file() else []
+            if self.resume_changes:
+                changes.append({"step": self.step, "options": self.resume_changes})
+            record.write_text(json.dumps(
                 {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
                  "tokenizer": tokenizer_config(self.tokenizer), "corpus_hash": self.data.corpus_hash,
-                 "data": self.data.meta, "world_size": self.world,
+                 "data": self.data.meta, "world_size": self.world, "changed_at_resume": changes,
                  # where and from what this run (or its latest resume) started
                  "provenance": {"started": utc_now(), "card": card(str(self.device)), "torch": torch.__version__,
                                 "commit": git_commit(), "command": command_line()}}, indent=2))
@@ -265,7 +292,8 @@ class Trainer:
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if timed else None)
         t_run = time.perf_counter() - self.elapsed
         win_tokens, win_time, last = 0, 0.0, {}
-        evaluated_at = -1
+        # a finished run started again must not validate its last step twice
+        evaluated_at = self.step if any(r["step"] == self.step and "val_bpb" in r for r in self.metrics.read()) else -1
         while self.step < cfg.steps:
             if cfg.max_time > 0 and self._should_stop(time.perf_counter() - t_run):
                 break

@@ -54,7 +54,11 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     device = torch.device(map_location)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_default else torch.float32
-    cfg = layout.model_config(config)
+    try:
+        cfg = layout.model_config(config)
+    except KeyError as e:
+        raise ValueError(f"{str(directory / 'config.json')!r} lacks {e.args[0]!r}, which the {layout.name} layout "
+                         "needs") from None
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
         net = build_model(cfg)
     state = _read_state(directory, layout, cfg, {k: tuple(v.shape) for k, v in net.state_dict().items()}, dtype, device)

@@ -42,11 +42,14 @@ def index_map(directory: Path) -> dict[str, str] | None:
 def iter_tensors(path: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of one file; safetensors reads each tensor straight onto ``device``."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except SafetensorError as e:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}): an incomplete copy?") from None
     else:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         for name, t in state.items():
