@@ -101,6 +101,20 @@ def test_mdlm_cache_skips_the_network_when_nothing_unmasks():
     assert model.calls[0][1] is not None
 
 
+def test_mdlm_ends_with_the_argmax_of_what_is_still_masked(monkeypatch):
+    # MDLM's grid stops at t = eps; one more forward's argmax fills what is left (rare at eps = 1e-5,
+    # so a large eps shows it)
+    monkeypatch.setattr(dllm.sampling.masked, "MDLM_EPS", 0.5)
+    out, model = run("mdlm", gen_length=32, steps=1)
+    assert not (out.sequences == MASK).any() and out.nfe == len(model.calls) == 2
+    before = model.calls[1][0]
+    left = before == MASK
+    assert 0 < left.sum() < 32  # the ancestral step from t = 1 to 0.5 unmasks about half
+    logits = model(before)
+    logits[..., MASK] = float("-inf")
+    assert torch.equal(out.sequences[left], logits.argmax(-1)[left])
+
+
 def test_infill_keeps_known_tokens():
     template = torch.full((32,), MASK)
     template[:5] = torch.arange(1, 6)

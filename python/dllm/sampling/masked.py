@@ -72,23 +72,37 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
     return x
 
 
+MDLM_EPS = 1e-5  # where MDLM's sampling grid stops
+
+
 def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift, generator):
     """MDLM's ancestral sampler (Sahoo et al. 2024, `_ddpm_caching_update`) on the log-linear
-    schedule: from time t to s = t - 1/steps every masked token unmasks with probability
-    (t - s) / t, to a token drawn from the model's clean-token distribution; the last step
-    unmasks everything. For a time-agnostic model the logits of a step that unmasked nothing
-    are reused, so that step costs no network call."""
+    schedule, times linspace(1, 1e-5, steps + 1): from time t to s every masked token unmasks with
+    probability (t - s) / t, to a token drawn from the model's clean-token distribution. The
+    tokens still masked at t = 1e-5 (rare) take the argmax of one more forward, as MDLM's noise
+    removal does, within the last step. For a time-agnostic model the logits of a step that
+    unmasked nothing are reused, so that step costs no network call."""
+    times = torch.linspace(1, MDLM_EPS, steps + 1, dtype=torch.float64).tolist()
     logits = None
     time_conditioned = loop.time_conditioned
+
+    def forward(t):
+        sigma = _loglinear_sigma(torch.full((x.shape[0],), t, device=x.device)) if time_conditioned else None
+        return loop.logits(x, sigma)
+
     for i in range(steps):
-        t, s = 1 - i / steps, 1 - (i + 1) / steps
+        t, s = times[i], times[i + 1]
         loop.begin()
         if logits is None or time_conditioned:
-            sigma = _loglinear_sigma(torch.full((x.shape[0],), t, device=x.device)) if time_conditioned else None
-            logits = loop.logits(x, sigma)
+            logits = forward(t)
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                                       logits_shift=shift, generator=generator)
         committed = ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=(t - s) / t, generator=generator)
+        if i == steps - 1 and bool((x == mask_id).any()):
+            if bool(committed.any()) or time_conditioned:
+                logits = forward(s)
+            x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, logits_shift=shift)  # argmax
+            ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
         loop.end(x, logits)
         if bool(committed.any()):
             logits = None
