@@ -229,6 +229,8 @@ def test_bad_inputs_raise_clear_errors(device):
         dllm.ops.predict_masked(logits, x[:, :5], mask_id=MASK)
     with pytest.raises(ValueError, match="confidence must be"):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="best")
+    with pytest.raises(ValueError, match="confidence_from must be 'model' or 'proposal'"):
+        dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence_from="tempered")
     with pytest.raises(ValueError, match="top_p must be in"):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, top_p=0.0)
     with pytest.raises(ValueError, match="temperature must be finite"):

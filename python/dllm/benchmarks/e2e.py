@@ -252,7 +252,8 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
             tokens.extend(row)
             texts.append(runner.m.tok.decode(cut_at(row, runner.m.tok.eos_id)))
     return {"parse_rate": parse_rate(texts), "parse_prefix": mean_parseable_prefix(texts),
-            "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes), "example": texts[0]}
+            "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes),
+            "example": texts[0]}
 
 
 def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
