@@ -155,6 +155,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert not (out / "partial.json").exists()  # the interim results give way to the report
     for r in res["throughput"]:
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["gen_length"] / (r["latency_ms"] * 1e-3))
+        assert r["spread_ms"][0] <= r["latency_ms"] <= r["spread_ms"][1]
     # each step count has its own bound; fast-dllm's nfe is measured (its blocks here are the whole length)
     nll = {(r["sampler"], r["gen_length"], r["steps"]): r["nll"] for r in res["quality"]}
     assert nll["mdlm", 32, 32] != nll["mdlm", 32, 16] and nll["mdlm", 32, 16] == nll["llada", 32, 16]

@@ -296,8 +296,10 @@ def _throughput(runner: Runner, model: str, sampler, steps: int, length: int, ba
 
     times = sorted(time_ms(once, runner.device, warmup=1, reps=reps, min_seconds=0.0))
     median = statistics.median(times)
-    return {"batch": batch, "latency_ms": median, "p20_ms": times[int(0.2 * (len(times) - 1))],
-            "p80_ms": times[int(0.8 * (len(times) - 1))], "tokens_per_s": batch * length / (median * 1e-3),
+    # p20-p80 of five or more runs, min-max of fewer (the report's header says which)
+    spread = (times[round(0.2 * (len(times) - 1))], times[round(0.8 * (len(times) - 1))]) if len(times) >= 5 else \
+        (times[0], times[-1])
+    return {"batch": batch, "latency_ms": median, "spread_ms": spread, "tokens_per_s": batch * length / (median * 1e-3),
             "nfe": statistics.mean(nfes[1:])}
 
 

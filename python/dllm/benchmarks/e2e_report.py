@@ -32,7 +32,7 @@ def _throughput_table(rows: list[dict], length: int, reps: int) -> list[str]:
             continue
         steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
         out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['batch']} | {r['nfe']:.1f} | "
-                   f"{r['latency_ms']:.1f} ({r['p20_ms']:.1f}-{r['p80_ms']:.1f}) | {r['tokens_per_s']:,.0f} | "
+                   f"{r['latency_ms']:.1f} ({r['spread_ms'][0]:.1f}-{r['spread_ms'][1]:.1f}) | {r['tokens_per_s']:,.0f} | "
                    f"{r['speedup_vs_ar']:.2f}x |")
     return out + [""]
 
