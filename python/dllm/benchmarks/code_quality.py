@@ -48,7 +48,7 @@ def parse_rate(texts: list[str]) -> float:
 
 def blank_rate(texts: list[str]) -> float:
     """The fraction of texts with no statement: empty, whitespace or comments only."""
-    return sum(_module(t) is not None and not _module(t).body for t in texts) / len(texts) if texts else math.nan
+    return sum(tree is not None and not tree.body for tree in map(_module, texts)) / len(texts) if texts else math.nan
 
 
 def parseable_prefix(text: str) -> float:

@@ -55,8 +55,9 @@ RESUME_SHAPING = ("lr", "min_lr_ratio", "schedule", "warmup", "weight_decay", "b
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         # absolute paths in the run's record, so that `dllm eval` finds the corpus from any folder
-        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in ("data", "cache_dir")
-                                          if getattr(cfg, k)})
+        paths = [k for k in ("data", "cache_dir") if getattr(cfg, k)] + \
+            (["tokenizer"] if cfg.tokenizer not in ("byte", "bpe") else [])  # else a tokenizer.json's path
+        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in paths})
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_env()
         self.device = resolve_device(cfg.device, local_rank)
