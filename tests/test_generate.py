@@ -195,19 +195,17 @@ def dream_transcription(model, prompt, gen_length, steps, alg, top_k, top_p, eps
     logits, the proposal's distribution after top-p / top-k (dllm also drops the mask token), a
     confidence from it (from the unfiltered distribution if scored_by_model, as LLaDA scores), and
     the floor(n (1 - s/t)) most confident positions committed."""
-    from dllm.reference.unmask import filtered_proposal_probs, shifted
+    from dllm.reference import unmask as ref
+    from dllm.sampling.masked import DREAM_ALGS
 
     x = torch.cat([prompt, torch.full((1, gen_length), MASK)], 1)
     times = torch.linspace(1, eps, steps + 1).tolist()
     for i in range(steps):
         masked = x[0] == MASK
-        logits = shifted(model(x).double(), 1)[0]
-        p = filtered_proposal_probs(logits, MASK, 1.0, 0, 1.0) if scored_by_model else \
-            filtered_proposal_probs(logits, MASK, 1.0, top_k, top_p)
-        x0 = p.argmax(-1)
-        top2 = p.topk(2, -1).values
-        conf = {"maskgit_plus": top2[:, 0], "topk_margin": top2[:, 0] - top2[:, 1],
-                "entropy": torch.where(p > 0, p * p.log(), 0.0).sum(-1)}[alg]
+        logits = ref.shifted(model(x).double(), 1)[0]
+        x0 = ref.clean_log_probs(logits, MASK).argmax(-1)  # filtering keeps the argmax
+        conf = ref.confidence(logits, x0, MASK, DREAM_ALGS[alg]) if scored_by_model else \
+            ref.proposal_confidence(logits, x0, MASK, DREAM_ALGS[alg], 0.0, top_k, top_p)
         n = int(masked.sum())
         k = n if i == steps - 1 else int(n * (1 - times[i + 1] / times[i]))
         order = sorted(masked.nonzero().flatten().tolist(), key=lambda j: (-conf[j].item(), j))
