@@ -75,6 +75,33 @@ def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes:
     return row_of(op, shape, dtype, impl, time_ms(fn, device, **kw), nbytes, floor_gbps)
 
 
+def out_of_memory_row(op: str, shape: str, dtype: str, impl: str, nbytes: int) -> Row:
+    return Row(op, shape, dtype, impl, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory")
+
+
+def measure_against(op: str, shape: str, dtype: str, impls: list, device: str, nbytes: int, floor_gbps: float, *,
+                    warmup: int = 2, reps: int = 20) -> list[Row]:
+    """One row per (name, fn) of impls, dllm's first, timed in turns (time_interleaved) so that every
+    ratio_vs_dllm compares calls that met the same machine. An impl that runs out of memory in its
+    first call gets an "out of memory" row and sits out the turns."""
+    runnable, rows = [], {}
+    for name, fn in impls:
+        try:
+            fn()
+            sync(device)
+            runnable.append((name, fn))
+        except torch.OutOfMemoryError:
+            rows[name] = out_of_memory_row(op, shape, dtype, name, nbytes)
+            torch.cuda.empty_cache()
+    times = time_interleaved([fn for _, fn in runnable], device, warmup=max(0, warmup - 1), reps=reps)
+    for (name, _), t in zip(runnable, times):
+        rows[name] = row_of(op, shape, dtype, name, t, nbytes, floor_gbps)
+    ordered = [rows[name] for name, _ in impls]
+    for row in ordered[1:]:
+        row.ratio_vs_dllm = row.median_ms / ordered[0].median_ms
+    return ordered
+
+
 def format_table(title: str, meta: dict, rows: list[Row]) -> str:
     lines = [
         f"# {title}",

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, Row, copy_bandwidth_gbps, machine, measure
+from common import Results, copy_bandwidth_gbps, machine, measure_against
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -69,17 +69,12 @@ def main() -> None:
         logits = (torch.randn(n, vocab, device=device) * 3).to(dtype)
         nbytes = logits.numel() * logits.element_size() + n * (8 + 4)  # read logits, write tokens + logprob
         shape = f"{n}x{vocab}"
-        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
-        ours = measure("sample", shape, args.dtype, "dllm", lambda: dllm.ops.sample_categorical(logits, t),
-                       device, nbytes, floor_gbps, **reps)
-        rows.append(ours)
-        for name, peer in PEERS.items():
-            try:
-                row = measure("sample", shape, args.dtype, name, lambda: peer(logits, t), device, nbytes, floor_gbps, **reps)
-            except torch.OutOfMemoryError:
-                rows.append(Row("sample", shape, args.dtype, name, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory"))
-                continue
-            row.ratio_vs_dllm = row.median_ms / ours.median_ms
+        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 5}
+        impls = [("dllm", lambda: dllm.ops.sample_categorical(logits, t))]
+        impls += [(name, lambda peer=peer: peer(logits, t)) for name, peer in PEERS.items()]
+        measured = measure_against("sample", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
+        ours = measured[0]
+        for row in measured:
             rows.append(row)
         ours.note = "exact, 64-bit-uniform Gumbel tails; also returns logprob"
         print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, Row, copy_bandwidth_gbps, machine, measure
+from common import Results, copy_bandwidth_gbps, machine, measure_against
 from dllm.sedd import reference as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -46,7 +46,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or ("16x1024x50258" if cuda else "2x256x50258")).split(",")]
     dtype = DTYPES[args.dtype]
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
-    reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
+    reps = {} if cuda else {"warmup": 1, "reps": 5}
 
     meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
     title = "SEDD / MDLM losses: forward + backward"
@@ -72,18 +72,12 @@ def main() -> None:
                 lambda z: ref.masked_diffusion_loss(z.float(), x_t, x0, weight, mask_id=k - 1)),
         }
         for op, (ours_fn, peer_fn) in cases.items():
-            ours = measure(op + " fwd+bwd", shape, args.dtype, "dllm", lambda: fwd_bwd(ours_fn, logits), device, nbytes,
-                           floor_gbps, **reps)
+            ours, peer = measure_against(op + " fwd+bwd", shape, args.dtype, [
+                ("dllm", lambda: fwd_bwd(ours_fn, logits)),
+                ("eager reference (fp32)", lambda: fwd_bwd(peer_fn, logits))], device, nbytes, floor_gbps, **reps)
             ours.note = f"{ours.median_ms / (nbytes / floor_gbps / 1e6):.2f}x the floor"
             rows.append(ours)
-            try:
-                peer = measure(op + " fwd+bwd", shape, args.dtype, "eager reference (fp32)",
-                               lambda: fwd_bwd(peer_fn, logits), device, nbytes, floor_gbps, **reps)
-                peer.ratio_vs_dllm = peer.median_ms / ours.median_ms
-                rows.append(peer)
-            except torch.OutOfMemoryError:
-                rows.append(Row(op + " fwd+bwd", shape, args.dtype, "eager reference (fp32)", float("nan"), 0, 0, nbytes,
-                                0, 0, float("nan"), "out of memory"))
+            rows.append(peer)
             print(f"{shape} {op}: " + ", ".join(f"{r.impl} {r.median_ms:.2f} ms" for r in rows[-2:]), flush=True)
 
     rows.finish()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, Row, copy_bandwidth_gbps, machine, measure
+from common import Results, Row, copy_bandwidth_gbps, machine, measure_against
 from dllm.sedd import reference as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -60,7 +60,7 @@ def main() -> None:
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
     dtype = DTYPES[args.dtype]
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
-    reps = {} if cuda else {"warmup": 1, "reps": 5, "min_seconds": 0.0}
+    reps = {} if cuda else {"warmup": 1, "reps": 5}
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
 
     meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
@@ -80,11 +80,8 @@ def main() -> None:
             op = f"sedd_step {graph}/{method}"
             ours_fn = lambda: dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph, method=method,  # noqa: E731
                                                  scale_by_sigma=graph == "absorb")
-            ours = measure(op, shape, args.dtype, "dllm", ours_fn, device, nbytes, floor_gbps, **reps)
-            ours.extra["peak_mb"] = peak_mb(ours_fn, device)
-            ours.note = f"extra memory {ours.extra['peak_mb']:.1f} MB" if cuda else "reads each row once"
-            rows.append(ours)
-            peers = [("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
+            failed = []
+            impls = [("dllm", ours_fn), ("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
             if not args.no_compile and (args.compile_all or ((graph, method) == cases[0] and (b, l, k) == shapes[0])):
                 torch._dynamo.reset()  # a fresh compile each time: past 8 recompiles dynamo silently runs eager
                 compiled = torch.compile(eager, dynamic=False)
@@ -92,21 +89,21 @@ def main() -> None:
                 try:
                     compiled(logits, x, sigma, dsig, graph, method)
                     compile_s = time.perf_counter() - t0
-                    peers.append((f"torch.compile reference ({compile_s:.0f} s compile)",
+                    impls.append((f"torch.compile reference ({compile_s:.0f} s compile)",
                                   lambda: compiled(logits, x, sigma, dsig, graph, method)))
                 except Exception as e:  # noqa: BLE001  (report, do not hide, a peer that fails)
-                    rows.append(Row(op, shape, args.dtype, "torch.compile reference", float("nan"), 0, 0, nbytes, 0, 0,
-                                    float("nan"), f"failed: {type(e).__name__}"))
-            for name, fn in peers:
-                try:
-                    row = measure(op, shape, args.dtype, name, fn, device, nbytes, floor_gbps, **reps)
-                except torch.OutOfMemoryError:
-                    rows.append(Row(op, shape, args.dtype, name, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory"))
-                    continue
-                row.ratio_vs_dllm = row.median_ms / ours.median_ms
-                row.extra["peak_mb"] = peak_mb(fn, device)
-                if cuda:
-                    row.note = f"extra memory {row.extra['peak_mb']:.0f} MB"
+                    failed.append(Row(op, shape, args.dtype, "torch.compile reference", float("nan"), 0, 0, nbytes, 0, 0,
+                                      float("nan"), f"failed: {type(e).__name__}"))
+            measured = measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
+            for row, (_, fn) in zip(measured, impls):
+                if row.median_ms == row.median_ms:  # not out of memory
+                    row.extra["peak_mb"] = peak_mb(fn, device)
+                    if cuda:
+                        row.note = f"extra memory {row.extra['peak_mb']:.1f} MB"
+            ours = measured[0]
+            if not cuda:
+                ours.note = "reads each row once"
+            for row in measured + failed:
                 rows.append(row)
             print(f"{shape} {graph}/{method}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
                 f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, Row, copy_bandwidth_gbps, machine, measure
+from common import Results, copy_bandwidth_gbps, machine, measure_against
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -73,21 +73,15 @@ def main() -> None:
         k = torch.full((B,), max(1, L // 64), device=device)  # L / 64 tokens per step
         nbytes = logits.numel() * 2 + x.numel() * 8 * 2  # read the logits once, read + write x
         shape = f"{B}x{L}x{V}"
-        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 3, "min_seconds": 0.0}
-        ours = measure("unmask step", shape, "bf16", "dllm", lambda: dllm_step(logits, x, k, t), device, nbytes, floor_gbps, **reps)
-        ours.extra["peak_extra_MB"] = peak_extra_bytes(lambda: dllm_step(logits, x, k, t), device) / 2**20
-        rows.append(ours)
-        try:
-            peer = measure("unmask step", shape, "bf16", "LLaDA eager", lambda: llada_step(logits, x, k.tolist(), t),
-                           device, nbytes, floor_gbps, **reps)
-            peer.extra["peak_extra_MB"] = peak_extra_bytes(lambda: llada_step(logits, x, k.tolist(), t), device) / 2**20
-            peer.ratio_vs_dllm = peer.median_ms / ours.median_ms
-        except torch.OutOfMemoryError:
-            peer = Row("unmask step", shape, "bf16", "LLaDA eager", float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory")
-        rows.append(peer)
-        for r in (ours, peer):
-            if "peak_extra_MB" in r.extra and device.startswith("cuda"):
-                r.note = f"peak extra memory {r.extra['peak_extra_MB']:.0f} MB"
+        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 3}
+        impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k.tolist(), t))]
+        ours, peer = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
+        for row, (_, fn) in zip((ours, peer), impls):
+            if row.median_ms == row.median_ms:  # not out of memory
+                row.extra["peak_extra_MB"] = peak_extra_bytes(fn, device) / 2**20
+                if device.startswith("cuda"):
+                    row.note = f"peak extra memory {row.extra['peak_extra_MB']:.0f} MB"
+            rows.append(row)
         print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor), LLaDA eager {peer.median_ms:.3f} ms ({peer.ratio_vs_dllm:.1f}x)")
     rows.finish()
 

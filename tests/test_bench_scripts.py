@@ -7,6 +7,7 @@ script broken by a refactor must fail here, not there. These runs time nothing w
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,33 @@ def test_results_are_written_after_every_row(tmp_path, monkeypatch):
     for n in (1, 2):  # a run killed here keeps the rows so far
         rows.append(Row("op", "1x1", "fp32", f"impl {n}", 1.0, 1.0, 1.0, 8, 1.0, 100.0))
         assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == n
+
+
+def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):
+    """measure_against calls dllm and its peers in turns, so load drift hits every ratio alike; a
+    peer that runs out of memory gets its row and sits out."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import torch
+    from common import measure_against
+
+    calls = []
+
+    def impl(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    def oom():
+        calls.append("oom")
+        raise torch.OutOfMemoryError("no room")
+
+    rows = measure_against("op", "1x1", "fp32", [("dllm", impl("dllm", 0.001)), ("big", oom), ("slow", impl("slow", 0.004))],
+                           "cpu", 8, 1.0, warmup=1, reps=4)
+    assert [r.impl for r in rows] == ["dllm", "big", "slow"]
+    assert calls == ["dllm", "oom", "slow"] + ["dllm", "slow"] * 4
+    assert rows[1].note == "out of memory" and rows[1].median_ms != rows[1].median_ms
+    assert rows[2].ratio_vs_dllm == pytest.approx(rows[2].median_ms / rows[0].median_ms) and rows[2].ratio_vs_dllm > 2
 
 
 def test_train_summary_names_where_each_run_was_trained(tmp_path):
