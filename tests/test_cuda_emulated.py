@@ -383,6 +383,51 @@ def test_attention_varlen_equals_padded(emulator, attention_kernel):
     assert torch.equal(out_varlen, torch.cat([out_padded[b, :m] for b, m in enumerate(lengths)]))
 
 
+def test_attention_malformed_cu_seqlens_stay_inside_the_packed_tokens(emulator, attention_kernel):
+    """The CUDA binding does not check cu_seqlens (that would sync with the host) but clamps them:
+    a sequence running past the packed tokens attends over the tokens that exist, and nothing
+    outside q, k, v, out and lse is read or written (unclamped, the second sequence's query rows
+    would be read past q, and its lse rows written over the next head's)."""
+    storage = torch.full((3, 100, 2, 64), float("nan"), dtype=torch.bfloat16)  # poison past the 50 tokens
+    q, k, v = (storage[i, :50] for i in range(3))
+    for t in (q, k, v):
+        t.copy_(torch.randn(t.shape, generator=gen(14)))
+    claimed = torch.tensor([0, 30, 100]), torch.tensor([0, 30, 90])
+    out, lse = emulated(emulator, EMU.attention_forward, q, k, v, None, None, *claimed, 100, 100, 0.125)
+    clamped = torch.tensor([0, 30, 50])
+    want_out, want_lse = EMU.attention_forward(q, k, v, None, None, clamped, clamped, 100, 100, 0.125)
+    assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
+    assert out.isfinite().all() and lse.isfinite().all()
+
+
+def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_kernel):
+    """Zero heads is an empty result on both devices (a launch with gridDim.y = 0 is an error on a
+    GPU, and in the emulator); a negative max_seqlen is refused on both."""
+    q = torch.randn(1, 8, 0, 64, dtype=torch.bfloat16, requires_grad=True)
+    kv = torch.randn(1, 8, 1, 64, dtype=torch.bfloat16, requires_grad=True)
+    for out in (EmulatedAttention.apply(q, kv, kv, None, None, None, None, 8, 8, 0.125), dllm.ops.attention(q, kv, kv)):
+        assert out.shape == q.shape
+        out.sum().backward()
+        assert kv.grad.abs().sum() == 0
+    packed = torch.randn(4, 2, 64, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 4])
+    for op in (EMU.attention_forward, CPU.attention_forward):
+        with pytest.raises(ValueError, match="max_seqlen_q and max_seqlen_k must be >= 0"):
+            op(packed, packed, packed, None, None, cu, cu, -1, 4, 0.125)
+
+
+def test_row_kernels_refuse_a_vocabulary_past_their_shared_memory(emulator):
+    """One or two floats per group of 2048 entries must fit the default 48 KB of shared memory."""
+    for op, vocab in (("sample_categorical", 20480000), ("predict_masked", 20480000), ("sedd_step", 10240000)):
+        logits = torch.empty(1, 1, vocab + 1, dtype=torch.bfloat16).uniform_()
+        x = torch.full((1, 1), vocab)
+        call = {"sample_categorical": lambda: EMU.sample_categorical(logits[0], None, 1.0),
+                "predict_masked": lambda: EMU.predict_masked(logits, x, vocab),
+                "sedd_step": lambda: EMU.sedd_step(logits, x, torch.ones(1), torch.ones(1), graph="absorb", method="euler")}[op]
+        with pytest.raises(ValueError, match=f"{op}: CUDA supports a vocabulary of up to {vocab} entries, got {vocab + 1}"):
+            call()
+
+
 def test_attention_binding_refuses_what_the_kernels_do_not_take(emulator):
     q = torch.randn(1, 8, 2, 40, dtype=torch.bfloat16)
     with pytest.raises(NotImplementedError, match="head dimension 64 or 128"):

@@ -225,7 +225,7 @@ void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stre
 
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream) {
   const AttentionParams& p = g.fwd;
-  if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
+  if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf16 = p.dtype == DType::kBFloat16;
   attention_delta_cuda(g, delta, s);

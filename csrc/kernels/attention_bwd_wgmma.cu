@@ -321,7 +321,7 @@ void launch_backward(const AttentionGradParams& g, const float* delta, cudaStrea
 
 void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream) {
   const AttentionParams& p = g.fwd;
-  if (p.batch == 0 || p.max_q == 0 || p.max_k == 0) return;
+  if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   attention_delta_cuda(g, delta, s);
   const bool bf16 = p.dtype == DType::kBFloat16;

@@ -447,8 +447,8 @@ void allow_dynamic_smem(int bytes) {
   cudaGetDevice(&device);
   const uint64_t bit = uint64_t(1) << (device & 63);
   if (done.load(std::memory_order_relaxed) & bit) return;
-  cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  done.fetch_or(bit);
+  // A failed call is left to fail the launch (and the launch check) now, and is retried next time.
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess) done.fetch_or(bit);
 }
 
 }  // namespace dllm::attn

@@ -1,5 +1,7 @@
 // Top-k / top-p (nucleus) filtering as one threshold on the logit value, shared by the CPU and
-// CUDA kernels so that both keep exactly the same tokens.
+// CUDA kernels so that both apply one rule. They keep the same tokens wherever their exp agrees:
+// always in the emulator; on a GPU, __expf's rounding may move a token that sits on the top-p
+// boundary to within a float32 ulp.
 //
 // A token is kept when fewer than top_k tokens have a larger value AND the tempered probability
 // mass of the tokens with a larger value is at most top_p: both conditions are monotone in the

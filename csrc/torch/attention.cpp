@@ -64,6 +64,8 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     }
     TORCH_CHECK(cu_seqlens_q->size(0) == cu_seqlens_k->size(0), kOp, ": cu_seqlens_q and cu_seqlens_k disagree on B");
     batch = cu_seqlens_q->size(0) - 1;
+    TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0, kOp, ": max_seqlen_q and max_seqlen_k must be >= 0, got ",
+                      max_seqlen_q, " and ", max_seqlen_k);
     const at::Tensor cq = cu_seqlens_q->to(at::kLong), ck = cu_seqlens_k->to(at::kLong);
     if (!cuda) {
       TORCH_CHECK_VALUE(cq[0].item<int64_t>() == 0 && ck[0].item<int64_t>() == 0 && cq.diff().ge(0).all().item<bool>() &&
@@ -73,10 +75,15 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
       TORCH_CHECK_VALUE(cq.diff().le(max_seqlen_q).all().item<bool>() && ck.diff().le(max_seqlen_k).all().item<bool>(),
                         kOp, ": a sequence is longer than max_seqlen_q / max_seqlen_k");
     }
-    call.q_start = cq.slice(0, 0, batch).contiguous();
-    call.q_count = cq.diff().clamp(0, max_seqlen_q).contiguous();
-    call.k_start = ck.slice(0, 0, batch).contiguous();
-    call.k_count = ck.diff().clamp(0, max_seqlen_k).contiguous();
+    // On CUDA, where checking cu_seqlens would cost a host sync, they are clamped instead: every
+    // sequence stays inside the packed tokens and within max_seqlen, so a malformed one gives
+    // wrong attention but never reads or writes outside q, k, v and out.
+    const at::Tensor q_start = cq.slice(0, 0, batch).clamp(0, q.size(0));
+    const at::Tensor k_start = ck.slice(0, 0, batch).clamp(0, k.size(0));
+    call.q_start = q_start.contiguous();
+    call.q_count = at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0))).contiguous();
+    call.k_start = k_start.contiguous();
+    call.k_count = at::minimum(ck.diff().clamp(0, max_seqlen_k), k_start.neg().add(k.size(0))).contiguous();
     max_q = max_seqlen_q;
     max_k = max_seqlen_k;
   } else {

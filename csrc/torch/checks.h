@@ -55,4 +55,12 @@ inline void check_same_device(const char* op, const at::Tensor& ref, const at::T
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but logits are on ", ref.device());
 }
 
+// The CUDA row kernels keep `floats_per_group` floats per group of 2048 vocabulary entries in the
+// default 48 KB of dynamic shared memory, beside less than 4 KB of static scratch: 40,000 bytes
+// of groups fit every one of them.
+inline void check_cuda_vocab(const char* op, int64_t vocab, int64_t floats_per_group) {
+  const int64_t max_vocab = int64_t(2048) * (40000 / (4 * floats_per_group));
+  TORCH_CHECK_VALUE(vocab <= max_vocab, op, ": CUDA supports a vocabulary of up to ", max_vocab, " entries, got ", vocab);
+}
+
 }  // namespace dllm::binding

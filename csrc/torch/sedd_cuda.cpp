@@ -25,10 +25,7 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
                              bool scale_by_sigma, std::optional<at::Generator> generator) {
   const c10::cuda::CUDAGuard guard(logits.device());
   StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
-  // The kernel keeps two floats per group of 2048 in the 48 KB of default shared memory (less
-  // its static scratch).
-  TORCH_CHECK(call.params.vocab <= int64_t(2048) * 6000, "sedd_step: CUDA supports K up to 12288000, got ",
-              call.params.vocab);
+  check_cuda_vocab("sedd_step", call.params.vocab, 2);
   call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();

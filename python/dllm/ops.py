@@ -306,7 +306,8 @@ def attention_varlen(
     ``[B + 1]``, starting at 0); ``max_seqlen_*`` bound the lengths (Python ints, so no
     ``.item()`` breaks a compiled graph). On CUDA: bfloat16 / float16 with D = 64 or 128 only
     (``NotImplementedError`` otherwise); cu_seqlens are not checked there (that would
-    synchronise), so they must be valid."""
+    synchronise) but clamped to the packed tokens and to ``max_seqlen_*``: invalid ones give
+    wrong attention, never an access outside the tensors. The CPU raises ``ValueError``."""
     scale = _softmax_scale(q, softmax_scale)
     out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                               max_seqlen_k, scale)

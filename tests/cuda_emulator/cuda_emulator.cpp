@@ -363,7 +363,11 @@ void allow_dynamic_smem(const void* kernel, int bytes) { dynamic_smem_limits()[k
 void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, void (*body)(void*), void* arg) {
   const std::lock_guard<std::mutex> lock(one_grid_at_a_time);
   const int threads = int(block.x * block.y * block.z);
-  if (threads < 1 || threads > 1024) throw std::runtime_error("CUDA emulator: invalid block size");
+  if (threads < 1 || threads > 1024 || block.z > 64) throw std::runtime_error("CUDA emulator: invalid block size");
+  // The hardware refuses these launches ("invalid configuration argument"), so the emulator does.
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    throw std::runtime_error("CUDA emulator: invalid grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
+                             ", " + std::to_string(grid.z) + "): each dimension must be >= 1, y and z <= 65535");
   const auto opted_in = dynamic_smem_limits().find(kernel);
   const size_t allowed = opted_in == dynamic_smem_limits().end() ? 48 * 1024 : opted_in->second;
   const size_t limit = std::min<size_t>(227 * 1024, allowed);
