@@ -20,4 +20,4 @@ for objective in mdlm sedd ar; do
     --max-time "$SECONDS_PER_MODEL" --eval-every 200 --no-progress --out-dir "$RUNS/$objective"
 done
 "$PYTHON" bench/train_summary.py "$RUNS/mdlm" "$RUNS/sedd" "$RUNS/ar" --out "$OUT" \
-  --note "nothing else ran on the machine during the three runs, which ran one after another ($(basename "$0"))."
+  --note "Conditions: nothing else ran on the machine during the three runs, which ran one after another (scripts/train_tiny.sh)."

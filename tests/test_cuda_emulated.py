@@ -392,9 +392,9 @@ def test_attention_malformed_cu_seqlens_stay_inside_the_packed_tokens(emulator, 
     q, k, v = (storage[i, :50] for i in range(3))
     for t in (q, k, v):
         t.copy_(torch.randn(t.shape, generator=gen(14)))
-    claimed = torch.tensor([0, 30, 100]), torch.tensor([0, 30, 90])
+    claimed = torch.tensor([0, 30, 100, 120]), torch.tensor([0, 30, 90, 95])  # the third starts past the end
     out, lse = emulated(emulator, EMU.attention_forward, q, k, v, None, None, *claimed, 100, 100, 0.125)
-    clamped = torch.tensor([0, 30, 50])
+    clamped = torch.tensor([0, 30, 50, 50])
     want_out, want_lse = EMU.attention_forward(q, k, v, None, None, clamped, clamped, 100, 100, 0.125)
     assert torch.equal(out, want_out) and torch.equal(lse, want_lse)
     assert out.isfinite().all() and lse.isfinite().all()

@@ -87,6 +87,10 @@ MUTANTS = [
     # overflows); the wgmma forward rescaling O by a stale correction
     (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),
     (WG_FWD, "    if (rescale) rescale_rows(o, correction);", "    rescale_rows(o, correction);", "attention and wgmma"),
+    # the binding: a packed sequence running past the tokens left unclamped; zero heads launched
+    ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
+     "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
+    (FWD, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
 ]
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device
-from .common import card, command_line, git_commit, time_ms, utc_now
+from .common import card, command_line, git_commit, time_interleaved, utc_now
 
 
 @dataclass(frozen=True)
@@ -225,12 +225,14 @@ def run(ns: argparse.Namespace) -> list[Row]:
         case_rows = []
         with torch.no_grad(), amp:
             steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph)
-            for impl, fn in steps.items():
-                bar.set_postfix_str(f"{name}: {impl}")
-                times = sorted(time_ms(fn, str(device), warmup=ns.warmup, reps=ns.reps, min_seconds=0.0))
+            bar.set_postfix_str(name)
+            # in turns, so that a drift in the machine's load hits every implementation alike
+            for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), warmup=ns.warmup,
+                                                           reps=ns.reps)):
+                times = sorted(times)
                 q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
                 case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
-                bar.update(1)
+            bar.update(len(steps))
         eager = next(r.median_ms for r in case_rows if r.impl == "eager reference step")
         for r in case_rows:
             r.speedup_vs_eager = eager / r.median_ms
