@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CUDA build of torch, so the CUDA kernels compile and link even where no GPU can run them.
 TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: venv build demo test gpu-wheels clean
+.PHONY: venv build demo test test-asan gpu-wheels clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q
+
+# The emulated CUDA kernels under AddressSanitizer (not part of `make test`: about 10 minutes on
+# 2 cores): any read or write past a tensor, a fiber stack or the dynamic shared memory aborts.
+# libstdc++ is preloaded beside libasan because python itself does not link it; -s lets ASan's
+# report through pytest's capture.
+test-asan: build
+	DLLM_EMU_ASAN=1 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so.6)" \
+	ASAN_OPTIONS=detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1 \
+	$(PY) -m pytest -q -s -p no:cacheprovider tests/test_cuda_emulated.py
 
 # Wheels the GPU machine lacks (it has no network): pass them along with the device tool's
 # carry=["wheels"] and run `DLLM_WHEELS=wheels bash scripts/gpu_check.sh OUT`.

@@ -8,6 +8,7 @@ Compiled once into build/cuda_emulator (ninja rebuilds what changed), a few minu
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -45,7 +46,10 @@ def load():
         library.define(schema.removeprefix("dllm::"))
     load.library = library  # the definitions live as long as this object
 
-    build = ROOT / "build" / "cuda_emulator"
+    asan = os.environ.get("DLLM_EMU_ASAN") == "1"
+    build = ROOT / "build" / ("cuda_emulator_asan" if asan else "cuda_emulator")
+    build.mkdir(parents=True, exist_ok=True)
+    asan_flags = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"] if asan else []
     kernels = translate_tree(ROOT / "csrc" / "kernels", build / "kernels")
     wrappers = []
     for name in BINDINGS:
@@ -54,12 +58,13 @@ def load():
             write_if_changed(wrapper, f'#include "library_redirect.h"\n#include "{name}{suffix}.cpp"\n')
             wrappers.append(wrapper)
     return cpp_extension.load(
-        name="dllm_cuda_emulator",
+        name="dllm_cuda_emulator_asan" if asan else "dllm_cuda_emulator",
         sources=[str(p) for p in (HERE / "cuda_emulator.cpp", HERE / "emulator_module.cpp", *wrappers, *kernels)],
         extra_include_paths=[
             str(p) for p in (HERE / "include", HERE, build / "kernels", *(ROOT / "csrc" / d for d in INCLUDE_DIRS))
         ],
-        extra_cflags=["-O1", "-Wno-unknown-pragmas", "-DDLLM_WITH_WGMMA=1"],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas", "-DDLLM_WITH_WGMMA=1", *asan_flags],
+        extra_ldflags=asan_flags,
         build_directory=str(build),
         verbose=False,
     )

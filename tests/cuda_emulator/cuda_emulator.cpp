@@ -18,6 +18,13 @@
 
 #include "emulator_settings.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <cstdio>
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define CUEMU_ASAN 1
+#endif
+
 namespace cuemu {
 namespace {
 
@@ -124,6 +131,7 @@ struct State {
   std::vector<int> warpgroup_live, warpgroup_size;
   std::vector<unsigned char> warpgroup_slots;  // [warpgroup][parity][thread][kSlotBytes]
   std::unique_ptr<unsigned char[]> smem_storage;
+  size_t smem_storage_bytes = 0;
   unsigned char* smem = nullptr;
   // Dynamic shared memory as the async proxy sees it: what wgmma reads. cp.async writes reach it
   // only through their thread's fence.proxy.async.
@@ -144,14 +152,37 @@ std::mutex one_grid_at_a_time;
 void fiber_main();
 
 #if defined(__x86_64__)
-void switch_to(Context& from, Context& to) { cuemu_switch(&from.sp, to.sp); }
+#if defined(CUEMU_ASAN)
+const void* asan_sched_bottom = nullptr;
+size_t asan_sched_size = 0;
+const void* asan_target_bottom = nullptr;  // the stack of the fiber the scheduler switches to
+// to_fiber: the scheduler switches to a fiber (whose stack asan_target_bottom is); otherwise a
+// fiber switches back to the scheduler, for good when dying.
+void switch_to(Context& from, Context& to, bool to_fiber = false, bool dying = false) {
+  void* fake = nullptr;
+  if (to_fiber)
+    __sanitizer_start_switch_fiber(&fake, asan_target_bottom, kStackBytes);
+  else
+    __sanitizer_start_switch_fiber(dying ? nullptr : &fake, asan_sched_bottom, asan_sched_size);
+  cuemu_switch(&from.sp, to.sp);
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+#else
+void switch_to(Context& from, Context& to, bool = false, bool = false) { cuemu_switch(&from.sp, to.sp); }
+#endif
 
 [[noreturn]] void fiber_entry() {
+#if defined(CUEMU_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &asan_sched_bottom, &asan_sched_size);
+#endif
   fiber_main();
   std::abort();  // fiber_main switches away for good
 }
 
 void start_context(Context& c, char* stack, size_t bytes) {
+#if defined(CUEMU_ASAN)
+  ASAN_UNPOISON_MEMORY_REGION(stack, bytes);  // frames of the last block's fibers never returned
+#endif
   // The stack cuemu_switch pops: six registers, then fiber_entry as the return address, placed
   // so that fiber_entry starts with the stack alignment of a called function.
   auto* top = reinterpret_cast<uintptr_t*>((reinterpret_cast<uintptr_t>(stack + bytes) & ~uintptr_t(15)) - 8);
@@ -246,7 +277,7 @@ void fiber_main() {
   --st.warpgroup_live[warpgroup];
   ++st.progress;
   Context finished;
-  switch_to(finished, st.scheduler);
+  switch_to(finished, st.scheduler, false, true);
 }
 
 
@@ -318,7 +349,10 @@ void run_block(dim3 block_idx) {
       if (f.done || (f.waiting_on && f.waiting_on->generation == f.waiting_generation)) continue;
       if (!everyone && i / 32 == lagging) continue;
       st.current = &f;
-      switch_to(st.scheduler, f.context);
+#if defined(CUEMU_ASAN)
+      asan_target_bottom = st.stacks[i].get();
+#endif
+      switch_to(st.scheduler, f.context, true);
       st.current = nullptr;
       if (!st.error.empty()) throw std::runtime_error("CUDA emulator: " + st.error);
     }
@@ -349,7 +383,7 @@ void fail(const char* what) {
              std::to_string(i.block_idx.x) + ", " + std::to_string(i.block_idx.y) + ", " +
              std::to_string(i.block_idx.z) + ")";
   Context failed;
-  switch_to(failed, st.scheduler);
+  switch_to(failed, st.scheduler, false, true);
   std::abort();  // unreachable: the scheduler never resumes a failed fiber
 }
 
@@ -386,15 +420,47 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
   while (int(st.stacks.size()) < threads) st.stacks.emplace_back(new char[kStackBytes]);
   st.warp_slots.assign(size_t((threads + 31) / 32) * 2 * 32 * kSlotBytes, 0);
   st.warpgroup_slots.assign(size_t((threads + kWarpgroupThreads - 1) / kWarpgroupThreads) * 2 * kWarpgroupThreads * kSlotBytes, 0);
+#if defined(CUEMU_ASAN)
+  if (st.smem_storage) ASAN_UNPOISON_MEMORY_REGION(st.smem_storage.get(), st.smem_storage_bytes);
+#endif
   st.smem_storage.reset(new unsigned char[dynamic_smem + 128]);
   st.smem = st.smem_storage.get() + (128 - reinterpret_cast<uintptr_t>(st.smem_storage.get()) % 128) % 128;
   st.smem_bytes = dynamic_smem;
+#if defined(CUEMU_ASAN)
+  // The alignment padding around the dynamic shared memory: a kernel touching it is out of bounds.
+  st.smem_storage_bytes = dynamic_smem + 128;
+  ASAN_POISON_MEMORY_REGION(st.smem_storage.get(), st.smem - st.smem_storage.get());
+  ASAN_POISON_MEMORY_REGION(st.smem + dynamic_smem, st.smem_storage.get() + dynamic_smem + 128 - (st.smem + dynamic_smem));
+#endif
   st.async_view.reset(new unsigned char[dynamic_smem + 1]);
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) run_block(dim3(x, y, z));
   ++settings().grids_run;
 }
+
+#if defined(CUEMU_ASAN)
+void aligned_partial_load(void* out, const void* p, size_t bytes, const void* site) {
+  static std::mutex m;
+  static std::unordered_map<const void*, uint64_t> sites;
+  const auto* c = static_cast<const unsigned char*>(p);
+  size_t addressable = 0;
+  for (size_t i = 0; i < bytes; ++i) addressable += !__asan_address_is_poisoned(c + i);
+  if (addressable == 0 || reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+    std::memcpy(out, p, bytes);  // ASan reports the read
+    return;
+  }
+  for (size_t i = 0; i < bytes; ++i)
+    static_cast<unsigned char*>(out)[i] = __asan_address_is_poisoned(c + i) ? 0xff : c[i];
+  const std::lock_guard<std::mutex> lock(m);
+  if (sites[site]++ == 0) {
+    std::fprintf(stderr, "==CUEMU== aligned %zu-byte load at %p holds %zu bytes of its allocation (tolerated); first at:\n",
+                 bytes, p, addressable);
+    __asan_describe_address(const_cast<unsigned char*>(c + bytes - 1));
+    __sanitizer_print_stack_trace();
+  }
+}
+#endif
 
 void* dynamic_shared() { return st.smem; }
 
@@ -449,6 +515,16 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
   if (!in_shared(dst, bytes)) fail("cp.async destination outside the block's shared memory");
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     fail("misaligned address in cp.async");
+#if defined(CUEMU_ASAN)
+  if (valid) {
+    if (void* bad = __asan_region_is_poisoned(const_cast<void*>(src), bytes)) {
+      std::fprintf(stderr, "==CUEMU== cp.async of %zu bytes from %p reads poisoned byte %p\n", bytes, src, bad);
+      __asan_describe_address(bad);
+      __sanitizer_print_stack_trace();
+      std::abort();
+    }
+  }
+#endif
   st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
   if (!settings().defer_async_copies) flush_copies(*st.current, st.current->pending);
 }
