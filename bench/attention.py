@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Results, Row, machine, row_of, time_interleaved
+from common import Results, machine, measure_against
 
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -83,27 +83,14 @@ def main() -> None:
                     with sdpa_kernel([backend]):
                         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
                 candidates[name] = run(sdpa)
-            impls, refused = {}, {}
-            for name, fn in candidates.items():
-                try:
-                    fn()
-                    impls[name] = fn
-                except RuntimeError as e:  # a backend that refuses the inputs (flash with a mask)
-                    if name == "dllm":
-                        raise
-                    refused[name] = str(e).split("\n")[0][:60]
-            # All of them timed in turns, so that a change in the machine's load hits each alike.
-            times = dict(zip(impls, time_interleaved(list(impls.values()), device, warmup=2, reps=20 if cuda else 10)))
-            os.environ.pop("DLLM_ATTENTION_KERNEL")
             shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
             op, dt = "attention" + (" fwd+bwd" if args.backward else " fwd"), str(dtype).removeprefix("torch.")
-            ours = row_of(op, shape, dt, "dllm", times["dllm"], 0, 1.0)
-            for name in candidates:
-                if name in refused:
-                    r = Row(op, shape, dt, name, float("nan"), 0, 0, 0, 0, 0, float("nan"), refused[name])
-                else:
-                    r = ours if name == "dllm" else row_of(op, shape, dt, name, times[name], 0, 1.0)
-                    r.ratio_vs_dllm = r.median_ms / ours.median_ms
+            # a backend may refuse the inputs (flash with a mask): RuntimeError
+            measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0, warmup=3,
+                                       reps=20 if cuda else 10, refused_by=(RuntimeError,))
+            os.environ.pop("DLLM_ATTENTION_KERNEL")
+            for r in measured:
+                if r.median_ms == r.median_ms:  # timed
                     r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12
                     r.note = f"{r.extra['tflops']:.1f} TFLOP/s" if cuda else f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s"
                 rows.append(r)

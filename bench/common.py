@@ -75,23 +75,28 @@ def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes:
     return row_of(op, shape, dtype, impl, time_ms(fn, device, **kw), nbytes, floor_gbps)
 
 
-def out_of_memory_row(op: str, shape: str, dtype: str, impl: str, nbytes: int) -> Row:
-    return Row(op, shape, dtype, impl, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), "out of memory")
+def unmeasured_row(op: str, shape: str, dtype: str, impl: str, nbytes: int, note: str) -> Row:
+    """The row of an implementation that could not be timed; the note says why."""
+    return Row(op, shape, dtype, impl, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), note)
 
 
 def measure_against(op: str, shape: str, dtype: str, impls: list, device: str, nbytes: int, floor_gbps: float, *,
-                    warmup: int = 2, reps: int = 20) -> list[Row]:
+                    warmup: int = 2, reps: int = 20, refused_by: tuple = (torch.OutOfMemoryError,)) -> list[Row]:
     """One row per (name, fn) of impls, dllm's first, timed in turns (time_interleaved) so that every
-    ratio_vs_dllm compares calls that met the same machine. An impl that runs out of memory in its
-    first call gets an "out of memory" row and sits out the turns."""
+    ratio_vs_dllm compares calls that met the same machine. A peer whose first call raises one of
+    refused_by (running out of memory; a backend refusing the inputs) gets a row noting why and sits
+    out the turns; dllm's own errors propagate."""
     runnable, rows = [], {}
-    for name, fn in impls:
+    for i, (name, fn) in enumerate(impls):
         try:
             fn()
             sync(device)
             runnable.append((name, fn))
-        except torch.OutOfMemoryError:
-            rows[name] = out_of_memory_row(op, shape, dtype, name, nbytes)
+        except refused_by as e:
+            if i == 0:
+                raise
+            why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else str(e).split("\n")[0][:60]
+            rows[name] = unmeasured_row(op, shape, dtype, name, nbytes, why)
             torch.cuda.empty_cache()
     times = time_interleaved([fn for _, fn in runnable], device, warmup=max(0, warmup - 1), reps=reps)
     for (name, _), t in zip(runnable, times):

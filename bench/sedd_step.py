@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, Row, copy_bandwidth_gbps, machine, measure_against
+from common import Results, copy_bandwidth_gbps, machine, measure_against, unmeasured_row
 from dllm.sedd import reference as ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -92,8 +92,8 @@ def main() -> None:
                     impls.append((f"torch.compile reference ({compile_s:.0f} s compile)",
                                   lambda: compiled(logits, x, sigma, dsig, graph, method)))
                 except Exception as e:  # noqa: BLE001  (report, do not hide, a peer that fails)
-                    failed.append(Row(op, shape, args.dtype, "torch.compile reference", float("nan"), 0, 0, nbytes, 0, 0,
-                                      float("nan"), f"failed: {type(e).__name__}"))
+                    failed.append(unmeasured_row(op, shape, args.dtype, "torch.compile reference", nbytes,
+                                                 f"failed: {type(e).__name__}"))
             measured = measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
             for row, (_, fn) in zip(measured, impls):
                 if row.median_ms == row.median_ms:  # not out of memory

@@ -74,6 +74,16 @@ def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):
     assert rows[1].note == "out of memory" and rows[1].median_ms != rows[1].median_ms
     assert rows[2].ratio_vs_dllm == pytest.approx(rows[2].median_ms / rows[0].median_ms) and rows[2].ratio_vs_dllm > 2
 
+    def refuses():
+        raise RuntimeError("No available kernel.\nmore detail")
+
+    rows = measure_against("op", "1x1", "fp32", [("dllm", impl("dllm", 0)), ("flash", refuses)], "cpu", 8, 1.0,
+                           warmup=1, reps=1, refused_by=(RuntimeError,))
+    assert rows[1].note == "No available kernel." and rows[1].ratio_vs_dllm != rows[1].ratio_vs_dllm
+    with pytest.raises(RuntimeError, match="No available kernel"):  # dllm's own failure is never a row
+        measure_against("op", "1x1", "fp32", [("dllm", refuses), ("slow", impl("slow", 0))], "cpu", 8, 1.0,
+                        refused_by=(RuntimeError,))
+
 
 def test_train_summary_names_where_each_run_was_trained(tmp_path):
     from dllm.training import train

@@ -418,14 +418,15 @@ def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_k
 
 def test_row_kernels_refuse_a_vocabulary_past_their_shared_memory(emulator):
     """One or two floats per group of 2048 entries must fit the default 48 KB of shared memory."""
-    for op, vocab in (("sample_categorical", 20480000), ("predict_masked", 20480000), ("sedd_step", 10240000)):
+    def refused(op, vocab, call):
         logits = torch.empty(1, 1, vocab + 1, dtype=torch.bfloat16).uniform_()
-        x = torch.full((1, 1), vocab)
-        call = {"sample_categorical": lambda: EMU.sample_categorical(logits[0], None, 1.0),
-                "predict_masked": lambda: EMU.predict_masked(logits, x, vocab),
-                "sedd_step": lambda: EMU.sedd_step(logits, x, torch.ones(1), torch.ones(1), graph="absorb", method="euler")}[op]
         with pytest.raises(ValueError, match=f"{op}: CUDA supports a vocabulary of up to {vocab} entries, got {vocab + 1}"):
-            call()
+            call(logits, torch.full((1, 1), vocab))
+
+    refused("sample_categorical", 20480000, lambda z, x: EMU.sample_categorical(z[0], None, 1.0))
+    refused("predict_masked", 20480000, lambda z, x: EMU.predict_masked(z, x, 20480000))
+    refused("sedd_step", 10240000, lambda z, x: EMU.sedd_step(z, x, torch.ones(1), torch.ones(1), graph="absorb",
+                                                              method="euler"))
 
 
 def test_attention_binding_refuses_what_the_kernels_do_not_take(emulator):
