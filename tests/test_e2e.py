@@ -153,6 +153,9 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
         assert 0 <= r["parse_rate"] <= 1 - r["blank_rate"] and 0 <= r["infill_exact"] <= 1
         assert r["entropy"] <= math.log2(258) and r["nll"] > 0 and r["nll_se"] > 0
     assert not (out / "partial.json").exists()  # the interim results give way to the report
+    # the tables list each point's batches together, in the order of the quality rows
+    assert [(r["sampler"], r["gen_length"], r["steps"]) for r in res["throughput"][::2]] == \
+        [(r["sampler"], r["gen_length"], r["steps"]) for r in res["quality"]]
     for r in res["throughput"]:
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["gen_length"] / (r["latency_ms"] * 1e-3))
         assert r["spread_ms"][0] <= r["latency_ms"] <= r["spread_ms"][1]
@@ -166,6 +169,29 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
     assert "latency ms (one run)" in report and " ± " in report
+
+
+def test_e2e_throughput_times_the_points_in_turns():
+    from dllm.benchmarks.e2e import _throughputs_in_turns
+
+    calls = []
+
+    class Runner:
+        device = "cpu"
+
+        def generator(self):
+            return torch.Generator().manual_seed(0)
+
+        def call(self, model, sampler, steps, length, batch, g):
+            calls.append(sampler)
+            return None, steps
+
+    points = [("ar", None, 8), ("mdlm", "mdlm", 4), ("mdlm", "llada", 2)]
+    rows = _throughputs_in_turns(Runner(), points, length=8, batch=3, reps=2)
+    # one warm-up each, then the timed calls alternate: a load that drifts meets every point alike
+    assert calls == [None, "mdlm", "llada"] * 3
+    assert [r["nfe"] for r in rows] == [8, 4, 2] and all(r["batch"] == 3 for r in rows)
+    assert all(r["tokens_per_s"] == pytest.approx(24 / (r["latency_ms"] * 1e-3)) for r in rows)
 
 
 def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):

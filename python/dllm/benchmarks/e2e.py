@@ -34,7 +34,7 @@ from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
                            unigram_entropy)
-from .common import card, command_line, git_commit, time_ms, utc_now
+from .common import card, command_line, git_commit, time_interleaved, utc_now
 
 # Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
 # the current block are cached, each step feeds only the block).
@@ -287,20 +287,26 @@ def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
             "infill_entropy": unigram_entropy(tokens), "infill_nfe": statistics.mean(nfes)}
 
 
-def _throughput(runner: Runner, model: str, sampler, steps: int, length: int, batch: int, reps: int) -> dict:
-    g = runner.generator()
-    nfes: list[int] = []
+def _throughputs_in_turns(runner: Runner, points: list[tuple], length: int, batch: int, reps: int) -> list[dict]:
+    """Times every point at one (length, batch) in turns, the autoregressive baseline among them, so
+    that a load drifting over the sweep moves all of them alike and their ratios hold."""
+    nfes: list[list[int]] = [[] for _ in points]
 
-    def once():
-        nfes.append(runner.call(model, sampler, steps, length, batch, g)[1])
+    def caller(i: int, model: str, sampler, steps: int):
+        g = runner.generator()
+        return lambda: nfes[i].append(runner.call(model, sampler, steps, length, batch, g)[1])
 
-    times = sorted(time_ms(once, runner.device, warmup=1, reps=reps, min_seconds=0.0))
-    median = statistics.median(times)
-    # p20-p80 of five or more runs, min-max of fewer (the report's header says which)
-    spread = (times[round(0.2 * (len(times) - 1))], times[round(0.8 * (len(times) - 1))]) if len(times) >= 5 else \
-        (times[0], times[-1])
-    return {"batch": batch, "latency_ms": median, "spread_ms": spread, "tokens_per_s": batch * length / (median * 1e-3),
-            "nfe": statistics.mean(nfes[1:])}
+    fns = [caller(i, model, sampler, steps) for i, (model, sampler, steps) in enumerate(points)]
+    rows = []
+    for times, nfe in zip(time_interleaved(fns, runner.device, warmup=1, reps=reps), nfes):
+        times = sorted(times)
+        median = statistics.median(times)
+        # p20-p80 of five or more runs, min-max of fewer (the report's header says which)
+        spread = (times[round(0.2 * (len(times) - 1))], times[round(0.8 * (len(times) - 1))]) if len(times) >= 5 \
+            else (times[0], times[-1])
+        rows.append({"batch": batch, "latency_ms": median, "spread_ms": spread,
+                     "tokens_per_s": batch * length / (median * 1e-3), "nfe": statistics.mean(nfe[1:])})
+    return rows
 
 
 def _sdpa_backends(device: str, dtype, heads: int, head_dim: int, q_len: int, causal: bool) -> list[str]:
@@ -402,10 +408,12 @@ def run(ns: argparse.Namespace) -> dict:
     chunk = max(ns.batch_sizes)
     infill_cache: dict = {}
     quality, speed = [], []
-    for model, sampler, length, frac in tqdm(points, desc="e2e", dynamic_ncols=True):
+    described = []  # (point row, steps) in the order of points
+    for model, sampler, length, frac in tqdm(points, desc="e2e quality", dynamic_ncols=True):
         steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
         point = {"model": "diffusion (mdlm)" if model == "mdlm" else "autoregressive", "sampler": sampler or "kv-cache",
                  "gen_length": length, "fraction": str(frac) if frac is not None else None, "steps": steps}
+        described.append((point, steps))
         q = _sample_quality(runner, model, sampler, steps, length, ns.samples, chunk)
         if (model, sampler, frac) not in infill_cache:
             infill_cache[model, sampler, frac] = _infill_quality(runner, tasks, model, sampler, frac)
@@ -415,10 +423,18 @@ def run(ns: argparse.Namespace) -> dict:
                  nll_kind=("exact" if model == "ar" else f"{bound_steps}-step bound" if bound_steps else
                            "continuous-time bound"))
         quality.append({**point, **q})
-        for batch in ns.batch_sizes:
-            speed.append({**point, **_throughput(runner, model, sampler, steps, length, batch, ns.reps)})
         # what is measured so far survives an interrupted sweep; the report replaces it at the end
         (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": speed}, indent=1))
+    groups = [(length, batch) for length in ns.gen_lengths for batch in ns.batch_sizes]
+    for length, batch in tqdm(groups, desc="e2e throughput", dynamic_ncols=True):
+        at = [(i, (m, s, st)) for i, ((m, s, L, _), (_, st)) in enumerate(zip(points, described)) if L == length]
+        rows = _throughputs_in_turns(runner, [p for _, p in at], length, batch, ns.reps)
+        speed += [{**described[i][0], **row} for (i, _), row in zip(at, rows)]
+        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": speed}, indent=1))
+    # the report lists each point's batches together, in the order of points
+    order = {(p["model"], p["sampler"], p["gen_length"], p["fraction"]): i for i, (p, _) in enumerate(described)}
+    speed.sort(key=lambda r: (order[r["model"], r["sampler"], r["gen_length"], r["fraction"]],
+                              ns.batch_sizes.index(r["batch"])))
     for row in speed:
         ar_row = next(r for r in speed if r["model"] == "autoregressive" and r["gen_length"] == row["gen_length"]
                       and r["batch"] == row["batch"])

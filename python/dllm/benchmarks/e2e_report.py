@@ -103,7 +103,8 @@ def markdown(results: dict) -> str:
         f"- Both models generate after one end-of-text token (the start of a file), temperature "
         f"{m['temperature']:g}; {m['samples']} samples per quality point, {m['infill_tasks']} infilled functions.",
         f"- Throughput: one warm-up call, then the median of {m['reps']} timed `generate` calls (CUDA: events "
-        "after a synchronize); tokens/s = batch x generated length / that time; latency = that time, which every "
+        "after a synchronize), taken in turns with every other point of the same length and batch, the "
+        "autoregressive one among them, so that a drifting machine load moves all of them alike; tokens/s = batch x generated length / that time; latency = that time, which every "
         "sequence of the batch waits.",
         "- steps: round(fraction x length); llada's are rounded up to a multiple of its blocks "
         f"({m['fast_dllm']['block_length']} tokens, as fast-dllm's); nfe = network evaluations measured (mdlm "
