@@ -1,14 +1,13 @@
 """Shared benchmark plumbing: timers, the bandwidth floor, and result files.
 
-Every benchmark times dllm and the peer a user would otherwise run in the same process, and
-reports the ratio and the fraction of the hardware floor: the time to move the op's bytes at the
-copy bandwidth measured here, in this run (on an H100 that measured 2.98 TB/s).
+Every benchmark with a peer times dllm and the peer a user would otherwise run in the same
+process, and reports the ratio and the fraction of the hardware floor: the time to move the op's
+bytes at the copy bandwidth measured here, in this run.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    card, command_line, git_commit, sync, time_interleaved, time_ms, utc_now)
+    DTYPES, card, command_line, git_commit, machine, sync, time_interleaved, time_ms, utc_now)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
@@ -27,23 +26,16 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     return nbytes / (ms * 1e-3) / 1e9
 
 
-def machine(device: str) -> dict:
-    import dllm
-
-    info = {
-        "date": utc_now(),
-        "torch": torch.__version__,
-        "dllm": dllm.build_info(),
-        "commit": git_commit(),
-        "command": command_line(),
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(device)
-        info.update(card=props.name, sms=props.multi_processor_count, cuda=torch.version.cuda)
-    else:
-        info.update(card=card(device))
-    return info
+def peak_extra_mb(fn, device: str) -> float:
+    """CUDA memory fn allocates beyond what was allocated before it, at its peak (NaN on the CPU)."""
+    if not device.startswith("cuda"):
+        return float("nan")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 @dataclass

@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, copy_bandwidth_gbps, machine, measure_against
+from common import DTYPES, Results, copy_bandwidth_gbps, machine, measure_against
 from dllm.sedd import reference as ref
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def fwd_bwd(loss_fn, logits):

@@ -18,25 +18,14 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, copy_bandwidth_gbps, machine, measure_against, unmeasured_row
+from common import (DTYPES, Results, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
+                    unmeasured_row)
 from dllm.sedd import reference as ref
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def eager(logits, x, sigma, dsig, graph, method):
     return ref.sedd_step(logits.float(), x, sigma, dsig, graph=graph, method=method, scale_by_sigma=graph == "absorb")
-
-
-def peak_mb(fn, device) -> float:
-    if not device.startswith("cuda"):
-        return float("nan")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def main() -> None:
@@ -97,9 +86,9 @@ def main() -> None:
             measured = measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
             for row, (_, fn) in zip(measured, impls):
                 if row.median_ms == row.median_ms:  # not out of memory
-                    row.extra["peak_mb"] = peak_mb(fn, device)
+                    row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
                     if cuda:
-                        row.note = f"extra memory {row.extra['peak_mb']:.1f} MB"
+                        row.note = f"peak extra memory {row.extra['peak_extra_mb']:.1f} MB"
             ours = measured[0]
             if not cuda:
                 ours.note = "reads each row once"

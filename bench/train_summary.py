@@ -51,7 +51,7 @@ def main() -> None:
             shutil.copy(r["dir"] / f, dst / f)
 
     c = runs[0]["cfg"]["train"]
-    head = [f"# Tiny-model training at an equal wall-clock budget",
+    head = ["# Tiny-model training at an equal wall-clock budget",
             "",
             f"Corpus: {runs[0]['cfg']['data']['train_bytes']:,} training bytes / {runs[0]['cfg']['data']['val_bytes']:,} "
             f"validation bytes (whole files held out), corpus hash `{runs[0]['cfg']['corpus_hash'][:16]}`, "

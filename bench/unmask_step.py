@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, copy_bandwidth_gbps, machine, measure_against
+from common import Results, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -37,17 +37,6 @@ def dllm_step(logits, x, num_transfer, temperature):
     x = x.clone()
     dllm.ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_transfer)
     return x
-
-
-def peak_extra_bytes(fn, device) -> int:
-    if not device.startswith("cuda"):
-        return 0
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
 
 
 def main() -> None:
@@ -78,9 +67,9 @@ def main() -> None:
         ours, peer = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip((ours, peer), impls):
             if row.median_ms == row.median_ms:  # not out of memory
-                row.extra["peak_extra_MB"] = peak_extra_bytes(fn, device) / 2**20
+                row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
                 if device.startswith("cuda"):
-                    row.note = f"peak extra memory {row.extra['peak_extra_MB']:.0f} MB"
+                    row.note = f"peak extra memory {row.extra['peak_extra_mb']:.0f} MB"
             rows.append(row)
         print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor), LLaDA eager {peer.median_ms:.3f} ms ({peer.ratio_vs_dllm:.1f}x)")
     rows.finish()

@@ -8,12 +8,15 @@
 # With ARCHIVE, OUT_DIR is also packed into that one file, again after every stage, so a run cut
 # short by a time limit still brings back what it measured (the device tool brings back at most
 # 8 files, so pass ARCHIVE under $OUT and OUT_DIR elsewhere). Benchmarks rewrite their results
-# after every row for the same reason.
+# after every row (dllm bench step: every preset case) for the same reason.
 #
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
-#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). A
-#                    10-minute device call fits install,tests or install,bench,steps, not all four.
+#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). The
+#                    stages' limits: install 480 s, tests 240 + 150 s, bench 7 x 75 s, steps 2 x 90 s.
+#                    So a 10-minute device call surely fits install,tests or install,bench, and fits
+#                    install,bench,steps only when the benchmarks end well within their limits (what
+#                    each one measured is packed as it ends).
 #   DLLM_WHEEL       a dllm wheel built for this machine's torch and Python (scripts/device_wheel.sh
 #                    builds one): installed instead of building here.
 #   DLLM_BUILD_COMMIT  the commit of this source (the machine's copy has no .git): stamps the build
@@ -64,12 +67,12 @@ if stage install; then
   commit=${DLLM_BUILD_COMMIT:-}
   if [ -n "${DLLM_WHEEL:-}" ]; then
     how="wheel $(basename "$DLLM_WHEEL")"
-    "$PY" -m pip install --no-deps --force-reinstall "$DLLM_WHEEL" >"$OUT/install.log" 2>&1
+    timeout -k 10 480 "$PY" -m pip install --no-deps --force-reinstall "$DLLM_WHEEL" >"$OUT/install.log" 2>&1
   elif [ -n "$commit" ] && [[ "$commit" != *-dirty ]] && [ "$(installed_commit)" = "$commit" ]; then
     how="already installed"
   else
     how="build"
-    "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/install.log" 2>&1
+    timeout -k 10 480 "$PY" -m pip install --no-build-isolation --no-deps -v . >"$OUT/install.log" 2>&1
   fi
   if ! "$PY" -c "import dllm; print('dllm', dllm.build_info())" >>"$OUT/machine.txt" 2>>"$OUT/install.log"; then
     note "install ($how) FAILED (see install.log)"

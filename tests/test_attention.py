@@ -260,6 +260,18 @@ def test_cuda_kernel_errors_and_fallback():
     torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-4, rtol=1e-4)
 
 
+def test_gpus_before_sm80_take_sdpa(monkeypatch):
+    """The kernels refuse compute capability < 8.0 (mma.sync, cp.async), so attention() must not
+    send such a GPU's bf16 D=64 inputs to them. A meta tensor stands in for the CUDA one."""
+    from types import SimpleNamespace
+
+    q = torch.empty(1, 4, 2, 64, dtype=torch.bfloat16, device="meta")
+    monkeypatch.setattr(dllm.ops, "_HAS_CUDA_ATTENTION", True)
+    for major, supported in ((7, False), (8, True), (9, True)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
+        assert dllm.ops._cuda_kernel_supports(q) is supported
+
+
 @cuda_only
 def test_cuda_kernel_never_synchronises(attention_kernel):
     # A CUDA graph capture fails on any host synchronisation; lengths are clamped, not checked.

@@ -163,6 +163,31 @@ def test_eval_reproduces_the_trainers_validation(tmp_path):
         run_eval(tmp_path / "ar" / "run" / "model", batches=0, device="cpu")
 
 
+def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monkeypatch):
+    """gpu_check.sh stops a stage at its time limit with SIGINT: the cases measured by then stay written."""
+    import argparse
+
+    from dllm.benchmarks import step_latency
+
+    built = []
+    real = step_latency._random_model
+
+    def random_model(case, device, dtype):
+        if built:
+            raise KeyboardInterrupt
+        built.append(case.kind)
+        return real(case, device, dtype)
+
+    monkeypatch.setattr(step_latency, "_random_model", random_model)
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    with pytest.raises(KeyboardInterrupt):
+        step_latency.run(p.parse_args(["--device", "cpu", "--reps", "1", "--warmup", "0", "--out", str(tmp_path)]))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert built == ["sedd"] and {r["model"].split()[0] for r in rows} == {"sedd"} and len(rows) == 3
+    assert "sedd" in (tmp_path / "summary.md").read_text()
+
+
 def test_bench_step_tiny_end_to_end(tmp_path):
     out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]

@@ -135,6 +135,40 @@ def test_ragged_prompts_are_left_padded_with_an_attention_mask():
     assert attention[1, :3].tolist() == [False, False, True] and attention[:, 3:].all()
 
 
+def test_one_list_of_token_ids_is_one_prompt():
+    """What tokenizer.encode returns (a list or an array of ints) is one prompt, not a batch of them."""
+    import numpy as np
+
+    expected, _ = run("llada", prompt=torch.tensor([5, 6, 7]))
+    for prompt in ([5, 6, 7], (5, 6, 7), np.array([5, 6, 7])):
+        out, _ = run("llada", prompt=prompt)
+        assert out.sequences.shape == (1, 3 + 32) and torch.equal(out.sequences, expected.sequences)
+
+
+def test_model_attribute_and_output_conventions():
+    """pad_id None (a tokenizer without a pad token) pads with 0; a tuple output (Hugging Face's
+    return_dict=False) gives its first element; a bad mask_id or output is named in the error."""
+    model = TinyModel()
+    model.pad_id = None
+    out, _ = run("llada", model=model, prompt=[[5, 6], [7]])
+    assert out.sequences[1, 0] == 0
+
+    class TupleModel(TinyModel):
+        def forward(self, x, sigma=None, attention_mask=None):
+            return super().forward(x, sigma, attention_mask), None
+
+    expected, _ = run("dream", prompt=torch.tensor([[5, 6]]))
+    out, _ = run("dream", model=TupleModel(), prompt=torch.tensor([[5, 6]]))
+    assert torch.equal(out.sequences, expected.sequences)
+    for mask_id, message in ((None, "mask_id` is None"), (-1, "must be a token id >= 0, got -1")):
+        model = TinyModel()
+        model.mask_id = mask_id
+        with pytest.raises(ValueError, match=message):
+            run("llada", model=model)
+    with pytest.raises(TypeError, match="the model returned dict; expected logits"):
+        run("llada", model=type("M", (TinyModel,), {"forward": lambda self, x, **kw: {"logits": x}})())
+
+
 def test_right_padded_prompts_are_moved_to_the_left():
     prompt = torch.tensor([[5, 6, 7], [8, PAD, PAD]])
     right, model = run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 0]]))
@@ -332,3 +366,20 @@ def test_sedd_infill_on_the_uniform_graph_uses_minus_one():
         dllm.generate(TinyModel(), gen_length=16, steps=4, sampler="sedd-euler", temperature=0.8)
     with pytest.raises(ValueError, match="score .SEDD. model"):
         dllm.generate(model, gen_length=16, steps=4, sampler="llada")
+
+
+def test_a_trained_folder_samples_from_python(tmp_path):
+    """The README's route from `dllm train` to dllm.generate: load_for_sampling wraps the bare
+    network with what the samplers need (mask id; a SEDD run's graph and noise)."""
+    from _train_helpers import make_corpus, tiny
+
+    corpus = make_corpus(tmp_path / "corpus")
+    for objective, kind, sampler in (("mdlm", "masked", "mdlm"), ("sedd", "score", "sedd-analytic")):
+        dllm.train(**tiny(tmp_path / objective, corpus, objective=objective, steps=2))
+        model, tok, got_kind = dllm.load_for_sampling(tmp_path / objective / "run" / "model")
+        assert got_kind == kind
+        prompt = tok.encode("def ")
+        out = dllm.generate(model, prompt, gen_length=16, steps=8, sampler=sampler, temperature=1.0,
+                            generator=torch.Generator().manual_seed(0))
+        assert out.sequences.shape == (1, len(prompt) + 16) and out.sequences[0, :len(prompt)].tolist() == list(prompt)
+        assert not (out.sequences == tok.mask_id).any() and isinstance(tok.decode(out.sequences[0].tolist()), str)

@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 
+import dllm
+
 from dllm.data import ByteTokenizer
 from dllm.sedd import Geometric, LogLinear
 from dllm.objectives import AR, LLaDA, MDLM, SEDD
-from dllm.objectives.losses import log_score, masked_diffusion_reference, score_entropy_reference
+from dllm.objectives import masked_diffusion_reference, score_entropy_reference
+from dllm.sedd.reference import log_score
 
 f64 = torch.float64
 
@@ -203,8 +206,8 @@ def test_uniform_sedd_model_has_no_mask_output():
     assert d["y"].max() < tok.vocab_size - 1
 
 
-def test_losses_dispatch_to_fused_ops_when_present(monkeypatch):
-    from dllm.objectives import losses
+def test_objectives_call_the_fused_losses_with_their_options(monkeypatch):
+    from dllm.objectives import diffusion
 
     calls = []
 
@@ -216,8 +219,10 @@ def test_losses_dispatch_to_fused_ops_when_present(monkeypatch):
         calls.append(("md", mask_id))
         return torch.full((logits.shape[0],), 3.0)
 
-    monkeypatch.setattr(losses.ops, "score_entropy_loss", fake_se, raising=False)
-    monkeypatch.setattr(losses.ops, "masked_diffusion_loss", fake_md, raising=False)
+    assert diffusion.score_entropy_loss is dllm.ops.score_entropy_loss
+    assert diffusion.masked_diffusion_loss is dllm.ops.masked_diffusion_loss
+    monkeypatch.setattr(diffusion, "score_entropy_loss", fake_se)
+    monkeypatch.setattr(diffusion, "masked_diffusion_loss", fake_md)
     tok = ByteTokenizer()
     x0 = torch.randint(0, 256, (2, 4))
     g = torch.Generator().manual_seed(0)

@@ -90,6 +90,12 @@ def test_errors_blame_the_argument_at_fault():
     x0[0, 1] = V + 2
     with pytest.raises(ValueError, match=r"position \[0, 1\] is outside the token range \(\[0, K\), K = logits"):
         ops.masked_diffusion_loss(logits, torch.full((2, 3), 3), x0, 1.0, mask_id=3)
+    # score entropy's clean data holding the mask: the range of x0 is told apart from that of x_t
+    x0[0, 1] = V - 1
+    with pytest.raises(ValueError, match=r"x0, the clean data, never the mask: absorb \[0, K - 1\)"):
+        ops.score_entropy_loss(logits, x, x0, 1.0, 1.0, graph="absorb")
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        ops.commit_tokens(x.clone(), x0, torch.rand(2, 3), mask_id=V - 1, threshold=float("nan"))
 
 
 def test_meta_tensors_are_not_mixed_with_real_ones():

@@ -157,7 +157,7 @@ def test_bad_shapes_raise_clear_errors(device):
         dllm.ops.score_entropy_loss(logits, x_t, x0[:, :4], sigma, dsigma, graph="absorb")
     with pytest.raises(RuntimeError, match=r"dsigma must have shape \[B\]"):
         dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma[:1], graph="absorb")
-    with pytest.raises(RuntimeError, match="mask_id must be in"):
+    with pytest.raises(ValueError, match="mask_id must be in"):
         dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=11)
     with pytest.raises(ValueError, match="graph must be"):
         dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorbing")

@@ -212,6 +212,23 @@ def test_commit_reproducible_with_seed(device):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_one_value_for_every_row_takes_any_scalar_form(device):
+    """An int / float for every row may come as a Python or NumPy number or a 0-d tensor, all alike."""
+    import numpy as np
+
+    x, x0, conf = commit_inputs(3, 100, device)
+    for rule, forms in (("num_tokens", [7, np.int64(7), torch.tensor(7, device=device)]),
+                        ("prob", [0.25, np.float32(0.25), torch.tensor(0.25, device=device)])):
+        outs = []
+        for value in forms:
+            torch.manual_seed(3)
+            y = x.clone()
+            counts = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **{rule: value})
+            outs.append((y, counts))
+        assert all(torch.equal(y, outs[0][0]) and torch.equal(c, outs[0][1]) for y, c in outs[1:])
+        assert not torch.equal(outs[0][0], x)
+
+
 def test_linear_transfer_counts():
     counts = linear_transfer_counts(torch.tensor([10, 3, 0]), 4)
     assert counts.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]

@@ -17,7 +17,7 @@ namespace {
 
 using cpu::gemm;
 using cpu::kGemmCols;
-using cpu::kGemmRows;
+using cpu::kGemmRowMultiple;
 using cpu::Loader;
 using cpu::padded_stride;
 using cpu::round_up;
@@ -82,7 +82,7 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
     load_key_tiles<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, dim, keys_t.data());
     load_rows<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
     for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
-      const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRows);
+      const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRowMultiple);
       load_rows<D>(p.q, (q0 + i0) * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, ni, dim, p.scale,
                    q.data(), ld);
       std::fill(q.begin() + ni * ld, q.begin() + mi * ld, 0.0f);
@@ -133,7 +133,7 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
-    const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRows);
+    const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRowMultiple);
     const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
     keys.assign(kcols * ld, 0.0f);
     keys_t.resize(key_tiles_size(kn, dim));

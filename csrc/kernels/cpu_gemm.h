@@ -11,8 +11,9 @@
 namespace dllm::cpu {
 namespace {
 
-// M must be a multiple of kGemmRows and N of kGemmCols: callers pad with zeros.
-constexpr int64_t kGemmRows = 2, kGemmCols = 16;
+// M must be even (6-row blocks, then a 4- or 2-row remainder) and N a multiple of kGemmCols:
+// callers pad with zeros.
+constexpr int64_t kGemmRowMultiple = 2, kGemmCols = 16;
 
 inline int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
 

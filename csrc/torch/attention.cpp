@@ -38,8 +38,8 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   const DType dtype = logits_dtype(kOp, q, "q");
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
                    ": q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
-  check_same_device(kOp, q, k, "k");
-  check_same_device(kOp, q, v, "v");
+  check_same_device(kOp, q, "q", k, "k");
+  check_same_device(kOp, q, "q", v, "v");
   TORCH_CHECK(k.sizes() == v.sizes(), kOp, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
   const int64_t heads = q.size(-2), kv_heads = k.size(-2), dim = q.size(-1);
   TORCH_CHECK(k.size(-1) == dim, kOp, ": q and k must share the head dimension, got ", dim, " and ", k.size(-1));
@@ -58,7 +58,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   if (varlen) {
     TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), kOp, ": varlen inputs take lengths from cu_seqlens only");
     for (const at::Tensor* cu : {&*cu_seqlens_q, &*cu_seqlens_k}) {
-      check_same_device(kOp, q, *cu, "cu_seqlens");
+      check_same_device(kOp, q, "q", *cu, "cu_seqlens");
       check_integer(kOp, *cu, "cu_seqlens");
       TORCH_CHECK(cu->dim() == 1 && cu->size(0) >= 1, kOp, ": cu_seqlens must be [B + 1]");
     }
@@ -95,8 +95,8 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     call.k_start = at::arange(batch, opts) * max_k;
     call.q_count = q_len ? lengths(*q_len, batch, max_q, "q_len", cuda) : at::full({batch}, max_q, opts);
     call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda) : at::full({batch}, max_k, opts);
-    if (q_len) check_same_device(kOp, q, *q_len, "q_len");
-    if (kv_len) check_same_device(kOp, q, *kv_len, "kv_len");
+    if (q_len) check_same_device(kOp, q, "q", *q_len, "q_len");
+    if (kv_len) check_same_device(kOp, q, "q", *kv_len, "kv_len");
   }
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
   const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;

@@ -51,8 +51,10 @@ inline void check_integer(const char* op, const at::Tensor& t, const char* name)
                    " must be an integer tensor, got ", t.scalar_type());
 }
 
-inline void check_same_device(const char* op, const at::Tensor& ref, const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but logits are on ", ref.device());
+inline void check_same_device(const char* op, const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+              ref.device());
 }
 
 // The CUDA row kernels keep `floats_per_group` floats per group of 2048 vocabulary entries in the

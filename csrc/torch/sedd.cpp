@@ -32,7 +32,7 @@ at::Tensor check_logits(const char* op, const at::Tensor& logits, DType& dtype) 
 }
 
 at::Tensor check_tokens(const char* op, const at::Tensor& t, const char* name, const at::Tensor& logits) {
-  TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " is on ", t.device(), " but logits are on ", logits.device());
+  check_same_device(op, logits, "logits", t, name);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 2 && t.size(0) == logits.size(0) && t.size(1) == logits.size(1), op, ": ", name,
               " must have shape [B, L] = ", logits.sizes().slice(0, 2), " (logits without K), got ", t.sizes());
@@ -136,7 +136,8 @@ LossCall prepare_masked_diffusion(const char* op, const at::Tensor& logits, cons
   LossCall call = prepare_loss_common(op, logits, x_t, x0);
   LossParams& p = call.params;
   p.kind = LossKind::kMaskedDiffusion;
-  TORCH_CHECK(mask_id >= 0 && mask_id < p.vocab, op, ": mask_id must be in [0, K) = [0, ", p.vocab, "), got ", mask_id);
+  TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < p.vocab, op, ": mask_id must be in [0, K) = [0, ", p.vocab, "), got ",
+                    mask_id);
   p.mask_id = mask_id;
   call.weight = check_per_batch(op, weight, "weight", logits, logits.size(0));
   p.weight = call.weight.data_ptr<float>();

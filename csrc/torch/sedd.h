@@ -28,7 +28,8 @@ struct LossCall {
   at::Tensor logits, x_t, x0, sigma, dsigma, weight, lse, row_loss, grad_loss, grad;
   LossParams params;
 };
-// Score entropy (weight_or_dsigma = dsigma, sigma given) or masked diffusion (sigma undefined).
+// Argument checks and outputs of score_entropy_loss and masked_diffusion_loss (forward; the backward
+// adds prepare_backward).
 LossCall prepare_score_entropy(const char* op, const at::Tensor& logits, const at::Tensor& x_t, const at::Tensor& x0,
                                const at::Tensor& sigma, const at::Tensor& dsigma, c10::string_view graph,
                                bool scale_by_sigma);
@@ -52,8 +53,11 @@ struct SeddErrorText {
 constexpr const char* kGraphTokenRange = "absorb: tokens [0, K - 1) plus the mask K - 1; uniform: [0, K)";
 constexpr SeddErrorText kStepErrors{"x", kGraphTokenRange, "must be finite and > 0", "dsig", "finite and >= 0"};
 constexpr SeddErrorText kNoisingErrors{"x0", kGraphTokenRange, "must be finite and >= 0", nullptr, nullptr};
-constexpr SeddErrorText kScoreEntropyErrors{"x_t or x0", kGraphTokenRange, "must be finite and > 0", "dsigma",
-                                            "finite"};
+constexpr SeddErrorText kScoreEntropyErrors{
+    "x_t or x0",
+    "x_t: [0, K), the mask K - 1 included on the absorbing graph; x0, the clean data, never the mask: absorb "
+    "[0, K - 1), uniform [0, K)",
+    "must be finite and > 0", "dsigma", "finite"};
 constexpr SeddErrorText kMaskedDiffusionErrors{"x_t or x0", "[0, K), K = logits.size(-1)", nullptr, nullptr, nullptr};
 
 // Throws the error the kernels encoded as (row << 3) | status; no-op for kSeddNoError.

@@ -23,7 +23,7 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   TORCH_CHECK_TYPE(x.scalar_type() == at::kLong, op, ": x must be int64, got ", x.scalar_type());
   TORCH_CHECK(x.sizes() == lead, op, ": x must have the shape ", lead, " of logits without its last dimension, got ",
               x.sizes());
-  check_same_device(op, logits, x, "x");
+  check_same_device(op, logits, "logits", x, "x");
   TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < vocab, op, ": mask_id ", mask_id, " is outside the vocabulary [0, ",
                     vocab, ")");
   TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature >= 0.0, op,
@@ -87,8 +87,8 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
   TORCH_CHECK(x.is_contiguous(), op, ": x is updated in place and must be contiguous");
   TORCH_CHECK(x0.sizes() == x.sizes() && conf.sizes() == x.sizes(), op, ": x, x0 and conf must share one shape [B, L], got ",
               x.sizes(), ", ", x0.sizes(), ", ", conf.sizes());
-  check_same_device(op, x, x0, "x0");
-  check_same_device(op, x, conf, "conf");
+  check_same_device(op, x, "x", x0, "x0");
+  check_same_device(op, x, "x", conf, "conf");
   TORCH_CHECK_VALUE(mask_id >= 0, op, ": mask_id must be >= 0, got ", mask_id);
   const int rules = int(num_tokens.has_value()) + int(threshold.has_value()) + int(prob.has_value());
   TORCH_CHECK_VALUE(rules == 1, op, ": give exactly one of num_tokens, threshold or prob (got ", rules, ")");
@@ -98,7 +98,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
                     ": position_temperature applies only to num_tokens (choosing k positions)");
   const int64_t batch = x.size(0);
   auto per_row = [&](const at::Tensor& t, const char* name, at::ScalarType dtype) {
-    check_same_device(op, x, t, name);
+    check_same_device(op, x, "x", t, name);
     TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, op, ": ", name, " must have shape [", batch, "], got ", t.sizes());
     return t.to(dtype).contiguous();
   };
@@ -122,7 +122,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
     p.rule = CommitRule::kNumTokens;
     p.num_tokens = call.num_tokens.data_ptr<int64_t>();
   } else if (threshold.has_value()) {
-    TORCH_CHECK(!std::isnan(*threshold), op, ": threshold is NaN");
+    TORCH_CHECK_VALUE(!std::isnan(*threshold), op, ": threshold is NaN");
     p.rule = CommitRule::kThreshold;
     p.threshold = float(*threshold);
   } else {
@@ -131,7 +131,7 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
     p.prob = call.prob.data_ptr<float>();
   }
   if (window.has_value()) {
-    check_same_device(op, x, *window, "window");
+    check_same_device(op, x, "x", *window, "window");
     check_integer(op, *window, "window");
     TORCH_CHECK(window->dim() == 2 && window->size(0) == batch && window->size(1) == 2, op,
                 ": window must have shape [", batch, ", 2] ([start, end) per row), got ", window->sizes());

@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ep.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     ep.add_argument("--seed", type=int, default=None, help="seed of the diffusion noise (default: the run's --seed)")
     bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
-                        description="Benchmarks that time dllm against the eager code a user would otherwise run.")
+                        description="Benchmarks: step times dllm's sampler step against the eager step users "
+                                    "run today; e2e compares a diffusion LM with its autoregressive baseline end "
+                                    "to end.")
     bench_sub = bp.add_subparsers(dest="benchmark", required=True)
     bench_parsers = {}
     for name, module_name in BENCHMARKS.items():

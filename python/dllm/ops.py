@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import torch
 
@@ -168,14 +169,14 @@ def commit_tokens(
 
     Eligible positions are those with ``x == mask_id`` inside the row's window. Exactly one rule:
 
-    - ``num_tokens`` (int64 ``[B]``, or an int for every row): the k most confident eligible
-      positions (LLaDA, Dream), ties to the lowest index; all of them if fewer than k. With
-      ``position_temperature > 0`` the k positions are drawn without replacement from
-      ``softmax(conf / position_temperature)`` instead (Dream's ``alg_temp``).
+    - ``num_tokens`` (int64 ``[B]``, or an int or 0-d tensor for every row): the k most
+      confident eligible positions (LLaDA, Dream), ties to the lowest index; all of them if
+      fewer than k. With ``position_temperature > 0`` the k positions are drawn without
+      replacement from ``softmax(conf / position_temperature)`` instead (Dream's ``alg_temp``).
     - ``threshold`` (float): every eligible position with ``conf >= threshold``, and always the
       most confident one, so each step makes progress (Fast-dLLM parallel decoding).
-    - ``prob`` (float ``[B]``, or a float for every row): each eligible position independently
-      with this probability (MDLM's ancestral step, Dream's ``origin``).
+    - ``prob`` (float ``[B]``, or a float or 0-d tensor for every row): each eligible position
+      independently with this probability (MDLM's ancestral step, Dream's ``origin``).
 
     Args:
         x: int64 ``[B, L]``, contiguous; committed positions get ``x0``'s token.
@@ -193,10 +194,15 @@ def commit_tokens(
     """
     if x.dim() != 2:
         raise ValueError(f"commit_tokens: x must be [B, L], got shape {tuple(x.shape)}")
-    if isinstance(num_tokens, int):
-        num_tokens = torch.full((x.shape[0],), num_tokens, dtype=torch.int64, device=x.device)
-    if isinstance(prob, (int, float)):
+    # One value for every row: a Python or NumPy number, or a 0-d tensor.
+    if isinstance(num_tokens, numbers.Integral):
+        num_tokens = torch.full((x.shape[0],), int(num_tokens), dtype=torch.int64, device=x.device)
+    elif isinstance(num_tokens, torch.Tensor) and num_tokens.dim() == 0:
+        num_tokens = num_tokens.expand(x.shape[0])
+    if isinstance(prob, numbers.Real):
         prob = torch.full((x.shape[0],), float(prob), dtype=torch.float32, device=x.device)
+    elif isinstance(prob, torch.Tensor) and prob.dim() == 0:
+        prob = prob.expand(x.shape[0])
     return torch.ops.dllm.commit_tokens(
         x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature, generator=generator
     )
@@ -237,8 +243,8 @@ def attention(
 
     Kernels: on the CPU a tiled online softmax with a fused backward; on CUDA FlashAttention-2
     style tensor-core kernels (``mma.sync``, sm_80+) for bfloat16 / float16 with D = 64 or 128,
-    and a deterministic backward (no atomics). Other head dimensions and float32 on CUDA run
-    torch SDPA with a key-padding mask instead, with the same semantics.
+    and a deterministic backward (no atomics). Other head dimensions, float32 and GPUs older
+    than sm_80 run torch SDPA with a key-padding mask instead, with the same semantics.
     """
     scale = _softmax_scale(q, softmax_scale)
     if q.is_cuda and not _cuda_kernel_supports(q):
@@ -264,8 +270,11 @@ CUDA_HEAD_DIMS = (64, 128)
 
 
 def _cuda_kernel_supports(q: torch.Tensor) -> bool:
-    """Whether dllm's CUDA attention kernels take q (a CUDA build, bfloat16 / float16, D 64 or 128)."""
-    return _HAS_CUDA_ATTENTION and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in CUDA_HEAD_DIMS
+    """Whether dllm's CUDA attention kernels take q (a CUDA build, bfloat16 / float16, D 64 or 128,
+    compute capability 8.0 or newer)."""
+    return (_HAS_CUDA_ATTENTION and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in CUDA_HEAD_DIMS
+            # get_device_properties is constant-folded by torch.compile
+            and torch.cuda.get_device_properties(q.device).major >= 8)
 
 
 def _sdpa_attention(q, k, v, kv_len, q_len, scale):

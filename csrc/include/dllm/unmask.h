@@ -70,12 +70,7 @@ void commit_tokens_cuda(const CommitParams& p, void* stream);
 
 // Order-preserving map from float to uint32 (larger float, larger key; -inf lowest).
 DLLM_HD uint32_t ordered_key(float f) {
-  uint32_t bits;
-#if defined(__CUDA_ARCH__)
-  bits = __float_as_uint(f);
-#else
-  std::memcpy(&bits, &f, 4);
-#endif
+  const uint32_t bits = float_to_bits(f);
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 

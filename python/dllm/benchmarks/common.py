@@ -104,5 +104,19 @@ def card(device: str) -> str:
     return f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def machine(device: str) -> dict:
+    """Provenance of a run: date, torch, dllm's build, commit, command, Python and the card."""
+    info = {"date": utc_now(), "torch": torch.__version__, "dllm": build_info(), "commit": git_commit(),
+            "command": command_line(), "python": platform.python_version(), "card": card(device)}
+    if device.startswith("cuda"):
+        info.update(sms=torch.cuda.get_device_properties(device).multi_processor_count, cuda=torch.version.cuda)
+    else:
+        info.update(load_average=os.getloadavg())  # other processes on the machine skew CPU timings
+    return info
+
+
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

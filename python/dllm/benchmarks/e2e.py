@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..data.corpus import load_corpus
 from ..devices import DEVICE_HELP, resolve_device
-from ..models.attention import _fused_applies, fused_attention_available
+from ..models.attention import _fused_applies
 from ..models.config import SIZES
 from ..models.io import read_config
 from ..objectives import get_objective
@@ -58,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "on a machine shared with other work (default: 20000)")
     p.add_argument("--retrain", action="store_true", help="train again even if --train-dir has models")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size preset (default: small)")
-    p.add_argument("--data", default=None, help="corpus: a text file or folder (default: the standard library)")
+    p.add_argument("--data", default=None,
+                   help="corpus: a text file or folder (default: that of --model-dir / --ar-dir when given, else the "
+                        "standard library)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
     p.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024],
                    help="generated tokens per sequence (default: 256 1024)")
@@ -187,11 +189,6 @@ def nll_per_window(net, objective, windows: torch.Tensor, steps: int | None, *, 
             nll = objective.nll(net, windows[rows].to(device), {k: v[rows] for k, v in draws.items()})
         per_window.append(nll.double().cpu() / length)
     return torch.cat(per_window)
-
-
-def nll_per_token(net, objective, windows: torch.Tensor, steps: int | None, **kw) -> float:
-    """The mean of :func:`nll_per_window`."""
-    return nll_per_window(net, objective, windows, steps, **kw).mean().item()
 
 
 def _diffusion_steps(sampler: str, length: int, frac: Fraction | None) -> int:
@@ -331,7 +328,7 @@ def _sdpa_backends(device: str, dtype, heads: int, head_dim: int, q_len: int, ca
 def kernels(models: Models, device: str, dtype) -> dict:
     cfg = models.ar.config
     probe = torch.empty(1, 1, cfg.heads, cfg.head_dim, device=device, dtype=dtype)
-    fused = fused_attention_available() and _fused_applies(probe)
+    fused = _fused_applies(probe)
     where = "CUDA" if device.startswith("cuda") else "C++ CPU"
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)

@@ -5,7 +5,8 @@ canvas: the network forward, then either the eager reference step users run toda
 score transform + Tweedie step + Gumbel draw, dllm.sedd.reference; LLaDA's generate.py step:
 float64 Gumbel noise, float64 softmax confidence, a per-row topk with its host sync, the
 scatter) or dllm's step (dllm.ops.sedd_step; predict_masked + commit_tokens), and on a GPU also
-dllm's step replayed from a CUDA graph (generate(..., cuda_graph=True)). The network alone is
+dllm's step replayed from a CUDA graph (dllm.sampling.cuda_graph.GraphedStep, what
+generate(..., cuda_graph=True) uses). The network alone is
 timed too. Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16, L 1024), llada-8b
 (32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16 weights), tiny (both
 kinds at toy sizes, seconds on a CPU).
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device
-from .common import card, command_line, git_commit, time_interleaved, utc_now
+from .common import DTYPES, machine, time_interleaved
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,6 @@ PRESETS = {
                                time_conditioning=True), 2, 64),
              Case("llada", dict(arch="llada", hidden=64, layers=2, heads=4, vocab_size=258), 2, 64)],
 }
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -153,19 +152,6 @@ def _steps(case: Case, model, device: torch.device, temperature: float, graphs: 
     return steps
 
 
-def _machine(device: torch.device) -> dict:
-    import dllm
-
-    info = {"date": utc_now(), "torch": torch.__version__, "dllm": dllm.build_info(), "commit": git_commit(),
-            "python": platform.python_version(), "card": card(str(device)),
-            "command": command_line()}
-    if device.type == "cuda":
-        info.update(sms=torch.cuda.get_device_properties(device).multi_processor_count, cuda=torch.version.cuda)
-    else:
-        info.update(load_average=os.getloadavg())  # other processes on the machine skew CPU timings
-    return info
-
-
 def format_table(meta: dict, rows: list[Row]) -> str:
     load = meta.get("load_average")
     lines = [f"# Sampler step latency (network + sampler step), random weights, temperature {meta['temperature']}", "",
@@ -215,6 +201,20 @@ def run(ns: argparse.Namespace) -> list[Row]:
     amp = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else nullcontext()
     torch.manual_seed(ns.seed)
     rows: list[Row] = []
+    meta = machine(str(device)) | {"preset": ns.preset, "temperature": ns.temperature, "warmup": ns.warmup,
+                                   "reps": ns.reps}
+
+    def write() -> str:
+        """Rewritten after every case, so that a run cut short keeps the cases it measured."""
+        if "load_average" in meta:  # the CPU's, at the latest case's end
+            meta["load_average"] = os.getloadavg()
+        table = format_table(meta, rows)
+        if ns.out is not None:
+            (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
+                                                            indent=2) + "\n")
+            (ns.out / "summary.md").write_text(table)
+        return table
+
     cases = PRESETS[ns.preset]
     bar = tqdm(total=len(cases) * (4 if device.type == "cuda" and not ns.no_graph else 3), desc="bench step",
                dynamic_ncols=True)
@@ -237,16 +237,12 @@ def run(ns: argparse.Namespace) -> list[Row]:
         for r in case_rows:
             r.speedup_vs_eager = eager / r.median_ms
         rows += case_rows
+        write()
         print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
                                               for r in case_rows), flush=True)
         del model, steps
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
-    meta = _machine(device) | {"preset": ns.preset, "temperature": ns.temperature, "warmup": ns.warmup, "reps": ns.reps}
-    table = format_table(meta, rows)
-    if ns.out is not None:
-        (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
-        (ns.out / "summary.md").write_text(table)
-    print(table)
+    print(write())
     return rows

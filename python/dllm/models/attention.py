@@ -1,4 +1,4 @@
-"""The one place models call attention: dllm's fused op when it exists and applies, else SDPA.
+"""The one place models call attention: dllm's fused op where it applies, else SDPA.
 
 Layout is ``[B, S, H, D]`` for q and ``[B, Sk, Hkv, D]`` for k and v, the layout of
 ``dllm.ops.attention`` (non-causal, GQA by head groups). Causal and masked calls, and dtypes or
@@ -14,10 +14,6 @@ import torch.nn.functional as F
 from .. import ops
 
 
-def fused_attention_available() -> bool:
-    return hasattr(ops, "attention")
-
-
 def _fused_applies(q: torch.Tensor) -> bool:
     # The op's tensor-core coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the
     # CPU, dllm's kernel and SDPA's flash path run at parity on full batches (0.9-1.1x either way,
@@ -27,7 +23,7 @@ def _fused_applies(q: torch.Tensor) -> bool:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    if not causal and attn_mask is None and fused_attention_available() and _fused_applies(q):
+    if not causal and attn_mask is None and _fused_applies(q):
         # Under autocast the projections give a bf16 q while a KV cache may hold float32 keys: cast
         # them to q's dtype, as SDPA under autocast would.
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype))

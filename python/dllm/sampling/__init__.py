@@ -2,5 +2,6 @@
 
 from .generate import SAMPLERS, generate
 from .output import GenerationOutput
+from .pretrained import load_for_sampling
 
-__all__ = ["generate", "GenerationOutput", "SAMPLERS"]
+__all__ = ["generate", "GenerationOutput", "SAMPLERS", "load_for_sampling"]

@@ -9,7 +9,7 @@ import torch
 from . import masked, score
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
-from .model_protocol import mask_id_of
+from .model_protocol import mask_id_of, pad_id_of
 from .output import GenerationOutput
 
 SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
@@ -123,9 +123,11 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             raise ValueError("give either a list of ragged prompts or a padded prompt with attention_mask, not both")
         if not prompt:
             raise ValueError("prompt is an empty list; pass None for unconditional generation")
+        if all(isinstance(t, numbers.Integral) for t in prompt):
+            prompt = [prompt]  # one prompt's token ids, as tokenizer.encode returns them
         rows = [_token_tensor(p, "prompt", device) for p in prompt]
-        if any(r.dim() > 1 for r in rows):
-            raise ValueError("a list of prompts must hold 1-D prompts")
+        if any(r.dim() != 1 for r in rows):
+            raise ValueError("a list of prompts must hold 1-D prompts (or be one prompt's token ids)")
         width = max(r.numel() for r in rows)
         if any(r.numel() < width for r in rows):
             if pad_id == mask_id:
@@ -168,8 +170,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
 
     Args:
         model: see :mod:`dllm.sampling.model_protocol` (tokens -> logits, a ``mask_id``).
-        prompt: int64 ``[B, P]`` or ``[P]``, or a list of 1-D prompts of different lengths (left
-            padded with ``model.pad_id``); None for unconditional generation.
+        prompt: int64 ``[B, P]`` or ``[P]``, a list of ints (one prompt, as ``tokenizer.encode``
+            returns it), or a list of 1-D prompts of different lengths (left padded with
+            ``model.pad_id``); None for unconditional generation.
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
             its count, so both ignore it; the SEDD samplers add the denoising step).
@@ -181,7 +184,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         block_length: semi-autoregressive block size for "llada" (default gen_length; it must
             divide gen_length, and the block count must divide steps) and "fast-dllm" (default 32; a
             last block may be shorter); an error for the other samplers.
-        temperature, top_k, top_p: the proposal distribution (0 = argmax), see
+        temperature, top_k, top_p: the proposal distribution (0 = argmax, the default; the
+            papers' ancestral samplers, "mdlm" and "first-hitting", draw at 1), see
             :func:`dllm.ops.predict_masked`.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
         alg_temp: Dream's temperature over positions (0: take the top ones).
@@ -199,7 +203,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             graph and replay it for every step ("llada" and "dream", on a CUDA model).
         generator: a ``torch.Generator`` on the model's device.
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
-            cache, logits covers only the positions the step fed.
+            cache, logits covers only the positions the step fed. x is the live canvas, which the
+            next steps change in place: clone it to keep it (``return_history`` does); writing
+            into it changes the generation.
         return_history: keep the canvas after every step.
 
     Returns:
@@ -223,7 +229,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         raise ValueError(f"this is a score (SEDD) model: sample it with sedd-analytic or sedd-euler, not {name!r}")
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
-                                       int(getattr(model, "pad_id", 0)), device)
+                                       pad_id_of(model), device)
     loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                   shift=int(getattr(model, "logits_shift", 0)), generator=generator)
@@ -262,7 +268,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
     device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
-                                   int(getattr(model, "pad_id", 0)), device)
+                                   pad_id_of(model), device)
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))

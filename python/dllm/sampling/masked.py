@@ -78,7 +78,8 @@ MDLM_EPS = 1e-5  # where MDLM's sampling grid stops
 def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift, generator):
     """MDLM's ancestral sampler (Sahoo et al. 2024, `_ddpm_caching_update`) on the log-linear
     schedule, times linspace(1, 1e-5, steps + 1): from time t to s every masked token unmasks with
-    probability (t - s) / t, to a token drawn from the model's clean-token distribution. The
+    probability (t - s) / t, to a token drawn from the model's clean-token distribution (as the
+    paper samples at temperature=1; generate's default temperature=0 takes its argmax). The
     tokens still masked at t = 1e-5 (rare) take the argmax of one more forward, as MDLM's noise
     removal does, within the last step. For a time-agnostic model the logits of a step that
     unmasked nothing are reused, so that step costs no network call."""
@@ -113,7 +114,8 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
     """The first-hitting sampler (Zheng et al. 2024, arXiv:2409.02908): exactly one token per
     step, at the time it would first unmask, drawn analytically, t <- t * u^(1/n) with n masked
     tokens. The position is uniform among the masked ones, so `steps` is the number of masked
-    tokens; the time matters only to a time-conditioned model."""
+    tokens; the time matters only to a time-conditioned model. The token is drawn from the
+    proposal distribution (temperature=1 for the paper's sampler; 0, generate's default, is argmax)."""
     time_conditioned = loop.time_conditioned
     t = torch.ones(x.shape[0], device=x.device, dtype=torch.float64)
     one = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)

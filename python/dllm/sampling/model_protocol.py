@@ -1,8 +1,9 @@
 """The contract between dllm's samplers and a model. Any nn.Module (or callable) works if it
 
 - maps tokens to logits: ``model(x) -> [B, L, V]`` (float32, bfloat16 or float16) for x int64
-  ``[B, L]``; it may also return an object with a ``.logits`` attribute (Hugging Face style);
-- has ``mask_id`` (int): the mask token, a valid index of the logits;
+  ``[B, L]``; it may also return an object with a ``.logits`` attribute (Hugging Face style) or
+  a tuple whose first element is the logits (``return_dict=False``);
+- has ``mask_id`` (int >= 0): the mask token, a valid index of the logits;
 - optionally has ``logits_shift`` (int, default 0): 1 when position i is predicted by logits row
   i - 1 (Dream, and other models adapted from autoregressive ones);
 - optionally has ``time_conditioned`` (bool, default False): when True it is called as
@@ -14,7 +15,8 @@
 - score models (the SEDD samplers) have ``graph``, a ``dllm.sedd.Absorbing`` or ``Uniform``
   graph, optionally ``noise``, a ``dllm.sedd`` schedule (default: log-linear for the absorbing
   graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
-- optionally has ``pad_id`` (int, default 0, not the mask id): used to left-pad ragged prompts;
+- optionally has ``pad_id`` (int, not the mask id; default, and when None, 0): used to left-pad
+  ragged prompts;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
   padded;
 - optionally has the KV-cache interface that ``cache="prefix"`` / ``"dual"`` (Fast-dLLM) need:
@@ -33,10 +35,21 @@ import torch
 
 
 def mask_id_of(model) -> int:
-    mask_id = getattr(model, "mask_id", None)
-    if mask_id is None:
+    if not hasattr(model, "mask_id"):
         raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id")
-    return int(mask_id)
+    if model.mask_id is None:
+        raise ValueError("the model's `mask_id` is None: masked-diffusion samplers need the mask token id")
+    mask_id = int(model.mask_id)
+    if mask_id < 0:
+        raise ValueError(f"the model's `mask_id` must be a token id >= 0, got {mask_id}")
+    return mask_id
+
+
+def pad_id_of(model) -> int:
+    """The id that left-pads ragged prompts: ``model.pad_id``, 0 when absent or None (tokenizers
+    without a pad token)."""
+    pad_id = getattr(model, "pad_id", None)
+    return 0 if pad_id is None else int(pad_id)
 
 
 def new_kv_cache(model, batch: int, length: int):
@@ -52,7 +65,10 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
                **cache_kwargs) -> torch.Tensor:
     kwargs = dict(cache_kwargs) if attention_mask is None else {"attention_mask": attention_mask, **cache_kwargs}
     out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
-    logits = getattr(out, "logits", out)
+    logits = out[0] if isinstance(out, (tuple, list)) and out else getattr(out, "logits", out)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model returned {type(out).__name__}; expected logits [B, L, V]: a tensor, an object "
+                        "with .logits or a tuple starting with them (see dllm.sampling.model_protocol)")
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
         raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for tokens {tuple(x.shape)}; expected [B, L, V]")
     return logits

@@ -43,7 +43,9 @@ class ScoreModel(nn.Module):
 
 def load_for_sampling(directory, device="cpu"):
     """Returns (model, tokenizer, kind) with kind "ar", "masked" or "score"; the model is wrapped
-    so that dllm.generate (or, for "ar", its own KV-cache generate) can run it. A published
+    so that dllm.generate (or, for "ar", its own KV-cache generate) can run it: a masked-diffusion
+    network gets its mask id, a score network its graph and noise schedule, all read from the
+    folder's config.json (``dllm.models.from_pretrained`` returns the bare network). A published
     checkpoint folder (SEDD, MDLM, LLaDA, Dream) needs its tokenizer.json."""
     config = read_config(directory)
     if not is_dllm_config(config):

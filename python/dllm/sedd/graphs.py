@@ -51,7 +51,8 @@ class Absorbing(_Graph):
         self.num_classes = vocab_size + 1
         self.mask_id = vocab_size
 
-    def sample_limit(self, batch: int, length: int, device=None) -> torch.Tensor:
+    def sample_limit(self, batch: int, length: int, device=None, generator=None) -> torch.Tensor:
+        # generator: the signature every graph shares; the absorbing limit is not random
         return torch.full((batch, length), self.mask_id, dtype=torch.int64, device=device)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
+
+from ..devices import DEVICE_HELP
 
 
 BPE_MIN_VOCAB = 258  # a byte-level BPE starts from the 256 bytes, plus end-of-text and mask
@@ -54,7 +55,7 @@ class TrainConfig:
     # run
     out_dir: str = _f("out/train", "folder for checkpoint.pt, metrics.jsonl, loss.png and model/")
     seed: int = _f(0, "seed of initialisation, data order and diffusion noise")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    device: str = _f("auto", DEVICE_HELP)
     amp: bool = _f(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
     eval_every: int = _f(200, "validate every N steps (and at the end; 0: only at the end)")
     eval_batches: int = _f(8, "validation batches of --batch-size sequences (fixed sequences and noise)")
@@ -101,8 +102,3 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
         return cls(**d)
-
-    @classmethod
-    def from_json(cls, path: str) -> "TrainConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
