@@ -125,7 +125,13 @@ def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
     (dict(hidden=0), "hidden must be positive"), (dict(lr=float("inf")), "lr must be finite"),
     (dict(min_lr_ratio=5.0), "min_lr_ratio must lie in"), (dict(tokenizer="bpe", bpe_vocab_size=1), "at least 258"),
     (dict(kv_heads=2), "kv_heads applies to the llada architecture only"),
-    (dict(objective="sedd", arch="llada"), "takes no time input"),
+    (dict(objective="sedd", arch="llada"), "takes no time input .the 'sedd' objective conditions on it"),
+    (dict(objective="llada", time_conditioning=True), r"takes no time input \(--time-conditioning\)"),
+    (dict(objective="ar", time_conditioning=True), "the ar architecture takes no time input"),
+    (dict(objective="mdlm", graph="uniform"), "--graph applies to the sedd objective only"),
+    (dict(objective="ar", noise="geometric"), "--noise applies to the sedd and mdlm objectives only"),
+    (dict(eval_batches=2.5), "eval_batches must be an int, got 2.5"), (dict(amp="no"), "amp must be a bool, got 'no'"),
+    (dict(hidden="64"), "hidden must be an int or None"), (dict(objective="dllm"), "objective must be one of"),
 ])
 def test_nonsense_settings_are_refused(tmp_path, corpus, options, message):
     with pytest.raises(ValueError, match=message):
@@ -234,3 +240,77 @@ def test_cli_help_documents_every_option():
     bad = subprocess.run([sys.executable, "-m", "dllm.cli", "train", "--batch-size", "6", "--grad-accum", "4"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "divisible" in bad.stderr
+
+
+def test_paths_may_be_path_objects_and_stdlib_stays_a_name(tmp_path, corpus, monkeypatch):
+    cfg = TrainConfig(out_dir=tmp_path / "run", data=corpus, lr=1)
+    assert cfg.out_dir == str(tmp_path / "run") and cfg.data == str(corpus) and cfg.lr == 1.0
+    seen = []
+
+    def prepare(data, **kw):
+        seen.append(data)
+        raise _Crash()
+
+    monkeypatch.setattr("dllm.training.trainer.prepare", prepare)
+    with pytest.raises(_Crash):
+        Trainer(TrainConfig(data="stdlib", device="cpu"))
+    assert seen == ["stdlib"]  # not resolved into ./stdlib
+
+
+def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path, corpus, monkeypatch, caplog):
+    opts = dict(objective="mdlm", steps=8, ema=0.9)
+    full = dllm.train(tiny(tmp_path / "a", corpus, **opts))  # a dict works as the config
+    real_step = Trainer.train_step
+
+    def interrupted(self):
+        out = real_step(self)
+        if self.step == 3:  # Ctrl-C arrives during step 3; the loop stops once it is whole
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        dllm.train(**tiny(tmp_path / "b", corpus, **opts))
+    assert "interrupted at step 3: checkpoint saved" in caplog.text
+    assert load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = dllm.train(**tiny(tmp_path / "b", corpus, **opts))
+    assert resumed["val_bpb_ema"] == pytest.approx(full["val_bpb_ema"], rel=1e-6)
+    assert _losses(tmp_path / "b" / "run") == pytest.approx(_losses(tmp_path / "a" / "run"), rel=1e-6)
+
+
+def test_resume_names_what_differs_and_lets_dropout_change(tmp_path, corpus, caplog):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    with pytest.raises(CheckpointError, match=r"another model \(\{'hidden': 64\} vs now \{'hidden': 32\}\)"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, hidden=32))
+    with pytest.raises(CheckpointError, match=r"another seed \(seed=0 vs now seed=1\)"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, seed=1))
+    dllm.train(**tiny(tmp_path, corpus, steps=4, dropout=0.1))
+    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert record["changed_at_resume"][-1]["options"]["dropout"] == [0.0, 0.1] and record["model"]["dropout"] == 0.1
+    with caplog.at_level("WARNING"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, dropout=0.1))
+    assert "nothing left to train" in caplog.text and "raise --steps" in caplog.text
+
+
+def test_an_unfinished_metrics_line_does_not_block_the_rerun(tmp_path, corpus, caplog):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 4.')  # a kill in the middle of a write
+    with caplog.at_level("WARNING"):
+        res = dllm.train(**tiny(tmp_path, corpus, steps=3))
+    assert res["step"] == 3 and "unfinished last line" in caplog.text
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")][-1] == 3
+
+
+def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
+    from dllm.cli import main
+
+    for text, message in (("[1, 2]", "must hold a JSON object"), ("{bad", "is not valid JSON")):
+        path = tmp_path / "c.json"
+        path.write_text(text)
+        with pytest.raises(SystemExit):
+            main(["train", "--config", str(path)])
+        err = capsys.readouterr().err
+        assert message in err and str(path) in err

@@ -57,7 +57,12 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     base = {}
     if ns.config:
         with open(ns.config) as fh:
-            base = json.load(fh)
+            try:
+                base = json.load(fh)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--config {ns.config!r} is not valid JSON: {e}") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"--config {ns.config!r} must hold a JSON object of training options (or a run_config.json)")
         base = base.get("train", base)
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name) is not None}
     return TrainConfig.from_dict({**base, **given})
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train(cfg)
         except USER_ERRORS as e:
             _fail(tp, e)
+        except KeyboardInterrupt:  # the trainer checkpointed and said how to resume
+            return 130
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
+import typing
 from dataclasses import dataclass, field
 
 from ..devices import DEVICE_HELP
@@ -42,7 +45,8 @@ class TrainConfig:
     batch_size: int = _f(32, "sequences per optimizer step, summed over processes and accumulation steps")
     grad_accum: int = _f(1, "micro-batches per optimizer step (per process)")
     steps: int = _f(1000, "optimizer steps")
-    max_time: float = _f(0.0, "stop after this many seconds of training (0: no limit); checkpoints and evaluates at the stop")
+    max_time: float = _f(0.0, "stop after this many seconds of training, summed over resumes (0: no limit); checkpoints "
+                              "and evaluates at the stop")
     lr: float = _f(3e-4, "peak learning rate (AdamW)")
     min_lr_ratio: float = _f(0.1, "cosine schedule: final learning rate as a fraction of --lr")
     schedule: str = _f("cosine", "learning rate after warm-up", choices=["cosine", "constant"])
@@ -65,6 +69,7 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self):
+        self._check_types()
         positive = ("batch_size", "grad_accum", "seq_len", "steps", "log_every", "eval_batches", "bpe_vocab_size", "lr")
         not_negative = ("max_time", "warmup", "eval_every", "ckpt_every", "weight_decay", "grad_clip", "min_lr_ratio")
         for name in positive:
@@ -91,6 +96,35 @@ class TrainConfig:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by grad_accum ({self.grad_accum})")
+
+    def _check_types(self) -> None:
+        """Values from a --config file or dllm.train(...) meet the types the flags would have parsed:
+        a string "no" would turn amp on, and 2.5 steps would silently run 3. Paths may be os.PathLike."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, os.PathLike) and f.name in ("data", "tokenizer", "cache_dir", "out_dir", "resume"):
+                value = os.fspath(value)
+                setattr(self, f.name, value)
+            args = typing.get_args(hints[f.name])  # (T, NoneType) for "T | None"
+            optional = type(None) in args
+            kind = next(a for a in args if a is not type(None)) if args else hints[f.name]
+            if value is None and optional:
+                continue
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, numbers.Integral) and not isinstance(value, bool) if kind is int else
+                  isinstance(value, numbers.Real) and not isinstance(value, bool) if kind is float else
+                  isinstance(value, kind))
+            if not ok:
+                raise ValueError(f"{f.name} must be {'an' if kind is int else 'a'} {kind.__name__}"
+                                 f"{' or None' if optional else ''}, got {value!r}")
+            if kind is float:
+                setattr(self, f.name, float(value))
+            elif kind is int:
+                setattr(self, f.name, int(value))
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("dllm")
 
 
 class MetricsLog:
@@ -14,10 +17,8 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step``: a resumed run rewrites what the interrupted one logged after its checkpoint."""
-        if not self.path.is_file():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        if self.path.is_file():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.read() if r.get("step", 0) <= step))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -26,7 +27,17 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i == len(lines) - 1:  # a write cut short by a kill or a full disk; truncate_after drops it
+                    log.warning("%s: ignoring its unfinished last line", self.path)
+                    break
+                raise ValueError(f"{self.path} line {i + 1} is not JSON ({e})") from None
+        return records
 
 
 def plot_metrics(jsonl: str | os.PathLike, png: str | os.PathLike, title: str = "") -> None:

@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,6 +39,28 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+class _StopAtStepOnInterrupt:
+    """Ctrl-C during training stops at the next step boundary, where the state is whole and can be
+    checkpointed (mid-step, the optimizer may have moved some weights and not others); a second
+    Ctrl-C interrupts at once. Only a single process's main thread owns SIGINT."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.requested, self.previous = enabled, False, None
+
+    def __enter__(self):
+        if self.enabled:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine or constant."""
     if step < cfg.warmup:
@@ -55,7 +79,7 @@ RESUME_SHAPING = ("lr", "min_lr_ratio", "schedule", "warmup", "weight_decay", "b
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         # absolute paths in the run's record, so that `dllm eval` finds the corpus from any folder
-        paths = [k for k in ("data", "cache_dir") if getattr(cfg, k)] + \
+        paths = [k for k in ("data", "cache_dir") if getattr(cfg, k) and getattr(cfg, k) != "stdlib"] + \
             (["tokenizer"] if cfg.tokenizer not in ("byte", "bpe") else [])  # else a tokenizer.json's path
         cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in paths})
         self.cfg = cfg
@@ -89,10 +113,16 @@ class Trainer:
         tc = cfg.time_conditioning if cfg.time_conditioning is not None else self.objective.time_conditioning
         if cfg.kv_heads is not None and arch != "llada":
             raise ValueError(f"kv_heads applies to the llada architecture only, not {arch!r}")
-        if tc and arch == "llada":
-            raise ValueError(f"the llada architecture takes no time input, and the {cfg.objective!r} objective "
-                             "conditions on it: use the dit architecture (--arch dit) or turn time conditioning off "
-                             "(--no-time-conditioning)")
+        if tc and arch in ("llada", "ar"):
+            why = ("--time-conditioning" if cfg.time_conditioning else
+                   f"the {cfg.objective!r} objective conditions on it by default")
+            raise ValueError(f"the {arch} architecture takes no time input ({why}): use the dit architecture "
+                             "(--arch dit) or turn time conditioning off (--no-time-conditioning)")
+        # Options another objective would read: accepted silently, they would be recorded as if they applied.
+        if cfg.graph != "absorb" and cfg.objective != "sedd":
+            raise ValueError(f"--graph applies to the sedd objective only, not {cfg.objective!r}")
+        if cfg.noise != "loglinear" and cfg.objective not in ("sedd", "mdlm"):
+            raise ValueError(f"--noise applies to the sedd and mdlm objectives only, not {cfg.objective!r}")
         self.model_cfg = model_config(cfg.model, arch=arch, vocab_size=self.objective.model_vocab_size,
                                       max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
 
@@ -112,6 +142,9 @@ class Trainer:
         self.elapsed = 0.0      # wall-clock seconds of the run, summed over resumes
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         self.resume_changes: dict = {}
+        if cfg.warmup >= cfg.steps and self.is_main:
+            log.warning("warmup (%d steps) >= steps (%d): the learning rate never reaches lr (%g)", cfg.warmup, cfg.steps,
+                        cfg.lr)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -159,6 +192,9 @@ class Trainer:
 
     def load_state_dict(self, s: dict, source: str) -> None:
         def refuse(what, saved, now):
+            if isinstance(saved, dict) and isinstance(now, dict):  # name what differs, not two whole configs
+                keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+                saved, now = ({k: d.get(k) for k in keys} for d in (saved, now))
             raise CheckpointError(f"checkpoint {source!r} was written for another {what} ({saved} vs now {now}); "
                                   "use another --out-dir or --resume never")
 
@@ -169,13 +205,19 @@ class Trainer:
             refuse("corpus", s["corpus_hash"][:12], self.data.corpus_hash[:12])
         if s["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
             refuse("tokenizer", s["tokenizer"]["fingerprint"], self.tokenizer.fingerprint)
-        if s["model_config"] != self.model_cfg.to_dict():
-            refuse("model", s["model_config"], self.model_cfg.to_dict())
+        # dropout shapes the rest of the run, not the weights: a change is recorded (RESUME_SHAPING)
+        saved_model, now_model = ({k: v for k, v in d.items() if k != "dropout"}
+                                  for d in (s["model_config"], self.model_cfg.to_dict()))
+        if saved_model != now_model:
+            refuse("model", saved_model, now_model)
         if s["objective"] != self.objective.config():
             refuse("objective", s["objective"], self.objective.config())
         if (self.ema is None) != (s["ema"] is None) or (s["ema"] and s["ema"]["decay"] != self.cfg.ema):
             # the average kept so far would be dropped, or go on under another decay than the record says
             refuse("EMA setting", f"ema={s['ema']['decay'] if s['ema'] else 0}", f"ema={self.cfg.ema}")
+        saved_seed = s.get("train_config", {}).get("seed", self.cfg.seed)
+        if saved_seed != self.cfg.seed:  # the data order and the diffusion noise go on from the saved seed's
+            refuse("seed", f"seed={saved_seed}", f"seed={self.cfg.seed}")
         self.raw_model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         if self.ema is not None:
@@ -268,6 +310,12 @@ class Trainer:
         if resume is not None:
             self.load_state_dict(load_checkpoint(resume), str(resume))
             log.info("resumed from %s at step %d", resume, self.step)
+            if self.step >= cfg.steps:
+                log.warning("nothing left to train: %s is at step %d of steps=%d (raise --steps to go on)", resume,
+                            self.step, cfg.steps)
+            elif 0 < cfg.max_time <= self.elapsed:
+                log.warning("nothing left to train: the max_time budget (%g s, summed over resumes) is spent "
+                            "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.truncate_after(self.step)
@@ -292,14 +340,41 @@ class Trainer:
                    dynamic_ncols=True, desc=f"{cfg.objective}",
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if timed else None)
         t_run = time.perf_counter() - self.elapsed
-        win_tokens, win_time, last = 0, 0.0, {}
         # a finished run started again must not validate its last step twice
         evaluated_at = self.step if any(r["step"] == self.step and "val_bpb" in r for r in self.metrics.read()) else -1
-        while self.step < cfg.steps:
+        interrupt = _StopAtStepOnInterrupt(self.world == 1 and threading.current_thread() is threading.main_thread())
+        with interrupt:
+            self._loop(bar, t_run, interrupt)
+        if interrupt.requested:
+            bar.close()
+            self.save()
+            log.warning("interrupted at step %d: checkpoint saved to %s; run the same command to resume", self.step,
+                        self.out / CHECKPOINT)
+            raise KeyboardInterrupt
+        bar.close()
+        last, evaluated_at = self.last, max(evaluated_at, self.evaluated_at)
+        result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
+                  "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
+        if evaluated_at != self.step:
+            result.update(self._eval_and_log())
+        else:
+            result.update({k: v for k, v in self.metrics.read()[-1].items() if k.startswith("val_")} if self.is_main else {})
+        self.save()
+        if self.is_main:
+            self._export()
+        return result
+
+    def _loop(self, bar, t_run: float, interrupt: _StopAtStepOnInterrupt) -> None:
+        """Optimizer steps until steps, max_time or an interrupt; sets self.last (the latest step's
+        metrics) and self.evaluated_at (the latest validated step, -1 for none)."""
+        cfg, timed = self.cfg, self.cfg.max_time > 0
+        win_tokens, win_time = 0, 0.0
+        self.last, self.evaluated_at = {}, -1
+        while self.step < cfg.steps and not interrupt.requested:
             if cfg.max_time > 0 and self._should_stop(time.perf_counter() - t_run):
                 break
             t0 = time.perf_counter()
-            last = self.train_step()
+            last = self.last = self.train_step()
             dt = time.perf_counter() - t0
             self.train_time += dt
             win_time += dt
@@ -317,20 +392,9 @@ class Trainer:
             bar.update(min(self.elapsed, cfg.max_time) - bar.n if timed else 1)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._eval_and_log()
-                evaluated_at = self.step
+                self.evaluated_at = self.step
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save()
-        bar.close()
-        result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
-                  "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
-        if evaluated_at != self.step:
-            result.update(self._eval_and_log())
-        else:
-            result.update({k: v for k, v in self.metrics.read()[-1].items() if k.startswith("val_")} if self.is_main else {})
-        self.save()
-        if self.is_main:
-            self._export()
-        return result
 
     def _should_stop(self, elapsed: float) -> bool:
         stop = torch.tensor([float(elapsed >= self.cfg.max_time)], device=self.device)
@@ -359,13 +423,14 @@ class Trainer:
         self.tokenizer.save(self.out / "model")
 
 
-def train(config: TrainConfig | None = None, **overrides) -> dict:
-    """Train a model; ``overrides`` are ``TrainConfig`` fields. Returns the final step, tokens, tokens/s,
+def train(config: TrainConfig | dict | None = None, **overrides) -> dict:
+    """Train a model; ``config`` (a ``TrainConfig`` or a dict of its fields) and ``overrides`` are
+    ``TrainConfig`` fields. Returns the final step, tokens, tokens/s,
     last training loss and validation metrics (``val_bpb``, ``val_bits_per_token``, and ``_ema`` variants).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) it runs data-parallel; rank 0 logs and writes files.
     """
-    base = config.to_dict() if config is not None else {}
+    base = {} if config is None else dict(config) if isinstance(config, dict) else config.to_dict()
     trainer = Trainer(TrainConfig.from_dict({**base, **overrides}))
     try:
         return trainer.run()
