@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, card, command_line, git_commit, machine, sync, time_interleaved, time_ms, utc_now)
+    DTYPES, built_in, card, command_line, git_commit, machine, sync, time_interleaved, time_ms, utc_now)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, copy_bandwidth_gbps, machine, measure
+from common import Results, built_in, copy_bandwidth_gbps, machine, measure
 from dllm.models import LLaDAModel, ModelConfig
 from dllm.models.hub import PublishedModel
 
@@ -42,13 +42,8 @@ def build(name: str, tiny: bool, device: str, dtype: torch.dtype) -> tuple[Publi
     if tiny:
         shape = shape | TINY | {"kv_heads": 2 if shape["kv_heads"] < shape["heads"] else 4}
         ids = ids | {"mask_id": 500, "pad_id": 499}
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise straight in bf16: an 8B model never exists in fp32
-    try:
-        with torch.device(device):
-            net = LLaDAModel(ModelConfig(**shape))
-    finally:
-        torch.set_default_dtype(default)
+    with built_in(device, dtype):
+        net = LLaDAModel(ModelConfig(**shape))
     params = sum(p.numel() for p in net.parameters())
     return PublishedModel(net.eval(), layout=sampler, **ids), sampler, params
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -105,6 +106,19 @@ def card(device: str) -> str:
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@contextlib.contextmanager
+def built_in(device, dtype: torch.dtype):
+    """Modules built inside are created on ``device`` in ``dtype``: an 8B model in bf16 never exists
+    as a float32 copy, nor on the CPU."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def machine(device: str) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device
-from .common import DTYPES, machine, time_interleaved
+from .common import DTYPES, built_in, machine, time_interleaved
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,8 @@ def _random_model(case: Case, device: torch.device, dtype: torch.dtype):
     from ..models import build_model
     from ..models.config import ModelConfig
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in place on the device, in the benchmark's dtype (no fp32 copy of 8B)
-    try:
-        with device:
-            model = build_model(ModelConfig(max_seq_len=case.length, **case.model))
-    finally:
-        torch.set_default_dtype(previous)
+    with built_in(device, dtype):
+        model = build_model(ModelConfig(max_seq_len=case.length, **case.model))
     with torch.no_grad():
         for p in model.parameters():
             if not bool(p.any()):  # the DiT's zero-initialised adaLN and head would give constant logits
