@@ -104,6 +104,31 @@ def test_sample_published_sedd_folder(tmp_path, capsys):
     assert MASK_GLYPH in out.split("step 1:")[1].splitlines()[0]
 
 
+def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
+    from dllm.data.tokenizer import ByteTokenizer, tokenizer_config
+    from dllm.models import build_model, model_config
+
+    small = build_model(model_config("tiny", vocab_size=100, hidden=16, heads=2, layers=1))
+    small.save_pretrained(tmp_path / "run" / "model", tokenizer=tokenizer_config(ByteTokenizer()))  # 258 entries
+    make_checkpoint(tmp_path / "mdlm", "mdlm")
+    write_tokenizer(tmp_path / "mdlm", 60, {})  # the model's vocabulary has 41 entries
+    make_checkpoint(tmp_path / "badjson", "mdlm")
+    (tmp_path / "badjson" / "config.json").write_text("[1]")
+    for folder, message in [("nowhere", "nowhere' does not exist; expected a folder written by save_pretrained"),
+                            ("run", "no config.json in '{tmp}/run'; did you mean '{tmp}/run/model'?"),
+                            ("run/model", "the byte tokenizer has 258 entries but the model's vocabulary has 100"),
+                            ("mdlm", "tokenizer.json' has 60 entries but the model's vocabulary has 41"),
+                            ("badjson", "config.json' must hold a JSON object, not a list")]:
+        code, _, err = sample_in_process(capsys, str(tmp_path / folder))
+        assert code == 2 and message.format(tmp=tmp_path) in err and len(err.splitlines()) == 1, (folder, err)
+    for folder, message in [("nowhere", "nowhere' does not exist; expected the model folder of `dllm train`"),
+                            ("run", "did you mean '{tmp}/run/model'?")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["eval", str(tmp_path / folder), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message.format(tmp=tmp_path) in err and "published" not in err, err
+
+
 def test_demo_rejects_bad_arguments():
     out = dllm("demo", "--minutes", "0")
     assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr

@@ -420,3 +420,98 @@ def test_generate_runs_each_family(tmp_path, family, sampler):
     out = dllm.generate(model, prompt, gen_length=8, steps=4, sampler=sampler).sequences
     assert out.shape == (2, 11) and torch.equal(out[:, :3], prompt)
     assert not (out == model.mask_id).any()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "empty"])
+def test_an_unreadable_pytorch_model_bin_is_named(tmp_path, damage):
+    make_checkpoint(tmp_path, "sedd")
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes({"truncated": weights.read_bytes()[:20000], "not a checkpoint": b"<html>404</html>",
+                         "empty": b""}[damage])
+    with pytest.raises(ValueError, match=r"pytorch_model.bin' is not a readable PyTorch checkpoint \(.+\): an "
+                                         r"incomplete copy\?$"):
+        from_pretrained(tmp_path)
+
+
+def test_a_legacy_pytorch_model_bin_loads(tmp_path):
+    sd = make_checkpoint(tmp_path, "sedd")
+    torch.save(sd, tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    x, sigma = tokens(41), torch.tensor([0.3, 2.5])
+    torch.testing.assert_close(from_pretrained(tmp_path)(x, sigma).double(), ref_dit(sd, "", x, sigma, 3),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
+    make_checkpoint(tmp_path, "mdlm")
+    write_tokenizer(tmp_path, 60, {})  # the model's vocabulary has 41 entries
+    with pytest.raises(ValueError, match=r"tokenizer.json' has 60 entries but the model's vocabulary has 41"):
+        from_pretrained(tmp_path)
+
+
+def test_bad_config_json_is_named(tmp_path):
+    make_checkpoint(tmp_path, "mdlm")
+    config = tmp_path / "config.json"
+    config.write_text("{bad")
+    with pytest.raises(ValueError, match=r"config.json' is not valid JSON \(.+ at line 1 column 2\)"):
+        from_pretrained(tmp_path)
+    config.write_text("[1]")
+    with pytest.raises(ValueError, match="config.json' must hold a JSON object, not a list"):
+        from_pretrained(tmp_path)
+
+
+def test_missing_folders_and_run_folders_get_a_hint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'.*nowhere' does not exist"):
+        from_pretrained(tmp_path / "nowhere")
+    DiffusionTransformer(model_config("tiny", vocab_size=50)).save_pretrained(tmp_path / "run" / "model")
+    with pytest.raises(FileNotFoundError, match=r"no config.json in '.*run'; did you mean '.*run/model'\?"):
+        from_pretrained(tmp_path / "run")
+
+
+@pytest.mark.parametrize("family", ["mdlm", "dream"])
+def test_devices_and_dtypes_by_name(tmp_path, family):
+    make_checkpoint(tmp_path / "pub", family)
+    DiffusionTransformer(model_config("tiny", vocab_size=50)).save_pretrained(tmp_path / "own")
+    for folder in ("pub", "own"):
+        for location in ("cpu:0", torch.device("cpu", 0)):  # safetensors takes only "cpu"
+            assert next(from_pretrained(tmp_path / folder, map_location=location).parameters()).device.type == "cpu"
+        for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16), ("float32", torch.float32)):
+            assert next(from_pretrained(tmp_path / folder, dtype=name).parameters()).dtype == dtype
+        with pytest.raises(ValueError, match="dtype must be a floating type .*, got torch.int64"):
+            from_pretrained(tmp_path / folder, dtype=torch.int64)
+        with pytest.raises(ValueError, match="dtype must be a floating type .*, got 'bf16'"):
+            from_pretrained(tmp_path / folder, dtype="bf16")
+        with pytest.raises(TypeError, match="dtype must be a torch.dtype or its name"):
+            from_pretrained(tmp_path / folder, dtype=2)
+        with pytest.raises(ValueError, match="map_location 'bogus' is not a torch device"):
+            from_pretrained(tmp_path / folder, map_location="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="map_location 'cuda:1': no CUDA device is visible"):
+            from_pretrained(tmp_path / "pub", map_location="cuda:1")
+
+
+def test_a_model_class_takes_the_network_of_a_published_folder(tmp_path):
+    from dllm.models import LLaDAModel
+
+    make_checkpoint(tmp_path / "mdlm", "mdlm")
+    make_checkpoint(tmp_path / "llada", "llada")
+    net = DiffusionTransformer.from_pretrained(tmp_path / "mdlm")
+    assert type(net) is DiffusionTransformer
+    x = tokens(41)
+    torch.testing.assert_close(net(x, torch.zeros(2)), from_pretrained(tmp_path / "mdlm")(x), rtol=0, atol=0)
+    assert type(LLaDAModel.from_pretrained(tmp_path / "llada", dtype="bfloat16")) is LLaDAModel
+    with pytest.raises(TypeError, match="holds a LLaDAModel, not a DiffusionTransformer"):
+        DiffusionTransformer.from_pretrained(tmp_path / "llada")
+
+
+def test_a_dllm_folder_whose_config_disagrees_with_its_weights(tmp_path):
+    DiffusionTransformer(model_config("tiny", vocab_size=50, hidden=32, heads=2, layers=1)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["hidden"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"^'.*' does not match its config.json: weight vocab_embed in "
+                                         r"model.safetensors has shape \(50, 32\), but config.json implies \(50, 64\)$"):
+        from_pretrained(tmp_path)
+    config["model"].update(hidden=32, layers=2)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model.safetensors lacks weight blocks.1.\S+$"):
+        from_pretrained(tmp_path)

@@ -28,7 +28,7 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     if (batches is not None and batches <= 0) or (batch_size is not None and batch_size <= 0):
         raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
     model_dir = Path(model_dir)
-    config = read_config(model_dir)
+    config = read_config(model_dir, expected="the model folder of `dllm train` (OUT_DIR/model)")
     run_config = model_dir.parent / "run_config.json"
     if not run_config.is_file():
         raise FileNotFoundError(f"no run_config.json beside {str(model_dir)!r}: `dllm eval` takes the model folder "

@@ -13,6 +13,8 @@ from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+FOLDER_KINDS = "a folder written by save_pretrained or a published SEDD, MDLM, LLaDA or Dream checkpoint"
 
 
 def _atomic_replace(write, path: Path) -> None:
@@ -40,33 +42,107 @@ class PretrainedMixin:
         _atomic_replace(lambda p: p.write_text(json.dumps(cfg, indent=2)), d / CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                        dtype: torch.dtype | str | None = None):
         """Load a model written by ``save_pretrained``; called on a base class it builds the saved
-        architecture."""
-        model = from_pretrained(directory, map_location=map_location)
-        if not isinstance(model, cls):
-            raise TypeError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
+        architecture. A published checkpoint whose network is a ``cls`` gives that bare network
+        (``PublishedModel.net``), without the tokenizer and sampler attributes (mask id, SEDD's
+        graph and noise) that :func:`dllm.models.from_pretrained` attaches."""
+        saved = _saved_class(directory)  # checked before reading weights, which may be gigabytes
+        if saved is not None and not issubclass(saved, cls):
+            raise TypeError(f"{str(directory)!r} holds a {saved.__name__}, not a {cls.__name__}")
+        model = from_pretrained(directory, map_location=map_location, dtype=dtype)
+        return model if isinstance(model, cls) else model.net  # a PublishedModel around a ``cls``
 
 
-def build_model(cfg: ModelConfig):
+def _classes() -> dict[str, type]:
     from .dit import ARTransformer, DiffusionTransformer
     from .llada import LLaDAModel
 
-    return {"dit": DiffusionTransformer, "ar": ARTransformer, "llada": LLaDAModel}[cfg.arch](cfg)
+    return {"dit": DiffusionTransformer, "ar": ARTransformer, "llada": LLaDAModel}
 
 
-def read_config(directory: str | os.PathLike) -> dict:
-    p = Path(directory) / CONFIG_NAME
+def build_model(cfg: ModelConfig):
+    return _classes()[cfg.arch](cfg)
+
+
+def _saved_class(directory) -> type | None:
+    """The model class a folder's config.json builds (for a published checkpoint, its network's);
+    None when the config is too broken to tell, which from_pretrained then reports."""
+    config = read_config(directory)
+    if is_dllm_config(config):
+        arch = config["model"]["arch"]
+    else:
+        from .hub import detect_layout
+
+        try:
+            arch = detect_layout(config, directory).model_config(config).arch
+        except KeyError:
+            return None
+    return _classes().get(arch)
+
+
+def read_config(directory: str | os.PathLike, *, expected: str = FOLDER_KINDS) -> dict:
+    """A model folder's config.json as a dict; ``expected`` describes the folders the caller takes,
+    for the error raised when ``directory`` is not one."""
+    d = Path(directory)
+    p = d / CONFIG_NAME
     if not p.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}; expected a folder written by save_pretrained "
-                                "or a published SEDD, MDLM, LLaDA or Dream checkpoint")
-    return json.loads(p.read_text())
+        if not d.exists():
+            raise FileNotFoundError(f"{str(directory)!r} does not exist; expected {expected}")
+        if not d.is_dir():
+            raise NotADirectoryError(f"{str(directory)!r} is not a folder; expected {expected}")
+        # `dllm train` writes the model to OUT_DIR/model; passing OUT_DIR is the likely slip
+        hint = (f"; did you mean {str(d / 'model')!r}?" if (d / "model" / CONFIG_NAME).is_file()
+                else f"; expected {expected}")
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(directory)!r}{hint}")
+    try:
+        config = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(p)!r} is not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(p)!r} must hold a JSON object, not a {type(config).__name__}")
+    return config
 
 
 def is_dllm_config(config: dict) -> bool:
     """A config.json written by save_pretrained (SEDD's hydra config also has a "model" entry)."""
     return isinstance(config.get("model"), dict) and "arch" in config["model"]
+
+
+def load_device(map_location: str | torch.device) -> torch.device:
+    """``map_location`` as a device the weights can be read onto; raises ValueError for one that is
+    malformed or absent here (rather than letting the reader blame the file)."""
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"map_location {map_location!r} is not a torch device") from None
+    if device.type == "cpu":
+        return torch.device("cpu")  # safetensors refuses "cpu:0"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"map_location {map_location!r}: no CUDA device is visible")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"map_location {map_location!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+        return torch.device("cuda", index)
+    return device
+
+
+def load_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``dtype`` as a floating torch.dtype (its name, such as "bfloat16", works too); None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype.removeprefix("torch."), dtype)
+    elif not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or its name, got {type(dtype).__name__} {dtype!r}")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be a floating type ({', '.join(DTYPES)}), got {dtype!r}")
+    return dtype
 
 
 def read_weights(path: Path, device) -> dict[str, torch.Tensor]:
@@ -86,16 +162,36 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
     published checkpoint (SEDD, MDLM, LLaDA, Dream; see :mod:`dllm.models.hub`), returned as a
     :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs. ``dtype`` casts a
     dllm folder's weights (default: as saved); for published folders see
-    :func:`~dllm.models.hub.load_published`."""
+    :func:`~dllm.models.hub.load_published`. ``dtype`` may be named ("bfloat16", "float16",
+    "float32"); ``map_location`` is any torch device spelling ("cpu:0", ``torch.device("cuda", 1)``)."""
+    device, dtype = load_device(map_location), load_dtype(dtype)
     config = read_config(directory)
     if not is_dllm_config(config):
         from .hub import load_published
 
-        return load_published(directory, config, map_location=map_location, dtype=dtype)
+        return load_published(directory, config, map_location=device, dtype=dtype)
     cfg = ModelConfig.from_dict(config["model"])
     model = build_model(cfg)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
-    model.load_state_dict(read_weights(weights, map_location))
-    return model.to(map_location) if dtype is None else model.to(map_location, dtype)
+    state = read_weights(weights, device)
+    _check_state(directory, state, model.state_dict())
+    model.load_state_dict(state)
+    return model.to(device) if dtype is None else model.to(device, dtype)
+
+
+def _check_state(directory, state: dict, expected: dict) -> None:
+    """A config.json edited or copied from another run would otherwise surface as load_state_dict's
+    multi-line RuntimeError; name the first weight that disagrees."""
+    where = f"{str(directory)!r} does not match its {CONFIG_NAME}"
+    for name, tensor in expected.items():
+        if name not in state:
+            raise ValueError(f"{where}: {WEIGHTS_NAME} lacks weight {name}")
+        if state[name].shape != tensor.shape:
+            raise ValueError(f"{where}: weight {name} in {WEIGHTS_NAME} has shape {tuple(state[name].shape)}, but "
+                             f"{CONFIG_NAME} implies {tuple(tensor.shape)}")
+    extra = [name for name in state if name not in expected]
+    if extra:
+        raise ValueError(f"{where}: {WEIGHTS_NAME} has unexpected weight {extra[0]}"
+                         + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))

@@ -54,6 +54,9 @@ def load_for_sampling(directory, device="cpu"):
     tok = tokenizer_for_model(directory)
     net = from_pretrained(directory, map_location=device).eval()
     name = objective.get("name")
+    # SEDD's uniform graph has no mask state: its network has one entry fewer than the tokenizer
+    spare = 1 if name == "sedd" and objective.get("graph") == "uniform" else 0
+    _check_vocab(directory, tok, net.config.vocab_size, spare)
     if name == "ar":
         return net, tok, "ar"
     if name == "sedd":
@@ -61,6 +64,14 @@ def load_for_sampling(directory, device="cpu"):
         graph = Absorbing(tok.vocab_size - 1) if objective["graph"] == "absorb" else Uniform(tok.vocab_size - 1)
         return ScoreModel(net, graph, get_noise(noise.pop("type"), **noise)), tok, "score"
     return MaskedLM(net, tok.mask_id), tok, "masked"
+
+
+def _check_vocab(directory, tok, vocab_size: int, spare: int) -> None:
+    """Ids past the model's vocabulary would fail deep in the embedding as an IndexError."""
+    if tok.vocab_size - spare > vocab_size:
+        source = repr(str(Path(directory) / "tokenizer.json")) if tok.kind == "bpe" else f"the {tok.kind} tokenizer"
+        raise ValueError(f"{source} has {tok.vocab_size} entries but the model's vocabulary has {vocab_size}: "
+                         f"{str(Path(directory) / 'config.json')!r} records another model's tokenizer")
 
 
 def _load_published(directory, config: dict, device):

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ModelConfig
-from ..io import build_model
+from ..io import build_model, load_device, load_dtype
 from ..layers import Rotary
 from .dream import DREAM
 from .layout import ROTARY_BUFFER, Layout
@@ -32,26 +32,35 @@ def detect_layout(config: dict, directory: str | Path = "") -> Layout:
                      f"model_type={config.get('model_type')!r}")
 
 
-def load_tokenizer(directory: Path):
+def load_tokenizer(directory: Path, vocab_size: int | None = None):
+    """The folder's tokenizer.json, or None; one with ids past the model's ``vocab_size`` is refused
+    here, since its tokens would fail later as an index error deep inside the embedding."""
     path = directory / TOKENIZER_NAME
     if not path.is_file():
         return None
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    tok = Tokenizer.from_file(str(path))
+    entries = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    if vocab_size is not None and entries > vocab_size:
+        raise ValueError(f"{str(path)!r} has {entries} entries but the model's vocabulary has {vocab_size}: is it "
+                         "another model's tokenizer.json?")
+    return tok
 
 
 def load_published(directory: str | Path, config: dict, *, map_location: str | torch.device = "cpu",
-                   dtype: torch.dtype | None = None) -> PublishedModel:
+                   dtype: torch.dtype | str | None = None) -> PublishedModel:
     """Build dllm's model for a published checkpoint folder and load its weights.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere for LLaDA and Dream; SEDD and
     MDLM default to float32 (their authors keep float32 weights and compute under bfloat16
-    autocast), any dtype when asked. Weights are read tensor by tensor straight onto ``map_location``.
+    autocast), any floating dtype (or its name, such as "bfloat16") when asked. Weights are read
+    tensor by tensor straight onto ``map_location``. A tokenizer.json with more entries than the
+    model's vocabulary is refused.
     """
     directory = Path(directory)
     layout = detect_layout(config, directory)
-    device = torch.device(map_location)
+    device, dtype = load_device(map_location), load_dtype(dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_default else torch.float32
     try:
@@ -59,6 +68,7 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     except KeyError as e:
         raise ValueError(f"{str(directory / 'config.json')!r} lacks {e.args[0]!r}, which the {layout.name} layout "
                          "needs") from None
+    tokenizer = load_tokenizer(directory, cfg.vocab_size)  # before the weights, which may take minutes
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
         net = build_model(cfg)
     state = _read_state(directory, layout, cfg, {k: tuple(v.shape) for k, v in net.state_dict().items()}, dtype, device)
@@ -66,7 +76,6 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     for module in net.modules():  # non-persistent buffers were left on the meta device
         if isinstance(module, Rotary):
             module.inv_freq = Rotary(cfg.head_dim, cfg.rope_base).inv_freq.to(device)
-    tokenizer = load_tokenizer(directory)
     protocol = layout.protocol(config, tokenizer)
     _check_ids(layout, protocol, cfg)
     return PublishedModel(net.eval(), layout=layout.name, config=config, tokenizer=tokenizer, **protocol)

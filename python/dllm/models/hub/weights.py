@@ -5,6 +5,7 @@ tensor (safetensors memory-maps its files)."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Iterator
 
@@ -51,6 +52,24 @@ def iter_tensors(path: Path, device: torch.device) -> Iterator[tuple[str, torch.
         except SafetensorError as e:
             raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}): an incomplete copy?") from None
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        for name, t in state.items():
+        for name, t in _torch_load(path).items():
             yield name, t.to(device)
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` state dict; memory-mapped when it is a zip archive, the format torch can
+    map, read whole when it is the legacy (pre-1.6) format."""
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise
+        # torch's messages run to paragraphs (or are empty for EOFError); the first sentence says enough
+        message = str(e).strip()
+        reason = message.splitlines()[0].split(". ")[0] if message else type(e).__name__
+        raise ValueError(f"{str(path)!r} is not a readable PyTorch checkpoint ({reason}): an incomplete copy?") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict (names to tensors)")
+    return state
