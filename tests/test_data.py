@@ -69,6 +69,7 @@ def test_stdlib_is_the_default_corpus():
     assert not any(n.startswith("test/") for n in names)
     assert 5e6 < c.num_bytes < 5e7  # the issue's "about 11 MB"
     assert c.val and len(c.val) < len(c.train)
+    assert not any(r.endswith("#val") for r, _ in c.val)  # whole files: the split committed results used
 
 
 def test_byte_tokenizer_round_trip():
@@ -140,3 +141,102 @@ def test_batch_order_resumes_exactly():
     assert sorted(epoch0) == list(range(10))  # each epoch visits every window once
     with pytest.raises(ValueError, match="another dataset"):
         BatchOrder(11, seed=3).load_state_dict(state)
+
+
+def _share(c) -> float:
+    return sum(len(t) for _, t in c.val) / sum(len(t) for _, t in c.train + c.val)
+
+
+@pytest.mark.parametrize("small,big", [("README.md", "data.txt"), ("z_notes.md", "a_data.txt")])
+def test_a_tiny_and_a_big_file_hold_out_near_val_fraction(tmp_path, caplog, small, big):
+    # Whole files would hold out 98% (the big one) or 2% (the small one); the tail keeps 5%.
+    (tmp_path / small).write_text("# notes\n" * 60)
+    (tmp_path / big).write_text("".join(f"line {i} of the data\n" for i in range(1400)))
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        c = load_corpus(tmp_path, val_fraction=0.05)
+    assert _share(c) == pytest.approx(0.05, abs=1e-3)
+    assert "holding out the last 5% of the text" in caplog.text
+    names = {r for r, _ in c.train + c.val}
+    assert f"{big}#val" in names and big in {r for r, _ in c.train}
+
+
+def test_whole_files_are_held_out_when_near_val_fraction(corpus_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        c = load_corpus(corpus_dir, val_fraction=0.05)
+    assert not any("#val" in r for r, _ in c.train + c.val) and "holding out" not in caplog.text
+
+
+def test_files_with_other_suffixes_are_named(tmp_path, corpus_dir, caplog):
+    (corpus_dir / "records.jsonl").write_text('{"a": 1}\n')
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        load_corpus(corpus_dir, val_fraction=0.2)
+    assert "records.jsonl: suffix .jsonl is not read as text" in caplog.text and "rename" in caplog.text
+    d = tmp_path / "jsonl"
+    d.mkdir()
+    for name in ("a.jsonl", "b.log"):
+        (d / name).write_text('{"text": "hello"}\n')
+    with pytest.raises(ValueError, match=r"no readable UTF-8 text files; skipped .*a\.jsonl: suffix .jsonl.*b\.log"):
+        load_corpus(d)
+
+
+def test_too_short_splits_are_named_with_the_options_to_change(tmp_path):
+    f = tmp_path / "f1.py"
+    f.write_text("x = 1\n" * 400)
+    want = (r"the validation split \(the end of f1\.py\) has 121 tokens, fewer than one sequence of 256; "
+            r"raise --val-fraction \(now 0\.05\), add text or lower --seq-len")
+    with pytest.raises(ValueError, match=want):
+        prepare(str(f), seq_len=256, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"the training split \(f1\.py\) has 2281 tokens.*; add text or lower"):
+        prepare(str(f), seq_len=4096, cache_dir=str(tmp_path / "cache"))
+
+
+def test_invalid_tokenizer_json_is_named(tmp_path):
+    bad = tmp_path / "bad_tok.json"
+    bad.write_text('{"version": "1.0"}')
+    with pytest.raises(ValueError, match=r"bad_tok\.json' is not a valid tokenizer\.json"):
+        load_tokenizer(bad)
+
+
+def test_a_cut_short_cached_bpe_is_trained_again(corpus_dir, tmp_path, caplog):
+    kw = dict(tokenizer="bpe", bpe_vocab_size=300, seq_len=32, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    first = prepare(str(corpus_dir), **kw)
+    [cached] = (tmp_path / "cache").glob("bpe-*/tokenizer.json")
+    cached.write_text(cached.read_text()[:100])
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        again = prepare(str(corpus_dir), **kw)
+    assert "cached BPE is unreadable" in caplog.text and str(cached) in caplog.text
+    assert again.tokenizer.fingerprint == first.tokenizer.fingerprint
+    assert load_tokenizer(cached).fingerprint == first.tokenizer.fingerprint
+
+
+def test_a_bpe_smaller_than_asked_is_reported(caplog):
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        tok = train_bpe(["abab abab cdcd\n"] * 3, vocab_size=4096)
+    assert tok.vocab_size < 4096 and f"the BPE has {tok.vocab_size} entries, fewer than the 4096 asked" in caplog.text
+
+
+def test_a_bare_save_pretrained_folder_says_how_to_record_its_tokenizer(tmp_path):
+    from dllm.data import tokenizer_for_model
+    from dllm.models import build_model, model_config
+
+    build_model(model_config("tiny", hidden=32, layers=1, heads=2)).save_pretrained(tmp_path / "bare")
+    where = str(tmp_path / "bare" / "config.json")
+    with pytest.raises(ValueError, match=f"^'{where}' records no tokenizer: .*tokenizer=.*tokenizer_config"):
+        tokenizer_for_model(tmp_path / "bare")
+
+
+def test_a_batch_order_over_no_windows_is_refused():
+    with pytest.raises(ValueError, match="at least one window"):
+        BatchOrder(0, seed=0)  # next() would loop forever
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, float("nan")])
+def test_load_corpus_checks_val_fraction(bad):
+    with pytest.raises(ValueError, match="val_fraction must lie in"):
+        load_corpus(None, val_fraction=bad)
+
+
+def test_byte_decode_refuses_ids_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="id 300 is outside the byte tokenizer's vocabulary"):
+        ByteTokenizer().decode([104, 300])
+    assert ByteTokenizer().decode([104, 256, 257]) == "h<|endoftext|><|mask|>"

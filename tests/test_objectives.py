@@ -230,3 +230,34 @@ def test_objectives_call_the_fused_losses_with_their_options(monkeypatch):
         nll = obj.nll(_Fixed(torch.zeros(2, 4, obj.model_vocab_size)), x0, obj.draw(2, 4, g))
         assert torch.equal(nll, torch.full((2,), want))
     assert calls == [("se", "uniform", False), ("md", tok.mask_id), ("md", tok.mask_id)]
+
+
+@pytest.mark.parametrize("noise", [LogLinear(0.01), Geometric(1e-3, 5.0)])
+def test_get_noise_reads_back_a_schedules_config(noise):
+    again = dllm.sedd.get_noise(**noise.config())
+    assert type(again) is type(noise) and again.config() == noise.config()
+    assert isinstance(dllm.sedd.get_noise("geometric"), Geometric) and isinstance(dllm.sedd.get_noise(), LogLinear)
+    with pytest.raises(ValueError, match="two names"):
+        dllm.sedd.get_noise("loglinear", type="geometric")
+
+
+@pytest.mark.parametrize("make,match", [(lambda: LogLinear(eps=2), "eps must lie in"),
+                                        (lambda: LogLinear(eps=0), "eps must lie in"),
+                                        (lambda: Geometric(1.0, 0.1), "sigma_max must exceed sigma_min"),
+                                        (lambda: Geometric(-1, 1), "sigma_min must be a positive"),
+                                        (lambda: Geometric(1e-4, float("inf")), "sigma_max must be a positive"),
+                                        (lambda: dllm.sedd.Absorbing(-3), "vocab_size must be positive"),
+                                        (lambda: dllm.sedd.Uniform(0), "vocab_size must be positive")])
+def test_schedules_and_graphs_check_their_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("noise", [LogLinear(), Geometric()])
+def test_schedules_take_a_float_t_and_refuse_t_outside_0_1(noise):
+    sigma, dsigma = noise(0.5)
+    want = noise(torch.tensor(0.5))
+    assert torch.equal(sigma, want[0]) and torch.equal(dsigma, want[1])
+    for bad in (1.5, -0.1, torch.tensor([0.5, 1.5]), torch.tensor([float("nan")])):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            noise(bad)

@@ -2,7 +2,8 @@
 
 Validation holds out whole files (chosen by a hash of the relative path, so the split does not
 depend on file order or on the machine), which keeps near-duplicate lines of one file from
-leaking across the split.
+leaking across the split. Where whole files cannot come near the asked fraction (one file, or a
+few of very different sizes), the tail of the text is held out instead.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ class Corpus:
         return sum(len(t.encode("utf-8")) for _, t in self.train + self.val)
 
 
-def _candidate_files(path: Path, stdlib: bool) -> list[Path]:
+def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path]]:
+    """The files to read, and those left out for their suffix."""
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist")
-    out = []
+    out, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (stdlib and d in _STDLIB_SKIP_DIRS))
         for name in sorted(filenames):
@@ -57,7 +59,9 @@ def _candidate_files(path: Path, stdlib: bool) -> list[Path]:
                     out.append(p)
             elif p.suffix.lower() in _TEXT_SUFFIXES or p.suffix == "":
                 out.append(p)
-    return out
+            else:
+                ignored.append(p)
+    return out, ignored
 
 
 def _read_text(p: Path) -> tuple[str | None, str]:
@@ -81,18 +85,40 @@ def _is_val(rel: str, val_fraction: float) -> bool:
     return (h / 2**64) < val_fraction
 
 
+def _tail_split(docs: list[tuple[str, str]], val_fraction: float):
+    """The last ``val_fraction`` of the concatenated text (in file order) as validation: whole files
+    after the cut, and the tail of the file it falls in as ``rel#val``."""
+    total = sum(len(t) for _, t in docs)
+    cut = int(total * (1 - val_fraction))
+    train, val, pos = [], [], 0
+    for rel, text in docs:
+        k = min(max(cut - pos, 0), len(text))
+        if k > 0 or len(docs) == 1:
+            train.append((rel, text[:k]))
+        if k < len(text) or len(docs) == 1:
+            val.append((rel + "#val" if k > 0 or len(docs) == 1 else rel, text[k:]))
+        pos += len(text)
+    return train, val
+
+
 def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 0.05) -> Corpus:
     """Read a corpus: ``None`` (or ``"stdlib"``) for the running Python's standard-library sources,
     else a text file or a folder of text files.
 
-    Empty, binary and unreadable files are skipped with a warning naming them; a corpus with no
-    usable text raises ``ValueError``. At least one file goes to each split when there are two or
-    more files. ``Corpus.hash`` is a SHA-256 over the paths and texts of both splits.
+    Empty, binary and unreadable files, and in a folder files whose suffix is not a known text
+    suffix, are skipped with a warning naming them; a corpus with no usable text raises
+    ``ValueError``. Whole files are held out (at least one when there are two or more) while that
+    puts between half and twice ``val_fraction`` of the text in validation; otherwise, and for a
+    single file, the last ``val_fraction`` of the text is. ``Corpus.hash`` is a SHA-256 over the
+    paths and texts of both splits.
     """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
     stdlib = path is None or str(path) == "stdlib"
     root = stdlib_root() if stdlib else Path(path).expanduser()
-    files = _candidate_files(root, stdlib)
+    files, ignored = _candidate_files(root, stdlib)
     corpus = Corpus(root=str(root))
+    corpus.skipped += [(str(p), f"suffix {p.suffix} is not read as text") for p in ignored]
     docs = []
     for p in files:
         text, reason = _read_text(p)
@@ -104,21 +130,28 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
     if corpus.skipped:
         shown = "; ".join(f"{p}: {r}" for p, r in corpus.skipped[:5])
         more = f" (and {len(corpus.skipped) - 5} more)" if len(corpus.skipped) > 5 else ""
-        log.warning("corpus: skipped %d file(s): %s%s", len(corpus.skipped), shown, more)
+        hint = ("; a folder's files are read only with no suffix or a text one (.txt, .py, .md, .json, ...): "
+                "rename the others to .txt to include them") if ignored else ""
+        log.warning("corpus: skipped %d file(s): %s%s%s", len(corpus.skipped), shown, more, hint)
     if not docs:
-        raise ValueError(f"corpus {str(root)!r} has no readable UTF-8 text files")
+        named = f"; skipped {shown}{more}" if corpus.skipped else ""
+        raise ValueError(f"corpus {str(root)!r} has no readable UTF-8 text files{named}")
     for rel, text in docs:
         (corpus.val if _is_val(rel, val_fraction) else corpus.train).append((rel, text))
-    # Tiny corpora (tests, a single file) still need both splits.
-    if val_fraction > 0 and not corpus.val and len(corpus.train) > 1:
+    # Tiny corpora (tests) still need both splits.
+    if not corpus.val and len(corpus.train) > 1:
         corpus.val.append(corpus.train.pop())
     if not corpus.train and len(corpus.val) > 1:
         corpus.train.append(corpus.val.pop(0))
-    if len(docs) == 1 and val_fraction > 0:
-        # One file: hold out its tail instead, still never mixing text across the split.
-        rel, text = docs[0]
-        cut = int(len(text) * (1 - val_fraction))
-        corpus.train, corpus.val = [(rel, text[:cut])], [(rel + "#val", text[cut:])]
+    share = sum(len(t) for _, t in corpus.val) / sum(len(t) for _, t in docs)
+    if len(docs) == 1 or not val_fraction / 2 <= share <= 2 * val_fraction:
+        # Whole files that far off the asked share starve training, or leave validation shorter than
+        # one window; a tail keeps the share, and still no text is on both sides of the split.
+        if len(docs) > 1:
+            log.warning("corpus: holding out whole files would put %.0f%% of the text in validation "
+                        "(val_fraction %g); holding out the last %g%% of the text instead",
+                        100 * share, val_fraction, 100 * val_fraction)
+        corpus.train, corpus.val = _tail_split(docs, val_fraction)
     h = hashlib.sha256()
     for split, items in (("train", corpus.train), ("val", corpus.val)):
         for rel, text in items:

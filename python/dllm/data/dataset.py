@@ -78,10 +78,10 @@ class TokenCache:
 class PackedDataset:
     """Non-overlapping windows of ``seq_len`` tokens over one split's token stream."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int):
+    def __init__(self, tokens: np.ndarray, seq_len: int, *, split: str = "the split",
+                 fix: str = "use a larger corpus or a shorter --seq-len"):
         if len(tokens) < seq_len:
-            raise ValueError(f"the split has {len(tokens)} tokens, fewer than one sequence of {seq_len}; "
-                             "use a larger corpus or a shorter --seq-len")
+            raise ValueError(f"{split} has {len(tokens)} tokens, fewer than one sequence of {seq_len}; {fix}")
         self.tokens = tokens
         self.seq_len = seq_len
 
@@ -98,6 +98,8 @@ class BatchOrder:
     """A fresh seeded permutation of the windows each epoch; ``state_dict`` is the data position."""
 
     def __init__(self, num_windows: int, seed: int):
+        if num_windows < 1:
+            raise ValueError(f"BatchOrder needs at least one window, got num_windows={num_windows}")
         self.n, self.seed = num_windows, seed
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation()
@@ -160,13 +162,7 @@ def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 
         raise ValueError("the corpus has no validation text; use --val-fraction > 0 or more files")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     if tokenizer == "bpe":
-        tok_dir = root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}"
-        if (tok_dir / "tokenizer.json").is_file():
-            tok = load_tokenizer(tok_dir)
-        else:
-            log.info("training a %d-entry BPE on %d files", bpe_vocab_size, len(corpus.train))
-            tok = load_tokenizer("bpe", train_texts=[t for _, t in corpus.train], vocab_size=bpe_vocab_size)
-            tok.save(tok_dir)
+        tok = _cached_bpe(root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}", corpus, bpe_vocab_size)
     else:
         tok = load_tokenizer(tokenizer)
     cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}")
@@ -174,5 +170,35 @@ def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 
         log.info("tokenizing %d files into %s", len(corpus.train) + len(corpus.val), cache.dir)
         cache.build(corpus, tok)
     meta = cache.meta()
-    return Prepared(tok, PackedDataset(cache.tokens("train"), seq_len), PackedDataset(cache.tokens("val"), seq_len),
-                    meta, corpus.hash)
+    return Prepared(tok, _packed(cache.tokens("train"), seq_len, "train", corpus, val_fraction),
+                    _packed(cache.tokens("val"), seq_len, "val", corpus, val_fraction), meta, corpus.hash)
+
+
+def _cached_bpe(tok_dir: Path, corpus: Corpus, vocab_size: int):
+    path = tok_dir / "tokenizer.json"
+    if path.is_file():
+        try:
+            tok = load_tokenizer(path)
+        except ValueError as e:
+            # A copy cut short (a crash while writing, a full disk) would otherwise fail every run.
+            log.warning("the cached BPE is unreadable (%s); training it again", e)
+        else:
+            if tok.vocab_size < vocab_size:
+                log.warning("the cached BPE %s has %d entries, fewer than the %d asked: the corpus has no "
+                            "more merges to learn", path, tok.vocab_size, vocab_size)
+            return tok
+    log.info("training a %d-entry BPE on %d files", vocab_size, len(corpus.train))
+    tok = load_tokenizer("bpe", train_texts=[t for _, t in corpus.train], vocab_size=vocab_size)
+    tok.save(tok_dir)
+    return tok
+
+
+def _packed(tokens: np.ndarray, seq_len: int, split: str, corpus: Corpus, val_fraction: float) -> PackedDataset:
+    docs = corpus.train if split == "train" else corpus.val
+    names = [f"the end of {rel[:-4]}" if rel.endswith("#val") else rel for rel, _ in docs]
+    where = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    if split == "train":
+        name, fix = "training", "add text or lower --seq-len"
+    else:
+        name, fix = "validation", f"raise --val-fraction (now {val_fraction:g}), add text or lower --seq-len"
+    return PackedDataset(tokens, seq_len, split=f"the {name} split ({where})", fix=fix)

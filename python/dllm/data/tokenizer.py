@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+log = logging.getLogger("dllm")
 
 MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -33,6 +36,9 @@ class ByteTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"id {bad[0]} is outside the byte tokenizer's vocabulary (0 to {self.vocab_size - 1})")
         out, chunk = [], bytearray()
         for i in ids:
             if i < 256:
@@ -75,7 +81,11 @@ class BPETokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {str(path)!r}")
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+            raise ValueError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
+        return cls(tok)
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
@@ -88,7 +98,11 @@ class BPETokenizer:
 
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(Path(directory) / "tokenizer.json"))
+        # Written beside and renamed, so a crash never leaves a cut-short tokenizer.json to be reused.
+        path = Path(directory) / "tokenizer.json"
+        tmp = path.with_name(f"tokenizer.json.tmp{os.getpid()}")
+        self._tok.save(str(tmp))
+        os.replace(tmp, path)
 
     @property
     def fingerprint(self) -> str:
@@ -151,7 +165,11 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
         show_progress=True,  # a bar on the terminal (tens of seconds on the standard library)
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return BPETokenizer(tok)
+    out = BPETokenizer(tok)
+    if out.vocab_size < vocab_size:
+        log.warning("the BPE has %d entries, fewer than the %d asked: the training text has no more merges "
+                    "to learn", out.vocab_size, vocab_size)
+    return out
 
 
 def load_tokenizer(spec: str | os.PathLike = "byte", *, train_texts: Iterable[str] | None = None,
@@ -173,9 +191,12 @@ def tokenizer_config(tok) -> dict:
 
 def tokenizer_for_model(directory: str | os.PathLike):
     """The tokenizer a model folder written by ``dllm.train`` was trained with (recorded in its config.json)."""
-    cfg = json.loads((Path(directory) / "config.json").read_text()).get("tokenizer")
+    config = Path(directory) / "config.json"
+    cfg = json.loads(config.read_text()).get("tokenizer")
     if cfg is None:
-        raise ValueError(f"{str(directory)!r}/config.json records no tokenizer")
+        raise ValueError(f"{str(config)!r} records no tokenizer: save the model with save_pretrained(dir, "
+                         "tokenizer=dllm.data.tokenizer.tokenizer_config(tok), objective=objective.config()) and "
+                         "tok.save(dir), or use the model/ folder that dllm train writes")
     tok = ByteTokenizer() if cfg["kind"] == "byte" else BPETokenizer.from_file(Path(directory) / "tokenizer.json")
     if tok.fingerprint != cfg["fingerprint"]:
         raise ValueError(f"the tokenizer in {str(directory)!r} is not the one the model was trained with")

@@ -6,9 +6,21 @@ the math lives in the kernels and, in plain PyTorch, in ``dllm.sedd.reference``.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from .. import ops
+
+
+def _vocab_size(graph: str, vocab_size) -> int:
+    try:
+        n = operator.index(vocab_size)
+    except TypeError:
+        raise TypeError(f"{graph} vocab_size must be an integer, got {vocab_size!r}") from None
+    if n < 1:
+        raise ValueError(f"{graph} vocab_size must be positive, got {n}")
+    return n
 
 
 class _Graph:
@@ -47,7 +59,7 @@ class Absorbing(_Graph):
     scale_by_sigma = True
 
     def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
+        self.vocab_size = vocab_size = _vocab_size("Absorbing", vocab_size)
         self.num_classes = vocab_size + 1
         self.mask_id = vocab_size
 
@@ -64,8 +76,7 @@ class Uniform(_Graph):
     scale_by_sigma = False
 
     def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-        self.num_classes = vocab_size
+        self.vocab_size = self.num_classes = _vocab_size("Uniform", vocab_size)
 
     def sample_limit(self, batch: int, length: int, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (batch, length), device=device, generator=generator)

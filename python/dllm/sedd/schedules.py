@@ -7,8 +7,33 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
+
+
+def _time(t) -> torch.Tensor:
+    """``t`` as a tensor, checked to lie in [0, 1] where that costs no device synchronisation: a
+    Python number or a CPU tensor. CUDA tensors go unchecked, since samplers call the schedule
+    every step (and may be captured in a CUDA graph)."""
+    if isinstance(t, numbers.Real):
+        if not 0 <= t <= 1:
+            raise ValueError(f"t must lie in [0, 1], got {t}")
+        return torch.tensor(float(t))
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a float or a tensor, got {type(t).__name__}")
+    if t.device.type == "cpu" and not torch.compiler.is_compiling() and t.numel():
+        lo, hi = torch.aminmax(t.detach())
+        if not (0 <= lo.item() and hi.item() <= 1):  # NaN fails both
+            raise ValueError(f"t must lie in [0, 1], got values from {lo.item()} to {hi.item()}")
+    return t
+
+
+def _positive(name: str, value) -> float:
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value
 
 
 class LogLinear:
@@ -18,9 +43,13 @@ class LogLinear:
     name = "loglinear"
 
     def __init__(self, eps: float = 1e-3):
+        eps = float(eps)
+        if not 0 < eps < 1:
+            raise ValueError(f"LogLinear eps must lie in (0, 1), got {eps}")
         self.eps = eps
 
-    def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _time(t)
         a = 1 - self.eps
         return -torch.log1p(-a * t), a / (1 - a * t)
 
@@ -35,9 +64,13 @@ class Geometric:
     name = "geometric"
 
     def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
+        sigma_min, sigma_max = _positive("Geometric sigma_min", sigma_min), _positive("Geometric sigma_max", sigma_max)
+        if not sigma_max > sigma_min:
+            raise ValueError(f"Geometric sigma_max must exceed sigma_min, got {sigma_min} and {sigma_max}")
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
-    def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _time(t)
         log_min, log_max = math.log(self.sigma_min), math.log(self.sigma_max)
         sigma = torch.exp(log_min + t * (log_max - log_min))
         return sigma, sigma * (log_max - log_min)
@@ -46,8 +79,12 @@ class Geometric:
         return {"type": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
-def get_noise(name: str = "loglinear", **kwargs):
-    """A schedule by name, as configs and checkpoints store it."""
+def get_noise(name: str | None = None, *, type: str | None = None, **kwargs):
+    """A schedule by name, as configs and checkpoints store it: ``get_noise("geometric")``, or
+    ``get_noise(**schedule.config())`` (whose name is under ``type``)."""
+    if name is not None and type is not None and name != type:
+        raise ValueError(f"get_noise got two names, {name!r} and type={type!r}")
+    name = name or type or "loglinear"
     if name == "loglinear":
         return LogLinear(**kwargs)
     if name == "geometric":
