@@ -60,7 +60,7 @@ def test_demo_end_to_end(tmp_path):
     assert "step 4:" in dllm("sample", str(tmp_path / "mdlm" / "model"), "--gen-length", "8", "--steps", "4",
                              "--show-steps").stdout
     bad = dllm("sample", str(tmp_path / "nowhere"))
-    assert bad.returncode == 2 and "config.json" in bad.stderr
+    assert bad.returncode == 2 and "nowhere' does not exist" in bad.stderr
 
 
 def sample_in_process(capsys, *args) -> tuple[int, str, str]:

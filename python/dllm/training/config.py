@@ -38,7 +38,8 @@ class TrainConfig:
     data: str | None = _f(None, "corpus: a text file or folder (default: this Python's standard-library sources)")
     tokenizer: str = _f("byte", "'byte', 'bpe' (trained on the corpus and cached), or a path to a tokenizer.json")
     bpe_vocab_size: int = _f(4096, "vocabulary size of a trained BPE (end-of-text and mask included)")
-    val_fraction: float = _f(0.05, "fraction of files held out for validation (whole files)")
+    val_fraction: float = _f(0.05, "fraction of the text held out for validation (whole files while that stays near "
+                                   "it, else the tail of the text)")
     cache_dir: str | None = _f(None, "token cache folder (default: $DLLM_CACHE or ~/.cache/dllm)")
     seq_len: int = _f(256, "tokens per packed sequence")
     # optimisation
