@@ -446,6 +446,9 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
     write_tokenizer(tmp_path, 60, {})  # the model's vocabulary has 41 entries
     with pytest.raises(ValueError, match=r"tokenizer.json' has 60 entries but the model's vocabulary has 41"):
         from_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0"}')  # no model in it
+    with pytest.raises(ValueError, match=r"tokenizer.json' is not a valid tokenizer.json"):
+        from_pretrained(tmp_path)
 
 
 def test_bad_config_json_is_named(tmp_path):
@@ -465,6 +468,8 @@ def test_missing_folders_and_run_folders_get_a_hint(tmp_path):
     DiffusionTransformer(model_config("tiny", vocab_size=50)).save_pretrained(tmp_path / "run" / "model")
     with pytest.raises(FileNotFoundError, match=r"no config.json in '.*run'; did you mean '.*run/model'\?"):
         from_pretrained(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"no config.json in '.*run'; did you mean '.*run/model'\?"):
+        dllm.data.tokenizer_for_model(tmp_path / "run")
 
 
 @pytest.mark.parametrize("family", ["mdlm", "dream"])

@@ -7,7 +7,6 @@ sequences) and a mask id (the absorbing state of masked diffusion), both real vo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -191,8 +190,10 @@ def tokenizer_config(tok) -> dict:
 
 def tokenizer_for_model(directory: str | os.PathLike):
     """The tokenizer a model folder written by ``dllm.train`` was trained with (recorded in its config.json)."""
+    from ..models.io import read_config  # its errors name the file (a missing folder, invalid JSON)
+
     config = Path(directory) / "config.json"
-    cfg = json.loads(config.read_text()).get("tokenizer")
+    cfg = read_config(directory).get("tokenizer")
     if cfg is None:
         raise ValueError(f"{str(config)!r} records no tokenizer: save the model with save_pretrained(dir, "
                          "tokenizer=dllm.data.tokenizer.tokenizer_config(tok), objective=objective.config()) and "

@@ -40,7 +40,10 @@ def load_tokenizer(directory: Path, vocab_size: int | None = None):
         return None
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(path))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise ValueError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
     entries = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     if vocab_size is not None and entries > vocab_size:
         raise ValueError(f"{str(path)!r} has {entries} entries but the model's vocabulary has {vocab_size}: is it "
