@@ -404,7 +404,7 @@ def run(ns: argparse.Namespace) -> dict:
             points += [("mdlm", sampler, length, f) for f in ([None] if sampler == "fast-dllm" else fracs)]
     chunk = max(ns.batch_sizes)
     infill_cache: dict = {}
-    quality, speed = [], []
+    quality, timed = [], {}  # timed: (point index, batch) -> throughput row
     described = []  # (point row, steps) in the order of points
     for model, sampler, length, frac in tqdm(points, desc="e2e quality", dynamic_ncols=True):
         steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
@@ -421,17 +421,17 @@ def run(ns: argparse.Namespace) -> dict:
                            "continuous-time bound"))
         quality.append({**point, **q})
         # what is measured so far survives an interrupted sweep; the report replaces it at the end
-        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": speed}, indent=1))
+        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": []}, indent=1))
     groups = [(length, batch) for length in ns.gen_lengths for batch in ns.batch_sizes]
     for length, batch in tqdm(groups, desc="e2e throughput", dynamic_ncols=True):
-        at = [(i, (m, s, st)) for i, ((m, s, L, _), (_, st)) in enumerate(zip(points, described)) if L == length]
-        rows = _throughputs_in_turns(runner, [p for _, p in at], length, batch, ns.reps)
-        speed += [{**described[i][0], **row} for (i, _), row in zip(at, rows)]
-        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": speed}, indent=1))
+        at = [i for i, point in enumerate(points) if point[2] == length]
+        rows = _throughputs_in_turns(runner, [(points[i][0], points[i][1], described[i][1]) for i in at], length,
+                                     batch, ns.reps)
+        timed.update({(i, batch): {**described[i][0], **row} for i, row in zip(at, rows)})
+        (Path(ns.out_dir) / "partial.json").write_text(
+            json.dumps({"quality": quality, "throughput": list(timed.values())}, indent=1))
     # the report lists each point's batches together, in the order of points
-    order = {(p["model"], p["sampler"], p["gen_length"], p["fraction"]): i for i, (p, _) in enumerate(described)}
-    speed.sort(key=lambda r: (order[r["model"], r["sampler"], r["gen_length"], r["fraction"]],
-                              ns.batch_sizes.index(r["batch"])))
+    speed = [timed[i, batch] for i in range(len(points)) for batch in ns.batch_sizes]
     for row in speed:
         ar_row = next(r for r in speed if r["model"] == "autoregressive" and r["gen_length"] == row["gen_length"]
                       and r["batch"] == row["batch"])
