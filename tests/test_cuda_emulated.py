@@ -177,6 +177,32 @@ def test_strided_broadcast_and_unaligned_rows(emulator):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_at_every_alignment_and_short_lengths(emulator, dtype):
+    """The row kernels load whole 16-byte chunks only inside a row and read the straddling ones
+    element by element: rows starting at every element offset, as short as one element, with
+    tied maxima (greedy picks the lowest index), must match the CPU ops draw for draw."""
+    for vocab in (1, 2, 7, 9, 16, 17, 40):
+        for offset in range(8):
+            base = torch.randint(-2, 3, (3, vocab + 8), generator=gen(vocab * 8 + offset)).to(dtype)
+            logits = base[:, offset:offset + vocab]
+            for temperature in (0.0, 1.0):
+                got = emulated(emulator, EMU.sample_categorical, logits, None, temperature, generator=gen())
+                want = CPU.sample_categorical(logits, None, temperature, generator=gen())
+                assert torch.equal(got[0], want[0]), (vocab, offset, temperature)
+            if vocab < 2:
+                continue
+            x = torch.tensor([[vocab - 1, 0, vocab - 1]])
+            got = emulated(emulator, EMU.predict_masked, logits[None], x, vocab - 1, 0.0, 0, 1.0, "margin", 0)
+            want = CPU.predict_masked(logits[None], x, vocab - 1, 0.0, 0, 1.0, "margin", 0)
+            assert torch.equal(got[0], want[0]), (vocab, offset)
+            torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+            x0 = torch.zeros(1, 3, dtype=torch.long)
+            loss = emulated(emulator, EMU.masked_diffusion_loss, logits[None], x, x0, torch.ones(1), mask_id=vocab - 1)
+            want = CPU.masked_diffusion_loss(logits[None], x, x0, torch.ones(1), mask_id=vocab - 1)
+            torch.testing.assert_close(loss[0], want[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("confidence", ["prob", "margin", "entropy", "random"])
 @pytest.mark.parametrize("temperature, top_k, top_p, shift, confidence_from",
                          [(0.0, 0, 1.0, 0, "model"), (1.0, 0, 1.0, 1, "model"), (0.8, 50, 0.9, 0, "model"),

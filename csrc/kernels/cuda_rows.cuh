@@ -48,21 +48,37 @@ struct Vec<DType::kFloat16> {
 
 // A row seen as 16-byte chunks starting at the aligned address at or below its first element;
 // elements outside a requested range are masked, so rows of any length and alignment (V = 50258
-// bf16 rows start at 4-byte boundaries) take the vector path.
+// bf16 rows start at 4-byte boundaries) take the vector path. Only chunks wholly inside the row
+// are loaded whole: the row's first and last chunks usually straddle its ends, and an aligned
+// 16-byte load past a tensor's end, harmless on the hardware, is an error to compute-sanitizer's
+// memcheck and to ASan in the CPU emulator. Their elements are read one by one.
 template <DType D>
 struct RowView {
   static constexpr int kVec = Vec<D>::kSize;
   static constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
   const uint4* base;
-  int64_t head;  // elements between the aligned base and the row's first element
-  __device__ explicit RowView(const void* row) {
+  int64_t head;    // elements between the aligned base and the row's first element
+  int64_t length;  // elements of the row that may be read
+  __device__ RowView(const void* row, int64_t row_length) : length(row_length) {
     const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
     base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
     head = int64_t(addr & 15) / kElemBytes;
   }
-  __device__ int64_t first_chunk(int64_t lo) const { return (lo + head) / kVec; }
-  __device__ int64_t end_chunk(int64_t hi) const { return (hi + head + kVec - 1) / kVec; }
   __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
+
+  // [lo, hi) as the chunks [begin, end) inside the row, and the elements of [lo, hi) that they
+  // miss: [lo, inner_lo) and [inner_hi, hi), fewer than kVec at either end.
+  struct Split {
+    int64_t begin, end, inner_lo, inner_hi;
+  };
+  __device__ Split split(int64_t lo, int64_t hi) const {
+    const int64_t first_inside = head > 0 ? 1 : 0, end_inside = (length + head) / kVec;
+    const int64_t from = (lo + head) / kVec, to = (hi + head + kVec - 1) / kVec;
+    const int64_t begin = from > first_inside ? from : first_inside, end = to < end_inside ? to : end_inside;
+    if (begin >= end) return {0, 0, hi, hi};
+    const int64_t inner_lo = index(begin, 0), inner_hi = index(end, 0);
+    return {begin, end, inner_lo > lo ? inner_lo : lo, inner_hi < hi ? inner_hi : hi};
+  }
   // One element by a load of its own width: picking it out of a 16-byte chunk at a run-time
   // index would put the chunk on the stack.
   __device__ float at(int64_t i) const {
@@ -75,13 +91,20 @@ struct RowView {
 };
 
 // Calls f(index, value) for the elements of [lo, hi) that thread `tid` of `nthreads` owns (a
-// warp: tid = lane, nthreads = 32; a block: threadIdx.x, kThreads), with kUnroll 16-byte loads
-// in flight.
+// warp: tid = lane, nthreads = 32; a block: threadIdx.x, kThreads), in no particular order, with
+// kUnroll 16-byte loads in flight.
 template <DType D, typename F>
 __device__ void for_elements(const RowView<D>& view, int64_t lo, int64_t hi, int tid, int nthreads, F&& f) {
   constexpr int kVec = Vec<D>::kSize;
-  const int64_t c_end = view.end_chunk(hi);
-  for (int64_t c0 = view.first_chunk(lo) + tid; c0 < c_end; c0 += int64_t(nthreads) * kUnroll) {
+  const auto split = view.split(lo, hi);
+  // The straddling chunks' elements: fewer than 2 * kVec, so at most one a thread; the loops are
+  // kept rolled, which keeps them from costing the main loop registers (spills, on sm_90).
+#pragma unroll 1
+  for (int64_t i = lo + tid; i < split.inner_lo; i += nthreads) f(i, view.at(i));
+#pragma unroll 1
+  for (int64_t i = split.inner_hi + tid; i < hi; i += nthreads) f(i, view.at(i));
+  const int64_t c_end = split.end;
+  for (int64_t c0 = split.begin + tid; c0 < c_end; c0 += int64_t(nthreads) * kUnroll) {
     uint4 raw[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)

@@ -49,7 +49,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
   const bool greedy = temperature == 0.0f;
   const float scale = greedy ? 1.0f : 1.0f / temperature;
-  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
+  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes, vocab);
 
   // Pass 1: per-group log-sum-exp (and the argmax when greedy), one warp per group.
   ArgMax best{-kInf, INT64_MAX};
@@ -57,9 +57,17 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-    const int64_t c_end = view.end_chunk(hi);
+    const auto split = view.split(lo, hi);
     MaxSum acc{-kInf, 0.0f};
-    for (int64_t c0 = view.first_chunk(lo) + lane; c0 < c_end; c0 += 32 * kUnroll) {
+    auto element = [&](int64_t idx) {  // one outside the row's whole chunks
+      const float y = view.at(idx) * scale;
+      bad |= !(y < kInf);
+      if (greedy && y > best.v) best = ArgMax{y, idx};
+      acc = merge(acc, MaxSum{y, 1.0f});
+    };
+    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);
+    const int64_t c_end = split.end;
+    for (int64_t c0 = split.begin + lane; c0 < c_end; c0 += 32 * kUnroll) {
       uint4 raw[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
@@ -86,6 +94,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
         for (int j = 0; j < kVec; ++j) s += __expf(y[u][j] - m);
       acc = merge(acc, MaxSum{m, s});
     }
+    for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);
     acc = warp_max_sum(acc);
     if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
   }

@@ -90,7 +90,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
 
   const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
-  const RowView<D> view(row);
+  const RowView<D> view(row, K);
 
   // Pass 1: per-group online (max, sum exp) of the logits other than x.
   bool bad = false;
@@ -246,7 +246,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     MaxSum acc{-kInf, 0.0f};
     double sum_l = 0.0;
     // Warp w streams the w-th eighth of the row with 16-byte loads.
-    const RowView<D> view(row);
+    const RowView<D> view(row, K);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;

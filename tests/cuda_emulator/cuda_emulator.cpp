@@ -439,29 +439,6 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
   ++settings().grids_run;
 }
 
-#if defined(CUEMU_ASAN)
-void aligned_partial_load(void* out, const void* p, size_t bytes, const void* site) {
-  static std::mutex m;
-  static std::unordered_map<const void*, uint64_t> sites;
-  const auto* c = static_cast<const unsigned char*>(p);
-  size_t addressable = 0;
-  for (size_t i = 0; i < bytes; ++i) addressable += !__asan_address_is_poisoned(c + i);
-  if (addressable == 0 || reinterpret_cast<uintptr_t>(p) % bytes != 0) {
-    std::memcpy(out, p, bytes);  // ASan reports the read
-    return;
-  }
-  for (size_t i = 0; i < bytes; ++i)
-    static_cast<unsigned char*>(out)[i] = __asan_address_is_poisoned(c + i) ? 0xff : c[i];
-  const std::lock_guard<std::mutex> lock(m);
-  if (sites[site]++ == 0) {
-    std::fprintf(stderr, "==CUEMU== aligned %zu-byte load at %p holds %zu bytes of its allocation (tolerated); first at:\n",
-                 bytes, p, addressable);
-    __asan_describe_address(const_cast<unsigned char*>(c + bytes - 1));
-    __sanitizer_print_stack_trace();
-  }
-}
-#endif
-
 void* dynamic_shared() { return st.smem; }
 
 void shared_region(void* p, size_t bytes) {

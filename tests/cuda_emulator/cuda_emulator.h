@@ -163,29 +163,9 @@ inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v)
   return old;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-namespace cuemu {
-// A 16-byte aligned vector load that ASan sees reaching past an allocation: on a GPU it is safe
-// when the chunk holds at least one byte of the allocation (allocations are 16-byte granular at
-// least), so this copies the addressable bytes, fills the rest with 0xff and logs the site once;
-// a chunk wholly outside the allocation is reported by ASan as usual.
-void aligned_partial_load(void* out, const void* p, size_t bytes, const void* site);
-}  // namespace cuemu
-#endif
-
 template <typename T>
 T __ldg(const T* p) {
   if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) cuemu::fail("misaligned address in __ldg");
-#if defined(__SANITIZE_ADDRESS__)
-  if constexpr (sizeof(T) == 16) {
-    if (__asan_region_is_poisoned(const_cast<T*>(p), 16)) {
-      T v;
-      cuemu::aligned_partial_load(&v, p, 16, __builtin_return_address(0));
-      return v;
-    }
-  }
-#endif
   return *p;
 }
 inline float __expf(float x) { return expf(x); }

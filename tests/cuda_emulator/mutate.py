@@ -91,6 +91,13 @@ MUTANTS = [
     ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
      "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
     (FWD, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
+    # a row's straddling last chunk left unread; greedy sampling reading it before the whole
+    # chunks (a tie at the row's end would win over a lower index)
+    ("csrc/kernels/cuda_rows.cuh", "  for (int64_t i = split.inner_hi + tid; i < hi; i += nthreads) f(i, view.at(i));\n",
+     "", "sedd or predict_masked or loss or alignment"),
+    ("csrc/kernels/sample_categorical.cu", "    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);\n",
+     "    for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);\n"
+     "    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);\n", "alignment"),
 ]
 
 
