@@ -65,6 +65,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
       if (greedy && y > best.v) best = ArgMax{y, idx};
       acc = merge(acc, MaxSum{y, 1.0f});
     };
+#pragma unroll 1
     for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);
     const int64_t c_end = split.end;
     for (int64_t c0 = split.begin + lane; c0 < c_end; c0 += 32 * kUnroll) {
@@ -94,6 +95,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
         for (int j = 0; j < kVec; ++j) s += __expf(y[u][j] - m);
       acc = merge(acc, MaxSum{m, s});
     }
+#pragma unroll 1
     for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);
     acc = warp_max_sum(acc);
     if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
