@@ -67,7 +67,8 @@ struct RowView {
   __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
 
   // [lo, hi) as the chunks [begin, end) inside the row, and the elements of [lo, hi) that they
-  // miss: [lo, inner_lo) and [inner_hi, hi), fewer than kVec at either end.
+  // miss: [lo, inner_lo) and [inner_hi, hi), parts of the row's straddling first and last chunks
+  // (so fewer than 2 * kVec in all).
   struct Split {
     int64_t begin, end, inner_lo, inner_hi;
   };
