@@ -224,13 +224,15 @@ def test_shifted_logits_and_callback():
     assert not (out.sequences == MASK).any() and seen == list(range(16))
 
 
+DREAM_CONFIDENCE = {"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "entropy"}  # Dream's `alg`s
+
+
 def dream_transcription(model, prompt, gen_length, steps, alg, top_k, top_p, eps=1e-3, scored_by_model=False):
     """Dream's diffusion_generate at temperature 0 for one sequence, step by step in float64: shifted
     logits, the proposal's distribution after top-p / top-k (dllm also drops the mask token), a
     confidence from it (from the unfiltered distribution if scored_by_model, as LLaDA scores), and
     the floor(n (1 - s/t)) most confident positions committed."""
     from dllm.reference import unmask as ref
-    from dllm.sampling.masked import DREAM_ALGS
 
     x = torch.cat([prompt, torch.full((1, gen_length), MASK)], 1)
     times = torch.linspace(1, eps, steps + 1).tolist()
@@ -238,8 +240,8 @@ def dream_transcription(model, prompt, gen_length, steps, alg, top_k, top_p, eps
         masked = x[0] == MASK
         logits = ref.shifted(model(x).double(), 1)[0]
         x0 = ref.clean_log_probs(logits, MASK).argmax(-1)  # filtering keeps the argmax
-        conf = ref.confidence(logits, x0, MASK, DREAM_ALGS[alg]) if scored_by_model else \
-            ref.proposal_confidence(logits, x0, MASK, DREAM_ALGS[alg], 0.0, top_k, top_p)
+        conf = ref.confidence(logits, x0, MASK, DREAM_CONFIDENCE[alg]) if scored_by_model else \
+            ref.proposal_confidence(logits, x0, MASK, DREAM_CONFIDENCE[alg], 0.0, top_k, top_p)
         n = int(masked.sum())
         k = n if i == steps - 1 else int(n * (1 - times[i + 1] / times[i]))
         order = sorted(masked.nonzero().flatten().tolist(), key=lambda j: (-conf[j].item(), j))
