@@ -257,7 +257,16 @@ def test_paths_may_be_path_objects_and_stdlib_stays_a_name(tmp_path, corpus, mon
     assert seen == ["stdlib"]  # not resolved into ./stdlib
 
 
-def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path, corpus, monkeypatch, caplog):
+@pytest.fixture
+def sigint(request):
+    """Sets SIGINT's handler for one test (pytest runs in the background ignore SIGINT)."""
+    previous = signal.getsignal(signal.SIGINT)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    return lambda handler: signal.signal(signal.SIGINT, handler)
+
+
+def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path, corpus, monkeypatch, caplog, sigint):
+    sigint(signal.default_int_handler)  # as in a terminal
     opts = dict(objective="mdlm", steps=8, ema=0.9)
     full = dllm.train(tiny(tmp_path / "a", corpus, **opts))  # a dict works as the config
     real_step = Trainer.train_step
@@ -279,6 +288,20 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path,
     assert resumed["val_bpb_ema"] == pytest.approx(full["val_bpb_ema"], rel=1e-6)
     assert _losses(tmp_path / "b" / "run") == pytest.approx(_losses(tmp_path / "a" / "run"), rel=1e-6)
 
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path, corpus, monkeypatch, sigint):
+    sigint(signal.SIG_IGN)  # a background job of a non-interactive shell
+    seen = []
+    real_step = Trainer.train_step
+
+    def step(self):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    assert seen == [signal.SIG_IGN] * 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 def test_resume_names_what_differs_and_lets_dropout_change(tmp_path, corpus, caplog):
     dllm.train(**tiny(tmp_path, corpus, steps=2))

@@ -42,12 +42,14 @@ def _dist_env() -> tuple[int, int, int]:
 class _StopAtStepOnInterrupt:
     """Ctrl-C during training stops at the next step boundary, where the state is whole and can be
     checkpointed (mid-step, the optimizer may have moved some weights and not others); a second
-    Ctrl-C interrupts at once. Only a single process's main thread owns SIGINT."""
+    Ctrl-C interrupts at once. Only a single process's main thread owns SIGINT, and a process that
+    ignores it (a background job of a non-interactive shell) goes on ignoring it."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.requested, self.previous = enabled, False, None
 
     def __enter__(self):
+        self.enabled = self.enabled and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
         if self.enabled:
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
