@@ -1,0 +1,154 @@
+"""Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
+at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
+the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
+for the CUDA kernels. About fifteen minutes on 2 cores.
+
+    python tests/mutate_cpu.py [INDEX ...]
+
+Runs in a temporary git worktree of HEAD with its own CPU-only build (about two minutes); a C++
+mutant is rebuilt with ninja. The working tree is not touched. Two C++ changes are known to
+survive, since nothing a caller sees depends on them: dropping sedd_step's clamp of the reference
+to the score shift on clip rows (it keeps a float from overflowing only when every logit lies 88
+below the shift, where the clipped weights are all zero either way), and letting the CPU attention
+backward's P cover one column past a sequence's last key (that key's dK and dV rows are never
+stored, and dQ's product stops before it).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MASKED, SCORE, GENERATE = (f"python/dllm/sampling/{name}.py" for name in ("masked", "score", "generate"))
+SCHEDULES, OBJECTIVES = "python/dllm/sedd/schedules.py", "python/dllm/objectives/diffusion.py"
+COMMIT, PREDICT, SEDD, ATTENTION = (f"csrc/kernels/{name}_cpu.cpp"
+                                    for name in ("commit_tokens", "predict_masked", "sedd", "attention"))
+RULES, GEN, KV, UNMASK = "test_sampler_rules", "test_generate", "test_kv_cache", "test_unmask"
+# (file, text, replacement, test modules that must catch it)
+MUTANTS = [
+    # the samplers' rules: time conditioning, guidance, remasking, MDLM's schedule and cache,
+    # first-hitting's time and position, Dream's counts and confidences, Fast-dLLM's caches
+    (MASKED, "return _loglinear_sigma((x == mask_id).sum(-1) / real)",
+     "return _loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
+    (MASKED, "logits = uncond + (cfg_scale + 1) * (cond - uncond)", "logits = uncond + cfg_scale * (cond - uncond)",
+     [RULES]),
+    (MASKED, "            unconditional[:, prompt_positions] = mask_id\n", "", [GEN]),
+    (MASKED, 'confidence = "random" if remasking == "random" else "prob"', 'confidence = "prob"', [RULES]),
+    (MASKED, "prob=(t - s) / t, generator", "prob=(t - s), generator", [GEN]),
+    (MASKED, "        if logits is None or time_conditioned:\n", "        if logits is None:\n", [GEN]),
+    (MASKED, "        if bool(committed.any()):\n            logits = None\n", "", [GEN]),
+    (MASKED, "        t = t * u ** (1.0 / n)\n", "        t = t * u\n", [RULES]),
+    (MASKED, 'confidence="random", logits_shift=shift, generator=generator)\n        ops.commit_tokens(x, x0, conf, '
+             'mask_id=mask_id, num_tokens=one',
+     'confidence="prob", logits_shift=shift, generator=generator)\n        ops.commit_tokens(x, x0, conf, '
+     'mask_id=mask_id, num_tokens=one', [RULES]),
+    (MASKED, "* rate).floor().long()", "* rate).ceil().long()", [GEN]),
+    (MASKED, 'confidence_from="proposal",\n', "\n", [GEN]),
+    (MASKED, '"topk_margin": "margin"', '"topk_margin": "prob"', [RULES, GEN]),
+    (MASKED, "position_temperature=alg_temp,", "position_temperature=0.0,", [RULES]),
+    (MASKED, "1.0 if i == steps - 1 else 1 - s / t", "1 - s / t", [GEN]),
+    (MASKED, "q_lo = 0 if refresh else lo - min(shift, lo)", "q_lo = 0 if refresh else lo", [KV]),
+    (MASKED, 'q_hi = length if refresh or cache == "prefix" else hi', "q_hi = length if refresh else hi", [KV]),
+    (MASKED, "                refresh = False\n", "", [KV]),
+    # SEDD's noise increments and conditioning; the schedules' derivatives
+    (SCORE, "lambda t, _, dsigma: dt * dsigma", "lambda t, _, dsigma: dsigma", [RULES]),
+    (SCORE, "sigma - noise((t - dt).expand(batch))[0]", "sigma - noise((t - 2 * dt).clamp(min=0).expand(batch))[0]",
+     [RULES]),
+    (SCORE, "            x = torch.where(known, template, x)\n", "", [GEN]),
+    (SCHEDULES, "return -torch.log1p(-a * t), a / (1 - a * t)", "return -torch.log1p(-a * t), 1 / (1 - a * t)",
+     ["test_objectives"]),
+    (SCHEDULES, "return sigma, sigma * (log_max - log_min)", "return sigma, sigma", ["test_objectives"]),
+    # LLaDA's transfer counts; generate's defaults, padding and bookkeeping
+    ("python/dllm/unmask_schedule.py", "[None, :] < (masked % steps)", "[None, :] <= (masked % steps)", [GEN]),
+    (GENERATE, "threshold=0.9 if threshold is None else threshold", "threshold=0.5 if threshold is None else threshold",
+     [RULES]),
+    (GENERATE, "FAST_DLLM_BLOCK = 32", "FAST_DLLM_BLOCK = 16", [RULES]),
+    (GENERATE, "prompt[i, width - r.numel():] = r", "prompt[i, :r.numel()] = r", [GEN]),
+    (GENERATE, "stable=True).indices", "stable=True, descending=True).indices", [GEN]),
+    ("python/dllm/sampling/loop.py", "        self.nfe += evaluations\n        self.end",
+     "        self.nfe += 1\n        self.end", [GEN]),
+    ("python/dllm/sampling/loop.py", "self.history.append(x.detach().clone())", "self.history.append(x.detach())", [GEN]),
+    # the objectives' weights and SEDD's output scaling per graph
+    (OBJECTIVES, "dsigma / torch.expm1(sigma), mask_id", "1.0 / torch.expm1(sigma), mask_id", ["test_objectives"]),
+    (OBJECTIVES, "x0, 1.0 / p, mask_id", 'x0, 1.0 / draws["t"].to(x0.device).clamp(min=1e-3), mask_id',
+     ["test_objectives"]),
+    (OBJECTIVES, 'scale_by_sigma=self.graph == "absorb")', "scale_by_sigma=True)", ["test_objectives"]),
+    # an ignored SIGINT taken over by the trainer
+    ("python/dllm/training/trainer.py", " and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN", "",
+     ["test_training"]),
+    # the C++ CPU kernels: tie-breaks, Dream's position temperature, the shifted head, the
+    # confidences, top-k / top-p filtering, SUBS, the losses' special entries, attention's dS
+    (COMMIT, "(a.key == b.key && a.index < b.index)", "(a.key == b.key && a.index > b.index)", [UNMASK]),
+    (COMMIT, "c.key = c.key / p.position_temperature +", "c.key = c.key * p.position_temperature +", [UNMASK]),
+    (PREDICT, "std::max<int64_t>(i - p.logits_shift, 0)", "i", [UNMASK]),
+    (PREDICT, "if (j != greedy && v[j] > second)", "if (v[j] > second)", [UNMASK]),
+    (PREDICT, "return float(t / s - std::log(s));", "return float(t / s);", [UNMASK]),
+    (PREDICT, "if (ordered_key(v[j]) < level.prefix) y[j] = -kInf;", "if (ordered_key(v[j]) <= level.prefix) y[j] = -kInf;",
+     [UNMASK]),
+    (PREDICT, "p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m)",
+     "log_sum_exp(v.data(), vocab, m) + (p.temperature > 0.0f ? 1e-3f : 0.0f)", [UNMASK]),
+    (SEDD, "        buf[x] = -kInf;  // x's own", "        // x's own", ["test_sedd_step"]),
+    (SEDD, "        buf[p.mask_id] = -kInf;  // SUBS", "        // SUBS", ["test_sedd_losses"]),
+    (SEDD, "          buf[xt] = 0.0f;\n", "", ["test_sedd_losses"]),
+    (SEDD, "    grad[gr.skip] = Loader<D>::store(0.0f);\n", "", ["test_sedd_losses"]),
+    (ATTENTION, "dpi[j] = pij * (dpi[j] - row_delta) * p.scale;", "dpi[j] = pij * (dpi[j] - row_delta);",
+     ["test_attention"]),
+    (ATTENTION, "const float pij = j < nj && row_lse != -kInf ?", "const float pij = j < nj ?", ["test_attention"]),
+    ("csrc/kernels/sample_categorical_cpu.cpp", "p.logprob[r] = y[token] - row_lse;",
+     "p.logprob[r] = y[token] - row_lse * (greedy ? 1.0f : 1.0001f);", ["test_sample_categorical"]),
+]
+
+
+def build(tree: Path) -> Path:
+    """A CPU-only build of the worktree; its extension and build stamps linked into the sources,
+    so that the tests import the worktree's Python files with the worktree's kernels."""
+    env = dict(os.environ, DLLM_CUDA="OFF")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--target",
+                    str(tree / "site"), str(tree)], env=env, check=True)
+    build_dir = Path(glob.glob(str(tree / "build" / "*" / "build.ninja"))[0]).parent
+    for built in [*build_dir.glob("_C*.so"), build_dir / "_build_commit.py", build_dir / "_build_config.py"]:
+        (tree / "python" / "dllm" / built.name).symlink_to(built)
+    return build_dir
+
+
+def main(selected: list[int]) -> int:
+    missed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], cwd=ROOT, check=True)
+        try:
+            build_dir = build(tree)
+            env = dict(os.environ, PYTHONPATH=str(tree / "python"))
+            for i, (path, old, new, modules) in enumerate(MUTANTS):
+                if selected and i not in selected:
+                    continue
+                source = tree / path
+                original = source.read_text()
+                assert original.count(old) == 1, f"mutant {i}: {old!r} is not in {path} exactly once"
+                source.write_text(original.replace(old, new))
+                try:
+                    if path.startswith("csrc/"):
+                        subprocess.run(["ninja", "-C", str(build_dir)], check=True, capture_output=True)
+                    run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                          *[f"tests/{m}.py" for m in modules]], cwd=tree, env=env,
+                                         capture_output=True, text=True)
+                    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
+                    caught = run.returncode == 1 and " failed" in summary and " error" not in summary
+                except subprocess.CalledProcessError as e:  # the mutant does not compile: not a catch
+                    summary, caught = e.stderr.decode()[-200:], False
+                finally:
+                    source.write_text(original)
+                missed += not caught
+                print(f"mutant {i} ({path}): {'caught' if caught else 'MISSED'} - {summary}", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main([int(a) for a in sys.argv[1:]]))
