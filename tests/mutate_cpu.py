@@ -1,7 +1,7 @@
 """Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
 at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
 the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
-for the CUDA kernels. About fifteen minutes on 2 cores.
+for the CUDA kernels. About twenty-five minutes on 2 cores.
 
     python tests/mutate_cpu.py [INDEX ...]
 
@@ -59,7 +59,7 @@ MUTANTS = [
     (SCORE, "lambda t, _, dsigma: dt * dsigma", "lambda t, _, dsigma: dsigma", [RULES]),
     (SCORE, "sigma - noise((t - dt).expand(batch))[0]", "sigma - noise((t - 2 * dt).clamp(min=0).expand(batch))[0]",
      [RULES]),
-    (SCORE, "            x = torch.where(known, template, x)\n", "", [GEN]),
+    (SCORE, "            x = torch.where(known, template, x)\n", "            pass\n", [GEN]),
     (SCHEDULES, "return -torch.log1p(-a * t), a / (1 - a * t)", "return -torch.log1p(-a * t), 1 / (1 - a * t)",
      ["test_objectives"]),
     (SCHEDULES, "return sigma, sigma * (log_max - log_min)", "return sigma, sigma", ["test_objectives"]),
@@ -81,6 +81,14 @@ MUTANTS = [
     # an ignored SIGINT taken over by the trainer
     ("python/dllm/training/trainer.py", " and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN", "",
      ["test_training"]),
+    # padded batches reaching attention as lengths: RoPE at the moved positions, the padding
+    # attended, the output left in the moved order
+    ("python/dllm/models/attention.py", "cos, sin = rotary.at(ragged.positions + start)",
+     "cos, sin = rotary(start, tokens.shape[1], tokens.device)", ["test_models"]),
+    ("python/dllm/models/attention.py", "return ragged, cos, sin, None, ragged.lengths",
+     "return ragged, cos, sin, None, torch.full_like(ragged.lengths, tokens.shape[1])", ["test_models"]),
+    ("python/dllm/models/attention.py", "return torch.empty_like(h).scatter_(1, self._index(h), h)",
+     "return h.gather(1, self._index(h))", ["test_models"]),
     # the C++ CPU kernels: tie-breaks, Dream's position temperature, the shifted head, the
     # confidences, top-k / top-p filtering, SUBS, the losses' special entries, attention's dS
     (COMMIT, "(a.key == b.key && a.index < b.index)", "(a.key == b.key && a.index > b.index)", [UNMASK]),

@@ -1,5 +1,7 @@
 """Fast-dLLM's prefix and dual KV caches on dllm's bidirectional models, and cuda_graph=True."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -155,8 +157,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
                                          ("dream", {}), ("dream:origin", {}), ("llada:random", {})])
 def test_cuda_graph_equals_eager(sampler, kw):
     model = make("llada", layers=2).cuda()
-    prompt = torch.randint(0, V - 1, (3, 6), device="cuda")
-    for temperature in (0.0, 1.0):
+    # ragged prompts: the captured step includes the padded batch's move to per-row lengths
+    for prompt, temperature in itertools.product((torch.randint(0, V - 1, (3, 6), device="cuda"), PROMPTS), (0.0, 1.0)):
         outs = []
         for graph in (False, True, True):
             g = torch.Generator(device="cuda").manual_seed(3)

@@ -120,6 +120,40 @@ def test_attention_dispatch_uses_fused_op_where_it_applies(monkeypatch):
     assert torch.count_nonzero(ref) > 0 and len(calls) == 1
 
 
+
+@pytest.mark.parametrize("arch", ["dit", "llada"])
+def test_padded_batches_reach_attention_as_lengths_and_compute_what_the_mask_does(arch, monkeypatch):
+    """Without a KV cache a bidirectional model gives dllm's attention per-row lengths (each row's
+    real tokens moved to its front, their positions kept); with a cache the same batch takes SDPA
+    with a key-padding mask. Logits and gradients agree, whether padding is on the left (as the
+    samplers pad prompts), on the right or in the middle."""
+    torch.manual_seed(0)
+    net = _perturb(build_model(_tiny(arch, **({"kv_heads": 2} if arch == "llada" else {}))))
+    x = torch.randint(0, 49, (4, 19))
+    mask = torch.ones(4, 19, dtype=torch.bool)
+    mask[0, :7] = False
+    mask[1, 12:] = False
+    mask[2, 5:9] = False
+    sigma = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    lengths, fused = [], attn_mod.ops.attention
+
+    def recording(q, k, v, **kw):
+        lengths.append(kw["kv_len"].tolist())
+        return fused(q, k, v, **kw)
+
+    monkeypatch.setattr(attn_mod.ops, "attention", recording)
+    out = net(x, sigma, attention_mask=mask)
+    assert lengths == [[12, 12, 15, 19]] * 2  # one call a layer
+    ref = net(x, sigma, cache=net.new_kv_cache(4, 19), attention_mask=mask)
+    assert len(lengths) == 2
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    params = list(net.parameters())
+    for got, want in zip(torch.autograd.grad(out.square().sum(), params),
+                         torch.autograd.grad(ref.square().sum(), params)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    with pytest.raises(ValueError, match="attention_mask must have the tokens' shape"):
+        net(x, sigma, attention_mask=mask[:, 1:])
+
 def test_cached_decoding_under_autocast_takes_the_fused_op(monkeypatch):
     # On a GPU, bf16 autocast makes q bfloat16 while the AR model's KV cache holds float32 keys; the
     # fused op takes one dtype. Simulated here by letting the op apply on the CPU.

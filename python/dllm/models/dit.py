@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention, key_padding_mask
+from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
 from .layers import (DenoisingKVCache, KVCache, LayerNorm, Rotary, TimestepEmbedder, apply_rotary, cached_causal_mask,
@@ -37,7 +37,7 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.bias)
 
     def forward(self, x, c, cos, sin, *, causal=False, cache: KVCache | DenoisingKVCache | None = None, layer=0,
-                start=0, key_mask: torch.Tensor | None = None):
+                start=0, key_mask: torch.Tensor | None = None, kv_len: torch.Tensor | None = None):
         B, S, _ = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1)
@@ -53,7 +53,7 @@ class DiTBlock(nn.Module):
             if causal_mask is not None:
                 mask = causal_mask if mask is None else mask & causal_mask
             causal = False
-        a = attention(q, k, v, causal=causal, attn_mask=mask).reshape(B, S, -1)
+        a = attention(q, k, v, causal=causal, attn_mask=mask, kv_len=kv_len).reshape(B, S, -1)
         x = x + gate1[:, None] * self.dropout(self.attn_out(a))
         h = modulate(self.norm2(x), shift2, scale2)
         return x + gate2[:, None] * self.dropout(self.mlp(h))
@@ -105,17 +105,20 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         """``x`` holds the tokens at positions ``[start, start + S)``. ``cache``: the autoregressive
         model's :class:`KVCache`, or a :meth:`new_kv_cache` (keys of the whole canvas, see
         :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
-        keys (the keys: x's positions, or every position the cache holds)."""
+        keys (the keys: x's positions, or every position the cache holds); without a cache the
+        bidirectional model hands attention per-row lengths instead (:class:`RaggedBatch`)."""
         B, S = x.shape
         if start + S > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
         h = F.embedding(x, self.vocab_embed)
         c = self._cond(sigma, B, x.device)
-        cos, sin = self.rotary(start, S, x.device)
-        key_mask = key_padding_mask(attention_mask)
+        ragged, cos, sin, key_mask, kv_len = padding_layout(attention_mask, x, self.rotary, start,
+                                                            lengths=cache is None and not self.causal)
+        h = h if ragged is None else ragged.arrange(h)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start, key_mask=key_mask)
-        return self.output_layer(h, c).float()
+            h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start, key_mask=key_mask,
+                    kv_len=kv_len)
+        return self.output_layer(h if ragged is None else ragged.restore(h), c).float()
 
     def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
         """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""

@@ -44,10 +44,15 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(start, start + length, device=device, dtype=torch.float32)
-        freqs = torch.outer(pos, self.inv_freq.to(device))
+        """cos, sin ``[1, length, 1, D]`` of positions ``start .. start + length - 1``."""
+        cos, sin = self.at(torch.arange(start, start + length, device=device))
+        return cos[None], sin[None]
+
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``[*positions.shape, 1, D]`` of integer positions (per row: :class:`RaggedBatch`)."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
         emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]
+        return emb.cos()[..., None, :], emb.sin()[..., None, :]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention, key_padding_mask
+from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
 from .layers import DenoisingKVCache, RMSNorm, Rotary, apply_rotary
@@ -30,7 +30,7 @@ class LLaDABlock(nn.Module):
         self.down_proj = nn.Linear(hid, d, bias=False)
 
     def forward(self, x, cos, sin, *, cache: DenoisingKVCache | None = None, layer=0, start=0,
-                key_mask: torch.Tensor | None = None):
+                key_mask: torch.Tensor | None = None, kv_len: torch.Tensor | None = None):
         B, S, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(B, S, self.heads, self.head_dim)
@@ -39,7 +39,7 @@ class LLaDABlock(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask).reshape(B, S, -1))
+        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask, kv_len=kv_len).reshape(B, S, -1))
         h = self.mlp_norm(x)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 
@@ -69,16 +69,18 @@ class LLaDAModel(PretrainedMixin, nn.Module):
                 start: int = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` holds the tokens at positions ``[start, start + S)``; ``cache`` (from :meth:`new_kv_cache`)
         supplies the keys of the rest of the canvas. ``attention_mask``: bool ``[B, keys]``, False on
-        padded keys (keys are x's positions, or the whole canvas with a cache)."""
+        padded keys (keys are x's positions, or the whole canvas with a cache); without a cache it
+        reaches attention as per-row lengths (:class:`RaggedBatch`)."""
         S = x.shape[1]
         if start + S > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
         h = self.embed(x)
-        cos, sin = self.rotary(start, S, x.device)
-        key_mask = key_padding_mask(attention_mask)
+        ragged, cos, sin, key_mask, kv_len = padding_layout(attention_mask, x, self.rotary, start,
+                                                            lengths=cache is None)
+        h = h if ragged is None else ragged.arrange(h)
         for i, blk in enumerate(self.blocks):
-            h = blk(h, cos, sin, cache=cache, layer=i, start=start, key_mask=key_mask)
-        return self.lm_head(self.norm(h)).float()
+            h = blk(h, cos, sin, cache=cache, layer=i, start=start, key_mask=key_mask, kv_len=kv_len)
+        return self.lm_head(self.norm(h if ragged is None else ragged.restore(h))).float()
 
     def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
         """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""
