@@ -1,7 +1,7 @@
 """Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
 at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
 the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
-for the CUDA kernels. About twenty-five minutes on 2 cores.
+for the CUDA kernels. About ten minutes on 2 cores.
 
     python tests/mutate_cpu.py [INDEX ...]
 
