@@ -12,9 +12,7 @@ shared memory is written again, so removing them changes nothing.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,36 +99,9 @@ MUTANTS = [
 ]
 
 
-def main(selected: list[int]) -> int:
-    missed = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], cwd=ROOT, check=True)
-        try:
-            for i, (path, old, new, tests) in enumerate(MUTANTS):
-                if selected and i not in selected:
-                    continue
-                source = tree / path
-                original = source.read_text()
-                assert old in original, f"mutant {i}: {old!r} is no longer in {path}"
-                source.write_text(original.replace(old, new, 1))
-                pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-                run = subprocess.run([*pytest, "tests/test_cuda_emulated.py", "-k", tests], cwd=tree,
-                                     capture_output=True, text=True)
-                source.write_text(original)
-                if run.returncode < 0:  # an out-of-bounds access can take the process down
-                    summary = f"crashed with signal {-run.returncode}"
-                else:
-                    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-200:]
-                # A failed test or a crash is a catch; an error (the mutant does not compile) or 5
-                # (nothing selected) is not.
-                caught = run.returncode < 0 or (run.returncode == 1 and " failed" in summary and " error" not in summary)
-                missed += not caught
-                print(f"mutant {i} ({path}): {'caught' if caught else 'MISSED'} - {summary}", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
-    return 1 if missed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main([int(a) for a in sys.argv[1:]]))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mutation import run_mutants
+
+    sys.exit(run_mutants(MUTANTS, [int(a) for a in sys.argv[1:]],
+                         pytest_args=lambda tests: ["tests/test_cuda_emulated.py", "-k", tests]))
