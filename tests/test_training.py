@@ -291,7 +291,6 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path,
     assert _losses(tmp_path / "b" / "run") == pytest.approx(_losses(tmp_path / "a" / "run"), rel=1e-6)
 
 
-
 def test_an_ignored_sigint_stays_ignored(tmp_path, corpus, monkeypatch, sigint):
     sigint(signal.SIG_IGN)  # a background job of a non-interactive shell
     seen = []
@@ -304,6 +303,7 @@ def test_an_ignored_sigint_stays_ignored(tmp_path, corpus, monkeypatch, sigint):
     monkeypatch.setattr(Trainer, "train_step", step)
     dllm.train(**tiny(tmp_path, corpus, steps=2))
     assert seen == [signal.SIG_IGN] * 2 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
 
 def test_resume_names_what_differs_and_lets_dropout_change(tmp_path, corpus, caplog):
     dllm.train(**tiny(tmp_path, corpus, steps=2))
