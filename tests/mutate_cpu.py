@@ -135,7 +135,8 @@ MUTANTS = [
 
 def build(tree: Path) -> dict:
     """A CPU-only build of the worktree, its extension and build stamps linked into the sources, so
-    that the tests import the worktree's Python files with the worktree's kernels."""
+    that the tests import the worktree's Python files with the worktree's kernels. (The install into
+    site/ is how pip drives the CMake build into the tree's build folder; that copy goes unused.)"""
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps", "--target",
                     str(tree / "site"), str(tree)], env=dict(os.environ, DLLM_CUDA="OFF"), check=True)
     build_dir = _build_dir(tree)
