@@ -112,6 +112,31 @@ def test_temperature_zero_is_argmax_with_lowest_index_on_ties(device, dtype):
     torch.testing.assert_close(logprob.double(), ref, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("offset, temperature", [(1e6, 1.0), (1e7, 1.0), (1e7, 0.5), (10.0, 1e-6)])
+def test_large_logits_keep_their_distribution_and_logprob(device, offset, temperature):
+    # The kernels temper relative to the row's max: a float32 Gumbel race on raw values of 1e7
+    # rounds the noise to the logits' ulp of 1 (it drew a 0.665 token 0.762 of the time), and
+    # logits near 10 at temperature 1e-6 are values near 1e7 too once divided.
+    torch.manual_seed(8)
+    row = (offset + torch.randint(-6, 1, (29,), dtype=torch.float64) * temperature).float()
+    tokens, logprob = dllm.ops.sample_categorical(row.to(device).expand(1 << 19, 29), temperature)
+    probs = exact_probs(row, temperature)
+    assert chi_square_pvalue(tokens, probs) > P_MIN
+    want = torch.from_numpy(np.log(probs))[tokens.cpu()]
+    assert (logprob.cpu().double() - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45])  # 1 / T overflows float32 below 2.9e-39
+def test_a_tiny_temperature_is_the_greedy_limit_with_ties_drawn_uniformly(device, temperature):
+    row = torch.tensor([-5.0, -3.0, -3.0, -4.0, -90.0, -3.0 - 2**-20], device=device)
+    n = 1 << 16
+    tokens, logprob = dllm.ops.sample_categorical(row.expand(n, 6), temperature)
+    counts = torch.bincount(tokens, minlength=6).cpu()
+    assert counts[[0, 3, 4, 5]].sum() == 0
+    assert abs(counts[1].item() - n / 2) < 4 * (n / 4) ** 0.5
+    torch.testing.assert_close(logprob.cpu(), torch.full((n,), -np.log(2.0), dtype=torch.float32))
+
+
 def test_per_row_temperature_zero_rows_are_greedy(device):
     torch.manual_seed(7)
     logits = torch.randn(64, 300, device=device)

@@ -128,6 +128,20 @@ def test_non_finite_logits_propagate(device):
     assert loss[0].isnan() and loss[1].isfinite()
 
 
+def test_minus_inf_logits_get_exactly_zero_gradient(device):
+    # A banned token (logit -inf) has probability 0, so its gradient is 0, not exp's smallest normal.
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)
+    banned = (torch.arange(11, device=device) % 3 == 1) & (torch.arange(11, device=device) != 10)
+    banned = banned & (torch.nn.functional.one_hot(x0, 11) == 0)
+    logits = logits.masked_fill(banned, float("-inf")).requires_grad_()
+    losses = (dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb"),
+              dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=10))
+    for loss in losses:
+        (grad,) = torch.autograd.grad(loss.sum(), logits)
+        assert loss.isfinite().all() and grad[~banned].abs().sum() > 0
+        assert (grad[banned] == 0).all()
+
+
 @pytest.mark.parametrize(
     "op, change, match",
     [

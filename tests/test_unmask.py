@@ -66,6 +66,40 @@ def test_proposal_confidence_matches_reference(device, dtype, kind, temperature,
         assert (other - want)[masked.cpu()].abs().max() > 1e-2  # the two distributions do differ here
 
 
+@pytest.mark.parametrize("confidence_from", ["model", "proposal"])
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.5, 0.9), (1e-6, 1.0)])
+def test_large_logits_keep_their_distribution_and_confidence(device, confidence_from, temperature, top_p):
+    # Values near 1e7 (raw, or 10 / 1e-6 once tempered): the kernels work relative to the row's
+    # max, where float32 still resolves the noise and the probabilities.
+    V, n = 29, 1 << 18
+    g = torch.Generator().manual_seed(9)
+    offset = 10.0 if temperature < 1e-3 else 1e7
+    row = (offset + torch.randint(-6, 1, (V,), generator=g, dtype=torch.float64) * temperature).float()
+    logits = row.to(device).expand(n, 1, V)
+    x = torch.full((n, 1), MASK, device=device)
+    for kind in ("prob", "margin", "entropy"):
+        x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature, top_p=top_p,
+                                           confidence=kind, confidence_from=confidence_from)
+        probs = ref.filtered_proposal_probs(row, MASK, temperature, top_p=top_p)
+        assert chi_square_pvalue(x0, probs.numpy()) > P_MIN
+        tokens = x0[:64, 0].cpu()
+        rows = row.expand(64, V)
+        want = (ref.proposal_confidence(rows, tokens, MASK, kind, temperature, top_p=top_p)
+                if confidence_from == "proposal" else ref.confidence(rows, tokens, MASK, kind))
+        assert (conf[:64, 0].cpu().double() - want).abs().max() < 1e-5, kind
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-40, 1e-45])  # 1 / T overflows float32 below 2.9e-39
+def test_a_tiny_temperature_proposes_the_top_tokens(device, temperature):
+    row = torch.tensor([-5.0, -3.0, -4.0, -3.0, -90.0, -3.0 - 2**-20, -6.0, 0.0])  # entry 7 is the mask
+    n = 1 << 14
+    x0, conf = dllm.ops.predict_masked(row.to(device).expand(1, n, 8), torch.full((1, n), MASK, device=device),
+                                       mask_id=MASK, temperature=temperature)
+    counts = torch.bincount(x0[0], minlength=8).cpu()
+    assert counts[1] + counts[3] == n and abs(counts[1].item() - n / 2) < 4 * (n / 4) ** 0.5
+    torch.testing.assert_close(conf.cpu(), ref.confidence(row.expand(1, n, 8), x0.cpu(), MASK, "prob").float())
+
+
 def test_large_vocab_greedy(device):
     logits, x = masked_batch(1, 5, 126464, device, torch.bfloat16)
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
@@ -178,6 +212,18 @@ def test_prob_commit_is_bernoulli(device):
     for b, q in ((1, 0.1), (2, 0.5)):
         assert abs(committed[b].item() - q * L) < 4 * (L * q * (1 - q)) ** 0.5
     assert torch.equal(committed, (x != MASK).sum(-1))
+
+
+def test_prob_commit_is_exact_for_tiny_probabilities(device):
+    # A 24-bit uniform commits with probability 2^-24 (6e-8) at any p below it: 16 commits
+    # expected over these 2^28 positions at p = 1e-9, where 0.27 are due.
+    B, L = 16, 1 << 20
+    x0 = torch.zeros(B, L, dtype=torch.int64, device=device)
+    conf = torch.zeros(B, L, device=device)
+    g = torch.Generator(device).manual_seed(10)
+    committed = sum(int(dllm.ops.commit_tokens(torch.full((B, L), MASK, device=device), x0, conf, mask_id=MASK,
+                                               prob=1e-9, generator=g).sum()) for _ in range(16))
+    assert committed <= 3
 
 
 def test_position_temperature_draws_without_replacement(device):

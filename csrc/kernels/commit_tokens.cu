@@ -89,9 +89,9 @@ __global__ void __launch_bounds__(kCommitThreads) commit_tokens_kernel(CommitPar
 
     int64_t committed = 0;
     if (p.rule == CommitRule::kProb) {
-      const float prob = p.prob[b];
+      const double prob = p.prob[b];
       for (int64_t i = start + threadIdx.x; i < end; i += kCommitThreads)
-        if (x[i] == p.mask_id && uniform_at(seed, offset, uint64_t(b), uint64_t(i), RngStream::kUniform) < prob)
+        if (x[i] == p.mask_id && uniform53_at(seed, offset, uint64_t(b), uint64_t(i), RngStream::kUniform) < prob)
           x[i] = x0[i], ++committed;
     } else if (p.rule == CommitRule::kThreshold) {
       ArgMax mine{-kInf, INT64_MAX};

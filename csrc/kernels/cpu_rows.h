@@ -68,12 +68,11 @@ struct Loader<DType::kFloat16> {
   static T store(float v) { return float_to_fp16(v); }
 };
 
-// Converts a row to float32 times `scale`; returns false if any value is NaN or +inf after
-// scaling (a tiny temperature can overflow a finite logit).
+// Converts a row to float32; returns false if any value is NaN or +inf.
 template <DType D>
-bool load_row(const void* row, int64_t n, float scale, float* out) {
+bool load_row(const void* row, int64_t n, float* out) {
   const auto* src = static_cast<const typename Loader<D>::T*>(row);
-  for (int64_t i = 0; i < n; ++i) out[i] = Loader<D>::load(src[i]) * scale;
+  for (int64_t i = 0; i < n; ++i) out[i] = Loader<D>::load(src[i]);
   int32_t bad = 0;
   for (int64_t i = 0; i < n; ++i) bad |= !(out[i] < kInf);
   return bad == 0;
@@ -118,22 +117,32 @@ inline int64_t argmax_of(const float* x, int64_t n) {
   return i;
 }
 
-// log(sum(exp(x[0..n)))) given m = max(x); -inf when every entry is -inf.
-inline float log_sum_exp(const float* x, int64_t n, float m) {
+// out[i] = (x[i] - m) * scale: the tempered log-weights of dllm/sample_categorical.h.
+inline void temper(const float* x, int64_t n, float m, float scale, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - m) * scale;
+}
+
+// log(sum(exp((x[0..n) - m) * scale))) given m = max(x): relative to the max, so that a row of
+// large values keeps its precision; -inf when every entry is -inf.
+inline float log_sum_exp_above(const float* x, int64_t n, float m, float scale = 1.0f) {
   if (m == -kInf) return -kInf;
   // Double accumulators: a float sum that holds the maximum's 1 rounds away most of each tiny
   // tail term added to it, and the tail's total mass is what rare-token probabilities hinge on.
   double acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += exp_poly(x[i + k] - m);
-  for (; i < n; ++i) acc[0] += exp_poly(x[i] - m);
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += exp_poly((x[i + k] - m) * scale);
+  for (; i < n; ++i) acc[0] += exp_poly((x[i] - m) * scale);
   double sum = 0.0;
   for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
-  return m + float(std::log(sum));
+  return float(std::log(sum));
 }
 
-inline float log_sum_exp(const float* x, int64_t n) { return log_sum_exp(x, n, max_of(x, n)); }
+// log(sum(exp(x[0..n)))); -inf when every entry is -inf.
+inline float log_sum_exp(const float* x, int64_t n) {
+  const float m = max_of(x, n);
+  return m + log_sum_exp_above(x, n, m);
+}
 
 // Gumbel noise of logical indices [2 pair0, 2 pair0 + 16) of `row` in `stream`: the values
 // gumbel_at gives, from eight independent Philox calls and sixteen branch-free noise
@@ -181,30 +190,34 @@ inline int64_t gumbel_argmax(const float* logw, int64_t n, uint64_t seed, uint64
 
 inline int64_t num_groups(int64_t vocab) { return (vocab + kCategoricalGroup - 1) / kCategoricalGroup; }
 
-// Log-mass of every group of kCategoricalGroup entries of y.
-inline void group_log_sums(const float* y, int64_t vocab, float* group_lse) {
+// Log-mass of every group of kCategoricalGroup entries of the tempered row (v - m) * scale (m:
+// the row's max), read from v: the tempered row is never written out.
+inline void group_log_sums(const float* v, int64_t vocab, float m, float scale, float* group_lse) {
   for (int64_t g = 0; g < num_groups(vocab); ++g) {
-    const int64_t lo = g * kCategoricalGroup;
-    group_lse[g] = log_sum_exp(y + lo, std::min(kCategoricalGroup, vocab - lo));
+    const int64_t lo = g * kCategoricalGroup, n = std::min(kCategoricalGroup, vocab - lo);
+    const float group_max = max_of(v + lo, n);
+    group_lse[g] = group_max == -kInf ? -kInf : (group_max - m) * scale + log_sum_exp_above(v + lo, n, group_max, scale);
   }
 }
 
-// One exact draw from softmax(y) by the hierarchical Gumbel-max of dllm/sample_categorical.h,
-// given the group log-masses; the caller guarantees a finite entry.
-inline int64_t draw_hierarchical(const float* y, int64_t vocab, const float* group_lse, uint64_t seed,
-                                 uint64_t offset, int64_t row) {
+// One exact draw from softmax((v - m) * scale) by the hierarchical Gumbel-max of
+// dllm/sample_categorical.h, given the group log-masses; the caller guarantees a finite entry.
+inline int64_t draw_hierarchical(const float* v, int64_t vocab, const float* group_lse, float m, float scale,
+                                 uint64_t seed, uint64_t offset, int64_t row) {
   const int64_t group = gumbel_argmax(group_lse, num_groups(vocab), seed, offset, row, 0, RngStream::kGroup);
   const int64_t lo = group * kCategoricalGroup;
   const int64_t n = std::min(kCategoricalGroup, vocab - lo);
+  float y[kCategoricalGroup];  // the chosen group, tempered
+  temper(v + lo, n, m, scale, y);
   float sub_lse[kSubgroupsPerGroup];
   const int64_t subgroups = (n + kCategoricalSubgroup - 1) / kCategoricalSubgroup;
   for (int64_t s = 0; s < subgroups; ++s)
-    sub_lse[s] = log_sum_exp(y + lo + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
+    sub_lse[s] = log_sum_exp(y + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
   const int64_t sub = gumbel_argmax(sub_lse, subgroups, seed, offset, row, group * kSubgroupsPerGroup,
                                     RngStream::kSubgroup);
-  const int64_t first = lo + sub * kCategoricalSubgroup;
-  return first + gumbel_argmax(y + first, std::min(kCategoricalSubgroup, vocab - first), seed, offset, row, first,
-                               RngStream::kElement);
+  const int64_t first = sub * kCategoricalSubgroup;
+  return lo + first + gumbel_argmax(y + first, std::min(kCategoricalSubgroup, n - first), seed, offset, row,
+                                    lo + first, RngStream::kElement);
 }
 
 // Keeps the lowest encoded error, (row << 2) | status, across calls.

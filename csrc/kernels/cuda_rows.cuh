@@ -127,11 +127,13 @@ struct MaxSum {
   float m, s;
 };
 
-__device__ inline MaxSum merge(MaxSum a, MaxSum b) {
+// s is a sum of exp((v - m) * scale) over values v of max m; scale is 1 but for the tempered sums
+// of sample_categorical, which keep the raw max.
+__device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
   const float m = fmaxf(a.m, b.m);
   if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * __expf(a.m - m);
-  const float sb = b.m == -kInf ? 0.0f : b.s * __expf(b.m - m);
+  const float sa = a.m == -kInf ? 0.0f : a.s * __expf((a.m - m) * scale);
+  const float sb = b.m == -kInf ? 0.0f : b.s * __expf((b.m - m) * scale);
   return {m, sa + sb};
 }
 
@@ -164,10 +166,10 @@ __device__ inline ArgMax block_argmax(ArgMax a, ArgMax* scratch) {
   return warp_argmax(a);
 }
 
-__device__ inline MaxSum warp_max_sum(MaxSum a) {
+__device__ inline MaxSum warp_max_sum(MaxSum a, float scale = 1.0f) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1)
-    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)});
+    a = merge(a, MaxSum{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.s, o)}, scale);
   return a;
 }
 

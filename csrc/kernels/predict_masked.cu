@@ -35,8 +35,10 @@ struct RowStats {
       if (m == -kInf) {
         s = t = 0.0f;
       } else {
+        // f == 0 skips the product: at a tiny temperature m - v reaches -3.4e38, and times s it
+        // would overflow to -inf, and 0 * -inf is NaN.
         const float f = __expf(m - v);
-        t = f * (t + (m - v) * s);
+        t = f == 0.0f ? 0.0f : f * (t + (m - v) * s);
         s *= f;
       }
       m = v;
@@ -58,10 +60,11 @@ struct RowStats {
     if (r.m != -kInf) {
       const float fa = a.m == -kInf ? 0.0f : __expf(a.m - r.m);
       const float fb = b.m == -kInf ? 0.0f : __expf(b.m - r.m);
+      auto rescaled_t = [&r](const RowStats& x, float f) {
+        return f == 0.0f ? 0.0f : f * (x.t + (x.m - r.m) * x.s);
+      };
       r.s = a.s * fa + b.s * fb;
-      r.t = fa * (a.t + (a.m - r.m) * a.s) + fb * (b.t + (b.m - r.m) * b.s);
-      if (a.m == -kInf) r.t = b.t * fb;
-      if (b.m == -kInf) r.t = a.t * fa;
+      r.t = rescaled_t(a, fa) + rescaled_t(b, fb);
     }
     r.best = better(a.best, b.best);
     const float loser = (r.best.i == a.best.i) ? b.best.v : a.best.v;
@@ -135,29 +138,30 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const RowStats st = block_stats(mine, sm.stats);
   if (st.bad) return fail(kNonFinite);
   if (st.m == -kInf) return fail(kAllMinusInf);
-  const float lse = st.m + __logf(st.s);
   int64_t token = st.best.i;
 
   const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
   const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
   const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
-  uint32_t tau = 0;                        // filtering keeps values whose ordered key is >= tau
-  float conf_scale = 1.0f, conf_lse = lse;  // the confidence's distribution: softmax(v * conf_scale)
+  uint32_t tau = 0;  // filtering keeps values whose ordered key is >= tau
+  // The confidence's distribution: softmax((v - st.m) * conf_scale), whose log-sum-exp is conf_lse.
+  float conf_scale = 1.0f, conf_lse = __logf(st.s);
   RowStats kept;                           // proposal_entropy: the kept tempered values
   if (p.temperature > 0.0f || (proposal_scored && filtered)) {
-    const float scale = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
+    const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
     const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
-    auto weight = [&](int64_t idx, float v) { return (idx == mask || ordered_key(v) < tau) ? -kInf : v * scale; };
-    // Pass B: tempered group log-masses, one warp per group.
+    // The tempered log-weights of dllm/sample_categorical.h (relative to the row's max).
+    auto weight = [&](int64_t idx, float v) {
+      return (idx == mask || ordered_key(v) < tau) ? -kInf : (v - st.m) * scale;
+    };
+    // Pass B: tempered group log-masses, one warp per group; its last barrier publishes them.
     auto group_pass = [&](bool track_kept) {
-      bool overflow = false;
       for (int64_t g = warp; g < groups; g += kWarps) {
         const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
         float m = -kInf, s = 0.0f;
         for_elements(view, lo, hi, lane, 32, [&](int64_t idx, float v) {
           const float y = weight(idx, v);
-          overflow |= y == kInf;
-          if (y == -kInf || y == kInf) return;
+          if (y == -kInf) return;
           if (y > m) s = m == -kInf ? 0.0f : s * __expf(m - y), m = y;
           s += __expf(y - m);
           if (track_kept) kept.add(y, idx);
@@ -165,9 +169,9 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         const MaxSum acc = warp_max_sum(MaxSum{m, s});
         if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
       }
-      return __syncthreads_or(overflow) != 0;
+      __syncthreads();
     };
-    if (group_pass(proposal_entropy && !filtered)) return fail(kNonFinite);
+    group_pass(proposal_entropy && !filtered);
     if (filtered) {
       MaxSum tot{-kInf, 0.0f};
       for (int64_t g = threadIdx.x; g < groups; g += kThreads) tot = merge(tot, MaxSum{group_lse[g], 1.0f});
@@ -186,7 +190,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
           if ((key & high) != (prefix & high)) return;
           const int d = (key >> shift) & 255;
           atomicAdd(&sm.count[d], 1u);
-          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf(v * scale - lse_t))));
+          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf((v - st.m) * scale - lse_t))));
         });
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -216,9 +220,9 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     const bool second_kept = st.second != -kInf && !(proposal_scored && ordered_key(st.second) < tau);
     float conf = 0.0f;
     switch (p.confidence) {
-      case Confidence::kProb: conf = __expf(view.at(token) * conf_scale - conf_lse); break;
+      case Confidence::kProb: conf = __expf((view.at(token) - st.m) * conf_scale - conf_lse); break;
       case Confidence::kMargin:
-        conf = __expf(st.m * conf_scale - conf_lse) - (second_kept ? __expf(st.second * conf_scale - conf_lse) : 0.0f);
+        conf = __expf(-conf_lse) - (second_kept ? __expf((st.second - st.m) * conf_scale - conf_lse) : 0.0f);
         break;
       case Confidence::kEntropy:
         conf = proposal_entropy ? kept.t / kept.s - __logf(kept.s) : st.t / st.s - __logf(st.s);

@@ -37,21 +37,23 @@ void apply_filter(const float* v, float* y, int64_t vocab, float lse, int64_t to
     if (ordered_key(v[j]) < level.prefix) y[j] = -kInf;
 }
 
-float confidence_of(Confidence kind, const float* v, int64_t vocab, int64_t token, float m, float lse,
+// The confidence under softmax((v - m) * scale), given m = max(v) and log_s = log(sum(exp((v - m)
+// * scale))): relative to the max, so that logits of any size keep float32's precision.
+float confidence_of(Confidence kind, const float* v, int64_t vocab, int64_t token, float m, float scale, float log_s,
                     int64_t greedy, uint64_t seed, uint64_t offset, int64_t position) {
   switch (kind) {
-    case Confidence::kProb: return std::exp(v[token] - lse);
+    case Confidence::kProb: return std::exp((v[token] - m) * scale - log_s);
     case Confidence::kMargin: {
       float second = -kInf;
       for (int64_t j = 0; j < vocab; ++j)
         if (j != greedy && v[j] > second) second = v[j];
-      return std::exp(m - lse) - (second == -kInf ? 0.0f : std::exp(second - lse));
+      return std::exp(-log_s) - (second == -kInf ? 0.0f : std::exp((second - m) * scale - log_s));
     }
     case Confidence::kEntropy: {
-      // sum p log p, with log p = (v - m) - log S and S = sum exp(v - m).
+      // sum p log p, with log p = d - log S, d = (v - m) * scale and S = sum exp(d).
       double s = 0.0, t = 0.0;  // double sums: cheap on a CPU, and this is a difference of sums
       for (int64_t j = 0; j < vocab; ++j) {
-        const float d = std::max(v[j] - m, -87.0f);  // -inf entries contribute ~0, not NaN
+        const float d = std::max((v[j] - m) * scale, -87.0f);  // -inf entries contribute ~0, not NaN
         const float e = exp_poly(d);
         s += e;
         t += double(e) * d;
@@ -76,7 +78,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     if (token_in != p.mask_id) continue;
     const int64_t b = pos / p.length, i = pos % p.length;
     const int64_t src = b * p.length + std::max<int64_t>(i - p.logits_shift, 0);
-    if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, 1.0f, v.data())) {
+    if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, v.data())) {
       note_error(first_error, pos, kNonFinite);
       continue;
     }
@@ -91,46 +93,37 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
     const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab) : -1;
     int64_t token = greedy;
-    float tempered_lse = kNaN;  // of the tempered row before filtering
-    // The confidence's distribution: softmax of `scored`, whose max and log-sum-exp these are.
+    // The confidence's distribution: softmax((scored - scored_max) * scored_scale), whose
+    // log-sum-exp is scored_log_s.
     const float* scored = v.data();
-    float scored_max = m, scored_lse = kNaN;
+    float scored_max = m, scored_scale = 1.0f, scored_log_s = kNaN;
     if (p.temperature > 0.0f || (proposal_scored && filtered)) {
-      // The tempered row (untempered at temperature 0, for filtering alone) is v itself at scale 1,
-      // drawn from in place unless filtering has to edit it.
-      const float scale = p.temperature > 0.0f ? 1.0f / p.temperature : 1.0f;
-      float* tempered = v.data();
-      if (scale != 1.0f || filtered) {
-        int32_t bad = 0;
-        for (int64_t j = 0; j < vocab; ++j) {
-          y[j] = v[j] * scale;
-          bad |= y[j] == kInf;
-        }
-        if (bad) {
-          note_error(first_error, pos, kNonFinite);
-          continue;
-        }
-        tempered = y.data();
-      }
-      group_log_sums(tempered, vocab, group_lse.data());
-      tempered_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
+      // The proposal's distribution: softmax((w - w_max) * w_scale), the tempered row (untempered
+      // at temperature 0, for filtering alone), written out only when filtering edits it.
+      const float* w = v.data();
+      float w_max = m, w_scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
+      group_log_sums(v.data(), vocab, m, w_scale, group_lse.data());
+      const float tempered_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
+      float w_lse = tempered_lse;
       if (filtered) {
-        apply_filter(v.data(), tempered, vocab, tempered_lse, p.top_k, p.top_p);
-        group_log_sums(tempered, vocab, group_lse.data());
+        temper(v.data(), vocab, m, w_scale, y.data());
+        apply_filter(v.data(), y.data(), vocab, tempered_lse, p.top_k, p.top_p);
+        w = y.data(), w_max = 0.0f, w_scale = 1.0f;
+        group_log_sums(w, vocab, w_max, w_scale, group_lse.data());
+        w_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
       }
-      if (p.temperature > 0.0f) token = draw_hierarchical(tempered, vocab, group_lse.data(), p.rng.seed, p.rng.offset, pos);
+      if (p.temperature > 0.0f)
+        token = draw_hierarchical(w, vocab, group_lse.data(), w_max, w_scale, p.rng.seed, p.rng.offset, pos);
       if (proposal_scored) {
-        scored = tempered;
-        scored_max = m * scale;
-        scored_lse = filtered ? log_sum_exp(group_lse.data(), num_groups(vocab)) : tempered_lse;
+        scored = w, scored_max = w_max, scored_scale = w_scale, scored_log_s = w_lse;
+      } else if (p.temperature == 1.0f && !filtered) {
+        scored_log_s = tempered_lse;  // the untempered row's, already known
       }
     }
-    // Otherwise the confidence is under the untempered softmax, whose log-sum-exp is known already
-    // at temperature 1.
-    if (std::isnan(scored_lse)) scored_lse = p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m);
+    if (std::isnan(scored_log_s)) scored_log_s = log_sum_exp_above(v.data(), vocab, m);
     p.x0[pos] = token;
-    p.conf[pos] = confidence_of(p.confidence, scored, vocab, token, scored_max, scored_lse, greedy, p.rng.seed,
-                                p.rng.offset, pos);
+    p.conf[pos] = confidence_of(p.confidence, scored, vocab, token, scored_max, scored_scale, scored_log_s, greedy,
+                                p.rng.seed, p.rng.offset, pos);
   }
   return first_error;
 }

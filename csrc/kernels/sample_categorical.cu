@@ -37,21 +37,24 @@ struct Scratch {
 };
 
 // One row by the whole block. Every early return is taken by all threads together.
+// group_lw holds 2 x groups floats: the groups' log-masses, then their raw maxima.
 template <DType D>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
-                           float* group_lse, Scratch& scratch) {
+                           float* group_lw, Scratch& scratch) {
   constexpr int kVec = Vec<D>::kSize;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t vocab = p.vocab;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  float* group_max = group_lw + groups;
 
   const float temperature = p.temperature ? p.temperature[r] : p.scalar_temperature;
   if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
   const bool greedy = temperature == 0.0f;
-  const float scale = greedy ? 1.0f : 1.0f / temperature;
+  const float scale = greedy ? 1.0f : inverse_temperature(temperature);
   const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes, vocab);
 
-  // Pass 1: per-group log-sum-exp (and the argmax when greedy), one warp per group.
+  // Pass 1, one warp per group: its raw max and sum of exp((v - max) * scale) (the row's max is
+  // not known yet), and the argmax when greedy.
   ArgMax best{-kInf, INT64_MAX};
   bool bad = false;
   for (int64_t g = warp; g < groups; g += kWarps) {
@@ -60,10 +63,10 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
     const auto split = view.split(lo, hi);
     MaxSum acc{-kInf, 0.0f};
     auto element = [&](int64_t idx) {  // one outside the row's whole chunks
-      const float y = view.at(idx) * scale;
-      bad |= !(y < kInf);
-      if (greedy && y > best.v) best = ArgMax{y, idx};
-      acc = merge(acc, MaxSum{y, 1.0f});
+      const float v = view.at(idx);
+      bad |= !(v < kInf);
+      if (greedy && v > best.v) best = ArgMax{v, idx};
+      acc = merge(acc, MaxSum{v, 1.0f}, scale);
     };
 #pragma unroll 1
     for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);
@@ -73,7 +76,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
         if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
-      float y[kUnroll][kVec];
+      float v[kUnroll][kVec];
       float m = -kInf;
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
@@ -81,10 +84,10 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
         for (int j = 0; j < kVec; ++j) {
           const int64_t idx = view.index(c0 + 32 * u, j);
           const bool valid = c0 + 32 * u < c_end && idx >= lo && idx < hi;
-          y[u][j] = valid ? Vec<D>::get(raw[u], j) * scale : -kInf;
-          bad |= valid && !(y[u][j] < kInf);  // NaN, +inf, or overflow by a tiny temperature
-          m = fmaxf(m, y[u][j]);
-          if (greedy && y[u][j] > best.v) best = ArgMax{y[u][j], idx};
+          v[u][j] = valid ? Vec<D>::get(raw[u], j) : -kInf;
+          bad |= valid && !(v[u][j] < kInf);  // NaN or +inf
+          m = fmaxf(m, v[u][j]);
+          if (greedy && v[u][j] > best.v) best = ArgMax{v[u][j], idx};
         }
       }
       if (m == -kInf) continue;
@@ -92,40 +95,48 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) s += __expf(y[u][j] - m);
-      acc = merge(acc, MaxSum{m, s});
+        for (int j = 0; j < kVec; ++j) s += __expf((v[u][j] - m) * scale);
+      acc = merge(acc, MaxSum{m, s}, scale);
     }
 #pragma unroll 1
     for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);
-    acc = warp_max_sum(acc);
-    if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
+    acc = warp_max_sum(acc, scale);
+    if (lane == 0) group_max[g] = acc.m, group_lw[g] = __logf(acc.s);
   }
-  // Also the barrier that publishes group_lse.
+  // Also the barrier that publishes group_lw and group_max.
   if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);
   if (greedy) best = block_argmax(best, scratch.argmax);
 
+  // The groups' log-masses relative to the row's max, the tempered log-weights of
+  // dllm/sample_categorical.h.
+  ArgMax top{-kInf, INT64_MAX};
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) top = better(top, ArgMax{group_max[g], g});
+  const float row_max = block_argmax(top, scratch.argmax).v;
+  if (row_max == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
   MaxSum row{-kInf, 0.0f};
-  for (int64_t g = threadIdx.x; g < groups; g += kThreads) row = merge(row, MaxSum{group_lse[g], 1.0f});
-  row = block_max_sum(row, scratch.maxsum);
-  if (row.m == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
+    group_lw[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + group_lw[g];
+    row = merge(row, MaxSum{group_lw[g], 1.0f});
+  }
+  row = block_max_sum(row, scratch.maxsum);  // its barriers also publish group_lw
   const float row_lse = row.m + __logf(row.s);
 
-  if (!greedy) {
-    best.i = draw_hierarchical(view, vocab, group_lse, [scale](int64_t, float v) { return v * scale; }, seed, offset,
-                               uint64_t(r), scratch.argmax, scratch.subgroup_lse);
-  }
-  write_row(p, r, best.i, view.at(best.i) * scale - row_lse, kCategoricalOk);
+  auto log_weight = [row_max, scale](int64_t, float v) { return (v - row_max) * scale; };
+  if (!greedy)
+    best.i = draw_hierarchical(view, vocab, group_lw, log_weight, seed, offset, uint64_t(r), scratch.argmax,
+                               scratch.subgroup_lse);
+  write_row(p, r, best.i, log_weight(best.i, view.at(best.i)) - row_lse, kCategoricalOk);
 }
 
 template <DType D>
 __global__ void __launch_bounds__(kThreads) sample_categorical_kernel(CategoricalParams p) {
-  extern __shared__ float group_lse[];
+  extern __shared__ float group_lw[];
   __shared__ Scratch scratch;
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    sample_row<D>(p, r, seed, offset, group_lse, scratch);
-    __syncthreads();  // group_lse and the scratch arrays are reused by the next row
+    sample_row<D>(p, r, seed, offset, group_lw, scratch);
+    __syncthreads();  // group_lw and the scratch arrays are reused by the next row
   }
 }
 
@@ -134,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) sample_categorical_kernel(Categorica
 void sample_categorical_cuda(const CategoricalParams& p, void* stream) {
   if (p.rows == 0) return;
   const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
-  const size_t smem = size_t(groups) * sizeof(float);
+  const size_t smem = 2 * size_t(groups) * sizeof(float);
   const unsigned grid = unsigned(p.rows < 2147483647 ? p.rows : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {

@@ -12,7 +12,7 @@ using namespace cpu;
 template <DType D>
 int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_end) {
   const size_t elem = D == DType::kFloat32 ? 4 : 2;
-  std::vector<float> y(p.vocab), group_lse(num_groups(p.vocab));
+  std::vector<float> v(p.vocab), group_lse(num_groups(p.vocab));
   int64_t first_error = kNoError;
   for (int64_t r = row_begin; r < row_end; ++r) {
     p.tokens[r] = -1;
@@ -23,22 +23,23 @@ int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_e
       continue;
     }
     const bool greedy = temperature == 0.0f;
-    // Temperature 0 reports the log-probability under the untempered softmax.
-    if (!load_row<D>(static_cast<const char*>(p.logits) + r * p.row_stride * elem, p.vocab,
-                     greedy ? 1.0f : 1.0f / temperature, y.data())) {
+    if (!load_row<D>(static_cast<const char*>(p.logits) + r * p.row_stride * elem, p.vocab, v.data())) {
       note_error(first_error, r, kNonFinite);
       continue;
     }
-    group_log_sums(y.data(), p.vocab, group_lse.data());
-    const float row_lse = log_sum_exp(group_lse.data(), num_groups(p.vocab));
-    if (row_lse == -kInf) {
+    const float m = max_of(v.data(), p.vocab);
+    if (m == -kInf) {
       note_error(first_error, r, kAllMinusInf);
       continue;
     }
-    const int64_t token = greedy ? argmax_of(y.data(), p.vocab)
-                                 : draw_hierarchical(y.data(), p.vocab, group_lse.data(), p.rng.seed, p.rng.offset, r);
+    // Temperature 0 reports the log-probability under the untempered softmax.
+    const float scale = greedy ? 1.0f : inverse_temperature(temperature);
+    group_log_sums(v.data(), p.vocab, m, scale, group_lse.data());
+    const int64_t token = greedy ? argmax_of(v.data(), p.vocab)
+                                 : draw_hierarchical(v.data(), p.vocab, group_lse.data(), m, scale, p.rng.seed,
+                                                     p.rng.offset, r);
     p.tokens[r] = token;
-    p.logprob[r] = y[token] - row_lse;
+    p.logprob[r] = (v[token] - m) * scale - log_sum_exp(group_lse.data(), num_groups(p.vocab));
   }
   return first_error;
 }

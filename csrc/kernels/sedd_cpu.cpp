@@ -124,7 +124,7 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
     } else {
       const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, p.sigma[b], p.dsig[b], K);
       const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
-      if (!load_row<D>(row, K, 1.0f, buf.data())) {
+      if (!load_row<D>(row, K, buf.data())) {
         status = kSeddNonFinite;
       } else {
         buf[x] = -kInf;  // x's own log-score is fixed at 0: handled as the extra candidate

@@ -43,7 +43,8 @@ def sample_categorical(
             (a slice of a larger tensor is read in place); a last dimension that is not contiguous
             is copied first. ``-inf`` entries are never drawn.
         temperature: a float, or a float tensor of shape ``logits.shape[:-1]`` (one per row) or
-            with one element. ``0`` means argmax, ties going to the lowest index. Default 1.
+            with one element. ``0`` means argmax, ties going to the lowest index; any positive
+            temperature, however small, samples (a tiny one draws among the tied maxima). Default 1.
         generator: a ``torch.Generator`` on the logits' device; default: torch's default one.
 
     Returns:
@@ -55,7 +56,9 @@ def sample_categorical(
     The draw is exact in distribution, tails included: Gumbel noise comes from 64-bit uniforms
     (float32 noise from 24-bit uniforms truncates the tail and acts as a lower temperature,
     arXiv:2409.02908), and a grouped Gumbel-max spends random numbers on about
-    ``V / 2048 + 8 + 256`` entries per row instead of ``V``. No ``[..., V]`` temporary is allocated.
+    ``V / 2048 + 8 + 256`` entries per row instead of ``V``. The kernels work with
+    ``(logits - max) / temperature``, so adding a constant to a row changes nothing, however large
+    the logits or ``1 / temperature``. No ``[..., V]`` temporary is allocated.
 
     Raises ``ValueError`` for a row with NaN or ``+inf`` logits, a row that is all ``-inf``, or a
     negative or non-finite temperature. On CUDA that check synchronises with the device; inside
@@ -176,7 +179,8 @@ def commit_tokens(
     - ``threshold`` (float): every eligible position with ``conf >= threshold``, and always the
       most confident one, so each step makes progress (Fast-dLLM parallel decoding).
     - ``prob`` (float ``[B]``, or a float or 0-d tensor for every row): each eligible position
-      independently with this probability (MDLM's ancestral step, Dream's ``origin``).
+      independently with this probability (MDLM's ancestral step, Dream's ``origin``), compared
+      with a 53-bit uniform so that tiny probabilities (steep schedules) stay exact.
 
     Args:
         x: int64 ``[B, L]``, contiguous; committed positions get ``x0``'s token.

@@ -55,10 +55,11 @@ DLLM_HD float fp16_to_float(uint16_t h) {
 // exp(x) for x <= ~0 by range reduction and a degree-6 polynomial for 2^f, |f| <= 1/2.
 // Written as plain arithmetic so GCC vectorises it at -O3 (libm's expf does not vectorise
 // without -ffast-math, which would also break our inf/NaN checks). Relative error < 2e-7.
-// x below -87.3 (and -inf) returns 2^-126 instead of 0: harmless inside a sum that
-// always contains exp(0) = 1.
+// x below -87.3 (and -inf) returns 0, flushing the float32 normals' bottom binade: a gradient
+// of a -inf logit is exactly 0.
 DLLM_HD float exp_poly(float x) {
-  x = x < -87.3f ? -87.3f : x;
+  const bool underflow = x < -87.3f;
+  x = underflow ? -87.3f : x;
   const float t = x * 1.4426950408889634f;
   const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
   const float f = t - n;
@@ -70,7 +71,7 @@ DLLM_HD float exp_poly(float x) {
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.0f;
   const int32_t e = int32_t(n) + 127;
-  return p * bits_to_float(uint32_t(e) << 23);
+  return underflow ? 0.0f : p * bits_to_float(uint32_t(e) << 23);
 }
 
 }  // namespace dllm

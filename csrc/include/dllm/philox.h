@@ -135,6 +135,19 @@ DLLM_HD float uniform_at(uint64_t seed, uint64_t offset, uint64_t row, uint64_t 
   return float(((index & 1) ? r.z : r.x) >> 8) * 5.9604644775390625e-8f;
 }
 
+// Uniform on (0, 1) from 64 random bits: the midpoints of a 2^-53 grid, so that `u < p` holds
+// with probability p to within 2^-53 however small p is (24 bits would round any p below 2^-24
+// up to 2^-24).
+DLLM_HD double uniform53_from_bits(uint32_t lo, uint32_t hi) {
+  return (double(((uint64_t(hi) << 32) | lo) >> 11) + 0.5) * 1.1102230246251565e-16;
+}
+
+// The 53-bit uniform of logical `index` of `row` in `stream`.
+DLLM_HD double uniform53_at(uint64_t seed, uint64_t offset, uint64_t row, uint64_t index, RngStream stream) {
+  const U32x4 r = philox_pair(seed, offset, row, uint32_t(index >> 1), stream);
+  return (index & 1) ? uniform53_from_bits(r.z, r.w) : uniform53_from_bits(r.x, r.y);
+}
+
 // The Gumbel noise of logical `index` of `row` in `stream`.
 DLLM_HD float gumbel_at(uint64_t seed, uint64_t offset, uint64_t row, uint64_t index, RngStream stream) {
   const U32x4 r = philox_pair(seed, offset, row, uint32_t(index >> 1), stream);

@@ -40,6 +40,16 @@ struct CategoricalParams {
   int64_t* first_error = nullptr;  // CUDA only: one int64 preset to kNoError, atomically lowered
 };
 
+// Every kernel tempers logits as (v - max) * inverse_temperature(T): log-weights relative to the
+// row's max stay small numbers near it, so float32 resolves them (and the Gumbel noise added to
+// them) however large the logits or 1/T are. 1/T is capped at float's largest value: past it (a
+// subnormal T) every value below the max goes to -inf and ties at the max are drawn uniformly,
+// the limit T -> 0 reaches.
+DLLM_HD float inverse_temperature(float temperature) {
+  const float s = 1.0f / temperature;
+  return s < 3.4028234663852886e38f ? s : 3.4028234663852886e38f;
+}
+
 // Rows [row_begin, row_end) on the calling thread; returns the lowest encoded error or kNoError.
 int64_t sample_categorical_cpu(const CategoricalParams& p, int64_t row_begin, int64_t row_end);
 

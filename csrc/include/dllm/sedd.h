@@ -255,9 +255,7 @@ DLLM_HD uint64_t mulhi64(uint64_t a, uint64_t b) {
 // The move test compares a 53-bit uniform in double, so small move probabilities are exact;
 // the replacement token is floor(v * K / 2^64) of a 64-bit v (bias below K / 2^64).
 DLLM_HD int64_t transition_token(SeddGraph graph, int64_t x0, int64_t vocab, double sigma, U32x4 bits) {
-  const uint64_t u = (uint64_t(bits.y) << 32) | bits.x;
-  const double uniform = (double(u >> 11) + 0.5) * 1.1102230246251565e-16;  // 2^-53
-  if (!(uniform < -expm1(-sigma))) return x0;
+  if (!(uniform53_from_bits(bits.x, bits.y) < -expm1(-sigma))) return x0;
   if (graph == SeddGraph::kAbsorb) return vocab - 1;
   return int64_t(mulhi64((uint64_t(bits.w) << 32) | bits.z, uint64_t(vocab)));
 }
