@@ -35,7 +35,9 @@ MUTANTS = [
      "return _loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
     (MASKED, "logits = uncond + (cfg_scale + 1) * (cond - uncond)", "logits = uncond + cfg_scale * (cond - uncond)",
      [RULES]),
-    (MASKED, "            unconditional[:, prompt_positions] = mask_id\n", "", [GEN]),
+    (MASKED, "unconditional = x.masked_fill(prompt_tokens, mask_id)", "unconditional = x.clone()", [GEN]),
+    (GENERATE, "prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]",
+     "prompt_tokens[:, :start] = True", [GEN]),
     (MASKED, 'confidence = "random" if remasking == "random" else "prob"', 'confidence = "prob"', [RULES]),
     (MASKED, "prob=(t - s) / t, generator", "prob=(t - s), generator", [GEN]),
     (MASKED, "        if logits is None or time_conditioned:\n", "        if logits is None:\n", [GEN]),
@@ -119,8 +121,7 @@ MUTANTS = [
     (PREDICT, "return float(t / s - std::log(s));", "return float(t / s);", [UNMASK]),
     (PREDICT, "if (ordered_key(v[j]) < level.prefix) y[j] = -kInf;", "if (ordered_key(v[j]) <= level.prefix) y[j] = -kInf;",
      [UNMASK]),
-    (PREDICT, "p.temperature == 1.0f ? tempered_lse : log_sum_exp(v.data(), vocab, m)",
-     "log_sum_exp(v.data(), vocab, m) + (p.temperature > 0.0f ? 1e-3f : 0.0f)", [UNMASK]),
+    (PREDICT, "} else if (p.temperature == 1.0f && !filtered) {", "} else if (!filtered) {", [UNMASK]),
     (SEDD, "        buf[x] = -kInf;  // x's own", "        // x's own", ["test_sedd_step"]),
     (SEDD, "        buf[p.mask_id] = -kInf;  // SUBS", "        // SUBS", ["test_sedd_losses"]),
     (SEDD, "          buf[xt] = 0.0f;\n", "", ["test_sedd_losses"]),
@@ -128,8 +129,16 @@ MUTANTS = [
     (ATTENTION, "dpi[j] = pij * (dpi[j] - row_delta) * p.scale;", "dpi[j] = pij * (dpi[j] - row_delta);",
      ["test_attention"]),
     (ATTENTION, "const float pij = j < nj && row_lse != -kInf ?", "const float pij = j < nj ?", ["test_attention"]),
-    ("csrc/kernels/sample_categorical_cpu.cpp", "p.logprob[r] = y[token] - row_lse;",
-     "p.logprob[r] = y[token] - row_lse * (greedy ? 1.0f : 1.0001f);", ["test_sample_categorical"]),
+    ("csrc/kernels/sample_categorical_cpu.cpp", "p.logprob[r] = (v[token] - m) * scale - log_sum_exp(",
+     "p.logprob[r] = (v[token] - m) * scale - (greedy ? 0.0f : 1e-3f) - log_sum_exp(", ["test_sample_categorical"]),
+    # large logits and tiny temperatures (tempering relative to the row's max, 1 / T capped), tiny
+    # commit probabilities, exp's underflow
+    ("csrc/kernels/cpu_rows.h", "-kInf : (group_max - m) * scale +", "-kInf : group_max * scale +",
+     ["test_sample_categorical", UNMASK]),
+    ("csrc/include/dllm/sample_categorical.h", "return s < 3.4028234663852886e38f ? s : 3.4028234663852886e38f;",
+     "return s;", ["test_sample_categorical"]),
+    (COMMIT, "uniform53_at(p.rng.seed", "uniform_at(p.rng.seed", [UNMASK]),
+    ("csrc/include/dllm/common.h", "return underflow ? 0.0f : p *", "return p *", ["test_sedd_losses"]),
 ]
 
 

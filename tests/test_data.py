@@ -159,6 +159,7 @@ def test_a_tiny_and_a_big_file_hold_out_near_val_fraction(tmp_path, caplog, smal
     assert "holding out the last 5% of the text" in caplog.text
     names = {r for r, _ in c.train + c.val}
     assert f"{big}#val" in names and big in {r for r, _ in c.train}
+    assert c.num_files == 2  # a file split between train and validation is one file
 
 
 def test_whole_files_are_held_out_when_near_val_fraction(corpus_dir, caplog):

@@ -78,9 +78,15 @@ def test_llada_cfg_counts_two_evaluations_and_masks_the_prompt():
     assert x.shape[0] == 4 and (x[2:, :4] == MASK).all() and torch.equal(x[:2, :4], prompt)
     # ragged prompts: both halves of the guided batch carry the prompts' padding mask
     out, model = run("llada", prompt=[[3, 4, 5], [6]], cfg_scale=1.0)
-    _, _, mask = model.calls[0]
+    x, _, mask = model.calls[0]
     assert mask.shape == (4, 3 + 32) and torch.equal(mask[:2], mask[2:]) and mask[:, :2].tolist() == [[True, True],
                                                                                                       [False, False]] * 2
+    assert x[3, :3].tolist() == [PAD, PAD, MASK]  # only real prompt tokens are masked; padding stays padding
+    # so a time-conditioned model's t (masked over real tokens) stays within [0, 1] in both halves
+    out, model = run("llada", model=TinyModel(time_conditioned=True), prompt=[[3, 4, 5], [6]], cfg_scale=1.0)
+    sigmas = torch.stack([sigma for _, sigma, _ in model.calls])
+    assert torch.isfinite(sigmas).all()
+    torch.testing.assert_close(sigmas[0, 2:], torch.full((2,), -torch.log1p(torch.tensor(-(1 - 1e-3))).item()))
 
 
 def test_llada_semi_autoregressive_blocks():
@@ -285,8 +291,17 @@ def test_clear_errors():
             ("fast-dllm", dict(block_length=0), "block_length must be a positive int"),
             ("mdlm", dict(block_length=4), "block_length applies only"),
             ("dream", dict(block_length=4), "block_length applies only"),
-            ("llada", dict(cfg_scale=-1.0), "cfg_scale must be >= 0"),
-            ("dream:origin", dict(alg_temp=0.5), "not to origin"),
+            ("llada", dict(cfg_scale=-1.0), "cfg_scale must be a finite number >= 0"),
+            ("llada", dict(cfg_scale=float("nan"), prompt=[1]), "cfg_scale must be a finite number >= 0"),
+            ("llada", dict(cfg_scale=1.0), "cfg_scale needs a prompt"),
+            ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
+            ("llada", dict(alg_temp=0.5), "not to 'llada'"),
+            ("llada:", {}, "unknown sampler"),
+            ("fast-dllm", dict(threshold=-0.5), r"threshold is a probability in \[0, 1\]"),
+            ("fast-dllm", dict(threshold=1.5), r"threshold is a probability in \[0, 1\]"),
+            ("fast-dllm", dict(threshold=float("nan")), r"threshold is a probability in \[0, 1\]"),
+            ("llada", dict(attention_mask=torch.ones(1, 3, dtype=torch.bool)), "there is no prompt"),
+            ("llada", dict(prompt=torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[0, 2, 1]])), "must hold 1"),
             ("llada", dict(steps=4.0), "steps must be a positive int"),
             ("llada", dict(gen_length=0), "gen_length must be a positive int"),
             ("llada", dict(prompt=[]), "empty list"),
@@ -308,6 +323,36 @@ def test_clear_errors():
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler="llada", infill=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(TypeError, match="sampler must be a name"):
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler=None)
+    model = TinyModel()
+    model.mask_id = 39.5
+    with pytest.raises(TypeError, match="must be an int token id, got 39.5"):
+        dllm.generate(model, gen_length=8, steps=4, sampler="llada")
+
+
+def test_token_ids_outside_a_known_vocabulary_are_named():
+    model = TinyModel()
+    model.vocab_size = V
+    with pytest.raises(ValueError, match=f"the prompt holds token id 45, outside the model's vocabulary of {V}"):
+        dllm.generate(model, [1, 45, 2], gen_length=8, steps=4, sampler="llada")
+    with pytest.raises(ValueError, match=f"the infill holds token id {V}, outside"):
+        dllm.generate(model, [1], gen_length=3, steps=3, sampler="llada", infill=[MASK, V, -1])
+    dllm.generate(model, [1, V - 2], gen_length=3, steps=3, sampler="llada", infill=[MASK, V - 2, -1])
+
+
+def test_padding_masks_reach_only_models_that_take_them():
+    class NoMaskModel(TinyModel):
+        def forward(self, x, sigma=None):
+            return super().forward(x, sigma)
+
+    with pytest.raises(ValueError, match="accepts attention_mask="):
+        run("llada", model=NoMaskModel(), prompt=[[1, 2], [3]])
+    # a mask with no padding is dropped: the model runs unmasked, as for prompts of one length
+    out, model = run("llada", model=NoMaskModel(), prompt=torch.tensor([1, 2]), attention_mask=torch.tensor([1, 1]))
+    expected, _ = run("llada", prompt=torch.tensor([1, 2]))
+    assert torch.equal(out.sequences, expected.sequences)
+    # a 1-D mask goes with a 1-D prompt
+    out, model = run("llada", prompt=torch.tensor([5, 1, 2]), attention_mask=torch.tensor([0, 1, 1]))
+    assert model.calls[0][2][0, :3].tolist() == [False, True, True]
 
 
 # ---- SEDD samplers ------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     "models, the family's own for published MDLM, LLaDA and Dream, else llada); ignored for "
                     "autoregressive models")
     sp.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy (default: "
-                    "0.8; the SEDD samplers take none)")
+                    "0.8; an error for the SEDD samplers, which draw from the reverse process itself)")
     sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block of the llada and "
                     "fast-dllm samplers (default: llada the whole --gen-length, fast-dllm 32)")
     sp.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")

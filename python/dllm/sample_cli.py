@@ -30,9 +30,13 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
     if kind == "ar" and (cache or cuda_graph or show_steps or block_length is not None):
         raise ValueError("--cache, --cuda-graph, --show-steps and --block-length apply to diffusion samplers, not to "
                          "an autoregressive model")
-    if temperature is None:  # SEDD's samplers draw from the exact reverse process: no temperature to set
-        temperature = 0.0 if kind == "score" else 0.8
     default = DEFAULT_SAMPLERS.get(getattr(model, "layout", None), "sedd-analytic" if kind == "score" else "llada")
+    if kind != "ar" and (sampler or default).startswith("sedd-"):
+        if temperature is not None:  # 0 would pass generate() as its default, yet not be greedy
+            raise ValueError("the SEDD samplers draw from the model's reverse process and take no --temperature")
+        temperature = 0.0
+    elif temperature is None:
+        temperature = 0.8
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
     texts = []

@@ -39,6 +39,11 @@ class Corpus:
     hash: str = ""
 
     @property
+    def num_files(self) -> int:
+        """Files read; one whose tail went to validation (``rel#val``) counts once."""
+        return len({rel.removesuffix("#val") for rel, _ in self.train + self.val})
+
+    @property
     def num_bytes(self) -> int:
         return sum(len(t.encode("utf-8")) for _, t in self.train + self.val)
 

@@ -167,7 +167,7 @@ def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 
         tok = load_tokenizer(tokenizer)
     cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}")
     if not cache.ready:
-        log.info("tokenizing %d files into %s", len(corpus.train) + len(corpus.val), cache.dir)
+        log.info("tokenizing %d files into %s", corpus.num_files, cache.dir)
         cache.build(corpus, tok)
     meta = cache.meta()
     return Prepared(tok, _packed(cache.tokens("train"), seq_len, "train", corpus, val_fraction),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from . import masked, score
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
-from .model_protocol import mask_id_of, pad_id_of
+from .model_protocol import check_takes_attention_mask, mask_id_of, pad_id_of, vocab_size_of
 from .output import GenerationOutput
 
 SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
@@ -58,15 +59,19 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
         if name not in BLOCK_SAMPLERS:
             raise ValueError(f"block_length applies only to the {' and '.join(BLOCK_SAMPLERS)} samplers, not {name!r}")
         _check_lengths(block_length=block_length)
-    if threshold is not None and name != "fast-dllm":
-        raise ValueError("threshold applies only to the fast-dllm sampler")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (0: no guidance), got {cfg_scale}")
+    if threshold is not None:
+        if name != "fast-dllm":
+            raise ValueError("threshold applies only to the fast-dllm sampler")
+        if not 0.0 <= threshold <= 1.0:  # NaN fails too
+            raise ValueError(f"threshold is a probability in [0, 1] (Fast-dLLM's default: 0.9), got {threshold}")
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise ValueError(f"cfg_scale must be a finite number >= 0 (0: no guidance), got {cfg_scale}")
     if cfg_scale and name != "llada":
         raise ValueError("cfg_scale applies only to the llada sampler")
     if alg_temp and (name != "dream" or variant == "origin"):
+        chosen = "dream:origin" if name == "dream" else repr(name)
         raise ValueError("alg_temp applies only to the dream sampler's confidence algorithms "
-                         "(entropy, maskgit_plus, topk_margin), not to origin")
+                         f"(entropy, maskgit_plus, topk_margin), not to {chosen}")
 
 
 def _device_of(model) -> torch.device:
@@ -76,8 +81,8 @@ def _device_of(model) -> torch.device:
 def _parse_sampler(sampler: str) -> tuple[str, str | None]:
     if not isinstance(sampler, str):
         raise TypeError(f"sampler must be a name such as 'llada', got {sampler!r}")
-    name, _, variant = sampler.partition(":")
-    if name not in SAMPLERS:
+    name, colon, variant = sampler.partition(":")
+    if name not in SAMPLERS or (colon and not variant):
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} "
                          "(variants: llada:random, dream:origin|maskgit_plus|topk_margin|entropy)")
     if variant and variant not in VARIANTS.get(name, ()):
@@ -95,8 +100,11 @@ def _token_tensor(value, what: str, device) -> torch.Tensor:
 def _left_align(prompt: torch.Tensor, attention_mask, device):
     """The prompts with their padding moved to the left (right-padded rows are rotated), and the mask."""
     mask = torch.as_tensor(attention_mask, device=device)
+    mask = mask[None] if mask.dim() == 1 else mask
     if mask.shape != prompt.shape:
         raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("attention_mask must hold 1 (or True) on real tokens and 0 (or False) on padding")
     mask = mask.bool()
     run_starts = mask & ~torch.nn.functional.pad(mask, (1, 0))[:, :-1]
     if bool((run_starts.sum(-1) > 1).any()):
@@ -105,8 +113,19 @@ def _left_align(prompt: torch.Tensor, attention_mask, device):
     return prompt.gather(1, order), mask.gather(1, order)
 
 
-def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_id: int, device):
-    """Left-padded prompts followed by gen_length masks (or the infill template)."""
+def _check_vocab(tokens: torch.Tensor, what: str, vocab_size: int | None, placeholder: int) -> None:
+    if vocab_size is None:
+        return
+    outside = tokens[(tokens >= vocab_size) & (tokens != placeholder)]
+    if outside.numel():
+        raise ValueError(f"the {what} holds token id {int(outside.max())}, outside the model's vocabulary of "
+                         f"{vocab_size}")
+
+
+def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_id: int, device,
+            vocab_size: int | None = None):
+    """Left-padded prompts followed by gen_length masks (or the infill template), and the prompts'
+    attention mask: None where nothing is padded, so the model runs its unmasked path."""
     if infill is not None:
         infill = _token_tensor(infill, "infill", device)
         infill = torch.where(infill == UNKNOWN, mask_id, infill)
@@ -117,6 +136,8 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         if bool(((infill < 0) & (infill != mask_id)).any()):
             raise ValueError(f"infill holds negative ids other than {UNKNOWN} (the unknown marker)")
     if prompt is None:
+        if attention_mask is not None:
+            raise ValueError("attention_mask marks the padding of a prompt; there is no prompt (prompt=None)")
         prompt = torch.empty(1 if infill is None else infill.shape[0], 0, dtype=torch.int64, device=device)
     elif isinstance(prompt, (list, tuple)):
         if attention_mask is not None:
@@ -148,6 +169,11 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         raise ValueError("the prompt holds negative token ids")
     if bool((prompt == mask_id).any()):
         raise ValueError(f"the prompt (or its padding) contains the mask token {mask_id}")
+    _check_vocab(prompt, "prompt", vocab_size, mask_id)
+    if infill is not None:
+        _check_vocab(infill, "infill", vocab_size, mask_id)
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
     batch, width = prompt.shape
     gen = torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)
     if infill is not None:
@@ -186,16 +212,19 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             last block may be shorter); an error for the other samplers.
         temperature, top_k, top_p: the proposal distribution (0 = argmax, the default; the
             papers' ancestral samplers, "mdlm" and "first-hitting", draw at 1), see
-            :func:`dllm.ops.predict_masked`.
+            :func:`dllm.ops.predict_masked`. The SEDD samplers draw from the reverse process itself:
+            they accept only the defaults (and temperature 1) and are never greedy.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
         alg_temp: Dream's temperature over positions (0: take the top ones).
         cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off).
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
             any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
-        attention_mask: bool ``[B, P]`` for padded prompts (True on real tokens), one contiguous
-            run per row: right-padded rows are moved to the left, so ``sequences`` always holds
-            left-padded prompts followed by the generated region.
+        attention_mask: bool (or 0/1) ``[B, P]`` (``[P]`` with a 1-D prompt) for padded prompts
+            (True on real tokens), one contiguous run per row: right-padded rows are moved to the
+            left, so ``sequences`` always holds left-padded prompts followed by the generated
+            region. The model then gets ``attention_mask=`` over the whole canvas; a mask without
+            padding is dropped.
         cache: "fast-dllm" only: None (every step runs the whole canvas), "prefix" or "dual"
             (Fast-dLLM's approximate KV caches, refreshed once per block; the model needs the
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
@@ -229,13 +258,18 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         raise ValueError(f"this is a score (SEDD) model: sample it with sedd-analytic or sedd-euler, not {name!r}")
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
-                                       pad_id_of(model), device)
+                                       pad_id_of(model), device, vocab_size_of(model))
+    if cfg_scale and start == 0:
+        raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
     loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                   shift=int(getattr(model, "logits_shift", 0)), generator=generator)
     if name == "llada":
-        masked.llada(loop, x, start=start, steps=steps, block_length=gen_length if block_length is None else block_length, cfg_scale=cfg_scale,
-                     remasking=variant, prompt_positions=slice(0, start), **common)
+        prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
+        prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]
+        masked.llada(loop, x, start=start, steps=steps, cfg_scale=cfg_scale, remasking=variant,
+                     block_length=gen_length if block_length is None else block_length, prompt_tokens=prompt_tokens,
+                     **common)
     elif name == "mdlm":
         masked.mdlm(loop, x, steps=steps, **common)
     elif name == "first-hitting":
@@ -268,7 +302,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
     device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
-                                   pad_id_of(model), device)
+                                   pad_id_of(model), device, getattr(graph, "num_classes", None))
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))

@@ -7,12 +7,14 @@ import time
 import torch
 
 from .cuda_graph import GraphedStep
-from .model_protocol import call_model, new_kv_cache
+from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache
 
 
 class StepLoop:
     def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device, *,
                  cuda_graph: bool = False, generator: torch.Generator | None = None):
+        if attention_mask is not None:
+            check_takes_attention_mask(model)
         self.model = model
         self.time_conditioned = bool(getattr(model, "time_conditioned", False))
         self.attention_mask = attention_mask

@@ -34,12 +34,13 @@ def _canvas_sigma(loop: StepLoop, x: torch.Tensor, mask_id: int) -> torch.Tensor
 
 
 def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature, top_k, top_p, cfg_scale,
-          remasking, shift, prompt_positions, generator):
+          remasking, shift, prompt_tokens, generator):
     """LLaDA (Nie et al. 2025, generate.py): semi-autoregressive blocks; in each, the linear
     schedule fixes how many tokens every step commits, and the most confident proposals win
     ("low_confidence") or random ones ("random"). cfg_scale > 0 adds unsupervised
     classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), with u from the canvas whose
-    prompt is masked."""
+    prompt is masked (``prompt_tokens``: bool [B, L], the prompts' real tokens; padding stays
+    padding)."""
     gen_length = x.shape[1] - start
     if gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
@@ -51,8 +52,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
 
     def step(x, num_tokens, window):
         if cfg_scale > 0:
-            unconditional = x.clone()
-            unconditional[:, prompt_positions] = mask_id
+            unconditional = x.masked_fill(prompt_tokens, mask_id)
             both = torch.cat([x, unconditional])
             cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
             logits = uncond + (cfg_scale + 1) * (cond - uncond)

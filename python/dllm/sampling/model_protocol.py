@@ -31,6 +31,9 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
+
 import torch
 
 
@@ -39,7 +42,12 @@ def mask_id_of(model) -> int:
         raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id")
     if model.mask_id is None:
         raise ValueError("the model's `mask_id` is None: masked-diffusion samplers need the mask token id")
-    mask_id = int(model.mask_id)
+    value = model.mask_id
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"the model's `mask_id` must be an int token id, got {value!r}")
+    mask_id = int(value)
     if mask_id < 0:
         raise ValueError(f"the model's `mask_id` must be a token id >= 0, got {mask_id}")
     return mask_id
@@ -50,6 +58,28 @@ def pad_id_of(model) -> int:
     without a pad token)."""
     pad_id = getattr(model, "pad_id", None)
     return 0 if pad_id is None else int(pad_id)
+
+
+def vocab_size_of(model) -> int | None:
+    """``model.vocab_size`` or ``model.config.vocab_size`` where the model says (dllm's models do),
+    so that token ids out of range fail with their value instead of inside an embedding."""
+    size = getattr(model, "vocab_size", None)
+    if size is None:
+        size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+
+
+def check_takes_attention_mask(model) -> None:
+    """Padded prompts are passed as ``attention_mask=``: a model whose call signature has no
+    such keyword (nor ``**kwargs``) is refused before the first step."""
+    try:
+        params = inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: let the call decide
+        return
+    if not any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params):
+        raise ValueError(f"padded prompts need a model that accepts attention_mask= (bool [B, L], True on real "
+                         f"tokens); {type(model).__name__} does not (see dllm.sampling.model_protocol). "
+                         "Give prompts of one length, or add the keyword")
 
 
 def new_kv_cache(model, batch: int, length: int):
