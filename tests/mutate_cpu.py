@@ -79,12 +79,19 @@ MUTANTS = [
      ["test_objectives"]),
     (OBJECTIVES, 'scale_by_sigma=self.graph == "absorb")', "scale_by_sigma=True)", ["test_objectives"]),
     # training: an ignored SIGINT taken over, the accumulated gradient not averaged (Adam hides its
-    # scale), SEDD's EMA warm-up, one batch order for every epoch, documents run together, the
+    # scale), a resume's new betas and weight decay dropped, a started-over run's stale checkpoint
+    # kept, the cosine's last step above its final lr, SEDD's EMA warm-up, one batch order for every epoch, documents run together, the
     # validation split's hash threshold and its tail cut
     ("python/dllm/training/trainer.py", " and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN", "",
      ["test_training"]),
     ("python/dllm/training/trainer.py", "loss = self.objective.train_loss(nll, L) / cfg.grad_accum",
      "loss = self.objective.train_loss(nll, L)", ["test_training"]),
+    ("python/dllm/training/trainer.py",
+     '            g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay\n',
+     "            pass\n", ["test_training"]),
+    ("python/dllm/training/trainer.py", "                stale.unlink()\n", "", ["test_training"]),
+    ("python/dllm/training/trainer.py", "max(1, cfg.steps - 1 - cfg.warmup)", "max(1, cfg.steps - cfg.warmup)",
+     ["test_training"]),
     ("python/dllm/training/ema.py", "(1 + self.num_updates) / (10 + self.num_updates)",
      "(1 + self.num_updates) / (1 + self.num_updates)", ["test_training"]),
     ("python/dllm/data/dataset.py", "np.random.default_rng([self.seed, self.epoch])", "np.random.default_rng([self.seed, 0])",

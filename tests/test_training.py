@@ -99,11 +99,29 @@ def test_resume_records_changed_options_and_refuses_to_drop_or_retune_the_ema(tm
         with pytest.raises(CheckpointError, match="EMA setting"):
             dllm.train(**tiny(tmp_path, corpus, steps=4, ema=ema))
     with caplog.at_level("WARNING"):
-        dllm.train(**tiny(tmp_path, corpus, steps=4, ema=0.9, lr=1e-2))
+        dllm.train(**tiny(tmp_path, corpus, steps=4, ema=0.9, lr=1e-2, beta2=0.99, weight_decay=0.1))
     assert "changed options" in caplog.text and "'lr': [0.003, 0.01]" in caplog.text
     record = json.loads((tmp_path / "run" / "run_config.json").read_text())
-    assert record["changed_at_resume"] == [{"step": 2, "options": {"lr": [0.003, 0.01], "steps": [2, 4]}}]
+    assert record["changed_at_resume"] == [{"step": 2, "options": {"lr": [0.003, 0.01], "weight_decay": [0.0, 0.1],
+                                                                   "beta2": [0.999, 0.99], "steps": [2, 4]}}]
     assert record["train"]["lr"] == 0.01
+    # what the record says changed did change: the saved optimizer groups do not bring the old values back
+    group = load_checkpoint(tmp_path / "run" / CHECKPOINT)["optimizer"]["param_groups"][0]
+    assert tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 0.1
+
+
+def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, monkeypatch, caplog):
+    # A run started over that dies before its first checkpoint must not leave the old run's for the
+    # next plain run to resume.
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+
+    def killed(self):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Trainer, "train_step", killed)
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="killed"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, resume="never"))
+    assert "removed the previous run's" in caplog.text and not (tmp_path / "run" / CHECKPOINT).exists()
 
 
 def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
@@ -128,6 +146,10 @@ def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
     (dict(objective="sedd", arch="llada"), "takes no time input .the 'sedd' objective conditions on it"),
     (dict(objective="llada", time_conditioning=True), r"takes no time input \(--time-conditioning\)"),
     (dict(objective="ar", time_conditioning=True), "the ar architecture takes no time input"),
+    (dict(objective="llada", arch="dit", time_conditioning=True), "the llada objective trains a time-agnostic model"),
+    (dict(hidden=12, heads=4), "head dimension hidden / heads = 3 must be even"),
+    (dict(seed=-1), r"seed must lie in \[0, 2\^63\)"),
+    (dict(bpe_vocab_size=1000), "bpe_vocab_size applies to --tokenizer bpe only"),
     (dict(objective="mdlm", graph="uniform"), "--graph applies to the sedd objective only"),
     (dict(objective="ar", noise="geometric"), "--noise applies to the sedd and mdlm objectives only"),
     (dict(eval_batches=2.5), "eval_batches must be an int, got 2.5"), (dict(amp="no"), "amp must be a bool, got 'no'"),
@@ -217,9 +239,9 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, corpus):
 
 
 def test_lr_schedule_and_ema_decay():
-    c = TrainConfig(lr=1.0, warmup=10, steps=110, min_lr_ratio=0.1)
-    assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0)
-    assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)
+    c = TrainConfig(lr=1.0, warmup=10, steps=111, min_lr_ratio=0.1)
+    assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0) and lr_at(c, 10) == 1.0
+    assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)  # the last step: the final lr
     assert lr_at(TrainConfig(lr=1.0, warmup=10, schedule="constant"), 500) == 1.0
     p = torch.nn.Parameter(torch.zeros(3))
     ema = EMA([p], decay=0.9999)
@@ -282,7 +304,8 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path,
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
         dllm.train(**tiny(tmp_path / "b", corpus, **opts))
-    assert "interrupted at step 3: checkpoint saved" in caplog.text
+    assert "interrupted at step 3: checkpoint saved" in caplog.text and "run the same command to resume" in caplog.text
+    assert "press it again to stop at once" in caplog.text
     assert load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     monkeypatch.setattr(Trainer, "train_step", real_step)

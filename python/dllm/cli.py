@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--cuda-graph", action="store_true", help="replay each sampler step as a CUDA graph "
                     "(llada and dream samplers on CUDA only)")
     ep = sub.add_parser("eval", help="validation loss of a model folder written by `dllm train`",
-                        description="The NLL of a trained model on the held-out split of its corpus (the bound for "
+                        description="The NLL of a trained model on the first --batches batches of the held-out split "
+                        "of its corpus (the bound for "
                         "diffusion models, exact for autoregressive ones), in nats and bits per token and bits per "
                         "byte, as JSON. Defaults are the run's, so the numbers match its last validation.")
     ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train(cfg)
         except USER_ERRORS as e:
             _fail(tp, e)
-        except KeyboardInterrupt:  # the trainer checkpointed and said how to resume
+        except KeyboardInterrupt:  # the trainer said what was saved and how to resume
             return 130
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))

@@ -21,7 +21,8 @@ from .training.evaluation import nll_metrics, validation_nll
 def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | None = None, device: str = "auto",
              seed: int | None = None, progress: bool = True) -> dict:
     """Validation NLL per token, bits per token and bits per byte of ``model_dir`` (OUT_DIR/model)
-    on the held-out files of the corpus it was trained on, read from OUT_DIR/run_config.json.
+    on the first ``batches`` batches of the held-out split of the corpus it was trained on, read from
+    OUT_DIR/run_config.json.
     Diffusion models report their NLL bound, autoregressive ones the exact NLL. Defaults (batches,
     batch size, seed) are the run's, so the numbers match the trainer's last validation of the
     exported weights (the ``_ema`` ones when the run kept an EMA)."""

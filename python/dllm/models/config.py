@@ -35,6 +35,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError(f"the head dimension hidden / heads = {self.hidden // self.heads} must be even: rotary "
+                             "embeddings rotate pairs of channels")
         if self.kv_heads is not None and self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
 

@@ -91,7 +91,9 @@ class MDLM(Objective):
 class LLaDA(Objective):
     """LLaDA's pre-training loss (Nie et al. 2025, arXiv:2502.09992): mask with
     ``p = (1 - eps) t + eps``, CE on masked tokens divided by ``p``, summed and divided by
-    batch * length."""
+    batch * length. The CE is over the vocabulary without the mask token (MDLM's SUBS, as
+    dllm's samplers never propose it), where LLaDA's covers the mask too: the values differ
+    from LLaDA's by the mask's share of each softmax."""
 
     name = "llada"
     arch = "llada"

@@ -63,7 +63,8 @@ class TrainConfig:
     device: str = _f("auto", DEVICE_HELP)
     amp: bool = _f(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
     eval_every: int = _f(200, "validate every N steps (and at the end; 0: only at the end)")
-    eval_batches: int = _f(8, "validation batches of --batch-size sequences (fixed sequences and noise)")
+    eval_batches: int = _f(8, "validation batches of --batch-size sequences: the held-out split's first ones (fixed "
+                              "sequences and noise)")
     ckpt_every: int = _f(500, "checkpoint every N steps (and at the end; 0: only at the end)")
     log_every: int = _f(10, "append training metrics every N steps")
     resume: str = _f("auto", "'auto' (resume from OUT_DIR/checkpoint.pt if present), 'never', or a checkpoint path")
@@ -90,6 +91,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must lie in [0, 2^63), got {self.seed}")
+        if self.tokenizer != "bpe" and self.bpe_vocab_size != type(self).bpe_vocab_size:
+            raise ValueError(f"bpe_vocab_size applies to --tokenizer bpe only, not {self.tokenizer!r}")
         if self.tokenizer == "bpe" and self.bpe_vocab_size < BPE_MIN_VOCAB:
             raise ValueError(f"bpe_vocab_size must be at least {BPE_MIN_VOCAB} (256 bytes, end-of-text and mask), got "
                              f"{self.bpe_vocab_size}")

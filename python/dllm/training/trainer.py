@@ -57,6 +57,8 @@ class _StopAtStepOnInterrupt:
     def _handle(self, signum, frame):
         self.requested = True
         signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        log.warning("Ctrl-C: stopping after this step to save a checkpoint; press it again to stop at once "
+                    "(the steps since the last checkpoint are then lost)")
 
     def __exit__(self, *exc):
         if self.enabled:
@@ -69,7 +71,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "constant":
         return cfg.lr
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    # the last step (steps - 1) runs at min_lr_ratio * lr, the "final learning rate" of the option
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -120,6 +123,9 @@ class Trainer:
                    f"the {cfg.objective!r} objective conditions on it by default")
             raise ValueError(f"the {arch} architecture takes no time input ({why}): use the dit architecture "
                              "(--arch dit) or turn time conditioning off (--no-time-conditioning)")
+        if tc and cfg.objective == "llada":
+            raise ValueError("the llada objective trains a time-agnostic model (it never passes the time): drop "
+                             "--time-conditioning")
         # Options another objective would read: accepted silently, they would be recorded as if they applied.
         if cfg.graph != "absorb" and cfg.objective != "sedd":
             raise ValueError(f"--graph applies to the sedd objective only, not {cfg.objective!r}")
@@ -222,6 +228,8 @@ class Trainer:
             refuse("seed", f"seed={saved_seed}", f"seed={self.cfg.seed}")
         self.raw_model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
+        for g in self.opt.param_groups:  # the saved groups hold the old options; a resume's changes apply
+            g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
         saved, now = s.get("train_config", {}), self.cfg.to_dict()
@@ -320,6 +328,12 @@ class Trainer:
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            stale = self.out / CHECKPOINT
+            if cfg.resume == "never" and stale.exists():
+                # left in place, a run that dies before its first checkpoint would leave the old run's
+                # checkpoint for the next plain run to resume, mixing the two
+                stale.unlink()
+                log.warning("--resume never: removed the previous run's %s; starting over", stale)
             self.metrics.truncate_after(self.step)
             record = self.out / "run_config.json"
             changes = json.loads(record.read_text()).get("changed_at_resume", []) if resume and record.is_file() else []
@@ -350,8 +364,9 @@ class Trainer:
         if interrupt.requested:
             bar.close()
             self.save()
-            log.warning("interrupted at step %d: checkpoint saved to %s; run the same command to resume", self.step,
-                        self.out / CHECKPOINT)
+            how = ("run the same command to resume" if cfg.resume == "auto" else
+                   f"resume with --resume {self.out / CHECKPOINT}")  # the same command would start elsewhere
+            log.warning("interrupted at step %d: checkpoint saved to %s; %s", self.step, self.out / CHECKPOINT, how)
             raise KeyboardInterrupt
         bar.close()
         last, evaluated_at = self.last, max(evaluated_at, self.evaluated_at)
