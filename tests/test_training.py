@@ -173,8 +173,11 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(path)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a dllm checkpoint"):
+    with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; delete it to start over"):
         load_checkpoint(path)
+    # a file given to --resume that is no checkpoint at all (exported weights) is not for deleting
+    with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; pass a checkpoint.pt written by dllm train"):
+        load_checkpoint(tmp_path / "run" / "model" / "model.safetensors")
 
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):

@@ -54,7 +54,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
-    hint = "delete it to start over, or pass another checkpoint to resume from"
+    # a path given to --resume may be anything (exported weights too): deleting is for the run's own
+    hint = ("pass a checkpoint.pt written by dllm train to --resume" if path.name != "checkpoint.pt" else
+            "delete it to start over, or pass another checkpoint to resume from")
     if len(data) < _HEADER or not data.startswith(MAGIC):
         raise CheckpointError(f"{str(path)!r} is not a dllm checkpoint or its header is truncated "
                               f"({len(data)} bytes); {hint}")

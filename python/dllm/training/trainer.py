@@ -77,8 +77,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 # Options that shape the rest of a run: a resume may change them, and the run's record says when.
-RESUME_SHAPING = ("lr", "min_lr_ratio", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size",
-                  "dropout")
+RESUME_SHAPING = ("lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "dropout")
+COSINE_SHAPING = ("steps", "min_lr_ratio")  # they place the cosine's end; a constant schedule reads neither
 
 
 class Trainer:
@@ -203,14 +203,15 @@ class Trainer:
             if isinstance(saved, dict) and isinstance(now, dict):  # name what differs, not two whole configs
                 keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
                 saved, now = ({k: d.get(k) for k in keys} for d in (saved, now))
-            raise CheckpointError(f"checkpoint {source!r} was written for another {what} ({saved} vs now {now}); "
-                                  "use another --out-dir or --resume never")
+            how = ("use another --out-dir or --resume never" if self.cfg.resume == "auto" else
+                   "pass a checkpoint of this run to --resume, or --resume never")
+            raise CheckpointError(f"checkpoint {source!r} was written for another {what} ({saved} vs now {now}); {how}")
 
         for key in ("format", "step", "model", "optimizer", "rng", "data", "corpus_hash", "model_config"):
             if key not in s:
                 raise CheckpointError(f"checkpoint {source!r} lacks {key!r}; it was not written by dllm.train")
         if s["corpus_hash"] != self.data.corpus_hash:
-            refuse("corpus", s["corpus_hash"][:12], self.data.corpus_hash[:12])
+            refuse("corpus (its files, or --val-fraction, differ)", s["corpus_hash"][:12], self.data.corpus_hash[:12])
         if s["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
             refuse("tokenizer", s["tokenizer"]["fingerprint"], self.tokenizer.fingerprint)
         # dropout shapes the rest of the run, not the weights: a change is recorded (RESUME_SHAPING)
@@ -233,7 +234,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
         saved, now = s.get("train_config", {}), self.cfg.to_dict()
-        shaping = RESUME_SHAPING + (("steps",) if self.cfg.schedule == "cosine" else ())
+        shaping = RESUME_SHAPING + (COSINE_SHAPING if self.cfg.schedule == "cosine" else ())
         self.resume_changes = {k: [saved[k], now[k]] for k in shaping if k in saved and saved[k] != now[k]}
         if self.resume_changes:
             log.warning("resuming %s at step %d with changed options (old, new): %s", source, s["step"],
