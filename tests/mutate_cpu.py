@@ -80,8 +80,8 @@ MUTANTS = [
     (OBJECTIVES, 'scale_by_sigma=self.graph == "absorb")', "scale_by_sigma=True)", ["test_objectives"]),
     # training: an ignored SIGINT taken over, the accumulated gradient not averaged (Adam hides its
     # scale), a resume's new betas and weight decay dropped, a started-over run's stale checkpoint
-    # kept, the cosine's last step above its final lr, SEDD's EMA warm-up, one batch order for every epoch, documents run together, the
-    # validation split's hash threshold and its tail cut
+    # kept, the cosine's last step above its final lr, SEDD's EMA warm-up, one batch order for every
+    # epoch, documents run together, the validation split's hash threshold and its tail cut
     ("python/dllm/training/trainer.py", " and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN", "",
      ["test_training"]),
     ("python/dllm/training/trainer.py", "loss = self.objective.train_loss(nll, L) / cfg.grad_accum",

@@ -196,7 +196,8 @@ inline void group_log_sums(const float* v, int64_t vocab, float m, float scale, 
   for (int64_t g = 0; g < num_groups(vocab); ++g) {
     const int64_t lo = g * kCategoricalGroup, n = std::min(kCategoricalGroup, vocab - lo);
     const float group_max = max_of(v + lo, n);
-    group_lse[g] = group_max == -kInf ? -kInf : (group_max - m) * scale + log_sum_exp_above(v + lo, n, group_max, scale);
+    group_lse[g] =
+        group_max == -kInf ? -kInf : (group_max - m) * scale + log_sum_exp_above(v + lo, n, group_max, scale);
   }
 }
 
@@ -212,7 +213,8 @@ inline int64_t draw_hierarchical(const float* v, int64_t vocab, const float* gro
   float sub_lse[kSubgroupsPerGroup];
   const int64_t subgroups = (n + kCategoricalSubgroup - 1) / kCategoricalSubgroup;
   for (int64_t s = 0; s < subgroups; ++s)
-    sub_lse[s] = log_sum_exp(y + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
+    sub_lse[s] =
+        log_sum_exp(y + s * kCategoricalSubgroup, std::min(kCategoricalSubgroup, n - s * kCategoricalSubgroup));
   const int64_t sub = gumbel_argmax(sub_lse, subgroups, seed, offset, row, group * kSubgroupsPerGroup,
                                     RngStream::kSubgroup);
   const int64_t first = sub * kCategoricalSubgroup;
