@@ -35,10 +35,10 @@ struct RowStats {
       if (m == -kInf) {
         s = t = 0.0f;
       } else {
-        // f == 0 skips the product: at a tiny temperature m - v reaches -3.4e38, and times s it
-        // would overflow to -inf, and 0 * -inf is NaN.
+        // f (m - v) first: at a tiny temperature m - v reaches -3.4e38, and times s it would
+        // overflow to -inf, and 0 * -inf is NaN.
         const float f = __expf(m - v);
-        t = f == 0.0f ? 0.0f : f * (t + (m - v) * s);
+        t = f * t + (f * (m - v)) * s;
         s *= f;
       }
       m = v;
@@ -60,11 +60,11 @@ struct RowStats {
     if (r.m != -kInf) {
       const float fa = a.m == -kInf ? 0.0f : __expf(a.m - r.m);
       const float fb = b.m == -kInf ? 0.0f : __expf(b.m - r.m);
-      auto rescaled_t = [&r](const RowStats& x, float f) {
-        return f == 0.0f ? 0.0f : f * (x.t + (x.m - r.m) * x.s);
-      };
       r.s = a.s * fa + b.s * fb;
-      r.t = rescaled_t(a, fa) + rescaled_t(b, fb);
+      // f (m_x - m) first, as in add()
+      r.t = fa * a.t + (fa * (a.m - r.m)) * a.s + fb * b.t + (fb * (b.m - r.m)) * b.s;
+      if (a.m == -kInf) r.t = b.t * fb;
+      if (b.m == -kInf) r.t = a.t * fa;
     }
     r.best = better(a.best, b.best);
     const float loser = (r.best.i == a.best.i) ? b.best.v : a.best.v;
@@ -151,8 +151,9 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
     const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
     // The tempered log-weights of dllm/sample_categorical.h (relative to the row's max).
+    const float row_max = st.m;
     auto weight = [&](int64_t idx, float v) {
-      return (idx == mask || ordered_key(v) < tau) ? -kInf : (v - st.m) * scale;
+      return (idx == mask || ordered_key(v) < tau) ? -kInf : (v - row_max) * scale;
     };
     // Pass B: tempered group log-masses, one warp per group; its last barrier publishes them.
     auto group_pass = [&](bool track_kept) {
@@ -190,7 +191,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
           if ((key & high) != (prefix & high)) return;
           const int d = (key >> shift) & 255;
           atomicAdd(&sm.count[d], 1u);
-          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf((v - st.m) * scale - lse_t))));
+          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf((v - row_max) * scale - lse_t))));
         });
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -234,8 +235,10 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   }
 }
 
+// At least 3 blocks per SM: a budget of 85 registers, which holds the kernel without spills. Left
+// free, ptxas settles on 64 (4 blocks per SM) and spills to the stack.
 template <DType D>
-__global__ void __launch_bounds__(kThreads) predict_masked_kernel(PredictParams p) {
+__global__ void __launch_bounds__(kThreads, 3) predict_masked_kernel(PredictParams p) {
   extern __shared__ float group_lse[];
   __shared__ Scratch scratch;
   uint64_t seed, offset;

@@ -128,8 +128,9 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   write_row(p, r, best.i, log_weight(best.i, view.at(best.i)) - row_lse, kCategoricalOk);
 }
 
+// At least 3 blocks per SM, as predict_masked_kernel: without it ptxas spills the float32 kernel.
 template <DType D>
-__global__ void __launch_bounds__(kThreads) sample_categorical_kernel(CategoricalParams p) {
+__global__ void __launch_bounds__(kThreads, 3) sample_categorical_kernel(CategoricalParams p) {
   extern __shared__ float group_lw[];
   __shared__ Scratch scratch;
   uint64_t seed, offset;
