@@ -100,7 +100,7 @@ MUTANTS = [
     # probability compared with a 24-bit uniform
     ("csrc/kernels/sample_categorical.cu", "(group_max[g] - row_max) * scale + group_lw[g]",
      "group_max[g] * scale + group_lw[g]", "large_logits"),
-    ("csrc/kernels/predict_masked.cu", ": (v - st.m) * scale;", ": v * scale;", "large_logits"),
+    ("csrc/kernels/predict_masked.cu", ": (v - row_max) * scale;", ": v * scale;", "large_logits"),
     ("csrc/kernels/predict_masked.cu", "inverse_temperature(p.temperature)", "1.0f / p.temperature", "large_logits"),
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
 ]
