@@ -62,10 +62,10 @@ CommitStatus commit_row(const CommitParams& p, int64_t b, std::vector<Candidate>
       break;
     }
     case CommitRule::kProb: {
-      const float prob = p.prob[b];
-      if (!(prob >= 0.0f && prob <= 1.0f)) return kBadProb;
+      const double prob = p.prob[b];
+      if (!(prob >= 0.0 && prob <= 1.0)) return kBadProb;
       for (const Candidate& c : eligible)
-        if (uniform53_at(p.rng.seed, p.rng.offset, uint64_t(b), uint64_t(c.index), RngStream::kUniform) < double(prob))
+        if (uniform53_at(p.rng.seed, p.rng.offset, uint64_t(b), uint64_t(c.index), RngStream::kUniform) < prob)
           x[c.index] = x0[c.index], ++committed;
       break;
     }

@@ -106,9 +106,8 @@ inline float sum_of(const float* x, int64_t n) {
   return sum;
 }
 
-// First index of the maximum (the lowest index wins ties); -1 if every entry is -inf.
-inline int64_t argmax_of(const float* x, int64_t n) {
-  const float m = max_of(x, n);
+// First index of the maximum m = max(x) (the lowest index wins ties); -1 if every entry is -inf.
+inline int64_t argmax_of(const float* x, int64_t n, float m) {
   if (m == -kInf) return -1;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -190,12 +189,23 @@ inline int64_t gumbel_argmax(const float* logw, int64_t n, uint64_t seed, uint64
 
 inline int64_t num_groups(int64_t vocab) { return (vocab + kCategoricalGroup - 1) / kCategoricalGroup; }
 
-// Log-mass of every group of kCategoricalGroup entries of the tempered row (v - m) * scale (m:
-// the row's max), read from v: the tempered row is never written out.
+// The row's max, leaving every group's max in group_lse for group_log_sums.
+inline float group_maxes(const float* v, int64_t vocab, float* group_lse) {
+  float m = -kInf;
+  for (int64_t g = 0; g < num_groups(vocab); ++g) {
+    const int64_t lo = g * kCategoricalGroup;
+    group_lse[g] = max_of(v + lo, std::min(kCategoricalGroup, vocab - lo));
+    m = std::max(m, group_lse[g]);
+  }
+  return m;
+}
+
+// Turns the groups' maxes in group_lse (group_maxes) into the log-mass of every group of the
+// tempered row (v - m) * scale (m: the row's max), read from v: the tempered row is never written out.
 inline void group_log_sums(const float* v, int64_t vocab, float m, float scale, float* group_lse) {
   for (int64_t g = 0; g < num_groups(vocab); ++g) {
     const int64_t lo = g * kCategoricalGroup, n = std::min(kCategoricalGroup, vocab - lo);
-    const float group_max = max_of(v + lo, n);
+    const float group_max = group_lse[g];
     group_lse[g] =
         group_max == -kInf ? -kInf : (group_max - m) * scale + log_sum_exp_above(v + lo, n, group_max, scale);
   }

@@ -173,13 +173,13 @@ __device__ inline MaxSum warp_max_sum(MaxSum a, float scale = 1.0f) {
   return a;
 }
 
-__device__ inline MaxSum block_max_sum(MaxSum a, MaxSum* scratch) {
+__device__ inline MaxSum block_max_sum(MaxSum a, MaxSum* scratch, float scale = 1.0f) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  a = warp_max_sum(a);
+  a = warp_max_sum(a, scale);
   __syncthreads();
   if (lane == 0) scratch[warp] = a;
   __syncthreads();
-  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f});
+  return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f}, scale);
 }
 
 __device__ inline double warp_sum(double v) {

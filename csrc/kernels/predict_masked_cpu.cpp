@@ -83,7 +83,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
       continue;
     }
     v[p.mask_id] = -kInf;  // the mask token is never proposed (MDLM's SUBS rule)
-    const float m = max_of(v.data(), vocab);
+    const float m = group_maxes(v.data(), vocab, group_lse.data());
     if (m == -kInf) {
       note_error(first_error, pos, kAllMinusInf);
       continue;
@@ -91,7 +91,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
     const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
     const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
-    const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab) : -1;
+    const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab, m) : -1;
     int64_t token = greedy;
     // The confidence's distribution: softmax((scored - scored_max) * scored_scale), whose
     // log-sum-exp is scored_log_s.
@@ -109,6 +109,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
         temper(v.data(), vocab, m, w_scale, y.data());
         apply_filter(v.data(), y.data(), vocab, tempered_lse, p.top_k, p.top_p);
         w = y.data(), w_max = 0.0f, w_scale = 1.0f;
+        group_maxes(w, vocab, group_lse.data());
         group_log_sums(w, vocab, w_max, w_scale, group_lse.data());
         w_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
       }

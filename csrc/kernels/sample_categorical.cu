@@ -37,7 +37,7 @@ struct Scratch {
 };
 
 // One row by the whole block. Every early return is taken by all threads together.
-// group_lw holds 2 x groups floats: the groups' log-masses, then their raw maxima.
+// group_lw holds 2 x groups floats: the groups' sums, then log-masses, and then their raw maxima.
 template <DType D>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
                            float* group_lw, Scratch& scratch) {
@@ -101,25 +101,23 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
 #pragma unroll 1
     for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);
     acc = warp_max_sum(acc, scale);
-    if (lane == 0) group_max[g] = acc.m, group_lw[g] = __logf(acc.s);
+    if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
   }
   // Also the barrier that publishes group_lw and group_max.
   if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);
   if (greedy) best = block_argmax(best, scratch.argmax);
 
-  // The groups' log-masses relative to the row's max, the tempered log-weights of
-  // dllm/sample_categorical.h.
-  ArgMax top{-kInf, INT64_MAX};
-  for (int64_t g = threadIdx.x; g < groups; g += kThreads) top = better(top, ArgMax{group_max[g], g});
-  const float row_max = block_argmax(top, scratch.argmax).v;
-  if (row_max == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
+  // One reduction of the groups gives the row's max and its tempered mass relative to it; then
+  // every group's log-mass relative to that max (the tempered log-weights of
+  // dllm/sample_categorical.h), each by the thread that read its sum.
   MaxSum row{-kInf, 0.0f};
-  for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
-    group_lw[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + group_lw[g];
-    row = merge(row, MaxSum{group_lw[g], 1.0f});
-  }
-  row = block_max_sum(row, scratch.maxsum);  // its barriers also publish group_lw
-  const float row_lse = row.m + __logf(row.s);
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) row = merge(row, MaxSum{group_max[g], group_lw[g]}, scale);
+  row = block_max_sum(row, scratch.maxsum, scale);
+  if (row.m == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
+  const float row_max = row.m, row_lse = __logf(row.s);
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads)
+    group_lw[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + __logf(group_lw[g]);
+  __syncthreads();  // publishes group_lw to draw_hierarchical
 
   auto log_weight = [row_max, scale](int64_t, float v) { return (v - row_max) * scale; };
   if (!greedy)

@@ -27,7 +27,7 @@ int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_e
       note_error(first_error, r, kNonFinite);
       continue;
     }
-    const float m = max_of(v.data(), p.vocab);
+    const float m = group_maxes(v.data(), p.vocab, group_lse.data());
     if (m == -kInf) {
       note_error(first_error, r, kAllMinusInf);
       continue;
@@ -35,7 +35,7 @@ int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_e
     // Temperature 0 reports the log-probability under the untempered softmax.
     const float scale = greedy ? 1.0f : inverse_temperature(temperature);
     group_log_sums(v.data(), p.vocab, m, scale, group_lse.data());
-    const int64_t token = greedy ? argmax_of(v.data(), p.vocab)
+    const int64_t token = greedy ? argmax_of(v.data(), p.vocab, m)
                                  : draw_hierarchical(v.data(), p.vocab, group_lse.data(), m, scale, p.rng.seed,
                                                      p.rng.offset, r);
     p.tokens[r] = token;

@@ -98,8 +98,8 @@ MUTANTS = [
      "    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);\n", "alignment"),
     # large logits tempered without the row's max subtracted; 1 / T uncapped; a tiny commit
     # probability compared with a 24-bit uniform
-    ("csrc/kernels/sample_categorical.cu", "(group_max[g] - row_max) * scale + group_lw[g]",
-     "group_max[g] * scale + group_lw[g]", "large_logits"),
+    ("csrc/kernels/sample_categorical.cu", "(group_max[g] - row_max) * scale + __logf(group_lw[g])",
+     "group_max[g] * scale + __logf(group_lw[g])", "large_logits"),
     ("csrc/kernels/predict_masked.cu", ": (v - row_max) * scale;", ": v * scale;", "large_logits"),
     ("csrc/kernels/predict_masked.cu", "inverse_temperature(p.temperature)", "1.0f / p.temperature", "large_logits"),
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
