@@ -133,6 +133,20 @@ def test_infill_keeps_known_tokens():
         assert not (out.sequences == MASK).any()
 
 
+def test_one_prompt_completes_each_of_several_infill_templates():
+    templates = torch.full((3, 32), MASK)
+    for row in range(3):
+        templates[row, 4 * row] = row + 1
+    prompt = [5, 6, 7]
+    out, _ = run("llada", prompt=prompt, infill=templates)
+    assert out.sequences.shape == (3, 3 + 32)
+    assert (out.sequences[:, :3] == torch.tensor(prompt)).all()
+    known = templates != MASK
+    assert torch.equal(out.sequences[:, 3:][known], templates[known]) and not (out.sequences == MASK).any()
+    repeated, _ = run("llada", prompt=torch.tensor([prompt] * 3), infill=templates)
+    assert torch.equal(out.sequences, repeated.sequences)
+
+
 def test_ragged_prompts_are_left_padded_with_an_attention_mask():
     prompts = [torch.tensor([5, 6, 7]), torch.tensor([8])]
     out, model = run("llada", prompt=prompts)

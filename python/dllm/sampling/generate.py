@@ -174,6 +174,10 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         _check_vocab(infill, "infill", vocab_size, mask_id)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None
+    if infill is not None and prompt.shape[0] == 1 < infill.shape[0]:
+        # one prompt, several templates: each template completes its own copy of the prompt
+        prompt = prompt.expand(infill.shape[0], -1)
+        attention_mask = None if attention_mask is None else attention_mask.expand(infill.shape[0], -1)
     batch, width = prompt.shape
     gen = torch.full((batch, gen_length), mask_id, dtype=torch.int64, device=device)
     if infill is not None:
@@ -220,6 +224,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
             any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
+            One template serves every prompt; ``B`` templates with one prompt complete ``B``
+            copies of it.
         attention_mask: bool (or 0/1) ``[B, P]`` (``[P]`` with a 1-D prompt) for padded prompts
             (True on real tokens), one contiguous run per row: right-padded rows are moved to the
             left, so ``sequences`` always holds left-padded prompts followed by the generated
