@@ -1,5 +1,7 @@
 """dllm.generate: every sampler on a tiny random model."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -131,6 +133,17 @@ def test_infill_keeps_known_tokens():
         known = template != MASK
         assert torch.equal(out.sequences[0, known], template[known])
         assert not (out.sequences == MASK).any()
+
+
+def test_sampling_a_model_with_dropout_on_warns():
+    model = TinyModel()
+    model.drop = nn.Dropout(0.1)
+    with pytest.warns(UserWarning, match=r"dropout on.*model.eval\(\)"):
+        run("llada", model=model)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run("llada", model=model)
 
 
 def test_one_prompt_completes_each_of_several_infill_templates():

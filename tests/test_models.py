@@ -36,6 +36,47 @@ def test_save_and_from_pretrained_round_trip(tmp_path, arch, extra):
         wrong.from_pretrained(tmp_path / arch)
 
 
+def test_from_pretrained_gives_an_eval_model_in_the_saved_dtype(tmp_path):
+    torch.manual_seed(0)
+    m = _perturb(build_model(_tiny("dit", dropout=0.1))).to(torch.bfloat16).eval()
+    x, sigma = torch.randint(0, 50, (2, 30)), torch.tensor([0.3, 1.2])
+    m.save_pretrained(tmp_path / "bf16")
+    again = from_pretrained(tmp_path / "bf16")
+    assert not again.training and next(again.parameters()).dtype == torch.bfloat16
+    assert torch.equal(again(x, sigma), m(x, sigma))
+    assert next(from_pretrained(tmp_path / "bf16", dtype="float32").parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="onto the CPU or a CUDA device"):
+        from_pretrained(tmp_path / "bf16", map_location="meta")
+
+
+def test_rotary_frequencies_stay_float32_when_the_model_is_cast():
+    m = build_model(_tiny("llada"))
+    want = m.rotary.inv_freq.clone()
+    m.to(torch.bfloat16)
+    assert m.rotary.inv_freq.dtype == torch.float32 and torch.equal(m.rotary.inv_freq, want)
+
+
+def test_a_failed_save_leaves_the_folder_as_it_was(tmp_path):
+    first = _perturb(build_model(_tiny("ar")))
+    first.save_pretrained(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        build_model(_tiny("dit")).save_pretrained(tmp_path, note=object())
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_sigma_may_be_one_number_or_mdlms_column():
+    torch.manual_seed(0)
+    m = _perturb(DiffusionTransformer(_tiny("dit"))).eval()
+    x = torch.randint(0, 50, (3, 8))
+    want = m(x, torch.full((3,), 0.7))
+    for sigma in (0.7, torch.tensor(0.7), torch.full((3, 1), 0.7)):
+        torch.testing.assert_close(m(x, sigma), want, rtol=0, atol=0)
+    for bad in (torch.full((2,), 0.7), torch.full((3, 2), 0.7)):
+        with pytest.raises(ValueError, match=r"sigma must be \[B\] = \[3\]"):
+            m(x, bad)
+
+
 def test_zero_init_output_and_sizes():
     m = DiffusionTransformer(_tiny("dit"))
     out = m(torch.randint(0, 50, (2, 8)), torch.tensor([0.1, 2.0]))
@@ -153,6 +194,19 @@ def test_padded_batches_reach_attention_as_lengths_and_compute_what_the_mask_doe
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     with pytest.raises(ValueError, match="attention_mask must have the tokens' shape"):
         net(x, sigma, attention_mask=mask[:, 1:])
+
+@pytest.mark.parametrize("arch", ["dit", "llada"])
+def test_a_float64_model_runs_padded_batches(arch):
+    # The fused op leaves float64 out; its lengths become SDPA's key mask.
+    torch.manual_seed(0)
+    net = _perturb(build_model(_tiny(arch))).double().eval()
+    x = torch.randint(0, 49, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, :4] = False
+    sigma = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    out = net(x, sigma, attention_mask=mask)
+    torch.testing.assert_close(out[1, 4:], net(x[1:, 4:], sigma[1:])[0], rtol=1e-6, atol=1e-6)
+
 
 def test_cached_decoding_under_autocast_takes_the_fused_op(monkeypatch):
     # On a GPU, bf16 autocast makes q bfloat16 while the AR model's KV cache holds float32 keys; the

@@ -29,6 +29,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     speed where SDPA refuses its flash kernel for any mask, and on the CPU 1.0-1.4x faster than
     SDPA with a mask (bench/results/cpu-2core-2026-11-29/attention*)."""
     if kv_len is not None:
+        if q.dtype == torch.float64:  # a dtype the op leaves out: SDPA with the lengths as a key mask
+            return ops._sdpa_attention(q, k.to(q.dtype), v.to(q.dtype), kv_len, None, q.shape[-1] ** -0.5)
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype), kv_len=kv_len)
     if not causal and attn_mask is None and _fused_applies(q):
         # Under autocast the projections give a bf16 q while a KV cache may hold float32 keys: cast

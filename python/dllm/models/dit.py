@@ -75,7 +75,7 @@ class FinalLayer(nn.Module):
 
 
 class DiffusionTransformer(PretrainedMixin, nn.Module):
-    """SEDD/MDLM DiT: ``forward(x [B, L] int64, sigma [B] or None) -> logits [B, L, vocab] float32``.
+    """SEDD/MDLM DiT: ``forward(x [B, L] int64, sigma [B], one number or None) -> logits [B, L, vocab] float32``.
 
     The output is raw: the objective turns it into log-scores (SEDD) or SUBS probabilities (MDLM).
     With ``time_conditioning=False`` sigma is replaced by zeros, as MDLM does, so the network is
@@ -97,6 +97,12 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
     def _cond(self, sigma, batch, device):
         if sigma is None or not self.config.time_conditioning:
             sigma = torch.zeros(batch, device=device)
+        sigma = torch.as_tensor(sigma, device=device)
+        if sigma.dim() == 0 or sigma.shape == (batch, 1):  # one noise level for all, or MDLM's [B, 1]
+            sigma = sigma.reshape(-1).expand(batch)
+        if sigma.shape != (batch,):
+            raise ValueError(f"sigma must be [B] = [{batch}] (or one number for the batch), got shape "
+                             f"{tuple(sigma.shape)}")
         return F.silu(self.sigma_map(sigma))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,

@@ -34,12 +34,13 @@ class PretrainedMixin:
         tokenizer or objective) and ``model.safetensors``."""
         from safetensors.torch import save_file
 
+        # Encoded before anything is written: a bad ``extra`` must not leave new weights beside an old config.
+        cfg = json.dumps({"model": self.config.to_dict(), **extra}, indent=2)
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         _atomic_replace(lambda p: save_file(state, str(p), metadata={"format": "pt"}), d / WEIGHTS_NAME)
-        cfg = {"model": self.config.to_dict(), **extra}
-        _atomic_replace(lambda p: p.write_text(json.dumps(cfg, indent=2)), d / CONFIG_NAME)
+        _atomic_replace(lambda p: p.write_text(cfg), d / CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -113,8 +114,9 @@ def is_dllm_config(config: dict) -> bool:
 
 
 def load_device(map_location: str | torch.device) -> torch.device:
-    """``map_location`` as a device the weights can be read onto; raises ValueError for one that is
-    malformed or absent here (rather than letting the reader blame the file)."""
+    """``map_location`` as a device the weights can be read onto (the CPU or a CUDA device); raises
+    ValueError for any other, or one malformed or absent here (rather than letting the reader blame
+    the file)."""
     try:
         device = torch.device(map_location)
     except (RuntimeError, TypeError):
@@ -129,7 +131,8 @@ def load_device(map_location: str | torch.device) -> torch.device:
             raise ValueError(f"map_location {map_location!r}: this machine has {torch.cuda.device_count()} CUDA "
                              "device(s)")
         return torch.device("cuda", index)
-    return device
+    raise ValueError(f"map_location {map_location!r}: weights are read onto the CPU or a CUDA device; load them "
+                     f"there and move the model with .to()")
 
 
 def load_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -160,8 +163,9 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
                     dtype: torch.dtype | None = None):
     """Load a model folder: one written by ``save_pretrained`` (returns that model class), or a
     published checkpoint (SEDD, MDLM, LLaDA, Dream; see :mod:`dllm.models.hub`), returned as a
-    :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs. ``dtype`` casts a
-    dllm folder's weights (default: as saved); for published folders see
+    :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs, in eval mode (dropout
+    off; call ``.train()`` to fine-tune). ``dtype`` casts a dllm folder's weights (default: the
+    dtype they were saved in); for published folders see
     :func:`~dllm.models.hub.load_published`. ``dtype`` may be named ("bfloat16", "float16",
     "float32"); ``map_location`` is any torch device spelling ("cpu:0", ``torch.device("cuda", 1)``)."""
     device, dtype = load_device(map_location), load_dtype(dtype)
@@ -177,8 +181,10 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
     state = read_weights(weights, device)
     _check_state(directory, state, model.state_dict())
-    model.load_state_dict(state)
-    return model.to(device) if dtype is None else model.to(device, dtype)
+    if dtype is None:
+        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    model.to(device, dtype).load_state_dict(state)
+    return model.eval()
 
 
 def _check_state(directory, state: dict, expected: dict) -> None:

@@ -40,8 +40,18 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("inv_freq", self.frequencies(), persistent=False)
+
+    def frequencies(self, device=None) -> torch.Tensor:
+        return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
+
+    def _apply(self, fn, recurse=True):
+        # Position times frequency needs float32: bfloat16 frequencies put position 1000 radians
+        # off. A model cast with .to(dtype) keeps them float32 (recomputed on the buffer's device).
+        super()._apply(fn, recurse)
+        self.inv_freq = self.frequencies(self.inv_freq.device)
+        return self
 
     def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``[1, length, 1, D]`` of positions ``start .. start + length - 1``."""

@@ -7,7 +7,7 @@ import time
 import torch
 
 from .cuda_graph import GraphedStep
-from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache
+from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, warn_if_dropout_on
 
 
 class StepLoop:
@@ -15,6 +15,7 @@ class StepLoop:
                  cuda_graph: bool = False, generator: torch.Generator | None = None):
         if attention_mask is not None:
             check_takes_attention_mask(model)
+        warn_if_dropout_on(model)
         self.model = model
         self.time_conditioned = bool(getattr(model, "time_conditioned", False))
         self.attention_mask = attention_mask

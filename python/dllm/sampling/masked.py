@@ -181,8 +181,9 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     first step runs the whole canvas and refreshes every layer's keys and values; the block's
     later steps feed only x[:, block_start:] ("prefix": the prefix comes from the cache) or only
     the block ("dual": prefix and suffix come from the cache). Approximate: cached keys do not
-    see the tokens committed since the refresh (exact for one layer, whose keys depend only on
-    their own token). The logits given to the callback cover the positions fed."""
+    see the tokens committed since the refresh (exact for one layer of a time-agnostic model,
+    whose keys depend only on their own token; a time-conditioned model's keys also carry the
+    refresh's noise level). The logits given to the callback cover the positions fed."""
     length = x.shape[1]
     kv = loop.new_kv_cache(x) if cache is not None else None
 

@@ -4,6 +4,12 @@
   ``[B, L]``; it may also return an object with a ``.logits`` attribute (Hugging Face style) or
   a tuple whose first element is the logits (``return_dict=False``);
 - has ``mask_id`` (int >= 0): the mask token, a valid index of the logits;
+- may have more logits columns than its tokenizer has tokens (LLaDA's 126464 columns, Dream's
+  152064: vocabularies padded for speed): the samplers may then propose any column but the mask,
+  which a trained model gives almost no probability; ``vocab_size`` (or ``config.vocab_size``),
+  where present, bounds the prompt's and the infill's ids;
+- is in eval mode (``model.eval()``): a sampler warns when dropout is on, which makes the
+  samples noisier and a seeded run unrepeatable;
 - optionally has ``logits_shift`` (int, default 0): 1 when position i is predicted by logits row
   i - 1 (Dream, and other models adapted from autoregressive ones);
 - optionally has ``time_conditioned`` (bool, default False): when True it is called as
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import warnings
 
 import torch
 
@@ -67,6 +74,13 @@ def vocab_size_of(model) -> int | None:
     if size is None:
         size = getattr(getattr(model, "config", None), "vocab_size", None)
     return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+
+
+def warn_if_dropout_on(model) -> None:
+    if isinstance(model, torch.nn.Module) and any(
+            m.training and isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} is in training mode with dropout on: the samples are noisier and "
+                      "a seeded generator does not reproduce them; call model.eval() before sampling", stacklevel=4)
 
 
 def check_takes_attention_mask(model) -> None:

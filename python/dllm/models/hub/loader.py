@@ -78,10 +78,10 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     net.load_state_dict(state, strict=True, assign=True)
     for module in net.modules():  # non-persistent buffers were left on the meta device
         if isinstance(module, Rotary):
-            module.inv_freq = Rotary(cfg.head_dim, cfg.rope_base).inv_freq.to(device)
+            module.inv_freq = module.frequencies(device)
     protocol = layout.protocol(config, tokenizer)
     _check_ids(layout, protocol, cfg)
-    return PublishedModel(net.eval(), layout=layout.name, config=config, tokenizer=tokenizer, **protocol)
+    return PublishedModel(net, layout=layout.name, config=config, tokenizer=tokenizer, **protocol).eval()
 
 
 def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[str, tuple], dtype, device) -> dict:
@@ -120,7 +120,7 @@ def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[
 
 def _check_rotary(key: str, path: Path, tensor: torch.Tensor, cfg: ModelConfig) -> None:
     """A saved rotary buffer must be what dllm recomputes from the config (head size and base)."""
-    expected = Rotary(cfg.head_dim, cfg.rope_base).inv_freq
+    expected = Rotary(cfg.head_dim, cfg.rope_base).frequencies()
     if tuple(tensor.shape) != tuple(expected.shape) or not torch.allclose(tensor.float().cpu(), expected, rtol=1e-4):
         raise ValueError(f"rotary buffer {key} in {path.name} does not match head size {cfg.head_dim} and rotary "
                          f"base {cfg.rope_base} from config.json")
