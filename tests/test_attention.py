@@ -75,6 +75,22 @@ def test_forward_and_gradients_match_float64(device, dtype, B, Sq, Sk, H, Hkv, D
     check_gradients(out, ref, low, (q, k, v))
 
 
+@pytest.mark.parametrize("D, softmax_scale", [(128, None), (48, 0.1)])
+def test_sharp_softmax_gradients_with_a_scale_that_is_not_a_power_of_two(device, D, softmax_scale):
+    # The backward must recompute the forward's scores exactly: a scale applied elsewhere rounds
+    # differently, which a peaked softmax turns into gradient errors far above PyTorch's.
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (4 * torch.randn(1, 256, 2, D, generator=g)).to(dtype).to(device).requires_grad_(), \
+        (4 * torch.randn(1, 256, 2, D, generator=g)).to(dtype).to(device).requires_grad_(), \
+        torch.randn(1, 256, 2, D, generator=g).to(dtype).to(device).requires_grad_()
+    out = dllm.ops.attention(q, k, v, softmax_scale=softmax_scale)
+    ref = reference(q, k, v, softmax_scale=softmax_scale)
+    low = reference(q, k, v, softmax_scale=softmax_scale, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
 @pytest.mark.parametrize("D", [64, 128])
 def test_varlen_equals_padded(device, D):
     dtype = torch.bfloat16
@@ -258,6 +274,21 @@ def test_cuda_kernel_errors_and_fallback():
     assert not dllm.ops._cuda_kernel_supports(q)
     out = dllm.ops.attention(q, k, v)
     torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-4, rtol=1e-4)
+
+
+def test_the_sdpa_fallback_checks_and_clamps_lengths_as_the_kernels_do():
+    # CUDA float32 and other head sizes take SDPA; the function is device-agnostic, so the CPU runs it.
+    q, k, v = inputs(3, 9, 11, 2, 1, 24, torch.float32, "cpu")
+    fallback = lambda kv_len, q_len=None: dllm.ops._sdpa_attention(q, k, v, kv_len, q_len, 24 ** -0.5)  # noqa: E731
+    with pytest.raises(RuntimeError, match=r"kv_len must have shape \[3\]"):
+        fallback(torch.tensor([5]))
+    with pytest.raises(TypeError, match="kv_len must be an integer tensor"):
+        fallback(torch.tensor([2.5, 11.0, 7.0]))
+    with pytest.raises(RuntimeError, match="q_len is on meta"):
+        fallback(None, torch.zeros(3, dtype=torch.int32, device="meta"))
+    out = fallback(torch.tensor([-4, 30, 7]), torch.tensor([9, -1, 12]))
+    want = reference(q, k, v, torch.tensor([0, 11, 7]), torch.tensor([9, 0, 9]))
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_gpus_before_sm80_take_sdpa(monkeypatch):

@@ -217,3 +217,11 @@ def test_cached_decoding_under_autocast_takes_the_fused_op(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net.generate(torch.zeros(2, 1, dtype=torch.long), 4, temperature=1.0)
     assert out.shape == (2, 5) and out.min() >= 0 and out.max() < 50
+
+
+def test_lengths_do_not_combine_with_a_causal_or_masked_call():
+    q = torch.randn(1, 5, 2, 8)
+    kv_len = torch.tensor([5], dtype=torch.int32)
+    for options in ({"causal": True}, {"attn_mask": torch.ones(1, 1, 1, 5, dtype=torch.bool)}):
+        with pytest.raises(ValueError, match="kv_len is the bidirectional path's padding"):
+            attn_mod.attention(q, q, q, kv_len=kv_len, **options)

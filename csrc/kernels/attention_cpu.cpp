@@ -149,7 +149,11 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
       dq.assign(qrows * ld, 0.0f);
       lse.assign(qrows, -kInf);
       delta.assign(qrows, 0.0f);
-      load_rows<D>(p.q, q0 * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, qn, dim, 1.0f, q.data(), ld);
+      // q scaled on loading, as in the forward, so that P is recomputed from the very scores the
+      // saved log-sum-exp normalises: scaling the products instead rounds differently, and with a
+      // sharp softmax and a scale that is not a power of two dV drifted to 15x PyTorch's error.
+      load_rows<D>(p.q, q0 * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, qn, dim, p.scale, q.data(),
+                   ld);
       load_rows<D>(g.dout, q0 * g.do_token_stride + h * g.do_head_stride, g.do_token_stride, qn, dim, 1.0f,
                    dout.data(), ld);
       for (int64_t i = 0; i < qn; ++i) {
@@ -169,16 +173,17 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
           const float* doi = dout.data() + i0 * ld;
           gemm<false>(mi, cols, dim, qi, ld, keys_t.data() + j0 * dim, kKeyTile, s.data(), kKeyTile, false);
           gemm<false>(mi, cols, dim, doi, ld, values_t.data() + j0 * dim, kKeyTile, dp.data(), kKeyTile, false);
-          // s becomes P, dp becomes dS = P (dP - delta) scale; zero past the keys and on padding
-          // or empty rows, so the transposed products below may run over them.
+          // s becomes P, dp becomes dS / scale = P (dP - delta); zero past the keys and on padding
+          // or empty rows, so the transposed products below may run over them. dK = dS^T Q takes
+          // the scale from the scaled q, dQ = dS K gets it once at the end.
           for (int64_t i = 0; i < mi; ++i) {
             const float row_lse = lse[i0 + i], row_delta = delta[i0 + i];
             float* si = s.data() + i * kKeyTile;
             float* dpi = dp.data() + i * kKeyTile;
             for (int64_t j = 0; j < cols; ++j) {
-              const float pij = j < nj && row_lse != -kInf ? exp_poly(p.scale * si[j] - row_lse) : 0.0f;
+              const float pij = j < nj && row_lse != -kInf ? exp_poly(si[j] - row_lse) : 0.0f;
               si[j] = pij;
-              dpi[j] = pij * (dpi[j] - row_delta) * p.scale;
+              dpi[j] = pij * (dpi[j] - row_delta);
             }
           }
           gemm<true>(cols, dcols, mi, s.data(), kKeyTile, doi, ld, dv.data() + j0 * ld, ld, true);   // dV += P^T dO
@@ -186,6 +191,7 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
           gemm<false>(mi, dcols, nj, dp.data(), kKeyTile, keys.data() + j0 * ld, ld, dq.data() + i0 * ld, ld, true);
         }
       }
+      for (float& value : dq) value *= p.scale;
       store_rows<D>(g.dq, (q0 * p.heads + h) * dim, p.heads * dim, qn, dim, dq.data(), ld);
     }
     store_rows<D>(g.dk, (k0 * p.kv_heads + hk) * dim, p.kv_heads * dim, kn, dim, dk.data(), ld);

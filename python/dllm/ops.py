@@ -281,12 +281,28 @@ def _cuda_kernel_supports(q: torch.Tensor) -> bool:
             and torch.cuda.get_device_properties(q.device).major >= 8)
 
 
+def _fallback_lengths(t, name: str, q: torch.Tensor, limit: int):
+    """The kernels' checks of a length tensor (see csrc/torch/attention.cpp), for the SDPA path,
+    which would otherwise broadcast a [1] over the batch or compare against fractional lengths."""
+    if t is None:
+        return None
+    if t.dim() != 1 or t.shape[0] != q.shape[0]:
+        raise RuntimeError(f"attention: {name} must have shape [{q.shape[0]}], got {list(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"attention: {name} must be an integer tensor, got {t.dtype}")
+    if t.device != q.device:
+        raise RuntimeError(f"attention: {name} is on {t.device} but q is on {q.device}")
+    return t.clamp(0, limit)
+
+
 def _sdpa_attention(q, k, v, kv_len, q_len, scale):
     """What :func:`attention` runs on CUDA for shapes the kernels do not take (see
     ``_cuda_kernel_supports``): torch SDPA with a key-padding mask, same semantics (rows past
-    q_len and rows without keys are zero)."""
+    q_len and rows without keys are zero, lengths clamped to [0, S] as the kernels do)."""
     B, Sq, H, _ = q.shape
     Sk = k.shape[1]
+    kv_len = _fallback_lengths(kv_len, "kv_len", q, Sk)
+    q_len = _fallback_lengths(q_len, "q_len", q, Sq)
     mask = None
     if kv_len is not None:
         # A sequence without keys attends to everything and is zeroed below: no NaN rows, which

@@ -29,6 +29,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     speed where SDPA refuses its flash kernel for any mask, and on the CPU 1.0-1.4x faster than
     SDPA with a mask (bench/results/cpu-2core-2026-11-29/attention*)."""
     if kv_len is not None:
+        if causal or attn_mask is not None:
+            raise ValueError("kv_len is the bidirectional path's padding; a causal or masked call passes its "
+                             "padding inside attn_mask")
         if q.dtype == torch.float64:  # a dtype the op leaves out: SDPA with the lengths as a key mask
             return ops._sdpa_attention(q, k.to(q.dtype), v.to(q.dtype), kv_len, None, q.shape[-1] ** -0.5)
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype), kv_len=kv_len)
