@@ -2,10 +2,12 @@
 
 Peers (same run, same inputs): SDPA's default choice and its flash, cuDNN and memory-efficient
 backends on a GPU (a boolean key-padding mask for the runs with lengths; flash refuses masks),
-SDPA's default CPU path on the CPU. TFLOP/s = 4 * H * D * sum_b(Sq * Sk_b) / time: the work the
-keys that exist need, so the runs with lengths (kv_len uniform in [L/2, L]) count only their
-keys, as FlashAttention counts varlen batches, whatever a peer spends on masked ones; forward +
-backward counts 3.5x the forward. The default GPU shapes hold the issue's targets:
+SDPA's default CPU path on the CPU. TFLOP/s = 4 * H * D * sum_b(Sq * Sk_b) / time: the runs with
+lengths (kv_len uniform in [L/2, L]; every query row is kept, since a sampler's canvas has no
+padded queries) count only the keys that exist, whatever a peer spends on masked ones; the note
+also gives the rate counting the padded L x L, as ../shared/ANCHORS.md counts its masked peers.
+Forward + backward counts 3.5x the forward. The hardware floor is a bf16 (CPU: float32) matmul's
+rate, measured in the same run: "% of floor" is the fraction of it reached. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
 sets of dllm kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);
 the ratios are against the default one.
@@ -24,28 +26,35 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Results, machine, measure_against
+from common import Results, add_timing_options, machine, matmul_tflops, measure_against, timing_of
 
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+CUDA_SHAPES = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128"
+CPU_SHAPES = "16x4x160x32,2x4x512x64,1x4x2048x128"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated BxHxLxD")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated BxHxLxD (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu_warmup=3, cpu_reps=10)
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")
-    default = "16x12x1024x64,4x16x2048x128,2x32x4096x128,1x32x8192x128" if cuda else "16x4x160x32,2x4x512x64,1x4x2048x128"
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)).split(",")]
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
-    meta = machine(device) | {"floor_gbps": float("nan")}
+    reps = timing_of(args, device)
+    peak = matmul_tflops(device, dtype)
+    meta = machine(device) | reps | {"floor_gbps": float("nan"), "matmul_tflops": peak}
     title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")
     rows = Results(args.out, title, meta)
     for B, H, L, D in shapes:
@@ -57,7 +66,8 @@ def main() -> None:
         for masked in (False, True):
             lens = kv_len if masked else None
             keys = int(kv_len.sum()) if masked else B * L
-            flops = 4 * H * L * keys * D * (3.5 if args.backward else 1.0)
+            per_key = 4 * H * L * D * (3.5 if args.backward else 1.0)
+            flops = per_key * keys
 
             def run(fn):
                 def call():
@@ -86,13 +96,18 @@ def main() -> None:
             shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
             op, dt = "attention" + (" fwd+bwd" if args.backward else " fwd"), str(dtype).removeprefix("torch.")
             # a backend may refuse the inputs (flash with a mask): RuntimeError
-            measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0, warmup=3,
-                                       reps=20 if cuda else 10, refused_by=(RuntimeError,))
+            measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0,
+                                       refused_by=(RuntimeError,), **reps)
             os.environ.pop("DLLM_ATTENTION_KERNEL")
+            unit, scale = ("TFLOP/s", 1.0) if cuda else ("GFLOP/s", 1e3)
             for r in measured:
                 if r.median_ms == r.median_ms:  # timed
                     r.extra["tflops"] = flops / (r.median_ms * 1e-3) / 1e12
-                    r.note = f"{r.extra['tflops']:.1f} TFLOP/s" if cuda else f"{r.extra['tflops'] * 1e3:.1f} GFLOP/s"
+                    r.pct_floor = 100.0 * r.extra["tflops"] / peak
+                    r.note = f"{r.extra['tflops'] * scale:.1f} {unit}"
+                    if masked:
+                        r.extra["tflops_padded"] = per_key * B * L / (r.median_ms * 1e-3) / 1e12
+                        r.note += f" ({r.extra['tflops_padded'] * scale:.1f} counting the padded L x L)"
                 rows.append(r)
             print(shape + ": " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms" for r in rows[-len(candidates):]))
     rows.finish()

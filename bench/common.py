@@ -7,7 +7,10 @@ bytes at the copy bandwidth measured here, in this run.
 
 from __future__ import annotations
 
+import argparse
+import collections
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,10 +23,42 @@ from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     """Measured copy bandwidth, counting bytes read plus bytes written (the floor's unit)."""
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
+    # Both written first: on Linux an untouched CPU buffer reads the kernel's shared zero page,
+    # which sits in cache and made the copy look 1.5x faster than memory.
+    src = torch.full((nbytes // 2,), 7, dtype=torch.uint8, device=device)
+    dst = torch.zeros_like(src)
     ms = statistics.median(time_ms(lambda: dst.copy_(src), device, reps=10))
     return nbytes / (ms * 1e-3) / 1e9
+
+
+def add_timing_options(ap: argparse.ArgumentParser, *, cpu_warmup: int, cpu_reps: int) -> None:
+    ap.add_argument("--warmup", type=int, default=None,
+                    help=f"untimed calls of each implementation first (default: 2 on CUDA, {cpu_warmup} on the CPU)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help=f"timed calls of each implementation, in turns (default: 20 on CUDA, {cpu_reps} on the CPU)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads (default 0: torch's choice); on a small shared machine 1 steadies the timings")
+    ap.set_defaults(cpu_timing=(cpu_warmup, cpu_reps))
+
+
+def timing_of(args: argparse.Namespace, device: str) -> dict:
+    """``warmup`` and ``reps`` for measure_against from add_timing_options' flags (setting the
+    thread count); recorded in the results' meta by the caller."""
+    if (args.reps is not None and args.reps <= 0) or (args.warmup is not None and args.warmup < 0) or args.threads < 0:
+        raise SystemExit(f"--reps must be positive, --warmup and --threads not negative; got {args.reps}, "
+                         f"{args.warmup}, {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warmup, reps = (2, 20) if device.startswith("cuda") else args.cpu_timing
+    return {"warmup": warmup if args.warmup is None else args.warmup, "reps": reps if args.reps is None else args.reps}
+
+
+def matmul_tflops(device: str, dtype: torch.dtype) -> float:
+    """A large square matmul's measured rate: the compute floor of compute-bound ops (attention)."""
+    n = 8192 if device.startswith("cuda") else 1024
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    ms = statistics.median(time_ms(lambda: a @ b, device, reps=10))
+    return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
 def peak_extra_mb(fn, device: str) -> float:
@@ -69,7 +104,8 @@ def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes:
 
 def unmeasured_row(op: str, shape: str, dtype: str, impl: str, nbytes: int, note: str) -> Row:
     """The row of an implementation that could not be timed; the note says why."""
-    return Row(op, shape, dtype, impl, float("nan"), 0, 0, nbytes, 0, 0, float("nan"), note)
+    nan = float("nan")
+    return Row(op, shape, dtype, impl, nan, nan, nan, nbytes, nan, nan, nan, note)
 
 
 def measure_against(op: str, shape: str, dtype: str, impls: list, device: str, nbytes: int, floor_gbps: float, *,
@@ -77,15 +113,17 @@ def measure_against(op: str, shape: str, dtype: str, impls: list, device: str, n
     """One row per (name, fn) of impls, dllm's first, timed in turns (time_interleaved) so that every
     ratio_vs_dllm compares calls that met the same machine. A peer whose first call raises one of
     refused_by (running out of memory; a backend refusing the inputs) gets a row noting why and sits
-    out the turns; dllm's own errors propagate."""
+    out the turns; dllm's own errors propagate, and so does a CUDA error (a RuntimeError too), which
+    would otherwise pass for every later peer refusing its inputs."""
     runnable, rows = [], {}
+    sticky = getattr(torch, "AcceleratorError", ())
     for i, (name, fn) in enumerate(impls):
         try:
             fn()
             sync(device)
             runnable.append((name, fn))
         except refused_by as e:
-            if i == 0:
+            if i == 0 or isinstance(e, sticky):
                 raise
             why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else str(e).split("\n")[0][:60]
             rows[name] = unmeasured_row(op, shape, dtype, name, nbytes, why)
@@ -104,27 +142,54 @@ def format_table(title: str, meta: dict, rows: list[Row]) -> str:
         f"# {title}",
         "",
         f"{meta['card']} | torch {meta['torch']} | {meta['date']} | commit {meta['commit']}",
-        (f"floor: copy bandwidth measured in this run, {meta['floor_gbps']:.0f} GB/s (bytes read + written)"
-         if meta["floor_gbps"] == meta["floor_gbps"] else "floor: none (a compute-bound op; the note gives FLOP/s)"),
+        _floor_line(meta),
         f"command: `{meta['command']}`",
+        *([f"timing: median of {meta['reps']} calls after {meta['warmup']} untimed, implementations in turns"]
+          if "reps" in meta else []),
+        *([f"load average (1, 5, 15 min) at the start: {', '.join(f'{x:.2f}' for x in meta['load_average'])}"]
+          if "load_average" in meta else []),
         "",
         "| op | shape | dtype | impl | median ms | GB/s | % of floor | dllm speedup | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    has_floor = meta["floor_gbps"] == meta["floor_gbps"]
+    has_floor = meta["floor_gbps"] == meta["floor_gbps"] or "matmul_tflops" in meta
+    impls_per_case = collections.Counter((r.op, r.shape) for r in rows)
     for r in rows:
         moved = r.bytes > 0  # rows of compute-bound ops count no bytes
+        speedup = f"{r.ratio_vs_dllm:.2f}x" if impls_per_case[r.op, r.shape] > 1 else "- (no peer)"
         lines.append(
-            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {f'{r.gbps:.1f}' if moved else '-'} | "
-            f"{f'{r.pct_floor:.1f}' if moved and has_floor else '-'} | {r.ratio_vs_dllm:.2f}x | {r.note} |"
+            f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {f'{r.gbps:.1f}' if moved and r.gbps == r.gbps else '-'} | "
+            f"{f'{r.pct_floor:.1f}' if has_floor and r.pct_floor == r.pct_floor else '-'} | {speedup} | {r.note} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _floor_line(meta: dict) -> str:
+    if "matmul_tflops" in meta:
+        rate = meta["matmul_tflops"]
+        rate = f"{rate:.1f} TFLOP/s" if rate >= 1 else f"{rate * 1e3:.0f} GFLOP/s"
+        return f"floor: a square matmul's rate measured in this run, {rate} (% of floor: the share of it reached)"
+    if meta["floor_gbps"] == meta["floor_gbps"]:
+        return f"floor: copy bandwidth measured in this run, {meta['floor_gbps']:.0f} GB/s (bytes read + written)"
+    return "floor: none"
+
+
+def _null_for_nan(value):
+    """NaN (what was not measured) as JSON's null: NaN is not JSON, and strict readers refuse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _null_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nan(v) for v in value]
+    return value
 
 
 def write_results(out: Path, title: str, meta: dict, rows: list[Row]) -> str:
     """Writes results.json and summary.md into `out`; returns the markdown table."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    document = _null_for_nan({"meta": meta, "rows": [asdict(r) for r in rows]})
+    (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     table = format_table(title, meta, rows)
     (out / "summary.md").write_text(table)
     return table

@@ -87,7 +87,7 @@ def main() -> None:
         step.note = f"{params / 1e6:,.1f}M params; {tflops:.3f} TFLOP/s (2 x params x tokens)"
         rows.append(step)
         gen = measure("generate", f"B{B} P{P} G{G} steps {steps}", step.dtype, label, lambda: run(G, steps), device,
-                      weight_bytes * steps, floor_gbps, warmup=1, reps=3, min_seconds=0.0)
+                      weight_bytes * steps, floor_gbps, warmup=1, reps=2, min_seconds=0.0)
         tokens_per_s = B * G / (gen.median_ms * 1e-3)
         gen.extra["tokens_per_s"] = tokens_per_s
         gen.note = f"{tokens_per_s:.1f} tokens/s"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import DTYPES, Results, copy_bandwidth_gbps, machine, measure_against
+from common import DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, timing_of
 
 
 
@@ -44,31 +44,36 @@ PEERS = {
 }
 
 
+CUDA_SHAPES, CPU_SHAPES = "16384x50258,1024x50258,1024x126464,64x50258", "256x50258,1024x32000"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated ROWSxV (default depends on the device)")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated ROWSxV (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
     args = ap.parse_args()
 
     device = args.device
-    default = "16384x50258,1024x50258,1024x126464,64x50258" if device.startswith("cuda") else "256x50258,1024x32000"
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    shapes = [tuple(int(v) for v in s.split("x"))
+              for s in (args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES)).split(",")]
     dtype = DTYPES[args.dtype]
+    reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
     t = args.temperature
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    meta = machine(device) | reps | {"floor_gbps": floor_gbps, "temperature": t}
     title = "sample_categorical: one exact draw per row"
     rows = Results(args.out, title, meta)
     for n, vocab in shapes:
         logits = (torch.randn(n, vocab, device=device) * 3).to(dtype)
         nbytes = logits.numel() * logits.element_size() + n * (8 + 4)  # read logits, write tokens + logprob
         shape = f"{n}x{vocab}"
-        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 5}
         impls = [("dllm", lambda: dllm.ops.sample_categorical(logits, t))]
         impls += [(name, lambda peer=peer: peer(logits, t)) for name, peer in PEERS.items()]
         measured = measure_against("sample", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)

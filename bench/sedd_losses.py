@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import DTYPES, Results, copy_bandwidth_gbps, machine, measure_against
+from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
+                    timing_of)
 from dllm.sedd import reference as ref
 
 
@@ -33,21 +34,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default depends on the device)")
+    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default: 16x1024x50258 on CUDA, "
+                    "2x256x50258 on the CPU)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
     ap.add_argument("--mask-frac", type=float, default=1.0,
                     help="fraction of masked positions (default 1: only masked rows count, and dllm reads no other)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
     args = ap.parse_args()
 
     device = args.device
     cuda = device.startswith("cuda")
     shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or ("16x1024x50258" if cuda else "2x256x50258")).split(",")]
     dtype = DTYPES[args.dtype]
+    reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
-    reps = {} if cuda else {"warmup": 1, "reps": 5}
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    meta = machine(device) | reps | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
     title = "SEDD / MDLM losses: forward + backward"
     rows = Results(args.out, title, meta)
     for b, l, k in shapes:
@@ -71,10 +74,15 @@ def main() -> None:
                 lambda z: ref.masked_diffusion_loss(z.float(), x_t, x0, weight, mask_id=k - 1)),
         }
         for op, (ours_fn, peer_fn) in cases.items():
-            ours, peer = measure_against(op + " fwd+bwd", shape, args.dtype, [
-                ("dllm", lambda: fwd_bwd(ours_fn, logits)),
-                ("eager reference (fp32)", lambda: fwd_bwd(peer_fn, logits))], device, nbytes, floor_gbps, **reps)
+            impls = [("dllm", lambda: fwd_bwd(ours_fn, logits)),
+                     ("eager reference (fp32)", lambda: fwd_bwd(peer_fn, logits))]
+            ours, peer = measure_against(op + " fwd+bwd", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
             ours.note = f"{ours.median_ms / (nbytes / floor_gbps / 1e6):.2f}x the floor"
+            if cuda:  # the peak beyond the inputs, the returned gradient (one B x L x K tensor) included
+                for row, (_, fn) in zip((ours, peer), impls):
+                    if row.median_ms == row.median_ms:  # not out of memory
+                        row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
+                        row.note += ("; " if row.note else "") + f"peak extra memory {row.extra['peak_extra_mb']:.1f} MB"
             rows.append(ours)
             rows.append(peer)
             print(f"{shape} {op}: " + ", ".join(f"{r.impl} {r.median_ms:.2f} ms" for r in rows[-2:]), flush=True)

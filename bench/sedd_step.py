@@ -4,7 +4,9 @@ The peer is the plain-PyTorch reference (dllm.sedd.reference.sedd_step: SEDD's s
 post-processing, staggered score times transposed transition or the reverse rate, and a Gumbel
 race), run in float32 on the same logits, as SEDD's sampler does after its bf16 network. Every
 position is masked by default (--mask-frac), so dllm reads every row: the absorbing graph's
-skipping of unmasked rows is not counted in its favour.
+skipping of unmasked rows is not counted in its favour. The torch.compile peer (each shape's first
+case; --compile-all: every case) is compiled and timed after every eager row is written, in turns
+with dllm again, so a slow cold compile cannot cost the other rows.
 
   python bench/sedd_step.py --device cuda --out bench/results/<name>/sedd_step
 """
@@ -18,8 +20,8 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import (DTYPES, Results, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
-                    unmeasured_row)
+from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
+                    timing_of, unmeasured_row)
 from dllm.sedd import reference as ref
 
 
@@ -28,76 +30,100 @@ def eager(logits, x, sigma, dsig, graph, method):
     return ref.sedd_step(logits.float(), x, sigma, dsig, graph=graph, method=method, scale_by_sigma=graph == "absorb")
 
 
+CUDA_SHAPES, CPU_SHAPES = "16x1024x50258,1x1024x50258,64x128x50258", "2x256x50258"
+CASES = "absorb:analytic,absorb:euler,uniform:analytic"
+
+
+def ours(logits, x, sigma, dsig, graph, method):
+    return dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph, method=method, scale_by_sigma=graph == "absorb")
+
+
+def measure_case(case, impls, device: str, dtype: str, floor_gbps: float, reps: dict):
+    """dllm and its peers in turns on one case's inputs, each with its peak memory (CUDA)."""
+    op, shape, nbytes, _ = case
+    measured = measure_against(op, shape, dtype, impls, device, nbytes, floor_gbps, **reps)
+    for row, (_, fn) in zip(measured, impls):
+        if row.median_ms == row.median_ms and device.startswith("cuda"):  # timed (not out of memory)
+            row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
+            row.note = f"peak extra memory {row.extra['peak_extra_mb']:.1f} MB"
+    return measured
+
+
+def report(rows: Results, measured: list) -> None:
+    for row in measured:
+        rows.append(row)
+    print(f"{measured[0].shape} {measured[0].op}: " + ", ".join(
+        f"{r.impl} {r.median_ms:.3f} ms" + (f" ({r.ratio_vs_dllm:.1f}x)" if r.impl != "dllm" else "") for r in measured),
+        flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default depends on the device)")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated BxLxK (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
-    ap.add_argument("--cases", default="absorb:analytic,absorb:euler,uniform:analytic", help="graph:method list")
-    ap.add_argument("--mask-frac", type=float, default=1.0, help="fraction of masked positions (absorb)")
+    ap.add_argument("--cases", default=CASES, help=f"graph:method list (default: {CASES})")
+    ap.add_argument("--mask-frac", type=float, default=1.0,
+                    help="fraction of masked positions under the absorbing graph (default: 1); dllm reads only "
+                         "the masked rows' logits, and the floor counts only those")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
     ap.add_argument("--compile-all", action="store_true",
-                    help="time the torch.compile peer for every shape and case (default: the first shape's first "
-                         "case only; each compile takes seconds to tens of seconds)")
+                    help="time the torch.compile peer for every case (default: each shape's first case only; each "
+                         "compile takes seconds to tens of seconds)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
     args = ap.parse_args()
 
     device = args.device
     cuda = device.startswith("cuda")
-    default = "16x1024x50258,1x1024x50258,64x128x50258" if cuda else "2x256x50258"
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)).split(",")]
     dtype = DTYPES[args.dtype]
+    reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
-    reps = {} if cuda else {"warmup": 1, "reps": 5}
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
 
-    meta = machine(device) | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
+    meta = machine(device) | reps | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
     title = "sedd_step: fused SEDD sampler step (score transform + predictor + exact draw)"
     rows = Results(args.out, title, meta)
+    to_compile = []  # the torch.compile peer runs after every eager row is written: a cold compile may take a minute
     for b, l, k in shapes:
         gen = torch.Generator(device=device).manual_seed(0)  # drawn on the device: GB of logits
         logits = (torch.randn(b, l, k, generator=gen, device=device) * 2).to(dtype)
-        nbytes = logits.numel() * logits.element_size() + b * l * 16  # logits, x in, x_next out
         shape = f"{b}x{l}x{k}"
         for graph, method in cases:
             x = torch.randint(0, k, (b, l), generator=gen, device=device)
-            if graph == "absorb":
+            rows_read = b * l
+            if graph == "absorb":  # unmasked positions stay: their logits are never read
                 x = torch.where(torch.rand(b, l, generator=gen, device=device) < args.mask_frac, torch.full_like(x, k - 1), x)
+                rows_read = int((x == k - 1).sum())
+            nbytes = rows_read * k * logits.element_size() + b * l * 16  # logits read, x in, x_next out
             sigma = torch.full((b,), 0.7, device=device)
             dsig = sigma if method == "denoise" else torch.full((b,), 0.01, device=device)
-            op = f"sedd_step {graph}/{method}"
-            ours_fn = lambda: dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph, method=method,  # noqa: E731
-                                                 scale_by_sigma=graph == "absorb")
-            failed = []
-            impls = [("dllm", ours_fn), ("eager reference (SEDD math, fp32)", lambda: eager(logits, x, sigma, dsig, graph, method))]
-            if not args.no_compile and (args.compile_all or ((graph, method) == cases[0] and (b, l, k) == shapes[0])):
-                torch._dynamo.reset()  # a fresh compile each time: past 8 recompiles dynamo silently runs eager
-                compiled = torch.compile(eager, dynamic=False)
-                t0 = time.perf_counter()
-                try:
-                    compiled(logits, x, sigma, dsig, graph, method)
-                    compile_s = time.perf_counter() - t0
-                    impls.append((f"torch.compile reference ({compile_s:.0f} s compile)",
-                                  lambda: compiled(logits, x, sigma, dsig, graph, method)))
-                except Exception as e:  # noqa: BLE001  (report, do not hide, a peer that fails)
-                    failed.append(unmeasured_row(op, shape, args.dtype, "torch.compile reference", nbytes,
-                                                 f"failed: {type(e).__name__}"))
-            measured = measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
-            for row, (_, fn) in zip(measured, impls):
-                if row.median_ms == row.median_ms:  # not out of memory
-                    row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
-                    if cuda:
-                        row.note = f"peak extra memory {row.extra['peak_extra_mb']:.1f} MB"
-            ours = measured[0]
+            case = (f"sedd_step {graph}/{method}", shape, nbytes, (logits, x, sigma, dsig, graph, method))
+            impls = [("dllm", lambda: ours(*case[3])), ("eager reference (SEDD math, fp32)", lambda: eager(*case[3]))]
+            measured = measure_case(case, impls, device, args.dtype, floor_gbps, reps)
             if not cuda:
-                ours.note = "reads each row once"
-            for row in measured + failed:
-                rows.append(row)
-            print(f"{shape} {graph}/{method}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
-                f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows
-                if r.shape == shape and r.op == op and r.impl != "dllm"), flush=True)
-
+                measured[0].note = "reads each row it needs once"
+            report(rows, measured)
+            if not args.no_compile and (args.compile_all or (graph, method) == cases[0]):
+                to_compile.append(case)
+    for case in to_compile:
+        op, shape, nbytes, inputs = case
+        torch._dynamo.reset()  # a fresh compile each time: past 8 recompiles dynamo silently runs eager
+        compiled = torch.compile(eager, dynamic=False)
+        t0 = time.perf_counter()
+        try:
+            compiled(*inputs)
+        except Exception as e:  # noqa: BLE001  (report, do not hide, a peer that fails)
+            rows.append(unmeasured_row(op, shape, args.dtype, "torch.compile reference", nbytes, f"failed: {type(e).__name__}"))
+            continue
+        name = f"torch.compile reference ({time.perf_counter() - t0:.0f} s compile)"
+        # timed in turns with dllm again, so its ratio compares calls that met the same machine
+        _, peer = measure_case(case, [("dllm", lambda: ours(*inputs)), (name, lambda: compiled(*inputs))], device,
+                               args.dtype, floor_gbps, reps)
+        report(rows, [peer])
     rows.finish()
 
 

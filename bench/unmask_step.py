@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb
+from common import Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb, timing_of
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -39,20 +39,26 @@ def dllm_step(logits, x, num_transfer, temperature):
     return x
 
 
+CUDA_SHAPES, CPU_SHAPES = "1x1024x126464,8x1024x126464,1x4096x126464", "1x512x126464"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated BxLxV")
-    ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (0: greedy)")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated BxLxV (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (default 1; 0: greedy)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu_warmup=1, cpu_reps=3)
     args = ap.parse_args()
     device = args.device
-    default = "1x1024x126464,8x1024x126464,1x4096x126464" if device.startswith("cuda") else "1x512x126464"
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or default).split(",")]
+    shapes = [tuple(int(v) for v in s.split("x"))
+              for s in (args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES)).split(",")]
+    reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
     t = args.temperature
-    meta = machine(device) | {"floor_gbps": floor_gbps, "temperature": t}
+    meta = machine(device) | reps | {"floor_gbps": floor_gbps, "temperature": t}
     title = f"unmasking step (predict_masked + commit_tokens), temperature {t}"
     rows = Results(args.out, title, meta)
     for B, L, V in shapes:
@@ -62,8 +68,8 @@ def main() -> None:
         k = torch.full((B,), max(1, L // 64), device=device)  # L / 64 tokens per step
         nbytes = logits.numel() * 2 + x.numel() * 8 * 2  # read the logits once, read + write x
         shape = f"{B}x{L}x{V}"
-        reps = {} if device.startswith("cuda") else {"warmup": 1, "reps": 3}
-        impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k.tolist(), t))]
+        # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
+        impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
         ours, peer = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip((ours, peer), impls):
             if row.median_ms == row.median_ms:  # not out of memory

@@ -14,13 +14,14 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
+FEW = ["--reps", "2", "--warmup", "1", "--threads", "1"]
 RUNS = {
-    "attention": ["--shapes", "1x2x33x16"],
-    "attention_backward": ["--shapes", "1x2x33x16", "--backward"],
-    "sample_categorical": ["--shapes", "8x301"],
-    "unmask_step": ["--shapes", "1x16x301"],
-    "sedd_step": ["--shapes", "1x16x301", "--no-compile"],
-    "sedd_losses": ["--shapes", "1x16x301"],
+    "attention": ["--shapes", "1x2x33x16", *FEW],
+    "attention_backward": ["--shapes", "1x2x33x16", "--backward", *FEW],
+    "sample_categorical": ["--shapes", "8x301", *FEW],
+    "unmask_step": ["--shapes", "1x16x301", *FEW],
+    "sedd_step": ["--shapes", "1x16x301", "--no-compile", *FEW],
+    "sedd_losses": ["--shapes", "1x16x301", *FEW],
     "published_latency": ["--tiny", "--gen", "8", "--prompt", "4", "--steps", "2"],
 }
 
@@ -31,8 +32,13 @@ def test_bench_script_runs(name, tmp_path):
     r = subprocess.run([sys.executable, str(script), "--device", "cpu", *RUNS[name], "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=600, cwd=BENCH)
     assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads((tmp_path / "results.json").read_text())
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    result = json.loads((tmp_path / "results.json").read_text(), parse_constant=refuse)
     assert result["rows"] and result["meta"]["torch"]
+    if "--reps" in RUNS[name]:
+        assert (result["meta"]["reps"], result["meta"]["warmup"]) == (2, 1) and "1 threads" in result["meta"]["card"]
     assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
     assert (tmp_path / "summary.md").read_text().startswith("# ")
 
@@ -80,6 +86,12 @@ def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):
     rows = measure_against("op", "1x1", "fp32", [("dllm", impl("dllm", 0)), ("flash", refuses)], "cpu", 8, 1.0,
                            warmup=1, reps=1, refused_by=(RuntimeError,))
     assert rows[1].note == "No available kernel." and rows[1].ratio_vs_dllm != rows[1].ratio_vs_dllm
+    def faults():
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(torch.AcceleratorError):  # a sticky device error is not a peer refusing its inputs
+        measure_against("op", "1x1", "fp32", [("dllm", impl("dllm", 0)), ("wgmma", faults), ("flash", refuses)], "cpu",
+                        8, 1.0, warmup=1, reps=1, refused_by=(RuntimeError,))
     with pytest.raises(RuntimeError, match="No available kernel"):  # dllm's own failure is never a row
         measure_against("op", "1x1", "fp32", [("dllm", refuses), ("slow", impl("slow", 0))], "cpu", 8, 1.0,
                         refused_by=(RuntimeError,))

@@ -25,9 +25,9 @@ def _fused_applies(q: torch.Tensor) -> bool:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
               attn_mask: torch.Tensor | None = None, kv_len: torch.Tensor | None = None) -> torch.Tensor:
     """``kv_len``: int32 ``[B]``, the keys of each row that are real (the rest is padding); it
-    always takes dllm's op, which skips padded keys instead of masking them: on CUDA at full
-    speed where SDPA refuses its flash kernel for any mask, and on the CPU 1.0-1.4x faster than
-    SDPA with a mask (bench/results/cpu-2core-2026-11-29/attention*)."""
+    takes dllm's op, which skips padded keys instead of masking them (on CUDA SDPA leaves its
+    flash kernel for any mask; on the CPU the op ran 1.0-1.4x faster than SDPA with a mask,
+    bench/results/cpu-2core-2026-11-29/attention*)."""
     if kv_len is not None:
         if causal or attn_mask is not None:
             raise ValueError("kv_len is the bidirectional path's padding; a causal or masked call passes its "
