@@ -240,7 +240,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
             cache, logits covers only the positions the step fed. x is the live canvas, which the
             next steps change in place: clone it to keep it (``return_history`` does); writing
-            into it changes the generation.
+            into it changes the generation. With ``cuda_graph=True`` logits is the graph's own
+            buffer, which the next replay overwrites: clone it too.
         return_history: keep the canvas after every step.
 
     Returns:
