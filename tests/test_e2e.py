@@ -12,6 +12,7 @@ from _train_helpers import make_corpus
 
 from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix,
                                           parse_rate, parseable_prefix, parses, unigram_entropy)
+from dllm.benchmarks import e2e
 from dllm.benchmarks.e2e import _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
@@ -128,10 +129,15 @@ def test_nll_bound_against_a_hand_computation():
 
 
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
+    load_models = e2e._load_models
     corpus = make_corpus(tmp_path / "corpus")
     for f in corpus.iterdir():  # whichever file is held out has small functions to infill
         f.write_text(f.read_text() + SMALL_FUNCTIONS)
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
+    # training and loading the models see a load of 9, the sweep 1: the report gives the sweep's
+    loaded = []
+    monkeypatch.setattr(e2e, "_load_models", lambda *a: loaded.append(1) or load_models(*a))
+    monkeypatch.setattr(e2e.os, "getloadavg", lambda: (1.0 if loaded else 9.0, 0.0, 0.0))
     out = tmp_path / "report"
     args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.04", "--data", str(corpus), "--gen-lengths", "16", "32",
             "--batch-sizes", "1", "2", "--step-fractions", "1", "1/2", "--samples", "3", "--reps", "1",
@@ -167,6 +173,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert all(1 <= r["nfe"] <= r["gen_length"] for r in res["throughput"] if r["sampler"] == "fast-dllm")
     report = (out / "report.md").read_text()
     meta = res["meta"]
+    assert meta["load_average"] == [1.0, 1.0]
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality

@@ -356,7 +356,6 @@ def run(ns: argparse.Namespace) -> dict:
 
     fracs = _check(ns)
     Path(ns.out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the sweep
-    load_at_start = os.getloadavg()[0]
     device = str(resolve_device(ns.device))
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -406,6 +405,8 @@ def run(ns: argparse.Namespace) -> dict:
     infill_cache: dict = {}
     quality, timed = [], {}  # timed: (point index, batch) -> throughput row
     described = []  # (point row, steps) in the order of points
+    # taken after the models trained and loaded: the report gives the load the sweep itself ran under
+    load_at_start = os.getloadavg()[0]
     for model, sampler, length, frac in tqdm(points, desc="e2e quality", dynamic_ncols=True):
         steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
         point = {"model": "diffusion (mdlm)" if model == "mdlm" else "autoregressive", "sampler": sampler or "kv-cache",
