@@ -176,6 +176,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert meta["load_average"] == [1.0, 1.0]
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
+    assert "sampling: dllm.ops.sample_categorical (C++ CPU kernel)" in report  # the baseline's kernels, named
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
     assert "latency ms (one run)" in report and " ± " in report
 

@@ -344,7 +344,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               "cached decode, one query and no mask: "
               + ("dllm.ops.attention (fused)" if fused else f"SDPA (eligible: {', '.join(decode)})")
-              + "; sampling: torch.multinomial",
+              + f"; sampling: dllm.ops.sample_categorical ({where} kernel)",
     }
 
 
