@@ -157,6 +157,10 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
         (s, length, st, b) for (s, length), steps in expected.items() for st in steps for b in (1, 2))
     numbers = [v for r in res["quality"] + res["throughput"] for v in r.values() if isinstance(v, float)]
     assert numbers and all(math.isfinite(v) for v in numbers)
+    # infill ran round(fraction x body) steps, the same at both lengths: half the steps at fraction 1/2
+    infill = {(r["sampler"], r["fraction"]): r["infill_steps"] for r in res["quality"] if r["gen_length"] == 16}
+    assert all(r["infill_steps"] == infill[r["sampler"], r["fraction"]] for r in res["quality"])
+    assert infill["mdlm", "1"] == infill["kv-cache", None] > infill["mdlm", "1/2"] >= infill["mdlm", "1"] / 2 - 0.5
     for r in res["quality"]:
         assert 0 <= r["parse_rate"] <= 1 - r["blank_rate"] and 0 <= r["infill_exact"] <= 1
         assert r["entropy"] <= math.log2(258) and r["nll"] > 0 and r["nll_se"] > 0
@@ -202,6 +206,38 @@ def test_e2e_throughput_times_the_points_in_turns():
     assert calls == [None, "mdlm", "llada"] * 3
     assert [r["nfe"] for r in rows] == [8, 4, 2] and all(r["batch"] == 3 for r in rows)
     assert all(r["tokens_per_s"] == pytest.approx(24 / (r["latency_ms"] * 1e-3)) for r in rows)
+
+
+def test_quality_plot_places_infill_at_the_steps_it_ran():
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import INFILL_METRICS, SAMPLE_METRICS, quality_figure
+
+    # infill is shared by the lengths and ran round(fraction x body) steps: 6 and 3 here, whatever the length
+    rows = [{"gen_length": length, "sampler": sampler, "steps": steps, "quality_nfe": 2.5 * length,
+             "infill_steps": infill_steps, "infill_nfe": 4.5,
+             **{key: 0.5 for key, _ in SAMPLE_METRICS + INFILL_METRICS}}
+            for length in (16, 32)
+            for sampler, steps, infill_steps in (("kv-cache", length, 6.0), ("mdlm", length, 6.0),
+                                                 ("mdlm", length // 2, 3.0), ("fast-dllm", 1, 1.0))]
+    fig = quality_figure({"meta": {"grid": {"gen_lengths": [16, 32]}}, "quality": rows})
+    axes = fig.axes
+
+    def xs(ax, label):
+        return [list(line.get_xdata()) for line in ax.get_lines() if line.get_label() == label]
+
+    ncols = 3  # two lengths and infill
+    for i, (key, label) in enumerate(SAMPLE_METRICS):  # the samples' steps, and fast-dllm's nfe
+        assert axes[i * ncols].get_ylabel() == label and axes[i * ncols + 1].get_ylabel() == label
+        assert xs(axes[i * ncols + 1], "diffusion, mdlm") == [[32, 16]]
+        assert xs(axes[i * ncols + 1], "diffusion, fast-dllm") == [[80.0]]
+    for i, (key, label) in enumerate(INFILL_METRICS):  # entropy too, and at infill's own steps
+        ax = axes[i * ncols + 2]
+        assert ax.get_ylabel() == label and xs(ax, "diffusion, mdlm") == [[6.0, 3.0]]
+        assert xs(ax, "diffusion, fast-dllm") == [[4.5]] and len(xs(ax, "autoregressive")) == 1
+    assert "infill steps" in axes[(len(INFILL_METRICS) - 1) * ncols + 2].get_xlabel()
+    assert not axes[-1].axison  # the infill column has a row fewer
+    plt.close(fig)
 
 
 def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):
