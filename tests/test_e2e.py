@@ -183,6 +183,8 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert "sampling: dllm.ops.sample_categorical (C++ CPU kernel)" in report  # the baseline's kernels, named
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
     assert "latency ms (one run)" in report and " ± " in report
+    # one noise draw a window: the report does not read the bounds' order off differences within the noise
+    assert "one draw of the noise" in report and "within about two standard errors is no evidence" in report
 
 
 def test_e2e_throughput_times_the_points_in_turns():

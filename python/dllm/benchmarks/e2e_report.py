@@ -114,11 +114,13 @@ def markdown(results: dict) -> str:
         "skips the network on steps that unmask nothing). fast-dllm (threshold "
         f"{m['fast_dllm']['threshold']}) picks its own step count: its rows carry the measured nfe instead.",
         "- val NLL, nats per token on the first "
-        f"{m['nll_windows']} held-out windows (± one standard error over them; the diffusion bounds draw one noise "
-        "level a window): exact for the autoregressive model; for diffusion the bound of the "
-        "T-step masked process with T = the point's steps (looser for fewer steps; llada picks positions by "
-        "confidence and has no bound of its own, so it shares the T-step value); fast-dllm's adaptive steps get "
-        f"the continuous-time bound ({m['continuous_bound']:.3f}).",
+        f"{m['nll_windows']} held-out windows (± one standard error over them): exact for the autoregressive "
+        "model; for diffusion the bound of the T-step masked process with T = the point's steps, estimated from "
+        "one draw of the noise (a time on the T-step grid and a mask) per window, the same random numbers for "
+        "every T. The bound itself is looser for fewer steps, but its one-draw estimates are noisy: a difference "
+        "between step counts within about two standard errors is no evidence of an effect of the steps. llada "
+        "picks positions by confidence and has no bound of its own, so it shares the T-step value; fast-dllm's "
+        f"adaptive steps get the continuous-time bound ({m['continuous_bound']:.3f}).",
         "- Samples are judged up to their first end-of-text.", *definitions,
         "- Infill: held-out functions (files of the validation split) with small bodies; diffusion masks the "
         "body between its context (before and after) and fills it in round(fraction x body length) steps "
