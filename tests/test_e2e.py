@@ -12,6 +12,7 @@ from _train_helpers import make_corpus
 
 from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix,
                                           parse_rate, parseable_prefix, parses, unigram_entropy)
+from dllm.benchmarks import e2e
 from dllm.benchmarks.e2e import _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
@@ -128,10 +129,15 @@ def test_nll_bound_against_a_hand_computation():
 
 
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
+    load_models = e2e._load_models
     corpus = make_corpus(tmp_path / "corpus")
     for f in corpus.iterdir():  # whichever file is held out has small functions to infill
         f.write_text(f.read_text() + SMALL_FUNCTIONS)
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
+    # training and loading the models see a load of 9, the sweep 1: the report gives the sweep's
+    loaded = []
+    monkeypatch.setattr(e2e, "_load_models", lambda *a: loaded.append(1) or load_models(*a))
+    monkeypatch.setattr(e2e.os, "getloadavg", lambda: (1.0 if loaded else 9.0, 0.0, 0.0))
     out = tmp_path / "report"
     args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.04", "--data", str(corpus), "--gen-lengths", "16", "32",
             "--batch-sizes", "1", "2", "--step-fractions", "1", "1/2", "--samples", "3", "--reps", "1",
@@ -151,6 +157,10 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
         (s, length, st, b) for (s, length), steps in expected.items() for st in steps for b in (1, 2))
     numbers = [v for r in res["quality"] + res["throughput"] for v in r.values() if isinstance(v, float)]
     assert numbers and all(math.isfinite(v) for v in numbers)
+    # infill ran round(fraction x body) steps, the same at both lengths: half the steps at fraction 1/2
+    infill = {(r["sampler"], r["fraction"]): r["infill_steps"] for r in res["quality"] if r["gen_length"] == 16}
+    assert all(r["infill_steps"] == infill[r["sampler"], r["fraction"]] for r in res["quality"])
+    assert infill["mdlm", "1"] == infill["kv-cache", None] > infill["mdlm", "1/2"] >= infill["mdlm", "1"] / 2 - 0.5
     for r in res["quality"]:
         assert 0 <= r["parse_rate"] <= 1 - r["blank_rate"] and 0 <= r["infill_exact"] <= 1
         assert r["entropy"] <= math.log2(258) and r["nll"] > 0 and r["nll_se"] > 0
@@ -167,10 +177,14 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert all(1 <= r["nfe"] <= r["gen_length"] for r in res["throughput"] if r["sampler"] == "fast-dllm")
     report = (out / "report.md").read_text()
     meta = res["meta"]
+    assert meta["load_average"] == [1.0, 1.0]
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
+    assert "sampling: dllm.ops.sample_categorical (C++ CPU kernel)" in report  # the baseline's kernels, named
     assert len(re.findall(r"^\| diffusion \(mdlm\) \| llada \|", report, flags=re.M)) == 2 * 2 * 2 + 2 * 2  # speed + quality
     assert "latency ms (one run)" in report and " ± " in report
+    # one noise draw a window: the report does not read the bounds' order off differences within the noise
+    assert "one draw of the noise" in report and "within about two standard errors is no evidence" in report
 
 
 def test_e2e_throughput_times_the_points_in_turns():
@@ -194,6 +208,38 @@ def test_e2e_throughput_times_the_points_in_turns():
     assert calls == [None, "mdlm", "llada"] * 3
     assert [r["nfe"] for r in rows] == [8, 4, 2] and all(r["batch"] == 3 for r in rows)
     assert all(r["tokens_per_s"] == pytest.approx(24 / (r["latency_ms"] * 1e-3)) for r in rows)
+
+
+def test_quality_plot_places_infill_at_the_steps_it_ran():
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import INFILL_METRICS, SAMPLE_METRICS, quality_figure
+
+    # infill is shared by the lengths and ran round(fraction x body) steps: 6 and 3 here, whatever the length
+    rows = [{"gen_length": length, "sampler": sampler, "steps": steps, "quality_nfe": 2.5 * length,
+             "infill_steps": infill_steps, "infill_nfe": 4.5,
+             **{key: 0.5 for key, _ in SAMPLE_METRICS + INFILL_METRICS}}
+            for length in (16, 32)
+            for sampler, steps, infill_steps in (("kv-cache", length, 6.0), ("mdlm", length, 6.0),
+                                                 ("mdlm", length // 2, 3.0), ("fast-dllm", 1, 1.0))]
+    fig = quality_figure({"meta": {"grid": {"gen_lengths": [16, 32]}}, "quality": rows})
+    axes = fig.axes
+
+    def xs(ax, label):
+        return [list(line.get_xdata()) for line in ax.get_lines() if line.get_label() == label]
+
+    ncols = 3  # two lengths and infill
+    for i, (key, label) in enumerate(SAMPLE_METRICS):  # the samples' steps, and fast-dllm's nfe
+        assert axes[i * ncols].get_ylabel() == label and axes[i * ncols + 1].get_ylabel() == label
+        assert xs(axes[i * ncols + 1], "diffusion, mdlm") == [[32, 16]]
+        assert xs(axes[i * ncols + 1], "diffusion, fast-dllm") == [[80.0]]
+    for i, (key, label) in enumerate(INFILL_METRICS):  # entropy too, and at infill's own steps
+        ax = axes[i * ncols + 2]
+        assert ax.get_ylabel() == label and xs(ax, "diffusion, mdlm") == [[6.0, 3.0]]
+        assert xs(ax, "diffusion, fast-dllm") == [[4.5]] and len(xs(ax, "autoregressive")) == 1
+    assert "infill steps" in axes[(len(INFILL_METRICS) - 1) * ncols + 2].get_xlabel()
+    assert not axes[-1].axison  # the infill column has a row fewer
+    plt.close(fig)
 
 
 def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):

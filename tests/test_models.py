@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dllm.models import ARTransformer, DiffusionTransformer, LLaDAModel, from_pretrained, model_config, build_model
+from dllm import ops
 from dllm.models import attention as attn_mod
 
 
@@ -126,6 +127,48 @@ def test_ar_kv_cache_matches_full_forward():
     for _ in range(5):
         seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, seq)
+
+
+def _constant_ar(logits: torch.Tensor) -> ARTransformer:
+    """An autoregressive model whose next-token logits are ``logits`` whatever the input: its output
+    layer keeps the zero weights it starts with, and its bias is the logits."""
+    net = ARTransformer(_tiny("ar")).eval()
+    with torch.no_grad():
+        net.output_layer.linear.bias.copy_(logits)
+    return net
+
+
+def test_ar_generate_draws_from_the_softmax_with_sample_categorical_and_the_kv_cache():
+    logits = torch.full((50,), -30.0)
+    logits[:5] = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    net = _constant_ar(logits)
+    calls = []
+    forward = net.forward
+
+    def spy(x, *args, cache=None, start=0, **kw):
+        calls.append((x.shape[1], cache is not None, start))
+        return forward(x, *args, cache=cache, start=start, **kw)
+
+    net.forward = spy
+    prompt, n, temperature = torch.zeros(64, 2, dtype=torch.long), 30, 0.8
+
+    def sample(seed):
+        return net.generate(prompt, n, temperature=temperature, generator=torch.Generator().manual_seed(seed))
+
+    out = sample(1)
+    # one forward over the prompt, then one cached forward a token (none after the last)
+    assert calls == [(2, True, 0)] + [(1, True, 2 + i) for i in range(n - 1)]
+    assert torch.equal(out[:, :2], prompt) and torch.equal(sample(1), out) and not torch.equal(sample(2), out)
+    # each token is dllm.ops.sample_categorical's draw from the same generator stream
+    g = torch.Generator().manual_seed(1)
+    rows = logits.expand(64, -1).contiguous()
+    expected = torch.stack([ops.sample_categorical(rows, temperature, generator=g)[0] for _ in range(n)], 1)
+    assert torch.equal(out[:, 2:], expected)
+    # the 64 x 30 draws follow softmax(logits / T): chi-square with 4 degrees of freedom below its
+    # 0.1% critical value 18.47; tokens of probability e^-40 never come
+    counts = torch.bincount(out[:, 2:].flatten(), minlength=50).double()
+    p = torch.softmax(logits.double() / temperature, 0)[:5] * out[:, 2:].numel()
+    assert counts[5:].sum() == 0 and ((counts[:5] - p) ** 2 / p).sum() < 18.47
 
 
 def test_llada_gqa_matches_repeated_heads():

@@ -255,9 +255,10 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
 
 def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
     """Diffusion: the body is masked between its context and filled with ``round(len(body) * frac)`` steps.
-    Autoregressive: completion from the context before the body only (it cannot see the suffix)."""
+    Autoregressive: completion from the context before the body only (it cannot see the suffix).
+    ``infill_steps``: those steps (autoregressive: tokens) averaged over the tasks, the x of the plots."""
     g = runner.generator()
-    fills, tokens, nfes = [], [], []
+    fills, tokens, nfes, steps = [], [], [], []
     mask_id = runner.m.tok.mask_id
     for task in tasks:
         n = len(task.body)
@@ -266,9 +267,11 @@ def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
             with runner.precision:
                 hole = runner.m.ar.generate(prompt, n, temperature=runner.temperature, generator=g)[0, len(task.before):]
             nfes.append(n)
+            steps.append(n)
         else:
             template = torch.tensor(task.before + [mask_id] * n + task.after, device=runner.device)
-            kw = _diffusion_kwargs(sampler, max(1, round(n * frac)) if frac is not None else 1, template.numel())
+            steps.append(max(1, round(n * frac)) if frac is not None else 1)
+            kw = _diffusion_kwargs(sampler, steps[-1], template.numel())
             if "block_length" in kw:
                 kw["block_length"] = template.numel()  # one block: the hole sits between known context
             with runner.precision:
@@ -281,7 +284,8 @@ def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
         fills.append(runner.m.tok.decode(ids))
     return {"infill_parse": sum(t.function_parses(f) for t, f in zip(tasks, fills)) / len(tasks),
             "infill_exact": exact_match(fills, [t.body_text for t in tasks]),
-            "infill_entropy": unigram_entropy(tokens), "infill_nfe": statistics.mean(nfes)}
+            "infill_entropy": unigram_entropy(tokens), "infill_steps": statistics.mean(steps),
+            "infill_nfe": statistics.mean(nfes)}
 
 
 def _throughputs_in_turns(runner: Runner, points: list[tuple], length: int, batch: int, reps: int) -> list[dict]:
@@ -344,7 +348,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               "cached decode, one query and no mask: "
               + ("dllm.ops.attention (fused)" if fused else f"SDPA (eligible: {', '.join(decode)})")
-              + "; sampling: torch.multinomial",
+              + f"; sampling: dllm.ops.sample_categorical ({where} kernel)",
     }
 
 
@@ -356,7 +360,6 @@ def run(ns: argparse.Namespace) -> dict:
 
     fracs = _check(ns)
     Path(ns.out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the sweep
-    load_at_start = os.getloadavg()[0]
     device = str(resolve_device(ns.device))
     if ns.threads:
         torch.set_num_threads(ns.threads)
@@ -406,6 +409,8 @@ def run(ns: argparse.Namespace) -> dict:
     infill_cache: dict = {}
     quality, timed = [], {}  # timed: (point index, batch) -> throughput row
     described = []  # (point row, steps) in the order of points
+    # taken after the models trained and loaded: the report gives the load the sweep itself ran under
+    load_at_start = os.getloadavg()[0]
     for model, sampler, length, frac in tqdm(points, desc="e2e quality", dynamic_ncols=True):
         steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
         point = {"model": "diffusion (mdlm)" if model == "mdlm" else "autoregressive", "sampler": sampler or "kv-cache",

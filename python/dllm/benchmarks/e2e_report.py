@@ -8,14 +8,15 @@ from pathlib import Path
 from .code_quality import __doc__ as QUALITY_DEFINITIONS
 
 COLORS = {"mdlm": "tab:blue", "llada": "tab:orange", "fast-dllm": "tab:green", "kv-cache": "black"}
-QUALITY_METRICS = (("nll", "val NLL, nats/token (lower: better)"), ("parse_prefix", "parseable prefix"),
-                   ("parse_rate", "parse rate"), ("entropy", "sample token entropy, bits"),
-                   ("infill_parse", "infill parse rate"), ("infill_exact", "infill exact match"))
+SAMPLE_METRICS = (("nll", "val NLL, nats/token (lower: better)"), ("parse_prefix", "parseable prefix"),
+                  ("parse_rate", "parse rate"), ("entropy", "sample token entropy, bits"))
+INFILL_METRICS = (("infill_parse", "infill parse rate"), ("infill_exact", "infill exact match"),
+                  ("infill_entropy", "infill token entropy, bits"))
 
 
-def _nfe(row: dict, key: str) -> float:
+def _nfe(row: dict, key: str, steps: str = "steps") -> float:
     """Where a point sits on a steps axis: its grid steps, or fast-dllm's measured evaluations."""
-    return row[key] if row["sampler"] == "fast-dllm" else row["steps"]
+    return row[key] if row["sampler"] == "fast-dllm" else row[steps]
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -40,17 +41,19 @@ def _throughput_table(rows: list[dict], length: int, reps: int) -> list[str]:
 def _quality_table(rows: list[dict], length: int, reference: float) -> list[str]:
     out = [f"### Quality, {length} generated tokens (held-out text of this length: {reference:.2f} bits entropy)", "",
            "| model | sampler | steps | nfe | val NLL (± s.e.) | NLL is | parse | blank | parseable prefix | entropy | "
-           "infill parse | infill exact | infill entropy | infill nfe |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "infill parse | infill exact | infill entropy | infill steps | infill nfe |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gen_length"] != length:
             continue
-        steps = "adaptive" if r["sampler"] == "fast-dllm" else r["steps"]
+        adaptive = r["sampler"] == "fast-dllm"
+        steps = "adaptive" if adaptive else r["steps"]
+        infill_steps = "adaptive" if adaptive else f"{r['infill_steps']:.1f}"
         out.append(f"| {r['model']} | {r['sampler']} | {steps} | {r['quality_nfe']:.1f} | "
                    f"{_f(r['nll'])} ± {_f(r['nll_se'])} | {r['nll_kind']} | {_f(r['parse_rate'], 2)} | "
                    f"{_f(r['blank_rate'], 2)} | {_f(r['parse_prefix'], 2)} | {_f(r['entropy'], 2)} | "
                    f"{_f(r['infill_parse'], 2)} | {_f(r['infill_exact'], 2)} | {_f(r['infill_entropy'], 2)} | "
-                   f"{r['infill_nfe']:.1f} |")
+                   f"{infill_steps} | {r['infill_nfe']:.1f} |")
     return out + [""]
 
 
@@ -111,16 +114,20 @@ def markdown(results: dict) -> str:
         "skips the network on steps that unmask nothing). fast-dllm (threshold "
         f"{m['fast_dllm']['threshold']}) picks its own step count: its rows carry the measured nfe instead.",
         "- val NLL, nats per token on the first "
-        f"{m['nll_windows']} held-out windows (± one standard error over them; the diffusion bounds draw one noise "
-        "level a window): exact for the autoregressive model; for diffusion the bound of the "
-        "T-step masked process with T = the point's steps (looser for fewer steps; llada picks positions by "
-        "confidence and has no bound of its own, so it shares the T-step value); fast-dllm's adaptive steps get "
-        f"the continuous-time bound ({m['continuous_bound']:.3f}).",
+        f"{m['nll_windows']} held-out windows (± one standard error over them): exact for the autoregressive "
+        "model; for diffusion the bound of the T-step masked process with T = the point's steps, estimated from "
+        "one draw of the noise (a time on the T-step grid and a mask) per window, the same random numbers for "
+        "every T. The bound itself is looser for fewer steps, but its one-draw estimates are noisy: a difference "
+        "between step counts within about two standard errors is no evidence of an effect of the steps. llada "
+        "picks positions by confidence and has no bound of its own, so it shares the T-step value; fast-dllm's "
+        f"adaptive steps get the continuous-time bound ({m['continuous_bound']:.3f}).",
         "- Samples are judged up to their first end-of-text.", *definitions,
         "- Infill: held-out functions (files of the validation split) with small bodies; diffusion masks the "
         "body between its context (before and after) and fills it in round(fraction x body length) steps "
         "(fast-dllm: adaptive) as one block; the autoregressive model cannot infill, so its row is a "
-        "prefix-only completion of the same number of tokens from the context before the body. "
+        "prefix-only completion of the same number of tokens from the context before the body. Infill does not "
+        "depend on the generation length: every length's rows repeat it, and its column of the quality plot "
+        "places it at its own steps (infill steps: the mean over the functions), not at the samples' steps. "
         "Infill parse: the def line plus the filled body parses, with a statement of the fill's own; exact: the "
         "body is reproduced character for character.", "",
         "## Throughput", "",
@@ -192,35 +199,51 @@ def plot_throughput(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_quality(results: dict, path: Path) -> None:
+def _quality_panel(ax, series: dict[str, list[dict]], key: str, label: str, steps: str, nfe: str) -> None:
+    """One metric against steps: the diffusion samplers as points, the autoregressive model as a line."""
+    for sampler, pts in series.items():
+        ys = [r[key] for r in pts]
+        if sampler == "kv-cache":
+            ax.axhline(ys[0], color="black", ls="--", lw=1, label="autoregressive")
+        else:
+            style = dict(marker="*", ms=12, ls="none") if sampler == "fast-dllm" else dict(marker="o")
+            ax.plot([_nfe(r, nfe, steps) for r in pts], ys, color=COLORS[sampler], label=f"diffusion, {sampler}",
+                    **style)
+    ax.set_xscale("log", base=2)
+    _no_minor_labels(ax)
+    ax.set_ylabel(label, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def quality_figure(results: dict):
+    """One column per generation length for the samples' metrics, and one column for infill, which
+    every length shares and which ran its own step counts (a fraction of each body's length)."""
     plt = _plt()
     cols = results["meta"]["grid"]["gen_lengths"]
-    fig, axes = plt.subplots(len(QUALITY_METRICS), len(cols), figsize=(4.8 * len(cols), 2.6 * len(QUALITY_METRICS)),
-                             squeeze=False)
+    rows = max(len(SAMPLE_METRICS), len(INFILL_METRICS))
+    fig, axes = plt.subplots(rows, len(cols) + 1, figsize=(4.8 * (len(cols) + 1), 2.6 * rows), squeeze=False)
     for j, length in enumerate(cols):
         series = _series(results["quality"], gen_length=length)
-        for i, (key, label) in enumerate(QUALITY_METRICS):
-            ax = axes[i][j]
-            for sampler, pts in series.items():
-                xs = [_nfe(r, "quality_nfe") for r in pts]
-                ys = [r[key] for r in pts]
-                if sampler == "kv-cache":
-                    ax.axhline(ys[0], color="black", ls="--", lw=1, label="autoregressive")
-                else:
-                    style = dict(marker="*", ms=12, ls="none") if sampler == "fast-dllm" else dict(marker="o")
-                    ax.plot(xs, ys, color=COLORS[sampler], label=f"diffusion, {sampler}", **style)
-            ax.set_xscale("log", base=2)
-            _no_minor_labels(ax)
-            ax.set_ylabel(label, fontsize=8)
-            ax.grid(alpha=0.3)
-            if i == 0:
-                ax.set_title(f"{length} tokens")
-            if i == len(QUALITY_METRICS) - 1:
-                ax.set_xlabel("steps (fast-dllm: measured nfe)")
+        for i, (key, label) in enumerate(SAMPLE_METRICS):
+            _quality_panel(axes[i][j], series, key, label, "steps", "quality_nfe")
+        axes[0][j].set_title(f"samples, {length} tokens")
+        axes[len(SAMPLE_METRICS) - 1][j].set_xlabel("steps (fast-dllm: measured nfe)")
+    infill = _series(results["quality"], gen_length=cols[0])
+    for i, (key, label) in enumerate(INFILL_METRICS):
+        _quality_panel(axes[i][-1], infill, key, label, "infill_steps", "infill_nfe")
+    axes[0][-1].set_title("infill of held-out bodies (any length)")
+    axes[len(INFILL_METRICS) - 1][-1].set_xlabel("infill steps, mean over the bodies (fast-dllm: measured nfe)")
+    for ax in axes[len(INFILL_METRICS):, -1]:
+        ax.axis("off")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_quality(results: dict, path: Path) -> None:
+    fig = quality_figure(results)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
 
 
 def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:

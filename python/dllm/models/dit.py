@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
@@ -146,7 +147,9 @@ class ARTransformer(DiffusionTransformer):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward)."""
+        """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward), each
+        token drawn by :func:`dllm.ops.sample_categorical` from ``softmax(logits / temperature)`` (argmax
+        at temperature 0) with ``generator``."""
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         B, P = prompt.shape
@@ -154,11 +157,8 @@ class ARTransformer(DiffusionTransformer):
         logits = self(prompt, cache=cache, start=0)[:, -1]
         out = [prompt]
         for i in range(max_new_tokens):
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
+            # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
+            nxt = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
             out.append(nxt)
             if i + 1 < max_new_tokens:
                 logits = self(nxt, cache=cache, start=P + i)[:, -1]
