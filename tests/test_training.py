@@ -124,6 +124,16 @@ def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, mo
     assert "removed the previous run's" in caplog.text and not (tmp_path / "run" / CHECKPOINT).exists()
 
 
+def test_one_run_at_a_time_trains_into_a_folder(tmp_path, corpus):
+    from dllm.training.trainer import run_folder_lock
+
+    with run_folder_lock(tmp_path / "run"):  # another run holds the folder
+        with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {os.getpid()}\)"):
+            dllm.train(**tiny(tmp_path, corpus, steps=2))
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert dllm.train(**tiny(tmp_path, corpus, steps=2))["step"] == 2  # released, even by a run that failed
+
+
 def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
     dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
     dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,6 +33,37 @@ from .metrics import MetricsLog, plot_metrics
 log = logging.getLogger("dllm")
 
 CHECKPOINT = "checkpoint.pt"
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: Path, enabled: bool = True):
+    """One training run per folder at a time: two would interleave their checkpoints and metrics.
+    An advisory lock (flock) on ``folder/.lock``, which the system drops when the process dies, so a
+    killed run never leaves the folder locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        enabled = False
+    if not enabled:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip()
+            raise RuntimeError(f"{str(folder)!r} is in use by another training run{f' (pid {holder})' if holder else ''}: "
+                               "wait for it to end, or train into another --out-dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -316,6 +348,10 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
+        with run_folder_lock(self.out, self.is_main):  # rank 0 alone writes the folder
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         resume = self._resume_path()
         if resume is not None:
