@@ -8,7 +8,6 @@ bytes at the copy bandwidth measured here, in this run.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import statistics
@@ -55,7 +54,7 @@ def timing_of(args: argparse.Namespace, device: str) -> dict:
 
 def matmul_tflops(device: str, dtype: torch.dtype) -> float:
     """A large square matmul's measured rate: the compute floor of compute-bound ops (attention)."""
-    n = 8192 if device.startswith("cuda") else 1024
+    n = 8192 if device.startswith("cuda") else 2048
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     ms = statistics.median(time_ms(lambda: a @ b, device, reps=10))
     return 2 * n**3 / (ms * 1e-3) / 1e12
@@ -153,10 +152,9 @@ def format_table(title: str, meta: dict, rows: list[Row]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     has_floor = meta["floor_gbps"] == meta["floor_gbps"] or "matmul_tflops" in meta
-    impls_per_case = collections.Counter((r.op, r.shape) for r in rows)
     for r in rows:
         moved = r.bytes > 0  # rows of compute-bound ops count no bytes
-        speedup = f"{r.ratio_vs_dllm:.2f}x" if impls_per_case[r.op, r.shape] > 1 else "- (no peer)"
+        speedup = f"{r.ratio_vs_dllm:.2f}x" if r.ratio_vs_dllm == r.ratio_vs_dllm else "-"  # NaN: no peer, or untimed
         lines.append(
             f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.median_ms:.4f} | {f'{r.gbps:.1f}' if moved and r.gbps == r.gbps else '-'} | "
             f"{f'{r.pct_floor:.1f}' if has_floor and r.pct_floor == r.pct_floor else '-'} | {speedup} | {r.note} |"

@@ -85,12 +85,14 @@ def main() -> None:
                        device, weight_bytes, floor_gbps, **reps)
         tflops = 2 * params * B * (P + G) / (step.median_ms * 1e-3) / 1e12
         step.note = f"{params / 1e6:,.1f}M params; {tflops:.3f} TFLOP/s (2 x params x tokens)"
+        step.ratio_vs_dllm = float("nan")  # no peer
         rows.append(step)
         gen = measure("generate", f"B{B} P{P} G{G} steps {steps}", step.dtype, label, lambda: run(G, steps), device,
                       weight_bytes * steps, floor_gbps, warmup=1, reps=2, min_seconds=0.0)
         tokens_per_s = B * G / (gen.median_ms * 1e-3)
         gen.extra["tokens_per_s"] = tokens_per_s
         gen.note = f"{tokens_per_s:.1f} tokens/s"
+        gen.ratio_vs_dllm = float("nan")
         if device.startswith("cuda"):
             peak = torch.cuda.max_memory_allocated() / 2**30
             gen.extra["peak_GiB"] = step.extra["peak_GiB"] = peak
