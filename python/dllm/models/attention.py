@@ -17,8 +17,9 @@ from .. import ops
 
 def _fused_applies(q: torch.Tensor) -> bool:
     # The op's tensor-core coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the
-    # CPU, dllm's kernel and SDPA's flash path run at parity on full batches (0.9-1.1x either way,
-    # bench/results/cpu-2core-2026-11-29/attention*), so models keep SDPA there.
+    # CPU full batches keep SDPA, as the KV-cache and causal calls do, so that cached and uncached
+    # forwards round alike: dllm's kernel measured 0.93-1.06x SDPA's flash path there on 2026-11-29
+    # and 1.14-1.57x on 2026-11-30 (bench/results/cpu-2core-*/attention), too unsteady a gain for that.
     return q.is_cuda and ops._cuda_kernel_supports(q)
 
 
@@ -26,8 +27,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
               attn_mask: torch.Tensor | None = None, kv_len: torch.Tensor | None = None) -> torch.Tensor:
     """``kv_len``: int32 ``[B]``, the keys of each row that are real (the rest is padding); it
     takes dllm's op, which skips padded keys instead of masking them (on CUDA SDPA leaves its
-    flash kernel for any mask; on the CPU the op ran 1.0-1.4x faster than SDPA with a mask,
-    bench/results/cpu-2core-2026-11-29/attention*)."""
+    flash kernel for any mask; on the CPU the op ran 1.34-1.89x faster than SDPA with a mask,
+    bench/results/cpu-2core-2026-11-30/attention*)."""
     if kv_len is not None:
         if causal or attn_mask is not None:
             raise ValueError("kv_len is the bidirectional path's padding; a causal or masked call passes its "
