@@ -130,8 +130,9 @@ def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_arguments():
-    out = dllm("demo", "--minutes", "0")
-    assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr
+    for minutes in ("0", "nan"):
+        out = dllm("demo", "--minutes", minutes)
+        assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr
     out = dllm("demo", "--gen-length", "36")  # the completion's blocks need a multiple of 8
     assert out.returncode == 2 and "multiple of 8" in out.stderr
 
@@ -186,6 +187,16 @@ def test_eval_reproduces_the_trainers_validation(tmp_path):
     assert other["sequences"] == 3 < mdlm["sequences"] and other["seed"] == 7 and other["val_bpb"] != mdlm["val_bpb"]
     with pytest.raises(ValueError, match="must be positive"):
         run_eval(tmp_path / "ar" / "run" / "model", batches=0, device="cpu")
+    # an autoregressive model asked for more than it holds fails before generating anything
+    from dllm.sample_cli import run_sample
+
+    with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 63"):
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=64, steps=1, sampler=None,
+                   temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    record = tmp_path / "ar" / "run" / "run_config.json"
+    record.write_text("{}")
+    with pytest.raises(ValueError, match="is not the run record `dllm train` writes"):
+        run_eval(tmp_path / "ar" / "run" / "model", device="cpu")
 
 
 def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monkeypatch):

@@ -242,3 +242,59 @@ def test_byte_decode_refuses_ids_outside_the_vocabulary():
     with pytest.raises(ValueError, match="id 300 is outside the byte tokenizer's vocabulary"):
         ByteTokenizer().decode([104, 300])
     assert ByteTokenizer().decode([104, 256, 257]) == "h<|endoftext|><|mask|>"
+
+
+def test_bpe_encodes_special_token_text_as_text_and_ignores_truncation_and_padding(corpus_dir, tmp_path):
+    texts = [p.read_text() for p in sorted(corpus_dir.iterdir())]
+    tok = train_bpe(texts, vocab_size=300)
+    source = 'MASK = "<|mask|>"  # then <|endoftext|>\n'
+    ids = tok.encode(source)
+    assert tok.mask_id not in ids and tok.eos_id not in ids and tok.decode(ids) == source
+    assert [list(e) for e in tok.encode_batch([source])] == [list(ids)]
+    assert tok.decode([tok.mask_id, tok.eos_id]) == "<|mask|><|endoftext|>"
+    # a tokenizer.json made for batched model input: truncation and padding must not touch corpus text
+    tok._tok.enable_truncation(8)
+    tok._tok.enable_padding(length=64, pad_id=0)
+    tok.save(tmp_path / "t")
+    again = load_tokenizer(tmp_path / "t" / "tokenizer.json")
+    assert list(again.encode(source)) == list(ids)
+
+
+def test_a_damaged_token_cache_is_rebuilt(corpus_dir, tmp_path, caplog):
+    first = prepare(str(corpus_dir), seq_len=32, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    want = np.array(first.train.tokens)  # a copy: the memory map would fault once the file is cut
+    del first
+    train_bin = next((tmp_path / "cache" / "tokens").glob("*/train.bin"))
+    for damage in (lambda: train_bin.write_bytes(train_bin.read_bytes()[:100]), train_bin.unlink,
+                   lambda: (train_bin.parent / "meta.json").write_text("")):
+        damage()
+        with caplog.at_level(logging.WARNING, logger="dllm"):
+            again = prepare(str(corpus_dir), seq_len=32, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+        assert "incomplete or damaged; tokenizing again" in caplog.text
+        assert np.array_equal(again.train.tokens, want)
+        del again
+        caplog.clear()
+
+
+def test_copies_of_a_file_stay_on_one_side_of_the_split(corpus_dir):
+    files = sorted(corpus_dir.iterdir())
+    vendor = corpus_dir / "vendor"
+    vendor.mkdir()
+    for p in files:
+        (vendor / p.name).write_text(p.read_text())
+    c = load_corpus(corpus_dir, val_fraction=0.3)
+    val_texts = {t for _, t in c.val}
+    assert val_texts and not val_texts & {t for _, t in c.train}
+
+
+def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
+    (corpus_dir / ".env").write_text("SECRET=1\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.py").write_text("linked = True\n" * 40)
+    (corpus_dir / "pkg").symlink_to(outside, target_is_directory=True)
+    (outside / "loop").symlink_to(corpus_dir, target_is_directory=True)  # a link back into the tree
+    c = load_corpus(corpus_dir, val_fraction=0.2)
+    names = [rel for rel, _ in c.train + c.val]
+    assert "pkg/linked.py" in names and not any(".env" in n for n in names)
+    assert len(names) == len(set(names)) and not any(n.startswith("pkg/loop") for n in names)

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "demo":
         from .demo import run_demo
 
-        if ns.minutes <= 0 or ns.gen_length < 16 or ns.gen_length % 8 or ns.steps <= 0:
+        if not ns.minutes > 0 or ns.gen_length < 16 or ns.gen_length % 8 or ns.steps <= 0:
             dp.error("--minutes and --steps must be positive and --gen-length a multiple of 8, at least 16")
         try:
             run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed, ns.tokenizer)

@@ -34,7 +34,11 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     if not run_config.is_file():
         raise FileNotFoundError(f"no run_config.json beside {str(model_dir)!r}: `dllm eval` takes the model folder "
                                 "of `dllm train` (OUT_DIR/model), whose run records the corpus")
-    cfg = TrainConfig.from_dict(json.loads(run_config.read_text())["train"])
+    try:
+        cfg = TrainConfig.from_dict(json.loads(run_config.read_text())["train"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{str(run_config)!r} is not the run record `dllm train` writes ({type(e).__name__}: {e}); "
+                         "`dllm eval` rebuilds the run's validation split from it") from None
     tok = tokenizer_for_model(model_dir)
     data = prepare(cfg.data, tokenizer="byte" if tok.kind == "byte" else str(model_dir / "tokenizer.json"),
                    seq_len=cfg.seq_len, val_fraction=cfg.val_fraction, bpe_vocab_size=cfg.bpe_vocab_size,

@@ -39,6 +39,12 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
         temperature = 0.8
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
+    if kind == "ar":  # checked first: the model would otherwise fail after generating what fits
+        start = max(1, ids.numel())  # an empty prompt starts from the end-of-text token
+        room = model.config.max_seq_len - start
+        if gen_length > room:
+            raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {model.config.max_seq_len} "
+                             f"tokens and the prompt uses {start}, so at most --gen-length {room}")
     texts = []
     for i in range(num_samples):
         t0 = time.perf_counter()

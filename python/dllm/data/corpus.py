@@ -1,8 +1,9 @@
 """Text corpora: the running Python's standard library by default, or any file or folder.
 
 Validation holds out whole files (chosen by a hash of the relative path, so the split does not
-depend on file order or on the machine), which keeps near-duplicate lines of one file from
-leaking across the split. Where whole files cannot come near the asked fraction (one file, or a
+depend on file order or on the machine; copies of a file follow the first copy), which keeps
+near-duplicate lines of one file from leaking across the split. Hidden files and folders are
+not read; symlinked folders are. Where whole files cannot come near the asked fraction (one file, or a
 few of very different sizes), the tail of the text is held out instead.
 """
 
@@ -55,9 +56,21 @@ def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path]]:
     if not path.is_dir():
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist")
     out, ignored = [], []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (stdlib and d in _STDLIB_SKIP_DIRS))
+    visited = {os.path.realpath(path)}
+    # Symlinked folders are read too (a linked-in package is text like any other), each real folder
+    # once, so a link back into the tree cannot loop.
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+        kept = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if d.startswith(".") or (stdlib and d in _STDLIB_SKIP_DIRS) or real in visited:
+                continue
+            visited.add(real)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
+            if name.startswith("."):  # hidden files (.env, .gitignore) are settings, not corpus text
+                continue
             p = Path(dirpath) / name
             if stdlib:
                 if p.suffix == ".py":
@@ -141,8 +154,13 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
     if not docs:
         named = f"; skipped {shown}{more}" if corpus.skipped else ""
         raise ValueError(f"corpus {str(root)!r} has no readable UTF-8 text files{named}")
+    side_of_text: dict[bytes, bool] = {}
     for rel, text in docs:
-        (corpus.val if _is_val(rel, val_fraction) else corpus.train).append((rel, text))
+        # A copy of a file (a vendored folder, a linked alias) goes where its first copy went: the
+        # same text on both sides of the split would understate the validation loss.
+        key = hashlib.sha256(text.encode("utf-8")).digest()
+        is_val = side_of_text.setdefault(key, _is_val(rel, val_fraction))
+        (corpus.val if is_val else corpus.train).append((rel, text))
     # Tiny corpora (tests) still need both splits.
     if not corpus.val and len(corpus.train) > 1:
         corpus.val.append(corpus.train.pop())

@@ -23,6 +23,11 @@ from .tokenizer import BPETokenizer, load_tokenizer, token_byte_lengths
 log = logging.getLogger("dllm")
 
 
+# Part of a token cache's name: raised when the same tokenizer file encodes differently (v2: special
+# tokens written as text stay text), so that no cache of the old encoding is reused.
+TOKEN_CACHE_VERSION = "v2"
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("DLLM_CACHE", Path.home() / ".cache" / "dllm"))
 
@@ -44,24 +49,42 @@ class TokenCache:
 
     @property
     def ready(self) -> bool:
-        return (self.dir / "meta.json").is_file()
+        """A complete cache: meta.json readable and each token file as long as it records. A cut-short
+        or deleted file (a full disk, a cleanup) would otherwise train on part of the data, silently."""
+        if not (self.dir / "meta.json").is_file():
+            return False
+        try:
+            meta = self.meta()
+            itemsize = np.dtype(meta["dtype"]).itemsize
+            complete = all((self.dir / f"{split}.bin").stat().st_size == meta[f"{split}_tokens"] * itemsize
+                           for split in ("train", "val"))
+        except (OSError, ValueError, KeyError, TypeError):
+            complete = False
+        if not complete:
+            log.warning("the token cache %s is incomplete or damaged; tokenizing again", self.dir)
+        return complete
 
     def build(self, corpus: Corpus, tok) -> None:
+        from tqdm.auto import tqdm
+
         self.dir.mkdir(parents=True, exist_ok=True)
         dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
         meta = {"corpus_hash": corpus.hash, "tokenizer": tok.fingerprint, "dtype": np.dtype(dtype).name}
+        bar = tqdm(total=len(corpus.train) + len(corpus.val), desc="tokenizing", unit="file", dynamic_ncols=True)
         for split, docs in (("train", corpus.train), ("val", corpus.val)):
             texts = [t for _, t in docs]
-            if isinstance(tok, BPETokenizer):
-                encoded = tok.encode_batch(texts)
-            else:
-                encoded = [tok.encode(t) for t in texts]
+            encoded = []
+            for i in range(0, len(texts), 64):  # chunks for the bar; each is still encoded in parallel
+                chunk = texts[i:i + 64]
+                encoded += tok.encode_batch(chunk) if isinstance(tok, BPETokenizer) else [tok.encode(t) for t in chunk]
+                bar.update(len(chunk))
             eos = np.array([tok.eos_id], dtype=np.int64)
             ids = np.concatenate([p for e in encoded for p in (e, eos)]) if encoded else np.zeros(0, np.int64)
             _atomic_write_bytes(self.dir / f"{split}.bin", ids.astype(dtype).tobytes())
             meta[f"{split}_tokens"] = int(ids.size)
             meta[f"{split}_bytes"] = sum(len(t.encode("utf-8")) for t in texts)
             meta[f"{split}_files"] = len(texts)
+        bar.close()
         # meta.json last: its presence marks a complete cache.
         _atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
 
@@ -165,7 +188,7 @@ def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 
         tok = _cached_bpe(root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}", corpus, bpe_vocab_size)
     else:
         tok = load_tokenizer(tokenizer)
-    cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}")
+    cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}-{TOKEN_CACHE_VERSION}")
     if not cache.ready:
         log.info("tokenizing %d files into %s", corpus.num_files, cache.dir)
         cache.build(corpus, tok)

@@ -64,6 +64,13 @@ class BPETokenizer:
 
     def __init__(self, tok):
         self._tok = tok
+        # Text is text: "<|mask|>" written in a source file must not encode as the mask id (a
+        # diffusion loss then refuses the data) nor "<|endoftext|>" as a document boundary.
+        tok.encode_special_tokens = True
+        # A tokenizer.json made for batched model input may truncate or pad every encode: a corpus
+        # file would silently lose its tail or gain pad ids.
+        tok.no_truncation()
+        tok.no_padding()
         for special in (EOS_TOKEN, MASK_TOKEN):
             if tok.token_to_id(special) is None:
                 tok.add_special_tokens([special])

@@ -299,7 +299,9 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
     graph = getattr(model, "graph", None)
     if graph is None:
-        raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or Uniform)")
+        raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or "
+                         "Uniform); a masked-diffusion model samples with mdlm, first-hitting, llada, dream or "
+                         "fast-dllm")
     _check_cache("sedd-" + method, cache)
     _check_cuda_graph("sedd-" + method, cuda_graph, cache, _device_of(model))
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
