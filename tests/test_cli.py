@@ -151,6 +151,12 @@ def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
             main(["train", "--data", str(corpus), "--out-dir", str(tmp_path / "run"), "--no-progress", *args])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message in err and "Traceback" not in err, (args, err)
+    from dllm.training.trainer import run_folder_lock
+
+    with run_folder_lock(tmp_path / "busy"), pytest.raises(SystemExit) as stop:
+        main(["train", "--data", str(corpus), "--out-dir", str(tmp_path / "busy"), "--no-progress", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "in use by another training run" in err and len(err.splitlines()) == 1, err
 
 
 def test_devices_are_checked_before_any_work():

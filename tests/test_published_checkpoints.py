@@ -370,7 +370,7 @@ def test_missing_unexpected_and_misshapen_weights_are_named(tmp_path):
 
 def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
     make_checkpoint(tmp_path / "tied", "llada", config_edit=lambda c: c.update(weight_tying=True))
-    with pytest.raises(ValueError, match=r"LLaDA checkpoint options \{'weight_tying': True\} are not supported"):
+    with pytest.raises(ValueError, match=r"config.json': LLaDA checkpoint options \{'weight_tying': True\} are not supported"):
         from_pretrained(tmp_path / "tied")
     make_checkpoint(tmp_path / "rope", "sedd")
     sd = torch.load(tmp_path / "rope" / "pytorch_model.bin")

@@ -13,7 +13,7 @@ import sys
 import typing
 
 from .devices import DEVICE_HELP
-from .training.checkpoint import CheckpointError
+from .training.checkpoint import CheckpointError, RunFolderInUse
 from .training.config import TrainConfig
 
 # `dllm bench NAME`: each module has add_arguments(parser) and run(ns); its docstring is the help.
@@ -21,7 +21,7 @@ BENCHMARKS = {"step": "dllm.benchmarks.step_latency", "e2e": "dllm.benchmarks.e2
 
 
 # Mistakes a user can fix, found once the command runs: reported in one line, without a traceback.
-USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError, RunFolderInUse)
 
 
 def _fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:

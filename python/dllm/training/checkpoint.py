@@ -25,6 +25,10 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class RunFolderInUse(RuntimeError):
+    """Another training run holds the output folder (see ``trainer.run_folder_lock``)."""
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

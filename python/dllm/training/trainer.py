@@ -24,7 +24,7 @@ from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
 from ..models import build_model, model_config
 from ..objectives import get_objective
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, RunFolderInUse, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
 from .evaluation import nll_metrics, validation_nll
@@ -54,7 +54,7 @@ def run_folder_lock(folder: Path, enabled: bool = True):
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip()
-            raise RuntimeError(f"{str(folder)!r} is in use by another training run{f' (pid {holder})' if holder else ''}: "
+            raise RunFolderInUse(f"{str(folder)!r} is in use by another training run{f' (pid {holder})' if holder else ''}: "
                                "wait for it to end, or train into another --out-dir") from None
         f.seek(0)
         f.truncate()
