@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu_warmup=3, cpu_reps=10)
+    add_timing_options(ap, cpu=(3, 10))
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")

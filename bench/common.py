@@ -7,7 +7,6 @@ bytes at the copy bandwidth measured here, in this run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -17,7 +16,8 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, built_in, card, command_line, git_commit, machine, sync, time_interleaved, time_ms, utc_now)
+    DTYPES, add_timing_options, built_in, card, command_line, git_commit, machine, sync, time_interleaved, time_ms,
+    timing_of, utc_now)
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
@@ -28,28 +28,6 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     dst = torch.zeros_like(src)
     ms = statistics.median(time_ms(lambda: dst.copy_(src), device, reps=10))
     return nbytes / (ms * 1e-3) / 1e9
-
-
-def add_timing_options(ap: argparse.ArgumentParser, *, cpu_warmup: int, cpu_reps: int) -> None:
-    ap.add_argument("--warmup", type=int, default=None,
-                    help=f"untimed calls of each implementation first (default: 2 on CUDA, {cpu_warmup} on the CPU)")
-    ap.add_argument("--reps", type=int, default=None,
-                    help=f"timed calls of each implementation, in turns (default: 20 on CUDA, {cpu_reps} on the CPU)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads (default 0: torch's choice); on a small shared machine 1 steadies the timings")
-    ap.set_defaults(cpu_timing=(cpu_warmup, cpu_reps))
-
-
-def timing_of(args: argparse.Namespace, device: str) -> dict:
-    """``warmup`` and ``reps`` for measure_against from add_timing_options' flags (setting the
-    thread count); recorded in the results' meta by the caller."""
-    if (args.reps is not None and args.reps <= 0) or (args.warmup is not None and args.warmup < 0) or args.threads < 0:
-        raise SystemExit(f"--reps must be positive, --warmup and --threads not negative; got {args.reps}, "
-                         f"{args.warmup}, {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warmup, reps = (2, 20) if device.startswith("cuda") else args.cpu_timing
-    return {"warmup": warmup if args.warmup is None else args.warmup, "reps": reps if args.reps is None else args.reps}
 
 
 def matmul_tflops(device: str, dtype: torch.dtype) -> float:

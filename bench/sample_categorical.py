@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
+    add_timing_options(ap, cpu=(1, 5))
     args = ap.parse_args()
 
     device = args.device

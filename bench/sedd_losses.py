@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--mask-frac", type=float, default=1.0,
                     help="fraction of masked positions (default 1: only masked rows count, and dllm reads no other)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
+    add_timing_options(ap, cpu=(1, 5))
     args = ap.parse_args()
 
     device = args.device

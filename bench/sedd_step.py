@@ -73,7 +73,7 @@ def main() -> None:
                     help="time the torch.compile peer for every case (default: each shape's first case only; each "
                          "compile takes seconds to tens of seconds)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu_warmup=1, cpu_reps=5)
+    add_timing_options(ap, cpu=(1, 5))
     args = ap.parse_args()
 
     device = args.device

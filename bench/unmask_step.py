@@ -50,7 +50,7 @@ def main() -> None:
                     help=f"comma-separated BxLxV (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
     ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (default 1; 0: greedy)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu_warmup=1, cpu_reps=3)
+    add_timing_options(ap, cpu=(1, 3))
     args = ap.parse_args()
     device = args.device
     shapes = [tuple(int(v) for v in s.split("x"))

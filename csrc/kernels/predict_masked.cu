@@ -58,13 +58,16 @@ struct RowStats {
     RowStats r;
     r.m = fmaxf(a.m, b.m);
     if (r.m != -kInf) {
-      const float fa = a.m == -kInf ? 0.0f : __expf(a.m - r.m);
-      const float fb = b.m == -kInf ? 0.0f : __expf(b.m - r.m);
-      r.s = a.s * fa + b.s * fb;
-      // f (m_x - m) first, as in add()
-      r.t = fa * a.t + (fa * (a.m - r.m)) * a.s + fb * b.t + (fb * (b.m - r.m)) * b.s;
-      if (a.m == -kInf) r.t = b.t * fb;
-      if (b.m == -kInf) r.t = a.t * fa;
+      // Each side rescaled to the common max; f (m_x - m) first, as in add(). An empty side adds
+      // nothing (its m - r.m is -inf, and 0 * -inf would be NaN).
+      auto add_side = [&r](const RowStats& x) {
+        if (x.m == -kInf) return;
+        const float f = __expf(x.m - r.m);
+        r.s += x.s * f;
+        r.t += f * x.t + (f * (x.m - r.m)) * x.s;
+      };
+      add_side(a);
+      add_side(b);
     }
     r.best = better(a.best, b.best);
     const float loser = (r.best.i == a.best.i) ? b.best.v : a.best.v;

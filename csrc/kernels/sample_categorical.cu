@@ -37,7 +37,8 @@ struct Scratch {
 };
 
 // One row by the whole block. Every early return is taken by all threads together.
-// group_lw holds 2 x groups floats: the groups' sums, then log-masses, and then their raw maxima.
+// group_lw holds 2 x groups floats: the groups' tempered sums (turned into log-masses in place),
+// then their raw maxima.
 template <DType D>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
                            float* group_lw, Scratch& scratch) {

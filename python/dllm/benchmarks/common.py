@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import os
@@ -68,6 +69,39 @@ def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10)
         for fn, t in zip(fns, times):
             t.append(clock(fn))
     return times
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def add_timing_options(p: argparse.ArgumentParser, *, cpu: tuple[int, int], cuda: tuple[int, int] = (2, 20)) -> None:
+    """--warmup, --reps (default: ``cpu`` or ``cuda``, each (warmup, reps)) and --threads; read them
+    with :func:`timing_of`."""
+    def default(i: int) -> str:
+        return f"{cuda[i]}" if cpu[i] == cuda[i] else f"{cuda[i]} on CUDA, {cpu[i]} on the CPU"
+
+    p.add_argument("--warmup", type=_count(0), default=None,
+                   help=f"untimed calls of each implementation first (default: {default(0)})")
+    p.add_argument("--reps", type=_count(1), default=None,
+                   help=f"timed calls of each implementation, in turns (default: {default(1)})")
+    p.add_argument("--threads", type=_count(0), default=0,
+                   help="CPU threads for torch (default 0: torch's choice); 1 keeps timings steady on a busy machine")
+    p.set_defaults(timing_defaults={"cpu": cpu, "cuda": cuda})
+
+
+def timing_of(ns: argparse.Namespace, device: str) -> dict:
+    """``{"warmup", "reps"}`` from add_timing_options' flags, for the device; sets the thread count
+    (before :func:`machine` records it)."""
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+    warmup, reps = ns.timing_defaults["cuda" if device.startswith("cuda") else "cpu"]
+    return {"warmup": warmup if ns.warmup is None else ns.warmup, "reps": reps if ns.reps is None else ns.reps}
 
 
 def command_line() -> str:

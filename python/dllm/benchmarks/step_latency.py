@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device
-from .common import DTYPES, built_in, machine, time_interleaved
+from .common import DTYPES, add_timing_options, built_in, machine, time_interleaved, timing_of
 
 
 @dataclass(frozen=True)
@@ -169,11 +169,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="weights and activations (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--temperature", type=float, default=1.0, help="LLaDA-step temperature, 0 = greedy (default: 1)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing each step (default: 3)")
-    p.add_argument("--reps", type=int, default=10, help="timed calls per step (default: 10)")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay of dllm's step (GPU only)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch (default 0: torch's choice); 1 keeps timings stable on a busy machine")
+    add_timing_options(p, cpu=(3, 10), cuda=(3, 10))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
 
@@ -187,17 +184,12 @@ def run(ns: argparse.Namespace) -> list[Row]:
     dtype_name = ns.dtype if ns.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     if not 0 <= ns.temperature < float("inf"):
         raise ValueError(f"--temperature must be finite and >= 0, got {ns.temperature}")
-    if ns.reps <= 0 or ns.warmup < 0 or ns.threads < 0:
-        raise ValueError(f"--reps must be positive, --warmup and --threads not negative; got {ns.reps}, {ns.warmup} "
-                         f"and {ns.threads}")
-    if ns.threads:
-        torch.set_num_threads(ns.threads)
+    timing = timing_of(ns, str(device))
     dtype = DTYPES[dtype_name]
     amp = torch.autocast("cuda", dtype=dtype) if device.type == "cuda" and dtype != torch.float32 else nullcontext()
     torch.manual_seed(ns.seed)
     rows: list[Row] = []
-    meta = machine(str(device)) | {"preset": ns.preset, "temperature": ns.temperature, "warmup": ns.warmup,
-                                   "reps": ns.reps}
+    meta = machine(str(device)) | {"preset": ns.preset, "temperature": ns.temperature, **timing}
 
     def write() -> str:
         """Rewritten after every case, so that a run cut short keeps the cases it measured."""
@@ -222,8 +214,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
             steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph)
             bar.set_postfix_str(name)
             # in turns, so that a drift in the machine's load hits every implementation alike
-            for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), warmup=ns.warmup,
-                                                           reps=ns.reps)):
+            for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), **timing)):
                 times = sorted(times)
                 q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
                 case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
