@@ -135,6 +135,19 @@ def test_infill_keeps_known_tokens():
         assert not (out.sequences == MASK).any()
 
 
+def test_llada_runs_no_step_that_commits_nothing():
+    # blocks of 8 with 4 steps each: the infill fills the second block, and the last block has two
+    # masked tokens, so two of its steps would commit none
+    template = torch.full((32,), MASK)
+    template[8:16] = torch.arange(1, 9)
+    template[24:30] = torch.arange(10, 16)
+    out, model = run("llada", infill=template, block_length=8, return_history=True)
+    assert out.nfe == len(model.calls) == len(out.history) == 4 + 0 + 4 + 2
+    assert all((before != after).any() for before, after in zip([model.calls[0][0]] + out.history, out.history))
+    known = template != MASK
+    assert torch.equal(out.sequences[0, known], template[known]) and not (out.sequences == MASK).any()
+
+
 def test_sampling_a_model_with_dropout_on_warns():
     model = TinyModel()
     model.drop = nn.Dropout(0.1)

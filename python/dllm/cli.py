@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--steps", type=int, default=64, help="sampler steps (default: 64; fast-dllm and "
                     "first-hitting choose their own, autoregressive models take one per token)")
     sp.add_argument("--sampler", default=None, help="a dllm.generate sampler (default: sedd-analytic for SEDD "
-                    "models, the family's own for published MDLM, LLaDA and Dream, else llada); ignored for "
+                    "models, the family's own for published MDLM, LLaDA and Dream, else llada); an error for "
                     "autoregressive models")
     sp.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0 = greedy (default: "
                     "0.8; an error for the SEDD samplers, which draw from the reverse process itself)")

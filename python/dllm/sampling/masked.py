@@ -37,7 +37,8 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
           remasking, shift, prompt_tokens, generator):
     """LLaDA (Nie et al. 2025, generate.py): semi-autoregressive blocks; in each, the linear
     schedule fixes how many tokens every step commits, and the most confident proposals win
-    ("low_confidence") or random ones ("random"). cfg_scale > 0 adds unsupervised
+    ("low_confidence") or random ones ("random"). Steps that would commit no token in any row are
+    not run (LLaDA's loop runs them, to no effect but a network call). cfg_scale > 0 adds unsupervised
     classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), with u from the canvas whose
     prompt is masked (``prompt_tokens``: bool [B, L], the prompts' real tokens; padding stays
     padding)."""
@@ -67,8 +68,12 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         lo, hi = start + b * block_length, start + (b + 1) * block_length
         window = _window(x, lo, hi)
         counts = linear_transfer_counts((x[:, lo:hi] == mask_id).sum(-1), per_block)
+        # A step that commits nothing in any row (a block the infill already fills, or more steps
+        # than masked tokens) would only cost a network call: skipped, for one host sync per block.
+        busy = (counts > 0).any(0).tolist()
         for s in range(per_block):
-            loop.run_step(step, x, counts[:, s], window, evaluations=2 if cfg_scale > 0 else 1)
+            if busy[s]:
+                loop.run_step(step, x, counts[:, s], window, evaluations=2 if cfg_scale > 0 else 1)
     return x
 
 
