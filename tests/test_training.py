@@ -40,6 +40,29 @@ def test_loss_falls_on_a_tiny_model(tmp_path, corpus, objective, extra):
     assert dllm.data.tokenizer_for_model(tmp_path / "run" / "model").kind == "byte"
 
 
+def test_random_length_steps_train_on_cut_sequences(tmp_path, corpus, monkeypatch):
+    seen = []
+    nll = dllm.objectives.diffusion.LLaDA.nll
+
+    def recording(self, model, x0, draws):
+        seen.append(x0.shape[1])
+        return nll(self, model, x0, draws)
+
+    monkeypatch.setattr(dllm.objectives.diffusion.LLaDA, "nll", recording)
+    dllm.train(**tiny(tmp_path, corpus, objective="llada", steps=24, ema=0, random_length=0.5))
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
+    lengths = [r["seq_len"] for r in recs]
+    assert lengths == seen[:24]  # the validation after the last step sees whole sequences
+    assert 4 <= sum(n < 64 for n in lengths) <= 20 and all(1 <= n <= 64 for n in lengths)
+    assert len({n for n in lengths if n < 64}) > 1
+    assert [r["tokens"] for r in recs] == [8 * sum(lengths[:i + 1]) for i in range(24)]
+    assert all(torch.isfinite(torch.tensor([r["loss"] for r in recs])))
+    assert seen[24:] and set(seen[24:]) == {64}
+    # LLaDA trains 1% of its steps at a random length; the other objectives none unless asked
+    assert Trainer(TrainConfig(**tiny(tmp_path / "d", corpus, objective="llada"))).random_length == 0.01
+    assert Trainer(TrainConfig(**tiny(tmp_path / "e", corpus, objective="mdlm"))).random_length == 0
+
+
 def test_bpe_run_saves_its_tokenizer_beside_the_model(tmp_path, corpus):
     res = dllm.train(**tiny(tmp_path, corpus, tokenizer="bpe", bpe_vocab_size=300, steps=3))
     tok = dllm.data.tokenizer_for_model(tmp_path / "run" / "model")
@@ -158,7 +181,7 @@ def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
     (dict(objective="ar", time_conditioning=True), "the ar architecture takes no time input"),
     (dict(objective="llada", arch="dit", time_conditioning=True), "the llada objective trains a time-agnostic model"),
     (dict(hidden=12, heads=4), "head dimension hidden / heads = 3 must be even"),
-    (dict(seed=-1), r"seed must lie in \[0, 2\^63\)"),
+    (dict(seed=-1), r"seed must lie in \[0, 2\^63\)"), (dict(random_length=1.5), r"random_length must lie in \[0, 1\]"),
     (dict(bpe_vocab_size=1000), "bpe_vocab_size applies to --tokenizer bpe only"),
     (dict(objective="mdlm", graph="uniform"), "--graph applies to the sedd objective only"),
     (dict(objective="ar", noise="geometric"), "--noise applies to the sedd and mdlm objectives only"),

@@ -16,6 +16,7 @@ class Objective:
     name: str = ""
     arch: str = "dit"             # the model architecture it trains by default
     time_conditioning: bool = False
+    random_length: float = 0.0    # the fraction of steps trained at a random length, by default
 
     def __init__(self, tokenizer):
         self.mask_id = tokenizer.mask_id

@@ -97,6 +97,7 @@ class LLaDA(Objective):
 
     name = "llada"
     arch = "llada"
+    random_length = 0.01  # "1% of the pre-training data is set to a random length in [1, 4096]"
 
     def __init__(self, tokenizer, *, eps: float = 1e-3):
         super().__init__(tokenizer)

@@ -42,6 +42,9 @@ class TrainConfig:
                                    "it, else the tail of the text)")
     cache_dir: str | None = _f(None, "token cache folder (default: $DLLM_CACHE or ~/.cache/dllm)")
     seq_len: int = _f(256, "tokens per packed sequence")
+    random_length: float | None = _f(None, "fraction of optimizer steps whose batch is cut to a random length in [1, "
+                                           "seq_len], so that shorter canvases are not new to the model at sampling "
+                                           "(default: 0.01 for llada, as LLaDA trains; else 0)")
     # optimisation
     batch_size: int = _f(32, "sequences per optimizer step, summed over processes and accumulation steps")
     grad_accum: int = _f(1, "micro-batches per optimizer step (per process)")
@@ -89,6 +92,8 @@ class TrainConfig:
         for name in ("dropout", "ema", "beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.random_length is not None and not 0 <= self.random_length <= 1:
+            raise ValueError(f"random_length must lie in [0, 1], got {self.random_length}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.seed < 2**63:

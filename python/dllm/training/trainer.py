@@ -109,7 +109,8 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 # Options that shape the rest of a run: a resume may change them, and the run's record says when.
-RESUME_SHAPING = ("lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "dropout")
+RESUME_SHAPING = ("lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "dropout",
+                  "random_length")
 COSINE_SHAPING = ("steps", "min_lr_ratio")  # they place the cosine's end; a constant schedule reads neither
 
 
@@ -176,6 +177,7 @@ class Trainer:
         self.ema = EMA(self.params, cfg.ema) if cfg.ema > 0 else None
         self.order = BatchOrder(len(self.data.train), cfg.seed)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.random_length = cfg.random_length if cfg.random_length is not None else self.objective.random_length
         self.step = 0
         self.tokens_seen = 0
         self.train_time = 0.0   # seconds spent in optimizer steps (for tokens/s)
@@ -285,14 +287,25 @@ class Trainer:
         self._barrier()
 
     # -- one optimizer step ------------------------------------------------------------------------
+    def _step_length(self) -> int:
+        """The sequence length of this step: seq_len, or a random length in [1, seq_len] for a
+        random_length fraction of the steps (drawn from the noise generator, so every process
+        cuts alike and a resume goes on as the run would have)."""
+        L = self.cfg.seq_len
+        if self.random_length == 0:
+            return L
+        cut = torch.rand((), generator=self.noise_gen) < self.random_length
+        length = int(torch.randint(1, L + 1, (), generator=self.noise_gen))
+        return length if cut else L
+
     def train_step(self) -> dict:
-        cfg, L = self.cfg, self.cfg.seq_len
-        B = cfg.batch_size
+        cfg = self.cfg
+        B, L = cfg.batch_size, self._step_length()
         idx = self.order.next(B)
         draws = self.objective.draw(B, L, self.noise_gen)
         per = B // self.world
         lo = self.rank * per
-        x = self.data.train.get(idx[lo:lo + per]).to(self.device)
+        x = self.data.train.get(idx[lo:lo + per])[:, :L].to(self.device)
         draws = {k: v[lo:lo + per] for k, v in draws.items()}
         micro = per // cfg.grad_accum
         self.model.train()
@@ -323,7 +336,7 @@ class Trainer:
         loss_val = self.objective.train_loss(torch.full((B,), nll_sum.item() / B), L).item()
         self.step += 1
         self.tokens_seen += B * L
-        return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": float(gnorm)}
+        return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": float(gnorm), "seq_len": L}
 
     # -- validation --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -432,7 +445,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.train_time += dt
             win_time += dt
-            win_tokens += cfg.batch_size * cfg.seq_len
+            win_tokens += cfg.batch_size * last["seq_len"]
             self.elapsed = time.perf_counter() - t_run
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(f"training loss became {last['loss']} at step {self.step}")
