@@ -79,8 +79,10 @@ class _Crash(Exception):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
-    opts = dict(objective="sedd", steps=10, ckpt_every=4, eval_every=5, ema=0.99, grad_accum=2)
+    # random_length: the cut steps' lengths come from the saved noise generator too
+    opts = dict(objective="sedd", steps=10, ckpt_every=4, eval_every=5, ema=0.99, grad_accum=2, random_length=0.4)
     full = dllm.train(**tiny(tmp_path / "a", corpus, **opts))
+    assert 64 > min(_losses(tmp_path / "a" / "run", "seq_len").values())
 
     real_step = Trainer.train_step
 
@@ -106,6 +108,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
     sb = load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)
     for k in sa["model"]:
         torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=1e-6, atol=1e-7)
+    record = json.loads((tmp_path / "b" / "run" / "run_config.json").read_text())
+    assert len(record["earlier_starts"]) == 1 and record["earlier_starts"][0]["started"] <= record["provenance"]["started"]
 
 
 def test_resume_refuses_another_corpus(tmp_path, corpus):

@@ -386,16 +386,19 @@ class Trainer:
                 log.warning("--resume never: removed the previous run's %s; starting over", stale)
             self.metrics.truncate_after(self.step)
             record = self.out / "run_config.json"
-            changes = json.loads(record.read_text()).get("changed_at_resume", []) if resume and record.is_file() else []
+            before = json.loads(record.read_text()) if resume and record.is_file() else {}
+            changes = before.get("changed_at_resume", [])
+            earlier = before.get("earlier_starts", []) + ([before["provenance"]] if "provenance" in before else [])
             if self.resume_changes:
                 changes.append({"step": self.step, "options": self.resume_changes})
             record.write_text(json.dumps(
                 {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
                  "tokenizer": tokenizer_config(self.tokenizer), "corpus_hash": self.data.corpus_hash,
                  "data": self.data.meta, "world_size": self.world, "changed_at_resume": changes,
-                 # where and from what this run (or its latest resume) started
+                 # where and from what this run (or its latest resume) started; the earlier starts' records
                  "provenance": {"started": utc_now(), "card": card(str(self.device)), "torch": torch.__version__,
-                                "commit": git_commit(), "command": command_line()}}, indent=2))
+                                "commit": git_commit(), "command": command_line()},
+                 "earlier_starts": earlier}, indent=2))
         from tqdm.auto import tqdm
 
         # A run bounded by max_time counts seconds on its bar: a count of steps towards cfg.steps would
