@@ -286,6 +286,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
 template <DType D>
 __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
   using T = typename IO<D>::T;
+  constexpr int kVec = Vec<D>::kSize;
   const int64_t K = p.vocab;
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
@@ -293,13 +294,42 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     const GradRow gr = grad_row(p, r);
     const int64_t x0 = p.x0[r];
     const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
-    for (int64_t i = threadIdx.x; i < K; i += kThreads) {
-      float v = 0.0f;
-      if (gr.active && i != gr.skip) {
-        const float l = IO<D>::load(row, i);
-        v = i == x0 ? float(x0_grad(gr, l)) : ga * expf(l - ref) - gb;
+    auto value = [&](int64_t i, float l) {
+      if (!gr.active || i == gr.skip) return 0.0f;
+      return i == x0 ? float(x0_grad(gr, l)) : ga * expf(l - ref) - gb;
+    };
+    const RowView<D> view(row, K);
+    const int64_t grad_head = int64_t(reinterpret_cast<uintptr_t>(grad) & 15) / RowView<D>::kElemBytes;
+    if (grad_head != view.head) {  // rows of another alignment than the gradient's: one element a load
+      for (int64_t i = threadIdx.x; i < K; i += kThreads)
+        grad[i] = IO<D>::store(value(i, gr.active && i != gr.skip ? IO<D>::load(row, i) : 0.0f));
+      continue;
+    }
+    // The gradient row has the logits row's alignment (contiguous logits): its 16-byte chunks are
+    // the logits' chunks, loaded and stored whole, kUnroll in flight a thread; inactive rows
+    // only store zeros.
+    uint4* out = reinterpret_cast<uint4*>(reinterpret_cast<uintptr_t>(grad) & ~uintptr_t(15));
+    const auto split = view.split(0, K);
+    auto edge = [&](int64_t i) { grad[i] = IO<D>::store(value(i, gr.active ? view.at(i) : 0.0f)); };
+    for (int64_t i = threadIdx.x; i < split.inner_lo; i += kThreads) edge(i);
+    for (int64_t i = split.inner_hi + threadIdx.x; i < K; i += kThreads) edge(i);
+    for (int64_t c0 = split.begin + threadIdx.x; c0 < split.end; c0 += int64_t(kThreads) * kUnroll) {
+      uint4 raw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (gr.active && c0 + kThreads * u < split.end) raw[u] = __ldg(view.base + c0 + kThreads * u);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t c = c0 + kThreads * u;
+        if (c >= split.end) break;
+        uint4 packed{};
+        if (gr.active) {
+#pragma unroll
+          for (int j = 0; j < kVec; ++j)
+            Vec<D>::put(packed, j, IO<D>::store(value(view.index(c, j), Vec<D>::get(raw[u], j))));
+        }
+        out[c] = packed;
       }
-      grad[i] = IO<D>::store(v);
     }
   }
 }

@@ -234,6 +234,8 @@ inline __half __float2half_rn(float f) {
   return {uint16_t(sign | ((x + 0xfffu + ((x >> 13) & 1u) - 0x38000000u) >> 13))};  // rebias, round to even
 }
 inline __half __ushort_as_half(unsigned short v) { return {v}; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return {__float2half_rn(lo), __float2half_rn(hi)}; }
 inline float2 __half22float2(__half2 v) { return {__half2float(v.x), __half2float(v.y)}; }
 
