@@ -120,11 +120,10 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   uint32_t dsf[kKeySteps][4];      // dS of the tile whose dQ product is issued next, its A operand
   uint32_t ds_next[kKeySteps][4];  // dS of the latest tile, until the product reading dsf retires
 
-  // Waits for K_j, V_j, then starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and
-  // V_{j-1}: dQ += dS_{j-2} K_{j-2} may still run, but tile j - 3's product and tile j - 1's
-  // scores retired before every warpgroup got here.
-  auto next_tile = [&](int j) {
-    wg::arrive();
+  // Starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and V_{j-1}: dQ += dS_{j-2} K_{j-2}
+  // may still run, but tile j - 3's product and tile j - 1's scores retired before every
+  // warpgroup passed tile j's block barrier. Issued after tile j's products (as in the forward).
+  auto load_ahead = [&](int j) {
     if (j + 1 < n_tiles) {
       load_keys(j + 1);
       cp_async_commit();
@@ -150,19 +149,21 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   };
 
   // Tile 0: no product of an earlier tile to overlap with.
-  next_tile(0);
+  wg::arrive();  // Q, dO, K_0, V_0
   issue_scores(0);
+  load_ahead(0);
   wg::wait_group<0>();
   scores_to_fragments(0);
 
   for (int j = 1; j < n_tiles; ++j) {
-    next_tile(j);
+    wg::arrive();  // K_j, V_j have landed, and every warpgroup is done with tile j - 1's scores
     wg::wait_group<0>();
     next_fragments();
     // S_j and dP_j, then dQ += dS_{j-1} K_{j-1} (K as the [k = key][n = d] operand), which runs
     // while dS_j is computed and until the wait above in the next tile.
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(j - 1));
+    load_ahead(j);
     wg::wait_group<1>();  // S_j, dP_j
     scores_to_fragments(j);
   }
@@ -228,10 +229,10 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   uint32_t pf[kQuerySteps][4], dsf[kQuerySteps][4];  // P^T, dS^T of the tile whose products are issued next
   uint32_t p_next[kQuerySteps][4], ds_next[kQuerySteps][4];  // those of the latest tile, until then
 
-  // Waits for query tile it, then starts loading tile it + 1 into the buffers of tile it - 3:
-  // tile it - 2's products may still run, but tile it - 3's retired before every warpgroup got here.
-  auto next_tile = [&](int it) {
-    wg::arrive();
+  // Starts loading query tile it + 1 into the buffers of tile it - 3: tile it - 2's products may
+  // still run, but tile it - 3's retired before every warpgroup passed tile it's block barrier.
+  // Issued after tile it's products (as in the forward).
+  auto load_ahead = [&](int it) {
     if (it + 1 < steps) {
       load_queries(it + 1);
       cp_async_commit();
@@ -268,19 +269,21 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   };
 
   // Tile 0: no products of an earlier tile to overlap with.
-  next_tile(0);
+  wg::arrive();  // K, V and query tile 0
   issue_scores(0);
+  load_ahead(0);
   wg::wait_group<0>();
   scores_to_fragments();
 
   for (int it = 1; it < steps; ++it) {
-    next_tile(it);
+    wg::arrive();  // query tile it has landed, and every warpgroup is done with tile it - 1's scores
     wg::wait_group<0>();
     next_fragments();
     // S^T, dP^T of tile it, then tile it - 1's dV and dK products, which run while P^T and dS^T
     // of tile it are computed and until the wait above in the next tile.
     issue_scores(it);
     issue_gradients(it - 1);
+    load_ahead(it);
     wg::wait_group<2>();  // S^T, dP^T
     scores_to_fragments();
   }

@@ -87,10 +87,11 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   uint32_t p_next[kKeySteps][4];  // P of the latest softmax, until the product reading pf retires
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
-  // Waits for K_j and V_{j-1}, then starts loading K_{j+1} and V_j into the buffers of K_{j-1} and
-  // V_{j-2}, which every warpgroup is done with (V_{j-2}'s product retired one tile ago).
-  auto next_tile = [&](int j) {
-    wg::arrive();
+  // Starts loading K_{j+1} and V_j into the buffers of K_{j-1} and V_{j-3}, which every warpgroup
+  // was done with at tile j's block barrier (V_{j-3}'s product retired a tile before it). Issued
+  // after tile j's products, so that the copies' address arithmetic runs while they do rather
+  // than between the barrier and the products.
+  auto load_ahead = [&](int j) {
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN;
       wg::load_panels<kBlockN, Dim, kThreads>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
@@ -122,8 +123,9 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   };
 
   // Tile 0: no product of an earlier tile to overlap with.
-  next_tile(0);
+  wg::arrive();  // Q and K_0
   issue_scores(0);
+  load_ahead(0);
   wg::wait_group<0>();
   wg::fence_accumulators(s);
   mask_keys(s, 0, kn, lane, -INFINITY);
@@ -131,13 +133,14 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   wg::to_fragments<DT, kBlockN>(p_next, s);
 
   for (int j = 1; j < n_tiles; ++j) {
-    next_tile(j);
+    wg::arrive();  // K_j and V_{j-1} have landed, and every warpgroup is done with the softmax of S_{j-1}
     wg::wait_group<0>();
     next_fragments();
     // S_j, then O += P_{j-1} V_{j-1}, which runs during the softmax of S_j and until the wait above
     // in the next tile.
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
+    load_ahead(j);
     wg::wait_group<1>();  // S_j
     wg::fence_accumulators(s);
     mask_keys(s, j * kBlockN, kn, lane, -INFINITY);

@@ -48,15 +48,24 @@ __device__ __forceinline__ int panel_offset(int row, int chunk) {
 
 // Rows [0, Rows) of a [Rows][Dim] panel tile from global rows `row_stride` elements apart; rows at
 // or past `valid_rows` are zero-filled, so they contribute nothing to any product.
+// The copies are laid out as in attn::load_tile (a trip count known at compile time, each pass
+// the first one's addresses plus constants).
 template <int Rows, int Dim, int Threads, typename T>
 __device__ __forceinline__ void load_panels(T* tile, const T* src, int64_t row_stride, int valid_rows) {
-  constexpr int kChunks = Dim / 8;
-  static_assert((Rows * kChunks) % Threads == 0, "every thread loads the same number of chunks");
+  constexpr int kChunks = Dim / 8, kPassRows = Threads / kChunks;
+  static_assert(Threads % kChunks == 0 && Rows % kPassRows == 0, "every thread loads the same number of chunks");
+  static_assert(kPassRows % 8 == 0, "each pass moves whole swizzle periods");
+  const int r0 = int(threadIdx.x) / kChunks, c = int(threadIdx.x) % kChunks;
+  // Pass p copies a real row iff p * kPassRows < rows_left: a compare with a constant, where a
+  // per-pass row index would be a loop invariant that the compiler keeps in a register.
+  const int rows_left = valid_rows - r0;
+  T* to = tile + panel_offset<Rows>(r0, c);
+  const T* from = src + r0 * row_stride + c * 8;
+  const int64_t pass_stride = kPassRows * row_stride;
 #pragma unroll
-  for (int i = threadIdx.x; i < Rows * kChunks; i += Threads) {
-    const int r = i / kChunks, c = i % kChunks;
-    const bool valid = r < valid_rows;
-    attn::cp_async_16(tile + panel_offset<Rows>(r, c), src + (valid ? r * row_stride + c * 8 : 0), valid);
+  for (int pass = 0; pass < Rows / kPassRows; ++pass, from += pass_stride) {
+    const bool valid = pass * kPassRows < rows_left;
+    attn::cp_async_16(to + pass * kPassRows * kPanel, valid ? from : src, valid);
   }
 }
 
@@ -71,6 +80,17 @@ __device__ __forceinline__ uint64_t sw128_descriptor(const void* start) {
   const uint32_t address = attn::smem_addr(start);
   constexpr uint64_t kLeading = MnMajor ? kSwizzleAtomBytes >> 4 : 1, kStride = kSwizzleAtomBytes >> 4;
   return uint64_t((address & 0x3ffff) >> 4) | kLeading << 16 | kStride << 32 | uint64_t(1) << 62;
+}
+
+// The descriptor of the operand `bytes` (a multiple of 16) past `base`: base's descriptor with
+// bytes / 16 added to its start-address field, which cannot carry out of its 14 bits (shared
+// memory ends below 2^18 bytes), so only the low word changes. The compiler then builds one
+// descriptor per tile and adds a constant per wgmma, instead of redoing the address arithmetic
+// (about 9 instructions) for each.
+template <bool MnMajor>
+__device__ __forceinline__ uint64_t sw128_descriptor(const void* base, uint32_t bytes) {
+  const uint64_t d = sw128_descriptor<MnMajor>(base);
+  return (d >> 32) << 32 | uint32_t(uint32_t(d) + (bytes >> 4));
 }
 
 // Registers (or accumulators) that an in-flight wgmma reads or writes: the empty asm keeps the
@@ -221,13 +241,11 @@ __device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
 // [64 panel, 64 panel + 64).
 template <int Rows, typename T>
 __device__ __forceinline__ uint64_t k_major(const T* tile, int row0, int ks) {
-  const auto* base = reinterpret_cast<const unsigned char*>(tile);
-  return sw128_descriptor<false>(base + (ks / 4) * Rows * kPanelRowBytes + row0 * kPanelRowBytes + (ks % 4) * 32);
+  return sw128_descriptor<false>(tile, uint32_t((ks / 4) * Rows * kPanelRowBytes + row0 * kPanelRowBytes + (ks % 4) * 32));
 }
 template <int Rows, typename T>
 __device__ __forceinline__ uint64_t mn_major(const T* tile, int kk, int panel) {
-  const auto* base = reinterpret_cast<const unsigned char*>(tile);
-  return sw128_descriptor<true>(base + panel * Rows * kPanelRowBytes + kk * 16 * kPanelRowBytes);
+  return sw128_descriptor<true>(tile, uint32_t(panel * Rows * kPanelRowBytes + kk * 16 * kPanelRowBytes));
 }
 
 // operand_fence over accumulators and A fragments, after the wait_group that retired their wgmmas.
