@@ -155,8 +155,8 @@ MUTANTS = [
     (MASKED, "        loop.end(x, logits)\n        if bool(committed.any()):\n", "        if bool(committed.any()):\n",
      [GEN]),
     (OBJECTIVES, '        if graph not in ("absorb", "uniform"):\n', "        if False:\n", ["test_objectives"]),
-    ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r', 'r["step"] == self.step or "val_bpb" in r',
-     ["test_training"]),
+    ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
+     'r["step"] == self.step or "val_bpb" in r', ["test_training"]),
 ]
 
 
