@@ -145,6 +145,18 @@ MUTANTS = [
      "return s;", ["test_sample_categorical"]),
     (COMMIT, "uniform53_at(p.rng.seed", "uniform_at(p.rng.seed", [UNMASK]),
     ("csrc/include/dllm/common.h", "return underflow ? 0.0f : p *", "return p *", ["test_sedd_losses"]),
+    # found by a systematic sweep of the Python layer (one AST change at a time): the absorbing graph
+    # object's sampler step left unscaled by sigma, one step per LLaDA block refused, mdlm's steps
+    # missing from the history and callbacks, a misspelt SEDD graph trained as the uniform one, a
+    # restarted run's lost final validation taken as done because an earlier step was validated
+    ("python/dllm/sedd/graphs.py", '    name = "absorb"\n    scale_by_sigma = True\n',
+     '    name = "absorb"\n    scale_by_sigma = False\n', ["test_sedd_step"]),
+    ("python/dllm/unmask_schedule.py", "if steps <= 0:", "if steps <= 1:", [UNMASK]),
+    (MASKED, "        loop.end(x, logits)\n        if bool(committed.any()):\n", "        if bool(committed.any()):\n",
+     [GEN]),
+    (OBJECTIVES, '        if graph not in ("absorb", "uniform"):\n', "        if False:\n", ["test_objectives"]),
+    ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
+     'r["step"] == self.step or "val_bpb" in r', ["test_training"]),
 ]
 
 

@@ -63,6 +63,29 @@ def test_nfe_as_documented(sampler, expected):
     assert out.nfe == expected == len(model.calls) == len(out.history) == len(out.step_times)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_history_and_callback_see_every_step(sampler):
+    """return_history keeps the canvas after every step, step_times times every step and
+    callback(step, x, logits) sees each step once, in order, for every sampler: mdlm's steps that
+    reuse cached logits and fast-dllm's adaptive ones count as steps too."""
+    seen = []
+    out, model = run(sampler, prompt=torch.randint(1, MASK, (2, 3)), return_history=True,
+                     callback=lambda step, x, logits: seen.append((step, x.clone())))
+    steps = len(out.history)
+    assert steps == len(out.step_times) == len(seen) >= 1
+    assert [step for step, _ in seen] == list(range(steps))
+    assert all(torch.equal(x, canvas) for (_, x), canvas in zip(seen, out.history))
+    assert torch.equal(out.history[-1], out.sequences)
+    masks = [int((canvas == MASK).sum()) for canvas in out.history]
+    assert masks == sorted(masks, reverse=True) and masks[-1] == 0
+    if sampler in ("mdlm", "llada", "llada:random") or sampler.startswith("dream"):
+        assert steps == 16  # run()'s steps, whatever the network calls (mdlm's cache skips some)
+    if sampler == "mdlm":  # cached steps call no network; the last may add its final argmax's call
+        assert out.nfe == len(model.calls) <= steps + 1
+    else:
+        assert out.nfe == len(model.calls) == steps
+
+
 def test_fast_dllm_steps_adapt_and_respect_blocks():
     out, model = run("fast-dllm", return_history=True, threshold=0.5)
     assert 32 // 8 <= out.nfe == len(model.calls) <= 32
@@ -345,6 +368,7 @@ def test_clear_errors():
             ("llada", dict(steps=4.0), "steps must be a positive int"),
             ("llada", dict(gen_length=0), "gen_length must be a positive int"),
             ("llada", dict(prompt=[]), "empty list"),
+            ("llada", dict(prompt=[torch.tensor([1, 2]), torch.tensor([[3]])]), "must hold 1-D prompts"),
             ("llada", dict(prompt=torch.ones(1, 1, 3, dtype=torch.long)), r"\[P\] or \[B, P\]"),
             ("llada", dict(prompt=torch.tensor([-1, 2])), "negative token ids"),
             ("llada", dict(prompt=torch.ones(2, 3, dtype=torch.long), infill=torch.full((3, 8), MASK)), "3 rows for 2"),

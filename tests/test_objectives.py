@@ -247,7 +247,9 @@ def test_get_noise_reads_back_a_schedules_config(noise):
                                         (lambda: Geometric(-1, 1), "sigma_min must be a positive"),
                                         (lambda: Geometric(1e-4, float("inf")), "sigma_max must be a positive"),
                                         (lambda: dllm.sedd.Absorbing(-3), "vocab_size must be positive"),
-                                        (lambda: dllm.sedd.Uniform(0), "vocab_size must be positive")])
+                                        (lambda: dllm.sedd.Uniform(0), "vocab_size must be positive"),
+                                        # a misspelt graph would otherwise train as the uniform graph
+                                        (lambda: SEDD(ByteTokenizer(), graph="absorbing"), "unknown graph")])
 def test_schedules_and_graphs_check_their_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()

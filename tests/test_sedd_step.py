@@ -273,6 +273,38 @@ def test_graph_objects_drive_the_ops(device):
     assert uni.sample_limit(2, 6, device=device).max() < 20
 
 
+@pytest.mark.parametrize("graph_cls, scaled", [(dllm.sedd.Absorbing, True), (dllm.sedd.Uniform, False)])
+def test_graph_objects_scale_the_output_by_sigma_as_sedd_trains_them(device, graph_cls, scaled):
+    """SEDD scales the absorbing graph's output by sigma and not the uniform graph's (ALGORITHMS.md
+    1.1): the graph objects' step and loss must default to that, since the SEDD samplers call
+    graph.step without scale_by_sigma. Seeded draws of the op itself are the reference, and the
+    inputs are checked to tell the two settings apart."""
+    graph = graph_cls(29)
+    K = graph.num_classes
+    g = torch.Generator(device).manual_seed(11)
+    B, L = 3, 37
+    logits = torch.randn(B, L, K, generator=g, device=device) * 2
+    x = torch.randint(0, K, (B, L), generator=g, device=device)
+    x0 = torch.randint(0, graph.vocab_size, (B, L), generator=g, device=device)
+    sigma = torch.rand(B, generator=g, device=device) * 0.5 + 0.05
+    dsig = sigma * 0.3
+
+    def op_step(method, scale):
+        return dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph.name, method=method, scale_by_sigma=scale,
+                                  generator=torch.Generator(device).manual_seed(5))
+
+    for method in METHODS:
+        got = graph.step(logits, x, sigma, dsig, method=method, generator=torch.Generator(device).manual_seed(5))
+        assert torch.equal(got, op_step(method, scaled))
+        # (absorb's denoising step normalises the scale away: only the other methods tell them apart)
+        if method != "denoise" or graph.name == "uniform":
+            assert not torch.equal(got, op_step(method, not scaled))
+    loss = graph.loss(logits, x, x0, sigma, dsig)
+    want = dllm.ops.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph.name, scale_by_sigma=scaled)
+    other = dllm.ops.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph.name, scale_by_sigma=not scaled)
+    assert torch.equal(loss, want) and not torch.allclose(loss, other)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device_mismatch():
     args = _bad("cuda")

@@ -168,6 +168,21 @@ def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
     assert [r["step"] for r in records if "val_bpb" in r] == [3]
 
 
+def test_a_finished_run_whose_final_validation_was_lost_validates_when_started_again(tmp_path, corpus):
+    """Only a validation of the current step counts as done: a run killed during its final
+    validation (after its last checkpoint; here its record is removed) validates when started
+    again, although earlier steps were validated."""
+    first = dllm.train(**tiny(tmp_path, corpus, steps=4, eval_every=2))
+    path = tmp_path / "run" / "metrics.jsonl"
+    records = [json.loads(line) for line in open(path)]
+    assert [r["step"] for r in records if "val_bpb" in r] == [2, 4]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records if not (r["step"] == 4 and "val_bpb" in r)))
+    again = dllm.train(**tiny(tmp_path, corpus, steps=4, eval_every=2))
+    assert again["step"] == 4 and again["val_bpb"] == pytest.approx(first["val_bpb"], rel=1e-6)
+    records = [json.loads(line) for line in open(path)]
+    assert [r["step"] for r in records if "val_bpb" in r] == [2, 4]
+
+
 def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
     monkeypatch.chdir(corpus.parent)
     dllm.train(**tiny(tmp_path, corpus.name, steps=1, cache_dir="cache-rel"))

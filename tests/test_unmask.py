@@ -278,8 +278,13 @@ def test_one_value_for_every_row_takes_any_scalar_form(device):
 def test_linear_transfer_counts():
     counts = linear_transfer_counts(torch.tensor([10, 3, 0]), 4)
     assert counts.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
+    # one step per block (LLaDA with steps == number of blocks) commits the whole block at once
+    assert linear_transfer_counts(torch.tensor([5, 0]), 1).tolist() == [[5], [0]]
     with pytest.raises(ValueError):
         linear_transfer_counts(torch.tensor([1]), 0)
+    # a negative count would make a row's counts negative (and commit nothing), so it is refused
+    with pytest.raises(ValueError, match=">= 0"):
+        linear_transfer_counts(torch.tensor([4, -1]), 2)
 
 
 # ---- errors, opcheck, compile -------------------------------------------------------------------
