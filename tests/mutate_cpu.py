@@ -157,6 +157,12 @@ MUTANTS = [
     (OBJECTIVES, '        if graph not in ("absorb", "uniform"):\n', "        if False:\n", ["test_objectives"]),
     ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
      'r["step"] == self.step or "val_bpb" in r', ["test_training"]),
+    # llada's skip of steps that commit nothing, LLaDA's random-length steps, earlier starts' records
+    (MASKED, "            if busy[s]:\n                loop.run_step(", "            if True:\n                loop.run_step(",
+     [GEN]),
+    (OBJECTIVES, "    random_length = 0.01", "    random_length = 0.0", ["test_training"]),
+    ("python/dllm/training/trainer.py", "return length if cut else L", "return L", ["test_training"]),
+    ("python/dllm/training/trainer.py", '+ ([before["provenance"]] if', '+ ([] if', ["test_training"]),
 ]
 
 
