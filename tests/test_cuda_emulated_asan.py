@@ -28,6 +28,7 @@ def gcc_library(name: str) -> str | None:
     return path if os.path.isabs(path) else None  # gcc echoes the bare name when it has none
 
 
+@pytest.mark.timeout(2400)  # a whole emulated suite under ASan: about 5 minutes quiet, 12 on a loaded machine
 def test_emulated_kernels_stay_inside_their_memory(tmp_path):
     if not cpp_extension.is_ninja_available():
         pytest.skip("the CUDA emulator is built with ninja (pip install ninja)")
