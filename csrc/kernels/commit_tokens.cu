@@ -46,6 +46,41 @@ __device__ ArgMax block_argmax_commit(ArgMax a, ArgMax* scratch) {
   return warp_argmax(lane < kCommitWarps ? scratch[lane] : ArgMax{-kInf, INT64_MAX});
 }
 
+// One radix level's digit, by warp 0: the highest digit d whose count with those of the digits
+// above reaches sm.remaining (0 if none does), and what remains of it past the digits above d.
+// Each lane sums 8 digits and a shuffle scan finds the lane holding d, so no thread walks the 256
+// counts serially (at B = 1 one block does the whole step, and that walk dominated each level).
+__device__ void select_digit(CommitScratch& sm, int shift) {
+  const int lane = threadIdx.x;
+  const int top = 255 - 8 * lane;  // this lane's digits: top, top - 1, ..., top - 7
+  uint32_t c[8];
+  int64_t sum = 0;  // int64, as the remaining count it is compared with
+#pragma unroll
+  for (int j = 0; j < 8; ++j) c[j] = sm.count[top - j], sum += c[j];
+  int64_t through = sum;  // counts of the digits above this lane's and of its own
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int64_t t = __shfl_up_sync(0xffffffffu, through, o);
+    if (lane >= o) through += t;
+  }
+  const int64_t wanted = sm.remaining;
+  // Digit 0 is taken when no digit above reaches `wanted`; it is lane 31's last.
+  const unsigned reached = __ballot_sync(0xffffffffu, through >= wanted || lane == 31);
+  if (lane != __ffs(int(reached)) - 1) return;
+  int64_t remaining = wanted - (through - sum);
+  int d = top - 7;
+#pragma unroll
+  for (int j = 0; j < 7; ++j) {
+    if (remaining <= int64_t(c[j])) {
+      d = top - j;
+      break;
+    }
+    remaining -= c[j];
+  }
+  sm.prefix |= uint32_t(d) << shift;
+  sm.remaining = remaining;
+}
+
 __global__ void __launch_bounds__(kCommitThreads) commit_tokens_kernel(CommitParams p) {
   __shared__ CommitScratch sm;
   uint64_t seed = 0, offset = 0;
@@ -122,13 +157,7 @@ __global__ void __launch_bounds__(kCommitThreads) commit_tokens_kernel(CommitPar
             if ((key & high) == (prefix & high)) atomicAdd(&sm.count[(key >> shift) & 255], 1u);
           }
           __syncthreads();
-          if (threadIdx.x == 0) {
-            int64_t remaining = sm.remaining;
-            int d = 255;
-            for (; d > 0 && remaining > int64_t(sm.count[d]); --d) remaining -= sm.count[d];
-            sm.prefix |= uint32_t(d) << shift;
-            sm.remaining = remaining;
-          }
+          if (threadIdx.x < 32) select_digit(sm, shift);
           __syncthreads();
         }
         tau = sm.prefix;
@@ -148,9 +177,16 @@ __global__ void __launch_bounds__(kCommitThreads) commit_tokens_kernel(CommitPar
           __syncthreads();
           if (lane == 0) sm.partial[warp] = __popc(ballot);
           __syncthreads();
-          int64_t before = ties_before + __popc(ballot & ((1u << lane) - 1u));
-          for (int w = 0; w < warp; ++w) before += sm.partial[w];
-          for (int w = 0; w < kCommitWarps; ++w) ties_before += sm.partial[w];
+          // Every warp scans the 16 warp counts with shuffles rather than 16 dependent shared loads.
+          int upto = lane < kCommitWarps ? int(sm.partial[lane]) : 0;
+#pragma unroll
+          for (int o = 1; o < kCommitWarps; o <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, upto, o);
+            if (lane >= o) upto += t;
+          }
+          const int64_t before =
+              ties_before + __shfl_sync(0xffffffffu, upto, warp) - __popc(ballot & (~0u << lane));
+          ties_before += __shfl_sync(0xffffffffu, upto, kCommitWarps - 1);
           if (in && (key > tau || (tie && before < take_ties))) x[i] = x0[i], ++committed;
         }
       }

@@ -93,13 +93,15 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   const RowView<D> view(row, K);
 
   // Pass 1: per-group online (max, sum exp) of the logits other than x.
-  bool bad = false;
+  // An int that is only ever set: the compiler then keeps it in a predicate (one FSETP.GEU.OR an
+  // element) also in the range-checked chunks, where a bool |= cost byte masking per element.
+  int bad = 0;
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
     for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
-      bad |= !(l < kInf);
+      if (!(l < kInf)) bad = 1;
       if (i == x || l == -kInf) return;
       if (l > acc.m) {  // online max and sum, one exp per element
         acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;

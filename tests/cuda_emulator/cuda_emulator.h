@@ -101,6 +101,20 @@ T shfl_xor(unsigned mask, T v, int lane_mask) {
   warp_exchange(&v, all, sizeof(T), mask);
   return all[lane_id() ^ lane_mask];
 }
+template <typename T>
+T shfl_up(unsigned mask, T v, int delta) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
+  T all[32];
+  warp_exchange(&v, all, sizeof(T), mask);
+  return lane_id() >= delta ? all[lane_id() - delta] : v;
+}
+template <typename T>
+T shfl_idx(unsigned mask, T v, int src) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
+  T all[32];
+  warp_exchange(&v, all, sizeof(T), mask);
+  return all[src & 31];
+}
 
 // ---- tensor-core and async-copy primitives of csrc/kernels/attention_mma.cuh ----
 void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16);
@@ -139,6 +153,14 @@ inline int __syncthreads_or(int p) { return cuemu::sync_block(p, true); }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int = 32) {
   return cuemu::shfl_xor(mask, v, lane_mask);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int = 32) {
+  return cuemu::shfl_up(mask, v, int(delta));
+}
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int = 32) {
+  return cuemu::shfl_idx(mask, v, src_lane);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   int all[32];
@@ -190,6 +212,7 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
   return (unsigned long long)(((unsigned __int128)a * b) >> 64);
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
 inline size_t __cvta_generic_to_shared(const void* p) { return cuemu::shared_window_address(p); }
 
 // ---- bfloat16 and float16: storage types with round-to-nearest-even conversions ----

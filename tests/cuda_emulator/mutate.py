@@ -103,6 +103,8 @@ MUTANTS = [
     ("csrc/kernels/predict_masked.cu", ": (v - row_max) * scale;", ": v * scale;", "large_logits"),
     ("csrc/kernels/predict_masked.cu", "inverse_temperature(p.temperature)", "1.0f / p.temperature", "large_logits"),
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
+    # the radix select's digit scan leaving out the neighbouring lane's counts
+    ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
 ]
 
 
