@@ -268,3 +268,62 @@ def test_lengths_do_not_combine_with_a_causal_or_masked_call():
     for options in ({"causal": True}, {"attn_mask": torch.ones(1, 1, 1, 5, dtype=torch.bool)}):
         with pytest.raises(ValueError, match="kv_len is the bidirectional path's padding"):
             attn_mod.attention(q, q, q, kv_len=kv_len, **options)
+
+
+def test_the_ar_model_stays_causal_under_a_padding_mask():
+    # A key-padding mask (ragged rows, right-padded) must not switch the causal model to bidirectional
+    # attention: each row's real tokens get what an unpadded forward of that row gives.
+    torch.manual_seed(0)
+    net = _perturb(ARTransformer(_tiny("ar"))).double().eval()
+    x = torch.randint(0, 50, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    lengths = [12, 8, 3]
+    for row, n in enumerate(lengths):
+        mask[row, n:] = False
+    out = net(x, attention_mask=mask)
+    for row, n in enumerate(lengths):
+        torch.testing.assert_close(out[row, :n], net(x[row:row + 1, :n])[0], rtol=1e-10, atol=1e-10)
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % 50  # a later token does not reach earlier positions
+    torch.testing.assert_close(net(y, attention_mask=mask)[:, :-1], out[:, :-1], rtol=0, atol=0)
+
+
+def test_model_configs_are_checked():
+    from dllm.models import ModelConfig
+
+    for kw, message in ((dict(arch="gpt"), "unknown arch 'gpt'"), (dict(heads=0), "heads must be positive"),
+                        (dict(hidden=96, heads=4, kv_heads=3), r"heads \(4\) must be a multiple of kv_heads \(3\)"),
+                        (dict(hidden=100, heads=3), r"hidden \(100\) must be a multiple of heads \(3\)"),
+                        (dict(hidden=12, heads=4), "head dimension hidden / heads = 3 must be even")):
+        with pytest.raises(ValueError, match=message):
+            ModelConfig(**kw)
+    assert ModelConfig(arch="llada", hidden=96, heads=4, kv_heads=2).head_dim == 24
+    with pytest.raises(ValueError, match=r"unknown model config keys: \['width'\]"):
+        ModelConfig.from_dict({"width": 3})
+
+
+def test_llada_init_scales_the_residual_projections_by_depth():
+    # N(0, 0.02) everywhere, and GPT-2's 0.02 / sqrt(2 * layers) on the projections into the residual stream
+    torch.manual_seed(0)
+    cfg = model_config("tiny", arch="llada", hidden=64, layers=8, heads=4, vocab_size=50)
+    net = LLaDAModel(cfg)
+    for name, p in net.named_parameters():
+        if p.dim() != 2:
+            continue
+        want = 0.02 / (2 * cfg.layers) ** 0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+        # the sample standard deviation of >= 2,500 normals is within 10% of sigma with overwhelming probability
+        assert abs(p.std().item() / want - 1) < 0.1, (name, p.std().item(), want)
+
+
+def test_save_pretrained_leaves_the_process_umask_alone(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        build_model(_tiny("dit")).save_pretrained(tmp_path)
+        assert os.umask(0o027) == 0o027  # still the process's umask after the save
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # 0o666 under that umask

@@ -298,6 +298,7 @@ def test_llama_families_match_published_architecture(tmp_path, family):
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
     assert model.mask_id == cfg["mask_token_id"] and model.pad_id == cfg["pad_token_id"]
+    assert model.eos_id == cfg["eos_token_id"]
     assert model.logits_shift == (1 if family == "dream" else 0)
     mask_token = "<|mdm_mask|>" if family == "llada" else "<|mask|>"
     assert model.tokenizer.token_to_id(mask_token) == model.mask_id
@@ -420,6 +421,22 @@ def test_generate_runs_each_family(tmp_path, family, sampler):
     out = dllm.generate(model, prompt, gen_length=8, steps=4, sampler=sampler).sequences
     assert out.shape == (2, 11) and torch.equal(out[:, :3], prompt)
     assert not (out == model.mask_id).any()
+
+
+@pytest.mark.parametrize("family,kind", [("sedd", "score"), ("mdlm", "masked"), ("llada", "masked"),
+                                         ("dream", "masked")])
+def test_load_for_sampling_reads_each_family(tmp_path, family, kind):
+    # what `dllm sample` runs on a published folder: the kind picks the samplers, the tokenizer keeps the
+    # model's own mask and end-of-text ids
+    make_checkpoint(tmp_path, family)
+    if family in ("sedd", "mdlm"):
+        write_tokenizer(tmp_path, 40, {})  # GPT-2's stand-in; the mask is id 40, past its vocabulary
+    model, tok, got = dllm.load_for_sampling(tmp_path)
+    assert got == kind and model.layout == family and tok.kind == "published"
+    assert tok.mask_id == model.mask_id and tok.vocab_size == model.net.config.vocab_size
+    if family in ("llada", "dream"):
+        config = LLADA_CONFIG if family == "llada" else DREAM_CONFIG
+        assert tok.eos_id == model.eos_id == config["eos_token_id"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "empty"])
