@@ -163,6 +163,20 @@ MUTANTS = [
     (OBJECTIVES, "    random_length = 0.01", "    random_length = 0.0", ["test_training"]),
     ("python/dllm/training/trainer.py", "return length if cut else L", "return L", ["test_training"]),
     ("python/dllm/training/trainer.py", '+ ([before["provenance"]] if', '+ ([] if', ["test_training"]),
+    # the models and their loaders: a padded batch turning the AR model bidirectional, a save that
+    # leaves the process umask at 0, LLaDA's residual init, the kind load_for_sampling reports for a
+    # published folder, Dream's end-of-text id; the training clock a resumed max_time run counts on
+    ("python/dllm/models/dit.py", "if causal and (cache is not None or mask is not None):",
+     "if causal and (cache is not None or mask is None):", ["test_models"]),
+    ("python/dllm/models/io.py", "    os.umask(umask)\n", "", ["test_models"]),
+    ("python/dllm/models/llada.py", "std=0.02 / (2 * cfg.layers) ** 0.5", "std=0.2 / (2 * cfg.layers) ** 0.5",
+     ["test_models"]),
+    ("python/dllm/sampling/pretrained.py", '"score" if layout == "sedd" else "masked"',
+     '"score" if layout != "sedd" else "masked"', ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/dream.py", "    if eos is not None:\n", "    if eos is None:\n",
+     ["test_published_checkpoints"]),
+    ("python/dllm/training/trainer.py", "            self.elapsed = time.perf_counter() - t_run\n", "",
+     ["test_training"]),
 ]
 
 
