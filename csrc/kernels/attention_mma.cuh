@@ -135,14 +135,16 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * Dim + ((chunk ^ (row & 7)) << 3);
 }
 
-// Rows [0, Rows) of a [Rows][Dim] tile from global rows `row_stride` elements apart; rows at or
-// past `valid_rows` are zero-filled, so they contribute nothing to any product.
+// Rows [0, Rows) of a [Rows][Dim] tile from global rows `row_stride` elements apart, in the
+// layout `offset(row, chunk)` (element offset of an 8-column chunk); rows at or past `valid_rows`
+// are zero-filled, so they contribute nothing to any product.
 // Thread i copies chunk i % (Dim / 8) of rows i / (Dim / 8) + kPassRows * pass: the loop has a
 // trip count known at compile time (ptxas unrolls it fully) and, kPassRows being a multiple of 8,
-// every pass's shared offset (swizzle included) and global address are the first pass's plus a
-// constant, about 4 instructions a copy instead of the ~30 of a loop over i = threadIdx.x.
-template <int Rows, int Dim, int Threads, typename T>
-__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_stride, int valid_rows) {
+// every pass's shared offset (swizzle included) is the first pass's plus PassStride and its global
+// address the previous one's plus a stride, about 4 instructions a copy instead of the ~30 of a
+// loop over i = threadIdx.x.
+template <int Rows, int Dim, int Threads, int PassStride, typename T, typename Offset>
+__device__ __forceinline__ void load_rows(T* tile, const T* src, int64_t row_stride, int valid_rows, Offset offset) {
   constexpr int kChunks = Dim / 8, kPassRows = Threads / kChunks;
   static_assert(Threads % kChunks == 0 && Rows % kPassRows == 0, "every thread loads the same number of chunks");
   static_assert(kPassRows % 8 == 0, "each pass moves whole swizzle periods");
@@ -150,14 +152,21 @@ __device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_str
   // Pass p copies a real row iff p * kPassRows < rows_left: a compare with a constant, where a
   // per-pass row index would be a loop invariant that the compiler keeps in a register.
   const int rows_left = valid_rows - r0;
-  T* to = tile + swz<Dim>(r0, c);
+  T* to = tile + offset(r0, c);
   const T* from = src + r0 * row_stride + c * 8;
   const int64_t pass_stride = kPassRows * row_stride;
 #pragma unroll
   for (int pass = 0; pass < Rows / kPassRows; ++pass, from += pass_stride) {
     const bool valid = pass * kPassRows < rows_left;
-    cp_async_16(to + pass * kPassRows * Dim, valid ? from : src, valid);
+    cp_async_16(to + pass * PassStride, valid ? from : src, valid);
   }
+}
+
+// A row-major [Rows][Dim] tile, chunks swizzled within each row (swz).
+template <int Rows, int Dim, int Threads, typename T>
+__device__ __forceinline__ void load_tile(T* tile, const T* src, int64_t row_stride, int valid_rows) {
+  load_rows<Rows, Dim, Threads, Threads / (Dim / 8) * Dim>(tile, src, row_stride, valid_rows,
+                                                           [](int row, int chunk) { return swz<Dim>(row, chunk); });
 }
 
 // Fragment loads: each lane gives the address of row (lane % 8) of matrix (lane / 8); chunk0 is

@@ -46,27 +46,11 @@ __device__ __forceinline__ int panel_offset(int row, int chunk) {
   return (chunk >> 3) * Rows * kPanel + row * kPanel + (((chunk & 7) ^ (row & 7)) << 3);
 }
 
-// Rows [0, Rows) of a [Rows][Dim] panel tile from global rows `row_stride` elements apart; rows at
-// or past `valid_rows` are zero-filled, so they contribute nothing to any product.
-// The copies are laid out as in attn::load_tile (a trip count known at compile time, each pass
-// the first one's addresses plus constants).
+// Rows [0, Rows) of a [Rows][Dim] tile stored as panels (see attn::load_rows).
 template <int Rows, int Dim, int Threads, typename T>
 __device__ __forceinline__ void load_panels(T* tile, const T* src, int64_t row_stride, int valid_rows) {
-  constexpr int kChunks = Dim / 8, kPassRows = Threads / kChunks;
-  static_assert(Threads % kChunks == 0 && Rows % kPassRows == 0, "every thread loads the same number of chunks");
-  static_assert(kPassRows % 8 == 0, "each pass moves whole swizzle periods");
-  const int r0 = int(threadIdx.x) / kChunks, c = int(threadIdx.x) % kChunks;
-  // Pass p copies a real row iff p * kPassRows < rows_left: a compare with a constant, where a
-  // per-pass row index would be a loop invariant that the compiler keeps in a register.
-  const int rows_left = valid_rows - r0;
-  T* to = tile + panel_offset<Rows>(r0, c);
-  const T* from = src + r0 * row_stride + c * 8;
-  const int64_t pass_stride = kPassRows * row_stride;
-#pragma unroll
-  for (int pass = 0; pass < Rows / kPassRows; ++pass, from += pass_stride) {
-    const bool valid = pass * kPassRows < rows_left;
-    attn::cp_async_16(to + pass * kPassRows * kPanel, valid ? from : src, valid);
-  }
+  attn::load_rows<Rows, Dim, Threads, Threads / (Dim / 8) * kPanel>(
+      tile, src, row_stride, valid_rows, [](int row, int chunk) { return panel_offset<Rows>(row, chunk); });
 }
 
 // Descriptor of a 128-byte-swizzled operand at `start` (bits 0-13: address >> 4; 16-29: LBO >> 4;
