@@ -26,7 +26,8 @@ MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
     (FWD, "    cp_async_wait_all();\n", "", "attention"),
     (MMA, "(e & 1) >= kn) s[nb][e] = value;", "(e & 1) > kn) s[nb][e] = value;", "attention"),
-    (BWD, "    cp_async_wait_all();\n    __syncthreads();\n", "    cp_async_wait_all();\n", "attention"),
+    (BWD, "    cp_async_wait_all();\n    __syncthreads();\n    if (j + 1 < n_tiles) {",
+     "    cp_async_wait_all();\n    if (j + 1 < n_tiles) {", "attention"),
     (MMA, "(((lane >> 3) & 1) << 3), chunk0 + (lane >> 4)));", "((lane >> 4) << 3), chunk0 + ((lane >> 3) & 1)));",
      "attention"),
     (MMA, "a[1] = Elem<D>::pack(acc[2 * kk][2], acc[2 * kk][3]);",
@@ -54,7 +55,8 @@ MUTANTS = [
     (WG, "  fence_proxy_async();\n  __syncthreads();\n", "  fence_proxy_async();\n", "attention and wgmma"),
     # the wgmma backward: dQ's product of tile j - 2 still in flight when tile j + 1's K loads, a
     # warpgroup reading the other's rows of dO in its dP product
-    (WG_BWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
+    (WG_BWD, "done with tile j - 1's scores\n    wg::wait_group<0>();\n", "done with tile j - 1's scores\n",
+     "attention and wgmma"),
     (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
     # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
     (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
@@ -63,7 +65,7 @@ MUTANTS = [
      "attention and wgmma"),
     # the forward's overlapped P V: retired after O is rescaled and its operand replaced, reading
     # V_j's buffer, or V loaded into the buffer it still reads
-    (WG_FWD, "    next_tile(j);\n    wg::wait_group<0>();\n", "    next_tile(j);\n", "attention and wgmma"),
+    (WG_FWD, "the softmax of S_{j-1}\n    wg::wait_group<0>();\n", "the softmax of S_{j-1}\n", "attention and wgmma"),
     (WG_FWD, "(o, pf, v_tile(j - 1));", "(o, pf, v_tile(j));", "attention and wgmma"),
     (WG_FWD, "constexpr int kVBuffers = 3;", "constexpr int kVBuffers = 2;", "attention and wgmma"),
     # the softmax scale folded into the exponent: the running maximum's correction left unscaled;
@@ -75,7 +77,8 @@ MUTANTS = [
     # the wgmma backward's overlap: the dK/dV products of tile it - 2 not retired before tile
     # it + 1's queries load, or reading tile it's buffers; the streamed operands in three buffers;
     # the scores read before they retire; dQ's product reading K_j
-    (WG_BWD, "    next_tile(it);\n    wg::wait_group<0>();\n", "    next_tile(it);\n", "attention and wgmma"),
+    (WG_BWD, "done with tile it - 1's scores\n    wg::wait_group<0>();\n", "done with tile it - 1's scores\n",
+     "attention and wgmma"),
     (WG_BWD, "    issue_gradients(it - 1);", "    issue_gradients(it);", "attention and wgmma"),
     (WG_BWD, "constexpr int kQueryBuffers = 4;", "constexpr int kQueryBuffers = 3;", "attention and wgmma"),
     (WG_BWD, "constexpr int kDqKBuffers = 4;", "constexpr int kDqKBuffers = 3;", "attention and wgmma"),
