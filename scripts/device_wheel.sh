@@ -14,7 +14,10 @@ DEST=${1:-wheels}
 VENV=${DEVICE_VENV:-.venv-device}
 PY="$VENV/bin/python"
 if [ ! -x "$PY" ]; then
-  "${DEVICE_PYTHON:-python3.12}" -m venv "$VENV"
+  base=${DEVICE_PYTHON:-python3.12}
+  # a pyenv shim answers to python3.12 but fails unless 3.12 is selected: take pyenv's own then
+  "$base" -c '' 2>/dev/null || base=$(compgen -G "$HOME/.pyenv/versions/3.12*/bin/python3.12" | tail -1)
+  "$base" -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q "${DEVICE_TORCH:-torch==2.11.0}" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 fi

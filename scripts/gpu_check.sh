@@ -17,7 +17,9 @@
 #                    compiles its peer once per shape), steps 2 x 90 s.
 #                    So a 10-minute device call surely fits install,tests or install,bench, and fits
 #                    install,bench,steps only when the benchmarks end well within their limits (what
-#                    each one measured is packed as it ends).
+#                    each one measured is packed as it ends). A benchmark that ended by itself leaves
+#                    BENCH.done in OUT_DIR, and a later call into the same OUT_DIR (on a machine still
+#                    warm) skips it: so a second, shorter call goes on where a cut-short one stopped.
 #   DLLM_WHEEL       a dllm wheel built for this machine's torch and Python (scripts/device_wheel.sh
 #                    builds one): installed instead of building here. A glob (wheels/dllm-*.whl) is
 #                    resolved here, to one file.
@@ -127,13 +129,17 @@ if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
   for bench in attention sedd_step unmask_step sample_categorical sedd_losses published_latency attention_backward; do
+    # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
+    [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")
     [ "$bench" = attention ] || [ "$bench" = attention_backward ] && args+=(${no_wgmma[@]+"${no_wgmma[@]}"})
     [ "$bench" = attention_backward ] && args+=(--backward)
     limit=75
     [ "$bench" = sedd_step ] && limit=120
     timeout -s INT -k 10 "$limit" "$PY" "bench/${bench%_backward}.py" "${args[@]}" >"$OUT/$bench.log" 2>&1
-    note "$bench exit code $?"
+    rc=$?
+    note "$bench exit code $rc"
+    [ "$rc" = 0 ] && : >"$OUT/$bench.done"
     cat "$OUT/$bench/summary.md" 2>/dev/null
     pack
   done
@@ -141,9 +147,12 @@ fi
 
 if stage steps; then
   for preset in sedd-small llada-8b; do
+    [ -e "$OUT/step_latency-$preset.done" ] && continue
     timeout -s INT -k 10 90 "$PY" -m dllm.cli bench step --preset "$preset" --device cuda \
       --out "$OUT/step_latency-$preset" >"$OUT/step_latency-$preset.log" 2>&1
-    note "step_latency $preset exit code $?"
+    rc=$?
+    note "step_latency $preset exit code $rc"
+    [ "$rc" = 0 ] && : >"$OUT/step_latency-$preset.done"
     cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
     pack
   done
