@@ -31,6 +31,10 @@
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out (set it in a later call when
 #                    an earlier call's wgmma tests failed; within one call that happens by itself).
 #   DLLM_E2E_MINUTES training budget per model of `dllm bench e2e` (stage e2e).
+#   DLLM_GPU_SECONDS the whole run's time: each stage's limit is cut to what is left of it (less a
+#                    margin for packing), and a stage with too little left is skipped and says so.
+#                    For a device call with a hard limit: a stage cut short this way still writes
+#                    and packs what it measured, where a kill from outside would lose it.
 #   DLLM_WHEELS      a folder of wheels (pytest and its dependencies) for a machine without them.
 #   PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's).
 #
@@ -58,6 +62,12 @@ cd "$(dirname "$0")/.."
 export DLLM_CUDA=ON
 
 stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+DEADLINE=${DLLM_GPU_SECONDS:+$(( $(date +%s) + DLLM_GPU_SECONDS ))}
+# LIMIT -> LIMIT cut to the time left before DEADLINE, less 15 s for the kill grace and the packing
+limit_left() {
+  local left=$(( ${DEADLINE:-0} - $(date +%s) - 15 ))
+  if [ -z "$DEADLINE" ] || (( left >= $1 )); then echo "$1"; else echo $(( left > 0 ? left : 0 )); fi
+}
 note() { echo "$*" | tee -a "$OUT/status.txt"; }
 pack() {
   [ -z "$ARCHIVE" ] && return 0
@@ -112,7 +122,9 @@ if stage tests; then
   "$PY" -c "import xdist" 2>/dev/null && opts+=(-n 4 --dist loadfile)
   "$PY" -c "import pytest_timeout" 2>/dev/null && opts+=(--timeout 120)
   run_tests() {  # NAME SECONDS EXPRESSION
-    (cd tests && timeout -s INT -k 15 "$2" "$PY" -m pytest "${opts[@]}" --junitxml="$OUT/tests-$1.xml" -k "$3") \
+    local limit; limit=$(limit_left "$2")
+    (( limit >= 20 )) || { note "tests ($1) skipped: DLLM_GPU_SECONDS spent"; return 0; }
+    (cd tests && timeout -s INT -k 15 "$limit" "$PY" -m pytest "${opts[@]}" --junitxml="$OUT/tests-$1.xml" -k "$3") \
       >"$OUT/tests-$1.log" 2>&1
     local rc=$?
     note "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")"
@@ -136,6 +148,8 @@ if stage bench; then
     [ "$bench" = attention_backward ] && args+=(--backward)
     limit=75
     [ "$bench" = sedd_step ] && limit=120
+    limit=$(limit_left "$limit")
+    (( limit >= 20 )) || { note "$bench skipped: DLLM_GPU_SECONDS spent"; continue; }
     timeout -s INT -k 10 "$limit" "$PY" "bench/${bench%_backward}.py" "${args[@]}" >"$OUT/$bench.log" 2>&1
     rc=$?
     note "$bench exit code $rc"
@@ -148,7 +162,9 @@ fi
 if stage steps; then
   for preset in sedd-small llada-8b; do
     [ -e "$OUT/step_latency-$preset.done" ] && continue
-    timeout -s INT -k 10 90 "$PY" -m dllm.cli bench step --preset "$preset" --device cuda \
+    limit=$(limit_left 90)
+    (( limit >= 20 )) || { note "step_latency $preset skipped: DLLM_GPU_SECONDS spent"; continue; }
+    timeout -s INT -k 10 "$limit" "$PY" -m dllm.cli bench step --preset "$preset" --device cuda \
       --out "$OUT/step_latency-$preset" >"$OUT/step_latency-$preset.log" 2>&1
     rc=$?
     note "step_latency $preset exit code $rc"
