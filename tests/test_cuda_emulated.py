@@ -219,7 +219,9 @@ def test_rows_at_every_alignment_and_short_lengths(emulator, dtype):
 @pytest.mark.parametrize("confidence", ["prob", "margin", "entropy", "random"])
 @pytest.mark.parametrize("temperature, top_k, top_p, shift, confidence_from",
                          [(0.0, 0, 1.0, 0, "model"), (1.0, 0, 1.0, 1, "model"), (0.8, 50, 0.9, 0, "model"),
-                          (0.0, 50, 0.9, 0, "proposal"), (0.0, 1, 1.0, 0, "proposal"), (0.3, 0, 0.95, 1, "proposal")])
+                          (0.0, 50, 0.9, 0, "proposal"), (0.0, 1, 1.0, 0, "proposal"), (0.3, 0, 0.95, 1, "proposal"),
+                          # nothing reshapes the proposal: its statistics are the model's (pass B never runs)
+                          (0.0, 0, 1.0, 0, "proposal")])
 def test_predict_masked(schedule, dtype, confidence, temperature, top_k, top_p, shift, confidence_from):
     logits, x = masked_batch(2, 37, 3001, "cpu", dtype)
     args = (logits, x, MASK, temperature, top_k, top_p, confidence, shift, confidence_from)

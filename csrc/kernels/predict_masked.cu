@@ -150,6 +150,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   // The confidence's distribution: softmax((v - st.m) * conf_scale), whose log-sum-exp is conf_lse.
   float conf_scale = 1.0f, conf_lse = __logf(st.s);
   RowStats kept;                           // proposal_entropy: the kept tempered values
+  bool kept_stats = false;                 // kept holds them: pass B ran (else st's are the proposal's)
   if (p.temperature > 0.0f || (proposal_scored && filtered)) {
     const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
     const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
@@ -215,7 +216,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       tot = block_max_sum(tot, sm.maxsum);
       conf_scale = scale;
       conf_lse = tot.m + __logf(tot.s);
-      if (proposal_entropy) kept = block_stats(kept, sm.stats);
+      if (proposal_entropy) kept = block_stats(kept, sm.stats), kept_stats = true;
     }
   }
 
@@ -229,7 +230,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         conf = __expf(-conf_lse) - (second_kept ? __expf((st.second - st.m) * conf_scale - conf_lse) : 0.0f);
         break;
       case Confidence::kEntropy:
-        conf = proposal_entropy ? kept.t / kept.s - __logf(kept.s) : st.t / st.s - __logf(st.s);
+        conf = kept_stats ? kept.t / kept.s - __logf(kept.s) : st.t / st.s - __logf(st.s);
         break;
       case Confidence::kRandom: conf = uniform_at(seed, offset, uint64_t(pos), 0, RngStream::kUniform); break;
     }
