@@ -32,12 +32,12 @@ def inputs(B, Sq, Sk, H, Hkv, D, dtype, device, seed=0):
     return mk(B, Sq, H, D), mk(B, Sk, Hkv, D), mk(B, Sk, Hkv, D)
 
 
-def check(got, ref, low, factor, what):
+def check(got, ref, low, factor, what, scale=None):
     err = (got.double() - ref).abs().max().item()
     torch_err = (low.double() - ref).abs().max().item()
     # The floor is relative: float32 sums of a few hundred terms differ from PyTorch's blocked
     # GEMM order by ~1e-6 of their magnitude even where PyTorch happens to be nearly exact.
-    floor = 1e-5 * max(1.0, ref.abs().max().item())
+    floor = 1e-5 * max(1.0, ref.abs().max().item() if scale is None else scale)
     assert err <= factor * torch_err + floor, f"{what}: max error {err:.3g} vs plain PyTorch's {torch_err:.3g}"
 
 
@@ -47,8 +47,12 @@ def check_gradients(out, ref, low, inputs):
     grads = torch.autograd.grad(out, inputs, g)
     ref_grads = torch.autograd.grad(ref, inputs, g.double())
     low_grads = torch.autograd.grad(low, inputs, g)
+    # With one key the softmax is constant and dk is exactly 0: a cancellation of dP - delta, terms
+    # as large as the other gradients, which PyTorch's order happens to make exact. So the floor is
+    # relative to the largest gradient (on the H200, 1.3e-5 to 3.7e-5 at S = 1023 x 1).
+    scale = max(r.abs().max().item() for r in ref_grads)
     for name, a, r, l in zip("qkv", grads, ref_grads, low_grads):
-        check(a, r, l, 3, f"d{name}")
+        check(a, r, l, 3, f"d{name}", scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
