@@ -19,7 +19,7 @@ namespace {
 
 using namespace cuda;
 
-// Online untempered statistics of one thread's elements.
+// Running statistics of one thread's elements (untempered in pass A; the kept tempered ones in B).
 struct RowStats {
   float m = -kInf;   // max
   float s = 0.0f;    // sum exp(v - m)
@@ -28,30 +28,51 @@ struct RowStats {
   float second = -kInf;  // second largest value (equal to best.v on a tie)
   bool bad = false;
 
-  __device__ void add(float v, int64_t idx) {
-    bad |= !(v < kInf);
-    if (v == -kInf || !(v < kInf)) return;
-    if (v > m) {
+  // Adds a batch's values (indices increasing with e; -inf ones count for nothing), without a
+  // branch an element: the batch's top two first, then one rescale and independent exponentials.
+  template <int N, int kRun, int kStep>
+  __device__ void add_batch(const float (&v)[N], const BatchIndex<N, kRun, kStep>& where) {
+    bad |= any_not_below_inf(v);
+    float b1 = -kInf, b2 = -kInf;
+    int at = 0;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {  // NaN and +inf only mark the row bad: it fails whatever they do here
+      const bool gt = v[e] > b1;
+      b2 = fmaxf(b2, gt ? b1 : v[e]);
+      at = gt ? e : at;
+      b1 = gt ? v[e] : b1;
+    }
+    if (!(b1 > -kInf && b1 < kInf)) return;
+    const int64_t idx = where(at);
+    if (b1 > best.v || (b1 == best.v && idx < best.i)) {
+      second = fmaxf(second, best.v);
+      best = ArgMax{b1, idx};
+    } else {
+      second = fmaxf(second, b1);
+    }
+    second = fmaxf(second, b2);
+    if (b1 > m) {
       if (m == -kInf) {
         s = t = 0.0f;
       } else {
-        // f (m - v) first: at a tiny temperature m - v reaches -3.4e38, and times s it would
+        // f (m - b1) first: at a tiny temperature m - b1 reaches -3.4e38, and times s it would
         // overflow to -inf, and 0 * -inf is NaN.
-        const float f = __expf(m - v);
-        t = f * t + (f * (m - v)) * s;
+        const float f = __expf(m - b1);
+        t = f * t + (f * (m - b1)) * s;
         s *= f;
       }
-      m = v;
+      m = b1;
     }
-    const float e = __expf(v - m);
-    s += e;
-    t += e * (v - m);
-    if (v > best.v || (v == best.v && idx < best.i)) {
-      second = fmaxf(second, best.v);
-      best = ArgMax{v, idx};
-    } else {
-      second = fmaxf(second, v);
+    float ps[2] = {0.0f, 0.0f}, pt[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      // -inf (the padding, a -inf logit) adds e = 0 and, clamped, 0 * y = 0 rather than NaN
+      const float y = fmaxf(v[e] - m, -kMaxFloat), x = __expf(y);
+      ps[e % 2] += x;
+      pt[e % 2] += x * y;
     }
+    s += ps[0] + ps[1];
+    t += pt[0] + pt[1];
   }
 
   __device__ static RowStats merge(const RowStats& a, const RowStats& b) {
@@ -134,9 +155,10 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 
   // Pass A: untempered statistics over the vocabulary without the mask token.
   RowStats mine;
-  for_elements(view, 0, vocab, threadIdx.x, kThreads, [&](int64_t idx, float v) {
-    if (idx != mask) mine.add(v, idx);
-    else mine.bad |= !(v < kInf);  // the CPU kernel rejects a NaN mask logit too
+  for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, bool) {
+    mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit
+    drop(v, where.find(mask));
+    mine.add_batch(v, where);
   });
   const RowStats st = block_stats(mine, sm.stats);
   if (st.bad) return fail(kNonFinite);
@@ -163,15 +185,16 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     auto group_pass = [&](bool track_kept) {
       for (int64_t g = warp; g < groups; g += kWarps) {
         const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-        float m = -kInf, s = 0.0f;
-        for_elements(view, lo, hi, lane, 32, [&](int64_t idx, float v) {
-          const float y = weight(idx, v);
-          if (y == -kInf) return;
-          if (y > m) s = m == -kInf ? 0.0f : s * __expf(m - y), m = y;
-          s += __expf(y - m);
-          if (track_kept) kept.add(y, idx);
+        MaxSum acc{-kInf, 0.0f};
+        for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+          drop(v, where.find(mask));
+#pragma unroll
+          for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e)
+            v[e] = ordered_key(v[e]) < tau ? -kInf : (v[e] - row_max) * scale;  // weight()
+          add_batch(acc, v);
+          if (track_kept) kept.add_batch(v, where);
         });
-        const MaxSum acc = warp_max_sum(MaxSum{m, s});
+        acc = warp_max_sum(acc);
         if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);
       }
       __syncthreads();
@@ -189,13 +212,18 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         __syncthreads();
         const uint32_t prefix = sm.level.prefix;
         const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
-        for_elements(view, 0, vocab, threadIdx.x, kThreads, [&](int64_t idx, float v) {
-          if (idx == mask || v == -kInf) return;
-          const uint32_t key = ordered_key(v);
-          if ((key & high) != (prefix & high)) return;
-          const int d = (key >> shift) & 255;
-          atomicAdd(&sm.count[d], 1u);
-          atomicAdd(&sm.mass[d], static_cast<unsigned long long>(fixed_mass(__expf((v - row_max) * scale - lse_t))));
+        for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, bool) {
+          drop(v, where.find(mask));
+#pragma unroll
+          for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e) {
+            if (v[e] == -kInf) continue;
+            const uint32_t key = ordered_key(v[e]);
+            if ((key & high) != (prefix & high)) continue;
+            const int d = (key >> shift) & 255;
+            atomicAdd(&sm.count[d], 1u);
+            atomicAdd(&sm.mass[d],
+                      static_cast<unsigned long long>(fixed_mass(__expf((v[e] - row_max) * scale - lse_t))));
+          }
         });
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -239,10 +267,11 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   }
 }
 
-// At least 3 blocks per SM: a budget of 85 registers, which holds the kernel without spills. Left
+// At least 2 blocks per SM: a budget of 128 registers, which holds a batch being reduced and the
+// next one loading without spills (at 3 blocks, 80 registers, it spilled 150-380 bytes). Left
 // free, ptxas settles on 64 (4 blocks per SM) and spills to the stack.
 template <DType D>
-__global__ void __launch_bounds__(kThreads, 3) predict_masked_kernel(PredictParams p) {
+__global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictParams p) {
   extern __shared__ float group_lse[];
   __shared__ Scratch scratch;
   uint64_t seed, offset;

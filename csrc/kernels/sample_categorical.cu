@@ -42,7 +42,6 @@ struct Scratch {
 template <DType D>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
                            float* group_lw, Scratch& scratch) {
-  constexpr int kVec = Vec<D>::kSize;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t vocab = p.vocab;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
@@ -61,46 +60,12 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-    const auto split = view.split(lo, hi);
     MaxSum acc{-kInf, 0.0f};
-    auto element = [&](int64_t idx) {  // one outside the row's whole chunks
-      const float v = view.at(idx);
-      bad |= !(v < kInf);
-      if (greedy && v > best.v) best = ArgMax{v, idx};
-      acc = merge(acc, MaxSum{v, 1.0f}, scale);
-    };
-#pragma unroll 1
-    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);
-    const int64_t c_end = split.end;
-    for (int64_t c0 = split.begin + lane; c0 < c_end; c0 += 32 * kUnroll) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (c0 + 32 * u < c_end) raw[u] = __ldg(view.base + c0 + 32 * u);
-      float v[kUnroll][kVec];
-      float m = -kInf;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const int64_t idx = view.index(c0 + 32 * u, j);
-          const bool valid = c0 + 32 * u < c_end && idx >= lo && idx < hi;
-          v[u][j] = valid ? Vec<D>::get(raw[u], j) : -kInf;
-          bad |= valid && !(v[u][j] < kInf);  // NaN or +inf
-          m = fmaxf(m, v[u][j]);
-          if (greedy && v[u][j] > best.v) best = ArgMax{v[u][j], idx};
-        }
-      }
-      if (m == -kInf) continue;
-      float s = 0.0f;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) s += __expf((v[u][j] - m) * scale);
-      acc = merge(acc, MaxSum{m, s}, scale);
-    }
-#pragma unroll 1
-    for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);
+    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+      bad |= any_not_below_inf(v);
+      if (greedy) best = better(best, batch_argmax(v, where));
+      add_batch(acc, v, scale);
+    });
     acc = warp_max_sum(acc, scale);
     if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
   }
@@ -127,7 +92,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   write_row(p, r, best.i, log_weight(best.i, view.at(best.i)) - row_lse, kCategoricalOk);
 }
 
-// At least 3 blocks per SM, as predict_masked_kernel: without it ptxas spills the float32 kernel.
+// At least 3 blocks per SM (80 registers, no spills): left free, ptxas spills the float32 kernel.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 3) sample_categorical_kernel(CategoricalParams p) {
   extern __shared__ float group_lw[];

@@ -92,23 +92,16 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
   const RowView<D> view(row, K);
 
-  // Pass 1: per-group online (max, sum exp) of the logits other than x.
-  // An int that is only ever set: the compiler then keeps it in a predicate (one FSETP.GEU.OR an
-  // element) also in the range-checked chunks, where a bool |= cost byte masking per element.
+  // Pass 1: per-group (max, sum exp) of the logits other than x.
   int bad = 0;
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
-    for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
-      if (!(l < kInf)) bad = 1;
-      if (i == x || l == -kInf) return;
-      if (l > acc.m) {  // online max and sum, one exp per element
-        acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
-        acc.m = l;
-      } else {
-        acc.s += expf(l - acc.m);
-      }
+    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+      bad |= any_not_below_inf(v);
+      drop(v, where.find(x));
+      add_batch(acc, v);
     });
     acc = warp_max_sum(acc);
     if (lane == 0) {
@@ -140,9 +133,15 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       const int64_t lo = g * kCategoricalGroup;
       const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
       float acc = 0.0f;
-      for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
-        const float w = expf(l - ref) - clip;
-        acc += (i != x && w > 0.0f) ? w : 0.0f;
+      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+        drop(v, where.find(x));
+        float part[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e) {
+          const float w = __expf(v[e] - ref) - clip;
+          part[e % 2] += w > 0.0f ? w : 0.0f;
+        }
+        acc += part[0] + part[1];
       });
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -254,16 +253,18 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
     bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
     if (lo < hi) {
-      for_elements(view, lo, hi, lane, 32, [&](int64_t i, float l) {
-        nan |= l != l;
-        if (i == skip) return;
-        if (!md && !absorb) sum_l += double(l);
-        if (l > acc.m) {  // online max and sum: one exp per element (NaN falls through and propagates)
-          acc.s = (acc.m == -kInf ? 0.0f : acc.s * expf(acc.m - l)) + 1.0f;
-          acc.m = l;
-        } else if (l != -kInf) {
-          acc.s += expf(l - acc.m);
+      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool padded) {
+        constexpr int n = sizeof(v) / sizeof(v[0]);
+#pragma unroll
+        for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
+        const int at = where.find(skip);
+        if (!md && !absorb) {  // the padding's -inf is no logit
+#pragma unroll
+          for (int e = 0; e < n; ++e)
+            if (e != at && (!padded || (where(e) >= lo && where(e) < hi))) sum_l += double(v[e]);
         }
+        drop(v, at);
+        add_batch(acc, v);
       });
     }
     nan = __syncthreads_or(nan);
@@ -298,7 +299,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
     auto value = [&](int64_t i, float l) {
       if (!gr.active || i == gr.skip) return 0.0f;
-      return i == x0 ? float(x0_grad(gr, l)) : ga * expf(l - ref) - gb;
+      return i == x0 ? float(x0_grad(gr, l)) : ga * __expf(l - ref) - gb;
     };
     const RowView<D> view(row, K);
     const int64_t grad_head = int64_t(reinterpret_cast<uintptr_t>(grad) & 15) / RowView<D>::kElemBytes;
@@ -325,10 +326,15 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
         const int64_t c = c0 + kThreads * u;
         if (c >= split.end) break;
         uint4 packed{};
-        if (gr.active) {
+        const int64_t i0 = view.index(c, 0);
+        if (gr.active && uint64_t(gr.skip - i0) >= kVec && uint64_t(x0 - i0) >= kVec) {
+          // neither the skipped token nor x0 in this chunk: no per-element index tests
 #pragma unroll
           for (int j = 0; j < kVec; ++j)
-            Vec<D>::put(packed, j, IO<D>::store(value(view.index(c, j), Vec<D>::get(raw[u], j))));
+            Vec<D>::put(packed, j, IO<D>::store(ga * __expf(Vec<D>::get(raw[u], j) - ref) - gb));
+        } else if (gr.active) {
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(value(i0 + j, Vec<D>::get(raw[u], j))));
         }
         out[c] = packed;
       }
