@@ -28,6 +28,8 @@
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
+#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all seven, in the
+#                    order below).
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out (set it in a later call when
 #                    an earlier call's wgmma tests failed; within one call that happens by itself).
 #   DLLM_E2E_MINUTES training budget per model of `dllm bench e2e` (stage e2e).
@@ -140,7 +142,7 @@ fi
 if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
-  for bench in attention sedd_step unmask_step sample_categorical sedd_losses published_latency attention_backward; do
+  for bench in ${DLLM_GPU_BENCHES:-attention sedd_step unmask_step sample_categorical sedd_losses published_latency attention_backward}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")
