@@ -10,11 +10,12 @@
 //          (of every q head of the GQA group) stream; dV += P^T dO and dK += dS^T Q take P^T and
 //          dS^T from registers, dO and Q as MN-major operands.
 //
-// Both overlap as the forward does (attention_fwd_wgmma.cu): tile j issues its score products and
-// then tile j - 1's gradient products, computes dS_j (and P_j) while those run, and retires them
-// only after the next tile's block barrier (ptxas hoists an earlier wait). So tile j's dS lives in
-// registers of its own (ds_next) until it becomes the operand, and the streamed operand of the
-// gradient products (K, or Q and dO) takes four buffers.
+// Both pair products as the forward does (attention_fwd_wgmma.cu): tile j issues its score
+// products and then tile j - 1's gradient products, and all of them are retired right after they
+// issue: ptxas reuses the registers of an in-flight product's register operands (dS, P) as
+// scratch, which the H200 showed in the forward (its "Retired at once" note). Tile j's dS lives
+// in registers of its own (ds_next) until it becomes the operand a tile later, and the streamed
+// operand of the gradient products (K, or Q and dO) takes four buffers.
 //
 // Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_count get
 // P = 0 (their lse is treated as +inf) and key columns past k_count get dS = 0 in the dQ kernel;
@@ -120,9 +121,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   uint32_t dsf[kKeySteps][4];      // dS of the tile whose dQ product is issued next, its A operand
   uint32_t ds_next[kKeySteps][4];  // dS of the latest tile, until the product reading dsf retires
 
-  // Starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and V_{j-1}: dQ += dS_{j-2} K_{j-2}
-  // may still run, but tile j - 3's product and tile j - 1's scores retired before every
-  // warpgroup passed tile j's block barrier. Issued after tile j's products (as in the forward).
+  // Starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and V_{j-1}, which every warpgroup
+  // was done with at tile j's block barrier. Issued once tile j's products have retired.
   auto load_ahead = [&](int j) {
     if (j + 1 < n_tiles) {
       load_keys(j + 1);
@@ -163,8 +163,8 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
     // while dS_j is computed and until the wait above in the next tile.
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(j - 1));
+    wg::wait_group<0>();  // all three, before any other instruction (see the note above)
     load_ahead(j);
-    wg::wait_group<1>();  // S_j, dP_j
     scores_to_fragments(j);
   }
 
@@ -229,9 +229,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   uint32_t pf[kQuerySteps][4], dsf[kQuerySteps][4];  // P^T, dS^T of the tile whose products are issued next
   uint32_t p_next[kQuerySteps][4], ds_next[kQuerySteps][4];  // those of the latest tile, until then
 
-  // Starts loading query tile it + 1 into the buffers of tile it - 3: tile it - 2's products may
-  // still run, but tile it - 3's retired before every warpgroup passed tile it's block barrier.
-  // Issued after tile it's products (as in the forward).
+  // Starts loading query tile it + 1 into the buffers of tile it - 3, which every warpgroup was
+  // done with at tile it's block barrier. Issued once tile it's products have retired.
   auto load_ahead = [&](int it) {
     if (it + 1 < steps) {
       load_queries(it + 1);
@@ -283,8 +282,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     // of tile it are computed and until the wait above in the next tile.
     issue_scores(it);
     issue_gradients(it - 1);
+    wg::wait_group<0>();  // all four, before any other instruction (see the note above)
     load_ahead(it);
-    wg::wait_group<2>();  // S^T, dP^T
     scores_to_fragments();
   }
 

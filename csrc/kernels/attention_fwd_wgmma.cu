@@ -9,13 +9,18 @@
 // cap. O += P V takes P from registers and V as an MN-major operand, the same swizzled panel
 // layout serving all three (wgmma.cuh).
 //
-// FlashAttention-3's intra-warpgroup overlap: each key tile j issues S_j = Q K_j^T and then the
-// previous tile's O += P_{j-1} V_{j-1}, and computes the softmax of S_j while the second product
-// runs; that product is retired only after the next tile's block barrier. (ptxas of CUDA 13.0
-// hoists a wait placed right after the softmax above it, serialising the two again: the SASS
-// shows it.) So V is loaded a tile behind K, into one of three buffers, since P_{j-1} V_{j-1} may
-// still read its buffer while V_{j+1} is loaded; and P_j is rounded into registers of its own
-// (p_next) that become the product's operand (pf) only after that retirement.
+// Each key tile j issues S_j = Q K_j^T and then the previous tile's O += P_{j-1} V_{j-1}, so the
+// two products run together (V is loaded a tile behind K, into one of three buffers).
+//
+// Retired at once: both products are waited for right after they issue, before the next tile's
+// loads and the softmax of S_j. FlashAttention-3 computes that softmax while P V runs, and so did
+// this kernel, retiring P V only after the next block barrier; on the H200 (2026-11-30) every
+// product but the last lost part or all of its sum. ptxas of CUDA 13.0 passes the P fragments to
+// the wgmma in register quads (R88, R92, ...) that it treats as free once the instruction issues,
+// and used them as scratch for the key masking while the product still read them (SASS); no
+// operand fence in the source reaches those copies. The other warpgroup, and at D = 64 the other
+// CTA, keep the tensor cores busy during a softmax. P_j still goes into registers of its own
+// (p_next) that become the operand (pf) a tile later.
 //
 // The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
 // and epilogue are those of attention_fwd.cu. Keys past k_count are never read; query rows past
@@ -88,9 +93,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
   // Starts loading K_{j+1} and V_j into the buffers of K_{j-1} and V_{j-3}, which every warpgroup
-  // was done with at tile j's block barrier (V_{j-3}'s product retired a tile before it). Issued
-  // after tile j's products, so that the copies' address arithmetic runs while they do rather
-  // than between the barrier and the products.
+  // was done with at tile j's block barrier.
   auto load_ahead = [&](int j) {
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN;
@@ -140,8 +143,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     // in the next tile.
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
+    wg::wait_group<0>();  // both, before any other instruction: see "Retired at once" above
     load_ahead(j);
-    wg::wait_group<1>();  // S_j
     wg::fence_accumulators(s);
     mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
     rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
