@@ -9,8 +9,8 @@ also gives the rate counting the padded L x L, as ../shared/ANCHORS.md counts it
 Forward + backward counts 3.5x the forward. The hardware floor is a bf16 (CPU: float32) matmul's
 rate, measured in the same run: "% of floor" is the fraction of it reached. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
-sets of dllm kernels run: "dllm" (mma.sync, the default) and "dllm wgmma" (DLLM_ATTENTION_KERNEL=wgmma);
-the ratios are against the default one.
+sets of dllm kernels run: "dllm" (wgmma, the default there) and "dllm mma.sync"
+(DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -82,9 +82,9 @@ def main() -> None:
                     return dllm.ops.attention(q, k, v, kv_len=lens)
                 return call
 
-            candidates = {"dllm": run(dllm_call("mma"))}
+            candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
-                candidates["dllm wgmma"] = run(dllm_call("wgmma"))
+                candidates["dllm mma.sync"] = run(dllm_call("mma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             for name, backend in (BACKENDS if cuda else {"SDPA (CPU)": None}).items():
                 def sdpa(backend=backend):

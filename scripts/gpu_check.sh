@@ -30,8 +30,9 @@
 #                    run in CI; "" runs all).
 #   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all seven, in the
 #                    order below).
-#   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out (set it in a later call when
-#                    an earlier call's wgmma tests failed; within one call that happens by itself).
+#   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out, and the step latencies run
+#                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
+#                    within one call, or into the same OUT_DIR, that happens by itself).
 #   DLLM_E2E_MINUTES training budget per model of `dllm bench e2e` (stage e2e).
 #   DLLM_GPU_SECONDS the whole run's time: each stage's limit is cut to what is left of it (less a
 #                    margin for packing), and a stage with too little left is skipped and says so.
@@ -114,6 +115,9 @@ fi
 WGMMA_OK=1
 # an earlier call on this (still warm) machine into the same OUT_DIR may have found them failing
 [ "${DLLM_NO_WGMMA:-0}" = 1 ] || [ -e "$OUT/wgmma_failed" ] && WGMMA_OK=0
+# wgmma is the default attention on 9.0: without it, the models of `dllm bench step` take mma.sync
+wgmma_off() { WGMMA_OK=0; export DLLM_ATTENTION_KERNEL=mma; }
+[ "$WGMMA_OK" = 1 ] || wgmma_off
 if stage tests; then
   if ! "$PY" -c "import pytest" 2>/dev/null; then
     "$PY" -m pip install --no-index --find-links "${DLLM_WHEELS:-wheels}" pytest numpy >"$OUT/pip-pytest.log" 2>&1 \
@@ -134,7 +138,7 @@ if stage tests; then
   }
   run_tests main 240 "${K:+($K) and }not wgmma"
   if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
-    run_tests wgmma 150 "${K:+($K) and }wgmma" || { WGMMA_OK=0; : >"$OUT/wgmma_failed"; }
+    run_tests wgmma 150 "${K:+($K) and }wgmma" || { wgmma_off; : >"$OUT/wgmma_failed"; }
   fi
   pack
 fi

@@ -75,29 +75,19 @@ struct RowView {
   }
   __device__ int64_t index(int64_t chunk, int j) const { return chunk * kVec - head + j; }
 
-  // [lo, hi) as the chunks [begin, end) inside the row, and the elements of [lo, hi) that they
-  // miss: [lo, inner_lo) and [inner_hi, hi), parts of the row's straddling first and last chunks
-  // (so fewer than 2 * kVec in all).
+  // [lo, hi) as the chunks [begin, end) wholly inside it (so inside the row too), and the elements
+  // they miss: [lo, inner_lo) and [inner_hi, hi), parts of straddling chunks, fewer than kVec on
+  // each side. Loops then take every chunk whole, without per-element bounds checks: a range
+  // whose ends straddle chunks (every group of a row that starts off a 16-byte boundary, as
+  // V = 50258 bf16 rows do) would otherwise put one lane of a warp on a checked path in each
+  // batch, and the whole warp through both paths (the H200's counters: 22 of 32 threads active).
   struct Split {
     int64_t begin, end, inner_lo, inner_hi;
   };
   __device__ Split split(int64_t lo, int64_t hi) const {
-    const int64_t first_inside = head > 0 ? 1 : 0, end_inside = (length + head) / kVec;
-    const int64_t from = (lo + head) / kVec, to = (hi + head + kVec - 1) / kVec;
-    const int64_t begin = from > first_inside ? from : first_inside, end = to < end_inside ? to : end_inside;
+    const int64_t begin = (lo + head + kVec - 1) / kVec, end = (hi + head) / kVec;
     if (begin >= end) return {0, 0, hi, hi};
-    const int64_t inner_lo = index(begin, 0), inner_hi = index(end, 0);
-    return {begin, end, inner_lo > lo ? inner_lo : lo, inner_hi < hi ? inner_hi : hi};
-  }
-  // The chunks of split(lo, hi) that hold only elements of [lo, hi): loops take them without the
-  // per-element 64-bit bounds checks, a third of sedd_step's streaming instructions (in SASS, 39
-  // a bf16 element with them, 26 without), which leave these loops issue-bound, not HBM-bound.
-  struct Range {
-    int64_t begin, end;
-  };
-  __device__ Range full_chunks(int64_t lo, int64_t hi, const Split& s) const {
-    const int64_t first = (lo + head + kVec - 1) / kVec, last = (hi + head) / kVec;
-    return {first > s.begin ? first : s.begin, last < s.end ? last : s.end};
+    return {begin, end, index(begin, 0), index(end, 0)};
   }
   // One element by a load of its own width: picking it out of a 16-byte chunk at a run-time
   // index would put the chunk on the stack.
@@ -134,62 +124,56 @@ __device__ void drop(float (&v)[N], int e) {
     if (k == e) v[k] = -kInf;
 }
 
-// Calls f(v, where, padded) for the elements of [lo, hi) that thread `tid` of kLanes owns (a warp:
+// The bits of a 16-byte chunk of -inf values.
+template <DType D>
+__device__ uint4 minus_inf_chunk() {
+  const uint32_t w = D == DType::kFloat32 ? 0xff800000u : D == DType::kBFloat16 ? 0xff80ff80u : 0xfc00fc00u;
+  return uint4{w, w, w, w};
+}
+
+// Calls f(v, where, chunks) for the elements of [lo, hi) that thread `tid` of kLanes owns (a warp:
 // tid = lane, kLanes = 32; a block: threadIdx.x, kThreads): v a batch of values (float[N]), where
-// its BatchIndex. A batch is the kUnroll 16-byte chunks a thread loads at once, with -inf for any
-// element outside [lo, hi) (then padded is true; such a value's where(e) is outside [lo, hi));
-// the row's straddling first and last chunks come one element a batch.
-// The next batch's loads are issued before f runs on this one, and batches wholly inside the
-// range skip the per-element bounds checks. f sees a whole batch so that it can reduce it without
-// a branch an element: per-element online updates left these loops issue-bound at 35 to 120
+// its BatchIndex. A batch is the kUnroll 16-byte chunks a thread loads at once, of which the first
+// `chunks` are the row's; the rest, past the range's last whole chunk, hold -inf. The elements of
+// the range's straddling end chunks come one a batch (chunks = 1), before and after the whole
+// chunks, so that a thread meets its elements in increasing index order. The next batch's loads
+// are issued before f runs on this one. f sees a whole batch so that it can reduce it without a
+// branch an element: per-element online updates left these loops issue-bound at 35 to 120
 // instructions an element (SASS), 3 to 8 times the HBM time, on the H200.
 template <int kLanes, DType D, typename F>
 __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int tid, F&& f) {
   constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
   constexpr int64_t kStep = int64_t(kLanes) * kUnroll;  // chunks a loop iteration advances
   const auto split = view.split(lo, hi);
-  // The straddling chunks' elements (fewer than 2 * kVec, so at most one a thread) before and
-  // after the whole chunks, so that a thread meets its elements in increasing index order. These
-  // loops are kept rolled, which keeps them from costing the main loop registers.
+  // Fewer than kVec elements on each side, so at most one a thread; kept rolled, which keeps
+  // these loops from costing the main loop registers.
   auto one_by_one = [&](int64_t from, int64_t to) {
 #pragma unroll 1
     for (int64_t i = from + tid; i < to; i += kLanes) {
       float one[1] = {view.at(i)};
-      f(one, BatchIndex<1, 1, 1>{i}, false);
+      f(one, BatchIndex<1, 1, 1>{i}, 1);
     }
   };
   one_by_one(lo, split.inner_lo);
   const int64_t c_end = split.end;
-  const auto full = view.full_chunks(lo, hi, split);
-  int64_t c0 = split.begin + tid;
-  uint4 raw[kUnroll];
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
-    if (c0 + int64_t(kLanes) * u < c_end) raw[u] = __ldg(view.base + c0 + int64_t(kLanes) * u);
-  for (; c0 < c_end; c0 += kStep) {
-    uint4 next[kUnroll];
+  auto load = [&](uint4 (&raw)[kUnroll], int64_t c0) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u)
-      if (c0 + kStep + int64_t(kLanes) * u < c_end) next[u] = __ldg(view.base + c0 + kStep + int64_t(kLanes) * u);
+      raw[u] = c0 + int64_t(kLanes) * u < c_end ? __ldg(view.base + c0 + int64_t(kLanes) * u) : minus_inf_chunk<D>();
+  };
+  int64_t c0 = split.begin + tid;
+  uint4 raw[kUnroll];
+  if (c0 < c_end) load(raw, c0);
+  for (; c0 < c_end; c0 += kStep) {
+    uint4 next[kUnroll];
+    if (c0 + kStep < c_end) load(next, c0 + kStep);
     float v[N];
-    const bool padded = !(c0 >= full.begin && c0 + int64_t(kLanes) * (kUnroll - 1) < full.end);
-    if (!padded) {
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
+    for (int u = 0; u < kUnroll; ++u)
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw[u], j);
-    } else {
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int64_t c = c0 + int64_t(kLanes) * u;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) {
-          const int64_t idx = view.index(c, j);
-          v[u * kVec + j] = c < c_end && idx >= lo && idx < hi ? Vec<D>::get(raw[u], j) : -kInf;
-        }
-      }
-    }
-    f(v, BatchIndex<N, kVec, kLanes * kVec>{view.index(c0, 0)}, padded);
+      for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw[u], j);
+    const int64_t left = (c_end - c0 + kLanes - 1) / kLanes;
+    f(v, BatchIndex<N, kVec, kLanes * kVec>{view.index(c0, 0)}, left < kUnroll ? int(left) : kUnroll);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) raw[u] = next[u];
   }

@@ -2,9 +2,10 @@
 //
 // Pass A streams the row once for the untempered statistics every confidence needs (max,
 // sum-exp, sum p*logit for the entropy, the top two values). Greedy decoding (temperature 0,
-// LLaDA's and Fast-dLLM's default) stops there. With a temperature, pass B computes the tempered
-// group log-masses, the optional top-k / top-p radix passes find the value threshold (and pass B
-// repeats under it), and the hierarchical Gumbel-max of sample_categorical draws the token.
+// LLaDA's and Fast-dLLM's default) stops there. With a temperature and no filtering, pass A also
+// reduces the tempered group masses; else pass B computes them, the optional top-k / top-p radix
+// passes find the value threshold (and pass B repeats under it). The hierarchical Gumbel-max of
+// sample_categorical then draws the token.
 // Confidences under the proposal's distribution (Dream) take its log-sum-exp from the final
 // pass B's group masses, and its entropy from statistics that pass keeps; at temperature 0 they
 // run pass B untempered when filtering changes the distribution. Passes after A re-read the
@@ -153,29 +154,50 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     }
   };
 
-  // Pass A: untempered statistics over the vocabulary without the mask token.
+  const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
+  const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
+  const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
+  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
+  // A draw that nothing reshapes takes its group masses from pass A, which then also reduces each
+  // group's tempered (max, sum) (as sample_categorical's pass 1), so that pass B need not read the
+  // row again: at 2 rows of 253 KB a block the re-read missed L2 and doubled the HBM traffic.
+  const bool fused = p.temperature > 0.0f && !filtered && !proposal_entropy;
+  float* group_max = group_lse + groups;
+
+  // Pass A: untempered statistics over the vocabulary without the mask token; one warp per group
+  // when fused, else the block strides the whole row (one stream a thread, no per-group restarts).
   RowStats mine;
-  for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, bool) {
+  auto take = [&](auto& v, const auto& where) {
     mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit
     drop(v, where.find(mask));
     mine.add_batch(v, where);
-  });
-  const RowStats st = block_stats(mine, sm.stats);
+  };
+  if (fused) {
+    for (int64_t g = warp; g < groups; g += kWarps) {
+      const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+      MaxSum acc{-kInf, 0.0f};
+      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
+        take(v, where);
+        add_batch(acc, v, scale);
+      });
+      acc = warp_max_sum(acc, scale);
+      if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
+    }
+  } else {
+    for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) { take(v, where); });
+  }
+  const RowStats st = block_stats(mine, sm.stats);  // its barriers publish group_max and the sums
   if (st.bad) return fail(kNonFinite);
   if (st.m == -kInf) return fail(kAllMinusInf);
   int64_t token = st.best.i;
 
-  const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
-  const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
-  const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
   uint32_t tau = 0;  // filtering keeps values whose ordered key is >= tau
   // The confidence's distribution: softmax((v - st.m) * conf_scale), whose log-sum-exp is conf_lse.
   float conf_scale = 1.0f, conf_lse = __logf(st.s);
   RowStats kept;                           // proposal_entropy: the kept tempered values
   bool kept_stats = false;                 // kept holds them: pass B ran (else st's are the proposal's)
   if (p.temperature > 0.0f || (proposal_scored && filtered)) {
-    const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
-    const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
     // The tempered log-weights of dllm/sample_categorical.h (relative to the row's max).
     const float row_max = st.m;
     auto weight = [&](int64_t idx, float v) {
@@ -186,7 +208,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       for (int64_t g = warp; g < groups; g += kWarps) {
         const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
         MaxSum acc{-kInf, 0.0f};
-        for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+        for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
           drop(v, where.find(mask));
 #pragma unroll
           for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e)
@@ -199,7 +221,13 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       }
       __syncthreads();
     };
-    group_pass(proposal_entropy && !filtered);
+    if (fused) {  // pass A's sums, relative to each group's max, as log-masses relative to the row's
+      for (int64_t g = threadIdx.x; g < groups; g += kThreads)
+        group_lse[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + __logf(group_lse[g]);
+      __syncthreads();
+    } else {
+      group_pass(proposal_entropy && !filtered);
+    }
     if (filtered) {
       MaxSum tot{-kInf, 0.0f};
       for (int64_t g = threadIdx.x; g < groups; g += kThreads) tot = merge(tot, MaxSum{group_lse[g], 1.0f});
@@ -212,7 +240,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         __syncthreads();
         const uint32_t prefix = sm.level.prefix;
         const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
-        for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, bool) {
+        for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) {
           drop(v, where.find(mask));
 #pragma unroll
           for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e) {
@@ -272,7 +300,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 // free, ptxas settles on 64 (4 blocks per SM) and spills to the stack.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictParams p) {
-  extern __shared__ float group_lse[];
+  extern __shared__ float group_lse[];  // [groups] log-masses (sums, when fused), then [groups] maxima
   __shared__ Scratch scratch;
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
@@ -288,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictPara
 void predict_masked_cuda(const PredictParams& p, void* stream) {
   const int64_t positions = p.batch * p.length;
   if (positions == 0) return;
-  const size_t smem = size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float);
+  const size_t smem = 2 * size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float);
   const unsigned grid = unsigned(positions < 2147483647 ? positions : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {

@@ -2,9 +2,9 @@
 //
 // One block of 256 threads per row. Pass 1 streams the row once: each warp owns whole groups
 // and reduces their online log-sum-exp with shuffles, so the streaming loop has no block
-// barriers. Loads are 16-byte vectors from the 16-byte-aligned address at or below the row
-// start; elements outside the row or group are masked, which makes rows of any length and
-// alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path. Pass 2
+// barriers. The chunks wholly inside a group are loaded as 16-byte vectors and the few elements
+// of chunks straddling its ends one by one, so rows of any length and alignment (V = 50258 bf16
+// rows start at 4-byte boundaries) take the vector path (cuda_rows.cuh's for_batches). Pass 2
 // re-reads only the chosen group (4 KB of bf16, usually still in L2) to pick a subgroup and a
 // token inside it.
 #include <cuda_bf16.h>
@@ -61,7 +61,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     MaxSum acc{-kInf, 0.0f};
-    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       bad |= any_not_below_inf(v);
       if (greedy) best = better(best, batch_argmax(v, where));
       add_batch(acc, v, scale);

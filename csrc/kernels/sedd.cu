@@ -98,7 +98,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
-    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       bad |= any_not_below_inf(v);
       drop(v, where.find(x));
       add_batch(acc, v);
@@ -133,7 +133,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       const int64_t lo = g * kCategoricalGroup;
       const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
       float acc = 0.0f;
-      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool) {
+      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
         drop(v, where.find(x));
         float part[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -198,8 +198,10 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   finish(token, token == INT64_MAX ? kSeddNoMass : kSeddOk);
 }
 
+// At least 3 blocks per SM (80 registers, no spills): left free, ptxas takes 114 and the H200 ran
+// the kernel at 2 blocks, 25% occupancy, too few warps to cover the latency of each row's draw.
 template <DType D>
-__global__ void __launch_bounds__(kThreads) sedd_step_kernel(SeddStepParams p) {
+__global__ void __launch_bounds__(kThreads, 3) sedd_step_kernel(SeddStepParams p) {
   extern __shared__ float group_lw[];  // [groups][2]: (max, sum) after pass 1, then log-weights
   __shared__ StepScratch scratch;
   uint64_t seed, offset;
@@ -253,15 +255,15 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
     bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
     if (lo < hi) {
-      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, bool padded) {
-        constexpr int n = sizeof(v) / sizeof(v[0]);
+      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
+        constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
 #pragma unroll
         for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
         const int at = where.find(skip);
-        if (!md && !absorb) {  // the padding's -inf is no logit
+        if (!md && !absorb) {  // the -inf filling chunks past the range is no logit
 #pragma unroll
           for (int e = 0; e < n; ++e)
-            if (e != at && (!padded || (where(e) >= lo && where(e) < hi))) sum_l += double(v[e]);
+            if (e != at && e / run < chunks) sum_l += double(v[e]);
         }
         drop(v, at);
         add_batch(acc, v);

@@ -28,20 +28,21 @@ void check_supported(const AttentionParams& p) {
                               prop->major, ".", prop->minor);
 }
 
-// DLLM_ATTENTION_KERNEL picks the kernels: "mma" (mma.sync, compute capability 8.0 and newer;
-// the default) or "wgmma" (Hopper's wgmma, compute capability 9.0, in builds for 9.0). The wgmma
-// kernels stay opt-in until they have been measured on a GPU (bench/attention.py runs both).
+// DLLM_ATTENTION_KERNEL picks the kernels: "wgmma" (Hopper's wgmma: compute capability 9.0, in
+// builds for 9.0; the default where it runs, 1.3-1.6x mma.sync's forward on the H200) or "mma"
+// (mma.sync, compute capability 8.0 and newer; the default elsewhere).
 bool use_wgmma() {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const bool hopper = prop->major == 9 && prop->minor == 0;
   const char* choice = std::getenv("DLLM_ATTENTION_KERNEL");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "mma") == 0) return false;
+  if (choice == nullptr || *choice == '\0') return DLLM_WITH_WGMMA && hopper;
+  if (std::strcmp(choice, "mma") == 0) return false;
   TORCH_CHECK(std::strcmp(choice, "wgmma") == 0, "DLLM_ATTENTION_KERNEL must be \"mma\" or \"wgmma\", got \"",
               choice, "\"");
   TORCH_CHECK_NOT_IMPLEMENTED(DLLM_WITH_WGMMA, "DLLM_ATTENTION_KERNEL=wgmma: this build of dllm has no wgmma kernels "
                               "(they are built when TORCH_CUDA_ARCH_LIST includes 9.0)");
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK_NOT_IMPLEMENTED(prop->major == 9 && prop->minor == 0,
-                              "DLLM_ATTENTION_KERNEL=wgmma needs compute capability 9.0, got ", prop->major, ".",
-                              prop->minor);
+  TORCH_CHECK_NOT_IMPLEMENTED(hopper, "DLLM_ATTENTION_KERNEL=wgmma needs compute capability 9.0, got ", prop->major,
+                              ".", prop->minor);
   return true;
 }
 

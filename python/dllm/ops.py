@@ -247,7 +247,8 @@ def attention(
 
     Kernels: on the CPU a tiled online softmax with a fused backward; on CUDA FlashAttention-2
     style tensor-core kernels (``mma.sync``, sm_80+) for bfloat16 / float16 with D = 64 or 128,
-    and a deterministic backward (no atomics). Other head dimensions, float32 and GPUs older
+    or on compute capability 9.0 their Hopper ``wgmma`` versions (the default there;
+    ``DLLM_ATTENTION_KERNEL=mma`` picks mma.sync), and a deterministic backward (no atomics). Other head dimensions, float32 and GPUs older
     than sm_80 run torch SDPA with a key-padding mask instead, with the same semantics.
     """
     scale = _softmax_scale(q, softmax_scale)
