@@ -42,9 +42,10 @@
 #   PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's).
 #
 # Every stage runs under `timeout` (SIGINT first, so pytest still writes its report and the
-# benchmarks their rows), and the Hopper wgmma kernels (never run on a GPU before their first
-# check) are tested in a process of their own, before anything benchmarks them: a hang or a sticky
-# CUDA error there costs one stage, not the lease or the mma.sync results.
+# benchmarks their rows), and the Hopper wgmma kernels (which the CUDA emulator cannot fully check:
+# on the H200 their first build lost products to a ptxas register reuse) are tested in a process of
+# their own, before anything benchmarks them: a hang or a sticky CUDA error there costs one stage,
+# not the lease or the mma.sync results.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
 ARCHIVE=${2:+$(realpath -m "$2")}

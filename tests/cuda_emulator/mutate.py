@@ -47,42 +47,35 @@ MUTANTS = [
     # the wgmma kernels: scores read before their wgmma retired, an unswizzled layout, V / dO / Q
     # read as K-major in the P (or dS) products, a wrong 8-row stride in the descriptors, tiles
     # not aligned to the swizzle atom, a missing barrier before the next tile's loads
-    (WG_FWD, "    wg::wait_group<1>();  // S_j\n", "", "attention and wgmma"),
+    (WG_FWD, "    wg::wait_group<0>();  // both, before any other instruction: see \"Retired at once\" above\n", "",
+     "attention and wgmma"),
     (WG, "(((chunk & 7) ^ (row & 7)) << 3)", "((chunk & 7) << 3)", "attention and wgmma"),
     (WG, "mma_async<DT, 64, true>(columns<64>(out", "mma_async<DT, 64, false>(columns<64>(out", "attention and wgmma"),
     (WG, "kStride = kSwizzleAtomBytes >> 4;", "kStride = kSwizzleAtomBytes >> 3;", "attention and wgmma"),
     (WG, "return raw + (kAtom - attn::smem_addr(raw) % kAtom) % kAtom;", "return raw;", "attention and wgmma"),
     (WG, "  fence_proxy_async();\n  __syncthreads();\n", "  fence_proxy_async();\n", "attention and wgmma"),
-    # the wgmma backward: dQ's product of tile j - 2 still in flight when tile j + 1's K loads, a
-    # warpgroup reading the other's rows of dO in its dP product
-    (WG_BWD, "done with tile j - 1's scores\n    wg::wait_group<0>();\n", "done with tile j - 1's scores\n",
-     "attention and wgmma"),
+    # the wgmma backward: a warpgroup reading the other's rows of dO in its dP product
     (WG_BWD, "k_major<kRowsPerCta>(a2, row0, ks)", "k_major<kRowsPerCta>(a2, 0, ks)", "attention and wgmma"),
     # the forward's Q K^T reading the first warpgroup's queries in both warpgroups
     (WG_FWD, "k_major<kBlockM>(sQ, q_row0, ks)", "k_major<kBlockM>(sQ, 0, ks)", "attention and wgmma"),
     # cp.async writes not made visible to wgmma's async-proxy reads
     (WG, "  attn::cp_async_wait_all();\n  fence_proxy_async();\n", "  attn::cp_async_wait_all();\n",
      "attention and wgmma"),
-    # the forward's overlapped P V: retired after O is rescaled and its operand replaced, reading
-    # V_j's buffer, or V loaded into the buffer it still reads
-    (WG_FWD, "the softmax of S_{j-1}\n    wg::wait_group<0>();\n", "the softmax of S_{j-1}\n", "attention and wgmma"),
+    # the forward's P V reading V_j's buffer
     (WG_FWD, "(o, pf, v_tile(j - 1));", "(o, pf, v_tile(j));", "attention and wgmma"),
-    (WG_FWD, "constexpr int kVBuffers = 3;", "constexpr int kVBuffers = 2;", "attention and wgmma"),
     # the softmax scale folded into the exponent: the running maximum's correction left unscaled;
     # a sequence's last key tile left unmasked; the dQ kernel's dS of padded keys not zeroed
     # (harmless until exp(-lse) overflows: inf * a zero-filled K row)
     (MMA, "exp2_ftz((row_max[half] - new_max) * scale_log2)", "exp2_ftz(row_max[half] - new_max)", "attention"),
     (MMA, "  if (key0 + Blocks * 8 <= kn) return;", "  if (key0 < kn) return;", "attention"),
     (BWD, "    mask_keys(s, j * kDqKeys, kn, lane, 0.0f);\n", "", "far_negative"),
-    # the wgmma backward's overlap: the dK/dV products of tile it - 2 not retired before tile
-    # it + 1's queries load, or reading tile it's buffers; the streamed operands in three buffers;
-    # the scores read before they retire; dQ's product reading K_j
-    (WG_BWD, "done with tile it - 1's scores\n    wg::wait_group<0>();\n", "done with tile it - 1's scores\n",
-     "attention and wgmma"),
+    # the wgmma backward: the dK/dV products reading tile it's buffers; the scores read before
+    # they retire (both kernels); dQ's product reading K_j
     (WG_BWD, "    issue_gradients(it - 1);", "    issue_gradients(it);", "attention and wgmma"),
-    (WG_BWD, "constexpr int kQueryBuffers = 4;", "constexpr int kQueryBuffers = 3;", "attention and wgmma"),
-    (WG_BWD, "constexpr int kDqKBuffers = 4;", "constexpr int kDqKBuffers = 3;", "attention and wgmma"),
-    (WG_BWD, "    wg::wait_group<2>();  // S^T, dP^T", "    wg::wait_group<3>();", "attention and wgmma"),
+    (WG_BWD, "    wg::wait_group<0>();  // all four, before any other instruction (see the note above)\n", "",
+     "attention and wgmma"),
+    (WG_BWD, "    wg::wait_group<0>();  // all three, before any other instruction (see the note above)\n", "",
+     "attention and wgmma"),
     (WG_BWD, "(dq, dsf, k_tile(j - 1));", "(dq, dsf, k_tile(j));", "attention and wgmma"),
     # the conditional rescaling: a stale maximum kept however far a tile's exceeds it (float16 P
     # overflows); the wgmma forward rescaling O by a stale correction
@@ -92,13 +85,25 @@ MUTANTS = [
     ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
      "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
     (FWD, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
-    # a row's straddling last chunk left unread; greedy sampling reading it before the whole
-    # chunks (a tie at the row's end would win over a lower index)
-    ("csrc/kernels/cuda_rows.cuh", "  for (int64_t i = split.inner_hi + tid; i < hi; i += nthreads) f(i, view.at(i));\n",
-     "", "sedd or predict_masked or loss or alignment"),
-    ("csrc/kernels/sample_categorical.cu", "    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);\n",
-     "    for (int64_t idx = split.inner_hi + lane; idx < hi; idx += 32) element(idx);\n"
-     "    for (int64_t idx = lo + lane; idx < split.inner_lo; idx += 32) element(idx);\n", "alignment"),
+    # a range's straddling last chunk left unread; a batch's tie going to its higher index
+    ("csrc/kernels/cuda_rows.cuh", "  one_by_one(split.inner_hi, hi);\n", "", "sedd or predict_masked or loss or alignment"),
+    ("csrc/kernels/cuda_rows.cuh", "    const bool gt = v[e] > top;", "    const bool gt = v[e] >= top;", "alignment or greedy"),
+    # the batches (cuda_rows.cuh's for_batches): the next batch never loaded; chunks past the range
+    # filled with zeros rather than -inf; a position between a batch's runs taken for one in them;
+    # a batch's new maximum not rescaling the running sum
+    ("csrc/kernels/cuda_rows.cuh", "    if (c0 + kStep < c_end) load(next, c0 + kStep);\n", "",
+     "sedd or predict_masked or sample_categorical"),
+    ("csrc/kernels/cuda_rows.cuh", ": minus_inf_chunk<D>();", ": uint4{};", "sedd or predict_masked or sample_categorical"),
+    ("csrc/kernels/cuda_rows.cuh", "return offset < kRun ? run * kRun + offset : -1;", "return run * kRun + offset;",
+     "sedd or predict_masked or loss"),
+    ("csrc/kernels/cuda_rows.cuh", "acc.s = acc.m == -kInf ? 0.0f : acc.s * __expf((acc.m - bm) * scale);",
+     "acc.s = acc.m == -kInf ? 0.0f : acc.s;", "sedd or sample_categorical"),
+    # sedd_step's pass 1 counting x; the uniform loss summing the -inf filling; predict_masked's
+    # fused group masses left untempered
+    ("csrc/kernels/sedd.cu", "      drop(v, where.find(x));\n      add_batch(acc, v);\n", "      add_batch(acc, v);\n", "sedd"),
+    ("csrc/kernels/sedd.cu", "if (e != at && e / run < chunks) sum_l", "if (e != at) sum_l", "loss"),
+    ("csrc/kernels/predict_masked.cu", "(group_max[g] - row_max) * scale + __logf(group_lse[g])",
+     "(group_max[g] - row_max) + __logf(group_lse[g])", "predict"),
     # large logits tempered without the row's max subtracted; 1 / T uncapped; a tiny commit
     # probability compared with a 24-bit uniform
     ("csrc/kernels/sample_categorical.cu", "(group_max[g] - row_max) * scale + __logf(group_lw[g])",
