@@ -297,6 +297,22 @@ def test_sedd_step(schedule, dtype, graph, method, K):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("graph, method", [("absorb", "analytic"), ("uniform", "analytic"), ("uniform", "euler")])
+def test_sedd_step_ignores_the_input_tokens_own_logit(emulator, graph, method):
+    """SEDD's log-score at the input token is 0 whatever the network gives there: a logit of 40 at x,
+    which would outweigh the rest of any sum that counted it, leaves every draw as it was."""
+    B, L, K = 2, 7, 50258
+    logits = (torch.randn(B, L, K, generator=gen(1)) * 2).bfloat16()
+    x = torch.randint(0, K - 1, (B, L), generator=gen(2))
+    x[:, ::2] = K - 1  # masked positions: the only ones the absorbing graph moves
+    loud = logits.scatter(2, x[..., None], 40.0)
+    sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+    kwargs = dict(graph=graph, method=method)
+    quiet = CPU.sedd_step(logits, x, sigma, dsig, generator=gen(), **kwargs)
+    assert torch.equal(CPU.sedd_step(loud, x, sigma, dsig, generator=gen(), **kwargs), quiet)
+    assert torch.equal(emulated(emulator, EMU.sedd_step, loud, x, sigma, dsig, generator=gen(), **kwargs), quiet)
+
+
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_sample_transition(schedule, graph):
     x0 = torch.randint(0, 500, (3, 1023), generator=gen(3))
