@@ -55,20 +55,19 @@ struct Vec<DType::kFloat16> {
   __device__ static void put(uint4& v, int j, __half x) { put_half_word(v, j, __half_as_ushort(x)); }
 };
 
-// A row seen as 16-byte chunks starting at the aligned address at or below its first element;
-// elements outside a requested range are masked, so rows of any length and alignment (V = 50258
-// bf16 rows start at 4-byte boundaries) take the vector path. Only chunks wholly inside the row
-// are loaded whole: the row's first and last chunks usually straddle its ends, and an aligned
-// 16-byte load past a tensor's end, harmless on the hardware, is an error to compute-sanitizer's
-// memcheck and to ASan in the CPU emulator. Their elements are read one by one.
+// A row seen as 16-byte chunks starting at the aligned address at or below its first element, so
+// rows of any alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path.
+// Only chunks wholly inside a requested range (within the row) are loaded whole: the elements of
+// chunks straddling its ends are read one by one, since an aligned 16-byte load past a tensor's
+// end, harmless on the hardware, is an error to compute-sanitizer's memcheck and to ASan in the
+// CPU emulator.
 template <DType D>
 struct RowView {
   static constexpr int kVec = Vec<D>::kSize;
   static constexpr int kElemBytes = D == DType::kFloat32 ? 4 : 2;
   const uint4* base;
-  int64_t head;    // elements between the aligned base and the row's first element
-  int64_t length;  // elements of the row that may be read
-  __device__ RowView(const void* row, int64_t row_length) : length(row_length) {
+  int64_t head;  // elements between the aligned base and the row's first element
+  __device__ explicit RowView(const void* row) {
     const uintptr_t addr = reinterpret_cast<uintptr_t>(row);
     base = reinterpret_cast<const uint4*>(addr & ~uintptr_t(15));
     head = int64_t(addr & 15) / kElemBytes;

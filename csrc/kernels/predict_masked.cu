@@ -146,7 +146,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const int64_t vocab = p.vocab, mask = p.mask_id;
   const int64_t b = pos / p.length, i = pos % p.length;
   const int64_t src = b * p.length + (i - p.logits_shift > 0 ? i - p.logits_shift : 0);
-  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes, vocab);
+  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
   auto fail = [&](CategoricalStatus status) {
     if (threadIdx.x == 0) {
       p.x0[pos] = token_in, p.conf[pos] = kNaN;

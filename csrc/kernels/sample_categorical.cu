@@ -51,7 +51,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
   const bool greedy = temperature == 0.0f;
   const float scale = greedy ? 1.0f : inverse_temperature(temperature);
-  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes, vocab);
+  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
 
   // Pass 1, one warp per group: its raw max and sum of exp((v - max) * scale) (the row's max is
   // not known yet), and the argmax when greedy.

@@ -90,7 +90,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
 
   const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
-  const RowView<D> view(row, K);
+  const RowView<D> view(row);
 
   // Pass 1: per-group (max, sum exp) of the logits other than x.
   int bad = 0;
@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     MaxSum acc{-kInf, 0.0f};
     double sum_l = 0.0;
     // Warp w streams the w-th eighth of the row with 16-byte loads.
-    const RowView<D> view(row, K);
+    const RowView<D> view(row);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
@@ -303,7 +303,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
       if (!gr.active || i == gr.skip) return 0.0f;
       return i == x0 ? float(x0_grad(gr, l)) : ga * __expf(l - ref) - gb;
     };
-    const RowView<D> view(row, K);
+    const RowView<D> view(row);
     const int64_t grad_head = int64_t(reinterpret_cast<uintptr_t>(grad) & 15) / RowView<D>::kElemBytes;
     if (grad_head != view.head) {  // rows of another alignment than the gradient's: one element a load
       for (int64_t i = threadIdx.x; i < K; i += kThreads)

@@ -37,8 +37,8 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "const bool in = i < end &&", "const bool in = i <= end &&", "commit"),
     ("csrc/kernels/predict_masked.cu", "!(proposal_scored && ordered_key(st.second) < tau)", "true", "predict_masked"),
     ("csrc/kernels/predict_masked.cu", "group_pass(proposal_entropy);", "group_pass(false);", "predict_masked"),
-    ("csrc/kernels/sample_categorical.cu", "+ r * p.row_stride * RowView<D>::kElemBytes, vocab)",
-     "+ int(r * p.row_stride * RowView<D>::kElemBytes), vocab)", "2_gib"),  # 32-bit byte offsets
+    ("csrc/kernels/sample_categorical.cu", "+ r * p.row_stride * RowView<D>::kElemBytes)",
+     "+ int(r * p.row_stride * RowView<D>::kElemBytes))", "2_gib"),  # 32-bit byte offsets
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
     ("csrc/include/dllm/philox.h", "o = uint64_t(*offset_ptr) + offset_intragraph;", "o = uint64_t(*offset_ptr);",
      "capture"),  # graph replays would repeat their draws
