@@ -234,15 +234,17 @@ def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monke
 
 
 def test_bench_step_tiny_end_to_end(tmp_path):
-    out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--out", str(tmp_path))
+    out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--compile", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    impls = {"network only", "eager reference step", "dllm step"}
+    impls = {"network only", "eager reference step", "dllm step", "network only, torch.compile",
+             "dllm step, torch.compile network"}
     if torch.cuda.is_available():  # --device auto picks the GPU, which adds the CUDA-graph replay
         impls.add("dllm step, CUDA graph")
     assert {(r["model"].split()[0], r["impl"]) for r in rows} == {(k, i) for k in ("sedd", "llada") for i in impls}
     assert all(r["median_ms"] > 0 for r in rows)
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
+    assert "sedd 2x64: torch.compile took" in out.stdout
     bad = dllm("bench", "step", "--reps", "0")
     assert bad.returncode == 2 and "--reps" in bad.stderr
     bad = dllm("bench", "step", "--reps", "2", "--out", str(tmp_path / "results.json" / "x"))

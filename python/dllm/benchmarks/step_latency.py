@@ -7,7 +7,9 @@ float64 Gumbel noise, float64 softmax confidence, a per-row topk with its host s
 scatter) or dllm's step (dllm.ops.sedd_step; predict_masked + commit_tokens), and on a GPU also
 dllm's step replayed from a CUDA graph (dllm.sampling.cuda_graph.GraphedStep, what
 generate(..., cuda_graph=True) uses). The network alone is
-timed too. Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16, L 1024), llada-8b
+timed too, and with --compile the network under torch.compile, alone and under dllm's step (the
+eager DiT spends most of a SEDD-small step in elementwise glue: a float32 residual stream, and
+LayerNorm, RoPE and adaLN as separate passes). Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16, L 1024), llada-8b
 (32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16 weights), tiny (both
 kinds at toy sizes, seconds on a CPU).
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,8 +104,9 @@ def _random_model(case: Case, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
-def _steps(case: Case, model, device: torch.device, temperature: float, graphs: bool) -> dict:
-    """The timed callables of one case: the network alone, the eager step, dllm's step (and graphed)."""
+def _steps(case: Case, model, device: torch.device, temperature: float, graphs: bool, compiled=None) -> dict:
+    """The timed callables of one case: the network alone, the eager step, dllm's step (and graphed);
+    with `compiled` (the model under torch.compile), the network and dllm's step on it too."""
     from .. import ops
     from ..sampling.cuda_graph import GraphedStep
     from ..sedd import reference
@@ -115,35 +119,39 @@ def _steps(case: Case, model, device: torch.device, temperature: float, graphs: 
         dsig = torch.full((B,), 0.01, device=device)
         step_args = dict(graph="absorb", method="analytic", scale_by_sigma=True)
 
-        def network():
-            return model(canvas, sigma)
+        def network(net):
+            return net(canvas, sigma)
 
         def eager():
             return reference.sedd_step(model(canvas, sigma).float(), canvas, sigma, dsig, **step_args)
 
-        def ours(x):
-            out = ops.sedd_step(model(x, sigma), x, sigma, dsig, **step_args)
+        def ours(net, x):
+            out = ops.sedd_step(net(x, sigma), x, sigma, dsig, **step_args)
             x.copy_(out)
             return out
     else:
         k = torch.full((B,), max(1, L // 64), dtype=torch.int64, device=device)  # LLaDA's L / 64 tokens per step
 
-        def network():
-            return model(canvas)
+        def network(net):
+            return net(canvas)
 
         def eager():
             return llada_eager_step(model(canvas), canvas, k, temperature, mask_id)
 
-        def ours(x):
-            logits = model(x)
+        def ours(net, x):
+            logits = net(x)
             x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature)
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=k)
             return logits
 
-    steps = {"network only": network, "eager reference step": eager, "dllm step": lambda: ours(canvas.clone())}
+    steps = {"network only": lambda: network(model), "eager reference step": eager,
+             "dllm step": lambda: ours(model, canvas.clone())}
     if graphs:
-        graphed = GraphedStep(ours, None)
+        graphed = GraphedStep(lambda x: ours(model, x), None)
         steps["dllm step, CUDA graph"] = lambda: graphed(canvas.clone())
+    if compiled is not None:
+        steps["network only, torch.compile"] = lambda: network(compiled)
+        steps["dllm step, torch.compile network"] = lambda: ours(compiled, canvas.clone())
     return steps
 
 
@@ -170,6 +178,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights and activations (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--temperature", type=float, default=1.0, help="LLaDA-step temperature, 0 = greedy (default: 1)")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replay of dllm's step (GPU only)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the network under torch.compile, alone and under dllm's step (it compiles "
+                        "once a case, untimed; the time it took is printed)")
     add_timing_options(p, cpu=(3, 10), cuda=(3, 10))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
@@ -203,15 +214,23 @@ def run(ns: argparse.Namespace) -> list[Row]:
         return table
 
     cases = PRESETS[ns.preset]
-    bar = tqdm(total=len(cases) * (4 if device.type == "cuda" and not ns.no_graph else 3), desc="bench step",
-               dynamic_ncols=True)
+    per_case = 3 + (device.type == "cuda" and not ns.no_graph) + 2 * ns.compile
+    bar = tqdm(total=len(cases) * per_case, desc="bench step", dynamic_ncols=True)
     for case in cases:
         model = _random_model(case, device, dtype)
         name = f"{case.kind} {case.model['layers']}x{case.model['hidden']}"
         shape = f"{case.batch}x{case.length}x{case.model['vocab_size']}"
         case_rows = []
         with torch.no_grad(), amp:
-            steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph)
+            compiled = None
+            if ns.compile:
+                compiled = torch.compile(model)
+                start = time.perf_counter()
+                bar.set_postfix_str(f"{name}: compiling")
+                _steps(case, compiled, device, ns.temperature, graphs=False)["network only"]()  # compiles
+                print(f"{name}: torch.compile took {time.perf_counter() - start:.1f} s", flush=True)
+            steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph,
+                           compiled=compiled)
             bar.set_postfix_str(name)
             # in turns, so that a drift in the machine's load hits every implementation alike
             for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), **timing)):
@@ -226,7 +245,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
         write()
         print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
                                               for r in case_rows), flush=True)
-        del model, steps
+        del model, compiled, steps
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
