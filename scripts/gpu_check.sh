@@ -45,8 +45,8 @@
 # Every stage runs under `timeout` (SIGINT first, so pytest still writes its report and the
 # benchmarks their rows), and the Hopper wgmma kernels (which the CUDA emulator cannot fully check:
 # on the H200 their first build lost products to a ptxas register reuse) are tested in a process of
-# their own, before anything benchmarks them: a hang or a sticky CUDA error there costs one stage,
-# not the lease or the mma.sync results.
+# their own, before anything else runs them (they are the default attention on 9.0): a hang or a
+# sticky CUDA error there costs one stage, not the lease or the mma.sync results.
 set -uo pipefail
 OUT=${1:?usage: bash scripts/gpu_check.sh OUT_DIR [ARCHIVE.tar.gz]}
 ARCHIVE=${2:+$(realpath -m "$2")}
@@ -138,10 +138,12 @@ if stage tests; then
     note "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")"
     return $rc
   }
-  run_tests main 240 "${K:+($K) and }not wgmma"
+  # wgmma's own tests first: the other tests' models take the default attention, wgmma on 9.0, and
+  # take mma.sync instead when these failed
   if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
     run_tests wgmma 150 "${K:+($K) and }wgmma" || { wgmma_off; : >"$OUT/wgmma_failed"; }
   fi
+  run_tests main 240 "${K:+($K) and }not wgmma"
   pack
 fi
 

@@ -202,6 +202,12 @@ __device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
   return {m, sa + sb};
 }
 
+// A group's tempered log-mass relative to the row's maximum, from its raw maximum and its sum of
+// exp((v - group_max) * scale): a pass that reduces groups before the row's maximum is known.
+__device__ inline float tempered_log_mass(float group_max, float sum, float row_max, float scale) {
+  return group_max == -kInf ? -kInf : (group_max - row_max) * scale + __logf(sum);
+}
+
 // Adds a batch to a running (max m, sum of exp((v - m) * scale)); -inf values add nothing. One
 // max and at most one rescale a batch, then independent exponentials into four partial sums, so
 // that no element waits on another. A NaN or +inf makes the sum NaN; callers test them apart.

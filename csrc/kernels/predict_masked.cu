@@ -9,7 +9,8 @@
 // Confidences under the proposal's distribution (Dream) take its log-sum-exp from the final
 // pass B's group masses, and its entropy from statistics that pass keeps; at temperature 0 they
 // run pass B untempered when filtering changes the distribution. Passes after A re-read the
-// row, usually from L2.
+// row: from L2 only while few rows are in flight (at 8 x 1024 rows of V = 126464 on the H200,
+// pass B's read came from HBM).
 #include "cuda_rows.cuh"
 #include "dllm/philox.h"
 #include "dllm/unmask.h"
@@ -223,7 +224,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     };
     if (fused) {  // pass A's sums, relative to each group's max, as log-masses relative to the row's
       for (int64_t g = threadIdx.x; g < groups; g += kThreads)
-        group_lse[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + __logf(group_lse[g]);
+        group_lse[g] = tempered_log_mass(group_max[g], group_lse[g], row_max, scale);
       __syncthreads();
     } else {
       group_pass(proposal_entropy && !filtered);

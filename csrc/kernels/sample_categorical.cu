@@ -82,7 +82,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (row.m == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
   const float row_max = row.m, row_lse = __logf(row.s);
   for (int64_t g = threadIdx.x; g < groups; g += kThreads)
-    group_lw[g] = group_max[g] == -kInf ? -kInf : (group_max[g] - row_max) * scale + __logf(group_lw[g]);
+    group_lw[g] = tempered_log_mass(group_max[g], group_lw[g], row_max, scale);
   __syncthreads();  // publishes group_lw to draw_hierarchical
 
   auto log_weight = [row_max, scale](int64_t, float v) { return (v - row_max) * scale; };

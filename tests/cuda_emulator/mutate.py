@@ -102,12 +102,12 @@ MUTANTS = [
     # fused group masses left untempered
     ("csrc/kernels/sedd.cu", "      drop(v, where.find(x));\n      add_batch(acc, v);\n", "      add_batch(acc, v);\n", "sedd"),
     ("csrc/kernels/sedd.cu", "if (e != at && e / run < chunks) sum_l", "if (e != at) sum_l", "loss"),
-    ("csrc/kernels/predict_masked.cu", "(group_max[g] - row_max) * scale + __logf(group_lse[g])",
-     "(group_max[g] - row_max) + __logf(group_lse[g])", "predict"),
+    ("csrc/kernels/predict_masked.cu", "tempered_log_mass(group_max[g], group_lse[g], row_max, scale)",
+     "tempered_log_mass(group_max[g], group_lse[g], row_max, 1.0f)", "predict"),
     # large logits tempered without the row's max subtracted; 1 / T uncapped; a tiny commit
     # probability compared with a 24-bit uniform
-    ("csrc/kernels/sample_categorical.cu", "(group_max[g] - row_max) * scale + __logf(group_lw[g])",
-     "group_max[g] * scale + __logf(group_lw[g])", "large_logits"),
+    ("csrc/kernels/cuda_rows.cuh", "(group_max - row_max) * scale + __logf(sum)", "group_max * scale + __logf(sum)",
+     "large_logits"),
     ("csrc/kernels/predict_masked.cu", ": (v - row_max) * scale;", ": v * scale;", "large_logits"),
     ("csrc/kernels/predict_masked.cu", "inverse_temperature(p.temperature)", "1.0f / p.temperature", "large_logits"),
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
