@@ -9,18 +9,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class LayerNorm(nn.Module):
-    """Weight-only LayerNorm computed in float32 (SEDD's DiT norm), whatever the autocast dtype."""
+class ModulatedLayerNorm(nn.Module):
+    """adaLN (SEDD's DiT norm): ``layer_norm(x) * weight * (1 + scale) + shift`` with per-row
+    ``shift, scale [B, dim]``, computed in float32 or better whatever the autocast dtype; the output
+    has x's dtype. Two passes over x: the norm, then one multiply-add with the norm's weight folded
+    into the scale."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x):
+    def forward(self, x, shift, scale):
+        acc = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            y = F.layer_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+            # layer_norm computes bfloat16 / float16 inputs in float32 and rounds once
+            y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps)
+            w = self.weight.to(acc) * (1 + scale.to(acc))
+            return torch.addcmul(shift[:, None].to(x.dtype), y, w[:, None].to(x.dtype))
 
 
 class RMSNorm(nn.Module):
@@ -66,10 +72,18 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x``: ``[B, S, H, D]``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rot = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rot.float() * sin).to(x.dtype)
+    """Rotate-half RoPE of ``x [B, S, H, D]`` in float32, rounded once to x's dtype; contiguous.
+    ``cos, sin`` are :class:`Rotary`'s, whose two halves are equal."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[..., :half], sin[..., :half]
+    if torch.is_grad_enabled() and x.requires_grad:  # out= does not record a graph
+        return torch.cat([torch.addcmul(x1 * c, x2, -s), torch.addcmul(x2 * c, x1, s)], dim=-1).to(x.dtype)
+    # Without autograd each half is two passes that write x's dtype: x1 c - x2 s, x2 c + x1 s
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.addcmul(x1 * c, x2, -s, out=out[..., :half])
+    torch.addcmul(x2 * c, x1, s, out=out[..., half:])
+    return out
 
 
 class TimestepEmbedder(nn.Module):
@@ -87,10 +101,6 @@ class TimestepEmbedder(nn.Module):
         # Features in float32 for accuracy, then in the MLP's dtype so bf16 / fp64 models run too.
         features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         return self.mlp(features.to(self.mlp[0].weight.dtype))
-
-
-def modulate(x, shift, scale):
-    return x * (1 + scale[:, None]) + shift[:, None]
 
 
 class KVCache:

@@ -45,8 +45,9 @@ class LLaDABlock(nn.Module):
 
 
 class LLaDAModel(PretrainedMixin, nn.Module):
-    """``forward(x [B, L], sigma=None) -> logits [B, L, vocab] float32``; sigma is accepted and ignored
-    (LLaDA has no time input), so the objectives can call every model the same way."""
+    """``forward(x [B, L], sigma=None) -> logits [B, L, vocab]`` in the compute dtype (as the DiT's);
+    sigma is accepted and ignored (LLaDA has no time input), so the objectives can call every model
+    the same way."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -80,7 +81,7 @@ class LLaDAModel(PretrainedMixin, nn.Module):
         h = h if ragged is None else ragged.arrange(h)
         for i, blk in enumerate(self.blocks):
             h = blk(h, cos, sin, cache=cache, layer=i, start=start, key_mask=key_mask, kv_len=kv_len)
-        return self.lm_head(self.norm(h if ragged is None else ragged.restore(h))).float()
+        return self.lm_head(self.norm(h if ragged is None else ragged.restore(h)))
 
     def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
         """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""

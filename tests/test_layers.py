@@ -1,0 +1,120 @@
+"""The model layers' lean passes (adaLN, RoPE, gated residuals) against the plain float64 math."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dllm.models import build_model, model_config
+from dllm.models.layers import ModulatedLayerNorm, Rotary, apply_rotary
+
+# bfloat16 keeps 8 significant bits: one rounding of the result, plus the inputs' own
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+       torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def _adaln_reference(x, weight, shift, scale, eps):
+    x, weight, shift, scale = (t.double() for t in (x, weight, shift, scale))
+    mean = x.mean(-1, keepdim=True)
+    var = x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight * (1 + scale[:, None]) + shift[:, None]
+
+
+def _rotary_reference(x, cos, sin):
+    x1, x2 = x.double().chunk(2, dim=-1)
+    return x.double() * cos.double() + torch.cat([-x2, x1], dim=-1) * sin.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_modulated_layer_norm_is_adaln_in_float32_or_better(dtype):
+    g = torch.Generator().manual_seed(1)
+    B, S, d = 3, 37, 71
+    norm = ModulatedLayerNorm(d, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(d, generator=g))
+    x = (3 + 2 * torch.randn(B, S, d, generator=g)).to(dtype)  # off-centre: the mean matters
+    shift, scale = (torch.randn(B, d, generator=g).to(dtype) for _ in range(2))
+    out = norm(x, shift, scale)
+    assert out.dtype == dtype and out.shape == x.shape
+    torch.testing.assert_close(out.double(), _adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[dtype])
+
+
+def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
+    g = torch.Generator().manual_seed(2)
+    norm = ModulatedLayerNorm(40)
+    x = torch.randn(2, 9, 40, generator=g)
+    shift, scale = (torch.randn(2, 40, generator=g).bfloat16() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x, shift, scale)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), _adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
+def test_rotary_rotates_half_of_a_strided_view_in_float32(dtype, grad):
+    g = torch.Generator().manual_seed(3)
+    B, S, H, D = 2, 29, 3, 64
+    qkv = torch.randn(B, S, 3, H, D, generator=g).to(dtype)  # q and k are strided views of it, as in the DiT
+    cos, sin = Rotary(D)(start=1000, length=S, device="cpu")  # far positions: large angles
+    k = qkv[:, :, 1].requires_grad_(grad) if grad else qkv[:, :, 1]
+    with torch.set_grad_enabled(grad):
+        out = apply_rotary(k, cos, sin)
+    assert out.dtype == dtype and out.is_contiguous() and out.requires_grad == grad
+    torch.testing.assert_close(out.double(), _rotary_reference(qkv[:, :, 1], cos, sin), **TOL[dtype])
+
+
+def test_rotary_gradient():
+    x = torch.randn(2, 5, 2, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = Rotary(8)(start=3, length=5, device="cpu")
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (x,))
+
+
+def _dit_reference(model, x, sigma):
+    """SEDD's DiT written out plainly in float64 from the model's parameters: adaLN, RoPE,
+    bidirectional attention, gated residuals, the modulated head."""
+    cfg = model.config
+    p = {k: v.double() for k, v in model.state_dict().items()}
+    half, period = model.sigma_map.freq_dim // 2, model.sigma_map.max_period
+    freqs = torch.exp(-torch.log(torch.tensor(period)) * torch.arange(half, dtype=torch.float32) / half)
+    args = sigma.float()[:, None] * freqs[None]
+    t = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).double()
+    t = F.linear(F.silu(F.linear(t, p["sigma_map.mlp.0.weight"], p["sigma_map.mlp.0.bias"])),
+                 p["sigma_map.mlp.2.weight"], p["sigma_map.mlp.2.bias"])
+    c = F.silu(t)
+    h = p["vocab_embed"][x]
+    B, S, d = h.shape
+    cos, sin = model.rotary(0, S, "cpu")
+    for i in range(cfg.layers):
+        w = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
+        mod = F.linear(c, w("adaLN_modulation.weight"), w("adaLN_modulation.bias")).chunk(6, dim=-1)
+        a = _adaln_reference(h, w("norm1.weight"), mod[0], mod[1], cfg.norm_eps)
+        q, k, v = F.linear(a, w("attn_qkv.weight")).view(B, S, 3, cfg.heads, cfg.head_dim).unbind(2)
+        q, k = _rotary_reference(q, cos, sin), _rotary_reference(k, cos, sin)
+        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h + mod[2][:, None] * F.linear(att.transpose(1, 2).reshape(B, S, d), w("attn_out.weight"))
+        a = _adaln_reference(h, w("norm2.weight"), mod[3], mod[4], cfg.norm_eps)
+        m = F.linear(F.gelu(F.linear(a, w("mlp.0.weight"), w("mlp.0.bias")), approximate="tanh"),
+                     w("mlp.2.weight"), w("mlp.2.bias"))
+        h = h + mod[5][:, None] * m
+    shift, scale = F.linear(c, p["output_layer.adaLN_modulation.weight"],
+                            p["output_layer.adaLN_modulation.bias"]).chunk(2, dim=-1)
+    h = _adaln_reference(h, p["output_layer.norm_final.weight"], shift, scale, cfg.norm_eps)
+    return F.linear(h, p["output_layer.linear.weight"], p["output_layer.linear.bias"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dit_forward_is_sedds_dit(dtype):
+    torch.manual_seed(4)
+    cfg = model_config("tiny", arch="dit", hidden=48, layers=2, heads=3, cond_dim=24, vocab_size=41, max_seq_len=64,
+                       time_conditioning=True)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for prm in model.parameters():  # the zero-initialised adaLN and head too
+            prm.copy_(0.3 * torch.randn_like(prm) + (prm if prm.dim() == 1 else 0))
+    model = model.to(dtype)
+    x, sigma = torch.randint(0, 41, (2, 23)), torch.tensor([0.2, 3.0])
+    with torch.no_grad():
+        out = model(x, sigma)
+    assert out.dtype == dtype
+    tol = 1e-3 if dtype == torch.float32 else 1e-10  # float32: 23 bits through two blocks of 0.3-scale weights
+    torch.testing.assert_close(out.double(), _dit_reference(model, x, sigma), rtol=tol, atol=tol)
