@@ -22,6 +22,9 @@ import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients
 from test_sedd_losses import make_inputs as loss_inputs
+from test_rotary import check as rotary_check
+from test_rotary import inputs as rotary_inputs
+from test_rotary import rotated as rotary_reference
 from test_unmask import MASK, commit_inputs, masked_batch
 
 import dllm
@@ -354,6 +357,23 @@ def test_masked_diffusion_loss(schedule, dtype, shape):
                     mask_id=K - 1)
     want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=K - 1)
     torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
+
+
+# ---- RoPE --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["vector", "odd-half", "misaligned", "per-sequence"])
+def test_rotary(schedule, dtype, layout):
+    """The 16-byte path (D 64, q read in place from a fused qkv), the one-pair path (half 35; x one
+    element off a 16-byte boundary) and per-sequence tables, against the float64 rotation, both ways."""
+    x, cos, sin = rotary_inputs("cpu", dtype, batch=2, seq=13, heads=3, dim=70 if layout == "odd-half" else 64,
+                                per_sequence=layout == "per-sequence")
+    if layout == "misaligned":
+        x = torch.randn(2, 13, 3, 65, generator=gen(4)).to(dtype)[..., 1:]
+    for inverse in (False, True):
+        out = emulated(schedule, EMU.rotary, x, cos, sin, inverse)
+        rotary_check(out, rotary_reference(x, cos, sin, inverse), dtype)
+        assert torch.equal(out, CPU.rotary(x, cos, sin, inverse))
 
 
 # ---- attention ---------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""The model layers' lean passes (adaLN, RoPE, gated residuals) against the plain float64 math."""
+"""The model layers' lean passes (adaLN, gated residuals; RoPE in test_rotary) against the plain float64 math."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dllm.models import build_model, model_config
-from dllm.models.layers import ModulatedLayerNorm, Rotary, apply_rotary
+from dllm.models.layers import ModulatedLayerNorm
+from test_rotary import rotated
 
 # bfloat16 keeps 8 significant bits: one rounding of the result, plus the inputs' own
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
@@ -17,11 +18,6 @@ def _adaln_reference(x, weight, shift, scale, eps):
     mean = x.mean(-1, keepdim=True)
     var = x.var(-1, unbiased=False, keepdim=True)
     return (x - mean) / torch.sqrt(var + eps) * weight * (1 + scale[:, None]) + shift[:, None]
-
-
-def _rotary_reference(x, cos, sin):
-    x1, x2 = x.double().chunk(2, dim=-1)
-    return x.double() * cos.double() + torch.cat([-x2, x1], dim=-1) * sin.double()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -49,26 +45,6 @@ def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
     torch.testing.assert_close(out.double(), _adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
-def test_rotary_rotates_half_of_a_strided_view_in_float32(dtype, grad):
-    g = torch.Generator().manual_seed(3)
-    B, S, H, D = 2, 29, 3, 64
-    qkv = torch.randn(B, S, 3, H, D, generator=g).to(dtype)  # q and k are strided views of it, as in the DiT
-    cos, sin = Rotary(D)(start=1000, length=S, device="cpu")  # far positions: large angles
-    k = qkv[:, :, 1].requires_grad_(grad) if grad else qkv[:, :, 1]
-    with torch.set_grad_enabled(grad):
-        out = apply_rotary(k, cos, sin)
-    assert out.dtype == dtype and out.is_contiguous() and out.requires_grad == grad
-    torch.testing.assert_close(out.double(), _rotary_reference(qkv[:, :, 1], cos, sin), **TOL[dtype])
-
-
-def test_rotary_gradient():
-    x = torch.randn(2, 5, 2, 8, dtype=torch.float64, requires_grad=True)
-    cos, sin = Rotary(8)(start=3, length=5, device="cpu")
-    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (x,))
-
-
 def _dit_reference(model, x, sigma):
     """SEDD's DiT written out plainly in float64 from the model's parameters: adaLN, RoPE,
     bidirectional attention, gated residuals, the modulated head."""
@@ -89,7 +65,7 @@ def _dit_reference(model, x, sigma):
         mod = F.linear(c, w("adaLN_modulation.weight"), w("adaLN_modulation.bias")).chunk(6, dim=-1)
         a = _adaln_reference(h, w("norm1.weight"), mod[0], mod[1], cfg.norm_eps)
         q, k, v = F.linear(a, w("attn_qkv.weight")).view(B, S, 3, cfg.heads, cfg.head_dim).unbind(2)
-        q, k = _rotary_reference(q, cos, sin), _rotary_reference(k, cos, sin)
+        q, k = rotated(q, cos, sin), rotated(k, cos, sin)
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         h = h + mod[2][:, None] * F.linear(att.transpose(1, 2).reshape(B, S, d), w("attn_out.weight"))
         a = _adaln_reference(h, w("norm2.weight"), mod[3], mod[4], cfg.norm_eps)

@@ -43,6 +43,10 @@ TORCH_LIBRARY(dllm, m) {
       "attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? kv_len, "
       "Tensor? q_len, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float scale) "
       "-> (Tensor dq, Tensor dk, Tensor dv)");
+  // RoPE, rotate-half (dllm/rotary.h): x [B, S, H, D] float32 | bfloat16 | float16, any strides
+  // but a unit one in D; cos, sin float32 [S, D / 2] or [B, S, D / 2]. Returns a contiguous
+  // [B, S, H, D] in x's dtype, float32 math rounded once; inverse rotates by the opposite angle.
+  m.def("rotary(Tensor x, Tensor cos, Tensor sin, bool inverse=False) -> Tensor");
   // SEDD / MDLM (dllm/sedd.h). logits [B, L, K] float32 | bfloat16 | float16; tokens int64
   // [B, L]; sigma, dsig, dsigma, weight: floating [B]. graph: "absorb" (mask = K - 1) or
   // "uniform"; method: "analytic", "euler" or "denoise". Losses are float32 [B], summed over

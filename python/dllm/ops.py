@@ -21,6 +21,7 @@ __all__ = [
     "commit_tokens",
     "attention",
     "attention_varlen",
+    "rotary",
     "sedd_step",
     "score_entropy_loss",
     "masked_diffusion_loss",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 Temperature = float | torch.Tensor
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def sample_categorical(
@@ -378,10 +380,52 @@ def _attention_backward(ctx, grad_out, grad_lse):
 torch.library.register_autograd("dllm::attention_forward", _attention_backward, setup_context=_attention_setup_context)
 
 
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (RoPE, the rotate-half layout of GPT-NeoX and LLaMA) in one pass.
+
+    Args:
+        x: ``[B, S, H, D]`` float32, bfloat16 or float16, D even. Any strides with a unit one in D:
+            the q and k views of a fused qkv projection are read in place.
+        cos, sin: float32 ``[S, D / 2]`` (one table for the batch) or ``[B, S, D / 2]`` (positions
+            per sequence): the cosine and sine of each position's angle for each frequency.
+
+    Returns:
+        A contiguous ``[B, S, H, D]`` in x's dtype, with ``c, s`` the tables at (b, s) and pair i:
+        ``out[..., i] = x[..., i] c_i - x[..., i + D/2] s_i`` and
+        ``out[..., i + D/2] = x[..., i + D/2] c_i + x[..., i] s_i``, in float32, rounded once.
+        Differentiable in x: the gradient is the rotation by the opposite angle, the same kernel.
+
+    Reads x once and writes the result once; in torch the same float32 math takes four passes
+    and float32 temporaries, or eight passes and a concatenation as usually written.
+    """
+    return torch.ops.dllm.rotary(x, cos, sin)
+
+
+@torch.library.register_fake("dllm::rotary")
+@_one_device
+def _rotary_fake(x, cos, sin, inverse=False):
+    torch._check(x.dim() == 4, lambda: f"rotary: x must be [B, S, H, D], got shape {tuple(x.shape)}")
+    torch._check(x.dtype in _FLOATS, lambda: f"rotary: x must be float32, bfloat16 or float16, got {x.dtype}")
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def _rotary_setup_context(ctx, inputs, output):
+    _, cos, sin, inverse = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.inverse = inverse
+
+
+def _rotary_backward(ctx, grad):
+    cos, sin = ctx.saved_tensors
+    return torch.ops.dllm.rotary(grad, cos, sin, not ctx.inverse), None, None, None
+
+
+torch.library.register_autograd("dllm::rotary", _rotary_backward, setup_context=_rotary_setup_context)
+
+
 # ---- SEDD / MDLM ---------------------------------------------------------------------------
 
 PerBatch = float | torch.Tensor
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _per_batch(v: PerBatch, like: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,10 @@ OPS = (
     "masked_diffusion_loss_backward",
     "attention_forward",
     "attention_backward",
+    "rotary",
 )
 INCLUDE_DIRS = ("include", "torch", "kernels")  # of csrc, after the stand-ins and the translations
-BINDINGS = ("sample_categorical", "unmask", "sedd", "attention")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
+BINDINGS = ("sample_categorical", "unmask", "sedd", "attention", "rotary")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
 
 
 @functools.cache

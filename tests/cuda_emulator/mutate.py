@@ -113,6 +113,11 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
     # the radix select's digit scan leaving out the neighbouring lane's counts
     ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
+    # RoPE: the vector path's second half rotated the wrong way; the one-pair path's second half
+    # written over the first; every head after the first reading the first's pairs
+    ("csrc/kernels/rotary.cu", "to_element<D>(x2 * c[j] + x1 * sn[j])", "to_element<D>(x2 * c[j] - x1 * sn[j])", "rotary"),
+    ("csrc/kernels/rotary.cu", "ot[p.half] = to_element<D>", "ot[0] = to_element<D>", "rotary"),
+    ("csrc/kernels/rotary.cu", "x + h * p.x_head_stride * kElem;", "x;", "rotary"),
 ]
 
 

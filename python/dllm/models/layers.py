@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
+
 
 class ModulatedLayerNorm(nn.Module):
     """adaLN (SEDD's DiT norm): ``layer_norm(x) * weight * (1 + scale) + shift`` with per-row
@@ -60,30 +62,25 @@ class Rotary(nn.Module):
         return self
 
     def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``[1, length, 1, D]`` of positions ``start .. start + length - 1``."""
-        cos, sin = self.at(torch.arange(start, start + length, device=device))
-        return cos[None], sin[None]
+        """cos, sin ``[length, D / 2]`` float32 of positions ``start .. start + length - 1``."""
+        return self.at(torch.arange(start, start + length, device=device))
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``[*positions.shape, 1, D]`` of integer positions (per row: :class:`RaggedBatch`)."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos()[..., None, :], emb.sin()[..., None, :]
+        """cos, sin ``[*positions.shape, D / 2]`` float32 of integer positions (per row: :class:`RaggedBatch`)."""
+        angles = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)
+        return angles.cos(), angles.sin()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE of ``x [B, S, H, D]`` in float32, rounded once to x's dtype; contiguous.
-    ``cos, sin`` are :class:`Rotary`'s, whose two halves are equal."""
+    """Rotate-half RoPE of ``x [B, S, H, D]`` by :class:`Rotary`'s ``cos, sin`` (``[S, D / 2]`` or
+    ``[B, S, D / 2]``): contiguous, in x's dtype. float32, bfloat16 and float16 take
+    :func:`dllm.ops.rotary` (one pass, float32 math); float64 the same math in torch."""
+    if x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return ops.rotary(x, cos, sin)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[..., :half], sin[..., :half]
-    if torch.is_grad_enabled() and x.requires_grad:  # out= does not record a graph
-        return torch.cat([torch.addcmul(x1 * c, x2, -s), torch.addcmul(x2 * c, x1, s)], dim=-1).to(x.dtype)
-    # Without autograd each half is two passes that write x's dtype: x1 c - x2 s, x2 c + x1 s
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    torch.addcmul(x1 * c, x2, -s, out=out[..., :half])
-    torch.addcmul(x2 * c, x1, s, out=out[..., half:])
-    return out
+    c, s = cos[..., None, :], sin[..., None, :]  # broadcast over heads
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
 class TimestepEmbedder(nn.Module):

@@ -1,0 +1,85 @@
+"""dllm.ops.rotary: rotate-half RoPE in one pass, against the float64 rotation."""
+
+import pytest
+import torch
+
+import dllm
+from dllm.models.layers import Rotary
+
+ROUNDING = {torch.float32: 2e-6, torch.bfloat16: 2**-8, torch.float16: 2**-11}  # one rounding of the output
+
+
+def rotated(x, cos, sin, inverse=False):
+    """The float64 rotation: pairs (i, i + D/2) by the tables' angle (the opposite one if inverse)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x.double()[..., :half], x.double()[..., half:]
+    c, s = cos.double()[..., None, :], sin.double()[..., None, :]
+    s = -s if inverse else s
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def inputs(device, dtype, *, batch=3, seq=37, heads=5, dim=70, per_sequence=False, seed=0):
+    """x as the q view of a fused [B, S, 3, H, D] projection (strided), tables of far positions."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, seq, 3, heads, dim, generator=g).to(device=device, dtype=dtype)
+    positions = torch.randint(0, 5000, (batch, seq) if per_sequence else (seq,), generator=g).to(device)
+    cos, sin = Rotary(dim).to(device).at(positions)
+    return qkv[:, :, 1], cos, sin
+
+
+def check(out, want, dtype):
+    assert out.is_contiguous() and out.shape == want.shape
+    err = (out.double() - want).abs() / want.abs().clamp(min=1.0)
+    assert err.max() <= ROUNDING[dtype] + 1e-6, err.max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [64, 70, 128])  # 70: pairs in no whole 16-byte chunk
+@pytest.mark.parametrize("per_sequence", [False, True], ids=["shared", "per-sequence"])
+def test_rotary_is_the_float64_rotation_rounded_once(device, dtype, dim, per_sequence):
+    x, cos, sin = inputs(device, dtype, dim=dim, per_sequence=per_sequence)
+    assert not x.is_contiguous()
+    out = dllm.ops.rotary(x, cos, sin)
+    assert out.dtype == dtype
+    check(out, rotated(x, cos, sin), dtype)
+    check(torch.ops.dllm.rotary(x, cos, sin, True), rotated(x, cos, sin, inverse=True), dtype)
+    check(dllm.ops.rotary(x.contiguous(), cos, sin), rotated(x, cos, sin), dtype)
+
+
+def test_rotary_gradient_is_the_inverse_rotation(device):
+    x, cos, sin = inputs(device, torch.float32, per_sequence=True, seed=1)
+    x = x.detach().requires_grad_()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    (grad,) = torch.autograd.grad((dllm.ops.rotary(x, cos, sin) * w).sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad((rotated(x64, cos, sin) * w.double()).sum(), x64)
+    torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_and_single_position(device):
+    x, cos, sin = inputs(device, torch.bfloat16, batch=2, seq=1, heads=1, dim=2)
+    check(dllm.ops.rotary(x, cos, sin), rotated(x, cos, sin), torch.bfloat16)
+    x, cos, sin = inputs(device, torch.float32, batch=0, seq=4)
+    assert dllm.ops.rotary(x, cos, sin).shape == (0, 4, 5, 70)
+
+
+def test_bad_inputs_are_named(device):
+    x, cos, sin = inputs(device, torch.float32, dim=64)
+    with pytest.raises(RuntimeError, match=r"x must be \[B, S, H, D\]"):
+        dllm.ops.rotary(x[0], cos, sin)
+    with pytest.raises(ValueError, match="head dimension must be even"):
+        dllm.ops.rotary(x[..., :63], cos, sin)
+    with pytest.raises(RuntimeError, match=r"cos and sin must be \[S, D / 2\]"):
+        dllm.ops.rotary(x, cos[:, :16], sin[:, :16])
+    with pytest.raises(TypeError, match="cos and sin must be float32"):
+        dllm.ops.rotary(x, cos.double(), sin.double())
+    with pytest.raises(TypeError, match="x must be float32, bfloat16 or float16"):
+        dllm.ops.rotary(x.double(), cos, sin)
+
+
+def test_opcheck_and_compile(device):
+    x, cos, sin = inputs(device, torch.bfloat16, dim=64, per_sequence=True)
+    for inverse in (False, True):
+        torch.library.opcheck(torch.ops.dllm.rotary.default, (x, cos, sin, inverse))
+    compiled = torch.compile(lambda t: dllm.ops.rotary(t, cos, sin) + 0, fullgraph=True)
+    assert torch.equal(compiled(x), dllm.ops.rotary(x, cos, sin))
