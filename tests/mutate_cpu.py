@@ -177,6 +177,16 @@ MUTANTS = [
      ["test_published_checkpoints"]),
     ("python/dllm/training/trainer.py", "            self.elapsed = time.perf_counter() - t_run\n", "",
      ["test_training"]),
+    # RoPE (CPU kernel and binding): the second half rotated the wrong way, per-sequence tables
+    # read as one, a strided x read as contiguous; adaLN's norm weight and the DiT's MLP gate lost
+    ("csrc/kernels/rotary_cpu.cpp", "out[i + half] = L::store(x2 * c + x1 * sn);",
+     "out[i + half] = L::store(x2 * c - x1 * sn);", ["test_rotary"]),
+    ("csrc/kernels/rotary_cpu.cpp", "p.cos + b * p.table_batch_stride + s * half", "p.cos + s * half", ["test_rotary"]),
+    ("csrc/torch/rotary.cpp", "p.x_seq_stride = call.x.stride(1);", "p.x_seq_stride = heads * dim;", ["test_rotary"]),
+    ("python/dllm/models/layers.py", "w = self.weight.to(acc) * (1 + scale.to(acc))", "w = 1 + scale.to(acc)",
+     ["test_layers"]),
+    ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self.mlp(h)))",
+     "x + self.dropout(self.mlp(h))", ["test_layers"]),
 ]
 
 
