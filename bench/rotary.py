@@ -1,0 +1,77 @@
+"""Benchmark: dllm.ops.rotary against RoPE as models write it in torch, eager and under torch.compile.
+
+The input is q as the DiT takes it: a strided view of a fused [B, S, 3, H, D] qkv projection.
+Peers, timed in turns on the same tensors, all with float32 math rounded once to x's dtype:
+  - "torch, rotate-half": x * cos + cat(-x2, x1) * sin on float32 copies (dllm's models before
+    2026-11-30; the usual way it is written, as in LLaMA's and NeoX's code);
+  - the same under torch.compile (--no-compile skips it).
+The floor is reading x and writing the result once, at the measured copy bandwidth.
+
+  python bench/rotary.py --device cuda --out bench/results/<name>/rotary
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import dllm
+from common import DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, timing_of
+from dllm.models.layers import Rotary
+
+
+def rotate_half(x, cos, sin):
+    """cos, sin [S, D / 2] (or [B, S, D / 2]) widened to D, as models store them."""
+    cos, sin = (torch.cat([t, t], dim=-1)[..., None, :] for t in (cos, sin))
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat([-x2, x1], dim=-1).float() * sin).to(x.dtype)
+
+
+# B x S x H x D: SEDD-small's q (B 16, L 1024, 12 heads of 64), LLaDA-8B's (B 1, 32 heads of 128)
+CUDA_SHAPES, CPU_SHAPES = "16x1024x12x64,1x1024x32x128", "4x256x12x64,1x512x16x128"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated BxSxHxD (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="x's dtype (default: bf16)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    add_timing_options(ap, cpu=(2, 10))
+    args = ap.parse_args()
+
+    device = args.device
+    shapes = [tuple(int(v) for v in s.split("x"))
+              for s in (args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES)).split(",")]
+    dtype = DTYPES[args.dtype]
+    reps = timing_of(args, device)
+    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    compiled = None if args.no_compile else torch.compile(rotate_half, dynamic=False)
+
+    rows = Results(args.out, "rotary: rotate-half RoPE of q read from a fused qkv projection",
+                   machine(device) | reps | {"floor_gbps": floor_gbps})
+    for b, s, h, d in shapes:
+        q = torch.randn(b, s, 3, h, d, device=device).to(dtype)[:, :, 0]
+        cos, sin = Rotary(d).to(device)(0, s, device)
+        nbytes = 2 * q.numel() * q.element_size() + 2 * cos.numel() * 4  # read x and the tables, write out
+        shape = f"{b}x{s}x{h}x{d}"
+        impls = [("dllm", lambda: dllm.ops.rotary(q, cos, sin)),
+                 ("torch, rotate-half", lambda: rotate_half(q, cos, sin))]
+        if compiled is not None:
+            impls.append(("torch.compile", lambda: compiled(q, cos, sin)))
+        measured = measure_against("rotary", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
+        for row in measured:
+            rows.append(row)
+        ours = measured[0]
+        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
+            f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in measured[1:]))
+    rows.finish()
+
+
+if __name__ == "__main__":
+    main()
