@@ -187,6 +187,10 @@ MUTANTS = [
      ["test_layers"]),
     ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self.mlp(h)))",
      "x + self.dropout(self.mlp(h))", ["test_layers"]),
+    # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not
+    # offset by one
+    ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(next[i]);", "row[i] = L::load(x[i]);", ["test_adaln"]),
+    ("csrc/torch/adaln.cpp", "(scale.to(at::kFloat) + 1.0f)", "scale.to(at::kFloat)", ["test_adaln"]),
 ]
 
 

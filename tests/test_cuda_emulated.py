@@ -22,6 +22,9 @@ import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients
 from test_sedd_losses import make_inputs as loss_inputs
+from test_adaln import adaln_reference
+from test_adaln import check as adaln_check
+from test_adaln import inputs as adaln_inputs
 from test_rotary import check as rotary_check
 from test_rotary import inputs as rotary_inputs
 from test_rotary import rotated as rotary_reference
@@ -374,6 +377,21 @@ def test_rotary(schedule, dtype, layout):
         out = emulated(schedule, EMU.rotary, x, cos, sin, inverse)
         rotary_check(out, rotary_reference(x, cos, sin, inverse), dtype)
         assert torch.equal(out, CPU.rotary(x, cos, sin, inverse))
+
+
+# ---- adaLN -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", [64, 70])  # the 16-byte path, and element by element
+def test_adaln(schedule, dtype, dim):
+    """Both ops, a warp a row over more rows than warps (the grid-stride loop), against the float64
+    norm; the residual's stream as CPU rounds it."""
+    x, update, gate, weight, shift, scale = adaln_inputs("cpu", dtype, batch=3, seq=11, dim=dim)
+    out = emulated(schedule, EMU.adaln, x, weight, shift, scale, 1e-5)
+    adaln_check(out, adaln_reference(x, weight, shift, scale, 1e-5), dtype)
+    x_next, out = emulated(schedule, EMU.adaln_residual, x, update, gate, weight, shift, scale, 1e-5)
+    assert torch.equal(x_next, CPU.adaln_residual(x, update, gate, weight, shift, scale, 1e-5)[0])
+    adaln_check(out, adaln_reference(x_next, weight, shift, scale, 1e-5), dtype)
 
 
 # ---- attention ---------------------------------------------------------------------------------

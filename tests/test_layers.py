@@ -1,4 +1,4 @@
-"""The model layers' lean passes (adaLN, gated residuals; RoPE in test_rotary) against the plain float64 math."""
+"""The DiT's layers (adaLN and its gated residuals, in torch and through dllm's ops) against SEDD's math in float64."""
 
 import pytest
 import torch
@@ -6,18 +6,12 @@ import torch.nn.functional as F
 
 from dllm.models import build_model, model_config
 from dllm.models.layers import ModulatedLayerNorm
+from test_adaln import adaln_reference
 from test_rotary import rotated
 
 # bfloat16 keeps 8 significant bits: one rounding of the result, plus the inputs' own
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
        torch.float64: dict(rtol=1e-12, atol=1e-12)}
-
-
-def _adaln_reference(x, weight, shift, scale, eps):
-    x, weight, shift, scale = (t.double() for t in (x, weight, shift, scale))
-    mean = x.mean(-1, keepdim=True)
-    var = x.var(-1, unbiased=False, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps) * weight * (1 + scale[:, None]) + shift[:, None]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -29,9 +23,12 @@ def test_modulated_layer_norm_is_adaln_in_float32_or_better(dtype):
         norm.weight.copy_(1 + 0.5 * torch.randn(d, generator=g))
     x = (3 + 2 * torch.randn(B, S, d, generator=g)).to(dtype)  # off-centre: the mean matters
     shift, scale = (torch.randn(B, d, generator=g).to(dtype) for _ in range(2))
-    out = norm(x, shift, scale)
-    assert out.dtype == dtype and out.shape == x.shape
-    torch.testing.assert_close(out.double(), _adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[dtype])
+    want = adaln_reference(x, norm.weight, shift, scale, 1e-5)
+    for record in (True, False):  # torch's two passes under autograd, dllm.ops.adaln without (not float64)
+        with torch.set_grad_enabled(record):
+            out = norm(x, shift, scale)
+        assert out.dtype == dtype and out.shape == x.shape
+        torch.testing.assert_close(out.double(), want, **TOL[dtype])
 
 
 def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
@@ -42,7 +39,7 @@ def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = norm(x, shift, scale)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), _adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[torch.float32])
+    torch.testing.assert_close(out.double(), adaln_reference(x, norm.weight, shift, scale, 1e-5), **TOL[torch.float32])
 
 
 def _dit_reference(model, x, sigma):
@@ -63,18 +60,18 @@ def _dit_reference(model, x, sigma):
     for i in range(cfg.layers):
         w = lambda name: p[f"blocks.{i}.{name}"]  # noqa: E731
         mod = F.linear(c, w("adaLN_modulation.weight"), w("adaLN_modulation.bias")).chunk(6, dim=-1)
-        a = _adaln_reference(h, w("norm1.weight"), mod[0], mod[1], cfg.norm_eps)
+        a = adaln_reference(h, w("norm1.weight"), mod[0], mod[1], cfg.norm_eps)
         q, k, v = F.linear(a, w("attn_qkv.weight")).view(B, S, 3, cfg.heads, cfg.head_dim).unbind(2)
         q, k = rotated(q, cos, sin), rotated(k, cos, sin)
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         h = h + mod[2][:, None] * F.linear(att.transpose(1, 2).reshape(B, S, d), w("attn_out.weight"))
-        a = _adaln_reference(h, w("norm2.weight"), mod[3], mod[4], cfg.norm_eps)
+        a = adaln_reference(h, w("norm2.weight"), mod[3], mod[4], cfg.norm_eps)
         m = F.linear(F.gelu(F.linear(a, w("mlp.0.weight"), w("mlp.0.bias")), approximate="tanh"),
                      w("mlp.2.weight"), w("mlp.2.bias"))
         h = h + mod[5][:, None] * m
     shift, scale = F.linear(c, p["output_layer.adaLN_modulation.weight"],
                             p["output_layer.adaLN_modulation.bias"]).chunk(2, dim=-1)
-    h = _adaln_reference(h, p["output_layer.norm_final.weight"], shift, scale, cfg.norm_eps)
+    h = adaln_reference(h, p["output_layer.norm_final.weight"], shift, scale, cfg.norm_eps)
     return F.linear(h, p["output_layer.linear.weight"], p["output_layer.linear.bias"])
 
 
@@ -89,8 +86,10 @@ def test_dit_forward_is_sedds_dit(dtype):
             prm.copy_(0.3 * torch.randn_like(prm) + (prm if prm.dim() == 1 else 0))
     model = model.to(dtype)
     x, sigma = torch.randint(0, 41, (2, 23)), torch.tensor([0.2, 3.0])
-    with torch.no_grad():
-        out = model(x, sigma)
-    assert out.dtype == dtype
+    want = _dit_reference(model, x, sigma)
     tol = 1e-3 if dtype == torch.float32 else 1e-10  # float32: 23 bits through two blocks of 0.3-scale weights
-    torch.testing.assert_close(out.double(), _dit_reference(model, x, sigma), rtol=tol, atol=tol)
+    for record in (False, True):  # dllm's adaLN ops, and torch's math under autograd
+        with torch.set_grad_enabled(record):
+            out = model(x, sigma)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)

@@ -55,6 +55,28 @@ struct Vec<DType::kFloat16> {
   __device__ static void put(uint4& v, int j, __half x) { put_half_word(v, j, __half_as_ushort(x)); }
 };
 
+// One element of each DType: its type and conversions from and to float (round to nearest even).
+template <DType D>
+struct Elem;
+template <>
+struct Elem<DType::kFloat32> {
+  using T = float;
+  __device__ static float to_float(T v) { return v; }
+  __device__ static T from_float(float v) { return v; }
+};
+template <>
+struct Elem<DType::kBFloat16> {
+  using T = __nv_bfloat16;
+  __device__ static float to_float(T v) { return __bfloat162float(v); }
+  __device__ static T from_float(float v) { return __float2bfloat16_rn(v); }
+};
+template <>
+struct Elem<DType::kFloat16> {
+  using T = __half;
+  __device__ static float to_float(T v) { return __half2float(v); }
+  __device__ static T from_float(float v) { return __float2half_rn(v); }
+};
+
 // A row seen as 16-byte chunks starting at the aligned address at or below its first element, so
 // rows of any alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path.
 // Only chunks wholly inside a requested range (within the row) are loaded whole: the elements of

@@ -11,16 +11,6 @@ namespace {
 
 using namespace cuda;
 
-template <DType D>
-__device__ auto to_element(float v) {
-  if constexpr (D == DType::kFloat32) return v;
-  else if constexpr (D == DType::kBFloat16) return __float2bfloat16_rn(v);
-  else return __float2half_rn(v);
-}
-__device__ float to_float(float v) { return v; }
-__device__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ float to_float(__half v) { return __half2float(v); }
-
 // Vector: kVec pairs a thread a head, 16-byte loads and stores. Scalar: one pair (any half, any
 // alignment).
 template <DType D, bool kVector>
@@ -60,18 +50,18 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(RotaryParams p) {
 #pragma unroll
         for (int j = 0; j < kVec; ++j) {
           const float x1 = Vec<D>::get(a, j), x2 = Vec<D>::get(z, j);
-          Vec<D>::put(lo, j, to_element<D>(x1 * c[j] - x2 * sn[j]));
-          Vec<D>::put(hi, j, to_element<D>(x2 * c[j] + x1 * sn[j]));
+          Vec<D>::put(lo, j, Elem<D>::from_float(x1 * c[j] - x2 * sn[j]));
+          Vec<D>::put(hi, j, Elem<D>::from_float(x2 * c[j] + x1 * sn[j]));
         }
         *reinterpret_cast<uint4*>(oh) = lo;
         *reinterpret_cast<uint4*>(oh + p.half * kElem) = hi;
       } else {
-        using T = decltype(to_element<D>(0.0f));
-        const T* xt = reinterpret_cast<const T*>(xh);
-        T* ot = reinterpret_cast<T*>(oh);
-        const float x1 = to_float(__ldg(xt)), x2 = to_float(__ldg(xt + p.half));
-        ot[0] = to_element<D>(x1 * c[0] - x2 * sn[0]);
-        ot[p.half] = to_element<D>(x2 * c[0] + x1 * sn[0]);
+        using E = Elem<D>;
+        const auto* xt = reinterpret_cast<const typename E::T*>(xh);
+        auto* ot = reinterpret_cast<typename E::T*>(oh);
+        const float x1 = E::to_float(__ldg(xt)), x2 = E::to_float(__ldg(xt + p.half));
+        ot[0] = E::from_float(x1 * c[0] - x2 * sn[0]);
+        ot[p.half] = E::from_float(x2 * c[0] + x1 * sn[0]);
       }
     }
   }

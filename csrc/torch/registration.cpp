@@ -47,6 +47,13 @@ TORCH_LIBRARY(dllm, m) {
   // but a unit one in D; cos, sin float32 [S, D / 2] or [B, S, D / 2]. Returns a contiguous
   // [B, S, H, D] in x's dtype, float32 math rounded once; inverse rotates by the opposite angle.
   m.def("rotary(Tensor x, Tensor cos, Tensor sin, bool inverse=False) -> Tensor");
+  // adaLN, the DiT's modulated LayerNorm (dllm/adaln.h): x [B, S, dim] float32 | bfloat16 |
+  // float16; weight [dim]; shift, scale, gate [B, dim]. out = layer_norm(x) * weight * (1 + scale)
+  // + shift in float32, in x's dtype; adaln_residual first takes x_next = x + gate * update
+  // (update like x) and returns (x_next, layer_norm-modulated x_next).
+  m.def("adaln(Tensor x, Tensor weight, Tensor shift, Tensor scale, float eps) -> Tensor");
+  m.def("adaln_residual(Tensor x, Tensor update, Tensor gate, Tensor weight, Tensor shift, Tensor scale, "
+        "float eps) -> (Tensor x_next, Tensor out)");
   // SEDD / MDLM (dllm/sedd.h). logits [B, L, K] float32 | bfloat16 | float16; tokens int64
   // [B, L]; sigma, dsig, dsigma, weight: floating [B]. graph: "absorb" (mask = K - 1) or
   // "uniform"; method: "analytic", "euler" or "denoise". Losses are float32 [B], summed over

@@ -22,6 +22,8 @@ __all__ = [
     "attention",
     "attention_varlen",
     "rotary",
+    "adaln",
+    "adaln_residual",
     "sedd_step",
     "score_entropy_loss",
     "masked_diffusion_loss",
@@ -423,6 +425,48 @@ def _rotary_backward(ctx, grad):
 torch.library.register_autograd("dllm::rotary", _rotary_backward, setup_context=_rotary_setup_context)
 
 
+def adaln(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *,
+          eps: float = 1e-5) -> torch.Tensor:
+    """adaLN, the DiT's modulated LayerNorm, in one pass over x.
+
+    Args:
+        x: ``[B, S, dim]`` float32, bfloat16 or float16.
+        weight: the norm's ``[dim]``; shift, scale: ``[B, dim]``, one per sequence (the DiT's
+            conditioning); any floating dtype.
+        eps: added to the variance.
+
+    Returns:
+        ``layer_norm(x) * weight * (1 + scale) + shift`` (biased variance over dim), computed in
+        float32 and rounded once to x's dtype, contiguous. Not differentiable: dllm's models call
+        it when no autograd graph is recorded and run the same math in torch otherwise.
+    """
+    return torch.ops.dllm.adaln(x, weight, shift, scale, float(eps))
+
+
+def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
+                   shift: torch.Tensor, scale: torch.Tensor, *, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DiT block's gated residual and the adaLN after it, in one pass: ``x_next = x + gate * update``
+    (``update`` like x, ``gate`` ``[B, dim]``), rounded to x's dtype, and :func:`adaln` of x_next.
+    Returns ``(x_next, out)``. Reads x and update once and writes each output once, where the two
+    steps apart read x_next back."""
+    return torch.ops.dllm.adaln_residual(x, update, gate, weight, shift, scale, float(eps))
+
+
+@torch.library.register_fake("dllm::adaln")
+@_one_device
+def _adaln_fake(x, weight, shift, scale, eps):
+    torch._check(x.dim() == 3, lambda: f"adaln: x must be [B, S, dim], got shape {tuple(x.shape)}")
+    torch._check(x.dtype in _FLOATS, lambda: f"adaln: x must be float32, bfloat16 or float16, got {x.dtype}")
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.register_fake("dllm::adaln_residual")
+@_one_device
+def _adaln_residual_fake(x, update, gate, weight, shift, scale, eps):
+    out = _adaln_fake(x, weight, shift, scale, eps)
+    return torch.empty_like(out), out
+
+
 # ---- SEDD / MDLM ---------------------------------------------------------------------------
 
 PerBatch = float | torch.Tensor
@@ -668,5 +712,7 @@ def _register_not_differentiable(op: str, what: str) -> None:
 
 _register_not_differentiable("sample_categorical", "dllm.ops.sample_categorical (its logprob output)")
 _register_not_differentiable("predict_masked", "dllm.ops.predict_masked (its confidence output)")
+_register_not_differentiable("adaln", "dllm.ops.adaln (models run its math in torch under autograd)")
+_register_not_differentiable("adaln_residual", "dllm.ops.adaln_residual (models run its math in torch under autograd)")
 for _loss in ("attention", "score_entropy_loss", "masked_diffusion_loss"):
     _register_not_differentiable(f"{_loss}_backward", f"the gradient of dllm.ops.{_loss} (no double backward)")

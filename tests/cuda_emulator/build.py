@@ -31,9 +31,11 @@ OPS = (
     "attention_forward",
     "attention_backward",
     "rotary",
+    "adaln",
+    "adaln_residual",
 )
 INCLUDE_DIRS = ("include", "torch", "kernels")  # of csrc, after the stand-ins and the translations
-BINDINGS = ("sample_categorical", "unmask", "sedd", "attention", "rotary")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
+BINDINGS = ("sample_categorical", "unmask", "sedd", "attention", "rotary", "adaln")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
 
 
 @functools.cache

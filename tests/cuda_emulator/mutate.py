@@ -115,9 +115,14 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
     # RoPE: the vector path's second half rotated the wrong way; the one-pair path's second half
     # written over the first; every head after the first reading the first's pairs
-    ("csrc/kernels/rotary.cu", "to_element<D>(x2 * c[j] + x1 * sn[j])", "to_element<D>(x2 * c[j] - x1 * sn[j])", "rotary"),
-    ("csrc/kernels/rotary.cu", "ot[p.half] = to_element<D>", "ot[0] = to_element<D>", "rotary"),
+    ("csrc/kernels/rotary.cu", "from_float(x2 * c[j] + x1 * sn[j])", "from_float(x2 * c[j] - x1 * sn[j])", "rotary"),
+    ("csrc/kernels/rotary.cu", "ot[p.half] = E::from_float", "ot[0] = E::from_float", "rotary"),
     ("csrc/kernels/rotary.cu", "x + h * p.x_head_stride * kElem;", "x;", "rotary"),
+    # adaLN: half a warp's sums lost; every row modulated by the first sequence's factors; the
+    # variance taken about zero
+    ("csrc/kernels/adaln.cu", "for (int o = 16; o > 0; o >>= 1)", "for (int o = 8; o > 0; o >>= 1)", "adaln"),
+    ("csrc/kernels/adaln.cu", "const int64_t b = r / p.seq, first", "const int64_t b = 0, first", "adaln"),
+    ("csrc/kernels/adaln.cu", "sq += (v[j] - mean) * (v[j] - mean);", "sq += v[j] * v[j];", "adaln"),
 ]
 
 

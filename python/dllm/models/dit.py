@@ -55,8 +55,7 @@ class DiTBlock(nn.Module):
                 mask = causal_mask if mask is None else mask & causal_mask
             causal = False
         a = attention(q, k, v, causal=causal, attn_mask=mask, kv_len=kv_len).reshape(B, S, -1)
-        x = torch.addcmul(x, gate1[:, None], self.dropout(self.attn_out(a)))  # one pass for the gated residual
-        h = self.norm2(x, shift2, scale2)
+        x, h = self.norm2.residual(x, gate1, self.dropout(self.attn_out(a)), shift2, scale2)
         return torch.addcmul(x, gate2[:, None], self.dropout(self.mlp(h)))
 
 

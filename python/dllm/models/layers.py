@@ -12,23 +12,39 @@ from .. import ops
 
 
 class ModulatedLayerNorm(nn.Module):
-    """adaLN (SEDD's DiT norm): ``layer_norm(x) * weight * (1 + scale) + shift`` with per-row
+    """adaLN (SEDD's DiT norm): ``layer_norm(x) * weight * (1 + scale) + shift`` with per-sequence
     ``shift, scale [B, dim]``, computed in float32 or better whatever the autocast dtype; the output
-    has x's dtype. Two passes over x: the norm, then one multiply-add with the norm's weight folded
-    into the scale."""
+    has x's dtype. Without an autograd graph to record, float32 / bfloat16 / float16 take
+    :func:`dllm.ops.adaln` (one pass; :meth:`residual`: :func:`dllm.ops.adaln_residual`); otherwise
+    torch runs the same math in two passes (the norm, then one multiply-add with the norm's weight
+    folded into the scale)."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
+    def _fused(self, *inputs: torch.Tensor) -> bool:
+        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, self.weight))
+        return inputs[0].dtype in (torch.float32, torch.bfloat16, torch.float16) and not recording
+
     def forward(self, x, shift, scale):
+        if self._fused(x, shift, scale):
+            return ops.adaln(x, self.weight, shift, scale, eps=self.eps)
         acc = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             # layer_norm computes bfloat16 / float16 inputs in float32 and rounds once
             y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps)
             w = self.weight.to(acc) * (1 + scale.to(acc))
             return torch.addcmul(shift[:, None].to(x.dtype), y, w[:, None].to(x.dtype))
+
+    def residual(self, x, gate, update, shift, scale):
+        """The gated residual ``x + gate * update`` (gate ``[B, dim]``), then this norm of it:
+        ``(x_next, normed)``."""
+        if self._fused(x, gate, update, shift, scale):
+            return ops.adaln_residual(x, update.to(x.dtype), gate, self.weight, shift, scale, eps=self.eps)
+        x = torch.addcmul(x, gate[:, None], update)
+        return x, self(x, shift, scale)
 
 
 class RMSNorm(nn.Module):

@@ -1,0 +1,54 @@
+// adaLN on the CPU: a row at a time, the (updated) row held in float32 for the two reductions.
+#include <cmath>
+#include <vector>
+
+#include "cpu_rows.h"
+#include "dllm/adaln.h"
+
+namespace dllm {
+namespace {
+
+template <DType D>
+void rows(const AdaLNParams& p, int64_t begin, int64_t end) {
+  using L = cpu::Loader<D>;
+  using T = typename L::T;
+  const int64_t dim = p.dim;
+  std::vector<float> row(dim);
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t b = r / p.seq;
+    const T* x = static_cast<const T*>(p.x) + r * dim;
+    if (p.update != nullptr) {
+      const T* u = static_cast<const T*>(p.update) + r * dim;
+      const float* g = p.gate + b * dim;
+      T* next = static_cast<T*>(p.x_next) + r * dim;
+      for (int64_t i = 0; i < dim; ++i) {
+        next[i] = L::store(L::load(x[i]) + g[i] * L::load(u[i]));
+        row[i] = L::load(next[i]);  // the stream as stored: what the next residual adds to
+      }
+    } else {
+      for (int64_t i = 0; i < dim; ++i) row[i] = L::load(x[i]);
+    }
+    float sum = 0.0f;
+    for (int64_t i = 0; i < dim; ++i) sum += row[i];
+    const float mean = sum / float(dim);
+    float sq = 0.0f;
+    for (int64_t i = 0; i < dim; ++i) sq += (row[i] - mean) * (row[i] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / float(dim) + p.eps);
+    const float* w = p.w + b * dim;
+    const float* sh = p.shift + b * dim;
+    T* out = static_cast<T*>(p.out) + r * dim;
+    for (int64_t i = 0; i < dim; ++i) out[i] = L::store((row[i] - mean) * rstd * w[i] + sh[i]);
+  }
+}
+
+}  // namespace
+
+void adaln_cpu(const AdaLNParams& p, int64_t begin, int64_t end) {
+  switch (p.dtype) {
+    case DType::kFloat32: rows<DType::kFloat32>(p, begin, end); break;
+    case DType::kBFloat16: rows<DType::kBFloat16>(p, begin, end); break;
+    case DType::kFloat16: rows<DType::kFloat16>(p, begin, end); break;
+  }
+}
+
+}  // namespace dllm
