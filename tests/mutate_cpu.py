@@ -185,8 +185,8 @@ MUTANTS = [
     ("csrc/torch/rotary.cpp", "p.x_seq_stride = call.x.stride(1);", "p.x_seq_stride = heads * dim;", ["test_rotary"]),
     ("python/dllm/models/layers.py", "w = self.weight.to(acc) * (1 + scale.to(acc))", "w = 1 + scale.to(acc)",
      ["test_layers"]),
-    ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self.mlp(h)))",
-     "x + self.dropout(self.mlp(h))", ["test_layers"]),
+    ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self._mlp(h)))",
+     "x + self.dropout(self._mlp(h))", ["test_layers"]),
     # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not
     # offset by one
     ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(next[i]);", "row[i] = L::load(x[i]);", ["test_adaln"]),

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import HAS_CUDA
 from dllm.models import build_model, model_config
 from dllm.models.layers import ModulatedLayerNorm
 from test_adaln import adaln_reference
@@ -46,7 +47,8 @@ def _dit_reference(model, x, sigma):
     """SEDD's DiT written out plainly in float64 from the model's parameters: adaLN, RoPE,
     bidirectional attention, gated residuals, the modulated head."""
     cfg = model.config
-    p = {k: v.double() for k, v in model.state_dict().items()}
+    p = {k: v.double().cpu() for k, v in model.state_dict().items()}
+    x, sigma = x.cpu(), sigma.cpu()
     half, period = model.sigma_map.freq_dim // 2, model.sigma_map.max_period
     freqs = torch.exp(-torch.log(torch.tensor(period)) * torch.arange(half, dtype=torch.float32) / half)
     args = sigma.float()[:, None] * freqs[None]
@@ -75,17 +77,21 @@ def _dit_reference(model, x, sigma):
     return F.linear(h, p["output_layer.linear.weight"], p["output_layer.linear.bias"])
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_dit_forward_is_sedds_dit(dtype):
+def _random_dit(dtype, device="cpu", head_dim=16):
     torch.manual_seed(4)
-    cfg = model_config("tiny", arch="dit", hidden=48, layers=2, heads=3, cond_dim=24, vocab_size=41, max_seq_len=64,
-                       time_conditioning=True)
+    cfg = model_config("tiny", arch="dit", hidden=3 * head_dim, layers=2, heads=3, cond_dim=24, vocab_size=41,
+                       max_seq_len=64, time_conditioning=True)
     model = build_model(cfg).eval()
     with torch.no_grad():
         for prm in model.parameters():  # the zero-initialised adaLN and head too
             prm.copy_(0.3 * torch.randn_like(prm) + (prm if prm.dim() == 1 else 0))
-    model = model.to(dtype)
     x, sigma = torch.randint(0, 41, (2, 23)), torch.tensor([0.2, 3.0])
+    return model.to(device=device, dtype=dtype), x.to(device), sigma.to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dit_forward_is_sedds_dit(dtype):
+    model, x, sigma = _random_dit(dtype)
     want = _dit_reference(model, x, sigma)
     tol = 1e-3 if dtype == torch.float32 else 1e-10  # float32: 23 bits through two blocks of 0.3-scale weights
     for record in (False, True):  # dllm's adaLN ops, and torch's math under autograd
@@ -93,3 +99,15 @@ def test_dit_forward_is_sedds_dit(dtype):
             out = model(x, sigma)
         assert out.dtype == dtype
         torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+def test_dit_bf16_inference_on_cuda_is_sedds_dit():
+    """The CUDA inference path: dllm's attention, RoPE and adaLN kernels, and the MLP's GELU in
+    cuBLASLt's epilogue (torch._addmm_activation), against the float64 math and torch's path."""
+    model, x, sigma = _random_dit(torch.bfloat16, "cuda", head_dim=64)
+    want = _dit_reference(model, x, sigma)
+    with torch.no_grad():
+        out = model(x, sigma)
+    torch.testing.assert_close(out.double().cpu(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+    torch.testing.assert_close(out, model(x, sigma).detach(), rtol=5e-2, atol=5e-2 * want.abs().max().item())
