@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Results, add_timing_options, machine, matmul_tflops, measure_against, timing_of
+from common import Results, add_timing_options, machine, matmul_tflops, measure_against, parse_shapes, timing_of
 
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     device = args.device
     cuda = device.startswith("cuda")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)).split(",")]
+    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES))
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
     reps = timing_of(args, device)

@@ -20,6 +20,11 @@ from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
     timing_of, utc_now)
 
 
+def parse_shapes(spec: str) -> list[tuple[int, ...]]:
+    """"16x1024x50258,1x2x3" -> [(16, 1024, 50258), (1, 2, 3)]: a --shapes option's value."""
+    return [tuple(int(v) for v in shape.split("x")) for shape in spec.split(",")]
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
     """Measured copy bandwidth, counting bytes read plus bytes written (the floor's unit)."""
     # Both written first: on Linux an untouched CPU buffer reads the kernel's shared zero page,

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, timing_of
+from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, parse_shapes,
+                    timing_of)
 from dllm.models.layers import Rotary
 
 
@@ -46,8 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     device = args.device
-    shapes = [tuple(int(v) for v in s.split("x"))
-              for s in (args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES)).split(",")]
+    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES))
     dtype = DTYPES[args.dtype]
     reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))

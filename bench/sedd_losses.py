@@ -18,7 +18,7 @@ import torch
 
 import dllm
 from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
-                    timing_of)
+                    parse_shapes, timing_of)
 from dllm.sedd import reference as ref
 
 
@@ -45,7 +45,7 @@ def main() -> None:
 
     device = args.device
     cuda = device.startswith("cuda")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or ("16x1024x50258" if cuda else "2x256x50258")).split(",")]
+    shapes = parse_shapes(args.shapes or ("16x1024x50258" if cuda else "2x256x50258"))
     dtype = DTYPES[args.dtype]
     reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))

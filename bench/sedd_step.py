@@ -21,7 +21,7 @@ import torch
 
 import dllm
 from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
-                    timing_of, unmeasured_row)
+                    parse_shapes, timing_of, unmeasured_row)
 from dllm.sedd import reference as ref
 
 
@@ -78,7 +78,7 @@ def main() -> None:
 
     device = args.device
     cuda = device.startswith("cuda")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in (args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES)).split(",")]
+    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES))
     dtype = DTYPES[args.dtype]
     reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb, timing_of
+from common import (Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, parse_shapes,
+                    peak_extra_mb, timing_of)
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -53,8 +54,7 @@ def main() -> None:
     add_timing_options(ap, cpu=(1, 3))
     args = ap.parse_args()
     device = args.device
-    shapes = [tuple(int(v) for v in s.split("x"))
-              for s in (args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES)).split(",")]
+    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES))
     reps = timing_of(args, device)
     floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
     t = args.temperature

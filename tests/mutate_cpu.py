@@ -190,7 +190,7 @@ MUTANTS = [
     # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not
     # offset by one
     ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(next[i]);", "row[i] = L::load(x[i]);", ["test_adaln"]),
-    ("csrc/torch/adaln.cpp", "(scale.to(at::kFloat) + 1.0f)", "scale.to(at::kFloat)", ["test_adaln"]),
+    ("csrc/torch/adaln.cpp", "at::addcmul(weight_f, weight_f, scale)", "at::mul(weight_f, scale)", ["test_adaln"]),
 ]
 
 

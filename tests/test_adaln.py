@@ -38,6 +38,9 @@ def check(got, want, dtype):
 def test_adaln_is_the_float64_norm_rounded_once(device, dtype, dim):
     x, _, _, weight, shift, scale = inputs(device, dtype, dim=dim)
     check(dllm.ops.adaln(x, weight, shift, scale, eps=1e-5), adaln_reference(x, weight, shift, scale, 1e-5), dtype)
+    # the factors in any floating dtype
+    check(dllm.ops.adaln(x, weight.double(), shift.double(), scale.double()), adaln_reference(x, weight, shift, scale, 1e-5),
+          dtype)
     strided = torch.cat([x, x], dim=-1)[..., :dim]  # a row stride of 2 dim is copied first
     check(dllm.ops.adaln(strided, weight, shift, scale, eps=0.5), adaln_reference(x, weight, shift, scale, 0.5), dtype)
 

@@ -55,27 +55,74 @@ struct Vec<DType::kFloat16> {
   __device__ static void put(uint4& v, int j, __half x) { put_half_word(v, j, __half_as_ushort(x)); }
 };
 
-// One element of each DType: its type and conversions from and to float (round to nearest even).
+// One element of each DType: its type, its value as a float, loads (read-only path) and stores
+// as float (round to nearest even).
 template <DType D>
-struct Elem;
+struct IO;
 template <>
-struct Elem<DType::kFloat32> {
+struct IO<DType::kFloat32> {
   using T = float;
   __device__ static float to_float(T v) { return v; }
-  __device__ static T from_float(float v) { return v; }
+  __device__ static float load(const T* p, int64_t i) { return __ldg(p + i); }
+  __device__ static T store(float v) { return v; }
 };
 template <>
-struct Elem<DType::kBFloat16> {
+struct IO<DType::kBFloat16> {
   using T = __nv_bfloat16;
   __device__ static float to_float(T v) { return __bfloat162float(v); }
-  __device__ static T from_float(float v) { return __float2bfloat16_rn(v); }
+  __device__ static float load(const T* p, int64_t i) { return to_float(__ldg(p + i)); }
+  __device__ static T store(float v) { return __float2bfloat16_rn(v); }
 };
 template <>
-struct Elem<DType::kFloat16> {
+struct IO<DType::kFloat16> {
   using T = __half;
   __device__ static float to_float(T v) { return __half2float(v); }
-  __device__ static T from_float(float v) { return __float2half_rn(v); }
+  __device__ static float load(const T* p, int64_t i) { return to_float(__ldg(p + i)); }
+  __device__ static T store(float v) { return __float2half_rn(v); }
 };
+
+// kVec consecutive elements of a D tensor from element i, as floats: one 16-byte access
+// (kVec = Vec<D>::kSize, the address 16-byte aligned) or one element (kVec = 1).
+template <DType D, int kVec>
+__device__ void load_chunk(const void* base, int64_t i, float (&v)[kVec]) {
+  const auto* at = static_cast<const typename IO<D>::T*>(base) + i;
+  if constexpr (kVec == 1) {
+    v[0] = IO<D>::load(at, 0);
+  } else {
+    static_assert(kVec == Vec<D>::kSize);
+    const uint4 c = __ldg(reinterpret_cast<const uint4*>(at));
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[j] = Vec<D>::get(c, j);
+  }
+}
+template <DType D, int kVec>
+__device__ void store_chunk(void* base, int64_t i, const float (&v)[kVec]) {
+  auto* at = static_cast<typename IO<D>::T*>(base) + i;
+  if constexpr (kVec == 1) {
+    *at = IO<D>::store(v[0]);
+  } else {
+    static_assert(kVec == Vec<D>::kSize);
+    uint4 c;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) Vec<D>::put(c, j, IO<D>::store(v[j]));
+    *reinterpret_cast<uint4*>(at) = c;
+  }
+}
+// kVec floats from element i: 16-byte loads (kVec a multiple of 4, the address 16-byte aligned)
+// or one float.
+template <int kVec>
+__device__ void load_floats(const float* base, int64_t i, float (&v)[kVec]) {
+  if constexpr (kVec == 1) {
+    v[0] = __ldg(base + i);
+  } else {
+    static_assert(kVec % 4 == 0);
+#pragma unroll
+    for (int j = 0; j < kVec; j += 4) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(base + i + j));
+      v[j] = f.x, v[j + 1] = f.y, v[j + 2] = f.z, v[j + 3] = f.w;
+    }
+  }
+}
 
 // A row seen as 16-byte chunks starting at the aligned address at or below its first element, so
 // rows of any alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path.
@@ -308,7 +355,8 @@ __device__ inline MaxSum block_max_sum(MaxSum a, MaxSum* scratch, float scale = 
   return warp_max_sum(lane < kWarps ? scratch[lane] : MaxSum{-kInf, 0.0f}, scale);
 }
 
-__device__ inline double warp_sum(double v) {
+template <typename T>
+__device__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

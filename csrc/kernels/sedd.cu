@@ -28,27 +28,6 @@ namespace {
 
 using namespace cuda;
 
-template <DType D>
-struct IO;
-template <>
-struct IO<DType::kFloat32> {
-  using T = float;
-  __device__ static float load(const T* p, int64_t i) { return __ldg(p + i); }
-  __device__ static T store(float v) { return v; }
-};
-template <>
-struct IO<DType::kBFloat16> {
-  using T = __nv_bfloat16;
-  __device__ static float load(const T* p, int64_t i) { return __bfloat162float(__ldg(p + i)); }
-  __device__ static T store(float v) { return __float2bfloat16_rn(v); }
-};
-template <>
-struct IO<DType::kFloat16> {
-  using T = __half;
-  __device__ static float load(const T* p, int64_t i) { return __half2float(__ldg(p + i)); }
-  __device__ static T store(float v) { return __float2half_rn(v); }
-};
-
 __device__ void report(int64_t* first_error, int64_t row, SeddStatus status) {
   report_error(first_error, sedd_encode(row, status));
 }

@@ -30,8 +30,10 @@ AdaLNCall prepare_adaln(const char* op, const at::Tensor& x, const std::optional
 
   AdaLNCall call;
   call.x = x.contiguous();
-  // The per-sequence factors in float32: the norm's weight folded into the scale.
-  call.w = (weight.to(at::kFloat) * (scale.to(at::kFloat) + 1.0f)).contiguous();
+  // The per-sequence factors in float32: the norm's weight folded into the scale, w + w * scale
+  // in one small kernel for a bfloat16 or float32 scale (a float64 one is rounded after).
+  const at::Tensor weight_f = weight.to(at::kFloat);
+  call.w = at::addcmul(weight_f, weight_f, scale).to(at::kFloat).contiguous();
   call.shift = shift.to(at::kFloat).contiguous();
   call.out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   AdaLNParams& p = call.params;

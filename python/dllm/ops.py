@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 Temperature = float | torch.Tensor
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+# The dtypes every kernel reads (float64 has plain-torch references instead).
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def sample_categorical(
@@ -92,7 +93,7 @@ def _one_device(fake):
 def _sample_categorical_fake(logits, temperature, scalar_temperature, *, generator=None):
     torch._check(logits.dim() >= 1, lambda: "sample_categorical: logits needs a vocabulary dimension")
     torch._check(
-        logits.dtype in (torch.float32, torch.bfloat16, torch.float16),
+        logits.dtype in KERNEL_DTYPES,
         lambda: f"sample_categorical: logits must be float32, bfloat16 or float16, got {logits.dtype}",
     )
     lead = logits.shape[:-1]
@@ -407,7 +408,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 @_one_device
 def _rotary_fake(x, cos, sin, inverse=False):
     torch._check(x.dim() == 4, lambda: f"rotary: x must be [B, S, H, D], got shape {tuple(x.shape)}")
-    torch._check(x.dtype in _FLOATS, lambda: f"rotary: x must be float32, bfloat16 or float16, got {x.dtype}")
+    torch._check(x.dtype in KERNEL_DTYPES, lambda: f"rotary: x must be float32, bfloat16 or float16, got {x.dtype}")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
@@ -456,7 +457,7 @@ def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, we
 @_one_device
 def _adaln_fake(x, weight, shift, scale, eps):
     torch._check(x.dim() == 3, lambda: f"adaln: x must be [B, S, dim], got shape {tuple(x.shape)}")
-    torch._check(x.dtype in _FLOATS, lambda: f"adaln: x must be float32, bfloat16 or float16, got {x.dtype}")
+    torch._check(x.dtype in KERNEL_DTYPES, lambda: f"adaln: x must be float32, bfloat16 or float16, got {x.dtype}")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
@@ -531,7 +532,7 @@ def sedd_step(
 
 def _check_bl_k(op: str, logits, *tokens):
     torch._check(logits.dim() == 3, lambda: f"{op}: logits must have shape [B, L, K]")
-    torch._check(logits.dtype in _FLOATS, lambda: f"{op}: logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    torch._check(logits.dtype in KERNEL_DTYPES, lambda: f"{op}: logits must be float32, bfloat16 or float16, got {logits.dtype}")
     for t in tokens:
         torch._check(t.shape == logits.shape[:2], lambda: f"{op}: token tensors must have shape [B, L]")
 

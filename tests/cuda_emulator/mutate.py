@@ -113,11 +113,12 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
     # the radix select's digit scan leaving out the neighbouring lane's counts
     ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
-    # RoPE: the vector path's second half rotated the wrong way; the one-pair path's second half
-    # written over the first; every head after the first reading the first's pairs
-    ("csrc/kernels/rotary.cu", "from_float(x2 * c[j] + x1 * sn[j])", "from_float(x2 * c[j] - x1 * sn[j])", "rotary"),
-    ("csrc/kernels/rotary.cu", "ot[p.half] = E::from_float", "ot[0] = E::from_float", "rotary"),
-    ("csrc/kernels/rotary.cu", "x + h * p.x_head_stride * kElem;", "x;", "rotary"),
+    # RoPE: the second half rotated the wrong way, or written over the first; every head after
+    # the first reading the first's pairs
+    ("csrc/kernels/rotary.cu", "hi[j] = x2[j] * c[j] + x1[j] * sn[j];", "hi[j] = x2[j] * c[j] - x1[j] * sn[j];", "rotary"),
+    ("csrc/kernels/rotary.cu", "store_chunk<D, kVec>(p.out, oh + p.half, hi);", "store_chunk<D, kVec>(p.out, oh, hi);",
+     "rotary"),
+    ("csrc/kernels/rotary.cu", "xh = x0 + h * p.x_head_stride,", "xh = x0,", "rotary"),
     # adaLN: half a warp's sums lost; every row modulated by the first sequence's factors; the
     # variance taken about zero
     ("csrc/kernels/adaln.cu", "for (int o = 16; o > 0; o >>= 1)", "for (int o = 8; o > 0; o >>= 1)", "adaln"),

@@ -6,12 +6,12 @@ score transform + Tweedie step + Gumbel draw, dllm.sedd.reference; LLaDA's gener
 float64 Gumbel noise, float64 softmax confidence, a per-row topk with its host sync, the
 scatter) or dllm's step (dllm.ops.sedd_step; predict_masked + commit_tokens), and on a GPU also
 dllm's step replayed from a CUDA graph (dllm.sampling.cuda_graph.GraphedStep, what
-generate(..., cuda_graph=True) uses). The network alone is
-timed too, and with --compile the network under torch.compile, alone and under dllm's step (on an
-H200 the eager network took 31 of a 33 ms SEDD-small step, before its elementwise glue went from
-37.6 GB a forward to 6.5 GB: scripts/model_traffic.py counts it). Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16, L 1024), llada-8b
-(32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16 weights), tiny (both
-kinds at toy sizes, seconds on a CPU).
+generate(..., cuda_graph=True) uses). The network alone is timed too, and with --compile the
+network under torch.compile, alone and under dllm's step (on an H200 the eager network took 31 of
+a 33 ms SEDD-small step, before its elementwise glue went from 37.6 GB a forward to 6.5 GB:
+scripts/model_traffic.py counts it). Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16,
+L 1024), llada-8b (32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16
+weights), tiny (both kinds at toy sizes, seconds on a CPU).
 
   dllm bench step --preset sedd-small --out bench/results/<name>/step_latency
 """

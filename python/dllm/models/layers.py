@@ -26,7 +26,7 @@ class ModulatedLayerNorm(nn.Module):
 
     def _fused(self, *inputs: torch.Tensor) -> bool:
         recording = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, self.weight))
-        return inputs[0].dtype in (torch.float32, torch.bfloat16, torch.float16) and not recording
+        return inputs[0].dtype in ops.KERNEL_DTYPES and not recording
 
     def forward(self, x, shift, scale):
         if self._fused(x, shift, scale):
@@ -91,7 +91,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate-half RoPE of ``x [B, S, H, D]`` by :class:`Rotary`'s ``cos, sin`` (``[S, D / 2]`` or
     ``[B, S, D / 2]``): contiguous, in x's dtype. float32, bfloat16 and float16 take
     :func:`dllm.ops.rotary` (one pass, float32 math); float64 the same math in torch."""
-    if x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+    if x.dtype in ops.KERNEL_DTYPES:
         return ops.rotary(x, cos, sin)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
