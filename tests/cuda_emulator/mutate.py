@@ -121,7 +121,8 @@ MUTANTS = [
     ("csrc/kernels/rotary.cu", "xh = x0 + h * p.x_head_stride,", "xh = x0,", "rotary"),
     # adaLN: half a warp's sums lost; every row modulated by the first sequence's factors; the
     # variance taken about zero
-    ("csrc/kernels/adaln.cu", "for (int o = 16; o > 0; o >>= 1)", "for (int o = 8; o > 0; o >>= 1)", "adaln"),
+    ("csrc/kernels/cuda_rows.cuh", "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);",
+     "for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);", "adaln"),
     ("csrc/kernels/adaln.cu", "const int64_t b = r / p.seq, first", "const int64_t b = 0, first", "adaln"),
     ("csrc/kernels/adaln.cu", "sq += (v[j] - mean) * (v[j] - mean);", "sq += v[j] * v[j];", "adaln"),
 ]
