@@ -189,7 +189,9 @@ MUTANTS = [
      "x + self.dropout(self._mlp(h))", ["test_layers"]),
     # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not
     # offset by one
-    ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(next[i]);", "row[i] = L::load(x[i]);", ["test_adaln"]),
+    ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(x[i]) + g[i] * L::load(u[i]);", "row[i] = L::load(x[i]);",
+     ["test_adaln"]),
+    ("csrc/kernels/cpu_rows.h", "for (; i < n; ++i) sum += x[i] * x[i];", "", ["test_adaln"]),
     ("csrc/torch/adaln.cpp", "at::addcmul(weight_f, weight_f, scale)", "at::mul(weight_f, scale)", ["test_adaln"]),
 ]
 

@@ -114,6 +114,42 @@ def test_varlen_equals_padded(device, D):
     assert torch.equal(gq, gq_padded)
 
 
+def copies_made(fn) -> set[str]:
+    """The copy ops that fn dispatches (inside dllm's ops too)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()} & {"aten::copy_", "aten::clone", "aten::contiguous"}
+
+
+def test_views_of_a_fused_projection_are_read_in_place(device):
+    # The DiT slices q, k, v from one [B, S, 3, H, D] projection: the forward reads those views in
+    # place and computes what it computes on contiguous copies. Layouts whose tokens do not flatten
+    # to one stride ([B, H, S, D] transposed, B > 1) or whose rows are not 16-byte aligned are copied.
+    B, S, H, D = 3, 37, 4, 64
+    g = torch.Generator().manual_seed(7)
+    qkv = torch.randn(B, S, 3, H, D, generator=g).to(device, torch.bfloat16)
+    q, k, v = qkv.unbind(2)
+    kv_len = torch.tensor([37, 5, 20], device=device)
+    expected = dllm.ops.attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len=kv_len)
+    assert torch.equal(dllm.ops.attention(q, k, v, kv_len=kv_len), expected)
+    assert not copies_made(lambda: dllm.ops.attention(q, k, v))
+    heads_first = q.transpose(1, 2).contiguous().transpose(1, 2)  # [B, S, H, D] at [B, H, S, D] strides
+    assert torch.equal(dllm.ops.attention(heads_first, k, v), dllm.ops.attention(q.contiguous(), k, v))
+    assert copies_made(lambda: dllm.ops.attention(heads_first, k, v))
+    one = heads_first[1:2]  # one sequence: a token stride of D and a head stride of S * D, read in place
+    assert torch.equal(dllm.ops.attention(one, k[1:2], v[1:2]), dllm.ops.attention(q[1:2].contiguous(), k[1:2], v[1:2]))
+    assert not copies_made(lambda: dllm.ops.attention(one, k[1:2], v[1:2]))
+    cu = torch.tensor([0, 37, 74, 111], dtype=torch.int32, device=device)
+    packed = qkv.flatten(0, 1).unbind(1)  # varlen views [T, H, D]
+    assert torch.equal(dllm.ops.attention_varlen(*packed, cu, cu, S, S), dllm.ops.attention(q, k, v).flatten(0, 1))
+    # gradients are those of the contiguous inputs
+    qkv.requires_grad_()
+    grad_out = torch.randn(B, S, H, D, generator=g).to(device, torch.bfloat16)
+    grad, = torch.autograd.grad(dllm.ops.attention(*qkv.unbind(2)), qkv, grad_out)
+    leaves = [t.detach().contiguous().requires_grad_() for t in qkv.unbind(2)]
+    assert torch.equal(grad, torch.stack(torch.autograd.grad(dllm.ops.attention(*leaves), leaves, grad_out), 2))
+
+
 def far_negative_inputs(B, Sq, Sk, H, Hkv, D, dtype, device, shift=12.0):
     """q, k whose every score sits near -shift^2 (about -144, times the scale): then exp(-lse) is
     past float32's range, which the backward must never multiply by a padded key."""

@@ -36,8 +36,13 @@ _OPS_SCRIPT = (
     "se.sum().backward()\n"
     "md = dllm.ops.masked_diffusion_loss(sl, torch.where(x == 5, 3000, x0s), x0s, ds, mask_id=3000)\n"
     "xt = dllm.ops.sample_transition(x, sig, graph='uniform', num_classes=3001)\n"
+    "r = dllm.ops.rotary(q.detach().bfloat16(), *dllm.models.layers.Rotary(24)(0, 37, 'cpu'))\n"
+    "mod = torch.randn(3, 2, 99, generator=g)\n"
+    "a = dllm.ops.adaln(logits[:2, :7 * 99].view(2, 7, 99).half(), mod[0, 0], mod[1], mod[2])\n"
+    "ar = dllm.ops.adaln_residual(logits[:2, :693].view(2, 7, 99), logits[2:4, :693].view(2, 7, 99), mod[0],\n"
+    "                             mod[0, 1], mod[1], mod[2])\n"
     "torch.save((t, lp, x0, c, x1, c1, o.detach(), q.grad, k.grad, v.grad, xs, xa, se.detach(), sl.grad,\n"
-    "            md.detach(), xt), OUT)\n"
+    "            md.detach(), xt, r, a, *ar), OUT)\n"
 )
 
 
@@ -89,7 +94,7 @@ def test_every_op_has_cpu_and_cuda_kernels():
     # Fake kernels are exercised by the opcheck test of each op.
     for name in ("sample_categorical", "predict_masked", "commit_tokens", "attention_forward", "attention_backward",
                  "sedd_step", "sample_transition", "score_entropy_loss", "score_entropy_loss_backward",
-                 "masked_diffusion_loss", "masked_diffusion_loss_backward"):
+                 "masked_diffusion_loss", "masked_diffusion_loss_backward", "rotary", "adaln", "adaln_residual"):
         op = getattr(torch.ops.dllm, name).default
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         if dllm.build_info()["cuda"]:

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/adaln.h"
 
@@ -21,29 +22,28 @@ void rows(const AdaLNParams& p, int64_t begin, int64_t end) {
       const T* u = static_cast<const T*>(p.update) + r * dim;
       const float* g = p.gate + b * dim;
       T* next = static_cast<T*>(p.x_next) + r * dim;
-      for (int64_t i = 0; i < dim; ++i) {
-        next[i] = L::store(L::load(x[i]) + g[i] * L::load(u[i]));
-        row[i] = L::load(next[i]);  // the stream as stored: what the next residual adds to
+      for (int64_t i = 0; i < dim; ++i) row[i] = L::load(x[i]) + g[i] * L::load(u[i]);
+      for (int64_t i = 0; i < dim; ++i) {  // normalise the stream as stored: what the next residual adds to
+        const T stored = L::store(row[i]);
+        next[i] = stored;
+        row[i] = L::load(stored);
       }
     } else {
       for (int64_t i = 0; i < dim; ++i) row[i] = L::load(x[i]);
     }
-    float sum = 0.0f;
-    for (int64_t i = 0; i < dim; ++i) sum += row[i];
-    const float mean = sum / float(dim);
-    float sq = 0.0f;
-    for (int64_t i = 0; i < dim; ++i) sq += (row[i] - mean) * (row[i] - mean);
-    const float rstd = 1.0f / std::sqrt(sq / float(dim) + p.eps);
+    const float mean = cpu::sum_of(row.data(), dim) / float(dim);
+    for (int64_t i = 0; i < dim; ++i) row[i] -= mean;
+    const float rstd = 1.0f / std::sqrt(cpu::sum_squares_of(row.data(), dim) / float(dim) + p.eps);
     const float* w = p.w + b * dim;
     const float* sh = p.shift + b * dim;
     T* out = static_cast<T*>(p.out) + r * dim;
-    for (int64_t i = 0; i < dim; ++i) out[i] = L::store((row[i] - mean) * rstd * w[i] + sh[i]);
+    for (int64_t i = 0; i < dim; ++i) out[i] = L::store(row[i] * rstd * w[i] + sh[i]);
   }
 }
 
 }  // namespace
 
-void adaln_cpu(const AdaLNParams& p, int64_t begin, int64_t end) {
+void DLLM_ISA_NAME(adaln_cpu)(const AdaLNParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: rows<DType::kFloat32>(p, begin, end); break;
     case DType::kBFloat16: rows<DType::kBFloat16>(p, begin, end); break;

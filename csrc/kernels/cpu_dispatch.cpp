@@ -1,7 +1,9 @@
 // Run-time choice between the baseline and the AVX2 + FMA builds of the CPU kernels.
 #include <cstdlib>
 
+#include "dllm/adaln.h"
 #include "dllm/attention.h"
+#include "dllm/rotary.h"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
 #include "dllm/unmask.h"
@@ -20,6 +22,8 @@ DLLM_ISA_VARIANTS(int64_t, sedd_step_cpu, (const SeddStepParams&, int64_t, int64
 DLLM_ISA_VARIANTS(int64_t, loss_forward_cpu, (const LossParams&, int64_t, int64_t))
 DLLM_ISA_VARIANTS(int64_t, loss_backward_cpu, (const LossParams&, int64_t, int64_t))
 DLLM_ISA_VARIANTS(int64_t, sample_transition_cpu, (const SampleTransitionParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(void, rotary_cpu, (const RotaryParams&, int64_t, int64_t))
+DLLM_ISA_VARIANTS(void, adaln_cpu, (const AdaLNParams&, int64_t, int64_t))
 
 namespace {
 
@@ -56,5 +60,7 @@ int64_t loss_backward_cpu(const LossParams& p, int64_t b, int64_t e) { return DL
 int64_t sample_transition_cpu(const SampleTransitionParams& p, int64_t b, int64_t e) {
   return DLLM_PICK(sample_transition_cpu)(p, b, e);
 }
+void rotary_cpu(const RotaryParams& p, int64_t b, int64_t e) { DLLM_PICK(rotary_cpu)(p, b, e); }
+void adaln_cpu(const AdaLNParams& p, int64_t b, int64_t e) { DLLM_PICK(adaln_cpu)(p, b, e); }
 
 }  // namespace dllm

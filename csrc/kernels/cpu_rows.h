@@ -106,6 +106,19 @@ inline float sum_of(const float* x, int64_t n) {
   return sum;
 }
 
+inline float sum_squares_of(const float* x, int64_t n) {
+  Float8 a0{}, a1{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Float8 v0 = load8(x + i), v1 = load8(x + i + 8);
+    a0 += v0 * v0;
+    a1 += v1 * v1;
+  }
+  float sum = hsum8(a0 + a1);
+  for (; i < n; ++i) sum += x[i] * x[i];
+  return sum;
+}
+
 // First index of the maximum m = max(x) (the lowest index wins ties); -1 if every entry is -inf.
 inline int64_t argmax_of(const float* x, int64_t n, float m) {
   if (m == -kInf) return -1;

@@ -1,4 +1,5 @@
 // RoPE on the CPU: one position's heads at a time, float32 math, each output rounded once.
+#include "cpu_isa.h"
 #include "cpu_rows.h"
 #include "dllm/rotary.h"
 
@@ -29,7 +30,7 @@ void rotate(const RotaryParams& p, int64_t begin, int64_t end) {
 
 }  // namespace
 
-void rotary_cpu(const RotaryParams& p, int64_t begin, int64_t end) {
+void DLLM_ISA_NAME(rotary_cpu)(const RotaryParams& p, int64_t begin, int64_t end) {
   switch (p.dtype) {
     case DType::kFloat32: rotate<DType::kFloat32>(p, begin, end); break;
     case DType::kBFloat16: rotate<DType::kBFloat16>(p, begin, end); break;

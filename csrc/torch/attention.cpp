@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "checks.h"
 
@@ -21,6 +22,32 @@ at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const ch
                       " must lie in [0, ", max_len, "]");
   }
   return n.clamp(0, max_len).contiguous();
+}
+
+// The CUDA kernels copy rows in 16-byte chunks: a contiguous tensor at an odd offset gets a copy.
+at::Tensor contiguous_for_kernels(const at::Tensor& t, bool cuda) {
+  at::Tensor c = t.contiguous();
+  if (cuda && reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
+// The kernels address head h of token i of q, k or v ([B, S, H, D] flattened to [B * S, H, D], or
+// varlen [T, H, D]) at i * token_stride + h * head_stride. A view that fits that and the 16-byte
+// chunks (q, k, v sliced from a fused qkv projection) is read in place; anything else is copied.
+struct Operand {
+  at::Tensor t;
+  int64_t token_stride, head_stride;
+};
+
+Operand operand(const at::Tensor& t, bool varlen, bool cuda) {
+  const int64_t token_stride = varlen || t.size(1) == 1 ? t.stride(0) : t.stride(1);
+  const bool flattens = varlen || t.size(0) == 1 || t.size(1) == 1 || t.stride(0) == t.size(1) * t.stride(1);
+  const int64_t bytes = t.element_size();
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && token_stride * bytes % 16 == 0 &&
+                       t.stride(-2) * bytes % 16 == 0;
+  if (flattens && t.stride(-1) == 1 && aligned) return {t, token_stride, t.stride(-2)};
+  at::Tensor c = contiguous_for_kernels(t, cuda);
+  return {c, c.size(-2) * c.size(-1), c.size(-1)};
 }
 
 }  // namespace
@@ -50,9 +77,10 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, kOp, ": softmax_scale must be positive and finite, got ", scale);
 
   AttentionCall call;
-  call.q = q.contiguous();
-  call.k = k.contiguous();
-  call.v = v.contiguous();
+  const Operand oq = operand(q, varlen, cuda), ok = operand(k, varlen, cuda), ov = operand(v, varlen, cuda);
+  call.q = oq.t;
+  call.k = ok.t;
+  call.v = ov.t;
   auto opts = q.options().dtype(at::kLong);
   int64_t batch, max_q, max_k;
   if (varlen) {
@@ -100,7 +128,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   }
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
   const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;
-  call.out = at::zeros_like(call.q);
+  call.out = at::zeros(q.sizes(), q.options());
   call.lse = at::full({heads, q_tokens}, -std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
 
   AttentionParams& p = call.params;
@@ -118,10 +146,12 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   p.k_tokens = k_tokens;
   p.max_q = max_q;
   p.max_k = max_k;
-  p.q_token_stride = heads * dim;
-  p.q_head_stride = dim;
-  p.k_token_stride = p.v_token_stride = kv_heads * dim;
-  p.k_head_stride = p.v_head_stride = dim;
+  p.q_token_stride = oq.token_stride;
+  p.q_head_stride = oq.head_stride;
+  p.k_token_stride = ok.token_stride;
+  p.k_head_stride = ok.head_stride;
+  p.v_token_stride = ov.token_stride;
+  p.v_head_stride = ov.head_stride;
   p.o_token_stride = heads * dim;
   p.o_head_stride = dim;
   p.q_start = call.q_start.data_ptr<int64_t>();
@@ -140,16 +170,17 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
                                              const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                              int64_t max_seqlen_k, double scale, bool cuda) {
   AttentionGradCall call;
-  call.fwd = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
+  // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
+  call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
   TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
   TORCH_CHECK(lse.sizes() == call.fwd.lse.sizes() && lse.scalar_type() == at::kFloat, kOp,
               ": lse must be float32 ", call.fwd.lse.sizes());
   // The backward reads the forward's out and lse in place of the zero-filled ones.
-  call.fwd.out = out.to(q.scalar_type()).contiguous();
+  call.fwd.out = contiguous_for_kernels(out.to(q.scalar_type()), cuda);
   call.fwd.lse = lse.contiguous();
   call.fwd.params.out = call.fwd.out.data_ptr();
   call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
-  call.dout = dout.to(q.scalar_type()).contiguous();
+  call.dout = contiguous_for_kernels(dout.to(q.scalar_type()), cuda);
   call.dq = at::zeros_like(call.fwd.q);
   call.dk = at::zeros_like(call.fwd.k);
   call.dv = at::zeros_like(call.fwd.v);

@@ -1,12 +1,11 @@
 // CUDA bindings of attention_forward / attention_backward: what the tensor-core kernels support
-// on top of prepare_attention's checks, 16-byte aligned operands, and the launch on the current
-// stream. Nothing here synchronises (lengths are clamped on the device, never checked).
+// on top of prepare_attention's checks (which also align the operands), and the launch on the
+// current stream. Nothing here synchronises (lengths are clamped on the device, never checked).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -46,18 +45,6 @@ bool use_wgmma() {
   return true;
 }
 
-// The kernels copy rows in 16-byte chunks; a contiguous view at an odd offset gets a copy.
-void align16(at::Tensor& t, const void*& ptr) {
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) t = t.clone(at::MemoryFormat::Contiguous);
-  ptr = t.data_ptr();
-}
-
-void align_inputs(AttentionCall& call) {
-  align16(call.q, call.params.q);
-  align16(call.k, call.params.k);
-  align16(call.v, call.params.v);
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                               const std::optional<at::Tensor>& kv_len,
                                                               const std::optional<at::Tensor>& q_len,
@@ -68,7 +55,6 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, scale, true);
   check_supported(call.params);
-  align_inputs(call);
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(call.params, stream());
@@ -90,14 +76,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
                                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true);
   AttentionGradParams& g = call.params;
   check_supported(g.fwd);
-  align_inputs(call.fwd);
-  g.fwd.q = call.fwd.params.q;
-  g.fwd.k = call.fwd.params.k;
-  g.fwd.v = call.fwd.params.v;
-  align16(call.dout, g.dout);
-  const void* out_ptr = nullptr;
-  align16(call.fwd.out, out_ptr);
-  g.fwd.out = const_cast<void*>(out_ptr);
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
