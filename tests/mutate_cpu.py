@@ -193,6 +193,9 @@ MUTANTS = [
      ["test_adaln"]),
     ("csrc/kernels/cpu_rows.h", "for (; i < n; ++i) sum += x[i] * x[i];", "", ["test_adaln"]),
     ("csrc/torch/adaln.cpp", "at::addcmul(weight_f, weight_f, scale)", "at::mul(weight_f, scale)", ["test_adaln"]),
+    ("csrc/torch/attention.cpp", "return {t, token_stride, t.stride(-2)};", "return {t, token_stride, t.size(-1)};",
+     ["test_attention"]),
+    ("csrc/torch/attention.cpp", "t.stride(0) == t.size(1) * t.stride(1)", "true", ["test_attention"]),
 ]
 
 
