@@ -29,7 +29,7 @@
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
-#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all eight, in the
+#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all nine, in the
 #                    order below).
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out, and the step latencies run
 #                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
@@ -150,7 +150,7 @@ fi
 if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
-  for bench in ${DLLM_GPU_BENCHES:-attention sedd_step unmask_step sample_categorical sedd_losses rotary published_latency attention_backward}; do
+  for bench in ${DLLM_GPU_BENCHES:-attention sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")
@@ -172,12 +172,13 @@ fi
 if stage steps; then
   for preset in sedd-small llada-8b; do
     [ -e "$OUT/step_latency-$preset.done" ] && continue
-    # SEDD-small's network also under torch.compile: issue 7's target is missed by the eager network
-    extra=() && limit=90
-    [ "$preset" = sedd-small ] && extra=(--compile) && limit=180
+    # SEDD-small's network also under torch.compile: issue 7's target is missed by the eager network;
+    # the profile splits each network's time into matmuls, dllm's kernels and the rest
+    extra=(--profile) && limit=90
+    [ "$preset" = sedd-small ] && extra+=(--compile) && limit=180
     limit=$(limit_left "$limit")
     (( limit >= 20 )) || { note "step_latency $preset skipped: DLLM_GPU_SECONDS spent"; continue; }
-    timeout -s INT -k 10 "$limit" "$PY" -m dllm.cli bench step --preset "$preset" --device cuda ${extra[@]+"${extra[@]}"} \
+    timeout -s INT -k 10 "$limit" "$PY" -m dllm.cli bench step --preset "$preset" --device cuda "${extra[@]}" \
       --out "$OUT/step_latency-$preset" >"$OUT/step_latency-$preset.log" 2>&1
     rc=$?
     note "step_latency $preset exit code $rc"

@@ -23,6 +23,7 @@ RUNS = {
     "sedd_step": ["--shapes", "1x16x301", "--no-compile", *FEW],
     "sedd_losses": ["--shapes", "1x16x301", *FEW],
     "rotary": ["--shapes", "2x9x3x70", "--no-compile", *FEW],
+    "adaln": ["--shapes", "2x9x70", "--no-compile", *FEW],
     "published_latency": ["--tiny", "--gen", "8", "--prompt", "4", "--steps", "2"],
 }
 

@@ -234,7 +234,8 @@ def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monke
 
 
 def test_bench_step_tiny_end_to_end(tmp_path):
-    out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--compile", "--out", str(tmp_path))
+    out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--compile", "--profile",
+               "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     impls = {"network only", "eager reference step", "dllm step", "network only, torch.compile",
@@ -245,6 +246,13 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     assert all(r["median_ms"] > 0 for r in rows)
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
     assert "sedd 2x64: torch.compile took" in out.stdout
+    for kind, op in (("sedd", "dllm::sedd_step"), ("llada", "dllm::predict_masked")):
+        profile = (tmp_path / f"profile-{kind}.md").read_text()
+        network, step = profile.split("## network only: ")[1].split("## dllm step: ")
+        assert "| matmuls |" in network and op not in network and f"| `{op}` | 1 |" in step
+        categories = network.split("| category | ms | share |")[1].split("\n\n")[0].splitlines()[2:]
+        shares = [float(line.split("|")[3].strip(" %")) for line in categories]
+        assert len(shares) == 3 and abs(sum(shares) - 100) <= 2  # matmuls, dllm's kernels (rotary, adaLN), the rest
     bad = dllm("bench", "step", "--reps", "0")
     assert bad.returncode == 2 and "--reps" in bad.stderr
     bad = dllm("bench", "step", "--reps", "2", "--out", str(tmp_path / "results.json" / "x"))

@@ -9,7 +9,8 @@ dllm's step replayed from a CUDA graph (dllm.sampling.cuda_graph.GraphedStep, wh
 generate(..., cuda_graph=True) uses). The network alone is timed too, and with --compile the
 network under torch.compile, alone and under dllm's step (on an H200 the eager network took 31 of
 a 33 ms SEDD-small step, before its elementwise glue went from 37.6 GB a forward to 6.5 GB:
-scripts/model_traffic.py counts it). Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16,
+scripts/model_traffic.py counts it); --profile splits one network call and one step into matmuls,
+dllm's kernels and the rest, by kernel. Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16,
 L 1024), llada-8b (32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16
 weights), tiny (both kinds at toy sizes, seconds on a CPU).
 
@@ -170,6 +171,48 @@ def format_table(meta: dict, rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Kernel (CUDA) or aten op (CPU) names that are matrix products.
+_MATMUL_NAMES = ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm",
+                 "aten::baddbmm", "aten::_addmm_activation")
+
+
+def _category(name: str) -> str:
+    lowered = name.lower()
+    if any(m in lowered for m in _MATMUL_NAMES):
+        return "matmuls"
+    return "dllm's kernels" if "dllm" in lowered else "the rest (elementwise, norms, copies, ...)"
+
+
+def profile_report(title: str, fns: dict, device: torch.device) -> str:
+    """One profiled call of each fn: self time by category, and the top kernels (CPU: aten ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    lines = [f"# Profile: {title}", "",
+             "Self time of one call, by " + ("CUDA kernel" if cuda else "aten op (CPU)") + ", torch.profiler.", ""]
+    for label, fn in fns.items():
+        for _ in range(2):  # the first profiled call pays the profiler's start-up: the second is kept
+            with profile(activities=activities) as prof:
+                fn()
+                if cuda:
+                    torch.cuda.synchronize(device)
+        self_us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+        events = [e for e in prof.key_averages() if self_us(e) > 0 and (not cuda or e.device_type.name == "CUDA")]
+        events.sort(key=self_us, reverse=True)
+        total = sum(self_us(e) for e in events)
+        by_category: dict[str, float] = {}
+        for e in events:
+            by_category[_category(e.key)] = by_category.get(_category(e.key), 0.0) + self_us(e)
+        lines += [f"## {label}: {total / 1e3:.3f} ms", "", "| category | ms | share |", "|---|---|---|"]
+        lines += [f"| {c} | {t / 1e3:.3f} | {t / max(total, 1e-9):.0%} |" for c, t in sorted(by_category.items())]
+        lines += ["", f"| {'kernel' if cuda else 'op'} | calls | ms | share |", "|---|---|---|---|"]
+        lines += [f"| `{e.key[:90]}` | {e.count} | {self_us(e) / 1e3:.3f} | {self_us(e) / max(total, 1e-9):.1%} |"
+                  for e in events[:25]]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model and shape: sedd-small, llada-8b (GPU sizes) or tiny (seconds on a CPU) (default: tiny)")
@@ -181,6 +224,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="also time the network under torch.compile, alone and under dllm's step (it compiles "
                         "once a case, untimed; the time it took is printed)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one network call and one dllm step a case (torch.profiler): the kernels by "
+                        "self time, summed into matmuls, dllm's kernels and the rest (profile-<kind>.md in --out)")
     add_timing_options(p, cpu=(3, 10), cuda=(3, 10))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
@@ -243,6 +289,12 @@ def run(ns: argparse.Namespace) -> list[Row]:
             r.speedup_vs_eager = eager / r.median_ms
         rows += case_rows
         write()
+        if ns.profile:
+            with torch.no_grad(), amp:
+                report = profile_report(f"{name} {shape}", {k: steps[k] for k in ("network only", "dllm step")}, device)
+            if ns.out is not None:
+                (ns.out / f"profile-{case.kind}.md").write_text(report)
+            print(report, flush=True)
         print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
                                               for r in case_rows), flush=True)
         del model, compiled, steps
