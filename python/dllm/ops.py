@@ -239,7 +239,9 @@ def attention(
     Args:
         q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hkv, D]`` with H a multiple of Hkv (GQA / MQA).
             float32, bfloat16 or float16 (float32 on CUDA goes to SDPA, see below). Sq may differ
-            from Sk (a query block attending to a cached context).
+            from Sk (a query block attending to a cached context). The forward reads views in
+            place where each tensor's tokens flatten to one stride, D is contiguous and rows start
+            on 16-byte boundaries (q, k, v sliced from one fused projection); it copies the rest.
         kv_len: int ``[B]``, valid keys per sequence: keys past it are never read (no mask).
         q_len: int ``[B]``, valid queries per sequence: output rows past it are zero.
         softmax_scale: the factor of the scores, positive (the kernels take each row's maximum of
