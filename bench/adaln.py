@@ -15,15 +15,11 @@ The floor is reading x (and update) and writing the outputs once, at the measure
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 import dllm
-from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, parse_shapes,
-                    timing_of)
+from common import DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args
 from dllm.models.layers import ModulatedLayerNorm
 
 
@@ -43,22 +39,11 @@ CUDA_SHAPES, CPU_SHAPES = "16x1024x768,4x1024x2048", "4x256x768,1x512x2048"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated BxSxdim (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="x's dtype (default: bf16)")
+    ap = bench_parser(__doc__, "BxSxdim", CUDA_SHAPES, CPU_SHAPES, dtype_of="x's")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peers")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(2, 10))
-    args = ap.parse_args()
-
-    device = args.device
-    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES))
-    dtype = DTYPES[args.dtype]
-    reps = timing_of(args, device)
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    args, shapes, reps = parse_bench_args(ap, cpu=(2, 10))
+    device, dtype = args.device, DTYPES[args.dtype]
+    floor_gbps = copy_bandwidth_gbps(device)
     compiled = torch.compile(sedd_adaln, dynamic=False)  # compiled lazily: unused under --no-compile
     compiled_residual = torch.compile(sedd_adaln_residual, dynamic=False)
 

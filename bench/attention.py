@@ -17,17 +17,14 @@ sets of dllm kernels run: "dllm" (wgmma, the default there) and "dllm mma.sync"
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Results, add_timing_options, machine, matmul_tflops, measure_against, parse_shapes, timing_of
-
+from common import Results, bench_parser, machine, matmul_tflops, measure_against, parse_bench_args
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -37,22 +34,14 @@ CPU_SHAPES = "16x4x160x32,2x4x512x64,1x4x2048x128"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated BxHxLxD (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
+    ap = bench_parser(__doc__, "BxHxLxD", CUDA_SHAPES, CPU_SHAPES)
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(3, 10))
-    args = ap.parse_args()
+    args, shapes, reps = parse_bench_args(ap, cpu=(3, 10))
     device = args.device
     cuda = device.startswith("cuda")
-    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES))
     dtype = torch.bfloat16 if cuda else torch.float32
     wgmma = cuda and not args.no_wgmma and dllm.build_info()["wgmma"] and torch.cuda.get_device_capability(device) == (9, 0)
-    reps = timing_of(args, device)
     peak = matmul_tflops(device, dtype)
     meta = machine(device) | reps | {"floor_gbps": float("nan"), "matmul_tflops": peak}
     title = "attention (bidirectional), " + ("forward + backward" if args.backward else "forward")

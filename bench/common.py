@@ -7,6 +7,7 @@ bytes at the copy bandwidth measured here, in this run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -25,8 +26,37 @@ def parse_shapes(spec: str) -> list[tuple[int, ...]]:
     return [tuple(int(v) for v in shape.split("x")) for shape in spec.split(",")]
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30) -> float:
-    """Measured copy bandwidth, counting bytes read plus bytes written (the floor's unit)."""
+def bench_parser(description: str, shape_format: str, cuda_shapes: str, cpu_shapes: str, *,
+                 dtype_of: str | None = None) -> argparse.ArgumentParser:
+    """The options of every kernel benchmark: --device, --shapes (comma-separated shape_format,
+    e.g. "BxLxV"; the defaults differ by device), --out, and --dtype (of dtype_of) unless None."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu or cuda (default: cuda when there is one)")
+    ap.add_argument("--shapes", default=None,
+                    help=f"comma-separated {shape_format} (default: {cuda_shapes} on CUDA, {cpu_shapes} on the CPU)")
+    if dtype_of is not None:
+        ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help=f"{dtype_of} dtype (default: bf16)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
+    ap.set_defaults(default_shapes=(cuda_shapes, cpu_shapes))
+    return ap
+
+
+def parse_bench_args(ap: argparse.ArgumentParser, *, cpu: tuple[int, int]):
+    """Adds the timing options (cpu: the CPU's default warm-up and repetitions) and parses:
+    (args, shapes, timing keywords of measure / measure_against)."""
+    add_timing_options(ap, cpu=cpu)
+    args = ap.parse_args()
+    cuda_shapes, cpu_shapes = args.default_shapes
+    shapes = parse_shapes(args.shapes or (cuda_shapes if args.device.startswith("cuda") else cpu_shapes))
+    return args, shapes, timing_of(args, args.device)
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int | None = None) -> float:
+    """Measured copy bandwidth, counting bytes read plus bytes written (the floor's unit); by
+    default over 1 GiB on a GPU, 256 MiB on a CPU."""
+    if nbytes is None:
+        nbytes = (1 << 30) if device.startswith("cuda") else (1 << 28)
     # Both written first: on Linux an untouched CPU buffer reads the kernel's shared zero page,
     # which sits in cache and made the copy look 1.5x faster than memory.
     src = torch.full((nbytes // 2,), 7, dtype=torch.uint8, device=device)

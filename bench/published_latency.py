@@ -65,7 +65,7 @@ def main() -> None:
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     P, G = args.prompt or (16 if args.tiny else 128), args.gen or (32 if args.tiny else 256)
     steps, B = args.steps or G, args.batch
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    floor_gbps = copy_bandwidth_gbps(device)
     reps = {} if device.startswith("cuda") else {"warmup": 3, "reps": 5, "min_seconds": 0.0}
     meta = machine(device) | {"floor_gbps": floor_gbps}
     title = ("published model shapes (random weights): one sampler step and generate; GB/s = weight bytes read "

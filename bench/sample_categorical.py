@@ -10,15 +10,10 @@ Peers, timed in the same run on the same logits:
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import dllm
-from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, parse_shapes,
-                    timing_of)
-
+from common import DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args
 
 
 def multinomial(logits, t):
@@ -49,22 +44,11 @@ CUDA_SHAPES, CPU_SHAPES = "16384x50258,1024x50258,1024x126464,64x50258", "256x50
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated ROWSxV (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
+    ap = bench_parser(__doc__, "ROWSxV", CUDA_SHAPES, CPU_SHAPES, dtype_of="logits")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(1, 5))
-    args = ap.parse_args()
-
-    device = args.device
-    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES))
-    dtype = DTYPES[args.dtype]
-    reps = timing_of(args, device)
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    args, shapes, reps = parse_bench_args(ap, cpu=(1, 5))
+    device, dtype = args.device, DTYPES[args.dtype]
+    floor_gbps = copy_bandwidth_gbps(device)
     t = args.temperature
 
     meta = machine(device) | reps | {"floor_gbps": floor_gbps, "temperature": t}

@@ -11,16 +11,12 @@ the gradient once.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import dllm
-from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
-                    parse_shapes, timing_of)
+from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
+                    peak_extra_mb)
 from dllm.sedd import reference as ref
-
 
 
 def fwd_bwd(loss_fn, logits):
@@ -31,24 +27,13 @@ def fwd_bwd(loss_fn, logits):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None, help="comma-separated BxLxK (default: 16x1024x50258 on CUDA, "
-                    "2x256x50258 on the CPU)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
+    ap = bench_parser(__doc__, "BxLxK", "16x1024x50258", "2x256x50258", dtype_of="logits")
     ap.add_argument("--mask-frac", type=float, default=1.0,
                     help="fraction of masked positions (default 1: only masked rows count, and dllm reads no other)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(1, 5))
-    args = ap.parse_args()
-
-    device = args.device
+    args, shapes, reps = parse_bench_args(ap, cpu=(1, 5))
+    device, dtype = args.device, DTYPES[args.dtype]
     cuda = device.startswith("cuda")
-    shapes = parse_shapes(args.shapes or ("16x1024x50258" if cuda else "2x256x50258"))
-    dtype = DTYPES[args.dtype]
-    reps = timing_of(args, device)
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
+    floor_gbps = copy_bandwidth_gbps(device)
 
     meta = machine(device) | reps | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
     title = "SEDD / MDLM losses: forward + backward"

@@ -13,17 +13,14 @@ with dllm again, so a slow cold compile cannot cost the other rows.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import dllm
-from common import (DTYPES, Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, peak_extra_mb,
-                    parse_shapes, timing_of, unmeasured_row)
+from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
+                    peak_extra_mb, unmeasured_row)
 from dllm.sedd import reference as ref
-
 
 
 def eager(logits, x, sigma, dsig, graph, method):
@@ -58,12 +55,7 @@ def report(rows: Results, measured: list) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated BxLxK (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
-    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="logits dtype (default: bf16)")
+    ap = bench_parser(__doc__, "BxLxK", CUDA_SHAPES, CPU_SHAPES, dtype_of="logits")
     ap.add_argument("--cases", default=CASES, help=f"graph:method list (default: {CASES})")
     ap.add_argument("--mask-frac", type=float, default=1.0,
                     help="fraction of masked positions under the absorbing graph (default: 1); dllm reads only "
@@ -72,16 +64,10 @@ def main() -> None:
     ap.add_argument("--compile-all", action="store_true",
                     help="time the torch.compile peer for every case (default: each shape's first case only; each "
                          "compile takes seconds to tens of seconds)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(1, 5))
-    args = ap.parse_args()
-
-    device = args.device
+    args, shapes, reps = parse_bench_args(ap, cpu=(1, 5))
+    device, dtype = args.device, DTYPES[args.dtype]
     cuda = device.startswith("cuda")
-    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if cuda else CPU_SHAPES))
-    dtype = DTYPES[args.dtype]
-    reps = timing_of(args, device)
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if cuda else (1 << 28))
+    floor_gbps = copy_bandwidth_gbps(device)
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
 
     meta = machine(device) | reps | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}

@@ -10,14 +10,11 @@ commit_tokens. Memory is the peak allocated during the step, beyond its inputs (
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 import dllm
-from common import (Results, add_timing_options, copy_bandwidth_gbps, machine, measure_against, parse_shapes,
-                    peak_extra_mb, timing_of)
+from common import (Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
+                    peak_extra_mb)
 from dllm.benchmarks.step_latency import llada_eager_step
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
@@ -44,19 +41,11 @@ CUDA_SHAPES, CPU_SHAPES = "1x1024x126464,8x1024x126464,1x4096x126464", "1x512x12
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu or cuda (default: cuda when there is one)")
-    ap.add_argument("--shapes", default=None,
-                    help=f"comma-separated BxLxV (default: {CUDA_SHAPES} on CUDA, {CPU_SHAPES} on the CPU)")
+    ap = bench_parser(__doc__, "BxLxV", CUDA_SHAPES, CPU_SHAPES)
     ap.add_argument("--temperature", type=float, default=1.0, help="LLaDA's Gumbel temperature (default 1; 0: greedy)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    add_timing_options(ap, cpu=(1, 3))
-    args = ap.parse_args()
+    args, shapes, reps = parse_bench_args(ap, cpu=(1, 3))
     device = args.device
-    shapes = parse_shapes(args.shapes or (CUDA_SHAPES if device.startswith("cuda") else CPU_SHAPES))
-    reps = timing_of(args, device)
-    floor_gbps = copy_bandwidth_gbps(device, (1 << 30) if device.startswith("cuda") else (1 << 28))
+    floor_gbps = copy_bandwidth_gbps(device)
     t = args.temperature
     meta = machine(device) | reps | {"floor_gbps": floor_gbps, "temperature": t}
     title = f"unmasking step (predict_masked + commit_tokens), temperature {t}"
