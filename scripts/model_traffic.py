@@ -6,7 +6,7 @@ input and output bytes, by kernel, as the GPU would move them (its elementwise g
 It runs on the CPU in bf16 at batch 1 and scales by the preset's batch (the glue is linear in the
 tokens), so it needs no GPU: a count, not a timing. Subtract a 1-layer from a 2-layer count for
 the per-block traffic. The layers' passes it counts are what dllm.models' eager forward runs;
-on CUDA, attention's own copies (dllm.ops.attention makes q, k, v contiguous) are not seen.
+copies made inside an op are not seen (dllm.ops.attention reads the DiT's q, k, v views in place).
 """
 
 import argparse
