@@ -368,11 +368,12 @@ def test_masked_diffusion_loss(schedule, dtype, shape):
 @pytest.mark.parametrize("layout", ["vector", "odd-half", "misaligned", "per-sequence"])
 def test_rotary(schedule, dtype, layout):
     """The 16-byte path (D 64, q read in place from a fused qkv), the one-pair path (half 35; x one
-    element off a 16-byte boundary) and per-sequence tables, against the float64 rotation, both ways."""
-    x, cos, sin = rotary_inputs("cpu", dtype, batch=2, seq=13, heads=3, dim=70 if layout == "odd-half" else 64,
+    element off a 16-byte boundary) and per-sequence tables, against the float64 rotation, both ways.
+    Six heads: a thread's full group of four, and a group of two."""
+    x, cos, sin = rotary_inputs("cpu", dtype, batch=2, seq=13, heads=6, dim=70 if layout == "odd-half" else 64,
                                 per_sequence=layout == "per-sequence")
     if layout == "misaligned":
-        x = torch.randn(2, 13, 3, 65, generator=gen(4)).to(dtype)[..., 1:]
+        x = torch.randn(2, 13, 6, 65, generator=gen(4)).to(dtype)[..., 1:]
     for inverse in (False, True):
         out = emulated(schedule, EMU.rotary, x, cos, sin, inverse)
         rotary_check(out, rotary_reference(x, cos, sin, inverse), dtype)

@@ -115,10 +115,12 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
     # RoPE: the second half rotated the wrong way, or written over the first; every head after
     # the first reading the first's pairs
-    ("csrc/kernels/rotary.cu", "hi[j] = x2[j] * c[j] + x1[j] * sn[j];", "hi[j] = x2[j] * c[j] - x1[j] * sn[j];", "rotary"),
-    ("csrc/kernels/rotary.cu", "store_chunk<D, kVec>(p.out, oh + p.half, hi);", "store_chunk<D, kVec>(p.out, oh, hi);",
-     "rotary"),
-    ("csrc/kernels/rotary.cu", "xh = x0 + h * p.x_head_stride,", "xh = x0,", "rotary"),
+    ("csrc/kernels/rotary.cu", "hi[j] = x2[k][j] * c[j] + x1[k][j] * sn[j];",
+     "hi[j] = x2[k][j] * c[j] - x1[k][j] * sn[j];", "rotary"),
+    ("csrc/kernels/rotary.cu", "out0 + k * 2 * p.half + p.half, hi);", "out0 + k * 2 * p.half, hi);", "rotary"),
+    ("csrc/kernels/rotary.cu", "x0 + k * p.x_head_stride + p.half, x2[k]);", "x0 + p.half, x2[k]);", "rotary"),
+    ("csrc/kernels/rotary.cu", "h0 = (pos_group - pos * groups) * kHeads;", "h0 = 0;", "rotary"),
+    ("csrc/kernels/rotary.cu", "p.heads - h0 < kHeads ? p.heads - h0 : kHeads;", "kHeads;", "rotary"),
     # adaLN: half a warp's sums lost; every row modulated by the first sequence's factors; the
     # variance taken about zero
     ("csrc/kernels/cuda_rows.cuh", "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);",
