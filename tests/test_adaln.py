@@ -34,7 +34,8 @@ def check(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("dim", [64, 70, 37])  # 70, 37: rows in no whole 16-byte chunks
+# 70, 37: rows in no whole 16-byte chunks; 130 and 1096: longer rows than CUDA holds in registers
+@pytest.mark.parametrize("dim", [64, 70, 37, 130, 1096])
 def test_adaln_is_the_float64_norm_rounded_once(device, dtype, dim):
     x, _, _, weight, shift, scale = inputs(device, dtype, dim=dim)
     check(dllm.ops.adaln(x, weight, shift, scale, eps=1e-5), adaln_reference(x, weight, shift, scale, 1e-5), dtype)
@@ -46,7 +47,7 @@ def test_adaln_is_the_float64_norm_rounded_once(device, dtype, dim):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("dim", [64, 70])
+@pytest.mark.parametrize("dim", [64, 70, 130, 1096])
 def test_adaln_residual_normalises_the_stream_as_stored(device, dtype, dim):
     x, update, gate, weight, shift, scale = inputs(device, dtype, dim=dim, seed=1)
     x_next, out = dllm.ops.adaln_residual(x, update, gate, weight, shift, scale)

@@ -383,7 +383,9 @@ def test_rotary(schedule, dtype, layout):
 # ---- adaLN -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("dim", [64, 70])  # the 16-byte path, and element by element
+# the 16-byte path and element by element, each with the row in registers (64, 70) and in three
+# passes (1096, 130)
+@pytest.mark.parametrize("dim", [64, 70, 130, 1096])
 def test_adaln(schedule, dtype, dim):
     """Both ops, a warp a row over more rows than warps (the grid-stride loop), against the float64
     norm; the residual's stream as CPU rounds it."""

@@ -127,6 +127,8 @@ MUTANTS = [
      "for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);", "adaln"),
     ("csrc/kernels/adaln.cu", "const int64_t b = r / p.seq, first", "const int64_t b = 0, first", "adaln"),
     ("csrc/kernels/adaln.cu", "sq += (v[j] - mean) * (v[j] - mean);", "sq += v[j] * v[j];", "adaln"),
+    ("csrc/kernels/adaln.cu", "sq += (v[c][j] - mean) * (v[c][j] - mean);", "sq += v[c][j] * v[c][j];", "adaln"),
+    ("csrc/kernels/adaln.cu", "if (dim <= 32 * kChunks * kVec) {", "if (dim <= 64 * kChunks * kVec) {", "adaln"),
 ]
 
 
