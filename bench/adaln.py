@@ -75,12 +75,7 @@ def main() -> None:
             cases["adaln_residual"][1].append(
                 ("torch.compile", lambda: compiled_residual(x, update, gate, weight, shift, scale)))
         for op, (nbytes, impls) in cases.items():
-            measured = measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
-            for row in measured:
-                rows.append(row)
-            ours = measured[0]
-            print(f"{op} {shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
-                f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in measured[1:]))
+            rows.report(measure_against(op, shape, args.dtype, impls, device, nbytes, floor_gbps, **reps))
     rows.finish()
 
 

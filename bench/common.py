@@ -219,6 +219,15 @@ class Results(list):
         if self.out is not None:
             write_results(self.out, self.title, self.meta, self)
 
+    def report(self, measured: list[Row]) -> None:
+        """Appends rows (measure_against's, or a late peer's) and prints them on one line: dllm's
+        time and fraction of the floor, each peer's time and ratio."""
+        for row in measured:
+            self.append(row)
+        print(f"{measured[0].shape} {measured[0].op}: " + ", ".join(
+            f"{r.impl} {r.median_ms:.3f} ms " + (f"({r.pct_floor:.0f}% of floor)" if r.impl == "dllm" else
+                                                f"({r.ratio_vs_dllm:.1f}x)") for r in measured), flush=True)
+
     def finish(self) -> None:
         """Writes the final rows (notes and ratios filled in after their append) and prints the table."""
         print(write_results(self.out, self.title, self.meta, self) if self.out else format_table(self.title, self.meta, self))

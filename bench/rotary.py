@@ -49,12 +49,7 @@ def main() -> None:
                  ("torch, rotate-half", lambda: rotate_half(q, cos, sin))]
         if compiled is not None:
             impls.append(("torch.compile", lambda: compiled(q, cos, sin)))
-        measured = measure_against("rotary", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
-        for row in measured:
-            rows.append(row)
-        ours = measured[0]
-        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
-            f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in measured[1:]))
+        rows.report(measure_against("rotary", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps))
     rows.finish()
 
 

@@ -61,12 +61,8 @@ def main() -> None:
         impls = [("dllm", lambda: dllm.ops.sample_categorical(logits, t))]
         impls += [(name, lambda peer=peer: peer(logits, t)) for name, peer in PEERS.items()]
         measured = measure_against("sample", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
-        ours = measured[0]
-        for row in measured:
-            rows.append(row)
-        ours.note = "exact, 64-bit-uniform Gumbel tails; also returns logprob"
-        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor); " + ", ".join(
-            f"{r.impl} {r.median_ms:.3f} ms ({r.ratio_vs_dllm:.1f}x)" for r in rows if r.shape == shape and r.impl != "dllm"))
+        measured[0].note = "exact, 64-bit-uniform Gumbel tails; also returns logprob"
+        rows.report(measured)
 
     rows.finish()
 

@@ -46,14 +46,6 @@ def measure_case(case, impls, device: str, dtype: str, floor_gbps: float, reps: 
     return measured
 
 
-def report(rows: Results, measured: list) -> None:
-    for row in measured:
-        rows.append(row)
-    print(f"{measured[0].shape} {measured[0].op}: " + ", ".join(
-        f"{r.impl} {r.median_ms:.3f} ms" + (f" ({r.ratio_vs_dllm:.1f}x)" if r.impl != "dllm" else "") for r in measured),
-        flush=True)
-
-
 def main() -> None:
     ap = bench_parser(__doc__, "BxLxK", CUDA_SHAPES, CPU_SHAPES, dtype_of="logits")
     ap.add_argument("--cases", default=CASES, help=f"graph:method list (default: {CASES})")
@@ -92,7 +84,7 @@ def main() -> None:
             measured = measure_case(case, impls, device, args.dtype, floor_gbps, reps)
             if not cuda:
                 measured[0].note = "reads each row it needs once"
-            report(rows, measured)
+            rows.report(measured)
             if not args.no_compile and (args.compile_all or (graph, method) == cases[0]):
                 to_compile.append(case)
     for case in to_compile:
@@ -109,7 +101,7 @@ def main() -> None:
         # timed in turns with dllm again, so its ratio compares calls that met the same machine
         _, peer = measure_case(case, [("dllm", lambda: ours(*inputs)), (name, lambda: compiled(*inputs))], device,
                                args.dtype, floor_gbps, reps)
-        report(rows, [peer])
+        rows.report([peer])
     rows.finish()
 
 

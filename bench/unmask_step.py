@@ -59,14 +59,13 @@ def main() -> None:
         shape = f"{B}x{L}x{V}"
         # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
         impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
-        ours, peer = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
-        for row, (_, fn) in zip((ours, peer), impls):
+        measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
+        for row, (_, fn) in zip(measured, impls):
             if row.median_ms == row.median_ms:  # not out of memory
                 row.extra["peak_extra_mb"] = peak_extra_mb(fn, device)
                 if device.startswith("cuda"):
                     row.note = f"peak extra memory {row.extra['peak_extra_mb']:.0f} MB"
-            rows.append(row)
-        print(f"{shape}: dllm {ours.median_ms:.3f} ms ({ours.pct_floor:.0f}% of floor), LLaDA eager {peer.median_ms:.3f} ms ({peer.ratio_vs_dllm:.1f}x)")
+        rows.report(measured)
     rows.finish()
 
 
