@@ -13,7 +13,7 @@
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
 #                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). The
-#                    stages' limits: install 480 s, tests 240 + 150 s, bench 7 x 75 s + 120 s (sedd_step
+#                    stages' limits: install 480 s, tests 240 + 150 s, bench 8 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b).
 #                    So a 10-minute device call surely fits install,tests or install,bench, and fits
