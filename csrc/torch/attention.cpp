@@ -171,7 +171,8 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
                                              int64_t max_seqlen_k, double scale, bool cuda) {
   AttentionGradCall call;
   // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
-  call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
+  call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q,
+                               cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
   TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
   TORCH_CHECK(lse.sizes() == call.fwd.lse.sizes() && lse.scalar_type() == at::kFloat, kOp,
               ": lse must be float32 ", call.fwd.lse.sizes());
