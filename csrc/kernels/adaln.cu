@@ -119,11 +119,7 @@ void launch(const AdaLNParams& p, cudaStream_t stream) {
 void adaln_cuda(const AdaLNParams& p, void* stream) {
   if (p.rows == 0 || p.dim == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: launch<DType::kFloat32>(p, s); break;
-    case DType::kBFloat16: launch<DType::kBFloat16>(p, s); break;
-    case DType::kFloat16: launch<DType::kFloat16>(p, s); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { launch<D>(p, s); });
 }
 
 }  // namespace dllm

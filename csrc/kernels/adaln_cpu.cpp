@@ -44,11 +44,7 @@ void rows(const AdaLNParams& p, int64_t begin, int64_t end) {
 }  // namespace
 
 void DLLM_ISA_NAME(adaln_cpu)(const AdaLNParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: rows<DType::kFloat32>(p, begin, end); break;
-    case DType::kBFloat16: rows<DType::kBFloat16>(p, begin, end); break;
-    case DType::kFloat16: rows<DType::kFloat16>(p, begin, end); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { rows<D>(p, begin, end); });
 }
 
 }  // namespace dllm

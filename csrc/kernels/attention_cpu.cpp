@@ -202,19 +202,11 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
 }  // namespace
 
 void DLLM_ISA_NAME(attention_forward_cpu)(const AttentionParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return forward_pairs<DType::kFloat32>(p, begin, end);
-    case DType::kBFloat16: return forward_pairs<DType::kBFloat16>(p, begin, end);
-    case DType::kFloat16: return forward_pairs<DType::kFloat16>(p, begin, end);
-  }
+  return with_dtype(p.dtype, [&]<DType D>() { return forward_pairs<D>(p, begin, end); });
 }
 
 void DLLM_ISA_NAME(attention_backward_cpu)(const AttentionGradParams& g, int64_t begin, int64_t end) {
-  switch (g.fwd.dtype) {
-    case DType::kFloat32: return backward_pairs<DType::kFloat32>(g, begin, end);
-    case DType::kBFloat16: return backward_pairs<DType::kBFloat16>(g, begin, end);
-    case DType::kFloat16: return backward_pairs<DType::kFloat16>(g, begin, end);
-  }
+  return with_dtype(g.fwd.dtype, [&]<DType D>() { return backward_pairs<D>(g, begin, end); });
 }
 
 }  // namespace dllm

@@ -320,11 +320,7 @@ void predict_masked_cuda(const PredictParams& p, void* stream) {
   const size_t smem = 2 * size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float);
   const unsigned grid = unsigned(positions < 2147483647 ? positions : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: predict_masked_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kBFloat16: predict_masked_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kFloat16: predict_masked_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { predict_masked_kernel<D><<<grid, kThreads, smem, s>>>(p); });
 }
 
 }  // namespace dllm

@@ -132,12 +132,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
 }  // namespace
 
 int64_t DLLM_ISA_NAME(predict_masked_cpu)(const PredictParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return predict_positions<DType::kFloat32>(p, begin, end);
-    case DType::kBFloat16: return predict_positions<DType::kBFloat16>(p, begin, end);
-    case DType::kFloat16: return predict_positions<DType::kFloat16>(p, begin, end);
-  }
-  return kNoError;
+  return with_dtype(p.dtype, [&]<DType D>() { return predict_positions<D>(p, begin, end); });
 }
 
 }  // namespace dllm

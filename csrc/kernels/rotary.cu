@@ -81,11 +81,7 @@ void launch(const RotaryParams& p, cudaStream_t stream) {
 void rotary_cuda(const RotaryParams& p, void* stream) {
   if (p.batch * p.seq * p.heads * p.half == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: launch<DType::kFloat32>(p, s); break;
-    case DType::kBFloat16: launch<DType::kBFloat16>(p, s); break;
-    case DType::kFloat16: launch<DType::kFloat16>(p, s); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { launch<D>(p, s); });
 }
 
 }  // namespace dllm

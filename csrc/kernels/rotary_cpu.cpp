@@ -31,11 +31,7 @@ void rotate(const RotaryParams& p, int64_t begin, int64_t end) {
 }  // namespace
 
 void DLLM_ISA_NAME(rotary_cpu)(const RotaryParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: rotate<DType::kFloat32>(p, begin, end); break;
-    case DType::kBFloat16: rotate<DType::kBFloat16>(p, begin, end); break;
-    case DType::kFloat16: rotate<DType::kFloat16>(p, begin, end); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { rotate<D>(p, begin, end); });
 }
 
 }  // namespace dllm

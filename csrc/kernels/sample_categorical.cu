@@ -113,11 +113,7 @@ void sample_categorical_cuda(const CategoricalParams& p, void* stream) {
   const size_t smem = 2 * size_t(groups) * sizeof(float);
   const unsigned grid = unsigned(p.rows < 2147483647 ? p.rows : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: sample_categorical_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kBFloat16: sample_categorical_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kFloat16: sample_categorical_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { sample_categorical_kernel<D><<<grid, kThreads, smem, s>>>(p); });
 }
 
 }  // namespace dllm

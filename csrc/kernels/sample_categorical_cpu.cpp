@@ -47,12 +47,7 @@ int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_e
 }  // namespace
 
 int64_t DLLM_ISA_NAME(sample_categorical_cpu)(const CategoricalParams& p, int64_t row_begin, int64_t row_end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return sample_rows<DType::kFloat32>(p, row_begin, row_end);
-    case DType::kBFloat16: return sample_rows<DType::kBFloat16>(p, row_begin, row_end);
-    case DType::kFloat16: return sample_rows<DType::kFloat16>(p, row_begin, row_end);
-  }
-  return kNoError;
+  return with_dtype(p.dtype, [&]<DType D>() { return sample_rows<D>(p, row_begin, row_end); });
 }
 
 }  // namespace dllm

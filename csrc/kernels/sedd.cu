@@ -366,31 +366,19 @@ void sedd_step_cuda(const SeddStepParams& p, void* stream) {
     const int64_t in_flight = std::max<int64_t>(sms, (int64_t(24) << 20) / row_bytes);
     grid = unsigned(std::min<int64_t>(grid, in_flight));
   }
-  switch (p.dtype) {
-    case DType::kFloat32: sedd_step_kernel<DType::kFloat32><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kBFloat16: sedd_step_kernel<DType::kBFloat16><<<grid, kThreads, smem, s>>>(p); break;
-    case DType::kFloat16: sedd_step_kernel<DType::kFloat16><<<grid, kThreads, smem, s>>>(p); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { sedd_step_kernel<D><<<grid, kThreads, smem, s>>>(p); });
 }
 
 void loss_forward_cuda(const LossParams& p, void* stream) {
   if (p.rows == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: loss_forward_kernel<DType::kFloat32><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-    case DType::kBFloat16: loss_forward_kernel<DType::kBFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-    case DType::kFloat16: loss_forward_kernel<DType::kFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { loss_forward_kernel<D><<<grid_for(p.rows), kThreads, 0, s>>>(p); });
 }
 
 void loss_backward_cuda(const LossParams& p, void* stream) {
   if (p.rows == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (p.dtype) {
-    case DType::kFloat32: loss_backward_kernel<DType::kFloat32><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-    case DType::kBFloat16: loss_backward_kernel<DType::kBFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-    case DType::kFloat16: loss_backward_kernel<DType::kFloat16><<<grid_for(p.rows), kThreads, 0, s>>>(p); break;
-  }
+  with_dtype(p.dtype, [&]<DType D>() { loss_backward_kernel<D><<<grid_for(p.rows), kThreads, 0, s>>>(p); });
 }
 
 void sample_transition_cuda(const SampleTransitionParams& p, void* stream) {

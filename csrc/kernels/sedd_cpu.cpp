@@ -241,30 +241,15 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
 }  // namespace
 
 int64_t DLLM_ISA_NAME(sedd_step_cpu)(const SeddStepParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return step_rows<DType::kFloat32>(p, begin, end);
-    case DType::kBFloat16: return step_rows<DType::kBFloat16>(p, begin, end);
-    case DType::kFloat16: return step_rows<DType::kFloat16>(p, begin, end);
-  }
-  return kSeddNoError;
+  return with_dtype(p.dtype, [&]<DType D>() { return step_rows<D>(p, begin, end); });
 }
 
 int64_t DLLM_ISA_NAME(loss_forward_cpu)(const LossParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return forward_rows<DType::kFloat32>(p, begin, end);
-    case DType::kBFloat16: return forward_rows<DType::kBFloat16>(p, begin, end);
-    case DType::kFloat16: return forward_rows<DType::kFloat16>(p, begin, end);
-  }
-  return kSeddNoError;
+  return with_dtype(p.dtype, [&]<DType D>() { return forward_rows<D>(p, begin, end); });
 }
 
 int64_t DLLM_ISA_NAME(loss_backward_cpu)(const LossParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::kFloat32: return backward_rows<DType::kFloat32>(p, begin, end);
-    case DType::kBFloat16: return backward_rows<DType::kBFloat16>(p, begin, end);
-    case DType::kFloat16: return backward_rows<DType::kFloat16>(p, begin, end);
-  }
-  return kSeddNoError;
+  return with_dtype(p.dtype, [&]<DType D>() { return backward_rows<D>(p, begin, end); });
 }
 
 // Forward noising: one Philox block per position, 64 bits for the move decision and 64 for the

@@ -18,6 +18,19 @@ namespace dllm {
 // Element types the kernels read; the torch bindings map at::ScalarType onto these.
 enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
+// f.template operator()<D>() for the dtype's value: the kernels' one switch from a run-time dtype
+// to their template argument, as in with_dtype(p.dtype, [&]<DType D>() { kernel<D>(p); }).
+// Static, as DLLM_HD functions are, so each instruction-set build keeps its own.
+template <typename F>
+static decltype(auto) with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kBFloat16: return f.template operator()<DType::kBFloat16>();
+    case DType::kFloat16: return f.template operator()<DType::kFloat16>();
+    case DType::kFloat32: break;
+  }
+  return f.template operator()<DType::kFloat32>();
+}
+
 DLLM_HD float bits_to_float(uint32_t bits) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(bits);
