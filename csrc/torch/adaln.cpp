@@ -72,8 +72,7 @@ namespace {
 
 void run_cpu(const AdaLNCall& call) {
   const AdaLNParams& p = call.params;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, p.dim));
-  at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) { adaln_cpu(p, begin, end); });
+  at::parallel_for(0, p.rows, rows_per_task(p.dim), [&](int64_t begin, int64_t end) { adaln_cpu(p, begin, end); });
 }
 
 at::Tensor adaln_cpu_op(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& shift, const at::Tensor& scale,

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -40,6 +41,12 @@ int64_t parallel_min_error(int64_t n, int64_t grain, const Fn& fn) {
     }
   });
   return first.load();
+}
+
+// Rows a CPU task takes in a pass over rows of `row_elements` elements: about 16k elements, so that
+// small tensors are not split across threads for nothing.
+inline int64_t rows_per_task(int64_t row_elements) {
+  return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, row_elements));
 }
 
 // True when a device error flag may be read back: never during CUDA-graph capture.

@@ -55,8 +55,7 @@ namespace {
 at::Tensor rotary_cpu_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool inverse) {
   RotaryCall call = prepare_rotary(x, cos, sin, inverse);
   const RotaryParams& p = call.params;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, p.heads * p.half));
-  at::parallel_for(0, p.batch * p.seq, grain, [&](int64_t begin, int64_t end) { rotary_cpu(p, begin, end); });
+  at::parallel_for(0, p.batch * p.seq, rows_per_task(p.heads * p.half), [&](int64_t begin, int64_t end) { rotary_cpu(p, begin, end); });
   return call.out;
 }
 

@@ -17,7 +17,7 @@ from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
 from .layers import (DenoisingKVCache, KVCache, ModulatedLayerNorm, Rotary, TimestepEmbedder, apply_rotary,
-                     cached_causal_mask)
+                     cached_causal_mask, records_autograd)
 
 
 class DiTBlock(nn.Module):
@@ -60,8 +60,7 @@ class DiTBlock(nn.Module):
 
     def _mlp(self, h):
         up, _, down = self.mlp
-        recording = torch.is_grad_enabled() and (h.requires_grad or up.weight.requires_grad)
-        if h.is_cuda and not recording and up.weight.dtype == h.dtype and hasattr(torch, "_addmm_activation"):
+        if h.is_cuda and not records_autograd(h, up.weight, up.bias) and up.weight.dtype == h.dtype and hasattr(torch, "_addmm_activation"):
             # The tanh GELU in cuBLASLt's epilogue, on the float32 accumulator: the hidden
             # activations [B, S, 4 dim] are written once instead of written, read and written again.
             # (On the CPU this torch op takes the exact GELU, so it is left to CUDA.)

@@ -11,6 +11,12 @@ import torch.nn.functional as F
 from .. import ops
 
 
+def records_autograd(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records ops on these tensors here: the fused inference kernels (adaLN, the
+    GELU epilogue) are not differentiable, so the models take them only when it does not."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 class ModulatedLayerNorm(nn.Module):
     """adaLN (SEDD's DiT norm): ``layer_norm(x) * weight * (1 + scale) + shift`` with per-sequence
     ``shift, scale [B, dim]``, computed in float32 or better whatever the autocast dtype; the output
@@ -25,8 +31,7 @@ class ModulatedLayerNorm(nn.Module):
         self.eps = eps
 
     def _fused(self, *inputs: torch.Tensor) -> bool:
-        recording = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, self.weight))
-        return inputs[0].dtype in ops.KERNEL_DTYPES and not recording
+        return inputs[0].dtype in ops.KERNEL_DTYPES and not records_autograd(*inputs, self.weight)
 
     def forward(self, x, shift, scale):
         if self._fused(x, shift, scale):
