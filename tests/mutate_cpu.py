@@ -135,6 +135,11 @@ MUTANTS = [
     (SEDD, "    grad[gr.skip] = Loader<D>::store(0.0f);\n", "", ["test_sedd_losses"]),
     (ATTENTION, "      for (float& value : dq) value *= p.scale;\n", "", ["test_attention"]),
     (ATTENTION, "const float pij = j < nj && row_lse != -kInf ?", "const float pij = j < nj ?", ["test_attention"]),
+    # the few-queries forward (a decoding step): its K/V head, the exponent's maximum, the key rows
+    (ATTENTION, "hk = h / (p.heads / p.kv_heads);", "hk = h % p.kv_heads;", ["test_attention"]),
+    (ATTENTION, "scores[j] = exp_poly(scores[j] - m);", "scores[j] = exp_poly(scores[j]);", ["test_attention"]),
+    (ATTENTION, "float_row<D>(p.k, k_first + j * p.k_token_stride, dim, row)", "float_row<D>(p.k, k_first + j * dim, dim, row)",
+     ["test_attention"]),
     ("csrc/kernels/sample_categorical_cpu.cpp", "p.logprob[r] = (v[token] - m) * scale - log_sum_exp(",
      "p.logprob[r] = (v[token] - m) * scale - (greedy ? 0.0f : 1e-3f) - log_sum_exp(", ["test_sample_categorical"]),
     # large logits and tiny temperatures (tempering relative to the row's max, 1 / T capped), tiny

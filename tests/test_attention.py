@@ -191,6 +191,29 @@ def test_extreme_scores_with_a_softmax_scale(device, cuda_kernel, scores, dtype,
     check_gradients(out, ref, low, (q, k, v))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("Sq", [1, 2, 3])
+@pytest.mark.parametrize("scores", ["random", *EXTREME_SCORES])
+@pytest.mark.parametrize("D", [64, 37])
+def test_a_decoding_step_over_whole_kv_cache_buffers(device, dtype, Sq, scores, D):
+    """A decoding step: one or two queries (which the CPU kernel answers from K and V rows read in
+    place; three take the tiles) over a KV cache's whole buffers, each row's filled length as kv_len
+    (empty, one key, partial, full), with GQA. The log-sum-exp the backward reads is checked too."""
+    B, Sk, H, Hkv = 4, 203, 6, 2
+    make = inputs if scores == "random" else EXTREME_SCORES[scores]
+    q, k, v = (t.detach() for t in make(B, Sq, Sk, H, Hkv, D, dtype, device))
+    kv_len = torch.tensor([0, 1, 77, Sk], device=device, dtype=torch.int32)
+    out = dllm.ops.attention(q, k, v, kv_len=kv_len)
+    check(out, reference(q, k, v, kv_len), reference(q, k, v, kv_len, upcast=False), 2, "out")
+    assert (out[0] == 0).all()
+    if device == "cpu" or dllm.ops._cuda_kernel_supports(q):
+        _, lse = torch.ops.dllm.attention_forward(q, k, v, kv_len, None, None, None, 0, 0, D**-0.5)
+        scores_ = torch.einsum("bqhd,bkhd->bhqk", q.double() * D**-0.5, k.double().repeat_interleave(H // Hkv, 2))
+        keep = torch.arange(Sk, device=device) < kv_len[:, None]
+        expected = scores_.masked_fill(~keep[:, None, None, :], float("-inf")).logsumexp(-1)  # [B, H, Sq]
+        torch.testing.assert_close(lse.view(H, B, Sq).permute(1, 0, 2).double(), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs(device):
     # D = 64, so that on CUDA the checks are dllm's, not the SDPA fallback's.
     q, k, v = inputs(2, 5, 6, 4, 3, 64, torch.bfloat16, device)

@@ -202,6 +202,10 @@ def test_eval_reproduces_the_trainers_validation(tmp_path):
     with pytest.raises(ValueError, match="--sampler, .* not to an autoregressive model"):  # not silently ignored
         run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler="llada",
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):  # autoregressive decoding takes it on CUDA
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler=None,
+                   temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False,
+                   cuda_graph=True)
     record = tmp_path / "ar" / "run" / "run_config.json"
     record.write_text("{}")
     with pytest.raises(ValueError, match="is not the run record `dllm train` writes"):

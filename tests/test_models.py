@@ -117,7 +117,8 @@ def test_ar_kv_cache_matches_full_forward():
     full = m(x)
     cache = m.new_cache(2, 10)
     parts = [m(x[:, :4], cache=cache, start=0)]          # a prompt, then one token at a time
-    parts += [m(x[:, i:i + 1], cache=cache, start=i) for i in range(4, 7)]
+    parts += [m(x[:, i:i + 1], cache=cache, start=i) for i in range(4, 6)]
+    parts.append(m(x[:, 6:7], cache=cache, start=torch.tensor(6)))  # a graphed step's position tensor
     parts.append(m(x[:, 7:], cache=cache, start=7))      # a multi-token chunk after a cached prefix
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
     out = m.generate(x[:, :3], 5, temperature=0)
@@ -127,6 +128,43 @@ def test_ar_kv_cache_matches_full_forward():
     for _ in range(5):
         seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(out, seq)
+
+
+def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
+    m = ARTransformer(_tiny("ar")).eval()
+    cache = m.new_cache(2, 8)
+    with pytest.raises(ValueError, match="a tensor start takes one token"):
+        m(torch.zeros(2, 2, dtype=torch.long), cache=cache, start=torch.tensor(0))
+    with pytest.raises(ValueError, match="asked to write position 8"):
+        m(torch.zeros(2, 1, dtype=torch.long), cache=cache, start=8)
+    with pytest.raises(ValueError, match="exceed max_seq_len=32"):
+        m.generate(torch.zeros(1, 30, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):
+        m.generate(torch.zeros(1, 1, dtype=torch.long), 3, cuda_graph=True)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
+        m.generate(torch.zeros(1, 1, dtype=torch.long), -1)
+    assert torch.equal(m.generate(torch.ones(2, 3, dtype=torch.long), 0), torch.ones(2, 3, dtype=torch.long))
+    # Under autocast the projections give bfloat16 keys: a float32 cache would be converted back
+    # at every step of every layer.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m.new_cache(1, 4).k[0].dtype == torch.bfloat16
+        out = m.generate(torch.zeros(1, 2, dtype=torch.long), 3, temperature=0)
+    assert m.new_cache(1, 4).k[0].dtype == torch.float32 and out.shape == (1, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_ar_generate_replayed_from_a_cuda_graph_equals_the_eager_loop(temperature):
+    m = _perturb(ARTransformer(_tiny("ar"))).eval().cuda()
+    prompt = torch.randint(0, 50, (3, 4), device="cuda")
+
+    def run(cuda_graph):
+        g = torch.Generator("cuda").manual_seed(7)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return m.generate(prompt, 20, temperature=temperature, generator=g, cuda_graph=cuda_graph)
+
+    eager, graphed = run(False), run(True)
+    assert torch.equal(graphed, eager) and torch.equal(graphed[:, :4], prompt)
 
 
 def _constant_ar(logits: torch.Tensor) -> ARTransformer:

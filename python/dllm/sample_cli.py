@@ -27,9 +27,9 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
     device = str(resolve_device(device))
     model, tok, kind = load_for_sampling(model_dir, device)
-    if kind == "ar" and (sampler or cache or cuda_graph or show_steps or block_length is not None):
-        raise ValueError("--sampler, --cache, --cuda-graph, --show-steps and --block-length apply to diffusion "
-                         "samplers, not to an autoregressive model (it decodes one token per step with its KV cache)")
+    if kind == "ar" and (sampler or cache or show_steps or block_length is not None):
+        raise ValueError("--sampler, --cache, --show-steps and --block-length apply to diffusion samplers, not to an "
+                         "autoregressive model (it decodes one token per step with its KV cache)")
     default = DEFAULT_SAMPLERS.get(getattr(model, "layout", None), "sedd-analytic" if kind == "score" else "llada")
     if kind != "ar" and (sampler or default).startswith("sedd-"):
         if temperature is not None:  # 0 would pass generate() as its default, yet not be greedy
@@ -50,7 +50,8 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
         t0 = time.perf_counter()
         if kind == "ar":
             start = ids if ids.numel() else torch.full((1,), tok.eos_id, device=device)
-            seq = model.generate(start[None], gen_length, temperature=temperature, generator=g)[0]
+            seq = model.generate(start[None], gen_length, temperature=temperature, generator=g,
+                                 cuda_graph=cuda_graph)[0]
             info = f"autoregressive, {gen_length} steps"
         else:
             name = sampler or default

@@ -43,6 +43,8 @@ SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
 FAST_DLLM_THRESHOLD = 0.9
+# The samplers whose steps dllm.generate replays from a CUDA graph (fixed shapes, no host decisions)
+GRAPHED = ("llada",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -216,6 +218,8 @@ class Runner:
 
     def __init__(self, models: Models, device: str, temperature: float, seed: int, precision):
         self.m, self.device, self.temperature, self.seed, self.precision = models, device, temperature, seed, precision
+        # Both sides replay their steps from CUDA graphs where they can (cuda_graphs()).
+        self.cuda_graph = device.startswith("cuda")
 
     def generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed)
@@ -224,13 +228,14 @@ class Runner:
         prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
         with self.precision:
             out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
-                           **_diffusion_kwargs(sampler, steps, length))
+                           cuda_graph=self.cuda_graph and sampler in GRAPHED, **_diffusion_kwargs(sampler, steps, length))
         return out.sequences[:, 1:], out.nfe
 
     def ar(self, length: int, batch: int, g: torch.Generator):
         prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
         with self.precision:
-            seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g)
+            seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g,
+                                     cuda_graph=self.cuda_graph)
         return seq[:, 1:], length
 
     def call(self, model: str, sampler: str | None, steps: int, length: int, batch: int, g):
@@ -336,19 +341,24 @@ def kernels(models: Models, device: str, dtype) -> dict:
     where = "CUDA" if device.startswith("cuda") else "C++ CPU"
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)
-    decode = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 1, False)
     attention = (f"dllm.ops.attention (fused, bidirectional, head dim {cfg.head_dim})" if fused else
                  f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
                  f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
                  f"{cfg.head_dim} on {device})")
+    graphs = device.startswith("cuda")
+    decode = ("dllm.ops.attention's C++ CPU kernel" if not device.startswith("cuda") else
+              "dllm.ops.attention (fused CUDA kernel)" if fused else "SDPA with the lengths as a key mask")
     return {
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
-                     f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}",
+                     f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
+                     + (f"CUDA graph: each step of {', '.join(GRAPHED)} replayed from one captured per call (the "
+                        "other samplers decide on the host between steps)" if graphs else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
-              "cached decode, one query and no mask: "
-              + ("dllm.ops.attention (fused)" if fused else f"SDPA (eligible: {', '.join(decode)})")
-              + f"; sampling: dllm.ops.sample_categorical ({where} kernel)",
+              f"decode, one query over the cache's whole buffers with each row's filled length: {decode}; "
+              f"sampling: dllm.ops.sample_categorical ({where} kernel); "
+              + ("CUDA graph: the one-token step replayed from one captured per call" if graphs else
+                 "no CUDA graph (CPU)"),
     }
 
 

@@ -7,6 +7,7 @@ diffusion and autoregression are compared on one backbone.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -45,7 +46,9 @@ class DiTBlock(nn.Module):
         q, k, v = self.attn_qkv(h).view(B, S, 3, self.heads, self.head_dim).unbind(2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         mask = key_mask
-        if cache is not None:
+        if isinstance(cache, KVCache) and S == 1 and mask is None:
+            k, v, kv_len = cache.decode(layer, start, k, v)  # whole buffers: no strided views, static shapes
+        elif cache is not None:
             k, v = cache.update(layer, start, k, v)
         if causal and (cache is not None or mask is not None):
             # SDPA takes a causal flag or a mask, not both: causality goes into the mask (a single query needs none)
@@ -119,15 +122,20 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         return F.silu(self.sigma_map(sigma))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
-                cache: KVCache | DenoisingKVCache | None = None, start: int = 0,
+                cache: KVCache | DenoisingKVCache | None = None, start: int | torch.Tensor = 0,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` holds the tokens at positions ``[start, start + S)``. ``cache``: the autoregressive
         model's :class:`KVCache`, or a :meth:`new_kv_cache` (keys of the whole canvas, see
         :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
         keys (the keys: x's positions, or every position the cache holds); without a cache the
-        bidirectional model hands attention per-row lengths instead (:class:`RaggedBatch`)."""
+        bidirectional model hands attention per-row lengths instead (:class:`RaggedBatch`).
+        ``start`` may be a one-element integer tensor on x's device for one token with a
+        :class:`KVCache` (a step that a CUDA graph replays at every position)."""
         B, S = x.shape
-        if start + S > self.config.max_seq_len:
+        if isinstance(start, torch.Tensor):
+            if S != 1 or not isinstance(cache, KVCache) or start.numel() != 1:
+                raise ValueError("a tensor start takes one token (x [B, 1]) with a KVCache, and one position")
+        elif start + S > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
         h = F.embedding(x, self.vocab_embed)
         c = self._cond(sigma, B, x.device)
@@ -152,26 +160,52 @@ class ARTransformer(DiffusionTransformer):
     new_kv_cache = None
 
     def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
+        """Empty key/value buffers for ``batch`` rows of ``max_len`` positions, in ``dtype`` (default: the
+        autocast dtype where autocast is on, which the projections give the keys in; else the weights')."""
         cfg = self.config
         p = self.vocab_embed
-        return KVCache(cfg.layers, batch, max_len or cfg.max_seq_len, cfg.heads, cfg.head_dim, p.device, dtype or p.dtype)
+        if dtype is None:
+            dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return KVCache(cfg.layers, batch, max_len or cfg.max_seq_len, cfg.heads, cfg.head_dim, p.device, dtype)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, cuda_graph: bool = False) -> torch.Tensor:
         """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward), each
         token drawn by :func:`dllm.ops.sample_categorical` from ``softmax(logits / temperature)`` (argmax
-        at temperature 0) with ``generator``."""
+        at temperature 0) with ``generator``. ``cuda_graph``: the one-token step (forward and draw) is
+        captured in a CUDA graph once and replayed at every position, as gpt-fast's decoding does, so
+        a small model's step costs its kernels and not their launches; the tokens are those of the
+        eager loop."""
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if cuda_graph and prompt.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA model; this one is on {prompt.device}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         B, P = prompt.shape
+        if max_new_tokens == 0:
+            return prompt.clone()
+        if P + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
+                             f"{self.config.max_seq_len}")
         cache = self.new_cache(B, P + max_new_tokens)
         logits = self(prompt, cache=cache, start=0)[:, -1]
-        out = [prompt]
-        for i in range(max_new_tokens):
-            # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
-            nxt = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
-            out.append(nxt)
-            if i + 1 < max_new_tokens:
-                logits = self(nxt, cache=cache, start=P + i)[:, -1]
+        # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
+        token = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
+        out = [prompt, token]
+
+        def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+            logits = self(token, cache=cache, start=position)[:, -1]
+            token.copy_(ops.sample_categorical(logits, temperature, generator=generator)[0][:, None])
+            return logits
+
+        if cuda_graph:
+            from ..sampling.cuda_graph import GraphedStep  # (dllm.sampling imports the models)
+            step = GraphedStep(step, generator)
+        positions = torch.arange(P, P + max_new_tokens, device=prompt.device)
+        for i in range(max_new_tokens - 1):
+            token = token.clone()
+            step(token, positions[i])
+            out.append(token)
         return torch.cat(out, dim=1)

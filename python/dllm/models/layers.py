@@ -82,9 +82,10 @@ class Rotary(nn.Module):
         self.inv_freq = self.frequencies(self.inv_freq.device)
         return self
 
-    def forward(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``[length, D / 2]`` float32 of positions ``start .. start + length - 1``."""
-        return self.at(torch.arange(start, start + length, device=device))
+    def forward(self, start: int | torch.Tensor, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``[length, D / 2]`` float32 of positions ``start .. start + length - 1`` (start an
+        int, or a one-element integer tensor on ``device``: a CUDA-graphed decode step's position)."""
+        return self.at(torch.arange(length, device=device) + start)
 
     def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin ``[*positions.shape, D / 2]`` float32 of integer positions (per row: :class:`RaggedBatch`)."""
@@ -131,12 +132,33 @@ class KVCache:
         self.max_len = max_len
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Writes the keys and values of positions ``[start, start + S)``; returns those of ``[0, start + S)``."""
         end = start + k.shape[1]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
         self.k[layer][:, start:end] = k
         self.v[layer][:, start:end] = v
         return self.k[layer][:, :end], self.v[layer][:, :end]
+
+    def decode(self, layer: int, position: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """One token's step: writes its keys and values ``[B, 1, Hkv, D]`` at ``position`` and returns
+        the whole buffers with the filled length of each row, int32 ``[B]`` (attention's ``kv_len``).
+        Whole buffers, not the filled prefix: a prefix of a batched buffer is a strided view that the
+        attention kernels would copy, and its shape would change every token, which a CUDA graph
+        cannot replay. ``position`` may be a one-element tensor on the cache's device (a graphed
+        step's); it is not checked against the buffer, since reading it would synchronise."""
+        if isinstance(position, torch.Tensor):
+            index = position.reshape(1)
+            self.k[layer].index_copy_(1, index, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(1, index, v.to(self.v[layer].dtype))
+            filled = (index + 1).to(torch.int32).expand(k.shape[0])
+        else:
+            if not 0 <= position < self.max_len:
+                raise ValueError(f"KV cache holds {self.max_len} positions; asked to write position {position}")
+            self.k[layer][:, position] = k[:, 0]
+            self.v[layer][:, position] = v[:, 0]
+            filled = torch.full((k.shape[0],), position + 1, dtype=torch.int32, device=k.device)
+        return self.k[layer], self.v[layer], filled
 
 
 class DenoisingKVCache:
