@@ -13,7 +13,7 @@
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
 #                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). The
-#                    stages' limits: install 480 s, tests 240 + 150 s, bench 8 x 75 s + 120 s (sedd_step
+#                    stages' limits: install 480 s, tests 240 + 150 s, bench 9 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b).
 #                    So a 10-minute device call surely fits install,tests or install,bench, and fits
@@ -29,7 +29,7 @@
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
-#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all nine, in the
+#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all ten, in the
 #                    order below).
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out, and the step latencies run
 #                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
@@ -150,7 +150,7 @@ fi
 if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
-  for bench in ${DLLM_GPU_BENCHES:-attention sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward}; do
+  for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")

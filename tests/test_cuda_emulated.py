@@ -453,6 +453,47 @@ def test_attention_forward_and_backward_match_float64(emulator, attention_kernel
     check_gradients(out, ref, low, (q, k, v))
 
 
+def lse_reference(q, k, kv_len, scale):
+    """float64 log-sum-exp of the scaled scores over each row's keys, [heads, B * Sq] as the op's lse."""
+    B, Sq, H, _ = q.shape
+    scores = torch.einsum("bqhd,bkhd->hbqk", q.double() * scale, k.double().repeat_interleave(H // k.shape[2], 2))
+    keep = torch.arange(k.shape[1]) < kv_len[:, None]
+    return scores.masked_fill(~keep[None, :, None, :], float("-inf")).logsumexp(-1).reshape(H, B * Sq)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Sq, scores", [(1, "random"), (4, "random"), (2, "far_negative"), (3, "climbing")])
+def test_attention_decoding_step_splits_the_keys(emulator, dtype, D, Sq, scores):
+    """At most four queries a sequence (a decoding step) take the split-key kernels: chunks of 128
+    keys (the last partial) merged per query, a sequence without keys, one shorter than a chunk,
+    queries past q_len, GQA; scores whose chunks' maxima differ by far more than float32 spans.
+    The log-sum-exp (which the tensor-core backward then reads) against float64, and the packed
+    layout against the padded one."""
+    B, Sk, H, Hkv = 4, 300, 6, 2
+    make = attention_inputs if scores == "random" else \
+        lambda *a: EXTREME_SCORES[scores](*a, "cpu")  # noqa: E731
+    q, k, v = make(B, Sq, Sk, H, Hkv, D, dtype)
+    kv_len = torch.tensor([0, 300, 129, 5], dtype=torch.int32)
+    q_len = torch.tensor([Sq, Sq, max(Sq - 2, 1), Sq], dtype=torch.int32)
+    scale = 0.9 * D**-0.5
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
+    ref = reference_attention(q, k, v, kv_len, q_len, softmax_scale=scale)
+    low = reference_attention(q, k, v, kv_len, q_len, softmax_scale=scale, upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+    qd, kd, vd = (t.detach() for t in (q, k, v))
+    _, lse = EMU.attention_forward(qd, kd, vd, kv_len, None, None, None, Sq, Sk, scale)
+    torch.testing.assert_close(lse.double(), lse_reference(qd, kd, kv_len, scale), rtol=1e-5, atol=1e-5)
+    cu_q = torch.tensor([0, Sq, 2 * Sq, 3 * Sq, 4 * Sq], dtype=torch.int32)
+    cu_k = torch.cat([torch.zeros(1, dtype=torch.int32), kv_len.cumsum(0, dtype=torch.int32)])
+    packed = torch.cat([kd[b, :n] for b, n in enumerate(kv_len.tolist())]), \
+        torch.cat([vd[b, :n] for b, n in enumerate(kv_len.tolist())])
+    varlen, _ = EMU.attention_forward(qd.flatten(0, 1), *packed, None, None, cu_q, cu_k, Sq, Sk, scale)
+    padded, _ = EMU.attention_forward(qd, kd, vd, kv_len, None, None, None, Sq, Sk, scale)
+    assert torch.equal(varlen.view_as(padded), padded)
+
+
 @pytest.mark.parametrize("scores", list(EXTREME_SCORES))
 def test_attention_extreme_scores_with_a_softmax_scale(emulator, attention_kernel, scores):
     """A scale other than 1/sqrt(D) (the kernels fold it into the exponent), with scores whose
@@ -480,6 +521,17 @@ def test_attention_is_schedule_independent_and_deterministic(schedule, attention
     assert torch.equal(out, out0)
     for a, b in zip(grads, grads0):
         assert torch.equal(a, b)
+
+
+def test_attention_decoding_step_is_schedule_independent(schedule):
+    """The split-key kernels: scores and values shared through shared memory between barriers, a
+    partial chunk, three queries."""
+    q, k, v = (t.detach() for t in attention_inputs(2, 3, 270, 4, 2, 128, torch.float16))
+    kv_len = torch.tensor([270, 100], dtype=torch.int32)
+    out, lse = emulated(schedule, EMU.attention_forward, q, k, v, kv_len, None, None, None, 3, 270, 0.1)
+    schedule.configure(0, True, 0, 0)
+    out0, lse0 = EMU.attention_forward(q, k, v, kv_len, None, None, None, 3, 270, 0.1)
+    assert torch.equal(out, out0) and torch.equal(lse, lse0)
 
 
 def test_attention_varlen_equals_padded(emulator, attention_kernel):

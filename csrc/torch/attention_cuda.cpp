@@ -55,7 +55,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, scale, true);
   check_supported(call.params);
-  if (use_wgmma()) {
+  if (call.params.max_q <= kDecodeQueries) {
+    // A decoding step: the keys split across CTAs, which the tensor-core kernels' 128-query tiles cannot do
+    at::Tensor workspace = at::empty({attention_decode_workspace_floats(call.params)}, q.options().dtype(at::kFloat));
+    attention_decode_cuda(call.params, workspace.data_ptr<float>(), stream());
+  } else if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(call.params, stream());
 #endif

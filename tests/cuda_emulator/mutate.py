@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FWD, BWD, MMA, WG_FWD, WG_BWD, WG = (
+FWD, BWD, MMA, WG_FWD, WG_BWD, WG, DECODE = (
     f"csrc/kernels/{name}"
     for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh", "attention_fwd_wgmma.cu",
-                 "attention_bwd_wgmma.cu", "wgmma.cuh")
+                 "attention_bwd_wgmma.cu", "wgmma.cuh", "attention_decode.cu")
 )
 # (file, text, replacement, tests that must catch it)
 MUTANTS = [
@@ -129,6 +129,16 @@ MUTANTS = [
     ("csrc/kernels/adaln.cu", "sq += (v[j] - mean) * (v[j] - mean);", "sq += v[j] * v[j];", "adaln"),
     ("csrc/kernels/adaln.cu", "sq += (v[c][j] - mean) * (v[c][j] - mean);", "sq += v[c][j] * v[c][j];", "adaln"),
     ("csrc/kernels/adaln.cu", "if (dim <= 32 * kChunks * kVec) {", "if (dim <= 64 * kChunks * kVec) {", "adaln"),
+    # the split-key decoding kernels: the barriers around the shared scores, a chunk's partial end,
+    # the merge's rescaling, the group reduction, the GQA head
+    (DECODE, "  __syncthreads();\n\n  // The chunk's softmax", "\n  // The chunk's softmax", "decoding"),
+    (DECODE, "  __syncthreads();\n\n  // The weighted sum", "\n  // The weighted sum", "decoding"),
+    (DECODE, "s_scores[i][j] = j < keys ? dot : -INFINITY;", "s_scores[i][j] = dot;", "decoding"),
+    (DECODE, "const float factor = exp2f(stats[c].x - m);", "const float factor = 1.0f;", "decoding"),
+    (DECODE, "for (int offset = kLanes / 2; offset > 0; offset /= 2)", "for (int offset = kLanes / 4; offset > 0; offset /= 2)",
+     "decoding"),
+    (DECODE, "const int hk = int(h / (p.heads / p.kv_heads));", "const int hk = int(h % p.kv_heads);", "decoding"),
+    (DECODE, "for (int c = 0; c < chunks; ++c) m = fmaxf(m, stats[c].x);", "m = stats[0].x;", "decoding"),
 ]
 
 

@@ -61,4 +61,12 @@ void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream);
 void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream);
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream);
 
+// The forward for a decoding step (max_q <= kDecodeQueries), with the keys split across CTAs:
+// same contract as attention_forward_cuda, plus float32 scratch of
+// attention_decode_workspace_floats(p) elements.
+constexpr int64_t kDecodeQueries = 4;
+int64_t attention_decode_chunks(const AttentionParams& p);
+int64_t attention_decode_workspace_floats(const AttentionParams& p);
+void attention_decode_cuda(const AttentionParams& p, float* workspace, void* stream);
+
 }  // namespace dllm

@@ -1,0 +1,61 @@
+"""Benchmark: one autoregressive decoding step's attention, dllm.ops.attention against SDPA.
+
+A query per sequence attends over a KV cache of capacity C (the cache's whole buffers
+[B, C, Hkv, D]) that holds n keys in every row, as ARTransformer.generate's step does. Peers,
+timed in turns on the same tensors:
+  - "SDPA, filled prefix": SDPA over the views k[:, :n], v[:, :n] without a mask: the eager loop's
+    usual call, whose shapes change with every token (no CUDA graph can replay it);
+  - "SDPA, lengths as a mask": SDPA over the whole buffers with a key-padding mask, what a step of
+    fixed shapes (a graph) passes SDPA.
+dllm takes the whole buffers and n as kv_len (on CUDA: the split-key decoding kernels; on the CPU,
+K and V rows read in place). The floor is reading the n keys and values once at the measured copy
+bandwidth.
+
+  python bench/attention_decode.py --device cuda --out bench/results/<name>/attention_decode
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import dllm
+from common import DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args
+
+# B x H x Hkv x C x n x D: the e2e `small` model at batch 1 and 16 (12 heads of 64, n = 1000 of a
+# 1025-position cache), LLaDA-8B's attention shape (32 heads of 128) with 4096 keys
+CUDA_SHAPES = "1x12x12x1025x1000x64,16x12x12x1025x1000x64,1x32x32x4097x4096x128"
+CPU_SHAPES = "1x12x12x1025x1000x64,16x12x12x257x256x64"
+
+
+def main() -> None:
+    ap = bench_parser(__doc__, "BxHxHkvxCxnxD", CUDA_SHAPES, CPU_SHAPES, dtype_of="q, k and v's")
+    args, shapes, reps = parse_bench_args(ap, cpu=(3, 20))
+    device, dtype = args.device, DTYPES[args.dtype]
+    if device == "cpu" and dtype != torch.float32:
+        print("note: on the CPU SDPA computes bf16 / fp16 in float32 too; --dtype fp32 is what CPU models run")
+    floor_gbps = copy_bandwidth_gbps(device)
+    rows = Results(args.out, "attention: one decoding step over a KV cache", machine(device) | reps | {"floor_gbps": floor_gbps})
+    for B, H, Hkv, C, n, D in shapes:
+        if not 0 < n <= C or H % Hkv:
+            raise SystemExit(f"shape {B}x{H}x{Hkv}x{C}x{n}x{D}: need 0 < n <= C and H a multiple of Hkv")
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(B, 1, H, D, device=device, generator=g).to(dtype)
+        k, v = (torch.randn(B, C, Hkv, D, device=device, generator=g).to(dtype) for _ in range(2))
+        kv_len = torch.full((B,), n, dtype=torch.int32, device=device)
+        mask = (torch.arange(C, device=device) < n)[None, None, None, :]
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        gqa = H != Hkv
+        impls = [("dllm", lambda: dllm.ops.attention(q, k, v, kv_len=kv_len)),
+                 ("SDPA, filled prefix", lambda: F.scaled_dot_product_attention(
+                     qt, kt[:, :, :n], vt[:, :, :n], enable_gqa=gqa)),
+                 ("SDPA, lengths as a mask", lambda: F.scaled_dot_product_attention(
+                     qt, kt, vt, attn_mask=mask, enable_gqa=gqa))]
+        nbytes = 2 * B * n * Hkv * D * k.element_size()
+        rows.report(measure_against("attention decode", f"B{B} H{H} Hkv{Hkv} C{C} n{n} D{D}", args.dtype, impls,
+                                    device, nbytes, floor_gbps, refused_by=(RuntimeError,), **reps))
+    rows.finish()
+
+
+if __name__ == "__main__":
+    main()
