@@ -138,8 +138,9 @@ MUTANTS = [
     # the few-queries forward (a decoding step): its K/V head, the exponent's maximum, the key rows
     (ATTENTION, "hk = h / (p.heads / p.kv_heads);", "hk = h % p.kv_heads;", ["test_attention"]),
     (ATTENTION, "scores[j] = exp_poly(scores[j] - m);", "scores[j] = exp_poly(scores[j]);", ["test_attention"]),
-    (ATTENTION, "float_row<D>(p.k, k_first + j * p.k_token_stride, dim, row)", "float_row<D>(p.k, k_first + j * dim, dim, row)",
-     ["test_attention"]),
+    (ATTENTION, "float_row<D>(p.k, k_first + (j + (g < n ? g : 0)) * p.k_token_stride",
+     "float_row<D>(p.k, k_first + (j + (g < n ? g : 0)) * dim", ["test_attention"]),
+    (ATTENTION, "if (g < n) w[g] = scores[j + g];", "w[g] = scores[j + g < kn ? j + g : j];", ["test_attention"]),
     ("csrc/kernels/sample_categorical_cpu.cpp", "p.logprob[r] = (v[token] - m) * scale - log_sum_exp(",
      "p.logprob[r] = (v[token] - m) * scale - (greedy ? 0.0f : 1e-3f) - log_sum_exp(", ["test_sample_categorical"]),
     # large logits and tiny temperatures (tempering relative to the row's max, 1 / T capped), tiny

@@ -82,39 +82,58 @@ const float* float_row(const void* base, int64_t first, int64_t dim, float* buff
   }
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  cpu::Float8 a0{}, a1{};
-  int64_t i = 0;
-  for (; i + cpu::kLanes <= n; i += cpu::kLanes) {
-    a0 += cpu::load8(a + i) * cpu::load8(b + i);
-    a1 += cpu::load8(a + i + 8) * cpu::load8(b + i + 8);
+// Keys taken together by the few-queries path: four independent dot products share each load
+// of q, and four value rows each load of the accumulator.
+constexpr int64_t kKeyGroup = 4;
+
+// out[g] = q . k[g] for the group's n <= kKeyGroup rows.
+inline void dots(const float* q, const float* const (&k)[kKeyGroup], int64_t n, int64_t dim, float* out) {
+  cpu::Float8 acc[kKeyGroup] = {};
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    const cpu::Float8 qv = cpu::load8(q + d);
+    for (int64_t g = 0; g < kKeyGroup; ++g) acc[g] += qv * cpu::load8(k[g] + d);
   }
-  float sum = cpu::hsum8(a0 + a1);
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+  for (int64_t g = 0; g < n; ++g) {
+    float sum = cpu::hsum8(acc[g]);
+    for (int64_t e = d; e < dim; ++e) sum += q[e] * k[g][e];
+    out[g] = sum;
+  }
 }
 
 // The queries of pair (b, h), one at a time: all of its scores, their softmax against the maximum
 // (two passes over the scores, no rescaling), then the weighted sum of the value rows.
+// `rows`: kKeyGroup * dim floats of scratch for converted rows.
 template <DType D>
 void forward_few_queries(const AttentionParams& p, int64_t b, int64_t h, std::vector<float>& scores, float* q,
-                         float* acc, float* row) {
+                         float* acc, float* rows) {
   const int64_t dim = p.head_dim, hk = h / (p.heads / p.kv_heads);
   const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
   const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
   const int64_t v_first = k0 * p.v_token_stride + hk * p.v_head_stride;
   scores.resize(kn);
+  const float* group[kKeyGroup];
   for (int64_t i = 0; i < qn; ++i) {
     load_rows<D>(p.q, (q0 + i) * p.q_token_stride + h * p.q_head_stride, 0, 1, dim, p.scale, q, dim);
-    for (int64_t j = 0; j < kn; ++j) scores[j] = dot(q, float_row<D>(p.k, k_first + j * p.k_token_stride, dim, row), dim);
+    for (int64_t j = 0; j < kn; j += kKeyGroup) {
+      const int64_t n = std::min(kKeyGroup, kn - j);
+      for (int64_t g = 0; g < kKeyGroup; ++g)  // past the keys: the group's first row again (unused)
+        group[g] = float_row<D>(p.k, k_first + (j + (g < n ? g : 0)) * p.k_token_stride, dim, rows + g * dim);
+      dots(q, group, n, dim, scores.data() + j);
+    }
     const float m = cpu::max_of(scores.data(), kn);
     for (int64_t j = 0; j < kn; ++j) scores[j] = exp_poly(scores[j] - m);
     const float l = cpu::sum_of(scores.data(), kn);
     std::fill(acc, acc + dim, 0.0f);
-    for (int64_t j = 0; j < kn; ++j) {
-      const float* v = float_row<D>(p.v, v_first + j * p.v_token_stride, dim, row);
-      const float w = scores[j];
-      for (int64_t d = 0; d < dim; ++d) acc[d] += w * v[d];
+    for (int64_t j = 0; j < kn; j += kKeyGroup) {
+      const int64_t n = std::min(kKeyGroup, kn - j);
+      float w[kKeyGroup] = {};
+      for (int64_t g = 0; g < kKeyGroup; ++g) {
+        group[g] = float_row<D>(p.v, v_first + (j + (g < n ? g : 0)) * p.v_token_stride, dim, rows + g * dim);
+        if (g < n) w[g] = scores[j + g];
+      }
+      for (int64_t d = 0; d < dim; ++d)
+        acc[d] += (w[0] * group[0][d] + w[1] * group[1][d]) + (w[2] * group[2][d] + w[3] * group[3][d]);
     }
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int64_t d = 0; d < dim; ++d) acc[d] *= inv;
@@ -131,12 +150,12 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
   const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);
   const int64_t group = p.heads / p.kv_heads;
   std::vector<float> q(kQueryTile * ld), acc(kQueryTile * ld), keys_t, values;
-  std::vector<float> s(kQueryTile * kKeyTile), m(kQueryTile), l(kQueryTile), scores, row(dim);
+  std::vector<float> s(kQueryTile * kKeyTile), m(kQueryTile), l(kQueryTile), scores, rows(kKeyGroup * dim);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
     if (qn <= kFewQueries) {
-      forward_few_queries<D>(p, b, h, scores, q.data(), acc.data(), row.data());
+      forward_few_queries<D>(p, b, h, scores, q.data(), acc.data(), rows.data());
       continue;
     }
     // K^T and V of the whole sequence, converted once for all of its query tiles.
