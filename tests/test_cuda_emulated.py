@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
-from test_attention import EXTREME_SCORES, check, check_gradients
+from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs
 from test_sedd_losses import make_inputs as loss_inputs
 from test_adaln import adaln_reference
 from test_adaln import check as adaln_check
@@ -463,16 +463,19 @@ def lse_reference(q, k, kv_len, scale):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("Sq, scores", [(1, "random"), (4, "random"), (2, "far_negative"), (3, "climbing")])
+@pytest.mark.parametrize("Sq, scores", [(1, "random"), (4, "random"), (2, "far_negative"), (3, "climbing"),
+                                        (1, "steep")])
 def test_attention_decoding_step_splits_the_keys(emulator, dtype, D, Sq, scores):
     """At most four queries a sequence (a decoding step) take the split-key kernels: chunks of 128
     keys (the last partial) merged per query, a sequence without keys, one shorter than a chunk,
-    queries past q_len, GQA; scores whose chunks' maxima differ by far more than float32 spans.
-    The log-sum-exp (which the tensor-core backward then reads) against float64, and the packed
-    layout against the padded one."""
+    queries past q_len, GQA; scores whose exp(-lse) leaves float32's range, and ("steep") scores
+    whose chunks' maxima lie more than 2^128 apart, so that only a merge against their common
+    maximum stays finite. The log-sum-exp (which the tensor-core backward then reads) against
+    float64, and the packed layout against the padded one."""
     B, Sk, H, Hkv = 4, 300, 6, 2
     make = attention_inputs if scores == "random" else \
-        lambda *a: EXTREME_SCORES[scores](*a, "cpu")  # noqa: E731
+        (lambda *a: growing_scores_inputs(*a, "cpu", reach=32.0)) if scores == "steep" else \
+        (lambda *a: EXTREME_SCORES[scores](*a, "cpu"))  # noqa: E731
     q, k, v = make(B, Sq, Sk, H, Hkv, D, dtype)
     kv_len = torch.tensor([0, 300, 129, 5], dtype=torch.int32)
     q_len = torch.tensor([Sq, Sq, max(Sq - 2, 1), Sq], dtype=torch.int32)

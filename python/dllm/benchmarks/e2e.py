@@ -347,7 +347,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
                  f"{cfg.head_dim} on {device})")
     graphs = device.startswith("cuda")
     decode = ("dllm.ops.attention's C++ CPU kernel" if not device.startswith("cuda") else
-              "dllm.ops.attention (fused CUDA kernel)" if fused else "SDPA with the lengths as a key mask")
+              "dllm.ops.attention's split-key decoding kernels (CUDA)" if fused else "SDPA with the lengths as a key mask")
     return {
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
