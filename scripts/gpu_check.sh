@@ -191,7 +191,7 @@ fi
 # The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): a call of its own.
 if stage e2e && [ -n "${DLLM_E2E_MINUTES:-}" ]; then
   # two trainings, then 4 minutes of sweep (its points are kept in e2e/partial.json as they finish)
-  e2e_limit=$(awk -v m="$DLLM_E2E_MINUTES" 'BEGIN { printf "%d", m * 120 + 240 }')
+  e2e_limit=$(limit_left "$(awk -v m="$DLLM_E2E_MINUTES" 'BEGIN { printf "%d", m * 120 + 240 }')")
   # the trained models (GBs of checkpoints) stay outside OUT_DIR, which is packed
   timeout -s INT -k 10 "$e2e_limit" "$PY" -m dllm.cli bench e2e --size small \
     --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e" --train-dir "$OUT.e2e-models" >"$OUT/e2e.log" 2>&1

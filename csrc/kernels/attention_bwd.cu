@@ -227,11 +227,8 @@ void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* s
   const AttentionParams& p = g.fwd;
   if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.dtype == DType::kBFloat16;
   attention_delta_cuda(g, delta, s);
-  if (p.head_dim == 64)
-    return bf16 ? launch_backward<DType::kBFloat16, 64>(g, delta, s) : launch_backward<DType::kFloat16, 64>(g, delta, s);
-  return bf16 ? launch_backward<DType::kBFloat16, 128>(g, delta, s) : launch_backward<DType::kFloat16, 128>(g, delta, s);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, s); });
 }
 
 }  // namespace dllm

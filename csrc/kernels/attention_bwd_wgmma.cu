@@ -326,10 +326,7 @@ void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, v
   if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
   attention_delta_cuda(g, delta, s);
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 64)
-    return bf16 ? launch_backward<DType::kBFloat16, 64>(g, delta, s) : launch_backward<DType::kFloat16, 64>(g, delta, s);
-  return bf16 ? launch_backward<DType::kBFloat16, 128>(g, delta, s) : launch_backward<DType::kFloat16, 128>(g, delta, s);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, s); });
 }
 
 }  // namespace dllm

@@ -204,11 +204,8 @@ int64_t attention_decode_workspace_floats(const AttentionParams& p) {
 
 void attention_decode_cuda(const AttentionParams& p, float* workspace, void* stream) {
   if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
-  auto s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 64)
-    return bf16 ? launch<DType::kBFloat16, 64>(p, workspace, s) : launch<DType::kFloat16, 64>(p, workspace, s);
-  return bf16 ? launch<DType::kBFloat16, 128>(p, workspace, s) : launch<DType::kFloat16, 128>(p, workspace, s);
+  const auto s = static_cast<cudaStream_t>(stream);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch<DT, Dim>(p, workspace, s); });
 }
 
 }  // namespace dllm

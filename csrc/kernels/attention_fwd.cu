@@ -112,10 +112,8 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
 
 void attention_forward_cuda(const AttentionParams& p, void* stream) {
   if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
-  auto s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 64) return bf16 ? launch_forward<DType::kBFloat16, 64>(p, s) : launch_forward<DType::kFloat16, 64>(p, s);
-  return bf16 ? launch_forward<DType::kBFloat16, 128>(p, s) : launch_forward<DType::kFloat16, 128>(p, s);
+  const auto s = static_cast<cudaStream_t>(stream);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, s); });
 }
 
 }  // namespace dllm

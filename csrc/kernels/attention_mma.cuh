@@ -457,6 +457,17 @@ __device__ __forceinline__ void probs_to_ds_t(float (&s)[Blocks][4], const float
     for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];
 }
 
+// f.template operator()<DT, Dim>() for p's dtype and head dimension, among those the CUDA kernels
+// take (bfloat16 or float16; 64 or 128): the launches' one switch from run-time values to
+// template arguments.
+template <typename F>
+void with_kernel_types(const AttentionParams& p, F&& f) {
+  const bool bf16 = p.dtype == DType::kBFloat16;
+  if (p.head_dim == 64)
+    return bf16 ? f.template operator()<DType::kBFloat16, 64>() : f.template operator()<DType::kFloat16, 64>();
+  return bf16 ? f.template operator()<DType::kBFloat16, 128>() : f.template operator()<DType::kFloat16, 128>();
+}
+
 // Opts Kernel into `bytes` of dynamic shared memory (past the default 48 KB) once per device:
 // the attribute outlives the call, and setting it only on a first, eager call keeps it out of
 // CUDA-graph captures.
