@@ -218,7 +218,7 @@ class Runner:
 
     def __init__(self, models: Models, device: str, temperature: float, seed: int, precision):
         self.m, self.device, self.temperature, self.seed, self.precision = models, device, temperature, seed, precision
-        # Both sides replay their steps from CUDA graphs where they can (cuda_graphs()).
+        # Both sides replay their steps from CUDA graphs where they can (kernels() reports which).
         self.cuda_graph = device.startswith("cuda")
 
     def generator(self) -> torch.Generator:
@@ -338,26 +338,26 @@ def kernels(models: Models, device: str, dtype) -> dict:
     cfg = models.ar.config
     probe = torch.empty(1, 1, cfg.heads, cfg.head_dim, device=device, dtype=dtype)
     fused = _fused_applies(probe)
-    where = "CUDA" if device.startswith("cuda") else "C++ CPU"
+    cuda = device.startswith("cuda")
+    where = "CUDA" if cuda else "C++ CPU"
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)
     attention = (f"dllm.ops.attention (fused, bidirectional, head dim {cfg.head_dim})" if fused else
                  f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
                  f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
                  f"{cfg.head_dim} on {device})")
-    graphs = device.startswith("cuda")
-    decode = ("dllm.ops.attention's C++ CPU kernel" if not device.startswith("cuda") else
+    decode = ("dllm.ops.attention's C++ CPU kernel" if not cuda else
               "dllm.ops.attention's split-key decoding kernels (CUDA)" if fused else "SDPA with the lengths as a key mask")
     return {
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
                      + (f"CUDA graph: each step of {', '.join(GRAPHED)} replayed from one captured per call (the "
-                        "other samplers decide on the host between steps)" if graphs else "no CUDA graph (CPU)"),
+                        "other samplers decide on the host between steps)" if cuda else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               f"decode, one query over the cache's whole buffers with each row's filled length: {decode}; "
               f"sampling: dllm.ops.sample_categorical ({where} kernel); "
-              + ("CUDA graph: the one-token step replayed from one captured per call" if graphs else
+              + ("CUDA graph: the one-token step replayed from one captured per call" if cuda else
                  "no CUDA graph (CPU)"),
     }
 
