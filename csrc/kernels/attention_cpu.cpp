@@ -66,8 +66,8 @@ void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t
 // A pair with at most this many queries (a decoding step's one) reads K and V rows in place: the
 // tiled path converts every key of the pair into its tiles first, O(keys x dim) whatever the number
 // of queries, which for one query cost as much as its products and made a decoding step 2.5-3.4x
-// slower than SDPA's on the CPU. At four queries the two paths measured alike (each K and V row
-// is converted once per query here).
+// slower than SDPA's on the CPU. At four queries the two paths measured alike (with one key at a
+// time; here each bf16 K and V row is converted once per query).
 constexpr int64_t kFewQueries = 2;
 
 // Row `first` of a float32, bfloat16 or float16 tensor as float32: in place, or converted into `buffer`.
