@@ -244,15 +244,21 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     impls = {"network only", "eager reference step", "dllm step", "network only, torch.compile",
              "dllm step, torch.compile network"}
-    if torch.cuda.is_available():  # --device auto picks the GPU, which adds the CUDA-graph replay
+    # the autoregressive model's decoding step: eager (the reference) and graphed, never compiled
+    decode = {"network only", "decode step"}
+    if torch.cuda.is_available():  # --device auto picks the GPU, which adds the CUDA-graph replays
         impls.add("dllm step, CUDA graph")
-    assert {(r["model"].split()[0], r["impl"]) for r in rows} == {(k, i) for k in ("sedd", "llada") for i in impls}
+        decode.add("decode step, CUDA graph")
+    assert {(r["model"].split()[0], r["impl"]) for r in rows} == \
+        {(k, i) for k in ("sedd", "llada") for i in impls} | {("ar", i) for i in decode}
     assert all(r["median_ms"] > 0 for r in rows)
+    assert next(r["speedup_vs_eager"] for r in rows if r["impl"] == "decode step") == 1.0
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
-    assert "sedd 2x64: torch.compile took" in out.stdout
-    for kind, op in (("sedd", "dllm::sedd_step"), ("llada", "dllm::predict_masked")):
+    assert "sedd 2x64: torch.compile took" in out.stdout and "ar 2x64: torch.compile" not in out.stdout
+    for kind, op, step_name in (("sedd", "dllm::sedd_step", "dllm step"), ("llada", "dllm::predict_masked", "dllm step"),
+                                ("ar", "dllm::sample_categorical", "decode step")):
         profile = (tmp_path / f"profile-{kind}.md").read_text()
-        network, step = profile.split("## network only: ")[1].split("## dllm step: ")
+        network, step = profile.split("## network only: ")[1].split(f"## {step_name}: ")
         assert "| matmuls |" in network and op not in network and f"| `{op}` | 1 |" in step
         categories = network.split("| category | ms | share |")[1].split("\n\n")[0].splitlines()[2:]
         shares = [float(line.split("|")[3].strip(" %")) for line in categories]

@@ -12,7 +12,9 @@ a 33 ms SEDD-small step, before its elementwise glue went from 37.6 GB a forward
 scripts/model_traffic.py counts it); --profile splits one network call and one step into matmuls,
 dllm's kernels and the rest, by kernel. Presets: sedd-small (DiT 12 x 768, 12 heads, V 50258, B 16,
 L 1024), llada-8b (32 x 4096, 32 heads, MLP 12288, V 126464, B 1, L 1024; about 16 GB of bf16
-weights), tiny (both kinds at toy sizes, seconds on a CPU).
+weights), ar-small (the autoregressive baseline of `dllm bench e2e --size small`, byte tokens: one
+decoding step at position 1023 of its KV cache, B 1 and 16, eager and as a CUDA graph, the
+speedups relative to the eager step), tiny (all three kinds at toy sizes, seconds on a CPU).
 
   dllm bench step --preset sedd-small --out bench/results/<name>/step_latency
 """
@@ -47,10 +49,21 @@ PRESETS = {
                                      time_conditioning=True), 16, 1024)],
     "llada-8b": [Case("llada", dict(arch="llada", hidden=4096, layers=32, heads=32, mlp_hidden=12288,
                                     vocab_size=126464), 1, 1024)],
+    # The autoregressive baseline of `dllm bench e2e --size small` (byte tokens): one decoding step
+    # at the last position of a 1024-token KV cache
+    "ar-small": [Case("ar", dict(arch="ar", hidden=768, layers=12, heads=12, cond_dim=128, vocab_size=258), b, 1024)
+                 for b in (1, 16)],
     "tiny": [Case("sedd", dict(arch="dit", hidden=64, layers=2, heads=4, cond_dim=32, vocab_size=258,
                                time_conditioning=True), 2, 64),
-             Case("llada", dict(arch="llada", hidden=64, layers=2, heads=4, vocab_size=258), 2, 64)],
+             Case("llada", dict(arch="llada", hidden=64, layers=2, heads=4, vocab_size=258), 2, 64),
+             Case("ar", dict(arch="ar", hidden=64, layers=2, heads=4, cond_dim=32, vocab_size=258), 2, 64)],
 }
+
+
+def reference_impl(kind: str) -> str:
+    """The row the speedups are relative to: the eager sampler step, or for the autoregressive
+    model its eager decoding step (ARTransformer.generate's loop, dllm's kernels included)."""
+    return "decode step" if kind == "ar" else "eager reference step"
 
 
 @dataclass
@@ -113,6 +126,8 @@ def _steps(case: Case, model, device: torch.device, temperature: float, graphs: 
     from ..sedd import reference
 
     B, L, V = case.batch, case.length, case.model["vocab_size"]
+    if case.kind == "ar":
+        return _decode_steps(model, B, L, device, temperature, graphs)
     mask_id = V - 1
     canvas = torch.full((B, L), mask_id, dtype=torch.int64, device=device)  # a fresh, fully masked canvas
     if case.kind == "sedd":
@@ -153,6 +168,32 @@ def _steps(case: Case, model, device: torch.device, temperature: float, graphs: 
     if compiled is not None:
         steps["network only, torch.compile"] = lambda: network(compiled)
         steps["dllm step, torch.compile network"] = lambda: ours(compiled, canvas.clone())
+    return steps
+
+
+def _decode_steps(model, B: int, L: int, device: torch.device, temperature: float, graphs: bool) -> dict:
+    """One autoregressive decoding step at position L - 1 of a KV cache filled with L - 1 random
+    tokens: the one-token forward alone, and the forward with its draw, eager and (graphs) replayed
+    from a CUDA graph, as ARTransformer.generate(cuda_graph=...) runs it."""
+    from .. import ops
+    from ..sampling.cuda_graph import GraphedStep
+
+    cache = model.new_cache(B, L)
+    g = torch.Generator(device=device).manual_seed(0)
+    model(torch.randint(0, model.config.vocab_size, (B, L - 1), device=device, generator=g), cache=cache, start=0)
+    position = torch.tensor(L - 1, device=device)
+    token = torch.zeros(B, 1, dtype=torch.int64, device=device)
+
+    def step(x, at):
+        logits = model(x, cache=cache, start=at)[:, -1]
+        x.copy_(ops.sample_categorical(logits, temperature)[0][:, None])
+        return logits
+
+    steps = {"network only": lambda: model(token, cache=cache, start=position),
+             "decode step": lambda: step(token.clone(), position)}
+    if graphs:
+        graphed = GraphedStep(step, None)
+        steps["decode step, CUDA graph"] = lambda: graphed(token.clone(), position)
     return steps
 
 
@@ -215,7 +256,8 @@ def profile_report(title: str, fns: dict, device: torch.device) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="model and shape: sedd-small, llada-8b (GPU sizes) or tiny (seconds on a CPU) (default: tiny)")
+                   help="model and shape: sedd-small, llada-8b, ar-small (GPU sizes) or tiny (seconds on a CPU) "
+                        "(default: tiny)")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
                    help="weights and activations (default: bf16 on a GPU, fp32 on a CPU)")
@@ -260,8 +302,9 @@ def run(ns: argparse.Namespace) -> list[Row]:
         return table
 
     cases = PRESETS[ns.preset]
-    per_case = 3 + (device.type == "cuda" and not ns.no_graph) + 2 * ns.compile
-    bar = tqdm(total=len(cases) * per_case, desc="bench step", dynamic_ncols=True)
+    graphs = device.type == "cuda" and not ns.no_graph
+    timed = sum(2 + graphs if case.kind == "ar" else 3 + graphs + 2 * ns.compile for case in cases)
+    bar = tqdm(total=timed, desc="bench step", dynamic_ncols=True)
     for case in cases:
         model = _random_model(case, device, dtype)
         name = f"{case.kind} {case.model['layers']}x{case.model['hidden']}"
@@ -269,14 +312,13 @@ def run(ns: argparse.Namespace) -> list[Row]:
         case_rows = []
         with torch.no_grad(), amp:
             compiled = None
-            if ns.compile:
+            if ns.compile and case.kind != "ar":  # (the decoding step's position is a tensor: not compiled here)
                 compiled = torch.compile(model)
                 start = time.perf_counter()
                 bar.set_postfix_str(f"{name}: compiling")
                 _steps(case, compiled, device, ns.temperature, graphs=False)["network only"]()  # compiles
                 print(f"{name}: torch.compile took {time.perf_counter() - start:.1f} s", flush=True)
-            steps = _steps(case, model, device, ns.temperature, graphs=device.type == "cuda" and not ns.no_graph,
-                           compiled=compiled)
+            steps = _steps(case, model, device, ns.temperature, graphs=graphs, compiled=compiled)
             bar.set_postfix_str(name)
             # in turns, so that a drift in the machine's load hits every implementation alike
             for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), **timing)):
@@ -284,14 +326,15 @@ def run(ns: argparse.Namespace) -> list[Row]:
                 q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
                 case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
             bar.update(len(steps))
-        eager = next(r.median_ms for r in case_rows if r.impl == "eager reference step")
+        eager = next(r.median_ms for r in case_rows if r.impl == reference_impl(case.kind))
         for r in case_rows:
             r.speedup_vs_eager = eager / r.median_ms
         rows += case_rows
         write()
         if ns.profile:
             with torch.no_grad(), amp:
-                report = profile_report(f"{name} {shape}", {k: steps[k] for k in ("network only", "dllm step")}, device)
+                profiled = ("network only", "decode step" if case.kind == "ar" else "dllm step")
+                report = profile_report(f"{name} {shape}", {k: steps[k] for k in profiled}, device)
             if ns.out is not None:
                 (ns.out / f"profile-{case.kind}.md").write_text(report)
             print(report, flush=True)
