@@ -27,8 +27,6 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kChunk = 128;  // keys per CTA
-constexpr float kLog2eF = 1.4426950408889634f;
-constexpr float kLn2F = 0.6931471805599453f;
 
 // A key row is Dim / 8 lanes' 16-byte pieces (8 elements each); a warp takes 32 * 8 / Dim keys at
 // a time and the CTA kThreads * 8 / Dim.
@@ -74,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_chunk_kernel(const 
 
   // This lane's 8 elements of every query, scaled into base 2.
   float q[kDecodeQueries][kVec];
-  const float q_scale = p.scale * kLog2eF;
+  const float q_scale = p.scale * attn::kLog2e;
 #pragma unroll
   for (int i = 0; i < kDecodeQueries; ++i) {
     if (i < qn) {
@@ -180,7 +178,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
               h * p.o_head_stride;
 #pragma unroll
   for (int e = 0; e < kPerLane; ++e) out[lane + 32 * e] = cuda::IO<DT>::store(o[e] * inv);
-  if (lane == 0) p.lse[h * p.q_tokens + p.q_start[b] + i] = (m + log2f(sum)) * kLn2F;
+  if (lane == 0) p.lse[h * p.q_tokens + p.q_start[b] + i] = (m + log2f(sum)) * attn::kLn2;
 }
 
 template <DType DT, int Dim>

@@ -175,7 +175,6 @@ def _decode_steps(model, B: int, L: int, device: torch.device, temperature: floa
     """One autoregressive decoding step at position L - 1 of a KV cache filled with L - 1 random
     tokens: the one-token forward alone, and the forward with its draw, eager and (graphs) replayed
     from a CUDA graph, as ARTransformer.generate(cuda_graph=...) runs it."""
-    from .. import ops
     from ..sampling.cuda_graph import GraphedStep
 
     cache = model.new_cache(B, L)
@@ -185,9 +184,7 @@ def _decode_steps(model, B: int, L: int, device: torch.device, temperature: floa
     token = torch.zeros(B, 1, dtype=torch.int64, device=device)
 
     def step(x, at):
-        logits = model(x, cache=cache, start=at)[:, -1]
-        x.copy_(ops.sample_categorical(logits, temperature)[0][:, None])
-        return logits
+        return model.decode_step(x, cache, at, temperature=temperature)
 
     steps = {"network only": lambda: model(token, cache=cache, start=position),
              "decode step": lambda: step(token.clone(), position)}

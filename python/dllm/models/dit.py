@@ -168,6 +168,15 @@ class ARTransformer(DiffusionTransformer):
             dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return KVCache(cfg.layers, batch, max_len or cfg.max_seq_len, cfg.heads, cfg.head_dim, p.device, dtype)
 
+    def decode_step(self, token: torch.Tensor, cache: KVCache, position: int | torch.Tensor, *, temperature: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """One decoding step: the logits ``[B, V]`` of ``token [B, 1]`` at ``position`` (an int, or a
+        one-element tensor on its device, which a CUDA graph can replay), with ``token`` overwritten
+        by the next token drawn by :func:`dllm.ops.sample_categorical`."""
+        logits = self(token, cache=cache, start=position)[:, -1]
+        token.copy_(ops.sample_categorical(logits, temperature, generator=generator)[0][:, None])
+        return logits
+
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  generator: torch.Generator | None = None, cuda_graph: bool = False) -> torch.Tensor:
@@ -196,9 +205,7 @@ class ARTransformer(DiffusionTransformer):
         out = [prompt, token]
 
         def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            logits = self(token, cache=cache, start=position)[:, -1]
-            token.copy_(ops.sample_categorical(logits, temperature, generator=generator)[0][:, None])
-            return logits
+            return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
 
         if cuda_graph:
             from ..sampling.cuda_graph import GraphedStep  # (dllm.sampling imports the models)
