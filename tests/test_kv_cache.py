@@ -142,11 +142,11 @@ def test_cache_errors():
 
 def test_cuda_graph_errors():
     model = make("llada", layers=1)
-    with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):
-        dllm.generate(model, gen_length=8, steps=8, sampler="dream", cuda_graph=True)
-    for sampler in ("mdlm", "fast-dllm", "first-hitting"):
-        with pytest.raises(ValueError, match=f"supports the llada and dream samplers, not '{sampler}'"):
+    for sampler in ("dream", "mdlm", "fast-dllm", "first-hitting"):
+        with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):
             dllm.generate(model, gen_length=8, steps=8, sampler=sampler, cuda_graph=True)
+    with pytest.raises(ValueError, match="cannot be combined with cache="):
+        dllm.generate(model, gen_length=8, steps=8, sampler="fast-dllm", cache="prefix", cuda_graph=True)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -154,7 +154,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @cuda
 @pytest.mark.parametrize("sampler, kw", [("llada", {}), ("llada", {"cfg_scale": 1.0, "block_length": 16}),
-                                         ("dream", {}), ("dream:origin", {}), ("llada:random", {})])
+                                         ("dream", {}), ("dream:origin", {}), ("llada:random", {}), ("mdlm", {}),
+                                         ("first-hitting", {}), ("fast-dllm", {"block_length": 8, "threshold": 0.5})])
 def test_cuda_graph_equals_eager(sampler, kw):
     model = make("llada", layers=2).cuda()
     # ragged prompts: the captured step includes the padded batch's move to per-row lengths
@@ -166,10 +167,10 @@ def test_cuda_graph_equals_eager(sampler, kw):
                                       cuda_graph=graph, generator=g, **kw))
         eager, graphed, again = outs
         assert torch.equal(graphed.sequences, again.sequences)  # seeded: reproducible
-        assert len(graphed.step_times) == 16 and all(t > 0 for t in graphed.step_times)
-        assert graphed.nfe == eager.nfe
+        assert all(t > 0 for t in graphed.step_times)
         if temperature == 0.0:
             assert torch.equal(graphed.sequences, eager.sequences)
+            assert graphed.nfe == eager.nfe and len(graphed.step_times) == len(eager.step_times)
         assert not (graphed.sequences == MASK).any()
 
 

@@ -43,8 +43,9 @@ SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
 FAST_DLLM_THRESHOLD = 0.9
-# The samplers whose steps dllm.generate replays from a CUDA graph (fixed shapes, no host decisions)
-GRAPHED = ("llada",)
+# The samplers whose steps dllm.generate replays from CUDA graphs here: fast-dllm's cached steps change
+# shape and position from block to block
+GRAPHED = ("mdlm", "llada")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -352,8 +353,8 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
-                     + (f"CUDA graph: each step of {', '.join(GRAPHED)} replayed from one captured per call (the "
-                        "other samplers decide on the host between steps)" if cuda else "no CUDA graph (CPU)"),
+                     + (f"CUDA graph: each step of {', '.join(GRAPHED)} replayed from graphs captured per call (fast-dllm's "
+                        "cached steps change shape from block to block: eager)" if cuda else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               f"decode, one query over the cache's whole buffers with each row's filled length: {decode}; "
               f"sampling: dllm.ops.sample_categorical ({where} kernel); "

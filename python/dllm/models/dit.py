@@ -188,8 +188,9 @@ class ARTransformer(DiffusionTransformer):
         eager loop."""
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-        if cuda_graph and prompt.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA model; this one is on {prompt.device}")
+        if cuda_graph:
+            from ..sampling import cuda_graph as graphs  # (dllm.sampling imports the models)
+            graphs.check_graphable(prompt.device)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         B, P = prompt.shape
@@ -208,8 +209,7 @@ class ARTransformer(DiffusionTransformer):
             return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
 
         if cuda_graph:
-            from ..sampling.cuda_graph import GraphedStep  # (dllm.sampling imports the models)
-            step = GraphedStep(step, generator)
+            step = graphs.GraphedStep(step, generator)
         positions = torch.arange(P, P + max_new_tokens, device=prompt.device)
         for i in range(max_new_tokens - 1):
             token = token.clone()

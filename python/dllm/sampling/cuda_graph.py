@@ -6,10 +6,16 @@ from __future__ import annotations
 import torch
 
 
+def check_graphable(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA model; this one is on {device}")
+
+
 class GraphedStep:
-    """``fn(x, *args) -> logits`` (x updated in place; args tensors whose values change between
-    steps but whose shapes do not) captured on the first call and replayed after. Each call copies
-    x and args into the graph's static buffers and x back, so callers keep their own tensors.
+    """``fn(x, *args) -> out`` (args: tensors whose values change between steps but whose shapes
+    do not; fn may update x and args in place) captured on the first call and replayed after. Each
+    call copies x and args into the graph's static buffers and back, so callers keep their own
+    tensors, and state that fn carries from step to step in an arg survives the warm-up run.
 
     fn must not synchronise with the host (dllm's predict_masked and commit_tokens do not). The
     warm-up run before the capture draws random numbers; the generator's state is restored after
@@ -53,4 +59,6 @@ class GraphedStep:
             buf.copy_(a)
         self.graph.replay()
         x.copy_(self.static_x)
+        for buf, a in zip(self.static_args, args):
+            a.copy_(buf)
         return self.static_out

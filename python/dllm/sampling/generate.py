@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from . import masked, score
+from . import cuda_graph as graphs, masked, score
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import check_takes_attention_mask, mask_id_of, pad_id_of, vocab_size_of
@@ -20,7 +20,6 @@ UNKNOWN = -1  # in an infill template: a position to generate (the only marker a
 
 
 CACHES = ("prefix", "dual")
-GRAPHED_SAMPLERS = ("llada", "dream")  # static step shapes and no host decisions inside a step
 BLOCK_SAMPLERS = ("llada", "fast-dllm")
 FAST_DLLM_BLOCK = 32  # Fast-dLLM's default block size
 
@@ -34,17 +33,13 @@ def _check_cache(name: str, cache) -> None:
         raise ValueError(f"cache={cache!r} applies only to the fast-dllm sampler, not {name!r}")
 
 
-def _check_cuda_graph(name: str, cuda_graph: bool, cache, device: torch.device) -> None:
+def _check_cuda_graph(cuda_graph: bool, cache, device: torch.device) -> None:
     if not cuda_graph:
         return
-    if name not in GRAPHED_SAMPLERS:
-        raise ValueError(f"cuda_graph=True supports the {' and '.join(GRAPHED_SAMPLERS)} samplers, not {name!r}: "
-                         "mdlm, first-hitting, fast-dllm and the SEDD samplers decide on the host between steps "
-                         "(skips, step counts, block ends) or change shapes")
     if cache is not None:
-        raise ValueError("cuda_graph=True cannot be combined with cache=")
-    if device.type != "cuda":
-        raise ValueError(f"cuda_graph needs a CUDA model; this one is on {device}")
+        raise ValueError("cuda_graph=True cannot be combined with cache=: a cached fast-dllm step changes its shape "
+                         "and its positions from block to block")
+    graphs.check_graphable(device)
 
 
 def _check_lengths(**lengths) -> None:
@@ -234,8 +229,12 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         cache: "fast-dllm" only: None (every step runs the whole canvas), "prefix" or "dual"
             (Fast-dLLM's approximate KV caches, refreshed once per block; the model needs the
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
-        cuda_graph: capture one sampler step (network + predict_masked + commit_tokens) in a CUDA
-            graph and replay it for every step ("llada" and "dream", on a CUDA model).
+        cuda_graph: capture a sampler step (network + the sampler's ops) in a CUDA graph and
+            replay it for every step, on a CUDA model, so a small model's step costs its kernels and
+            not their launches. Every sampler; fast-dllm only without ``cache`` (a cached step
+            changes shape from block to block). mdlm captures two steps (with and without the
+            network), SEDD's final denoising step runs eagerly. The host still syncs once a step
+            where the sampler decides there: mdlm's reuse of the logits, fast-dllm's block end.
         generator: a ``torch.Generator`` on the model's device.
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
             cache, logits covers only the positions the step fed. x is the live canvas, which the
@@ -258,7 +257,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
                                                top_p=top_p, threshold=threshold, alg_temp=alg_temp, cfg_scale=cfg_scale))
     device = _device_of(model)
     _check_cache(name, cache)
-    _check_cuda_graph(name, cuda_graph, cache, device)
+    _check_cuda_graph(cuda_graph, cache, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
                           alg_temp=alg_temp)
     if getattr(model, "graph", None) is not None:
@@ -303,7 +302,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
                          "Uniform); a masked-diffusion model samples with mdlm, first-hitting, llada, dream or "
                          "fast-dllm")
     _check_cache("sedd-" + method, cache)
-    _check_cuda_graph("sedd-" + method, cuda_graph, cache, _device_of(model))
+    _check_cuda_graph(cuda_graph, cache, _device_of(model))
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
         raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
@@ -315,7 +314,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
-    loop = StepLoop(model, attention_mask, callback, return_history, device)
+    loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
     x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
                    known=known if bool(known.any()) else None, generator=generator)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())

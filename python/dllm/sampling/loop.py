@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .cuda_graph import GraphedStep
+from . import cuda_graph as graphs
 from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, warn_if_dropout_on
 
 
@@ -38,7 +38,7 @@ class StepLoop:
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, stacked: int = 1,
                 **cache_kwargs) -> torch.Tensor:
-        """The model's logits, not counted in nfe (for step functions run by :meth:`run_step`).
+        """The model's logits, not counted in nfe (for step functions run by :meth:`call`).
         ``stacked``: x holds that many copies of the batch (classifier-free guidance), each
         padded like the prompts."""
         mask = self.attention_mask
@@ -54,17 +54,24 @@ class StepLoop:
     def new_kv_cache(self, x: torch.Tensor):
         return new_kv_cache(self.model, x.shape[0], x.shape[1])
 
-    def run_step(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1) -> torch.Tensor:
-        """One whole step ``fn(x, *args) -> logits`` (x updated in place), replayed from a CUDA graph
-        when cuda_graph is on; timed, counted and reported like any step."""
-        self.begin()
-        if self.cuda_graph:
-            if fn not in self._graphs:
-                self._graphs[fn] = GraphedStep(fn, self.generator)
-            logits = self._graphs[fn](x, *args)
-        else:
-            logits = fn(x, *args)
+    def call(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1, replay: bool = True):
+        """``fn(x, *args)`` (x and args updated in place), replayed from its CUDA graph when
+        cuda_graph is on and ``replay`` (captured on fn's first call: a step run once is cheaper
+        eager); counts ``evaluations`` network calls. Untimed: the sampler brackets its step with
+        :meth:`begin` and :meth:`end`."""
         self.nfe += evaluations
+        if not (self.cuda_graph and replay):
+            return fn(x, *args)
+        if fn not in self._graphs:
+            self._graphs[fn] = graphs.GraphedStep(fn, self.generator)
+        return self._graphs[fn](x, *args)
+
+    def run_step(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1,
+                 replay: bool = True) -> torch.Tensor:
+        """One whole step ``fn(x, *args) -> logits`` through :meth:`call`, timed, counted and reported
+        like any step."""
+        self.begin()
+        logits = self.call(fn, x, *args, evaluations=evaluations, replay=replay)
         self.end(x, logits)
         return logits
 

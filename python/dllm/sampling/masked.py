@@ -87,31 +87,45 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
     paper samples at temperature=1; generate's default temperature=0 takes its argmax). The
     tokens still masked at t = 1e-5 (rare) take the argmax of one more forward, as MDLM's noise
     removal does, within the last step. For a time-agnostic model the logits of a step that
-    unmasked nothing are reused, so that step costs no network call."""
+    unmasked nothing are reused, so that step costs no network call (under cuda_graph the steps
+    with and without the network are two graphs, and the choice between them is one host sync a
+    step)."""
     times = torch.linspace(1, MDLM_EPS, steps + 1, dtype=torch.float64).tolist()
-    logits = None
     time_conditioned = loop.time_conditioned
+    unmasked = torch.zeros((), dtype=torch.bool, device=x.device)  # did the latest step commit a token?
+    latest: list[torch.Tensor] = []  # the latest forward's logits (a graph's own buffer when replayed)
 
-    def forward(t):
-        sigma = _loglinear_sigma(torch.full((x.shape[0],), t, device=x.device)) if time_conditioned else None
-        return loop.logits(x, sigma)
+    def per_row(value: float) -> torch.Tensor:
+        return torch.full((x.shape[0],), value, device=x.device)
+
+    def unmask(x, logits, rate):
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      logits_shift=shift, generator=generator)
+        unmasked.copy_(ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator).any())
+        return logits
+
+    def forward_step(x, t, rate):
+        return unmask(x, loop.forward(x, _loglinear_sigma(t) if time_conditioned else None), rate)
+
+    def reuse_step(x, rate):
+        return unmask(x, latest[0], rate)
 
     for i in range(steps):
         t, s = times[i], times[i + 1]
+        rate = per_row((t - s) / t)
         loop.begin()
-        if logits is None or time_conditioned:
-            logits = forward(t)
-        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      logits_shift=shift, generator=generator)
-        committed = ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=(t - s) / t, generator=generator)
+        if latest and not time_conditioned:
+            loop.call(reuse_step, x, rate, evaluations=0)
+        else:
+            latest[:] = [loop.call(forward_step, x, per_row(t), rate)]
         if i == steps - 1 and bool((x == mask_id).any()):
-            if bool(committed.any()) or time_conditioned:
-                logits = forward(s)
-            x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, logits_shift=shift)  # argmax
+            if bool(unmasked) or time_conditioned:
+                latest[:] = [loop.logits(x, _loglinear_sigma(per_row(s)) if time_conditioned else None)]
+            x0, conf = ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
-        loop.end(x, logits)
-        if bool(committed.any()):
-            logits = None
+        loop.end(x, latest[0])
+        if bool(unmasked):
+            latest.clear()
     return x
 
 
@@ -122,19 +136,21 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
     tokens; the time matters only to a time-conditioned model. The token is drawn from the
     proposal distribution (temperature=1 for the paper's sampler; 0, generate's default, is argmax)."""
     time_conditioned = loop.time_conditioned
-    t = torch.ones(x.shape[0], device=x.device, dtype=torch.float64)
     one = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
-    for _ in range(int((x == mask_id).sum(-1).max())):
-        loop.begin()
+
+    def step(x, t):
         n = (x == mask_id).sum(-1).clamp(min=1)
         u = torch.rand(x.shape[0], device=x.device, dtype=torch.float64, generator=generator)
-        t = t * u ** (1.0 / n)
-        sigma = _loglinear_sigma(t).float() if time_conditioned else None
-        logits = loop.logits(x, sigma)
+        t.mul_(u ** (1.0 / n))
+        logits = loop.forward(x, _loglinear_sigma(t).float() if time_conditioned else None)
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                                       confidence="random", logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=one, generator=generator)
-        loop.end(x, logits)
+        return logits
+
+    t = torch.ones(x.shape[0], device=x.device, dtype=torch.float64)  # carried from step to step
+    for _ in range(int((x == mask_id).sum(-1).max())):
+        loop.run_step(step, x, t)
     return x
 
 
@@ -197,24 +213,27 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
                                       top_p=top_p, logits_shift=shift, generator=generator)
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
+    def step(x, window):  # without a cache: the whole canvas, a fixed shape that a CUDA graph replays
+        logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
+        decode(x, logits, window)
+        return logits
+
     for lo in range(start, length, block_length):
         hi = min(lo + block_length, length)
         window = _window(x, lo, hi)
         refresh = True
         while bool((x[:, lo:hi] == mask_id).any()):
-            loop.begin()
-            sigma = _canvas_sigma(loop, x, mask_id)
             if kv is None:
-                logits = loop.logits(x, sigma)
-                decode(x, logits, window)
-            else:
-                # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
-                q_lo = 0 if refresh else lo - min(shift, lo)
-                q_hi = length if refresh or cache == "prefix" else hi
-                part = x[:, q_lo:q_hi].contiguous()
-                logits = loop.logits(part, sigma, cache=kv, start=q_lo)
-                decode(part, logits, window - q_lo)
-                x[:, q_lo:q_hi] = part
-                refresh = False
+                loop.run_step(step, x, window)
+                continue
+            loop.begin()
+            # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
+            q_lo = 0 if refresh else lo - min(shift, lo)
+            q_hi = length if refresh or cache == "prefix" else hi
+            part = x[:, q_lo:q_hi].contiguous()
+            logits = loop.logits(part, _canvas_sigma(loop, x, mask_id), cache=kv, start=q_lo)
+            decode(part, logits, window - q_lo)
+            x[:, q_lo:q_hi] = part
+            refresh = False
             loop.end(x, logits)
     return x

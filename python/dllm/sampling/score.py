@@ -16,22 +16,23 @@ def sedd(loop: StepLoop, x, *, graph, noise, method: str, steps: int, known: tor
     batch = x.shape[0]
     template = x.clone()
     times = torch.linspace(1, eps, steps + 1, device=x.device)
-    dt = (1 - eps) / steps
+    sigma, dsigma = noise(times)  # the whole schedule at once: the steps read it, none computes it
+    if method == "analytic":
+        dsig = sigma[:-1] - noise(times[:-1] - (1 - eps) / steps)[0]
+    else:
+        dsig = (1 - eps) / steps * dsigma[:-1]
 
-    def step(t, method, dsig_of):
-        nonlocal x
-        loop.begin()
-        sigma, dsigma = noise(t.expand(batch))
-        logits = loop.logits(x, sigma)
-        x = graph.step(logits, x, sigma, dsig_of(t, sigma, dsigma), method=method, generator=generator)
-        if known is not None:
-            x = torch.where(known, template, x)
-        loop.end(x, logits)
+    def predictor(method):
+        def step(x, sigma, dsig):
+            logits = loop.forward(x, sigma)
+            x_next = graph.step(logits, x, sigma, dsig, method=method, generator=generator)
+            x.copy_(x_next if known is None else torch.where(known, template, x_next))
+            return logits
+        return step
 
+    sigma, dsig = (v[:, None].repeat(1, batch) for v in (sigma, dsig))  # a row of [B] per step
+    step = predictor(method)
     for i in range(steps):
-        if method == "analytic":
-            step(times[i], "analytic", lambda t, sigma, _: sigma - noise((t - dt).expand(batch))[0])
-        else:
-            step(times[i], "euler", lambda t, _, dsigma: dt * dsigma)
-    step(times[-1], "denoise", lambda t, sigma, _: sigma)
+        loop.run_step(step, x, sigma[i], dsig[i])
+    loop.run_step(predictor("denoise"), x, sigma[-1], sigma[-1], replay=False)
     return x

@@ -1,0 +1,117 @@
+"""cuda_graph=True on the CPU: every graphed sampler step replayed with CUDA-graph semantics
+(tests/graph_replay.py) must give the eager run's tokens, draw for draw. The GPU tests in
+test_kv_cache.py and test_models.py replay real CUDA graphs."""
+
+import pytest
+import torch
+
+import dllm
+from dllm.models import ARTransformer, build_model, model_config
+from dllm.sampling.pretrained import MaskedLM, ScoreModel
+from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
+from graph_replay import HostSyncInCapture, RecordedStep, replay_on_cpu
+
+V, MASK = 50, 49
+PROMPTS = [[5, 7, 9, 11, 2, 3, 1], [8, 8, 4], [30, 31, 32, 33, 34]]  # ragged: left padded, attention_mask
+
+
+def perturbed(net, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():  # the DiT starts as the identity with zero logits; make every layer matter
+            p.normal_(0, 0.3)
+    return net.eval()
+
+
+def masked_model(arch, time_conditioning=False):
+    cfg = model_config("tiny", arch=arch, vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=96, cond_dim=16,
+                       **({"kv_heads": 2} if arch == "llada" else {"time_conditioning": time_conditioning}))
+    return MaskedLM(perturbed(build_model(cfg)), MASK)
+
+
+def score_model(graph, noise):
+    cfg = model_config("tiny", arch="dit", vocab_size=graph.num_classes, hidden=32, heads=4, layers=2, max_seq_len=96,
+                       cond_dim=16, time_conditioning=True)
+    return ScoreModel(perturbed(build_model(cfg)), graph, noise)
+
+
+def eager_and_replayed(monkeypatch, model, **kw):
+    runs = []
+    for graph in (False, True):
+        if graph:
+            replay_on_cpu(monkeypatch)
+        runs.append(dllm.generate(model, generator=torch.Generator().manual_seed(3), cuda_graph=graph, **kw))
+    return runs
+
+
+CASES = [
+    ("llada", "llada", {}), ("llada", "llada", {"cfg_scale": 1.0, "block_length": 8}),
+    ("llada", "llada:random", {}), ("llada", "dream", {"alg_temp": 0.5}), ("llada", "dream:origin", {}),
+    ("llada", "mdlm", {}), ("dit-t", "mdlm", {}), ("llada", "first-hitting", {}), ("dit-t", "first-hitting", {}),
+    ("llada", "fast-dllm", {"block_length": 8, "threshold": 0.5}), ("dit-t", "fast-dllm", {"threshold": 0.5}),
+]
+
+
+@pytest.mark.parametrize("arch, sampler, kw", CASES, ids=[f"{a}-{s}-{len(k)}" for a, s, k in CASES])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_masked_samplers_replayed_as_graphs_equal_eager(monkeypatch, arch, sampler, kw, temperature):
+    model = masked_model(arch.removesuffix("-t"), time_conditioning=arch.endswith("-t"))
+    eager, replayed = eager_and_replayed(monkeypatch, model, prompt=PROMPTS, gen_length=24, steps=12, sampler=sampler,
+                                         temperature=temperature, return_history=True, **kw)
+    assert torch.equal(replayed.sequences, eager.sequences)
+    assert replayed.nfe == eager.nfe and len(replayed.step_times) == len(eager.step_times)
+    assert all(torch.equal(a, b) for a, b in zip(replayed.history, eager.history))
+    assert 1 <= RecordedStep.captures <= 2  # mdlm: a step with the network and one reusing its logits
+    assert not (replayed.sequences == MASK).any()
+
+
+@pytest.mark.parametrize("graph, noise", [(Absorbing(V - 1), LogLinear()), (Uniform(V), Geometric())])
+@pytest.mark.parametrize("sampler", ["sedd-analytic", "sedd-euler"])
+def test_sedd_samplers_replayed_as_graphs_equal_eager(monkeypatch, graph, noise, sampler):
+    model = score_model(graph, noise)
+    infill = torch.full((2, 20), -1 if isinstance(graph, Uniform) else graph.mask_id)
+    infill[:, 3:6] = torch.tensor([4, 5, 6])
+    eager, replayed = eager_and_replayed(monkeypatch, model, infill=infill, gen_length=20, steps=10, sampler=sampler)
+    assert torch.equal(replayed.sequences, eager.sequences) and replayed.nfe == eager.nfe == 11
+    assert RecordedStep.captures == 1  # the final denoising step runs once, eagerly
+    assert torch.equal(replayed.sequences[:, 3:6], infill[:, 3:6])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sampler", ["sedd-analytic", "sedd-euler"])
+def test_sedd_samplers_replayed_from_real_cuda_graphs_equal_eager(sampler):
+    model = score_model(Absorbing(V - 1), LogLinear()).cuda()
+    runs = [dllm.generate(model, gen_length=32, steps=16, sampler=sampler, cuda_graph=graph,
+                          generator=torch.Generator("cuda").manual_seed(3)) for graph in (False, True, True)]
+    eager, graphed, again = runs
+    assert torch.equal(graphed.sequences, again.sequences) and torch.equal(graphed.sequences, eager.sequences)
+    assert graphed.nfe == 17 and not (graphed.sequences == V - 1).any()
+
+
+def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch):
+    cfg = model_config("tiny", arch="ar", vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=64)
+    model = perturbed(ARTransformer(cfg))
+    prompt = torch.randint(0, V, (3, 4))
+    eager = model.generate(prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    replay_on_cpu(monkeypatch)
+    replayed = model.generate(prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(7), cuda_graph=True)
+    assert torch.equal(replayed, eager) and RecordedStep.captures == 1
+
+
+def test_the_replay_serves_stale_python_values_and_refuses_host_syncs():
+    # What makes the tests above able to fail: a step that reads a changing Python number replays
+    # the captured one, and a step that reads a device value on the host cannot be captured.
+    x = torch.zeros(3)
+    rate = [1.0]
+    step = RecordedStep(lambda x: x.add_(rate[0]), None)
+    for r in (1.0, 2.0, 5.0):
+        rate[0] = r
+        step(x)
+    assert x.tolist() == [3.0] * 3  # eager: 8
+    with pytest.raises(HostSyncInCapture):
+        RecordedStep(lambda x: x.add_(float(x.sum())), None)(x)
+
+
+def test_cuda_graph_with_a_cache_is_refused():
+    with pytest.raises(ValueError, match="cannot be combined with cache="):
+        dllm.generate(masked_model("llada"), gen_length=8, steps=8, sampler="fast-dllm", cache="dual", cuda_graph=True)
