@@ -61,6 +61,10 @@ MUTANTS = [
     (MASKED, "    def step(x, num_tokens, window):", "    def step(x, num_tokens, _):", ["test_cuda_graph_replay"]),
     (MASKED, "    def step(x, rate):", "    def step(x, _):", ["test_cuda_graph_replay"]),
     (MASKED, "    def step(x, t):", "    def step(x, _):", ["test_cuda_graph_replay"]),
+    # ... and a dual-cached fast-dllm span at the capture's position, in the model or in the cache
+    (MASKED, "at = positions[:1] if loop.cuda_graph else q_lo", "at = q_lo", ["test_cuda_graph_replay"]),
+    ("python/dllm/models/layers.py", "index = start.reshape(1) + torch.arange(k.shape[1], device=k.device)",
+     "index = torch.arange(k.shape[1], device=k.device)", ["test_cuda_graph_replay"]),
     # SEDD's noise increments and conditioning; the schedules' derivatives
     (SCORE, "dsig = (1 - eps) / steps * dsigma[:-1]", "dsig = dsigma[:-1]", [RULES]),
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",

@@ -133,7 +133,7 @@ def test_ar_kv_cache_matches_full_forward():
 def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
     m = ARTransformer(_tiny("ar")).eval()
     cache = m.new_cache(2, 8)
-    with pytest.raises(ValueError, match="a tensor start takes one token"):
+    with pytest.raises(ValueError, match="a tensor start takes one position, and a KV cache"):
         m(torch.zeros(2, 2, dtype=torch.long), cache=cache, start=torch.tensor(0))
     with pytest.raises(ValueError, match="asked to write position 8"):
         m(torch.zeros(2, 1, dtype=torch.long), cache=cache, start=8)

@@ -43,9 +43,6 @@ SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
 FAST_DLLM_THRESHOLD = 0.9
-# The samplers whose steps dllm.generate replays from CUDA graphs here: fast-dllm's cached steps change
-# shape and position from block to block
-GRAPHED = ("mdlm", "llada")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -229,7 +226,7 @@ class Runner:
         prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
         with self.precision:
             out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
-                           cuda_graph=self.cuda_graph and sampler in GRAPHED, **_diffusion_kwargs(sampler, steps, length))
+                           cuda_graph=self.cuda_graph, **_diffusion_kwargs(sampler, steps, length))
         return out.sequences[:, 1:], out.nfe
 
     def ar(self, length: int, batch: int, g: torch.Generator):
@@ -353,8 +350,9 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
-                     + (f"CUDA graph: each step of {', '.join(GRAPHED)} replayed from graphs captured per call (fast-dllm's "
-                        "cached steps change shape from block to block: eager)" if cuda else "no CUDA graph (CPU)"),
+                     + ("CUDA graph: every sampler's steps replayed from graphs captured per call (one a step shape: "
+                        "mdlm's with and without the network, fast-dllm's refresh and cached block)" if cuda
+                        else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               f"decode, one query over the cache's whole buffers with each row's filled length: {decode}; "
               f"sampling: dllm.ops.sample_categorical ({where} kernel); "

@@ -18,7 +18,7 @@ from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
 from .layers import (DenoisingKVCache, KVCache, ModulatedLayerNorm, Rotary, TimestepEmbedder, apply_rotary,
-                     cached_causal_mask, records_autograd)
+                     cached_causal_mask, check_start, records_autograd)
 
 
 class DiTBlock(nn.Module):
@@ -129,14 +129,10 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
         keys (the keys: x's positions, or every position the cache holds); without a cache the
         bidirectional model hands attention per-row lengths instead (:class:`RaggedBatch`).
-        ``start`` may be a one-element integer tensor on x's device for one token with a
-        :class:`KVCache` (a step that a CUDA graph replays at every position)."""
+        ``start`` may be a one-element integer tensor on x's device with a KV cache (a step that a
+        CUDA graph replays at changing positions; see :func:`check_start`)."""
         B, S = x.shape
-        if isinstance(start, torch.Tensor):
-            if S != 1 or not isinstance(cache, KVCache) or start.numel() != 1:
-                raise ValueError("a tensor start takes one token (x [B, 1]) with a KVCache, and one position")
-        elif start + S > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        check_start(start, S, cache, self.config.max_seq_len)
         h = F.embedding(x, self.vocab_embed)
         c = self._cond(sigma, B, x.device)
         ragged, cos, sin, key_mask, kv_len = padding_layout(attention_mask, x, self.rotary, start,

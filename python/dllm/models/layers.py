@@ -172,12 +172,24 @@ class DenoisingKVCache:
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes the keys and values of ``[start, start + S)`` and returns every position's. The
+        buffers, once made by the first refresh, are written in place, so a CUDA graph that reads
+        them reads every later refresh. ``start`` may be a one-element tensor (a graphed step's),
+        which is not checked against the length, since reading it would synchronise."""
+        if isinstance(start, torch.Tensor):
+            if layer not in self.k:
+                raise ValueError("the KV cache is empty: its first forward must cover the whole canvas (the refresh)")
+            index = start.reshape(1) + torch.arange(k.shape[1], device=k.device)
+            self.k[layer].index_copy_(1, index, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(1, index, v.to(self.v[layer].dtype))
+            return self.k[layer], self.v[layer]
         end = start + k.shape[1]
         if k.shape[0] != self.batch or start < 0 or end > self.length:
             raise ValueError(f"the KV cache holds {self.batch} canvases of {self.length} positions; asked to write "
                              f"{k.shape[0]} at [{start}, {end})")
-        if start == 0 and end == self.length:
+        if start == 0 and end == self.length and (layer not in self.k or self.k[layer].dtype != k.dtype):
             self.k[layer], self.v[layer] = k.contiguous(), v.contiguous()
         elif layer not in self.k:
             raise ValueError("the KV cache is empty: its first forward must cover the whole canvas (the refresh)")
@@ -185,6 +197,18 @@ class DenoisingKVCache:
             self.k[layer][:, start:end] = k
             self.v[layer][:, start:end] = v
         return self.k[layer], self.v[layer]
+
+
+def check_start(start: int | torch.Tensor, span: int, cache, max_seq_len: int) -> None:
+    """A forward's first position: an int within ``max_seq_len``, or a one-element tensor (a step
+    that a CUDA graph replays at changing positions) with a KV cache: one token with a
+    :class:`KVCache`, any span with a :class:`DenoisingKVCache`."""
+    if isinstance(start, torch.Tensor):
+        if start.numel() != 1 or not (isinstance(cache, DenoisingKVCache) or (span == 1 and isinstance(cache, KVCache))):
+            raise ValueError("a tensor start takes one position, and a KV cache: one token (x [B, 1]) with a "
+                             "KVCache, or any span with a denoising KV cache (new_kv_cache)")
+    elif start + span > max_seq_len:
+        raise ValueError(f"sequence of {start + span} tokens exceeds max_seq_len={max_seq_len}")
 
 
 def cached_causal_mask(start: int, q_len: int, device) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import DenoisingKVCache, RMSNorm, Rotary, apply_rotary
+from .layers import DenoisingKVCache, RMSNorm, Rotary, apply_rotary, check_start
 
 
 class LLaDABlock(nn.Module):
@@ -67,14 +67,13 @@ class LLaDAModel(PretrainedMixin, nn.Module):
                 nn.init.normal_(p, std=0.02 / (2 * cfg.layers) ** 0.5)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, cache: DenoisingKVCache | None = None,
-                start: int = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                start: int | torch.Tensor = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` holds the tokens at positions ``[start, start + S)``; ``cache`` (from :meth:`new_kv_cache`)
         supplies the keys of the rest of the canvas. ``attention_mask``: bool ``[B, keys]``, False on
         padded keys (keys are x's positions, or the whole canvas with a cache); without a cache it
-        reaches attention as per-row lengths (:class:`RaggedBatch`)."""
-        S = x.shape[1]
-        if start + S > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + S} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        reaches attention as per-row lengths (:class:`RaggedBatch`). ``start`` may be a one-element
+        integer tensor with a cache (a CUDA-graphed step's; see :func:`check_start`)."""
+        check_start(start, x.shape[1], cache, self.config.max_seq_len)
         h = self.embed(x)
         ragged, cos, sin, key_mask, kv_len = padding_layout(attention_mask, x, self.rotary, start,
                                                             lengths=cache is None)

@@ -36,9 +36,9 @@ def _check_cache(name: str, cache) -> None:
 def _check_cuda_graph(cuda_graph: bool, cache, device: torch.device) -> None:
     if not cuda_graph:
         return
-    if cache is not None:
-        raise ValueError("cuda_graph=True cannot be combined with cache=: a cached fast-dllm step changes its shape "
-                         "and its positions from block to block")
+    if cache == "prefix":
+        raise ValueError("cuda_graph=True cannot be combined with cache='prefix': a prefix-cached step's span "
+                         "shrinks from block to block, each shape a graph of its own; use cache='dual'")
     graphs.check_graphable(device)
 
 
@@ -231,10 +231,11 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
         cuda_graph: capture a sampler step (network + the sampler's ops) in a CUDA graph and
             replay it for every step, on a CUDA model, so a small model's step costs its kernels and
-            not their launches. Every sampler; fast-dllm only without ``cache`` (a cached step
-            changes shape from block to block). mdlm captures two steps (with and without the
-            network), SEDD's final denoising step runs eagerly. The host still syncs once a step
-            where the sampler decides there: mdlm's reuse of the logits, fast-dllm's block end.
+            not their launches. Every sampler; fast-dllm with ``cache=None`` or ``"dual"`` (a
+            prefix-cached step's shape shrinks from block to block), its dual-cached steps handing
+            the model ``start`` as a one-element tensor. mdlm captures two steps (with and without
+            the network), SEDD's final denoising step runs eagerly. The host still syncs once a
+            step where the sampler decides there: mdlm's reuse of the logits, fast-dllm's block end.
         generator: a ``torch.Generator`` on the model's device.
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
             cache, logits covers only the positions the step fed. x is the live canvas, which the

@@ -24,7 +24,7 @@ class StepLoop:
         self.nfe = 0
         self.cuda = device.type == "cuda"
         self.cuda_graph, self.generator = cuda_graph, generator
-        self._graphs: dict = {}  # step function -> its GraphedStep
+        self._graphs: dict = {}  # (step function, argument shapes) -> its GraphedStep
         self._marks: list = []  # (start, end) CUDA events or perf_counter pairs
         self._start = None
         self.step = 0
@@ -62,9 +62,10 @@ class StepLoop:
         self.nfe += evaluations
         if not (self.cuda_graph and replay):
             return fn(x, *args)
-        if fn not in self._graphs:
-            self._graphs[fn] = graphs.GraphedStep(fn, self.generator)
-        return self._graphs[fn](x, *args)
+        key = (fn, *(a.shape for a in (x, *args)))  # a graph replays one shape
+        if key not in self._graphs:
+            self._graphs[key] = graphs.GraphedStep(fn, self.generator)
+        return self._graphs[key](x, *args)
 
     def run_step(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1,
                  replay: bool = True) -> torch.Tensor:

@@ -213,27 +213,32 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
                                       top_p=top_p, logits_shift=shift, generator=generator)
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
-    def step(x, window):  # without a cache: the whole canvas, a fixed shape that a CUDA graph replays
-        logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
+    def full_step(x, window):  # the whole canvas; with a cache, the block's first step refreshes it
+        logits = loop.forward(x, _canvas_sigma(loop, x, mask_id), **({} if kv is None else {"cache": kv, "start": 0}))
         decode(x, logits, window)
+        return logits
+
+    def cached_step(x, window, positions):  # only the fed span; the cache holds every other position
+        part = x.index_select(1, positions)
+        # Under cuda_graph the span's start is a tensor (a dual-cache span moves from block to block
+        # with a fixed shape); eagerly it is the int of the model protocol.
+        at = positions[:1] if loop.cuda_graph else q_lo
+        logits = loop.forward(part, _canvas_sigma(loop, x, mask_id), cache=kv, start=at)
+        decode(part, logits, window - positions[:1])
+        x.index_copy_(1, positions, part)
         return logits
 
     for lo in range(start, length, block_length):
         hi = min(lo + block_length, length)
         window = _window(x, lo, hi)
+        # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
+        q_lo = lo - min(shift, lo)
+        positions = torch.arange(q_lo, length if cache == "prefix" else hi, device=x.device)
         refresh = True
         while bool((x[:, lo:hi] == mask_id).any()):
-            if kv is None:
-                loop.run_step(step, x, window)
-                continue
-            loop.begin()
-            # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
-            q_lo = 0 if refresh else lo - min(shift, lo)
-            q_hi = length if refresh or cache == "prefix" else hi
-            part = x[:, q_lo:q_hi].contiguous()
-            logits = loop.logits(part, _canvas_sigma(loop, x, mask_id), cache=kv, start=q_lo)
-            decode(part, logits, window - q_lo)
-            x[:, q_lo:q_hi] = part
+            if refresh or kv is None:
+                loop.run_step(full_step, x, window)
+            else:
+                loop.run_step(cached_step, x, window, positions)
             refresh = False
-            loop.end(x, logits)
     return x

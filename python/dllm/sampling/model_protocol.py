@@ -31,8 +31,13 @@
   positions ``[s, s + S)`` only: it writes their keys and values into ``kv`` (per layer, at their
   absolute positions, RoPE included) and lets them attend over all ``length`` positions, the
   cached ones as they were last written; it returns logits ``[B, S, V]``. A call with ``s = 0``
-  and the whole canvas refreshes every entry. ``m`` then covers all ``length`` keys. dllm's
-  DiffusionTransformer and LLaDAModel implement it (dllm.models.layers.DenoisingKVCache).
+  and the whole canvas refreshes every entry. ``m`` then covers all ``length`` keys. Under
+  ``cuda_graph=True`` with ``cache="dual"``, ``s`` of a partial call is a one-element int64 tensor
+  on the model's device (one graph serves every block), and the refresh must write into the
+  buffers the cache already holds, which the captured steps read. dllm's DiffusionTransformer and
+  LLaDAModel implement both (dllm.models.layers.DenoisingKVCache).
+- under ``cuda_graph=True``: no host synchronisation inside the forward (no ``.item()``, no
+  data-dependent shapes), as any CUDA-graph capture requires.
 """
 
 from __future__ import annotations
