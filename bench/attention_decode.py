@@ -1,7 +1,9 @@
 """Benchmark: one autoregressive decoding step's attention, dllm.ops.attention against SDPA.
 
 A query per sequence attends over a KV cache of capacity C (the cache's whole buffers
-[B, C, Hkv, D]) that holds n keys in every row, as ARTransformer.generate's step does. Peers,
+[B, C, Hkv, D]) that holds n keys in every row, as ARTransformer.generate's step does; with
+--queries 32, a block of 32 queries does, as a Fast-dLLM cached step's (on CUDA, the tensor-core
+forward split into key chunks where one CTA per query tile would leave SMs idle). Peers,
 timed in turns on the same tensors:
   - "SDPA, filled prefix": SDPA over the views k[:, :n], v[:, :n] without a mask: the eager loop's
     usual call, whose shapes change with every token (no CUDA graph can replay it);
@@ -30,17 +32,21 @@ CPU_SHAPES = "1x12x12x1025x1000x64,16x12x12x257x256x64"
 
 def main() -> None:
     ap = bench_parser(__doc__, "BxHxHkvxCxnxD", CUDA_SHAPES, CPU_SHAPES, dtype_of="q, k and v's")
+    ap.add_argument("--queries", default=None, help="comma-separated queries per sequence, each run on every "
+                    "shape (default: 1,32 on CUDA, 1 on the CPU)")
     args, shapes, reps = parse_bench_args(ap, cpu=(3, 20))
     device, dtype = args.device, DTYPES[args.dtype]
     if device == "cpu" and dtype != torch.float32:
         print("note: on the CPU SDPA computes bf16 / fp16 in float32 too; --dtype fp32 is what CPU models run")
     floor_gbps = copy_bandwidth_gbps(device)
-    rows = Results(args.out, "attention: one decoding step over a KV cache", machine(device) | reps | {"floor_gbps": floor_gbps})
-    for B, H, Hkv, C, n, D in shapes:
+    queries = [int(x) for x in (args.queries or ("1,32" if device.startswith("cuda") else "1")).split(",")]
+    rows = Results(args.out, "attention: a decoding step (or a query block) over a KV cache",
+                   machine(device) | reps | {"floor_gbps": floor_gbps})
+    for (B, H, Hkv, C, n, D), Sq in ((shape, Sq) for shape in shapes for Sq in queries):
         if not 0 < n <= C or H % Hkv:
             raise SystemExit(f"shape {B}x{H}x{Hkv}x{C}x{n}x{D}: need 0 < n <= C and H a multiple of Hkv")
         g = torch.Generator(device=device).manual_seed(0)
-        q = torch.randn(B, 1, H, D, device=device, generator=g).to(dtype)
+        q = torch.randn(B, Sq, H, D, device=device, generator=g).to(dtype)
         k, v = (torch.randn(B, C, Hkv, D, device=device, generator=g).to(dtype) for _ in range(2))
         kv_len = torch.full((B,), n, dtype=torch.int32, device=device)
         mask = (torch.arange(C, device=device) < n)[None, None, None, :]
@@ -52,7 +58,7 @@ def main() -> None:
                  ("SDPA, lengths as a mask", lambda: F.scaled_dot_product_attention(
                      qt, kt, vt, attn_mask=mask, enable_gqa=gqa))]
         nbytes = 2 * B * n * Hkv * D * k.element_size()
-        rows.report(measure_against("attention decode", f"B{B} H{H} Hkv{Hkv} C{C} n{n} D{D}", args.dtype, impls,
+        rows.report(measure_against("attention decode", f"B{B} Sq{Sq} H{H} Hkv{Hkv} C{C} n{n} D{D}", args.dtype, impls,
                                     device, nbytes, floor_gbps, refused_by=(RuntimeError,), **reps))
     rows.finish()
 

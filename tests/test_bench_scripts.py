@@ -18,7 +18,7 @@ FEW = ["--reps", "2", "--warmup", "1", "--threads", "1"]
 RUNS = {
     "attention": ["--shapes", "1x2x33x16", *FEW],
     "attention_backward": ["--shapes", "1x2x33x16", "--backward", *FEW],
-    "attention_decode": ["--shapes", "2x4x2x40x33x16", "--dtype", "fp32", *FEW],
+    "attention_decode": ["--shapes", "2x4x2x40x33x16", "--queries", "1,3", "--dtype", "fp32", *FEW],
     "sample_categorical": ["--shapes", "8x301", *FEW],
     "unmask_step": ["--shapes", "1x16x301", *FEW],
     "sedd_step": ["--shapes", "1x16x301", "--no-compile", *FEW],

@@ -497,6 +497,52 @@ def test_attention_decoding_step_splits_the_keys(emulator, dtype, D, Sq, scores)
     assert torch.equal(varlen.view_as(padded), padded)
 
 
+@pytest.mark.parametrize("dtype, D", [(torch.bfloat16, 128), (torch.float16, 64)])
+@pytest.mark.parametrize("Sq, scores", [(5, "random"), (33, "random"), (64, "random"), (17, "far_negative"),
+                                        (32, "climbing"), (8, "steep")])
+def test_attention_query_block_splits_the_keys(emulator, dtype, D, Sq, scores):
+    """5 to 64 queries a sequence over many keys on few heads (a Fast-dLLM cached block) take the
+    tensor-core forward split into key chunks: here 4 chunks of 192 keys for 12 (sequence, head)
+    pairs on the emulated 132 SMs, the last chunk partial, a sequence without keys, one within one
+    chunk, queries past q_len, GQA; the chunks merged by the decoding merge kernel, whatever
+    maximum each chunk's conditional rescaling left it at ("climbing", "steep": maxima far apart).
+    The log-sum-exp (which the backward reads) against float64, packed against padded."""
+    B, Sk, H, Hkv = 3, 600, 4, 2
+    make = attention_inputs if scores == "random" else \
+        (lambda *a: growing_scores_inputs(*a, "cpu", reach=32.0)) if scores == "steep" else \
+        (lambda *a: EXTREME_SCORES[scores](*a, "cpu"))  # noqa: E731
+    q, k, v = make(B, Sq, Sk, H, Hkv, D, dtype)
+    kv_len = torch.tensor([600, 0, 150], dtype=torch.int32)
+    q_len = torch.tensor([Sq, Sq, max(Sq - 3, 1)], dtype=torch.int32)
+    scale = 0.9 * D**-0.5
+    qd, kd, vd = (t.detach() for t in (q, k, v))
+    out, lse = emulated(emulator, EMU.attention_forward, qd, kd, vd, kv_len, q_len, None, None, Sq, Sk, scale)
+    ref = reference_attention(qd, kd, vd, kv_len, q_len, softmax_scale=scale)
+    low = reference_attention(qd, kd, vd, kv_len, q_len, softmax_scale=scale, upcast=False)
+    check(out, ref, low, 2, "out")
+    rows = (torch.arange(Sq)[None, :] < q_len[:, None]).flatten()
+    torch.testing.assert_close(lse.double()[:, rows], lse_reference(qd, kd, kv_len, scale)[:, rows], rtol=1e-5, atol=1e-5)
+    if Sq == 33:
+        grad_out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
+        check_gradients(grad_out, reference_attention(q, k, v, kv_len, q_len, softmax_scale=scale),
+                        reference_attention(q, k, v, kv_len, q_len, softmax_scale=scale, upcast=False), (q, k, v))
+    cu_q = torch.cat([torch.zeros(1, dtype=torch.int32), q_len.cumsum(0, dtype=torch.int32)])
+    cu_k = torch.cat([torch.zeros(1, dtype=torch.int32), kv_len.cumsum(0, dtype=torch.int32)])
+    packed = [torch.cat([t[b, :n] for b, n in enumerate(lens.tolist())]) for t, lens in ((qd, q_len), (kd, kv_len),
+                                                                                       (vd, kv_len))]
+    varlen, _ = EMU.attention_forward(*packed, None, None, cu_q, cu_k, Sq, Sk, scale)
+    assert torch.equal(varlen, torch.cat([out[b, :n] for b, n in enumerate(q_len.tolist())]))
+
+
+def test_attention_query_block_split_is_schedule_independent(schedule):
+    """The split forward: every chunk's partial rows through the workspace, then the merge."""
+    q, k, v = (t.detach() for t in attention_inputs(1, 20, 300, 2, 1, 64, torch.bfloat16))
+    out, lse = emulated(schedule, EMU.attention_forward, q, k, v, None, None, None, None, 20, 300, 0.125)
+    schedule.configure(0, True, 0, 0)
+    out0, lse0 = EMU.attention_forward(q, k, v, None, None, None, None, 20, 300, 0.125)
+    assert torch.equal(out, out0) and torch.equal(lse, lse0)
+
+
 @pytest.mark.parametrize("scores", list(EXTREME_SCORES))
 def test_attention_extreme_scores_with_a_softmax_scale(emulator, attention_kernel, scores):
     """A scale other than 1/sqrt(D) (the kernels fold it into the exponent), with scores whose

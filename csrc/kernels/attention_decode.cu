@@ -8,7 +8,8 @@
 // computes its chunk's scores for every query of the sequence, their softmax relative to the
 // chunk's maximum, and the weighted sum of the chunk's values, unnormalised; a second kernel
 // merges the chunks of each (query, head) into the output and the log-sum-exp, which the backward
-// reads as it reads the tensor-core forward's.
+// reads as it reads the tensor-core forward's. The merge also serves the tensor-core forward's
+// split launch (attention_forward_split_cuda), whose chunks hold a query block's partial results.
 //
 // Scores are in base 2 (the scale times log2 e folded into q). Keys past k_count are never read;
 // CTAs whose chunk starts past k_count, and queries past q_count, write nothing, and the merge
@@ -48,10 +49,16 @@ __device__ __forceinline__ float group_sum(float v) {
 // Workspace of the chunks: per (query token, head, chunk), Dim floats of unnormalised output and
 // the chunk's (maximum, sum) in base 2.
 struct Partials {
-  float* out;       // [q_tokens * heads * chunks][Dim]
-  float2* stats;    // [q_tokens * heads * chunks]
-  int64_t chunks;   // chunks of the longest sequence
+  float* out;          // [q_tokens * heads * chunks][Dim]
+  float2* stats;       // [q_tokens * heads * chunks]
+  int64_t chunks;      // chunks of the longest sequence
+  int64_t chunk_keys;  // keys per chunk
 };
+
+Partials partials(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys) {
+  return {workspace, reinterpret_cast<float2*>(workspace + p.q_tokens * p.heads * chunks * p.head_dim), chunks,
+          chunk_keys};
+}
 
 template <DType DT, int Dim>
 __global__ void __launch_bounds__(kThreads) attention_decode_chunk_kernel(const AttentionParams p, Partials w) {
@@ -160,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
   const int i = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
   if (i >= qn || kn == 0) return;
-  const int chunks = (kn + kChunk - 1) / kChunk;
+  const int chunks = int((kn + w.chunk_keys - 1) / w.chunk_keys);
   const int64_t row = (p.q_start[b] + i) * p.heads + h;
   const float2* stats = w.stats + row * w.chunks;
   float m = -INFINITY;
@@ -182,11 +189,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
 }
 
 template <DType DT, int Dim>
-void launch(const AttentionParams& p, float* workspace, cudaStream_t stream) {
-  const int64_t chunks = attention_decode_chunks(p);
-  const Partials w{workspace, reinterpret_cast<float2*>(workspace + p.q_tokens * p.heads * chunks * Dim), chunks};
-  attention_decode_chunk_kernel<DT, Dim>
-      <<<dim3(unsigned(chunks), unsigned(p.heads), unsigned(p.batch)), kThreads, 0, stream>>>(p, w);
+void launch_merge(const AttentionParams& p, const Partials& w, cudaStream_t stream) {
   const unsigned row_blocks = unsigned((p.max_q + kThreads / 32 - 1) / (kThreads / 32));
   attention_decode_merge_kernel<DT, Dim>
       <<<dim3(row_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, 0, stream>>>(p, w);
@@ -194,16 +197,29 @@ void launch(const AttentionParams& p, float* workspace, cudaStream_t stream) {
 
 }  // namespace
 
-int64_t attention_decode_chunks(const AttentionParams& p) { return (p.max_k + kChunk - 1) / kChunk; }
-
-int64_t attention_decode_workspace_floats(const AttentionParams& p) {
-  return p.q_tokens * p.heads * attention_decode_chunks(p) * (p.head_dim + 2);
+int64_t attention_chunk_workspace_floats(const AttentionParams& p, int64_t chunks) {
+  return p.q_tokens * p.heads * chunks * (p.head_dim + 2);
 }
+
+void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys,
+                                 void* stream) {
+  if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
+  const Partials w = partials(p, workspace, chunks, chunk_keys);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_merge<DT, Dim>(p, w, static_cast<cudaStream_t>(stream)); });
+}
+
+int64_t attention_decode_chunks(const AttentionParams& p) { return (p.max_k + kChunk - 1) / kChunk; }
 
 void attention_decode_cuda(const AttentionParams& p, float* workspace, void* stream) {
   if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch<DT, Dim>(p, workspace, s); });
+  const int64_t chunks = attention_decode_chunks(p);
+  const Partials w = partials(p, workspace, chunks, kChunk);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() {
+    attention_decode_chunk_kernel<DT, Dim>
+        <<<dim3(unsigned(chunks), unsigned(p.heads), unsigned(p.batch)), kThreads, 0, s>>>(p, w);
+    launch_merge<DT, Dim>(p, w, s);
+  });
 }
 
 }  // namespace dllm

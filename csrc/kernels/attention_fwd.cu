@@ -9,8 +9,13 @@
 // (the only tile that is masked). Query rows past q_count are zero-filled, computed and not
 // stored (the binding pre-zeroes out and fills lse with -inf, which is also the result for a
 // sequence without keys).
+//
+// The same kernel serves a query block over many keys split into chunks (KeyChunks): then each
+// CTA walks one chunk of its sequence's keys and leaves its partial result for
+// attention_decode.cu's merge kernel.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention_mma.cuh"
@@ -30,9 +35,40 @@ constexpr int fwd_smem_bytes() {
   return (kBlockM + 4 * kBlockN) * Dim * 2;  // Q, then K[2], V[2]
 }
 
+// A split launch's chunks (attention_forward_split_cuda): blockIdx.x is (query tile, chunk), and
+// the CTA walks keys [chunk * chunk_keys, + chunk_keys) only, leaving its unnormalised output and
+// statistics in the workspace (attention_decode.cu's layout) for the merge. out == nullptr: one pass.
+struct KeyChunks {
+  float* out = nullptr;     // [q_tokens * heads * chunks][Dim]
+  float2* stats = nullptr;  // [q_tokens * heads * chunks]: (maximum, sum), base 2
+  int chunks = 1, chunk_keys = 0;
+};
+
+// One warp's 16 rows of a chunk: the output relative to the running maximum (whatever the
+// conditional rescaling left it at: the merge only needs the sum taken against the same one).
+template <int Dim>
+__device__ __forceinline__ void store_chunk(const KeyChunks& w, const float (&o)[Dim / 8][4], const float (&row_max)[2],
+                                            float (&row_sum)[2], float scale_log2, int64_t heads, int64_t h,
+                                            int64_t q0, int m0, int qn, int row0, int chunk, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 1);
+    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);
+    const int row = row0 + g + 8 * half;
+    if (m0 + row >= qn) continue;
+    const int64_t slot = ((q0 + row) * heads + h) * w.chunks + chunk;
+    if (t == 0) w.stats[slot] = float2{row_max[half] * scale_log2, row_sum[half]};
+    auto* out = reinterpret_cast<float2*>(w.out + slot * Dim + 2 * t);
+#pragma unroll
+    for (int nb = 0; nb < Dim / 8; ++nb) out[nb * 4] = float2{o[nb][2 * half], o[nb][2 * half + 1]};
+  }
+}
+
 // At D = 64 two CTAs share an SM (48 KB of shared memory and <= 128 registers each, no spills).
 template <DType DT, int Dim>
-__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_kernel(const AttentionParams p,
+                                                                                    const KeyChunks split) {
   using T = typename Elem<DT>::T;
   constexpr int kSteps = Dim / 16;        // k-steps of Q K^T
   constexpr int kScoreBlocks = kBlockN / 8;
@@ -42,12 +78,14 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
   T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
   T* sV = sK + 2 * kBlockN * Dim;
 
-  const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
-  if (m0 >= qn || kn == 0) return;
+  const int chunk = int(blockIdx.x % split.chunks), first = chunk * split.chunk_keys;
+  const int b = blockIdx.z, h = blockIdx.y, m0 = int(blockIdx.x / split.chunks) * kBlockM;
+  const int qn = int(p.q_count[b]), keys = int(p.k_count[b]);
+  if (m0 >= qn || first >= keys) return;  // (one pass: first = 0, so a sequence without keys)
+  const int kn = split.out != nullptr && keys - first > split.chunk_keys ? split.chunk_keys : keys - first;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b] + first;
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
@@ -97,23 +135,51 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
     accumulate_times_tile<DT, Dim, kBlockN>(o, s, v_tile, lane);
   }
 
-  finish_forward<DT, Dim>(p, o, row_max, row_sum, scale_log2, h, q0, m0, qn, warp * 16, lane);
+  if (split.out != nullptr) {
+    store_chunk<Dim>(split, o, row_max, row_sum, scale_log2, p.heads, h, q0, m0, qn, warp * 16, chunk, lane);
+  } else {
+    finish_forward<DT, Dim>(p, o, row_max, row_sum, scale_log2, h, q0, m0, qn, warp * 16, lane);
+  }
 }
 
 template <DType DT, int Dim>
-void launch_forward(const AttentionParams& p, cudaStream_t stream) {
+void launch_forward(const AttentionParams& p, const KeyChunks& split, cudaStream_t stream) {
   constexpr int smem = fwd_smem_bytes<Dim>();
   allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);
-  const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM), unsigned(p.heads), unsigned(p.batch));
-  attention_fwd_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p);
+  const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM * split.chunks), unsigned(p.heads), unsigned(p.batch));
+  attention_fwd_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p, split);
 }
+
+bool empty(const AttentionParams& p) { return p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0; }
 
 }  // namespace
 
 void attention_forward_cuda(const AttentionParams& p, void* stream) {
-  if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
+  if (empty(p)) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, s); });
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, KeyChunks{}, s); });
+}
+
+KeySplit attention_key_split(const AttentionParams& p, int sms) {
+  constexpr int64_t kMinChunkKeys = 2 * kBlockN;
+  const int64_t ctas = (p.max_q + kBlockM - 1) / kBlockM * p.heads * p.batch;
+  // Two CTAs an SM's worth of chunks, of at least two key tiles each: a query block of Fast-dLLM
+  // (32 queries) over 1024 keys at B 1 and 12 heads becomes 96 CTAs of 128 keys, not 12 of 1024.
+  if (p.max_q > kSplitQueries || 2 * ctas >= sms || p.max_k < 2 * kMinChunkKeys) return {};
+  const int64_t chunks = std::min((2 * sms + ctas - 1) / ctas, p.max_k / kMinChunkKeys);
+  const int64_t chunk_keys = ((p.max_k + chunks - 1) / chunks + kBlockN - 1) / kBlockN * kBlockN;
+  const int64_t used = (p.max_k + chunk_keys - 1) / chunk_keys;
+  return used > 1 ? KeySplit{used, chunk_keys} : KeySplit{};
+}
+
+void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, void* stream) {
+  if (empty(p)) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const int64_t rows = p.q_tokens * p.heads * split.chunks;
+  const KeyChunks chunks{workspace, reinterpret_cast<float2*>(workspace + rows * p.head_dim), int(split.chunks),
+                         int(split.chunk_keys)};
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, chunks, s); });
+  attention_merge_chunks_cuda(p, workspace, split.chunks, split.chunk_keys, stream);
 }
 
 }  // namespace dllm

@@ -55,10 +55,16 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, scale, true);
   check_supported(call.params);
-  if (call.params.max_q <= kDecodeQueries) {
+  const AttentionParams& p = call.params;
+  const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  auto workspace = [&](int64_t chunks) {
+    return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
+  };
+  if (p.max_q <= kDecodeQueries) {
     // A decoding step: the keys split across CTAs, which the tensor-core kernels' 128-query tiles cannot do
-    at::Tensor workspace = at::empty({attention_decode_workspace_floats(call.params)}, q.options().dtype(at::kFloat));
-    attention_decode_cuda(call.params, workspace.data_ptr<float>(), stream());
+    attention_decode_cuda(p, workspace(attention_decode_chunks(p)).data_ptr<float>(), stream());
+  } else if (split.chunks > 0) {
+    attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), stream());
   } else if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(call.params, stream());

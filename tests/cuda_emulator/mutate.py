@@ -139,6 +139,16 @@ MUTANTS = [
      "decoding"),
     (DECODE, "const int hk = int(h / (p.heads / p.kv_heads));", "const int hk = int(h % p.kv_heads);", "decoding"),
     (DECODE, "for (int c = 0; c < chunks; ++c) m = fmaxf(m, stats[c].x);", "m = stats[0].x;", "decoding"),
+    # the tensor-core forward split into key chunks: a chunk's keys from the sequence's start, chunks
+    # running into the next one's keys, a statistic in raw score units, a row sum of one lane pair,
+    # the merge counting chunks of the decoding kernels' size
+    (FWD, "k0 = p.k_start[b] + first;", "k0 = p.k_start[b];", "query_block"),
+    (FWD, "keys - first > split.chunk_keys ? split.chunk_keys : keys - first", "false ? split.chunk_keys : keys - first",
+     "query_block"),
+    (FWD, "float2{row_max[half] * scale_log2, row_sum[half]}", "float2{row_max[half], row_sum[half]}", "query_block"),
+    (FWD, "    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);\n    const int row = row0 + g",
+     "    const int row = row0 + g", "query_block"),
+    (DECODE, "int((kn + w.chunk_keys - 1) / w.chunk_keys)", "int((kn + 127) / 128)", "query_block"),
 ]
 
 

@@ -61,12 +61,26 @@ void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream);
 void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream);
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream);
 
-// The forward for a decoding step (max_q <= kDecodeQueries), with the keys split across CTAs:
-// same contract as attention_forward_cuda, plus float32 scratch of
-// attention_decode_workspace_floats(p) elements.
+// Forwards with each sequence's keys split into chunks across CTAs (FlashDecoding), for few
+// queries over many keys, where one CTA per query tile would leave most SMs idle. Each chunk's
+// unnormalised output and (maximum, sum) go to float32 scratch of
+// attention_chunk_workspace_floats(p, chunks) elements; attention_merge_chunks_cuda merges them
+// into out and lse. Same contract as attention_forward_cuda otherwise.
+int64_t attention_chunk_workspace_floats(const AttentionParams& p, int64_t chunks);
+void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys,
+                                 void* stream);
+// A decoding step (max_q <= kDecodeQueries): CUDA-core kernels, attention_decode_chunks(p) chunks.
 constexpr int64_t kDecodeQueries = 4;
 int64_t attention_decode_chunks(const AttentionParams& p);
-int64_t attention_decode_workspace_floats(const AttentionParams& p);
 void attention_decode_cuda(const AttentionParams& p, float* workspace, void* stream);
+// A query block (max_q <= kSplitQueries, as Fast-dLLM's cached steps feed): the tensor-core
+// forward over key chunks of chunk_keys keys (a multiple of 64). attention_key_split picks them
+// for a card with `sms` SMs; chunks == 0 where one pass already fills the card or the keys are few.
+constexpr int64_t kSplitQueries = 64;
+struct KeySplit {
+  int64_t chunks = 0, chunk_keys = 0;
+};
+KeySplit attention_key_split(const AttentionParams& p, int sms);
+void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, void* stream);
 
 }  // namespace dllm
