@@ -80,7 +80,8 @@ MUTANTS = [
     (GENERATE, "FAST_DLLM_BLOCK = 32", "FAST_DLLM_BLOCK = 16", [RULES]),
     (GENERATE, "prompt[i, width - r.numel():] = r", "prompt[i, :r.numel()] = r", [GEN]),
     (GENERATE, "stable=True).indices", "stable=True, descending=True).indices", [GEN]),
-    ("python/dllm/sampling/loop.py", "        self.nfe += evaluations\n", "        self.nfe += 1\n", [GEN]),
+    ("python/dllm/sampling/loop.py", "        self.nfe += evaluations\n        if not (", "        self.nfe += 1\n        if not (",
+     [GEN]),
     ("python/dllm/sampling/loop.py", "self.history.append(x.detach().clone())", "self.history.append(x.detach())", [GEN]),
     # the objectives' weights and SEDD's output scaling per graph
     (OBJECTIVES, "dsigma / torch.expm1(sigma), mask_id", "1.0 / torch.expm1(sigma), mask_id", ["test_objectives"]),

@@ -176,6 +176,20 @@ def test_cuda_graph_equals_eager(sampler, kw):
 
 
 @cuda
+@pytest.mark.parametrize("sampler, kw", [("mdlm", {}), ("llada", {"block_length": 8}),
+                                         ("fast-dllm", {"block_length": 8, "threshold": 0.5, "cache": "dual"})])
+def test_cuda_graph_under_bf16_autocast_equals_eager(sampler, kw):
+    # The e2e benchmark's setting: captured under autocast, whose cast weights the graphs then read.
+    model = make("llada", layers=2).cuda()
+    outs = []
+    for graph in (False, True):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outs.append(dllm.generate(model, PROMPTS, gen_length=32, steps=16, sampler=sampler, cuda_graph=graph,
+                                      generator=torch.Generator("cuda").manual_seed(2), **kw))
+    assert torch.equal(outs[0].sequences, outs[1].sequences) and outs[0].nfe == outs[1].nfe
+
+
+@cuda
 def test_cuda_graph_with_the_default_generator_is_reproducible():
     model = make("llada", layers=2).cuda()
     runs = []
