@@ -7,18 +7,37 @@ tensors: ops that write in place run again, new outputs are recomputed and copie
 the capture made, views keep aliasing. So a step that reads a Python number that changes between
 steps, builds its control flow from tensor values, or reallocates a buffer that a later step reads
 replays stale values here as it would on the GPU, and a step that synchronises with the host fails
-as its capture would.
+as its capture would. Like a graph, the recording holds only weak references to the tensors it
+reads that it did not make (the model's weights, the buffers of a graph session): a replay that
+reads one freed since, which on a GPU reads whatever reuses its memory, fails here.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 
 class HostSyncInCapture(RuntimeError):
     pass
+
+
+class FreedSinceCapture(RuntimeError):
+    pass
+
+
+class _Weak:
+    def __init__(self, tensor: torch.Tensor):
+        self.ref = weakref.ref(tensor)
+
+    def get(self) -> torch.Tensor:
+        tensor = self.ref()
+        if tensor is None:
+            raise FreedSinceCapture("a replayed step reads a tensor that was freed after its capture")
+        return tensor
 
 
 class _Recorder(TorchDispatchMode):
@@ -35,28 +54,86 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+def _writes(func) -> bool:
+    """Whether the op writes into an argument (and returns it)."""
+    return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+
+
 def _is_view(func) -> bool:
-    returns, arguments = func._schema.returns, func._schema.arguments
-    writes = any(a.alias_info is not None and a.alias_info.is_write for a in arguments)
-    return bool(returns) and not writes and all(r.alias_info is not None for r in returns)
+    returns = func._schema.returns
+    return bool(returns) and not _writes(func) and all(r.alias_info is not None for r in returns)
+
+
+def _aliased(func, out) -> list[bool]:
+    """Per flattened result: whether it is one of the op's arguments (schema alias annotation)."""
+    returns, flat = func._schema.returns, tree_flatten(out)[0]
+    return [r.alias_info is not None for r in returns] if len(returns) == len(flat) else [False] * len(flat)
+
+
+class _Results:
+    def __init__(self, tensors: list):
+        self.tensors = tensors
+
+
+class _Slot:
+    """A view, made at replay, of a tensor the graph only reads."""
+
+    def __init__(self, index: int):
+        self.index = index
 
 
 class _Graph:
-    def __init__(self, ops):
-        self.ops = [(func, args, kwargs, out) for func, args, kwargs, out in ops if not _is_view(func)]
+    def __init__(self, ops, static: list[torch.Tensor]):
+        # What the graph owns (the static buffers, every op's results and views of them) it keeps;
+        # what it only reads (and views of that), it references weakly and views again at replay.
+        owned = {id(t) for t in static}
+        slots: dict[int, int] = {}
+
+        def ref(a):
+            if not isinstance(a, torch.Tensor):
+                return a
+            return _Slot(slots[id(a)]) if id(a) in slots else a if id(a) in owned else _Weak(a)
+
+        def tensors(out):
+            return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+        self.ops, self.owned = [], list(static)
+        for func, args, kwargs, out in ops:
+            if _is_view(func):
+                source = tensors(args)[0]
+                if id(source) in owned:  # the captured view still aliases its (updated) base
+                    owned |= {id(t) for t in tensors(out)}
+                    self.owned.append(out)
+                    continue
+                new_slots = []
+                for t in tensors(out):
+                    slots[id(t)] = len(slots)
+                    new_slots.append(slots[id(t)])
+                self.ops.append((func, tree_map(ref, args), tree_map(ref, kwargs), new_slots))
+                continue
+            # the results the op makes (its mutated arguments, which it returns too, are not)
+            results = [t if isinstance(t, torch.Tensor) and not alias else None
+                       for t, alias in zip(tree_flatten(out)[0], _aliased(func, out))]
+            self.ops.append((func, tree_map(ref, args), tree_map(ref, kwargs), _Results(results)))
+            owned |= {id(t) for t in results if t is not None}
+            self.owned.append(results)
 
     def replay(self) -> None:
-        # A captured view still aliases its base, which the ops before it have updated; everything
-        # else runs again, and results that are not the op's (mutated) arguments are copied into
-        # the tensors the capture made, which later ops read.
+        # Everything but the owned views runs again; results that are not the op's (mutated)
+        # arguments are copied into the tensors the capture made, which later ops read.
+        views: dict[int, torch.Tensor] = {}
+
+        def resolve(a):
+            return a.get() if isinstance(a, _Weak) else views[a.index] if isinstance(a, _Slot) else a
+
         for func, args, kwargs, out in self.ops:
-            fresh = func(*args, **kwargs)
-            returns = func._schema.returns
-            olds, news = tree_flatten(out)[0], tree_flatten(fresh)[0]
-            aliased = [r.alias_info is not None for r in returns] if len(returns) == len(olds) else [False] * len(olds)
-            for old, new, alias in zip(olds, news, aliased):
-                if isinstance(old, torch.Tensor) and not alias:
-                    old.copy_(new)
+            fresh = tree_flatten(func(*tree_map(resolve, args), **tree_map(resolve, kwargs)))[0]
+            if isinstance(out, _Results):
+                for old, new in zip(out.tensors, fresh):
+                    if old is not None:
+                        old.copy_(new)
+            else:  # a view of what the graph only reads: its slots
+                views.update(zip(out, (t for t in fresh if isinstance(t, torch.Tensor))))
 
 
 class RecordedStep:
@@ -87,7 +164,8 @@ class RecordedStep:
             with _Recorder() as recorder:
                 self.static_out = self.fn(self.static_x, *self.static_args)
             self._set_rng_state(state)  # a capture records draws without making them
-            self.graph = _Graph(recorder.ops)
+            self.graph = _Graph(recorder.ops, [self.static_x, *self.static_args])
+            self.fn = None  # as GraphedStep drops it: the graph must not need the first call's closure
             RecordedStep.captures += 1
         self.static_x.copy_(x)
         for buf, a in zip(self.static_args, args):

@@ -65,6 +65,20 @@ MUTANTS = [
     (MASKED, "at = positions[:1] if loop.cuda_graph else q_lo", "at = q_lo", ["test_cuda_graph_replay"]),
     ("python/dllm/models/layers.py", "index = start.reshape(1) + torch.arange(k.shape[1], device=k.device)",
      "index = torch.arange(k.shape[1], device=k.device)", ["test_cuda_graph_replay"]),
+    # graphs kept across calls reading the first call's tensors (stale or freed) instead of their
+    # session's: the padding mask, llada's prompt, first-hitting's counts, SEDD's known tokens, the
+    # dual cache, the autoregressive cache
+    ("python/dllm/sampling/loop.py", 'self.attention_mask = self.buffer("attention_mask", attention_mask)',
+     "self.attention_mask = attention_mask", ["test_cuda_graph_replay"]),
+    (MASKED, '    prompt_tokens = loop.buffer("prompt_tokens", prompt_tokens)\n', "", ["test_cuda_graph_replay"]),
+    (MASKED, 'one = loop.keep("one", lambda: torch.ones(x.shape[0], dtype=torch.int64, device=x.device))',
+     "one = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)", ["test_cuda_graph_replay"]),
+    (SCORE, 'template, known = loop.buffer("template", x.clone()), loop.buffer("known", known)', "template = x.clone()",
+     ["test_cuda_graph_replay"]),
+    (MASKED, 'kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if', "kv = loop.new_kv_cache(x) if",
+     ["test_cuda_graph_replay"]),
+    ("python/dllm/models/dit.py", 'session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))',
+     "self.new_cache(B, P + max_new_tokens)", ["test_cuda_graph_replay"]),
     # SEDD's noise increments and conditioning; the schedules' derivatives
     (SCORE, "dsig = (1 - eps) / steps * dsigma[:-1]", "dsig = dsigma[:-1]", [RULES]),
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",

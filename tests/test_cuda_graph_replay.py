@@ -9,10 +9,11 @@ import dllm
 from dllm.models import ARTransformer, build_model, model_config
 from dllm.sampling.pretrained import MaskedLM, ScoreModel
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
-from graph_replay import HostSyncInCapture, RecordedStep, replay_on_cpu
+from graph_replay import FreedSinceCapture, HostSyncInCapture, RecordedStep, replay_on_cpu
 
 V, MASK = 50, 49
 PROMPTS = [[5, 7, 9, 11, 2, 3, 1], [8, 8, 4], [30, 31, 32, 33, 34]]  # ragged: left padded, attention_mask
+OTHER_PROMPTS = [[6, 2], [1, 2, 3, 4, 5, 6, 7], [9, 9, 9, 9]]
 
 
 def perturbed(net, seed=0):
@@ -35,13 +36,23 @@ def score_model(graph, noise):
     return ScoreModel(perturbed(build_model(cfg)), graph, noise)
 
 
-def eager_and_replayed(monkeypatch, model, **kw):
+def eager_and_replayed(monkeypatch, model, second=None, **kw):
+    """(eager, replayed) outputs of one call, or with ``second`` (the keywords that change) of two
+    calls in a row with one generator each, the second replaying the first one's graphs."""
     runs = []
     for graph in (False, True):
         if graph:
             replay_on_cpu(monkeypatch)
-        runs.append(dllm.generate(model, generator=torch.Generator().manual_seed(3), cuda_graph=graph, **kw))
-    return runs
+        g = torch.Generator().manual_seed(3)
+        runs.append([dllm.generate(model, generator=g, cuda_graph=graph, **kw)])
+        captures = RecordedStep.captures
+        if second is not None:
+            runs[-1].append(dllm.generate(model, generator=g, cuda_graph=graph, **{**kw, **second}))
+            assert RecordedStep.captures == captures  # the second call captured nothing
+    (eager, *eager_more), (replayed, *replayed_more) = runs
+    for a, b in zip(eager_more, replayed_more):
+        assert torch.equal(a.sequences, b.sequences) and a.nfe == b.nfe
+    return eager, replayed
 
 
 CASES = [
@@ -58,8 +69,9 @@ CASES = [
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_masked_samplers_replayed_as_graphs_equal_eager(monkeypatch, arch, sampler, kw, temperature):
     model = masked_model(arch.removesuffix("-t"), time_conditioning=arch.endswith("-t"))
-    eager, replayed = eager_and_replayed(monkeypatch, model, prompt=PROMPTS, gen_length=24, steps=12, sampler=sampler,
-                                         temperature=temperature, return_history=True, **kw)
+    # The second call's prompts pad differently at the same width: new attention-mask values
+    eager, replayed = eager_and_replayed(monkeypatch, model, {"prompt": OTHER_PROMPTS}, prompt=PROMPTS, gen_length=24,
+                                         steps=12, sampler=sampler, temperature=temperature, return_history=True, **kw)
     assert torch.equal(replayed.sequences, eager.sequences)
     assert replayed.nfe == eager.nfe and len(replayed.step_times) == len(eager.step_times)
     assert all(torch.equal(a, b) for a, b in zip(replayed.history, eager.history))
@@ -69,13 +81,36 @@ def test_masked_samplers_replayed_as_graphs_equal_eager(monkeypatch, arch, sampl
     assert not (replayed.sequences == MASK).any()
 
 
+@pytest.mark.parametrize("sampler, kw", [("mdlm", {}), ("fast-dllm", {"block_length": 8, "cache": "dual"})])
+def test_bfloat16_weights_keep_their_graphs_across_calls(monkeypatch, sampler, kw):
+    # How the e2e benchmark generates on a GPU: bfloat16 copies of the weights, no autocast.
+    model = masked_model("dit").to(torch.bfloat16)
+    eager, replayed = eager_and_replayed(monkeypatch, model, {"prompt": OTHER_PROMPTS}, prompt=PROMPTS, gen_length=16,
+                                         steps=8, sampler=sampler, temperature=1.0, **kw)
+    assert torch.equal(replayed.sequences, eager.sequences) and not (replayed.sequences == MASK).any()
+
+
+def test_autocast_gives_each_call_graphs_of_its_own(monkeypatch):
+    # Autocast's cached weight casts, which the graphs read, end with the caller's autocast region.
+    replay_on_cpu(monkeypatch)
+    model = masked_model("llada")
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dllm.generate(model, PROMPTS, gen_length=8, steps=4, sampler="llada", cuda_graph=True,
+                          generator=torch.Generator().manual_seed(0))
+    assert RecordedStep.captures == 2
+
+
 @pytest.mark.parametrize("graph, noise", [(Absorbing(V - 1), LogLinear()), (Uniform(V), Geometric())])
 @pytest.mark.parametrize("sampler", ["sedd-analytic", "sedd-euler"])
 def test_sedd_samplers_replayed_as_graphs_equal_eager(monkeypatch, graph, noise, sampler):
     model = score_model(graph, noise)
     infill = torch.full((2, 20), -1 if isinstance(graph, Uniform) else graph.mask_id)
     infill[:, 3:6] = torch.tensor([4, 5, 6])
-    eager, replayed = eager_and_replayed(monkeypatch, model, infill=infill, gen_length=20, steps=10, sampler=sampler)
+    other = infill.clone()
+    other[:, 3:6] = torch.tensor([7, 8, 9])
+    eager, replayed = eager_and_replayed(monkeypatch, model, {"infill": other}, infill=infill, gen_length=20, steps=10,
+                                         sampler=sampler)
     assert torch.equal(replayed.sequences, eager.sequences) and replayed.nfe == eager.nfe == 11
     assert RecordedStep.captures == 1  # the final denoising step runs once, eagerly
     assert torch.equal(replayed.sequences[:, 3:6], infill[:, 3:6])
@@ -92,19 +127,23 @@ def test_sedd_samplers_replayed_from_real_cuda_graphs_equal_eager(sampler):
     assert graphed.nfe == 17 and not (graphed.sequences == V - 1).any()
 
 
-def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch, dtype):
     cfg = model_config("tiny", arch="ar", vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=64)
-    model = perturbed(ARTransformer(cfg))
-    prompt = torch.randint(0, V, (3, 4))
-    eager = model.generate(prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    model = perturbed(ARTransformer(cfg)).to(dtype)
+    prompts = torch.randint(0, V, (2, 3, 4))
+    g = torch.Generator().manual_seed(7)
+    eager = [model.generate(p, 20, temperature=1.0, generator=g) for p in prompts]
     replay_on_cpu(monkeypatch)
-    replayed = model.generate(prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(7), cuda_graph=True)
-    assert torch.equal(replayed, eager) and RecordedStep.captures == 1
+    g = torch.Generator().manual_seed(7)
+    replayed = [model.generate(p, 20, temperature=1.0, generator=g, cuda_graph=True) for p in prompts]
+    assert all(torch.equal(a, b) for a, b in zip(replayed, eager)) and RecordedStep.captures == 1
 
 
-def test_the_replay_serves_stale_python_values_and_refuses_host_syncs():
+def test_the_replay_serves_stale_values_and_refuses_host_syncs_and_freed_tensors():
     # What makes the tests above able to fail: a step that reads a changing Python number replays
-    # the captured one, and a step that reads a device value on the host cannot be captured.
+    # the captured one, a step that reads a device value on the host cannot be captured, and a
+    # replay that reads a tensor freed since its capture fails.
     x = torch.zeros(3)
     rate = [1.0]
     step = RecordedStep(lambda x: x.add_(rate[0]), None)
@@ -114,6 +153,12 @@ def test_the_replay_serves_stale_python_values_and_refuses_host_syncs():
     assert x.tolist() == [3.0] * 3  # eager: 8
     with pytest.raises(HostSyncInCapture):
         RecordedStep(lambda x: x.add_(float(x.sum())), None)(x)
+    held = [torch.ones(3)]
+    step = RecordedStep(lambda x: x.add_(held[0].t()), None)  # read through a view, as weights are
+    step(x)
+    held[0] = torch.ones(3)  # what the graph read is gone
+    with pytest.raises(FreedSinceCapture):
+        step(x)
 
 
 def test_cuda_graph_with_a_prefix_cache_is_refused():

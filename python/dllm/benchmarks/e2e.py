@@ -10,13 +10,14 @@ bodies, and the token entropy beside each. Writes report.md, results.json and PN
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import statistics
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -211,11 +212,17 @@ def _diffusion_kwargs(sampler: str, steps: int, length: int) -> dict:
     return kw
 
 
-class Runner:
-    """Generation with either model under the run's precision, always after an end-of-text prompt."""
+def _with_dtype(models: Models, dtype) -> Models:
+    if dtype == torch.float32:
+        return models
+    return replace(models, diffusion=copy.deepcopy(models.diffusion).to(dtype), ar=copy.deepcopy(models.ar).to(dtype))
 
-    def __init__(self, models: Models, device: str, temperature: float, seed: int, precision):
-        self.m, self.device, self.temperature, self.seed, self.precision = models, device, temperature, seed, precision
+
+class Runner:
+    """Generation with either model (in its weights' dtype), always after an end-of-text prompt."""
+
+    def __init__(self, models: Models, device: str, temperature: float, seed: int):
+        self.m, self.device, self.temperature, self.seed = models, device, temperature, seed
         # Both sides replay their steps from CUDA graphs where they can (kernels() reports which).
         self.cuda_graph = device.startswith("cuda")
 
@@ -224,16 +231,13 @@ class Runner:
 
     def diffusion(self, sampler: str, steps: int, length: int, batch: int, g: torch.Generator):
         prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
-        with self.precision:
-            out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
-                           cuda_graph=self.cuda_graph, **_diffusion_kwargs(sampler, steps, length))
+        out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
+                       cuda_graph=self.cuda_graph, **_diffusion_kwargs(sampler, steps, length))
         return out.sequences[:, 1:], out.nfe
 
     def ar(self, length: int, batch: int, g: torch.Generator):
         prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
-        with self.precision:
-            seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g,
-                                     cuda_graph=self.cuda_graph)
+        seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g, cuda_graph=self.cuda_graph)
         return seq[:, 1:], length
 
     def call(self, model: str, sampler: str | None, steps: int, length: int, batch: int, g):
@@ -267,8 +271,7 @@ def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
         n = len(task.body)
         if model == "ar":
             prompt = torch.tensor([task.before], device=runner.device)
-            with runner.precision:
-                hole = runner.m.ar.generate(prompt, n, temperature=runner.temperature, generator=g)[0, len(task.before):]
+            hole = runner.m.ar.generate(prompt, n, temperature=runner.temperature, generator=g)[0, len(task.before):]
             nfes.append(n)
             steps.append(n)
         else:
@@ -277,9 +280,8 @@ def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
             kw = _diffusion_kwargs(sampler, steps[-1], template.numel())
             if "block_length" in kw:
                 kw["block_length"] = template.numel()  # one block: the hole sits between known context
-            with runner.precision:
-                out = generate(runner.m.diffusion, gen_length=template.numel(), infill=template,
-                               temperature=runner.temperature, generator=g, **kw)
+            out = generate(runner.m.diffusion, gen_length=template.numel(), infill=template,
+                           temperature=runner.temperature, generator=g, **kw)
             hole = out.sequences[0, len(task.before):len(task.before) + n]
             nfes.append(out.nfe)
         ids = hole.tolist()
@@ -347,7 +349,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
     decode = ("dllm.ops.attention's C++ CPU kernel" if not cuda else
               "dllm.ops.attention's split-key decoding kernels (CUDA)" if fused else "SDPA with the lengths as a key mask")
     return {
-        "precision": ("bfloat16 autocast" if dtype == torch.bfloat16 else "float32"),
+        "precision": ("bfloat16 weights (the NLL: bfloat16 autocast)" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
                      + ("CUDA graph: every sampler's steps replayed from graphs captured per call (one a step shape: "
@@ -377,7 +379,10 @@ def run(ns: argparse.Namespace) -> dict:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     precision = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    runner = Runner(models, device, ns.temperature, ns.seed, precision)
+    # Generation on a GPU runs bfloat16 copies of the weights, as an inference server does, not
+    # autocast: its cast weights would end with each call, and with them the CUDA graphs that
+    # later calls replay (the NLL keeps autocast over the float32 weights).
+    runner = Runner(_with_dtype(models, dtype), device, ns.temperature, ns.seed)
     windows, val_files = _val_windows(models, ns.nll_windows)
     # The infill template (context, hole, context) fits the window the models were trained on.
     hole = min(128, models.seq_len // 3)

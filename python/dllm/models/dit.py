@@ -181,7 +181,8 @@ class ARTransformer(DiffusionTransformer):
         at temperature 0) with ``generator``. ``cuda_graph``: the one-token step (forward and draw) is
         captured in a CUDA graph once and replayed at every position, as gpt-fast's decoding does, so
         a small model's step costs its kernels and not their launches; the tokens are those of the
-        eager loop."""
+        eager loop. The graph stays with the model for the next call with the same batch, length,
+        temperature and generator object, as :func:`dllm.generate`'s do."""
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if cuda_graph:
@@ -195,7 +196,11 @@ class ARTransformer(DiffusionTransformer):
         if P + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
                              f"{self.config.max_seq_len}")
-        cache = self.new_cache(B, P + max_new_tokens)
+        session = graphs.session_for(self, ("ar-decode", B, P + max_new_tokens, temperature), generator) \
+            if cuda_graph else None
+        # A kept session's cache: every position a step reads is written earlier in this call.
+        cache = self.new_cache(B, P + max_new_tokens) if session is None else \
+            session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))
         logits = self(prompt, cache=cache, start=0)[:, -1]
         # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
         token = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
@@ -204,9 +209,9 @@ class ARTransformer(DiffusionTransformer):
         def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
 
-        if cuda_graph:
-            step = graphs.GraphedStep(step, generator)
         positions = torch.arange(P, P + max_new_tokens, device=prompt.device)
+        if session is not None:
+            step = session.step("decode", step, token, positions[0])
         for i in range(max_new_tokens - 1):
             token = token.clone()
             step(token, positions[i])

@@ -1,9 +1,24 @@
-"""One sampler step captured in a CUDA graph and replayed: the step's kernels launch as one graph,
-so the host's launch overhead (dozens of kernels per layer) leaves the step's latency."""
+"""Sampler steps captured in CUDA graphs and replayed: a step's kernels launch as one graph, so the
+host's launch overhead (dozens of kernels per layer) leaves the step's latency.
+
+A generation's graphs outlive it: they are kept per model (:class:`GraphSession`, the last
+``MAX_SESSIONS`` configurations) and replayed by the next call with the same configuration, as a
+server replays the graphs it captured at start-up, so that only a configuration's first call pays
+for the warm-up runs and the captures. A graph reads and writes fixed addresses, so a session also
+keeps every buffer its steps read: the per-call inputs are copied into them (:meth:`GraphSession.buffer`)
+and state that lives across steps is made once (:meth:`GraphSession.keep`)."""
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+
 import torch
+
+# Configurations whose graphs a model keeps (the least recently used one goes): the e2e benchmark
+# times 13 in turns. Each holds its steps' activations and logits; clear_graphs frees them.
+MAX_SESSIONS = 16
+_sessions: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
 
 
 def check_graphable(device: torch.device) -> None:
@@ -50,6 +65,7 @@ class GraphedStep:
             self.graph.register_generator_state(self.generator)
         with torch.cuda.graph(self.graph):
             self.static_out = self.fn(self.static_x, *self.static_args)
+        self.fn = None  # the graph keeps what it reads; fn's closure (the first call's) may go
 
     def __call__(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -62,3 +78,61 @@ class GraphedStep:
         for buf, a in zip(self.static_args, args):
             a.copy_(buf)
         return self.static_out
+
+
+class GraphSession:
+    """The graphs and buffers of one configuration (model, sampler options, shapes, autocast,
+    generator) across calls. ``steps`` maps (step name, argument shapes) to its GraphedStep."""
+
+    def __init__(self, generator: torch.Generator | None):
+        self.generator = generator  # kept alive: the graphs registered its state
+        self.steps: dict = {}
+        self._kept: dict = {}
+
+    def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
+        key = (name, *(a.shape for a in (x, *args)))  # a graph replays one shape
+        if key not in self.steps:
+            self.steps[key] = GraphedStep(fn, self.generator)
+        return self.steps[key]
+
+    def keep(self, name: str, make):
+        """The session's object ``name``, made by ``make()`` on the first call."""
+        if name not in self._kept:
+            self._kept[name] = make()
+        return self._kept[name]
+
+    def buffer(self, name: str, value: torch.Tensor | None) -> torch.Tensor | None:
+        """A per-call input as the session's buffer: ``value`` copied into it (None stays None)."""
+        if value is None:
+            return None
+        buf = self.keep(name, lambda: torch.empty_like(value))
+        return buf.copy_(value)
+
+
+def session_for(model, key: tuple, generator: torch.Generator | None) -> GraphSession:
+    """The model's session for ``key`` (every value a graph of the call would freeze besides the
+    generator), made on its first use. Under autocast, and for a model that cannot be weakly
+    referenced, a session serves one call only: autocast's cache of cast weights, which the graphs
+    read, is freed when the caller's autocast region ends (give the model bfloat16 weights to keep
+    its graphs)."""
+    if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
+        return GraphSession(generator)
+    try:
+        sessions = _sessions.setdefault(model, OrderedDict())
+    except TypeError:
+        return GraphSession(generator)
+    key = (*key, None if generator is None else id(generator), torch.is_grad_enabled())
+    if key not in sessions:
+        sessions[key] = GraphSession(generator)
+        while len(sessions) > MAX_SESSIONS:
+            sessions.popitem(last=False)
+    sessions.move_to_end(key)
+    return sessions[key]
+
+
+def clear_graphs(model=None) -> None:
+    """Frees the graphs (and their memory pools) kept for ``model``, or for every model."""
+    if model is None:
+        _sessions.clear()
+    else:
+        _sessions.pop(model, None)

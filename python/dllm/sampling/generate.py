@@ -231,7 +231,11 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
         cuda_graph: capture a sampler step (network + the sampler's ops) in a CUDA graph and
             replay it for every step, on a CUDA model, so a small model's step costs its kernels and
-            not their launches. Every sampler; fast-dllm with ``cache=None`` or ``"dual"`` (a
+            not their launches. The graphs stay with the model for the next call with the same
+            options, shapes and generator object (``dllm.sampling.cuda_graph``: the last 16 such
+            configurations; ``clear_graphs(model)`` frees them), except under autocast, whose
+            cached weight casts end with the caller's autocast region: a model with bfloat16
+            weights keeps its graphs. Every sampler; fast-dllm with ``cache=None`` or ``"dual"`` (a
             prefix-cached step's shape shrinks from block to block), its dual-cached steps handing
             the model ``start`` as a one-element tensor. mdlm captures two steps (with and without
             the network), SEDD's final denoising step runs eagerly. The host still syncs once a
@@ -268,7 +272,11 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
                                        pad_id_of(model), device, vocab_size_of(model))
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
-    loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
+    # Everything a step's graph freezes, besides the shapes its session keys by
+    config = (name, variant, steps, block_length, temperature, top_k, top_p, threshold, alg_temp, cfg_scale, cache,
+              mask_id, tuple(x.shape), start, attention_mask is None)
+    loop = StepLoop(model, attention_mask, callback, return_history, device,
+                    graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                   shift=int(getattr(model, "logits_shift", 0)), generator=generator)
     if name == "llada":
@@ -315,7 +323,9 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
-    loop = StepLoop(model, attention_mask, callback, return_history, device, cuda_graph=cuda_graph, generator=generator)
+    config = ("sedd-" + method, steps, tuple(x.shape), attention_mask is None, bool(known.any()))
+    loop = StepLoop(model, attention_mask, callback, return_history, device,
+                    graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
     x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
                    known=known if bool(known.any()) else None, generator=generator)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())

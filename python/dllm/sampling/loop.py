@@ -6,25 +6,25 @@ import time
 
 import torch
 
-from . import cuda_graph as graphs
+from .cuda_graph import GraphSession
 from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, warn_if_dropout_on
 
 
 class StepLoop:
     def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device, *,
-                 cuda_graph: bool = False, generator: torch.Generator | None = None):
+                 graphs: GraphSession | None = None):
+        """graphs: the session whose CUDA graphs replay the steps run by :meth:`call` (None: eager)."""
         if attention_mask is not None:
             check_takes_attention_mask(model)
         warn_if_dropout_on(model)
         self.model = model
         self.time_conditioned = bool(getattr(model, "time_conditioned", False))
-        self.attention_mask = attention_mask
+        self.graphs = graphs
+        self.attention_mask = self.buffer("attention_mask", attention_mask)
         self.callback = callback
         self.history: list[torch.Tensor] | None = [] if return_history else None
         self.nfe = 0
         self.cuda = device.type == "cuda"
-        self.cuda_graph, self.generator = cuda_graph, generator
-        self._graphs: dict = {}  # (step function, argument shapes) -> its GraphedStep
         self._marks: list = []  # (start, end) CUDA events or perf_counter pairs
         self._start = None
         self.step = 0
@@ -54,18 +54,31 @@ class StepLoop:
     def new_kv_cache(self, x: torch.Tensor):
         return new_kv_cache(self.model, x.shape[0], x.shape[1])
 
+    @property
+    def cuda_graph(self) -> bool:
+        return self.graphs is not None
+
+    def keep(self, name: str, make):
+        """An object the steps use across steps (and, under cuda_graph, across calls): ``make()``
+        once per graph session, or every call when eager."""
+        return make() if self.graphs is None else self.graphs.keep(name, make)
+
+    def buffer(self, name: str, value: torch.Tensor | None) -> torch.Tensor | None:
+        """A per-call tensor that the steps read: under cuda_graph, the session's buffer that holds
+        its values (a graph reads the address it captured); eager, the tensor itself."""
+        return value if self.graphs is None else self.graphs.buffer(name, value)
+
     def call(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1, replay: bool = True):
         """``fn(x, *args)`` (x and args updated in place), replayed from its CUDA graph when
-        cuda_graph is on and ``replay`` (captured on fn's first call: a step run once is cheaper
-        eager); counts ``evaluations`` network calls. Untimed: the sampler brackets its step with
-        :meth:`begin` and :meth:`end`."""
+        cuda_graph is on and ``replay`` (captured on the first call of fn's name and argument
+        shapes in the session: a step run once is cheaper eager); counts ``evaluations`` network
+        calls. Untimed: the sampler brackets its step with :meth:`begin` and :meth:`end`. fn may
+        read only its arguments, the model and what :meth:`keep` and :meth:`buffer` return: its
+        graph outlives the call."""
         self.nfe += evaluations
         if not (self.cuda_graph and replay):
             return fn(x, *args)
-        key = (fn, *(a.shape for a in (x, *args)))  # a graph replays one shape
-        if key not in self._graphs:
-            self._graphs[key] = graphs.GraphedStep(fn, self.generator)
-        return self._graphs[key](x, *args)
+        return self.graphs.step(fn.__qualname__, fn, x, *args)(x, *args)
 
     def run_step(self, fn, x: torch.Tensor, *args: torch.Tensor, evaluations: int = 1,
                  replay: bool = True) -> torch.Tensor:

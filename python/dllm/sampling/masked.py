@@ -50,6 +50,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({blocks})")
     per_block = steps // blocks
     confidence = "random" if remasking == "random" else "prob"
+    prompt_tokens = loop.buffer("prompt_tokens", prompt_tokens)
 
     def step(x, num_tokens, window):
         if cfg_scale > 0:
@@ -92,7 +93,8 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
     step)."""
     times = torch.linspace(1, MDLM_EPS, steps + 1, dtype=torch.float64).tolist()
     time_conditioned = loop.time_conditioned
-    unmasked = torch.zeros((), dtype=torch.bool, device=x.device)  # did the latest step commit a token?
+    # did the latest step commit a token?
+    unmasked = loop.keep("unmasked", lambda: torch.zeros((), dtype=torch.bool, device=x.device))
     latest: list[torch.Tensor] = []  # the latest forward's logits (a graph's own buffer when replayed)
 
     def per_row(value: float) -> torch.Tensor:
@@ -136,7 +138,7 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
     tokens; the time matters only to a time-conditioned model. The token is drawn from the
     proposal distribution (temperature=1 for the paper's sampler; 0, generate's default, is argmax)."""
     time_conditioned = loop.time_conditioned
-    one = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
+    one = loop.keep("one", lambda: torch.ones(x.shape[0], dtype=torch.int64, device=x.device))
 
     def step(x, t):
         n = (x == mask_id).sum(-1).clamp(min=1)
@@ -206,7 +208,7 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     whose keys depend only on their own token; a time-conditioned model's keys also carry the
     refresh's noise level). The logits given to the callback cover the positions fed."""
     length = x.shape[1]
-    kv = loop.new_kv_cache(x) if cache is not None else None
+    kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if cache is not None else None
 
     def decode(part, logits, window):
         x0, conf = ops.predict_masked(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,

@@ -14,7 +14,7 @@ def sedd(loop: StepLoop, x, *, graph, noise, method: str, steps: int, known: tor
     "euler" tau-leaping with the reverse rate and dsig = dt * dsigma(t). Known tokens (prompt,
     infill) are projected back after every step, as SEDD's conditional sampling does."""
     batch = x.shape[0]
-    template = x.clone()
+    template, known = loop.buffer("template", x.clone()), loop.buffer("known", known)
     times = torch.linspace(1, eps, steps + 1, device=x.device)
     sigma, dsigma = noise(times)  # the whole schedule at once: the steps read it, none computes it
     if method == "analytic":
