@@ -52,8 +52,9 @@ MUTANTS = [
     (MASKED, '"topk_margin": "margin"', '"topk_margin": "prob"', [RULES, GEN]),
     (MASKED, "position_temperature=alg_temp,", "position_temperature=0.0,", [RULES]),
     (MASKED, "1.0 if i == steps - 1 else 1 - s / t", "1 - s / t", [GEN]),
-    (MASKED, "q_lo = 0 if refresh else lo - min(shift, lo)", "q_lo = 0 if refresh else lo", [KV]),
-    (MASKED, 'q_hi = length if refresh or cache == "prefix" else hi', "q_hi = length if refresh else hi", [KV]),
+    (MASKED, "q_lo = lo - min(shift, lo)", "q_lo = lo", [KV]),
+    (MASKED, 'torch.arange(q_lo, length if cache == "prefix" else hi, device=x.device)',
+     "torch.arange(q_lo, hi, device=x.device)", [KV]),
     (MASKED, "            refresh = False\n", "", [KV]),
     # steps that are right when run eagerly and wrong when replayed from a CUDA graph: llada's block
     # window, Dream's rate and first-hitting's clock read from the enclosing scope instead of the
