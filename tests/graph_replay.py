@@ -20,6 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dllm.sampling.cuda_graph import GraphedStep
+
 
 class HostSyncInCapture(RuntimeError):
     pass
@@ -136,45 +138,32 @@ class _Graph:
                 views.update(zip(out, (t for t in fresh if isinstance(t, torch.Tensor))))
 
 
-class RecordedStep:
-    """GraphedStep's contract (copy x and args in, replay, copy them back) on a recorded op list."""
+class RecordedStep(GraphedStep):
+    """GraphedStep (copy x and args in, replay, copy them back) over a recorded op list."""
 
     captures = 0  # how many steps were captured, over all instances
 
-    def __init__(self, fn, generator: torch.Generator | None):
-        self.fn, self.generator = fn, generator
-        self.graph: _Graph | None = None
-
-    def _rng_state(self):
+    def _rng_state(self, device):
         return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
 
-    def _set_rng_state(self, state) -> None:
+    def _set_rng_state(self, state, device) -> None:
         if self.generator is not None:
             self.generator.set_state(state)
         else:
             torch.set_rng_state(state)
 
-    def __call__(self, x: torch.Tensor, *args: torch.Tensor):
-        if self.graph is None:
-            self.static_x = x.clone()
-            self.static_args = [a.clone() for a in args]
-            state = self._rng_state()
-            self.fn(self.static_x, *self.static_args)  # the warm-up run
-            self._set_rng_state(state)
-            with _Recorder() as recorder:
-                self.static_out = self.fn(self.static_x, *self.static_args)
-            self._set_rng_state(state)  # a capture records draws without making them
-            self.graph = _Graph(recorder.ops, [self.static_x, *self.static_args])
-            self.fn = None  # as GraphedStep drops it: the graph must not need the first call's closure
-            RecordedStep.captures += 1
-        self.static_x.copy_(x)
-        for buf, a in zip(self.static_args, args):
-            buf.copy_(a)
-        self.graph.replay()
-        x.copy_(self.static_x)
-        for buf, a in zip(self.static_args, args):
-            a.copy_(buf)
-        return self.static_out
+    def _capture(self, x: torch.Tensor, args: tuple[torch.Tensor, ...]) -> None:
+        self.static_x = x.clone()
+        self.static_args = [a.clone() for a in args]
+        state = self._rng_state(x.device)
+        self.fn(self.static_x, *self.static_args)  # the warm-up run
+        self._set_rng_state(state, x.device)
+        with _Recorder() as recorder:
+            self.static_out = self.fn(self.static_x, *self.static_args)
+        self._set_rng_state(state, x.device)  # a capture records draws without making them
+        self.graph = _Graph(recorder.ops, [self.static_x, *self.static_args])
+        self.fn = None  # as GraphedStep drops it: the graph must not need the first call's closure
+        RecordedStep.captures += 1
 
 
 def replay_on_cpu(monkeypatch) -> type[RecordedStep]:
