@@ -108,7 +108,8 @@ def markdown(results: dict) -> str:
         f"- Throughput: one warm-up call, then the median of {m['reps']} timed `generate` calls (CUDA: events "
         "after a synchronize), taken in turns with every other point of the same length and batch, the "
         "autoregressive one among them, so that a drifting machine load moves all of them alike; tokens/s = batch x generated length / that time; latency = that time, which every "
-        "sequence of the batch waits.",
+        "sequence of the batch waits. With CUDA graphs the warm-up call captures a point's graphs and the timed "
+        "calls replay them, as a server replays the graphs it captured at start-up.",
         "- steps: round(fraction x length); llada's are rounded up to a multiple of its blocks "
         f"({m['fast_dllm']['block_length']} tokens, as fast-dllm's); nfe = network evaluations measured (mdlm "
         "skips the network on steps that unmask nothing). fast-dllm (threshold "
