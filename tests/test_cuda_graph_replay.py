@@ -90,6 +90,20 @@ def test_bfloat16_weights_keep_their_graphs_across_calls(monkeypatch, sampler, k
     assert torch.equal(replayed.sequences, eager.sequences) and not (replayed.sequences == MASK).any()
 
 
+def test_a_model_whose_weights_moved_gets_new_graphs(monkeypatch):
+    # Graphs read the weights' addresses: after model.to(dtype) the old ones are freed.
+    replay_on_cpu(monkeypatch)
+    model = masked_model("dit")
+    kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="llada", temperature=1.0)  # torch's generator
+    dllm.generate(model, cuda_graph=True, **kw)
+    model.to(torch.bfloat16)
+    torch.manual_seed(1)
+    replayed = dllm.generate(model, cuda_graph=True, **kw)
+    assert RecordedStep.captures == 2
+    torch.manual_seed(1)
+    assert torch.equal(replayed.sequences, dllm.generate(model, **kw).sequences)
+
+
 def test_autocast_gives_each_call_graphs_of_its_own(monkeypatch):
     # Autocast's cached weight casts, which the graphs read, end with the caller's autocast region.
     replay_on_cpu(monkeypatch)

@@ -121,13 +121,22 @@ def session_for(model, key: tuple, generator: torch.Generator | None) -> GraphSe
         sessions = _sessions.setdefault(model, OrderedDict())
     except TypeError:
         return GraphSession(generator)
-    key = (*key, None if generator is None else id(generator), torch.is_grad_enabled())
+    key = (*key, None if generator is None else id(generator), torch.is_grad_enabled(), _tensor_addresses(model))
     if key not in sessions:
         sessions[key] = GraphSession(generator)
         while len(sessions) > MAX_SESSIONS:
             sessions.popitem(last=False)
     sessions.move_to_end(key)
     return sessions[key]
+
+
+def _tensor_addresses(model) -> int:
+    """Where the model's weights and buffers live: a graph reads those addresses, so a model whose
+    tensors were replaced since (``model.to(dtype)``, a reassigned parameter) gets new graphs.
+    Updates in place (an optimizer step, ``load_state_dict``) keep the addresses and the graphs."""
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return hash(tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
 
 
 def clear_graphs(model=None) -> None:

@@ -231,15 +231,16 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             KV-cache interface of :mod:`dllm.sampling.model_protocol`).
         cuda_graph: capture a sampler step (network + the sampler's ops) in a CUDA graph and
             replay it for every step, on a CUDA model, so a small model's step costs its kernels and
-            not their launches. The graphs stay with the model for the next call with the same
-            options, shapes and generator object (``dllm.sampling.cuda_graph``: the last 16 such
-            configurations; ``clear_graphs(model)`` frees them), except under autocast, whose
-            cached weight casts end with the caller's autocast region: a model with bfloat16
-            weights keeps its graphs. Every sampler; fast-dllm with ``cache=None`` or ``"dual"`` (a
+            not their launches. Every sampler; fast-dllm with ``cache=None`` or ``"dual"`` (a
             prefix-cached step's shape shrinks from block to block), its dual-cached steps handing
             the model ``start`` as a one-element tensor. mdlm captures two steps (with and without
             the network), SEDD's final denoising step runs eagerly. The host still syncs once a
             step where the sampler decides there: mdlm's reuse of the logits, fast-dllm's block end.
+            The graphs stay with the model for the next call with the same options, shapes,
+            generator object and weights (updated in place, not replaced): the last 16 such
+            configurations (``dllm.sampling.cuda_graph``; ``clear_graphs(model)`` frees them).
+            Under autocast each call captures its own, since autocast's cached weight casts end with
+            the caller's autocast region: a model with bfloat16 weights keeps its graphs.
         generator: a ``torch.Generator`` on the model's device.
         callback: ``callback(step, x, logits)`` after every step (reading x syncs a GPU); with a
             cache, logits covers only the positions the step fed. x is the live canvas, which the
