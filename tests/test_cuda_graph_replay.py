@@ -1,36 +1,26 @@
 """cuda_graph=True on the CPU: every graphed sampler step replayed with CUDA-graph semantics
-(tests/graph_replay.py) must give the eager run's tokens, draw for draw. The GPU tests in
-test_kv_cache.py and test_models.py replay real CUDA graphs."""
+(tests/graph_replay.py) must give the eager run's tokens, draw for draw. The GPU tests here and
+in test_kv_cache.py and test_models.py replay real CUDA graphs."""
 
 import pytest
 import torch
 
 import dllm
 from dllm.models import ARTransformer, build_model, model_config
-from dllm.sampling.pretrained import MaskedLM, ScoreModel
+from dllm.sampling.pretrained import ScoreModel
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
 from graph_replay import FreedSinceCapture, HostSyncInCapture, RecordedStep, replay_on_cpu
+from test_kv_cache import MASK, PROMPTS, V, make, perturbed
 
-V, MASK = 50, 49
-PROMPTS = [[5, 7, 9, 11, 2, 3, 1], [8, 8, 4], [30, 31, 32, 33, 34]]  # ragged: left padded, attention_mask
-OTHER_PROMPTS = [[6, 2], [1, 2, 3, 4, 5, 6, 7], [9, 9, 9, 9]]
-
-
-def perturbed(net, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():  # the DiT starts as the identity with zero logits; make every layer matter
-            p.normal_(0, 0.3)
-    return net.eval()
+OTHER_PROMPTS = [[6, 2], [1, 2, 3, 4, 5, 6, 7], [9, 9, 9, 9]]  # PROMPTS' padded width, padded otherwise
 
 
 def masked_model(arch, time_conditioning=False):
-    cfg = model_config("tiny", arch=arch, vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=96, cond_dim=16,
-                       **({"kv_heads": 2} if arch == "llada" else {"time_conditioning": time_conditioning}))
-    return MaskedLM(perturbed(build_model(cfg)), MASK)
+    return make(arch, layers=2, **({"time_conditioning": True} if time_conditioning else {}))
 
 
 def score_model(graph, noise):
+    torch.manual_seed(0)
     cfg = model_config("tiny", arch="dit", vocab_size=graph.num_classes, hidden=32, heads=4, layers=2, max_seq_len=96,
                        cond_dim=16, time_conditioning=True)
     return ScoreModel(perturbed(build_model(cfg)), graph, noise)
@@ -143,6 +133,7 @@ def test_sedd_samplers_replayed_from_real_cuda_graphs_equal_eager(sampler):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch, dtype):
+    torch.manual_seed(0)
     cfg = model_config("tiny", arch="ar", vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=64)
     model = perturbed(ARTransformer(cfg)).to(dtype)
     prompts = torch.randint(0, V, (2, 3, 4))

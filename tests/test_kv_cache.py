@@ -14,15 +14,18 @@ V, MASK = 50, 49
 ARCHS = ["dit", "llada"]
 
 
-def make(arch, layers, seed=0, std=0.3):
-    torch.manual_seed(seed)
-    cfg = model_config("tiny", arch=arch, vocab_size=V, hidden=32, heads=4, layers=layers, max_seq_len=96, cond_dim=16,
-                       **({"kv_heads": 2} if arch == "llada" else {}))
-    net = build_model(cfg)
+def perturbed(net, std=0.3):
     with torch.no_grad():
         for p in net.parameters():  # the DiT starts as the identity with zero logits; make every layer matter
             p.normal_(0, std)
-    return MaskedLM(net.eval(), MASK)
+    return net.eval()
+
+
+def make(arch, layers, seed=0, std=0.3, **config):
+    torch.manual_seed(seed)
+    cfg = model_config("tiny", arch=arch, vocab_size=V, hidden=32, heads=4, layers=layers, max_seq_len=96, cond_dim=16,
+                       **({"kv_heads": 2} if arch == "llada" else {}), **config)
+    return MaskedLM(perturbed(build_model(cfg), std), MASK)
 
 
 class Recorder:

@@ -174,7 +174,7 @@ void launch_forward(const AttentionParams& p, cudaStream_t stream) {
 }  // namespace
 
 void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream) {
-  if (p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0) return;
+  if (attn::nothing_to_launch(p)) return;
   const auto s = static_cast<cudaStream_t>(stream);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, s); });
 }

@@ -67,10 +67,10 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
     attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), stream());
   } else if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
-    attention_forward_wgmma_cuda(call.params, stream());
+    attention_forward_wgmma_cuda(p, stream());
 #endif
   } else {
-    attention_forward_cuda(call.params, stream());
+    attention_forward_cuda(p, stream());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.out, call.lse};

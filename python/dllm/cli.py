@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--cache", choices=("prefix", "dual"), default=None, help="Fast-dLLM's approximate KV cache, "
                     "refreshed once per block (with --sampler fast-dllm only; default: none)")
     sp.add_argument("--cuda-graph", action="store_true", help="replay each sampler step as a CUDA graph "
-                    "(every sampler, fast-dllm without --cache prefix, and autoregressive models' decoding; on CUDA only)")
+                    "(every sampler, fast-dllm without --cache prefix, and autoregressive models' decoding; "
+                    "on CUDA only)")
     ep = sub.add_parser("eval", help="validation loss of a model folder written by `dllm train`",
                         description="The NLL of a trained model on the first --batches batches of the held-out split "
                         "of its corpus (the bound for "

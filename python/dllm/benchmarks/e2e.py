@@ -223,7 +223,7 @@ class Runner:
 
     def __init__(self, models: Models, device: str, temperature: float, seed: int):
         self.m, self.device, self.temperature, self.seed = models, device, temperature, seed
-        # Both sides replay their steps from CUDA graphs where they can (kernels() reports which).
+        # On a GPU both sides replay their steps from CUDA graphs (kernels() says which).
         self.cuda_graph = device.startswith("cuda")
 
     def generator(self) -> torch.Generator:

@@ -324,9 +324,10 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
-    config = ("sedd-" + method, steps, tuple(x.shape), attention_mask is None, bool(known.any()))
+    has_known = bool(known.any())
+    config = ("sedd-" + method, steps, tuple(x.shape), attention_mask is None, has_known)
     loop = StepLoop(model, attention_mask, callback, return_history, device,
                     graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
-    x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
-                   known=known if bool(known.any()) else None, generator=generator)
+    x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps, known=known if has_known else None,
+                   generator=generator)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
