@@ -10,8 +10,8 @@ import pytest
 import torch
 from _train_helpers import make_corpus
 
-from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix,
-                                          parse_rate, parseable_prefix, parses, unigram_entropy)
+from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate,
+                                          parseable_prefix, parses, unigram_entropy)
 from dllm.benchmarks import e2e
 from dllm.benchmarks.e2e import _diffusion_steps, nll_per_window
 from dllm.cli import main
@@ -51,7 +51,6 @@ def test_parseable_prefix_counts_whole_lines():
     assert parseable_prefix("x = 1\ny = 2\nz = (") == pytest.approx(2 / 3)
     assert parseable_prefix("def f(:\nx = 1\n") == 0.0
     assert parseable_prefix("") == 0.0 and parseable_prefix("\n\n   \n") == 0.0
-    assert mean_parseable_prefix(["x = 1", "x = (\n"]) == 0.5
 
 
 def test_entropy_of_known_distributions():
@@ -185,6 +184,14 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert "latency ms (one run)" in report and " ± " in report
     # one noise draw a window: the report does not read the bounds' order off differences within the noise
     assert "one draw of the noise" in report and "within about two standard errors is no evidence" in report
+    # the answer: a verdict a (length, batch), each naming the baseline's speed and a diffusion point
+    assert [(v["gen_length"], v["batch"]) for v in res["verdict"]] == [(16, 1), (16, 2), (32, 1), (32, 2)]
+    for v in res["verdict"]:
+        ar = next(r for r in res["throughput"] if r["sampler"] == "kv-cache" and r["gen_length"] == v["gen_length"]
+                  and r["batch"] == v["batch"])
+        assert v["ar_tokens_per_s"] == ar["tokens_per_s"] and v["fastest"]["speedup_vs_ar"] > 0
+    assert "## Where diffusion is faster at equal quality" in report and "(length, batch) points" in report
+    assert all(r["samples"] == 3 and r["parse_prefix_se"] >= 0 for r in res["quality"])
 
 
 def test_e2e_throughput_times_the_points_in_turns():

@@ -61,10 +61,6 @@ def parseable_prefix(text: str) -> float:
     return 0.0
 
 
-def mean_parseable_prefix(texts: list[str]) -> float:
-    return sum(parseable_prefix(t) for t in texts) / len(texts) if texts else math.nan
-
-
 def unigram_entropy(tokens: Iterable[int]) -> float:
     """Entropy in bits of the empirical distribution of the tokens (0 for one repeated token)."""
     counts = Counter(int(t) for t in tokens)

@@ -33,9 +33,10 @@ from ..objectives import get_objective
 from ..sampling import generate
 from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
-from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, mean_parseable_prefix, parse_rate,
+from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
 from .common import card, command_line, git_commit, time_interleaved, utc_now
+from .e2e_verdict import verdicts
 
 # Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
 # the current block are cached, each step feeds only the block).
@@ -255,7 +256,9 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
         for row in ids.tolist():
             tokens.extend(row)
             texts.append(runner.m.tok.decode(cut_at(row, runner.m.tok.eos_id)))
-    return {"parse_rate": parse_rate(texts), "parse_prefix": mean_parseable_prefix(texts),
+    prefixes = [parseable_prefix(t) for t in texts]
+    return {"samples": len(texts), "parse_rate": parse_rate(texts), "parse_prefix": statistics.mean(prefixes),
+            "parse_prefix_se": statistics.stdev(prefixes) / len(prefixes) ** 0.5 if len(prefixes) > 1 else math.nan,
             "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes),
             "example": texts[0]}
 
@@ -470,6 +473,7 @@ def run(ns: argparse.Namespace) -> dict:
             "grid": {"batch_sizes": ns.batch_sizes, "gen_lengths": ns.gen_lengths,
                      "step_fractions": [str(f) for f in fracs], "samplers": ns.samplers}}
     results = {"meta": meta, "throughput": speed, "quality": quality}
+    results["verdict"] = verdicts(results)
     out = Path(ns.out_dir)
     write_report(out, results)
     (out / "partial.json").unlink(missing_ok=True)

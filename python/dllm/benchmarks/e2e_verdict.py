@@ -1,0 +1,120 @@
+"""The e2e report's answer: where is the diffusion model faster than the autoregressive baseline at
+equal quality, by how much, and where is it not.
+
+Equal quality is judged on the task that tokens/s times: unconditional samples of the generation
+length. A diffusion point matches the baseline when it is worse on none of these by more than the
+noise of a few dozen samples:
+- parse rate: the baseline's rate minus the point's is at most two standard errors of that
+  difference (Agresti-Caffo: one success and one failure added to each side, so that rates of 0 or
+  1 still carry an error);
+- parseable prefix: the same, with the standard errors of the per-sample values;
+- token entropy: at least the baseline's minus ``ENTROPY_SLACK_BITS``. A sampler that repeats safe
+  tokens (whitespace, a greedy loop) raises parse rates while its entropy collapses, so a point below
+  this is not of equal quality whatever it parses.
+The validation NLL is shown beside but not judged: the diffusion figure is an upper bound on its NLL
+(the T-step ELBO), the baseline's is exact, and it does not depend on the sampler.
+When the baseline's own parseable prefix is within two standard errors of zero, both models sit at
+the metric's floor and a match says nothing about quality; the verdict says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+ENTROPY_SLACK_BITS = 0.5
+Z = 2.0  # standard errors a shortfall must exceed to count
+
+
+def _rate_shortfall_se(p_ar: float, p: float, n_ar: int, n: int) -> float:
+    """Agresti-Caffo standard error of the difference of two rates over n_ar and n samples."""
+    a, b = (p_ar * n_ar + 1) / (n_ar + 2), (p * n + 1) / (n + 2)
+    return math.sqrt(a * (1 - a) / (n_ar + 2) + b * (1 - b) / (n + 2))
+
+
+def quality_shortfalls(point: dict, ar: dict) -> list[str]:
+    """Why ``point`` (a quality row) is of lower quality than ``ar`` (the baseline's row at the same
+    length), as short phrases; empty when it is of equal quality."""
+    out = []
+    gap = ar["parse_rate"] - point["parse_rate"]
+    if gap > Z * _rate_shortfall_se(ar["parse_rate"], point["parse_rate"], ar["samples"], point["samples"]):
+        out.append(f"parse rate {point['parse_rate']:.2f} < {ar['parse_rate']:.2f}")
+    gap = ar["parse_prefix"] - point["parse_prefix"]
+    if gap > Z * math.hypot(ar["parse_prefix_se"], point["parse_prefix_se"]):
+        out.append(f"parseable prefix {point['parse_prefix']:.2f} < {ar['parse_prefix']:.2f}")
+    if point["entropy"] < ar["entropy"] - ENTROPY_SLACK_BITS:
+        out.append(f"entropy {point['entropy']:.2f} < {ar['entropy']:.2f} - {ENTROPY_SLACK_BITS:g} bits")
+    return out
+
+
+def at_floor(ar: dict) -> bool:
+    """Whether the baseline's samples are indistinguishable from no code at all."""
+    return ar["parse_prefix"] <= Z * ar["parse_prefix_se"]
+
+
+def _point(row: dict, short_of: list[str] | None = None) -> dict:
+    out = {k: row[k] for k in ("sampler", "steps", "nfe", "tokens_per_s", "speedup_vs_ar")}
+    if short_of is not None:
+        out["short_of"] = short_of
+    return out
+
+
+def verdicts(results: dict) -> list[dict]:
+    """One verdict per (generation length, batch) of the throughput rows: the baseline's tokens/s, the
+    fastest diffusion point of equal quality (None if no point matched), and the fastest diffusion
+    point whatever its quality, with its shortfalls."""
+    quality = {(r["sampler"], r["gen_length"], r["fraction"]): r for r in results["quality"]}
+    out = []
+    groups = dict.fromkeys((r["gen_length"], r["batch"]) for r in results["throughput"])
+    for length, batch in groups:
+        rows = [r for r in results["throughput"] if r["gen_length"] == length and r["batch"] == batch]
+        ar = next(r for r in rows if r["model"] == "autoregressive")
+        ar_quality = quality[ar["sampler"], length, ar["fraction"]]
+        diffusion = sorted((r for r in rows if r is not ar), key=lambda r: -r["tokens_per_s"])
+        shortfalls = [quality_shortfalls(quality[r["sampler"], length, r["fraction"]], ar_quality) for r in diffusion]
+        equal = [r for r, s in zip(diffusion, shortfalls) if not s]
+        out.append({"gen_length": length, "batch": batch, "ar_tokens_per_s": ar["tokens_per_s"],
+                    "at_floor": at_floor(ar_quality),
+                    "best_equal_quality": _point(equal[0]) if equal else None,
+                    "fastest": _point(diffusion[0], shortfalls[0]) if diffusion else None})
+    return out
+
+
+def _describe(p: dict) -> str:
+    steps = f"{p['nfe']:.0f} network calls, adaptive" if p["sampler"] == "fast-dllm" else f"{p['steps']} steps"
+    return f"{p['sampler']}, {steps}"
+
+
+def summary(found: list[dict]) -> list[str]:
+    """The answer in sentences, then a table with a row per (length, batch)."""
+    wins = [v for v in found if v["best_equal_quality"] and v["best_equal_quality"]["speedup_vs_ar"] > 1]
+    losses = [v for v in found if v not in wins]
+
+    def where(vs):
+        return ", ".join(f"L {v['gen_length']} B {v['batch']}" for v in vs)
+
+    lines = []
+    if wins:
+        top = max(wins, key=lambda v: v["best_equal_quality"]["speedup_vs_ar"])
+        b = top["best_equal_quality"]
+        lines.append(f"At equal quality the diffusion model is faster at {len(wins)} of {len(found)} (length, batch) "
+                     f"points: {where(wins)}; by up to {b['speedup_vs_ar']:.2f}x ({_describe(b)}, at L "
+                     f"{top['gen_length']} B {top['batch']}).")
+    else:
+        lines.append(f"At equal quality the diffusion model is faster at none of the {len(found)} (length, batch) "
+                     "points.")
+    if losses:
+        lines.append(f"It is not faster at: {where(losses)}.")
+    floor = [v for v in found if v["at_floor"]]
+    if floor:
+        lines.append(f"At {where(floor)} the baseline's own samples are at the floor of the parseable prefix "
+                     "(within two standard errors of no code), so equal quality there only means both models "
+                     "write no code: train longer (--minutes) for an answer.")
+    lines += ["", "| length | batch | AR tokens/s | fastest diffusion point of equal quality | tokens/s | vs AR | "
+              "fastest diffusion point | vs AR | its shortfall |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in found:
+        b, f = v["best_equal_quality"], v["fastest"]
+        best = (f"{_describe(b)} | {b['tokens_per_s']:,.0f} | {b['speedup_vs_ar']:.2f}x" if b else "none | - | -")
+        fastest = (f"{_describe(f)} | {f['speedup_vs_ar']:.2f}x | {'; '.join(f['short_of']) or 'none'}" if f
+                   else "- | - | -")
+        lines.append(f"| {v['gen_length']} | {v['batch']} | {v['ar_tokens_per_s']:,.0f} | {best} | {fastest} |")
+    return lines + [""]

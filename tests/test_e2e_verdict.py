@@ -1,0 +1,97 @@
+"""The e2e report's verdict: which diffusion points match the baseline's quality, and the fastest of them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dllm.benchmarks.e2e_verdict import ENTROPY_SLACK_BITS, at_floor, quality_shortfalls, summary, verdicts
+
+
+def quality(sampler="mdlm", length=64, fraction="1", *, rate=0.5, prefix=0.5, prefix_se=0.05, entropy=4.0, samples=32):
+    return {"sampler": sampler, "gen_length": length, "fraction": fraction, "samples": samples, "parse_rate": rate,
+            "parse_prefix": prefix, "parse_prefix_se": prefix_se, "entropy": entropy}
+
+
+def test_equal_quality_within_the_noise():
+    ar = quality("kv-cache", fraction=None)
+    assert quality_shortfalls(quality(), ar) == []
+    # 0.5 - 0.3 = 0.2 is within two Agresti-Caffo errors at 32 samples a side (2 x 0.117); 0.3 is not (2 x 0.111)
+    assert quality_shortfalls(quality(rate=0.3), ar) == []
+    assert quality_shortfalls(quality(rate=0.2), ar) == ["parse rate 0.20 < 0.50"]
+    # better is never a shortfall, however far
+    assert quality_shortfalls(quality(rate=1.0, prefix=1.0, entropy=6.0), ar) == []
+
+
+def test_rates_of_zero_and_one_still_carry_an_error():
+    # a plain binomial error is 0 at 0 and 1, so any difference would count; one sample of 32 does not
+    assert quality_shortfalls(quality(rate=31 / 32), quality(rate=1.0)) == []
+    assert quality_shortfalls(quality(rate=0.0), quality(rate=1 / 32)) == []
+    assert quality_shortfalls(quality(rate=0.0), quality(rate=1.0)) == ["parse rate 0.00 < 1.00"]
+    # fewer samples, a wider error: 0.5 against 1.0 over 4 samples each is within it
+    assert quality_shortfalls(quality(rate=0.5, samples=4), quality(rate=1.0, samples=4)) == []
+
+
+def test_prefix_shortfall_uses_both_standard_errors():
+    ar = quality(prefix=0.6, prefix_se=0.03)
+    # the difference's error: hypot(0.03, 0.04) = 0.05, so 0.1 is within two errors and 0.11 is not
+    assert quality_shortfalls(quality(prefix=0.5 + 1e-9, prefix_se=0.04), ar) == []
+    assert quality_shortfalls(quality(prefix=0.49, prefix_se=0.04), ar) == ["parseable prefix 0.49 < 0.60"]
+
+
+def test_entropy_collapse_is_not_equal_quality():
+    ar = quality(entropy=4.4)
+    assert quality_shortfalls(quality(entropy=4.4 - ENTROPY_SLACK_BITS + 1e-6), ar) == []
+    # a sampler that writes whitespace parses better and says less
+    short = quality_shortfalls(quality(rate=0.9, prefix=0.9, entropy=0.2), ar)
+    assert short == [f"entropy 0.20 < 4.40 - {ENTROPY_SLACK_BITS:g} bits"]
+
+
+def test_floor_of_the_baseline():
+    assert at_floor(quality(prefix=0.02, prefix_se=0.015))
+    assert not at_floor(quality(prefix=0.2, prefix_se=0.05))
+    assert at_floor(quality(prefix=0.0, prefix_se=0.0))
+
+
+def results(points):
+    """points: (sampler, fraction, batch, tokens/s, quality kwargs), the baseline's sampler "kv-cache"."""
+    throughput, rows = [], {}
+    for sampler, fraction, batch, speed, q in points:
+        model = "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"
+        rows[sampler, fraction] = quality(sampler, fraction=fraction, **q)
+        throughput.append({"model": model, "sampler": sampler, "gen_length": 64, "fraction": fraction, "batch": batch,
+                           "steps": 64 if fraction in (None, "1") else 16, "nfe": 50.0, "tokens_per_s": speed})
+    for r in throughput:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / next(a["tokens_per_s"] for a in throughput
+                                                      if a["sampler"] == "kv-cache" and a["batch"] == r["batch"])
+    return {"throughput": throughput, "quality": list(rows.values())}
+
+
+def test_verdict_picks_the_fastest_point_of_equal_quality():
+    good, collapsed = dict(prefix=0.5), dict(prefix=0.5, entropy=1.0)
+    res = results([("kv-cache", None, 1, 1000.0, good), ("mdlm", "1", 1, 800.0, good), ("mdlm", "1/4", 1, 2500.0, good),
+                   ("llada", "1/4", 1, 4000.0, collapsed),
+                   ("kv-cache", None, 16, 9000.0, good), ("mdlm", "1", 16, 3000.0, good),
+                   ("mdlm", "1/4", 16, 8000.0, good), ("llada", "1/4", 16, 12000.0, collapsed)])
+    b1, b16 = verdicts(res)
+    assert (b1["gen_length"], b1["batch"], b1["ar_tokens_per_s"]) == (64, 1, 1000.0) and not b1["at_floor"]
+    assert b1["best_equal_quality"]["sampler"] == "mdlm" and b1["best_equal_quality"]["speedup_vs_ar"] == 2.5
+    assert b1["fastest"]["sampler"] == "llada" and b1["fastest"]["short_of"][0].startswith("entropy 1.00")
+    assert b16["best_equal_quality"]["speedup_vs_ar"] == pytest.approx(8 / 9)
+    text = "\n".join(summary([b1, b16]))
+    assert "faster at 1 of 2 (length, batch) points: L 64 B 1; by up to 2.50x (mdlm, 16 steps, at L 64 B 1)" in text
+    assert "It is not faster at: L 64 B 16." in text and "floor" not in text
+    assert "| 64 | 16 | 9,000 | mdlm, 16 steps | 8,000 | 0.89x | llada, 16 steps | 1.33x | entropy 1.00" in text
+
+
+def test_verdict_without_a_match_and_at_the_floor():
+    res = results([("kv-cache", None, 1, 1000.0, dict(prefix=0.01, prefix_se=0.01)),
+                   ("fast-dllm", None, 1, 3000.0, dict(prefix=0.01, prefix_se=0.01, entropy=0.5))])
+    (v,) = verdicts(res)
+    assert v["best_equal_quality"] is None and v["at_floor"]
+    text = "\n".join(summary([v]))
+    assert "faster at none of the 1 (length, batch) points" in text and "It is not faster at: L 64 B 1." in text
+    assert "at the floor of the parseable prefix" in text
+    assert "| 64 | 1 | 1,000 | none | - | - | fast-dllm, 50 network calls, adaptive | 3.00x |" in text
+    assert not math.isnan(v["fastest"]["speedup_vs_ar"])
