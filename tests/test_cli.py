@@ -35,21 +35,22 @@ def test_help_lists_every_command():
 
 
 def test_demo_end_to_end(tmp_path):
-    out = dllm("demo", "--minutes", "0.02", "--gen-length", "32", "--steps", "4", "--out-dir", str(tmp_path))
+    # the default length: the autoregressive baseline generates it after a start token
+    out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("samples.md", "trajectory.png", "speed.json", "mdlm/model/config.json", "ar/model/config.json"):
         assert (tmp_path / name).exists(), name
     speed = json.loads((tmp_path / "speed.json").read_text())
-    assert speed["diffusion_tokens_per_s"] > 0 and speed["ar_tokens_per_s"] > 0
+    assert speed["length"] == 128 and speed["diffusion_tokens_per_s"] > 0 and speed["ar_tokens_per_s"] > 0
     text = (tmp_path / "samples.md").read_text()
     assert "def is_even(n):" in text and "return a - b" in text  # the prompt and the infill's known suffix
     assert "--- next sample ---" in text  # two unconditional samples
-    again = dllm("demo", "--minutes", "0.02", "--gen-length", "32", "--steps", "4", "--out-dir", str(tmp_path))
+    again = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path))
     assert again.returncode == 0 and "reusing" in again.stdout
     other = dllm("demo", "--minutes", "0.02", "--tokenizer", "byte", "--out-dir", str(tmp_path))
     assert other.returncode == 2 and "trained with the 'bpe' tokenizer" in other.stderr and "--retrain" in other.stderr
     longer = dllm("demo", "--minutes", "0.02", "--gen-length", "256", "--out-dir", str(tmp_path))
-    assert longer.returncode == 2 and "128-token windows" in longer.stderr and "--retrain" in longer.stderr
+    assert longer.returncode == 2 and "129-token windows" in longer.stderr and "--retrain" in longer.stderr
     # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline
     for kind, extra in (("mdlm", ["--show-steps", "--sampler", "mdlm"]), ("ar", [])):
         out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(", "--gen-length", "16",
@@ -130,11 +131,23 @@ def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_arguments():
-    for minutes in ("0", "nan"):
+    for minutes in ("0", "nan", "inf"):
         out = dllm("demo", "--minutes", minutes)
         assert out.returncode == 2 and "--minutes" in out.stderr and "usage: dllm demo" in out.stderr
     out = dllm("demo", "--gen-length", "36")  # the completion's blocks need a multiple of 8
     assert out.returncode == 2 and "multiple of 8" in out.stderr
+
+
+def test_ctrl_c_ends_any_command_with_130_and_no_traceback(monkeypatch, capsys):
+    import dllm.demo
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dllm.demo, "run_demo", interrupted)
+    assert main(["demo"]) == 130
+    err = capsys.readouterr().err
+    assert "dllm: interrupted" in err and "Traceback" not in err
 
 
 def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
@@ -198,6 +211,13 @@ def test_eval_reproduces_the_trainers_validation(tmp_path):
 
     with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 63"):
         run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=64, steps=1, sampler=None,
+                   temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    with pytest.raises(ValueError, match=r"the prompt \(64 tokens\) fills the model's 64-token window"):
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="x" * 64, gen_length=8, steps=1, sampler=None,
+                   temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    # a diffusion model's window names the flag too, before the model runs
+    with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 60"):
+        run_sample(str(tmp_path / "mdlm" / "run" / "model"), prompt="abcd", gen_length=64, steps=1, sampler=None,
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
     with pytest.raises(ValueError, match="--sampler, .* not to an autoregressive model"):  # not silently ignored
         run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler="llada",

@@ -280,3 +280,22 @@ def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):  # an unwritable report folder fails before any model loads
         main(["bench", "e2e", "--model-dir", "nowhere", "--ar-dir", "nowhere", "--out-dir", str(tmp_path / "file" / "r")])
     assert "file" in capsys.readouterr().err
+    for args, message in [(["--batch-sizes", "1", "1"], "--batch-sizes lists a value twice: 1 1"),
+                          (["--gen-lengths", "32", "64", "32"], "--gen-lengths lists a value twice"),
+                          (["--temperature", "-1"], "--temperature must be finite and >= 0"),
+                          (["--minutes", "inf"], "--minutes (finite)")]:
+        with pytest.raises(SystemExit):  # before any training
+            main(["bench", "e2e", *args, "--out-dir", str(tmp_path / "r")])
+        assert message in capsys.readouterr().err
+
+
+def test_a_kept_model_of_another_size_or_corpus_is_refused(tmp_path):
+    from dllm.training.timed import train_for_minutes
+
+    (tmp_path / "mdlm").mkdir()
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": "corpus-a"}
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
+    for options, message in [(dict(size="small", data="corpus-a"), "--size 'tiny', not 'small'"),
+                             (dict(size="tiny", data=None), "--data 'corpus-a', not None")]:
+        with pytest.raises(ValueError, match=re.escape(message) + ".*--retrain"):
+            train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)

@@ -355,14 +355,14 @@ def test_clear_errors():
             ("mdlm", dict(block_length=4), "block_length applies only"),
             ("dream", dict(block_length=4), "block_length applies only"),
             ("llada", dict(cfg_scale=-1.0), "cfg_scale must be a finite number >= 0"),
-            ("llada", dict(cfg_scale=float("nan"), prompt=[1]), "cfg_scale must be a finite number >= 0"),
+            ("llada", dict(cfg_scale=float("nan"), prompt=[1]), "cfg_scale must be finite"),
             ("llada", dict(cfg_scale=1.0), "cfg_scale needs a prompt"),
             ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
             ("llada:", {}, "unknown sampler"),
             ("fast-dllm", dict(threshold=-0.5), r"threshold is a probability in \[0, 1\]"),
             ("fast-dllm", dict(threshold=1.5), r"threshold is a probability in \[0, 1\]"),
-            ("fast-dllm", dict(threshold=float("nan")), r"threshold is a probability in \[0, 1\]"),
+            ("fast-dllm", dict(threshold=float("nan")), "threshold must be finite"),
             ("llada", dict(attention_mask=torch.ones(1, 3, dtype=torch.bool)), "there is no prompt"),
             ("llada", dict(prompt=torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[0, 2, 1]])), "must hold 1"),
             ("llada", dict(steps=4.0), "steps must be a positive int"),
@@ -373,6 +373,10 @@ def test_clear_errors():
             ("llada", dict(prompt=torch.tensor([-1, 2])), "negative token ids"),
             ("llada", dict(prompt=torch.ones(2, 3, dtype=torch.long), infill=torch.full((3, 8), MASK)), "3 rows for 2"),
             ("llada", dict(infill=torch.full((8,), -2)), "negative ids"),
+            ("llada", dict(temperature=-1.0), "temperature, alg_temp and top_k must be >= 0"),
+            ("dream", dict(alg_temp=-0.5), "temperature, alg_temp and top_k must be >= 0"),
+            ("llada", dict(top_k=-1), "temperature, alg_temp and top_k must be >= 0"),
+            ("llada", dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
             ("llada", dict(prompt=[[1, 2], [3]], model=TinyModel()), None)]:
         kw = {"gen_length": 8, "steps": 4, **options}
         model = kw.pop("model", model)
@@ -387,6 +391,18 @@ def test_clear_errors():
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler="llada", infill=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(TypeError, match="sampler must be a name"):
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler=None)
+    # the proposal options are checked before the network runs (an 8B model's forward is the cost of a late error)
+    for options, error, message in [(dict(temperature=None), TypeError, "temperature must be a number"),
+                                    (dict(alg_temp=None, sampler="dream"), TypeError, "alg_temp must be a number"),
+                                    (dict(top_k=2.5), TypeError, "top_k must be an int"),
+                                    (dict(cfg_scale=None), TypeError, "cfg_scale must be a number"),
+                                    (dict(threshold="0.5", sampler="fast-dllm"), TypeError, "threshold must be a number"),
+                                    (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
+                                    (dict(generator=5), TypeError, "generator must be a torch.Generator")]:
+        model = TinyModel()
+        with pytest.raises(error, match=message):
+            dllm.generate(model, **{"gen_length": 8, "steps": 4, "sampler": "llada", **options})
+        assert model.calls == []
     model = TinyModel()
     model.mask_id = 39.5
     with pytest.raises(TypeError, match="must be an int token id, got 39.5"):
@@ -401,6 +417,14 @@ def test_token_ids_outside_a_known_vocabulary_are_named():
     with pytest.raises(ValueError, match=f"the infill holds token id {V}, outside"):
         dllm.generate(model, [1], gen_length=3, steps=3, sampler="llada", infill=[MASK, V, -1])
     dllm.generate(model, [1, V - 2], gen_length=3, steps=3, sampler="llada", infill=[MASK, V - 2, -1])
+
+
+def test_an_empty_batch_generates_nothing_without_calling_the_model():
+    for sampler in SAMPLERS:
+        model = TinyModel()
+        out = dllm.generate(model, torch.zeros(0, 3, dtype=torch.long), gen_length=4, steps=2, sampler=sampler,
+                            return_history=True)
+        assert out.sequences.shape == (0, 7) and out.nfe == 0 and out.history == [] and model.calls == []
 
 
 def test_padding_masks_reach_only_models_that_take_them():

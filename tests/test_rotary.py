@@ -54,6 +54,10 @@ def test_rotary_gradient_is_the_inverse_rotation(device):
     x64 = x.detach().double().requires_grad_()
     (want,) = torch.autograd.grad((rotated(x64, cos, sin) * w.double()).sum(), x64)
     torch.testing.assert_close(grad.double(), want, rtol=1e-5, atol=1e-5)
+    # angles that want a gradient get an error, not a silent None
+    angle = torch.randn(cos.shape, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiable in x only"):
+        dllm.ops.rotary(x, angle.cos(), angle.sin()).sum().backward()
 
 
 def test_empty_and_single_position(device):

@@ -303,6 +303,11 @@ def test_bad_inputs_raise_clear_errors(device):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, top_p=0.0)
     with pytest.raises(ValueError, match="temperature must be finite"):
         dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"logits_shift must be in \[0, max\(L, 2\)\) with L = 10, got 10"):
+        dllm.ops.predict_masked(logits, x, mask_id=MASK, logits_shift=10)
+    # one position under a shifted head reads row 0, as position 0 always does
+    x0, conf = dllm.ops.predict_masked(logits[:, :1], torch.full_like(x[:, :1], MASK), mask_id=MASK, logits_shift=1)
+    assert torch.equal(x0, dllm.ops.predict_masked(logits[:, :1], torch.full_like(x[:, :1], MASK), mask_id=MASK)[0])
     bad = logits.clone()
     bad[1, (x[1] == MASK).nonzero()[0, 0]] = float("nan")
     with pytest.raises(ValueError, match="sequence 1 has NaN"):

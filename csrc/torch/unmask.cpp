@@ -31,8 +31,9 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   TORCH_CHECK_VALUE(top_k >= 0, op, ": top_k must be >= 0 (0 turns it off), got ", top_k);
   TORCH_CHECK_VALUE(top_p > 0.0 && top_p <= 1.0, op, ": top_p must be in (0, 1], got ", top_p);
   const int64_t length = logits.size(-2);
-  TORCH_CHECK(logits_shift >= 0 && (logits_shift < length || length == 0), op,
-              ": logits_shift must be in [0, L) with L = ", length, ", got ", logits_shift);
+  // Position i reads row max(i - shift, 0): a shift of 1 is Dream's head at any length, one token included
+  TORCH_CHECK_VALUE(logits_shift >= 0 && (logits_shift < length || logits_shift <= 1), op,
+                    ": logits_shift must be in [0, max(L, 2)) with L = ", length, ", got ", logits_shift);
   Confidence kind;
   if (confidence == "prob") kind = Confidence::kProb;
   else if (confidence == "margin") kind = Confidence::kMargin;

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -69,6 +70,14 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C: an interrupted training has already said what it saved and how to resume
+        print("dllm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="dllm", description="dllm: discrete diffusion language models")
     sub = parser.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("train", help="train a model (MDLM, SEDD, LLaDA or autoregressive)",
@@ -142,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "demo":
         from .demo import run_demo
 
-        if not ns.minutes > 0 or ns.gen_length < 16 or ns.gen_length % 8 or ns.steps <= 0:
-            dp.error("--minutes and --steps must be positive and --gen-length a multiple of 8, at least 16")
+        if not 0 < ns.minutes < math.inf or ns.gen_length < 16 or ns.gen_length % 8 or ns.steps <= 0:
+            dp.error("--minutes (finite) and --steps must be positive and --gen-length a multiple of 8, at least 16")
         try:
             run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed, ns.tokenizer)
         except USER_ERRORS as e:
@@ -188,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
             result = train(cfg)
         except USER_ERRORS as e:
             _fail(tp, e)
-        except KeyboardInterrupt:  # the trainer said what was saved and how to resume
-            return 130
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     return 0

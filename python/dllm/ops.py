@@ -398,7 +398,8 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
         A contiguous ``[B, S, H, D]`` in x's dtype, with ``c, s`` the tables at (b, s) and pair i:
         ``out[..., i] = x[..., i] c_i - x[..., i + D/2] s_i`` and
         ``out[..., i + D/2] = x[..., i + D/2] c_i + x[..., i] s_i``, in float32, rounded once.
-        Differentiable in x: the gradient is the rotation by the opposite angle, the same kernel.
+        Differentiable in x: the gradient is the rotation by the opposite angle, the same kernel
+        (a backward that would need the gradient of cos or sin raises).
 
     Reads x once and writes the result once; in torch the same float32 math takes four passes
     and float32 temporaries, or eight passes and a concatenation as usually written.
@@ -421,6 +422,10 @@ def _rotary_setup_context(ctx, inputs, output):
 
 
 def _rotary_backward(ctx, grad):
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        # raised, not dropped: learned or scaled RoPE angles would otherwise train on silently
+        raise RuntimeError("dllm.ops.rotary is differentiable in x only: cos and sin require grad here; "
+                           "rotate with torch's math where the angles are learned")
     cos, sin = ctx.saved_tensors
     return torch.ops.dllm.rotary(grad, cos, sin, not ctx.inverse), None, None, None
 

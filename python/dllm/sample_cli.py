@@ -39,12 +39,16 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
         temperature = 0.8
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
-    if kind == "ar":  # checked first: the model would otherwise fail after generating what fits
-        start = max(1, ids.numel())  # an empty prompt starts from the end-of-text token
-        room = model.config.max_seq_len - start
-        if gen_length > room:
-            raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {model.config.max_seq_len} "
-                             f"tokens and the prompt uses {start}, so at most --gen-length {room}")
+    # Checked first: a model would otherwise fail inside its forward (the autoregressive one after
+    # generating what fits), naming no flag
+    window = getattr(getattr(getattr(model, "model", model), "config", None), "max_seq_len", None)
+    if window is not None:
+        start = max(1, ids.numel()) if kind == "ar" else ids.numel()  # AR: an empty prompt starts from end-of-text
+        if start >= window:
+            raise ValueError(f"the prompt ({start} tokens) fills the model's {window}-token window: shorten --prompt")
+        if gen_length > window - start:
+            raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {window} tokens and the "
+                             f"prompt uses {start}, so at most --gen-length {window - start}")
     texts = []
     for i in range(num_samples):
         t0 = time.perf_counter()

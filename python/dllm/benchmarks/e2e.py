@@ -45,6 +45,7 @@ SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
 FAST_DLLM_THRESHOLD = 0.9
+MIN_BODY = 4             # tokens: the shortest function body worth infilling
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,8 +105,14 @@ def _check(ns) -> list[Fraction]:
         fracs.append(f)
     if min(ns.batch_sizes) <= 0 or min(ns.gen_lengths) <= 0 or ns.samples <= 0 or ns.reps <= 0 or ns.nll_windows <= 0:
         raise ValueError("--batch-sizes, --gen-lengths, --samples, --reps and --nll-windows must be positive")
-    if (ns.model_dir is None or ns.ar_dir is None) and (ns.minutes <= 0 or ns.train_steps <= 0):
-        raise ValueError("--minutes and --train-steps must be positive when models are trained")
+    for flag, values in (("--batch-sizes", ns.batch_sizes), ("--gen-lengths", ns.gen_lengths),
+                         ("--samplers", ns.samplers)):
+        if len(set(values)) < len(values):
+            raise ValueError(f"{flag} lists a value twice: {' '.join(map(str, values))}")
+    if (ns.model_dir is None or ns.ar_dir is None) and not (0 < ns.minutes < math.inf and ns.train_steps > 0):
+        raise ValueError("--minutes (finite) and --train-steps must be positive when models are trained")
+    if not 0 <= ns.temperature < math.inf:
+        raise ValueError(f"--temperature must be finite and >= 0, got {ns.temperature}")
     if ns.threads is not None and ns.threads <= 0:
         raise ValueError("--threads must be positive")
     for length in ns.gen_lengths:
@@ -390,10 +397,12 @@ def run(ns: argparse.Namespace) -> dict:
     # The infill template (context, hole, context) fits the window the models were trained on.
     hole = min(128, models.seq_len // 3)
     before = models.seq_len // 2
-    tasks = held_out_functions(val_files, models.tok, max_body=hole, min_body=4, before=before,
+    tasks = held_out_functions(val_files, models.tok, max_body=hole, min_body=MIN_BODY, before=before,
                                after=models.seq_len - before - hole, count=ns.samples, seed=ns.seed)
     if not tasks:
-        raise ValueError("no held-out function with a small body to infill; use a corpus of Python files")
+        raise ValueError(f"no held-out function has a body of {MIN_BODY}-{hole} tokens to infill (the hole is a third of "
+                         f"the models' {models.seq_len}-token window): pass longer --gen-lengths, or a corpus of "
+                         "Python files with small functions")
 
     objectives = {}
     for name, d in models.dirs.items():

@@ -57,7 +57,7 @@ class DiTBlock(nn.Module):
             if causal_mask is not None:
                 mask = causal_mask if mask is None else mask & causal_mask
             causal = False
-        a = attention(q, k, v, causal=causal, attn_mask=mask, kv_len=kv_len).reshape(B, S, -1)
+        a = attention(q, k, v, causal=causal, attn_mask=mask, kv_len=kv_len).reshape(B, S, self.heads * self.head_dim)
         x, h = self.norm2.residual(x, gate1, self.dropout(self.attn_out(a)), shift2, scale2)
         return torch.addcmul(x, gate2[:, None], self.dropout(self._mlp(h)))
 

@@ -39,7 +39,7 @@ class LLaDABlock(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask, kv_len=kv_len).reshape(B, S, -1))
+        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask, kv_len=kv_len).reshape(B, S, self.heads * self.head_dim))
         h = self.mlp_norm(x)
         return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
 

@@ -48,6 +48,30 @@ def _check_lengths(**lengths) -> None:
             raise ValueError(f"{key} must be a positive int, got {value!r}")
 
 
+def _check_number(key: str, value, *, integral: bool = False) -> None:
+    kind = numbers.Integral if integral else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{key} must be {'an int' if integral else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+
+
+def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp, generator) -> None:
+    """The proposal options, checked before the first network call (which, for a large model, is
+    what a late error would cost)."""
+    for key, value in dict(temperature=temperature, top_p=top_p, cfg_scale=cfg_scale, alg_temp=alg_temp).items():
+        _check_number(key, value)
+    _check_number("top_k", top_k, integral=True)
+    if threshold is not None:
+        _check_number("threshold", threshold)
+    if temperature < 0 or alg_temp < 0 or top_k < 0:
+        raise ValueError(f"temperature, alg_temp and top_k must be >= 0, got {temperature}, {alg_temp} and {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+
+
 def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp) -> None:
     """Options that do not apply to the chosen sampler are errors, not silently ignored."""
     if block_length is not None:
@@ -67,6 +91,11 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
         chosen = "dream:origin" if name == "dream" else repr(name)
         raise ValueError("alg_temp applies only to the dream sampler's confidence algorithms "
                          f"(entropy, maskgit_plus, topk_margin), not to {chosen}")
+
+
+def _nothing_to_generate(x: torch.Tensor, return_history: bool) -> GenerationOutput:
+    """An empty batch's output, without calling the model (whose reshapes may refuse zero rows)."""
+    return GenerationOutput(sequences=x, history=[] if return_history else None)
 
 
 def _device_of(model) -> torch.device:
@@ -255,6 +284,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     """
     name, variant = _parse_sampler(sampler)
     _check_lengths(gen_length=gen_length, steps=steps)
+    _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold, cfg_scale=cfg_scale,
+                    alg_temp=alg_temp, generator=generator)
     if name.startswith("sedd-"):
         return _generate_sedd(model, prompt, name.removeprefix("sedd-"), gen_length=gen_length, steps=steps,
                               infill=infill, attention_mask=attention_mask, cache=cache, cuda_graph=cuda_graph,
@@ -271,6 +302,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        pad_id_of(model), device, vocab_size_of(model))
+    if x.shape[0] == 0:
+        return _nothing_to_generate(x, return_history)
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
     # Everything a step's graph freezes, besides the shapes its session keys by
@@ -321,6 +354,8 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    pad_id_of(model), device, getattr(graph, "num_classes", None))
+    if x.shape[0] == 0:
+        return _nothing_to_generate(x, return_history)
     known = x != placeholder
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))

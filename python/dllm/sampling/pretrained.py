@@ -12,6 +12,7 @@ from ..models import from_pretrained
 from ..models.hub import detect_layout
 from ..models.io import is_dllm_config, read_config
 from ..sedd import Absorbing, Uniform, get_noise
+from .model_protocol import vocab_size_of
 
 
 class MaskedLM(nn.Module):
@@ -26,6 +27,10 @@ class MaskedLM(nn.Module):
         if getattr(model, "new_kv_cache", None) is not None:
             self.new_kv_cache = model.new_kv_cache
 
+    @property
+    def vocab_size(self) -> int | None:  # bounds the prompt's and the infill's ids (model_protocol)
+        return vocab_size_of(self.model)
+
     def forward(self, x, sigma=None, **kwargs):
         return self.model(x, **kwargs) if sigma is None else self.model(x, sigma, **kwargs)
 
@@ -36,6 +41,8 @@ class ScoreModel(nn.Module):
     def __init__(self, model: nn.Module, graph, noise):
         super().__init__()
         self.model, self.graph, self.noise = model, graph, noise
+
+    vocab_size = MaskedLM.vocab_size
 
     def forward(self, x, sigma, **kwargs):
         return self.model(x, sigma, **kwargs)

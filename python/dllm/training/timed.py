@@ -29,6 +29,11 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         if trained["tokenizer"] != tokenizer:
             raise ValueError(f"{out / objective} holds a model trained with the {trained['tokenizer']!r} tokenizer, "
                              f"not {tokenizer!r}: retrain (--retrain) or choose another output folder")
+        for key, want in (("model", size), ("data", data)):
+            if trained.get(key) != want:
+                flag = "--size" if key == "model" else "--data"
+                raise ValueError(f"{out / objective} holds a model trained with {flag} {trained.get(key)!r}, not "
+                                 f"{want!r}: retrain (--retrain) or choose another output folder")
         if trained["seq_len"] < seq_len:
             raise ValueError(f"{out / objective} holds a model trained on {trained['seq_len']}-token windows, "
                              f"shorter than the {seq_len} needed: retrain (--retrain) or choose another output folder")
