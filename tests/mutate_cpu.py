@@ -185,7 +185,7 @@ MUTANTS = [
     # restarted run's lost final validation taken as done because an earlier step was validated
     ("python/dllm/sedd/graphs.py", '    name = "absorb"\n    scale_by_sigma = True\n',
      '    name = "absorb"\n    scale_by_sigma = False\n', ["test_sedd_step"]),
-    ("python/dllm/unmask_schedule.py", "if steps <= 0:", "if steps <= 1:", [UNMASK]),
+    ("python/dllm/unmask_schedule.py", "or steps <= 0:", "or steps <= 1:", [UNMASK]),
     (MASKED, "        loop.end(x, latest[0])\n        if bool(unmasked):\n", "        if bool(unmasked):\n", [GEN]),
     (OBJECTIVES, '        if graph not in ("absorb", "uniform"):\n', "        if False:\n", ["test_objectives"]),
     ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
@@ -229,6 +229,19 @@ MUTANTS = [
     ("csrc/torch/attention.cpp", "return {t, token_stride, t.stride(-2)};", "return {t, token_stride, t.size(-1)};",
      ["test_attention"]),
     ("csrc/torch/attention.cpp", "t.stride(0) == t.size(1) * t.stride(1)", "true", ["test_attention"]),
+    # found by reviews of the API, the loaders and the trainer: generate's option checks, a published
+    # model's vocabulary, a gradient overflow applied, ~ left unexpanded, a kept model's relative
+    # corpus path, a tail split's copies, SentencePiece byte counts
+    (GENERATE, "if temperature < 0 or alg_temp < 0 or top_k < 0:", "if top_k < 0:", [GEN]),
+    ("python/dllm/models/hub/published.py", "return self.net.config.vocab_size", "return None",
+     ["test_published_checkpoints"]),
+    ("python/dllm/training/trainer.py", "if not math.isfinite(gnorm):", "if False:", ["test_training"]),
+    ("python/dllm/training/config.py", "str(Path(value).expanduser().resolve())", "str(Path(value).resolve())",
+     ["test_training"]),
+    ("python/dllm/training/timed.py", '("data", path_as_recorded("data", data))', '("data", data)', ["test_e2e"]),
+    ("python/dllm/data/corpus.py", "side[rel] = train if k == len(text) else", "side[rel] = train if True else",
+     ["test_data"]),
+    ("python/dllm/data/tokenizer.py", "else [lead, i]).encode", "else [i]).encode", ["test_data"]),
 ]
 
 

@@ -158,7 +158,7 @@ def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
                           (["--data", str(tmp_path / "nowhere")], "does not exist"),
                           (["--objective", "ar", "--arch", "dit"], "cannot train arch"),
                           (["--heads", "0"], "heads must be positive"),
-                          (["--lr", "1e30", "--grad-clip", "0", "--steps", "6"], "training loss became"),
+                          (["--lr", "1e30", "--grad-clip", "0", "--steps", "6"], "the gradient norm became inf"),
                           (["--device", "tpu"], "device 'tpu'")]:
         with pytest.raises(SystemExit) as stop:
             main(["train", "--data", str(corpus), "--out-dir", str(tmp_path / "run"), "--no-progress", *args])
@@ -287,3 +287,30 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     assert bad.returncode == 2 and "--reps" in bad.stderr
     bad = dllm("bench", "step", "--reps", "2", "--out", str(tmp_path / "results.json" / "x"))
     assert bad.returncode == 2 and "results.json" in bad.stderr and "ms/step" not in bad.stdout  # before measuring
+
+
+def test_the_sample_progress_bar_counts_the_steps_that_run():
+    import dllm
+    from dllm.sample_cli import _expected_steps
+    from test_generate import SAMPLERS, TinyModel
+
+    for sampler in SAMPLERS:
+        for gen_length, steps in ((8, 20), (16, 4)):  # llada skips the steps beyond one a token
+            calls = []
+            dllm.generate(TinyModel(), gen_length=gen_length, steps=steps, sampler=sampler, temperature=1.0,
+                          callback=lambda *args: calls.append(1))
+            want = _expected_steps(sampler, steps, gen_length)
+            assert want is None or want == len(calls), (sampler, gen_length, steps, len(calls))
+
+
+def test_bench_step_refuses_a_model_larger_than_free_memory(monkeypatch, tmp_path):
+    import argparse
+
+    from dllm.benchmarks import step_latency
+
+    assert step_latency._free_bytes(torch.device("cpu")) > 2**30  # this machine's /proc/meminfo is read
+    monkeypatch.setattr(step_latency, "_free_bytes", lambda device: 10_000)  # the tiny models' weights take more
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    with pytest.raises(ValueError, match=r"weights alone take .* GiB in torch.float32, more than the 0.0 GiB free"):
+        step_latency.run(p.parse_args(["--device", "cpu", "--out", str(tmp_path)]))

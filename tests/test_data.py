@@ -287,6 +287,21 @@ def test_copies_of_a_file_stay_on_one_side_of_the_split(corpus_dir):
     assert val_texts and not val_texts & {t for _, t in c.train}
 
 
+@pytest.mark.parametrize("val_fraction", [0.05, 0.3])  # 0.05: whole files miss the share, the tail is held out
+def test_copies_stay_on_one_side_when_a_tiny_corpus_is_split_by_other_rules(tmp_path, val_fraction):
+    import random
+
+    rng = random.Random(1)
+    (tmp_path / "a.txt").write_text("".join(rng.choice("abcdefgh \n") for _ in range(3000)))
+    copy = "".join(rng.choice("xyz \n") for _ in range(100))
+    for name in ("c.txt", "d.txt", "e.txt"):
+        (tmp_path / name).write_text(copy)
+    c = load_corpus(tmp_path, val_fraction=val_fraction)
+    train_texts = {t for _, t in c.train}
+    assert c.val and c.train and not any(t in train_texts for _, t in c.val)
+    assert not any(copy in t for _, t in c.train) or not any(copy in t for _, t in c.val)
+
+
 def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
     (corpus_dir / ".env").write_text("SECRET=1\n")
     outside = tmp_path / "outside"
@@ -298,3 +313,28 @@ def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
     names = [rel for rel, _ in c.train + c.val]
     assert "pkg/linked.py" in names and not any(".env" in n for n in names)
     assert len(names) == len(set(names)) and not any(n.startswith("pkg/loop") for n in names)
+
+
+def test_bytes_per_token_of_sentencepiece_style_tokenizers():
+    """Metaspace and LLaMA-style decoders drop a token's leading space when it is decoded alone, and
+    a lone byte-fallback piece decodes to U+FFFD: neither may shift the byte count."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from dllm.data.tokenizer import BPETokenizer
+
+    words = ["▁def", "▁return", "▁self", "▁x", "d", "e", "f", "x", "▁", "=", "1", "(", ")", ":"]
+    vocab = {"<unk>": 0, **{f"<0x{b:02X}>": 1 + b for b in range(256)}, **{w: 257 + i for i, w in enumerate(words)}}
+    metaspace = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace()
+    metaspace.decoder = decoders.Metaspace()
+    llama = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    llama.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    llama.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                       decoders.Strip(" ", 1, 0)])
+    for t in (metaspace, llama):
+        tok = BPETokenizer(t)
+        lengths = token_byte_lengths(tok)
+        for text in ("def return self", "x = 1", "def f(x): return é"):
+            ids = tok.encode(text)
+            # every byte of the text, plus the space the tokenizer put before its first word
+            assert lengths[ids].sum() == len(text.encode()) + 1, (text, [t.id_to_token(int(i)) for i in ids])

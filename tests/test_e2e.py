@@ -299,3 +299,17 @@ def test_a_kept_model_of_another_size_or_corpus_is_refused(tmp_path):
                              (dict(size="tiny", data=None), "--data 'corpus-a', not None")]:
         with pytest.raises(ValueError, match=re.escape(message) + ".*--retrain"):
             train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)
+
+
+def test_a_kept_model_is_reused_from_a_relative_data_path(tmp_path, monkeypatch):
+    from dllm.training.timed import train_for_minutes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mdlm" / "model").mkdir(parents=True)
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": str(tmp_path / "corpus")}  # as recorded
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
+    kept = train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, data="corpus")
+    assert kept == tmp_path / "mdlm" / "model"
+    (tmp_path / "mdlm" / "run_config.json").write_text('{"train": {"tok')  # killed while written
+    with pytest.raises(ValueError, match="run_config.json is damaged .*--retrain"):
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, data="corpus")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -537,3 +538,67 @@ def test_a_dllm_folder_whose_config_disagrees_with_its_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"model.safetensors lacks weight blocks.1.\S+$"):
         from_pretrained(tmp_path)
+
+
+def test_a_half_precision_checkpoint_keeps_its_rounded_rotary_buffer(tmp_path):
+    from safetensors.torch import load_file
+
+    make_checkpoint(tmp_path, "mdlm")
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    assert from_pretrained(tmp_path, dtype="bfloat16").net.config.rope_base == 10000.0
+
+
+def test_config_ids_and_shard_indexes_that_are_not_what_they_should_be(tmp_path):
+    make_checkpoint(tmp_path / "eos", "dream", config_edit=lambda c: c.update(eos_token_id=[95, 96]))
+    assert from_pretrained(tmp_path / "eos").eos_id == 95  # transformers configs may list several end ids
+    for key, value, message in [("mask_token_id", [97, 1], "mask_token_id=[97, 1]: expected one token id"),
+                                ("pad_token_id", "0", "pad_token_id='0': expected a token id")]:
+        make_checkpoint(tmp_path / key, "dream", config_edit=lambda c: c.update({key: value}))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            from_pretrained(tmp_path / key)
+    make_checkpoint(tmp_path / "index", "llada")
+    index = tmp_path / "index" / "model.safetensors.index.json"
+    index.write_text(index.read_text()[:50])
+    with pytest.raises(ValueError, match="model.safetensors.index.json' is not a shard index .*an incomplete copy"):
+        from_pretrained(tmp_path / "index")
+
+
+def test_a_llada_config_must_state_what_its_weights_cannot_show(tmp_path):
+    make_checkpoint(tmp_path, "llada", config_edit=lambda c: [c.pop(k) for k in ("rope", "layer_norm_type")])
+    with pytest.raises(ValueError, match=r"does not state \['rope', 'layer_norm_type'\]"):
+        from_pretrained(tmp_path)
+
+
+def test_published_models_name_their_vocabulary_and_dreams_bare_network_warns(tmp_path):
+    from dllm.models import LLaDAModel
+
+    make_checkpoint(tmp_path / "llada", "llada")
+    model = from_pretrained(tmp_path / "llada")
+    with pytest.raises(ValueError, match="the prompt holds token id 200, outside the model's vocabulary of 96"):
+        dllm.generate(model, torch.tensor([[3, 200]]), gen_length=4, steps=4, sampler="llada")
+    make_checkpoint(tmp_path / "dream", "dream")
+    with pytest.warns(UserWarning, match="predicts position i from row i - 1"):
+        LLaDAModel.from_pretrained(tmp_path / "dream")
+
+
+def test_dllm_sample_checks_a_published_models_window_first(tmp_path, capsys):
+    from dllm.cli import main
+
+    make_checkpoint(tmp_path, "mdlm")  # a 32-token window
+    write_tokenizer(tmp_path, 40, {})
+    with pytest.raises(SystemExit):
+        main(["sample", str(tmp_path), "--prompt", "w1 w2", "--gen-length", "40", "--device", "cpu"])
+    assert "--gen-length 40 does not fit: the model takes 32 tokens" in capsys.readouterr().err
+
+
+def test_a_published_tokenizer_never_truncates_or_pads_a_prompt(tmp_path):
+    from tokenizers import Tokenizer
+
+    from dllm.data.tokenizer import PublishedTokenizer
+
+    write_tokenizer(tmp_path, 40, {})
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok.enable_truncation(max_length=2)  # a tokenizer.json made for batched model input
+    tok.enable_padding(length=8)
+    assert PublishedTokenizer(tok, mask_id=39).encode("w1 w2 w3").tolist() == [1, 2, 3]

@@ -199,15 +199,42 @@ def test_max_time_is_summed_over_resumes(tmp_path, corpus):
 
 def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
     monkeypatch.chdir(corpus.parent)
-    dllm.train(**tiny(tmp_path, corpus.name, steps=1, cache_dir="cache-rel"))
+    monkeypatch.setenv("HOME", str(corpus.parent))
+    dllm.train(**tiny(tmp_path, corpus.name, steps=1, cache_dir="~/cache-rel"))  # ~ as left by the shell after --f=
     train = json.loads((tmp_path / "run" / "run_config.json").read_text())["train"]
     assert train["data"] == str(corpus.resolve()) and train["cache_dir"] == str((corpus.parent / "cache-rel").resolve())
+
+
+def test_a_gradient_that_overflows_is_not_applied(tmp_path, corpus, monkeypatch):
+    dllm.train(**tiny(tmp_path, corpus, steps=2, ckpt_every=1))
+    real = torch.nn.utils.clip_grad_norm_
+
+    def overflowed(params, *args, **kwargs):
+        real(params, *args, **kwargs)
+        return torch.tensor(float("inf"))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflowed)
+    with pytest.raises(FloatingPointError, match="gradient norm became inf at step 3 .its loss was finite"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, ckpt_every=1))
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_damaged_run_record_does_not_block_the_resume(tmp_path, corpus, caplog):
+    dllm.train(**tiny(tmp_path, corpus, steps=2, ckpt_every=1))
+    record = tmp_path / "run" / "run_config.json"
+    record.write_text(record.read_text()[:100])
+    with caplog.at_level("WARNING"):
+        assert dllm.train(**tiny(tmp_path, corpus, steps=3))["step"] == 3
+    assert "run_config.json is damaged" in caplog.text and json.loads(record.read_text())["train"]["steps"] == 3
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(heads=0), "heads must be positive"), (dict(layers=-1), "layers must be positive"),
     (dict(hidden=0), "hidden must be positive"), (dict(lr=float("inf")), "lr must be finite"),
-    (dict(min_lr_ratio=5.0), "min_lr_ratio must lie in"), (dict(tokenizer="bpe", bpe_vocab_size=1), "at least 258"),
+    (dict(min_lr_ratio=5.0), "min_lr_ratio must lie in"),
+    (dict(schedule="constant", min_lr_ratio=0.5), "min_lr_ratio applies to the cosine schedule only"),
+    (dict(tokenizer="bpe", bpe_vocab_size=1), "at least 258"),
     (dict(kv_heads=2), "kv_heads applies to the llada architecture only"),
     (dict(objective="sedd", arch="llada"), "takes no time input .the 'sedd' objective conditions on it"),
     (dict(objective="llada", time_conditioning=True), r"takes no time input \(--time-conditioning\)"),
@@ -424,7 +451,9 @@ def test_an_unfinished_metrics_line_does_not_block_the_rerun(tmp_path, corpus, c
 def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
     from dllm.cli import main
 
-    for text, message in (("[1, 2]", "must hold a JSON object"), ("{bad", "is not valid JSON")):
+    for text, message in (("[1, 2]", "must hold a JSON object"), ("{bad", "is not valid JSON"),
+                          ('{"train": null}', "must hold a JSON object"),
+                          ('{"train": ["x"]}', "must hold a JSON object")):
         path = tmp_path / "c.json"
         path.write_text(text)
         with pytest.raises(SystemExit):

@@ -280,8 +280,11 @@ def test_linear_transfer_counts():
     assert counts.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0], [0, 0, 0, 0]]
     # one step per block (LLaDA with steps == number of blocks) commits the whole block at once
     assert linear_transfer_counts(torch.tensor([5, 0]), 1).tolist() == [[5], [0]]
-    with pytest.raises(ValueError):
-        linear_transfer_counts(torch.tensor([1]), 0)
+    assert linear_transfer_counts([3, 1], 2).tolist() == [[2, 1], [1, 0]]  # a list of counts, as typed by hand
+    for masked, steps, message in [([1], 0, "steps must be a positive int"), ([1], 2.0, "steps must be a positive int"),
+                                   (torch.tensor(3), 2, r"masked must be \[B\]")]:
+        with pytest.raises(ValueError, match=message):
+            linear_transfer_counts(masked, steps)
     # a negative count would make a row's counts negative (and commit nothing), so it is refused
     with pytest.raises(ValueError, match=">= 0"):
         linear_transfer_counts(torch.tensor([4, -1]), 2)

@@ -62,9 +62,9 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
                 base = json.load(fh)
             except json.JSONDecodeError as e:
                 raise ValueError(f"--config {ns.config!r} is not valid JSON: {e}") from None
+        base = base.get("train", base) if isinstance(base, dict) else base
         if not isinstance(base, dict):
             raise ValueError(f"--config {ns.config!r} must hold a JSON object of training options (or a run_config.json)")
-        base = base.get("train", base)
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name) is not None}
     return TrainConfig.from_dict({**base, **given})
 

@@ -16,10 +16,13 @@ from .sampling.pretrained import load_for_sampling
 DEFAULT_SAMPLERS = {"sedd": "sedd-analytic", "mdlm": "mdlm", "llada": "llada", "dream": "dream"}
 
 
-def _expected_steps(sampler: str, steps: int) -> int | None:
-    """What the progress bar counts to: fast-dllm adapts its step count and first-hitting takes one per mask."""
+def _expected_steps(sampler: str, steps: int, gen_length: int) -> int | None:
+    """What the progress bar counts to: fast-dllm adapts its step count, first-hitting takes one per
+    mask, and llada skips the steps that would commit nothing (more steps than tokens)."""
     name = sampler.partition(":")[0]
-    return None if name in ("fast-dllm", "first-hitting") else steps + 1 if name.startswith("sedd-") else steps
+    if name in ("fast-dllm", "first-hitting"):
+        return None
+    return steps + 1 if name.startswith("sedd-") else min(steps, gen_length) if name == "llada" else steps
 
 
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
@@ -41,7 +44,8 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
     # Checked first: a model would otherwise fail inside its forward (the autoregressive one after
     # generating what fits), naming no flag
-    window = getattr(getattr(getattr(model, "model", model), "config", None), "max_seq_len", None)
+    net = model.net if hasattr(model, "net") else getattr(model, "model", model)  # published, or dllm's own
+    window = getattr(getattr(net, "config", None), "max_seq_len", None)
     if window is not None:
         start = max(1, ids.numel()) if kind == "ar" else ids.numel()  # AR: an empty prompt starts from end-of-text
         if start >= window:
@@ -59,7 +63,7 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
             info = f"autoregressive, {gen_length} steps"
         else:
             name = sampler or default
-            with tqdm(total=_expected_steps(name, steps), desc=f"sample {i + 1}", unit="step", leave=False,
+            with tqdm(total=_expected_steps(name, steps, gen_length), desc=f"sample {i + 1}", unit="step", leave=False,
                       disable=show_steps) as bar:
                 def callback(step, x, logits):
                     if show_steps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -11,15 +13,17 @@ def linear_transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     so the expected number of unmasked tokens grows linearly in time.
 
     Args:
-        masked: int ``[B]``, masked tokens per row (e.g. ``(x == mask_id).sum(-1)`` over a block).
+        masked: int ``[B]`` (a tensor or a list), masked tokens per row (e.g. ``(x == mask_id).sum(-1)`` over a block).
         steps: number of steps (> 0).
 
     Returns:
         int64 ``[B, steps]``, summing to ``masked`` along the last dimension.
     """
-    if steps <= 0:
-        raise ValueError(f"steps must be positive, got {steps}")
-    masked = masked.to(torch.int64)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    masked = torch.as_tensor(masked, dtype=torch.int64)
+    if masked.dim() != 1:
+        raise ValueError(f"masked must be [B], one count per row, got shape {tuple(masked.shape)}")
     if (masked < 0).any():
         raise ValueError("masked counts must be >= 0")
     base = (masked // steps)[:, None].expand(-1, steps)

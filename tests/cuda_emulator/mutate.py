@@ -84,7 +84,7 @@ MUTANTS = [
     # the binding: a packed sequence running past the tokens left unclamped; zero heads launched
     ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
      "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
-    (FWD, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
+    (MMA, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
     # a range's straddling last chunk left unread; a batch's tie going to its higher index
     ("csrc/kernels/cuda_rows.cuh", "  one_by_one(split.inner_hi, hi);\n", "", "sedd or predict_masked or loss or alignment"),
     ("csrc/kernels/cuda_rows.cuh", "    const bool gt = v[e] > top;", "    const bool gt = v[e] >= top;", "alignment or greedy"),

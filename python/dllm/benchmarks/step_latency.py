@@ -105,10 +105,28 @@ def llada_eager_step(logits, x, num_transfer, temperature: float, mask_id: int) 
     return x
 
 
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def _random_model(case: Case, device: torch.device, dtype: torch.dtype):
     from ..models import build_model
     from ..models.config import ModelConfig
 
+    # Counted on the meta device first: the llada-8b preset in float32 on a CPU would otherwise
+    # end in the kernel's out-of-memory kill, not in an error that names the fix
+    with built_in("meta", dtype):
+        weights = sum(p.numel() for p in build_model(ModelConfig(max_seq_len=case.length, **case.model)).parameters())
+    need, free = weights * dtype.itemsize, _free_bytes(device)
+    if free is not None and need > free:
+        raise ValueError(f"the {case.kind} model's weights alone take {need / 2**30:.1f} GiB in {dtype}, more than the "
+                         f"{free / 2**30:.1f} GiB free on {device}: choose a smaller --preset or --dtype bf16")
     with built_in(device, dtype):
         model = build_model(ModelConfig(max_seq_len=case.length, **case.model))
     with torch.no_grad():

@@ -103,19 +103,31 @@ def _is_val(rel: str, val_fraction: float) -> bool:
     return (h / 2**64) < val_fraction
 
 
+def _text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
 def _tail_split(docs: list[tuple[str, str]], val_fraction: float):
     """The last ``val_fraction`` of the concatenated text (in file order) as validation: whole files
-    after the cut, and the tail of the file it falls in as ``rel#val``."""
-    total = sum(len(t) for _, t in docs)
+    after the cut, and the tail of the file it falls in as ``rel#val``. Copies of a file follow its
+    first copy; copies of the file the cut falls in are left out (they would be on both sides)."""
+    first: dict[bytes, str] = {}
+    unique = [(rel, text) for rel, text in docs if first.setdefault(_text_key(text), rel) == rel]
+    total = sum(len(t) for _, t in unique)
     cut = int(total * (1 - val_fraction))
-    train, val, pos = [], [], 0
-    for rel, text in docs:
+    train, val, side, pos = [], [], {}, 0
+    for rel, text in unique:
         k = min(max(cut - pos, 0), len(text))
-        if k > 0 or len(docs) == 1:
+        if k > 0 or len(unique) == 1:
             train.append((rel, text[:k]))
-        if k < len(text) or len(docs) == 1:
-            val.append((rel + "#val" if k > 0 or len(docs) == 1 else rel, text[k:]))
+        if k < len(text) or len(unique) == 1:
+            val.append((rel + "#val" if k > 0 or len(unique) == 1 else rel, text[k:]))
+        side[rel] = train if k == len(text) else val if k == 0 else None
         pos += len(text)
+    for rel, text in docs:
+        original = first[_text_key(text)]
+        if original != rel and side[original] is not None:
+            side[original].append((rel, text))
     return train, val
 
 
@@ -158,14 +170,14 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
     for rel, text in docs:
         # A copy of a file (a vendored folder, a linked alias) goes where its first copy went: the
         # same text on both sides of the split would understate the validation loss.
-        key = hashlib.sha256(text.encode("utf-8")).digest()
-        is_val = side_of_text.setdefault(key, _is_val(rel, val_fraction))
+        is_val = side_of_text.setdefault(_text_key(text), _is_val(rel, val_fraction))
         (corpus.val if is_val else corpus.train).append((rel, text))
-    # Tiny corpora (tests) still need both splits.
-    if not corpus.val and len(corpus.train) > 1:
-        corpus.val.append(corpus.train.pop())
-    if not corpus.train and len(corpus.val) > 1:
-        corpus.train.append(corpus.val.pop(0))
+    # Tiny corpora (tests) still need both splits: one text moves over, with its copies.
+    for source, dest, pick in ((corpus.train, corpus.val, -1), (corpus.val, corpus.train, 0)):
+        if not dest and len({_text_key(t) for _, t in source}) > 1:
+            key = _text_key(source[pick][1])
+            dest += [d for d in source if _text_key(d[1]) == key]
+            source[:] = [d for d in source if _text_key(d[1]) != key]
     share = sum(len(t) for _, t in corpus.val) / sum(len(t) for _, t in docs)
     if len(docs) == 1 or not val_fraction / 2 <= share <= 2 * val_fraction:
         # Whole files that far off the asked share starve training, or leave validation shorter than

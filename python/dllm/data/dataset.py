@@ -32,7 +32,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DLLM_CACHE", Path.home() / ".cache" / "dllm"))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -80,13 +80,13 @@ class TokenCache:
                 bar.update(len(chunk))
             eos = np.array([tok.eos_id], dtype=np.int64)
             ids = np.concatenate([p for e in encoded for p in (e, eos)]) if encoded else np.zeros(0, np.int64)
-            _atomic_write_bytes(self.dir / f"{split}.bin", ids.astype(dtype).tobytes())
+            atomic_write_bytes(self.dir / f"{split}.bin", ids.astype(dtype).tobytes())
             meta[f"{split}_tokens"] = int(ids.size)
             meta[f"{split}_bytes"] = sum(len(t.encode("utf-8")) for t in texts)
             meta[f"{split}_files"] = len(texts)
         bar.close()
         # meta.json last: its presence marks a complete cache.
-        _atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
+        atomic_write_bytes(self.dir / "meta.json", json.dumps(meta, indent=1).encode())
 
     def meta(self) -> dict:
         return json.loads((self.dir / "meta.json").read_text())

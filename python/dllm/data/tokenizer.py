@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -125,6 +126,8 @@ class PublishedTokenizer(BPETokenizer):
 
     def __init__(self, tok, *, mask_id: int | None, eos_id: int | None = None):
         self._tok, self.mask_id = tok, mask_id
+        tok.no_truncation()  # as BPETokenizer: a prompt is never cut or padded by the file's batching settings
+        tok.no_padding()
         self.eos_id = eos_id if eos_id is not None else tok.token_to_id(EOS_TOKEN)
         self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), -1 if mask_id is None else mask_id + 1)
 
@@ -149,11 +152,20 @@ def token_byte_lengths(tok) -> np.ndarray:
         return lengths
     t = tok._tok
     added = set(t.get_added_tokens_decoder())
-    byte_level = type(t.decoder).__name__ == "ByteLevel"  # each character of a vocabulary entry is one byte
-    for i in range(t.get_vocab_size(with_added_tokens=True)):
-        if i in added or i == tok.mask_id:
-            continue
-        lengths[i] = len(t.id_to_token(i)) if byte_level else len(t.decode([i]).encode("utf-8"))
+    text_ids = [i for i in range(t.get_vocab_size(with_added_tokens=True)) if i not in added and i != tok.mask_id]
+    if type(t.decoder).__name__ == "ByteLevel":  # each character of a vocabulary entry is one byte
+        lengths[text_ids] = [len(t.id_to_token(i)) for i in text_ids]
+        return lengths
+    # Other decoders (SentencePiece's Metaspace, LLaMA's Replace + ByteFallback) strip a leading space
+    # from the text's first token: each token is decoded after one that decodes to plain text, and
+    # its bytes are what it adds to that
+    lead = next((i for i in text_ids if t.decode([i]).isalnum()), None)
+    base = len(t.decode([lead]).encode("utf-8")) if lead is not None else 0
+    for i in text_ids:
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t.id_to_token(i)):  # a byte-fallback piece: one byte, not U+FFFD
+            lengths[i] = 1
+        else:
+            lengths[i] = len(t.decode([i] if lead is None else [lead, i]).encode("utf-8")) - base
     return lengths
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,13 +48,20 @@ class PretrainedMixin:
                         dtype: torch.dtype | str | None = None):
         """Load a model written by ``save_pretrained``; called on a base class it builds the saved
         architecture. A published checkpoint whose network is a ``cls`` gives that bare network
-        (``PublishedModel.net``), without the tokenizer and sampler attributes (mask id, SEDD's
-        graph and noise) that :func:`dllm.models.from_pretrained` attaches."""
+        (``PublishedModel.net``), without the tokenizer and sampler attributes (mask id, Dream's
+        ``logits_shift=1``, SEDD's graph and noise) that :func:`dllm.models.from_pretrained`
+        attaches; a Dream network sampled without its shift proposes wrong tokens, so it warns."""
         saved = _saved_class(directory)  # checked before reading weights, which may be gigabytes
         if saved is not None and not issubclass(saved, cls):
             raise TypeError(f"{str(directory)!r} holds a {saved.__name__}, not a {cls.__name__}")
         model = from_pretrained(directory, map_location=map_location, dtype=dtype)
-        return model if isinstance(model, cls) else model.net  # a PublishedModel around a ``cls``
+        if isinstance(model, cls):
+            return model
+        if model.logits_shift:  # unlike a missing mask id, a missing shift would fail nowhere
+            warnings.warn(f"{str(directory)!r} is a {model.layout} checkpoint whose head predicts position i from row "
+                          f"i - {model.logits_shift}: the bare network drops that; sample it with "
+                          "dllm.models.from_pretrained, or with logits_shift set on your wrapper", stacklevel=2)
+        return model.net  # a PublishedModel around a ``cls``
 
 
 def _classes() -> dict[str, type]:

@@ -8,11 +8,19 @@ import numbers
 import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..devices import DEVICE_HELP
 
 
 BPE_MIN_VOCAB = 258  # a byte-level BPE starts from the 256 bytes, plus end-of-text and mask
+
+
+def path_as_recorded(key: str, value: str | None) -> str | None:
+    """``data``, ``cache_dir`` or a tokenizer.json path as a run records it: absolute, ``~`` expanded,
+    so that `dllm eval` finds it from any folder and a rerun from another folder recognises it."""
+    named = ("byte", "bpe") if key == "tokenizer" else ("stdlib",)
+    return value if not value or value in named else str(Path(value).expanduser().resolve())
 
 
 def _f(default, help: str, **kw):
@@ -49,7 +57,8 @@ class TrainConfig:
     batch_size: int = _f(32, "sequences per optimizer step, summed over processes and accumulation steps")
     grad_accum: int = _f(1, "micro-batches per optimizer step (per process)")
     steps: int = _f(1000, "optimizer steps")
-    max_time: float = _f(0.0, "stop after this many seconds of training, summed over resumes (0: no limit); checkpoints "
+    max_time: float = _f(0.0, "stop after this many wall-clock seconds (validations and checkpoints included), summed "
+                              "over resumes (0: no limit); the cosine schedule is still placed by --steps; checkpoints "
                               "and evaluates at the stop")
     lr: float = _f(3e-4, "peak learning rate (AdamW)")
     min_lr_ratio: float = _f(0.1, "cosine schedule: final learning rate as a fraction of --lr")
@@ -97,6 +106,8 @@ class TrainConfig:
             raise ValueError(f"random_length must lie in [0, 1], got {self.random_length}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule == "constant" and self.min_lr_ratio != type(self).min_lr_ratio:
+            raise ValueError("min_lr_ratio applies to the cosine schedule only, not to --schedule constant")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must lie in [0, 2^63), got {self.seed}")
         if self.tokenizer != "bpe" and self.bpe_vocab_size != type(self).bpe_vocab_size:

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .config import path_as_recorded
 from .trainer import train
 
 
@@ -25,11 +26,15 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
     if retrain and (out / objective).exists():
         shutil.rmtree(out / objective)
     elif run_config.exists():  # a finished run, or an interrupted one that train() resumes
-        trained = json.loads(run_config.read_text())["train"]
-        if trained["tokenizer"] != tokenizer:
+        try:
+            trained = json.loads(run_config.read_text())["train"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{run_config} is damaged ({e!r}): retrain (--retrain) or choose another output "
+                             "folder") from None
+        if trained["tokenizer"] != path_as_recorded("tokenizer", tokenizer):
             raise ValueError(f"{out / objective} holds a model trained with the {trained['tokenizer']!r} tokenizer, "
                              f"not {tokenizer!r}: retrain (--retrain) or choose another output folder")
-        for key, want in (("model", size), ("data", data)):
+        for key, want in (("model", size), ("data", path_as_recorded("data", data))):
             if trained.get(key) != want:
                 flag = "--size" if key == "model" else "--data"
                 raise ValueError(f"{out / objective} holds a model trained with {flag} {trained.get(key)!r}, not "

@@ -19,13 +19,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..benchmarks.common import card, command_line, git_commit, utc_now
-from ..data.dataset import BatchOrder, prepare
+from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
 from ..models import build_model, model_config
 from ..objectives import get_objective
 from .checkpoint import CheckpointError, RunFolderInUse, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, path_as_recorded
 from .ema import EMA
 from .evaluation import nll_metrics, validation_nll
 from .metrics import MetricsLog, plot_metrics
@@ -114,12 +114,20 @@ RESUME_SHAPING = ("lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", 
 COSINE_SHAPING = ("steps", "min_lr_ratio")  # they place the cosine's end; a constant schedule reads neither
 
 
+def _read_record(path: Path) -> dict:
+    """The record of the run being resumed; a damaged one (the run was killed while writing it,
+    before it was written atomically) costs its history of earlier starts, not the resume."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        log.warning("%s is damaged (%s): its record of earlier starts and changes begins afresh", path, e)
+        return {}
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
-        # absolute paths in the run's record, so that `dllm eval` finds the corpus from any folder
-        paths = [k for k in ("data", "cache_dir") if getattr(cfg, k) and getattr(cfg, k) != "stdlib"] + \
-            (["tokenizer"] if cfg.tokenizer not in ("byte", "bpe") else [])  # else a tokenizer.json's path
-        cfg = dataclasses.replace(cfg, **{k: str(Path(getattr(cfg, k)).resolve()) for k in paths})
+        paths = ("data", "cache_dir", "tokenizer")
+        cfg = dataclasses.replace(cfg, **{k: path_as_recorded(k, getattr(cfg, k)) for k in paths})
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_env()
         self.device = resolve_device(cfg.device, local_rank)
@@ -323,6 +331,11 @@ class Trainer:
             gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         else:
             gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]))
+        # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
+        gnorm = float(gnorm)
+        if not math.isfinite(gnorm):
+            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was finite); "
+                                     "the step was not applied, and the last checkpoint holds finite weights")
         lr = lr_at(cfg, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -336,7 +349,7 @@ class Trainer:
         loss_val = self.objective.train_loss(torch.full((B,), nll_sum.item() / B), L).item()
         self.step += 1
         self.tokens_seen += B * L
-        return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": float(gnorm), "seq_len": L}
+        return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": gnorm, "seq_len": L}
 
     # -- validation --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -386,19 +399,19 @@ class Trainer:
                 log.warning("--resume never: removed the previous run's %s; starting over", stale)
             self.metrics.truncate_after(self.step)
             record = self.out / "run_config.json"
-            before = json.loads(record.read_text()) if resume and record.is_file() else {}
+            before = _read_record(record) if resume and record.is_file() else {}
             changes = before.get("changed_at_resume", [])
             earlier = before.get("earlier_starts", []) + ([before["provenance"]] if "provenance" in before else [])
             if self.resume_changes:
                 changes.append({"step": self.step, "options": self.resume_changes})
-            record.write_text(json.dumps(
+            atomic_write_bytes(record, json.dumps(
                 {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
                  "tokenizer": tokenizer_config(self.tokenizer), "corpus_hash": self.data.corpus_hash,
                  "data": self.data.meta, "world_size": self.world, "changed_at_resume": changes,
                  # where and from what this run (or its latest resume) started; the earlier starts' records
                  "provenance": {"started": utc_now(), "card": card(str(self.device)), "torch": torch.__version__,
                                 "commit": git_commit(), "command": command_line()},
-                 "earlier_starts": earlier}, indent=2))
+                 "earlier_starts": earlier}, indent=2).encode())
         from tqdm.auto import tqdm
 
         # A run bounded by max_time counts seconds on its bar: a count of steps towards cfg.steps would
@@ -421,6 +434,8 @@ class Trainer:
                    f"resume with --resume {self.out / CHECKPOINT}")  # the same command would start elsewhere
             log.warning("interrupted at step %d: checkpoint saved to %s; %s", self.step, self.out / CHECKPOINT, how)
             raise KeyboardInterrupt
+        if timed:  # --steps may have ended the run before the clock: the bar ends where the run did
+            bar.total = bar.n
         bar.close()
         last, evaluated_at = self.last, max(evaluated_at, self.evaluated_at)
         result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,

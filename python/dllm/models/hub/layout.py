@@ -48,6 +48,12 @@ def special_id(config: dict, key: str, tokenizer, token: str | None) -> int | No
     """A special token id from config.json, cross-checked with the tokenizer; the tokenizer's entry
     for ``token`` when the config has none."""
     from_config = config.get(key)
+    if isinstance(from_config, list):  # transformers configs may list several end-of-text ids
+        if key != "eos_token_id" or not from_config:
+            raise ValueError(f"config.json has {key}={from_config!r}: expected one token id")
+        from_config = from_config[0]
+    if from_config is not None and (isinstance(from_config, bool) or not isinstance(from_config, int)):
+        raise ValueError(f"config.json has {key}={from_config!r}: expected a token id (an int)")
     from_tokenizer = tokenizer.token_to_id(token) if tokenizer is not None and token else None
     if from_config is not None and from_tokenizer is not None and int(from_config) != from_tokenizer:
         raise ValueError(f"config.json has {key}={from_config} but tokenizer.json maps {token!r} to {from_tokenizer}")

@@ -12,7 +12,17 @@ from .layout import Layout, require, special_id
 MASK_TOKEN = "<|mdm_mask|>"
 
 
+# LLaDA's own code defaults these to other choices than dllm runs (no RoPE, LayerNorm, OLMo's
+# sequential block), and a wrong one leaves every weight's shape intact: a config must state them
+STATED = {"rope": True, "layer_norm_type": "rms", "block_type": "llama", "activation_type": "silu"}
+
+
 def _model_config(config: dict) -> ModelConfig:
+    unstated = [k for k in STATED if config.get(k) is None]
+    if unstated:
+        raise ValueError(f"LLaDA config.json does not state {unstated}: LLaDA's code would default them to other "
+                         f"choices than dllm's {({k: STATED[k] for k in unstated})}, which the weights cannot "
+                         "tell apart")
     require(config, "LLaDA", block_type="llama", activation_type="silu", layer_norm_type="rms",
             layer_norm_with_affine=True, bias_for_layer_norm=False, include_bias=False, weight_tying=False,
             attention_layer_norm=False, input_emb_norm=False, scale_logits=False, alibi=False, rope=True,

@@ -26,6 +26,10 @@ class PublishedModel(nn.Module):
         if getattr(net, "new_kv_cache", None) is not None:  # the KV-cache interface of Fast-dLLM's caches
             self.new_kv_cache = net.new_kv_cache
 
+    @property
+    def vocab_size(self) -> int:  # bounds the prompt's and the infill's ids (model_protocol)
+        return self.net.config.vocab_size
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """kwargs: ``attention_mask``, and ``cache`` / ``start`` of the KV-cache interface."""
         return self.net(x, sigma, **kwargs)

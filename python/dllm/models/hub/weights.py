@@ -16,13 +16,21 @@ SHARD_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{str(index)!r} is not a shard index ({e}): an incomplete copy?") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index} has no weight_map")
+    return weight_map
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The weight files of a folder, preferring safetensors; shards are checked against their index."""
     index = directory / SHARD_INDEX
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} has no weight_map")
+        weight_map = _weight_map(index)
         files = [directory / name for name in sorted(set(weight_map.values()))]
         absent = [f.name for f in files if not f.is_file()]
         if absent:
@@ -37,7 +45,7 @@ def weight_files(directory: Path) -> list[Path]:
 
 def index_map(directory: Path) -> dict[str, str] | None:
     index = directory / SHARD_INDEX
-    return json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    return _weight_map(index) if index.is_file() else None
 
 
 def iter_tensors(path: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,0 +1,23 @@
+"""Every planted bug of the two mutation sweeps still names text that is in its file exactly once:
+a refactor that rewrites that text would otherwise break the sweep only when someone runs it."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mutants(script: str) -> list:
+    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MUTANTS
+
+
+@pytest.mark.parametrize("script", ["tests/mutate_cpu.py", "tests/cuda_emulator/mutate.py"])
+def test_every_mutant_names_text_that_is_in_its_file_once(script):
+    stale = [(i, path, old[:60]) for i, (path, old, *_) in enumerate(_mutants(script))
+             if (ROOT / path).read_text().count(old) != 1]
+    assert not stale, f"{script}: mutants whose text is not in their file exactly once: {stale}"
