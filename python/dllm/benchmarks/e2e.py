@@ -356,8 +356,9 @@ def kernels(models: Models, device: str, dtype) -> dict:
                  f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
                  f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
                  f"{cfg.head_dim} on {device})")
-    decode = ("dllm.ops.attention's C++ CPU kernel" if not cuda else
-              "dllm.ops.attention's split-key decoding kernels (CUDA)" if fused else "SDPA with the lengths as a key mask")
+    decode = ("SDPA over the cache's filled prefix (eager, int positions)" if not cuda else
+              "dllm.ops.attention's split-key decoding kernels over the cache's whole buffers with each row's "
+              "filled length" if fused else "SDPA over the whole buffers with the lengths as a key mask")
     return {
         "precision": ("bfloat16 weights (the NLL: bfloat16 autocast)" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
@@ -366,7 +367,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
                         "mdlm's with and without the network, fast-dllm's refresh and cached block)" if cuda
                         else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
-              f"decode, one query over the cache's whole buffers with each row's filled length: {decode}; "
+              f"decode, one query: {decode}; "
               f"sampling: dllm.ops.sample_categorical ({where} kernel); "
               + ("CUDA graph: the one-token step replayed from one captured per call" if cuda else
                  "no CUDA graph (CPU)"),

@@ -209,11 +209,12 @@ class ARTransformer(DiffusionTransformer):
         def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
             return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
 
-        positions = torch.arange(P, P + max_new_tokens, device=prompt.device)
         if session is not None:
+            positions = torch.arange(P, P + max_new_tokens, device=prompt.device)  # what the graph's replays read
             step = session.step("decode", step, token, positions[0])
         for i in range(max_new_tokens - 1):
             token = token.clone()
-            step(token, positions[i])
+            # eager: an int position, which slices the rotary tables and the cache instead of indexing them
+            step(token, positions[i] if session is not None else P + i)
             out.append(token)
         return torch.cat(out, dim=1)
