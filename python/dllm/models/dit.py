@@ -214,7 +214,7 @@ class ARTransformer(DiffusionTransformer):
             step = session.step("decode", step, token, positions[0])
         for i in range(max_new_tokens - 1):
             token = token.clone()
-            # eager: an int position, which slices the rotary tables and the cache instead of indexing them
+            # eager: an int position, with which a CPU step attends over the cache's filled prefix (KVCache.decode)
             step(token, positions[i] if session is not None else P + i)
             out.append(token)
         return torch.cat(out, dim=1)

@@ -148,8 +148,9 @@ class KVCache:
         replay. ``position`` may be a one-element tensor on the cache's device (a graphed step's); it
         is not checked against the buffer, since reading it would synchronise. On the CPU, with an
         int position (eager decoding), the filled prefix comes back instead, with ``None`` for the
-        lengths: SDPA over it decoded the e2e benchmark's tiny model 1.15-1.17x faster than dllm's
-        kernel over the whole buffers (64 tokens at batch 1 and 4, 2026-12-01)."""
+        lengths: at that model's small sizes SDPA's call costs about half of dllm's, and a 64-token
+        loop of the e2e benchmark's tiny model ran 1.10x faster at batch 1 and 4
+        (bench/results/cpu-2core-2026-12-01/ar_decode_path, attention_decode_tiny)."""
         if isinstance(position, torch.Tensor):
             index = position.reshape(1)
             self.k[layer].index_copy_(1, index, k.to(self.k[layer].dtype))
