@@ -81,9 +81,9 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
     if threshold is not None:
         if name != "fast-dllm":
             raise ValueError("threshold applies only to the fast-dllm sampler")
-        if not 0.0 <= threshold <= 1.0:  # NaN fails too
+        if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1] (Fast-dLLM's default: 0.9), got {threshold}")
-    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+    if cfg_scale < 0:  # (its type and finiteness: _check_sampling)
         raise ValueError(f"cfg_scale must be a finite number >= 0 (0: no guidance), got {cfg_scale}")
     if cfg_scale and name != "llada":
         raise ValueError("cfg_scale applies only to the llada sampler")
