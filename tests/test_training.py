@@ -334,6 +334,33 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, corpus):
     assert json.loads((tmp_path / "two" / "run" / "run_config.json").read_text())["world_size"] == 2
 
 
+def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, corpus):
+    """Every rank seeds torch from cfg.seed, and a resume restores rank 0's saved state on each: without
+    a per-rank stream the two ranks would drop the same units at every step."""
+    opts = tiny(tmp_path, corpus, objective="mdlm", steps=1, ema=0, dropout=0.5, ckpt_every=1)
+    script = tmp_path / "masks.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, torch
+        from dllm.training.config import TrainConfig
+        from dllm.training.trainer import Trainer
+
+        for steps in (1, 2):  # a fresh run's step, then a resumed run's
+            trainer = Trainer(TrainConfig(**{{**{opts!r}, "steps": steps}}))
+            seen = []
+            trainer.raw_model.blocks[0].dropout.register_forward_hook(lambda m, i, o: seen.append(o == 0))
+            trainer.run()
+            torch.save(seen[0].flatten()[:4096], {str(tmp_path)!r} + f"/mask{{steps}}-{{os.environ['RANK']}}.pt")
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for steps in (1, 2):
+        rank0, rank1 = (torch.load(tmp_path / f"mask{steps}-{rank}.pt") for rank in (0, 1))
+        assert 0.3 < rank0.float().mean() < 0.7 and 0.3 < rank1.float().mean() < 0.7  # dropout at 0.5 ran
+        assert (rank0 != rank1).float().mean() > 0.3, f"step {steps}: the ranks drew the same dropout mask"
+
+
 def test_lr_schedule_and_ema_decay():
     c = TrainConfig(lr=1.0, warmup=10, steps=111, min_lr_ratio=0.1)
     assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0) and lr_at(c, 10) == 1.0

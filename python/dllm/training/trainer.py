@@ -289,6 +289,14 @@ class Trainer:
         self.step, self.tokens_seen = s["step"], s["tokens_seen"]
         self.train_time, self.elapsed = s["train_time"], s["elapsed"]
 
+    def _seed_dropout_per_rank(self) -> None:
+        """Under DDP every rank would draw the same dropout masks: all start from cfg.seed, and a resume
+        restores rank 0's saved state on every rank. Each rank's stream is therefore reseeded from
+        (seed, rank, step); the diffusion noise comes from noise_gen, drawn for the whole batch, and is
+        not touched. A single process keeps its stream (and a resume its saved one)."""
+        if self.world > 1:
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
+
     def save(self) -> None:
         if self.is_main:
             save_checkpoint(self.state_dict(), self.out / CHECKPOINT)
@@ -389,6 +397,7 @@ class Trainer:
             elif 0 < cfg.max_time <= self.elapsed:
                 log.warning("nothing left to train: the max_time budget (%g s, summed over resumes) is spent "
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
+        self._seed_dropout_per_rank()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             stale = self.out / CHECKPOINT
