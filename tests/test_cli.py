@@ -128,6 +128,10 @@ def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
             main(["eval", str(tmp_path / folder), "--device", "cpu"])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message.format(tmp=tmp_path) in err and "published" not in err, err
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", str(tmp_path / "run" / "model"), "--seed", "-1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--seed must lie in [0, 2^63), got -1" in err and len(err.splitlines()) == 1, err
 
 
 def test_demo_rejects_bad_arguments():

@@ -28,6 +28,8 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     exported weights (the ``_ema`` ones when the run kept an EMA)."""
     if (batches is not None and batches <= 0) or (batch_size is not None and batch_size <= 0):
         raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
+    if seed is not None and not 0 <= seed < 2**63:  # the range dllm train accepts
+        raise ValueError(f"--seed must lie in [0, 2^63), got {seed}")
     model_dir = Path(model_dir)
     config = read_config(model_dir, expected="the model folder of `dllm train` (OUT_DIR/model)")
     run_config = model_dir.parent / "run_config.json"

@@ -295,7 +295,7 @@ class Trainer:
         (seed, rank, step); the diffusion noise comes from noise_gen, drawn for the whole batch, and is
         not touched. A single process keeps its stream (and a resume its saved one)."""
         if self.world > 1:
-            torch.manual_seed((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step)
+            torch.manual_seed(((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step) % 2**64)  # its range
 
     def save(self) -> None:
         if self.is_main:
