@@ -107,3 +107,20 @@ def test_meta_tensors_are_not_mixed_with_real_ones():
                           mask_id=V - 1, num_tokens=1)
     meta = ops.sedd_step(logits.to("meta"), x.to("meta"), 1.0, 0.1, graph="absorb", method="analytic")
     assert meta.device.type == "meta" and meta.shape == x.shape  # all on meta: shapes only
+
+
+def test_loss_weights_that_require_grad_raise():
+    # Differentiable in logits only: a learned schedule's sigma, dsigma or weight must not train on
+    # silently without its gradient (torch would leave its .grad None).
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    x_t, x0 = torch.full((2, 3), V - 1), torch.randint(0, V - 1, (2, 3))
+    learned = torch.tensor([0.5, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="masked_diffusion_loss is differentiable in logits only: weight requires grad"):
+        ops.masked_diffusion_loss(logits, x_t, x0, learned, mask_id=V - 1).sum().backward()
+    with pytest.raises(RuntimeError, match="score_entropy_loss is differentiable in logits only: sigma requires grad"):
+        ops.score_entropy_loss(logits, x_t, x0, learned, 1.0, graph="absorb").sum().backward()
+    with pytest.raises(RuntimeError, match="only: sigma and dsigma require grad"):
+        ops.score_entropy_loss(logits.detach(), x_t, x0, learned, learned * 2, graph="absorb").sum().backward()
+    # detached terms still give the logits their gradient
+    ops.masked_diffusion_loss(logits, x_t, x0, learned.detach(), mask_id=V - 1).sum().backward()
+    assert logits.grad is not None and learned.grad is None

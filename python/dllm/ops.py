@@ -576,7 +576,8 @@ def score_entropy_loss(
     Returns:
         ``loss`` float32 ``[B]`` (SEDD then takes ``.mean()``; it is not normalised by length).
 
-    Differentiable in ``logits`` (not in sigma or dsigma): forward and backward are fused
+    Differentiable in ``logits`` (not in sigma or dsigma: a backward that would need their
+    gradient raises, see ``dllm.sedd.reference`` for learned schedules): forward and backward are fused
     kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing but
     the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
     tokens out of range or ``sigma <= 0`` raise ``ValueError``.
@@ -605,7 +606,20 @@ def _score_entropy_setup(ctx, inputs, keyword_only_inputs, output):
     ctx.kw = keyword_only_inputs
 
 
+def _refuse_weight_gradients(ctx, op: str, names: dict[int, str]) -> None:
+    """The losses are differentiable in logits only: a per-sequence term that requires grad (a
+    learned noise schedule) raises instead of silently getting no gradient (as rotary's cos and
+    sin do)."""
+    wanted = [name for i, name in names.items() if ctx.needs_input_grad[i]]
+    if wanted:
+        raise RuntimeError(f"dllm.ops.{op} is differentiable in logits only: {' and '.join(wanted)} "
+                           f"require{'s' if len(wanted) == 1 else ''} grad here; detach "
+                           f"{'it' if len(wanted) == 1 else 'them'}, or use dllm.sedd.reference.{op} "
+                           "where the schedule is learned")
+
+
 def _score_entropy_backward(ctx, grad):
+    _refuse_weight_gradients(ctx, "score_entropy_loss", {3: "sigma", 4: "dsigma"})
     logits, x_t, x0, sigma, dsigma = ctx.saved_tensors
     dlogits = torch.ops.dllm.score_entropy_loss_backward(grad, logits, x_t, x0, sigma, dsigma, **ctx.kw)
     return dlogits, None, None, None, None
@@ -636,7 +650,8 @@ def masked_diffusion_loss(
         mask_id: the mask token, in ``[0, K)``.
 
     Returns:
-        ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``); the forward
+        ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``: a backward that
+        would need its gradient raises); the forward
         saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
         once.
     """
@@ -665,6 +680,7 @@ def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
 
 
 def _masked_diffusion_backward(ctx, grad, _grad_lse):
+    _refuse_weight_gradients(ctx, "masked_diffusion_loss", {3: "weight"})
     logits, lse, x_t, x0, weight = ctx.saved_tensors
     dlogits = torch.ops.dllm.masked_diffusion_loss_backward(grad, logits, lse, x_t, x0, weight, mask_id=ctx.mask_id)
     return dlogits, None, None, None
