@@ -124,3 +124,38 @@ def test_loss_weights_that_require_grad_raise():
     # detached terms still give the logits their gradient
     ops.masked_diffusion_loss(logits, x_t, x0, learned.detach(), mask_id=V - 1).sum().backward()
     assert logits.grad is not None and learned.grad is None
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_outputs_that_are_not_differentiable_compile_and_raise_in_the_backward(dynamic):
+    # torch.compile traces the backward of every output that requires grad: a sampler's conf or
+    # logprob (or adaln's output) returned from a compiled function whose inputs require grad must
+    # compile as it runs eagerly, and raise only when a gradient is asked of it.
+    weight = torch.randn(V, V, requires_grad=True)
+    x = torch.full((2, 3), V - 1)
+
+    def predict(x):
+        return ops.predict_masked(torch.nn.functional.one_hot(x, V).float() @ weight, x, mask_id=V - 1)
+
+    def sample(x):
+        return ops.sample_categorical(torch.nn.functional.one_hot(x, V).float() @ weight, 1.0)
+
+    def norm(h):
+        return ops.adaln(h @ weight, torch.ones(V), torch.zeros(2, V), torch.zeros(2, V))
+
+    torch._dynamo.reset()
+    for fn, arg, what in ((predict, x, "predict_masked .its confidence output. is not differentiable"),
+                          (sample, x, "sample_categorical .its logprob output. is not differentiable"),
+                          (norm, torch.randn(2, 3, V), "adaln .models run its math in torch under autograd. is not")):
+        compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic)
+        torch.manual_seed(0)
+        eager = fn(arg)
+        torch.manual_seed(0)
+        out = compiled(arg)
+        for a, b in zip(eager if isinstance(eager, tuple) else (eager,), out if isinstance(out, tuple) else (out,)):
+            assert torch.equal(a, b)
+        out = out[1] if isinstance(out, tuple) else out  # the float output
+        assert out.requires_grad
+        with pytest.raises(RuntimeError, match=what):
+            out.sum().backward()
+    assert weight.grad is None
