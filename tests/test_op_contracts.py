@@ -159,3 +159,19 @@ def test_outputs_that_are_not_differentiable_compile_and_raise_in_the_backward(d
         with pytest.raises(RuntimeError, match=what):
             out.sum().backward()
     assert weight.grad is None
+
+
+def test_per_sequence_terms_of_the_wrong_kind_are_named():
+    # float() of a list or None says neither the op nor the argument
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0 = torch.randint(0, V - 1, (2, 3))
+    with pytest.raises(TypeError, match=r"sedd_step: dsig must be a float or a floating \[B\] tensor, got list"):
+        ops.sedd_step(logits, x, 1.0, [0.1, 0.1], graph="absorb", method="euler")
+    with pytest.raises(TypeError, match="score_entropy_loss: sigma must be a float or a floating .B. tensor, got list"):
+        ops.score_entropy_loss(logits, x, x0, [1.0, 1.0], 1.0, graph="absorb")
+    with pytest.raises(TypeError, match="masked_diffusion_loss: weight must be a float or a floating .B. tensor, got NoneType"):
+        ops.masked_diffusion_loss(logits, x, x0, None, mask_id=V - 1)
+    with pytest.raises(TypeError, match="sample_transition: sigma must be a float"):
+        ops.sample_transition(x0, None, graph="absorb", num_classes=V)
+    with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got NoneType"):
+        ops.sample_categorical(logits, None)

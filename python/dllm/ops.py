@@ -71,7 +71,8 @@ def sample_categorical(
     """
     if isinstance(temperature, torch.Tensor):
         return torch.ops.dllm.sample_categorical(logits, temperature, 1.0, generator=generator)
-    return torch.ops.dllm.sample_categorical(logits, None, float(temperature), generator=generator)
+    temperature = _as_float(temperature, "sample_categorical", "temperature", "a float or a float tensor")
+    return torch.ops.dllm.sample_categorical(logits, None, temperature, generator=generator)
 
 
 def _one_device(fake):
@@ -480,13 +481,22 @@ def _adaln_residual_fake(x, update, gate, weight, shift, scale, eps):
 PerBatch = float | torch.Tensor
 
 
-def _per_batch(v: PerBatch, like: torch.Tensor) -> torch.Tensor:
+def _as_float(v, op: str, name: str, what: str) -> float:
+    """float(v), or a TypeError that names the argument (not float()'s, which names neither)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None
+
+
+def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
     """A float or a [B] tensor as the [B] tensor the ops take."""
     if isinstance(v, torch.Tensor):
         return v
+    value = _as_float(v, op, name, "a float or a floating [B] tensor")
     if like.dim() == 0:
         raise ValueError("expected batched inputs ([B, L, ...]), got a 0-d tensor")
-    return torch.full((like.shape[0],), float(v), dtype=torch.float32, device=like.device)
+    return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 
 
 def sedd_step(
@@ -533,7 +543,8 @@ def sedd_step(
     On CUDA that check synchronises with the device (skipped inside CUDA-graph capture, where
     bad rows come back as ``-1``).
     """
-    return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits), _per_batch(dsig, logits),
+    return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits, "sedd_step", "sigma"),
+                                    _per_batch(dsig, logits, "sedd_step", "dsig"),
                                     graph=graph, method=method, scale_by_sigma=scale_by_sigma, generator=generator)
 
 
@@ -582,7 +593,8 @@ def score_entropy_loss(
     the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
     tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
-    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits), _per_batch(dsigma, logits),
+    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
+                                             _per_batch(dsigma, logits, "score_entropy_loss", "dsigma"),
                                              graph=graph, scale_by_sigma=scale_by_sigma)
 
 
@@ -655,7 +667,8 @@ def masked_diffusion_loss(
         saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
         once.
     """
-    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, _per_batch(weight, logits), mask_id=mask_id)[0]
+    weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
+    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]
 
 
 @torch.library.register_fake("dllm::masked_diffusion_loss")
@@ -713,7 +726,8 @@ def sample_transition(
     Returns:
         ``x_t``, int64 ``[B, L]``. The move test uses 53-bit uniforms in double.
     """
-    return torch.ops.dllm.sample_transition(x0, _per_batch(sigma, x0), graph=graph, num_classes=num_classes,
+    sigma = _per_batch(sigma, x0, "sample_transition", "sigma")
+    return torch.ops.dllm.sample_transition(x0, sigma, graph=graph, num_classes=num_classes,
                                             generator=generator)
 
 
