@@ -107,3 +107,71 @@ def test_meta_tensors_are_not_mixed_with_real_ones():
                           mask_id=V - 1, num_tokens=1)
     meta = ops.sedd_step(logits.to("meta"), x.to("meta"), 1.0, 0.1, graph="absorb", method="analytic")
     assert meta.device.type == "meta" and meta.shape == x.shape  # all on meta: shapes only
+
+
+def test_loss_weights_that_require_grad_raise():
+    # Differentiable in logits only: a learned schedule's sigma, dsigma or weight must not train on
+    # silently without its gradient (torch would leave its .grad None).
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    x_t, x0 = torch.full((2, 3), V - 1), torch.randint(0, V - 1, (2, 3))
+    learned = torch.tensor([0.5, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="masked_diffusion_loss is differentiable in logits only: weight requires grad"):
+        ops.masked_diffusion_loss(logits, x_t, x0, learned, mask_id=V - 1).sum().backward()
+    with pytest.raises(RuntimeError, match="score_entropy_loss is differentiable in logits only: sigma requires grad"):
+        ops.score_entropy_loss(logits, x_t, x0, learned, 1.0, graph="absorb").sum().backward()
+    with pytest.raises(RuntimeError, match="only: sigma and dsigma require grad"):
+        ops.score_entropy_loss(logits.detach(), x_t, x0, learned, learned * 2, graph="absorb").sum().backward()
+    # detached terms still give the logits their gradient
+    ops.masked_diffusion_loss(logits, x_t, x0, learned.detach(), mask_id=V - 1).sum().backward()
+    assert logits.grad is not None and learned.grad is None
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_outputs_that_are_not_differentiable_compile_and_raise_in_the_backward(dynamic):
+    # torch.compile traces the backward of every output that requires grad: a sampler's conf or
+    # logprob (or adaln's output) returned from a compiled function whose inputs require grad must
+    # compile as it runs eagerly, and raise only when a gradient is asked of it.
+    weight = torch.randn(V, V, requires_grad=True)
+    x = torch.full((2, 3), V - 1)
+
+    def predict(x):
+        return ops.predict_masked(torch.nn.functional.one_hot(x, V).float() @ weight, x, mask_id=V - 1)
+
+    def sample(x):
+        return ops.sample_categorical(torch.nn.functional.one_hot(x, V).float() @ weight, 1.0)
+
+    def norm(h):
+        return ops.adaln(h @ weight, torch.ones(V), torch.zeros(2, V), torch.zeros(2, V))
+
+    torch._dynamo.reset()
+    for fn, arg, what in ((predict, x, "predict_masked .its confidence output. is not differentiable"),
+                          (sample, x, "sample_categorical .its logprob output. is not differentiable"),
+                          (norm, torch.randn(2, 3, V), "adaln .models run its math in torch under autograd. is not")):
+        compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic)
+        torch.manual_seed(0)
+        eager = fn(arg)
+        torch.manual_seed(0)
+        out = compiled(arg)
+        for a, b in zip(eager if isinstance(eager, tuple) else (eager,), out if isinstance(out, tuple) else (out,)):
+            assert torch.equal(a, b)
+        out = out[1] if isinstance(out, tuple) else out  # the float output
+        assert out.requires_grad
+        with pytest.raises(RuntimeError, match=what):
+            out.sum().backward()
+    assert weight.grad is None
+
+
+def test_per_sequence_terms_of_the_wrong_kind_are_named():
+    # float() of a list or None says neither the op nor the argument
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0 = torch.randint(0, V - 1, (2, 3))
+    with pytest.raises(TypeError, match=r"sedd_step: dsig must be a float or a floating \[B\] tensor, got list"):
+        ops.sedd_step(logits, x, 1.0, [0.1, 0.1], graph="absorb", method="euler")
+    with pytest.raises(TypeError, match="score_entropy_loss: sigma must be a float or a floating .B. tensor, got list"):
+        ops.score_entropy_loss(logits, x, x0, [1.0, 1.0], 1.0, graph="absorb")
+    with pytest.raises(TypeError, match="masked_diffusion_loss: weight must be a float or a floating .B. tensor, got NoneType"):
+        ops.masked_diffusion_loss(logits, x, x0, None, mask_id=V - 1)
+    with pytest.raises(TypeError, match="sample_transition: sigma must be a float"):
+        ops.sample_transition(x0, None, graph="absorb", num_classes=V)
+    with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got NoneType"):
+        ops.sample_categorical(logits, None)

@@ -71,7 +71,8 @@ def sample_categorical(
     """
     if isinstance(temperature, torch.Tensor):
         return torch.ops.dllm.sample_categorical(logits, temperature, 1.0, generator=generator)
-    return torch.ops.dllm.sample_categorical(logits, None, float(temperature), generator=generator)
+    temperature = _as_float(temperature, "sample_categorical", "temperature", "a float or a float tensor")
+    return torch.ops.dllm.sample_categorical(logits, None, temperature, generator=generator)
 
 
 def _one_device(fake):
@@ -480,13 +481,22 @@ def _adaln_residual_fake(x, update, gate, weight, shift, scale, eps):
 PerBatch = float | torch.Tensor
 
 
-def _per_batch(v: PerBatch, like: torch.Tensor) -> torch.Tensor:
+def _as_float(v, op: str, name: str, what: str) -> float:
+    """float(v), or a TypeError that names the argument (not float()'s, which names neither)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None
+
+
+def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
     """A float or a [B] tensor as the [B] tensor the ops take."""
     if isinstance(v, torch.Tensor):
         return v
+    value = _as_float(v, op, name, "a float or a floating [B] tensor")
     if like.dim() == 0:
         raise ValueError("expected batched inputs ([B, L, ...]), got a 0-d tensor")
-    return torch.full((like.shape[0],), float(v), dtype=torch.float32, device=like.device)
+    return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 
 
 def sedd_step(
@@ -533,7 +543,8 @@ def sedd_step(
     On CUDA that check synchronises with the device (skipped inside CUDA-graph capture, where
     bad rows come back as ``-1``).
     """
-    return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits), _per_batch(dsig, logits),
+    return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits, "sedd_step", "sigma"),
+                                    _per_batch(dsig, logits, "sedd_step", "dsig"),
                                     graph=graph, method=method, scale_by_sigma=scale_by_sigma, generator=generator)
 
 
@@ -576,12 +587,14 @@ def score_entropy_loss(
     Returns:
         ``loss`` float32 ``[B]`` (SEDD then takes ``.mean()``; it is not normalised by length).
 
-    Differentiable in ``logits`` (not in sigma or dsigma): forward and backward are fused
+    Differentiable in ``logits`` (not in sigma or dsigma: a backward that would need their
+    gradient raises, see ``dllm.sedd.reference`` for learned schedules): forward and backward are fused
     kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing but
     the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
     tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
-    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits), _per_batch(dsigma, logits),
+    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
+                                             _per_batch(dsigma, logits, "score_entropy_loss", "dsigma"),
                                              graph=graph, scale_by_sigma=scale_by_sigma)
 
 
@@ -605,7 +618,20 @@ def _score_entropy_setup(ctx, inputs, keyword_only_inputs, output):
     ctx.kw = keyword_only_inputs
 
 
+def _refuse_weight_gradients(ctx, op: str, names: dict[int, str]) -> None:
+    """The losses are differentiable in logits only: a per-sequence term that requires grad (a
+    learned noise schedule) raises instead of silently getting no gradient (as rotary's cos and
+    sin do)."""
+    wanted = [name for i, name in names.items() if ctx.needs_input_grad[i]]
+    if wanted:
+        raise RuntimeError(f"dllm.ops.{op} is differentiable in logits only: {' and '.join(wanted)} "
+                           f"require{'s' if len(wanted) == 1 else ''} grad here; detach "
+                           f"{'it' if len(wanted) == 1 else 'them'}, or use dllm.sedd.reference.{op} "
+                           "where the schedule is learned")
+
+
 def _score_entropy_backward(ctx, grad):
+    _refuse_weight_gradients(ctx, "score_entropy_loss", {3: "sigma", 4: "dsigma"})
     logits, x_t, x0, sigma, dsigma = ctx.saved_tensors
     dlogits = torch.ops.dllm.score_entropy_loss_backward(grad, logits, x_t, x0, sigma, dsigma, **ctx.kw)
     return dlogits, None, None, None, None
@@ -636,11 +662,13 @@ def masked_diffusion_loss(
         mask_id: the mask token, in ``[0, K)``.
 
     Returns:
-        ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``); the forward
+        ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``: a backward that
+        would need its gradient raises); the forward
         saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
         once.
     """
-    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, _per_batch(weight, logits), mask_id=mask_id)[0]
+    weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
+    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]
 
 
 @torch.library.register_fake("dllm::masked_diffusion_loss")
@@ -665,6 +693,7 @@ def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
 
 
 def _masked_diffusion_backward(ctx, grad, _grad_lse):
+    _refuse_weight_gradients(ctx, "masked_diffusion_loss", {3: "weight"})
     logits, lse, x_t, x0, weight = ctx.saved_tensors
     dlogits = torch.ops.dllm.masked_diffusion_loss_backward(grad, logits, lse, x_t, x0, weight, mask_id=ctx.mask_id)
     return dlogits, None, None, None
@@ -697,7 +726,8 @@ def sample_transition(
     Returns:
         ``x_t``, int64 ``[B, L]``. The move test uses 53-bit uniforms in double.
     """
-    return torch.ops.dllm.sample_transition(x0, _per_batch(sigma, x0), graph=graph, num_classes=num_classes,
+    sigma = _per_batch(sigma, x0, "sample_transition", "sigma")
+    return torch.ops.dllm.sample_transition(x0, sigma, graph=graph, num_classes=num_classes,
                                             generator=generator)
 
 
@@ -710,12 +740,31 @@ def _sample_transition_fake(x0, sigma, *, graph, num_classes, generator=None):
 
 # Without an autograd kernel, torch's fallback would let gradients flow through these ops as None
 # or zeros with only a warning: the samplers' float outputs (log-probabilities, confidences) and
-# second derivatives of the fused losses and attention raise instead.
-def _register_not_differentiable(op: str, what: str) -> None:
-    def backward(ctx, *grads):
-        raise RuntimeError(f"{what} is not differentiable")
+# second derivatives of the fused losses and attention raise instead. They raise when the
+# gradient is computed, not when the backward is traced: torch.compile traces the backward of
+# every output that requires grad (a sampler's conf or logprob returned from a compiled function
+# whose logits require grad), so the backward emits this op, whose fake kernel lets the trace
+# through and whose kernel raises, in eager at once and in a compiled backward when it runs.
+@torch.library.custom_op("dllm::_not_differentiable", mutates_args=())
+def _not_differentiable(grad: torch.Tensor, shape: list[int], dtype: torch.dtype, what: str) -> torch.Tensor:
+    raise RuntimeError(f"{what} is not differentiable")
 
-    torch.library.register_autograd(f"dllm::{op}", backward)
+
+@_not_differentiable.register_fake
+def _not_differentiable_fake(grad, shape, dtype, what):
+    return grad.new_empty(shape, dtype=dtype)
+
+
+def _register_not_differentiable(op: str, what: str) -> None:
+    def setup_context(ctx, inputs, output, keyword_only_inputs=None):
+        ctx.inputs = [(t.shape, t.dtype) if isinstance(t, torch.Tensor) else None for t in inputs]
+
+    def backward(ctx, *grads):
+        anchor = next(g for g in grads if g is not None)
+        return tuple(torch.ops.dllm._not_differentiable(anchor, meta[0], meta[1], what) if need and meta else None
+                     for need, meta in zip(ctx.needs_input_grad, ctx.inputs))
+
+    torch.library.register_autograd(f"dllm::{op}", backward, setup_context=setup_context)
 
 
 _register_not_differentiable("sample_categorical", "dllm.ops.sample_categorical (its logprob output)")
