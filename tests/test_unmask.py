@@ -189,6 +189,22 @@ def test_top_k_commit_matches_reference_with_ties_and_windows(device, L):
         assert torch.equal(committed, (got != x).sum(-1))
 
 
+def test_signed_zeros_are_one_value_for_the_filters_and_the_ranking(device):
+    """-0.0 == +0.0: two zero logits at the top-k / top-p boundary are both kept, and two zero
+    confidences (a margin or an entropy of 0) tie, to the lowest index."""
+    for zeros in ([0.0, -0.0], [-0.0, 0.0]):
+        logits = torch.tensor([[[4.0, float("-inf"), -3.0, *zeros]]], device=device)  # the mask (id 0) is never proposed
+        x = torch.zeros(1, 1, dtype=torch.long, device=device)
+        for rule in (dict(top_k=1), dict(top_p=0.3)):
+            _, conf = dllm.ops.predict_masked(logits, x, mask_id=0, confidence_from="proposal", **rule)
+            assert conf.item() == pytest.approx(0.5), (zeros, rule)
+        x = torch.full((1, 4), MASK, device=device)
+        conf = torch.tensor([[*zeros, -1.0, -2.0]], device=device)
+        got = x.clone()
+        dllm.ops.commit_tokens(got, torch.arange(4, device=device)[None], conf, mask_id=MASK, num_tokens=1)
+        assert got.tolist() == [[0, MASK, MASK, MASK]], zeros
+
+
 def test_threshold_commit_matches_reference(device):
     x, x0, conf = commit_inputs(5, 300, device, seed=1)
     conf[4] = 0.1  # nothing reaches the threshold: the single most confident one still commits
@@ -324,6 +340,10 @@ def test_bad_inputs_raise_clear_errors(device):
         dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, window=torch.zeros(2, 3, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="position_temperature applies only"):
         dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, threshold=0.5, position_temperature=1.0)
+    shared = x.clone()  # committing x0 = x into x would change nothing, and race on CUDA
+    with pytest.raises(ValueError, match=r"x0 shares memory with x, which is updated in place; pass a copy"):
+        dllm.ops.commit_tokens(shared, shared, conf, mask_id=MASK, num_tokens=1)
+    assert torch.equal(shared, x)
 
 
 def test_bad_row_values(device):

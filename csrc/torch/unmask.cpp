@@ -1,6 +1,7 @@
 // Torch bindings of predict_masked and commit_tokens: checks, CPU kernels, error reporting.
 #include "unmask.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -106,6 +107,10 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
 
   CommitCall call;
   call.x0 = x0.contiguous();
+  // x is written while x0 is read (by other threads on CUDA): one memory would race
+  const at::MemOverlapStatus overlap = at::get_overlap_status(x, call.x0);
+  TORCH_CHECK_VALUE(overlap != at::MemOverlapStatus::Full && overlap != at::MemOverlapStatus::Partial, op,
+                    ": x0 shares memory with x, which is updated in place; pass a copy (x0.clone())");
   call.conf = conf.contiguous();
   call.committed = at::empty({batch}, x.options());
   CommitParams& p = call.params;

@@ -68,9 +68,12 @@ struct CommitParams {
 int64_t commit_tokens_cpu(const CommitParams& p, int64_t begin, int64_t end);
 void commit_tokens_cuda(const CommitParams& p, void* stream);
 
-// Order-preserving map from float to uint32 (larger float, larger key; -inf lowest).
+// Order-preserving map from float to uint32 (larger float, larger key; -inf lowest). -0.0 takes
+// +0.0's key: the two are equal, and a tie of zeros (a margin or an entropy of 0, a zero logit at
+// the top-k boundary) must resolve as between equal values.
 DLLM_HD uint32_t ordered_key(float f) {
-  const uint32_t bits = float_to_bits(f);
+  uint32_t bits = float_to_bits(f);
+  if (bits == 0x80000000u) bits = 0u;
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 
