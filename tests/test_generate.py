@@ -182,6 +182,17 @@ def test_sampling_a_model_with_dropout_on_warns():
         run("llada", model=model)
 
 
+def test_the_dropout_warning_names_the_callers_line():
+    """The warning points at the user's call of dllm.generate, not at torch.no_grad's wrapper or
+    dllm's own frames (masked samplers and the SEDD dispatch have different depths)."""
+    masked, score = TinyModel(), TinyScore(Absorbing(V - 1))
+    for model, sampler in ((masked, "llada"), (score, "sedd-analytic")):
+        model.drop = nn.Dropout(0.1)
+        with pytest.warns(UserWarning, match="dropout on") as caught:
+            dllm.generate(model, [1, 2], gen_length=8, steps=4, sampler=sampler)
+        assert [w.filename for w in caught] == [__file__], sampler
+
+
 def test_one_prompt_completes_each_of_several_infill_templates():
     templates = torch.full((3, 32), MASK)
     for row in range(3):
