@@ -259,6 +259,23 @@ def test_right_padded_prompts_are_moved_to_the_left():
         run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 1]]))
 
 
+def test_a_tokenizers_padded_lists_come_with_their_attention_mask():
+    """tokenizer(texts, padding=True) without return_tensors gives lists of one length and a list
+    mask: the same batch as the tensors. Lists of different lengths are padded by dllm, so a mask
+    with them is refused."""
+    ids, mask = [[5, 6, 7], [8, PAD, PAD]], [[1, 1, 1], [1, 0, 0]]
+    expected, _ = run("llada", prompt=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    out, model = run("llada", prompt=ids, attention_mask=mask)
+    assert torch.equal(out.sequences, expected.sequences)
+    assert model.calls[0][2][1, :3].tolist() == [False, False, True]
+    one, _ = run("llada", prompt=[5, 6, PAD], attention_mask=[1, 1, 0])  # one prompt's ids and mask
+    assert torch.equal(one.sequences, run("llada", prompt=torch.tensor([5, 6, PAD]),
+                                          attention_mask=torch.tensor([1, 1, 0]))[0].sequences)
+    assert one.sequences[0, :3].tolist() == [PAD, 5, 6]
+    with pytest.raises(ValueError, match="different lengths, which dllm left-pads itself"):
+        run("llada", prompt=[[5, 6, 7], [8]], attention_mask=mask)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_time_conditioned_models_get_sigma_from_every_sampler(sampler):
     out, model = run(sampler, model=TinyModel(time_conditioned=True), prompt=torch.tensor([[1, 2, 3, 4]]))
