@@ -388,6 +388,9 @@ def test_clear_errors():
             ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
             ("llada:", {}, "unknown sampler"),
+            ("mdlm:entropy", {}, "sampler 'mdlm' has no variant 'entropy'; it has none: use 'mdlm'"),
+            ("dream:margin", {}, "no variant 'margin'; choose one of dream:origin, dream:maskgit_plus, "
+                                 "dream:topk_margin, dream:entropy"),
             ("fast-dllm", dict(threshold=-0.5), r"threshold is a probability in \[0, 1\]"),
             ("fast-dllm", dict(threshold=1.5), r"threshold is a probability in \[0, 1\]"),
             ("fast-dllm", dict(threshold=float("nan")), "threshold must be finite"),

@@ -110,7 +110,9 @@ def _parse_sampler(sampler: str) -> tuple[str, str | None]:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} "
                          "(variants: llada:random, dream:origin|maskgit_plus|topk_margin|entropy)")
     if variant and variant not in VARIANTS.get(name, ()):
-        raise ValueError(f"sampler {name!r} has no variant {variant!r}; variants: {VARIANTS.get(name, ())}")
+        choices = VARIANTS.get(name)
+        raise ValueError(f"sampler {name!r} has no variant {variant!r}; " + (
+            f"choose one of {', '.join(f'{name}:{c}' for c in choices)}" if choices else f"it has none: use {name!r}"))
     return name, variant or DEFAULT_VARIANT.get(name)
 
 
