@@ -418,6 +418,15 @@ def test_clear_errors():
             dllm.generate(model, sampler=sampler, **kw)
     with pytest.raises(TypeError, match="integer token ids"):
         dllm.generate(TinyModel(), torch.tensor([1.5, 2.0]), gen_length=8, steps=4, sampler="llada")
+    # a newcomer's prompts: text, a tokenizer's whole output, a ragged template
+    for prompt, message in (("def f(", r"not text \('def f\('\): encode it with the model's tokenizer"),
+                            (["def", "class"], "not text"),
+                            ({"input_ids": [[1, 2]], "attention_mask": [[1, 1]]},
+                             r"prompt=enc\['input_ids'\], attention_mask=enc\['attention_mask'\]")):
+        with pytest.raises(TypeError, match=message):
+            dllm.generate(TinyModel(), prompt, gen_length=8, steps=4, sampler="llada")
+    with pytest.raises(ValueError, match="infill must be a tensor, an array or a list of token ids, with rows of one"):
+        dllm.generate(TinyModel(), [1], infill=[[1, -1], [2]], gen_length=2, steps=2, sampler="llada")
     with pytest.raises(TypeError, match="integer token ids"):
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler="llada", infill=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(TypeError, match="sampler must be a name"):

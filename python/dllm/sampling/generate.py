@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import torch
 
@@ -117,7 +118,17 @@ def _parse_sampler(sampler: str) -> tuple[str, str | None]:
 
 
 def _token_tensor(value, what: str, device) -> torch.Tensor:
-    t = torch.as_tensor(value, device=device)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must hold token ids, not text ({value[:20]!r}): encode it with the model's "
+                        "tokenizer first")
+    if isinstance(value, Mapping):  # a tokenizer's output (a dict or Hugging Face's BatchEncoding)
+        raise TypeError(f"{what} must hold token ids, got a {type(value).__name__} with keys {list(value)[:4]}: "
+                        "pass a tokenizer's output as prompt=enc['input_ids'], attention_mask=enc['attention_mask']")
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:  # ragged nested lists, objects that are not numbers
+        raise ValueError(f"{what} must be a tensor, an array or a list of token ids, with rows of one length "
+                         f"(got {type(value).__name__}: {error})") from None
     if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
         raise TypeError(f"{what} must hold integer token ids, got {t.dtype}")
     return t.to(torch.int64)
