@@ -182,6 +182,17 @@ def test_sampling_a_model_with_dropout_on_warns():
         run("llada", model=model)
 
 
+def test_the_dropout_warning_names_the_callers_line():
+    """The warning points at the user's call of dllm.generate, not at torch.no_grad's wrapper or
+    dllm's own frames (masked samplers and the SEDD dispatch have different depths)."""
+    masked, score = TinyModel(), TinyScore(Absorbing(V - 1))
+    for model, sampler in ((masked, "llada"), (score, "sedd-analytic")):
+        model.drop = nn.Dropout(0.1)
+        with pytest.warns(UserWarning, match="dropout on") as caught:
+            dllm.generate(model, [1, 2], gen_length=8, steps=4, sampler=sampler)
+        assert [w.filename for w in caught] == [__file__], sampler
+
+
 def test_one_prompt_completes_each_of_several_infill_templates():
     templates = torch.full((3, 32), MASK)
     for row in range(3):
@@ -246,6 +257,23 @@ def test_right_padded_prompts_are_moved_to_the_left():
     assert model.calls[0][2][1, :3].tolist() == [False, False, True]
     with pytest.raises(ValueError, match="one contiguous run"):
         run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 1]]))
+
+
+def test_a_tokenizers_padded_lists_come_with_their_attention_mask():
+    """tokenizer(texts, padding=True) without return_tensors gives lists of one length and a list
+    mask: the same batch as the tensors. Lists of different lengths are padded by dllm, so a mask
+    with them is refused."""
+    ids, mask = [[5, 6, 7], [8, PAD, PAD]], [[1, 1, 1], [1, 0, 0]]
+    expected, _ = run("llada", prompt=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    out, model = run("llada", prompt=ids, attention_mask=mask)
+    assert torch.equal(out.sequences, expected.sequences)
+    assert model.calls[0][2][1, :3].tolist() == [False, False, True]
+    one, _ = run("llada", prompt=[5, 6, PAD], attention_mask=[1, 1, 0])  # one prompt's ids and mask
+    assert torch.equal(one.sequences, run("llada", prompt=torch.tensor([5, 6, PAD]),
+                                          attention_mask=torch.tensor([1, 1, 0]))[0].sequences)
+    assert one.sequences[0, :3].tolist() == [PAD, 5, 6]
+    with pytest.raises(ValueError, match="different lengths, which dllm left-pads itself"):
+        run("llada", prompt=[[5, 6, 7], [8]], attention_mask=mask)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -360,6 +388,9 @@ def test_clear_errors():
             ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
             ("llada:", {}, "unknown sampler"),
+            ("mdlm:entropy", {}, "sampler 'mdlm' has no variant 'entropy'; it has none: use 'mdlm'"),
+            ("dream:margin", {}, "no variant 'margin'; choose one of dream:origin, dream:maskgit_plus, "
+                                 "dream:topk_margin, dream:entropy"),
             ("fast-dllm", dict(threshold=-0.5), r"threshold is a probability in \[0, 1\]"),
             ("fast-dllm", dict(threshold=1.5), r"threshold is a probability in \[0, 1\]"),
             ("fast-dllm", dict(threshold=float("nan")), "threshold must be finite"),
@@ -387,6 +418,15 @@ def test_clear_errors():
             dllm.generate(model, sampler=sampler, **kw)
     with pytest.raises(TypeError, match="integer token ids"):
         dllm.generate(TinyModel(), torch.tensor([1.5, 2.0]), gen_length=8, steps=4, sampler="llada")
+    # a newcomer's prompts: text, a tokenizer's whole output, a ragged template
+    for prompt, message in (("def f(", r"not text \('def f\('\): encode it with the model's tokenizer"),
+                            (["def", "class"], "not text"),
+                            ({"input_ids": [[1, 2]], "attention_mask": [[1, 1]]},
+                             r"prompt=enc\['input_ids'\], attention_mask=enc\['attention_mask'\]")):
+        with pytest.raises(TypeError, match=message):
+            dllm.generate(TinyModel(), prompt, gen_length=8, steps=4, sampler="llada")
+    with pytest.raises(ValueError, match="infill must be a tensor, an array or a list of token ids, with rows of one"):
+        dllm.generate(TinyModel(), [1], infill=[[1, -1], [2]], gen_length=2, steps=2, sampler="llada")
     with pytest.raises(TypeError, match="integer token ids"):
         dllm.generate(TinyModel(), gen_length=8, steps=4, sampler="llada", infill=torch.zeros(8, dtype=torch.bool))
     with pytest.raises(TypeError, match="sampler must be a name"):

@@ -391,6 +391,27 @@ def test_compiled_llada_step_matches_eager(device):
     assert torch.equal(a, b) and torch.equal(ca, cb)
 
 
+def test_compiled_random_step_follows_manual_seed(device):
+    """The README's route for a compiled sampler step that draws: no generator argument (TorchDynamo
+    cannot trace one), so torch's default generator, which torch.manual_seed makes repeatable,
+    draw for draw with the eager ops."""
+    logits, x = masked_batch(2, 64, 100, device)
+
+    def step(logits, x):
+        x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0, top_k=20)
+        committed = dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, prob=0.5)
+        return x, committed
+
+    compiled = torch.compile(step, fullgraph=True)
+    runs = []
+    for fn in (compiled, compiled, step):
+        torch.manual_seed(3)
+        runs.append(fn(logits, x.clone()))
+    assert all(torch.equal(a, b) and torch.equal(ca, cb) for (a, ca), (b, cb) in zip(runs, runs[1:]))
+    torch.manual_seed(4)
+    assert not torch.equal(compiled(logits, x.clone())[0], runs[0][0])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_captures_a_full_step():
     logits, x = masked_batch(2, 256, 1000, "cuda")

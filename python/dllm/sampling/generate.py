@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import torch
 
@@ -110,12 +111,24 @@ def _parse_sampler(sampler: str) -> tuple[str, str | None]:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)} "
                          "(variants: llada:random, dream:origin|maskgit_plus|topk_margin|entropy)")
     if variant and variant not in VARIANTS.get(name, ()):
-        raise ValueError(f"sampler {name!r} has no variant {variant!r}; variants: {VARIANTS.get(name, ())}")
+        choices = VARIANTS.get(name)
+        raise ValueError(f"sampler {name!r} has no variant {variant!r}; " + (
+            f"choose one of {', '.join(f'{name}:{c}' for c in choices)}" if choices else f"it has none: use {name!r}"))
     return name, variant or DEFAULT_VARIANT.get(name)
 
 
 def _token_tensor(value, what: str, device) -> torch.Tensor:
-    t = torch.as_tensor(value, device=device)
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{what} must hold token ids, not text ({value[:20]!r}): encode it with the model's "
+                        "tokenizer first")
+    if isinstance(value, Mapping):  # a tokenizer's output (a dict or Hugging Face's BatchEncoding)
+        raise TypeError(f"{what} must hold token ids, got a {type(value).__name__} with keys {list(value)[:4]}: "
+                        "pass a tokenizer's output as prompt=enc['input_ids'], attention_mask=enc['attention_mask']")
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:  # ragged nested lists, objects that are not numbers
+        raise ValueError(f"{what} must be a tensor, an array or a list of token ids, with rows of one length "
+                         f"(got {type(value).__name__}: {error})") from None
     if t.numel() and (t.dtype == torch.bool or t.is_floating_point() or t.is_complex()):
         raise TypeError(f"{what} must hold integer token ids, got {t.dtype}")
     return t.to(torch.int64)
@@ -164,8 +177,6 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             raise ValueError("attention_mask marks the padding of a prompt; there is no prompt (prompt=None)")
         prompt = torch.empty(1 if infill is None else infill.shape[0], 0, dtype=torch.int64, device=device)
     elif isinstance(prompt, (list, tuple)):
-        if attention_mask is not None:
-            raise ValueError("give either a list of ragged prompts or a padded prompt with attention_mask, not both")
         if not prompt:
             raise ValueError("prompt is an empty list; pass None for unconditional generation")
         if all(isinstance(t, numbers.Integral) for t in prompt):
@@ -174,14 +185,22 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         if any(r.dim() != 1 for r in rows):
             raise ValueError("a list of prompts must hold 1-D prompts (or be one prompt's token ids)")
         width = max(r.numel() for r in rows)
-        if any(r.numel() < width for r in rows):
-            if pad_id == mask_id:
-                raise ValueError(f"the model's pad_id equals its mask_id ({mask_id}): ragged prompts need "
-                                 "another pad_id")
-            attention_mask = torch.stack([torch.arange(width, device=device) >= width - r.numel() for r in rows])
-        prompt = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
-        for i, r in enumerate(rows):
-            prompt[i, width - r.numel():] = r
+        if attention_mask is not None:
+            # a batch padded to one length, as a tokenizer returns it with padding=True (lists)
+            if any(r.numel() < width for r in rows):
+                raise ValueError("attention_mask marks the padding of prompts of one length; these prompts have "
+                                 "different lengths, which dllm left-pads itself: drop attention_mask, or give "
+                                 "the prompts padded to one length")
+            prompt, attention_mask = _left_align(torch.stack(rows), attention_mask, device)
+        else:
+            if any(r.numel() < width for r in rows):
+                if pad_id == mask_id:
+                    raise ValueError(f"the model's pad_id equals its mask_id ({mask_id}): ragged prompts need "
+                                     "another pad_id")
+                attention_mask = torch.stack([torch.arange(width, device=device) >= width - r.numel() for r in rows])
+            prompt = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
+            for i, r in enumerate(rows):
+                prompt[i, width - r.numel():] = r
     else:
         prompt = _token_tensor(prompt, "prompt", device)
         prompt = prompt[None] if prompt.dim() == 1 else prompt
@@ -226,7 +245,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         model: see :mod:`dllm.sampling.model_protocol` (tokens -> logits, a ``mask_id``).
         prompt: int64 ``[B, P]`` or ``[P]``, a list of ints (one prompt, as ``tokenizer.encode``
             returns it), or a list of 1-D prompts of different lengths (left padded with
-            ``model.pad_id``); None for unconditional generation.
+            ``model.pad_id``); None for unconditional generation. Lists of one length may come
+            with ``attention_mask`` (a tokenizer's padded batch).
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
             its count, so both ignore it; the SEDD samplers add the denoising step).

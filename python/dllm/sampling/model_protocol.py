@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import os
+import sys
 import warnings
 
 import torch
@@ -81,11 +83,26 @@ def vocab_size_of(model) -> int | None:
     return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
 
 
+# dllm's package folder and torch's: the frames a warning about the caller's model skips
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(path)) + os.sep
+                      for path in (os.path.dirname(__file__), torch.__file__))
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside dllm and torch (torch.no_grad's wrapper, the SEDD
+    dispatch), so that a warning names the line of the user's code that called dllm.generate."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def warn_if_dropout_on(model) -> None:
     if isinstance(model, torch.nn.Module) and any(
             m.training and isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         warnings.warn(f"{type(model).__name__} is in training mode with dropout on: the samples are noisier and "
-                      "a seeded generator does not reproduce them; call model.eval() before sampling", stacklevel=4)
+                      "a seeded generator does not reproduce them; call model.eval() before sampling",
+                      stacklevel=_caller_stacklevel())
 
 
 def check_takes_attention_mask(model) -> None:
