@@ -558,3 +558,41 @@ def test_a_trained_folder_samples_from_python(tmp_path):
                             generator=torch.Generator().manual_seed(0))
         assert out.sequences.shape == (1, len(prompt) + 16) and out.sequences[0, :len(prompt)].tolist() == list(prompt)
         assert not (out.sequences == tok.mask_id).any() and isinstance(tok.decode(out.sequences[0].tolist()), str)
+
+
+def test_the_canvas_goes_where_the_model_is(monkeypatch):
+    """The model's device: its parameters', else its buffers', else a callable's `device`; a CUDA
+    one is made current while the sampler runs (step_times' events and a CUDA graph's capture
+    stream are the current device's, not the model's on cuda:1 without set_device)."""
+    import importlib
+
+    module = importlib.import_module("dllm.sampling.generate")  # (dllm.sampling.generate is also the function)
+
+    only_buffers = nn.Module()
+    only_buffers.register_buffer("table", torch.zeros(3, device="meta"))
+    assert module._device_of(only_buffers) == torch.device("meta")
+
+    def wrapped(x):
+        return x
+    wrapped.device = "meta"
+    assert module._device_of(wrapped) == torch.device("meta")
+    assert module._device_of(lambda x: x) == torch.device("cpu")
+
+    entered = []
+
+    class Current:
+        def __init__(self, device):
+            entered.append(torch.device(device))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Current)
+    body = module._on_the_models_device(lambda model, k: entered.append(k) or k)
+    assert body(TinyModel(), "cpu") == "cpu" and entered == ["cpu"]  # no device to make current
+    monkeypatch.setattr(module, "_device_of", lambda model: torch.device("cuda", 1))
+    assert body(TinyModel(), "gpu") == "gpu" and entered == ["cpu", torch.device("cuda", 1), "gpu"]
+    assert dllm.generate.__code__ is body.__code__  # generate runs inside it

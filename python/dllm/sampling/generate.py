@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -100,7 +102,26 @@ def _nothing_to_generate(x: torch.Tensor, return_history: bool) -> GenerationOut
 
 
 def _device_of(model) -> torch.device:
-    return next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
+    """Where the canvas is made: the model's first parameter's device, else its first buffer's, else
+    its ``device`` attribute (a callable that wraps a model), else the CPU."""
+    for tensors in ("parameters", "buffers"):
+        found = next((t.device for t in getattr(model, tensors, lambda: iter(()))()), None)
+        if found is not None:
+            return found
+    device = getattr(model, "device", None)
+    return torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")
+
+
+def _on_the_models_device(fn):
+    """Runs ``fn(model, ...)`` with the model's CUDA device current: step_times' events, the synchronize
+    that reads them and a CUDA graph's capture stream belong to the current device, which is not the
+    model's when it sits on cuda:1 without torch.cuda.set_device."""
+    @functools.wraps(fn)
+    def on_device(model, *args, **kwargs):
+        device = _device_of(model)
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+            return fn(model, *args, **kwargs)
+    return on_device
 
 
 def _parse_sampler(sampler: str) -> tuple[str, str | None]:
@@ -233,6 +254,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
     return x, attention_mask, width
 
 
+@_on_the_models_device
 @torch.no_grad()
 def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, block_length: int | None = None,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, threshold: float | None = None,

@@ -36,6 +36,9 @@
   on the model's device (one graph serves every block), and the refresh must write into the
   buffers the cache already holds, which the captured steps read. dllm's DiffusionTransformer and
   LLaDAModel implement both (dllm.models.layers.DenoisingKVCache).
+- runs where its first parameter (or buffer) is; a callable without either may say where with a
+  ``device`` attribute (default: the CPU). The canvas is made there, and a CUDA device is made
+  current while the sampler runs;
 - under ``cuda_graph=True``: no host synchronisation inside the forward (no ``.item()``, no
   data-dependent shapes), as any CUDA-graph capture requires.
 """
