@@ -6,6 +6,7 @@ diffusion and autoregression are compared on one backbone.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -196,25 +197,28 @@ class ARTransformer(DiffusionTransformer):
         if P + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
                              f"{self.config.max_seq_len}")
-        session = graphs.session_for(self, ("ar-decode", B, P + max_new_tokens, temperature), generator) \
-            if cuda_graph else None
-        # A kept session's cache: every position a step reads is written earlier in this call.
-        cache = self.new_cache(B, P + max_new_tokens) if session is None else \
-            session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))
-        logits = self(prompt, cache=cache, start=0)[:, -1]
-        # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
-        token = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
-        out = [prompt, token]
+        # the device current while decoding: a graph captures on the current device's stream, which is
+        # not the model's when it sits on cuda:1 without torch.cuda.set_device
+        with torch.cuda.device(prompt.device) if prompt.is_cuda else contextlib.nullcontext():
+            session = graphs.session_for(self, ("ar-decode", B, P + max_new_tokens, temperature), generator) \
+                if cuda_graph else None
+            # A kept session's cache: every position a step reads is written earlier in this call.
+            cache = self.new_cache(B, P + max_new_tokens) if session is None else \
+                session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))
+            logits = self(prompt, cache=cache, start=0)[:, -1]
+            # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
+            token = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
+            out = [prompt, token]
 
-        def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-            return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
+            def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+                return self.decode_step(token, cache, position, temperature=temperature, generator=generator)
 
-        if session is not None:
-            positions = torch.arange(P, P + max_new_tokens, device=prompt.device)  # what the graph's replays read
-            step = session.step("decode", step, token, positions[0])
-        for i in range(max_new_tokens - 1):
-            token = token.clone()
-            # eager: an int position, with which a CPU step attends over the cache's filled prefix (KVCache.decode)
-            step(token, positions[i] if session is not None else P + i)
-            out.append(token)
-        return torch.cat(out, dim=1)
+            if session is not None:
+                positions = torch.arange(P, P + max_new_tokens, device=prompt.device)  # what the graph's replays read
+                step = session.step("decode", step, token, positions[0])
+            for i in range(max_new_tokens - 1):
+                token = token.clone()
+                # eager: an int position, with which a CPU step attends over the cache's filled prefix (KVCache.decode)
+                step(token, positions[i] if session is not None else P + i)
+                out.append(token)
+            return torch.cat(out, dim=1)
