@@ -242,6 +242,10 @@ MUTANTS = [
     ("python/dllm/data/corpus.py", "side[rel] = train if k == len(text) else", "side[rel] = train if True else",
      ["test_data"]),
     ("python/dllm/data/tokenizer.py", "else [lead, i]).encode", "else [i]).encode", ["test_data"]),
+    ("csrc/include/dllm/unmask.h", "if (bits == 0x80000000u) bits = 0u;", "", [UNMASK]),
+    ("csrc/torch/unmask.cpp", "overlap != at::MemOverlapStatus::Full && ", "", [UNMASK]),
+    ("python/dllm/training/trainer.py", "        self._seed_dropout_per_rank()\n", "", ["test_training"]),
+    (GENERATE, "@_on_the_models_device\n", "", [GEN]),
 ]
 
 
