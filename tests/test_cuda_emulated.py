@@ -629,14 +629,21 @@ def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_k
 
 
 def test_row_kernels_refuse_a_vocabulary_past_their_shared_memory(emulator):
-    """One or two floats per group of 2048 entries must fit the default 48 KB of shared memory."""
+    """Two floats per group of 2048 entries must fit the default 48 KB of shared memory: the
+    largest vocabulary each binding takes launches (predict_masked's limit once assumed one float
+    a group: vocabularies up to 20.48M passed its check, and those past about 11.6M then failed the
+    launch with "invalid argument", their 2 x 4 bytes a group of dynamic shared memory and the
+    static scratch past 48 KB)."""
     def refused(op, vocab, call):
         logits = torch.empty(1, 1, vocab + 1, dtype=torch.bfloat16).uniform_()
         with pytest.raises(ValueError, match=f"{op}: CUDA supports a vocabulary of up to {vocab} entries, got {vocab + 1}"):
             call(logits, torch.full((1, 1), vocab))
+        logits = logits[..., :vocab]
+        mask = torch.full((1, 1), vocab - 1)
+        assert emulated(emulator, call, logits, mask)[0].shape[-1] == 1  # launched within the shared memory
 
     refused("sample_categorical", 10240000, lambda z, x: EMU.sample_categorical(z[0], None, 1.0))
-    refused("predict_masked", 20480000, lambda z, x: EMU.predict_masked(z, x, 20480000))
+    refused("predict_masked", 10240000, lambda z, x: EMU.predict_masked(z, x, x.item()))
     refused("sedd_step", 10240000, lambda z, x: EMU.sedd_step(z, x, torch.ones(1), torch.ones(1), graph="absorb",
                                                               method="euler"))
 

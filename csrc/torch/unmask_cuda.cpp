@@ -17,7 +17,9 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   const c10::cuda::CUDAGuard guard(logits.device());
   PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift,
                                      std::string(confidence_from));
-  check_cuda_vocab("predict_masked", call.params.vocab, 1);
+  // Two floats a group: the group log-masses and, for the fused pass A, the group maxima
+  // (predict_masked_kernel's dynamic shared memory).
+  check_cuda_vocab("predict_masked", call.params.vocab, 2);
   if (call.random) call.params.rng = cuda_rng_state(generator);
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();
