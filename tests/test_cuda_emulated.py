@@ -612,6 +612,39 @@ def test_attention_malformed_cu_seqlens_stay_inside_the_packed_tokens(emulator, 
     assert out.isfinite().all() and lse.isfinite().all()
 
 
+def test_attention_generous_max_seqlen_is_clamped_to_the_packed_tokens(emulator, attention_kernel):
+    """max_seqlen_* only bound the lengths: bounds past 2^31 (a caller's "no limit") give the exact
+    bounds' result. Unclamped they sized the grids and key chunks, and overflowed the kernels'
+    32-bit positions in a sequence: a query block over 600 keys at max_seqlen_k = 2^32 split the
+    keys into 132 chunks of 32537632, chunk * chunk_keys wrapped negative and the kernel read
+    keys before k (a segfault in the emulator); past max_seqlen_q = 2^31 the one-pass forward's
+    query tile offset wrapped likewise."""
+    g = gen(15)
+    for q_lens, k_lens in (([3, 5], [600, 250]), ([70, 5], [100, 30])):  # the key split; one pass
+        q = torch.randn(sum(q_lens), 2, 64, generator=g).to(torch.bfloat16)
+        k, v = (torch.randn(sum(k_lens), 2, 64, generator=g).to(torch.bfloat16) for _ in range(2))
+        cq, ck = (torch.tensor([0, n[0], n[0] + n[1]]) for n in (q_lens, k_lens))
+        exact = (max(q_lens), max(k_lens))
+        want = EMU.attention_forward(q, k, v, None, None, cq, ck, *exact, 0.125)
+        dout = torch.randn(q.shape, generator=g).to(torch.bfloat16)
+        want_grads = EMU.attention_backward(dout, q, k, v, *want, None, None, cq, ck, *exact, 0.125)
+        for bounds in ((exact[0], 2**32), (2**32, 2**32), (2**40, 2**62)):
+            got = emulated(emulator, EMU.attention_forward, q, k, v, None, None, cq, ck, *bounds, 0.125)
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (q_lens, bounds)
+            grads = EMU.attention_backward(dout, q, k, v, *want, None, None, cq, ck, *bounds, 0.125)
+            assert all(torch.equal(a, b) for a, b in zip(grads, want_grads)), (q_lens, bounds)
+
+
+def test_attention_refuses_sequences_past_32_bit_positions(emulator):
+    """The CUDA kernels count positions in a sequence in 32 bits; only an expanded (stride-0) k
+    and v reach 2^31 keys, which the binding refuses rather than returning NaN (the count wrapped
+    negative, so no chunk read a key)."""
+    q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)
+    k = torch.zeros(1, 1, 1, 64, dtype=torch.bfloat16).expand(1, 2**31, 1, 64)
+    with pytest.raises(ValueError, match="at most 2147483392 queries and keys, got 8 and 2147483648"):
+        EMU.attention_forward(q, k, k, None, None, None, None, 8, 2**31, 0.125)
+
+
 def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_kernel):
     """Zero heads is an empty result on both devices (a launch with gridDim.y = 0 is an error on a
     GPU, and in the emulator); a negative max_seqlen is refused on both."""

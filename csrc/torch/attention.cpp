@@ -3,6 +3,7 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -112,8 +113,12 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     call.q_count = at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0))).contiguous();
     call.k_start = k_start.contiguous();
     call.k_count = at::minimum(ck.diff().clamp(0, max_seqlen_k), k_start.neg().add(k.size(0))).contiguous();
-    max_q = max_seqlen_q;
-    max_k = max_seqlen_k;
+    // max_seqlen_* only bound the lengths, which are clamped to the packed tokens anyway: a
+    // generous bound (2^32 for "no limit") would otherwise size the CUDA grids and key chunks,
+    // and overflow the kernels' 32-bit positions within a sequence (attention_fwd.cu's
+    // chunk * chunk_keys read keys before k at max_seqlen_k = 2^32).
+    max_q = std::min(max_seqlen_q, q.size(0));
+    max_k = std::min(max_seqlen_k, k.size(0));
   } else {
     batch = q.size(0);
     TORCH_CHECK(k.size(0) == batch, kOp, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
@@ -125,6 +130,14 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda) : at::full({batch}, max_k, opts);
     if (q_len) check_same_device(kOp, q, "q", *q_len, "q_len");
     if (kv_len) check_same_device(kOp, q, "q", *kv_len, "kv_len");
+  }
+  if (cuda) {
+    // The CUDA kernels count a sequence's queries and keys in 32 bits (tile offsets, masks, loop
+    // bounds; their addresses are 64-bit), with up to 256 past the end for the last tile. Only
+    // stride-0 (expanded) k and v reach this: 2^31 real keys take 256 GiB at D = 64.
+    constexpr int64_t kMaxTokens = (int64_t(1) << 31) - 256;
+    TORCH_CHECK_VALUE(max_q <= kMaxTokens && max_k <= kMaxTokens, kOp, ": CUDA supports sequences of at most ",
+                      kMaxTokens, " queries and keys, got ", max_q, " and ", max_k);
   }
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
   const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;

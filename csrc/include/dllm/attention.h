@@ -22,7 +22,10 @@ struct AttentionParams {
   DType dtype = DType::kBFloat16;
   int64_t batch = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t q_tokens = 0, k_tokens = 0;
-  int64_t max_q = 0, max_k = 0;  // upper bounds of q_count / k_count
+  // Upper bounds of q_count / k_count. CUDA: at most 2^31 - 256 (the binding refuses more), which
+  // keeps the kernels' positions within a sequence (tile offsets, masks, counts) in int; every
+  // address is 64-bit (token and head offsets are int64 products).
+  int64_t max_q = 0, max_k = 0;
   int64_t q_token_stride = 0, q_head_stride = 0;
   int64_t k_token_stride = 0, k_head_stride = 0;
   int64_t v_token_stride = 0, v_head_stride = 0;
