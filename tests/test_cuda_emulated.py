@@ -28,6 +28,7 @@ from test_adaln import inputs as adaln_inputs
 from test_rotary import check as rotary_check
 from test_rotary import inputs as rotary_inputs
 from test_rotary import rotated as rotary_reference
+from test_op_contracts import check_far_apart_offsets
 from test_unmask import MASK, commit_inputs, masked_batch
 
 import dllm
@@ -643,6 +644,11 @@ def test_attention_refuses_sequences_past_32_bit_positions(emulator):
     k = torch.zeros(1, 1, 1, 64, dtype=torch.bfloat16).expand(1, 2**31, 1, 64)
     with pytest.raises(ValueError, match="at most 2147483392 queries and keys, got 8 and 2147483648"):
         EMU.attention_forward(q, k, k, None, None, None, None, 8, 2**31, 0.125)
+
+
+def test_offsets_past_32_bits_are_read_in_place(emulator):
+    """Rows of logits, tokens and heads more than 2^31 elements apart, in the CUDA kernels."""
+    check_far_apart_offsets(EMU)
 
 
 def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_kernel):

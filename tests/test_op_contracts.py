@@ -175,3 +175,80 @@ def test_per_sequence_terms_of_the_wrong_kind_are_named():
         ops.sample_transition(x0, None, graph="absorb", num_classes=V)
     with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got NoneType"):
         ops.sample_categorical(logits, None)
+
+
+# Rows, tokens and heads more than 2^31 elements (2^32 bytes) apart: an offset computed in 32 bits
+# wraps. Views into storage reserved by torch.empty, of which only the entries read are written,
+# so they cost a few MB of memory whatever their address range (one 4 GiB reserve at a time).
+FAR = (1 << 31) + 4096  # elements, a multiple of 16 bytes
+
+
+def far_apart(shapes, far_dim, generator):
+    """[(view, compact)] per shape: bfloat16 views with the values of `compact`, their dimension
+    far_dim (of size 2) FAR elements apart and the rest packed, all in one reserve; None where the
+    reserve fails."""
+    compacts = [(torch.randn(shape, generator=generator) * 3).to(torch.bfloat16) for shape in shapes]
+    try:
+        storage = torch.empty(FAR + sum(c.numel() // 2 for c in compacts), dtype=torch.bfloat16)
+    except RuntimeError:  # an address space without overcommit
+        return None
+    pairs, offset = [], 0
+    for compact in compacts:
+        assert compact.shape[far_dim] == 2
+        strides, step = [0] * compact.dim(), 1
+        for d in reversed([d for d in range(compact.dim()) if d != far_dim]):
+            strides[d], step = step, step * compact.shape[d]
+        strides[far_dim] = FAR
+        view = storage.as_strided(compact.shape, strides, offset)
+        view.copy_(compact)
+        pairs.append((view, compact))
+        offset += step
+    return pairs
+
+
+def check_far_apart_offsets(OPS):
+    """Each op reads the far views in place (the bindings take any row stride, and the token and
+    head strides the attention kernels address) and gives the compact copies' result."""
+    g = torch.Generator().manual_seed(0)
+    pairs = far_apart([(1, 2, 5000)], 1, g)  # rows FAR apart
+    if pairs is None:
+        pytest.skip("no 4 GiB address range to reserve")
+    (far, compact), = pairs
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b)) if isinstance(a, tuple) else torch.equal(a, b)
+
+    t = torch.tensor
+    uniform = {"graph": "uniform", "scale_by_sigma": True}
+    calls = {
+        "sample_categorical": lambda z: OPS.sample_categorical(z[0], None, 1.0, generator=gen()),
+        "predict_masked": lambda z: OPS.predict_masked(z, torch.full((1, 2), 7), 7, 0.8, 40, 0.9, "entropy", 1,
+                                                       "proposal", generator=gen()),
+        "sedd_step": lambda z: OPS.sedd_step(z, t([[3, 9]]), torch.ones(1), torch.full((1,), 0.1), method="analytic",
+                                             generator=gen(), **uniform),
+        "score_entropy_loss": lambda z: OPS.score_entropy_loss(z, t([[4, 9]]), t([[3, 9]]), torch.ones(1),
+                                                               torch.ones(1), **uniform),
+        "score_entropy_loss_backward": lambda z: OPS.score_entropy_loss_backward(
+            torch.ones(1), z, t([[4, 9]]), t([[3, 9]]), torch.ones(1), torch.ones(1), **uniform),
+        "masked_diffusion_loss": lambda z: OPS.masked_diffusion_loss(z, t([[7, 1]]), t([[3, 1]]), torch.ones(1),
+                                                                     mask_id=7),
+    }
+    for name, call in calls.items():
+        assert same(call(far), call(compact)), name
+    del far, pairs
+    (far, compact), = far_apart([(1, 2, 4, 64)], 1, g)  # tokens FAR apart
+    cos, sin = torch.randn(2, 32, generator=g), torch.randn(2, 32, generator=g)
+    assert torch.equal(OPS.rotary(far, cos, sin, False), OPS.rotary(compact, cos, sin, False)), "rotary"
+    del far
+    for queries in (1, 8, 130):  # on CUDA: the decoding step, the key split, the one-pass forward
+        shapes = [(1, queries, 2, 64), (1, 300, 2, 64), (1, 300, 2, 64)]
+        (qf, qc), (kf, kc), (vf, vc) = far_apart(shapes, 2, g)  # heads FAR apart
+        got = OPS.attention_forward(qf, kf, vf, None, None, None, None, queries, 300, 0.125)
+        want = OPS.attention_forward(qc, kc, vc, None, None, None, None, queries, 300, 0.125)
+        assert same(got, want), f"attention_forward, {queries} queries"
+        del qf, kf, vf
+
+
+def test_offsets_past_32_bits_are_read_in_place():
+    check_far_apart_offsets(torch.ops.dllm)
