@@ -33,6 +33,16 @@ def test_rates_of_zero_and_one_still_carry_an_error():
     assert quality_shortfalls(quality(rate=0.5, samples=4), quality(rate=1.0, samples=4)) == []
 
 
+def test_rate_shortfall_is_the_agresti_caffo_interval():
+    # Agresti-Caffo: the interval (x1+1)/(n1+2) - (x2+1)/(n2+2) +- z se is centred on the adjusted rates.
+    # 8/32 against 2/32: adjusted difference 9/34 - 3/34 = 0.176 < 2 se = 0.180 (the raw 0.1875 exceeds it)
+    assert quality_shortfalls(quality(rate=2 / 32), quality(rate=8 / 32)) == []
+    assert quality_shortfalls(quality(rate=1 / 32), quality(rate=8 / 32)) == ["parse rate 0.03 < 0.25"]
+    # unequal sample counts: 3/10 against 1/40, adjusted 4/12 - 2/42 = 0.286 > 2 se = 0.280 (raw 0.275 is not)
+    assert quality_shortfalls(quality(rate=1 / 40, samples=40), quality(rate=3 / 10, samples=10)) == \
+        ["parse rate 0.03 < 0.30"]
+
+
 def test_prefix_shortfall_uses_both_standard_errors():
     ar = quality(prefix=0.6, prefix_se=0.03)
     # the difference's error: hypot(0.03, 0.04) = 0.05, so 0.1 is within two errors and 0.11 is not
