@@ -70,6 +70,36 @@ def test_exact_match_and_cut():
     assert cut_at([1, 2, 9, 3], 9) == [1, 2] and cut_at([1, 2], 9) == [1, 2]
 
 
+def test_sample_entropy_pools_the_samples_cut_at_end_of_text():
+    """The report judges samples up to their first end-of-text: the token entropy too, not only the text."""
+    from types import SimpleNamespace
+
+    from dllm.benchmarks.e2e import _sample_quality
+
+    tok = load_tokenizer("byte")
+    eos = tok.eos_id
+    code = list(b"x = 1\n")
+    rows = [code + [eos] + list(range(100, 100 + 16 - len(code) - 1)),  # a second file after the end-of-text
+            [eos] + list(range(200, 215)),                              # nothing before it
+            code + [eos] * (16 - len(code))]
+
+    class Runner:
+        m = SimpleNamespace(tok=tok)
+
+        def generator(self):
+            return None
+
+        def call(self, model, sampler, steps, length, batch, g):
+            return torch.tensor(rows[:batch]), steps
+
+    q = _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)
+    assert q["parse_rate"] == pytest.approx(2 / 3) and q["blank_rate"] == pytest.approx(1 / 3)
+    assert q["entropy"] == pytest.approx(unigram_entropy(code + code))
+    # a point whose samples all end at once wrote no tokens: no diversity, 0 bits (not NaN, which no rule catches)
+    rows = [[eos] + list(range(100, 115))] * 3
+    assert _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)["entropy"] == 0.0
+
+
 def test_held_out_functions_mask_bodies_after_docstrings():
     tok = load_tokenizer("byte")
     text = "import os\n" + SMALL_FUNCTIONS

@@ -261,12 +261,15 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
         ids, nfe = runner.call(model, sampler, steps, length, min(chunk, samples - lo), g)
         nfes.append(nfe)
         for row in ids.tolist():
+            row = cut_at(row, runner.m.tok.eos_id)  # the text and its tokens alike: what follows is another file
             tokens.extend(row)
-            texts.append(runner.m.tok.decode(cut_at(row, runner.m.tok.eos_id)))
+            texts.append(runner.m.tok.decode(row))
     prefixes = [parseable_prefix(t) for t in texts]
     return {"samples": len(texts), "parse_rate": parse_rate(texts), "parse_prefix": statistics.mean(prefixes),
             "parse_prefix_se": statistics.stdev(prefixes) / len(prefixes) ** 0.5 if len(prefixes) > 1 else math.nan,
-            "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens), "quality_nfe": statistics.mean(nfes),
+            # no token before any end-of-text: no diversity, 0 bits (unigram_entropy's NaN would pass every rule)
+            "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens) if tokens else 0.0,
+            "quality_nfe": statistics.mean(nfes),
             "example": texts[0]}
 
 
