@@ -62,6 +62,9 @@ def test_floor_of_the_baseline():
     assert at_floor(quality(prefix=0.02, prefix_se=0.015))
     assert not at_floor(quality(prefix=0.2, prefix_se=0.05))
     assert at_floor(quality(prefix=0.0, prefix_se=0.0))
+    # one sample (--samples 1) has no standard error (NaN): nothing tells its prefix from zero, least of all none
+    assert at_floor(quality(prefix=0.0, prefix_se=math.nan, samples=1))
+    assert at_floor(quality(prefix=0.5, prefix_se=math.nan, samples=1))
 
 
 def results(points):

@@ -50,8 +50,9 @@ def quality_shortfalls(point: dict, ar: dict) -> list[str]:
 
 
 def at_floor(ar: dict) -> bool:
-    """Whether the baseline's samples are indistinguishable from no code at all."""
-    return ar["parse_prefix"] <= Z * ar["parse_prefix_se"]
+    """Whether the baseline's samples are indistinguishable from no code at all (so too with one sample,
+    whose standard error is NaN: nothing tells it from zero, and ``prefix <= 2 * NaN`` would say no)."""
+    return not ar["parse_prefix"] > Z * ar["parse_prefix_se"]
 
 
 def _point(row: dict, short_of: list[str] | None = None) -> dict:
