@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 
 import pytest
 import torch
@@ -148,13 +149,36 @@ def test_nll_bound_against_a_hand_computation():
     for steps in (1, 4):
         g = torch.Generator().manual_seed(3)
         draws = mdlm.draw(6, 10, g)
-        i = ((torch.arange(6) + torch.rand(6, generator=g)) / 6 * steps).floor().clamp(max=steps - 1) + 1
+        stratum = torch.randperm(6, generator=g)  # the strata of the grid, dealt to the windows at random
+        i = ((stratum + torch.rand(6, generator=g)) / 6 * steps).floor().clamp(max=steps - 1) + 1
         t = (i / steps).double()
         masked = (draws["u"] < (1 - 1e-3) * t.float()[:, None]).double().sum(1)
         # SUBS: the mask is no answer, so a uniform model pays log(vocab - 1) per masked token
         expected = (masked / t * math.log(tok.vocab_size - 1)).sum().item() / windows.numel()
         got = nll_per_window(net, mdlm, windows, steps, **kw).mean().item()
         assert expected > 0 and got == pytest.approx(expected, rel=1e-4)
+
+
+def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
+    """Each window's time lies in one stratum of the grid; the strata must go to the windows at random, or
+    the mean over windows estimates a mix of early windows at small t and late ones at large t."""
+
+    class Linear:
+        """A window's 'NLL' is its first token times t: its T-step bound is x0[0] (T + 1) / (2 T)."""
+
+        def draw(self, n, length, g):
+            return {"t": torch.zeros(n), "u": torch.rand(n, length, generator=g)}
+
+        def nll(self, net, x0, draws):
+            return x0[:, 0].double() * draws["t"].double() * x0.shape[1]
+
+    n = steps = 8
+    windows = torch.arange(n)[:, None].repeat(1, 4)  # harder windows later, as files of the held-out split may be
+    bound = windows[:, 0].double().mean().item() * (steps + 1) / (2 * steps)
+    kw = dict(device="cpu", precision=torch.autocast("cpu", enabled=False))
+    means = [nll_per_window(None, Linear(), windows, steps, seed=s, **kw).mean().item() for s in range(400)]
+    # window k always at t = (k + 1) / 8 gave 2.625 for every seed, against a bound of 1.97
+    assert statistics.mean(means) == pytest.approx(bound, abs=0.06) and statistics.stdev(means) > 0
 
 
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
