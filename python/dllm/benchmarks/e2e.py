@@ -185,16 +185,20 @@ def nll_per_window(net, objective, windows: torch.Tensor, steps: int | None, *, 
     On the log-linear schedule the T-step bound is ``sum_i E[(alpha_s - alpha_t) / (1 - alpha_t) * CE_masked]``
     over t = i/T, s = (i-1)/T, and its weight is 1/(T t): MDLM's continuous-time estimator with t drawn
     uniformly from the grid {1/T, ..., 1} (stratified over the windows) instead of from [0, 1]. The n
-    strata go to the windows in a random order: dealt in the windows' order, the first windows (the
-    first held-out files) would always meet small t and the last ones large t, and the mean would not
-    estimate the mean of the windows' bounds."""
+    strata go to the windows in a random order, and so do the continuous bound's antithetic times
+    (MDLM's draw gives window k a t in [k/n, (k+1)/n)): dealt in the windows' order, the first windows
+    (the first held-out files) would always meet small t and the last ones large t, and the mean would
+    not estimate the mean of the windows' bounds."""
     n, length = windows.shape
     g = torch.Generator().manual_seed(seed)
     draws = objective.draw(n, length, g)
-    if steps is not None and "t" in draws:
+    if "t" in draws:
         stratum = torch.randperm(n, generator=g)
-        i = ((stratum + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
-        draws["t"] = (i / steps).float()
+        if steps is None:
+            draws["t"] = draws["t"][stratum]
+        else:
+            i = ((stratum + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
+            draws["t"] = (i / steps).float()
     per_window = []
     for lo in range(0, n, 16):
         rows = slice(lo, min(n, lo + 16))
