@@ -52,6 +52,11 @@ def test_parseable_prefix_counts_whole_lines():
     assert parseable_prefix("x = 1\ny = 2\nz = (") == pytest.approx(2 / 3)
     assert parseable_prefix("def f(:\nx = 1\n") == 0.0
     assert parseable_prefix("") == 0.0 and parseable_prefix("\n\n   \n") == 0.0
+    # lines are Python's (\n, \r\n, \r), not str.splitlines' (form feed, \x1c, \u2028, ...): the prefix judged
+    # is a prefix of the text, so text that does not parse never earns full credit
+    assert parseable_prefix("x = 1\ry = 2\r\n") == 1.0
+    assert not parses("x = 1\x0cy = 2") and parseable_prefix("x = 1\x0cy = 2") == 0.0
+    assert parseable_prefix("x = 1\ny = 2\u2028z = 3\n") == pytest.approx(1 / 2)
 
 
 def test_entropy_of_known_distributions():

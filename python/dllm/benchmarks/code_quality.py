@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import textwrap
 import warnings
 from collections import Counter
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _module(text: str) -> ast.Module | None:
@@ -52,9 +56,14 @@ def blank_rate(texts: list[str]) -> float:
 
 
 def parseable_prefix(text: str) -> float:
-    """The fraction of the text's lines in its longest prefix of whole lines that parses with at least one
-    statement (1.0: all of it; 0.0 for blank text)."""
-    lines = text.splitlines()
+    r"""The fraction of the text's lines in its longest prefix of whole lines that parses with at least one
+    statement (1.0: all of it; 0.0 for blank text). Lines end where Python's do (\n, \r\n, \r), not at
+    str.splitlines' other breaks (form feed, \x1c-\x1e, \x85, \u2028...), which Python reads inside a line:
+    split there, the prefix rejoined with \n would not be the text's, and text that fails to parse could
+    earn full credit."""
+    lines = _LINE_END.split(text)
+    if lines[-1] == "":
+        lines.pop()  # the text ends with a newline (or is empty): no line after it
     for k in range(len(lines), 0, -1):
         if parses("\n".join(lines[:k])):
             return k / len(lines)
