@@ -360,6 +360,26 @@ def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):
         assert message in capsys.readouterr().err
 
 
+def test_bench_e2e_refuses_more_points_in_turns_than_a_model_keeps_graphs(tmp_path, monkeypatch, capsys):
+    from dllm.sampling import cuda_graph
+
+    # a model keeps the last MAX_SESSIONS configurations' graphs: one more, called in turns, keeps none of them
+    net, gens = torch.nn.Linear(2, 2), [torch.Generator() for _ in range(cuda_graph.MAX_SESSIONS + 1)]
+    rounds = [[cuda_graph.session_for(net, ("point", i), g) for i, g in enumerate(gens)] for _ in range(2)]
+    assert not any(a is b for a, b in zip(*rounds))
+    # so on CUDA, 8 fractions x (mdlm, llada) + fast-dllm = 17 points a (length, batch) would time captures
+    monkeypatch.setattr(e2e, "resolve_device", lambda device: "cuda:0")
+    fractions = ["1", "1/2", "1/3", "1/4", "1/5", "1/6", "1/7", "1/8"]
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", "--step-fractions", *fractions, "--model-dir", "x", "--ar-dir", "y",
+              "--out-dir", str(tmp_path / "r")])
+    assert "17 diffusion points a length and batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # 16 pass the check (and fail later, on the missing folders)
+        main(["bench", "e2e", "--step-fractions", *fractions, "--samplers", "mdlm", "llada", "--model-dir", "x",
+              "--ar-dir", "y", "--out-dir", str(tmp_path / "r")])
+    assert "diffusion points" not in capsys.readouterr().err
+
+
 def test_a_kept_model_of_another_size_or_corpus_is_refused(tmp_path):
     from dllm.training.timed import train_for_minutes
 

@@ -31,6 +31,7 @@ from ..models.config import SIZES
 from ..models.io import read_config
 from ..objectives import get_objective
 from ..sampling import generate
+from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
@@ -394,6 +395,13 @@ def run(ns: argparse.Namespace) -> dict:
     fracs = _check(ns)
     Path(ns.out_dir).mkdir(parents=True, exist_ok=True)  # an unwritable folder fails now, not after the sweep
     device = str(resolve_device(ns.device))
+    timed_in_turns = sum(1 if sampler == "fast-dllm" else len(fracs) for sampler in ns.samplers)
+    if device.startswith("cuda") and timed_in_turns > MAX_SESSIONS:
+        # each point's graphs are a session of the diffusion model, which keeps the last MAX_SESSIONS: timed
+        # in turns, more points than that evict every session before its next call, which captures again
+        raise ValueError(f"{timed_in_turns} diffusion points a length and batch, timed in turns, exceed the "
+                         f"{MAX_SESSIONS} CUDA-graph configurations a model keeps: every timed call would capture "
+                         "its graphs again; pass fewer --step-fractions or --samplers")
     if ns.threads:
         torch.set_num_threads(ns.threads)
     torch.manual_seed(ns.seed)
