@@ -16,7 +16,8 @@ from collections import OrderedDict
 import torch
 
 # Configurations whose graphs a model keeps (the least recently used one goes): the e2e benchmark
-# times 13 in turns. Each holds its steps' activations and logits; clear_graphs frees them.
+# times its diffusion points of one (length, batch) in turns, 9 by default, and refuses a grid of
+# more than this on CUDA. Each holds its steps' activations and logits; clear_graphs frees them.
 MAX_SESSIONS = 16
 _sessions: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
 
