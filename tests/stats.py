@@ -59,6 +59,12 @@ def two_sample_pvalue(a: torch.Tensor, b: torch.Tensor, categories: int, min_exp
     return chi2_sf(stat, table.shape[1] - 1)
 
 
+def group_edges(vocab: int) -> list[int]:
+    """The first and last entries of every group of 2048 and subgroup of 256, and the row's last:
+    where an off-by-one in the hierarchical draw loses an entry."""
+    return sorted({i for lo in range(0, vocab, 256) for i in (lo, min(lo + 255, vocab - 1))})
+
+
 def poisson_z(observed: int, expected: float) -> float:
     """How many standard deviations a Poisson count lies from its mean."""
     return (observed - expected) / np.sqrt(expected)

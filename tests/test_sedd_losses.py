@@ -86,14 +86,28 @@ def test_masked_diffusion_values_and_gradients(device, shape):
 
 
 def test_masked_diffusion_mask_anywhere(device):
-    # MDLM's mask id need not be the last index.
+    # MDLM's mask id need not be the last index: the value and the gradient (whose mask column is
+    # 0, and whose last column is not) follow the given id, not K - 1.
     logits, x_t, x0, _, w = make_inputs((2, 50, 29), "uniform", torch.float32, device, seed=2)
     mask_id = 7
     x0 = torch.where(x0 == mask_id, torch.zeros_like(x0), x0)
-    x_t = torch.where(torch.rand(x0.shape, device=device) < 0.5, torch.full_like(x0, mask_id), x0)
-    got = dllm.ops.masked_diffusion_loss(logits, x_t, x0, w, mask_id=mask_id)
-    exact = ref.masked_diffusion_loss(logits.double(), x_t, x0, w.double(), mask_id=mask_id)
-    torch.testing.assert_close(got.double(), exact, rtol=1e-5, atol=1e-5)
+    x_t = torch.where(torch.rand(x0.shape, generator=torch.Generator().manual_seed(4)).to(device) < 0.5,
+                      torch.full_like(x0, mask_id), x0)
+    leaf = logits.clone().requires_grad_()
+    got = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, w, mask_id=mask_id)
+    g_out = (torch.rand(2, generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
+    (grad,) = torch.autograd.grad(got, leaf, g_out)
+    exact_leaf = logits.double().requires_grad_()
+    exact = ref.masked_diffusion_loss(exact_leaf, x_t, x0, w.double(), mask_id=mask_id)
+    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
+    f32_leaf = logits.clone().requires_grad_()
+    f32 = ref.masked_diffusion_loss(f32_leaf, x_t, x0, w, mask_id=mask_id)
+    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
+    bound(got, exact.detach(), f32.detach())
+    bound(grad, exact_grad, f32_grad)
+    masked = x_t == mask_id
+    assert (grad[..., mask_id] == 0).all() and (grad[~masked] == 0).all()
+    assert (grad[masked][:, -1] != 0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
