@@ -347,20 +347,24 @@ def test_score_entropy_loss(schedule, dtype, graph, shape):
 @pytest.mark.parametrize("shape", [(2, 113, 37), (1, 3, 50258)])
 def test_masked_diffusion_loss(schedule, dtype, shape):
     B, L, K = shape
+    mask = K // 3  # inside the vocabulary: a kernel that skipped column K - 1 instead would show
     logits = (torch.randn(shape, generator=gen(5)) * 2).to(dtype)
     x0 = torch.randint(0, K - 1, (B, L), generator=gen(6))
-    x_t = torch.where(torch.rand(B, L, generator=gen(8)) < 0.5, K - 1, x0)
+    x0 = torch.where(x0 == mask, K - 1, x0)
+    x_t = torch.where(torch.rand(B, L, generator=gen(8)) < 0.5, mask, x0)
+    x_t[:, 0] = mask  # every sequence has a masked position
     weight = torch.rand(B, generator=gen(9)) + 0.5
-    loss, lse = emulated(schedule, EMU.masked_diffusion_loss, logits, x_t, x0, weight, mask_id=K - 1)
-    want_loss, want_lse = CPU.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=K - 1)
+    loss, lse = emulated(schedule, EMU.masked_diffusion_loss, logits, x_t, x0, weight, mask_id=mask)
+    want_loss, want_lse = CPU.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask)
     torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
-    masked = x_t == K - 1  # the CPU op computes the log-sum-exp where the loss needs it
+    masked = x_t == mask  # the CPU op computes the log-sum-exp where the loss needs it
     torch.testing.assert_close(lse[masked], want_lse[masked], rtol=1e-6, atol=1e-5)
     grad_loss = torch.randn(B, generator=gen(10))
     grad = emulated(schedule, EMU.masked_diffusion_loss_backward, grad_loss, logits, lse, x_t, x0, weight,
-                    mask_id=K - 1)
-    want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=K - 1)
+                    mask_id=mask)
+    want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=mask)
     torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
+    assert not grad[..., mask].any() and grad[masked][:, K - 1].all()  # SUBS: the mask's column only is out
 
 
 # ---- RoPE --------------------------------------------------------------------------------------

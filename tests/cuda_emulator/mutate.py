@@ -149,6 +149,9 @@ MUTANTS = [
     (FWD, "    row_sum[half] += __shfl_xor_sync(0xffffffffu, row_sum[half], 2);\n    const int row = row0 + g",
      "    const int row = row0 + g", "query_block"),
     (DECODE, "int((kn + w.chunk_keys - 1) / w.chunk_keys)", "int((kn + 127) / 128)", "query_block"),
+    # the MDLM loss's backward leaving out the last column instead of the mask's
+    ("csrc/kernels/sedd.cu", "const int64_t skip = md ? p.mask_id : xt;", "const int64_t skip = md ? p.vocab - 1 : xt;",
+     "masked_diffusion_loss"),
 ]
 
 
