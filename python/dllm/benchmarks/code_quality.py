@@ -8,8 +8,9 @@ Definitions (the e2e report quotes them):
   mid-statement still earns credit for the complete code before the cut; a blank one earns none);
 - blank rate: the fraction of samples with no statement at all (empty, whitespace, comments);
 - token entropy: the Shannon entropy, in bits, of the empirical unigram distribution of the generated
-  tokens before each sample's first end-of-text, pooled over a point's samples (0 if there are none). A sampler that lowers it (greedy, over-confident parallel
-  commits) can raise parse rates by repeating safe tokens, so every quality number sits beside it.
+  tokens before each sample's first end-of-text, pooled over a point's samples (0 if there are none).
+  A sampler that lowers it (greedy, over-confident parallel commits) can raise parse rates by
+  repeating safe tokens, so every quality number sits beside it.
 """
 
 from __future__ import annotations
