@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (auto: the GPU if there is one)"
@@ -26,3 +28,10 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     if index >= torch.cuda.device_count():
         raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
+
+
+def made_current(device: torch.device):
+    """A context in which ``device`` is torch's current CUDA device (nothing for other devices): CUDA
+    events, synchronize and a CUDA graph's capture stream belong to the current device, which is not
+    a model's on cuda:1 without torch.cuda.set_device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

@@ -6,7 +6,6 @@ diffusion and autoregression are compared on one backbone.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 
@@ -15,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..devices import made_current
 from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
@@ -197,9 +197,7 @@ class ARTransformer(DiffusionTransformer):
         if P + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
                              f"{self.config.max_seq_len}")
-        # the device current while decoding: a graph captures on the current device's stream, which is
-        # not the model's when it sits on cuda:1 without torch.cuda.set_device
-        with torch.cuda.device(prompt.device) if prompt.is_cuda else contextlib.nullcontext():
+        with made_current(prompt.device):  # a graph captures on the current device's stream
             session = graphs.session_for(self, ("ar-decode", B, P + max_new_tokens, temperature), generator) \
                 if cuda_graph else None
             # A kept session's cache: every position a step reads is written earlier in this call.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import numbers
@@ -11,6 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from . import cuda_graph as graphs, masked, score
+from ..devices import made_current
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import check_takes_attention_mask, mask_id_of, pad_id_of, vocab_size_of
@@ -113,13 +113,11 @@ def _device_of(model) -> torch.device:
 
 
 def _on_the_models_device(fn):
-    """Runs ``fn(model, ...)`` with the model's CUDA device current: step_times' events, the synchronize
-    that reads them and a CUDA graph's capture stream belong to the current device, which is not the
-    model's when it sits on cuda:1 without torch.cuda.set_device."""
+    """Runs ``fn(model, ...)`` with the model's CUDA device current (step_times' events and a CUDA
+    graph's capture stream are the current device's)."""
     @functools.wraps(fn)
     def on_device(model, *args, **kwargs):
-        device = _device_of(model)
-        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        with made_current(_device_of(model)):
             return fn(model, *args, **kwargs)
     return on_device
 

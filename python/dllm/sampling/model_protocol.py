@@ -87,8 +87,8 @@ def vocab_size_of(model) -> int | None:
 
 
 # dllm's package folder and torch's: the frames a warning about the caller's model skips
-_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(path)) + os.sep
-                      for path in (os.path.dirname(__file__), torch.__file__))
+_LIBRARY_DIRS = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # dllm/sampling/.. = dllm
+                 os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
 
 
 def _caller_stacklevel() -> int:
