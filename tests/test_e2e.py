@@ -157,18 +157,22 @@ def test_nll_bound_against_a_hand_computation():
         stratum = torch.randperm(6, generator=g)  # the strata of the grid, dealt to the windows at random
         i = ((stratum + torch.rand(6, generator=g)) / 6 * steps).floor().clamp(max=steps - 1) + 1
         t = (i / steps).double()
-        masked = (draws["u"] < (1 - 1e-3) * t.float()[:, None]).double().sum(1)
+        # the samplers' process: mask rate t (all masked at t = 1), not training's (1 - eps) t
+        masked = (draws["u"] < t.float()[:, None]).double().sum(1)
         # SUBS: the mask is no answer, so a uniform model pays log(vocab - 1) per masked token
         expected = (masked / t * math.log(tok.vocab_size - 1)).sum().item() / windows.numel()
         got = nll_per_window(net, mdlm, windows, steps, **kw).mean().item()
         assert expected > 0 and got == pytest.approx(expected, rel=1e-4)
+    # T = 1: every token masked at t = 1, so the bound is the uniform model's exact NLL
+    assert nll_per_window(net, mdlm, windows, 1, **kw).mean().item() == pytest.approx(math.log(tok.vocab_size - 1))
+    # the continuous-time bound is exact for it too: L / k times the log(vocab - 1) of k masked tokens
+    got = nll_per_window(net, mdlm, windows, None, **kw)
+    torch.testing.assert_close(got, torch.full((6,), math.log(tok.vocab_size - 1), dtype=torch.float64))
 
 
 def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
     """Each window's time lies in one stratum of the grid; the strata must go to the windows at random, or
     the mean over windows estimates a mix of early windows at small t and late ones at large t."""
-
-    from dllm.objectives.base import sample_t
 
     class Linear:
         """A window's 'NLL' is its first token times t: its T-step bound is x0[0] (T + 1) / (2 T)."""
@@ -176,8 +180,13 @@ def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
         def draw(self, n, length, g):
             return {"t": torch.zeros(n), "u": torch.rand(n, length, generator=g)}
 
-        def nll(self, net, x0, draws):
+        def step_bound(self, net, x0, draws):
             return x0[:, 0].double() * draws["t"].double() * x0.shape[1]
+
+        def bound_draw(self, n, length, g):
+            return self.draw(n, length, g)
+
+        bound = step_bound
 
     n = steps = 8
     windows = torch.arange(n)[:, None].repeat(1, 4)  # harder windows later, as files of the held-out split may be
@@ -187,15 +196,15 @@ def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
     # window k always at t = (k + 1) / 8 gave 2.625 for every seed, against a bound of 1.97
     assert statistics.mean(means) == pytest.approx(bound, abs=0.06) and statistics.stdev(means) > 0
 
-    class Antithetic(Linear):
-        """MDLM's draw for the continuous-time bound: antithetic t, window k's in [k/n, (k+1)/n)."""
+    # The continuous-time bound's draws (the number of masked tokens k, stratified over the windows)
+    # deal their strata at random too: one k in each 1/n of {1, ..., L}, in a random order.
+    from dllm.objectives.base import draw_mask_counts
 
-        def draw(self, n, length, g):
-            return {"t": sample_t(n, g, 0.0, antithetic=True), "u": torch.rand(n, length, generator=g)}
-
-    means = [nll_per_window(None, Antithetic(), windows, None, seed=s, **kw).mean().item() for s in range(400)]
-    # in the windows' order: 2.41 at every seed, against a bound of 3.5 / 2
-    assert statistics.mean(means) == pytest.approx(windows[:, 0].double().mean().item() / 2, abs=0.06)
+    n, L = 8, 64
+    ks = torch.stack([draw_mask_counts(n, L, torch.Generator().manual_seed(s))["k"] for s in range(400)])
+    assert torch.equal(((ks - 1) * n // L).sort(-1).values, torch.arange(n).expand(400, n))
+    first = ks[:, 0].double()  # window 0 meets every stratum: its mean k is (L + 1) / 2, not that of the first
+    assert first.mean().item() == pytest.approx((L + 1) / 2, abs=3) and first.min() <= L / n < first.max()
 
 
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):

@@ -263,3 +263,100 @@ def test_schedules_take_a_float_t_and_refuse_t_outside_0_1(noise):
     for bad in (1.5, -0.1, torch.tensor([0.5, 1.5]), torch.tensor([float("nan")])):
         with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
             noise(bad)
+
+
+# -- the evaluation bounds -----------------------------------------------------------------------
+# A model whose every prediction is uniform over the V real tokens generates each token uniformly,
+# whatever the order of unmasking: its exact NLL is log V per token, and the bound of a process that
+# starts all-masked is tight for it. Any upper bound must expect at least log V.
+
+def _uniform_model_objectives(tok):
+    return {"mdlm": MDLM(tok), "llada": LLaDA(tok), "sedd": SEDD(tok, graph="absorb")}
+
+
+@pytest.mark.parametrize("name", ["mdlm", "llada", "sedd"])
+def test_bound_of_a_uniform_model_is_its_exact_nll(name):
+    tok = ByteTokenizer()
+    obj = _uniform_model_objectives(tok)[name]
+    B, L = 64, 24
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    zero = _Fixed(torch.zeros(B, L, tok.vocab_size))
+    exact = L * math.log(tok.vocab_size - 1)
+    bound = obj.bound(zero, x0, obj.bound_draw(B, L, g))
+    torch.testing.assert_close(bound.double(), torch.full((B,), exact, dtype=f64), rtol=1e-5, atol=0)
+    # The training estimator (t in [eps, 1], mask rate (1 - eps) t; LLaDA's rate (1 - eps) t + eps)
+    # expects, given t, E[#masked] * weight * log V: (1 - eps) L log V for MDLM and SEDD, below the exact NLL.
+    t = torch.tensor([0.001, 0.2, 0.7, 1.0])
+    if name == "mdlm":
+        sigma, dsigma = obj.noise(t)
+        expected = -torch.expm1(-sigma) * L * dsigma / torch.expm1(sigma) * math.log(tok.vocab_size - 1)
+        torch.testing.assert_close(expected, torch.full((4,), (1 - 1e-3) * exact), rtol=1e-5, atol=0)
+
+
+def _mask_patterns(L):
+    return [torch.tensor([(p >> i) & 1 for i in range(L)], dtype=torch.bool) for p in range(1, 2 ** L)]
+
+
+class _PatternModel(torch.nn.Module):
+    """Logits that depend on the whole masked input and on sigma (as a time-conditioned network's do)."""
+
+    def __init__(self, K, L, time=True):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.table = torch.randn(2 ** L, L, K, generator=g, dtype=f64)
+        self.slope = torch.randn(L, K, generator=g, dtype=f64) if time else torch.zeros(L, K, dtype=f64)
+        self.K = K
+
+    def forward(self, x, sigma=None):
+        code = ((x == self.K - 1).long() * (2 ** torch.arange(x.shape[1]))).sum(-1)
+        s = torch.zeros(x.shape[0], dtype=f64) if sigma is None else torch.as_tensor(sigma, dtype=f64)
+        return self.table[code] + torch.sin(s)[:, None, None] * self.slope
+
+
+def test_masked_diffusion_bound_is_the_integral_over_mask_rates():
+    """MDLM's bound estimates int_0^1 (1/m) E_{z ~ q_m}[sum_masked -log p(x0 | z)] dm (the NELBO with
+    the all-mask prior), here by quadrature over every mask pattern of L = 3 tokens."""
+    tok = ByteTokenizer()
+    obj = MDLM(tok)
+    L, K = 3, tok.vocab_size
+    net = _PatternModel(K, L, time=False)
+    x0 = torch.tensor([[5, 200, 17]])
+    m = (torch.arange(200000, dtype=f64) + 0.5) / 200000
+    integral = torch.zeros((), dtype=f64)
+    for pat in _mask_patterns(L):
+        x_t = torch.where(pat, torch.full_like(x0, K - 1), x0)
+        ce = masked_diffusion_reference(net(x_t), x_t, x0, torch.ones(1, dtype=f64), mask_id=K - 1)[0]
+        k = int(pat.sum())
+        integral += ce * (m ** (k - 1) * (1 - m) ** (L - k)).mean()
+    B = 40000
+    g = torch.Generator().manual_seed(8)
+    est = obj.bound(lambda x, s: net(x, s).float(), x0.expand(B, L), obj.bound_draw(B, L, g)).double()
+    assert abs(est.mean() - integral) < 4 * est.std() / B ** 0.5, (est.mean().item(), integral.item())
+
+
+def test_sedd_absorb_bound_is_the_dwdse_integral_over_all_sigma():
+    """SEDD absorb's bound estimates int_0^inf E_{x_t ~ q_sigma}[sum_l SE(sigma)] dsigma (the DWDSE with the
+    all-mask prior, nothing left out at sigma > sigma(1)), by quadrature over sigma and every mask
+    pattern; the network sees sigma clamped to the schedule's [sigma(0), sigma(1)]."""
+    tok = ByteTokenizer()
+    obj = SEDD(tok, graph="absorb")
+    L, K = 3, tok.vocab_size
+    net = _PatternModel(K, L)
+    x0 = torch.tensor([[5, 200, 17]])
+    top = -math.log(1e-3)
+    # sigma = -log(1 - m): quadrature in m on (0, 1), dsigma = dm / (1 - m)
+    n = 4000
+    m = (torch.arange(n, dtype=f64) + 0.5) / n
+    sig = -torch.log1p(-m)
+    integral = torch.zeros((), dtype=f64)
+    for pat in _mask_patterns(L):
+        x_t = torch.where(pat, torch.full_like(x0, K - 1), x0).expand(n, L)
+        logits = net(x_t, sig.clamp(max=top))
+        se = score_entropy_reference(logits, x_t, x0.expand(n, L), sig, 1 / (1 - m), graph="absorb")
+        k = int(pat.sum())
+        integral += (se * m ** k * (1 - m) ** (L - k)).mean()
+    B = 40000
+    g = torch.Generator().manual_seed(9)
+    est = obj.bound(lambda x, s: net(x, s).float(), x0.expand(B, L), obj.bound_draw(B, L, g)).double()
+    assert abs(est.mean() - integral) < 4 * est.std() / B ** 0.5, (est.mean().item(), integral.item())

@@ -183,28 +183,28 @@ def nll_per_window(net, objective, windows: torch.Tensor, steps: int | None, *, 
     objective; for MDLM the bound of the T-step masked process (``steps=T``) or the continuous-time bound
     (``steps=None``), each window's estimate from one draw of the noise.
 
-    On the log-linear schedule the T-step bound is ``sum_i E[(alpha_s - alpha_t) / (1 - alpha_t) * CE_masked]``
-    over t = i/T, s = (i-1)/T, and its weight is 1/(T t): MDLM's continuous-time estimator with t drawn
-    uniformly from the grid {1/T, ..., 1} (stratified over the windows) instead of from [0, 1]. The n
-    strata go to the windows in a random order, and so do the continuous bound's antithetic times
-    (MDLM's draw gives window k a t in [k/n, (k+1)/n)): dealt in the windows' order, the first windows
-    (the first held-out files) would always meet small t and the last ones large t, and the mean would
-    not estimate the mean of the windows' bounds."""
+    The T-step bound is that of the samplers' process (mask rate t, all-masked at t = 1, so the prior
+    term is 0): ``sum_i E[(alpha_s - alpha_t) / (1 - alpha_t) * CE_masked]`` over t = i/T, s = (i-1)/T
+    with alpha_t = 1 - t, whose weight is 1/(T t): the CE of the tokens masked at rate t weighted by
+    1/t, t drawn uniformly from the grid {1/T, ..., 1} (``objective.step_bound``, stratified over the
+    windows). The continuous-time bound is ``objective.bound`` (over mask rates [0, 1], stratified by
+    the number of masked tokens). The n strata go to the windows in a random order: dealt in the
+    windows' order, the first windows (the first held-out files) would always meet small t and the
+    last ones large t, and the mean would not estimate the mean of the windows' bounds."""
     n, length = windows.shape
     g = torch.Generator().manual_seed(seed)
-    draws = objective.draw(n, length, g)
-    if "t" in draws:
+    if steps is None:
+        draws, estimate = objective.bound_draw(n, length, g), objective.bound
+    else:
+        draws, estimate = objective.draw(n, length, g), objective.step_bound
         stratum = torch.randperm(n, generator=g)
-        if steps is None:
-            draws["t"] = draws["t"][stratum]
-        else:
-            i = ((stratum + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
-            draws["t"] = (i / steps).float()
+        i = ((stratum + torch.rand(n, generator=g)) / n * steps).floor().clamp(max=steps - 1) + 1
+        draws["t"] = (i / steps).float()
     per_window = []
     for lo in range(0, n, 16):
         rows = slice(lo, min(n, lo + 16))
         with precision:
-            nll = objective.nll(net, windows[rows].to(device), {k: v[rows] for k, v in draws.items()})
+            nll = estimate(net, windows[rows].to(device), {k: v[rows] for k, v in draws.items()})
         per_window.append(nll.double().cpu() / length)
     return torch.cat(per_window)
 

@@ -35,6 +35,15 @@ class Objective:
         """Per-sequence NLL (bound) in nats, ``[B]``."""
         raise NotImplementedError
 
+    def bound_draw(self, batch: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random tensors of ``bound`` for a batch (on the CPU); by default the training draws."""
+        return self.draw(batch, seq_len, generator)
+
+    def bound(self, model, x0: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sequence evaluation NLL in nats, ``[B]``: an unbiased estimate of an upper bound on
+        ``-log p(x0)`` (the exact NLL for autoregression). By default the training ``nll``."""
+        return self.nll(model, x0, draws)
+
     def train_loss(self, nll: torch.Tensor, seq_len: int) -> torch.Tensor:
         """The scalar minimised; a mean over this slice of the batch, so DDP's gradient average is the global mean."""
         return nll.sum() / (nll.numel() * seq_len)
@@ -49,3 +58,27 @@ def sample_t(batch: int, generator: torch.Generator, eps: float, antithetic: boo
     if antithetic:
         u = (u / batch + torch.arange(batch, dtype=torch.float64) / batch) % 1
     return ((1 - eps) * u + eps).float()
+
+
+def draw_mask_counts(batch: int, seq_len: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The draws of the masked-diffusion bound (``masked_by_count``): a number of masked tokens ``k``
+    uniform on {1, ..., L}, stratified over the batch with the strata dealt to the sequences at
+    random (dealt in order, the first sequences would always meet few masks), and float64 uniforms
+    ``u`` whose ``k`` smallest mark the masked positions."""
+    v = (torch.rand(batch, generator=generator, dtype=torch.float64)
+         + torch.randperm(batch, generator=generator).double()) / batch
+    k = (v * seq_len).floor().long().clamp(0, seq_len - 1) + 1
+    return {"k": k, "u": torch.rand(batch, seq_len, generator=generator, dtype=torch.float64)}
+
+
+def masked_by_count(x0: torch.Tensor, draws: dict[str, torch.Tensor], mask_id: int):
+    """The masked-diffusion NELBO with the all-mask prior, int_0^1 (1/m) E_{z ~ q_m}[sum_{masked} -log p(x0|z)] dm
+    over the mask rate m in [0, 1], written exactly as sum_{k=1}^{L} (1/k) E[sum_{masked} -log p(x0|z)] with
+    k masked positions drawn uniformly, and m | k ~ Beta(k, L - k + 1) (the k-th smallest of L
+    uniforms) for a time-conditioned network. Unlike the training estimator (t in [eps, 1], mask rate
+    (1 - eps) t) it leaves out no part of [0, 1] and its weight L / k is bounded.
+    Returns (x_t, m [B] float64, weight L / k [B] float64)."""
+    u, k = draws["u"].to(x0.device), draws["k"].to(x0.device)
+    m = u.sort(-1).values.gather(-1, (k - 1)[:, None])  # the k-th smallest: the mask rate, Beta(k, L - k + 1)
+    x_t = torch.where(u <= m, torch.full_like(x0, mask_id), x0)
+    return x_t, m[:, 0].clamp_min(1e-12), x0.shape[1] / k.double()

@@ -5,8 +5,16 @@ from __future__ import annotations
 import torch
 
 from ..sedd.schedules import get_noise
-from .base import Objective, sample_t
+from .base import Objective, draw_mask_counts, masked_by_count, sample_t
 from .losses import masked_diffusion_loss, score_entropy_loss
+
+
+def _network_sigma(noise, m: torch.Tensor) -> torch.Tensor:
+    """The network's noise input at mask rate ``m``: the total noise -log(1 - m), clamped to the
+    schedule's range [sigma(0), sigma(1)] that training covered (rates above the schedule's last,
+    1 - eps for the log-linear one, meet the network as the samplers' first step does: at sigma(1))."""
+    lo, hi = noise(torch.tensor([0.0, 1.0], dtype=torch.float64))[0].tolist()
+    return (-torch.log1p(-m)).clamp(lo, hi).float()
 
 
 class SEDD(Objective):
@@ -55,6 +63,24 @@ class SEDD(Objective):
         return score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=self.graph,
                                   scale_by_sigma=self.graph == "absorb")
 
+    def bound_draw(self, batch, seq_len, generator):
+        return self.draw(batch, seq_len, generator) if self.graph == "uniform" else draw_mask_counts(batch, seq_len, generator)
+
+    def bound(self, model, x0, draws):
+        """Absorb: the DWDSE bound with the all-mask prior, int_0^inf dsigma E[sum_masked SE]. In the mask
+        rate m = 1 - e^{-sigma} that is int_0^1 (dm / m) E[sum_masked SE * expm1(sigma)], estimated by
+        mask counts (``masked_by_count``). The training estimator (t in [eps, 1]) leaves out sigma above
+        sigma(1) (the prior term: the forward process ends with a fraction eps unmasked, the samplers
+        start all-masked) and expects (1 - eps) log V per token of a uniform model whose exact NLL is
+        log V. The uniform graph keeps the training estimator."""
+        if self.graph == "uniform":
+            return self.nll(model, x0, draws)
+        x_t, m, w = masked_by_count(x0, draws, self.mask_id)
+        sigma = -torch.log1p(-m)
+        logits = model(x_t, _network_sigma(self.noise, m))
+        return score_entropy_loss(logits, x_t, x0, sigma.float(), (w * torch.expm1(sigma)).float(), graph="absorb",
+                                  scale_by_sigma=True)
+
     def train_loss(self, nll, seq_len):
         return nll.mean()  # SEDD's reduction: summed over positions, averaged over sequences
 
@@ -84,6 +110,27 @@ class MDLM(Objective):
         logits = model(x_t, sigma)
         return masked_diffusion_loss(logits, x_t, x0, dsigma / torch.expm1(sigma), mask_id=self.mask_id)
 
+    def bound_draw(self, batch, seq_len, generator):
+        return draw_mask_counts(batch, seq_len, generator)
+
+    def bound(self, model, x0, draws):
+        """The continuous-time NELBO with the all-mask prior over mask rates [0, 1] (``masked_by_count``).
+        The training estimator's mask rate (1 - eps) t, t in [eps, 1], never reaches the prior: it
+        expects (1 - eps) log V per token of a uniform model whose exact NLL is log V."""
+        x_t, m, w = masked_by_count(x0, draws, self.mask_id)
+        logits = model(x_t, _network_sigma(self.noise, m))
+        return masked_diffusion_loss(logits, x_t, x0, w.float(), mask_id=self.mask_id)
+
+    def step_bound(self, model, x0, draws):
+        """The T-step bound's estimator of the samplers' process (mask rate t, all-masked at t = 1, as
+        ``dllm.sampling``'s mdlm sampler runs it), for t drawn from the grid {1/T, ..., 1}: CE of the
+        masked tokens weighted by (alpha_s - alpha_t) / (1 - alpha_t) * T = 1 / t. The network sees the
+        schedule's sigma(t), as the sampler feeds it."""
+        t = draws["t"].to(x0.device)
+        x_t = torch.where(draws["u"].to(x0.device) < t[:, None], torch.full_like(x0, self.mask_id), x0)
+        logits = model(x_t, self.noise(t)[0])
+        return masked_diffusion_loss(logits, x_t, x0, 1.0 / t, mask_id=self.mask_id)
+
     def config(self):
         return {"name": self.name, "noise": self.noise.config(), "antithetic": self.antithetic}
 
@@ -111,6 +158,14 @@ class LLaDA(Objective):
         x_t = torch.where(draws["u"].to(x0.device) < p[:, None], torch.full_like(x0, self.mask_id), x0)
         logits = model(x_t, None)
         return masked_diffusion_loss(logits, x_t, x0, 1.0 / p, mask_id=self.mask_id)
+
+    def bound_draw(self, batch, seq_len, generator):
+        return draw_mask_counts(batch, seq_len, generator)
+
+    def bound(self, model, x0, draws):
+        """The NELBO over mask rates [0, 1] (``masked_by_count``); training's rates (1 - eps) t + eps leave out [0, eps)."""
+        x_t, _, w = masked_by_count(x0, draws, self.mask_id)
+        return masked_diffusion_loss(model(x_t, None), x_t, x0, w.float(), mask_id=self.mask_id)
 
     def config(self):
         return {"name": self.name, "eps": self.eps}

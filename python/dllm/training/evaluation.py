@@ -23,13 +23,13 @@ def validation_nll(model, objective, val: PackedDataset, *, sequences: int, batc
     n = min(len(val), sequences)
     if n <= 0:
         raise ValueError("no validation sequences to evaluate")
-    draws = objective.draw(n, val.seq_len, torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET))
+    draws = objective.bound_draw(n, val.seq_len, torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET))
     total, count = 0.0, 0
     for start in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, dynamic_ncols=True):
         rows = range(start, min(n, start + batch_size))
         x = val.get(rows).to(device)
         with amp or nullcontext():
-            nll = objective.nll(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
+            nll = objective.bound(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
         total += nll.double().sum().item()
         count += x.numel()
     return total / count
