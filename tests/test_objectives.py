@@ -161,7 +161,8 @@ def test_sedd_objective_noises_weights_and_reduces_as_specified():
     assert ((d["t"] >= 1e-3) & (d["t"] <= 1)).all()
 
 
-def test_mdlm_bound_of_a_uniform_model_is_log_vocab_per_token():
+def test_mdlm_training_estimate_of_a_uniform_model_is_near_log_vocab_per_token():
+    """The training estimator (antithetic t in [eps, 1]) expects (1 - eps) log V of a uniform model."""
     tok = ByteTokenizer()
     obj = MDLM(tok)
     B, L = 512, 32
