@@ -271,7 +271,7 @@ def rebuild(tree: Path, path: str) -> None:
 
 
 if __name__ == "__main__":
-    from mutation import run_mutants
+    from mutation import run_mutants, selected_indices
 
-    sys.exit(run_mutants(MUTANTS, [int(a) for a in sys.argv[1:]], prepare=build, rebuild=rebuild,
+    sys.exit(run_mutants(MUTANTS, selected_indices(sys.argv[1:], len(MUTANTS), __doc__), prepare=build, rebuild=rebuild,
                          pytest_args=lambda modules: [f"tests/{m}.py" for m in modules]))

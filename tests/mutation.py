@@ -14,6 +14,18 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def selected_indices(argv: list[str], count: int, doc: str) -> list[int]:
+    """The command line's mutant indices (none: all of them); ``-h``/``--help`` prints ``doc`` and
+    exits, anything else that is not an index in ``[0, count)`` exits with a usage error."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(doc.strip())
+        raise SystemExit(0)
+    bad = [a for a in argv if not (a.isdigit() and int(a) < count)]
+    if bad:
+        raise SystemExit(f"error: {' '.join(bad)}: mutant indices are 0 to {count - 1} (none given: all of them)")
+    return [int(a) for a in argv]
+
+
 def run_mutants(mutants: list[tuple[str, str, str, object]], selected: list[int], *,
                 pytest_args: Callable[[object], list[str]], prepare: Callable[[Path], dict | None] = lambda tree: None,
                 rebuild: Callable[[Path, str], None] = lambda tree, path: None) -> int:

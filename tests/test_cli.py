@@ -25,10 +25,22 @@ def test_help_lists_every_command():
     out = dllm("--help")
     assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample", "eval", "bench"))
     for args, flags in ((("eval",), ("--batches", "--batch-size", "--device", "--seed")),
-                        (("sample",), ("--sampler", "--block-length", "--cache", "--cuda-graph", "published")),
-                        (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out"))):
+                        (("sample",), ("--sampler", "--block-length", "--cache", "--cuda-graph", "published",
+                                       "--prompt", "--gen-length", "--steps", "--show-steps", "--temperature")),
+                        (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out")),
+                        # the README's `dllm train` commands and options
+                        (("train",), ("--objective", "--graph", "--noise", "--kv-heads", "--data", "--tokenizer",
+                                      "--bpe-vocab-size", "--model", "--out-dir", "--max-time", "--hidden",
+                                      "--layers", "--heads", "--random-length", "--val-fraction", "--seq-len",
+                                      "--cache-dir", "--eval-batches", "--log-every", "--resume", "--steps")),
+                        # the e2e issue's grid as the defaults: batch 1 and 16, lengths 256 and 1024,
+                        # L..L/8 steps, its three samplers; and the README's options
+                        (("bench", "e2e"), ("--size", "--minutes", "--out-dir", "--train-steps", "--model-dir",
+                                            "--ar-dir", "(default: 1 16)", "(default: 256 1024)",
+                                            "(default: 1 1/2 1/4 1/8)", "(default: mdlm llada fast-dllm)"))):
         text = dllm(*args, "--help").stdout
-        assert all(f in text for f in flags), (args, text)
+        squeezed = "".join(text.split())  # argparse wraps lines at spaces and hyphens, by the terminal's width
+        assert all("".join(f.split()) in squeezed for f in flags), (args, text)
     demo = dllm("demo", "--help")
     for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed", "--tokenizer"):
         assert flag in demo.stdout

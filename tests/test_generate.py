@@ -459,6 +459,24 @@ def test_token_ids_outside_a_known_vocabulary_are_named():
     dllm.generate(model, [1, V - 2], gen_length=3, steps=3, sampler="llada", infill=[MASK, V - 2, -1])
 
 
+def test_a_canvas_longer_than_the_model_takes_names_the_prompt_and_gen_length():
+    # the model would fail inside its forward with its own window's numbers, naming no argument
+    for sampler, model in (("llada", TinyModel()), ("sedd-analytic", TinyScore(Absorbing(V - 1)))):
+        model.max_seq_len = 12
+        with pytest.raises(ValueError, match=r"the prompt \(3 tokens\) and gen_length \(10\) make a canvas of 13 "
+                                             r"tokens, longer than the model's max_seq_len of 12: shorten the prompt, "
+                                             r"or lower gen_length to at most 9"):
+            dllm.generate(model, [1, 2, 3], gen_length=10, steps=2, sampler=sampler)
+        with pytest.raises(ValueError, match="shorten the prompt: it alone fills the window"):
+            dllm.generate(model, list(range(1, 13)), gen_length=1, steps=1, sampler=sampler)
+        assert model.calls == []
+        assert dllm.generate(model, [1, 2, 3], gen_length=9, steps=3, sampler=sampler).sequences.shape == (1, 12)
+    model = TinyModel()
+    model.config = type("Config", (), {"max_seq_len": 8})()  # dllm's models say it in their config
+    with pytest.raises(ValueError, match="max_seq_len of 8"):
+        dllm.generate(model, gen_length=9, steps=3, sampler="mdlm")
+
+
 def test_an_empty_batch_generates_nothing_without_calling_the_model():
     for sampler in SAMPLERS:
         model = TinyModel()
@@ -558,6 +576,10 @@ def test_a_trained_folder_samples_from_python(tmp_path):
                             generator=torch.Generator().manual_seed(0))
         assert out.sequences.shape == (1, len(prompt) + 16) and out.sequences[0, :len(prompt)].tolist() == list(prompt)
         assert not (out.sequences == tok.mask_id).any() and isinstance(tok.decode(out.sequences[0].tolist()), str)
+        # the wrapper gives the network's window (seq_len 64), so a canvas too long is named before any call
+        with pytest.raises(ValueError, match=r"gen_length \(64\) make a canvas of 68 tokens, longer than the "
+                                             r"model's max_seq_len of 64"):
+            dllm.generate(model, prompt, gen_length=64, steps=8, sampler=sampler)
 
 
 def test_the_canvas_goes_where_the_model_is(monkeypatch):

@@ -2,6 +2,8 @@
 a refactor that rewrites that text would otherwise break the sweep only when someone runs it."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,17 @@ def _mutants(script: str) -> list:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.MUTANTS
+
+
+@pytest.mark.parametrize("script", ["tests/mutate_cpu.py", "tests/cuda_emulator/mutate.py"])
+def test_help_and_bad_indices_end_before_any_worktree_is_made(script):
+    # the README tells users to run these scripts: `--help` printed a ValueError traceback
+    count = len(_mutants(script))
+    for args, code, text in ((["--help"], 0, "INDEX"), (["-h"], 0, "INDEX"), (["x"], 1, "error: x: mutant indices"),
+                             ([str(count)], 1, f"are 0 to {count - 1}")):
+        run = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120)
+        assert run.returncode == code and text in run.stdout + run.stderr, (args, run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("script", ["tests/mutate_cpu.py", "tests/cuda_emulator/mutate.py"])

@@ -435,6 +435,7 @@ def test_load_for_sampling_reads_each_family(tmp_path, family, kind):
     model, tok, got = dllm.load_for_sampling(tmp_path)
     assert got == kind and model.layout == family and tok.kind == "published"
     assert tok.mask_id == model.mask_id and tok.vocab_size == model.net.config.vocab_size
+    assert model.max_seq_len == model.net.config.max_seq_len  # bounds dllm.generate's canvas
     if family in ("llada", "dream"):
         config = LLADA_CONFIG if family == "llada" else DREAM_CONFIG
         assert tok.eos_id == model.eos_id == config["eos_token_id"]

@@ -157,7 +157,7 @@ MUTANTS = [
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT / "tests"))
-    from mutation import run_mutants
+    from mutation import run_mutants, selected_indices
 
-    sys.exit(run_mutants(MUTANTS, [int(a) for a in sys.argv[1:]],
+    sys.exit(run_mutants(MUTANTS, selected_indices(sys.argv[1:], len(MUTANTS), __doc__),
                          pytest_args=lambda tests: ["tests/test_cuda_emulated.py", "-k", tests]))

@@ -167,8 +167,8 @@ def read_weights(path: Path, device) -> dict[str, torch.Tensor]:
         raise ValueError(f"{str(path)!r} is not a readable safetensors file ({e}): an incomplete copy?") from None
 
 
-def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None):
+def from_pretrained(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                    dtype: torch.dtype | str | None = None):
     """Load a model folder: one written by ``save_pretrained`` (returns that model class), or a
     published checkpoint (SEDD, MDLM, LLaDA, Dream; see :mod:`dllm.models.hub`), returned as a
     :class:`~dllm.models.hub.PublishedModel` that ``dllm.generate`` runs, in eval mode (dropout
@@ -177,18 +177,18 @@ def from_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
     :func:`~dllm.models.hub.load_published`. ``dtype`` may be named ("bfloat16", "float16",
     "float32"); ``map_location`` is any torch device spelling ("cpu:0", ``torch.device("cuda", 1)``)."""
     device, dtype = load_device(map_location), load_dtype(dtype)
-    config = read_config(directory)
+    config = read_config(path)
     if not is_dllm_config(config):
         from .hub import load_published
 
-        return load_published(directory, config, map_location=device, dtype=dtype)
+        return load_published(path, config, map_location=device, dtype=dtype)
     cfg = ModelConfig.from_dict(config["model"])
     model = build_model(cfg)
-    weights = Path(directory) / WEIGHTS_NAME
+    weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(directory)!r}")
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}")
     state = read_weights(weights, device)
-    _check_state(directory, state, model.state_dict())
+    _check_state(path, state, model.state_dict())
     if dtype is None:
         dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     model.to(device, dtype).load_state_dict(state)

@@ -13,7 +13,7 @@ from . import cuda_graph as graphs, masked, score
 from ..devices import made_current
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
-from .model_protocol import check_takes_attention_mask, mask_id_of, pad_id_of, vocab_size_of
+from .model_protocol import check_takes_attention_mask, mask_id_of, max_seq_len_of, pad_id_of, vocab_size_of
 from .output import GenerationOutput
 
 SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
@@ -94,6 +94,18 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
         chosen = "dream:origin" if name == "dream" else repr(name)
         raise ValueError("alg_temp applies only to the dream sampler's confidence algorithms "
                          f"(entropy, maskgit_plus, topk_margin), not to {chosen}")
+
+
+def _check_window(model, canvas: int, gen_length: int) -> None:
+    """A canvas longer than the model takes is named by its parts before the first network call."""
+    window = max_seq_len_of(model)
+    if window is None or canvas <= window:
+        return
+    prompt = canvas - gen_length
+    fix = (f"shorten the prompt, or lower gen_length to at most {window - prompt}" if prompt < window else
+           "shorten the prompt: it alone fills the window")
+    raise ValueError(f"the prompt ({prompt} tokens) and gen_length ({gen_length}) make a canvas of {canvas} tokens, "
+                     f"longer than the model's max_seq_len of {window}: {fix}")
 
 
 def _nothing_to_generate(x: torch.Tensor, return_history: bool) -> GenerationOutput:
@@ -342,6 +354,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        pad_id_of(model), device, vocab_size_of(model))
+    _check_window(model, x.shape[1], gen_length)
     if x.shape[0] == 0:
         return _nothing_to_generate(x, return_history)
     if cfg_scale and start == 0:
@@ -394,6 +407,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    pad_id_of(model), device, getattr(graph, "num_classes", None))
+    _check_window(model, x.shape[1], gen_length)
     if x.shape[0] == 0:
         return _nothing_to_generate(x, return_history)
     known = x != placeholder

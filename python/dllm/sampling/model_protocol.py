@@ -23,6 +23,8 @@
   graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
 - optionally has ``pad_id`` (int, not the mask id; default, and when None, 0): used to left-pad
   ragged prompts;
+- optionally has ``max_seq_len`` (or ``config.max_seq_len``; dllm's models do): the longest canvas
+  it takes; a prompt and ``gen_length`` that do not fit are refused before the first call;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
   padded;
 - optionally has the KV-cache interface that ``cache="prefix"`` / ``"dual"`` (Fast-dLLM) need:
@@ -83,6 +85,16 @@ def vocab_size_of(model) -> int | None:
     size = getattr(model, "vocab_size", None)
     if size is None:
         size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+
+
+def max_seq_len_of(model) -> int | None:
+    """``model.max_seq_len`` or ``model.config.max_seq_len`` where the model says (dllm's models do),
+    so that a canvas too long for the model fails naming the prompt and gen_length, not inside its
+    forward."""
+    size = getattr(model, "max_seq_len", None)
+    if size is None:
+        size = getattr(getattr(model, "config", None), "max_seq_len", None)
     return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
 
 

@@ -12,7 +12,7 @@ from ..models import from_pretrained
 from ..models.hub import detect_layout
 from ..models.io import is_dllm_config, read_config
 from ..sedd import Absorbing, Uniform, get_noise
-from .model_protocol import vocab_size_of
+from .model_protocol import max_seq_len_of, vocab_size_of
 
 
 class MaskedLM(nn.Module):
@@ -31,6 +31,10 @@ class MaskedLM(nn.Module):
     def vocab_size(self) -> int | None:  # bounds the prompt's and the infill's ids (model_protocol)
         return vocab_size_of(self.model)
 
+    @property
+    def max_seq_len(self) -> int | None:  # the longest canvas (model_protocol)
+        return max_seq_len_of(self.model)
+
     def forward(self, x, sigma=None, **kwargs):
         return self.model(x, **kwargs) if sigma is None else self.model(x, sigma, **kwargs)
 
@@ -43,6 +47,7 @@ class ScoreModel(nn.Module):
         self.model, self.graph, self.noise = model, graph, noise
 
     vocab_size = MaskedLM.vocab_size
+    max_seq_len = MaskedLM.max_seq_len
 
     def forward(self, x, sigma, **kwargs):
         return self.model(x, sigma, **kwargs)

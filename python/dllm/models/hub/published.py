@@ -30,6 +30,10 @@ class PublishedModel(nn.Module):
     def vocab_size(self) -> int:  # bounds the prompt's and the infill's ids (model_protocol)
         return self.net.config.vocab_size
 
+    @property
+    def max_seq_len(self) -> int:  # the longest canvas (model_protocol)
+        return self.net.config.max_seq_len
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """kwargs: ``attention_mask``, and ``cache`` / ``start`` of the KV-cache interface."""
         return self.net(x, sigma, **kwargs)
