@@ -40,11 +40,14 @@ struct StepScratch {
 };
 
 // log-weight of a token inside its group, up to the group's constant: the raw logit for
-// mixture rows, log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x.
+// mixture rows, log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x. The exp is pass 2's
+// __expf, so that a token's weight is positive here exactly where it added to its group's sum:
+// with expf a token whose exp lies within __expf's few ulps of the clip could give its group
+// mass while leaving every weight in it zero, and the draw would report kSeddNoMass.
 __device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref, float a) {
   if (i == x) return -kInf;
   if (!clip) return l;
-  const float w = expf(l - ref) - a;
+  const float w = __expf(l - ref) - a;
   return w > 0.0f ? logf(w) : -kInf;
 }
 
