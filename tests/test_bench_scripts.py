@@ -116,3 +116,19 @@ def test_train_summary_names_where_each_run_was_trained(tmp_path):
     assert provenance["card"].startswith("CPU") and provenance["commit"] and provenance["started"]
     assert f"Run mdlm: started {provenance['started']} on {provenance['card']}" in summary
     assert "Summarised " in summary and "train_summary.py" in summary
+
+
+def test_attention_backward_timing_leaves_no_grad_to_accumulate(monkeypatch):
+    """bench/attention.py --backward times forward + backward without accumulating into q, k and v's
+    .grad: from the second call on that adds a read-modify-write of all three to every timed call."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import torch
+    from attention import timed_call
+
+    import dllm
+
+    q, k, v = (torch.randn(1, 9, 2, 16).requires_grad_() for _ in range(3))
+    call = timed_call(lambda: dllm.ops.attention(q, k, v), (q, k, v), backward=True)
+    for _ in range(2):
+        call()
+    assert q.grad is None and k.grad is None and v.grad is None
