@@ -29,6 +29,20 @@ RUNS = {
 }
 
 
+# The floor's bytes of RUNS' shapes, by hand: every byte that must be read or written, once.
+FLOOR_BYTES = {
+    # B2 H4 Hkv2 n33 D16 fp32: keys and values 2 * 2 * 33 * 2 * 16 * 4, plus queries read and output
+    # written 2 * 2 * Sq * 4 * 16 * 4
+    "attention_decode": {"B2 Sq1 H4 Hkv2 C40 n33 D16": 16896 + 1024, "B2 Sq3 H4 Hkv2 C40 n33 D16": 16896 + 3072},
+    "sample_categorical": {"8x301": 8 * 301 * 2 + 8 * (8 + 4)},  # bf16 logits; int64 token + fp32 logprob out
+    "unmask_step": {"1x16x301": 16 * 301 * 2 + 16 * 8 * 2},  # bf16 logits; int64 x read and written
+    "sedd_step": {"1x16x301": 16 * 301 * 2 + 16 * 8 * 2},  # every position masked: every row read
+    "sedd_losses": {"1x16x301": 16 * 301 * 2 * 2},  # logits read, d(logits) written
+    # q (a view of a fused qkv) read and written, fp32 cos and sin tables [S, D / 2] read
+    "rotary": {"2x9x3x70": 2 * (2 * 9 * 3 * 70) * 2 + 2 * (9 * 35) * 4},
+}
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_bench_script_runs(name, tmp_path):
     script = BENCH / (name.removesuffix("_backward") + ".py")
@@ -44,6 +58,8 @@ def test_bench_script_runs(name, tmp_path):
         assert (result["meta"]["reps"], result["meta"]["warmup"]) == (2, 1) and "1 threads" in result["meta"]["card"]
     assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
     assert (tmp_path / "summary.md").read_text().startswith("# ")
+    if name in FLOOR_BYTES:
+        assert {row["shape"]: row["bytes"] for row in result["rows"]} == FLOOR_BYTES[name]
 
 
 def test_results_are_written_after_every_row(tmp_path, monkeypatch):
