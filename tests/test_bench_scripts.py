@@ -148,3 +148,53 @@ def test_attention_backward_timing_leaves_no_grad_to_accumulate(monkeypatch):
     for _ in range(2):
         call()
     assert q.grad is None and k.grad is None and v.grad is None
+
+
+def test_cuda_timing_runs_on_the_timed_device(monkeypatch):
+    """`--device cuda:1` on a machine whose current device is cuda:0: the events, the synchronizes
+    and the timed calls all belong to cuda:1. CUDA events record on the current device's stream, and
+    torch.cuda.synchronize() waits for the current device only: events on an idle cuda:0 around work
+    on cuda:1 time nothing. Faked here (no GPU needed): a current device, events and synchronize."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    import dllm.benchmarks.common as common
+
+    current, seen = ["cuda:0"], []
+
+    @contextlib.contextmanager
+    def device_context(device):
+        previous, current[0] = current[0], str(device)
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            seen.append(("record", current[0]))
+
+        def synchronize(self):
+            seen.append(("event sync", current[0]))
+
+        def elapsed_time(self, end):
+            return 1.0
+
+    def synchronize(device=None):
+        seen.append(("synchronize", current[0] if device is None else str(torch.device(device))))
+
+    monkeypatch.setattr(torch.cuda, "device", device_context)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(common._Clock, "__init__", lambda self, device: (
+        setattr(self, "cuda", True), setattr(self, "flush", SimpleNamespace(zero_=lambda: None)),
+        setattr(self, "start", Event()), setattr(self, "end", Event()))[0])
+    common.time_interleaved([lambda: seen.append(("call", current[0]))], "cuda:1", warmup=1, reps=2)
+    common.time_ms(lambda: seen.append(("call", current[0])), "cuda:1", warmup=1, reps=2, min_seconds=0)
+    assert {what for what, _ in seen} == {"record", "event sync", "synchronize", "call"}
+    assert [s for s in seen if s[1] != "cuda:1"] == []
