@@ -10,8 +10,8 @@ timed in turns on the same tensors:
   - "SDPA, lengths as a mask": SDPA over the whole buffers with a key-padding mask, what a step of
     fixed shapes (a graph) passes SDPA.
 dllm takes the whole buffers and n as kv_len (on CUDA: the split-key decoding kernels; on the CPU,
-K and V rows read in place). The floor is reading the n keys and values once at the measured copy
-bandwidth.
+K and V rows read in place). The floor is reading the n keys and values and the queries once and
+writing the output, at the measured copy bandwidth.
 
   python bench/attention_decode.py --device cuda --out bench/results/<name>/attention_decode
 """
@@ -57,7 +57,8 @@ def main() -> None:
                      qt, kt[:, :, :n], vt[:, :, :n], enable_gqa=gqa)),
                  ("SDPA, lengths as a mask", lambda: F.scaled_dot_product_attention(
                      qt, kt, vt, attn_mask=mask, enable_gqa=gqa))]
-        nbytes = 2 * B * n * Hkv * D * k.element_size()
+        # read the n keys and values and the queries, write the output
+        nbytes = (2 * B * n * Hkv * D + 2 * B * Sq * H * D) * k.element_size()
         rows.report(measure_against("attention decode", f"B{B} Sq{Sq} H{H} Hkv{Hkv} C{C} n{n} D{D}", args.dtype, impls,
                                     device, nbytes, floor_gbps, refused_by=(RuntimeError,), **reps))
     rows.finish()

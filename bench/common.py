@@ -77,12 +77,12 @@ def peak_extra_mb(fn, device: str) -> float:
     """CUDA memory fn allocates beyond what was allocated before it, at its peak (NaN on the CPU)."""
     if not device.startswith("cuda"):
         return float("nan")
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
     fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
 @dataclass

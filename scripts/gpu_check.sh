@@ -16,9 +16,12 @@
 #                    stages' limits: install 480 s, tests 240 + 150 s, bench 9 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b) + 60 s (ar-small).
-#                    So a 10-minute device call surely fits install,tests or install,bench, and fits
-#                    install,bench,steps only when the benchmarks end well within their limits (what
-#                    each one measured is packed as it ends). A benchmark that ended by itself leaves
+#                    These caps add up to far more than a 10-minute device call (bench alone 795 s;
+#                    install's 480 s is for a build here, a wheel installs in seconds): set
+#                    DLLM_GPU_SECONDS, which cuts each stage to what is left. On the H200 (2026-11-30)
+#                    the tests took about 1 minute and bench plus steps about 3, so install (a wheel),
+#                    tests, bench and steps fit 520 s when nothing hangs (what each benchmark measured
+#                    is packed as it ends). A benchmark that ended by itself leaves
 #                    BENCH.done in OUT_DIR, and a later call into the same OUT_DIR (on a machine still
 #                    warm) skips it: so a second, shorter call goes on where a cut-short one stopped.
 #   DLLM_WHEEL       a dllm wheel built for this machine's torch and Python (scripts/device_wheel.sh

@@ -29,6 +29,20 @@ RUNS = {
 }
 
 
+# The floor's bytes of RUNS' shapes, by hand: every byte that must be read or written, once.
+FLOOR_BYTES = {
+    # B2 H4 Hkv2 n33 D16 fp32: keys and values 2 * 2 * 33 * 2 * 16 * 4, plus queries read and output
+    # written 2 * 2 * Sq * 4 * 16 * 4
+    "attention_decode": {"B2 Sq1 H4 Hkv2 C40 n33 D16": 16896 + 1024, "B2 Sq3 H4 Hkv2 C40 n33 D16": 16896 + 3072},
+    "sample_categorical": {"8x301": 8 * 301 * 2 + 8 * (8 + 4)},  # bf16 logits; int64 token + fp32 logprob out
+    "unmask_step": {"1x16x301": 16 * 301 * 2 + 16 * 8 * 2},  # bf16 logits; int64 x read and written
+    "sedd_step": {"1x16x301": 16 * 301 * 2 + 16 * 8 * 2},  # every position masked: every row read
+    "sedd_losses": {"1x16x301": 16 * 301 * 2 * 2},  # logits read, d(logits) written
+    # q (a view of a fused qkv) read and written, fp32 cos and sin tables [S, D / 2] read
+    "rotary": {"2x9x3x70": 2 * (2 * 9 * 3 * 70) * 2 + 2 * (9 * 35) * 4},
+}
+
+
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_bench_script_runs(name, tmp_path):
     script = BENCH / (name.removesuffix("_backward") + ".py")
@@ -44,6 +58,8 @@ def test_bench_script_runs(name, tmp_path):
         assert (result["meta"]["reps"], result["meta"]["warmup"]) == (2, 1) and "1 threads" in result["meta"]["card"]
     assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
     assert (tmp_path / "summary.md").read_text().startswith("# ")
+    if name in FLOOR_BYTES:
+        assert {row["shape"]: row["bytes"] for row in result["rows"]} == FLOOR_BYTES[name]
 
 
 def test_results_are_written_after_every_row(tmp_path, monkeypatch):
@@ -116,3 +132,69 @@ def test_train_summary_names_where_each_run_was_trained(tmp_path):
     assert provenance["card"].startswith("CPU") and provenance["commit"] and provenance["started"]
     assert f"Run mdlm: started {provenance['started']} on {provenance['card']}" in summary
     assert "Summarised " in summary and "train_summary.py" in summary
+
+
+def test_attention_backward_timing_leaves_no_grad_to_accumulate(monkeypatch):
+    """bench/attention.py --backward times forward + backward without accumulating into q, k and v's
+    .grad: from the second call on that adds a read-modify-write of all three to every timed call."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import torch
+    from attention import timed_call
+
+    import dllm
+
+    q, k, v = (torch.randn(1, 9, 2, 16).requires_grad_() for _ in range(3))
+    call = timed_call(lambda: dllm.ops.attention(q, k, v), (q, k, v), backward=True)
+    for _ in range(2):
+        call()
+    assert q.grad is None and k.grad is None and v.grad is None
+
+
+def test_cuda_timing_runs_on_the_timed_device(monkeypatch):
+    """`--device cuda:1` on a machine whose current device is cuda:0: the events, the synchronizes
+    and the timed calls all belong to cuda:1. CUDA events record on the current device's stream, and
+    torch.cuda.synchronize() waits for the current device only: events on an idle cuda:0 around work
+    on cuda:1 time nothing. Faked here (no GPU needed): a current device, events and synchronize."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    import dllm.benchmarks.common as common
+
+    current, seen = ["cuda:0"], []
+
+    @contextlib.contextmanager
+    def device_context(device):
+        previous, current[0] = current[0], str(device)
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self, stream=None):
+            seen.append(("record", current[0]))
+
+        def synchronize(self):
+            seen.append(("event sync", current[0]))
+
+        def elapsed_time(self, end):
+            return 1.0
+
+    def synchronize(device=None):
+        seen.append(("synchronize", current[0] if device is None else str(torch.device(device))))
+
+    monkeypatch.setattr(torch.cuda, "device", device_context)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(common._Clock, "__init__", lambda self, device: (
+        setattr(self, "cuda", True), setattr(self, "flush", SimpleNamespace(zero_=lambda: None)),
+        setattr(self, "start", Event()), setattr(self, "end", Event()))[0])
+    common.time_interleaved([lambda: seen.append(("call", current[0]))], "cuda:1", warmup=1, reps=2)
+    common.time_ms(lambda: seen.append(("call", current[0])), "cuda:1", warmup=1, reps=2, min_seconds=0)
+    assert {what for what, _ in seen} == {"record", "event sync", "synchronize", "call"}
+    assert [s for s in seen if s[1] != "cuda:1"] == []

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from .._extension import build_info
+from ..devices import made_current
 
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 class _Clock:
@@ -45,29 +46,33 @@ class _Clock:
 
 
 def time_ms(fn, device: str, *, warmup: int = 3, reps: int = 20, min_seconds: float = 0.2) -> list[float]:
-    """Per-call times in ms (see _Clock): at least reps calls, more until min_seconds have passed."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    clock, times = _Clock(device), []
-    t_end = time.perf_counter() + min_seconds
-    while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
-        times.append(clock(fn))
+    """Per-call times in ms (see _Clock): at least reps calls, more until min_seconds have passed.
+    The device is made current throughout: CUDA events record on the current device's stream."""
+    with made_current(torch.device(device)):
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        clock, times = _Clock(device), []
+        t_end = time.perf_counter() + min_seconds
+        while len(times) < reps or time.perf_counter() < t_end and len(times) < 20 * reps:
+            times.append(clock(fn))
     return times
 
 
 def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10) -> list[list[float]]:
     """Per-call times in ms of each of fns, called in turns (fn 0, fn 1, ..., fn 0, ...) so that all
     of them meet the same machine: on a shared CPU the load drifts over seconds, and timing one
-    after the other turns that drift into error in their ratio."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    clock, times = _Clock(device), [[] for _ in fns]
-    for _ in range(reps):
-        for fn, t in zip(fns, times):
-            t.append(clock(fn))
+    after the other turns that drift into error in their ratio. The device is made current, as in
+    time_ms."""
+    with made_current(torch.device(device)):
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
+        sync(device)
+        clock, times = _Clock(device), [[] for _ in fns]
+        for _ in range(reps):
+            for fn, t in zip(fns, times):
+                t.append(clock(fn))
     return times
 
 
