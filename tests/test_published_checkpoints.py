@@ -28,20 +28,26 @@ f64 = torch.float64
 
 # --------------------------- plain-PyTorch references (float64) ---------------------------
 
-def rope(x, theta):
-    """x [B, H, S, D]: rotate-half rotary as complex multiplication of the pairs (j, j + D/2)."""
+def rope(x, theta, positions=None):
+    """x [B, H, S, D]: rotate-half rotary as complex multiplication of the pairs (j, j + D/2), at
+    positions 0..S-1 or ``positions`` [B, S]."""
     half = x.shape[-1] // 2
     freqs = theta ** (-2 * torch.arange(half, dtype=f64) / x.shape[-1])
-    angle = torch.arange(x.shape[2], dtype=f64)[:, None] * freqs[None]
+    pos = torch.arange(x.shape[2], dtype=f64) if positions is None else positions.to(f64)[:, None, :]
+    angle = pos[..., None] * freqs
     z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
     return torch.cat([z.real, z.imag], -1)
 
 
-def attend(q, k, v):
-    """Bidirectional softmax attention over [B, H, S, D]; key/value heads shared by query groups."""
+def attend(q, k, v, key_mask=None):
+    """Bidirectional softmax attention over [B, H, S, D]; key/value heads shared by query groups;
+    ``key_mask`` [B, Sk] False on padded keys."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), -1) @ v
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], -math.inf)
+    return torch.softmax(scores, -1) @ v
 
 
 def heads(t, n):  # [B, S, n * D] -> [B, n, S, D]
@@ -91,17 +97,31 @@ def sedd_log_score(raw, x, sigma):
     return out.scatter(-1, x[..., None], 0.0)
 
 
-def ref_llama(sd, names, x, *, n_heads, n_kv, theta, eps):
-    """A bidirectional LLaMA/Qwen2 stack: RMSNorm, RoPE, GQA, SwiGLU, optional q/k/v biases."""
+def ref_llama(sd, names, x, *, n_heads, n_kv, theta, eps, mask=None, start=0, cached=None, record=None):
+    """A bidirectional LLaMA/Qwen2 stack: RMSNorm, RoPE, GQA, SwiGLU, optional q/k/v biases.
+
+    ``mask`` [B, L] (False on padding) makes it Dream's padded forward (generation_utils): padded keys
+    excluded, rotary positions cumsum(mask) - 1, counted from each row's first real token. ``x``
+    then holds the tokens at [start, start + S) of an L-token canvas, and their queries attend over
+    all L keys: their own fresh ones and, elsewhere, ``cached[layer] = (k, v)`` [B, Hkv, L, D] (a
+    Fast-dLLM KV cache, as a full forward left them). ``record``, a list, receives each layer's
+    (k, v) over the fed positions, RoPE applied."""
     p = lambda n: sd[n].to(f64)  # noqa: E731
     lin = lambda t, n: t @ p(n + ".weight").T + (p(n + ".bias") if n + ".bias" in sd else 0)  # noqa: E731
+    S = x.shape[1]
+    positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:start + S]
     h = p(names["embed"])[x]
     i = 0
     while names["q"].format(i=i) + ".weight" in sd:
         n = {k: v.format(i=i) for k, v in names.items()}
         a = rms_norm(h, p(n["attn_norm"]), eps)
         q, k, v = heads(lin(a, n["q"]), n_heads), heads(lin(a, n["k"]), n_kv), heads(lin(a, n["v"]), n_kv)
-        h = h + lin(merge(attend(rope(q, theta), rope(k, theta), v)), n["o"])
+        q, k = rope(q, theta, positions), rope(k, theta, positions)
+        if record is not None:
+            record.append((k, v))
+        if cached is not None:
+            k, v = (c.clone().index_copy_(2, torch.arange(start, start + S), t) for c, t in zip(cached[i], (k, v)))
+        h = h + lin(merge(attend(q, k, v, mask)), n["o"])
         m = rms_norm(h, p(n["mlp_norm"]), eps)
         h = h + lin(F.silu(lin(m, n["gate"])) * lin(m, n["up"]), n["down"])
         i += 1
@@ -303,6 +323,58 @@ def test_llama_families_match_published_architecture(tmp_path, family):
     assert model.logits_shift == (1 if family == "dream" else 0)
     mask_token = "<|mdm_mask|>" if family == "llada" else "<|mask|>"
     assert model.tokenizer.token_to_id(mask_token) == model.mask_id
+
+
+LLAMA_REF = {"llada": (LLADA_NAMES, dict(n_heads=3, n_kv=3, theta=5e5, eps=1e-5)),
+             "dream": (DREAM_NAMES, dict(n_heads=4, n_kv=2, theta=1e6, eps=1e-6))}
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_left_padded_rows_match_the_published_padded_forward(tmp_path, family):
+    # As the samplers run it (no_grad, so the inference kernels), left-padded rows, without a cache
+    # (per-row lengths) and with one (a key mask), against Dream's padded forward: padded keys
+    # excluded, RoPE counted from each row's first real token. dllm counts from the canvas's first
+    # position instead, which RoPE's relative scores make the same function.
+    sd = make_checkpoint(tmp_path, family)
+    model = from_pretrained(tmp_path)
+    names, kw = LLAMA_REF[family]
+    x = tokens(model.vocab_size, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, :4] = False
+    mask[2, :9] = False
+    ref = ref_llama(sd, names, x, mask=mask, **kw)
+    with torch.no_grad():
+        outs = [model(x, attention_mask=mask), model(x, attention_mask=mask, cache=model.new_kv_cache(3, 11))]
+    for out in outs:
+        for row in range(3):
+            torch.testing.assert_close(out[row, mask[row]].double(), ref[row, mask[row]], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("span", [(9, 13), (9, 20)], ids=["dual", "prefix"])
+def test_a_cached_step_attends_over_the_refreshs_keys(tmp_path, span):
+    # Fast-dLLM's caches on a deep model: after a refresh over canvas x0, a step on x1 (tokens
+    # committed since) feeds [lo, hi) only; each layer's queries attend over the fed positions' fresh
+    # keys and every other position's keys as the refresh computed them (stale), padding excluded.
+    sd = make_checkpoint(tmp_path, "dream")
+    model = from_pretrained(tmp_path)
+    names, kw = LLAMA_REF["dream"]
+    x0 = tokens(model.vocab_size, (2, 20))
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, :3] = False
+    refresh: list = []
+    ref_model = ref_llama(sd, names, x0, mask=mask, record=refresh, **kw)
+    lo, hi = span
+    x1 = x0.clone()
+    x1[:, lo:hi] = tokens(model.vocab_size, (2, hi - lo), seed=1)
+    ref = ref_llama(sd, names, x1[:, lo:hi], mask=mask, start=lo, cached=refresh, **kw)
+    kv = model.new_kv_cache(2, 20)
+    with torch.no_grad():
+        # (padded rows' own outputs follow no convention: compared on real tokens)
+        torch.testing.assert_close(model(x0, attention_mask=mask, cache=kv, start=0)[mask].double(), ref_model[mask],
+                                   rtol=1e-4, atol=1e-4)
+        out = model(x1[:, lo:hi], attention_mask=mask, cache=kv, start=lo)
+    assert (ref - ref_llama(sd, names, x1, mask=mask, **kw)[:, lo:hi]).abs().max() > 1e-2  # the cache is stale
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["dream", "sedd"])
