@@ -288,6 +288,8 @@ def test_sedd_matches_published_architecture(tmp_path, weights_file):
     out = model(x, sigma)
     ref = ref_dit(sd, "", x, sigma, 3)
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the samplers' path: the fused adaLN kernels, which autograd leaves out
+        torch.testing.assert_close(model(x, sigma).double(), ref, rtol=1e-4, atol=1e-4)
     # dllm's kernels turn the raw output into SEDD's log-score; its reference does the same math
     torch.testing.assert_close(log_score(out.double(), x, sigma.double(), model.graph.scale_by_sigma),
                                sedd_log_score(ref, x, sigma), rtol=1e-4, atol=1e-4)
