@@ -16,25 +16,14 @@ namespace {
 
 using namespace cpu;
 
-// exp for any float input, inf above 88.72 where float32's exp overflows. exp_poly's 2^n factor
-// overflows already from n = 128 (x = 127.5 ln 2 = 88.38), so this is exp_poly with the factor
-// taken as 2^(n - 1) and the polynomial's coefficients doubled: every rounding scales exactly by
-// 2, so the value is exp_poly's bit for bit where that one is finite, at the same cost. Only where
-// 2^(n - 1) would be subnormal (x < -86.98, exp < 2^-125.5) it gives 0, as exp_poly does below -87.3.
+// exp for any float input, inf above 88.72 where float32's exp overflows. exp_poly's 2^n overflows
+// already from n = 128 (x = 127.5 ln 2 = 88.38); (p + p) * 2^(n - 1) is exp_poly's value bit for
+// bit wherever that one is finite (both factors scale exactly), at one add more. Only where 2^(n - 1)
+// would be subnormal (x < -86.98, exp < 2^-125.5) it gives 0, as exp_poly does below -87.3.
 inline float exp_any(float v) {
-  const float x = v < -87.3f ? -87.3f : v;
-  const float t = x * 1.4426950408889634f;
-  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
-  const float f = t - n;
-  float p = 2 * 1.5403530393381606e-4f;
-  p = p * f + 2 * 1.3333558146428443e-3f;
-  p = p * f + 2 * 9.6181291076284772e-3f;
-  p = p * f + 2 * 5.5504108664821580e-2f;
-  p = p * f + 2 * 2.4022650695910071e-1f;
-  p = p * f + 2 * 6.9314718055994531e-1f;
-  p = p * f + 2.0f;
-  const int32_t e = int32_t(n) + 126;
-  return v > 88.72f ? kInf : p * bits_to_float(uint32_t(e) << 23);
+  int32_t n;
+  const float p = exp_reduced(v < -87.3f ? -87.3f : v, n);
+  return v > 88.72f ? kInf : (p + p) * bits_to_float(uint32_t(n + 126) << 23);
 }
 
 // x[i] <- exp(x[i] - ref) (0 for -inf entries); returns the sum. ref >= every x[i].
