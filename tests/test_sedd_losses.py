@@ -136,6 +136,22 @@ def test_non_finite_logits_propagate(device):
     assert loss[0].isnan() and loss[1].isfinite()
 
 
+def test_gradient_near_float32_exp_overflow_is_finite(device):
+    # d(loss)/d(l_y) = ga * exp(l_y - shift): exp is finite in float32 up to 88.72, but the CPU's
+    # vectorised exp builds 2^n and overflowed from 127.5 ln 2 = 88.38 on, so logits in between
+    # got an inf gradient of a finite loss (CUDA's __expf gives the finite value).
+    logits = torch.tensor([[[88.0, 88.4, 88.5, 88.7, 0.0, 1.0]]], device=device, requires_grad=True)
+    x_t, x0 = torch.tensor([[4]], device=device), torch.tensor([[5]], device=device)
+    sigma, dsigma = torch.ones(1, device=device), torch.full((1,), 1e-3, device=device)
+    loss = dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="uniform", scale_by_sigma=False)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    exact_logits = logits.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(se_ref(exact_logits, x_t, x0, sigma, dsigma, "uniform", False).sum(), exact_logits)
+    assert loss.isfinite().all() and grad.isfinite().all(), grad
+    # exp_poly rounds x log2(e) to float first: ~3e-6 relative at |x| = 88 (2e-7 holds near 0)
+    torch.testing.assert_close(grad.double(), exact, rtol=1e-5, atol=1e-6)
+
+
 def test_minus_inf_logits_get_exactly_zero_gradient(device):
     # A banned token (logit -inf) has probability 0, so its gradient is 0, not exp's smallest normal.
     logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)

@@ -16,8 +16,15 @@ namespace {
 
 using namespace cpu;
 
-// exp for any float input: exp_poly is only valid up to ~88.7, above which the result is inf.
-inline float exp_any(float v) { return v > 88.72f ? kInf : exp_poly(v); }
+// exp for any float input, inf above 88.72 where float32's exp overflows. exp_poly's 2^n overflows
+// already from n = 128 (x = 127.5 ln 2 = 88.38); (p + p) * 2^(n - 1) is exp_poly's value bit for
+// bit wherever that one is finite (both factors scale exactly), at one add more. Only where 2^(n - 1)
+// would be subnormal (x < -86.98, exp < 2^-125.5) it gives 0, as exp_poly does below -87.3.
+inline float exp_any(float v) {
+  int32_t n;
+  const float p = exp_reduced(v < -87.3f ? -87.3f : v, n);
+  return v > 88.72f ? kInf : (p + p) * bits_to_float(uint32_t(n + 126) << 23);
+}
 
 // x[i] <- exp(x[i] - ref) (0 for -inf entries); returns the sum. ref >= every x[i].
 double exp_inplace_sum(float* x, int64_t n, float ref) {
