@@ -315,21 +315,30 @@ class _PatternModel(torch.nn.Module):
         return self.table[code] + torch.sin(s)[:, None, None] * self.slope
 
 
-def test_masked_diffusion_bound_is_the_integral_over_mask_rates():
-    """MDLM's bound estimates int_0^1 (1/m) E_{z ~ q_m}[sum_masked -log p(x0 | z)] dm (the NELBO with
-    the all-mask prior), here by quadrature over every mask pattern of L = 3 tokens."""
+@pytest.mark.parametrize("time", [False, True])
+def test_masked_diffusion_bound_is_the_integral_over_mask_rates(time):
+    """MDLM's bound estimates int_0^1 (1/m) E_{z ~ q_m}[sum_masked -log p(x0 | z, sigma(m))] dm (the NELBO
+    with the all-mask prior), here by quadrature over every mask pattern of L = 3 tokens; a
+    time-conditioned network sees the total noise -log(1 - m), clamped to the schedule's [0, sigma(1)]."""
     tok = ByteTokenizer()
     obj = MDLM(tok)
     L, K = 3, tok.vocab_size
-    net = _PatternModel(K, L, time=False)
+    net = _PatternModel(K, L, time=time)
     x0 = torch.tensor([[5, 200, 17]])
-    m = (torch.arange(200000, dtype=f64) + 0.5) / 200000
+    n = 200000 if not time else 4000
+    m = (torch.arange(n, dtype=f64) + 0.5) / n
+    sig = (-torch.log1p(-m)).clamp(max=-math.log(1e-3))
     integral = torch.zeros((), dtype=f64)
     for pat in _mask_patterns(L):
-        x_t = torch.where(pat, torch.full_like(x0, K - 1), x0)
-        ce = masked_diffusion_reference(net(x_t), x_t, x0, torch.ones(1, dtype=f64), mask_id=K - 1)[0]
         k = int(pat.sum())
-        integral += ce * (m ** (k - 1) * (1 - m) ** (L - k)).mean()
+        x_t = torch.where(pat, torch.full_like(x0, K - 1), x0)
+        if not time:
+            ce = masked_diffusion_reference(net(x_t), x_t, x0, torch.ones(1, dtype=f64), mask_id=K - 1)[0]
+            integral += ce * (m ** (k - 1) * (1 - m) ** (L - k)).mean()
+            continue
+        x_t = x_t.expand(n, L)
+        ce = masked_diffusion_reference(net(x_t, sig), x_t, x0.expand(n, L), torch.ones(n, dtype=f64), mask_id=K - 1)
+        integral += (ce * m ** (k - 1) * (1 - m) ** (L - k)).mean()
     B = 40000
     g = torch.Generator().manual_seed(8)
     est = obj.bound(lambda x, s: net(x, s).float(), x0.expand(B, L), obj.bound_draw(B, L, g)).double()
