@@ -41,23 +41,29 @@ def test_loss_falls_on_a_tiny_model(tmp_path, corpus, objective, extra):
 
 
 def test_random_length_steps_train_on_cut_sequences(tmp_path, corpus, monkeypatch):
-    seen = []
-    nll = dllm.objectives.diffusion.LLaDA.nll
+    seen, validated = [], []
+    llada = dllm.objectives.diffusion.LLaDA
+    nll, bound = llada.nll, llada.bound
 
     def recording(self, model, x0, draws):
         seen.append(x0.shape[1])
         return nll(self, model, x0, draws)
 
-    monkeypatch.setattr(dllm.objectives.diffusion.LLaDA, "nll", recording)
+    def recording_bound(self, model, x0, draws):
+        validated.append(x0.shape[1])
+        return bound(self, model, x0, draws)
+
+    monkeypatch.setattr(llada, "nll", recording)
+    monkeypatch.setattr(llada, "bound", recording_bound)
     dllm.train(**tiny(tmp_path, corpus, objective="llada", steps=24, ema=0, random_length=0.5))
     recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"loss"' in line]
     lengths = [r["seq_len"] for r in recs]
-    assert lengths == seen[:24]  # the validation after the last step sees whole sequences
+    assert lengths == seen
     assert 4 <= sum(n < 64 for n in lengths) <= 20 and all(1 <= n <= 64 for n in lengths)
     assert len({n for n in lengths if n < 64}) > 1
     assert [r["tokens"] for r in recs] == [8 * sum(lengths[:i + 1]) for i in range(24)]
     assert all(torch.isfinite(torch.tensor([r["loss"] for r in recs])))
-    assert seen[24:] and set(seen[24:]) == {64}
+    assert validated and set(validated) == {64}  # the validation after the last step sees whole sequences
     # LLaDA trains 1% of its steps at a random length; the other objectives none unless asked
     assert Trainer(TrainConfig(**tiny(tmp_path / "d", corpus, objective="llada"))).random_length == 0.01
     assert Trainer(TrainConfig(**tiny(tmp_path / "e", corpus, objective="mdlm"))).random_length == 0
