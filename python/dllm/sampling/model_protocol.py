@@ -79,23 +79,25 @@ def pad_id_of(model) -> int:
     return 0 if pad_id is None else int(pad_id)
 
 
+def _declared_size(model, name: str) -> int | None:
+    """``model.<name>`` or ``model.config.<name>`` where it is an integer, else None."""
+    size = getattr(model, name, None)
+    if size is None:
+        size = getattr(getattr(model, "config", None), name, None)
+    return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+
+
 def vocab_size_of(model) -> int | None:
     """``model.vocab_size`` or ``model.config.vocab_size`` where the model says (dllm's models do),
     so that token ids out of range fail with their value instead of inside an embedding."""
-    size = getattr(model, "vocab_size", None)
-    if size is None:
-        size = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+    return _declared_size(model, "vocab_size")
 
 
 def max_seq_len_of(model) -> int | None:
     """``model.max_seq_len`` or ``model.config.max_seq_len`` where the model says (dllm's models do),
     so that a canvas too long for the model fails naming the prompt and gen_length, not inside its
     forward."""
-    size = getattr(model, "max_seq_len", None)
-    if size is None:
-        size = getattr(getattr(model, "config", None), "max_seq_len", None)
-    return int(size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else None
+    return _declared_size(model, "max_seq_len")
 
 
 # dllm's package folder and torch's: the frames a warning about the caller's model skips
