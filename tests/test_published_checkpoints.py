@@ -307,16 +307,18 @@ def test_mdlm_matches_published_architecture(tmp_path):
     assert model.mask_id == 40 and not model.time_conditioned and model.logits_shift == 0
 
 
+LLAMA_REF = {"llada": (LLADA_NAMES, dict(n_heads=3, n_kv=3, theta=5e5, eps=1e-5)),
+             "dream": (DREAM_NAMES, dict(n_heads=4, n_kv=2, theta=1e6, eps=1e-6))}
+
+
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_llama_families_match_published_architecture(tmp_path, family):
     sd = make_checkpoint(tmp_path, family)
     model = from_pretrained(tmp_path)
     cfg = LLADA_CONFIG if family == "llada" else DREAM_CONFIG
     x = tokens(cfg.get("vocab_size"), (2, 11))
-    if family == "llada":
-        ref = ref_llama(sd, LLADA_NAMES, x, n_heads=3, n_kv=3, theta=5e5, eps=1e-5)
-    else:
-        ref = ref_llama(sd, DREAM_NAMES, x, n_heads=4, n_kv=2, theta=1e6, eps=1e-6)
+    names, kw = LLAMA_REF[family]
+    ref = ref_llama(sd, names, x, **kw)
     out = model(x)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
@@ -325,10 +327,6 @@ def test_llama_families_match_published_architecture(tmp_path, family):
     assert model.logits_shift == (1 if family == "dream" else 0)
     mask_token = "<|mdm_mask|>" if family == "llada" else "<|mask|>"
     assert model.tokenizer.token_to_id(mask_token) == model.mask_id
-
-
-LLAMA_REF = {"llada": (LLADA_NAMES, dict(n_heads=3, n_kv=3, theta=5e5, eps=1e-5)),
-             "dream": (DREAM_NAMES, dict(n_heads=4, n_kv=2, theta=1e6, eps=1e-6))}
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
