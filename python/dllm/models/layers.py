@@ -106,7 +106,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    """Sinusoidal features of sigma (256 frequencies) through a two-layer MLP (SEDD's ``sigma_map``)."""
+    """Sinusoidal features of sigma (cos and sin of 128 frequencies: 256 features) through a two-layer
+    MLP (SEDD's ``sigma_map``)."""
 
     def __init__(self, cond_dim: int, freq_dim: int = 256, max_period: float = 10000.0):
         super().__init__()
