@@ -589,8 +589,8 @@ def score_entropy_loss(
 
     Differentiable in ``logits`` (not in sigma or dsigma: a backward that would need their
     gradient raises, see ``dllm.sedd.reference`` for learned schedules): forward and backward are fused
-    kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing but
-    the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
+    kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing of size
+    ``[B, L, K]`` but the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
     tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
     return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
