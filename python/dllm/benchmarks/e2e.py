@@ -375,13 +375,15 @@ def kernels(models: Models, device: str, dtype) -> dict:
         "precision": ("bfloat16 weights (the NLL: bfloat16 autocast)" if dtype == torch.bfloat16 else "float32"),
         "diffusion": f"sampler steps: dllm.ops.predict_masked + dllm.ops.commit_tokens ({where} kernels); "
                      f"attention: {attention}; fast-dllm KV cache: {FAST_DLLM_CACHE}; "
-                     + ("CUDA graph: every sampler's steps replayed from graphs captured per call (one a step shape: "
-                        "mdlm's with and without the network, fast-dllm's refresh and cached block)" if cuda
+                     + ("CUDA graph: every sampler's steps, captured by a point's warm-up call and replayed by its "
+                        "timed calls (one a step shape: mdlm's with and without the network, fast-dllm's refresh "
+                        "and cached block)" if cuda
                         else "no CUDA graph (CPU)"),
         "ar": f"KV cache (one token a forward); attention: SDPA, causal prefill (eligible: {', '.join(prefill)}); "
               f"decode, one query: {decode}; "
               f"sampling: dllm.ops.sample_categorical ({where} kernel); "
-              + ("CUDA graph: the one-token step replayed from one captured per call" if cuda else
+              + ("CUDA graph: the one-token step, captured by a point's warm-up call and replayed by its timed "
+                 "calls" if cuda else
                  "no CUDA graph (CPU)"),
     }
 
