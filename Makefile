@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy tqdm safetensors tokenizers matplotlib pytest pytest-timeout "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy tqdm safetensors tokenizers matplotlib pytest pytest-timeout pytest-xdist "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 	touch $@
 
 venv: $(VENV)/.deps
@@ -22,10 +22,9 @@ demo: build
 	$(VENV)/bin/dllm demo --out-dir out/demo
 
 test: build
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=10
 
-# Every emulated CUDA kernel test under AddressSanitizer (about 10 minutes on 2 cores; `make test`
-# runs a subset): any read or write past a tensor, a fiber stack or the dynamic shared memory aborts.
+# Every emulated CUDA kernel test under AddressSanitizer (`make test` runs a subset): any read or write past a tensor, a fiber stack or the dynamic shared memory aborts.
 test-asan: build
 	DLLM_EMU_ASAN_ALL=1 $(PY) -m pytest -q -s tests/test_cuda_emulated_asan.py
 

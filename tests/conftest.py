@@ -11,3 +11,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, re
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+# The two longest files start first, one on each of `make test`'s two xdist workers (--dist loadfile,
+# in this order), so that neither is left running one of them alone at the end.
+LONGEST_FIRST = ("test_cuda_emulated_asan.py", "test_cuda_emulated.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
