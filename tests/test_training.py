@@ -342,7 +342,9 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, corpus):
 
 def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, corpus):
     """Every rank seeds torch from cfg.seed, and a resume restores rank 0's saved state on each: without
-    a per-rank stream the two ranks would drop the same units at every step."""
+    a per-rank stream the two ranks would drop the same units at every step. The resumed step drops
+    the units the uninterrupted run's step 2 drops (a stream seeded once, at the step a run starts,
+    would make a resumed run drop others)."""
     opts = tiny(tmp_path, corpus, objective="mdlm", steps=1, ema=0, dropout=0.5, ckpt_every=1)
     script = tmp_path / "masks.py"
     script.write_text(textwrap.dedent(f"""
@@ -350,12 +352,15 @@ def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, co
         from dllm.training.config import TrainConfig
         from dllm.training.trainer import Trainer
 
-        for steps in (1, 2):  # a fresh run's step, then a resumed run's
-            trainer = Trainer(TrainConfig(**{{**{opts!r}, "steps": steps}}))
+        # a fresh run's step, then a resumed run's, then the uninterrupted run's two steps elsewhere
+        for name, steps, out in (("1", 1, "run"), ("2", 2, "run"), ("full", 2, "full")):
+            trainer = Trainer(TrainConfig(**{{**{opts!r}, "steps": steps, "out_dir": {str(tmp_path)!r} + "/" + out}}))
             seen = []
             trainer.raw_model.blocks[0].dropout.register_forward_hook(lambda m, i, o: seen.append(o == 0))
             trainer.run()
-            torch.save(seen[0].flatten()[:4096], {str(tmp_path)!r} + f"/mask{{steps}}-{{os.environ['RANK']}}.pt")
+            # the dropout runs twice a block and step: seen[2] is the first of the uninterrupted run's step 2
+            torch.save(seen[2 if name == "full" else 0].flatten()[:4096],
+                       {str(tmp_path)!r} + f"/mask{{name}}-{{os.environ['RANK']}}.pt")
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
@@ -365,6 +370,9 @@ def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, co
         rank0, rank1 = (torch.load(tmp_path / f"mask{steps}-{rank}.pt") for rank in (0, 1))
         assert 0.3 < rank0.float().mean() < 0.7 and 0.3 < rank1.float().mean() < 0.7  # dropout at 0.5 ran
         assert (rank0 != rank1).float().mean() > 0.3, f"step {steps}: the ranks drew the same dropout mask"
+    for rank in (0, 1):
+        resumed, uninterrupted = (torch.load(tmp_path / f"mask{name}-{rank}.pt") for name in ("2", "full"))
+        assert torch.equal(resumed, uninterrupted), f"rank {rank}: the resumed step dropped other units"
 
 
 def test_lr_schedule_and_ema_decay():

@@ -292,8 +292,10 @@ class Trainer:
     def _seed_dropout_per_rank(self) -> None:
         """Under DDP every rank would draw the same dropout masks: all start from cfg.seed, and a resume
         restores rank 0's saved state on every rank. Each rank's stream is therefore reseeded from
-        (seed, rank, step); the diffusion noise comes from noise_gen, drawn for the whole batch, and is
-        not touched. A single process keeps its stream (and a resume its saved one)."""
+        (seed, rank, step) before every step, so that a resumed run draws what the uninterrupted one
+        drew (seeded once, where a run starts, a resume would start another stream); the diffusion
+        noise comes from noise_gen, drawn for the whole batch, and is not touched. A single process
+        keeps its stream (and a resume its saved one)."""
         if self.world > 1:
             torch.manual_seed(((self.cfg.seed * 1_000_003 + self.rank) * 1_000_033 + self.step) % 2**64)  # its range
 
@@ -316,6 +318,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
+        self._seed_dropout_per_rank()
         B, L = cfg.batch_size, self._step_length()
         idx = self.order.next(B)
         draws = self.objective.draw(B, L, self.noise_gen)
@@ -397,7 +400,6 @@ class Trainer:
             elif 0 < cfg.max_time <= self.elapsed:
                 log.warning("nothing left to train: the max_time budget (%g s, summed over resumes) is spent "
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
-        self._seed_dropout_per_rank()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             stale = self.out / CHECKPOINT
