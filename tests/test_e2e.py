@@ -389,16 +389,21 @@ def test_bench_e2e_refuses_more_points_in_turns_than_a_model_keeps_graphs(tmp_pa
     assert "diffusion points" not in capsys.readouterr().err
 
 
-def test_a_kept_model_of_another_size_or_corpus_is_refused(tmp_path):
+def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
+    """`dllm bench e2e --seed 1` trains with seed 1: a folder trained with seed 0 is not its model."""
     from dllm.training.timed import train_for_minutes
 
-    (tmp_path / "mdlm").mkdir()
-    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": "corpus-a"}
+    (tmp_path / "mdlm" / "model").mkdir(parents=True)
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": "corpus-a", "seed": 0}
     (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
     for options, message in [(dict(size="small", data="corpus-a"), "--size 'tiny', not 'small'"),
                              (dict(size="tiny", data=None), "--data 'corpus-a', not None")]:
         with pytest.raises(ValueError, match=re.escape(message) + ".*--retrain"):
             train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "data": None}}))
+    assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=0) == tmp_path / "mdlm" / "model"
+    with pytest.raises(ValueError, match=re.escape("--seed 0, not 1") + ".*--retrain"):
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=1)
 
 
 def test_a_kept_model_is_reused_from_a_relative_data_path(tmp_path, monkeypatch):
@@ -406,7 +411,8 @@ def test_a_kept_model_is_reused_from_a_relative_data_path(tmp_path, monkeypatch)
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mdlm" / "model").mkdir(parents=True)
-    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": str(tmp_path / "corpus")}  # as recorded
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": str(tmp_path / "corpus"),  # as recorded
+               "seed": 0}
     (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
     kept = train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, data="corpus")
     assert kept == tmp_path / "mdlm" / "model"

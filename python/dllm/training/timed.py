@@ -39,6 +39,9 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
                 flag = "--size" if key == "model" else "--data"
                 raise ValueError(f"{out / objective} holds a model trained with {flag} {trained.get(key)!r}, not "
                                  f"{want!r}: retrain (--retrain) or choose another output folder")
+        if trained.get("seed") != seed:  # `dllm bench e2e --seed` seeds the training too
+            raise ValueError(f"{out / objective} holds a model trained with --seed {trained.get('seed')}, not {seed}: "
+                             "retrain (--retrain) or choose another output folder")
         if trained["seq_len"] < seq_len:
             raise ValueError(f"{out / objective} holds a model trained on {trained['seq_len']}-token windows, "
                              f"shorter than the {seq_len} needed: retrain (--retrain) or choose another output folder")
