@@ -52,6 +52,30 @@ def test_second_derivatives_raise():
             g.square().sum().backward()
 
 
+def test_log_sum_exp_outputs_are_not_differentiable():
+    # attention_forward and masked_diffusion_loss return the log-sum-exp their backward reads; the
+    # backward ignores its gradient, so a loss built on it must not silently get zeros (it did).
+    q = torch.randn(1, 3, 2, 8, requires_grad=True)
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    x_t, x0 = torch.full((2, 3), V - 1), torch.randint(0, V - 1, (2, 3))
+
+    def attention_lse(q):
+        return torch.ops.dllm.attention_forward(q, q, q, None, None, None, None, 0, 0, 0.3)
+
+    def loss_lse(logits):
+        return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, torch.ones(2), mask_id=V - 1)
+
+    torch._dynamo.reset()
+    for fn, arg in ((attention_lse, q), (loss_lse, logits)):
+        for f in (fn, torch.compile(fn, fullgraph=True, dynamic=True)):
+            first, lse = f(arg)
+            assert first.requires_grad and not lse.requires_grad
+            with pytest.raises(RuntimeError, match="does not require grad"):
+                lse.sum().backward()
+            grad, = torch.autograd.grad(first.sum(), arg)  # the first output keeps its gradient
+            assert grad.abs().sum() > 0
+
+
 def test_sampler_outputs_are_not_differentiable():
     logits = torch.randn(2, 3, V, requires_grad=True)
     _, conf = ops.predict_masked(logits, torch.full((2, 3), V - 1), mask_id=V - 1)

@@ -372,6 +372,9 @@ def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seql
 def _attention_setup_context(ctx, inputs, output):
     q, k, v, kv_len, q_len, cu_q, cu_k, max_q, max_k, scale = inputs
     out, lse = output
+    # lse is the backward's input, not a differentiable result: its gradient would be dropped
+    # (the backward ignores it), so it does not require grad and a loss built on it raises.
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse, kv_len, q_len, cu_q, cu_k)
     ctx.max_q, ctx.max_k, ctx.scale = max_q, max_k, scale
 
@@ -688,6 +691,7 @@ def _masked_diffusion_loss_backward_fake(grad_loss, logits, lse, x_t, x0, weight
 
 def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
     logits, x_t, x0, weight = inputs
+    ctx.mark_non_differentiable(output[1])  # the log-sum-exp, as attention_forward's lse
     ctx.save_for_backward(logits, output[1], x_t, x0, weight)
     ctx.mask_id = keyword_only_inputs["mask_id"]
 
