@@ -133,6 +133,71 @@ def test_meta_tensors_are_not_mixed_with_real_ones():
     assert meta.device.type == "meta" and meta.shape == x.shape  # all on meta: shapes only
 
 
+def _bad_calls():
+    """One call per op whose arguments the kernel refuses from their metadata alone."""
+    D, lg, x = torch.ops.dllm, torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    q, one, cs = torch.randn(2, 3, 4, 8), torch.ones(2), torch.randn(3, 4)
+    h, w = torch.randn(2, 3, 8), torch.randn(8)
+    return {
+        "sample_categorical temperature shape": (D.sample_categorical, (lg, torch.ones(7), 1.0), {}),
+        "predict_masked int32 x": (D.predict_masked, (lg, x.int(), V - 1), {}),
+        "predict_masked mask_id": (D.predict_masked, (lg, x, V), {}),
+        "predict_masked confidence": (D.predict_masked, (lg, x, V - 1, 0.0, 0, 1.0, "bogus"), {}),
+        "commit_tokens no rule": (D.commit_tokens, (x.clone(), x, lg[..., 0], V - 1), {}),
+        "commit_tokens num_tokens shape": (D.commit_tokens, (x.clone(), x, lg[..., 0], V - 1, torch.ones(3, dtype=torch.long)), {}),
+        "commit_tokens float64 conf": (D.commit_tokens, (x.clone(), x, lg[..., 0].double(), V - 1, None, 0.5), {}),
+        "attention float64": (D.attention_forward, (q.double(), q.double(), q.double(), None, None, None, None, 0, 0, 0.3), {}),
+        "attention GQA heads": (D.attention_forward, (q, q[:, :, :3], q[:, :, :3], None, None, None, None, 0, 0, 0.3), {}),
+        "attention 3-d without cu_seqlens": (D.attention_forward, (q[0], q[0], q[0], None, None, None, None, 0, 0, 0.3), {}),
+        "attention kv_len shape": (D.attention_forward, (q, q, q, torch.ones(3, dtype=torch.long), None, None, None, 0, 0, 0.3), {}),
+        "attention_backward lse": (D.attention_backward, (q, q, q, q, q, torch.zeros(4, 5), None, None, None, None, 0, 0, 0.3), {}),
+        "rotary odd D": (D.rotary, (q[..., :7], cs[:, :3], cs[:, :3]), {}),
+        "rotary float64 tables": (D.rotary, (q, cs.double(), cs.double()), {}),
+        "adaln weight shape": (D.adaln, (h, w[:7], h[:, 0], h[:, 0], 1e-5), {}),
+        "adaln eps": (D.adaln, (h, w, h[:, 0], h[:, 0], 0.0), {}),
+        "adaln_residual update dtype": (D.adaln_residual, (h, h.half(), h[:, 0], w, h[:, 0], h[:, 0], 1e-5), {}),
+        "sedd_step method": (D.sedd_step, (lg, x, one, one), dict(graph="absorb", method="bogus")),
+        "sedd_step sigma shape": (D.sedd_step, (lg, x, torch.ones(3), one), dict(graph="absorb", method="euler")),
+        "score_entropy_loss int32 x0": (D.score_entropy_loss, (lg, x, x.int(), one, one), dict(graph="absorb")),
+        "masked_diffusion_loss mask_id": (D.masked_diffusion_loss, (lg, x, x, one), dict(mask_id=V)),
+        "sample_transition num_classes": (D.sample_transition, (x, one), dict(graph="absorb", num_classes=1)),
+    }
+
+
+@pytest.mark.parametrize("name", _bad_calls())
+def test_fake_kernels_refuse_what_the_kernels_refuse(name):
+    # The fakes serve as the meta kernels and as torch.compile's: a call the CPU kernel refuses from
+    # shapes, dtypes or scalar arguments must raise the same kind of error on meta tensors, not
+    # return outputs (they returned them for all of these).
+    op, args, kwargs = _bad_calls()[name]
+    with pytest.raises(Exception) as cpu:
+        op(*args, **kwargs)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(type(cpu.value)):
+        op(*meta, **kwargs)
+
+
+@torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
+def test_fake_checks_leave_data_dependent_sizes_to_the_kernels():
+    # Rows picked by a mask have a size torch.compile cannot know while tracing: a fake check on
+    # it must not ask for its value (a data-dependent guard error) but let the kernel check it.
+    logits, keep = torch.randn(2, 6, V), torch.tensor([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    calls = {
+        "sample_categorical": lambda lg, m: ops.sample_categorical(lg[m], torch.zeros(2, 6)[m])[0],
+        "predict_masked": lambda lg, m: ops.predict_masked(lg[m][None], torch.full((2, 6), V - 1)[m][None],
+                                                           mask_id=V - 1)[0],
+        # three masks of one count (8): three sizes the trace cannot tell equal
+        "rotary": lambda lg, m: ops.rotary(lg[m][None, :, None, :8], torch.ones(2, 6, 4)[m.flip(1)],
+                                           torch.zeros(2, 6, 4)[m.flip(0)]),
+    }
+    for name, call in calls.items():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        eager = call(logits, keep)
+        torch.manual_seed(0)
+        assert torch.equal(torch.compile(call, fullgraph=True)(logits, keep), eager), name
+
+
 def test_loss_weights_that_require_grad_raise():
     # Differentiable in logits only: a learned schedule's sigma, dsigma or weight must not train on
     # silently without its gradient (torch would leave its .grad None).
