@@ -177,6 +177,33 @@ def test_fake_kernels_refuse_what_the_kernels_refuse(name):
         op(*meta, **kwargs)
 
 
+def test_opcheck_of_the_variants_the_per_op_tests_leave_out():
+    # The per-op opchecks cover the common calls; these are the argument variants they do not:
+    # commit_tokens' prob / window / position_temperature, attention with q_len, Sq != Sk, a
+    # non-contiguous q and packed sequences, strided logits for the losses, and empty batches.
+    D, g = torch.ops.dllm, torch.Generator().manual_seed(0)
+    x, x0, conf = torch.full((2, 6), V - 1), torch.randint(0, V - 1, (2, 6), generator=g), torch.rand(2, 6, generator=g)
+    window = torch.tensor([[0, 3], [2, 6]])
+    seeded = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(D.commit_tokens.default, (x.clone(), x0, conf, V - 1, None, None, torch.tensor([0.5, 1.0]),
+                                                    window), test_utils=seeded)
+    torch.library.opcheck(D.commit_tokens.default, (x.clone(), x0, conf, V - 1, torch.tensor([1, 2]), None, None,
+                                                    window.int(), 0.5), test_utils=seeded)
+    torch.library.opcheck(D.commit_tokens.default, (x[:0].clone(), x0[:0], conf[:0], V - 1, None, 0.5))
+    q = torch.randn(2, 4, 5, 8, generator=g).transpose(1, 2).requires_grad_()  # [B, Sq=5, H=4, D], strided
+    k, v = (torch.randn(2, 3, 2, 8, generator=g).requires_grad_() for _ in range(2))
+    torch.library.opcheck(D.attention_forward.default, (q, k, v, torch.tensor([3, 1]), torch.tensor([2, 5], dtype=torch.int32),
+                                                        None, None, 0, 0, 0.3))
+    qp, kp = torch.randn(7, 4, 8).requires_grad_(), torch.randn(9, 2, 8).requires_grad_()
+    torch.library.opcheck(D.attention_forward.default, (qp, kp, kp, None, None, torch.tensor([0, 3, 7]),
+                                                        torch.tensor([0, 4, 9]), 4, 5, 0.3))
+    logits = torch.randn(3, 2, V, generator=g).transpose(0, 1).requires_grad_()  # [B=2, L=3, K], strided
+    x_t = torch.full((2, 3), V - 1)
+    torch.library.opcheck(D.masked_diffusion_loss.default, (logits, x_t, x0[:, :3], torch.ones(2)), {"mask_id": V - 1})
+    torch.library.opcheck(D.score_entropy_loss.default, (logits[:0], x_t[:0], x0[:0, :3], torch.ones(0), torch.ones(0)),
+                          {"graph": "uniform"})
+
+
 @torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
 def test_fake_checks_leave_data_dependent_sizes_to_the_kernels():
     # Rows picked by a mask have a size torch.compile cannot know while tracing: a fake check on
