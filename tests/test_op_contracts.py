@@ -52,6 +52,30 @@ def test_second_derivatives_raise():
             g.square().sum().backward()
 
 
+def test_log_sum_exp_outputs_are_not_differentiable():
+    # attention_forward and masked_diffusion_loss return the log-sum-exp their backward reads; the
+    # backward ignores its gradient, so a loss built on it must not silently get zeros (it did).
+    q = torch.randn(1, 3, 2, 8, requires_grad=True)
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    x_t, x0 = torch.full((2, 3), V - 1), torch.randint(0, V - 1, (2, 3))
+
+    def attention_lse(q):
+        return torch.ops.dllm.attention_forward(q, q, q, None, None, None, None, 0, 0, 0.3)
+
+    def loss_lse(logits):
+        return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, torch.ones(2), mask_id=V - 1)
+
+    torch._dynamo.reset()
+    for fn, arg in ((attention_lse, q), (loss_lse, logits)):
+        for f in (fn, torch.compile(fn, fullgraph=True, dynamic=True)):
+            first, lse = f(arg)
+            assert first.requires_grad and not lse.requires_grad
+            with pytest.raises(RuntimeError, match="does not require grad"):
+                lse.sum().backward()
+            grad, = torch.autograd.grad(first.sum(), arg)  # the first output keeps its gradient
+            assert grad.abs().sum() > 0
+
+
 def test_sampler_outputs_are_not_differentiable():
     logits = torch.randn(2, 3, V, requires_grad=True)
     _, conf = ops.predict_masked(logits, torch.full((2, 3), V - 1), mask_id=V - 1)
@@ -107,6 +131,98 @@ def test_meta_tensors_are_not_mixed_with_real_ones():
                           mask_id=V - 1, num_tokens=1)
     meta = ops.sedd_step(logits.to("meta"), x.to("meta"), 1.0, 0.1, graph="absorb", method="analytic")
     assert meta.device.type == "meta" and meta.shape == x.shape  # all on meta: shapes only
+
+
+def _bad_calls():
+    """One call per op whose arguments the kernel refuses from their metadata alone."""
+    D, lg, x = torch.ops.dllm, torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    q, one, cs = torch.randn(2, 3, 4, 8), torch.ones(2), torch.randn(3, 4)
+    h, w = torch.randn(2, 3, 8), torch.randn(8)
+    return {
+        "sample_categorical temperature shape": (D.sample_categorical, (lg, torch.ones(7), 1.0), {}),
+        "predict_masked int32 x": (D.predict_masked, (lg, x.int(), V - 1), {}),
+        "predict_masked mask_id": (D.predict_masked, (lg, x, V), {}),
+        "predict_masked confidence": (D.predict_masked, (lg, x, V - 1, 0.0, 0, 1.0, "bogus"), {}),
+        "commit_tokens no rule": (D.commit_tokens, (x.clone(), x, lg[..., 0], V - 1), {}),
+        "commit_tokens num_tokens shape": (D.commit_tokens, (x.clone(), x, lg[..., 0], V - 1, torch.ones(3, dtype=torch.long)), {}),
+        "commit_tokens float64 conf": (D.commit_tokens, (x.clone(), x, lg[..., 0].double(), V - 1, None, 0.5), {}),
+        "attention float64": (D.attention_forward, (q.double(), q.double(), q.double(), None, None, None, None, 0, 0, 0.3), {}),
+        "attention GQA heads": (D.attention_forward, (q, q[:, :, :3], q[:, :, :3], None, None, None, None, 0, 0, 0.3), {}),
+        "attention 3-d without cu_seqlens": (D.attention_forward, (q[0], q[0], q[0], None, None, None, None, 0, 0, 0.3), {}),
+        "attention kv_len shape": (D.attention_forward, (q, q, q, torch.ones(3, dtype=torch.long), None, None, None, 0, 0, 0.3), {}),
+        "attention_backward lse": (D.attention_backward, (q, q, q, q, q, torch.zeros(4, 5), None, None, None, None, 0, 0, 0.3), {}),
+        "rotary odd D": (D.rotary, (q[..., :7], cs[:, :3], cs[:, :3]), {}),
+        "rotary float64 tables": (D.rotary, (q, cs.double(), cs.double()), {}),
+        "adaln weight shape": (D.adaln, (h, w[:7], h[:, 0], h[:, 0], 1e-5), {}),
+        "adaln eps": (D.adaln, (h, w, h[:, 0], h[:, 0], 0.0), {}),
+        "adaln_residual update dtype": (D.adaln_residual, (h, h.half(), h[:, 0], w, h[:, 0], h[:, 0], 1e-5), {}),
+        "sedd_step method": (D.sedd_step, (lg, x, one, one), dict(graph="absorb", method="bogus")),
+        "sedd_step sigma shape": (D.sedd_step, (lg, x, torch.ones(3), one), dict(graph="absorb", method="euler")),
+        "score_entropy_loss int32 x0": (D.score_entropy_loss, (lg, x, x.int(), one, one), dict(graph="absorb")),
+        "masked_diffusion_loss mask_id": (D.masked_diffusion_loss, (lg, x, x, one), dict(mask_id=V)),
+        "sample_transition num_classes": (D.sample_transition, (x, one), dict(graph="absorb", num_classes=1)),
+    }
+
+
+@pytest.mark.parametrize("name", _bad_calls())
+def test_fake_kernels_refuse_what_the_kernels_refuse(name):
+    # The fakes serve as the meta kernels and as torch.compile's: a call the CPU kernel refuses from
+    # shapes, dtypes or scalar arguments must raise the same kind of error on meta tensors, not
+    # return outputs (they returned them for all of these).
+    op, args, kwargs = _bad_calls()[name]
+    with pytest.raises(Exception) as cpu:
+        op(*args, **kwargs)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(type(cpu.value)):
+        op(*meta, **kwargs)
+
+
+def test_opcheck_of_the_variants_the_per_op_tests_leave_out():
+    # The per-op opchecks cover the common calls; these are the argument variants they do not:
+    # commit_tokens' prob / window / position_temperature, attention with q_len, Sq != Sk, a
+    # non-contiguous q and packed sequences, strided logits for the losses, and empty batches.
+    D, g = torch.ops.dllm, torch.Generator().manual_seed(0)
+    x, x0, conf = torch.full((2, 6), V - 1), torch.randint(0, V - 1, (2, 6), generator=g), torch.rand(2, 6, generator=g)
+    window = torch.tensor([[0, 3], [2, 6]])
+    seeded = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(D.commit_tokens.default, (x.clone(), x0, conf, V - 1, None, None, torch.tensor([0.5, 1.0]),
+                                                    window), test_utils=seeded)
+    torch.library.opcheck(D.commit_tokens.default, (x.clone(), x0, conf, V - 1, torch.tensor([1, 2]), None, None,
+                                                    window.int(), 0.5), test_utils=seeded)
+    torch.library.opcheck(D.commit_tokens.default, (x[:0].clone(), x0[:0], conf[:0], V - 1, None, 0.5))
+    q = torch.randn(2, 4, 5, 8, generator=g).transpose(1, 2).requires_grad_()  # [B, Sq=5, H=4, D], strided
+    k, v = (torch.randn(2, 3, 2, 8, generator=g).requires_grad_() for _ in range(2))
+    torch.library.opcheck(D.attention_forward.default, (q, k, v, torch.tensor([3, 1]), torch.tensor([2, 5], dtype=torch.int32),
+                                                        None, None, 0, 0, 0.3))
+    qp, kp = torch.randn(7, 4, 8).requires_grad_(), torch.randn(9, 2, 8).requires_grad_()
+    torch.library.opcheck(D.attention_forward.default, (qp, kp, kp, None, None, torch.tensor([0, 3, 7]),
+                                                        torch.tensor([0, 4, 9]), 4, 5, 0.3))
+    logits = torch.randn(3, 2, V, generator=g).transpose(0, 1).requires_grad_()  # [B=2, L=3, K], strided
+    x_t = torch.full((2, 3), V - 1)
+    torch.library.opcheck(D.masked_diffusion_loss.default, (logits, x_t, x0[:, :3], torch.ones(2)), {"mask_id": V - 1})
+    torch.library.opcheck(D.score_entropy_loss.default, (logits[:0], x_t[:0], x0[:0, :3], torch.ones(0), torch.ones(0)),
+                          {"graph": "uniform"})
+
+
+@torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
+def test_fake_checks_leave_data_dependent_sizes_to_the_kernels():
+    # Rows picked by a mask have a size torch.compile cannot know while tracing: a fake check on
+    # it must not ask for its value (a data-dependent guard error) but let the kernel check it.
+    logits, keep = torch.randn(2, 6, V), torch.tensor([[1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 1, 1]], dtype=torch.bool)
+    calls = {
+        "sample_categorical": lambda lg, m: ops.sample_categorical(lg[m], torch.zeros(2, 6)[m])[0],
+        "predict_masked": lambda lg, m: ops.predict_masked(lg[m][None], torch.full((2, 6), V - 1)[m][None],
+                                                           mask_id=V - 1)[0],
+        # three masks of one count (8): three sizes the trace cannot tell equal
+        "rotary": lambda lg, m: ops.rotary(lg[m][None, :, None, :8], torch.ones(2, 6, 4)[m.flip(1)],
+                                           torch.zeros(2, 6, 4)[m.flip(0)]),
+    }
+    for name, call in calls.items():
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        eager = call(logits, keep)
+        torch.manual_seed(0)
+        assert torch.equal(torch.compile(call, fullgraph=True)(logits, keep), eager), name
 
 
 def test_loss_weights_that_require_grad_raise():

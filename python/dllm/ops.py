@@ -12,6 +12,7 @@ import math
 import numbers
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from . import _extension  # noqa: F401  (loads the library that registers the ops)
 
@@ -89,15 +90,52 @@ def _one_device(fake):
     return checked
 
 
+# The fakes repeat the kernels' checks that need only metadata (shapes, dtypes, scalar
+# arguments), with the same exception types, so that meta tensors and torch.compile's tracing
+# refuse what the op refuses instead of returning outputs for a call that cannot run.
+def _may(cond) -> bool:
+    """cond, a bool or a condition on sizes, except that one torch.compile cannot decide while
+    tracing (an unbacked, data-dependent size) counts as true: the kernel checks it when it runs."""
+    return guard_or_true(cond)
+
+
+def _same_shape(shape, expected) -> bool:
+    """shape == expected, compared size by size with :func:`_may` (Python's == would have to decide each)."""
+    return len(shape) == len(expected) and all(_may(a == b) for a, b in zip(shape, expected))
+
+
+def _check_dtype(op: str, t: torch.Tensor, name: str, dtypes=KERNEL_DTYPES, what="float32, bfloat16 or float16"):
+    torch._check_type(t.dtype in dtypes, lambda: f"{op}: {name} must be {what}, got {t.dtype}")
+
+
+def _check_integer(op: str, t: torch.Tensor, name: str):
+    torch._check_type(not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool),
+                      lambda: f"{op}: {name} must be an integer tensor, got {t.dtype}")
+
+
+def _check_floating(op: str, t: torch.Tensor, name: str):
+    torch._check_type(t.is_floating_point(), lambda: f"{op}: {name} must be a floating tensor, got {t.dtype}")
+
+
+def _check_finite_at_least(op: str, value: float, name: str, low: float = 0.0):
+    torch._check_value(math.isfinite(value) and value >= low,
+                       lambda: f"{op}: {name} must be finite and >= {low:g}, got {value}")
+
+
 @torch.library.register_fake("dllm::sample_categorical")
 @_one_device
 def _sample_categorical_fake(logits, temperature, scalar_temperature, *, generator=None):
+    op = "sample_categorical"
     torch._check(logits.dim() >= 1, lambda: "sample_categorical: logits needs a vocabulary dimension")
-    torch._check(
-        logits.dtype in KERNEL_DTYPES,
-        lambda: f"sample_categorical: logits must be float32, bfloat16 or float16, got {logits.dtype}",
-    )
+    _check_dtype(op, logits, "logits")
+    torch._check(_may(logits.shape[-1] > 0), lambda: "sample_categorical: logits has an empty vocabulary dimension (V = 0)")
     lead = logits.shape[:-1]
+    if temperature is None:
+        _check_finite_at_least(op, scalar_temperature, "temperature")
+    else:
+        _check_floating(op, temperature, "temperature")
+        torch._check(_may(temperature.numel() == 1) or _same_shape(temperature.shape, lead),
+                     lambda: f"sample_categorical: temperature must have one element or the shape {list(lead)}")
     return logits.new_empty(lead, dtype=torch.int64), logits.new_empty(lead, dtype=torch.float32)
 
 
@@ -156,8 +194,23 @@ def predict_masked(
 @_one_device
 def _predict_masked_fake(logits, x, mask_id, temperature=0.0, top_k=0, top_p=1.0, confidence="prob",
                          logits_shift=0, confidence_from="model", *, generator=None):
+    op = "predict_masked"
     torch._check(logits.dim() >= 2, lambda: "predict_masked: logits must be [..., L, V]")
-    torch._check(x.shape == logits.shape[:-1], lambda: "predict_masked: x must have the shape of logits[..., 0]")
+    _check_dtype(op, logits, "logits")
+    vocab, length = logits.shape[-1], logits.shape[-2]
+    torch._check(_may(vocab > 0), lambda: "predict_masked: logits has an empty vocabulary dimension (V = 0)")
+    _check_dtype(op, x, "x", (torch.int64,), "int64")
+    torch._check(_same_shape(x.shape, logits.shape[:-1]), lambda: "predict_masked: x must have the shape of logits[..., 0]")
+    torch._check_value(0 <= mask_id and _may(mask_id < vocab), lambda: f"predict_masked: mask_id {mask_id} is outside the vocabulary")
+    _check_finite_at_least(op, temperature, "temperature")
+    torch._check_value(top_k >= 0, lambda: f"predict_masked: top_k must be >= 0 (0 turns it off), got {top_k}")
+    torch._check_value(0.0 < top_p <= 1.0, lambda: f"predict_masked: top_p must be in (0, 1], got {top_p}")
+    torch._check_value(logits_shift >= 0 and (logits_shift <= 1 or _may(logits_shift < length)),
+                       lambda: f"predict_masked: logits_shift must be in [0, max(L, 2)), got {logits_shift}")
+    torch._check_value(confidence in ("prob", "margin", "entropy", "random"),
+                       lambda: f"predict_masked: confidence must be 'prob', 'margin', 'entropy' or 'random', got {confidence!r}")
+    torch._check_value(confidence_from in ("model", "proposal"),
+                       lambda: f"predict_masked: confidence_from must be 'model' or 'proposal', got {confidence_from!r}")
     return x.new_empty(x.shape), logits.new_empty(x.shape, dtype=torch.float32)
 
 
@@ -222,8 +275,32 @@ def commit_tokens(
 @_one_device
 def _commit_tokens_fake(x, x0, conf, mask_id, num_tokens=None, threshold=None, prob=None, window=None,
                         position_temperature=0.0, *, generator=None):
+    op = "commit_tokens"
     torch._check(x.dim() == 2, lambda: "commit_tokens: x must be [B, L]")
-    return x.new_empty((x.shape[0],), dtype=torch.int64)
+    torch._check_type(x.dtype == torch.int64 and x0.dtype == torch.int64, lambda: "commit_tokens: x and x0 must be int64")
+    _check_dtype(op, conf, "conf", (torch.float32,), "float32")
+    torch._check(x.is_contiguous(), lambda: "commit_tokens: x is updated in place and must be contiguous")
+    torch._check(_same_shape(x0.shape, x.shape) and _same_shape(conf.shape, x.shape),
+                 lambda: "commit_tokens: x, x0 and conf must share one shape [B, L]")
+    torch._check_value(mask_id >= 0, lambda: f"commit_tokens: mask_id must be >= 0, got {mask_id}")
+    rules = (num_tokens is not None) + (threshold is not None) + (prob is not None)
+    torch._check_value(rules == 1, lambda: f"commit_tokens: give exactly one of num_tokens, threshold or prob (got {rules})")
+    _check_finite_at_least(op, position_temperature, "position_temperature")
+    torch._check_value(position_temperature == 0.0 or num_tokens is not None,
+                       lambda: "commit_tokens: position_temperature applies only to num_tokens (choosing k positions)")
+    batch = x.shape[0]
+    if num_tokens is not None:
+        _check_integer(op, num_tokens, "num_tokens")
+    if threshold is not None:
+        torch._check_value(not math.isnan(threshold), lambda: "commit_tokens: threshold is NaN")
+    for t, name in ((num_tokens, "num_tokens"), (prob, "prob")):
+        if t is not None:
+            torch._check(_same_shape(t.shape, (batch,)), lambda: f"commit_tokens: {name} must have shape [B]")
+    if window is not None:
+        _check_integer(op, window, "window")
+        torch._check(_same_shape(window.shape, (batch, 2)),
+                     lambda: "commit_tokens: window must have shape [B, 2] ([start, end) per row)")
+    return x.new_empty((batch,), dtype=torch.int64)
 
 
 def attention(
@@ -355,15 +432,57 @@ def attention_varlen(
 @torch.library.register_fake("dllm::attention_forward")
 @_one_device
 def _attention_forward_fake(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
-    torch._check(q.dim() in (3, 4), lambda: "attention: q must be [B, S, H, D] or [T, H, D]")
-    tokens = q.shape[0] * q.shape[1] if q.dim() == 4 else q.shape[0]
+    tokens = _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((q.shape[-2], tokens), dtype=torch.float32)
+
+
+def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
+    """prepare_attention's checks (csrc/torch/attention.cpp); returns the number of query tokens."""
+    op = "attention"
+    varlen = cu_seqlens_q is not None
+    torch._check(varlen == (cu_seqlens_k is not None),
+                 lambda: "attention: give both cu_seqlens_q and cu_seqlens_k, or neither")
+    rank = 3 if varlen else 4
+    torch._check(q.dim() == rank and k.dim() == rank and v.dim() == rank,
+                 lambda: f"attention: q, k, v must be {'[total, heads, D] (varlen)' if varlen else '[B, S, heads, D]'}")
+    _check_dtype(op, q, "q")
+    torch._check_type(k.dtype == q.dtype and v.dtype == q.dtype, lambda: "attention: q, k, v must share a dtype")
+    torch._check(_same_shape(k.shape, v.shape), lambda: "attention: k and v must have the same shape")
+    heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    torch._check(_may(k.shape[-1] == dim), lambda: "attention: q and k must share the head dimension")
+    torch._check(_may(kv_heads > 0) and _may(heads % kv_heads == 0),
+                 lambda: "attention: the number of q heads must be a multiple of the number of k/v heads")
+    torch._check(_may(dim > 0), lambda: "attention: head dimension must be positive")
+    torch._check_value(math.isfinite(scale) and scale > 0,
+                       lambda: f"attention: softmax_scale must be positive and finite, got {scale}")
+    if varlen:
+        torch._check(kv_len is None and q_len is None, lambda: "attention: varlen inputs take lengths from cu_seqlens only")
+        for cu in (cu_seqlens_q, cu_seqlens_k):
+            _check_integer(op, cu, "cu_seqlens")
+            torch._check(cu.dim() == 1 and _may(cu.shape[0] >= 1), lambda: "attention: cu_seqlens must be [B + 1]")
+        torch._check(_may(cu_seqlens_q.shape[0] == cu_seqlens_k.shape[0]),
+                     lambda: "attention: cu_seqlens_q and cu_seqlens_k disagree on B")
+        torch._check_value(max_seqlen_q >= 0 and max_seqlen_k >= 0,
+                           lambda: "attention: max_seqlen_q and max_seqlen_k must be >= 0")
+        return q.shape[0]
+    batch = q.shape[0]
+    torch._check(_may(k.shape[0] == batch), lambda: "attention: q and k disagree on the batch size")
+    for t, name in ((q_len, "q_len"), (kv_len, "kv_len")):
+        if t is not None:
+            torch._check(_same_shape(t.shape, (batch,)), lambda: f"attention: {name} must have shape [B]")
+            _check_integer(op, t, name)
+    return batch * q.shape[1]
 
 
 @torch.library.register_fake("dllm::attention_backward")
 @_one_device
 def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                              max_seqlen_k, scale):
+    tokens = _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    torch._check(_same_shape(grad_out.shape, q.shape) and _same_shape(out.shape, q.shape),
+                 lambda: "attention: grad_out and out must have q's shape")
+    torch._check(_same_shape(lse.shape, (q.shape[-2], tokens)) and lse.dtype == torch.float32,
+                 lambda: "attention: lse must be float32 [H, tokens]")
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
@@ -372,6 +491,9 @@ def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seql
 def _attention_setup_context(ctx, inputs, output):
     q, k, v, kv_len, q_len, cu_q, cu_k, max_q, max_k, scale = inputs
     out, lse = output
+    # lse is the backward's input, not a differentiable result: its gradient would be dropped
+    # (the backward ignores it), so it does not require grad and a loss built on it raises.
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse, kv_len, q_len, cu_q, cu_k)
     ctx.max_q, ctx.max_k, ctx.scale = max_q, max_k, scale
 
@@ -412,7 +534,14 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 @_one_device
 def _rotary_fake(x, cos, sin, inverse=False):
     torch._check(x.dim() == 4, lambda: f"rotary: x must be [B, S, H, D], got shape {tuple(x.shape)}")
-    torch._check(x.dtype in KERNEL_DTYPES, lambda: f"rotary: x must be float32, bfloat16 or float16, got {x.dtype}")
+    _check_dtype("rotary", x, "x")
+    batch, seq, _, dim = x.shape
+    torch._check_value(_may(dim % 2 == 0), lambda: f"rotary: the head dimension must be even, got {dim}")
+    torch._check(_same_shape(cos.shape, sin.shape), lambda: "rotary: cos and sin must have one shape")
+    torch._check(_same_shape(cos.shape, (seq, dim // 2)) or _same_shape(cos.shape, (batch, seq, dim // 2)),
+                 lambda: "rotary: cos and sin must be [S, D / 2] or [B, S, D / 2]")
+    torch._check_type(cos.dtype == torch.float32 and sin.dtype == torch.float32,
+                      lambda: f"rotary: cos and sin must be float32, got {cos.dtype} and {sin.dtype}")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
@@ -463,16 +592,28 @@ def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, we
 
 @torch.library.register_fake("dllm::adaln")
 @_one_device
-def _adaln_fake(x, weight, shift, scale, eps):
-    torch._check(x.dim() == 3, lambda: f"adaln: x must be [B, S, dim], got shape {tuple(x.shape)}")
-    torch._check(x.dtype in KERNEL_DTYPES, lambda: f"adaln: x must be float32, bfloat16 or float16, got {x.dtype}")
+def _adaln_fake(x, weight, shift, scale, eps, op="adaln"):
+    torch._check(x.dim() == 3, lambda: f"{op}: x must be [B, S, dim], got shape {tuple(x.shape)}")
+    _check_dtype(op, x, "x")
+    batch, _, dim = x.shape
+    torch._check(_same_shape(weight.shape, (dim,)), lambda: f"{op}: weight must be [dim]")
+    for t, name in ((shift, "shift"), (scale, "scale")):
+        torch._check(_same_shape(t.shape, (batch, dim)), lambda: f"{op}: {name} must be [B, dim]")
+    torch._check_value(math.isfinite(eps) and eps > 0, lambda: f"{op}: eps must be positive and finite, got {eps}")
+    for t, name in ((weight, "weight"), (shift, "shift"), (scale, "scale")):
+        torch._check_type(t.is_floating_point(), lambda: f"{op}: {name} must be floating point, got {t.dtype}")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("dllm::adaln_residual")
 @_one_device
 def _adaln_residual_fake(x, update, gate, weight, shift, scale, eps):
-    out = _adaln_fake(x, weight, shift, scale, eps)
+    op = "adaln_residual"
+    out = _adaln_fake(x, weight, shift, scale, eps, op)
+    torch._check(_same_shape(update.shape, x.shape), lambda: f"{op}: update must have x's shape")
+    torch._check_type(update.dtype == x.dtype, lambda: f"{op}: update must have x's dtype {x.dtype}, got {update.dtype}")
+    torch._check(_same_shape(gate.shape, shift.shape), lambda: f"{op}: gate must be [B, dim]")
+    torch._check_type(gate.is_floating_point(), lambda: f"{op}: gate must be floating point, got {gate.dtype}")
     return torch.empty_like(out), out
 
 
@@ -550,15 +691,31 @@ def sedd_step(
 
 def _check_bl_k(op: str, logits, *tokens):
     torch._check(logits.dim() == 3, lambda: f"{op}: logits must have shape [B, L, K]")
-    torch._check(logits.dtype in KERNEL_DTYPES, lambda: f"{op}: logits must be float32, bfloat16 or float16, got {logits.dtype}")
+    _check_dtype(op, logits, "logits")
+    torch._check(_may(logits.shape[2] >= 2), lambda: f"{op}: logits needs K >= 2 classes")
     for t in tokens:
-        torch._check(t.shape == logits.shape[:2], lambda: f"{op}: token tensors must have shape [B, L]")
+        _check_dtype(op, t, "token tensors", (torch.int64,), "int64")
+        torch._check(_same_shape(t.shape, logits.shape[:2]), lambda: f"{op}: token tensors must have shape [B, L]")
+
+
+def _check_per_batch(op: str, batch, **named):
+    for name, t in named.items():
+        _check_floating(op, t, name)
+        torch._check(_same_shape(t.shape, (batch,)), lambda: f"{op}: {name} must have shape [B]")
+
+
+def _check_graph(op: str, graph: str):
+    torch._check_value(graph in ("absorb", "uniform"), lambda: f'{op}: graph must be "absorb" or "uniform", got "{graph}"')
 
 
 @torch.library.register_fake("dllm::sedd_step")
 @_one_device
 def _sedd_step_fake(logits, x, sigma, dsig, *, graph, method, scale_by_sigma=True, generator=None):
     _check_bl_k("sedd_step", logits, x)
+    _check_per_batch("sedd_step", logits.shape[0], sigma=sigma, dsig=dsig)
+    _check_graph("sedd_step", graph)
+    torch._check_value(method in ("analytic", "euler", "denoise"),
+                       lambda: f'sedd_step: method must be "analytic", "euler" or "denoise", got "{method}"')
     return x.new_empty(x.shape)
 
 
@@ -602,13 +759,18 @@ def score_entropy_loss(
 @_one_device
 def _score_entropy_loss_fake(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
     _check_bl_k("score_entropy_loss", logits, x_t, x0)
+    _check_per_batch("score_entropy_loss", logits.shape[0], sigma=sigma, dsigma=dsigma)
+    _check_graph("score_entropy_loss", graph)
     return logits.new_empty(logits.shape[:1], dtype=torch.float32)
 
 
 @torch.library.register_fake("dllm::score_entropy_loss_backward")
 @_one_device
 def _score_entropy_loss_backward_fake(grad_loss, logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma):
-    _check_bl_k("score_entropy_loss_backward", logits, x_t, x0)
+    op = "score_entropy_loss_backward"
+    _check_bl_k(op, logits, x_t, x0)
+    _check_per_batch(op, logits.shape[0], sigma=sigma, dsigma=dsigma, grad_loss=grad_loss)
+    _check_graph(op, graph)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
@@ -671,10 +833,16 @@ def masked_diffusion_loss(
     return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]
 
 
+def _check_mask_id(op: str, logits, x_t, x0, weight, mask_id):
+    _check_bl_k(op, logits, x_t, x0)
+    torch._check_value(0 <= mask_id and _may(mask_id < logits.shape[2]), lambda: f"{op}: mask_id must be in [0, K), got {mask_id}")
+    _check_per_batch(op, logits.shape[0], weight=weight)
+
+
 @torch.library.register_fake("dllm::masked_diffusion_loss")
 @_one_device
 def _masked_diffusion_loss_fake(logits, x_t, x0, weight, *, mask_id):
-    _check_bl_k("masked_diffusion_loss", logits, x_t, x0)
+    _check_mask_id("masked_diffusion_loss", logits, x_t, x0, weight, mask_id)
     return (logits.new_empty(logits.shape[:1], dtype=torch.float32),
             logits.new_empty(logits.shape[:2], dtype=torch.float32))
 
@@ -682,12 +850,17 @@ def _masked_diffusion_loss_fake(logits, x_t, x0, weight, *, mask_id):
 @torch.library.register_fake("dllm::masked_diffusion_loss_backward")
 @_one_device
 def _masked_diffusion_loss_backward_fake(grad_loss, logits, lse, x_t, x0, weight, *, mask_id):
-    _check_bl_k("masked_diffusion_loss_backward", logits, x_t, x0)
+    op = "masked_diffusion_loss_backward"
+    _check_mask_id(op, logits, x_t, x0, weight, mask_id)
+    torch._check(lse.dtype == torch.float32 and _same_shape(lse.shape, x_t.shape),
+                 lambda: f"{op}: lse must be the float32 [B, L] tensor that masked_diffusion_loss returned")
+    _check_per_batch(op, logits.shape[0], grad_loss=grad_loss)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
     logits, x_t, x0, weight = inputs
+    ctx.mark_non_differentiable(output[1])  # the log-sum-exp, as attention_forward's lse
     ctx.save_for_backward(logits, output[1], x_t, x0, weight)
     ctx.mask_id = keyword_only_inputs["mask_id"]
 
@@ -734,7 +907,12 @@ def sample_transition(
 @torch.library.register_fake("dllm::sample_transition")
 @_one_device
 def _sample_transition_fake(x0, sigma, *, graph, num_classes, generator=None):
+    op = "sample_transition"
+    _check_graph(op, graph)
+    torch._check(2 <= num_classes < 2**31, lambda: f"{op}: num_classes must be in [2, 2^31), got {num_classes}")
+    _check_dtype(op, x0, "x0", (torch.int64,), "int64")
     torch._check(x0.dim() == 2, lambda: "sample_transition: x0 must have shape [B, L]")
+    _check_per_batch(op, x0.shape[0], sigma=sigma)
     return x0.new_empty(x0.shape)
 
 
