@@ -44,7 +44,7 @@ from .e2e_verdict import verdicts
 FAST_DLLM_CACHE = "dual"
 SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
-BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (both papers' default)
+BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (Fast-dLLM's default, LLaDA's example; LLaDA's generate() defaults to 128)
 FAST_DLLM_THRESHOLD = 0.9
 MIN_BODY = 4             # tokens: the shortest function body worth infilling
 
