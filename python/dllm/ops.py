@@ -374,8 +374,7 @@ def _fallback_lengths(t, name: str, q: torch.Tensor, limit: int):
         return None
     if t.dim() != 1 or t.shape[0] != q.shape[0]:
         raise RuntimeError(f"attention: {name} must have shape [{q.shape[0]}], got {list(t.shape)}")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"attention: {name} must be an integer tensor, got {t.dtype}")
+    _check_integer("attention", t, name)
     if t.device != q.device:
         raise RuntimeError(f"attention: {name} is on {t.device} but q is on {q.device}")
     return t.clamp(0, limit)
