@@ -1,11 +1,13 @@
 """The package surface: build_info, import-time behaviour, op registration."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 import dllm
@@ -141,3 +143,73 @@ def test_cpu_only_build_without_nvcc(tmp_path):
         info.stdout + info.stderr
     for a, b in zip(_run_ops(tmp_path, "this_build"), _run_ops(tmp_path, "cpu_only", **site)):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def _cmake() -> str:
+    return shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
+
+
+def _configure(build: Path, *defines: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """CMake's configure step alone, as scikit-build-core runs it (no compiling)."""
+    import pybind11
+
+    ninja = shutil.which("ninja", path=str(Path(sys.executable).parent))
+    return subprocess.run([_cmake(), "-S", str(ROOT), "-B", str(build), *(["-G", "Ninja"] if ninja else []),
+                           f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                           *defines], env=env or dict(os.environ), capture_output=True, text=True, timeout=600)
+
+
+def test_build_commit_is_this_checkouts_own(tmp_path):
+    # An unpacked sdist inside another project's git repository is not a dllm checkout: its stamp
+    # is "unknown" (or DLLM_BUILD_COMMIT), not that project's commit.
+    host = tmp_path / "host"
+    subprocess.run(["git", "init", "-q", str(host)], check=True)
+    subprocess.run(["git", "-C", str(host), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "host"], check=True)
+    (host / "dllm-0.1.0").mkdir()
+    out = tmp_path / "_build_commit.py"
+    env = {k: v for k, v in os.environ.items() if k != "DLLM_BUILD_COMMIT"}
+    for source, expect in ((host / "dllm-0.1.0", '"unknown"'), (ROOT, None)):
+        subprocess.run([_cmake(), f"-DSOURCE_DIR={source}", f"-DOUTPUT={out}", "-P",
+                        str(ROOT / "cmake" / "build_commit.cmake")], env=env, check=True, timeout=60)
+        commit = out.read_text().split("COMMIT = ")[1].strip()
+        if expect:
+            assert commit == expect
+        elif (ROOT / ".git").exists():
+            assert commit != '"unknown"'
+
+
+def test_configure_forgets_another_environments_torch(tmp_path):
+    # build/{wheel_tag} is shared by every environment with this Python version: paths cached when
+    # it was configured in another one (whose torch may be gone) must not be linked.
+    gone = tmp_path / "gone-venv" / "site-packages"
+    r = _configure(tmp_path / "build", "-DDLLM_CUDA=OFF", f"-DDLLM_TORCH_SITE:INTERNAL={gone}",
+                   f"-D_torch_lib:FILEPATH={gone}/torch/lib/libtorch.so")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "forgetting the paths found there" in r.stdout
+    cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+    assert str(gone) not in cache
+    assert f"_torch_lib:FILEPATH={Path(torch.__file__).parent / 'lib' / 'libtorch.so'}" in cache
+
+
+@pytest.mark.skipif(not torch.version.cuda or not shutil.which("nvcc"), reason="needs nvcc and a CUDA build of torch")
+def test_configure_arch_list_and_compiler_search(tmp_path):
+    build = tmp_path / "build"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX")}
+    no_nvcc = dict(env, PATH=os.pathsep.join(d for d in env["PATH"].split(os.pathsep)
+                                             if d and not (Path(d) / "nvcc").exists()))
+    r = _configure(build, "-DDLLM_CUDA=ON", env=no_nvcc)
+    assert r.returncode != 0 and "no CUDA compiler (nvcc) was found" in r.stderr, r.stderr[-2000:]
+    # nvcc installed since: the failed search is not remembered; a named architecture is refused
+    r = _configure(build, "-DDLLM_CUDA=ON", env=dict(env, TORCH_CUDA_ARCH_LIST="Hopper"))
+    assert r.returncode != 0 and 'not "Hopper"' in r.stderr, r.stderr[-2000:]
+    # 9.0a still gets the wgmma kernels
+    r = _configure(build, "-DDLLM_CUDA=ON", env=dict(env, TORCH_CUDA_ARCH_LIST="9.0a"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'CUDA_ARCHS = "90a"' in (build / "_build_config.py").read_text()
+    assert (build / "CMakeFiles" / "dllm_kernels_sm90a.dir").is_dir()
+    # nvcc off PATH but under CUDA_HOME, where torch's own extension builder looks, is found too
+    toolkit = Path(shutil.which("nvcc")).resolve().parents[1]
+    r = _configure(tmp_path / "build2", "-DDLLM_CUDA=ON",
+                   env=dict(no_nvcc, CUDA_HOME=str(toolkit), TORCH_CUDA_ARCH_LIST="Hopper"))
+    assert r.returncode != 0 and 'not "Hopper"' in r.stderr, r.stderr[-2000:]
