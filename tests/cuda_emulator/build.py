@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 from pathlib import Path
 
 import torch
@@ -36,6 +37,21 @@ OPS = (
 )
 INCLUDE_DIRS = ("include", "torch", "kernels")  # of csrc, after the stand-ins and the translations
 BINDINGS = ("sample_categorical", "unmask", "sedd", "attention", "rotary", "adaln")  # csrc/torch/<name>.cpp and <name>_cuda.cpp
+
+
+def _pattern_init() -> list[str]:
+    """Automatic variables start as a 0xfe byte pattern (-1.7e38 as float and bf16, NaN as fp16)
+    rather than what the fiber's stack or registers held from the block before, which may be the
+    very value a kernel reading an uninitialised local expects (on the GPU it reads garbage).
+    GCC 12 and clang 8 have the option; older compilers build without it."""
+    flag = "-ftrivial-auto-var-init=pattern"
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        ok = subprocess.run([compiler, flag, "-x", "c++", "-fsyntax-only", "-"], input="int main() {}",
+                            capture_output=True, text=True).returncode == 0
+    except OSError:
+        ok = False
+    return [flag] if ok else []
 
 
 @functools.cache
@@ -66,7 +82,7 @@ def load():
         extra_include_paths=[
             str(p) for p in (HERE / "include", HERE, build / "kernels", *(ROOT / "csrc" / d for d in INCLUDE_DIRS))
         ],
-        extra_cflags=["-O1", "-Wno-unknown-pragmas", "-DDLLM_WITH_WGMMA=1", *asan_flags],
+        extra_cflags=["-O1", "-Wno-unknown-pragmas", "-DDLLM_WITH_WGMMA=1", *_pattern_init(), *asan_flags],
         extra_ldflags=asan_flags,
         build_directory=str(build),
         verbose=False,

@@ -143,6 +143,10 @@ struct State {
     uint64_t poisoned_in;  // block_serial
   };
   std::unordered_map<void*, SharedVariable> shared_variables;
+  // The block's static __shared__ bytes (those declared so far) and what they may total beside the
+  // dynamic shared memory: a GPU counts both against the kernel's limit.
+  size_t static_bytes = 0, shared_limit = 0;
+  bool opted_in = false;
   std::mt19937_64 order_rng;
 };
 
@@ -296,6 +300,7 @@ std::string deadlock_report() {
 
 void run_block(dim3 block_idx) {
   ++st.block_serial;
+  st.static_bytes = 0;
   if (st.smem_bytes) {
     std::memset(st.smem, 0xff, st.smem_bytes);
     std::memset(st.async_view.get(), 0xff, st.smem_bytes);
@@ -409,6 +414,11 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
     throw std::runtime_error("CUDA emulator: a launch asks for " + std::to_string(dynamic_smem) +
                              " bytes of dynamic shared memory; the kernel allows " + std::to_string(limit) +
                              " (48 KB unless cudaFuncSetAttribute raised it; 227 KB at most)");
+  // Static shared memory counts too (shared_region checks it as the kernel declares it): without
+  // the opt-in, static plus dynamic must fit 48 KB (the default maximum dynamic size is 48 KB less
+  // the static size); with it, static plus the opted-in dynamic size must fit 227 KB.
+  st.opted_in = opted_in != dynamic_smem_limits().end();
+  st.shared_limit = st.opted_in ? 227 * 1024 - std::min<size_t>(227 * 1024, allowed) : 48 * 1024 - dynamic_smem;
   st.grid = grid;
   st.block = block;
   st.threads = threads;
@@ -446,6 +456,11 @@ void shared_region(void* p, size_t bytes) {
   if (v.poisoned_in == st.block_serial) return;
   std::memset(p, 0xff, bytes);
   v = {bytes, st.block_serial};
+  st.static_bytes += bytes;
+  if (st.static_bytes > st.shared_limit)
+    fail(st.opted_in ? "static __shared__ variables and the opted-in dynamic shared memory exceed 227 KB"
+                     : "static __shared__ variables and the dynamic shared memory exceed 48 KB "
+                       "(a launch the GPU refuses without cudaFuncSetAttribute)");
 }
 
 int sync_block(int predicate, bool reduce_or) {
@@ -529,7 +544,8 @@ float b16_to_float(uint16_t bits, bool bf16) {
 void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, bool bf16) {
   struct Operands {
     uint32_t a[4], b[2];
-  } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}}, all[32];
+  } mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  [[gnu::uninitialized]] Operands all[32];
   warp_exchange(&mine, all, sizeof(Operands), 0xffffffffu);
   auto half_of = [](uint32_t word, int col) { return uint16_t(col & 1 ? word >> 16 : word & 0xffff); };
   auto A = [&](int row, int col) {  // 16 x 16
@@ -553,7 +569,7 @@ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
   if (!in_shared(p, 16)) fail("ldmatrix row address outside the block's shared memory");
-  const void* rows[32];
+  [[gnu::uninitialized]] const void* rows[32];
   warp_exchange(&p, rows, sizeof(p), 0xffffffffu);
   const int lane = lane_id(), g = lane / 4, t = lane % 4;
   auto at = [&](int matrix, int row, int col) {
@@ -616,8 +632,8 @@ void run_wgmma(const PendingWgmma& op) {
     uint32_t flags;
   } mine{{}, op.a ? 0 : op.a_descriptor, op.b_descriptor,
          uint32_t(op.accumulate) | uint32_t(op.trans_b) << 1 | uint32_t(op.bf16) << 2 | uint32_t(op.a != nullptr) << 3 |
-             uint32_t(op.n) << 4},
-      all[kWarpgroupThreads];
+             uint32_t(op.n) << 4};
+  [[gnu::uninitialized]] Issued all[kWarpgroupThreads];
   if (op.a) std::memcpy(mine.a, op.a, sizeof(mine.a));
   warpgroup_exchange(&mine, all, sizeof(Issued));
   for (const Issued& other : all)
@@ -626,7 +642,7 @@ void run_wgmma(const PendingWgmma& op) {
   const int thread = st.current->linear % kWarpgroupThreads, warp = thread / 32, g = (thread % 32) / 4, t = thread % 4;
   auto half_of = [](uint32_t word, int col) { return uint16_t(col & 1 ? word >> 16 : word & 0xffff); };
   // A rows 16 warp + g and + 8 (the m16n8k16 A layout of each warp), B columns 8 j + 2 t (+ 1).
-  double a[2][16], b[16][16];
+  [[gnu::uninitialized]] double a[2][16], b[16][16];
   for (int h = 0; h < 2; ++h)
     for (int k = 0; k < 16; ++k) {
       const int row = 16 * warp + g + 8 * h;

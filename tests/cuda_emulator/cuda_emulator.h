@@ -6,12 +6,14 @@
 // ldmatrix; wgmma waits synchronise a warpgroup), and blocks run one after another. The order in which fibers run between two
 // synchronisation points is a setting (forward, reverse, one warp lagging behind the others),
 // so a kernel whose result depends on it has a race. Shared memory is poisoned with 0xff bytes
-// (NaN as float, bf16 and fp16) at the start of every block; cp.async copies land as late as a
+// (NaN as float, bf16 and fp16) at the start of every block, automatic variables with 0xfe bytes
+// (build.py's -ftrivial-auto-var-init=pattern); cp.async copies land as late as a
 // correct kernel allows (at the first block barrier after the issuing thread's wait), or at
 // issue. Reported as errors: a barrier that can never complete (deadlock), warp-synchronous
 // operations after some lanes of the warp exited or with a partial mask, misaligned vector
 // loads, cp.async and ldmatrix addresses, cp.async or ldmatrix outside the block's shared
-// memory, and launches with more dynamic shared memory than the kernel opted into.
+// memory, and launches with more shared memory than the kernel may use (dynamic beyond its opt-in,
+// or static plus dynamic beyond 48 KB without one).
 //
 // Kernel sources pass through translate.py first: it rewrites `kernel<<<grid, block, smem,
 // stream>>>(args)` into cuemu::launch(...)(args) and registers __shared__ variables for
@@ -97,21 +99,21 @@ Launch<Params...> launch_grid_stride(void (*kernel)(Params...), dim3 grid, dim3 
 template <typename T>
 T shfl_xor(unsigned mask, T v, int lane_mask) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
-  T all[32];
+  [[gnu::uninitialized]] T all[32];
   warp_exchange(&v, all, sizeof(T), mask);
   return all[lane_id() ^ lane_mask];
 }
 template <typename T>
 T shfl_up(unsigned mask, T v, int delta) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
-  T all[32];
+  [[gnu::uninitialized]] T all[32];
   warp_exchange(&v, all, sizeof(T), mask);
   return lane_id() >= delta ? all[lane_id() - delta] : v;
 }
 template <typename T>
 T shfl_idx(unsigned mask, T v, int src) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 16);
-  T all[32];
+  [[gnu::uninitialized]] T all[32];
   warp_exchange(&v, all, sizeof(T), mask);
   return all[src & 31];
 }
@@ -163,7 +165,7 @@ T __shfl_sync(unsigned mask, T v, int src_lane, int = 32) {
   return cuemu::shfl_idx(mask, v, src_lane);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
-  int all[32];
+  [[gnu::uninitialized]] int all[32];
   const int mine = pred != 0;
   cuemu::warp_exchange(&mine, all, sizeof(int), mask);
   unsigned bits = 0;
