@@ -159,6 +159,10 @@ def _bad_calls():
         "sedd_step method": (D.sedd_step, (lg, x, one, one), dict(graph="absorb", method="bogus")),
         "sedd_step sigma shape": (D.sedd_step, (lg, x, torch.ones(3), one), dict(graph="absorb", method="euler")),
         "score_entropy_loss int32 x0": (D.score_entropy_loss, (lg, x, x.int(), one, one), dict(graph="absorb")),
+        # two faults: the kernel names the graph (ValueError) before it looks at sigma or grad_loss
+        "score_entropy_loss graph and sigma": (D.score_entropy_loss, (lg, x, x, one.long(), one), dict(graph="bogus")),
+        "score_entropy_loss_backward graph and grad_loss": (D.score_entropy_loss_backward, (one.long(), lg, x, x, one, one),
+                                                            dict(graph="bogus", scale_by_sigma=True)),
         "masked_diffusion_loss mask_id": (D.masked_diffusion_loss, (lg, x, x, one), dict(mask_id=V)),
         "sample_transition num_classes": (D.sample_transition, (x, one), dict(graph="absorb", num_classes=1)),
     }

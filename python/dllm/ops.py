@@ -758,8 +758,8 @@ def score_entropy_loss(
 @_one_device
 def _score_entropy_loss_fake(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma=True):
     _check_bl_k("score_entropy_loss", logits, x_t, x0)
+    _check_graph("score_entropy_loss", graph)  # before sigma and dsigma, as prepare_score_entropy
     _check_per_batch("score_entropy_loss", logits.shape[0], sigma=sigma, dsigma=dsigma)
-    _check_graph("score_entropy_loss", graph)
     return logits.new_empty(logits.shape[:1], dtype=torch.float32)
 
 
@@ -768,8 +768,8 @@ def _score_entropy_loss_fake(logits, x_t, x0, sigma, dsigma, *, graph, scale_by_
 def _score_entropy_loss_backward_fake(grad_loss, logits, x_t, x0, sigma, dsigma, *, graph, scale_by_sigma):
     op = "score_entropy_loss_backward"
     _check_bl_k(op, logits, x_t, x0)
-    _check_per_batch(op, logits.shape[0], sigma=sigma, dsigma=dsigma, grad_loss=grad_loss)
     _check_graph(op, graph)
+    _check_per_batch(op, logits.shape[0], sigma=sigma, dsigma=dsigma, grad_loss=grad_loss)
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
