@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy tqdm safetensors tokenizers matplotlib pytest pytest-timeout pytest-xdist "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
+	$(PY) -m pip install -q "$(TORCH_SPEC)" numpy tqdm safetensors tokenizers matplotlib pytest pytest-timeout "pytest-xdist>=3.8" "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja
 	touch $@
 
 venv: $(VENV)/.deps
