@@ -34,3 +34,11 @@ def test_every_mutant_names_text_that_is_in_its_file_once(script):
     stale = [(i, path, old[:60]) for i, (path, old, *_) in enumerate(_mutants(script))
              if (ROOT / path).read_text().count(old) != 1]
     assert not stale, f"{script}: mutants whose text is not in their file exactly once: {stale}"
+
+
+@pytest.mark.parametrize("script,phrase", [("tests/mutate_cpu.py", "`python tests/mutate_cpu.py` plants {} known bugs"),
+                                           ("tests/cuda_emulator/mutate.py", "does the same with {} bugs")])
+def test_readme_counts_the_planted_bugs(script, phrase):
+    # the README gives each sweep's size; it had fallen one mutant behind
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert phrase.format(len(_mutants(script))) in readme
