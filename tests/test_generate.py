@@ -449,6 +449,23 @@ def test_clear_errors():
         dllm.generate(model, gen_length=8, steps=4, sampler="llada")
 
 
+class _CudaLikeGenerator(torch.Generator):
+    """What a machine without a GPU can build of a CUDA generator: only its device is checked."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("sampler", ["llada", "sedd-analytic"])
+def test_a_generator_on_another_device_is_refused_before_the_network_runs(sampler):
+    model = TinyModel() if sampler == "llada" else TinyScore(Absorbing(V - 1))
+    with pytest.raises(ValueError, match=r"the generator is on cuda:0 but the model is on cpu: make it with "
+                                         r"torch.Generator\(device='cpu'\)"):
+        dllm.generate(model, gen_length=8, steps=4, sampler=sampler, generator=_CudaLikeGenerator())
+    assert model.calls == []
+
+
 def test_token_ids_outside_a_known_vocabulary_are_named():
     model = TinyModel()
     model.vocab_size = V

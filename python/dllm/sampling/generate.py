@@ -45,6 +45,13 @@ def _check_cuda_graph(cuda_graph: bool, cache, device: torch.device) -> None:
     graphs.check_graphable(device)
 
 
+def _check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
+    """Before the first network call: torch would only refuse the generator at the first random draw."""
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"the generator is on {generator.device} but the model is on {device}: make it with "
+                         f"torch.Generator(device={str(device)!r})")
+
+
 def _check_lengths(**lengths) -> None:
     for key, value in lengths.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
@@ -347,6 +354,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     device = _device_of(model)
     _check_cache(name, cache)
     _check_cuda_graph(cuda_graph, cache, device)
+    _check_generator_device(generator, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
                           alg_temp=alg_temp)
     if getattr(model, "graph", None) is not None:
@@ -398,13 +406,14 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
                          "Uniform); a masked-diffusion model samples with mdlm, first-hitting, llada, dream or "
                          "fast-dllm")
     _check_cache("sedd-" + method, cache)
-    _check_cuda_graph(cuda_graph, cache, _device_of(model))
+    device = _device_of(model)
+    _check_cuda_graph(cuda_graph, cache, device)
+    _check_generator_device(generator, device)
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
         raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
     noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
-    device = _device_of(model)
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    pad_id_of(model), device, getattr(graph, "num_classes", None))
     _check_window(model, x.shape[1], gen_length)
