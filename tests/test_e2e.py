@@ -406,6 +406,21 @@ def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=1)
 
 
+def test_a_kept_model_of_another_budget_is_reused_and_says_so(tmp_path, capsys):
+    from dllm.training.timed import train_for_minutes
+
+    (tmp_path / "mdlm" / "model").mkdir(parents=True)
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": None, "seed": 0, "max_time": 180.0,
+               "steps": 20000}
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
+    assert train_for_minutes("mdlm", tmp_path, 3.0, device="cpu", seq_len=160) == tmp_path / "mdlm" / "model"
+    assert "budget" not in capsys.readouterr().out
+    for minutes, steps in ((5.0, 20000), (3.0, 100)):
+        train_for_minutes("mdlm", tmp_path, minutes, device="cpu", seq_len=160, steps=steps)
+        assert (f"reusing {tmp_path / 'mdlm' / 'model'}, trained with a budget of 3 minutes or 20000 steps, not "
+                f"{minutes:g} or {steps} (--retrain") in capsys.readouterr().out
+
+
 def test_a_kept_model_is_reused_from_a_relative_data_path(tmp_path, monkeypatch):
     from dllm.training.timed import train_for_minutes
 

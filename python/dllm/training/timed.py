@@ -7,6 +7,7 @@ way: the same size, data, batch and wall-clock budget for both, so the compariso
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
             raise ValueError(f"{out / objective} holds a model trained on {trained['seq_len']}-token windows, "
                              f"shorter than the {seq_len} needed: retrain (--retrain) or choose another output folder")
         if model_dir.exists():
-            print(f"{log_prefix} reusing {model_dir} (--retrain to train again)")
+            print(f"{log_prefix} reusing {model_dir}{_other_budget(trained, minutes, steps)} (--retrain to train "
+                  "again)")
             return model_dir
     print(f"{log_prefix} training the {size} {objective} model for {minutes:g} minutes on {device}")
     try:
@@ -57,3 +59,14 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         raise CheckpointError(f"the unfinished run in {out / objective} cannot continue ({e}); --retrain starts "
                               "it over") from e
     return model_dir
+
+
+def _other_budget(trained: dict, minutes: float, steps: int) -> str:
+    """A kept model is reused whatever budget is asked now (the demo's rerun is meant to be quick), so the
+    difference is said rather than refused."""
+    if "max_time" not in trained:  # a config written by hand or by another tool: nothing to compare
+        return ""
+    was_minutes, was_steps = trained["max_time"] / 60, trained.get("steps")
+    if math.isclose(was_minutes, minutes) and was_steps == steps:
+        return ""
+    return f", trained with a budget of {was_minutes:g} minutes or {was_steps} steps, not {minutes:g} or {steps}"
