@@ -1,4 +1,5 @@
-"""The DiT's layers (adaLN and its gated residuals, in torch and through dllm's ops) against SEDD's math in float64."""
+"""The models' layers (the DiT's adaLN and its gated residuals, in torch and through dllm's ops; LLaDA's RMSNorm)
+against their math in float64."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import HAS_CUDA
 from dllm.models import build_model, model_config
-from dllm.models.layers import ModulatedLayerNorm
+from dllm.models.layers import ModulatedLayerNorm, RMSNorm
 from test_adaln import adaln_reference
 from test_rotary import rotated
 
@@ -30,6 +31,31 @@ def test_modulated_layer_norm_is_adaln_in_float32_or_better(dtype):
             out = norm(x, shift, scale)
         assert out.dtype == dtype and out.shape == x.shape
         torch.testing.assert_close(out.double(), want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float16, torch.float16), (torch.bfloat16, torch.float32)])
+def test_rms_norm_is_computed_in_float32_and_rounded_once(x_dtype, w_dtype):
+    """Fused (shared dtype) or not (float32 weights under autocast), the same math as LLaMA's RMSNorm."""
+    g = torch.Generator().manual_seed(3)
+    d, eps = 83, 1e-6
+    norm = RMSNorm(d, eps).to(w_dtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(d, generator=g))
+    x = (0.5 + 4 * torch.randn(3, 29, d, generator=g)).to(x_dtype).requires_grad_()
+    out = norm(x)
+    x64, w64 = x.detach().double(), norm.weight.detach().double()
+    want = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
+    assert out.dtype == x_dtype
+    # one rounding of a float32 result: within half a unit in the last place of x's dtype, plus float32's error
+    torch.testing.assert_close(out.double(), want, rtol=torch.finfo(x_dtype).eps / 2 + 1e-6, atol=1e-6)
+    grad = torch.randn(out.shape, generator=g).to(x_dtype)
+    dx, dw = torch.autograd.grad(out, (x, norm.weight), grad)
+    x64r, w64r = x64.clone().requires_grad_(), w64.clone().requires_grad_()
+    ref = x64r * torch.rsqrt(x64r.pow(2).mean(-1, keepdim=True) + eps) * w64r
+    dx64, dw64 = torch.autograd.grad(ref, (x64r, w64r), grad.double())
+    torch.testing.assert_close(dx.double(), dx64, **TOL.get(x_dtype, dict(rtol=1e-2, atol=1e-2)))
+    torch.testing.assert_close(dw.double(), dw64, rtol=1e-2 if w_dtype != torch.float32 else 1e-5, atol=1e-2)
 
 
 def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
