@@ -8,6 +8,7 @@ import torch
 
 import dllm
 from stats import chi_square_pvalue, poisson_z
+from threads import assert_same_under_threads
 
 P_MIN = 1e-4
 
@@ -63,6 +64,15 @@ def test_seeded_and_zero_sigma(device):
     assert torch.equal(a, dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=101))
     assert not torch.equal(a, b)
     assert torch.equal(dllm.ops.sample_transition(x0, 0.0, graph="absorb", num_classes=101), x0)
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_draws_do_not_depend_on_threads(graph):
+    # The grain is 65536 / 64 = 1024 positions: 1, 2 and 3 threads split these 3003 differently.
+    x0 = torch.randint(0, 5002, (3, 1001), generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 1.0, 2.5])
+    assert_same_under_threads(
+        lambda g: dllm.ops.sample_transition(x0, sigma, graph=graph, num_classes=5003, generator=g))
 
 
 def test_graph_object_and_errors(device):

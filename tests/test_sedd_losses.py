@@ -5,6 +5,7 @@ import torch
 
 import dllm
 from dllm.sedd import reference as ref
+from threads import assert_same_under_threads
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, K): awkward lengths, a small odd K, and GPT-2's K = 50258 (absorb) / 50257 (uniform).
@@ -126,6 +127,27 @@ def test_half_precision_logits(device, dtype, loss_name):
     ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
     err = (grad.double() - exact_grad).abs()
     assert (err <= ulp * exact_grad.abs() + 1e-6).all(), err.max()
+
+
+@pytest.mark.parametrize("loss_name", ["score_entropy_absorb", "score_entropy_uniform", "masked_diffusion"])
+def test_loss_and_gradient_do_not_depend_on_threads(loss_name):
+    # One thread computes each position's loss and gradient row, and torch sums a sequence's
+    # positions in double, so a run trains alike on any thread count (a training-reproducibility
+    # property; the README promises thread independence only for the draws). The grain is
+    # 65536 / K = 32 rows: 1, 2 and 3 threads split these 602 differently.
+    graph = "uniform" if loss_name.endswith("uniform") else "absorb"
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 301, 2003), graph, torch.float32, "cpu", seed=5)
+
+    def loss_and_grad(_):
+        leaf = logits.clone().requires_grad_()
+        if loss_name == "masked_diffusion":
+            loss = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, dsigma, mask_id=2002)
+        else:
+            loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph)
+        (grad,) = torch.autograd.grad(loss, leaf, torch.tensor([1.0, -0.3]))
+        return loss.detach(), grad
+
+    assert_same_under_threads(loss_and_grad)
 
 
 def test_non_finite_logits_propagate(device):

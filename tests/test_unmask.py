@@ -7,6 +7,7 @@ import dllm
 from dllm.reference import unmask as ref
 from dllm.unmask_schedule import linear_transfer_counts
 from stats import chi_square_pvalue, two_sample_pvalue
+from threads import assert_same_under_threads
 
 P_MIN = 1e-4
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -309,6 +310,29 @@ def test_commit_reproducible_with_seed(device):
         dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=0.3)
         outs.append(y)
     assert torch.equal(outs[0], outs[1])
+
+
+# Sizes that 1, 2 and 3 threads chunk differently: predict_masked's grain is 1 + 65536 / V = 22
+# positions (of 3 * 97), commit_tokens' 1 + 16384 / L = 33 rows (of 130).
+@pytest.mark.parametrize("kw", [dict(temperature=0.7, top_k=50),
+                                dict(temperature=1.3, top_p=0.9, confidence="entropy", confidence_from="proposal"),
+                                dict(confidence="random")], ids=["top_k", "top_p", "random"])
+def test_predict_masked_draws_do_not_depend_on_threads(kw):
+    logits, x = masked_batch(3, 97, 3001, "cpu")
+    assert_same_under_threads(lambda g: dllm.ops.predict_masked(logits, x, mask_id=MASK, generator=g, **kw))
+
+
+@pytest.mark.parametrize("kw", [dict(prob=torch.linspace(0, 1, 130)),
+                                dict(num_tokens=17, position_temperature=0.5,
+                                     window=torch.tensor([[13, 400]]).expand(130, 2))], ids=["prob", "position_temperature"])
+def test_commit_draws_do_not_depend_on_threads(kw):
+    x, x0, conf = commit_inputs(130, 509, "cpu")
+
+    def commit(g):
+        y = x.clone()
+        return y, dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, generator=g, **kw)
+
+    assert_same_under_threads(commit)
 
 
 def test_one_value_for_every_row_takes_any_scalar_form(device):
