@@ -43,7 +43,7 @@ MUTANTS = [
     (MASKED, 'confidence = "random" if remasking == "random" else "prob"', 'confidence = "prob"', [RULES]),
     (MASKED, "rate = per_row((t - s) / t)", "rate = per_row(t - s)", [GEN]),
     (MASKED, "        if latest and not time_conditioned:\n", "        if latest:\n", [GEN]),
-    (MASKED, "        if bool(unmasked):\n            latest.clear()\n", "", [GEN]),
+    (MASKED, "        if not time_conditioned and bool(unmasked):\n            latest.clear()\n", "", [GEN]),
     (MASKED, "        t.mul_(u ** (1.0 / n))\n", "        t.mul_(u)\n", [RULES]),
     (MASKED, 'confidence="random", logits_shift=shift, generator=generator)\n        ops.commit_tokens(x, x0, conf, '
              'mask_id=mask_id, num_tokens=one',
@@ -192,7 +192,7 @@ MUTANTS = [
     ("python/dllm/sedd/graphs.py", '    name = "absorb"\n    scale_by_sigma = True\n',
      '    name = "absorb"\n    scale_by_sigma = False\n', ["test_sedd_step"]),
     ("python/dllm/unmask_schedule.py", "or steps <= 0:", "or steps <= 1:", [UNMASK]),
-    (MASKED, "        loop.end(x, latest[0])\n        if bool(unmasked):\n", "        if bool(unmasked):\n", [GEN]),
+    (MASKED, "        loop.end(x, latest[0])\n        # Reading unmasked", "        # Reading unmasked", [GEN]),
     (OBJECTIVES, '        if graph not in ("absorb", "uniform"):\n', "        if False:\n", ["test_objectives"]),
     ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
      'r["step"] == self.step or "val_bpb" in r', ["test_training"]),
