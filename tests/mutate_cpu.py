@@ -35,8 +35,8 @@ MUTANTS = [
     # first-hitting's time and position, Dream's counts and confidences, Fast-dLLM's caches
     (MASKED, "return _loglinear_sigma((x == mask_id).sum(-1) / real)",
      "return _loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
-    (MASKED, "logits = uncond + (cfg_scale + 1) * (cond - uncond)", "logits = uncond + cfg_scale * (cond - uncond)",
-     [RULES]),
+    (MASKED, "logits = torch.sub(cond, uncond).mul_(cfg_scale + 1).add_(uncond)",
+     "logits = torch.sub(cond, uncond).mul_(cfg_scale).add_(uncond)", [RULES]),
     (MASKED, "unconditional = x.masked_fill(prompt_tokens, mask_id)", "unconditional = x.clone()", [GEN]),
     (GENERATE, "prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]",
      "prompt_tokens[:, :start] = True", [GEN]),
