@@ -649,3 +649,28 @@ def test_the_canvas_goes_where_the_model_is(monkeypatch):
     monkeypatch.setattr(module, "_device_of", lambda model: torch.device("cuda", 1))
     assert body(TinyModel(), "gpu") == "gpu" and entered == ["cpu", torch.device("cuda", 1), "gpu"]
     assert dllm.generate.__code__ is body.__code__  # generate runs inside it
+
+
+# ---- host synchronisation -----------------------------------------------------------------------
+
+from host_syncs import syncs_per_step  # noqa: E402
+
+# Syncs a sampler's step makes, as its docstring says: mdlm chooses whether a time-agnostic model's
+# step needs the network from the previous step's outcome (none for a time-conditioned model, which
+# needs it at every step); llada syncs once a block (one block here), the SEDD samplers never.
+DOCUMENTED_SYNCS = [("mdlm", TinyModel, 1), ("mdlm", lambda: TinyModel(time_conditioned=True), 0),
+                    ("first-hitting", TinyModel, 0), ("llada", TinyModel, 0), ("llada:random", TinyModel, 0),
+                    ("dream", TinyModel, 0), ("dream:origin", TinyModel, 0),
+                    ("sedd-analytic", lambda: TinyScore(Absorbing(V - 1)), 0),
+                    ("sedd-euler", lambda: TinyScore(Uniform(V)), 0)]
+
+
+@pytest.mark.parametrize("sampler, model, syncs", DOCUMENTED_SYNCS,
+                         ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(DOCUMENTED_SYNCS)])
+def test_sampler_steps_sync_with_the_host_only_where_documented(sampler, model, syncs):
+    # Counted on the CPU: each would stall an eager GPU step (and break its CUDA-graph capture,
+    # where it sits inside a captured step function)
+    kw = {} if sampler.startswith("sedd") else {"temperature": 1.0}
+    counts = syncs_per_step(dllm.generate, model=model(), prompt=[[1, 2, 3], [4, 5, 6]], gen_length=32, steps=16,
+                            sampler=sampler, generator=torch.Generator().manual_seed(0), **kw)
+    assert len(counts) >= 10 and counts == [syncs] * len(counts)

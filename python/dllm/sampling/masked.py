@@ -57,7 +57,8 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
             unconditional = x.masked_fill(prompt_tokens, mask_id)
             both = torch.cat([x, unconditional])
             cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
-            logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            # in place, one [B, L, V] tensor where the expression would allocate three (same roundings)
+            logits = torch.sub(cond, uncond).mul_(cfg_scale + 1).add_(uncond)
         else:
             logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
@@ -89,8 +90,8 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
     tokens still masked at t = 1e-5 (rare) take the argmax of one more forward, as MDLM's noise
     removal does, within the last step. For a time-agnostic model the logits of a step that
     unmasked nothing are reused, so that step costs no network call (under cuda_graph the steps
-    with and without the network are two graphs, and the choice between them is one host sync a
-    step)."""
+    with and without the network are two graphs), and choosing between them is one host sync a
+    step; a time-conditioned model's steps all call the network and make none."""
     times = torch.linspace(1, MDLM_EPS, steps + 1, dtype=torch.float64).tolist()
     time_conditioned = loop.time_conditioned
     # did the latest step commit a token?
@@ -121,12 +122,13 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         else:
             latest[:] = [loop.call(forward_step, x, per_row(t), rate)]
         if i == steps - 1 and bool((x == mask_id).any()):
-            if bool(unmasked) or time_conditioned:
+            if time_conditioned or bool(unmasked):
                 latest[:] = [loop.logits(x, _loglinear_sigma(per_row(s)) if time_conditioned else None)]
             x0, conf = ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
         loop.end(x, latest[0])
-        if bool(unmasked):
+        # Reading unmasked syncs with the device: only a time-agnostic model may skip the network
+        if not time_conditioned and bool(unmasked):
             latest.clear()
     return x
 

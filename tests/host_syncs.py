@@ -1,0 +1,55 @@
+"""Host synchronisations counted on the CPU, where they cost nothing and so go unnoticed.
+
+On a CUDA tensor these make the host wait for the device: reading a value in Python (``.item()``,
+``bool(t)``, ``int(t)``, ``if t.any():``, which all reach ``aten::_local_scalar_dense``), ops whose
+output shape depends on the values (``nonzero``, boolean-mask indexing, ``masked_select``,
+``repeat_interleave`` without ``output_size``, ``unique``), and ``tolist``, which on the CPU reads
+memory without dispatching an op and so is counted by patching it (every call, even of a tensor that
+was made on the host). A sampler step that does none of these can be captured in a CUDA graph and,
+eager, queues its kernels without stalling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+SYNCING_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
+               aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default}
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts (``count``) the ops of SYNCING_OPS and the ``tolist`` calls made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in SYNCING_OPS
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        tolist = self._tolist = torch.Tensor.tolist
+
+        def counted(tensor):
+            self.count += 1
+            return tolist(tensor)
+
+        torch.Tensor.tolist = counted
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+
+def syncs_per_step(generate, **kwargs) -> list[int]:
+    """The host syncs of each step of ``generate(..., callback=)`` but the first and the last (where
+    a sampler may sync once a call: before its loop, or to finish): those made after the previous
+    step's callback, up to and including its own."""
+    counts = []
+    with HostSyncs() as syncs:
+        generate(callback=lambda step, x, logits: counts.append(syncs.count), **kwargs)
+    return [b - a for a, b in zip(counts, counts[1:])][:-1]
