@@ -3,9 +3,9 @@
 On a CUDA tensor these make the host wait for the device: reading a value in Python (``.item()``,
 ``bool(t)``, ``int(t)``, ``if t.any():``, which all reach ``aten::_local_scalar_dense``), ops whose
 output shape depends on the values (``nonzero``, boolean-mask indexing, ``masked_select``,
-``repeat_interleave`` without ``output_size``, ``unique``), and ``tolist``, which on the CPU reads
-memory without dispatching an op and so is counted by patching it (every call, even of a tensor that
-was made on the host). A sampler step that does none of these can be captured in a CUDA graph and,
+``repeat_interleave`` without ``output_size``, ``unique``), ``tolist``, and ``torch.tensor`` of
+host data (on CUDA a blocking copy); the last two dispatch no op on the CPU, so they are counted by
+patching them (every call, even one that stays on the host). A sampler step that does none of these can be captured in a CUDA graph and,
 eager, queues its kernels without stalling.
 """
 
@@ -20,7 +20,8 @@ SYNCING_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.mask
 
 
 class HostSyncs(TorchDispatchMode):
-    """Counts (``count``) the ops of SYNCING_OPS and the ``tolist`` calls made while it is active."""
+    """Counts (``count``) the ops of SYNCING_OPS and the ``tolist`` and ``torch.tensor`` calls made
+    while it is active."""
 
     def __init__(self):
         super().__init__()
@@ -31,17 +32,21 @@ class HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        tolist = self._tolist = torch.Tensor.tolist
-
-        def counted(tensor):
-            self.count += 1
-            return tolist(tensor)
-
-        torch.Tensor.tolist = counted
+        self._saved = [(torch.Tensor, "tolist"), (torch, "tensor")]
+        self._saved = [(owner, name, getattr(owner, name)) for owner, name in self._saved]
+        for owner, name, fn in self._saved:
+            setattr(owner, name, self._counted(fn))
         return super().__enter__()
 
+    def _counted(self, fn):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+        return counted
+
     def __exit__(self, *exc):
-        torch.Tensor.tolist = self._tolist
+        for owner, name, fn in self._saved:
+            setattr(owner, name, fn)
         return super().__exit__(*exc)
 
 

@@ -653,7 +653,7 @@ def test_the_canvas_goes_where_the_model_is(monkeypatch):
 
 # ---- host synchronisation -----------------------------------------------------------------------
 
-from host_syncs import syncs_per_step  # noqa: E402
+from host_syncs import HostSyncs, syncs_per_step  # noqa: E402
 
 # Syncs a sampler's step makes, as its docstring says: mdlm chooses whether a time-agnostic model's
 # step needs the network from the previous step's outcome (none for a time-conditioned model, which
@@ -674,3 +674,16 @@ def test_sampler_steps_sync_with_the_host_only_where_documented(sampler, model, 
     counts = syncs_per_step(dllm.generate, model=model(), prompt=[[1, 2, 3], [4, 5, 6]], gen_length=32, steps=16,
                             sampler=sampler, generator=torch.Generator().manual_seed(0), **kw)
     assert len(counts) >= 10 and counts == [syncs] * len(counts)
+
+
+def test_llada_syncs_with_the_host_once_a_block():
+    # the block's step plan (which steps commit a token in some row) is read on the host; its
+    # window and counts are made on the device
+    def syncs(blocks):
+        with HostSyncs() as counter:
+            dllm.generate(TinyModel(), [[1, 2, 3], [4, 5, 6]], gen_length=32, steps=16, block_length=32 // blocks,
+                          sampler="llada", temperature=1.0, generator=torch.Generator().manual_seed(0))
+        return counter.count
+
+    assert syncs(4) - syncs(1) == 3 and syncs(2) - syncs(1) == 1
+

@@ -24,8 +24,13 @@ def linear_transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     masked = torch.as_tensor(masked, dtype=torch.int64)
     if masked.dim() != 1:
         raise ValueError(f"masked must be [B], one count per row, got shape {tuple(masked.shape)}")
-    if (masked < 0).any():
+    if (masked < 0).any():  # a host sync on CUDA, which the samplers' own calls skip
         raise ValueError("masked counts must be >= 0")
+    return transfer_counts(masked, steps)
+
+
+def transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """:func:`linear_transfer_counts` without its checks, for counts known to be valid."""
     base = (masked // steps)[:, None].expand(-1, steps)
     extra = torch.arange(steps, device=masked.device)[None, :] < (masked % steps)[:, None]
     return base + extra.to(torch.int64)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..unmask_schedule import linear_transfer_counts
+from ..unmask_schedule import transfer_counts
 from .loop import StepLoop
 
 
 def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    return torch.tensor([lo, hi], device=x.device).expand(x.shape[0], 2).contiguous()
+    # filled on the device: torch.tensor([lo, hi], device=...) would be a blocking copy from the host
+    window = torch.full((x.shape[0], 2), lo, dtype=torch.int64, device=x.device)
+    window[:, 1] = hi
+    return window
 
 
 def _loglinear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -69,7 +72,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
     for b in range(blocks):
         lo, hi = start + b * block_length, start + (b + 1) * block_length
         window = _window(x, lo, hi)
-        counts = linear_transfer_counts((x[:, lo:hi] == mask_id).sum(-1), per_block)
+        counts = transfer_counts((x[:, lo:hi] == mask_id).sum(-1), per_block)  # counts >= 0: unchecked
         # A step that commits nothing in any row (a block the infill already fills, or more steps
         # than masked tokens) would only cost a network call: skipped, for one host sync per block.
         busy = (counts > 0).any(0).tolist()
