@@ -44,21 +44,28 @@ float confidence_of(Confidence kind, const float* v, int64_t vocab, int64_t toke
   switch (kind) {
     case Confidence::kProb: return std::exp((v[token] - m) * scale - log_s);
     case Confidence::kMargin: {
-      float second = -kInf;
-      for (int64_t j = 0; j < vocab; ++j)
-        if (j != greedy && v[j] > second) second = v[j];
+      // the largest entry but the greedy one (a tie with it counts): two vectorised maxima
+      const float second = std::max(max_of(v, greedy), max_of(v + greedy + 1, vocab - greedy - 1));
       return std::exp(-log_s) - (second == -kInf ? 0.0f : std::exp((second - m) * scale - log_s));
     }
     case Confidence::kEntropy: {
-      // sum p log p, with log p = d - log S, d = (v - m) * scale and S = sum exp(d).
-      double s = 0.0, t = 0.0;  // double sums: cheap on a CPU, and this is a difference of sums
-      for (int64_t j = 0; j < vocab; ++j) {
-        const float d = std::max((v[j] - m) * scale, -87.0f);  // -inf entries contribute ~0, not NaN
+      // sum p log p, with log p = d - log S, d = (v - m) * scale and S = sum exp(d). Double sums
+      // (cheap on a CPU, and this is a difference of sums) in kLanes independent chains, which
+      // vectorise where one running pair of sums would be a dependency chain.
+      double s[kLanes] = {}, t[kLanes] = {};
+      const auto add = [&](int64_t k, float value) {
+        const float d = std::max((value - m) * scale, -87.0f);  // -inf entries contribute ~0, not NaN
         const float e = exp_poly(d);
-        s += e;
-        t += double(e) * d;
-      }
-      return float(t / s - std::log(s));
+        s[k] += e;
+        t[k] += double(e) * d;
+      };
+      int64_t j = 0;
+      for (; j + kLanes <= vocab; j += kLanes)
+        for (int64_t k = 0; k < kLanes; ++k) add(k, v[j + k]);
+      for (; j < vocab; ++j) add(0, v[j]);
+      double s_sum = 0.0, t_sum = 0.0;
+      for (int64_t k = 0; k < kLanes; ++k) s_sum += s[k], t_sum += t[k];
+      return float(t_sum / s_sum - std::log(s_sum));
     }
     case Confidence::kRandom: return uniform_at(seed, offset, uint64_t(position), 0, RngStream::kUniform);
   }
