@@ -1,5 +1,6 @@
 // CPU kernel of predict_masked: a proposal and a confidence at every masked position.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu_isa.h"
@@ -12,29 +13,80 @@ namespace {
 
 using namespace cpu;
 
+// apply_filter's per-token keys and masses and the tokens still in the running, kept across the
+// rows of a call (grown on the first filtered row).
+struct FilterScratch {
+  std::vector<uint32_t> keys;
+  std::vector<uint64_t> masses;
+  std::vector<int64_t> running;
+  void reserve(int64_t vocab) {
+    if (int64_t(keys.size()) >= vocab) return;
+    keys.resize(vocab), masses.resize(vocab), running.resize(vocab);
+  }
+};
+
+// fixed_mass(p) for 0 <= p < 16 in operations that vectorise (x86 before AVX-512 has no packed
+// double -> int64 conversion): the floor of p 2^48 is exact in a double, and adding 2^52 puts it
+// in the low bits of the significand.
+inline uint64_t fixed_mass_of_probability(float p) {
+  const double shifted = std::floor(double(p) * kMassScale) + 4503599627370496.0;  // + 2^52
+  uint64_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  return bits - 0x4330000000000000ull;  // 2^52's bits
+}
+
 // Sets y[j] = -inf for the tokens that top-k / top-p filtering removes. `y` holds the tempered
-// values and `lse` their log-sum-exp; `v` the untempered ones (same order as y).
-void apply_filter(const float* v, float* y, int64_t vocab, float lse, int64_t top_k, float top_p) {
+// values and `lse` their log-sum-exp; `v` the untempered ones (same order as y). Each token's key
+// and mass are computed once, in loops that vectorise; each radix level then histograms only the
+// tokens under the prefix fixed so far (after the first level, a small share of the row).
+void apply_filter(const float* v, float* y, int64_t vocab, float lse, int64_t top_k, float top_p,
+                  FilterScratch& s) {
   const uint64_t top_p_mass = top_p >= 1.0f ? UINT64_MAX : fixed_mass(top_p);
-  RadixLevel level;
-  std::vector<uint32_t> count(256);
-  std::vector<uint64_t> mass(256);
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    std::fill(count.begin(), count.end(), 0u);
-    std::fill(mass.begin(), mass.end(), 0ull);
-    const uint32_t high_mask = shift == 24 ? 0u : ~0u << (shift + 8);
-    for (int64_t j = 0; j < vocab; ++j) {
-      if (y[j] == -kInf) continue;
-      const uint32_t key = ordered_key(v[j]);
-      if ((key & high_mask) != (level.prefix & high_mask)) continue;
-      const int d = (key >> shift) & 255;
-      count[d] += 1;
-      mass[d] += fixed_mass(exp_poly(y[j] - lse));
+  s.reserve(vocab);
+  uint32_t* keys = s.keys.data();
+  uint64_t* masses = s.masses.data();
+  int64_t* running = s.running.data();
+  for (int64_t j = 0; j < vocab; ++j) keys[j] = ordered_key(v[j]);
+  for (int64_t j = 0; j < vocab; ++j) masses[j] = fixed_mass_of_probability(exp_poly(y[j] - lse));
+  // Histograms by digit. Neighbouring tokens often share a digit: kCopies interleaved copies keep
+  // their increments from waiting on one another.
+  constexpr int kCopies = 4;
+  uint32_t count[kCopies][256];
+  uint64_t mass[kCopies][256];
+  const auto histogram = [&](int64_t n, auto token_at, int shift, RadixLevel& level) {
+    std::fill(&count[0][0], &count[0][0] + kCopies * 256, 0u);
+    std::fill(&mass[0][0], &mass[0][0] + kCopies * 256, uint64_t(0));
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = token_at(i);
+      if (j < 0) continue;
+      const int d = (keys[j] >> shift) & 255;
+      count[i % kCopies][d] += 1;
+      mass[i % kCopies][d] += masses[j];
     }
-    radix_step(level, count.data(), mass.data(), shift, top_k, top_p_mass);
+    for (int c = 1; c < kCopies; ++c)
+      for (int d = 0; d < 256; ++d) count[0][d] += count[c][d], mass[0][d] += mass[c][d];
+    radix_step(level, count[0], mass[0], shift, top_k, top_p_mass);
+  };
+  RadixLevel level;
+  // Tokens removed before filtering (y = -inf: the mask token) never count.
+  histogram(vocab, [&](int64_t j) { return y[j] == -kInf ? int64_t(-1) : j; }, 24, level);
+  int64_t n = 0;
+  for (int64_t j = 0; j < vocab; ++j) {
+    running[n] = j;
+    n += y[j] != -kInf && (keys[j] >> 24) == (level.prefix >> 24);
+  }
+  for (int shift = 16; shift >= 0; shift -= 8) {
+    histogram(n, [&](int64_t i) { return running[i]; }, shift, level);
+    const uint32_t fixed_bits = ~0u << shift;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      running[kept] = running[i];
+      kept += (keys[running[i]] & fixed_bits) == (level.prefix & fixed_bits);
+    }
+    n = kept;
   }
   for (int64_t j = 0; j < vocab; ++j)
-    if (ordered_key(v[j]) < level.prefix) y[j] = -kInf;
+    if (keys[j] < level.prefix) y[j] = -kInf;
 }
 
 // The confidence under softmax((v - m) * scale), given m = max(v) and log_s = log(sum(exp((v - m)
@@ -77,6 +129,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
   const size_t elem = D == DType::kFloat32 ? 4 : 2;
   const int64_t vocab = p.vocab;
   std::vector<float> v(vocab), y(vocab), group_lse(num_groups(vocab));
+  FilterScratch filter_scratch;
   int64_t first_error = kNoError;
   for (int64_t pos = begin; pos < end; ++pos) {
     const int64_t token_in = p.x[pos];
@@ -114,7 +167,7 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
       float w_lse = tempered_lse;
       if (filtered) {
         temper(v.data(), vocab, m, w_scale, y.data());
-        apply_filter(v.data(), y.data(), vocab, tempered_lse, p.top_k, p.top_p);
+        apply_filter(v.data(), y.data(), vocab, tempered_lse, p.top_k, p.top_p, filter_scratch);
         w = y.data(), w_max = 0.0f, w_scale = 1.0f;
         group_maxes(w, vocab, group_lse.data());
         group_log_sums(w, vocab, w_max, w_scale, group_lse.data());
