@@ -60,9 +60,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         if x.dtype == self.weight.dtype:
-            # torch's kernel computes in float32 and rounds once, as below, in one pass (CUDA) instead of five
+            # torch's kernel computes in float32 (float64 for float64) and rounds once, as below, in one
+            # pass (CUDA) instead of five
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        xf = x.float()  # the kernel refuses mixed dtypes (float32 weights under autocast)
+        # mixed dtypes (float32 weights under autocast): torch's fused kernel does not take them (it
+        # warns and falls back to an unfused path)
+        xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)
 
