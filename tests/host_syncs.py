@@ -5,8 +5,8 @@ On a CUDA tensor these make the host wait for the device: reading a value in Pyt
 output shape depends on the values (``nonzero``, boolean-mask indexing, ``masked_select``,
 ``repeat_interleave`` without ``output_size``, ``unique``), ``tolist``, and ``torch.tensor`` of
 host data (on CUDA a blocking copy); the last two dispatch no op on the CPU, so they are counted by
-patching them (every call, even one that stays on the host). A sampler step that does none of these can be captured in a CUDA graph and,
-eager, queues its kernels without stalling.
+patching them (every call, even one that stays on the host). A sampler step that does none of these
+can be captured in a CUDA graph and, eager, queues its kernels without stalling.
 """
 
 from __future__ import annotations

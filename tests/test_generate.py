@@ -686,4 +686,3 @@ def test_llada_syncs_with_the_host_once_a_block():
         return counter.count
 
     assert syncs(4) - syncs(1) == 3 and syncs(2) - syncs(1) == 1
-
