@@ -157,6 +157,8 @@ MUTANTS = [
     (PREDICT, "std::max(max_of(v, greedy), max_of(v + greedy + 1, vocab - greedy - 1))", "max_of(v, vocab)", [UNMASK]),
     (PREDICT, "return float(t_sum / s_sum - std::log(s_sum));", "return float(t_sum / s_sum);", [UNMASK]),
     (PREDICT, "if (keys[j] < level.prefix) y[j] = -kInf;", "if (keys[j] <= level.prefix) y[j] = -kInf;", [UNMASK]),
+    (PREDICT, "n += y[j] != -kInf && (keys[j] >> 24) == (level.prefix >> 24);", "n += y[j] != -kInf;", [UNMASK]),
+    (PREDICT, "count[0][d] += count[c][d], mass[0][d] += mass[c][d];", "count[0][d] += count[c][d];", [UNMASK]),
     (PREDICT, "} else if (p.temperature == 1.0f && !filtered) {", "} else if (!filtered) {", [UNMASK]),
     (SEDD, "        buf[x] = -kInf;  // x's own", "        // x's own", ["test_sedd_step"]),
     (SEDD, "        buf[p.mask_id] = -kInf;  // SUBS", "        // SUBS", ["test_sedd_losses"]),
