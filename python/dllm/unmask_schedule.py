@@ -18,6 +18,8 @@ def linear_transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
 
     Returns:
         int64 ``[B, steps]``, summing to ``masked`` along the last dimension.
+
+    Checking that the counts are >= 0 reads them on the host: on CUDA, one synchronisation a call.
     """
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")

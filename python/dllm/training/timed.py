@@ -64,7 +64,7 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
 def _other_budget(trained: dict, minutes: float, steps: int) -> str:
     """A kept model is reused whatever budget is asked now (the demo's rerun is meant to be quick), so the
     difference is said rather than refused."""
-    if "max_time" not in trained:  # a config written by hand or by another tool: nothing to compare
+    if "max_time" not in trained or "steps" not in trained:  # written by hand or by another tool
         return ""
     was_minutes, was_steps = trained["max_time"] / 60, trained.get("steps")
     if math.isclose(was_minutes, minutes) and was_steps == steps:
