@@ -25,14 +25,19 @@ struct FilterScratch {
   }
 };
 
-// fixed_mass(p) for 0 <= p < 16 in operations that vectorise (x86 before AVX-512 has no packed
-// double -> int64 conversion): the floor of p 2^48 is exact in a double, and adding 2^52 puts it
-// in the low bits of the significand.
+// fixed_mass(p) for 0 <= p < 16. x86 before AVX-512 has no packed double -> int64 conversion:
+// where SSE4.1 gives a packed floor (the AVX2 build), the floor of p 2^48, exact in a double, is
+// put in the low bits of the significand by adding 2^52, which vectorises; the baseline build's
+// scalar floor is a library call, so it converts one value at a time (one instruction as signed).
 inline uint64_t fixed_mass_of_probability(float p) {
+#if defined(__SSE4_1__)
   const double shifted = std::floor(double(p) * kMassScale) + 4503599627370496.0;  // + 2^52
   uint64_t bits;
   std::memcpy(&bits, &shifted, sizeof bits);
   return bits - 0x4330000000000000ull;  // 2^52's bits
+#else
+  return uint64_t(int64_t(double(p) * kMassScale));
+#endif
 }
 
 // Sets y[j] = -inf for the tokens that top-k / top-p filtering removes. `y` holds the tempered
