@@ -66,7 +66,7 @@ def _other_budget(trained: dict, minutes: float, steps: int) -> str:
     difference is said rather than refused."""
     if "max_time" not in trained or "steps" not in trained:  # written by hand or by another tool
         return ""
-    was_minutes, was_steps = trained["max_time"] / 60, trained.get("steps")
+    was_minutes, was_steps = trained["max_time"] / 60, trained["steps"]
     if math.isclose(was_minutes, minutes) and was_steps == steps:
         return ""
     return f", trained with a budget of {was_minutes:g} minutes or {was_steps} steps, not {minutes:g} or {steps}"
