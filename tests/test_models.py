@@ -365,3 +365,17 @@ def test_save_pretrained_leaves_the_process_umask_alone(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name  # 0o666 under that umask
+
+
+@pytest.mark.parametrize("arch", ["dit", "llada"])
+def test_logits_at_gives_those_positions_logits_only(arch):
+    torch.manual_seed(0)
+    m = _perturb(build_model(_tiny(arch))).eval()
+    x, sigma = torch.randint(0, 50, (3, 17)), torch.tensor([0.3, 1.2, 2.0])
+    padding = torch.ones(3, 17, dtype=torch.bool)
+    padding[1, :5] = False  # a left-padded row: the ragged layout must be undone before the head
+    at = torch.tensor([0, 5, 16, 17, 30, 33, 50])
+    for mask in (None, padding):
+        full = m(x, sigma, attention_mask=mask)
+        torch.testing.assert_close(m(x, sigma, attention_mask=mask, logits_at=at), full.reshape(-1, 50)[at])
+    assert m(x, sigma, logits_at=at[:0]).shape == (0, 50)

@@ -370,3 +370,65 @@ def test_sedd_absorb_bound_is_the_dwdse_integral_over_all_sigma():
     g = torch.Generator().manual_seed(9)
     est = obj.bound(lambda x, s: net(x, s).float(), x0.expand(B, L), obj.bound_draw(B, L, g)).double()
     assert abs(est.mean() - integral) < 4 * est.std() / B ** 0.5, (est.mean().item(), integral.item())
+
+
+class _WithoutLogitsAt(torch.nn.Module):
+    """The same network behind a forward without ``logits_at``: the objectives' full-logits path."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, sigma=None):
+        return self.net(x, sigma)
+
+
+def _masked_loss_cases():
+    estimates = {"mdlm": ("nll", "bound", "step_bound"), "llada": ("nll", "bound"), "sedd": ("nll", "bound")}
+    # the bound masks at least one position of every row
+    return [(name, estimate, masks) for name, names in estimates.items() for estimate in names
+            for masks in (("random",) if estimate == "bound" else ("random", "one row unmasked", "none masked"))]
+
+
+@pytest.mark.parametrize("name,estimate,masks", _masked_loss_cases())
+def test_the_head_runs_on_masked_positions_only_and_changes_nothing(name, estimate, masks):
+    from dllm.models import build_model, model_config
+
+    tok = ByteTokenizer()
+    obj, arch = {"mdlm": (MDLM(tok), "dit"), "llada": (LLaDA(tok), "llada"), "sedd": (SEDD(tok, graph="absorb"), "dit")}[name]
+    torch.manual_seed(0)
+    cfg = model_config("tiny", arch=arch, hidden=32, layers=2, heads=2, vocab_size=obj.model_vocab_size,
+                       max_seq_len=64, time_conditioning=arch == "dit")
+    net = build_model(cfg)
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-initialised head would make every loss alike
+            p.add_(0.1 * torch.randn_like(p))
+    head = net.output_layer.linear if arch == "dit" else net.lm_head
+    rows_seen = []
+    head.register_forward_hook(lambda mod, args, out: rows_seen.append(args[0].numel() // args[0].shape[-1]))
+    B, L = 5, 37
+    x0 = torch.randint(0, 256, (B, L), generator=torch.Generator().manual_seed(1))
+    draw = obj.bound_draw if estimate == "bound" else obj.draw
+    draws = draw(B, L, torch.Generator().manual_seed(2))
+    if masks != "random":  # the uniforms mask where they are small
+        draws["u"] = draws["u"].clone()
+        draws["u"][0 if masks == "one row unmasked" else slice(None)] = 2.0
+
+    def run(model):
+        net.zero_grad(set_to_none=True)
+        nll = getattr(obj, estimate)(model, x0, draws)
+        nll.sum().backward()
+        return nll.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    nll, grads = run(net)
+    masked = rows_seen.pop()
+    want, want_grads = run(_WithoutLogitsAt(net))
+    assert rows_seen.pop() == B * L and masked < B * L  # the head saw the masked positions alone
+    torch.testing.assert_close(nll, want, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == want_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+    if masks == "none masked":
+        assert masked == 0 and torch.equal(nll, torch.zeros(B))
+    if masks == "one row unmasked":
+        assert nll[0] == 0 and (nll[1:] != 0).all()

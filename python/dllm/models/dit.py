@@ -83,8 +83,12 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x, c):
+    def forward(self, x, c, logits_at: torch.Tensor | None = None):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        if logits_at is not None:  # the selected positions as a batch of one-token rows, each with its sequence's modulation
+            rows = logits_at // x.shape[1]
+            x = x.reshape(-1, x.shape[-1]).index_select(0, logits_at)[:, None]
+            return self.linear(self.norm_final(x, shift.index_select(0, rows), scale.index_select(0, rows)))[:, 0]
         return self.linear(self.norm_final(x, shift, scale))
 
 
@@ -124,14 +128,16 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *,
                 cache: KVCache | DenoisingKVCache | None = None, start: int | torch.Tensor = 0,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` holds the tokens at positions ``[start, start + S)``. ``cache``: the autoregressive
         model's :class:`KVCache`, or a :meth:`new_kv_cache` (keys of the whole canvas, see
         :mod:`dllm.sampling.model_protocol`). ``attention_mask``: bool ``[B, keys]``, False on padded
         keys (the keys: x's positions, or every position the cache holds); without a cache the
         bidirectional model hands attention per-row lengths instead (:class:`RaggedBatch`).
         ``start`` may be a one-element integer tensor on x's device with a KV cache (a step that a
-        CUDA graph replays at changing positions; see :func:`check_start`)."""
+        CUDA graph replays at changing positions; see :func:`check_start`). ``logits_at``: int64 ``[N]``
+        indices into the flattened ``[B * S]`` positions; the output is then the logits of those
+        positions only, ``[N, vocab]`` (:func:`dllm.objectives.base.loss_at_masked`)."""
         B, S = x.shape
         check_start(start, S, cache, self.config.max_seq_len)
         h = F.embedding(x, self.vocab_embed)
@@ -142,7 +148,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         for i, blk in enumerate(self.blocks):
             h = blk(h, c, cos, sin, causal=self.causal, cache=cache, layer=i, start=start, key_mask=key_mask,
                     kv_len=kv_len)
-        return self.output_layer(h if ragged is None else ragged.restore(h), c)
+        return self.output_layer(h if ragged is None else ragged.restore(h), c, logits_at)
 
     def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
         """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""

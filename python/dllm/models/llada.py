@@ -67,12 +67,14 @@ class LLaDAModel(PretrainedMixin, nn.Module):
                 nn.init.normal_(p, std=0.02 / (2 * cfg.layers) ** 0.5)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None, *, cache: DenoisingKVCache | None = None,
-                start: int | torch.Tensor = 0, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                start: int | torch.Tensor = 0, attention_mask: torch.Tensor | None = None,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` holds the tokens at positions ``[start, start + S)``; ``cache`` (from :meth:`new_kv_cache`)
         supplies the keys of the rest of the canvas. ``attention_mask``: bool ``[B, keys]``, False on
         padded keys (keys are x's positions, or the whole canvas with a cache); without a cache it
         reaches attention as per-row lengths (:class:`RaggedBatch`). ``start`` may be a one-element
-        integer tensor with a cache (a CUDA-graphed step's; see :func:`check_start`)."""
+        integer tensor with a cache (a CUDA-graphed step's; see :func:`check_start`). ``logits_at``: as
+        :meth:`DiffusionTransformer.forward`'s, the logits ``[N, vocab]`` of those flattened positions only."""
         check_start(start, x.shape[1], cache, self.config.max_seq_len)
         h = self.embed(x)
         ragged, cos, sin, key_mask, kv_len = padding_layout(attention_mask, x, self.rotary, start,
@@ -80,7 +82,10 @@ class LLaDAModel(PretrainedMixin, nn.Module):
         h = h if ragged is None else ragged.arrange(h)
         for i, blk in enumerate(self.blocks):
             h = blk(h, cos, sin, cache=cache, layer=i, start=start, key_mask=key_mask, kv_len=kv_len)
-        return self.lm_head(self.norm(h if ragged is None else ragged.restore(h)))
+        h = h if ragged is None else ragged.restore(h)
+        if logits_at is not None:
+            h = h.reshape(-1, h.shape[-1]).index_select(0, logits_at)
+        return self.lm_head(self.norm(h))
 
     def new_kv_cache(self, batch: int, length: int) -> DenoisingKVCache:
         """An empty KV cache for ``batch`` canvases of ``length`` tokens (Fast-dLLM's prefix and dual caches)."""

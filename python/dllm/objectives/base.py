@@ -9,7 +9,11 @@ accumulation all see the same noise for the same sequence, so their updates agre
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 
 class Objective:
@@ -82,3 +86,32 @@ def masked_by_count(x0: torch.Tensor, draws: dict[str, torch.Tensor], mask_id: i
     m = u.sort(-1).values.gather(-1, (k - 1)[:, None])  # the k-th smallest: the mask rate, Beta(k, L - k + 1)
     x_t = torch.where(u <= m, torch.full_like(x0, mask_id), x0)
     return x_t, m[:, 0].clamp_min(1e-12), x0.shape[1] / k.double()
+
+
+@functools.cache
+def _takes_logits_at(cls: type) -> bool:
+    try:
+        return "logits_at" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def loss_at_masked(loss, model, x_t: torch.Tensor, sigma: torch.Tensor | None, mask_token: int, x0: torch.Tensor,
+                   *per_sequence: torch.Tensor, **options) -> torch.Tensor:
+    """``loss(model(x_t, sigma), x_t, x0, *per_sequence, **options) -> [B]`` for a loss that only
+    masked positions carry (the SUBS loss of MDLM and LLaDA, SEDD's absorbing score entropy).
+    A model whose forward takes ``logits_at`` (dllm's) runs its output head on the masked
+    positions alone, which the loss then sees as one-token rows, summed back per sequence: the
+    head, the loss and their gradients cost the masked share of the [B, L, V] logits (half on
+    average over the training's mask rates) instead of all of it. The values are the full loss's
+    up to the order of the sums."""
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    if not _takes_logits_at(type(net)):
+        return loss(model(x_t, sigma), x_t, x0, *per_sequence, **options)
+    B, L = x_t.shape
+    at = (x_t.reshape(-1) == mask_token).nonzero()[:, 0]  # the one host sync on CUDA, before the network is queued
+    rows = at // L
+    logits = model(x_t, sigma, logits_at=at)[:, None]
+    per_row = loss(logits, x_t.reshape(-1).index_select(0, at)[:, None], x0.reshape(-1).index_select(0, at)[:, None],
+                   *(p.index_select(0, rows) for p in per_sequence), **options)
+    return per_row.new_zeros(B).index_add(0, rows, per_row)

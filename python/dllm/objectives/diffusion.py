@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..sedd.schedules import get_noise
-from .base import Objective, draw_mask_counts, masked_by_count, sample_t
+from .base import Objective, draw_mask_counts, loss_at_masked, masked_by_count, sample_t
 from .losses import masked_diffusion_loss, score_entropy_loss
 
 
@@ -59,9 +59,10 @@ class SEDD(Objective):
 
     def nll(self, model, x0, draws):
         x_t, sigma, dsigma = self.noisy(x0, draws)
-        logits = model(x_t, sigma)
-        return score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=self.graph,
-                                  scale_by_sigma=self.graph == "absorb")
+        if self.graph == "absorb":
+            return loss_at_masked(score_entropy_loss, model, x_t, sigma, self.mask_id, x0, sigma, dsigma,
+                                  graph="absorb", scale_by_sigma=True)
+        return score_entropy_loss(model(x_t, sigma), x_t, x0, sigma, dsigma, graph=self.graph, scale_by_sigma=False)
 
     def bound_draw(self, batch, seq_len, generator):
         return self.draw(batch, seq_len, generator) if self.graph == "uniform" else draw_mask_counts(batch, seq_len, generator)
@@ -77,9 +78,8 @@ class SEDD(Objective):
             return self.nll(model, x0, draws)
         x_t, m, w = masked_by_count(x0, draws, self.mask_id)
         sigma = -torch.log1p(-m)
-        logits = model(x_t, _network_sigma(self.noise, m))
-        return score_entropy_loss(logits, x_t, x0, sigma.float(), (w * torch.expm1(sigma)).float(), graph="absorb",
-                                  scale_by_sigma=True)
+        return loss_at_masked(score_entropy_loss, model, x_t, _network_sigma(self.noise, m), self.mask_id, x0,
+                              sigma.float(), (w * torch.expm1(sigma)).float(), graph="absorb", scale_by_sigma=True)
 
     def train_loss(self, nll, seq_len):
         return nll.mean()  # SEDD's reduction: summed over positions, averaged over sequences
@@ -107,8 +107,8 @@ class MDLM(Objective):
         sigma, dsigma = self.noise(draws["t"].to(x0.device))
         move = draws["u"].to(x0.device) < -torch.expm1(-sigma)[:, None]
         x_t = torch.where(move, torch.full_like(x0, self.mask_id), x0)
-        logits = model(x_t, sigma)
-        return masked_diffusion_loss(logits, x_t, x0, dsigma / torch.expm1(sigma), mask_id=self.mask_id)
+        return loss_at_masked(masked_diffusion_loss, model, x_t, sigma, self.mask_id, x0, dsigma / torch.expm1(sigma),
+                              mask_id=self.mask_id)
 
     def bound_draw(self, batch, seq_len, generator):
         return draw_mask_counts(batch, seq_len, generator)
@@ -118,8 +118,8 @@ class MDLM(Objective):
         The training estimator's mask rate (1 - eps) t, t in [eps, 1], never reaches the prior: it
         expects (1 - eps) log V per token of a uniform model whose exact NLL is log V."""
         x_t, m, w = masked_by_count(x0, draws, self.mask_id)
-        logits = model(x_t, _network_sigma(self.noise, m))
-        return masked_diffusion_loss(logits, x_t, x0, w.float(), mask_id=self.mask_id)
+        return loss_at_masked(masked_diffusion_loss, model, x_t, _network_sigma(self.noise, m), self.mask_id, x0,
+                              w.float(), mask_id=self.mask_id)
 
     def step_bound(self, model, x0, draws):
         """The T-step bound's estimator of the samplers' process (mask rate t, all-masked at t = 1, as
@@ -128,8 +128,8 @@ class MDLM(Objective):
         schedule's sigma(t), as the sampler feeds it."""
         t = draws["t"].to(x0.device)
         x_t = torch.where(draws["u"].to(x0.device) < t[:, None], torch.full_like(x0, self.mask_id), x0)
-        logits = model(x_t, self.noise(t)[0])
-        return masked_diffusion_loss(logits, x_t, x0, 1.0 / t, mask_id=self.mask_id)
+        return loss_at_masked(masked_diffusion_loss, model, x_t, self.noise(t)[0], self.mask_id, x0, 1.0 / t,
+                              mask_id=self.mask_id)
 
     def config(self):
         return {"name": self.name, "noise": self.noise.config(), "antithetic": self.antithetic}
@@ -156,8 +156,7 @@ class LLaDA(Objective):
     def nll(self, model, x0, draws):
         p = (1 - self.eps) * draws["t"].to(x0.device) + self.eps
         x_t = torch.where(draws["u"].to(x0.device) < p[:, None], torch.full_like(x0, self.mask_id), x0)
-        logits = model(x_t, None)
-        return masked_diffusion_loss(logits, x_t, x0, 1.0 / p, mask_id=self.mask_id)
+        return loss_at_masked(masked_diffusion_loss, model, x_t, None, self.mask_id, x0, 1.0 / p, mask_id=self.mask_id)
 
     def bound_draw(self, batch, seq_len, generator):
         return draw_mask_counts(batch, seq_len, generator)
@@ -165,7 +164,7 @@ class LLaDA(Objective):
     def bound(self, model, x0, draws):
         """The NELBO over mask rates [0, 1] (``masked_by_count``); training's rates (1 - eps) t + eps leave out [0, eps)."""
         x_t, _, w = masked_by_count(x0, draws, self.mask_id)
-        return masked_diffusion_loss(model(x_t, None), x_t, x0, w.float(), mask_id=self.mask_id)
+        return loss_at_masked(masked_diffusion_loss, model, x_t, None, self.mask_id, x0, w.float(), mask_id=self.mask_id)
 
     def config(self):
         return {"name": self.name, "eps": self.eps}
