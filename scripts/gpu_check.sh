@@ -32,7 +32,7 @@
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
-#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all ten, in the
+#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all eleven, in the
 #                    order below).
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out, and the step latencies run
 #                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
@@ -153,7 +153,7 @@ fi
 if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
-  for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward}; do
+  for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward train_step}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")

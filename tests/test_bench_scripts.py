@@ -25,6 +25,7 @@ RUNS = {
     "sedd_losses": ["--shapes", "1x16x301", *FEW],
     "rotary": ["--shapes", "2x9x3x70", "--no-compile", *FEW],
     "adaln": ["--shapes", "2x9x70", "--no-compile", *FEW],
+    "train_step": ["--shapes", "2x9x37", "--objectives", "mdlm,sedd,llada", *FEW],
     "published_latency": ["--tiny", "--gen", "8", "--prompt", "4", "--steps", "2"],
 }
 
