@@ -27,7 +27,7 @@ from dllm.objectives import LLaDA, MDLM, SEDD
 
 # B x L x V: SEDD-small's training batch and GPT-2's vocabulary with the mask; the demo's tiny model
 CUDA_SHAPES, CPU_SHAPES = "16x1024x50258", "16x129x4096"
-OBJECTIVES = {"mdlm": lambda tok: MDLM(tok), "sedd": lambda tok: SEDD(tok, graph="absorb"), "llada": lambda tok: LLaDA(tok)}
+OBJECTIVES = {"mdlm": MDLM, "sedd": lambda tok: SEDD(tok, graph="absorb"), "llada": LLaDA}
 
 
 class FullHead(torch.nn.Module):
@@ -60,9 +60,10 @@ def main() -> None:
     unknown = set(args.objectives.split(",")) - set(OBJECTIVES)
     if unknown:
         ap.error(f"unknown objective(s) {', '.join(sorted(unknown))}; expected some of {', '.join(OBJECTIVES)}")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    cuda = device.startswith("cuda")
+    dtype = torch.bfloat16 if cuda else torch.float32
     peak = matmul_tflops(device, dtype)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.startswith("cuda") else contextlib.nullcontext
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     rows = Results(args.out, f"training step (forward, backward, AdamW), model {size}",
                    machine(device) | reps | {"floor_gbps": float("nan"), "matmul_tflops": peak})
     for b, length, vocab in shapes:
@@ -89,9 +90,10 @@ def main() -> None:
                     opt.step()
                 return step
 
-            impls = [("dllm (head on masked positions)", trainer(net)), ("full head", trainer(FullHead(copy.deepcopy(net))))]
-            measured = measure_against(f"{name} train step", f"{b}x{length}x{vocab}", "bf16 autocast" if dtype == torch.bfloat16
-                                       else "fp32", impls, device, 0, float("nan"), **reps)
+            impls = [("dllm (head on masked positions)", trainer(net)),
+                     ("full head", trainer(FullHead(copy.deepcopy(net))))]
+            measured = measure_against(f"{name} train step", f"{b}x{length}x{vocab}", "bf16 autocast" if cuda else "fp32",
+                                       impls, device, 0, float("nan"), **reps)
             flops = model_flops(net, b, length)
             for r in measured:
                 tflops = flops / (r.median_ms * 1e-3) / 1e12

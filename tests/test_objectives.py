@@ -395,7 +395,8 @@ def test_the_head_runs_on_masked_positions_only_and_changes_nothing(name, estima
     from dllm.models import build_model, model_config
 
     tok = ByteTokenizer()
-    obj, arch = {"mdlm": (MDLM(tok), "dit"), "llada": (LLaDA(tok), "llada"), "sedd": (SEDD(tok, graph="absorb"), "dit")}[name]
+    obj = {"mdlm": MDLM(tok), "llada": LLaDA(tok), "sedd": SEDD(tok, graph="absorb")}[name]
+    arch = obj.arch
     torch.manual_seed(0)
     cfg = model_config("tiny", arch=arch, hidden=32, layers=2, heads=2, vocab_size=obj.model_vocab_size,
                        max_seq_len=64, time_conditioning=arch == "dit")

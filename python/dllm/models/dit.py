@@ -85,7 +85,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, c, logits_at: torch.Tensor | None = None):
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        if logits_at is not None:  # the selected positions as a batch of one-token rows, each with its sequence's modulation
+        if logits_at is not None:  # the selected positions as one-token rows, each with its sequence's modulation
             rows = logits_at // x.shape[1]
             x = x.reshape(-1, x.shape[-1]).index_select(0, logits_at)[:, None]
             return self.linear(self.norm_final(x, shift.index_select(0, rows), scale.index_select(0, rows)))[:, 0]
