@@ -104,10 +104,10 @@ MUTANTS = [
      [GEN]),
     ("python/dllm/sampling/loop.py", "self.history.append(x.detach().clone())", "self.history.append(x.detach())", [GEN]),
     # the objectives' weights and SEDD's output scaling per graph
-    (OBJECTIVES, "dsigma / torch.expm1(sigma), mask_id", "1.0 / torch.expm1(sigma), mask_id", ["test_objectives"]),
+    (OBJECTIVES, "x0, dsigma / torch.expm1(sigma),", "x0, 1.0 / torch.expm1(sigma),", ["test_objectives"]),
     (OBJECTIVES, "x0, 1.0 / p, mask_id", 'x0, 1.0 / draws["t"].to(x0.device).clamp(min=1e-3), mask_id',
      ["test_objectives"]),
-    (OBJECTIVES, 'scale_by_sigma=self.graph == "absorb")', "scale_by_sigma=True)", ["test_objectives"]),
+    (OBJECTIVES, "graph=self.graph, scale_by_sigma=False)", "graph=self.graph, scale_by_sigma=True)", ["test_objectives"]),
     # training: an ignored SIGINT taken over, the accumulated gradient not averaged (Adam hides its
     # scale), a resume's new betas and weight decay dropped, a started-over run's stale checkpoint
     # kept, the cosine's last step above its final lr, SEDD's EMA warm-up, one batch order for every
