@@ -94,6 +94,27 @@ def test_a_model_whose_weights_moved_gets_new_graphs(monkeypatch):
     assert torch.equal(replayed.sequences, dllm.generate(model, **kw).sequences)
 
 
+
+@pytest.mark.parametrize("attribute, values", [("logits_shift", (0, 1)), ("time_conditioned", (True, False))])
+def test_a_changed_model_attribute_gets_new_graphs(monkeypatch, attribute, values):
+    # A captured step froze the attribute's value: the same model with another value must not replay it.
+    model = masked_model("dit", time_conditioning=True)
+    g = torch.Generator()  # one object: a session is keyed by the generator too
+    kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="dream", temperature=1.0, generator=g)
+    expected = []
+    for value in values:
+        setattr(model, attribute, value)
+        g.manual_seed(0)
+        expected.append(dllm.generate(model, **kw).sequences)
+    assert not torch.equal(*expected)
+    replay_on_cpu(monkeypatch)
+    for value, eager in zip(values, expected):
+        setattr(model, attribute, value)
+        g.manual_seed(0)
+        replayed = dllm.generate(model, cuda_graph=True, **kw)
+        assert torch.equal(replayed.sequences, eager)
+    assert RecordedStep.captures == 2
+
 def test_autocast_gives_each_call_graphs_of_its_own(monkeypatch):
     # Autocast's cached weight casts, which the graphs read, end with the caller's autocast region.
     replay_on_cpu(monkeypatch)

@@ -250,6 +250,41 @@ def test_model_attribute_and_output_conventions():
         run("llada", model=type("M", (TinyModel,), {"forward": lambda self, x, **kw: {"logits": x}})())
 
 
+
+def test_an_output_with_logits_is_read_by_name_before_position():
+    """A NamedTuple output (loss, logits) is a tuple whose first element is not the logits."""
+    from typing import NamedTuple
+
+    class Output(NamedTuple):
+        loss: torch.Tensor | None
+        logits: torch.Tensor
+
+    class NamedOutputModel(TinyModel):
+        def forward(self, x, sigma=None, attention_mask=None):
+            return Output(None, super().forward(x, sigma, attention_mask))
+
+    expected, _ = run("llada", prompt=torch.tensor([[5, 6]]))
+    out, _ = run("llada", model=NamedOutputModel(), prompt=torch.tensor([[5, 6]]))
+    assert torch.equal(out.sequences, expected.sequences)
+
+
+def test_a_graph_attribute_that_is_not_a_sedd_graph_makes_no_score_model():
+    """torch.fx's GraphModule has a .graph of its own: it samples like the model it traces, and
+    the SEDD samplers name what they found instead of failing inside it."""
+    class Traceable(TinyModel):  # no Python branches
+        def forward(self, x):
+            h = self.emb[x]
+            return torch.cat([h, h.mean(1, keepdim=True).expand_as(h)], -1) @ self.head * 2
+
+    model = Traceable()
+    traced = torch.fx.symbolic_trace(model)
+    traced.mask_id, traced.pad_id = MASK, PAD
+    expected, _ = run("llada", model=model, prompt=torch.tensor([[5, 6]]))
+    out, _ = run("llada", model=traced, prompt=torch.tensor([[5, 6]]))
+    assert torch.equal(out.sequences, expected.sequences)
+    with pytest.raises(ValueError, match="need a score model .* not a Graph"):
+        dllm.generate(traced, gen_length=8, steps=4, sampler="sedd-analytic")
+
 def test_right_padded_prompts_are_moved_to_the_left():
     prompt = torch.tensor([[5, 6, 7], [8, PAD, PAD]])
     right, model = run("llada", prompt=prompt, attention_mask=torch.tensor([[1, 1, 1], [1, 0, 0]]))
@@ -583,7 +618,7 @@ def test_sedd_infill_on_the_uniform_graph_uses_minus_one():
     with pytest.raises(ValueError, match="^threshold does not apply to the SEDD samplers"):
         dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", threshold=0.9)
     with pytest.raises(ValueError, match="^top_k does not apply"):
-        dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", top_k=1, temperature=1.0)
+        dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", top_k=1)
     dllm.generate(model, gen_length=16, steps=4, sampler="sedd-euler", temperature=1.0, top_p=1.0)
     # A masked-diffusion model under a SEDD sampler: the missing graph is the error, not the options.
     with pytest.raises(ValueError, match="graph"):

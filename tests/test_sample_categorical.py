@@ -136,15 +136,27 @@ def test_large_logits_keep_their_distribution_and_logprob(device, offset, temper
     assert (logprob.cpu().double() - want).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45])  # 1 / T overflows float32 below 2.9e-39
+# 1 / T overflows float32 below 2.9e-39; below 1.4e-45 a float32 is 0 (argmax), so it is clamped
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45, 1e-46, 1e-300])
 def test_a_tiny_temperature_is_the_greedy_limit_with_ties_drawn_uniformly(device, temperature):
     row = torch.tensor([-5.0, -3.0, -3.0, -4.0, -90.0, -3.0 - 2**-20], device=device)
     n = 1 << 16
-    tokens, logprob = dllm.ops.sample_categorical(row.expand(n, 6), temperature)
-    counts = torch.bincount(tokens, minlength=6).cpu()
-    assert counts[[0, 3, 4, 5]].sum() == 0
-    assert abs(counts[1].item() - n / 2) < 4 * (n / 4) ** 0.5
-    torch.testing.assert_close(logprob.cpu(), torch.full((n,), -np.log(2.0), dtype=torch.float32))
+    for t in (temperature, torch.tensor([temperature], dtype=torch.float64, device=device)):
+        tokens, logprob = dllm.ops.sample_categorical(row.expand(n, 6), t)
+        counts = torch.bincount(tokens, minlength=6).cpu()
+        assert counts[[0, 3, 4, 5]].sum() == 0
+        assert abs(counts[1].item() - n / 2) < 4 * (n / 4) ** 0.5
+        torch.testing.assert_close(logprob.cpu(), torch.full((n,), -np.log(2.0), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("temperature", [1e30, 1e39, 1e300])  # float32 ends at 3.4e38: larger ones are clamped
+def test_a_huge_temperature_is_the_uniform_limit(device, temperature):
+    row = torch.tensor([2.0, -1.0, float("-inf"), 30.0, 0.5], device=device)
+    n = 1 << 14
+    for t in (temperature, torch.tensor([temperature], dtype=torch.float64, device=device)):
+        tokens, logprob = dllm.ops.sample_categorical(row.expand(n, 5), t)
+        assert chi_square_pvalue(tokens, np.array([0.25, 0.25, 0.0, 0.25, 0.25])) > P_MIN
+        torch.testing.assert_close(logprob.cpu(), torch.full((n,), -np.log(4.0), dtype=torch.float32))
 
 
 def test_per_row_temperature_zero_rows_are_greedy(device):
@@ -216,6 +228,9 @@ def test_bad_temperature_raises(device):
     logits = torch.randn(3, 10, device=device)
     with pytest.raises(ValueError, match="finite and >= 0"):
         dllm.ops.sample_categorical(logits, -1.0)
+    for bad in (-0.5, float("inf"), float("nan")):  # float64 ones too, which are clamped when positive and finite
+        with pytest.raises(ValueError, match="row 1 .*temperature"):
+            dllm.ops.sample_categorical(logits, torch.tensor([1.0, bad, 1.0], dtype=torch.float64, device=device))
     with pytest.raises(ValueError, match="row 1 .*temperature"):
         dllm.ops.sample_categorical(logits, torch.tensor([1.0, -0.5, 1.0], device=device))
     with pytest.raises(RuntimeError, match="one element or the shape"):

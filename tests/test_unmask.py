@@ -1,5 +1,6 @@
 """dllm.ops.predict_masked and dllm.ops.commit_tokens against float64 references."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,7 +91,8 @@ def test_large_logits_keep_their_distribution_and_confidence(device, confidence_
         assert (conf[:64, 0].cpu().double() - want).abs().max() < 1e-5, kind
 
 
-@pytest.mark.parametrize("temperature", [1e-38, 1e-40, 1e-45])  # 1 / T overflows float32 below 2.9e-39
+# 1 / T overflows float32 below 2.9e-39; below 1.4e-45 a float32 is 0 (argmax), so it is clamped
+@pytest.mark.parametrize("temperature", [1e-38, 1e-40, 1e-45, 1e-46, 1e-300])
 def test_a_tiny_temperature_proposes_the_top_tokens(device, temperature):
     row = torch.tensor([-5.0, -3.0, -4.0, -3.0, -90.0, -3.0 - 2**-20, -6.0, 0.0])  # entry 7 is the mask
     n = 1 << 14
@@ -99,6 +101,17 @@ def test_a_tiny_temperature_proposes_the_top_tokens(device, temperature):
     counts = torch.bincount(x0[0], minlength=8).cpu()
     assert counts[1] + counts[3] == n and abs(counts[1].item() - n / 2) < 4 * (n / 4) ** 0.5
     torch.testing.assert_close(conf.cpu(), ref.confidence(row.expand(1, n, 8), x0.cpu(), MASK, "prob").float())
+
+
+
+@pytest.mark.parametrize("temperature", [1e30, 1e39, 1e300])  # float32 ends at 3.4e38: larger ones are clamped
+def test_a_huge_temperature_proposes_uniformly_but_never_the_mask(device, temperature):
+    row = torch.tensor([5.0, 1.0, float("-inf"), 2.0, 3.0, 0.0, -7.0, 9.0])  # entry 7 is the mask
+    n = 1 << 14
+    x0, conf = dllm.ops.predict_masked(row.to(device).expand(1, n, 8), torch.full((1, n), MASK, device=device),
+                                       mask_id=MASK, temperature=temperature, confidence_from="proposal")
+    assert chi_square_pvalue(x0[0], np.array([1, 1, 0, 1, 1, 1, 1, 0]) / 6) > P_MIN
+    torch.testing.assert_close(conf.cpu(), torch.full((1, n), 1 / 6))
 
 
 def test_large_vocab_greedy(device):
@@ -299,6 +312,17 @@ def test_position_temperature_draws_without_replacement(device):
     code = {p: k for k, p in enumerate(pairs)}
     labels = torch.tensor([code[tuple(r.nonzero()[:, 0].tolist())] for r in chosen[:20000]])
     assert chi_square_pvalue(labels, exact.numpy()) > P_MIN
+
+
+@pytest.mark.parametrize("conf", [[0.5, 0.9, 0.2], [-11.5, -3.0, -11.9]])  # prob-like, entropy-like
+@pytest.mark.parametrize("T", [1e-30, 1e-39, 1e-300])
+def test_a_tiny_position_temperature_commits_the_most_confident(device, conf, T):
+    n = 256
+    x = torch.full((n, 3), MASK, device=device)
+    x0 = torch.arange(3, device=device).expand(n, 3).contiguous()
+    dllm.ops.commit_tokens(x, x0, torch.tensor(conf, device=device).expand(n, 3).contiguous(), mask_id=MASK,
+                           num_tokens=1, position_temperature=T)
+    assert (x[:, 1] == 1).all() and (x[:, [0, 2]] == MASK).all()
 
 
 def test_commit_reproducible_with_seed(device):

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <cstdint>
 
 #include "dllm/common.h"
@@ -19,6 +20,21 @@ inline DType logits_dtype(const char* op, const at::Tensor& t, const char* name)
     default:
       TORCH_CHECK_TYPE(false, op, ": ", name, " must be float32, bfloat16 or float16, got ", t.scalar_type());
   }
+}
+
+// A positive temperature as the float32 the kernels divide by, clamped into [floor, FLT_MAX]: a
+// larger double would round to +inf (rejected, or NaN keys), a smaller one to 0 (argmax). The
+// clamped value draws the same distribution to float32's precision: logits / FLT_MAX are all 0
+// (uniform), and FLT_MIN still orders any two logits more than 1e-30 apart by a factor of e^(1e8).
+inline float temperature_as_float(double t, double floor = FLT_MIN) {
+  return t > 0.0 ? float(std::clamp(t, floor, double(FLT_MAX))) : float(t);
+}
+
+// Per-row temperatures as float32, float64 ones clamped as above (narrower dtypes already fit);
+// NaN, infinite and negative values pass unchanged, for the kernels to reject.
+inline at::Tensor temperatures_as_float(const at::Tensor& t) {
+  if (t.scalar_type() != at::kDouble) return t.to(at::kFloat);
+  return at::where(at::isfinite(t) & (t > 0), t.clamp(FLT_MIN, FLT_MAX), t).to(at::kFloat);
 }
 
 // A read-only [rows, V] view with unit column stride, copying only when no such view exists.

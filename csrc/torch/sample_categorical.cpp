@@ -30,7 +30,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
                      t.scalar_type());
     TORCH_CHECK(t.numel() == 1 || t.sizes() == lead, op, ": temperature must have one element or the shape ",
                 lead, " of logits without its last dimension, got ", t.sizes());
-    call.temperature = t.to(at::kFloat).reshape({-1}).expand({rows}).contiguous();
+    call.temperature = temperatures_as_float(t).reshape({-1}).expand({rows}).contiguous();
   } else {
     TORCH_CHECK_VALUE(std::isfinite(scalar_temperature) && scalar_temperature >= 0.0, op,
                       ": temperature must be finite and >= 0 (0 means argmax), got ", scalar_temperature);
@@ -45,7 +45,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
   p.vocab = vocab;
   p.row_stride = call.logits.stride(0);
   p.temperature = call.temperature.defined() ? call.temperature.data_ptr<float>() : nullptr;
-  p.scalar_temperature = float(scalar_temperature);
+  p.scalar_temperature = temperature_as_float(scalar_temperature);
   p.tokens = call.tokens.data_ptr<int64_t>();
   p.logprob = call.logprob.data_ptr<float>();
   return call;

@@ -60,7 +60,7 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   p.logits_shift = logits_shift;
   p.x = call.x.data_ptr<int64_t>();
   p.mask_id = mask_id;
-  p.temperature = float(temperature);
+  p.temperature = temperature_as_float(temperature);
   p.top_k = top_k;
   p.top_p = float(top_p);
   p.confidence = kind;
@@ -120,7 +120,9 @@ CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::T
   p.batch = batch;
   p.length = x.size(1);
   p.mask_id = mask_id;
-  p.position_temperature = float(position_temperature);
+  // The floor keeps the keys conf / T finite for |conf| up to 340: every confidence predict_masked
+  // makes (prob and margin in [0, 1], entropy down to -log V)
+  p.position_temperature = temperature_as_float(position_temperature, 1e-36);
   p.committed = call.committed.data_ptr<int64_t>();
   if (num_tokens.has_value()) {
     check_integer(op, *num_tokens, "num_tokens");

@@ -50,7 +50,9 @@ def sample_categorical(
             is copied first. ``-inf`` entries are never drawn.
         temperature: a float, or a float tensor of shape ``logits.shape[:-1]`` (one per row) or
             with one element. ``0`` means argmax, ties going to the lowest index; any positive
-            temperature, however small, samples (a tiny one draws among the tied maxima). Default 1.
+            temperature, however small, samples (a tiny one draws among the tied maxima). The
+            kernels divide in float32: a temperature outside float32's normal range acts as the
+            nearest end of it (``3.4e38``, ``1.2e-38``), which draws the same. Default 1.
         generator: a ``torch.Generator`` on the logits' device; default: torch's default one.
 
     Returns:
@@ -159,7 +161,8 @@ def predict_masked(
         x: int64 ``[B, L]``, the current tokens; positions equal to ``mask_id`` get proposals.
         mask_id: the mask token, in ``[0, V)``. It is never proposed (MDLM's SUBS rule).
         temperature: 0 proposes the argmax (lowest index on ties); > 0 draws exactly from
-            ``softmax(logits / temperature)`` with float64-grade tails, after filtering.
+            ``softmax(logits / temperature)`` with float64-grade tails, after filtering (clamped
+            into float32's normal range, as in :func:`sample_categorical`).
         top_k: keep the ``top_k`` largest logits (0: off).
         top_p: keep the smallest set of largest logits whose tempered mass reaches ``top_p``
             (1: off). Both filters keep every token tied with the last one kept.
@@ -234,7 +237,9 @@ def commit_tokens(
     - ``num_tokens`` (int64 ``[B]``, or an int or 0-d tensor for every row): the k most
       confident eligible positions (LLaDA, Dream), ties to the lowest index; all of them if
       fewer than k. With ``position_temperature > 0`` the k positions are drawn without
-      replacement from ``softmax(conf / position_temperature)`` instead (Dream's ``alg_temp``).
+      replacement from ``softmax(conf / position_temperature)`` instead (Dream's ``alg_temp``);
+      the keys ``conf / position_temperature`` are float32, so it is clamped into
+      ``[1e-36, 3.4e38]``, which keeps them finite for ``|conf|`` up to 340.
     - ``threshold`` (float): every eligible position with ``conf >= threshold``, and always the
       most confident one, so each step makes progress (Fast-dLLM parallel decoding).
     - ``prob`` (float ``[B]``, or a float or 0-d tensor for every row): each eligible position

@@ -13,7 +13,8 @@ from . import cuda_graph as graphs, masked, score
 from ..devices import made_current
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
-from .model_protocol import check_takes_attention_mask, mask_id_of, max_seq_len_of, pad_id_of, vocab_size_of
+from .model_protocol import (check_takes_attention_mask, mask_id_of, max_seq_len_of, pad_id_of, score_graph_of,
+                             time_conditioned, vocab_size_of)
 from .output import GenerationOutput
 
 SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
@@ -357,7 +358,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     _check_generator_device(generator, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
                           alg_temp=alg_temp)
-    if getattr(model, "graph", None) is not None:
+    if score_graph_of(model) is not None:
         raise ValueError(f"this is a score (SEDD) model: sample it with sedd-analytic or sedd-euler, not {name!r}")
     mask_id = mask_id_of(model)
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
@@ -367,13 +368,14 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         return _nothing_to_generate(x, return_history)
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
-    # Everything a step's graph freezes, besides the shapes its session keys by
+    shift = int(getattr(model, "logits_shift", 0))
+    # Everything a step's graph freezes, besides the shapes its session keys by (the model's
+    # attributes too: a step reads them as it is captured)
     config = (name, variant, steps, block_length, temperature, top_k, top_p, threshold, alg_temp, cfg_scale, cache,
-              mask_id, tuple(x.shape), start, attention_mask is None)
+              mask_id, shift, time_conditioned(model), tuple(x.shape), start, attention_mask is None)
     loop = StepLoop(model, attention_mask, callback, return_history, device,
                     graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
-    common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                  shift=int(getattr(model, "logits_shift", 0)), generator=generator)
+    common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, shift=shift, generator=generator)
     if name == "llada":
         prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
         prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]
@@ -400,11 +402,12 @@ _SEDD_NEUTRAL = {"temperature": (0.0, 1.0), "top_k": (0,), "top_p": (1.0,), "alg
 def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attention_mask, cache, cuda_graph, generator,
                    callback, return_history, unsupported) -> GenerationOutput:
     """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
-    graph = getattr(model, "graph", None)
+    graph = score_graph_of(model)
     if graph is None:
+        found = getattr(model, "graph", None)
         raise ValueError("the SEDD samplers need a score model with a `graph` attribute (dllm.sedd.Absorbing or "
-                         "Uniform); a masked-diffusion model samples with mdlm, first-hitting, llada, dream or "
-                         "fast-dllm")
+                         "Uniform)" + ("" if found is None else f", not a {type(found).__name__}") +
+                         "; a masked-diffusion model samples with mdlm, first-hitting, llada, dream or fast-dllm")
     _check_cache("sedd-" + method, cache)
     device = _device_of(model)
     _check_cuda_graph(cuda_graph, cache, device)
@@ -423,7 +426,8 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
     has_known = bool(known.any())
-    config = ("sedd-" + method, steps, tuple(x.shape), attention_mask is None, has_known)
+    config = ("sedd-" + method, graph.name, graph.num_classes, graph.scale_by_sigma, steps, tuple(x.shape),
+              attention_mask is None, has_known)
     loop = StepLoop(model, attention_mask, callback, return_history, device,
                     graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
     x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps, known=known if has_known else None,

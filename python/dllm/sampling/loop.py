@@ -7,7 +7,7 @@ import time
 import torch
 
 from .cuda_graph import GraphSession
-from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, warn_if_dropout_on
+from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, time_conditioned, warn_if_dropout_on
 
 
 class StepLoop:
@@ -18,7 +18,7 @@ class StepLoop:
             check_takes_attention_mask(model)
         warn_if_dropout_on(model)
         self.model = model
-        self.time_conditioned = bool(getattr(model, "time_conditioned", False))
+        self.time_conditioned = time_conditioned(model)
         self.graphs = graphs
         self.attention_mask = self.buffer("attention_mask", attention_mask)
         self.callback = callback

@@ -55,6 +55,8 @@ import warnings
 
 import torch
 
+from ..sedd import Absorbing, Uniform
+
 
 def mask_id_of(model) -> int:
     if not hasattr(model, "mask_id"):
@@ -70,6 +72,17 @@ def mask_id_of(model) -> int:
     if mask_id < 0:
         raise ValueError(f"the model's `mask_id` must be a token id >= 0, got {mask_id}")
     return mask_id
+
+
+def time_conditioned(model) -> bool:
+    return bool(getattr(model, "time_conditioned", False))
+
+
+def score_graph_of(model):
+    """A score model's ``graph`` (a dllm.sedd.Absorbing or Uniform), else None: an attribute of
+    that name holding anything else (a torch.fx GraphModule's Graph) does not make a score model."""
+    graph = getattr(model, "graph", None)
+    return graph if isinstance(graph, (Absorbing, Uniform)) else None
 
 
 def pad_id_of(model) -> int:
@@ -148,7 +161,10 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
                **cache_kwargs) -> torch.Tensor:
     kwargs = dict(cache_kwargs) if attention_mask is None else {"attention_mask": attention_mask, **cache_kwargs}
     out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
-    logits = out[0] if isinstance(out, (tuple, list)) and out else getattr(out, "logits", out)
+    # .logits first: a NamedTuple output (or HF's ModelOutput) may start with something else (a loss)
+    logits = getattr(out, "logits", None)
+    if logits is None:
+        logits = out[0] if isinstance(out, (tuple, list)) and out else out
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model returned {type(out).__name__}; expected logits [B, L, V]: a tensor, an object "
                         "with .logits or a tuple starting with them (see dllm.sampling.model_protocol)")
