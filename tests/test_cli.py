@@ -168,10 +168,13 @@ def test_ctrl_c_ends_any_command_with_130_and_no_traceback(monkeypatch, capsys):
 
 def test_train_reports_user_errors_in_one_line(tmp_path, capsys):
     corpus = make_corpus(tmp_path / "corpus")
+    (tmp_path / "afile").write_text("")
     for args, message in [(["--steps", "0"], "steps must be positive"),
                           (["--log-every", "0"], "log_every must be positive"),
                           (["--val-fraction", "1.5"], "val_fraction must lie in (0, 1)"),
                           (["--data", str(tmp_path / "nowhere")], "does not exist"),
+                          (["--data", "/dev/null"], "'/dev/null' is neither a file nor a folder"),
+                          (["--out-dir", str(tmp_path / "afile")], "afile' (or a folder above it) is a file, not a folder"),
                           (["--objective", "ar", "--arch", "dit"], "cannot train arch"),
                           (["--heads", "0"], "heads must be positive"),
                           (["--lr", "1e30", "--grad-clip", "0", "--steps", "6"], "the gradient norm became inf"),
@@ -202,7 +205,7 @@ def test_devices_are_checked_before_any_work():
             resolve_device("cuda")
 
 
-def test_eval_reproduces_the_trainers_validation(tmp_path):
+def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     corpus = make_corpus(tmp_path / "corpus")
     res = train(**tiny(tmp_path / "mdlm", corpus, steps=4, ema=0.5))
     out = dllm("eval", str(tmp_path / "mdlm" / "run" / "model"), "--device", "cpu")
@@ -242,6 +245,12 @@ def test_eval_reproduces_the_trainers_validation(tmp_path):
         run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler=None,
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False,
                    cuda_graph=True)
+    # an unprompted sample is the gen_length tokens made, without the end-of-text it started from
+    shown = []
+    monkeypatch.setattr("dllm.sample_cli.show", lambda tok, ids: shown.append(ids) or "")
+    run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler=None,
+               temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    assert [ids.numel() for ids in shown] == [8]
     record = tmp_path / "ar" / "run" / "run_config.json"
     record.write_text("{}")
     with pytest.raises(ValueError, match="is not the run record `dllm train` writes"):

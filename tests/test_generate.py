@@ -1,5 +1,6 @@
 """dllm.generate: every sampler on a tiny random model."""
 
+import json
 import warnings
 
 import pytest
@@ -646,6 +647,13 @@ def test_a_trained_folder_samples_from_python(tmp_path):
         with pytest.raises(ValueError, match=r"gen_length \(64\) make a canvas of 68 tokens, longer than the "
                                              r"model's max_seq_len of 64"):
             dllm.generate(model, prompt, gen_length=64, steps=8, sampler=sampler)
+    # a run record whose sedd objective lost its noise schedule is named, not a KeyError
+    config = tmp_path / "sedd" / "run" / "model" / "config.json"
+    record = json.loads(config.read_text())
+    record["objective"].pop("noise")
+    config.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="config.json': a sedd objective records its graph"):
+        dllm.load_for_sampling(config.parent)
 
 
 def test_the_canvas_goes_where_the_model_is(monkeypatch):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -338,6 +340,40 @@ def test_model_configs_are_checked():
     assert ModelConfig(arch="llada", hidden=96, heads=4, kv_heads=2).head_dim == 24
     with pytest.raises(ValueError, match=r"unknown model config keys: \['width'\]"):
         ModelConfig.from_dict({"width": 3})
+    for kw, message in ((dict(dropout=1.0), r"dropout must lie in \[0, 1\), got 1.0"),
+                        (dict(norm_eps=0.0), "norm_eps must be positive and finite")):
+        with pytest.raises(ValueError, match=message):
+            ModelConfig(**kw)
+    # what a hand-edited config.json holds: a quoted number, a null, a float count, a number for a flag
+    for kw, message in ((dict(vocab_size="258"), "vocab_size must be an int, got '258'"),
+                        (dict(max_seq_len=None), "max_seq_len must be an int, got None"),
+                        (dict(layers=4.0), "layers must be an int, got 4.0"), (dict(heads=True), "heads must be an int"),
+                        (dict(kv_heads="2"), "kv_heads must be an int or None"),
+                        (dict(dropout="0.1"), "dropout must be a number"),
+                        (dict(time_conditioning=1), "time_conditioning must be true or false, got 1")):
+        with pytest.raises(TypeError, match=message):
+            ModelConfig(**kw)
+
+
+def test_a_mistyped_config_json_is_named(tmp_path):
+    build_model(_tiny("dit")).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["vocab_size"] = "abc"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json': vocab_size must be an int, got 'abc'"):
+        from_pretrained(tmp_path)
+
+
+def test_llada_blocks_apply_dropout_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", arch="llada", vocab_size=50, hidden=32, heads=2, layers=2, dropout=0.5))
+    x = torch.randint(0, 50, (2, 12))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model = build_model(model_config("tiny", arch="llada", vocab_size=50, hidden=32, heads=2, layers=2))
+    assert torch.equal(model.train()(x), model.eval()(x))
 
 
 def test_llada_init_scales_the_residual_projections_by_depth():

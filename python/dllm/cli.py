@@ -27,6 +27,8 @@ USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError, RunFold
 
 def _fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:
     # parser.error would print the usage block too, which says nothing about an error found at run time
+    if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:  # mkdir's "[Errno 17] File exists"
+        error = f"{error.filename!r} (or a folder above it) is a file, not a folder: choose another output folder"
     parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

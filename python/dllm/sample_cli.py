@@ -60,6 +60,7 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
             start = ids if ids.numel() else torch.full((1,), tok.eos_id, device=device)
             seq = model.generate(start[None], gen_length, temperature=temperature, generator=g,
                                  cuda_graph=cuda_graph)[0]
+            seq = seq if ids.numel() else seq[1:]  # the end-of-text it started from is no part of the sample
             info = f"autoregressive, {gen_length} steps"
         else:
             name = sampler or default

@@ -54,6 +54,8 @@ def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path]]:
     if path.is_file():
         return [path], []
     if not path.is_dir():
+        if path.exists():
+            raise ValueError(f"corpus path {str(path)!r} is neither a file nor a folder")
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist")
     out, ignored = [], []
     visited = {os.path.realpath(path)}

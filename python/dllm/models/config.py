@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 ARCHS = ("dit", "ar", "llada")
+_INTS = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "mlp_hidden", "cond_dim", "max_seq_len")
+_OPTIONAL = ("kv_heads", "mlp_hidden")  # None derives them
 
 
 @dataclass
@@ -27,12 +31,18 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
+        self._check_types()
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
-        for name in ("vocab_size", "hidden", "layers", "heads", "kv_heads", "mlp_hidden", "cond_dim", "max_seq_len"):
+        for name in _INTS:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        for name in ("mlp_ratio", "rope_base", "norm_eps"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be positive and finite, got {getattr(self, name)}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if (self.hidden // self.heads) % 2:
@@ -40,6 +50,22 @@ class ModelConfig:
                              "embeddings rotate pairs of channels")
         if self.kv_heads is not None and self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+    def _check_types(self) -> None:
+        """A config.json edited by hand (a quoted number, a null) fails here, naming the field, instead
+        of as a comparison or a shape error deep inside the model."""
+        for name in _INTS:
+            value = getattr(self, name)
+            if (value is not None or name not in _OPTIONAL) and (isinstance(value, bool) or
+                                                                  not isinstance(value, numbers.Integral)):
+                raise TypeError(f"{name} must be an int{' or None' if name in _OPTIONAL else ''}, got {value!r}")
+        for name in ("mlp_ratio", "dropout", "rope_base", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        for name in ("qkv_bias", "time_conditioning"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -182,7 +182,10 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str | torch.device
         from .hub import load_published
 
         return load_published(path, config, map_location=device, dtype=dtype)
-    cfg = ModelConfig.from_dict(config["model"])
+    try:
+        cfg = ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(Path(path) / 'config.json')!r}: {e}") from None
     model = build_model(cfg)
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():

@@ -28,6 +28,7 @@ class LLaDABlock(nn.Module):
         self.gate_proj = nn.Linear(d, hid, bias=False)
         self.up_proj = nn.Linear(d, hid, bias=False)
         self.down_proj = nn.Linear(hid, d, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)  # on each branch before its residual add, as the DiT's
 
     def forward(self, x, cos, sin, *, cache: DenoisingKVCache | None = None, layer=0, start=0,
                 key_mask: torch.Tensor | None = None, kv_len: torch.Tensor | None = None):
@@ -39,9 +40,10 @@ class LLaDABlock(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        x = x + self.o_proj(attention(q, k, v, attn_mask=key_mask, kv_len=kv_len).reshape(B, S, self.heads * self.head_dim))
+        a = attention(q, k, v, attn_mask=key_mask, kv_len=kv_len).reshape(B, S, self.heads * self.head_dim)
+        x = x + self.dropout(self.o_proj(a))
         h = self.mlp_norm(x)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x + self.dropout(self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)))
 
 
 class LLaDAModel(PretrainedMixin, nn.Module):

@@ -72,7 +72,11 @@ def load_for_sampling(directory, device="cpu"):
     if name == "ar":
         return net, tok, "ar"
     if name == "sedd":
-        noise = dict(objective["noise"])
+        noise = objective.get("noise")
+        if objective.get("graph") not in ("absorb", "uniform") or not (isinstance(noise, dict) and "type" in noise):
+            raise ValueError(f"{str(Path(directory) / 'config.json')!r}: a sedd objective records its graph "
+                             f"('absorb' or 'uniform') and its noise schedule ({{'type': ...}}); got {objective!r}")
+        noise = dict(noise)
         graph = Absorbing(tok.vocab_size - 1) if objective["graph"] == "absorb" else Uniform(tok.vocab_size - 1)
         return ScoreModel(net, graph, get_noise(noise.pop("type"), **noise)), tok, "score"
     return MaskedLM(net, tok.mask_id), tok, "masked"

@@ -71,7 +71,7 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     except KeyError as e:
         raise ValueError(f"{str(directory / 'config.json')!r} lacks {e.args[0]!r}, which the {layout.name} layout "
                          "needs") from None
-    except ValueError as e:  # an option dllm's classes do not implement
+    except (TypeError, ValueError) as e:  # a mistyped value, or an option dllm's classes do not implement
         raise ValueError(f"{str(directory / 'config.json')!r}: {e}") from None
     tokenizer = load_tokenizer(directory, cfg.vocab_size)  # before the weights, which may take minutes
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
