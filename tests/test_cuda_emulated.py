@@ -121,7 +121,8 @@ def test_sample_categorical_large_logits_and_tiny_temperatures(emulator, dtype):
     # three groups of 2048 and several rows per temperature: a group race run on raw values (float32
     # steps of 1 at 1e7) picks other groups than the CPU's
     logits = (torch.randn(24, 6001, generator=gen(1)) * 3 + offset).to(dtype)
-    temperature = torch.tensor([1.0, 0.5, 1e-6, 1e-38, 1e-45, 0.0]).repeat(4)
+    # float64: 1e-46 and 1e39 lie outside float32, and both ops clamp them the same way
+    temperature = torch.tensor([1.0, 0.5, 1e-6, 1e-38, 1e-45, 0.0, 1e-46, 1e39], dtype=torch.float64).repeat(3)
     got = emulated(emulator, EMU.sample_categorical, logits, temperature, 1.0, generator=gen())
     want = CPU.sample_categorical(logits, temperature, 1.0, generator=gen())
     assert torch.equal(got[0], want[0])
@@ -242,7 +243,7 @@ def test_predict_masked(schedule, dtype, confidence, temperature, top_k, top_p, 
 def test_predict_masked_large_logits_and_tiny_temperatures(emulator, confidence_from):
     logits, x = masked_batch(2, 19, 3001, "cpu")
     logits += 1e7
-    for temperature, top_p in ((1.0, 1.0), (0.5, 0.9), (1e-38, 1.0), (1e-45, 0.9)):
+    for temperature, top_p in ((1.0, 1.0), (0.5, 0.9), (1e-38, 1.0), (1e-45, 0.9), (1e-46, 1.0), (1e39, 0.9)):
         for confidence in ("prob", "margin", "entropy"):
             args = (logits, x, MASK, temperature, 0, top_p, confidence, 0, confidence_from)
             got = emulated(emulator, EMU.predict_masked, *args, generator=gen())
@@ -267,8 +268,9 @@ def test_predict_masked_llada_vocabulary(emulator):
         dict(threshold=0.6),
         dict(prob=torch.tensor([0.1, 0.5, 1.0])),
         dict(num_tokens=torch.tensor([4, 9, 1]), position_temperature=0.3),
+        dict(num_tokens=torch.tensor([4, 9, 1]), position_temperature=1e-40),  # clamped to 1e-36 by both
     ],
-    ids=["top-k", "threshold", "prob", "position-temperature"],
+    ids=["top-k", "threshold", "prob", "position-temperature", "tiny-position-temperature"],
 )
 @pytest.mark.parametrize("windowed", [False, True])
 def test_commit_tokens(schedule, rule, windowed):
