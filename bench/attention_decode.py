@@ -39,7 +39,12 @@ def main() -> None:
     if device == "cpu" and dtype != torch.float32:
         print("note: on the CPU SDPA computes bf16 / fp16 in float32 too; --dtype fp32 is what CPU models run")
     floor_gbps = copy_bandwidth_gbps(device)
-    queries = [int(x) for x in (args.queries or ("1,32" if device.startswith("cuda") else "1")).split(",")]
+    try:
+        queries = [int(x) for x in (args.queries or ("1,32" if device.startswith("cuda") else "1")).split(",")]
+    except ValueError:
+        queries = [0]
+    if min(queries) <= 0:
+        ap.error(f"--queries: comma-separated positive integers, got {args.queries!r}")
     rows = Results(args.out, "attention: a decoding step (or a query block) over a KV cache",
                    machine(device) | reps | {"floor_gbps": floor_gbps})
     for (B, H, Hkv, C, n, D), Sq in ((shape, Sq) for shape in shapes for Sq in queries):

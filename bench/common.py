@@ -17,13 +17,24 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, add_timing_options, built_in, card, command_line, git_commit, machine, sync, time_interleaved, time_ms,
-    timing_of, utc_now)
+    DTYPES, add_timing_options, built_in, card, command_line, git_commit, machine, null_for_nan, sync, time_interleaved,
+    time_ms, timing_of, utc_now)
 
 
-def parse_shapes(spec: str) -> list[tuple[int, ...]]:
-    """"16x1024x50258,1x2x3" -> [(16, 1024, 50258), (1, 2, 3)]: a --shapes option's value."""
-    return [tuple(int(v) for v in shape.split("x")) for shape in spec.split(",")]
+def parse_shapes(spec: str, shape_format: str) -> list[tuple[int, ...]]:
+    """"16x1024x50258,1x2x3" -> [(16, 1024, 50258), (1, 2, 3)]: a --shapes option's value, each
+    shape as many positive integers as shape_format ("BxLxV") names."""
+    dims = len(shape_format.split("x"))
+    shapes = []
+    for text in spec.split(","):
+        try:
+            shape = tuple(int(v) for v in text.split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != dims or min(shape) <= 0:
+            raise ValueError(f"--shapes: {text!r} is not {shape_format} ({dims} positive integers joined by x)")
+        shapes.append(shape)
+    return shapes
 
 
 def bench_parser(description: str, shape_format: str, cuda_shapes: str, cpu_shapes: str, *,
@@ -38,17 +49,21 @@ def bench_parser(description: str, shape_format: str, cuda_shapes: str, cpu_shap
     if dtype_of is not None:
         ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help=f"{dtype_of} dtype (default: bf16)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
-    ap.set_defaults(default_shapes=(cuda_shapes, cpu_shapes))
+    ap.set_defaults(default_shapes=(cuda_shapes, cpu_shapes), shape_format=shape_format)
     return ap
 
 
 def parse_bench_args(ap: argparse.ArgumentParser, *, cpu: tuple[int, int]):
     """Adds the timing options (cpu: the CPU's default warm-up and repetitions) and parses:
     (args, shapes, timing keywords of measure / measure_against)."""
-    add_timing_options(ap, cpu=cpu)
+    add_timing_options(ap, cpu=cpu, min_warmup=1)  # measure_against's first call of each is untimed
     args = ap.parse_args()
     cuda_shapes, cpu_shapes = args.default_shapes
-    shapes = parse_shapes(args.shapes or (cuda_shapes if args.device.startswith("cuda") else cpu_shapes))
+    try:
+        shapes = parse_shapes(args.shapes or (cuda_shapes if args.device.startswith("cuda") else cpu_shapes),
+                              args.shape_format)
+    except ValueError as e:
+        ap.error(str(e))
     return args, shapes, timing_of(args, args.device)
 
 
@@ -140,6 +155,7 @@ def measure_against(op: str, shape: str, dtype: str, impls: list, device: str, n
             why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else str(e).split("\n")[0][:60]
             rows[name] = unmeasured_row(op, shape, dtype, name, nbytes, why)
             torch.cuda.empty_cache()
+    # that first call was the first of the `warmup` untimed ones
     times = time_interleaved([fn for _, fn in runnable], device, warmup=max(0, warmup - 1), reps=reps)
     for (name, _), t in zip(runnable, times):
         rows[name] = row_of(op, shape, dtype, name, t, nbytes, floor_gbps)
@@ -185,21 +201,10 @@ def _floor_line(meta: dict) -> str:
     return "floor: none"
 
 
-def _null_for_nan(value):
-    """NaN (what was not measured) as JSON's null: NaN is not JSON, and strict readers refuse it."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _null_for_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_null_for_nan(v) for v in value]
-    return value
-
-
 def write_results(out: Path, title: str, meta: dict, rows: list[Row]) -> str:
     """Writes results.json and summary.md into `out`; returns the markdown table."""
     out.mkdir(parents=True, exist_ok=True)
-    document = _null_for_nan({"meta": meta, "rows": [asdict(r) for r in rows]})
+    document = null_for_nan({"meta": meta, "rows": [asdict(r) for r in rows]})
     (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     table = format_table(title, meta, rows)
     (out / "summary.md").write_text(table)

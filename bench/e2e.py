@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from dllm.benchmarks import e2e
+from dllm.cli import USER_ERRORS, fail
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=e2e.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -15,5 +16,5 @@ if __name__ == "__main__":
     ns = parser.parse_args()
     try:
         e2e.run(ns)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    except USER_ERRORS as e:  # as `dllm bench e2e` reports them
+        fail(parser, e)

@@ -63,8 +63,15 @@ def main() -> None:
     args = ap.parse_args()
     device = "cpu" if args.tiny else args.device
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    P, G = args.prompt or (16 if args.tiny else 128), args.gen or (32 if args.tiny else 256)
-    steps, B = args.steps or G, args.batch
+    unknown = set(args.models.split(",")) - set(PUBLISHED)
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PUBLISHED)}")
+    for name in ("batch", "prompt", "gen", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            ap.error(f"--{name} must be positive, got {getattr(args, name)}")
+    P = args.prompt if args.prompt is not None else (16 if args.tiny else 128)
+    G = args.gen if args.gen is not None else (32 if args.tiny else 256)
+    steps, B = args.steps if args.steps is not None else G, args.batch
     floor_gbps = copy_bandwidth_gbps(device)
     reps = {} if device.startswith("cuda") else {"warmup": 3, "reps": 5, "min_seconds": 0.0}
     meta = machine(device) | {"floor_gbps": floor_gbps}

@@ -61,6 +61,10 @@ def main() -> None:
     cuda = device.startswith("cuda")
     floor_gbps = copy_bandwidth_gbps(device)
     cases = [tuple(c.split(":")) for c in args.cases.split(",")]
+    known = {(g, m) for g in ("absorb", "uniform") for m in ("analytic", "euler", "denoise")}
+    if not set(cases) <= known:
+        ap.error(f"--cases: each case is graph:method, graph absorb or uniform, method analytic, euler or denoise; "
+                 f"got {args.cases!r}")
 
     meta = machine(device) | reps | {"floor_gbps": floor_gbps, "mask_frac": args.mask_frac}
     title = "sedd_step: fused SEDD sampler step (score transform + predictor + exact draw)"

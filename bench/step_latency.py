@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 
 from dllm.benchmarks import step_latency
+from dllm.cli import USER_ERRORS, fail
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=step_latency.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     step_latency.add_arguments(parser)
-    step_latency.run(parser.parse_args())
+    ns = parser.parse_args()
+    try:
+        step_latency.run(ns)
+    except USER_ERRORS as e:  # as `dllm bench step` reports them
+        fail(parser, e)

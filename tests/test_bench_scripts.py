@@ -63,6 +63,28 @@ def test_bench_script_runs(name, tmp_path):
         assert {row["shape"]: row["bytes"] for row in result["rows"]} == FLOOR_BYTES[name]
 
 
+
+BAD_FLAGS = [
+    ("unmask_step", ["--shapes", "1x64"], "--shapes: '1x64' is not BxLxV (3 positive integers joined by x)"),
+    ("sample_categorical", ["--shapes", "4xbig"], "--shapes: '4xbig' is not ROWSxV"),
+    ("unmask_step", ["--warmup", "0"], "--warmup: must be at least 1"),
+    ("sedd_step", ["--cases", "absorb"], "--cases: each case is graph:method"),
+    ("attention_decode", ["--queries", "abc"], "--queries: comma-separated positive integers"),
+    ("published_latency", ["--tiny", "--models", "Foo"], "--models: unknown Foo"),
+    ("published_latency", ["--tiny", "--batch", "0"], "--batch must be positive, got 0"),
+    ("step_latency", ["--temperature", "-1"], "temperature must be finite and >= 0"),
+    ("e2e", ["--out-dir", "{file}/report"], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("name, args, message", BAD_FLAGS, ids=[f"{n}-{a[-2]}" for n, a, _ in BAD_FLAGS])
+def test_bench_scripts_refuse_bad_flags_in_one_line(name, args, message, tmp_path):
+    (tmp_path / "file").write_text("")
+    args = [a.format(file=tmp_path / "file") for a in args]
+    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
 def test_results_are_written_after_every_row(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     from common import Results, Row

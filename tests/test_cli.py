@@ -300,9 +300,12 @@ def test_bench_step_tiny_end_to_end(tmp_path):
     assert next(r["speedup_vs_eager"] for r in rows if r["impl"] == "decode step") == 1.0
     assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
     assert "sedd 2x64: torch.compile took" in out.stdout and "ar 2x64: torch.compile" not in out.stdout
+    cases = {(r["model"], r["shape"]) for r in rows}  # one profile each, named by kind and batch
+    assert sorted(p.name for p in tmp_path.glob("profile-*.md")) == sorted(
+        f"profile-{model.split()[0]}-b{shape.split('x')[0]}.md" for model, shape in cases)
     for kind, op, step_name in (("sedd", "dllm::sedd_step", "dllm step"), ("llada", "dllm::predict_masked", "dllm step"),
                                 ("ar", "dllm::sample_categorical", "decode step")):
-        profile = (tmp_path / f"profile-{kind}.md").read_text()
+        profile = next(tmp_path.glob(f"profile-{kind}-b*.md")).read_text()
         network, step = profile.split("## network only: ")[1].split(f"## {step_name}: ")
         assert "| matmuls |" in network and op not in network and f"| `{op}` | 1 |" in step
         categories = network.split("| category | ms | share |")[1].split("\n\n")[0].splitlines()[2:]

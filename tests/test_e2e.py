@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -344,6 +345,14 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
           "--out-dir", str(tmp_path / "report"), "--train-dir", str(tmp_path / "models")])
     baseline = json.loads((tmp_path / "models" / "ar" / "run_config.json").read_text())["train"]
     assert baseline["tokenizer"] == str(given / "tokenizer.json") and baseline["data"] == str(corpus)
+    # the report gives each model's own budget (the given one's from its run record) and the held-out corpus
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "diffusion trained 2 steps, autoregressive trained 0.02 minutes or 2 steps (optimizer steps" in report
+    assert f"Held-out text: the validation split of {corpus}." in report
+    # a --data given with both folders is the corpus the held-out split comes from
+    ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data="elsewhere",
+                            model_dir=str(given), ar_dir=str(tmp_path / "models" / "ar" / "model"))
+    assert e2e._load_models(ns, "cpu").data == "elsewhere"
 
 
 def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):

@@ -211,6 +211,15 @@ def test_ar_generate_draws_from_the_softmax_with_sample_categorical_and_the_kv_c
     assert counts[5:].sum() == 0 and ((counts[:5] - p) ** 2 / p).sum() < 18.47
 
 
+
+def test_ar_generate_takes_a_float64_model_and_refuses_an_empty_prompt():
+    model = _perturb(ARTransformer(_tiny("ar"))).eval()
+    prompt = torch.randint(0, 50, (2, 3))
+    want = model.generate(prompt, 5, temperature=0.0)
+    assert torch.equal(model.double().generate(prompt, 5, temperature=0.0), want)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        model.generate(prompt[:, :0], 5)
+
 def test_llada_gqa_matches_repeated_heads():
     torch.manual_seed(0)
     m = _perturb(LLaDAModel(_tiny("llada", kv_heads=2))).eval()

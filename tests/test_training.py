@@ -380,6 +380,9 @@ def test_lr_schedule_and_ema_decay():
     assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 9) == pytest.approx(1.0) and lr_at(c, 10) == 1.0
     assert lr_at(c, 60) == pytest.approx(0.55) and lr_at(c, 110) == pytest.approx(0.1)  # the last step: the final lr
     assert lr_at(TrainConfig(lr=1.0, warmup=10, schedule="constant"), 500) == 1.0
+    for steps, warmup in ((10, 9), (2, 1), (1, 0)):  # the cosine's only step is the last one
+        c = TrainConfig(lr=1.0, warmup=warmup, steps=steps, min_lr_ratio=0.1)
+        assert lr_at(c, steps - 1) == pytest.approx(0.1) and (warmup == 0 or lr_at(c, warmup - 1) == 1.0)
     p = torch.nn.Parameter(torch.zeros(3))
     ema = EMA([p], decay=0.9999)
     with torch.no_grad():

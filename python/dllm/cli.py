@@ -25,11 +25,16 @@ BENCHMARKS = {"step": "dllm.benchmarks.step_latency", "e2e": "dllm.benchmarks.e2
 USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError, RunFolderInUse)
 
 
-def _fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:
-    # parser.error would print the usage block too, which says nothing about an error found at run time
+def user_error_text(error: Exception) -> str:
     if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:  # mkdir's "[Errno 17] File exists"
-        error = f"{error.filename!r} (or a folder above it) is a file, not a folder: choose another output folder"
-    parser.exit(2, f"{parser.prog}: error: {error}\n")
+        return f"{error.filename!r} (or a folder above it) is a file, not a folder: choose another output folder"
+    return str(error)
+
+
+def fail(parser: argparse.ArgumentParser, error: Exception) -> typing.NoReturn:
+    """Ends the command with a one-line error (a user's mistake, found once it runs)."""
+    # parser.error would print the usage block too, which says nothing about an error found at run time
+    parser.exit(2, f"{parser.prog}: error: {user_error_text(error)}\n")
 
 
 def _flag_type(field: dataclasses.Field):
@@ -158,7 +163,7 @@ def _main(argv: list[str] | None) -> int:
         try:
             run_demo(ns.out_dir, ns.minutes, ns.gen_length, ns.steps, ns.device, ns.retrain, ns.seed, ns.tokenizer)
         except USER_ERRORS as e:
-            _fail(dp, e)
+            fail(dp, e)
         return 0
     if ns.command == "sample":
         from .sample_cli import run_sample
@@ -171,7 +176,7 @@ def _main(argv: list[str] | None) -> int:
                        seed=ns.seed, device=ns.device, show_steps=ns.show_steps, cache=ns.cache,
                        cuda_graph=ns.cuda_graph)
         except USER_ERRORS as e:
-            _fail(sp, e)
+            fail(sp, e)
         return 0
     if ns.command == "eval":
         from .eval_cli import run_eval
@@ -179,14 +184,14 @@ def _main(argv: list[str] | None) -> int:
         try:
             result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed)
         except USER_ERRORS as e:
-            _fail(ep, e)
+            fail(ep, e)
         print(json.dumps(result, indent=2))
         return 0
     if ns.command == "bench":
         try:
             importlib.import_module(BENCHMARKS[ns.benchmark]).run(ns)
         except USER_ERRORS as e:
-            _fail(bench_parsers[ns.benchmark], e)
+            fail(bench_parsers[ns.benchmark], e)
         return 0
     if ns.command == "train":
         from .training import train
@@ -198,7 +203,7 @@ def _main(argv: list[str] | None) -> int:
         try:
             result = train(cfg)
         except USER_ERRORS as e:
-            _fail(tp, e)
+            fail(tp, e)
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
 import os
 import platform
 import sys
@@ -15,6 +16,17 @@ import torch
 
 from .._extension import build_info
 from ..devices import made_current
+
+
+def null_for_nan(value):
+    """NaN (what was not measured) as JSON's null: NaN is not JSON, and strict readers refuse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: null_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [null_for_nan(v) for v in value]
+    return value
 
 
 def sync(device: str) -> None:
@@ -85,14 +97,16 @@ def _count(minimum: int):
     return parse
 
 
-def add_timing_options(p: argparse.ArgumentParser, *, cpu: tuple[int, int], cuda: tuple[int, int] = (2, 20)) -> None:
-    """--warmup, --reps (default: ``cpu`` or ``cuda``, each (warmup, reps)) and --threads; read them
-    with :func:`timing_of`."""
+def add_timing_options(p: argparse.ArgumentParser, *, cpu: tuple[int, int], cuda: tuple[int, int] = (2, 20),
+                       min_warmup: int = 0) -> None:
+    """--warmup (at least ``min_warmup``), --reps (default: ``cpu`` or ``cuda``, each (warmup, reps))
+    and --threads; read them with :func:`timing_of`."""
     def default(i: int) -> str:
         return f"{cuda[i]}" if cpu[i] == cuda[i] else f"{cuda[i]} on CUDA, {cpu[i]} on the CPU"
 
-    p.add_argument("--warmup", type=_count(0), default=None,
-                   help=f"untimed calls of each implementation first (default: {default(0)})")
+    at_least = f"; at least {min_warmup}: the first call also checks that an implementation runs" if min_warmup else ""
+    p.add_argument("--warmup", type=_count(min_warmup), default=None,
+                   help=f"untimed calls of each implementation first (default: {default(0)}{at_least})")
     p.add_argument("--reps", type=_count(1), default=None,
                    help=f"timed calls of each implementation, in turns (default: {default(1)})")
     p.add_argument("--threads", type=_count(0), default=0,

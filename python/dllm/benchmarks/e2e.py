@@ -156,8 +156,9 @@ def _load_models(ns, device: str) -> Models:
         raise ValueError(f"the models take {min(windows)} tokens; generating {max_gen} after a prompt token needs "
                          f"{max_gen + 1}: train with a longer window or pass shorter --gen-lengths")
     cfg = _training_config(dirs["mdlm"])
+    # the held-out split: of the corpus asked for, else of the one the diffusion model trained on
     return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows),
-                  cfg.get("data", ns.data), cfg.get("val_fraction", 0.05))
+                  ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05))
 
 
 def _val_windows(models: Models, count: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
@@ -492,8 +493,8 @@ def run(ns: argparse.Namespace) -> dict:
     reference = {str(length): unigram_entropy(windows[:, :length].flatten().tolist()) for length in ns.gen_lengths}
     meta = {"command": command_line(), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
             "date": utc_now(), "device": device, "size": ns.size, "seq_len": models.seq_len,
-            "model_dirs": models.dirs, "minutes": ns.minutes if not (ns.model_dir and ns.ar_dir) else None,
-            "train_step_cap": ns.train_steps,
+            "model_dirs": models.dirs, "budgets": {k: _budget(Path(d)) for k, d in models.dirs.items()},
+            "data": models.data,
             "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
             "load_average": [load_at_start, os.getloadavg()[0]], "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
@@ -510,6 +511,13 @@ def run(ns: argparse.Namespace) -> dict:
     (out / "partial.json").unlink(missing_ok=True)
     print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
     return results
+
+
+def _budget(model_dir: Path) -> dict | None:
+    """The time (minutes, None when unlimited) and step cap a model was trained with, from its run
+    record (a reused folder's own, not this call's flags); None for a folder without one."""
+    cfg = _training_config(model_dir)
+    return {"minutes": cfg.get("max_time", 0) / 60 or None, "steps": cfg.get("steps")} if cfg else None
 
 
 def _trained_steps(model_dir: Path) -> int | None:

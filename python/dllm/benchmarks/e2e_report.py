@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .code_quality import __doc__ as QUALITY_DEFINITIONS
+from .common import null_for_nan
 from .e2e_verdict import ENTROPY_SLACK_BITS, summary
 
 COLORS = {"mdlm": "tab:blue", "llada": "tab:orange", "fast-dllm": "tab:green", "kv-cache": "black"}
@@ -82,12 +83,22 @@ def _definitions() -> list[str]:
     return items
 
 
+def _budget_text(budget: dict) -> str:
+    return (f"{budget['minutes']:g} minutes or " if budget["minutes"] else "") + f"{budget['steps']} steps"
+
+
 def markdown(results: dict) -> str:
     m = results["meta"]
     k = m["kernels"]
-    trained = (f"trained {m['minutes']:g} minutes or {m['train_step_cap']} steps each, whichever ends first"
-               if m["minutes"] else "reused folders") + \
-        f" (optimizer steps: diffusion {m['train_steps']['mdlm']}, autoregressive {m['train_steps']['ar']})"
+    budgets = m["budgets"]
+    if budgets["mdlm"] and budgets["mdlm"] == budgets["ar"]:
+        trained = f"trained {_budget_text(budgets['mdlm'])} each" + (", whichever ends first"
+                                                                     if budgets["mdlm"]["minutes"] else "")
+    else:  # reused folders of other budgets, or without a run record
+        trained = ", ".join(f"{name} " + (f"trained {_budget_text(budgets[key])}" if budgets[key] else
+                                          "reused without a run record")
+                            for key, name in (("mdlm", "diffusion"), ("ar", "autoregressive")))
+    trained += f" (optimizer steps: diffusion {m['train_steps']['mdlm']}, autoregressive {m['train_steps']['ar']})"
     definitions = _definitions()
     lines = [
         "# Diffusion vs autoregressive, end to end", "",
@@ -98,7 +109,8 @@ def markdown(results: dict) -> str:
         (" (other work shared the cores: the timings are noisy)." if max(m["load_average"]) > m["threads"] + 0.5
          else "."), "",
         f"Models: the `{m['size']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
-        f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}.", "",
+        f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}. "
+        f"Held-out text: the validation split of {m['data'] or 'the standard library'}.", "",
         "Kernels (each side's best in this build):", "",
         f"- precision: {k['precision']}",
         f"- diffusion: {k['diffusion']}",
@@ -304,7 +316,7 @@ def plot_frontier(results: dict, path: Path) -> None:
 
 def write_report(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(null_for_nan(results), indent=2, allow_nan=False) + "\n")
     plot_throughput(results, out / "throughput.png")
     plot_quality(results, out / "quality.png")
     plot_frontier(results, out / "frontier.png")

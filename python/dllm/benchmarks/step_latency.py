@@ -283,7 +283,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "once a case, untimed; the time it took is printed)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one network call and one dllm step a case (torch.profiler): the kernels by "
-                        "self time, summed into matmuls, dllm's kernels and the rest (profile-<kind>.md in --out)")
+                        "self time, summed into matmuls, dllm's kernels and the rest (profile-<kind>-b<batch>.md in --out)")
     add_timing_options(p, cpu=(3, 10), cuda=(3, 10))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")
@@ -351,7 +351,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
                 profiled = ("network only", "decode step" if case.kind == "ar" else "dllm step")
                 report = profile_report(f"{name} {shape}", {k: steps[k] for k in profiled}, device)
             if ns.out is not None:
-                (ns.out / f"profile-{case.kind}.md").write_text(report)
+                (ns.out / f"profile-{case.kind}-b{case.batch}.md").write_text(report)
             print(report, flush=True)
         print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
                                               for r in case_rows), flush=True)

@@ -92,6 +92,13 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm_final(x, shift, scale))
 
 
+def _draw(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+    """The next token ``[B, 1]``: the op reads float32, bfloat16 or float16, so a float64 model's
+    logits are drawn from their float32 rounding."""
+    logits = logits.float() if logits.dtype == torch.float64 else logits
+    return ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
+
+
 class DiffusionTransformer(PretrainedMixin, nn.Module):
     """SEDD/MDLM DiT: ``forward(x [B, L] int64, sigma [B], one number or None) -> logits [B, L, vocab]``.
 
@@ -177,7 +184,7 @@ class ARTransformer(DiffusionTransformer):
         one-element tensor on its device, which a CUDA graph can replay), with ``token`` overwritten
         by the next token drawn by :func:`dllm.ops.sample_categorical`."""
         logits = self(token, cache=cache, start=position)[:, -1]
-        token.copy_(ops.sample_categorical(logits, temperature, generator=generator)[0][:, None])
+        token.copy_(_draw(logits, temperature, generator))
         return logits
 
     @torch.no_grad()
@@ -200,6 +207,9 @@ class ARTransformer(DiffusionTransformer):
         B, P = prompt.shape
         if max_new_tokens == 0:
             return prompt.clone()
+        if P == 0:
+            raise ValueError("the prompt is empty: the first token is drawn from the logits of the prompt's last "
+                             "position, so give at least a start token (end-of-text)")
         if P + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
                              f"{self.config.max_seq_len}")
@@ -211,7 +221,7 @@ class ARTransformer(DiffusionTransformer):
                 session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))
             logits = self(prompt, cache=cache, start=0)[:, -1]
             # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
-            token = ops.sample_categorical(logits, temperature, generator=generator)[0][:, None]
+            token = _draw(logits, temperature, generator)
             out = [prompt, token]
 
             def step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
