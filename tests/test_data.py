@@ -1,5 +1,6 @@
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -260,6 +261,37 @@ def test_bpe_encodes_special_token_text_as_text_and_ignores_truncation_and_paddi
     assert list(again.encode(source)) == list(ids)
 
 
+
+def _byte_level_tokenizer(extra: dict, added=()):
+    """A byte-level BPE tokenizer.json's Tokenizer: the 256 bytes, ``extra`` entries, ``added`` tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))} | extra
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.add_tokens(list(added))
+    return tok
+
+
+def test_a_tokenizer_json_listing_the_specials_as_plain_tokens_still_encodes_their_text_as_text(tmp_path):
+    from tokenizers import AddedToken
+
+    _byte_level_tokenizer({}, [AddedToken("<|endoftext|>", special=False)]).save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    ids = list(tok.encode("a<|endoftext|>b<|mask|>c"))
+    assert tok.eos_id not in ids and tok.mask_id not in ids and tok.decode(ids) == "a<|endoftext|>b<|mask|>c"
+
+
+def test_a_tokenizer_json_whose_ids_have_gaps_is_refused_or_sized_by_its_largest_id(tmp_path):
+    # 256 bytes and "ab" at 257: the library numbers end-of-text 257 too (its count of entries)
+    _byte_level_tokenizer({"ab": 257}).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match="gives id 257 to two entries"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+    # a gap that the specials do not land on: the vocabulary reaches the largest id (a uint32 token cache)
+    _byte_level_tokenizer({"ab": 70000}).save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tok.vocab_size == 70001 and tok.decode([70000]) == "ab"
+
 def test_a_damaged_token_cache_is_rebuilt(corpus_dir, tmp_path, caplog):
     first = prepare(str(corpus_dir), seq_len=32, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
     want = np.array(first.train.tokens)  # a copy: the memory map would fault once the file is cut
@@ -314,6 +346,18 @@ def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
     assert "pkg/linked.py" in names and not any(".env" in n for n in names)
     assert len(names) == len(set(names)) and not any(n.startswith("pkg/loop") for n in names)
 
+
+
+def test_a_file_name_that_is_not_utf8_is_read(tmp_path, corpus_dir):
+    for f in corpus_dir.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    try:
+        with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.py"), "w") as fh:
+            fh.write("x = 1\n" * 50)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    corpus = load_corpus(tmp_path)
+    assert "caf\udce9.py" in {rel for rel, _ in corpus.train + corpus.val} and corpus.hash
 
 def test_bytes_per_token_of_sentencepiece_style_tokenizers():
     """Metaspace and LLaMA-style decoders drop a token's leading space when it is decoded alone, and

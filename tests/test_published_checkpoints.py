@@ -428,6 +428,14 @@ def test_missing_unexpected_and_misshapen_weights_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf"missing weights \['{victim} \(expected in {owner}\)'\]"):
         from_pretrained(tmp_path / "missing")
 
+    make_checkpoint(tmp_path / "nameless", "llada")
+    index_path = tmp_path / "nameless" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"][victim] = None
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"maps '{victim}' to None, not a shard's file name"):
+        from_pretrained(tmp_path / "nameless")
+
     make_checkpoint(tmp_path / "extra", "llada")
     _rewrite_shard(tmp_path / "extra", shard2, lambda part: part.update({"model.transformer.blocks.0.q_norm.weight":
                                                                         torch.ones(48)}), reindex=True)
@@ -458,6 +466,9 @@ def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
     make_checkpoint(tmp_path / "short", "mdlm", config_edit=lambda c: c.pop("hidden_dim"))
     with pytest.raises(ValueError, match="lacks 'hidden_dim', which the mdlm layout needs"):
         from_pretrained(tmp_path / "short")
+    make_checkpoint(tmp_path / "sigma", "sedd", config_edit=lambda c: c.update(noise={"type": "geometric", "sigma_max": 20}))
+    with pytest.raises(ValueError, match="sigma/config.json' lacks 'sigma_min', which the sedd layout needs"):
+        from_pretrained(tmp_path / "sigma")
     make_checkpoint(tmp_path / "null", "mdlm", config_edit=lambda c: c.update(model_length=None))
     with pytest.raises(ValueError, match="null/config.json': max_seq_len must be an int, got None"):
         from_pretrained(tmp_path / "null")

@@ -101,7 +101,8 @@ def _read_text(p: Path) -> tuple[str | None, str]:
 
 
 def _is_val(rel: str, val_fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8")).digest()[:8], "little")
+    # surrogateescape: a file name that is not UTF-8 keeps its bytes (and valid names hash as before)
+    h = int.from_bytes(hashlib.sha256(rel.encode("utf-8", "surrogateescape")).digest()[:8], "little")
     return (h / 2**64) < val_fraction
 
 
@@ -192,7 +193,7 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
     h = hashlib.sha256()
     for split, items in (("train", corpus.train), ("val", corpus.val)):
         for rel, text in items:
-            h.update(f"{split}\0{rel}\0".encode())
+            h.update(f"{split}\0{rel}\0".encode("utf-8", "surrogateescape"))
             h.update(text.encode("utf-8"))
             h.update(b"\0")
     corpus.hash = h.hexdigest()

@@ -6,6 +6,7 @@ sequences) and a mask id (the absorbing state of masked diffusion), both real vo
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -72,12 +73,20 @@ class BPETokenizer:
         # file would silently lose its tail or gain pad ids.
         tok.no_truncation()
         tok.no_padding()
-        for special in (EOS_TOKEN, MASK_TOKEN):
-            if tok.token_to_id(special) is None:
-                tok.add_special_tokens([special])
+        # Added if missing, and marked special if the file lists them as plain added tokens, which
+        # encode_special_tokens would not protect.
+        tok.add_special_tokens([EOS_TOKEN, MASK_TOKEN])
         self.eos_id = tok.token_to_id(EOS_TOKEN)
         self.mask_id = tok.token_to_id(MASK_TOKEN)
-        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        # The library numbers a new token after its count of entries, which a vocabulary with gaps in
+        # its ids has already given to a text token: refused, as two tokens of one id corrupt the data.
+        ids = list(tok.get_vocab(with_added_tokens=True).values())
+        if len(set(ids)) != len(ids):
+            shared = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+            raise ValueError(f"the tokenizer gives id {shared[0]} to two entries: a vocabulary whose ids have gaps "
+                             f"(largest {max(ids)}, {len(set(ids))} distinct) cannot take the end-of-text and mask "
+                             f"tokens dllm adds; number its entries 0..N-1 or add both tokens to it")
+        self.vocab_size = max(ids) + 1
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":

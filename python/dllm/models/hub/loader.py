@@ -66,14 +66,10 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     device, dtype = load_device(map_location), load_dtype(dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_default else torch.float32
-    try:
-        cfg = layout.model_config(config)
-    except KeyError as e:
-        raise ValueError(f"{str(directory / 'config.json')!r} lacks {e.args[0]!r}, which the {layout.name} layout "
-                         "needs") from None
-    except (TypeError, ValueError) as e:  # a mistyped value, or an option dllm's classes do not implement
-        raise ValueError(f"{str(directory / 'config.json')!r}: {e}") from None
+    cfg = _read_config(directory, layout, lambda: layout.model_config(config))
     tokenizer = load_tokenizer(directory, cfg.vocab_size)  # before the weights, which may take minutes
+    protocol = _read_config(directory, layout, lambda: layout.protocol(config, tokenizer))
+    _check_ids(layout, protocol, cfg)
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
         net = build_model(cfg)
     state = _read_state(directory, layout, cfg, {k: tuple(v.shape) for k, v in net.state_dict().items()}, dtype, device)
@@ -81,9 +77,18 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     for module in net.modules():  # non-persistent buffers were left on the meta device
         if isinstance(module, Rotary):
             module.inv_freq = module.frequencies(device)
-    protocol = layout.protocol(config, tokenizer)
-    _check_ids(layout, protocol, cfg)
     return PublishedModel(net, layout=layout.name, config=config, tokenizer=tokenizer, **protocol).eval()
+
+
+def _read_config(directory: Path, layout: Layout, read):
+    """``read()`` of the folder's config.json, its mistakes named with the file."""
+    try:
+        return read()
+    except KeyError as e:
+        raise ValueError(f"{str(directory / 'config.json')!r} lacks {e.args[0]!r}, which the {layout.name} layout "
+                         "needs") from None
+    except (TypeError, ValueError) as e:  # a mistyped value, or an option dllm's classes do not implement
+        raise ValueError(f"{str(directory / 'config.json')!r}: {e}") from None
 
 
 def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[str, tuple], dtype, device) -> dict:

@@ -23,6 +23,9 @@ def _weight_map(index: Path) -> dict[str, str]:
         raise ValueError(f"{str(index)!r} is not a shard index ({e}): an incomplete copy?") from None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index} has no weight_map")
+    bad = next((name for name, shard in weight_map.items() if not isinstance(shard, str)), None)
+    if bad is not None:
+        raise ValueError(f"{index} maps {bad!r} to {weight_map[bad]!r}, not a shard's file name")
     return weight_map
 
 
