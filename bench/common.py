@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, add_timing_options, built_in, card, command_line, git_commit, machine, null_for_nan, sync, time_interleaved,
-    time_ms, timing_of, utc_now)
+    DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine, null_for_nan, sync,
+    time_interleaved, time_ms, timing_of, utc_now)
 
 
 def parse_shapes(spec: str, shape_format: str) -> list[tuple[int, ...]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import dllm
-from common import Results, built_in, copy_bandwidth_gbps, machine, measure
+from common import Results, at_least, built_in, copy_bandwidth_gbps, machine, measure
 from dllm.models import LLaDAModel, ModelConfig
 from dllm.models.hub import PublishedModel
 
@@ -54,10 +54,10 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="toy widths on the CPU (a smoke test, not a measurement "
                                                          "of the published models)")
     ap.add_argument("--models", default="LLaDA-8B,Dream-7B", help="comma-separated, from " + ", ".join(PUBLISHED))
-    ap.add_argument("--batch", type=int, default=1, help="sequences per batch")
-    ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (default 128; 16 with --tiny)")
-    ap.add_argument("--gen", type=int, default=None, help="generated tokens (default 256; 32 with --tiny)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps per generation (default: --gen, "
+    ap.add_argument("--batch", type=at_least(1), default=1, help="sequences per batch")
+    ap.add_argument("--prompt", type=at_least(1), default=None, help="prompt tokens (default 128; 16 with --tiny)")
+    ap.add_argument("--gen", type=at_least(1), default=None, help="generated tokens (default 256; 32 with --tiny)")
+    ap.add_argument("--steps", type=at_least(1), default=None, help="sampler steps per generation (default: --gen, "
                                                             "one token per step, LLaDA's quality setting)")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md")
     args = ap.parse_args()
@@ -66,9 +66,6 @@ def main() -> None:
     unknown = set(args.models.split(",")) - set(PUBLISHED)
     if unknown:
         ap.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PUBLISHED)}")
-    for name in ("batch", "prompt", "gen", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            ap.error(f"--{name} must be positive, got {getattr(args, name)}")
     P = args.prompt if args.prompt is not None else (16 if args.tiny else 128)
     G = args.gen if args.gen is not None else (32 if args.tiny else 256)
     steps, B = args.steps if args.steps is not None else G, args.batch

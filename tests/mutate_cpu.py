@@ -120,7 +120,7 @@ MUTANTS = [
      '            g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay\n',
      "            pass\n", ["test_training"]),
     ("python/dllm/training/trainer.py", "                stale.unlink()\n", "", ["test_training"]),
-    ("python/dllm/training/trainer.py", "max(1, cfg.steps - 1 - cfg.warmup)", "max(1, cfg.steps - cfg.warmup)",
+    ("python/dllm/training/trainer.py", "span = cfg.steps - 1 - cfg.warmup", "span = cfg.steps - cfg.warmup",
      ["test_training"]),
     ("python/dllm/training/ema.py", "(1 + self.num_updates) / (10 + self.num_updates)",
      "(1 + self.num_updates) / (1 + self.num_updates)", ["test_training"]),

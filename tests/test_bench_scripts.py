@@ -71,7 +71,7 @@ BAD_FLAGS = [
     ("sedd_step", ["--cases", "absorb"], "--cases: each case is graph:method"),
     ("attention_decode", ["--queries", "abc"], "--queries: comma-separated positive integers"),
     ("published_latency", ["--tiny", "--models", "Foo"], "--models: unknown Foo"),
-    ("published_latency", ["--tiny", "--batch", "0"], "--batch must be positive, got 0"),
+    ("published_latency", ["--tiny", "--batch", "0"], "--batch: must be at least 1, got 0"),
     ("step_latency", ["--temperature", "-1"], "temperature must be finite and >= 0"),
     ("e2e", ["--out-dir", "{file}/report"], "is a file, not a folder"),
 ]

@@ -88,7 +88,8 @@ def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10)
     return times
 
 
-def _count(minimum: int):
+def at_least(minimum: int):
+    """An argparse type: an int >= minimum."""
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -104,12 +105,12 @@ def add_timing_options(p: argparse.ArgumentParser, *, cpu: tuple[int, int], cuda
     def default(i: int) -> str:
         return f"{cuda[i]}" if cpu[i] == cuda[i] else f"{cuda[i]} on CUDA, {cpu[i]} on the CPU"
 
-    at_least = f"; at least {min_warmup}: the first call also checks that an implementation runs" if min_warmup else ""
-    p.add_argument("--warmup", type=_count(min_warmup), default=None,
-                   help=f"untimed calls of each implementation first (default: {default(0)}{at_least})")
-    p.add_argument("--reps", type=_count(1), default=None,
+    floor_note = f"; at least {min_warmup}: the first call also checks that an implementation runs" if min_warmup else ""
+    p.add_argument("--warmup", type=at_least(min_warmup), default=None,
+                   help=f"untimed calls of each implementation first (default: {default(0)}{floor_note})")
+    p.add_argument("--reps", type=at_least(1), default=None,
                    help=f"timed calls of each implementation, in turns (default: {default(1)})")
-    p.add_argument("--threads", type=_count(0), default=0,
+    p.add_argument("--threads", type=at_least(0), default=0,
                    help="CPU threads for torch (default 0: torch's choice); 1 keeps timings steady on a busy machine")
     p.set_defaults(timing_defaults={"cpu": cpu, "cuda": cuda})
 

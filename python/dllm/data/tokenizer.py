@@ -82,8 +82,8 @@ class BPETokenizer:
         # its ids has already given to a text token: refused, as two tokens of one id corrupt the data.
         ids = list(tok.get_vocab(with_added_tokens=True).values())
         if len(set(ids)) != len(ids):
-            shared = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
-            raise ValueError(f"the tokenizer gives id {shared[0]} to two entries: a vocabulary whose ids have gaps "
+            shared = min(i for i, n in collections.Counter(ids).items() if n > 1)
+            raise ValueError(f"the tokenizer gives id {shared} to two entries: a vocabulary whose ids have gaps "
                              f"(largest {max(ids)}, {len(set(ids))} distinct) cannot take the end-of-text and mask "
                              f"tokens dllm adds; number its entries 0..N-1 or add both tokens to it")
         self.vocab_size = max(ids) + 1

@@ -104,8 +104,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     # the last step (steps - 1) runs at min_lr_ratio * lr, the "final learning rate" of the option,
-    # also when it is the cosine's only step (warmup = steps - 1)
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - 1 - cfg.warmup)) if cfg.steps - 1 > cfg.warmup else 1.0
+    # also when it is the cosine's only step (span 0: warmup = steps - 1)
+    span = cfg.steps - 1 - cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / span) if span > 0 else 1.0
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
