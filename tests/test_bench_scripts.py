@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -221,3 +222,26 @@ def test_cuda_timing_runs_on_the_timed_device(monkeypatch):
     common.time_ms(lambda: seen.append(("call", current[0])), "cuda:1", warmup=1, reps=2, min_seconds=0)
     assert {what for what, _ in seen} == {"record", "event sync", "synchronize", "call"}
     assert [s for s in seen if s[1] != "cuda:1"] == []
+
+
+def test_the_timed_decode_step_takes_generates_eager_path(monkeypatch):
+    from dllm.benchmarks.step_latency import _decode_steps
+    from dllm.models import build_model, model_config
+    from dllm.models.layers import KVCache
+
+    positions, decode = [], KVCache.decode
+
+    def spy(self, layer, position, k, v):
+        positions.append(position)
+        return decode(self, layer, position, k, v)
+
+    monkeypatch.setattr(KVCache, "decode", spy)
+    model = build_model(model_config("tiny", arch="ar", vocab_size=40, hidden=32, layers=1, cond_dim=16)).eval()
+    model.generate(torch.zeros(2, 1, dtype=torch.int64), 3, temperature=1.0)
+    generated = {type(p) for p in positions}
+    positions.clear()
+    with torch.no_grad():
+        for name, step in _decode_steps(model, 2, 16, torch.device("cpu"), 1.0, graphs=False).items():
+            step()
+            assert {type(p) for p in positions} == generated == {int}, name  # an int: SDPA on the filled prefix
+            positions.clear()

@@ -330,6 +330,31 @@ def test_quality_plot_places_infill_at_the_steps_it_ran():
     plt.close(fig)
 
 
+def test_tokens_per_s_axes_carry_numbers_on_short_ranges():
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import frontier_figure, throughput_figure
+
+    # 232-579 tokens/s holds no power of ten: matplotlib's log axis alone would label nothing
+    speeds = {("kv-cache", 8): 579.0, ("mdlm", 8): 232.0, ("mdlm", 4): 410.0, ("llada", 4): 388.0}
+    throughput = [{"batch": 1, "gen_length": 8, "sampler": sampler, "steps": steps, "nfe": steps, "tokens_per_s": v,
+                   "model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"}
+                  for (sampler, steps), v in speeds.items()]
+    quality = [{"sampler": sampler, "gen_length": 8, "steps": steps, "nll": 3.0 + steps / 10, "parse_prefix": 0.5}
+               for sampler, steps in speeds]
+    results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
+               "throughput": throughput, "quality": quality}
+    for figure, which in ((throughput_figure, "y"), (frontier_figure, "x")):
+        fig = figure(results)
+        fig.canvas.draw()
+        for ax in fig.axes:
+            axis, (lo, hi) = (ax.yaxis, ax.get_ylim()) if which == "y" else (ax.xaxis, ax.get_xlim())
+            labels = [t.label1.get_text() for t in axis.get_major_ticks()
+                      if lo <= t.get_loc() <= hi and t.label1.get_visible()]
+            assert len([text for text in labels if text]) >= 2, (figure.__name__, labels)
+        plt.close(fig)
+
+
 def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path, monkeypatch):
     from dllm.training import train
 

@@ -295,6 +295,79 @@ def test_bound_of_a_uniform_model_is_its_exact_nll(name):
         torch.testing.assert_close(expected, torch.full((4,), (1 - 1e-3) * exact), rtol=1e-5, atol=0)
 
 
+class _TokenTable(torch.nn.Module):
+    """Logits of each position from its own token and sigma (positions independent given sigma)."""
+
+    def __init__(self, K, scale):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.a, self.b = (scale * torch.randn(K, K, generator=g, dtype=f64) for _ in range(2))
+
+    def forward(self, x, sigma):
+        return (self.a[x] + torch.sin(torch.as_tensor(sigma, dtype=f64))[:, None, None] * self.b[x]).float()
+
+
+def _uniform_dwdse_by_quadrature(noise, model, x0: int, K: int) -> float:
+    """int_0^{sigma(1)} E_{x_t ~ q_sigma(.|x0)}[SE] dsigma + KL(q_{sigma(1)}(.|x0) || uniform) for one
+    token, in float64: the sum over x_t exact, the integral by trapezoids in log sigma (the integrand
+    grows like log(1 / sigma) near 0), the network fed at least sigma(0), the least noise it was trained on."""
+    (sigma0, sigma1), _ = noise(torch.tensor([0.0, 1.0], dtype=f64))
+    sigma = torch.logspace(-14, math.log10(sigma1), 20001, dtype=f64)
+    moved = -torch.expm1(-sigma)
+    expected = torch.zeros_like(sigma)
+    for xt in range(K):
+        x = torch.full((len(sigma), 1), xt)
+        se = score_entropy_reference(model(x, sigma.clamp_min(sigma0)).double(), x, torch.full_like(x, x0), sigma,
+                                     torch.ones_like(sigma), graph="uniform", scale_by_sigma=False)
+        expected += (moved / K + (xt == x0) * torch.exp(-sigma)) * se
+    kept = 1 - moved[-1] + moved[-1] / K
+    prior = kept * torch.log(kept * K) + (1 - kept) * torch.log(moved[-1])
+    return (torch.trapezoid(expected * sigma, torch.log(sigma)) + prior).item()
+
+
+def _expected_uniform_bound(obj, model, x0: int, K: int, n: int = 50000) -> float:
+    """E[obj.bound] for one token, without Monte-Carlo noise: v on a midpoint grid of (0, 1], each
+    branch of the draw (the share of (0, sigma(0)] and the rest) and each x_t (kept, or jumped to
+    each token) forced through the draws and weighted by its probability."""
+    (sigma0, _), _ = obj.noise(torch.tensor([0.0, 1.0], dtype=f64))
+    share = 0.05 if sigma0 > 0 else 0.0
+    v = (torch.arange(n, dtype=f64) + 0.5) / n
+    t = v * v  # as the bound draws it
+    total = 0.0
+    for below, p_branch in ((0.0, share), (0.999, 1 - share)):
+        if p_branch == 0:
+            continue
+        moved = -torch.expm1(-sigma0) * t if below < share else -torch.expm1(-obj.noise(t)[0])
+        for y in [None, *range(K)]:  # None: the token kept (no jump)
+            draws = {"v": v, "below": torch.full((n,), below, dtype=f64),
+                     "u": torch.full((n, 1), 1.0 if y is None else 0.0, dtype=f64),
+                     "y": torch.full((n, 1), 0 if y is None else y)}
+            p = (1 - moved) if y is None else moved / K
+            bound = obj.bound(model, torch.full((n, 1), x0), draws).double()
+            total += p_branch * (p * bound).mean().item()
+    return total
+
+
+@pytest.mark.parametrize("noise", ["loglinear", "geometric"])
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_uniform_sedd_bound_is_the_dwdse_integral_with_its_prior(noise, scale):
+    """Zero logits are the uniform model, whose exact NLL is log K: the training estimator (t in
+    [eps, 1]) reads below it, the bound may not. Checked against quadrature over every noise level."""
+    from types import SimpleNamespace
+
+    K = 7
+    obj = SEDD(SimpleNamespace(vocab_size=K + 1, mask_id=K, eos_id=K - 1), graph="uniform", noise=noise)
+    model = _TokenTable(K, scale)
+    exact = _uniform_dwdse_by_quadrature(obj.noise, model, 3, K)
+    if scale == 0:
+        assert exact == pytest.approx(math.log(K), rel=1e-6)
+    assert _expected_uniform_bound(obj, model, 3, K) == pytest.approx(exact, rel=1e-4)
+    # the draws: v stratified over (0, 1], and a sequence's positions summed
+    B, L = 20000, 2
+    bound = obj.bound(model, torch.full((B, L), 3), obj.bound_draw(B, L, torch.Generator().manual_seed(0))).double()
+    assert abs(bound.mean().item() - L * exact) < 4 * bound.std().item() / math.sqrt(B)
+
+
 def _mask_patterns(L):
     return [torch.tensor([(p >> i) & 1 for i in range(L)], dtype=torch.bool) for p in range(1, 2 ** L)]
 

@@ -399,7 +399,7 @@ def test_mask_id_from_tokenizer_when_config_has_none(tmp_path):
 
 def test_special_ids_must_agree_and_exist(tmp_path):
     make_checkpoint(tmp_path / "a", "dream", config_edit=lambda c: c.update(mask_token_id=96))
-    with pytest.raises(ValueError, match=r"mask_token_id=96 but tokenizer.json maps '<\|mask\|>' to 97"):
+    with pytest.raises(ValueError, match=r"config.json': mask_token_id=96 but tokenizer.json maps '<\|mask\|>' to 97"):
         from_pretrained(tmp_path / "a")
     make_checkpoint(tmp_path / "b", "llada", config_edit=lambda c: c.pop("mask_token_id"), tokenizer=False)
     with pytest.raises(ValueError, match="no mask token id"):
@@ -642,7 +642,7 @@ def test_config_ids_and_shard_indexes_that_are_not_what_they_should_be(tmp_path)
     for key, value, message in [("mask_token_id", [97, 1], "mask_token_id=[97, 1]: expected one token id"),
                                 ("pad_token_id", "0", "pad_token_id='0': expected a token id")]:
         make_checkpoint(tmp_path / key, "dream", config_edit=lambda c: c.update({key: value}))
-        with pytest.raises(ValueError, match=re.escape(message)):
+        with pytest.raises(ValueError, match=re.escape(f"config.json': {message}")):
             from_pretrained(tmp_path / key)
     make_checkpoint(tmp_path / "index", "llada")
     index = tmp_path / "index" / "model.safetensors.index.json"

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -155,6 +156,23 @@ def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, mo
     with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="killed"):
         dllm.train(**tiny(tmp_path, corpus, steps=4, resume="never"))
     assert "removed the previous run's" in caplog.text and not (tmp_path / "run" / CHECKPOINT).exists()
+    # nor its exported weights, which `dllm eval` would score under the new run's record
+    assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "loss.png").exists()
+
+
+def test_resuming_another_folders_run_refuses_a_folder_holding_a_run(tmp_path, corpus):
+    dllm.train(**tiny(tmp_path / "a", corpus, steps=2, ckpt_every=1))
+    dllm.train(**tiny(tmp_path / "b", corpus, steps=2, hidden=32))
+    checkpoint = tmp_path / "a" / "run" / CHECKPOINT
+    with pytest.raises(ValueError, match=r"holds a run of its own \(checkpoint.pt, metrics.jsonl, run_config.json\)"):
+        dllm.train(**tiny(tmp_path / "b", corpus, steps=3, resume=str(checkpoint)))
+    # into a new folder it continues; a copy of the folder's own checkpoint rewinds its records
+    assert dllm.train(**tiny(tmp_path / "c", corpus, steps=3, resume=str(checkpoint)))["step"] == 3
+    copy = tmp_path / "c" / "run" / "at-step-3.pt"
+    copy.write_bytes((tmp_path / "c" / "run" / CHECKPOINT).read_bytes())
+    assert dllm.train(**tiny(tmp_path / "c", corpus, steps=4, resume=str(copy)))["step"] == 4
+    records = [json.loads(line) for line in open(tmp_path / "c" / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records if "loss" in r] == [3, 4]
 
 
 def test_one_run_at_a_time_trains_into_a_folder(tmp_path, corpus):
@@ -172,6 +190,19 @@ def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
     dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in records if "val_bpb" in r] == [3]
+
+
+def test_a_finished_run_started_again_with_other_validation_windows_validates_again(tmp_path, corpus):
+    """Its record then names the new --eval-batches, so `dllm eval` must find the numbers it promises."""
+    from dllm.eval_cli import run_eval
+
+    first = dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))
+    again = dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0, eval_batches=3))
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [(r["step"], r["val_sequences"]) for r in records if "val_bpb" in r] == [(3, 16), (3, 24)]
+    assert again["val_bpb"] != first["val_bpb"]
+    got = run_eval(tmp_path / "run" / "model", device="cpu", progress=False)
+    assert got["val_bpb"] == pytest.approx(again["val_bpb"], rel=1e-5)
 
 
 def test_a_finished_run_whose_final_validation_was_lost_validates_when_started_again(tmp_path, corpus):
@@ -197,9 +228,30 @@ def test_max_time_is_summed_over_resumes(tmp_path, corpus):
     assert 0 < first["step"] < 1_000_000 and first["elapsed"] > 0.5
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     times = [r["elapsed"] for r in records if "loss" in r]
-    assert len(times) == first["step"] and 0 < times[0] and times == sorted(times) and times[-1] == first["elapsed"]
+    # the final validation's seconds are the run's too
+    assert len(times) == first["step"] and 0 < times[0] and times == sorted(times) and times[-1] < first["elapsed"]
     # the clock it recorded is the budget: spent at once (max_time itself may be a step's end short of it)
     again = dllm.train(**{**opts, "max_time": first["elapsed"]})
+    assert again["step"] == first["step"] and again["elapsed"] == first["elapsed"]
+
+
+def test_max_time_counts_validations_and_checkpoints(tmp_path, corpus, monkeypatch):
+    """The clock stops a run in a validation as well as in a step: the seconds recorded are those the
+    clock counted, so the same command run again finds the budget spent."""
+    from dllm.training import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def slow(self):  # stands in for many --eval-batches
+        time.sleep(0.3)
+        return evaluate(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow)
+    opts = tiny(tmp_path, corpus, steps=1_000_000, max_time=1.0, eval_every=1, ckpt_every=1)
+    first = dllm.train(**opts)
+    assert first["elapsed"] >= 1.0
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["elapsed"] == first["elapsed"]
+    again = dllm.train(**opts)
     assert again["step"] == first["step"] and again["elapsed"] == first["elapsed"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .code_quality import __doc__ as QUALITY_DEFINITIONS
@@ -184,6 +185,25 @@ def _no_minor_labels(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _label_tokens_per_s(ax, which: str) -> None:
+    """Plain numbers on a log10 tokens/s axis, and at least two of them: the powers of ten alone may
+    leave none inside a short range (232-579 tokens/s), so the ticks are the first of 1, 1-2-5 and
+    1-2-3-5 per decade that puts two inside, and evenly spaced on a range too short for any."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()  # the getters apply the pending autoscale
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1,), (1, 2, 5), (1, 2, 3, 5)):
+        ticks = [m * 10.0**e for e in decades for m in subs if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 2:
+            axis.set_major_locator(FixedLocator(ticks))
+            break
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=3))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.6g}"))
+
+
 def _series(rows: list[dict], **match) -> dict[str, list[dict]]:
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -192,7 +212,7 @@ def _series(rows: list[dict], **match) -> dict[str, list[dict]]:
     return by
 
 
-def plot_throughput(results: dict, path: Path) -> None:
+def throughput_figure(results: dict):
     plt = _plt()
     grid = results["meta"]["grid"]
     rows, cols = grid["batch_sizes"], grid["gen_lengths"]
@@ -209,6 +229,7 @@ def plot_throughput(results: dict, path: Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             _no_minor_labels(ax)
+            _label_tokens_per_s(ax, "y")
             ax.set_xlabel("network evaluations (steps)")
             ax.set_ylabel("tokens/s")
             ax.set_title(f"{length} tokens, batch {batch}")
@@ -216,8 +237,7 @@ def plot_throughput(results: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"throughput against steps ({results['meta']['card']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _quality_panel(ax, series: dict[str, list[dict]], key: str, label: str, steps: str, nfe: str) -> None:
@@ -261,12 +281,6 @@ def quality_figure(results: dict):
     return fig
 
 
-def plot_quality(results: dict, path: Path) -> None:
-    fig = quality_figure(results)
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-
-
 def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[tuple[float, float]]:
     """The points no other point beats on both speed (higher) and quality."""
     sign = 1 if higher_is_better else -1
@@ -278,7 +292,7 @@ def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[t
     return sorted(front)
 
 
-def plot_frontier(results: dict, path: Path) -> None:
+def frontier_figure(results: dict):
     plt = _plt()
     grid = results["meta"]["grid"]
     combos = [(length, batch) for length in grid["gen_lengths"] for batch in grid["batch_sizes"]]
@@ -300,6 +314,7 @@ def plot_frontier(results: dict, path: Path) -> None:
                     ax.plot(*zip(*front), color=color, lw=1, ls=":")
             ax.set_xscale("log")
             _no_minor_labels(ax)
+            _label_tokens_per_s(ax, "x")
             ax.set_xlabel("tokens/s")
             ax.set_ylabel(label, fontsize=8)
             ax.grid(alpha=0.3)
@@ -310,14 +325,15 @@ def plot_frontier(results: dict, path: Path) -> None:
     handles.append(plt.Line2D([], [], color="tab:purple", ls=":", label="diffusion frontier"))
     axes[0][0].legend(handles=handles, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_report(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(null_for_nan(results), indent=2, allow_nan=False) + "\n")
-    plot_throughput(results, out / "throughput.png")
-    plot_quality(results, out / "quality.png")
-    plot_frontier(results, out / "frontier.png")
+    for name, figure in (("throughput", throughput_figure), ("quality", quality_figure),
+                         ("frontier", frontier_figure)):
+        fig = figure(results)
+        fig.savefig(out / f"{name}.png", dpi=110)
+        _plt().close(fig)
     (out / "report.md").write_text(markdown(results))

@@ -198,16 +198,17 @@ def _decode_steps(model, B: int, L: int, device: torch.device, temperature: floa
     cache = model.new_cache(B, L)
     g = torch.Generator(device=device).manual_seed(0)
     model(torch.randint(0, model.config.vocab_size, (B, L - 1), device=device, generator=g), cache=cache, start=0)
-    position = torch.tensor(L - 1, device=device)
     token = torch.zeros(B, 1, dtype=torch.int64, device=device)
 
     def step(x, at):
         return model.decode_step(x, cache, at, temperature=temperature)
 
-    steps = {"network only": lambda: model(token, cache=cache, start=position),
-             "decode step": lambda: step(token.clone(), position)}
+    # eager decoding passes an int position, which on the CPU attends over the filled prefix with SDPA;
+    # a graphed step reads it from a tensor, so that one graph serves every position
+    steps = {"network only": lambda: model(token, cache=cache, start=L - 1),
+             "decode step": lambda: step(token.clone(), L - 1)}
     if graphs:
-        graphed = GraphedStep(step, None)
+        graphed, position = GraphedStep(step, None), torch.tensor(L - 1, device=device)
         steps["decode step, CUDA graph"] = lambda: graphed(token.clone(), position)
     return steps
 

@@ -65,7 +65,13 @@ class SEDD(Objective):
         return score_entropy_loss(model(x_t, sigma), x_t, x0, sigma, dsigma, graph=self.graph, scale_by_sigma=False)
 
     def bound_draw(self, batch, seq_len, generator):
-        return self.draw(batch, seq_len, generator) if self.graph == "uniform" else draw_mask_counts(batch, seq_len, generator)
+        if self.graph == "absorb":
+            return draw_mask_counts(batch, seq_len, generator)
+        # v in (0, 1], stratified over the batch; "below" picks the sequences that cover (0, sigma(0)]
+        strata = torch.rand(batch, generator=generator, dtype=torch.float64) + torch.randperm(batch, generator=generator)
+        return {"v": 1 - strata / batch, "below": torch.rand(batch, generator=generator, dtype=torch.float64),
+                "u": torch.rand(batch, seq_len, generator=generator, dtype=torch.float64),
+                "y": torch.randint(0, self.model_vocab_size, (batch, seq_len), generator=generator)}
 
     def bound(self, model, x0, draws):
         """Absorb: the DWDSE bound with the all-mask prior, int_0^inf dsigma E[sum_masked SE]. In the mask
@@ -73,13 +79,46 @@ class SEDD(Objective):
         mask counts (``masked_by_count``). The training estimator (t in [eps, 1]) leaves out sigma above
         sigma(1) (the prior term: the forward process ends with a fraction eps unmasked, the samplers
         start all-masked) and expects (1 - eps) log V per token of a uniform model whose exact NLL is
-        log V. The uniform graph keeps the training estimator."""
+        log V. Uniform: see ``_uniform_bound``."""
         if self.graph == "uniform":
-            return self.nll(model, x0, draws)
+            return self._uniform_bound(model, x0, draws)
         x_t, m, w = masked_by_count(x0, draws, self.mask_id)
         sigma = -torch.log1p(-m)
         return loss_at_masked(score_entropy_loss, model, x_t, _network_sigma(self.noise, m), self.mask_id, x0,
                               sigma.float(), (w * torch.expm1(sigma)).float(), graph="absorb", scale_by_sigma=True)
+
+    def _uniform_bound(self, model, x0, draws):
+        """The DWDSE bound with the uniform prior the samplers start from at sigma(1):
+        int_0^{sigma(1)} E[sum SE] dsigma + L KL(q_{sigma(1)}(.|x0) || uniform), the KL in closed form
+        (each token is noised alone). The training estimator (t in [eps, 1], weighted 1 / (1 - eps))
+        leaves out sigma below sigma(eps), where the integrand grows like log(1 / sigma), and the prior
+        term, so it can read below the exact NLL. Here t = v^2 for v uniform on (0, 1]: a token that
+        jumped at noise sigma scores about K / sigma with probability about sigma, which uniform t would
+        meet with infinite variance. A schedule with sigma(0) > 0 (geometric) gives (0, sigma(0)] a small
+        share of the sequences, which draw the jump probability 1 - e^{-sigma} in (0, 1 - e^{-sigma(0)}]
+        the same way and feed the network sigma(0), the least noise it was trained on."""
+        K, L = self.model_vocab_size, x0.shape[1]
+        v, below = draws["v"].to(x0.device), draws["below"].to(x0.device)
+        t = v * v
+        sigma, dsigma = self.noise(t)
+        (sigma0, sigma1), _ = self.noise(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        share = 0.05 if sigma0 > 0 else 0.0
+        low = below < share
+        if share:
+            jump0 = -torch.expm1(-sigma0)
+            jump = jump0 * t
+            sigma = torch.where(low, -torch.log1p(-jump), sigma)
+            dsigma = torch.where(low, jump0 / (1 - jump) / share, dsigma / (1 - share))
+        dsigma = dsigma * 2 * v  # over the density of t = v^2
+        move = draws["u"].to(x0.device) < -torch.expm1(-sigma)[:, None]
+        x_t = torch.where(move, draws["y"].to(x0.device), x0)
+        logits = model(x_t, torch.where(low, sigma0.to(sigma), sigma).float())
+        integral = score_entropy_loss(logits, x_t, x0, sigma.float(), dsigma.float(), graph="uniform",
+                                      scale_by_sigma=False)
+        jump1 = -torch.expm1(-sigma1)
+        kept = 1 - jump1 + jump1 / K  # q_{sigma(1)}(x0 | x0); every other token has jump1 / K
+        prior = kept * torch.log(kept * K) + (1 - kept) * torch.log(jump1)
+        return integral + L * prior.to(integral)
 
     def train_loss(self, nll, seq_len):
         return nll.mean()  # SEDD's reduction: summed over positions, averaged over sequences

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -33,6 +34,8 @@ from .metrics import MetricsLog, plot_metrics
 log = logging.getLogger("dllm")
 
 CHECKPOINT = "checkpoint.pt"
+EXPORT = "model"  # the final weights, a save_pretrained folder
+RUN_RECORDS = (CHECKPOINT, "metrics.jsonl", "run_config.json")  # what makes a folder hold a run
 
 
 @contextlib.contextmanager
@@ -219,6 +222,11 @@ class Trainer:
         p = Path(r)
         if not p.exists():
             raise FileNotFoundError(f"--resume {r!r}: no such checkpoint")
+        held = [name for name in RUN_RECORDS if (self.out / name).exists()]
+        if p.resolve().parent != self.out.resolve() and held:
+            raise ValueError(f"--resume {r!r} continues the run of another folder, but {str(self.out)!r} holds a run "
+                             f"of its own ({', '.join(held)}), whose records would mix with it: resume into a new "
+                             "--out-dir (or pass --resume auto to continue the run that folder holds)")
         return p
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -383,6 +391,7 @@ class Trainer:
                                       seed=cfg.seed, device=self.device, amp=self.amp)
             out.update(nll_metrics(nats, self.data.val_bytes_per_token(sequences), suffix))
         model.train(was_training)
+        out["val_sequences"] = sequences  # what a later start compares, to know whether this validation still holds
         return out
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -404,12 +413,15 @@ class Trainer:
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            stale = self.out / CHECKPOINT
-            if cfg.resume == "never" and stale.exists():
+            stale = [self.out / name for name in (CHECKPOINT, EXPORT, "loss.png") if (self.out / name).exists()]
+            if cfg.resume == "never" and stale:
                 # left in place, a run that dies before its first checkpoint would leave the old run's
-                # checkpoint for the next plain run to resume, mixing the two
-                stale.unlink()
-                log.warning("--resume never: removed the previous run's %s; starting over", stale)
+                # checkpoint for the next plain run to resume, and its weights for `dllm eval` to score
+                # under the new run's record
+                for path in stale:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                log.warning("--resume never: removed the previous run's %s; starting over",
+                            ", ".join(str(path) for path in stale))
             self.metrics.truncate_after(self.step)
             record = self.out / "run_config.json"
             before = _read_record(record) if resume and record.is_file() else {}
@@ -435,13 +447,18 @@ class Trainer:
                    dynamic_ncols=True, desc=f"{cfg.objective}",
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if timed else None)
         t_run = time.perf_counter() - self.elapsed
-        # a finished run started again must not validate its last step twice
-        evaluated_at = self.step if any(r["step"] == self.step and "val_bpb" in r for r in self.metrics.read()) else -1
+        # a finished run started again must not validate its last step twice, unless it now validates on
+        # other sequences (another --eval-batches or --batch-size), whose numbers its record would promise
+        sequences = cfg.eval_batches * cfg.batch_size
+        evaluated_at = self.step if any(r["step"] == self.step and "val_bpb" in r and
+                                        r.get("val_sequences", sequences) == sequences
+                                        for r in self.metrics.read()) else -1
         interrupt = _StopAtStepOnInterrupt(self.world == 1 and threading.current_thread() is threading.main_thread())
         with interrupt:
             self._loop(bar, t_run, interrupt)
         if interrupt.requested:
             bar.close()
+            self.elapsed = time.perf_counter() - t_run
             self.save()
             how = ("run the same command to resume" if cfg.resume == "auto" else
                    f"resume with --resume {self.out / CHECKPOINT}")  # the same command would start elsewhere
@@ -455,6 +472,7 @@ class Trainer:
                   "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
         if evaluated_at != self.step:
             result.update(self._eval_and_log())
+            self.elapsed = result["elapsed"] = time.perf_counter() - t_run
         else:
             result.update({k: v for k, v in self.metrics.read()[-1].items() if k.startswith("val_")} if self.is_main else {})
         self.save()
@@ -488,11 +506,14 @@ class Trainer:
                 bar.set_postfix(step=self.step, loss=f"{last['loss']:.4g}", tok_s=f"{tps:,.0f}")
                 win_tokens, win_time = 0, 0.0
             bar.update(min(self.elapsed, cfg.max_time) - bar.n if timed else 1)
+            # validations and checkpoints spend the budget too: a rerun must find it as spent as the clock did
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self._eval_and_log()
                 self.evaluated_at = self.step
+                self.elapsed = time.perf_counter() - t_run
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                 self.save()
+                self.elapsed = time.perf_counter() - t_run
 
     def _should_stop(self, elapsed: float) -> bool:
         stop = torch.tensor([float(elapsed >= self.cfg.max_time)], device=self.device)
@@ -517,8 +538,8 @@ class Trainer:
                  "corpus_hash": self.data.corpus_hash, "step": self.step, "weights": "ema" if self.ema else "model"}
         ctx = self.ema.applied() if self.ema else nullcontext()
         with ctx:
-            self.raw_model.save_pretrained(self.out / "model", **extra)
-        self.tokenizer.save(self.out / "model")
+            self.raw_model.save_pretrained(self.out / EXPORT, **extra)
+        self.tokenizer.save(self.out / EXPORT)
 
 
 def train(config: TrainConfig | dict | None = None, **overrides) -> dict:

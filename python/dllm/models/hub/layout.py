@@ -50,12 +50,12 @@ def special_id(config: dict, key: str, tokenizer, token: str | None) -> int | No
     from_config = config.get(key)
     if isinstance(from_config, list):  # transformers configs may list several end-of-text ids
         if key != "eos_token_id" or not from_config:
-            raise ValueError(f"config.json has {key}={from_config!r}: expected one token id")
+            raise ValueError(f"{key}={from_config!r}: expected one token id")
         from_config = from_config[0]
     if from_config is not None and (isinstance(from_config, bool) or not isinstance(from_config, int)):
-        raise ValueError(f"config.json has {key}={from_config!r}: expected a token id (an int)")
+        raise ValueError(f"{key}={from_config!r}: expected a token id (an int)")
     from_tokenizer = tokenizer.token_to_id(token) if tokenizer is not None and token else None
     if from_config is not None and from_tokenizer is not None and int(from_config) != from_tokenizer:
-        raise ValueError(f"config.json has {key}={from_config} but tokenizer.json maps {token!r} to {from_tokenizer}")
+        raise ValueError(f"{key}={from_config} but tokenizer.json maps {token!r} to {from_tokenizer}")
     value = from_config if from_config is not None else from_tokenizer
     return None if value is None else int(value)
