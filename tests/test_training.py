@@ -158,6 +158,17 @@ def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, mo
     assert "removed the previous run's" in caplog.text and not (tmp_path / "run" / CHECKPOINT).exists()
     # nor its exported weights, which `dllm eval` would score under the new run's record
     assert not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "loss.png").exists()
+    # a folder that held no run keeps its model/ (the user's); a link to weights elsewhere is unlinked, not followed
+    mine = tmp_path / "mine" / "run" / "model"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="killed"):
+        dllm.train(**tiny(tmp_path / "mine", corpus, steps=4, resume="never"))
+    assert (mine / "notes.txt").read_text() == "mine"
+    (tmp_path / "run" / "model").symlink_to(mine, target_is_directory=True)
+    with pytest.raises(RuntimeError, match="killed"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, resume="never"))
+    assert not (tmp_path / "run" / "model").is_symlink() and (mine / "notes.txt").exists()
 
 
 def test_resuming_another_folders_run_refuses_a_folder_holding_a_run(tmp_path, corpus):
@@ -203,6 +214,16 @@ def test_a_finished_run_started_again_with_other_validation_windows_validates_ag
     assert again["val_bpb"] != first["val_bpb"]
     got = run_eval(tmp_path / "run" / "model", device="cpu", progress=False)
     assert got["val_bpb"] == pytest.approx(again["val_bpb"], rel=1e-5)
+    # back to the first windows: their validation holds, and is the one returned
+    back = dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))
+    assert back["val_bpb"] == first["val_bpb"] and back["val_sequences"] == 16
+    # a record written before validations named their windows is validated again
+    path = tmp_path / "run" / "metrics.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "val_sequences"}) + "\n"
+                            for line in open(path)))
+    dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))
+    records = [json.loads(line) for line in open(path)]
+    assert [r.get("val_sequences") for r in records if "val_bpb" in r] == [None, None, 16]
 
 
 def test_a_finished_run_whose_final_validation_was_lost_validates_when_started_again(tmp_path, corpus):
@@ -390,6 +411,36 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, corpus):
     for k in s1["model"]:
         torch.testing.assert_close(s2["model"][k], s1["model"][k], rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "two" / "run" / "run_config.json").read_text())["world_size"] == 2
+
+
+def test_ddp_ranks_resume_another_folders_checkpoint_together(tmp_path, corpus):
+    """Every rank checks that --out-dir holds no run of its own before rank 0 writes the new run's
+    record: a rank that reached the check late would otherwise find that record and refuse the run."""
+    first = tiny(tmp_path / "a", corpus, objective="mdlm", steps=1, ema=0, hidden=32, layers=1, ckpt_every=1)
+    dllm.train(**first)
+    resumed = {**first, "out_dir": str(tmp_path / "b" / "run"), "steps": 2,
+               "resume": str(tmp_path / "a" / "run" / CHECKPOINT)}
+    script = tmp_path / "late_rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        import dllm
+        from dllm.training.trainer import Trainer
+
+        if os.environ["RANK"] == "1":
+            check = Trainer._resume_path
+
+            def late(self):
+                time.sleep(1.0)
+                return check(self)
+
+            Trainer._resume_path = late
+        print(dllm.train(**{resumed!r})["step"])
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["2", "2"]
 
 
 def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, corpus):

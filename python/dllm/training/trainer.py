@@ -402,6 +402,7 @@ class Trainer:
     def _run(self) -> dict:
         cfg = self.cfg
         resume = self._resume_path()
+        self._barrier()  # every rank has looked at the folder before rank 0 writes to it
         if resume is not None:
             self.load_state_dict(load_checkpoint(resume), str(resume))
             log.info("resumed from %s at step %d", resume, self.step)
@@ -413,13 +414,15 @@ class Trainer:
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            stale = [self.out / name for name in (CHECKPOINT, EXPORT, "loss.png") if (self.out / name).exists()]
+            held_a_run = any((self.out / name).exists() for name in RUN_RECORDS)
+            stale = [self.out / name for name in (CHECKPOINT, EXPORT, "loss.png") if held_a_run and
+                     ((self.out / name).exists() or (self.out / name).is_symlink())]
             if cfg.resume == "never" and stale:
                 # left in place, a run that dies before its first checkpoint would leave the old run's
                 # checkpoint for the next plain run to resume, and its weights for `dllm eval` to score
                 # under the new run's record
                 for path in stale:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
                 log.warning("--resume never: removed the previous run's %s; starting over",
                             ", ".join(str(path) for path in stale))
             self.metrics.truncate_after(self.step)
@@ -450,9 +453,9 @@ class Trainer:
         # a finished run started again must not validate its last step twice, unless it now validates on
         # other sequences (another --eval-batches or --batch-size), whose numbers its record would promise
         sequences = cfg.eval_batches * cfg.batch_size
-        evaluated_at = self.step if any(r["step"] == self.step and "val_bpb" in r and
-                                        r.get("val_sequences", sequences) == sequences
-                                        for r in self.metrics.read()) else -1
+        held = [r for r in self.metrics.read() if r["step"] == self.step and "val_bpb" in r and
+                r.get("val_sequences") == sequences]  # a record from before val_sequences: validate again
+        evaluated_at = self.step if held else -1
         interrupt = _StopAtStepOnInterrupt(self.world == 1 and threading.current_thread() is threading.main_thread())
         with interrupt:
             self._loop(bar, t_run, interrupt)
@@ -473,8 +476,9 @@ class Trainer:
         if evaluated_at != self.step:
             result.update(self._eval_and_log())
             self.elapsed = result["elapsed"] = time.perf_counter() - t_run
-        else:
-            result.update({k: v for k, v in self.metrics.read()[-1].items() if k.startswith("val_")} if self.is_main else {})
+        else:  # this step's validation on these windows: this run's, or the one an earlier start left
+            validated = self.validated if self.evaluated_at == self.step else held[-1]
+            result.update({k: v for k, v in validated.items() if k.startswith("val_")} if self.is_main else {})
         self.save()
         if self.is_main:
             self._export()
@@ -482,10 +486,11 @@ class Trainer:
 
     def _loop(self, bar, t_run: float, interrupt: _StopAtStepOnInterrupt) -> None:
         """Optimizer steps until steps, max_time or an interrupt; sets self.last (the latest step's
-        metrics) and self.evaluated_at (the latest validated step, -1 for none)."""
+        metrics), self.evaluated_at (the latest validated step, -1 for none) and self.validated (its
+        validation's metrics)."""
         cfg, timed = self.cfg, self.cfg.max_time > 0
         win_tokens, win_time = 0, 0.0
-        self.last, self.evaluated_at = {}, -1
+        self.last, self.evaluated_at, self.validated = {}, -1, {}
         while self.step < cfg.steps and not interrupt.requested:
             if cfg.max_time > 0 and self._should_stop(time.perf_counter() - t_run):
                 break
@@ -508,7 +513,7 @@ class Trainer:
             bar.update(min(self.elapsed, cfg.max_time) - bar.n if timed else 1)
             # validations and checkpoints spend the budget too: a rerun must find it as spent as the clock did
             if cfg.eval_every and self.step % cfg.eval_every == 0:
-                self._eval_and_log()
+                self.validated = self._eval_and_log()
                 self.evaluated_at = self.step
                 self.elapsed = time.perf_counter() - t_run
             if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
