@@ -171,14 +171,27 @@ def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, mo
     assert not (tmp_path / "run" / "model").is_symlink() and (mine / "notes.txt").exists()
 
 
-def test_resuming_another_folders_run_refuses_a_folder_holding_a_run(tmp_path, corpus):
+def test_resuming_another_folders_run_refuses_a_folder_holding_a_run(tmp_path, corpus, monkeypatch):
     dllm.train(**tiny(tmp_path / "a", corpus, steps=2, ckpt_every=1))
     dllm.train(**tiny(tmp_path / "b", corpus, steps=2, hidden=32))
     checkpoint = tmp_path / "a" / "run" / CHECKPOINT
-    with pytest.raises(ValueError, match=r"holds a run of its own \(checkpoint.pt, metrics.jsonl, run_config.json\)"):
+    with pytest.raises(ValueError, match=r"holds a run of its own \(checkpoint.pt, metrics.jsonl, run_config.json\)"
+                                         r".*--resume auto to continue"):
         dllm.train(**tiny(tmp_path / "b", corpus, steps=3, resume=str(checkpoint)))
-    # into a new folder it continues; a copy of the folder's own checkpoint rewinds its records
+    # into a new folder it continues, also when its first start stopped before a checkpoint
+    train_step = Trainer.train_step
+
+    def killed(self):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Trainer, "train_step", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        dllm.train(**tiny(tmp_path / "c", corpus, steps=3, resume=str(checkpoint)))
+    with pytest.raises(ValueError, match="run_config.json.*remove that folder's records"):
+        dllm.train(**tiny(tmp_path / "c", corpus, steps=3, resume=str(tmp_path / "b" / "run" / CHECKPOINT)))
+    monkeypatch.setattr(Trainer, "train_step", train_step)
     assert dllm.train(**tiny(tmp_path / "c", corpus, steps=3, resume=str(checkpoint)))["step"] == 3
+    # a copy of the folder's own checkpoint rewinds its records
     copy = tmp_path / "c" / "run" / "at-step-3.pt"
     copy.write_bytes((tmp_path / "c" / "run" / CHECKPOINT).read_bytes())
     assert dllm.train(**tiny(tmp_path / "c", corpus, steps=4, resume=str(copy)))["step"] == 4
@@ -214,16 +227,16 @@ def test_a_finished_run_started_again_with_other_validation_windows_validates_ag
     assert again["val_bpb"] != first["val_bpb"]
     got = run_eval(tmp_path / "run" / "model", device="cpu", progress=False)
     assert got["val_bpb"] == pytest.approx(again["val_bpb"], rel=1e-5)
-    # back to the first windows: their validation holds, and is the one returned
+    # back to the first windows: validated again (the log's last validation is the record's), same numbers
     back = dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))
     assert back["val_bpb"] == first["val_bpb"] and back["val_sequences"] == 16
-    # a record written before validations named their windows is validated again
     path = tmp_path / "run" / "metrics.jsonl"
+    assert [r["val_sequences"] for r in map(json.loads, open(path)) if "val_bpb" in r] == [16, 24, 16]
+    # a record written before validations named their windows is validated again
     path.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "val_sequences"}) + "\n"
                             for line in open(path)))
     dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))
-    records = [json.loads(line) for line in open(path)]
-    assert [r.get("val_sequences") for r in records if "val_bpb" in r] == [None, None, 16]
+    assert [r.get("val_sequences") for r in map(json.loads, open(path)) if "val_bpb" in r] == [None] * 3 + [16]
 
 
 def test_a_finished_run_whose_final_validation_was_lost_validates_when_started_again(tmp_path, corpus):

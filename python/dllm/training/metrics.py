@@ -17,8 +17,10 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step``: a resumed run rewrites what the interrupted one logged after its checkpoint."""
-        if self.path.is_file():
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.read() if r.get("step", 0) <= step))
+        if self.path.is_file():  # replaced whole, so that no reader meets it half written
+            kept = self.path.with_name(self.path.name + ".tmp")
+            kept.write_text("".join(json.dumps(r) + "\n" for r in self.read() if r.get("step", 0) <= step))
+            os.replace(kept, self.path)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:

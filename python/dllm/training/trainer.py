@@ -223,11 +223,21 @@ class Trainer:
         if not p.exists():
             raise FileNotFoundError(f"--resume {r!r}: no such checkpoint")
         held = [name for name in RUN_RECORDS if (self.out / name).exists()]
-        if p.resolve().parent != self.out.resolve() and held:
+        if p.resolve().parent != self.out.resolve() and held and not self._restarts_this_resume(p):
+            then = ("pass --resume auto to continue the run that folder holds" if CHECKPOINT in held else
+                    "remove that folder's records to start its run from this checkpoint")
             raise ValueError(f"--resume {r!r} continues the run of another folder, but {str(self.out)!r} holds a run "
                              f"of its own ({', '.join(held)}), whose records would mix with it: resume into a new "
-                             "--out-dir (or pass --resume auto to continue the run that folder holds)")
+                             f"--out-dir (or {then})")
         return p
+
+    def _restarts_this_resume(self, p: Path) -> bool:
+        """Whether the folder's records are those of this same resume, stopped before its first checkpoint."""
+        record = self.out / "run_config.json"
+        if (self.out / CHECKPOINT).exists() or not record.is_file():
+            return False
+        recorded = _read_record(record).get("train", {}).get("resume")
+        return isinstance(recorded, str) and recorded not in ("auto", "never") and Path(recorded).resolve() == p.resolve()
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -402,7 +412,6 @@ class Trainer:
     def _run(self) -> dict:
         cfg = self.cfg
         resume = self._resume_path()
-        self._barrier()  # every rank has looked at the folder before rank 0 writes to it
         if resume is not None:
             self.load_state_dict(load_checkpoint(resume), str(resume))
             log.info("resumed from %s at step %d", resume, self.step)
@@ -412,6 +421,13 @@ class Trainer:
             elif 0 < cfg.max_time <= self.elapsed:
                 log.warning("nothing left to train: the max_time budget (%g s, summed over resumes) is spent "
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
+        # A finished run started again must not validate its last step twice, unless it now validates on
+        # other windows (--eval-batches x --batch-size), whose numbers its record would promise. Every rank
+        # reads the folder before rank 0 rewrites it.
+        sequences = cfg.eval_batches * cfg.batch_size
+        validations = [r for r in self.metrics.read() if r["step"] == self.step and "val_bpb" in r]
+        held = validations[-1] if validations and validations[-1].get("val_sequences") == sequences else None
+        self._barrier()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             held_a_run = any((self.out / name).exists() for name in RUN_RECORDS)
@@ -450,12 +466,7 @@ class Trainer:
                    dynamic_ncols=True, desc=f"{cfg.objective}",
                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]" if timed else None)
         t_run = time.perf_counter() - self.elapsed
-        # a finished run started again must not validate its last step twice, unless it now validates on
-        # other sequences (another --eval-batches or --batch-size), whose numbers its record would promise
-        sequences = cfg.eval_batches * cfg.batch_size
-        held = [r for r in self.metrics.read() if r["step"] == self.step and "val_bpb" in r and
-                r.get("val_sequences") == sequences]  # a record from before val_sequences: validate again
-        evaluated_at = self.step if held else -1
+        evaluated_at = self.step if held else -1  # a record from before val_sequences validates again
         interrupt = _StopAtStepOnInterrupt(self.world == 1 and threading.current_thread() is threading.main_thread())
         with interrupt:
             self._loop(bar, t_run, interrupt)
@@ -477,7 +488,7 @@ class Trainer:
             result.update(self._eval_and_log())
             self.elapsed = result["elapsed"] = time.perf_counter() - t_run
         else:  # this step's validation on these windows: this run's, or the one an earlier start left
-            validated = self.validated if self.evaluated_at == self.step else held[-1]
+            validated = self.validated if self.evaluated_at == self.step else held
             result.update({k: v for k, v in validated.items() if k.startswith("val_")} if self.is_main else {})
         self.save()
         if self.is_main:
