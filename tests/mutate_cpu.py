@@ -119,7 +119,9 @@ MUTANTS = [
     ("python/dllm/training/trainer.py",
      '            g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay\n',
      "            pass\n", ["test_training"]),
-    ("python/dllm/training/trainer.py", "                stale.unlink()\n", "", ["test_training"]),
+    ("python/dllm/training/trainer.py",
+     "                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()\n",
+     "                    pass\n", ["test_training"]),
     ("python/dllm/training/trainer.py", "span = cfg.steps - 1 - cfg.warmup", "span = cfg.steps - cfg.warmup",
      ["test_training"]),
     ("python/dllm/training/ema.py", "(1 + self.num_updates) / (10 + self.num_updates)",
@@ -215,8 +217,9 @@ MUTANTS = [
      '"score" if layout != "sedd" else "masked"', ["test_published_checkpoints"]),
     ("python/dllm/models/hub/dream.py", "    if eos is not None:\n", "    if eos is None:\n",
      ["test_published_checkpoints"]),
-    ("python/dllm/training/trainer.py", "            self.elapsed = time.perf_counter() - t_run\n", "",
-     ["test_training"]),
+    ("python/dllm/training/trainer.py",
+     '            win_tokens += cfg.batch_size * last["seq_len"]\n            self.elapsed = time.perf_counter() - t_run\n',
+     '            win_tokens += cfg.batch_size * last["seq_len"]\n', ["test_training"]),
     # RoPE (CPU kernel and binding): the second half rotated the wrong way, per-sequence tables
     # read as one, a strided x read as contiguous; adaLN's norm weight and the DiT's MLP gate lost
     ("csrc/kernels/rotary_cpu.cpp", "out[i + half] = L::store(x2 * c + x1 * sn);",
