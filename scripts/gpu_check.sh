@@ -13,10 +13,10 @@
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
 #                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). The
-#                    stages' limits: install 480 s, tests 240 + 150 s, bench 9 x 75 s + 120 s (sedd_step
+#                    stages' limits: install 480 s, tests 240 + 150 s, bench 11 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b) + 60 s (ar-small).
-#                    These caps add up to far more than a 10-minute device call (bench alone 795 s;
+#                    These caps add up to far more than a 10-minute device call (bench alone 945 s;
 #                    install's 480 s is for a build here, a wheel installs in seconds): set
 #                    DLLM_GPU_SECONDS, which cuts each stage to what is left. On the H200 (2026-11-30)
 #                    the tests took about 1 minute and bench plus steps about 3, so install (a wheel),
@@ -32,7 +32,7 @@
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
-#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all eleven, in the
+#   DLLM_GPU_BENCHES the benchmarks of stage bench, space-separated (default: all twelve, in the
 #                    order below).
 #   DLLM_NO_WGMMA    1: the benchmarks leave the Hopper wgmma kernels out, and the step latencies run
 #                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
@@ -153,7 +153,7 @@ fi
 if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
-  for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln published_latency attention_backward train_step}; do
+  for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln vocab_head published_latency attention_backward train_step}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
     args=(--device cuda --out "$OUT/$bench")

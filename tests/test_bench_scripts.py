@@ -28,6 +28,7 @@ RUNS = {
     "adaln": ["--shapes", "2x9x70", "--no-compile", *FEW],
     "train_step": ["--shapes", "2x9x37", "--objectives", "mdlm,sedd,llada", *FEW],
     "published_latency": ["--tiny", "--gen", "8", "--prompt", "4", "--steps", "2"],
+    "vocab_head": ["--shapes", "2x9x24x37", *FEW],
 }
 
 
@@ -42,6 +43,8 @@ FLOOR_BYTES = {
     "sedd_losses": {"1x16x301": 16 * 301 * 2 * 2},  # logits read, d(logits) written
     # q (a view of a fused qkv) read and written, fp32 cos and sin tables [S, D / 2] read
     "rotary": {"2x9x3x70": 2 * (2 * 9 * 3 * 70) * 2 + 2 * (9 * 35) * 4},
+    # the last row of the shape, sedd_step's: fp32 logits read once; int64 x read and written
+    "vocab_head": {"B2 L9 D24 V37": 2 * 9 * 37 * 4 + 2 * 9 * 8 * 2},
 }
 
 

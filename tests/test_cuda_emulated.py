@@ -322,6 +322,30 @@ def test_sedd_step_ignores_the_input_tokens_own_logit(emulator, graph, method):
     assert torch.equal(emulated(emulator, EMU.sedd_step, loud, x, sigma, dsig, generator=gen(), **kwargs), quiet)
 
 
+def test_row_kernels_read_the_padded_head_rows(emulator):
+    """On CUDA the models' head (VocabProjection) gives logits as a view of rows padded to 64
+    entries: 128-byte aligned rows whose last chunk runs past V into the padding, poisoned here
+    (NaN, and 1e4 for the samplers' maxima), which no kernel may read."""
+    B, L, V = 2, 7, 3001
+    for poison in (float("nan"), 1e4):
+        rows = torch.full((B, L, 3008), poison, dtype=torch.bfloat16)
+        rows[..., :V] = torch.randn(B, L, V, generator=gen(1)) * 2
+        logits, whole = rows[..., :V], rows[..., :V].contiguous()
+        x = torch.randint(0, V - 1, (B, L), generator=gen(2))
+        x[:, ::2] = V - 1
+        sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+        for graph, method in (("absorb", "analytic"), ("uniform", "euler")):
+            got = emulated(emulator, EMU.sedd_step, logits, x, sigma, dsig, generator=gen(), graph=graph, method=method)
+            assert torch.equal(got, CPU.sedd_step(whole, x, sigma, dsig, generator=gen(), graph=graph, method=method))
+        for temperature in (0.0, 1.0):
+            got = emulated(emulator, EMU.predict_masked, logits, x, V - 1, temperature, 0, 1.0, "prob", 0, generator=gen())
+            want = CPU.predict_masked(whole, x, V - 1, temperature, 0, 1.0, "prob", 0, generator=gen())
+            assert torch.equal(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+            got = emulated(emulator, EMU.sample_categorical, logits[0], None, temperature, generator=gen())
+            assert torch.equal(got[0], CPU.sample_categorical(whole[0], None, temperature, generator=gen())[0])
+
+
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_sample_transition(schedule, graph):
     x0 = torch.randint(0, 500, (3, 1023), generator=gen(3))

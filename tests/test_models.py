@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from dllm.models import ARTransformer, DiffusionTransformer, LLaDAModel, from_pretrained, model_config, build_model
+import dllm
 from dllm import ops
 from dllm.models import attention as attn_mod
+from dllm.models.layers import VocabProjection
 
 
 def _tiny(arch, **kw):
@@ -424,3 +426,63 @@ def test_logits_at_gives_those_positions_logits_only(arch):
         full = m(x, sigma, attention_mask=mask)
         torch.testing.assert_close(m(x, sigma, attention_mask=mask, logits_at=at), full.reshape(-1, 50)[at])
     assert m(x, sigma, logits_at=at[:0]).shape == (0, 50)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_vocab_head_pads_its_rows_in_inference_only(monkeypatch, bias):
+    monkeypatch.setattr(VocabProjection, "PADDED_ON", ("cpu",))  # what CUDA takes, here
+    torch.manual_seed(0)
+    head = VocabProjection(13, 37, bias=bias).double()
+    h = torch.randn(3, 5, 13, dtype=torch.float64)
+    want = (h @ head.weight.T + (head.bias if bias else 0)).detach()
+    with torch.no_grad():
+        assert head(h).is_contiguous()  # 15 positions: too few to pay for the weight's copy
+        monkeypatch.setattr(VocabProjection, "PADDED_MIN_ROWS", 15)
+        out = head(h)
+    assert out.shape == (3, 5, 37) and out.stride() == (5 * 64, 64, 1)
+    torch.testing.assert_close(out, want, rtol=1e-13, atol=1e-13)
+    recorded = head(h)  # a graph to record: the plain projection, whose backward writes no padding
+    assert recorded.is_contiguous() and recorded.requires_grad
+    torch.testing.assert_close(recorded.detach(), want, rtol=1e-13, atol=1e-13)
+    with torch.no_grad():
+        assert VocabProjection(13, 128).double()(h).is_contiguous()  # rows whole already
+        monkeypatch.setattr(VocabProjection, "PADDED_ON", ("cuda",))
+        assert head(h).is_contiguous()  # the CPU's default
+
+
+@pytest.mark.parametrize("arch,sampler", [("dit", "sedd-analytic"), ("dit", "mdlm"), ("llada", "llada"),
+                                          ("llada", "dream")])
+def test_samplers_read_the_padded_heads_logits_in_place(monkeypatch, arch, sampler):
+    """The head's padded rows (vocab 50 -> row stride 64) reach dllm's ops as they are, and every
+    sampler draws what it draws from contiguous logits."""
+    from dllm.sampling.pretrained import MaskedLM, ScoreModel
+    from dllm.sedd import Absorbing, get_noise
+
+    torch.manual_seed(0)
+    net = _perturb(build_model(_tiny(arch))).eval()
+    model = ScoreModel(net, Absorbing(49), get_noise("loglinear")) if sampler.startswith("sedd") else MaskedLM(net, 49)
+    strides = []
+    model.register_forward_hook(lambda m, args, out: strides.append(out.stride()))
+
+    def run():
+        g = torch.Generator().manual_seed(3)
+        return dllm.generate(model, [[1, 2, 3], [4, 5, 6]], gen_length=12, steps=4, sampler=sampler,
+                             temperature=1.0, generator=g).sequences
+
+    plain = run()
+    monkeypatch.setattr(VocabProjection, "PADDED_ON", ("cpu",))
+    monkeypatch.setattr(VocabProjection, "PADDED_MIN_ROWS", 1)
+    padded = run()
+    assert strides[0][-2] == 50 and strides[-1][-2] == 64
+    assert torch.equal(padded, plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_vocab_head_pads_its_rows_on_cuda():
+    torch.manual_seed(0)
+    head = VocabProjection(768, 50258).cuda().bfloat16()  # SEDD's and MDLM's head
+    h = torch.randn(2, 2048, 768, device="cuda", dtype=torch.bfloat16)  # 4096 positions: PADDED_MIN_ROWS
+    with torch.no_grad():
+        out = head(h)
+    assert out.shape == (2, 2048, 50258) and out.stride() == (2048 * 50304, 50304, 1) and out.data_ptr() % 128 == 0
+    torch.testing.assert_close(out, torch.nn.functional.linear(h, head.weight, head.bias), rtol=1.6e-2, atol=1e-2)

@@ -18,8 +18,8 @@ from ..devices import made_current
 from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import (DenoisingKVCache, KVCache, ModulatedLayerNorm, Rotary, TimestepEmbedder, apply_rotary,
-                     cached_causal_mask, check_start, records_autograd)
+from .layers import (DenoisingKVCache, KVCache, ModulatedLayerNorm, Rotary, TimestepEmbedder, VocabProjection,
+                     apply_rotary, cached_causal_mask, check_start, records_autograd)
 
 
 class DiTBlock(nn.Module):
@@ -77,7 +77,7 @@ class FinalLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm_final = ModulatedLayerNorm(cfg.hidden, cfg.norm_eps)
-        self.linear = nn.Linear(cfg.hidden, cfg.vocab_size)
+        self.linear = VocabProjection(cfg.hidden, cfg.vocab_size)
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * cfg.hidden)
         for m in (self.linear, self.adaLN_modulation):
             nn.init.zeros_(m.weight)
@@ -105,7 +105,8 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
     The output is raw: the objective turns it into log-scores (SEDD) or SUBS probabilities (MDLM).
     It has the compute dtype (bfloat16 under bfloat16 autocast): dllm's samplers and losses read
     it as it is, in float32 math, and a float32 copy would be another pass over the largest tensor
-    of a step (3.3 GB for SEDD-small at B 16, L 1024).
+    of a step (3.3 GB for SEDD-small at B 16, L 1024). On CUDA at inference it may be a view of rows
+    padded past the vocabulary (:class:`~dllm.models.layers.VocabProjection`).
     With ``time_conditioning=False`` sigma is replaced by zeros, as MDLM does, so the network is
     time-agnostic.
     """

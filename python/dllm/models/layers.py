@@ -52,6 +52,41 @@ class ModulatedLayerNorm(nn.Module):
         return x, self(x, shift, scale)
 
 
+class VocabProjection(nn.Linear):
+    """The output head ``[..., dim] -> [..., vocab]``: an ``nn.Linear`` (same parameters, same
+    checkpoints) whose CUDA inference output over many positions, when ``vocab`` is not a multiple
+    of :attr:`ROW_MULTIPLE`, is computed into rows padded to one and returned as a view of their
+    first ``vocab`` columns (row stride > vocab; :meth:`padded`). cuBLAS's tensor-core GEMM kernels
+    want 16-byte aligned rows; a bfloat16 row of GPT-2's vocabulary plus a mask (50258) starts on a
+    4-byte boundary only, so the largest GEMM of a SEDD or MDLM step, and the samplers' reads of its
+    output, run off alignment (nanoGPT pads its vocabulary to 50304 for the same reason). dllm's ops
+    read rows at any stride, in place. Kept plain: training (the padding would cost the backward a
+    copy of the gradient), the CPU, and fewer than :attr:`PADDED_MIN_ROWS` positions (a decoding
+    step, ``logits_at``), whose GEMM costs little more than reading the weight, which the padded
+    copy would read and write once more."""
+
+    ROW_MULTIPLE = 64  # elements: 128-byte rows in bfloat16, a cache line
+    PADDED_ON = ("cuda",)  # device types
+    # From 4096 rows the GEMM (2 * rows FLOPs per weight entry) outlasts the weight's copy (4 bytes
+    # moved per bfloat16 entry) about tenfold on an H100's roofline (~600 TFLOP/s, 3.35 TB/s)
+    PADDED_MIN_ROWS = 4096
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if (self.out_features % self.ROW_MULTIPLE == 0 or h.device.type not in self.PADDED_ON
+                or h.numel() < self.PADDED_MIN_ROWS * self.in_features or records_autograd(h, *self.parameters())):
+            return super().forward(h)
+        return self.padded(h)
+
+    def padded(self, h: torch.Tensor) -> torch.Tensor:
+        """The projection into rows of a multiple of :attr:`ROW_MULTIPLE` entries, as a view of their
+        first ``vocab``: one GEMM with a copy of the weight with zero rows appended (torch's GEMM
+        writes a contiguous output)."""
+        pad = -self.out_features % self.ROW_MULTIPLE
+        weight = F.pad(self.weight, (0, 0, 0, pad))
+        bias = None if self.bias is None else F.pad(self.bias, (0, pad))
+        return F.linear(h, weight, bias)[..., :self.out_features]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()

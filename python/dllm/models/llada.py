@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .attention import attention, padding_layout
 from .config import ModelConfig
 from .io import PretrainedMixin
-from .layers import DenoisingKVCache, RMSNorm, Rotary, apply_rotary, check_start
+from .layers import DenoisingKVCache, RMSNorm, Rotary, VocabProjection, apply_rotary, check_start
 
 
 class LLaDABlock(nn.Module):
@@ -59,7 +59,7 @@ class LLaDAModel(PretrainedMixin, nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
         self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(cfg.hidden, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        self.lm_head = VocabProjection(cfg.hidden, cfg.vocab_size, bias=False)
         for name, p in self.named_parameters():
             if p.dim() == 2 and name != "embed.weight":
                 nn.init.normal_(p, std=0.02)
