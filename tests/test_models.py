@@ -249,7 +249,7 @@ def test_attention_dispatch_uses_fused_op_where_it_applies(monkeypatch):
     q = torch.randn(1, 5, 2, 8)
     # On the CPU, SDPA is faster than dllm's kernel for unpadded batches: models take SDPA.
     assert torch.count_nonzero(attn_mod.attention(q, q, q)) > 0 and calls == []
-    monkeypatch.setattr(attn_mod, "_fused_applies", lambda q: True)
+    monkeypatch.setattr(attn_mod, "_fused_applies", lambda q, k: True)
     assert torch.count_nonzero(attn_mod.attention(q, q, q)) == 0 and calls == [q.shape]
     ref = attn_mod.attention(q, q, q, causal=True)  # causal always takes SDPA
     assert torch.count_nonzero(ref) > 0 and len(calls) == 1
@@ -302,10 +302,26 @@ def test_a_float64_model_runs_padded_batches(arch):
     torch.testing.assert_close(out[1, 4:], net(x[1:, 4:], sigma[1:])[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_full_self_attention_takes_sdpa_and_a_query_block_over_a_cache_the_op(monkeypatch):
+    calls = []
+    fused = attn_mod.ops.attention
+    monkeypatch.setattr(attn_mod.ops, "attention", lambda q, k, v, **kw: calls.append(q.shape) or fused(q, k, v, **kw))
+    q, kv = (torch.randn(2, n, 4, 64, device="cuda", dtype=torch.bfloat16) for n in (8, 40))
+    full = attn_mod.attention(kv, kv, kv)
+    assert calls == []  # SDPA: 1.6-2.1x dllm's kernels on full batches on the H200
+    block = attn_mod.attention(q, kv, kv)
+    assert calls == [q.shape]
+    everything = torch.ones(2, 1, 1, 40, dtype=torch.bool, device="cuda")
+    torch.testing.assert_close(block, attn_mod.attention(q, kv, kv, attn_mask=everything), rtol=2e-2, atol=2e-2)
+    lengths = torch.full((2,), 40, dtype=torch.int32, device="cuda")
+    torch.testing.assert_close(full, attn_mod.attention(kv, kv, kv, kv_len=lengths), rtol=2e-2, atol=2e-2)
+
+
 def test_cached_decoding_under_autocast_takes_the_fused_op(monkeypatch):
     # On a GPU, bf16 autocast makes q bfloat16 while the AR model's KV cache holds float32 keys; the
     # fused op takes one dtype. Simulated here by letting the op apply on the CPU.
-    monkeypatch.setattr(attn_mod, "_fused_applies", lambda q: q.dtype == torch.bfloat16)
+    monkeypatch.setattr(attn_mod, "_fused_applies", lambda q, k: q.dtype == torch.bfloat16)
     torch.manual_seed(0)
     net = build_model(model_config("tiny", arch="ar", hidden=128, heads=2, vocab_size=50)).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from ..data.corpus import load_corpus
 from ..devices import DEVICE_HELP, resolve_device
-from ..models.attention import _fused_applies
 from ..models.config import SIZES
 from ..models.io import read_config
 from ..objectives import get_objective
+from ..ops import _cuda_kernel_supports
 from ..sampling import generate
 from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
@@ -360,12 +360,13 @@ def _sdpa_backends(device: str, dtype, heads: int, head_dim: int, q_len: int, ca
 def kernels(models: Models, device: str, dtype) -> dict:
     cfg = models.ar.config
     probe = torch.empty(1, 1, cfg.heads, cfg.head_dim, device=device, dtype=dtype)
-    fused = _fused_applies(probe)
     cuda = device.startswith("cuda")
+    fused = cuda and _cuda_kernel_supports(probe)  # the op's CUDA kernels cover this model's attention
     where = "CUDA" if cuda else "C++ CPU"
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)
-    attention = (f"dllm.ops.attention (fused, bidirectional, head dim {cfg.head_dim})" if fused else
+    attention = (f"SDPA, bidirectional, over whole canvases (eligible backends: {', '.join(dense)}); a fast-dllm "
+                 f"block's queries over the cached rest: dllm.ops.attention's split-key kernels" if fused else
                  f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
                  f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
                  f"{cfg.head_dim} on {device})")

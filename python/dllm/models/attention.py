@@ -1,4 +1,6 @@
-"""The one place models call attention: dllm's fused op where it applies, else SDPA.
+"""The one place models call attention: dllm's fused op for padded batches (per-row lengths) and
+KV-cache decoding, and on the GPU for query blocks over a cached context; SDPA for full
+self-attention and for causal and masked calls.
 
 Layout is ``[B, S, H, D]`` for q and ``[B, Sk, Hkv, D]`` for k and v, the layout of
 ``dllm.ops.attention`` (non-causal, GQA by head groups). Causal and boolean-masked calls, and dtypes
@@ -15,12 +17,17 @@ import torch.nn.functional as F
 from .. import ops
 
 
-def _fused_applies(q: torch.Tensor) -> bool:
-    # The op's tensor-core coverage on the GPU: bfloat16/float16 with head dim 64 or 128. On the
-    # CPU full batches keep SDPA, as the KV-cache and causal calls do, so that cached and uncached
-    # forwards round alike: dllm's kernel measured 0.93-1.06x SDPA's flash path there on 2026-11-29
-    # and 1.14-1.57x on 2026-11-30 (bench/results/cpu-2core-*/attention), too unsteady a gain for that.
-    return q.is_cuda and ops._cuda_kernel_supports(q)
+def _fused_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
+    # Whether an unpadded, non-causal call takes dllm's op: on the GPU, where its kernels cover q
+    # (bfloat16/float16, head dim 64 or 128), for a query block over a longer cached context
+    # (Fast-dLLM's caches: the op's split-key kernels). Full self-attention takes SDPA there: its
+    # default (cuDNN) backend ran 1.6-2.1x faster than dllm's fastest kernels forward and 1.9-2.3x
+    # forward + backward at head dims 64 and 128 on the H200
+    # (bench/results/h200-2026-11-30/run3-0a8c228/attention*). On the CPU full batches keep SDPA
+    # too, as the KV-cache and causal calls do, so that cached and uncached forwards round alike:
+    # dllm's kernel measured 0.93-1.06x SDPA's flash path there on 2026-11-29 and 1.14-1.57x on
+    # 2026-11-30 (bench/results/cpu-2core-*/attention), too unsteady a gain for that.
+    return q.is_cuda and q.shape[1] != k.shape[1] and ops._cuda_kernel_supports(q)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -36,7 +43,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         if q.dtype == torch.float64:  # a dtype the op leaves out: SDPA with the lengths as a key mask
             return ops._sdpa_attention(q, k.to(q.dtype), v.to(q.dtype), kv_len, None, q.shape[-1] ** -0.5)
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype), kv_len=kv_len)
-    if not causal and attn_mask is None and _fused_applies(q):
+    if not causal and attn_mask is None and _fused_applies(q, k):
         # Under autocast the projections give a bf16 q while a KV cache may hold float32 keys: cast
         # them to q's dtype, as SDPA under autocast would.
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype))
