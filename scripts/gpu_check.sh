@@ -176,7 +176,7 @@ if stage steps; then
   for preset in sedd-small llada-8b ar-small; do
     [ -e "$OUT/step_latency-$preset.done" ] && continue
     # SEDD-small's network also under torch.compile: issue 7's target is missed by the eager network;
-    # the profile splits each network's time into matmuls, dllm's kernels and the rest. ar-small: the
+    # the profile splits each network's time into matmuls, dllm's kernels, SDPA's attention and the rest. ar-small: the
     # e2e baseline's decoding step (issue 8), eager and graphed
     extra=(--profile) && limit=90
     [ "$preset" = ar-small ] && limit=60

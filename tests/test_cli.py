@@ -310,11 +310,27 @@ def test_bench_step_tiny_end_to_end(tmp_path):
         assert "| matmuls |" in network and op not in network and f"| `{op}` | 1 |" in step
         categories = network.split("| category | ms | share |")[1].split("\n\n")[0].splitlines()[2:]
         shares = [float(line.split("|")[3].strip(" %")) for line in categories]
-        assert len(shares) == 3 and abs(sum(shares) - 100) <= 2  # matmuls, dllm's kernels (rotary, adaLN), the rest
+        # matmuls, dllm's kernels (rotary, adaLN), SDPA's attention (the CPU's full batches), the rest
+        assert len(shares) == 4 and abs(sum(shares) - 100) <= 2
     bad = dllm("bench", "step", "--reps", "0")
     assert bad.returncode == 2 and "--reps" in bad.stderr
     bad = dllm("bench", "step", "--reps", "2", "--out", str(tmp_path / "results.json" / "x"))
     assert bad.returncode == 2 and "results.json" in bad.stderr and "ms/step" not in bad.stdout  # before measuring
+
+
+def test_the_step_profile_sorts_gpu_kernels_by_what_they_compute():
+    from dllm.benchmarks.step_latency import _category
+
+    names = {"void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": "SDPA's attention",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128": "SDPA's attention",
+             "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)": "SDPA's attention",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmuls",
+             "nvjet_tst_128x256_64x4_2x1_v_bz_TNT": "matmuls",
+             "void dllm::attention_fwd_wgmma_kernel<64>(dllm::AttentionParams)": "dllm's kernels",
+             "void dllm::sedd_step_kernel<__nv_bfloat16>(dllm::StepParams)": "dllm's kernels",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "the rest"}
+    for name, category in names.items():
+        assert _category(name).startswith(category), name
 
 
 def test_the_sample_progress_bar_counts_the_steps_that_run():

@@ -233,11 +233,20 @@ _MATMUL_NAMES = ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "aten::mm
                  "aten::baddbmm", "aten::_addmm_activation")
 
 
+# Attention kernels of SDPA's backends (flash, cuDNN, memory-efficient; the CPU's aten ops), which
+# the models take for full self-attention
+_SDPA_NAMES = ("flash", "fmha", "sdpa", "scaled_dot_product", "attention", "attn")
+
+
 def _category(name: str) -> str:
     lowered = name.lower()
+    if "dllm" in lowered:
+        return "dllm's kernels"
+    if any(a in lowered for a in _SDPA_NAMES):  # before the matmuls: memory-efficient's are cutlass kernels
+        return "SDPA's attention"
     if any(m in lowered for m in _MATMUL_NAMES):
         return "matmuls"
-    return "dllm's kernels" if "dllm" in lowered else "the rest (elementwise, norms, copies, ...)"
+    return "the rest (elementwise, norms, copies, ...)"
 
 
 def profile_report(title: str, fns: dict, device: torch.device) -> str:
@@ -284,7 +293,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "once a case, untimed; the time it took is printed)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one network call and one dllm step a case (torch.profiler): the kernels by "
-                        "self time, summed into matmuls, dllm's kernels and the rest (profile-<kind>-b<batch>.md in --out)")
+                        "self time, summed into matmuls, dllm's kernels, SDPA's attention and the rest "
+                        "(profile-<kind>-b<batch>.md in --out)")
     add_timing_options(p, cpu=(3, 10), cuda=(3, 10))
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and draws (default: 0)")
     p.add_argument("--out", type=Path, default=None, help="folder for results.json and summary.md (default: print only)")

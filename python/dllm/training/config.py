@@ -81,7 +81,8 @@ class TrainConfig:
     log_every: int = _f(10, "append training metrics every N steps")
     resume: str = _f("auto", "'auto' (resume from OUT_DIR/checkpoint.pt if present), 'never' (start over, "
                          "removing the previous run's checkpoint and model/), or a checkpoint path (one of "
-                         "another folder only into an --out-dir that holds no run)")
+                         "another folder only into an --out-dir that holds no run, or only this same resume "
+                         "stopped before its first checkpoint)")
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self):
