@@ -323,6 +323,7 @@ def test_the_step_profile_sorts_gpu_kernels_by_what_they_compute():
 
     names = {"void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": "SDPA's attention",
              "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128": "SDPA's attention",
+             "cudnn_generated_fort_native_sdpa_sm90_knob_3_64x64x64_4x1x1_kernel0_0": "SDPA's attention",
              "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel)": "SDPA's attention",
              "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1": "matmuls",
              "nvjet_tst_128x256_64x4_2x1_v_bz_TNT": "matmuls",

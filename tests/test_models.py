@@ -461,7 +461,9 @@ def test_the_vocab_head_pads_its_rows_in_inference_only(monkeypatch, bias):
     assert recorded.is_contiguous() and recorded.requires_grad
     torch.testing.assert_close(recorded.detach(), want, rtol=1e-13, atol=1e-13)
     with torch.no_grad():
-        assert VocabProjection(13, 128).double()(h).is_contiguous()  # rows whole already
+        with monkeypatch.context() as patched:
+            patched.setattr(VocabProjection, "padded", lambda self, h: pytest.fail("rows whole already were padded"))
+            assert VocabProjection(13, 128).double()(h).is_contiguous()
         monkeypatch.setattr(VocabProjection, "PADDED_ON", ("cuda",))
         assert head(h).is_contiguous()  # the CPU's default
 

@@ -366,7 +366,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)
     attention = (f"SDPA, bidirectional, over whole canvases (eligible backends: {', '.join(dense)}); a fast-dllm "
-                 f"block's queries over the cached rest: dllm.ops.attention's split-key kernels" if fused else
+                 f"block's queries over the cached rest: dllm.ops.attention" if fused else
                  f"SDPA, bidirectional (eligible backends: {', '.join(dense)}; dllm's fused attention covers "
                  f"bf16/fp16 head dims 64 and 128 on CUDA, this is {str(dtype).removeprefix('torch.')} head dim "
                  f"{cfg.head_dim} on {device})")

@@ -62,8 +62,8 @@ class VocabProjection(nn.Linear):
     output, run off alignment (nanoGPT pads its vocabulary to 50304 for the same reason). dllm's ops
     read rows at any stride, in place. Kept plain: training (the padding would cost the backward a
     copy of the gradient), the CPU, and fewer than :attr:`PADDED_MIN_ROWS` positions (a decoding
-    step, ``logits_at``), whose GEMM costs little more than reading the weight, which the padded
-    copy would read and write once more."""
+    step, a ``logits_at`` of few positions), whose GEMM costs little more than reading the weight,
+    which the padded copy would read and write once more."""
 
     ROW_MULTIPLE = 64  # elements: 128-byte rows in bfloat16, a cache line
     PADDED_ON = ("cuda",)  # device types
