@@ -230,6 +230,11 @@ MUTANTS = [
      ["test_layers"]),
     ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self._mlp(h)))",
      "x + self.dropout(self._mlp(h))", ["test_layers"]),
+    # the head's padded rows: the view of the wrong columns; padded while autograd records
+    ("python/dllm/models/layers.py", "return F.linear(h, weight, bias)[..., :self.out_features]",
+     "return F.linear(h, weight, bias)[..., pad:]", ["test_models"]),
+    ("python/dllm/models/layers.py", "or records_autograd(h, *self.parameters())", "or records_autograd(h)",
+     ["test_models"]),
     # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not
     # offset by one
     ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(x[i]) + g[i] * L::load(u[i]);", "row[i] = L::load(x[i]);",
