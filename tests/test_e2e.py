@@ -102,6 +102,7 @@ def test_sample_entropy_pools_the_samples_cut_at_end_of_text():
     q = _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)
     assert q["parse_rate"] == pytest.approx(2 / 3) and q["blank_rate"] == pytest.approx(1 / 3)
     assert q["entropy"] == pytest.approx(unigram_entropy(code + code))
+    assert q["token_counts"] == [4, 2, 2, 2, 2]  # "x = 1\n" twice: the spaces, then x, =, 1 and the newline
     # a point whose samples all end at once wrote no tokens: no diversity, 0 bits (not NaN, which no rule catches)
     rows = [[eos] + list(range(100, 115))] * 3
     assert _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)["entropy"] == 0.0
@@ -272,6 +273,8 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
                   and r["batch"] == v["batch"])
         assert v["ar_tokens_per_s"] == ar["tokens_per_s"] and v["fastest"]["speedup_vs_ar"] > 0
     assert "## Where diffusion is faster at equal quality" in report and "(length, batch) points" in report
+    # the verdict's entropies at equal token counts: every quality row keeps its tokens' counts
+    assert all("token_counts" in r for r in res["quality"]) and "at the smaller one's token count" in report
     assert all(r["samples"] == 3 and r["parse_prefix_se"] >= 0 for r in res["quality"])
 
 

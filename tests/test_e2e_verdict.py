@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
+from collections import Counter
 
 import pytest
 
+from dllm.benchmarks.code_quality import rarefied_entropy, unigram_entropy
 from dllm.benchmarks.e2e_verdict import ENTROPY_SLACK_BITS, at_floor, quality_shortfalls, summary, verdicts
 
 
@@ -56,6 +60,41 @@ def test_entropy_collapse_is_not_equal_quality():
     # a sampler that writes whitespace parses better and says less
     short = quality_shortfalls(quality(rate=0.9, prefix=0.9, entropy=0.2), ar)
     assert short == [f"entropy 0.20 < 4.40 - {ENTROPY_SLACK_BITS:g} bits"]
+
+
+def test_rarefied_entropy_is_the_mean_over_every_subset():
+    pool = [0, 0, 0, 1, 1, 2, 3]
+    for size in range(1, len(pool) + 1):
+        subsets = list(itertools.combinations(pool, size))
+        want = sum(unigram_entropy(s) for s in subsets) / len(subsets)
+        assert rarefied_entropy([3, 2, 1, 1], size) == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert rarefied_entropy([5, 5], 10) == pytest.approx(1.0)  # the whole pool: its own entropy
+    for size in (0, 11):
+        with pytest.raises(ValueError, match="size must be in"):
+            rarefied_entropy([5, 5], size)
+
+
+def test_entropy_is_compared_at_equal_token_counts():
+    """Plug-in entropy reads low on few tokens: 256 draws of 256 equally likely tokens read 7.09
+    bits, the baseline's 10240 of them 8.00; taken at 256 tokens the baseline reads 7.19, and the
+    point is of equal quality. A collapsed point still falls short at equal counts."""
+    rng = random.Random(0)
+    draws = Counter(rng.randrange(256) for _ in range(256))
+    point = quality(entropy=unigram_entropy(draws.elements()))
+    point["token_counts"] = sorted(draws.values(), reverse=True)
+    ar = quality(entropy=8.0)
+    assert point["entropy"] < ar["entropy"] - ENTROPY_SLACK_BITS
+    assert quality_shortfalls(point, ar) == [f"entropy {point['entropy']:.2f} < 8.00 - {ENTROPY_SLACK_BITS:g} bits"]
+    ar["token_counts"] = [40] * 256
+    assert quality_shortfalls(point, ar) == []
+    collapsed = quality(entropy=unigram_entropy([0] * 200 + [1] * 56))
+    collapsed["token_counts"] = [200, 56]
+    at_256 = rarefied_entropy([40] * 256, 256)
+    assert quality_shortfalls(collapsed, ar) == \
+        [f"entropy {collapsed['entropy']:.2f} < {at_256:.2f} - {ENTROPY_SLACK_BITS:g} bits (at 256 tokens)"]
+    none = quality(entropy=0.0)  # a point whose samples all ended at once
+    none["token_counts"] = []
+    assert quality_shortfalls(none, ar) == [f"entropy 0.00 < 8.00 - {ENTROPY_SLACK_BITS:g} bits"]
 
 
 def test_floor_of_the_baseline():

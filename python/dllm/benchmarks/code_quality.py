@@ -80,6 +80,27 @@ def unigram_entropy(tokens: Iterable[int]) -> float:
     return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
+def rarefied_entropy(counts: list[int], size: int) -> float:
+    """The expected :func:`unigram_entropy` of ``size`` tokens drawn without replacement from a pool
+    holding each token ``counts`` times (hypergeometric counts, summed exactly): the pool's entropy
+    as a sample of ``size`` tokens reads it. Plug-in entropy reads low on few tokens (by about
+    (K - 1) / (2 N ln 2) bits for K distinct ones, more when tokens are about as many as their
+    kinds), so two pools are compared at the smaller one's size."""
+    pool = sum(counts)
+    if not 0 < size <= pool:
+        raise ValueError(f"size must be in [1, {pool}] (the pool's tokens), got {size}")
+
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    total, rest = 0.0, log_choose(pool, size)
+    for c in counts:
+        for k in range(max(1, size - (pool - c)), min(c, size) + 1):
+            p = math.exp(log_choose(c, k) + log_choose(pool - c, size - k) - rest)
+            total -= p * (k / size) * math.log2(k / size)
+    return total
+
+
 def exact_match(predictions: list[str], references: list[str]) -> float:
     """The fraction of predictions equal to their reference, character for character."""
     if len(predictions) != len(references):

@@ -16,6 +16,7 @@ import math
 import os
 import statistics
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -279,6 +280,7 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
             "parse_prefix_se": statistics.stdev(prefixes) / len(prefixes) ** 0.5 if len(prefixes) > 1 else math.nan,
             # no token before any end-of-text: no diversity, 0 bits (unigram_entropy's NaN would pass every rule)
             "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens) if tokens else 0.0,
+            "token_counts": sorted(Counter(tokens).values(), reverse=True),  # the verdict's equal-count entropy
             "quality_nfe": statistics.mean(nfes),
             "example": texts[0]}
 

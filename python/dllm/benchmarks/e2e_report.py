@@ -120,8 +120,11 @@ def markdown(results: dict) -> str:
         "Equal quality, on the unconditional samples that tokens/s times: neither the parse rate nor the parseable "
         "prefix is lower than the autoregressive baseline's by more than two standard errors of the difference, "
         f"and the token entropy is at most {ENTROPY_SLACK_BITS:g} bits below the baseline's (a sampler that "
-        "repeats safe tokens parses more while its entropy collapses). The val NLL is not judged: the diffusion "
-        "figure is an upper bound, the baseline's is exact.", "",
+        "repeats safe tokens parses more while its entropy collapses"
+        + ("; both entropies are taken at the smaller one's token count, the other side's as the expected entropy "
+           "of that many of its tokens, since plug-in entropy reads low on fewer tokens"
+           if any("token_counts" in r for r in results["quality"]) else "")
+        + "). The val NLL is not judged: the diffusion figure is an upper bound, the baseline's is exact.", "",
         *summary(results["verdict"]),
         "## How it is measured", "",
         f"- Both models generate after one end-of-text token (the start of a file), temperature "

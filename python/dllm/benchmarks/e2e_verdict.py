@@ -10,7 +10,9 @@ noise of a few dozen samples:
 - parseable prefix: the same, with the standard errors of the per-sample values;
 - token entropy: at least the baseline's minus ``ENTROPY_SLACK_BITS``. A sampler that repeats safe
   tokens (whitespace, a greedy loop) raises parse rates while its entropy collapses, so a point below
-  this is not of equal quality whatever it parses.
+  this is not of equal quality whatever it parses. Both are taken at the smaller one's token count
+  (:func:`~dllm.benchmarks.code_quality.rarefied_entropy`): samples cut at an early end-of-text hold
+  fewer tokens, on which plug-in entropy reads low.
 The validation NLL is shown beside but not judged: the diffusion figure is an upper bound on its NLL
 (the T-step ELBO), the baseline's is exact, and it does not depend on the sampler.
 When the baseline's own parseable prefix is within two standard errors of zero, both models sit at
@@ -20,6 +22,8 @@ the metric's floor and a match says nothing about quality; the verdict says so.
 from __future__ import annotations
 
 import math
+
+from .code_quality import rarefied_entropy
 
 ENTROPY_SLACK_BITS = 0.5
 Z = 2.0  # standard errors a shortfall must exceed to count
@@ -44,9 +48,20 @@ def quality_shortfalls(point: dict, ar: dict) -> list[str]:
     gap = ar["parse_prefix"] - point["parse_prefix"]
     if gap > Z * math.hypot(ar["parse_prefix_se"], point["parse_prefix_se"]):
         out.append(f"parseable prefix {point['parse_prefix']:.2f} < {ar['parse_prefix']:.2f}")
-    if point["entropy"] < ar["entropy"] - ENTROPY_SLACK_BITS:
-        out.append(f"entropy {point['entropy']:.2f} < {ar['entropy']:.2f} - {ENTROPY_SLACK_BITS:g} bits")
+    entropy, ar_entropy, at = _entropies_at_equal_counts(point, ar)
+    if entropy < ar_entropy - ENTROPY_SLACK_BITS:
+        out.append(f"entropy {entropy:.2f} < {ar_entropy:.2f} - {ENTROPY_SLACK_BITS:g} bits{at}")
     return out
+
+
+def _entropies_at_equal_counts(point: dict, ar: dict) -> tuple[float, float, str]:
+    """Both rows' token entropies at the smaller one's token count, and a note saying so; the plug-in
+    values of rows without ``token_counts`` (results written before 2026-12-02) or without tokens."""
+    counts, ar_counts = point.get("token_counts"), ar.get("token_counts")
+    if not counts or not ar_counts:
+        return point["entropy"], ar["entropy"], ""
+    size = min(sum(counts), sum(ar_counts))
+    return rarefied_entropy(counts, size), rarefied_entropy(ar_counts, size), f" (at {size} tokens)"
 
 
 def at_floor(ar: dict) -> bool:
