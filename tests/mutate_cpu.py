@@ -230,6 +230,8 @@ MUTANTS = [
      ["test_layers"]),
     ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self._mlp(h)))",
      "x + self.dropout(self._mlp(h))", ["test_layers"]),
+    # the e2e verdict's entropies at equal token counts
+    ("python/dllm/benchmarks/e2e_verdict.py", "if not counts or not ar_counts:", "if True:", ["test_e2e_verdict"]),
     # the head's padded rows: the view of the wrong columns; padded while autograd records
     ("python/dllm/models/layers.py", "return F.linear(h, weight, bias)[..., :self.out_features]",
      "return F.linear(h, weight, bias)[..., pad:]", ["test_models"]),
