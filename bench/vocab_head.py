@@ -49,10 +49,9 @@ def main() -> None:
         torch.manual_seed(0)
         head = VocabProjection(D, V).to(device, dtype)
         h = torch.randn(B, L, D, device=device, dtype=dtype)
-        pad = -V % VocabProjection.ROW_MULTIPLE
-        weight, bias = F.pad(head.weight.detach(), (0, 0, 0, pad)), F.pad(head.bias.detach(), (0, pad))
         shape = f"B{B} L{L} D{D} V{V}"
         with torch.no_grad():
+            weight, bias = head.padded_parameters()
             gemm = measure_against("head", shape, args.dtype, [
                 ("dllm (padded rows)", lambda: head.padded(h)),
                 ("F.linear", lambda: F.linear(h, head.weight, head.bias)),

@@ -233,8 +233,8 @@ MUTANTS = [
     # the e2e verdict's entropies at equal token counts
     ("python/dllm/benchmarks/e2e_verdict.py", "if not counts or not ar_counts:", "if True:", ["test_e2e_verdict"]),
     # the head's padded rows: the view of the wrong columns; padded while autograd records
-    ("python/dllm/models/layers.py", "return F.linear(h, weight, bias)[..., :self.out_features]",
-     "return F.linear(h, weight, bias)[..., pad:]", ["test_models"]),
+    ("python/dllm/models/layers.py", "return F.linear(h, *self.padded_parameters())[..., :self.out_features]",
+     "return F.linear(h, *self.padded_parameters())[..., -self.out_features:]", ["test_models"]),
     ("python/dllm/models/layers.py", "or records_autograd(h, *self.parameters())", "or records_autograd(h)",
      ["test_models"]),
     # adaLN (CPU kernel and binding): the norm of the stream before the update; the scale not

@@ -79,12 +79,14 @@ class VocabProjection(nn.Linear):
 
     def padded(self, h: torch.Tensor) -> torch.Tensor:
         """The projection into rows of a multiple of :attr:`ROW_MULTIPLE` entries, as a view of their
-        first ``vocab``: one GEMM with a copy of the weight with zero rows appended (torch's GEMM
-        writes a contiguous output)."""
+        first ``vocab``: one GEMM with :meth:`padded_parameters` (torch's GEMM writes a contiguous
+        output)."""
+        return F.linear(h, *self.padded_parameters())[..., :self.out_features]
+
+    def padded_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Copies of the weight and bias with zero rows appended up to a multiple of :attr:`ROW_MULTIPLE`."""
         pad = -self.out_features % self.ROW_MULTIPLE
-        weight = F.pad(self.weight, (0, 0, 0, pad))
-        bias = None if self.bias is None else F.pad(self.bias, (0, pad))
-        return F.linear(h, weight, bias)[..., :self.out_features]
+        return F.pad(self.weight, (0, 0, 0, pad)), None if self.bias is None else F.pad(self.bias, (0, pad))
 
 
 class RMSNorm(nn.Module):
