@@ -475,7 +475,8 @@ def test_clear_errors():
                                     (dict(cfg_scale=None), TypeError, "cfg_scale must be a number"),
                                     (dict(threshold="0.5", sampler="fast-dllm"), TypeError, "threshold must be a number"),
                                     (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
-                                    (dict(generator=5), TypeError, "generator must be a torch.Generator")]:
+                                    (dict(generator=5), TypeError, "generator must be a torch.Generator"),
+                                    (dict(callback=5), TypeError, "callback must be None or callable")]:
         model = TinyModel()
         with pytest.raises(error, match=message):
             dllm.generate(model, **{"gen_length": 8, "steps": 4, "sampler": "llada", **options})
@@ -527,8 +528,42 @@ def test_a_canvas_longer_than_the_model_takes_names_the_prompt_and_gen_length():
         assert dllm.generate(model, [1, 2, 3], gen_length=9, steps=3, sampler=sampler).sequences.shape == (1, 12)
     model = TinyModel()
     model.config = type("Config", (), {"max_seq_len": 8})()  # dllm's models say it in their config
-    with pytest.raises(ValueError, match="max_seq_len of 8"):
+    with pytest.raises(ValueError, match="max_seq_len of 8: lower gen_length to at most 8$"):  # no prompt to shorten
         dllm.generate(model, gen_length=9, steps=3, sampler="mdlm")
+
+
+def test_the_models_pad_id_and_logits_shift_are_checked_before_the_network_runs():
+    for name, value in (("pad_id", -1), ("pad_id", 1.5), ("pad_id", True), ("logits_shift", "1"),
+                        ("logits_shift", 1.5), ("logits_shift", -1)):
+        model = TinyModel()
+        setattr(model, name, value)
+        with pytest.raises(ValueError, match=f"the model's `{name}` must be an int >= 0 \\(or None\\), got "):
+            dllm.generate(model, [[1, 2], [3]], gen_length=4, steps=2, sampler="dream")
+        assert model.calls == []
+    model = TinyModel()
+    model.pad_id, model.vocab_size = V, V
+    with pytest.raises(ValueError, match=f"the model's `pad_id` {V} is outside its vocabulary of {V}"):
+        dllm.generate(model, [[1, 2], [3]], gen_length=4, steps=2, sampler="llada")
+    model = TinyModel(logits_shift=None)  # None: no shift, as pad_id None pads with 0
+    assert run("dream", model=model)[0].sequences.shape == (1, 32)
+
+
+def test_padding_that_holds_the_mask_id_takes_the_pad_id():
+    # a tokenizer may pad with any id, the mask's too: the padding is never attended, so the sampler
+    # writes the model's pad_id there, and the output is that of the same batch padded with pad_id
+    prompt = torch.tensor([[7, 8, MASK], [9, 10, 11]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    out, model = run("llada", prompt=prompt, attention_mask=mask)
+    want, _ = run("llada", prompt=torch.tensor([[7, 8, PAD], [9, 10, 11]]), attention_mask=mask)
+    assert torch.equal(out.sequences, want.sequences)
+    assert torch.equal(out.sequences[0, :3], torch.tensor([PAD, 7, 8]))
+    model = TinyModel()
+    model.pad_id = MASK
+    with pytest.raises(ValueError, match=f"padding \\(attention_mask 0\\) holds the mask token {MASK}, which is also "
+                                         "the model's pad_id"):
+        dllm.generate(model, prompt, attention_mask=mask, gen_length=4, steps=2, sampler="llada")
+    with pytest.raises(ValueError, match="contains the mask token"):  # where it is attended, it stays an error
+        dllm.generate(TinyModel(), prompt, gen_length=4, steps=2, sampler="llada")
 
 
 def test_an_empty_batch_generates_nothing_without_calling_the_model():

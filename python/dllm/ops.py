@@ -165,7 +165,9 @@ def predict_masked(
             into float32's normal range, as in :func:`sample_categorical`).
         top_k: keep the ``top_k`` largest logits (0: off).
         top_p: keep the smallest set of largest logits whose tempered mass reaches ``top_p``
-            (1: off). Both filters keep every token tied with the last one kept.
+            (1: off). Both filters keep every token tied with the last one kept. Both act on the
+            whole tempered distribution, and a token must pass both (Dream's order; Hugging Face's
+            applies top-p to the renormalised top-k, which may keep fewer).
         confidence: how each proposal is scored under the distribution ``confidence_from``
             names: ``"prob"`` (probability of the proposal: LLaDA low_confidence, Dream
             maskgit_plus), ``"margin"`` (top-1 minus top-2 probability: Dream topk_margin),

@@ -13,8 +13,8 @@ from . import cuda_graph as graphs, masked, score
 from ..devices import made_current
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
-from .model_protocol import (check_takes_attention_mask, mask_id_of, max_seq_len_of, pad_id_of, score_graph_of,
-                             time_conditioned, vocab_size_of)
+from .model_protocol import (check_takes_attention_mask, logits_shift_of, mask_id_of, max_seq_len_of, pad_id_of,
+                             score_graph_of, time_conditioned, vocab_size_of)
 from .output import GenerationOutput
 
 SAMPLERS = ("sedd-analytic", "sedd-euler", "mdlm", "first-hitting", "llada", "dream", "fast-dllm")
@@ -67,7 +67,7 @@ def _check_number(key: str, value, *, integral: bool = False) -> None:
         raise ValueError(f"{key} must be finite, got {value!r}")
 
 
-def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp, generator) -> None:
+def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp, generator, callback) -> None:
     """The proposal options, checked before the first network call (which, for a large model, is
     what a late error would cost)."""
     for key, value in dict(temperature=temperature, top_p=top_p, cfg_scale=cfg_scale, alg_temp=alg_temp).items():
@@ -81,6 +81,8 @@ def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp
         raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be None or callable as callback(step, x, logits), got {callback!r}")
 
 
 def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp) -> None:
@@ -110,7 +112,8 @@ def _check_window(model, canvas: int, gen_length: int) -> None:
     if window is None or canvas <= window:
         return
     prompt = canvas - gen_length
-    fix = (f"shorten the prompt, or lower gen_length to at most {window - prompt}" if prompt < window else
+    fix = (f"lower gen_length to at most {window}" if prompt == 0 else
+           f"shorten the prompt, or lower gen_length to at most {window - prompt}" if prompt < window else
            "shorten the prompt: it alone fills the window")
     raise ValueError(f"the prompt ({prompt} tokens) and gen_length ({gen_length}) make a canvas of {canvas} tokens, "
                      f"longer than the model's max_seq_len of {window}: {fix}")
@@ -247,6 +250,13 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             raise ValueError(f"prompt must be [P] or [B, P], got shape {tuple(prompt.shape)}")
         if attention_mask is not None:
             prompt, attention_mask = _left_align(prompt, attention_mask, device)
+    if attention_mask is not None:
+        masks_in_padding = (prompt == mask_id) & ~attention_mask
+        if bool(masks_in_padding.any()):  # (the padding is never attended: any other id serves)
+            if pad_id == mask_id:
+                raise ValueError(f"the prompts' padding (attention_mask 0) holds the mask token {mask_id}, which is "
+                                 "also the model's pad_id: pad with another id, or give the model a pad_id")
+            prompt = prompt.masked_fill(masks_in_padding, pad_id)
     if bool((prompt < 0).any()):
         raise ValueError("the prompt holds negative token ids")
     if bool((prompt == mask_id).any()):
@@ -285,8 +295,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         model: see :mod:`dllm.sampling.model_protocol` (tokens -> logits, a ``mask_id``).
         prompt: int64 ``[B, P]`` or ``[P]``, a list of ints (one prompt, as ``tokenizer.encode``
             returns it), or a list of 1-D prompts of different lengths (left padded with
-            ``model.pad_id``); None for unconditional generation. Lists of one length may come
-            with ``attention_mask`` (a tokenizer's padded batch).
+            ``model.pad_id``); None for one unconditional sample (``torch.empty(B, 0,
+            dtype=torch.int64)`` for ``B``). Lists of one length may come with ``attention_mask``
+            (a tokenizer's padded batch).
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
             its count, so both ignore it; the SEDD samplers add the denoising step).
@@ -345,7 +356,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     name, variant = _parse_sampler(sampler)
     _check_lengths(gen_length=gen_length, steps=steps)
     _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold, cfg_scale=cfg_scale,
-                    alg_temp=alg_temp, generator=generator)
+                    alg_temp=alg_temp, generator=generator, callback=callback)
     if name.startswith("sedd-"):
         return _generate_sedd(model, prompt, name.removeprefix("sedd-"), gen_length=gen_length, steps=steps,
                               infill=infill, attention_mask=attention_mask, cache=cache, cuda_graph=cuda_graph,
@@ -368,7 +379,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         return _nothing_to_generate(x, return_history)
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
-    shift = int(getattr(model, "logits_shift", 0))
+    shift = logits_shift_of(model)
     # Everything a step's graph freezes, besides the shapes its session keys by (the model's
     # attributes too: a step reads them as it is captured)
     config = (name, variant, steps, block_length, temperature, top_k, top_p, threshold, alg_temp, cfg_scale, cache,

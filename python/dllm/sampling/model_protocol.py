@@ -10,8 +10,8 @@
   where present, bounds the prompt's and the infill's ids;
 - is in eval mode (``model.eval()``): a sampler warns when dropout is on, which makes the
   samples noisier and a seeded run unrepeatable;
-- optionally has ``logits_shift`` (int, default 0): 1 when position i is predicted by logits row
-  i - 1 (Dream, and other models adapted from autoregressive ones);
+- optionally has ``logits_shift`` (int >= 0, default, and when None, 0): 1 when position i is
+  predicted by logits row i - 1 (Dream, and other models adapted from autoregressive ones);
 - optionally has ``time_conditioned`` (bool, default False): when True it is called as
   ``model(x, sigma)`` with the total noise ``sigma`` float ``[B]`` (SEDD; MDLM with time
   conditioning): the sampler's time for "mdlm" and "first-hitting", and the log-linear sigma of
@@ -20,9 +20,13 @@
   the network on steps that unmask nothing;
 - score models (the SEDD samplers) have ``graph``, a ``dllm.sedd.Absorbing`` or ``Uniform``
   graph, optionally ``noise``, a ``dllm.sedd`` schedule (default: log-linear for the absorbing
-  graph, geometric for the uniform one), and are always called as ``model(x, sigma)``;
+  graph, geometric for the uniform one), and are always called as ``model(x, sigma)``. They
+  return the network's raw output: the sampler itself shifts it by ``log(expm1(sigma)) +
+  log(K - 1)`` and zeroes the input token's entry where ``graph.scale_by_sigma`` says (the
+  absorbing graph's default), so a forward that already does so (SEDD's own ``SEDD.forward``)
+  runs with ``model.graph.scale_by_sigma = False``, or it is shifted twice;
 - optionally has ``pad_id`` (int, not the mask id; default, and when None, 0): used to left-pad
-  ragged prompts;
+  ragged prompts, and written over padding (``attention_mask`` 0) that holds the mask id;
 - optionally has ``max_seq_len`` (or ``config.max_seq_len``; dllm's models do): the longest canvas
   it takes; a prompt and ``gen_length`` that do not fit are refused before the first call;
 - accepts ``attention_mask=`` (bool ``[B, L]``, True where a token is real) when prompts are
@@ -85,11 +89,29 @@ def score_graph_of(model):
     return graph if isinstance(graph, (Absorbing, Uniform)) else None
 
 
+def _token_attribute(model, name: str) -> int:
+    """``model.<name>``, an int >= 0, and 0 where it is absent or None."""
+    value = getattr(model, name, None)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"the model's `{name}` must be an int >= 0 (or None), got {value!r}")
+    return int(value)
+
+
 def pad_id_of(model) -> int:
     """The id that left-pads ragged prompts: ``model.pad_id``, 0 when absent or None (tokenizers
     without a pad token)."""
-    pad_id = getattr(model, "pad_id", None)
-    return 0 if pad_id is None else int(pad_id)
+    pad_id = _token_attribute(model, "pad_id")
+    vocab_size = vocab_size_of(model)
+    if vocab_size is not None and pad_id >= vocab_size:
+        raise ValueError(f"the model's `pad_id` {pad_id} is outside its vocabulary of {vocab_size}")
+    return pad_id
+
+
+def logits_shift_of(model) -> int:
+    """``model.logits_shift``: how many rows before its position a token's logits are (0 when absent)."""
+    return _token_attribute(model, "logits_shift")
 
 
 def _declared_size(model, name: str) -> int | None:
