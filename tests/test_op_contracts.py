@@ -285,16 +285,36 @@ def test_per_sequence_terms_of_the_wrong_kind_are_named():
     # float() of a list or None says neither the op nor the argument
     logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
     x0 = torch.randint(0, V - 1, (2, 3))
-    with pytest.raises(TypeError, match=r"sedd_step: dsig must be a float or a floating \[B\] tensor, got list"):
+    with pytest.raises(TypeError, match=r"sedd_step: dsig must be a float or a floating 0-d or \[B\] tensor, got list"):
         ops.sedd_step(logits, x, 1.0, [0.1, 0.1], graph="absorb", method="euler")
-    with pytest.raises(TypeError, match="score_entropy_loss: sigma must be a float or a floating .B. tensor, got list"):
+    with pytest.raises(TypeError, match="score_entropy_loss: sigma must be a float or a floating 0-d or .B. tensor, got list"):
         ops.score_entropy_loss(logits, x, x0, [1.0, 1.0], 1.0, graph="absorb")
-    with pytest.raises(TypeError, match="masked_diffusion_loss: weight must be a float or a floating .B. tensor, got NoneType"):
+    with pytest.raises(TypeError, match="masked_diffusion_loss: weight must be a float or a floating 0-d or .B. tensor, got NoneType"):
         ops.masked_diffusion_loss(logits, x, x0, None, mask_id=V - 1)
     with pytest.raises(TypeError, match="sample_transition: sigma must be a float"):
         ops.sample_transition(x0, None, graph="absorb", num_classes=V)
     with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got NoneType"):
         ops.sample_categorical(logits, None)
+    with pytest.raises(ValueError, match=r"sedd_step: expected batched inputs \(\[B, L, ...\]\), got a 0-d tensor"):
+        ops.sedd_step(torch.tensor(1.0), torch.tensor(1), 1.0, 0.1, graph="absorb", method="analytic")
+
+
+def test_a_0d_per_sequence_term_serves_every_sequence():
+    # what a schedule returns for one t: the same draws as that float, and as the [B] tensor of it
+    logits, x = torch.randn(3, 5, V), torch.full((3, 5), V - 1)
+    x0 = torch.randint(0, V - 1, (3, 5))
+    sigma, dsig = torch.tensor(0.8), torch.tensor(0.05)
+    for terms in ((sigma, dsig), (0.8, 0.05), (sigma.expand(3), dsig.expand(3))):
+        torch.manual_seed(0)
+        draws = [ops.sedd_step(logits, x, *terms, graph="absorb", method="analytic"),
+                 ops.sample_transition(x0, terms[0], graph="absorb", num_classes=V)]
+        losses = [ops.score_entropy_loss(logits, x, x0, *terms, graph="absorb"),
+                  ops.masked_diffusion_loss(logits, x, x0, terms[1], mask_id=V - 1)]
+        if terms[0] is sigma:
+            want = draws, losses
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(draws, want[0]))
+            assert all(torch.equal(a, b) for a, b in zip(losses, want[1]))
 
 
 # Rows, tokens and heads more than 2^31 elements (2^32 bytes) apart: an offset computed in 32 bits

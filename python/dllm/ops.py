@@ -185,7 +185,8 @@ def predict_masked(
     Returns:
         ``(x0, conf)``: int64 ``[B, L]`` proposals (``x`` itself at unmasked positions) and
         float32 ``[B, L]`` confidences (``-inf`` at unmasked positions). Only the logits of
-        masked positions are read.
+        masked positions are read (where the leading dimensions flatten to one row stride;
+        others, such as ``[1, L, V].expand(B, L, V)``, are copied first).
 
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
     besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
@@ -637,12 +638,13 @@ def _as_float(v, op: str, name: str, what: str) -> float:
 
 
 def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
-    """A float or a [B] tensor as the [B] tensor the ops take."""
-    if isinstance(v, torch.Tensor):
-        return v
-    value = _as_float(v, op, name, "a float or a floating [B] tensor")
+    """A float, a 0-d or a [B] tensor as the [B] tensor the ops take."""
     if like.dim() == 0:
-        raise ValueError("expected batched inputs ([B, L, ...]), got a 0-d tensor")
+        raise ValueError(f"{op}: expected batched inputs ([B, L, ...]), got a 0-d tensor")
+    if isinstance(v, torch.Tensor):
+        # one value for every sequence (what a schedule gives for one t), as commit_tokens takes its counts
+        return v.expand(like.shape[0]) if v.dim() == 0 else v
+    value = _as_float(v, op, name, "a float or a floating 0-d or [B] tensor")
     return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 
 
@@ -663,7 +665,7 @@ def sedd_step(
         logits: the network's raw output ``[B, L, K]``, float32, bfloat16 or float16. Graph
             ``"absorb"``: ``K = V + 1`` and the mask is ``K - 1``; graph ``"uniform"``: ``K = V``.
         x: current tokens, int64 ``[B, L]`` in ``[0, K)``.
-        sigma: total noise at the current time, a float or a floating ``[B]`` tensor, ``> 0``.
+        sigma: total noise at the current time, a float or a floating 0-d or ``[B]`` tensor, ``> 0``.
             Used for the log-score shift.
         dsig: the step's noise term, ``>= 0`` (float or ``[B]``): ``sigma(t) - sigma(t - dt)``
             for ``"analytic"``, ``dt * dsigma/dt(t)`` for ``"euler"``, ``sigma(t)`` for
@@ -826,7 +828,7 @@ def masked_diffusion_loss(
         logits: ``[B, L, K]`` float32, bfloat16 or float16. x_t, x0: int64 ``[B, L]`` in
             ``[0, K)``; x0 must not be the mask where x_t is masked.
         weight: per-sequence weight, e.g. ``dsigma / expm1(sigma)`` or ``1 / t`` for the
-            log-linear schedule; a float or a ``[B]`` tensor.
+            log-linear schedule; a float or a 0-d or ``[B]`` tensor.
         mask_id: the mask token, in ``[0, K)``.
 
     Returns:
@@ -898,7 +900,7 @@ def sample_transition(
 
     Args:
         x0: clean tokens, int64 ``[B, L]`` in ``[0, num_classes)``.
-        sigma: ``>= 0``, a float or a floating ``[B]`` tensor.
+        sigma: ``>= 0``, a float or a floating 0-d or ``[B]`` tensor.
         num_classes: ``K``, the logits' last dimension (absorb: vocabulary + 1).
         generator: a ``torch.Generator`` on ``x0``'s device.
 
