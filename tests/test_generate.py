@@ -533,19 +533,27 @@ def test_a_canvas_longer_than_the_model_takes_names_the_prompt_and_gen_length():
 
 
 def test_the_models_pad_id_and_logits_shift_are_checked_before_the_network_runs():
-    for name, value in (("pad_id", -1), ("pad_id", 1.5), ("pad_id", True), ("logits_shift", "1"),
-                        ("logits_shift", 1.5), ("logits_shift", -1)):
+    for name, value, error in (("pad_id", -1, ValueError), ("pad_id", 1.5, TypeError), ("pad_id", True, TypeError),
+                               ("logits_shift", "1", TypeError), ("logits_shift", 1.5, TypeError),
+                               ("logits_shift", torch.tensor([-1]), ValueError)):
         model = TinyModel()
         setattr(model, name, value)
-        with pytest.raises(ValueError, match=f"the model's `{name}` must be an int >= 0 \\(or None\\), got "):
+        with pytest.raises(error, match=f"the model's `{name}` must be an int >= 0 \\(or None\\), got "):
             dllm.generate(model, [[1, 2], [3]], gen_length=4, steps=2, sampler="dream")
         assert model.calls == []
     model = TinyModel()
     model.pad_id, model.vocab_size = V, V
-    with pytest.raises(ValueError, match=f"the model's `pad_id` {V} is outside its vocabulary of {V}"):
+    with pytest.raises(ValueError, match=f"the model's pad_id {V}, which pads the prompts, is outside its vocabulary "
+                                         f"of {V}"):
         dllm.generate(model, [[1, 2], [3]], gen_length=4, steps=2, sampler="llada")
-    model = TinyModel(logits_shift=None)  # None: no shift, as pad_id None pads with 0
-    assert run("dream", model=model)[0].sequences.shape == (1, 32)
+    assert dllm.generate(model, [1, 2], gen_length=4, steps=2, sampler="llada").sequences.shape == (1, 6)  # unused
+    # None: no shift, as pad_id None pads with 0; a one-element integer tensor (a buffer) counts as its value
+    want = run("dream", model=TinyModel(logits_shift=1), prompt=[[1, 2], [3]])[0].sequences
+    for shift, pad in ((None, 0), (torch.tensor(1), torch.tensor(PAD))):
+        model = TinyModel(logits_shift=shift)
+        model.pad_id = pad
+        out = run("dream", model=model, prompt=[[1, 2], [3]])[0].sequences
+        assert torch.equal(out, want) == (shift is not None)
 
 
 def test_padding_that_holds_the_mask_id_takes_the_pad_id():

@@ -667,7 +667,7 @@ def sedd_step(
         x: current tokens, int64 ``[B, L]`` in ``[0, K)``.
         sigma: total noise at the current time, a float or a floating 0-d or ``[B]`` tensor, ``> 0``.
             Used for the log-score shift.
-        dsig: the step's noise term, ``>= 0`` (float or ``[B]``): ``sigma(t) - sigma(t - dt)``
+        dsig: the step's noise term, ``>= 0`` (float, 0-d or ``[B]``): ``sigma(t) - sigma(t - dt)``
             for ``"analytic"``, ``dt * dsigma/dt(t)`` for ``"euler"``, ``sigma(t)`` for
             ``"denoise"``.
         graph: ``"absorb"`` or ``"uniform"``.
@@ -745,7 +745,7 @@ def score_entropy_loss(
         x_t: noised tokens int64 ``[B, L]``; x0: clean tokens int64 ``[B, L]`` (absorb: in
             ``[0, K - 1)``).
         sigma: total noise ``> 0`` and dsigma: its time derivative (the per-sequence weight);
-            floats or ``[B]`` tensors.
+            floats, 0-d or ``[B]`` tensors.
         graph: ``"absorb"`` (only masked positions count) or ``"uniform"``.
         scale_by_sigma: as in ``sedd_step``.
 
@@ -797,7 +797,7 @@ def _refuse_weight_gradients(ctx, op: str, names: dict[int, str]) -> None:
         raise RuntimeError(f"dllm.ops.{op} is differentiable in logits only: {' and '.join(wanted)} "
                            f"require{'s' if len(wanted) == 1 else ''} grad here; detach "
                            f"{'it' if len(wanted) == 1 else 'them'}, or use dllm.sedd.reference.{op} "
-                           "where the schedule is learned")
+                           "(per-sequence terms [B]) where the schedule is learned")
 
 
 def _score_entropy_backward(ctx, grad):

@@ -192,10 +192,15 @@ def _left_align(prompt: torch.Tensor, attention_mask, device):
     return prompt.gather(1, order), mask.gather(1, order)
 
 
-def _check_vocab(tokens: torch.Tensor, what: str, vocab_size: int | None, placeholder: int) -> None:
+def _check_vocab(tokens: torch.Tensor, what: str, vocab_size: int | None, placeholder: int,
+                 pad_id: int | None = None) -> None:
+    """``pad_id``: the model's, where it pads ``tokens``."""
     if vocab_size is None:
         return
     outside = tokens[(tokens >= vocab_size) & (tokens != placeholder)]
+    if pad_id is not None and bool((outside == pad_id).any()):
+        raise ValueError(f"the model's pad_id {pad_id}, which pads the prompts, is outside its vocabulary of "
+                         f"{vocab_size}")
     if outside.numel():
         raise ValueError(f"the {what} holds token id {int(outside.max())}, outside the model's vocabulary of "
                          f"{vocab_size}")
@@ -250,7 +255,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             raise ValueError(f"prompt must be [P] or [B, P], got shape {tuple(prompt.shape)}")
         if attention_mask is not None:
             prompt, attention_mask = _left_align(prompt, attention_mask, device)
-    if attention_mask is not None:
+    if attention_mask is not None and mask_id >= 0:  # (a uniform graph's -1 placeholder is refused below)
         masks_in_padding = (prompt == mask_id) & ~attention_mask
         if bool(masks_in_padding.any()):  # (the padding is never attended: any other id serves)
             if pad_id == mask_id:
@@ -261,7 +266,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         raise ValueError("the prompt holds negative token ids")
     if bool((prompt == mask_id).any()):
         raise ValueError(f"the prompt (or its padding) contains the mask token {mask_id}")
-    _check_vocab(prompt, "prompt", vocab_size, mask_id)
+    _check_vocab(prompt, "prompt", vocab_size, mask_id, None if attention_mask is None else pad_id)
     if infill is not None:
         _check_vocab(infill, "infill", vocab_size, mask_id)
     if attention_mask is not None and bool(attention_mask.all()):

@@ -21,10 +21,10 @@
 - score models (the SEDD samplers) have ``graph``, a ``dllm.sedd.Absorbing`` or ``Uniform``
   graph, optionally ``noise``, a ``dllm.sedd`` schedule (default: log-linear for the absorbing
   graph, geometric for the uniform one), and are always called as ``model(x, sigma)``. They
-  return the network's raw output: the sampler itself shifts it by ``log(expm1(sigma)) +
-  log(K - 1)`` and zeroes the input token's entry where ``graph.scale_by_sigma`` says (the
-  absorbing graph's default), so a forward that already does so (SEDD's own ``SEDD.forward``)
-  runs with ``model.graph.scale_by_sigma = False``, or it is shifted twice;
+  return the network's raw output: the sampler itself subtracts ``log(expm1(sigma)) + log(K - 1)``
+  where ``graph.scale_by_sigma`` says (the absorbing graph's default), and sets the input token's
+  entry to 0, so a forward that already does so (SEDD's own ``SEDD.forward``) runs with
+  ``model.graph.scale_by_sigma = False``, or it is shifted twice;
 - optionally has ``pad_id`` (int, not the mask id; default, and when None, 0): used to left-pad
   ragged prompts, and written over padding (``attention_mask`` 0) that holds the mask id;
 - optionally has ``max_seq_len`` (or ``config.max_seq_len``; dllm's models do): the longest canvas
@@ -90,11 +90,16 @@ def score_graph_of(model):
 
 
 def _token_attribute(model, name: str) -> int:
-    """``model.<name>``, an int >= 0, and 0 where it is absent or None."""
+    """``model.<name>``, an int >= 0 (or a one-element integer tensor, as ``mask_id_of`` takes it),
+    and 0 where it is absent or None."""
     value = getattr(model, name, None)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"the model's `{name}` must be an int >= 0 (or None), got {value!r}")
+    if value < 0:
         raise ValueError(f"the model's `{name}` must be an int >= 0 (or None), got {value!r}")
     return int(value)
 
@@ -102,11 +107,7 @@ def _token_attribute(model, name: str) -> int:
 def pad_id_of(model) -> int:
     """The id that left-pads ragged prompts: ``model.pad_id``, 0 when absent or None (tokenizers
     without a pad token)."""
-    pad_id = _token_attribute(model, "pad_id")
-    vocab_size = vocab_size_of(model)
-    if vocab_size is not None and pad_id >= vocab_size:
-        raise ValueError(f"the model's `pad_id` {pad_id} is outside its vocabulary of {vocab_size}")
-    return pad_id
+    return _token_attribute(model, "pad_id")
 
 
 def logits_shift_of(model) -> int:
