@@ -67,15 +67,7 @@ def mask_id_of(model) -> int:
         raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id")
     if model.mask_id is None:
         raise ValueError("the model's `mask_id` is None: masked-diffusion samplers need the mask token id")
-    value = model.mask_id
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"the model's `mask_id` must be an int token id, got {value!r}")
-    mask_id = int(value)
-    if mask_id < 0:
-        raise ValueError(f"the model's `mask_id` must be a token id >= 0, got {mask_id}")
-    return mask_id
+    return _nonnegative_int(model, "mask_id")
 
 
 def time_conditioned(model) -> bool:
@@ -89,30 +81,27 @@ def score_graph_of(model):
     return graph if isinstance(graph, (Absorbing, Uniform)) else None
 
 
-def _token_attribute(model, name: str) -> int:
-    """``model.<name>``, an int >= 0 (or a one-element integer tensor, as ``mask_id_of`` takes it),
-    and 0 where it is absent or None."""
-    value = getattr(model, name, None)
-    if value is None:
-        return 0
+def _nonnegative_int(model, name: str) -> int:
+    """``model.<name>`` as an int >= 0: an int, or a one-element integer tensor (a buffer)."""
+    value = getattr(model, name)
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"the model's `{name}` must be an int >= 0 (or None), got {value!r}")
+        raise TypeError(f"the model's `{name}` must be an int, got {value!r}")
     if value < 0:
-        raise ValueError(f"the model's `{name}` must be an int >= 0 (or None), got {value!r}")
+        raise ValueError(f"the model's `{name}` must be >= 0, got {value}")
     return int(value)
 
 
 def pad_id_of(model) -> int:
     """The id that left-pads ragged prompts: ``model.pad_id``, 0 when absent or None (tokenizers
     without a pad token)."""
-    return _token_attribute(model, "pad_id")
+    return 0 if getattr(model, "pad_id", None) is None else _nonnegative_int(model, "pad_id")
 
 
 def logits_shift_of(model) -> int:
-    """``model.logits_shift``: how many rows before its position a token's logits are (0 when absent)."""
-    return _token_attribute(model, "logits_shift")
+    """``model.logits_shift``: how many rows before its position a token's logits are (0 when absent or None)."""
+    return 0 if getattr(model, "logits_shift", None) is None else _nonnegative_int(model, "logits_shift")
 
 
 def _declared_size(model, name: str) -> int | None:
