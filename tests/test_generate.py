@@ -504,6 +504,15 @@ def test_a_generator_on_another_device_is_refused_before_the_network_runs(sample
     assert model.calls == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_callable_declared_on_cuda_without_cuda_is_named():
+    def model(x):
+        raise AssertionError("not called")
+    model.mask_id, model.device = MASK, "cuda"
+    with pytest.raises(ValueError, match="the model says it runs on cuda, but no CUDA device is visible"):
+        dllm.generate(model, gen_length=4, steps=2, sampler="llada")
+
+
 def test_token_ids_outside_a_known_vocabulary_are_named():
     model = TinyModel()
     model.vocab_size = V

@@ -132,7 +132,10 @@ def _device_of(model) -> torch.device:
         if found is not None:
             return found
     device = getattr(model, "device", None)
-    return torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")
+    device = torch.device(device) if isinstance(device, (str, torch.device)) else torch.device("cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():  # (only a declared device can be one)
+        raise ValueError(f"the model says it runs on {device}, but no CUDA device is visible")
+    return device
 
 
 def _on_the_models_device(fn):
