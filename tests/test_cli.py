@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from dllm.cli import main
-from dllm.demo import MASK_GLYPH
+from dllm.data.tokenizer import ByteTokenizer
+from dllm.demo import MASK_GLYPH, show
 from dllm.devices import resolve_device
 from dllm.eval_cli import run_eval
 from dllm.training import train
@@ -86,13 +87,20 @@ def sample_in_process(capsys, *args) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
+def test_show_draws_mask_ids_and_keeps_the_masks_text():
+    # "<|mask|>" in a prompt is plain text to the tokenizers: a finished sample shows it as text
+    tok = ByteTokenizer()
+    ids = torch.tensor([*tok.encode("a<|mask|>b"), tok.mask_id, *tok.encode("é"), tok.mask_id])
+    assert show(tok, ids) == f"a<|mask|>b{MASK_GLYPH}é{MASK_GLYPH}"
+
+
 def test_sample_published_llada_folder(tmp_path, capsys):
     make_checkpoint(tmp_path, "llada")  # WordLevel tokenizer.json: "wN" is id N, the mask is <|mdm_mask|>
     code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--show-steps")
     assert code == 0, err
     assert "--- sample 1 (llada, 4 network evaluations" in out and "w3 w7 w5" in out
     assert MASK_GLYPH in out.split("step 1:")[1].splitlines()[0]  # masked positions left after the first step
-    assert "<|mdm_mask|>" not in out  # the mask decodes as <|mask|>, which show() draws as MASK_GLYPH
+    assert "<|mdm_mask|>" not in out  # show() draws the mask id as MASK_GLYPH, whatever its text
     code, out, err = sample_in_process(capsys, str(tmp_path), "--prompt", "w3 w7 w5", "--sampler", "fast-dllm",
                                        "--block-length", "4", "--cache", "dual")
     assert code == 0, err
@@ -140,10 +148,14 @@ def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
             main(["eval", str(tmp_path / folder), "--device", "cpu"])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message.format(tmp=tmp_path) in err and "published" not in err, err
-    with pytest.raises(SystemExit) as stop:
-        main(["eval", str(tmp_path / "run" / "model"), "--seed", "-1", "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2 and "--seed must lie in [0, 2^63), got -1" in err and len(err.splitlines()) == 1, err
+    # a seed torch's generators would wrap silently, for every command that takes one
+    for command, seed, message in (("eval", "-1", "must lie in [0, 2^63), got -1"),
+                                   ("sample", str(2**64), f"must lie in [0, 2^63), got {2**64}"),
+                                   ("demo", "x", "must be an int, got 'x'")):
+        with pytest.raises(SystemExit) as stop:
+            main([command, *([] if command == "demo" else [str(tmp_path / "run" / "model")]), "--seed", seed])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"dllm {command}: error: argument --seed: {message}" in err, err
 
 
 def test_demo_rejects_bad_arguments():

@@ -44,6 +44,18 @@ def _flag_type(field: dataclasses.Field):
     return args[0] if args else t
 
 
+def _seed(text: str) -> int:
+    """A sampling or evaluation --seed, in the range dllm train takes (torch's generators would
+    wrap a negative or a too-large one silently)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 2^63), got {value}")
+    return value
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="JSON", help="a JSON file of options (as in OUT_DIR/run_config.json's "
                    "'train' entry); flags given on the command line override it")
@@ -102,7 +114,7 @@ def _main(argv: list[str] | None) -> int:
     dp.add_argument("--steps", type=int, default=64, help="sampler steps for the unconditional samples (default: 64)")
     dp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     dp.add_argument("--retrain", action="store_true", help="train again even if the output folder has models")
-    dp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    dp.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: 0)")
     dp.add_argument("--tokenizer", choices=("bpe", "byte"), default="bpe",
                     help="a 4096-entry BPE trained on the corpus once and cached, or UTF-8 bytes (default: bpe)")
     sp = sub.add_parser("sample", help="generate from a model folder written by `dllm train` or a published checkpoint",
@@ -122,7 +134,7 @@ def _main(argv: list[str] | None) -> int:
     sp.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block of the llada and "
                     "fast-dllm samplers (default: llada the whole --gen-length, fast-dllm 32)")
     sp.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
-    sp.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    sp.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: 0)")
     sp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     sp.add_argument("--show-steps", action="store_true", help="print the canvas after every step (diffusion "
                     "samplers)")
@@ -140,7 +152,7 @@ def _main(argv: list[str] | None) -> int:
     ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
     ep.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: the run's)")
     ep.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
-    ep.add_argument("--seed", type=int, default=None, help="seed of the diffusion noise (default: the run's --seed)")
+    ep.add_argument("--seed", type=_seed, default=None, help="seed of the diffusion noise (default: the run's --seed)")
     bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
                         description="Benchmarks: step times dllm's sampler step against the eager step users "
                                     "run today; e2e compares a diffusion LM with its autoregressive baseline end "

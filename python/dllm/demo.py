@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from .benchmarks.common import time_interleaved
-from .data.tokenizer import MASK_TOKEN
 from .devices import resolve_device
 from .sampling import generate
 from .sampling.pretrained import load_for_sampling
@@ -32,8 +31,16 @@ MASK_GLYPH = "\u2591"  # a light shade: code has underscores, so they cannot sta
 
 
 def show(tok, ids: torch.Tensor) -> str:
-    """Decoded text with masks drawn as MASK_GLYPH."""
-    return tok.decode(ids.tolist()).replace(MASK_TOKEN, MASK_GLYPH)
+    """Decoded text with mask tokens drawn as MASK_GLYPH (the text "<|mask|>", which the tokenizers
+    encode as plain characters, stays text)."""
+    pieces, run = [], []
+    for i in ids.tolist():
+        if i == tok.mask_id:
+            pieces += [tok.decode(run), MASK_GLYPH]
+            run = []
+        else:
+            run.append(i)
+    return "".join(pieces) + tok.decode(run)
 
 
 def _trajectory_png(history: list[torch.Tensor], mask_id: int, path: Path) -> None:
