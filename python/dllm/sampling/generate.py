@@ -201,7 +201,7 @@ def _check_vocab(tokens: torch.Tensor, what: str, vocab_size: int | None, placeh
     if vocab_size is None:
         return
     outside = tokens[(tokens >= vocab_size) & (tokens != placeholder)]
-    if pad_id is not None and bool((outside == pad_id).any()):
+    if pad_id is not None and pad_id >= vocab_size and bool((outside == pad_id).any()):
         raise ValueError(f"the model's pad_id {pad_id}, which pads the prompts, is outside its vocabulary of "
                          f"{vocab_size}")
     if outside.numel():
@@ -260,11 +260,11 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             prompt, attention_mask = _left_align(prompt, attention_mask, device)
     if attention_mask is not None and mask_id >= 0:  # (a uniform graph's -1 placeholder is refused below)
         masks_in_padding = (prompt == mask_id) & ~attention_mask
-        if bool(masks_in_padding.any()):  # (the padding is never attended: any other id serves)
-            if pad_id == mask_id:
-                raise ValueError(f"the prompts' padding (attention_mask 0) holds the mask token {mask_id}, which is "
-                                 "also the model's pad_id: pad with another id, or give the model a pad_id")
+        if pad_id != mask_id:  # the padding is never attended: any other id serves (filled without a host sync)
             prompt = prompt.masked_fill(masks_in_padding, pad_id)
+        elif bool(masks_in_padding.any()):
+            raise ValueError(f"the prompts' padding (attention_mask 0) holds the mask token {mask_id}, which is "
+                             "also the model's pad_id: pad with another id, or give the model a pad_id")
     if bool((prompt < 0).any()):
         raise ValueError("the prompt holds negative token ids")
     if bool((prompt == mask_id).any()):
