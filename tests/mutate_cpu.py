@@ -264,7 +264,7 @@ MUTANTS = [
     ("python/dllm/training/trainer.py", "        self._seed_dropout_per_rank()\n", "", ["test_training"]),
     (GENERATE, "@_on_the_models_device\n", "", [GEN]),
     # padding that holds the mask id keeps it (refused as a masked prompt); a 0-d sigma goes to the op as it is
-    (GENERATE, "            prompt = prompt.masked_fill(masks_in_padding, pad_id)\n", "", [GEN]),
+    (GENERATE, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
     ("python/dllm/ops.py", "return v.expand(like.shape[0]) if v.dim() == 0 else v", "return v", ["test_op_contracts"]),
 ]
 
