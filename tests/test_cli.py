@@ -263,7 +263,15 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler=None,
                temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
     assert [ids.numel() for ids in shown] == [8]
+    # unreadable weights fail before the corpus is tokenized (a minute on the standard library)
     record = tmp_path / "ar" / "run" / "run_config.json"
+    run = json.loads(record.read_text())
+    run["train"]["cache_dir"] = str(tmp_path / "fresh-cache")
+    record.write_text(json.dumps(run))
+    (tmp_path / "ar" / "run" / "model" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        run_eval(tmp_path / "ar" / "run" / "model", device="cpu", progress=False)
+    assert not (tmp_path / "fresh-cache").exists()
     record.write_text("{}")
     with pytest.raises(ValueError, match="is not the run record `dllm train` writes"):
         run_eval(tmp_path / "ar" / "run" / "model", device="cpu")

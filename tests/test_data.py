@@ -93,8 +93,12 @@ def test_bpe_train_save_load(corpus_dir, tmp_path):
     assert again.fingerprint == tok.fingerprint and list(again.encode(s)) == list(ids)
 
 
-def test_prepare_caches_tokens_and_packs(corpus_dir, tmp_path):
+def test_prepare_caches_tokens_and_packs(corpus_dir, tmp_path, capfd):
+    quiet = prepare(str(corpus_dir), seq_len=32, cache_dir=str(tmp_path / "quiet"), val_fraction=0.2, progress=False)
+    assert "tokenizing" not in capfd.readouterr().err  # --no-progress silences every bar
     p = prepare(str(corpus_dir), seq_len=32, cache_dir=str(tmp_path / "cache"), val_fraction=0.2)
+    assert "tokenizing" in capfd.readouterr().err
+    assert np.array_equal(quiet.train.tokens, p.train.tokens)
     cache_files = list((tmp_path / "cache" / "tokens").glob("*/train.bin"))
     assert len(cache_files) == 1
     mtime = cache_files[0].stat().st_mtime_ns

@@ -206,7 +206,14 @@ def test_one_run_at_a_time_trains_into_a_folder(tmp_path, corpus):
         with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {os.getpid()}\)"):
             dllm.train(**tiny(tmp_path, corpus, steps=2))
         assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # a holder that wrote nothing leaves no folder (nor its lock)
     assert dllm.train(**tiny(tmp_path, corpus, steps=2))["step"] == 2  # released, even by a run that failed
+
+
+def test_a_refused_resume_leaves_no_output_folder(tmp_path, corpus):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        dllm.train(**tiny(tmp_path, corpus, steps=2, resume=str(tmp_path / "missing.pt")))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
@@ -350,8 +357,11 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
     path = tmp_path / "run" / CHECKPOINT
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated"):
+    with pytest.raises(CheckpointError, match="truncated.*; delete it to start over"):
         dllm.train(**tiny(tmp_path, corpus, steps=4))
+    # another run's checkpoint.pt, given to --resume, is not this run's to delete
+    with pytest.raises(CheckpointError, match="truncated.*; pass another checkpoint written by dllm train"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, out_dir=str(tmp_path / "other"), resume=str(path)))
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(flipped))
@@ -359,9 +369,9 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
         load_checkpoint(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; delete it to start over"):
-        load_checkpoint(path)
+        load_checkpoint(path, own_run=True)
     # a file given to --resume that is no checkpoint at all (exported weights) is not for deleting
-    with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; pass a checkpoint.pt written by dllm train"):
+    with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; pass another checkpoint written by dllm train"):
         load_checkpoint(tmp_path / "run" / "model" / "model.safetensors")
 
 

@@ -42,9 +42,12 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
         raise ValueError(f"{str(run_config)!r} is not the run record `dllm train` writes ({type(e).__name__}: {e}); "
                          "`dllm eval` rebuilds the run's validation split from it") from None
     tok = tokenizer_for_model(model_dir)
+    dev = resolve_device(device)
+    # before the corpus, whose tokenizing may take a minute: unreadable weights fail at once
+    model = from_pretrained(model_dir, map_location=dev).eval()
     data = prepare(cfg.data, tokenizer="byte" if tok.kind == "byte" else str(model_dir / "tokenizer.json"),
                    seq_len=cfg.seq_len, val_fraction=cfg.val_fraction, bpe_vocab_size=cfg.bpe_vocab_size,
-                   cache_dir=cfg.cache_dir)
+                   cache_dir=cfg.cache_dir, progress=progress)
     if data.corpus_hash != config.get("corpus_hash"):
         raise ValueError(f"the corpus {cfg.data or 'standard library'!r} changed since {str(model_dir)!r} was trained "
                          "(its hash differs); its held-out split is no longer the one the run used")
@@ -52,8 +55,6 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     if objective.config() != config.get("objective"):
         raise ValueError(f"{str(model_dir)!r} was trained with objective {config.get('objective')}, which `dllm eval` "
                          f"cannot rebuild (got {objective.config()})")
-    dev = resolve_device(device)
-    model = from_pretrained(model_dir, map_location=dev).eval()
     batches = cfg.eval_batches if batches is None else batches
     batch_size = cfg.batch_size if batch_size is None else batch_size
     seed = cfg.seed if seed is None else seed

@@ -65,7 +65,7 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
         else:
             name = sampler or default
             with tqdm(total=_expected_steps(name, steps, gen_length), desc=f"sample {i + 1}", unit="step", leave=False,
-                      disable=show_steps) as bar:
+                      disable=show_steps, delay=0.5) as bar:  # delayed: no half-drawn bar above an argument error
                 def callback(step, x, logits):
                     if show_steps:
                         print(f"  step {step + 1}: {show(tok, x[0])!r}")

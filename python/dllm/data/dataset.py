@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .corpus import Corpus, load_corpus
-from .tokenizer import BPETokenizer, load_tokenizer, token_byte_lengths
+from .tokenizer import BPETokenizer, load_tokenizer, token_byte_lengths, train_bpe
 
 log = logging.getLogger("dllm")
 
@@ -64,13 +64,14 @@ class TokenCache:
             log.warning("the token cache %s is incomplete or damaged; tokenizing again", self.dir)
         return complete
 
-    def build(self, corpus: Corpus, tok) -> None:
+    def build(self, corpus: Corpus, tok, *, progress: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self.dir.mkdir(parents=True, exist_ok=True)
         dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
         meta = {"corpus_hash": corpus.hash, "tokenizer": tok.fingerprint, "dtype": np.dtype(dtype).name}
-        bar = tqdm(total=len(corpus.train) + len(corpus.val), desc="tokenizing", unit="file", dynamic_ncols=True)
+        bar = tqdm(total=len(corpus.train) + len(corpus.val), desc="tokenizing", unit="file", dynamic_ncols=True,
+                   disable=not progress)
         for split, docs in (("train", corpus.train), ("val", corpus.val)):
             texts = [t for _, t in docs]
             encoded = []
@@ -174,30 +175,31 @@ class Prepared:
 
 
 def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 256,
-            val_fraction: float = 0.05, bpe_vocab_size: int = 4096, cache_dir: str | None = None) -> Prepared:
+            val_fraction: float = 0.05, bpe_vocab_size: int = 4096, cache_dir: str | None = None,
+            progress: bool = True) -> Prepared:
     """Load a corpus, build (or reuse) its token cache and return the packed train/val datasets.
 
     ``tokenizer``: ``"byte"``, ``"bpe"`` (trained on the training split once and cached), or a path
-    to a tokenizer.json.
+    to a tokenizer.json. ``progress``: bars while a BPE trains and the corpus is tokenized.
     """
     corpus = load_corpus(data, val_fraction=val_fraction)
     if not corpus.val:
         raise ValueError("the corpus has no validation text; use --val-fraction > 0 or more files")
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     if tokenizer == "bpe":
-        tok = _cached_bpe(root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}", corpus, bpe_vocab_size)
+        tok = _cached_bpe(root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}", corpus, bpe_vocab_size, progress)
     else:
         tok = load_tokenizer(tokenizer)
     cache = TokenCache(root / "tokens" / f"{corpus.hash[:16]}-{tok.fingerprint}-{TOKEN_CACHE_VERSION}")
     if not cache.ready:
         log.info("tokenizing %d files into %s", corpus.num_files, cache.dir)
-        cache.build(corpus, tok)
+        cache.build(corpus, tok, progress=progress)
     meta = cache.meta()
     return Prepared(tok, _packed(cache.tokens("train"), seq_len, "train", corpus, val_fraction),
                     _packed(cache.tokens("val"), seq_len, "val", corpus, val_fraction), meta, corpus.hash)
 
 
-def _cached_bpe(tok_dir: Path, corpus: Corpus, vocab_size: int):
+def _cached_bpe(tok_dir: Path, corpus: Corpus, vocab_size: int, progress: bool):
     path = tok_dir / "tokenizer.json"
     if path.is_file():
         try:
@@ -211,7 +213,7 @@ def _cached_bpe(tok_dir: Path, corpus: Corpus, vocab_size: int):
                             "more merges to learn", path, tok.vocab_size, vocab_size)
             return tok
     log.info("training a %d-entry BPE on %d files", vocab_size, len(corpus.train))
-    tok = load_tokenizer("bpe", train_texts=[t for _, t in corpus.train], vocab_size=vocab_size)
+    tok = train_bpe([t for _, t in corpus.train], vocab_size, progress=progress)
     tok.save(tok_dir)
     return tok
 

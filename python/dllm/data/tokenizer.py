@@ -178,7 +178,7 @@ def token_byte_lengths(tok) -> np.ndarray:
     return lengths
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int = 4096, *, progress: bool = True) -> BPETokenizer:
     """Train a byte-level BPE (``vocab_size`` entries including end-of-text and mask) on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -189,7 +189,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 4096) -> BPETokenizer:
         vocab_size=vocab_size - 1,  # the mask token is appended after training, so it is the last id
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,  # a bar on the terminal (tens of seconds on the standard library)
+        show_progress=progress,  # a bar on the terminal (tens of seconds on the standard library)
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
     out = BPETokenizer(tok)

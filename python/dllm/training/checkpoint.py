@@ -52,15 +52,17 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         pass
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, *, own_run: bool = False) -> dict:
+    """The state saved by ``save_checkpoint``, checked whole. ``own_run``: the checkpoint belongs to the
+    output folder being trained, so that a damaged one may be deleted (which the error then suggests)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror or e}") from e
-    # a path given to --resume may be anything (exported weights too): deleting is for the run's own
-    hint = ("pass a checkpoint.pt written by dllm train to --resume" if path.name != "checkpoint.pt" else
-            "delete it to start over, or pass another checkpoint to resume from")
+    # a path given to --resume may be anything (exported weights, another run's checkpoint): not for deleting
+    hint = ("delete it to start over, or pass another checkpoint to --resume" if own_run else
+            "pass another checkpoint written by dllm train to --resume")
     if len(data) < _HEADER or not data.startswith(MAGIC):
         raise CheckpointError(f"{str(path)!r} is not a dllm checkpoint or its header is truncated "
                               f"({len(data)} bytes); {hint}")

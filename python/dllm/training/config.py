@@ -83,7 +83,7 @@ class TrainConfig:
                          "removing the previous run's checkpoint and model/), or a checkpoint path (one of "
                          "another folder only into an --out-dir that holds no run, or only this same resume "
                          "stopped before its first checkpoint)")
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "show progress bars (BPE training, tokenizing, training)")
 
     def __post_init__(self):
         self._check_types()

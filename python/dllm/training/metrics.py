@@ -12,8 +12,7 @@ log = logging.getLogger("dllm")
 
 class MetricsLog:
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # its folder is made at the first write: a run refused at start leaves none
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step``: a resumed run rewrites what the interrupted one logged after its checkpoint."""
@@ -23,6 +22,7 @@ class MetricsLog:
             os.replace(kept, self.path)
 
     def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

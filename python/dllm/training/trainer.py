@@ -50,8 +50,10 @@ def run_folder_lock(folder: Path, enabled: bool = True):
     if not enabled:
         yield
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as f:
+    lock = folder / ".lock"
+    with open(lock, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -66,6 +68,12 @@ def run_folder_lock(folder: Path, enabled: bool = True):
         try:
             yield
         finally:
+            # a run that wrote nothing (a refused --resume, bad options) leaves no folder behind; the
+            # lock is removed while still held, so no other run can have taken it
+            if [p.name for p in folder.iterdir()] == [lock.name]:
+                lock.unlink()
+                if created:
+                    folder.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -206,7 +214,8 @@ class Trainer:
     def _prepare(self):
         c = self.cfg
         return prepare(c.data, tokenizer=c.tokenizer, seq_len=c.seq_len, val_fraction=c.val_fraction,
-                       bpe_vocab_size=c.bpe_vocab_size, cache_dir=c.cache_dir)
+                       bpe_vocab_size=c.bpe_vocab_size, cache_dir=c.cache_dir,
+                       progress=c.progress and self.is_main)
 
     def _barrier(self):
         if self.world > 1:
@@ -413,7 +422,8 @@ class Trainer:
         cfg = self.cfg
         resume = self._resume_path()
         if resume is not None:
-            self.load_state_dict(load_checkpoint(resume), str(resume))
+            own = resume.resolve() == (self.out / CHECKPOINT).resolve()
+            self.load_state_dict(load_checkpoint(resume, own_run=own), str(resume))
             log.info("resumed from %s at step %d", resume, self.step)
             if self.step >= cfg.steps:
                 log.warning("nothing left to train: %s is at step %d of steps=%d (raise --steps to go on)", resume,
