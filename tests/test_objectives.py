@@ -511,3 +511,20 @@ def test_the_head_runs_on_masked_positions_only_and_changes_nothing(name, estima
         assert masked == 0 and torch.equal(nll, torch.zeros(B))
     if masks == "one row unmasked":
         assert nll[0] == 0 and (nll[1:] != 0).all()
+
+
+@pytest.mark.parametrize("noise", ["loglinear", "geometric"])
+def test_mdlm_step_bound_feeds_the_samplers_sigma_at_its_mask_rate(noise):
+    """The T-step bound scores the mdlm sampler's process: a canvas masked at rate t meets the
+    sigma the sampler gives it there, 1 - e^-sigma = (1 - eps) t, whatever schedule trained the net."""
+    tok = ByteTokenizer()
+    obj = MDLM(tok, noise=noise)
+    seen = []
+
+    def net(x, sigma):
+        seen.append(sigma)
+        return torch.randn(*x.shape, obj.model_vocab_size)
+
+    draws = obj.draw(64, 32, torch.Generator().manual_seed(0))
+    obj.step_bound(net, torch.randint(0, 256, (64, 32)), draws)
+    torch.testing.assert_close(-torch.expm1(-seen[0].double()), (1 - 1e-3) * draws["t"].double(), rtol=1e-5, atol=0)
