@@ -123,6 +123,9 @@ def test_sample_published_sedd_folder(tmp_path, capsys):
     assert code == 0, err
     assert "--- sample 1 (sedd-analytic," in out and "w1 w2" in out
     assert MASK_GLYPH in out.split("step 1:")[1].splitlines()[0]
+    make_checkpoint(tmp_path / "dream", "dream", tokenizer=False)  # as Dream's repository ships it
+    code, _, err = sample_in_process(capsys, str(tmp_path / "dream"))
+    assert code == 2 and "ships vocab.json and merges.txt but no tokenizer.json" in err
 
 
 def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):

@@ -649,6 +649,32 @@ def test_sedd_samplers(graph, method):
     assert torch.equal(out.sequences, again.sequences)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS + ["sedd-analytic"])
+def test_a_float64_model_samples_as_its_logits_rounded_to_float32(sampler):
+    """The sampler ops read float32, bfloat16 or float16: a float64 model (a reference run, a
+    published checkpoint loaded with dtype="float64") samples from its logits rounded to float32."""
+    class Rounded(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            for name in ("mask_id", "pad_id", "logits_shift", "time_conditioned", "graph"):
+                if hasattr(net, name):
+                    setattr(self, name, getattr(net, name))
+
+        def forward(self, x, sigma=None):
+            return self.net(x, sigma).float()
+
+    if sampler.startswith("sedd-"):
+        net = TinyScore(Absorbing(V - 1)).double()
+        draw = lambda model: dllm.generate(model, torch.randint(0, V - 1, (2, 3), generator=torch.Generator().manual_seed(1)),
+                                           gen_length=16, steps=8, sampler=sampler,
+                                           generator=torch.Generator().manual_seed(0))
+    else:
+        net = TinyModel().double()
+        draw = lambda model: run(sampler, model)[0]
+    assert torch.equal(draw(net).sequences, draw(Rounded(net)).sequences)
+
+
 @pytest.mark.parametrize("sampler", ["mdlm", "llada", "dream", "fast-dllm", "sedd-analytic"])
 def test_samplers_draw_alike_on_any_thread_count(sampler):
     # A vocabulary of 1500 makes the ops split the 3 x 69 positions between threads (grains

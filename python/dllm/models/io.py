@@ -86,7 +86,7 @@ def _saved_class(directory) -> type | None:
 
         try:
             arch = detect_layout(config, directory).model_config(config).arch
-        except KeyError:
+        except (KeyError, TypeError, ValueError):  # from_pretrained reports it, naming config.json
             return None
     return _classes().get(arch)
 
@@ -208,6 +208,9 @@ def _check_state(directory, state: dict, expected: dict) -> None:
         if state[name].shape != tensor.shape:
             raise ValueError(f"{where}: weight {name} in {WEIGHTS_NAME} has shape {tuple(state[name].shape)}, but "
                              f"{CONFIG_NAME} implies {tuple(tensor.shape)}")
+        if tensor.is_floating_point() and not state[name].is_floating_point():  # load_state_dict would cast it
+            raise ValueError(f"{where}: weight {name} in {WEIGHTS_NAME} has dtype {state[name].dtype}, not a "
+                             "floating type")
     extra = [name for name in state if name not in expected]
     if extra:
         raise ValueError(f"{where}: {WEIGHTS_NAME} has unexpected weight {extra[0]}"

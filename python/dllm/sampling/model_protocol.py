@@ -1,6 +1,7 @@
 """The contract between dllm's samplers and a model. Any nn.Module (or callable) works if it
 
-- maps tokens to logits: ``model(x) -> [B, L, V]`` (float32, bfloat16 or float16) for x int64
+- maps tokens to logits: ``model(x) -> [B, L, V]`` (float32, bfloat16 or float16; float64, a
+  reference run's, is sampled from in float32, the precision of the sampler ops) for x int64
   ``[B, L]``; it may also return an object with a ``.logits`` attribute (Hugging Face style) or
   a tuple whose first element is the logits (``return_dict=False``);
 - has ``mask_id`` (int >= 0): the mask token, a valid index of the logits;
@@ -182,4 +183,4 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
                         "with .logits or a tuple starting with them (see dllm.sampling.model_protocol)")
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
         raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for tokens {tuple(x.shape)}; expected [B, L, V]")
-    return logits
+    return logits.float() if logits.dtype == torch.float64 else logits

@@ -93,10 +93,15 @@ def _check_vocab(directory, tok, vocab_size: int, spare: int) -> None:
 def _load_published(directory, config: dict, device):
     layout = detect_layout(config, directory).name
     if not (Path(directory) / "tokenizer.json").is_file():
-        where = ("SEDD and MDLM use GPT-2's tokenizer: put GPT-2's tokenizer.json" if layout in ("sedd", "mdlm")
-                 else f"put the {layout} checkpoint's tokenizer.json")
+        if layout in ("sedd", "mdlm"):
+            fix = "SEDD and MDLM use GPT-2's tokenizer: put GPT-2's tokenizer.json into the folder"
+        elif layout == "dream":
+            fix = ("Dream's repository ships vocab.json and merges.txt but no tokenizer.json: write one from them "
+                   "into the folder (a Hugging Face fast tokenizer's save_pretrained does)")
+        else:
+            fix = f"put the {layout} checkpoint's tokenizer.json into the folder"
         raise FileNotFoundError(f"{str(directory)!r} has no tokenizer.json, which `dllm sample` needs to read "
-                                f"prompts and write text; {where} into the folder")
+                                f"prompts and write text; {fix}")
     model = from_pretrained(directory, map_location=device)
     tok = PublishedTokenizer(model.tokenizer, mask_id=getattr(model, "mask_id", None),
                              eos_id=getattr(model, "eos_id", None))

@@ -101,7 +101,8 @@ def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[
     for path in tqdm(files, desc=f"loading {layout.name} shards", unit="file", disable=len(files) < 2):
         for key, tensor in iter_tensors(path, device):
             if index is not None and index.get(key) != path.name:
-                raise ValueError(f"{key} is in {path.name} but {SHARD_INDEX} places it in {index.get(key)}")
+                where = f"places it in {index[key]}" if key in index else "does not list it"
+                raise ValueError(f"{key} is in {path.name} but {SHARD_INDEX} {where}")
             target = to_dllm.get(key)
             if target is None:
                 if re.fullmatch(ROTARY_BUFFER, key):
@@ -114,15 +115,34 @@ def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[
             if tuple(tensor.shape) != shapes[target]:
                 raise ValueError(f"weight {key} in {path.name} has shape {tuple(tensor.shape)}, but config.json "
                                  f"implies {shapes[target]}")
+            if not tensor.is_floating_point():
+                raise ValueError(f"weight {key} in {path.name} has dtype {tensor.dtype}, not a floating type")
             state[target] = tensor.to(dtype)
             found_in[key] = path.name
     missing = [f"{key} (expected in {index.get(key, '?') if index else files[0].name})"
                for key, name in to_dllm.items() if name not in state]
     if missing or unexpected:
-        parts = ([f"missing weights {missing}"] if missing else []) + ([f"unexpected weights {unexpected}"] if unexpected else [])
+        parts = ([f"missing weights {_some(missing)}"] if missing else []) + \
+                ([f"unexpected weights {_some(unexpected)}"] if unexpected else [])
         raise ValueError(f"{str(directory)!r} does not hold a {layout.name} checkpoint matching its config.json: "
-                         + "; ".join(parts))
+                         + "; ".join(parts) + _prefix_hint(unexpected, to_dllm))
     return state
+
+
+def _some(names: list[str], shown: int = 4) -> str:
+    """A list of weight names short enough to read: an 8B model's would run to hundreds."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _prefix_hint(unexpected: list[str], published: dict) -> str:
+    """Names saved from a wrapped model (torch.compile's ``_orig_mod.``, DDP's ``module.``) are the
+    expected ones behind a common prefix: say so, since every weight is then both missing and unexpected."""
+    keys = [u.rsplit(" (in ", 1)[0] for u in unexpected]
+    names = [name for name in published if keys and keys[0].endswith("." + name)]
+    prefix = keys[0][:-len(max(names, key=len))] if names else ""
+    if not prefix or any(not (k.startswith(prefix) and k[len(prefix):] in published) for k in keys):
+        return ""
+    return f" (every unexpected name is an expected one behind the prefix {prefix!r}: strip it from the weights' names)"
 
 
 def _check_rotary(key: str, path: Path, tensor: torch.Tensor, cfg: ModelConfig) -> None:
