@@ -472,6 +472,8 @@ def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
     make_checkpoint(tmp_path / "null", "mdlm", config_edit=lambda c: c.update(model_length=None))
     with pytest.raises(ValueError, match="null/config.json': max_seq_len must be an int, got None"):
         from_pretrained(tmp_path / "null")
+    with pytest.raises(ValueError, match="null/config.json': max_seq_len must be an int, got None"):
+        DiffusionTransformer.from_pretrained(tmp_path / "null")  # the class's loader names the file too
     make_checkpoint(tmp_path / "cut", "mdlm")
     weights = tmp_path / "cut" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
