@@ -5,7 +5,7 @@ backends on a GPU (a boolean key-padding mask for the runs with lengths; flash r
 SDPA's default CPU path on the CPU. TFLOP/s = 4 * H * D * sum_b(Sq * Sk_b) / time: the runs with
 lengths (kv_len uniform in [L/2, L]; every query row is kept, since a sampler's canvas has no
 padded queries) count only the keys that exist, whatever a peer spends on masked ones; the note
-also gives the rate counting the padded L x L, as ../shared/ANCHORS.md counts its masked peers.
+also gives the rate counting the padded L x L, as the H100 peer numbers behind the targets count masked peers.
 Forward + backward counts 3.5x the forward. The hardware floor is a bf16 (CPU: float32) matmul's
 rate, measured in the same run: "% of floor" is the fraction of it reached. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both

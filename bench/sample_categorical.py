@@ -47,6 +47,8 @@ def main() -> None:
     ap = bench_parser(__doc__, "ROWSxV", CUDA_SHAPES, CPU_SHAPES, dtype_of="logits")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     args, shapes, reps = parse_bench_args(ap, cpu=(1, 5))
+    if not 0 < args.temperature < float("inf"):  # the op takes 0 (argmax); the peers sample
+        ap.error(f"--temperature must be positive and finite, got {args.temperature}")
     device, dtype = args.device, DTYPES[args.dtype]
     floor_gbps = copy_bandwidth_gbps(device)
     t = args.temperature

@@ -71,6 +71,7 @@ def test_bench_script_runs(name, tmp_path):
 BAD_FLAGS = [
     ("unmask_step", ["--shapes", "1x64"], "--shapes: '1x64' is not BxLxV (3 positive integers joined by x)"),
     ("sample_categorical", ["--shapes", "4xbig"], "--shapes: '4xbig' is not ROWSxV"),
+    ("sample_categorical", ["--temperature", "0"], "--temperature must be positive and finite, got 0.0"),
     ("unmask_step", ["--warmup", "0"], "--warmup: must be at least 1"),
     ("sedd_step", ["--cases", "absorb"], "--cases: each case is graph:method"),
     ("attention_decode", ["--queries", "abc"], "--queries: comma-separated positive integers"),

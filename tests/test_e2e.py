@@ -340,11 +340,11 @@ def test_tokens_per_s_axes_carry_numbers_on_short_ranges():
 
     # 232-579 tokens/s holds no power of ten: matplotlib's log axis alone would label nothing
     speeds = {("kv-cache", 8): 579.0, ("mdlm", 8): 232.0, ("mdlm", 4): 410.0, ("llada", 4): 388.0}
-    throughput = [{"batch": 1, "gen_length": 8, "sampler": sampler, "steps": steps, "nfe": steps, "tokens_per_s": v,
-                   "model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"}
-                  for (sampler, steps), v in speeds.items()]
-    quality = [{"sampler": sampler, "gen_length": 8, "steps": steps, "nll": 3.0 + steps / 10, "parse_prefix": 0.5}
-               for sampler, steps in speeds]
+    throughput = [{"batch": 1, "gen_length": 8, "sampler": sampler, "steps": steps, "fraction": f"{steps}/8",
+                   "nfe": steps, "tokens_per_s": v, "model": "autoregressive" if sampler == "kv-cache" else
+                   "diffusion (mdlm)"} for (sampler, steps), v in speeds.items()]
+    quality = [{"sampler": sampler, "gen_length": 8, "steps": steps, "fraction": f"{steps}/8", "nll": 3.0 + steps / 10,
+                "parse_prefix": 0.5} for sampler, steps in speeds]
     results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
                "throughput": throughput, "quality": quality}
     for figure, which in ((throughput_figure, "y"), (frontier_figure, "x")):

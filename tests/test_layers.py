@@ -58,6 +58,21 @@ def test_rms_norm_is_computed_in_float32_and_rounded_once(x_dtype, w_dtype):
     torch.testing.assert_close(dw.double(), dw64, rtol=1e-2 if w_dtype != torch.float32 else 1e-5, atol=1e-2)
 
 
+def test_the_gated_residual_takes_the_streams_dtype_with_or_without_autograd():
+    """A bfloat16 stream with a float32 gate (a time embedding kept in float32): both paths round
+    x + gate * update once to bfloat16, as dllm.ops.adaln_residual does."""
+    g = torch.Generator().manual_seed(4)
+    norm = ModulatedLayerNorm(70).bfloat16()
+    x, update = (torch.randn(2, 9, 70, generator=g).bfloat16() for _ in range(2))
+    gate, shift, scale = (torch.randn(2, 70, generator=g) for _ in range(3))
+    want = (x.double() + gate.double()[:, None] * update.double()).bfloat16()
+    for record in (True, False):
+        with torch.set_grad_enabled(record):
+            x_next, out = norm.residual(x, gate, update, shift, scale)
+        assert x_next.dtype == out.dtype == torch.bfloat16, record
+        torch.testing.assert_close(x_next, want, rtol=torch.finfo(torch.bfloat16).eps, atol=0)  # one rounding
+
+
 def test_modulated_layer_norm_keeps_a_float32_stream_float32_under_autocast():
     g = torch.Generator().manual_seed(2)
     norm = ModulatedLayerNorm(40)

@@ -300,10 +300,11 @@ def frontier_figure(results: dict):
     grid = results["meta"]["grid"]
     combos = [(length, batch) for length in grid["gen_lengths"] for batch in grid["batch_sizes"]]
     metrics = (("nll", "val NLL, nats/token", False), ("parse_prefix", "parseable prefix", True))
-    quality = {(r["sampler"], r["gen_length"], r["steps"]): r for r in results["quality"]}
+    # keyed by fraction, as the verdicts are: two fractions may round to one step count
+    quality = {(r["sampler"], r["gen_length"], r["fraction"]): r for r in results["quality"]}
     fig, axes = plt.subplots(len(metrics), len(combos), figsize=(4.2 * len(combos), 3.4 * len(metrics)), squeeze=False)
     for j, (length, batch) in enumerate(combos):
-        pts = [(r, quality[r["sampler"], length, r["steps"]]) for r in results["throughput"]
+        pts = [(r, quality[r["sampler"], length, r["fraction"]]) for r in results["throughput"]
                if r["gen_length"] == length and r["batch"] == batch]
         for i, (key, label, higher) in enumerate(metrics):
             ax = axes[i][j]

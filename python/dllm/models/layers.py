@@ -48,7 +48,8 @@ class ModulatedLayerNorm(nn.Module):
         ``(x_next, normed)``."""
         if self._fused(x, gate, update, shift, scale):
             return ops.adaln_residual(x, update.to(x.dtype), gate, self.weight, shift, scale, eps=self.eps)
-        x = torch.addcmul(x, gate[:, None], update)
+        # rounded once to x's dtype, as the fused op: a float32 gate would make a bfloat16 stream float32
+        x = torch.addcmul(x, gate[:, None], update).to(x.dtype)
         return x, self(x, shift, scale)
 
 
