@@ -386,3 +386,29 @@ def test_bytes_per_token_of_sentencepiece_style_tokenizers():
             ids = tok.encode(text)
             # every byte of the text, plus the space the tokenizer put before its first word
             assert lengths[ids].sum() == len(text.encode()) + 1, (text, [t.id_to_token(int(i)) for i in ids])
+
+
+def test_files_of_one_text_still_leave_text_to_train_on(tmp_path):
+    """Every file the same text goes to one side of the split by whole files; the tail split then
+    keeps the asked share on each side instead of an empty training split."""
+    from dllm.data.corpus import _is_val
+
+    held_out = [name for name in (f"copy{i}.txt" for i in range(100)) if _is_val(name, 0.6)][:3]
+    for name in held_out:  # names whole-file holding out sends to validation
+        (tmp_path / name).write_text("the same text in every file\n" * 20)
+    corpus = load_corpus(tmp_path, val_fraction=0.6)
+    assert corpus.train and corpus.val
+    assert sum(len(t) for _, t in corpus.train) > 0
+
+
+def test_the_standard_librarys_empty_files_are_skipped_without_a_warning(tmp_path, monkeypatch, caplog):
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "mod.py").write_text("x = 1\n" * 50)
+    (tmp_path / "other.py").write_text("y = 2\n" * 50)
+    monkeypatch.setattr("dllm.data.corpus.stdlib_root", lambda: tmp_path)
+    with caplog.at_level("WARNING"):
+        corpus = load_corpus(None, val_fraction=0.5)
+    assert "skipped" not in caplog.text and corpus.num_files == 2
+    with caplog.at_level("WARNING"):
+        load_corpus(tmp_path, val_fraction=0.5)  # a folder of the user's own: its empty file is named
+    assert "__init__.py: empty" in caplog.text

@@ -600,6 +600,9 @@ def test_resume_names_what_differs_and_lets_dropout_change(tmp_path, corpus, cap
         dllm.train(**tiny(tmp_path, corpus, steps=4, hidden=32))
     with pytest.raises(CheckpointError, match=r"another seed \(seed=0 vs now seed=1\)"):
         dllm.train(**tiny(tmp_path, corpus, steps=4, seed=1))
+    # another objective is named as such, not as the other model (time input) it would imply
+    with pytest.raises(CheckpointError, match=r"another objective \("):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, objective="sedd"))
     dllm.train(**tiny(tmp_path, corpus, steps=4, dropout=0.1))
     record = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert record["changed_at_resume"][-1]["options"]["dropout"] == [0.0, 0.1] and record["model"]["dropout"] == 0.1
@@ -630,3 +633,42 @@ def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
             main(["train", "--config", str(path)])
         err = capsys.readouterr().err
         assert message in err and str(path) in err
+
+
+def test_option_mistakes_fail_before_the_corpus_is_read(tmp_path):
+    """A mix-up of options, or a --resume that does not exist, is named before the data (a BPE, the
+    tokenizing: a minute on the standard library) is prepared; here the corpus does not even exist."""
+    missing = str(tmp_path / "no-corpus")
+    with pytest.raises(ValueError, match="the llada objective trains a time-agnostic model"):
+        dllm.train(**tiny(tmp_path, missing, objective="llada", arch="dit", time_conditioning=True))
+    with pytest.raises(ValueError, match="--graph applies to the sedd objective only"):
+        dllm.train(**tiny(tmp_path, missing, objective="mdlm", graph="uniform"))
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        dllm.train(**tiny(tmp_path, missing, resume=str(tmp_path / "gone.pt")))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_last_checkpoint_is_written_once_and_the_last_step_always_logged(tmp_path, corpus, monkeypatch):
+    import dllm.training.trainer as trainer_module
+
+    saved = []
+    real_save = trainer_module.save_checkpoint
+    monkeypatch.setattr(trainer_module, "save_checkpoint", lambda state, path: saved.append(state["step"]) or
+                        real_save(state, path))
+    dllm.train(**tiny(tmp_path / "a", corpus, steps=4, ckpt_every=2, log_every=3))
+    assert saved == [2, 4]
+    assert sorted(_losses(tmp_path / "a" / "run")) == [3, 4]
+    # stopped by the clock between two records (log_every 2, stopped after step 3): step 3 is logged too
+    monkeypatch.setattr(Trainer, "_should_stop", lambda self, elapsed: self.step >= 3)
+    dllm.train(**tiny(tmp_path / "b", corpus, steps=8, log_every=2, max_time=1e6))
+    assert sorted(_losses(tmp_path / "b" / "run")) == [2, 3]
+
+
+def test_a_corpus_smaller_than_a_batch_warns(tmp_path, caplog):
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "text.txt").write_text("".join(f"line {i} of a short corpus\n" for i in range(100)))  # 2,590 bytes
+    with caplog.at_level("WARNING"):
+        dllm.train(**tiny(tmp_path, small, steps=1, batch_size=64, eval_batches=1))
+    assert "holds 32 windows of 64 tokens, fewer than a batch of 64: every batch repeats windows" in caplog.text
+    assert "validation scores the" in caplog.text and "fewer than --eval-batches x --batch-size = 64" in caplog.text

@@ -27,7 +27,7 @@ USER_ERRORS = (ValueError, OSError, CheckpointError, FloatingPointError, RunFold
 
 def user_error_text(error: Exception) -> str:
     if isinstance(error, (FileExistsError, NotADirectoryError)) and error.filename:  # mkdir's "[Errno 17] File exists"
-        return f"{error.filename!r} (or a folder above it) is a file, not a folder: choose another output folder"
+        return f"{error.filename!r} (or a folder above it) is a file, not a folder: choose another folder"
     return str(error)
 
 

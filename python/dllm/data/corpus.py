@@ -157,7 +157,8 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
         text, reason = _read_text(p)
         rel = p.name if p == root else str(p.relative_to(root))
         if text is None:
-            corpus.skipped.append((str(p), reason))
+            if not (stdlib and reason == "empty"):  # the standard library's empty __init__.py: nothing to act on
+                corpus.skipped.append((str(p), reason))
             continue
         docs.append((rel, text))
     if corpus.skipped:
@@ -182,10 +183,10 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
             dest += [d for d in source if _text_key(d[1]) == key]
             source[:] = [d for d in source if _text_key(d[1]) != key]
     share = sum(len(t) for _, t in corpus.val) / sum(len(t) for _, t in docs)
-    if len(docs) == 1 or not val_fraction / 2 <= share <= 2 * val_fraction:
+    if len(docs) == 1 or not corpus.train or not val_fraction / 2 <= share <= 2 * val_fraction:
         # Whole files that far off the asked share starve training, or leave validation shorter than
         # one window; a tail keeps the share, and still no text is on both sides of the split.
-        if len(docs) > 1:
+        if len(docs) > 1:  # (every file the same text puts them all on one side)
             log.warning("corpus: holding out whole files would put %.0f%% of the text in validation "
                         "(val_fraction %g); holding out the last %g%% of the text instead",
                         100 * share, val_fraction, 100 * val_fraction)

@@ -24,7 +24,7 @@ from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
 from ..models import build_model, model_config
-from ..objectives import get_objective
+from ..objectives import OBJECTIVES, get_objective
 from .checkpoint import CheckpointError, RunFolderInUse, load_checkpoint, save_checkpoint
 from .config import TrainConfig, path_as_recorded
 from .ema import EMA
@@ -51,16 +51,25 @@ def run_folder_lock(folder: Path, enabled: bool = True):
         yield
         return
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
-    with open(lock, "a+") as f:
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip()
+            f.close()
             raise RunFolderInUse(f"{str(folder)!r} is in use by another training run{f' (pid {holder})' if holder else ''}: "
                                "wait for it to end, or train into another --out-dir") from None
+        try:  # a run that ended in between may have removed the file this one locked: lock the folder's own
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    with f:
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -69,11 +78,12 @@ def run_folder_lock(folder: Path, enabled: bool = True):
             yield
         finally:
             # a run that wrote nothing (a refused --resume, bad options) leaves no folder behind; the
-            # lock is removed while still held, so no other run can have taken it
+            # lock is removed while still held, so a run waiting on it finds it gone and locks anew
             if [p.name for p in folder.iterdir()] == [lock.name]:
                 lock.unlink()
                 if created:
-                    folder.rmdir()
+                    with contextlib.suppress(OSError):  # another run's file appeared: the folder stays
+                        folder.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -155,6 +165,11 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.is_main = self.rank == 0
 
+        # Before the data, whose first preparation (a BPE, the tokenizing) takes a minute: mistakes fail at once
+        arch, tc = self._check_options(OBJECTIVES[cfg.objective])
+        self._resume_path()
+        sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
+
         # Rank 0 tokenizes first so that the others find a finished cache instead of racing to write it.
         if self.is_main:
             self.data = self._prepare()
@@ -162,29 +177,9 @@ class Trainer:
         if not self.is_main:
             self.data = self._prepare()
         self.tokenizer = self.data.tokenizer
-
+        if self.is_main:
+            self._warn_if_small(len(self.data.train), len(self.data.val))
         self.objective = get_objective(cfg.objective, self.tokenizer, graph=cfg.graph, noise=cfg.noise)
-        arch = cfg.arch or self.objective.arch
-        if (arch == "ar") != (cfg.objective == "ar"):
-            raise ValueError(f"objective {cfg.objective!r} cannot train arch {arch!r}: the autoregressive objective "
-                             "and the causal 'ar' architecture go together")
-        sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
-        tc = cfg.time_conditioning if cfg.time_conditioning is not None else self.objective.time_conditioning
-        if cfg.kv_heads is not None and arch != "llada":
-            raise ValueError(f"kv_heads applies to the llada architecture only, not {arch!r}")
-        if tc and arch in ("llada", "ar"):
-            why = ("--time-conditioning" if cfg.time_conditioning else
-                   f"the {cfg.objective!r} objective conditions on it by default")
-            raise ValueError(f"the {arch} architecture takes no time input ({why}): use the dit architecture "
-                             "(--arch dit) or turn time conditioning off (--no-time-conditioning)")
-        if tc and cfg.objective == "llada":
-            raise ValueError("the llada objective trains a time-agnostic model (it never passes the time): drop "
-                             "--time-conditioning")
-        # Options another objective would read: accepted silently, they would be recorded as if they applied.
-        if cfg.graph != "absorb" and cfg.objective != "sedd":
-            raise ValueError(f"--graph applies to the sedd objective only, not {cfg.objective!r}")
-        if cfg.noise != "loglinear" and cfg.objective not in ("sedd", "mdlm"):
-            raise ValueError(f"--noise applies to the sedd and mdlm objectives only, not {cfg.objective!r}")
         self.model_cfg = model_config(cfg.model, arch=arch, vocab_size=self.objective.model_vocab_size,
                                       max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
 
@@ -209,6 +204,42 @@ class Trainer:
             log.warning("warmup (%d steps) >= steps (%d): the learning rate never reaches lr (%g)", cfg.warmup, cfg.steps,
                         cfg.lr)
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
+
+    def _warn_if_small(self, train_windows: int, val_windows: int) -> None:
+        cfg = self.cfg
+        if train_windows < cfg.batch_size:
+            log.warning("the training split holds %d windows of %d tokens, fewer than a batch of %d: every batch "
+                        "repeats windows (a larger corpus or a shorter --seq-len gives it more)", train_windows,
+                        cfg.seq_len, cfg.batch_size)
+        if val_windows < cfg.eval_batches * cfg.batch_size:
+            log.warning("validation scores the %d windows the held-out split holds, fewer than --eval-batches x "
+                        "--batch-size = %d", val_windows, cfg.eval_batches * cfg.batch_size)
+
+    def _check_options(self, objective) -> tuple[str, bool]:
+        """The architecture and time conditioning the options give ``objective`` (its class), or the
+        error of a combination that cannot train."""
+        cfg = self.cfg
+        arch = cfg.arch or objective.arch
+        if (arch == "ar") != (cfg.objective == "ar"):
+            raise ValueError(f"objective {cfg.objective!r} cannot train arch {arch!r}: the autoregressive objective "
+                             "and the causal 'ar' architecture go together")
+        tc = cfg.time_conditioning if cfg.time_conditioning is not None else objective.time_conditioning
+        if cfg.kv_heads is not None and arch != "llada":
+            raise ValueError(f"kv_heads applies to the llada architecture only, not {arch!r}")
+        if tc and arch in ("llada", "ar"):
+            why = ("--time-conditioning" if cfg.time_conditioning else
+                   f"the {cfg.objective!r} objective conditions on it by default")
+            raise ValueError(f"the {arch} architecture takes no time input ({why}): use the dit architecture "
+                             "(--arch dit) or turn time conditioning off (--no-time-conditioning)")
+        if tc and cfg.objective == "llada":
+            raise ValueError("the llada objective trains a time-agnostic model (it never passes the time): drop "
+                             "--time-conditioning")
+        # Options another objective would read: accepted silently, they would be recorded as if they applied.
+        if cfg.graph != "absorb" and cfg.objective != "sedd":
+            raise ValueError(f"--graph applies to the sedd objective only, not {cfg.objective!r}")
+        if cfg.noise != "loglinear" and cfg.objective not in ("sedd", "mdlm"):
+            raise ValueError(f"--noise applies to the sedd and mdlm objectives only, not {cfg.objective!r}")
+        return arch, tc
 
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self):
@@ -286,12 +317,13 @@ class Trainer:
         if s["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
             refuse("tokenizer", s["tokenizer"]["fingerprint"], self.tokenizer.fingerprint)
         # dropout shapes the rest of the run, not the weights: a change is recorded (RESUME_SHAPING)
+        # the objective first: another one implies another model (its time input), which would be named instead
+        if s["objective"] != self.objective.config():
+            refuse("objective", s["objective"], self.objective.config())
         saved_model, now_model = ({k: v for k, v in d.items() if k != "dropout"}
                                   for d in (s["model_config"], self.model_cfg.to_dict()))
         if saved_model != now_model:
             refuse("model", saved_model, now_model)
-        if s["objective"] != self.objective.config():
-            refuse("objective", s["objective"], self.objective.config())
         if (self.ema is None) != (s["ema"] is None) or (s["ema"] and s["ema"]["decay"] != self.cfg.ema):
             # the average kept so far would be dropped, or go on under another decay than the record says
             refuse("EMA setting", f"ema={s['ema']['decay'] if s['ema'] else 0}", f"ema={self.cfg.ema}")
@@ -525,11 +557,7 @@ class Trainer:
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(f"training loss became {last['loss']} at step {self.step}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                tps = win_tokens / win_time
-                if self.is_main:
-                    self.metrics.write({"step": self.step, **last, "bits_per_token": last["nll_per_token"] / math.log(2),
-                                        "tokens": self.tokens_seen, "tok_per_s": tps, "elapsed": self.elapsed})
-                bar.set_postfix(step=self.step, loss=f"{last['loss']:.4g}", tok_s=f"{tps:,.0f}")
+                self._log_step(bar, win_tokens / win_time)
                 win_tokens, win_time = 0, 0.0
             bar.update(min(self.elapsed, cfg.max_time) - bar.n if timed else 1)
             # validations and checkpoints spend the budget too: a rerun must find it as spent as the clock did
@@ -537,9 +565,19 @@ class Trainer:
                 self.validated = self._eval_and_log()
                 self.evaluated_at = self.step
                 self.elapsed = time.perf_counter() - t_run
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:  # the end saves
                 self.save()
                 self.elapsed = time.perf_counter() - t_run
+
+        if win_time:  # stopped by the clock or Ctrl-C between two records: the last step is logged too
+            self._log_step(bar, win_tokens / win_time)
+
+    def _log_step(self, bar, tok_per_s: float) -> None:
+        last = self.last
+        if self.is_main:
+            self.metrics.write({"step": self.step, **last, "bits_per_token": last["nll_per_token"] / math.log(2),
+                                "tokens": self.tokens_seen, "tok_per_s": tok_per_s, "elapsed": self.elapsed})
+        bar.set_postfix(step=self.step, loss=f"{last['loss']:.4g}", tok_s=f"{tok_per_s:,.0f}")
 
     def _should_stop(self, elapsed: float) -> bool:
         stop = torch.tensor([float(elapsed >= self.cfg.max_time)], device=self.device)
