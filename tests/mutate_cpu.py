@@ -266,6 +266,15 @@ MUTANTS = [
     # padding that holds the mask id keeps it (refused as a masked prompt); a 0-d sigma goes to the op as it is
     (GENERATE, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
     ("python/dllm/ops.py", "return v.expand(like.shape[0]) if v.dim() == 0 else v", "return v", ["test_op_contracts"]),
+    # the T-step bound's sigma, a float64 model's logits, the gated residual's dtype, a shard's weight dtype
+    (OBJECTIVES, "_loglinear_sigma(t), self.mask_id, x0, 1.0 / t,", "self.noise(t)[0], self.mask_id, x0, 1.0 / t,",
+     ["test_objectives"]),
+    ("python/dllm/sampling/model_protocol.py", "return logits.float() if logits.dtype == torch.float64 else logits",
+     "return logits", [GEN]),
+    ("python/dllm/models/layers.py", "x = torch.addcmul(x, gate[:, None], update).to(x.dtype)",
+     "x = torch.addcmul(x, gate[:, None], update)", ["test_layers"]),
+    ("python/dllm/models/hub/loader.py", "if not tensor.is_floating_point():", "if False:",
+     ["test_published_checkpoints"]),
 ]
 
 
