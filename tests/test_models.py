@@ -148,6 +148,15 @@ def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
         m.generate(torch.zeros(1, 1, dtype=torch.long), -1)
     assert torch.equal(m.generate(torch.ones(2, 3, dtype=torch.long), 0), torch.ones(2, 3, dtype=torch.long))
+    # a prompt that is no [B, P] tensor of ids is named, not met inside the embedding
+    for prompt, message in ((torch.tensor([1, 2]), r"prompt must be an int64 \(or int32\) tensor \[B, P\]"),
+                            (torch.ones(1, 2), "got torch.float32"),
+                            (torch.tensor([[1, m.config.vocab_size]]), rf"prompt ids must lie in \[0, {m.config.vocab_size}\)")):
+        with pytest.raises(ValueError, match=message):
+            m.generate(prompt, 2)
+    assert m.generate(torch.ones(1, 2, dtype=torch.int32), 2, temperature=0).dtype == torch.int64
+    with pytest.warns(UserWarning, match="dropout on"):  # as dllm.generate warns
+        ARTransformer(_tiny("ar", dropout=0.5)).generate(torch.ones(1, 2, dtype=torch.long), 2)
     # Under autocast the projections give bfloat16 keys: a float32 cache would be converted back
     # at every step of every layer.
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -359,9 +368,13 @@ def test_model_configs_are_checked():
     from dllm.models import ModelConfig
 
     for kw, message in ((dict(arch="gpt"), "unknown arch 'gpt'"), (dict(heads=0), "heads must be positive"),
-                        (dict(hidden=96, heads=4, kv_heads=3), r"heads \(4\) must be a multiple of kv_heads \(3\)"),
+                        (dict(arch="llada", hidden=96, heads=4, kv_heads=3), r"heads \(4\) must be a multiple of kv_heads \(3\)"),
                         (dict(hidden=100, heads=3), r"hidden \(100\) must be a multiple of heads \(3\)"),
-                        (dict(hidden=12, heads=4), "head dimension hidden / heads = 3 must be even")):
+                        (dict(hidden=12, heads=4), "head dimension hidden / heads = 3 must be even"),
+                        # what the architecture would ignore, so that a config promises only what it builds
+                        (dict(arch="dit", kv_heads=2), "kv_heads applies to the llada architecture only, not 'dit'"),
+                        (dict(arch="ar", qkv_bias=True, mlp_hidden=64), "mlp_hidden, qkv_bias apply to the llada"),
+                        (dict(arch="llada", time_conditioning=True), "the llada architecture takes no time input")):
         with pytest.raises(ValueError, match=message):
             ModelConfig(**kw)
     assert ModelConfig(arch="llada", hidden=96, heads=4, kv_heads=2).head_dim == 24

@@ -25,7 +25,8 @@ def _fused_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
     # default (cuDNN) backend ran 1.6-2.1x faster than dllm's fastest kernels forward and 1.9-2.3x
     # forward + backward at head dims 64 and 128 on the H200
     # (bench/results/h200-2026-11-30/run3-0a8c228/attention*). On the CPU full batches keep SDPA
-    # too, as the KV-cache and causal calls do, so that cached and uncached forwards round alike:
+    # too, as the KV-cache and causal calls do, so that cached and uncached forwards of unpadded
+    # rows round alike (padded rows take dllm's kernel with lengths uncached, SDPA with a mask cached):
     # dllm's kernel measured 0.93-1.06x SDPA's flash path there on 2026-11-29 and 1.14-1.57x on
     # 2026-11-30 (bench/results/cpu-2core-*/attention), too unsteady a gain for that.
     return q.is_cuda and q.shape[1] != k.shape[1] and ops._cuda_kernel_supports(q)

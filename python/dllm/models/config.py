@@ -48,6 +48,14 @@ class ModelConfig:
         if (self.hidden // self.heads) % 2:
             raise ValueError(f"the head dimension hidden / heads = {self.hidden // self.heads} must be even: rotary "
                              "embeddings rotate pairs of channels")
+        # options another architecture would read: accepted silently, a config would promise what it does not build
+        llada_only = [n for n in ("kv_heads", "mlp_hidden") if getattr(self, n) is not None] + \
+            (["qkv_bias"] if self.qkv_bias else [])
+        if llada_only and self.arch != "llada":
+            raise ValueError(f"{', '.join(llada_only)} {'applies' if len(llada_only) == 1 else 'apply'} to the llada "
+                             f"architecture only, not {self.arch!r}")
+        if self.time_conditioning and self.arch != "dit":
+            raise ValueError(f"the {self.arch} architecture takes no time input: time_conditioning must be false")
         if self.kv_heads is not None and self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
 

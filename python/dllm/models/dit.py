@@ -198,8 +198,19 @@ class ARTransformer(DiffusionTransformer):
         a small model's step costs its kernels and not their launches; the tokens are those of the
         eager loop. The graph stays with the model for the next call with the same batch, length,
         temperature and generator object, as :func:`dllm.generate`'s do."""
+        from ..sampling.model_protocol import warn_if_dropout_on  # (dllm.sampling imports the models)
+
         if not 0 <= temperature < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
+            raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
+                             + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)
+                                else type(prompt).__name__))
+        if prompt.numel() and not 0 <= int(prompt.min()) <= int(prompt.max()) < self.config.vocab_size:
+            raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size}), got "
+                             f"{int(prompt.min())}..{int(prompt.max())}")
+        prompt = prompt.long()
+        warn_if_dropout_on(self)
         if cuda_graph:
             from ..sampling import cuda_graph as graphs  # (dllm.sampling imports the models)
             graphs.check_graphable(prompt.device)
