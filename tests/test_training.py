@@ -206,7 +206,6 @@ def test_one_run_at_a_time_trains_into_a_folder(tmp_path, corpus):
         with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {os.getpid()}\)"):
             dllm.train(**tiny(tmp_path, corpus, steps=2))
         assert not (tmp_path / "run" / "metrics.jsonl").exists()
-    assert not (tmp_path / "run").exists()  # a holder that wrote nothing leaves no folder (nor its lock)
     assert dllm.train(**tiny(tmp_path, corpus, steps=2))["step"] == 2  # released, even by a run that failed
 
 
@@ -658,6 +657,13 @@ def test_the_last_checkpoint_is_written_once_and_the_last_step_always_logged(tmp
     dllm.train(**tiny(tmp_path / "a", corpus, steps=4, ckpt_every=2, log_every=3))
     assert saved == [2, 4]
     assert sorted(_losses(tmp_path / "a" / "run")) == [3, 4]
+    # Ctrl-C during the final validation, which the end of the run does before its checkpoint: saved still
+    real_evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if self.step == 4 else real_evaluate(self))
+    with pytest.raises(KeyboardInterrupt):
+        dllm.train(**tiny(tmp_path / "c", corpus, steps=4, ckpt_every=2, eval_every=3))
+    assert load_checkpoint(tmp_path / "c" / "run" / CHECKPOINT)["step"] == 4
     # stopped by the clock between two records (log_every 2, stopped after step 3): step 3 is logged too
     monkeypatch.setattr(Trainer, "_should_stop", lambda self, elapsed: self.step >= 3)
     dllm.train(**tiny(tmp_path / "b", corpus, steps=8, log_every=2, max_time=1e6))

@@ -50,26 +50,15 @@ def run_folder_lock(folder: Path, enabled: bool = True):
     if not enabled:
         yield
         return
-    created = not folder.exists()
-    lock = folder / ".lock"
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(lock, "a+")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip()
-            f.close()
             raise RunFolderInUse(f"{str(folder)!r} is in use by another training run{f' (pid {holder})' if holder else ''}: "
                                "wait for it to end, or train into another --out-dir") from None
-        try:  # a run that ended in between may have removed the file this one locked: lock the folder's own
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock)):
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    with f:
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -77,13 +66,6 @@ def run_folder_lock(folder: Path, enabled: bool = True):
         try:
             yield
         finally:
-            # a run that wrote nothing (a refused --resume, bad options) leaves no folder behind; the
-            # lock is removed while still held, so a run waiting on it finds it gone and locks anew
-            if [p.name for p in folder.iterdir()] == [lock.name]:
-                lock.unlink()
-                if created:
-                    with contextlib.suppress(OSError):  # another run's file appeared: the folder stays
-                        folder.rmdir()
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -527,7 +509,12 @@ class Trainer:
         result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
                   "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
         if evaluated_at != self.step:
-            result.update(self._eval_and_log())
+            try:
+                result.update(self._eval_and_log())
+            except KeyboardInterrupt:  # the loop left this step's checkpoint to the end of the run
+                if self.world == 1:
+                    self.save()
+                raise
             self.elapsed = result["elapsed"] = time.perf_counter() - t_run
         else:  # this step's validation on these windows: this run's, or the one an earlier start left
             validated = self.validated if self.evaluated_at == self.step else held
