@@ -392,3 +392,18 @@ def check_far_apart_offsets(OPS):
 
 def test_offsets_past_32_bits_are_read_in_place():
     check_far_apart_offsets(torch.ops.dllm)
+
+
+def test_commit_tokens_bumps_the_version_autograd_checks():
+    """commit_tokens writes x in place: autograd must see it, as it sees x[0, 1] = 2, when it saved
+    x (an embedding's indices); else the backward would use the new ids, silently."""
+    emb = torch.nn.Embedding(10, 3)
+    x = torch.full((1, 4), 9)
+    x[0, 0] = 1
+    out = emb(x)
+    version = x._version
+    ops.commit_tokens(x, torch.tensor([[1, 2, 3, 4]]), torch.tensor([[0.0, 1.0, 0.5, 0.2]]), mask_id=9,
+                      num_tokens=2)
+    assert x._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
