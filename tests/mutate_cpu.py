@@ -275,7 +275,7 @@ MUTANTS = [
      "x = torch.addcmul(x, gate[:, None], update)", ["test_layers"]),
     ("python/dllm/models/hub/loader.py", "if not tensor.is_floating_point():", "if False:",
      ["test_published_checkpoints"]),
-    ("python/dllm/ops.py", "torch.autograd.graph.increment_version(x)", "pass", ["test_op_contracts"]),
+    ("csrc/torch/unmask.cpp", "  }\n  x.unsafeGetTensorImpl()->bump_version();\n}", "  }\n}", ["test_op_contracts"]),
 ]
 
 

@@ -192,11 +192,30 @@ at::Tensor commit_tokens_cpu_op(at::Tensor& x, const at::Tensor& x0, const at::T
   return call.committed;
 }
 
+// commit_tokens writes x in place: bump its version, as torch's own in-place ops do, so that autograd
+// refuses a backward through a tensor it saved (an embedding's indices) that the op changed. Every
+// device's call passes here; the kernels raise after committing the rows they could.
+void commit_tokens_bump_version(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const at::Tensor x = (*stack)[0].toTensor();  // the call pops its arguments
+  try {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.callBoxed(stack);
+  } catch (...) {
+    x.unsafeGetTensorImpl()->bump_version();
+    throw;
+  }
+  x.unsafeGetTensorImpl()->bump_version();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dllm, CPU, m) {
   m.impl("predict_masked", &predict_masked_cpu_op);
   m.impl("commit_tokens", &commit_tokens_cpu_op);
+}
+
+TORCH_LIBRARY_IMPL(dllm, ADInplaceOrView, m) {
+  m.impl("commit_tokens", torch::CppFunction::makeFromBoxedFunction<&commit_tokens_bump_version>());
 }
 
 }  // namespace dllm::binding

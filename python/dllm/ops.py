@@ -279,17 +279,6 @@ def commit_tokens(
     )
 
 
-@torch.library.impl("dllm::commit_tokens", "ADInplaceOrView")
-def _commit_tokens_inplace_or_view(x, *args, **kwargs):
-    """Bumps x's version counter, as torch's own in-place ops do, so that autograd notices that a
-    tensor it saved (an embedding's indices) was changed instead of computing wrong gradients."""
-    try:
-        with torch._C._AutoDispatchBelowADInplaceOrView():
-            return torch.ops.dllm.commit_tokens(x, *args, **kwargs)
-    finally:  # the kernels raise after committing the valid rows
-        torch.autograd.graph.increment_version(x)
-
-
 @torch.library.register_fake("dllm::commit_tokens")
 @_one_device
 def _commit_tokens_fake(x, x0, conf, mask_id, num_tokens=None, threshold=None, prob=None, window=None,
