@@ -10,3 +10,5 @@
 #define DLLM_EMU_IMPL_CPU(m) \
   [[maybe_unused]] static void C10_CONCATENATE(dllm_emu_dropped_, __COUNTER__)(torch::Library & m)
 #define DLLM_EMU_IMPL_CUDA(m) _TORCH_LIBRARY_IMPL(dllm_emu, CPU, m, C10_UID)
+#define DLLM_EMU_IMPL_ADInplaceOrView(m) \
+  [[maybe_unused]] static void C10_CONCATENATE(dllm_emu_dropped_, __COUNTER__)(torch::Library & m)
