@@ -281,8 +281,10 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     const GradRow gr = grad_row(p, r);
     const int64_t x0 = p.x0[r];
     const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
+    const float inactive = gr.tokens_ok ? 0.0f : NAN;
     auto value = [&](int64_t i, float l) {
-      if (!gr.active || i == gr.skip) return 0.0f;
+      if (!gr.active) return inactive;
+      if (i == gr.skip) return 0.0f;
       return i == x0 ? float(x0_grad(gr, l)) : ga * __expf(l - ref) - gb;
     };
     const RowView<D> view(row);
@@ -294,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     }
     // The gradient row has the logits row's alignment (contiguous logits): its 16-byte chunks are
     // the logits' chunks, loaded and stored whole, kUnroll in flight a thread; inactive rows
-    // only store zeros.
+    // only store their fill.
     uint4* out = reinterpret_cast<uint4*>(reinterpret_cast<uintptr_t>(grad) & ~uintptr_t(15));
     const auto split = view.split(0, K);
     auto edge = [&](int64_t i) { grad[i] = IO<D>::store(value(i, gr.active ? view.at(i) : 0.0f)); };
@@ -319,6 +321,9 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
         } else if (gr.active) {
 #pragma unroll
           for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(value(i0 + j, Vec<D>::get(raw[u], j))));
+        } else {
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(inactive));
         }
         out[c] = packed;
       }

@@ -227,13 +227,15 @@ template <DType D>
 int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
   using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
+  int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t x0 = p.x0[r];
     const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
     T* grad = static_cast<T*>(p.grad) + r * K;
     const GradRow gr = grad_row(p, r);
+    if (!gr.tokens_ok) first_error = std::min(first_error, sedd_encode(r, kSeddBadToken));
     if (!gr.active) {
-      std::fill(grad, grad + K, Loader<D>::store(0.0f));
+      std::fill(grad, grad + K, Loader<D>::store(gr.tokens_ok ? 0.0f : std::numeric_limits<float>::quiet_NaN()));
       continue;
     }
     // One fused load-compute-store loop (it vectorises), then the two special entries.
@@ -242,7 +244,7 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
     grad[x0] = Loader<D>::store(float(x0_grad(gr, Loader<D>::load(row[x0]))));
     grad[gr.skip] = Loader<D>::store(0.0f);
   }
-  return kSeddNoError;
+  return first_error;
 }
 
 }  // namespace

@@ -229,7 +229,8 @@ at::Tensor score_entropy_loss_backward_cpu_op(const at::Tensor& grad_loss, const
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
   prepare_backward(op, call, grad_loss);
   const LossParams& p = call.params;
-  parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_backward_cpu(p, b, e); });
+  raise_sedd_error(op, parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_backward_cpu(p, b, e); }),
+                   p.seq_len, kScoreEntropyErrors);
   return call.grad.view(logits.sizes());
 }
 
@@ -257,7 +258,8 @@ at::Tensor masked_diffusion_loss_backward_cpu_op(const at::Tensor& grad_loss, co
   call.params.lse = call.lse.data_ptr<float>();
   prepare_backward(op, call, grad_loss);
   const LossParams& p = call.params;
-  parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_backward_cpu(p, b, e); });
+  raise_sedd_error(op, parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_backward_cpu(p, b, e); }),
+                   p.seq_len, kMaskedDiffusionErrors);
   return call.grad.view(logits.sizes());
 }
 

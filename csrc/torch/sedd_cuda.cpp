@@ -66,6 +66,8 @@ at::Tensor score_entropy_loss_backward_cuda_op(const at::Tensor& grad_loss, cons
   const c10::cuda::CUDAGuard guard(logits.device());
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
   prepare_backward(op, call, grad_loss);
+  // Out-of-range tokens give NaN gradient rows rather than an error: autograd reaches the
+  // backward only after the forward checked the same tokens, and a sync would cost every step.
   loss_backward_cuda(call.params, stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return call.grad.view(logits.sizes());

@@ -205,11 +205,12 @@ DLLM_HD bool bad_loss_sigma(float sigma, float dsigma) {
 }
 
 // The loss gradient of one row is d/dl_y = ga * exp(l_y - ref) - gb for y != skip, minus g_x0
-// more at x0, and 0 at skip; rows outside the loss (not active) are all 0. Only valid for rows
-// the forward accepted. The x0 entry, where two large terms may cancel, is computed in double
-// by x0_grad.
+// more at x0, and 0 at skip; rows outside the loss (not active) are all 0. A row whose tokens
+// are out of range (the backward op called directly, on tokens no forward accepted) is not
+// `tokens_ok`: the kernels fill it with NaN instead of indexing with its tokens. The x0 entry,
+// where two large terms may cancel, is computed in double by x0_grad.
 struct GradRow {
-  bool active = false;
+  bool tokens_ok = false, active = false;
   int64_t skip = 0;
   double ga = 0.0, gb = 0.0, ref = 0.0, g_x0 = 0.0;
 };
@@ -219,8 +220,11 @@ DLLM_HD double x0_grad(const GradRow& gr, float l_x0) { return gr.ga * exp(doubl
 DLLM_HD GradRow grad_row(const LossParams& p, int64_t r) {
   const int64_t b = r / p.seq_len;
   const int64_t xt = p.x_t[r], x0 = p.x0[r];
+  const bool md = p.kind == LossKind::kMaskedDiffusion, absorb = p.graph == SeddGraph::kAbsorb;
   GradRow gr;
-  if (p.kind == LossKind::kMaskedDiffusion) {
+  gr.tokens_ok = xt >= 0 && xt < p.vocab && x0 >= 0 && x0 < (!md && absorb ? p.vocab - 1 : p.vocab);
+  if (!gr.tokens_ok) return gr;
+  if (md) {
     gr.active = xt == p.mask_id && x0 != p.mask_id;
     const double g = double(p.grad_loss[b]) * double(p.weight[b]);
     gr.skip = p.mask_id;
@@ -229,7 +233,6 @@ DLLM_HD GradRow grad_row(const LossParams& p, int64_t r) {
     gr.g_x0 = g;
     return gr;
   }
-  const bool absorb = p.graph == SeddGraph::kAbsorb;
   gr.active = !absorb || xt == p.vocab - 1;
   gr.skip = xt;
   if (!gr.active) return gr;
