@@ -249,6 +249,12 @@ def test_model_attribute_and_output_conventions():
             run("llada", model=model)
     with pytest.raises(TypeError, match="the model returned dict; expected logits"):
         run("llada", model=type("M", (TinyModel,), {"forward": lambda self, x, **kw: {"logits": x}})())
+    with pytest.raises(TypeError, match="the model returned torch.int64 logits; expected float32"):
+        run("llada", model=type("M", (TinyModel,), {"forward": lambda self, x, **kw: x[..., None].expand(-1, -1, V)})())
+    narrow = TinyModel()
+    narrow.vocab_size = V + 5  # ids from V on could never be sampled, though a prompt may hold them
+    with pytest.raises(ValueError, match=f"logits over {V} tokens, fewer than its vocab_size {V + 5}"):
+        run("llada", model=narrow)
 
 
 

@@ -8,7 +8,7 @@
 - may have more logits columns than its tokenizer has tokens (LLaDA's 126464 columns, Dream's
   152064: vocabularies padded for speed): the samplers may then propose any column but the mask,
   which a trained model gives almost no probability; ``vocab_size`` (or ``config.vocab_size``),
-  where present, bounds the prompt's and the infill's ids;
+  where present, bounds the prompt's and the infill's ids, and the logits must cover it;
 - is in eval mode (``model.eval()``): a sampler warns when dropout is on, which makes the
   samples noisier and a seeded run unrepeatable;
 - optionally has ``logits_shift`` (int >= 0, default, and when None, 0): 1 when position i is
@@ -183,4 +183,11 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
                         "with .logits or a tuple starting with them (see dllm.sampling.model_protocol)")
     if logits.dim() != 3 or logits.shape[:2] != x.shape:
         raise ValueError(f"the model returned logits of shape {tuple(logits.shape)} for tokens {tuple(x.shape)}; expected [B, L, V]")
+    if not logits.is_floating_point():
+        raise TypeError(f"the model returned {logits.dtype} logits; expected float32, bfloat16 or float16 "
+                        "(float64 is sampled in float32)")
+    declared = vocab_size_of(model)
+    if declared is not None and logits.shape[-1] < declared:
+        # ids from the logits' width up to vocab_size could never be sampled, though prompts may hold them
+        raise ValueError(f"the model returned logits over {logits.shape[-1]} tokens, fewer than its vocab_size {declared}")
     return logits.float() if logits.dtype == torch.float64 else logits
