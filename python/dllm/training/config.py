@@ -80,7 +80,7 @@ class TrainConfig:
     ckpt_every: int = _f(500, "checkpoint every N steps (and at the end; 0: only at the end)")
     log_every: int = _f(10, "append training metrics every N steps")
     resume: str = _f("auto", "'auto' (resume from OUT_DIR/checkpoint.pt if present), 'never' (start over, "
-                         "removing the previous run's checkpoint and model/), or a checkpoint path (one of "
+                         "removing the previous run's checkpoint, model/ and loss.png), or a checkpoint path (one of "
                          "another folder only into an --out-dir that holds no run, or only this same resume "
                          "stopped before its first checkpoint)")
     progress: bool = _f(True, "show progress bars (BPE training, tokenizing, training)")
