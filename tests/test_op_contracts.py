@@ -122,6 +122,26 @@ def test_errors_blame_the_argument_at_fault():
         ops.commit_tokens(x.clone(), x0, torch.rand(2, 3), mask_id=V - 1, threshold=float("nan"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cpu_tensor_beside_cuda_ones_is_named():
+    """Dispatch picks the CUDA kernel when any argument is on CUDA, the main tensor (logits, q)
+    on the CPU too: the binding names the argument, and the backward checks what it reads."""
+    logits = torch.randn(2, 3, V)
+    with pytest.raises(RuntimeError, match="temperature is on cuda:0 but logits is on cpu"):
+        torch.ops.dllm.sample_categorical(logits.view(6, V), torch.ones(6, device="cuda"), 1.0)
+    with pytest.raises(RuntimeError, match="sigma is on cuda:0 but logits is on cpu"):
+        torch.ops.dllm.sedd_step(logits, torch.full((2, 3), V - 1), torch.ones(2, device="cuda"), torch.ones(2),
+                                 graph="absorb", method="euler")
+    q = torch.randn(1, 5, 2, 16, device="cuda", dtype=torch.bfloat16)
+    out, lse = torch.ops.dllm.attention_forward(q, q, q, None, None, None, None, 0, 0, 0.25)
+    args = {"grad_out": torch.ones_like(out), "out": out, "lse": lse}
+    for name in args:
+        moved = {**args, name: args[name].cpu()}
+        with pytest.raises(RuntimeError, match=f"{name} is on cpu but q is on cuda:0"):
+            torch.ops.dllm.attention_backward(moved["grad_out"], q, q, q, moved["out"], moved["lse"], None, None, None,
+                                              None, 0, 0, 0.25)
+
+
 def test_meta_tensors_are_not_mixed_with_real_ones():
     logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
     with pytest.raises(RuntimeError, match=r"sedd_step: all tensors must be on one device, got \['cpu', 'meta'\]"):

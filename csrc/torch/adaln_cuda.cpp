@@ -15,8 +15,8 @@ void run_cuda(const AdaLNCall& call) {
 
 at::Tensor adaln_cuda_op(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& shift,
                          const at::Tensor& scale, double eps) {
-  const c10::cuda::CUDAGuard guard(x.device());
   AdaLNCall call = prepare_adaln("adaln", x, std::nullopt, std::nullopt, weight, shift, scale, eps);
+  const c10::cuda::CUDAGuard guard(x.device());
   run_cuda(call);
   return call.out;
 }
@@ -25,8 +25,8 @@ std::tuple<at::Tensor, at::Tensor> adaln_residual_cuda_op(const at::Tensor& x, c
                                                           const at::Tensor& gate, const at::Tensor& weight,
                                                           const at::Tensor& shift, const at::Tensor& scale,
                                                           double eps) {
-  const c10::cuda::CUDAGuard guard(x.device());
   AdaLNCall call = prepare_adaln("adaln_residual", x, update, gate, weight, shift, scale, eps);
+  const c10::cuda::CUDAGuard guard(x.device());
   run_cuda(call);
   return {call.x_next, call.out};
 }

@@ -186,6 +186,9 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
   call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q,
                                cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
+  check_same_device(kOp, q, "q", dout, "grad_out");
+  check_same_device(kOp, q, "q", out, "out");
+  check_same_device(kOp, q, "q", lse, "lse");
   TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
   TORCH_CHECK(lse.sizes() == call.fwd.lse.sizes() && lse.scalar_type() == at::kFloat, kOp,
               ": lse must be float32 ", call.fwd.lse.sizes());

@@ -51,9 +51,9 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
                                                               const std::optional<at::Tensor>& cu_seqlens_q,
                                                               const std::optional<at::Tensor>& cu_seqlens_k,
                                                               int64_t max_seqlen_q, int64_t max_seqlen_k, double scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, scale, true);
+  const c10::cuda::CUDAGuard guard(q.device());
   check_supported(call.params);
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
@@ -81,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
     const at::Tensor& lse, const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
     const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
   AttentionGradCall call = prepare_attention_backward(dout, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q,
                                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true);
+  const c10::cuda::CUDAGuard guard(q.device());
   AttentionGradParams& g = call.params;
   check_supported(g.fwd);
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32

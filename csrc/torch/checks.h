@@ -74,6 +74,8 @@ inline void check_integer(const char* op, const at::Tensor& t, const char* name)
                    " must be an integer tensor, got ", t.scalar_type());
 }
 
+// The CUDA bindings build their device guard only after these checks: dispatch picks the CUDA
+// kernel when any argument is on CUDA, and a guard on a CPU tensor fails first, naming no argument.
 inline void check_same_device(const char* op, const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
                               const char* name) {
   TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",

@@ -9,8 +9,8 @@ namespace dllm::binding {
 namespace {
 
 at::Tensor rotary_cuda_op(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool inverse) {
-  const c10::cuda::CUDAGuard guard(x.device());
   RotaryCall call = prepare_rotary(x, cos, sin, inverse);
+  const c10::cuda::CUDAGuard guard(x.device());
   rotary_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return call.out;

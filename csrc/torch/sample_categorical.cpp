@@ -25,7 +25,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
   const int64_t rows = call.logits.size(0);
   if (temperature.has_value()) {
     const at::Tensor& t = *temperature;
-      check_same_device(op, logits, "logits", t, "temperature");
+    check_same_device(op, logits, "logits", t, "temperature");
     TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": temperature must be a floating tensor, got ",
                      t.scalar_type());
     TORCH_CHECK(t.numel() == 1 || t.sizes() == lead, op, ": temperature must have one element or the shape ",

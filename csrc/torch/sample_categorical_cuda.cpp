@@ -15,8 +15,8 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cuda_op(const at::Tensor& 
                                                                const std::optional<at::Tensor>& temperature,
                                                                double scalar_temperature,
                                                                std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(logits.device());
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
+  const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sample_categorical", call.params.vocab, 2);
   call.params.rng = cuda_rng_state(generator);
   at::Tensor first_error = at::full({1}, kNoError, logits.options().dtype(at::kLong));

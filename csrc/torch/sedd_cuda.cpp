@@ -23,8 +23,8 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, const at::Tensor& sigma,
                              const at::Tensor& dsig, c10::string_view graph, c10::string_view method,
                              bool scale_by_sigma, std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(logits.device());
   StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
+  const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sedd_step", call.params.vocab, 2);
   call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(logits);
@@ -36,8 +36,8 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
 
 at::Tensor sample_transition_cuda_op(const at::Tensor& x0, const at::Tensor& sigma, c10::string_view graph,
                                      int64_t num_classes, std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(x0.device());
   TransitionCall call = prepare_transition(x0, sigma, graph, num_classes);
+  const c10::cuda::CUDAGuard guard(x0.device());
   call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(x0);
   call.params.first_error = slot.data_ptr<int64_t>();
@@ -50,8 +50,8 @@ at::Tensor score_entropy_loss_cuda_op(const at::Tensor& logits, const at::Tensor
                                       const at::Tensor& sigma, const at::Tensor& dsigma, c10::string_view graph,
                                       bool scale_by_sigma) {
   constexpr const char* op = "score_entropy_loss";
-  const c10::cuda::CUDAGuard guard(logits.device());
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
+  const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   loss_forward_cuda(call.params, stream());
@@ -63,8 +63,8 @@ at::Tensor score_entropy_loss_backward_cuda_op(const at::Tensor& grad_loss, cons
                                                const at::Tensor& x_t, const at::Tensor& x0, const at::Tensor& sigma,
                                                const at::Tensor& dsigma, c10::string_view graph, bool scale_by_sigma) {
   constexpr const char* op = "score_entropy_loss_backward";
-  const c10::cuda::CUDAGuard guard(logits.device());
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
+  const c10::cuda::CUDAGuard guard(logits.device());
   prepare_backward(op, call, grad_loss);
   // Out-of-range tokens give NaN gradient rows rather than an error: autograd reaches the
   // backward only after the forward checked the same tokens, and a sync would cost every step.
@@ -77,8 +77,8 @@ std::tuple<at::Tensor, at::Tensor> masked_diffusion_loss_cuda_op(const at::Tenso
                                                                  const at::Tensor& x0, const at::Tensor& weight,
                                                                  int64_t mask_id) {
   constexpr const char* op = "masked_diffusion_loss";
-  const c10::cuda::CUDAGuard guard(logits.device());
   LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
+  const c10::cuda::CUDAGuard guard(logits.device());
   call.lse = at::empty({x_t.size(0), x_t.size(1)}, logits.options().dtype(at::kFloat));
   call.params.lse = call.lse.data_ptr<float>();
   at::Tensor slot = error_slot(logits);
@@ -92,8 +92,8 @@ at::Tensor masked_diffusion_loss_backward_cuda_op(const at::Tensor& grad_loss, c
                                                   const at::Tensor& lse, const at::Tensor& x_t, const at::Tensor& x0,
                                                   const at::Tensor& weight, int64_t mask_id) {
   constexpr const char* op = "masked_diffusion_loss_backward";
-  const c10::cuda::CUDAGuard guard(logits.device());
   LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
+  const c10::cuda::CUDAGuard guard(logits.device());
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == x_t.sizes() && lse.device() == logits.device(), op,
               ": lse must be the float32 [B, L] tensor that masked_diffusion_loss returned");
   call.lse = lse.contiguous();

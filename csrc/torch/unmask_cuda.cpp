@@ -14,9 +14,9 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
                                                            double temperature, int64_t top_k, double top_p,
                                                            c10::string_view confidence, int64_t logits_shift,
                                                            c10::string_view confidence_from, std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(logits.device());
   PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift,
                                      std::string(confidence_from));
+  const c10::cuda::CUDAGuard guard(logits.device());
   // Two floats a group: the group log-masses and, for the fused pass A, the group maxima
   // (predict_masked_kernel's dynamic shared memory).
   check_cuda_vocab("predict_masked", call.params.vocab, 2);
@@ -33,8 +33,8 @@ at::Tensor commit_tokens_cuda_op(at::Tensor& x, const at::Tensor& x0, const at::
                                  const std::optional<at::Tensor>& num_tokens, std::optional<double> threshold,
                                  const std::optional<at::Tensor>& prob, const std::optional<at::Tensor>& window,
                                  double position_temperature, std::optional<at::Generator> generator) {
-  const c10::cuda::CUDAGuard guard(x.device());
   CommitCall call = prepare_commit(x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature);
+  const c10::cuda::CUDAGuard guard(x.device());
   if (call.random) call.params.rng = cuda_rng_state(generator);
   commit_tokens_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
