@@ -370,23 +370,25 @@ def test_score_entropy_loss(schedule, dtype, graph, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_loss_backward_fills_rows_of_tokens_out_of_range_with_nan(emulator, dtype):
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_loss_backward_fills_rows_of_tokens_out_of_range_with_nan(emulator, dtype, graph):
     """The CUDA backward does not sync, so tokens no forward checked give NaN rows where the CPU
     op raises; the other rows are the CPU op's on valid tokens (up to __expf's rounding)."""
-    logits, x_t, x0, sigma, dsigma = loss_inputs((2, 5, 11), "absorb", dtype, "cpu")
+    logits, x_t, x0, sigma, dsigma = loss_inputs((2, 5, 11), graph, dtype, "cpu")
     x_t[:, ::2] = 10
+    x0[x0 == 10] = 9  # the MDLM loss refuses the mask as clean data
     g = torch.randn(2, generator=gen(11))
     lse = CPU.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=10)[1]
-    losses = {"score_entropy_loss_backward": ((g, logits, x_t, x0, sigma, dsigma), dict(graph="absorb", scale_by_sigma=True)),
-              "masked_diffusion_loss_backward": ((g, logits, lse, x_t, x0, dsigma), dict(mask_id=10))}
+    losses = {"score_entropy_loss_backward": (lambda a, b: (g, logits, a, b, sigma, dsigma),
+                                              dict(graph=graph, scale_by_sigma=True)),
+              "masked_diffusion_loss_backward": (lambda a, b: (g, logits, lse, a, b, dsigma), dict(mask_id=10))}
     for name, (args, kwargs) in losses.items():
-        want = getattr(CPU, name)(*args, **kwargs)
-        # 10 is the mask: out of range as score entropy's clean data only
-        for bad_token in (-3, 10, 10**9) if name == "score_entropy_loss_backward" else (-3, 11, 10**9):
-            for row in (0, 1):  # a masked position (in both losses) and an unmasked one (out of both)
-                bad = x0.clone()
-                bad[1, row] = bad_token
-                got = emulated(emulator, getattr(EMU, name), *[bad if a is x0 else a for a in args], **kwargs)
+        want = getattr(CPU, name)(*args(x_t, x0), **kwargs)
+        for which, bad_token in [("x_t", -3), ("x_t", 11), ("x0", 10**9), ("x0", -1)]:
+            for row in (0, 1):  # a masked position (in both losses) and an unmasked one
+                tokens = {"x_t": x_t.clone(), "x0": x0.clone()}
+                tokens[which][1, row] = bad_token
+                got = emulated(emulator, getattr(EMU, name), *args(tokens["x_t"], tokens["x0"]), **kwargs)
                 assert got[1, row].isnan().all()
                 got[1, row] = want[1, row]
                 torch.testing.assert_close(got.float(), want.float(), rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ no silent gradients, and clear errors for inputs of the wrong kind."""
 import pytest
 import torch
 
+from conftest import HAS_CUDA
 from dllm import ops
 
 V = 10
@@ -122,7 +123,7 @@ def test_errors_blame_the_argument_at_fault():
         ops.commit_tokens(x.clone(), x0, torch.rand(2, 3), mask_id=V - 1, threshold=float("nan"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 def test_a_cpu_tensor_beside_cuda_ones_is_named():
     """Dispatch picks the CUDA kernel when any argument is on CUDA, the main tensor (logits, q)
     on the CPU too: the binding names the argument, and the backward checks what it reads."""
@@ -132,7 +133,7 @@ def test_a_cpu_tensor_beside_cuda_ones_is_named():
     with pytest.raises(RuntimeError, match="sigma is on cuda:0 but logits is on cpu"):
         torch.ops.dllm.sedd_step(logits, torch.full((2, 3), V - 1), torch.ones(2, device="cuda"), torch.ones(2),
                                  graph="absorb", method="euler")
-    q = torch.randn(1, 5, 2, 16, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(1, 5, 2, 64, device="cuda", dtype=torch.bfloat16)  # CUDA: head dimension 64 or 128
     out, lse = torch.ops.dllm.attention_forward(q, q, q, None, None, None, None, 0, 0, 0.25)
     args = {"grad_out": torch.ones_like(out), "out": out, "lse": lse}
     for name in args:
@@ -140,6 +141,14 @@ def test_a_cpu_tensor_beside_cuda_ones_is_named():
         with pytest.raises(RuntimeError, match=f"{name} is on cpu but q is on cuda:0"):
             torch.ops.dllm.attention_backward(moved["grad_out"], q, q, q, moved["out"], moved["lse"], None, None, None,
                                               None, 0, 0, 0.25)
+    x_t = torch.full((2, 3), V - 1)
+    lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x_t - 1, torch.ones(2), mask_id=V - 1)[1]
+    with pytest.raises(RuntimeError, match="grad_loss is on cuda:0 but logits is on cpu"):
+        torch.ops.dllm.masked_diffusion_loss_backward(torch.ones(2, device="cuda"), logits, lse, x_t, x_t - 1,
+                                                      torch.ones(2), mask_id=V - 1)
+    with pytest.raises(RuntimeError, match="lse is on cuda:0 but logits is on cpu"):
+        torch.ops.dllm.masked_diffusion_loss_backward(torch.ones(2), logits, lse.cuda(), x_t, x_t - 1,
+                                                      torch.ones(2), mask_id=V - 1)
 
 
 def test_meta_tensors_are_not_mixed_with_real_ones():

@@ -211,35 +211,40 @@ def test_bad_values_raise_clear_errors(device, op, change, match):
             dllm.ops.masked_diffusion_loss(args["logits"], args["x_t"], args["x0"], args["dsigma"], mask_id=10)
 
 
-def backward_calls(device):
-    """The two loss backward ops (public schemas) on all-masked inputs, as functions of x0."""
-    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), "absorb", torch.float32, device)
-    x_t[:] = 10
+def backward_calls(device, graph):
+    """The two loss backward ops (public schemas) on half-masked inputs, as functions of (x_t, x0)."""
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), graph, torch.float32, device)
+    x_t[:, ::2] = 10
+    x0[x0 == 10] = 9  # the MDLM loss refuses the mask as clean data
     g = torch.ones(2, device=device)
     lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=10)[1]
     calls = [
-        lambda t: torch.ops.dllm.score_entropy_loss_backward(g, logits, x_t, t, sigma, dsigma, graph="absorb",
-                                                             scale_by_sigma=True),
-        lambda t: torch.ops.dllm.masked_diffusion_loss_backward(g, logits, lse, x_t, t, dsigma, mask_id=10),
+        lambda a, b: torch.ops.dllm.score_entropy_loss_backward(g, logits, a, b, sigma, dsigma, graph=graph,
+                                                                scale_by_sigma=True),
+        lambda a, b: torch.ops.dllm.masked_diffusion_loss_backward(g, logits, lse, a, b, dsigma, mask_id=10),
     ]
-    return x0, calls
+    return x_t, x0, calls
 
 
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
 @pytest.mark.parametrize("bad_token", [-3, 11, 10**9])
-def test_backward_ops_never_index_with_tokens_out_of_range(device, bad_token):
+@pytest.mark.parametrize("which", ["x_t", "x0"])
+def test_backward_ops_never_index_with_tokens_out_of_range(device, graph, bad_token, which):
     """Called directly, on tokens no forward checked: the CPU raises the forward's error; CUDA,
     which does not sync in the backward, fills the row with NaN. Neither writes at the token."""
-    x0, calls = backward_calls(device)
-    bad = x0.index_fill(1, torch.tensor([1], device=device), bad_token)
-    for call in calls:
-        if device == "cpu":
-            with pytest.raises(ValueError, match=r"x_t or x0 at position \[0, 1\] is outside the token range"):
-                call(bad)
-            continue
-        want, got = call(x0), call(bad)
-        assert got[0, 1].isnan().all()
-        got[0, 1] = want[0, 1]
-        assert torch.equal(got, want)
+    x_t, x0, calls = backward_calls(device, graph)
+    for row in (0, 1):  # masked and unmasked
+        tokens = {"x_t": x_t, "x0": x0}
+        tokens[which] = tokens[which].index_fill(1, torch.tensor([row], device=device), bad_token)
+        for call in calls:
+            if device == "cpu":
+                with pytest.raises(ValueError, match=rf"x_t or x0 at position \[0, {row}\] is outside the token range"):
+                    call(tokens["x_t"], tokens["x0"])
+                continue
+            want, got = call(x_t, x0), call(tokens["x_t"], tokens["x0"])
+            assert got[0, row].isnan().all()
+            got[0, row] = want[0, row]
+            assert torch.equal(got, want)
 
 
 def test_bad_shapes_raise_clear_errors(device):

@@ -39,8 +39,9 @@ at::Tensor check_tokens(const char* op, const at::Tensor& t, const char* name, c
   return t.contiguous();
 }
 
-at::Tensor check_per_batch(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like, int64_t B) {
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ", like.device(), " was expected");
+at::Tensor check_per_batch(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like,
+                           const char* like_name, int64_t B) {
+  check_same_device(op, like, like_name, t, name);
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be a floating tensor, got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == B, op, ": ", name, " must have shape [B] = [", B, "], got ", t.sizes());
   return t.to(at::kFloat).contiguous();
@@ -56,8 +57,8 @@ StepCall prepare_step(const at::Tensor& logits, const at::Tensor& x, const at::T
   call.logits = check_logits(op, logits, p.dtype);
   call.x = check_tokens(op, x, "x", logits);
   const int64_t B = logits.size(0);
-  call.sigma = check_per_batch(op, sigma, "sigma", logits, B);
-  call.dsig = check_per_batch(op, dsig, "dsig", logits, B);
+  call.sigma = check_per_batch(op, sigma, "sigma", logits, "logits", B);
+  call.dsig = check_per_batch(op, dsig, "dsig", logits, "logits", B);
   p.graph = parse_graph(op, graph);
   p.method = parse_method(op, method);
   call.x_next = at::empty_like(call.x);
@@ -85,7 +86,7 @@ TransitionCall prepare_transition(const at::Tensor& x0, const at::Tensor& sigma,
   TORCH_CHECK_TYPE(x0.scalar_type() == at::kLong, op, ": x0 must be int64, got ", x0.scalar_type());
   TORCH_CHECK(x0.dim() == 2, op, ": x0 must have shape [B, L], got ", x0.sizes());
   call.x0 = x0.contiguous();
-  call.sigma = check_per_batch(op, sigma, "sigma", x0, x0.size(0));
+  call.sigma = check_per_batch(op, sigma, "sigma", x0, "x0", x0.size(0));
   call.x_t = at::empty_like(call.x0);
   p.x0 = call.x0.data_ptr<int64_t>();
   p.rows = x0.numel();
@@ -124,8 +125,8 @@ LossCall prepare_score_entropy(const char* op, const at::Tensor& logits, const a
   p.kind = LossKind::kScoreEntropy;
   p.graph = parse_graph(op, graph);
   p.scale_by_sigma = scale_by_sigma;
-  call.sigma = check_per_batch(op, sigma, "sigma", logits, logits.size(0));
-  call.dsigma = check_per_batch(op, dsigma, "dsigma", logits, logits.size(0));
+  call.sigma = check_per_batch(op, sigma, "sigma", logits, "logits", logits.size(0));
+  call.dsigma = check_per_batch(op, dsigma, "dsigma", logits, "logits", logits.size(0));
   p.sigma = call.sigma.data_ptr<float>();
   p.dsigma = call.dsigma.data_ptr<float>();
   return call;
@@ -139,17 +140,25 @@ LossCall prepare_masked_diffusion(const char* op, const at::Tensor& logits, cons
   TORCH_CHECK_VALUE(mask_id >= 0 && mask_id < p.vocab, op, ": mask_id must be in [0, K) = [0, ", p.vocab, "), got ",
                     mask_id);
   p.mask_id = mask_id;
-  call.weight = check_per_batch(op, weight, "weight", logits, logits.size(0));
+  call.weight = check_per_batch(op, weight, "weight", logits, "logits", logits.size(0));
   p.weight = call.weight.data_ptr<float>();
   return call;
 }
 
 void prepare_backward(const char* op, LossCall& call, const at::Tensor& grad_loss) {
   const int64_t B = call.x_t.size(0);
-  call.grad_loss = check_per_batch(op, grad_loss, "grad_loss", call.logits, B);
+  call.grad_loss = check_per_batch(op, grad_loss, "grad_loss", call.logits, "logits", B);
   call.params.grad_loss = call.grad_loss.data_ptr<float>();
   call.grad = at::empty({call.params.rows, call.params.vocab}, call.logits.options());
   call.params.grad = call.grad.data_ptr();
+}
+
+void use_saved_lse(const char* op, LossCall& call, const at::Tensor& lse) {
+  check_same_device(op, call.logits, "logits", lse, "lse");
+  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == call.x_t.sizes(), op,
+              ": lse must be the float32 [B, L] tensor that masked_diffusion_loss returned");
+  call.lse = lse.contiguous();
+  call.params.lse = call.lse.data_ptr<float>();
 }
 
 at::Tensor finish_loss(const LossCall& call) {
@@ -252,10 +261,7 @@ at::Tensor masked_diffusion_loss_backward_cpu_op(const at::Tensor& grad_loss, co
                                                  const at::Tensor& weight, int64_t mask_id) {
   constexpr const char* op = "masked_diffusion_loss_backward";
   LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == x_t.sizes() && lse.device() == logits.device(), op,
-              ": lse must be the float32 [B, L] tensor that masked_diffusion_loss returned");
-  call.lse = lse.contiguous();
-  call.params.lse = call.lse.data_ptr<float>();
+  use_saved_lse(op, call, lse);
   prepare_backward(op, call, grad_loss);
   const LossParams& p = call.params;
   raise_sedd_error(op, parallel_rows(p.rows, p.vocab, [&](int64_t b, int64_t e) { return loss_backward_cpu(p, b, e); }),

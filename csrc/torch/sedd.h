@@ -37,6 +37,8 @@ LossCall prepare_masked_diffusion(const char* op, const at::Tensor& logits, cons
                                   const at::Tensor& x0, const at::Tensor& weight, int64_t mask_id);
 // Backward set-up on a prepared call: checks grad_loss [B], allocates grad like logits.
 void prepare_backward(const char* op, LossCall& call, const at::Tensor& grad_loss);
+// masked_diffusion_loss_backward's input beside the forward's: the log-sum-exp [B, L] it returned.
+void use_saved_lse(const char* op, LossCall& call, const at::Tensor& lse);
 // The per-sequence loss [B] float32 from the per-position losses.
 at::Tensor finish_loss(const LossCall& call);
 

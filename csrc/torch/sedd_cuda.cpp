@@ -64,8 +64,8 @@ at::Tensor score_entropy_loss_backward_cuda_op(const at::Tensor& grad_loss, cons
                                                const at::Tensor& dsigma, c10::string_view graph, bool scale_by_sigma) {
   constexpr const char* op = "score_entropy_loss_backward";
   LossCall call = prepare_score_entropy(op, logits, x_t, x0, sigma, dsigma, graph, scale_by_sigma);
-  const c10::cuda::CUDAGuard guard(logits.device());
   prepare_backward(op, call, grad_loss);
+  const c10::cuda::CUDAGuard guard(logits.device());
   // Out-of-range tokens give NaN gradient rows rather than an error: autograd reaches the
   // backward only after the forward checked the same tokens, and a sync would cost every step.
   loss_backward_cuda(call.params, stream());
@@ -93,12 +93,9 @@ at::Tensor masked_diffusion_loss_backward_cuda_op(const at::Tensor& grad_loss, c
                                                   const at::Tensor& weight, int64_t mask_id) {
   constexpr const char* op = "masked_diffusion_loss_backward";
   LossCall call = prepare_masked_diffusion(op, logits, x_t, x0, weight, mask_id);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == x_t.sizes() && lse.device() == logits.device(), op,
-              ": lse must be the float32 [B, L] tensor that masked_diffusion_loss returned");
-  call.lse = lse.contiguous();
-  call.params.lse = call.lse.data_ptr<float>();
+  use_saved_lse(op, call, lse);
   prepare_backward(op, call, grad_loss);
+  const c10::cuda::CUDAGuard guard(logits.device());
   loss_backward_cuda(call.params, stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return call.grad.view(logits.sizes());
