@@ -21,3 +21,14 @@ LONGEST_FIRST = ("test_cuda_emulated_asan.py", "test_cuda_emulated.py")
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
                else len(LONGEST_FIRST))
+
+
+@pytest.fixture
+def poisoned_empty():
+    """Every torch.empty, the ops' outputs included, filled with NaN (integers: their maximum), so
+    that a kernel skipping a write cannot pass on memory that happened to hold the right value."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -11,6 +11,8 @@ from conftest import HAS_CUDA
 import dllm
 from dllm.reference.attention import attention as reference
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 

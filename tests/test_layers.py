@@ -58,6 +58,18 @@ def test_rms_norm_is_computed_in_float32_and_rounded_once(x_dtype, w_dtype):
     torch.testing.assert_close(dw.double(), dw64, rtol=1e-2 if w_dtype != torch.float32 else 1e-5, atol=1e-2)
 
 
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32)])
+def test_rms_norm_eps_counts(x_dtype, w_dtype):
+    """Inputs whose mean square is about eps, where leaving eps out (or another eps) shows."""
+    g = torch.Generator().manual_seed(3)
+    d, eps = 83, 1e-6
+    norm = RMSNorm(d, eps).to(w_dtype)
+    x = (1e-3 * torch.randn(3, 29, d, generator=g)).to(x_dtype)
+    x64, w64 = x.double(), norm.weight.double()
+    want = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
+    torch.testing.assert_close(norm(x).double(), want, rtol=torch.finfo(x_dtype).eps / 2 + 1e-6, atol=1e-6)
+
+
 def test_the_gated_residual_takes_the_streams_dtype_with_or_without_autograd():
     """A bfloat16 stream with a float32 gate (a time embedding kept in float32): both paths round
     x + gate * update once to bfloat16, as dllm.ops.adaln_residual does."""

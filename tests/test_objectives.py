@@ -528,3 +528,25 @@ def test_mdlm_step_bound_feeds_the_samplers_sigma_at_its_mask_rate(noise):
     draws = obj.draw(64, 32, torch.Generator().manual_seed(0))
     obj.step_bound(net, torch.randint(0, 256, (64, 32)), draws)
     torch.testing.assert_close(-torch.expm1(-seen[0].double()), (1 - 1e-3) * draws["t"].double(), rtol=1e-5, atol=0)
+
+
+def test_bounds_feed_the_network_sigma_inside_the_trained_range():
+    """The evaluation bounds clamp the network's sigma to the schedule's [sigma(0), sigma(1)]: the
+    masked-count draws past sigma(1) reach the clamp, uniform sedd's low share sigma(0)."""
+    tok = ByteTokenizer()
+    for obj in (MDLM(tok), SEDD(tok, graph="absorb"), SEDD(tok, graph="uniform", noise="geometric")):
+        seen = []
+
+        def net(x, s):
+            seen.append(torch.as_tensor(s, dtype=torch.float64))
+            return torch.zeros(*x.shape, obj.model_vocab_size)
+
+        B, L = 4000, 3
+        obj.bound(net, torch.randint(0, 200, (B, L)), obj.bound_draw(B, L, torch.Generator().manual_seed(0)))
+        (lo, hi), _ = obj.noise(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        s = torch.cat(seen)
+        assert s.max() <= hi * (1 + 1e-6) and s.min() >= lo * (1 - 1e-6), (obj.name, s.min(), s.max(), lo, hi)
+        if obj.name == "mdlm" or obj.graph == "absorb":
+            assert s.max() >= hi * (1 - 1e-6)
+        else:
+            assert (s <= lo * (1 + 1e-6)).any()

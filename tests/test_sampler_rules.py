@@ -201,3 +201,26 @@ def test_sedd_steps_get_sedd_noise_increments(monkeypatch, graph, noise, method)
         torch.testing.assert_close(dsig, want, rtol=1e-5, atol=0)
     torch.testing.assert_close(seen[-1][1], noise(times[-1:])[0], rtol=1e-6, atol=0)
     torch.testing.assert_close(seen[-1][2], seen[-1][1])
+
+
+@pytest.mark.parametrize("sampler, eps", [("mdlm", 1e-5), ("dream:origin", 1e-3)])
+def test_each_step_commits_every_masked_token_with_probability_one_minus_s_over_t(sampler, eps):
+    """MDLM's and Dream's original rule: going from t to s each masked token is committed with
+    probability (t - s) / t on the grid linspace(1, eps); MDLM's network sees sigma(t)."""
+    rows, length, steps = 256, 64, 4
+    model = FixedModel(position_logits(*[A] * length), time_conditioned=True)
+    out = dllm.generate(model, torch.empty(rows, 0, dtype=torch.long), gen_length=length, steps=steps,
+                        sampler=sampler, temperature=1.0, return_history=True,
+                        generator=torch.Generator().manual_seed(0))
+    times = torch.linspace(1, eps, steps + 1, dtype=torch.float64).tolist()
+    before = torch.full((rows, length), MASK)
+    for i, after in enumerate(out.history[:steps - 1]):  # the last step commits everything left
+        n = (before == MASK).sum().item()
+        q = (times[i] - times[i + 1]) / times[i]
+        k = ((before == MASK) & (after != MASK)).sum().item()
+        assert abs(k - n * q) < 5 * math.sqrt(n * q * (1 - q)), (i, k, n * q)
+        before = after
+    if sampler == "mdlm":
+        want = -torch.log1p(-(1 - 1e-3) * torch.tensor(times[:steps], dtype=torch.float64))
+        got = torch.stack([s[0] for s in model.sigmas[:steps]]).double()
+        torch.testing.assert_close(got, want.float().double(), rtol=1e-5, atol=0)

@@ -7,6 +7,8 @@ import dllm
 from dllm.sedd import reference as ref
 from threads import assert_same_under_threads
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (B, L, K): awkward lengths, a small odd K, and GPT-2's K = 50258 (absorb) / 50257 (uniform).
 SHAPES = [(3, 1, 37), (2, 113, 37), (1, 1023, 37), (2, 3, 50258)]

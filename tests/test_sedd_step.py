@@ -11,6 +11,8 @@ import dllm
 from dllm.sedd import reference as ref
 from stats import chi_square_pvalue, group_edges
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+
 P_MIN = 1e-4  # seeded draws make every test deterministic; this only guards against a bad seed
 METHODS = ["analytic", "euler", "denoise"]
 

@@ -10,6 +10,8 @@ from dllm.unmask_schedule import linear_transfer_counts
 from stats import chi_square_pvalue, two_sample_pvalue
 from threads import assert_same_under_threads
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+
 P_MIN = 1e-4
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MASK = 7
