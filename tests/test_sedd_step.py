@@ -65,7 +65,7 @@ def test_frequencies_match_exact_next_token_distribution(device, case, method):
     x = k - 1 if graph == "absorb" else 11
     probs = exact_next_token_probs(row, x, sigma, dsig, graph, method, sbs)
     torch.manual_seed(0)
-    tokens = draws(row, x, sigma, dsig, 1 << 18, graph, method, sbs)
+    tokens = draws(row, x, sigma, dsig, 1 << 20, graph, method, sbs)
     assert chi_square_pvalue(tokens, probs) > P_MIN
 
 
