@@ -149,6 +149,17 @@ def test_batch_order_resumes_exactly():
         BatchOrder(11, seed=3).load_state_dict(state)
 
 
+def test_batch_order_resumes_exactly_in_a_later_epoch():
+    a = BatchOrder(10, seed=3)
+    a.next(14)  # into the second epoch, whose order is its own
+    state = a.state_dict()
+    assert state["epoch"] == 1
+    rest = [a.next(4) for _ in range(5)]
+    b = BatchOrder(10, seed=3)
+    b.load_state_dict(state)
+    assert all(np.array_equal(x, y) for x, y in zip(rest, [b.next(4) for _ in range(5)]))
+
+
 def _share(c) -> float:
     return sum(len(t) for _, t in c.val) / sum(len(t) for _, t in c.train + c.val)
 

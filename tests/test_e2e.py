@@ -471,3 +471,13 @@ def test_a_kept_model_is_reused_from_a_relative_data_path(tmp_path, monkeypatch)
     (tmp_path / "mdlm" / "run_config.json").write_text('{"train": {"tok')  # killed while written
     with pytest.raises(ValueError, match="run_config.json is damaged .*--retrain"):
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, data="corpus")
+
+
+def test_the_benchmark_runs_fast_dllm_and_llada_as_its_report_says():
+    """The report and results.json's meta state fast-dllm's cache, threshold and block: the calls use them."""
+    kw = e2e._diffusion_kwargs("fast-dllm", 1, 64)
+    assert kw["cache"] == e2e.FAST_DLLM_CACHE == "dual" and kw["threshold"] == e2e.FAST_DLLM_THRESHOLD
+    assert kw["block_length"] == min(e2e.BLOCK_LENGTH, 64)
+    assert e2e._diffusion_kwargs("llada", 8, 16)["block_length"] == 16
+    assert "cache" not in e2e._diffusion_kwargs("llada", 8, 64)
+    assert "block_length" not in e2e._diffusion_kwargs("mdlm", 8, 64)

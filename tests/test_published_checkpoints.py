@@ -324,6 +324,7 @@ def test_llama_families_match_published_architecture(tmp_path, family):
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
     assert model.mask_id == cfg["mask_token_id"] and model.pad_id == cfg["pad_token_id"]
     assert model.eos_id == cfg["eos_token_id"]
+    assert model.net.config.max_seq_len == cfg.get("max_sequence_length", cfg.get("max_position_embeddings"))
     assert model.logits_shift == (1 if family == "dream" else 0)
     mask_token = "<|mdm_mask|>" if family == "llada" else "<|mask|>"
     assert model.tokenizer.token_to_id(mask_token) == model.mask_id
@@ -783,3 +784,22 @@ def test_a_dllm_folder_with_integer_weights_is_refused(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=f"weight {re.escape(name)} in model.safetensors has dtype torch.int64"):
         from_pretrained(tmp_path)
+
+
+def test_sample_passes_block_length_and_the_default_temperature_to_generate(tmp_path, monkeypatch):
+    import dllm.sample_cli
+    from dllm.cli import main
+
+    make_checkpoint(tmp_path, "llada")
+    seen, real = [], dllm.sample_cli.generate
+
+    def spy(*args, **kw):
+        seen.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(dllm.sample_cli, "generate", spy)
+    common = ["sample", str(tmp_path), "--prompt", "w3 w7", "--device", "cpu", "--gen-length", "8", "--steps", "4"]
+    assert main(common + ["--block-length", "4"]) in (0, None)
+    assert seen[-1]["block_length"] == 4 and seen[-1]["temperature"] == 0.8  # the documented default
+    assert main(common + ["--temperature", "0", "--sampler", "fast-dllm", "--block-length", "2"]) in (0, None)
+    assert seen[-1]["block_length"] == 2 and seen[-1]["temperature"] == 0.0 and seen[-1]["sampler"] == "fast-dllm"
