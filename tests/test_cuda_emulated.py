@@ -21,6 +21,7 @@ import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs
+from test_sedd_losses import backward_calls
 from test_sedd_losses import make_inputs as loss_inputs
 from test_adaln import adaln_reference
 from test_adaln import check as adaln_check
@@ -376,21 +377,14 @@ def test_score_entropy_loss(schedule, dtype, graph, shape):
 def test_loss_backward_fills_rows_of_tokens_out_of_range_with_nan(emulator, dtype, graph):
     """The CUDA backward does not sync, so tokens no forward checked give NaN rows where the CPU
     op raises; the other rows are the CPU op's on valid tokens (up to __expf's rounding)."""
-    logits, x_t, x0, sigma, dsigma = loss_inputs((2, 5, 11), graph, dtype, "cpu")
-    x_t[:, ::2] = 10
-    x0[x0 == 10] = 9  # the MDLM loss refuses the mask as clean data
-    g = torch.randn(2, generator=gen(11))
-    lse = CPU.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=10)[1]
-    losses = {"score_entropy_loss_backward": (lambda a, b: (g, logits, a, b, sigma, dsigma),
-                                              dict(graph=graph, scale_by_sigma=True)),
-              "masked_diffusion_loss_backward": (lambda a, b: (g, logits, lse, a, b, dsigma), dict(mask_id=10))}
-    for name, (args, kwargs) in losses.items():
-        want = getattr(CPU, name)(*args(x_t, x0), **kwargs)
+    x_t, x0, calls = backward_calls("cpu", graph, dtype, ops=EMU)
+    for call, cpu_call in zip(calls, backward_calls("cpu", graph, dtype)[2]):
+        want = cpu_call(x_t, x0)
         for which, bad_token in [("x_t", -3), ("x_t", 11), ("x0", 10**9), ("x0", -1)]:
-            for row in (0, 1):  # a masked position (in both losses) and an unmasked one
+            for row in (0, 1):  # a masked position and an unmasked one, rows 5 and 6: full 16-byte chunks
                 tokens = {"x_t": x_t.clone(), "x0": x0.clone()}
                 tokens[which][1, row] = bad_token
-                got = emulated(emulator, getattr(EMU, name), *args(tokens["x_t"], tokens["x0"]), **kwargs)
+                got = emulated(emulator, call, tokens["x_t"], tokens["x0"])
                 assert got[1, row].isnan().all()
                 got[1, row] = want[1, row]
                 torch.testing.assert_close(got.float(), want.float(), rtol=1e-5, atol=1e-6)

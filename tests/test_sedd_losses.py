@@ -213,17 +213,17 @@ def test_bad_values_raise_clear_errors(device, op, change, match):
             dllm.ops.masked_diffusion_loss(args["logits"], args["x_t"], args["x0"], args["dsigma"], mask_id=10)
 
 
-def backward_calls(device, graph):
-    """The two loss backward ops (public schemas) on half-masked inputs, as functions of (x_t, x0)."""
-    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), graph, torch.float32, device)
+def backward_calls(device, graph, dtype=torch.float32, ops=torch.ops.dllm):
+    """The two loss backward ops (public schemas; `ops`: dllm's or the CUDA emulator's) on
+    half-masked inputs, as functions of (x_t, x0)."""
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 5, 11), graph, dtype, device)
     x_t[:, ::2] = 10
     x0[x0 == 10] = 9  # the MDLM loss refuses the mask as clean data
     g = torch.ones(2, device=device)
     lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=10)[1]
     calls = [
-        lambda a, b: torch.ops.dllm.score_entropy_loss_backward(g, logits, a, b, sigma, dsigma, graph=graph,
-                                                                scale_by_sigma=True),
-        lambda a, b: torch.ops.dllm.masked_diffusion_loss_backward(g, logits, lse, a, b, dsigma, mask_id=10),
+        lambda a, b: ops.score_entropy_loss_backward(g, logits, a, b, sigma, dsigma, graph=graph, scale_by_sigma=True),
+        lambda a, b: ops.masked_diffusion_loss_backward(g, logits, lse, a, b, dsigma, mask_id=10),
     ]
     return x_t, x0, calls
 

@@ -211,11 +211,11 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     SeddStatus status = kSeddOk;
     bool active = false;
     if (md) {
-      if (xt < 0 || xt >= K || x0 < 0 || x0 >= K) status = kSeddBadToken;
+      if (!loss_tokens_ok(p, xt, x0)) status = kSeddBadToken;
       else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;
       else active = xt == p.mask_id;
     } else {
-      if (xt < 0 || xt >= K || x0 < 0 || x0 >= (absorb ? K - 1 : K)) status = kSeddBadToken;
+      if (!loss_tokens_ok(p, xt, x0)) status = kSeddBadToken;
       else if (bad_loss_sigma(p.sigma[b], p.dsigma[b])) status = kSeddBadSigma;
       else active = !absorb || xt == K - 1;
     }
@@ -298,6 +298,10 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     // the logits' chunks, loaded and stored whole, kUnroll in flight a thread; inactive rows
     // only store their fill.
     uint4* out = reinterpret_cast<uint4*>(reinterpret_cast<uintptr_t>(grad) & ~uintptr_t(15));
+    uint4 inactive_chunk{};  // +0 in every dtype; NaN for rows of tokens out of range
+    if (!gr.tokens_ok)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) Vec<D>::put(inactive_chunk, j, IO<D>::store(inactive));
     const auto split = view.split(0, K);
     auto edge = [&](int64_t i) { grad[i] = IO<D>::store(value(i, gr.active ? view.at(i) : 0.0f)); };
     for (int64_t i = threadIdx.x; i < split.inner_lo; i += kThreads) edge(i);
@@ -311,7 +315,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t c = c0 + kThreads * u;
         if (c >= split.end) break;
-        uint4 packed{};
+        uint4 packed = inactive_chunk;  // the active branches write every element
         const int64_t i0 = view.index(c, 0);
         if (gr.active && uint64_t(gr.skip - i0) >= kVec && uint64_t(x0 - i0) >= kVec) {
           // neither the skipped token nor x0 in this chunk: no per-element index tests
@@ -321,9 +325,6 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
         } else if (gr.active) {
 #pragma unroll
           for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(value(i0 + j, Vec<D>::get(raw[u], j))));
-        } else {
-#pragma unroll
-          for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(inactive));
         }
         out[c] = packed;
       }

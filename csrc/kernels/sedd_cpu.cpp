@@ -183,7 +183,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
     double loss = 0.0;
     SeddStatus status = kSeddOk;
     if (p.kind == LossKind::kMaskedDiffusion) {
-      if (xt < 0 || xt >= K || x0 < 0 || x0 >= K) status = kSeddBadToken;
+      if (!loss_tokens_ok(p, xt, x0)) status = kSeddBadToken;
       else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;
       else if (xt == p.mask_id) {
         for (int64_t i = 0; i < K; ++i) buf[i] = Loader<D>::load(row[i]);
@@ -196,8 +196,7 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
       if (xt != p.mask_id || status != kSeddOk) p.lse[r] = 0.0f;
     } else {
       const bool absorb = p.graph == SeddGraph::kAbsorb;
-      const int64_t V = absorb ? K - 1 : K;
-      if (xt < 0 || xt >= K || x0 < 0 || x0 >= V) status = kSeddBadToken;
+      if (!loss_tokens_ok(p, xt, x0)) status = kSeddBadToken;
       else if (bad_loss_sigma(p.sigma[b], p.dsigma[b])) status = kSeddBadSigma;
       else if (!absorb || xt == K - 1) {
         const SeRow s = se_row(p.graph, p.scale_by_sigma, p.sigma[b], K, xt, x0);

@@ -153,10 +153,10 @@ MUTANTS = [
     ("csrc/kernels/sedd.cu", "const int64_t skip = md ? p.mask_id : xt;", "const int64_t skip = md ? p.vocab - 1 : xt;",
      "masked_diffusion_loss"),
     # the loss backward indexing with tokens no forward checked, or storing 0 where they give NaN
-    ("csrc/include/dllm/sedd.h", "gr.tokens_ok = xt >= 0 && xt < p.vocab && x0 >= 0", "gr.tokens_ok = x0 >= 0",
+    ("csrc/include/dllm/sedd.h", "gr.tokens_ok = loss_tokens_ok(p, xt, x0);", "gr.tokens_ok = x0 >= 0;",
      "backward_fills"),
-    ("csrc/kernels/sedd.cu", "for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(inactive));", "",
-     "backward_fills"),
+    ("csrc/kernels/sedd.cu", "      for (int j = 0; j < kVec; ++j) Vec<D>::put(inactive_chunk, j, IO<D>::store(inactive));",
+     "", "backward_fills"),
 ]
 
 

@@ -204,6 +204,13 @@ DLLM_HD bool bad_loss_sigma(float sigma, float dsigma) {
   return !(sigma > 0.0f && sigma < INFINITY && dsigma < INFINITY && dsigma > -INFINITY);
 }
 
+// Both losses take x_t in [0, K) and clean data x0 in [0, K), but for the mask K - 1 under score
+// entropy's absorbing graph. The forwards report other tokens; the backwards never index with them.
+DLLM_HD bool loss_tokens_ok(const LossParams& p, int64_t xt, int64_t x0) {
+  const bool mask_is_last = p.kind == LossKind::kScoreEntropy && p.graph == SeddGraph::kAbsorb;
+  return xt >= 0 && xt < p.vocab && x0 >= 0 && x0 < (mask_is_last ? p.vocab - 1 : p.vocab);
+}
+
 // The loss gradient of one row is d/dl_y = ga * exp(l_y - ref) - gb for y != skip, minus g_x0
 // more at x0, and 0 at skip; rows outside the loss (not active) are all 0. A row whose tokens
 // are out of range (the backward op called directly, on tokens no forward accepted) is not
@@ -222,7 +229,7 @@ DLLM_HD GradRow grad_row(const LossParams& p, int64_t r) {
   const int64_t xt = p.x_t[r], x0 = p.x0[r];
   const bool md = p.kind == LossKind::kMaskedDiffusion, absorb = p.graph == SeddGraph::kAbsorb;
   GradRow gr;
-  gr.tokens_ok = xt >= 0 && xt < p.vocab && x0 >= 0 && x0 < (!md && absorb ? p.vocab - 1 : p.vocab);
+  gr.tokens_ok = loss_tokens_ok(p, xt, x0);
   if (!gr.tokens_ok) return gr;
   if (md) {
     gr.active = xt == p.mask_id && x0 != p.mask_id;

@@ -206,9 +206,10 @@ class ARTransformer(DiffusionTransformer):
             raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
                              + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)
                                 else type(prompt).__name__))
-        if prompt.numel() and not 0 <= int(prompt.min()) <= int(prompt.max()) < self.config.vocab_size:
-            raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size}), got "
-                             f"{int(prompt.min())}..{int(prompt.max())}")
+        if prompt.numel():
+            lo, hi = torch.stack(torch.aminmax(prompt)).tolist()  # one host sync
+            if not 0 <= lo <= hi < self.config.vocab_size:
+                raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size}), got {lo}..{hi}")
         prompt = prompt.long()
         warn_if_dropout_on(self)
         if cuda_graph:
