@@ -155,8 +155,7 @@ MUTANTS = [
     # the loss backward indexing with tokens no forward checked, or storing 0 where they give NaN
     ("csrc/include/dllm/sedd.h", "gr.tokens_ok = loss_tokens_ok(p, xt, x0);", "gr.tokens_ok = x0 >= 0;",
      "backward_fills"),
-    ("csrc/kernels/sedd.cu", "      for (int j = 0; j < kVec; ++j) Vec<D>::put(inactive_chunk, j, IO<D>::store(inactive));",
-     "", "backward_fills"),
+    ("csrc/kernels/sedd.cu", "    if (!gr.tokens_ok)\n#pragma unroll\n", "    if (false)\n#pragma unroll\n", "backward_fills"),
 ]
 
 
