@@ -8,7 +8,10 @@ import dllm
 
 pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
 
-ROUNDING = {torch.float32: 1e-5, torch.bfloat16: 2**-8, torch.float16: 2**-11}  # one rounding, relative
+ROUNDING = {torch.float32: 2**-24, torch.bfloat16: 2**-8, torch.float16: 2**-11}  # one rounding, relative
+# plus the float32 arithmetic's own error (measured: up to 2.1e-6 relative on the CPU's rows of 1096,
+# 1.2e-6 in the emulated CUDA kernels)
+ARITHMETIC = 5e-6
 
 
 def adaln_reference(x, weight, shift, scale, eps):
@@ -32,7 +35,7 @@ def inputs(device, dtype, *, batch=3, seq=37, dim=64, seed=0):
 def check(got, want, dtype):
     assert got.is_contiguous() and got.dtype == dtype and got.shape == want.shape
     err = (got.double() - want).abs() / want.abs().clamp(min=1.0)
-    assert err.max() <= ROUNDING[dtype] + 1e-5, err.max()
+    assert err.max() <= ROUNDING[dtype] + ARITHMETIC, err.max()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

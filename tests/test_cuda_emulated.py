@@ -107,6 +107,44 @@ def test_log_poly_is_within_two_ulps(emulator):
     assert (err / ulp)[want != 0].max() <= 2
 
 
+def philox4x32_10(ctr, key):
+    """Philox4x32-10 (Salmon et al. 2011) in Python: the reference the kernels' bits are checked against."""
+    m32 = 0xFFFFFFFF
+    (c0, c1, c2, c3), (k0, k1) = ctr, key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & m32, (p0 >> 32) ^ c3 ^ k1, p0 & m32
+        k0, k1 = (k0 + 0x9E3779B9) & m32, (k1 + 0xBB67AE85) & m32
+    return c0, c1, c2, c3
+
+
+def test_philox_reference_matches_random123_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert (philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0))
+            == (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))
+
+
+def test_kernel_bits_share_no_philox_block_with_torch_curand_ops(emulator):
+    """torch's CUDA random ops (curand_init(seed, thread, offset)) draw Philox4x32-10 under the key
+    (seed lo, seed hi) at counters (offset / 4 + i, 0, thread, 0). dllm's first call after
+    manual_seed has offset 0, where its row 0 counters are exactly those of torch's thread 0: the
+    kernels fold a constant into the key so that no block is shared."""
+    m32 = 0xFFFFFFFF
+    for seed in (0, 1, 2**32 + 5, 2**64 - 1):
+        key = (seed & m32, seed >> 32)
+        curand = {philox4x32_10((n, 0, thread, 0), key) for n in range(64) for thread in range(64)}
+        for stream in range(5):
+            for row, pair in ((0, 0), (0, 1), (0, 63), (1, 0), (5, 17)):
+                for offset in (0, 4, 2**32, 2**32 + 8):
+                    # philox_pair's layout: counter (pair, row lo, row hi ^ stream << 29, offset lo),
+                    # key (seed lo ^ "dllm", seed hi ^ offset hi)
+                    ctr = (pair, row & m32, (row >> 32) ^ (stream << 29), offset & m32)
+                    dllm_key = (key[0] ^ 0x6D6C6C64, key[1] ^ (offset >> 32))
+                    got = emulator.philox_pair(seed, offset, row, pair, stream)
+                    assert got == philox4x32_10(ctr, dllm_key) and got not in curand
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("vocab", [37, 2049, 50258])
 def test_sample_categorical(schedule, dtype, vocab):

@@ -48,15 +48,16 @@ def run(sampler, model=None, seed=0, **kw):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_samplers_fill_every_mask_and_keep_the_prompt(sampler):
-    prompt = torch.randint(1, MASK, (3, 5))
+    prompt = torch.randint(1, MASK, (3, 5), generator=torch.Generator().manual_seed(0))
     out, _ = run(sampler, prompt=prompt)
     assert out.sequences.shape == (3, 5 + 32)
     assert torch.equal(out.sequences[:, :5], prompt)
     assert not (out.sequences == MASK).any()
     again, _ = run(sampler, prompt=prompt)
     assert torch.equal(out.sequences, again.sequences)  # seeded generator: reproducible
-    other, _ = run(sampler, prompt=prompt, seed=1)
-    assert not torch.equal(out.sequences, other.sequences)
+    # TinyModel's proposals are nearly one-hot (two seeds differ in ~10 of 96 tokens), so one other
+    # seed can draw the same sequences by chance; three all doing so would take a generator ignored
+    assert any(not torch.equal(out.sequences, run(sampler, prompt=prompt, seed=seed)[0].sequences) for seed in (1, 2, 3))
 
 
 @pytest.mark.parametrize("sampler, expected", [("llada", 16), ("dream", 16), ("first-hitting", 32)])
@@ -710,6 +711,22 @@ def test_sedd_infill_on_the_uniform_graph_uses_minus_one():
         dllm.generate(TinyModel(), gen_length=16, steps=4, sampler="sedd-euler", temperature=0.8)
     with pytest.raises(ValueError, match="score .SEDD. model"):
         dllm.generate(model, gen_length=16, steps=4, sampler="llada")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS + ["sedd-analytic", "sedd-euler"])
+def test_an_infill_that_knows_every_token_returns_without_calling_the_model(sampler):
+    score = sampler.startswith("sedd")
+    model = TinyScore(Uniform(V)) if score else TinyModel()
+    prompt = torch.randint(1, MASK, (2, 3), generator=torch.Generator().manual_seed(0))
+    template = torch.randint(1, MASK, (2, 8), generator=torch.Generator().manual_seed(1))
+    kw = {} if score else {"temperature": 1.0}
+    out = dllm.generate(model, prompt, gen_length=8, steps=4, sampler=sampler, infill=template, return_history=True,
+                        callback=lambda *_: pytest.fail("no step runs"), **kw)
+    assert torch.equal(out.sequences, torch.cat([prompt, template], 1))
+    assert out.nfe == len(model.calls) == len(out.history) == len(out.step_times) == 0
+    template[1, 5] = -1  # one unknown token: the sampler runs
+    out = dllm.generate(model, prompt, gen_length=8, steps=4, sampler=sampler, infill=template, **kw)
+    assert out.nfe == len(model.calls) >= 1 and (out.sequences[:, 3:] == template).sum() == 15
 
 
 def test_a_trained_folder_samples_from_python(tmp_path):

@@ -62,6 +62,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "The kernels' Exp(1) and Gumbel(0, 1) variates from 64 random bits each (dllm/philox.h).");
   m.def(
+      "philox_pair",
+      [](uint64_t seed, uint64_t offset, uint64_t row, uint32_t pair, uint32_t stream) {
+        const dllm::U32x4 r = dllm::philox_pair(seed, offset, row, pair, static_cast<dllm::RngStream>(stream));
+        return std::make_tuple(r.x, r.y, r.z, r.w);
+      },
+      "The 128 random bits of a pair of logical indices (dllm/philox.h).");
+  m.def(
       "log_poly",
       [](const at::Tensor& x) {
         TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32");

@@ -71,6 +71,11 @@ enum class RngStream : uint32_t {
   kPosition = 4,  // Gumbel keys over positions (sampling positions without replacement)
 };
 
+// Folded into the key's low word: torch's curand-based CUDA ops key Philox with the plain seed
+// and count (offset / 4, 0, thread, 0), which is dllm's counter of row 0, stream 0 in a call at
+// offset 0 (the first after manual_seed); with the key changed no (key, counter) is shared.
+constexpr uint32_t kDllmKeyDomain = 0x6d6c6c64u;  // "dllm"
+
 // 128 random bits for the pair of logical indices (2j, 2j+1) of `row` in `stream`.
 // The row takes 61 bits, the stream 3, the pair index 32 bits, and the call's offset 32 bits of counter plus
 // the high offset bits folded into the key, so calls never reuse a counter.
@@ -78,7 +83,7 @@ DLLM_HD U32x4 philox_pair(uint64_t seed, uint64_t offset, uint64_t row, uint32_t
                           RngStream stream) {
   const U32x4 ctr{pair, uint32_t(row), uint32_t(row >> 32) ^ (uint32_t(stream) << 29),
                   uint32_t(offset)};
-  return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32) ^ uint32_t(offset >> 32));
+  return philox4x32_10(ctr, uint32_t(seed) ^ kDllmKeyDomain, uint32_t(seed >> 32) ^ uint32_t(offset >> 32));
 }
 
 // log(x) for positive normal finite x (Cephes' logf: the mantissa reduced to [sqrt(1/2), sqrt(2)),

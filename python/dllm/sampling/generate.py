@@ -120,7 +120,8 @@ def _check_window(model, canvas: int, gen_length: int) -> None:
 
 
 def _nothing_to_generate(x: torch.Tensor, return_history: bool) -> GenerationOutput:
-    """An empty batch's output, without calling the model (whose reshapes may refuse zero rows)."""
+    """The output of a canvas with nothing to fill (an empty batch, or an infill that knows every
+    token), without calling the model (whose reshapes may refuse zero rows)."""
     return GenerationOutput(sequences=x, history=[] if return_history else None)
 
 
@@ -326,7 +327,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off).
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
-            any pattern). A uniform-graph model has no mask: mark unknown positions with -1.
+            any pattern; a template that knows every token returns at once, nfe 0). A
+            uniform-graph model has no mask: mark unknown positions with -1.
             One template serves every prompt; ``B`` templates with one prompt complete ``B``
             copies of it.
         attention_mask: bool (or 0/1) ``[B, P]`` (``[P]`` with a 1-D prompt) for padded prompts
@@ -383,10 +385,10 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        pad_id_of(model), device, vocab_size_of(model))
     _check_window(model, x.shape[1], gen_length)
-    if x.shape[0] == 0:
-        return _nothing_to_generate(x, return_history)
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
+    if x.shape[0] == 0 or not bool((x == mask_id).any()):
+        return _nothing_to_generate(x, return_history)
     shift = logits_shift_of(model)
     # Everything a step's graph freezes, besides the shapes its session keys by (the model's
     # attributes too: a step reads them as it is captured)
@@ -439,9 +441,9 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    pad_id_of(model), device, getattr(graph, "num_classes", None))
     _check_window(model, x.shape[1], gen_length)
-    if x.shape[0] == 0:
-        return _nothing_to_generate(x, return_history)
     known = x != placeholder
+    if x.shape[0] == 0 or bool(known.all()):
+        return _nothing_to_generate(x, return_history)
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
     has_known = bool(known.any())
