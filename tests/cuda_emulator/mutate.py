@@ -42,6 +42,8 @@ MUTANTS = [
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
     ("csrc/include/dllm/philox.h", "o = uint64_t(*offset_ptr) + offset_intragraph;", "o = uint64_t(*offset_ptr);",
      "capture"),  # graph replays would repeat their draws
+    # the plain seed as the key: row 0 of the first call after manual_seed draws torch's curand blocks
+    ("csrc/include/dllm/philox.h", "uint32_t(seed) ^ kDllmKeyDomain,", "uint32_t(seed),", "philox"),
     # the Exp(1) noise without Goldberg's log1p correction: small u lose their relative precision
     ("csrc/include/dllm/philox.h", "(z == 1.0f ? w : -l * (w / (1.0f - z)))", "(z == 1.0f ? w : -l)", "noise"),
     # the wgmma kernels: scores read before their wgmma retired, an unswizzled layout, V / dO / Q
