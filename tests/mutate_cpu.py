@@ -260,12 +260,16 @@ MUTANTS = [
      ["test_data"]),
     ("python/dllm/data/tokenizer.py", "else [lead, i]).encode", "else [i]).encode", ["test_data"]),
     ("csrc/include/dllm/unmask.h", "if (bits == 0x80000000u) bits = 0u;", "", [UNMASK]),
+    # the uniform score entropy reading x0's raw logit where x0 == x_t holds the log-score's 0
+    ("csrc/include/dllm/sedd.h", "(s.x0_coef != 0.0 ? s.x0_coef * (l_x0 - s.shift) : 0.0)",
+     "s.x0_coef * (l_x0 - s.shift)", ["test_sedd_losses"]),
     ("csrc/torch/unmask.cpp", "overlap != at::MemOverlapStatus::Full && ", "", [UNMASK]),
     ("python/dllm/training/trainer.py", "        self._seed_dropout_per_rank()\n", "", ["test_training"]),
     (GENERATE, "@_on_the_models_device\n", "", [GEN]),
     # padding that holds the mask id keeps it (refused as a masked prompt); a 0-d sigma goes to the op as it is
     (GENERATE, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
     ("python/dllm/ops.py", "return v.expand(like.shape[0]) if v.dim() == 0 else v", "return v", ["test_op_contracts"]),
+    ("python/dllm/ops.py", "if math.isfinite(value) and (", "if False and (", ["test_op_contracts"]),
     # the T-step bound's sigma, a float64 model's logits, the gated residual's dtype, a shard's weight dtype
     (OBJECTIVES, "_loglinear_sigma(t), self.mask_id, x0, 1.0 / t,", "self.noise(t)[0], self.mask_id, x0, 1.0 / t,",
      ["test_objectives"]),

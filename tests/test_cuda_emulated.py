@@ -23,6 +23,7 @@ from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs
 from test_sedd_losses import backward_calls
 from test_sedd_losses import make_inputs as loss_inputs
+from test_sedd_losses import SKIPPED_COLUMN_CASES, skipped_column_inputs
 from test_adaln import adaln_reference
 from test_adaln import check as adaln_check
 from test_adaln import inputs as adaln_inputs
@@ -450,6 +451,26 @@ def test_masked_diffusion_loss(schedule, dtype, shape):
     want = CPU.masked_diffusion_loss_backward(grad_loss, logits, want_lse, x_t, x0, weight, mask_id=mask)
     torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
     assert not grad[..., mask].any() and grad[masked][:, K - 1].all()  # SUBS: the mask's column only is out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("case", SKIPPED_COLUMN_CASES)
+def test_losses_ignore_the_column_they_leave_out_like_the_cpu(emulator, case, value):
+    logits, x_t, x0, sigma, dsigma = skipped_column_inputs(case, value, "cpu")
+    g = torch.tensor([1.0, -0.5])
+    graph = "uniform" if case.startswith("uniform") else "absorb"
+
+    def loss_and_grad(ops):
+        if case == "masked_diffusion":
+            loss, lse = ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=12)
+            return loss, ops.masked_diffusion_loss_backward(g, logits, lse, x_t, x0, dsigma, mask_id=12)
+        loss = ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=graph)
+        return loss, ops.score_entropy_loss_backward(g, logits, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=True)
+
+    (loss, grad), (want_loss, want_grad) = emulated(emulator, loss_and_grad, EMU), loss_and_grad(CPU)
+    assert loss.isfinite().all() and grad.isfinite().all()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6)
 
 
 # ---- RoPE --------------------------------------------------------------------------------------

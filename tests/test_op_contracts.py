@@ -328,6 +328,24 @@ def test_per_sequence_terms_of_the_wrong_kind_are_named():
         ops.sedd_step(torch.tensor(1.0), torch.tensor(1), 1.0, 0.1, graph="absorb", method="analytic")
 
 
+def test_per_sequence_floats_outside_float32_are_named():
+    # torch.full's "value cannot be converted to type float without overflow" named neither, and
+    # 1e-50 became a 0 that was blamed for being <= 0
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0 = torch.randint(0, V - 1, (2, 3))
+    with pytest.raises(ValueError, match=r"sedd_step: sigma = 1e\+39 lies outside float32's range"):
+        ops.sedd_step(logits, x, 1e39, 0.1, graph="absorb", method="euler")
+    with pytest.raises(ValueError, match=r"score_entropy_loss: dsigma = -1e\+39 lies outside"):
+        ops.score_entropy_loss(logits, x, x0, 1.0, -1e39, graph="absorb")
+    with pytest.raises(ValueError, match=r"sample_transition: sigma = 1e-50 lies outside float32's range"):
+        ops.sample_transition(x0, 1e-50, graph="absorb", num_classes=V)
+    # what float32 holds passes, its subnormals included; infinities keep the ops' own error
+    ops.sample_transition(x0, 1e-45, graph="absorb", num_classes=V)
+    ops.masked_diffusion_loss(logits, x, x0, 3.4e38, mask_id=V - 1)
+    with pytest.raises(ValueError, match=r"sigma\[0\] must be finite and > 0"):
+        ops.sedd_step(logits, x, float("inf"), 0.1, graph="absorb", method="euler")
+
+
 def test_a_0d_per_sequence_term_serves_every_sequence():
     # what a schedule returns for one t: the same draws as that float, and as the [B] tensor of it
     logits, x = torch.randn(3, 5, V), torch.full((3, 5), V - 1)

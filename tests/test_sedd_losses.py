@@ -160,6 +160,49 @@ def test_non_finite_logits_propagate(device):
     assert loss[0].isnan() and loss[1].isfinite()
 
 
+SKIPPED_COLUMN_CASES = ["masked_diffusion", "absorb", "uniform_moved", "uniform_kept"]
+
+
+def skipped_column_inputs(case, value, device):
+    """Inputs with `value` in the column each position's loss leaves out: the mask (MDLM's loss,
+    and absorb at masked positions) or x_t (uniform; where x_t == x0 that is x0's column too)."""
+    graph = "uniform" if case.startswith("uniform") else "absorb"
+    logits, x_t, x0, sigma, dsigma = make_inputs((2, 9, 13), graph, torch.float32, device, seed=3)
+    if case == "uniform_kept":
+        x_t = x0.clone()
+    elif case == "uniform_moved":
+        x_t = (x0 + 1 + torch.arange(9, device=device) % 12) % 13
+    skip = x_t if graph == "uniform" else torch.full_like(x_t, 12)
+    return logits.scatter(-1, skip[..., None], value), x_t, x0, sigma, dsigma
+
+
+def skipped_column_loss(case, logits, x_t, x0, sigma, dsigma, reference=False):
+    graph = "uniform" if case.startswith("uniform") else "absorb"
+    if case == "masked_diffusion":
+        op = ref.masked_diffusion_loss if reference else dllm.ops.masked_diffusion_loss
+        return op(logits, x_t, x0, dsigma.to(logits.dtype), mask_id=12)
+    if reference:
+        return se_ref(logits, x_t, x0, sigma, dsigma, graph, True)
+    return dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=graph)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("case", SKIPPED_COLUMN_CASES)
+def test_the_column_a_loss_leaves_out_may_hold_anything(device, case, value):
+    # A model that bans tokens with -inf (or a NaN in the mask column it never trains) must not
+    # turn a loss that never reads that logit into NaN, on either device.
+    logits, x_t, x0, sigma, dsigma = skipped_column_inputs(case, value, device)
+    leaf = logits.clone().requires_grad_()
+    loss = skipped_column_loss(case, leaf, x_t, x0, sigma, dsigma)
+    (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    exact_leaf = logits.double().requires_grad_()
+    exact = skipped_column_loss(case, exact_leaf, x_t, x0, sigma, dsigma, reference=True)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), exact_leaf)
+    assert exact.isfinite().all() and loss.isfinite().all() and grad.isfinite().all(), (loss, exact)
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-5, atol=1e-6)
+
+
 def test_gradient_near_float32_exp_overflow_is_finite(device):
     # d(loss)/d(l_y) = ga * exp(l_y - shift): exp is finite in float32 up to 88.72, but the CPU's
     # vectorised exp builds 2^n and overflowed from 127.5 ln 2 = 88.38 on, so logits in between

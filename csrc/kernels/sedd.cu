@@ -239,15 +239,15 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     if (lo < hi) {
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
         constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
-#pragma unroll
-        for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
         const int at = where.find(skip);
         if (!md && !absorb) {  // the -inf filling chunks past the range is no logit
 #pragma unroll
           for (int e = 0; e < n; ++e)
             if (e != at && e / run < chunks) sum_l += double(v[e]);
         }
-        drop(v, at);
+        drop(v, at);  // before the NaN check: the skipped column is no logit of the loss (as on the CPU)
+#pragma unroll
+        for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
         add_batch(acc, v);
       });
     }

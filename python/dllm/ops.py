@@ -645,7 +645,11 @@ def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Ten
         # one value for every sequence (what a schedule gives for one t), as commit_tokens takes its counts
         return v.expand(like.shape[0]) if v.dim() == 0 else v
     value = _as_float(v, op, name, "a float or a floating 0-d or [B] tensor")
-    return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
+    as_float32 = torch.tensor(value, dtype=torch.float64).float().item()
+    if math.isfinite(value) and (math.isinf(as_float32) or (as_float32 == 0.0) != (value == 0.0)):
+        # torch.full's own overflow error names neither the op nor the argument
+        raise ValueError(f"{op}: {name} = {value!r} lies outside float32's range, which the kernels compute in")
+    return torch.full((like.shape[0],), as_float32, dtype=torch.float32, device=like.device)
 
 
 def sedd_step(
@@ -755,8 +759,10 @@ def score_entropy_loss(
     Differentiable in ``logits`` (not in sigma or dsigma: a backward that would need their
     gradient raises, see ``dllm.sedd.reference`` for learned schedules): forward and backward are fused
     kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing of size
-    ``[B, L, K]`` but the logits is saved. Non-finite logits give non-finite losses (so gradient scalers work);
-    tokens out of range or ``sigma <= 0`` raise ``ValueError``.
+    ``[B, L, K]`` but the logits is saved. A NaN or infinite logit the loss reads gives a non-finite
+    loss (so gradient scalers work), but for ``-inf`` where only its exp enters; the column a
+    position leaves out (the mask under absorb, ``x_t`` under uniform) and unmasked positions under
+    absorb may hold anything. Tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
     return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
                                              _per_batch(dsigma, logits, "score_entropy_loss", "dsigma"),
@@ -835,7 +841,8 @@ def masked_diffusion_loss(
         ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``: a backward that
         would need its gradient raises); the forward
         saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
-        once.
+        once. A NaN or ``+inf`` logit at a masked position gives a non-finite loss, as does ``-inf``
+        at ``x0``; the mask column and unmasked positions may hold anything.
     """
     weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
     return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]

@@ -158,6 +158,10 @@ MUTANTS = [
     ("csrc/include/dllm/sedd.h", "gr.tokens_ok = loss_tokens_ok(p, xt, x0);", "gr.tokens_ok = x0 >= 0;",
      "backward_fills"),
     ("csrc/kernels/sedd.cu", "    if (!gr.tokens_ok)\n#pragma unroll\n", "    if (false)\n#pragma unroll\n", "backward_fills"),
+    # the loss forward flagging a NaN in the column it leaves out
+    ("csrc/kernels/sedd.cu", "        const int at = where.find(skip);",
+     "        for (int e = 0; e < n; ++e) nan |= v[e] != v[e];\n        const int at = where.find(skip);",
+     "losses_ignore"),
 ]
 
 

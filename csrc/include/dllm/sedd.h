@@ -196,7 +196,9 @@ DLLM_HD double se_value(const SeRow& s, SeddGraph graph, int64_t vocab, double s
   if (graph == SeddGraph::kAbsorb) return sum_exp - s.ratio * (l_x0 - s.shift) + s.const_term;
   const double K = double(vocab);
   const double mean_log = (sum_l - (K - 1.0) * s.shift) / K;  // the 0 at x_t counts in the mean
-  const double neg = s.neg_scale * mean_log + s.x0_coef * (l_x0 - s.shift);
+  // x0 == x_t: the log-score there is the 0 put at x_t (x0_coef == 0), so the raw logit, which
+  // may be +-inf or NaN, must not reach the sum
+  const double neg = s.neg_scale * mean_log + (s.x0_coef != 0.0 ? s.x0_coef * (l_x0 - s.shift) : 0.0);
   return sum_exp / K - neg + s.const_term;
 }
 
