@@ -15,8 +15,13 @@ VENV=${DEVICE_VENV:-.venv-device}
 PY="$VENV/bin/python"
 if [ ! -x "$PY" ]; then
   base=${DEVICE_PYTHON:-python3.12}
-  # a pyenv shim answers to python3.12 but fails unless 3.12 is selected: take pyenv's own then
-  "$base" -c '' 2>/dev/null || base=$(compgen -G "$HOME/.pyenv/versions/3.12*/bin/python3.12" | tail -1)
+  # a pyenv shim answers to python3.X but fails unless 3.X is selected: take pyenv's own then
+  if ! "$base" -c '' 2>/dev/null; then
+    version=${base#python}
+    pyenv_python=$(compgen -G "$HOME/.pyenv/versions/$version*/bin/$base" | tail -1 || true)
+    [ -n "$pyenv_python" ] || { echo "device_wheel.sh: $base does not run and pyenv has no $version; set DEVICE_PYTHON" >&2; exit 1; }
+    base=$pyenv_python
+  fi
   "$base" -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q "${DEVICE_TORCH:-torch==2.11.0}" "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja

@@ -729,6 +729,23 @@ def test_an_infill_that_knows_every_token_returns_without_calling_the_model(samp
     assert out.nfe == len(model.calls) >= 1 and (out.sequences[:, 3:] == template).sum() == 15
 
 
+def test_what_a_call_refuses_does_not_depend_on_the_template_being_complete():
+    class NoMaskModel(TinyModel):
+        def forward(self, x, sigma=None):
+            return super().forward(x, sigma)
+
+    full = torch.randint(1, MASK, (2, 8), generator=torch.Generator().manual_seed(1))
+    for template in (full, full.index_fill(1, torch.tensor([5]), -1)):
+        with pytest.raises(ValueError, match=r"gen_length \(8\) must be a multiple of block_length \(3\)"):
+            dllm.generate(TinyModel(), [[1, 2]] * 2, gen_length=8, steps=4, sampler="llada", block_length=3,
+                          infill=template)
+        with pytest.raises(ValueError, match=r"steps \(3\) must be a multiple of the number of blocks \(2\)"):
+            dllm.generate(TinyModel(), [[1, 2]] * 2, gen_length=8, steps=3, sampler="llada", block_length=4,
+                          infill=template)
+        with pytest.raises(ValueError, match="accepts attention_mask="):
+            dllm.generate(NoMaskModel(), [[1, 2], [3]], gen_length=8, steps=4, sampler="mdlm", infill=template)
+
+
 def test_a_trained_folder_samples_from_python(tmp_path):
     """The README's route from `dllm train` to dllm.generate: load_for_sampling wraps the bare
     network with what the samplers need (mask id; a SEDD run's graph and noise)."""

@@ -339,11 +339,18 @@ def test_per_sequence_floats_outside_float32_are_named():
         ops.score_entropy_loss(logits, x, x0, 1.0, -1e39, graph="absorb")
     with pytest.raises(ValueError, match=r"sample_transition: sigma = 1e-50 lies outside float32's range"):
         ops.sample_transition(x0, 1e-50, graph="absorb", num_classes=V)
+    with pytest.raises(ValueError, match=r"masked_diffusion_loss: weight = 1000+ lies outside"):  # past float64
+        ops.masked_diffusion_loss(logits, x, x0, 10**400, mask_id=V - 1)
     # what float32 holds passes, its subnormals included; infinities keep the ops' own error
     ops.sample_transition(x0, 1e-45, graph="absorb", num_classes=V)
     ops.masked_diffusion_loss(logits, x, x0, 3.4e38, mask_id=V - 1)
     with pytest.raises(ValueError, match=r"sigma\[0\] must be finite and > 0"):
         ops.sedd_step(logits, x, float("inf"), 0.1, graph="absorb", method="euler")
+    # the check compares only, so a float that torch.compile makes symbolic traces
+    loss = torch.compile(lambda w: ops.masked_diffusion_loss(logits, x, x0, w, mask_id=V - 1), dynamic=True,
+                         fullgraph=True)
+    for w in (0.5, 0.7, 3.4e38):
+        torch.testing.assert_close(loss(w), ops.masked_diffusion_loss(logits, x, x0, w, mask_id=V - 1))
 
 
 def test_a_0d_per_sequence_term_serves_every_sequence():

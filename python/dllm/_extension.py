@@ -14,7 +14,7 @@ except ImportError as e:  # a source checkout that was never built
         "`pip install --no-build-isolation .` (see README.md)"
     ) from e
 
-REBUILD = "pip install --no-build-isolation --no-deps --force-reinstall ."
+REBUILD = "pip install --no-build-isolation --no-deps --force-reinstall <dllm's source: its checkout, sdist or URL>"
 
 if torch.__version__ != _build_config.TORCH_VERSION:
     raise ImportError(

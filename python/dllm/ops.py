@@ -635,6 +635,11 @@ def _as_float(v, op: str, name: str, what: str) -> float:
         return float(v)
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None
+    except OverflowError:  # an int past float64
+        raise ValueError(f"{op}: {name} = {v!r} lies outside float32's range, which the kernels compute in") from None
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
@@ -645,11 +650,16 @@ def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Ten
         # one value for every sequence (what a schedule gives for one t), as commit_tokens takes its counts
         return v.expand(like.shape[0]) if v.dim() == 0 else v
     value = _as_float(v, op, name, "a float or a floating 0-d or [B] tensor")
-    as_float32 = torch.tensor(value, dtype=torch.float64).float().item()
-    if math.isfinite(value) and (math.isinf(as_float32) or (as_float32 == 0.0) != (value == 0.0)):
-        # torch.full's own overflow error names neither the op nor the argument
+    # float32 rounds |v| >= 2^128 - 2^103 to infinity and 0 < |v| <= 2^-150 to zero (comparisons
+    # only: under torch.compile the value may be a symbolic float, which math.isfinite and .item() refuse)
+    magnitude = abs(value)
+    if 2.0**128 - 2.0**103 <= magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
+        # torch.full's own overflow error names neither the op nor the argument, and a 0 would be
+        # blamed for being <= 0
         raise ValueError(f"{op}: {name} = {value!r} lies outside float32's range, which the kernels compute in")
-    return torch.full((like.shape[0],), as_float32, dtype=torch.float32, device=like.device)
+    if _FLOAT32_MAX < magnitude < math.inf:  # rounds to float32's largest, which torch.full refuses
+        value = _FLOAT32_MAX if value > 0 else -_FLOAT32_MAX
+    return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 
 
 def sedd_step(
@@ -759,8 +769,9 @@ def score_entropy_loss(
     Differentiable in ``logits`` (not in sigma or dsigma: a backward that would need their
     gradient raises, see ``dllm.sedd.reference`` for learned schedules): forward and backward are fused
     kernels; the backward reads the logits once and writes ``d(logits)`` once, and nothing of size
-    ``[B, L, K]`` but the logits is saved. A NaN or infinite logit the loss reads gives a non-finite
-    loss (so gradient scalers work), but for ``-inf`` where only its exp enters; the column a
+    ``[B, L, K]`` but the logits is saved. A NaN or ``+inf`` logit the loss reads gives a non-finite
+    loss and gradient (which gradient scalers detect); ``-inf`` adds nothing where only its exp enters
+    and makes the loss ``+inf`` (gradient finite) where its log does. The column a
     position leaves out (the mask under absorb, ``x_t`` under uniform) and unmasked positions under
     absorb may hold anything. Tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
@@ -841,8 +852,9 @@ def masked_diffusion_loss(
         ``loss`` float32 ``[B]``. Differentiable in ``logits`` (not in ``weight``: a backward that
         would need its gradient raises); the forward
         saves one float per position (the log-sum-exp) and the backward writes ``d(logits)``
-        once. A NaN or ``+inf`` logit at a masked position gives a non-finite loss, as does ``-inf``
-        at ``x0``; the mask column and unmasked positions may hold anything.
+        once. A NaN or ``+inf`` logit at a masked position gives a non-finite loss and gradient; ``-inf``
+        at ``x0`` gives ``+inf`` (gradient finite); the mask column and unmasked positions may hold
+        anything.
     """
     weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
     return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]

@@ -119,9 +119,12 @@ def _check_window(model, canvas: int, gen_length: int) -> None:
                      f"longer than the model's max_seq_len of {window}: {fix}")
 
 
-def _nothing_to_generate(x: torch.Tensor, return_history: bool) -> GenerationOutput:
+def _nothing_to_generate(model, x: torch.Tensor, attention_mask, return_history: bool) -> GenerationOutput:
     """The output of a canvas with nothing to fill (an empty batch, or an infill that knows every
-    token), without calling the model (whose reshapes may refuse zero rows)."""
+    token), without calling the model (whose reshapes may refuse zero rows); a padded batch for a
+    model that cannot take the padding is refused as it would be with something to fill."""
+    if attention_mask is not None:
+        check_takes_attention_mask(model)
     return GenerationOutput(sequences=x, history=[] if return_history else None)
 
 
@@ -387,8 +390,10 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     _check_window(model, x.shape[1], gen_length)
     if cfg_scale and start == 0:
         raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
+    if name == "llada":  # before any early return: an option error does not depend on the template
+        masked.llada_blocks(gen_length, steps, gen_length if block_length is None else block_length)
     if x.shape[0] == 0 or not bool((x == mask_id).any()):
-        return _nothing_to_generate(x, return_history)
+        return _nothing_to_generate(model, x, attention_mask, return_history)
     shift = logits_shift_of(model)
     # Everything a step's graph freezes, besides the shapes its session keys by (the model's
     # attributes too: a step reads them as it is captured)
@@ -443,7 +448,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     _check_window(model, x.shape[1], gen_length)
     known = x != placeholder
     if x.shape[0] == 0 or bool(known.all()):
-        return _nothing_to_generate(x, return_history)
+        return _nothing_to_generate(model, x, attention_mask, return_history)
     if placeholder == UNKNOWN:
         x = torch.where(known, x, graph.sample_limit(*x.shape, device=device, generator=generator))
     has_known = bool(known.any())

@@ -36,6 +36,16 @@ def _canvas_sigma(loop: StepLoop, x: torch.Tensor, mask_id: int) -> torch.Tensor
     return _loglinear_sigma((x == mask_id).sum(-1) / real)
 
 
+def llada_blocks(gen_length: int, steps: int, block_length: int) -> int:
+    """LLaDA's block count, or a ValueError where the blocks or the steps do not divide evenly."""
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
+    blocks = gen_length // block_length
+    if steps % blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({blocks})")
+    return blocks
+
+
 def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature, top_k, top_p, cfg_scale,
           remasking, shift, prompt_tokens, generator):
     """LLaDA (Nie et al. 2025, generate.py): semi-autoregressive blocks; in each, the linear
@@ -46,11 +56,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
     prompt is masked (``prompt_tokens``: bool [B, L], the prompts' real tokens; padding stays
     padding)."""
     gen_length = x.shape[1] - start
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})")
-    blocks = gen_length // block_length
-    if steps % blocks:
-        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({blocks})")
+    blocks = llada_blocks(gen_length, steps, block_length)
     per_block = steps // blocks
     confidence = "random" if remasking == "random" else "prob"
     prompt_tokens = loop.buffer("prompt_tokens", prompt_tokens)
