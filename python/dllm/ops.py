@@ -636,10 +636,14 @@ def _as_float(v, op: str, name: str, what: str) -> float:
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None
     except OverflowError:  # an int past float64
-        raise ValueError(f"{op}: {name} = {v!r} lies outside float32's range, which the kernels compute in") from None
+        raise _outside_float32(op, name, v) from None
 
 
 _FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _outside_float32(op: str, name: str, value) -> ValueError:
+    return ValueError(f"{op}: {name} = {value!r} lies outside float32's range, which the kernels compute in")
 
 
 def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
@@ -650,15 +654,12 @@ def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Ten
         # one value for every sequence (what a schedule gives for one t), as commit_tokens takes its counts
         return v.expand(like.shape[0]) if v.dim() == 0 else v
     value = _as_float(v, op, name, "a float or a floating 0-d or [B] tensor")
-    # float32 rounds |v| >= 2^128 - 2^103 to infinity and 0 < |v| <= 2^-150 to zero (comparisons
-    # only: under torch.compile the value may be a symbolic float, which math.isfinite and .item() refuse)
+    # torch.full refuses finite values past float32's largest, naming neither the op nor the argument,
+    # and float32 rounds 0 < |v| <= 2^-150 to a 0 the op would blame for being <= 0. Comparisons
+    # only: under torch.compile the value may be a symbolic float, which math.isfinite refuses.
     magnitude = abs(value)
-    if 2.0**128 - 2.0**103 <= magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
-        # torch.full's own overflow error names neither the op nor the argument, and a 0 would be
-        # blamed for being <= 0
-        raise ValueError(f"{op}: {name} = {value!r} lies outside float32's range, which the kernels compute in")
-    if _FLOAT32_MAX < magnitude < math.inf:  # rounds to float32's largest, which torch.full refuses
-        value = _FLOAT32_MAX if value > 0 else -_FLOAT32_MAX
+    if _FLOAT32_MAX < magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
+        raise _outside_float32(op, name, value)
     return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 
 
