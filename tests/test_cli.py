@@ -253,6 +253,9 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 60"):
         run_sample(str(tmp_path / "mdlm" / "run" / "model"), prompt="abcd", gen_length=64, steps=1, sampler=None,
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    with pytest.raises(ValueError, match="--prompt is not valid UTF-8 text"):  # argv's bytes '\xff' arrive as '\udcff'
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="ab\udcff", gen_length=8, steps=1, sampler=None,
+                   temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
     with pytest.raises(ValueError, match="--sampler, .* not to an autoregressive model"):  # not silently ignored
         run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=8, steps=1, sampler="llada",
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)

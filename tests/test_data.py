@@ -124,6 +124,19 @@ def test_bits_per_byte_divides_by_the_bytes_of_the_scored_windows(corpus_dir, tm
         for split in ("train", "val"):  # every byte of the files, none for the separators
             tokens = np.asarray(getattr(p, split).tokens, dtype=np.int64)
             assert lengths[tokens].sum() == p.meta[f"{split}_bytes"]
+        if tokenizer == "bpe":  # plain added tokens are text (a code tokenizer's runs of spaces)
+            from tokenizers import Tokenizer
+
+            from dllm.data.tokenizer import BPETokenizer
+
+            copy = Tokenizer.from_str(p.tokenizer._tok.to_str())
+            copy.add_tokens(["    ", "self", "é"])
+            extended = BPETokenizer(copy)
+            with_added = token_byte_lengths(extended)
+            text = "    def f(self):\n        return 'é'"
+            ids = extended.encode(text)
+            assert {extended._tok.token_to_id(w) for w in ("    ", "self", "é")} <= set(ids.tolist())
+            assert with_added[ids].sum() == len(text.encode())
         # three windows: the bytes their own tokens stand for, whatever the split's average
         window = np.asarray(p.val.tokens[:3 * 32], dtype=np.int64)
         assert p.val_bytes_per_token(3) == pytest.approx(lengths[window].sum() / window.size)
@@ -391,6 +404,7 @@ def test_bytes_per_token_of_sentencepiece_style_tokenizers():
     llama.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                        decoders.Strip(" ", 1, 0)])
     for t in (metaspace, llama):
+        t.add_tokens(["return"])  # a plain added token is text too
         tok = BPETokenizer(t)
         lengths = token_byte_lengths(tok)
         for text in ("def return self", "x = 1", "def f(x): return é"):

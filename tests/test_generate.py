@@ -149,6 +149,18 @@ def test_mdlm_ends_with_the_argmax_of_what_is_still_masked(monkeypatch):
     assert torch.equal(out.sequences[left], logits.argmax(-1)[left])
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_step_that_commits_nothing_is_an_error_not_a_hang_or_masks_returned(sampler, monkeypatch):
+    # commit_tokens on CUDA leaves a row with NaN confidences as it is (count -1); inside a CUDA
+    # graph's replay nothing raises at that step, so the sampler has to notice the unfilled masks
+    def refusing(x, x0, conf, **kw):
+        return torch.full((x.shape[0],), -1, dtype=torch.long)
+
+    monkeypatch.setattr(dllm.sampling.masked.ops, "commit_tokens", refusing)
+    with pytest.raises(ValueError, match="left masked positions unfilled: the model's logits hold NaN or"):
+        run(sampler)
+
+
 def test_infill_keeps_known_tokens():
     template = torch.full((32,), MASK)
     template[:5] = torch.arange(1, 6)
@@ -431,6 +443,8 @@ def test_clear_errors():
             ("llada", dict(cfg_scale=1.0), "cfg_scale needs a prompt"),
             ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
+            ("llada", dict(top_k=2), "at temperature 0 'llada' takes the argmax"),
+            ("fast-dllm", dict(top_p=0.5), "at temperature 0 'fast-dllm' takes the argmax"),
             ("llada:", {}, "unknown sampler"),
             ("mdlm:entropy", {}, "sampler 'mdlm' has no variant 'entropy'; it has none: use 'mdlm'"),
             ("dream:margin", {}, "no variant 'margin'; choose one of dream:origin, dream:maskgit_plus, "

@@ -50,6 +50,13 @@ def test_from_pretrained_gives_an_eval_model_in_the_saved_dtype(tmp_path):
     assert not again.training and next(again.parameters()).dtype == torch.bfloat16
     assert torch.equal(again(x, sigma), m(x, sigma))
     assert next(from_pretrained(tmp_path / "bf16", dtype="float32").parameters()).dtype == torch.float32
+    for name, module in m.named_modules():  # mixed precision: float32 norms in a bfloat16 model
+        if "norm" in name.split(".")[-1]:
+            module.float()
+    saved = {name: t.dtype for name, t in m.state_dict().items()}
+    assert set(saved.values()) == {torch.bfloat16, torch.float32}
+    m.save_pretrained(tmp_path / "mixed")
+    assert {name: t.dtype for name, t in from_pretrained(tmp_path / "mixed").state_dict().items()} == saved
     with pytest.raises(ValueError, match="onto the CPU or a CUDA device"):
         from_pretrained(tmp_path / "bf16", map_location="meta")
 

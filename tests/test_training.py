@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import signal
@@ -217,6 +218,11 @@ def test_a_refused_resume_leaves_no_output_folder(tmp_path, corpus):
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         dllm.train(**tiny(tmp_path, corpus, steps=2, resume=str(tmp_path / "missing.pt")))
     assert not (tmp_path / "run").exists()
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is a folder: it takes the checkpoint file \(did you mean '.*earlier/checkpoint\.pt'\?\)"):
+        dllm.train(**tiny(tmp_path, corpus, steps=2, resume=str(tmp_path / "earlier")))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
@@ -405,6 +411,21 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert leftovers and all(".tmp" in n for n in leftovers)  # the half-written file never replaced the old one
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.arange(10.0))
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"step": 2, "w": torch.randn(100_000)}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # a full disk keeps no half of a checkpoint
+    assert load_checkpoint(path)["step"] == 1
 
 
 def test_gradient_accumulation_gives_the_same_update(tmp_path, corpus):

@@ -391,6 +391,10 @@ def test_linear_transfer_counts():
     # a negative count would make a row's counts negative (and commit nothing), so it is refused
     with pytest.raises(ValueError, match=">= 0"):
         linear_transfer_counts(torch.tensor([4, -1]), 2)
+    assert linear_transfer_counts(torch.tensor([3, 1], dtype=torch.int32), 2).dtype == torch.int64
+    for masked in ([2.7, 5.0], torch.tensor([True, False]), torch.tensor([float("nan")])):  # not truncated to ints
+        with pytest.raises(TypeError, match="masked must hold integer counts"):
+            linear_transfer_counts(masked, 2)
 
 
 # ---- errors, opcheck, compile -------------------------------------------------------------------

@@ -28,6 +28,10 @@ def _expected_steps(sampler: str, steps: int, gen_length: int) -> int | None:
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
                temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
+    try:  # a shell passes bytes that are not UTF-8 as lone surrogates, which no tokenizer takes
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("--prompt is not valid UTF-8 text") from None
     device = str(resolve_device(device))
     model, tok, kind = load_for_sampling(model_dir, device)
     if kind == "ar" and (sampler or cache or show_steps or block_length is not None):

@@ -23,7 +23,10 @@ def linear_transfer_counts(masked: torch.Tensor, steps: int) -> torch.Tensor:
     """
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    masked = torch.as_tensor(masked, dtype=torch.int64)
+    masked = torch.as_tensor(masked)
+    if masked.is_floating_point() or masked.is_complex() or masked.dtype == torch.bool:  # 2.7 would become 2
+        raise TypeError(f"masked must hold integer counts, got {masked.dtype}")
+    masked = masked.to(torch.int64)
     if masked.dim() != 1:
         raise ValueError(f"masked must be [B], one count per row, got shape {tuple(masked.shape)}")
     if (masked < 0).any():  # a host sync on CUDA, which the samplers' own calls skip

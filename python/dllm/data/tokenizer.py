@@ -16,6 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
+from .._atomic import replaced_atomically
+
 log = logging.getLogger("dllm")
 
 MASK_TOKEN = "<|mask|>"
@@ -115,10 +117,8 @@ class BPETokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         # Written beside and renamed, so a crash never leaves a cut-short tokenizer.json to be reused.
-        path = Path(directory) / "tokenizer.json"
-        tmp = path.with_name(f"tokenizer.json.tmp{os.getpid()}")
-        self._tok.save(str(tmp))
-        os.replace(tmp, path)
+        with replaced_atomically(Path(directory) / "tokenizer.json") as tmp:
+            self._tok.save(str(tmp))
 
     @property
     def fingerprint(self) -> str:
@@ -153,17 +153,20 @@ class PublishedTokenizer(BPETokenizer):
 
 
 def token_byte_lengths(tok) -> np.ndarray:
-    """Bytes of text each id stands for, int64 ``[vocab_size]``: 0 for end-of-text, mask and other added
-    tokens, which are not text. Bits per byte divide by the sum over the tokens scored."""
+    """Bytes of text each id stands for, int64 ``[vocab_size]``: 0 for end-of-text, mask and other special
+    tokens, which are not text (plain added tokens, such as a code tokenizer's runs of spaces, are).
+    Bits per byte divide by the sum over the tokens scored."""
     lengths = np.zeros(tok.vocab_size, dtype=np.int64)
     if tok.kind == "byte":
         lengths[:256] = 1
         return lengths
     t = tok._tok
-    added = set(t.get_added_tokens_decoder())
-    text_ids = [i for i in range(t.get_vocab_size(with_added_tokens=True)) if i not in added and i != tok.mask_id]
+    added = t.get_added_tokens_decoder()
+    text_ids = [i for i in range(t.get_vocab_size(with_added_tokens=True))
+                if not (i in added and added[i].special) and i != tok.mask_id]
     if type(t.decoder).__name__ == "ByteLevel":  # each character of a vocabulary entry is one byte
-        lengths[text_ids] = [len(t.id_to_token(i)) for i in text_ids]
+        # (an added token's entry is its text as written)
+        lengths[text_ids] = [len(added[i].content.encode()) if i in added else len(t.id_to_token(i)) for i in text_ids]
         return lengths
     # Other decoders (SentencePiece's Metaspace, LLaMA's Replace + ByteFallback) strip a leading space
     # from the text's first token: each token is decoded after one that decodes to plain text, and

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import replaced_atomically
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -19,12 +20,11 @@ FOLDER_KINDS = "a folder written by save_pretrained or a published SEDD, MDLM, L
 
 
 def _atomic_replace(write, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    write(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files 0600; others should read a shared model
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates its files 0600; others should read a shared model
 
 
 class PretrainedMixin:
@@ -192,9 +192,14 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str | torch.device
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}")
     state = read_weights(weights, device)
     _check_state(path, state, model.state_dict())
-    if dtype is None:
-        dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
-    model.to(device, dtype).load_state_dict(state)
+    if dtype is None:  # each tensor in the dtype it was saved in (a bfloat16 model may keep float32 norms)
+        model.to(device)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]:
+            if name in state and t.is_floating_point() and state[name].dtype != t.dtype:
+                t.data = t.data.to(state[name].dtype)
+    else:
+        model.to(device, dtype)
+    model.load_state_dict(state)
     return model.eval()
 
 

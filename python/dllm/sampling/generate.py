@@ -85,8 +85,12 @@ def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp
         raise TypeError(f"callback must be None or callable as callback(step, x, logits), got {callback!r}")
 
 
-def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp) -> None:
+def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp, temperature, top_k,
+                          top_p) -> None:
     """Options that do not apply to the chosen sampler are errors, not silently ignored."""
+    if temperature == 0 and (top_k or top_p < 1) and name != "dream":
+        raise ValueError(f"top_k and top_p filter the distribution a token is drawn from; at temperature 0 {name!r} "
+                         "takes the argmax, which they keep: pass a temperature > 0 or leave them off")
     if block_length is not None:
         if name not in BLOCK_SAMPLERS:
             raise ValueError(f"block_length applies only to the {' and '.join(BLOCK_SAMPLERS)} samplers, not {name!r}")
@@ -323,7 +327,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             last block may be shorter); an error for the other samplers.
         temperature, top_k, top_p: the proposal distribution (0 = argmax, the default; the
             papers' ancestral samplers, "mdlm" and "first-hitting", draw at 1), see
-            :func:`dllm.ops.predict_masked`. The SEDD samplers draw from the reverse process itself:
+            :func:`dllm.ops.predict_masked`. At temperature 0 top_k and top_p keep the argmax and
+            change nothing, an error, except for "dream", whose confidences they filter (as Dream
+            does). The SEDD samplers draw from the reverse process itself:
             they accept only the defaults (and temperature 1) and are never greedy.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
         alg_temp: Dream's temperature over positions (0: take the top ones).
@@ -349,6 +355,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             the model ``start`` as a one-element tensor. mdlm captures two steps (with and without
             the network), SEDD's final denoising step runs eagerly. The host still syncs once a
             step where the sampler decides there: mdlm's reuse of the logits, fast-dllm's block end.
+            A replay checks no logits: NaN or +inf from the model is a ValueError when a step
+            commits nothing (fast-dllm) or the call ends with masks left, not at the step.
             The graphs stay with the model for the next call with the same options, shapes,
             generator object and weights (updated in place, not replaced): the last 16 such
             configurations (``dllm.sampling.cuda_graph``; ``clear_graphs(model)`` frees them).
@@ -381,7 +389,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     _check_cuda_graph(cuda_graph, cache, device)
     _check_generator_device(generator, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
-                          alg_temp=alg_temp)
+                          alg_temp=alg_temp, temperature=temperature, top_k=top_k, top_p=top_p)
     if score_graph_of(model) is not None:
         raise ValueError(f"this is a score (SEDD) model: sample it with sedd-analytic or sedd-euler, not {name!r}")
     mask_id = mask_id_of(model)
@@ -417,6 +425,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     else:
         masked.fast_dllm(loop, x, start=start, block_length=FAST_DLLM_BLOCK if block_length is None else block_length,
                          threshold=0.9 if threshold is None else threshold, cache=cache, **common)
+    if bool((x == mask_id).any()):
+        raise ValueError(masked.UNFILLED)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
 
 

@@ -247,11 +247,21 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
         # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
         q_lo = lo - min(shift, lo)
         positions = torch.arange(q_lo, length if cache == "prefix" else hi, device=x.device)
-        refresh = True
-        while bool((x[:, lo:hi] == mask_id).any()):
+        refresh, left = True, int((x[:, lo:hi] == mask_id).sum())
+        while left:
             if refresh or kv is None:
                 loop.run_step(full_step, x, window)
             else:
                 loop.run_step(cached_step, x, window, positions)
             refresh = False
+            # The block's one sync a step. A step that commits nothing would repeat forever.
+            left, before = int((x[:, lo:hi] == mask_id).sum()), left
+            if left == before:
+                raise ValueError(UNFILLED)
     return x
+
+
+# commit_tokens commits at least one token a row unless it refuses the row, which it does for
+# the NaN confidences that predict_masked reports as an error only outside CUDA-graph replays.
+UNFILLED = ("a sampler step left masked positions unfilled: the model's logits hold NaN or +inf there "
+            "(a CUDA-graph replay cannot stop at the step that produced them)")

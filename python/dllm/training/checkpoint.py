@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import replaced_atomically
+
 MAGIC = b"DLLM-CKPT-1\n"
 _HEADER = len(MAGIC) + 8 + 32
 
@@ -35,13 +37,11 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with replaced_atomically(path, hidden=True) as tmp, open(tmp, "wb") as f:
         f.write(MAGIC + struct.pack("<Q", len(payload)) + hashlib.sha256(payload).digest())
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -244,6 +244,9 @@ class Trainer:
         p = Path(r)
         if not p.exists():
             raise FileNotFoundError(f"--resume {r!r}: no such checkpoint")
+        if p.is_dir():
+            inside = f" (did you mean {str(p / CHECKPOINT)!r}?)" if (p / CHECKPOINT).is_file() else ""
+            raise ValueError(f"--resume {r!r} is a folder: it takes the checkpoint file{inside}")
         held = [name for name in RUN_RECORDS if (self.out / name).exists()]
         if p.resolve().parent != self.out.resolve() and held and not self._restarts_this_resume(p):
             then = ("pass --resume auto to continue the run that folder holds" if CHECKPOINT in held else
