@@ -12,6 +12,11 @@ from .. import ops
 from ..unmask_schedule import transfer_counts
 from .loop import StepLoop
 
+# commit_tokens commits at least one token a row unless it refuses the row, which it does for
+# the NaN confidences that predict_masked reports as an error only outside CUDA-graph replays.
+UNFILLED = ("a sampler step left masked positions unfilled: the model's logits hold NaN or +inf there "
+            "(a CUDA-graph replay cannot stop at the step that produced them)")
+
 
 def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # filled on the device: torch.tensor([lo, hi], device=...) would be a blocking copy from the host
@@ -260,8 +265,3 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
                 raise ValueError(UNFILLED)
     return x
 
-
-# commit_tokens commits at least one token a row unless it refuses the row, which it does for
-# the NaN confidences that predict_masked reports as an error only outside CUDA-graph replays.
-UNFILLED = ("a sampler step left masked positions unfilled: the model's logits hold NaN or +inf there "
-            "(a CUDA-graph replay cannot stop at the step that produced them)")
