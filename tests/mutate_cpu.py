@@ -90,7 +90,7 @@ MUTANTS = [
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",
      [RULES]),
     (SCORE, "x.copy_(x_next if known is None else torch.where(known, template, x_next))", "x.copy_(x_next)", [GEN]),
-    (SCHEDULES, "return -torch.log1p(-a * t), a / (1 - a * t)", "return -torch.log1p(-a * t), 1 / (1 - a * t)",
+    (SCHEDULES, "-torch.log(rest)), a / rest", "-torch.log(rest)), 1 / rest",
      ["test_objectives"]),
     (SCHEDULES, "return sigma, sigma * (log_max - log_min)", "return sigma, sigma", ["test_objectives"]),
     # LLaDA's transfer counts; generate's defaults, padding and bookkeeping

@@ -259,6 +259,14 @@ def test_opcheck_and_compile(device):
     assert torch.equal(g1, g2)
 
 
+def test_a_changing_softmax_scale_compiles_without_a_graph_break():
+    # the second value makes the scale a symbolic float, which math.isfinite could not take
+    q = torch.randn(1, 5, 2, 8)
+    f = torch.compile(lambda s: dllm.ops.attention(q, q, q, softmax_scale=s), fullgraph=True, backend="aot_eager")
+    for scale in (0.5, 0.7, 1.3):
+        torch.testing.assert_close(f(scale), dllm.ops.attention(q, q, q, softmax_scale=scale))
+
+
 # ---- the CUDA tensor-core kernels ---------------------------------------------------------------
 # Sizes cross every tile boundary the kernels have: 128-query CTAs, 64-key tiles (forward, dQ),
 # 128-key CTAs with 32/64-query tiles (dK/dV); S = 1 and 1023 = 16 * 64 - 1 leave one row / key

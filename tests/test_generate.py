@@ -670,6 +670,17 @@ def test_sedd_samplers(graph, method):
     assert torch.equal(out.sequences, again.sequences)
 
 
+def test_a_score_models_noise_must_be_a_schedule():
+    model = TinyScore(Absorbing(V - 1))
+    model.noise = "loglinear"  # a config's name, not the schedule: was "'str' object is not callable"
+    with pytest.raises(TypeError, match="model.noise must be a schedule.* not a str"):
+        dllm.generate(model, [[1]], gen_length=4, steps=2, sampler="sedd-analytic")
+    model.noise = dllm.sedd.Geometric()  # a schedule given is used, not the graph's default
+    model.calls.clear()
+    dllm.generate(model, [[1]], gen_length=4, steps=2, sampler="sedd-analytic")
+    assert model.calls[0][0].item() == pytest.approx(20.0, rel=1e-5)  # sigma(1): geometric's, not log-linear's 6.9
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS + ["sedd-analytic"])
 def test_a_float64_model_samples_as_its_logits_rounded_to_float32(sampler):
     """The sampler ops read float32, bfloat16 or float16: a float64 model (a reference run, a

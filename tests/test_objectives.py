@@ -247,8 +247,10 @@ def test_get_noise_reads_back_a_schedules_config(noise):
                                         (lambda: Geometric(1.0, 0.1), "sigma_max must exceed sigma_min"),
                                         (lambda: Geometric(-1, 1), "sigma_min must be a positive"),
                                         (lambda: Geometric(1e-4, float("inf")), "sigma_max must be a positive"),
-                                        (lambda: dllm.sedd.Absorbing(-3), "vocab_size must be positive"),
-                                        (lambda: dllm.sedd.Uniform(0), "vocab_size must be positive"),
+                                        (lambda: dllm.sedd.Absorbing(-3), "vocab_size must be at least 1"),
+                                        # one token leaves the uniform graph nothing to jump to
+                                        (lambda: dllm.sedd.Uniform(1), "vocab_size must be at least 2"),
+                                        (lambda: dllm.sedd.get_noise(""), "unknown noise schedule ''"),
                                         # a misspelt graph would otherwise train as the uniform graph
                                         (lambda: SEDD(ByteTokenizer(), graph="absorbing"), "unknown graph")])
 def test_schedules_and_graphs_check_their_arguments(make, match):
@@ -264,6 +266,19 @@ def test_schedules_take_a_float_t_and_refuse_t_outside_0_1(noise):
     for bad in (1.5, -0.1, torch.tensor([0.5, 1.5]), torch.tensor([float("nan")])):
         with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
             noise(bad)
+    with pytest.raises(ValueError, match=r"got nan and 1 more"):  # the bad value named, not a NaN range
+        noise(torch.tensor([0.2, float("nan"), 2.0]))
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-5, 1e-7, 1e-9])
+def test_loglinear_is_exact_near_t_1_in_float32(eps):
+    # 1 - (1 - eps) t cancels in float32 near t = 1: sigma(1) was inf for eps = 1e-9 and 16% low in dsigma at 1e-7
+    t = torch.tensor([0.0, 0.3, 0.5, 0.9, 1 - 2**-20, 1.0])
+    sigma, dsigma = LogLinear(eps)(t)
+    t64 = t.double()
+    rest = 1 - (1 - eps) * t64  # float64 loses at most 1e-16 / eps relative here, far below float32's 6e-8
+    torch.testing.assert_close(sigma, -torch.log(rest).float(), rtol=5e-7, atol=0)
+    torch.testing.assert_close(dsigma, ((1 - eps) / rest).float(), rtol=5e-7, atol=0)
 
 
 # -- the evaluation bounds -----------------------------------------------------------------------

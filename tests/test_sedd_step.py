@@ -186,6 +186,18 @@ def test_result_does_not_depend_on_layout_or_threads():
         assert torch.equal(out, results[i % 2][1])
 
 
+def test_reference_draw_never_picks_a_zero_weight_when_rand_returns_0(monkeypatch):
+    # torch.rand returns exactly 0 with probability 2^-24 per float32 entry; an exponential of 0
+    # made every zero weight 0/0 = NaN, which argmax picks (about 3 tokens per SEDD-sized step)
+    logits, x = torch.randn(3, 5, 7), torch.randint(0, 6, (3, 5))  # absorb: the mask is class 6
+    sigma, dsig = torch.full((3,), 0.5), torch.full((3,), 0.1)
+    weights = ref.step_weights(logits, x, sigma, dsig, graph="absorb", method="analytic")
+    assert (weights == 0).any()
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.zeros(*shape, dtype=kw.get("dtype")))
+    out = ref.sedd_step(logits, x, sigma, dsig, graph="absorb", method="analytic")
+    assert (weights.gather(-1, out[..., None]) > 0).all()
+
+
 def test_zero_step_keeps_every_token(device):
     # dsig = 0: no time passes, so analytic and euler steps keep every token.
     logits = torch.randn(2, 9, 41, device=device)

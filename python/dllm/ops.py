@@ -356,7 +356,9 @@ def _softmax_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
         if q.dim() == 0 or q.shape[-1] == 0:
             raise ValueError(f"attention: q must have a positive head dimension, got shape {tuple(q.shape)}")
         return q.shape[-1] ** -0.5
-    if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+    # comparisons only: under torch.compile a second value makes softmax_scale a symbolic float,
+    # which math.isfinite cannot take (a graph break, an error under fullgraph)
+    if not 0 < softmax_scale < math.inf:
         raise ValueError(f"attention: softmax_scale must be positive and finite, got {softmax_scale}")
     return float(softmax_scale)
 

@@ -451,7 +451,12 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
     if given:
         raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
-    noise = getattr(model, "noise", None) or (LogLinear() if isinstance(graph, Absorbing) else Geometric())
+    noise = getattr(model, "noise", None)
+    if noise is None:
+        noise = LogLinear() if isinstance(graph, Absorbing) else Geometric()
+    elif not callable(noise):
+        raise TypeError(f"model.noise must be a schedule, t -> (sigma, dsigma) (dllm.sedd.LogLinear or Geometric), "
+                        f"not a {type(noise).__name__}")
     placeholder = graph.mask_id if isinstance(graph, Absorbing) else UNKNOWN
     x, attention_mask, _ = _canvas(prompt, attention_mask, infill, gen_length, placeholder,
                                    pad_id_of(model), device, getattr(graph, "num_classes", None))

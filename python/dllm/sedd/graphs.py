@@ -13,13 +13,13 @@ import torch
 from .. import ops
 
 
-def _vocab_size(graph: str, vocab_size) -> int:
+def _vocab_size(graph: str, vocab_size, least: int = 1) -> int:
     try:
         n = operator.index(vocab_size)
     except TypeError:
         raise TypeError(f"{graph} vocab_size must be an integer, got {vocab_size!r}") from None
-    if n < 1:
-        raise ValueError(f"{graph} vocab_size must be positive, got {n}")
+    if n < least:
+        raise ValueError(f"{graph} vocab_size must be at least {least}, got {n}")
     return n
 
 
@@ -76,7 +76,7 @@ class Uniform(_Graph):
     scale_by_sigma = False
 
     def __init__(self, vocab_size: int):
-        self.vocab_size = self.num_classes = _vocab_size("Uniform", vocab_size)
+        self.vocab_size = self.num_classes = _vocab_size("Uniform", vocab_size, least=2)  # one token leaves nothing to jump to
 
     def sample_limit(self, batch: int, length: int, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (batch, length), device=device, generator=generator)

@@ -91,7 +91,9 @@ def sedd_step(logits, x, sigma, dsig, *, graph: str, method: str, scale_by_sigma
     """Eager SEDD sampler step: weights as above, then a Gumbel-max draw in the weights' dtype."""
     probs = step_weights(logits, x, sigma, dsig, graph=graph, method=method, scale_by_sigma=scale_by_sigma)
     u = torch.rand(probs.shape, dtype=probs.dtype, device=probs.device, generator=generator)
-    return (probs / -torch.log1p(-u)).argmax(-1)
+    # rand can return exactly 0 (2^-24 per entry in float32): E = 0 would make a zero weight 0/0 = NaN,
+    # which argmax picks; a tiny E keeps it 0 and lets a positive weight win, as E -> 0 would
+    return (probs / (-torch.log1p(-u)).clamp_min(torch.finfo(probs.dtype).tiny)).argmax(-1)
 
 
 def score_entropy_loss(logits, x_t, x0, sigma, dsigma, *, graph: str, scale_by_sigma: bool = True) -> torch.Tensor:
