@@ -38,6 +38,8 @@ MUTANTS = [
     (MASKED, "logits = torch.sub(cond, uncond).mul_(cfg_scale + 1).add_(uncond)",
      "logits = torch.sub(cond, uncond).mul_(cfg_scale).add_(uncond)", [RULES]),
     (MASKED, "unconditional = x.masked_fill(prompt_tokens, mask_id)", "unconditional = x.clone()", [GEN]),
+    (MASKED, "loop.forward(part, _canvas_sigma(loop, x, mask_id)", "loop.forward(part, _canvas_sigma(loop, part, mask_id)",
+     [KV]),
     (GENERATE, "prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]",
      "prompt_tokens[:, :start] = True", [GEN]),
     (MASKED, 'confidence = "random" if remasking == "random" else "prob"', 'confidence = "prob"', [RULES]),

@@ -112,6 +112,34 @@ def canvas_mask():
     return m
 
 
+class SigmaRecorder(Recorder):
+    """A time-conditioned model's recorder that keeps the sigma of every call."""
+
+    time_conditioned = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.sigmas = []
+
+    def __call__(self, x, sigma, **kw):
+        self.sigmas.append(sigma.clone())
+        return super().__call__(x, sigma=sigma, **kw)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_a_cached_step_gives_the_time_conditioned_model_the_whole_canvas_sigma(cache):
+    # a cached step feeds a span, but its sigma is still the masked fraction of the whole canvas's real tokens
+    model = SigmaRecorder(make("dit", 2, time_conditioning=True))
+    out = fast(model, cache)
+    width, real = max(map(len, PROMPTS)), canvas_mask().sum(-1)
+    first = torch.where(canvas_mask()[:, :width], out.sequences[:, :width], 0)
+    canvases = [torch.cat([first, torch.full((3, 24), MASK)], 1)] + out.history[:-1]
+    assert len(model.sigmas) == len(canvases) and any(x.shape[1] < width + 24 for x, _, _ in model.calls)
+    for canvas, sigma in zip(canvases, model.sigmas):
+        t = (canvas == MASK).sum(-1) / real
+        torch.testing.assert_close(sigma, -torch.log1p(-(1 - 1e-3) * t))
+
+
 def test_cache_errors():
     model = make("llada", layers=1)
     with pytest.raises(ValueError, match="applies only to the fast-dllm sampler"):
