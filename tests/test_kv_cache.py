@@ -159,6 +159,16 @@ def test_cache_errors():
 
     with pytest.raises(ValueError, match="KV-cache interface.*NoCache"):
         dllm.generate(NoCache(), gen_length=8, steps=8, sampler="fast-dllm", block_length=8, cache="dual")
+
+    class HalfCache(NoCache):  # the cache maker without the call's keywords: was a TypeError inside the first step
+        def new_kv_cache(self, batch, length):
+            return DenoisingKVCache(batch, length)
+
+        def forward(self, x, start=0):
+            return torch.zeros(*x.shape, V)
+
+    with pytest.raises(ValueError, match="HalfCache has new_kv_cache but no cache= \\(see"):
+        dllm.generate(HalfCache(), gen_length=8, steps=8, sampler="fast-dllm", block_length=8, cache="dual")
     ar = build_model(model_config("tiny", arch="ar", vocab_size=V, hidden=32, layers=1, cond_dim=16))
     ar.mask_id = MASK
     with pytest.raises(ValueError, match="KV-cache interface.*ARTransformer"):

@@ -148,14 +148,22 @@ def warn_if_dropout_on(model) -> None:
                       stacklevel=_caller_stacklevel())
 
 
+def _lacks_keywords(model, *names: str) -> list[str]:
+    """The keywords of ``names`` that the model's call signature has no parameter for (nor
+    ``**kwargs``); none where the signature cannot be read (the call then decides)."""
+    try:
+        params = inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return []
+    return [name for name in names if name not in {p.name for p in params}]
+
+
 def check_takes_attention_mask(model) -> None:
     """Padded prompts are passed as ``attention_mask=``: a model whose call signature has no
     such keyword (nor ``**kwargs``) is refused before the first step."""
-    try:
-        params = inspect.signature(model.forward if isinstance(model, torch.nn.Module) else model).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature: let the call decide
-        return
-    if not any(p.name == "attention_mask" or p.kind is p.VAR_KEYWORD for p in params):
+    if _lacks_keywords(model, "attention_mask"):
         raise ValueError(f"padded prompts need a model that accepts attention_mask= (bool [B, L], True on real "
                          f"tokens); {type(model).__name__} does not (see dllm.sampling.model_protocol). "
                          "Give prompts of one length, or add the keyword")
@@ -167,6 +175,11 @@ def new_kv_cache(model, batch: int, length: int):
         raise ValueError(f"cache= needs a model with the KV-cache interface (new_kv_cache(batch, length) and "
                          f"model(x, cache=, start=)); {type(model).__name__} has none: call with cache=None "
                          "(see dllm.sampling.model_protocol)")
+    missing = _lacks_keywords(model, "cache", "start")
+    if missing:
+        raise ValueError(f"cache= needs a model that accepts cache= and start= in its call; {type(model).__name__} "
+                         f"has new_kv_cache but no {' or '.join(m + '=' for m in missing)} (see "
+                         "dllm.sampling.model_protocol)")
     return make(batch, length)
 
 
