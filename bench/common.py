@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine, null_for_nan, sync,
-    time_interleaved, time_ms, timing_of, utc_now)
+    DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine, null_for_nan, quantile,
+    sync, time_interleaved, time_ms, timing_of, utc_now)
 
 
 def parse_shapes(spec: str, shape_format: str) -> list[tuple[int, ...]]:
@@ -119,9 +119,9 @@ class Row:
 def row_of(op: str, shape: str, dtype: str, impl: str, times: list[float], nbytes: int, floor_gbps: float) -> Row:
     times = sorted(times)
     median = statistics.median(times)
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
     gbps = nbytes / (median * 1e-3) / 1e9
-    return Row(op, shape, dtype, impl, median, q(0.2), q(0.8), nbytes, gbps, 100.0 * gbps / floor_gbps)
+    return Row(op, shape, dtype, impl, median, quantile(times, 0.2), quantile(times, 0.8), nbytes, gbps,
+               100.0 * gbps / floor_gbps)
 
 
 def measure(op: str, shape: str, dtype: str, impl: str, fn, device: str, nbytes: int, floor_gbps: float, **kw) -> Row:

@@ -249,3 +249,10 @@ def test_the_timed_decode_step_takes_generates_eager_path(monkeypatch):
             step()
             assert {type(p) for p in positions} == generated == {int}, name  # an int: SDPA on the filled prefix
             positions.clear()
+
+
+def test_quantiles_lie_equally_far_from_the_median():
+    from dllm.benchmarks.common import quantile
+    times = [float(t) for t in range(1, 11)]  # median 5.5; times[int(0.8 * 10)] read p80 as 9
+    assert (quantile(times, 0.2), quantile(times, 0.8)) == (3.0, 8.0)
+    assert quantile([4.0], 0.8) == 4.0 and quantile(times, 0.0) == 1.0 and quantile(times, 1.0) == 10.0

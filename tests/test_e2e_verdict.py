@@ -147,3 +147,17 @@ def test_verdict_without_a_match_and_at_the_floor():
     assert "at the floor of the parseable prefix" in text
     assert "| 64 | 1 | 1,000 | none | - | - | fast-dllm, 50 network calls, adaptive | 3.00x |" in text
     assert not math.isnan(v["fastest"]["speedup_vs_ar"])
+
+
+def test_a_faster_median_inside_the_baselines_spread_is_timing_noise():
+    res = results([("kv-cache", None, 1, 1000.0, {}), ("mdlm", "1/4", 1, 1030.0, {}),
+                   ("kv-cache", None, 4, 1000.0, {}), ("mdlm", "1/4", 4, 2000.0, {})])
+    # the committed CPU report's L 128 B 4: 1.03x, AR 286.6-453.1 ms against mdlm's 300.5-403.5 ms
+    for r, spread in zip(res["throughput"], [(286.6, 453.1), (300.5, 403.5), (60.0, 70.0), (30.0, 35.0)]):
+        r["spread_ms"] = spread
+    noisy, clear = verdicts(res)
+    assert not noisy["best_equal_quality"]["clear_of_noise"] and clear["best_equal_quality"]["clear_of_noise"]
+    text = "\n".join(summary([noisy, clear]))
+    assert "faster at 1 of 2 (length, batch) points: L 64 B 4; by up to 2.00x" in text
+    assert "At L 64 B 1 its median is faster but its latency spread overlaps the baseline's" in text
+    assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 1,030 | 1.03x (noise) |" in text and "It is not faster" not in text

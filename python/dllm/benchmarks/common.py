@@ -88,6 +88,12 @@ def time_interleaved(fns: list, device: str, *, warmup: int = 2, reps: int = 10)
     return times
 
 
+def quantile(times: list[float], f: float) -> float:
+    """The ``f`` quantile of sorted ``times``, nearest rank on (n - 1): p20 and p80 lie equally far
+    from the median (``times[int(f * n)]`` read one rank slow at the top)."""
+    return times[round(f * (len(times) - 1))]
+
+
 def at_least(minimum: int):
     """An argparse type: an int >= minimum."""
     def parse(text: str) -> int:

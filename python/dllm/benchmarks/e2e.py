@@ -37,7 +37,7 @@ from ..sampling.pretrained import load_for_sampling
 from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
-from .common import card, command_line, git_commit, time_interleaved, utc_now
+from .common import card, command_line, git_commit, quantile, time_interleaved, utc_now
 from .e2e_verdict import verdicts
 
 # Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
@@ -333,8 +333,7 @@ def _throughputs_in_turns(runner: Runner, points: list[tuple], length: int, batc
         times = sorted(times)
         median = statistics.median(times)
         # p20-p80 of five or more runs, min-max of fewer (the report's header says which)
-        spread = (times[round(0.2 * (len(times) - 1))], times[round(0.8 * (len(times) - 1))]) if len(times) >= 5 \
-            else (times[0], times[-1])
+        spread = (quantile(times, 0.2), quantile(times, 0.8)) if len(times) >= 5 else (times[0], times[-1])
         rows.append({"batch": batch, "latency_ms": median, "spread_ms": spread,
                      "tokens_per_s": batch * length / (median * 1e-3), "nfe": statistics.mean(nfe[1:])})
     return rows

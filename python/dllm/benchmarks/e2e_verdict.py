@@ -15,6 +15,9 @@ noise of a few dozen samples:
   fewer tokens, on which plug-in entropy reads low.
 The validation NLL is shown beside but not judged: the diffusion figure is an upper bound on its NLL
 (the T-step ELBO), the baseline's is exact, and it does not depend on the sampler.
+Speed is judged on the latency spreads the rows carry: a point of equal quality is faster only when
+its slow end (p80, or the slowest of fewer than five calls) beats the baseline's fast end; a faster
+median whose spread overlaps the baseline's is reported as within timing noise.
 When the baseline's own parseable prefix is within two standard errors of zero, both models sit at
 the metric's floor and a match says nothing about quality; the verdict says so.
 """
@@ -70,8 +73,17 @@ def at_floor(ar: dict) -> bool:
     return not ar["parse_prefix"] > Z * ar["parse_prefix_se"]
 
 
-def _point(row: dict, short_of: list[str] | None = None) -> dict:
+def clear_of_noise(row: dict, ar: dict) -> bool:
+    """Whether ``row``'s slowest typical call beats the baseline's fastest (results written before
+    the rows kept their spreads: the medians alone decide)."""
+    if "spread_ms" not in row or "spread_ms" not in ar:
+        return True
+    return row["spread_ms"][1] < ar["spread_ms"][0]
+
+
+def _point(row: dict, ar: dict, short_of: list[str] | None = None) -> dict:
     out = {k: row[k] for k in ("sampler", "steps", "nfe", "tokens_per_s", "speedup_vs_ar")}
+    out["clear_of_noise"] = clear_of_noise(row, ar)
     if short_of is not None:
         out["short_of"] = short_of
     return out
@@ -93,8 +105,8 @@ def verdicts(results: dict) -> list[dict]:
         equal = [r for r, s in zip(diffusion, shortfalls) if not s]
         out.append({"gen_length": length, "batch": batch, "ar_tokens_per_s": ar["tokens_per_s"],
                     "at_floor": at_floor(ar_quality),
-                    "best_equal_quality": _point(equal[0]) if equal else None,
-                    "fastest": _point(diffusion[0], shortfalls[0]) if diffusion else None})
+                    "best_equal_quality": _point(equal[0], ar) if equal else None,
+                    "fastest": _point(diffusion[0], ar, shortfalls[0]) if diffusion else None})
     return out
 
 
@@ -105,8 +117,10 @@ def _describe(p: dict) -> str:
 
 def summary(found: list[dict]) -> list[str]:
     """The answer in sentences, then a table with a row per (length, batch)."""
-    wins = [v for v in found if v["best_equal_quality"] and v["best_equal_quality"]["speedup_vs_ar"] > 1]
-    losses = [v for v in found if v not in wins]
+    ahead = [v for v in found if v["best_equal_quality"] and v["best_equal_quality"]["speedup_vs_ar"] > 1]
+    wins = [v for v in ahead if v["best_equal_quality"].get("clear_of_noise", True)]
+    noisy = [v for v in ahead if v not in wins]
+    losses = [v for v in found if v not in ahead]
 
     def where(vs):
         return ", ".join(f"L {v['gen_length']} B {v['batch']}" for v in vs)
@@ -121,18 +135,23 @@ def summary(found: list[dict]) -> list[str]:
     else:
         lines.append(f"At equal quality the diffusion model is faster at none of the {len(found)} (length, batch) "
                      "points.")
+    if noisy:
+        lines.append(f"At {where(noisy)} its median is faster but its latency spread overlaps the baseline's: "
+                     "within timing noise (more --reps may tell).")
     if losses:
         lines.append(f"It is not faster at: {where(losses)}.")
     floor = [v for v in found if v["at_floor"]]
     if floor:
         lines.append(f"At {where(floor)} the baseline's own samples are at the floor of the parseable prefix "
                      "(within two standard errors of no code), so equal quality there only means both models "
-                     "write no code: train longer (--minutes) for an answer.")
+                     "write no code: train longer (--minutes and --train-steps) for an answer.")
     lines += ["", "| length | batch | AR tokens/s | fastest diffusion point of equal quality | tokens/s | vs AR | "
               "fastest diffusion point | vs AR | its shortfall |", "|---|---|---|---|---|---|---|---|---|"]
     for v in found:
         b, f = v["best_equal_quality"], v["fastest"]
-        best = (f"{_describe(b)} | {b['tokens_per_s']:,.0f} | {b['speedup_vs_ar']:.2f}x" if b else "none | - | -")
+        best = (f"{_describe(b)} | {b['tokens_per_s']:,.0f} | {b['speedup_vs_ar']:.2f}x"
+                f"{'' if b.get('clear_of_noise', True) or b['speedup_vs_ar'] <= 1 else ' (noise)'}"
+                if b else "none | - | -")
         fastest = (f"{_describe(f)} | {f['speedup_vs_ar']:.2f}x | {'; '.join(f['short_of']) or 'none'}" if f
                    else "- | - | -")
         lines.append(f"| {v['gen_length']} | {v['batch']} | {v['ar_tokens_per_s']:,.0f} | {best} | {fastest} |")

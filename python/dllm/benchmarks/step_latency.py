@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ..devices import DEVICE_HELP, resolve_device
-from .common import DTYPES, add_timing_options, built_in, machine, time_interleaved, timing_of
+from .common import DTYPES, add_timing_options, built_in, machine, quantile, time_interleaved, timing_of
 
 
 @dataclass(frozen=True)
@@ -349,8 +349,8 @@ def run(ns: argparse.Namespace) -> list[Row]:
             # in turns, so that a drift in the machine's load hits every implementation alike
             for impl, times in zip(steps, time_interleaved(list(steps.values()), str(device), **timing)):
                 times = sorted(times)
-                q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-                case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times), q(0.2), q(0.8)))
+                case_rows.append(Row(ns.preset, name, shape, dtype_name, impl, statistics.median(times),
+                                     quantile(times, 0.2), quantile(times, 0.8)))
             bar.update(len(steps))
         eager = next(r.median_ms for r in case_rows if r.impl == reference_impl(case.kind))
         for r in case_rows:
