@@ -51,7 +51,8 @@ def test_demo_end_to_end(tmp_path):
     # the default length: the autoregressive baseline generates it after a start token
     out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    for name in ("samples.md", "trajectory.png", "speed.json", "mdlm/model/config.json", "ar/model/config.json"):
+    for name in ("samples.md", "trajectory.png", "loss_mdlm.png", "loss_ar.png", "speed.json", "mdlm/model/config.json",
+                 "ar/model/config.json"):
         assert (tmp_path / name).exists(), name
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["length"] == 128 and speed["diffusion_tokens_per_s"] > 0 and speed["ar_tokens_per_s"] > 0

@@ -135,6 +135,19 @@ def test_mdlm_cache_skips_the_network_when_nothing_unmasks():
     assert model.calls[0][1] is not None
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mdlm_cache_draws_what_the_uncached_sampler_draws(temperature):
+    # the cache reuses logits only where a time-agnostic model would return the same ones, so a
+    # model that ignores sigma samples alike whether it says it is time-conditioned (no cache) or not
+    class IgnoresSigma(TinyModel):
+        def forward(self, x, sigma=None, attention_mask=None):
+            return super().forward(x, None, attention_mask)
+
+    cached, uncached = (run("mdlm", model=IgnoresSigma(time_conditioned=timed), gen_length=16, steps=64,
+                            temperature=temperature)[0] for timed in (False, True))
+    assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe < uncached.nfe == 64
+
+
 def test_mdlm_ends_with_the_argmax_of_what_is_still_masked(monkeypatch):
     # MDLM's grid stops at t = eps; one more forward's argmax fills what is left (rare at eps = 1e-5,
     # so a large eps shows it)
@@ -161,16 +174,17 @@ def test_a_step_that_commits_nothing_is_an_error_not_a_hang_or_masks_returned(sa
         run(sampler)
 
 
-def test_infill_keeps_known_tokens():
+@pytest.mark.parametrize("shift", [0, 1])
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_infill_keeps_known_tokens(sampler, shift):
     template = torch.full((32,), MASK)
     template[:5] = torch.arange(1, 6)
     template[-3:] = torch.tensor([7, 8, 9])
     template[15] = 11
-    for sampler in ("llada", "mdlm", "fast-dllm"):
-        out, _ = run(sampler, infill=template)
-        known = template != MASK
-        assert torch.equal(out.sequences[0, known], template[known])
-        assert not (out.sequences == MASK).any()
+    out, _ = run(sampler, model=TinyModel(logits_shift=shift), infill=template)
+    known = template != MASK
+    assert torch.equal(out.sequences[0, known], template[known])
+    assert not (out.sequences == MASK).any()
 
 
 def test_llada_runs_no_step_that_commits_nothing():

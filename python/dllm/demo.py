@@ -128,10 +128,12 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
             f"diffusion (llada sampler, {length} tokens in {length // 4} steps): {diff_tps:,.0f} tokens/s\n"
             f"autoregressive (KV cache, {length} steps): {ar_tps:,.0f} tokens/s")
 
-    for obj in dirs:
+    curves = []
+    for obj in dirs:  # the trainer draws its curve at each validation: named only where one was drawn
         if (out / obj / "loss.png").exists():
             shutil.copy(out / obj / "loss.png", out / f"loss_{obj}.png")
+            curves.append(f"loss_{obj}.png")
     (out / "samples.md").write_text("# dllm demo\n\n" + "\n".join(report))
     (out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
-    print(f"\n[demo] wrote {out}/samples.md, trajectory.png, loss_mdlm.png, loss_ar.png, speed.json")
+    print(f"\n[demo] wrote {out}/samples.md, trajectory.png, {', '.join(curves + ['speed.json'])}")
     return speed
