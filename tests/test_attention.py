@@ -326,6 +326,29 @@ def test_cuda_kernel_lse_and_determinism(attention_kernel, D):
 
 
 @cuda_only
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Sq", [33, 64])
+def test_cuda_kernel_splits_a_query_block_over_many_keys(attention_kernel, D, Sq):
+    """5 to 64 queries over >= 256 keys on few (sequence, head) pairs, a Fast-dLLM cached block:
+    the forward splits the keys into chunks that the decoding merge kernel joins (12 pairs here,
+    far below a 132-SM card's). The CPU twin is test_cuda_emulated's
+    test_attention_query_block_splits_the_keys; this runs the path on the GPU itself."""
+    B, Sk, H, Hkv = 3, 600, 4, 2
+    q, k, v = (t.detach() for t in inputs(B, Sq, Sk, H, Hkv, D, torch.bfloat16, "cuda", seed=Sq + D))
+    kv_len = torch.tensor([600, 0, 150], device="cuda", dtype=torch.int32)  # full, no keys, inside one chunk
+    q_len = torch.tensor([Sq, Sq, Sq - 3], device="cuda", dtype=torch.int32)
+    scale = 0.9 * D**-0.5
+    out, lse = torch.ops.dllm.attention_forward(q, k, v, kv_len, q_len, None, None, 0, 0, scale)
+    check(out, reference(q, k, v, kv_len, q_len, softmax_scale=scale),
+          reference(q, k, v, kv_len, q_len, softmax_scale=scale, upcast=False), 2, "out")
+    scores = torch.einsum("bqhd,bkhd->hbqk", q.double(), k.double().repeat_interleave(H // Hkv, 2)) * scale
+    keys = torch.arange(Sk, device="cuda")[None, :] < kv_len[:, None]
+    ref_lse = scores.masked_fill(~keys[None, :, None, :], float("-inf")).logsumexp(-1).reshape(H, B * Sq)
+    rows = (torch.arange(Sq, device="cuda")[None, :] < q_len[:, None]).flatten()
+    torch.testing.assert_close(lse.double()[:, rows], ref_lse[:, rows], atol=1e-3, rtol=0)
+
+
+@cuda_only
 def test_cuda_kernel_reads_strided_and_unaligned_inputs(attention_kernel):
     B, S, H, D = 2, 70, 4, 128
     g = torch.Generator().manual_seed(5)
