@@ -431,7 +431,10 @@ def attention_varlen(
     ``.item()`` breaks a compiled graph). On CUDA: bfloat16 / float16 with D = 64 or 128 only
     (``NotImplementedError`` otherwise); cu_seqlens are not checked there (that would
     synchronise) but clamped to the packed tokens and to ``max_seqlen_*``: invalid ones give
-    wrong attention, never an access outside the tensors. The CPU raises ``ValueError``."""
+    wrong attention, never an access outside the tensors. The CPU raises ``ValueError``.
+    Give the true longest length, not a loose bound: on CUDA a few queries a sequence over many
+    keys (decoding) split the keys into chunks, as many per sequence as ``max_seqlen_k`` needs, so
+    passing the packed total instead sizes the workspace and the grid about B times too large."""
     scale = _softmax_scale(q, softmax_scale)
     out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                               max_seqlen_k, scale)
