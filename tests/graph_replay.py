@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dllm.sampling.cuda_graph import GraphedStep
+from host_syncs import makes_host_wait
 
 
 class HostSyncInCapture(RuntimeError):
@@ -49,7 +50,7 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.ops.aten._local_scalar_dense.default:
+        if makes_host_wait(func, args):
             raise HostSyncInCapture(f"{func} reads a device value on the host inside a captured step")
         out = func(*args, **kwargs)
         self.ops.append((func, args, kwargs, out))
@@ -103,6 +104,10 @@ class _Graph:
         for func, args, kwargs, out in ops:
             if _is_view(func):
                 source = tensors(args)[0]
+                if func is torch.ops.aten.lift_fresh.default:  # a constant the step made (torch.tensor(1.0),
+                    owned.add(id(out))                         # x[i] = 7.0), a view of itself: the graph keeps it
+                    self.owned.append(out)
+                    continue
                 if id(source) in owned:  # the captured view still aliases its (updated) base
                     owned |= {id(t) for t in tensors(out)}
                     self.owned.append(out)

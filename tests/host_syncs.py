@@ -3,9 +3,11 @@
 On a CUDA tensor these make the host wait for the device: reading a value in Python (``.item()``,
 ``bool(t)``, ``int(t)``, ``if t.any():``, which all reach ``aten::_local_scalar_dense``), ops whose
 output shape depends on the values (``nonzero``, boolean-mask indexing, ``masked_select``,
-``repeat_interleave`` without ``output_size``, ``unique``), ``tolist``, and ``torch.tensor`` of
-host data (on CUDA a blocking copy); the last two dispatch no op on the CPU, so they are counted by
-patching them (every call, even one that stays on the host). A sampler step that does none of these
+``repeat_interleave`` without ``output_size``, ``unique``), ops that answer on the host
+(``torch.equal``, ``allclose``; ``bincount``, which sizes its output from the maximum), ``tolist``,
+and ``torch.tensor`` of host data (on CUDA a blocking copy); the last two dispatch no op on the CPU,
+so they are counted by patching them (every call, even one that stays on the host). ``.cpu()`` and
+``.numpy()`` dispatch nothing on a CPU tensor either, and are not counted. A sampler step that does none of these
 can be captured in a CUDA graph and, eager, queues its kernels without stalling.
 """
 
@@ -16,7 +18,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 SYNCING_OPS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-               aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default}
+               aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default,
+               aten.equal.default, aten.allclose.default, aten.bincount.default}
+# boolean-mask indexing reaches the dispatcher as index / index_put_ (their nonzero runs inside)
+INDEX_OPS = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
+
+
+def makes_host_wait(func, args) -> bool:
+    """Whether the op makes the host wait for the device on CUDA."""
+    if func in SYNCING_OPS:
+        return True
+    return func in INDEX_OPS and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                                     for i in args[1] if i is not None)
 
 
 class HostSyncs(TorchDispatchMode):
@@ -28,7 +41,7 @@ class HostSyncs(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func in SYNCING_OPS
+        self.count += makes_host_wait(func, args)
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):

@@ -177,8 +177,15 @@ def test_the_replay_serves_stale_values_and_refuses_host_syncs_and_freed_tensors
         rate[0] = r
         step(x)
     assert x.tolist() == [3.0] * 3  # eager: 8
-    with pytest.raises(HostSyncInCapture):
-        RecordedStep(lambda x: x.add_(float(x.sum())), None)(x)
+    for syncing in (lambda x: x.add_(float(x.sum())), lambda x: x.mul_(2) if torch.equal(x, x) else x,
+                    lambda x: x.__setitem__(x > 1, 0.0)):  # a host read, an answer on the host, a mask's nonzero
+        with pytest.raises(HostSyncInCapture):
+            RecordedStep(syncing, None)(x.clone())
+    step = RecordedStep(lambda x: (x.__setitem__(1, 7.0), x.add_(torch.tensor(1.0))), None)  # constants a step makes
+    for _ in range(2):
+        y = torch.zeros(3)
+        step(y)
+        assert y.tolist() == [1.0, 8.0, 1.0]
     held = [torch.ones(3)]
     step = RecordedStep(lambda x: x.add_(held[0].t()), None)  # read through a view, as weights are
     step(x)
