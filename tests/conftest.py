@@ -24,6 +24,13 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
+def seeded():
+    """torch's default generator seeded per test, so that a test's draws (and its statistics) do not
+    depend on which tests ran before it on the same worker."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
 def poisoned_empty():
     """Every torch.empty, the ops' outputs included, filled with NaN (integers: their maximum), so
     that a kernel skipping a write cannot pass on memory that happened to hold the right value."""

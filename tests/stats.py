@@ -27,6 +27,10 @@ def pooled(counts: np.ndarray, expected: np.ndarray, min_expected: float) -> tup
     if (~big).any():
         obs.append(counts[~big].sum())
         exp.append(expected[~big].sum())
+        if exp[-1] < min_expected and len(exp) > 1:  # still too small: into the smallest other bin
+            j = int(np.argmin(exp[:-1]))
+            obs[j] += obs.pop()
+            exp[j] += exp.pop()
     return np.array(obs, dtype=np.float64), np.array(exp, dtype=np.float64)
 
 

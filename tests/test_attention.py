@@ -97,6 +97,22 @@ def test_sharp_softmax_gradients_with_a_scale_that_is_not_a_power_of_two(device,
     check_gradients(out, ref, low, (q, k, v))
 
 
+def test_keys_past_kv_len_are_never_read(device):
+    # NaN in the padding of k and v (a KV-cache buffer's unwritten tail) must not reach the output
+    # or the gradients: 0 * NaN is NaN, so a kernel that reads them under a -inf score fails here
+    q, k, v = (t.detach() for t in inputs(3, 9, 70, 4, 2, 64, torch.bfloat16, device, seed=5))
+    kv_len = torch.tensor([70, 33, 0], device=device)
+    keep = torch.arange(70, device=device)[None, :] < kv_len[:, None]
+    k_nan, v_nan = (t.masked_fill(~keep[:, :, None, None], float("nan")).requires_grad_() for t in (k, v))
+    q.requires_grad_()
+    out = dllm.ops.attention(q, k_nan, v_nan, kv_len=kv_len)
+    ref = reference(q, k, v, kv_len)
+    check(out, ref, reference(q, k, v, kv_len, upcast=False), 2, "out")
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k_nan, v_nan))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[1][~keep] == 0).all() and (grads[2][~keep] == 0).all()
+
+
 @pytest.mark.parametrize("D", [64, 128])
 def test_varlen_equals_padded(device, D):
     dtype = torch.bfloat16

@@ -541,6 +541,23 @@ def attention_inputs(B, Sq, Sk, H, Hkv, D, dtype):
     return make(B, Sq, H, D), make(B, Sk, Hkv, D), make(B, Sk, Hkv, D)
 
 
+@pytest.mark.parametrize("Sq", [1, 9, 130])  # decoding, a query block split over the keys, the tiled forward
+def test_attention_never_reads_keys_past_kv_len(emulator, attention_kernel, Sq):
+    """NaN in the padding of k and v (a KV-cache buffer's unwritten tail) reaches neither the
+    output nor the gradients, whichever kernel the shape takes (0 * NaN is NaN)."""
+    B, Sk, H, Hkv, D = 3, 300, 4, 2, 64
+    q, k, v = (t.detach() for t in attention_inputs(B, Sq, Sk, H, Hkv, D, torch.bfloat16))
+    kv_len = torch.tensor([300, 133, 0], dtype=torch.int32)
+    keep = torch.arange(Sk)[None, :] < kv_len[:, None]
+    k_nan, v_nan = (t.masked_fill(~keep[:, :, None, None], float("nan")).requires_grad_() for t in (k, v))
+    q.requires_grad_()
+    out = emulated(emulator, EmulatedAttention.apply, q, k_nan, v_nan, kv_len, None, None, None, Sq, Sk, D**-0.5)
+    check(out, reference_attention(q, k, v, kv_len), reference_attention(q, k, v, kv_len, upcast=False), 2, "out")
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k_nan, v_nan))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[1][~keep] == 0).all() and (grads[2][~keep] == 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "B, Sq, Sk, H, Hkv, D, lengths",

@@ -7,7 +7,7 @@ import torch
 import dllm
 from stats import chi_square_pvalue, exact_probs, group_edges, poisson_z, two_sample_pvalue
 
-pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+pytestmark = pytest.mark.usefixtures("poisoned_empty", "seeded")  # outputs start as NaN, not zeros
 
 P_MIN = 1e-4  # seeded draws make every test deterministic; this only guards against a bad seed
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

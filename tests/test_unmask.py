@@ -10,7 +10,7 @@ from dllm.unmask_schedule import linear_transfer_counts
 from stats import chi_square_pvalue, two_sample_pvalue
 from threads import assert_same_under_threads
 
-pytestmark = pytest.mark.usefixtures("poisoned_empty")  # outputs start as NaN, not zeros
+pytestmark = pytest.mark.usefixtures("poisoned_empty", "seeded")  # outputs start as NaN, not zeros
 
 P_MIN = 1e-4
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -34,6 +34,7 @@ def test_greedy_proposals_and_confidence_match_reference(device, dtype, kind, sh
     logits, x = masked_batch(3, 113, 301, device, dtype)
     logits[0, 5, :] = 0.0  # a fully tied row: the lowest index that is not the mask wins
     logits[1, 9, MASK] = 100.0  # the mask token is never proposed, however likely
+    x[0, 5] = x[1, 9] = x[0, 6] = x[1, 10] = MASK  # both rows read, by either head (shift 1 reads row i - 1)
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence=kind, logits_shift=shift)
     rx0, rconf = ref.predict_masked_greedy(logits, x, MASK, kind, shift)
     masked = x == MASK
@@ -160,13 +161,14 @@ def test_random_confidence_is_uniform(device):
 
 @pytest.mark.parametrize(
     "temperature, top_k, top_p",
-    [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (1.0, 7, 1.0), (1.0, 0, 0.8), (0.7, 12, 0.9)],
+    # top_k 8 cuts between the tied 3 and 4 (ranks 8 and 9): both are kept
+    [(1.0, 0, 1.0), (0.5, 0, 1.0), (2.0, 0, 1.0), (1.0, 7, 1.0), (1.0, 8, 1.0), (1.0, 0, 0.8), (0.7, 12, 0.9)],
 )
 def test_proposals_match_filtered_distribution(device, temperature, top_k, top_p):
     V, n = 40, 1 << 20
     g = torch.Generator().manual_seed(3)
     row = torch.randn(V, generator=g) * 1.5
-    row[3] = row[4]  # a tie, kept or dropped together
+    row[3] = row[4]  # a tie, kept or dropped together (top_k 8 cuts through it)
     logits = row.to(device).expand(n, 1, V)
     x = torch.full((n, 1), MASK, device=device)
     x0, _ = dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -241,6 +243,7 @@ def test_signed_zeros_are_one_value_for_the_filters_and_the_ranking(device):
 def test_threshold_commit_matches_reference(device):
     x, x0, conf = commit_inputs(5, 300, device, seed=1)
     conf[4] = 0.1  # nothing reaches the threshold: the single most confident one still commits
+    conf[0, ::7] = 0.9  # float32(0.9) < 0.9 in float64: the threshold is compared in float32
     window = torch.tensor([[0, 300], [10, 50], [0, 0], [299, 300], [0, 300]], device=device)
     got = x.clone()
     committed = dllm.ops.commit_tokens(got, x0, conf, mask_id=MASK, threshold=0.9, window=window)

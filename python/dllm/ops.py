@@ -244,7 +244,8 @@ def commit_tokens(
       the keys ``conf / position_temperature`` are float32, so it is clamped into
       ``[1e-36, 3.4e38]``, which keeps them finite for ``|conf|`` up to 340.
     - ``threshold`` (float): every eligible position with ``conf >= threshold``, and always the
-      most confident one, so each step makes progress (Fast-dLLM parallel decoding).
+      most confident one, so each step makes progress (Fast-dLLM parallel decoding). The threshold
+      is rounded to float32 first, as PyTorch compares a float32 tensor with a Python float.
     - ``prob`` (float ``[B]``, or a float or 0-d tensor for every row): each eligible position
       independently with this probability (MDLM's ancestral step, Dream's ``origin``), compared
       with a 53-bit uniform so that tiny probabilities (steep schedules) stay exact.

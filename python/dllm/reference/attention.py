@@ -19,6 +19,7 @@ def attention(q, k, v, kv_len=None, q_len=None, softmax_scale=None, upcast=True)
     if kv_len is not None:
         keep = torch.arange(Sk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
         scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+        vf = vf.masked_fill(~keep[:, None, :, None], 0)  # the op never reads them: NaN there stays out
     probs = torch.softmax(scores.float() if not upcast else scores, -1).nan_to_num(0.0).to(dtype)
     out = (probs @ vf).transpose(1, 2)
     if q_len is not None:

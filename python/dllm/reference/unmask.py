@@ -107,6 +107,7 @@ def commit_tokens(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, mask_id
         if num_tokens is not None:
             chosen = order[: int(num_tokens[b])]
         else:
-            chosen = torch.cat([order[:1], idx[c >= threshold]]).unique()
+            # float32 against the threshold rounded to float32, as the op and PyTorch's own tensor >= float
+            chosen = torch.cat([order[:1], idx[conf[b, idx].float() >= threshold]]).unique()
         x[b, chosen] = x0[b, chosen]
     return x
