@@ -150,7 +150,8 @@ def _main(argv: list[str] | None) -> int:
                         "byte, as JSON. Defaults are the run's, so the numbers match its last validation.")
     ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
     ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
-    ep.add_argument("--batch-size", type=int, default=None, help="sequences per batch; the windows scored are --batches x --batch-size (default: the run's)")
+    ep.add_argument("--batch-size", type=int, default=None,
+                    help="sequences per batch; the windows scored are --batches x --batch-size (default: the run's)")
     ep.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     ep.add_argument("--seed", type=_seed, default=None, help="seed of the diffusion noise (default: the run's --seed)")
     bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),

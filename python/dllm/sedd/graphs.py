@@ -76,7 +76,8 @@ class Uniform(_Graph):
     scale_by_sigma = False
 
     def __init__(self, vocab_size: int):
-        self.vocab_size = self.num_classes = _vocab_size("Uniform", vocab_size, least=2)  # one token leaves nothing to jump to
+        # one token would leave nothing to jump to
+        self.vocab_size = self.num_classes = _vocab_size("Uniform", vocab_size, least=2)
 
     def sample_limit(self, batch: int, length: int, device=None, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_classes, (batch, length), device=device, generator=generator)
