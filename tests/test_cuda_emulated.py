@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
 from cuda_emulator.build import load
-from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs
+from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs, lse_reference
 from test_sedd_losses import backward_calls
 from test_sedd_losses import make_inputs as loss_inputs
 from test_sedd_losses import SKIPPED_COLUMN_CASES, skipped_column_inputs
@@ -580,14 +580,6 @@ def test_attention_forward_and_backward_match_float64(emulator, attention_kernel
     low = reference_attention(q, k, v, kv_len, q_len, upcast=False)
     check(out, ref, low, 2, "out")
     check_gradients(out, ref, low, (q, k, v))
-
-
-def lse_reference(q, k, kv_len, scale):
-    """float64 log-sum-exp of the scaled scores over each row's keys, [heads, B * Sq] as the op's lse."""
-    B, Sq, H, _ = q.shape
-    scores = torch.einsum("bqhd,bkhd->hbqk", q.double() * scale, k.double().repeat_interleave(H // k.shape[2], 2))
-    keep = torch.arange(k.shape[1]) < kv_len[:, None]
-    return scores.masked_fill(~keep[None, :, None, :], float("-inf")).logsumexp(-1).reshape(H, B * Sq)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
