@@ -35,8 +35,7 @@ MUTANTS = [
     # first-hitting's time and position, Dream's counts and confidences, Fast-dLLM's caches
     (MASKED, "return _loglinear_sigma((x == mask_id).sum(-1) / real)",
      "return _loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
-    (MASKED, "logits = torch.sub(cond, uncond).mul_(cfg_scale + 1).add_(uncond)",
-     "logits = torch.sub(cond, uncond).mul_(cfg_scale).add_(uncond)", [RULES]),
+    (MASKED, "logits = torch.lerp(uncond, cond, cfg_scale + 1)", "logits = torch.lerp(uncond, cond, cfg_scale)", [RULES]),
     (MASKED, "unconditional = x.masked_fill(prompt_tokens, mask_id)", "unconditional = x.clone()", [GEN]),
     (MASKED, "loop.forward(part, _canvas_sigma(loop, x, mask_id)",
      "loop.forward(part, _canvas_sigma(loop, part, mask_id)", [KV]),

@@ -138,12 +138,14 @@ def test_large_logits_keep_their_distribution_and_logprob(device, offset, temper
     assert (logprob.cpu().double() - want).abs().max() < 1e-5
 
 
-# 1 / T overflows float32 below 2.9e-39; below 1.4e-45 a float32 is 0 (argmax), so it is clamped
+# 1 / T overflows float32 below 2.9e-39; below 1.4e-45 a float32 is 0 (argmax), so a float or a
+# float64 tensor is clamped to float32's normal range, and 1 / T of a subnormal float32 one is capped
 @pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45, 1e-46, 1e-300])
 def test_a_tiny_temperature_is_the_greedy_limit_with_ties_drawn_uniformly(device, temperature):
     row = torch.tensor([-5.0, -3.0, -3.0, -4.0, -90.0, -3.0 - 2**-20], device=device)
     n = 1 << 16
-    for t in (temperature, torch.tensor([temperature], dtype=torch.float64, device=device)):
+    tensors = [torch.tensor([temperature], dtype=dtype, device=device) for dtype in (torch.float64, torch.float32)]
+    for t in [temperature] + [t for t in tensors if t.item() > 0]:
         tokens, logprob = dllm.ops.sample_categorical(row.expand(n, 6), t)
         counts = torch.bincount(tokens, minlength=6).cpu()
         assert counts[[0, 3, 4, 5]].sum() == 0
@@ -184,6 +186,21 @@ def test_seeded_runs_reproduce_and_consecutive_calls_differ(device):
     assert torch.equal(dllm.ops.sample_categorical(logits, generator=g1)[0],
                        dllm.ops.sample_categorical(logits, generator=g2)[0])
 
+
+
+def test_a_greedy_call_leaves_the_generator_as_it_is(device):
+    """A float temperature of 0 draws nothing (as predict_masked and commit_tokens), so greedy
+    decoding between two seeded draws does not shift the second; a temperature tensor draws."""
+    logits = torch.randn(5, 300, device=device)
+    g = torch.Generator(device=device).manual_seed(4)
+    global_state = torch.cuda.get_rng_state if device == "cuda" else torch.get_rng_state
+    before, global_before = g.get_state(), global_state()
+    dllm.ops.sample_categorical(logits, 0.0, generator=g)
+    assert torch.equal(g.get_state(), before)
+    dllm.ops.sample_categorical(logits, 0.0)
+    assert torch.equal(global_state(), global_before)
+    dllm.ops.sample_categorical(logits, torch.zeros(5, device=device), generator=g)
+    assert not torch.equal(g.get_state(), before)
 
 def test_result_does_not_depend_on_layout_or_threads():
     # Randomness is keyed by logical (row, index): strided rows, a copy, and any thread count

@@ -70,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cpu_op(const at::Tensor& l
                                                               double scalar_temperature,
                                                               std::optional<at::Generator> generator) {
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
-  call.params.rng = cpu_rng_state(generator);
+  // a greedy call (float temperature 0) draws nothing, so it leaves the generator as it is
+  if (temperature.has_value() || scalar_temperature != 0.0) call.params.rng = cpu_rng_state(generator);
   const CategoricalParams& p = call.params;
   raise_categorical_error(parallel_min_error(p.rows, 65536 / p.vocab, [&](int64_t begin, int64_t end) {
     return sample_categorical_cpu(p, begin, end);

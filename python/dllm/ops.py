@@ -54,6 +54,7 @@ def sample_categorical(
             kernels divide in float32: a temperature outside float32's normal range acts as the
             nearest end of it (``3.4e38``, ``1.2e-38``), which draws the same. Default 1.
         generator: a ``torch.Generator`` on the logits' device; default: torch's default one.
+            A float temperature of 0 draws nothing and leaves the generator as it is.
 
     Returns:
         ``(tokens, logprob)``: ``tokens`` int64 ``[...]``, and ``logprob`` float32 ``[...]``, the
@@ -706,7 +707,9 @@ def sedd_step(
     Negative weights (SEDD's clipped mass) are never drawn, as in SEDD's ``argmax(p / E)``.
     Under the absorbing graph unmasked tokens are kept and their logits are not read. The draw
     is exact in distribution with float64-grade Gumbel tails (see ``sample_categorical``); each
-    row is read from memory once and nothing of size ``[B, L, K]`` is allocated.
+    row is read from memory once and nothing of size ``[B, L, K]`` is allocated (for logits whose
+    leading dimensions flatten to one row stride; others, such as ``[1, L, K].expand(B, L, K)``,
+    are copied first).
 
     Raises ``ValueError`` for NaN or ``+inf`` logits in a row that is read, ``x`` outside
     ``[0, K)``, ``sigma <= 0`` or ``dsig < 0`` (or non-finite), or a row with no positive weight.

@@ -105,7 +105,9 @@ def loss_at_masked(loss, model, x_t: torch.Tensor, sigma: torch.Tensor | None, m
     head, the loss and their gradients cost the masked share of the [B, L, V] logits (half on
     average over the training's mask rates) instead of all of it. The values are the full loss's
     up to the order of the sums."""
-    net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = model
+    while isinstance(net, DistributedDataParallel) or hasattr(net, "_orig_mod"):  # DDP's and torch.compile's wrappers
+        net = net.module if isinstance(net, DistributedDataParallel) else net._orig_mod
     if not _takes_logits_at(type(net)):
         return loss(model(x_t, sigma), x_t, x0, *per_sequence, **options)
     B, L = x_t.shape

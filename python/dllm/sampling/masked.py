@@ -71,8 +71,8 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
             unconditional = x.masked_fill(prompt_tokens, mask_id)
             both = torch.cat([x, unconditional])
             cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
-            # in place, one [B, L, V] tensor where the expression would allocate three (same roundings)
-            logits = torch.sub(cond, uncond).mul_(cfg_scale + 1).add_(uncond)
+            # u + (s + 1)(c - u) in one pass and one rounding, where the expression makes three
+            logits = torch.lerp(uncond, cond, cfg_scale + 1)
         else:
             logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
