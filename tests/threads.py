@@ -1,9 +1,10 @@
 """Runs an op under several CPU thread counts, for tests that its results do not depend on them.
 
-The CPU kernels split their rows with at::parallel_for, which gives each of n threads one chunk
-of max(grain, ceil(rows / n)) rows (the grain is set per op in csrc/torch). Random draws are
-keyed by the logical (row, index), so 1, 2 and 3 threads (3 > cores still changes the chunks) must
-draw the same numbers; a draw keyed by the chunk, or a generator read once per chunk, would not.
+The CPU kernels split their rows into blocks of `grain` rows (set per op in csrc/torch), which
+parallel_min_error deals to n threads in turn (rotary, adaln and attention take at::parallel_for's
+chunks). Random draws are keyed by the logical (row, index), so 1, 2 and 3 threads (3 > cores still
+changes the split) must draw the same numbers; a draw keyed by the block, or a generator read once
+per block, would not.
 """
 
 import torch

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 
 #include "cpu_simd.h"
 #include "dllm/common.h"
@@ -174,11 +175,26 @@ inline void gumbel_block(uint64_t seed, uint64_t offset, uint64_t row, uint32_t 
   for (int k = 0; k < kPairs; ++k) noise[2 * k] = even[k], noise[2 * k + 1] = odd[k];
 }
 
+// A kernel's row buffer, left uninitialised (each use writes it before reading it): parallel_min_error
+// calls a kernel once per small block of rows, and zeroing V floats per call would cost about as
+// much as reading a row.
+template <typename T>
+class RowScratch {
+ public:
+  explicit RowScratch(int64_t n) : buf_(std::make_unique_for_overwrite<T[]>(size_t(n))) {}
+  T* data() { return buf_.get(); }
+  T& operator[](int64_t i) { return buf_[i]; }
+
+ private:
+  std::unique_ptr<T[]> buf_;
+};
+
 // argmax_i (log_weight(i) + Gumbel noise of logical index first + i); -inf log-weights never
 // win, ties go to the lowest i. Returns -1 only if every entry is -inf.
 template <typename LogWeight>
 int64_t gumbel_argmax_by(int64_t n, LogWeight log_weight, uint64_t seed, uint64_t offset, int64_t row,
                          int64_t first, RngStream stream) {
+  if (n == 1) return log_weight(0) == -kInf ? -1 : 0;  // a lone candidate wins whatever its noise
   int64_t best = -1;
   float best_key = -kInf;
   float noise[kNoiseBlock];

@@ -133,7 +133,7 @@ template <DType D>
 int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
   const size_t elem = D == DType::kFloat32 ? 4 : 2;
   const int64_t vocab = p.vocab;
-  std::vector<float> v(vocab), y(vocab), group_lse(num_groups(vocab));
+  RowScratch<float> v(vocab), y(vocab), group_lse(num_groups(vocab));
   FilterScratch filter_scratch;
   int64_t first_error = kNoError;
   for (int64_t pos = begin; pos < end; ++pos) {

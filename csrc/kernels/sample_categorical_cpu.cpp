@@ -1,5 +1,4 @@
 // CPU kernel of sample_categorical: the hierarchical Gumbel-max of dllm/sample_categorical.h.
-#include <vector>
 
 #include "cpu_isa.h"
 #include "cpu_rows.h"
@@ -12,7 +11,7 @@ using namespace cpu;
 template <DType D>
 int64_t sample_rows(const CategoricalParams& p, int64_t row_begin, int64_t row_end) {
   const size_t elem = D == DType::kFloat32 ? 4 : 2;
-  std::vector<float> v(p.vocab), group_lse(num_groups(p.vocab));
+  RowScratch<float> v(p.vocab), group_lse(num_groups(p.vocab));
   int64_t first_error = kNoError;
   for (int64_t r = row_begin; r < row_end; ++r) {
     p.tokens[r] = -1;

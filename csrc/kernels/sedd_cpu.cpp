@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 #include "cpu_isa.h"
 #include "cpu_rows.h"
@@ -114,8 +113,8 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
   using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
   const int64_t groups = (K + kCategoricalGroup - 1) / kCategoricalGroup;
-  std::vector<float> buf(K);
-  std::vector<double> group_sum(groups);
+  RowScratch<float> buf(K);
+  RowScratch<double> group_sum(groups);
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / p.seq_len;
@@ -174,7 +173,7 @@ template <DType D>
 int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
   using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
-  std::vector<float> buf(K);
+  RowScratch<float> buf(K);
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / p.seq_len;

@@ -46,12 +46,21 @@ inline at::Tensor as_rows(const at::Tensor& t) {
 }
 
 // Runs fn(begin, end) -> encoded error over [0, n) on torch's intra-op threads and returns the
-// smallest encoded error any chunk reported (the kernels encode the row in the high bits).
+// smallest encoded error any block reported (the kernels encode the row in the high bits). Blocks
+// of `grain` rows are dealt to the threads in turn rather than in one contiguous chunk each: the
+// work is often bunched (the kernels skip unmasked positions, and a block sampler's masked ones
+// are a suffix of the canvas), which would leave all but one thread idle.
 template <typename Fn>
 int64_t parallel_min_error(int64_t n, int64_t grain, const Fn& fn) {
+  grain = std::max<int64_t>(1, grain);
+  const int64_t blocks = (n + grain - 1) / grain;
+  const int64_t tasks = std::min<int64_t>(blocks, at::get_num_threads());
   std::atomic<int64_t> first{INT64_MAX};
-  at::parallel_for(0, n, std::max<int64_t>(1, grain), [&](int64_t begin, int64_t end) {
-    const int64_t err = fn(begin, end);
+  at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+    int64_t err = INT64_MAX;
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      for (int64_t b = task; b < blocks; b += tasks) err = std::min(err, fn(b * grain, std::min(n, (b + 1) * grain)));
+    }
     int64_t seen = first.load();
     while (err < seen && !first.compare_exchange_weak(seen, err)) {
     }
