@@ -14,6 +14,7 @@ reads one freed since, which on a GPU reads whatever reuses its memory, fails he
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -180,3 +181,60 @@ def replay_on_cpu(monkeypatch) -> type[RecordedStep]:
     monkeypatch.setattr(cuda_graph, "GraphedStep", RecordedStep)
     monkeypatch.setattr(cuda_graph, "check_graphable", lambda device: None)
     return RecordedStep
+
+
+class _CpuGraph:
+    """torch.cuda.CUDAGraph's stand-in for the real GraphedStep: a capture records, as RecordedStep
+    does, and leaves the registered generator as it found it; a graph whose capture did not
+    finish refuses to replay, as CUDA does."""
+
+    def __init__(self):
+        self.generator, self.recorded = None, None
+
+    def register_generator_state(self, generator):
+        self.generator = generator
+
+    def capture_begin(self):
+        self.state = self.generator.get_state()
+        self.recorder = _Recorder()
+        self.recorder.__enter__()
+
+    def capture_end(self, finished: bool):
+        self.recorder.__exit__(None, None, None)
+        self.generator.set_state(self.state)
+        if finished:
+            self.recorded = _Graph(self.recorder.ops, [])
+
+    def replay(self):
+        if self.recorded is None:
+            raise RuntimeError("replay of a graph whose capture did not finish")
+        self.recorded.replay()
+
+
+@contextlib.contextmanager
+def _cpu_capture(graph: _CpuGraph):
+    graph.capture_begin()
+    try:
+        yield
+    except BaseException:
+        graph.capture_end(finished=False)  # torch.cuda.graph's exit ends the capture whatever happened
+        raise
+    graph.capture_end(finished=True)
+
+
+class _NoStream:
+    def wait_stream(self, other):
+        pass
+
+
+def cuda_graph_api_on_cpu(monkeypatch) -> None:
+    """Runs the real GraphedStep on the CPU (steps given a generator): torch.cuda's streams,
+    CUDAGraph and torch.cuda.graph replaced by CPU stand-ins."""
+    from dllm.sampling import cuda_graph
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _NoStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _NoStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
+    monkeypatch.setattr(torch.cuda, "graph", _cpu_capture)
+    monkeypatch.setattr(cuda_graph, "check_graphable", lambda device: None)

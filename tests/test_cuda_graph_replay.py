@@ -9,7 +9,7 @@ import dllm
 from dllm.models import ARTransformer, build_model, model_config
 from dllm.sampling.pretrained import ScoreModel
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
-from graph_replay import FreedSinceCapture, HostSyncInCapture, RecordedStep, replay_on_cpu
+from graph_replay import FreedSinceCapture, HostSyncInCapture, RecordedStep, cuda_graph_api_on_cpu, replay_on_cpu
 from test_kv_cache import MASK, PROMPTS, V, make, perturbed
 
 OTHER_PROMPTS = [[6, 2], [1, 2, 3, 4, 5, 6, 7], [9, 9, 9, 9]]  # PROMPTS' padded width, padded otherwise
@@ -113,6 +113,80 @@ def test_a_changed_model_attribute_gets_new_graphs(monkeypatch, attribute, value
         g.manual_seed(0)
         replayed = dllm.generate(model, cuda_graph=True, **kw)
         assert torch.equal(replayed.sequences, eager)
+    assert RecordedStep.captures == 2
+
+
+def test_a_call_overlapping_another_of_its_configuration_gets_graphs_of_its_own(monkeypatch):
+    # A kept session's buffers (canvas, padding mask, KV cache) serve one call at a time. The inner
+    # call runs from the outer one's callback, as a second server thread would between two steps.
+    model = masked_model("llada")
+    kw = dict(gen_length=16, steps=8, sampler="llada", block_length=8)  # greedy: torch's generator alike
+    eager = [dllm.generate(model, p, **kw).sequences for p in (PROMPTS, OTHER_PROMPTS)]
+    replay_on_cpu(monkeypatch)
+    dllm.generate(model, PROMPTS, cuda_graph=True, **kw)  # the configuration's graphs are kept
+    inner = []
+
+    def interleave(step, x, logits):
+        if step == 2:
+            inner.append(dllm.generate(model, OTHER_PROMPTS, cuda_graph=True, **kw).sequences)
+
+    outer = dllm.generate(model, PROMPTS, cuda_graph=True, callback=interleave, **kw).sequences
+    assert torch.equal(outer, eager[0]) and torch.equal(inner[0], eager[1])
+
+
+def test_a_capture_that_raised_is_captured_again(monkeypatch):
+    # torch.cuda.graph ends a capture even when its body raised (Ctrl-C, out of memory): the next
+    # call must capture anew with its own step, not replay the unfinished graph
+    cuda_graph_api_on_cpu(monkeypatch)
+    model = masked_model("llada")
+    forward, calls = model.forward, []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first step's capture: after its warm-up run
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    model.forward = interrupted_once
+    g = torch.Generator()  # one object: a session is keyed by the generator too
+    kw = dict(prompt=PROMPTS, gen_length=16, steps=8, sampler="mdlm", temperature=1.0, generator=g)
+    with pytest.raises(KeyboardInterrupt):
+        dllm.generate(model, cuda_graph=True, **kw)
+    g.manual_seed(2)
+    replayed = dllm.generate(model, cuda_graph=True, **kw)
+    g.manual_seed(2)
+    eager = dllm.generate(model, **kw)
+    assert torch.equal(replayed.sequences, eager.sequences)
+
+
+def test_a_capture_in_training_mode_is_not_replayed_in_eval_mode(monkeypatch):
+    # a graph replays the dropout it captured: train() and eval() calls keep graphs apart
+    model = make("llada", layers=2, dropout=0.3)
+    kw = dict(prompt=PROMPTS, gen_length=16, steps=8, sampler="llada", block_length=8)
+    eager = dllm.generate(model, **kw).sequences
+    replay_on_cpu(monkeypatch)
+    model.train()
+    with pytest.warns(UserWarning):
+        dllm.generate(model, cuda_graph=True, **kw)
+    model.eval()
+    assert torch.equal(dllm.generate(model, cuda_graph=True, **kw).sequences, eager)
+
+
+def test_a_model_that_is_not_a_module_keeps_no_graphs(monkeypatch):
+    # Its weights cannot be listed, so replaced ones could not be told from the captured ones.
+    replay_on_cpu(monkeypatch)
+    net = masked_model("llada")
+
+    class Wrapped:  # a plain callable, as the model protocol allows
+        mask_id = MASK
+
+        def __call__(self, x, **kwargs):
+            return net(x, **kwargs)
+
+    wrapped, kw = Wrapped(), dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="llada")
+    dllm.generate(wrapped, cuda_graph=True, **kw)
+    net.to(torch.bfloat16)
+    assert torch.equal(dllm.generate(wrapped, cuda_graph=True, **kw).sequences, dllm.generate(net, **kw).sequences)
     assert RecordedStep.captures == 2
 
 def test_autocast_gives_each_call_graphs_of_its_own(monkeypatch):

@@ -411,7 +411,7 @@ def test_bench_e2e_refuses_more_points_in_turns_than_a_model_keeps_graphs(tmp_pa
 
     # a model keeps the last MAX_SESSIONS configurations' graphs: one more, called in turns, keeps none of them
     net, gens = torch.nn.Linear(2, 2), [torch.Generator() for _ in range(cuda_graph.MAX_SESSIONS + 1)]
-    rounds = [[cuda_graph.session_for(net, ("point", i), g) for i, g in enumerate(gens)] for _ in range(2)]
+    rounds = [[cuda_graph._kept_session(net, ("point", i), g) for i, g in enumerate(gens)] for _ in range(2)]
     assert not any(a is b for a, b in zip(*rounds))
     # so on CUDA, 8 fractions x (mdlm, llada) + fast-dllm = 17 points a (length, batch) would time captures
     monkeypatch.setattr(e2e, "resolve_device", lambda device: "cuda:0")

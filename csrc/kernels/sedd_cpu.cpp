@@ -1,4 +1,4 @@
-// CPU kernels of the SEDD/MDLM ops (dllm/sedd.h). Each row is converted once into a per-thread
+// CPU kernels of the SEDD/MDLM ops (dllm/sedd.h). Each row is converted once into a
 // float buffer (it stays in L2), so the logits are read from memory once even where the math
 // needs two passes over the row.
 #include <algorithm>

@@ -212,8 +212,8 @@ class ARTransformer(DiffusionTransformer):
                 raise ValueError(f"prompt ids must lie in [0, {self.config.vocab_size}), got {lo}..{hi}")
         prompt = prompt.long()
         warn_if_dropout_on(self)
+        from ..sampling import cuda_graph as graphs  # (dllm.sampling imports the models)
         if cuda_graph:
-            from ..sampling import cuda_graph as graphs  # (dllm.sampling imports the models)
             graphs.check_graphable(prompt.device)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -226,9 +226,9 @@ class ARTransformer(DiffusionTransformer):
         if P + max_new_tokens > self.config.max_seq_len:
             raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
                              f"{self.config.max_seq_len}")
-        with made_current(prompt.device):  # a graph captures on the current device's stream
-            session = graphs.session_for(self, ("ar-decode", B, P + max_new_tokens, temperature), generator) \
-                if cuda_graph else None
+        key = ("ar-decode", B, P + max_new_tokens, temperature)
+        # a graph captures on the current device's stream
+        with made_current(prompt.device), graphs.session_for(self, key, generator, enabled=cuda_graph) as session:
             # A kept session's cache: every position a step reads is written earlier in this call.
             cache = self.new_cache(B, P + max_new_tokens) if session is None else \
                 session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))

@@ -10,8 +10,11 @@ and state that lives across steps is made once (:meth:`GraphSession.keep`)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 
@@ -61,16 +64,20 @@ class GraphedStep:
             self.fn(self.static_x, *self.static_args)
         torch.cuda.current_stream(x.device).wait_stream(side)
         self._set_rng_state(state, x.device)
-        self.graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph()
         if self.generator is not None:
-            self.graph.register_generator_state(self.generator)
-        with torch.cuda.graph(self.graph):
-            self.static_out = self.fn(self.static_x, *self.static_args)
-        self.fn = None  # the graph keeps what it reads; fn's closure (the first call's) may go
+            graph.register_generator_state(self.generator)
+        with torch.cuda.graph(graph):
+            out = self.fn(self.static_x, *self.static_args)
+        # kept only once finished: a capture that raised (Ctrl-C, out of memory) is not replayed
+        self.graph, self.static_out = graph, out
 
     def __call__(self, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
-            self._capture(x, args)
+            try:
+                self._capture(x, args)
+            finally:
+                self.fn = None  # the graph keeps what it reads; fn's closure (the first call's) may go
         self.static_x.copy_(x)
         for buf, a in zip(self.static_args, args):
             buf.copy_(a)
@@ -89,10 +96,11 @@ class GraphSession:
         self.generator = generator  # kept alive: the graphs registered its state
         self.steps: dict = {}
         self._kept: dict = {}
+        self.in_use = threading.Lock()  # held by the call that runs on the session's buffers
 
     def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
         key = (name, *(a.shape for a in (x, *args)))  # a graph replays one shape
-        if key not in self.steps:
+        if key not in self.steps or self.steps[key].graph is None:  # new, or its capture raised: this call's fn
             self.steps[key] = GraphedStep(fn, self.generator)
         return self.steps[key]
 
@@ -110,19 +118,36 @@ class GraphSession:
         return buf.copy_(value)
 
 
-def session_for(model, key: tuple, generator: torch.Generator | None) -> GraphSession:
-    """The model's session for ``key`` (every value a graph of the call would freeze besides the
-    generator), made on its first use. Under autocast, and for a model that cannot be weakly
-    referenced, a session serves one call only: autocast's cache of cast weights, which the graphs
-    read, is freed when the caller's autocast region ends (give the model bfloat16 weights to keep
-    its graphs)."""
-    if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu"):
-        return GraphSession(generator)
+@contextlib.contextmanager
+def session_for(model, key: tuple, generator: torch.Generator | None, *,
+                enabled: bool = True) -> Iterator[GraphSession | None]:
+    """``with session_for(...) as session``: the model's session for ``key`` (every value a graph
+    of the call would freeze besides the generator), made on its first use; None if not
+    ``enabled``. A kept session serves one call at a time: a call that overlaps another of the
+    same configuration (from another thread) gets a session of its own, as do calls under
+    autocast (autocast's cache of cast weights, which the graphs read, is freed when the caller's
+    autocast region ends: give the model bfloat16 weights to keep its graphs) and models that are
+    not an ``nn.Module`` (whose replaced weights could not be told from the captured ones)."""
+    if not enabled:
+        yield None
+        return
+    session = _kept_session(model, key, generator)
+    if session is None or not session.in_use.acquire(blocking=False):
+        yield GraphSession(generator)
+        return
     try:
-        sessions = _sessions.setdefault(model, OrderedDict())
-    except TypeError:
-        return GraphSession(generator)
-    key = (*key, None if generator is None else id(generator), torch.is_grad_enabled(), _tensor_addresses(model))
+        yield session
+    finally:
+        session.in_use.release()
+
+
+def _kept_session(model, key: tuple, generator: torch.Generator | None) -> GraphSession | None:
+    if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu") or not isinstance(model, torch.nn.Module):
+        return None
+    sessions = _sessions.setdefault(model, OrderedDict())
+    # a graph captured in training mode replays its dropout: the modules' modes are part of the key
+    key = (*key, None if generator is None else id(generator), torch.is_grad_enabled(), _tensor_addresses(model),
+           tuple(m.training for m in model.modules()))
     if key not in sessions:
         sessions[key] = GraphSession(generator)
         while len(sessions) > MAX_SESSIONS:
@@ -135,8 +160,6 @@ def _tensor_addresses(model) -> int:
     """Where the model's weights and buffers live: a graph reads those addresses, so a model whose
     tensors were replaced since (``model.to(dtype)``, a reassigned parameter) gets new graphs.
     Updates in place (an optimizer step, ``load_state_dict``) keep the addresses and the graphs."""
-    if not isinstance(model, torch.nn.Module):
-        return 0
     return hash(tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
 
 

@@ -407,26 +407,27 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     # attributes too: a step reads them as it is captured)
     config = (name, variant, steps, block_length, temperature, top_k, top_p, threshold, alg_temp, cfg_scale, cache,
               mask_id, shift, time_conditioned(model), tuple(x.shape), start, attention_mask is None)
-    loop = StepLoop(model, attention_mask, callback, return_history, device,
-                    graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, shift=shift, generator=generator)
-    if name == "llada":
-        prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
-        prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]
-        masked.llada(loop, x, start=start, steps=steps, cfg_scale=cfg_scale, remasking=variant,
-                     block_length=gen_length if block_length is None else block_length, prompt_tokens=prompt_tokens,
-                     **common)
-    elif name == "mdlm":
-        masked.mdlm(loop, x, steps=steps, **common)
-    elif name == "first-hitting":
-        masked.first_hitting(loop, x, **common)
-    elif name == "dream":
-        masked.dream(loop, x, steps=steps, alg=variant, alg_temp=alg_temp, **common)
-    else:
-        masked.fast_dllm(loop, x, start=start, block_length=FAST_DLLM_BLOCK if block_length is None else block_length,
-                         threshold=0.9 if threshold is None else threshold, cache=cache, **common)
-    if bool((x == mask_id).any()):
-        raise ValueError(masked.UNFILLED)
+    with graphs.session_for(model, config, generator, enabled=cuda_graph) as session:
+        loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session)
+        if name == "llada":
+            prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
+            prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]
+            masked.llada(loop, x, start=start, steps=steps, cfg_scale=cfg_scale, remasking=variant,
+                         block_length=gen_length if block_length is None else block_length,
+                         prompt_tokens=prompt_tokens, **common)
+        elif name == "mdlm":
+            masked.mdlm(loop, x, steps=steps, **common)
+        elif name == "first-hitting":
+            masked.first_hitting(loop, x, **common)
+        elif name == "dream":
+            masked.dream(loop, x, steps=steps, alg=variant, alg_temp=alg_temp, **common)
+        else:
+            masked.fast_dllm(loop, x, start=start,
+                             block_length=FAST_DLLM_BLOCK if block_length is None else block_length,
+                             threshold=0.9 if threshold is None else threshold, cache=cache, **common)
+        if bool((x == mask_id).any()):
+            raise ValueError(masked.UNFILLED)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
 
 
@@ -469,8 +470,8 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     has_known = bool(known.any())
     config = ("sedd-" + method, graph.name, graph.num_classes, graph.scale_by_sigma, steps, tuple(x.shape),
               attention_mask is None, has_known)
-    loop = StepLoop(model, attention_mask, callback, return_history, device,
-                    graphs=graphs.session_for(model, config, generator) if cuda_graph else None)
-    x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps, known=known if has_known else None,
-                   generator=generator)
+    with graphs.session_for(model, config, generator, enabled=cuda_graph) as session:
+        loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session)
+        x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
+                       known=known if has_known else None, generator=generator)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
