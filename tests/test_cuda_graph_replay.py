@@ -116,7 +116,7 @@ def test_a_changed_model_attribute_gets_new_graphs(monkeypatch, attribute, value
     assert RecordedStep.captures == 2
 
 
-def test_a_call_overlapping_another_of_its_configuration_gets_graphs_of_its_own(monkeypatch):
+def test_a_call_overlapping_another_of_its_configuration_runs_eagerly(monkeypatch):
     # A kept session's buffers (canvas, padding mask, KV cache) serve one call at a time. The inner
     # call runs from the outer one's callback, as a second server thread would between two steps.
     model = masked_model("llada")
@@ -124,7 +124,7 @@ def test_a_call_overlapping_another_of_its_configuration_gets_graphs_of_its_own(
     eager = [dllm.generate(model, p, **kw).sequences for p in (PROMPTS, OTHER_PROMPTS)]
     replay_on_cpu(monkeypatch)
     dllm.generate(model, PROMPTS, cuda_graph=True, **kw)  # the configuration's graphs are kept
-    inner = []
+    captured, inner = RecordedStep.captures, []
 
     def interleave(step, x, logits):
         if step == 2:
@@ -132,6 +132,7 @@ def test_a_call_overlapping_another_of_its_configuration_gets_graphs_of_its_own(
 
     outer = dllm.generate(model, PROMPTS, cuda_graph=True, callback=interleave, **kw).sequences
     assert torch.equal(outer, eager[0]) and torch.equal(inner[0], eager[1])
+    assert RecordedStep.captures == captured  # the outer call replayed, the inner one ran eagerly
 
 
 def test_a_capture_that_raised_is_captured_again(monkeypatch):
@@ -188,6 +189,7 @@ def test_a_model_that_is_not_a_module_keeps_no_graphs(monkeypatch):
     net.to(torch.bfloat16)
     assert torch.equal(dllm.generate(wrapped, cuda_graph=True, **kw).sequences, dllm.generate(net, **kw).sequences)
     assert RecordedStep.captures == 2
+
 
 def test_autocast_gives_each_call_graphs_of_its_own(monkeypatch):
     # Autocast's cached weight casts, which the graphs read, end with the caller's autocast region.

@@ -175,19 +175,17 @@ inline void gumbel_block(uint64_t seed, uint64_t offset, uint64_t row, uint32_t 
   for (int k = 0; k < kPairs; ++k) noise[2 * k] = even[k], noise[2 * k + 1] = odd[k];
 }
 
-// A kernel's row buffer, left uninitialised (each use writes it before reading it): parallel_min_error
-// calls a kernel once per small block of rows, and zeroing V floats per call would cost about as
-// much as reading a row.
-template <typename T>
-class RowScratch {
- public:
-  explicit RowScratch(int64_t n) : buf_(std::make_unique_for_overwrite<T[]>(size_t(n))) {}
-  T* data() { return buf_.get(); }
-  T& operator[](int64_t i) { return buf_[i]; }
-
- private:
-  std::unique_ptr<T[]> buf_;
-};
+// A row buffer of at least n elements, one per thread and Slot, grown as needed and left
+// uninitialised (each use writes it before reading it): parallel_min_error calls a kernel once per
+// small block of rows, and allocating V floats per call costs about as much as reading a row (more
+// when malloc hands large blocks back to the system in between).
+template <typename T, int Slot>
+T* row_scratch(int64_t n) {
+  thread_local std::unique_ptr<T[]> buf;
+  thread_local int64_t capacity = 0;
+  if (capacity < n) buf = std::make_unique_for_overwrite<T[]>(size_t(n)), capacity = n;
+  return buf.get();
+}
 
 // argmax_i (log_weight(i) + Gumbel noise of logical index first + i); -inf log-weights never
 // win, ties go to the lowest i. Returns -1 only if every entry is -inf.

@@ -13,8 +13,8 @@ namespace {
 
 using namespace cpu;
 
-// apply_filter's per-token keys and masses and the tokens still in the running, kept across the
-// rows of a call (grown on the first filtered row).
+// apply_filter's per-token keys and masses and the tokens still in the running, kept per thread
+// across rows and calls (grown on the first filtered row).
 struct FilterScratch {
   std::vector<uint32_t> keys;
   std::vector<uint64_t> masses;
@@ -133,8 +133,10 @@ template <DType D>
 int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
   const size_t elem = D == DType::kFloat32 ? 4 : 2;
   const int64_t vocab = p.vocab;
-  RowScratch<float> v(vocab), y(vocab), group_lse(num_groups(vocab));
-  FilterScratch filter_scratch;
+  float* v = row_scratch<float, 0>(vocab);
+  float* y = row_scratch<float, 1>(vocab);
+  float* group_lse = row_scratch<float, 2>(num_groups(vocab));
+  thread_local FilterScratch filter_scratch;  // grown once per thread, not per block of rows
   int64_t first_error = kNoError;
   for (int64_t pos = begin; pos < end; ++pos) {
     const int64_t token_in = p.x[pos];
@@ -143,12 +145,12 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     if (token_in != p.mask_id) continue;
     const int64_t b = pos / p.length, i = pos % p.length;
     const int64_t src = b * p.length + std::max<int64_t>(i - p.logits_shift, 0);
-    if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, v.data())) {
+    if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, v)) {
       note_error(first_error, pos, kNonFinite);
       continue;
     }
     v[p.mask_id] = -kInf;  // the mask token is never proposed (MDLM's SUBS rule)
-    const float m = group_maxes(v.data(), vocab, group_lse.data());
+    const float m = group_maxes(v, vocab, group_lse);
     if (m == -kInf) {
       note_error(first_error, pos, kAllMinusInf);
       continue;
@@ -156,37 +158,37 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
     const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
     const bool greedy_needed = p.temperature == 0.0f || p.confidence == Confidence::kMargin;
-    const int64_t greedy = greedy_needed ? argmax_of(v.data(), vocab, m) : -1;
+    const int64_t greedy = greedy_needed ? argmax_of(v, vocab, m) : -1;
     int64_t token = greedy;
     // The confidence's distribution: softmax((scored - scored_max) * scored_scale), whose
     // log-sum-exp is scored_log_s.
-    const float* scored = v.data();
+    const float* scored = v;
     float scored_max = m, scored_scale = 1.0f, scored_log_s = kNaN;
     if (p.temperature > 0.0f || (proposal_scored && filtered)) {
       // The proposal's distribution: softmax((w - w_max) * w_scale), the tempered row (untempered
       // at temperature 0, for filtering alone), written out only when filtering edits it.
-      const float* w = v.data();
+      const float* w = v;
       float w_max = m, w_scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
-      group_log_sums(v.data(), vocab, m, w_scale, group_lse.data());
-      const float tempered_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
+      group_log_sums(v, vocab, m, w_scale, group_lse);
+      const float tempered_lse = log_sum_exp(group_lse, num_groups(vocab));
       float w_lse = tempered_lse;
       if (filtered) {
-        temper(v.data(), vocab, m, w_scale, y.data());
-        apply_filter(v.data(), y.data(), vocab, tempered_lse, p.top_k, p.top_p, filter_scratch);
-        w = y.data(), w_max = 0.0f, w_scale = 1.0f;
-        group_maxes(w, vocab, group_lse.data());
-        group_log_sums(w, vocab, w_max, w_scale, group_lse.data());
-        w_lse = log_sum_exp(group_lse.data(), num_groups(vocab));
+        temper(v, vocab, m, w_scale, y);
+        apply_filter(v, y, vocab, tempered_lse, p.top_k, p.top_p, filter_scratch);
+        w = y, w_max = 0.0f, w_scale = 1.0f;
+        group_maxes(w, vocab, group_lse);
+        group_log_sums(w, vocab, w_max, w_scale, group_lse);
+        w_lse = log_sum_exp(group_lse, num_groups(vocab));
       }
       if (p.temperature > 0.0f)
-        token = draw_hierarchical(w, vocab, group_lse.data(), w_max, w_scale, p.rng.seed, p.rng.offset, pos);
+        token = draw_hierarchical(w, vocab, group_lse, w_max, w_scale, p.rng.seed, p.rng.offset, pos);
       if (proposal_scored) {
         scored = w, scored_max = w_max, scored_scale = w_scale, scored_log_s = w_lse;
       } else if (p.temperature == 1.0f && !filtered) {
         scored_log_s = tempered_lse;  // the untempered row's, already known
       }
     }
-    if (std::isnan(scored_log_s)) scored_log_s = log_sum_exp_above(v.data(), vocab, m);
+    if (std::isnan(scored_log_s)) scored_log_s = log_sum_exp_above(v, vocab, m);
     p.x0[pos] = token;
     p.conf[pos] = confidence_of(p.confidence, scored, vocab, token, scored_max, scored_scale, scored_log_s, greedy,
                                 p.rng.seed, p.rng.offset, pos);

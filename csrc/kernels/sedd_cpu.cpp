@@ -113,8 +113,8 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
   using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
   const int64_t groups = (K + kCategoricalGroup - 1) / kCategoricalGroup;
-  RowScratch<float> buf(K);
-  RowScratch<double> group_sum(groups);
+  float* buf = row_scratch<float, 0>(K);
+  double* group_sum = row_scratch<double, 1>(groups);
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / p.seq_len;
@@ -130,16 +130,16 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
     } else {
       const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, p.sigma[b], p.dsig[b], K);
       const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
-      if (!load_row<D>(row, K, buf.data())) {
+      if (!load_row<D>(row, K, buf)) {
         status = kSeddNonFinite;
       } else {
         buf[x] = -kInf;  // x's own log-score is fixed at 0: handled as the extra candidate
-        float ref = max_of(buf.data(), K);
+        float ref = max_of(buf, K);
         if (s.clip) ref = std::max(ref, float(s.shift));
         double total = 0.0;
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t lo = g * kCategoricalGroup;
-          group_sum[g] = ref == -kInf ? 0.0 : exp_inplace_sum(buf.data() + lo, std::min(kCategoricalGroup, K - lo), ref);
+          group_sum[g] = ref == -kInf ? 0.0 : exp_inplace_sum(buf + lo, std::min(kCategoricalGroup, K - lo), ref);
           total += group_sum[g];
         }
         double log_factor, log_w_x;
@@ -150,11 +150,11 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
           const double a = clip_level(s, std::exp(s.shift - double(ref)), total, K, log_w_x);
           for (int64_t g = 0; g < groups; ++g) {
             const int64_t lo = g * kCategoricalGroup;
-            group_sum[g] = clip_inplace_sum(buf.data() + lo, std::min(kCategoricalGroup, K - lo), float(a));
+            group_sum[g] = clip_inplace_sum(buf + lo, std::min(kCategoricalGroup, K - lo), float(a));
           }
           log_factor = s.log_c;
         }
-        out = draw(buf.data(), group_sum.data(), K, log_factor, log_w_x, x, p.rng.seed, p.rng.offset, r);
+        out = draw(buf, group_sum, K, log_factor, log_w_x, x, p.rng.seed, p.rng.offset, r);
         if (out < 0) status = kSeddNoMass;
       }
     }
@@ -173,7 +173,7 @@ template <DType D>
 int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
   using T = typename Loader<D>::T;
   const int64_t K = p.vocab;
-  RowScratch<float> buf(K);
+  float* buf = row_scratch<float, 0>(K);
   int64_t first_error = kSeddNoError;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t b = r / p.seq_len;
@@ -187,8 +187,8 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
       else if (xt == p.mask_id) {
         for (int64_t i = 0; i < K; ++i) buf[i] = Loader<D>::load(row[i]);
         buf[p.mask_id] = -kInf;  // SUBS: the mask is never predicted
-        const float m = max_of(buf.data(), K);
-        const double lse = double(m) + std::log(exp_inplace_sum(buf.data(), K, m));
+        const float m = max_of(buf, K);
+        const double lse = double(m) + std::log(exp_inplace_sum(buf, K, m));
         p.lse[r] = float(lse);
         loss = double(p.weight[b]) * (lse - double(Loader<D>::load(row[x0])));
       }
@@ -204,11 +204,11 @@ int64_t forward_rows(const LossParams& p, int64_t begin, int64_t end) {
         double sum_l = 0.0;
         if (!absorb) {
           buf[xt] = 0.0f;
-          sum_l = sum_of(buf.data(), K);
+          sum_l = sum_of(buf, K);
         }
         buf[xt] = -kInf;  // absorb: xt is the mask, excluded from the positive term
-        const float m = max_of(buf.data(), K);
-        const double sum_exp = m == -kInf ? 0.0 : std::exp(double(m) - s.shift) * exp_inplace_sum(buf.data(), K, m);
+        const float m = max_of(buf, K);
+        const double sum_exp = m == -kInf ? 0.0 : std::exp(double(m) - s.shift) * exp_inplace_sum(buf, K, m);
         loss = double(p.dsigma[b]) * se_value(s, p.graph, K, sum_exp, sum_l, l_x0);
       }
     }

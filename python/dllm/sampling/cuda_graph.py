@@ -122,18 +122,22 @@ class GraphSession:
 def session_for(model, key: tuple, generator: torch.Generator | None, *,
                 enabled: bool = True) -> Iterator[GraphSession | None]:
     """``with session_for(...) as session``: the model's session for ``key`` (every value a graph
-    of the call would freeze besides the generator), made on its first use; None if not
-    ``enabled``. A kept session serves one call at a time: a call that overlaps another of the
-    same configuration (from another thread) gets a session of its own, as do calls under
-    autocast (autocast's cache of cast weights, which the graphs read, is freed when the caller's
-    autocast region ends: give the model bfloat16 weights to keep its graphs) and models that are
-    not an ``nn.Module`` (whose replaced weights could not be told from the captured ones)."""
+    of the call would freeze besides the generator), made on its first use. A kept session serves
+    one call at a time: a call that overlaps another of its configuration (from another thread)
+    gets None and runs eagerly, as does every call when not ``enabled``. Calls under autocast get
+    a session for that call only, since autocast's cache of cast weights, which the graphs read,
+    is freed when the caller's autocast region ends (give the model bfloat16 weights to keep its
+    graphs); so do models that are not an ``nn.Module``, whose replaced weights could not be told
+    from the captured ones."""
     if not enabled:
         yield None
         return
     session = _kept_session(model, key, generator)
-    if session is None or not session.in_use.acquire(blocking=False):
+    if session is None:
         yield GraphSession(generator)
+        return
+    if not session.in_use.acquire(blocking=False):
+        yield None  # eager: a second capture may not run beside the first call's CUDA work
         return
     try:
         yield session

@@ -71,7 +71,7 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
             unconditional = x.masked_fill(prompt_tokens, mask_id)
             both = torch.cat([x, unconditional])
             cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
-            # u + (s + 1)(c - u) in one pass and one rounding, where the expression makes three
+            # u + (s + 1)(c - u) in one pass over [B, L, V] (the expression makes three, and rounds bf16 thrice)
             logits = torch.lerp(uncond, cond, cfg_scale + 1)
         else:
             logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
