@@ -84,8 +84,11 @@ MUTANTS = [
     ("python/dllm/models/dit.py", 'session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))',
      "self.new_cache(B, P + max_new_tokens)", ["test_cuda_graph_replay"]),
     # ... or a model's graphs replayed over weights that model.to(dtype) replaced
-    ("python/dllm/sampling/cuda_graph.py", "torch.is_grad_enabled(), _tensor_addresses(model))",
-     "torch.is_grad_enabled())", ["test_cuda_graph_replay"]),
+    ("python/dllm/sampling/cuda_graph.py", "torch.is_grad_enabled(), _tensor_addresses(model),",
+     "torch.is_grad_enabled(),", ["test_cuda_graph_replay"]),
+    # ... or captured with dropout on and replayed after model.eval()
+    ("python/dllm/sampling/cuda_graph.py", "           tuple(m.training for m in model.modules()))",
+     "           ())", ["test_cuda_graph_replay"]),
     # SEDD's noise increments and conditioning; the schedules' derivatives
     (SCORE, "dsig = (1 - eps) / steps * dsigma[:-1]", "dsig = dsigma[:-1]", [RULES]),
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",

@@ -222,10 +222,10 @@ def test_extreme_scores_with_a_softmax_scale(device, cuda_kernel, scores, dtype,
 @pytest.mark.parametrize("scores", ["random", *EXTREME_SCORES])
 @pytest.mark.parametrize("D", [64, 37])
 def test_a_decoding_step_over_whole_kv_cache_buffers(device, dtype, Sq, scores, D):
-    """A decoding step: up to four queries (which the CPU kernel answers from K and V rows read in
-    place, and CUDA with its split-key kernels; five take the tiles) over a KV cache's whole buffers,
-    each row's filled length as kv_len (empty, one key, partial, full), with GQA. The log-sum-exp the
-    backward reads is checked too."""
+    """A decoding step: up to four queries (CUDA answers them with its split-key kernels, five take
+    the tiles; the CPU kernel reads K and V rows in place for one, the tiles from two on) over a KV
+    cache's whole buffers, each row's filled length as kv_len (empty, one key, partial, full), with
+    GQA. The log-sum-exp the backward reads is checked too."""
     B, Sk, H, Hkv = 4, 203, 6, 2
     make = inputs if scores == "random" else EXTREME_SCORES[scores]
     q, k, v = (t.detach() for t in make(B, Sq, Sk, H, Hkv, D, dtype, device))

@@ -23,6 +23,8 @@ using cpu::padded_stride;
 using cpu::round_up;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kQueryTile = 48, kKeyTile = 64;
+// Pairs with at most this many queries take them all in one pass over the keys (forward_pairs).
+constexpr int64_t kOnePassQueries = 4 * kQueryTile;
 
 // `rows` rows of `dim` values, `stride` elements apart from element `first`, times `scale` into
 // out[row][0, ld), the columns past dim zeroed (so the GEMMs may run over them).
@@ -37,21 +39,53 @@ void load_rows(const void* base, int64_t first, int64_t stride, int64_t rows, in
   }
 }
 
+// 8 consecutive values as float32.
+template <DType D>
+cpu::Float8 load8_as_float(const typename Loader<D>::T* src) {
+  if constexpr (D == DType::kFloat32) {
+    return cpu::load8(src);
+  } else {
+    cpu::Float8 v;
+    for (int k = 0; k < 8; ++k) v[k] = Loader<D>::load(src[k]);
+    return v;
+  }
+}
+
 // The same rows transposed, one key tile at a time: tile t holds rows [t * kKeyTile, (t + 1) *
 // kKeyTile) as out[t * dim * kKeyTile + d * kKeyTile + r % kKeyTile], the columns past `rows` zeroed.
 // A GEMM then walks one contiguous block per tile; transposing the whole sequence into one
 // [dim][rows] matrix put every row of a tile on its own page (a TLB miss per row at 2048 keys).
+// 8 x 8 blocks pass through registers: element by element, the stores (one per value, 256 bytes
+// apart) took 45% of a short query block's forward.
 template <DType D>
 void load_key_tiles(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim, float* out) {
-  const auto* src = static_cast<const typename Loader<D>::T*>(base) + first;
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = out + r / kKeyTile * dim * kKeyTile + r % kKeyTile;
-    for (int64_t d = 0; d < dim; ++d) o[d * kKeyTile] = Loader<D>::load(src[r * stride + d]);
+  const int64_t dim8 = dim / 8 * 8;
+  for (int64_t t0 = 0; t0 < rows; t0 += kKeyTile, out += dim * kKeyTile) {
+    const auto* src = static_cast<const typename Loader<D>::T*>(base) + first + t0 * stride;
+    const int64_t n = std::min(kKeyTile, rows - t0), n8 = n / 8 * 8;
+    for (int64_t r0 = 0; r0 < n8; r0 += 8)
+      for (int64_t d0 = 0; d0 < dim8; d0 += 8) {
+        cpu::Float8 block[8];
+        for (int k = 0; k < 8; ++k) block[k] = load8_as_float<D>(src + (r0 + k) * stride + d0);
+        cpu::transpose8(block);
+        for (int k = 0; k < 8; ++k) cpu::store8(out + (d0 + k) * kKeyTile + r0, block[k]);
+      }
+    for (int64_t d = 0; d < dim; ++d) {  // what the blocks left: the last rows, the last columns
+      float* o = out + d * kKeyTile;
+      for (int64_t r = d < dim8 ? n8 : 0; r < n; ++r) o[r] = Loader<D>::load(src[r * stride + d]);
+      std::fill(o + n, o + kKeyTile, 0.0f);
+    }
   }
-  if (rows % kKeyTile != 0) {
-    float* last = out + rows / kKeyTile * dim * kKeyTile;
-    for (int64_t d = 0; d < dim; ++d) std::fill(last + d * kKeyTile + rows % kKeyTile, last + (d + 1) * kKeyTile, 0.0f);
-  }
+}
+
+// Asks for rows [0, rows) of `dim` values, `stride` elements apart from element `first`, to be
+// brought into L2 (a key tile's, while the one before it is computed).
+template <DType D>
+void prefetch_rows(const void* base, int64_t first, int64_t stride, int64_t rows, int64_t dim) {
+  using T = typename Loader<D>::T;
+  const auto* src = static_cast<const T*>(base) + first;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t d = 0; d < dim; d += 64 / int64_t(sizeof(T))) __builtin_prefetch(src + r * stride + d, 0, 2);
 }
 
 inline int64_t key_tiles_size(int64_t rows, int64_t dim) { return round_up(rows, kKeyTile) * dim; }
@@ -63,13 +97,12 @@ void store_rows(void* base, int64_t first, int64_t stride, int64_t rows, int64_t
     for (int64_t d = 0; d < dim; ++d) dst[r * stride + d] = Loader<D>::store(in[r * ld + d]);
 }
 
-// A pair with at most this many queries (a decoding step's one) reads K and V rows in place: the
-// tiled path converts every key of the pair into its tiles first, O(keys x dim) whatever the number
-// of queries, which for one query cost as much as its products and made a decoding step 2.5-3.4x
-// slower than SDPA's on the CPU. At 3 and 4 queries (B 16, 12 heads of 64) this path took 0.6-0.9x
-// the tiles' time from 256 keys on, and 0.7x (float32) to 1.4x (bfloat16, whose rows it converts
-// once per query) at 64 keys.
-constexpr int64_t kFewQueries = 4;
+// A pair with a single query (a decoding step) reads K and V rows in place. In the tiles, whose 2-row
+// GEMM blocks would hold it and a padding row, it took 1.4-1.6x this path's time (B 2, 4 heads of 64,
+// 1024 keys; 0.8x in bfloat16 at B 16, 12 heads). From 2 queries on the tiles are faster, as this
+// path reads every key and value row once per query: it took 1.0-2.4x the tiles' time at 2-4 queries
+// (B 16, 12 heads of 64, 64-1024 keys).
+constexpr int64_t kFewQueries = 1;
 
 // Row `first` of a float32, bfloat16 or float16 tensor as float32: in place, or converted into `buffer`.
 template <DType D>
@@ -146,12 +179,17 @@ void forward_few_queries(const AttentionParams& p, int64_t b, int64_t h, std::ve
 // One (sequence, head) pair at a time. Buffers are [rows][dcols], dcols = dim rounded up to the
 // GEMM's 16 columns (padding rows and columns hold zeros), with rows ld apart; K^T (and, in the
 // backward, V^T) are stored as key tiles (load_key_tiles).
+// Up to kOnePassQueries queries take one pass over the keys, all their query tiles meeting each key
+// tile, which is converted just before (into L1-sized buffers; float32 value rows that need no
+// padding are read in place) while the next one is fetched: converting all of the keys first took
+// 65% of the time of 8 queries over 4096 keys, whose buffers then fell out of L2. More queries take
+// one pass per query tile over K^T and V converted once for all of them.
 template <DType D>
 void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
   const int64_t dim = p.head_dim, dcols = round_up(dim, kGemmCols), ld = padded_stride(dcols);
   const int64_t group = p.heads / p.kv_heads;
   std::vector<float> q(kQueryTile * ld), acc(kQueryTile * ld), keys_t, values;
-  std::vector<float> s(kQueryTile * kKeyTile), m(kQueryTile), l(kQueryTile), scores, rows(kKeyGroup * dim);
+  std::vector<float> s(kQueryTile * kKeyTile), m(kOnePassQueries), l(kOnePassQueries), scores, rows(kKeyGroup * dim);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
     const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
@@ -159,49 +197,76 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
       forward_few_queries<D>(p, b, h, scores, q.data(), acc.data(), rows.data());
       continue;
     }
-    // K^T and V of the whole sequence, converted once for all of its query tiles.
-    const int64_t kcols = round_up(kn, kGemmCols);
-    keys_t.resize(key_tiles_size(kn, dim));
-    values.resize(kcols * ld);
-    load_key_tiles<D>(p.k, k0 * p.k_token_stride + hk * p.k_head_stride, p.k_token_stride, kn, dim, keys_t.data());
-    load_rows<D>(p.v, k0 * p.v_token_stride + hk * p.v_head_stride, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
-    for (int64_t i0 = 0; i0 < qn; i0 += kQueryTile) {
-      const int64_t ni = std::min(kQueryTile, qn - i0), mi = round_up(ni, kGemmRowMultiple);
-      load_rows<D>(p.q, (q0 + i0) * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, ni, dim, p.scale,
+    const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
+    const int64_t v_first = k0 * p.v_token_stride + hk * p.v_head_stride;
+    const bool one_pass = qn <= kOnePassQueries;
+    const bool values_in_place = one_pass && D == DType::kFloat32 && dim == dcols;
+    const int64_t pass = one_pass ? qn : kQueryTile;  // queries per pass over the keys
+    q.resize(round_up(pass, kGemmRowMultiple) * ld);
+    acc.resize(q.size());
+    keys_t.resize(key_tiles_size(one_pass ? kKeyTile : kn, dim));
+    values.resize((one_pass ? kKeyTile : kn) * ld);
+    if (!one_pass) {
+      load_key_tiles<D>(p.k, k_first, p.k_token_stride, kn, dim, keys_t.data());
+      load_rows<D>(p.v, v_first, p.v_token_stride, kn, dim, 1.0f, values.data(), ld);
+    }
+    for (int64_t c0 = 0; c0 < qn; c0 += pass) {
+      const int64_t cn = std::min(pass, qn - c0), crows = round_up(cn, kGemmRowMultiple);
+      load_rows<D>(p.q, (q0 + c0) * p.q_token_stride + h * p.q_head_stride, p.q_token_stride, cn, dim, p.scale,
                    q.data(), ld);
-      std::fill(q.begin() + ni * ld, q.begin() + mi * ld, 0.0f);
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(q.begin() + cn * ld, q.begin() + crows * ld, 0.0f);
+      std::fill(acc.begin(), acc.begin() + crows * ld, 0.0f);
       std::fill(m.begin(), m.end(), -kInf);
       std::fill(l.begin(), l.end(), 0.0f);
       for (int64_t j0 = 0; j0 < kn; j0 += kKeyTile) {
         const int64_t nj = std::min(kKeyTile, kn - j0), cols = round_up(nj, kGemmCols);
-        gemm<false>(mi, cols, dim, q.data(), ld, keys_t.data() + j0 * dim, kKeyTile, s.data(), kKeyTile, false);
-        for (int64_t i = 0; i < mi; ++i) {
-          float* si = s.data() + i * kKeyTile;
-          // FlashAttention's recurrence: rescale what was accumulated under the old maximum, only
-          // when the maximum grew (after the first few tiles it rarely does).
-          const float m_tile = cpu::max_of(si, nj);
-          if (m_tile > m[i]) {
-            if (m[i] != -kInf) {
-              const float correction = exp_poly(m[i] - m_tile);
-              float* ai = acc.data() + i * ld;
-              for (int64_t d = 0; d < dcols; ++d) ai[d] *= correction;
-              l[i] *= correction;
-            }
-            m[i] = m_tile;
+        const float* keys = keys_t.data() + (one_pass ? 0 : j0 * dim);
+        const float* vals = values.data() + (one_pass ? 0 : j0 * ld);
+        int64_t v_ld = ld;
+        if (one_pass) {
+          if (const int64_t next = std::min(kKeyTile, kn - j0 - kKeyTile); next > 0) {
+            prefetch_rows<D>(p.k, k_first + (j0 + kKeyTile) * p.k_token_stride, p.k_token_stride, next, dim);
+            prefetch_rows<D>(p.v, v_first + (j0 + kKeyTile) * p.v_token_stride, p.v_token_stride, next, dim);
           }
-          for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - m[i]);
-          l[i] += cpu::sum_of(si, nj);
+          load_key_tiles<D>(p.k, k_first + j0 * p.k_token_stride, p.k_token_stride, nj, dim, keys_t.data());
+          if (values_in_place) {
+            vals = static_cast<const float*>(p.v) + v_first + j0 * p.v_token_stride;
+            v_ld = p.v_token_stride;
+          } else {
+            load_rows<D>(p.v, v_first + j0 * p.v_token_stride, p.v_token_stride, nj, dim, 1.0f, values.data(), ld);
+          }
         }
-        gemm<false>(mi, dcols, nj, s.data(), kKeyTile, values.data() + j0 * ld, ld, acc.data(), ld, true);
+        for (int64_t i0 = 0; i0 < cn; i0 += kQueryTile) {
+          const int64_t mi = std::min(kQueryTile, crows - i0);
+          float *const qi = q.data() + i0 * ld, *const ai = acc.data() + i0 * ld, *const mr = m.data() + i0,
+                       *const lr = l.data() + i0;
+          gemm<false>(mi, cols, dim, qi, ld, keys, kKeyTile, s.data(), kKeyTile, false);
+          for (int64_t i = 0; i < mi; ++i) {
+            float* si = s.data() + i * kKeyTile;
+            // FlashAttention's recurrence: rescale what was accumulated under the old maximum, only
+            // when the maximum grew (after the first few tiles it rarely does).
+            const float m_tile = cpu::max_of(si, nj);
+            if (m_tile > mr[i]) {
+              if (mr[i] != -kInf) {
+                const float correction = exp_poly(mr[i] - m_tile);
+                for (int64_t d = 0; d < dcols; ++d) ai[i * ld + d] *= correction;
+                lr[i] *= correction;
+              }
+              mr[i] = m_tile;
+            }
+            for (int64_t j = 0; j < nj; ++j) si[j] = exp_poly(si[j] - mr[i]);
+            lr[i] += cpu::sum_of(si, nj);
+          }
+          gemm<false>(mi, dcols, nj, s.data(), kKeyTile, vals, v_ld, ai, ld, true);
+        }
       }
-      for (int64_t i = 0; i < ni; ++i) {
+      for (int64_t i = 0; i < cn; ++i) {
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
         for (int64_t d = 0; d < dim; ++d) acc[i * ld + d] *= inv;
-        p.lse[h * p.q_tokens + q0 + i0 + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : -kInf;
+        p.lse[h * p.q_tokens + q0 + c0 + i] = l[i] > 0.0f ? m[i] + std::log(l[i]) : -kInf;
       }
-      store_rows<D>(p.out, (q0 + i0) * p.o_token_stride + h * p.o_head_stride, p.o_token_stride, ni, dim, acc.data(),
-                    ld);
+      store_rows<D>(p.out, (q0 + c0) * p.o_token_stride + h * p.o_head_stride, p.o_token_stride, cn, dim,
+                    acc.data(), ld);
     }
   }
 }

@@ -30,6 +30,34 @@ inline float hmax8(Float8 v) {
 
 inline float hsum8(Float8 v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
 
+// Lanes I... of the 16 lanes of a and b (a's first): __builtin_shufflevector in Clang, __builtin_shuffle in GCC.
+template <int... I>
+inline Float8 shuffle8(Float8 a, Float8 b) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, I...);
+#else
+  return __builtin_shuffle(a, b, Int8{I...});
+#endif
+}
+
+// An 8 x 8 block transposed in registers (AVX's unpack, shuffle and 128-bit permute steps).
+inline void transpose8(Float8 (&r)[8]) {
+  Float8 t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = shuffle8<0, 8, 1, 9, 4, 12, 5, 13>(r[k], r[k + 1]);
+    t[k + 1] = shuffle8<2, 10, 3, 11, 6, 14, 7, 15>(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4)
+    for (int h = 0; h < 2; ++h) {
+      u[k + 2 * h] = shuffle8<0, 1, 8, 9, 4, 5, 12, 13>(t[k + h], t[k + 2 + h]);
+      u[k + 2 * h + 1] = shuffle8<2, 3, 10, 11, 6, 7, 14, 15>(t[k + h], t[k + 2 + h]);
+    }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = shuffle8<0, 1, 2, 3, 8, 9, 10, 11>(u[k], u[k + 4]);
+    r[k + 4] = shuffle8<4, 5, 6, 7, 12, 13, 14, 15>(u[k], u[k + 4]);
+  }
+}
+
 // Whether any lane of a comparison result is set.
 inline bool any8(Int8 mask) {
   uint64_t w[4];
