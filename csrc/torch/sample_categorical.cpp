@@ -35,6 +35,7 @@ CategoricalCall prepare_categorical(const at::Tensor& logits, const std::optiona
     TORCH_CHECK_VALUE(std::isfinite(scalar_temperature) && scalar_temperature >= 0.0, op,
                       ": temperature must be finite and >= 0 (0 means argmax), got ", scalar_temperature);
   }
+  call.random = temperature.has_value() || scalar_temperature != 0.0;
   call.tokens = at::empty(lead, logits.options().dtype(at::kLong));
   call.logprob = at::empty(lead, logits.options().dtype(at::kFloat));
 
@@ -70,8 +71,7 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cpu_op(const at::Tensor& l
                                                               double scalar_temperature,
                                                               std::optional<at::Generator> generator) {
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
-  // a greedy call (float temperature 0) draws nothing, so it leaves the generator as it is
-  if (temperature.has_value() || scalar_temperature != 0.0) call.params.rng = cpu_rng_state(generator);
+  if (call.random) call.params.rng = cpu_rng_state(generator);
   const CategoricalParams& p = call.params;
   raise_categorical_error(parallel_min_error(p.rows, 65536 / p.vocab, [&](int64_t begin, int64_t end) {
     return sample_categorical_cpu(p, begin, end);

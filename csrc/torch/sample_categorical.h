@@ -14,6 +14,7 @@ struct CategoricalCall {
   at::Tensor temperature;  // [rows] float32, or undefined
   at::Tensor tokens;       // output, shaped like logits.shape[:-1]
   at::Tensor logprob;      // output, shaped like logits.shape[:-1]
+  bool random = false;     // whether the call draws (a float temperature of 0 does not)
   CategoricalParams params;
 };
 
