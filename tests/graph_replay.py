@@ -222,19 +222,70 @@ def _cpu_capture(graph: _CpuGraph):
     graph.capture_end(finished=True)
 
 
-class _NoStream:
+class _CpuStream:
+    """torch.cuda.Stream's stand-in: the CPU runs every op as it is called, so a stream only logs,
+    in the order they were made, the calls that order it against others (the replays on it too)."""
+
+    def __init__(self, log: list):
+        self.log = log
+
     def wait_stream(self, other):
-        pass
+        self.log.append(("wait_stream", self, other))
+
+    def wait_event(self, event):
+        self.log.append(("wait", self, event.recorded))
 
 
-def cuda_graph_api_on_cpu(monkeypatch) -> None:
-    """Runs the real GraphedStep on the CPU (steps given a generator): torch.cuda's streams,
-    CUDAGraph and torch.cuda.graph replaced by CPU stand-ins."""
+class _CpuEvent:
+    """torch.cuda.Event's stand-in: each record is logged as a mark of its own, which a wait names,
+    as a CUDA stream waits for the event's latest record."""
+
+    marks = 0
+
+    def __init__(self, log: list):
+        self.log, self.recorded = log, None
+
+    def record(self, stream=None):
+        _CpuEvent.marks += 1
+        self.recorded = _CpuEvent.marks
+        self.log.append(("record", stream or torch.cuda.current_stream(), self.recorded))
+
+
+def cuda_graph_api_on_cpu(monkeypatch) -> list:
+    """Runs the real GraphedStep on the CPU (steps given a generator): torch.cuda's streams, events,
+    CUDAGraph and torch.cuda.graph replaced by CPU stand-ins, each thread on a stream of its own,
+    and kept graph sessions ordered across streams as on a GPU. Returns the log of the streams'
+    waits, the events' records and the graphs' replays: (what, stream, event mark or other stream)."""
+    import threading
+
     from dllm.sampling import cuda_graph
 
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _NoStream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _NoStream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _CpuGraph)
+    log, current = [], threading.local()
+
+    def current_stream(device=None):
+        if not hasattr(current, "stream"):
+            current.stream = _CpuStream(log)
+        return current.stream
+
+    @contextlib.contextmanager
+    def stream(s):
+        before, current.stream = current_stream(), s
+        try:
+            yield
+        finally:
+            current.stream = before
+
+    class LoggedGraph(_CpuGraph):
+        def replay(self):
+            log.append(("replay", current_stream(), None))
+            super().replay()
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _CpuStream(log))
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "Event", lambda *args, **kwargs: _CpuEvent(log))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", LoggedGraph)
     monkeypatch.setattr(torch.cuda, "graph", _cpu_capture)
     monkeypatch.setattr(cuda_graph, "check_graphable", lambda device: None)
+    monkeypatch.setattr(cuda_graph.GraphSession, "STREAM_ORDERED_ON", ("cpu",))
+    return log

@@ -2,6 +2,8 @@
 (tests/graph_replay.py) must give the eager run's tokens, draw for draw. The GPU tests here and
 in test_kv_cache.py and test_models.py replay real CUDA graphs."""
 
+import threading
+
 import pytest
 import torch
 
@@ -135,6 +137,43 @@ def test_a_call_overlapping_another_of_its_configuration_runs_eagerly(monkeypatc
     assert RecordedStep.captures == captured  # the outer call replayed, the inner one ran eagerly
 
 
+def test_a_call_on_another_stream_waits_for_the_work_the_last_one_left_queued(monkeypatch):
+    # A server thread's call leaves the session with its copies and replays still queued on its
+    # stream; the next call, from another thread on another stream, writes the same buffers. Its
+    # stream must wait for the last call's event, recorded after that call's last replay, before
+    # the new call's first replay (and the buffer copies before it, which follow the same wait).
+    log = cuda_graph_api_on_cpu(monkeypatch)
+    model = masked_model("dit")
+    g = torch.Generator()  # one object: a session is keyed by the generator too
+    kw = dict(gen_length=16, steps=8, sampler="mdlm", temperature=1.0, generator=g)
+    prompts = (PROMPTS, OTHER_PROMPTS, PROMPTS)
+    got, streams = [], []
+
+    def call(i, prompt):
+        g.manual_seed(i)
+        got.append(dllm.generate(model, prompt, cuda_graph=True, **kw).sequences)
+        streams.append(torch.cuda.current_stream())
+
+    for i, prompt in enumerate(prompts):  # one after the other: each call gets the kept session
+        thread = threading.Thread(target=call, args=(i, prompt))
+        thread.start()
+        thread.join()
+    assert len(set(map(id, streams))) == 3
+
+    def on(stream):  # (place in the log, what, mark) of what happened on stream
+        return [(i, what, mark) for i, (what, s, mark) in enumerate(log) if s is stream]
+
+    for before, after in zip(streams, streams[1:]):
+        last_replay = max(i for i, what, _ in on(before) if what == "replay")
+        records = [(i, mark) for i, what, mark in on(before) if what == "record"]
+        assert records and records[-1][0] > last_replay
+        first_replay = min(i for i, what, _ in on(after) if what == "replay")
+        assert any(what == "wait" and mark == records[-1][1] and i < first_replay for i, what, mark in on(after))
+    for i, (prompt, replayed) in enumerate(zip(prompts, got)):
+        g.manual_seed(i)
+        assert torch.equal(replayed, dllm.generate(model, prompt, **kw).sequences)
+
+
 def test_a_capture_that_raised_is_captured_again(monkeypatch):
     # torch.cuda.graph ends a capture even when its body raised (Ctrl-C, out of memory): the next
     # call must capture anew with its own step, not replay the unfinished graph
@@ -240,6 +279,36 @@ def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch, dtype):
     g = torch.Generator().manual_seed(7)
     replayed = [model.generate(p, 20, temperature=1.0, generator=g, cuda_graph=True) for p in prompts]
     assert all(torch.equal(a, b) for a, b in zip(replayed, eager)) and RecordedStep.captures == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_call_on_another_stream_waits_for_the_replays_the_last_one_left_queued():
+    # The first call leaves with its replays held up on its stream behind a sleeping kernel (after
+    # its prefill wrote the kept cache); the second, on another stream, writes that cache at once.
+    torch.manual_seed(0)
+    cfg = model_config("tiny", arch="ar", vocab_size=V, hidden=32, heads=4, layers=2, max_seq_len=64)
+    model = perturbed(ARTransformer(cfg)).cuda()
+    prompts = torch.randint(0, V, (2, 3, 5), device="cuda")
+    eager = [model.generate(p, 24, temperature=0.0) for p in prompts]
+    model.generate(prompts[0], 24, temperature=0.0, cuda_graph=True)  # the graph, kept
+    forward, held = model.forward, [True]
+
+    def held_up(*args, **kwargs):  # the prefill (eager), not the captured decode step
+        out = forward(*args, **kwargs)
+        if held[0]:
+            held[0] = False
+            torch.cuda._sleep(2 * 10**8)  # about 0.1 s
+        return out
+
+    model.forward = held_up
+    streams = [torch.cuda.Stream() for _ in prompts]
+    got = []
+    for stream, prompt in zip(streams, prompts):
+        stream.wait_stream(torch.cuda.current_stream())  # the prompts
+        with torch.cuda.stream(stream):
+            got.append(model.generate(prompt, 24, temperature=0.0, cuda_graph=True))
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(got, eager))
 
 
 def test_the_replay_serves_stale_values_and_refuses_host_syncs_and_freed_tensors():

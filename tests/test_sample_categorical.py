@@ -284,8 +284,11 @@ def test_torch_compile_fullgraph(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_generator_and_device_checks():
     logits = torch.randn(2, 10, device="cuda")
-    with pytest.raises(RuntimeError):
-        dllm.ops.sample_categorical(logits, generator=torch.Generator())  # a CPU generator
+    for temperature in (1.0, 0.0):  # a greedy call draws nothing but refuses the generator all the same
+        with pytest.raises(RuntimeError, match="Expected a 'cuda' device type for generator"):
+            dllm.ops.sample_categorical(logits, temperature, generator=torch.Generator())  # a CPU generator
+    with pytest.raises(RuntimeError, match="Expected a 'cpu' device type for generator"):
+        dllm.ops.sample_categorical(logits.cpu(), 0.0, generator=torch.Generator("cuda"))
     with pytest.raises(RuntimeError, match="temperature is on"):
         dllm.ops.sample_categorical(logits, torch.ones(2))
 

@@ -440,6 +440,13 @@ def test_bad_inputs_raise_clear_errors(device):
     assert torch.equal(shared, x)
 
 
+def test_a_top_k_past_int64_keeps_every_token(device):
+    logits, x = masked_batch(2, 10, 20, device)
+    draws = [dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0, top_k=top_k,
+                                     generator=torch.Generator(device).manual_seed(5)) for top_k in (0, 10**30)]
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+
+
 def test_bad_row_values(device):
     logits, x = masked_batch(2, 10, 20, device)
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
@@ -504,6 +511,18 @@ def test_compiled_random_step_follows_manual_seed(device):
     assert all(torch.equal(a, b) and torch.equal(ca, cb) for (a, ca), (b, cb) in zip(runs, runs[1:]))
     torch.manual_seed(4)
     assert not torch.equal(compiled(logits, x.clone())[0], runs[0][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_calls_that_draw_nothing_still_refuse_a_generator_of_another_device():
+    for device, other in (("cuda", "cpu"), ("cpu", "cuda")):
+        logits, x = masked_batch(2, 10, 20, device)
+        wrong = torch.Generator(other)
+        with pytest.raises(RuntimeError, match=f"Expected a '{device}' device type for generator"):
+            dllm.ops.predict_masked(logits, x, mask_id=MASK, generator=wrong)
+        x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+        with pytest.raises(RuntimeError, match=f"Expected a '{device}' device type for generator"):
+            dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, generator=wrong)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,8 +4,9 @@
 
 namespace dllm::binding {
 
-RngState cuda_rng_state(const std::optional<at::Generator>& generator) {
+RngState cuda_rng_state(const std::optional<at::Generator>& generator, bool draws) {
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator, at::cuda::detail::getDefaultCUDAGenerator());
+  if (!draws) return {};
   at::PhiloxCudaState st;
   {
     std::lock_guard<std::mutex> lock(gen->mutex_);

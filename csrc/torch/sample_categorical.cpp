@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cpu_op(const at::Tensor& l
                                                               double scalar_temperature,
                                                               std::optional<at::Generator> generator) {
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
-  if (call.random) call.params.rng = cpu_rng_state(generator);
+  call.params.rng = cpu_rng_state(generator, call.random);
   const CategoricalParams& p = call.params;
   raise_categorical_error(parallel_min_error(p.rows, 65536 / p.vocab, [&](int64_t begin, int64_t end) {
     return sample_categorical_cpu(p, begin, end);

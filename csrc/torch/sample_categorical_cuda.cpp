@@ -18,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cuda_op(const at::Tensor& 
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
   const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sample_categorical", call.params.vocab, 2);
-  if (call.random) call.params.rng = cuda_rng_state(generator);
+  call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, logits.options().dtype(at::kLong));
   call.params.first_error = first_error.data_ptr<int64_t>();
   sample_categorical_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());

@@ -171,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cpu_op(const at::Tensor& logit
                                                           c10::string_view confidence_from, std::optional<at::Generator> generator) {
   PredictCall call = prepare_predict(logits, x, mask_id, temperature, top_k, top_p, std::string(confidence), logits_shift,
                                      std::string(confidence_from));
-  if (call.random) call.params.rng = cpu_rng_state(generator);
+  call.params.rng = cpu_rng_state(generator, call.random);
   const PredictParams& p = call.params;
   raise_predict_error(parallel_min_error(p.batch * p.length, 1 + 65536 / p.vocab, [&](int64_t begin, int64_t end) {
                         return predict_masked_cpu(p, begin, end);
@@ -185,7 +185,7 @@ at::Tensor commit_tokens_cpu_op(at::Tensor& x, const at::Tensor& x0, const at::T
                                 const std::optional<at::Tensor>& prob, const std::optional<at::Tensor>& window,
                                 double position_temperature, std::optional<at::Generator> generator) {
   CommitCall call = prepare_commit(x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature);
-  if (call.random) call.params.rng = cpu_rng_state(generator);
+  call.params.rng = cpu_rng_state(generator, call.random);
   const CommitParams& p = call.params;
   raise_commit_error(parallel_min_error(p.batch, 1 + 16384 / std::max<int64_t>(p.length, 1),
                                         [&](int64_t begin, int64_t end) { return commit_tokens_cpu(p, begin, end); }));

@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   // Two floats a group: the group log-masses and, for the fused pass A, the group maxima
   // (predict_masked_kernel's dynamic shared memory).
   check_cuda_vocab("predict_masked", call.params.vocab, 2);
-  if (call.random) call.params.rng = cuda_rng_state(generator);
+  call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
@@ -35,7 +35,7 @@ at::Tensor commit_tokens_cuda_op(at::Tensor& x, const at::Tensor& x0, const at::
                                  double position_temperature, std::optional<at::Generator> generator) {
   CommitCall call = prepare_commit(x, x0, conf, mask_id, num_tokens, threshold, prob, window, position_temperature);
   const c10::cuda::CUDAGuard guard(x.device());
-  if (call.random) call.params.rng = cuda_rng_state(generator);
+  call.params.rng = cuda_rng_state(generator, call.random);
   commit_tokens_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return call.committed;

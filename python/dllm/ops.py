@@ -192,9 +192,14 @@ def predict_masked(
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
     besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
     """
+    if isinstance(top_k, int) and top_k > _INT64_MAX:  # the schema's int is int64; any top_k >= V keeps every token
+        top_k = _INT64_MAX
     return torch.ops.dllm.predict_masked(
         logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, confidence_from, generator=generator
     )
+
+
+_INT64_MAX = 2**63 - 1
 
 
 @torch.library.register_fake("dllm::predict_masked")

@@ -15,9 +15,9 @@ int64_t captured_seed, captured_offset;  // what the graph's replays would refil
 // The emulated ops take CPU tensors and a CPU generator; taking the same Philox key as the CPU
 // ops makes their draws comparable one to one. While "capturing", the kernels read the key the
 // way they do under CUDA-graph capture: through pointers, the offset plus an intra-graph step.
-RngState cuda_rng_state(const std::optional<at::Generator>& generator) {
-  RngState rng = cpu_rng_state(generator);
-  if (!capturing) return rng;
+RngState cuda_rng_state(const std::optional<at::Generator>& generator, bool draws) {
+  RngState rng = cpu_rng_state(generator, draws);
+  if (!capturing || !draws) return rng;
   constexpr uint64_t kIntragraph = 8;
   captured_seed = int64_t(rng.seed);
   captured_offset = int64_t(rng.offset - kIntragraph);

@@ -6,7 +6,12 @@ A generation's graphs outlive it: they are kept per model (:class:`GraphSession`
 server replays the graphs it captured at start-up, so that only a configuration's first call pays
 for the warm-up runs and the captures. A graph reads and writes fixed addresses, so a session also
 keeps every buffer its steps read: the per-call inputs are copied into them (:meth:`GraphSession.buffer`)
-and state that lives across steps is made once (:meth:`GraphSession.keep`)."""
+and state that lives across steps is made once (:meth:`GraphSession.keep`).
+
+A kept session serves one call at a time, and calls may come from threads on different CUDA
+streams. A call's host code ends before its GPU work (copies into the buffers, replays, copies
+back) has run, so handing the session to the next call is not enough: the next call's stream
+waits, on the GPU, for an event recorded on the last call's stream as that call left the session."""
 
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ class GraphedStep:
     """``fn(x, *args) -> out`` (args: tensors whose values change between steps but whose shapes
     do not; fn may update x and args in place) captured on the first call and replayed after. Each
     call copies x and args into the graph's static buffers and back, so callers keep their own
-    tensors, and state that fn carries from step to step in an arg survives the warm-up run.
+    tensors, and state that fn carries from step to step in an arg survives the warm-up run. It
+    returns fn's output as the graph's own buffer, which the next replay (this call's or a later
+    one's) overwrites.
 
     fn must not synchronise with the host (dllm's predict_masked and commit_tokens do not). The
     warm-up run before the capture draws random numbers; the generator's state is restored after
@@ -90,13 +97,32 @@ class GraphedStep:
 
 class GraphSession:
     """The graphs and buffers of one configuration (model, sampler options, shapes, autocast,
-    generator) across calls. ``steps`` maps (step name, argument shapes) to its GraphedStep."""
+    generator) across calls. ``steps`` maps (step name, argument shapes) to its GraphedStep.
+    ``device``: the CUDA device of the model, and so of the session's buffers, on which consecutive
+    calls are ordered (None: a session made for one call, or off CUDA, where ops finish as called)."""
 
-    def __init__(self, generator: torch.Generator | None):
+    STREAM_ORDERED_ON = ("cuda",)  # device types whose work is queued on streams (tests add the CPU's)
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device | None = None):
         self.generator = generator  # kept alive: the graphs registered its state
         self.steps: dict = {}
         self._kept: dict = {}
         self.in_use = threading.Lock()  # held by the call that runs on the session's buffers
+        self.device = device if device is not None and device.type in self.STREAM_ORDERED_ON else None
+        self._left: torch.cuda.Event | None = None  # recorded on the last call's stream as it left
+
+    def _enter(self) -> None:
+        """Orders the entering call's stream after the last call's work on the session (no host sync):
+        that call may have left with its copies and replays still queued on another stream."""
+        if self._left is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._left)
+
+    def _leave(self) -> None:
+        """Marks the end of the leaving call's work on the session, on its stream."""
+        if self.device is not None:
+            if self._left is None:
+                self._left = torch.cuda.Event()
+            self._left.record(torch.cuda.current_stream(self.device))
 
     def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
         key = (name, *(a.shape for a in (x, *args)))  # a graph replays one shape
@@ -124,7 +150,11 @@ def session_for(model, key: tuple, generator: torch.Generator | None, *,
     """``with session_for(...) as session``: the model's session for ``key`` (every value a graph
     of the call would freeze besides the generator), made on its first use. A kept session serves
     one call at a time: a call that overlaps another of its configuration (from another thread)
-    gets None and runs eagerly, as does every call when not ``enabled``. Calls under autocast get
+    gets None and runs eagerly, as does every call when not ``enabled``. A call that gets the kept
+    session may run on another CUDA stream than the last one to hold it, whose work may still be
+    queued: its current stream waits for that work on the GPU (the host does not), and as it exits,
+    its current stream records where its own work ends, so all of the call's work on the session
+    must be queued on the stream current at exit. Calls under autocast get
     a session for that call only, since autocast's cache of cast weights, which the graphs read,
     is freed when the caller's autocast region ends (give the model bfloat16 weights to keep its
     graphs); so do models that are not an ``nn.Module``, whose replaced weights could not be told
@@ -140,9 +170,13 @@ def session_for(model, key: tuple, generator: torch.Generator | None, *,
         yield None  # eager: a second capture may not run beside the first call's CUDA work
         return
     try:
+        session._enter()
         yield session
     finally:
-        session.in_use.release()
+        try:
+            session._leave()
+        finally:
+            session.in_use.release()
 
 
 def _kept_session(model, key: tuple, generator: torch.Generator | None) -> GraphSession | None:
@@ -153,7 +187,7 @@ def _kept_session(model, key: tuple, generator: torch.Generator | None) -> Graph
     key = (*key, None if generator is None else id(generator), torch.is_grad_enabled(), _tensor_addresses(model),
            tuple(m.training for m in model.modules()))
     if key not in sessions:
-        sessions[key] = GraphSession(generator)
+        sessions[key] = GraphSession(generator, _model_device(model))
         while len(sessions) > MAX_SESSIONS:
             sessions.popitem(last=False)
     sessions.move_to_end(key)
@@ -165,6 +199,10 @@ def _tensor_addresses(model) -> int:
     tensors were replaced since (``model.to(dtype)``, a reassigned parameter) gets new graphs.
     Updates in place (an optimizer step, ``load_state_dict``) keep the addresses and the graphs."""
     return hash(tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers())))
+
+
+def _model_device(model) -> torch.device | None:
+    return next((t.device for t in (*model.parameters(), *model.buffers())), None)
 
 
 def clear_graphs(model=None) -> None:

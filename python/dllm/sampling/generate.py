@@ -367,7 +367,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             cache, logits covers only the positions the step fed. x is the live canvas, which the
             next steps change in place: clone it to keep it (``return_history`` does); writing
             into it changes the generation. With ``cuda_graph=True`` logits is the graph's own
-            buffer, which the next replay overwrites: clone it too.
+            buffer, which the next replay (this call's or a later call's) overwrites: clone it too.
         return_history: keep the canvas after every step.
 
     Returns:
