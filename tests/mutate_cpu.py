@@ -89,6 +89,8 @@ MUTANTS = [
     # ... or captured with dropout on and replayed after model.eval()
     ("python/dllm/sampling/cuda_graph.py", "           tuple(m.training for m in model.modules()))",
      "           ())", ["test_cuda_graph_replay"]),
+    # ... or handed to a call on another stream before the last call's queued work has run
+    ("python/dllm/sampling/cuda_graph.py", "        session._enter()\n", "", ["test_cuda_graph_replay"]),
     # SEDD's noise increments and conditioning; the schedules' derivatives
     (SCORE, "dsig = (1 - eps) / steps * dsigma[:-1]", "dsig = dsigma[:-1]", [RULES]),
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",
