@@ -250,6 +250,9 @@ class _CpuEvent:
         self.recorded = _CpuEvent.marks
         self.log.append(("record", stream or torch.cuda.current_stream(), self.recorded))
 
+    def synchronize(self):
+        self.log.append(("synchronize", None, self.recorded))
+
 
 def cuda_graph_api_on_cpu(monkeypatch) -> list:
     """Runs the real GraphedStep on the CPU (steps given a generator): torch.cuda's streams, events,

@@ -2,6 +2,7 @@
 (tests/graph_replay.py) must give the eager run's tokens, draw for draw. The GPU tests here and
 in test_kv_cache.py and test_models.py replay real CUDA graphs."""
 
+import gc
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import dllm
 from dllm.models import ARTransformer, build_model, model_config
+from dllm.sampling import cuda_graph
 from dllm.sampling.pretrained import ScoreModel
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
 from graph_replay import FreedSinceCapture, HostSyncInCapture, RecordedStep, cuda_graph_api_on_cpu, replay_on_cpu
@@ -172,6 +174,24 @@ def test_a_call_on_another_stream_waits_for_the_work_the_last_one_left_queued(mo
     for i, (prompt, replayed) in enumerate(zip(prompts, got)):
         g.manual_seed(i)
         assert torch.equal(replayed, dllm.generate(model, prompt, **kw).sequences)
+
+
+def test_a_session_freed_waits_for_the_work_its_last_call_left_queued(monkeypatch):
+    # Freed, a session's buffers go back to the allocator of the stream that made them, while the
+    # last call's copies and replays may still be queued on another: the host waits for them first.
+    log = cuda_graph_api_on_cpu(monkeypatch)
+    model = masked_model("dit")
+    g = torch.Generator()
+    kw = dict(gen_length=16, steps=8, sampler="mdlm", temperature=1.0, generator=g, cuda_graph=True)
+    for evict in (lambda: cuda_graph.clear_graphs(model),  # cleared, or the least recently used one
+                  lambda: dllm.generate(model, PROMPTS, **{**kw, "gen_length": 24})):
+        monkeypatch.setattr(cuda_graph, "MAX_SESSIONS", 1)
+        dllm.generate(model, PROMPTS, **kw)
+        last = [mark for what, _, mark in log if what == "record"][-1]
+        assert ("synchronize", None, last) not in log
+        evict()
+        gc.collect()
+        assert ("synchronize", None, last) in log
 
 
 def test_a_capture_that_raised_is_captured_again(monkeypatch):

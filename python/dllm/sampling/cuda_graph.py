@@ -122,6 +122,10 @@ class GraphSession:
         if self.device is not None:
             if self._left is None:
                 self._left = torch.cuda.Event()
+                # Freed (evicted, cleared, its model gone), the buffers return to the allocator of
+                # the stream that made them, which could hand them out while another stream's
+                # queued work still uses them: the host waits for the last call's work first.
+                weakref.finalize(self, self._left.synchronize).atexit = False
             self._left.record(torch.cuda.current_stream(self.device))
 
     def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
