@@ -302,7 +302,7 @@ def test_ar_decoding_replayed_as_a_graph_equals_eager(monkeypatch, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_call_on_another_stream_waits_for_the_replays_the_last_one_left_queued():
+def test_cuda_call_on_another_stream_waits_for_the_replays_the_last_one_left_queued():
     # The first call leaves with its replays held up on its stream behind a sleeping kernel (after
     # its prefill wrote the kept cache); the second, on another stream, writes that cache at once.
     torch.manual_seed(0)

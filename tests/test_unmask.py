@@ -514,7 +514,7 @@ def test_compiled_random_step_follows_manual_seed(device):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_calls_that_draw_nothing_still_refuse_a_generator_of_another_device():
+def test_cuda_and_cpu_calls_that_draw_nothing_still_refuse_a_generator_of_the_other_device():
     for device, other in (("cuda", "cpu"), ("cpu", "cuda")):
         logits, x = masked_batch(2, 10, 20, device)
         wrong = torch.Generator(other)
