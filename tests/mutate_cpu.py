@@ -45,12 +45,12 @@ MUTANTS = [
     (MASKED, "rate = per_row((t - s) / t)", "rate = per_row(t - s)", [GEN]),
     (MASKED, "        if latest and not time_conditioned:\n", "        if latest:\n", [GEN]),
     (MASKED, "        if not time_conditioned and bool(unmasked):\n            latest.clear()\n", "", [GEN]),
-    (MASKED, "        t.mul_(u ** (1.0 / n))\n", "        t.mul_(u)\n", [RULES]),
+    (MASKED, "        t.mul_(u ** n.reciprocal())", "        t.mul_(u)", [RULES]),
     (MASKED, 'confidence="random", logits_shift=shift, generator=generator)\n        ops.commit_tokens(x, x0, conf, '
              'mask_id=mask_id, num_tokens=one',
      'confidence="prob", logits_shift=shift, generator=generator)\n        ops.commit_tokens(x, x0, conf, '
      'mask_id=mask_id, num_tokens=one', [RULES]),
-    (MASKED, "* rate).floor().long()", "* rate).ceil().long()", [GEN]),
+    (MASKED, ".mul_(rate).long()", ".mul_(rate).ceil().long()", [GEN]),
     (MASKED, 'confidence_from="proposal",\n', "\n", [GEN]),
     (MASKED, '"topk_margin": "margin"', '"topk_margin": "prob"', [RULES, GEN]),
     (MASKED, "position_temperature=alg_temp,", "position_temperature=0.0,", [RULES]),
@@ -95,7 +95,7 @@ MUTANTS = [
     (SCORE, "dsig = (1 - eps) / steps * dsigma[:-1]", "dsig = dsigma[:-1]", [RULES]),
     (SCORE, "noise(times[:-1] - (1 - eps) / steps)[0]", "noise((times[:-1] - 2 * (1 - eps) / steps).clamp(min=0))[0]",
      [RULES]),
-    (SCORE, "x.copy_(x_next if known is None else torch.where(known, template, x_next))", "x.copy_(x_next)", [GEN]),
+    (SCORE, "torch.where(known, template, x_next, out=x)", "x.copy_(x_next)", [GEN]),
     (SCHEDULES, "-torch.log(rest)), a / rest", "-torch.log(rest)), 1 / rest",
      ["test_objectives"]),
     (SCHEDULES, "return sigma, sigma * (log_max - log_min)", "return sigma, sigma", ["test_objectives"]),
@@ -206,7 +206,7 @@ MUTANTS = [
     ("python/dllm/training/trainer.py", 'r["step"] == self.step and "val_bpb" in r',
      'r["step"] == self.step or "val_bpb" in r', ["test_training"]),
     # llada's skip of steps that commit nothing, LLaDA's random-length steps, earlier starts' records
-    (MASKED, "            if busy[s]:\n                loop.run_step(", "            if True:\n                loop.run_step(",
+    (MASKED, "            if busy_step:\n                loop.run_step(", "            if True:\n                loop.run_step(",
      [GEN]),
     (OBJECTIVES, "    random_length = 0.01", "    random_length = 0.0", ["test_training"]),
     ("python/dllm/training/trainer.py", "return length if cut else L", "return L", ["test_training"]),

@@ -7,7 +7,8 @@ import time
 import torch
 
 from .cuda_graph import GraphSession
-from .model_protocol import call_model, check_takes_attention_mask, new_kv_cache, time_conditioned, warn_if_dropout_on
+from .model_protocol import (call_model, check_takes_attention_mask, new_kv_cache, time_conditioned, vocab_size_of,
+                             warn_if_dropout_on)
 
 
 class StepLoop:
@@ -19,6 +20,7 @@ class StepLoop:
         warn_if_dropout_on(model)
         self.model = model
         self.time_conditioned = time_conditioned(model)
+        self.vocab_size = vocab_size_of(model)  # what every step's logits must cover
         self.graphs = graphs
         self.attention_mask = self.buffer("attention_mask", attention_mask)
         self.callback = callback
@@ -44,7 +46,7 @@ class StepLoop:
         mask = self.attention_mask
         if mask is not None and stacked > 1:
             mask = mask.repeat(stacked, 1)
-        return call_model(self.model, x, sigma, mask, **cache_kwargs)
+        return call_model(self.model, x, sigma, mask, vocab_size=self.vocab_size, **cache_kwargs)
 
     def logits(self, x: torch.Tensor, sigma: torch.Tensor | None = None, evaluations: int = 1,
                **cache_kwargs) -> torch.Tensor:

@@ -18,6 +18,17 @@ UNFILLED = ("a sampler step left masked positions unfilled: the model's logits h
             "(a CUDA-graph replay cannot stop at the step that produced them)")
 
 
+def _predict(logits: torch.Tensor, x: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """dllm.ops.predict_masked, dispatched below autograd where no gradient is recorded (dllm.generate
+    runs under no_grad): the op's autograd kernel, which refuses its gradient, is registered from
+    Python, and a call through it costs a round trip through Python (6-9 us a step) only to be
+    passed on."""
+    if torch.is_grad_enabled():
+        return ops.predict_masked(logits, x, **options)
+    with torch._C._AutoDispatchBelowAutograd():
+        return ops.predict_masked(logits, x, **options)
+
+
 def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # filled on the device: torch.tensor([lo, hi], device=...) would be a blocking copy from the host
     window = torch.full((x.shape[0], 2), lo, dtype=torch.int64, device=x.device)
@@ -75,8 +86,8 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
             logits = torch.lerp(uncond, cond, cfg_scale + 1)
         else:
             logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
-        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
+        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                            top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_tokens, window=window, generator=generator)
         return logits
 
@@ -87,9 +98,9 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
         # A step that commits nothing in any row (a block the infill already fills, or more steps
         # than masked tokens) would only cost a network call: skipped, for one host sync per block.
         busy = (counts > 0).any(0).tolist()
-        for s in range(per_block):
-            if busy[s]:
-                loop.run_step(step, x, counts[:, s], window, evaluations=2 if cfg_scale > 0 else 1)
+        for num_tokens, busy_step in zip(counts.unbind(1), busy):  # (views made in one op, not one a step)
+            if busy_step:
+                loop.run_step(step, x, num_tokens, window, evaluations=2 if cfg_scale > 0 else 1)
     return x
 
 
@@ -116,13 +127,13 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         return torch.full((x.shape[0],), value, device=x.device)
 
     def unmask(x, logits, rate):
-        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      logits_shift=shift, generator=generator)
-        unmasked.copy_(ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator).any())
+        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                            logits_shift=shift, generator=generator)
+        torch.any(ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator), out=unmasked)
         return logits
 
-    def forward_step(x, t, rate):
-        return unmask(x, loop.forward(x, _loglinear_sigma(t) if time_conditioned else None), rate)
+    def forward_step(x, rate, *t):  # t: the time of a time-conditioned model (no tensor made for another)
+        return unmask(x, loop.forward(x, _loglinear_sigma(*t) if time_conditioned else None), rate)
 
     def reuse_step(x, rate):
         return unmask(x, latest[0], rate)
@@ -134,11 +145,11 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         if latest and not time_conditioned:
             loop.call(reuse_step, x, rate, evaluations=0)
         else:
-            latest[:] = [loop.call(forward_step, x, per_row(t), rate)]
+            latest[:] = [loop.call(forward_step, x, rate, *((per_row(t),) if time_conditioned else ()))]
         if i == steps - 1 and bool((x == mask_id).any()):
             if time_conditioned or bool(unmasked):
                 latest[:] = [loop.logits(x, _loglinear_sigma(per_row(s)) if time_conditioned else None)]
-            x0, conf = ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
+            x0, conf = _predict(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
         loop.end(x, latest[0])
         # Reading unmasked syncs with the device: only a time-agnostic model may skip the network
@@ -159,10 +170,10 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
     def step(x, t):
         n = (x == mask_id).sum(-1).clamp(min=1)
         u = torch.rand(x.shape[0], device=x.device, dtype=torch.float64, generator=generator)
-        t.mul_(u ** (1.0 / n))
+        t.mul_(u ** n.reciprocal())  # u^(1/n): torch computes 1.0 / n as n.reciprocal() * 1.0, an op more
         logits = loop.forward(x, _loglinear_sigma(t).float() if time_conditioned else None)
-        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      confidence="random", logits_shift=shift, generator=generator)
+        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                            confidence="random", logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=one, generator=generator)
         return logits
 
@@ -186,16 +197,18 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
     per row, which ragged batches need."""
     times = torch.linspace(1, eps, steps + 1).tolist()
     kind = DREAM_ALGS[alg]
+    rate_dtype = torch.float32 if kind is None else torch.float64
 
     def step(x, rate):
         logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
-        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                                      confidence=kind or "prob", logits_shift=shift, confidence_from="proposal",
-                                      generator=generator)
+        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                            confidence=kind or "prob", logits_shift=shift, confidence_from="proposal",
+                            generator=generator)
         if kind is None:
-            ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate.float(), generator=generator)
+            ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator)
         else:
-            k = ((x == mask_id).sum(-1).double() * rate).floor().long()
+            # floor(n_masked * rate), the truncation of a count >= 0 (float64 counts are exact)
+            k = (x == mask_id).sum(-1, dtype=torch.float64).mul_(rate).long()
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=k, position_temperature=alg_temp,
                               generator=generator)
         return logits
@@ -203,8 +216,8 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
     for i in range(steps):
         t, s = times[i], times[i + 1]
         # the fraction of masked tokens to commit (all of them at the last step), a tensor so that a
-        # captured step reads it
-        rate = torch.full((x.shape[0],), 1.0 if i == steps - 1 else 1 - s / t, dtype=torch.float64, device=x.device)
+        # captured step reads it; origin's commit_tokens takes it as float32, made so at once
+        rate = torch.full((x.shape[0],), 1.0 if i == steps - 1 else 1 - s / t, dtype=rate_dtype, device=x.device)
         loop.run_step(step, x, rate)
     return x
 
@@ -227,8 +240,8 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if cache is not None else None
 
     def decode(part, logits, window):
-        x0, conf = ops.predict_masked(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, logits_shift=shift, generator=generator)
+        x0, conf = _predict(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                            top_p=top_p, logits_shift=shift, generator=generator)
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
     def full_step(x, window):  # the whole canvas; with a cache, the block's first step refreshes it
@@ -236,13 +249,13 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
         decode(x, logits, window)
         return logits
 
-    def cached_step(x, window, positions):  # only the fed span; the cache holds every other position
+    def cached_step(x, span_window, positions):  # only the fed span; the cache holds every other position
         part = x.index_select(1, positions)
         # Under cuda_graph the span's start is a tensor (a dual-cache span moves from block to block
         # with a fixed shape); eagerly it is the int of the model protocol.
         at = positions[:1] if loop.cuda_graph else q_lo
         logits = loop.forward(part, _canvas_sigma(loop, x, mask_id), cache=kv, start=at)
-        decode(part, logits, window - positions[:1])
+        decode(part, logits, span_window)
         x.index_copy_(1, positions, part)
         return logits
 
@@ -252,15 +265,17 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
         # A shifted head predicts position i from row i - 1, so the fed span starts one earlier.
         q_lo = lo - min(shift, lo)
         positions = torch.arange(q_lo, length if cache == "prefix" else hi, device=x.device)
-        refresh, left = True, int((x[:, lo:hi] == mask_id).sum())
+        span_window = window - q_lo if kv is not None else None  # the window within the fed span
+        block = x[:, lo:hi]  # a view: x is updated in place
+        refresh, left = True, int((block == mask_id).sum())
         while left:
             if refresh or kv is None:
                 loop.run_step(full_step, x, window)
             else:
-                loop.run_step(cached_step, x, window, positions)
+                loop.run_step(cached_step, x, span_window, positions)
             refresh = False
             # The block's one sync a step. A step that commits nothing would repeat forever.
-            left, before = int((x[:, lo:hi] == mask_id).sum()), left
+            left, before = int((block == mask_id).sum()), left
             if left == before:
                 raise ValueError(UNFILLED)
     return x

@@ -183,8 +183,10 @@ def new_kv_cache(model, batch: int, length: int):
     return make(batch, length)
 
 
-def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None,
-               **cache_kwargs) -> torch.Tensor:
+def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None, *,
+               vocab_size: int | None, **cache_kwargs) -> torch.Tensor:
+    """``vocab_size``: the model's :func:`vocab_size_of`, which the caller reads once (a model without
+    one fails two nn.Module attribute lookups, several microseconds a step)."""
     kwargs = dict(cache_kwargs) if attention_mask is None else {"attention_mask": attention_mask, **cache_kwargs}
     out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
     # .logits first: a NamedTuple output (or HF's ModelOutput) may start with something else (a loss)
@@ -199,8 +201,8 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
     if not logits.is_floating_point():
         raise TypeError(f"the model returned {logits.dtype} logits; expected float32, bfloat16 or float16 "
                         "(float64 is sampled in float32)")
-    declared = vocab_size_of(model)
-    if declared is not None and logits.shape[-1] < declared:
+    if vocab_size is not None and logits.shape[-1] < vocab_size:
         # ids from the logits' width up to vocab_size could never be sampled, though prompts may hold them
-        raise ValueError(f"the model returned logits over {logits.shape[-1]} tokens, fewer than its vocab_size {declared}")
+        raise ValueError(f"the model returned logits over {logits.shape[-1]} tokens, fewer than its vocab_size "
+                         f"{vocab_size}")
     return logits.float() if logits.dtype == torch.float64 else logits

@@ -26,11 +26,15 @@ def sedd(loop: StepLoop, x, *, graph, noise, method: str, steps: int, known: tor
         def step(x, sigma, dsig):
             logits = loop.forward(x, sigma)
             x_next = graph.step(logits, x, sigma, dsig, method=method, generator=generator)
-            x.copy_(x_next if known is None else torch.where(known, template, x_next))
+            if known is None:
+                x.copy_(x_next)
+            else:  # the known tokens projected back, written into the canvas by the same op
+                torch.where(known, template, x_next, out=x)
             return logits
         return step
 
-    sigma, dsig = (v[:, None].repeat(1, batch) for v in (sigma, dsig))  # a row of [B] per step
+    # a row of [B] per step, the rows' views made in one op
+    sigma, dsig = (v[:, None].repeat(1, batch).unbind(0) for v in (sigma, dsig))
     step = predictor(method)
     for i in range(steps):
         loop.run_step(step, x, sigma[i], dsig[i])
