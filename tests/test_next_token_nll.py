@@ -224,3 +224,29 @@ def test_torch_compile_fullgraph_forward_and_backward(device, monkeypatch):
     want.backward()
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_a_gradient_penalty_differentiates_through_the_gradient(monkeypatch):
+    # create_graph=True: the penalty on d(loss)/d(hidden) depends on the softmax's own derivative,
+    # which F.cross_entropy's double backward gives; a gradient computed without a graph would
+    # leave that term out silently (no error: the incoming gradient requires none)
+    monkeypatch.setattr(next_token, "_CHUNK_BYTES", 8 * 7 * 3)
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 5, 6, generator=gen, dtype=torch.float64)
+    head = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 7, (2, 5), generator=gen)
+    targets[0, 1] = -100
+
+    def penalised(loss_fn):
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        loss = loss_fn(h @ w.T, targets).sum()
+        dh, = torch.autograd.grad(loss, h, create_graph=True)
+        (loss + dh.pow(2).sum()).backward()
+        return w.grad
+
+    def cross_entropy(logits, t):
+        return F.cross_entropy(logits.flatten(0, 1), t.flatten(), reduction="none").view(t.shape).sum(-1)
+
+    torch.testing.assert_close(penalised(next_token_nll), penalised(cross_entropy), rtol=1e-12, atol=1e-12)
+    logits = (torch.randn(2, 3, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: next_token_nll(x, targets[:, :3]), (logits,))

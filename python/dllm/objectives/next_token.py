@@ -14,7 +14,6 @@ the logits' dtype. Pure PyTorch, so it runs on any device and under ``torch.comp
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 # The float32 temporaries of one chunk of rows: few chunks, since each costs a handful of kernel
 # launches on CUDA, a loop iteration that torch.compile unrolls, and on a CPU with several threads a
@@ -76,10 +75,15 @@ class _RowNLL(torch.autograd.Function):
         return nll
 
     @staticmethod
-    @once_differentiable  # the saved log-sum-exp carries no graph: a second derivative would be wrong
     def backward(ctx, grad: torch.Tensor):
         logits, lse, safe, ignored = ctx.saved_tensors
         grad = grad.to(lse.dtype).masked_fill(ignored, 0)
+        if torch.is_grad_enabled():
+            # create_graph (a gradient penalty): d(logits) as a function of the logits, all rows at
+            # once, so that its own gradient flows through the softmax (the saved lse carries no
+            # graph; once_differentiable would not raise here, as the incoming grad has none either)
+            d = torch.softmax(logits.to(lse.dtype), -1).scatter_add(1, safe[:, None], -torch.ones_like(grad)[:, None])
+            return (d * grad[:, None]).to(logits.dtype), None
         out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         rows = _chunk_rows(logits.shape[1], lse.dtype, logits.device)
         for start in range(0, logits.shape[0], rows):
@@ -94,7 +98,8 @@ def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     ``F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")`` summed
     per sequence, computed in float32 (float64 for float64 logits, which the result then is) a
     chunk of rows at a time: the graph keeps the logits and one float per position, and the
-    backward's only full-size tensor is ``d(logits)``, in the logits' dtype.
+    backward's only full-size tensor is ``d(logits)``, in the logits' dtype (under ``create_graph``,
+    for a second derivative, the backward makes the whole float32 softmax instead).
 
     As in ``F.cross_entropy``: a NaN or ``+inf`` logit, or a row of ``-inf`` only, makes its
     position's loss and gradient row NaN (a non-finite loss, which gradient scalers detect); a
