@@ -15,6 +15,7 @@ reads one freed since, which on a GPU reads whatever reuses its memory, fails he
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 import torch
@@ -211,14 +212,20 @@ class _CpuGraph:
         self.recorded.replay()
 
 
+_capturing = threading.local()
+
+
 @contextlib.contextmanager
 def _cpu_capture(graph: _CpuGraph):
     graph.capture_begin()
+    _capturing.now = True
     try:
         yield
     except BaseException:
         graph.capture_end(finished=False)  # torch.cuda.graph's exit ends the capture whatever happened
         raise
+    finally:
+        _capturing.now = False
     graph.capture_end(finished=True)
 
 
@@ -259,8 +266,6 @@ def cuda_graph_api_on_cpu(monkeypatch) -> list:
     CUDAGraph and torch.cuda.graph replaced by CPU stand-ins, each thread on a stream of its own,
     and kept graph sessions ordered across streams as on a GPU. Returns the log of the streams'
     waits, the events' records and the graphs' replays: (what, stream, event mark or other stream)."""
-    import threading
-
     from dllm.sampling import cuda_graph
 
     log, current = [], threading.local()
@@ -289,6 +294,7 @@ def cuda_graph_api_on_cpu(monkeypatch) -> list:
     monkeypatch.setattr(torch.cuda, "Event", lambda *args, **kwargs: _CpuEvent(log))
     monkeypatch.setattr(torch.cuda, "CUDAGraph", LoggedGraph)
     monkeypatch.setattr(torch.cuda, "graph", _cpu_capture)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: getattr(_capturing, "now", False))
     monkeypatch.setattr(cuda_graph, "check_graphable", lambda device: None)
     monkeypatch.setattr(cuda_graph.GraphSession, "STREAM_ORDERED_ON", ("cpu",))
     return log

@@ -192,6 +192,16 @@ def test_a_session_freed_waits_for_the_work_its_last_call_left_queued(monkeypatc
         evict()
         gc.collect()
         assert ("synchronize", None, last) in log
+    # ... but not when freed inside a capture (a garbage collection in the capturing thread), which
+    # a host sync would invalidate
+    dllm.generate(model, PROMPTS, **kw)
+    last = [mark for what, _, mark in log if what == "record"][-1]
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(torch.Generator())
+    with torch.cuda.graph(graph):
+        cuda_graph.clear_graphs(model)
+        gc.collect()
+    assert ("synchronize", None, last) not in log
 
 
 def test_a_capture_that_raised_is_captured_again(monkeypatch):

@@ -125,7 +125,7 @@ class GraphSession:
                 # Freed (evicted, cleared, its model gone), the buffers return to the allocator of
                 # the stream that made them, which could hand them out while another stream's
                 # queued work still uses them: the host waits for the last call's work first.
-                weakref.finalize(self, self._left.synchronize).atexit = False
+                weakref.finalize(self, _wait_before_free, self._left, torch.cuda.is_current_stream_capturing).atexit = False
             self._left.record(torch.cuda.current_stream(self.device))
 
     def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
@@ -146,6 +146,12 @@ class GraphSession:
             return None
         buf = self.keep(name, lambda: torch.empty_like(value))
         return buf.copy_(value)
+
+
+def _wait_before_free(event, capturing) -> None:
+    # not inside a capture (a garbage collection in the capturing thread): a sync would invalidate it
+    if not capturing():
+        event.synchronize()
 
 
 @contextlib.contextmanager
