@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
-# The float32 temporaries of one chunk of rows: few chunks, since each costs a handful of kernel
-# launches on CUDA, a loop iteration that torch.compile unrolls, and on a CPU with several threads a
-# parallel region per op, whose barrier waits for the slowest thread (milliseconds when the cores
-# are shared). A CPU op on one thread has no barrier: there a chunk that stays in the L2 cache makes
-# the passes over it cheap (bfloat16 8 x 512 x 32000, forward and backward on one EPYC core: 0.6-0.9 s
-# against 0.9-1.0 s with 32 MB chunks and 1.5-1.8 s for F.cross_entropy).
+# The float32 temporaries of one chunk of rows. On CUDA few chunks, since each costs a handful of
+# kernel launches (and under torch.compile a loop iteration it unrolls). On the CPU a chunk that
+# stays in the caches makes the passes over it cheap: float32 16 x 129 x 4096 (the demo's AR loss),
+# forward and backward on an idle 2-core EPYC: 2 threads 27 ms with 4 MB chunks, 45-55 ms with
+# 32 MB, 35 ms for F.cross_entropy; 1 thread 38 ms with 512 KB, 55 ms with 4 MB, 55 ms for
+# F.cross_entropy (one thread has no parallel region's barrier per op to pay for small chunks).
 _CHUNK_BYTES = 32 << 20
+_CPU_CHUNK_BYTES = 4 << 20
 _ONE_THREAD_CHUNK_BYTES = 512 << 10
 # F.cross_entropy's default ignore_index: such a target adds 0 to the loss and gets no gradient.
 _IGNORE_INDEX = -100
@@ -29,8 +30,8 @@ _IGNORE_INDEX = -100
 
 def _chunk_rows(vocab: int, acc: torch.dtype, device: torch.device) -> int:
     budget = _CHUNK_BYTES
-    if device.type == "cpu" and not torch.compiler.is_compiling() and torch.get_num_threads() == 1:
-        budget = min(budget, _ONE_THREAD_CHUNK_BYTES)
+    if device.type == "cpu" and not torch.compiler.is_compiling():
+        budget = min(budget, _ONE_THREAD_CHUNK_BYTES if torch.get_num_threads() == 1 else _CPU_CHUNK_BYTES)
     return max(1, budget // (acc.itemsize * vocab))
 
 
@@ -40,19 +41,25 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 # One chunk each. Their one temporary of the chunk's size dies on return (a loop variable would keep
 # it alive while the next chunk's is made). On the CPU an op mixing dtypes (chunk - lse) would copy
-# its input to float32 besides making its output, hence the copy and the in-place ops.
+# its input to float32 besides making its output, hence the copy of half-precision chunks and the
+# in-place ops.
+
+def _minus(chunk: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+    """``chunk - by`` in ``by``'s dtype, a new tensor."""
+    return chunk.sub(by) if chunk.dtype == by.dtype else chunk.to(by.dtype, copy=True).sub_(by)
+
 
 def _log_sum_exp(chunk: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """Per row, in ``acc``. The max is exact in any dtype. A row holding NaN or ``+inf``, or only
     ``-inf``, gets NaN, as in F.cross_entropy."""
     peak = chunk.amax(-1, keepdim=True).to(acc)
-    return chunk.to(acc, copy=True).sub_(peak).exp_().sum(-1).log_().add_(peak[:, 0])
+    return _minus(chunk, peak).exp_().sum(-1).log_().add_(peak[:, 0])
 
 
 def _write_grad(out: torch.Tensor, chunk: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor,
                 grad: torch.Tensor) -> None:
     """``out = (softmax(chunk) - onehot(targets)) * grad[:, None]``, in the logits' dtype."""
-    d = chunk.to(lse.dtype, copy=True).sub_(lse[:, None]).exp_().mul_(grad[:, None])
+    d = _minus(chunk, lse[:, None]).exp_().mul_(grad[:, None])
     d.scatter_add_(1, targets[:, None], -grad[:, None])
     out.copy_(d)
 

@@ -125,7 +125,8 @@ class GraphSession:
                 # Freed (evicted, cleared, its model gone), the buffers return to the allocator of
                 # the stream that made them, which could hand them out while another stream's
                 # queued work still uses them: the host waits for the last call's work first.
-                weakref.finalize(self, _wait_before_free, self._left, torch.cuda.is_current_stream_capturing).atexit = False
+                waits = weakref.finalize(self, _wait_before_free, self._left, torch.cuda.is_current_stream_capturing)
+                waits.atexit = False
             self._left.record(torch.cuda.current_stream(self.device))
 
     def step(self, name: str, fn, x: torch.Tensor, *args: torch.Tensor) -> "GraphedStep":
