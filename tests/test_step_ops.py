@@ -147,14 +147,12 @@ def test_the_masked_samplers_run_no_python_autograd_kernel():
 
 
 def test_predicting_under_grad_keeps_the_confidences_not_differentiable():
-    # the samplers' predict_masked goes below autograd only where no gradient is recorded
-    from dllm.sampling.masked import _predict
-
+    # predict_masked goes below autograd only where no gradient is recorded
     logits = torch.randn(2, 5, V, requires_grad=True)
     x = torch.full((2, 5), MASK)
     with torch.no_grad():
-        fast = _predict(logits, x, mask_id=MASK)
-    x0, conf = _predict(logits, x, mask_id=MASK)
+        fast = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
     assert torch.equal(fast[0], x0) and torch.equal(fast[1], conf)
     with pytest.raises(RuntimeError, match="not differentiable"):
         conf.sum().backward()

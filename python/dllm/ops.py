@@ -194,9 +194,13 @@ def predict_masked(
     """
     if isinstance(top_k, int) and top_k > _INT64_MAX:  # the schema's int is int64; any top_k >= V keeps every token
         top_k = _INT64_MAX
-    return torch.ops.dllm.predict_masked(
-        logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, confidence_from, generator=generator
-    )
+    args = (logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, confidence_from)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.ops.dllm.predict_masked(*args, generator=generator)
+    # Where no gradient is recorded (dllm.generate runs under no_grad), skip the op's autograd
+    # kernel: registered from Python only to refuse a gradient, it costs a Python round trip a call.
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.dllm.predict_masked(*args, generator=generator)
 
 
 _INT64_MAX = 2**63 - 1

@@ -18,17 +18,6 @@ UNFILLED = ("a sampler step left masked positions unfilled: the model's logits h
             "(a CUDA-graph replay cannot stop at the step that produced them)")
 
 
-def _predict(logits: torch.Tensor, x: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """dllm.ops.predict_masked, dispatched below autograd where no gradient is recorded (dllm.generate
-    runs under no_grad): the op's autograd kernel, which refuses its gradient, is registered from
-    Python, and a call through it costs a round trip through Python (6-9 us a step) only to be
-    passed on."""
-    if torch.is_grad_enabled():
-        return ops.predict_masked(logits, x, **options)
-    with torch._C._AutoDispatchBelowAutograd():
-        return ops.predict_masked(logits, x, **options)
-
-
 def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     # filled on the device: torch.tensor([lo, hi], device=...) would be a blocking copy from the host
     window = torch.full((x.shape[0], 2), lo, dtype=torch.int64, device=x.device)
@@ -86,8 +75,8 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
             logits = torch.lerp(uncond, cond, cfg_scale + 1)
         else:
             logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
-        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                            top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_tokens, window=window, generator=generator)
         return logits
 
@@ -127,8 +116,8 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         return torch.full((x.shape[0],), value, device=x.device)
 
     def unmask(x, logits, rate):
-        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                            logits_shift=shift, generator=generator)
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      logits_shift=shift, generator=generator)
         torch.any(ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator), out=unmasked)
         return logits
 
@@ -149,7 +138,7 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         if i == steps - 1 and bool((x == mask_id).any()):
             if time_conditioned or bool(unmasked):
                 latest[:] = [loop.logits(x, _loglinear_sigma(per_row(s)) if time_conditioned else None)]
-            x0, conf = _predict(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
+            x0, conf = ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
         loop.end(x, latest[0])
         # Reading unmasked syncs with the device: only a time-agnostic model may skip the network
@@ -172,8 +161,8 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
         u = torch.rand(x.shape[0], device=x.device, dtype=torch.float64, generator=generator)
         t.mul_(u ** n.reciprocal())  # u^(1/n): torch computes 1.0 / n as n.reciprocal() * 1.0, an op more
         logits = loop.forward(x, _loglinear_sigma(t).float() if time_conditioned else None)
-        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                            confidence="random", logits_shift=shift, generator=generator)
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      confidence="random", logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=one, generator=generator)
         return logits
 
@@ -201,9 +190,9 @@ def dream(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, alg, 
 
     def step(x, rate):
         logits = loop.forward(x, _canvas_sigma(loop, x, mask_id))
-        x0, conf = _predict(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
-                            confidence=kind or "prob", logits_shift=shift, confidence_from="proposal",
-                            generator=generator)
+        x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                                      confidence=kind or "prob", logits_shift=shift, confidence_from="proposal",
+                                      generator=generator)
         if kind is None:
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, prob=rate, generator=generator)
         else:
@@ -240,8 +229,8 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if cache is not None else None
 
     def decode(part, logits, window):
-        x0, conf = _predict(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                            top_p=top_p, logits_shift=shift, generator=generator)
+        x0, conf = ops.predict_masked(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, logits_shift=shift, generator=generator)
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
     def full_step(x, window):  # the whole canvas; with a cache, the block's first step refreshes it
