@@ -375,6 +375,20 @@ def test_trained_model_wrappers_pass_sigma_and_the_padding_mask():
     assert out.sequences[1, :3].tolist() == [PAD, PAD, 4]
 
 
+def test_a_time_conditioned_dit_gets_sigma_without_a_wrapper():
+    # dllm's own DiT, given a mask id and sampled as it is (not through load_for_sampling's wrapper)
+    from dllm.models import build_model, model_config
+
+    for conditioned in (True, False):
+        net = build_model(model_config("tiny", arch="dit", vocab_size=V, hidden=32, heads=4, layers=1,
+                                       max_seq_len=64, cond_dim=16, time_conditioning=conditioned)).eval()
+        net.mask_id = MASK
+        sigmas = []
+        net.register_forward_pre_hook(lambda module, args: sigmas.append(args[1] if len(args) > 1 else None))
+        dllm.generate(net, [[1, 2, 3], [4]], gen_length=8, steps=4, sampler="mdlm")
+        assert sigmas and all((s is not None) == conditioned for s in sigmas)
+
+
 def test_fast_dllm_default_and_short_last_block():
     out, model = run("fast-dllm", gen_length=20, block_length=8, return_history=True)
     assert not (out.sequences == MASK).any()
@@ -800,6 +814,10 @@ def test_a_trained_folder_samples_from_python(tmp_path):
                             generator=torch.Generator().manual_seed(0))
         assert out.sequences.shape == (1, len(prompt) + 16) and out.sequences[0, :len(prompt)].tolist() == list(prompt)
         assert not (out.sequences == tok.mask_id).any() and isinstance(tok.decode(out.sequences[0].tolist()), str)
+        if kind == "masked":  # the bare network, which lacks the mask id, points to the wrapper
+            with pytest.raises(ValueError, match="no `mask_id`.*dllm.load_for_sampling"):
+                dllm.generate(dllm.models.from_pretrained(tmp_path / objective / "run" / "model"), prompt,
+                              gen_length=16, steps=8, sampler=sampler)
         # the wrapper gives the network's window (seq_len 64), so a canvas too long is named before any call
         with pytest.raises(ValueError, match=r"gen_length \(64\) make a canvas of 68 tokens, longer than the "
                                              r"model's max_seq_len of 64"):

@@ -123,6 +123,12 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.layers))
         self.output_layer = FinalLayer(cfg)
 
+    @property
+    def time_conditioned(self) -> bool:
+        """The sampler protocol's flag (dllm.sampling.model_protocol): without it dllm.generate would
+        call a DiT trained with time conditioning without sigma, which the DiT reads as sigma = 0."""
+        return self.config.time_conditioning
+
     def _cond(self, sigma, batch, device):
         if sigma is None or not self.config.time_conditioning:
             sigma = torch.zeros(batch, device=device)

@@ -65,7 +65,9 @@ from ..sedd import Absorbing, Uniform
 
 def mask_id_of(model) -> int:
     if not hasattr(model, "mask_id"):
-        raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id")
+        raise ValueError("the model has no `mask_id` attribute: masked-diffusion samplers need the mask token id (set "
+                         "model.mask_id; a folder written by `dllm train` loads with it through "
+                         "dllm.load_for_sampling, not dllm.models.from_pretrained)")
     if model.mask_id is None:
         raise ValueError("the model's `mask_id` is None: masked-diffusion samplers need the mask token id")
     return _nonnegative_int(model, "mask_id")

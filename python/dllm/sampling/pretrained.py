@@ -12,7 +12,7 @@ from ..models import from_pretrained
 from ..models.hub import detect_layout
 from ..models.io import is_dllm_config, read_config
 from ..sedd import Absorbing, Uniform, get_noise
-from .model_protocol import max_seq_len_of, vocab_size_of
+from .model_protocol import max_seq_len_of, time_conditioned, vocab_size_of
 
 
 class MaskedLM(nn.Module):
@@ -23,7 +23,7 @@ class MaskedLM(nn.Module):
     def __init__(self, model: nn.Module, mask_id: int):
         super().__init__()
         self.model, self.mask_id = model, mask_id
-        self.time_conditioned = bool(getattr(getattr(model, "config", None), "time_conditioning", False))
+        self.time_conditioned = time_conditioned(model)
         if getattr(model, "new_kv_cache", None) is not None:
             self.new_kv_cache = model.new_kv_cache
 
