@@ -4,7 +4,6 @@ model's step; pinned per sampler, so that an op added to every step is a decisio
 Counted with a model that dispatches none."""
 
 import collections
-import sys
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import dllm
+from autograd_kernels import python_autograd_kernels
 from dllm.sedd import Absorbing
 
 V, MASK, BATCH, PROMPT, GEN = 30, 29, 2, 3, 24
@@ -129,20 +129,11 @@ def test_the_models_vocab_size_is_read_once_a_call_not_once_a_step():
 def test_the_masked_samplers_run_no_python_autograd_kernel():
     # generate records no gradient, yet predict_masked's autograd kernel (registered from Python to
     # refuse its gradient) would run in Python at every step, only to pass the call on
-    entered = []
-
-    def profiler(frame, event, arg):
-        if event == "call" and frame.f_code.co_filename.replace("\\", "/").endswith("torch/_library/autograd.py"):
-            entered.append(frame.f_code.co_name)
-
     model = FixedLogits()
-    sys.setprofile(profiler)
-    try:
+    with python_autograd_kernels() as entered:
         for sampler in ("mdlm", "first-hitting", "llada", "dream", "fast-dllm"):
             dllm.generate(model, torch.full((BATCH, PROMPT), 1), gen_length=GEN, steps=12, sampler=sampler,
                           temperature=1.0, **({"block_length": 8} if sampler == "fast-dllm" else {}))
-    finally:
-        sys.setprofile(None)
     assert not entered
 
 

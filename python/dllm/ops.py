@@ -36,6 +36,18 @@ Temperature = float | torch.Tensor
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _call(op, *args, **kwargs):
+    """``op(*args, **kwargs)``, below its autograd kernel where no gradient is recorded (dllm.generate
+    and evaluation run under no_grad, a backward without create_graph runs without). That kernel, registered from Python by register_autograd,
+    would only pass the call on there, at the cost of a round trip through Python: 3-10 us of host
+    time a call, four calls a DiT layer. torch.compile traces the op itself: dynamo does not trace
+    _AutoDispatchBelowAutograd (a graph break, an error under fullgraph)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args, **kwargs)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args, **kwargs)
+
+
 def sample_categorical(
     logits: torch.Tensor,
     temperature: Temperature = 1.0,
@@ -74,9 +86,9 @@ def sample_categorical(
     CUDA-graph capture it is skipped, and such rows come back as token ``-1`` with NaN logprob.
     """
     if isinstance(temperature, torch.Tensor):
-        return torch.ops.dllm.sample_categorical(logits, temperature, 1.0, generator=generator)
+        return _call(torch.ops.dllm.sample_categorical, logits, temperature, 1.0, generator=generator)
     temperature = _as_float(temperature, "sample_categorical", "temperature", "a float or a float tensor")
-    return torch.ops.dllm.sample_categorical(logits, None, temperature, generator=generator)
+    return _call(torch.ops.dllm.sample_categorical, logits, None, temperature, generator=generator)
 
 
 def _one_device(fake):
@@ -194,13 +206,8 @@ def predict_masked(
     """
     if isinstance(top_k, int) and top_k > _INT64_MAX:  # the schema's int is int64; any top_k >= V keeps every token
         top_k = _INT64_MAX
-    args = (logits, x, mask_id, temperature, top_k, top_p, confidence, logits_shift, confidence_from)
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return torch.ops.dllm.predict_masked(*args, generator=generator)
-    # Where no gradient is recorded (dllm.generate runs under no_grad), skip the op's autograd
-    # kernel: registered from Python only to refuse a gradient, it costs a Python round trip a call.
-    with torch._C._AutoDispatchBelowAutograd():
-        return torch.ops.dllm.predict_masked(*args, generator=generator)
+    return _call(torch.ops.dllm.predict_masked, logits, x, mask_id, temperature, top_k, top_p, confidence,
+                 logits_shift, confidence_from, generator=generator)
 
 
 _INT64_MAX = 2**63 - 1
@@ -358,7 +365,7 @@ def attention(
     scale = _softmax_scale(q, softmax_scale)
     if q.is_cuda and not _cuda_kernel_supports(q):
         return _sdpa_attention(q, k, v, kv_len, q_len, scale)
-    out, _ = torch.ops.dllm.attention_forward(q, k, v, kv_len, q_len, None, None, 0, 0, scale)
+    out, _ = _call(torch.ops.dllm.attention_forward, q, k, v, kv_len, q_len, None, None, 0, 0, scale)
     return out
 
 
@@ -447,8 +454,8 @@ def attention_varlen(
     keys (decoding) split the keys into chunks, as many per sequence as ``max_seqlen_k`` needs, so
     passing the packed total instead sizes the workspace and the grid about B times too large."""
     scale = _softmax_scale(q, softmax_scale)
-    out, _ = torch.ops.dllm.attention_forward(q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                              max_seqlen_k, scale)
+    out, _ = _call(torch.ops.dllm.attention_forward, q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                   max_seqlen_k, scale)
     return out
 
 
@@ -523,8 +530,8 @@ def _attention_setup_context(ctx, inputs, output):
 
 def _attention_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, kv_len, q_len, cu_q, cu_k = ctx.saved_tensors
-    dq, dk, dv = torch.ops.dllm.attention_backward(grad_out, q, k, v, out, lse, kv_len, q_len, cu_q, cu_k,
-                                                   ctx.max_q, ctx.max_k, ctx.scale)
+    dq, dk, dv = _call(torch.ops.dllm.attention_backward, grad_out, q, k, v, out, lse, kv_len, q_len, cu_q, cu_k,
+                       ctx.max_q, ctx.max_k, ctx.scale)
     return dq, dk, dv, None, None, None, None, None, None, None
 
 
@@ -550,7 +557,7 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     Reads x once and writes the result once; in torch the same float32 math takes four passes
     and float32 temporaries, or eight passes and a concatenation as usually written.
     """
-    return torch.ops.dllm.rotary(x, cos, sin)
+    return _call(torch.ops.dllm.rotary, x, cos, sin)
 
 
 @torch.library.register_fake("dllm::rotary")
@@ -580,7 +587,7 @@ def _rotary_backward(ctx, grad):
         raise RuntimeError("dllm.ops.rotary is differentiable in x only: cos and sin require grad here; "
                            "rotate with torch's math where the angles are learned")
     cos, sin = ctx.saved_tensors
-    return torch.ops.dllm.rotary(grad, cos, sin, not ctx.inverse), None, None, None
+    return _call(torch.ops.dllm.rotary, grad, cos, sin, not ctx.inverse), None, None, None
 
 
 torch.library.register_autograd("dllm::rotary", _rotary_backward, setup_context=_rotary_setup_context)
@@ -601,7 +608,7 @@ def adaln(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, scale: tor
         float32 and rounded once to x's dtype, contiguous. Not differentiable: dllm's models call
         it when no autograd graph is recorded and run the same math in torch otherwise.
     """
-    return torch.ops.dllm.adaln(x, weight, shift, scale, float(eps))
+    return _call(torch.ops.dllm.adaln, x, weight, shift, scale, float(eps))
 
 
 def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
@@ -610,7 +617,7 @@ def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, we
     (``update`` like x, ``gate`` ``[B, dim]``), rounded to x's dtype, and :func:`adaln` of x_next.
     Returns ``(x_next, out)``. Reads x and update once and writes each output once, where the two
     steps apart read x_next back."""
-    return torch.ops.dllm.adaln_residual(x, update, gate, weight, shift, scale, float(eps))
+    return _call(torch.ops.dllm.adaln_residual, x, update, gate, weight, shift, scale, float(eps))
 
 
 @torch.library.register_fake("dllm::adaln")
@@ -794,9 +801,9 @@ def score_entropy_loss(
     position leaves out (the mask under absorb, ``x_t`` under uniform) and unmasked positions under
     absorb may hold anything. Tokens out of range or ``sigma <= 0`` raise ``ValueError``.
     """
-    return torch.ops.dllm.score_entropy_loss(logits, x_t, x0, _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
-                                             _per_batch(dsigma, logits, "score_entropy_loss", "dsigma"),
-                                             graph=graph, scale_by_sigma=scale_by_sigma)
+    return _call(torch.ops.dllm.score_entropy_loss, logits, x_t, x0,
+                 _per_batch(sigma, logits, "score_entropy_loss", "sigma"),
+                 _per_batch(dsigma, logits, "score_entropy_loss", "dsigma"), graph=graph, scale_by_sigma=scale_by_sigma)
 
 
 @torch.library.register_fake("dllm::score_entropy_loss")
@@ -839,7 +846,7 @@ def _refuse_weight_gradients(ctx, op: str, names: dict[int, str]) -> None:
 def _score_entropy_backward(ctx, grad):
     _refuse_weight_gradients(ctx, "score_entropy_loss", {3: "sigma", 4: "dsigma"})
     logits, x_t, x0, sigma, dsigma = ctx.saved_tensors
-    dlogits = torch.ops.dllm.score_entropy_loss_backward(grad, logits, x_t, x0, sigma, dsigma, **ctx.kw)
+    dlogits = _call(torch.ops.dllm.score_entropy_loss_backward, grad, logits, x_t, x0, sigma, dsigma, **ctx.kw)
     return dlogits, None, None, None, None
 
 
@@ -876,7 +883,7 @@ def masked_diffusion_loss(
         anything.
     """
     weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
-    return torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask_id)[0]
+    return _call(torch.ops.dllm.masked_diffusion_loss, logits, x_t, x0, weight, mask_id=mask_id)[0]
 
 
 def _check_mask_id(op: str, logits, x_t, x0, weight, mask_id):
@@ -914,7 +921,8 @@ def _masked_diffusion_setup(ctx, inputs, keyword_only_inputs, output):
 def _masked_diffusion_backward(ctx, grad, _grad_lse):
     _refuse_weight_gradients(ctx, "masked_diffusion_loss", {3: "weight"})
     logits, lse, x_t, x0, weight = ctx.saved_tensors
-    dlogits = torch.ops.dllm.masked_diffusion_loss_backward(grad, logits, lse, x_t, x0, weight, mask_id=ctx.mask_id)
+    dlogits = _call(torch.ops.dllm.masked_diffusion_loss_backward, grad, logits, lse, x_t, x0, weight,
+                    mask_id=ctx.mask_id)
     return dlogits, None, None, None
 
 
