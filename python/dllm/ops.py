@@ -72,7 +72,7 @@ def sample_categorical(
         ``(tokens, logprob)``: ``tokens`` int64 ``[...]``, and ``logprob`` float32 ``[...]``, the
         log-probability of each drawn token under ``softmax(logits / temperature)`` (under
         ``softmax(logits)`` for rows with temperature 0): the confidence that masked-diffusion
-        samplers rank positions by.
+        samplers rank positions by. Not differentiable: a backward through it raises.
 
     The draw is exact in distribution, tails included: Gumbel noise comes from 64-bit uniforms
     (float32 noise from 24-bit uniforms truncates the tail and acts as a lower temperature,
@@ -197,7 +197,8 @@ def predict_masked(
 
     Returns:
         ``(x0, conf)``: int64 ``[B, L]`` proposals (``x`` itself at unmasked positions) and
-        float32 ``[B, L]`` confidences (``-inf`` at unmasked positions). Only the logits of
+        float32 ``[B, L]`` confidences (``-inf`` at unmasked positions; not differentiable: a
+        backward through them raises). Only the logits of
         masked positions are read (where the leading dimensions flatten to one row stride;
         others, such as ``[1, L, V].expand(B, L, V)``, are copied first).
 
