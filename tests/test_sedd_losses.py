@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import dllm
+from compile_check import assert_compiled_loss_matches_eager
 from dllm.sedd import reference as ref
 from threads import assert_same_under_threads
 
@@ -328,15 +329,7 @@ def test_torch_compile_fullgraph_forward_and_backward(device):
         md = dllm.ops.masked_diffusion_loss(z, x_t, x0, dsigma, mask_id=60)
         return (se + md).sum()
 
-    compiled = torch.compile(total, fullgraph=True)
-    a = logits.clone().requires_grad_()
-    b = logits.clone().requires_grad_()
-    got = compiled(a)
-    want = total(b)
-    got.backward()
-    want.backward()
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(a.grad, b.grad)
+    assert_compiled_loss_matches_eager(total, logits)
 
 
 def test_schedules_weight_the_loss_like_sedd(device):
