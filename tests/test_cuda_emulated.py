@@ -411,6 +411,33 @@ def test_score_entropy_loss(schedule, dtype, graph, shape):
     torch.testing.assert_close(grad.float(), want.float(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@pytest.mark.parametrize("sbs", [True, False])
+def test_sedd_at_huge_sigma_like_the_cpu(emulator, graph, sbs):
+    """sigma and dsig past 709.78, where expm1 overflows float64, up to 3e38: the kernels share
+    sedd.h's per-row constants with the CPU ops (tested against float64 in test_sedd_losses and
+    test_sedd_step), and add them to their sums and Gumbel keys in their own precision."""
+    B, L, K = 4, 7, 4099  # three groups of the step's draw
+    logits = torch.randn(B, L, K, generator=gen(1)) - 1
+    x = torch.randint(0, K, (B, L), generator=gen(2))
+    x[:, ::2] = K - 1  # absorb: masked positions
+    sigma = torch.tensor([0.3, 710.0, 1e6, 3e38])
+    for method in ("analytic", "euler", "denoise"):
+        kwargs = dict(graph=graph, method=method, scale_by_sigma=sbs)
+        got = emulated(emulator, EMU.sedd_step, logits, x, sigma, sigma, generator=gen(), **kwargs)
+        assert torch.equal(got, CPU.sedd_step(logits, x, sigma, sigma, generator=gen(), **kwargs)), method
+    x0 = torch.randint(0, K - 1, (B, L), generator=gen(3))
+    args = (logits, x, x0, sigma, torch.rand(B, generator=gen(4)) + 0.5)
+    loss = emulated(emulator, EMU.score_entropy_loss, *args, graph=graph, scale_by_sigma=sbs)
+    want = CPU.score_entropy_loss(*args, graph=graph, scale_by_sigma=sbs)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)  # inf alike where past float32's range
+    grad_loss = torch.randn(B, generator=gen(5))
+    grad = emulated(emulator, EMU.score_entropy_loss_backward, grad_loss, *args, graph=graph, scale_by_sigma=sbs)
+    want = CPU.score_entropy_loss_backward(grad_loss, *args, graph=graph, scale_by_sigma=sbs)
+    assert grad.isfinite().all()
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_loss_backward_fills_rows_of_tokens_out_of_range_with_nan(emulator, dtype, graph):

@@ -57,6 +57,20 @@ def test_uniform_large_vocab_stays_in_range(device):
     assert chi_square_pvalue(bins, np.full(16, 1 / 16)) > P_MIN
 
 
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_huge_sigma_moves_every_token(device, graph):
+    # The move probability 1 - exp(-sigma) is 1 in float64 from sigma = 37 on, and stays 1 past
+    # 709.78, where expm1(sigma) overflows, up to float32's largest sigmas.
+    k, n = 29, 1 << 14
+    x0 = torch.full((5, n), 3, device=device)
+    sigma = torch.tensor([700.0, 710.0, 1e3, 1e6, 3e38], device=device)
+    x_t = dllm.ops.sample_transition(x0, sigma, graph=graph, num_classes=k)
+    if graph == "absorb":
+        assert (x_t == k - 1).all()
+    else:  # uniform destinations, x0 among them
+        assert chi_square_pvalue(x_t, np.full(k, 1 / k)) > P_MIN
+
+
 def test_seeded_and_zero_sigma(device):
     x0 = torch.randint(0, 100, (3, 1000), device=device)
     torch.manual_seed(3)

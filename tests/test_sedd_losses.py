@@ -70,6 +70,33 @@ def test_score_entropy_values_and_gradients(device, shape, graph, sbs):
         assert (grad[x_t != shape[2] - 1] == 0).all() and (grad[..., -1] == 0).all()
 
 
+@pytest.mark.parametrize("graph, sbs", [("absorb", True), ("absorb", False), ("uniform", False), ("uniform", True)])
+def test_score_entropy_at_huge_sigma(device, graph, sbs):
+    # expm1(sigma) overflows float64 from sigma = 709.78, and a float32 sigma reaches 3.4e38 (a
+    # geometric schedule with a huge sigma_max): the loss's terms have finite limits there
+    # (expm1 / (expm1 + K) -> 1, r = 1 / expm1 -> 0 with r log(r) -> 0), which were NaN.
+    logits, x_t, x0, _, dsigma = make_inputs((7, 37, 29), graph, torch.float32, device, seed=11)
+    sigma = torch.tensor([0.3, 700.0, 710.0, 1e3, 1e6, 3e38, 2.0], device=device)
+    leaf = logits.clone().requires_grad_()
+    loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
+    g_out = (torch.rand(7, generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
+    (grad,) = torch.autograd.grad(loss, leaf, g_out)
+    exact_leaf = logits.double().requires_grad_()
+    exact = se_ref(exact_leaf, x_t, x0, sigma, dsigma, graph, sbs)
+    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
+    f32_leaf = logits.clone().requires_grad_()
+    f32 = se_ref(f32_leaf, x_t, x0, sigma, dsigma, graph, sbs, torch.float32)
+    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
+    assert exact.isfinite().all() and exact_grad.isfinite().all()
+    # uniform, scaled, at 3e38: the mean log-score, about -sigma, puts the loss past float32's range
+    want = exact.detach().float()
+    assert torch.equal(loss.isinf(), want.isinf()) and (loss[want.isinf()] == want[want.isinf()]).all()
+    finite = want.isfinite()
+    bound(loss[finite], exact.detach()[finite], f32.detach()[finite])
+    assert grad.isfinite().all()
+    bound(grad, exact_grad, f32_grad)
+
+
 def check_masked_diffusion(logits, x_t, x0, weight, mask_id):
     """Loss and gradient against the float64 reference, under the bound plain float32 torch meets;
     returns the gradient."""

@@ -69,6 +69,34 @@ def test_frequencies_match_exact_next_token_distribution(device, case, method):
     assert chi_square_pvalue(tokens, probs) > P_MIN
 
 
+# sigma and dsig past 709.78, where expm1 overflows float64, up to float32's 3e38 (the first steps
+# of a schedule with a huge sigma_max): (graph, method, scale_by_sigma, sigma, dsig, the sigma and
+# dsig of the exact distribution). With the score scaled by sigma, an absorbing step's linear
+# weights underflow float64 there (the reference's; the kernels work in logs), but its distribution
+# depends on sigma and dsig only through expm1(dsig) / expm1(sigma) (analytic) or not at all
+# (denoise): the reference is evaluated at a sigma and dsig of the same ratio.
+HUGE_SIGMA_CASES = [
+    ("absorb", "analytic", True, 3e38, 3e38, (1.0, 1.0)),
+    ("absorb", "analytic", True, 1e3, 999.0, (30.0, 29.0)),  # both ratios e^-1, to 1e-12
+    ("absorb", "denoise", True, 3e38, 3e38, (1.0, 1.0)),
+    ("absorb", "analytic", False, 1e3, 800.0, (1e3, 800.0)),
+    ("uniform", "analytic", False, 1e3, 800.0, (1e3, 800.0)),
+    ("uniform", "analytic", True, 3e38, 3e38, (3e38, 3e38)),  # scores of 0 but at x: x stays
+]
+
+
+@pytest.mark.parametrize("case", HUGE_SIGMA_CASES, ids=lambda c: "-".join(map(str, c[:5])))
+def test_frequencies_at_huge_sigma(device, case):
+    graph, method, sbs, sigma, dsig, (ref_sigma, ref_dsig) = case
+    k = 4099  # three groups, whose log-masses carry the row's common factor
+    row = (torch.randn(k, generator=torch.Generator().manual_seed(13)) - 1).to(device)  # absorb: masks stay or not
+    x = k - 1 if graph == "absorb" else 11
+    probs = exact_next_token_probs(row, x, ref_sigma, ref_dsig, graph, method, sbs)
+    torch.manual_seed(0)
+    tokens = draws(row, x, sigma, dsig, 1 << 16, graph, method, sbs)
+    assert chi_square_pvalue(tokens, probs) > P_MIN
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 def test_half_precision_logits(device, dtype, graph):

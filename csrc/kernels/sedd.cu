@@ -104,7 +104,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     // Group log-weights in place: log(sum exp l) + log c - shift.
     for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
       const float m = group_lw[2 * g], sum = group_lw[2 * g + 1];
-      group_lw[2 * g] = m == -kInf ? -kInf : float(double(m) + log(double(sum)) + s.log_c - s.shift);
+      group_lw[2 * g] = m == -kInf ? -kInf : float(double(m) + log(double(sum)) + s.log_c);
     }
   } else {
     ref = fmaxf(row_acc.m, float(s.shift));

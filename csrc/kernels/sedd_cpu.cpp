@@ -144,7 +144,7 @@ int64_t step_rows(const SeddStepParams& p, int64_t begin, int64_t end) {
         }
         double log_factor, log_w_x;
         if (!s.clip) {
-          log_factor = double(ref) + s.log_c - s.shift;
+          log_factor = double(ref) + s.log_c;
           log_w_x = mixture_log_w_x(s, total > 0.0 ? double(ref) + std::log(total) : -INFINITY);
         } else {
           const double a = clip_level(s, std::exp(s.shift - double(ref)), total, K, log_w_x);

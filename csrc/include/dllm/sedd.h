@@ -32,7 +32,8 @@ constexpr int64_t kSeddNoError = INT64_MAX;
 DLLM_HD int64_t sedd_encode(int64_t row, SeddStatus s) { return (row << 3) | int64_t(s); }
 
 // Per-row noise terms shared by all kernels, computed in double: log(expm1(sigma)) without
-// overflow for large sigma or cancellation for small sigma.
+// overflow for large sigma or cancellation for small sigma. expm1 overflows from 709.78 and a
+// float sigma or dsig reaches 3.4e38, so the terms below take expm1 of them only through its log.
 DLLM_HD double log_expm1(double s) { return s > 30.0 ? s + log1p(-exp(-s)) : log(expm1(s)); }
 
 struct SeddStepParams {
@@ -123,8 +124,8 @@ void loss_backward_cuda(const LossParams& p, void* stream);
 struct StepRow {
   bool clip = false;
   bool x_can_stay = true;  // mixture rows: false for absorb denoise
-  double shift = 0.0;
-  double log_c = 0.0;      // mixture: log c; clip: log((1 - e) / K)
+  double shift = 0.0;      // clip rows
+  double log_c = 0.0;      // mixture: log c - shift, so w_y = exp(l_y + log_c); clip: log((1 - e) / K)
   double em = 0.0;         // clip: 1 - e
   double log_tx = 0.0;     // clip: log T_x
 };
@@ -132,14 +133,22 @@ struct StepRow {
 DLLM_HD StepRow step_row(SeddGraph graph, SeddMethod method, bool scale_by_sigma, double sigma, double d,
                          int64_t vocab) {
   StepRow s;
-  s.shift = scale_by_sigma ? log_expm1(sigma) + log(double(vocab - 1)) : 0.0;
+  // Mixture rows fold the shift into log c, its terms one at a time: absorb analytic's
+  // log c = log(expm1(d)) cancels log(expm1(sigma)) first, where d and sigma may both be so large
+  // that the shift as one number has already rounded log(K - 1) away.
+  const double log_em1 = scale_by_sigma ? log_expm1(sigma) : 0.0;
+  const double log_k1 = scale_by_sigma ? log(double(vocab - 1)) : 0.0;
   if (graph == SeddGraph::kAbsorb) {
     s.x_can_stay = method != SeddMethod::kDenoise;
-    s.log_c = method == SeddMethod::kAnalytic ? log(expm1(d)) : method == SeddMethod::kEuler ? log(d) : 0.0;
+    // Denoise leaves x out, so a factor common to the other weights draws alike: c = e^shift keeps
+    // the group log-masses those of the raw logits, where a huge shift would leave the Gumbel noise
+    // added to them below their rounding.
+    s.log_c = !s.x_can_stay ? 0.0 : (method == SeddMethod::kAnalytic ? log_expm1(d) : log(d)) - log_em1 - log_k1;
   } else if (method == SeddMethod::kEuler) {
-    s.log_c = log(d) - log(double(vocab));
+    s.log_c = log(d) - log(double(vocab)) - log_em1 - log_k1;
   } else {
     s.clip = true;
+    s.shift = log_em1 + log_k1;
     s.em = -expm1(-d);
     s.log_c = log(s.em) - log(double(vocab));
     s.log_tx = log1p(-double(vocab - 1) * s.em / double(vocab));
@@ -150,7 +159,7 @@ DLLM_HD StepRow step_row(SeddGraph graph, SeddMethod method, bool scale_by_sigma
 // Mixture rows: log-weight of staying at x given log(sum_{y != x} exp(l_y)) over raw logits.
 DLLM_HD double mixture_log_w_x(const StepRow& s, double lse_others) {
   if (!s.x_can_stay) return -INFINITY;
-  const double t = lse_others + s.log_c - s.shift;  // log(c S)
+  const double t = lse_others + s.log_c;  // log(c S)
   return t < 0.0 ? log1p(-exp(t)) : -INFINITY;
 }
 
@@ -172,19 +181,20 @@ struct SeRow {
 DLLM_HD SeRow se_row(SeddGraph graph, bool scale_by_sigma, double sigma, int64_t vocab, int64_t xt, int64_t x0) {
   const double K = double(vocab);
   SeRow s{};
-  s.shift = scale_by_sigma ? log_expm1(sigma) + log(K - 1.0) : 0.0;
-  const double em1 = expm1(sigma);
+  const double log_em1 = log_expm1(sigma);
+  const double inv = exp(-log_em1);  // 1 / expm1(sigma): 0 from sigma = 745 on, log_em1 stays finite
+  s.shift = scale_by_sigma ? log_em1 + log(K - 1.0) : 0.0;
   if (graph == SeddGraph::kAbsorb) {
-    s.ratio = 1.0 / em1;  // the true ratio p_t(x0) / p_t(mask)
-    s.const_term = s.ratio * (log(s.ratio) - 1.0);
-    s.x0_coef = s.ratio;
+    s.ratio = inv;  // the true ratio p_t(x0) / p_t(mask)
+    s.const_term = inv * (-log_em1 - 1.0);  // ratio (log(ratio) - 1), 0 at ratio = 0
+    s.x0_coef = inv;
   } else {
-    const double q = em1 / (em1 + K);
+    const double q = 1.0 / (1.0 + K * inv), log_q = -log1p(K * inv);  // q = expm1 / (expm1 + K) -> 1
     const bool same = xt == x0;
     s.ratio = q;
     s.neg_scale = same ? q : 1.0;
-    s.x0_coef = same ? 0.0 : 1.0 / em1;
-    s.const_term = same ? (K - 1.0) / K * q * (log(q) - 1.0) : ((-log(q) - 1.0) / q - (K - 2.0)) / K;
+    s.x0_coef = same ? 0.0 : inv;
+    s.const_term = same ? (K - 1.0) / K * q * (log_q - 1.0) : ((-log_q - 1.0) / q - (K - 2.0)) / K;
   }
   return s;
 }

@@ -13,6 +13,13 @@ import math
 import torch
 
 
+def log_expm1(sigma: torch.Tensor) -> torch.Tensor:
+    """``log(e^sigma - 1)`` written as ``sigma + log(1 - e^-sigma)``, finite for every finite
+    ``sigma > 0``: ``expm1`` overflows float64 from ``sigma = 709.78`` (float32 from 88.72), and
+    sigma itself, a float32, may be as large as 3.4e38."""
+    return sigma + torch.log(-torch.expm1(-sigma))
+
+
 def log_score(logits: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, scale_by_sigma: bool = True) -> torch.Tensor:
     """SEDD's output post-processing: the log concrete score ``log s(x)[y]``.
 
@@ -21,7 +28,7 @@ def log_score(logits: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, scale_
     is set to 0 (its ratio to itself is 1)."""
     out = logits
     if scale_by_sigma:
-        shift = torch.log(torch.expm1(sigma.to(logits.dtype))) + math.log(logits.shape[-1] - 1)
+        shift = log_expm1(sigma.to(logits.dtype)) + math.log(logits.shape[-1] - 1)
         out = out - shift[:, None, None]
     return torch.scatter(out, -1, x[..., None], torch.zeros_like(out[..., :1]))
 
@@ -31,15 +38,17 @@ def _col(v: torch.Tensor) -> torch.Tensor:
 
 
 def staggered_score(graph: str, score: torch.Tensor, dsig: torch.Tensor) -> torch.Tensor:
-    """``exp(dsig Q^T)``-style correction of the score used by the analytic (Tweedie) step."""
+    """``exp(dsig Q^T)``-style correction of the score used by the analytic (Tweedie) step, times
+    ``exp(-dsig)``. SEDD's form, ``score * exp(dsig)`` plus ``(1 - exp(dsig)) * total`` at the
+    mask (absorb) or everywhere over ``k`` (uniform), overflows for a large ``dsig``; the step's
+    weights are unnormalised, so a common factor changes nothing."""
     total = score.sum(-1, keepdim=True)
-    if graph == "absorb":
-        out = score * torch.exp(_col(dsig))
-        out[..., -1:] += (1 - torch.exp(_col(dsig))) * total
-        return out
-    k = score.shape[-1]
     e = torch.exp(-_col(dsig))
-    return (e - 1) / (k * e) * total + score / e
+    if graph == "absorb":
+        out = score.clone()
+        out[..., -1:] += (e - 1) * total
+        return out
+    return (e - 1) / score.shape[-1] * total + score
 
 
 def transp_transition(graph: str, x: torch.Tensor, dsig: torch.Tensor, k: int, dtype) -> torch.Tensor:
@@ -100,19 +109,20 @@ def score_entropy_loss(logits, x_t, x0, sigma, dsigma, *, graph: str, scale_by_s
     """SEDD's denoising score entropy, ``dsigma``-weighted and summed over positions: ``[B]``."""
     k = logits.shape[-1]
     s = log_score(logits, x_t, sigma, scale_by_sigma)
-    sig = sigma.to(s.dtype)[:, None]
-    esigm1 = torch.expm1(sig)
+    # inv = 1 / (e^sigma - 1) with its log, which stays finite where inv underflows to 0
+    log_inv = -log_expm1(sigma.to(s.dtype)[:, None])
+    inv = log_inv.exp()
     if graph == "absorb":
         masked = x_t == k - 1
-        ratio = 1 / esigm1
+        ratio = inv
         neg = ratio * s.gather(-1, x0[..., None])[..., 0]
         pos = s[..., :-1].exp().sum(-1)
-        const = ratio * (ratio.log() - 1)
+        const = ratio * (log_inv - 1)  # ratio (log(ratio) - 1), 0 at ratio = 0
         per_pos = torch.where(masked, pos - neg + const, torch.zeros_like(pos))
     else:
-        ratio = esigm1 / (esigm1 + k)
+        ratio = 1 / (1 + k * inv)  # (e^sigma - 1) / (e^sigma - 1 + k)
         neg = s.mean(-1) - s.gather(-1, x_t[..., None])[..., 0] / k
-        neg = torch.where(x_t == x0, ratio * neg, s.gather(-1, x0[..., None])[..., 0] / esigm1 + neg)
+        neg = torch.where(x_t == x0, ratio * neg, s.gather(-1, x0[..., None])[..., 0] * inv + neg)
         const = torch.where(x_t == x0, (k - 1) / k * ratio * (ratio.log() - 1),
                             ((-ratio.log() - 1) / ratio - (k - 2)) / k)
         sexp = s.exp()
