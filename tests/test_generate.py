@@ -447,6 +447,52 @@ def test_dream_scores_the_filtered_proposal_distribution_as_dream_does(alg):
     assert not torch.equal(want, dream_transcription(model, prompt, 32, 8, alg, 0, 0.5, scored_by_model=True))
 
 
+def llada_transcription(model, prompt, gen_length, steps, block_length, cfg_scale):
+    """LLaDA's generate at temperature 0 with low-confidence remasking, the canvas after every
+    step: per block, get_num_transfer_tokens (floor(m / steps) a step, one more in each of the
+    first m mod steps steps); guided logits u + (w + 1)(c - u), u from the canvas whose prompt is
+    masked; the k most probable proposals of the block committed (dllm also drops the mask token)."""
+    from dllm.reference import unmask as ref
+
+    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), MASK)], 1)
+    start, per_block, history = prompt.shape[1], steps // (gen_length // block_length), []
+    for lo in range(start, x.shape[1], block_length):
+        masked = (x[:, lo:lo + block_length] == MASK).sum(-1)
+        counts = [[int(m) // per_block + (i < int(m) % per_block) for i in range(per_block)] for m in masked]
+        for i in range(per_block):
+            logits = model(x).double()
+            if cfg_scale:
+                unconditional = x.clone()
+                unconditional[:, :start] = MASK
+                u = model(unconditional).double()
+                logits = u + (cfg_scale + 1) * (logits - u)
+            x0, conf = ref.predict_masked_greedy(logits, x, MASK)
+            window = torch.tensor([[lo, lo + block_length]] * x.shape[0])
+            x = ref.commit_tokens(x, x0, conf, MASK, num_tokens=torch.tensor(counts)[:, i], window=window)
+            history.append(x)
+    return history
+
+
+class PositionalModel(SofterModel):
+    """TinyModel's masked positions share their logits; a table per position tells them apart."""
+
+    def forward(self, x, sigma=None, attention_mask=None):
+        table = torch.randn(x.shape[1], V, generator=torch.Generator().manual_seed(9))
+        return super().forward(x, sigma, attention_mask) * 0.6 + table
+
+
+@pytest.mark.parametrize("steps, block_length, cfg_scale", [(6, 10, 0.0), (7, 20, 0.5)])
+def test_llada_commits_what_llada_commits_at_every_step(steps, block_length, cfg_scale):
+    # blocks of 10 in 3 steps commit 4, 3, 3; 20 masks in 7 steps commit 3 3 3 3 3 3 2
+    prompt = torch.randint(1, MASK, (2, 4), generator=torch.Generator().manual_seed(3))
+    out = dllm.generate(PositionalModel(), prompt, gen_length=20, steps=steps, sampler="llada",
+                        block_length=block_length, cfg_scale=cfg_scale, return_history=True)
+    want = llada_transcription(PositionalModel(), prompt, 20, steps, block_length, cfg_scale)
+    assert len(out.history) == len(want) == steps
+    for got, expected in zip(out.history, want):
+        assert torch.equal(got, expected)
+
+
 def test_clear_errors():
     model = TinyModel()
     with pytest.raises(ValueError, match="unknown sampler"):
