@@ -124,6 +124,52 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, corpus, monkeypatch):
     assert len(record["earlier_starts"]) == 1 and record["earlier_starts"][0]["started"] <= record["provenance"]["started"]
 
 
+@pytest.mark.parametrize("objective,extra", [("sedd", {"graph": "uniform"}), ("ar", {}),
+                                             ("llada", {"random_length": 0.5})])
+def test_resume_of_every_objective_is_bit_exact(tmp_path, corpus, monkeypatch, objective, extra):
+    """The test above on the objectives it does not train, to the bit (the same process and threads):
+    the weights, the optimizer's moments, the EMA, the RNG states and the data position."""
+    opts = tiny(tmp_path / "a", corpus, objective=objective, steps=4, ckpt_every=2, ema=0.9, hidden=32, layers=1,
+                seq_len=32, **extra)
+    full = dllm.train(**opts)
+    real_step = Trainer.train_step
+
+    def crashing(self):
+        if self.step == 3:
+            raise _Crash()
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    opts["out_dir"] = str(tmp_path / "b" / "run")
+    with pytest.raises(_Crash):
+        dllm.train(**opts)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = dllm.train(**opts)
+
+    clock = ("elapsed", "tok_per_s", "train_time", "train_config")
+    assert {k: v for k, v in resumed.items() if k not in clock} == {k: v for k, v in full.items() if k not in clock}
+    runs = [tmp_path / name / "run" for name in "ab"]
+    logged = [[{k: v for k, v in json.loads(line).items() if k not in clock} for line in open(run / "metrics.jsonl")]
+              for run in runs]
+    assert logged[0] == logged[1]
+    saved = [{k: v for k, v in load_checkpoint(run / CHECKPOINT).items() if k not in clock} for run in runs]
+    _assert_identical(saved[0], saved[1])
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, where
+
+
 def test_resume_refuses_another_corpus(tmp_path, corpus):
     dllm.train(**tiny(tmp_path, corpus, steps=2))
     other = make_corpus(tmp_path / "other")
@@ -226,10 +272,12 @@ def test_a_refused_resume_leaves_no_output_folder(tmp_path, corpus):
 
 
 def test_a_finished_run_started_again_logs_nothing_twice(tmp_path, corpus):
-    dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
-    dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
+    first = dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
+    again = dllm.train(**tiny(tmp_path, corpus, steps=3, eval_every=3))
     records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["step"] for r in records if "val_bpb" in r] == [3]
+    # and returns what the run returned: its last step's training metrics (the loss...) and validation
+    assert again == first
 
 
 def test_a_finished_run_started_again_with_other_validation_windows_validates_again(tmp_path, corpus):
@@ -268,6 +316,27 @@ def test_a_finished_run_whose_final_validation_was_lost_validates_when_started_a
     assert again["step"] == 4 and again["val_bpb"] == pytest.approx(first["val_bpb"], rel=1e-6)
     records = [json.loads(line) for line in open(path)]
     assert [r["step"] for r in records if "val_bpb" in r] == [2, 4]
+
+
+def test_a_rerun_that_trains_nothing_reports_its_own_steps_validation(tmp_path, corpus, monkeypatch):
+    """A run that validated step 3 and died before its checkpoint there resumes at step 2; asked for 2
+    steps, it trains nothing and must validate step 2, not report step 3's numbers as step 2's."""
+    opts = tiny(tmp_path, corpus, steps=4, ckpt_every=2, eval_every=3, log_every=10, schedule="constant",
+                hidden=32, layers=1, seq_len=32)
+    real_step = Trainer.train_step
+
+    def crashing(self):
+        if self.step == 3:  # after step 3's validation
+            raise _Crash()
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", crashing)
+    with pytest.raises(_Crash):
+        dllm.train(**opts)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    result = dllm.train(**{**opts, "steps": 2})
+    validations = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if "val_bpb" in r]
+    assert [r["step"] for r in validations] == [2] and result["val_bpb"] == validations[0]["val_bpb"]
 
 
 def test_max_time_is_summed_over_resumes(tmp_path, corpus):
@@ -411,6 +480,22 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert leftovers and all(".tmp" in n for n in leftovers)  # the half-written file never replaced the old one
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["w"], torch.arange(10.0))
+
+
+def test_a_rerun_deletes_the_temporaries_of_a_writer_killed_mid_write(tmp_path, corpus):
+    """A writer killed mid-write leaves its temporary (the test above); named by that writer's process
+    id, no later write replaces it, so a checkpoint's worth of disk would stay for good. The next run
+    into the folder, its only writer, deletes those, and nothing else."""
+    opts = tiny(tmp_path, corpus, steps=1, hidden=32, layers=1, seq_len=32)
+    dllm.train(**opts)
+    run = tmp_path / "run"
+    left = [run / ".checkpoint.pt.tmp4242", run / "run_config.json.tmp4242", run / "model" / "model.safetensors.tmp77"]
+    others = [run / "checkpoint.pt.tmp-mine", run / "model" / "weights.tmp77", run / "notes.txt"]
+    for path in left + others:
+        path.write_bytes(b"cut short")
+    dllm.train(**{**opts, "steps": 2})
+    assert [path.name for path in left if path.exists()] == []
+    assert all(path.exists() for path in others)
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):

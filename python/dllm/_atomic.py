@@ -17,3 +17,13 @@ def replaced_atomically(path: Path, hidden: bool = False):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(path: Path) -> None:
+    """Deletes the temporaries of ``path`` that writers killed mid-write (SIGKILL, the OOM killer, a
+    preempted job) left: no later write replaces them, each being named by its own process id. Only
+    for a caller that alone writes ``path``."""
+    for name in (f"{path.name}.tmp", f".{path.name}.tmp"):
+        for tmp in path.parent.glob(f"{name}*") if path.parent.is_dir() else ():
+            if tmp.name[len(name):].isdigit():
+                tmp.unlink(missing_ok=True)

@@ -19,11 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .._atomic import remove_leftovers
 from ..benchmarks.common import card, command_line, git_commit, utc_now
 from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import tokenizer_config
 from ..models import build_model, model_config
+from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..objectives import OBJECTIVES, get_objective
 from .checkpoint import CheckpointError, RunFolderInUse, load_checkpoint, save_checkpoint
 from .config import TrainConfig, path_as_recorded
@@ -117,6 +119,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 RESUME_SHAPING = ("lr", "schedule", "warmup", "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "dropout",
                   "random_length")
 COSINE_SHAPING = ("steps", "min_lr_ratio")  # they place the cosine's end; a constant schedule reads neither
+STEP_METRICS = ("loss", "nll_per_token", "lr", "grad_norm", "seq_len")  # what train_step returns, and logs
 
 
 def _read_record(path: Path) -> dict:
@@ -452,11 +455,19 @@ class Trainer:
         # other windows (--eval-batches x --batch-size), whose numbers its record would promise. Every rank
         # reads the folder before rank 0 rewrites it.
         sequences = cfg.eval_batches * cfg.batch_size
-        validations = [r for r in self.metrics.read() if r["step"] == self.step and "val_bpb" in r]
+        records = self.metrics.read()
+        validations = [r for r in records if r["step"] == self.step and "val_bpb" in r]
         held = validations[-1] if validations and validations[-1].get("val_sequences") == sequences else None
+        # and a start that trains no further step returns the step's training metrics an earlier start logged
+        trained = next((r for r in reversed(records) if r["step"] == self.step and "loss" in r), {})
+        logged = {k: trained[k] for k in STEP_METRICS if k in trained}
         self._barrier()
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # the lock makes this run the folder's only writer: a killed one's temporaries are garbage
+            for path in (self.out / CHECKPOINT, self.out / "run_config.json",
+                         *(self.out / EXPORT / name for name in (WEIGHTS_NAME, CONFIG_NAME, "tokenizer.json"))):
+                remove_leftovers(path)
             held_a_run = any((self.out / name).exists() for name in RUN_RECORDS)
             stale = [self.out / name for name in (CHECKPOINT, EXPORT, "loss.png") if held_a_run and
                      ((self.out / name).exists() or (self.out / name).is_symlink())]
@@ -508,7 +519,7 @@ class Trainer:
         if timed:  # --steps may have ended the run before the clock: the bar ends where the run did
             bar.total = bar.n
         bar.close()
-        last, evaluated_at = self.last, max(evaluated_at, self.evaluated_at)
+        last, evaluated_at = self.last or logged, max(evaluated_at, self.evaluated_at)
         result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
                   "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
         if evaluated_at != self.step:
