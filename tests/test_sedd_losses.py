@@ -46,25 +46,34 @@ def bound(ours, exact, torch32):
     assert (err <= allowed).all(), (err.max().item(), (torch32.double() - exact).abs().max().item())
 
 
+def score_entropy_three_ways(logits, x_t, x0, sigma, dsigma, graph, sbs):
+    """(loss, d(loss)/d(logits)) from the op, the float64 reference and plain float32 torch, under
+    one random incoming gradient."""
+    g_out = (torch.rand(logits.shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(logits.device)
+    results = []
+    for loss_of, leaf, g in (
+        (lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs),
+         logits.clone(), g_out),
+        (lambda z: se_ref(z, x_t, x0, sigma, dsigma, graph, sbs), logits.double(), g_out.double()),
+        (lambda z: se_ref(z, x_t, x0, sigma, dsigma, graph, sbs, torch.float32), logits.clone(), g_out),
+    ):
+        leaf.requires_grad_()
+        loss = loss_of(leaf)
+        (grad,) = torch.autograd.grad(loss, leaf, g)
+        results.append((loss.detach(), grad))
+    return results
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("graph, sbs", [("absorb", True), ("uniform", False), ("uniform", True)])
 def test_score_entropy_values_and_gradients(device, shape, graph, sbs):
     if graph == "uniform" and shape[2] == 50258:
         shape = shape[:2] + (50257,)
     logits, x_t, x0, sigma, dsigma = make_inputs(shape, graph, torch.float32, device)
-    leaf = logits.clone().requires_grad_()
-    loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
+    (loss, grad), (exact, exact_grad), (f32, f32_grad) = score_entropy_three_ways(logits, x_t, x0, sigma, dsigma,
+                                                                                 graph, sbs)
     assert loss.shape == shape[:1] and loss.dtype == torch.float32
-    g_out = (torch.rand(shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
-    (grad,) = torch.autograd.grad(loss, leaf, g_out)
-
-    exact_leaf = logits.double().requires_grad_()
-    exact = se_ref(exact_leaf, x_t, x0, sigma, dsigma, graph, sbs)
-    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
-    f32_leaf = logits.clone().requires_grad_()
-    f32 = se_ref(f32_leaf, x_t, x0, sigma, dsigma, graph, sbs, torch.float32)
-    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
-    bound(loss, exact.detach(), f32.detach())
+    bound(loss, exact, f32)
     bound(grad, exact_grad, f32_grad)
     if graph == "absorb":  # unmasked positions and the mask column get no gradient
         assert (grad[x_t != shape[2] - 1] == 0).all() and (grad[..., -1] == 0).all()
@@ -77,22 +86,14 @@ def test_score_entropy_at_huge_sigma(device, graph, sbs):
     # (expm1 / (expm1 + K) -> 1, r = 1 / expm1 -> 0 with r log(r) -> 0), which were NaN.
     logits, x_t, x0, _, dsigma = make_inputs((7, 37, 29), graph, torch.float32, device, seed=11)
     sigma = torch.tensor([0.3, 700.0, 710.0, 1e3, 1e6, 3e38, 2.0], device=device)
-    leaf = logits.clone().requires_grad_()
-    loss = dllm.ops.score_entropy_loss(leaf, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
-    g_out = (torch.rand(7, generator=torch.Generator().manual_seed(7)) + 0.5).to(device)
-    (grad,) = torch.autograd.grad(loss, leaf, g_out)
-    exact_leaf = logits.double().requires_grad_()
-    exact = se_ref(exact_leaf, x_t, x0, sigma, dsigma, graph, sbs)
-    (exact_grad,) = torch.autograd.grad(exact, exact_leaf, g_out.double())
-    f32_leaf = logits.clone().requires_grad_()
-    f32 = se_ref(f32_leaf, x_t, x0, sigma, dsigma, graph, sbs, torch.float32)
-    (f32_grad,) = torch.autograd.grad(f32, f32_leaf, g_out)
+    (loss, grad), (exact, exact_grad), (f32, f32_grad) = score_entropy_three_ways(logits, x_t, x0, sigma, dsigma,
+                                                                                 graph, sbs)
     assert exact.isfinite().all() and exact_grad.isfinite().all()
     # uniform, scaled, at 3e38: the mean log-score, about -sigma, puts the loss past float32's range
-    want = exact.detach().float()
+    want = exact.float()
     assert torch.equal(loss.isinf(), want.isinf()) and (loss[want.isinf()] == want[want.isinf()]).all()
     finite = want.isfinite()
-    bound(loss[finite], exact.detach()[finite], f32.detach()[finite])
+    bound(loss[finite], exact[finite], f32[finite])
     assert grad.isfinite().all()
     bound(grad, exact_grad, f32_grad)
 
