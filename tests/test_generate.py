@@ -282,6 +282,11 @@ def test_model_attribute_and_output_conventions():
     narrow.vocab_size = V + 5  # ids from V on could never be sampled, though a prompt may hold them
     with pytest.raises(ValueError, match=f"logits over {V} tokens, fewer than its vocab_size {V + 5}"):
         run("llada", model=narrow)
+    past_the_logits = type("M", (TinyModel,), {"forward": lambda self, x, **kw: TinyModel.forward(self, x % V, **kw)})()
+    past_the_logits.mask_id = V  # a mask id one past the logits: named here, not by the op that reads the column
+    for sampler in ("mdlm", "llada", "first-hitting", "dream", "fast-dllm"):
+        with pytest.raises(ValueError, match=f"logits over {V} tokens, without a column for its mask_id {V}"):
+            run(sampler, model=past_the_logits)
 
 
 

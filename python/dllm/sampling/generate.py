@@ -409,7 +409,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
               mask_id, shift, time_conditioned(model), tuple(x.shape), start, attention_mask is None)
     common = dict(mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p, shift=shift, generator=generator)
     with graphs.session_for(model, config, generator, enabled=cuda_graph) as session:
-        loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session)
+        loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session, mask_id=mask_id)
         if name == "llada":
             prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
             prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]

@@ -13,14 +13,16 @@ from .model_protocol import (call_model, check_takes_attention_mask, new_kv_cach
 
 class StepLoop:
     def __init__(self, model, attention_mask, callback, return_history: bool, device: torch.device, *,
-                 graphs: GraphSession | None = None):
-        """graphs: the session whose CUDA graphs replay the steps run by :meth:`call` (None: eager)."""
+                 graphs: GraphSession | None = None, mask_id: int | None = None):
+        """graphs: the session whose CUDA graphs replay the steps run by :meth:`call` (None: eager).
+        mask_id: the masked samplers' mask token, which every step's logits must cover."""
         if attention_mask is not None:
             check_takes_attention_mask(model)
         warn_if_dropout_on(model)
         self.model = model
         self.time_conditioned = time_conditioned(model)
         self.vocab_size = vocab_size_of(model)  # what every step's logits must cover
+        self.mask_id = mask_id
         self.graphs = graphs
         self.attention_mask = self.buffer("attention_mask", attention_mask)
         self.callback = callback
@@ -46,7 +48,8 @@ class StepLoop:
         mask = self.attention_mask
         if mask is not None and stacked > 1:
             mask = mask.repeat(stacked, 1)
-        return call_model(self.model, x, sigma, mask, vocab_size=self.vocab_size, **cache_kwargs)
+        return call_model(self.model, x, sigma, mask, vocab_size=self.vocab_size, mask_id=self.mask_id,
+                          **cache_kwargs)
 
     def logits(self, x: torch.Tensor, sigma: torch.Tensor | None = None, evaluations: int = 1,
                **cache_kwargs) -> torch.Tensor:

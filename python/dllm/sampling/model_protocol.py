@@ -186,9 +186,10 @@ def new_kv_cache(model, batch: int, length: int):
 
 
 def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mask: torch.Tensor | None, *,
-               vocab_size: int | None, **cache_kwargs) -> torch.Tensor:
+               vocab_size: int | None, mask_id: int | None = None, **cache_kwargs) -> torch.Tensor:
     """``vocab_size``: the model's :func:`vocab_size_of`, which the caller reads once (a model without
-    one fails two nn.Module attribute lookups, several microseconds a step)."""
+    one fails two nn.Module attribute lookups, several microseconds a step). ``mask_id``: the masked
+    samplers' mask token, whose column the logits must have."""
     kwargs = dict(cache_kwargs) if attention_mask is None else {"attention_mask": attention_mask, **cache_kwargs}
     out = model(x, sigma, **kwargs) if sigma is not None else model(x, **kwargs)
     # .logits first: a NamedTuple output (or HF's ModelOutput) may start with something else (a loss)
@@ -207,4 +208,8 @@ def call_model(model, x: torch.Tensor, sigma: torch.Tensor | None, attention_mas
         # ids from the logits' width up to vocab_size could never be sampled, though prompts may hold them
         raise ValueError(f"the model returned logits over {logits.shape[-1]} tokens, fewer than its vocab_size "
                          f"{vocab_size}")
+    if mask_id is not None and logits.shape[-1] <= mask_id:
+        raise ValueError(f"the model returned logits over {logits.shape[-1]} tokens, without a column for its mask_id "
+                         f"{mask_id}: the masked samplers need the logits over the whole vocabulary, the mask token "
+                         "included (its column is never sampled)")
     return logits.float() if logits.dtype == torch.float64 else logits
