@@ -720,6 +720,47 @@ def test_resume_names_what_differs_and_lets_dropout_change(tmp_path, corpus, cap
     assert "nothing left to train" in caplog.text and "raise --steps" in caplog.text
 
 
+@pytest.mark.parametrize("options,message", [
+    (dict(layers=3), r"another model \(\{'layers': 2\} vs now \{'layers': 3\}\)"),
+    (dict(seq_len=32), r"another model \(\{'max_seq_len': 64\} vs now \{'max_seq_len': 32\}\)"),
+    (dict(time_conditioning=True), r"another model \(\{'time_conditioning': False\} vs now"),
+    (dict(seed=1), r"another seed \(seed=0 vs now seed=1\)"),
+    (dict(ema=0.5), r"another EMA setting \(ema=0.9 vs now ema=0.5\)"),
+    (dict(objective="sedd", graph="uniform"), r"another objective \("),
+    (dict(noise="geometric"), r"another objective \(\{'noise': \{'type': 'loglinear'"),
+])
+def test_a_resume_of_another_run_is_refused_before_the_data_is_prepared(tmp_path, corpus, monkeypatch, options,
+                                                                        message):
+    dllm.train(**tiny(tmp_path, corpus, steps=2, ema=0.9))
+
+    def prepare(*args, **kw):  # the corpus's first preparation (a BPE, the tokenizing) takes a minute
+        raise _Crash()
+
+    monkeypatch.setattr("dllm.training.trainer.prepare", prepare)
+    with pytest.raises(CheckpointError, match=message):
+        dllm.train(**tiny(tmp_path, corpus, **{"steps": 4, "ema": 0.9, **options}))
+
+
+def test_a_resume_reads_its_checkpoint_once_and_again_if_it_was_replaced(tmp_path, corpus, monkeypatch, caplog):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    path = tmp_path / "run" / CHECKPOINT
+    at_step_2 = tmp_path / "at-step-2.pt"
+    at_step_2.write_bytes(path.read_bytes())
+    reads = []
+    real = dllm.training.trainer.load_checkpoint
+    monkeypatch.setattr("dllm.training.trainer.load_checkpoint", lambda *a, **kw: reads.append(a) or real(*a, **kw))
+    # the options that shape the rest of the run may change, and what the options leave implicit may be spelled out
+    assert dllm.train(**tiny(tmp_path, corpus, steps=3, lr=1e-2, arch="dit", time_conditioning=False))["step"] == 3
+    assert len(reads) == 1  # the read that checked the options before the data is the one resumed
+    # a checkpoint replaced between the check and the resume (another run's save, a copy) is read again
+    trainer = Trainer(TrainConfig(**tiny(tmp_path, corpus, steps=4)))
+    at_step_2.replace(path)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert trainer.run()["step"] == 4
+    assert len(reads) == 3 and "at step 2" in caplog.text  # the replacement's step, not the checked one's (3)
+
+
 def test_an_unfinished_metrics_line_does_not_block_the_rerun(tmp_path, corpus, caplog):
     dllm.train(**tiny(tmp_path, corpus, steps=2))
     with open(tmp_path / "run" / "metrics.jsonl", "a") as f:

@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -150,10 +151,15 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.is_main = self.rank == 0
 
-        # Before the data, whose first preparation (a BPE, the tokenizing) takes a minute: mistakes fail at once
-        arch, tc = self._check_options(OBJECTIVES[cfg.objective])
-        self._resume_path()
-        sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
+        # Before the data, whose first preparation (a BPE, the tokenizing) takes a minute: mistakes fail at once,
+        # and so does a resume of another model, objective, seed or EMA setting. The checkpoint read for it
+        # is kept for the resume (_read_checkpoint): it holds the model and the optimizer, slow to read twice.
+        self._check_options(OBJECTIVES[cfg.objective])
+        self._held = None
+        resume = self._resume_path()
+        if resume is not None:
+            self._held = self._read_checkpoint(resume)
+            self._refuse_another_run(self._held[1], str(resume))
 
         # Rank 0 tokenizes first so that the others find a finished cache instead of racing to write it.
         if self.is_main:
@@ -164,9 +170,7 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
         if self.is_main:
             self._warn_if_small(len(self.data.train), len(self.data.val))
-        self.objective = get_objective(cfg.objective, self.tokenizer, graph=cfg.graph, noise=cfg.noise)
-        self.model_cfg = model_config(cfg.model, arch=arch, vocab_size=self.objective.model_vocab_size,
-                                      max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
+        self.objective, self.model_cfg = self._objective_and_model(self.tokenizer)
 
         torch.manual_seed(cfg.seed)
         self.raw_model = build_model(self.model_cfg).to(self.device)
@@ -226,6 +230,15 @@ class Trainer:
             raise ValueError(f"--noise applies to the sedd and mdlm objectives only, not {cfg.objective!r}")
         return arch, tc
 
+    def _objective_and_model(self, tokenizer):
+        """The objective and the model config the options give over ``tokenizer``."""
+        cfg = self.cfg
+        arch, tc = self._check_options(OBJECTIVES[cfg.objective])
+        sizes = {k: getattr(cfg, k) for k in ("hidden", "layers", "heads", "kv_heads") if getattr(cfg, k) is not None}
+        objective = get_objective(cfg.objective, tokenizer, graph=cfg.graph, noise=cfg.noise)
+        return objective, model_config(cfg.model, arch=arch, vocab_size=objective.model_vocab_size,
+                                       max_seq_len=cfg.seq_len, time_conditioning=tc, dropout=cfg.dropout, **sizes)
+
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self):
         c = self.cfg
@@ -268,6 +281,17 @@ class Trainer:
         return isinstance(recorded, str) and recorded not in ("auto", "never") and Path(recorded).resolve() == p.resolve()
 
     # -- checkpoints -------------------------------------------------------------------------------
+    def _read_checkpoint(self, path: Path) -> tuple[tuple, dict]:
+        """The file's identity and the checkpoint at ``path``: the one read before the data (``_held``)
+        while the path still names that file (a checkpoint is replaced by a rename, which makes it
+        another file), else read now. The held one is let go either way: it holds a model and optimizer."""
+        st = path.stat()  # before the read: a file replaced during it then differs from what was read
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        held, self._held = self._held, None
+        if held is None or held[0] != stamp:
+            held = stamp, load_checkpoint(path, own_run=path.resolve() == (self.out / CHECKPOINT).resolve())
+        return held
+
     def state_dict(self) -> dict:
         return {
             "format": 1,
@@ -288,7 +312,10 @@ class Trainer:
             "train_config": self.cfg.to_dict(),
         }
 
-    def load_state_dict(self, s: dict, source: str) -> None:
+    def _refuse_another_run(self, s: dict, source: str, data=None) -> None:
+        """CheckpointError unless checkpoint ``s`` continues this run. Without ``data`` (before it is
+        prepared) the corpus and the tokenizer are left for the resume to compare, and the checkpoint's
+        tokenizer stands in for this run's: the objective and the model read its sizes and ids alone."""
         def refuse(what, saved, now):
             if isinstance(saved, dict) and isinstance(now, dict):  # name what differs, not two whole configs
                 keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
@@ -297,27 +324,34 @@ class Trainer:
                    "pass a checkpoint of this run to --resume, or --resume never")
             raise CheckpointError(f"checkpoint {source!r} was written for another {what} ({saved} vs now {now}); {how}")
 
-        for key in ("format", "step", "model", "optimizer", "rng", "data", "corpus_hash", "model_config"):
+        for key in ("format", "step", "model", "optimizer", "rng", "data", "corpus_hash", "tokenizer", "objective",
+                    "model_config", "ema"):
             if key not in s:
                 raise CheckpointError(f"checkpoint {source!r} lacks {key!r}; it was not written by dllm.train")
-        if s["corpus_hash"] != self.data.corpus_hash:
-            refuse("corpus (its files, or --val-fraction, differ)", s["corpus_hash"][:12], self.data.corpus_hash[:12])
-        if s["tokenizer"]["fingerprint"] != self.tokenizer.fingerprint:
-            refuse("tokenizer", s["tokenizer"]["fingerprint"], self.tokenizer.fingerprint)
+        if data is not None:
+            if s["corpus_hash"] != data.corpus_hash:
+                refuse("corpus (its files, or --val-fraction, differ)", s["corpus_hash"][:12], data.corpus_hash[:12])
+            if s["tokenizer"]["fingerprint"] != data.tokenizer.fingerprint:
+                refuse("tokenizer", s["tokenizer"]["fingerprint"], data.tokenizer.fingerprint)
+        objective, model_cfg = self._objective_and_model(data.tokenizer if data is not None else
+                                                         SimpleNamespace(**s["tokenizer"]))
         # dropout shapes the rest of the run, not the weights: a change is recorded (RESUME_SHAPING)
         # the objective first: another one implies another model (its time input), which would be named instead
-        if s["objective"] != self.objective.config():
-            refuse("objective", s["objective"], self.objective.config())
+        if s["objective"] != objective.config():
+            refuse("objective", s["objective"], objective.config())
         saved_model, now_model = ({k: v for k, v in d.items() if k != "dropout"}
-                                  for d in (s["model_config"], self.model_cfg.to_dict()))
+                                  for d in (s["model_config"], model_cfg.to_dict()))
         if saved_model != now_model:
             refuse("model", saved_model, now_model)
-        if (self.ema is None) != (s["ema"] is None) or (s["ema"] and s["ema"]["decay"] != self.cfg.ema):
+        if (self.cfg.ema == 0) != (s["ema"] is None) or (s["ema"] and s["ema"]["decay"] != self.cfg.ema):
             # the average kept so far would be dropped, or go on under another decay than the record says
             refuse("EMA setting", f"ema={s['ema']['decay'] if s['ema'] else 0}", f"ema={self.cfg.ema}")
         saved_seed = s.get("train_config", {}).get("seed", self.cfg.seed)
         if saved_seed != self.cfg.seed:  # the data order and the diffusion noise go on from the saved seed's
             refuse("seed", f"seed={saved_seed}", f"seed={self.cfg.seed}")
+
+    def load_state_dict(self, s: dict, source: str) -> None:
+        self._refuse_another_run(s, source, self.data)
         self.raw_model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         for g in self.opt.param_groups:  # the saved groups hold the old options; a resume's changes apply
@@ -442,8 +476,7 @@ class Trainer:
         cfg = self.cfg
         resume = self._resume_path()
         if resume is not None:
-            own = resume.resolve() == (self.out / CHECKPOINT).resolve()
-            self.load_state_dict(load_checkpoint(resume, own_run=own), str(resume))
+            self.load_state_dict(self._read_checkpoint(resume)[1], str(resume))
             log.info("resumed from %s at step %d", resume, self.step)
             if self.step >= cfg.steps:
                 log.warning("nothing left to train: %s is at step %d of steps=%d (raise --steps to go on)", resume,
@@ -451,6 +484,8 @@ class Trainer:
             elif 0 < cfg.max_time <= self.elapsed:
                 log.warning("nothing left to train: the max_time budget (%g s, summed over resumes) is spent "
                             "(%.1f s; raise --max-time to go on)", cfg.max_time, self.elapsed)
+        else:
+            self._held = None  # the checkpoint read before the data was removed since (--resume never elsewhere)
         # A finished run started again must not validate its last step twice, unless it now validates on
         # other windows (--eval-batches x --batch-size), whose numbers its record would promise. Every rank
         # reads the folder before rank 0 rewrites it.
