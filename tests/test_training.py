@@ -741,6 +741,20 @@ def test_a_resume_of_another_run_is_refused_before_the_data_is_prepared(tmp_path
         dllm.train(**tiny(tmp_path, corpus, **{"steps": 4, "ema": 0.9, **options}))
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.update(format=2), "has format 2; this dllm reads format 1"),
+    (lambda s: s.pop("rng"), "lacks 'rng'; it was not written by dllm.train"),
+])
+def test_a_checkpoint_of_another_layout_is_refused(tmp_path, corpus, edit, message):
+    dllm.train(**tiny(tmp_path, corpus, steps=2))
+    path = tmp_path / "run" / CHECKPOINT
+    state = load_checkpoint(path)
+    edit(state)
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match=message):
+        dllm.train(**tiny(tmp_path, corpus, steps=3))
+
+
 def test_a_resume_reads_its_checkpoint_once_and_again_if_it_was_replaced(tmp_path, corpus, monkeypatch, caplog):
     dllm.train(**tiny(tmp_path, corpus, steps=2))
     path = tmp_path / "run" / CHECKPOINT

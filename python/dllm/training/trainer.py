@@ -37,6 +37,7 @@ from .metrics import MetricsLog, plot_metrics
 log = logging.getLogger("dllm")
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1  # the layout of state_dict(): a change to it makes another format
 EXPORT = "model"  # the final weights, a save_pretrained folder
 RUN_RECORDS = (CHECKPOINT, "metrics.jsonl", "run_config.json")  # what makes a folder hold a run
 
@@ -294,7 +295,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "train_time": self.train_time,
@@ -328,6 +329,9 @@ class Trainer:
                     "model_config", "ema"):
             if key not in s:
                 raise CheckpointError(f"checkpoint {source!r} lacks {key!r}; it was not written by dllm.train")
+        if s["format"] != CHECKPOINT_FORMAT:  # a later layout, whose keys may mean something else
+            raise CheckpointError(f"checkpoint {source!r} has format {s['format']!r}; this dllm reads format "
+                                  f"{CHECKPOINT_FORMAT}: resume it with the dllm version that wrote it")
         if data is not None:
             if s["corpus_hash"] != data.corpus_hash:
                 refuse("corpus (its files, or --val-fraction, differ)", s["corpus_hash"][:12], data.corpus_hash[:12])
