@@ -195,6 +195,15 @@ def test_resume_records_changed_options_and_refuses_to_drop_or_retune_the_ema(tm
     assert tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 0.1
 
 
+def test_resume_records_random_length_by_its_value_not_its_spelling(tmp_path, corpus):
+    dllm.train(**tiny(tmp_path, corpus, steps=2, objective="llada"))  # random_length left to LLaDA's 1%
+    dllm.train(**tiny(tmp_path, corpus, steps=3, objective="llada", random_length=0.01))
+    dllm.train(**tiny(tmp_path, corpus, steps=4, objective="llada", random_length=0.5))
+    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert record["changed_at_resume"] == [{"step": 2, "options": {"steps": [2, 3]}},  # (the cosine's end)
+                                           {"step": 3, "options": {"random_length": [0.01, 0.5], "steps": [3, 4]}}]
+
+
 def test_resume_never_removes_the_previous_checkpoint_first(tmp_path, corpus, monkeypatch, caplog):
     # A run started over that dies before its first checkpoint must not leave the old run's for the
     # next plain run to resume.

@@ -362,7 +362,10 @@ class Trainer:
             g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
-        saved, now = s.get("train_config", {}), self.cfg.to_dict()
+        saved, now = dict(s.get("train_config", {})), self.cfg.to_dict()
+        for options in (saved, now):  # left to the objective (None), it is the objective's: spelling that out changes nothing
+            if "random_length" in options and options["random_length"] is None:
+                options["random_length"] = self.objective.random_length
         shaping = RESUME_SHAPING + (COSINE_SHAPING if self.cfg.schedule == "cosine" else ())
         self.resume_changes = {k: [saved[k], now[k]] for k in shaping if k in saved and saved[k] != now[k]}
         if self.resume_changes:
