@@ -249,28 +249,9 @@ def _category(name: str) -> str:
     return "the rest (elementwise, norms, copies, ...)"
 
 
-_MARKER = "dllm: the profiled call"
-
-
-def _own_events(prof, cuda: bool) -> list:
-    """The events of the profiled call alone. On the CPU, the aten ops nested under the marker around
-    it: a CI run once found an op of an earlier, unprofiled call (the decoding step's draw) in the
-    network's profile, and nesting leaves no way in for such strays. On CUDA, the device's kernels
-    (the queue is drained before the profile starts, so none of them is older)."""
-    if cuda:
-        return [e for e in prof.events() if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-
-    def under_marker(e) -> bool:
-        while (e := e.cpu_parent) is not None:
-            if e.name == _MARKER:
-                return True
-        return False
-    return [e for e in prof.events() if e.self_cpu_time_total > 0 and under_marker(e)]
-
-
 def profile_report(title: str, fns: dict, device: torch.device) -> str:
     """One profiled call of each fn: self time by category, and the top kernels (CPU: aten ops)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -278,29 +259,22 @@ def profile_report(title: str, fns: dict, device: torch.device) -> str:
              "Self time of one call, by " + ("CUDA kernel" if cuda else "aten op (CPU)") + ", torch.profiler.", ""]
     for label, fn in fns.items():
         for _ in range(2):  # the first profiled call pays the profiler's start-up: the second is kept
-            if cuda:
-                torch.cuda.synchronize(device)
             with profile(activities=activities) as prof:
-                with record_function(_MARKER):
-                    fn()
+                fn()
                 if cuda:
                     torch.cuda.synchronize(device)
         self_us = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
-        per_name: dict[str, list] = {}  # name -> [calls, self time in us]
-        for e in _own_events(prof, cuda):
-            entry = per_name.setdefault(e.key, [0, 0.0])
-            entry[0] += 1
-            entry[1] += self_us(e)
-        top = sorted(per_name.items(), key=lambda item: item[1][1], reverse=True)
-        total = sum(us for _, us in per_name.values())
+        events = [e for e in prof.key_averages() if self_us(e) > 0 and (not cuda or e.device_type.name == "CUDA")]
+        events.sort(key=self_us, reverse=True)
+        total = sum(self_us(e) for e in events)
         by_category: dict[str, float] = {}
-        for name, (_, us) in top:
-            by_category[_category(name)] = by_category.get(_category(name), 0.0) + us
+        for e in events:
+            by_category[_category(e.key)] = by_category.get(_category(e.key), 0.0) + self_us(e)
         lines += [f"## {label}: {total / 1e3:.3f} ms", "", "| category | ms | share |", "|---|---|---|"]
         lines += [f"| {c} | {t / 1e3:.3f} | {t / max(total, 1e-9):.0%} |" for c, t in sorted(by_category.items())]
         lines += ["", f"| {'kernel' if cuda else 'op'} | calls | ms | share |", "|---|---|---|---|"]
-        lines += [f"| `{name[:90]}` | {calls} | {us / 1e3:.3f} | {us / max(total, 1e-9):.1%} |"
-                  for name, (calls, us) in top[:25]]
+        lines += [f"| `{e.key[:90]}` | {e.count} | {self_us(e) / 1e3:.3f} | {self_us(e) / max(total, 1e-9):.1%} |"
+                  for e in events[:25]]
         lines.append("")
     return "\n".join(lines)
 
