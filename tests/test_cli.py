@@ -129,6 +129,28 @@ def test_sample_published_sedd_folder(tmp_path, capsys):
     assert code == 2 and "ships vocab.json and merges.txt but no tokenizer.json" in err
 
 
+def test_sample_refuses_options_before_it_loads_the_weights(tmp_path, capsys, monkeypatch):
+    """A published checkpoint's weights take minutes to load: what the sampler refuses whatever the
+    model (its own default sampler's too) is an error before that."""
+    for layout in ("llada", "sedd", "mdlm"):
+        make_checkpoint(tmp_path / layout, layout)
+    write_tokenizer(tmp_path / "sedd", 40, {})
+
+    def no_loading(*args):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr("dllm.sample_cli.load_for_sampling", no_loading)
+    for layout, args, message in (("llada", ["--block-length", "3"], "gen_length (8) must be a multiple of block_length (3)"),
+                                  ("llada", ["--block-length", "1"], "steps (4) must be a multiple of the number of blocks (8)"),
+                                  ("llada", ["--cache", "dual"], "applies only to the fast-dllm sampler, not 'llada'"),
+                                  ("llada", ["--cuda-graph"], "cuda_graph needs a CUDA model; this one is on cpu"),
+                                  ("mdlm", ["--block-length", "4"], "block_length applies only to the llada and fast-dllm"),
+                                  ("mdlm", ["--sampler", "bogus"], "unknown sampler 'bogus'"),
+                                  ("sedd", ["--block-length", "4"], "block_length does not apply to the SEDD samplers")):
+        code, _, err = sample_in_process(capsys, str(tmp_path / layout), *args)
+        assert code == 2 and message in err, (layout, args, err)
+
+
 def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
     from dllm.data.tokenizer import ByteTokenizer, tokenizer_config
     from dllm.models import build_model, model_config

@@ -437,3 +437,49 @@ def test_the_standard_librarys_empty_files_are_skipped_without_a_warning(tmp_pat
     with caplog.at_level("WARNING"):
         load_corpus(tmp_path, val_fraction=0.5)  # a folder of the user's own: its empty file is named
     assert "__init__.py: empty" in caplog.text
+
+
+def test_a_folder_that_cannot_be_listed_is_named(corpus_dir, monkeypatch, caplog):
+    locked = corpus_dir / "locked"
+    locked.mkdir()
+    (locked / "inside.py").write_text("x = 1\n" * 50)
+    scandir, refused = os.scandir, {str(locked)}
+
+    def refuse(path="."):  # chmod 0 would not stop root, who runs some test machines
+        if os.fspath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        c = load_corpus(corpus_dir, val_fraction=0.2)
+    assert (str(locked), "unreadable folder (Permission denied)") in c.skipped
+    assert f"{locked}: unreadable folder" in caplog.text
+    refused.add(str(corpus_dir))  # the corpus folder itself
+    with pytest.raises(ValueError, match=f"no readable UTF-8 text files; skipped {corpus_dir}: unreadable folder"):
+        load_corpus(corpus_dir)
+
+
+def test_an_empty_corpus_path_is_refused_not_read_as_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "unrelated.txt").write_text("not a corpus\n" * 50)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="corpus path is empty: .* leave --data out"):
+        load_corpus("")  # --data "$CORPUS" with the variable unset
+
+
+def test_a_mistyped_tokenizer_names_the_choices_and_a_path_may_start_with_home(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="tokenizer 'bytes' is neither 'byte', 'bpe' nor the path of a"):
+        load_tokenizer("bytes")
+    tok = train_bpe([p.read_text() for p in sorted(corpus_dir.iterdir())], vocab_size=300, progress=False)
+    tok.save(tmp_path / "home" / "t")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # ~ is expanded as in load_corpus
+    assert load_tokenizer("~/t/tokenizer.json").fingerprint == tok.fingerprint
+
+
+def test_bpe_decode_refuses_ids_outside_the_vocabulary(corpus_dir):
+    tok = train_bpe([p.read_text() for p in sorted(corpus_dir.iterdir())], vocab_size=300, progress=False)
+    assert tok.decode([tok.vocab_size - 1]) == "<|mask|>"
+    for bad in (tok.vocab_size, -1):  # the library dropped the first in silence and overflowed on the second
+        with pytest.raises(ValueError, match=f"id {bad} is outside the bpe tokenizer's vocabulary \\(0 to 299\\)"):
+            tok.decode([104, bad])

@@ -373,6 +373,8 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
           "--out-dir", str(tmp_path / "report"), "--train-dir", str(tmp_path / "models")])
     baseline = json.loads((tmp_path / "models" / "ar" / "run_config.json").read_text())["train"]
     assert baseline["tokenizer"] == str(given / "tokenizer.json") and baseline["data"] == str(corpus)
+    # and the given one's held-out split (tiny's 0.2, not the default 0.05): it trains on none of the text scored
+    assert baseline["val_fraction"] == 0.2
     # the report gives each model's own budget (the given one's from its run record) and the held-out corpus
     report = (tmp_path / "report" / "report.md").read_text()
     assert "diffusion trained 2 steps, autoregressive trained 0.02 minutes or 2 steps (optimizer steps" in report
@@ -381,6 +383,19 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data="elsewhere",
                             model_dir=str(given), ar_dir=str(tmp_path / "models" / "ar" / "model"))
     assert e2e._load_models(ns, "cpu").data == "elsewhere"
+    # given models that held out different splits: each one's held-out text holds some the other trained on
+    record = tmp_path / "models" / "ar" / "run_config.json"
+    run = json.loads(record.read_text())
+    run["train"]["val_fraction"] = 0.05
+    record.write_text(json.dumps(run))
+    with pytest.raises(ValueError, match=r"held out different validation splits \(--val-fraction 0.05 and 0.2\)"):
+        e2e._load_models(ns, "cpu")
+    # nor is a kept baseline of another split reused beside the given model
+    ns = argparse.Namespace(gen_lengths=[16], train_dir=str(tmp_path / "models"), out_dir=str(tmp_path / "report"),
+                            data=None, model_dir=str(given), ar_dir=None, minutes=0.02, size="tiny", retrain=False,
+                            seed=0, train_steps=2)
+    with pytest.raises(ValueError, match="holds a model trained with --val-fraction 0.05, not 0.2"):
+        e2e._load_models(ns, "cpu")
 
 
 def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):

@@ -9,7 +9,10 @@ from tqdm.auto import tqdm
 
 from .demo import show
 from .devices import resolve_device
+from .models.hub import detect_layout
+from .models.io import is_dllm_config, read_config
 from .sampling import generate
+from .sampling.generate import check_options
 from .sampling.pretrained import load_for_sampling
 
 # published checkpoints sample with their authors' sampler; dllm-trained masked models with llada's
@@ -25,6 +28,16 @@ def _expected_steps(sampler: str, steps: int, gen_length: int) -> int | None:
     return steps + 1 if name.startswith("sedd-") else min(steps, gen_length) if name == "llada" else steps
 
 
+def _default_sampler(model_dir: str) -> str | None:
+    """The sampler of a model folder, read from its config.json before its weights load; None for an
+    autoregressive model."""
+    config = read_config(model_dir)
+    if not is_dllm_config(config):
+        return DEFAULT_SAMPLERS[detect_layout(config, model_dir).name]
+    objective = config.get("objective", {}).get("name")
+    return None if objective == "ar" else "sedd-analytic" if objective == "sedd" else "llada"
+
+
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
                temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
@@ -33,17 +46,20 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
     except UnicodeEncodeError:
         raise ValueError("--prompt is not valid UTF-8 text") from None
     device = str(resolve_device(device))
-    model, tok, kind = load_for_sampling(model_dir, device)
-    if kind == "ar" and (sampler or cache or show_steps or block_length is not None):
+    default = _default_sampler(model_dir)
+    if default is None and (sampler or cache or show_steps or block_length is not None):
         raise ValueError("--sampler, --cache, --show-steps and --block-length apply to diffusion samplers, not to an "
                          "autoregressive model (it decodes one token per step with its KV cache)")
-    default = DEFAULT_SAMPLERS.get(getattr(model, "layout", None), "sedd-analytic" if kind == "score" else "llada")
-    if kind != "ar" and (sampler or default).startswith("sedd-"):
+    if default is not None and (sampler or default).startswith("sedd-"):
         if temperature is not None:  # 0 would pass generate() as its default, yet not be greedy
             raise ValueError("the SEDD samplers draw from the model's reverse process and take no --temperature")
         temperature = 0.0
     elif temperature is None:
         temperature = 0.8
+    if default is not None:  # before the weights, which take minutes for a published checkpoint
+        check_options(sampler or default, gen_length=gen_length, steps=steps, device=torch.device(device),
+                      block_length=block_length, temperature=temperature, cache=cache, cuda_graph=cuda_graph)
+    model, tok, kind = load_for_sampling(model_dir, device)
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
     # Checked first: a model would otherwise fail inside its forward (the autoregressive one after

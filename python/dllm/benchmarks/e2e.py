@@ -34,6 +34,7 @@ from ..ops import _cuda_kernel_supports
 from ..sampling import generate
 from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
+from ..training.config import TrainConfig
 from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
@@ -134,17 +135,25 @@ def _load_models(ns, device: str) -> Models:
     # One prompt token (end-of-text: "a file starts here") plus room for the infill context.
     seq_len = max_gen + max(32, max_gen // 4)
     train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
-    # A model trained here beside a given one takes that one's corpus and tokenizer: the same data.
-    data, tokenizer = ns.data, "byte"
+    # A model trained here beside a given one takes that one's corpus, tokenizer and held-out split: the
+    # same data, and none of the other's held-out text to train on.
+    data, tokenizer, val_fraction = ns.data, "byte", TrainConfig.val_fraction
     if ns.model_dir or ns.ar_dir:
         given = Path(ns.model_dir or ns.ar_dir)
         data = ns.data if ns.data is not None else _training_config(given).get("data")
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
+        val_fraction = _training_config(given).get("val_fraction", val_fraction)
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
         dirs[objective] = Path(path) if path else train_for_minutes(
             objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=data,
-            tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]")
+            tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]",
+            val_fraction=val_fraction)
+    fractions = {_training_config(d).get("val_fraction") for d in dirs.values()} - {None}
+    if len(fractions) > 1:
+        raise ValueError(f"the models held out different validation splits (--val-fraction "
+                         f"{' and '.join(map(str, sorted(fractions)))}): the held-out text of one holds text the other "
+                         "trained on; pass models trained with the same --val-fraction")
     diffusion, tok, kind = load_for_sampling(dirs["mdlm"], device)
     ar, ar_tok, ar_kind = load_for_sampling(dirs["ar"], device)
     if kind != "masked" or ar_kind != "ar":

@@ -49,19 +49,23 @@ class Corpus:
         return sum(len(t.encode("utf-8")) for _, t in self.train + self.val)
 
 
-def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path]]:
-    """The files to read, and those left out for their suffix."""
+def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path], list[tuple[str, str]]]:
+    """The files to read, those left out for their suffix, and the folders that could not be listed."""
     if path.is_file():
-        return [path], []
+        return [path], [], []
     if not path.is_dir():
         if path.exists():
             raise ValueError(f"corpus path {str(path)!r} is neither a file nor a folder")
         raise FileNotFoundError(f"corpus path {str(path)!r} does not exist")
-    out, ignored = [], []
+    out, ignored, unlisted = [], [], []
     visited = {os.path.realpath(path)}
+
+    def unlisted_folder(e: OSError) -> None:  # os.walk's default passes over it in silence, files and all
+        unlisted.append((e.filename, f"unreadable folder ({e.strerror or e})"))
+
     # Symlinked folders are read too (a linked-in package is text like any other), each real folder
     # once, so a link back into the tree cannot loop.
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=True, onerror=unlisted_folder):
         kept = []
         for d in sorted(dirnames):
             real = os.path.realpath(os.path.join(dirpath, d))
@@ -81,7 +85,7 @@ def _candidate_files(path: Path, stdlib: bool) -> tuple[list[Path], list[Path]]:
                 out.append(p)
             else:
                 ignored.append(p)
-    return out, ignored
+    return out, ignored, unlisted
 
 
 def _read_text(p: Path) -> tuple[str | None, str]:
@@ -138,20 +142,24 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
     """Read a corpus: ``None`` (or ``"stdlib"``) for the running Python's standard-library sources,
     else a text file or a folder of text files.
 
-    Empty, binary and unreadable files, and in a folder files whose suffix is not a known text
-    suffix, are skipped with a warning naming them (the standard library's empty files silently);
-    a corpus with no usable text raises ``ValueError``. Whole files are held out (at least one when there are two or more) while that
+    Empty, binary and unreadable files, folders that cannot be listed, and in a folder files whose
+    suffix is not a known text suffix, are skipped with a warning naming them (the standard
+    library's empty files silently); a corpus with no usable text raises ``ValueError``. Whole files are held out (at least one when there are two or more) while that
     puts between half and twice ``val_fraction`` of the text in validation; otherwise, and for a
     single file, the last ``val_fraction`` of the text is. ``Corpus.hash`` is a SHA-256 over the
     paths and texts of both splits.
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    if path is not None and not str(path):
+        # "" is the working folder to Path: --data "$CORPUS" with the variable unset would read whatever is there.
+        raise ValueError("the corpus path is empty: give a text file or folder, or leave --data out for the "
+                         "standard library")
     stdlib = path is None or str(path) == "stdlib"
     root = stdlib_root() if stdlib else Path(path).expanduser()
-    files, ignored = _candidate_files(root, stdlib)
+    files, ignored, unlisted = _candidate_files(root, stdlib)
     corpus = Corpus(root=str(root))
-    corpus.skipped += [(str(p), f"suffix {p.suffix} is not read as text") for p in ignored]
+    corpus.skipped += unlisted + [(str(p), f"suffix {p.suffix} is not read as text") for p in ignored]
     docs = []
     for p in files:
         text, reason = _read_text(p)

@@ -24,6 +24,15 @@ MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
 
 
+def _in_vocabulary(ids: Iterable[int], tok) -> list[int]:
+    """``ids`` as ints, or a ValueError naming the first outside ``tok``'s vocabulary."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+    if bad:
+        raise ValueError(f"id {bad[0]} is outside the {tok.kind} tokenizer's vocabulary (0 to {tok.vocab_size - 1})")
+    return ids
+
+
 class ByteTokenizer:
     """UTF-8 bytes 0..255, then end-of-text (256), then mask (257): 258 entries."""
 
@@ -38,12 +47,8 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the byte tokenizer's vocabulary (0 to {self.vocab_size - 1})")
         out, chunk = [], bytearray()
-        for i in ids:
+        for i in _in_vocabulary(ids, self):
             if i < 256:
                 chunk.append(i)
                 continue
@@ -112,7 +117,8 @@ class BPETokenizer:
         return [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+        # The library would drop an id past the vocabulary in silence (and overflow on a negative one).
+        return self._tok.decode(_in_vocabulary(ids, self), skip_special_tokens=False)
 
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -211,7 +217,11 @@ def load_tokenizer(spec: str | os.PathLike = "byte", *, train_texts: Iterable[st
         if train_texts is None:
             raise ValueError("load_tokenizer('bpe') needs train_texts to train on")
         return train_bpe(train_texts, vocab_size)
-    return BPETokenizer.from_file(spec)
+    path = Path(spec).expanduser()  # as load_corpus's path
+    if not path.exists():  # a mistyped kind ("bytes") would be reported as a missing file alone
+        raise FileNotFoundError(f"tokenizer {str(spec)!r} is neither 'byte', 'bpe' nor the path of a tokenizer.json "
+                                "or of its folder")
+    return BPETokenizer.from_file(path)
 
 
 def tokenizer_config(tok) -> dict:

@@ -436,6 +436,32 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
 _SEDD_NEUTRAL = {"temperature": (0.0, 1.0), "top_k": (0,), "top_p": (1.0,), "alg_temp": (0.0,), "cfg_scale": (0.0,)}
 
 
+def _check_sedd_options(options: dict) -> None:
+    given = [k for k, v in options.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
+
+
+def check_options(sampler: str, *, gen_length: int, steps: int, device: torch.device, block_length: int | None = None,
+                  temperature: float = 0.0, cache=None, cuda_graph: bool = False) -> None:
+    """What ``generate`` refuses of these options whatever the model, for a caller to check before
+    it loads one (a published checkpoint's weights take minutes): the sampler, the lengths (llada's
+    blocks too), the temperature, and the options the sampler does not take."""
+    name, variant = _parse_sampler(sampler)
+    _check_lengths(gen_length=gen_length, steps=steps)
+    _check_sampling(temperature=temperature, top_k=0, top_p=1.0, threshold=None, cfg_scale=0.0, alg_temp=0.0,
+                    generator=None, callback=None)
+    _check_cache(name, cache)
+    _check_cuda_graph(cuda_graph, cache, device)
+    if name.startswith("sedd-"):
+        _check_sedd_options(dict(block_length=block_length, temperature=temperature))
+        return
+    _check_masked_options(name, variant, block_length=block_length, threshold=None, cfg_scale=0.0, alg_temp=0.0,
+                          temperature=temperature, top_k=0, top_p=1.0)
+    if name == "llada":
+        masked.llada_blocks(gen_length, steps, gen_length if block_length is None else block_length)
+
+
 def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attention_mask, cache, cuda_graph, generator,
                    callback, return_history, unsupported) -> GenerationOutput:
     """The SEDD samplers: the canvas starts at the graph's limit (all mask, or uniform tokens)."""
@@ -449,9 +475,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     device = _device_of(model)
     _check_cuda_graph(cuda_graph, cache, device)
     _check_generator_device(generator, device)
-    given = [k for k, v in unsupported.items() if v not in _SEDD_NEUTRAL.get(k, (None,))]
-    if given:
-        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to the SEDD samplers")
+    _check_sedd_options(unsupported)
     noise = getattr(model, "noise", None)
     if noise is None:
         noise = LogLinear() if isinstance(graph, Absorbing) else Geometric()

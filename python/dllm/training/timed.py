@@ -12,16 +12,18 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import path_as_recorded
+from .config import TrainConfig, path_as_recorded
 from .trainer import train
 
 
 def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str, seq_len: int, size: str = "tiny",
                       data: str | None = None, tokenizer: str = "byte", retrain: bool = False, seed: int = 0,
-                      steps: int = 20000, log_prefix: str = "[dllm]") -> Path:
+                      steps: int = 20000, log_prefix: str = "[dllm]",
+                      val_fraction: float = TrainConfig.val_fraction) -> Path:
     """Trains ``objective`` into ``out/objective`` (constant lr 1e-3, batch 16, EMA 0.99) until the time
     budget or ``steps`` optimizer steps end; returns the exported model folder. An existing folder is
-    reused unless ``retrain``; one trained with another tokenizer is refused."""
+    reused unless ``retrain``; one trained with another tokenizer is refused. ``val_fraction``: that of
+    the model it is compared with, whose held-out text it must not train on."""
     model_dir = out / objective / "model"
     run_config = out / objective / "run_config.json"
     if retrain and (out / objective).exists():
@@ -40,6 +42,10 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
                 flag = "--size" if key == "model" else "--data"
                 raise ValueError(f"{out / objective} holds a model trained with {flag} {trained.get(key)!r}, not "
                                  f"{want!r}: retrain (--retrain) or choose another output folder")
+        held_out = trained.get("val_fraction", TrainConfig.val_fraction)  # a record written by hand may lack it
+        if held_out != val_fraction:
+            raise ValueError(f"{out / objective} holds a model trained with --val-fraction {held_out}, not "
+                             f"{val_fraction}: retrain (--retrain) or choose another output folder")
         if trained.get("seed") != seed:  # `dllm bench e2e --seed` seeds the training too
             raise ValueError(f"{out / objective} holds a model trained with --seed {trained.get('seed')}, not {seed}: "
                              "retrain (--retrain) or choose another output folder")
@@ -54,7 +60,8 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
     try:
         train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16,
               lr=1e-3, schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0,
-              eval_batches=2, ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed)
+              eval_batches=2, ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed,
+              val_fraction=val_fraction)
     except CheckpointError as e:
         raise CheckpointError(f"the unfinished run in {out / objective} cannot continue ({e}); --retrain starts "
                               "it over") from e
