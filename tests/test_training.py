@@ -818,6 +818,8 @@ def test_option_mistakes_fail_before_the_corpus_is_read(tmp_path):
         dllm.train(**tiny(tmp_path, missing, objective="mdlm", graph="uniform"))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         dllm.train(**tiny(tmp_path, missing, resume=str(tmp_path / "gone.pt")))
+    with pytest.raises(ValueError, match=r"hidden \(100\) must be a multiple of heads \(3\)"):
+        dllm.train(**tiny(tmp_path, missing, hidden=100, heads=3))
     assert not (tmp_path / "cache").exists()
 
 

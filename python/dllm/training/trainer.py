@@ -24,7 +24,7 @@ from .._atomic import remove_leftovers
 from ..benchmarks.common import card, command_line, git_commit, utc_now
 from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
-from ..data.tokenizer import tokenizer_config
+from ..data.tokenizer import ByteTokenizer, tokenizer_config
 from ..models import build_model, model_config
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..objectives import OBJECTIVES, get_objective
@@ -155,7 +155,8 @@ class Trainer:
         # Before the data, whose first preparation (a BPE, the tokenizing) takes a minute: mistakes fail at once,
         # and so does a resume of another model, objective, seed or EMA setting. The checkpoint read for it
         # is kept for the resume (_read_checkpoint): it holds the model and the optimizer, slow to read twice.
-        self._check_options(OBJECTIVES[cfg.objective])
+        # The model's sizes are checked over the byte tokenizer, standing in for the data's.
+        self._objective_and_model(ByteTokenizer())
         self._held = None
         resume = self._resume_path()
         if resume is not None:
