@@ -217,8 +217,12 @@ def test_too_short_splits_are_named_with_the_options_to_change(tmp_path):
             r"raise --val-fraction \(now 0\.05\), add text or lower --seq-len")
     with pytest.raises(ValueError, match=want):
         prepare(str(f), seq_len=256, cache_dir=str(tmp_path / "cache"))
-    with pytest.raises(ValueError, match=r"the training split \(f1\.py\) has 2281 tokens.*; add text or lower"):
+    with pytest.raises(ValueError, match=r"the training split \(f1\.py\) has 2281 tokens.*; add text, lower --seq"):
         prepare(str(f), seq_len=4096, cache_dir=str(tmp_path / "cache"))
+    # all but the last characters held out: the training split is what is short
+    with pytest.raises(ValueError, match=r"the training split \(f1\.py\) has 3 tokens.*lower --val-fraction "
+                                         r"\(now 0\.999\)"):
+        prepare(str(f), seq_len=16, val_fraction=0.999, cache_dir=str(tmp_path / "cache"))
 
 
 def test_invalid_tokenizer_json_is_named(tmp_path):

@@ -181,9 +181,7 @@ def prepare(data: str | None = None, *, tokenizer: str = "byte", seq_len: int = 
     ``tokenizer``: ``"byte"``, ``"bpe"`` (trained on the training split once and cached), or a path
     to a tokenizer.json. ``progress``: bars while a BPE trains and the corpus is tokenized.
     """
-    corpus = load_corpus(data, val_fraction=val_fraction)
-    if not corpus.val:
-        raise ValueError("the corpus has no validation text; use --val-fraction > 0 or more files")
+    corpus = load_corpus(data, val_fraction=val_fraction)  # (which holds out at least one character)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     if tokenizer == "bpe":
         tok = _cached_bpe(root / f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}", corpus, bpe_vocab_size, progress)
@@ -222,7 +220,7 @@ def _packed(tokens: np.ndarray, seq_len: int, split: str, corpus: Corpus, val_fr
     names = [f"the end of {rel[:-4]}" if rel.endswith("#val") else rel for rel, _ in docs]
     where = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     if split == "train":
-        name, fix = "training", "add text or lower --seq-len"
+        name, fix = "training", f"add text, lower --seq-len or lower --val-fraction (now {val_fraction:g})"
     else:
         name, fix = "validation", f"raise --val-fraction (now {val_fraction:g}), add text or lower --seq-len"
     return PackedDataset(tokens, seq_len, split=f"the {name} split ({where})", fix=fix)
