@@ -144,9 +144,10 @@ def load_corpus(path: str | os.PathLike | None = None, *, val_fraction: float = 
 
     Empty, binary and unreadable files, folders that cannot be listed, and in a folder files whose
     suffix is not a known text suffix, are skipped with a warning naming them (the standard
-    library's empty files silently); a corpus with no usable text raises ``ValueError``. Whole files are held out (at least one when there are two or more) while that
-    puts between half and twice ``val_fraction`` of the text in validation; otherwise, and for a
-    single file, the last ``val_fraction`` of the text is. ``Corpus.hash`` is a SHA-256 over the
+    library's empty files silently); a corpus with no usable text raises ``ValueError``. Whole files
+    are held out (at least one when there are two or more) while that puts between half and twice
+    ``val_fraction`` of the text in validation; otherwise, and for a single file, the last
+    ``val_fraction`` of the text is. ``Corpus.hash`` is a SHA-256 over the
     paths and texts of both splits.
     """
     if not 0 < val_fraction < 1:

@@ -364,7 +364,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
         saved, now = dict(s.get("train_config", {})), self.cfg.to_dict()
-        for options in (saved, now):  # left to the objective (None), it is the objective's: spelling that out changes nothing
+        # random_length left to the objective (None) is the objective's: spelling that out changes nothing
+        for options in (saved, now):
             if "random_length" in options and options["random_length"] is None:
                 options["random_length"] = self.objective.random_length
         shaping = RESUME_SHAPING + (COSINE_SHAPING if self.cfg.schedule == "cosine" else ())
