@@ -195,6 +195,28 @@ def test_resume_records_changed_options_and_refuses_to_drop_or_retune_the_ema(tm
     assert tuple(group["betas"]) == (0.9, 0.99) and group["weight_decay"] == 0.1
 
 
+def test_resume_names_a_change_of_precision_and_reads_checkpoints_that_do_not_record_it(tmp_path, corpus, caplog):
+    """A resume may change the precision (a GPU's run moved to a CPU, where amp is ignored): accepted,
+    and said. The checkpoint records the precision the run trained in, not the option."""
+    path = tmp_path / "run" / CHECKPOINT
+    dllm.train(**tiny(tmp_path, corpus, steps=2, ema=0))
+    saved = load_checkpoint(path)
+    assert saved["amp"] == "off"  # amp=True, the default, is ignored on the CPU
+    save_checkpoint({**saved, "amp": "bf16"}, path)  # as a run on CUDA writes it
+    with caplog.at_level("WARNING"):
+        assert dllm.train(**tiny(tmp_path, corpus, steps=3, ema=0))["step"] == 3
+    assert caplog.text.count("resuming with amp=off; the checkpoint was trained with amp=bf16") == 1
+    assert load_checkpoint(path)["amp"] == "off"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        dllm.train(**tiny(tmp_path, corpus, steps=4, ema=0, amp=False))  # the same precision: off
+        saved = load_checkpoint(path)
+        del saved["amp"]  # a checkpoint of this format written before it was recorded: unknown
+        save_checkpoint(saved, path)
+        assert dllm.train(**tiny(tmp_path, corpus, steps=5, ema=0))["step"] == 5
+    assert "amp=" not in caplog.text
+
+
 def test_resume_records_random_length_by_its_value_not_its_spelling(tmp_path, corpus):
     dllm.train(**tiny(tmp_path, corpus, steps=2, objective="llada"))  # random_length left to LLaDA's 1%
     dllm.train(**tiny(tmp_path, corpus, steps=3, objective="llada", random_length=0.01))
@@ -582,6 +604,29 @@ def test_ddp_ranks_resume_another_folders_checkpoint_together(tmp_path, corpus):
                        capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "".join(r.stdout.split()) == "22"  # each rank's step (two prints may share a line: "22\n\n")
+
+
+def test_ddp_a_trainer_that_fails_to_build_destroys_its_process_group(tmp_path, corpus):
+    """train() destroys the group after the run; a Trainer that raises after creating it (here at the
+    batch_size check) has no run, and would leave it to the interpreter's exit (NCCL may hang there)."""
+    opts = tiny(tmp_path, corpus, batch_size=3)
+    script = tmp_path / "fails.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch.distributed as dist
+        import dllm
+
+        try:
+            dllm.train(**{opts!r})
+        finally:
+            print(f"group left: {{dist.is_initialized()}}", flush=True)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode != 0  # with the user's error, not one of the clean-up's
+    assert "ValueError: batch_size (3) must be divisible by processes x grad_accum (2 x 1)" in r.stderr, r.stderr[-3000:]
+    # each rank's answer (their prints may interleave: "group left: group left: False\nFalse\n")
+    assert r.stdout.count("False") == 2 and "True" not in r.stdout, r.stdout
 
 
 def test_ddp_ranks_draw_their_own_dropout_masks_also_after_a_resume(tmp_path, corpus):

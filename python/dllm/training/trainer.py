@@ -146,6 +146,17 @@ class Trainer:
         self.owns_process_group = self.world > 1 and not dist.is_initialized()
         if self.owns_process_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        try:
+            self._set_up()
+        except BaseException:
+            # train() destroys the group after the run; a construction that fails has none to do it
+            if self.owns_process_group:
+                dist.destroy_process_group()
+            raise
+
+    def _set_up(self) -> None:
+        """The rest of __init__, after the process group exists: the checks, the data, the model."""
+        cfg = self.cfg
         if cfg.batch_size % (self.world * cfg.grad_accum):
             raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes x grad_accum "
                              f"({self.world} x {cfg.grad_accum})")
@@ -194,7 +205,9 @@ class Trainer:
         if cfg.warmup >= cfg.steps and self.is_main:
             log.warning("warmup (%d steps) >= steps (%d): the learning rate never reaches lr (%g)", cfg.warmup, cfg.steps,
                         cfg.lr)
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else nullcontext()
+        # the precision the run trains in, as the checkpoint records it: amp is ignored on the CPU
+        self.amp_setting = "bf16" if cfg.amp and self.device.type == "cuda" else "off"
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp_setting == "bf16" else nullcontext()
 
     def _warn_if_small(self, train_windows: int, val_windows: int) -> None:
         cfg = self.cfg
@@ -312,6 +325,7 @@ class Trainer:
             "model_config": self.model_cfg.to_dict(),
             "objective": self.objective.config(),
             "train_config": self.cfg.to_dict(),
+            "amp": self.amp_setting,  # optional: checkpoints of this format written before it lack it
         }
 
     def _refuse_another_run(self, s: dict, source: str, data=None) -> None:
@@ -373,6 +387,9 @@ class Trainer:
         if self.resume_changes:
             log.warning("resuming %s at step %d with changed options (old, new): %s", source, s["step"],
                         self.resume_changes)
+        saved_amp = s.get("amp")  # None: unknown, written before checkpoints recorded it
+        if self.is_main and saved_amp not in (None, self.amp_setting):  # legitimate (another device), not silent
+            log.warning("resuming with amp=%s; the checkpoint was trained with amp=%s", self.amp_setting, saved_amp)
         self.order.load_state_dict(s["data"])
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"])
