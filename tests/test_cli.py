@@ -1,6 +1,7 @@
 """The dllm command line end to end, on tiny settings."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,8 +19,9 @@ from _train_helpers import make_corpus, tiny
 from test_published_checkpoints import make_checkpoint, write_tokenizer
 
 
-def dllm(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "dllm.cli", *args], capture_output=True, text=True, timeout=timeout)
+def dllm(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "dllm.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def test_help_lists_every_command():
@@ -49,14 +51,17 @@ def test_help_lists_every_command():
 
 def test_demo_end_to_end(tmp_path):
     # the default length: the autoregressive baseline generates it after a start token
-    out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path))
+    # under an ASCII locale (C, not coerced to UTF-8): the files stay UTF-8, the terminal gets escapes
+    ascii_locale = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path), env=ascii_locale)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("samples.md", "trajectory.png", "loss_mdlm.png", "loss_ar.png", "speed.json", "mdlm/model/config.json",
                  "ar/model/config.json"):
         assert (tmp_path / name).exists(), name
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["length"] == 128 and speed["diffusion_tokens_per_s"] > 0 and speed["ar_tokens_per_s"] > 0
-    text = (tmp_path / "samples.md").read_text()
+    text = (tmp_path / "samples.md").read_text(encoding="utf-8")
+    assert MASK_GLYPH in text  # the step-by-step section names its glyph
     assert "def is_even(n):" in text and "return a - b" in text  # the prompt and the infill's known suffix
     assert "--- next sample ---" in text  # two unconditional samples
     again = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path))
@@ -93,6 +98,18 @@ def test_show_draws_mask_ids_and_keeps_the_masks_text():
     tok = ByteTokenizer()
     ids = torch.tensor([*tok.encode("a<|mask|>b"), tok.mask_id, *tok.encode("é"), tok.mask_id])
     assert show(tok, ids) == f"a<|mask|>b{MASK_GLYPH}é{MASK_GLYPH}"
+
+
+def test_sample_escapes_text_stdout_cannot_encode(tmp_path):
+    """A byte-level model can emit any code point; a terminal's encoding cannot show them all."""
+    from dllm.data.tokenizer import tokenizer_config
+    from dllm.models import build_model, model_config
+
+    net = build_model(model_config("tiny", vocab_size=258, hidden=16, heads=2, layers=1))
+    net.save_pretrained(tmp_path, tokenizer=tokenizer_config(ByteTokenizer()))
+    out = dllm("sample", str(tmp_path), "--prompt", "na\u00efve \u2713", "--device", "cpu", "--gen-length", "8",
+               "--steps", "4", env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert out.returncode == 0 and "\nna\\xefve \\u2713" in out.stdout, out.stderr[-2000:]  # the prompt, echoed
 
 
 def test_sample_published_llada_folder(tmp_path, capsys):
@@ -146,7 +163,11 @@ def test_sample_refuses_options_before_it_loads_the_weights(tmp_path, capsys, mo
                                   ("llada", ["--cuda-graph"], "cuda_graph needs a CUDA model; this one is on cpu"),
                                   ("mdlm", ["--block-length", "4"], "block_length applies only to the llada and fast-dllm"),
                                   ("mdlm", ["--sampler", "bogus"], "unknown sampler 'bogus'"),
-                                  ("sedd", ["--block-length", "4"], "block_length does not apply to the SEDD samplers")):
+                                  ("sedd", ["--block-length", "4"], "block_length does not apply to the SEDD samplers"),
+                                  # the window, from config.json and the tokenizer (LLaDA's holds 64 tokens, SEDD's 32)
+                                  ("llada", ["--prompt", "w3 " * 64], "the prompt (64 tokens) fills the model's 64"),
+                                  ("sedd", ["--prompt", "w3 " * 30], "--gen-length 8 does not fit: the model takes 32 "
+                                   "tokens and the prompt uses 30, so at most --gen-length 2")):
         code, _, err = sample_in_process(capsys, str(tmp_path / layout), *args)
         assert code == 2 and message in err, (layout, args, err)
 
@@ -304,6 +325,12 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     record.write_text("{}")
     with pytest.raises(ValueError, match="is not the run record `dllm train` writes"):
         run_eval(tmp_path / "ar" / "run" / "model", device="cpu")
+    # the window is refused from config.json and the tokenizer, before the weights (which would fail to load)
+    (tmp_path / "mdlm" / "run" / "model" / "model.safetensors").write_bytes(b"not weights")
+    for kind, prompt in (("ar", ""), ("mdlm", "abcd")):
+        with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens"):
+            run_sample(str(tmp_path / kind / "run" / "model"), prompt=prompt, gen_length=64, steps=1, sampler=None,
+                       temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
 
 
 def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     base = {}
     if ns.config:
-        with open(ns.config) as fh:
+        with open(ns.config, encoding="utf-8") as fh:  # JSON is UTF-8 whatever the locale
             try:
                 base = json.load(fh)
             except json.JSONDecodeError as e:
@@ -89,6 +89,11 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Model text may hold characters stdout's encoding lacks (a byte-level model emits any code point):
+    # printed escaped, not a UnicodeEncodeError ending the command (a C locale's surrogateescape only
+    # passes undecodable bytes through, and fails on them too)
+    if getattr(sys.stdout, "errors", None) in ("strict", "surrogateescape") and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C: an interrupted training has already said what it saved and how to resume

@@ -133,7 +133,7 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
         if (out / obj / "loss.png").exists():
             shutil.copy(out / obj / "loss.png", out / f"loss_{obj}.png")
             curves.append(f"loss_{obj}.png")
-    (out / "samples.md").write_text("# dllm demo\n\n" + "\n".join(report))
+    (out / "samples.md").write_text("# dllm demo\n\n" + "\n".join(report), encoding="utf-8")
     (out / "speed.json").write_text(json.dumps(speed, indent=2) + "\n")
     print(f"\n[demo] wrote {out}/samples.md, trajectory.png, {', '.join(curves + ['speed.json'])}")
     return speed

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .data.tokenizer import PublishedTokenizer, tokenizer_for_model
 from .demo import show
 from .devices import resolve_device
 from .models.hub import detect_layout
-from .models.io import is_dllm_config, read_config
+from .models.hub.loader import load_tokenizer
+from .models.io import is_dllm_config, network_config, read_config
 from .sampling import generate
 from .sampling.generate import check_options
 from .sampling.pretrained import load_for_sampling
@@ -38,6 +41,28 @@ def _default_sampler(model_dir: str) -> str | None:
     return None if objective == "ar" else "sedd-analytic" if objective == "sedd" else "llada"
 
 
+def _check_window(model_dir: str, prompt: str, gen_length: int, *, ar: bool) -> None:
+    """Refuses a prompt and --gen-length beyond the model's window, read from its config.json and
+    tokenizer before its weights: the model would otherwise fail inside its forward (the
+    autoregressive one after generating what fits), naming no flag."""
+    config = read_config(model_dir)
+    cfg = network_config(model_dir, config)
+    if is_dllm_config(config):
+        tok = tokenizer_for_model(model_dir)
+    else:  # the special ids load_for_sampling adds change no prompt's encoding
+        published = load_tokenizer(Path(model_dir), cfg.vocab_size)
+        if published is None:
+            return  # load_for_sampling says where to find the tokenizer.json
+        tok = PublishedTokenizer(published, mask_id=None)
+    window, prompt_tokens = cfg.max_seq_len, len(tok.encode(prompt))
+    start = max(1, prompt_tokens) if ar else prompt_tokens  # AR: an empty prompt starts from end-of-text
+    if start >= window:
+        raise ValueError(f"the prompt ({start} tokens) fills the model's {window}-token window: shorten --prompt")
+    if gen_length > window - start:
+        raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {window} tokens and the "
+                         f"prompt uses {start}, so at most --gen-length {window - start}")
+
+
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
                temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
@@ -59,20 +84,10 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
     if default is not None:  # before the weights, which take minutes for a published checkpoint
         check_options(sampler or default, gen_length=gen_length, steps=steps, device=torch.device(device),
                       block_length=block_length, temperature=temperature, cache=cache, cuda_graph=cuda_graph)
+    _check_window(model_dir, prompt, gen_length, ar=default is None)
     model, tok, kind = load_for_sampling(model_dir, device)
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
-    # Checked first: a model would otherwise fail inside its forward (the autoregressive one after
-    # generating what fits), naming no flag
-    net = model.net if hasattr(model, "net") else getattr(model, "model", model)  # published, or dllm's own
-    window = getattr(getattr(net, "config", None), "max_seq_len", None)
-    if window is not None:
-        start = max(1, ids.numel()) if kind == "ar" else ids.numel()  # AR: an empty prompt starts from end-of-text
-        if start >= window:
-            raise ValueError(f"the prompt ({start} tokens) fills the model's {window}-token window: shorten --prompt")
-        if gen_length > window - start:
-            raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {window} tokens and the "
-                             f"prompt uses {start}, so at most --gen-length {window - start}")
     texts = []
     for i in range(num_samples):
         t0 = time.perf_counter()

@@ -340,4 +340,4 @@ def write_report(out: Path, results: dict) -> None:
         fig = figure(results)
         fig.savefig(out / f"{name}.png", dpi=110)
         _plt().close(fig)
-    (out / "report.md").write_text(markdown(results))
+    (out / "report.md").write_text(markdown(results), encoding="utf-8")

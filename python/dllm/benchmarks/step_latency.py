@@ -325,7 +325,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
         if ns.out is not None:
             (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                             indent=2) + "\n")
-            (ns.out / "summary.md").write_text(table)
+            (ns.out / "summary.md").write_text(table, encoding="utf-8")
         return table
 
     cases = PRESETS[ns.preset]
@@ -363,7 +363,7 @@ def run(ns: argparse.Namespace) -> list[Row]:
                 profiled = ("network only", "decode step" if case.kind == "ar" else "dllm step")
                 report = profile_report(f"{name} {shape}", {k: steps[k] for k in profiled}, device)
             if ns.out is not None:
-                (ns.out / f"profile-{case.kind}-b{case.batch}.md").write_text(report)
+                (ns.out / f"profile-{case.kind}-b{case.batch}.md").write_text(report, encoding="utf-8")
             print(report, flush=True)
         print(f"{name} {shape}: " + ", ".join(f"{r.impl} {r.median_ms:.3f} ms/step ({r.speedup_vs_eager:.2f}x)"
                                               for r in case_rows), flush=True)

@@ -116,6 +116,20 @@ def read_config(directory: str | os.PathLike, *, expected: str = FOLDER_KINDS) -
     return config
 
 
+def network_config(directory: str | os.PathLike, config: dict) -> ModelConfig:
+    """The network a folder's config.json (``config``) describes, a published checkpoint's too, read
+    without its weights; a mistake in the file is a ValueError naming it."""
+    if not is_dllm_config(config):
+        from .hub.loader import _read_config, detect_layout
+
+        layout = detect_layout(config, directory)
+        return _read_config(Path(directory), layout, lambda: layout.model_config(config))
+    try:
+        return ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{str(Path(directory) / CONFIG_NAME)!r}: {e}") from None
+
+
 def is_dllm_config(config: dict) -> bool:
     """A config.json written by save_pretrained (SEDD's hydra config also has a "model" entry)."""
     return isinstance(config.get("model"), dict) and "arch" in config["model"]
@@ -182,11 +196,7 @@ def from_pretrained(path: str | os.PathLike, *, map_location: str | torch.device
         from .hub import load_published
 
         return load_published(path, config, map_location=device, dtype=dtype)
-    try:
-        cfg = ModelConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{str(Path(path) / 'config.json')!r}: {e}") from None
-    model = build_model(cfg)
+    model = build_model(network_config(path, config))
     weights = Path(path) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {str(path)!r}")
