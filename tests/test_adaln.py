@@ -82,6 +82,8 @@ def test_bad_inputs_are_named(device):
         dllm.ops.adaln(x, weight, shift, scale[:1])
     with pytest.raises(ValueError, match="eps must be positive"):
         dllm.ops.adaln(x, weight, shift, scale, eps=0.0)
+    with pytest.raises(TypeError, match="adaln_residual: eps must be a positive float, got str"):  # float() parses it
+        dllm.ops.adaln_residual(x, update, gate, weight, shift, scale, eps="1e-5")
     with pytest.raises(TypeError, match="update must have x's dtype"):
         dllm.ops.adaln_residual(x, update.bfloat16(), gate, weight, shift, scale)
     with pytest.raises(RuntimeError, match=r"gate must be \[B, dim\]"):

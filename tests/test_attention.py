@@ -261,6 +261,11 @@ def test_bad_inputs(device):
             dllm.ops.attention(q, k, v, softmax_scale=scale)
         with pytest.raises(ValueError, match="softmax_scale must be positive and finite"):
             torch.ops.dllm.attention_forward(q, k, v, None, None, None, None, 0, 0, scale)
+    for scale in (1e39, 10**400):  # the kernels' float32 scale would be inf: NaN out
+        with pytest.raises(ValueError, match="softmax_scale = 1.* lies outside float32's range"):
+            dllm.ops.attention(q, k, v, softmax_scale=scale)
+    with pytest.raises(TypeError, match="softmax_scale must be a float or None, got str"):
+        dllm.ops.attention(q, k, v, softmax_scale="0.125")
     if device == "cpu":
         with pytest.raises(ValueError, match="kv_len must lie in"):
             dllm.ops.attention(q, k, v, kv_len=torch.tensor([1, 7]))

@@ -535,6 +535,11 @@ def test_clear_errors():
             ("llada", dict(prompt=torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[0, 2, 1]])), "must hold 1"),
             ("llada", dict(steps=4.0), "steps must be a positive int"),
             ("llada", dict(gen_length=0), "gen_length must be a positive int"),
+            # past int64 torch's "Overflow when unpacking long" named nothing
+            ("llada", dict(steps=2**70), r"steps must be a positive int \(at most 2\*\*63 - 1\), got 1180"),
+            ("mdlm", dict(gen_length=2**63), "gen_length must be a positive int"),
+            ("fast-dllm", dict(block_length=2**64), "block_length must be a positive int"),
+            ("llada", dict(cfg_scale=1e39, prompt=[1]), "cfg_scale must be a finite number >= 0 within float32's range"),
             ("llada", dict(prompt=[]), "empty list"),
             ("llada", dict(prompt=[torch.tensor([1, 2]), torch.tensor([[3]])]), "must hold 1-D prompts"),
             ("llada", dict(prompt=torch.ones(1, 1, 3, dtype=torch.long)), r"\[P\] or \[B, P\]"),
@@ -575,6 +580,7 @@ def test_clear_errors():
                                     (dict(cfg_scale=None), TypeError, "cfg_scale must be a number"),
                                     (dict(threshold="0.5", sampler="fast-dllm"), TypeError, "threshold must be a number"),
                                     (dict(temperature=float("inf")), ValueError, "temperature must be finite"),
+                                    (dict(top_p=10**400), ValueError, "top_p must be finite"),  # past float64
                                     (dict(generator=5), TypeError, "generator must be a torch.Generator"),
                                     (dict(callback=5), TypeError, "callback must be None or callable")]:
         model = TinyModel()

@@ -324,6 +324,11 @@ def test_per_sequence_terms_of_the_wrong_kind_are_named():
         ops.sample_transition(x0, None, graph="absorb", num_classes=V)
     with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got NoneType"):
         ops.sample_categorical(logits, None)
+    # nor text, which float() would parse
+    with pytest.raises(TypeError, match="sample_categorical: temperature must be a float or a float tensor, got str"):
+        ops.sample_categorical(logits, "1.0")
+    with pytest.raises(TypeError, match=r"sedd_step: sigma must be a float or a floating 0-d or \[B\] tensor, got str"):
+        ops.sedd_step(logits, x, "1.0", 0.1, graph="absorb", method="euler")
     with pytest.raises(ValueError, match=r"sedd_step: expected batched inputs \(\[B, L, ...\]\), got a 0-d tensor"):
         ops.sedd_step(torch.tensor(1.0), torch.tensor(1), 1.0, 0.1, graph="absorb", method="analytic")
 

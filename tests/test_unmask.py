@@ -365,11 +365,11 @@ def test_commit_draws_do_not_depend_on_threads(kw):
 
 
 def test_one_value_for_every_row_takes_any_scalar_form(device):
-    """An int / float for every row may come as a Python or NumPy number or a 0-d tensor, all alike."""
-    import numpy as np
-
+    """An int / float for every row may come as a Python or NumPy number or a 0-d tensor, all alike;
+    a count past int64 commits every position, as one of L does."""
     x, x0, conf = commit_inputs(3, 100, device)
     for rule, forms in (("num_tokens", [7, np.int64(7), torch.tensor(7, device=device)]),
+                        ("num_tokens", [100, 2**70, np.uint64(2**64 - 1)]),
                         ("prob", [0.25, np.float32(0.25), torch.tensor(0.25, device=device)])):
         outs = []
         for value in forms:
@@ -434,6 +434,11 @@ def test_bad_inputs_raise_clear_errors(device):
         dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, window=torch.zeros(2, 3, dtype=torch.long, device=device))
     with pytest.raises(ValueError, match="position_temperature applies only"):
         dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, threshold=0.5, position_temperature=1.0)
+    # one value for every row is checked before the op (torch.full named nothing past int64 / float32)
+    with pytest.raises(ValueError, match=r"commit_tokens: num_tokens must be >= 0, got -1180"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=-2**70)
+    with pytest.raises(ValueError, match=r"commit_tokens: prob must be in \[0, 1\], got 1e\+300"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, prob=1e300)
     shared = x.clone()  # committing x0 = x into x would change nothing, and race on CUDA
     with pytest.raises(ValueError, match=r"x0 shares memory with x, which is updated in place; pass a copy"):
         dllm.ops.commit_tokens(shared, shared, conf, mask_id=MASK, num_tokens=1)
@@ -443,8 +448,9 @@ def test_bad_inputs_raise_clear_errors(device):
 def test_a_top_k_past_int64_keeps_every_token(device):
     logits, x = masked_batch(2, 10, 20, device)
     draws = [dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0, top_k=top_k,
-                                     generator=torch.Generator(device).manual_seed(5)) for top_k in (0, 10**30)]
-    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+                                     generator=torch.Generator(device).manual_seed(5))
+             for top_k in (0, 10**30, np.uint64(2**64 - 1))]
+    assert all(torch.equal(draws[0][0], d[0]) and torch.equal(draws[0][1], d[1]) for d in draws[1:])
 
 
 def test_bad_row_values(device):

@@ -205,7 +205,8 @@ def predict_masked(
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
     besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
     """
-    if isinstance(top_k, int) and top_k > _INT64_MAX:  # the schema's int is int64; any top_k >= V keeps every token
+    # the schema's int is int64, which a NumPy uint64 may pass too; any top_k >= V keeps every token
+    if isinstance(top_k, numbers.Integral) and top_k > _INT64_MAX:
         top_k = _INT64_MAX
     return _call(torch.ops.dllm.predict_masked, logits, x, mask_id, temperature, top_k, top_p, confidence,
                  logits_shift, confidence_from, generator=generator)
@@ -280,16 +281,23 @@ def commit_tokens(
     The op never synchronises with the host, so a whole sampler step can be captured in a CUDA
     graph. Invalid per-row values (a negative count, a window outside ``[0, L]``, a prob outside
     ``[0, 1]``, a NaN confidence at an eligible position) leave that row unchanged: its count is
-    -1 on CUDA, and on the CPU the call raises ``ValueError`` after committing the valid rows.
+    -1 on CUDA, and on the CPU the call raises ``ValueError`` after committing the valid rows. A
+    Python or NumPy number given for every row raises before the op, on either device.
     """
     if x.dim() != 2:
         raise ValueError(f"commit_tokens: x must be [B, L], got shape {tuple(x.shape)}")
     # One value for every row: a Python or NumPy number, or a 0-d tensor.
     if isinstance(num_tokens, numbers.Integral):
-        num_tokens = torch.full((x.shape[0],), int(num_tokens), dtype=torch.int64, device=x.device)
+        if num_tokens < 0:
+            raise ValueError(f"commit_tokens: num_tokens must be >= 0, got {num_tokens}")
+        # a count past L commits every eligible position, as int64's largest does
+        num_tokens = torch.full((x.shape[0],), min(int(num_tokens), _INT64_MAX), dtype=torch.int64,
+                                device=x.device)
     elif isinstance(num_tokens, torch.Tensor) and num_tokens.dim() == 0:
         num_tokens = num_tokens.expand(x.shape[0])
     if isinstance(prob, numbers.Real):
+        if not 0 <= prob <= 1:  # (torch.full would refuse one past float32 naming nothing)
+            raise ValueError(f"commit_tokens: prob must be in [0, 1], got {prob}")
         prob = torch.full((x.shape[0],), float(prob), dtype=torch.float32, device=x.device)
     elif isinstance(prob, torch.Tensor) and prob.dim() == 0:
         prob = prob.expand(x.shape[0])
@@ -377,8 +385,15 @@ def _softmax_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
         return q.shape[-1] ** -0.5
     # comparisons only: under torch.compile a second value makes softmax_scale a symbolic float,
     # which math.isfinite cannot take (a graph break, an error under fullgraph)
-    if not 0 < softmax_scale < math.inf:
+    try:
+        valid = 0 < softmax_scale < math.inf
+    except TypeError:  # Python's own names no argument
+        raise TypeError("attention: softmax_scale must be a float or None, "
+                        f"got {type(softmax_scale).__name__}") from None
+    if not valid:
         raise ValueError(f"attention: softmax_scale must be positive and finite, got {softmax_scale}")
+    if softmax_scale > _FLOAT32_MAX:  # the kernels scale in float32: an infinite scale makes NaN
+        raise _outside_float32("attention", "softmax_scale", softmax_scale)
     return float(softmax_scale)
 
 
@@ -609,7 +624,7 @@ def adaln(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor, scale: tor
         float32 and rounded once to x's dtype, contiguous. Not differentiable: dllm's models call
         it when no autograd graph is recorded and run the same math in torch otherwise.
     """
-    return _call(torch.ops.dllm.adaln, x, weight, shift, scale, float(eps))
+    return _call(torch.ops.dllm.adaln, x, weight, shift, scale, _as_float(eps, "adaln", "eps", "a positive float"))
 
 
 def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor,
@@ -618,7 +633,8 @@ def adaln_residual(x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor, we
     (``update`` like x, ``gate`` ``[B, dim]``), rounded to x's dtype, and :func:`adaln` of x_next.
     Returns ``(x_next, out)``. Reads x and update once and writes each output once, where the two
     steps apart read x_next back."""
-    return _call(torch.ops.dllm.adaln_residual, x, update, gate, weight, shift, scale, float(eps))
+    return _call(torch.ops.dllm.adaln_residual, x, update, gate, weight, shift, scale,
+                 _as_float(eps, "adaln_residual", "eps", "a positive float"))
 
 
 @torch.library.register_fake("dllm::adaln")
@@ -656,6 +672,8 @@ PerBatch = float | torch.Tensor
 def _as_float(v, op: str, name: str, what: str) -> float:
     """float(v), or a TypeError that names the argument (not float()'s, which names neither)."""
     try:
+        if isinstance(v, (str, bytes)):  # which float() would parse
+            raise TypeError
         return float(v)
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None

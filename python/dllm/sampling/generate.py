@@ -26,6 +26,7 @@ UNKNOWN = -1  # in an infill template: a position to generate (the only marker a
 CACHES = ("prefix", "dual")
 BLOCK_SAMPLERS = ("llada", "fast-dllm")
 FAST_DLLM_BLOCK = 32  # Fast-dLLM's default block size
+_INT64_MAX, _FLOAT32_MAX = torch.iinfo(torch.int64).max, torch.finfo(torch.float32).max
 
 
 def _check_cache(name: str, cache) -> None:
@@ -55,15 +56,20 @@ def _check_generator_device(generator: torch.Generator | None, device: torch.dev
 
 def _check_lengths(**lengths) -> None:
     for key, value in lengths.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-            raise ValueError(f"{key} must be a positive int, got {value!r}")
+        # past int64, torch's own "Overflow when unpacking long" names no argument
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= _INT64_MAX:
+            raise ValueError(f"{key} must be a positive int (at most 2**63 - 1), got {value!r}")
 
 
 def _check_number(key: str, value, *, integral: bool = False) -> None:
     kind = numbers.Integral if integral else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{key} must be {'an int' if integral else 'a number'}, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past float64's largest
+        finite = False
+    if not finite:
         raise ValueError(f"{key} must be finite, got {value!r}")
 
 
@@ -100,8 +106,10 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
             raise ValueError("threshold applies only to the fast-dllm sampler")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1] (Fast-dLLM's default: 0.9), got {threshold}")
-    if cfg_scale < 0:  # (its type and finiteness: _check_sampling)
-        raise ValueError(f"cfg_scale must be a finite number >= 0 (0: no guidance), got {cfg_scale}")
+    # (its type and finiteness: _check_sampling); past float32's largest, guidance overflows the logits
+    if not 0 <= cfg_scale <= _FLOAT32_MAX:
+        raise ValueError(f"cfg_scale must be a finite number >= 0 within float32's range (0: no guidance), "
+                         f"got {cfg_scale}")
     if cfg_scale and name != "llada":
         raise ValueError("cfg_scale applies only to the llada sampler")
     if alg_temp and (name != "dream" or variant == "origin"):
