@@ -604,6 +604,9 @@ def test_ddp_ranks_resume_another_folders_checkpoint_together(tmp_path, corpus):
                        capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "".join(r.stdout.split()) == "22"  # each rank's step (two prints may share a line: "22\n\n")
+    # rank 0 alone says what it found in the data and the checkpoint
+    assert r.stderr.count("with changed options (old, new): {'steps': [1, 2]}") == 1, r.stderr[-3000:]
+    assert r.stderr.count("corpus: holding out whole files") == 1, r.stderr[-3000:]
 
 
 def test_ddp_a_trainer_that_fails_to_build_destroys_its_process_group(tmp_path, corpus):

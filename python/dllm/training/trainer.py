@@ -257,9 +257,15 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------------------
     def _prepare(self):
         c = self.cfg
-        return prepare(c.data, tokenizer=c.tokenizer, seq_len=c.seq_len, val_fraction=c.val_fraction,
-                       bpe_vocab_size=c.bpe_vocab_size, cache_dir=c.cache_dir,
-                       progress=c.progress and self.is_main)
+        level = log.level
+        if not self.is_main:  # rank 0 prepared the same data first and said what it found
+            log.setLevel(logging.ERROR)
+        try:
+            return prepare(c.data, tokenizer=c.tokenizer, seq_len=c.seq_len, val_fraction=c.val_fraction,
+                           bpe_vocab_size=c.bpe_vocab_size, cache_dir=c.cache_dir,
+                           progress=c.progress and self.is_main)
+        finally:
+            log.setLevel(level)
 
     def _barrier(self):
         if self.world > 1:
@@ -384,7 +390,7 @@ class Trainer:
                 options["random_length"] = self.objective.random_length
         shaping = RESUME_SHAPING + (COSINE_SHAPING if self.cfg.schedule == "cosine" else ())
         self.resume_changes = {k: [saved[k], now[k]] for k in shaping if k in saved and saved[k] != now[k]}
-        if self.resume_changes:
+        if self.resume_changes and self.is_main:
             log.warning("resuming %s at step %d with changed options (old, new): %s", source, s["step"],
                         self.resume_changes)
         saved_amp = s.get("amp")  # None: unknown, written before checkpoints recorded it
@@ -545,7 +551,7 @@ class Trainer:
             before = _read_record(record) if resume and record.is_file() else {}
             changes = before.get("changed_at_resume", [])
             earlier = before.get("earlier_starts", []) + ([before["provenance"]] if "provenance" in before else [])
-            if self.resume_changes:
+            if self.resume_changes and self.is_main:
                 changes.append({"step": self.step, "options": self.resume_changes})
             atomic_write_bytes(record, json.dumps(
                 {"train": cfg.to_dict(), "model": self.model_cfg.to_dict(), "objective": self.objective.config(),
