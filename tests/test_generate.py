@@ -115,6 +115,16 @@ def test_llada_cfg_counts_two_evaluations_and_masks_the_prompt():
     sigmas = torch.stack([sigma for _, sigma, _ in model.calls])
     assert torch.isfinite(sigmas).all()
     torch.testing.assert_close(sigmas[0, 2:], torch.full((2,), -torch.log1p(torch.tensor(-(1 - 1e-3))).item()))
+    # an infill template's known tokens are the condition too (LLaDA's generate masks every position given
+    # at the start), also without a prompt; generated tokens stay in both halves
+    template = torch.full((32,), MASK)
+    template[:4], template[-4:] = torch.tensor([5, 6, 7, 8]), torch.tensor([9, 10, 11, 12])
+    for prompt in (None, [[3, 4]]):
+        out, model = run("llada", prompt=prompt, infill=template, cfg_scale=1.0)
+        known = out.sequences.shape[1] - 32
+        first, last = model.calls[0][0], model.calls[-1][0]
+        assert (first[1, :known + 4] == MASK).all() and (first[1, -4:] == MASK).all()
+        assert torch.equal(first[0, known:], template) and torch.equal(last[1, known + 4:-4], last[0, known + 4:-4])
 
 
 def test_llada_semi_autoregressive_blocks():
@@ -455,12 +465,13 @@ def test_dream_scores_the_filtered_proposal_distribution_as_dream_does(alg):
 def llada_transcription(model, prompt, gen_length, steps, block_length, cfg_scale):
     """LLaDA's generate at temperature 0 with low-confidence remasking, the canvas after every
     step: per block, get_num_transfer_tokens (floor(m / steps) a step, one more in each of the
-    first m mod steps steps); guided logits u + (w + 1)(c - u), u from the canvas whose prompt is
-    masked; the k most probable proposals of the block committed (dllm also drops the mask token)."""
+    first m mod steps steps); guided logits u + (w + 1)(c - u), u from the canvas whose given tokens
+    are masked; the k most probable proposals of the block committed (dllm also drops the mask token)."""
     from dllm.reference import unmask as ref
 
     x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), MASK)], 1)
     start, per_block, history = prompt.shape[1], steps // (gen_length // block_length), []
+    given = x != MASK
     for lo in range(start, x.shape[1], block_length):
         masked = (x[:, lo:lo + block_length] == MASK).sum(-1)
         counts = [[int(m) // per_block + (i < int(m) % per_block) for i in range(per_block)] for m in masked]
@@ -468,7 +479,7 @@ def llada_transcription(model, prompt, gen_length, steps, block_length, cfg_scal
             logits = model(x).double()
             if cfg_scale:
                 unconditional = x.clone()
-                unconditional[:, :start] = MASK
+                unconditional[given] = MASK
                 u = model(unconditional).double()
                 logits = u + (cfg_scale + 1) * (logits - u)
             x0, conf = ref.predict_masked_greedy(logits, x, MASK)
@@ -519,7 +530,8 @@ def test_clear_errors():
             ("dream", dict(block_length=4), "block_length applies only"),
             ("llada", dict(cfg_scale=-1.0), "cfg_scale must be a finite number >= 0"),
             ("llada", dict(cfg_scale=float("nan"), prompt=[1]), "cfg_scale must be finite"),
-            ("llada", dict(cfg_scale=1.0), "cfg_scale needs a prompt"),
+            ("llada", dict(cfg_scale=1.0), "cfg_scale needs a prompt or an infill template's known tokens"),
+            ("llada", dict(cfg_scale=1.0, infill=[MASK] * 8), "cfg_scale needs a prompt or an infill"),
             ("dream:origin", dict(alg_temp=0.5), "not to dream:origin"),
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
             ("llada", dict(top_k=2), "at temperature 0 'llada' takes the argmax"),

@@ -404,8 +404,14 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        pad_id_of(model), device, vocab_size_of(model))
     _check_window(model, x.shape[1], gen_length)
-    if cfg_scale and start == 0:
-        raise ValueError("cfg_scale needs a prompt: guidance contrasts the canvas with the prompt and without it")
+    # the tokens given (a prompt's, an infill template's) are guidance's condition, as in LLaDA's
+    # generate, whose unconditional canvas masks every position not masked at the start
+    given = x != mask_id
+    if attention_mask is not None:
+        given[:, :start] &= attention_mask[:, :start]  # padding stays padding
+    if cfg_scale and not bool(given.any()):
+        raise ValueError("cfg_scale needs a prompt or an infill template's known tokens: guidance contrasts "
+                         "the canvas with them and without them")
     if name == "llada":  # before any early return: an option error does not depend on the template
         masked.llada_blocks(gen_length, steps, gen_length if block_length is None else block_length)
     if x.shape[0] == 0 or not bool((x == mask_id).any()):
@@ -419,11 +425,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     with graphs.session_for(model, config, generator, enabled=cuda_graph) as session:
         loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session, mask_id=mask_id)
         if name == "llada":
-            prompt_tokens = torch.zeros_like(x, dtype=torch.bool)
-            prompt_tokens[:, :start] = True if attention_mask is None else attention_mask[:, :start]
             masked.llada(loop, x, start=start, steps=steps, cfg_scale=cfg_scale, remasking=variant,
-                         block_length=gen_length if block_length is None else block_length,
-                         prompt_tokens=prompt_tokens, **common)
+                         block_length=gen_length if block_length is None else block_length, given=given, **common)
         elif name == "mdlm":
             masked.mdlm(loop, x, steps=steps, **common)
         elif name == "first-hitting":

@@ -52,23 +52,23 @@ def llada_blocks(gen_length: int, steps: int, block_length: int) -> int:
 
 
 def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature, top_k, top_p, cfg_scale,
-          remasking, shift, prompt_tokens, generator):
+          remasking, shift, given, generator):
     """LLaDA (Nie et al. 2025, generate.py): semi-autoregressive blocks; in each, the linear
     schedule fixes how many tokens every step commits, and the most confident proposals win
     ("low_confidence") or random ones ("random"). Steps that would commit no token in any row are
     not run (LLaDA's loop runs them, to no effect but a network call). cfg_scale > 0 adds unsupervised
     classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), with u from the canvas whose
-    prompt is masked (``prompt_tokens``: bool [B, L], the prompts' real tokens; padding stays
-    padding)."""
+    given tokens are masked (``given``: bool [B, L], the prompts' real tokens and an infill
+    template's known ones; padding stays padding)."""
     gen_length = x.shape[1] - start
     blocks = llada_blocks(gen_length, steps, block_length)
     per_block = steps // blocks
     confidence = "random" if remasking == "random" else "prob"
-    prompt_tokens = loop.buffer("prompt_tokens", prompt_tokens)
+    given = loop.buffer("given", given)
 
     def step(x, num_tokens, window):
         if cfg_scale > 0:
-            unconditional = x.masked_fill(prompt_tokens, mask_id)
+            unconditional = x.masked_fill(given, mask_id)
             both = torch.cat([x, unconditional])
             cond, uncond = loop.forward(both, _canvas_sigma(loop, both, mask_id), stacked=2).chunk(2)
             # u + (s + 1)(c - u) in one pass over [B, L, V] (the expression makes three, and rounds bf16 thrice)
