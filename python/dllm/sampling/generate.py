@@ -341,7 +341,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             they accept only the defaults (and temperature 1) and are never greedy.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
         alg_temp: Dream's temperature over positions (0: take the top ones).
-        cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off).
+        cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off): the unconditional
+            logits come from the canvas with the given tokens (the prompt's, the infill's) masked.
         infill: int64 ``[gen_length]`` or ``[B, gen_length]``: a template of the generated region;
             its tokens other than the mask (or -1) are known and stay fixed (a prefix, a suffix,
             any pattern; a template that knows every token returns at once, nfe 0). A
