@@ -209,7 +209,8 @@ def write_results(out: Path, title: str, meta: dict, rows: list[Row]) -> str:
     document = null_for_nan({"meta": meta, "rows": [asdict(r) for r in rows]})
     (out / "results.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     table = format_table(title, meta, rows)
-    (out / "summary.md").write_text(table)
+    # UTF-8 under any locale; the command's arguments the locale could not decode, as the bytes they were
+    (out / "summary.md").write_text(table, encoding="utf-8", errors="surrogateescape")
     return table
 
 

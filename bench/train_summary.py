@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -69,7 +70,8 @@ def main() -> None:
             ""]
     if args.note:
         head += [args.note, ""]
-    (args.out / "summary.md").write_text("\n".join(head + rows) + "\n")
+    # UTF-8 under any locale; the commands' arguments the locale could not decode, as the bytes they were
+    (args.out / "summary.md").write_text("\n".join(head + rows) + "\n", encoding="utf-8", errors="surrogateescape")
 
     import matplotlib
 
@@ -85,7 +87,8 @@ def main() -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out / "val_bpb.png", dpi=110)
-    print((args.out / "summary.md").read_text())
+    # the file's bytes: an ASCII locale's stdout cannot encode its non-ASCII text
+    sys.stdout.buffer.write((args.out / "summary.md").read_bytes() + b"\n")
 
 
 if __name__ == "__main__":

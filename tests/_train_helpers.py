@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -16,6 +17,12 @@ def make_corpus(root: Path) -> Path:
     for m in MODULES:
         shutil.copy(STDLIB / m, root / m)
     return root
+
+
+def ascii_locale() -> dict:
+    """The environment of a subprocess under an ASCII locale (C, not coerced to UTF-8): Python's default
+    file encoding and stdout are ASCII, and argv's non-ASCII bytes arrive as surrogate escapes."""
+    return {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
 
 
 def tiny(tmp: Path, corpus: Path, **kw) -> dict:

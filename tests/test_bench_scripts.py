@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _train_helpers import ascii_locale, make_corpus, tiny
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 FEW = ["--reps", "2", "--warmup", "1", "--threads", "1"]
@@ -51,8 +53,10 @@ FLOOR_BYTES = {
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_bench_script_runs(name, tmp_path):
     script = BENCH / (name.removesuffix("_backward") + ".py")
+    # under an ASCII locale, into a folder whose name it cannot decode, which summary.md's command names
+    tmp_path = tmp_path / "donn\u00e9es \u2713"
     r = subprocess.run([sys.executable, str(script), "--device", "cpu", *RUNS[name], "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+                       capture_output=True, text=True, timeout=600, cwd=BENCH, env=ascii_locale())
     assert r.returncode == 0, r.stderr[-3000:]
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
@@ -62,7 +66,8 @@ def test_bench_script_runs(name, tmp_path):
     if "--reps" in RUNS[name]:
         assert (result["meta"]["reps"], result["meta"]["warmup"]) == (2, 1) and "1 threads" in result["meta"]["card"]
     assert all(row["median_ms"] > 0 for row in result["rows"] if row["note"] != "out of memory")
-    assert (tmp_path / "summary.md").read_text().startswith("# ")
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert summary.startswith("# ") and f"--out {tmp_path}`" in summary
     if name in FLOOR_BYTES:
         assert {row["shape"]: row["bytes"] for row in result["rows"]} == FLOOR_BYTES[name]
 
@@ -147,19 +152,17 @@ def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):
 def test_train_summary_names_where_each_run_was_trained(tmp_path):
     from dllm.training import train
 
-    from _train_helpers import make_corpus, tiny
-
     corpus = make_corpus(tmp_path / "corpus")
-    run = tmp_path / "mdlm"
+    run = tmp_path / "mdlm \u2713"  # summarised under an ASCII locale, by a command that names it
     train(**tiny(run, corpus, steps=2, eval_every=2, out_dir=str(run)))
     r = subprocess.run([sys.executable, str(BENCH / "train_summary.py"), str(run), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+                       capture_output=True, text=True, timeout=600, cwd=BENCH, env=ascii_locale())
     assert r.returncode == 0, r.stderr[-3000:]
-    summary = (tmp_path / "out" / "summary.md").read_text()
+    summary = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
     provenance = json.loads((run / "run_config.json").read_text())["provenance"]
     assert provenance["card"].startswith("CPU") and provenance["commit"] and provenance["started"]
     assert f"Run mdlm: started {provenance['started']} on {provenance['card']}" in summary
-    assert "Summarised " in summary and "train_summary.py" in summary
+    assert "Summarised " in summary and f"train_summary.py {run} --out" in summary
 
 
 def test_attention_backward_timing_leaves_no_grad_to_accumulate(monkeypatch):

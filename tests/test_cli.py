@@ -15,7 +15,7 @@ from dllm.devices import resolve_device
 from dllm.eval_cli import run_eval
 from dllm.training import train
 
-from _train_helpers import make_corpus, tiny
+from _train_helpers import ascii_locale, make_corpus, tiny
 from test_published_checkpoints import make_checkpoint, write_tokenizer
 
 
@@ -51,9 +51,10 @@ def test_help_lists_every_command():
 
 def test_demo_end_to_end(tmp_path):
     # the default length: the autoregressive baseline generates it after a start token
-    # under an ASCII locale (C, not coerced to UTF-8): the files stay UTF-8, the terminal gets escapes
-    ascii_locale = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
-    out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path), env=ascii_locale)
+    # under an ASCII locale (C, not coerced to UTF-8): the files stay UTF-8, the terminal gets escapes, and a
+    # folder whose name the locale cannot decode is written and read (by the tokenizers library too)
+    tmp_path = tmp_path / "donn\u00e9es \u2713"
+    out = dllm("demo", "--minutes", "0.02", "--steps", "4", "--out-dir", str(tmp_path), env=ascii_locale())
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("samples.md", "trajectory.png", "loss_mdlm.png", "loss_ar.png", "speed.json", "mdlm/model/config.json",
                  "ar/model/config.json"):
@@ -70,12 +71,13 @@ def test_demo_end_to_end(tmp_path):
     assert other.returncode == 2 and "trained with the 'bpe' tokenizer" in other.stderr and "--retrain" in other.stderr
     longer = dllm("demo", "--minutes", "0.02", "--gen-length", "256", "--out-dir", str(tmp_path))
     assert longer.returncode == 2 and "129-token windows" in longer.stderr and "--retrain" in longer.stderr
-    # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline
+    # `dllm sample` on the folders the demo trained: a diffusion model and the AR baseline; under the ASCII
+    # locale the prompt's UTF-8 arrives as surrogate escapes, and is still the prompt
     for kind, extra in (("mdlm", ["--show-steps", "--sampler", "mdlm"]), ("ar", [])):
-        out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(", "--gen-length", "16",
-                   "--steps", "4", "--num-samples", "2", *extra)
+        out = dllm("sample", str(tmp_path / kind / "model"), "--prompt", "def f(): # \u00fc\u2713", "--gen-length",
+                   "16", "--steps", "4", "--num-samples", "2", *extra, env=ascii_locale())
         assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.count("--- sample") == 2 and "def f(" in out.stdout
+        assert out.stdout.count("--- sample") == 2 and "def f(): # \\xfc\\u2713" in out.stdout
         assert out.stdout.count("including warm-up") == 1  # only the first sample's speed includes it
     assert "step 4:" in dllm("sample", str(tmp_path / "mdlm" / "model"), "--gen-length", "8", "--steps", "4",
                              "--show-steps").stdout
@@ -359,9 +361,12 @@ def test_bench_step_keeps_the_cases_measured_before_an_interrupt(tmp_path, monke
 
 
 def test_bench_step_tiny_end_to_end(tmp_path):
+    # the report names the command, with a folder whose name an ASCII locale cannot decode: written as its bytes
+    tmp_path = tmp_path / "donn\u00e9es \u2713"
     out = dllm("bench", "step", "--preset", "tiny", "--reps", "2", "--warmup", "1", "--compile", "--profile",
-               "--out", str(tmp_path))
+               "--out", str(tmp_path), env=ascii_locale())
     assert out.returncode == 0, out.stderr[-2000:]
+    assert f"--out {tmp_path}`" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     impls = {"network only", "eager reference step", "dllm step", "network only, torch.compile",
              "dllm step, torch.compile network"}
@@ -374,7 +379,7 @@ def test_bench_step_tiny_end_to_end(tmp_path):
         {(k, i) for k in ("sedd", "llada") for i in impls} | {("ar", i) for i in decode}
     assert all(r["median_ms"] > 0 for r in rows)
     assert next(r["speedup_vs_eager"] for r in rows if r["impl"] == "decode step") == 1.0
-    assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text()
+    assert "ms/step" in out.stdout and "speedup vs eager" in (tmp_path / "summary.md").read_text(encoding="utf-8")
     assert "sedd 2x64: torch.compile took" in out.stdout and "ar 2x64: torch.compile" not in out.stdout
     cases = {(r["model"], r["shape"]) for r in rows}  # one profile each, named by kind and batch
     assert sorted(p.name for p in tmp_path.glob("profile-*.md")) == sorted(

@@ -211,7 +211,8 @@ def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
 
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     load_models = e2e._load_models
-    corpus = make_corpus(tmp_path / "corpus")
+    # a folder whose name is not UTF-8 (as a non-ASCII one reaches Python under an ASCII locale): report.md names it
+    corpus = make_corpus(tmp_path / "corpus caf\udce9")
     for f in corpus.iterdir():  # whichever file is held out has small functions to infill
         f.write_text(f.read_text() + SMALL_FUNCTIONS)
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
@@ -256,7 +257,8 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     nll = {(r["sampler"], r["gen_length"], r["steps"]): r["nll"] for r in res["quality"]}
     assert nll["mdlm", 32, 32] != nll["mdlm", 32, 16] and nll["mdlm", 32, 16] == nll["llada", 32, 16]
     assert all(1 <= r["nfe"] <= r["gen_length"] for r in res["throughput"] if r["sampler"] == "fast-dllm")
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8", errors="surrogateescape")  # the name's bytes, as they were
+    assert f"Held-out text: the validation split of {corpus}." in report
     meta = res["meta"]
     assert meta["load_average"] == [1.0, 1.0]
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]

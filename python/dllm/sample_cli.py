@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -66,10 +67,13 @@ def _check_window(model_dir: str, prompt: str, gen_length: int, *, ar: bool) -> 
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,
                temperature: float | None, block_length: int | None, num_samples: int, seed: int, device: str,
                show_steps: bool, cache: str | None = None, cuda_graph: bool = False) -> list[str]:
-    try:  # a shell passes bytes that are not UTF-8 as lone surrogates, which no tokenizer takes
+    try:  # Python passes argv's bytes its locale cannot decode as lone surrogates, which no tokenizer takes
         prompt.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("--prompt is not valid UTF-8 text") from None
+        try:  # under an ASCII locale (C) they are UTF-8 text's bytes, read back as sys.argv's documentation says
+            prompt = os.fsencode(prompt).decode("utf-8")
+        except UnicodeError:
+            raise ValueError("--prompt is not valid UTF-8 text") from None
     device = str(resolve_device(device))
     default = _default_sampler(model_dir)
     if default is None and (sampler or cache or show_steps or block_length is not None):

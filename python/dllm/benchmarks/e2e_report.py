@@ -340,4 +340,5 @@ def write_report(out: Path, results: dict) -> None:
         fig = figure(results)
         fig.savefig(out / f"{name}.png", dpi=110)
         _plt().close(fig)
-    (out / "report.md").write_text(markdown(results), encoding="utf-8")
+    # surrogateescape: the command's arguments and paths the locale could not decode, as the bytes they were
+    (out / "report.md").write_text(markdown(results), encoding="utf-8", errors="surrogateescape")

@@ -325,7 +325,9 @@ def run(ns: argparse.Namespace) -> list[Row]:
         if ns.out is not None:
             (ns.out / "results.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                             indent=2) + "\n")
-            (ns.out / "summary.md").write_text(table, encoding="utf-8")
+            # surrogateescape: the command's arguments that the locale could not decode are written back
+            # as the bytes they were (a UTF-8 path under an ASCII locale: the same file as under a UTF-8 one)
+            (ns.out / "summary.md").write_text(table, encoding="utf-8", errors="surrogateescape")
         return table
 
     cases = PRESETS[ns.preset]

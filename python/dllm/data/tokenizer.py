@@ -24,6 +24,18 @@ MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
 
 
+def read_tokenizer_json(path: Path):
+    """The ``tokenizers.Tokenizer`` a tokenizer.json holds; a malformed one is a ValueError naming it.
+    Read by Python, not the library's ``from_file``: that takes the path as UTF-8 text, which a path
+    that is not (non-ASCII bytes under an ASCII locale arrive as surrogate escapes) cannot be."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+        raise ValueError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
+
+
 def _in_vocabulary(ids: Iterable[int], tok) -> list[int]:
     """``ids`` as ints, or a ValueError naming the first outside ``tok``'s vocabulary."""
     ids = [int(i) for i in ids]
@@ -97,18 +109,12 @@ class BPETokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "BPETokenizer":
-        from tokenizers import Tokenizer
-
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {str(path)!r}")
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-            raise ValueError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
-        return cls(tok)
+        return cls(read_tokenizer_json(path))
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
@@ -123,8 +129,9 @@ class BPETokenizer:
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         # Written beside and renamed, so a crash never leaves a cut-short tokenizer.json to be reused.
+        # The bytes Tokenizer.save writes, written by Python: see read_tokenizer_json
         with replaced_atomically(Path(directory) / "tokenizer.json") as tmp:
-            self._tok.save(str(tmp))
+            tmp.write_bytes(self._tok.to_str(pretty=True).encode("utf-8"))
 
     @property
     def fingerprint(self) -> str:

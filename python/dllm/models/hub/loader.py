@@ -38,12 +38,9 @@ def load_tokenizer(directory: Path, vocab_size: int | None = None):
     path = directory / TOKENIZER_NAME
     if not path.is_file():
         return None
-    from tokenizers import Tokenizer
+    from ...data.tokenizer import read_tokenizer_json
 
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
-        raise ValueError(f"{str(path)!r} is not a valid tokenizer.json ({e})") from e
+    tok = read_tokenizer_json(path)
     entries = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     if vocab_size is not None and entries > vocab_size:
         raise ValueError(f"{str(path)!r} has {entries} entries but the model's vocabulary has {vocab_size}: is it "

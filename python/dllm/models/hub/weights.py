@@ -71,9 +71,13 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     """A ``torch.save`` state dict; memory-mapped when it is a zip archive, the format torch can
     map, read whole when it is the legacy (pre-1.6) format."""
     with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"
+        mapped = f.read(4) == b"PK\x03\x04"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # torch maps a file by its path as UTF-8 text, which bytes the locale could not
+        mapped = False  # decode (they arrive as surrogate escapes) are not; read whole, through Python's open
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise
