@@ -215,7 +215,7 @@ MUTANTS = [
     # published folder, Dream's end-of-text id; the training clock a resumed max_time run counts on
     ("python/dllm/models/dit.py", "if causal and (cache is not None or mask is not None):",
      "if causal and (cache is not None or mask is None):", ["test_models"]),
-    ("python/dllm/models/io.py", "    os.umask(umask)\n", "", ["test_models"]),
+    ("python/dllm/models/io.py", "        os.umask(umask)\n", "", ["test_models"]),
     ("python/dllm/models/llada.py", "std=0.02 / (2 * cfg.layers) ** 0.5", "std=0.2 / (2 * cfg.layers) ** 0.5",
      ["test_models"]),
     ("python/dllm/sampling/pretrained.py", '"score" if layout == "sedd" else "masked"',
