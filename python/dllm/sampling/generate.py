@@ -11,6 +11,7 @@ import torch
 
 from . import cuda_graph as graphs, masked, score
 from ..devices import made_current
+from ..ops import _FLOAT32_MAX, _INT64_MAX
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import (check_takes_attention_mask, logits_shift_of, mask_id_of, max_seq_len_of, pad_id_of,
@@ -26,7 +27,6 @@ UNKNOWN = -1  # in an infill template: a position to generate (the only marker a
 CACHES = ("prefix", "dual")
 BLOCK_SAMPLERS = ("llada", "fast-dllm")
 FAST_DLLM_BLOCK = 32  # Fast-dLLM's default block size
-_INT64_MAX, _FLOAT32_MAX = torch.iinfo(torch.int64).max, torch.finfo(torch.float32).max
 
 
 def _check_cache(name: str, cache) -> None:
@@ -405,16 +405,16 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     x, attention_mask, start = _canvas(prompt, attention_mask, infill, gen_length, mask_id,
                                        pad_id_of(model), device, vocab_size_of(model))
     _check_window(model, x.shape[1], gen_length)
-    # the tokens given (a prompt's, an infill template's) are guidance's condition, as in LLaDA's
-    # generate, whose unconditional canvas masks every position not masked at the start
-    given = x != mask_id
-    if attention_mask is not None:
-        given[:, :start] &= attention_mask[:, :start]  # padding stays padding
-    if cfg_scale and not bool(given.any()):
-        raise ValueError("cfg_scale needs a prompt or an infill template's known tokens: guidance contrasts "
-                         "the canvas with them and without them")
     if name == "llada":  # before any early return: an option error does not depend on the template
         masked.llada_blocks(gen_length, steps, gen_length if block_length is None else block_length)
+        # the tokens given (a prompt's, an infill template's) are guidance's condition, as in LLaDA's
+        # generate, whose unconditional canvas masks every position not masked at the start
+        given = x != mask_id
+        if attention_mask is not None:
+            given[:, :start] &= attention_mask[:, :start]  # padding stays padding
+        if cfg_scale and not bool(given.any()):
+            raise ValueError("cfg_scale needs a prompt or an infill template's known tokens: guidance contrasts "
+                             "the canvas with them and without them")
     if x.shape[0] == 0 or not bool((x == mask_id).any()):
         return _nothing_to_generate(model, x, attention_mask, return_history)
     shift = logits_shift_of(model)
