@@ -158,7 +158,7 @@ def test_sample_refuses_options_before_it_loads_the_weights(tmp_path, capsys, mo
     def no_loading(*args):
         raise AssertionError("the weights were loaded")
 
-    monkeypatch.setattr("dllm.sample_cli.load_for_sampling", no_loading)
+    monkeypatch.setattr("dllm.sample_cli.load_with_tokenizer", no_loading)
     for layout, args, message in (("llada", ["--block-length", "3"], "gen_length (8) must be a multiple of block_length (3)"),
                                   ("llada", ["--block-length", "1"], "steps (4) must be a multiple of the number of blocks (8)"),
                                   ("llada", ["--cache", "dual"], "applies only to the fast-dllm sampler, not 'llada'"),
@@ -172,6 +172,29 @@ def test_sample_refuses_options_before_it_loads_the_weights(tmp_path, capsys, mo
                                    "tokens and the prompt uses 30, so at most --gen-length 2")):
         code, _, err = sample_in_process(capsys, str(tmp_path / layout), *args)
         assert code == 2 and message in err, (layout, args, err)
+
+
+def test_sample_reads_the_tokenizer_once(tmp_path, capsys, monkeypatch):
+    """The window's check before the weights and the loading share one read of tokenizer.json (a
+    published model's holds over a hundred thousand entries), for a dllm BPE folder and a published one."""
+    import dllm.data.tokenizer as tokenizer_module
+    from dllm.data.tokenizer import BPETokenizer, tokenizer_config
+    from dllm.models import build_model, model_config
+
+    make_checkpoint(tmp_path / "llada", "llada")
+    (tmp_path / "bpe").mkdir()
+    write_tokenizer(tmp_path / "bpe", 40, {})
+    tok = BPETokenizer.from_file(tmp_path / "bpe")
+    net = build_model(model_config("tiny", vocab_size=tok.vocab_size, hidden=16, heads=2, layers=1))
+    net.save_pretrained(tmp_path / "bpe", tokenizer=tokenizer_config(tok))
+    tok.save(tmp_path / "bpe")
+    reads, read = [], tokenizer_module.read_tokenizer_json
+    monkeypatch.setattr(tokenizer_module, "read_tokenizer_json", lambda path: reads.append(path) or read(path))
+    for folder in ("llada", "bpe"):
+        reads.clear()
+        code, out, err = sample_in_process(capsys, str(tmp_path / folder), "--prompt", "w3 w7")
+        assert code == 0 and "--- sample 1" in out, err
+        assert reads == [tmp_path / folder / "tokenizer.json"], folder
 
 
 def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):

@@ -215,6 +215,11 @@ def test_resume_names_a_change_of_precision_and_reads_checkpoints_that_do_not_re
         save_checkpoint(saved, path)
         assert dllm.train(**tiny(tmp_path, corpus, steps=5, ema=0))["step"] == 5
     assert "amp=" not in caplog.text
+    # the run's record names the change beside the other options', and neither silent resume
+    record = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert record["changed_at_resume"] == [{"step": 2, "options": {"steps": [2, 3], "amp": ["bf16", "off"]}},
+                                           {"step": 3, "options": {"steps": [3, 4]}},
+                                           {"step": 4, "options": {"steps": [4, 5]}}]
 
 
 def test_resume_records_random_length_by_its_value_not_its_spelling(tmp_path, corpus):

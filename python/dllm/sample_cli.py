@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .data.tokenizer import PublishedTokenizer, tokenizer_for_model
+from .data.tokenizer import PublishedTokenizer
 from .demo import show
 from .devices import resolve_device
 from .models.hub import detect_layout
-from .models.hub.loader import load_tokenizer
 from .models.io import is_dllm_config, network_config, read_config
 from .sampling import generate
 from .sampling.generate import check_options
-from .sampling.pretrained import load_for_sampling
+from .sampling.pretrained import load_with_tokenizer, sampling_tokenizer
 
 # published checkpoints sample with their authors' sampler; dllm-trained masked models with llada's
 DEFAULT_SAMPLERS = {"sedd": "sedd-analytic", "mdlm": "mdlm", "llada": "llada", "dream": "dream"}
@@ -42,20 +40,13 @@ def _default_sampler(model_dir: str) -> str | None:
     return None if objective == "ar" else "sedd-analytic" if objective == "sedd" else "llada"
 
 
-def _check_window(model_dir: str, prompt: str, gen_length: int, *, ar: bool) -> None:
+def _check_window(model_dir: str, config: dict, tok, prompt: str, gen_length: int, *, ar: bool) -> None:
     """Refuses a prompt and --gen-length beyond the model's window, read from its config.json and
-    tokenizer before its weights: the model would otherwise fail inside its forward (the
-    autoregressive one after generating what fits), naming no flag."""
-    config = read_config(model_dir)
-    cfg = network_config(model_dir, config)
-    if is_dllm_config(config):
-        tok = tokenizer_for_model(model_dir)
-    else:  # the special ids load_for_sampling adds change no prompt's encoding
-        published = load_tokenizer(Path(model_dir), cfg.vocab_size)
-        if published is None:
-            return  # load_for_sampling says where to find the tokenizer.json
-        tok = PublishedTokenizer(published, mask_id=None)
-    window, prompt_tokens = cfg.max_seq_len, len(tok.encode(prompt))
+    tokenizer (``tok``, as sampling_tokenizer read it) before its weights: the model would otherwise
+    fail inside its forward (the autoregressive one after generating what fits), naming no flag."""
+    if not is_dllm_config(config):  # the special ids the loaded model adds change no prompt's encoding
+        tok = PublishedTokenizer(tok, mask_id=None)
+    window, prompt_tokens = network_config(model_dir, config).max_seq_len, len(tok.encode(prompt))
     start = max(1, prompt_tokens) if ar else prompt_tokens  # AR: an empty prompt starts from end-of-text
     if start >= window:
         raise ValueError(f"the prompt ({start} tokens) fills the model's {window}-token window: shorten --prompt")
@@ -88,8 +79,10 @@ def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, samp
     if default is not None:  # before the weights, which take minutes for a published checkpoint
         check_options(sampler or default, gen_length=gen_length, steps=steps, device=torch.device(device),
                       block_length=block_length, temperature=temperature, cache=cache, cuda_graph=cuda_graph)
-    _check_window(model_dir, prompt, gen_length, ar=default is None)
-    model, tok, kind = load_for_sampling(model_dir, device)
+    config = read_config(model_dir)
+    tok = sampling_tokenizer(model_dir, config)  # read once: the window's check and the model take it
+    _check_window(model_dir, config, tok, prompt, gen_length, ar=default is None)
+    model, tok, kind = load_with_tokenizer(model_dir, config, tok, device)
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.as_tensor(tok.encode(prompt), dtype=torch.int64, device=device)
     texts = []

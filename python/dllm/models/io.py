@@ -120,10 +120,9 @@ def network_config(directory: str | os.PathLike, config: dict) -> ModelConfig:
     """The network a folder's config.json (``config``) describes, a published checkpoint's too, read
     without its weights; a mistake in the file is a ValueError naming it."""
     if not is_dllm_config(config):
-        from .hub.loader import _read_config, detect_layout
+        from .hub.loader import published_network_config
 
-        layout = detect_layout(config, directory)
-        return _read_config(Path(directory), layout, lambda: layout.model_config(config))
+        return published_network_config(directory, config)
     try:
         return ModelConfig.from_dict(config["model"])
     except (TypeError, ValueError) as e:

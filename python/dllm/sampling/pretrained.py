@@ -9,8 +9,9 @@ from torch import nn
 
 from ..data.tokenizer import PublishedTokenizer, tokenizer_for_model
 from ..models import from_pretrained
-from ..models.hub import detect_layout
-from ..models.io import is_dllm_config, read_config
+from ..models.hub import detect_layout, load_published
+from ..models.hub.loader import load_tokenizer
+from ..models.io import is_dllm_config, network_config, read_config
 from ..sedd import Absorbing, Uniform, get_noise
 from .model_protocol import max_seq_len_of, time_conditioned, vocab_size_of
 
@@ -60,10 +61,38 @@ def load_for_sampling(directory, device="cpu"):
     folder's config.json (``dllm.models.from_pretrained`` returns the bare network). A published
     checkpoint folder (SEDD, MDLM, LLaDA, Dream) needs its tokenizer.json."""
     config = read_config(directory)
+    return load_with_tokenizer(directory, config, sampling_tokenizer(directory, config), device)
+
+
+def sampling_tokenizer(directory, config: dict):
+    """The tokenizer of a model folder (``config``: its config.json), read before the weights: a dllm
+    folder's own, or a published folder's tokenizer.json as a ``tokenizers.Tokenizer``, which the
+    loaded model's special ids complete."""
+    if is_dllm_config(config):
+        return tokenizer_for_model(directory)
+    if not (Path(directory) / "tokenizer.json").is_file():
+        layout = detect_layout(config, directory).name
+        if layout in ("sedd", "mdlm"):
+            fix = "SEDD and MDLM use GPT-2's tokenizer: put GPT-2's tokenizer.json into the folder"
+        elif layout == "dream":
+            fix = ("Dream's repository ships vocab.json and merges.txt but no tokenizer.json: write one from them "
+                   "into the folder (a Hugging Face fast tokenizer's save_pretrained does)")
+        else:
+            fix = f"put the {layout} checkpoint's tokenizer.json into the folder"
+        raise FileNotFoundError(f"{str(directory)!r} has no tokenizer.json, which `dllm sample` needs to read "
+                                f"prompts and write text; {fix}")
+    return load_tokenizer(Path(directory), network_config(directory, config).vocab_size)
+
+
+def load_with_tokenizer(directory, config: dict, tok, device="cpu"):
+    """:func:`load_for_sampling` given the folder's config.json and what :func:`sampling_tokenizer` read,
+    for a caller that needs the tokenizer before the weights (`dllm sample`) and reads it once."""
     if not is_dllm_config(config):
-        return _load_published(directory, config, device)
+        model = load_published(directory, config, map_location=device, tokenizer=tok)
+        tok = PublishedTokenizer(model.tokenizer, mask_id=getattr(model, "mask_id", None),
+                                 eos_id=getattr(model, "eos_id", None))
+        return model, tok, "score" if model.layout == "sedd" else "masked"
     objective = config.get("objective", {})
-    tok = tokenizer_for_model(directory)
     net = from_pretrained(directory, map_location=device).eval()
     name = objective.get("name")
     # SEDD's uniform graph has no mask state: its network has one entry fewer than the tokenizer
@@ -88,21 +117,3 @@ def _check_vocab(directory, tok, vocab_size: int, spare: int) -> None:
         source = repr(str(Path(directory) / "tokenizer.json")) if tok.kind == "bpe" else f"the {tok.kind} tokenizer"
         raise ValueError(f"{source} has {tok.vocab_size} entries but the model's vocabulary has {vocab_size}: "
                          f"{str(Path(directory) / 'config.json')!r} records another model's tokenizer")
-
-
-def _load_published(directory, config: dict, device):
-    layout = detect_layout(config, directory).name
-    if not (Path(directory) / "tokenizer.json").is_file():
-        if layout in ("sedd", "mdlm"):
-            fix = "SEDD and MDLM use GPT-2's tokenizer: put GPT-2's tokenizer.json into the folder"
-        elif layout == "dream":
-            fix = ("Dream's repository ships vocab.json and merges.txt but no tokenizer.json: write one from them "
-                   "into the folder (a Hugging Face fast tokenizer's save_pretrained does)")
-        else:
-            fix = f"put the {layout} checkpoint's tokenizer.json into the folder"
-        raise FileNotFoundError(f"{str(directory)!r} has no tokenizer.json, which `dllm sample` needs to read "
-                                f"prompts and write text; {fix}")
-    model = from_pretrained(directory, map_location=device)
-    tok = PublishedTokenizer(model.tokenizer, mask_id=getattr(model, "mask_id", None),
-                             eos_id=getattr(model, "eos_id", None))
-    return model, tok, "score" if layout == "sedd" else "masked"

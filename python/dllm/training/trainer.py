@@ -394,8 +394,11 @@ class Trainer:
             log.warning("resuming %s at step %d with changed options (old, new): %s", source, s["step"],
                         self.resume_changes)
         saved_amp = s.get("amp")  # None: unknown, written before checkpoints recorded it
-        if self.is_main and saved_amp not in (None, self.amp_setting):  # legitimate (another device), not silent
-            log.warning("resuming with amp=%s; the checkpoint was trained with amp=%s", self.amp_setting, saved_amp)
+        if saved_amp not in (None, self.amp_setting):  # legitimate (another device), not silent
+            if self.is_main:
+                log.warning("resuming with amp=%s; the checkpoint was trained with amp=%s", self.amp_setting, saved_amp)
+            # after the "changed options" line, which would say it twice; the precision trained in, not the option
+            self.resume_changes["amp"] = [saved_amp, self.amp_setting]
         self.order.load_state_dict(s["data"])
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"])

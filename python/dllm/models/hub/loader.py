@@ -48,23 +48,32 @@ def load_tokenizer(directory: Path, vocab_size: int | None = None):
     return tok
 
 
+def published_network_config(directory: str | Path, config: dict) -> ModelConfig:
+    """The network a published checkpoint's config.json (``config``) describes, its mistakes named with the file."""
+    layout = detect_layout(config, directory)
+    return _read_config(Path(directory), layout, lambda: layout.model_config(config))
+
+
 def load_published(directory: str | Path, config: dict, *, map_location: str | torch.device = "cpu",
-                   dtype: torch.dtype | str | None = None) -> PublishedModel:
+                   dtype: torch.dtype | str | None = None, tokenizer=None) -> PublishedModel:
     """Build dllm's model for a published checkpoint folder and load its weights.
 
     ``dtype`` defaults to bfloat16 on CUDA and float32 elsewhere for LLaDA and Dream; SEDD and
     MDLM default to float32 (their authors keep float32 weights and compute under bfloat16
     autocast), any floating dtype (or its name, such as "bfloat16") when asked. Weights are read
     tensor by tensor straight onto ``map_location``. A tokenizer.json with more entries than the
-    model's vocabulary is refused.
+    model's vocabulary is refused. ``tokenizer``: what :func:`load_tokenizer` returned for this folder and
+    model, when the caller read it already (`dllm sample`, to measure the prompt before the weights); read
+    here when None.
     """
     directory = Path(directory)
     layout = detect_layout(config, directory)
     device, dtype = load_device(map_location), load_dtype(dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" and not layout.float32_default else torch.float32
-    cfg = _read_config(directory, layout, lambda: layout.model_config(config))
-    tokenizer = load_tokenizer(directory, cfg.vocab_size)  # before the weights, which may take minutes
+    cfg = published_network_config(directory, config)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(directory, cfg.vocab_size)  # before the weights, which may take minutes
     protocol = _read_config(directory, layout, lambda: layout.protocol(config, tokenizer))
     _check_ids(layout, protocol, cfg)
     with torch.device("meta"):  # no memory and no init for weights that are overwritten anyway
