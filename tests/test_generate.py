@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import dllm
+from dllm.sampling.generate import check_options
 from threads import assert_same_under_threads
 
 V, MASK, PAD = 40, 39, 0
@@ -603,6 +604,27 @@ def test_clear_errors():
     model.mask_id = 39.5
     with pytest.raises(TypeError, match="must be an int, got 39.5"):
         dllm.generate(model, gen_length=8, steps=4, sampler="llada")
+
+
+def test_steps_past_what_a_sampler_can_hold():
+    # torch's "Overflow when unpacking long long" (mdlm, dream, SEDD) and "IntArrayRef contains an
+    # int that cannot be represented as a SymInt" (llada) named nothing
+    for sampler, model in (("mdlm", TinyModel()), ("dream", TinyModel()), ("sedd-euler", TinyScore(Absorbing(V - 1))),
+                           ("sedd-analytic", TinyScore(Absorbing(V - 1)))):
+        for steps in (2**60 - 1, 2**63 - 1):
+            message = rf"steps must be at most 2\*\*60 - 2 for the {sampler} sampler, got {steps}: its time grid"
+            with pytest.raises(ValueError, match=message):
+                dllm.generate(model, gen_length=4, steps=steps, sampler=sampler)
+            with pytest.raises(ValueError, match=message):
+                check_options(sampler, gen_length=4, steps=steps, device=torch.device("cpu"))
+        assert model.calls == []
+    # llada's blocks run a step a token at most, so any count past that draws what that count draws;
+    # first-hitting and fast-dllm ignore steps
+    for sampler, options in (("llada", dict(block_length=4)), ("llada:random", dict(block_length=4)),
+                             ("first-hitting", {}), ("fast-dllm", dict(block_length=4))):
+        outs = [run(sampler, gen_length=8, steps=steps, **options)[0] for steps in (8, 16, 2**63 - 2)]
+        assert all(torch.equal(outs[0].sequences, o.sequences) and outs[0].nfe == o.nfe for o in outs[1:])
+        check_options(sampler, gen_length=8, steps=2**63 - 2, device=torch.device("cpu"), **options)
 
 
 class _CudaLikeGenerator(torch.Generator):

@@ -1,6 +1,7 @@
 """What every op promises beyond its values: non-contiguous inputs under torch.compile and opcheck,
 no silent gradients, and clear errors for inputs of the wrong kind."""
 
+import numpy
 import pytest
 import torch
 
@@ -331,6 +332,51 @@ def test_per_sequence_terms_of_the_wrong_kind_are_named():
         ops.sedd_step(logits, x, "1.0", 0.1, graph="absorb", method="euler")
     with pytest.raises(ValueError, match=r"sedd_step: expected batched inputs \(\[B, L, ...\]\), got a 0-d tensor"):
         ops.sedd_step(torch.tensor(1.0), torch.tensor(1), 1.0, 0.1, graph="absorb", method="analytic")
+
+
+def test_int_arguments_refuse_bools_and_ints_past_int64():
+    # the schemas took True as 1, and past int64 said "found type 'int'" naming no limit
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0, conf, q, cu = torch.randint(0, V - 1, (2, 3)), torch.rand(2, 3), torch.randn(5, 2, 8), torch.tensor([0, 2, 5])
+    calls = {
+        "predict_masked": (("mask_id", "top_k", "logits_shift"), lambda **kw: ops.predict_masked(
+            logits, x, **{"mask_id": V - 1, **kw})),
+        "commit_tokens": (("mask_id", "num_tokens"), lambda **kw: ops.commit_tokens(
+            x.clone(), x0, conf, **{"mask_id": V - 1, "num_tokens": 1, **kw})),
+        "masked_diffusion_loss": (("mask_id",), lambda **kw: ops.masked_diffusion_loss(logits, x, x0, 1.0, **kw)),
+        "sample_transition": (("num_classes",), lambda **kw: ops.sample_transition(x0, 0.5, graph="uniform", **kw)),
+        "attention_varlen": (("max_seqlen_q", "max_seqlen_k"), lambda **kw: ops.attention_varlen(
+            q, q, q, cu, cu, **{"max_seqlen_q": 3, "max_seqlen_k": 3, **kw})),
+    }
+    for op, (names, call) in calls.items():
+        for name in names:
+            with pytest.raises(TypeError, match=f"{op}: {name} must be an int, got bool"):
+                call(**{name: True})
+            if name not in ("top_k", "num_tokens"):  # counts past int64 mean all, as int64's largest does
+                with pytest.raises(ValueError, match=rf"{op}: {name} = 9223372036854775808 lies outside int64's "
+                                                     r"range \(at most 2\*\*63 - 1\)"):
+                    call(**{name: 2**63})
+    # what the schema takes as before: NumPy ints, a 0-d tensor, counts past int64, and the bools
+    # that are bools (scale_by_sigma)
+    want = ops.predict_masked(logits, x, mask_id=V - 1)[0]
+    assert torch.equal(ops.predict_masked(logits, x, mask_id=numpy.int64(V - 1), top_k=2**64)[0], want)
+    assert torch.equal(ops.predict_masked(logits, x, mask_id=torch.tensor(V - 1))[0], want)
+    assert ops.commit_tokens(x.clone(), x0, conf, mask_id=V - 1, num_tokens=2**64).tolist() == [3, 3]
+    ops.score_entropy_loss(logits, x, x0, 1.0, 1.0, graph="absorb", scale_by_sigma=False)
+
+
+def test_a_non_finite_float_loss_weight_is_named():
+    # masked_diffusion_loss's kernel reads its weight unchecked (a tensor's check would sync with
+    # the device): an infinite float weight gave an infinite loss, NaN a NaN one
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0 = torch.randint(0, V - 1, (2, 3))
+    for weight in (float("inf"), -float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"masked_diffusion_loss: weight must be finite, got {weight}"):
+            ops.masked_diffusion_loss(logits, x, x0, weight, mask_id=V - 1)
+        # score entropy's kernel checks its per-sequence terms, floats or tensors
+        for terms in ((weight, 1.0), (1.0, weight), (1.0, torch.tensor(weight))):
+            with pytest.raises(ValueError, match="sigma.0. must be finite and > 0, and dsigma.0. finite"):
+                ops.score_entropy_loss(logits, x, x0, *terms, graph="absorb")
 
 
 def test_per_sequence_floats_outside_float32_are_named():

@@ -205,14 +205,30 @@ def predict_masked(
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
     besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
     """
-    # the schema's int is int64, which a NumPy uint64 may pass too; any top_k >= V keeps every token
-    if isinstance(top_k, numbers.Integral) and top_k > _INT64_MAX:
-        top_k = _INT64_MAX
+    op = "predict_masked"
+    mask_id, logits_shift = _as_int(mask_id, op, "mask_id"), _as_int(logits_shift, op, "logits_shift")
+    top_k = _as_int(top_k, op, "top_k", saturate=True)  # any top_k >= V keeps every token
     return _call(torch.ops.dllm.predict_masked, logits, x, mask_id, temperature, top_k, top_p, confidence,
                  logits_shift, confidence_from, generator=generator)
 
 
 _INT64_MAX = 2**63 - 1
+
+
+def _as_int(v, op: str, name: str, *, saturate: bool = False):
+    """v for an int argument of the schema (int64), or an error that names the argument: the
+    schema takes a bool as 0 or 1, and refuses an int past int64 as "found type 'int'". A tensor
+    (the schema takes a 0-d one) and torch.compile's symbolic ints pass as they are. saturate:
+    an int past int64's largest is that largest (a count, where any value past the length is all)."""
+    if isinstance(v, (torch.Tensor, torch.SymInt)):
+        return v
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
+    if saturate and v > _INT64_MAX:
+        return _INT64_MAX
+    if not -_INT64_MAX - 1 <= v <= _INT64_MAX:
+        raise ValueError(f"{op}: {name} = {v} lies outside int64's range (at most 2**63 - 1), which the op takes")
+    return v
 
 
 @torch.library.register_fake("dllm::predict_masked")
@@ -286,13 +302,14 @@ def commit_tokens(
     """
     if x.dim() != 2:
         raise ValueError(f"commit_tokens: x must be [B, L], got shape {tuple(x.shape)}")
+    mask_id = _as_int(mask_id, "commit_tokens", "mask_id")
     # One value for every row: a Python or NumPy number, or a 0-d tensor.
     if isinstance(num_tokens, numbers.Integral):
         if num_tokens < 0:
             raise ValueError(f"commit_tokens: num_tokens must be >= 0, got {num_tokens}")
         # a count past L commits every eligible position, as int64's largest does
-        num_tokens = torch.full((x.shape[0],), min(int(num_tokens), _INT64_MAX), dtype=torch.int64,
-                                device=x.device)
+        count = int(_as_int(num_tokens, "commit_tokens", "num_tokens", saturate=True))
+        num_tokens = torch.full((x.shape[0],), count, dtype=torch.int64, device=x.device)
     elif isinstance(num_tokens, torch.Tensor) and num_tokens.dim() == 0:
         num_tokens = num_tokens.expand(x.shape[0])
     if isinstance(prob, numbers.Real):
@@ -470,6 +487,8 @@ def attention_varlen(
     keys (decoding) split the keys into chunks, as many per sequence as ``max_seqlen_k`` needs, so
     passing the packed total instead sizes the workspace and the grid about B times too large."""
     scale = _softmax_scale(q, softmax_scale)
+    max_seqlen_q = _as_int(max_seqlen_q, "attention_varlen", "max_seqlen_q")
+    max_seqlen_k = _as_int(max_seqlen_k, "attention_varlen", "max_seqlen_k")
     out, _ = _call(torch.ops.dllm.attention_forward, q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                    max_seqlen_k, scale)
     return out
@@ -688,8 +707,9 @@ def _outside_float32(op: str, name: str, value) -> ValueError:
     return ValueError(f"{op}: {name} = {value!r} lies outside float32's range, which the kernels compute in")
 
 
-def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Tensor:
-    """A float, a 0-d or a [B] tensor as the [B] tensor the ops take."""
+def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str, *, finite: bool = False) -> torch.Tensor:
+    """A float, a 0-d or a [B] tensor as the [B] tensor the ops take. finite: refuse an infinite or
+    NaN float, for an op whose kernel does not (a tensor's values are not read: that would sync)."""
     if like.dim() == 0:
         raise ValueError(f"{op}: expected batched inputs ([B, L, ...]), got a 0-d tensor")
     if isinstance(v, torch.Tensor):
@@ -700,6 +720,8 @@ def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str) -> torch.Ten
     # and float32 rounds 0 < |v| <= 2^-150 to a 0 the op would blame for being <= 0. Comparisons
     # only: under torch.compile the value may be a symbolic float, which math.isfinite refuses.
     magnitude = abs(value)
+    if finite and not magnitude < math.inf:  # (NaN too)
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
     if _FLOAT32_MAX < magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
         raise _outside_float32(op, name, value)
     return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
@@ -890,7 +912,8 @@ def masked_diffusion_loss(
         logits: ``[B, L, K]`` float32, bfloat16 or float16. x_t, x0: int64 ``[B, L]`` in
             ``[0, K)``; x0 must not be the mask where x_t is masked.
         weight: per-sequence weight, e.g. ``dsigma / expm1(sigma)`` or ``1 / t`` for the
-            log-linear schedule; a float or a 0-d or ``[B]`` tensor.
+            log-linear schedule; a finite float, or a 0-d or ``[B]`` tensor, whose values are the
+            caller's to keep finite (checking them would synchronise with a CUDA device every call).
         mask_id: the mask token, in ``[0, K)``.
 
     Returns:
@@ -901,7 +924,8 @@ def masked_diffusion_loss(
         at ``x0`` gives ``+inf`` (gradient finite); the mask column and unmasked positions may hold
         anything.
     """
-    weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight")
+    weight = _per_batch(weight, logits, "masked_diffusion_loss", "weight", finite=True)
+    mask_id = _as_int(mask_id, "masked_diffusion_loss", "mask_id")
     return _call(torch.ops.dllm.masked_diffusion_loss, logits, x_t, x0, weight, mask_id=mask_id)[0]
 
 
@@ -973,6 +997,7 @@ def sample_transition(
         ``x_t``, int64 ``[B, L]``. The move test uses 53-bit uniforms in double.
     """
     sigma = _per_batch(sigma, x0, "sample_transition", "sigma")
+    num_classes = _as_int(num_classes, "sample_transition", "num_classes")
     return torch.ops.dllm.sample_transition(x0, sigma, graph=graph, num_classes=num_classes,
                                             generator=generator)
 

@@ -61,6 +61,20 @@ def _check_lengths(**lengths) -> None:
             raise ValueError(f"{key} must be a positive int (at most 2**63 - 1), got {value!r}")
 
 
+# mdlm, dream and the SEDD samplers make their time grid, steps + 1 points, before the first step:
+# past this many steps its size at 8 bytes a point overflows int64, a tensor no machine can
+# allocate (torch's overflow errors name no argument). llada runs at most a step a token
+# (masked.llada), and first-hitting and fast-dllm ignore steps: any positive int64 is theirs.
+_GRID_STEPS_MAX = _INT64_MAX // 8 - 1
+_GRID_SAMPLERS = ("mdlm", "dream", "sedd-analytic", "sedd-euler")
+
+
+def _check_steps(name: str, steps: int) -> None:
+    if name in _GRID_SAMPLERS and steps > _GRID_STEPS_MAX:
+        raise ValueError(f"steps must be at most 2**60 - 2 for the {name} sampler, got {steps}: its time grid of "
+                         "steps + 1 points would overflow int64's byte count")
+
+
 def _check_number(key: str, value, *, integral: bool = False) -> None:
     kind = numbers.Integral if integral else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -324,7 +338,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             (a tokenizer's padded batch).
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
-            its count, so both ignore it; the SEDD samplers add the denoising step).
+            its count, so both ignore it; the SEDD samplers add the denoising step). mdlm, dream
+            and the SEDD samplers make a time grid of steps + 1 points first: at most 2**60 - 2.
         sampler: "sedd-analytic" or "sedd-euler" (score models, with the final denoising
             step), "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
             "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or
@@ -385,6 +400,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     """
     name, variant = _parse_sampler(sampler)
     _check_lengths(gen_length=gen_length, steps=steps)
+    _check_steps(name, steps)
     _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold, cfg_scale=cfg_scale,
                     alg_temp=alg_temp, generator=generator, callback=callback)
     if name.startswith("sedd-"):
@@ -461,6 +477,7 @@ def check_options(sampler: str, *, gen_length: int, steps: int, device: torch.de
     blocks too), the temperature, and the options the sampler does not take."""
     name, variant = _parse_sampler(sampler)
     _check_lengths(gen_length=gen_length, steps=steps)
+    _check_steps(name, steps)
     _check_sampling(temperature=temperature, top_k=0, top_p=1.0, threshold=None, cfg_scale=0.0, alg_temp=0.0,
                     generator=None, callback=None)
     _check_cache(name, cache)

@@ -62,7 +62,9 @@ def llada(loop: StepLoop, x, *, mask_id, start, steps, block_length, temperature
     template's known ones; padding stays padding)."""
     gen_length = x.shape[1] - start
     blocks = llada_blocks(gen_length, steps, block_length)
-    per_block = steps // blocks
+    # A step commits at least a token or is skipped, so a block never runs more steps than it has
+    # positions: the same steps with the schedule cut there, which a count past them cannot overflow
+    per_block = min(steps // blocks, block_length)
     confidence = "random" if remasking == "random" else "prob"
     given = loop.buffer("given", given)
 
