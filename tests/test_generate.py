@@ -1,5 +1,6 @@
 """dllm.generate: every sampler on a tiny random model."""
 
+import contextlib
 import json
 import warnings
 
@@ -630,9 +631,14 @@ def test_steps_past_what_a_sampler_can_hold():
 class _CudaLikeGenerator(torch.Generator):
     """What a machine without a GPU can build of a CUDA generator: only its device is checked."""
 
+    def __new__(cls, device="cuda:0"):
+        self = super().__new__(cls)
+        self._device = torch.device(device)
+        return self
+
     @property
     def device(self):
-        return torch.device("cuda", 0)
+        return self._device
 
 
 @pytest.mark.parametrize("sampler", ["llada", "sedd-analytic"])
@@ -642,6 +648,32 @@ def test_a_generator_on_another_device_is_refused_before_the_network_runs(sample
                                          r"torch.Generator\(device='cpu'\)"):
         dllm.generate(model, gen_length=8, steps=4, sampler=sampler, generator=_CudaLikeGenerator())
     assert model.calls == []
+
+
+def test_a_generator_on_another_cuda_device_is_refused_before_the_network_runs(monkeypatch):
+    # torch draws from a generator of another CUDA index without a word (it checks only the type)
+    import importlib
+
+    module = importlib.import_module("dllm.sampling.generate")  # (dllm.sampling.generate is also the function)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # made_current's
+    for sampler, model in (("llada", TinyModel()), ("sedd-analytic", TinyScore(Absorbing(V - 1)))):
+        monkeypatch.setattr(module, "_device_of", lambda model: torch.device("cuda", 0))
+        with pytest.raises(ValueError, match=r"the generator is on cuda:1 but the model is on cuda:0: make it "
+                                             r"with torch.Generator\(device='cuda:0'\)"):
+            dllm.generate(model, gen_length=8, steps=4, sampler=sampler, generator=_CudaLikeGenerator("cuda:1"))
+        # an index-less "cuda" is the current device, cuda:1 here
+        monkeypatch.setattr(module, "_device_of", lambda model: torch.device("cuda"))
+        with pytest.raises(ValueError, match=r"the generator is on cuda:0 but the model is on cuda:1: make it "
+                                             r"with torch.Generator\(device='cuda:1'\)"):
+            dllm.generate(model, gen_length=8, steps=4, sampler=sampler, generator=_CudaLikeGenerator("cuda:0"))
+        assert model.calls == []
+    for model_device, generator_device in (("cuda:0", "cuda:0"), ("cuda:1", "cuda:1"), ("cuda", "cuda:1"),
+                                           ("cuda:1", "cuda"), ("cuda", "cuda")):
+        module._check_generator_device(_CudaLikeGenerator(generator_device), torch.device(model_device))
+    with pytest.raises(ValueError, match="the generator is on cuda:1 but the model is on cuda:0"):
+        module._check_generator_device(_CudaLikeGenerator("cuda"), torch.device("cuda:0"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

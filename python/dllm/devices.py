@@ -30,6 +30,14 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
+def indexed(device: torch.device) -> torch.device:
+    """``device`` with an index-less 'cuda' read as torch reads it: the current CUDA device. (Without
+    CUDA there is nothing to resolve: no CUDA tensor or generator can be used.)"""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def made_current(device: torch.device):
     """A context in which ``device`` is torch's current CUDA device (nothing for other devices): CUDA
     events, synchronize and a CUDA graph's capture stream belong to the current device, which is not

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import replaced_atomically
+from ..devices import indexed
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -147,7 +148,7 @@ def load_device(map_location: str | torch.device) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"map_location {map_location!r}: no CUDA device is visible")
-        index = torch.cuda.current_device() if device.index is None else device.index
+        index = indexed(device).index
         if index >= torch.cuda.device_count():
             raise ValueError(f"map_location {map_location!r}: this machine has {torch.cuda.device_count()} CUDA "
                              "device(s)")

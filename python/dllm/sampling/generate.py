@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from . import cuda_graph as graphs, masked, score
-from ..devices import made_current
+from ..devices import indexed, made_current
 from ..ops import _FLOAT32_MAX, _INT64_MAX
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
@@ -48,9 +48,14 @@ def _check_cuda_graph(cuda_graph: bool, cache, device: torch.device) -> None:
 
 
 def _check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
-    """Before the first network call: torch would only refuse the generator at the first random draw."""
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"the generator is on {generator.device} but the model is on {device}: make it with "
+    """Before the first network call: torch would only refuse a generator of another device type at
+    the first random draw, and draws from one on another CUDA device without a word (its ops and
+    ours check only the type: pytorch#62451)."""
+    if generator is None:
+        return
+    given, device = indexed(generator.device), indexed(device)
+    if given.type != device.type or (device.type == "cuda" and given.index != device.index):
+        raise ValueError(f"the generator is on {given} but the model is on {device}: make it with "
                          f"torch.Generator(device={str(device)!r})")
 
 
