@@ -172,6 +172,35 @@ def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
     assert m.new_cache(1, 4).k[0].dtype == torch.float32 and out.shape == (1, 5)
 
 
+def test_ar_generate_checks_its_options_and_devices_as_dllm_generate_does():
+    m = ARTransformer(_tiny("ar")).eval()
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    for temperature, error, message in ((True, TypeError, "temperature must be a number, got True"),
+                                        ("1", TypeError, "temperature must be a number"),
+                                        (2 ** 2000, ValueError, "temperature must be finite"),
+                                        (-1.0, ValueError, "temperature must be finite and >= 0")):
+        with pytest.raises(error, match=message):
+            m.generate(prompt, 2, temperature=temperature)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got 'seed'"):
+        m.generate(prompt, 2, generator="seed")
+    # before any forward, not at the first draw (a CPU machine has no second device but "meta")
+    with pytest.raises(ValueError, match="the generator is on cpu but the model is on meta"):
+        ARTransformer(_tiny("ar")).to("meta").generate(prompt.to("meta"), 2, generator=torch.Generator())
+    with pytest.raises(ValueError, match=r"the prompt is on meta but the model is on cpu: pass prompt.to\('cpu'\)"):
+        m.generate(prompt.to("meta"), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ar_generate_refuses_a_generator_or_a_prompt_off_the_cuda_model_before_any_forward():
+    m = ARTransformer(_tiny("ar")).eval().cuda()
+    prompt = torch.zeros(1, 2, dtype=torch.long, device="cuda")
+    for cuda_graph in (False, True):
+        with pytest.raises(ValueError, match="the generator is on cpu but the model is on cuda:0"):
+            m.generate(prompt, 2, generator=torch.Generator(), cuda_graph=cuda_graph)
+        with pytest.raises(ValueError, match="the prompt is on cpu but the model is on cuda:0"):
+            m.generate(prompt.cpu(), 2, cuda_graph=cuda_graph)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_ar_generate_replayed_from_a_cuda_graph_equals_the_eager_loop(temperature):

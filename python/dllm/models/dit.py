@@ -203,15 +203,26 @@ class ARTransformer(DiffusionTransformer):
         captured in a CUDA graph once and replayed at every position, as gpt-fast's decoding does, so
         a small model's step costs its kernels and not their launches; the tokens are those of the
         eager loop. The graph stays with the model for the next call with the same batch, length,
-        temperature and generator object, as :func:`dllm.generate`'s do."""
-        from ..sampling.model_protocol import warn_if_dropout_on  # (dllm.sampling imports the models)
+        temperature and generator object, as :func:`dllm.generate`'s do. The prompt and the generator are on the
+        model's device."""
+        # (dllm.sampling imports the models)
+        from ..sampling.generate import _check_generator_device, _check_number
+        from ..sampling.model_protocol import warn_if_dropout_on
 
-        if not 0 <= temperature < float("inf"):
+        _check_number("temperature", temperature)
+        if temperature < 0:
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        device = self.vocab_embed.device
+        _check_generator_device(generator, device)
         if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
             raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
                              + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)
                                 else type(prompt).__name__))
+        if prompt.device != device:  # torch would refuse it inside the embedding, after the id check's sync
+            raise ValueError(f"the prompt is on {prompt.device} but the model is on {device}: "
+                             f"pass prompt.to({str(device)!r})")
         if prompt.numel():
             lo, hi = torch.stack(torch.aminmax(prompt)).tolist()  # one host sync
             if not 0 <= lo <= hi < self.config.vocab_size:
