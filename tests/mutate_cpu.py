@@ -33,8 +33,8 @@ RULES, GEN, KV, UNMASK = "test_sampler_rules", "test_generate", "test_kv_cache",
 MUTANTS = [
     # the samplers' rules: time conditioning, guidance, remasking, MDLM's schedule and cache,
     # first-hitting's time and position, Dream's counts and confidences, Fast-dLLM's caches
-    (MASKED, "return _loglinear_sigma((x == mask_id).sum(-1) / real)",
-     "return _loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
+    (MASKED, "return loglinear_sigma((x == mask_id).sum(-1) / real)",
+     "return loglinear_sigma((x == mask_id).sum(-1) / x.shape[1])", [RULES]),
     (MASKED, "logits = torch.lerp(uncond, cond, cfg_scale + 1)", "logits = torch.lerp(uncond, cond, cfg_scale)", [RULES]),
     (MASKED, "unconditional = x.masked_fill(given, mask_id)", "unconditional = x.clone()", [GEN]),
     (MASKED, "loop.forward(part, _canvas_sigma(loop, x, mask_id)",
@@ -274,9 +274,9 @@ MUTANTS = [
     # padding that holds the mask id keeps it (refused as a masked prompt); a 0-d sigma goes to the op as it is
     (GENERATE, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
     ("python/dllm/ops.py", "return v.expand(like.shape[0]) if v.dim() == 0 else v", "return v", ["test_op_contracts"]),
-    ("python/dllm/ops.py", "if _FLOAT32_MAX < magnitude < math.inf or", "if False and", ["test_op_contracts"]),
+    ("python/dllm/ops.py", "if FLOAT32_MAX < magnitude < math.inf or", "if False and", ["test_op_contracts"]),
     # the T-step bound's sigma, a float64 model's logits, the gated residual's dtype, a shard's weight dtype
-    (OBJECTIVES, "_loglinear_sigma(t), self.mask_id, x0, 1.0 / t,", "self.noise(t)[0], self.mask_id, x0, 1.0 / t,",
+    (OBJECTIVES, "loglinear_sigma(t), self.mask_id, x0, 1.0 / t,", "self.noise(t)[0], self.mask_id, x0, 1.0 / t,",
      ["test_objectives"]),
     ("python/dllm/sampling/model_protocol.py", "return logits.float() if logits.dtype == torch.float64 else logits",
      "return logits", [GEN]),

@@ -233,7 +233,7 @@ def test_a_decoding_step_over_whole_kv_cache_buffers(device, dtype, Sq, scores, 
     out = dllm.ops.attention(q, k, v, kv_len=kv_len)
     check(out, reference(q, k, v, kv_len), reference(q, k, v, kv_len, upcast=False), 2, "out")
     assert (out[0] == 0).all()
-    if device == "cpu" or dllm.ops._cuda_kernel_supports(q):
+    if device == "cpu" or dllm.ops.cuda_kernel_supports(q):
         _, lse = torch.ops.dllm.attention_forward(q, k, v, kv_len, None, None, None, 0, 0, D**-0.5)
         scores_ = torch.einsum("bqhd,bkhd->bhqk", q.double() * D**-0.5, k.double().repeat_interleave(H // Hkv, 2))
         keep = torch.arange(Sk, device=device) < kv_len[:, None]
@@ -318,7 +318,7 @@ def lengths_for(Sq, Sk, device):
 )
 def test_cuda_kernel_matches_float64(attention_kernel, dtype, D, B, Sq, Sk, H, Hkv, lengths):
     q, k, v = inputs(B, Sq, Sk, H, Hkv, D, dtype, "cuda", seed=Sq + Sk + D)
-    assert dllm.ops._cuda_kernel_supports(q)
+    assert dllm.ops.cuda_kernel_supports(q)
     kv_len, q_len = lengths_for(Sq, Sk, "cuda") if lengths else (None, None)
     out = dllm.ops.attention(q, k, v, kv_len=kv_len, q_len=q_len)
     ref = reference(q, k, v, kv_len, q_len)
@@ -397,7 +397,7 @@ def test_cuda_kernel_errors_and_fallback():
     with pytest.raises(NotImplementedError, match="bfloat16 and float16"):
         dllm.ops.attention_varlen(q[0], k[0], v[0], cu, cu, 4, 4)
     # attention() itself falls back to SDPA for these
-    assert not dllm.ops._cuda_kernel_supports(q)
+    assert not dllm.ops.cuda_kernel_supports(q)
     out = dllm.ops.attention(q, k, v)
     torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-4, rtol=1e-4)
 
@@ -405,7 +405,7 @@ def test_cuda_kernel_errors_and_fallback():
 def test_the_sdpa_fallback_checks_and_clamps_lengths_as_the_kernels_do():
     # CUDA float32 and other head sizes take SDPA; the function is device-agnostic, so the CPU runs it.
     q, k, v = inputs(3, 9, 11, 2, 1, 24, torch.float32, "cpu")
-    fallback = lambda kv_len, q_len=None: dllm.ops._sdpa_attention(q, k, v, kv_len, q_len, 24 ** -0.5)  # noqa: E731
+    fallback = lambda kv_len, q_len=None: dllm.ops.sdpa_attention(q, k, v, kv_len, q_len, 24 ** -0.5)  # noqa: E731
     with pytest.raises(RuntimeError, match=r"kv_len must have shape \[3\]"):
         fallback(torch.tensor([5]))
     with pytest.raises(TypeError, match="kv_len must be an integer tensor"):
@@ -426,7 +426,7 @@ def test_gpus_before_sm80_take_sdpa(monkeypatch):
     monkeypatch.setattr(dllm.ops, "_HAS_CUDA_ATTENTION", True)
     for major, supported in ((7, False), (8, True), (9, True)):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
-        assert dllm.ops._cuda_kernel_supports(q) is supported
+        assert dllm.ops.cuda_kernel_supports(q) is supported
 
 
 @cuda_only

@@ -365,6 +365,42 @@ def test_int_arguments_refuse_bools_and_ints_past_int64():
     ops.score_entropy_loss(logits, x, x0, 1.0, 1.0, graph="absorb", scale_by_sigma=False)
 
 
+def test_float_arguments_refuse_bools():
+    # float() and the schemas' float arguments took True as 1.0 and False as 0.0
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    x0, conf, q, cu = torch.randint(0, V - 1, (2, 3)), torch.rand(2, 3), torch.randn(5, 2, 8), torch.tensor([0, 2, 5])
+    h, w, bd = torch.randn(2, 3, 8), torch.ones(8), torch.zeros(2, 8)
+    commit = lambda **kw: ops.commit_tokens(x.clone(), x0, conf, mask_id=V - 1, **kw)  # noqa: E731
+    calls = [
+        ("sample_categorical", "temperature", lambda v: ops.sample_categorical(logits, v)),
+        ("predict_masked", "temperature", lambda v: ops.predict_masked(logits, x, mask_id=V - 1, temperature=v)),
+        ("predict_masked", "top_p", lambda v: ops.predict_masked(logits, x, mask_id=V - 1, top_p=v)),
+        ("commit_tokens", "threshold", lambda v: commit(threshold=v)),
+        ("commit_tokens", "prob", lambda v: commit(prob=v)),
+        ("commit_tokens", "position_temperature", lambda v: commit(num_tokens=1, position_temperature=v)),
+        ("attention", "softmax_scale", lambda v: ops.attention(q[None], q[None], q[None], softmax_scale=v)),
+        ("attention_varlen", "softmax_scale", lambda v: ops.attention_varlen(q, q, q, cu, cu, 3, 3, softmax_scale=v)),
+        ("adaln", "eps", lambda v: ops.adaln(h, w, bd, bd, eps=v)),
+        ("adaln_residual", "eps", lambda v: ops.adaln_residual(h, h, bd, w, bd, bd, eps=v)),
+        ("sedd_step", "sigma", lambda v: ops.sedd_step(logits, x, v, 0.1, graph="absorb", method="euler")),
+        ("sedd_step", "dsig", lambda v: ops.sedd_step(logits, x, 1.0, v, graph="absorb", method="euler")),
+        ("score_entropy_loss", "sigma", lambda v: ops.score_entropy_loss(logits, x, x0, v, 1.0, graph="absorb")),
+        ("score_entropy_loss", "dsigma", lambda v: ops.score_entropy_loss(logits, x, x0, 1.0, v, graph="absorb")),
+        ("masked_diffusion_loss", "weight", lambda v: ops.masked_diffusion_loss(logits, x, x0, v, mask_id=V - 1)),
+        ("sample_transition", "sigma", lambda v: ops.sample_transition(x0, v, graph="uniform", num_classes=V)),
+    ]
+    for op, name, call in calls:
+        for flag in (True, numpy.False_):
+            with pytest.raises(TypeError, match=f"{op}: {name} must be .*, got bool"):
+                call(flag)
+        call(1)  # an int is a float argument's number, as before
+    # NumPy floats, 0-d tensors and the ints of the defaults pass as before
+    want = ops.predict_masked(logits, x, mask_id=V - 1, top_p=0.5)[0]
+    assert torch.equal(ops.predict_masked(logits, x, mask_id=V - 1, temperature=0, top_p=numpy.float32(0.5))[0], want)
+    assert commit(prob=numpy.float64(1.0)).tolist() == commit(prob=torch.tensor(1.0)).tolist() == [3, 3]
+    ops.sedd_step(logits, x, numpy.float32(1.0), torch.tensor(0.1), graph="absorb", method="euler")
+
+
 def test_a_non_finite_float_loss_weight_is_named():
     # masked_diffusion_loss's kernel reads its weight unchecked (a tensor's check would sync with
     # the device): an infinite float weight gave an infinite loss, NaN a NaN one

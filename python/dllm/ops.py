@@ -11,11 +11,15 @@ import functools
 import math
 import numbers
 
+import numpy
 import torch
 from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from . import _extension  # noqa: F401  (loads the library that registers the ops)
+from ._limits import FLOAT32_MAX, INT64_MAX
 
+# The ops. The module's other public names (KERNEL_DTYPES, CUDA_HEAD_DIMS, cuda_kernel_supports,
+# sdpa_attention) serve dllm's models and benchmarks, which dispatch as the ops do.
 __all__ = [
     "sample_categorical",
     "predict_masked",
@@ -208,11 +212,9 @@ def predict_masked(
     op = "predict_masked"
     mask_id, logits_shift = _as_int(mask_id, op, "mask_id"), _as_int(logits_shift, op, "logits_shift")
     top_k = _as_int(top_k, op, "top_k", saturate=True)  # any top_k >= V keeps every token
+    temperature, top_p = _not_bool(temperature, op, "temperature"), _not_bool(top_p, op, "top_p")
     return _call(torch.ops.dllm.predict_masked, logits, x, mask_id, temperature, top_k, top_p, confidence,
                  logits_shift, confidence_from, generator=generator)
-
-
-_INT64_MAX = 2**63 - 1
 
 
 def _as_int(v, op: str, name: str, *, saturate: bool = False):
@@ -224,10 +226,22 @@ def _as_int(v, op: str, name: str, *, saturate: bool = False):
         return v
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
-    if saturate and v > _INT64_MAX:
-        return _INT64_MAX
-    if not -_INT64_MAX - 1 <= v <= _INT64_MAX:
+    if saturate and v > INT64_MAX:
+        return INT64_MAX
+    if not -INT64_MAX - 1 <= v <= INT64_MAX:
         raise ValueError(f"{op}: {name} = {v} lies outside int64's range (at most 2**63 - 1), which the op takes")
+    return v
+
+
+# float() and the schemas' float arguments take a bool as 0 or 1 (NumPy's bool is no int subclass)
+_BOOLS = (bool, numpy.bool_)
+
+
+def _not_bool(v, op: str, name: str, what: str = "a float"):
+    """v for a float argument the op passes on as it is, or a TypeError that names the argument for
+    a bool. Anything else passes (torch.compile's symbolic floats, and what the op checks itself)."""
+    if isinstance(v, _BOOLS):
+        raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}")
     return v
 
 
@@ -303,6 +317,9 @@ def commit_tokens(
     if x.dim() != 2:
         raise ValueError(f"commit_tokens: x must be [B, L], got shape {tuple(x.shape)}")
     mask_id = _as_int(mask_id, "commit_tokens", "mask_id")
+    threshold = _not_bool(threshold, "commit_tokens", "threshold", "a float or None")
+    prob = _not_bool(prob, "commit_tokens", "prob", "a float, a float tensor or None")
+    position_temperature = _not_bool(position_temperature, "commit_tokens", "position_temperature")
     # One value for every row: a Python or NumPy number, or a 0-d tensor.
     if isinstance(num_tokens, numbers.Integral):
         if num_tokens < 0:
@@ -388,29 +405,30 @@ def attention(
     ``DLLM_ATTENTION_KERNEL=mma`` picks mma.sync), and a deterministic backward (no atomics). Other head dimensions, float32 and GPUs older
     than sm_80 run torch SDPA with a key-padding mask instead, with the same semantics.
     """
-    scale = _softmax_scale(q, softmax_scale)
-    if q.is_cuda and not _cuda_kernel_supports(q):
-        return _sdpa_attention(q, k, v, kv_len, q_len, scale)
+    scale = _softmax_scale(q, softmax_scale, "attention")
+    if q.is_cuda and not cuda_kernel_supports(q):
+        return sdpa_attention(q, k, v, kv_len, q_len, scale)
     out, _ = _call(torch.ops.dllm.attention_forward, q, k, v, kv_len, q_len, None, None, 0, 0, scale)
     return out
 
 
-def _softmax_scale(q: torch.Tensor, softmax_scale: float | None) -> float:
+def _softmax_scale(q: torch.Tensor, softmax_scale: float | None, op: str) -> float:
     if softmax_scale is None:
         if q.dim() == 0 or q.shape[-1] == 0:
-            raise ValueError(f"attention: q must have a positive head dimension, got shape {tuple(q.shape)}")
+            raise ValueError(f"{op}: q must have a positive head dimension, got shape {tuple(q.shape)}")
         return q.shape[-1] ** -0.5
     # comparisons only: under torch.compile a second value makes softmax_scale a symbolic float,
     # which math.isfinite cannot take (a graph break, an error under fullgraph)
+    _not_bool(softmax_scale, op, "softmax_scale", "a float or None")
     try:
         valid = 0 < softmax_scale < math.inf
     except TypeError:  # Python's own names no argument
-        raise TypeError("attention: softmax_scale must be a float or None, "
+        raise TypeError(f"{op}: softmax_scale must be a float or None, "
                         f"got {type(softmax_scale).__name__}") from None
     if not valid:
-        raise ValueError(f"attention: softmax_scale must be positive and finite, got {softmax_scale}")
-    if softmax_scale > _FLOAT32_MAX:  # the kernels scale in float32: an infinite scale makes NaN
-        raise _outside_float32("attention", "softmax_scale", softmax_scale)
+        raise ValueError(f"{op}: softmax_scale must be positive and finite, got {softmax_scale}")
+    if softmax_scale > FLOAT32_MAX:  # the kernels scale in float32: an infinite scale makes NaN
+        raise _outside_float32(op, "softmax_scale", softmax_scale)
     return float(softmax_scale)
 
 
@@ -420,7 +438,7 @@ _HAS_CUDA_ATTENTION = torch._C._dispatch_has_kernel_for_dispatch_key("dllm::atte
 CUDA_HEAD_DIMS = (64, 128)
 
 
-def _cuda_kernel_supports(q: torch.Tensor) -> bool:
+def cuda_kernel_supports(q: torch.Tensor) -> bool:
     """Whether dllm's CUDA attention kernels take q (a CUDA build, bfloat16 / float16, D 64 or 128,
     compute capability 8.0 or newer)."""
     return (_HAS_CUDA_ATTENTION and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] in CUDA_HEAD_DIMS
@@ -441,9 +459,9 @@ def _fallback_lengths(t, name: str, q: torch.Tensor, limit: int):
     return t.clamp(0, limit)
 
 
-def _sdpa_attention(q, k, v, kv_len, q_len, scale):
+def sdpa_attention(q, k, v, kv_len, q_len, scale):
     """What :func:`attention` runs on CUDA for shapes the kernels do not take (see
-    ``_cuda_kernel_supports``): torch SDPA with a key-padding mask, same semantics (rows past
+    ``cuda_kernel_supports``): torch SDPA with a key-padding mask, same semantics (rows past
     q_len and rows without keys are zero, lengths clamped to [0, S] as the kernels do)."""
     B, Sq, H, _ = q.shape
     Sk = k.shape[1]
@@ -486,7 +504,7 @@ def attention_varlen(
     Give the true longest length, not a loose bound: on CUDA a few queries a sequence over many
     keys (decoding) split the keys into chunks, as many per sequence as ``max_seqlen_k`` needs, so
     passing the packed total instead sizes the workspace and the grid about B times too large."""
-    scale = _softmax_scale(q, softmax_scale)
+    scale = _softmax_scale(q, softmax_scale, "attention_varlen")
     max_seqlen_q = _as_int(max_seqlen_q, "attention_varlen", "max_seqlen_q")
     max_seqlen_k = _as_int(max_seqlen_k, "attention_varlen", "max_seqlen_k")
     out, _ = _call(torch.ops.dllm.attention_forward, q, k, v, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -691,16 +709,13 @@ PerBatch = float | torch.Tensor
 def _as_float(v, op: str, name: str, what: str) -> float:
     """float(v), or a TypeError that names the argument (not float()'s, which names neither)."""
     try:
-        if isinstance(v, (str, bytes)):  # which float() would parse
+        if isinstance(v, (str, bytes, *_BOOLS)):  # which float() would parse, or take as 0 or 1
             raise TypeError
         return float(v)
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {name} must be {what}, got {type(v).__name__}") from None
     except OverflowError:  # an int past float64
         raise _outside_float32(op, name, v) from None
-
-
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _outside_float32(op: str, name: str, value) -> ValueError:
@@ -722,7 +737,7 @@ def _per_batch(v: PerBatch, like: torch.Tensor, op: str, name: str, *, finite: b
     magnitude = abs(value)
     if finite and not magnitude < math.inf:  # (NaN too)
         raise ValueError(f"{op}: {name} must be finite, got {value}")
-    if _FLOAT32_MAX < magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
+    if FLOAT32_MAX < magnitude < math.inf or 0.0 < magnitude <= 2.0**-150:
         raise _outside_float32(op, name, value)
     return torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
 

@@ -30,7 +30,7 @@ from ..devices import DEVICE_HELP, resolve_device
 from ..models.config import SIZES
 from ..models.io import read_config
 from ..objectives import get_objective
-from ..ops import _cuda_kernel_supports
+from ..ops import cuda_kernel_supports
 from ..sampling import generate
 from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
@@ -371,7 +371,7 @@ def kernels(models: Models, device: str, dtype) -> dict:
     cfg = models.ar.config
     probe = torch.empty(1, 1, cfg.heads, cfg.head_dim, device=device, dtype=dtype)
     cuda = device.startswith("cuda")
-    fused = cuda and _cuda_kernel_supports(probe)  # the op's CUDA kernels cover this model's attention
+    fused = cuda and cuda_kernel_supports(probe)  # the op's CUDA kernels cover this model's attention
     where = "CUDA" if cuda else "C++ CPU"
     dense = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, False)
     prefill = _sdpa_backends(device, dtype, cfg.heads, cfg.head_dim, 16, True)

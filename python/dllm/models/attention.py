@@ -29,7 +29,7 @@ def _fused_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
     # rows round alike (padded rows take dllm's kernel with lengths uncached, SDPA with a mask cached):
     # dllm's kernel measured 0.93-1.06x SDPA's flash path there on 2026-11-29 and 1.14-1.57x on
     # 2026-11-30 (bench/results/cpu-2core-*/attention), too unsteady a gain for that.
-    return q.is_cuda and q.shape[1] != k.shape[1] and ops._cuda_kernel_supports(q)
+    return q.is_cuda and q.shape[1] != k.shape[1] and ops.cuda_kernel_supports(q)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
@@ -43,7 +43,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
             raise ValueError("kv_len is the bidirectional path's padding; a causal or masked call passes its "
                              "padding inside attn_mask")
         if q.dtype == torch.float64:  # a dtype the op leaves out: SDPA with the lengths as a key mask
-            return ops._sdpa_attention(q, k.to(q.dtype), v.to(q.dtype), kv_len, None, q.shape[-1] ** -0.5)
+            return ops.sdpa_attention(q, k.to(q.dtype), v.to(q.dtype), kv_len, None, q.shape[-1] ** -0.5)
         return ops.attention(q, k.to(q.dtype), v.to(q.dtype), kv_len=kv_len)
     if not causal and attn_mask is None and _fused_applies(q, k):
         # Under autocast the projections give a bf16 q while a KV cache may hold float32 keys: cast

@@ -206,16 +206,16 @@ class ARTransformer(DiffusionTransformer):
         temperature and generator object, as :func:`dllm.generate`'s do. The prompt and the generator are on the
         model's device."""
         # (dllm.sampling imports the models)
-        from ..sampling.generate import _check_generator_device, _check_number
+        from ..sampling.generate import check_generator_device, check_number
         from ..sampling.model_protocol import warn_if_dropout_on
 
-        _check_number("temperature", temperature)
+        check_number("temperature", temperature)
         if temperature < 0:
             raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         device = self.vocab_embed.device
-        _check_generator_device(generator, device)
+        check_generator_device(generator, device)
         if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
             raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
                              + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)

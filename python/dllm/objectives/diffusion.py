@@ -165,11 +165,11 @@ class MDLM(Objective):
         ``dllm.sampling``'s mdlm sampler runs it), for t drawn from the grid {1/T, ..., 1}: CE of the
         masked tokens weighted by (alpha_s - alpha_t) / (1 - alpha_t) * T = 1 / t. The network sees the
         sigma the sampler feeds it at mask rate t (the log-linear one, whatever schedule trained it)."""
-        from ..sampling.masked import _loglinear_sigma
+        from ..sampling.masked import loglinear_sigma
 
         t = draws["t"].to(x0.device)
         x_t = torch.where(draws["u"].to(x0.device) < t[:, None], torch.full_like(x0, self.mask_id), x0)
-        return loss_at_masked(masked_diffusion_loss, model, x_t, _loglinear_sigma(t), self.mask_id, x0, 1.0 / t,
+        return loss_at_masked(masked_diffusion_loss, model, x_t, loglinear_sigma(t), self.mask_id, x0, 1.0 / t,
                               mask_id=self.mask_id)
 
     def config(self):

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 
 from . import cuda_graph as graphs, masked, score
+from .._limits import FLOAT32_MAX, INT64_MAX
 from ..devices import indexed, made_current
-from ..ops import _FLOAT32_MAX, _INT64_MAX
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import (check_takes_attention_mask, logits_shift_of, mask_id_of, max_seq_len_of, pad_id_of,
@@ -47,7 +47,7 @@ def _check_cuda_graph(cuda_graph: bool, cache, device: torch.device) -> None:
     graphs.check_graphable(device)
 
 
-def _check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
+def check_generator_device(generator: torch.Generator | None, device: torch.device) -> None:
     """Before the first network call: torch would only refuse a generator of another device type at
     the first random draw, and draws from one on another CUDA device without a word (its ops and
     ours check only the type: pytorch#62451)."""
@@ -62,7 +62,7 @@ def _check_generator_device(generator: torch.Generator | None, device: torch.dev
 def _check_lengths(**lengths) -> None:
     for key, value in lengths.items():
         # past int64, torch's own "Overflow when unpacking long" names no argument
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= _INT64_MAX:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 < value <= INT64_MAX:
             raise ValueError(f"{key} must be a positive int (at most 2**63 - 1), got {value!r}")
 
 
@@ -70,7 +70,7 @@ def _check_lengths(**lengths) -> None:
 # past this many steps its size at 8 bytes a point overflows int64, a tensor no machine can
 # allocate (torch's overflow errors name no argument). llada runs at most a step a token
 # (masked.llada), and first-hitting and fast-dllm ignore steps: any positive int64 is theirs.
-_GRID_STEPS_MAX = _INT64_MAX // 8 - 1
+_GRID_STEPS_MAX = INT64_MAX // 8 - 1
 _GRID_SAMPLERS = ("mdlm", "dream", "sedd-analytic", "sedd-euler")
 
 
@@ -80,7 +80,7 @@ def _check_steps(name: str, steps: int) -> None:
                          "steps + 1 points would overflow int64's byte count")
 
 
-def _check_number(key: str, value, *, integral: bool = False) -> None:
+def check_number(key: str, value, *, integral: bool = False) -> None:
     kind = numbers.Integral if integral else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{key} must be {'an int' if integral else 'a number'}, got {value!r}")
@@ -96,10 +96,10 @@ def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp
     """The proposal options, checked before the first network call (which, for a large model, is
     what a late error would cost)."""
     for key, value in dict(temperature=temperature, top_p=top_p, cfg_scale=cfg_scale, alg_temp=alg_temp).items():
-        _check_number(key, value)
-    _check_number("top_k", top_k, integral=True)
+        check_number(key, value)
+    check_number("top_k", top_k, integral=True)
     if threshold is not None:
-        _check_number("threshold", threshold)
+        check_number("threshold", threshold)
     if temperature < 0 or alg_temp < 0 or top_k < 0:
         raise ValueError(f"temperature, alg_temp and top_k must be >= 0, got {temperature}, {alg_temp} and {top_k}")
     if not 0 < top_p <= 1:
@@ -126,7 +126,7 @@ def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_sc
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1] (Fast-dLLM's default: 0.9), got {threshold}")
     # (its type and finiteness: _check_sampling); past float32's largest, guidance overflows the logits
-    if not 0 <= cfg_scale <= _FLOAT32_MAX:
+    if not 0 <= cfg_scale <= FLOAT32_MAX:
         raise ValueError(f"cfg_scale must be a finite number >= 0 within float32's range (0: no guidance), "
                          f"got {cfg_scale}")
     if cfg_scale and name != "llada":
@@ -417,7 +417,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
     device = _device_of(model)
     _check_cache(name, cache)
     _check_cuda_graph(cuda_graph, cache, device)
-    _check_generator_device(generator, device)
+    check_generator_device(generator, device)
     _check_masked_options(name, variant, block_length=block_length, threshold=threshold, cfg_scale=cfg_scale,
                           alg_temp=alg_temp, temperature=temperature, top_k=top_k, top_p=top_p)
     if score_graph_of(model) is not None:
@@ -508,7 +508,7 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
     _check_cache("sedd-" + method, cache)
     device = _device_of(model)
     _check_cuda_graph(cuda_graph, cache, device)
-    _check_generator_device(generator, device)
+    check_generator_device(generator, device)
     _check_sedd_options(unsupported)
     noise = getattr(model, "noise", None)
     if noise is None:

@@ -25,7 +25,7 @@ def _window(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return window
 
 
-def _loglinear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def loglinear_sigma(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     # MDLM / SEDD log-linear schedule: 1 - e^{-sigma(t)} = (1 - eps) t
     return -torch.log1p(-(1 - eps) * t)
 
@@ -38,7 +38,7 @@ def _canvas_sigma(loop: StepLoop, x: torch.Tensor, mask_id: int) -> torch.Tensor
         return None
     mask = loop.attention_mask
     real = x.shape[1] if mask is None else mask.sum(-1).repeat(x.shape[0] // mask.shape[0])
-    return _loglinear_sigma((x == mask_id).sum(-1) / real)
+    return loglinear_sigma((x == mask_id).sum(-1) / real)
 
 
 def llada_blocks(gen_length: int, steps: int, block_length: int) -> int:
@@ -124,7 +124,7 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
         return logits
 
     def forward_step(x, rate, *t):  # t: the time of a time-conditioned model (no tensor made for another)
-        return unmask(x, loop.forward(x, _loglinear_sigma(*t) if time_conditioned else None), rate)
+        return unmask(x, loop.forward(x, loglinear_sigma(*t) if time_conditioned else None), rate)
 
     def reuse_step(x, rate):
         return unmask(x, latest[0], rate)
@@ -139,7 +139,7 @@ def mdlm(loop: StepLoop, x, *, mask_id, steps, temperature, top_k, top_p, shift,
             latest[:] = [loop.call(forward_step, x, rate, *((per_row(t),) if time_conditioned else ()))]
         if i == steps - 1 and bool((x == mask_id).any()):
             if time_conditioned or bool(unmasked):
-                latest[:] = [loop.logits(x, _loglinear_sigma(per_row(s)) if time_conditioned else None)]
+                latest[:] = [loop.logits(x, loglinear_sigma(per_row(s)) if time_conditioned else None)]
             x0, conf = ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)  # argmax
             ops.commit_tokens(x, x0, conf, mask_id=mask_id, threshold=0.0)  # every one of them
         loop.end(x, latest[0])
@@ -162,7 +162,7 @@ def first_hitting(loop: StepLoop, x, *, mask_id, temperature, top_k, top_p, shif
         n = (x == mask_id).sum(-1).clamp(min=1)
         u = torch.rand(x.shape[0], device=x.device, dtype=torch.float64, generator=generator)
         t.mul_(u ** n.reciprocal())  # u^(1/n): torch computes 1.0 / n as n.reciprocal() * 1.0, an op more
-        logits = loop.forward(x, _loglinear_sigma(t).float() if time_conditioned else None)
+        logits = loop.forward(x, loglinear_sigma(t).float() if time_conditioned else None)
         x0, conf = ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature, top_k=top_k, top_p=top_p,
                                       confidence="random", logits_shift=shift, generator=generator)
         ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=one, generator=generator)
