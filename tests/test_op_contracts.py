@@ -354,8 +354,10 @@ def test_int_arguments_refuse_bools_and_ints_past_int64():
                 call(**{name: True})
             if name not in ("top_k", "num_tokens"):  # counts past int64 mean all, as int64's largest does
                 with pytest.raises(ValueError, match=rf"{op}: {name} = 9223372036854775808 lies outside int64's "
-                                                     r"range \(at most 2\*\*63 - 1\)"):
+                                                     r"range \[-2\*\*63, 2\*\*63 - 1\]"):
                     call(**{name: 2**63})
+                with pytest.raises(ValueError, match=rf"{op}: {name} = -9223372036854775809 lies outside"):
+                    call(**{name: -2**63 - 1})
     # what the schema takes as before: NumPy ints, a 0-d tensor, counts past int64, and the bools
     # that are bools (scale_by_sigma)
     want = ops.predict_masked(logits, x, mask_id=V - 1)[0]

@@ -229,7 +229,7 @@ def _as_int(v, op: str, name: str, *, saturate: bool = False):
     if saturate and v > INT64_MAX:
         return INT64_MAX
     if not -INT64_MAX - 1 <= v <= INT64_MAX:
-        raise ValueError(f"{op}: {name} = {v} lies outside int64's range (at most 2**63 - 1), which the op takes")
+        raise ValueError(f"{op}: {name} = {v} lies outside int64's range [-2**63, 2**63 - 1], which the op takes")
     return v
 
 

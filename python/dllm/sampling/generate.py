@@ -67,9 +67,10 @@ def _check_lengths(**lengths) -> None:
 
 
 # mdlm, dream and the SEDD samplers make their time grid, steps + 1 points, before the first step:
-# past this many steps its size at 8 bytes a point overflows int64, a tensor no machine can
-# allocate (torch's overflow errors name no argument). llada runs at most a step a token
-# (masked.llada), and first-hitting and fast-dllm ignore steps: any positive int64 is theirs.
+# past this many steps its size in float64 (mdlm's, SEDD's) overflows int64, which torch reports
+# naming no argument (counts far below cannot be allocated either, as torch's allocator says).
+# llada runs at most a step a token (masked.llada), and first-hitting and fast-dllm ignore steps:
+# any positive int64 is theirs.
 _GRID_STEPS_MAX = INT64_MAX // 8 - 1
 _GRID_SAMPLERS = ("mdlm", "dream", "sedd-analytic", "sedd-euler")
 
@@ -344,7 +345,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         gen_length: tokens to generate after the prompt.
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
             its count, so both ignore it; the SEDD samplers add the denoising step). mdlm, dream
-            and the SEDD samplers make a time grid of steps + 1 points first: at most 2**60 - 2.
+            and the SEDD samplers make a time grid of steps + 1 points first (past 2**60 - 2, refused).
         sampler: "sedd-analytic" or "sedd-euler" (score models, with the final denoising
             step), "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
             "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or

@@ -62,9 +62,9 @@ def load_published(directory: str | Path, config: dict, *, map_location: str | t
     MDLM default to float32 (their authors keep float32 weights and compute under bfloat16
     autocast), any floating dtype (or its name, such as "bfloat16") when asked. Weights are read
     tensor by tensor straight onto ``map_location``. A tokenizer.json with more entries than the
-    model's vocabulary is refused. ``tokenizer``: what :func:`load_tokenizer` returned for this folder and
-    model, when the caller read it already (`dllm sample`, to measure the prompt before the weights); read
-    here when None.
+    model's vocabulary is refused. ``tokenizer``: what :func:`load_tokenizer` returned (and checked) for this
+    folder and model, when the caller read it already (`dllm sample`, to measure the prompt before the
+    weights); taken as it is, not checked again; read here when None.
     """
     directory = Path(directory)
     layout = detect_layout(config, directory)
