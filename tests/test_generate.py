@@ -422,6 +422,15 @@ def test_shifted_logits_and_callback():
     assert not (out.sequences == MASK).any() and seen == list(range(16))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_head_shifted_past_the_canvas_reads_row_0_everywhere(sampler):
+    # the protocol takes any logits_shift >= 0; on a canvas no longer than the shift every position
+    # reads row 0, as it does under a shift of one on a canvas of two
+    want = run(sampler, model=TinyModel(logits_shift=1), gen_length=2, steps=2)[0].sequences
+    out, _ = run(sampler, model=TinyModel(logits_shift=2), gen_length=2, steps=2)
+    assert torch.equal(out.sequences, want)
+
+
 DREAM_CONFIDENCE = {"maskgit_plus": "prob", "topk_margin": "margin", "entropy": "entropy"}  # Dream's `alg`s
 
 
@@ -538,6 +547,9 @@ def test_clear_errors():
             ("llada", dict(alg_temp=0.5), "not to 'llada'"),
             ("llada", dict(top_k=2), "at temperature 0 'llada' takes the argmax"),
             ("fast-dllm", dict(top_p=0.5), "at temperature 0 'fast-dllm' takes the argmax"),
+            # dream:origin ranks no confidence for them to filter
+            ("dream:origin", dict(top_k=2), "at temperature 0 'dream:origin' takes the argmax"),
+            ("dream:origin", dict(top_p=0.5), "at temperature 0 'dream:origin' takes the argmax"),
             ("llada:", {}, "unknown sampler"),
             ("mdlm:entropy", {}, "sampler 'mdlm' has no variant 'entropy'; it has none: use 'mdlm'"),
             ("dream:margin", {}, "no variant 'margin'; choose one of dream:origin, dream:maskgit_plus, "

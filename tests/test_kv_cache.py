@@ -271,3 +271,13 @@ def test_shifted_head_caches_feed_one_position_earlier(cache, prompt):
     width = out.sequences.shape[1] - 24
     starts = {start for _, start, _ in model.calls}
     assert starts - {0} and all((s - width + 1) % 8 == 0 for s in starts - {0})
+
+
+def test_a_head_shifted_past_a_short_fed_span_decodes_as_the_whole_canvas():
+    # without a prompt the first blocks' dual-cached spans start at 0 and are no longer than a shift of 2
+    model = make("llada", layers=1)
+    model.logits_shift = 2
+    kw = dict(gen_length=8, steps=1, sampler="fast-dllm", block_length=2, threshold=1.0)  # a token a step
+    ref = dllm.generate(model, **kw)
+    out = dllm.generate(model, cache="dual", **kw)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe == 8

@@ -114,8 +114,10 @@ def _check_sampling(*, temperature, top_k, top_p, threshold, cfg_scale, alg_temp
 def _check_masked_options(name: str, variant, *, block_length, threshold, cfg_scale, alg_temp, temperature, top_k,
                           top_p) -> None:
     """Options that do not apply to the chosen sampler are errors, not silently ignored."""
-    if temperature == 0 and (top_k or top_p < 1) and name != "dream":
-        raise ValueError(f"top_k and top_p filter the distribution a token is drawn from; at temperature 0 {name!r} "
+    # (dream's confidence algorithms rank the filtered distribution's confidences; dream:origin ranks none)
+    if temperature == 0 and (top_k or top_p < 1) and (name != "dream" or variant == "origin"):
+        chosen = "dream:origin" if name == "dream" else name
+        raise ValueError(f"top_k and top_p filter the distribution a token is drawn from; at temperature 0 {chosen!r} "
                          "takes the argmax, which they keep: pass a temperature > 0 or leave them off")
     if block_length is not None:
         if name not in BLOCK_SAMPLERS:
@@ -358,8 +360,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             papers' ancestral samplers, "mdlm" and "first-hitting", draw at 1), see
             :func:`dllm.ops.predict_masked`. At temperature 0 top_k and top_p keep the argmax and
             change nothing, an error, except for "dream", whose confidences they filter (as Dream
-            does). The SEDD samplers draw from the reverse process itself:
-            they accept only the defaults (and temperature 1) and are never greedy.
+            does; "dream:origin" ranks none, so there too they are an error). The SEDD samplers
+            draw from the reverse process itself: they accept only the defaults (and temperature 1)
+            and are never greedy.
         threshold: Fast-dLLM's confidence threshold (default 0.9).
         alg_temp: Dream's temperature over positions (0: take the top ones).
         cfg_scale: LLaDA's unsupervised classifier-free guidance (0: off): the unconditional
@@ -439,7 +442,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
                              "the canvas with them and without them")
     if x.shape[0] == 0 or not bool((x == mask_id).any()):
         return _nothing_to_generate(model, x, attention_mask, return_history)
-    shift = logits_shift_of(model)
+    # on a canvas no longer than the shift every position reads row 0, as under a shift of L - 1,
+    # the largest predict_masked takes
+    shift = min(logits_shift_of(model), x.shape[1] - 1)
     # Everything a step's graph freezes, besides the shapes its session keys by (the model's
     # attributes too: a step reads them as it is captured)
     config = (name, variant, steps, block_length, temperature, top_k, top_p, threshold, alg_temp, cfg_scale, cache,

@@ -231,8 +231,9 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if cache is not None else None
 
     def decode(part, logits, window):
+        # a span that starts at 0 (a prompt shorter than the shift) may be no longer than the shift
         x0, conf = ops.predict_masked(logits, part, mask_id=mask_id, temperature=temperature, top_k=top_k,
-                                      top_p=top_p, logits_shift=shift, generator=generator)
+                                      top_p=top_p, logits_shift=min(shift, part.shape[1] - 1), generator=generator)
         ops.commit_tokens(part, x0, conf, mask_id=mask_id, threshold=threshold, window=window, generator=generator)
 
     def full_step(x, window):  # the whole canvas; with a cache, the block's first step refreshes it
