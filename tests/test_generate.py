@@ -581,7 +581,7 @@ def test_clear_errors():
         model = kw.pop("model", model)
         if message is None:
             model.pad_id = MASK
-            message = "pad_id equals its mask_id"
+            message = r"pad_id \(model.pad_id, 0 when it sets none\) equals its mask_id"
         with pytest.raises(ValueError, match=message):
             dllm.generate(model, sampler=sampler, **kw)
     with pytest.raises(TypeError, match="integer token ids"):

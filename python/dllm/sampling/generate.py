@@ -283,8 +283,8 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         else:
             if any(r.numel() < width for r in rows):
                 if pad_id == mask_id:
-                    raise ValueError(f"the model's pad_id equals its mask_id ({mask_id}): ragged prompts need "
-                                     "another pad_id")
+                    raise ValueError(f"the model's pad_id (model.pad_id, 0 when it sets none) equals its mask_id "
+                                     f"({mask_id}): ragged prompts need another pad_id")
                 attention_mask = torch.stack([torch.arange(width, device=device) >= width - r.numel() for r in rows])
             prompt = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=device)
             for i, r in enumerate(rows):
