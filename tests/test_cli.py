@@ -27,7 +27,8 @@ def dllm(*args, timeout=600, env=None):
 def test_help_lists_every_command():
     out = dllm("--help")
     assert out.returncode == 0 and all(c in out.stdout for c in ("demo", "train", "sample", "eval", "bench"))
-    for args, flags in ((("eval",), ("--batches", "--batch-size", "--device", "--seed")),
+    # eval's numbers are those of the folder's weights: the EMA's, not the run's val_bpb, when it kept one
+    for args, flags in ((("eval",), ("--batches", "--batch-size", "--device", "--seed", "the EMA's (val_bpb_ema)")),
                         (("sample",), ("--sampler", "--block-length", "--cache", "--cuda-graph", "published",
                                        "--prompt", "--gen-length", "--steps", "--show-steps", "--temperature")),
                         (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out")),

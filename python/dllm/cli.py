@@ -152,7 +152,8 @@ def _main(argv: list[str] | None) -> int:
                         description="The NLL of a trained model on the first --batches batches of the held-out split "
                         "of its corpus (the bound for "
                         "diffusion models, exact for autoregressive ones), in nats and bits per token and bits per "
-                        "byte, as JSON. Defaults are the run's, so the numbers match its last validation.")
+                        "byte, as JSON. Defaults are the run's, so the numbers match its last validation of the "
+                        "weights the folder holds: the EMA's (val_bpb_ema) when the run kept one, as \"weights\" says.")
     ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
     ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
     ep.add_argument("--batch-size", type=int, default=None,
