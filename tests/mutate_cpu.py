@@ -80,8 +80,8 @@ MUTANTS = [
      ["test_cuda_graph_replay"]),
     (MASKED, 'kv = loop.keep("kv", lambda: loop.new_kv_cache(x)) if', "kv = loop.new_kv_cache(x) if",
      ["test_cuda_graph_replay"]),
-    ("python/dllm/models/dit.py", 'session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))',
-     "self.new_cache(B, P + max_new_tokens)", ["test_cuda_graph_replay"]),
+    ("python/dllm/models/dit.py", 'session.keep("kv", lambda: self.new_cache(B, length))',
+     "self.new_cache(B, length)", ["test_cuda_graph_replay"]),
     # ... or a model's graphs replayed over weights that model.to(dtype) replaced
     ("python/dllm/sampling/cuda_graph.py", "torch.is_grad_enabled(), _tensor_addresses(model),",
      "torch.is_grad_enabled(),", ["test_cuda_graph_replay"]),

@@ -313,12 +313,16 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     # an autoregressive model asked for more than it holds fails before generating anything
     from dllm.sample_cli import run_sample
 
-    with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 63"):
-        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=64, steps=1, sampler=None,
+    # (its last new token is never fed back: a start token and 64 new ones fit its 64 positions)
+    with pytest.raises(ValueError, match=r"--gen-length 65 does not fit: .* takes 64 tokens .* at most --gen-length 64"):
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=65, steps=1, sampler=None,
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
-    with pytest.raises(ValueError, match=r"the prompt \(64 tokens\) fills the model's 64-token window"):
-        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="x" * 64, gen_length=8, steps=1, sampler=None,
+    with pytest.raises(ValueError, match=r"the prompt \(65 tokens\) fills the model's 64-token window"):
+        run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="x" * 65, gen_length=8, steps=1, sampler=None,
                    temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)
+    assert len(run_sample(str(tmp_path / "ar" / "run" / "model"), prompt="", gen_length=64, steps=1, sampler=None,
+                          temperature=None, block_length=None, num_samples=1, seed=0, device="cpu",
+                          show_steps=False)) == 1
     # a diffusion model's window names the flag too, before the model runs
     with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens .* at most --gen-length 60"):
         run_sample(str(tmp_path / "mdlm" / "run" / "model"), prompt="abcd", gen_length=64, steps=1, sampler=None,
@@ -353,7 +357,7 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
         run_eval(tmp_path / "ar" / "run" / "model", device="cpu")
     # the window is refused from config.json and the tokenizer, before the weights (which would fail to load)
     (tmp_path / "mdlm" / "run" / "model" / "model.safetensors").write_bytes(b"not weights")
-    for kind, prompt in (("ar", ""), ("mdlm", "abcd")):
+    for kind, prompt in (("ar", "abc"), ("mdlm", "abcd")):
         with pytest.raises(ValueError, match=r"--gen-length 64 does not fit: .* takes 64 tokens"):
             run_sample(str(tmp_path / kind / "run" / "model"), prompt=prompt, gen_length=64, steps=1, sampler=None,
                        temperature=None, block_length=None, num_samples=1, seed=0, device="cpu", show_steps=False)

@@ -148,8 +148,14 @@ def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
         m(torch.zeros(2, 2, dtype=torch.long), cache=cache, start=torch.tensor(0))
     with pytest.raises(ValueError, match="asked to write position 8"):
         m(torch.zeros(2, 1, dtype=torch.long), cache=cache, start=8)
-    with pytest.raises(ValueError, match="exceed max_seq_len=32"):
-        m.generate(torch.zeros(1, 30, dtype=torch.long), 3)
+    # the last new token is never fed back: 30 + 3 tokens fit 32 positions, and decode as full forwards do
+    full = _perturb(ARTransformer(_tiny("ar"))).eval()
+    seq = prompt = torch.randint(0, 50, (1, 30), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        seq = torch.cat([seq, full(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(full.generate(prompt, 3, temperature=0), seq)
+    with pytest.raises(ValueError, match="feed the model 33 positions .* more than max_seq_len=32"):
+        m.generate(torch.zeros(1, 30, dtype=torch.long), 4)
     with pytest.raises(ValueError, match="cuda_graph needs a CUDA model"):
         m.generate(torch.zeros(1, 1, dtype=torch.long), 3, cuda_graph=True)
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):

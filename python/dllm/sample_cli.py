@@ -48,11 +48,12 @@ def _check_window(model_dir: str, config: dict, tok, prompt: str, gen_length: in
         tok = PublishedTokenizer(tok, mask_id=None)
     window, prompt_tokens = network_config(model_dir, config).max_seq_len, len(tok.encode(prompt))
     start = max(1, prompt_tokens) if ar else prompt_tokens  # AR: an empty prompt starts from end-of-text
-    if start >= window:
+    room = window - start + (1 if ar else 0)  # AR: the last new token is drawn, never fed back
+    if room <= 0:
         raise ValueError(f"the prompt ({start} tokens) fills the model's {window}-token window: shorten --prompt")
-    if gen_length > window - start:
+    if gen_length > room:
         raise ValueError(f"--gen-length {gen_length} does not fit: the model takes {window} tokens and the "
-                         f"prompt uses {start}, so at most --gen-length {window - start}")
+                         f"prompt uses {start}, so at most --gen-length {room}")
 
 
 def run_sample(model_dir: str, *, prompt: str, gen_length: int, steps: int, sampler: str | None,

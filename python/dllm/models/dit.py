@@ -240,15 +240,17 @@ class ARTransformer(DiffusionTransformer):
         if P == 0:
             raise ValueError("the prompt is empty: the first token is drawn from the logits of the prompt's last "
                              "position, so give at least a start token (end-of-text)")
-        if P + max_new_tokens > self.config.max_seq_len:
-            raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones exceed max_seq_len="
-                             f"{self.config.max_seq_len}")
+        # the last new token is drawn, never fed back: the model sees P + max_new_tokens - 1 positions
+        length = P + max_new_tokens - 1
+        if length > self.config.max_seq_len:
+            raise ValueError(f"a prompt of {P} tokens and {max_new_tokens} new ones feed the model {length} positions "
+                             f"(the last new token is never fed back), more than max_seq_len={self.config.max_seq_len}")
         key = ("ar-decode", B, P + max_new_tokens, temperature)
         # a graph captures on the current device's stream
         with made_current(prompt.device), graphs.session_for(self, key, generator, enabled=cuda_graph) as session:
             # A kept session's cache: every position a step reads is written earlier in this call.
-            cache = self.new_cache(B, P + max_new_tokens) if session is None else \
-                session.keep("kv", lambda: self.new_cache(B, P + max_new_tokens))
+            cache = self.new_cache(B, length) if session is None else \
+                session.keep("kv", lambda: self.new_cache(B, length))
             logits = self(prompt, cache=cache, start=0)[:, -1]
             # dllm's exact Gumbel-max draw (argmax at temperature 0): the baseline gets dllm's kernels too
             token = _draw(logits, temperature, generator)
