@@ -88,7 +88,8 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
 
 
 def peak_extra_mb(fn, device: str) -> float:
-    """CUDA memory fn allocates beyond what was allocated before it, at its peak (NaN on the CPU)."""
+    """CUDA memory fn allocates beyond what was allocated before it, at its peak, in MB (10^6 bytes,
+    as the notes and the README say; NaN on the CPU)."""
     if not device.startswith("cuda"):
         return float("nan")
     torch.cuda.synchronize(device)
@@ -96,7 +97,7 @@ def peak_extra_mb(fn, device: str) -> float:
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - base) / 1e6
 
 
 @dataclass

@@ -49,6 +49,11 @@ FLOOR_BYTES = {
     "vocab_head": {"B2 L9 D24 V37": 2 * 9 * 37 * 4 + 2 * 9 * 8 * 2},
 }
 
+# Attention's FLOPs of RUNS' shape, B1 H2 L33 D16: 4 B H Sq Sk D a forward, 3.5x that forward +
+# backward (FlashAttention's convention: a backward is 2.5 forwards). Rows with lengths count the
+# keys that exist, and the padded L x L beside.
+FLOPS = {"attention": 4 * 2 * 33 * 33 * 16, "attention_backward": 3.5 * 4 * 2 * 33 * 33 * 16}
+
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_bench_script_runs(name, tmp_path):
@@ -70,6 +75,12 @@ def test_bench_script_runs(name, tmp_path):
     assert summary.startswith("# ") and f"--out {tmp_path}`" in summary
     if name in FLOOR_BYTES:
         assert {row["shape"]: row["bytes"] for row in result["rows"]} == FLOOR_BYTES[name]
+    if name in FLOPS:
+        for row in result["rows"]:
+            rate = row["extra"]["tflops"]
+            padded = row["extra"].get("tflops_padded", rate)
+            assert padded * row["median_ms"] * 1e9 == pytest.approx(FLOPS[name])
+            assert (33 // 2) / 33 <= rate / padded <= 1  # every kv_len in [L / 2, L]
 
 
 
@@ -179,6 +190,65 @@ def test_attention_backward_timing_leaves_no_grad_to_accumulate(monkeypatch):
     for _ in range(2):
         call()
     assert q.grad is None and k.grad is None and v.grad is None
+
+
+def test_rotary_timed_calls_do_no_work_on_the_tables_alone(monkeypatch):
+    """bench/rotary.py's peer is RoPE as models wrote it, whose tables were widened to D once a
+    forward and shared by every layer's q and k: widening them in each timed call charged the peer
+    with work its models did not do there. Every op of a timed call yields x, or half of it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import rotary
+
+    impls, measure_against = [], rotary.measure_against
+
+    def capture(op, shape, dtype, timed, *args, **kw):
+        impls.extend(timed)
+        return measure_against(op, shape, dtype, timed, *args, **kw)
+
+    monkeypatch.setattr(rotary, "measure_against", capture)
+    monkeypatch.setattr(rotary, "copy_bandwidth_gbps", lambda device: 1.0)
+    monkeypatch.setattr(sys, "argv", ["rotary.py", "--device", "cpu", "--shapes", "2x5x3x8", "--no-compile",
+                                      "--reps", "1", "--warmup", "1"])
+    rotary.main()
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out]))
+            return out
+
+    x_numel = 2 * 5 * 3 * 8
+    assert [name for name, _ in impls] == ["dllm", "torch, rotate-half"]
+    for name, call in impls:
+        sizes = []
+        with Sizes():
+            call()
+        assert sizes and min(sizes) >= x_numel // 2, (name, sizes)
+    dllm_out, peer_out = (call() for _, call in impls)
+    torch.testing.assert_close(peer_out, dllm_out)
+
+
+def test_peak_extra_memory_is_in_the_mb_its_notes_print(monkeypatch):
+    """peak_extra_mb: the peak allocated while fn runs, less what was allocated before it, in MB
+    (10^6 bytes), the unit the notes ("peak extra memory ... MB") and the README's GB give. It
+    returned MiB, which the notes printed as MB, 4.9% low. CUDA's counters faked (no GPU needed)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import peak_extra_mb
+
+    allocated = {"now": 7_000_000, "peak": 7_000_000}
+
+    def fn():
+        allocated["peak"] = allocated["now"] + 3_000_000  # a temporary of 3 MB, freed before returning
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: allocated.update(peak=allocated["now"]))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["peak"])
+    assert peak_extra_mb(fn, "cuda") == pytest.approx(3.0)
+    assert peak_extra_mb(fn, "cpu") != peak_extra_mb(fn, "cpu")  # NaN: not measured
 
 
 def test_cuda_timing_runs_on_the_timed_device(monkeypatch):
