@@ -162,7 +162,7 @@ def test_half_precision_logits(device, dtype, loss_name):
 
 @pytest.mark.parametrize("loss_name", ["score_entropy_absorb", "score_entropy_uniform", "masked_diffusion"])
 def test_loss_and_gradient_do_not_depend_on_threads(loss_name):
-    # One thread computes each position's loss and gradient row, and torch sums a sequence's
+    # One thread computes each position's loss and gradient row, and one sums a sequence's
     # positions in double, so a run trains alike on any thread count (a training-reproducibility
     # property; the README promises thread independence only for the draws). The grain is
     # 65536 / K = 32 rows: 1, 2 and 3 threads split these 602 differently.
@@ -179,6 +179,22 @@ def test_loss_and_gradient_do_not_depend_on_threads(loss_name):
         return loss.detach(), grad
 
     assert_same_under_threads(loss_and_grad)
+
+
+def test_loss_of_a_long_sequence_does_not_depend_on_threads():
+    """torch's CPU sum splits a row of 32768 or more among threads, and the order of a double sum
+    can tip the float32 loss. Positions whose losses are exactly 2^24, 1 and four of 2^-30 (b - a
+    where exp(a - b) underflows, times 2^-60): in order, each 2^-30 is below half an ulp of 2^24 + 1
+    and the float32 tie rounds to 2^24; summed apart first they add 2^-28 and it rounds up."""
+    length = 40000
+    logits = torch.zeros(1, length, 3)
+    x0 = torch.zeros(1, length, dtype=torch.int64)
+    x_t = x0.clone()
+    for pos, gap in [(0, 2.0**84), (1, 2.0**60)] + [(length - 1 - i, 2.0**30) for i in range(4)]:
+        logits[0, pos, 1] = gap
+        x_t[0, pos] = 2
+    weight = torch.tensor([2.0**-60])
+    assert_same_under_threads(lambda _: dllm.ops.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=2))
 
 
 def test_non_finite_logits_propagate(device):

@@ -3,6 +3,8 @@
 
 #include <torch/library.h>
 
+#include <numeric>
+
 #include "checks.h"
 #include "rng.h"
 
@@ -162,7 +164,17 @@ void use_saved_lse(const char* op, LossCall& call, const at::Tensor& lse) {
 }
 
 at::Tensor finish_loss(const LossCall& call) {
-  return call.row_loss.view({call.x_t.size(0), call.x_t.size(1)}).sum(1).to(at::kFloat);
+  const int64_t batch = call.x_t.size(0), length = call.x_t.size(1);
+  if (call.row_loss.is_cuda()) return call.row_loss.view({batch, length}).sum(1).to(at::kFloat);
+  // torch's CPU sum splits a long sequence among threads, and the order of a double sum can tip
+  // the float32 loss: one thread sums each sequence in position order.
+  at::Tensor loss = at::empty({batch}, call.row_loss.options().dtype(at::kFloat));
+  const double* rows = call.row_loss.data_ptr<double>();
+  float* out = loss.data_ptr<float>();
+  at::parallel_for(0, batch, rows_per_task(length), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) out[b] = float(std::accumulate(rows + b * length, rows + (b + 1) * length, 0.0));
+  });
+  return loss;
 }
 
 void raise_sedd_error(const char* op, int64_t encoded, int64_t seq_len, const SeddErrorText& text) {
