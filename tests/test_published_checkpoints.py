@@ -732,6 +732,19 @@ def test_llada_grouped_query_attention_qkv_bias_and_mlp_ratio_load(tmp_path):
     torch.testing.assert_close(model(x).double(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family,eps", [("llada", 1e-5), ("dream", 1e-6)])
+def test_an_omitted_rope_theta_and_rms_norm_eps_take_the_published_codes_defaults(tmp_path, family, eps):
+    # LLaDA's ModelConfig (configuration_llada.py) and DreamConfig default rope_theta to 10000 and
+    # rms_norm_eps to 1e-5 and 1e-6; a config.json may leave them out
+    sd = make_checkpoint(tmp_path, family, config_edit=lambda c: [c.pop(k) for k in ("rope_theta", "rms_norm_eps")])
+    model = from_pretrained(tmp_path)
+    assert (model.net.config.rope_base, model.net.config.norm_eps) == (10000.0, eps)
+    names, kw = LLAMA_REF[family]
+    x = tokens(model.vocab_size, (2, 11))
+    want = ref_llama(sd, names, x, **{**kw, "theta": 10000.0, "eps": eps})
+    torch.testing.assert_close(model(x).double(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_a_time_conditioned_mdlm_sees_sigma(tmp_path):
     sd = make_checkpoint(tmp_path, "mdlm", config_edit=lambda c: c.update(time_conditioning=True))
     model = from_pretrained(tmp_path)
