@@ -300,6 +300,8 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     assert mdlm["nll"] == "bound" and mdlm["weights"] == "ema"  # the exported weights are the EMA's
     for key in ("val_nll_per_token", "val_bits_per_token", "val_bpb"):
         assert abs(mdlm[key] - res[key + "_ema"]) < 1e-4 * res[key + "_ema"], (key, mdlm[key], res[key + "_ema"])
+        # the standard error scales with its number: bits are nats / ln 2, bits per byte bits / bytes per token
+        assert mdlm[key + "_se"] / mdlm[key] == pytest.approx(mdlm["val_nll_per_token_se"] / mdlm["val_nll_per_token"])
     bad = dllm("eval", str(tmp_path / "mdlm" / "run"))
     assert bad.returncode == 2 and "config.json" in bad.stderr
     # an autoregressive model: the exact NLL; other batches, batch size and seed in-process
@@ -308,6 +310,14 @@ def test_eval_reproduces_the_trainers_validation(tmp_path, monkeypatch):
     assert got["nll"] == "exact" and abs(got["val_bpb"] - res["val_bpb"]) < 1e-4 * res["val_bpb"]
     other = run_eval(tmp_path / "mdlm" / "run" / "model", batches=1, batch_size=3, seed=7, device="cpu", progress=False)
     assert other["sequences"] == 3 < mdlm["sequences"] and other["seed"] == 7 and other["val_bpb"] != mdlm["val_bpb"]
+    # the standard error over the windows: the autoregressive NLL has no noise, so the means of the first
+    # 1, 2 and 3 windows give each window's NLL, and their sample deviation over sqrt(3) is the error of 3
+    firsts = [run_eval(tmp_path / "ar" / "run" / "model", batches=1, batch_size=k, device="cpu", progress=False)
+              for k in (1, 2, 3)]
+    assert firsts[0]["val_nll_per_token_se"] is None  # one window shows no spread (null, not NaN, in the JSON)
+    means = [r["val_nll_per_token"] for r in firsts]
+    windows = torch.tensor([means[0], 2 * means[1] - means[0], 3 * means[2] - 2 * means[1]], dtype=torch.float64)
+    assert firsts[2]["val_nll_per_token_se"] == pytest.approx(windows.std().item() / 3 ** 0.5, rel=1e-3)
     with pytest.raises(ValueError, match="must be positive"):
         run_eval(tmp_path / "ar" / "run" / "model", batches=0, device="cpu")
     # an autoregressive model asked for more than it holds fails before generating anything

@@ -150,10 +150,10 @@ def _main(argv: list[str] | None) -> int:
                     "on CUDA only)")
     ep = sub.add_parser("eval", help="validation loss of a model folder written by `dllm train`",
                         description="The NLL of a trained model on the first --batches batches of the held-out split "
-                        "of its corpus (the bound for "
-                        "diffusion models, exact for autoregressive ones), in nats and bits per token and bits per "
-                        "byte, as JSON. Defaults are the run's, so the numbers match its last validation of the "
-                        "weights the folder holds: the EMA's (val_bpb_ema) when the run kept one, as \"weights\" says.")
+                        "of its corpus (the bound for diffusion models, exact for autoregressive ones), in nats and "
+                        "bits per token and bits per byte, with one standard error over the windows (the _se keys), "
+                        "as JSON. Defaults are the run's, so the numbers match its last validation of the weights "
+                        "the folder holds: the EMA's (val_bpb_ema) when the run kept one, as \"weights\" says.")
     ep.add_argument("model", help="a model folder (OUT_DIR/model of `dllm train`)")
     ep.add_argument("--batches", type=int, default=None, help="validation batches (default: the run's --eval-batches)")
     ep.add_argument("--batch-size", type=int, default=None,

@@ -15,7 +15,8 @@ from .models import from_pretrained
 from .models.io import read_config
 from .objectives import get_objective
 from .training.config import TrainConfig
-from .training.evaluation import nll_metrics, validation_nll
+from .benchmarks.common import null_for_nan
+from .training.evaluation import nll_metrics, standard_error, validation_nll_per_window
 
 
 def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | None = None, device: str = "auto",
@@ -23,8 +24,9 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     """Validation NLL per token, bits per token and bits per byte of ``model_dir`` (OUT_DIR/model)
     on the first ``batches`` batches of the held-out split of the corpus it was trained on, read from
     OUT_DIR/run_config.json.
-    Diffusion models report their NLL bound, autoregressive ones the exact NLL. Defaults (batches,
-    batch size, seed) are the run's, so the numbers match the trainer's last validation of the
+    Diffusion models report their NLL bound, autoregressive ones the exact NLL; the ``_se`` keys are
+    one standard error over the windows (null for one window), each window's noise draw included.
+    Defaults (batches, batch size, seed) are the run's, so the numbers match the trainer's last validation of the
     exported weights (the ``_ema`` ones when the run kept an EMA)."""
     if (batches is not None and batches <= 0) or (batch_size is not None and batch_size <= 0):
         raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
@@ -60,9 +62,12 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     seed = cfg.seed if seed is None else seed
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and dev.type == "cuda" else nullcontext()
     sequences = min(len(data.val), batches * batch_size)
-    nats = validation_nll(model, objective, data.val, sequences=sequences, batch_size=batch_size, seed=seed,
-                          device=dev, amp=amp, progress=progress)
-    return {"model": str(model_dir), "objective": cfg.objective,
-            "nll": "exact" if cfg.objective == "ar" else "bound", "weights": config.get("weights", "model"),
-            "step": config.get("step"), "sequences": sequences, "seq_len": cfg.seq_len, "seed": seed,
-            "device": str(dev), **nll_metrics(nats, data.val_bytes_per_token(sequences))}
+    per_window = validation_nll_per_window(model, objective, data.val, sequences=sequences, batch_size=batch_size,
+                                           seed=seed, device=dev, amp=amp, progress=progress)
+    bytes_per_token = data.val_bytes_per_token(sequences)
+    return null_for_nan({
+        "model": str(model_dir), "objective": cfg.objective, "nll": "exact" if cfg.objective == "ar" else "bound",
+        "weights": config.get("weights", "model"), "step": config.get("step"), "sequences": sequences,
+        "seq_len": cfg.seq_len, "seed": seed, "device": str(dev),
+        **nll_metrics(per_window.mean().item(), bytes_per_token),
+        **nll_metrics(standard_error(per_window), bytes_per_token, "_se")})

@@ -35,6 +35,7 @@ from ..sampling import generate
 from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
 from ..training.config import TrainConfig
+from ..training.evaluation import standard_error
 from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
@@ -456,8 +457,7 @@ def run(ns: argparse.Namespace) -> dict:
         if key not in nll_cache:
             per = nll_per_window(nets[model], objectives[model], windows, key[1], seed=ns.seed, device=device,
                                  precision=precision)
-            se = per.std().item() / len(per) ** 0.5 if len(per) > 1 else math.nan
-            nll_cache[key] = (per.mean().item(), se)
+            nll_cache[key] = (per.mean().item(), standard_error(per))
         return nll_cache[key]
 
     points = []  # (model, sampler, length, frac)
