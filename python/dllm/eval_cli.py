@@ -26,8 +26,8 @@ def run_eval(model_dir: str, *, batches: int | None = None, batch_size: int | No
     OUT_DIR/run_config.json.
     Diffusion models report their NLL bound, autoregressive ones the exact NLL; the ``_se`` keys are
     one standard error over the windows (null for one window), each window's noise draw included.
-    Defaults (batches, batch size, seed) are the run's, so the numbers match the trainer's last validation of the
-    exported weights (the ``_ema`` ones when the run kept an EMA)."""
+    Defaults (batches, batch size, seed) are the run's, so the numbers match the trainer's last
+    validation of the exported weights (the ``_ema`` ones when the run kept an EMA)."""
     if (batches is not None and batches <= 0) or (batch_size is not None and batch_size <= 0):
         raise ValueError(f"--batches and --batch-size must be positive, got {batches} and {batch_size}")
     if seed is not None and not 0 <= seed < 2**63:  # the range dllm train accepts
