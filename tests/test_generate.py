@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import warnings
 
 import pytest
@@ -160,16 +161,22 @@ def test_mdlm_cache_draws_what_the_uncached_sampler_draws(temperature):
     assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe < uncached.nfe == 64
 
 
-def test_mdlm_ends_with_the_argmax_of_what_is_still_masked(monkeypatch):
+@pytest.mark.parametrize("model", [TinyModel(), TinyModel(time_conditioned=True), TinyModel(logits_shift=1)],
+                         ids=["time-agnostic", "time-conditioned", "shifted"])
+def test_mdlm_ends_with_the_argmax_of_what_is_still_masked(model, monkeypatch):
     # MDLM's grid stops at t = eps; one more forward's argmax fills what is left (rare at eps = 1e-5,
-    # so a large eps shows it)
+    # so a large eps shows it), at sigma(eps) and reading the shifted rows
     monkeypatch.setattr(dllm.sampling.masked, "MDLM_EPS", 0.5)
-    out, model = run("mdlm", gen_length=32, steps=1)
+    out, model = run("mdlm", model=model, gen_length=32, steps=1)
     assert not (out.sequences == MASK).any() and out.nfe == len(model.calls) == 2
-    before = model.calls[1][0]
+    before, sigma, _ = model.calls[1]
     left = before == MASK
     assert 0 < left.sum() < 32  # the ancestral step from t = 1 to 0.5 unmasks about half
-    logits = model(before)
+    if model.time_conditioned:
+        torch.testing.assert_close(sigma, torch.tensor([-math.log1p(-(1 - 1e-3) * 0.5)]))  # log-linear, t = eps
+    logits = model(before, sigma)
+    if model.logits_shift:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
     logits[..., MASK] = float("-inf")
     assert torch.equal(out.sequences[left], logits.argmax(-1)[left])
 

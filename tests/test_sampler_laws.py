@@ -487,6 +487,7 @@ def assert_law(indices: torch.Tensor, law: dict, start: int):
 @pytest.mark.parametrize("prompt, template, time_conditioned, shift, options", [
     ([], "???", True, 0, dict(steps=3)), ([2], "???", True, 0, dict(steps=4)), ([], "???", False, 0, dict(steps=2)),
     ([1], "?2??", True, 1, dict(steps=3, temperature=0.7)),
+    ([1], "???", False, 0, dict(steps=2, top_k=2)), ([], "???", True, 0, dict(steps=3, top_p=0.8)),
 ])
 def test_mdlm_law(prompt, template, time_conditioned, shift, options, device):
     options = {"temperature": 1.0, **options}
@@ -511,25 +512,29 @@ def test_mdlm_law_when_steps_reuse_the_logits():
     assert_law(torch.cat(indices), law, 0)
 
 
-@pytest.mark.parametrize("prompt, template, time_conditioned, temperature",
-                         [([1], "???", False, 1.0), ([], "???", True, 1.0), ([], "?0??", True, 0.5)])
-def test_first_hitting_law(prompt, template, time_conditioned, temperature, device):
-    model = CanvasModel(len(prompt) + len(template), seed=3, time_conditioned=time_conditioned)
-    law = first_hitting_law(Chain(model), canvas_of(prompt, template), temperature=temperature)
-    indices = draw(model, prompt, template, "first-hitting", device, steps=3, temperature=temperature)
-    assert_law(indices, law, len(prompt))
+@pytest.mark.parametrize("prompt, template, time_conditioned, shift, options", [
+    ([1], "???", False, 0, {}), ([], "???", True, 0, {}), ([], "?0??", True, 0, dict(temperature=0.5)),
+    ([1], "???", False, 1, {}), ([1], "???", False, 0, dict(top_k=2)), ([1], "???", False, 0, dict(top_p=0.8)),
+])
+def test_first_hitting_law(prompt, template, time_conditioned, shift, options, device):
+    options = {"temperature": 1.0, **options}
+    model = CanvasModel(len(prompt) + len(template), seed=3, time_conditioned=time_conditioned, logits_shift=shift)
+    law = first_hitting_law(Chain(model), canvas_of(prompt, template), **options)
+    assert_law(draw(model, prompt, template, "first-hitting", device, steps=3, **options), law, len(prompt))
 
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "random"])
-@pytest.mark.parametrize("prompt, template, time_conditioned, options", [
-    ([0], "???", True, dict(steps=2, block_length=3)),  # one block: commits 2 tokens, then 1
-    ([], "????", False, dict(steps=4, block_length=2, temperature=0.5)),  # two blocks of two steps
-    ([0], "???", True, dict(steps=3, block_length=3, cfg_scale=0.5)),
-    ([], "??2?", False, dict(steps=4, block_length=2, top_k=2)),  # the second block has one mask
+@pytest.mark.parametrize("prompt, template, time_conditioned, shift, options", [
+    ([0], "???", True, 0, dict(steps=2, block_length=3)),  # one block: commits 2 tokens, then 1
+    ([], "????", False, 0, dict(steps=4, block_length=2, temperature=0.5)),  # two blocks of two steps
+    ([0], "???", True, 0, dict(steps=3, block_length=3, cfg_scale=0.5)),
+    ([], "??2?", False, 0, dict(steps=4, block_length=2, top_k=2)),  # the second block has one mask
+    ([0], "???", False, 0, dict(steps=2, block_length=3, top_p=0.8)),
+    ([0], "???", False, 1, dict(steps=2, block_length=3)),
 ])
-def test_llada_law(remasking, prompt, template, time_conditioned, options, device):
+def test_llada_law(remasking, prompt, template, time_conditioned, shift, options, device):
     options = {"temperature": 1.0, **options}
-    model = CanvasModel(len(prompt) + len(template), seed=4, time_conditioned=time_conditioned)
+    model = CanvasModel(len(prompt) + len(template), seed=4, time_conditioned=time_conditioned, logits_shift=shift)
     law = llada_law(Chain(model), canvas_of(prompt, template), start=len(prompt), remasking=remasking, **options)
     sampler = "llada" if remasking == "low_confidence" else "llada:random"
     assert_law(draw(model, prompt, template, sampler, device, **options), law, len(prompt))
@@ -572,6 +577,7 @@ def test_dream_law(alg, prompt, template, time_conditioned, seed, options, devic
     ([0], "???", False, 0, dict(block_length=2, threshold=0.5)),  # blocks of 2 and 1
     ([], "???", True, 1, dict(block_length=3, threshold=0.4)),
     ([1], "?2??", False, 0, dict(block_length=4, threshold=0.6, top_p=0.9)),
+    ([0], "???", False, 0, dict(block_length=2, threshold=0.5, top_k=2)),
 ])
 def test_fast_dllm_law(prompt, template, time_conditioned, shift, options, device):
     options = {"temperature": 1.0, **options}
