@@ -487,3 +487,66 @@ def test_bpe_decode_refuses_ids_outside_the_vocabulary(corpus_dir):
     for bad in (tok.vocab_size, -1):  # the library dropped the first in silence and overflowed on the second
         with pytest.raises(ValueError, match=f"id {bad} is outside the bpe tokenizer's vocabulary \\(0 to 299\\)"):
             tok.decode([104, bad])
+
+
+@pytest.mark.parametrize("n,batch", [(7, 3), (11, 5), (5, 2), (13, 4)])
+def test_every_epoch_visits_every_window_whatever_the_batch(n, batch):
+    order = BatchOrder(n, seed=n * 31 + batch)
+    drawn = np.concatenate([order.next(batch) for _ in range(-(-4 * n // batch))])[:4 * n]
+    epochs = drawn.reshape(4, n)
+    for e in epochs:  # no window skipped at an epoch's end, none repeated
+        assert sorted(e.tolist()) == list(range(n))
+    assert len({tuple(e) for e in epochs}) > 1
+
+
+@pytest.mark.parametrize("n", [6, 9])
+def test_batch_order_resumed_at_an_epochs_end_starts_the_next_epoch(n):
+    a = BatchOrder(n, seed=5)
+    epoch0 = a.next(n)  # exactly one epoch: the state holds pos == n
+    state = a.state_dict()
+    rest = np.concatenate([a.next(4) for _ in range(3)])
+    b = BatchOrder(n, seed=5)
+    b.load_state_dict(state)
+    assert np.array_equal(rest, np.concatenate([b.next(4) for _ in range(3)]))
+    assert not np.array_equal(rest[:n], epoch0[:len(rest[:n])])  # the next epoch, not epoch 0 again
+
+
+@pytest.mark.parametrize("windows,extra", [(3, 0), (5, 0), (4, 6), (1, 0)])
+def test_packed_dataset_keeps_every_whole_window(windows, extra):
+    L = 7
+    tokens = np.arange(windows * L + extra, dtype=np.uint16)
+    ds = PackedDataset(tokens, L)
+    assert len(ds) == windows
+    got = ds.get(range(len(ds)))
+    assert got.dtype == torch.int64 and got.shape == (windows, L)
+    assert np.array_equal(got.numpy().reshape(-1), np.arange(windows * L))  # the tail short of a window is dropped
+
+
+def test_moving_a_file_across_the_split_never_reuses_the_old_token_cache(tmp_path):
+    """Files hashed at 0.515 (a2.txt), 0.342 (b31.txt) and 0.150 (c3.txt): --val-fraction 0.2 holds out
+    c3, 0.4 holds out b31 and c3, the same texts in the same order: the corpus hash must tell the splits
+    apart, or the second run trains on b31 from the first run's cached train.bin."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    texts = {"a2.txt": "alpha " * 10, "b31.txt": "beta " * 4, "c3.txt": "gamma" * 4}
+    for name, text in texts.items():
+        (d / name).write_text(text)
+    c1, c2 = load_corpus(d, val_fraction=0.2), load_corpus(d, val_fraction=0.4)
+    assert [r for r, _ in c1.val] == ["c3.txt"] and [r for r, _ in c2.val] == ["b31.txt", "c3.txt"]
+    assert c1.hash != c2.hash
+    first = prepare(str(d), val_fraction=0.2, seq_len=4, cache_dir=str(tmp_path / "cache"), progress=False)
+    second = prepare(str(d), val_fraction=0.4, seq_len=4, cache_dir=str(tmp_path / "cache"), progress=False)
+    assert len(first.train.tokens) == 60 + 20 + 2 and len(first.val.tokens) == 21
+    assert len(second.train.tokens) == 61 and len(second.val.tokens) == 42
+
+
+def test_text_suffixes_are_read_in_any_case(tmp_path):
+    d = tmp_path / "corpus"
+    d.mkdir()
+    names = ["NOTES.TXT", "Guide.Md", "main.PY", "plain.txt", "photo.PNG"]
+    for i, name in enumerate(names):
+        (d / name).write_text(f"text number {i} " * (5 + 3 * i))
+    c = load_corpus(d, val_fraction=0.3)
+    read = sorted(rel.removesuffix("#val") for rel, _ in c.train + c.val)
+    assert read == sorted(["NOTES.TXT", "Guide.Md", "main.PY", "plain.txt"])
+    assert [os.path.basename(p) for p, _ in c.skipped] == ["photo.PNG"]

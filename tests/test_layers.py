@@ -164,3 +164,20 @@ def test_dit_bf16_inference_on_cuda_is_sedds_dit():
         out = model(x, sigma)
     torch.testing.assert_close(out.double().cpu(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
     torch.testing.assert_close(out, model(x, sigma).detach(), rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("eps", [0.37, 2.5e-3])
+def test_dit_forward_reads_the_configs_norm_eps_in_every_norm(eps):
+    """A DiT of another norm_eps than the default (a config.json may set it) against SEDD's DiT in float64."""
+    torch.manual_seed(9)
+    cfg = model_config("tiny", arch="dit", hidden=30, layers=2, heads=3, cond_dim=14, vocab_size=29, max_seq_len=32,
+                       time_conditioning=True, norm_eps=eps)
+    model = build_model(cfg).eval().double()
+    with torch.no_grad():
+        for prm in model.parameters():  # the zero-initialised adaLN and head too
+            prm.copy_(0.3 * torch.randn_like(prm) + (prm if prm.dim() == 1 else 0))
+    x, sigma = torch.randint(0, 29, (3, 19)), torch.tensor([0.1, 1.7, 4.0])
+    want = _dit_reference(model, x, sigma)
+    for record in (False, True):
+        with torch.set_grad_enabled(record):
+            torch.testing.assert_close(model(x, sigma).double(), want, rtol=1e-10, atol=1e-10)

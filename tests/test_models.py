@@ -7,7 +7,7 @@ from dllm.models import ARTransformer, DiffusionTransformer, LLaDAModel, from_pr
 import dllm
 from dllm import ops
 from dllm.models import attention as attn_mod
-from dllm.models.layers import VocabProjection
+from dllm.models.layers import RMSNorm, VocabProjection
 
 
 def _tiny(arch, **kw):
@@ -559,3 +559,95 @@ def test_the_vocab_head_pads_its_rows_on_cuda():
         out = head(h)
     assert out.shape == (2, 2048, 50258) and out.stride() == (2048 * 50304, 50304, 1) and out.data_ptr() % 128 == 0
     torch.testing.assert_close(out, torch.nn.functional.linear(h, head.weight, head.bias), rtol=1.6e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", ["llada", "dit"])
+@pytest.mark.parametrize("branch", ["attention", "mlp"])
+def test_dropout_reaches_each_residual_branch(arch, branch):
+    """With the other branch's output projection zeroed, the output in training still varies from call to
+    call: this branch's update is dropped out too (and not in eval mode)."""
+    torch.manual_seed(3)
+    model = build_model(model_config("tiny", arch=arch, vocab_size=37, hidden=24, heads=2, layers=2, cond_dim=12,
+                                     dropout=0.4))
+    with torch.no_grad():
+        for prm in model.parameters():  # the zero-initialised adaLN and head too
+            prm.copy_(0.3 * torch.randn_like(prm) + (prm if prm.dim() == 1 else 0))
+        for blk in model.blocks:
+            if arch == "llada":
+                other = blk.down_proj if branch == "attention" else blk.o_proj
+            else:
+                other = blk.mlp[2] if branch == "attention" else blk.attn_out
+            other.weight.zero_()
+            if getattr(other, "bias", None) is not None:
+                other.bias.zero_()
+    x = torch.randint(0, 37, (3, 11))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+def test_every_llada_rms_norm_uses_the_configs_eps():
+    torch.manual_seed(5)
+    eps = 0.29
+    model = build_model(model_config("tiny", arch="llada", vocab_size=31, hidden=20, heads=2, layers=2,
+                                     norm_eps=eps)).double().eval()
+    seen = []
+
+    def check(module, args, out):
+        x = args[0]
+        want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * module.weight
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+        seen.append(module)
+
+    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
+    for m in norms:
+        with torch.no_grad():
+            m.weight.copy_(1 + 0.5 * torch.randn_like(m.weight))
+        m.register_forward_hook(check)
+    with torch.no_grad():
+        model(torch.randint(0, 31, (2, 9)))
+    assert len(seen) == len(norms) == 2 * 2 + 1
+
+
+@pytest.mark.parametrize("hidden", [48, 160])
+def test_dit_token_embedding_starts_as_sedds_kaiming_uniform(hidden):
+    """SEDD's EmbeddingLayer: kaiming_uniform_(a=sqrt(5)) on [vocab, hidden], i.e. U(-1/sqrt(hidden), 1/sqrt(hidden))."""
+    torch.manual_seed(hidden)
+    model = build_model(model_config("tiny", arch="dit", vocab_size=301, hidden=hidden, heads=4, layers=1))
+    w = model.vocab_embed.detach().double()
+    bound = hidden ** -0.5
+    assert w.abs().max().item() <= bound
+    assert w.abs().max().item() > 0.99 * bound  # 301 * hidden draws reach near the edge
+    assert w.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert abs(w.mean().item()) < 5 * bound / (3 * w.numel()) ** 0.5
+
+
+@pytest.mark.parametrize("hidden,ratio,want", [(128, 4.0, 344), (96, 4.0, 256), (60, 3.0, 120), (36, 2.5, 64)])
+def test_llada_derived_swiglu_width_rounds_two_thirds_up_to_a_multiple_of_8(hidden, ratio, want):
+    # LLaMA's rule: int(2/3 * ratio * hidden), rounded up to a multiple of 8
+    assert want == 8 * -(-int(2 * ratio * hidden / 3) // 8)
+    model = build_model(model_config("tiny", arch="llada", vocab_size=20, hidden=hidden, heads=2, layers=1,
+                                     mlp_ratio=ratio))
+    blk = model.blocks[0]
+    assert blk.gate_proj.weight.shape == blk.up_proj.weight.shape == (want, hidden)
+    assert blk.down_proj.weight.shape == (hidden, want)
+
+
+@pytest.mark.parametrize("arch", ["dit", "ar"])
+@pytest.mark.parametrize("ratio,hidden", [(2.5, 24), (3.0, 40), (1.0, 16)])
+def test_dit_mlp_width_follows_mlp_ratio(arch, ratio, hidden):
+    model = build_model(model_config("tiny", arch=arch, vocab_size=23, hidden=hidden, heads=2, layers=2,
+                                     mlp_ratio=ratio))
+    for blk in model.blocks:
+        up, _, down = blk.mlp
+        assert up.weight.shape == (int(ratio * hidden), hidden) and down.weight.shape == (hidden, int(ratio * hidden))
+    out = model(torch.randint(0, 23, (2, 5)))
+    assert out.shape == (2, 5, 23)
+
+
+def test_named_sizes_are_sedds_released_configs():
+    # SEDD's configs/model/{small,medium}.yaml: hidden_size, n_blocks, n_heads, cond_dim
+    for size, (hidden, layers, heads, cond) in {"small": (768, 12, 12, 128), "medium": (1024, 24, 16, 128)}.items():
+        cfg = model_config(size)
+        assert (cfg.hidden, cfg.layers, cfg.heads, cfg.cond_dim, cfg.mlp_ratio) == (hidden, layers, heads, cond, 4.0)

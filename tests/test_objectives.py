@@ -1,6 +1,7 @@
 """Objectives against direct float64 formulas written from the definitions, not from the code."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -584,3 +585,72 @@ def test_a_compiled_model_keeps_the_masked_only_head():
     got = obj.nll(torch.compile(net, backend="eager"), x0, draws)
     assert calls == [True, True]
     torch.testing.assert_close(got, want)
+
+
+
+
+@pytest.mark.parametrize("noise", [LogLinear(0.2), Geometric(0.3, 2.0), LogLinear()],
+                         ids=["loglinear-eps0.2", "geometric-0.3-2", "loglinear"])
+def test_uniform_sedd_bound_of_a_sequence_is_the_sum_of_its_tokens_bounds(noise):
+    """Each token is noised alone and the network here reads each position alone, so the bound of L
+    tokens (the integral and the prior term KL(q_sigma(1) || uniform) of every position) is the sum
+    of the bounds of each token drawn with the same v, below, u and y."""
+    K, B, L = 7, 13, 5
+    obj = SEDD(SimpleNamespace(vocab_size=K + 1, mask_id=K, eos_id=K - 1), graph="uniform")
+    obj.noise = noise
+    model = _TokenTable(K, 1.0)
+    g = torch.Generator().manual_seed(23)
+    x0 = torch.randint(0, K, (B, L), generator=g)
+    draws = obj.bound_draw(B, L, g)
+    whole = obj.bound(model, x0, draws).double()
+    parts = sum(obj.bound(model, x0[:, i:i + 1], {**draws, "u": draws["u"][:, i:i + 1], "y": draws["y"][:, i:i + 1]})
+                .double() for i in range(L))
+    torch.testing.assert_close(whole, parts, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["draw", "bound_draw"])
+def test_uniform_sedd_jumps_to_every_token_alike(which):
+    """The uniform graph's jump targets y are uniform over all K real tokens, the last one included."""
+    K, B, L = 9, 397, 53
+    obj = SEDD(SimpleNamespace(vocab_size=K + 1, mask_id=K, eos_id=K - 1), graph="uniform")
+    y = getattr(obj, which)(B, L, torch.Generator().manual_seed(4))["y"]
+    assert y.min() >= 0 and y.max() < K
+    counts = torch.bincount(y.reshape(-1), minlength=K).double()
+    n = B * L
+    chi2 = ((counts - n / K) ** 2 / (n / K)).sum().item()
+    assert chi2 < 40  # 8 degrees of freedom: P(chi2 > 40) ~ 3e-6
+
+
+def test_sedd_training_times_lie_in_eps_1_and_reach_near_eps():
+    """SEDD draws t uniformly on [sampling_eps, 1], sampling_eps 1e-3 by default (SEDD's), not stratified."""
+    obj = SEDD(ByteTokenizer())
+    B = 20011
+    t = obj.draw(B, 3, torch.Generator().manual_seed(8))["t"].double()
+    assert t.min() >= 1e-3 - 1e-7 and t.max() <= 1
+    assert t.min() < 1e-3 + 5 * (1 - 1e-3) / B  # P(min above) = e^-5
+    assert abs(t.mean().item() - (1 + 1e-3) / 2) < 5 * (1 / 12) ** 0.5 / B ** 0.5
+    # independent draws: the count in each of B equal strata is Poisson-like (antithetic draws put exactly one in each)
+    strata = torch.bincount(((t - 1e-3) / (1 - 1e-3) * B).floor().long().clamp(0, B - 1), minlength=B)
+    assert (strata == 0).double().mean().item() > 0.3  # about e^-1 of them empty
+
+
+def test_bound_draws_deal_their_strata_to_the_rows_at_random():
+    """The masked bound's counts k (and the uniform bound's v) are stratified over the batch, one per
+    stratum, with the strata dealt at random: no row always meets few masks (or low noise)."""
+    from dllm.objectives import MDLM
+    B, L, reps = 7, 53, 600
+    g = torch.Generator().manual_seed(17)
+    uniform = SEDD(SimpleNamespace(vocab_size=10, mask_id=9, eos_id=8), graph="uniform")
+    ks, vs = [], []
+    for _ in range(reps):
+        k = MDLM(ByteTokenizer()).bound_draw(B, L, g)["k"]
+        for i, ki in enumerate(sorted(k.tolist())):  # one count in each stratum: floor(v L) + 1, v in [i/B, (i+1)/B)
+            assert i * L // B + 1 <= ki <= (i + 1) * L // B + 1
+        ks.append(k)
+        v = uniform.bound_draw(B, 3, g)["v"]
+        assert sorted(((1 - v) * B).floor().long().tolist()) == list(range(B))
+        vs.append(v)
+    k, v = torch.stack(ks).double(), torch.stack(vs)
+    sd_k = ((L * L - 1) / 12) ** 0.5
+    assert (k.mean(0) - (L + 1) / 2).abs().max().item() < 5 * sd_k / reps ** 0.5
+    assert (v.mean(0) - 0.5).abs().max().item() < 5 * (1 / 12) ** 0.5 / reps ** 0.5

@@ -908,3 +908,44 @@ def test_a_corpus_smaller_than_a_batch_warns(tmp_path, caplog):
     assert "holds 32 windows of 64 tokens, fewer than a batch of 64: every batch repeats windows" in caplog.text
     assert "validation scores the" in caplog.text and "fewer than --eval-batches x --batch-size = 64" in caplog.text
 
+
+
+def test_grad_clip_0_is_off_not_a_zero_gradient(tmp_path, corpus):
+    """--grad-clip 0 means no clipping: the step equals one with a clip no gradient reaches."""
+    after = {}
+    for clip in (0.0, 1e30):
+        t = Trainer(TrainConfig(**tiny(tmp_path / str(clip), corpus, objective="mdlm", hidden=32, layers=1, heads=2,
+                                       seq_len=24, batch_size=6, ema=0, grad_clip=clip, cache_dir=str(tmp_path / "c"))))
+        before = [p.detach().clone() for p in t.params]
+        out = t.train_step()
+        assert out["grad_norm"] > 0
+        after[clip] = [p.detach().clone() for p in t.params]
+        assert max((a - b).abs().max().item() for a, b in zip(after[clip], before)) > 1e-4  # lr 3e-3 steps of Adam
+    for a, b in zip(after[0.0], after[1e30]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("objective", ["llada", "mdlm"])
+def test_a_cut_steps_nll_per_token_counts_the_tokens_it_trained_on(tmp_path, corpus, objective):
+    """nll_per_token of a step cut to a random length L is its summed NLL over B * L; for the objectives
+    whose loss is the mean NLL per token it equals the loss."""
+    t = Trainer(TrainConfig(**tiny(tmp_path, corpus, objective=objective, hidden=32, layers=1, heads=2, seq_len=40,
+                                   batch_size=6, ema=0, random_length=1.0)))
+    cut = []
+    for _ in range(4):
+        out = t.train_step()
+        assert 1 <= out["seq_len"] <= 40
+        cut.append(out["seq_len"] < 40)
+        assert out["nll_per_token"] == pytest.approx(out["loss"], rel=1e-5)
+    assert any(cut)
+
+
+def test_random_lengths_are_uniform_on_1_to_seq_len(tmp_path, corpus):
+    """A cut step's length is uniform on [1, seq_len], seq_len included (LLaDA's "random length in [1, 4096]")."""
+    L = 3
+    t = Trainer(TrainConfig(**tiny(tmp_path, corpus, objective="llada", hidden=16, layers=1, heads=2, seq_len=L,
+                                   batch_size=2, ema=0, random_length=1.0, steps=1000)))
+    n = 240
+    counts = torch.bincount(torch.tensor([t.train_step()["seq_len"] for _ in range(n)]), minlength=L + 1)[1:]
+    assert counts.sum() == n and counts.min() > 0
+    assert ((counts - n / L) ** 2 / (n / L)).sum().item() < 20  # chi-square, 2 degrees of freedom: P ~ 5e-5
