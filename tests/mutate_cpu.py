@@ -1,7 +1,7 @@
 """Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
 at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
 the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
-for the CUDA kernels. About ten minutes on 2 cores.
+for the CUDA kernels. About 40 minutes on 2 cores, most of them rebuilding for the C++ mutants.
 
     python tests/mutate_cpu.py [INDEX ...]
 
@@ -285,6 +285,60 @@ MUTANTS = [
     ("python/dllm/models/hub/loader.py", "if not tensor.is_floating_point():", "if False:",
      ["test_published_checkpoints"]),
     ("csrc/torch/unmask.cpp", "  }\n  x.unsafeGetTensorImpl()->bump_version();\n}", "  }\n}", ["test_op_contracts"]),
+    # options every masked sampler hands to predict_masked, MDLM's final step at sigma(eps) and shifted
+    (MASKED, "temperature=temperature, top_k=top_k, top_p=top_p,\n                                      logits_shift=shift",
+     "temperature=temperature,\n                                      logits_shift=shift", ["test_sampler_laws"]),
+    (MASKED, 'confidence="random", logits_shift=shift, generator=generator)',
+     'confidence="random", generator=generator)', ["test_sampler_laws"]),
+    (MASKED, 'top_k=top_k, top_p=top_p,\n                                      confidence="random"',
+     '\n                                      confidence="random"', ["test_sampler_laws"]),
+    (MASKED, "top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)",
+     "top_p=top_p, confidence=confidence, generator=generator)", ["test_sampler_laws"]),
+    (MASKED, "top_p=top_p, confidence=confidence, logits_shift=shift, generator=generator)",
+     "confidence=confidence, logits_shift=shift, generator=generator)", ["test_sampler_laws"]),
+    (MASKED, "temperature=temperature, top_k=top_k,\n                                      top_p=top_p, logits_shift=min(",
+     "temperature=temperature,\n                                      top_p=top_p, logits_shift=min(", ["test_sampler_laws"]),
+    (MASKED, "loop.logits(x, loglinear_sigma(per_row(s))", "loop.logits(x, loglinear_sigma(per_row(t))", [GEN]),
+    (MASKED, "ops.predict_masked(latest[0], x, mask_id=mask_id, logits_shift=shift)",
+     "ops.predict_masked(latest[0], x, mask_id=mask_id)", [GEN]),
+    # training, objectives, models and data: a clip of 0, the uniform bound's prior, its jump targets
+    # and strata, SEDD's times, epochs and their resume, a split's last window and hash, suffixes,
+    # dropout, norm_eps, a cut step's counts, the MLP widths, SEDD's sizes and embedding
+    ("python/dllm/training/trainer.py", "if cfg.grad_clip > 0:", "if cfg.grad_clip >= 0:", ["test_training"]),
+    (OBJECTIVES, "return integral + L * prior.to(integral)", "return integral + prior.to(integral)",
+     ["test_objectives"]),
+    (OBJECTIVES, 'd["y"] = torch.randint(0, self.model_vocab_size, (batch, seq_len)',
+     'd["y"] = torch.randint(0, self.model_vocab_size - 1, (batch, seq_len)', ["test_objectives"]),
+    (OBJECTIVES, "sample_t(batch, generator, self.sampling_eps, antithetic=False)",
+     "sample_t(batch, generator, self.sampling_eps, antithetic=True)", ["test_objectives"]),
+    (OBJECTIVES, "strata = torch.rand(batch, generator=generator, dtype=torch.float64) + torch.randperm(batch, "
+     "generator=generator)", "strata = torch.rand(batch, generator=generator, dtype=torch.float64) + "
+     "torch.arange(batch)", ["test_objectives"]),
+    ("python/dllm/data/dataset.py", "            if self.pos == self.n:", "            if self.pos >= self.n - 1:",
+     ["test_data"]),
+    ("python/dllm/data/dataset.py", 'self.epoch, self.pos = s["epoch"], s["pos"]',
+     'self.epoch, self.pos = s["epoch"], s["pos"] % self.n', ["test_data"]),
+    ("python/dllm/data/dataset.py", "return len(self.tokens) // self.seq_len",
+     "return (len(self.tokens) - 1) // self.seq_len", ["test_data"]),
+    ("python/dllm/data/corpus.py", 'h.update(f"{split}\\0{rel}\\0"', 'h.update(f"{rel}\\0"', ["test_data"]),
+    ("python/dllm/data/corpus.py", "elif p.suffix.lower() in _TEXT_SUFFIXES", "elif p.suffix in _TEXT_SUFFIXES",
+     ["test_data"]),
+    ("python/dllm/models/llada.py", "x = x + self.dropout(self.o_proj(a))", "x = x + self.o_proj(a)", ["test_models"]),
+    ("python/dllm/models/dit.py", "self.norm1 = ModulatedLayerNorm(d, cfg.norm_eps)",
+     "self.norm1 = ModulatedLayerNorm(d)", ["test_layers"]),
+    ("python/dllm/models/llada.py", "self.norm = RMSNorm(cfg.hidden, cfg.norm_eps)", "self.norm = RMSNorm(cfg.hidden)",
+     ["test_models"]),
+    ("python/dllm/training/trainer.py", "nll_tok = nll_sum.item() / (B * L)",
+     "nll_tok = nll_sum.item() / (B * self.cfg.seq_len)", ["test_training"]),
+    ("python/dllm/training/trainer.py", "length = int(torch.randint(1, L + 1, ()", "length = int(torch.randint(1, L, ()",
+     ["test_training"]),
+    ("python/dllm/models/dit.py", "hid = int(cfg.mlp_ratio * d)", "hid = 4 * d", ["test_models"]),
+    ("python/dllm/models/llada.py", "8 * ((int(2 * cfg.mlp_ratio * d / 3) + 7) // 8)",
+     "8 * ((int(2 * cfg.mlp_ratio * d / 3)) // 8)", ["test_models"]),
+    ("python/dllm/models/config.py", '"small": dict(hidden=768, layers=12, heads=12, cond_dim=128)',
+     '"small": dict(hidden=768, layers=12, heads=12, cond_dim=64)', ["test_models"]),
+    ("python/dllm/models/dit.py", "nn.init.kaiming_uniform_(self.vocab_embed, a=math.sqrt(5))",
+     "nn.init.normal_(self.vocab_embed, std=0.02)", ["test_models"]),
 ]
 
 
