@@ -1,6 +1,8 @@
 """The dllm command line end to end, on tiny settings."""
 
+import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -482,3 +484,66 @@ def test_bench_step_refuses_a_model_larger_than_free_memory(monkeypatch, tmp_pat
     step_latency.add_arguments(p)
     with pytest.raises(ValueError, match=r"weights alone take .* GiB in torch.float32, more than the 0.0 GiB free"):
         step_latency.run(p.parse_args(["--device", "cpu", "--out", str(tmp_path)]))
+
+
+def test_bench_step_speedups_and_spreads(tmp_path, monkeypatch):
+    """Each row's speedup is the eager reference step's median over its own (above 1: faster than
+    the eager step), and its p20 and p80 bracket its median."""
+    from dllm.benchmarks import step_latency
+
+    case = step_latency.Case("llada", dict(arch="llada", hidden=32, layers=1, heads=2, vocab_size=67), 2, 37)
+    monkeypatch.setitem(step_latency.PRESETS, "tiny", [case])
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    step_latency.run(p.parse_args(["--device", "cpu", "--reps", "7", "--warmup", "1", "--threads", "1",
+                                   "--out", str(tmp_path)]))
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    eager = next(r for r in rows if r["impl"] == "eager reference step")
+    assert eager["speedup_vs_eager"] == 1.0 and len(rows) == 3
+    for r in rows:
+        assert math.isclose(r["speedup_vs_eager"], eager["median_ms"] / r["median_ms"], rel_tol=1e-9), r
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
+
+
+def test_sample_defaults_to_temperature_0_8_and_passes_a_given_one(tmp_path, capsys, monkeypatch):
+    """`dllm sample` on a masked model draws at its documented default temperature 0.8 (not greedy),
+    and passes --temperature on; a SEDD model gets generate's neutral 0."""
+    import dllm.sample_cli
+
+    seen, real = [], dllm.sample_cli.generate
+    monkeypatch.setattr(dllm.sample_cli, "generate", lambda *a, **kw: seen.append(kw["temperature"]) or real(*a, **kw))
+    make_checkpoint(tmp_path / "llada", "llada")
+    make_checkpoint(tmp_path / "sedd", "sedd")
+    write_tokenizer(tmp_path / "sedd", 40, {})
+    for folder, args, want in (("llada", [], 0.8), ("llada", ["--temperature", "0.3"], 0.3),
+                               ("llada", ["--temperature", "0"], 0.0), ("sedd", [], 0.0)):
+        seen.clear()
+        code = main(["sample", str(tmp_path / folder), "--prompt", "w3 w7", *args, "--device", "cpu",
+                     "--gen-length", "8", "--steps", "4"])
+        assert code == 0, capsys.readouterr().err
+        assert seen == [want], (folder, args, seen)
+
+
+def test_the_sample_progress_bar_counts_the_sedd_steps_that_run():
+    """A SEDD sampler runs its steps and then the denoising step: the bar counts to steps + 1."""
+    from torch import nn
+
+    import dllm
+    from dllm.sample_cli import _expected_steps
+    from dllm.sedd import Absorbing, Uniform
+
+    class Score(nn.Module):
+        def __init__(self, graph):
+            super().__init__()
+            self.graph, self.emb = graph, nn.Parameter(torch.randn(graph.num_classes, graph.num_classes))
+
+        def forward(self, x, sigma):
+            return self.emb[x] * sigma[:, None, None]
+
+    for sampler in ("sedd-analytic", "sedd-euler"):
+        for graph in (Absorbing(13), Uniform(13)):
+            for gen_length, steps in ((5, 3), (9, 12)):
+                calls = []
+                dllm.generate(Score(graph), gen_length=gen_length, steps=steps, sampler=sampler,
+                              callback=lambda *args: calls.append(1))
+                assert _expected_steps(sampler, steps, gen_length) == len(calls) == steps + 1, (sampler, steps)

@@ -372,3 +372,56 @@ def test_the_replay_serves_stale_values_and_refuses_host_syncs_and_freed_tensors
 def test_cuda_graph_with_a_prefix_cache_is_refused():
     with pytest.raises(ValueError, match="cannot be combined with cache='prefix'"):
         dllm.generate(masked_model("llada"), gen_length=8, steps=8, sampler="fast-dllm", cache="prefix", cuda_graph=True)
+
+
+def test_a_call_with_another_generator_draws_from_it(monkeypatch):
+    """The graphs register the generator they were captured with: a later call of one configuration
+    with another generator object gets its own graphs, so that it draws from the generator it was given
+    (replayed, each call gives what an eager call with its generator gives)."""
+    model = make("llada", layers=1)
+    kw = dict(prompt=PROMPTS, gen_length=12, steps=6, sampler="mdlm", temperature=1.0)
+    eager = [dllm.generate(model, generator=torch.Generator().manual_seed(s), **kw).sequences for s in (3, 11)]
+    assert not torch.equal(*eager)
+    replay_on_cpu(monkeypatch)
+    for s, want in zip((3, 11), eager):
+        got = dllm.generate(model, generator=torch.Generator().manual_seed(s), cuda_graph=True, **kw).sequences
+        assert torch.equal(got, want), s
+    assert RecordedStep.captures >= 2  # the second generator's call captured its own
+
+
+def _each_equals_eager(monkeypatch, model, calls):
+    """Runs ``calls`` (keyword sets) eagerly, then replayed in a row (one kept graph session per
+    configuration), each with its own seeded generator: every replayed call's canvases, step by step, must equal its eager one's."""
+    eager = [dllm.generate(model, generator=torch.Generator().manual_seed(5), return_history=True, **kw).history
+             for kw in calls]
+    replay_on_cpu(monkeypatch)
+    gen = torch.Generator().manual_seed(5)  # one object: the calls share the session keyed by everything else
+    for kw, want in zip(calls, eager):
+        gen.manual_seed(5)
+        got = dllm.generate(model, generator=gen, cuda_graph=True, return_history=True, **kw).history
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), kw
+
+
+def test_padded_and_unpadded_prompts_of_one_width_get_their_own_graphs(monkeypatch):
+    """A graph captured for prompts without padding calls the model without a mask: prompts of the
+    same width with padding (the same canvas shape) must not replay it, nor the other way round."""
+    model = make("llada", layers=1)
+    full = [[5, 7, 9, 11, 2, 3, 1], [8, 8, 4, 1, 2, 3, 4], [30, 31, 32, 33, 34, 35, 36]]
+    kw = dict(gen_length=9, steps=9, sampler="llada", temperature=1.0)
+    _each_equals_eager(monkeypatch, model, [dict(prompt=full, **kw), dict(prompt=PROMPTS, **kw),
+                                            dict(prompt=full, **kw)])
+
+
+def test_a_sedd_canvas_with_known_tokens_does_not_replay_an_unconditional_graph(monkeypatch):
+    """SEDD's steps project known tokens back only when there are some: an infill (or prompt) of the
+    canvas shape of an earlier unconditional call gets its own graphs and keeps its tokens."""
+    graph = Uniform(V)  # (on the absorbing graph a known token never moves: projecting it back changes nothing)
+    torch.manual_seed(0)
+    cfg = model_config("tiny", arch="dit", vocab_size=graph.num_classes, hidden=32, heads=4, layers=2, max_seq_len=96,
+                       cond_dim=16, time_conditioning=True)
+    model = ScoreModel(perturbed(build_model(cfg)), graph, Geometric())
+    infill = torch.full((2, 13), -1)
+    infill[:, 4:7] = torch.tensor([4, 5, 6])
+    kw = dict(gen_length=13, steps=6, sampler="sedd-analytic")
+    _each_equals_eager(monkeypatch, model, [dict(prompt=torch.empty(2, 0, dtype=torch.int64), **kw),
+                                            dict(infill=infill, **kw)])

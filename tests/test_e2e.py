@@ -7,6 +7,7 @@ import json
 import math
 import re
 import statistics
+from fractions import Fraction
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from _train_helpers import make_corpus
 from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate,
                                           parseable_prefix, parses, unigram_entropy)
 from dllm.benchmarks import e2e
-from dllm.benchmarks.e2e import _diffusion_steps, nll_per_window
+from dllm.benchmarks.e2e import BLOCK_LENGTH, _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
 
@@ -498,3 +499,59 @@ def test_the_benchmark_runs_fast_dllm_and_llada_as_its_report_says():
     assert e2e._diffusion_kwargs("llada", 8, 16)["block_length"] == 16
     assert "cache" not in e2e._diffusion_kwargs("llada", 8, 64)
     assert "block_length" not in e2e._diffusion_kwargs("mdlm", 8, 64)
+
+
+def test_llada_grid_steps_round_up_to_a_multiple_of_its_blocks():
+    """llada needs a step count that its blocks divide: the grid's round(length * fraction) is
+    rounded up to the next multiple (never down, which would give the point fewer steps than its
+    fraction says, and a lower quality than it would have)."""
+    for length, frac in ((160, Fraction(1, 8)), (96, Fraction(1, 2) + Fraction(1, 96)), (224, Fraction(3, 16)),
+                         (20, Fraction(1, 3))):
+        blocks = length // min(BLOCK_LENGTH, length)
+        want = max(1, round(length * frac))
+        steps = _diffusion_steps("llada", length, frac)
+        assert steps % blocks == 0 and want <= steps < want + blocks, (length, frac, steps)
+    assert _diffusion_steps("llada", 160, Fraction(1, 8)) == 20  # 5 blocks of 32: 20 steps, not 15
+
+
+def test_sample_quality_reports_the_standard_error_of_the_mean_prefix():
+    """parse_prefix_se is the standard error of the mean parseable prefix (the sample deviation over
+    sqrt(n)), which the verdict compares differences with; not the per-sample deviation."""
+    from types import SimpleNamespace
+
+    from dllm.benchmarks.code_quality import parseable_prefix
+    from dllm.benchmarks.e2e import _sample_quality
+
+    texts = ["x = 1\ny = (\n", "a = 2\n", "def (\n", "b = 3\nc = 4\nd = [\n", "pass\n", ")\n", "e = 5\n)\n"]
+    vocab = {t: i + 1 for i, t in enumerate(texts)}  # one token a text; 0 ends a sample
+
+    class Tok:
+        eos_id = 0
+
+        def decode(self, ids):
+            return "".join(texts[i - 1] for i in ids)
+
+    def call(model, sampler, steps, length, batch, g):
+        rows = [[vocab[texts[(call.next + i) % len(texts)]], 0, 0] for i in range(batch)]
+        call.next += batch
+        return torch.tensor(rows), 4.0
+
+    call.next = 0
+    runner = SimpleNamespace(call=call, m=SimpleNamespace(tok=Tok()), generator=lambda: None)
+    got = _sample_quality(runner, "diffusion", "mdlm", 4, 3, samples=7, chunk=3)
+    prefixes = [parseable_prefix(t) for t in texts]
+    assert got["samples"] == 7 and got["parse_prefix"] == statistics.mean(prefixes)
+    assert math.isclose(got["parse_prefix_se"], statistics.stdev(prefixes) / math.sqrt(7), rel_tol=1e-12)
+    assert got["quality_nfe"] == 4.0
+
+
+def test_the_frontier_of_a_lower_is_better_metric():
+    """The Pareto frontier keeps the points that no faster point beats on quality: for NLL (lower is
+    better) a faster point with a lower NLL hides a slower one with a higher NLL."""
+    from dllm.benchmarks.e2e_report import _pareto
+
+    points = [(10.0, 2.0), (5.0, 1.5), (3.0, 1.8), (1.0, 1.0), (8.0, 2.5)]  # (tokens/s, NLL)
+    assert _pareto(points, higher_is_better=False) == [(1.0, 1.0), (5.0, 1.5), (10.0, 2.0)]
+    # (tokens/s, parse rate): higher is better
+    assert _pareto([(10.0, 0.2), (5.0, 0.5), (3.0, 0.4), (1.0, 0.9)], higher_is_better=True) == \
+        [(1.0, 0.9), (5.0, 0.5), (10.0, 0.2)]

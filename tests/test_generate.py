@@ -3,6 +3,7 @@
 import contextlib
 import json
 import math
+import time
 import warnings
 
 import pytest
@@ -1046,3 +1047,122 @@ def test_llada_syncs_with_the_host_once_a_block():
         return counter.count
 
     assert syncs(4) - syncs(1) == 3 and syncs(2) - syncs(1) == 1
+
+
+class _SlowModel(TinyModel):
+    """Every call takes at least `delay` seconds of wall clock."""
+
+    def __init__(self, delay):
+        super().__init__()
+        self.delay = delay
+
+    def forward(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["llada", "mdlm"])
+def test_step_times_are_milliseconds(sampler):
+    """On the CPU, step_times are wall-clock milliseconds: each step with a network call takes at
+    least the model's 7 ms, and together they take no longer than the call itself."""
+    delay, model = 0.007, _SlowModel(0.007)
+    t0 = time.perf_counter()
+    out = dllm.generate(model, torch.randint(0, MASK, (2, 3)), gen_length=11, steps=5, sampler=sampler,
+                        temperature=1.0, generator=torch.Generator().manual_seed(0))
+    total_ms = (time.perf_counter() - t0) * 1e3
+    assert len(out.step_times) >= len(model.calls) >= 1
+    with_network = sorted(out.step_times)[-len(model.calls):]  # mdlm skips the network on steps that unmask nothing
+    assert all(t >= delay * 1e3 for t in with_network), out.step_times
+    assert sum(out.step_times) <= total_ms
+
+
+def test_fast_dllm_threshold_bounds_are_accepted():
+    """threshold is a probability in [0, 1], both ends included: 0 commits every masked position of a
+    block in its first step (one network call a block), 1 commits only the most confident one unless
+    a proposal is certain."""
+    model = TinyModel()
+    gen_length, block = 13, 5  # blocks of 5, 5, 3
+    out = dllm.generate(model, torch.randint(0, MASK, (2, 4)), gen_length=gen_length, steps=1, sampler="fast-dllm",
+                        block_length=block, threshold=0.0, return_history=True)
+    assert not (out.sequences == MASK).any()
+    assert out.nfe == len(model.calls) == 3
+    for step, canvas in enumerate(out.history):  # each step fills its whole block
+        assert not (canvas[:, :4 + min(block * (step + 1), gen_length)] == MASK).any()
+    out = dllm.generate(TinyModel(), None, gen_length=gen_length, steps=1, sampler="fast-dllm", block_length=block,
+                        threshold=1.0)
+    assert not (out.sequences == MASK).any() and out.nfe >= 3
+    for bad in (-1e-9, 1.0 + 1e-9):
+        with pytest.raises(ValueError, match="threshold"):
+            dllm.generate(TinyModel(), None, gen_length=4, steps=1, sampler="fast-dllm", threshold=bad)
+
+
+def test_check_options_refuses_what_the_sedd_samplers_do_not_take():
+    """check_options (what `dllm sample` runs before loading weights) refuses the options generate
+    would refuse a SEDD sampler only after the load: a block length, a temperature other than 0 or 1."""
+    cpu = torch.device("cpu")
+    for method in ("sedd-analytic", "sedd-euler"):
+        for temperature in (0.0, 1.0):
+            check_options(method, gen_length=8, steps=4, device=cpu, temperature=temperature)
+        with pytest.raises(ValueError, match="block_length does not apply to the SEDD samplers"):
+            check_options(method, gen_length=8, steps=4, device=cpu, block_length=4)
+        with pytest.raises(ValueError, match="temperature does not apply to the SEDD samplers"):
+            check_options(method, gen_length=8, steps=4, device=cpu, temperature=0.7)
+
+
+@pytest.mark.parametrize("sampler", ["llada", "mdlm", "fast-dllm"])
+@pytest.mark.parametrize("cut", [(slice(None), slice(1, None)), (slice(0, 1), slice(None))])
+def test_logits_of_the_wrong_batch_or_length_name_the_model(sampler, cut):
+    """A model that returns logits for fewer positions (or one row for a batch) is refused naming the
+    model's output and the shape expected, before any sampler op reads them."""
+
+    class Short(TinyModel):
+        def forward(self, x, sigma=None, attention_mask=None):
+            return super().forward(x)[cut]
+
+    with pytest.raises(ValueError, match=r"the model returned logits of shape .* for tokens \(3, 9\); expected"):
+        dllm.generate(Short(), torch.randint(0, MASK, (3, 2)), gen_length=7, steps=7, sampler=sampler)
+
+
+@pytest.mark.parametrize("sampler", ["llada", "mdlm"])
+def test_training_mode_without_active_dropout_does_not_warn(sampler):
+    """The warning is about dropout that changes the samples: a model in training mode whose dropout
+    layers all have p = 0 (as many configurations ship them) samples as in eval mode, without a word."""
+    model = TinyModel()
+    model.drop, model.drop2 = nn.Dropout(0.0), nn.Dropout1d(0.0)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train = dllm.generate(model, torch.randint(0, MASK, (2, 3)), gen_length=6, steps=6, sampler=sampler,
+                              temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert not (train.sequences == MASK).any()
+
+
+def test_empty_prompts_of_any_dtype_are_unconditional():
+    """An empty prompt holds no ids whose type could be wrong: torch.empty(B, 0) (float32 by default)
+    and a list of empty lists (which torch reads as float) are B unconditional samples, as
+    torch.empty(B, 0, dtype=torch.int64) is."""
+    want = dllm.generate(TinyModel(), torch.empty(3, 0, dtype=torch.int64), gen_length=5, steps=5, sampler="llada")
+    for prompt in (torch.empty(3, 0), [[], [], []], torch.empty(3, 0, dtype=torch.bool)):
+        out = dllm.generate(TinyModel(), prompt, gen_length=5, steps=5, sampler="llada")
+        assert out.sequences.dtype == torch.int64 and torch.equal(out.sequences, want.sequences)
+    with pytest.raises(TypeError, match="must hold integer token ids"):
+        dllm.generate(TinyModel(), torch.ones(3, 1), gen_length=5, steps=5, sampler="llada")
+
+
+def test_one_padded_prompt_with_several_templates():
+    """One padded prompt and B infill templates complete B copies of the prompt, its padding (and
+    the model's attention mask) copied with it."""
+    model = TinyModel()
+    seen = []
+    model.forward = lambda x, sigma=None, attention_mask=None: seen.append(attention_mask) or \
+        TinyModel.forward(model, x, sigma, attention_mask)
+    templates = torch.full((3, 6), -1)
+    templates[:, 2] = torch.tensor([7, 8, 9])
+    out = dllm.generate(model, torch.tensor([5, 6, 17, 1]), attention_mask=torch.tensor([0, 1, 1, 1]), gen_length=6,
+                        steps=5, sampler="llada", infill=templates)
+    assert out.sequences.shape == (3, 10)
+    assert torch.equal(out.sequences[:, :4], torch.tensor([[5, 6, 17, 1]] * 3))  # (padding kept as given)
+    assert torch.equal(out.sequences[:, 6], torch.tensor([7, 8, 9])) and not (out.sequences == MASK).any()
+    want = torch.ones(3, 10, dtype=torch.bool)
+    want[:, 0] = False
+    assert seen and all(torch.equal(m, want) for m in seen)

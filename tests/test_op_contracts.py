@@ -550,3 +550,22 @@ def test_commit_tokens_bumps_the_version_autograd_checks():
     assert x._version > version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_negative_top_k_and_counts_are_refused_on_any_device(device):
+    """A negative top_k (predict_masked) or a negative count for every row (commit_tokens) raises
+    before any output exists, on the CPU and on meta tensors alike (torch.compile's tracing runs the
+    fake): the meta call does not return outputs for a call the kernel refuses."""
+    B, L, V, mask = 3, 7, 11, 10
+    logits = torch.randn(B, L, V).to(device)
+    x = torch.full((B, L), mask, dtype=torch.int64).to(device)
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        ops.predict_masked(logits, x, mask_id=mask, temperature=1.0, top_k=-1)
+    x0, conf = ops.predict_masked(logits, x, mask_id=mask)  # top_k 0 (off) passes
+    assert x0.shape == conf.shape == (B, L)
+    before = x.clone()
+    with pytest.raises(ValueError, match="num_tokens must be >= 0, got -1"):
+        ops.commit_tokens(x, x0, conf, mask_id=mask, num_tokens=-1)
+    if device == "cpu":
+        assert torch.equal(x, before)  # refused before the op: no row committed
