@@ -547,3 +547,15 @@ def test_the_sample_progress_bar_counts_the_sedd_steps_that_run():
                 dllm.generate(Score(graph), gen_length=gen_length, steps=steps, sampler=sampler,
                               callback=lambda *args: calls.append(1))
                 assert _expected_steps(sampler, steps, gen_length) == len(calls) == steps + 1, (sampler, steps)
+
+
+def test_the_default_sampler_follows_a_dllm_folders_objective(tmp_path):
+    """Read from config.json before the weights: a score model (sedd) takes SEDD's analytic sampler,
+    an autoregressive one none (its KV-cached decoding), the masked ones llada's."""
+    from dllm.sample_cli import _default_sampler
+
+    for objective, want in (("sedd", "sedd-analytic"), ("ar", None), ("mdlm", "llada"), ("llada", "llada")):
+        folder = tmp_path / objective
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model": {"arch": "dit"}, "objective": {"name": objective}}))
+        assert _default_sampler(str(folder)) == want, objective
