@@ -555,3 +555,22 @@ def test_the_frontier_of_a_lower_is_better_metric():
     # (tokens/s, parse rate): higher is better
     assert _pareto([(10.0, 0.2), (5.0, 0.5), (3.0, 0.4), (1.0, 0.9)], higher_is_better=True) == \
         [(1.0, 0.9), (5.0, 0.5), (10.0, 0.2)]
+
+
+def test_a_kept_model_needs_windows_as_long_and_the_same_held_out_fraction(tmp_path):
+    """A kept model trained on shorter windows, or holding out another fraction of the corpus (the
+    baseline's held-out text), is refused; longer windows than needed are fine."""
+    from dllm.training.config import TrainConfig
+    from dllm.training.timed import train_for_minutes
+
+    (tmp_path / "mdlm" / "model").mkdir(parents=True)
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": None, "seed": 0}
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
+    assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=96) == tmp_path / "mdlm" / "model"
+    with pytest.raises(ValueError, match=re.escape("160-token windows, shorter than the 161 needed") + ".*--retrain"):
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=161)
+    other = TrainConfig.val_fraction / 2
+    with pytest.raises(ValueError, match=re.escape(f"--val-fraction {TrainConfig.val_fraction}, not {other}")):
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=96, val_fraction=other)
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "val_fraction": other}}))
+    assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=96, val_fraction=other).name == "model"

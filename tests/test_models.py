@@ -651,3 +651,26 @@ def test_named_sizes_are_sedds_released_configs():
     for size, (hidden, layers, heads, cond) in {"small": (768, 12, 12, 128), "medium": (1024, 24, 16, 128)}.items():
         cfg = model_config(size)
         assert (cfg.hidden, cfg.layers, cfg.heads, cfg.cond_dim, cfg.mlp_ratio) == (hidden, layers, heads, cond, 4.0)
+
+
+def test_from_pretrained_takes_torch_prefixed_dtype_names(tmp_path):
+    """dtype="torch.bfloat16" (str(torch.bfloat16)) names a dtype as "bfloat16" does."""
+    m = build_model(_tiny("dit")).eval()
+    m.save_pretrained(tmp_path)
+    for name in ("torch.bfloat16", "torch.float64"):
+        got = from_pretrained(tmp_path, dtype=name)
+        want = getattr(torch, name.removeprefix("torch."))
+        assert all(p.dtype == want for p in got.parameters() if p.dim() > 1)
+
+
+def test_from_pretrained_names_an_extra_weight_in_model_safetensors(tmp_path):
+    """A weight the config does not imply is reported as a ValueError naming it, not load_state_dict's RuntimeError."""
+    from safetensors.torch import load_file, save_file
+
+    m = build_model(_tiny("dit"))
+    m.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["blocks.7.extra.weight"] = torch.randn(3, 5)
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected weight blocks\.7\.extra\.weight"):
+        from_pretrained(tmp_path)

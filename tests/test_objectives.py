@@ -654,3 +654,19 @@ def test_bound_draws_deal_their_strata_to_the_rows_at_random():
     sd_k = ((L * L - 1) / 12) ** 0.5
     assert (k.mean(0) - (L + 1) / 2).abs().max().item() < 5 * sd_k / reps ** 0.5
     assert (v.mean(0) - 0.5).abs().max().item() < 5 * (1 / 12) ** 0.5 / reps ** 0.5
+
+
+@pytest.mark.parametrize("noise", [LogLinear(0.01), Geometric(1e-3, 5.0)])
+def test_schedules_take_the_float_end_points_0_and_1(noise):
+    """t = 0 and t = 1 lie in [0, 1]: as Python floats they must be taken, and agree with tensors."""
+    for t in (0, 0.0, 1, 1.0):
+        sigma, dsigma = noise(t)
+        ts, tds = noise(torch.tensor([float(t)], dtype=torch.float64))
+        assert math.isclose(sigma.item(), ts.item(), rel_tol=1e-6) and math.isclose(dsigma.item(), tds.item(), rel_tol=1e-6)
+    assert noise(0.0)[0].item() == pytest.approx(0.0 if isinstance(noise, LogLinear) else noise.sigma_min, rel=1e-6)
+
+
+def test_loglinear_eps_1_is_refused():
+    """eps = 1 makes sigma(t) = 0 everywhere (nothing is ever masked): refused like eps = 2."""
+    with pytest.raises(ValueError, match="eps must lie in"):
+        LogLinear(eps=1.0)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 import dllm
 from dllm.models import DiffusionTransformer, from_pretrained, model_config
+from dllm.models.hub.loader import published_network_config
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
 from dllm.sedd.reference import log_score
 
@@ -818,3 +819,29 @@ def test_sample_passes_block_length_and_the_default_temperature_to_generate(tmp_
     assert seen[-1]["block_length"] == 4 and seen[-1]["temperature"] == 0.8  # the documented default
     assert main(common + ["--temperature", "0", "--sampler", "fast-dllm", "--block-length", "2"]) in (0, None)
     assert seen[-1]["block_length"] == 2 and seen[-1]["temperature"] == 0.0 and seen[-1]["sampler"] == "fast-dllm"
+
+
+def _edited(config, **changes):
+    config = json.loads(json.dumps(config))
+    for path, value in changes.items():
+        *parents, key = path.split("__")
+        d = config
+        for p in parents:
+            d = d[p]
+        if value is None:
+            d.pop(key)
+        else:
+            d[key] = value
+    return config
+
+
+def test_stated_config_values_reach_the_network_config(tmp_path):
+    """Values a config.json states (other than the published defaults) are taken, not the defaults."""
+    cfg = published_network_config(tmp_path, _edited(LLADA_CONFIG, rms_norm_eps=3e-6, embedding_size=128))
+    assert cfg.norm_eps == 3e-6 and cfg.vocab_size == 128  # OLMo pads the embedding past vocab_size
+    cfg = published_network_config(tmp_path, _edited(LLADA_CONFIG, mlp_hidden_size=None, mlp_ratio=2.5))
+    assert cfg.mlp_hidden == 120  # int(2.5 * 48), not int(2.5) * 48
+    cfg = published_network_config(tmp_path, _edited(DREAM_CONFIG, rms_norm_eps=2e-5))
+    assert cfg.norm_eps == 2e-5
+    cfg = published_network_config(tmp_path, _edited(SEDD_CONFIG, model__length=48, model__dropout=0.25))
+    assert cfg.max_seq_len == 48 and cfg.dropout == 0.25

@@ -949,3 +949,38 @@ def test_random_lengths_are_uniform_on_1_to_seq_len(tmp_path, corpus):
     counts = torch.bincount(torch.tensor([t.train_step()["seq_len"] for _ in range(n)]), minlength=L + 1)[1:]
     assert counts.sum() == n and counts.min() > 0
     assert ((counts - n / L) ** 2 / (n / L)).sum().item() < 20  # chi-square, 2 degrees of freedom: P ~ 5e-5
+
+
+def test_cli_flags_override_the_config_file_and_a_run_config_is_read_by_its_train_entry(tmp_path):
+    import argparse
+
+    from dllm.cli import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    for text in ('{"dropout": 0.25, "graph": "uniform", "hidden": 40}',
+                 '{"train": {"dropout": 0.25, "graph": "uniform", "hidden": 40}, "model": {"arch": "dit"}}'):
+        path = tmp_path / "c.json"
+        path.write_text(text)
+        cfg = config_from_args(parser.parse_args(["--config", str(path), "--dropout", "0.125", "--graph", "absorb"]))
+        assert (cfg.dropout, cfg.graph, cfg.hidden) == (0.125, "absorb", 40)  # flags win; the rest from the file
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(beta2=1.0), r"beta2 must lie in \[0, 1\)"),
+    (dict(val_fraction=0.0), r"val_fraction must lie in \(0, 1\)"),
+])
+def test_train_config_refuses_the_open_ends(options, message):
+    """beta2 = 1 zeroes Adam's bias correction (NaN steps); val_fraction = 0 holds nothing out."""
+    from dllm.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_train_config_takes_the_closed_ends():
+    """random_length = 1 (every step cut) and min_lr_ratio = 1 (a flat cosine) lie in [0, 1]."""
+    from dllm.training.config import TrainConfig
+
+    assert TrainConfig(random_length=1.0).random_length == 1.0
+    assert TrainConfig(min_lr_ratio=1.0, schedule="cosine").min_lr_ratio == 1.0
