@@ -1,7 +1,7 @@
 """Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
 at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
 the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
-for the CUDA kernels. About 40 minutes on 2 cores, most of them rebuilding for the C++ mutants.
+for the CUDA kernels. About 50 minutes on 2 cores, most of them rebuilding for the C++ mutants.
 
     python tests/mutate_cpu.py [INDEX ...]
 
@@ -367,6 +367,28 @@ MUTANTS = [
     ("python/dllm/benchmarks/e2e.py", "statistics.stdev(prefixes) / len(prefixes) ** 0.5 if", "statistics.stdev(prefixes) if",
      ["test_e2e"]),
     ("python/dllm/benchmarks/e2e_report.py", "sign = 1 if higher_is_better else -1", "sign = 1", ["test_e2e"]),
+    # a kept model's record, the graphs' scale_by_sigma, published configs' values, schedule ends, dtype names
+    ("python/dllm/training/timed.py", '        if trained["seq_len"] < seq_len:', "        if False:", ["test_e2e"]),
+    ("python/dllm/training/timed.py", '        if trained["seq_len"] < seq_len:', '        if trained["seq_len"] != seq_len:',
+     ["test_e2e"]),
+    ("python/dllm/training/timed.py", "        if held_out != val_fraction:", "        if False:", ["test_e2e"]),
+    ("python/dllm/sedd/graphs.py",
+     "        scale = self.scale_by_sigma if scale_by_sigma is None else scale_by_sigma\n        return ops.sedd_step",
+     "        scale = self.scale_by_sigma\n        return ops.sedd_step", ["test_sedd_step"]),
+    ("python/dllm/models/hub/llada.py", 'vocab_size=config.get("embedding_size") or config["vocab_size"]',
+     'vocab_size=config["vocab_size"]', ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/llada.py", 'norm_eps=config.get("rms_norm_eps", 1e-5)', "norm_eps=1e-5",
+     ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/llada.py", 'int(config["mlp_ratio"] * d)', 'int(config["mlp_ratio"]) * d',
+     ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/dream.py", 'norm_eps=config.get("rms_norm_eps", 1e-6)', "norm_eps=1e-6",
+     ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/sedd.py", 'max_seq_len=m["length"]', "max_seq_len=1024", ["test_published_checkpoints"]),
+    ("python/dllm/models/hub/sedd.py", 'dropout=m.get("dropout", 0.0)', "dropout=0.0", ["test_published_checkpoints"]),
+    ("python/dllm/sedd/schedules.py", "        if not 0 <= t <= 1:", "        if not 0 < t <= 1:", ["test_objectives"]),
+    ("python/dllm/sedd/schedules.py", "        if not 0 < eps < 1:", "        if not 0 < eps <= 1:", ["test_objectives"]),
+    ("python/dllm/models/io.py", 'dtype = DTYPES.get(dtype.removeprefix("torch."), dtype)',
+     "dtype = DTYPES.get(dtype, dtype)", ["test_models"]),
 ]
 
 
