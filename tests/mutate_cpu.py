@@ -364,7 +364,7 @@ MUTANTS = [
      ["test_e2e_verdict"]),
     ("python/dllm/benchmarks/e2e.py", "steps = -(-steps // blocks) * blocks", "steps = max(blocks, steps // blocks * blocks)",
      ["test_e2e"]),
-    ("python/dllm/benchmarks/e2e.py", "statistics.stdev(prefixes) / len(prefixes) ** 0.5 if", "statistics.stdev(prefixes) if",
+    ("python/dllm/training/evaluation.py", "values.std().item() / math.sqrt(values.numel())", "values.std().item()",
      ["test_e2e"]),
     ("python/dllm/benchmarks/e2e_report.py", "sign = 1 if higher_is_better else -1", "sign = 1", ["test_e2e"]),
     # a kept model's record, the graphs' scale_by_sigma, published configs' values, schedule ends, dtype names

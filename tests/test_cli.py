@@ -518,9 +518,8 @@ def test_sample_defaults_to_temperature_0_8_and_passes_a_given_one(tmp_path, cap
     for folder, args, want in (("llada", [], 0.8), ("llada", ["--temperature", "0.3"], 0.3),
                                ("llada", ["--temperature", "0"], 0.0), ("sedd", [], 0.0)):
         seen.clear()
-        code = main(["sample", str(tmp_path / folder), "--prompt", "w3 w7", *args, "--device", "cpu",
-                     "--gen-length", "8", "--steps", "4"])
-        assert code == 0, capsys.readouterr().err
+        code, _, err = sample_in_process(capsys, str(tmp_path / folder), "--prompt", "w3 w7", *args)
+        assert code == 0, err
         assert seen == [want], (folder, args, seen)
 
 

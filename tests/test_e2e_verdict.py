@@ -163,18 +163,13 @@ def test_a_faster_median_inside_the_baselines_spread_is_timing_noise():
     assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 1,030 | 1.03x (noise) |" in text and "It is not faster" not in text
 
 
-def _quality(entropy, counts):
-    return {"sampler": "mdlm", "gen_length": 64, "fraction": "1", "samples": 32, "parse_rate": 0.5,
-            "parse_prefix": 0.5, "parse_prefix_se": 0.05, "entropy": entropy, "token_counts": counts}
-
-
 def test_a_point_with_more_tokens_than_the_baseline_is_taken_at_the_baselines_count():
     """Either side may hold the smaller count: a diffusion point whose samples run longer than the
     baseline's is cut to the baseline's token count, not the other way round."""
-    ar = _quality(3.0, [3] * 8)  # 24 tokens, 8 kinds
-    wide = _quality(7.5, [5] * 200)  # 1000 tokens, 200 kinds: at 24 tokens about 4.5 bits, equal quality
+    ar = {**quality(entropy=3.0), "token_counts": [3] * 8}  # 24 tokens, 8 kinds
+    wide = {**quality(entropy=7.5), "token_counts": [5] * 200}  # 1000 tokens, 200 kinds: at 24 tokens about 4.5 bits, equal quality
     assert quality_shortfalls(wide, ar) == []
-    narrow = _quality(0.1, [990, 10])  # 1000 tokens, nearly one kind
+    narrow = {**quality(entropy=0.1), "token_counts": [990, 10]}  # 1000 tokens, nearly one kind
     at_24 = rarefied_entropy([990, 10], 24)
     assert quality_shortfalls(narrow, ar) == \
         [f"entropy {at_24:.2f} < {rarefied_entropy([3] * 8, 24):.2f} - {ENTROPY_SLACK_BITS:g} bits (at 24 tokens)"]

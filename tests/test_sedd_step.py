@@ -357,10 +357,15 @@ def test_graph_objects_scale_the_output_by_sigma_as_sedd_trains_them(device, gra
         # (absorb's denoising step normalises the scale away: only the other methods tell them apart)
         if method != "denoise" or graph.name == "uniform":
             assert not torch.equal(got, op_step(method, not scaled))
+        # an explicit scale_by_sigma overrides the graph's default
+        overridden = graph.step(logits, x, sigma, dsig, method=method, scale_by_sigma=not scaled,
+                                generator=torch.Generator(device).manual_seed(5))
+        assert torch.equal(overridden, op_step(method, not scaled))
     loss = graph.loss(logits, x, x0, sigma, dsig)
     want = dllm.ops.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph.name, scale_by_sigma=scaled)
     other = dllm.ops.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph.name, scale_by_sigma=not scaled)
     assert torch.equal(loss, want) and not torch.allclose(loss, other)
+    assert torch.equal(graph.loss(logits, x, x0, sigma, dsig, scale_by_sigma=not scaled), other)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -453,30 +458,3 @@ def test_full_sampling_loop_with_schedule(device, graph_cls, method):
     if graph_cls is dllm.sedd.Absorbing:
         assert all(m1 <= m0 for m0, m1 in zip(masks, masks[1:])) and masks[0] == b * l > masks[steps // 2]
         assert (x < graph.num_classes - 1).all()
-
-
-@pytest.mark.parametrize("graph_cls", [dllm.sedd.Absorbing, dllm.sedd.Uniform])
-def test_graph_step_and_loss_honour_an_explicit_scale_by_sigma(device, graph_cls):
-    """graph.step / graph.loss(scale_by_sigma=...) override the graph's default, both ways."""
-    graph = graph_cls(23)
-    K = graph.num_classes
-    g = torch.Generator(device).manual_seed(7)
-    B, L = 3, 29
-    logits = torch.randn(B, L, K, generator=g, device=device) * 2
-    x = torch.randint(0, K, (B, L), generator=g, device=device)
-    x0 = torch.randint(0, graph.vocab_size, (B, L), generator=g, device=device)
-    if graph.name == "absorb":
-        x[:, ::2] = graph.mask_id
-    sigma = torch.rand(B, generator=g, device=device) * 0.5 + 0.05
-    dsig = sigma * 0.3
-    other = not graph.scale_by_sigma
-    for method in ("analytic", "euler"):
-        got = graph.step(logits, x, sigma, dsig, method=method, scale_by_sigma=other,
-                         generator=torch.Generator(device).manual_seed(3))
-        want = dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph.name, method=method, scale_by_sigma=other,
-                                  generator=torch.Generator(device).manual_seed(3))
-        default = graph.step(logits, x, sigma, dsig, method=method, generator=torch.Generator(device).manual_seed(3))
-        assert torch.equal(got, want) and not torch.equal(got, default)
-    loss = graph.loss(logits, x, x0, sigma, dsig, scale_by_sigma=other)
-    want = dllm.ops.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph.name, scale_by_sigma=other)
-    assert torch.equal(loss, want) and not torch.allclose(loss, graph.loss(logits, x, x0, sigma, dsig))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .benchmarks.common import null_for_nan
 from .data.dataset import prepare
 from .devices import resolve_device
 from .data.tokenizer import tokenizer_for_model
@@ -15,7 +16,6 @@ from .models import from_pretrained
 from .models.io import read_config
 from .objectives import get_objective
 from .training.config import TrainConfig
-from .benchmarks.common import null_for_nan
 from .training.evaluation import nll_metrics, standard_error, validation_nll_per_window
 
 

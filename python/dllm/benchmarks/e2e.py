@@ -287,7 +287,7 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
             texts.append(runner.m.tok.decode(row))
     prefixes = [parseable_prefix(t) for t in texts]
     return {"samples": len(texts), "parse_rate": parse_rate(texts), "parse_prefix": statistics.mean(prefixes),
-            "parse_prefix_se": statistics.stdev(prefixes) / len(prefixes) ** 0.5 if len(prefixes) > 1 else math.nan,
+            "parse_prefix_se": standard_error(torch.tensor(prefixes, dtype=torch.float64)),
             # no token before any end-of-text: no diversity, 0 bits (unigram_entropy's NaN would pass every rule)
             "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens) if tokens else 0.0,
             "token_counts": sorted(Counter(tokens).values(), reverse=True),  # the verdict's equal-count entropy
