@@ -12,7 +12,9 @@
 #
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
-#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES). The
+#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES: its two
+#                    models train in the background from the end of install, beside the tests, which time
+#                    nothing, and the benchmarks wait for them; the sweep runs last). The
 #                    stages' limits: install 480 s, tests 240 + 150 s, bench 11 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b) + 60 s (ar-small).
@@ -38,6 +40,9 @@
 #                    on mma.sync (set it in a later call when an earlier call's wgmma tests failed;
 #                    within one call, or into the same OUT_DIR, that happens by itself).
 #   DLLM_E2E_MINUTES training budget per model of `dllm bench e2e` (stage e2e).
+#   DLLM_E2E_ARGS    more flags of `dllm bench e2e`, for training and sweep alike (e.g. --gen-lengths 256
+#                    --train-steps 1500: a step cap keeps the budgets equal when one model trains beside
+#                    the tests and the other alone).
 #   DLLM_GPU_SECONDS the whole run's time: each stage's limit is cut to what is left of it (less a
 #                    margin for packing), and a stage with too little left is skipped and says so.
 #                    For a device call with a hard limit: a stage cut short this way still writes
@@ -83,7 +88,8 @@ pack() {
 }
 installed_commit() { "$PY" -c "import dllm; print(dllm.build_info()['commit'])" 2>/dev/null; }
 
-: >"$OUT/status.txt"
+# appended to: a later call into the same OUT_DIR (a warm machine) adds its stages to the earlier ones
+date -u "+%F %T UTC" >>"$OUT/status.txt"
 "$PY" - <<'PYEOF' | tee "$OUT/machine.txt"
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda)
@@ -116,6 +122,26 @@ if stage install; then
   note "install ($how) ok in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/machine.txt")"
   pack
 fi
+
+E2E=()
+if stage e2e && [ -n "${DLLM_E2E_MINUTES:-}" ]; then
+  # the trained models (GBs of checkpoints) stay outside OUT_DIR, which is packed
+  E2E=("$PY" -m dllm.cli bench e2e --size small --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e"
+       --train-dir "$OUT.e2e-models" ${DLLM_E2E_ARGS:-})
+  train_limit=$(limit_left "$(awk -v m="$DLLM_E2E_MINUTES" 'BEGIN { printf "%d", m * 120 + 60 }')")
+  timeout -s INT -k 10 "$train_limit" "${E2E[@]}" --train-only >"$OUT/e2e-train.log" 2>&1 &
+  E2E_TRAINING=$!
+  note "e2e models training in the background (limit $train_limit s)"
+fi
+# the benchmarks and step latencies time alone: they wait for the e2e training
+wait_for_e2e_training() {
+  [ -n "${E2E_TRAINING:-}" ] || return 0
+  local start; start=$(date +%s)
+  wait "$E2E_TRAINING"
+  note "e2e training exit code $? (waited $(( $(date +%s) - start )) s): $(tail -1 "$OUT/e2e-train.log")"
+  E2E_TRAINING=
+  pack
+}
 
 WGMMA_OK=1
 # an earlier call on this (still warm) machine into the same OUT_DIR may have found them failing
@@ -151,6 +177,7 @@ if stage tests; then
 fi
 
 if stage bench; then
+  wait_for_e2e_training
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
   for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln vocab_head published_latency attention_backward train_step}; do
@@ -173,6 +200,7 @@ if stage bench; then
 fi
 
 if stage steps; then
+  wait_for_e2e_training
   for preset in sedd-small llada-8b ar-small; do
     [ -e "$OUT/step_latency-$preset.done" ] && continue
     # SEDD-small's network also under torch.compile: issue 7's target is missed by the eager network;
@@ -193,13 +221,10 @@ if stage steps; then
   done
 fi
 
-# The end-to-end report trains two small models first (DLLM_E2E_MINUTES each): a call of its own.
-if stage e2e && [ -n "${DLLM_E2E_MINUTES:-}" ]; then
-  # two trainings, then 4 minutes of sweep (its points are kept in e2e/partial.json as they finish)
-  e2e_limit=$(limit_left "$(awk -v m="$DLLM_E2E_MINUTES" 'BEGIN { printf "%d", m * 120 + 240 }')")
-  # the trained models (GBs of checkpoints) stay outside OUT_DIR, which is packed
-  timeout -s INT -k 10 "$e2e_limit" "$PY" -m dllm.cli bench e2e --size small \
-    --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e" --train-dir "$OUT.e2e-models" >"$OUT/e2e.log" 2>&1
+if [ ${#E2E[@]} -gt 0 ]; then
+  wait_for_e2e_training
+  # the sweep, on the models trained above (its points are kept in e2e/partial.json as they finish)
+  timeout -s INT -k 10 "$(limit_left 600)" "${E2E[@]}" >"$OUT/e2e.log" 2>&1
   note "e2e exit code $?"
 fi
 

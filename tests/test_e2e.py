@@ -225,7 +225,13 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.04", "--data", str(corpus), "--gen-lengths", "16", "32",
             "--batch-sizes", "1", "2", "--step-fractions", "1", "1/2", "--samples", "3", "--reps", "1",
             "--nll-windows", "3", "--device", "cpu", "--threads", "1", "--out-dir", str(out), "--train-dir", str(tmp_path / "models")]
+    # --train-only trains both models and stops before the sweep; the full call then reuses them
+    assert main(args + ["--train-only"]) == 0
+    assert not loaded and not (out / "report.md").exists()
+    assert all((tmp_path / "models" / name / "model").is_dir() for name in ("mdlm", "ar"))
+    capsys.readouterr()
     assert main(args) == 0
+    assert capsys.readouterr().out.count("[e2e] reusing") == 2
     for name in ("report.md", "results.json", "throughput.png", "quality.png", "frontier.png"):
         assert (out / name).stat().st_size > 0
     res = json.loads((out / "results.json").read_text())

@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="optimizer steps per model, the other cap beside --minutes: equal steps keep the budgets equal "
                    "on a machine shared with other work (default: 20000)")
     p.add_argument("--retrain", action="store_true", help="train again even if --train-dir has models")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or find) both models in --train-dir and stop; a later call with the same flags "
+                        "reuses them and runs the sweep (on a GPU, training can then overlap work that times nothing)")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="model size preset (default: small)")
     p.add_argument("--data", default=None,
                    help="corpus: a text file or folder (default: that of --model-dir / --ar-dir when given, else the "
@@ -131,7 +134,8 @@ def _training_config(model_dir: Path) -> dict:
     return json.loads(run_config.read_text())["train"] if run_config.is_file() else {}
 
 
-def _load_models(ns, device: str) -> Models:
+def _model_dirs(ns, device: str) -> dict:
+    """The two model folders: the ones given, the others trained (or found) in --train-dir."""
     max_gen = max(ns.gen_lengths)
     # One prompt token (end-of-text: "a file starts here") plus room for the infill context.
     seq_len = max_gen + max(32, max_gen // 4)
@@ -150,6 +154,12 @@ def _load_models(ns, device: str) -> Models:
             objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=data,
             tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]",
             val_fraction=val_fraction)
+    return dirs
+
+
+def _load_models(ns, device: str) -> Models:
+    dirs = _model_dirs(ns, device)
+    max_gen = max(ns.gen_lengths)
     fractions = {_training_config(d).get("val_fraction") for d in dirs.values()} - {None}
     if len(fractions) > 1:
         raise ValueError(f"the models held out different validation splits (--val-fraction "
@@ -420,6 +430,10 @@ def run(ns: argparse.Namespace) -> dict:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     torch.manual_seed(ns.seed)
+    if ns.train_only:
+        dirs = _model_dirs(ns, device)
+        print(f"[e2e] models ready: {', '.join(str(d) for d in dirs.values())}")
+        return {"model_dirs": {k: str(d) for k, d in dirs.items()}}
     models = _load_models(ns, device)
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
