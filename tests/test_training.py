@@ -422,15 +422,28 @@ def test_the_record_holds_absolute_paths(tmp_path, corpus, monkeypatch):
 
 def test_a_gradient_that_overflows_is_not_applied(tmp_path, corpus, monkeypatch):
     dllm.train(**tiny(tmp_path, corpus, steps=2, ckpt_every=1))
-    real = torch.nn.utils.clip_grad_norm_
+    real = torch.nn.utils.get_total_norm
 
-    def overflowed(params, *args, **kwargs):
-        real(params, *args, **kwargs)
+    def overflowed(grads, *args, **kwargs):
+        real(grads, *args, **kwargs)
         return torch.tensor(float("inf"))
 
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflowed)
-    with pytest.raises(FloatingPointError, match="gradient norm became inf at step 3 .its loss was finite"):
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", overflowed)
+    with pytest.raises(FloatingPointError, match="gradient norm became inf at step 3 .its loss was finite.; every "
+                       "gradient is finite"):
         dllm.train(**tiny(tmp_path, corpus, steps=4, ckpt_every=1))
+
+    def broken(grads, *args, **kwargs):  # a backward that wrote NaN into two layers' gradients
+        for g in grads[2], grads[-2]:
+            g[0] = float("nan")
+        return real(grads, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", broken)
+    with pytest.raises(FloatingPointError) as failed:
+        dllm.train(**tiny(tmp_path, corpus, steps=4, ckpt_every=1))
+    names = list(load_checkpoint(tmp_path / "run" / CHECKPOINT)["model"])  # the parameters, in model order
+    assert f"non-finite gradients in 2 of {len(names)} parameters, the last in model order: {names[2]}, " \
+           f"{names[-2]};" in str(failed.value)
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 

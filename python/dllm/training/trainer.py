@@ -423,6 +423,16 @@ class Trainer:
         self._barrier()
 
     # -- one optimizer step ------------------------------------------------------------------------
+    def _nonfinite_gradients(self) -> str:
+        """Which parameters' gradients are not finite. The backward runs from the last layer to the
+        first, so the last of them in model order sits nearest the op whose backward broke."""
+        named = [(name, p) for name, p in self.raw_model.named_parameters() if p.grad is not None]
+        bad = [name for name, p in named if not torch.isfinite(p.grad).all()]
+        if not bad:
+            return "every gradient is finite (their norm overflowed)"
+        return (f"non-finite gradients in {len(bad)} of {len(named)} parameters, the last in model order: "
+                f"{', '.join(bad[-3:])}")
+
     def _step_length(self) -> int:
         """The sequence length of this step: seq_len, or a random length in [1, seq_len] for a
         random_length fraction of the steps (drawn from the noise generator, so every process
@@ -456,15 +466,17 @@ class Trainer:
                 loss = self.objective.train_loss(nll, L) / cfg.grad_accum
                 loss.backward()
             nll_sum += nll.detach().sum()
-        if cfg.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        else:
-            gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]))
+        # the norm before any clipping: clipping by a NaN norm would make every gradient NaN, and the
+        # error below names the parameters whose gradients were not finite
+        total = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
-        gnorm = float(gnorm)
+        gnorm = float(total)
         if not math.isfinite(gnorm):
             raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was finite); "
-                                     "the step was not applied, and the last checkpoint holds finite weights")
+                                     f"{self._nonfinite_gradients()}; the step was not applied, and the last "
+                                     "checkpoint holds finite weights")
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, total)
         lr = lr_at(cfg, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
