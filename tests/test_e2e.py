@@ -467,6 +467,16 @@ def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=1)
 
 
+@pytest.mark.parametrize("size, lr", [("tiny", 1e-3), ("small", 3e-4), ("medium", 3e-4)])
+def test_timed_training_takes_a_learning_rate_by_size(tmp_path, monkeypatch, size, lr):
+    from dllm.training import timed
+
+    calls = []
+    monkeypatch.setattr(timed, "train", lambda **kw: calls.append(kw))
+    timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, size=size)
+    assert calls[0]["lr"] == lr and calls[0]["model"] == size and calls[0]["schedule"] == "constant"
+
+
 def test_a_kept_model_of_another_budget_is_reused_and_says_so(tmp_path, capsys):
     from dllm.training.timed import train_for_minutes
 
