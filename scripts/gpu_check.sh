@@ -138,7 +138,8 @@ wait_for_e2e_training() {
   [ -n "${E2E_TRAINING:-}" ] || return 0
   local start; start=$(date +%s)
   wait "$E2E_TRAINING"
-  note "e2e training exit code $? (waited $(( $(date +%s) - start )) s): $(tail -1 "$OUT/e2e-train.log")"
+  E2E_TRAINED=$?
+  note "e2e training exit code $E2E_TRAINED (waited $(( $(date +%s) - start )) s): $(tail -c 400 "$OUT/e2e-train.log" | tr '\r' '\n' | tail -1)"
   E2E_TRAINING=
   pack
 }
@@ -223,9 +224,13 @@ fi
 
 if [ ${#E2E[@]} -gt 0 ]; then
   wait_for_e2e_training
-  # the sweep, on the models trained above (its points are kept in e2e/partial.json as they finish)
-  timeout -s INT -k 10 "$(limit_left 600)" "${E2E[@]}" >"$OUT/e2e.log" 2>&1
-  note "e2e exit code $?"
+  if [ "${E2E_TRAINED:-0}" != 0 ]; then
+    note "e2e sweep skipped: its training failed (e2e-train.log); the sweep would train again"
+  else
+    # the sweep, on the models trained above (its points are kept in e2e/partial.json as they finish)
+    timeout -s INT -k 10 "$(limit_left 600)" "${E2E[@]}" >"$OUT/e2e.log" 2>&1
+    note "e2e exit code $?"
+  fi
 fi
 
 pack && [ -n "$ARCHIVE" ] && echo "packed $OUT into $ARCHIVE"
