@@ -10,12 +10,16 @@ from dllm.data import BatchOrder, ByteTokenizer, load_corpus, load_tokenizer, pr
 from dllm.data.dataset import PackedDataset
 from dllm.data.tokenizer import token_byte_lengths
 
-from _train_helpers import make_corpus
+from _train_helpers import MODULES, STDLIB, make_corpus
 
 
 @pytest.fixture
 def corpus_dir(tmp_path):
     return make_corpus(tmp_path / "corpus")
+
+
+def _names(corpus):
+    return sorted({rel.removesuffix("#val") for rel, _ in corpus.train + corpus.val})
 
 
 def test_bad_files_are_skipped_with_a_warning(corpus_dir, caplog):
@@ -368,6 +372,12 @@ def test_copies_stay_on_one_side_when_a_tiny_corpus_is_split_by_other_rules(tmp_
 
 def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
     (corpus_dir / ".env").write_text("SECRET=1\n")
+    (corpus_dir / ".gitignore").write_text("build/\n")
+    (corpus_dir / ".notes.md").write_text("private\n" * 20)
+    git = corpus_dir / ".git"  # a hidden folder: nothing below it is read
+    (git / "info").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "info" / "exclude").write_text("*.pyc\n")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "linked.py").write_text("linked = True\n" * 40)
@@ -376,6 +386,7 @@ def test_hidden_files_are_not_read_and_linked_folders_are(tmp_path, corpus_dir):
     c = load_corpus(corpus_dir, val_fraction=0.2)
     names = [rel for rel, _ in c.train + c.val]
     assert "pkg/linked.py" in names and not any(".env" in n for n in names)
+    assert _names(c) == sorted(MODULES + ["pkg/linked.py"]) and not any(".git" in p for p, _ in c.skipped)
     assert len(names) == len(set(names)) and not any(n.startswith("pkg/loop") for n in names)
 
 
@@ -550,3 +561,138 @@ def test_text_suffixes_are_read_in_any_case(tmp_path):
     read = sorted(rel.removesuffix("#val") for rel, _ in c.train + c.val)
     assert read == sorted(["NOTES.TXT", "Guide.Md", "main.PY", "plain.txt"])
     assert [os.path.basename(p) for p, _ in c.skipped] == ["photo.PNG"]
+
+
+def test_a_model_folder_refuses_a_tokenizer_json_it_was_not_trained_with(corpus_dir, tmp_path):
+    from dllm.data import tokenizer_for_model
+    from dllm.data.tokenizer import tokenizer_config
+    from dllm.models import build_model, model_config
+
+    texts = [p.read_text() for p in sorted(corpus_dir.iterdir())]
+    tok = train_bpe(texts[:5], vocab_size=300, progress=False)
+    other = train_bpe(texts[5:], vocab_size=300, progress=False)  # same size, other merges
+    assert other.fingerprint != tok.fingerprint
+    folder = tmp_path / "model"
+    build_model(model_config("tiny", vocab_size=300, hidden=32, layers=1, heads=2)).save_pretrained(
+        folder, tokenizer=tokenizer_config(tok))
+    tok.save(folder)
+    assert tokenizer_for_model(folder).fingerprint == tok.fingerprint
+    other.save(folder)  # a tokenizer.json copied over from another run
+    with pytest.raises(ValueError, match="is not the one the model was trained with"):
+        tokenizer_for_model(folder)
+
+
+def test_a_cached_bpe_belongs_to_its_corpus(tmp_path):
+    """Two corpora sharing a cache folder and a --bpe-vocab-size each train their own BPE."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, modules in ((a, MODULES[:5]), (b, MODULES[5:])):
+        d.mkdir()
+        for m in modules:
+            (d / m).write_text((STDLIB / m).read_text())
+    kw = dict(tokenizer="bpe", bpe_vocab_size=300, seq_len=16, cache_dir=str(tmp_path / "cache"), val_fraction=0.3,
+              progress=False)
+    pa, pb = prepare(str(a), **kw), prepare(str(b), **kw)
+    own = train_bpe([t for _, t in load_corpus(b, val_fraction=0.3).train], 300, progress=False)
+    assert pb.tokenizer.fingerprint == own.fingerprint != pa.tokenizer.fingerprint
+
+
+def test_files_without_a_suffix_are_read(corpus_dir):
+    (corpus_dir / "README").write_text("A readme with no suffix.\n" * 30)
+    (corpus_dir / "sub").mkdir()
+    (corpus_dir / "sub" / "Makefile").write_text("all:\n\techo hi\n" * 30)
+    c = load_corpus(corpus_dir, val_fraction=0.2)
+    assert _names(c) == sorted(MODULES + ["README", "sub/Makefile"]) and not c.skipped
+
+
+def test_a_folder_linked_twice_or_into_itself_is_read_once(tmp_path, corpus_dir):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "linked.py").write_text("linked = True\n" * 40)
+    (outside / "self").symlink_to(outside, target_is_directory=True)  # a cycle below the corpus folder
+    (corpus_dir / "pkg").symlink_to(outside, target_is_directory=True)
+    (corpus_dir / "zz_alias").symlink_to(outside, target_is_directory=True)
+    c = load_corpus(corpus_dir, val_fraction=0.2)
+    names = _names(c)
+    assert names == sorted(MODULES + ["pkg/linked.py"])
+
+
+def test_a_file_with_a_nul_byte_past_its_start_is_binary(corpus_dir):
+    (corpus_dir / "data.txt").write_bytes(b"header line of text\n" * 50 + b"\x00\x01\x02 payload")
+    c = load_corpus(corpus_dir, val_fraction=0.2)
+    assert "data.txt" not in _names(c)
+    assert [(os.path.basename(p), r) for p, r in c.skipped] == [("data.txt", "binary (contains NUL bytes)")]
+
+
+def test_the_standard_library_leaves_out_every_test_and_vendored_folder(tmp_path, monkeypatch):
+    for d in ("", "tests", "idle_test", "site-packages/pkg", "dist-packages", "email", "test"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+        (tmp_path / d / f"mod_{d.replace('/', '_') or 'top'}.py").write_text(f"# {d}\n" + "x = 1\n" * 40)
+    monkeypatch.setattr("dllm.data.corpus.stdlib_root", lambda: tmp_path)
+    c = load_corpus(None, val_fraction=0.3)
+    assert _names(c) == ["email/mod_email.py", "mod_top.py"]
+
+
+def test_a_corpus_path_may_start_with_home(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_corpus("~/corpus", val_fraction=0.2).hash == load_corpus(corpus_dir, val_fraction=0.2).hash
+
+
+def test_a_cut_short_validation_token_file_is_rebuilt(corpus_dir, tmp_path, caplog):
+    kw = dict(seq_len=16, cache_dir=str(tmp_path / "cache"), val_fraction=0.2, progress=False)
+    want = np.array(prepare(str(corpus_dir), **kw).val.tokens)
+    val_bin = next((tmp_path / "cache" / "tokens").glob("*/val.bin"))
+    val_bin.write_bytes(val_bin.read_bytes()[:64])
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        again = prepare(str(corpus_dir), **kw)
+    assert "incomplete or damaged; tokenizing again" in caplog.text
+    assert np.array_equal(again.val.tokens, want)
+
+
+def test_a_batch_order_refuses_the_position_of_another_seed():
+    a = BatchOrder(9, seed=4)
+    a.next(5)
+    with pytest.raises(ValueError, match="another dataset or seed"):
+        BatchOrder(9, seed=5).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("share,whole_files", [(0.04, False), (0.06, True), (0.19, True), (0.25, False)])
+def test_whole_files_are_held_out_between_half_and_twice_val_fraction(tmp_path, caplog, share, whole_files):
+    from dllm.data.corpus import _is_val
+
+    held = next(n for n in (f"v{i}.txt" for i in range(200)) if _is_val(n, 0.1))
+    kept = next(n for n in (f"t{i}.txt" for i in range(200)) if not _is_val(n, 0.1))
+    total = 4000
+    (tmp_path / held).write_text("v" * round(share * total))
+    (tmp_path / kept).write_text("t" * (total - round(share * total)))
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        c = load_corpus(tmp_path, val_fraction=0.1)
+    got = sum(len(t) for _, t in c.val) / total
+    if whole_files:
+        assert [r for r, _ in c.val] == [held] and got == pytest.approx(share) and "holding out" not in caplog.text
+    else:
+        assert got == pytest.approx(0.1, abs=1e-3) and "holding out the last 10% of the text" in caplog.text
+
+
+@pytest.mark.parametrize("vocab_size", [40000, 65536, 65537, 70001])
+def test_the_token_cache_keeps_every_id_of_a_large_vocabulary(tmp_path, vocab_size):
+    """uint16 holds ids up to 65535 (a 65536-entry vocabulary), uint32 beyond: no id wraps or turns negative."""
+    from dllm.data import Corpus
+    from dllm.data.dataset import TokenCache
+
+    rng = np.random.default_rng(vocab_size)
+
+    class WideTokenizer:  # the high ids of a large vocabulary, one per character
+        kind, eos_id, mask_id, fingerprint = "wide", vocab_size - 1, vocab_size - 2, f"wide-{vocab_size}"  # eos last
+
+        def encode(self, text):
+            return np.array([vocab_size - 3 - (ord(ch) * 7919) % 30000 for ch in text], dtype=np.int64)
+
+    tok = WideTokenizer()
+    tok.vocab_size = vocab_size
+    texts = ["".join(chr(c) for c in rng.integers(32, 127, size=n)) for n in (37, 53)]
+    corpus = Corpus(root="wide", train=[("a.txt", texts[0])], val=[("b.txt", texts[1])], hash="0" * 64)
+    cache = TokenCache(tmp_path / "cache")
+    cache.build(corpus, tok, progress=False)
+    for split, text in (("train", texts[0]), ("val", texts[1])):
+        want = np.concatenate([tok.encode(text), [tok.eos_id]])
+        assert np.array_equal(np.asarray(cache.tokens(split), dtype=np.int64), want)

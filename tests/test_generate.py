@@ -1166,3 +1166,75 @@ def test_one_padded_prompt_with_several_templates():
     want = torch.ones(3, 10, dtype=torch.bool)
     want[:, 0] = False
     assert seen and all(torch.equal(m, want) for m in seen)
+
+
+def _save_trained_folder(folder, objective, **config):
+    """A model folder as `dllm train` writes it (config.json's tokenizer and objective), without the training."""
+    from dllm.data.tokenizer import ByteTokenizer, tokenizer_config
+    from dllm.models import build_model, model_config
+
+    tok = ByteTokenizer()
+    net = build_model(model_config("tiny", arch="dit", hidden=32, heads=4, layers=1, max_seq_len=48, cond_dim=16,
+                                   **config))
+    net.save_pretrained(folder, tokenizer=tokenizer_config(tok), objective=objective(tok).config())
+    return net
+
+
+def test_a_uniform_sedd_folder_samples_over_the_real_tokens(tmp_path):
+    """SEDD's uniform graph has no mask state: its network has one entry fewer than the tokenizer,
+    and the graph load_for_sampling builds covers exactly the network's entries."""
+    from dllm.objectives.diffusion import SEDD
+
+    _save_trained_folder(tmp_path, lambda tok: SEDD(tok, graph="uniform"), vocab_size=257, time_conditioning=True)
+    model, tok, kind = dllm.load_for_sampling(tmp_path)
+    assert kind == "score" and tok.vocab_size == 258
+    assert model.graph.vocab_size == model.model.config.vocab_size == 257
+    prompt = tok.encode("x = ")
+    out = dllm.generate(model, prompt, gen_length=19, steps=5, sampler="sedd-analytic", temperature=1.0,
+                        generator=torch.Generator().manual_seed(3))
+    assert out.sequences.shape == (1, len(prompt) + 19)
+    assert out.sequences.min() >= 0 and out.sequences.max() < 257  # never the mask id, which this graph lacks
+
+
+def test_a_loaded_masked_folder_keeps_the_kv_cache_interface(tmp_path):
+    """fast-dllm's cache on load_for_sampling's wrapper: the wrapper passes the DiT's new_kv_cache through,
+    and the cached run equals the one on the bare network given the mask id."""
+    from dllm.objectives.diffusion import MDLM
+
+    net = _save_trained_folder(tmp_path, MDLM, vocab_size=258, time_conditioning=False)
+    model, tok, kind = dllm.load_for_sampling(tmp_path)
+    assert kind == "masked"
+    net.eval().mask_id = tok.mask_id
+    prompt = [tok.encode("def f(a, b):"), tok.encode("x")]
+    for cache in ("prefix", "dual"):
+        got = dllm.generate(model, prompt, gen_length=12, steps=6, block_length=6, sampler="fast-dllm", cache=cache,
+                            threshold=0.3, generator=torch.Generator().manual_seed(1))
+        want = dllm.generate(net, prompt, gen_length=12, steps=6, block_length=6, sampler="fast-dllm", cache=cache,
+                             threshold=0.3, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe
+
+
+def test_the_callback_gets_each_steps_logits():
+    """callback(step, x, logits): logits are the network's output of that step, for every sampler that
+    calls the network once a step (llada, fast-dllm without a cache, sedd's analytic sampler)."""
+    from dllm.models import build_model, model_config
+    from dllm.sampling.pretrained import ScoreModel
+    from dllm.sedd import Absorbing, LogLinear
+
+    V = 37
+    net = build_model(model_config("tiny", arch="dit", vocab_size=V, hidden=32, heads=4, layers=1, max_seq_len=32,
+                                   cond_dim=16, time_conditioning=True)).eval()
+    outputs = []
+    net.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    net.mask_id = V - 1
+    score = ScoreModel(net, Absorbing(V - 1), LogLinear())
+    for model, sampler in ((net, "llada"), (net, "fast-dllm"), (score, "sedd-analytic")):
+        outputs.clear()
+        seen = []
+        dllm.generate(model, [[1, 2, 3], [4, 5]], gen_length=9, steps=3, sampler=sampler, temperature=1.0,
+                      generator=torch.Generator().manual_seed(2),
+                      callback=lambda step, x, logits: seen.append(logits if logits is None else logits.clone()))
+        assert len(seen) == len(outputs) >= 3, sampler
+        for got, want in zip(seen, outputs):
+            assert isinstance(got, torch.Tensor) and got.shape == (2, 12, V), sampler
+            assert torch.allclose(got.float(), want.float()), sampler
