@@ -389,6 +389,17 @@ MUTANTS = [
     ("python/dllm/sedd/schedules.py", "        if not 0 < eps < 1:", "        if not 0 < eps <= 1:", ["test_objectives"]),
     ("python/dllm/models/io.py", 'dtype = DTYPES.get(dtype.removeprefix("torch."), dtype)',
      "dtype = DTYPES.get(dtype, dtype)", ["test_models"]),
+    # the data pipeline and the sampling glue: a foreign tokenizer.json, the BPE cache key, hidden files,
+    # a uniform SEDD folder's vocabulary, the KV-cache interface of a loaded folder, the callback's logits
+    ("python/dllm/data/tokenizer.py", 'if tok.fingerprint != cfg["fingerprint"]:', "if False:", ["test_data"]),
+    ("python/dllm/data/dataset.py", 'f"bpe-{corpus.hash[:16]}-{bpe_vocab_size}"', 'f"bpe-{bpe_vocab_size}"',
+     ["test_data"]),
+    ("python/dllm/data/corpus.py", 'if name.startswith("."):', 'if name.startswith(".env"):', ["test_data"]),
+    ("python/dllm/sampling/pretrained.py", 'spare = 1 if name == "sedd" and objective.get("graph") == "uniform" else 0',
+     "spare = 0", [GEN]),
+    ("python/dllm/sampling/pretrained.py", "            self.new_kv_cache = model.new_kv_cache",
+     "            pass", [GEN]),
+    ("python/dllm/sampling/loop.py", "self.callback(self.step, x, logits)", "self.callback(self.step, x, None)", [GEN]),
 ]
 
 
