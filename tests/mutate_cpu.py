@@ -400,6 +400,18 @@ MUTANTS = [
     ("python/dllm/sampling/pretrained.py", "            self.new_kv_cache = model.new_kv_cache",
      "            pass", [GEN]),
     ("python/dllm/sampling/loop.py", "self.callback(self.step, x, logits)", "self.callback(self.step, x, None)", [GEN]),
+    # the models' layers: the gated residual's norm eps, the denoising cache's refresh dtype and bounds, the
+    # decoding cache's negative position, a tokenizer's 0/1 attention mask
+    ("python/dllm/models/layers.py", "update.to(x.dtype), gate, self.weight, shift, scale, eps=self.eps)",
+     "update.to(x.dtype), gate, self.weight, shift, scale)", ["test_layers"]),
+    ("python/dllm/models/layers.py", "(layer not in self.k or self.k[layer].dtype != k.dtype)", "layer not in self.k",
+     [KV]),
+    ("python/dllm/models/layers.py", "if k.shape[0] != self.batch or start < 0 or end > self.length:",
+     "if end > self.length:", [KV]),
+    ("python/dllm/models/layers.py", "if not 0 <= position < self.max_len:", "if not position < self.max_len:",
+     ["test_models"]),
+    ("python/dllm/models/attention.py", "attention_mask.bool()[:, None, None, :]", "attention_mask[:, None, None, :]",
+     ["test_models"]),
 ]
 
 

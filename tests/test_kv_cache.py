@@ -281,3 +281,39 @@ def test_a_head_shifted_past_a_short_fed_span_decodes_as_the_whole_canvas():
     ref = dllm.generate(model, **kw)
     out = dllm.generate(model, cache="dual", **kw)
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe == 8
+
+
+def test_the_denoising_cache_refuses_a_first_forward_short_of_the_canvas_and_writes_off_it():
+    kv = DenoisingKVCache(2, 10)
+    k = torch.randn(2, 3, 1, 4)
+    with pytest.raises(ValueError, match="first forward must cover the whole canvas"):
+        kv.update(0, 0, k, k)  # a prefix from position 0 is not the whole canvas
+    with pytest.raises(ValueError, match="first forward must cover the whole canvas"):
+        kv.update(0, torch.tensor(2), k, k)  # a graphed step's start
+    one = torch.randn(1, 10, 1, 4)
+    with pytest.raises(ValueError, match=r"2 canvases of 10 positions; asked to write 1 at \[0, 10\)"):
+        kv.update(0, 0, one, one)  # one canvas's refresh, not the batch's
+    assert kv.k == {} and kv.v == {}
+    full = torch.randn(2, 10, 1, 4)
+    kv.update(0, 0, full, full)
+    with pytest.raises(ValueError, match=r"2 canvases of 10 positions; asked to write 1 at \[2, 5\)"):
+        kv.update(0, 2, k[:1], k[:1])  # would be broadcast over both canvases
+    with pytest.raises(ValueError, match=r"2 canvases of 10 positions; asked to write 2 at \[-4, -1\)"):
+        kv.update(0, -4, k, k)  # would land on positions 6..8
+    assert torch.equal(kv.k[0], full) and torch.equal(kv.v[0], full)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_refresh_in_another_dtype_replaces_the_cached_keys(arch):
+    """A cache refreshed under bfloat16 autocast and refreshed again in float32 holds float32 keys:
+    the float32 forwards equal the uncached model's."""
+    net = make(arch, layers=2).model
+    x = torch.randint(0, V - 1, (2, 19), generator=torch.Generator().manual_seed(5))
+    kv = net.new_kv_cache(2, 19)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x, cache=kv, start=0)
+    assert kv.k[0].dtype == torch.bfloat16
+    full = net(x)
+    torch.testing.assert_close(net(x, cache=kv, start=0), full)
+    assert kv.k[0].dtype == torch.float32
+    torch.testing.assert_close(net(x[:, 5:12], cache=kv, start=5), full[:, 5:12], atol=2e-5, rtol=2e-5)

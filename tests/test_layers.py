@@ -167,3 +167,23 @@ def test_dit_bf16_inference_is_sedds_dit(device):
         out = model(x, sigma)
     torch.testing.assert_close(out.double().cpu(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
     torch.testing.assert_close(out, model(x, sigma).detach(), rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gated_residuals_norm_takes_the_norms_eps(dtype):
+    """A config's norm_eps reaches the adaLN after each gated residual too, with or without autograd
+    (dllm.ops.adaln_residual or torch): a stream whose variance is about eps, where the op's default shows."""
+    g = torch.Generator().manual_seed(11)
+    B, S, d, eps = 3, 13, 53, 0.37
+    norm = ModulatedLayerNorm(d, eps=eps).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.5 * torch.randn(d, generator=g))
+    x, update = ((0.2 + 0.3 * torch.randn(B, S, d, generator=g)).to(dtype) for _ in range(2))
+    gate, shift, scale = (torch.randn(B, d, generator=g).to(dtype) for _ in range(3))
+    for record in (True, False):
+        with torch.set_grad_enabled(record):
+            x_next, out = norm.residual(x, gate, update, shift, scale)
+        want_next = x.double() + gate.double()[:, None] * update.double()
+        torch.testing.assert_close(x_next.double(), want_next, rtol=torch.finfo(dtype).eps, atol=1e-6)
+        want = adaln_reference(x_next, norm.weight, shift, scale, eps)
+        torch.testing.assert_close(out.double(), want, **TOL[dtype])

@@ -674,3 +674,48 @@ def test_from_pretrained_names_an_extra_weight_in_model_safetensors(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"unexpected weight blocks\.7\.extra\.weight"):
         from_pretrained(tmp_path)
+
+
+def test_ar_decoding_refuses_a_negative_position():
+    m = ARTransformer(_tiny("ar")).eval()
+    cache = m.new_cache(2, 8)
+    m(torch.ones(2, 3, dtype=torch.long), cache=cache, start=0)
+    before = [t.clone() for t in cache.k + cache.v]
+    with pytest.raises(ValueError, match="asked to write position -1"):
+        m(torch.zeros(2, 1, dtype=torch.long), cache=cache, start=-1)
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.k + cache.v))  # the last slot not overwritten
+
+
+def test_a_graphed_decoding_step_writes_a_float32_cache_under_autocast():
+    """bf16 autocast makes bfloat16 keys; a cache made in float32 takes them converted, whether the
+    step's position is an int (eager) or a one-element tensor (a CUDA graph's replay)."""
+    torch.manual_seed(0)
+    m = _perturb(ARTransformer(_tiny("ar"))).eval()
+    x = torch.randint(0, 50, (3, 7))
+    out = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in (6, torch.tensor(6)):
+            cache = m.new_cache(3, 8, dtype=torch.float32)
+            m(x[:, :6], cache=cache, start=0)
+            out.append(m(x[:, 6:], cache=cache, start=start).float())
+            assert cache.k[0].dtype == torch.float32
+    full = m(x)[:, 6:]
+    for got in out:
+        torch.testing.assert_close(got, full, rtol=5e-2, atol=5e-2 * full.abs().max().item())
+
+
+def test_a_tokenizers_0_1_attention_mask_is_a_key_padding_mask():
+    """An int64 mask as a tokenizer gives it (1 on real tokens) masks what the bool mask masks: in the
+    causal model's and a cached forward's SDPA masks, and in the bidirectional model's lengths."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[0, :4] = False
+    mask[2, 7:] = False
+    for arch in ("ar", "dit"):
+        net = _perturb(build_model(_tiny(arch))).eval()
+        want = net(x, attention_mask=mask)
+        torch.testing.assert_close(net(x, attention_mask=mask.long()), want, rtol=0, atol=0)
+        if arch == "dit":
+            cached = net(x, cache=net.new_kv_cache(3, 11), attention_mask=mask.long())
+            torch.testing.assert_close(cached[mask], want[mask], rtol=1e-5, atol=1e-5)
