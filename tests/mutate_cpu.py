@@ -412,6 +412,14 @@ MUTANTS = [
      ["test_models"]),
     ("python/dllm/models/attention.py", "attention_mask.bool()[:, None, None, :]", "attention_mask[:, None, None, :]",
      ["test_models"]),
+    # the op wrappers: varlen's two bounds, a zero commit probability, a learned sin table, the fake's top_p check
+    ("python/dllm/ops.py", "cu_seqlens_q, cu_seqlens_k, max_seqlen_q,\n                   max_seqlen_k, scale)",
+     "cu_seqlens_q, cu_seqlens_k, max_seqlen_k,\n                   max_seqlen_q, scale)", ["test_attention"]),
+    ("python/dllm/ops.py", "if not 0 <= prob <= 1:", "if not 0 < prob <= 1:", ["test_unmask"]),
+    ("python/dllm/ops.py", "if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:", "if ctx.needs_input_grad[1]:",
+     ["test_rotary"]),
+    ("python/dllm/ops.py", "torch._check_value(0.0 < top_p <= 1.0, lambda", "torch._check_value(True, lambda",
+     ["test_op_contracts"]),
 ]
 
 

@@ -442,3 +442,19 @@ def test_cuda_kernel_never_synchronises(attention_kernel):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
+
+
+def test_varlen_with_tight_unequal_max_seqlens_equals_padded():
+    # a short query block over a longer context (decoding), max_seqlen_q != max_seqlen_k, each the
+    # true longest length: each bound must apply to its own side
+    g = torch.Generator().manual_seed(7)
+    lens_q, lens_k = [3, 1, 2], [11, 6, 0]
+    B, Sq, Sk, H, Hkv, D = 3, max(lens_q), max(lens_k), 4, 2, 16
+    q = torch.randn(B, Sq, H, D, generator=g)
+    k, v = torch.randn(B, Sk, Hkv, D, generator=g), torch.randn(B, Sk, Hkv, D, generator=g)
+    padded = dllm.ops.attention(q, k, v, kv_len=torch.tensor(lens_k), q_len=torch.tensor(lens_q))
+    pack = lambda t, lens: torch.cat([t[b, :n] for b, n in enumerate(lens)])  # noqa: E731
+    cu = lambda lens: torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)  # noqa: E731
+    packed = dllm.ops.attention_varlen(pack(q, lens_q), pack(k, lens_k), pack(v, lens_k), cu(lens_q), cu(lens_k),
+                                       Sq, Sk)
+    assert torch.equal(packed, pack(padded, lens_q))

@@ -569,3 +569,13 @@ def test_negative_top_k_and_counts_are_refused_on_any_device(device):
         ops.commit_tokens(x, x0, conf, mask_id=mask, num_tokens=-1)
     if device == "cpu":
         assert torch.equal(x, before)  # refused before the op: no row committed
+
+
+@pytest.mark.parametrize("top_p", [0.0, -0.5, 1.5, float("nan")])
+def test_meta_predict_masked_refuses_a_top_p_outside_0_1(top_p):
+    # the fake (the meta kernel, torch.compile's) must refuse what the CPU kernel refuses
+    logits, x = torch.randn(2, 3, V), torch.full((2, 3), V - 1)
+    with pytest.raises(ValueError) as cpu:
+        ops.predict_masked(logits, x, mask_id=V - 1, top_p=top_p)
+    with pytest.raises(type(cpu.value), match="top_p"):
+        ops.predict_masked(logits.to("meta"), x.to("meta"), mask_id=V - 1, top_p=top_p)

@@ -89,3 +89,18 @@ def test_opcheck_and_compile(device):
         torch.library.opcheck(torch.ops.dllm.rotary.default, (x, cos, sin, inverse))
     compiled = torch.compile(lambda t: dllm.ops.rotary(t, cos, sin) + 0, fullgraph=True)
     assert torch.equal(compiled(x), dllm.ops.rotary(x, cos, sin))
+
+
+def test_a_learned_sin_alone_raises_instead_of_training_without_gradient():
+    # cos fixed, sin learned (or the other way round): either table wanting a gradient must raise,
+    # not leave that table's .grad None while x gets its gradient.
+    g = torch.Generator().manual_seed(11)
+    B, S, H, D = 2, 5, 3, 6
+    x = torch.randn(B, S, H, D, generator=g, requires_grad=True)
+    angle = torch.randn(S, D // 2, generator=g)
+    for learned in ("sin", "cos"):
+        a = angle.clone().requires_grad_()
+        cos = angle.cos() if learned == "sin" else a.cos()
+        sin = a.sin() if learned == "sin" else angle.sin()
+        with pytest.raises(RuntimeError, match="differentiable in x only"):
+            dllm.ops.rotary(x, cos, sin).sum().backward()

@@ -318,3 +318,19 @@ def test_cuda_and_cpu_agree_in_distribution(dtype):
     row = (torch.randn(3001) * 2).to(dtype)
     n = 1 << 19
     assert two_sample_pvalue(draws(row, n), draws(row.cuda(), n), 3001) > P_MIN
+
+
+def test_a_one_element_temperature_tensor_traces_on_meta_and_under_compile():
+    # a temperature tensor with one element serves every row, of any leading shape: the fake
+    # (meta kernel, torch.compile's) must take it as the kernel does
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, 11, generator=g)
+    for temperature in (torch.tensor([0.7]), torch.tensor([[[0.7]]]), torch.tensor(0.7)):
+        tokens, logprob = dllm.ops.sample_categorical(logits.to("meta"), temperature.to("meta"))
+        assert tokens.shape == logprob.shape == (3, 5) and tokens.dtype == torch.int64
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        eager = dllm.ops.sample_categorical(logits, temperature)
+        torch.manual_seed(0)
+        compiled = torch.compile(dllm.ops.sample_categorical, backend="eager", fullgraph=True)(logits, temperature)
+        assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])

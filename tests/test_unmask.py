@@ -563,3 +563,26 @@ def test_cuda_proposals_agree_with_cpu_in_distribution():
     cpu, _ = dllm.ops.predict_masked(row.expand(n, 1, V), x, mask_id=MASK, temperature=0.8, top_p=0.95)
     gpu, _ = dllm.ops.predict_masked(row.cuda().expand(n, 1, V), x.cuda(), mask_id=MASK, temperature=0.8, top_p=0.95)
     assert two_sample_pvalue(cpu, gpu, V) > P_MIN
+
+
+def test_prob_zero_for_every_row_commits_nothing():
+    # prob is a probability in [0, 1]: 0 (a step that unmasks nothing) is valid, as a Python float
+    # as well as a tensor, and commits nothing; just outside [0, 1] is refused.
+    g = torch.Generator().manual_seed(5)
+    B, L = 3, 13
+    x = torch.where(torch.rand(B, L, generator=g) < 0.6, MASK, torch.randint(0, MASK, (B, L), generator=g))
+    x0, conf = torch.randint(0, MASK, (B, L), generator=g), torch.rand(B, L, generator=g)
+    for zero in (0.0, 0, torch.tensor(0.0), torch.zeros(B)):
+        y = x.clone()
+        counts = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=zero, generator=g)
+        assert counts.tolist() == [0] * B and torch.equal(y, x)
+    for bad in (-1e-9, 1 + 1e-9):
+        with pytest.raises(ValueError, match="prob must be in"):
+            dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, prob=bad)
+
+
+def test_linear_transfer_counts_refuses_a_bool_step_count():
+    # True is an int to Python, but not a number of steps
+    for steps in (True, False):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            linear_transfer_counts(torch.tensor([3, 1]), steps)
