@@ -420,6 +420,12 @@ MUTANTS = [
      ["test_rotary"]),
     ("python/dllm/ops.py", "torch._check_value(0.0 < top_p <= 1.0, lambda", "torch._check_value(True, lambda",
      ["test_op_contracts"]),
+    # graph sessions: a key without cfg_scale, a model's buffers, a bool as a number option
+    (GENERATE, "threshold, alg_temp, cfg_scale, cache,", "threshold, alg_temp, cache,", ["test_cuda_graph_replay"]),
+    ("python/dllm/sampling/cuda_graph.py", "for t in (*model.parameters(), *model.buffers())))",
+     "for t in model.parameters()))", ["test_cuda_graph_replay"]),
+    (GENERATE, "    if isinstance(value, bool) or not isinstance(value, kind):", "    if not isinstance(value, kind):",
+     [GEN]),
 ]
 
 

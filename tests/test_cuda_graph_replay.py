@@ -422,3 +422,103 @@ def test_a_sedd_canvas_with_known_tokens_does_not_replay_an_unconditional_graph(
     kw = dict(gen_length=13, steps=6, sampler="sedd-analytic")
     _each_equals_eager(monkeypatch, model, [dict(prompt=torch.empty(2, 0, dtype=torch.int64), **kw),
                                             dict(infill=infill, **kw)])
+
+
+# Each option a captured step reads as a Python value (or that picks its code): a later call of the
+# same canvas shape with another value must capture its own graphs, not replay the first call's.
+OPTION_CHANGES = [
+    ("llada", "cfg_scale", (0.5, 3.0), dict(block_length=5)),
+    ("llada", "sampler", ("llada", "llada:random"), {}),
+    ("dream", "sampler", ("dream:entropy", "dream:maskgit_plus"), {}),
+    ("dream", "alg_temp", (0.05, 5.0), {}),
+    ("fast-dllm", "threshold", (0.0, 0.9), dict(block_length=5)),
+    ("fast-dllm", "threshold", (0.0, 0.9), dict(block_length=5, cache="dual")),
+    ("fast-dllm", "cache", (None, "dual"), dict(block_length=5, threshold=0.5)),
+    ("mdlm", "temperature", (0.3, 3.0), {}),
+    ("mdlm", "top_k", (2, 0), {}),
+    ("mdlm", "top_p", (0.3, 1.0), {}),
+]
+
+
+@pytest.mark.parametrize("sampler, key, values, kw", OPTION_CHANGES,
+                         ids=[f"{s}-{k}-{len(kw)}" for s, k, _, kw in OPTION_CHANGES])
+def test_an_option_changed_between_calls_gets_new_graphs(monkeypatch, sampler, key, values, kw):
+    model = make("llada", layers=1)
+    base = dict(prompt=PROMPTS, gen_length=10, steps=10, sampler=sampler, temperature=1.0, **kw)
+    _each_equals_eager(monkeypatch, model, [{**base, key: v} for v in (*values, values[0])])
+
+
+def test_a_changed_scale_by_sigma_gets_new_graphs(monkeypatch):
+    # a SEDD step reads model.graph.scale_by_sigma as it is captured
+    model = score_model(Absorbing(V - 1), LogLinear())
+    kw = dict(prompt=torch.randint(0, V - 1, (2, 3)), gen_length=9, steps=5, sampler="sedd-euler")
+    eager = []
+    for scale in (True, False):
+        model.graph.scale_by_sigma = scale
+        eager.append(dllm.generate(model, generator=torch.Generator().manual_seed(5), **kw).sequences)
+    assert not torch.equal(*eager)
+    replay_on_cpu(monkeypatch)
+    g = torch.Generator()  # one object: the calls share the session keyed by everything else
+    for scale, want in zip((True, False), eager):
+        model.graph.scale_by_sigma = scale
+        g.manual_seed(5)
+        assert torch.equal(dllm.generate(model, generator=g, cuda_graph=True, **kw).sequences, want), scale
+
+
+def test_clear_graphs_frees_every_configuration_of_the_model(monkeypatch):
+    replay_on_cpu(monkeypatch)
+    model, other = make("llada", layers=1), make("llada", layers=1)
+    g = torch.Generator()
+    kw = dict(prompt=PROMPTS, steps=4, sampler="mdlm", temperature=1.0, generator=g, cuda_graph=True)
+
+    def captures_of(m):  # three configurations of m in a row: how many graphs they captured
+        before = RecordedStep.captures
+        for gen_length in (5, 7, 9):
+            g.manual_seed(gen_length)  # the same draws, so the same steps, each time
+            dllm.generate(m, gen_length=gen_length, **kw)
+        return RecordedStep.captures - before
+
+    first = captures_of(model)
+    assert first >= 3 and captures_of(other) >= 3
+    cuda_graph.clear_graphs(model)
+    assert captures_of(other) == 0  # the other model keeps its graphs
+    assert captures_of(model) == first  # every configuration of the model captures again
+    cuda_graph.clear_graphs()
+    assert captures_of(other) > 0
+
+
+def test_a_model_whose_buffers_alone_were_replaced_gets_new_graphs(monkeypatch):
+    # model.float() on a float32 model keeps the weights where they are but recomputes the rotary
+    # frequencies into a new buffer, freeing the one the first call's graphs read
+    replay_on_cpu(monkeypatch)
+    model = make("llada", layers=1)
+    g = torch.Generator()  # one object: a session is keyed by the generator too
+    kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="llada", temperature=1.0, generator=g)
+    dllm.generate(model, cuda_graph=True, **kw)
+    weights = [p.data_ptr() for p in model.parameters()]
+    model.float()
+    assert [p.data_ptr() for p in model.parameters()] == weights
+    g.manual_seed(2)
+    replayed = dllm.generate(model, cuda_graph=True, **kw).sequences
+    assert RecordedStep.captures == 2
+    g.manual_seed(2)
+    assert torch.equal(replayed, dllm.generate(model, **kw).sequences)
+
+
+def test_a_changed_mask_id_gets_new_graphs(monkeypatch):
+    # a captured step compares the canvas with the mask id it was captured with
+    model = make("llada", layers=1)
+    g = torch.Generator()  # one object: a session is keyed by the generator too
+    kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="llada", temperature=1.0, generator=g)
+    expected = []
+    for mask_id in (MASK, MASK - 1):
+        model.mask_id = mask_id
+        g.manual_seed(0)
+        expected.append(dllm.generate(model, **kw).sequences)
+    replay_on_cpu(monkeypatch)
+    for mask_id, eager in zip((MASK, MASK - 1), expected):
+        model.mask_id = mask_id
+        g.manual_seed(0)
+        replayed = dllm.generate(model, cuda_graph=True, **kw).sequences
+        assert torch.equal(replayed, eager) and not (replayed == mask_id).any()
+    assert RecordedStep.captures == 2

@@ -1238,3 +1238,37 @@ def test_the_callback_gets_each_steps_logits():
         for got, want in zip(seen, outputs):
             assert isinstance(got, torch.Tensor) and got.shape == (2, 12, V), sampler
             assert torch.allclose(got.float(), want.float()), sampler
+
+
+def test_a_bool_is_not_a_number_option():
+    # True is an int to Python: as temperature, top_k, top_p, cfg_scale, alg_temp or threshold it
+    # would pass silently as 1 (a typo for return_history=True, say); it is refused before the network runs
+    for sampler, key in (("llada", "temperature"), ("llada", "top_k"), ("llada", "top_p"), ("llada", "cfg_scale"),
+                         ("dream", "alg_temp"), ("fast-dllm", "threshold")):
+        model = TinyModel()
+        with pytest.raises(TypeError, match=f"{key} must be (a number|an int), got True"):
+            dllm.generate(model, [3, 4], gen_length=6, steps=3, sampler=sampler, **{key: True})
+        assert model.calls == []
+
+
+def test_the_largest_step_count_a_time_grid_takes_is_accepted():
+    # the message's bound, 2**60 - 2, is itself allowed (check_options is what `dllm sample` runs)
+    for sampler in ("mdlm", "dream", "sedd-euler", "sedd-analytic"):
+        check_options(sampler, gen_length=4, steps=2**60 - 2, device=torch.device("cpu"))
+        with pytest.raises(ValueError, match=r"at most 2\*\*60 - 2"):
+            check_options(sampler, gen_length=4, steps=2**60 - 1, device=torch.device("cpu"))
+
+
+def test_a_model_returning_a_list_starting_with_the_logits():
+    model = TinyModel()
+    want = dllm.generate(model, [3, 4], gen_length=6, steps=3, sampler="llada").sequences
+    listed = type("Listed", (), {"mask_id": MASK, "__call__": lambda self, x, **kw: [model(x, **kw), None]})()
+    assert torch.equal(dllm.generate(listed, [3, 4], gen_length=6, steps=3, sampler="llada").sequences, want)
+
+
+def test_a_sedd_cuda_graph_on_a_cpu_model_is_named():
+    for sampler in ("sedd-euler", "sedd-analytic"):
+        model = TinyScore(Absorbing(V - 1))
+        with pytest.raises(ValueError, match="cuda_graph needs a CUDA model; this one is on cpu"):
+            dllm.generate(model, [3, 4], gen_length=6, steps=3, sampler=sampler, cuda_graph=True)
+        assert model.calls == []
