@@ -14,7 +14,9 @@
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
 #                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES: its two
 #                    models train in the background from the end of install, beside the tests, which time
-#                    nothing, and the benchmarks wait for them; the sweep runs last). The
+#                    nothing, and the benchmarks wait for them; the sweep runs last; a training
+#                    stopped by a non-finite gradient trains again, before the sweep, with SDPA's
+#                    cuDNN backend off, into OUT_DIR.e2e-models-no-cudnn). The
 #                    stages' limits: install 480 s, tests 240 + 150 s, bench 11 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b) + 60 s (ar-small).
@@ -224,8 +226,21 @@ fi
 
 if [ ${#E2E[@]} -gt 0 ]; then
   wait_for_e2e_training
+  if [ "${E2E_TRAINED:-0}" != 0 ] && grep -q "gradient norm became" "$OUT/e2e-train.log"; then
+    # SDPA's cuDNN backward is the suspect of the small MDLM's NaN gradients with finite losses
+    # (bench/results/h200-2026-12-04/e2e-training-nan/): train again from scratch with that backend
+    # off; passing names the culprit, and the sweep takes these models
+    E2E=("$PY" -c 'import sys, torch; torch.backends.cuda.enable_cudnn_sdp(False); from dllm.cli import main; sys.exit(main())'
+         "${E2E[@]:3}")
+    E2E=("${E2E[@]/#"$OUT.e2e-models"/"$OUT.e2e-models-no-cudnn"}")
+    note "e2e training stopped on a non-finite gradient: training again with SDPA's cuDNN backend off"
+    timeout -s INT -k 10 "$(limit_left "$train_limit")" "${E2E[@]}" --train-only >"$OUT/e2e-train-no-cudnn.log" 2>&1
+    E2E_TRAINED=$?
+    note "e2e training without cuDNN SDPA exit code $E2E_TRAINED: $(tail -c 400 "$OUT/e2e-train-no-cudnn.log" | tr '\r' '\n' | tail -1)"
+    pack
+  fi
   if [ "${E2E_TRAINED:-0}" != 0 ]; then
-    note "e2e sweep skipped: its training failed (e2e-train.log); the sweep would train again"
+    note "e2e sweep skipped: its training failed (e2e-train*.log); the sweep would train again"
   else
     # the sweep, on the models trained above (its points are kept in e2e/partial.json as they finish)
     timeout -s INT -k 10 "$(limit_left 600)" "${E2E[@]}" >"$OUT/e2e.log" 2>&1
