@@ -255,10 +255,12 @@ def test_rows_at_every_alignment_and_short_lengths(emulator, dtype):
             if vocab < 2:
                 continue
             x = torch.tensor([[vocab - 1, 0, vocab - 1]])
-            got = emulated(emulator, EMU.predict_masked, logits[None], x, vocab - 1, 0.0, 0, 1.0, "margin", 0)
-            want = CPU.predict_masked(logits[None], x, vocab - 1, 0.0, 0, 1.0, "margin", 0)
-            assert torch.equal(got[0], want[0]), (vocab, offset)
-            torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+            # the margin tracks the top two element by element; prob finds the max's index apart
+            for confidence in ("margin", "prob"):
+                got = emulated(emulator, EMU.predict_masked, logits[None], x, vocab - 1, 0.0, 0, 1.0, confidence, 0)
+                want = CPU.predict_masked(logits[None], x, vocab - 1, 0.0, 0, 1.0, confidence, 0)
+                assert torch.equal(got[0], want[0]), (vocab, offset, confidence)
+                torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
             x0 = torch.zeros(1, 3, dtype=torch.long)
             loss = emulated(emulator, EMU.masked_diffusion_loss, logits[None], x, x0, torch.ones(1), mask_id=vocab - 1)
             want = CPU.masked_diffusion_loss(logits[None], x, x0, torch.ones(1), mask_id=vocab - 1)
@@ -292,6 +294,22 @@ def test_predict_masked_large_logits_and_tiny_temperatures(emulator, confidence_
             want = CPU.predict_masked(*args, generator=gen())
             assert torch.equal(got[0], want[0])
             torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("confidence", ["prob", "margin"])
+def test_predict_masked_greedy_ties_go_to_the_lowest_index(emulator, confidence):
+    """A row's maximum repeated 8192 elements apart (one thread's consecutive batches in the greedy
+    row loop, whose thread finds its index only in the batch that raises its maximum) and in other
+    threads: the lowest index wins, as on the CPU."""
+    V = 20000
+    logits = torch.randn(1, 3, V, generator=gen(5)).bfloat16()
+    for row, first in enumerate((100, 4099, 8191)):
+        logits[0, row, first::8192] = 9.0
+    x = torch.full((1, 3), MASK)
+    got = emulated(emulator, EMU.predict_masked, logits, x, MASK, 0.0, 0, 1.0, confidence, 0)
+    want = CPU.predict_masked(logits, x, MASK, 0.0, 0, 1.0, confidence, 0)
+    assert got[0].tolist() == want[0].tolist() == [[100, 4099, 8191]]
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
 
 
 def test_predict_masked_llada_vocabulary(emulator):

@@ -257,6 +257,34 @@ __device__ bool any_not_below_inf(const float (&v)[N]) {
   return bad;
 }
 
+// e^(d * scale) as ex2.approx.ftz(d * scale_log2), scale_log2 = scale * log2(e) taken once by
+// the caller: one FMUL and one MUFU.EX2. __expf, without -ftz, wraps that instruction in a
+// rescaling for results below 2^-126 (three more instructions an exponential), which these
+// loops, issue-bound in SASS, pay for every element. Only sums with a term of 1 (the max they are
+// taken relative to) use it, so the terms it flushes lie 10^30 below their float32 rounding; a
+// value read on its own (a confidence, a probability) keeps __expf. The emulator keeps __expf's
+// libm exp of d * scale, so that emulated results stay exact.
+__device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scale_log2 = 1.44269504088896341f) {
+#if defined(DLLM_CUDA_EMULATOR)
+  (void)scale_log2;
+  return __expf(d * scale);
+#else
+  (void)scale;
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(d * scale_log2));
+  return y;
+#endif
+}
+
+// The max of a batch (fmaxf: NaN ignored, -inf when all are -inf or NaN).
+template <int N>
+__device__ float batch_max(const float (&v)[N]) {
+  float bm = -kInf;
+#pragma unroll
+  for (int e = 0; e < N; ++e) bm = fmaxf(bm, v[e]);
+  return bm;
+}
+
 struct MaxSum {
   float m, s;
 };
@@ -266,8 +294,8 @@ struct MaxSum {
 __device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
   const float m = fmaxf(a.m, b.m);
   if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * __expf((a.m - m) * scale);
-  const float sb = b.m == -kInf ? 0.0f : b.s * __expf((b.m - m) * scale);
+  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, scale * 1.44269504088896341f);
+  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, scale * 1.44269504088896341f);
   return {m, sa + sb};
 }
 
@@ -277,23 +305,25 @@ __device__ inline float tempered_log_mass(float group_max, float sum, float row_
   return group_max == -kInf ? -kInf : (group_max - row_max) * scale + __logf(sum);
 }
 
-// Adds a batch to a running (max m, sum of exp((v - m) * scale)); -inf values add nothing. One
-// max and at most one rescale a batch, then independent exponentials into four partial sums, so
+// Adds a batch of max bm to a running (max m, sum of exp((v - m) * scale)); -inf values add
+// nothing. At most one rescale a batch, then independent exponentials into four partial sums, so
 // that no element waits on another. A NaN or +inf makes the sum NaN; callers test them apart.
 template <int N>
-__device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale = 1.0f) {
-  float bm = -kInf;
-#pragma unroll
-  for (int e = 0; e < N; ++e) bm = fmaxf(bm, v[e]);
+__device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale, float bm) {
   if (bm == -kInf) return;
+  const float scale_log2 = scale * 1.44269504088896341f;
   if (bm > acc.m) {
-    acc.s = acc.m == -kInf ? 0.0f : acc.s * __expf((acc.m - bm) * scale);
+    acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
     acc.m = bm;
   }
   float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-  for (int e = 0; e < N; ++e) part[e % 4] += __expf((v[e] - acc.m) * scale);
+  for (int e = 0; e < N; ++e) part[e % 4] += exp_ftz(v[e] - acc.m, scale, scale_log2);
   acc.s += (part[0] + part[1]) + (part[2] + part[3]);
+}
+template <int N>
+__device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale = 1.0f) {
+  add_batch(acc, v, scale, batch_max(v));
 }
 
 struct ArgMax {
@@ -405,7 +435,7 @@ __device__ int64_t draw_hierarchical(const RowView<D>& view, int64_t vocab, cons
   float s = 0.0f;
   if (m != -kInf) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) s += __expf(y[j] - m);
+    for (int j = 0; j < 8; ++j) s += exp_ftz(y[j] - m);
   }
   const MaxSum sub = warp_max_sum(MaxSum{m, s});
   if (lane == 0) subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);

@@ -30,51 +30,74 @@ struct RowStats {
   float second = -kInf;  // second largest value (equal to best.v on a tie)
   bool bad = false;
 
-  // Adds a batch's values (indices increasing with e; -inf ones count for nothing), without a
-  // branch an element: the batch's top two first, then one rescale and independent exponentials.
+  // What a pass needs beyond the max and its lowest index: the second largest value (the
+  // margin), the sums (m, s) and the entropy's t. Uniform over the grid, so their branches are
+  // taken by every thread alike.
+  struct Needs {
+    bool second, sums, entropy;
+  };
+
+  // Adds a batch's values (indices increasing with e; -inf ones count for nothing) whose max is
+  // b1 (fmaxf's: NaN and +inf only mark the row bad, which the caller tests; the row fails
+  // whatever they do here). Only a batch that raises the thread's max (rare after its first few)
+  // is searched for the index, and for the second largest only when the margin needs it. Then
+  // one rescale and independent exponentials. These loops are issue-bound: each instruction an
+  // element costs HBM time.
   template <int N, int kRun, int kStep>
-  __device__ void add_batch(const float (&v)[N], const BatchIndex<N, kRun, kStep>& where) {
-    bad |= any_not_below_inf(v);
-    float b1 = -kInf, b2 = -kInf;
-    int at = 0;
-#pragma unroll
-    for (int e = 0; e < N; ++e) {  // NaN and +inf only mark the row bad: it fails whatever they do here
-      const bool gt = v[e] > b1;
-      b2 = fmaxf(b2, gt ? b1 : v[e]);
-      at = gt ? e : at;
-      b1 = gt ? v[e] : b1;
-    }
+  __device__ void add_batch(const float (&v)[N], const BatchIndex<N, kRun, kStep>& where, float b1,
+                            const Needs& needs) {
     if (!(b1 > -kInf && b1 < kInf)) return;
-    const int64_t idx = where(at);
-    if (b1 > best.v || (b1 == best.v && idx < best.i)) {
-      second = fmaxf(second, best.v);
-      best = ArgMax{b1, idx};
-    } else {
-      second = fmaxf(second, b1);
+    const bool raises = b1 > best.v;  // indices grow along a thread's batches: an equal value comes later
+    if (raises || needs.second) {
+      int at = 0;
+#pragma unroll
+      for (int e = N - 1; e >= 0; --e) at = v[e] == b1 ? e : at;
+      if (needs.second) {
+        float b2 = -kInf;  // the batch's second largest: b1 again on a tie
+#pragma unroll
+        for (int e = 0; e < N; ++e) b2 = fmaxf(b2, e == at ? -kInf : v[e]);
+        second = fmaxf(fmaxf(second, raises ? best.v : b1), b2);
+      }
+      if (raises) best = ArgMax{b1, where(at)};
     }
-    second = fmaxf(second, b2);
+    if (!needs.sums) return;
     if (b1 > m) {
       if (m == -kInf) {
         s = t = 0.0f;
       } else {
         // f (m - b1) first: at a tiny temperature m - b1 reaches -3.4e38, and times s it would
         // overflow to -inf, and 0 * -inf is NaN.
-        const float f = __expf(m - b1);
+        const float f = exp_ftz(m - b1);
         t = f * t + (f * (m - b1)) * s;
         s *= f;
       }
       m = b1;
     }
-    float ps[2] = {0.0f, 0.0f}, pt[2] = {0.0f, 0.0f};
+    float ps[2] = {0.0f, 0.0f};
+    if (needs.entropy) {
+      float pt[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int e = 0; e < N; ++e) {
-      // -inf (the padding, a -inf logit) adds e = 0 and, clamped, 0 * y = 0 rather than NaN
-      const float y = fmaxf(v[e] - m, -kMaxFloat), x = __expf(y);
-      ps[e % 2] += x;
-      pt[e % 2] += x * y;
+      for (int e = 0; e < N; ++e) {
+        // -inf (the padding, a -inf logit) adds e = 0 and, clamped, 0 * y = 0 rather than NaN
+        const float y = fmaxf(v[e] - m, -kMaxFloat), x = exp_ftz(y);
+        ps[e % 2] += x;
+        pt[e % 2] += x * y;
+      }
+      t += pt[0] + pt[1];
+    } else {
+#pragma unroll
+      for (int e = 0; e < N; ++e) ps[e % 2] += exp_ftz(v[e] - m);
     }
     s += ps[0] + ps[1];
-    t += pt[0] + pt[1];
+  }
+
+  // A (max, sum exp(v - max)) of this thread's values, added to m and s (not t): the untempered
+  // sums of a fused pass at temperature 1, whose group sums are the same exponentials.
+  __device__ void add_sums(const MaxSum& g) {
+    if (g.m == -kInf) return;
+    const float top = fmaxf(m, g.m);
+    s = (m == -kInf ? 0.0f : s * exp_ftz(m - top)) + g.s * exp_ftz(g.m - top);
+    m = top;
   }
 
   __device__ static RowStats merge(const RowStats& a, const RowStats& b) {
@@ -85,7 +108,7 @@ struct RowStats {
       // nothing (its m - r.m is -inf, and 0 * -inf would be NaN).
       auto add_side = [&r](const RowStats& x) {
         if (x.m == -kInf) return;
-        const float f = __expf(x.m - r.m);
+        const float f = exp_ftz(x.m - r.m);
         r.s += x.s * f;
         r.t += f * x.t + (f * (x.m - r.m)) * x.s;
       };
@@ -168,20 +191,27 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 
   // Pass A: untempered statistics over the vocabulary without the mask token; one warp per group
   // when fused, else the block strides the whole row (one stream a thread, no per-group restarts).
+  // At temperature 1 the fused pass's group sums are the untempered exponentials: the row's sums
+  // are taken from them (add_sums) instead of a second exponential an element.
+  const bool entropy = p.confidence == Confidence::kEntropy;
+  const bool group_sums = fused && scale == 1.0f && !entropy;
+  const RowStats::Needs needs{p.confidence == Confidence::kMargin, !group_sums, entropy};
   RowStats mine;
   auto take = [&](auto& v, const auto& where) {
     mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit
     drop(v, where.find(mask));
-    mine.add_batch(v, where);
+    const float b1 = batch_max(v);
+    mine.add_batch(v, where, b1, needs);
+    return b1;
   };
   if (fused) {
     for (int64_t g = warp; g < groups; g += kWarps) {
       const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
       MaxSum acc{-kInf, 0.0f};
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-        take(v, where);
-        add_batch(acc, v, scale);
+        add_batch(acc, v, scale, take(v, where));
       });
+      if (group_sums) mine.add_sums(acc);
       acc = warp_max_sum(acc, scale);
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
     }
@@ -214,8 +244,9 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 #pragma unroll
           for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e)
             v[e] = ordered_key(v[e]) < tau ? -kInf : (v[e] - row_max) * scale;  // weight()
-          add_batch(acc, v);
-          if (track_kept) kept.add_batch(v, where);
+          const float bm = batch_max(v);
+          add_batch(acc, v, 1.0f, bm);
+          if (track_kept) kept.add_batch(v, where, bm, RowStats::Needs{false, true, true});
         });
         acc = warp_max_sum(acc);
         if (lane == 0) group_lse[g] = acc.m == -kInf ? -kInf : acc.m + __logf(acc.s);

@@ -41,13 +41,13 @@ struct StepScratch {
 
 // log-weight of a token inside its group, up to the group's constant: the raw logit for
 // mixture rows, log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x. The exp is pass 2's
-// __expf, so that a token's weight is positive here exactly where it added to its group's sum:
-// with expf a token whose exp lies within __expf's few ulps of the clip could give its group
+// exp_ftz, so that a token's weight is positive here exactly where it added to its group's sum:
+// with expf a token whose exp lies within exp_ftz's few ulps of the clip could give its group
 // mass while leaving every weight in it zero, and the draw would report kSeddNoMass.
 __device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref, float a) {
   if (i == x) return -kInf;
   if (!clip) return l;
-  const float w = __expf(l - ref) - a;
+  const float w = exp_ftz(l - ref) - a;
   return w > 0.0f ? logf(w) : -kInf;
 }
 
@@ -120,7 +120,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
         float part[2] = {0.0f, 0.0f};
 #pragma unroll
         for (int e = 0; e < int(sizeof(v) / sizeof(v[0])); ++e) {
-          const float w = __expf(v[e] - ref) - clip;
+          const float w = exp_ftz(v[e] - ref) - clip;
           part[e % 2] += w > 0.0f ? w : 0.0f;
         }
         acc += part[0] + part[1];
@@ -245,12 +245,17 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
           for (int e = 0; e < n; ++e)
             if (e != at && e / run < chunks) sum_l += double(v[e]);
         }
-        // The skipped column is no logit of the loss (as on the CPU). Tested before the drop and
-        // written as a branch: the other forms made ptxas keep a double on the stack (test_sass).
+        // The skipped column is no logit of the loss (as on the CPU). Excluded by index only in the
+        // one batch that holds it: the test an element took eight instructions, against one here.
+        if (at < 0) {
 #pragma unroll
-        for (int e = 0; e < n; ++e)
-          if (e != at) nan |= v[e] != v[e];
-        drop(v, at);
+          for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
+        } else {
+#pragma unroll
+          for (int e = 0; e < n; ++e)
+            if (e != at) nan |= v[e] != v[e];
+          drop(v, at);
+        }
         add_batch(acc, v);
       });
     }
@@ -288,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     auto value = [&](int64_t i, float l) {
       if (!gr.active) return inactive;
       if (i == gr.skip) return 0.0f;
-      return i == x0 ? float(x0_grad(gr, l)) : ga * __expf(l - ref) - gb;
+      return i == x0 ? float(x0_grad(gr, l)) : ga * exp_ftz(l - ref) - gb;
     };
     const RowView<D> view(row);
     const int64_t grad_head = int64_t(reinterpret_cast<uintptr_t>(grad) & 15) / RowView<D>::kElemBytes;
@@ -324,7 +329,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
           // neither the skipped token nor x0 in this chunk: no per-element index tests
 #pragma unroll
           for (int j = 0; j < kVec; ++j)
-            Vec<D>::put(packed, j, IO<D>::store(ga * __expf(Vec<D>::get(raw[u], j) - ref) - gb));
+            Vec<D>::put(packed, j, IO<D>::store(ga * exp_ftz(Vec<D>::get(raw[u], j) - ref) - gb));
         } else if (gr.active) {
 #pragma unroll
           for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(value(i0 + j, Vec<D>::get(raw[u], j))));

@@ -37,6 +37,13 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens.cu", "const bool in = i < end &&", "const bool in = i <= end &&", "commit"),
     ("csrc/kernels/predict_masked.cu", "!(proposal_scored && ordered_key(st.second) < tau)", "true", "predict_masked"),
     ("csrc/kernels/predict_masked.cu", "group_pass(proposal_entropy);", "group_pass(false);", "predict_masked"),
+    # a tie in a later batch of the same thread taking the max's index; the margin's second left
+    # out of the batch that raises the max; the row's sums left out at temperature 1
+    ("csrc/kernels/predict_masked.cu", "const bool raises = b1 > best.v;", "const bool raises = b1 >= best.v;",
+     "predict_masked"),
+    ("csrc/kernels/predict_masked.cu", "second = fmaxf(fmaxf(second, raises ? best.v : b1), b2);",
+     "second = fmaxf(second, b2);", "predict_masked"),
+    ("csrc/kernels/predict_masked.cu", "      if (group_sums) mine.add_sums(acc);\n", "", "predict_masked"),
     ("csrc/kernels/sample_categorical.cu", "+ r * p.row_stride * RowView<D>::kElemBytes)",
      "+ int(r * p.row_stride * RowView<D>::kElemBytes))", "2_gib"),  # 32-bit byte offsets
     (FWD, "  allow_dynamic_smem<attention_fwd_kernel<DT, Dim>>(smem);", "", "attention"),  # 80 KB without opt-in
@@ -98,7 +105,7 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", ": minus_inf_chunk<D>();", ": uint4{};", "sedd or predict_masked or sample_categorical"),
     ("csrc/kernels/cuda_rows.cuh", "return offset < kRun ? run * kRun + offset : -1;", "return run * kRun + offset;",
      "sedd or predict_masked or loss"),
-    ("csrc/kernels/cuda_rows.cuh", "acc.s = acc.m == -kInf ? 0.0f : acc.s * __expf((acc.m - bm) * scale);",
+    ("csrc/kernels/cuda_rows.cuh", "acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);",
      "acc.s = acc.m == -kInf ? 0.0f : acc.s;", "sedd or sample_categorical"),
     # sedd_step's pass 1 counting x; the uniform loss summing the -inf filling; predict_masked's
     # fused group masses left untempered
