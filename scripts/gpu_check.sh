@@ -11,8 +11,9 @@
 # after every row (dllm bench step: every preset case) for the same reason.
 #
 # Environment:
-#   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps,
-#                    e2e (default install,tests,bench,steps; e2e also needs DLLM_E2E_MINUTES: its two
+#   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps, ncu,
+#                    e2e (default install,tests,bench,steps; ncu: Nsight Compute's counters on the
+#                    streaming kernels into ncu.txt, 150 s; e2e also needs DLLM_E2E_MINUTES: its two
 #                    models train in the background from the end of install, beside the tests, which time
 #                    nothing, and the benchmarks wait for them; the sweep runs last; a training
 #                    stopped by a non-finite gradient trains again, before the sweep, with SDPA's
@@ -222,6 +223,26 @@ if stage steps; then
     cat "$OUT/step_latency-$preset/summary.md" 2>/dev/null
     pack
   done
+fi
+
+if stage ncu; then
+  wait_for_e2e_training
+  # Nsight Compute on the warm calls of the streaming kernels (scripts/profile_streaming.py): the
+  # hardware counters were read on the Firecracker machines, not on gVisor (the device tool's KINDS.md)
+  limit=$(limit_left 150)
+  if ! command -v ncu >/dev/null; then
+    note "ncu skipped: not on PATH"
+  elif (( limit < 30 )); then
+    note "ncu skipped: DLLM_GPU_SECONDS spent"
+  else
+    timeout -s INT -k 10 "$limit" ncu --clock-control none --profile-from-start off \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis \
+      -k regex:'sample_categorical|sedd_step|predict_masked|loss_' "$PY" scripts/profile_streaming.py \
+      >"$OUT/ncu.txt" 2>&1
+    note "ncu exit code $? (ncu.txt)"
+  fi
+  pack
 fi
 
 if [ ${#E2E[@]} -gt 0 ]; then
