@@ -426,6 +426,14 @@ MUTANTS = [
      "for t in model.parameters()))", ["test_cuda_graph_replay"]),
     (GENERATE, "    if isinstance(value, bool) or not isinstance(value, kind):", "    if not isinstance(value, kind):",
      [GEN]),
+    # the e2e report: speedups against another batch's baseline, the spread of unsorted times, the
+    # smallest win quoted as the largest, CPU timings in seconds
+    ("python/dllm/benchmarks/e2e.py", '== row["gen_length"]\n                      and r["batch"] == row["batch"])',
+     '== row["gen_length"])', ["test_e2e"]),
+    ("python/dllm/benchmarks/e2e.py", "        times = sorted(times)\n", "", ["test_e2e"]),
+    ("python/dllm/benchmarks/e2e_verdict.py", "top = max(wins, key", "top = min(wins, key", ["test_e2e_verdict"]),
+    ("python/dllm/benchmarks/common.py", "return (time.perf_counter() - t0) * 1e3", "return time.perf_counter() - t0",
+     ["test_bench_scripts"]),
 ]
 
 

@@ -4,7 +4,9 @@ They are the GPU session's main job (scripts/gpu_check.sh runs them with the GPU
 script broken by a refactor must fail here, not there. These runs time nothing worth reading.
 """
 
+import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -329,3 +331,43 @@ def test_quantiles_lie_equally_far_from_the_median():
     times = [float(t) for t in range(1, 11)]  # median 5.5; times[int(0.8 * 10)] read p80 as 9
     assert (quantile(times, 0.2), quantile(times, 0.8)) == (3.0, 8.0)
     assert quantile([4.0], 0.8) == 4.0 and quantile(times, 0.0) == 1.0 and quantile(times, 1.0) == 10.0
+
+
+def test_timing_defaults_follow_the_device():
+    from dllm.benchmarks.common import add_timing_options, timing_of
+
+    p = argparse.ArgumentParser()
+    add_timing_options(p, cpu=(1, 3), cuda=(4, 25), min_warmup=1)
+    assert timing_of(p.parse_args([]), "cpu") == {"warmup": 1, "reps": 3}
+    assert timing_of(p.parse_args([]), "cuda:1") == {"warmup": 4, "reps": 25}
+    assert timing_of(p.parse_args(["--reps", "7"]), "cuda") == {"warmup": 4, "reps": 7}
+    assert timing_of(p.parse_args(["--warmup", "2"]), "cpu") == {"warmup": 2, "reps": 3}
+
+
+def test_cpu_timings_are_in_milliseconds():
+    from dllm.benchmarks.common import time_interleaved, time_ms
+
+    for times in (time_ms(lambda: time.sleep(0.012), "cpu", warmup=0, reps=3, min_seconds=0),
+                  time_interleaved([lambda: time.sleep(0.012)], "cpu", warmup=0, reps=3)[0]):
+        assert len(times) == 3 and all(11.0 <= t < 1000.0 for t in times), times
+
+
+def test_results_never_hold_a_number_json_refuses():
+    from dllm.benchmarks.common import null_for_nan
+
+    value = {"a": [1.5, float("nan"), (float("inf"), 2)], "b": {"c": -float("inf")}, "d": "nan", "e": 3}
+    got = json.loads(json.dumps(null_for_nan(value), allow_nan=False))
+    assert got == {"a": [1.5, None, [None, 2]], "b": {"c": None}, "d": "nan", "e": 3}
+
+
+def test_built_in_restores_the_default_dtype():
+    from dllm.benchmarks.common import built_in
+
+    before = torch.get_default_dtype()
+    with built_in("cpu", torch.float64):
+        assert torch.empty(2).dtype == torch.float64
+    assert torch.get_default_dtype() == before and torch.empty(2).dtype == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with built_in("cpu", torch.bfloat16):
+            raise RuntimeError("inside")
+    assert torch.get_default_dtype() == before

@@ -558,3 +558,127 @@ def test_the_default_sampler_follows_a_dllm_folders_objective(tmp_path):
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model": {"arch": "dit"}, "objective": {"name": objective}}))
         assert _default_sampler(str(folder)) == want, objective
+
+
+def test_sample_draws_each_sample_from_one_seeded_stream(tmp_path, capsys):
+    """--num-samples N draws N different samples from one stream seeded by --seed: the same seed
+    repeats them, another seed changes them (not N copies of one sample, nor a seed ignored)."""
+    from dllm.sample_cli import run_sample
+
+    make_checkpoint(tmp_path, "llada")
+    opts = dict(prompt="w3 w7", gen_length=24, steps=24, sampler=None, temperature=1.0, block_length=None,
+                num_samples=3, device="cpu", show_steps=False)
+    first = run_sample(str(tmp_path), seed=0, **opts)
+    assert len(first) == 3 and len(set(first)) == 3, first  # 24 tokens drawn at temperature 1: never equal
+    assert run_sample(str(tmp_path), seed=0, **opts) == first
+    other = run_sample(str(tmp_path), seed=5, **opts)
+    assert other[0] != first[0] and set(other).isdisjoint(first)
+    capsys.readouterr()
+
+
+def test_eval_refuses_a_changed_corpus_or_objective_and_counts_the_windows_it_scores(tmp_path):
+    from dllm.eval_cli import run_eval
+
+    corpus = make_corpus(tmp_path / "corpus")
+    import dllm
+    dllm.train(**tiny(tmp_path, corpus, steps=1, hidden=16, layers=1, heads=2, seq_len=32, ema=0))
+    model = tmp_path / "run" / "model"
+    # more windows asked than the split holds: all of them, counted as such
+    most = run_eval(model, batches=10**5, batch_size=3, device="cpu", progress=False)
+    again = run_eval(model, batches=10**6, batch_size=3, device="cpu", progress=False)
+    assert most["sequences"] == again["sequences"] < 3 * 10**5 and most["val_bpb"] == again["val_bpb"]
+    config = json.loads((model / "config.json").read_text())
+    config["objective"] = {**config["objective"], "name": "llada"}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="cannot rebuild"):
+        run_eval(model, device="cpu", progress=False)
+    (corpus / "extra.py").write_text("x = 1\n" * 50)
+    with pytest.raises(ValueError, match="changed since"):
+        run_eval(model, device="cpu", progress=False)
+
+
+def test_eval_refuses_a_zero_batch_size_by_its_flag(tmp_path):
+    from dllm.eval_cli import run_eval
+
+    with pytest.raises(ValueError, match="--batches and --batch-size must be positive"):
+        run_eval(tmp_path / "nowhere", batch_size=0, device="cpu")
+
+
+def test_argument_checks_take_the_ends_of_their_ranges(tmp_path, capsys, monkeypatch):
+    """--seed takes 0 and refuses 2^63; dllm sample refuses --num-samples 0 and dllm demo --steps 0
+    before any work (the demo would otherwise train for minutes first)."""
+    import dllm.demo
+    import dllm.sample_cli
+    from dllm.cli import _seed, main
+
+    assert _seed("0") == 0 and _seed(str(2**63 - 1)) == 2**63 - 1
+    with pytest.raises(argparse.ArgumentTypeError, match="must lie in"):
+        _seed(str(2**63))
+
+    def no_work(*args, **kw):
+        raise AssertionError("the command ran")
+
+    monkeypatch.setattr(dllm.demo, "run_demo", no_work)
+    monkeypatch.setattr(dllm.sample_cli, "run_sample", no_work)
+    for argv, flag in ((["sample", str(tmp_path), "--num-samples", "0"], "--num-samples"),
+                       (["sample", str(tmp_path), "--steps", "0"], "--steps"),
+                       (["demo", "--steps", "0"], "--steps")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2 and flag in capsys.readouterr().err, argv
+
+
+def test_a_config_files_booleans_hold_unless_a_flag_is_given(tmp_path):
+    from dllm.cli import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    path = tmp_path / "c.json"
+    path.write_text('{"amp": false, "progress": false, "time_conditioning": true, "dropout": 0.25}')
+    cfg = config_from_args(parser.parse_args(["--config", str(path)]))
+    assert (cfg.amp, cfg.progress, cfg.time_conditioning, cfg.dropout) == (False, False, True, 0.25)
+    cfg = config_from_args(parser.parse_args(["--config", str(path), "--amp", "--no-time-conditioning",
+                                              "--dropout", "0"]))
+    assert (cfg.amp, cfg.progress, cfg.time_conditioning, cfg.dropout) == (True, False, False, 0.0)
+
+
+def test_sample_refuses_options_that_would_be_ignored(tmp_path, capsys):
+    """The SEDD samplers take no --temperature, and an autoregressive model none of the diffusion
+    options: each is an error, not an option silently dropped."""
+    from dllm.cli import main
+    from dllm.sample_cli import run_sample
+    from test_published_checkpoints import write_tokenizer
+
+    make_checkpoint(tmp_path / "sedd", "sedd")
+    write_tokenizer(tmp_path / "sedd", 40, {})
+    with pytest.raises(SystemExit) as stop:
+        main(["sample", str(tmp_path / "sedd"), "--temperature", "0.5", "--device", "cpu", "--gen-length", "8",
+              "--steps", "4"])
+    assert stop.value.code == 2 and "take no --temperature" in capsys.readouterr().err
+    ar = tmp_path / "ar"
+    ar.mkdir()
+    (ar / "config.json").write_text(json.dumps({"model": {"arch": "dit"}, "objective": {"name": "ar"}}))
+    base = dict(prompt="", gen_length=8, steps=1, sampler=None, temperature=None, block_length=None, num_samples=1,
+                seed=0, device="cpu", show_steps=False)
+    for option in (dict(sampler="llada"), dict(cache="prefix"), dict(show_steps=True), dict(block_length=4)):
+        with pytest.raises(ValueError, match="not to an autoregressive model"):
+            run_sample(str(ar), **{**base, **option})
+
+
+def test_sample_and_eval_pass_every_flag_on(tmp_path, capsys, monkeypatch):
+    import dllm.eval_cli
+    import dllm.sample_cli
+    from dllm.cli import main
+
+    seen = {}
+    monkeypatch.setattr(dllm.sample_cli, "run_sample", lambda model, **kw: seen.update(sample=(model, kw)) or [])
+    monkeypatch.setattr(dllm.eval_cli, "run_eval", lambda model, **kw: seen.update(eval=(model, kw)) or {})
+    assert main(["sample", "m", "--prompt", "p", "--gen-length", "24", "--steps", "6", "--sampler", "mdlm",
+                 "--temperature", "0.3", "--block-length", "8", "--num-samples", "5", "--seed", "11", "--device", "cpu",
+                 "--show-steps", "--cache", "dual", "--cuda-graph"]) == 0
+    assert seen["sample"] == ("m", dict(prompt="p", gen_length=24, steps=6, sampler="mdlm", temperature=0.3,
+                                        block_length=8, num_samples=5, seed=11, device="cpu", show_steps=True,
+                                        cache="dual", cuda_graph=True))
+    assert main(["eval", "m", "--batches", "3", "--batch-size", "7", "--seed", "13", "--device", "cpu"]) == 0
+    assert seen["eval"] == ("m", dict(batches=3, batch_size=7, device="cpu", seed=13))
+    capsys.readouterr()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import re
 import statistics
 from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from _train_helpers import make_corpus
 from dllm.benchmarks.code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate,
                                           parseable_prefix, parses, unigram_entropy)
 from dllm.benchmarks import e2e
+from dllm.benchmarks.common import quantile
 from dllm.benchmarks.e2e import BLOCK_LENGTH, _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
@@ -590,3 +594,287 @@ def test_a_kept_model_needs_windows_as_long_and_the_same_held_out_fraction(tmp_p
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=96, val_fraction=other)
     (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "val_fraction": other}}))
     assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=96, val_fraction=other).name == "model"
+
+
+def test_e2e_throughput_rows_take_the_median_the_sorted_spread_and_the_timed_calls_nfe(monkeypatch):
+    """latency_ms is the median of the timed calls (not their mean), the spread their sorted p20-p80
+    (min-max under five calls), nfe the mean over the timed calls (not the warm-up's)."""
+    rng = random.Random(3)
+    reps = {5: 7, 3: 3}  # reps per point index: the second point below has fewer of them
+    timings = [[rng.choice([1.0, 2.5, 40.0]) * rng.uniform(1, 9) for _ in range(7)], [9.0, 1.0, 4.0]]
+    nfe_draws = [[rng.randrange(1, 50) for _ in range(8)], [rng.randrange(1, 50) for _ in range(4)]]
+
+    for times, draws in zip(timings, nfe_draws):
+        calls = iter(draws)
+
+        class Runner:
+            device = "cpu"
+
+            def generator(self):
+                return None
+
+            def call(self, model, sampler, steps, length, batch, g):
+                return None, next(calls)
+
+        def fake_interleaved(fns, device, *, warmup, reps, times=times):
+            for _ in range(warmup + reps):
+                fns[0]()
+            return [list(times)]
+
+        monkeypatch.setattr(e2e, "time_interleaved", fake_interleaved)
+        (row,) = e2e._throughputs_in_turns(Runner(), [("mdlm", "fast-dllm", 1)], length=24, batch=3, reps=len(times))
+        ordered = sorted(times)
+        assert row["latency_ms"] == pytest.approx(ordered[len(times) // 2])  # odd counts: the middle one
+        want = (quantile(ordered, 0.2), quantile(ordered, 0.8)) if len(times) >= 5 else (ordered[0], ordered[-1])
+        assert tuple(row["spread_ms"]) == want and want[0] <= row["latency_ms"] <= want[1]
+        assert row["nfe"] == pytest.approx(statistics.mean(draws[1:]))  # the first call is the untimed warm-up
+        assert row["tokens_per_s"] == pytest.approx(3 * 24 / (row["latency_ms"] * 1e-3))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reps", "0"], "must be positive"),
+    (["--samples", "0"], "must be positive"),
+    (["--step-fractions", "0"], "--step-fractions must lie in (0, 1]"),
+])
+def test_bench_e2e_refuses_counts_and_fractions_of_zero_before_any_training(args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", *args, "--model-dir", "nowhere", "--ar-dir", "nowhere", "--out-dir", str(tmp_path / "r")])
+    assert message in capsys.readouterr().err
+
+
+def test_bench_e2e_takes_any_length_when_no_sampler_has_blocks(capsys, tmp_path):
+    """Only llada and fast-dllm run 32-token blocks: mdlm alone takes a length of 48."""
+    with pytest.raises(SystemExit):  # passes the checks, and fails on the missing folders
+        main(["bench", "e2e", "--samplers", "mdlm", "--gen-lengths", "48", "--model-dir", "nowhere", "--ar-dir",
+              "nowhere", "--out-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "multiple" not in err
+
+
+def test_step_grid_keeps_at_least_one_step():
+    for sampler, length in (("mdlm", 64), ("llada", 96), ("mdlm", 33)):
+        for frac in (Fraction(1, 256), Fraction(1, 3 * length)):
+            assert e2e._diffusion_steps(sampler, length, frac) >= 1
+
+
+def test_the_models_window_holds_the_prompt_token_and_the_infill_context(monkeypatch, tmp_path):
+    """Trained models get max_gen + max(32, max_gen / 4) tokens; loaded ones need max_gen + 1."""
+    seen = []
+    monkeypatch.setattr(e2e, "train_for_minutes", lambda objective, train_dir, minutes, **kw: seen.append(kw["seq_len"])
+                        or tmp_path / objective)
+    for lengths, want in (([16], 48), ([256, 1024], 1280), ([200, 96], 250)):
+        ns = argparse.Namespace(gen_lengths=lengths, train_dir=str(tmp_path), out_dir=str(tmp_path), data=None,
+                                model_dir=None, ar_dir=None, minutes=1.0, size="tiny", retrain=False, seed=0,
+                                train_steps=2)
+        seen.clear()
+        e2e._model_dirs(ns, "cpu")
+        assert seen == [want, want]
+
+    tok = SimpleNamespace(fingerprint="same")
+    monkeypatch.setattr(e2e, "_model_dirs", lambda ns, device: {"mdlm": tmp_path / "m", "ar": tmp_path / "a"})
+    monkeypatch.setattr(e2e, "load_for_sampling", lambda d, device: (None, tok, "masked" if d.name == "m" else "ar"))
+    for window, ok in ((23, False), (24, False), (25, True)):
+        monkeypatch.setattr(e2e, "read_config", lambda d, window=window: {"model": {"max_seq_len": window}})
+        ns = argparse.Namespace(gen_lengths=[24, 8], data=None)
+        if ok:
+            assert e2e._load_models(ns, "cpu").seq_len == window
+        else:
+            with pytest.raises(ValueError, match="needs 25"):
+                e2e._load_models(ns, "cpu")
+
+
+def test_held_out_windows_end_each_file_with_end_of_text(tmp_path):
+    """Held-out files are packed one after the other, each followed by end-of-text, into whole windows."""
+    from dllm.benchmarks.e2e import Models
+    from dllm.data.corpus import load_corpus
+    from dllm.data.tokenizer import load_tokenizer
+
+    rng = random.Random(9)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for k in range(12):
+        (corpus / f"m{k}.py").write_text("".join(f"x{j} = {rng.randrange(1000)}\n" for j in range(rng.randrange(2, 9))))
+    tok = load_tokenizer("byte")
+    val = load_corpus(str(corpus), val_fraction=0.3).val
+    assert len(val) >= 2
+    stream = []
+    for _, text in val:
+        stream += list(tok.encode(text)) + [tok.eos_id]
+    for seq_len, count in ((7, 1000), (13, 3)):
+        windows, files = e2e._val_windows(Models(None, None, tok, {}, seq_len, str(corpus), 0.3), count)
+        n = min(count, len(stream) // seq_len)
+        assert windows.shape == (n, seq_len) and windows.flatten().tolist() == stream[:n * seq_len]
+        assert files == val
+
+
+def test_speedups_compare_each_batch_with_the_baseline_of_that_batch(monkeypatch, tmp_path):
+    """run() divides each row's tokens/s by the autoregressive row's of the same length and batch."""
+    speeds = {}
+    rng = random.Random(5)
+
+    def throughputs(runner, points, length, batch, reps):
+        rows = []
+        for model, sampler, steps in points:
+            speeds[model, sampler, steps, length, batch] = rng.uniform(10, 1000)
+            rows.append({"batch": batch, "latency_ms": 1.0, "spread_ms": (1.0, 1.0), "nfe": float(steps),
+                         "tokens_per_s": speeds[model, sampler, steps, length, batch]})
+        return rows
+
+    quality = {"samples": 2, "parse_rate": 0.5, "parse_prefix": 0.5, "parse_prefix_se": 0.1, "blank_rate": 0.0,
+               "entropy": 3.0, "token_counts": [3, 3], "quality_nfe": 4.0, "example": "x = 1"}
+    infill = {"infill_parse": 0.5, "infill_exact": 0.0, "infill_entropy": 2.0, "infill_steps": 3.0, "infill_nfe": 3.0}
+    net = torch.nn.Linear(1, 1)
+    models = e2e.Models(SimpleNamespace(model=net), net, SimpleNamespace(), {"mdlm": "m", "ar": "a"}, 64, None, 0.05)
+    written = {}
+    monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
+    monkeypatch.setattr(e2e, "_val_windows", lambda models, count: (torch.zeros(2, 64, dtype=torch.int64), []))
+    monkeypatch.setattr(e2e, "held_out_functions", lambda *a, **kw: [object()])
+    monkeypatch.setattr(e2e, "read_config", lambda d: {"objective": {"name": "mdlm", "noise": {"type": "loglinear"}}})
+    monkeypatch.setattr(e2e, "get_objective", lambda name, tok: None)
+    monkeypatch.setattr(e2e, "nll_per_window", lambda *a, **kw: torch.tensor([1.0, 2.0], dtype=torch.float64))
+    monkeypatch.setattr(e2e, "_sample_quality", lambda *a: dict(quality))
+    monkeypatch.setattr(e2e, "_infill_quality", lambda *a: dict(infill))
+    monkeypatch.setattr(e2e, "_throughputs_in_turns", throughputs)
+    monkeypatch.setattr(e2e, "kernels", lambda *a: {})
+    monkeypatch.setattr(e2e, "_budget", lambda d: None)
+    monkeypatch.setattr(e2e, "_trained_steps", lambda d: None)
+    import dllm.benchmarks.e2e_report as report
+
+    monkeypatch.setattr(report, "write_report", lambda out, results: written.update(results))
+    ns = argparse.Namespace(step_fractions=["1", "1/2"], batch_sizes=[1, 3, 2], gen_lengths=[8, 16],
+                            samplers=["mdlm", "fast-dllm"], samples=2, reps=1, nll_windows=2, model_dir="m", ar_dir="a",
+                            minutes=1.0, train_steps=1, temperature=1.0, threads=None, out_dir=str(tmp_path / "r"),
+                            device="cpu", seed=0, train_only=False, size="tiny")
+    res = e2e.run(ns)
+    assert res["throughput"] and written["throughput"] is res["throughput"]
+    for r in res["throughput"]:
+        model = "ar" if r["model"] == "autoregressive" else "mdlm"
+        sampler = None if model == "ar" else r["sampler"]
+        want = (speeds[model, sampler, r["steps"], r["gen_length"], r["batch"]]
+                / speeds["ar", None, r["gen_length"], r["gen_length"], r["batch"]])
+        assert r["speedup_vs_ar"] == pytest.approx(want, rel=1e-12)
+    for v in res["verdict"]:
+        assert v["ar_tokens_per_s"] == speeds["ar", None, v["gen_length"], v["gen_length"], v["batch"]]
+
+
+def _cells(table: list[str], first: str) -> list[dict]:
+    """The rows of a markdown table whose header starts with ``| first |``, as {header: cell}."""
+    at = next(i for i, line in enumerate(table) if line.startswith(f"| {first} |"))
+    names = [c.strip() for c in table[at].strip("|").split("|")]
+    out = []
+    for line in table[at + 2:]:
+        if not line.startswith("|"):
+            break
+        out.append(dict(zip(names, (c.strip() for c in line.strip("|").split("|")))))
+    return out
+
+
+def test_throughput_table_columns_and_spread_header():
+    """Each column holds its own field, the latency's spread its two ends, and the header names the spread
+    the rows hold: p20-p80 from five timed calls on (as _throughputs_in_turns takes it), min-max below."""
+    from dllm.benchmarks.e2e_report import _throughput_table
+
+    rng = random.Random(11)
+    rows = []
+    for sampler in ("kv-cache", "mdlm", "llada", "fast-dllm"):
+        lo = rng.uniform(10, 50)
+        rows.append({"model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)", "sampler": sampler,
+                     "gen_length": 32, "steps": rng.randrange(2, 32), "batch": rng.randrange(1, 9),
+                     "nfe": rng.uniform(1, 32), "latency_ms": lo + 1.5, "spread_ms": (lo, lo + rng.uniform(3, 9)),
+                     "tokens_per_s": rng.uniform(100, 9000), "speedup_vs_ar": rng.uniform(0.2, 4)})
+    rows.append({**rows[1], "gen_length": 64})  # another length's table
+    for reps, spread in ((1, "one run"), (2, "min-max"), (4, "min-max"), (5, "p20-p80"), (9, "p20-p80")):
+        table = _throughput_table(rows, 32, reps)
+        got = _cells(table, "model")
+        assert len(got) == 4 and f"latency ms ({spread})" in got[0]
+        for r, cells in zip(rows, got):
+            assert cells[f"latency ms ({spread})"] == \
+                f"{r['latency_ms']:.1f} ({r['spread_ms'][0]:.1f}-{r['spread_ms'][1]:.1f})"
+            assert (cells["sampler"], cells["batch"], cells["nfe"]) == (r["sampler"], str(r["batch"]), f"{r['nfe']:.1f}")
+            assert cells["tokens/s"] == f"{r['tokens_per_s']:,.0f}" and cells["vs AR"] == f"{r['speedup_vs_ar']:.2f}x"
+
+
+def _quality_row(rng, sampler, length=32):
+    keys = ("nll", "nll_se", "parse_rate", "blank_rate", "parse_prefix", "entropy", "infill_parse", "infill_exact",
+            "infill_entropy", "infill_steps", "infill_nfe", "quality_nfe")
+    return {"model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)", "sampler": sampler,
+            "gen_length": length, "steps": rng.randrange(2, 32), "nll_kind": "exact", "example": "x = 1\n",
+            **{k: rng.uniform(0.01, 0.99) * (10 if "nfe" in k or "steps" in k else 1) for k in keys}}
+
+
+def test_quality_table_columns_hold_their_own_metrics():
+    from dllm.benchmarks.e2e_report import _quality_table
+
+    rng = random.Random(12)
+    rows = [_quality_row(rng, s) for s in ("kv-cache", "mdlm", "llada")]
+    names = {"parse": "parse_rate", "blank": "blank_rate", "parseable prefix": "parse_prefix", "entropy": "entropy",
+             "infill parse": "infill_parse", "infill exact": "infill_exact", "infill entropy": "infill_entropy"}
+    got = _cells(_quality_table(rows, 32, 4.0), "model")
+    assert len(got) == 3
+    for r, cells in zip(rows, got):
+        for column, key in names.items():
+            assert cells[column] == f"{r[key]:.2f}", column
+        assert cells["val NLL (± s.e.)"] == f"{r['nll']:.3f} ± {r['nll_se']:.3f}"
+        assert cells["nfe"] == f"{r['quality_nfe']:.1f}" and cells["infill nfe"] == f"{r['infill_nfe']:.1f}"
+        assert cells["infill steps"] == f"{r['infill_steps']:.1f}"
+
+
+def test_a_sample_holding_a_code_fence_cannot_end_the_reports_code_block():
+    from dllm.benchmarks.e2e_report import _examples
+
+    row = {"model": "diffusion (mdlm)", "sampler": "mdlm", "gen_length": 16, "steps": 16,
+           "example": 'x = 1\n```\n# Heading\ny = """```"""\n'}
+    lines = "\n".join(_examples([row], 16)).splitlines()
+    fences = [i for i, line in enumerate(lines) if line.lstrip().startswith("```")]
+    # one block, opened before the sample's first line and closed after its last, not inside it
+    assert len(fences) == 2 and lines[fences[0] + 1] == "x = 1" and fences[1] - fences[0] == 6
+
+
+def _meta(load, threads):
+    return {"card": "CPU", "torch": "t", "commit": "c", "date": "d", "command": "dllm bench e2e", "cpus": 8,
+            "load_average": load, "threads": threads, "size": "tiny", "seq_len": 48, "model_dirs": {}, "data": None,
+            "budgets": {"mdlm": None, "ar": None}, "train_steps": {"mdlm": 1, "ar": 1},
+            "kernels": {"precision": "p", "diffusion": "d", "ar": "a"}, "temperature": 1.0, "samples": 2,
+            "infill_tasks": 1, "reps": 1, "fast_dllm": {"block_length": 32, "threshold": 0.9}, "nll_windows": 2,
+            "continuous_bound": 1.0, "grid": {"gen_lengths": []}, "reference_entropy": {}}
+
+
+def test_the_report_says_when_other_work_shared_the_cores():
+    """Either end of the sweep under a load above the threads used makes the timings noisy."""
+    from dllm.benchmarks.e2e_report import markdown
+
+    noisy = "other work shared the cores"
+    for load, threads, shared in (([0.5, 1.0], 1, False), ([3.0, 0.2], 1, True), ([0.2, 3.0], 1, True),
+                                  ([4.4, 4.4], 4, False), ([2.0, 6.1], 4, True)):
+        text = markdown({"meta": _meta(load, threads), "quality": [], "throughput": [], "verdict": []})
+        assert (noisy in text) == shared, (load, threads)
+
+
+def test_the_nll_frontier_keeps_the_fast_points_of_lowest_nll():
+    """The frontier plot's NLL row (lower is better): a point is on it when no faster point has an NLL as
+    low; the parseable prefix row (higher is better) the other way round. Checked against brute force."""
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import frontier_figure
+
+    rng = random.Random(13)
+    fracs = [f"1/{k}" for k in range(1, 9)]
+    throughput = [{"batch": 1, "gen_length": 8, "sampler": "kv-cache", "steps": 8, "fraction": None, "nfe": 8,
+                   "tokens_per_s": 300.0, "model": "autoregressive"}]
+    quality = [{"sampler": "kv-cache", "gen_length": 8, "fraction": None, "nll": 2.0, "parse_prefix": 0.5}]
+    for f in fracs:
+        throughput.append({"batch": 1, "gen_length": 8, "sampler": "mdlm", "steps": 8, "fraction": f, "nfe": 8,
+                           "tokens_per_s": rng.uniform(100, 900), "model": "diffusion (mdlm)"})
+        quality.append({"sampler": "mdlm", "gen_length": 8, "fraction": f, "nll": rng.uniform(1, 5),
+                        "parse_prefix": rng.uniform(0, 1)})
+    results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
+               "throughput": throughput, "quality": quality}
+    fig = frontier_figure(results)
+    for ax, key, better in ((fig.axes[0], "nll", min), (fig.axes[1], "parse_prefix", max)):
+        pts = [(s["tokens_per_s"], q[key]) for s, q in zip(throughput[1:], quality[1:])]
+        # on the front: every faster point is strictly worse
+        want = sorted(p for p in pts if all(better(o[1], p[1]) == p[1] for o in pts if o[0] > p[0]))
+        assert len(want) >= 2  # the seed's points draw a line
+        (line,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert list(zip(line.get_xdata(), line.get_ydata())) == want, key
+    plt.close(fig)

@@ -173,3 +173,46 @@ def test_a_point_with_more_tokens_than_the_baseline_is_taken_at_the_baselines_co
     at_24 = rarefied_entropy([990, 10], 24)
     assert quality_shortfalls(narrow, ar) == \
         [f"entropy {at_24:.2f} < {rarefied_entropy([3] * 8, 24):.2f} - {ENTROPY_SLACK_BITS:g} bits (at 24 tokens)"]
+
+
+def results_with_spread(points):
+    """points: (sampler, fraction, batch, tokens/s, spread or None), all of equal quality."""
+    throughput, rows = [], {}
+    for sampler, fraction, batch, speed, spread in points:
+        model = "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"
+        rows[sampler, fraction] = quality(sampler, fraction=fraction)
+        row = {"model": model, "sampler": sampler, "gen_length": 64, "fraction": fraction, "batch": batch,
+               "steps": 64 if fraction in (None, "1") else 16, "nfe": 50.0, "tokens_per_s": speed}
+        if spread is not None:
+            row["spread_ms"] = spread
+        throughput.append(row)
+    for r in throughput:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / next(a["tokens_per_s"] for a in throughput
+                                                      if a["sampler"] == "kv-cache" and a["batch"] == r["batch"])
+    return {"throughput": throughput, "quality": list(rows.values())}
+
+
+def test_the_summary_quotes_the_largest_clear_speedup():
+    """"by up to" names the largest speedup among the clear wins, whichever (length, batch) holds it."""
+    rng = random.Random(7)
+    batches = rng.sample(range(1, 40), 5)
+    speedups = [round(rng.uniform(1.2, 6.0), 2) for _ in batches]
+    points = []
+    for batch, s in zip(batches, speedups):
+        points += [("kv-cache", None, batch, 1000.0, None), ("mdlm", "1/4", batch, 1000.0 * s, None)]
+    found = verdicts(results_with_spread(points))
+    text = "\n".join(summary(found))
+    best = max(range(len(batches)), key=lambda i: speedups[i])
+    assert f"faster at 5 of 5 (length, batch) points" in text
+    assert f"by up to {speedups[best]:.2f}x (mdlm, 16 steps, at L 64 B {batches[best]})" in text
+
+
+def test_a_slower_point_of_equal_quality_is_never_marked_as_noise():
+    """"(noise)" marks a faster median inside the baseline's spread; a slower one is not faster at all,
+    whatever its spread, and is listed as not faster."""
+    res = results_with_spread([("kv-cache", None, 1, 1000.0, (286.6, 453.1)), ("mdlm", "1/4", 1, 900.0, (300.5, 460.0))])
+    (v,) = verdicts(res)
+    assert not v["best_equal_quality"]["clear_of_noise"]
+    text = "\n".join(summary([v]))
+    assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 900 | 0.90x |" in text and "(noise)" not in text
+    assert "It is not faster at: L 64 B 1." in text and "within timing noise" not in text

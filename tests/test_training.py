@@ -999,3 +999,40 @@ def test_train_config_takes_the_closed_ends():
 
     assert TrainConfig(random_length=1.0).random_length == 1.0
     assert TrainConfig(min_lr_ratio=1.0, schedule="cosine").min_lr_ratio == 1.0
+
+
+class _NoiseObjective:
+    """Each window's 'bound' is its token sum times its own uniform draw: the result shows which draw
+    and which window every row got."""
+
+    def bound_draw(self, batch, seq_len, generator):
+        return {"u": torch.rand(batch, generator=generator, dtype=torch.float64)}
+
+    def bound(self, model, x, draws):
+        assert x.shape[0] == draws["u"].shape[0]
+        return x.double().sum(1) * draws["u"]
+
+
+def test_validation_draws_its_noise_apart_from_training_and_for_all_windows_at_once():
+    from dllm.data.dataset import PackedDataset
+    from dllm.training.evaluation import EVAL_SEED_OFFSET, validation_nll, validation_nll_per_window
+
+    assert EVAL_SEED_OFFSET != 0  # the run's seed itself draws the training noise
+    L, windows, seed = 7, 11, 123
+    tokens = np.random.default_rng(0).integers(0, 50, size=L * windows + 3)
+    val = PackedDataset(tokens, L)
+    n = 9
+    u = torch.rand(n, generator=torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET), dtype=torch.float64)
+    sums = torch.tensor([tokens[i * L:(i + 1) * L].sum() for i in range(n)], dtype=torch.float64)
+    want = sums * u / L
+    for batch_size in (1, 4, 5, 9, 20):
+        got = validation_nll_per_window(None, _NoiseObjective(), val, sequences=n, batch_size=batch_size, seed=seed,
+                                        device=torch.device("cpu"))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+        assert validation_nll(None, _NoiseObjective(), val, sequences=n, batch_size=batch_size, seed=seed,
+                              device=torch.device("cpu")) == pytest.approx(want.mean().item(), rel=1e-12)
+    assert validation_nll_per_window(None, _NoiseObjective(), val, sequences=100, batch_size=3, seed=seed,
+                                     device=torch.device("cpu")).numel() == windows
+    with pytest.raises(ValueError, match="no validation sequences"):
+        validation_nll_per_window(None, _NoiseObjective(), val, sequences=0, batch_size=3, seed=seed,
+                                  device=torch.device("cpu"))
