@@ -129,8 +129,8 @@ fi
 E2E=()
 if stage e2e && [ -n "${DLLM_E2E_MINUTES:-}" ]; then
   # the trained models (GBs of checkpoints) stay outside OUT_DIR, which is packed
-  E2E=("$PY" -m dllm.cli bench e2e --size small --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e"
-       --train-dir "$OUT.e2e-models" ${DLLM_E2E_ARGS:-})
+  E2E_FLAGS=(bench e2e --size small --minutes "$DLLM_E2E_MINUTES" --device cuda --out-dir "$OUT/e2e")
+  E2E=("$PY" -m dllm.cli "${E2E_FLAGS[@]}" --train-dir "$OUT.e2e-models" ${DLLM_E2E_ARGS:-})
   train_limit=$(limit_left "$(awk -v m="$DLLM_E2E_MINUTES" 'BEGIN { printf "%d", m * 120 + 60 }')")
   timeout -s INT -k 10 "$train_limit" "${E2E[@]}" --train-only >"$OUT/e2e-train.log" 2>&1 &
   E2E_TRAINING=$!
@@ -252,8 +252,7 @@ if [ ${#E2E[@]} -gt 0 ]; then
     # (bench/results/h200-2026-12-04/e2e-training-nan/): train again from scratch with that backend
     # off; passing names the culprit, and the sweep takes these models
     E2E=("$PY" -c 'import sys, torch; torch.backends.cuda.enable_cudnn_sdp(False); from dllm.cli import main; sys.exit(main())'
-         "${E2E[@]:3}")
-    E2E=("${E2E[@]/#"$OUT.e2e-models"/"$OUT.e2e-models-no-cudnn"}")
+         "${E2E_FLAGS[@]}" --train-dir "$OUT.e2e-models-no-cudnn" ${DLLM_E2E_ARGS:-})
     note "e2e training stopped on a non-finite gradient: training again with SDPA's cuDNN backend off"
     timeout -s INT -k 10 "$(limit_left "$train_limit")" "${E2E[@]}" --train-only >"$OUT/e2e-train-no-cudnn.log" 2>&1
     E2E_TRAINED=$?

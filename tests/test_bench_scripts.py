@@ -6,7 +6,6 @@ script broken by a refactor must fail here, not there. These runs time nothing w
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time

@@ -9,7 +9,6 @@ import random
 import re
 import statistics
 from fractions import Fraction
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -600,7 +599,6 @@ def test_e2e_throughput_rows_take_the_median_the_sorted_spread_and_the_timed_cal
     """latency_ms is the median of the timed calls (not their mean), the spread their sorted p20-p80
     (min-max under five calls), nfe the mean over the timed calls (not the warm-up's)."""
     rng = random.Random(3)
-    reps = {5: 7, 3: 3}  # reps per point index: the second point below has fewer of them
     timings = [[rng.choice([1.0, 2.5, 40.0]) * rng.uniform(1, 9) for _ in range(7)], [9.0, 1.0, 4.0]]
     nfe_draws = [[rng.randrange(1, 50) for _ in range(8)], [rng.randrange(1, 50) for _ in range(4)]]
 
@@ -687,7 +685,6 @@ def test_held_out_windows_end_each_file_with_end_of_text(tmp_path):
     """Held-out files are packed one after the other, each followed by end-of-text, into whole windows."""
     from dllm.benchmarks.e2e import Models
     from dllm.data.corpus import load_corpus
-    from dllm.data.tokenizer import load_tokenizer
 
     rng = random.Random(9)
     corpus = tmp_path / "corpus"

@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_chunk_kernel(const 
 
   // This lane's 8 elements of every query, scaled into base 2.
   float q[kDecodeQueries][kVec];
-  const float q_scale = p.scale * attn::kLog2e;
+  const float q_scale = p.scale * kLog2e;
 #pragma unroll
   for (int i = 0; i < kDecodeQueries; ++i) {
     if (i < qn) {

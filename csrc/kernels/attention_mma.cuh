@@ -27,7 +27,6 @@
 
 namespace dllm::attn {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 template <DType D>

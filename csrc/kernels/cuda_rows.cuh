@@ -259,12 +259,13 @@ __device__ bool any_not_below_inf(const float (&v)[N]) {
 
 // e^(d * scale) as ex2.approx.ftz(d * scale_log2), scale_log2 = scale * log2(e) taken once by
 // the caller: one FMUL and one MUFU.EX2. __expf, without -ftz, wraps that instruction in a
-// rescaling for results below 2^-126 (three more instructions an exponential), which these
-// loops, issue-bound in SASS, pay for every element. Only sums with a term of 1 (the max they are
-// taken relative to) use it, so the terms it flushes lie 10^30 below their float32 rounding; a
-// value read on its own (a confidence, a probability) keeps __expf. The emulator keeps __expf's
-// libm exp of d * scale, so that emulated results stay exact.
-__device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scale_log2 = 1.44269504088896341f) {
+// rescaling for results below 2^-126 (three more instructions an exponential), which the
+// streaming loops, issue-bound in SASS, would pay for every element. Taken where such a result
+// is negligible: in sums with a term of 1 (the max they are relative to), 10^30 below their
+// float32 rounding, and in the losses' gradients (a zero for a gradient below 1e-38 of the
+// row's weight); a value read on its own (a confidence, a probability) keeps __expf. The
+// emulator keeps __expf's libm exp of d * scale, so that emulated results stay exact.
+__device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scale_log2 = kLog2e) {
 #if defined(DLLM_CUDA_EMULATOR)
   (void)scale_log2;
   return __expf(d * scale);
@@ -294,8 +295,8 @@ struct MaxSum {
 __device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
   const float m = fmaxf(a.m, b.m);
   if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, scale * 1.44269504088896341f);
-  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, scale * 1.44269504088896341f);
+  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, scale * kLog2e);
+  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, scale * kLog2e);
   return {m, sa + sb};
 }
 
@@ -311,7 +312,7 @@ __device__ inline float tempered_log_mass(float group_max, float sum, float row_
 template <int N>
 __device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale, float bm) {
   if (bm == -kInf) return;
-  const float scale_log2 = scale * 1.44269504088896341f;
+  const float scale_log2 = scale * kLog2e;
   if (bm > acc.m) {
     acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
     acc.m = bm;

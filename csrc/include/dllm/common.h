@@ -15,6 +15,8 @@
 
 namespace dllm {
 
+constexpr float kLog2e = 1.4426950408889634f;
+
 // Element types the kernels read; the torch bindings map at::ScalarType onto these.
 enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
@@ -68,7 +70,7 @@ DLLM_HD float fp16_to_float(uint16_t h) {
 // exp(x) = p * 2^n: n = round(x log2(e)) is returned, p = 2^(x log2(e) - n) in [2^-1/2, 2^1/2]
 // comes from a degree-6 polynomial. x is expected >= -87.3 (callers clamp).
 DLLM_HD float exp_reduced(float x, int32_t& n) {
-  const float t = x * 1.4426950408889634f;
+  const float t = x * kLog2e;
   const float r = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
   const float f = t - r;
   float p = 1.5403530393381606e-4f;
