@@ -16,7 +16,8 @@
 #                    streaming kernels into ncu.txt, 150 s; e2e also needs DLLM_E2E_MINUTES: its two
 #                    models train in the background from the end of install, beside the tests, which time
 #                    nothing, and the benchmarks wait for them; the sweep runs last; a training
-#                    stopped by a non-finite gradient trains again, before the sweep, with SDPA's
+#                    stopped by a non-finite gradient has that step replayed (e2e-replay-*.txt:
+#                    python -m dllm.training.replay) and trains again, before the sweep, with SDPA's
 #                    cuDNN backend off, into OUT_DIR.e2e-models-no-cudnn). The
 #                    stages' limits: install 480 s, tests 240 + 150 s, bench 11 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
@@ -82,7 +83,8 @@ DEADLINE=${DLLM_GPU_SECONDS:+$(( $(date +%s) + DLLM_GPU_SECONDS ))}
 # LIMIT -> LIMIT cut to the time left before DEADLINE, less 15 s for the kill grace and the packing
 limit_left() {
   local left=$(( ${DEADLINE:-0} - $(date +%s) - 15 ))
-  if [ -z "$DEADLINE" ] || (( left >= $1 )); then echo "$1"; else echo $(( left > 0 ? left : 0 )); fi
+  # at least 1: `timeout 0` would mean no limit at all
+  if [ -z "$DEADLINE" ] || (( left >= $1 )); then echo "$1"; else echo $(( left > 1 ? left : 1 )); fi
 }
 note() { echo "$*" | tee -a "$OUT/status.txt"; }
 pack() {
@@ -248,7 +250,17 @@ fi
 if [ ${#E2E[@]} -gt 0 ]; then
   wait_for_e2e_training
   if [ "${E2E_TRAINED:-0}" != 0 ] && grep -q "gradient norm became" "$OUT/e2e-train.log"; then
-    # SDPA's cuDNN backward is the suspect of the small MDLM's NaN gradients with finite losses
+    # First the stopped step itself, taken again as trained, without SDPA's cuDNN backend and in
+    # float32, with the first module and backward op that went non-finite (dllm.training.replay)
+    for step in "$OUT".e2e-models/*/nonfinite-step.pt; do
+      [ -f "$step" ] || continue
+      name=$(basename "$(dirname "$step")")
+      timeout -s INT -k 10 "$(limit_left 120)" "$PY" -m dllm.training.replay "$step" --json "$OUT/e2e-replay-$name.json" \
+        >"$OUT/e2e-replay-$name.txt" 2>&1
+      note "e2e replay of the $name model's stopped step exit code $?: $(grep -c . "$OUT/e2e-replay-$name.txt") lines"
+    done
+    pack
+    # SDPA's cuDNN backward is the suspect of the small MDLM's NaN gradients
     # (bench/results/h200-2026-12-04/e2e-training-nan/): train again from scratch with that backend
     # off; passing names the culprit, and the sweep takes these models
     E2E=("$PY" -c 'import sys, torch; torch.backends.cuda.enable_cudnn_sdp(False); from dllm.cli import main; sys.exit(main())'

@@ -434,6 +434,12 @@ MUTANTS = [
     ("python/dllm/benchmarks/e2e_verdict.py", "top = max(wins, key", "top = min(wins, key", ["test_e2e_verdict"]),
     ("python/dllm/benchmarks/common.py", "return (time.perf_counter() - t0) * 1e3", "return time.perf_counter() - t0",
      ["test_bench_scripts"]),
+    # the stopped step written as the run stood after it, the replay not winding the streams back
+    # between its passes, the anomaly's forward line outside dllm's package
+    ("python/dllm/training/trainer.py", "save_checkpoint({**self.state_dict(), **self._step_start}, path)",
+     "save_checkpoint(self.state_dict(), path)", ["test_replay"]),
+    ("python/dllm/training/replay.py", "    trainer.restore_streams(state)\n", "", ["test_replay"]),
+    ("python/dllm/training/replay.py", "frames[-1]", "frames[0]", ["test_replay"]),
 ]
 
 

@@ -429,7 +429,7 @@ def test_a_gradient_that_overflows_is_not_applied(tmp_path, corpus, monkeypatch)
         return torch.tensor(float("inf"))
 
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", overflowed)
-    with pytest.raises(FloatingPointError, match="gradient norm became inf at step 3 .its loss was finite.; every "
+    with pytest.raises(FloatingPointError, match="gradient norm became inf at step 3 .its loss was [0-9.]+.; every "
                        "gradient is finite"):
         dllm.train(**tiny(tmp_path, corpus, steps=4, ckpt_every=1))
 

@@ -40,6 +40,7 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1  # the layout of state_dict(): a change to it makes another format
 EXPORT = "model"  # the final weights, a save_pretrained folder
 RUN_RECORDS = (CHECKPOINT, "metrics.jsonl", "run_config.json")  # what makes a folder hold a run
+NONFINITE_STEP = "nonfinite-step.pt"  # the run before a step whose gradient was not finite (a checkpoint)
 
 
 @contextlib.contextmanager
@@ -323,8 +324,7 @@ class Trainer:
             "model": self.raw_model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.opt.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+            "rng": self._rng_state(),
             "data": self.order.state_dict(),
             "corpus_hash": self.data.corpus_hash,
             "tokenizer": tokenizer_config(self.tokenizer),
@@ -399,13 +399,21 @@ class Trainer:
                 log.warning("resuming with amp=%s; the checkpoint was trained with amp=%s", self.amp_setting, saved_amp)
             # after the "changed options" line, which would say it twice; the precision trained in, not the option
             self.resume_changes["amp"] = [saved_amp, self.amp_setting]
+        self.restore_streams(s)
+        self.step, self.tokens_seen = s["step"], s["tokens_seen"]
+        self.train_time, self.elapsed = s["train_time"], s["elapsed"]
+
+    def _rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def restore_streams(self, s: dict) -> None:
+        """The data order and the random streams of checkpoint ``s``: the next step draws what its run's did."""
         self.order.load_state_dict(s["data"])
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"])
         if s["rng"]["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
-        self.step, self.tokens_seen = s["step"], s["tokens_seen"]
-        self.train_time, self.elapsed = s["train_time"], s["elapsed"]
 
     def _seed_dropout_per_rank(self) -> None:
         """Under DDP every rank would draw the same dropout masks: all start from cfg.seed, and a resume
@@ -444,7 +452,10 @@ class Trainer:
         length = int(torch.randint(1, L + 1, (), generator=self.noise_gen))
         return length if cut else L
 
-    def train_step(self) -> dict:
+    def gradients(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Draws the next step's batch and noise and runs its forward and backward, leaving the
+        gradient in each parameter's ``.grad``; returns the step's length, the NLL summed over this
+        process's batch and the gradient norm (before clipping). No parameter changes."""
         cfg = self.cfg
         self._seed_dropout_per_rank()
         B, L = cfg.batch_size, self._step_length()
@@ -467,14 +478,40 @@ class Trainer:
                 loss.backward()
             nll_sum += nll.detach().sum()
         # the norm before any clipping: clipping by a NaN norm would make every gradient NaN, and the
-        # error below names the parameters whose gradients were not finite
-        total = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        # error of a non-finite one names the parameters whose gradients were not finite
+        return L, nll_sum, torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+
+    def step_loss(self, nll_sum: torch.Tensor, L: int, sequences: int) -> float:
+        """The training loss of a step of length ``L`` from the NLL summed over ``sequences``."""
+        return self.objective.train_loss(torch.full((sequences,), nll_sum.item() / sequences), L).item()
+
+    def _save_before_nonfinite_step(self) -> str:
+        """Writes NONFINITE_STEP, the checkpoint of the run as this step found it (the weights and
+        optimizer are untouched by a step that is not applied; the data order and random streams go
+        back to where it started), and says so for the error's message."""
+        if not self.is_main:
+            return ""
+        path = self.out / NONFINITE_STEP
+        try:
+            save_checkpoint({**self.state_dict(), **self._step_start}, path)
+        except OSError as e:
+            return f" (writing {path} to take the step again failed: {e})"
+        return (f"; {path} holds the run as this step found it: `python -m dllm.training.replay {path}` takes the "
+                f"step again and names the first backward op that was not finite, and `--resume {path}` trains on "
+                f"from it")
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        # where this step starts, for the checkpoint that takes it again should its gradient not be finite
+        self._step_start = {"rng": self._rng_state(), "data": self.order.state_dict()}
+        L, nll_sum, total = self.gradients()
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
         if not math.isfinite(gnorm):
-            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was finite); "
-                                     f"{self._nonfinite_gradients()}; the step was not applied, and the last "
-                                     "checkpoint holds finite weights")
+            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "
+                                     f"{self.step_loss(nll_sum, L, cfg.batch_size // self.world):.6g}); {self._nonfinite_gradients()}; the step "
+                                     f"was not applied, and the last checkpoint holds finite weights"
+                                     f"{self._save_before_nonfinite_step()}")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, total)
         lr = lr_at(cfg, self.step)
@@ -486,8 +523,9 @@ class Trainer:
             self.ema.update()
         if self.world > 1:
             dist.all_reduce(nll_sum)
+        B = cfg.batch_size
         nll_tok = nll_sum.item() / (B * L)
-        loss_val = self.objective.train_loss(torch.full((B,), nll_sum.item() / B), L).item()
+        loss_val = self.step_loss(nll_sum, L, B)
         self.step += 1
         self.tokens_seen += B * L
         return {"loss": loss_val, "nll_per_token": nll_tok, "lr": lr, "grad_norm": gnorm, "seq_len": L}
@@ -547,11 +585,11 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             # the lock makes this run the folder's only writer: a killed one's temporaries are garbage
-            for path in (self.out / CHECKPOINT, self.out / "run_config.json",
+            for path in (self.out / CHECKPOINT, self.out / NONFINITE_STEP, self.out / "run_config.json",
                          *(self.out / EXPORT / name for name in (WEIGHTS_NAME, CONFIG_NAME, "tokenizer.json"))):
                 remove_leftovers(path)
             held_a_run = any((self.out / name).exists() for name in RUN_RECORDS)
-            stale = [self.out / name for name in (CHECKPOINT, EXPORT, "loss.png") if held_a_run and
+            stale = [self.out / name for name in (CHECKPOINT, NONFINITE_STEP, EXPORT, "loss.png") if held_a_run and
                      ((self.out / name).exists() or (self.out / name).is_symlink())]
             if cfg.resume == "never" and stale:
                 # left in place, a run that dies before its first checkpoint would leave the old run's
