@@ -142,7 +142,8 @@ def replay_step(path: str | Path, *, device: str | None = None) -> dict:
 
 
 def describe(replay: dict) -> list[str]:
-    lines = [f"step {replay['step']} on {replay['device']}, trained in {replay['precision']}:"]
+    """``replay_step``'s results as lines of text."""
+    lines = [f"step {replay['step']} on {replay['device']} in {replay['precision']}:"]
     for r in replay["variants"]:
         bad = r["nonfinite_gradients"]
         what = (f"  {r['variant']}: loss {r['loss']:.6g}, gradient norm {r['grad_norm']:.6g}, "

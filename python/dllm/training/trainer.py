@@ -497,7 +497,7 @@ class Trainer:
         except OSError as e:
             return f" (writing {path} to take the step again failed: {e})"
         return (f"; {path} holds the run as this step found it: `python -m dllm.training.replay {path}` takes the "
-                f"step again and names the first backward op that was not finite, and `--resume {path}` trains on "
+                f"step again and names the first backward op that returned NaN, and `--resume {path}` trains on "
                 f"from it")
 
     def train_step(self) -> dict:
@@ -508,10 +508,10 @@ class Trainer:
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
         if not math.isfinite(gnorm):
-            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "
-                                     f"{self.step_loss(nll_sum, L, cfg.batch_size // self.world):.6g}); {self._nonfinite_gradients()}; the step "
-                                     f"was not applied, and the last checkpoint holds finite weights"
-                                     f"{self._save_before_nonfinite_step()}")
+            loss = self.step_loss(nll_sum, L, cfg.batch_size // self.world)
+            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was {loss:.6g}); "
+                                     f"{self._nonfinite_gradients()}; the step was not applied, and the last checkpoint "
+                                     f"holds finite weights{self._save_before_nonfinite_step()}")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, total)
         lr = lr_at(cfg, self.step)
