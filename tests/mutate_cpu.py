@@ -440,6 +440,13 @@ MUTANTS = [
      "save_checkpoint(self.state_dict(), path)", ["test_replay"]),
     ("python/dllm/training/replay.py", "    trainer.restore_streams(state)\n", "", ["test_replay"]),
     ("python/dllm/training/replay.py", "frames[-1]", "frames[0]", ["test_replay"]),
+    # SEDD's --noise dropped, bits per byte in nats, MDLM's time-conditioned network fed no sigma
+    ("python/dllm/objectives/__init__.py", "SEDD(tokenizer, graph=graph, noise=noise)", "SEDD(tokenizer, graph=graph)",
+     ["test_objectives"]),
+    ("python/dllm/training/evaluation.py", '"val_bpb{suffix}": bits / bytes_per_token',
+     '"val_bpb{suffix}": nats / bytes_per_token', ["test_training"]),
+    (OBJECTIVES, "loss_at_masked(masked_diffusion_loss, model, x_t, sigma, self.mask_id, x0, dsigma",
+     "loss_at_masked(masked_diffusion_loss, model, x_t, None, self.mask_id, x0, dsigma", ["test_objectives"]),
 ]
 
 

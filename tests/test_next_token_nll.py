@@ -243,3 +243,24 @@ def test_a_gradient_penalty_differentiates_through_the_gradient(monkeypatch):
     torch.testing.assert_close(penalised(next_token_nll), penalised(cross_entropy), rtol=1e-12, atol=1e-12)
     logits = (torch.randn(2, 3, 7, generator=gen, dtype=torch.float64)).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x: next_token_nll(x, targets[:, :3]), (logits,))
+
+
+def test_a_vocabulary_larger_than_one_threads_chunk_budget():
+    """On a CPU running one thread a chunk holds 512 KB of float32: a vocabulary above 131072 (Qwen's and
+    Dream's 151936 ...) is one row a chunk, not zero rows (range() with step 0)."""
+    v = 151936
+    g = torch.Generator().manual_seed(9)
+    logits = (torch.randn(2, 3, v, generator=g) * 3).requires_grad_()
+    targets = torch.randint(0, v, (2, 3), generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = next_token_nll(logits, targets)
+        got.sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    x = logits.detach().double().requires_grad_()
+    want = F.cross_entropy(x.flatten(0, 1), targets.flatten(), reduction="none").view(2, 3).sum(-1)
+    want.sum().backward()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=2e-6, atol=1e-5)
+    torch.testing.assert_close(logits.grad.double(), x.grad, rtol=0, atol=1e-6)

@@ -11,7 +11,7 @@ import dllm
 
 from dllm.data import ByteTokenizer
 from dllm.sedd import Geometric, LogLinear
-from dllm.objectives import AR, LLaDA, MDLM, SEDD
+from dllm.objectives import AR, LLaDA, MDLM, SEDD, get_objective
 from dllm.objectives import masked_diffusion_reference, score_entropy_reference
 from dllm.sedd.reference import log_score
 from stats import chi_square_pvalue
@@ -669,3 +669,100 @@ def test_loglinear_eps_1_is_refused():
     """eps = 1 makes sigma(t) = 0 everywhere (nothing is ever masked): refused like eps = 2."""
     with pytest.raises(ValueError, match="eps must lie in"):
         LogLinear(eps=1.0)
+
+
+@pytest.mark.parametrize("name,options", [("sedd", {"graph": "absorb"}), ("sedd", {"graph": "uniform"}), ("mdlm", {})])
+def test_get_objective_builds_the_noise_and_graph_it_is_given(name, options):
+    """`dllm train --objective sedd --noise geometric` (and `dllm eval`) build the objective here."""
+    tok = ByteTokenizer()
+    obj = get_objective(name, tok, noise="geometric", **options)
+    assert isinstance(obj.noise, Geometric) and obj.config()["noise"] == Geometric().config()
+    assert all(getattr(obj, k) == v for k, v in options.items())
+    assert isinstance(get_objective(name, tok, **options).noise, LogLinear)
+
+
+@pytest.mark.parametrize("noise", ["loglinear", "geometric"])
+def test_mdlm_training_feeds_a_time_conditioned_network_its_total_noise(noise):
+    """MDLM trains with time conditioning on request (--time-conditioning): the network must see each
+    sequence's sigma(t), not None (which a DiT reads as sigma = 0, what the samplers never feed it)."""
+    tok = ByteTokenizer()
+    obj = MDLM(tok, noise=noise)
+    B, L = 7, 13
+    seen = []
+
+    def net(x, sigma):
+        seen.append(sigma)
+        return torch.zeros(*x.shape, obj.model_vocab_size)
+
+    g = torch.Generator().manual_seed(31)
+    draws = obj.draw(B, L, g)
+    obj.nll(net, torch.randint(0, 256, (B, L), generator=g), draws)
+    assert seen[0] is not None
+    want = obj.noise(draws["t"].double())[0]
+    torch.testing.assert_close(torch.as_tensor(seen[0]).double(), want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["mdlm", "sedd"])
+def test_masked_count_bounds_feed_the_network_no_less_than_the_schedules_least_noise(name):
+    """A schedule with sigma(0) > 0 (geometric) never trained the network below sigma(0): the mask-count
+    bounds' rates m near 0 must meet it at sigma(0), as the uniform bound's low share does."""
+    tok = ByteTokenizer()
+    obj = MDLM(tok) if name == "mdlm" else SEDD(tok, graph="absorb")
+    obj.noise = Geometric(0.3, 2.0)  # sigma(0) = 0.3: mask rates below 1 - e^-0.3 = 0.26 are common
+    seen = []
+
+    def net(x, s):
+        seen.append(torch.as_tensor(s, dtype=f64))
+        return torch.zeros(*x.shape, obj.model_vocab_size)
+
+    B, L = 211, 7
+    obj.bound(net, torch.randint(0, 256, (B, L)), obj.bound_draw(B, L, torch.Generator().manual_seed(3)))
+    s = torch.cat(seen)
+    assert s.min() >= 0.3 * (1 - 1e-6) and s.max() <= 2.0 * (1 + 1e-6), (s.min(), s.max())
+    assert (s <= 0.3 * (1 + 1e-6)).any() and (s >= 2.0 * (1 - 1e-6)).any()
+
+
+def test_sedd_absorb_bound_scores_past_sigma_1_at_the_true_noise():
+    """Past the schedule's last rate 1 - eps the network is fed sigma(1), but the score entropy (its
+    ratios, the output's scaling) and its weight are those of the true noise -log(1 - m)."""
+    tok = ByteTokenizer()
+    obj = SEDD(tok, graph="absorb")
+    B, L = 5, 3
+    g = torch.Generator().manual_seed(12)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    # every position masked (k = L), at a mask rate m = max(u) in (0.9999, 1): sigma above sigma(1) = 6.9
+    draws = {"k": torch.full((B,), L), "u": 1 - torch.rand(B, L, generator=g, dtype=f64) * 1e-4}
+    logits = torch.randn(B, L, tok.vocab_size, generator=g)
+    got = obj.bound(lambda x, s: logits, x0, draws).double()
+    sigma = -torch.log1p(-draws["u"].max(-1).values)
+    x_t = torch.full_like(x0, tok.mask_id)
+    want = score_entropy_reference(logits.double(), x_t, x0, sigma, torch.expm1(sigma), graph="absorb")  # weight L/k = 1
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+
+
+def test_mdlm_step_bound_masks_at_rate_t_and_everything_at_t_1():
+    """The T-step bound scores the samplers' process: mask rate t exactly (all masked at t = 1), not
+    training's (1 - eps) t, weighted 1 / t."""
+    tok = ByteTokenizer()
+    obj = MDLM(tok)
+    B, L = 6, 29
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    draws = obj.draw(B, L, g)
+    draws["t"] = torch.tensor([1.0, 1.0, 0.5, 0.25, 0.75, 1 / 3])
+    # uniforms within 1e-4 of t on either side: masked exactly where u < t
+    side = torch.where(torch.rand(B, L, generator=g) < 0.5, -1.0, 1.0)
+    side[:2] = -1.0  # t = 1: every token masked
+    draws["u"] = draws["t"][:, None] * (1 + side * 1e-4 * (0.1 + torch.rand(B, L, generator=g)))
+    logits = torch.randn(B, L, tok.vocab_size, generator=g)
+    seen = []
+
+    def net(x, s):
+        seen.append(x)
+        return logits
+
+    got = obj.step_bound(net, x0, draws)
+    x_t = torch.where(side < 0, torch.full_like(x0, tok.mask_id), x0)
+    assert torch.equal(seen[0], x_t) and (seen[0][:2] == tok.mask_id).all()
+    want = masked_diffusion_reference(logits.double(), x_t, x0, 1 / draws["t"].double(), mask_id=tok.mask_id)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)

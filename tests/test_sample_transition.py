@@ -117,3 +117,15 @@ def test_opcheck_and_compile(device):
     got = compiled(x0)
     torch.manual_seed(0)
     assert torch.equal(got, dllm.ops.sample_transition(x0, sigma, graph="uniform", num_classes=30))
+
+
+@pytest.mark.parametrize("graph", [dllm.sedd.Absorbing(40), dllm.sedd.Uniform(41)], ids=["absorb", "uniform"])
+def test_graph_objects_draw_from_the_generator_they_are_given(graph):
+    x0 = torch.randint(0, 40, (3, 517), generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.2, 1.0, 3.0])
+    want = dllm.ops.sample_transition(x0, sigma, graph=graph.name, num_classes=graph.num_classes,
+                                      generator=torch.Generator().manual_seed(7))
+    for seed in (0, 1):  # the default stream is not the one drawn from
+        torch.manual_seed(seed)
+        assert torch.equal(graph.sample_transition(x0, sigma, generator=torch.Generator().manual_seed(7)), want)
+    assert (want != x0).any()

@@ -1,5 +1,6 @@
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -1036,3 +1037,45 @@ def test_validation_draws_its_noise_apart_from_training_and_for_all_windows_at_o
     with pytest.raises(ValueError, match="no validation sequences"):
         validation_nll_per_window(None, _NoiseObjective(), val, sequences=0, batch_size=3, seed=seed,
                                   device=torch.device("cpu"))
+
+
+def test_nll_metrics_are_nats_bits_per_token_and_bits_per_byte():
+    from dllm.training.evaluation import nll_metrics
+
+    g = np.random.default_rng(11)
+    for suffix in ("", "_ema", "_se"):
+        nats, bytes_per_token = g.uniform(0.3, 6.0), g.uniform(1.0, 4.5)
+        bits = nats / math.log(2)
+        assert nll_metrics(nats, bytes_per_token, suffix) == pytest.approx(
+            {f"val_nll_per_token{suffix}": nats, f"val_bits_per_token{suffix}": bits,
+             f"val_bpb{suffix}": bits / bytes_per_token}, rel=1e-12)
+
+
+class _PrecisionObjective:
+    """A bound that records the autocast state it ran under and returns its matmul's dtype size."""
+
+    def __init__(self):
+        self.seen = []
+
+    def bound_draw(self, batch, seq_len, generator):
+        return {"u": torch.rand(batch, generator=generator, dtype=torch.float64)}
+
+    def bound(self, model, x, draws):
+        y = x.float() @ torch.ones(x.shape[1], 3)
+        self.seen.append((torch.is_autocast_enabled("cpu"), y.dtype))
+        return x.double().sum(1) * draws["u"]
+
+
+def test_validation_runs_the_bound_under_the_trainings_precision():
+    """The trainer and `dllm eval` pass their autocast (bf16 on CUDA): every batch's bound runs under it."""
+    from dllm.data.dataset import PackedDataset
+    from dllm.training.evaluation import validation_nll_per_window
+
+    val = PackedDataset(np.random.default_rng(2).integers(0, 50, size=7 * 11 + 3), 7)
+    obj = _PrecisionObjective()
+    validation_nll_per_window(None, obj, val, sequences=9, batch_size=4, seed=5, device=torch.device("cpu"),
+                              amp=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert obj.seen == [(True, torch.bfloat16)] * 3
+    obj.seen.clear()
+    validation_nll_per_window(None, obj, val, sequences=9, batch_size=4, seed=5, device=torch.device("cpu"))
+    assert obj.seen == [(False, torch.float32)] * 3
