@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -682,3 +683,67 @@ def test_sample_and_eval_pass_every_flag_on(tmp_path, capsys, monkeypatch):
     assert main(["eval", "m", "--batches", "3", "--batch-size", "7", "--seed", "13", "--device", "cpu"]) == 0
     assert seen["eval"] == ("m", dict(batches=3, batch_size=7, device="cpu", seed=13))
     capsys.readouterr()
+
+
+def test_demo_reports_the_tokens_per_second_of_what_it_timed(tmp_path, monkeypatch):
+    """run_demo with its training and loading replaced by tiny untrained models: the speed it reports is
+    tokens / (median ms of the timed calls * 1e-3), the diffusion call it times uses the length and steps
+    it reports, and the step-by-step section numbers the steps from 1."""
+    import dllm.demo
+    from dllm.models import build_model, model_config
+
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    small = dict(vocab_size=tok.vocab_size, hidden=32, heads=2, layers=1, max_seq_len=64)
+    mdlm = build_model(model_config("tiny", arch="dit", **small)).eval()
+    mdlm.mask_id = tok.mask_id
+    ar = build_model(model_config("tiny", arch="ar", **small)).eval()
+    models = {"mdlm": (mdlm, tok, "masked"), "ar": (ar, tok, "ar")}
+    monkeypatch.setattr(dllm.demo, "train_for_minutes", lambda obj, out, minutes, **kw: out / obj)
+    monkeypatch.setattr(dllm.demo, "load_for_sampling", lambda d, device: models[d.name])
+    calls = []
+    real_generate = dllm.demo.generate
+
+    def recording_generate(model, *args, **kw):
+        calls.append(kw)
+        return real_generate(model, *args, **kw)
+
+    monkeypatch.setattr(dllm.demo, "generate", recording_generate)
+    times = [[3.0, 1.0, 2.5], [7.0, 4.0, 6.0]]  # ms per call: medians 2.5 and 6
+
+    def fake_time_interleaved(fns, device, **kw):
+        for fn in fns:
+            fn()
+        return times
+
+    monkeypatch.setattr(dllm.demo, "time_interleaved", fake_time_interleaved)
+    gen_length = 24
+    speed = dllm.demo.run_demo(out_dir=str(tmp_path), gen_length=gen_length, steps=4, device="cpu")
+    assert speed["length"] == gen_length
+    assert speed["diffusion_tokens_per_s"] == pytest.approx(gen_length / 2.5e-3)
+    assert speed["ar_tokens_per_s"] == pytest.approx(gen_length / 6e-3)
+    timed = calls[-1]  # the diffusion call that was timed
+    assert (timed["gen_length"], timed["steps"]) == (speed["length"], speed["diffusion_steps"])
+    assert json.loads((tmp_path / "speed.json").read_text()) == speed
+    text = (tmp_path / "samples.md").read_text(encoding="utf-8")
+    assert re.findall(r"^step (\d+):", text, re.M) == [str(i) for i in range(1, 9)]  # 8 steps, counted from 1
+
+
+def test_demo_trajectory_draws_committed_positions_bright(tmp_path, monkeypatch):
+    """_trajectory_png's image: one row per step, 1 (bright) where the position holds a token, 0 on masks."""
+    import matplotlib.axes
+
+    import dllm.demo
+
+    shown = []
+    real_imshow = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda self, X, *a, **kw: (shown.append(X),
+                                                                                   real_imshow(self, X, *a, **kw))[1])
+    g = torch.Generator().manual_seed(3)
+    mask_id, L = 257, 13
+    history = [torch.where(torch.rand(2, L, generator=g) < p, torch.randint(0, 256, (2, L), generator=g), mask_id)
+               for p in (0.2, 0.5, 0.9)]
+    dllm.demo._trajectory_png(history, mask_id, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0 and len(shown) == 1
+    want = torch.stack([(h[0] != mask_id).float() for h in history]).numpy()
+    assert shown[0].shape == (3, L) and (shown[0] == want).all() and 0 < want.sum() < want.size

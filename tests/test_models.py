@@ -7,6 +7,7 @@ from dllm.models import ARTransformer, DiffusionTransformer, LLaDAModel, from_pr
 import dllm
 from dllm import ops
 from dllm.models import attention as attn_mod
+from dllm.models.config import ModelConfig
 from dllm.models.layers import RMSNorm, VocabProjection
 
 
@@ -719,3 +720,38 @@ def test_a_tokenizers_0_1_attention_mask_is_a_key_padding_mask():
         if arch == "dit":
             cached = net(x, cache=net.new_kv_cache(3, 11), attention_mask=mask.long())
             torch.testing.assert_close(cached[mask], want[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_from_pretrained_on_a_base_class_builds_the_saved_subclass(tmp_path):
+    """ARTransformer is a DiffusionTransformer: DiffusionTransformer.from_pretrained of an AR folder gives
+    the AR model (causal), as the docstring says; a class the saved one does not derive from is refused."""
+    torch.manual_seed(0)
+    m = build_model(_tiny("ar")).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.save_pretrained(tmp_path / "ar")
+    again = DiffusionTransformer.from_pretrained(tmp_path / "ar")
+    assert type(again) is ARTransformer and again.config == m.config
+    x = torch.randint(0, 50, (2, 11))
+    assert torch.equal(again(x), m(x))
+    # causal: the first positions' logits do not depend on later tokens
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 50
+    assert torch.equal(again(y)[:, :6], again(x)[:, :6])
+    assert type(ARTransformer.from_pretrained(tmp_path / "ar")) is ARTransformer
+    with pytest.raises(TypeError, match="not a LLaDAModel"):
+        LLaDAModel.from_pretrained(tmp_path / "ar")
+    build_model(_tiny("dit")).save_pretrained(tmp_path / "dit")
+    with pytest.raises(TypeError, match="not a ARTransformer"):  # the subclass does not take its base's folder
+        ARTransformer.from_pretrained(tmp_path / "dit")
+
+
+@pytest.mark.parametrize("name", ["mlp_ratio", "dropout", "rope_base", "norm_eps"])
+def test_a_boolean_for_a_number_is_refused(name):
+    """A hand-edited config.json's true is no number (Python would read it as 1: mlp_ratio true would build
+    a 1x MLP without a word)."""
+    with pytest.raises(TypeError, match=f"{name} must be a number, got True"):
+        ModelConfig(**{name: True})
+    with pytest.raises(TypeError, match=f"{name} must be a number, got False"):
+        ModelConfig(**{name: False})

@@ -845,3 +845,27 @@ def test_stated_config_values_reach_the_network_config(tmp_path):
     assert cfg.norm_eps == 2e-5
     cfg = published_network_config(tmp_path, _edited(SEDD_CONFIG, model__length=48, model__dropout=0.25))
     assert cfg.max_seq_len == 48 and cfg.dropout == 0.25
+
+
+def test_an_mdlm_folder_keeps_its_dropout_and_pad_id(tmp_path):
+    """MDLM's config.json states its dropout (0.1 in mdlm-owt's) and may state a pad token: a fine-tune
+    of the loaded network drops out at that rate, and ragged prompts are padded with that id."""
+    cfg = published_network_config(tmp_path, _edited(MDLM_CONFIG, dropout=0.25, model_length=48))
+    assert cfg.dropout == 0.25 and cfg.max_seq_len == 48
+    assert published_network_config(tmp_path, _edited(MDLM_CONFIG, dropout=None)).dropout == 0.0  # the default
+    make_checkpoint(tmp_path / "pad", "mdlm", config_edit=lambda c: c.update(pad_token_id=7))
+    model = from_pretrained(tmp_path / "pad")
+    assert model.pad_id == 7 and model.mask_id == 40 and model.net.config.dropout == MDLM_CONFIG["dropout"]
+    x = tokens(41, (2, 9))
+    assert torch.equal(model(x), model(x))  # eval mode: dropout off
+    model.train()
+    assert not torch.equal(model(x), model(x))  # training: the stated rate
+    make_checkpoint(tmp_path / "nopad", "mdlm")
+    assert from_pretrained(tmp_path / "nopad").pad_id == 0  # no pad token: the protocol's default
+
+
+def test_a_boolean_special_id_is_refused(tmp_path):
+    """JSON's true is no token id (Python would read it as 1)."""
+    make_checkpoint(tmp_path / "eos", "dream", config_edit=lambda c: c.update(eos_token_id=True))
+    with pytest.raises(ValueError, match=re.escape("config.json': eos_token_id=True: expected a token id")):
+        from_pretrained(tmp_path / "eos")
