@@ -452,6 +452,13 @@ MUTANTS = [
     ("python/dllm/models/hub/mdlm.py", 'dropout=config.get("dropout", 0.0))', "dropout=0.0)",
      ["test_published_checkpoints"]),
     ("python/dllm/models/io.py", "not issubclass(saved, cls)", "saved is not cls", ["test_models"]),
+    # one token cache for every tokenizer of a kind, the standard library's skipped folders skipped in
+    # a user's corpus, every rank's bare 'cuda' on GPU 0
+    ("python/dllm/data/dataset.py", "{corpus.hash[:16]}-{tok.fingerprint}-", "{corpus.hash[:16]}-{tok.kind}-",
+     ["test_data"]),
+    ("python/dllm/data/corpus.py", "(stdlib and d in _STDLIB_SKIP_DIRS)", "d in _STDLIB_SKIP_DIRS", ["test_data"]),
+    ("python/dllm/devices.py", "index = local_rank if device.index is None else device.index",
+     "index = device.index or 0", ["test_cli"]),
 ]
 
 

@@ -747,3 +747,17 @@ def test_demo_trajectory_draws_committed_positions_bright(tmp_path, monkeypatch)
     assert (tmp_path / "t.png").stat().st_size > 0 and len(shown) == 1
     want = torch.stack([(h[0] != mask_id).float() for h in history]).numpy()
     assert shown[0].shape == (3, L) and (shown[0] == want).all() and 0 < want.sum() < want.size
+
+
+def test_a_bare_cuda_is_this_ranks_gpu_and_an_index_past_the_last_is_refused(monkeypatch):
+    """Without a GPU here: a machine with 3 CUDA devices is simulated. Under torchrun each rank's bare
+    'cuda' is its LOCAL_RANK's GPU (not every rank on cuda:0); cuda:3 does not exist."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [resolve_device("cuda", local_rank=r) for r in range(3)] == [torch.device("cuda", r) for r in range(3)]
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)  # auto: the GPU when one is visible
+    assert resolve_device("cuda:2", local_rank=1) == torch.device("cuda", 2)
+    assert resolve_device("cuda:0", local_rank=2) == torch.device("cuda", 0)
+    for spec, rank in (("cuda:3", 0), ("cuda", 3)):
+        with pytest.raises(ValueError, match=r"this machine has 3 CUDA device\(s\)"):
+            resolve_device(spec, local_rank=rank)

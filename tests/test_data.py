@@ -696,3 +696,114 @@ def test_the_token_cache_keeps_every_id_of_a_large_vocabulary(tmp_path, vocab_si
     for split, text in (("train", texts[0]), ("val", texts[1])):
         want = np.concatenate([tok.encode(text), [tok.eos_id]])
         assert np.array_equal(np.asarray(cache.tokens(split), dtype=np.int64), want)
+
+
+@pytest.mark.parametrize("sub", ["test", "tests", "site-packages", "__pycache__"])
+def test_a_users_folder_reads_the_folders_only_the_standard_library_leaves_out(tmp_path, sub):
+    """The standard library's test and vendored folders are left out of it alone: a corpus of the
+    user's own with a tests/ (or site-packages/) folder is read whole."""
+    rng = np.random.default_rng()
+    (tmp_path / sub).mkdir()
+    for i, d in enumerate(("", sub)):
+        (tmp_path / d / f"m{i}.py").write_text("x = %d\n" % rng.integers(1000) * int(rng.integers(30, 80)))
+    c = load_corpus(tmp_path, val_fraction=0.3)
+    assert _names(c) == sorted(["m0.py", f"{sub}/m1.py"])
+
+
+def test_num_bytes_counts_utf8_bytes_not_characters(tmp_path):
+    rng = np.random.default_rng()
+    texts = ["".join(rng.choice(list("aé€😀 \n"), size=int(rng.integers(50, 200)))) for _ in range(3)]
+    for i, t in enumerate(texts):
+        (tmp_path / f"f{i}.txt").write_text(t, encoding="utf-8")
+    c = load_corpus(tmp_path, val_fraction=0.3)
+    assert c.num_bytes == sum(len(t.encode("utf-8")) for t in texts) > sum(len(t) for t in texts)
+
+
+def test_two_bpe_tokenizers_of_one_corpus_keep_their_own_token_caches(tmp_path):
+    """The token cache belongs to the tokenizer that wrote it: a second tokenizer.json on the same
+    corpus and cache folder must not read the first one's ids."""
+    corpus = make_corpus(tmp_path / "corpus")
+    texts = [p.read_text() for p in sorted(corpus.iterdir())]
+    paths = []
+    for size in (300, 420):
+        tok = train_bpe(texts, vocab_size=size, progress=False)
+        tok.save(tmp_path / f"tok{size}")
+        paths.append(tmp_path / f"tok{size}" / "tokenizer.json")
+    for path in paths:
+        p = prepare(str(corpus), tokenizer=str(path), seq_len=32, val_fraction=0.2, cache_dir=str(tmp_path / "cache"),
+                    progress=False)
+        tok = load_tokenizer(path)
+        want = np.concatenate([x for _, t in load_corpus(corpus, val_fraction=0.2).train
+                               for x in (tok.encode(t), [tok.eos_id])])
+        assert np.array_equal(np.asarray(p.train.tokens), want)
+
+
+def test_load_tokenizer_trains_a_bpe_of_the_size_asked():
+    from _train_helpers import MODULES, STDLIB
+
+    texts = [(STDLIB / m).read_text() for m in MODULES[:4]]
+    size = int(np.random.default_rng().integers(300, 420))
+    tok = load_tokenizer("bpe", train_texts=texts, vocab_size=size)
+    assert tok.vocab_size == size and tok.mask_id == size - 1
+
+
+def test_byte_decode_shows_broken_utf8_as_replacement_characters():
+    """A sampled byte sequence need not be valid UTF-8: each broken sequence decodes as U+FFFD, not
+    silently dropped, around special tokens too."""
+    tok = ByteTokenizer()
+    e = list("é".encode())
+    ids = [104, e[0], 256, e[1], 105, 0xFF, 257, 106, e[0]]
+    assert tok.decode(ids) == "h\ufffd<|endoftext|>\ufffdi\ufffd<|mask|>j\ufffd"
+
+
+def test_the_token_cache_follows_dllm_cache(tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "corpus")
+    monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    prepare(str(corpus), seq_len=32, val_fraction=0.2, progress=False)
+    assert list((tmp_path / "elsewhere" / "tokens").iterdir()) and not (tmp_path / "home").exists()
+
+
+def test_a_nul_byte_anywhere_in_a_files_first_8_kib_makes_it_binary(tmp_path):
+    rng = np.random.default_rng()
+    at = int(rng.integers(1100, 8000))
+    head = ("line of text\n" * 700).encode()[:at]
+    (tmp_path / "data.txt").write_bytes(head + b"\x00 rest\n")
+    (tmp_path / "a.txt").write_text("text\n" * 40)
+    (tmp_path / "b.txt").write_text("more\n" * 40)
+    c = load_corpus(tmp_path, val_fraction=0.3)
+    assert _names(c) == ["a.txt", "b.txt"]
+    assert [r for p, r in c.skipped] == ["binary (contains NUL bytes)"]
+
+
+def test_a_published_tokenizer_decodes_its_special_tokens_as_text():
+    """A sampled end-of-text (a special token of the published tokenizer.json) shows in the text, as the
+    mask id does, wherever it falls."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from dllm.data.tokenizer import PublishedTokenizer
+
+    rng = np.random.default_rng()
+    n = int(rng.integers(20, 60))
+    t = Tokenizer(WordLevel({f"w{i}": i for i in range(n)}, unk_token="w0"))
+    t.pre_tokenizer = Whitespace()
+    t.add_special_tokens(["<|endoftext|>"])
+    tok = PublishedTokenizer(t, mask_id=n + 1)
+    assert tok.eos_id == n and tok.vocab_size == n + 2
+    words = [int(i) for i in rng.integers(1, n, size=6)]
+    out = tok.decode(words[:2] + [n] + words[2:4] + [n + 1] + words[4:] + [n])
+    assert out.count("<|endoftext|>") == 2 and out.count("<|mask|>") == 1
+    assert all(f"w{w}" in out for w in words)
+
+
+def test_the_batch_orders_of_two_seeds_are_not_shifted_copies():
+    """Seed s's second epoch is not seed s+1's first: runs of neighbouring seeds see unrelated data orders."""
+    from dllm.data import BatchOrder
+
+    n = int(np.random.default_rng().integers(50, 200))
+    for s in range(4):
+        a, b = BatchOrder(n, seed=s), BatchOrder(n, seed=s + 1)
+        a.next(n)
+        assert not np.array_equal(a.next(n), b.next(n))

@@ -22,6 +22,7 @@ from dllm.benchmarks.common import quantile
 from dllm.benchmarks.e2e import BLOCK_LENGTH, _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import load_tokenizer
+import numpy as np
 
 GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", "import os  # a comment\n"]
 BAD = ["def f(:\n", "x = (1,\n", "    return 1\n", "if x\n    y\n"]
@@ -875,3 +876,59 @@ def test_the_nll_frontier_keeps_the_fast_points_of_lowest_nll():
         (line,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
         assert list(zip(line.get_xdata(), line.get_ydata())) == want, key
     plt.close(fig)
+
+
+def _record(tmp_path, **kw):
+    trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": None, "seed": 0, **kw}
+    (tmp_path / "mdlm").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": trained}))
+
+
+def test_timed_training_passes_its_seed_split_batch_and_ema_on(tmp_path, monkeypatch):
+    """The fair comparison's settings reach train(): the seed and held-out fraction asked, batch 16,
+    EMA 0.99, a constant lr and no checkpoint before the end."""
+    from dllm.training import timed
+
+    calls = []
+    monkeypatch.setattr(timed, "train", lambda **kw: calls.append(kw))
+    rng = np.random.default_rng()
+    seed, frac, minutes = int(rng.integers(1, 2**31)), float(rng.uniform(0.06, 0.4)), float(rng.uniform(0.5, 3))
+    out = timed.train_for_minutes("ar", tmp_path, minutes, device="cpu", seq_len=96, seed=seed, val_fraction=frac)
+    assert out == tmp_path / "ar" / "model" and len(calls) == 1
+    kw = calls[0]
+    assert (kw["seed"], kw["val_fraction"], kw["batch_size"], kw["ema"]) == (seed, frac, 16, 0.99)
+    assert (kw["objective"], kw["seq_len"], kw["ckpt_every"], kw["out_dir"]) == ("ar", 96, 0, str(tmp_path / "ar"))
+    assert kw["max_time"] == pytest.approx(minutes * 60)
+
+
+def test_retrain_starts_over_and_an_unfinished_run_is_trained_not_reused(tmp_path, monkeypatch):
+    from dllm.training import timed
+
+    calls = []
+    monkeypatch.setattr(timed, "train", lambda **kw: calls.append(sorted(p.name for p in (tmp_path / "mdlm").iterdir())
+                                                                 if (tmp_path / "mdlm").exists() else None))
+    # an interrupted run: its record, a checkpoint, no model/ yet: train() is called (and resumes it)
+    _record(tmp_path)
+    (tmp_path / "mdlm" / "checkpoint.pt").write_bytes(b"x")
+    assert timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160) == tmp_path / "mdlm" / "model"
+    assert calls == [["checkpoint.pt", "run_config.json"]]
+    # --retrain: a finished run's folder is removed before training again
+    (tmp_path / "mdlm" / "model").mkdir()
+    timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, retrain=True)
+    assert calls[1] is None
+
+
+def test_a_kept_model_is_reused_from_a_relative_tokenizer_path(tmp_path, monkeypatch):
+    """The run records a tokenizer.json path absolute: the same file named relatively is the same tokenizer."""
+    from dllm.training import timed
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    _record(tmp_path, tokenizer=str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "mdlm" / "model").mkdir()
+    monkeypatch.setattr(timed, "train", lambda **kw: pytest.fail("trained again"))
+    assert timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160,
+                                   tokenizer="tok/tokenizer.json") == tmp_path / "mdlm" / "model"
+    with pytest.raises(ValueError, match="tokenizer"):
+        timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, tokenizer="byte")

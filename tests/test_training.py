@@ -1079,3 +1079,49 @@ def test_validation_runs_the_bound_under_the_trainings_precision():
     obj.seen.clear()
     validation_nll_per_window(None, obj, val, sequences=9, batch_size=4, seed=5, device=torch.device("cpu"))
     assert obj.seen == [(False, torch.float32)] * 3
+
+
+@pytest.mark.parametrize("options, message", [
+    # would train the whole run, then fail at its final validation ("no validation sequences")
+    (dict(eval_batches=0), "eval_batches must be positive"),
+    # the EMA would barely move: the exported model/ holds weights near initialisation
+    (dict(ema=1.0), r"ema must lie in \[0, 1\)"),
+    # a negative clip is read as "off" (grad_clip > 0) without a word
+    (dict(grad_clip=-0.5), "grad_clip must not be negative"),
+    (dict(max_time=math.inf), "max_time must be finite"),
+    # torch's generators wrap a seed past 2^63 silently
+    (dict(seed=2**63), r"seed must lie in \[0, 2\^63\)"),
+    # a boolean is not a count: steps=True would run one step
+    (dict(steps=True), "steps must be an int, got True"),
+    (dict(eval_every=False), "eval_every must be an int, got False"),
+])
+def test_train_config_refuses_more_nonsense(options, message):
+    from dllm.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_train_config_takes_the_least_bpe_vocabulary_and_the_largest_seed():
+    """258 entries (256 bytes, end-of-text and mask) is the least a byte-level BPE can have, and is taken."""
+    from dllm.training.config import BPE_MIN_VOCAB, TrainConfig
+
+    assert TrainConfig(tokenizer="bpe", bpe_vocab_size=BPE_MIN_VOCAB).bpe_vocab_size == 258
+    assert TrainConfig(seed=2**63 - 1, ema=0.0, grad_clip=0.0).seed == 2**63 - 1
+
+
+def test_from_dict_names_unknown_options():
+    """A run_config.json or --config key that is no option (a typo) is a ValueError naming it."""
+    from dllm.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"unknown training options: \['stpes'\]"):
+        TrainConfig.from_dict({"steps": 3, "stpes": 4})
+
+
+def test_train_config_takes_every_path_as_a_path_object(tmp_path):
+    """Paths may be os.PathLike (pathlib.Path): each path option is kept as its string."""
+    from dllm.training.config import TrainConfig
+
+    names = ("data", "tokenizer", "cache_dir", "out_dir", "resume")
+    cfg = TrainConfig(**{k: tmp_path / k for k in names})
+    assert [getattr(cfg, k) for k in names] == [str(tmp_path / k) for k in names]
