@@ -459,6 +459,10 @@ MUTANTS = [
     ("python/dllm/data/corpus.py", "(stdlib and d in _STDLIB_SKIP_DIRS)", "d in _STDLIB_SKIP_DIRS", ["test_data"]),
     ("python/dllm/devices.py", "index = local_rank if device.index is None else device.index",
      "index = device.index or 0", ["test_cli"]),
+    # plain dream on another confidence rule, MDLM's last fill leaving unsure masks
+    (GENERATE, 'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}',
+     'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "maskgit_plus"}', [RULES]),
+    (MASKED, "mask_id=mask_id, threshold=0.0)  # every one of them", "mask_id=mask_id, threshold=0.5)", [GEN]),
 ]
 
 

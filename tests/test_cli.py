@@ -19,6 +19,7 @@ from dllm.eval_cli import run_eval
 from dllm.training import train
 
 from _train_helpers import ascii_locale, make_corpus, tiny
+from stats import chi_square_pvalue
 from test_published_checkpoints import make_checkpoint, write_tokenizer
 
 
@@ -761,3 +762,69 @@ def test_a_bare_cuda_is_this_ranks_gpu_and_an_index_past_the_last_is_refused(mon
     for spec, rank in (("cuda:3", 0), ("cuda", 3)):
         with pytest.raises(ValueError, match=r"this machine has 3 CUDA device\(s\)"):
             resolve_device(spec, local_rank=rank)
+
+
+def test_the_step_table_lists_each_rows_p20_and_p80_under_their_headers():
+    from dllm.benchmarks.step_latency import Row, format_table
+
+    meta = dict(temperature=1.0, card="cpu", torch=torch.__version__, date="today", commit="abc", command="dllm bench step")
+    rows = [Row("tiny", "llada 2x64", "2x64x258", "fp32", "dllm step", 2.0, 1.25, 3.5, 1.5)]
+    table = format_table(meta, rows).splitlines()
+    header = [c.strip() for c in next(l for l in table if l.startswith("| preset")).strip("|").split("|")]
+    row = [c.strip() for c in next(l for l in table if l.startswith("| tiny")).strip("|").split("|")]
+    got = dict(zip(header, row))
+    assert (got["median ms/step"], got["p20"], got["p80"], got["speedup vs eager"]) == ("2.000", "1.250", "3.500", "1.50x")
+
+
+def test_the_eager_llada_step_is_llada_s_step():
+    """The eager reference the speedups are relative to computes LLaDA's step: at temperature 0,
+    the num_transfer most confident masked positions take their argmax (known tokens are never
+    candidates, however confident), as dllm's own step does; above 0 the token is drawn from
+    softmax(logits / T) (Gumbel noise raised to the power T)."""
+    from dllm import ops
+    from dllm.benchmarks.step_latency import llada_eager_step
+
+    g = torch.Generator().manual_seed(0)
+    B, L, V, mask_id = 3, 13, 11, 10
+    logits = torch.randn(B, L, V, generator=g) * 3
+    x = torch.randint(0, mask_id, (B, L), generator=g)
+    masked = torch.rand(B, L, generator=g) < 0.6
+    masked[:, 0] = True
+    x[masked] = mask_id
+    # the known tokens are their rows' most confident positions: a rule that ranks them would pick them
+    logits[~masked] = logits[~masked] - 50.0
+    logits[~masked, 0] = 50.0
+    logits[..., mask_id] = -torch.inf
+    num = torch.tensor([1, 2, 3])
+    got = llada_eager_step(logits, x, num, 0.0, mask_id)
+    want = x.clone()
+    x0, conf = ops.predict_masked(logits, want, mask_id=mask_id)
+    ops.commit_tokens(want, x0, conf, mask_id=mask_id, num_tokens=num)
+    assert torch.equal(got, want)
+    assert ((got != x).sum(-1) == num).all()
+
+    rows, T = 4000, 0.5
+    row = torch.tensor([1.0, 0.2, -0.5, 0.7, 0.0])
+    canvas = torch.full((rows, 1), 5)  # one masked position a row (mask id 5)
+    torch.manual_seed(0)  # the reference draws from the default generator, as LLaDA's does
+    drawn = llada_eager_step(torch.cat([row, torch.tensor([-torch.inf])]).expand(rows, 1, 6), canvas,
+                             torch.ones(rows, dtype=torch.long), T, 5)
+    probs = torch.softmax(row.double() / T, 0).numpy()
+    assert chi_square_pvalue(drawn[:, 0], probs) > 1e-4
+
+
+def test_bench_step_refuses_an_infinite_temperature_before_building_a_model(tmp_path, monkeypatch):
+    import argparse
+
+    import pytest
+    from dllm.benchmarks import step_latency
+
+    def never(*args):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(step_latency, "_random_model", never)
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    for value in ("inf", "nan", "-1"):
+        with pytest.raises(ValueError, match="temperature must be finite and >= 0"):
+            step_latency.run(p.parse_args(["--device", "cpu", "--temperature", value, "--out", str(tmp_path)]))

@@ -1272,3 +1272,119 @@ def test_a_sedd_cuda_graph_on_a_cpu_model_is_named():
         with pytest.raises(ValueError, match="cuda_graph needs a CUDA model; this one is on cpu"):
             dllm.generate(model, [3, 4], gen_length=6, steps=3, sampler=sampler, cuda_graph=True)
         assert model.calls == []
+
+
+class FlatModel(nn.Module):
+    """Fixed random logits per position, so flat that no proposal reaches probability 0.1."""
+
+    def __init__(self, length: int, scale: float = 0.3):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.table = nn.Parameter(torch.randn(length, V, generator=g) * scale, requires_grad=False)
+        self.mask_id, self.calls = MASK, []
+
+    def forward(self, x, attention_mask=None):
+        self.calls.append(x.clone())
+        return self.table[:x.shape[1]].expand(x.shape[0], -1, -1)
+
+
+def test_mdlm_fills_every_mask_left_at_eps_however_unsure_the_model(monkeypatch):
+    """MDLM's final noise removal takes the argmax of every token still masked at t = eps, whatever
+    its probability: on proposals below 0.1 nothing may stay masked (or be refused as unfilled)."""
+    monkeypatch.setattr(dllm.sampling.masked, "MDLM_EPS", 0.5)  # about half the tokens are left at eps
+    rows, length = 3, 29
+    model = FlatModel(length)
+    probs = torch.softmax(model.table.double()[:, :MASK], -1)
+    assert probs.max() < 0.1
+    out = dllm.generate(model, torch.empty(rows, 0, dtype=torch.long), gen_length=length, steps=1,
+                        sampler="mdlm", temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(model.calls) == 2
+    left = model.calls[1] == MASK
+    assert (left.sum(-1) >= 2).all()  # several per row, so that "at least one a row" is not enough
+    assert not (out.sequences == MASK).any()
+    argmax = model.table[:, :MASK].argmax(-1).expand(rows, -1)
+    assert torch.equal(out.sequences[left], argmax[left])
+
+
+def _random_weights(net):
+    # the DiT's adaLN and head start at zero (constant logits, which every rule would pass)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not bool(p.any()):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return net
+
+
+def test_a_loaded_masked_folder_passes_the_padding_mask_and_the_cache_to_its_network(tmp_path):
+    """load_for_sampling's MaskedLM of a time-agnostic network (sigma None) hands attention_mask
+    and the KV cache's arguments on: ragged prompts, with and without fast-dllm's caches, sample
+    as the bare network does (weights that are not zero, so that both change the logits)."""
+    from dllm.data.tokenizer import ByteTokenizer, tokenizer_config
+    from dllm.models import build_model, model_config
+    from dllm.objectives.diffusion import MDLM
+
+    tok = ByteTokenizer()
+    net = _random_weights(build_model(model_config("tiny", arch="dit", hidden=32, heads=4, layers=1, max_seq_len=48,
+                                                   cond_dim=16, vocab_size=258, time_conditioning=False)))
+    net.save_pretrained(tmp_path, tokenizer=tokenizer_config(tok), objective=MDLM(tok).config())
+    model, tok, kind = dllm.load_for_sampling(tmp_path)
+    assert kind == "masked" and not model.time_conditioned
+    net.eval().mask_id = tok.mask_id
+    prompt = [tok.encode("def f(a, b):"), tok.encode("x")]
+    for cache in (None, "prefix", "dual"):
+        kw = dict(gen_length=12, steps=6, block_length=6, sampler="fast-dllm", cache=cache, threshold=0.3)
+        got = dllm.generate(model, prompt, generator=torch.Generator().manual_seed(1), **kw)
+        want = dllm.generate(net, prompt, generator=torch.Generator().manual_seed(1), **kw)
+        assert torch.equal(got.sequences, want.sequences) and got.nfe == want.nfe, cache
+    for sampler in ("mdlm", "llada"):
+        kw = dict(gen_length=12, steps=6, sampler=sampler, temperature=1.0)
+        got = dllm.generate(model, prompt, generator=torch.Generator().manual_seed(2), **kw)
+        want = dllm.generate(net, prompt, generator=torch.Generator().manual_seed(2), **kw)
+        assert torch.equal(got.sequences, want.sequences), sampler
+
+
+@pytest.mark.parametrize("objective", ["mdlm", "sedd"])
+def test_a_folder_whose_tokenizer_has_one_entry_more_than_its_network_is_refused(tmp_path, objective):
+    """A masked or absorbing-SEDD network has an entry for every tokenizer id (the mask included):
+    a tokenizer one larger is another model's, refused by name, not an IndexError at sampling."""
+    from dllm.data.tokenizer import ByteTokenizer, tokenizer_config
+    from dllm.models import build_model, model_config
+    from dllm.objectives.diffusion import MDLM, SEDD
+
+    tok = ByteTokenizer()
+    assert tok.vocab_size == 258
+    net = build_model(model_config("tiny", arch="dit", hidden=32, heads=4, layers=1, max_seq_len=48, cond_dim=16,
+                                   vocab_size=257, time_conditioning=objective == "sedd"))
+    config = (MDLM(tok) if objective == "mdlm" else SEDD(tok, graph="absorb")).config()
+    net.save_pretrained(tmp_path, tokenizer=tokenizer_config(tok), objective=config)
+    with pytest.raises(ValueError, match="has 258 entries but the model's vocabulary has 257"):
+        dllm.load_for_sampling(tmp_path)
+
+
+def test_infill_templates_neither_one_nor_one_per_prompt_are_named():
+    """Two templates for three prompts: a ValueError naming the counts, not torch's expand error."""
+    class Tiny(nn.Module):
+        mask_id = MASK
+
+        def forward(self, x, attention_mask=None):
+            return torch.zeros(*x.shape, V)
+
+    prompt = torch.randint(1, MASK, (3, 4), generator=torch.Generator().manual_seed(0))
+    templates = torch.full((2, 6), MASK)
+    with pytest.raises(ValueError, match=r"infill has 2 rows for 3 prompts"):
+        dllm.generate(Tiny(), prompt, gen_length=6, steps=6, sampler="llada", infill=templates)
+
+
+@pytest.mark.parametrize("top_p", [1.5, 0.0, -0.1])
+def test_a_top_p_outside_0_1_is_refused_before_the_network_runs(top_p):
+    """top_p is a probability mass in (0, 1]: generate refuses one past either end before the first
+    network call (predict_masked would only refuse it after the model has run)."""
+    class NeverCalled(nn.Module):
+        mask_id = MASK
+
+        def forward(self, x, attention_mask=None):
+            raise AssertionError("the network ran")
+
+    with pytest.raises(ValueError, match=r"^top_p must be in \(0, 1\]"):
+        dllm.generate(NeverCalled(), [1, 2, 3], gen_length=4, steps=4, sampler="mdlm", temperature=1.0, top_p=top_p)

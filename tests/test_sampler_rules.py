@@ -224,3 +224,32 @@ def test_each_step_commits_every_masked_token_with_probability_one_minus_s_over_
         want = -torch.log1p(-(1 - 1e-3) * torch.tensor(times[:steps], dtype=torch.float64))
         got = torch.stack([s[0] for s in model.sigmas[:steps]]).double()
         torch.testing.assert_close(got, want.float().double(), rtol=1e-5, atol=0)
+
+
+def test_plain_dream_is_dreams_entropy_algorithm():
+    """sampler="dream" is documented (generate's docstring, DEFAULT_VARIANT) as dream:entropy: of
+    three positions ranked differently by each confidence rule, its first step commits entropy's
+    pick (B, the lowest entropy), not maskgit_plus's (A) or topk_margin's (C)."""
+    model = FixedModel(position_logits(A, B, C))
+    plain = dllm.generate(model, gen_length=3, steps=2, sampler="dream", return_history=True)
+    entropy = dllm.generate(model, gen_length=3, steps=2, sampler="dream:entropy", return_history=True)
+    committed = (plain.history[0] != MASK).long()
+    assert committed.sum().item() == 1 and committed.argmax().item() == 1
+    assert all(torch.equal(a, b) for a, b in zip(plain.history, entropy.history))
+
+
+def test_dream_counts_are_floored_from_the_exact_rate_on_a_long_canvas():
+    """Dream's confidence algorithms commit floor(n_masked * (1 - s/t)) a step, the rate taken in
+    float64: at 9 steps over 993 tokens one step's n (1 - s/t) lies within float32's rounding of an
+    integer, where a rate rounded to float32 floors to another count."""
+    length, steps = 993, 9
+    out = dllm.generate(FixedModel(position_logits(*[A] * length)), gen_length=length, steps=steps,
+                        sampler="dream:maskgit_plus", return_history=True)
+    times = torch.linspace(1, 1e-3, steps + 1).tolist()
+    n, want = length, []
+    for i in range(steps):
+        k = n if i == steps - 1 else math.floor(n * (1 - times[i + 1] / times[i]))
+        want.append(k)
+        n -= k
+    masked = [length] + [int((h == MASK).sum()) for h in out.history]
+    assert [a - b for a, b in zip(masked, masked[1:])] == want
