@@ -84,6 +84,8 @@ def test_replay_takes_the_step_again_and_names_the_broken_backward(stopped, monk
     assert row["forward_line"].startswith("dllm/models/dit.py:") and ": a = attention(q, k, v," in row["forward_line"]
     text = "\n".join(describe(replay))
     assert "first backward op that returned NaN: NaNGradientBackward, from dllm/models/dit.py:" in text
+    bad = row["nonfinite_gradients"]
+    assert f"non-finite gradients in {len(bad)} parameters (the last: {bad[-1]})" in text and bad[0] != bad[-1]
 
 
 def test_replay_without_the_broken_op_gives_the_clean_runs_step_every_time(stopped, monkeypatch):
