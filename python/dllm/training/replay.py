@@ -87,30 +87,31 @@ def _forward_line(messages: list[str]) -> str | None:
 
 
 def _take(trainer: Trainer, state: dict, context, keep_precision: bool, anomaly: bool) -> dict:
+    """One pass over the step from where it started; the gradients it leaves are cleared after it."""
     trainer.restore_streams(state)
-    trainer.opt.zero_grad(set_to_none=True)
     amp = trainer.amp
     if not keep_precision:
         trainer.amp = contextlib.nullcontext()
-    forward: list[str] = []
     try:
-        with context(), _first_nonfinite_output(trainer.raw_model, forward):
-            if not anomaly:
+        if not anomaly:
+            forward: list[str] = []
+            with context(), _first_nonfinite_output(trainer.raw_model, forward):
                 L, nll_sum, total = trainer.gradients()
-                return {"loss": trainer.step_loss(nll_sum, L, trainer.cfg.batch_size), "grad_norm": float(total),
-                        "nonfinite_gradients": [n for n, p in trainer.raw_model.named_parameters()
-                                                if p.grad is not None and not torch.isfinite(p.grad).all()],
-                        "first_nonfinite_module": forward[0] if forward else None}
-            with warnings.catch_warnings(record=True) as caught, torch.autograd.detect_anomaly(check_nan=True):
-                warnings.simplefilter("always")
-                try:
-                    trainer.gradients()
-                except RuntimeError as e:
-                    match = _ANOMALY.search(str(e))
-                    if match is None:
-                        raise
-                    return {"backward_op": match.group(1), "forward_line": _forward_line([str(w.message) for w in caught])}
-            return {"backward_op": None, "forward_line": None}
+            return {"loss": trainer.step_loss(nll_sum, L), "grad_norm": float(total),
+                    "nonfinite_gradients": [n for n, p in trainer.raw_model.named_parameters()
+                                            if p.grad is not None and not torch.isfinite(p.grad).all()],
+                    "first_nonfinite_module": forward[0] if forward else None}
+        with (context(), warnings.catch_warnings(record=True) as caught,
+              torch.autograd.detect_anomaly(check_nan=True)):
+            warnings.simplefilter("always")
+            try:
+                trainer.gradients()
+            except RuntimeError as e:
+                match = _ANOMALY.search(str(e))
+                if match is None:
+                    raise
+                return {"backward_op": match.group(1), "forward_line": _forward_line([str(w.message) for w in caught])}
+        return {"backward_op": None, "forward_line": None}
     finally:
         trainer.amp = amp
         trainer.opt.zero_grad(set_to_none=True)

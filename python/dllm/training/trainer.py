@@ -481,8 +481,10 @@ class Trainer:
         # error of a non-finite one names the parameters whose gradients were not finite
         return L, nll_sum, torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
 
-    def step_loss(self, nll_sum: torch.Tensor, L: int, sequences: int) -> float:
-        """The training loss of a step of length ``L`` from the NLL summed over ``sequences``."""
+    def step_loss(self, nll_sum: torch.Tensor, L: int, sequences: int | None = None) -> float:
+        """The training loss of a step of length ``L`` from the NLL summed over ``sequences`` (by
+        default this process's share of the batch, which ``gradients`` sums over)."""
+        sequences = sequences or self.cfg.batch_size // self.world
         return self.objective.train_loss(torch.full((sequences,), nll_sum.item() / sequences), L).item()
 
     def _save_before_nonfinite_step(self) -> str:
@@ -508,8 +510,8 @@ class Trainer:
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
         if not math.isfinite(gnorm):
-            loss = self.step_loss(nll_sum, L, cfg.batch_size // self.world)
-            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was {loss:.6g}); "
+            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "
+                                     f"{self.step_loss(nll_sum, L):.6g}); "
                                      f"{self._nonfinite_gradients()}; the step was not applied, and the last checkpoint "
                                      f"holds finite weights{self._save_before_nonfinite_step()}")
         if cfg.grad_clip > 0:
