@@ -3,7 +3,8 @@
 The peer is LLaDA's generate.py step written out faithfully: float64 Gumbel noise on the logits,
 argmax, float64 softmax for the confidence, masking, then a per-row torch.topk loop (with its
 implicit host sync per row) and the scatter. dllm does the same with predict_masked +
-commit_tokens. Memory is the peak allocated during the step, beyond its inputs (CUDA only).
+commit_tokens, eagerly and (CUDA) replayed from a CUDA graph. Memory is the peak allocated during
+the step, beyond its inputs (CUDA only).
 
   python bench/unmask_step.py --device cuda --out bench/results/<name>
 """
@@ -16,6 +17,7 @@ import dllm
 from common import (Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
                     peak_extra_mb)
 from dllm.benchmarks.step_latency import llada_eager_step
+from dllm.sampling.cuda_graph import GraphedStep
 
 LLADA_MASK = 126336  # LLaDA's mask id, in its vocabulary of 126464
 
@@ -30,9 +32,14 @@ def llada_step(logits, x, num_transfer, temperature):
 
 
 def dllm_step(logits, x, num_transfer, temperature):
+    x = x.clone()
+    commit_in_place(logits, x, num_transfer, temperature)
+    return x
+
+
+def commit_in_place(logits, x, num_transfer, temperature):
     mask_id = mask_id_for(logits.shape[-1])
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=mask_id, temperature=temperature)
-    x = x.clone()
     dllm.ops.commit_tokens(x, x0, conf, mask_id=mask_id, num_tokens=num_transfer)
     return x
 
@@ -59,6 +66,12 @@ def main() -> None:
         shape = f"{B}x{L}x{V}"
         # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
         impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
+        if device.startswith("cuda"):
+            # The same step replayed from a CUDA graph: no host work between the kernels and no
+            # eager error check (predict_masked's one host sync), so its gap to dllm's row is what
+            # the host costs an eager step.
+            graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
+            impls.append(("dllm, CUDA graph", lambda: graphed(x.clone())))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip(measured, impls):
             if row.median_ms == row.median_ms:  # not out of memory
