@@ -463,6 +463,18 @@ MUTANTS = [
     (GENERATE, 'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}',
      'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "maskgit_plus"}', [RULES]),
     (MASKED, "mask_id=mask_id, threshold=0.0)  # every one of them", "mask_id=mask_id, threshold=0.5)", [GEN]),
+    # the benchmarks' claims: warm-up, the copy floor, spreads, the peers' work, the FLOPs and bytes counted
+    ("bench/common.py", "warmup=max(0, warmup - 1), reps=reps)", "warmup=0, reps=reps)", ["test_bench_scripts"]),
+    ("bench/common.py", "src = torch.full((nbytes // 2,), 7", "src = torch.full((nbytes,), 7", ["test_bench_scripts"]),
+    ("bench/common.py", "    times = sorted(times)\n", "", ["test_bench_scripts"]),
+    ("bench/train_step.py", "trainer(FullHead(copy.deepcopy(net)))", "trainer(copy.deepcopy(net))", ["test_bench_scripts"]),
+    ("bench/train_step.py", "return 6.0 * per_token", "return 2.0 * per_token", ["test_bench_scripts"]),
+    ("bench/sedd_step.py", "rows_read = int((x == k - 1).sum())", "rows_read = b * l", ["test_bench_scripts"]),
+    ("bench/published_latency.py", "tokens_per_s = B * G /", "tokens_per_s = G /", ["test_bench_scripts"]),
+    ("python/dllm/benchmarks/step_latency.py", "p = torch.softmax(logits.to(torch.float64), dim=-1)",
+     "p = torch.softmax(logits, dim=-1)", ["test_bench_scripts"]),
+    ("python/dllm/benchmarks/e2e.py", "if len(times) >= 5 else", "if len(times) > 5 else", ["test_e2e"]),
+    ("python/dllm/benchmarks/e2e_verdict.py", '["speedup_vs_ar"] > 1]', '["speedup_vs_ar"] >= 1]', ["test_e2e_verdict"]),
 ]
 
 

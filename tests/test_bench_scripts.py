@@ -6,6 +6,8 @@ script broken by a refactor must fail here, not there. These runs time nothing w
 
 import argparse
 import json
+import random
+import statistics
 import subprocess
 import sys
 import time
@@ -370,3 +372,363 @@ def test_built_in_restores_the_default_dtype():
         with built_in("cpu", torch.bfloat16):
             raise RuntimeError("inside")
     assert torch.get_default_dtype() == before
+
+
+def run_script(name, args, out):
+    r = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--device", "cpu", *args, "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_rows_carry_the_sorted_spread_the_rate_in_gb_and_the_share_of_the_floor(monkeypatch):
+    """row_of: median, p20 and p80 of the calls' times in any order (p20 <= median <= p80), the rate
+    in GB/s (10^9 bytes) of the op's bytes in the median time, its share of the floor in percent."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import row_of
+
+    from dllm.benchmarks.common import quantile
+
+    rng = random.Random(7)
+    for n in (3, 6, 11):
+        times = [rng.uniform(0.5, 9.0) for _ in range(n)]
+        nbytes, floor = rng.randrange(10**6, 10**9), rng.uniform(5, 500)
+        row = row_of("op", "1x1", "fp32", "dllm", list(times), nbytes, floor)
+        ordered = sorted(times)
+        median = statistics.median(times)
+        assert row.median_ms == median
+        assert (row.p20_ms, row.p80_ms) == (quantile(ordered, 0.2), quantile(ordered, 0.8))
+        assert row.p20_ms <= row.median_ms <= row.p80_ms
+        assert row.gbps == pytest.approx(nbytes / (median / 1e3) / 1e9, rel=1e-12)
+        assert row.pct_floor == pytest.approx(100 * row.gbps / floor, rel=1e-12)
+
+
+def test_every_implementation_gets_the_warmup_it_is_given(monkeypatch):
+    """measure_against with --warmup 3: each implementation is called 3 times untimed (its first call,
+    which checks that it runs, among them) before its timed calls; time_interleaved and time_ms warm
+    each of their functions up alike, and time_ms keeps calling for min_seconds."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import measure_against
+
+    from dllm.benchmarks.common import time_interleaved, time_ms
+
+    calls = []
+
+    def impl(name):
+        return lambda: calls.append(name)
+
+    measure_against("op", "1x1", "fp32", [("dllm", impl("dllm")), ("peer", impl("peer")), ("other", impl("other"))],
+                    "cpu", 8, 1.0, warmup=3, reps=2)
+    assert {name: calls.count(name) for name in ("dllm", "peer", "other")} == {"dllm": 5, "peer": 5, "other": 5}
+    assert calls[-6:] == ["dllm", "peer", "other"] * 2  # the timed calls, in turns
+
+    calls.clear()
+    times = time_interleaved([impl("a"), impl("b")], "cpu", warmup=2, reps=3)
+    assert [len(t) for t in times] == [3, 3] and calls.count("a") == calls.count("b") == 5
+
+    calls.clear()
+    assert len(time_ms(impl("c"), "cpu", warmup=2, reps=3, min_seconds=0)) == 3 and calls == ["c"] * 5
+    calls.clear()
+    slow = time_ms(lambda: time.sleep(0.002), "cpu", warmup=0, reps=2, min_seconds=0.05)
+    assert 5 <= len(slow) <= 40  # calls until 50 ms passed, at most 20 x reps
+
+
+def test_the_copy_floor_counts_the_bytes_read_and_written(monkeypatch):
+    """copy_bandwidth_gbps(nbytes): copies nbytes / 2 into nbytes / 2 (read + written: nbytes) and
+    divides nbytes by the median time; matmul_tflops counts 2 n^3 FLOPs a product."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+
+    seen = []
+
+    def fake_time_ms(fn, device, **kw):
+        seen.append(fn())
+        return [4.0, 2.0, 3.0]  # median 3 ms
+
+    monkeypatch.setattr(common, "time_ms", fake_time_ms)
+    nbytes = 6 << 20
+    assert common.copy_bandwidth_gbps("cpu", nbytes) == pytest.approx(nbytes / 3e-3 / 1e9, rel=1e-12)
+    assert seen[-1].numel() * seen[-1].element_size() == nbytes // 2
+    rate = common.matmul_tflops("cpu", torch.float32)
+    n = seen[-1].shape[0]
+    assert seen[-1].shape == (n, n) and rate == pytest.approx(2 * n**3 / 3e-3 / 1e12, rel=1e-12)
+
+
+def test_default_shapes_follow_the_device(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import bench_parser, parse_bench_args
+
+    for device, want in (("cpu", [(2, 3)]), ("cuda", [(5, 7), (1, 9)])):
+        ap = bench_parser("d", "BxL", "5x7,1x9", "2x3")
+        monkeypatch.setattr(sys, "argv", ["bench.py", "--device", device])
+        _, shapes, reps = parse_bench_args(ap, cpu=(1, 3))
+        assert shapes == want, device
+
+
+def test_threads_option_sets_torchs_thread_count():
+    from dllm.benchmarks.common import add_timing_options, timing_of
+
+    p = argparse.ArgumentParser()
+    add_timing_options(p, cpu=(1, 3))
+    before = torch.get_num_threads()
+    want = 3 if before != 3 else 2
+    try:
+        timing_of(p.parse_args(["--threads", str(want)]), "cpu")
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_adaln_floor_bytes(tmp_path):
+    """adaln reads x and writes y (2 x the stream); adaln_residual reads x and update and writes the
+    new stream and its adaLN (4 x)."""
+    result = run_script("adaln", ["--shapes", "2x9x70", "--no-compile", *FEW], tmp_path)
+    stream = 2 * 9 * 70 * 2  # bf16
+    assert {(r["op"], r["bytes"]) for r in result["rows"]} == {("adaln", 2 * stream), ("adaln_residual", 4 * stream)}
+
+
+def test_absorbing_floors_count_only_the_masked_rows(tmp_path):
+    """--mask-frac 0: no position is masked, so the absorbing graph's step reads no logits row (x read
+    and x_next written only; the uniform graph still reads every row), and the losses read no logits
+    (d(logits) written only). Their notes give the time over the floor's."""
+    rows = run_script("sedd_step", ["--shapes", "1x16x301", "--no-compile", "--mask-frac", "0", *FEW],
+                      tmp_path / "step")["rows"]
+    want = {"sedd_step absorb/analytic": 16 * 16, "sedd_step absorb/euler": 16 * 16,
+            "sedd_step uniform/analytic": 16 * 301 * 2 + 16 * 16}
+    assert {r["op"]: r["bytes"] for r in rows} == want
+    result = run_script("sedd_losses", ["--shapes", "1x16x301", "--mask-frac", "0", *FEW], tmp_path / "losses")
+    floor = result["meta"]["floor_gbps"]
+    assert {r["bytes"] for r in result["rows"]} == {16 * 301 * 2}
+    for r in result["rows"]:
+        if r["impl"] == "dllm":
+            floor_ms = r["bytes"] / (floor * 1e9) * 1e3
+            assert r["note"].startswith(f"{r['median_ms'] / floor_ms:.2f}x the floor"), r["note"]
+
+
+def test_published_latency_counts_the_weights_read_and_the_batchs_tokens(tmp_path, monkeypatch):
+    """The tiny fp32 models: bytes = 4 x the parameters past the input embedding per forward (the
+    generate row: one forward a step), tokens/s = batch x generated tokens over the median time,
+    TFLOP/s = 2 x params x batch x tokens over the step's time."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from published_latency import build
+
+    B, P, G, steps = 2, 4, 8, 2
+    result = run_script("published_latency", ["--tiny", "--batch", str(B), "--prompt", str(P), "--gen", str(G),
+                                              "--steps", str(steps)], tmp_path)
+    for name in ("LLaDA-8B", "Dream-7B"):
+        net = build(name, True, "cpu", torch.float32)[0].net
+        params = sum(p.numel() for p in net.parameters()) - net.embed.weight.numel()
+        step, gen = (r for r in result["rows"] if r["impl"].startswith(name))
+        assert (step["bytes"], gen["bytes"]) == (4 * params, 4 * params * steps)
+        assert gen["extra"]["tokens_per_s"] == pytest.approx(B * G / (gen["median_ms"] * 1e-3), rel=1e-9)
+        tflops = 2 * params * B * (P + G) / (step["median_ms"] * 1e-3) / 1e12
+        assert f"{params / 1e6:,.1f}M params" in step["note"] and f"{tflops:.3f} TFLOP/s" in step["note"]
+
+
+def test_matmul_floored_rows_report_their_share_of_the_matmul_rate(tmp_path):
+    """vocab_head's GEMM rows: 2 B L D V FLOPs over the median (the note's GFLOP/s on the CPU) and that
+    rate's share of the matmul floor; attention's rows: their TFLOP/s' share of it."""
+    result = run_script("vocab_head", ["--shapes", "2x9x24x37", *FEW], tmp_path / "head")
+    peak = result["meta"]["matmul_tflops"]
+    heads = [r for r in result["rows"] if r["op"] == "head"]
+    assert len(heads) == 3
+    for r in heads:
+        tflops = 2 * 2 * 9 * 24 * 37 / (r["median_ms"] * 1e-3) / 1e12
+        assert r["note"] == f"{tflops * 1e3:.1f} GFLOP/s" and r["pct_floor"] == pytest.approx(100 * tflops / peak)
+    result = run_script("attention", ["--shapes", "1x2x33x16", *FEW], tmp_path / "attention")
+    peak = result["meta"]["matmul_tflops"]
+    for r in result["rows"]:
+        assert r["pct_floor"] == pytest.approx(100 * r["extra"]["tflops"] / peak)
+
+
+def test_train_step_peer_computes_the_head_at_every_position(monkeypatch):
+    """bench/train_step.py's "full head" peer computes every position's logits, dllm's only the masked
+    ones: the peer's step counts more FLOPs, by the head's on the unmasked positions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train_step
+
+    impls, measure_against = [], train_step.measure_against
+
+    def capture(op, shape, dtype, timed, *args, **kw):
+        impls.append(timed)
+        return measure_against(op, shape, dtype, timed, *args, **kw)
+
+    monkeypatch.setattr(train_step, "measure_against", capture)
+    monkeypatch.setattr(train_step, "matmul_tflops", lambda device, dtype: 1.0)
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--shapes", "2x9x37", "--objectives", "mdlm",
+                                      "--reps", "1", "--warmup", "1"])
+    train_step.main()
+    (timed,) = impls
+    flops = {}
+    for name, step in timed:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops[name] = counter.get_total_flops()
+    dllm_flops, full = flops["dllm (head on masked positions)"], flops["full head"]
+    assert full > dllm_flops, flops
+
+
+def test_the_llada_peer_draws_and_scores_in_float64():
+    """sample_categorical's LLaDA peer: float64 logits and noise (LLaDA's add_gumbel_noise)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from sample_categorical import gumbel_fp64_llada
+    finally:
+        sys.path.remove(str(BENCH))
+    logits = torch.randn(5, 67).bfloat16()
+    dtypes = []
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == logits.numel():
+                dtypes.append((str(func), out.dtype))
+            return out
+
+    with Seen():
+        gumbel_fp64_llada(logits, 0.7)
+    assert any("exp" in f and d == torch.float64 for f, d in dtypes), dtypes
+    assert any("rand" in f and d == torch.float64 for f, d in dtypes), dtypes
+
+
+def test_timed_steps_leave_the_fresh_canvas_untouched(monkeypatch):
+    """Every timed call starts from the benchmark's fully masked canvas: dllm's step commits into a
+    copy (bench/unmask_step.py, `dllm bench step`), or a second call would find fewer masked positions."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from unmask_step import dllm_step, llada_step, mask_id_for
+
+    V = 301
+    logits = torch.randn(2, 40, V).bfloat16()
+    x = torch.full((2, 40), mask_id_for(V))
+    k = torch.full((2,), 3)
+    for step in (dllm_step, llada_step):
+        out = step(logits, x, k, 1.0)
+        assert (x == mask_id_for(V)).all() and ((out != x).sum(-1) <= 3).all() and (out != x).any(), step
+
+    import dllm
+    from dllm.benchmarks import step_latency
+
+    seen = []
+    real = {name: getattr(dllm.ops, name) for name in ("sedd_step", "predict_masked")}
+    monkeypatch.setattr(dllm.ops, "sedd_step", lambda logits, x, *a, **kw: seen.append(int((x == 257).sum()))
+                        or real["sedd_step"](logits, x, *a, **kw))
+    monkeypatch.setattr(dllm.ops, "predict_masked", lambda logits, x, **kw: seen.append(int((x == 257).sum()))
+                        or real["predict_masked"](logits, x, **kw))
+    for case in step_latency.PRESETS["tiny"][:2]:  # sedd, llada
+        model = step_latency._random_model(case, torch.device("cpu"), torch.float32)
+        with torch.no_grad():
+            steps = step_latency._steps(case, model, torch.device("cpu"), 1.0, graphs=False)
+            seen.clear()
+            for _ in range(3):
+                steps["dllm step"]()
+        assert seen == [case.batch * case.length] * 3, (case.kind, seen)
+
+
+def test_the_eager_llada_step_scores_in_float64():
+    """LLaDA's generate.py takes the confidence from a float64 softmax of the logits (and the Gumbel
+    draw in float64): the eager peer does that work, not a cheaper float32 softmax."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dllm.benchmarks.step_latency import llada_eager_step
+
+    logits = torch.randn(2, 9, 41)
+    x = torch.full((2, 9), 40)
+    softmaxes = []
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "softmax" in str(func):
+                softmaxes.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    for temperature in (0.0, 1.0):
+        softmaxes.clear()
+        with Seen():
+            llada_eager_step(logits, x, torch.tensor([2, 3]), temperature, 40)
+        assert softmaxes == [torch.float64], (temperature, softmaxes)
+
+
+def _captured_impls(monkeypatch, module, argv):
+    """Runs a bench script's main() with argv, its copy floor faked, and returns each measure_against
+    call's (name, fn) list."""
+    impls, measure_against = [], module.measure_against
+
+    def capture(op, shape, dtype, timed, *args, **kw):
+        impls.append(list(timed))
+        return measure_against(op, shape, dtype, timed, *args, **kw)
+
+    monkeypatch.setattr(module, "measure_against", capture)
+    monkeypatch.setattr(module, "copy_bandwidth_gbps", lambda device: 1.0)
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", "--device", "cpu", *argv, "--reps", "1", "--warmup", "1"])
+    module.main()
+    return impls
+
+
+def test_attention_decode_peers_attend_over_the_same_keys(monkeypatch):
+    """Both SDPA peers of bench/attention_decode.py compute dllm's output: the n filled keys, no fewer."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import attention_decode
+
+    for impls in _captured_impls(monkeypatch, attention_decode, ["--shapes", "2x4x2x40x33x16", "--queries", "1,3",
+                                                                 "--dtype", "fp32"]):
+        (_, ours), *peers = impls
+        want = ours()
+        for name, peer in peers:
+            torch.testing.assert_close(peer().transpose(1, 2), want, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_unmask_peer_runs_at_the_given_temperature(monkeypatch):
+    """bench/unmask_step.py's LLaDA peer draws at --temperature, as dllm's step does (at 0 it would skip
+    the float64 Gumbel noise that costs LLaDA's step its time)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import unmask_step
+
+    seen, real = [], unmask_step.llada_eager_step
+    monkeypatch.setattr(unmask_step, "llada_eager_step", lambda logits, x, k, t, mask_id: seen.append(t)
+                        or real(logits, x, k, t, mask_id))
+    _captured_impls(monkeypatch, unmask_step, ["--shapes", "1x16x301", "--temperature", "0.7"])
+    assert seen and set(seen) == {0.7}
+
+
+def test_sedd_step_peer_runs_in_float32(monkeypatch):
+    """SEDD's sampler post-processes its bf16 network's logits in float32: the eager peer of
+    bench/sedd_step.py takes float32 logits, whatever the benchmark's dtype."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import sedd_step
+
+    seen = []
+    monkeypatch.setattr(sedd_step.ref, "sedd_step", lambda logits, *a, **kw: seen.append(logits.dtype))
+    logits = torch.randn(1, 4, 11).bfloat16()
+    x = torch.full((1, 4), 10)
+    sedd_step.eager(logits, x, torch.full((1,), 0.7), torch.full((1,), 0.01), "absorb", "analytic")
+    assert seen == [torch.float32]
+
+
+def test_train_step_model_flops_match_the_full_head_steps_count(monkeypatch):
+    """bench/train_step.py's model_flops (the floor's FLOPs of a step) against torch's FLOP counter over
+    the full head's forward and backward: at 9 tokens a sequence the attention's share is about 1%,
+    the per-sequence adaLN's less, so the two agree to 5%."""
+    from types import SimpleNamespace
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train_step
+
+    from dllm.models import build_model, model_config
+    from dllm.objectives import MDLM
+
+    tok = SimpleNamespace(mask_id=36, eos_id=0, vocab_size=37)
+    obj = MDLM(tok)
+    torch.manual_seed(0)
+    net = build_model(model_config("tiny", arch=obj.arch, vocab_size=obj.model_vocab_size, max_seq_len=9,
+                                   time_conditioning=obj.time_conditioning))
+    x0 = torch.randint(0, 36, (3, 9))
+    draws = obj.draw(3, 9, torch.Generator().manual_seed(1))
+    with FlopCounterMode(display=False) as counter:
+        obj.train_loss(obj.nll(train_step.FullHead(net), x0, draws), 9).backward()
+    assert train_step.model_flops(net, 3, 9) == pytest.approx(counter.get_total_flops(), rel=0.05)

@@ -828,3 +828,34 @@ def test_bench_step_refuses_an_infinite_temperature_before_building_a_model(tmp_
     for value in ("inf", "nan", "-1"):
         with pytest.raises(ValueError, match="temperature must be finite and >= 0"):
             step_latency.run(p.parse_args(["--device", "cpu", "--temperature", value, "--out", str(tmp_path)]))
+
+
+def test_bench_step_warms_every_step_up_as_asked(tmp_path, monkeypatch):
+    """`dllm bench step --warmup 2 --reps 3` times each implementation after 2 untimed calls of it."""
+    from dllm.benchmarks import step_latency
+
+    case = step_latency.Case("llada", dict(arch="llada", hidden=32, layers=1, heads=2, vocab_size=67), 2, 37)
+    monkeypatch.setitem(step_latency.PRESETS, "tiny", [case])
+    seen, real = [], step_latency.time_interleaved
+    monkeypatch.setattr(step_latency, "time_interleaved", lambda fns, device, **kw: seen.append(kw) or real(fns, device, **kw))
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    step_latency.run(p.parse_args(["--device", "cpu", "--reps", "3", "--warmup", "2", "--threads", "1",
+                                   "--out", str(tmp_path)]))
+    assert seen == [{"warmup": 2, "reps": 3}]
+
+
+def test_the_eager_sedd_step_post_processes_in_float32(monkeypatch):
+    """The SEDD eager reference step takes the network's logits in float32, as SEDD's sampler does
+    after its bf16 network: a bf16 model's eager step does not run SEDD's math in bf16."""
+    from dllm.benchmarks import step_latency
+    from dllm.sedd import reference
+
+    case = step_latency.PRESETS["tiny"][0]
+    assert case.kind == "sedd"
+    model = step_latency._random_model(case, torch.device("cpu"), torch.bfloat16)
+    seen, real = [], reference.sedd_step
+    monkeypatch.setattr(reference, "sedd_step", lambda logits, *a, **kw: seen.append(logits.dtype) or real(logits, *a, **kw))
+    with torch.no_grad():
+        step_latency._steps(case, model, torch.device("cpu"), 1.0, graphs=False)["eager reference step"]()
+    assert seen == [torch.float32]

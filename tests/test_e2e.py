@@ -932,3 +932,31 @@ def test_a_kept_model_is_reused_from_a_relative_tokenizer_path(tmp_path, monkeyp
                                    tokenizer="tok/tokenizer.json") == tmp_path / "mdlm" / "model"
     with pytest.raises(ValueError, match="tokenizer"):
         timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, tokenizer="byte")
+
+
+def test_e2e_throughput_spread_is_p20_p80_from_five_calls(monkeypatch):
+    """The report's header says p20-p80 from five timed calls on (e2e_report._throughput_table):
+    the rows hold p20-p80 there too, not min-max."""
+    rng = random.Random(5)
+    for n in (4, 5, 6):
+        times = [rng.uniform(1, 50) for _ in range(n)]
+
+        class Runner:
+            device = "cpu"
+
+            def generator(self):
+                return None
+
+            def call(self, model, sampler, steps, length, batch, g):
+                return None, 4
+
+        def fake_interleaved(fns, device, *, warmup, reps, times=times):
+            for _ in range(warmup + reps):
+                fns[0]()
+            return [list(times)]
+
+        monkeypatch.setattr(e2e, "time_interleaved", fake_interleaved)
+        (row,) = e2e._throughputs_in_turns(Runner(), [("mdlm", "mdlm", 4)], length=8, batch=1, reps=n)
+        ordered = sorted(times)
+        want = (quantile(ordered, 0.2), quantile(ordered, 0.8)) if n >= 5 else (ordered[0], ordered[-1])
+        assert tuple(row["spread_ms"]) == pytest.approx(want), n

@@ -216,3 +216,10 @@ def test_a_slower_point_of_equal_quality_is_never_marked_as_noise():
     text = "\n".join(summary([v]))
     assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 900 | 0.90x |" in text and "(noise)" not in text
     assert "It is not faster at: L 64 B 1." in text and "within timing noise" not in text
+
+
+def test_a_point_as_fast_as_the_baseline_is_not_faster():
+    """A speedup of exactly 1.00x is no win: the summary says faster at none and lists it as not faster."""
+    res = results_with_spread([("kv-cache", None, 1, 1000.0, None), ("mdlm", "1/4", 1, 1000.0, None)])
+    text = "\n".join(summary(verdicts(res)))
+    assert "faster at none of the 1 (length, batch) points" in text and "It is not faster at: L 64 B 1." in text
