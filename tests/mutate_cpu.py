@@ -475,6 +475,23 @@ MUTANTS = [
      "p = torch.softmax(logits, dim=-1)", ["test_bench_scripts"]),
     ("python/dllm/benchmarks/e2e.py", "if len(times) >= 5 else", "if len(times) > 5 else", ["test_e2e"]),
     ("python/dllm/benchmarks/e2e_verdict.py", '["speedup_vs_ar"] > 1]', '["speedup_vs_ar"] >= 1]', ["test_e2e_verdict"]),
+    # the CPU ops' random streams, rules and input checks
+    ("csrc/torch/unmask.cpp", "call.random = temperature > 0.0 || kind == Confidence::kRandom;",
+     "call.random = temperature > 0.0;", ["test_unmask"]),
+    ("csrc/torch/unmask.cpp", "call.random = p.rule == CommitRule::kProb || position_temperature > 0.0;",
+     "call.random = p.rule == CommitRule::kProb;", ["test_unmask"]),
+    ("csrc/kernels/predict_masked_cpu.cpp", "      if (p.temperature > 0.0f)\n", "      if (p.temperature > 0.0f || filtered)\n",
+     ["test_unmask"]),
+    ("csrc/kernels/commit_tokens_cpu.cpp", "if (start < 0 || start > end || end > L)", "if (start > end || end > L)",
+     ["test_unmask"]),
+    ("csrc/kernels/commit_tokens_cpu.cpp", "    if (std::isnan(conf[i])) return kNaNConfidence;\n", "", ["test_unmask"]),
+    ("csrc/kernels/commit_tokens_cpu.cpp", "if (!(prob >= 0.0 && prob <= 1.0))", "if (prob < 0.0 || prob > 1.0)",
+     ["test_unmask"]),
+    ("csrc/torch/unmask.cpp", "mask_id >= 0 && mask_id < vocab", "mask_id < vocab", ["test_unmask"]),
+    ("csrc/torch/attention.cpp", "n.ge(0).all().item<bool>() && ", "", ["test_attention"]),
+    ("csrc/torch/rotary.cpp", "call.cos = cos.contiguous();", "call.cos = cos;", ["test_rotary"]),
+    ("python/dllm/ops.py", "    return logits.new_empty(logits.shape[:1], dtype=torch.float32)\n\n",
+     "    return logits.new_empty(logits.shape[:1])\n\n", ["test_sedd_losses"]),
 ]
 
 

@@ -101,3 +101,20 @@ def test_opcheck_and_compile(device):
     compiled = torch.compile(lambda t: dllm.ops.adaln_residual(t, update, gate, weight, shift, scale)[1] + 0,
                              fullgraph=True)
     assert torch.equal(compiled(x), dllm.ops.adaln_residual(x, update, gate, weight, shift, scale)[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_float32_chunks_of_one_modulation_and_a_strided_update(device, dtype):
+    # The DiT's adaLN projection in float32, chunked into shift, scale, gate (views with a row
+    # stride of 3 dim), and an update that is a view too: each is read as the values it holds.
+    batch, seq, dim = 3, 29, 70
+    g = torch.Generator().manual_seed(4)
+    x = (3 + 2 * torch.randn(batch, seq, dim, generator=g)).to(device=device, dtype=dtype)
+    update = torch.randn(batch, dim, seq, generator=g).to(device=device, dtype=dtype).transpose(1, 2)
+    weight = (1 + 0.5 * torch.randn(dim, generator=g)).to(device)
+    shift, scale, gate = torch.randn(batch, 3 * dim, generator=g).to(device).chunk(3, dim=-1)
+    assert not (shift.is_contiguous() or gate.is_contiguous() or update.is_contiguous())
+    check(dllm.ops.adaln(x, weight, shift, scale, eps=1e-5), adaln_reference(x, weight, shift, scale, 1e-5), dtype)
+    x_next, out = dllm.ops.adaln_residual(x, update, gate, weight, shift, scale)
+    check(x_next, x.double() + gate.double()[:, None] * update.double(), dtype)
+    check(out, adaln_reference(x_next, weight, shift, scale, 1e-5), dtype)

@@ -458,3 +458,37 @@ def test_varlen_with_tight_unequal_max_seqlens_equals_padded():
     packed = dllm.ops.attention_varlen(pack(q, lens_q), pack(k, lens_k), pack(v, lens_k), cu(lens_q), cu(lens_k),
                                        Sq, Sk)
     assert torch.equal(packed, pack(padded, lens_q))
+
+
+@pytest.mark.parametrize("name", ["kv_len", "q_len"])
+def test_negative_lengths_are_refused_on_the_cpu(name):
+    # The documented contract: lengths outside [0, S] raise on the CPU (CUDA clamps them); a
+    # negative one is not silently taken as 0 (an all-zero output for that sequence).
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 5, 2, 16, generator=g) for _ in range(3))
+    lengths = {name: torch.tensor([3, -1])}
+    with pytest.raises(ValueError, match=f"{name} must lie in"):
+        dllm.ops.attention(q, k, v, **lengths)
+
+
+@pytest.mark.parametrize("case", ["too_long_q", "too_long_k", "not_from_0", "decreasing", "past_the_tokens"])
+def test_malformed_cu_seqlens_are_refused_on_the_cpu(case):
+    # attention_varlen's contract on the CPU: cu_seqlens start at 0, never decrease, end within the
+    # packed tokens, and no sequence is longer than max_seqlen_*; anything else raises ValueError
+    # (a silently clamped sequence would attend to fewer keys or leave queries at zero).
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(9, 2, 16, generator=g) for _ in range(3))
+    cu_q, cu_k, max_q, max_k = torch.tensor([0, 4, 9]), torch.tensor([0, 3, 9]), 5, 6
+    assert dllm.ops.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k).shape == q.shape  # the valid call
+    if case == "too_long_q":
+        max_q = 4
+    elif case == "too_long_k":
+        max_k = 5
+    elif case == "not_from_0":
+        cu_k = torch.tensor([1, 3, 9])
+    elif case == "decreasing":
+        cu_q = torch.tensor([0, 5, 4])
+    else:  # 7 keys (within max_seqlen_k) from key 3, of 9
+        cu_k, max_k = torch.tensor([0, 3, 10]), 7
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0|longer than max_seqlen"):
+        dllm.ops.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k)

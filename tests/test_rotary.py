@@ -104,3 +104,33 @@ def test_a_learned_sin_alone_raises_instead_of_training_without_gradient():
         sin = a.sin() if learned == "sin" else angle.sin()
         with pytest.raises(RuntimeError, match="differentiable in x only"):
             dllm.ops.rotary(x, cos, sin).sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_x_and_tables_of_any_layout(device, dtype):
+    # x whose head dimension is not the innermost one (a transposed view), and cos / sin that are
+    # views of wider tables: each is read as the values it holds.
+    B, S, H, D = 2, 13, 3, 70
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(B, S, D, H, generator=g).to(device=device, dtype=dtype).transpose(2, 3)
+    assert x.stride(3) != 1
+    cos, sin = Rotary(D).to(device).at(torch.randint(0, 5000, (S,), generator=g).to(device))
+    wide_cos, wide_sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+    cos_view, sin_view = wide_cos[:, 1:D // 2 + 1], wide_sin[:, 1:D // 2 + 1]
+    assert not cos_view.is_contiguous()
+    check(dllm.ops.rotary(x, cos, sin), rotated(x, cos, sin), dtype)
+    check(dllm.ops.rotary(x.contiguous(), cos_view, sin_view), rotated(x, cos_view, sin_view), dtype)
+
+
+@pytest.mark.parametrize("dtype, ulp", [(torch.bfloat16, 2**-7), (torch.float16, 2**-10)])
+def test_float32_results_halfway_between_two_outputs_round_to_even(device, dtype, ulp):
+    # x1 * cos lands exactly halfway between two representable outputs: rounded to the even one,
+    # as torch rounds (x1 = 1, 2, -4: down; x1 = 1 + ulp: up), not always away from zero.
+    x1 = torch.tensor([1.0, 2.0, -4.0, 1.0 + ulp, 0.5])
+    x = torch.stack([x1, torch.zeros(5)], dim=-1).reshape(1, 5, 1, 2).to(device=device, dtype=dtype)
+    cos = torch.full((5, 1), 1.0 + ulp / 2, device=device)
+    sin = torch.zeros(5, 1, device=device)
+    want = (x.float() * torch.cat([cos, cos], -1)[None, :, None]).to(dtype)  # float32 product, torch's rounding
+    out = dllm.ops.rotary(x, cos, sin)
+    assert torch.equal(out, want), (out.flatten(), want.flatten())
+    assert out[0, 0, 0, 0].item() == 1.0

@@ -441,3 +441,25 @@ def test_cpu_ops_allocate_no_b_l_k_temporary():
         assert _largest_allocation(fn) == logits.numel() * logits.element_size()
     # The check can fail: the eager reference does allocate [B, L, K] temporaries.
     assert _largest_allocation(lambda: ref.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb")) >= b * l * k
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_losses_are_float32_under_opcheck_and_compile(device, dtype):
+    # The losses are float32 [B] whatever the logits' dtype: the fake kernels that torch.compile
+    # traces with must say so too.
+    B, L, K = 2, 7, 53
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(B, L, K, generator=g) * 2).to(dtype).to(device)
+    x0 = torch.randint(0, K - 1, (B, L), generator=g).to(device)
+    x_t = torch.where(torch.rand(B, L, generator=g).to(device) < 0.6, K - 1, x0)
+    sigma, dsigma = (torch.rand(B, generator=g) + 0.1).to(device), (torch.rand(B, generator=g) + 0.1).to(device)
+    torch.library.opcheck(torch.ops.dllm.score_entropy_loss.default, (logits, x_t, x0, sigma, dsigma),
+                          dict(graph="absorb", scale_by_sigma=True))
+    torch.library.opcheck(torch.ops.dllm.masked_diffusion_loss.default, (logits, x_t, x0, dsigma), dict(mask_id=K - 1))
+    se = torch.compile(lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph="absorb") * 1, fullgraph=True)
+    md = torch.compile(lambda z: dllm.ops.masked_diffusion_loss(z, x_t, x0, dsigma, mask_id=K - 1) * 1, fullgraph=True)
+    for compiled, eager in ((se, dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="absorb")),
+                            (md, dllm.ops.masked_diffusion_loss(logits, x_t, x0, dsigma, mask_id=K - 1))):
+        got = compiled(logits)
+        assert eager.dtype == torch.float32 and got.dtype == torch.float32
+        torch.testing.assert_close(got, eager)

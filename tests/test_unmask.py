@@ -586,3 +586,163 @@ def test_linear_transfer_counts_refuses_a_bool_step_count():
     for steps in (True, False):
         with pytest.raises(ValueError, match="steps must be a positive int"):
             linear_transfer_counts(torch.tensor([3, 1]), steps)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (0, 0.9), (20, 0.8)])
+def test_temperature_zero_with_filters_and_proposal_confidence_is_greedy(device, top_k, top_p):
+    # Dream at temperature 0 takes the argmax of its filtered distribution, which is the argmax of
+    # the logits (filtering never drops the top token): no draw, whatever the generator.
+    logits, x = masked_batch(3, 41, 301, device)
+    greedy, _ = ref.predict_masked_greedy(logits, x, MASK, "prob", 1)
+    for seed in range(3):
+        x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK, top_k=top_k, top_p=top_p, logits_shift=1,
+                                           confidence_from="proposal",
+                                           generator=torch.Generator(device).manual_seed(seed))
+        assert torch.equal(x0, greedy)
+        masked = (x == MASK).cpu()
+        want = ref.proposal_confidence(ref.shifted(logits, 1).cpu(), x0.cpu(), MASK, "prob", 0.0, top_k, top_p)
+        assert (conf.cpu().double() - want)[masked].abs().max() <= 4e-6
+
+
+def test_random_confidence_draws_fresh_numbers_at_temperature_zero(device):
+    # LLaDA's random remasking proposes greedily and ranks positions by uniform scores: each call
+    # draws new scores from the generator (torch.manual_seed reproduces them), so that consecutive
+    # steps and differently seeded runs do not pick the same positions.
+    logits, x = masked_batch(2, 50, 30, device, frac=1.0)
+    masked = x == MASK
+    g = torch.Generator(device).manual_seed(1)
+    _, a = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="random", generator=g)
+    _, b = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="random", generator=g)
+    assert not torch.equal(a[masked], b[masked])
+    _, c = dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="random",
+                                   generator=torch.Generator(device).manual_seed(1))
+    assert torch.equal(a, c)
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(seed)
+        runs.append(dllm.ops.predict_masked(logits, x, mask_id=MASK, confidence="random")[1])
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0][masked], runs[2][masked])
+
+
+def test_position_temperature_draws_fresh_numbers_each_call(device):
+    # Dream's alg_temp: the k positions are a random draw (Gumbel-top-k), new at every call and
+    # reproduced by torch.manual_seed, not one fixed choice for every step and run.
+    n, L = 64, 12
+    x = torch.full((n, L), MASK, device=device)
+    x0 = torch.arange(L, device=device).expand(n, L).contiguous()
+    conf = torch.zeros(n, L, device=device)  # all equally likely: only the noise decides
+
+    def chosen(generator=None):
+        y = x.clone()
+        dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, num_tokens=3, position_temperature=1.0, generator=generator)
+        return y != MASK
+
+    g = torch.Generator(device).manual_seed(0)
+    a, b = chosen(g), chosen(g)
+    assert not torch.equal(a, b)
+    assert torch.equal(a, chosen(torch.Generator(device).manual_seed(0)))
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        runs.append(chosen())
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("bad", [[5, 3], [-2, 4]], ids=["start_after_end", "negative_start"])
+def test_windows_that_are_not_ranges_of_the_row_are_refused(device, bad):
+    # commit_tokens' documented contract: a window with start > end, or outside [0, L], is an
+    # error (CPU: ValueError naming the row; CUDA: the row is left alone and counts -1), never an
+    # empty or shifted window that silently commits nothing or writes another row.
+    g = torch.Generator().manual_seed(2)
+    B, L = 3, 9
+    x = torch.full((B, L), MASK)
+    x0, conf = torch.randint(0, MASK, (B, L), generator=g), torch.rand(B, L, generator=g)
+    x, x0, conf = x.to(device), x0.to(device), conf.to(device)
+    window = torch.tensor([[0, L], bad, [0, L]], device=device)
+    for rule in (dict(num_tokens=2), dict(threshold=0.5), dict(prob=0.5)):
+        y = x.clone()
+        if device == "cpu":
+            with pytest.raises(ValueError, match="row 1 has a window outside"):
+                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
+        else:
+            committed = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
+            assert committed[1] == -1
+        assert torch.equal(y[1], x[1])  # the bad row is left as it was
+
+
+def test_a_nan_confidence_at_an_eligible_position_is_refused(device):
+    # A NaN confidence (a model's NaN logits turned into scores) cannot be ranked: at an eligible
+    # position it is an error (CPU: ValueError naming the row; CUDA: the row left alone, count -1);
+    # outside the window or at an unmasked position it is never read.
+    g = torch.Generator().manual_seed(3)
+    B, L = 3, 11
+    x = torch.full((B, L), MASK)
+    x[:, 0] = 1  # unmasked
+    x0, conf = torch.randint(0, MASK, (B, L), generator=g), torch.rand(B, L, generator=g)
+    conf[:, 0] = float("nan")  # unmasked: never read
+    conf[0, L - 1] = float("nan")  # outside row 0's window: never read
+    conf[1, 4] = float("nan")  # eligible
+    window = torch.tensor([[0, L - 1], [0, L], [0, L]])
+    x, x0, conf, window = x.to(device), x0.to(device), conf.to(device), window.to(device)
+    for rule in (dict(num_tokens=3), dict(threshold=0.5), dict(prob=1.0)):
+        y = x.clone()
+        if device == "cpu":
+            with pytest.raises(ValueError, match="row 1 has a NaN confidence"):
+                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
+        else:
+            assert dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)[1] == -1
+        assert torch.equal(y[1], x[1])
+        # the rows without a NaN where it is read commit as usual
+        counts = dllm.ops.commit_tokens(x[[0, 2]].clone(), x0[[0, 2]], conf[[0, 2]], mask_id=MASK,
+                                        window=window[[0, 2]], **rule)
+        assert (counts > 0).all()
+
+
+def test_a_negative_mask_id_is_refused_not_taken_as_no_masks(device):
+    # A negative mask id (an unset tokenizer id, -1) matches no token: the ops would propose and
+    # commit nothing, every step, without a word. Both refuse it, as their fake kernels do.
+    logits, x = masked_batch(2, 10, 20, device)
+    with pytest.raises(ValueError, match="mask_id -1 is outside the vocabulary"):
+        dllm.ops.predict_masked(logits, x, mask_id=-1)
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
+    with pytest.raises(ValueError, match="mask_id must be >= 0, got -1"):
+        dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=-1, num_tokens=1)
+
+
+def test_a_negative_logits_shift_is_refused(device):
+    # Position i reads row i - shift: a negative shift would read the next position's row, the
+    # next sequence's or, at the batch's last position, past the logits.
+    logits, x = masked_batch(2, 10, 20, device)
+    for shift in (-1, -9):
+        with pytest.raises(ValueError, match=rf"logits_shift must be in \[0, max\(L, 2\)\) with L = 10, got {shift}"):
+            dllm.ops.predict_masked(logits, x, mask_id=MASK, logits_shift=shift)
+
+
+def test_a_non_contiguous_x_is_refused_not_written_at_the_wrong_positions(device):
+    # x is updated in place through its memory: a transposed (or otherwise strided) x must be
+    # refused, as the fake kernel does, rather than committed at positions it does not hold.
+    g = torch.Generator().manual_seed(8)
+    base = torch.full((6, 4), MASK)
+    x = base.to(device).t()  # [4, 6], strided
+    x0 = torch.randint(0, MASK, (4, 6), generator=g).to(device)
+    conf = torch.rand(4, 6, generator=g).to(device)
+    assert not x.is_contiguous()
+    with pytest.raises(RuntimeError, match="x is updated in place and must be contiguous"):
+        dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=2)
+    assert (x == MASK).all()
+
+
+def test_a_nan_commit_probability_is_refused(device):
+    # prob per row must lie in [0, 1]: a NaN one (0 / 0 in a schedule) raises on the CPU (CUDA:
+    # count -1), instead of committing nothing, every step.
+    g = torch.Generator().manual_seed(4)
+    x = torch.full((2, 9), MASK, device=device)
+    x0, conf = torch.randint(0, MASK, (2, 9), generator=g).to(device), torch.rand(2, 9, generator=g).to(device)
+    y = x.clone()
+    prob = torch.tensor([0.5, float("nan")], device=device)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="row 1 has a prob outside"):
+            dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=prob)
+    else:
+        assert dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=prob)[1] == -1
+    assert torch.equal(y[1], x[1])
