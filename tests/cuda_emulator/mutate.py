@@ -167,6 +167,30 @@ MUTANTS = [
     ("csrc/kernels/sedd.cu", "    if (!gr.tokens_ok)\n#pragma unroll\n", "    if (false)\n#pragma unroll\n", "backward_fills"),
     # the loss forward flagging a NaN in the column it leaves out
     ("csrc/kernels/sedd.cu", "if (e != at) nan |= v[e] != v[e];", "nan |= v[e] != v[e];", "losses_ignore"),
+    # the kernels' rules and checks beyond their tested defaults: Fast-dLLM's progress guarantee, long
+    # shifts, the per-row checks read back as errors, rows marked under capture, the padded head's
+    # loss gradient, draws only when drawing, empty launches, misaligned vector loads
+    ("csrc/kernels/commit_tokens.cu", "conf[i] >= p.threshold || i == always", "conf[i] >= p.threshold", "commit"),
+    ("csrc/kernels/commit_tokens.cu", "if (start < 0 || start > end || end > L) status", "if (start < 0 || end > L) status",
+     "commit"),
+    ("csrc/kernels/predict_masked.cu", "(i - p.logits_shift > 0 ? i - p.logits_shift : 0)",
+     "(i - p.logits_shift > 0 ? i - (p.logits_shift > 0) : 0)", "predict_masked"),
+    ("csrc/kernels/predict_masked.cu",
+     "    mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit\n"
+     "    drop(v, where.find(mask));\n", "    drop(v, where.find(mask));\n    mine.bad |= any_not_below_inf(v);\n",
+     "errors"),
+    ("csrc/kernels/sample_categorical.cu", "|| temperature == kInf", "", "errors"),
+    ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
+     "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
+    ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),
+    ("csrc/kernels/sedd.cu", "i < K; i += kThreads)\n        grad[i]", "i + 1 < K; i += kThreads)\n        grad[i]",
+     "padded_head_rows"),
+    ("csrc/kernels/sedd.cu", "p.x_next[r] = status == kSeddOk ? token : -1;", "p.x_next[r] = status == kSeddOk ? token : x;",
+     "capture"),
+    ("csrc/torch/unmask_cuda.cpp", "call.params.rng = cuda_rng_state(generator, call.random);\n  at::Tensor first_error",
+     "call.params.rng = cuda_rng_state(generator);\n  at::Tensor first_error", "without_draws"),
+    ("csrc/kernels/predict_masked.cu", "  if (positions == 0) return;\n", "", "empty_inputs"),
+    ("csrc/kernels/rotary.cu", "p.x_head_stride % kVec == 0 &&", "", "16_byte"),
 ]
 
 
