@@ -492,6 +492,21 @@ MUTANTS = [
     ("csrc/torch/rotary.cpp", "call.cos = cos.contiguous();", "call.cos = cos;", ["test_rotary"]),
     ("python/dllm/ops.py", "    return logits.new_empty(logits.shape[:1], dtype=torch.float32)\n\n",
      "    return logits.new_empty(logits.shape[:1])\n\n", ["test_sedd_losses"]),
+    # checkpoints, EMA, the metrics log, model folders and devices
+    ("python/dllm/training/checkpoint.py", 'map_location="cpu", weights_only=True)', 'map_location="cpu", weights_only=False)',
+     ["test_training"]),
+    ("python/dllm/training/trainer.py", 'if s["tokenizer"]["fingerprint"] != data.tokenizer.fingerprint:', "if False:",
+     ["test_training"]),
+    ("python/dllm/training/ema.py", "        try:\n            yield\n        finally:\n", "        yield\n        if True:\n",
+     ["test_training"]),
+    ("python/dllm/training/metrics.py", "if i == len(lines) - 1:", "if True:", ["test_training"]),
+    ("python/dllm/training/trainer.py", '"bits_per_token": last["nll_per_token"] / math.log(2),',
+     '"bits_per_token": last["nll_per_token"],', ["test_training"]),
+    ("python/dllm/models/io.py", "model = from_pretrained(directory, map_location=map_location, dtype=dtype)",
+     "model = from_pretrained(directory, map_location=map_location)", ["test_models"]),
+    ("python/dllm/models/hub/layout.py", "if config.get(k) is not None and config[k] != v}", "if config.get(k) and config[k] != v}",
+     ["test_published_checkpoints"]),
+    ("python/dllm/devices.py", 'if device.type != "cuda":', "if False:", ["test_cli"]),
 ]
 
 

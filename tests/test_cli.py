@@ -859,3 +859,14 @@ def test_the_eager_sedd_step_post_processes_in_float32(monkeypatch):
     with torch.no_grad():
         step_latency._steps(case, model, torch.device("cpu"), 1.0, graphs=False)["eager reference step"]()
     assert seen == [torch.float32]
+
+
+@pytest.mark.parametrize("visible", [0, 3])
+def test_a_device_that_is_neither_the_cpu_nor_cuda_is_refused_also_where_a_gpu_is_visible(monkeypatch, visible):
+    """--device mps (or meta, xpu:0) must not train on cuda:0 of a machine with GPUs, nor be told
+    that CUDA is missing on one without."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    for spec in ("mps", "meta", "xpu:0"):
+        with pytest.raises(ValueError, match=rf"device '{spec}' is not supported: use cpu, cuda, cuda:N or auto"):
+            resolve_device(spec, local_rank=1)

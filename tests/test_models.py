@@ -755,3 +755,28 @@ def test_a_boolean_for_a_number_is_refused(name):
         ModelConfig(**{name: True})
     with pytest.raises(TypeError, match=f"{name} must be a number, got False"):
         ModelConfig(**{name: False})
+
+
+def test_from_pretrained_of_a_file_says_it_is_not_a_folder(tmp_path):
+    folder = tmp_path / "m"
+    build_model(model_config("tiny", vocab_size=37, hidden=32, layers=1, heads=2)).save_pretrained(folder)
+    for path in (folder / "model.safetensors", folder / "config.json"):  # the file instead of its folder
+        with pytest.raises(NotADirectoryError, match="is not a folder; expected a folder written by save_pretrained"):
+            from_pretrained(path)
+    assert from_pretrained(folder).config.vocab_size == 37
+
+
+def test_a_model_classs_from_pretrained_takes_the_dtype_asked_for(tmp_path):
+    import torch
+
+    from dllm.models import DiffusionTransformer, LLaDAModel
+
+    torch.manual_seed(0)
+    for arch, cls in (("dit", DiffusionTransformer), ("llada", LLaDAModel)):
+        m = build_model(model_config("tiny", arch=arch, vocab_size=37, hidden=32, layers=1, heads=2))
+        m.save_pretrained(tmp_path / arch)  # float32
+        for dtype in (torch.bfloat16, "float16", "torch.float64"):
+            again = cls.from_pretrained(tmp_path / arch, dtype=dtype)
+            want = getattr(torch, str(dtype).removeprefix("torch."))
+            assert type(again) is cls and {p.dtype for p in again.parameters()} == {want}
+        assert {p.dtype for p in cls.from_pretrained(tmp_path / arch).parameters()} == {torch.float32}

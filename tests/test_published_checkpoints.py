@@ -869,3 +869,60 @@ def test_a_boolean_special_id_is_refused(tmp_path):
     make_checkpoint(tmp_path / "eos", "dream", config_edit=lambda c: c.update(eos_token_id=True))
     with pytest.raises(ValueError, match=re.escape("config.json': eos_token_id=True: expected a token id")):
         from_pretrained(tmp_path / "eos")
+
+
+def test_dreams_pad_id_comes_from_the_tokenizer_when_the_config_has_none(tmp_path):
+    # <|endoftext|> is 95 in the tiny tokenizer; the protocol's default (0) would pad with an ordinary token
+    make_checkpoint(tmp_path / "a", "dream", config_edit=lambda c: c.pop("pad_token_id"))
+    model = from_pretrained(tmp_path / "a")
+    assert model.pad_id == 95 and model.mask_id == 97
+    # and a config that names another pad than its tokenizer is refused, as for the mask
+    make_checkpoint(tmp_path / "b", "dream", config_edit=lambda c: c.update(pad_token_id=94))
+    with pytest.raises(ValueError, match=r"pad_token_id=94 but tokenizer.json maps '<\|endoftext\|>' to 95"):
+        from_pretrained(tmp_path / "b")
+
+
+@pytest.mark.parametrize("key, attr", [("eos_token_id", "eos_id"), ("pad_token_id", "pad_id")])
+@pytest.mark.parametrize("value", [-1, -96])
+def test_negative_special_ids_are_outside_the_vocabulary(tmp_path, key, attr, value):
+    make_checkpoint(tmp_path, "llada", config_edit=lambda c: c.update({key: value}))
+    with pytest.raises(ValueError, match=rf"{attr} {value} is outside the vocabulary \[0, 96\)"):
+        from_pretrained(tmp_path)
+
+
+def test_sedd_scales_by_sigma_by_default_under_the_absorbing_graph_only(tmp_path):
+    from test_published_checkpoints import dit_shapes, random_weights
+
+    def uniform(scale):
+        def edit(c):
+            c["graph"]["type"] = "uniform"
+            c["model"].pop("scale_by_sigma")
+            if scale is not None:
+                c["model"]["scale_by_sigma"] = scale
+        return edit
+
+    for name, scale in (("default", None), ("scaled", True)):
+        make_checkpoint(tmp_path / name, "sedd", config_edit=uniform(scale))
+        torch.save(random_weights(dit_shapes("", 40, 48, 24, 2), seed=5), tmp_path / name / "pytorch_model.bin")
+    # a config without scale_by_sigma: off under the uniform graph, where SEDD asserts it off, on under absorb
+    assert not from_pretrained(tmp_path / "default").graph.scale_by_sigma
+    with pytest.raises(ValueError, match="scales its output by sigma only under the absorbing graph"):
+        from_pretrained(tmp_path / "scaled")
+    make_checkpoint(tmp_path / "absorb", "sedd", config_edit=lambda c: c["model"].pop("scale_by_sigma"))
+    assert from_pretrained(tmp_path / "absorb").graph.scale_by_sigma
+
+
+def test_a_pytorch_model_bin_holding_more_than_tensors_is_named(tmp_path):
+    sd = make_checkpoint(tmp_path, "sedd")
+    torch.save({**sd, "step": 1000, "note": "trained on 8 GPUs"}, tmp_path / "pytorch_model.bin")  # loads weights-only
+    with pytest.raises(ValueError, match=r"pytorch_model.bin' does not hold a state dict \(names to tensors\)"):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("option", ["rope", "layer_norm_with_affine"])
+def test_a_llada_option_stated_false_that_dllm_needs_true_is_refused(tmp_path, option):
+    # false is a stated value, not an absent one: no rotary embedding (or norms without weights) would
+    # load into dllm's network unchanged in shape and compute something else
+    make_checkpoint(tmp_path, "llada", config_edit=lambda c: c.update({option: False}))
+    with pytest.raises(ValueError, match=rf"LLaDA checkpoint options \{{'{option}': False\}} are not supported"):
+        from_pretrained(tmp_path)

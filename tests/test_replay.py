@@ -154,3 +154,24 @@ def test_replay_on_cuda_takes_the_step_under_every_variant(tmp_path, corpus, mon
         assert math.isfinite(r["loss"]) and math.isnan(r["grad_norm"]) and r["backward_op"] == "NaNGradientBackward"
     as_trained, _, full = replay["variants"]
     assert as_trained["loss"] != full["loss"]  # float32 is another forward
+
+
+def test_replay_takes_the_step_on_the_device_asked_for(stopped):
+    tmp, _, clean = stopped
+    # the device is the caller's (--device), not the one recorded in the run: one that is not here is refused
+    with pytest.raises(ValueError, match="cuda:99"):
+        replay_step(tmp / "run" / NONFINITE_STEP, device="cuda:99")
+    replay = replay_step(tmp / "run" / NONFINITE_STEP, device="cpu")
+    assert replay["device"] == "cpu" and replay["variants"][0]["loss"] == clean[3]["loss"]
+
+
+def test_describe_says_when_no_backward_op_returned_nan():
+    row = dict(variant="as trained", loss=2.5, grad_norm=math.inf, nonfinite_gradients=["a.weight", "b.bias"],
+               first_nonfinite_module=None, backward_op=None, forward_line=None)
+    lines = describe({"step": 7, "device": "cpu", "precision": "float32", "variants": [row]})
+    assert lines[0] == "step 7 on cpu in float32:"
+    assert "non-finite gradients in 2 parameters (the last: b.bias)" in lines[1]
+    assert lines[2:] == ["    no backward op returned NaN (the non-finite gradients are infinite)"]
+    clean = {**row, "grad_norm": 1.0, "nonfinite_gradients": []}
+    assert describe({"step": 7, "device": "cpu", "precision": "float32", "variants": [clean]})[1:] == \
+        ["  as trained: loss 2.5, gradient norm 1, every gradient finite"]

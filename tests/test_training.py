@@ -2,6 +2,7 @@ import errno
 import json
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 import dllm
-from dllm.training import CheckpointError, EMA, TrainConfig, Trainer, load_checkpoint, lr_at, save_checkpoint
+from dllm.data import train_bpe
+from dllm.training import CheckpointError, EMA, MetricsLog, TrainConfig, Trainer, load_checkpoint, lr_at, save_checkpoint
+from dllm.training.checkpoint import MAGIC
 from dllm.training.trainer import CHECKPOINT
 
 from _train_helpers import make_corpus, tiny
@@ -1125,3 +1128,134 @@ def test_train_config_takes_every_path_as_a_path_object(tmp_path):
     names = ("data", "tokenizer", "cache_dir", "out_dir", "resume")
     cfg = TrainConfig(**{k: tmp_path / k for k in names})
     assert [getattr(cfg, k) for k in names] == [str(tmp_path / k) for k in names]
+
+
+_RAN = []
+
+
+def _side_effect(what):
+    _RAN.append(what)
+    return what
+
+
+class _Payload:
+    def __reduce__(self):
+        return _side_effect, ("code ran while loading",)
+
+
+def test_a_checkpoint_runs_no_code_while_it_loads(tmp_path):
+    """The payload loads with weights_only=True: a checkpoint.pt (or a path given to --resume, or a
+    nonfinite-step.pt handed to the replay) whose pickle calls a function is refused, not run,
+    even when its header and SHA-256 are whole."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(3.0), "evil": _Payload()}, path)
+    assert path.read_bytes().startswith(MAGIC)
+    _RAN.clear()
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path)
+    assert _RAN == []
+
+
+def test_resume_refuses_another_tokenizer_of_the_same_size(tmp_path, corpus):
+    """Two tokenizer.json files with the same vocabulary size (so the model and the objective match)
+    but other merges: the checkpoint's weights learnt the first one's ids."""
+    texts = [p.read_text() for p in sorted(corpus.iterdir())]
+    paths = []
+    for name, part in (("a", texts[:5]), ("b", texts[5:])):
+        tok = train_bpe(part, vocab_size=300, progress=False)
+        tok.save(tmp_path / name)
+        paths.append(str(tmp_path / name / "tokenizer.json"))
+    opts = dict(hidden=32, layers=1, seq_len=512, batch_size=2)  # as many windows under either
+    dllm.train(**tiny(tmp_path, corpus, steps=1, tokenizer=paths[0], **opts))
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        dllm.train(**tiny(tmp_path, corpus, steps=2, tokenizer=paths[1], **opts))
+
+
+def test_a_damaged_metrics_line_before_the_last_is_an_error_not_the_end_of_the_log(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 1.0 / step})
+    lines = log.path.read_text().splitlines()
+    lines[2] = lines[2][:7]  # cut short in the middle of the file: not a write interrupted at the end
+    log.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        log.read()
+    with pytest.raises(ValueError, match="line 3 is not JSON"):
+        log.truncate_after(4)  # a resume must not rewrite the log without the records after it
+    assert len(log.path.read_text().splitlines()) == 5
+
+
+def test_ema_applied_puts_the_weights_back_when_the_block_fails():
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(7, generator=g))]
+    ema = EMA(params, decay=0.5)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn(p.shape, generator=g))
+    ema.update()
+    trained = [p.detach().clone() for p in params]
+    assert not any(torch.equal(s, p) for s, p in zip(ema.shadow, trained))
+    with pytest.raises(KeyboardInterrupt):
+        with ema.applied():
+            assert all(torch.equal(p, s) for p, s in zip(params, ema.shadow))
+            raise KeyboardInterrupt  # Ctrl-C during the EMA's validation
+    assert all(torch.equal(p.detach(), t) for p, t in zip(params, trained))
+
+
+def test_ema_refuses_the_state_of_another_parameter_list():
+    a = EMA([torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(2))], decay=0.9)
+    b = EMA([torch.nn.Parameter(torch.randn(4))], decay=0.9)
+    for src, dst in ((a, b), (b, a)):
+        before = [s.clone() for s in dst.shadow]
+        with pytest.raises(ValueError, match="does not match"):
+            dst.load_state_dict(src.state_dict())
+        assert all(torch.equal(s, t) for s, t in zip(dst.shadow, before))
+
+
+def test_a_checkpoint_write_interrupted_by_ctrl_c_leaves_the_previous_one_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.arange(10.0)}, path)
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2, "w": torch.randn(1000)}, path)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_each_logged_step_counts_its_own_tokens_in_bits_and_per_second(tmp_path, corpus, monkeypatch):
+    """metrics.jsonl: bits_per_token is nll_per_token in bits; tokens and tok_per_s count the tokens
+    the step trained on (batch_size x its seq_len, which random_length cuts), not seq_len's."""
+    import math
+    import types
+
+    import dllm.training.trainer as trainer_module
+
+    ticks = iter(range(10**6))  # a clock whose every reading is one second after the last
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    B, L = 6, 48
+    dllm.train(**tiny(tmp_path, corpus, objective="mdlm", steps=7, ema=0, hidden=32, layers=1, seq_len=L,
+                      batch_size=B, random_length=1.0))
+    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    steps = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 8))
+    assert len({r["seq_len"] for r in steps}) > 1 and all(r["seq_len"] <= L for r in steps)
+    tokens = 0
+    for r in steps:
+        tokens += B * r["seq_len"]
+        assert r["bits_per_token"] == pytest.approx(r["nll_per_token"] / math.log(2), rel=1e-12)
+        assert r["tokens"] == tokens
+        assert r["tok_per_s"] == pytest.approx(B * r["seq_len"])  # one step of one (fake) second per record
+
+
+def test_save_checkpoint_makes_its_folder(tmp_path):
+    path = tmp_path / "runs" / "a" / "ckpt.pt"
+    w = torch.randn(7, 3, dtype=torch.float64)
+    save_checkpoint({"step": 5, "w": w}, path)
+    state = load_checkpoint(path)
+    assert state["step"] == 5 and torch.equal(state["w"], w)
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
