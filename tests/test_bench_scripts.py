@@ -204,17 +204,7 @@ def test_rotary_timed_calls_do_no_work_on_the_tables_alone(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import rotary
 
-    impls, measure_against = [], rotary.measure_against
-
-    def capture(op, shape, dtype, timed, *args, **kw):
-        impls.extend(timed)
-        return measure_against(op, shape, dtype, timed, *args, **kw)
-
-    monkeypatch.setattr(rotary, "measure_against", capture)
-    monkeypatch.setattr(rotary, "copy_bandwidth_gbps", lambda device: 1.0)
-    monkeypatch.setattr(sys, "argv", ["rotary.py", "--device", "cpu", "--shapes", "2x5x3x8", "--no-compile",
-                                      "--reps", "1", "--warmup", "1"])
-    rotary.main()
+    (impls,) = _captured_impls(monkeypatch, rotary, ["--shapes", "2x5x3x8", "--no-compile"])
 
     class Sizes(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -549,17 +539,7 @@ def test_train_step_peer_computes_the_head_at_every_position(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import train_step
 
-    impls, measure_against = [], train_step.measure_against
-
-    def capture(op, shape, dtype, timed, *args, **kw):
-        impls.append(timed)
-        return measure_against(op, shape, dtype, timed, *args, **kw)
-
-    monkeypatch.setattr(train_step, "measure_against", capture)
-    monkeypatch.setattr(train_step, "matmul_tflops", lambda device, dtype: 1.0)
-    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--shapes", "2x9x37", "--objectives", "mdlm",
-                                      "--reps", "1", "--warmup", "1"])
-    train_step.main()
+    impls = _captured_impls(monkeypatch, train_step, ["--shapes", "2x9x37", "--objectives", "mdlm"])
     (timed,) = impls
     flops = {}
     for name, step in timed:
@@ -653,8 +633,8 @@ def test_the_eager_llada_step_scores_in_float64():
 
 
 def _captured_impls(monkeypatch, module, argv):
-    """Runs a bench script's main() with argv, its copy floor faked, and returns each measure_against
-    call's (name, fn) list."""
+    """Runs a bench script's main() on the CPU with argv, one untimed and one timed call, its floors
+    faked, and returns each measure_against call's (name, fn) list."""
     impls, measure_against = [], module.measure_against
 
     def capture(op, shape, dtype, timed, *args, **kw):
@@ -662,7 +642,9 @@ def _captured_impls(monkeypatch, module, argv):
         return measure_against(op, shape, dtype, timed, *args, **kw)
 
     monkeypatch.setattr(module, "measure_against", capture)
-    monkeypatch.setattr(module, "copy_bandwidth_gbps", lambda device: 1.0)
+    for floor in ("copy_bandwidth_gbps", "matmul_tflops"):
+        if hasattr(module, floor):
+            monkeypatch.setattr(module, floor, lambda *device_and_dtype: 1.0)
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", "--device", "cpu", *argv, "--reps", "1", "--warmup", "1"])
     module.main()
     return impls
