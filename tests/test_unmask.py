@@ -453,22 +453,31 @@ def test_a_top_k_past_int64_keeps_every_token(device):
     assert all(torch.equal(draws[0][0], d[0]) and torch.equal(draws[0][1], d[1]) for d in draws[1:])
 
 
+def assert_row_1_refused(x, x0, conf, why, **rule):
+    """commit_tokens refuses row 1 of x: the CPU raises a ValueError saying why; CUDA, which never
+    synchronises, counts it -1. Either way the row is left as it was."""
+    y = x.clone()
+    if x.device.type == "cpu":
+        with pytest.raises(ValueError, match=f"row 1 has {why}"):
+            dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **rule)
+    else:
+        assert dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **rule)[1] == -1
+    assert torch.equal(y[1], x[1])
+
+
 def test_bad_row_values(device):
+    # A window with start > end or outside [0, L] is refused, never taken as an empty or shifted
+    # window that silently commits nothing or writes another row; a NaN prob (0 / 0 in a schedule)
+    # is outside [0, 1], not a row that commits nothing every step.
     logits, x = masked_batch(2, 10, 20, device)
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
-    cases = [
-        dict(num_tokens=torch.tensor([1, -1], device=device)),
-        dict(num_tokens=1, window=torch.tensor([[0, 10], [4, 11]], device=device)),
-        dict(prob=torch.tensor([0.5, 1.5], device=device)),
-    ]
-    for kwargs in cases:
-        y = x.clone()
-        if device == "cpu":
-            with pytest.raises(ValueError, match="row 1 has"):
-                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **kwargs)
-        else:  # CUDA never synchronises: the row is left alone and reports -1
-            committed = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, **kwargs)
-            assert committed[1] == -1 and torch.equal(y[1], x[1])
+    assert_row_1_refused(x, x0, conf, "a negative num_tokens", num_tokens=torch.tensor([1, -1], device=device))
+    for window in ([4, 11], [5, 3], [-2, 4]):
+        for rule in (dict(num_tokens=2), dict(threshold=0.5), dict(prob=0.5)):
+            assert_row_1_refused(x, x0, conf, "a window outside", window=torch.tensor([[0, 10], window], device=device),
+                                 **rule)
+    for prob in (1.5, float("nan")):
+        assert_row_1_refused(x, x0, conf, "a prob outside", prob=torch.tensor([0.5, prob], device=device))
 
 
 def test_opcheck(device):
@@ -648,28 +657,6 @@ def test_position_temperature_draws_fresh_numbers_each_call(device):
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
-@pytest.mark.parametrize("bad", [[5, 3], [-2, 4]], ids=["start_after_end", "negative_start"])
-def test_windows_that_are_not_ranges_of_the_row_are_refused(device, bad):
-    # commit_tokens' documented contract: a window with start > end, or outside [0, L], is an
-    # error (CPU: ValueError naming the row; CUDA: the row is left alone and counts -1), never an
-    # empty or shifted window that silently commits nothing or writes another row.
-    g = torch.Generator().manual_seed(2)
-    B, L = 3, 9
-    x = torch.full((B, L), MASK)
-    x0, conf = torch.randint(0, MASK, (B, L), generator=g), torch.rand(B, L, generator=g)
-    x, x0, conf = x.to(device), x0.to(device), conf.to(device)
-    window = torch.tensor([[0, L], bad, [0, L]], device=device)
-    for rule in (dict(num_tokens=2), dict(threshold=0.5), dict(prob=0.5)):
-        y = x.clone()
-        if device == "cpu":
-            with pytest.raises(ValueError, match="row 1 has a window outside"):
-                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
-        else:
-            committed = dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
-            assert committed[1] == -1
-        assert torch.equal(y[1], x[1])  # the bad row is left as it was
-
-
 def test_a_nan_confidence_at_an_eligible_position_is_refused(device):
     # A NaN confidence (a model's NaN logits turned into scores) cannot be ranked: at an eligible
     # position it is an error (CPU: ValueError naming the row; CUDA: the row left alone, count -1);
@@ -685,13 +672,7 @@ def test_a_nan_confidence_at_an_eligible_position_is_refused(device):
     window = torch.tensor([[0, L - 1], [0, L], [0, L]])
     x, x0, conf, window = x.to(device), x0.to(device), conf.to(device), window.to(device)
     for rule in (dict(num_tokens=3), dict(threshold=0.5), dict(prob=1.0)):
-        y = x.clone()
-        if device == "cpu":
-            with pytest.raises(ValueError, match="row 1 has a NaN confidence"):
-                dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)
-        else:
-            assert dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, window=window, **rule)[1] == -1
-        assert torch.equal(y[1], x[1])
+        assert_row_1_refused(x, x0, conf, "a NaN confidence", window=window, **rule)
         # the rows without a NaN where it is read commit as usual
         counts = dllm.ops.commit_tokens(x[[0, 2]].clone(), x0[[0, 2]], conf[[0, 2]], mask_id=MASK,
                                         window=window[[0, 2]], **rule)
@@ -730,19 +711,3 @@ def test_a_non_contiguous_x_is_refused_not_written_at_the_wrong_positions(device
     with pytest.raises(RuntimeError, match="x is updated in place and must be contiguous"):
         dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=2)
     assert (x == MASK).all()
-
-
-def test_a_nan_commit_probability_is_refused(device):
-    # prob per row must lie in [0, 1]: a NaN one (0 / 0 in a schedule) raises on the CPU (CUDA:
-    # count -1), instead of committing nothing, every step.
-    g = torch.Generator().manual_seed(4)
-    x = torch.full((2, 9), MASK, device=device)
-    x0, conf = torch.randint(0, MASK, (2, 9), generator=g).to(device), torch.rand(2, 9, generator=g).to(device)
-    y = x.clone()
-    prob = torch.tensor([0.5, float("nan")], device=device)
-    if device == "cpu":
-        with pytest.raises(ValueError, match="row 1 has a prob outside"):
-            dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=prob)
-    else:
-        assert dllm.ops.commit_tokens(y, x0, conf, mask_id=MASK, prob=prob)[1] == -1
-    assert torch.equal(y[1], x[1])

@@ -484,7 +484,8 @@ class Trainer:
     def step_loss(self, nll_sum: torch.Tensor, L: int, sequences: int | None = None) -> float:
         """The training loss of a step of length ``L`` from the NLL summed over ``sequences`` (by
         default this process's share of the batch, which ``gradients`` sums over)."""
-        sequences = sequences or self.cfg.batch_size // self.world
+        if sequences is None:
+            sequences = self.cfg.batch_size // self.world
         return self.objective.train_loss(torch.full((sequences,), nll_sum.item() / sequences), L).item()
 
     def _save_before_nonfinite_step(self) -> str:
