@@ -199,25 +199,14 @@ def test_rotary_timed_calls_do_no_work_on_the_tables_alone(monkeypatch):
     """bench/rotary.py's peer is RoPE as models wrote it, whose tables were widened to D once a
     forward and shared by every layer's q and k: widening them in each timed call charged the peer
     with work its models did not do there. Every op of a timed call yields x, or half of it."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     monkeypatch.syspath_prepend(str(BENCH))
     import rotary
 
     (impls,) = _captured_impls(monkeypatch, rotary, ["--shapes", "2x5x3x8", "--no-compile"])
-
-    class Sizes(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            sizes.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out]))
-            return out
-
     x_numel = 2 * 5 * 3 * 8
     assert [name for name, _ in impls] == ["dllm", "torch, rotate-half"]
     for name, call in impls:
-        sizes = []
-        with Sizes():
-            call()
+        sizes = [t.numel() for _, outs in ops_run(call) for t in outs]
         assert sizes and min(sizes) >= x_numel // 2, (name, sizes)
     dllm_out, peer_out = (call() for _, call in impls)
     torch.testing.assert_close(peer_out, dllm_out)
@@ -550,27 +539,14 @@ def test_train_step_peer_computes_the_head_at_every_position(monkeypatch):
     assert full > dllm_flops, flops
 
 
-def test_the_llada_peer_draws_and_scores_in_float64():
+def test_the_llada_peer_draws_and_scores_in_float64(monkeypatch):
     """sample_categorical's LLaDA peer: float64 logits and noise (LLaDA's add_gumbel_noise)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    monkeypatch.syspath_prepend(str(BENCH))
+    from sample_categorical import gumbel_fp64_llada
 
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sample_categorical import gumbel_fp64_llada
-    finally:
-        sys.path.remove(str(BENCH))
     logits = torch.randn(5, 67).bfloat16()
-    dtypes = []
-
-    class Seen(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.numel() == logits.numel():
-                dtypes.append((str(func), out.dtype))
-            return out
-
-    with Seen():
-        gumbel_fp64_llada(logits, 0.7)
+    dtypes = [(op, t.dtype) for op, outs in ops_run(lambda: gumbel_fp64_llada(logits, 0.7))
+              for t in outs if t.numel() == logits.numel()]
     assert any("exp" in f and d == torch.float64 for f, d in dtypes), dtypes
     assert any("rand" in f and d == torch.float64 for f, d in dtypes), dtypes
 
@@ -611,25 +587,33 @@ def test_timed_steps_leave_the_fresh_canvas_untouched(monkeypatch):
 def test_the_eager_llada_step_scores_in_float64():
     """LLaDA's generate.py takes the confidence from a float64 softmax of the logits (and the Gumbel
     draw in float64): the eager peer does that work, not a cheaper float32 softmax."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from dllm.benchmarks.step_latency import llada_eager_step
 
     logits = torch.randn(2, 9, 41)
     x = torch.full((2, 9), 40)
-    softmaxes = []
-
-    class Seen(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if "softmax" in str(func):
-                softmaxes.append(args[0].dtype)
-            return func(*args, **(kwargs or {}))
-
     for temperature in (0.0, 1.0):
-        softmaxes.clear()
-        with Seen():
-            llada_eager_step(logits, x, torch.tensor([2, 3]), temperature, 40)
+        softmaxes = [outs[0].dtype for op, outs in ops_run(lambda: llada_eager_step(logits, x, torch.tensor([2, 3]),
+                                                                                   temperature, 40))
+                     if "softmax" in op]
         assert softmaxes == [torch.float64], (temperature, softmaxes)
+
+
+def ops_run(fn) -> list[tuple[str, list[torch.Tensor]]]:
+    """The aten ops fn runs, each with its tensor outputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ran = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            ran.append((str(func), [t for t in (out if isinstance(out, (tuple, list)) else [out])
+                                    if isinstance(t, torch.Tensor)]))
+            return out
+
+    with Record():
+        fn()
+    return ran
 
 
 def _captured_impls(monkeypatch, module, argv):

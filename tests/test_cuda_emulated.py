@@ -1020,9 +1020,8 @@ def test_rotary_strides_off_the_16_byte_grid(emulator, dtype, batch_seq_head_str
     """x's first element on a 16-byte boundary but one of its head, position or batch strides
     (elements) not a whole number of 16-byte chunks: the one-pair path (16-byte loads there would
     be misaligned, a fault on the GPU)."""
-    import test_rotary
     B, S, H, D = 2, 5, 3, 64
-    _, cos, sin = test_rotary.inputs("cpu", dtype, batch=B, seq=S, heads=H, dim=D)
+    _, cos, sin = rotary_inputs("cpu", dtype, batch=B, seq=S, heads=H, dim=D)
     storage = torch.randn(B * 1000 + 8, generator=gen(4)).to(dtype)
     x = storage.as_strided((B, S, H, D), (*batch_seq_head_strides, 1))
     assert x.data_ptr() % 16 == 0
@@ -1125,8 +1124,6 @@ def test_losses_read_the_padded_head_rows(emulator, dtype):
 def test_empty_inputs_launch_nothing(emulator):
     """No rows (an empty batch or sequence), no heads: empty results, as on the CPU, and no launch
     with a grid of 0 blocks (an invalid configuration on a GPU, and in the emulator)."""
-    import test_adaln
-    import test_rotary
     long = dict(dtype=torch.long)
     z = torch.randn(2, 0, 100)
     cases = {
@@ -1142,10 +1139,10 @@ def test_empty_inputs_launch_nothing(emulator):
             torch.ones(2), z, torch.zeros(2, 0, **long), torch.zeros(2, 0, **long), torch.ones(2), torch.ones(2),
             graph="absorb", scale_by_sigma=True),
     }
-    x, update, gate, weight, shift, scale = test_adaln.inputs("cpu", torch.bfloat16, batch=2, seq=0, dim=64)
+    x, update, gate, weight, shift, scale = adaln_inputs("cpu", torch.bfloat16, batch=2, seq=0, dim=64)
     cases["adaln"] = lambda ops: ops.adaln(x, weight, shift, scale, 1e-5)
     cases["adaln_residual"] = lambda ops: ops.adaln_residual(x, update, gate, weight, shift, scale, 1e-5)
-    q, cos, sin = test_rotary.inputs("cpu", torch.bfloat16, batch=2, seq=5, heads=3, dim=64)
+    q, cos, sin = rotary_inputs("cpu", torch.bfloat16, batch=2, seq=5, heads=3, dim=64)
     cases["rotary, no heads"] = lambda ops: ops.rotary(q[:, :, :0], cos, sin, False)
     cases["rotary, no sequences"] = lambda ops: ops.rotary(q[:0], cos, sin, False)
     for name, call in cases.items():

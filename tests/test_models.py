@@ -767,10 +767,6 @@ def test_from_pretrained_of_a_file_says_it_is_not_a_folder(tmp_path):
 
 
 def test_a_model_classs_from_pretrained_takes_the_dtype_asked_for(tmp_path):
-    import torch
-
-    from dllm.models import DiffusionTransformer, LLaDAModel
-
     torch.manual_seed(0)
     for arch, cls in (("dit", DiffusionTransformer), ("llada", LLaDAModel)):
         m = build_model(model_config("tiny", arch=arch, vocab_size=37, hidden=32, layers=1, heads=2))

@@ -891,8 +891,6 @@ def test_negative_special_ids_are_outside_the_vocabulary(tmp_path, key, attr, va
 
 
 def test_sedd_scales_by_sigma_by_default_under_the_absorbing_graph_only(tmp_path):
-    from test_published_checkpoints import dit_shapes, random_weights
-
     def uniform(scale):
         def edit(c):
             c["graph"]["type"] = "uniform"

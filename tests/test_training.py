@@ -1230,7 +1230,6 @@ def test_a_checkpoint_write_interrupted_by_ctrl_c_leaves_the_previous_one_and_no
 def test_each_logged_step_counts_its_own_tokens_in_bits_and_per_second(tmp_path, corpus, monkeypatch):
     """metrics.jsonl: bits_per_token is nll_per_token in bits; tokens and tok_per_s count the tokens
     the step trained on (batch_size x its seq_len, which random_length cuts), not seq_len's."""
-    import math
     import types
 
     import dllm.training.trainer as trainer_module
