@@ -407,23 +407,15 @@ __device__ inline void report_error(int64_t* first_error, int64_t encoded) {
   atomicMin(reinterpret_cast<unsigned long long*>(first_error), static_cast<unsigned long long>(encoded));
 }
 
-// One exact draw from softmax(weight) by the hierarchical Gumbel-max of
-// dllm/sample_categorical.h, given the group log-masses (in shared memory, published by a
-// barrier). weight(index, value) maps a logit to its log-weight (-inf: never drawn). The whole
-// block calls it; the chosen group is re-read, usually from L2.
+// The token drawn inside the group starting at lo, by the lower levels of the hierarchical
+// Gumbel-max of dllm/sample_categorical.h: a subgroup by its log-mass, then an element of it.
+// weight(index, value) maps a logit to its log-weight (-inf: never drawn). INT64_MAX when the
+// group holds no positive weight. The whole block calls it; the group is re-read, usually from L2.
 template <DType D, typename Weight>
-__device__ int64_t draw_hierarchical(const RowView<D>& view, int64_t vocab, const float* group_lse, Weight weight,
-                                     uint64_t seed, uint64_t offset, uint64_t row, ArgMax* argmax_scratch,
-                                     float* subgroup_lse) {
+__device__ int64_t draw_in_group(const RowView<D>& view, int64_t vocab, int64_t lo, Weight weight, uint64_t seed,
+                                 uint64_t offset, uint64_t row, ArgMax* argmax_scratch, float* subgroup_lse) {
   static_assert(kWarps == kSubgroupsPerGroup && kCategoricalSubgroup == 32 * 8);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
-  ArgMax pick{-kInf, INT64_MAX};
-  for (int64_t g = threadIdx.x; g < groups; g += kThreads)
-    if (group_lse[g] != -kInf)
-      pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, row, g, RngStream::kGroup), g});
-  const int64_t lo = block_argmax(pick, argmax_scratch).i * kCategoricalGroup;
-
   // Subgroup log-masses: warp w owns subgroup w, 8 consecutive elements a lane.
   const int64_t first = lo + threadIdx.x * 8;
   float y[8];
@@ -441,18 +433,35 @@ __device__ int64_t draw_hierarchical(const RowView<D>& view, int64_t vocab, cons
   const MaxSum sub = warp_max_sum(MaxSum{m, s});
   if (lane == 0) subgroup_lse[warp] = sub.m == -kInf ? -kInf : sub.m + __logf(sub.s);
   __syncthreads();
-  pick = ArgMax{-kInf, INT64_MAX};
+  ArgMax pick{-kInf, INT64_MAX};
   if (threadIdx.x < kSubgroupsPerGroup && subgroup_lse[threadIdx.x] != -kInf)
     pick = ArgMax{subgroup_lse[threadIdx.x] +
                       gumbel_at(seed, offset, row, lo / kCategoricalSubgroup + threadIdx.x, RngStream::kSubgroup),
                   int64_t(threadIdx.x)};
-  const int64_t idx = lo + block_argmax(pick, argmax_scratch).i * kCategoricalSubgroup + threadIdx.x;
+  const int64_t chosen = block_argmax(pick, argmax_scratch).i;  // the same in every thread
+  if (chosen == INT64_MAX) return INT64_MAX;
 
   // The token: Gumbel-max inside the chosen subgroup, one element a thread.
+  const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
   ArgMax el{-kInf, INT64_MAX};
   const float yi = idx < vocab ? weight(idx, view.at(idx)) : -kInf;
   if (yi != -kInf) el = ArgMax{yi + gumbel_at(seed, offset, row, idx, RngStream::kElement), idx};
   return block_argmax(el, argmax_scratch).i;
+}
+
+// One exact draw from softmax(weight) (see draw_in_group), given the group log-masses (in shared
+// memory, published by a barrier).
+template <DType D, typename Weight>
+__device__ int64_t draw_hierarchical(const RowView<D>& view, int64_t vocab, const float* group_lse, Weight weight,
+                                     uint64_t seed, uint64_t offset, uint64_t row, ArgMax* argmax_scratch,
+                                     float* subgroup_lse) {
+  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  ArgMax pick{-kInf, INT64_MAX};
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads)
+    if (group_lse[g] != -kInf)
+      pick = better(pick, ArgMax{group_lse[g] + gumbel_at(seed, offset, row, g, RngStream::kGroup), g});
+  const int64_t lo = block_argmax(pick, argmax_scratch).i * kCategoricalGroup;
+  return draw_in_group(view, vocab, lo, weight, seed, offset, row, argmax_scratch, subgroup_lse);
 }
 
 }  // namespace dllm::cuda

@@ -142,41 +142,9 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   if (group == INT64_MAX) return finish(-1, kSeddNoMass);
   if (group == groups) return finish(x, kSeddOk);
 
-  // The subgroup: warp w owns subgroup w, 8 consecutive elements a lane.
-  static_assert(kWarps == kSubgroupsPerGroup && kCategoricalSubgroup == 32 * 8);
-  const int64_t lo = group * kCategoricalGroup;
-  const int64_t first = lo + threadIdx.x * 8;
-  float y[8];
-  float m = -kInf;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    y[j] = first + j < K ? element_lw(IO<D>::load(row, first + j), first + j, x, s.clip, ref, clip) : -kInf;
-    m = fmaxf(m, y[j]);
-  }
-  float sum = 0.0f;
-  if (m != -kInf) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sum += expf(y[j] - m);
-  }
-  const MaxSum sub = warp_max_sum(MaxSum{m, sum});
-  if (lane == 0) scratch.subgroup_lw[warp] = sub.m == -kInf ? -kInf : sub.m + logf(sub.s);
-  __syncthreads();
-  pick = ArgMax{-kInf, INT64_MAX};
-  if (threadIdx.x < kSubgroupsPerGroup && scratch.subgroup_lw[threadIdx.x] != -kInf) {
-    const int64_t index = lo / kCategoricalSubgroup + threadIdx.x;
-    pick = ArgMax{scratch.subgroup_lw[threadIdx.x] + gumbel_at(seed, offset, r, index, RngStream::kSubgroup),
-                  int64_t(threadIdx.x)};
-  }
-  const int64_t chosen = block_argmax(pick, scratch.argmax).i;
-  // Unreachable when the group had positive mass; guards the index arithmetic below anyway.
-  if (chosen == INT64_MAX) return finish(-1, kSeddNoMass);
-
-  // The token: Gumbel-max inside the chosen subgroup, one element a thread.
-  const int64_t idx = lo + chosen * kCategoricalSubgroup + threadIdx.x;
-  ArgMax mine{-kInf, INT64_MAX};
-  const float lw = idx < K ? element_lw(IO<D>::load(row, idx), idx, x, s.clip, ref, clip) : -kInf;
-  if (lw != -kInf) mine = ArgMax{lw + gumbel_at(seed, offset, r, idx, RngStream::kElement), idx};
-  const int64_t token = block_argmax(mine, scratch.argmax).i;
+  auto weight = [&](int64_t i, float l) { return element_lw(l, i, x, s.clip, ref, clip); };
+  const int64_t token = draw_in_group(view, K, group * kCategoricalGroup, weight, seed, offset, r, scratch.argmax,
+                                      scratch.subgroup_lw);
   finish(token, token == INT64_MAX ? kSeddNoMass : kSeddOk);
 }
 
