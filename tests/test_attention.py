@@ -492,3 +492,28 @@ def test_malformed_cu_seqlens_are_refused_on_the_cpu(case):
         cu_k, max_k = torch.tensor([0, 3, 10]), 7
     with pytest.raises(ValueError, match="cu_seqlens must start at 0|longer than max_seqlen"):
         dllm.ops.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
+
+
+def test_reference_never_reads_keys_or_values_past_kv_len():
+    # dllm.reference.attention, like the op, must ignore a KV-cache buffer's unwritten tail: NaN
+    # there (0 * NaN is NaN in probs @ v) must leave the output equal to that of a clean buffer.
+    g = torch.Generator().manual_seed(17)
+    B, Sq, Sk, H, Hkv, D = 3, 5, 37, 4, 2, 24
+    q, k, v = (torch.randn(B, s, h, D, generator=g) for s, h in ((Sq, H), (Sk, Hkv), (Sk, Hkv)))
+    kv_len = torch.tensor([Sk, 19, 0])
+    pad = torch.arange(Sk)[None, :] >= kv_len[:, None]
+    k_nan, v_nan = (t.masked_fill(pad[:, :, None, None], float("nan")) for t in (k, v))
+    for upcast in (True, False):
+        clean = reference(q, k, v, kv_len, upcast=upcast)
+        got = reference(q, k_nan, v_nan, kv_len, upcast=upcast)
+        assert got.isfinite().all() and torch.equal(got, clean)
+        assert (clean[2] == 0).all()  # a row with no key is zero
+
+
+def test_reference_takes_an_explicit_scale_of_zero_as_given():
+    # softmax_scale=0.0 is a scale (every key weighs the same: the mean of the values), not "use the default"
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(2, 7, 2, 16, generator=g), torch.randn(2, 11, 1, 16, generator=g), torch.randn(2, 11, 1, 16, generator=g)
+    out = reference(q, k, v, softmax_scale=0.0)
+    want = v.double().mean(1, keepdim=True).expand(2, 7, 2, 16)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)

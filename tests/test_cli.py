@@ -870,3 +870,154 @@ def test_a_device_that_is_neither_the_cpu_nor_cuda_is_refused_also_where_a_gpu_i
     for spec in ("mps", "meta", "xpu:0"):
         with pytest.raises(ValueError, match=rf"device '{spec}' is not supported: use cpu, cuda, cuda:N or auto"):
             resolve_device(spec, local_rank=1)
+
+
+def test_eval_of_a_bpe_run_reproduces_its_validation_in_its_cache(tmp_path, monkeypatch):
+    """`dllm eval` tokenizes the held-out split with the run's own BPE (not bytes) and in the run's
+    --cache-dir (not the default cache): the numbers are the trainer's last validation."""
+    corpus = make_corpus(tmp_path / "corpus")
+    res = train(**tiny(tmp_path, corpus, tokenizer="bpe", bpe_vocab_size=300, steps=2, ema=0, hidden=32, layers=1,
+                       heads=2))
+    monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "default-cache"))
+    record = tmp_path / "run" / "run_config.json"  # as if --max-time had ended a run given --steps 50
+    run = json.loads(record.read_text())
+    run["train"]["steps"] = 50
+    record.write_text(json.dumps(run))
+    got = run_eval(tmp_path / "run" / "model", device="cpu", progress=False)
+    assert got["step"] == res["step"] == 2  # the step of the weights evaluated
+    for key in ("val_nll_per_token", "val_bpb"):
+        assert got[key] == pytest.approx(res[key], rel=1e-5), (key, got[key], res[key])
+    assert not (tmp_path / "default-cache").exists()
+
+
+def test_eval_refuses_a_seed_out_of_range_in_python_too():
+    for seed in (-1, 2**63):
+        with pytest.raises(ValueError, match=r"--seed must lie in \[0, 2\^63\)"):
+            run_eval("nowhere", seed=seed, device="cpu")
+
+
+def test_sample_eval_and_demo_defaults_are_those_their_help_states(monkeypatch, capsys):
+    """The defaults that --help and the README state, as the commands receive them (an option left out
+    takes the documented value; eval's --seed is the run's, so None)."""
+    import dllm.demo
+    import dllm.eval_cli
+    import dllm.sample_cli
+
+    seen = {}
+    monkeypatch.setattr(dllm.sample_cli, "run_sample", lambda model, **kw: seen.update(sample=kw) or [])
+    monkeypatch.setattr(dllm.eval_cli, "run_eval", lambda model, **kw: seen.update(eval=kw) or {})
+    monkeypatch.setattr(dllm.demo, "run_demo", lambda *args: seen.update(demo=args))
+    assert main(["sample", "m"]) == 0 and main(["eval", "m"]) == 0 and main(["demo"]) == 0
+    assert seen["sample"] == dict(prompt="", gen_length=128, steps=64, sampler=None, temperature=None,
+                                  block_length=None, num_samples=1, seed=0, device="auto", show_steps=False,
+                                  cache=None, cuda_graph=False)
+    assert seen["eval"] == dict(batches=None, batch_size=None, device="auto", seed=None)
+    assert seen["demo"] == ("out/demo", 3.0, 128, 64, "auto", False, 0, "bpe")
+    # every demo flag reaches run_demo; --gen-length takes any multiple of 8 from 16
+    for length in (16, 24):
+        assert main(["demo", "--minutes", "0.5", "--out-dir", "o", "--gen-length", str(length), "--steps", "5",
+                     "--device", "cpu", "--retrain", "--seed", "9", "--tokenizer", "byte"]) == 0
+        assert seen["demo"] == ("o", 0.5, length, 5, "cpu", True, 9, "byte")
+    capsys.readouterr()
+
+
+def test_train_prints_its_result_on_rank_0_only(tmp_path, monkeypatch, capsys):
+    import dllm.training
+
+    monkeypatch.setattr(dllm.training, "train", lambda cfg: {"step": 7})
+    for rank, want in (("0", '{"step": 7}\n'), ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--out-dir", str(tmp_path / "run")]) == 0
+        assert capsys.readouterr().out == want, rank
+
+
+def test_train_logs_its_validations_to_stderr(tmp_path):
+    """`dllm train` shows the library's INFO lines (each validation's bits per byte), and prints its
+    result as one JSON line."""
+    corpus = make_corpus(tmp_path / "corpus")
+    opts = tiny(tmp_path, corpus, steps=2, ema=0, hidden=32, layers=1, heads=2)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in opts.items() if not isinstance(v, bool)] + ["--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "dllm.cli", "train", *args], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert f"step 2: val_bpb {result['val_bpb']:.4f}" in r.stderr, r.stderr[-3000:]
+
+
+def test_sample_passes_the_cache_on_and_dream_samples_with_its_own_sampler(tmp_path, capsys, monkeypatch):
+    import dllm.sample_cli
+    from dllm.sample_cli import _default_sampler
+
+    for layout, want in (("llada", "llada"), ("mdlm", "mdlm"), ("sedd", "sedd-analytic"), ("dream", "dream")):
+        make_checkpoint(tmp_path / layout, layout)
+        assert _default_sampler(str(tmp_path / layout)) == want, layout
+    seen, real = [], dllm.sample_cli.generate
+    monkeypatch.setattr(dllm.sample_cli, "generate", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    common = ["--device", "cpu", "--gen-length", "8", "--steps", "4"]
+    for cache in ("prefix", "dual"):
+        assert main(["sample", str(tmp_path / "llada"), "--prompt", "w3 w7", "--sampler", "fast-dllm",
+                     "--block-length", "4", "--cache", cache, *common]) == 0
+        assert seen[-1]["cache"] == cache and seen[-1]["sampler"] == "fast-dllm"
+    assert main(["sample", str(tmp_path / "dream"), "--prompt", "w3 w7", *common]) == 0
+    assert seen[-1]["sampler"] == "dream" and "--- sample 1 (dream," in capsys.readouterr().out
+
+
+def test_demo_passes_retrain_seed_and_steps_on(tmp_path, monkeypatch):
+    """run_demo with its training and loading replaced by tiny untrained models: --retrain reaches the
+    training, --seed seeds the sampling stream, --steps is the unconditional samples' step count."""
+    import dllm.demo
+    from dllm.models import build_model, model_config
+
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    small = dict(vocab_size=tok.vocab_size, hidden=32, heads=2, layers=1, max_seq_len=64)
+    mdlm = build_model(model_config("tiny", arch="dit", **small)).eval()
+    mdlm.mask_id = tok.mask_id
+    ar = build_model(model_config("tiny", arch="ar", **small)).eval()
+    models = {"mdlm": (mdlm, tok, "masked"), "ar": (ar, tok, "ar")}
+    trained, calls = [], []
+    monkeypatch.setattr(dllm.demo, "train_for_minutes", lambda obj, out, minutes, **kw: trained.append(kw) or out / obj)
+    monkeypatch.setattr(dllm.demo, "load_for_sampling", lambda d, device: models[d.name])
+    real_generate = dllm.demo.generate
+    monkeypatch.setattr(dllm.demo, "generate", lambda model, *a, **kw: calls.append(kw) or real_generate(model, *a, **kw))
+    timings = []
+    monkeypatch.setattr(dllm.demo, "time_interleaved",
+                        lambda fns, device, **kw: timings.append(kw) or [[1.0] * kw["reps"]] * len(fns))
+    for retrain, seed, steps in ((True, 12345, 6), (False, 3, 4)):
+        trained.clear(), calls.clear()
+        dllm.demo.run_demo(out_dir=str(tmp_path), gen_length=24, steps=steps, device="cpu", retrain=retrain, seed=seed)
+        assert [kw["retrain"] for kw in trained] == [retrain, retrain]
+        assert calls[0]["steps"] == steps and calls[0]["gen_length"] == 24
+        assert all(kw["generator"].initial_seed() == seed for kw in calls)
+        speed = json.loads((tmp_path / "speed.json").read_text())
+        assert timings[-1]["reps"] == 3 and speed["timing"].startswith("median of 3 calls")  # as it reports
+
+
+def test_sample_passes_the_temperature_to_an_autoregressive_model(tmp_path, capsys, monkeypatch):
+    """An autoregressive folder decodes at --temperature too: 0 is greedy (every sample the same), the
+    default is the documented 0.8, not the model's own default of 1."""
+    from dllm.data.tokenizer import tokenizer_config
+    from dllm.models import build_model, model_config
+    from dllm.sample_cli import run_sample
+
+    torch.manual_seed(0)
+    net = build_model(model_config("tiny", arch="ar", vocab_size=258, hidden=32, heads=2, layers=1, max_seq_len=64))
+    net.save_pretrained(tmp_path, tokenizer=tokenizer_config(ByteTokenizer()), objective={"name": "ar"})
+    opts = dict(prompt="def f(", gen_length=19, steps=1, sampler=None, block_length=None, num_samples=3, seed=4,
+                device="cpu", show_steps=False)
+    greedy = run_sample(str(tmp_path), temperature=0.0, **opts)
+    assert len(greedy) == 3 and len(set(greedy)) == 1, greedy
+    drawn = run_sample(str(tmp_path), temperature=1.0, **opts)
+    assert len(set(drawn)) == 3, drawn  # 19 tokens drawn from an untrained model's near-uniform 258 entries
+    seen, starts, real = [], [], type(net).generate
+
+    def spy(self, start, *args, **kw):
+        seen.append(kw["temperature"]), starts.append(start)
+        return real(self, start, *args, **kw)
+
+    monkeypatch.setattr(type(net), "generate", spy)
+    run_sample(str(tmp_path), temperature=None, **{**opts, "num_samples": 1})
+    assert seen == [0.8]
+    # an empty prompt starts from end-of-text, the token that separates the documents it trained on
+    run_sample(str(tmp_path), temperature=None, **{**opts, "prompt": "", "num_samples": 1})
+    assert starts[-1].tolist() == [[ByteTokenizer().eos_id]]
+    capsys.readouterr()

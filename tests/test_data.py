@@ -1,12 +1,16 @@
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from dllm.data import BatchOrder, ByteTokenizer, load_corpus, load_tokenizer, prepare, train_bpe
+from dllm.data.corpus import _is_val
 from dllm.data.dataset import PackedDataset
 from dllm.data.tokenizer import token_byte_lengths
 
@@ -431,8 +435,6 @@ def test_bytes_per_token_of_sentencepiece_style_tokenizers():
 def test_files_of_one_text_still_leave_text_to_train_on(tmp_path):
     """Every file the same text goes to one side of the split by whole files; the tail split then
     keeps the asked share on each side instead of an empty training split."""
-    from dllm.data.corpus import _is_val
-
     held_out = [name for name in (f"copy{i}.txt" for i in range(100)) if _is_val(name, 0.6)][:3]
     for name in held_out:  # names whole-file holding out sends to validation
         (tmp_path / name).write_text("the same text in every file\n" * 20)
@@ -657,8 +659,6 @@ def test_a_batch_order_refuses_the_position_of_another_seed():
 
 @pytest.mark.parametrize("share,whole_files", [(0.04, False), (0.06, True), (0.19, True), (0.25, False)])
 def test_whole_files_are_held_out_between_half_and_twice_val_fraction(tmp_path, caplog, share, whole_files):
-    from dllm.data.corpus import _is_val
-
     held = next(n for n in (f"v{i}.txt" for i in range(200)) if _is_val(n, 0.1))
     kept = next(n for n in (f"t{i}.txt" for i in range(200)) if not _is_val(n, 0.1))
     total = 4000
@@ -807,3 +807,190 @@ def test_the_batch_orders_of_two_seeds_are_not_shifted_copies():
         a, b = BatchOrder(n, seed=s), BatchOrder(n, seed=s + 1)
         a.next(n)
         assert not np.array_equal(a.next(n), b.next(n))
+
+
+def test_a_bpe_encodes_characters_its_training_text_never_held():
+    """Byte-level BPE starts from all 256 bytes: a prompt's characters the training text lacked (an accent,
+    an emoji, another script) still encode, and decode back, instead of vanishing."""
+    rng = np.random.default_rng()
+    texts = ["".join(rng.choice(list("abcdef xyz\n()=:"), size=int(rng.integers(150, 300)))) for _ in range(5)]
+    tok = train_bpe(texts, vocab_size=300, progress=False)
+    unseen = "".join(chr(int(c)) for c in rng.integers(0xA0, 0x2FFF, size=int(rng.integers(5, 30)))) + "QZ\u00e9\U0001F600"
+    ids = tok.encode("def " + unseen)
+    assert tok.decode(ids) == "def " + unseen
+
+
+def _held_big_file_name(val_fraction):
+    # first in file order and held out whole: whole files would put ~75% in validation, so the tail is held out
+    return next(n for n in (f"a{i}.txt" for i in range(500)) if _is_val(n, val_fraction))
+
+
+def _check_every_character_once(c, files):
+    """Each file's text is its training part then its validation part, each entry named once, none empty."""
+    names = [rel for rel, _ in c.train + c.val]
+    assert len(names) == len(set(names)) and all(t for _, t in c.train + c.val)
+    train, val = dict(c.train), dict(c.val)
+    for rel, text in files.items():
+        assert train.get(rel, "") + val.get(rel + "#val", val.get(rel, "")) == text, rel
+    assert {rel.removesuffix("#val") for rel in names} == set(files)
+
+
+def test_the_tail_split_keeps_a_file_after_the_cut_whole(tmp_path):
+    """The cut falls in m.txt; z.txt, longer than the rest of m.txt, lies wholly after it and is held out
+    whole (not cut to its last characters)."""
+    rng = np.random.default_rng()
+    vf = 0.2
+    sizes = {_held_big_file_name(vf): 3000, "m.txt": 300, "z.txt": 700}
+    files = {n: "".join(rng.choice(list("abcdefgh \n"), size=s)) for n, s in sizes.items()}
+    for n, t in files.items():
+        (tmp_path / n).write_text(t)
+    c = load_corpus(tmp_path, val_fraction=vf)
+    _check_every_character_once(c, files)
+    assert sum(len(t) for _, t in c.val) == pytest.approx(vf * 4000, abs=1)
+    assert dict(c.val)["z.txt"] == files["z.txt"] and "m.txt#val" in dict(c.val)
+
+
+def test_copies_follow_their_first_copy_once_when_the_tail_is_held_out(tmp_path):
+    """A copy of a training file and a copy of a held-out file, in a corpus split by its tail: each copy
+    is read once, on its first copy's side, and the held-out share counts each text once; a copy of the
+    file the cut falls in would put its text on both sides, and is left out."""
+    rng = np.random.default_rng()
+    vf = 0.2
+    big = _held_big_file_name(vf)
+    files = {big: "".join(rng.choice(list("abcdefgh \n"), size=3000)),
+             "m.txt": "".join(rng.choice(list("ijklmn \n"), size=300)),
+             "z.txt": "".join(rng.choice(list("opqrst \n"), size=700))}
+    files["n.txt"], files["zz.txt"] = files[big], files["z.txt"]  # copies, after their first copies
+    for n, t in files.items():
+        (tmp_path / n).write_text(t)
+    (tmp_path / "mm.txt").write_text(files["m.txt"])  # a copy of the file the cut falls in: on neither side
+    c = load_corpus(tmp_path, val_fraction=vf)
+    _check_every_character_once(c, files)
+    assert not any(a in b for _, a in c.train for _, b in c.val) and not any(a in b for _, a in c.val for _, b in c.train)
+    train_names, val_names = {r for r, _ in c.train}, {r for r, _ in c.val}
+    assert {big, "n.txt"} <= train_names and {"z.txt", "zz.txt"} <= val_names
+    assert sum(len(t) for r, t in c.val if r != "zz.txt") == pytest.approx(vf * 4000, abs=1)
+
+
+def test_the_standard_library_corpus_reads_python_sources_only(tmp_path, monkeypatch):
+    rng = np.random.default_rng()
+    for name in ("mod.py", "other.py", "notes.txt", "README", "data.json", "guide.md"):
+        (tmp_path / name).write_text("x = %d\n" % rng.integers(1000) * int(rng.integers(30, 80)))
+    monkeypatch.setattr("dllm.data.corpus.stdlib_root", lambda: tmp_path)
+    c = load_corpus(None, val_fraction=0.3)
+    assert sorted({r.removesuffix("#val") for r, _ in c.train + c.val}) == ["mod.py", "other.py"]
+    assert not c.skipped
+
+
+def test_a_bpe_of_another_size_is_trained_not_taken_from_the_cache(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    kw = dict(tokenizer="bpe", seq_len=16, val_fraction=0.2, cache_dir=str(tmp_path / "cache"), progress=False)
+    sizes = [int(s) for s in np.random.default_rng().choice(np.arange(290, 420), size=2, replace=False)]
+    for size in sizes:
+        assert prepare(str(corpus), bpe_vocab_size=size, **kw).tokenizer.vocab_size == size
+    assert prepare(str(corpus), bpe_vocab_size=sizes[0], **kw).tokenizer.vocab_size == sizes[0]
+
+
+def test_a_bpe_of_the_size_asked_is_not_reported_as_smaller(corpus_dir_texts, caplog):
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        tok = train_bpe(corpus_dir_texts, vocab_size=300, progress=False)
+    assert tok.vocab_size == 300 and "fewer than" not in caplog.text
+
+
+@pytest.fixture
+def corpus_dir_texts(tmp_path):
+    return [p.read_text() for p in sorted(make_corpus(tmp_path / "corpus").iterdir())]
+
+
+def test_the_token_cache_holds_every_file_of_a_corpus_of_many_files(tmp_path):
+    """Corpora are tokenized in chunks of files (for the progress bar): with over a hundred files, every
+    file's tokens and its end-of-text are in the stream, in order."""
+    rng = np.random.default_rng()
+    d = tmp_path / "corpus"
+    d.mkdir()
+    n = int(rng.integers(140, 200))
+    for i in range(n):
+        (d / f"f{i:03d}.txt").write_text("".join(rng.choice(list("abc \n\u00e9"), size=int(rng.integers(5, 40)))) + "x")
+    p = prepare(str(d), seq_len=4, val_fraction=0.1, cache_dir=str(tmp_path / "cache"), progress=False)
+    c, tok = load_corpus(d, val_fraction=0.1), ByteTokenizer()
+    for split, docs in (("train", c.train), ("val", c.val)):
+        want = np.concatenate([x for _, t in docs for x in (tok.encode(t), [tok.eos_id])])
+        assert np.array_equal(np.asarray(getattr(p, split).tokens, dtype=np.int64), want), split
+        assert p.meta[f"{split}_files"] == len(docs)
+
+
+def test_a_tokenizer_json_that_adds_a_start_token_encodes_text_alone(tmp_path):
+    """A tokenizer.json whose post-processor puts <s> before every input (LLaMA-style templates): corpus
+    files, prompts and infill contexts are text alone, with no <s> in the middle of a packed stream."""
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    t = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    t.pre_tokenizer, t.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    t.add_special_tokens(["<s>"])
+    bos = t.token_to_id("<s>")
+    t.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    t.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    rng = np.random.default_rng()
+    texts = ["".join(rng.choice(list("def x():\n\u00e9"), size=int(rng.integers(3, 40)))) for _ in range(3)]
+    for text, batched in zip(texts, tok.encode_batch(texts)):
+        ids = tok.encode(text)
+        assert bos not in ids.tolist() and list(batched) == list(ids) and tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("meta", ["{}", "[]", "null", '{"dtype": "uint16", "train_tokens": null, "val_tokens": 1}'])
+def test_a_token_cache_whose_meta_json_is_valid_json_of_another_shape_is_rebuilt(tmp_path, caplog, meta):
+    corpus = make_corpus(tmp_path / "corpus")
+    kw = dict(seq_len=16, cache_dir=str(tmp_path / "cache"), val_fraction=0.2, progress=False)
+    want = np.array(prepare(str(corpus), **kw).train.tokens)
+    meta_json = next((tmp_path / "cache" / "tokens").glob("*/meta.json"))
+    meta_json.write_text(meta)
+    with caplog.at_level(logging.WARNING, logger="dllm"):
+        again = prepare(str(corpus), **kw)
+    assert "incomplete or damaged; tokenizing again" in caplog.text
+    assert np.array_equal(np.asarray(again.train.tokens), want)
+
+
+def _terminal_output(code: str) -> str:
+    """What ``python -c code`` writes to a terminal (a pseudo-terminal: progress bars draw only on one)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    main, child = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    assert proc.wait(timeout=120) == 0, out[-2000:]
+    return out.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_no_progress_silences_the_bpe_trainers_bars_on_a_terminal(tmp_path, progress):
+    corpus = make_corpus(tmp_path / "corpus")
+    out = _terminal_output("from dllm.data import prepare\n"
+                           f"prepare({str(corpus)!r}, tokenizer='bpe', bpe_vocab_size=300, seq_len=16, "
+                           f"val_fraction=0.2, cache_dir={str(tmp_path / 'cache')!r}, progress={progress})\n")
+    assert ("merges" in out) == progress  # the trainer's "Compute merges" bar
+
+
+def test_the_name_stdlib_is_the_standard_library_not_a_folder_of_that_name(tmp_path, monkeypatch):
+    """``--data stdlib`` names the standard library (as leaving --data out does), even where the working
+    folder holds a folder called stdlib."""
+    rng = np.random.default_rng()
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("mod.py", "other.py", "third.py"):
+        (lib / name).write_text("x = %d\n" % rng.integers(1000) * int(rng.integers(30, 80)))
+    monkeypatch.setattr("dllm.data.corpus.stdlib_root", lambda: lib)
+    work = tmp_path / "work"
+    (work / "stdlib").mkdir(parents=True)
+    (work / "stdlib" / "unrelated.txt").write_text("not the standard library\n" * 40)
+    monkeypatch.chdir(work)
+    named, default = load_corpus("stdlib", val_fraction=0.3), load_corpus(None, val_fraction=0.3)
+    assert named.hash == default.hash and named.root == str(lib)

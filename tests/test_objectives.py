@@ -766,3 +766,37 @@ def test_mdlm_step_bound_masks_at_rate_t_and_everything_at_t_1():
     assert torch.equal(seen[0], x_t) and (seen[0][:2] == tok.mask_id).all()
     want = masked_diffusion_reference(logits.double(), x_t, x0, 1 / draws["t"].double(), mask_id=tok.mask_id)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make, match", [
+    # a float vocabulary size is not silently truncated (2.7 -> a 2-token graph), nor a string read as a number
+    (lambda: dllm.sedd.Absorbing(2.7), "vocab_size must be an integer"),
+    (lambda: dllm.sedd.Uniform(50.0), "vocab_size must be an integer"),
+    (lambda: dllm.sedd.Absorbing("50"), "vocab_size must be an integer"),
+])
+def test_graphs_refuse_a_vocab_size_that_is_not_an_integer(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+def test_geometric_refuses_equal_sigmas():
+    # sigma_min == sigma_max is a constant schedule: dsigma = 0 weighs every loss term by 0 and the
+    # samplers' steps move nothing
+    with pytest.raises(ValueError, match="sigma_max must exceed sigma_min"):
+        Geometric(0.5, 0.5)
+    assert Geometric(0.5, 0.5000001).sigma_max > 0.5  # any increase is a schedule
+
+
+def test_get_noise_takes_the_same_name_twice():
+    # a name given both ways is fine when the two agree (a config spread next to its name)
+    cfg = Geometric(1e-3, 5.0).config()
+    again = dllm.sedd.get_noise(cfg["type"], **cfg)
+    assert type(again) is Geometric and again.config() == cfg
+    with pytest.raises(ValueError, match="two names"):
+        dllm.sedd.get_noise("loglinear", type="geometric")
+
+
+def test_geometric_refuses_a_zero_sigma_min():
+    # log(0) = -inf would make sigma(t) = exp(-inf + t * inf) NaN for every t > 0
+    with pytest.raises(ValueError, match="sigma_min must be a positive finite number"):
+        Geometric(0.0, 20.0)

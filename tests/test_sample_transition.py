@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import dllm
+from dllm.sedd import reference as ref
 from stats import chi_square_pvalue, poisson_z
 from threads import assert_same_under_threads
 
@@ -129,3 +130,26 @@ def test_graph_objects_draw_from_the_generator_they_are_given(graph):
         torch.manual_seed(seed)
         assert torch.equal(graph.sample_transition(x0, sigma, generator=torch.Generator().manual_seed(7)), want)
     assert (want != x0).any()
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_reference_forward_process_moves_at_rate_one_minus_exp_minus_sigma(graph):
+    # dllm.sedd.reference.sample_transition (ALGORITHMS.md: with probability 1 - e^-sigma a token
+    # moves, to the mask or to a uniform token, itself included) was tested nowhere: draws of one
+    # clean token per sigma against the exact law, computed here from the formula.
+    k, n = 13, 1 << 16
+    sigma = torch.tensor([0.15, 1.3, 4.0], dtype=torch.float64)
+    x0 = torch.full((3, n), 5)
+    x_t = ref.sample_transition(x0, sigma, graph=graph, num_classes=k, generator=torch.Generator().manual_seed(3))
+    assert x_t.dtype == torch.int64 and x_t.shape == x0.shape
+    again = ref.sample_transition(x0, sigma, graph=graph, num_classes=k, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again, x_t)  # a seeded generator reproduces the draws
+    for b in range(3):
+        p_move = -math.expm1(-sigma[b].item())
+        probs = np.zeros(k)
+        if graph == "absorb":
+            probs[k - 1] = p_move
+        else:
+            probs[:] = p_move / k
+        probs[5] += 1 - p_move
+        assert chi_square_pvalue(x_t[b], probs) > P_MIN, b

@@ -458,3 +458,49 @@ def test_full_sampling_loop_with_schedule(device, graph_cls, method):
     if graph_cls is dllm.sedd.Absorbing:
         assert all(m1 <= m0 for m0, m1 in zip(masks, masks[1:])) and masks[0] == b * l > masks[steps // 2]
         assert (x < graph.num_classes - 1).all()
+
+
+@pytest.mark.parametrize("graph, method", [("absorb", "analytic"), ("absorb", "euler"), ("absorb", "denoise"),
+                                           ("uniform", "analytic"), ("uniform", "euler")])
+def test_reference_step_draws_from_its_normalised_weights(graph, method):
+    # The eager reference step (the benchmarks' baseline, public as dllm.sedd.reference.sedd_step)
+    # must draw each position's token from step_weights / step_weights.sum(): an exponential race
+    # w_y / E_y. Its only other test checks that it picks a positive weight, which a draw from the
+    # wrong law (w_y * E_y, or the plain argmax of w) also does.
+    g = torch.Generator().manual_seed(23)
+    k, n = 11, 1 << 16
+    row = torch.randn(k, generator=g, dtype=torch.float64) * 1.5
+    x = k - 1 if graph == "absorb" else 4
+    sbs = graph == "absorb"  # as SEDD trains each graph
+    sigma, dsig = (0.8, 0.8) if method == "denoise" else (0.8, 0.3)
+    w = ref.step_weights(row[None, None], torch.tensor([[x]]), torch.tensor([sigma], dtype=torch.float64),
+                         torch.tensor([dsig], dtype=torch.float64), graph=graph, method=method, scale_by_sigma=sbs)[0, 0]
+    probs = (w / w.sum()).numpy()
+    assert (probs > 0.01).sum() >= 3 and probs.max() < 0.9  # a law a greedy pick or a skewed race would miss
+    args = (row.expand(n, 1, k), torch.full((n, 1), x), torch.full((n,), sigma, dtype=torch.float64),
+            torch.full((n,), dsig, dtype=torch.float64))
+    kw = dict(graph=graph, method=method, scale_by_sigma=sbs)
+    tokens = ref.sedd_step(*args, **kw, generator=torch.Generator().manual_seed(5))
+    assert chi_square_pvalue(tokens, probs) > P_MIN
+    # a seeded generator reproduces the draws (the benchmarks' baseline is rerun with one)
+    assert torch.equal(ref.sedd_step(*args, **kw, generator=torch.Generator().manual_seed(5)), tokens)
+
+
+@pytest.mark.parametrize("graph_cls", [dllm.sedd.Absorbing, dllm.sedd.Uniform])
+def test_graph_step_defaults_to_the_analytic_method(graph_cls):
+    # graph.step's method defaults to "analytic" (SEDD's Tweedie tau-leaping), not euler
+    graph = graph_cls(23)
+    K = graph.num_classes
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 301, K, generator=g) * 2
+    x = torch.randint(0, K, (2, 301), generator=g)
+    if graph.name == "absorb":
+        x[:, ::2] = graph.mask_id
+    sigma, dsig = torch.tensor([0.9, 2.0]), torch.tensor([0.9, 1.5])  # e^dsig - 1 far from dsig
+
+    def op(method):
+        return dllm.ops.sedd_step(logits, x, sigma, dsig, graph=graph.name, method=method,
+                                  scale_by_sigma=graph.scale_by_sigma, generator=torch.Generator().manual_seed(8))
+
+    got = graph.step(logits, x, sigma, dsig, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(got, op("analytic")) and not torch.equal(got, op("euler"))

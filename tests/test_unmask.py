@@ -711,3 +711,26 @@ def test_a_non_contiguous_x_is_refused_not_written_at_the_wrong_positions(device
     with pytest.raises(RuntimeError, match="x is updated in place and must be contiguous"):
         dllm.ops.commit_tokens(x, x0, conf, mask_id=MASK, num_tokens=2)
     assert (x == MASK).all()
+
+
+def test_references_leave_float64_logits_untouched():
+    # The references set the mask column to -inf in a float64 copy: with float64 logits,
+    # .double() is the caller's own tensor, which must not be written to.
+    g = torch.Generator().manual_seed(31)
+    logits = torch.randn(2, 9, 131, generator=g, dtype=torch.float64)
+    x = torch.full((2, 9), MASK)
+    tokens = torch.randint(0, MASK, (2, 9), generator=g)
+    before = logits.clone()
+    ref.clean_log_probs(logits, MASK)
+    ref.confidence(logits, tokens, MASK, "prob")
+    ref.predict_masked_greedy(logits, x, MASK, "margin", 1)
+    ref.filtered_proposal_probs(logits, MASK, 0.7, top_k=5, top_p=0.9)
+    ref.proposal_confidence(logits, tokens, MASK, "entropy", 1.0)
+    assert torch.equal(logits, before)
+
+
+def test_linear_transfer_counts_refuses_a_batch_of_more_than_one_dimension():
+    # (x == mask_id).sum(-1, keepdim=True) gives [B, 1]: a clear error, not torch's expand failure
+    for masked in (torch.tensor([[3], [1]]), torch.tensor([[3, 1], [2, 2]])):
+        with pytest.raises(ValueError, match=r"masked must be \[B\], one count per row"):
+            linear_transfer_counts(masked, 2)
