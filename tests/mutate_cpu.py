@@ -546,6 +546,7 @@ MUTANTS = [
     ("python/dllm/data/tokenizer.py", "show_progress=progress,", "show_progress=True,", ["test_data"]),
     ("python/dllm/data/dataset.py", "except (OSError, ValueError, KeyError, TypeError):", "except (OSError, ValueError):",
      ["test_data"]),
+    ("python/dllm/data/corpus.py", 'if b"\\x00" in raw[:8192]:', 'if b"\\x00" in raw[:4096]:', ["test_data"]),
 ]
 
 

@@ -764,9 +764,9 @@ def test_the_token_cache_follows_dllm_cache(tmp_path, monkeypatch):
     assert list((tmp_path / "elsewhere" / "tokens").iterdir()) and not (tmp_path / "home").exists()
 
 
-def test_a_nul_byte_anywhere_in_a_files_first_8_kib_makes_it_binary(tmp_path):
-    rng = np.random.default_rng()
-    at = int(rng.integers(1100, 8000))
+@pytest.mark.parametrize("edge", [False, True])
+def test_a_nul_byte_anywhere_in_a_files_first_8_kib_makes_it_binary(tmp_path, edge):
+    at = 8191 if edge else int(np.random.default_rng().integers(1100, 8000))  # 8191: the 8 KiB's last byte
     head = ("line of text\n" * 700).encode()[:at]
     (tmp_path / "data.txt").write_bytes(head + b"\x00 rest\n")
     (tmp_path / "a.txt").write_text("text\n" * 40)
