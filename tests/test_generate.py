@@ -1388,3 +1388,32 @@ def test_a_top_p_outside_0_1_is_refused_before_the_network_runs(top_p):
 
     with pytest.raises(ValueError, match=r"^top_p must be in \(0, 1\]"):
         dllm.generate(NeverCalled(), [1, 2, 3], gen_length=4, steps=4, sampler="mdlm", temperature=1.0, top_p=top_p)
+
+
+def test_a_sedd_folder_samples_with_the_noise_schedule_its_config_records(tmp_path):
+    """config.json's objective records the schedule with its parameters (SEDD's own config.yaml range for
+    the geometric one, not the class defaults): load_for_sampling rebuilds that schedule, not a default one."""
+    from dllm.objectives.diffusion import SEDD
+
+    def objective(tok):
+        obj = SEDD(tok, noise="geometric")
+        obj.noise = dllm.sedd.Geometric(1e-4, 20.0)
+        return obj
+
+    _save_trained_folder(tmp_path / "geometric", objective, time_conditioning=True)
+    model, tok, kind = dllm.load_for_sampling(tmp_path / "geometric")
+    assert kind == "score" and isinstance(model.noise, dllm.sedd.Geometric)
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    sigma, dsigma = model.noise(t)
+    torch.testing.assert_close(sigma, 1e-4 ** (1 - t) * 20.0 ** t)
+    torch.testing.assert_close(dsigma, sigma * math.log(20.0 / 1e-4))
+
+    def loglinear(tok):
+        obj = SEDD(tok)
+        obj.noise = dllm.sedd.LogLinear(eps=1e-2)
+        return obj
+
+    _save_trained_folder(tmp_path / "loglinear", loglinear, time_conditioning=True)
+    model, tok, kind = dllm.load_for_sampling(tmp_path / "loglinear")
+    sigma, _ = model.noise(t)
+    torch.testing.assert_close(-torch.expm1(-sigma), (1 - 1e-2) * t)  # the mask probability (1 - eps) t

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -776,3 +777,29 @@ def test_a_model_classs_from_pretrained_takes_the_dtype_asked_for(tmp_path):
             want = getattr(torch, str(dtype).removeprefix("torch."))
             assert type(again) is cls and {p.dtype for p in again.parameters()} == {want}
         assert {p.dtype for p in cls.from_pretrained(tmp_path / arch).parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("name", ["rope_base", "norm_eps", "mlp_ratio"])
+def test_an_infinite_rope_base_eps_or_mlp_ratio_is_refused(name):
+    # rope_base inf zeroes every rotary frequency but the first (positions vanish), norm_eps inf zeroes
+    # every normalised activation: a hand-edited config.json's 1e999 must fail, naming the field
+    with pytest.raises(ValueError, match=f"{name} must be positive and finite, got inf"):
+        ModelConfig(arch="llada", **{name: math.inf})
+
+
+@pytest.mark.parametrize("value", [-0.1, -1.0])
+def test_a_negative_dropout_is_refused(value):
+    with pytest.raises(ValueError, match=rf"dropout must lie in \[0, 1\), got {value}"):
+        ModelConfig(dropout=value)
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, None])
+def test_a_qkv_bias_that_is_no_bool_is_refused(value):
+    # "false" is truthy: the network would grow q/k/v biases the config.json says it lacks
+    with pytest.raises(TypeError, match=f"qkv_bias must be true or false, got {value!r}"):
+        ModelConfig(arch="llada", qkv_bias=value)
+
+
+def test_only_the_dit_takes_time_conditioning():
+    with pytest.raises(ValueError, match="the ar architecture takes no time input"):
+        ModelConfig(arch="ar", time_conditioning=True)

@@ -16,7 +16,8 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from tokenizers import AddedToken, Tokenizer
 
 import dllm
 from dllm.models import DiffusionTransformer, from_pretrained, model_config
@@ -207,7 +208,6 @@ def write_sharded(directory, tensors: dict, shards: int) -> None:
 
 
 def write_tokenizer(directory, vocab_size: int, specials: dict[int, str]) -> None:
-    from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import Whitespace
 
@@ -411,8 +411,6 @@ def test_special_ids_must_agree_and_exist(tmp_path):
 
 
 def _rewrite_shard(directory, file, edit, *, reindex: bool):
-    from safetensors.torch import load_file
-
     part = load_file(str(directory / file))
     edit(part)
     save_file(part, str(directory / file))
@@ -634,8 +632,6 @@ def test_a_dllm_folder_whose_config_disagrees_with_its_weights(tmp_path):
 
 
 def test_a_half_precision_checkpoint_keeps_its_rounded_rotary_buffer(tmp_path):
-    from safetensors.torch import load_file
-
     make_checkpoint(tmp_path, "mdlm")
     weights = tmp_path / "model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
@@ -686,8 +682,6 @@ def test_dllm_sample_checks_a_published_models_window_first(tmp_path, capsys):
 
 
 def test_a_published_tokenizer_never_truncates_or_pads_a_prompt(tmp_path):
-    from tokenizers import Tokenizer
-
     from dllm.data.tokenizer import PublishedTokenizer
 
     write_tokenizer(tmp_path, 40, {})
@@ -791,8 +785,6 @@ def test_weights_saved_from_a_wrapped_model_get_a_short_error_naming_the_prefix(
 
 
 def test_a_dllm_folder_with_integer_weights_is_refused(tmp_path):
-    from safetensors.torch import load_file
-
     DiffusionTransformer(model_config("tiny", vocab_size=30, hidden=32, heads=2, layers=1)).save_pretrained(tmp_path)
     state = load_file(str(tmp_path / "model.safetensors"))
     name = next(iter(state))
@@ -923,4 +915,121 @@ def test_a_llada_option_stated_false_that_dllm_needs_true_is_refused(tmp_path, o
     # load into dllm's network unchanged in shape and compute something else
     make_checkpoint(tmp_path, "llada", config_edit=lambda c: c.update({option: False}))
     with pytest.raises(ValueError, match=rf"LLaDA checkpoint options \{{'{option}': False\}} are not supported"):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family,option,value", [
+    # options of LLaDA's and Dream's code that leave every weight's shape intact: loaded silently, the
+    # network would compute something else than the published one
+    ("llada", "scale_logits", True), ("llada", "clip_qkv", 8.0), ("llada", "alibi", True),
+    ("llada", "layer_norm_type", "default"), ("llada", "block_type", "sequential"),
+    ("llada", "activation_type", "gelu"), ("llada", "input_emb_norm", True),
+    ("dream", "rope_scaling", {"type": "linear", "factor": 4.0}), ("dream", "hidden_act", "gelu")])
+def test_every_option_dllm_does_not_implement_is_refused(tmp_path, family, option, value):
+    make_checkpoint(tmp_path, family, config_edit=lambda c: c.update({option: value}))
+    with pytest.raises(ValueError, match=rf"checkpoint options \{{'{option}': .*\}} are not supported by dllm"):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_a_saved_rotary_buffer_is_checked_against_the_configs_rope_theta(tmp_path, family):
+    # older transformers saved each layer's rotary_emb.inv_freq: at the config's rope_theta it loads
+    # (and is not loaded: dllm recomputes it), at another base it is refused
+    theta = {"llada": 5e5, "dream": 1e6}[family]
+    head_dim = {"llada": 16, "dream": 16}[family]
+    prefix = {"llada": "model.transformer.blocks.1.", "dream": "model.layers.1.self_attn."}[family]
+    for name, base in (("good", theta), ("bad", 10000.0)):
+        sd = make_checkpoint(tmp_path / name, family)
+        shard = "model-00001-of-00002.safetensors" if family == "llada" else "model-00001-of-00003.safetensors"
+        part = load_file(str(tmp_path / name / shard))
+        part[prefix + "rotary_emb.inv_freq"] = inv_freq(head_dim, base)
+        save_file(part, str(tmp_path / name / shard))
+        index_path = tmp_path / name / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text())
+        index["weight_map"][prefix + "rotary_emb.inv_freq"] = shard
+        index_path.write_text(json.dumps(index))
+        if name == "good":
+            model = from_pretrained(tmp_path / name)
+            names, kw = LLAMA_REF[family]
+            x = tokens(model.vocab_size, (2, 7))
+            torch.testing.assert_close(model(x).double(), ref_llama(sd, names, x, **kw), rtol=1e-4, atol=1e-4)
+        else:
+            with pytest.raises(ValueError, match=rf"rotary buffer {prefix}rotary_emb.inv_freq in {shard} does not "
+                                                 rf"match head size {head_dim} and rotary base {theta}"):
+                from_pretrained(tmp_path / name)
+
+
+def test_sedds_loglinear_schedule_keeps_its_eps_whatever_sigma_min_says(tmp_path):
+    # SEDD builds LogLinearNoise() (eps 1e-3) and ignores sigma_min / sigma_max (1e-4 and 20 in its config);
+    # a config without a noise entry takes the log-linear schedule too
+    make_checkpoint(tmp_path / "stated", "sedd")
+    make_checkpoint(tmp_path / "absent", "sedd", config_edit=lambda c: c.pop("noise"))
+    t = torch.tensor([0.0, 0.3, 0.9, 1.0], dtype=torch.float64)
+    for name in ("stated", "absent"):
+        noise = from_pretrained(tmp_path / name).noise
+        assert isinstance(noise, LogLinear)
+        sigma, dsigma = noise(t)
+        torch.testing.assert_close(1 - torch.exp(-sigma), (1 - 1e-3) * t)  # the mask probability, exactly
+        torch.testing.assert_close(dsigma, (1 - 1e-3) / (1 - (1 - 1e-3) * t))
+
+
+@pytest.mark.parametrize("value", [96, 1000, -1])
+def test_a_mask_id_outside_the_vocabulary_is_refused(tmp_path, value):
+    # no tokenizer.json to cross-check it: the model would embed a canvas of ids past its table
+    make_checkpoint(tmp_path, "llada", config_edit=lambda c: c.update(mask_token_id=value), tokenizer=False)
+    with pytest.raises(ValueError, match=rf"mask_id {value} is outside the vocabulary \[0, 96\)"):
+        from_pretrained(tmp_path)
+
+
+def test_a_tokenizers_added_tokens_count_against_the_vocabulary(tmp_path):
+    # a tokenizer.json whose special tokens are added tokens (as real ones are) past the model's vocabulary
+    make_checkpoint(tmp_path, "mdlm")  # 41 entries
+    write_tokenizer(tmp_path, 41, {})
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert tok.add_special_tokens([AddedToken("<|extra|>", special=True)]) == 1
+    assert tok.token_to_id("<|extra|>") == 41
+    tok.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"tokenizer.json' has 42 entries but the model's vocabulary has 41"):
+        from_pretrained(tmp_path)
+
+
+def test_safetensors_are_preferred_to_a_pytorch_model_bin_in_the_same_folder(tmp_path):
+    # hub repositories often hold both; dllm reads the memory-mapped safetensors, whatever the .bin holds
+    sd = make_checkpoint(tmp_path, "sedd", weights_file="model.safetensors")
+    torch.save({k: v * 2 if k != "rotary_emb.inv_freq" else v for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
+    x, sigma = tokens(41), torch.tensor([0.3, 2.5])
+    torch.testing.assert_close(from_pretrained(tmp_path)(x, sigma).double(), ref_dit(sd, "", x, sigma, 3),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_shard_index_naming_absent_shards_or_none_is_refused(tmp_path):
+    make_checkpoint(tmp_path / "absent", "dream")
+    (tmp_path / "absent" / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"index.json lists shards that are not in .*: "
+                                                r"\['model-00002-of-00003.safetensors'\]"):
+        from_pretrained(tmp_path / "absent")
+    make_checkpoint(tmp_path / "empty", "dream")
+    (tmp_path / "empty" / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    with pytest.raises(ValueError, match="model.safetensors.index.json has no weight_map"):
+        from_pretrained(tmp_path / "empty")
+
+
+def test_a_weight_in_another_shard_than_its_index_says_is_named(tmp_path):
+    # an index left over from another save: the weight it places in shard 1 now sits in shard 2
+    make_checkpoint(tmp_path, "llada")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
+    victim = next(k for k, f in index.items() if f == "model-00001-of-00002.safetensors")
+    one, two = (tmp_path / f"model-0000{k}-of-00002.safetensors" for k in (1, 2))
+    part1, part2 = load_file(str(one)), load_file(str(two))
+    part2[victim] = part1.pop(victim)
+    save_file(part1, str(one))
+    save_file(part2, str(two))
+    with pytest.raises(ValueError, match=rf"{victim} is in model-00002-of-00002.safetensors but "
+                                         r"model.safetensors.index.json places it in model-00001-of-00002.safetensors"):
+        from_pretrained(tmp_path)
+
+
+def test_an_empty_eos_token_id_list_is_named(tmp_path):
+    make_checkpoint(tmp_path, "dream", config_edit=lambda c: c.update(eos_token_id=[]))
+    with pytest.raises(ValueError, match=r"config.json': eos_token_id=\[\]: expected one token id"):
         from_pretrained(tmp_path)
