@@ -571,6 +571,20 @@ MUTANTS = [
     ("python/dllm/models/config.py", "0 <= self.dropout < 1", "self.dropout < 1", ["test_models"]),
     ("python/dllm/models/config.py", 'if self.time_conditioning and self.arch != "dit":',
      'if self.time_conditioning and self.arch == "llada":', ["test_models"]),
+    # the autoregressive loss, the objectives' registry and bound, the training config, validation
+    ("python/dllm/objectives/next_token.py", "safe = targets.masked_fill(ignored, 0)", "safe = targets.clamp(min=0)",
+     ["test_next_token_nll"]),
+    ("python/dllm/training/config.py", '"bpe_vocab_size", "lr")', '"bpe_vocab_size")', ["test_training"]),
+    ("python/dllm/training/config.py", 'not_negative = ("max_time", "warmup",', 'not_negative = ("max_time",', ["test_training"]),
+    ("python/dllm/training/config.py", "isinstance(value, numbers.Real) and not isinstance(value, bool) if kind is float",
+     "isinstance(value, numbers.Real) if kind is float", ["test_training"]),
+    ("python/dllm/training/config.py", "not 0 <= self.random_length <= 1", "not 0 < self.random_length <= 1",
+     ["test_training"]),
+    ("python/dllm/training/config.py", "            if kind is float:\n                setattr(self, f.name, float(value))\n",
+     "            if False:\n                pass\n", ["test_training"]),
+    ("python/dllm/objectives/base.py", "m[:, 0].clamp_min(1e-12)", "m[:, 0].clamp_min(1e-3)", ["test_objectives"]),
+    ("python/dllm/objectives/__init__.py", "if name not in OBJECTIVES:", "if False:", ["test_objectives"]),
+    ("python/dllm/training/evaluation.py", "disable=not progress,", "disable=False,", ["test_training"]),
 ]
 
 

@@ -264,3 +264,14 @@ def test_a_vocabulary_larger_than_one_threads_chunk_budget():
     want.sum().backward()
     torch.testing.assert_close(got.double(), want.detach(), rtol=2e-6, atol=1e-5)
     torch.testing.assert_close(logits.grad.double(), x.grad, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-1, -2, -99, -101])
+def test_a_negative_target_other_than_minus_100_raises(bad):
+    """Only -100 is F.cross_entropy's ignore_index; any other negative target is out of range, not
+    token 0 (nor an ignored position)."""
+    g = torch.Generator().manual_seed(bad + 1000)
+    targets = torch.randint(0, 7, (2, 3), generator=g)
+    targets[1, 2] = bad
+    with pytest.raises((IndexError, RuntimeError)):
+        next_token_nll(torch.randn(2, 3, 7, generator=g), targets)

@@ -800,3 +800,36 @@ def test_geometric_refuses_a_zero_sigma_min():
     # log(0) = -inf would make sigma(t) = exp(-inf + t * inf) NaN for every t > 0
     with pytest.raises(ValueError, match="sigma_min must be a positive finite number"):
         Geometric(0.0, 20.0)
+
+
+def test_sedd_absorb_bound_scores_the_least_mask_rates_at_their_true_noise():
+    """At the other end from sigma(1): one masked token (k = 1) at a mask rate m = min(u) far below
+    1e-3, the network's sigma, the score entropy and its weight L / k * expm1(sigma) are those of
+    sigma = -log(1 - m)."""
+    tok = ByteTokenizer()
+    obj = SEDD(tok, graph="absorb")
+    B, L = 5, 7
+    g = torch.Generator().manual_seed(21)
+    x0 = torch.randint(0, 256, (B, L), generator=g)
+    u = 0.5 + 0.5 * torch.rand(B, L, generator=g, dtype=f64)
+    at = torch.randint(0, L, (B,), generator=g)
+    tiny = torch.tensor([3e-9, 1e-7, 4e-6, 2e-5, 2e-4], dtype=f64)
+    u[torch.arange(B), at] = tiny
+    draws = {"k": torch.ones(B, dtype=torch.long), "u": u}
+    logits = torch.randn(B, L, tok.vocab_size, generator=g)
+    seen = []
+    got = obj.bound(lambda x, s: (seen.append(torch.as_tensor(s, dtype=f64)), logits)[1], x0, draws).double()
+    sigma = -torch.log1p(-tiny)
+    # a time-conditioned network meets the true (log-linear) noise, not a floor on the mask rate
+    torch.testing.assert_close(seen[0], sigma, rtol=1e-5, atol=0)
+    x_t = x0.clone()
+    x_t[torch.arange(B), at] = tok.mask_id
+    want = score_entropy_reference(logits.double(), x_t, x0, sigma, L * torch.expm1(sigma), graph="absorb")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=0)
+
+
+def test_get_objective_names_the_objectives_it_knows():
+    """An unknown name is a ValueError listing the choices, not a bare KeyError."""
+    for name in ("dllm", "AR", ""):
+        with pytest.raises(ValueError, match=r"unknown objective .*\['ar', 'llada', 'mdlm', 'sedd'\]"):
+            get_objective(name, ByteTokenizer())

@@ -15,8 +15,10 @@ import torch
 
 import dllm
 from dllm.data import train_bpe
+from dllm.data.dataset import PackedDataset
 from dllm.training import CheckpointError, EMA, MetricsLog, TrainConfig, Trainer, load_checkpoint, lr_at, save_checkpoint
 from dllm.training.checkpoint import MAGIC
+from dllm.training.evaluation import validation_nll_per_window
 from dllm.training.trainer import CHECKPOINT
 
 from _train_helpers import make_corpus, tiny
@@ -991,16 +993,12 @@ def test_cli_flags_override_the_config_file_and_a_run_config_is_read_by_its_trai
 ])
 def test_train_config_refuses_the_open_ends(options, message):
     """beta2 = 1 zeroes Adam's bias correction (NaN steps); val_fraction = 0 holds nothing out."""
-    from dllm.training.config import TrainConfig
-
     with pytest.raises(ValueError, match=message):
         TrainConfig(**options)
 
 
 def test_train_config_takes_the_closed_ends():
     """random_length = 1 (every step cut) and min_lr_ratio = 1 (a flat cosine) lie in [0, 1]."""
-    from dllm.training.config import TrainConfig
-
     assert TrainConfig(random_length=1.0).random_length == 1.0
     assert TrainConfig(min_lr_ratio=1.0, schedule="cosine").min_lr_ratio == 1.0
 
@@ -1071,9 +1069,6 @@ class _PrecisionObjective:
 
 def test_validation_runs_the_bound_under_the_trainings_precision():
     """The trainer and `dllm eval` pass their autocast (bf16 on CUDA): every batch's bound runs under it."""
-    from dllm.data.dataset import PackedDataset
-    from dllm.training.evaluation import validation_nll_per_window
-
     val = PackedDataset(np.random.default_rng(2).integers(0, 50, size=7 * 11 + 3), 7)
     obj = _PrecisionObjective()
     validation_nll_per_window(None, obj, val, sequences=9, batch_size=4, seed=5, device=torch.device("cpu"),
@@ -1099,8 +1094,6 @@ def test_validation_runs_the_bound_under_the_trainings_precision():
     (dict(eval_every=False), "eval_every must be an int, got False"),
 ])
 def test_train_config_refuses_more_nonsense(options, message):
-    from dllm.training.config import TrainConfig
-
     with pytest.raises(ValueError, match=message):
         TrainConfig(**options)
 
@@ -1115,16 +1108,12 @@ def test_train_config_takes_the_least_bpe_vocabulary_and_the_largest_seed():
 
 def test_from_dict_names_unknown_options():
     """A run_config.json or --config key that is no option (a typo) is a ValueError naming it."""
-    from dllm.training.config import TrainConfig
-
     with pytest.raises(ValueError, match=r"unknown training options: \['stpes'\]"):
         TrainConfig.from_dict({"steps": 3, "stpes": 4})
 
 
 def test_train_config_takes_every_path_as_a_path_object(tmp_path):
     """Paths may be os.PathLike (pathlib.Path): each path option is kept as its string."""
-    from dllm.training.config import TrainConfig
-
     names = ("data", "tokenizer", "cache_dir", "out_dir", "resume")
     cfg = TrainConfig(**{k: tmp_path / k for k in names})
     assert [getattr(cfg, k) for k in names] == [str(tmp_path / k) for k in names]
@@ -1258,3 +1247,53 @@ def test_save_checkpoint_makes_its_folder(tmp_path):
     state = load_checkpoint(path)
     assert state["step"] == 5 and torch.equal(state["w"], w)
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("options, message", [
+    # AdamW takes lr = 0 and trains nothing, without a word
+    (dict(lr=0.0), "lr must be positive"),
+    (dict(lr=-3e-4), "lr must be positive"),
+    # a negative warm-up would start the cosine part-way through, below the peak
+    (dict(warmup=-5), "warmup must not be negative"),
+    # a boolean is no rate: lr=True would train at 1.0
+    (dict(lr=True), "lr must be a float, got True"),
+    (dict(dropout=False), "dropout must be a float, got False"),
+])
+def test_train_config_refuses_a_rate_that_is_no_rate(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)
+
+
+def test_train_config_takes_random_length_0():
+    """random_length = 0 (no step cut) is how a llada run turns off its default of 0.01."""
+    assert TrainConfig(objective="llada", random_length=0.0).random_length == 0.0
+    assert TrainConfig(random_length=0).random_length == 0.0
+
+
+def test_train_config_keeps_numbers_as_python_ints_and_floats():
+    """Counts and rates given as numpy scalars (or a rate as an int) are stored as the int and float
+    the flags would have parsed, so the run's record is plain JSON."""
+    cfg = TrainConfig(steps=np.int64(7), seq_len=np.int32(48), lr=np.float32(0.5), warmup=np.int64(2), ema=0,
+                      dropout=np.float64(0.25))
+    assert [type(getattr(cfg, k)) for k in ("steps", "seq_len", "lr", "warmup", "ema", "dropout")] == [int, int, float,
+                                                                                                    int, float, float]
+    assert (cfg.steps, cfg.seq_len, cfg.lr, cfg.warmup, cfg.ema) == (7, 48, 0.5, 2, 0.0)
+    assert json.loads(json.dumps(cfg.to_dict()))["lr"] == 0.5
+
+
+def test_validation_without_progress_prints_no_bar(capfd):
+    class Sums:
+        def bound_draw(self, batch, seq_len, generator):
+            return {}
+
+        def bound(self, model, x, draws):
+            return x.double().sum(1)
+
+    val = PackedDataset(np.random.default_rng(3).integers(0, 50, size=5 * 9 + 2), 5)
+    capfd.readouterr()
+    validation_nll_per_window(None, Sums(), val, sequences=9, batch_size=2, seed=1, device=torch.device("cpu"))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    validation_nll_per_window(None, Sums(), val, sequences=9, batch_size=2, seed=1, device=torch.device("cpu"),
+                              progress=True)
+    assert "eval" in capfd.readouterr().err
