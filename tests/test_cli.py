@@ -686,11 +686,8 @@ def test_sample_and_eval_pass_every_flag_on(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
 
-def test_demo_reports_the_tokens_per_second_of_what_it_timed(tmp_path, monkeypatch):
-    """run_demo with its training and loading replaced by tiny untrained models: the speed it reports is
-    tokens / (median ms of the timed calls * 1e-3), the diffusion call it times uses the length and steps
-    it reports, and the step-by-step section numbers the steps from 1."""
-    import dllm.demo
+def tiny_demo_models() -> dict:
+    """What run_demo's load_for_sampling returns for its two folders, as tiny untrained models."""
     from dllm.models import build_model, model_config
 
     torch.manual_seed(0)
@@ -699,7 +696,16 @@ def test_demo_reports_the_tokens_per_second_of_what_it_timed(tmp_path, monkeypat
     mdlm = build_model(model_config("tiny", arch="dit", **small)).eval()
     mdlm.mask_id = tok.mask_id
     ar = build_model(model_config("tiny", arch="ar", **small)).eval()
-    models = {"mdlm": (mdlm, tok, "masked"), "ar": (ar, tok, "ar")}
+    return {"mdlm": (mdlm, tok, "masked"), "ar": (ar, tok, "ar")}
+
+
+def test_demo_reports_the_tokens_per_second_of_what_it_timed(tmp_path, monkeypatch):
+    """run_demo with its training and loading replaced by tiny untrained models: the speed it reports is
+    tokens / (median ms of the timed calls * 1e-3), the diffusion call it times uses the length and steps
+    it reports, and the step-by-step section numbers the steps from 1."""
+    import dllm.demo
+
+    models = tiny_demo_models()
     monkeypatch.setattr(dllm.demo, "train_for_minutes", lambda obj, out, minutes, **kw: out / obj)
     monkeypatch.setattr(dllm.demo, "load_for_sampling", lambda d, device: models[d.name])
     calls = []
@@ -965,15 +971,8 @@ def test_demo_passes_retrain_seed_and_steps_on(tmp_path, monkeypatch):
     """run_demo with its training and loading replaced by tiny untrained models: --retrain reaches the
     training, --seed seeds the sampling stream, --steps is the unconditional samples' step count."""
     import dllm.demo
-    from dllm.models import build_model, model_config
 
-    torch.manual_seed(0)
-    tok = ByteTokenizer()
-    small = dict(vocab_size=tok.vocab_size, hidden=32, heads=2, layers=1, max_seq_len=64)
-    mdlm = build_model(model_config("tiny", arch="dit", **small)).eval()
-    mdlm.mask_id = tok.mask_id
-    ar = build_model(model_config("tiny", arch="ar", **small)).eval()
-    models = {"mdlm": (mdlm, tok, "masked"), "ar": (ar, tok, "ar")}
+    models = tiny_demo_models()
     trained, calls = [], []
     monkeypatch.setattr(dllm.demo, "train_for_minutes", lambda obj, out, minutes, **kw: trained.append(kw) or out / obj)
     monkeypatch.setattr(dllm.demo, "load_for_sampling", lambda d, device: models[d.name])
