@@ -935,19 +935,13 @@ def test_every_option_dllm_does_not_implement_is_refused(tmp_path, family, optio
 def test_a_saved_rotary_buffer_is_checked_against_the_configs_rope_theta(tmp_path, family):
     # older transformers saved each layer's rotary_emb.inv_freq: at the config's rope_theta it loads
     # (and is not loaded: dllm recomputes it), at another base it is refused
-    theta = {"llada": 5e5, "dream": 1e6}[family]
-    head_dim = {"llada": 16, "dream": 16}[family]
+    theta, head_dim = {"llada": 5e5, "dream": 1e6}[family], 16
     prefix = {"llada": "model.transformer.blocks.1.", "dream": "model.layers.1.self_attn."}[family]
+    shard = {"llada": "model-00001-of-00002.safetensors", "dream": "model-00001-of-00003.safetensors"}[family]
     for name, base in (("good", theta), ("bad", 10000.0)):
         sd = make_checkpoint(tmp_path / name, family)
-        shard = "model-00001-of-00002.safetensors" if family == "llada" else "model-00001-of-00003.safetensors"
-        part = load_file(str(tmp_path / name / shard))
-        part[prefix + "rotary_emb.inv_freq"] = inv_freq(head_dim, base)
-        save_file(part, str(tmp_path / name / shard))
-        index_path = tmp_path / name / "model.safetensors.index.json"
-        index = json.loads(index_path.read_text())
-        index["weight_map"][prefix + "rotary_emb.inv_freq"] = shard
-        index_path.write_text(json.dumps(index))
+        buffer = {prefix + "rotary_emb.inv_freq": inv_freq(head_dim, base)}
+        _rewrite_shard(tmp_path / name, shard, lambda part: part.update(buffer), reindex=True)
         if name == "good":
             model = from_pretrained(tmp_path / name)
             names, kw = LLAMA_REF[family]
@@ -1019,11 +1013,10 @@ def test_a_weight_in_another_shard_than_its_index_says_is_named(tmp_path):
     make_checkpoint(tmp_path, "llada")
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
     victim = next(k for k, f in index.items() if f == "model-00001-of-00002.safetensors")
-    one, two = (tmp_path / f"model-0000{k}-of-00002.safetensors" for k in (1, 2))
-    part1, part2 = load_file(str(one)), load_file(str(two))
-    part2[victim] = part1.pop(victim)
-    save_file(part1, str(one))
-    save_file(part2, str(two))
+    moved = {}
+    _rewrite_shard(tmp_path, "model-00001-of-00002.safetensors", lambda part: moved.update({victim: part.pop(victim)}),
+                   reindex=False)
+    _rewrite_shard(tmp_path, "model-00002-of-00002.safetensors", lambda part: part.update(moved), reindex=False)
     with pytest.raises(ValueError, match=rf"{victim} is in model-00002-of-00002.safetensors but "
                                          r"model.safetensors.index.json places it in model-00001-of-00002.safetensors"):
         from_pretrained(tmp_path)
