@@ -612,6 +612,9 @@ def test_attention_never_reads_keys_past_kv_len(emulator, attention_kernel, Sq):
         (2, 203, 1, 2, 1, 64, True),  # one key
         (1, 130, 130, 1, 1, 128, True),  # full lengths, tiles of 64 plus a remainder
         (1, 1023, 1023, 1, 1, 64, False),  # 16 key tiles: the double-buffered pipeline in steady state
+        # without lengths the outputs and gradients start unfilled (poisoned here): every row is stored
+        (3, 9, 300, 4, 2, 64, False),  # GQA, a query block split over the keys
+        (2, 3, 200, 4, 1, 128, False),  # MQA, a decoding step
     ],
 )
 def test_attention_forward_and_backward_match_float64(emulator, attention_kernel, dtype, B, Sq, Sk, H, Hkv, D, lengths):

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "checks.h"
 
@@ -57,7 +58,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
                                 const std::optional<at::Tensor>& cu_seqlens_q,
                                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                int64_t max_seqlen_k, double scale, bool cuda) {
+                                int64_t max_seqlen_k, double scale, bool cuda, bool outputs) {
   const bool varlen = cu_seqlens_q.has_value();
   TORCH_CHECK(varlen == cu_seqlens_k.has_value(), kOp, ": give both cu_seqlens_q and cu_seqlens_k, or neither");
   const int64_t rank = varlen ? 3 : 4;
@@ -124,10 +125,15 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     TORCH_CHECK(k.size(0) == batch, kOp, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
     max_q = q.size(1);
     max_k = k.size(1);
-    call.q_start = at::arange(batch, opts) * max_q;
-    call.k_start = at::arange(batch, opts) * max_k;
+    // One small kernel a descriptor, and one for both where queries and keys agree (self-attention):
+    // at a SEDD-small layer each launch costs about 1% of the attention's own time.
+    auto starts = [&](int64_t len) { return len > 0 ? at::arange(0, batch * len, len, opts) : at::zeros({batch}, opts); };
+    call.q_start = starts(max_q);
+    call.k_start = max_k == max_q ? call.q_start : starts(max_k);
     call.q_count = q_len ? lengths(*q_len, batch, max_q, "q_len", cuda) : at::full({batch}, max_q, opts);
-    call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda) : at::full({batch}, max_k, opts);
+    call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda)
+                   : !q_len && max_k == max_q ? call.q_count
+                                              : at::full({batch}, max_k, opts);
     if (q_len) check_same_device(kOp, q, "q", *q_len, "q_len");
     if (kv_len) check_same_device(kOp, q, "q", *kv_len, "kv_len");
   }
@@ -141,15 +147,24 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   }
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
   const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;
-  call.out = at::zeros(q.sizes(), q.options());
-  call.lse = at::full({heads, q_tokens}, -std::numeric_limits<float>::infinity(), q.options().dtype(at::kFloat));
+  // The CUDA kernels store every query row of a sequence with keys: without lengths (and with
+  // keys) nothing is left for a zero fill, which would cost a pass over out.
+  call.every_row_written = cuda && !varlen && !q_len && !kv_len && heads > 0 && max_q > 0 && max_k > 0;
+  if (outputs) {
+    const auto lse_options = q.options().dtype(at::kFloat);
+    call.out = call.every_row_written ? at::empty(q.sizes(), q.options()) : at::zeros(q.sizes(), q.options());
+    call.lse = call.every_row_written ? at::empty({heads, q_tokens}, lse_options)
+                                      : at::full({heads, q_tokens}, -std::numeric_limits<float>::infinity(), lse_options);
+  }
 
   AttentionParams& p = call.params;
   p.q = call.q.data_ptr();
   p.k = call.k.data_ptr();
   p.v = call.v.data_ptr();
-  p.out = call.out.data_ptr();
-  p.lse = call.lse.data_ptr<float>();
+  if (outputs) {
+    p.out = call.out.data_ptr();
+    p.lse = call.lse.data_ptr<float>();
+  }
   p.dtype = dtype;
   p.batch = batch;
   p.heads = heads;
@@ -185,22 +200,26 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   AttentionGradCall call;
   // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
   call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q,
-                               cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda);
+                               cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda, /*outputs=*/false);
   check_same_device(kOp, q, "q", dout, "grad_out");
   check_same_device(kOp, q, "q", out, "out");
   check_same_device(kOp, q, "q", lse, "lse");
   TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
-  TORCH_CHECK(lse.sizes() == call.fwd.lse.sizes() && lse.scalar_type() == at::kFloat, kOp,
-              ": lse must be float32 ", call.fwd.lse.sizes());
-  // The backward reads the forward's out and lse in place of the zero-filled ones.
+  const std::vector<int64_t> lse_shape{call.fwd.params.heads, call.fwd.params.q_tokens};
+  TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == at::kFloat, kOp, ": lse must be float32 ",
+              at::IntArrayRef(lse_shape));
   call.fwd.out = contiguous_for_kernels(out.to(q.scalar_type()), cuda);
   call.fwd.lse = lse.contiguous();
   call.fwd.params.out = call.fwd.out.data_ptr();
   call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
   call.dout = contiguous_for_kernels(dout.to(q.scalar_type()), cuda);
-  call.dq = at::zeros_like(call.fwd.q);
-  call.dk = at::zeros_like(call.fwd.k);
-  call.dv = at::zeros_like(call.fwd.v);
+  // The CUDA backward stores each gradient row of a sequence with queries and keys once.
+  const auto gradient = [&](const at::Tensor& t) {
+    return call.fwd.every_row_written ? at::empty_like(t) : at::zeros_like(t);
+  };
+  call.dq = gradient(call.fwd.q);
+  call.dk = gradient(call.fwd.k);
+  call.dv = gradient(call.fwd.v);
   AttentionGradParams& g = call.params;
   g.fwd = call.fwd.params;
   g.dout = call.dout.data_ptr();

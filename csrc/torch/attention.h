@@ -11,15 +11,17 @@ namespace dllm::binding {
 struct AttentionCall {
   at::Tensor q, k, v, out, lse;
   at::Tensor q_start, q_count, k_start, k_count;  // int64 [B] sequence descriptors
+  bool every_row_written = false;  // the CUDA kernels store all of out, lse and the gradients
   AttentionParams params;
 };
 
 // Padded ([B, S, H, D] with optional q_len / kv_len) or varlen ([T, H, D] with cu_seqlens).
+// outputs: allocate out and lse (the forward); the backward sets the forward's own instead.
 AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
                                 const std::optional<at::Tensor>& cu_seqlens_q,
                                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                int64_t max_seqlen_k, double scale, bool cuda);
+                                int64_t max_seqlen_k, double scale, bool cuda, bool outputs = true);
 
 struct AttentionGradCall {
   AttentionCall fwd;
