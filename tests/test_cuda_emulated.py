@@ -171,6 +171,19 @@ def test_sample_categorical_large_logits_and_tiny_temperatures(emulator, dtype):
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_categorical_subnormal_float32_temperatures(emulator, dtype):
+    """1 / T of a subnormal float32 temperature is capped at float's largest value, and so is the
+    kernels' exponent scale (1 / T times log2 e): an infinite one would make the max's own term
+    0 * inf = NaN, and the row an error on a GPU (the emulator shows that NaN as the hardware does)."""
+    logits = (torch.randn(6, 3001, generator=gen(2)) * 3).to(dtype)
+    temperature = torch.tensor([1e-40, 1e-45, 3e-39, 4e-39, 1e-38, 5e-39], dtype=torch.float32)
+    got = emulated(emulator, EMU.sample_categorical, logits, temperature, 1.0, generator=gen())
+    want = CPU.sample_categorical(logits, temperature, 1.0, generator=gen())
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
 def same_error(emulated_call, cpu_call):
     """Both calls raise, the same exception type with the same message (read back from the kernel)."""
     with pytest.raises(Exception) as cpu_error:
@@ -193,6 +206,43 @@ def test_kernel_errors_read_back_like_the_cpu_ops(emulator):
     x = torch.full((1, 5), MASK)
     same_error(lambda: EMU.predict_masked(logits.view(1, 5, 3000), x, MASK),
                lambda: CPU.predict_masked(logits.view(1, 5, 3000), x, MASK))
+
+
+# Where a non-finite logit sits decides how the streaming kernels find it: most make their group's
+# sum NaN, one in a batch of otherwise -inf values is looked for apart (its batch adds nothing),
+# and the mask's (or SEDD's x's) own logit, dropped from the sums, is read apart.
+NON_FINITE_PLACES = {
+    "NaN": lambda row: row.__setitem__(1234, float("nan")),
+    "+inf": lambda row: row.__setitem__(2999, float("inf")),
+    "NaN among -inf": lambda row: (row[512:1024].fill_(float("-inf")), row.__setitem__(700, float("nan"))),
+    "NaN first": lambda row: row.__setitem__(0, float("nan")),
+    "NaN at the mask": lambda row: row.__setitem__(MASK, float("nan")),
+    "+inf at the mask": lambda row: row.__setitem__(MASK, float("inf")),
+}
+
+
+@pytest.mark.parametrize("place", list(NON_FINITE_PLACES))
+def test_non_finite_logits_are_errors_wherever_they_sit(emulator, place):
+    """A row with a NaN or +inf logit is an error of every op, as on the CPU (SEDD's x is MASK here),
+    and rows whose -inf values fill whole batches are not."""
+    V = 3001  # bf16 rows off 16-byte boundaries: chunks straddle the ends
+    logits = torch.randn(3, V, generator=gen(3)) * 2
+    logits[0, 100:2900] = float("-inf")  # legitimate: most batches of row 0 are -inf only
+    NON_FINITE_PLACES[place](logits[2])
+    logits = logits.bfloat16()
+
+    def call(ops, name, t, lg):
+        rows, x = lg.view(1, -1, V), torch.full((1, lg.shape[0]), MASK)
+        if name == "sample_categorical":
+            return ops.sample_categorical(lg, torch.full((lg.shape[0],), t), 1.0, generator=gen())[0]
+        if name == "predict_masked":
+            return ops.predict_masked(rows, x, MASK, temperature=t, generator=gen())[0]
+        return ops.sedd_step(rows, x, torch.tensor([1.0]), torch.tensor([0.1]), graph="uniform", method="euler",
+                             generator=gen())
+
+    for name, t in [(op, t) for op in ("sample_categorical", "predict_masked") for t in (1.0, 0.5, 0.0)] + [("sedd", 1.0)]:
+        same_error(lambda: call(EMU, name, t, logits), lambda: call(CPU, name, t, logits))
+        assert torch.equal(call(EMU, name, t, logits[:2]), call(CPU, name, t, logits[:2])), (name, t)
 
 
 def test_graph_capture_paths(emulator):

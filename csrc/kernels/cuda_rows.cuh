@@ -264,15 +264,33 @@ __device__ bool any_not_below_inf(const float (&v)[N]) {
 // is negligible: in sums with a term of 1 (the max they are relative to), 10^30 below their
 // float32 rounding, and in the losses' gradients (a zero for a gradient below 1e-38 of the
 // row's weight); a value read on its own (a confidence, a probability) keeps __expf. The
-// emulator keeps __expf's libm exp of d * scale, so that emulated results stay exact.
+// emulator keeps __expf's libm exp of d * scale, so that emulated results stay exact (but for
+// add_batch_fma's sums, whose exp2f of an FFMA differs from it by ulps).
 __device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scale_log2 = kLog2e) {
 #if defined(DLLM_CUDA_EMULATOR)
-  (void)scale_log2;
-  return __expf(d * scale);
+  // libm's exp of d * scale, but the NaN that the hardware's d * scale_log2 makes (0 times an
+  // infinite scale_log2) shows through
+  const float y = d * scale_log2;
+  return y != y ? y : __expf(d * scale);
 #else
   (void)scale;
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(d * scale_log2));
+  return y;
+#endif
+}
+
+// exp_ftz's scale_log2 for a scale: scale * log2(e), capped at float's largest value as
+// inverse_temperature caps the scale, since an infinite one makes 0 * inf = NaN at the max.
+__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, kMaxFloat); }
+
+// 2^x by exp_ftz's instruction (the emulator: exp2f).
+__device__ __forceinline__ float exp2_ftz(float x) {
+#if defined(DLLM_CUDA_EMULATOR)
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 #endif
 }
@@ -295,8 +313,8 @@ struct MaxSum {
 __device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
   const float m = fmaxf(a.m, b.m);
   if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, scale * kLog2e);
-  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, scale * kLog2e);
+  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, log2e_times(scale));
+  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, log2e_times(scale));
   return {m, sa + sb};
 }
 
@@ -312,7 +330,7 @@ __device__ inline float tempered_log_mass(float group_max, float sum, float row_
 template <int N>
 __device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale, float bm) {
   if (bm == -kInf) return;
-  const float scale_log2 = scale * kLog2e;
+  const float scale_log2 = log2e_times(scale);
   if (bm > acc.m) {
     acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
     acc.m = bm;
@@ -325,6 +343,52 @@ __device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale, float b
 template <int N>
 __device__ void add_batch(MaxSum& acc, const float (&v)[N], float scale = 1.0f) {
   add_batch(acc, v, scale, batch_max(v));
+}
+
+// The exponential exp((v - m) * scale) of a batch's values v below its lane's max m, in base 2 as
+// one FFMA, 2^(v * a + b), and a factor corr for the batch's sum: a = scale_log2 and
+// b = -ms, with ms = m * scale_log2 rounded to float, make 2^(v * a + b) off by 2^(ms - m *
+// scale_log2), whose exponent (the product's rounding error) an FMA gives exactly, and corr
+// undoes. Past |ms| = 2^31 that error could leave float32's range of exponents; there every value
+// below m lies more than 64 below it in the exponent (m's neighbours are >= |m| * 2^-25 away), so
+// the sum is the count of values at m within 2^-52, and a power of two a (exact products) of the
+// order of 2^31 / m makes v * a + b exactly 0 at m and below -128 elsewhere. NaN and +inf values
+// still make the sum NaN.
+struct ExpArgs {
+  float a, b, corr;
+};
+__device__ __forceinline__ ExpArgs exp_args(float m, float scale_log2) {
+  const float ms = m * scale_log2;
+  if (fabsf(ms) < 0x1p31f) return {scale_log2, -ms, exp2_ftz(-fmaf(m, scale_log2, -ms))};
+  const int biased = 285 - int((__float_as_uint(m) >> 23) & 0xffu);  // 2^(31 - m's exponent)
+  const float a = __uint_as_float(uint32_t(biased < 254 ? biased : 254) << 23);
+  return {a, -m * a, 1.0f};
+}
+
+// add_batch for the streaming passes over a row: exp_args's FFMA an element in place of an FADD
+// and an FMUL (these loops are issue-bound), its arguments taken again each batch rather than
+// kept, which would cost the loops registers. bm > -inf.
+template <int N>
+__device__ void add_batch_fma(MaxSum& acc, const float (&v)[N], float scale, float scale_log2, float bm) {
+  if (bm > acc.m) {
+    acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
+    acc.m = bm;
+  }
+  const ExpArgs x = exp_args(acc.m, scale_log2);
+  float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int e = 0; e < N; ++e) part[e % 4] += exp2_ftz(fmaf(v[e], x.a, x.b));
+  acc.s = fmaf((part[0] + part[1]) + (part[2] + part[3]), x.corr, acc.s);
+}
+
+// Whether any value is NaN: a batch whose max is -inf (fmaxf passes NaN over) has its NaN found
+// here, the others' by their NaN sums.
+template <int N>
+__device__ bool any_nan(const float (&v)[N]) {
+  bool nan = false;
+#pragma unroll
+  for (int e = 0; e < N; ++e) nan |= v[e] != v[e];
+  return nan;
 }
 
 struct ArgMax {

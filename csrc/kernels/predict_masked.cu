@@ -205,14 +205,26 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     return b1;
   };
   if (fused) {
+    // Here a NaN or +inf makes its group's sum NaN, which is how they are found; the mask's own
+    // logit, dropped from the sums, is read apart.
+    if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
+    const float scale_log2 = log2e_times(scale);
     for (int64_t g = warp; g < groups; g += kWarps) {
       const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
       MaxSum acc{-kInf, 0.0f};
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-        add_batch(acc, v, scale, take(v, where));
+        drop(v, where.find(mask));
+        const float b1 = batch_max(v);
+        mine.add_batch(v, where, b1, needs);
+        if (b1 > -kInf) {
+          add_batch_fma(acc, v, scale, scale_log2, b1);
+        } else {
+          mine.bad |= any_nan(v);
+        }
       });
       if (group_sums) mine.add_sums(acc);
       acc = warp_max_sum(acc, scale);
+      mine.bad |= !(acc.s == acc.s);
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
     }
   } else {

@@ -54,19 +54,26 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
 
   // Pass 1, one warp per group: its raw max and sum of exp((v - max) * scale) (the row's max is
-  // not known yet), and the argmax when greedy.
+  // not known yet), and the argmax when greedy. A NaN or +inf makes its group's sum NaN, which is
+  // how they are found.
   ArgMax best{-kInf, INT64_MAX};
   bool bad = false;
+  const float scale_log2 = log2e_times(scale);
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     MaxSum acc{-kInf, 0.0f};
     for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-      bad |= any_not_below_inf(v);
       if (greedy) best = better(best, batch_argmax(v, where));
-      add_batch(acc, v, scale);
+      const float bm = batch_max(v);
+      if (bm > -kInf) {
+        add_batch_fma(acc, v, scale, scale_log2, bm);
+      } else {
+        bad |= any_nan(v);
+      }
     });
     acc = warp_max_sum(acc, scale);
+    bad |= !(acc.s == acc.s);
     if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
   }
   // Also the barrier that publishes group_lw and group_max.

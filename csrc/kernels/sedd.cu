@@ -74,18 +74,24 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
   const RowView<D> view(row);
 
-  // Pass 1: per-group (max, sum exp) of the logits other than x.
-  int bad = 0;
+  // Pass 1: per-group (max, sum exp) of the logits other than x. A NaN or +inf makes its group's
+  // sum NaN, which is how they are found; x's own logit is read apart.
+  bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);
   for (int64_t g = warp; g < groups; g += kWarps) {
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
     for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-      bad |= any_not_below_inf(v);
       drop(v, where.find(x));
-      add_batch(acc, v);
+      const float bm = batch_max(v);
+      if (bm > -kInf) {
+        add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+      } else {
+        bad |= any_nan(v);
+      }
     });
     acc = warp_max_sum(acc);
+    bad |= !(acc.s == acc.s);
     if (lane == 0) {
       group_lw[2 * g] = acc.m;
       group_lw[2 * g + 1] = acc.s;
@@ -203,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
-    bool nan = false;  // merging (max, sum) pairs can drop a NaN sum, so NaN is tracked apart
+    bool nan = false;  // a NaN among -inf only: other NaN (and +inf) make the sum NaN
     if (lo < hi) {
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
         constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
@@ -213,18 +219,17 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
           for (int e = 0; e < n; ++e)
             if (e != at && e / run < chunks) sum_l += double(v[e]);
         }
-        // The skipped column is no logit of the loss (as on the CPU). Excluded by index only in the
-        // one batch that holds it: the test an element took eight instructions, against one here.
-        if (at < 0) {
-#pragma unroll
-          for (int e = 0; e < n; ++e) nan |= v[e] != v[e];
+        drop(v, at);  // the skipped column is no logit of the loss (as on the CPU)
+        const float bm = batch_max(v);
+        if (bm > -kInf) {
+          if constexpr (D == DType::kFloat32) {  // half the elements a byte; with the FFMA ptxas spills here
+            add_batch(acc, v, 1.0f, bm);
+          } else {
+            add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+          }
         } else {
-#pragma unroll
-          for (int e = 0; e < n; ++e)
-            if (e != at) nan |= v[e] != v[e];
-          drop(v, at);
+          nan |= any_nan(v);
         }
-        add_batch(acc, v);
       });
     }
     nan = __syncthreads_or(nan);
