@@ -317,3 +317,41 @@ def test_a_refresh_in_another_dtype_replaces_the_cached_keys(arch):
     torch.testing.assert_close(net(x, cache=kv, start=0), full)
     assert kv.k[0].dtype == torch.float32
     torch.testing.assert_close(net(x[:, 5:12], cache=kv, start=5), full[:, 5:12], atol=2e-5, rtol=2e-5)
+
+
+def test_the_denoising_cache_refuses_a_first_forward_of_the_canvas_tail_and_writes_a_block_in_place():
+    """Only a forward over the whole canvas [0, length) makes (or re-makes) the buffers: a block that
+    ends at the canvas's end but starts later is refused on an empty cache, and on a refreshed one is
+    written into the refresh's buffers (cast to their dtype), not kept as the whole cache."""
+    g = torch.Generator().manual_seed(3)
+    B, L, H, D = 3, 11, 2, 5
+    kv = DenoisingKVCache(B, L)
+    tail = torch.randn(B, 4, H, D, generator=g)
+    with pytest.raises(ValueError, match="first forward must cover the whole canvas"):
+        kv.update(0, L - 4, tail, tail)  # positions 7..10: ends the canvas, starts short of it
+    assert kv.k == {} and kv.v == {}
+    full_k, full_v = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
+    kv.update(1, 0, full_k, full_v)
+    tk, tv = (torch.randn(B, 4, H, D, generator=g).bfloat16() for _ in range(2))  # a block under autocast
+    k, v = kv.update(1, L - 4, tk, tv)
+    assert k.shape == v.shape == (B, L, H, D) and k.dtype == v.dtype == torch.float32
+    for got, old, new in ((k, full_k, tk), (v, full_v, tv)):
+        assert torch.equal(got[:, :L - 4], old[:, :L - 4])
+        assert torch.equal(got[:, L - 4:], new.float())
+
+
+def test_a_graphed_step_writes_its_block_in_the_cached_dtype():
+    """A tensor start (a CUDA-graphed step's) writes a bfloat16 block into float32 buffers made by a
+    float32 refresh, cast, as an int start does."""
+    g = torch.Generator().manual_seed(8)
+    B, L, H, D, S, start = 2, 13, 3, 4, 5, 6
+    refresh_k, refresh_v = torch.randn(B, L, H, D, generator=g), torch.randn(B, L, H, D, generator=g)
+    bk, bv = (torch.randn(B, S, H, D, generator=g).bfloat16() for _ in range(2))
+    by_int, by_tensor = DenoisingKVCache(B, L), DenoisingKVCache(B, L)
+    for kv in (by_int, by_tensor):
+        kv.update(0, 0, refresh_k.clone(), refresh_v.clone())
+    want_k, want_v = by_int.update(0, start, bk, bv)
+    got_k, got_v = by_tensor.update(0, torch.tensor(start), bk, bv)
+    assert got_k.dtype == got_v.dtype == torch.float32 and got_k.shape == (B, L, H, D)
+    assert torch.equal(got_k, want_k) and torch.equal(got_v, want_v)
+    assert torch.equal(got_k[:, start:start + S], bk.float()) and torch.equal(got_k[:, :start], refresh_k[:, :start])

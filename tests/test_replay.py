@@ -175,3 +175,33 @@ def test_describe_says_when_no_backward_op_returned_nan():
     clean = {**row, "grad_norm": 1.0, "nonfinite_gradients": []}
     assert describe({"step": 7, "device": "cpu", "precision": "float32", "variants": [clean]})[1:] == \
         ["  as trained: loss 2.5, gradient norm 1, every gradient finite"]
+
+
+def test_the_float32_variant_takes_the_step_without_the_runs_autocast_and_gives_it_back():
+    """A variant that does not keep the trained precision runs the step's forward outside the run's
+    autocast (bf16 on CUDA; a CPU autocast stands in for it); the others under it. Either way the
+    trainer's autocast and clean gradients are back afterwards."""
+    g = torch.Generator().manual_seed(4)
+    net = torch.nn.Linear(5, 3)
+    x = torch.randn(7, 5, generator=g)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    dtypes = []
+
+    def gradients():
+        with trainer.amp:
+            y = net(x)
+        dtypes.append(y.dtype)
+        y.float().sum().backward()
+        return 5, y.detach().double().sum(), torch.tensor(1.5)
+
+    trainer = SimpleNamespace(amp=amp, restore_streams=lambda state: None, gradients=gradients, raw_model=net,
+                              step_loss=lambda nll_sum, L: nll_sum.item() / L,
+                              opt=torch.optim.SGD(net.parameters(), lr=0.1))
+    rows = {}
+    for keep in (True, False):
+        rows[keep] = replay_module._take(trainer, {}, contextlib.nullcontext, keep, anomaly=False)
+        assert trainer.amp is amp and all(p.grad is None for p in net.parameters())
+    assert dtypes == [torch.bfloat16, torch.float32]
+    want = (x.double() @ net.weight.detach().double().T + net.bias.detach().double()).sum().item() / 5
+    assert abs(rows[False]["loss"] - want) < 1e-5 * abs(want) + 1e-6
+    assert rows[True]["loss"] != rows[False]["loss"]  # bf16's forward is another

@@ -1290,3 +1290,217 @@ def test_validation_without_progress_prints_no_bar(capfd):
     validation_nll_per_window(None, Sums(), val, sequences=9, batch_size=2, seed=1, device=torch.device("cpu"),
                               progress=True)
     assert "eval" in capfd.readouterr().err
+
+
+def _small(tmp_path, corpus, **kw):
+    return TrainConfig(**tiny(tmp_path, corpus, **{**dict(objective="mdlm", hidden=16, layers=1, heads=2, seq_len=24,
+                                                          batch_size=6, ema=0), **kw}))
+
+
+def _recording_steps(trainer):
+    """Wraps the optimizer's step: records (its lr, float64 copies of the gradients it applies)."""
+    seen, real = [], trainer.opt.step
+
+    def step(*a, **k):
+        seen.append((trainer.opt.param_groups[0]["lr"], [p.grad.double().clone() for p in trainer.params]))
+        return real(*a, **k)
+
+    trainer.opt.step = step
+    return seen
+
+
+def test_each_optimizer_step_runs_at_its_own_scheduled_learning_rate(tmp_path, corpus):
+    """Step k (1-based) of a warm-up of W runs at lr * k / W; the cosine then runs from lr at step W + 1
+    down to lr * min_lr_ratio at the last step. Checked on the lr the step logs, the lr the optimizer
+    steps with, and the weights' first move (Adam's first update is lr * sign(grad))."""
+    lr, warmup, steps, ratio = 2e-3, 3, 8, 0.25
+    t = Trainer(_small(tmp_path, corpus, lr=lr, warmup=warmup, steps=steps, min_lr_ratio=ratio, grad_clip=0))
+    seen = _recording_steps(t)
+    span = steps - 1 - warmup
+    want = [lr * k / warmup for k in range(1, warmup + 1)] + \
+           [lr * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * j / span))) for j in range(span + 1)]
+    assert want[warmup] == pytest.approx(lr) and want[-1] == pytest.approx(lr * ratio)
+    before = [p.detach().double().clone() for p in t.params]
+    logged = []
+    for k in range(steps):
+        logged.append(t.train_step()["lr"])
+        if k == 0:
+            moved = torch.cat([(p.detach().double() - b).abs().flatten() for p, b in zip(t.params, before)])
+            grads = torch.cat([g.abs().flatten() for g in seen[0][1]])
+            big = grads > 1e-5  # Adam's eps (1e-8) is negligible beside these
+            assert big.sum() > 100
+            torch.testing.assert_close(moved[big], torch.full_like(moved[big], lr / warmup), rtol=1e-3, atol=0)
+    assert logged == pytest.approx(want, rel=1e-12)
+    assert [lr_used for lr_used, _ in seen] == pytest.approx(want, rel=1e-12)
+
+
+def test_the_gradient_is_clipped_to_grad_clip_keeping_its_direction(tmp_path, corpus):
+    """A clip below the step's gradient norm scales the applied gradient to that norm; a clip above it
+    leaves it as it is. grad_norm is the norm before clipping."""
+    applied, norms = {}, {}
+    for clip in (0.0, 1e-3, 1e6):
+        t = Trainer(_small(tmp_path / str(clip), corpus, grad_clip=clip, cache_dir=str(tmp_path / "c")))
+        seen = _recording_steps(t)
+        norms[clip] = t.train_step()["grad_norm"]
+        applied[clip] = seen[0][1]
+    full = torch.cat([g.flatten() for g in applied[0.0]])
+    assert norms[1e-3] == norms[0.0] == pytest.approx(full.norm().item(), rel=1e-5) and norms[0.0] > 1e-2
+    clipped = torch.cat([g.flatten() for g in applied[1e-3]])
+    assert clipped.norm().item() == pytest.approx(1e-3, rel=1e-4)
+    torch.testing.assert_close(clipped, full * (1e-3 / full.norm()), rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(torch.cat([g.flatten() for g in applied[1e6]]), full, rtol=0, atol=0)
+
+
+def test_a_constant_schedule_warms_up_too():
+    """--schedule constant still takes --warmup's linear ramp (the timed runs train that way: warmup 50)."""
+    from dllm.training import lr_at
+
+    lr, warmup = 0.37, 5
+    c = TrainConfig(lr=lr, warmup=warmup, steps=40, schedule="constant")
+    assert [lr_at(c, s) for s in range(warmup)] == pytest.approx([lr * (s + 1) / warmup for s in range(warmup)], rel=1e-12)
+    assert all(lr_at(c, s) == lr for s in range(warmup, 40))
+
+
+def test_validation_runs_the_model_without_dropout(tmp_path, corpus):
+    """Validation scores the model in eval mode: with dropout 0.5 it gives the same numbers whatever torch's
+    generator holds, those of the model put in eval mode by hand, and the model is left training."""
+    from dllm.training.evaluation import validation_nll
+
+    t = Trainer(_small(tmp_path, corpus, dropout=0.5, ema=0.9, eval_batches=1))
+    for _ in range(3):  # the blocks' gates start at zero: a step or two make the dropped branches count
+        t.train_step()
+    x = t.data.val.get(range(2))
+    with torch.no_grad():
+        assert not torch.equal(t.raw_model(x, None), t.raw_model(x, None))  # dropout is on in training
+    torch.manual_seed(1)
+    first = t.evaluate()
+    torch.manual_seed(2)
+    second = t.evaluate()
+    assert first == second and t.raw_model.training
+    t.raw_model.eval()
+    nats = validation_nll(t.raw_model, t.objective, t.data.val, sequences=6, batch_size=6, seed=t.cfg.seed,
+                          device=torch.device("cpu"))
+    assert first["val_nll_per_token"] == pytest.approx(nats, rel=1e-6)
+
+
+def test_a_resumed_run_counts_the_training_seconds_of_the_steps_before_it(tmp_path, corpus, monkeypatch):
+    """tok_per_s and the checkpoint's train_time cover every step of the run, those before the resume too."""
+    import types
+
+    import dllm
+    import dllm.training.trainer as trainer_module
+    from dllm.training import load_checkpoint
+
+    ticks = iter(range(10**6))  # every reading of the clock is one second after the last: a step takes 1 s
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    B, L = 6, 24
+    opts = tiny(tmp_path, corpus, objective="mdlm", hidden=16, layers=1, heads=2, seq_len=L, batch_size=B, ema=0,
+                eval_batches=1)
+    first = dllm.train(**{**opts, "steps": 2})
+    assert first["tok_per_s"] == pytest.approx(B * L)
+    resumed = dllm.train(**{**opts, "steps": 5})
+    assert resumed["step"] == 5 and resumed["tokens"] == 5 * B * L
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["train_time"] == pytest.approx(5.0)
+    assert resumed["tok_per_s"] == pytest.approx(B * L)
+
+
+def test_the_ema_averages_the_weights_each_step_leaves(tmp_path, corpus):
+    """After optimizer step n the EMA is d_n * EMA + (1 - d_n) * the weights that step produced,
+    d_n = min(decay, (1 + n) / (10 + n)): the last step's weights are in it, not left to the next update."""
+    decay = 0.5
+    t = Trainer(_small(tmp_path, corpus, ema=decay, lr=1e-2))
+    shadow = [p.detach().double().clone() for p in t.params]
+    for n in range(1, 4):
+        t.train_step()
+        d = min(decay, (1 + n) / (10 + n))
+        shadow = [d * s + (1 - d) * p.detach().double() for s, p in zip(shadow, t.params)]
+        for s, got in zip(shadow, t.ema.shadow):
+            torch.testing.assert_close(got.double(), s, rtol=1e-5, atol=1e-7)
+    assert max((s - p.detach().double()).abs().max().item() for s, p in zip(shadow, t.params)) > 1e-3
+
+
+def test_validation_runs_under_the_runs_autocast(tmp_path, corpus):
+    """evaluate() scores under the precision the run trains in (bf16 autocast on CUDA; a CPU autocast
+    stands in for it here), as `dllm eval` does: the model's and the EMA's numbers both."""
+    from dllm.training.evaluation import validation_nll
+
+    t = Trainer(_small(tmp_path, corpus, ema=0.9, eval_batches=1))
+    for _ in range(2):
+        t.train_step()
+    t.amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    got = t.evaluate()
+    t.raw_model.eval()
+    kw = dict(sequences=6, batch_size=6, seed=t.cfg.seed, device=torch.device("cpu"))
+    bf16 = validation_nll(t.raw_model, t.objective, t.data.val, amp=torch.autocast("cpu", dtype=torch.bfloat16), **kw)
+    fp32 = validation_nll(t.raw_model, t.objective, t.data.val, **kw)
+    assert abs(bf16 - fp32) > 1e-6 * fp32  # the two precisions tell apart (by far more than rel=1e-9 below)
+    assert got["val_nll_per_token"] == pytest.approx(bf16, rel=1e-9)
+    with t.ema.applied():
+        ema_bf16 = validation_nll(t.raw_model, t.objective, t.data.val,
+                                  amp=torch.autocast("cpu", dtype=torch.bfloat16), **kw)
+    assert got["val_nll_per_token_ema"] == pytest.approx(ema_bf16, rel=1e-9)
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    """The first Ctrl-C asks for a stop at the step's end; a second one raises KeyboardInterrupt at once."""
+    import os
+    import signal
+
+    from dllm.training.trainer import _StopAtStepOnInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with _StopAtStepOnInterrupt(True) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(100):  # the handler runs between bytecodes
+                    time.sleep(0.001)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_the_training_forward_runs_under_the_runs_autocast(tmp_path, corpus):
+    """Every micro-batch's forward runs under the run's autocast (bf16 on CUDA; a CPU autocast stands in
+    for it here): the output of each of the three micro-batches is bfloat16."""
+    dtypes = []
+    t = Trainer(_small(tmp_path, corpus, grad_accum=3))
+    t.raw_model.output_layer.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    t.amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    t.train_step()
+    assert dtypes == [torch.bfloat16] * 3
+
+
+def test_ddp_accumulation_all_reduces_the_gradient_once_after_the_last_micro_batch(tmp_path, corpus, monkeypatch):
+    """Under DDP the micro-batches before the last run in no_sync() (their gradients accumulate locally)
+    and the last one's backward all-reduces the sum: a sync on another micro-batch would leave every
+    rank with gradients of its own. A stand-in for DDP's wrapper records which forwards ran in no_sync."""
+    import contextlib
+
+    t = Trainer(_small(tmp_path, corpus, grad_accum=3))  # batch 6: 2 processes x 3 micro-batches of 1
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.syncing, self.forwards = module, True, []
+
+        def forward(self, *args, **kwargs):
+            self.forwards.append(self.syncing)
+            return self.module(*args, **kwargs)
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            try:
+                yield
+            finally:
+                self.syncing = True
+
+    t.model, t.world = Wrapper(t.raw_model), 2
+    reduced = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, *a, **k: reduced.append(tensor.clone()))
+    out = t.train_step()
+    assert t.model.forwards == [False, False, True]
+    assert len(reduced) == 1 and math.isfinite(out["loss"])
