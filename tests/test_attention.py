@@ -4,6 +4,8 @@ gradients). The tests named *_cuda_kernel_* run only where a GPU and a CUDA buil
 shared ones run on both devices (on CUDA, head dimensions other than 64 / 128 take the SDPA
 fallback)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import HAS_CUDA
@@ -417,16 +419,19 @@ def test_the_sdpa_fallback_checks_and_clamps_lengths_as_the_kernels_do():
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_gpus_before_sm80_take_sdpa(monkeypatch):
-    """The kernels refuse compute capability < 8.0 (mma.sync, cp.async), so attention() must not
-    send such a GPU's bf16 D=64 inputs to them. A meta tensor stands in for the CUDA one."""
-    from types import SimpleNamespace
-
+def test_the_kernels_take_bf16_and_fp16_at_d64_and_128_on_sm80_and_newer(monkeypatch):
+    """The kernels refuse compute capability < 8.0 (mma.sync, cp.async) and float32, so attention()
+    must send such inputs, and other head sizes, to SDPA. A meta tensor stands in for the CUDA one."""
     q = torch.empty(1, 4, 2, 64, dtype=torch.bfloat16, device="meta")
     monkeypatch.setattr(dllm.ops, "_HAS_CUDA_ATTENTION", True)
     for major, supported in ((7, False), (8, True), (9, True)):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
         assert dllm.ops.cuda_kernel_supports(q) is supported
+    for dtype, D, supported in ((torch.float16, 128, True), (torch.float32, 64, False), (torch.float32, 128, False),
+                                (torch.float64, 64, False), (torch.bfloat16, 96, False), (torch.float16, 256, False),
+                                (torch.bfloat16, 32, False)):
+        q = torch.empty(2, 3, 4, D, dtype=dtype, device="meta")
+        assert dllm.ops.cuda_kernel_supports(q) is supported, (dtype, D)
 
 
 @cuda_only
@@ -517,3 +522,16 @@ def test_reference_takes_an_explicit_scale_of_zero_as_given():
     out = reference(q, k, v, softmax_scale=0.0)
     want = v.double().mean(1, keepdim=True).expand(2, 7, 2, 16)
     torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.0])
+def test_a_softmax_scale_of_zero_is_refused_by_the_wrapper_on_every_path(device, scale):
+    # 0 is no scale (every key would weigh the same): the wrapper refuses it, naming the op, before
+    # any kernel, on CUDA float32 / other head sizes (which go to SDPA, unchecked) as on the CPU
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 5, 2, 24, generator=g).to(device) for _ in range(3))
+    with pytest.raises(ValueError, match=r"^attention: softmax_scale must be positive and finite, got -?0\.0$"):
+        dllm.ops.attention(q, k, v, softmax_scale=scale)
+    cu = torch.tensor([0, 2, 5], device=device)
+    with pytest.raises(ValueError, match=r"^attention_varlen: softmax_scale must be positive and finite, got -?0\.0$"):
+        dllm.ops.attention_varlen(q[0], k[0], v[0], cu, cu, 3, 3, softmax_scale=scale)

@@ -579,3 +579,21 @@ def test_meta_predict_masked_refuses_a_top_p_outside_0_1(top_p):
         ops.predict_masked(logits, x, mask_id=V - 1, top_p=top_p)
     with pytest.raises(type(cpu.value), match="top_p"):
         ops.predict_masked(logits.to("meta"), x.to("meta"), mask_id=V - 1, top_p=top_p)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_commit_rules_the_kernel_refuses_are_refused_on_meta_too(device):
+    # the fake (meta kernel, torch.compile's) refuses what the CPU kernel refuses from scalar
+    # arguments: a NaN threshold, and a position temperature beside a rule other than num_tokens
+    g = torch.Generator().manual_seed(11)
+    B, L, mask = 3, 7, 9
+    x = torch.full((B, L), mask)
+    x0, conf = torch.randint(0, mask, (B, L), generator=g), torch.rand(B, L, generator=g)
+    x, x0, conf = x.to(device), x0.to(device), conf.to(device)
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        ops.commit_tokens(x.clone(), x0, conf, mask_id=mask, threshold=float("nan"))
+    for rule in (dict(threshold=0.5), dict(prob=0.3), dict(prob=torch.full((B,), 0.3, device=device))):
+        with pytest.raises(ValueError, match="position_temperature applies only to num_tokens"):
+            ops.commit_tokens(x.clone(), x0, conf, mask_id=mask, position_temperature=0.7, **rule)
+    counts = ops.commit_tokens(x.clone(), x0, conf, mask_id=mask, num_tokens=2, position_temperature=0.7)
+    assert counts.shape == (B,) and counts.dtype == torch.int64

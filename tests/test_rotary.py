@@ -134,3 +134,42 @@ def test_float32_results_halfway_between_two_outputs_round_to_even(device, dtype
     out = dllm.ops.rotary(x, cos, sin)
     assert torch.equal(out, want), (out.flatten(), want.flatten())
     assert out[0, 0, 0, 0].item() == 1.0
+
+
+def test_the_inverse_rotations_gradient_is_the_forward_rotation():
+    # the op's inverse=True (the backward's rotation by the opposite angle) is itself differentiable:
+    # its gradient rotates back by the original angle, checked against float64 autograd
+    g = torch.Generator().manual_seed(8)
+    B, S, H, D = 2, 5, 3, 10
+    x = torch.randn(B, S, H, D, generator=g, dtype=torch.float64)
+    angle = torch.randn(S, D // 2, generator=g, dtype=torch.float64) * 3
+    cos, sin = angle.cos().float(), angle.sin().float()
+    grad = torch.randn(B, S, H, D, generator=g)
+
+    def rotate_back(t):  # float64 rotation by -angle, rotate-half layout
+        c, s = angle.cos()[:, None], angle.sin()[:, None]
+        lo, hi = t[..., : D // 2], t[..., D // 2:]
+        return torch.cat([lo * c + hi * s, hi * c - lo * s], -1)
+
+    xf = x.float().requires_grad_()
+    out = torch.ops.dllm.rotary(xf, cos, sin, True)
+    torch.testing.assert_close(out.double(), rotate_back(x), atol=1e-5, rtol=1e-5)
+    got, = torch.autograd.grad(out, xf, grad)
+    xd = x.clone().requires_grad_()
+    want, = torch.autograd.grad(rotate_back(xd), xd, grad.double())
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_second_derivatives_through_rotary_are_those_of_the_rotation():
+    # the backward runs the op with inverse=True, under create_graph differentiably: a
+    # Hessian-vector product of |rotary(x)|^2 (a rotation keeps norms) is 2u
+    g = torch.Generator().manual_seed(12)
+    B, S, H, D = 2, 6, 2, 12
+    angle = torch.randn(B, S, D // 2, generator=g, dtype=torch.float64) * 3
+    cos, sin = angle.cos().float(), angle.sin().float()
+    x = torch.randn(B, S, H, D, generator=g).requires_grad_()
+    u = torch.randn(B, S, H, D, generator=g)
+    grad, = torch.autograd.grad(dllm.ops.rotary(x, cos, sin).square().sum(), x, create_graph=True)
+    torch.testing.assert_close(grad, 2 * x.detach(), atol=1e-5, rtol=1e-5)
+    hvp, = torch.autograd.grad((grad * u).sum(), x)
+    torch.testing.assert_close(hvp, 2 * u, atol=1e-5, rtol=1e-5)

@@ -153,3 +153,12 @@ def test_reference_forward_process_moves_at_rate_one_minus_exp_minus_sigma(graph
             probs[:] = p_move / k
         probs[5] += 1 - p_move
         assert chi_square_pvalue(x_t[b], probs) > P_MIN, b
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_num_classes_past_int32_is_refused_on_meta_too(device):
+    x0 = torch.randint(0, 5, (2, 3)).to(device)
+    with pytest.raises(RuntimeError, match=r"num_classes must be in \[2, 2\^31\).*got 2147483648"):
+        dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=2**31)
+    out = dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=2**31 - 1)
+    assert out.shape == (2, 3) and out.dtype == torch.int64

@@ -504,3 +504,35 @@ def test_graph_step_defaults_to_the_analytic_method(graph_cls):
 
     got = graph.step(logits, x, sigma, dsig, generator=torch.Generator().manual_seed(8))
     assert torch.equal(got, op("analytic")) and not torch.equal(got, op("euler"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_step_arguments_the_kernel_refuses_are_refused_on_meta_too(device):
+    # the fake (meta kernel, torch.compile's) refuses from metadata what the CPU kernel refuses
+    g = torch.Generator().manual_seed(4)
+    B, L = 3, 5
+    x = torch.zeros(B, L, dtype=torch.int64, device=device)
+    one = torch.ones(B, device=device)
+    with pytest.raises(RuntimeError, match="K >= 2"):  # a single class: nothing to move to
+        dllm.ops.sedd_step(torch.randn(B, L, 1, generator=g).to(device), x, 1.0, 0.1, graph="uniform", method="euler")
+    logits = torch.randn(B, L, 7, generator=g).to(device)
+    with pytest.raises(TypeError, match="sigma"):  # integer per-sequence terms
+        dllm.ops.sedd_step(logits, x, one.long(), one, graph="uniform", method="euler")
+    with pytest.raises(RuntimeError, match="K >= 2"):
+        dllm.ops.score_entropy_loss(logits[..., :1], x, x, 1.0, 1.0, graph="uniform")
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+def test_the_denoise_step_traces_on_meta_and_under_compile(graph):
+    g = torch.Generator().manual_seed(6)
+    B, L, K = 2, 7, 9
+    logits = torch.randn(B, L, K, generator=g)
+    x = torch.randint(0, K, (B, L), generator=g)
+    step = lambda lg, t: dllm.ops.sedd_step(lg, t, 0.8, 0.8, graph=graph, method="denoise")  # noqa: E731
+    meta = step(logits.to("meta"), x.to("meta"))
+    assert meta.shape == (B, L) and meta.dtype == torch.int64
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = step(logits, x)
+    torch.manual_seed(0)
+    assert torch.equal(torch.compile(step, backend="eager", fullgraph=True)(logits, x), eager)

@@ -734,3 +734,34 @@ def test_linear_transfer_counts_refuses_a_batch_of_more_than_one_dimension():
     for masked in (torch.tensor([[3], [1]]), torch.tensor([[3, 1], [2, 2]])):
         with pytest.raises(ValueError, match=r"masked must be \[B\], one count per row"):
             linear_transfer_counts(masked, 2)
+
+
+def test_a_shift_of_one_over_a_single_position_traces_on_meta_and_under_compile():
+    # logits_shift must lie in [0, max(L, 2)): with L = 1 a shift of 1 is allowed (position 0
+    # reads row 0), and the fake (meta kernel, torch.compile's) must take what the kernel takes
+    g = torch.Generator().manual_seed(5)
+    B, V, mask = 3, 13, 12
+    logits = torch.randn(B, 1, V, generator=g)
+    x = torch.full((B, 1), mask)
+    eager = dllm.ops.predict_masked(logits, x, mask_id=mask, logits_shift=1)
+    assert torch.equal(eager[0], dllm.ops.predict_masked(logits, x, mask_id=mask)[0])  # row 0 either way
+    x0, conf = dllm.ops.predict_masked(logits.to("meta"), x.to("meta"), mask_id=mask, logits_shift=1)
+    assert x0.shape == conf.shape == (B, 1) and x0.dtype == torch.int64 and conf.dtype == torch.float32
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda lg, t: dllm.ops.predict_masked(lg, t, mask_id=mask, logits_shift=1),
+                             backend="eager", fullgraph=True)(logits, x)
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    # a shift of 2 over one position stays refused on meta as on the CPU
+    for lg, t in ((logits, x), (logits.to("meta"), x.to("meta"))):
+        with pytest.raises(ValueError, match="logits_shift"):
+            dllm.ops.predict_masked(lg, t, mask_id=mask, logits_shift=2)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_an_unknown_confidence_source_is_refused_on_meta_too(device):
+    g = torch.Generator().manual_seed(9)
+    logits, x = torch.randn(2, 4, 11, generator=g).to(device), torch.full((2, 4), 10).to(device)
+    with pytest.raises(ValueError, match="confidence_from must be 'model' or 'proposal', got 'tempered'"):
+        dllm.ops.predict_masked(logits, x, mask_id=10, temperature=0.5, confidence_from="tempered")
+    x0, conf = dllm.ops.predict_masked(logits, x, mask_id=10, temperature=0.5, confidence_from="proposal")
+    assert x0.shape == conf.shape == (2, 4) and conf.dtype == torch.float32
