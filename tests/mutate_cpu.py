@@ -1,7 +1,8 @@
-"""Checks that the tests catch bugs in the Python API and the C++ CPU kernels: plants one known bug
-at a time (a sampler's rule, a schedule, a default, a kernel's tie-break or masking) in a copy of
-the sources and reports whether a test it names failed. tests/cuda_emulator/mutate.py does the same
-for the CUDA kernels. About 50 minutes on 2 cores, most of them rebuilding for the C++ mutants.
+"""Checks that the tests catch bugs in the Python API, the C++ CPU kernels and the benchmark
+scripts: plants one known bug at a time (a sampler's rule, a schedule, a default, a kernel's
+tie-break or masking) in a copy of the sources and reports whether a test it names failed.
+tests/cuda_emulator/mutate.py does the same for the CUDA kernels. Hours on 2 cores: each mutant
+runs its named test modules whole, and the C++ ones rebuild first.
 
     python tests/mutate_cpu.py [INDEX ...]
 
@@ -639,6 +640,27 @@ MUTANTS = [
     ("python/dllm/ops.py", 'torch._check_value(confidence_from in ("model", "proposal"),', "torch._check_value(True,",
      ["test_unmask"]),
     ("python/dllm/ops.py", "2 <= num_classes < 2**31,", "2 <= num_classes <= 2**31,", ["test_sample_transition"]),
+    # the benchmarks' printed claims: the speedup column, the floors and their dtype, tokens/s,
+    # the shapes and defaults they take, the e2e verdict's noise test, the reports' command line
+    ("bench/common.py", 'speedup = f"{r.ratio_vs_dllm:.2f}x"', 'speedup = f"{1 / r.ratio_vs_dllm:.2f}x"',
+     ["test_bench_scripts"]),
+    ("bench/common.py", 'meta["floor_gbps"] == meta["floor_gbps"] or "matmul_tflops" in meta',
+     'meta["floor_gbps"] == meta["floor_gbps"]', ["test_bench_scripts"]),
+    ("bench/common.py", "min(shape) <= 0:", "min(shape) < 0:", ["test_bench_scripts"]),
+    ("bench/common.py", '"--dtype", default="bf16"', '"--dtype", default="fp16"', ["test_bench_scripts"]),
+    ("bench/common.py", 'cached = "" if "sms" in meta else', 'cached = "" if "sms" not in meta else', ["test_bench_scripts"]),
+    ("bench/train_step.py", 'r.note = f"{b * length / (r.median_ms', 'r.note = f"{length / (r.median_ms', ["test_bench_scripts"]),
+    ("bench/vocab_head.py", "peak, copy_gbps = matmul_tflops(device, dtype)", "peak, copy_gbps = matmul_tflops(device, torch.bfloat16)",
+     ["test_bench_scripts"]),
+    ("bench/train_summary.py", '(x["tokens"] - p["tokens"]) / x["tok_per_s"]', 'x["tokens"] / x["tok_per_s"]',
+     ["test_bench_scripts"]),
+    ("bench/published_latency.py", "args.steps if args.steps is not None else G,", "args.steps if args.steps is not None else P,",
+     ["test_bench_scripts"]),
+    ("bench/attention_decode.py", "if not 0 < n <= C or H % Hkv:", "if not 0 < n < C or H % Hkv:", ["test_bench_scripts"]),
+    ("python/dllm/benchmarks/e2e_verdict.py", 'return row["spread_ms"][1] < ar["spread_ms"][0]',
+     'return row["spread_ms"][0] < ar["spread_ms"][0]', ["test_e2e_verdict"]),
+    ("python/dllm/benchmarks/step_latency.py", "need, free = weights * dtype.itemsize,", "need, free = weights * 4,", ["test_cli"]),
+    ("python/dllm/benchmarks/common.py", 'head = ["python", "-m", "dllm.cli"]', 'head = ["python", "-m", "dllm"]', ["test_cli"]),
 ]
 
 

@@ -5,6 +5,7 @@ script broken by a refactor must fail here, not there. These runs time nothing w
 """
 
 import argparse
+import importlib
 import json
 import random
 import statistics
@@ -698,3 +699,180 @@ def test_train_step_model_flops_match_the_full_head_steps_count(monkeypatch):
     with FlopCounterMode(display=False) as counter:
         obj.train_loss(obj.nll(train_step.FullHead(net), x0, draws), 9).backward()
     assert train_step.model_flops(net, 3, 9) == pytest.approx(counter.get_total_flops(), rel=0.05)
+
+
+def _cells(table: str) -> list[dict]:
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+
+
+def test_summary_table_gives_dllms_speedup_and_the_share_of_each_floor(monkeypatch):
+    """summary.md's "dllm speedup" is each peer's median over dllm's (above 1: dllm faster); "% of floor"
+    is shown for rows of a copy floor and of a matmul floor alike; the CPU's copy floor warns that its
+    caches are not flushed (a CUDA run's, which flushes L2, does not)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import Row, format_table, measure_against
+
+    rng = random.Random(11)
+    base = {"card": "c", "torch": "t", "date": "d", "commit": "x", "command": "cmd"}
+    for meta in ({**base, "floor_gbps": rng.uniform(5, 50)},
+                 {**base, "floor_gbps": float("nan"), "matmul_tflops": rng.uniform(0.01, 0.9)}):
+        dllm_ms, peer_ms = rng.uniform(1, 2), rng.uniform(3, 9)
+        rows = [Row("op", "3x5", "bf16", "dllm", dllm_ms, dllm_ms, dllm_ms, 100, 1.0, rng.uniform(10, 90)),
+                Row("op", "3x5", "bf16", "peer", peer_ms, peer_ms, peer_ms, 100, 1.0, rng.uniform(1, 9),
+                    ratio_vs_dllm=peer_ms / dllm_ms)]
+        cells = _cells(format_table("t", meta, rows))
+        assert [c["dllm speedup"] for c in cells] == ["1.00x", f"{peer_ms / dllm_ms:.2f}x"]
+        assert float(cells[1]["dllm speedup"].rstrip("x")) > 1
+        assert [c["% of floor"] for c in cells] == [f"{r.pct_floor:.1f}" for r in rows], meta
+    # measure_against's ratios, as the table prints them: a peer 3x slower than dllm reads 3.00x-ish, not 0.33x
+    rows = measure_against("op", "1x1", "fp32", [("dllm", lambda: time.sleep(0.001)), ("slow", lambda: time.sleep(0.004))],
+                           "cpu", 8, 1.0, warmup=1, reps=3)
+    speedup = float(_cells(format_table("t", {**base, "floor_gbps": 1.0}, rows))[1]["dllm speedup"].rstrip("x"))
+    assert speedup > 2
+    cpu = format_table("t", {**base, "floor_gbps": 20.0}, rows)
+    gpu = format_table("t", {**base, "floor_gbps": 20.0, "sms": 132}, rows)
+    assert "no cache is flushed" in cpu and "no cache is flushed" not in gpu
+
+
+@pytest.mark.parametrize("spec", ["0x64x301", "2x0x301", "2x64x0", "1x64x301,0x1x1"])
+def test_shapes_with_a_zero_are_refused(spec, monkeypatch):
+    """--shapes takes positive integers: a zero dimension is refused in one line, not run."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import parse_shapes
+
+    with pytest.raises(ValueError, match="positive integers"):
+        parse_shapes(spec, "BxLxV")
+    assert parse_shapes("1x64x301", "BxLxV") == [(1, 64, 301)]
+
+
+def test_kernel_benchmarks_default_to_bf16(monkeypatch):
+    """--dtype defaults to bf16, as its help says (the FLOOR_BYTES of test_bench_scripts count 2-byte
+    logits, which fp16 would match too)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import DTYPES, bench_parser, parse_bench_args
+
+    ap = bench_parser("d", "BxL", "5x7", "2x3", dtype_of="logits")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cpu"])
+    args, _, _ = parse_bench_args(ap, cpu=(1, 3))
+    assert args.dtype == "bf16" and DTYPES[args.dtype].is_floating_point and DTYPES[args.dtype].itemsize == 2
+    assert "(default: bf16)" in ap.format_help()
+
+
+def test_published_latency_generates_one_token_a_step_by_default(tmp_path, monkeypatch):
+    """Without --steps, generate takes --gen steps (one token a step, LLaDA's quality setting, as --steps'
+    help says): the generate row's shape names them and its bytes are the weights read once a step."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import published_latency
+
+    monkeypatch.setattr(published_latency, "copy_bandwidth_gbps", lambda device: 10.0)  # the floor is not tested here
+    P, G = 3, 6
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["published_latency.py", "--tiny", "--models", "LLaDA-8B", "--prompt", str(P),
+                                      "--gen", str(G), "--out", str(out)])
+    published_latency.main()
+    step, gen = json.loads((out / "results.json").read_text())["rows"]
+    assert gen["shape"] == f"B1 P{P} G{G} steps {G}"
+    assert gen["bytes"] == G * step["bytes"] > 0
+
+
+def test_train_summary_rates_the_training_by_the_time_each_interval_took(tmp_path, monkeypatch):
+    """train_summary's "tokens/s (train)" is the tokens over the summed time of the logged intervals
+    (each interval's new tokens over its own rate), not over cumulative counts nor a mean of the rates;
+    "train s" is the validated tokens at that rate, "wall s" the later of the last records."""
+
+    rng = random.Random(5)
+    run = tmp_path / "run"
+    run.mkdir()
+    tokens, train, seconds = 0, [], 0.0
+    for step in range(1, 5):
+        new, rate = rng.randrange(1000, 9000), rng.uniform(50, 5000)
+        tokens += new
+        seconds += new / rate
+        train.append({"step": step, "tokens": tokens, "tok_per_s": rate, "loss": 1.0, "elapsed": seconds + 1})
+    val = {"step": 4, "tokens": tokens, "elapsed": seconds + 2.6, "val_bits_per_token": 2.5, "val_bpb": 0.75}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*train, val]))
+    (run / "loss.png").write_bytes(b"png")
+    (run / "run_config.json").write_text(json.dumps({
+        "objective": {"name": "mdlm"}, "model": {"arch": "dit", "hidden": 64, "layers": 2},
+        "data": {"train_bytes": 1000, "val_bytes": 100}, "corpus_hash": "ab" * 10,
+        "train": {"tokenizer": "byte", "seq_len": 64, "batch_size": 8, "lr": 1e-3, "schedule": "cosine", "warmup": 2,
+                  "max_time": 60, "eval_batches": 2}}))
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train_summary
+
+    monkeypatch.setattr(sys, "argv", ["train_summary.py", str(run), "--out", str(tmp_path / "out")])
+    train_summary.main()
+    (row,) = _cells((tmp_path / "out" / "summary.md").read_text())
+    tps = tokens / seconds
+    assert row["tokens/s (train)"] == f"{tps:,.0f}" and row["train s"] == f"{tokens / tps:.0f}"
+    assert row["wall s"] == f"{seconds + 2.6:.0f}" and row["steps"] == "4" and row["tokens"] == f"{tokens:,}"
+
+
+def test_attention_decode_takes_a_full_cache_and_refuses_impossible_shapes(tmp_path, monkeypatch):
+    """attention_decode's n (the filled keys) may be the whole cache (n == C: the last decoding step); n
+    above C, or heads that are not a multiple of the key-value heads are refused."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import attention_decode
+
+    monkeypatch.setattr(attention_decode, "copy_bandwidth_gbps", lambda device: 10.0)
+
+    def run(shape, out):
+        monkeypatch.setattr(sys, "argv", ["attention_decode.py", "--device", "cpu", "--dtype", "fp32", "--shapes", shape,
+                                          "--queries", "2", "--reps", "1", "--warmup", "1", "--out", str(out)])
+        attention_decode.main()
+        return json.loads((out / "results.json").read_text())["rows"]
+
+    rows = run("1x4x2x9x9x8", tmp_path / "full")
+    assert [r["shape"] for r in rows] == ["B1 Sq2 H4 Hkv2 C9 n9 D8"] * 3 and all(r["median_ms"] > 0 for r in rows)
+    for shape in ("1x4x2x9x10x8", "1x3x2x9x9x8"):
+        with pytest.raises(SystemExit, match="need 0 < n <= C and H a multiple of Hkv"):
+            run(shape, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("name, args, want", [
+    ("vocab_head", ["--shapes", "1x3x8x11"], "float32"),  # the CPU's default dtype
+    ("vocab_head", ["--shapes", "1x3x8x11", "--dtype", "fp16"], "float16"),
+    ("attention", ["--shapes", "1x2x9x8"], "float32"),
+])
+def test_the_matmul_floor_is_measured_in_the_benchmarks_dtype(name, args, want, tmp_path, monkeypatch):
+    """"% of floor" of the GEMM and attention rows is the share of a square matmul's rate in the dtype the
+    rows ran in (a bf16 floor on the CPU, whose bf16 GEMMs crawl, would put fp32 rows far above 100%)."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module(name)
+    seen = []
+    monkeypatch.setattr(module, "matmul_tflops", lambda device, dtype: seen.append(dtype) or 0.5)
+    if hasattr(module, "copy_bandwidth_gbps"):
+        monkeypatch.setattr(module, "copy_bandwidth_gbps", lambda device: 10.0)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--device", "cpu", *args, "--reps", "1", "--warmup", "1",
+                                      "--out", str(tmp_path)])
+    module.main()
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [str(d).removeprefix("torch.") for d in seen] == [want]
+    assert {r["dtype"] for r in rows} <= {want, {"float32": "fp32", "float16": "fp16"}[want]}, rows
+
+
+def test_train_step_rows_count_the_batchs_tokens_and_flops(tmp_path, monkeypatch):
+    """train_step's rows: tokens/s is batch x length over the median step, and "% of floor" the step's
+    FLOPs (model_flops of that batch and length) over its median, as a share of the matmul floor."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import train_step
+
+    peak, flops, seen = 0.25, 3.7e9, []
+    monkeypatch.setattr(train_step, "matmul_tflops", lambda device, dtype: peak)
+    monkeypatch.setattr(train_step, "model_flops", lambda net, b, length: seen.append((b, length)) or flops)
+    B, L = 3, 11
+    monkeypatch.setattr(sys, "argv", ["train_step.py", "--device", "cpu", "--shapes", f"{B}x{L}x37", "--objectives",
+                                      "mdlm", "--reps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    train_step.main()
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert seen == [(B, L)] and len(rows) == 2
+    for r in rows:
+        seconds = r["median_ms"] * 1e-3
+        assert r["note"] == f"{B * L / seconds:,.0f} tokens/s"
+        assert r["pct_floor"] == pytest.approx(100 * flops / seconds / 1e12 / peak, rel=1e-9)

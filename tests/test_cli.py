@@ -1020,3 +1020,51 @@ def test_sample_passes_the_temperature_to_an_autoregressive_model(tmp_path, caps
     run_sample(str(tmp_path), temperature=None, **{**opts, "prompt": "", "num_samples": 1})
     assert starts[-1].tolist() == [[ByteTokenizer().eos_id]]
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["/opt/venv/bin/dllm", "bench", "step", "--preset", "tiny", "--out", "o"],
+     "dllm bench step --preset tiny --out o"),
+    (["/site/dllm/cli.py", "bench", "e2e", "--size", "tiny"], "python -m dllm.cli bench e2e --size tiny"),
+    (["{cwd}/bench/unmask_step.py", "--device", "cpu", "--shapes", "1x16x301"],
+     "python bench/unmask_step.py --device cpu --shapes 1x16x301"),
+])
+def test_reports_record_the_command_as_it_was_typed(argv, want, tmp_path, monkeypatch):
+    """results.json and summary.md name the command that ran, every argument of it, so that it can be
+    run again: `dllm ...`, `python -m dllm.cli ...`, or `python bench/NAME.py ...` relative to the cwd."""
+    import sys
+
+    from dllm.benchmarks.common import command_line
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [argv[0].format(cwd=os.getcwd()), *argv[1:]])
+    assert command_line() == want
+
+
+def test_bench_step_weighs_the_model_in_the_dtype_it_builds(tmp_path, monkeypatch):
+    """The free-memory check counts the weights' bytes in --dtype: bf16 weights that fit run, though
+    the same weights in fp32 would not (and are refused)."""
+    import argparse
+    import json
+
+    import torch
+
+    from dllm.benchmarks import step_latency
+    from dllm.models import build_model
+    from dllm.models.config import ModelConfig
+
+    case = step_latency.Case("llada", dict(arch="llada", hidden=32, layers=1, heads=2, vocab_size=41), 1, 13)
+    monkeypatch.setitem(step_latency.PRESETS, "tiny", [case])
+    weights = sum(p.numel() for p in build_model(ModelConfig(max_seq_len=case.length, **case.model)).parameters())
+    monkeypatch.setattr(step_latency, "_free_bytes", lambda device: 3 * weights)  # 2-byte weights fit, 4-byte do not
+    built = []  # the model is built (the check passed); its steps are not what is tested here
+    monkeypatch.setattr(step_latency, "_steps", lambda case, model, *a, **kw: built.append(
+        next(model.parameters()).dtype) or {"eager reference step": lambda: None, "dllm step": lambda: None})
+    p = argparse.ArgumentParser()
+    step_latency.add_arguments(p)
+    args = ["--device", "cpu", "--reps", "1", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)]
+    step_latency.run(p.parse_args([*args, "--dtype", "bf16"]))
+    assert {r["dtype"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]} == {"bf16"}
+    assert built == [torch.bfloat16]
+    with pytest.raises(ValueError, match="weights alone take .* in torch.float32"):
+        step_latency.run(p.parse_args([*args, "--dtype", "fp32"]))

@@ -11,6 +11,7 @@ import pytest
 
 from dllm.benchmarks.code_quality import rarefied_entropy, unigram_entropy
 from dllm.benchmarks.e2e_verdict import ENTROPY_SLACK_BITS, at_floor, quality_shortfalls, summary, verdicts
+from dllm.benchmarks.e2e_verdict import clear_of_noise, summary, verdicts
 
 
 def quality(sampler="mdlm", length=64, fraction="1", *, rate=0.5, prefix=0.5, prefix_se=0.05, entropy=4.0, samples=32):
@@ -223,3 +224,37 @@ def test_a_point_as_fast_as_the_baseline_is_not_faster():
     res = results_with_spread([("kv-cache", None, 1, 1000.0, None), ("mdlm", "1/4", 1, 1000.0, None)])
     text = "\n".join(summary(verdicts(res)))
     assert "faster at none of the 1 (length, batch) points" in text and "It is not faster at: L 64 B 1." in text
+
+
+def _results(points):
+    """points: (sampler, fraction, tokens/s, spread_ms), batch 1, length 64, every point of equal quality."""
+    throughput, quality = [], []
+    for sampler, fraction, speed, spread in points:
+        quality.append({"sampler": sampler, "gen_length": 64, "fraction": fraction, "samples": 32, "parse_rate": 0.5,
+                        "parse_prefix": 0.5, "parse_prefix_se": 0.05, "entropy": 4.0})
+        throughput.append({"model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)",
+                           "sampler": sampler, "gen_length": 64, "fraction": fraction, "batch": 1, "steps": 16,
+                           "nfe": 16.0, "tokens_per_s": speed, "spread_ms": spread})
+    for r in throughput:
+        r["speedup_vs_ar"] = r["tokens_per_s"] / throughput[0]["tokens_per_s"]
+    return {"throughput": throughput, "quality": quality}
+
+
+def test_a_point_is_clear_of_noise_only_when_its_slow_end_beats_the_baselines_fast_end():
+    """Clear of noise: the point's p80 (its slow end) below the baseline's p20 (its fast end). A point
+    whose fast end beats the baseline's fast end, or whose slow end beats the baseline's slow end, but
+    whose spread still overlaps the baseline's, is within timing noise."""
+    rng = random.Random(3)
+    for _ in range(20):
+        lo = rng.uniform(100, 300)
+        ar = (lo, lo + rng.uniform(50, 150))
+        overlapping = (lo - rng.uniform(1, 40), ar[0] + rng.uniform(1, 40))  # fast end faster, slow end inside
+        inside = (ar[0] + 1, ar[1] - 1)
+        clear = (lo * rng.uniform(0.2, 0.6), lo * rng.uniform(0.7, 0.99))
+        assert not clear_of_noise({"spread_ms": overlapping}, {"spread_ms": ar})
+        assert not clear_of_noise({"spread_ms": inside}, {"spread_ms": ar})
+        assert clear_of_noise({"spread_ms": clear}, {"spread_ms": ar})
+    (v,) = verdicts(_results([("kv-cache", None, 1000.0, (286.6, 453.1)), ("mdlm", "1/4", 1300.0, (250.0, 400.0))]))
+    assert not v["best_equal_quality"]["clear_of_noise"]
+    text = "\n".join(summary([v]))
+    assert "faster at none of the 1" in text and "within timing noise" in text and "1.30x (noise)" in text
