@@ -24,6 +24,7 @@
 
 #include "dllm/attention.h"
 #include "dllm/common.h"
+#include "exp2_ftz.cuh"
 
 namespace dllm::attn {
 
@@ -265,20 +266,6 @@ __device__ __forceinline__ void store_rows(typename Elem<D>::T* dst, int64_t row
 }
 
 // ---- the elementwise parts of the kernels, shared by the mma.sync and wgmma versions ----------
-// 2^x by the MUFU.EX2 instruction alone, results below 2^-126 flushed to zero. exp2f adds a
-// rescaling around it for such results (three more instructions on the FMA pipe, which the
-// softmax keeps as busy as the MUFU one); no probability, row sum or rescaling factor of
-// attention is changed by them beyond float32 rounding, since each row's maximum contributes 1.
-__device__ __forceinline__ float exp2_ftz(float x) {
-#if defined(DLLM_CUDA_EMULATOR)
-  return exp2f(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
-
 // Score accumulators s[nb][e] have the m16n8k16 C layout: this thread's rows g (e < 2) and g + 8
 // (e >= 2) of its warp's 16, columns 8 nb + 2t + (e & 1) of the tile.
 

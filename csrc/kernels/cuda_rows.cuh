@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "dllm/common.h"
+#include "exp2_ftz.cuh"
 #include "dllm/philox.h"
 #include "dllm/sample_categorical.h"
 
@@ -274,26 +275,13 @@ __device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scal
   return y != y ? y : __expf(d * scale);
 #else
   (void)scale;
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(d * scale_log2));
-  return y;
+  return exp2_ftz(d * scale_log2);
 #endif
 }
 
 // exp_ftz's scale_log2 for a scale: scale * log2(e), capped at float's largest value as
 // inverse_temperature caps the scale, since an infinite one makes 0 * inf = NaN at the max.
 __device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, kMaxFloat); }
-
-// 2^x by exp_ftz's instruction (the emulator: exp2f).
-__device__ __forceinline__ float exp2_ftz(float x) {
-#if defined(DLLM_CUDA_EMULATOR)
-  return exp2f(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
 
 // The max of a batch (fmaxf: NaN ignored, -inf when all are -inf or NaN).
 template <int N>
