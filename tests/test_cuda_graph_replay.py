@@ -522,3 +522,41 @@ def test_a_changed_mask_id_gets_new_graphs(monkeypatch):
         replayed = dllm.generate(model, cuda_graph=True, **kw).sequences
         assert torch.equal(replayed, eager) and not (replayed == mask_id).any()
     assert RecordedStep.captures == 2
+
+
+def test_a_changed_sedd_graph_kind_gets_new_graphs(monkeypatch):
+    # Absorbing(V - 1) and Uniform(V) have the same number of classes, and here the same
+    # scale_by_sigma: a SEDD step captured with one graph's transition must not replay for the other
+    absorbing, uniform = Absorbing(V - 1), Uniform(V)
+    absorbing.scale_by_sigma = uniform.scale_by_sigma = False
+    model = score_model(absorbing, LogLinear())
+    kw = dict(prompt=torch.randint(0, V - 1, (2, 3)), gen_length=9, steps=5, sampler="sedd-euler")
+    graphs = (absorbing, uniform)
+    eager = []
+    for graph in graphs:
+        model.graph = graph
+        eager.append(dllm.generate(model, generator=torch.Generator().manual_seed(5), **kw).sequences)
+    assert not torch.equal(*eager)
+    replay_on_cpu(monkeypatch)
+    g = torch.Generator()  # one object: the calls share a session unless the key tells them apart
+    for graph, want in zip(graphs, eager):
+        model.graph = graph
+        g.manual_seed(5)
+        assert torch.equal(dllm.generate(model, generator=g, cuda_graph=True, **kw).sequences, want), graph.name
+
+
+def test_autocast_calls_with_one_generator_each_capture_their_own_graphs(monkeypatch):
+    # As test_autocast_gives_each_call_graphs_of_its_own, but with one generator object, as a server
+    # keeps it: the calls' configurations are then equal, and only autocast may tell them apart.
+    model = masked_model("llada")
+    g = torch.Generator()
+    kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="llada", temperature=1.0, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g.manual_seed(0)
+        eager = dllm.generate(model, **kw).sequences
+    replay_on_cpu(monkeypatch)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            g.manual_seed(0)
+            assert torch.equal(dllm.generate(model, cuda_graph=True, **kw).sequences, eager)
+    assert RecordedStep.captures == 2

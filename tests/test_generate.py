@@ -1417,3 +1417,15 @@ def test_a_sedd_folder_samples_with_the_noise_schedule_its_config_records(tmp_pa
     model, tok, kind = dllm.load_for_sampling(tmp_path / "loglinear")
     sigma, _ = model.noise(t)
     torch.testing.assert_close(-torch.expm1(-sigma), (1 - 1e-2) * t)  # the mask probability (1 - eps) t
+
+
+@pytest.mark.parametrize("sampler", ["mdlm", "first-hitting", "dream", "dream:origin", "fast-dllm"])
+def test_cfg_scale_is_refused_by_every_masked_sampler_but_llada(sampler):
+    # guidance is llada's alone: any other sampler would run without it, silently
+    model = TinyModel()
+    with pytest.raises(ValueError, match="cfg_scale applies only to the llada sampler"):
+        dllm.generate(model, torch.tensor([[3, 5, 7]]), gen_length=8, steps=4, sampler=sampler, cfg_scale=1.5)
+    assert model.calls == []  # refused before the network runs
+    # llada takes it (and calls the network twice a step)
+    out = dllm.generate(TinyModel(), torch.tensor([[3, 5, 7]]), gen_length=8, steps=4, sampler="llada", cfg_scale=1.5)
+    assert out.nfe == 8 and not (out.sequences == MASK).any()
