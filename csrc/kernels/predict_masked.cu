@@ -84,11 +84,13 @@ struct RowStats {
         pt[e % 2] += x * y;
       }
       t += pt[0] + pt[1];
+      s += ps[0] + ps[1];
     } else {
+      const ExpArgs x = exp_args(m, kLog2e);  // add_batch_fma's one FFMA an exponent
 #pragma unroll
-      for (int e = 0; e < N; ++e) ps[e % 2] += exp_ftz(v[e] - m);
+      for (int e = 0; e < N; ++e) ps[e % 2] += exp2_ftz(fmaf(v[e], x.a, x.b));
+      s = fmaf(ps[0] + ps[1], x.corr, s);
     }
-    s += ps[0] + ps[1];
   }
 
   // A (max, sum exp(v - max)) of this thread's values, added to m and s (not t): the untempered

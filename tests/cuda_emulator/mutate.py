@@ -205,6 +205,7 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
      "kMaxFloat); }", "__device__ __forceinline__ float log2e_times(float scale) { return scale * kLog2e; }", "subnormal"),
     ("csrc/torch/attention.cpp", "!q_len && !kv_len && heads > 0", "!q_len && heads > 0", "attention_never_reads_keys"),
+    ("csrc/kernels/predict_masked.cu", "s = fmaf(ps[0] + ps[1], x.corr, s);", "s += ps[0] + ps[1];", "predict_masked_large"),
 ]
 
 
