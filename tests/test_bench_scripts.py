@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from _train_helpers import ascii_locale, make_corpus, tiny
+from test_e2e import _cells as markdown_rows
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -702,9 +703,8 @@ def test_train_step_model_flops_match_the_full_head_steps_count(monkeypatch):
 
 
 def _cells(table: str) -> list[dict]:
-    lines = [line for line in table.splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
-    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+    """The rows of a summary.md table, as {header: cell} (test_e2e's reader of the report's tables)."""
+    return markdown_rows(table.splitlines(), "op")
 
 
 def test_summary_table_gives_dllms_speedup_and_the_share_of_each_floor(monkeypatch):

@@ -353,30 +353,39 @@ __device__ __forceinline__ ExpArgs exp_args(float m, float scale_log2) {
   return {a, -m * a, 1.0f};
 }
 
-// add_batch for the streaming passes over a row: exp_args's FFMA an element in place of an FADD
+// The sum of exp((v - m) * scale) over a batch, by exp_args's FFMA an element in place of an FADD
 // and an FMUL (these loops are issue-bound), its arguments taken again each batch rather than
-// kept, which would cost the loops registers. bm > -inf.
+// kept, which would cost the loops registers.
 template <int N>
-__device__ void add_batch_fma(MaxSum& acc, const float (&v)[N], float scale, float scale_log2, float bm) {
-  if (bm > acc.m) {
-    acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
-    acc.m = bm;
-  }
-  const ExpArgs x = exp_args(acc.m, scale_log2);
+__device__ float batch_sum_exp(const float (&v)[N], float m, float scale_log2) {
+  const ExpArgs x = exp_args(m, scale_log2);
   float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int e = 0; e < N; ++e) part[e % 4] += exp2_ftz(fmaf(v[e], x.a, x.b));
-  acc.s = fmaf((part[0] + part[1]) + (part[2] + part[3]), x.corr, acc.s);
+  return ((part[0] + part[1]) + (part[2] + part[3])) * x.corr;
 }
 
-// Whether any value is NaN: a batch whose max is -inf (fmaxf passes NaN over) has its NaN found
-// here, the others' by their NaN sums.
+// Whether any value is NaN.
 template <int N>
 __device__ bool any_nan(const float (&v)[N]) {
   bool nan = false;
 #pragma unroll
   for (int e = 0; e < N; ++e) nan |= v[e] != v[e];
   return nan;
+}
+
+// add_batch for the streaming passes over a row, by batch_sum_exp. A NaN or +inf among the values
+// makes the sum NaN, which is how these passes find them, but for a batch whose max is -inf
+// (fmaxf passes NaN over), which adds nothing: returns whether such a batch holds a NaN.
+template <int N>
+__device__ bool add_batch_fma(MaxSum& acc, const float (&v)[N], float scale, float scale_log2, float bm) {
+  if (!(bm > -kInf)) return any_nan(v);
+  if (bm > acc.m) {
+    acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
+    acc.m = bm;
+  }
+  acc.s += batch_sum_exp(v, acc.m, scale_log2);
+  return false;
 }
 
 struct ArgMax {

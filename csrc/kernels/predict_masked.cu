@@ -73,9 +73,8 @@ struct RowStats {
       }
       m = b1;
     }
-    float ps[2] = {0.0f, 0.0f};
     if (needs.entropy) {
-      float pt[2] = {0.0f, 0.0f};
+      float ps[2] = {0.0f, 0.0f}, pt[2] = {0.0f, 0.0f};
 #pragma unroll
       for (int e = 0; e < N; ++e) {
         // -inf (the padding, a -inf logit) adds e = 0 and, clamped, 0 * y = 0 rather than NaN
@@ -86,10 +85,7 @@ struct RowStats {
       t += pt[0] + pt[1];
       s += ps[0] + ps[1];
     } else {
-      const ExpArgs x = exp_args(m, kLog2e);  // add_batch_fma's one FFMA an exponent
-#pragma unroll
-      for (int e = 0; e < N; ++e) ps[e % 2] += exp2_ftz(fmaf(v[e], x.a, x.b));
-      s = fmaf(ps[0] + ps[1], x.corr, s);
+      s += batch_sum_exp(v, m, kLog2e);
     }
   }
 
@@ -218,11 +214,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
         drop(v, where.find(mask));
         const float b1 = batch_max(v);
         mine.add_batch(v, where, b1, needs);
-        if (b1 > -kInf) {
-          add_batch_fma(acc, v, scale, scale_log2, b1);
-        } else {
-          mine.bad |= any_nan(v);
-        }
+        mine.bad |= add_batch_fma(acc, v, scale, scale_log2, b1);
       });
       if (group_sums) mine.add_sums(acc);
       acc = warp_max_sum(acc, scale);

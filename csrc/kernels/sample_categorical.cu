@@ -65,12 +65,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
     MaxSum acc{-kInf, 0.0f};
     for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       if (greedy) best = better(best, batch_argmax(v, where));
-      const float bm = batch_max(v);
-      if (bm > -kInf) {
-        add_batch_fma(acc, v, scale, scale_log2, bm);
-      } else {
-        bad |= any_nan(v);
-      }
+      bad |= add_batch_fma(acc, v, scale, scale_log2, batch_max(v));
     });
     acc = warp_max_sum(acc, scale);
     bad |= !(acc.s == acc.s);

@@ -83,12 +83,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     MaxSum acc{-kInf, 0.0f};
     for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       drop(v, where.find(x));
-      const float bm = batch_max(v);
-      if (bm > -kInf) {
-        add_batch_fma(acc, v, 1.0f, kLog2e, bm);
-      } else {
-        bad |= any_nan(v);
-      }
+      bad |= add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
     });
     acc = warp_max_sum(acc);
     bad |= !(acc.s == acc.s);
@@ -221,14 +216,14 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
         }
         drop(v, at);  // the skipped column is no logit of the loss (as on the CPU)
         const float bm = batch_max(v);
-        if (bm > -kInf) {
-          if constexpr (D == DType::kFloat32) {  // half the elements a byte; with the FFMA ptxas spills here
+        if constexpr (D == DType::kFloat32) {  // half the elements a byte; with the FFMA ptxas spills here
+          if (bm > -kInf) {
             add_batch(acc, v, 1.0f, bm);
           } else {
-            add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+            nan |= any_nan(v);
           }
         } else {
-          nan |= any_nan(v);
+          nan |= add_batch_fma(acc, v, 1.0f, kLog2e, bm);
         }
       });
     }

@@ -106,11 +106,12 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "return offset < kRun ? run * kRun + offset : -1;", "return run * kRun + offset;",
      "sedd or predict_masked or loss"),
     ("csrc/kernels/cuda_rows.cuh", "acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);\n"
-     "    acc.m = bm;\n  }\n  const ExpArgs", "acc.s = acc.m == -kInf ? 0.0f : acc.s;\n    acc.m = bm;\n  }\n  const ExpArgs",
+     "    acc.m = bm;\n  }\n  acc.s += batch_sum_exp", "acc.s = acc.m == -kInf ? 0.0f : acc.s;\n    acc.m = bm;\n  }\n"
+     "  acc.s += batch_sum_exp",
      "sedd or sample_categorical"),
     # sedd_step's pass 1 counting x; the uniform loss summing the -inf filling; predict_masked's
     # fused group masses left untempered
-    ("csrc/kernels/sedd.cu", "      drop(v, where.find(x));\n      const float bm", "      const float bm", "sedd"),
+    ("csrc/kernels/sedd.cu", "      drop(v, where.find(x));\n      bad |= add_batch_fma", "      bad |= add_batch_fma", "sedd"),
     ("csrc/kernels/sedd.cu", "if (e != at && e / run < chunks) sum_l", "if (e != at) sum_l", "loss"),
     ("csrc/kernels/predict_masked.cu", "tempered_log_mass(group_max[g], group_lse[g], row_max, scale)",
      "tempered_log_mass(group_max[g], group_lse[g], row_max, 1.0f)", "predict"),
@@ -195,17 +196,17 @@ MUTANTS = [
     ("csrc/kernels/rotary.cu", "p.x_head_stride % kVec == 0 &&", "", "16_byte"),
     # the streaming passes' FFMA exponent: its rounding's correction, the huge-scale branch, the
     # NaN among -inf, SEDD's x and the mask read apart; the attention's unfilled outputs
-    ("csrc/kernels/cuda_rows.cuh", "(part[2] + part[3]), x.corr, acc.s);", "(part[2] + part[3]), 1.0f, acc.s);",
+    ("csrc/kernels/cuda_rows.cuh", "(part[2] + part[3])) * x.corr;", "(part[2] + part[3]));",
      "large_logits"),
     ("csrc/kernels/cuda_rows.cuh", "if (fabsf(ms) < 0x1p31f) return", "if (fabsf(ms) < kInf) return", "tiny_temperatures"),
-    ("csrc/kernels/sample_categorical.cu", "        bad |= any_nan(v);\n", "", "non_finite"),
+    ("csrc/kernels/sample_categorical.cu", "    bad |= !(acc.s == acc.s);\n", "", "non_finite"),
+    ("csrc/kernels/cuda_rows.cuh", "if (!(bm > -kInf)) return any_nan(v);", "if (!(bm > -kInf)) return false;", "non_finite"),
     ("csrc/kernels/sedd.cu", "bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);", "bool bad = false;", "non_finite"),
     ("csrc/kernels/predict_masked.cu", "    if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);\n", "",
      "non_finite"),
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
      "kMaxFloat); }", "__device__ __forceinline__ float log2e_times(float scale) { return scale * kLog2e; }", "subnormal"),
     ("csrc/torch/attention.cpp", "!q_len && !kv_len && heads > 0", "!q_len && heads > 0", "attention_never_reads_keys"),
-    ("csrc/kernels/predict_masked.cu", "s = fmaf(ps[0] + ps[1], x.corr, s);", "s += ps[0] + ps[1];", "predict_masked_large"),
 ]
 
 
