@@ -702,9 +702,10 @@ def test_train_step_model_flops_match_the_full_head_steps_count(monkeypatch):
     assert train_step.model_flops(net, 3, 9) == pytest.approx(counter.get_total_flops(), rel=0.05)
 
 
-def _cells(table: str) -> list[dict]:
-    """The rows of a summary.md table, as {header: cell} (test_e2e's reader of the report's tables)."""
-    return markdown_rows(table.splitlines(), "op")
+def _cells(table: str, first: str = "op") -> list[dict]:
+    """The rows of a summary.md table whose header starts with ``| first |``, as {header: cell}
+    (test_e2e's reader of the report's tables)."""
+    return markdown_rows(table.splitlines(), first)
 
 
 def test_summary_table_gives_dllms_speedup_and_the_share_of_each_floor(monkeypatch):
@@ -805,7 +806,7 @@ def test_train_summary_rates_the_training_by_the_time_each_interval_took(tmp_pat
 
     monkeypatch.setattr(sys, "argv", ["train_summary.py", str(run), "--out", str(tmp_path / "out")])
     train_summary.main()
-    (row,) = _cells((tmp_path / "out" / "summary.md").read_text())
+    (row,) = _cells((tmp_path / "out" / "summary.md").read_text(), "objective")
     tps = tokens / seconds
     assert row["tokens/s (train)"] == f"{tps:,.0f}" and row["train s"] == f"{tokens / tps:.0f}"
     assert row["wall s"] == f"{seconds + 2.6:.0f}" and row["steps"] == "4" and row["tokens"] == f"{tokens:,}"
