@@ -9,8 +9,9 @@ also gives the rate counting the padded L x L, as the H100 peer numbers behind t
 Forward + backward counts 3.5x the forward. The hardware floor is a bf16 (CPU: float32) matmul's
 rate, measured in the same run: "% of floor" is the fraction of it reached. The default GPU shapes hold the issue's targets:
 SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built for 9.0, both
-sets of dllm kernels run: "dllm" (wgmma, the default there) and "dllm mma.sync"
-(DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
+sets of dllm kernels run: "dllm" (wgmma, the default there), "dllm lock-step" (wgmma with its two
+warpgroups in lock step, DLLM_ATTENTION_PINGPONG=0, instead of half a tile apart) and "dllm
+mma.sync" (DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -73,14 +74,16 @@ def main() -> None:
             def run(fn):
                 return timed_call(fn, (q, k, v), args.backward)
 
-            def dllm_call(kernel):
+            def dllm_call(kernel, pingpong="1"):
                 def call():
-                    os.environ["DLLM_ATTENTION_KERNEL"] = kernel  # read by the op at every call
+                    # read by the op at every call, the backward's included
+                    os.environ["DLLM_ATTENTION_KERNEL"], os.environ["DLLM_ATTENTION_PINGPONG"] = kernel, pingpong
                     return dllm.ops.attention(q, k, v, kv_len=lens)
                 return call
 
             candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
+                candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
                 candidates["dllm mma.sync"] = run(dllm_call("mma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             for name, backend in (BACKENDS if cuda else {"SDPA (CPU)": None}).items():
@@ -96,6 +99,7 @@ def main() -> None:
             measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0,
                                        refused_by=(RuntimeError,), **reps)
             os.environ.pop("DLLM_ATTENTION_KERNEL")
+            os.environ.pop("DLLM_ATTENTION_PINGPONG")
             unit, scale = ("TFLOP/s", 1.0) if cuda else ("GFLOP/s", 1e3)
             for r in measured:
                 if r.median_ms == r.median_ms:  # timed

@@ -19,14 +19,17 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 
 
-@pytest.fixture(params=["mma", "wgmma"])
+@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step"])
 def attention_kernel(request, monkeypatch):
-    """The CUDA kernels (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma where they run."""
-    if request.param == "wgmma" and not (
+    """The CUDA kernels (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma where they run, its
+    two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0)."""
+    kernel, _, lock_step = request.param.partition(" ")
+    if kernel == "wgmma" and not (
         dllm.build_info()["wgmma"] and torch.cuda.get_device_capability() == (9, 0)
     ):
         pytest.skip("the wgmma kernel needs a build for 9.0 and a compute capability 9.0 GPU")
-    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", request.param)
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if lock_step else "1")
     return request.param
 
 

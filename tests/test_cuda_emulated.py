@@ -623,10 +623,13 @@ class EmulatedAttention(torch.autograd.Function):
         return *grads, None, None, None, None, None, None, None
 
 
-@pytest.fixture(params=["mma", "wgmma"])
+@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step"])
 def attention_kernel(request, emulator, monkeypatch):
-    """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma."""
-    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", request.param)
+    """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma with
+    its two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0)."""
+    kernel, _, lock_step = request.param.partition(" ")
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if lock_step else "1")
     return request.param
 
 
@@ -919,6 +922,10 @@ def test_attention_kernel_choice_is_checked(emulator, monkeypatch):
     q = torch.randn(1, 8, 2, 64, dtype=torch.bfloat16)
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", "flash")
     with pytest.raises(RuntimeError, match='DLLM_ATTENTION_KERNEL must be "mma" or "wgmma", got "flash"'):
+        EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", "wgmma")
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "yes")
+    with pytest.raises(RuntimeError, match='DLLM_ATTENTION_PINGPONG must be "0" or "1", got "yes"'):
         EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
 
 

@@ -14,8 +14,17 @@
 // products and then tile j - 1's gradient products, and all of them are retired right after they
 // issue: ptxas reuses the registers of an in-flight product's register operands (dS, P) as
 // scratch, which the H200 showed in the forward (its "Retired at once" note). Tile j's dS lives
-// in registers of its own (ds_next) until it becomes the operand a tile later, and the streamed
-// operand of the gradient products (K, or Q and dO) takes four buffers.
+// in registers of its own (ds_next) until it becomes the operand a tile later.
+//
+// Ping-pong: with `stagger`, warpgroup 1 turns tile j's scores into dS (P^T, dS^T) only after the
+// next block barrier, while warpgroup 0 runs the products of tile j + 1, and issues its own
+// products while warpgroup 0 does that elementwise work, so each warpgroup's products overlap the
+// other's exponentials as in FlashAttention-3's forward. In lock step (both at once, stagger off)
+// the tensor cores idle through every softmax: these kernels need more than 128 registers a
+// thread, so a CTA has its SM to itself. Both warpgroups still meet at every tile's barrier, and
+// their products read the same buffers in the same tile, so the buffers outlive the same
+// barriers either way; warpgroup 0 alone copies the streamed tiles, after its products retire,
+// so that the copies land during its elementwise work.
 //
 // Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_count get
 // P = 0 (their lse is treated as +inf) and key columns past k_count get dS = 0 in the dQ kernel;
@@ -34,6 +43,7 @@ namespace {
 using namespace attn;
 
 constexpr int kThreads = 256;     // two warpgroups
+constexpr int kLoaders = 128;     // warpgroup 0 copies the streamed tiles
 constexpr int kRowsPerCta = 128;  // queries per dQ CTA, keys per dK/dV CTA
 constexpr int kDqKeys = 64;       // keys per streamed dQ tile
 
@@ -44,20 +54,20 @@ constexpr int dkdv_queries() {
   return Dim == 128 ? 32 : 64;
 }
 
-// Buffers of the streamed tiles. A tile's dQ (or dK/dV) product is issued one iteration after its
-// scores and retired one iteration later still, while the tile after next loads: K (or Q and dO)
-// takes four buffers. V only feeds the dQ kernel's scores: two.
-constexpr int kDqKBuffers = 4;
-constexpr int kQueryBuffers = 4;
+// Buffers of the streamed tiles. Tile j's products read K_j (or Q_j and dO_j) and K_{j-1} between
+// barriers j and j + 1, while K_{j+1} loads: three buffers. V only feeds the dQ kernel's scores:
+// two.
+constexpr int kDqKBuffers = 3;
+constexpr int kQueryBuffers = 3;
 
 template <int Dim>
 constexpr int dq_smem_bytes() {
-  return (2 * kRowsPerCta + (kDqKBuffers + 2) * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[4], V[2]
+  return (2 * kRowsPerCta + (kDqKBuffers + 2) * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[3], V[2]
 }
 
 template <int Dim>
 constexpr int dkdv_smem_bytes() {
-  return (2 * kRowsPerCta + 2 * kQueryBuffers * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[4], dO[4]
+  return (2 * kRowsPerCta + 2 * kQueryBuffers * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[3], dO[3]
 }
 
 // c1 = A1 B1^T and c2 = A2 B2^T for one warpgroup, A from its 64 rows of the [kRowsPerCta][Dim]
@@ -78,7 +88,8 @@ __device__ __forceinline__ void issue_paired_products(float (&c1)[N / 8][4], flo
 }
 
 template <DType DT, int Dim>
-__global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const AttentionGradParams g, const float* delta) {
+__global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const AttentionGradParams g, const float* delta,
+                                                                      bool stagger) {
   using T = typename Elem<DT>::T;
   constexpr int kScoreBlocks = kDqKeys / 8, kOutBlocks = Dim / 8, kKeySteps = kDqKeys / 16;
   const AttentionParams& p = g.fwd;
@@ -93,6 +104,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   if (m0 >= qn || kn == 0) return;  // dq is pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first query row in the tile
+  const bool loads = warp < 4, lags = stagger && !loads;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
@@ -104,13 +116,13 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   auto v_tile = [&](int j) { return sV + (j & 1) * kDqKeys * Dim; };
   auto load_keys = [&](int j) {
     const int first = j * kDqKeys;
-    wg::load_panels<kDqKeys, Dim, kThreads>(k_tile(j), gk + first * p.k_token_stride, p.k_token_stride, kn - first);
-    wg::load_panels<kDqKeys, Dim, kThreads>(v_tile(j), gv + first * p.v_token_stride, p.v_token_stride, kn - first);
+    wg::load_panels<kDqKeys, Dim, kLoaders>(k_tile(j), gk + first * p.k_token_stride, p.k_token_stride, kn - first);
+    wg::load_panels<kDqKeys, Dim, kLoaders>(v_tile(j), gv + first * p.v_token_stride, p.v_token_stride, kn - first);
   };
 
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sQ, gq, p.q_token_stride, qn - m0);
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sdO, gdo, g.do_token_stride, qn - m0);
-  load_keys(0);
+  if (loads) load_keys(0);
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
@@ -121,10 +133,10 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   uint32_t dsf[kKeySteps][4];      // dS of the tile whose dQ product is issued next, its A operand
   uint32_t ds_next[kKeySteps][4];  // dS of the latest tile, until the product reading dsf retires
 
-  // Starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-3} and V_{j-1}, which every warpgroup
-  // was done with at tile j's block barrier. Issued once tile j's products have retired.
+  // Starts loading K_{j+1}, V_{j+1} into the buffers of K_{j-2} and V_{j-1}, which every warpgroup
+  // was done with at tile j's block barrier. Issued by warpgroup 0 once its tile j products retired.
   auto load_ahead = [&](int j) {
-    if (j + 1 < n_tiles) {
+    if (loads && j + 1 < n_tiles) {
       load_keys(j + 1);
       cp_async_commit();
     }
@@ -153,24 +165,24 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   issue_scores(0);
   load_ahead(0);
   wg::wait_group<0>();
+  if (lags) wg::arrive();
   scores_to_fragments(0);
 
   for (int j = 1; j < n_tiles; ++j) {
-    wg::arrive();  // K_j, V_j have landed, and every warpgroup is done with tile j - 1's scores
-    wg::wait_group<0>();
+    // K_j, V_j have landed, and every warpgroup is done with tile j - 1's products
+    if (!lags) wg::arrive();
     next_fragments();
-    // S_j and dP_j, then dQ += dS_{j-1} K_{j-1} (K as the [k = key][n = d] operand), which runs
-    // while dS_j is computed and until the wait above in the next tile.
+    // S_j and dP_j, then dQ += dS_{j-1} K_{j-1} (K as the [k = key][n = d] operand).
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(j - 1));
     wg::wait_group<0>();  // all three, before any other instruction (see the note above)
     load_ahead(j);
+    if (lags) wg::arrive();
     scores_to_fragments(j);
   }
 
   // dQ += dS K of the last tile.
-  wg::arrive();
-  wg::wait_group<0>();
+  if (!lags) wg::arrive();
   next_fragments();
   wg::issue_times_fragments<DT, Dim, kDqKeys>(dq, dsf, k_tile(n_tiles - 1));
   wg::wait_group<0>();
@@ -183,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
 
 template <DType DT, int Dim>
 __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const AttentionGradParams g,
-                                                                        const float* delta) {
+                                                                        const float* delta, bool stagger) {
   using T = typename Elem<DT>::T;
   constexpr int kQueries = dkdv_queries<Dim>();
   constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8, kQuerySteps = kQueries / 16;
@@ -199,6 +211,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   if (n0 >= kn || qn == 0) return;  // dk, dv are pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first key row in the tile
+  const bool loads = warp < 4, lags = stagger && !loads;
   const int group = int(p.heads / p.kv_heads);
   const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + n0;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
@@ -213,13 +226,13 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     const int h = head_of(it), r = row_of(it);
     const T* gq = static_cast<const T*>(p.q) + (q0 + r) * p.q_token_stride + h * p.q_head_stride;
     const T* gdo = static_cast<const T*>(g.dout) + (q0 + r) * g.do_token_stride + h * g.do_head_stride;
-    wg::load_panels<kQueries, Dim, kThreads>(q_tile(it), gq, p.q_token_stride, qn - r);
-    wg::load_panels<kQueries, Dim, kThreads>(do_tile(it), gdo, g.do_token_stride, qn - r);
+    wg::load_panels<kQueries, Dim, kLoaders>(q_tile(it), gq, p.q_token_stride, qn - r);
+    wg::load_panels<kQueries, Dim, kLoaders>(do_tile(it), gdo, g.do_token_stride, qn - r);
   };
 
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sK, gk, p.k_token_stride, kn - n0);
   wg::load_panels<kRowsPerCta, Dim, kThreads>(sV, gv, p.v_token_stride, kn - n0);
-  load_queries(0);
+  if (loads) load_queries(0);
   cp_async_commit();
 
   const float scale_log2 = p.scale * kLog2e;
@@ -229,10 +242,10 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   uint32_t pf[kQuerySteps][4], dsf[kQuerySteps][4];  // P^T, dS^T of the tile whose products are issued next
   uint32_t p_next[kQuerySteps][4], ds_next[kQuerySteps][4];  // those of the latest tile, until then
 
-  // Starts loading query tile it + 1 into the buffers of tile it - 3, which every warpgroup was
-  // done with at tile it's block barrier. Issued once tile it's products have retired.
+  // Starts loading query tile it + 1 into the buffers of tile it - 2, which every warpgroup was
+  // done with at tile it's block barrier. Issued by warpgroup 0 once its tile it products retired.
   auto load_ahead = [&](int it) {
-    if (it + 1 < steps) {
+    if (loads && it + 1 < steps) {
       load_queries(it + 1);
       cp_async_commit();
     }
@@ -272,24 +285,24 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   issue_scores(0);
   load_ahead(0);
   wg::wait_group<0>();
+  if (lags) wg::arrive();
   scores_to_fragments();
 
   for (int it = 1; it < steps; ++it) {
-    wg::arrive();  // query tile it has landed, and every warpgroup is done with tile it - 1's scores
-    wg::wait_group<0>();
+    // query tile it has landed, and every warpgroup is done with tile it - 1's products
+    if (!lags) wg::arrive();
     next_fragments();
-    // S^T, dP^T of tile it, then tile it - 1's dV and dK products, which run while P^T and dS^T
-    // of tile it are computed and until the wait above in the next tile.
+    // S^T, dP^T of tile it, then tile it - 1's dV and dK products.
     issue_scores(it);
     issue_gradients(it - 1);
     wg::wait_group<0>();  // all four, before any other instruction (see the note above)
     load_ahead(it);
+    if (lags) wg::arrive();
     scores_to_fragments();
   }
 
   // The last tile's products.
-  wg::arrive();
-  wg::wait_group<0>();
+  if (!lags) wg::arrive();
   next_fragments();
   issue_gradients(steps - 1);
   wg::wait_group<0>();
@@ -306,7 +319,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
 }
 
 template <DType DT, int Dim>
-void launch_backward(const AttentionGradParams& g, const float* delta, cudaStream_t stream) {
+void launch_backward(const AttentionGradParams& g, const float* delta, bool stagger, cudaStream_t stream) {
   const AttentionParams& p = g.fwd;
   constexpr int dq_smem = dq_smem_bytes<Dim>(), dkdv_smem = dkdv_smem_bytes<Dim>();
   allow_dynamic_smem<attention_dq_wgmma_kernel<DT, Dim>>(dq_smem);
@@ -314,19 +327,19 @@ void launch_backward(const AttentionGradParams& g, const float* delta, cudaStrea
   const unsigned q_blocks = unsigned((p.max_q + kRowsPerCta - 1) / kRowsPerCta);
   const unsigned k_blocks = unsigned((p.max_k + kRowsPerCta - 1) / kRowsPerCta);
   attention_dq_wgmma_kernel<DT, Dim>
-      <<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(g, delta);
+      <<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(g, delta, stagger);
   attention_dkdv_wgmma_kernel<DT, Dim>
-      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta);
+      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta, stagger);
 }
 
 }  // namespace
 
-void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream) {
+void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, void* stream) {
   const AttentionParams& p = g.fwd;
   if (attn::nothing_to_launch(p)) return;
   auto s = static_cast<cudaStream_t>(stream);
   attention_delta_cuda(g, delta, s);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, s); });
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, stagger, s); });
 }
 
 }  // namespace dllm

@@ -22,6 +22,15 @@
 // CTA, keep the tensor cores busy during a softmax. P_j still goes into registers of its own
 // (p_next) that become the operand (pf) a tile later.
 //
+// Ping-pong: with `stagger`, warpgroup 1 runs the softmax of S_j only after the next block
+// barrier, while warpgroup 0's products of tile j + 1 run, and issues its own products while
+// warpgroup 0 runs its softmax, so that each warpgroup's products overlap the other's softmax as
+// in FlashAttention-3 (which orders the two with named barriers; here the tile's block barrier
+// is all the order needed). In lock step (stagger off) the tensor cores idle through every
+// softmax at D = 128, where a CTA has its SM to itself. The products of both warpgroups read the
+// same buffers between the same barriers either way. Warpgroup 0 alone copies the tiles ahead,
+// once its products retire, so that the copies land during its softmax.
+//
 // The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
 // and epilogue are those of attention_fwd.cu. Keys past k_count are never read; query rows past
 // q_count are zero-filled, computed and not stored.
@@ -39,6 +48,7 @@ namespace {
 using namespace attn;
 
 constexpr int kWarpgroups = 2, kThreads = 128 * kWarpgroups;
+constexpr int kLoaders = 128;  // warpgroup 0 copies the tiles ahead
 constexpr int kBlockM = 64 * kWarpgroups;  // queries per CTA
 
 // Keys per tile: 128 at D = 128 (one CTA per SM, up to 255 registers a thread); 64 at D = 64, so
@@ -57,7 +67,8 @@ constexpr int wgmma_fwd_smem_bytes() {
 }
 
 template <DType DT, int Dim>
-__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgmma_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgmma_kernel(const AttentionParams p,
+                                                                                         bool stagger) {
   using T = typename Elem<DT>::T;
   constexpr int kBlockN = block_n<Dim>();
   constexpr int kSteps = Dim / 16;         // k-steps of Q K^T
@@ -72,6 +83,7 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   if (m0 >= qn || kn == 0) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int q_row0 = (warp / 4) * 64;  // this warpgroup's 64 query rows
+  const bool loads = warp < 4, lags = stagger && !loads;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
@@ -93,14 +105,15 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   auto v_tile = [&](int j) { return sV + (j % kVBuffers) * kBlockN * Dim; };
 
   // Starts loading K_{j+1} and V_j into the buffers of K_{j-1} and V_{j-3}, which every warpgroup
-  // was done with at tile j's block barrier.
+  // was done with at tile j's block barrier (warpgroup 0 only).
   auto load_ahead = [&](int j) {
+    if (!loads) return;
     if (j + 1 < n_tiles) {
       const int next = (j + 1) * kBlockN;
-      wg::load_panels<kBlockN, Dim, kThreads>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
+      wg::load_panels<kBlockN, Dim, kLoaders>(sK + ((j + 1) & 1) * kBlockN * Dim, gk + next * p.k_token_stride,
                                               p.k_token_stride, kn - next);
     }
-    wg::load_panels<kBlockN, Dim, kThreads>(v_tile(j), gv + j * kBlockN * p.v_token_stride, p.v_token_stride,
+    wg::load_panels<kBlockN, Dim, kLoaders>(v_tile(j), gv + j * kBlockN * p.v_token_stride, p.v_token_stride,
                                             kn - j * kBlockN);
     cp_async_commit();
   };
@@ -125,35 +138,37 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
     wg::copy_fragments(pf, p_next);
   };
 
+  // The softmax of the latest S_j: P_j rounded to the input type, into p_next.
+  auto softmax = [&](int j) {
+    wg::fence_accumulators(s);
+    mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
+    rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
+    wg::to_fragments<DT, kBlockN>(p_next, s);
+  };
+
   // Tile 0: no product of an earlier tile to overlap with.
   wg::arrive();  // Q and K_0
   issue_scores(0);
   load_ahead(0);
   wg::wait_group<0>();
-  wg::fence_accumulators(s);
-  mask_keys(s, 0, kn, lane, -INFINITY);
-  rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
-  wg::to_fragments<DT, kBlockN>(p_next, s);
+  if (lags) wg::arrive();
+  softmax(0);
 
   for (int j = 1; j < n_tiles; ++j) {
-    wg::arrive();  // K_j and V_{j-1} have landed, and every warpgroup is done with the softmax of S_{j-1}
-    wg::wait_group<0>();
+    // K_j and V_{j-1} have landed, and every warpgroup is done with tile j - 1's products
+    if (!lags) wg::arrive();
     next_fragments();
-    // S_j, then O += P_{j-1} V_{j-1}, which runs during the softmax of S_j and until the wait above
-    // in the next tile.
+    // S_j, then O += P_{j-1} V_{j-1}.
     issue_scores(j);
     wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(j - 1));
     wg::wait_group<0>();  // both, before any other instruction: see "Retired at once" above
     load_ahead(j);
-    wg::fence_accumulators(s);
-    mask_keys(s, j * kBlockN, kn, lane, -INFINITY);
-    rescale = softmax_tile(s, row_max, row_sum, correction, scale_log2);
-    wg::to_fragments<DT, kBlockN>(p_next, s);  // P rounded to the input type
+    if (lags) wg::arrive();
+    softmax(j);
   }
 
   // O += P V of the last tile.
-  wg::arrive();
-  wg::wait_group<0>();
+  if (!lags) wg::arrive();
   next_fragments();
   wg::issue_times_fragments<DT, Dim, kBlockN>(o, pf, v_tile(n_tiles - 1));
   wg::wait_group<0>();
@@ -164,19 +179,19 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
 }
 
 template <DType DT, int Dim>
-void launch_forward(const AttentionParams& p, cudaStream_t stream) {
+void launch_forward(const AttentionParams& p, bool stagger, cudaStream_t stream) {
   constexpr int smem = wgmma_fwd_smem_bytes<Dim>();
   allow_dynamic_smem<attention_fwd_wgmma_kernel<DT, Dim>>(smem);
   const dim3 grid(unsigned((p.max_q + kBlockM - 1) / kBlockM), unsigned(p.heads), unsigned(p.batch));
-  attention_fwd_wgmma_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p);
+  attention_fwd_wgmma_kernel<DT, Dim><<<grid, kThreads, smem, stream>>>(p, stagger);
 }
 
 }  // namespace
 
-void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream) {
+void attention_forward_wgmma_cuda(const AttentionParams& p, bool stagger, void* stream) {
   if (attn::nothing_to_launch(p)) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, s); });
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, stagger, s); });
 }
 
 }  // namespace dllm

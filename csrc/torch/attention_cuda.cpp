@@ -45,6 +45,15 @@ bool use_wgmma() {
   return true;
 }
 
+// DLLM_ATTENTION_PINGPONG=0 runs the wgmma kernels' two warpgroups in lock step instead of half a
+// tile apart (the default, "1"): kept to measure one against the other.
+bool pingpong() {
+  const char* choice = std::getenv("DLLM_ATTENTION_PINGPONG");
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "1") == 0) return true;
+  TORCH_CHECK(std::strcmp(choice, "0") == 0, "DLLM_ATTENTION_PINGPONG must be \"0\" or \"1\", got \"", choice, "\"");
+  return false;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                               const std::optional<at::Tensor>& kv_len,
                                                               const std::optional<at::Tensor>& q_len,
@@ -67,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
     attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), stream());
   } else if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
-    attention_forward_wgmma_cuda(p, stream());
+    attention_forward_wgmma_cuda(p, pingpong(), stream());
 #endif
   } else {
     attention_forward_cuda(p, stream());
@@ -89,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
-    attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), stream());
+    attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), pingpong(), stream());
 #endif
   } else {
     attention_backward_cuda(g, delta.data_ptr<float>(), stream());

@@ -86,6 +86,11 @@ MUTANTS = [
     (WG_BWD, "    wg::wait_group<0>();  // all three, before any other instruction (see the note above)\n", "",
      "attention and wgmma"),
     (WG_BWD, "(dq, dsf, k_tile(j - 1));", "(dq, dsf, k_tile(j));", "attention and wgmma"),
+    # ping-pong: one buffer too few for K (dQ) or Q / dO (dK/dV), whose K_{j+1} overwrites a tile
+    # the lagging warpgroup's products still read; its barrier before dS missing
+    (WG_BWD, "constexpr int kDqKBuffers = 3;", "constexpr int kDqKBuffers = 2;", "attention and wgmma"),
+    (WG_BWD, "constexpr int kQueryBuffers = 3;", "constexpr int kQueryBuffers = 2;", "attention and wgmma"),
+    (WG_BWD, "    load_ahead(j);\n    if (lags) wg::arrive();\n", "    load_ahead(j);\n", "attention and wgmma"),
     # the conditional rescaling: a stale maximum kept however far a tile's exceeds it (float16 P
     # overflows); the wgmma forward rescaling O by a stale correction
     (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),

@@ -60,8 +60,9 @@ void attention_forward_cuda(const AttentionParams& p, void* stream);
 void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stream);
 // The forward and backward on Hopper's wgmma instruction, for compute capability 9.0 only; they
 // exist in builds whose architectures include 9.0 (compiled for sm_90a). Same contracts as above.
-void attention_forward_wgmma_cuda(const AttentionParams& p, void* stream);
-void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, void* stream);
+// `stagger` runs a CTA's two warpgroups half a tile apart (ping-pong) instead of in lock step.
+void attention_forward_wgmma_cuda(const AttentionParams& p, bool stagger, void* stream);
+void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, void* stream);
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream);
 
 // Forwards with each sequence's keys split into chunks across CTAs (FlashDecoding), for few
