@@ -249,7 +249,11 @@ __device__ __forceinline__ void fence_fragments(uint32_t (&frag)[Steps][4]) {
 }
 
 // This thread's cp.async copies have landed and are visible to wgmma's reads, and every thread of
-// the block is here.
+// the block is here. The ping-pong kernels' two warpgroups reach it at different places in the
+// code, each warp whole, as CUTLASS's warp-specialised kernels reach their named barriers
+// (bar.sync, the aligned form; its unaligned barrier.sync is for warps that may diverge, and made
+// ptxas guard the warp-collective instructions after each barrier with WARPSYNC.COLLECTIVE
+// sequences here: 28 in the forward's SASS).
 __device__ __forceinline__ void arrive() {
   attn::cp_async_wait_all();
   fence_proxy_async();
