@@ -13,7 +13,8 @@
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps, ncu,
 #                    e2e (default install,tests,bench,steps; ncu: Nsight Compute's counters on the
-#                    streaming kernels into ncu.txt, 150 s; e2e also needs DLLM_E2E_MINUTES: its two
+#                    streaming kernels into ncu.txt, 150 s, and on the wgmma attention's into
+#                    ncu-attention.txt, 90 s; e2e also needs DLLM_E2E_MINUTES: its two
 #                    models train in the background from the end of install, beside the tests, which time
 #                    nothing, and the benchmarks wait for them; the sweep runs last; a training
 #                    stopped by a non-finite gradient has that step replayed (e2e-replay-*.txt:
@@ -243,6 +244,16 @@ if stage ncu; then
       -k regex:'sample_categorical|sedd_step|predict_masked|loss_' "$PY" scripts/profile_streaming.py \
       >"$OUT/ncu.txt" 2>&1
     note "ncu exit code $? (ncu.txt)"
+  fi
+  # and on the wgmma attention's kernels, ping-pong and lock step (scripts/profile_attention.py)
+  limit=$(limit_left 90)
+  if [ "$WGMMA_OK" = 1 ] && command -v ncu >/dev/null && (( limit >= 30 )); then
+    timeout -s INT -k 10 "$limit" ncu --clock-control none --profile-from-start off \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      -k regex:'attention_(fwd|dq|dkdv)_wgmma|attention_delta' "$PY" scripts/profile_attention.py \
+      >"$OUT/ncu-attention.txt" 2>&1
+    note "ncu (attention) exit code $? (ncu-attention.txt)"
   fi
   pack
 fi
