@@ -228,33 +228,28 @@ if stage steps; then
   done
 fi
 
-if stage ncu; then
-  wait_for_e2e_training
-  # Nsight Compute on the warm calls of the streaming kernels (scripts/profile_streaming.py): the
-  # hardware counters were read on the Firecracker machines, not on gVisor (the device tool's KINDS.md)
-  limit=$(limit_left 150)
+# Nsight Compute on the warm calls of SCRIPT's kernels matching REGEX, into OUT/FILE: the hardware
+# counters were read on the Firecracker machines, not on gVisor (the device tool's KINDS.md)
+profile() {  # FILE SECONDS REGEX SCRIPT
+  local limit; limit=$(limit_left "$2")
   if ! command -v ncu >/dev/null; then
-    note "ncu skipped: not on PATH"
+    note "ncu skipped ($1): not on PATH"
   elif (( limit < 30 )); then
-    note "ncu skipped: DLLM_GPU_SECONDS spent"
+    note "ncu skipped ($1): DLLM_GPU_SECONDS spent"
   else
     timeout -s INT -k 10 "$limit" ncu --clock-control none --profile-from-start off \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      --section SchedulerStats --section MemoryWorkloadAnalysis \
-      -k regex:'sample_categorical|sedd_step|predict_masked|loss_' "$PY" scripts/profile_streaming.py \
-      >"$OUT/ncu.txt" 2>&1
-    note "ncu exit code $? (ncu.txt)"
+      --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      -k regex:"$3" "$PY" "$4" >"$OUT/$1" 2>&1
+    note "ncu exit code $? ($1)"
   fi
-  # and on the wgmma attention's kernels, ping-pong and lock step (scripts/profile_attention.py)
-  limit=$(limit_left 90)
-  if [ "$WGMMA_OK" = 1 ] && command -v ncu >/dev/null && (( limit >= 30 )); then
-    timeout -s INT -k 10 "$limit" ncu --clock-control none --profile-from-start off \
-      --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-      -k regex:'attention_(fwd|dq|dkdv)_wgmma|attention_delta' "$PY" scripts/profile_attention.py \
-      >"$OUT/ncu-attention.txt" 2>&1
-    note "ncu (attention) exit code $? (ncu-attention.txt)"
-  fi
+}
+if stage ncu; then
+  wait_for_e2e_training
+  profile ncu.txt 150 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
+  # the wgmma attention's kernels, ping-pong and lock step
+  [ "$WGMMA_OK" = 1 ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta' \
+    scripts/profile_attention.py
   pack
 fi
 

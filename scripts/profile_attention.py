@@ -14,6 +14,7 @@ Each configuration runs twice; the second call, the warm one, runs between cudaP
 import os
 
 import torch
+from profiler_range import warm_call_profiled
 
 import dllm
 
@@ -32,10 +33,5 @@ for B, L, H, D in ((16, 1024, 12, 64), (2, 4096, 32, 128)):  # SEDD-small; D = 1
             out = dllm.ops.attention(q, k, v)
             torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
 
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.profiler.start()
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.profiler.stop()
+        warm_call_profiled(step)
         print(f"profiled: attention fwd+bwd B{B} L{L} H{H} D{D} bf16, ping-pong {pingpong}")

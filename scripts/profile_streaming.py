@@ -10,6 +10,7 @@ call, the warm one, runs between cudaProfilerStart and Stop.
 """
 
 import torch
+from profiler_range import warm_call_profiled as twice
 
 import dllm
 
@@ -19,16 +20,6 @@ g = torch.Generator(device="cuda").manual_seed(0)
 
 def logits(*shape):
     return (torch.randn(*shape, generator=g, device="cuda") * 2).bfloat16()
-
-
-def twice(step):
-    """A cold call, then a warm one inside the profiled range."""
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.start()
-    step()
-    torch.cuda.synchronize()
-    torch.cuda.profiler.stop()
 
 
 z = logits(16 * 1024, 50258)
