@@ -30,6 +30,7 @@ SCHEDULES, OBJECTIVES = "python/dllm/sedd/schedules.py", "python/dllm/objectives
 COMMIT, PREDICT, SEDD, ATTENTION = (f"csrc/kernels/{name}_cpu.cpp"
                                     for name in ("commit_tokens", "predict_masked", "sedd", "attention"))
 RULES, GEN, KV, UNMASK = "test_sampler_rules", "test_generate", "test_kv_cache", "test_unmask"
+E2E = "python/dllm/benchmarks/e2e.py"
 # (file, text, replacement, test modules that must catch it)
 MUTANTS = [
     # the samplers' rules: time conditioning, guidance, remasking, MDLM's schedule and cache,
@@ -667,6 +668,24 @@ MUTANTS = [
     ("python/dllm/sampling/generate.py", 'config = ("sedd-" + method, graph.name, graph.num_classes,',
      'config = ("sedd-" + method, graph.num_classes,', ["test_cuda_graph_replay"]),
     ("python/dllm/sampling/generate.py", 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
+    # the e2e report's samples with the prompt token left in, infill holes read a token early and
+    # judged against the def line, fast-dllm's NLL as a 1-step bound, llada's infill as mdlm's, the
+    # baseline of the first length judging every length, the reference entropy over whole windows,
+    # one NLL window in 16 skipped
+    (E2E, "return out.sequences[:, 1:], out.nfe", "return out.sequences, out.nfe", ["test_e2e"]),
+    (E2E, "hole = out.sequences[0, len(task.before):len(task.before) + n]",
+     "hole = out.sequences[0, len(task.before) - 1:len(task.before) + n - 1]", ["test_e2e"]),
+    (E2E, '"infill_exact": exact_match(fills, [t.body_text for t in tasks])',
+     '"infill_exact": exact_match(fills, [t.header_text for t in tasks])', ["test_e2e"]),
+    (E2E, 'bound_steps = None if sampler == "fast-dllm" else steps', "bound_steps = steps", ["test_e2e"]),
+    (E2E, "_infill_quality(runner, tasks, model, sampler, frac)\n",
+     "infill_cache.get((model, frac)) or _infill_quality(runner, tasks, model, sampler, frac)\n"
+     "            infill_cache[model, frac] = infill_cache[model, sampler, frac]\n", ["test_e2e"]),
+    ("python/dllm/benchmarks/e2e_verdict.py", 'ar_quality = quality[ar["sampler"], length, ar["fraction"]]',
+     'ar_quality = quality[ar["sampler"], results["quality"][0]["gen_length"], ar["fraction"]]', ["test_e2e_verdict"]),
+    (E2E, "unigram_entropy(windows[:, :length].flatten().tolist())", "unigram_entropy(windows.flatten().tolist())",
+     ["test_e2e"]),
+    (E2E, "rows = slice(lo, min(n, lo + 16))", "rows = slice(lo, min(n, lo + 15))", ["test_e2e"]),
 ]
 
 

@@ -960,3 +960,355 @@ def test_e2e_throughput_spread_is_p20_p80_from_five_calls(monkeypatch):
         ordered = sorted(times)
         want = (quantile(ordered, 0.2), quantile(ordered, 0.8)) if n >= 5 else (ordered[0], ordered[-1])
         assert tuple(row["spread_ms"]) == pytest.approx(want), n
+
+
+# SMALL_FUNCTIONS with one more method, whose body has two lines
+_FUNCTIONS = SMALL_FUNCTIONS + '''
+    def first(self):
+        head = self.items[0]
+        return head
+'''
+
+
+def test_the_runner_returns_the_generated_tokens_without_the_prompt(monkeypatch):
+    """Both models generate after one end-of-text token; the samples the report judges (cut at their
+    first end-of-text) are the tokens after it: with the prompt left in, every sample would be empty."""
+    rng = random.Random(21)
+    batch, length = rng.randrange(2, 6), rng.randrange(5, 13)
+    tok = SimpleNamespace(eos_id=rng.randrange(200, 256))
+    made = {}
+
+    temperature = rng.uniform(0.2, 0.9)
+    temperatures = []
+
+    def fake_generate(model, prompt, *, gen_length, **kw):
+        temperatures.append(kw.get("temperature"))
+        made["mdlm"] = torch.randint(0, 200, (prompt.shape[0], gen_length))
+        return SimpleNamespace(sequences=torch.cat([prompt, made["mdlm"]], 1), nfe=7)
+
+    def ar_generate(prompt, n, **kw):
+        temperatures.append(kw.get("temperature"))
+        made["ar"] = torch.randint(0, 200, (prompt.shape[0], n))
+        return torch.cat([prompt, made["ar"]], 1)
+
+    monkeypatch.setattr(e2e, "generate", fake_generate)
+    models = e2e.Models(None, SimpleNamespace(generate=ar_generate), tok, {}, 64, None, 0.05)
+    runner = e2e.Runner(models, "cpu", temperature, 0)
+    for model, sampler in (("mdlm", "mdlm"), ("mdlm", "llada"), ("ar", None)):
+        ids, nfe = runner.call(model, sampler, 4, length, batch, runner.generator())
+        assert ids.shape == (batch, length) and torch.equal(ids, made[model]), (model, sampler)
+        assert nfe == (length if model == "ar" else 7)
+    assert temperatures == [temperature] * 3  # both models sample at the benchmark's temperature
+
+
+def test_sample_quality_reports_the_mean_nfe_of_its_calls_and_the_first_sample():
+    """quality_nfe: the network evaluations per generate call, averaged over the point's calls (fast-dllm's
+    vary); the example: the first sample, as the report's heading says."""
+    tok = load_tokenizer("byte")
+    nfes = iter([5, 11, 8])
+    texts = ["a = 1\n", "b = 2\n", "c = (\n", "d = 4\n", "e = 5\n", "f = 6\n"]
+
+    class Runner:
+        m = SimpleNamespace(tok=tok)
+
+        def generator(self):
+            return None
+
+        def call(self, model, sampler, steps, length, batch, g):
+            rows = [list(texts.pop(0).encode()) + [tok.eos_id] for _ in range(batch)]
+            return torch.tensor(rows), next(nfes)
+
+    q = e2e._sample_quality(Runner(), "mdlm", "fast-dllm", 1, 7, samples=6, chunk=2)
+    assert q["quality_nfe"] == pytest.approx(8.0) and q["example"] == "a = 1\n"
+    assert q["samples"] == 6 and q["parse_rate"] == pytest.approx(5 / 6)
+
+
+class _InfillRunner:
+    """Fills each hole with a text of the body's length: the true body for some tasks, an edited one
+    for the others; records the temperature each call got."""
+
+    def __init__(self, tasks, tok, right, temperature):
+        self.tasks, self.right, self.temperature, self.device = tasks, right, temperature, "cpu"
+        self.temperatures = []
+        self.m = SimpleNamespace(tok=tok, diffusion=None, ar=SimpleNamespace(generate=self.ar_generate))
+
+    def generator(self):
+        return torch.Generator().manual_seed(0)
+
+    def fill(self, before, n):
+        task = next(t for t in self.tasks if t.before == before and len(t.body) == n)
+        if task.body_text in self.right:
+            return list(task.body)
+        wrong = list(task.body)
+        wrong[-1] = ord("(")  # an open bracket for the last character: the same length, and no longer parses
+        return wrong
+
+    def ar_generate(self, prompt, n, *, temperature=1.0, generator=None):
+        self.temperatures.append(temperature)
+        before = prompt[0].tolist()
+        return torch.tensor([before + self.fill(before, n)])
+
+    def diffusion_generate(self, model, *, gen_length, infill, temperature=1.0, **kw):
+        self.temperatures.append(temperature)
+        ids = infill.tolist()
+        lo = ids.index(self.m.tok.mask_id)
+        n = ids.count(self.m.tok.mask_id)
+        ids[lo:lo + n] = self.fill(ids[:lo], n)
+        assert len(ids) == gen_length
+        return SimpleNamespace(sequences=torch.tensor([ids]), nfe=n + 1)
+
+
+@pytest.mark.parametrize("model, sampler, frac", [("ar", None, None), ("mdlm", "mdlm", Fraction(1, 2)),
+                                                  ("mdlm", "llada", Fraction(1, 3))])
+def test_infill_quality_scores_each_hole_against_its_own_body(monkeypatch, model, sampler, frac):
+    """infill exact: the fraction of holes filled with their body character for character; infill parse:
+    the def line plus the fill parses; the entropy: that of all the fills' tokens; the steps: round(frac x
+    body) per task (the autoregressive model: the body's tokens), at the benchmark's temperature."""
+    tok = load_tokenizer("byte")
+    tasks = held_out_functions([("m.py", "import os\n" + _FUNCTIONS)], tok, max_body=40, min_body=4, before=20,
+                               after=8, count=10, seed=3)
+    assert len(tasks) == 4
+    right = {tasks[0].body_text, tasks[2].body_text}
+    temperature = random.Random(5).uniform(0.3, 0.9)
+    runner = _InfillRunner(tasks, tok, right, temperature)
+    monkeypatch.setattr(e2e, "generate", runner.diffusion_generate)
+    q = e2e._infill_quality(runner, tasks, model, sampler, frac)
+    fills = [runner.fill(t.before, len(t.body)) for t in tasks]
+    assert q["infill_exact"] == pytest.approx(2 / 4)
+    texts = [tok.decode(f) for f in fills]
+    assert q["infill_parse"] == pytest.approx(sum(t.function_parses(f) for t, f in zip(tasks, texts)) / 4)
+    assert q["infill_parse"] == pytest.approx(2 / 4)
+    assert q["infill_entropy"] == pytest.approx(unigram_entropy([i for f in fills for i in f]))
+    want = [len(t.body) if model == "ar" else max(1, round(len(t.body) * frac)) for t in tasks]
+    assert q["infill_steps"] == pytest.approx(sum(want) / 4)
+    assert q["infill_nfe"] == pytest.approx(sum(len(t.body) + (model != "ar") for t in tasks) / 4)
+    assert runner.temperatures == [temperature] * 4
+
+
+def test_bench_e2e_defaults_are_the_issues_grid():
+    """The defaults its --help states: batch 1 and 16, lengths 256 and 1024, L..L/8 steps, three samplers."""
+    p = argparse.ArgumentParser()
+    e2e.add_arguments(p)
+    ns = p.parse_args([])
+    assert (ns.batch_sizes, ns.gen_lengths) == ([1, 16], [256, 1024])
+    assert [Fraction(f) for f in ns.step_fractions] == [1, Fraction(1, 2), Fraction(1, 4), Fraction(1, 8)]
+    assert ns.samplers == ["mdlm", "llada", "fast-dllm"] and ns.samples == 32 and ns.reps == 3
+    assert ns.nll_windows == 64 and ns.temperature == 1.0
+    for flag, value in (("--batch-sizes", "1 16"), ("--gen-lengths", "256 1024"),
+                        ("--step-fractions", "1 1/2 1/4 1/8"), ("--samplers", "mdlm llada fast-dllm")):
+        assert f"(default: {value})" in " ".join(next(a for a in p._actions if flag in a.option_strings).help.split())
+
+
+def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatch, tmp_path):
+    """run(): fast-dllm's NLL is the continuous-time bound (its step count is adaptive), mdlm and llada
+    take the T-step bound of their steps; each sampler keeps its own infill; meta holds the infill task
+    count, the held-out windows scored, the continuous bound's mean and each length's reference entropy
+    (of the held-out windows' first `length` tokens)."""
+    rng = random.Random(17)
+    nll_means = {}
+
+    def nll_per_window(net, objective, windows, steps, **kw):
+        key = (net is models.ar, steps)
+        if key not in nll_means:
+            nll_means[key] = rng.uniform(1, 5)
+        return torch.tensor([nll_means[key] - 0.5, nll_means[key] + 0.5], dtype=torch.float64)
+
+    def throughputs(runner, points, length, batch, reps):
+        return [{"batch": batch, "latency_ms": 1.0, "spread_ms": (1.0, 1.0), "nfe": float(steps),
+                 "tokens_per_s": rng.uniform(10, 1000)} for model, sampler, steps in points]
+
+    quality = {"samples": 2, "parse_rate": 0.5, "parse_prefix": 0.5, "parse_prefix_se": 0.1, "blank_rate": 0.0,
+               "entropy": 3.0, "token_counts": [3, 3], "quality_nfe": 4.0, "example": "x = 1"}
+    infills = {}
+
+    def infill_quality(runner, tasks, model, sampler, frac):
+        infills[sampler, frac] = {"infill_parse": rng.random(), "infill_exact": rng.random(),
+                                  "infill_entropy": rng.uniform(1, 4), "infill_steps": 3.0, "infill_nfe": 3.0}
+        return dict(infills[sampler, frac])
+
+    net = torch.nn.Linear(1, 1)
+    models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, SimpleNamespace(), {"mdlm": "m", "ar": "a"},
+                        48, None, 0.05)
+    windows = torch.randint(0, 50, (3, 48), generator=torch.Generator().manual_seed(2))
+    windows[:, 16:] = torch.randint(50, 250, (3, 32), generator=torch.Generator().manual_seed(3))
+    tasks = [object()] * 5
+    held_out = []
+    loads = iter([1.5, 2.5])
+    written = {}
+    monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
+    monkeypatch.setattr(e2e, "_val_windows", lambda models, count: (windows, []))
+    monkeypatch.setattr(e2e, "held_out_functions", lambda files, tok, **kw: held_out.append(kw) or tasks)
+    monkeypatch.setattr(e2e.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    monkeypatch.setattr(e2e, "read_config", lambda d: {"objective": {"name": "mdlm", "noise": {"type": "loglinear"}}})
+    monkeypatch.setattr(e2e, "get_objective", lambda name, tok: None)
+    monkeypatch.setattr(e2e, "nll_per_window", nll_per_window)
+    monkeypatch.setattr(e2e, "_sample_quality", lambda *a: dict(quality))
+    monkeypatch.setattr(e2e, "_infill_quality", infill_quality)
+    monkeypatch.setattr(e2e, "_throughputs_in_turns", throughputs)
+    monkeypatch.setattr(e2e, "kernels", lambda *a: {})
+    monkeypatch.setattr(e2e, "_budget", lambda d: None)
+    monkeypatch.setattr(e2e, "_trained_steps", lambda d: None)
+    import dllm.benchmarks.e2e_report as report
+
+    monkeypatch.setattr(report, "write_report", lambda out, results: written.update(results))
+    ns = argparse.Namespace(step_fractions=["1", "1/4"], batch_sizes=[2], gen_lengths=[16, 32],
+                            samplers=["mdlm", "llada", "fast-dllm"], samples=2, reps=1, nll_windows=7, model_dir="m",
+                            ar_dir="a", minutes=1.0, train_steps=1, temperature=1.0, threads=None,
+                            out_dir=str(tmp_path / "r"), device="cpu", seed=11, train_only=False, size="tiny")
+    res = e2e.run(ns)
+    # the infill template fits the 48-token window: a third of it for the body, half before, the rest after
+    assert held_out == [dict(max_body=16, min_body=e2e.MIN_BODY, before=24, after=8, count=2, seed=11)]
+    for r in res["quality"]:
+        if r["sampler"] == "kv-cache":
+            assert (r["nll"], r["nll_kind"]) == (pytest.approx(nll_means[True, None]), "exact")
+        elif r["sampler"] == "fast-dllm":
+            assert (r["nll"], r["nll_kind"]) == (pytest.approx(nll_means[False, None]), "continuous-time bound")
+        else:
+            assert (r["nll"], r["nll_kind"]) == (pytest.approx(nll_means[False, r["steps"]]), f"{r['steps']}-step bound")
+        frac = None if r["fraction"] is None else Fraction(r["fraction"])
+        sampler = None if r["sampler"] == "kv-cache" else r["sampler"]
+        assert {k: r[k] for k in infills[sampler, frac]} == infills[sampler, frac], (r["sampler"], frac)
+    meta = res["meta"]
+    assert meta["infill_tasks"] == 5 and meta["samples"] == 2 and meta["nll_windows"] == 3
+    assert meta["continuous_bound"] == pytest.approx(nll_means[False, None])
+    assert meta["load_average"] == [1.5, 2.5]  # the sweep's start and its end
+    for length in (16, 32):
+        want = unigram_entropy(windows[:, :length].flatten().tolist())
+        assert meta["reference_entropy"][str(length)] == pytest.approx(want)
+    assert meta["reference_entropy"]["16"] < meta["reference_entropy"]["32"] - 0.5
+
+
+def test_the_report_states_its_lengths_reference_entropy_counts_and_loads():
+    from dllm.benchmarks.e2e_report import markdown
+
+    meta = {"card": "CPU", "torch": "t", "commit": "c", "date": "d", "command": "dllm bench e2e", "cpus": 8,
+            "load_average": [0.3, 2.7], "threads": 4, "size": "tiny", "seq_len": 48, "model_dirs": {}, "data": None,
+            "budgets": {"mdlm": None, "ar": None}, "train_steps": {"mdlm": 1, "ar": 1},
+            "kernels": {"precision": "p", "diffusion": "d", "ar": "a"}, "temperature": 1.0, "samples": 13,
+            "infill_tasks": 7, "reps": 1, "fast_dllm": {"block_length": 32, "threshold": 0.9}, "nll_windows": 2,
+            "continuous_bound": 1.0, "grid": {"gen_lengths": [16, 32, 64]},
+            "reference_entropy": {"16": 3.21, "32": 4.56, "64": 5.04}}
+    text = markdown({"meta": meta, "quality": [], "throughput": [], "verdict": []})
+    for length, bits in meta["reference_entropy"].items():
+        assert f"### Quality, {length} generated tokens (held-out text of this length: {bits:.2f} bits entropy)" in text
+    assert "13 samples per quality point, 7 infilled functions" in text
+    assert "at the start and the end of the sweep: 0.3 and 2.7 on 8 cores, 4 used by this run." in text
+
+
+def test_plots_keep_each_batch_to_its_own_panel():
+    """throughput.png and frontier.png have a panel per (length, batch): each holds that batch's points only."""
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import frontier_figure, throughput_figure
+
+    rng = random.Random(19)
+    throughput, quality = [], []
+    for sampler, fraction, steps in (("kv-cache", None, 8), ("mdlm", "1", 8), ("mdlm", "1/2", 4), ("llada", "1/2", 4),
+                                     ("fast-dllm", None, 1)):
+        model = "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"
+        quality.append({"sampler": sampler, "gen_length": 8, "fraction": fraction, "steps": steps,
+                        "nll": rng.uniform(1, 5), "parse_prefix": rng.random()})
+        for batch in (1, 3):
+            throughput.append({"batch": batch, "gen_length": 8, "sampler": sampler, "fraction": fraction,
+                               "steps": steps, "nfe": steps if sampler != "fast-dllm" else rng.uniform(1.5, 3),
+                               "tokens_per_s": rng.uniform(100, 900) * batch, "model": model})
+    results = {"meta": {"grid": {"batch_sizes": [1, 3], "gen_lengths": [8]}, "card": "cpu"},
+               "throughput": throughput, "quality": quality}
+    fig = throughput_figure(results)
+    for ax, batch in zip(fig.axes, (1, 3)):
+        got = sorted((x, y) for line in ax.get_lines() for x, y in zip(line.get_xdata(), line.get_ydata()))
+        assert got == sorted((r["nfe"], r["tokens_per_s"]) for r in throughput if r["batch"] == batch)
+    plt.close(fig)
+    fig = frontier_figure(results)
+    axes = fig.axes  # metrics x (length, batch): row 0 nll, row 1 parse_prefix
+    for j, batch in enumerate((1, 3)):
+        ax = axes[j]
+        got = sorted(float(line.get_xdata()[0]) for line in ax.get_lines() if line.get_linestyle() != ":")
+        assert got == sorted(r["tokens_per_s"] for r in throughput if r["batch"] == batch)
+    plt.close(fig)
+
+
+def test_nll_per_window_scores_every_window_once():
+    """The windows go through the network in chunks (of 16): each window's NLL is its own, none is left out
+    or scored twice, whatever the count."""
+
+    class First:
+        """A window's 'bound' is its first token (per token: divided by the window's length)."""
+
+        def draw(self, n, length, g):
+            return {"t": torch.zeros(n), "u": torch.rand(n, length, generator=g)}
+
+        bound_draw = draw
+
+        def step_bound(self, net, x0, draws):
+            assert x0.shape[0] == draws["u"].shape[0] == draws["t"].shape[0]
+            return x0[:, 0].double() * x0.shape[1]
+
+        bound = step_bound
+
+    kw = dict(seed=1, device="cpu", precision=torch.autocast("cpu", enabled=False))
+    for n in (15, 16, 17, 37):
+        windows = torch.randint(0, 1000, (n, 5), generator=torch.Generator().manual_seed(n))
+        for steps in (None, 4):
+            got = e2e.nll_per_window(None, First(), windows, steps, **kw)
+            assert torch.equal(got, windows[:, 0].double()), (n, steps)
+
+
+def test_examples_take_each_lengths_own_first_sample():
+    from dllm.benchmarks.e2e_report import _examples
+
+    rows = [{"model": "diffusion (mdlm)", "sampler": s, "gen_length": length, "steps": length,
+             "example": f"x_{s.replace('-', '_')}_{length} = 1\n"} for length in (16, 32) for s in ("mdlm", "fast-dllm")]
+    text = "\n".join(_examples(rows, 32))
+    assert "x_mdlm_32 = 1" in text and "x_fast_dllm_32 = 1" in text and "_16 = 1" not in text
+
+
+class _Triples:
+    """A tokenizer whose tokens span three characters (as BPE's span several bytes)."""
+
+    def encode(self, text):
+        return [hash(text[i:i + 3]) % 10007 for i in range(0, len(text), 3)]
+
+
+def test_held_out_functions_cut_bodies_and_contexts_in_tokens_of_non_ascii_files():
+    """ast's col_offset counts UTF-8 bytes: a body after non-ASCII text is cut at its bytes; the body's
+    bounds and the context's lengths are counted in the tokenizer's tokens, not in characters."""
+    text = ("# caf\u00e9 \u2713 \u00fcber \u65e5\u672c\n" * 30 + "import os\n" * 5 + "def f(x):\n    y = '\u00e9\u00e9'\n"
+            "    return x + y\n\n\n" + "z = 1  # \u2713\n" * 20)
+    tok = load_tokenizer("byte")
+    (task,) = held_out_functions([("m.py", text)], tok, max_body=60, min_body=4, before=40, after=12, count=5)
+    assert task.body_text == "y = '\u00e9\u00e9'\n    return x + y" and task.header_text == "def f(x):\n    "
+    assert tok.decode(task.before + task.body + task.after) in text and len(task.before) == 40
+    # 25 characters, 27 bytes: 9 tokens of three characters
+    (task,) = held_out_functions([("m.py", text)], _Triples(), max_body=9, min_body=4, before=40, after=12, count=5)
+    assert len(task.body) == 9 and len(task.before) == 40 and len(task.after) == 12
+    assert held_out_functions([("m.py", text)], _Triples(), max_body=8, min_body=4, before=40, after=12, count=5) == []
+
+
+def test_held_out_functions_draw_the_tasks_at_random():
+    """The infill tasks are a seeded random draw of the eligible functions, not the first ones of the
+    first files: different seeds draw different functions."""
+    tok = load_tokenizer("byte")
+    files = [(f"m{k}.py", "".join(f"def f{k}_{j}(x):\n    return x + {k * j}\n\n" for j in range(6))) for k in range(5)]
+    kw = dict(max_body=40, min_body=4, before=8, after=4, count=4)
+    drawn = [[t.name for t in held_out_functions(files, tok, seed=seed, **kw)] for seed in range(12)]
+    assert all(len(d) == len(set(d)) == 4 for d in drawn)
+    assert drawn[0] == [t.name for t in held_out_functions(files, tok, seed=0, **kw)]
+    assert len({tuple(d) for d in drawn}) >= 10 and len({n for d in drawn for n in d}) >= 20
+
+
+@pytest.mark.parametrize("flag", ["--nll-windows", "--batch-sizes", "--gen-lengths"])
+def test_bench_e2e_refuses_zero_windows_batches_and_lengths_before_any_training(flag, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", flag, "0", "--model-dir", "nowhere", "--ar-dir", "nowhere", "--out-dir", str(tmp_path / "r")])
+    assert "must be positive" in capsys.readouterr().err
+
+
+def test_only_a_docstring_stays_in_the_context():
+    """The hole is the body after the docstring: a body that starts with another expression statement (a
+    call) is infilled whole."""
+    tok = load_tokenizer("byte")
+    text = ("def g(x):\n    print(x)\n    return x\n\n\n"
+            "def k(z):\n    'doc'\n    return z + 1\n")
+    tasks = held_out_functions([("m.py", text)], tok, max_body=40, min_body=4, before=8, after=4, count=5)
+    assert sorted(t.body_text for t in tasks) == ["print(x)\n    return x", "return z + 1"]

@@ -258,3 +258,31 @@ def test_a_point_is_clear_of_noise_only_when_its_slow_end_beats_the_baselines_fa
     assert not v["best_equal_quality"]["clear_of_noise"]
     text = "\n".join(summary([v]))
     assert "faster at none of the 1" in text and "within timing noise" in text and "1.30x (noise)" in text
+
+
+def test_each_length_is_judged_against_the_baselines_samples_of_that_length():
+    """The baseline writes good code at one length and poor code at another (longer samples run into
+    more errors): a diffusion point is of equal quality when it matches the baseline's samples of its own
+    length, whichever length comes first in the results."""
+    rng = random.Random(23)
+    lengths = rng.sample([32, 64, 128, 256], 3)
+    good, poor = dict(rate=0.9, prefix=0.9, prefix_se=0.02), dict(rate=0.1, prefix=0.1, prefix_se=0.02)
+    throughput, rows = [], []
+    for k, length in enumerate(lengths):
+        level = good if k == 0 else poor  # the baseline and the diffusion point alike: equal at every length
+        rows += [quality("kv-cache", length, None, **level), quality("mdlm", length, "1/4", **level)]
+        for sampler, fraction, speed in (("kv-cache", None, 1000.0), ("mdlm", "1/4", rng.uniform(1500, 3000))):
+            throughput.append({"model": "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)",
+                               "sampler": sampler, "gen_length": length, "fraction": fraction, "batch": 1,
+                               "steps": 16, "nfe": 16.0, "tokens_per_s": speed, "speedup_vs_ar": speed / 1000.0})
+    found = verdicts({"throughput": throughput, "quality": rows})
+    assert [v["gen_length"] for v in found] == lengths
+    for v in found:
+        assert v["best_equal_quality"] is not None and v["fastest"]["short_of"] == [], v["gen_length"]
+        assert v["at_floor"] is False
+    # and the other way round: a point that falls short of its own length's baseline is not of equal quality
+    # (its samples at the floor: the floor is the baseline's, which is not there)
+    rows[1] = quality("mdlm", lengths[0], "1/4", rate=0.1, prefix=0.0, prefix_se=0.0)
+    first = verdicts({"throughput": throughput, "quality": rows})[0]
+    assert first["best_equal_quality"] is None and first["fastest"]["short_of"][0].startswith("parse rate 0.10")
+    assert first["at_floor"] is False
