@@ -106,14 +106,19 @@ def test_a_changed_model_attribute_gets_new_graphs(monkeypatch, attribute, value
     g = torch.Generator()  # one object: a session is keyed by the generator too
     kw = dict(prompt=PROMPTS, gen_length=8, steps=4, sampler="dream", temperature=1.0, generator=g)
     expected = []
-    for value in values:
+    def set_value(value):
         setattr(model, attribute, value)
+        if attribute == "time_conditioned":  # a DiT called without sigma must be time-agnostic
+            model.model.config.time_conditioning = value
+
+    for value in values:
+        set_value(value)
         g.manual_seed(0)
         expected.append(dllm.generate(model, **kw).sequences)
     assert not torch.equal(*expected)
     replay_on_cpu(monkeypatch)
     for value, eager in zip(values, expected):
-        setattr(model, attribute, value)
+        set_value(value)
         g.manual_seed(0)
         replayed = dllm.generate(model, cuda_graph=True, **kw)
         assert torch.equal(replayed.sequences, eager)

@@ -974,6 +974,15 @@ def test_a_trained_folder_samples_from_python(tmp_path):
         dllm.load_for_sampling(config.parent)
 
 
+@pytest.mark.parametrize("sampler", ["llada", "sedd-analytic"])
+def test_an_autoregressive_model_is_pointed_to_its_own_generate(sampler):
+    # load_for_sampling returns an AR folder's network as it is (kind "ar"); without this check the
+    # masked samplers would ask for a mask id and point back to load_for_sampling
+    cfg = dllm.models.model_config("tiny", arch="ar", vocab_size=50, hidden=32, heads=4, layers=1, max_seq_len=32)
+    with pytest.raises(ValueError, match=r"autoregressive model.*model\.generate\(prompt, max_new_tokens\)"):
+        dllm.generate(dllm.models.build_model(cfg), [1, 2], gen_length=8, steps=8, sampler=sampler)
+
+
 def test_the_canvas_goes_where_the_model_is(monkeypatch):
     """The model's device: its parameters', else its buffers', else a callable's `device`; a CUDA
     one is made current while the sampler runs (step_times' events and a CUDA graph's capture

@@ -109,7 +109,8 @@ def test_bidirectional_versus_causal():
     y[0, -1] = (y[0, -1] + 1) % 50
     for arch, sees_future in (("dit", True), ("llada", True), ("ar", False)):
         m = _perturb(build_model(_tiny(arch))).eval()
-        changed = not torch.allclose(m(x)[0, 0], m(y)[0, 0])
+        sigma = torch.ones(1) if arch == "dit" else None
+        changed = not torch.allclose(m(x, sigma)[0, 0], m(y, sigma)[0, 0])
         assert changed == sees_future, arch
 
 
@@ -119,6 +120,8 @@ def test_time_conditioning_is_optional():
     s1, s2 = torch.tensor([0.1, 0.1]), torch.tensor([3.0, 3.0])
     on = _perturb(DiffusionTransformer(_tiny("dit")))
     assert not torch.allclose(on(x, s1), on(x, s2))
+    with pytest.raises(ValueError, match="time-conditioned"):
+        on(x)  # sigma = 0 would be a guess
     off = _perturb(DiffusionTransformer(model_config("tiny", hidden=64, layers=2, heads=4, vocab_size=50,
                                                      time_conditioning=False)))
     assert torch.equal(off(x, s1), off(x, s2))
@@ -717,10 +720,11 @@ def test_a_tokenizers_0_1_attention_mask_is_a_key_padding_mask():
     mask[2, 7:] = False
     for arch in ("ar", "dit"):
         net = _perturb(build_model(_tiny(arch))).eval()
-        want = net(x, attention_mask=mask)
-        torch.testing.assert_close(net(x, attention_mask=mask.long()), want, rtol=0, atol=0)
+        sigma = torch.ones(3) if arch == "dit" else None
+        want = net(x, sigma, attention_mask=mask)
+        torch.testing.assert_close(net(x, sigma, attention_mask=mask.long()), want, rtol=0, atol=0)
         if arch == "dit":
-            cached = net(x, cache=net.new_kv_cache(3, 11), attention_mask=mask.long())
+            cached = net(x, sigma, cache=net.new_kv_cache(3, 11), attention_mask=mask.long())
             torch.testing.assert_close(cached[mask], want[mask], rtol=1e-5, atol=1e-5)
 
 

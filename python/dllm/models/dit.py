@@ -108,7 +108,7 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
     of a step (3.3 GB for SEDD-small at B 16, L 1024). On CUDA at inference it may be a view of rows
     padded past the vocabulary (:class:`~dllm.models.layers.VocabProjection`).
     With ``time_conditioning=False`` sigma is replaced by zeros, as MDLM does, so the network is
-    time-agnostic.
+    time-agnostic; with it, sigma is required.
     """
 
     causal = False
@@ -130,7 +130,11 @@ class DiffusionTransformer(PretrainedMixin, nn.Module):
         return self.config.time_conditioning
 
     def _cond(self, sigma, batch, device):
-        if sigma is None or not self.config.time_conditioning:
+        if sigma is None and self.config.time_conditioning:
+            # sigma = 0 (the clean data) would be a silent guess: SEDD's logits depend on the noise level
+            raise ValueError("this model is time-conditioned (config.time_conditioning): pass the noise level, "
+                             "model(x, sigma) with sigma [B] or one number")
+        if not self.config.time_conditioning:
             sigma = torch.zeros(batch, device=device)
         sigma = torch.as_tensor(sigma, device=device)
         if sigma.dim() == 0 or sigma.shape == (batch, 1):  # one noise level for all, or MDLM's [B, 1]

@@ -12,6 +12,7 @@ import torch
 from . import cuda_graph as graphs, masked, score
 from .._limits import FLOAT32_MAX, INT64_MAX
 from ..devices import indexed, made_current
+from ..models import ARTransformer
 from ..sedd import Absorbing, Geometric, LogLinear
 from .loop import StepLoop
 from .model_protocol import (check_takes_attention_mask, logits_shift_of, mask_id_of, max_seq_len_of, pad_id_of,
@@ -268,7 +269,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
         if not prompt:
             raise ValueError("prompt is an empty list; pass None for unconditional generation")
         if all(isinstance(t, numbers.Integral) for t in prompt):
-            prompt = [prompt]  # one prompt's token ids, as tokenizer.encode returns them
+            prompt = [prompt]  # one prompt's token ids, as a Hugging Face tokenizer's encode returns them
         rows = [_token_tensor(p, "prompt", device) for p in prompt]
         if any(r.dim() != 1 for r in rows):
             raise ValueError("a list of prompts must hold 1-D prompts (or be one prompt's token ids)")
@@ -339,8 +340,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
 
     Args:
         model: see :mod:`dllm.sampling.model_protocol` (tokens -> logits, a ``mask_id``).
-        prompt: int64 ``[B, P]`` or ``[P]``, a list of ints (one prompt, as ``tokenizer.encode``
-            returns it), or a list of 1-D prompts of different lengths (left padded with
+        prompt: int64 ``[B, P]`` or ``[P]`` (a tensor, or a NumPy array as dllm's tokenizers'
+            ``encode`` returns it), a list of ints (one prompt, as a Hugging Face tokenizer's
+            ``encode`` returns it), or a list of 1-D prompts of different lengths (left padded with
             ``model.pad_id``); None for one unconditional sample (``torch.empty(B, 0,
             dtype=torch.int64)`` for ``B``). Lists of one length may come with ``attention_mask``
             (a tokenizer's padded batch).
@@ -348,6 +350,8 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         steps: sampler steps ("first-hitting" takes one per masked token and "fast-dllm" adapts
             its count, so both ignore it; the SEDD samplers add the denoising step). mdlm, dream
             and the SEDD samplers make a time grid of steps + 1 points first (past 2**60 - 2, refused).
+            "llada" skips the steps that commit no token (as when steps > gen_length), "dream" calls the
+            network at each step as Dream's code does (nfe = steps).
         sampler: "sedd-analytic" or "sedd-euler" (score models, with the final denoising
             step), "mdlm", "first-hitting", "llada" (or "llada:random"), "dream" (or
             "dream:origin", "dream:maskgit_plus", "dream:topk_margin"; default entropy), or
@@ -408,6 +412,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         nfe counts model evaluations; a classifier-free-guidance step counts 2.
     """
     name, variant = _parse_sampler(sampler)
+    if isinstance(model, ARTransformer):  # load_for_sampling returns it as it is, with kind "ar"
+        raise ValueError("this is an autoregressive model, which dllm.generate's diffusion samplers cannot run: "
+                         "sample it with model.generate(prompt, max_new_tokens)")
     _check_lengths(gen_length=gen_length, steps=steps)
     _check_steps(name, steps)
     _check_sampling(temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold, cfg_scale=cfg_scale,
