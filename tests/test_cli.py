@@ -681,8 +681,9 @@ def test_sample_and_eval_pass_every_flag_on(tmp_path, capsys, monkeypatch):
     assert seen["sample"] == ("m", dict(prompt="p", gen_length=24, steps=6, sampler="mdlm", temperature=0.3,
                                         block_length=8, num_samples=5, seed=11, device="cpu", show_steps=True,
                                         cache="dual", cuda_graph=True))
-    assert main(["eval", "m", "--batches", "3", "--batch-size", "7", "--seed", "13", "--device", "cpu"]) == 0
-    assert seen["eval"] == ("m", dict(batches=3, batch_size=7, device="cpu", seed=13))
+    assert main(["eval", "m", "--batches", "3", "--batch-size", "7", "--seed", "13", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert seen["eval"] == ("m", dict(batches=3, batch_size=7, device="cpu", seed=13, progress=False))
     capsys.readouterr()
 
 
@@ -917,7 +918,7 @@ def test_sample_eval_and_demo_defaults_are_those_their_help_states(monkeypatch, 
     assert seen["sample"] == dict(prompt="", gen_length=128, steps=64, sampler=None, temperature=None,
                                   block_length=None, num_samples=1, seed=0, device="auto", show_steps=False,
                                   cache=None, cuda_graph=False)
-    assert seen["eval"] == dict(batches=None, batch_size=None, device="auto", seed=None)
+    assert seen["eval"] == dict(batches=None, batch_size=None, device="auto", seed=None, progress=True)
     assert seen["demo"] == ("out/demo", 3.0, 128, 64, "auto", False, 0, "bpe")
     # every demo flag reaches run_demo; --gen-length takes any multiple of 8 from 16
     for length in (16, 24):

@@ -533,6 +533,9 @@ def test_packed_dataset_keeps_every_whole_window(windows, extra):
     got = ds.get(range(len(ds)))
     assert got.dtype == torch.int64 and got.shape == (windows, L)
     assert np.array_equal(got.numpy().reshape(-1), np.arange(windows * L))  # the tail short of a window is dropped
+    for outside in (windows, -1):  # the tail, or nothing, would come back as a short row
+        with pytest.raises(IndexError, match=f"window index {outside} is outside \\[0, {windows}\\)"):
+            ds.get([0, outside])
 
 
 def test_moving_a_file_across_the_split_never_reuses_the_old_token_cache(tmp_path):

@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,12 +169,17 @@ def test_ar_decoding_checks_its_positions_and_caches_in_the_compute_dtype():
         m.generate(torch.zeros(1, 1, dtype=torch.long), -1)
     assert torch.equal(m.generate(torch.ones(2, 3, dtype=torch.long), 0), torch.ones(2, 3, dtype=torch.long))
     # a prompt that is no [B, P] tensor of ids is named, not met inside the embedding
-    for prompt, message in ((torch.tensor([1, 2]), r"prompt must be an int64 \(or int32\) tensor \[B, P\]"),
+    for prompt, message in ((torch.ones(1, 1, 2, dtype=torch.long), r"prompt must be an int64 \(or int32\) tensor \[B, P\]"),
                             (torch.ones(1, 2), "got torch.float32"),
+                            ([[1, 2], [3]], "rows of one length"),
                             (torch.tensor([[1, m.config.vocab_size]]), rf"prompt ids must lie in \[0, {m.config.vocab_size}\)")):
         with pytest.raises(ValueError, match=message):
             m.generate(prompt, 2)
     assert m.generate(torch.ones(1, 2, dtype=torch.int32), 2, temperature=0).dtype == torch.int64
+    # one prompt as a tokenizer gives it (a NumPy array, a list) or as a 1-D tensor: a batch of one
+    want = m.generate(torch.tensor([[3, 1, 4]]), 2, temperature=0)
+    for one in (np.array([3, 1, 4]), [3, 1, 4], torch.tensor([3, 1, 4])):
+        assert torch.equal(m.generate(one, 2, temperature=0), want)
     with pytest.warns(UserWarning, match="dropout on"):  # as dllm.generate warns
         ARTransformer(_tiny("ar", dropout=0.5)).generate(torch.ones(1, 2, dtype=torch.long), 2)
     # Under autocast the projections give bfloat16 keys: a float32 cache would be converted back

@@ -452,6 +452,11 @@ def test_a_gradient_that_overflows_is_not_applied(tmp_path, corpus, monkeypatch)
            f"{names[-2]};" in str(failed.value)
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert "the step was not applied, and the last checkpoint holds finite weights" in str(failed.value)
+    # a run that has written no checkpoint claims none
+    with pytest.raises(FloatingPointError, match="the step was not applied;") as failed:
+        dllm.train(**tiny(tmp_path / "unsaved", corpus, steps=4, ckpt_every=0))
+    assert "checkpoint holds" not in str(failed.value)
 
 
 def test_a_damaged_run_record_does_not_block_the_resume(tmp_path, corpus, caplog):
@@ -712,6 +717,15 @@ def test_lr_schedule_and_ema_decay():
     assert torch.equal(p.detach(), torch.ones(3))
 
 
+def test_a_warmup_longer_than_the_run_is_named(tmp_path, corpus, caplog):
+    # warmup = steps reaches lr at the last step (lr_at above); one step more never does
+    for warmup, warned in ((5, False), (6, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            Trainer(TrainConfig(**tiny(tmp_path / str(warmup), corpus, steps=5, warmup=warmup)))
+        assert ("the learning rate never reaches lr" in caplog.text) == warned, warmup
+
+
 def test_cli_help_documents_every_option():
     r = subprocess.run([sys.executable, "-m", "dllm.cli", "train", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
@@ -765,6 +779,8 @@ def test_ctrl_c_checkpoints_at_a_step_boundary_and_the_resume_is_exact(tmp_path,
     assert "interrupted at step 3: checkpoint saved" in caplog.text and "run the same command to resume" in caplog.text
     assert "press it again to stop at once" in caplog.text
     assert load_checkpoint(tmp_path / "b" / "run" / CHECKPOINT)["step"] == 3
+    # the weights of the stopped step can be sampled, as a --max-time stop's can
+    assert json.loads((tmp_path / "b" / "run" / "model" / "config.json").read_text())["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     monkeypatch.setattr(Trainer, "train_step", real_step)
     resumed = dllm.train(**tiny(tmp_path / "b", corpus, **opts))
@@ -925,9 +941,12 @@ def test_a_corpus_smaller_than_a_batch_warns(tmp_path, caplog):
     small.mkdir()
     (small / "text.txt").write_text("".join(f"line {i} of a short corpus\n" for i in range(100)))  # 2,590 bytes
     with caplog.at_level("WARNING"):
-        dllm.train(**tiny(tmp_path, small, steps=1, batch_size=64, eval_batches=1))
+        result = dllm.train(**tiny(tmp_path, small, steps=1, batch_size=64, eval_batches=1))
     assert "holds 32 windows of 64 tokens, fewer than a batch of 64: every batch repeats windows" in caplog.text
-    assert "validation scores the" in caplog.text and "fewer than --eval-batches x --batch-size = 64" in caplog.text
+    scored = int(caplog.text.split("validation scores the ")[1].split()[0])
+    assert "fewer than --eval-batches x --batch-size = 64" in caplog.text
+    # the record says what was scored beside what was asked (which decides whether a rerun validates again)
+    assert result["val_windows"] == scored < result["val_sequences"] == 64
 
 
 

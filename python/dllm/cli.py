@@ -160,6 +160,8 @@ def _main(argv: list[str] | None) -> int:
                     help="sequences per batch; the windows scored are --batches x --batch-size (default: the run's)")
     ep.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     ep.add_argument("--seed", type=_seed, default=None, help="seed of the diffusion noise (default: the run's --seed)")
+    ep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                    help="progress bars on stderr (tokenizing, validation; default: on)")
     bp = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS),
                         description="Benchmarks: step times dllm's sampler step against the eager step users "
                                     "run today; e2e compares a diffusion LM with its autoregressive baseline end "
@@ -201,7 +203,8 @@ def _main(argv: list[str] | None) -> int:
         from .eval_cli import run_eval
 
         try:
-            result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed)
+            result = run_eval(ns.model, batches=ns.batches, batch_size=ns.batch_size, device=ns.device, seed=ns.seed,
+                              progress=ns.progress)
         except USER_ERRORS as e:
             fail(ep, e)
         print(json.dumps(result, indent=2))

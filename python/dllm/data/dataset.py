@@ -112,7 +112,11 @@ class PackedDataset:
         return len(self.tokens) // self.seq_len
 
     def get(self, indices) -> torch.Tensor:
-        L = self.seq_len
+        """The windows ``indices`` (in ``[0, len(self))``) as int64 ``[len(indices), seq_len]``."""
+        L, n = self.seq_len, len(self)
+        bad = [int(i) for i in indices if not 0 <= i < n]
+        if bad:  # a slice past the stream would give a short or empty row, not an error
+            raise IndexError(f"window index {bad[0]} is outside [0, {n}): the split holds {n} windows of {L} tokens")
         rows = [np.asarray(self.tokens[i * L:(i + 1) * L], dtype=np.int64) for i in indices]
         return torch.from_numpy(np.stack(rows))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -201,14 +202,15 @@ class ARTransformer(DiffusionTransformer):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  generator: torch.Generator | None = None, cuda_graph: bool = False) -> torch.Tensor:
-        """Sample ``max_new_tokens`` after ``prompt [B, P]`` with a KV cache (one token per forward), each
+        """Sample ``max_new_tokens`` after ``prompt [B, P]`` (or one prompt ``[P]``: a tensor, a list of
+        ids or a NumPy array, as a tokenizer's ``encode`` gives it) with a KV cache (one token per forward), each
         token drawn by :func:`dllm.ops.sample_categorical` from ``softmax(logits / temperature)`` (argmax
         at temperature 0) with ``generator``. ``cuda_graph``: the one-token step (forward and draw) is
         captured in a CUDA graph once and replayed at every position, as gpt-fast's decoding does, so
         a small model's step costs its kernels and not their launches; the tokens are those of the
         eager loop. The graph stays with the model for the next call with the same batch, length,
         temperature and generator object, as :func:`dllm.generate`'s do. The prompt and the generator are on the
-        model's device."""
+        model's device (a list or array is put there). Returns ``[B, P + max_new_tokens]``."""
         # (dllm.sampling imports the models)
         from ..sampling.generate import check_generator_device, check_number
         from ..sampling.model_protocol import warn_if_dropout_on
@@ -220,6 +222,13 @@ class ARTransformer(DiffusionTransformer):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         device = self.vocab_embed.device
         check_generator_device(generator, device)
+        if isinstance(prompt, (list, tuple, np.ndarray)):  # one prompt as a tokenizer's encode gives it, or rows
+            try:
+                prompt = torch.as_tensor(np.asarray(prompt), device=device)
+            except ValueError as e:  # rows of different lengths
+                raise ValueError(f"a prompt given as a list must be one prompt's ids or rows of one length: {e}") from None
+        if isinstance(prompt, torch.Tensor) and prompt.dim() == 1:
+            prompt = prompt[None]
         if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
             raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
                              + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)

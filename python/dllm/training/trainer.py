@@ -203,8 +203,8 @@ class Trainer:
         self.elapsed = 0.0      # wall-clock seconds of the run, summed over resumes
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         self.resume_changes: dict = {}
-        if cfg.warmup >= cfg.steps and self.is_main:
-            log.warning("warmup (%d steps) >= steps (%d): the learning rate never reaches lr (%g)", cfg.warmup, cfg.steps,
+        if cfg.warmup > cfg.steps and self.is_main:  # lr_at reaches lr at step warmup - 1
+            log.warning("warmup (%d steps) > steps (%d): the learning rate never reaches lr (%g)", cfg.warmup, cfg.steps,
                         cfg.lr)
         # the precision the run trains in, as the checkpoint records it: amp is ignored on the CPU
         self.amp_setting = "bf16" if cfg.amp and self.device.type == "cuda" else "off"
@@ -511,10 +511,11 @@ class Trainer:
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
         if not math.isfinite(gnorm):
+            saved = ", and the last checkpoint holds finite weights" if (self.out / CHECKPOINT).exists() else ""
             raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "
                                      f"{self.step_loss(nll_sum, L):.6g}); "
-                                     f"{self._nonfinite_gradients()}; the step was not applied, and the last checkpoint "
-                                     f"holds finite weights{self._save_before_nonfinite_step()}")
+                                     f"{self._nonfinite_gradients()}; the step was not applied{saved}"
+                                     f"{self._save_before_nonfinite_step()}")
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self.params, cfg.grad_clip, total)
         lr = lr_at(cfg, self.step)
@@ -553,6 +554,7 @@ class Trainer:
             out.update(nll_metrics(nats, self.data.val_bytes_per_token(sequences), suffix))
         model.train(was_training)
         out["val_sequences"] = sequences  # what a later start compares, to know whether this validation still holds
+        out["val_windows"] = min(sequences, len(self.data.val))  # what it scored (a short split has fewer)
         return out
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -635,9 +637,11 @@ class Trainer:
             bar.close()
             self.elapsed = time.perf_counter() - t_run
             self.save()
+            self._export()  # a run stopped to be sampled, as --max-time's is; a resume exports again at its end
             how = ("run the same command to resume" if cfg.resume == "auto" else
                    f"resume with --resume {self.out / CHECKPOINT}")  # the same command would start elsewhere
-            log.warning("interrupted at step %d: checkpoint saved to %s; %s", self.step, self.out / CHECKPOINT, how)
+            log.warning("interrupted at step %d: checkpoint saved to %s, the weights to %s (not validated); %s",
+                        self.step, self.out / CHECKPOINT, self.out / EXPORT, how)
             raise KeyboardInterrupt
         if timed:  # --steps may have ended the run before the clock: the bar ends where the run did
             bar.total = bar.n
