@@ -66,7 +66,7 @@ def test_parseable_prefix_counts_whole_lines():
 
 
 def test_entropy_of_known_distributions():
-    assert unigram_entropy([7] * 10) == 0.0
+    assert unigram_entropy([7] * 10) == 0.0 and math.copysign(1, unigram_entropy([7] * 10)) == 1  # no "-0.00"
     assert unigram_entropy([0, 1, 2, 3]) == pytest.approx(2.0)
     # p = (1/2, 1/4, 1/4): H = 1/2 + 2 * 1/4 * 2 = 1.5 bits
     assert unigram_entropy(torch.tensor([5, 5, 6, 9]).tolist()) == pytest.approx(1.5)
@@ -279,6 +279,8 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert "latency ms (one run)" in report and " ± " in report
     # one noise draw a window: the report does not read the bounds' order off differences within the noise
     assert "one draw of the noise" in report and "within about two standard errors is no evidence" in report
+    # the bounds' window is the training one, which the report names since it is not the generation length
+    assert f"held-out windows of {meta['seq_len']} tokens, the training window" in report
     # the answer: a verdict a (length, batch), each naming the baseline's speed and a diffusion point
     assert [(v["gen_length"], v["batch"]) for v in res["verdict"]] == [(16, 1), (16, 2), (32, 1), (32, 2)]
     for v in res["verdict"]:
@@ -805,8 +807,8 @@ def test_quality_table_columns_hold_their_own_metrics():
 
     rng = random.Random(12)
     rows = [_quality_row(rng, s) for s in ("kv-cache", "mdlm", "llada")]
-    names = {"parse": "parse_rate", "blank": "blank_rate", "parseable prefix": "parse_prefix", "entropy": "entropy",
-             "infill parse": "infill_parse", "infill exact": "infill_exact", "infill entropy": "infill_entropy"}
+    names = {"parse": "parse_rate", "blank": "blank_rate", "parseable prefix": "parse_prefix", "entropy, bits": "entropy",
+             "infill parse": "infill_parse", "infill exact": "infill_exact", "infill entropy, bits": "infill_entropy"}
     got = _cells(_quality_table(rows, 32, 4.0), "model")
     assert len(got) == 3
     for r, cells in zip(rows, got):
@@ -960,6 +962,7 @@ def test_e2e_throughput_spread_is_p20_p80_from_five_calls(monkeypatch):
         ordered = sorted(times)
         want = (quantile(ordered, 0.2), quantile(ordered, 0.8)) if n >= 5 else (ordered[0], ordered[-1])
         assert tuple(row["spread_ms"]) == pytest.approx(want), n
+        assert row["times_ms"] == ordered  # every timed call, for an interval on a speedup
 
 
 # SMALL_FUNCTIONS with one more method, whose body has two lines

@@ -150,6 +150,19 @@ def test_verdict_without_a_match_and_at_the_floor():
     assert not math.isnan(v["fastest"]["speedup_vs_ar"])
 
 
+def test_a_faster_point_where_the_baseline_writes_no_code_is_no_win():
+    """Equal quality at the floor only means both models write no code: the headline counts the point
+    above the floor alone, the floor sentence names the faster one, and its table row says (floor)."""
+    floor, good = dict(prefix=0.01, prefix_se=0.01), dict(prefix=0.5)
+    (at_floor,) = verdicts(results([("kv-cache", None, 1, 1000.0, floor), ("mdlm", "1/4", 1, 3000.0, floor)]))
+    (above,) = verdicts(results([("kv-cache", None, 4, 1000.0, good), ("mdlm", "1/4", 4, 2000.0, good)]))
+    assert at_floor["at_floor"] and at_floor["best_equal_quality"]["speedup_vs_ar"] == 3.0 and not above["at_floor"]
+    text = "\n".join(summary([at_floor, above]))
+    assert "faster at 1 of 2 (length, batch) points: L 64 B 4; by up to 2.00x" in text
+    assert "(a faster point there, L 64 B 1, counts as no win)" in text and "It is not faster" not in text
+    assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 3,000 | 3.00x (floor) |" in text
+
+
 def test_a_faster_median_inside_the_baselines_spread_is_timing_noise():
     res = results([("kv-cache", None, 1, 1000.0, {}), ("mdlm", "1/4", 1, 1030.0, {}),
                    ("kv-cache", None, 4, 1000.0, {}), ("mdlm", "1/4", 4, 2000.0, {})])

@@ -77,7 +77,7 @@ def unigram_entropy(tokens: Iterable[int]) -> float:
     n = sum(counts.values())
     if n == 0:
         return math.nan
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
+    return sum(c / n * math.log2(n / c) for c in counts.values())  # terms >= 0: one token gives 0.0, not -0.0
 
 
 def rarefied_entropy(counts: list[int], size: int) -> float:

@@ -43,8 +43,8 @@ def _throughput_table(rows: list[dict], length: int, reps: int) -> list[str]:
 
 def _quality_table(rows: list[dict], length: int, reference: float) -> list[str]:
     out = [f"### Quality, {length} generated tokens (held-out text of this length: {reference:.2f} bits entropy)", "",
-           "| model | sampler | steps | nfe | val NLL (± s.e.) | NLL is | parse | blank | parseable prefix | entropy | "
-           "infill parse | infill exact | infill entropy | infill steps | infill nfe |",
+           "| model | sampler | steps | nfe | val NLL (± s.e.) | NLL is | parse | blank | parseable prefix | entropy, bits | "
+           "infill parse | infill exact | infill entropy, bits | infill steps | infill nfe |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["gen_length"] != length:
@@ -139,8 +139,11 @@ def markdown(results: dict) -> str:
         "skips the network on steps that unmask nothing). fast-dllm (threshold "
         f"{m['fast_dllm']['threshold']}) picks its own step count: its rows carry the measured nfe instead.",
         "- val NLL, nats per token on the first "
-        f"{m['nll_windows']} held-out windows (± one standard error over them): exact for the autoregressive "
-        "model; for diffusion the bound of the T-step masked process with T = the point's steps, estimated from "
+        f"{m['nll_windows']} held-out windows of {m['seq_len']} tokens, the training window rather than the "
+        "generation length (± one standard error over them; neighbouring windows are correlated, so it reads "
+        "small): exact for the autoregressive "
+        f"model; for diffusion the bound of the T-step masked process over the {m['seq_len']} tokens with T = the "
+        "point's steps (so two lengths' rows with one T share a value), estimated from "
         "one draw of the noise (a time on the T-step grid and a mask) per window, the same random numbers for "
         "every T. The bound itself is looser for fewer steps, but its one-draw estimates are noisy: a difference "
         "between step counts within about two standard errors is no evidence of an effect of the steps. llada "

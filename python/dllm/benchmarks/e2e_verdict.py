@@ -118,8 +118,10 @@ def _describe(p: dict) -> str:
 def summary(found: list[dict]) -> list[str]:
     """The answer in sentences, then a table with a row per (length, batch)."""
     ahead = [v for v in found if v["best_equal_quality"] and v["best_equal_quality"]["speedup_vs_ar"] > 1]
-    wins = [v for v in ahead if v["best_equal_quality"].get("clear_of_noise", True)]
-    noisy = [v for v in ahead if v not in wins]
+    # where the baseline writes no code, equal quality says nothing: such a point is no win
+    floor_ahead = [v for v in ahead if v["at_floor"]]
+    wins = [v for v in ahead if v["best_equal_quality"].get("clear_of_noise", True) and v not in floor_ahead]
+    noisy = [v for v in ahead if v not in wins and v not in floor_ahead]
     losses = [v for v in found if v not in ahead]
 
     def where(vs):
@@ -129,12 +131,12 @@ def summary(found: list[dict]) -> list[str]:
     if wins:
         top = max(wins, key=lambda v: v["best_equal_quality"]["speedup_vs_ar"])
         b = top["best_equal_quality"]
-        lines.append(f"At equal quality the diffusion model is faster at {len(wins)} of {len(found)} (length, batch) "
-                     f"points: {where(wins)}; by up to {b['speedup_vs_ar']:.2f}x ({_describe(b)}, at L "
-                     f"{top['gen_length']} B {top['batch']}).")
+        lines.append(f"At equal quality (no shortfall beyond {Z:g} standard errors) the diffusion model is faster at "
+                     f"{len(wins)} of {len(found)} (length, batch) points: {where(wins)}; by up to "
+                     f"{b['speedup_vs_ar']:.2f}x ({_describe(b)}, at L {top['gen_length']} B {top['batch']}).")
     else:
-        lines.append(f"At equal quality the diffusion model is faster at none of the {len(found)} (length, batch) "
-                     "points.")
+        lines.append(f"At equal quality (no shortfall beyond {Z:g} standard errors) the diffusion model is faster at "
+                     f"none of the {len(found)} (length, batch) points.")
     if noisy:
         lines.append(f"At {where(noisy)} its median is faster but its latency spread overlaps the baseline's: "
                      "within timing noise (more --reps may tell).")
@@ -144,14 +146,16 @@ def summary(found: list[dict]) -> list[str]:
     if floor:
         lines.append(f"At {where(floor)} the baseline's own samples are at the floor of the parseable prefix "
                      "(within two standard errors of no code), so equal quality there only means both models "
-                     "write no code: train longer (--minutes and --train-steps) for an answer.")
+                     "write no code" + (f" (a faster point there, {where(floor_ahead)}, counts as no win)"
+                                        if floor_ahead else "") +
+                     ": train longer (--minutes and --train-steps) for an answer.")
     lines += ["", "| length | batch | AR tokens/s | fastest diffusion point of equal quality | tokens/s | vs AR | "
               "fastest diffusion point | vs AR | its shortfall |", "|---|---|---|---|---|---|---|---|---|"]
     for v in found:
         b, f = v["best_equal_quality"], v["fastest"]
-        best = (f"{_describe(b)} | {b['tokens_per_s']:,.0f} | {b['speedup_vs_ar']:.2f}x"
-                f"{'' if b.get('clear_of_noise', True) or b['speedup_vs_ar'] <= 1 else ' (noise)'}"
-                if b else "none | - | -")
+        mark = (" (floor)" if v["at_floor"] else
+                "" if b is None or b.get("clear_of_noise", True) or b["speedup_vs_ar"] <= 1 else " (noise)")
+        best = f"{_describe(b)} | {b['tokens_per_s']:,.0f} | {b['speedup_vs_ar']:.2f}x{mark}" if b else "none | - | -"
         fastest = (f"{_describe(f)} | {f['speedup_vs_ar']:.2f}x | {'; '.join(f['short_of']) or 'none'}" if f
                    else "- | - | -")
         lines.append(f"| {v['gen_length']} | {v['batch']} | {v['ar_tokens_per_s']:,.0f} | {best} | {fastest} |")
