@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from dllm.benchmarks.code_quality import rarefied_entropy, unigram_entropy
-from dllm.benchmarks.e2e_verdict import ENTROPY_SLACK_BITS, at_floor, quality_shortfalls, summary, verdicts
-from dllm.benchmarks.e2e_verdict import clear_of_noise, summary, verdicts
+from dllm.benchmarks.e2e_verdict import (ENTROPY_SLACK_BITS, at_floor, clear_of_noise, quality_shortfalls, summary,
+                                          verdicts)
 
 
 def quality(sampler="mdlm", length=64, fraction="1", *, rate=0.5, prefix=0.5, prefix_se=0.05, entropy=4.0, samples=32):
@@ -299,3 +301,14 @@ def test_each_length_is_judged_against_the_baselines_samples_of_that_length():
     first = verdicts({"throughput": throughput, "quality": rows})[0]
     assert first["best_equal_quality"] is None and first["fastest"]["short_of"][0].startswith("parse rate 0.10")
     assert first["at_floor"] is False
+
+
+def test_the_committed_cpu_report_has_no_win_under_todays_verdict():
+    """The README's reading of bench/results/cpu-2core-2026-12-01/e2e: four faster mdlm points, each at
+    the baseline's floor, so none is a win (the one at 1.03x inside the baseline's spread besides)."""
+    path = Path(__file__).parent.parent / "bench" / "results" / "cpu-2core-2026-12-01" / "e2e" / "results.json"
+    found = verdicts(json.loads(path.read_text()))
+    assert [round(v["best_equal_quality"]["speedup_vs_ar"], 2) for v in found] == [4.15, 1.79, 2.51, 1.03]
+    assert all(v["at_floor"] for v in found)
+    assert [v["best_equal_quality"]["clear_of_noise"] for v in found] == [True, True, True, False]
+    assert "faster at none of the 4 (length, batch) points" in "\n".join(summary(found))
