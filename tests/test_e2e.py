@@ -880,6 +880,40 @@ def test_the_nll_frontier_keeps_the_fast_points_of_lowest_nll():
     plt.close(fig)
 
 
+def test_the_frontier_leaves_out_points_whose_samples_collapsed():
+    """A point failing the verdict's entropy test is drawn hollow and is not on the diffusion frontier,
+    however well it parses (a sampler writing whitespace parses)."""
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from dllm.benchmarks.e2e_report import _pareto, frontier_figure
+
+    rng = random.Random(17)
+    throughput = [{"batch": 1, "gen_length": 8, "sampler": "kv-cache", "steps": 8, "fraction": None, "nfe": 8,
+                   "tokens_per_s": 300.0, "model": "autoregressive"}]
+    quality = [{"sampler": "kv-cache", "gen_length": 8, "fraction": None, "nll": 2.0, "parse_prefix": 0.5,
+                "entropy": 4.0}]
+    for k in range(1, 9):
+        throughput.append({"batch": 1, "gen_length": 8, "sampler": "mdlm", "steps": 8, "fraction": f"1/{k}", "nfe": 8,
+                           "tokens_per_s": 100.0 * k, "model": "diffusion (mdlm)"})
+        # every other point collapsed, and parses best, as whitespace would; the others trade speed for parses
+        collapsed = k % 2 == 0
+        quality.append({"sampler": "mdlm", "gen_length": 8, "fraction": f"1/{k}", "nll": rng.uniform(1, 5),
+                        "parse_prefix": 0.95 if collapsed else 0.9 - 0.1 * k,
+                        "entropy": 1.0 if collapsed else rng.uniform(3.6, 5)})
+    results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
+               "throughput": throughput, "quality": quality}
+    fig = frontier_figure(results)
+    kept = [(s["tokens_per_s"], q["parse_prefix"]) for s, q in zip(throughput[1:], quality[1:]) if q["entropy"] > 3]
+    ax = fig.axes[1]
+    (line,) = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert list(zip(line.get_xdata(), line.get_ydata())) == _pareto(kept, higher_is_better=True) == sorted(kept)
+    hollow = sorted(float(p.get_xdata()[0]) for p in ax.get_lines() if p.get_linestyle() != ":"
+                    and mcolors.to_rgba(p.get_markerfacecolor())[3] == 0)
+    assert hollow == [100.0 * k for k in range(2, 9, 2)]
+    plt.close(fig)
+
+
 def _record(tmp_path, **kw):
     trained = {"tokenizer": "byte", "seq_len": 160, "model": "tiny", "data": None, "seed": 0, **kw}
     (tmp_path / "mdlm").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .code_quality import __doc__ as QUALITY_DEFINITIONS
 from .common import null_for_nan
-from .e2e_verdict import ENTROPY_SLACK_BITS, summary
+from .e2e_verdict import ENTROPY_SLACK_BITS, entropy_shortfall, summary
 
 COLORS = {"mdlm": "tab:blue", "llada": "tab:orange", "fast-dllm": "tab:green", "kv-cache": "black"}
 SAMPLE_METRICS = (("nll", "val NLL, nats/token (lower: better)"), ("parse_prefix", "parseable prefix"),
@@ -309,14 +309,20 @@ def frontier_figure(results: dict):
     for j, (length, batch) in enumerate(combos):
         pts = [(r, quality[r["sampler"], length, r["fraction"]]) for r in results["throughput"]
                if r["gen_length"] == length and r["batch"] == batch]
+        ar_quality = next(q for s, q in pts if s["model"] == "autoregressive")
+        # a sampler whose samples collapsed (the verdict's entropy test) parses well and says nothing
+        collapsed = [s["model"] != "autoregressive" and "entropy" in q and "entropy" in ar_quality
+                     and entropy_shortfall(q, ar_quality) is not None for s, q in pts]
         for i, (key, label, higher) in enumerate(metrics):
             ax = axes[i][j]
-            for speed, q in pts:
+            for (speed, q), hollow in zip(pts, collapsed):
                 ar = speed["sampler"] == "kv-cache"
+                color = COLORS[speed["sampler"]]
                 ax.plot(speed["tokens_per_s"], q[key], marker="*" if ar else "o", ms=12 if ar else 6,
-                        color=COLORS[speed["sampler"]], ls="none")
+                        color=color, mfc="none" if hollow else color, ls="none")
             for model, color in (("diffusion (mdlm)", "tab:purple"), ("autoregressive", "black")):
-                front = _pareto([(s["tokens_per_s"], q[key]) for s, q in pts if s["model"] == model], higher)
+                front = _pareto([(s["tokens_per_s"], q[key]) for (s, q), hollow in zip(pts, collapsed)
+                                 if s["model"] == model and not hollow], higher)
                 if len(front) > 1:
                     ax.plot(*zip(*front), color=color, lw=1, ls=":")
             ax.set_xscale("log")
@@ -330,6 +336,8 @@ def frontier_figure(results: dict):
     handles = [plt.Line2D([], [], color=c, marker="*" if s == "kv-cache" else "o", ls="none",
                           label="autoregressive" if s == "kv-cache" else f"diffusion, {s}") for s, c in COLORS.items()]
     handles.append(plt.Line2D([], [], color="tab:purple", ls=":", label="diffusion frontier"))
+    handles.append(plt.Line2D([], [], color="gray", marker="o", mfc="none", ls="none",
+                              label="entropy collapsed: off the frontier"))
     axes[0][0].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     return fig

@@ -51,10 +51,16 @@ def quality_shortfalls(point: dict, ar: dict) -> list[str]:
     gap = ar["parse_prefix"] - point["parse_prefix"]
     if gap > Z * math.hypot(ar["parse_prefix_se"], point["parse_prefix_se"]):
         out.append(f"parseable prefix {point['parse_prefix']:.2f} < {ar['parse_prefix']:.2f}")
+    collapsed = entropy_shortfall(point, ar)
+    return out + ([collapsed] if collapsed else [])
+
+
+def entropy_shortfall(point: dict, ar: dict) -> str | None:
+    """Why ``point``'s token entropy is too far below the baseline's (a collapsed sampler), or None."""
     entropy, ar_entropy, at = _entropies_at_equal_counts(point, ar)
     if entropy < ar_entropy - ENTROPY_SLACK_BITS:
-        out.append(f"entropy {entropy:.2f} < {ar_entropy:.2f} - {ENTROPY_SLACK_BITS:g} bits{at}")
-    return out
+        return f"entropy {entropy:.2f} < {ar_entropy:.2f} - {ENTROPY_SLACK_BITS:g} bits{at}"
+    return None
 
 
 def _entropies_at_equal_counts(point: dict, ar: dict) -> tuple[float, float, str]:
