@@ -412,7 +412,9 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
         nfe counts model evaluations; a classifier-free-guidance step counts 2.
     """
     name, variant = _parse_sampler(sampler)
-    if isinstance(model, ARTransformer):  # load_for_sampling returns it as it is, with kind "ar"
+    # load_for_sampling returns an AR folder's network as it is, with kind "ar" (given a mask id, a
+    # causal network may still be sampled as a diffusion model)
+    if isinstance(model, ARTransformer) and getattr(model, "mask_id", None) is None:
         raise ValueError("this is an autoregressive model, which dllm.generate's diffusion samplers cannot run: "
                          "sample it with model.generate(prompt, max_new_tokens)")
     _check_lengths(gen_length=gen_length, steps=steps)
