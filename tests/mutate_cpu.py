@@ -141,7 +141,7 @@ MUTANTS = [
     ("python/dllm/data/corpus.py", "train.append((rel, text[:k]))", "train.append((rel, text[:k + 1]))", ["test_data"]),
     # the e2e report's code metrics: entropy in nats, blank text as code, a whole sample never
     # parseable, the stop token kept, any parseable fill accepted
-    ("python/dllm/benchmarks/code_quality.py", "math.log2(c / n)", "math.log(c / n)", ["test_e2e"]),
+    ("python/dllm/benchmarks/code_quality.py", "math.log2(n / c)", "math.log(n / c)", ["test_e2e"]),
     ("python/dllm/benchmarks/code_quality.py", "return tree is not None and len(tree.body) > 0", "return tree is not None",
      ["test_e2e"]),
     ("python/dllm/benchmarks/code_quality.py", "for k in range(len(lines), 0, -1):", "for k in range(len(lines) - 1, 0, -1):",
