@@ -359,7 +359,7 @@ def test_tokens_per_s_axes_carry_numbers_on_short_ranges():
                    "nfe": steps, "tokens_per_s": v, "model": "autoregressive" if sampler == "kv-cache" else
                    "diffusion (mdlm)"} for (sampler, steps), v in speeds.items()]
     quality = [{"sampler": sampler, "gen_length": 8, "steps": steps, "fraction": f"{steps}/8", "nll": 3.0 + steps / 10,
-                "parse_prefix": 0.5} for sampler, steps in speeds]
+                "parse_prefix": 0.5, "entropy": 4.0} for sampler, steps in speeds]
     results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
                "throughput": throughput, "quality": quality}
     for figure, which in ((throughput_figure, "y"), (frontier_figure, "x")):
@@ -861,12 +861,12 @@ def test_the_nll_frontier_keeps_the_fast_points_of_lowest_nll():
     fracs = [f"1/{k}" for k in range(1, 9)]
     throughput = [{"batch": 1, "gen_length": 8, "sampler": "kv-cache", "steps": 8, "fraction": None, "nfe": 8,
                    "tokens_per_s": 300.0, "model": "autoregressive"}]
-    quality = [{"sampler": "kv-cache", "gen_length": 8, "fraction": None, "nll": 2.0, "parse_prefix": 0.5}]
+    quality = [{"sampler": "kv-cache", "gen_length": 8, "fraction": None, "nll": 2.0, "parse_prefix": 0.5, "entropy": 4.0}]
     for f in fracs:
         throughput.append({"batch": 1, "gen_length": 8, "sampler": "mdlm", "steps": 8, "fraction": f, "nfe": 8,
                            "tokens_per_s": rng.uniform(100, 900), "model": "diffusion (mdlm)"})
         quality.append({"sampler": "mdlm", "gen_length": 8, "fraction": f, "nll": rng.uniform(1, 5),
-                        "parse_prefix": rng.uniform(0, 1)})
+                        "parse_prefix": rng.uniform(0, 1), "entropy": 4.0})
     results = {"meta": {"grid": {"batch_sizes": [1], "gen_lengths": [8]}, "card": "cpu"},
                "throughput": throughput, "quality": quality}
     fig = frontier_figure(results)
@@ -1244,7 +1244,7 @@ def test_plots_keep_each_batch_to_its_own_panel():
                                      ("fast-dllm", None, 1)):
         model = "autoregressive" if sampler == "kv-cache" else "diffusion (mdlm)"
         quality.append({"sampler": sampler, "gen_length": 8, "fraction": fraction, "steps": steps,
-                        "nll": rng.uniform(1, 5), "parse_prefix": rng.random()})
+                        "nll": rng.uniform(1, 5), "parse_prefix": rng.random(), "entropy": 4.0})
         for batch in (1, 3):
             throughput.append({"batch": batch, "gen_length": 8, "sampler": sampler, "fraction": fraction,
                                "steps": steps, "nfe": steps if sampler != "fast-dllm" else rng.uniform(1.5, 3),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -212,7 +211,7 @@ class ARTransformer(DiffusionTransformer):
         temperature and generator object, as :func:`dllm.generate`'s do. The prompt and the generator are on the
         model's device (a list or array is put there). Returns ``[B, P + max_new_tokens]``."""
         # (dllm.sampling imports the models)
-        from ..sampling.generate import check_generator_device, check_number
+        from ..sampling.generate import check_generator_device, check_number, token_tensor
         from ..sampling.model_protocol import warn_if_dropout_on
 
         check_number("temperature", temperature)
@@ -222,17 +221,13 @@ class ARTransformer(DiffusionTransformer):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         device = self.vocab_embed.device
         check_generator_device(generator, device)
-        if isinstance(prompt, (list, tuple, np.ndarray)):  # one prompt as a tokenizer's encode gives it, or rows
-            try:
-                prompt = torch.as_tensor(np.asarray(prompt), device=device)
-            except ValueError as e:  # rows of different lengths
-                raise ValueError(f"a prompt given as a list must be one prompt's ids or rows of one length: {e}") from None
-        if isinstance(prompt, torch.Tensor) and prompt.dim() == 1:
+        if not isinstance(prompt, torch.Tensor):  # one prompt as a tokenizer's encode gives it, or rows
+            prompt = token_tensor(prompt, "prompt", device)
+        if prompt.dim() == 1:
             prompt = prompt[None]
-        if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
-            raise ValueError("prompt must be an int64 (or int32) tensor [B, P] of token ids, got "
-                             + (f"{prompt.dtype} {tuple(prompt.shape)}" if isinstance(prompt, torch.Tensor)
-                                else type(prompt).__name__))
+        if prompt.dim() != 2 or prompt.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"prompt must be an int64 (or int32) tensor [B, P] of token ids, got {prompt.dtype} "
+                             f"{tuple(prompt.shape)}")
         if prompt.device != device:  # torch would refuse it inside the embedding, after the id check's sync
             raise ValueError(f"the prompt is on {prompt.device} but the model is on {device}: "
                              f"pass prompt.to({str(device)!r})")

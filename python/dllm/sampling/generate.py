@@ -201,7 +201,7 @@ def _parse_sampler(sampler: str) -> tuple[str, str | None]:
     return name, variant or DEFAULT_VARIANT.get(name)
 
 
-def _token_tensor(value, what: str, device) -> torch.Tensor:
+def token_tensor(value, what: str, device) -> torch.Tensor:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{what} must hold token ids, not text ({value[:20]!r}): encode it with the model's "
                         "tokenizer first")
@@ -253,7 +253,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
     """Left-padded prompts followed by gen_length masks (or the infill template), and the prompts'
     attention mask: None where nothing is padded, so the model runs its unmasked path."""
     if infill is not None:
-        infill = _token_tensor(infill, "infill", device)
+        infill = token_tensor(infill, "infill", device)
         infill = torch.where(infill == UNKNOWN, mask_id, infill)
         infill = infill[None] if infill.dim() == 1 else infill
         if infill.dim() != 2 or infill.shape[-1] != gen_length:
@@ -270,7 +270,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             raise ValueError("prompt is an empty list; pass None for unconditional generation")
         if all(isinstance(t, numbers.Integral) for t in prompt):
             prompt = [prompt]  # one prompt's token ids, as a Hugging Face tokenizer's encode returns them
-        rows = [_token_tensor(p, "prompt", device) for p in prompt]
+        rows = [token_tensor(p, "prompt", device) for p in prompt]
         if any(r.dim() != 1 for r in rows):
             raise ValueError("a list of prompts must hold 1-D prompts (or be one prompt's token ids)")
         width = max(r.numel() for r in rows)
@@ -291,7 +291,7 @@ def _canvas(prompt, attention_mask, infill, gen_length: int, mask_id: int, pad_i
             for i, r in enumerate(rows):
                 prompt[i, width - r.numel():] = r
     else:
-        prompt = _token_tensor(prompt, "prompt", device)
+        prompt = token_tensor(prompt, "prompt", device)
         prompt = prompt[None] if prompt.dim() == 1 else prompt
         if prompt.dim() != 2:
             raise ValueError(f"prompt must be [P] or [B, P], got shape {tuple(prompt.shape)}")
