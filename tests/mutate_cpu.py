@@ -670,8 +670,8 @@ MUTANTS = [
     ("python/dllm/sampling/generate.py", 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
     # the e2e report's samples with the prompt token left in, infill holes read a token early and
     # judged against the def line, fast-dllm's NLL as a 1-step bound, llada's infill as mdlm's, the
-    # baseline of the first length judging every length, the reference entropy over whole windows,
-    # one NLL window in 16 skipped
+    # baseline of the first length judging every length, the held-out text's row over whole files or every
+    # file, its parse rate and parseable prefix swapped, one NLL window in 16 skipped
     (E2E, "return out.sequences[:, 1:], out.nfe", "return out.sequences, out.nfe", ["test_e2e"]),
     (E2E, "hole = out.sequences[0, len(task.before):len(task.before) + n]",
      "hole = out.sequences[0, len(task.before) - 1:len(task.before) + n - 1]", ["test_e2e"]),
@@ -683,8 +683,11 @@ MUTANTS = [
      "            infill_cache[model, frac] = infill_cache[model, sampler, frac]\n", ["test_e2e"]),
     ("python/dllm/benchmarks/e2e_verdict.py", 'ar_quality = quality[ar["sampler"], length, ar["fraction"]]',
      'ar_quality = quality[ar["sampler"], results["quality"][0]["gen_length"], ar["fraction"]]', ["test_e2e_verdict"]),
-    (E2E, "unigram_entropy(windows[:, :length].flatten().tolist())", "unigram_entropy(windows.flatten().tolist())",
+    (E2E, "[int(i) for i in tok.encode(text)[:length]] + [tok.eos_id]", "[int(i) for i in tok.encode(text)] + [tok.eos_id]",
      ["test_e2e"]),
+    (E2E, "files = val_files[:REFERENCE_FILES]", "files = val_files", ["test_e2e"]),
+    ("python/dllm/benchmarks/e2e_report.py", "f\"{_f(data['parse_rate'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_prefix'], 2)} | \"",
+     "f\"{_f(data['parse_prefix'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_rate'], 2)} | \"", ["test_e2e"]),
     (E2E, "rows = slice(lo, min(n, lo + 16))", "rows = slice(lo, min(n, lo + 15))", ["test_e2e"]),
 ]
 

@@ -21,7 +21,7 @@ from dllm.benchmarks import e2e
 from dllm.benchmarks.common import quantile
 from dllm.benchmarks.e2e import BLOCK_LENGTH, _diffusion_steps, nll_per_window
 from dllm.cli import main
-from dllm.data.tokenizer import load_tokenizer
+from dllm.data.tokenizer import ByteTokenizer, load_tokenizer
 import numpy as np
 
 GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", "import os  # a comment\n"]
@@ -328,7 +328,8 @@ def test_quality_plot_places_infill_at_the_steps_it_ran():
             for length in (16, 32)
             for sampler, steps, infill_steps in (("kv-cache", length, 6.0), ("mdlm", length, 6.0),
                                                  ("mdlm", length // 2, 3.0), ("fast-dllm", 1, 1.0))]
-    fig = quality_figure({"meta": {"grid": {"gen_lengths": [16, 32]}}, "quality": rows})
+    data = {"parse_prefix": 0.25, "parse_rate": 0.125, "entropy": 4.5}  # the held-out text's, at 16 tokens only
+    fig = quality_figure({"meta": {"grid": {"gen_lengths": [16, 32]}, "reference": {"16": data}}, "quality": rows})
     axes = fig.axes
 
     def xs(ax, label):
@@ -339,6 +340,9 @@ def test_quality_plot_places_infill_at_the_steps_it_ran():
         assert axes[i * ncols].get_ylabel() == label and axes[i * ncols + 1].get_ylabel() == label
         assert xs(axes[i * ncols + 1], "diffusion, mdlm") == [[32, 16]]
         assert xs(axes[i * ncols + 1], "diffusion, fast-dllm") == [[80.0]]
+        held_out = [list(line.get_ydata()) for line in axes[i * ncols].get_lines() if line.get_label() == "held-out text"]
+        assert held_out == ([[data[key]] * 2] if key in data else []), key  # the NLL has no held-out value
+        assert not xs(axes[i * ncols + 1], "held-out text")
     for i, (key, label) in enumerate(INFILL_METRICS):  # entropy too, and at infill's own steps
         ax = axes[i * ncols + 2]
         assert ax.get_ylabel() == label and xs(ax, "diffusion, mdlm") == [[6.0, 3.0]]
@@ -724,10 +728,11 @@ def test_speedups_compare_each_batch_with_the_baseline_of_that_batch(monkeypatch
                "entropy": 3.0, "token_counts": [3, 3], "quality_nfe": 4.0, "example": "x = 1"}
     infill = {"infill_parse": 0.5, "infill_exact": 0.0, "infill_entropy": 2.0, "infill_steps": 3.0, "infill_nfe": 3.0}
     net = torch.nn.Linear(1, 1)
-    models = e2e.Models(SimpleNamespace(model=net), net, SimpleNamespace(), {"mdlm": "m", "ar": "a"}, 64, None, 0.05)
+    models = e2e.Models(SimpleNamespace(model=net), net, ByteTokenizer(), {"mdlm": "m", "ar": "a"}, 64, None, 0.05)
     written = {}
     monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
-    monkeypatch.setattr(e2e, "_val_windows", lambda models, count: (torch.zeros(2, 64, dtype=torch.int64), []))
+    monkeypatch.setattr(e2e, "_val_windows",
+                        lambda models, count: (torch.zeros(2, 64, dtype=torch.int64), [("a.py", "x = 1\n")]))
     monkeypatch.setattr(e2e, "held_out_functions", lambda *a, **kw: [object()])
     monkeypatch.setattr(e2e, "read_config", lambda d: {"objective": {"name": "mdlm", "noise": {"type": "loglinear"}}})
     monkeypatch.setattr(e2e, "get_objective", lambda name, tok: None)
@@ -809,8 +814,13 @@ def test_quality_table_columns_hold_their_own_metrics():
     rows = [_quality_row(rng, s) for s in ("kv-cache", "mdlm", "llada")]
     names = {"parse": "parse_rate", "blank": "blank_rate", "parseable prefix": "parse_prefix", "entropy, bits": "entropy",
              "infill parse": "infill_parse", "infill exact": "infill_exact", "infill entropy, bits": "infill_entropy"}
-    got = _cells(_quality_table(rows, 32, 4.0), "model")
-    assert len(got) == 3
+    data = {"samples": 17, **{k: rng.uniform(0.01, 0.99) for k in ("parse_rate", "blank_rate", "parse_prefix", "entropy")}}
+    got = _cells(_quality_table(rows, 32, data), "model")
+    assert len(got) == 4
+    held_out = got.pop(0)  # the data's own row comes first, with the samples' metrics only
+    assert (held_out["model"], held_out["sampler"]) == ("held-out text", "first 32 tokens of 17 files")
+    for column, key in names.items():
+        assert held_out[column] == (f"{data[key]:.2f}" if key in data else "-"), column
     for r, cells in zip(rows, got):
         for column, key in names.items():
             assert cells[column] == f"{r[key]:.2f}", column
@@ -836,7 +846,7 @@ def _meta(load, threads):
             "budgets": {"mdlm": None, "ar": None}, "train_steps": {"mdlm": 1, "ar": 1},
             "kernels": {"precision": "p", "diffusion": "d", "ar": "a"}, "temperature": 1.0, "samples": 2,
             "infill_tasks": 1, "reps": 1, "fast_dllm": {"block_length": 32, "threshold": 0.9}, "nll_windows": 2,
-            "continuous_bound": 1.0, "grid": {"gen_lengths": []}, "reference_entropy": {}}
+            "continuous_bound": 1.0, "grid": {"gen_lengths": []}, "reference": {}}
 
 
 def test_the_report_says_when_other_work_shared_the_cores():
@@ -1139,8 +1149,8 @@ def test_bench_e2e_defaults_are_the_issues_grid():
 def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatch, tmp_path):
     """run(): fast-dllm's NLL is the continuous-time bound (its step count is adaptive), mdlm and llada
     take the T-step bound of their steps; each sampler keeps its own infill; meta holds the infill task
-    count, the held-out windows scored, the continuous bound's mean and each length's reference entropy
-    (of the held-out windows' first `length` tokens)."""
+    count, the held-out windows scored, the continuous bound's mean and each length's reference: the held-out
+    files' own first `length` tokens, judged as samples."""
     rng = random.Random(17)
     nll_means = {}
 
@@ -1164,7 +1174,7 @@ def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatc
         return dict(infills[sampler, frac])
 
     net = torch.nn.Linear(1, 1)
-    models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, SimpleNamespace(), {"mdlm": "m", "ar": "a"},
+    models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, ByteTokenizer(), {"mdlm": "m", "ar": "a"},
                         48, None, 0.05)
     windows = torch.randint(0, 50, (3, 48), generator=torch.Generator().manual_seed(2))
     windows[:, 16:] = torch.randint(50, 250, (3, 32), generator=torch.Generator().manual_seed(3))
@@ -1173,7 +1183,9 @@ def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatc
     loads = iter([1.5, 2.5])
     written = {}
     monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
-    monkeypatch.setattr(e2e, "_val_windows", lambda models, count: (windows, []))
+    # 16 bytes cut the first file's docstring and end the second's comments; 32 hold both whole
+    val_files = [("a.py", 'import os\n"""A docstring."""\n'), ("b.py", "# one\n# two\n# three\nx = 1\n")]
+    monkeypatch.setattr(e2e, "_val_windows", lambda models, count: (windows, val_files))
     monkeypatch.setattr(e2e, "held_out_functions", lambda files, tok, **kw: held_out.append(kw) or tasks)
     monkeypatch.setattr(e2e.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
     monkeypatch.setattr(e2e, "read_config", lambda d: {"objective": {"name": "mdlm", "noise": {"type": "loglinear"}}})
@@ -1209,13 +1221,13 @@ def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatc
     assert meta["infill_tasks"] == 5 and meta["samples"] == 2 and meta["nll_windows"] == 3
     assert meta["continuous_bound"] == pytest.approx(nll_means[False, None])
     assert meta["load_average"] == [1.5, 2.5]  # the sweep's start and its end
-    for length in (16, 32):
-        want = unigram_entropy(windows[:, :length].flatten().tolist())
-        assert meta["reference_entropy"][str(length)] == pytest.approx(want)
-    assert meta["reference_entropy"]["16"] < meta["reference_entropy"]["32"] - 0.5
+    short, whole = meta["reference"]["16"], meta["reference"]["32"]
+    assert (short["samples"], short["parse_rate"], short["blank_rate"], short["parse_prefix"]) == (2, 0.0, 0.5, 0.25)
+    assert (whole["samples"], whole["parse_rate"], whole["blank_rate"], whole["parse_prefix"]) == (2, 1.0, 0.0, 1.0)
+    assert short["entropy"] == pytest.approx(unigram_entropy(list(b'import os\n"""A d# one\n# two\n# th')))
 
 
-def test_the_report_states_its_lengths_reference_entropy_counts_and_loads():
+def test_the_report_states_its_lengths_counts_and_loads():
     from dllm.benchmarks.e2e_report import markdown
 
     meta = {"card": "CPU", "torch": "t", "commit": "c", "date": "d", "command": "dllm bench e2e", "cpus": 8,
@@ -1224,10 +1236,12 @@ def test_the_report_states_its_lengths_reference_entropy_counts_and_loads():
             "kernels": {"precision": "p", "diffusion": "d", "ar": "a"}, "temperature": 1.0, "samples": 13,
             "infill_tasks": 7, "reps": 1, "fast_dllm": {"block_length": 32, "threshold": 0.9}, "nll_windows": 2,
             "continuous_bound": 1.0, "grid": {"gen_lengths": [16, 32, 64]},
-            "reference_entropy": {"16": 3.21, "32": 4.56, "64": 5.04}}
+            "reference": {str(n): {"samples": 5, "parse_rate": 0.1, "blank_rate": 0.2, "parse_prefix": p, "entropy": 4.0}
+                          for n, p in ((16, 0.25), (32, 0.5), (64, 0.75))}}
     text = markdown({"meta": meta, "quality": [], "throughput": [], "verdict": []})
-    for length, bits in meta["reference_entropy"].items():
-        assert f"### Quality, {length} generated tokens (held-out text of this length: {bits:.2f} bits entropy)" in text
+    for length, data in meta["reference"].items():
+        table = text.split(f"### Quality, {length} generated tokens\n")[1].split("###")[0]
+        assert f"| held-out text | first {length} tokens of 5 files | - | - | - | - | 0.10 | 0.20 | {data['parse_prefix']:.2f} | 4.00 |" in table
     assert "13 samples per quality point, 7 infilled functions" in text
     assert "at the start and the end of the sweep: 0.3 and 2.7 on 8 cores, 4 used by this run." in text
 
@@ -1349,3 +1363,19 @@ def test_only_a_docstring_stays_in_the_context():
             "def k(z):\n    'doc'\n    return z + 1\n")
     tasks = held_out_functions([("m.py", text)], tok, max_body=40, min_body=4, before=8, after=4, count=5)
     assert sorted(t.body_text for t in tasks) == ["print(x)\n    return x", "return z + 1"]
+
+
+def test_held_out_quality_scores_the_first_tokens_of_at_most_reference_files(monkeypatch):
+    """The data's own row: each file's first `length` tokens (a shorter file whole, its end an end-of-text),
+    judged as samples are, over the first REFERENCE_FILES files; no files is an error, not a NaN row."""
+    tok = ByteTokenizer()
+    files = [(f"{i}.py", f"x{i} = {i}\n" + "y = (\n" * 3) for i in range(5)]
+    monkeypatch.setattr(e2e, "REFERENCE_FILES", 3)
+    q = e2e.held_out_quality(files, tok, 7)  # "x0 = 0\n": the first statement whole, nothing after it
+    assert (q["samples"], q["parse_rate"], q["parse_prefix"], q["blank_rate"]) == (3, 1.0, 1.0, 0.0)
+    assert sum(q["token_counts"]) == 3 * 7
+    q = e2e.held_out_quality(files, tok, 100)  # whole files, whose open brackets never close
+    assert (q["parse_rate"], q["parse_prefix"]) == (0.0, pytest.approx(0.25))
+    assert sum(q["token_counts"]) == sum(len(text) for _, text in files[:3])
+    with pytest.raises(ValueError, match="no files"):
+        e2e.held_out_quality([], tok, 7)

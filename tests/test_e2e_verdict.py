@@ -312,3 +312,16 @@ def test_the_committed_cpu_report_has_no_win_under_todays_verdict():
     assert all(v["at_floor"] for v in found)
     assert [v["best_equal_quality"]["clear_of_noise"] for v in found] == [True, True, True, False]
     assert "faster at none of the 4 (length, batch) points" in "\n".join(summary(found))
+
+
+def test_the_summary_sets_the_baselines_parseable_prefix_beside_the_held_out_texts():
+    """For scale: each length's held-out files' own parseable prefix beside the baseline's samples', once a
+    length; results without the held-out row (written before it) get no such sentence."""
+    res = _results([("kv-cache", None, 1000.0, (900.0, 1100.0)), ("mdlm", "1/4", 1300.0, (700.0, 800.0))])
+    res["throughput"] += [dict(r, batch=4) for r in res["throughput"]]
+    assert "For scale" not in "\n".join(summary(verdicts(res)))
+    res["meta"] = {"reference": {"64": {"parse_prefix": 0.8125}}}
+    found = verdicts(res)
+    assert [(v["data_parse_prefix"], v["ar_parse_prefix"]) for v in found] == [(0.8125, 0.5)] * 2
+    text = "\n".join(summary(found))
+    assert text.count("For scale") == 1 and "0.81 against 0.50 at L 64." in text

@@ -19,7 +19,8 @@ Speed is judged on the latency spreads the rows carry: a point of equal quality 
 its slow end (p80, or the slowest of fewer than five calls) beats the baseline's fast end; a faster
 median whose spread overlaps the baseline's is reported as within timing noise.
 When the baseline's own parseable prefix is within two standard errors of zero, both models sit at
-the metric's floor and a match says nothing about quality; the verdict says so.
+the metric's floor and a match says nothing about quality; the verdict says so. For scale it also
+gives the parseable prefix of the held-out files' own first tokens at each length.
 """
 
 from __future__ import annotations
@@ -109,8 +110,10 @@ def verdicts(results: dict) -> list[dict]:
         diffusion = sorted((r for r in rows if r is not ar), key=lambda r: -r["tokens_per_s"])
         shortfalls = [quality_shortfalls(quality[r["sampler"], length, r["fraction"]], ar_quality) for r in diffusion]
         equal = [r for r, s in zip(diffusion, shortfalls) if not s]
+        data = results.get("meta", {}).get("reference", {}).get(str(length))  # none in results before 2026-12-05
         out.append({"gen_length": length, "batch": batch, "ar_tokens_per_s": ar["tokens_per_s"],
-                    "at_floor": at_floor(ar_quality),
+                    "at_floor": at_floor(ar_quality), "ar_parse_prefix": ar_quality["parse_prefix"],
+                    "data_parse_prefix": data["parse_prefix"] if data else None,
                     "best_equal_quality": _point(equal[0], ar) if equal else None,
                     "fastest": _point(diffusion[0], ar, shortfalls[0]) if diffusion else None})
     return out
@@ -155,6 +158,11 @@ def summary(found: list[dict]) -> list[str]:
                      "write no code" + (f" (a faster point there, {where(floor_ahead)}, counts as no win)"
                                         if floor_ahead else "") +
                      ": train longer (--minutes and --train-steps) for an answer.")
+    scale = {v["gen_length"]: v for v in found if v.get("data_parse_prefix") is not None}
+    if scale:
+        lines.append("For scale, the parseable prefix of the held-out files' own first tokens against the baseline's "
+                     "samples: " + ", ".join(f"{v['data_parse_prefix']:.2f} against {v['ar_parse_prefix']:.2f} at L "
+                                             f"{length}" for length, v in scale.items()) + ".")
     lines += ["", "| length | batch | AR tokens/s | fastest diffusion point of equal quality | tokens/s | vs AR | "
               "fastest diffusion point | vs AR | its shortfall |", "|---|---|---|---|---|---|---|---|---|"]
     for v in found:
