@@ -484,6 +484,8 @@ MUTANTS = [
      "call.random = p.rule == CommitRule::kProb;", ["test_unmask"]),
     ("csrc/kernels/predict_masked_cpu.cpp", "      if (p.temperature > 0.0f)\n", "      if (p.temperature > 0.0f || filtered)\n",
      ["test_unmask"]),
+    ("csrc/kernels/predict_masked_cpu.cpp", "if (token_in < 0 || token_in >= vocab) note_error",
+     "if (token_in >= vocab) note_error", ["test_unmask"]),
     ("csrc/kernels/commit_tokens_cpu.cpp", "if (start < 0 || start > end || end > L)", "if (start > end || end > L)",
      ["test_unmask"]),
     ("csrc/kernels/commit_tokens_cpu.cpp", "    if (std::isnan(conf[i])) return kNaNConfidence;\n", "", ["test_unmask"]),

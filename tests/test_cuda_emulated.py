@@ -206,6 +206,9 @@ def test_kernel_errors_read_back_like_the_cpu_ops(emulator):
     x = torch.full((1, 5), MASK)
     same_error(lambda: EMU.predict_masked(logits.view(1, 5, 3000), x, MASK),
                lambda: CPU.predict_masked(logits.view(1, 5, 3000), x, MASK))
+    x[0, 1:3] = torch.tensor([3000, -5])  # unmasked tokens outside the vocabulary, before the NaN row
+    same_error(lambda: EMU.predict_masked(logits.view(1, 5, 3000), x, MASK),
+               lambda: CPU.predict_masked(logits.view(1, 5, 3000), x, MASK))
 
 
 # Where a non-finite logit sits decides how the streaming kernels find it: most make their group's

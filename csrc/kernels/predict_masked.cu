@@ -162,7 +162,10 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t token_in = p.x[pos];
   if (token_in != p.mask_id) {
-    if (threadIdx.x == 0) p.x0[pos] = token_in, p.conf[pos] = -kInf;
+    if (threadIdx.x == 0) {
+      p.x0[pos] = token_in, p.conf[pos] = -kInf;
+      if (token_in < 0 || token_in >= p.vocab) report_error(p.first_error, (pos << 2) | kTokenOutOfRange);
+    }
     return;
   }
   const int64_t vocab = p.vocab, mask = p.mask_id;

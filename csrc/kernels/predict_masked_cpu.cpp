@@ -142,7 +142,10 @@ int64_t predict_positions(const PredictParams& p, int64_t begin, int64_t end) {
     const int64_t token_in = p.x[pos];
     p.x0[pos] = token_in;
     p.conf[pos] = -kInf;
-    if (token_in != p.mask_id) continue;
+    if (token_in != p.mask_id) {
+      if (token_in < 0 || token_in >= vocab) note_error(first_error, pos, kTokenOutOfRange);
+      continue;
+    }
     const int64_t b = pos / p.length, i = pos % p.length;
     const int64_t src = b * p.length + std::max<int64_t>(i - p.logits_shift, 0);
     if (!load_row<D>(static_cast<const char*>(p.logits) + src * p.row_stride * elem, vocab, v)) {

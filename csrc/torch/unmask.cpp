@@ -70,9 +70,13 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   return call;
 }
 
-void raise_predict_error(int64_t encoded, int64_t length) {
+void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab) {
   if (encoded == kNoError) return;
-  const int64_t pos = encoded >> 2;
+  const int64_t pos = encoded >> 2, length = x.size(-1);
+  // an error's path only, so reading the token back (a device sync on CUDA) costs nothing otherwise
+  TORCH_CHECK_VALUE((encoded & 3) != kTokenOutOfRange, "predict_masked: x holds token ",
+                    x.reshape(-1)[pos].item<int64_t>(), " at position ", pos % length, " of sequence ", pos / length,
+                    ", outside the vocabulary [0, ", vocab, ") of the logits");
   const char* why = (encoded & 3) == kNonFinite ? "has NaN or +inf logits (or overflows float32 after division by the temperature)"
                                                 : "has only -inf logits besides the mask token, so nothing can be proposed";
   TORCH_CHECK_VALUE(false, "predict_masked: masked position ", pos % length, " of sequence ", pos / length, " ", why);
@@ -176,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cpu_op(const at::Tensor& logit
   raise_predict_error(parallel_min_error(p.batch * p.length, 1 + 65536 / p.vocab, [&](int64_t begin, int64_t end) {
                         return predict_masked_cpu(p, begin, end);
                       }),
-                      p.length);
+                      x, p.vocab);
   return {call.x0, call.conf};
 }
 

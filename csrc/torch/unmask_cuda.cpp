@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   call.params.first_error = first_error.data_ptr<int64_t>();
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_predict_error(first_error.item<int64_t>(), call.params.length);
+  if (may_sync_current_stream()) raise_predict_error(first_error.item<int64_t>(), x, call.params.vocab);
   return {call.x0, call.conf};
 }
 

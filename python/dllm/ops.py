@@ -207,7 +207,8 @@ def predict_masked(
         others, such as ``[1, L, V].expand(B, L, V)``, are copied first).
 
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
-    besides the mask token; on CUDA that check synchronises, except during CUDA-graph capture.
+    besides the mask token, and for an unmasked position whose token lies outside ``[0, V)``; on CUDA
+    that check synchronises, except during CUDA-graph capture.
     """
     op = "predict_masked"
     mask_id, logits_shift = _as_int(mask_id, op, "mask_id"), _as_int(logits_shift, op, "logits_shift")

@@ -188,6 +188,8 @@ MUTANTS = [
      "    drop(v, where.find(mask));\n", "    drop(v, where.find(mask));\n    mine.bad |= any_not_below_inf(v);\n",
      "errors"),
     ("csrc/kernels/sample_categorical.cu", "|| temperature == kInf", "", "errors"),
+    ("csrc/kernels/predict_masked.cu", "if (token_in < 0 || token_in >= p.vocab) report_error",
+     "if (token_in < 0) report_error", "errors"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
      "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),

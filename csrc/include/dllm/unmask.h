@@ -36,8 +36,13 @@ struct PredictParams {
   int64_t* first_error = nullptr;  // CUDA only, as in CategoricalParams
 };
 
+// predict_masked's errors: CategoricalStatus's kNonFinite and kAllMinusInf at a masked position, and
+// this one at an unmasked position whose token lies outside the vocabulary (x0 would carry it on).
+constexpr int64_t kTokenOutOfRange = 3;
+static_assert(kTokenOutOfRange != kNonFinite && kTokenOutOfRange != kAllMinusInf && kTokenOutOfRange < 4);
+
 // Positions [begin, end) of the flattened batch * length; returns the lowest encoded error
-// ((position << 2) | CategoricalStatus) or kNoError.
+// ((position << 2) | status) or kNoError.
 int64_t predict_masked_cpu(const PredictParams& p, int64_t begin, int64_t end);
 void predict_masked_cuda(const PredictParams& p, void* stream);
 
