@@ -498,8 +498,24 @@ def test_malformed_cu_seqlens_are_refused_on_the_cpu(case):
         cu_q = torch.tensor([0, 5, 4])
     else:  # 7 keys (within max_seqlen_k) from key 3, of 9
         cu_k, max_k = torch.tensor([0, 3, 10]), 7
-    with pytest.raises(ValueError, match="cu_seqlens must start at 0|longer than max_seqlen"):
+    with pytest.raises(ValueError, match="^attention_varlen: (cu_seqlens must start at 0|.*longer than max_seqlen)"):
         dllm.ops.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k)
+
+
+@pytest.mark.parametrize("where", ["device", "meta"])
+def test_errors_name_the_op_called(device, where):
+    """attention_varlen's errors say attention_varlen, attention's say attention: from the kernels' checks
+    and from the fake ones that torch.compile traces with (meta tensors)."""
+    on = device if where == "device" else "meta"
+    q = torch.randn(9, 2, 16, device=on, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 4, 9], device=on)
+    with pytest.raises(TypeError, match="^attention_varlen: q, k, v must share a dtype"):
+        dllm.ops.attention_varlen(q, q.float(), q, cu, cu, 5, 5)
+    with pytest.raises(RuntimeError, match=r"^attention_varlen: the number of q heads \(2\) must be a multiple"
+                                           if where == "device" else "^attention_varlen: the number of q heads"):
+        dllm.ops.attention_varlen(q, q[:, :1].expand(9, 3, 16), q[:, :1].expand(9, 3, 16), cu, cu, 5, 5)
+    with pytest.raises(TypeError, match="^attention: q, k, v must share a dtype"):
+        dllm.ops.attention(q[None], q[None].float(), q[None])
 
 
 def test_reference_never_reads_keys_or_values_past_kv_len():

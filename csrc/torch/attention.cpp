@@ -60,25 +60,27 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                 int64_t max_seqlen_k, double scale, bool cuda, bool outputs) {
   const bool varlen = cu_seqlens_q.has_value();
-  TORCH_CHECK(varlen == cu_seqlens_k.has_value(), kOp, ": give both cu_seqlens_q and cu_seqlens_k, or neither");
+  const char* op = attention_op(varlen);
+  TORCH_CHECK(varlen == cu_seqlens_k.has_value(), op, ": give both cu_seqlens_q and cu_seqlens_k, or neither");
   const int64_t rank = varlen ? 3 : 4;
-  TORCH_CHECK(q.dim() == rank && k.dim() == rank && v.dim() == rank, kOp, ": q, k, v must be ",
+  TORCH_CHECK(q.dim() == rank && k.dim() == rank && v.dim() == rank, op, ": q, k, v must be ",
               varlen ? "[total, heads, D] (varlen)" : "[B, S, heads, D]", ", got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  const DType dtype = logits_dtype(kOp, q, "q");
-  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
+  const DType dtype = logits_dtype(op, q, "q");
+  TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
                    ": q, k, v must share a dtype, got ", q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
-  check_same_device(kOp, q, "q", k, "k");
-  check_same_device(kOp, q, "q", v, "v");
-  TORCH_CHECK(k.sizes() == v.sizes(), kOp, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
+  check_same_device(op, q, "q", k, "k");
+  check_same_device(op, q, "q", v, "v");
+  TORCH_CHECK(k.sizes() == v.sizes(), op, ": k and v must have the same shape, got ", k.sizes(), " and ", v.sizes());
   const int64_t heads = q.size(-2), kv_heads = k.size(-2), dim = q.size(-1);
-  TORCH_CHECK(k.size(-1) == dim, kOp, ": q and k must share the head dimension, got ", dim, " and ", k.size(-1));
-  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, kOp, ": the number of q heads (", heads,
+  TORCH_CHECK(k.size(-1) == dim, op, ": q and k must share the head dimension, got ", dim, " and ", k.size(-1));
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, op, ": the number of q heads (", heads,
               ") must be a multiple of the number of k/v heads (", kv_heads, ")");
-  TORCH_CHECK(dim > 0, kOp, ": head dimension must be positive");
+  TORCH_CHECK(dim > 0, op, ": head dimension must be positive");
   // The kernels take each row's maximum of the raw scores as that of the scaled ones.
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, kOp, ": softmax_scale must be positive and finite, got ", scale);
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, op, ": softmax_scale must be positive and finite, got ", scale);
 
   AttentionCall call;
+  call.op = op;
   const Operand oq = operand(q, varlen, cuda), ok = operand(k, varlen, cuda), ov = operand(v, varlen, cuda);
   call.q = oq.t;
   call.k = ok.t;
@@ -86,24 +88,24 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   auto opts = q.options().dtype(at::kLong);
   int64_t batch, max_q, max_k;
   if (varlen) {
-    TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), kOp, ": varlen inputs take lengths from cu_seqlens only");
+    TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), op, ": varlen inputs take lengths from cu_seqlens only");
     for (const at::Tensor* cu : {&*cu_seqlens_q, &*cu_seqlens_k}) {
-      check_same_device(kOp, q, "q", *cu, "cu_seqlens");
-      check_integer(kOp, *cu, "cu_seqlens");
-      TORCH_CHECK(cu->dim() == 1 && cu->size(0) >= 1, kOp, ": cu_seqlens must be [B + 1]");
+      check_same_device(op, q, "q", *cu, "cu_seqlens");
+      check_integer(op, *cu, "cu_seqlens");
+      TORCH_CHECK(cu->dim() == 1 && cu->size(0) >= 1, op, ": cu_seqlens must be [B + 1]");
     }
-    TORCH_CHECK(cu_seqlens_q->size(0) == cu_seqlens_k->size(0), kOp, ": cu_seqlens_q and cu_seqlens_k disagree on B");
+    TORCH_CHECK(cu_seqlens_q->size(0) == cu_seqlens_k->size(0), op, ": cu_seqlens_q and cu_seqlens_k disagree on B");
     batch = cu_seqlens_q->size(0) - 1;
-    TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0, kOp, ": max_seqlen_q and max_seqlen_k must be >= 0, got ",
+    TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0, op, ": max_seqlen_q and max_seqlen_k must be >= 0, got ",
                       max_seqlen_q, " and ", max_seqlen_k);
     const at::Tensor cq = cu_seqlens_q->to(at::kLong), ck = cu_seqlens_k->to(at::kLong);
     if (!cuda) {
       TORCH_CHECK_VALUE(cq[0].item<int64_t>() == 0 && ck[0].item<int64_t>() == 0 && cq.diff().ge(0).all().item<bool>() &&
                             ck.diff().ge(0).all().item<bool>() && cq[-1].item<int64_t>() <= q.size(0) &&
                             ck[-1].item<int64_t>() <= k.size(0),
-                        kOp, ": cu_seqlens must start at 0, never decrease, and end within the packed tokens");
+                        op, ": cu_seqlens must start at 0, never decrease, and end within the packed tokens");
       TORCH_CHECK_VALUE(cq.diff().le(max_seqlen_q).all().item<bool>() && ck.diff().le(max_seqlen_k).all().item<bool>(),
-                        kOp, ": a sequence is longer than max_seqlen_q / max_seqlen_k");
+                        op, ": a sequence is longer than max_seqlen_q / max_seqlen_k");
     }
     // On CUDA, where checking cu_seqlens would cost a host sync, they are clamped instead: every
     // sequence stays inside the packed tokens and within max_seqlen, so a malformed one gives
@@ -122,7 +124,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     max_k = std::min(max_seqlen_k, k.size(0));
   } else {
     batch = q.size(0);
-    TORCH_CHECK(k.size(0) == batch, kOp, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
+    TORCH_CHECK(k.size(0) == batch, op, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
     max_q = q.size(1);
     max_k = k.size(1);
     // One small kernel a descriptor, and one for both where queries and keys agree (self-attention):
@@ -134,15 +136,15 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda)
                    : !q_len && max_k == max_q ? call.q_count
                                               : at::full({batch}, max_k, opts);
-    if (q_len) check_same_device(kOp, q, "q", *q_len, "q_len");
-    if (kv_len) check_same_device(kOp, q, "q", *kv_len, "kv_len");
+    if (q_len) check_same_device(op, q, "q", *q_len, "q_len");
+    if (kv_len) check_same_device(op, q, "q", *kv_len, "kv_len");
   }
   if (cuda) {
     // The CUDA kernels count a sequence's queries and keys in 32 bits (tile offsets, masks, loop
     // bounds; their addresses are 64-bit), with up to 256 past the end for the last tile. Only
     // stride-0 (expanded) k and v reach this: 2^31 real keys take 256 GiB at D = 64.
     constexpr int64_t kMaxTokens = (int64_t(1) << 31) - 256;
-    TORCH_CHECK_VALUE(max_q <= kMaxTokens && max_k <= kMaxTokens, kOp, ": CUDA supports sequences of at most ",
+    TORCH_CHECK_VALUE(max_q <= kMaxTokens && max_k <= kMaxTokens, op, ": CUDA supports sequences of at most ",
                       kMaxTokens, " queries and keys, got ", max_q, " and ", max_k);
   }
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
@@ -201,12 +203,12 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
   call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q,
                                cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, cuda, /*outputs=*/false);
-  check_same_device(kOp, q, "q", dout, "grad_out");
-  check_same_device(kOp, q, "q", out, "out");
-  check_same_device(kOp, q, "q", lse, "lse");
-  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), kOp, ": grad_out and out must have q's shape");
+  check_same_device(call.fwd.op, q, "q", dout, "grad_out");
+  check_same_device(call.fwd.op, q, "q", out, "out");
+  check_same_device(call.fwd.op, q, "q", lse, "lse");
+  TORCH_CHECK(dout.sizes() == q.sizes() && out.sizes() == q.sizes(), call.fwd.op, ": grad_out and out must have q's shape");
   const std::vector<int64_t> lse_shape{call.fwd.params.heads, call.fwd.params.q_tokens};
-  TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == at::kFloat, kOp, ": lse must be float32 ",
+  TORCH_CHECK(lse.sizes() == lse_shape && lse.scalar_type() == at::kFloat, call.fwd.op, ": lse must be float32 ",
               at::IntArrayRef(lse_shape));
   call.fwd.out = contiguous_for_kernels(out.to(q.scalar_type()), cuda);
   call.fwd.lse = lse.contiguous();

@@ -8,7 +8,11 @@
 
 namespace dllm::binding {
 
+// The op a user called, which errors name: attention, or attention_varlen (cu_seqlens given).
+inline const char* attention_op(bool varlen) { return varlen ? "attention_varlen" : "attention"; }
+
 struct AttentionCall {
+  const char* op = "attention";  // attention_op's
   at::Tensor q, k, v, out, lse;
   at::Tensor q_start, q_count, k_start, k_count;  // int64 [B] sequence descriptors
   bool every_row_written = false;  // the CUDA kernels store all of out, lse and the gradients

@@ -16,14 +16,14 @@ namespace {
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
-void check_supported(const AttentionParams& p) {
-  TORCH_CHECK_NOT_IMPLEMENTED(p.dtype != DType::kFloat32,
-                              "attention: CUDA supports bfloat16 and float16 (float32 runs on the CPU only)");
-  TORCH_CHECK_NOT_IMPLEMENTED(p.head_dim == 64 || p.head_dim == 128,
-                              "attention: CUDA supports head dimension 64 or 128, got ", p.head_dim);
-  TORCH_CHECK(p.batch <= 65535 && p.heads <= 65535, "attention: CUDA supports at most 65535 sequences and heads");
+void check_supported(const char* op, const AttentionParams& p) {
+  TORCH_CHECK_NOT_IMPLEMENTED(p.dtype != DType::kFloat32, op,
+                              ": CUDA supports bfloat16 and float16 (float32 runs on the CPU only)");
+  TORCH_CHECK_NOT_IMPLEMENTED(p.head_dim == 64 || p.head_dim == 128, op,
+                              ": CUDA supports head dimension 64 or 128, got ", p.head_dim);
+  TORCH_CHECK(p.batch <= 65535 && p.heads <= 65535, op, ": CUDA supports at most 65535 sequences and heads");
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK_NOT_IMPLEMENTED(prop->major >= 8, "attention: the CUDA kernels need compute capability 8.0 or newer, got ",
+  TORCH_CHECK_NOT_IMPLEMENTED(prop->major >= 8, op, ": the CUDA kernels need compute capability 8.0 or newer, got ",
                               prop->major, ".", prop->minor);
 }
 
@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, scale, true);
   const c10::cuda::CUDAGuard guard(q.device());
-  check_supported(call.params);
+  check_supported(call.op, call.params);
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   auto workspace = [&](int64_t chunks) {
@@ -94,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
                                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true);
   const c10::cuda::CUDAGuard guard(q.device());
   AttentionGradParams& g = call.params;
-  check_supported(g.fwd);
+  check_supported(call.fwd.op, g.fwd);
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA

@@ -520,40 +520,45 @@ def _attention_forward_fake(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, 
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((q.shape[-2], tokens), dtype=torch.float32)
 
 
+def _attention_op(varlen: bool) -> str:
+    """The op a user called, which errors name (csrc/torch/attention.h's attention_op)."""
+    return "attention_varlen" if varlen else "attention"
+
+
 def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
     """prepare_attention's checks (csrc/torch/attention.cpp); returns the number of query tokens."""
-    op = "attention"
     varlen = cu_seqlens_q is not None
+    op = _attention_op(varlen)
     torch._check(varlen == (cu_seqlens_k is not None),
-                 lambda: "attention: give both cu_seqlens_q and cu_seqlens_k, or neither")
+                 lambda: f"{op}: give both cu_seqlens_q and cu_seqlens_k, or neither")
     rank = 3 if varlen else 4
     torch._check(q.dim() == rank and k.dim() == rank and v.dim() == rank,
-                 lambda: f"attention: q, k, v must be {'[total, heads, D] (varlen)' if varlen else '[B, S, heads, D]'}")
+                 lambda: f"{op}: q, k, v must be {'[total, heads, D] (varlen)' if varlen else '[B, S, heads, D]'}")
     _check_dtype(op, q, "q")
-    torch._check_type(k.dtype == q.dtype and v.dtype == q.dtype, lambda: "attention: q, k, v must share a dtype")
-    torch._check(_same_shape(k.shape, v.shape), lambda: "attention: k and v must have the same shape")
+    torch._check_type(k.dtype == q.dtype and v.dtype == q.dtype, lambda: f"{op}: q, k, v must share a dtype")
+    torch._check(_same_shape(k.shape, v.shape), lambda: f"{op}: k and v must have the same shape")
     heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
-    torch._check(_may(k.shape[-1] == dim), lambda: "attention: q and k must share the head dimension")
+    torch._check(_may(k.shape[-1] == dim), lambda: f"{op}: q and k must share the head dimension")
     torch._check(_may(kv_heads > 0) and _may(heads % kv_heads == 0),
-                 lambda: "attention: the number of q heads must be a multiple of the number of k/v heads")
-    torch._check(_may(dim > 0), lambda: "attention: head dimension must be positive")
+                 lambda: f"{op}: the number of q heads must be a multiple of the number of k/v heads")
+    torch._check(_may(dim > 0), lambda: f"{op}: head dimension must be positive")
     torch._check_value(math.isfinite(scale) and scale > 0,
-                       lambda: f"attention: softmax_scale must be positive and finite, got {scale}")
+                       lambda: f"{op}: softmax_scale must be positive and finite, got {scale}")
     if varlen:
-        torch._check(kv_len is None and q_len is None, lambda: "attention: varlen inputs take lengths from cu_seqlens only")
+        torch._check(kv_len is None and q_len is None, lambda: f"{op}: varlen inputs take lengths from cu_seqlens only")
         for cu in (cu_seqlens_q, cu_seqlens_k):
             _check_integer(op, cu, "cu_seqlens")
-            torch._check(cu.dim() == 1 and _may(cu.shape[0] >= 1), lambda: "attention: cu_seqlens must be [B + 1]")
+            torch._check(cu.dim() == 1 and _may(cu.shape[0] >= 1), lambda: f"{op}: cu_seqlens must be [B + 1]")
         torch._check(_may(cu_seqlens_q.shape[0] == cu_seqlens_k.shape[0]),
-                     lambda: "attention: cu_seqlens_q and cu_seqlens_k disagree on B")
+                     lambda: f"{op}: cu_seqlens_q and cu_seqlens_k disagree on B")
         torch._check_value(max_seqlen_q >= 0 and max_seqlen_k >= 0,
-                           lambda: "attention: max_seqlen_q and max_seqlen_k must be >= 0")
+                           lambda: f"{op}: max_seqlen_q and max_seqlen_k must be >= 0")
         return q.shape[0]
     batch = q.shape[0]
-    torch._check(_may(k.shape[0] == batch), lambda: "attention: q and k disagree on the batch size")
+    torch._check(_may(k.shape[0] == batch), lambda: f"{op}: q and k disagree on the batch size")
     for t, name in ((q_len, "q_len"), (kv_len, "kv_len")):
         if t is not None:
-            torch._check(_same_shape(t.shape, (batch,)), lambda: f"attention: {name} must have shape [B]")
+            torch._check(_same_shape(t.shape, (batch,)), lambda: f"{op}: {name} must have shape [B]")
             _check_integer(op, t, name)
     return batch * q.shape[1]
 
@@ -563,10 +568,11 @@ def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seq
 def _attention_backward_fake(grad_out, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                              max_seqlen_k, scale):
     tokens = _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale)
+    op = _attention_op(cu_seqlens_q is not None)
     torch._check(_same_shape(grad_out.shape, q.shape) and _same_shape(out.shape, q.shape),
-                 lambda: "attention: grad_out and out must have q's shape")
+                 lambda: f"{op}: grad_out and out must have q's shape")
     torch._check(_same_shape(lse.shape, (q.shape[-2], tokens)) and lse.dtype == torch.float32,
-                 lambda: "attention: lse must be float32 [H, tokens]")
+                 lambda: f"{op}: lse must be float32 [H, tokens]")
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(v, memory_format=torch.contiguous_format))
