@@ -4,12 +4,16 @@ The peer is LLaDA's generate.py step written out faithfully: float64 Gumbel nois
 argmax, float64 softmax for the confidence, masking, then a per-row torch.topk loop (with its
 implicit host sync per row) and the scatter. dllm does the same with predict_masked +
 commit_tokens, eagerly and (CUDA) replayed from a CUDA graph. Memory is the peak allocated during
-the step, beyond its inputs (CUDA only).
+the step, beyond its inputs (CUDA only). On CUDA the row "dllm, L2 prefetch" is the eager step with
+DLLM_L2_PREFETCH=1 (predict_masked asks L2 for its rows ahead of its loads; off by default until
+measured), the others run with it off.
 
   python bench/unmask_step.py --device cuda --out bench/results/<name>
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -31,7 +35,8 @@ def llada_step(logits, x, num_transfer, temperature):
     return llada_eager_step(logits, x, num_transfer, temperature, mask_id_for(logits.shape[-1]))
 
 
-def dllm_step(logits, x, num_transfer, temperature):
+def dllm_step(logits, x, num_transfer, temperature, l2_prefetch="0"):
+    os.environ["DLLM_L2_PREFETCH"] = l2_prefetch  # read by predict_masked at every call
     x = x.clone()
     commit_in_place(logits, x, num_transfer, temperature)
     return x
@@ -72,6 +77,7 @@ def main() -> None:
             # the host costs an eager step.
             graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
             impls.append(("dllm, CUDA graph", lambda: graphed(x.clone())))
+            impls.append(("dllm, L2 prefetch", lambda: dllm_step(logits, x, k, t, "1")))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip(measured, impls):
             if row.median_ms == row.median_ms:  # not out of memory

@@ -365,6 +365,26 @@ def test_predict_masked_greedy_ties_go_to_the_lowest_index(emulator, confidence)
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
+    """DLLM_L2_PREFETCH=1 asks L2 for groups two rounds ahead and for the next position's first
+    rounds: a hint, so the same proposals and confidences, and every prefetch aligned and (the ASan
+    run checks) inside the logits. V = 40009: 20 groups, so that the warps' second rounds prefetch a
+    partial last group; bf16 rows off 16-byte boundaries; a shifted head; the lagging schedule's 3
+    blocks take several positions each, so the next position's row is asked for too."""
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+    logits, x = masked_batch(2, 9, 40009, "cpu", dtype)
+    for shift in (0, 1):
+        args = (logits, x, MASK, 1.0, 0, 1.0, "prob", shift, "model")
+        got = emulated(schedule, EMU.predict_masked, *args, generator=gen())
+        want = CPU.predict_masked(*args, generator=gen())
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "yes")
+    with pytest.raises(RuntimeError, match='DLLM_L2_PREFETCH must be "0" or "1", got "yes"'):
+        EMU.predict_masked(logits, x, MASK, 1.0)
+
+
 def test_predict_masked_llada_vocabulary(emulator):
     logits, x = masked_batch(1, 5, 126464, "cpu", torch.bfloat16)
     for temperature in (0.0, 1.0):

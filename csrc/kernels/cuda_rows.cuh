@@ -125,6 +125,17 @@ __device__ void load_floats(const float* base, int64_t i, float (&v)[kVec]) {
   }
 }
 
+// Starts fetching [p, p + bytes) from HBM into L2 without holding a register or shared memory
+// (Hopper's bulk prefetch; nothing before sm_90). p and bytes multiples of 16, bytes > 0, and the
+// range inside one allocation. A hint: the loads that follow read the same values either way.
+__device__ inline void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::prefetch_l2(p, bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 // A row seen as 16-byte chunks starting at the aligned address at or below its first element, so
 // rows of any alignment (V = 50258 bf16 rows start at 4-byte boundaries) take the vector path.
 // Only chunks wholly inside a requested range (within the row) are loaded whole: the elements of
@@ -157,6 +168,11 @@ struct RowView {
     const int64_t begin = (lo + head + kVec - 1) / kVec, end = (hi + head) / kVec;
     if (begin >= end) return {0, 0, hi, hi};
     return {begin, end, index(begin, 0), index(end, 0)};
+  }
+  // Asks L2 for the whole 16-byte chunks of elements [lo, hi) ahead of the loads (prefetch_l2).
+  __device__ void prefetch(int64_t lo, int64_t hi) const {
+    const Split s = split(lo, hi);
+    if (s.begin < s.end) prefetch_l2(base + s.begin, uint32_t(s.end - s.begin) * 16u);
   }
   // One element by a load of its own width: picking it out of a 16-byte chunk at a run-time
   // index would put the chunk on the stack.

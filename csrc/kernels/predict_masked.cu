@@ -156,6 +156,30 @@ struct Scratch {
   RadixLevel level;
 };
 
+// The logits row that position pos reads: row (b, max(i - shift, 0)).
+template <DType D>
+__device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
+  const int64_t b = pos / p.length, i = pos % p.length;
+  const int64_t src = b * p.length + (i - p.logits_shift > 0 ? i - p.logits_shift : 0);
+  return RowView<D>(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
+}
+
+// DLLM_L2_PREFETCH: in the fused pass each warp asks L2 for the group it reads this many rounds
+// later (at 8 warps, 2 rounds: 64 KB of bf16 ahead of a block, 17 MB over 264 blocks), so that
+// HBM streams even while a warp reduces a group or the block draws. Before its draw a block also
+// asks for the first rounds of a later position's row: its own next one in a grid-stride loop,
+// else (one block a position) the one about to start when the resident blocks finish, blocks
+// starting about in the order of their index. Off by default until measured against no
+// prefetch (bench/unmask_step.py times both).
+constexpr int kPrefetchRounds = 2;
+
+template <DType D>
+__device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
+  if ((threadIdx.x & 31) != 0 || g >= groups) return;
+  const int64_t lo = g * kCategoricalGroup;
+  row.prefetch(lo, lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab);
+}
+
 template <DType D>
 __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset,
                                  float* group_lse, Scratch& sm) {
@@ -169,9 +193,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     return;
   }
   const int64_t vocab = p.vocab, mask = p.mask_id;
-  const int64_t b = pos / p.length, i = pos % p.length;
-  const int64_t src = b * p.length + (i - p.logits_shift > 0 ? i - p.logits_shift : 0);
-  const RowView<D> view(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
+  const RowView<D> view = logits_row<D>(p, pos);
   auto fail = [&](CategoricalStatus status) {
     if (threadIdx.x == 0) {
       p.x0[pos] = token_in, p.conf[pos] = kNaN;
@@ -210,7 +232,10 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     // logit, dropped from the sums, is read apart.
     if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
     const float scale_log2 = log2e_times(scale);
+    if (p.l2_prefetch_blocks > 0)
+      for (int r = 1; r < kPrefetchRounds; ++r) prefetch_group(view, warp + r * kWarps, groups, vocab);
     for (int64_t g = warp; g < groups; g += kWarps) {
+      if (p.l2_prefetch_blocks > 0) prefetch_group(view, g + kPrefetchRounds * kWarps, groups, vocab);
       const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
       MaxSum acc{-kInf, 0.0f};
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
@@ -223,6 +248,12 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       acc = warp_max_sum(acc, scale);
       mine.bad |= !(acc.s == acc.s);
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
+    }
+    const int64_t positions = p.batch * p.length;
+    const int64_t next = pos + (gridDim.x < positions ? int64_t(gridDim.x) : p.l2_prefetch_blocks);
+    if (p.l2_prefetch_blocks > 0 && lane == 0 && next < positions && p.x[next] == mask) {
+      const RowView<D> next_row = logits_row<D>(p, next);
+      for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(next_row, warp + r * kWarps, groups, vocab);
     }
   } else {
     for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) { take(v, where); });

@@ -521,6 +521,19 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
   if (!settings().defer_async_copies) flush_copies(*st.current, st.current->pending);
 }
 
+void prefetch_l2(const void* p, uint32_t bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0)
+    fail("misaligned address or size in cp.async.bulk.prefetch.L2");
+#if defined(CUEMU_ASAN)
+  if (void* bad = __asan_region_is_poisoned(const_cast<void*>(p), bytes)) {
+    std::fprintf(stderr, "==CUEMU== L2 prefetch of %u bytes from %p covers poisoned byte %p\n", bytes, p, bad);
+    __asan_describe_address(bad);
+    __sanitizer_print_stack_trace();
+    std::abort();
+  }
+#endif
+}
+
 void fence_proxy_async() {
   Fiber& f = *st.current;
   for (const auto& [generic, bytes] : f.unfenced) std::memcpy(async_view_of(generic), generic, bytes);

@@ -63,6 +63,9 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
 [[noreturn]] void fail(const char* what);
 void cp_async(void* dst, const void* src, size_t bytes, bool valid);
 void cp_async_wait_all();
+// cp.async.bulk.prefetch.L2: reads nothing, but checks what the hardware requires (16-byte
+// alignment, a size a positive multiple of 16) and, under ASan, that the range is inside memory.
+void prefetch_l2(const void* p, uint32_t bytes);
 
 // cuemu::launch(kernel, grid, block, smem, stream)(args...) runs the grid to completion.
 // launch_grid_stride is for kernels that stride over their work by gridDim.x: the grid may be

@@ -190,6 +190,9 @@ MUTANTS = [
     ("csrc/kernels/sample_categorical.cu", "|| temperature == kInf", "", "errors"),
     ("csrc/kernels/predict_masked.cu", "if (token_in < 0 || token_in >= p.vocab) report_error",
      "if (token_in < 0) report_error", "errors"),
+    # an L2 prefetch a chunk short of its last byte's 16: misaligned, which the hardware refuses
+    ("csrc/kernels/cuda_rows.cuh", "uint32_t(s.end - s.begin) * 16u)", "uint32_t(s.end - s.begin) * 16u - 8u)",
+     "l2_prefetch"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
      "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),
@@ -197,8 +200,8 @@ MUTANTS = [
      "padded_head_rows"),
     ("csrc/kernels/sedd.cu", "p.x_next[r] = status == kSeddOk ? token : -1;", "p.x_next[r] = status == kSeddOk ? token : x;",
      "capture"),
-    ("csrc/torch/unmask_cuda.cpp", "call.params.rng = cuda_rng_state(generator, call.random);\n  at::Tensor first_error",
-     "call.params.rng = cuda_rng_state(generator);\n  at::Tensor first_error", "without_draws"),
+    ("csrc/torch/unmask_cuda.cpp", "call.params.rng = cuda_rng_state(generator, call.random);\n  // predict_masked_kernel",
+     "call.params.rng = cuda_rng_state(generator);\n  // predict_masked_kernel", "without_draws"),
     ("csrc/kernels/predict_masked.cu", "  if (positions == 0) return;\n", "", "empty_inputs"),
     ("csrc/kernels/rotary.cu", "p.x_head_stride % kVec == 0 &&", "", "16_byte"),
     # the streaming passes' FFMA exponent: its rounding's correction, the huge-scale branch, the
