@@ -9,6 +9,8 @@ instructions an element; the counters say where their warps wait. Each op runs t
 call, the warm one, runs between cudaProfilerStart and Stop.
 """
 
+import os
+
 import torch
 from profiler_range import warm_call_profiled as twice
 
@@ -35,6 +37,10 @@ del z
 z = logits(8, 1024, 126464)
 canvas = torch.full((8, 1024), 126336, device="cuda")  # LLaDA's mask id; every position masked
 twice(lambda: dllm.ops.predict_masked(z, canvas, mask_id=126336, temperature=1.0))
+os.environ["DLLM_L2_PREFETCH"] = "1"  # the same call asking L2 for its rows ahead: which counters move
+twice(lambda: dllm.ops.predict_masked(z, canvas, mask_id=126336, temperature=1.0))
+os.environ["DLLM_L2_PREFETCH"] = "0"
 twice(lambda: dllm.ops.predict_masked(z[:1], canvas[:1], mask_id=126336))  # greedy B1 L1024: 3.9 waves at 2 blocks an SM
 print("profiled: sample_categorical 16384x50258, sedd_step absorb 16x1024x50258, masked_diffusion_loss fwd+bwd "
-      "16x1024x50258, predict_masked 8x1024x126464 at temperature 1 and 1x1024x126464 greedy (bf16)")
+      "16x1024x50258, predict_masked 8x1024x126464 at temperature 1 (without, then with DLLM_L2_PREFETCH=1) and "
+      "1x1024x126464 greedy (bf16)")
