@@ -367,15 +367,17 @@ def test_predict_masked_greedy_ties_go_to_the_lowest_index(emulator, confidence)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
-    """DLLM_L2_PREFETCH=1 asks L2 for groups two rounds ahead and for the next position's first
-    rounds: a hint, so the same proposals and confidences, and every prefetch aligned and (the ASan
-    run checks) inside the logits. V = 40009: 20 groups, so that the warps' second rounds prefetch a
-    partial last group; bf16 rows off 16-byte boundaries; a shifted head; the lagging schedule's 3
-    blocks take several positions each, so the next position's row is asked for too."""
+    """DLLM_L2_PREFETCH=1 asks L2 for what pass A reads two rounds ahead (groups when fused, the
+    block's loop iterations otherwise: greedy, filtered) and for the next position's first rounds:
+    a hint, so the same proposals and confidences, and every prefetch aligned and (the ASan run
+    checks) inside the logits. V = 40009: 20 groups and 5-10 loop iterations, so that prefetches
+    reach a partial last group or iteration; bf16 rows off 16-byte boundaries; a shifted head; the
+    lagging schedule's 3 blocks take several positions each, so the next position's row is asked
+    for too."""
     monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
     logits, x = masked_batch(2, 9, 40009, "cpu", dtype)
-    for shift in (0, 1):
-        args = (logits, x, MASK, 1.0, 0, 1.0, "prob", shift, "model")
+    for temperature, top_k, shift in ((1.0, 0, 0), (1.0, 0, 1), (0.0, 0, 1), (0.8, 50, 0)):
+        args = (logits, x, MASK, temperature, top_k, 1.0, "prob", shift, "model")
         got = emulated(schedule, EMU.predict_masked, *args, generator=gen())
         want = CPU.predict_masked(*args, generator=gen())
         assert torch.equal(got[0], want[0])

@@ -164,9 +164,10 @@ __device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
   return RowView<D>(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
 }
 
-// DLLM_L2_PREFETCH: in the fused pass each warp asks L2 for the group it reads this many rounds
-// later (at 8 warps, 2 rounds: 64 KB of bf16 ahead of a block, 17 MB over 264 blocks), so that
-// HBM streams even while a warp reduces a group or the block draws. Before its draw a block also
+// DLLM_L2_PREFETCH: in pass A each warp asks L2 for the group it reads this many rounds later
+// when fused (at 8 warps, 2 rounds: 64 KB of bf16 ahead of a block, 17 MB over 264 blocks), and
+// otherwise the block for its loop's iteration this many ahead (32 KB), so that HBM streams even
+// while a warp reduces a group or the block reduces and draws. Before that a block also
 // asks for the first rounds of a later position's row: its own next one in a grid-stride loop,
 // else (one block a position) the one about to start when the resident blocks finish, blocks
 // starting about in the order of their index. Off by default until measured against no
@@ -249,14 +250,26 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       mine.bad |= !(acc.s == acc.s);
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
     }
-    const int64_t positions = p.batch * p.length;
-    const int64_t next = pos + (gridDim.x < positions ? int64_t(gridDim.x) : p.l2_prefetch_blocks);
-    if (p.l2_prefetch_blocks > 0 && lane == 0 && next < positions && p.x[next] == mask) {
-      const RowView<D> next_row = logits_row<D>(p, next);
-      for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(next_row, warp + r * kWarps, groups, vocab);
-    }
   } else {
-    for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) { take(v, where); });
+    // The block's loop reads kIteration elements an iteration; thread 0 asks for those
+    // kPrefetchRounds iterations ahead.
+    constexpr int64_t kIteration = int64_t(kThreads) * kUnroll * RowView<D>::kVec;
+    const bool ask = p.l2_prefetch_blocks > 0 && threadIdx.x == 0;
+    auto prefetch_iteration = [&](int64_t lo) {
+      if (lo < vocab) view.prefetch(lo, lo + kIteration < vocab ? lo + kIteration : vocab);
+    };
+    if (ask)
+      for (int r = 1; r < kPrefetchRounds; ++r) prefetch_iteration(r * kIteration);
+    for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) {
+      if (ask) prefetch_iteration(where(0) + kPrefetchRounds * kIteration);
+      take(v, where);
+    });
+  }
+  const int64_t positions = p.batch * p.length;
+  const int64_t next = pos + (gridDim.x < positions ? int64_t(gridDim.x) : p.l2_prefetch_blocks);
+  if (p.l2_prefetch_blocks > 0 && lane == 0 && next < positions && p.x[next] == mask) {
+    const RowView<D> next_row = logits_row<D>(p, next);
+    for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(next_row, warp + r * kWarps, groups, vocab);
   }
   const RowStats st = block_stats(mine, sm.stats);  // its barriers publish group_max and the sums
   if (st.bad) return fail(kNonFinite);
