@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,26 @@ import torch
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
     DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine, null_for_nan, quantile,
     sync, time_interleaved, time_ms, timing_of, utc_now)
+
+
+def with_l2_prefetch(fn, on: bool):
+    """fn with DLLM_L2_PREFETCH set to "1" or "0" for each call: the streaming kernels read it at
+    every call, so rows timed in turns each run as they say (an unset variable is "0")."""
+    value = "1" if on else "0"
+
+    def call():
+        os.environ["DLLM_L2_PREFETCH"] = value
+        return fn()
+    return call
+
+
+def dllm_rows(fn, device: str) -> list:
+    """dllm's row, and on CUDA "dllm, L2 prefetch", the same call with DLLM_L2_PREFETCH=1 (the
+    streaming kernels ask L2 for their rows ahead of their loads; off by default until measured)."""
+    rows = [("dllm", with_l2_prefetch(fn, False))]
+    if device.startswith("cuda"):
+        rows.append(("dllm, L2 prefetch", with_l2_prefetch(fn, True)))
+    return rows
 
 
 def parse_shapes(spec: str, shape_format: str) -> list[tuple[int, ...]]:

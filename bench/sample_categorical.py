@@ -4,6 +4,7 @@ Peers, timed in the same run on the same logits:
   - softmax + torch.multinomial (the textbook draw);
   - float32 Gumbel race, MDLM/SEDD style (fast but inexact: truncates the tail);
   - float64 Gumbel-argmax, LLaDA's add_gumbel_noise (exact, materialises float64 copies).
+On CUDA also "dllm, L2 prefetch": dllm with DLLM_L2_PREFETCH=1 (off by default until measured).
 
   python bench/sample_categorical.py --device cuda --out bench/results/<name>
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import torch
 
 import dllm
-from common import DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args
+from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, dllm_rows, machine, measure_against,
+                    parse_bench_args)
 
 
 def multinomial(logits, t):
@@ -60,7 +62,7 @@ def main() -> None:
         logits = (torch.randn(n, vocab, device=device) * 3).to(dtype)
         nbytes = logits.numel() * logits.element_size() + n * (8 + 4)  # read logits, write tokens + logprob
         shape = f"{n}x{vocab}"
-        impls = [("dllm", lambda: dllm.ops.sample_categorical(logits, t))]
+        impls = dllm_rows(lambda: dllm.ops.sample_categorical(logits, t), device)
         impls += [(name, lambda peer=peer: peer(logits, t)) for name, peer in PEERS.items()]
         measured = measure_against("sample", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
         measured[0].note = "exact, 64-bit-uniform Gumbel tails; also returns logprob"

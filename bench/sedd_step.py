@@ -6,7 +6,8 @@ race), run in float32 on the same logits, as SEDD's sampler does after its bf16 
 position is masked by default (--mask-frac), so dllm reads every row: the absorbing graph's
 skipping of unmasked rows is not counted in its favour. The torch.compile peer (each shape's first
 case; --compile-all: every case) is compiled and timed after every eager row is written, in turns
-with dllm again, so a slow cold compile cannot cost the other rows.
+with dllm again, so a slow cold compile cannot cost the other rows. On CUDA also "dllm, L2
+prefetch": dllm with DLLM_L2_PREFETCH=1 (off by default until measured).
 
   python bench/sedd_step.py --device cuda --out bench/results/<name>/sedd_step
 """
@@ -18,8 +19,8 @@ import time
 import torch
 
 import dllm
-from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
-                    peak_extra_mb, unmeasured_row)
+from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, dllm_rows, machine, measure_against,
+                    parse_bench_args, peak_extra_mb, unmeasured_row, with_l2_prefetch)
 from dllm.sedd import reference as ref
 
 
@@ -84,7 +85,8 @@ def main() -> None:
             sigma = torch.full((b,), 0.7, device=device)
             dsig = sigma if method == "denoise" else torch.full((b,), 0.01, device=device)
             case = (f"sedd_step {graph}/{method}", shape, nbytes, (logits, x, sigma, dsig, graph, method))
-            impls = [("dllm", lambda: ours(*case[3])), ("eager reference (SEDD math, fp32)", lambda: eager(*case[3]))]
+            impls = [*dllm_rows(lambda: ours(*case[3]), device),
+                     ("eager reference (SEDD math, fp32)", lambda: eager(*case[3]))]
             measured = measure_case(case, impls, device, args.dtype, floor_gbps, reps)
             if not cuda:
                 measured[0].note = "reads each row it needs once"
@@ -103,8 +105,8 @@ def main() -> None:
             continue
         name = f"torch.compile reference ({time.perf_counter() - t0:.0f} s compile)"
         # timed in turns with dllm again, so its ratio compares calls that met the same machine
-        _, peer = measure_case(case, [("dllm", lambda: ours(*inputs)), (name, lambda: compiled(*inputs))], device,
-                               args.dtype, floor_gbps, reps)
+        _, peer = measure_case(case, [("dllm", with_l2_prefetch(lambda: ours(*inputs), False)),
+                                      (name, lambda: compiled(*inputs))], device, args.dtype, floor_gbps, reps)
         rows.report([peer])
     rows.finish()
 

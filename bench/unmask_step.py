@@ -13,13 +13,11 @@ measured), the others run with it off.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 import dllm
-from common import (Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
-                    peak_extra_mb)
+from common import (Results, bench_parser, copy_bandwidth_gbps, dllm_rows, machine, measure_against, parse_bench_args,
+                    peak_extra_mb, with_l2_prefetch)
 from dllm.benchmarks.step_latency import llada_eager_step
 from dllm.sampling.cuda_graph import GraphedStep
 
@@ -35,8 +33,7 @@ def llada_step(logits, x, num_transfer, temperature):
     return llada_eager_step(logits, x, num_transfer, temperature, mask_id_for(logits.shape[-1]))
 
 
-def dllm_step(logits, x, num_transfer, temperature, l2_prefetch="0"):
-    os.environ["DLLM_L2_PREFETCH"] = l2_prefetch  # read by predict_masked at every call
+def dllm_step(logits, x, num_transfer, temperature):
     x = x.clone()
     commit_in_place(logits, x, num_transfer, temperature)
     return x
@@ -70,14 +67,13 @@ def main() -> None:
         nbytes = logits.numel() * 2 + x.numel() * 8 * 2  # read the logits once, read + write x
         shape = f"{B}x{L}x{V}"
         # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
-        impls = [("dllm", lambda: dllm_step(logits, x, k, t)), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
+        impls = [*dllm_rows(lambda: dllm_step(logits, x, k, t), device), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
         if device.startswith("cuda"):
             # The same step replayed from a CUDA graph: no host work between the kernels and no
             # eager error check (predict_masked's one host sync), so its gap to dllm's row is what
             # the host costs an eager step.
             graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
-            impls.append(("dllm, CUDA graph", lambda: graphed(x.clone())))
-            impls.append(("dllm, L2 prefetch", lambda: dllm_step(logits, x, k, t, "1")))
+            impls.append(("dllm, CUDA graph", with_l2_prefetch(lambda: graphed(x.clone()), False)))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip(measured, impls):
             if row.median_ms == row.median_ms:  # not out of memory

@@ -7,6 +7,7 @@ script broken by a refactor must fail here, not there. These runs time nothing w
 import argparse
 import importlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -120,6 +121,27 @@ def test_results_are_written_after_every_row(tmp_path, monkeypatch):
     for n in (1, 2):  # a run killed here keeps the rows so far
         rows.append(Row("op", "1x1", "fp32", f"impl {n}", 1.0, 1.0, 1.0, 8, 1.0, 100.0))
         assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == n
+
+
+def test_dllm_rows_time_the_l2_prefetch_on_cuda_only_each_call_setting_it(monkeypatch):
+    """The streaming kernels read DLLM_L2_PREFETCH at every call: each row sets it before its own call,
+    so rows timed in turns run as their names say."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from common import dllm_rows
+
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+    seen = []
+
+    def fn():
+        seen.append(os.environ["DLLM_L2_PREFETCH"])
+
+    assert [name for name, _ in dllm_rows(fn, "cpu")] == ["dllm"]
+    rows = dllm_rows(fn, "cuda:0")
+    assert [name for name, _ in rows] == ["dllm", "dllm, L2 prefetch"]
+    for _ in range(2):
+        for _, call in rows:
+            call()
+    assert seen == ["0", "1", "0", "1"]
 
 
 def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):

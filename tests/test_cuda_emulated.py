@@ -387,6 +387,33 @@ def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
         EMU.predict_masked(logits, x, MASK, 1.0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monkeypatch):
+    """DLLM_L2_PREFETCH=1 in the other two streaming kernels' pass 1 (groups two rounds ahead, a later
+    row's first rounds: under the absorbing graph only a masked one): the same draws, and every
+    prefetch aligned and inside the logits, as in predict_masked's test."""
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+    K = 40009
+    logits = (torch.randn(2, 9, K, generator=gen(0)) * 3).to(dtype)
+    temperature = torch.rand(18, generator=gen(1)) + 0.2
+    temperature[3] = 0.0
+    got = emulated(schedule, EMU.sample_categorical, logits.view(18, K), temperature, 1.0, generator=gen())
+    want = CPU.sample_categorical(logits.view(18, K), temperature, 1.0, generator=gen())
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    x = torch.randint(0, K, (2, 9), generator=gen(2))
+    x[:, ::2] = K - 1  # absorbing: the masked positions' rows are read, the others not
+    sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+    for graph in ("absorb", "uniform"):
+        got = emulated(schedule, EMU.sedd_step, logits, x, sigma, dsig, graph=graph, method="analytic", generator=gen())
+        assert torch.equal(got, CPU.sedd_step(logits, x, sigma, dsig, graph=graph, method="analytic", generator=gen()))
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "2")
+    with pytest.raises(RuntimeError, match='DLLM_L2_PREFETCH must be "0" or "1", got "2"'):
+        EMU.sample_categorical(logits.view(18, K), None, 1.0)
+    with pytest.raises(RuntimeError, match='DLLM_L2_PREFETCH must be "0" or "1", got "2"'):
+        EMU.sedd_step(logits, x, sigma, dsig, graph="absorb", method="analytic")
+
+
 def test_predict_masked_llada_vocabulary(emulator):
     logits, x = masked_batch(1, 5, 126464, "cpu", torch.bfloat16)
     for temperature in (0.0, 1.0):

@@ -597,3 +597,28 @@ def test_commit_rules_the_kernel_refuses_are_refused_on_meta_too(device):
             ops.commit_tokens(x.clone(), x0, conf, mask_id=mask, position_temperature=0.7, **rule)
     counts = ops.commit_tokens(x.clone(), x0, conf, mask_id=mask, num_tokens=2, position_temperature=0.7)
     assert counts.shape == (B,) and counts.dtype == torch.int64
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+def test_l2_prefetch_changes_no_result_on_cuda(monkeypatch):
+    """DLLM_L2_PREFETCH=1 is a hint to L2: the streaming kernels draw the same tokens and compute the
+    same values with it, on rows long enough for the prefetch two rounds ahead (LLaDA's vocabulary)
+    and more rows than the blocks resident at once (a later row's first part prefetched too)."""
+    g = torch.Generator("cuda").manual_seed(0)
+    logits = (torch.randn(2, 700, 126464, device="cuda", generator=g) * 2).bfloat16()
+    mask = 126463
+    x = torch.where(torch.rand(2, 700, device="cuda", generator=g) < 0.7, mask,
+                    torch.randint(0, mask, (2, 700), device="cuda", generator=g))
+    calls = {
+        "predict_masked": lambda gen: ops.predict_masked(logits, x, mask_id=mask, temperature=1.0, generator=gen),
+        "predict_masked greedy": lambda gen: ops.predict_masked(logits, x, mask_id=mask),
+        "sample_categorical": lambda gen: ops.sample_categorical(logits, 0.9, generator=gen),
+        "sedd_step": lambda gen: ops.sedd_step(logits, x, 0.8, 0.1, graph="absorb", method="analytic", generator=gen),
+    }
+    for name, call in calls.items():
+        runs = []
+        for prefetch in ("0", "1"):
+            monkeypatch.setenv("DLLM_L2_PREFETCH", prefetch)
+            out = call(torch.Generator("cuda").manual_seed(3))
+            runs.append(out if isinstance(out, tuple) else (out,))
+        assert all(torch.equal(a, b) for a, b in zip(*runs)), name

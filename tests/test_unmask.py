@@ -574,19 +574,6 @@ def test_cuda_graph_captures_a_full_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_l2_prefetch_changes_no_result_on_cuda(monkeypatch):
-    """DLLM_L2_PREFETCH=1 is a hint to L2: the same draws and confidences, on rows long enough for
-    the prefetch two rounds ahead (LLaDA's vocabulary) and more positions than the grid's blocks."""
-    logits, x = masked_batch(2, 700, 126464, "cuda", torch.bfloat16)
-    runs = []
-    for prefetch in ("0", "1"):
-        monkeypatch.setenv("DLLM_L2_PREFETCH", prefetch)
-        runs.append(dllm.ops.predict_masked(logits, x, mask_id=MASK, temperature=1.0,
-                                            generator=torch.Generator("cuda").manual_seed(3)))
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_proposals_agree_with_cpu_in_distribution():
     V, n = 300, 1 << 18
     row = torch.randn(V) * 2

@@ -185,6 +185,44 @@ struct RowView {
   }
 };
 
+// DLLM_L2_PREFETCH (off by default until measured against no prefetch: the kernel benchmarks time
+// both). In pass 1, where each warp reduces groups w, w + kWarps, ..., a warp asks L2 for the
+// group it reads kPrefetchRounds rounds later (at 8 warps and 2 rounds, 64 KB of bf16 ahead of a
+// block: 17 MB of L2 at 264 resident blocks), so that HBM streams even while warps reduce a group
+// or the block reduces and draws; before those, it asks for the first rounds of a later row
+// (later_row). params.l2_prefetch_blocks: 0 off, else the blocks resident at once.
+constexpr int kPrefetchRounds = 2;
+
+template <DType D>
+__device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
+  if ((threadIdx.x & 31) != 0 || g >= groups) return;
+  const int64_t lo = g * kCategoricalGroup;
+  row.prefetch(lo, lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab);
+}
+
+// At the start of this warp's group g of pass 1: the group kPrefetchRounds rounds later, and at
+// its first group those of the rounds in between.
+template <DType D>
+__device__ void prefetch_ahead(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
+  if (g == threadIdx.x / 32)
+    for (int r = 1; r < kPrefetchRounds; ++r) prefetch_group(row, g + r * kWarps, groups, vocab);
+  prefetch_group(row, g + kPrefetchRounds * kWarps, groups, vocab);
+}
+
+// The first kPrefetchRounds rounds of a row that a block reads later.
+template <DType D>
+__device__ void prefetch_first_rounds(const RowView<D>& row, int64_t groups, int64_t vocab) {
+  for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(row, threadIdx.x / 32 + r * kWarps, groups, vocab);
+}
+
+// The row after `row` of a kernel with a row a block: this block's next one in a grid-stride
+// loop, else (one block a row) about the one that starts when the resident blocks finish, blocks
+// starting about in the order of their index. rows when there is none.
+__device__ inline int64_t later_row(int64_t row, int64_t rows, int64_t resident_blocks) {
+  const int64_t next = row + (int64_t(gridDim.x) < rows ? int64_t(gridDim.x) : resident_blocks);
+  return next < rows ? next : rows;
+}
+
 // The indices of a batch of N values: runs of kRun consecutive elements, run r starting at
 // first + r * kStep (a thread's kUnroll chunks, or one element).
 template <int N, int kRun, int kStep>

@@ -164,23 +164,6 @@ __device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
   return RowView<D>(static_cast<const char*>(p.logits) + src * p.row_stride * RowView<D>::kElemBytes);
 }
 
-// DLLM_L2_PREFETCH: in pass A each warp asks L2 for the group it reads this many rounds later
-// when fused (at 8 warps, 2 rounds: 64 KB of bf16 ahead of a block, 17 MB over 264 blocks), and
-// otherwise the block for its loop's iteration this many ahead (32 KB), so that HBM streams even
-// while a warp reduces a group or the block reduces and draws. Before that a block also
-// asks for the first rounds of a later position's row: its own next one in a grid-stride loop,
-// else (one block a position) the one about to start when the resident blocks finish, blocks
-// starting about in the order of their index. Off by default until measured against no
-// prefetch (bench/unmask_step.py times both).
-constexpr int kPrefetchRounds = 2;
-
-template <DType D>
-__device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
-  if ((threadIdx.x & 31) != 0 || g >= groups) return;
-  const int64_t lo = g * kCategoricalGroup;
-  row.prefetch(lo, lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab);
-}
-
 template <DType D>
 __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset,
                                  float* group_lse, Scratch& sm) {
@@ -233,10 +216,8 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     // logit, dropped from the sums, is read apart.
     if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
     const float scale_log2 = log2e_times(scale);
-    if (p.l2_prefetch_blocks > 0)
-      for (int r = 1; r < kPrefetchRounds; ++r) prefetch_group(view, warp + r * kWarps, groups, vocab);
     for (int64_t g = warp; g < groups; g += kWarps) {
-      if (p.l2_prefetch_blocks > 0) prefetch_group(view, g + kPrefetchRounds * kWarps, groups, vocab);
+      if (p.l2_prefetch_blocks > 0) prefetch_ahead(view, g, groups, vocab);
       const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
       MaxSum acc{-kInf, 0.0f};
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
@@ -251,8 +232,8 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
     }
   } else {
-    // The block's loop reads kIteration elements an iteration; thread 0 asks for those
-    // kPrefetchRounds iterations ahead.
+    // DLLM_L2_PREFETCH (cuda_rows.cuh) by the block's loop iterations of kIteration elements:
+    // thread 0 asks for the one kPrefetchRounds ahead.
     constexpr int64_t kIteration = int64_t(kThreads) * kUnroll * RowView<D>::kVec;
     const bool ask = p.l2_prefetch_blocks > 0 && threadIdx.x == 0;
     auto prefetch_iteration = [&](int64_t lo) {
@@ -265,11 +246,9 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       take(v, where);
     });
   }
-  const int64_t positions = p.batch * p.length;
-  const int64_t next = pos + (gridDim.x < positions ? int64_t(gridDim.x) : p.l2_prefetch_blocks);
-  if (p.l2_prefetch_blocks > 0 && lane == 0 && next < positions && p.x[next] == mask) {
-    const RowView<D> next_row = logits_row<D>(p, next);
-    for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(next_row, warp + r * kWarps, groups, vocab);
+  if (p.l2_prefetch_blocks > 0 && lane == 0) {
+    const int64_t later = later_row(pos, p.batch * p.length, p.l2_prefetch_blocks);
+    if (later < p.batch * p.length && p.x[later] == mask) prefetch_first_rounds(logits_row<D>(p, later), groups, vocab);
   }
   const RowStats st = block_stats(mine, sm.stats);  // its barriers publish group_max and the sums
   if (st.bad) return fail(kNonFinite);

@@ -60,6 +60,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   bool bad = false;
   const float scale_log2 = log2e_times(scale);
   for (int64_t g = warp; g < groups; g += kWarps) {
+    if (p.l2_prefetch_blocks > 0) prefetch_ahead(view, g, groups, vocab);
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     MaxSum acc{-kInf, 0.0f};
@@ -70,6 +71,12 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
     acc = warp_max_sum(acc, scale);
     bad |= !(acc.s == acc.s);
     if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
+  }
+  if (p.l2_prefetch_blocks > 0 && lane == 0) {
+    const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
+    if (later < p.rows)
+      prefetch_first_rounds(RowView<D>(static_cast<const char*>(p.logits) + later * p.row_stride * RowView<D>::kElemBytes),
+                            groups, vocab);
   }
   // Also the barrier that publishes group_lw and group_max.
   if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);

@@ -3,25 +3,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstdlib>
-#include <cstring>
-
 #include "checks.h"
+#include "l2_prefetch_cuda.h"
 #include "rng.h"
 #include "unmask.h"
 
 namespace dllm::binding {
 namespace {
-
-// DLLM_L2_PREFETCH=1 has predict_masked's fused pass ask L2 for the groups it reads two rounds
-// later (predict_masked.cu); unset or "0" leaves it to the loads alone. Read at every call, so
-// that a benchmark can time both in one process.
-bool l2_prefetch() {
-  const char* choice = std::getenv("DLLM_L2_PREFETCH");
-  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "0") == 0) return false;
-  TORCH_CHECK(std::strcmp(choice, "1") == 0, "DLLM_L2_PREFETCH must be \"0\" or \"1\", got \"", choice, "\"");
-  return true;
-}
 
 std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id,
                                                            double temperature, int64_t top_k, double top_p,
@@ -34,9 +22,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   // (predict_masked_kernel's dynamic shared memory).
   check_cuda_vocab("predict_masked", call.params.vocab, 2);
   call.params.rng = cuda_rng_state(generator, call.random);
-  // predict_masked_kernel's __launch_bounds__ promise 2 blocks an SM
-  if (l2_prefetch())
-    call.params.l2_prefetch_blocks = 2 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  call.params.l2_prefetch_blocks = l2_prefetch_blocks(2);  // predict_masked_kernel's __launch_bounds__
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());

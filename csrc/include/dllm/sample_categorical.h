@@ -38,6 +38,7 @@ struct CategoricalParams {
   int64_t* tokens = nullptr;   // [rows]; -1 on a bad row
   float* logprob = nullptr;    // [rows]; NaN on a bad row
   int64_t* first_error = nullptr;  // CUDA only: one int64 preset to kNoError, atomically lowered
+  int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
 };
 
 // Every kernel tempers logits as (v - max) * inverse_temperature(T): log-weights relative to the

@@ -52,6 +52,7 @@ struct SeddStepParams {
   RngState rng;
   int64_t* x_next = nullptr;       // [rows]; -1 on a bad row
   int64_t* first_error = nullptr;  // CUDA only: preset to kSeddNoError, atomically lowered
+  int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
 };
 
 struct SampleTransitionParams {

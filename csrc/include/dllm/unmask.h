@@ -34,9 +34,7 @@ struct PredictParams {
   int64_t* x0 = nullptr;   // [batch, length]
   float* conf = nullptr;   // [batch, length]
   int64_t* first_error = nullptr;  // CUDA only, as in CategoricalParams
-  // CUDA only, DLLM_L2_PREFETCH (predict_masked_kernel): 0 off, else the blocks resident at once,
-  // how far ahead of its own position a block asks for the row a later block will read
-  int64_t l2_prefetch_blocks = 0;
+  int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
 };
 
 // predict_masked's errors: CategoricalStatus's kNonFinite and kAllMinusInf at a masked position, and
