@@ -321,7 +321,7 @@ def held_out_quality(val_files: list[tuple[str, str]], tok, length: int) -> dict
     if not files:
         raise ValueError("the held-out split has no files")
     rows = [[int(i) for i in tok.encode(text)[:length]] + [tok.eos_id] for _, text in files]
-    return _judged(rows, tok)
+    return {k: v for k, v in _judged(rows, tok).items() if k != "example"}
 
 
 def _infill_quality(runner: Runner, tasks, model: str, sampler, frac) -> dict:
