@@ -691,7 +691,7 @@ MUTANTS = [
      'ar_quality = quality[ar["sampler"], results["quality"][0]["gen_length"], ar["fraction"]]', ["test_e2e_verdict"]),
     (E2E, "[int(i) for i in tok.encode(text)[:length]] + [tok.eos_id]", "[int(i) for i in tok.encode(text)] + [tok.eos_id]",
      ["test_e2e"]),
-    (E2E, "files = val_files[:REFERENCE_FILES]", "files = val_files", ["test_e2e"]),
+    (E2E, "files = val_files[:count]", "files = val_files", ["test_e2e"]),
     ("python/dllm/benchmarks/e2e_report.py", "f\"{_f(data['parse_rate'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_prefix'], 2)} | \"",
      "f\"{_f(data['parse_prefix'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_rate'], 2)} | \"", ["test_e2e"]),
     (E2E, "rows = slice(lo, min(n, lo + 16))", "rows = slice(lo, min(n, lo + 15))", ["test_e2e"]),

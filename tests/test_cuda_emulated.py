@@ -367,8 +367,8 @@ def test_predict_masked_greedy_ties_go_to_the_lowest_index(emulator, confidence)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
-    """DLLM_L2_PREFETCH=1 asks L2 for what pass A reads two rounds ahead (groups when fused, the
-    block's loop iterations otherwise: greedy, filtered) and for the next position's first rounds:
+    """DLLM_L2_PREFETCH=1 asks L2 for what pass A reads ahead (groups when fused, the block's loop
+    iterations otherwise: greedy, filtered) and for the next position's first round:
     a hint, so the same proposals and confidences, and every prefetch aligned and (the ASan run
     checks) inside the logits. V = 40009: 20 groups and 5-10 loop iterations, so that prefetches
     reach a partial last group or iteration; bf16 rows off 16-byte boundaries; a shifted head; the
@@ -389,8 +389,8 @@ def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monkeypatch):
-    """DLLM_L2_PREFETCH=1 in the other two streaming kernels' pass 1 (groups two rounds ahead, a later
-    row's first rounds: under the absorbing graph only a masked one): the same draws, and every
+    """DLLM_L2_PREFETCH=1 in the other two streaming kernels' pass 1 (groups a round ahead, a later
+    row's first round: under the absorbing graph only a masked one): the same draws, and every
     prefetch aligned and inside the logits, as in predict_masked's test."""
     monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
     K = 40009
@@ -412,6 +412,46 @@ def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monk
         EMU.sample_categorical(logits.view(18, K), None, 1.0)
     with pytest.raises(RuntimeError, match='DLLM_L2_PREFETCH must be "0" or "1", got "2"'):
         EMU.sedd_step(logits, x, sigma, dsig, graph="absorb", method="analytic")
+
+
+def test_l2_prefetch_reaches_every_path(emulator, monkeypatch):
+    """Each place that prefetches does (the emulator counts the bytes asked of L2), and only where it
+    should: rows of 40009 prefetch ahead within the row (fused and greedy predict_masked,
+    sample_categorical); rows of 3001 (2 groups, less than a loop iteration) have nothing ahead, so
+    only a later row's first round is asked for, which exists when the grid is cut to 3 blocks (a
+    grid-stride loop) and not when each of the 18 positions has its block (the later row is 264
+    blocks on); sedd_step's absorbing graph skips a later row that is not masked; and nothing is
+    asked with the variable at 0."""
+    def asked(call):
+        before = emulator.prefetched_bytes()
+        emulated(emulator, call)
+        return emulator.prefetched_bytes() - before
+
+    long_logits, x = masked_batch(2, 9, 40009, "cpu", torch.bfloat16)
+    short_logits = long_logits[..., :3001].contiguous()
+    masked_x = torch.full((2, 9), 3000)
+    try:
+        monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+        for grid_blocks in (0, 3):
+            emulator.configure(0, True, grid_blocks, 0)
+            assert asked(lambda: EMU.predict_masked(long_logits, x, MASK, 1.0)) > 0
+            assert asked(lambda: EMU.predict_masked(long_logits, x, MASK, 0.0)) > 0
+            assert asked(lambda: EMU.sample_categorical(long_logits.view(18, -1), None, 1.0)) > 0
+            later = grid_blocks > 0
+            assert (asked(lambda: EMU.predict_masked(short_logits, masked_x, 3000, 1.0)) > 0) == later
+            assert (asked(lambda: EMU.predict_masked(short_logits, masked_x, 3000, 0.0)) > 0) == later
+            assert (asked(lambda: EMU.sample_categorical(short_logits.view(18, -1), None, 1.0)) > 0) == later
+            sigma = torch.tensor([0.8, 2.5])
+            assert (asked(lambda: EMU.sedd_step(short_logits, masked_x, sigma, sigma, graph="absorb",
+                                                method="analytic")) > 0) == later
+        one_masked = torch.randint(0, 3000, (2, 9), generator=gen(4))
+        one_masked[0, 0] = 3000  # read by block 0, whose later rows (3, 6, ...) are not masked
+        assert asked(lambda: EMU.sedd_step(short_logits, one_masked, sigma, sigma, graph="absorb",
+                                           method="analytic")) == 0
+        monkeypatch.setenv("DLLM_L2_PREFETCH", "0")
+        assert asked(lambda: EMU.predict_masked(long_logits, x, MASK, 1.0)) == 0
+    finally:
+        emulator.configure(0, True, 0, 0)
 
 
 def test_predict_masked_llada_vocabulary(emulator):

@@ -1365,17 +1365,17 @@ def test_only_a_docstring_stays_in_the_context():
     assert sorted(t.body_text for t in tasks) == ["print(x)\n    return x", "return z + 1"]
 
 
-def test_held_out_quality_scores_the_first_tokens_of_at_most_reference_files(monkeypatch):
+def test_held_out_quality_scores_the_first_tokens_of_as_many_files_as_samples():
     """The data's own row: each file's first `length` tokens (a shorter file whole, its end an end-of-text),
-    judged as samples are, over the first REFERENCE_FILES files; no files is an error, not a NaN row."""
+    judged as samples are, over the first `count` files (the samples' count: plug-in entropy grows with
+    the tokens); no files is an error, not a NaN row."""
     tok = ByteTokenizer()
     files = [(f"{i}.py", f"x{i} = {i}\n" + "y = (\n" * 3) for i in range(5)]
-    monkeypatch.setattr(e2e, "REFERENCE_FILES", 3)
-    q = e2e.held_out_quality(files, tok, 7)  # "x0 = 0\n": the first statement whole, nothing after it
+    q = e2e.held_out_quality(files, tok, 7, 3)  # "x0 = 0\n": the first statement whole, nothing after it
     assert (q["samples"], q["parse_rate"], q["parse_prefix"], q["blank_rate"]) == (3, 1.0, 1.0, 0.0)
     assert sum(q["token_counts"]) == 3 * 7
-    q = e2e.held_out_quality(files, tok, 100)  # whole files, whose open brackets never close
+    q = e2e.held_out_quality(files, tok, 100, 3)  # whole files, whose open brackets never close
     assert (q["parse_rate"], q["parse_prefix"]) == (0.0, pytest.approx(0.25))
     assert sum(q["token_counts"]) == sum(len(text) for _, text in files[:3])
     with pytest.raises(ValueError, match="no files"):
-        e2e.held_out_quality([], tok, 7)
+        e2e.held_out_quality([], tok, 7, 3)

@@ -187,11 +187,13 @@ struct RowView {
 
 // DLLM_L2_PREFETCH (off by default until measured against no prefetch: the kernel benchmarks time
 // both). In pass 1, where each warp reduces groups w, w + kWarps, ..., a warp asks L2 for the
-// group it reads kPrefetchRounds rounds later (at 8 warps and 2 rounds, 64 KB of bf16 ahead of a
-// block: 17 MB of L2 at 264 resident blocks), so that HBM streams even while warps reduce a group
+// group it reads kPrefetchRounds rounds later, so that HBM streams even while warps reduce a group
 // or the block reduces and draws; before those, it asks for the first rounds of a later row
-// (later_row). params.l2_prefetch_blocks: 0 off, else the blocks resident at once.
-constexpr int kPrefetchRounds = 2;
+// (later_row). One round is 32 KB of bf16 a block (8 warps of 2048-element groups), a round's
+// work about 2 DRAM latencies; ahead plus a later row's first round hold 64 KB of L2 a block:
+// 17 MB at 264 resident blocks (2 an SM), 25 MB at 396 (3 an SM), of the H100's 50 MB.
+// params.l2_prefetch_blocks: 0 off, else the blocks resident at once.
+constexpr int kPrefetchRounds = 1;
 
 template <DType D>
 __device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {

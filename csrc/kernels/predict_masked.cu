@@ -232,17 +232,18 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
     }
   } else {
-    // DLLM_L2_PREFETCH (cuda_rows.cuh) by the block's loop iterations of kIteration elements:
-    // thread 0 asks for the one kPrefetchRounds ahead.
+    // DLLM_L2_PREFETCH (cuda_rows.cuh) by the block's loop iterations of kIteration elements
+    // (16 KB, about one DRAM latency of work): thread 0 asks for the one kAhead ahead.
     constexpr int64_t kIteration = int64_t(kThreads) * kUnroll * RowView<D>::kVec;
+    constexpr int kAhead = 2;
     const bool ask = p.l2_prefetch_blocks > 0 && threadIdx.x == 0;
     auto prefetch_iteration = [&](int64_t lo) {
       if (lo < vocab) view.prefetch(lo, lo + kIteration < vocab ? lo + kIteration : vocab);
     };
     if (ask)
-      for (int r = 1; r < kPrefetchRounds; ++r) prefetch_iteration(r * kIteration);
+      for (int r = 1; r < kAhead; ++r) prefetch_iteration(r * kIteration);
     for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) {
-      if (ask) prefetch_iteration(where(0) + kPrefetchRounds * kIteration);
+      if (ask) prefetch_iteration(where(0) + kAhead * kIteration);
       take(v, where);
     });
   }

@@ -10,7 +10,8 @@ namespace dllm::binding {
 
 // 0 when DLLM_L2_PREFETCH is unset or "0"; for "1", the blocks resident at once at blocks_per_sm
 // (the kernel's __launch_bounds__ minimum). Read at every call, so that a benchmark times both
-// in one process.
+// in one process; a CUDA graph keeps the value it was captured with. Read before the generator's
+// offset is taken, so that a refused value consumes no random numbers.
 inline int64_t l2_prefetch_blocks(int blocks_per_sm) {
   const char* choice = std::getenv("DLLM_L2_PREFETCH");
   if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "0") == 0) return 0;

@@ -19,8 +19,8 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cuda_op(const at::Tensor& 
   CategoricalCall call = prepare_categorical(logits, temperature, scalar_temperature);
   const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sample_categorical", call.params.vocab, 2);
-  call.params.rng = cuda_rng_state(generator, call.random);
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(3);  // sample_categorical_kernel's __launch_bounds__
+  call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, logits.options().dtype(at::kLong));
   call.params.first_error = first_error.data_ptr<int64_t>();
   sample_categorical_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());

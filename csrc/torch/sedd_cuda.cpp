@@ -27,8 +27,8 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
   StepCall call = prepare_step(logits, x, sigma, dsig, graph, method, scale_by_sigma);
   const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sedd_step", call.params.vocab, 2);
-  call.params.rng = cuda_rng_state(generator);
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(3);  // sedd_step_kernel's __launch_bounds__
+  call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
   sedd_step_cuda(call.params, stream());

@@ -21,8 +21,9 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   // Two floats a group: the group log-masses and, for the fused pass A, the group maxima
   // (predict_masked_kernel's dynamic shared memory).
   check_cuda_vocab("predict_masked", call.params.vocab, 2);
-  call.params.rng = cuda_rng_state(generator, call.random);
+  // before the generator advances: a refused value leaves the draws of later calls as they were
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(2);  // predict_masked_kernel's __launch_bounds__
+  call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());

@@ -1069,5 +1069,6 @@ _register_not_differentiable("sample_categorical", "dllm.ops.sample_categorical 
 _register_not_differentiable("predict_masked", "dllm.ops.predict_masked (its confidence output)")
 _register_not_differentiable("adaln", "dllm.ops.adaln (models run its math in torch under autograd)")
 _register_not_differentiable("adaln_residual", "dllm.ops.adaln_residual (models run its math in torch under autograd)")
-for _loss in ("attention", "score_entropy_loss", "masked_diffusion_loss"):
-    _register_not_differentiable(f"{_loss}_backward", f"the gradient of dllm.ops.{_loss} (no double backward)")
+for _op, _names in (("attention", "attention and attention_varlen"), ("score_entropy_loss", "score_entropy_loss"),
+                    ("masked_diffusion_loss", "masked_diffusion_loss")):
+    _register_not_differentiable(f"{_op}_backward", f"the gradient of dllm.ops.{_names} (no double backward)")

@@ -524,6 +524,7 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
 void prefetch_l2(const void* p, uint32_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0)
     fail("misaligned address or size in cp.async.bulk.prefetch.L2");
+  settings().prefetched_bytes += bytes;
 #if defined(CUEMU_ASAN)
   if (void* bad = __asan_region_is_poisoned(const_cast<void*>(p), bytes)) {
     std::fprintf(stderr, "==CUEMU== L2 prefetch of %u bytes from %p covers poisoned byte %p\n", bytes, p, bad);

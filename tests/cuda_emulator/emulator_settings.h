@@ -15,6 +15,7 @@ struct Settings {
   uint64_t seed = 0;  // draws the lagging warp of each block
   uint64_t grid_stride_blocks = 0;  // when > 0, grid-stride kernels get at most this many blocks
   uint64_t grids_run = 0;          // kernel launches completed, so tests see the emulator ran
+  uint64_t prefetched_bytes = 0;   // asked of L2 by prefetch_l2, so tests see a path prefetch
 };
 Settings& settings();
 

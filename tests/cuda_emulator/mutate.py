@@ -200,8 +200,8 @@ MUTANTS = [
      "padded_head_rows"),
     ("csrc/kernels/sedd.cu", "p.x_next[r] = status == kSeddOk ? token : -1;", "p.x_next[r] = status == kSeddOk ? token : x;",
      "capture"),
-    ("csrc/torch/unmask_cuda.cpp", "call.params.rng = cuda_rng_state(generator, call.random);\n  call.params.l2_prefetch",
-     "call.params.rng = cuda_rng_state(generator);\n  call.params.l2_prefetch", "without_draws"),
+    ("csrc/torch/unmask_cuda.cpp", "__launch_bounds__\n  call.params.rng = cuda_rng_state(generator, call.random);",
+     "__launch_bounds__\n  call.params.rng = cuda_rng_state(generator);", "without_draws"),
     ("csrc/kernels/predict_masked.cu", "  if (positions == 0) return;\n", "", "empty_inputs"),
     ("csrc/kernels/rotary.cu", "p.x_head_stride % kVec == 0 &&", "", "16_byte"),
     # the streaming passes' FFMA exponent: its rounding's correction, the huge-scale branch, the

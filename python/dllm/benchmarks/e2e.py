@@ -49,7 +49,6 @@ SAMPLERS = ("mdlm", "llada", "fast-dllm")
 SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "fast-dllm"}
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (Fast-dLLM's default, LLaDA's example; LLaDA's generate() defaults to 128)
 FAST_DLLM_THRESHOLD = 0.9
-REFERENCE_FILES = 256    # held-out files whose first tokens the report scores as the data's own quality
 MIN_BODY = 4             # tokens: the shortest function body worth infilling
 
 
@@ -312,12 +311,13 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
     return {**_judged(rows, runner.m.tok), "quality_nfe": statistics.mean(nfes)}
 
 
-def held_out_quality(val_files: list[tuple[str, str]], tok, length: int) -> dict:
-    """The sample metrics of the held-out files' own first ``length`` tokens (a shorter file whole), judged
-    as the samples are, which start where a file starts: what a model that wrote like the data would score
-    at this length. Short windows cut most files inside their docstring or first statement, so the data's
-    own parse rate at 64 tokens is far below 1. At most ``REFERENCE_FILES`` files."""
-    files = val_files[:REFERENCE_FILES]
+def held_out_quality(val_files: list[tuple[str, str]], tok, length: int, count: int) -> dict:
+    """The sample metrics of the first ``count`` held-out files' own first ``length`` tokens (a shorter
+    file whole), judged as the samples are, which start where a file starts: what a model that wrote
+    like the data would score at this length. ``count`` is the samples' count, since the plug-in entropy
+    grows with the tokens it is taken over. Short windows cut most files inside their docstring or first
+    statement, so the data's own parse rate at 64 tokens is far below 1."""
+    files = val_files[:count]
     if not files:
         raise ValueError("the held-out split has no files")
     rows = [[int(i) for i in tok.encode(text)[:length]] + [tok.eos_id] for _, text in files]
@@ -535,7 +535,7 @@ def run(ns: argparse.Namespace) -> dict:
         ar_row = next(r for r in speed if r["model"] == "autoregressive" and r["gen_length"] == row["gen_length"]
                       and r["batch"] == row["batch"])
         row["speedup_vs_ar"] = row["tokens_per_s"] / ar_row["tokens_per_s"]
-    reference = {str(length): held_out_quality(val_files, models.tok, length) for length in ns.gen_lengths}
+    reference = {str(length): held_out_quality(val_files, models.tok, length, ns.samples) for length in ns.gen_lengths}
     meta = {"command": command_line(), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
             "date": utc_now(), "device": device, "size": ns.size, "seq_len": models.seq_len,
             "model_dirs": models.dirs, "budgets": {k: _budget(Path(d)) for k, d in models.dirs.items()},

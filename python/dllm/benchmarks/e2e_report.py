@@ -154,8 +154,9 @@ def markdown(results: dict) -> str:
         "picks positions by confidence and has no bound of its own, so it shares the T-step value; fast-dllm's "
         f"adaptive steps get the continuous-time bound ({m['continuous_bound']:.3f}).",
         "- Samples are judged up to their first end-of-text.", *definitions,
-        "- held-out text: the first tokens of each held-out file (as many as the samples have; a shorter file "
-        "whole), judged as the samples are: what a model that wrote like the data would score. Short lengths cut "
+        "- held-out text: the first tokens of as many held-out files as there are samples (as many tokens as the "
+        "samples have; a shorter file whole), judged as the samples are: what a model that wrote like the data "
+        "would score. Short lengths cut "
         "most files inside their docstring or first statement, so even the data's own parse rate is low there. "
         "The quality plot draws it as a grey line.",
         "- Infill: held-out functions (files of the validation split) with small bodies; diffusion masks the "
