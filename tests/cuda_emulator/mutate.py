@@ -193,6 +193,10 @@ MUTANTS = [
     # an L2 prefetch a chunk short of its last byte's 16: misaligned, which the hardware refuses
     ("csrc/kernels/cuda_rows.cuh", "uint32_t(s.end - s.begin) * 16u)", "uint32_t(s.end - s.begin) * 16u - 8u)",
      "l2_prefetch"),
+    # ... a later row past the last one taken as the last, a later absorbing row prefetched unmasked
+    ("csrc/kernels/cuda_rows.cuh", "return next < rows ? next : rows;", "return next < rows ? next : rows - 1;",
+     "l2_prefetch"),
+    ("csrc/kernels/sedd.cu", "(p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1)", "true", "l2_prefetch"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
      "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),
