@@ -125,7 +125,9 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "(group_max - row_max) * scale + __logf(sum)", "group_max * scale + __logf(sum)",
      "large_logits"),
     ("csrc/kernels/predict_masked.cu", ": (v - row_max) * scale;", ": v * scale;", "large_logits"),
-    ("csrc/kernels/predict_masked.cu", "inverse_temperature(p.temperature)", "1.0f / p.temperature", "large_logits"),
+    # (sample_categorical's: predict_masked's temperature is clamped to float's smallest normal on
+    # the host, so its 1 / T never reaches the cap; a per-row float32 temperature can be subnormal)
+    ("csrc/kernels/sample_categorical.cu", "inverse_temperature(temperature)", "1.0f / temperature", "subnormal"),
     ("csrc/kernels/commit_tokens.cu", "uniform53_at(seed", "uniform_at(seed", "commit"),
     # the radix select's digit scan leaving out the neighbouring lane's counts
     ("csrc/kernels/commit_tokens.cu", "    if (lane >= o) through += t;", "    if (lane > o) through += t;", "commit"),
