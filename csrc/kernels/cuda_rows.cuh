@@ -187,14 +187,12 @@ struct RowView {
 
 // DLLM_L2_PREFETCH (off by default until measured against no prefetch: the kernel benchmarks time
 // both). In pass 1, where each warp reduces groups w, w + kWarps, ..., a warp asks L2 for the
-// group it reads kPrefetchRounds rounds later, so that HBM streams even while warps reduce a group
-// or the block reduces and draws; before those, it asks for the first rounds of a later row
-// (later_row). One round is 32 KB of bf16 a block (8 warps of 2048-element groups), a round's
-// work about 2 DRAM latencies; ahead plus a later row's first round hold 64 KB of L2 a block:
+// group it reads in the next round (prefetch_next_group), so that HBM streams even while warps
+// reduce a group or the block reduces and draws; before those, it asks for its first group of a
+// later row (later_row). A round is 32 KB of bf16 a block (8 warps of 2048-element groups), about
+// 2 DRAM latencies of work; the next round and a later row's first hold 64 KB of L2 a block:
 // 17 MB at 264 resident blocks (2 an SM), 25 MB at 396 (3 an SM), of the H100's 50 MB.
 // params.l2_prefetch_blocks: 0 off, else the blocks resident at once.
-constexpr int kPrefetchRounds = 1;
-
 template <DType D>
 __device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
   if ((threadIdx.x & 31) != 0 || g >= groups) return;
@@ -202,19 +200,16 @@ __device__ void prefetch_group(const RowView<D>& row, int64_t g, int64_t groups,
   row.prefetch(lo, lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab);
 }
 
-// At the start of this warp's group g of pass 1: the group kPrefetchRounds rounds later, and at
-// its first group those of the rounds in between.
+// At the start of this warp's group g of pass 1: its group of the next round.
 template <DType D>
-__device__ void prefetch_ahead(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
-  if (g == threadIdx.x / 32)
-    for (int r = 1; r < kPrefetchRounds; ++r) prefetch_group(row, g + r * kWarps, groups, vocab);
-  prefetch_group(row, g + kPrefetchRounds * kWarps, groups, vocab);
+__device__ void prefetch_next_group(const RowView<D>& row, int64_t g, int64_t groups, int64_t vocab) {
+  prefetch_group(row, g + kWarps, groups, vocab);
 }
 
-// The first kPrefetchRounds rounds of a row that a block reads later.
+// This warp's first group of a row that a block reads later.
 template <DType D>
-__device__ void prefetch_first_rounds(const RowView<D>& row, int64_t groups, int64_t vocab) {
-  for (int r = 0; r < kPrefetchRounds; ++r) prefetch_group(row, threadIdx.x / 32 + r * kWarps, groups, vocab);
+__device__ void prefetch_first_group(const RowView<D>& row, int64_t groups, int64_t vocab) {
+  prefetch_group(row, threadIdx.x / 32, groups, vocab);
 }
 
 // The row after `row` of a kernel with a row a block: this block's next one in a grid-stride

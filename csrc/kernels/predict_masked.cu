@@ -217,7 +217,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
     const float scale_log2 = log2e_times(scale);
     for (int64_t g = warp; g < groups; g += kWarps) {
-      if (p.l2_prefetch_blocks > 0) prefetch_ahead(view, g, groups, vocab);
+      if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
       const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
       MaxSum acc{-kInf, 0.0f};
       for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
@@ -249,7 +249,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   }
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(pos, p.batch * p.length, p.l2_prefetch_blocks);
-    if (later < p.batch * p.length && p.x[later] == mask) prefetch_first_rounds(logits_row<D>(p, later), groups, vocab);
+    if (later < p.batch * p.length && p.x[later] == mask) prefetch_first_group(logits_row<D>(p, later), groups, vocab);
   }
   const RowStats st = block_stats(mine, sm.stats);  // its barriers publish group_max and the sums
   if (st.bad) return fail(kNonFinite);

@@ -60,7 +60,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   bool bad = false;
   const float scale_log2 = log2e_times(scale);
   for (int64_t g = warp; g < groups; g += kWarps) {
-    if (p.l2_prefetch_blocks > 0) prefetch_ahead(view, g, groups, vocab);
+    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     MaxSum acc{-kInf, 0.0f};
@@ -75,7 +75,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows)
-      prefetch_first_rounds(RowView<D>(static_cast<const char*>(p.logits) + later * p.row_stride * RowView<D>::kElemBytes),
+      prefetch_first_group(RowView<D>(static_cast<const char*>(p.logits) + later * p.row_stride * RowView<D>::kElemBytes),
                             groups, vocab);
   }
   // Also the barrier that publishes group_lw and group_max.

@@ -78,7 +78,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   // sum NaN, which is how they are found; x's own logit is read apart.
   bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);
   for (int64_t g = warp; g < groups; g += kWarps) {
-    if (p.l2_prefetch_blocks > 0) prefetch_ahead(view, g, groups, K);
+    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, K);
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
@@ -96,7 +96,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   if (p.l2_prefetch_blocks > 0 && lane == 0) {  // a later row that is read: absorbing rows only while masked
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows && (p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1))
-      prefetch_first_rounds(RowView<D>(static_cast<const T*>(p.logits) + later * p.row_stride), groups, K);
+      prefetch_first_group(RowView<D>(static_cast<const T*>(p.logits) + later * p.row_stride), groups, K);
   }
   if (__syncthreads_or(bad)) return finish(-1, kSeddNonFinite);
   MaxSum row_acc{-kInf, 0.0f};

@@ -503,20 +503,24 @@ static bool in_shared(const void* p, size_t bytes) {
   return false;
 }
 
+// Under ASan, aborts with its report when [p, p + bytes), which `what` reads, holds a poisoned byte
+// (past an allocation or freed): the asynchronous copies read outside the instrumented code.
+static void check_readable([[maybe_unused]] const char* what, [[maybe_unused]] const void* p, [[maybe_unused]] size_t bytes) {
+#if defined(CUEMU_ASAN)
+  if (void* bad = __asan_region_is_poisoned(const_cast<void*>(p), bytes)) {
+    std::fprintf(stderr, "==CUEMU== %s of %zu bytes from %p reads poisoned byte %p\n", what, bytes, p, bad);
+    __asan_describe_address(bad);
+    __sanitizer_print_stack_trace();
+    std::abort();
+  }
+#endif
+}
+
 void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
   if (!in_shared(dst, bytes)) fail("cp.async destination outside the block's shared memory");
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     fail("misaligned address in cp.async");
-#if defined(CUEMU_ASAN)
-  if (valid) {
-    if (void* bad = __asan_region_is_poisoned(const_cast<void*>(src), bytes)) {
-      std::fprintf(stderr, "==CUEMU== cp.async of %zu bytes from %p reads poisoned byte %p\n", bytes, src, bad);
-      __asan_describe_address(bad);
-      __sanitizer_print_stack_trace();
-      std::abort();
-    }
-  }
-#endif
+  if (valid) check_readable("cp.async", src, bytes);
   st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
   if (!settings().defer_async_copies) flush_copies(*st.current, st.current->pending);
 }
@@ -525,14 +529,7 @@ void prefetch_l2(const void* p, uint32_t bytes) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0 || bytes == 0 || bytes % 16 != 0)
     fail("misaligned address or size in cp.async.bulk.prefetch.L2");
   settings().prefetched_bytes += bytes;
-#if defined(CUEMU_ASAN)
-  if (void* bad = __asan_region_is_poisoned(const_cast<void*>(p), bytes)) {
-    std::fprintf(stderr, "==CUEMU== L2 prefetch of %u bytes from %p covers poisoned byte %p\n", bytes, p, bad);
-    __asan_describe_address(bad);
-    __sanitizer_print_stack_trace();
-    std::abort();
-  }
-#endif
+  check_readable("L2 prefetch", p, bytes);
 }
 
 void fence_proxy_async() {
