@@ -69,9 +69,9 @@ def main() -> None:
         # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
         impls = [*dllm_rows(lambda: dllm_step(logits, x, k, t), device), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
         if device.startswith("cuda"):
-            # The same step replayed from a CUDA graph: no host work between the kernels and no
-            # eager error check (predict_masked's one host sync), so its gap to dllm's row is what
-            # the host costs an eager step.
+            # The same step replayed from a CUDA graph: no host work between the kernels, so its
+            # gap to dllm's row is what the host costs an eager step (whose error checks no longer
+            # wait for the GPU: dllm.ops.raise_pending_errors).
             graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
             impls.append(("dllm, CUDA graph", with_l2_prefetch(lambda: graphed(x.clone()), False)))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)

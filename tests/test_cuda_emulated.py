@@ -273,8 +273,51 @@ def test_graph_capture_paths(emulator):
         emulated(emulator, EMU.sample_categorical, nan_logits, None, 1.0)  # the NaN row is not read back
     finally:
         emulator.set_capturing(False)
+    emulator.raise_pending_errors()  # nor left to raise later
     with pytest.raises(ValueError, match="NaN"):
         EMU.sample_categorical(nan_logits, None, 1.0)
+
+
+def cpu_message(call) -> str:
+    with pytest.raises(ValueError) as error:
+        call()
+    return str(error.value)
+
+
+def test_errors_found_on_the_gpu_raise_at_a_later_call_while_it_runs_behind(emulator):
+    """The CUDA bindings never wait for their kernels' checks: while the GPU runs behind the host,
+    a bad call returns, and its error raises at the first later call (a checking op's or
+    commit_tokens') that finds its word arrived, oldest error first and marked as an earlier
+    call's; raise_pending_errors waits for the words instead."""
+    nan_logits, clean = torch.randn(5, 3000, generator=gen(1)), torch.randn(5, 3000, generator=gen(2))
+    nan_logits[3, 17] = float("nan")
+    masked = torch.full((1, 5), MASK)
+    step = (clean.view(1, 5, 3000), torch.full((1, 5), 2999), torch.tensor([-1.0]), torch.tensor([0.1]))
+    first, second, third = (
+        lambda ops: ops.sample_categorical(nan_logits, None, 1.0),
+        lambda ops: ops.predict_masked(nan_logits.view(1, 5, 3000), masked, MASK),
+        lambda ops: ops.sedd_step(*step, graph="absorb", method="analytic"),
+    )
+
+    def later(call):  # CPU's message, then the note of an error raised by a later call
+        return rf"^{re.escape(cpu_message(lambda: call(CPU)))}\W+found on the GPU after that earlier call returned"
+
+    emulator.set_gpu_behind(True)
+    try:
+        first(EMU), second(EMU)
+        x0, conf = EMU.predict_masked(clean.view(1, 5, 3000), masked, MASK)  # arrived: nothing yet
+        for call in (first, second):
+            with pytest.raises(ValueError, match=later(call)):
+                emulator.raise_pending_errors()
+        emulator.raise_pending_errors()  # both taken, and the clean call's word holds no error
+        third(EMU)
+        emulator.set_gpu_behind(False)
+        with pytest.raises(ValueError, match=later(third)):
+            EMU.commit_tokens(masked.clone(), x0, conf, MASK, num_tokens=torch.tensor([2]))
+    finally:
+        emulator.set_gpu_behind(False)
+    emulator.raise_pending_errors()
+    assert EMU.commit_tokens(masked.clone(), x0, conf, MASK, num_tokens=torch.tensor([2])).tolist() == [2]
 
 
 def test_strided_broadcast_and_unaligned_rows(emulator):

@@ -622,3 +622,41 @@ def test_l2_prefetch_changes_no_result_on_cuda(monkeypatch):
             out = call(torch.Generator("cuda").manual_seed(3))
             runs.append(out if isinstance(out, tuple) else (out,))
         assert all(torch.equal(a, b) for a, b in zip(*runs)), name
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+def test_checking_ops_return_before_the_gpu_reaches_them():
+    """The ops whose kernels check their inputs' values do not wait for those checks: each returns
+    while the stream is still busy (a 50 ms spin queued ahead), and a bad value then raises at a
+    later call once the GPU has found it, or at raise_pending_errors, which waits."""
+    logits = torch.randn(4, 3, 301, device="cuda")
+    x = torch.full((4, 3), 300, device="cuda")
+    sigma = torch.ones(4, device="cuda")
+    calls = {
+        "sample_categorical": lambda lg: ops.sample_categorical(lg, 0.9),
+        "predict_masked": lambda lg: ops.predict_masked(lg, x, mask_id=300, temperature=1.0),
+        "sedd_step": lambda lg: ops.sedd_step(lg, x, sigma, 0.1 * sigma, graph="absorb", method="analytic"),
+        "sample_transition": lambda lg: ops.sample_transition(x.clamp(max=299), sigma, graph="absorb",
+                                                              num_classes=301),
+        "score_entropy_loss": lambda lg: ops.score_entropy_loss(lg, x, x.clamp(max=299), sigma, sigma,
+                                                                graph="absorb"),
+        "masked_diffusion_loss": lambda lg: ops.masked_diffusion_loss(lg, x, x.clamp(max=299), 1.0, mask_id=300),
+    }
+    for call in calls.values():  # kernels loaded and pinned host memory allocated, which may synchronise
+        call(logits)
+    ops.raise_pending_errors()
+    stream = torch.cuda.current_stream()
+    for name, call in calls.items():
+        torch.cuda._sleep(50_000_000)  # about 50 ms of spinning at 1-2 GHz
+        call(logits)
+        assert not stream.query(), f"{name} waited for the GPU"
+        ops.raise_pending_errors()
+        assert stream.query()
+    bad = logits.clone()
+    bad[2, 1, 7] = float("nan")
+    torch.cuda._sleep(50_000_000)
+    ops.sample_categorical(bad, 0.9)  # returns; the error is found later
+    ops.sample_categorical(logits, 0.9)
+    with pytest.raises(ValueError, match=r"sample_categorical: row 7 of logits .* contains NaN.*earlier call returned"):
+        ops.raise_pending_errors()
+    ops.raise_pending_errors()  # raised once

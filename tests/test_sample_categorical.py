@@ -241,6 +241,7 @@ def test_empty_batch(device):
 def test_bad_logits_raise_clear_errors(device, make, error, match):
     with pytest.raises(error, match=match):
         dllm.ops.sample_categorical(make(device))
+        dllm.ops.raise_pending_errors()  # CUDA raises the kernel's finds at a later call, or here
 
 
 def test_bad_temperature_raises(device):
@@ -250,8 +251,10 @@ def test_bad_temperature_raises(device):
     for bad in (-0.5, float("inf"), float("nan")):  # float64 ones too, which are clamped when positive and finite
         with pytest.raises(ValueError, match="row 1 .*temperature"):
             dllm.ops.sample_categorical(logits, torch.tensor([1.0, bad, 1.0], dtype=torch.float64, device=device))
+            dllm.ops.raise_pending_errors()
     with pytest.raises(ValueError, match="row 1 .*temperature"):
         dllm.ops.sample_categorical(logits, torch.tensor([1.0, -0.5, 1.0], device=device))
+        dllm.ops.raise_pending_errors()
     with pytest.raises(RuntimeError, match="one element or the shape"):
         dllm.ops.sample_categorical(logits, torch.ones(2, device=device))
 

@@ -101,8 +101,10 @@ def test_graph_object_and_errors(device):
         bad = x0.clone()
         bad[1, 3] = 101
         dllm.ops.sample_transition(bad, 0.5, graph="absorb", num_classes=101)
+        dllm.ops.raise_pending_errors()  # CUDA raises the kernel's finds at a later call, or here
     with pytest.raises(ValueError, match=r"sigma\[0\] must be finite and >= 0"):
         dllm.ops.sample_transition(x0, torch.tensor([-1.0, 1.0], device=device), graph="absorb", num_classes=101)
+        dllm.ops.raise_pending_errors()
     with pytest.raises(RuntimeError, match="num_classes must be"):
         dllm.ops.sample_transition(x0, 0.5, graph="uniform", num_classes=1)
 

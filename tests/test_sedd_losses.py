@@ -299,6 +299,7 @@ def test_bad_values_raise_clear_errors(device, op, change, match):
             dllm.ops.score_entropy_loss(**args, graph="absorb")
         else:
             dllm.ops.masked_diffusion_loss(args["logits"], args["x_t"], args["x0"], args["dsigma"], mask_id=10)
+        dllm.ops.raise_pending_errors()  # CUDA raises the kernel's finds at a later call, or here
 
 
 def backward_calls(device, graph, dtype=torch.float32, ops=torch.ops.dllm):

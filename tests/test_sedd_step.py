@@ -278,6 +278,7 @@ def _bad(device, **change):
 def test_bad_input_raises_clear_errors(device, change, error, match):
     with pytest.raises(error, match=match):
         dllm.ops.sedd_step(**_bad(device, **change))
+        dllm.ops.raise_pending_errors()  # CUDA raises the kernel's finds at a later call, or here
 
 
 def test_all_minus_inf_denoise_row_raises(device):
@@ -285,6 +286,7 @@ def test_all_minus_inf_denoise_row_raises(device):
     logits[0, 1, :8] = float("-inf")
     with pytest.raises(ValueError, match=r"no token has positive probability at position \[0, 1\]"):
         dllm.ops.sedd_step(logits, torch.full((1, 2), 8, device=device), 1.0, 1.0, graph="absorb", method="denoise")
+        dllm.ops.raise_pending_errors()
 
 
 def test_opcheck(device):

@@ -74,9 +74,6 @@ inline int64_t rows_per_task(int64_t row_elements) {
   return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, row_elements));
 }
 
-// True when a device error flag may be read back: never during CUDA-graph capture.
-bool may_sync_current_stream();
-
 // Counts, lengths and offsets: any integer type, but not bool (a mask passed by mistake) or float.
 inline void check_integer(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,

@@ -1,6 +1,8 @@
 // Every dllm op schema, in one place. Kernels register against these in the binding files.
 #include <torch/library.h>
 
+#include "deferred_errors.h"
+
 TORCH_LIBRARY(dllm, m) {
   // logits [..., V] float32 | bfloat16 | float16; temperature: per-row float tensor of shape
   // [...] (or one element), else scalar_temperature. Returns tokens int64 [...] and the drawn
@@ -78,4 +80,7 @@ TORCH_LIBRARY(dllm, m) {
   m.def(
       "masked_diffusion_loss_backward(Tensor grad_loss, Tensor logits, Tensor lse, Tensor x_t, Tensor x0, "
       "Tensor weight, *, int mask_id) -> Tensor");
+  // The errors that CUDA calls found in their inputs' values, raised once the host has waited
+  // for them (deferred_errors.h); no tensors, so one kernel for every dispatch key.
+  m.def("raise_pending_errors() -> ()", &dllm::binding::raise_pending_errors);
 }

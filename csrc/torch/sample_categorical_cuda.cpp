@@ -1,10 +1,11 @@
 // CUDA binding of sample_categorical: Philox state from torch's CUDA generator, launch on the
-// current stream, and the error check (skipped under graph capture, where it cannot sync).
+// current stream, and the error check (deferred_errors.h).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "deferred_errors.h"
 #include "l2_prefetch_cuda.h"
 #include "rng.h"
 #include "sample_categorical.h"
@@ -25,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cuda_op(const at::Tensor& 
   call.params.first_error = first_error.data_ptr<int64_t>();
   sample_categorical_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_categorical_error(first_error.item<int64_t>());
+  check_later(copy_to_host_later(first_error), raise_categorical_error);
   return {call.tokens, call.logprob};
 }
 

@@ -1,10 +1,11 @@
 // CUDA bindings of the SEDD/MDLM ops: Philox state from torch's CUDA generator, launch on the
-// current stream, and the error check (skipped under graph capture, where it cannot sync).
+// current stream, and the error check (deferred_errors.h).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "deferred_errors.h"
 #include "l2_prefetch_cuda.h"
 #include "rng.h"
 #include "sedd.h"
@@ -16,7 +17,8 @@ at::Tensor error_slot(const at::Tensor& like) { return at::full({1}, kSeddNoErro
 
 void check_errors(const char* op, const at::Tensor& slot, int64_t seq_len, const SeddErrorText& text) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_sedd_error(op, slot.item<int64_t>(), seq_len, text);
+  check_later(copy_to_host_later(slot),
+              [op, seq_len, text = &text](int64_t encoded) { raise_sedd_error(op, encoded, seq_len, *text); });
 }
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }

@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "deferred_errors.h"
 #include "l2_prefetch_cuda.h"
 #include "rng.h"
 #include "unmask.h"
@@ -28,7 +29,8 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   call.params.first_error = first_error.data_ptr<int64_t>();
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (may_sync_current_stream()) raise_predict_error(first_error.item<int64_t>(), x, call.params.vocab);
+  check_later(copy_to_host_later(first_error),
+              [x, vocab = call.params.vocab](int64_t encoded) { raise_predict_error(encoded, x, vocab); });
   return {call.x0, call.conf};
 }
 
@@ -41,6 +43,7 @@ at::Tensor commit_tokens_cuda_op(at::Tensor& x, const at::Tensor& x0, const at::
   call.params.rng = cuda_rng_state(generator, call.random);
   commit_tokens_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  raise_arrived_errors();  // a sampler's step calls predict_masked, then this
   return call.committed;
 }
 

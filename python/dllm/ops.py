@@ -24,6 +24,7 @@ __all__ = [
     "sample_categorical",
     "predict_masked",
     "commit_tokens",
+    "raise_pending_errors",
     "attention",
     "attention_varlen",
     "rotary",
@@ -371,6 +372,21 @@ def _commit_tokens_fake(x, x0, conf, mask_id, num_tokens=None, threshold=None, p
         torch._check(_same_shape(window.shape, (batch, 2)),
                      lambda: "commit_tokens: window must have shape [B, 2] ([start, end) per row)")
     return x.new_empty((batch,), dtype=torch.int64)
+
+
+@torch.compiler.disable  # it waits for the GPU: a graph break, never a node a compiled graph could drop
+def raise_pending_errors() -> None:
+    """Waits for dllm's CUDA calls still running and raises the first error they found in their
+    inputs' values (``ValueError``: NaN or ``+inf`` logits, tokens outside the vocabulary, bad
+    per-row temperatures or sigmas), naming the op and the row or position, as the CPU ops raise it
+    at once. A CUDA call of ``sample_categorical``, ``predict_masked``, ``sedd_step``,
+    ``sample_transition`` or a loss forward does not wait for its kernel's check: it copies the
+    check's result to the host behind the kernel, and raises the results that have arrived (its
+    own only if the GPU has already finished it), as does ``commit_tokens``. So a bad value
+    raises at a later call of these ops, or here; ``dllm.generate`` and ``dllm train`` call this
+    where they wait for the GPU anyway. Nothing is checked in a CUDA graph (capture, or replays).
+    Returns at once when nothing is pending (always on the CPU)."""
+    torch.ops.dllm.raise_pending_errors()
 
 
 def attention(

@@ -78,7 +78,8 @@ def load():
             wrappers.append(wrapper)
     return cpp_extension.load(
         name="dllm_cuda_emulator_asan" if asan else "dllm_cuda_emulator",
-        sources=[str(p) for p in (HERE / "cuda_emulator.cpp", HERE / "emulator_module.cpp", *wrappers, *kernels)],
+        sources=[str(p) for p in (HERE / "cuda_emulator.cpp", HERE / "emulator_module.cpp",
+                                  ROOT / "csrc" / "torch" / "deferred_errors.cpp", *wrappers, *kernels)],
         extra_include_paths=[
             str(p) for p in (HERE / "include", HERE, build / "kernels", *(ROOT / "csrc" / d for d in INCLUDE_DIRS))
         ],

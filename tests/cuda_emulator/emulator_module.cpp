@@ -1,8 +1,9 @@
 // The emulator extension's Python surface (settings, and the kernels' shared noise math for
-// direct tests) and the two CUDA-only binding hooks.
+// direct tests) and the two CUDA-only binding hooks (the Philox key, and device words read back).
 #include <torch/extension.h>
 
 #include "dllm/philox.h"
+#include "deferred_errors.h"
 #include "emulator_settings.h"
 #include "rng.h"
 
@@ -28,8 +29,32 @@ RngState cuda_rng_state(const std::optional<at::Generator>& generator, bool draw
   return captured;
 }
 
-// Launches run synchronously, so the device error word can be read, except "during capture".
-bool may_sync_current_stream() { return !capturing; }
+namespace {
+bool gpu_behind = false;  // pretend the GPU has not reached the calls made since this was set
+
+// Launches run synchronously, so the word is final when copied; it "arrives" at once unless the
+// GPU is behind, then when it catches up or a wait asks for it.
+class EmulatedWord final : public DeviceWord {
+ public:
+  explicit EmulatedWord(int64_t value) : value_(value) {}
+  bool arrived() override { return !capturing && (!gpu_behind || waited_); }
+  bool wait() override {
+    if (capturing) return false;
+    waited_ = true;
+    return true;
+  }
+  int64_t value() const override { return value_; }
+
+ private:
+  int64_t value_;
+  bool waited_ = false;
+};
+}  // namespace
+
+std::unique_ptr<DeviceWord> copy_to_host_later(const at::Tensor& word) {
+  if (capturing) return nullptr;
+  return std::make_unique<EmulatedWord>(word.item<int64_t>());
+}
 
 }  // namespace dllm::binding
 
@@ -83,4 +108,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "set_capturing", [](bool on) { dllm::binding::capturing = on; },
       "Makes the CUDA bindings behave as under CUDA-graph capture: the Philox key is read through "
       "pointers, and device error words are not read back.");
+  m.def(
+      "set_gpu_behind", [](bool on) { dllm::binding::gpu_behind = on; },
+      "While on, the device error words of the calls made do not arrive on the host until turned off "
+      "or waited for, as when the GPU runs behind the host.");
+  m.def("raise_pending_errors", &dllm::binding::raise_pending_errors,
+        "dllm.ops.raise_pending_errors of the emulated calls.");
 }

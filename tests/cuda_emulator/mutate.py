@@ -21,6 +21,7 @@ FWD, BWD, MMA, WG_FWD, WG_BWD, WG, DECODE = (
     for name in ("attention_fwd.cu", "attention_bwd.cu", "attention_mma.cuh", "attention_fwd_wgmma.cu",
                  "attention_bwd_wgmma.cu", "wgmma.cuh", "attention_decode.cu")
 )
+DEFERRED = "csrc/torch/deferred_errors.cpp"
 # (file, text, replacement, tests that must catch it)
 MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
@@ -223,6 +224,13 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
      "kMaxFloat); }", "__device__ __forceinline__ float log2e_times(float scale) { return scale * kLog2e; }", "subnormal"),
     ("csrc/torch/attention.cpp", "!q_len && !kv_len && heads > 0", "!q_len && heads > 0", "attention_never_reads_keys"),
+    # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
+    # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting
+    (DEFERRED, "  raise_taken(/*wait=*/false, id);\n", "", "read_back_like"),
+    (DEFERRED, "  if (p.id == own_id) return p.raise(p.word->value());\n", "", "read_back_like"),
+    ("csrc/torch/unmask_cuda.cpp", "  raise_arrived_errors();  // a sampler's step calls predict_masked, then this\n", "",
+     "later_call"),
+    (DEFERRED, "(wait ? word->wait() : word->arrived())", "word->arrived()", "later_call"),
 ]
 
 

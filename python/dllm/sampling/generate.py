@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .. import ops
 from . import cuda_graph as graphs, masked, score
 from .._limits import FLOAT32_MAX, INT64_MAX
 from ..devices import indexed, made_current
@@ -474,6 +475,7 @@ def generate(model, prompt=None, *, gen_length: int, steps: int, sampler: str, b
             masked.fast_dllm(loop, x, start=start,
                              block_length=FAST_DLLM_BLOCK if block_length is None else block_length,
                              threshold=0.9 if threshold is None else threshold, cache=cache, **common)
+        ops.raise_pending_errors()  # NaN logits of the last steps, before the canvas is read back
         if bool((x == mask_id).any()):
             raise ValueError(masked.UNFILLED)
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())
@@ -547,4 +549,5 @@ def _generate_sedd(model, prompt, method, *, gen_length, steps, infill, attentio
         loop = StepLoop(model, attention_mask, callback, return_history, device, graphs=session)
         x = score.sedd(loop, x, graph=graph, noise=noise, method=method, steps=steps,
                        known=known if has_known else None, generator=generator)
+        ops.raise_pending_errors()
     return GenerationOutput(sequences=x, history=loop.history, nfe=loop.nfe, step_times=loop.step_times())

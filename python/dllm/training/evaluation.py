@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 import torch
 
+from .. import ops
 from ..data.dataset import PackedDataset
 
 EVAL_SEED_OFFSET = 0x5EED  # the noise seed is the run's seed plus this, apart from the training noise
@@ -39,6 +40,7 @@ def validation_nll_per_window(model, objective, val: PackedDataset, *, sequences
         with amp or nullcontext():
             nll = objective.bound(model, x, {k: v[rows.start:rows.stop] for k, v in draws.items()})
         per_window.append(nll.double().cpu() / val.seq_len)
+    ops.raise_pending_errors()  # a CUDA loss's bad tokens, found by its kernel (the copies above waited)
     return torch.cat(per_window)
 
 

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._atomic import remove_leftovers
 from ..benchmarks.common import card, command_line, git_commit, utc_now
+from .. import ops
 from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import ByteTokenizer, tokenizer_config
@@ -510,6 +511,7 @@ class Trainer:
         L, nll_sum, total = self.gradients()
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
+        ops.raise_pending_errors()  # bad tokens that a CUDA loss found: the wait above was for them too
         if not math.isfinite(gnorm):
             saved = ", and the last checkpoint holds finite weights" if (self.out / CHECKPOINT).exists() else ""
             raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "

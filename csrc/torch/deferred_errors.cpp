@@ -1,0 +1,87 @@
+#include "deferred_errors.h"
+
+#include <deque>
+#include <mutex>
+#include <utility>
+
+namespace dllm::binding {
+namespace {
+
+struct Pending {
+  uint64_t id = 0;
+  std::shared_ptr<DeviceWord> word;  // shared: a thread may wait on it while another takes it
+  std::function<void(int64_t)> raise;
+};
+
+struct Queue {
+  std::mutex mutex;
+  std::deque<Pending> pending;
+  uint64_t last_id = 0;
+};
+
+// Never destroyed: its events and pinned buffers must not be freed after CUDA shuts down at exit.
+Queue& queue() {
+  static Queue* q = new Queue;
+  return *q;
+}
+
+enum class Take { kNone, kTaken, kTakenElsewhere };
+
+// Takes the oldest entry once its word has arrived (waiting for it if `wait`).
+Take take_oldest(bool wait, Pending& out) {
+  Queue& q = queue();
+  std::shared_ptr<DeviceWord> word;
+  {
+    const std::lock_guard<std::mutex> lock(q.mutex);
+    if (q.pending.empty()) return Take::kNone;
+    word = q.pending.front().word;
+  }
+  if (!(wait ? word->wait() : word->arrived())) return Take::kNone;
+  const std::lock_guard<std::mutex> lock(q.mutex);
+  if (q.pending.empty() || q.pending.front().word != word) return Take::kTakenElsewhere;
+  out = std::move(q.pending.front());
+  q.pending.pop_front();
+  return Take::kTaken;
+}
+
+// Raises the taken entry's error, if it holds one; an error of an earlier call says so.
+void raise(const Pending& p, uint64_t own_id) {
+  if (p.id == own_id) return p.raise(p.word->value());
+  try {
+    p.raise(p.word->value());
+  } catch (c10::Error& e) {
+    e.add_context(
+        "found on the GPU after that earlier call returned: dllm's CUDA ops do not wait for their checks, "
+        "a later call raises what they found, and dllm.ops.raise_pending_errors() waits for them");
+    throw;
+  }
+}
+
+void raise_taken(bool wait, uint64_t own_id) {
+  for (;;) {
+    Pending p;
+    const Take t = take_oldest(wait, p);
+    if (t == Take::kNone) return;
+    if (t == Take::kTaken) raise(p, own_id);
+  }
+}
+
+}  // namespace
+
+void check_later(std::unique_ptr<DeviceWord> host, std::function<void(int64_t)> raise) {
+  if (!host) return;
+  Queue& q = queue();
+  uint64_t id;
+  {
+    const std::lock_guard<std::mutex> lock(q.mutex);
+    id = ++q.last_id;
+    q.pending.push_back({id, std::move(host), std::move(raise)});
+  }
+  raise_taken(/*wait=*/false, id);
+}
+
+void raise_arrived_errors() { raise_taken(/*wait=*/false, /*own_id=*/0); }
+
+void raise_pending_errors() { raise_taken(/*wait=*/true, /*own_id=*/0); }
+
+}  // namespace dllm::binding
