@@ -614,7 +614,11 @@ MUTANTS = [
     ("python/dllm/training/trainer.py", "lr = lr_at(cfg, self.step)", "lr = lr_at(cfg, self.step + 1)", ["test_training"]),
     ("python/dllm/training/trainer.py", "if cfg.grad_clip > 0:", "if False:", ["test_training"]),
     ("python/dllm/training/trainer.py", "i == cfg.grad_accum - 1 else", "i == 0 else", ["test_training"]),
-    ("python/dllm/training/trainer.py", "                with self.amp:\n", "                if True:\n", ["test_training"]),
+    ("python/dllm/training/trainer.py", "                with self.amp, self._sdpa_backends():\n",
+     "                with self._sdpa_backends():\n", ["test_training"]),
+    # a step retaken without cuDNN's SDPA from where the failed take left the data order and noise
+    ("python/dllm/training/trainer.py", "        self.restore_streams(self._step_start)\n        self.sdpa_without", "        self.sdpa_without",
+     ["test_replay"]),
     ("python/dllm/training/trainer.py", "        self.opt.step()\n        self.opt.zero_grad(set_to_none=True)\n"
      "        if self.ema is not None:\n            self.ema.update()\n",
      "        if self.ema is not None:\n            self.ema.update()\n        self.opt.step()\n"

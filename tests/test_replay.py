@@ -116,6 +116,43 @@ def test_resume_from_the_stopped_step_trains_it_as_the_clean_run_did(stopped, tm
     assert (again["loss"], again["grad_norm"]) == (clean[3]["loss"], clean[3]["grad_norm"])
 
 
+def _nan_gradient_with_cudnn_sdpa(monkeypatch, always: bool = False):
+    """Attention whose backward returns NaN where the forward ran with SDPA's cuDNN backend allowed
+    (or ``always``), and a trainer that takes that backend on the CPU too."""
+    real = dit.attention
+
+    def attention(*a, **k):
+        out = real(*a, **k)
+        return NaNGradient.apply(out) if always or torch.backends.cuda.cudnn_sdp_enabled() else out
+
+    monkeypatch.setattr(dit, "attention", attention)
+    monkeypatch.setattr(dllm.training.trainer.Trainer, "_may_take_cudnn_sdpa",
+                        lambda self: self.sdpa_without_cudnn_from is None)
+
+
+def test_a_nan_gradient_with_cudnn_sdpa_only_is_retaken_without_it(stopped, tmp_path, corpus, monkeypatch, caplog):
+    """cuDNN's SDPA backward has returned NaN from finite losses (pytorch/pytorch#196678): the step
+    is taken again from where it started without that backend, which then stays out."""
+    _, _, clean = stopped
+    _nan_gradient_with_cudnn_sdpa(monkeypatch)
+    result = dllm.train(**tiny(tmp_path, corpus, steps=2, ckpt_every=1))
+    assert result["sdpa_without_cudnn_from"] == 1
+    assert "step 1: the gradient norm was nan with SDPA's cuDNN backend and is " in caplog.text
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["sdpa_without_cudnn_from"] == 1
+    result = dllm.train(**tiny(tmp_path, corpus, steps=3))  # the resume keeps the backend out
+    assert result["sdpa_without_cudnn_from"] == 1
+    steps = _records(tmp_path / "run")
+    assert all((steps[i]["loss"], steps[i]["grad_norm"]) == (clean[i]["loss"], clean[i]["grad_norm"]) for i in (1, 2, 3))
+
+
+def test_a_nan_gradient_without_cudnn_sdpa_too_stops_the_run(tmp_path, corpus, monkeypatch):
+    _nan_gradient_with_cudnn_sdpa(monkeypatch, always=True)
+    with pytest.raises(FloatingPointError, match=r"gradient norm became nan at step 1, and again when taken without "
+                                                 r"SDPA's cuDNN backend \(its loss was"):
+        dllm.train(**tiny(tmp_path, corpus, steps=2))
+    assert load_checkpoint(tmp_path / "run" / NONFINITE_STEP)["sdpa_without_cudnn_from"] is None
+
+
 def test_starting_over_removes_the_stopped_step(stopped, tmp_path, corpus):
     tmp, _, _ = stopped
     run = tmp_path / "run"

@@ -210,6 +210,7 @@ class Trainer:
         # the precision the run trains in, as the checkpoint records it: amp is ignored on the CPU
         self.amp_setting = "bf16" if cfg.amp and self.device.type == "cuda" else "off"
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp_setting == "bf16" else nullcontext()
+        self.sdpa_without_cudnn_from: int | None = None  # the step from which attention leaves cuDNN's SDPA out
 
     def _warn_if_small(self, train_windows: int, val_windows: int) -> None:
         cfg = self.cfg
@@ -333,6 +334,7 @@ class Trainer:
             "objective": self.objective.config(),
             "train_config": self.cfg.to_dict(),
             "amp": self.amp_setting,  # optional: checkpoints of this format written before it lack it
+            "sdpa_without_cudnn_from": self.sdpa_without_cudnn_from,  # optional too
         }
 
     def _refuse_another_run(self, s: dict, source: str, data=None) -> None:
@@ -401,6 +403,7 @@ class Trainer:
             # after the "changed options" line, which would say it twice; the precision trained in, not the option
             self.resume_changes["amp"] = [saved_amp, self.amp_setting]
         self.restore_streams(s)
+        self.sdpa_without_cudnn_from = s.get("sdpa_without_cudnn_from")
         self.step, self.tokens_seen = s["step"], s["tokens_seen"]
         self.train_time, self.elapsed = s["train_time"], s["elapsed"]
 
@@ -473,7 +476,7 @@ class Trainer:
             sl = slice(i * micro, (i + 1) * micro)
             sync = nullcontext() if self.world == 1 or i == cfg.grad_accum - 1 else self.model.no_sync()
             with sync:
-                with self.amp:
+                with self.amp, self._sdpa_backends():
                     nll = self.objective.nll(self.model, x[sl], {k: v[sl] for k, v in draws.items()})
                 loss = self.objective.train_loss(nll, L) / cfg.grad_accum
                 loss.backward()
@@ -481,6 +484,40 @@ class Trainer:
         # the norm before any clipping: clipping by a NaN norm would make every gradient NaN, and the
         # error of a non-finite one names the parameters whose gradients were not finite
         return L, nll_sum, torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+
+    def _sdpa_backends(self):
+        """SDPA's backends for the step's forward, which picks the backward too: every one but cuDNN's
+        once a step's gradient was not finite with it and finite without (_retake_without_cudnn_sdpa)."""
+        if self.sdpa_without_cudnn_from is None:
+            return nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def _may_take_cudnn_sdpa(self) -> bool:
+        return (self.device.type == "cuda" and self.sdpa_without_cudnn_from is None
+                and torch.backends.cuda.cudnn_sdp_enabled())
+
+    def _retake_without_cudnn_sdpa(self, gnorm: float) -> tuple[int, torch.Tensor, torch.Tensor, float]:
+        """Takes the step again, from where it started, with SDPA's cuDNN backend left out. Its
+        bfloat16 backward has returned NaN gradients from finite losses on H100s and H200s
+        (pytorch/pytorch#196678, NVIDIA/cudnn-frontend#1072), as this trainer's small MDLM did on
+        an H200 (bench/results/h200-2026-12-04/e2e-training-nan/). A finite gradient without it
+        keeps the backend out for the rest of the run (and its resumes); else the step fails as
+        it would have. Returns gradients()'s values and the new norm."""
+        self.opt.zero_grad(set_to_none=True)
+        self.restore_streams(self._step_start)
+        self.sdpa_without_cudnn_from = self.step + 1
+        L, nll_sum, total = self.gradients()
+        retaken = float(total)
+        ops.raise_pending_errors()
+        if not math.isfinite(retaken):
+            self.sdpa_without_cudnn_from = None
+        elif self.is_main:
+            log.warning("step %d: the gradient norm was %s with SDPA's cuDNN backend and is %.4g without it: "
+                        "training goes on without that backend (pytorch/pytorch#196678)", self.step + 1, gnorm,
+                        retaken)
+        return L, nll_sum, total, retaken
 
     def step_loss(self, nll_sum: torch.Tensor, L: int, sequences: int | None = None) -> float:
         """The training loss of a step of length ``L`` from the NLL summed over ``sequences`` (by
@@ -512,9 +549,13 @@ class Trainer:
         # read before the step (the metrics read it anyway): a finite loss can still overflow its backward
         gnorm = float(total)
         ops.raise_pending_errors()  # bad tokens that a CUDA loss found: the wait above was for them too
+        retaken = not math.isfinite(gnorm) and self._may_take_cudnn_sdpa()
+        if retaken:
+            L, nll_sum, total, gnorm = self._retake_without_cudnn_sdpa(gnorm)
         if not math.isfinite(gnorm):
             saved = ", and the last checkpoint holds finite weights" if (self.out / CHECKPOINT).exists() else ""
-            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1} (its loss was "
+            again = ", and again when taken without SDPA's cuDNN backend" if retaken else ""
+            raise FloatingPointError(f"the gradient norm became {gnorm} at step {self.step + 1}{again} (its loss was "
                                      f"{self.step_loss(nll_sum, L):.6g}); "
                                      f"{self._nonfinite_gradients()}; the step was not applied{saved}"
                                      f"{self._save_before_nonfinite_step()}")
@@ -651,6 +692,8 @@ class Trainer:
         last, evaluated_at = self.last or logged, max(evaluated_at, self.evaluated_at)
         result = {"step": self.step, "tokens": self.tokens_seen, "elapsed": self.elapsed,
                   "tok_per_s": self.tokens_seen / self.train_time if self.train_time else 0.0, **last}
+        if self.sdpa_without_cudnn_from is not None:
+            result["sdpa_without_cudnn_from"] = self.sdpa_without_cudnn_from
         if evaluated_at != self.step:
             try:
                 result.update(self._eval_and_log())
