@@ -164,7 +164,7 @@ def test_starting_over_removes_the_stopped_step(stopped, tmp_path, corpus):
 
 
 def test_the_cuda_variants_change_the_attention_backend_and_the_precision():
-    trainer = SimpleNamespace(device=torch.device("cuda"), amp_setting="bf16")
+    trainer = SimpleNamespace(device=torch.device("cuda"), amp_setting="bf16", sdpa_without_cudnn_from=None)
     variants = replay_module._variants(trainer)
     assert [(name, keep) for name, _, keep in variants] == [("as trained", True), ("SDPA without cuDNN", True),
                                                              ("float32", False)]
@@ -172,8 +172,12 @@ def test_the_cuda_variants_change_the_attention_backend_and_the_precision():
         with variants[1][1]():
             assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.flash_sdp_enabled()
         assert torch.backends.cuda.cudnn_sdp_enabled()
-    assert [name for name, _, _ in replay_module._variants(SimpleNamespace(device=torch.device("cuda"), amp_setting="off"))] == \
+    assert [name for name, _, _ in replay_module._variants(SimpleNamespace(device=torch.device("cuda"), amp_setting="off",
+                                                                           sdpa_without_cudnn_from=None))] == \
         ["as trained", "SDPA without cuDNN"]
+    # a run that left cuDNN's SDPA out at some step replays without it "as trained" already
+    trainer.sdpa_without_cudnn_from = 90
+    assert [name for name, _, _ in replay_module._variants(trainer)] == ["as trained"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

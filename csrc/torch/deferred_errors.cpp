@@ -27,13 +27,14 @@ Queue& queue() {
 
 enum class Take { kNone, kTaken, kTakenElsewhere };
 
-// Takes the oldest entry once its word has arrived (waiting for it if `wait`).
-Take take_oldest(bool wait, Pending& out) {
+// Takes the oldest entry, if it was queued by `last_id`, once its word has arrived (waiting for it
+// if `wait`).
+Take take_oldest(bool wait, uint64_t last_id, Pending& out) {
   Queue& q = queue();
   std::shared_ptr<DeviceWord> word;
   {
     const std::lock_guard<std::mutex> lock(q.mutex);
-    if (q.pending.empty()) return Take::kNone;
+    if (q.pending.empty() || q.pending.front().id > last_id) return Take::kNone;
     word = q.pending.front().word;
   }
   if (!(wait ? word->wait() : word->arrived())) return Take::kNone;
@@ -57,13 +58,29 @@ void raise(const Pending& p, uint64_t own_id) {
   }
 }
 
-void raise_taken(bool wait, uint64_t own_id) {
+// The first error raised drops the entries still queued: later calls on the same bad values
+// would only repeat it, and raise it again in the caller's next, unrelated call.
+void raise_taken(bool wait, uint64_t last_id, uint64_t own_id) {
   for (;;) {
     Pending p;
-    const Take t = take_oldest(wait, p);
+    const Take t = take_oldest(wait, last_id, p);
     if (t == Take::kNone) return;
-    if (t == Take::kTaken) raise(p, own_id);
+    if (t != Take::kTaken) continue;
+    try {
+      raise(p, own_id);
+    } catch (...) {
+      Queue& q = queue();
+      const std::lock_guard<std::mutex> lock(q.mutex);
+      q.pending.clear();
+      throw;
+    }
   }
+}
+
+uint64_t last_queued() {
+  Queue& q = queue();
+  const std::lock_guard<std::mutex> lock(q.mutex);
+  return q.last_id;
 }
 
 }  // namespace
@@ -77,11 +94,12 @@ void check_later(std::unique_ptr<DeviceWord> host, std::function<void(int64_t)> 
     id = ++q.last_id;
     q.pending.push_back({id, std::move(host), std::move(raise)});
   }
-  raise_taken(/*wait=*/false, id);
+  raise_taken(/*wait=*/false, UINT64_MAX, id);
 }
 
-void raise_arrived_errors() { raise_taken(/*wait=*/false, /*own_id=*/0); }
+void raise_arrived_errors() { raise_taken(/*wait=*/false, UINT64_MAX, /*own_id=*/0); }
 
-void raise_pending_errors() { raise_taken(/*wait=*/true, /*own_id=*/0); }
+// Only the calls made before: other threads may keep queueing.
+void raise_pending_errors() { raise_taken(/*wait=*/true, last_queued(), /*own_id=*/0); }
 
 }  // namespace dllm::binding

@@ -32,9 +32,11 @@ std::unique_ptr<DeviceWord> copy_to_host_later(const at::Tensor& word);
 void check_later(std::unique_ptr<DeviceWord> word, std::function<void(int64_t)> raise);
 
 // Raises the oldest error among the queued words that have arrived; returns when there is none.
+// The first error raised drops the rest of the queue.
 void raise_arrived_errors();
 
-// Waits for every queued word and raises the oldest error (except during graph capture).
+// Waits for the words queued so far, by any thread, and raises the oldest error (except during
+// graph capture).
 void raise_pending_errors();
 
 }  // namespace dllm::binding

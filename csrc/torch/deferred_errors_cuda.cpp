@@ -20,9 +20,16 @@ class CudaWord final : public DeviceWord {
     host_.copy_(word, /*non_blocking=*/true);
     copied_.record(at::cuda::getCurrentCUDAStream());
   }
-  bool arrived() override { return !capturing() && copied_.query(); }
+  // Relaxed: another thread's capture in global mode would otherwise forbid these calls (and fail
+  // it); this thread's own capture forbids them anyway.
+  bool arrived() override {
+    if (capturing()) return false;
+    const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+    return copied_.query();
+  }
   bool wait() override {
     if (capturing()) return false;
+    const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
     copied_.synchronize();
     return true;
   }

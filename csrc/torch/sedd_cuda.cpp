@@ -71,7 +71,7 @@ at::Tensor score_entropy_loss_backward_cuda_op(const at::Tensor& grad_loss, cons
   prepare_backward(op, call, grad_loss);
   const c10::cuda::CUDAGuard guard(logits.device());
   // Out-of-range tokens give NaN gradient rows rather than an error: autograd reaches the
-  // backward only after the forward checked the same tokens, and a sync would cost every step.
+  // backward only after the forward's check of the same tokens was queued (deferred_errors.h).
   loss_backward_cuda(call.params, stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return call.grad.view(logits.sizes());

@@ -87,8 +87,9 @@ def sample_categorical(
     the logits or ``1 / temperature``. No ``[..., V]`` temporary is allocated.
 
     Raises ``ValueError`` for a row with NaN or ``+inf`` logits, a row that is all ``-inf``, or a
-    negative or non-finite temperature. On CUDA that check synchronises with the device; inside
-    CUDA-graph capture it is skipped, and such rows come back as token ``-1`` with NaN logprob.
+    negative or non-finite temperature. On CUDA it raises at a later call
+    (:func:`raise_pending_errors`); inside CUDA-graph capture it is skipped, and such rows come back
+    as token ``-1`` with NaN logprob.
     """
     if isinstance(temperature, torch.Tensor):
         return _call(torch.ops.dllm.sample_categorical, logits, temperature, 1.0, generator=generator)
@@ -209,7 +210,7 @@ def predict_masked(
 
     Raises ``ValueError`` for a masked position whose logits hold NaN or ``+inf``, or only ``-inf``
     besides the mask token, and for an unmasked position whose token lies outside ``[0, V)``; on CUDA
-    that check synchronises, except during CUDA-graph capture.
+    at a later call (:func:`raise_pending_errors`), and not in a CUDA graph.
     """
     op = "predict_masked"
     mask_id, logits_shift = _as_int(mask_id, op, "mask_id"), _as_int(logits_shift, op, "logits_shift")
@@ -384,8 +385,10 @@ def raise_pending_errors() -> None:
     check's result to the host behind the kernel, and raises the results that have arrived (its
     own only if the GPU has already finished it), as does ``commit_tokens``. So a bad value
     raises at a later call of these ops, or here; ``dllm.generate`` and ``dllm train`` call this
-    where they wait for the GPU anyway. Nothing is checked in a CUDA graph (capture, or replays).
-    Returns at once when nothing is pending (always on the CPU)."""
+    where they wait for the GPU anyway. The first error raised drops the checks still pending
+    (later calls on the same bad values would only repeat it); it waits only for the calls made
+    before it was called, by any thread of the process. Nothing is checked in a CUDA graph
+    (capture, or replays). Returns at once when nothing is pending (always on the CPU)."""
     torch.ops.dllm.raise_pending_errors()
 
 
@@ -808,8 +811,8 @@ def sedd_step(
 
     Raises ``ValueError`` for NaN or ``+inf`` logits in a row that is read, ``x`` outside
     ``[0, K)``, ``sigma <= 0`` or ``dsig < 0`` (or non-finite), or a row with no positive weight.
-    On CUDA that check synchronises with the device (skipped inside CUDA-graph capture, where
-    bad rows come back as ``-1``).
+    On CUDA it raises at a later call (:func:`raise_pending_errors`; skipped inside CUDA-graph
+    capture, where bad rows come back as ``-1``).
     """
     return torch.ops.dllm.sedd_step(logits, x, _per_batch(sigma, logits, "sedd_step", "sigma"),
                                     _per_batch(dsig, logits, "sedd_step", "dsig"),

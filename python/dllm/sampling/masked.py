@@ -269,6 +269,7 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
             # The block's one sync a step. A step that commits nothing would repeat forever.
             left, before = int((block == mask_id).sum()), left
             if left == before:
+                ops.raise_pending_errors()  # predict_masked's own error (NaN logits), if it found one
                 raise ValueError(UNFILLED)
     return x
 

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from .. import ops
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .trainer import Trainer
@@ -39,7 +40,7 @@ def _variants(trainer: Trainer) -> list[tuple[str, Callable[[], contextlib.Abstr
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out = [("as trained", contextlib.nullcontext, True)]
-    if trainer.device.type == "cuda":
+    if trainer.device.type == "cuda" and trainer.sdpa_without_cudnn_from is None:  # else "as trained" is it
         others = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         out.append(("SDPA without cuDNN", lambda: sdpa_kernel(others), True))
         if trainer.amp_setting != "off":
@@ -97,6 +98,7 @@ def _take(trainer: Trainer, state: dict, context, keep_precision: bool, anomaly:
             forward: list[str] = []
             with context(), _first_nonfinite_output(trainer.raw_model, forward):
                 L, nll_sum, total = trainer.gradients()
+                ops.raise_pending_errors()  # this take's own errors (a CUDA loss's bad tokens), not the next one's
             return {"loss": trainer.step_loss(nll_sum, L), "grad_norm": float(total),
                     "nonfinite_gradients": [n for n, p in trainer.raw_model.named_parameters()
                                             if p.grad is not None and not torch.isfinite(p.grad).all()],

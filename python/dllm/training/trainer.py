@@ -495,7 +495,8 @@ class Trainer:
         return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def _may_take_cudnn_sdpa(self) -> bool:
-        return (self.device.type == "cuda" and self.sdpa_without_cudnn_from is None
+        # cuDNN's SDPA takes half precision only: bf16 autocast here
+        return (self.amp_setting == "bf16" and self.sdpa_without_cudnn_from is None
                 and torch.backends.cuda.cudnn_sdp_enabled())
 
     def _retake_without_cudnn_sdpa(self, gnorm: float) -> tuple[int, torch.Tensor, torch.Tensor, float]:
