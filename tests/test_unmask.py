@@ -436,6 +436,11 @@ def test_bad_inputs_raise_clear_errors(device):
                                              r"vocabulary \[0, 20\)"):
             dllm.ops.predict_masked(logits, y, mask_id=MASK)
             dllm.ops.raise_pending_errors()
+    # more leading dimensions: the sequence named by its index, not its flat number
+    batched, grid = bad.view(1, 2, 10, 20).expand(3, 2, 10, 20), x.view(1, 2, 10).expand(3, 2, 10)
+    with pytest.raises(ValueError, match=r"masked position \d+ of sequence \[0, 1\] has NaN"):
+        dllm.ops.predict_masked(batched, grid, mask_id=MASK)
+        dllm.ops.raise_pending_errors()
     x0, conf = dllm.ops.predict_masked(logits, x, mask_id=MASK)
     with pytest.raises(ValueError, match="exactly one of"):
         dllm.ops.commit_tokens(x.clone(), x0, conf, mask_id=MASK, num_tokens=1, threshold=0.5)

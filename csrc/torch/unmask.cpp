@@ -5,6 +5,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "checks.h"
 #include "rng.h"
@@ -70,16 +72,31 @@ PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64
   return call;
 }
 
+namespace {
+
+// "sequence s" of x [B, L]; "sequence [i, j]" of x [I, J, L], whose sequences the kernels number flat
+std::string sequence_name(const at::Tensor& x, int64_t sequence) {
+  const at::IntArrayRef lead = x.sizes().slice(0, std::max<int64_t>(x.dim() - 1, 0));
+  if (lead.size() <= 1) return "sequence " + std::to_string(sequence);
+  std::vector<int64_t> index(lead.size());
+  for (size_t d = lead.size(); d-- > 0;) index[d] = sequence % lead[d], sequence /= lead[d];
+  return c10::str("sequence ", at::IntArrayRef(index));
+}
+
+}  // namespace
+
 void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab) {
   if (encoded == kNoError) return;
   const int64_t pos = encoded >> 2, length = x.size(-1);
-  // an error's path only, so reading the token back (a device sync on CUDA) costs nothing otherwise
+  const std::string sequence = sequence_name(x, pos / length);
+  // an error's path only, so reading the token back (a device sync on CUDA) costs nothing otherwise;
+  // on CUDA it reads x as it is when the error is raised, maybe some calls later
   TORCH_CHECK_VALUE((encoded & 3) != kTokenOutOfRange, "predict_masked: x holds token ",
-                    x.reshape(-1)[pos].item<int64_t>(), " at position ", pos % length, " of sequence ", pos / length,
+                    x.reshape(-1)[pos].item<int64_t>(), " at position ", pos % length, " of ", sequence,
                     ", outside the vocabulary [0, ", vocab, ") of the logits");
   const char* why = (encoded & 3) == kNonFinite ? "has NaN or +inf logits (or overflows float32 after division by the temperature)"
                                                 : "has only -inf logits besides the mask token, so nothing can be proposed";
-  TORCH_CHECK_VALUE(false, "predict_masked: masked position ", pos % length, " of sequence ", pos / length, " ", why);
+  TORCH_CHECK_VALUE(false, "predict_masked: masked position ", pos % length, " of ", sequence, " ", why);
 }
 
 CommitCall prepare_commit(const at::Tensor& x, const at::Tensor& x0, const at::Tensor& conf, int64_t mask_id,
