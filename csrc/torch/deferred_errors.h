@@ -4,8 +4,8 @@
 // A kernel lowers a device error word; reading it back at once would stall the host until the
 // GPU reaches the call, and the GPU would then idle while the host queues the next work. Instead
 // the word is copied to pinned host memory behind the call, and every later call of these ops
-// raises the errors whose words have arrived, oldest first; raise_pending_errors() waits for them.
-// Under CUDA-graph capture nothing is checked (replays could not report), as before.
+// raises the oldest error among the words that have arrived; raise_pending_errors() waits for
+// them. Under CUDA-graph capture nothing is checked (replays could not report), as before.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import ops
 from .._atomic import remove_leftovers
 from ..benchmarks.common import card, command_line, git_commit, utc_now
-from .. import ops
 from ..data.dataset import BatchOrder, atomic_write_bytes, prepare
 from ..devices import resolve_device
 from ..data.tokenizer import ByteTokenizer, tokenizer_config
