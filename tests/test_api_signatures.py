@@ -38,6 +38,7 @@ ISSUE_SIGNATURES = {
     dllm.models.from_pretrained: "path, *, map_location='cpu', dtype=None",
     # the README's (written against the issues' names)
     dllm.ops.rotary: "x, cos, sin",
+    dllm.ops.raise_pending_errors: "",
     dllm.ops.adaln: "x, weight, shift, scale, *, eps=1e-5",
     dllm.ops.adaln_residual: "x, update, gate, weight, shift, scale, *, eps=1e-5",
     dllm.unmask_schedule.linear_transfer_counts: "masked, steps",

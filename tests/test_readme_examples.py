@@ -30,6 +30,7 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8")
 MARKERS = {
     "build_info": "dllm.build_info()",
     "llada_step": "linear_transfer_counts(",
+    "op_loop": "dllm.ops.raise_pending_errors()",
     "generate": "out.sequences, out.nfe, out.step_times",
     "fast_dllm_cache": 'cache="dual"',
     "sedd_loop": "dllm.sedd.Absorbing(",
@@ -160,6 +161,18 @@ def test_llada_step_over_a_block(seeded):
     committed = (before[:, s:e] == mask).sum(-1) - (x[:, s:e] == mask).sum(-1)
     assert committed.tolist() == ns["counts"][:, step].tolist()
     assert torch.equal(x[:, :s], before[:, :s]) and torch.equal(x[:, e:], before[:, e:])  # only the block
+
+
+def test_a_loop_of_op_calls_fills_the_canvas_and_raises_a_bad_step(seeded):
+    B, L, V, steps = 2, 10, 20, 4
+    x = torch.full((B, L), V - 1)
+    counts = dllm.unmask_schedule.linear_transfer_counts(torch.full((B,), L), steps)
+    ns = run("op_loop", block("op_loop"), x=x, steps=steps, counts=counts, mask_id=V - 1,
+             model=lambda x: torch.randn(*x.shape, V))
+    assert not (ns["x"] == V - 1).any()
+    with pytest.raises(ValueError, match="predict_masked: masked position 0 of sequence 0 has NaN"):
+        run("op_loop", block("op_loop"), x=torch.full((B, L), V - 1), steps=steps, counts=counts, mask_id=V - 1,
+            model=lambda x: torch.full((*x.shape, V), float("nan")))
 
 
 @pytest.mark.parametrize("name", ["generate", "fast_dllm_cache"])
