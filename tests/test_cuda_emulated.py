@@ -319,6 +319,25 @@ def test_errors_found_on_the_gpu_raise_at_a_later_call_while_it_runs_behind(emul
     assert EMU.commit_tokens(masked.clone(), x0, conf, MASK, num_tokens=torch.tensor([2])).tolist() == [2]
 
 
+def test_a_bad_token_raised_later_is_named_only_while_x_is_unchanged(emulator):
+    """A later call reads the bad token back from x for the message, unless x was updated in place
+    since (commit_tokens, in a sampler), when it may no longer hold it."""
+    logits = torch.randn(1, 6, 3000, generator=gen(4))
+    x = torch.full((1, 6), MASK)
+    x[0, 4] = 3000
+    emulator.set_gpu_behind(True)
+    try:
+        for changed in (False, True):
+            x0, conf = EMU.predict_masked(logits, x, MASK)
+            token = "held a token" if changed else "holds token 3000"
+            if changed:  # dllm's commit_tokens (the emulated one skips the version bump of dllm's dispatch)
+                CPU.commit_tokens(x, x0, conf, MASK, num_tokens=torch.tensor([1]))
+            with pytest.raises(ValueError, match=rf"^predict_masked: x {token} at position 4 of sequence 0, outside"):
+                emulator.raise_pending_errors()
+    finally:
+        emulator.set_gpu_behind(False)
+
+
 def test_strided_broadcast_and_unaligned_rows(emulator):
     base = torch.randn(4, 3001, dtype=torch.bfloat16)
     for logits in (base[:, 1:], base.t().contiguous().t(), base[:1].expand(4, 3001)):

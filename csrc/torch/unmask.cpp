@@ -85,15 +85,17 @@ std::string sequence_name(const at::Tensor& x, int64_t sequence) {
 
 }  // namespace
 
-void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab) {
+void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab, bool x_changed) {
   if (encoded == kNoError) return;
   const int64_t pos = encoded >> 2, length = x.size(-1);
   const std::string sequence = sequence_name(x, pos / length);
-  // an error's path only, so reading the token back (a device sync on CUDA) costs nothing otherwise;
-  // on CUDA it reads x as it is when the error is raised, maybe some calls later
-  TORCH_CHECK_VALUE((encoded & 3) != kTokenOutOfRange, "predict_masked: x holds token ",
-                    x.reshape(-1)[pos].item<int64_t>(), " at position ", pos % length, " of ", sequence,
-                    ", outside the vocabulary [0, ", vocab, ") of the logits");
+  if ((encoded & 3) == kTokenOutOfRange) {
+    // an error's path only, so reading the token back (a device sync on CUDA) costs nothing otherwise
+    const std::string token =
+        x_changed ? "held a token" : c10::str("holds token ", x.reshape(-1)[pos].item<int64_t>());
+    TORCH_CHECK_VALUE(false, "predict_masked: x ", token, " at position ", pos % length, " of ", sequence,
+                      ", outside the vocabulary [0, ", vocab, ") of the logits");
+  }
   const char* why = (encoded & 3) == kNonFinite ? "has NaN or +inf logits (or overflows float32 after division by the temperature)"
                                                 : "has only -inf logits besides the mask token, so nothing can be proposed";
   TORCH_CHECK_VALUE(false, "predict_masked: masked position ", pos % length, " of ", sequence, " ", why);

@@ -18,7 +18,9 @@ struct PredictCall {
 PredictCall prepare_predict(const at::Tensor& logits, const at::Tensor& x, int64_t mask_id, double temperature,
                             int64_t top_k, double top_p, const std::string& confidence, int64_t logits_shift,
                             const std::string& confidence_from);
-void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab);
+// x_changed: x was updated in place since the call (a CUDA call's error raised later), so the bad
+// token it held is no longer read back for the message.
+void raise_predict_error(int64_t encoded, const at::Tensor& x, int64_t vocab, bool x_changed = false);
 
 struct CommitCall {
   at::Tensor x0, conf, num_tokens, prob, window, committed;

@@ -30,7 +30,9 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   predict_masked_cuda(call.params, at::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   check_later(copy_to_host_later(first_error),
-              [x, vocab = call.params.vocab](int64_t encoded) { raise_predict_error(encoded, x, vocab); });
+              [x, vocab = call.params.vocab, version = x._version()](int64_t encoded) {
+                raise_predict_error(encoded, x, vocab, x._version() != version);
+              });
   return {call.x0, call.conf};
 }
 

@@ -226,13 +226,14 @@ MUTANTS = [
     ("csrc/torch/attention.cpp", "!q_len && !kv_len && heads > 0", "!q_len && heads > 0", "attention_never_reads_keys"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
-    # kept after an error
+    # kept after an error; a token read back from an x updated since
     (DEFERRED, "  raise_taken(/*wait=*/false, UINT64_MAX, id);\n", "", "read_back_like"),
     (DEFERRED, "  if (p.id == own_id) return p.raise(p.word->value());\n", "", "read_back_like"),
     ("csrc/torch/unmask_cuda.cpp", "  raise_arrived_errors();  // a sampler's step calls predict_masked, then this\n", "",
      "later_call"),
     (DEFERRED, "(wait ? word->wait() : word->arrived())", "word->arrived()", "later_call"),
     (DEFERRED, "      q.pending.clear();\n", "", "later_call"),
+    ("csrc/torch/unmask_cuda.cpp", "x._version() != version);", "false);", "bad_token_raised_later"),
 ]
 
 
