@@ -69,9 +69,10 @@ def main() -> None:
         # the peer gets the counts as a tensor, as LLaDA's get_num_transfer_tokens makes them: one host sync a row
         impls = [*dllm_rows(lambda: dllm_step(logits, x, k, t), device), ("LLaDA eager", lambda: llada_step(logits, x, k, t))]
         if device.startswith("cuda"):
-            # The same step replayed from a CUDA graph: no host work between the kernels, so its
-            # gap to dllm's row is what the host costs an eager step (whose error checks no longer
-            # wait for the GPU: dllm.ops.raise_pending_errors).
+            # The same step replayed from a CUDA graph: no host work between the kernels. The
+            # eager step no longer waits for its error checks (dllm.ops.raise_pending_errors), so
+            # it is queued while the clock's L2 flush runs: its gap to this row is the host work
+            # that the flush does not hide.
             graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
             impls.append(("dllm, CUDA graph", with_l2_prefetch(lambda: graphed(x.clone()), False)))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)

@@ -37,6 +37,11 @@ struct Scratch {
 };
 
 // One row by the whole block. Every early return is taken by all threads together.
+template <DType D>
+__device__ RowView<D> logits_row(const CategoricalParams& p, int64_t r) {
+  return RowView<D>(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
+}
+
 // group_lw holds 2 x groups floats: the groups' tempered sums (turned into log-masses in place),
 // then their raw maxima.
 template <DType D>
@@ -51,7 +56,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   if (!(temperature >= 0.0f) || temperature == kInf) return write_row(p, r, -1, kNaN, kBadTemperature);
   const bool greedy = temperature == 0.0f;
   const float scale = greedy ? 1.0f : inverse_temperature(temperature);
-  const RowView<D> view(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
+  const RowView<D> view = logits_row<D>(p, r);
 
   // Pass 1, one warp per group: its raw max and sum of exp((v - max) * scale) (the row's max is
   // not known yet), and the argmax when greedy. A NaN or +inf makes its group's sum NaN, which is
@@ -74,9 +79,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   }
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
-    if (later < p.rows)
-      prefetch_first_group(RowView<D>(static_cast<const char*>(p.logits) + later * p.row_stride * RowView<D>::kElemBytes),
-                            groups, vocab);
+    if (later < p.rows) prefetch_first_group(logits_row<D>(p, later), groups, vocab);
   }
   // Also the barrier that publishes group_lw and group_max.
   if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);

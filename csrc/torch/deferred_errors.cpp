@@ -45,21 +45,9 @@ Take take_oldest(bool wait, uint64_t last_id, Pending& out) {
   return Take::kTaken;
 }
 
-// Raises the taken entry's error, if it holds one; an error of an earlier call says so.
-void raise(const Pending& p, uint64_t own_id) {
-  if (p.id == own_id) return p.raise(p.word->value());
-  try {
-    p.raise(p.word->value());
-  } catch (c10::Error& e) {
-    e.add_context(
-        "found on the GPU after that earlier call returned: dllm's CUDA ops do not wait for their checks, "
-        "a later call raises what they found, and dllm.ops.raise_pending_errors() waits for them");
-    throw;
-  }
-}
-
-// The first error raised drops the entries still queued: later calls on the same bad values
-// would only repeat it, and raise it again in the caller's next, unrelated call.
+// Raises the taken entries' first error, saying so when it is an earlier call's (not own_id's).
+// It drops the entries still queued: later calls on the same bad values would only repeat it, and
+// raise it again in the caller's next, unrelated call.
 void raise_taken(bool wait, uint64_t last_id, uint64_t own_id) {
   for (;;) {
     Pending p;
@@ -67,8 +55,12 @@ void raise_taken(bool wait, uint64_t last_id, uint64_t own_id) {
     if (t == Take::kNone) return;
     if (t != Take::kTaken) continue;
     try {
-      raise(p, own_id);
-    } catch (...) {
+      p.raise(p.word->value());
+    } catch (c10::Error& e) {
+      if (p.id != own_id)
+        e.add_context(
+            "found on the GPU after that earlier call returned: dllm's CUDA ops do not wait for their checks, "
+            "a later call raises what they found, and dllm.ops.raise_pending_errors() waits for them");
       Queue& q = queue();
       const std::lock_guard<std::mutex> lock(q.mutex);
       q.pending.clear();
