@@ -12,6 +12,8 @@ SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built f
 sets of dllm kernels run: "dllm" (wgmma, the default there), "dllm lock-step" (wgmma with its two
 warpgroups in lock step, DLLM_ATTENTION_PINGPONG=0, instead of half a tile apart) and "dllm
 mma.sync" (DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
+Forward + backward at D = 64 also runs "dllm atomic dQ" (DLLM_ATTENTION_DQ=atomic: dQ added by the
+dK/dV kernel with float32 atomics, no dQ kernel).
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -74,16 +76,19 @@ def main() -> None:
             def run(fn):
                 return timed_call(fn, (q, k, v), args.backward)
 
-            def dllm_call(kernel, pingpong="1"):
+            def dllm_call(kernel, pingpong="1", dq="separate"):
                 def call():
                     # read by the op at every call, the backward's included
-                    os.environ["DLLM_ATTENTION_KERNEL"], os.environ["DLLM_ATTENTION_PINGPONG"] = kernel, pingpong
+                    os.environ.update(DLLM_ATTENTION_KERNEL=kernel, DLLM_ATTENTION_PINGPONG=pingpong,
+                                      DLLM_ATTENTION_DQ=dq)
                     return dllm.ops.attention(q, k, v, kv_len=lens)
                 return call
 
             candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
                 candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
+                if args.backward and D == 64:
+                    candidates["dllm atomic dQ"] = run(dllm_call("wgmma", dq="atomic"))
                 candidates["dllm mma.sync"] = run(dllm_call("mma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             for name, backend in (BACKENDS if cuda else {"SDPA (CPU)": None}).items():
@@ -98,8 +103,8 @@ def main() -> None:
             # a backend may refuse the inputs (flash with a mask): RuntimeError
             measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0,
                                        refused_by=(RuntimeError,), **reps)
-            os.environ.pop("DLLM_ATTENTION_KERNEL")
-            os.environ.pop("DLLM_ATTENTION_PINGPONG")
+            for name in ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ"):
+                os.environ.pop(name)
             unit, scale = ("TFLOP/s", 1.0) if cuda else ("GFLOP/s", 1e3)
             for r in measured:
                 if r.median_ms == r.median_ms:  # timed

@@ -19,17 +19,19 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 cuda_only = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 
 
-@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step"])
+@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step", "wgmma atomic-dq"])
 def attention_kernel(request, monkeypatch):
     """The CUDA kernels (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma where they run, its
-    two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0)."""
-    kernel, _, lock_step = request.param.partition(" ")
+    two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0), or
+    with dQ added by the dK/dV kernel at head dimension 64 (DLLM_ATTENTION_DQ=atomic)."""
+    kernel, _, variant = request.param.partition(" ")
     if kernel == "wgmma" and not (
         dllm.build_info()["wgmma"] and torch.cuda.get_device_capability() == (9, 0)
     ):
         pytest.skip("the wgmma kernel needs a build for 9.0 and a compute capability 9.0 GPU")
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
-    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if lock_step else "1")
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if variant == "lock-step" else "1")
+    monkeypatch.setenv("DLLM_ATTENTION_DQ", "atomic" if variant == "atomic-dq" else "separate")
     return request.param
 
 
@@ -351,12 +353,16 @@ def test_cuda_kernel_lse_and_determinism(attention_kernel, D):
     torch.testing.assert_close(got[0].double(), ref_lse[0], atol=1e-3, rtol=0)
     torch.testing.assert_close(got[1, :, :99].double(), ref_lse[1, :, :99], atol=1e-3, rtol=0)
     assert (got[1, :, 99:] == float("-inf")).all()
-    # no atomics: the backward gives identical bits on every run
+    # no atomics: the backward gives identical bits on every run; with atomic dQ (D = 64) dQ's float32
+    # sums take their terms in any order, which may move a rounded element by an ulp
     go = torch.randn_like(out)
     args = (go, qd, kd, vd, out, lse, kv_len, q_len, None, None, 0, 0, 0.3)
     first = torch.ops.dllm.attention_backward(*args)
-    for a, b in zip(first, torch.ops.dllm.attention_backward(*args)):
-        assert torch.equal(a, b)
+    for i, (a, b) in enumerate(zip(first, torch.ops.dllm.attention_backward(*args))):
+        if i == 0 and attention_kernel == "wgmma atomic-dq" and D == 64:
+            torch.testing.assert_close(a, b, rtol=2**-7, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
 
 
 @cuda_only
@@ -450,6 +456,18 @@ def test_cuda_kernel_never_synchronises(attention_kernel):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
+    # the backward too (atomic dQ allocates and zero-fills its float32 sums inside the capture)
+    out, lse = torch.ops.dllm.attention_forward(q, k, v, kv_len, None, None, None, 0, 0, 0.125)
+    args = (torch.randn_like(out), q, k, v, out, lse, kv_len, None, None, None, 0, 0, 0.125)
+    eager = torch.ops.dllm.attention_backward(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = torch.ops.dllm.attention_backward(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    atomic = attention_kernel == "wgmma atomic-dq"  # dQ's float32 sums in any order (see above)
+    for a, b in zip(captured, eager):
+        torch.testing.assert_close(a, b, rtol=2**-7 if atomic else 0, atol=1e-6 if atomic else 0)
 
 
 def test_varlen_with_tight_unequal_max_seqlens_equals_padded():

@@ -776,13 +776,15 @@ class EmulatedAttention(torch.autograd.Function):
         return *grads, None, None, None, None, None, None, None
 
 
-@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step"])
+@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step", "wgmma atomic-dq"])
 def attention_kernel(request, emulator, monkeypatch):
     """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma with
-    its two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0)."""
-    kernel, _, lock_step = request.param.partition(" ")
+    its two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0),
+    or with dQ added by the dK/dV kernel at head dimension 64 (DLLM_ATTENTION_DQ=atomic)."""
+    kernel, _, variant = request.param.partition(" ")
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
-    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if lock_step else "1")
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if variant == "lock-step" else "1")
+    monkeypatch.setenv("DLLM_ATTENTION_DQ", "atomic" if variant == "atomic-dq" else "separate")
     return request.param
 
 
@@ -958,6 +960,24 @@ def test_attention_decoding_step_is_schedule_independent(schedule):
     assert torch.equal(out, out0) and torch.equal(lse, lse0)
 
 
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dq", ["separate", "atomic"])
+def test_attention_atomic_dq_adds_dq_inside_the_dkdv_kernel(emulator, monkeypatch, D, dq):
+    """DLLM_ATTENTION_DQ=atomic takes its own path (float2 atomics from the dK/dV kernel) at head
+    dimension 64 only; at 128, and by default, the dQ kernel runs. Either way dQ is the same
+    function of the inputs, so the float64 tests alone could not tell the paths apart."""
+    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", "wgmma")
+    monkeypatch.setenv("DLLM_ATTENTION_DQ", dq)
+    q, k, v = attention_inputs(2, 70, 130, 2, 1, D, torch.bfloat16)
+    kv_len = torch.tensor([130, 66], dtype=torch.int32)
+    out = EmulatedAttention.apply(q, k, v, kv_len, None, None, None, 70, 130, 0.125)
+    before = emulator.vector_atomics()
+    torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    # 2 CTAs of 128 keys, then 1; each warpgroup adds 70 rows x 32 pairs a query tile, for each head
+    expected = 2 * (2 + 1) * 2 * 70 * 32 if dq == "atomic" and D == 64 else 0
+    assert emulator.vector_atomics() - before == expected
+
+
 def test_attention_varlen_equals_padded(emulator, attention_kernel):
     lengths = [5, 70, 1]
     q, k, v = attention_inputs(3, 70, 70, 2, 2, 64, torch.bfloat16)
@@ -1080,6 +1100,11 @@ def test_attention_kernel_choice_is_checked(emulator, monkeypatch):
     monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "yes")
     with pytest.raises(RuntimeError, match='DLLM_ATTENTION_PINGPONG must be "0" or "1", got "yes"'):
         EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
+    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "1")
+    out, lse = EMU.attention_forward(q, q, q, None, None, None, None, 8, 8, 0.1)
+    monkeypatch.setenv("DLLM_ATTENTION_DQ", "fused")
+    with pytest.raises(RuntimeError, match='DLLM_ATTENTION_DQ must be "separate" or "atomic", got "fused"'):
+        EMU.attention_backward(out, q, q, q, out, lse, None, None, None, None, 8, 8, 0.1)
 
 
 def test_rows_past_2_gib(emulator):

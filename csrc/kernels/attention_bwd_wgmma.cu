@@ -1,6 +1,7 @@
 // CUDA attention backward for Hopper (sm_90a): the dQ and dK/dV kernels of attention_bwd.cu with
 // their products on wgmma (delta = rowsum(dO * O) is attention_bwd.cu's kernel). Deterministic,
-// no atomics: P and dP are recomputed in both kernels, as there.
+// no atomics: P and dP are recomputed in both kernels, as there. At D = 64 the dK/dV kernel can
+// instead add dQ itself, with float32 atomics (AtomicDq, add_dq_atomically), and no dQ kernel runs.
 //
 //   dQ:    one CTA per (128-query tile, head, sequence), two warpgroups of 64 queries. Q and dO
 //          stay in shared memory as the A operands of S = Q K^T and dP = dO V^T; the K/V tiles
@@ -31,6 +32,7 @@
 // the dK/dV kernel never stores the rows of those keys.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention_mma.cuh"
@@ -65,9 +67,12 @@ constexpr int dq_smem_bytes() {
   return (2 * kRowsPerCta + (kDqKBuffers + 2) * kDqKeys) * Dim * 2 + wg::kSwizzleAtomBytes;  // Q, dO, K[3], V[2]
 }
 
-template <int Dim>
+// With AtomicDq each warpgroup also keeps its dS, transposed, as a [queries][64 keys] panel tile.
+template <int Dim, bool AtomicDq>
 constexpr int dkdv_smem_bytes() {
-  return (2 * kRowsPerCta + 2 * kQueryBuffers * dkdv_queries<Dim>()) * Dim * 2 + wg::kSwizzleAtomBytes;  // K, V, Q[3], dO[3]
+  constexpr int ds_rows = AtomicDq ? 2 * dkdv_queries<Dim>() : 0;
+  return (2 * kRowsPerCta + 2 * kQueryBuffers * dkdv_queries<Dim>()) * Dim * 2 + ds_rows * 64 * 2 +
+         wg::kSwizzleAtomBytes;  // K, V, Q[3], dO[3], dS[2]
 }
 
 // c1 = A1 B1^T and c2 = A2 B2^T for one warpgroup, A from its 64 rows of the [kRowsPerCta][Dim]
@@ -193,9 +198,58 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   store_rows<DT, Dim>(gdq, p.q_token_stride, dq, warp * 16, qn - m0, p.scale, p.scale, lane);
 }
 
-template <DType DT, int Dim>
+// dq_accum[token][head][d] += dS K over this warpgroup's 64 keys (row0..) for the query tile
+// `rows` of head h starting at query r: dS^T (the A fragments ds, rows = keys) is stored
+// transposed into the warpgroup's own panel tile sds (keys past the sequence's end as 0: their
+// zero-filled K row would turn an inf dS into NaN), which then is the K-major A operand of a
+// 64 x 64 x 64 product with K read MN-major. Each warpgroup syncs alone, so the other may be half
+// a tile away (ping-pong); its tile is reused only a whole tile later, after this product retired.
+template <DType DT, int Queries, typename T>
+__device__ __forceinline__ void add_dq_atomically(float* dq_accum, const AttentionParams& p,
+                                                  const uint32_t (&ds)[Queries / 16][4], T* sds, const T* sK,
+                                                  int row0, int key0, int kn, int64_t token0, int rows, int h, int lane) {
+  static_assert(Queries == 64, "dQ's product has the tile's queries as its 64 rows");
+  const int w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int key = 16 * w + g + 8 * (e & 1);
+    const bool real = key0 + row0 + key < kn;
+#pragma unroll
+    for (int kk = 0; kk < Queries / 16; ++kk) {
+      const uint32_t pair = real ? ds[kk][e] : 0u;
+      const int query = 16 * kk + 8 * (e >> 1) + 2 * t;
+      wg::store_operand_bits(sds + wg::panel_offset<Queries>(query, key >> 3) + (key & 7), uint16_t(pair));
+      wg::store_operand_bits(sds + wg::panel_offset<Queries>(query + 1, key >> 3) + (key & 7), uint16_t(pair >> 16));
+    }
+  }
+  wg::fence_proxy_async();
+  wg::warpgroup_sync();
+  float dq[8][4];
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+    wg::mma_async<DT, 64, true>(wg::columns<64>(dq, 0), wg::k_major<Queries>(sds, 0, ks),
+                                wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, 0), ks > 0);
+  wg::commit_group();
+  wg::wait_group<0>();
+  wg::fence_accumulators(dq);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int row = 16 * w + g + 8 * half;
+    if (row >= rows) continue;
+    float* out = dq_accum + ((token0 + row) * p.heads + h) * 64 + 2 * t;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+      atomicAdd(reinterpret_cast<float2*>(out + 8 * nb), make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]));
+  }
+}
+
+// AtomicDq (D = 64 only): dQ is summed here too, into the float32 dq_accum, and no dQ kernel runs.
+template <DType DT, int Dim, bool AtomicDq>
 __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const AttentionGradParams g,
-                                                                        const float* delta, bool stagger) {
+                                                                        const float* delta, bool stagger,
+                                                                        float* dq_accum) {
+  static_assert(!AtomicDq || Dim == 64);
   using T = typename Elem<DT>::T;
   constexpr int kQueries = dkdv_queries<Dim>();
   constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8, kQuerySteps = kQueries / 16;
@@ -205,6 +259,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   T* sV = sK + kRowsPerCta * Dim;
   T* sQ = sV + kRowsPerCta * Dim;  // kQueryBuffers of kQueries * Dim
   T* sdO = sQ + kQueryBuffers * kQueries * Dim;
+  T* sdS = sdO + kQueryBuffers * kQueries * Dim + (threadIdx.x >> 7) * kQueries * 64;  // this warpgroup's
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
@@ -218,8 +273,16 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
   // Query tile `it` of the walk over (head of the group, tile): its first row in q and dO.
   const int q_tiles = (qn + kQueries - 1) / kQueries, steps = group * q_tiles;
-  auto head_of = [&](int it) { return hk * group + it / q_tiles; };
-  auto row_of = [&](int it) { return (it % q_tiles) * kQueries; };
+  // With AtomicDq the CTA of key tile x starts its walk at tile x (mod steps): the CTAs of one
+  // sequence and head, which run side by side, then add into different rows of dQ at any moment
+  // instead of all contending for the same.
+  const int first = AtomicDq ? int(blockIdx.x) % steps : 0;
+  auto walked = [&](int it) {
+    if constexpr (!AtomicDq) return it;
+    return it + first < steps ? it + first : it + first - steps;
+  };
+  auto head_of = [&](int it) { return hk * group + walked(it) / q_tiles; };
+  auto row_of = [&](int it) { return (walked(it) % q_tiles) * kQueries; };
   auto q_tile = [&](int it) { return sQ + (it % kQueryBuffers) * kQueries * Dim; };
   auto do_tile = [&](int it) { return sdO + (it % kQueryBuffers) * kQueries * Dim; };
   auto load_queries = [&](int it) {
@@ -256,14 +319,17 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     column_stats(col_lse, col_delta, p, delta, head_of(it), q0, row_of(it), qn, lane);
     issue_paired_products<DT, Dim, kQueries>(s, dp, sK, sV, q_tile(it), do_tile(it), row0);
   };
-  // From the retired S^T, dP^T: P^T and dS^T rounded into p_next, ds_next.
-  auto scores_to_fragments = [&] {
+  // From the retired S^T, dP^T of tile it: P^T and dS^T rounded into p_next, ds_next.
+  auto scores_to_fragments = [&](int it) {
     wg::fence_accumulators(s);
     wg::fence_accumulators(dp);
     scores_to_probs_t(s, scale_log2, col_lse);
     wg::to_fragments<DT, kQueries>(p_next, s);
     probs_to_ds_t(s, dp, col_delta);
     wg::to_fragments<DT, kQueries>(ds_next, s);
+    if constexpr (AtomicDq)
+      add_dq_atomically<DT, kQueries>(dq_accum, p, ds_next, sdS, sK, row0, n0, kn, q0 + row_of(it),
+                                      qn - row_of(it), int(head_of(it)), lane);
   };
   // After the wait that retired tile it - 2's products: tile it - 1's P^T, dS^T become operands.
   auto next_fragments = [&] {
@@ -286,7 +352,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   load_ahead(0);
   wg::wait_group<0>();
   if (lags) wg::arrive();
-  scores_to_fragments();
+  scores_to_fragments(0);
 
   for (int it = 1; it < steps; ++it) {
     // query tile it has landed, and every warpgroup is done with tile it - 1's products
@@ -298,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     wg::wait_group<0>();  // all four, before any other instruction (see the note above)
     load_ahead(it);
     if (lags) wg::arrive();
-    scores_to_fragments();
+    scores_to_fragments(it);
   }
 
   // The last tile's products.
@@ -318,28 +384,61 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   store_rows<DT, Dim>(gdv, p.k_token_stride, dv, warp * 16, kn - n0, 1.0f, 1.0f, lane);
 }
 
-template <DType DT, int Dim>
-void launch_backward(const AttentionGradParams& g, const float* delta, bool stagger, cudaStream_t stream) {
+// dq = scale * dq_accum rounded to T, both [q_tokens, heads, 64] (every element: rows without work
+// hold 0 in dq_accum), four elements a thread.
+template <DType DT>
+__global__ void __launch_bounds__(256) dq_from_accum_kernel(const float4* dq_accum, typename Elem<DT>::T* dq,
+                                                            int64_t quads, float scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < quads; i += int64_t(gridDim.x) * blockDim.x) {
+    const float4 a = dq_accum[i];
+    uint2 packed;
+    packed.x = Elem<DT>::pack(a.x * scale, a.y * scale);
+    packed.y = Elem<DT>::pack(a.z * scale, a.w * scale);
+    reinterpret_cast<uint2*>(dq)[i] = packed;
+  }
+}
+
+template <DType DT, int Dim, bool AtomicDq>
+void launch_dkdv(const AttentionGradParams& g, const float* delta, bool stagger, float* dq_accum, cudaStream_t stream) {
   const AttentionParams& p = g.fwd;
-  constexpr int dq_smem = dq_smem_bytes<Dim>(), dkdv_smem = dkdv_smem_bytes<Dim>();
-  allow_dynamic_smem<attention_dq_wgmma_kernel<DT, Dim>>(dq_smem);
-  allow_dynamic_smem<attention_dkdv_wgmma_kernel<DT, Dim>>(dkdv_smem);
-  const unsigned q_blocks = unsigned((p.max_q + kRowsPerCta - 1) / kRowsPerCta);
+  constexpr int smem = dkdv_smem_bytes<Dim, AtomicDq>();
+  allow_dynamic_smem<attention_dkdv_wgmma_kernel<DT, Dim, AtomicDq>>(smem);
   const unsigned k_blocks = unsigned((p.max_k + kRowsPerCta - 1) / kRowsPerCta);
+  attention_dkdv_wgmma_kernel<DT, Dim, AtomicDq>
+      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, smem, stream>>>(g, delta, stagger, dq_accum);
+}
+
+template <DType DT, int Dim>
+void launch_backward(const AttentionGradParams& g, const float* delta, bool stagger, float* dq_accum,
+                     cudaStream_t stream) {
+  const AttentionParams& p = g.fwd;
+  if constexpr (Dim == 64) {
+    if (dq_accum != nullptr) {
+      launch_dkdv<DT, Dim, true>(g, delta, stagger, dq_accum, stream);
+      const int64_t quads = p.q_tokens * p.heads * Dim / 4;
+      const unsigned blocks = unsigned(std::min<int64_t>((quads + 255) / 256, 4096));
+      dq_from_accum_kernel<DT><<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_accum),
+                                                           static_cast<typename Elem<DT>::T*>(g.dq), quads, p.scale);
+      return;
+    }
+  }
+  constexpr int dq_smem = dq_smem_bytes<Dim>();
+  allow_dynamic_smem<attention_dq_wgmma_kernel<DT, Dim>>(dq_smem);
+  const unsigned q_blocks = unsigned((p.max_q + kRowsPerCta - 1) / kRowsPerCta);
   attention_dq_wgmma_kernel<DT, Dim>
       <<<dim3(q_blocks, unsigned(p.heads), unsigned(p.batch)), kThreads, dq_smem, stream>>>(g, delta, stagger);
-  attention_dkdv_wgmma_kernel<DT, Dim>
-      <<<dim3(k_blocks, unsigned(p.kv_heads), unsigned(p.batch)), kThreads, dkdv_smem, stream>>>(g, delta, stagger);
+  launch_dkdv<DT, Dim, false>(g, delta, stagger, nullptr, stream);
 }
 
 }  // namespace
 
-void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, void* stream) {
+void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, float* dq_accum,
+                                   void* stream) {
   const AttentionParams& p = g.fwd;
   if (attn::nothing_to_launch(p)) return;
   auto s = static_cast<cudaStream_t>(stream);
   attention_delta_cuda(g, delta, s);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, stagger, s); });
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, stagger, dq_accum, s); });
 }
 
 }  // namespace dllm

@@ -260,6 +260,30 @@ __device__ __forceinline__ void arrive() {
   __syncthreads();
 }
 
+// Every thread of this thread's warpgroup (of the two of a CTA) is here: a named barrier of its
+// 128 threads (ids 1 and 2; __syncthreads is 0), while the other warpgroup runs on.
+__device__ __forceinline__ void warpgroup_sync() {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::sync_warpgroup();
+#else
+  // immediate ids: a register id makes ptxas reserve all 16 barriers
+  if (threadIdx.x < 128)
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+#endif
+}
+
+// A plain shared-memory store of 16 bits that a wgmma of this warpgroup will read as an operand:
+// it reaches the async proxy through this thread's next fence_proxy_async (the CUDA emulator
+// models exactly that, as for cp.async).
+__device__ __forceinline__ void store_operand_bits(void* smem, uint16_t bits) {
+  *static_cast<uint16_t*>(smem) = bits;
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::generic_shared_store(smem, 2);
+#endif
+}
+
 // The A fragments of the next issued product take the registers computed a tile earlier (a copy
 // that the compiler renames away).
 template <int Steps>

@@ -54,6 +54,18 @@ bool pingpong() {
   return false;
 }
 
+// DLLM_ATTENTION_DQ=atomic: the wgmma backward at head dimension 64 adds dQ inside its dK/dV kernel
+// (float32 atomics, FlashAttention-2's and -3's way; summation order, so dQ's last bits, vary
+// from run to run) instead of recomputing the scores in a dQ kernel of its own ("separate", the
+// default until the two are measured against each other).
+bool atomic_dq() {
+  const char* choice = std::getenv("DLLM_ATTENTION_DQ");
+  if (choice == nullptr || *choice == '\0' || std::strcmp(choice, "separate") == 0) return false;
+  TORCH_CHECK(std::strcmp(choice, "atomic") == 0, "DLLM_ATTENTION_DQ must be \"separate\" or \"atomic\", got \"",
+              choice, "\"");
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                               const std::optional<at::Tensor>& kv_len,
                                                               const std::optional<at::Tensor>& q_len,
@@ -98,7 +110,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
-    attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), pingpong(), stream());
+    at::Tensor dq_accum;
+    if (atomic_dq() && g.fwd.head_dim == 64) dq_accum = at::zeros(call.dq.sizes(), q.options().dtype(at::kFloat));
+    attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), pingpong(),
+                                  dq_accum.defined() ? dq_accum.data_ptr<float>() : nullptr, stream());
 #endif
   } else {
     attention_backward_cuda(g, delta.data_ptr<float>(), stream());

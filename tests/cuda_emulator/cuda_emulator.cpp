@@ -532,6 +532,23 @@ void prefetch_l2(const void* p, uint32_t bytes) {
   check_readable("L2 prefetch", p, bytes);
 }
 
+}  // namespace cuemu
+
+float2 atomicAdd(float2* p, float2 v) {
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) cuemu::fail("misaligned address in a float2 atomicAdd");
+  ++cuemu::settings().vector_atomics;
+  const float2 old = *p;
+  p->x += v.x, p->y += v.y;
+  return old;
+}
+
+namespace cuemu {
+
+void generic_shared_store(void* p, size_t bytes) {
+  if (!in_shared(p, bytes)) fail("generic_shared_store outside the block's shared memory");
+  if (async_view_of(p) != nullptr) st.current->unfenced.emplace_back(static_cast<unsigned char*>(p), bytes);
+}
+
 void fence_proxy_async() {
   Fiber& f = *st.current;
   for (const auto& [generic, bytes] : f.unfenced) std::memcpy(async_view_of(generic), generic, bytes);
@@ -597,6 +614,13 @@ uint32_t shared_window_address(const void* p) {
   if (c < st.smem || c > st.smem + st.smem_bytes)
     fail("shared-window address of a pointer outside dynamic shared memory");
   return kWindowBase + uint32_t(c - st.smem);
+}
+
+void sync_warpgroup() {
+  const int group = st.current->linear / kWarpgroupThreads;
+  if (st.warpgroup_size[group] != kWarpgroupThreads || st.warpgroup_live[group] != kWarpgroupThreads)
+    fail("warpgroup barrier in a warpgroup with exited or missing threads");
+  arrive(st.warpgroup_barriers[group], 0, "warpgroup");
 }
 
 namespace {

@@ -58,6 +58,11 @@ void run_grid(const void* kernel, dim3 grid, dim3 block, size_t dynamic_smem, vo
 void* dynamic_shared();
 void shared_region(void* p, size_t bytes);
 int sync_block(int predicate, bool reduce_or);
+// bar.sync of the calling thread's warpgroup (128 threads) alone.
+void sync_warpgroup();
+// A plain store of `bytes` at p into dynamic shared memory: wgmma's operand reads see it only
+// after the storing thread's fence.proxy.async, as they see cp.async copies.
+void generic_shared_store(void* p, size_t bytes);
 // Publishes `bytes` of this lane's data and copies all 32 lanes' data into `all` (lane-major).
 void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
 [[noreturn]] void fail(const char* what);
@@ -131,7 +136,7 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 // a wrong result. Shared operands are read through the descriptor's address bits, 128-byte
 // swizzle included, from the async proxy's view of shared memory, which cp.async writes reach
 // only through a fence.proxy.async of the writing thread, or at once when copies land at issue
-// (plain stores are not modelled there: dllm's wgmma operands all arrive by cp.async).
+// (plain stores reach it only when the kernel reports them with generic_shared_store).
 // m64nNk16 with d the thread's N / 2 accumulators and A either this thread's fragment `a` or,
 // when a is null, the K-major shared operand of `a_descriptor`.
 void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
@@ -184,6 +189,9 @@ T atomicAdd(T* p, T v) {
   *p = old + v;
   return old;
 }
+// sm_90's float2 atomicAdd (8-byte aligned, as the hardware requires), counted in settings().
+float2 atomicAdd(float2* p, float2 v);
+inline float2 make_float2(float x, float y) { return {x, y}; }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
   const unsigned long long old = *p;
   if (v < old) *p = v;

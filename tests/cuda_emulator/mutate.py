@@ -92,6 +92,16 @@ MUTANTS = [
     (WG_BWD, "constexpr int kDqKBuffers = 3;", "constexpr int kDqKBuffers = 2;", "attention and wgmma"),
     (WG_BWD, "constexpr int kQueryBuffers = 3;", "constexpr int kQueryBuffers = 2;", "attention and wgmma"),
     (WG_BWD, "    load_ahead(j);\n    if (lags) wg::arrive();\n", "    load_ahead(j);\n", "attention and wgmma"),
+    # atomic dQ: dS stored without the fence that shows it to wgmma, or without the warpgroup's
+    # barrier; the keys past the end not zeroed (inf dS times their zero K row); the second
+    # warpgroup multiplying by the first one's K rows; the walk's start rotated past its end;
+    # dQ left unscaled
+    (WG_BWD, "  wg::fence_proxy_async();\n  wg::warpgroup_sync();\n", "  wg::warpgroup_sync();\n", "atomic"),
+    (WG_BWD, "  wg::fence_proxy_async();\n  wg::warpgroup_sync();\n", "  wg::fence_proxy_async();\n", "atomic"),
+    (WG_BWD, "const uint32_t pair = real ? ds[kk][e] : 0u;", "const uint32_t pair = ds[kk][e];", "atomic"),
+    (WG_BWD, "wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, 0)", "wg::mn_major<kRowsPerCta>(sK, ks, 0)", "atomic"),
+    (WG_BWD, "it + first < steps ? it + first : it + first - steps", "it + first", "atomic"),
+    (WG_BWD, "Elem<DT>::pack(a.x * scale, a.y * scale)", "Elem<DT>::pack(a.x, a.y * scale)", "atomic"),
     # the conditional rescaling: a stale maximum kept however far a tile's exceeds it (float16 P
     # overflows); the wgmma forward rescaling O by a stale correction
     (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),
