@@ -107,6 +107,10 @@ struct Fiber {
   // Landed cp.async copies into dynamic shared memory that no fence.proxy.async of this thread
   // has yet made visible to the async proxy (wgmma's operand reads).
   std::vector<std::pair<unsigned char*, size_t>> unfenced;
+  // Plain stores that wgmma will read (generic_shared_store), and those a fence.proxy.async of
+  // this thread has ordered: the latter reach the async proxy when the thread next passes a
+  // barrier of its block or warpgroup, since the other threads' wgmma reads them only after one.
+  std::vector<std::pair<unsigned char*, size_t>> stored, fenced_stores;
   // wgmma issued since the last commit, and the committed groups not yet retired by a wait.
   std::vector<PendingWgmma> wgmma_open;
   std::vector<std::vector<PendingWgmma>> wgmma_groups;
@@ -463,8 +467,17 @@ void shared_region(void* p, size_t bytes) {
                        "(a launch the GPU refuses without cudaFuncSetAttribute)");
 }
 
+namespace {
+void publish_fenced_stores() {
+  Fiber& f = *st.current;
+  for (const auto& [generic, bytes] : f.fenced_stores) std::memcpy(async_view_of(generic), generic, bytes);
+  f.fenced_stores.clear();
+}
+}  // namespace
+
 int sync_block(int predicate, bool reduce_or) {
   const int any = arrive(st.block_barrier, predicate, "block");
+  publish_fenced_stores();
   return reduce_or ? any : 0;
 }
 
@@ -546,13 +559,15 @@ namespace cuemu {
 
 void generic_shared_store(void* p, size_t bytes) {
   if (!in_shared(p, bytes)) fail("generic_shared_store outside the block's shared memory");
-  if (async_view_of(p) != nullptr) st.current->unfenced.emplace_back(static_cast<unsigned char*>(p), bytes);
+  if (async_view_of(p) != nullptr) st.current->stored.emplace_back(static_cast<unsigned char*>(p), bytes);
 }
 
 void fence_proxy_async() {
   Fiber& f = *st.current;
   for (const auto& [generic, bytes] : f.unfenced) std::memcpy(async_view_of(generic), generic, bytes);
   f.unfenced.clear();
+  f.fenced_stores.insert(f.fenced_stores.end(), f.stored.begin(), f.stored.end());
+  f.stored.clear();
   for (PendingCopy& c : f.waited) c.fenced = true;
 }
 
@@ -621,6 +636,7 @@ void sync_warpgroup() {
   if (st.warpgroup_size[group] != kWarpgroupThreads || st.warpgroup_live[group] != kWarpgroupThreads)
     fail("warpgroup barrier in a warpgroup with exited or missing threads");
   arrive(st.warpgroup_barriers[group], 0, "warpgroup");
+  publish_fenced_stores();
 }
 
 namespace {

@@ -61,7 +61,8 @@ int sync_block(int predicate, bool reduce_or);
 // bar.sync of the calling thread's warpgroup (128 threads) alone.
 void sync_warpgroup();
 // A plain store of `bytes` at p into dynamic shared memory: wgmma's operand reads see it only
-// after the storing thread's fence.proxy.async, as they see cp.async copies.
+// after the storing thread's fence.proxy.async and then a barrier it passes (__syncthreads or
+// its warpgroup's), which the other threads' wgmma needs before reading it.
 void generic_shared_store(void* p, size_t bytes);
 // Publishes `bytes` of this lane's data and copies all 32 lanes' data into `all` (lane-major).
 void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
