@@ -12,8 +12,8 @@ SEDD-small (B16 H12 L1024 D64) and D = 128 at L >= 2048. On an H100/H200 built f
 sets of dllm kernels run: "dllm" (wgmma, the default there), "dllm lock-step" (wgmma with its two
 warpgroups in lock step, DLLM_ATTENTION_PINGPONG=0, instead of half a tile apart) and "dllm
 mma.sync" (DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
-Forward + backward at D = 64 also runs "dllm atomic dQ" (DLLM_ATTENTION_DQ=atomic: dQ added by the
-dK/dV kernel with float32 atomics, no dQ kernel).
+Forward + backward also runs "dllm atomic dQ" (DLLM_ATTENTION_DQ=atomic: dQ added by the dK/dV
+kernel with float32 atomics, no dQ kernel).
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -87,7 +87,7 @@ def main() -> None:
             candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
                 candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
-                if args.backward and D == 64:
+                if args.backward:
                     candidates["dllm atomic dQ"] = run(dllm_call("wgmma", dq="atomic"))
                 candidates["dllm mma.sync"] = run(dllm_call("mma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

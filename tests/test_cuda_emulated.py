@@ -780,7 +780,7 @@ class EmulatedAttention(torch.autograd.Function):
 def attention_kernel(request, emulator, monkeypatch):
     """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma with
     its two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0),
-    or with dQ added by the dK/dV kernel at head dimension 64 (DLLM_ATTENTION_DQ=atomic)."""
+    or with dQ added by the dK/dV kernel (DLLM_ATTENTION_DQ=atomic)."""
     kernel, _, variant = request.param.partition(" ")
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
     monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if variant == "lock-step" else "1")
@@ -963,19 +963,19 @@ def test_attention_decoding_step_is_schedule_independent(schedule):
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("dq", ["separate", "atomic"])
 def test_attention_atomic_dq_adds_dq_inside_the_dkdv_kernel(emulator, monkeypatch, D, dq):
-    """DLLM_ATTENTION_DQ=atomic takes its own path (float2 atomics from the dK/dV kernel) at head
-    dimension 64 only; at 128, and by default, the dQ kernel runs. Either way dQ is the same
-    function of the inputs, so the float64 tests alone could not tell the paths apart."""
+    """DLLM_ATTENTION_DQ=atomic takes its own path (float atomics from the dK/dV kernel); by
+    default the dQ kernel runs. Either way dQ is the same function of the inputs, so the float64
+    tests alone could not tell the paths apart."""
     monkeypatch.setenv("DLLM_ATTENTION_KERNEL", "wgmma")
     monkeypatch.setenv("DLLM_ATTENTION_DQ", dq)
     q, k, v = attention_inputs(2, 70, 130, 2, 1, D, torch.bfloat16)
     kv_len = torch.tensor([130, 66], dtype=torch.int32)
     out = EmulatedAttention.apply(q, k, v, kv_len, None, None, None, 70, 130, 0.125)
-    before = emulator.vector_atomics()
+    before = emulator.float_atomics()
     torch.autograd.grad(out.float().square().sum(), (q, k, v))
-    # 2 CTAs of 128 keys, then 1; each warpgroup adds 70 rows x 32 pairs a query tile, for each head
-    expected = 2 * (2 + 1) * 2 * 70 * 32 if dq == "atomic" and D == 64 else 0
-    assert emulator.vector_atomics() - before == expected
+    # 2 CTAs of 128 keys, then 1; each of their 2 warpgroups adds 70 x D a head, for each of 2 heads
+    expected = (2 + 1) * 2 * 2 * 70 * D if dq == "atomic" else 0
+    assert emulator.float_atomics() - before == expected
 
 
 def test_attention_varlen_equals_padded(emulator, attention_kernel):

@@ -1,7 +1,7 @@
 // CUDA attention backward for Hopper (sm_90a): the dQ and dK/dV kernels of attention_bwd.cu with
 // their products on wgmma (delta = rowsum(dO * O) is attention_bwd.cu's kernel). Deterministic,
-// no atomics: P and dP are recomputed in both kernels, as there. At D = 64 the dK/dV kernel can
-// instead add dQ itself, with float32 atomics (AtomicDq, add_dq_atomically), and no dQ kernel runs.
+// no atomics: P and dP are recomputed in both kernels, as there. The dK/dV kernel can instead add
+// dQ itself, with float32 atomics (AtomicDq, add_dq_atomically), and no dQ kernel runs.
 //
 //   dQ:    one CTA per (128-query tile, head, sequence), two warpgroups of 64 queries. Q and dO
 //          stay in shared memory as the A operands of S = Q K^T and dP = dO V^T; the K/V tiles
@@ -199,16 +199,18 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
 }
 
 // dq_accum[token][head][d] += dS K over this warpgroup's 64 keys (row0..) for the query tile
-// `rows` of head h starting at query r: dS^T (the A fragments ds, rows = keys) is stored
-// transposed into the warpgroup's own panel tile sds (keys past the sequence's end as 0: their
-// zero-filled K row would turn an inf dS into NaN), which then is the K-major A operand of a
-// 64 x 64 x 64 product with K read MN-major. Each warpgroup syncs alone, so the other may be half
-// a tile away (ping-pong); its tile is reused only a whole tile later, after this product retired.
-template <DType DT, int Queries, typename T>
+// `rows` of head h starting at token0. dS^T (the A fragments ds, rows = keys) is stored
+// transposed into the warpgroup's own [Queries][64 keys] panel tile sds (keys past the sequence's
+// end as 0: their zero-filled K row would turn an inf dS into NaN). At D = 64 that tile is the
+// K-major A of dQ = dS K (M = the 64 queries, K read MN-major); at D = 128, with 32 queries a
+// tile, it is the K-major B of dQ^T = K^T dS^T (M = 64 of the 128 d a product, K^T read through
+// the transpose bit). Each warpgroup syncs alone, so the other may be half a tile away
+// (ping-pong); sds is written again only a tile later, after this product retired.
+template <DType DT, int Dim, int Queries, typename T>
 __device__ __forceinline__ void add_dq_atomically(float* dq_accum, const AttentionParams& p,
                                                   const uint32_t (&ds)[Queries / 16][4], T* sds, const T* sK,
                                                   int row0, int key0, int kn, int64_t token0, int rows, int h, int lane) {
-  static_assert(Queries == 64, "dQ's product has the tile's queries as its 64 rows");
+  static_assert(Queries == (Dim == 64 ? 64 : 32));
   const int w = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -224,32 +226,59 @@ __device__ __forceinline__ void add_dq_atomically(float* dq_accum, const Attenti
   }
   wg::fence_proxy_async();
   wg::warpgroup_sync();
-  float dq[8][4];
-  wg::fence();
+  float* accum = dq_accum + (token0 * p.heads + h) * Dim;
+  const int64_t token_stride = p.heads * Dim;
+  if constexpr (Dim == 64) {
+    float dq[8][4];  // rows: queries 16 w + g (+ 8); columns: d
+    wg::fence();
 #pragma unroll
-  for (int ks = 0; ks < 4; ++ks)
-    wg::mma_async<DT, 64, true>(wg::columns<64>(dq, 0), wg::k_major<Queries>(sds, 0, ks),
-                                wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, 0), ks > 0);
-  wg::commit_group();
-  wg::wait_group<0>();
-  wg::fence_accumulators(dq);
+    for (int ks = 0; ks < 4; ++ks)
+      wg::mma_async<DT, 64, true>(wg::columns<64>(dq, 0), wg::k_major<Queries>(sds, 0, ks),
+                                  wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, 0), ks > 0);
+    wg::commit_group();
+    wg::wait_group<0>();
+    wg::fence_accumulators(dq);
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int row = 16 * w + g + 8 * half;
-    if (row >= rows) continue;
-    float* out = dq_accum + ((token0 + row) * p.heads + h) * 64 + 2 * t;
+    for (int half = 0; half < 2; ++half) {
+      const int row = 16 * w + g + 8 * half;
+      if (row >= rows) continue;
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-      atomicAdd(reinterpret_cast<float2*>(out + 8 * nb), make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]));
+      for (int nb = 0; nb < 8; ++nb)
+        atomicAdd(reinterpret_cast<float2*>(accum + row * token_stride + 8 * nb + 2 * t),
+                  make_float2(dq[nb][2 * half], dq[nb][2 * half + 1]));
+    }
+  } else {
+    float dqt[2][4][4];  // [d half]: rows d = 64 half + 16 w + g (+ 8); columns: queries
+    wg::fence();
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+        wg::mma_async<DT, 32, false, true>(wg::columns<32>(dqt[half], 0),
+                                           wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, half),
+                                           wg::k_major<Queries>(sds, 0, ks), ks > 0);
+    wg::commit_group();
+    wg::wait_group<0>();
+    wg::fence_accumulators(dqt[0]);
+    wg::fence_accumulators(dqt[1]);
+#pragma unroll
+    for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int query = 8 * nb + 2 * t + (e & 1);
+        if (query >= rows) continue;
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          atomicAdd(accum + query * token_stride + 64 * half + 16 * w + g + 8 * (e >> 1), dqt[half][nb][e]);
+      }
   }
 }
 
-// AtomicDq (D = 64 only): dQ is summed here too, into the float32 dq_accum, and no dQ kernel runs.
+// AtomicDq: dQ is summed here too, into the float32 dq_accum, and no dQ kernel runs.
 template <DType DT, int Dim, bool AtomicDq>
 __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const AttentionGradParams g,
                                                                         const float* delta, bool stagger,
                                                                         float* dq_accum) {
-  static_assert(!AtomicDq || Dim == 64);
   using T = typename Elem<DT>::T;
   constexpr int kQueries = dkdv_queries<Dim>();
   constexpr int kScoreBlocks = kQueries / 8, kOutBlocks = Dim / 8, kQuerySteps = kQueries / 16;
@@ -328,7 +357,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
     probs_to_ds_t(s, dp, col_delta);
     wg::to_fragments<DT, kQueries>(ds_next, s);
     if constexpr (AtomicDq)
-      add_dq_atomically<DT, kQueries>(dq_accum, p, ds_next, sdS, sK, row0, n0, kn, q0 + row_of(it),
+      add_dq_atomically<DT, Dim, kQueries>(dq_accum, p, ds_next, sdS, sK, row0, n0, kn, q0 + row_of(it),
                                       qn - row_of(it), int(head_of(it)), lane);
   };
   // After the wait that retired tile it - 2's products: tile it - 1's P^T, dS^T become operands.
@@ -384,7 +413,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   store_rows<DT, Dim>(gdv, p.k_token_stride, dv, warp * 16, kn - n0, 1.0f, 1.0f, lane);
 }
 
-// dq = scale * dq_accum rounded to T, both [q_tokens, heads, 64] (every element: rows without work
+// dq = scale * dq_accum rounded to T, both [q_tokens, heads, D] (every element: rows without work
 // hold 0 in dq_accum), four elements a thread.
 template <DType DT>
 __global__ void __launch_bounds__(256) dq_from_accum_kernel(const float4* dq_accum, typename Elem<DT>::T* dq,
@@ -412,15 +441,13 @@ template <DType DT, int Dim>
 void launch_backward(const AttentionGradParams& g, const float* delta, bool stagger, float* dq_accum,
                      cudaStream_t stream) {
   const AttentionParams& p = g.fwd;
-  if constexpr (Dim == 64) {
-    if (dq_accum != nullptr) {
-      launch_dkdv<DT, Dim, true>(g, delta, stagger, dq_accum, stream);
-      const int64_t quads = p.q_tokens * p.heads * Dim / 4;
-      const unsigned blocks = unsigned(std::min<int64_t>((quads + 255) / 256, 4096));
-      dq_from_accum_kernel<DT><<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_accum),
-                                                           static_cast<typename Elem<DT>::T*>(g.dq), quads, p.scale);
-      return;
-    }
+  if (dq_accum != nullptr) {
+    launch_dkdv<DT, Dim, true>(g, delta, stagger, dq_accum, stream);
+    const int64_t quads = p.q_tokens * p.heads * Dim / 4;
+    const unsigned blocks = unsigned(std::min<int64_t>((quads + 255) / 256, 4096));
+    dq_from_accum_kernel<DT><<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_accum),
+                                                         static_cast<typename Elem<DT>::T*>(g.dq), quads, p.scale);
+    return;
   }
   constexpr int dq_smem = dq_smem_bytes<Dim>();
   allow_dynamic_smem<attention_dq_wgmma_kernel<DT, Dim>>(dq_smem);

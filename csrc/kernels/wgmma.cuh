@@ -157,7 +157,7 @@ __device__ __forceinline__ void mma_async(float (&d)[N / 2], const uint32_t (&a)
 #if defined(DLLM_WGMMA_UNAVAILABLE)
   __trap();
 #elif defined(DLLM_CUDA_EMULATOR)
-  cuemu::wgmma(d, N, a, 0, b, accumulate, TransB, D == DType::kBFloat16);
+  cuemu::wgmma(d, N, a, 0, b, accumulate, false, TransB, D == DType::kBFloat16);
 #else
 #define DLLM_WG_RS(SHAPE, TYPES, REGS, OUTS, A0, A1, A2, A3, B, SCALE, TRANS)                              \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES \
@@ -176,28 +176,29 @@ __device__ __forceinline__ void mma_async(float (&d)[N / 2], const uint32_t (&a)
 #endif
 }
 
-// The same with A read from shared memory too, K-major, through the descriptor a.
-template <DType D, int N, bool TransB>
+// The same with A read from shared memory too, through the descriptor a: K-major, or MN-major
+// with TransA (K^T in the atomic dQ^T = K^T dS^T, from K's [keys][Dim] tile).
+template <DType D, int N, bool TransB, bool TransA = false>
 __device__ __forceinline__ void mma_async(float (&d)[N / 2], uint64_t a, uint64_t b, bool accumulate) {
   static_assert(N == 32 || N == 64);
 #if defined(DLLM_WGMMA_UNAVAILABLE)
   __trap();
 #elif defined(DLLM_CUDA_EMULATOR)
-  cuemu::wgmma(d, N, nullptr, a, b, accumulate, TransB, D == DType::kBFloat16);
+  cuemu::wgmma(d, N, nullptr, a, b, accumulate, TransA, TransB, D == DType::kBFloat16);
 #else
-#define DLLM_WG_SS(SHAPE, TYPES, REGS, OUTS, A, B, SCALE, TRANS)                                             \
+#define DLLM_WG_SS(SHAPE, TYPES, REGS, OUTS, A, B, SCALE, TRANS_A, TRANS_B)                                  \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" SCALE ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." TYPES \
-               " " REGS ", %" A ", %" B ", p, 1, 1, 0, %" TRANS ";\n}\n"                                      \
+               " " REGS ", %" A ", %" B ", p, 1, 1, %" TRANS_A ", %" TRANS_B ";\n}\n"                          \
                : OUTS                                                                                       \
-               : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(TransB)))
+               : "l"(a), "l"(b), "r"(int(accumulate)), "n"(int(TransA)), "n"(int(TransB)))
   if constexpr (N == 64 && D == DType::kBFloat16)
-    DLLM_WG_SS("m64n64k16", "bf16.bf16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35");
+    DLLM_WG_SS("m64n64k16", "bf16.bf16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35", "36");
   else if constexpr (N == 64)
-    DLLM_WG_SS("m64n64k16", "f16.f16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35");
+    DLLM_WG_SS("m64n64k16", "f16.f16", DLLM_WG_R32, DLLM_WG_D32, "32", "33", "34", "35", "36");
   else if constexpr (D == DType::kBFloat16)
-    DLLM_WG_SS("m64n32k16", "bf16.bf16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19");
+    DLLM_WG_SS("m64n32k16", "bf16.bf16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19", "20");
   else
-    DLLM_WG_SS("m64n32k16", "f16.f16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19");
+    DLLM_WG_SS("m64n32k16", "f16.f16", DLLM_WG_R16, DLLM_WG_D16, "16", "17", "18", "19", "20");
 #undef DLLM_WG_SS
 #endif
 }

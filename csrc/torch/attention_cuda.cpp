@@ -54,7 +54,7 @@ bool pingpong() {
   return false;
 }
 
-// DLLM_ATTENTION_DQ=atomic: the wgmma backward at head dimension 64 adds dQ inside its dK/dV kernel
+// DLLM_ATTENTION_DQ=atomic: the wgmma backward adds dQ inside its dK/dV kernel
 // (float32 atomics, FlashAttention-2's and -3's way; summation order, so dQ's last bits, vary
 // from run to run) instead of recomputing the scores in a dQ kernel of its own ("separate", the
 // default until the two are measured against each other).
@@ -111,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   if (use_wgmma()) {
 #if DLLM_WITH_WGMMA
     at::Tensor dq_accum;
-    if (atomic_dq() && g.fwd.head_dim == 64) dq_accum = at::zeros(call.dq.sizes(), q.options().dtype(at::kFloat));
+    if (atomic_dq()) dq_accum = at::zeros(call.dq.sizes(), q.options().dtype(at::kFloat));
     attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), pingpong(),
                                   dq_accum.defined() ? dq_accum.data_ptr<float>() : nullptr, stream());
 #endif

@@ -53,7 +53,7 @@ struct PendingWgmma {
   int n;
   const uint32_t* a;  // null: A is read through a_descriptor
   uint64_t a_descriptor, b_descriptor;
-  bool accumulate, trans_b, bf16;
+  bool accumulate, trans_a, trans_b, bf16;
 };
 
 // A fiber's saved context. On x86-64 a switch saves the callee-saved registers on the fiber's
@@ -547,9 +547,17 @@ void prefetch_l2(const void* p, uint32_t bytes) {
 
 }  // namespace cuemu
 
+float atomicAdd(float* p, float v) {
+  if (reinterpret_cast<uintptr_t>(p) % 4 != 0) cuemu::fail("misaligned address in a float atomicAdd");
+  ++cuemu::settings().float_atomics;
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+
 float2 atomicAdd(float2* p, float2 v) {
   if (reinterpret_cast<uintptr_t>(p) % 8 != 0) cuemu::fail("misaligned address in a float2 atomicAdd");
-  ++cuemu::settings().vector_atomics;
+  cuemu::settings().float_atomics += 2;
   const float2 old = *p;
   p->x += v.x, p->y += v.y;
   return old;
@@ -683,7 +691,7 @@ void run_wgmma(const PendingWgmma& op) {
     uint32_t flags;
   } mine{{}, op.a ? 0 : op.a_descriptor, op.b_descriptor,
          uint32_t(op.accumulate) | uint32_t(op.trans_b) << 1 | uint32_t(op.bf16) << 2 | uint32_t(op.a != nullptr) << 3 |
-             uint32_t(op.n) << 4};
+             uint32_t(op.trans_a) << 4 | uint32_t(op.n) << 5};
   [[gnu::uninitialized]] Issued all[kWarpgroupThreads];
   if (op.a) std::memcpy(mine.a, op.a, sizeof(mine.a));
   warpgroup_exchange(&mine, all, sizeof(Issued));
@@ -701,7 +709,7 @@ void run_wgmma(const PendingWgmma& op) {
         const Issued& owner = all[32 * warp + 4 * g + (k % 8) / 2];
         a[h][k] = b16_to_float(half_of(owner.a[h + 2 * (k >= 8)], k), op.bf16);
       } else {
-        a[h][k] = descriptor_element(op.a_descriptor, k, row, false, op.bf16);
+        a[h][k] = descriptor_element(op.a_descriptor, k, row, op.trans_a, op.bf16);
       }
     }
   const int columns = op.n / 4;  // this thread's: two of every 8
@@ -719,9 +727,11 @@ void run_wgmma(const PendingWgmma& op) {
 }  // namespace
 
 void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
-           bool trans_b, bool bf16) {
+           bool trans_a, bool trans_b, bool bf16) {
   if (n % 8 != 0 || n < 8 || n > 64) fail("wgmma: only N = 8 .. 64 is emulated");
-  st.current->wgmma_open.push_back(PendingWgmma{d, n, a, a_descriptor, b_descriptor, accumulate, trans_b, bf16});
+  if (trans_a && a != nullptr) fail("wgmma: a transposed A must come from shared memory");
+  st.current->wgmma_open.push_back(
+      PendingWgmma{d, n, a, a_descriptor, b_descriptor, accumulate, trans_a, trans_b, bf16});
 }
 
 void wgmma_commit_group() {

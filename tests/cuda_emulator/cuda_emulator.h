@@ -139,9 +139,9 @@ void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 // only through a fence.proxy.async of the writing thread, or at once when copies land at issue
 // (plain stores reach it only when the kernel reports them with generic_shared_store).
 // m64nNk16 with d the thread's N / 2 accumulators and A either this thread's fragment `a` or,
-// when a is null, the K-major shared operand of `a_descriptor`.
+// when a is null, the shared operand of `a_descriptor` (K-major, or MN-major with trans_a).
 void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b_descriptor, bool accumulate,
-           bool trans_b, bool bf16);
+           bool trans_a, bool trans_b, bool bf16);
 void wgmma_commit_group();
 // fence.proxy.async.shared::cta: this thread's completed cp.async copies (landed, or waited for
 // and landing at the next block barrier) become visible to wgmma's operand reads.
@@ -190,7 +190,9 @@ T atomicAdd(T* p, T v) {
   *p = old + v;
   return old;
 }
-// sm_90's float2 atomicAdd (8-byte aligned, as the hardware requires), counted in settings().
+// float and sm_90's float2 atomicAdd (aligned to their size, as the hardware requires), counted
+// in settings().
+float atomicAdd(float* p, float v);
 float2 atomicAdd(float2* p, float2 v);
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {

@@ -71,8 +71,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "Sets the thread order between synchronisation points, when cp.async copies land, and the "
       "most blocks a grid-stride kernel gets (0: as launched).");
   m.def("grids_run", [] { return cuemu::settings().grids_run; }, "Kernel launches the emulator has completed.");
-  m.def("vector_atomics", [] { return cuemu::settings().vector_atomics; },
-        "float2 atomicAdds (sm_90's vector atomics) the kernels have made, in all.");
+  m.def("float_atomics", [] { return cuemu::settings().float_atomics; },
+        "Floats the kernels have added with atomicAdd (a float2 counts two), in all.");
   m.def("prefetched_bytes", [] { return cuemu::settings().prefetched_bytes; },
         "Bytes the kernels have asked L2 to prefetch (cp.async.bulk.prefetch.L2), in all.");
   m.def(

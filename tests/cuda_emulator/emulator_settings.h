@@ -16,7 +16,7 @@ struct Settings {
   uint64_t grid_stride_blocks = 0;  // when > 0, grid-stride kernels get at most this many blocks
   uint64_t grids_run = 0;          // kernel launches completed, so tests see the emulator ran
   uint64_t prefetched_bytes = 0;   // asked of L2 by prefetch_l2, so tests see a path prefetch
-  uint64_t vector_atomics = 0;     // float2 atomicAdds, so tests see a path add with them
+  uint64_t float_atomics = 0;      // floats added by atomicAdd, so tests see a path add with them
 };
 Settings& settings();
 

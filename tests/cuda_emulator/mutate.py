@@ -95,13 +95,16 @@ MUTANTS = [
     # atomic dQ: dS stored without the fence that shows it to wgmma, or without the warpgroup's
     # barrier; the keys past the end not zeroed (inf dS times their zero K row); the second
     # warpgroup multiplying by the first one's K rows; the walk's start rotated past its end;
-    # dQ left unscaled
+    # dQ left unscaled; at D = 128 K^T read without the transpose bit, or its second half of d
+    # added over the first
     (WG_BWD, "  wg::fence_proxy_async();\n  wg::warpgroup_sync();\n", "  wg::warpgroup_sync();\n", "atomic"),
     (WG_BWD, "  wg::fence_proxy_async();\n  wg::warpgroup_sync();\n", "  wg::fence_proxy_async();\n", "atomic"),
     (WG_BWD, "const uint32_t pair = real ? ds[kk][e] : 0u;", "const uint32_t pair = ds[kk][e];", "atomic"),
     (WG_BWD, "wg::mn_major<kRowsPerCta>(sK, row0 / 16 + ks, 0)", "wg::mn_major<kRowsPerCta>(sK, ks, 0)", "atomic"),
     (WG_BWD, "it + first < steps ? it + first : it + first - steps", "it + first", "atomic"),
     (WG_BWD, "Elem<DT>::pack(a.x * scale, a.y * scale)", "Elem<DT>::pack(a.x, a.y * scale)", "atomic"),
+    (WG_BWD, "wg::mma_async<DT, 32, false, true>(", "wg::mma_async<DT, 32, false, false>(", "atomic"),
+    (WG_BWD, "token_stride + 64 * half + 16 * w", "token_stride + 16 * w", "atomic"),
     # the conditional rescaling: a stale maximum kept however far a tile's exceeds it (float16 P
     # overflows); the wgmma forward rescaling O by a stale correction
     (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),
