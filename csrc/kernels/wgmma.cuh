@@ -16,7 +16,8 @@
 //     backward's dP = dO V^T, S^T = K Q^T, dP^T = V dO^T. Start = the 16-column step's first
 //     chunk in the operand's first row; stride between 8-row groups (SBO) 1024 bytes.
 //   "MN-major" (rows x Dim with the rows as k, Dim = N contiguous), selected by the instruction's
-//     transpose bit: the B of O = P V, dQ = dS K, dV = P^T dO, dK = dS^T Q. Start = the first row
+//     transpose bit: the B of O = P V, dQ = dS K, dV = P^T dO, dK = dS^T Q (and the A, Dim = M,
+//     of the atomic backward's dQ^T = K^T dS^T). Start = the first row
 //     of the 16-row step in the panel of the 64 output columns; SBO 1024 bytes between its two
 //     8-row halves.
 // (PTX ISA "Shared Memory Matrix Layout" and "Matrix Descriptor Format"; CUTLASS's canonical GMMA
@@ -276,8 +277,8 @@ __device__ __forceinline__ void warpgroup_sync() {
 }
 
 // A plain shared-memory store of 16 bits that a wgmma of this warpgroup will read as an operand:
-// it reaches the async proxy through this thread's next fence_proxy_async (the CUDA emulator
-// models exactly that, as for cp.async).
+// the wgmma sees it after this thread's fence_proxy_async and then a barrier (the CUDA emulator
+// models exactly that).
 __device__ __forceinline__ void store_operand_bits(void* smem, uint16_t bits) {
   *static_cast<uint16_t*>(smem) = bits;
 #if defined(DLLM_CUDA_EMULATOR)
