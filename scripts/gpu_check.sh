@@ -247,8 +247,8 @@ profile() {  # FILE SECONDS REGEX SCRIPT
 if stage ncu; then
   wait_for_e2e_training
   profile ncu.txt 150 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
-  # the wgmma attention's kernels, ping-pong and lock step
-  [ "$WGMMA_OK" = 1 ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta' \
+  # the wgmma attention's kernels, ping-pong and lock step, and with atomic dQ
+  [ "$WGMMA_OK" = 1 ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta|dq_from_accum' \
     scripts/profile_attention.py
   pack
 fi

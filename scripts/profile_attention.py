@@ -1,5 +1,5 @@
 """One forward + backward of the wgmma attention at two benchmark shapes, ping-pong and lock step,
-for a profiler to attach to.
+and ping-pong with atomic dQ (DLLM_ATTENTION_DQ=atomic: no dQ kernel), for a profiler to attach to.
 
     ncu --clock-control none --section WarpStateStats ... \
         -k regex:'attention_(fwd|dq|dkdv)_wgmma|attention_delta' python scripts/profile_attention.py
@@ -26,12 +26,13 @@ os.environ["DLLM_ATTENTION_KERNEL"] = "wgmma"
 
 for B, L, H, D in ((16, 1024, 12, 64), (2, 4096, 32, 128)):  # SEDD-small; D = 128 at L = 4096
     q, k, v = (torch.randn(B, L, H, D, generator=g, device="cuda").bfloat16().requires_grad_() for _ in range(3))
-    for pingpong in ("1", "0"):
-        os.environ["DLLM_ATTENTION_PINGPONG"] = pingpong  # read by the op at every call
+    for pingpong, dq in (("1", "separate"), ("0", "separate"), ("1", "atomic")):
+        # read by the op at every call
+        os.environ.update(DLLM_ATTENTION_PINGPONG=pingpong, DLLM_ATTENTION_DQ=dq)
 
         def step():
             out = dllm.ops.attention(q, k, v)
             torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
 
         warm_call_profiled(step)
-        print(f"profiled: attention fwd+bwd B{B} L{L} H{H} D{D} bf16, ping-pong {pingpong}")
+        print(f"profiled: attention fwd+bwd B{B} L{L} H{H} D{D} bf16, ping-pong {pingpong}, dQ {dq}")

@@ -110,6 +110,7 @@ struct Fiber {
   // Plain stores that wgmma will read (generic_shared_store), and those a fence.proxy.async of
   // this thread has ordered: the latter reach the async proxy when the thread next passes a
   // barrier of its block or warpgroup, since the other threads' wgmma reads them only after one.
+  // A wgmma issued while either list holds stores fails.
   std::vector<std::pair<unsigned char*, size_t>> stored, fenced_stores;
   // wgmma issued since the last commit, and the committed groups not yet retired by a wait.
   std::vector<PendingWgmma> wgmma_open;
@@ -331,6 +332,8 @@ void run_block(dim3 block_idx) {
     f.pending.clear();
     f.waited.clear();
     f.unfenced.clear();
+    f.stored.clear();
+    f.fenced_stores.clear();
     f.wgmma_open.clear();
     f.wgmma_groups.clear();
     start_context(f.context, st.stacks[i].get(), kStackBytes);
@@ -730,6 +733,10 @@ void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b
            bool trans_a, bool trans_b, bool bf16) {
   if (n % 8 != 0 || n < 8 || n > 64) fail("wgmma: only N = 8 .. 64 is emulated");
   if (trans_a && a != nullptr) fail("wgmma: a transposed A must come from shared memory");
+  // Read at the wait, a product would see stores that a barrier published only after its issue:
+  // the hardware's may start reading at once.
+  if (!st.current->stored.empty() || !st.current->fenced_stores.empty())
+    fail("wgmma issued before this thread's operand stores were fenced and published by a barrier");
   st.current->wgmma_open.push_back(
       PendingWgmma{d, n, a, a_descriptor, b_descriptor, accumulate, trans_a, trans_b, bf16});
 }
