@@ -133,6 +133,9 @@ struct State {
   std::vector<int> warp_live, warp_size;
   std::vector<unsigned char> warp_slots;  // [warp][parity][lane][kSlotBytes]
   std::vector<Barrier> warpgroup_barriers;
+  // bar.sync of one warpgroup (sync_warpgroup): apart from the wgmma exchanges' barriers, so that
+  // threads split between the two wait forever, as on the GPU, instead of pairing up.
+  std::vector<Barrier> warpgroup_named_barriers;
   std::vector<int> warpgroup_live, warpgroup_size;
   std::vector<unsigned char> warpgroup_slots;  // [warpgroup][parity][thread][kSlotBytes]
   std::unique_ptr<unsigned char[]> smem_storage;
@@ -282,6 +285,7 @@ void fiber_main() {
   leave(st.block_barrier);
   leave(st.warp_barriers[warp]);
   leave(st.warpgroup_barriers[warpgroup]);
+  leave(st.warpgroup_named_barriers[warpgroup]);
   --st.warp_live[warp];
   --st.warpgroup_live[warpgroup];
   ++st.progress;
@@ -317,6 +321,7 @@ void run_block(dim3 block_idx) {
   st.warp_size.assign(warps, 0);
   const int warpgroups = (st.threads + kWarpgroupThreads - 1) / kWarpgroupThreads;
   st.warpgroup_barriers.assign(warpgroups, Barrier{});
+  st.warpgroup_named_barriers.assign(warpgroups, Barrier{});
   st.warpgroup_live.assign(warpgroups, 0);
   st.warpgroup_size.assign(warpgroups, 0);
   for (int i = 0; i < st.threads; ++i) {
@@ -343,6 +348,7 @@ void run_block(dim3 block_idx) {
     ++st.warpgroup_live[i / kWarpgroupThreads];
     ++st.warpgroup_size[i / kWarpgroupThreads];
     ++st.warpgroup_barriers[i / kWarpgroupThreads].expected;
+    ++st.warpgroup_named_barriers[i / kWarpgroupThreads].expected;
   }
   std::vector<int> order(st.threads);
   std::iota(order.begin(), order.end(), 0);
@@ -646,7 +652,7 @@ void sync_warpgroup() {
   const int group = st.current->linear / kWarpgroupThreads;
   if (st.warpgroup_size[group] != kWarpgroupThreads || st.warpgroup_live[group] != kWarpgroupThreads)
     fail("warpgroup barrier in a warpgroup with exited or missing threads");
-  arrive(st.warpgroup_barriers[group], 0, "warpgroup");
+  arrive(st.warpgroup_named_barriers[group], 0, "warpgroup barrier");
   publish_fenced_stores();
 }
 
