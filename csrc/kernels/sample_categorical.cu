@@ -36,12 +36,13 @@ struct Scratch {
   float subgroup_lse[kSubgroupsPerGroup];
 };
 
-// One row by the whole block. Every early return is taken by all threads together.
+// Row r of the logits (rows row_stride elements apart).
 template <DType D>
 __device__ RowView<D> logits_row(const CategoricalParams& p, int64_t r) {
   return RowView<D>(static_cast<const char*>(p.logits) + r * p.row_stride * RowView<D>::kElemBytes);
 }
 
+// One row by the whole block. Every early return is taken by all threads together.
 // group_lw holds 2 x groups floats: the groups' tempered sums (turned into log-masses in place),
 // then their raw maxima.
 template <DType D>

@@ -144,7 +144,8 @@ void wgmma(float* d, int n, const uint32_t* a, uint64_t a_descriptor, uint64_t b
            bool trans_a, bool trans_b, bool bf16);
 void wgmma_commit_group();
 // fence.proxy.async.shared::cta: this thread's completed cp.async copies (landed, or waited for
-// and landing at the next block barrier) become visible to wgmma's operand reads.
+// and landing at the next block barrier) become visible to wgmma's operand reads, and its plain
+// operand stores (generic_shared_store) once it next passes a barrier.
 void fence_proxy_async();
 void wgmma_wait_group(int pending);
 // The shared-window address of p, which must lie in the block's dynamic shared memory. The

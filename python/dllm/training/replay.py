@@ -30,19 +30,16 @@ import torch
 from .. import ops
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .trainer import Trainer
+from .trainer import Trainer, sdpa_without_cudnn
 
 _ANOMALY = re.compile(r"Function '(\w+)' returned nan values")
 
 
 def _variants(trainer: Trainer) -> list[tuple[str, Callable[[], contextlib.AbstractContextManager], bool]]:
     """(name, a new context of the step, whether it keeps the trained precision) for each replay."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     out = [("as trained", contextlib.nullcontext, True)]
     if trainer.device.type == "cuda" and trainer.sdpa_without_cudnn_from is None:  # else "as trained" is it
-        others = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-        out.append(("SDPA without cuDNN", lambda: sdpa_kernel(others), True))
+        out.append(("SDPA without cuDNN", sdpa_without_cudnn, True))
         if trainer.amp_setting != "off":
             out.append(("float32", contextlib.nullcontext, False))
     return out

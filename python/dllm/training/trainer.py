@@ -136,6 +136,13 @@ def _read_record(path: Path) -> dict:
         return {}
 
 
+def sdpa_without_cudnn():
+    """A context in which SDPA may take every backend but cuDNN's."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         paths = ("data", "cache_dir", "tokenizer")
@@ -488,11 +495,7 @@ class Trainer:
     def _sdpa_backends(self):
         """SDPA's backends for the step's forward, which picks the backward too: every one but cuDNN's
         once a step's gradient was not finite with it and finite without (_retake_without_cudnn_sdpa)."""
-        if self.sdpa_without_cudnn_from is None:
-            return nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        return nullcontext() if self.sdpa_without_cudnn_from is None else sdpa_without_cudnn()
 
     def _may_take_cudnn_sdpa(self) -> bool:
         # cuDNN's SDPA takes half precision only: bf16 autocast here
