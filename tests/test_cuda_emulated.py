@@ -1054,6 +1054,12 @@ def test_attention_degenerate_sizes_launch_nothing_invalid(emulator, attention_k
         assert out.shape == q.shape
         out.sum().backward()
         assert kv.grad.abs().sum() == 0
+    # no keys: zeros out and dq (unfilled, so poisoned, before the atomic path's rounding pass)
+    q = torch.randn(2, 8, 4, 64, dtype=torch.bfloat16, requires_grad=True)
+    no_keys = torch.randn(2, 0, 2, 64, dtype=torch.bfloat16, requires_grad=True)
+    out = EmulatedAttention.apply(q, no_keys, no_keys, None, None, None, None, 8, 0, 0.125)
+    out.backward(torch.randn_like(out))
+    assert out.eq(0).all() and q.grad.eq(0).all()
     packed = torch.randn(4, 2, 64, dtype=torch.bfloat16)
     cu = torch.tensor([0, 4])
     for op in (EMU.attention_forward, CPU.attention_forward):

@@ -438,15 +438,22 @@ void launch_dkdv(const AttentionGradParams& g, const float* delta, bool stagger,
 }
 
 template <DType DT, int Dim>
+void round_dq(const AttentionGradParams& g, const float* dq_accum, cudaStream_t stream) {
+  const AttentionParams& p = g.fwd;
+  const int64_t quads = p.q_tokens * p.heads * Dim / 4;
+  if (quads == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>((quads + 255) / 256, 4096));
+  dq_from_accum_kernel<DT><<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_accum),
+                                                       static_cast<typename Elem<DT>::T*>(g.dq), quads, p.scale);
+}
+
+template <DType DT, int Dim>
 void launch_backward(const AttentionGradParams& g, const float* delta, bool stagger, float* dq_accum,
                      cudaStream_t stream) {
   const AttentionParams& p = g.fwd;
   if (dq_accum != nullptr) {
     launch_dkdv<DT, Dim, true>(g, delta, stagger, dq_accum, stream);
-    const int64_t quads = p.q_tokens * p.heads * Dim / 4;
-    const unsigned blocks = unsigned(std::min<int64_t>((quads + 255) / 256, 4096));
-    dq_from_accum_kernel<DT><<<blocks, 256, 0, stream>>>(reinterpret_cast<const float4*>(dq_accum),
-                                                         static_cast<typename Elem<DT>::T*>(g.dq), quads, p.scale);
+    round_dq<DT, Dim>(g, dq_accum, stream);
     return;
   }
   constexpr int dq_smem = dq_smem_bytes<Dim>();
@@ -462,8 +469,13 @@ void launch_backward(const AttentionGradParams& g, const float* delta, bool stag
 void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, float* dq_accum,
                                    void* stream) {
   const AttentionParams& p = g.fwd;
-  if (attn::nothing_to_launch(p)) return;
   auto s = static_cast<cudaStream_t>(stream);
+  if (attn::nothing_to_launch(p)) {
+    // dq, not zero-filled for the atomic path, takes its zeros from the rounding pass
+    if (dq_accum != nullptr)
+      attn::with_kernel_types(p, [&]<DType DT, int Dim>() { round_dq<DT, Dim>(g, dq_accum, s); });
+    return;
+  }
   attention_delta_cuda(g, delta, s);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, stagger, dq_accum, s); });
 }

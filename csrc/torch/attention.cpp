@@ -198,7 +198,8 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
                                              const std::optional<at::Tensor>& q_len,
                                              const std::optional<at::Tensor>& cu_seqlens_q,
                                              const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                             int64_t max_seqlen_k, double scale, bool cuda) {
+                                             int64_t max_seqlen_k, double scale, bool cuda,
+                                             bool dq_written_whole) {
   AttentionGradCall call;
   // dq, dk, dv are written at q's, k's and v's strides: the backward takes them contiguous.
   call.fwd = prepare_attention(q.contiguous(), k.contiguous(), v.contiguous(), kv_len, q_len, cu_seqlens_q,
@@ -215,11 +216,12 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   call.fwd.params.out = call.fwd.out.data_ptr();
   call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
   call.dout = contiguous_for_kernels(dout.to(q.scalar_type()), cuda);
-  // The CUDA backward stores each gradient row of a sequence with queries and keys once.
+  // The CUDA backward stores each gradient row of a sequence with queries and keys once; a dq
+  // rounded from a float32 copy (dq_written_whole) is stored whole, its empty rows as zeros.
   const auto gradient = [&](const at::Tensor& t) {
     return call.fwd.every_row_written ? at::empty_like(t) : at::zeros_like(t);
   };
-  call.dq = gradient(call.fwd.q);
+  call.dq = dq_written_whole ? at::empty_like(call.fwd.q) : gradient(call.fwd.q);
   call.dk = gradient(call.fwd.k);
   call.dv = gradient(call.fwd.v);
   AttentionGradParams& g = call.params;

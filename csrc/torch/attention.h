@@ -39,6 +39,7 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
                                              const std::optional<at::Tensor>& q_len,
                                              const std::optional<at::Tensor>& cu_seqlens_q,
                                              const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
-                                             int64_t max_seqlen_k, double scale, bool cuda);
+                                             int64_t max_seqlen_k, double scale, bool cuda,
+                                             bool dq_written_whole = false);
 
 }  // namespace dllm::binding

@@ -102,16 +102,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
     const at::Tensor& lse, const std::optional<at::Tensor>& kv_len, const std::optional<at::Tensor>& q_len,
     const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
     int64_t max_seqlen_k, double scale) {
+  // On q's device before the checks (which a CPU q fails): the kernels chosen there decide whether
+  // dq needs a zero fill, which the atomic path, rounding all of dq from a float32 copy, does not.
+  const c10::cuda::OptionalCUDAGuard guard(q.is_cuda() ? std::optional<c10::Device>(q.device()) : std::nullopt);
+  const bool wgmma = use_wgmma(), atomic = wgmma && atomic_dq();
   AttentionGradCall call = prepare_attention_backward(dout, q, k, v, out, lse, kv_len, q_len, cu_seqlens_q,
-                                                      cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true);
-  const c10::cuda::CUDAGuard guard(q.device());
+                                                      cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true, atomic);
   AttentionGradParams& g = call.params;
   check_supported(call.fwd.op, g.fwd);
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
-  if (use_wgmma()) {
+  if (wgmma) {
 #if DLLM_WITH_WGMMA
     at::Tensor dq_accum;
-    if (atomic_dq()) dq_accum = at::zeros(call.dq.sizes(), q.options().dtype(at::kFloat));
+    if (atomic) dq_accum = at::zeros(call.dq.sizes(), q.options().dtype(at::kFloat));
     attention_backward_wgmma_cuda(g, delta.data_ptr<float>(), pingpong(),
                                   dq_accum.defined() ? dq_accum.data_ptr<float>() : nullptr, stream());
 #endif

@@ -62,7 +62,8 @@ void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stre
 // exist in builds whose architectures include 9.0 (compiled for sm_90a). Same contracts as above.
 // `stagger` runs a CTA's two warpgroups half a tile apart (ping-pong) instead of in lock step.
 // `dq_accum` (or null): zero-filled float32 scratch of dq's shape, into which the dK/dV kernel
-// adds dQ with atomics, instead of a dQ kernel recomputing the scores.
+// adds dQ with atomics, instead of a dQ kernel recomputing the scores; a last pass then writes all
+// of dq (zeros where no query has keys), which therefore needs no zero fill.
 void attention_forward_wgmma_cuda(const AttentionParams& p, bool stagger, void* stream);
 void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, bool stagger, float* dq_accum,
                                    void* stream);
