@@ -52,6 +52,8 @@ def main() -> None:
     ap = bench_parser(__doc__, "BxHxLxD", CUDA_SHAPES, CPU_SHAPES)
     ap.add_argument("--backward", action="store_true", help="time forward + backward")
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
+    ap.add_argument("--no-atomic-dq", action="store_true",
+                    help="leave out the wgmma backward with atomic dQ (DLLM_ATTENTION_DQ=atomic)")
     args, shapes, reps = parse_bench_args(ap, cpu=(3, 10))
     device = args.device
     cuda = device.startswith("cuda")
@@ -87,7 +89,7 @@ def main() -> None:
             candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
                 candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
-                if args.backward:
+                if args.backward and not args.no_atomic_dq:
                     candidates["dllm atomic dQ"] = run(dllm_call("wgmma", dq="atomic"))
                 candidates["dllm mma.sync"] = run(dllm_call("mma"))
             qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
