@@ -293,6 +293,60 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     assert all(r["samples"] == 3 and r["parse_prefix_se"] >= 0 for r in res["quality"])
 
 
+def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeypatch, capsys):
+    """A sweep cut short (a device call's time limit) keeps its finished points in partial.json; the
+    same sweep called again measures only the rest, and one of another grid starts over."""
+    corpus = make_corpus(tmp_path / "corpus")
+    for f in corpus.iterdir():
+        f.write_text(f.read_text() + SMALL_FUNCTIONS)
+    monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.02", "--data", str(corpus), "--gen-lengths", "16",
+            "--batch-sizes", "1", "2", "--step-fractions", "1", "--samplers", "mdlm", "--samples", "2", "--reps", "1",
+            "--nll-windows", "2", "--device", "cpu", "--threads", "1", "--out-dir", str(out),
+            "--train-dir", str(tmp_path / "models")]
+    assert main(args + ["--train-only"]) == 0
+    calls = {"quality": 0, "infill": 0, "throughput": 0}
+
+    def counted(name, fn, stop_at=None):
+        def call(*a, **k):
+            calls[name] += 1
+            if calls[name] == stop_at:
+                raise KeyboardInterrupt
+            return fn(*a, **k)
+        return call
+
+    quality, infill, throughput = e2e._sample_quality, e2e._infill_quality, e2e._throughputs_in_turns
+    monkeypatch.setattr(e2e, "_sample_quality", counted("quality", quality))
+    monkeypatch.setattr(e2e, "_infill_quality", counted("infill", infill))
+    # the second (length, batch) group of timings is interrupted
+    monkeypatch.setattr(e2e, "_throughputs_in_turns", counted("throughput", throughput, stop_at=2))
+    assert main(args) == 130
+    saved = json.loads((out / "partial.json").read_text())
+    assert len(saved["quality"]) == 2 and [r["batch"] for r in saved["throughput"]] == [1, 1]
+    assert calls == {"quality": 2, "infill": 2, "throughput": 2}
+    capsys.readouterr()
+
+    monkeypatch.setattr(e2e, "_throughputs_in_turns", counted("throughput", throughput))
+    assert main(args) == 0
+    assert "2 quality points and 2 throughput rows measured by an earlier call" in capsys.readouterr().out
+    assert calls == {"quality": 2, "infill": 2, "throughput": 3}  # only the batch-2 group again
+    res = json.loads((out / "results.json").read_text())
+    assert res["quality"] == saved["quality"] and res["meta"]["resumed"] == {"quality_points": 2, "throughput_rows": 2}
+    assert [(r["sampler"], r["batch"]) for r in res["throughput"]] == [
+        ("kv-cache", 1), ("kv-cache", 2), ("mdlm", 1), ("mdlm", 2)]
+    assert {r["latency_ms"] for r in res["throughput"] if r["batch"] == 1} == {
+        r["latency_ms"] for r in saved["throughput"]}
+    assert not (out / "partial.json").exists()
+
+    # another grid's partial results are not taken up
+    (out / "partial.json").write_text(json.dumps({**saved, "sweep": {**saved["sweep"], "samples": 3}}))
+    assert main(args) == 0
+    assert "holds another sweep's results" in capsys.readouterr().out
+    assert calls == {"quality": 4, "infill": 4, "throughput": 5}
+    assert json.loads((out / "results.json").read_text())["meta"]["resumed"] is None
+
+
 def test_e2e_throughput_times_the_points_in_turns():
     from dllm.benchmarks.e2e import _throughputs_in_turns
 

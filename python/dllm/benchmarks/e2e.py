@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._atomic import replaced_atomically
 from ..data.corpus import load_corpus
 from ..devices import DEVICE_HELP, resolve_device
 from ..models.config import SIZES
@@ -499,36 +500,42 @@ def run(ns: argparse.Namespace) -> dict:
         points.append(("ar", None, length, None))
         for sampler in ns.samplers:
             points += [("mdlm", sampler, length, f) for f in ([None] if sampler == "fast-dllm" else fracs)]
-    chunk = max(ns.batch_sizes)
-    infill_cache: dict = {}
-    quality, timed = [], {}  # timed: (point index, batch) -> throughput row
     described = []  # (point row, steps) in the order of points
-    # taken after the models trained and loaded: the report gives the load the sweep itself ran under
-    load_at_start = os.getloadavg()[0]
-    for model, sampler, length, frac in tqdm(points, desc="e2e quality", dynamic_ncols=True):
+    for model, sampler, length, frac in points:
         steps = length if model == "ar" else _diffusion_steps(sampler, length, frac)
         point = {"model": "diffusion (mdlm)" if model == "mdlm" else "autoregressive", "sampler": sampler or "kv-cache",
                  "gen_length": length, "fraction": str(frac) if frac is not None else None, "steps": steps}
         described.append((point, steps))
+    chunk = max(ns.batch_sizes)
+    # What is measured so far survives an interrupted sweep (partial.json, which the report replaces
+    # at the end), and a later call of the same sweep on the same models goes on from there.
+    partial = Partial(Path(ns.out_dir) / "partial.json", _sweep_identity(ns, fracs, models, device))
+    quality, infill_cache, timed = partial.quality, partial.infill, partial.timed
+    # taken after the models trained and loaded: the report gives the load the sweep itself ran under
+    load_at_start = os.getloadavg()[0]
+    for i in tqdm(range(len(quality), len(points)), desc="e2e quality", dynamic_ncols=True, initial=len(quality),
+                  total=len(points)):
+        (model, sampler, length, frac), (point, steps) = points[i], described[i]
         q = _sample_quality(runner, model, sampler, steps, length, ns.samples, chunk)
-        if (model, sampler, frac) not in infill_cache:
-            infill_cache[model, sampler, frac] = _infill_quality(runner, tasks, model, sampler, frac)
+        infill_key = f"{model} {sampler} {frac}"
+        if infill_key not in infill_cache:
+            infill_cache[infill_key] = _infill_quality(runner, tasks, model, sampler, frac)
         bound_steps = None if sampler == "fast-dllm" else steps
         mean, se = nll(model, bound_steps)
-        q.update(infill_cache[model, sampler, frac], nll=mean, nll_se=se,
+        q.update(infill_cache[infill_key], nll=mean, nll_se=se,
                  nll_kind=("exact" if model == "ar" else f"{bound_steps}-step bound" if bound_steps else
                            "continuous-time bound"))
         quality.append({**point, **q})
-        # what is measured so far survives an interrupted sweep; the report replaces it at the end
-        (Path(ns.out_dir) / "partial.json").write_text(json.dumps({"quality": quality, "throughput": []}, indent=1))
+        partial.write()
     groups = [(length, batch) for length in ns.gen_lengths for batch in ns.batch_sizes]
     for length, batch in tqdm(groups, desc="e2e throughput", dynamic_ncols=True):
         at = [i for i, point in enumerate(points) if point[2] == length]
+        if all((i, batch) in timed for i in at):
+            continue
         rows = _throughputs_in_turns(runner, [(points[i][0], points[i][1], described[i][1]) for i in at], length,
                                      batch, ns.reps)
         timed.update({(i, batch): {**described[i][0], **row} for i, row in zip(at, rows)})
-        (Path(ns.out_dir) / "partial.json").write_text(
-            json.dumps({"quality": quality, "throughput": list(timed.values())}, indent=1))
+        partial.write()
     # the report lists each point's batches together, in the order of points
     speed = [timed[i, batch] for i in range(len(points)) for batch in ns.batch_sizes]
     for row in speed:
@@ -542,6 +549,7 @@ def run(ns: argparse.Namespace) -> dict:
             "data": models.data,
             "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
             "load_average": [load_at_start, os.getloadavg()[0]], "cpus": os.cpu_count(),
+            "resumed": partial.resumed,
             "threads": torch.get_num_threads(),
             "temperature": ns.temperature, "samples": ns.samples, "infill_tasks": len(tasks), "reps": ns.reps,
             "nll_windows": int(windows.shape[0]), "continuous_bound": nll("mdlm", None)[0],
@@ -556,6 +564,47 @@ def run(ns: argparse.Namespace) -> dict:
     (out / "partial.json").unlink(missing_ok=True)
     print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
     return results
+
+
+def _sweep_identity(ns: argparse.Namespace, fracs: list[Fraction], models: Models, device: str) -> dict:
+    """What decides a sweep's results: a partial.json of another sweep is not taken up."""
+    return {"commit": git_commit(), "device": device, "model_dirs": {k: str(d) for k, d in models.dirs.items()},
+            "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
+            "gen_lengths": ns.gen_lengths, "batch_sizes": ns.batch_sizes, "samplers": ns.samplers,
+            "step_fractions": [str(f) for f in fracs], "samples": ns.samples, "temperature": ns.temperature,
+            "seed": ns.seed, "nll_windows": ns.nll_windows, "reps": ns.reps}
+
+
+class Partial:
+    """A sweep's results so far, in `path`: the quality rows (in the order of the points), the
+    infill scores by (model, sampler, fraction), and the throughput rows by (point, batch). Those of
+    an earlier call of the same sweep (`identity`), cut short, are taken up; `resumed` counts them."""
+
+    def __init__(self, path: Path, identity: dict):
+        self.path, self.identity = path, identity
+        self.quality: list[dict] = []
+        self.infill: dict[str, dict] = {}
+        self.timed: dict[tuple[int, int], dict] = {}
+        self.resumed = None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(saved, dict) or saved.get("sweep") != identity:
+            print(f"[e2e] {path} holds another sweep's results (other models, commit or grid): starting over")
+            return
+        self.quality, self.infill = saved["quality"], saved["infill"]
+        self.timed = {(i, batch): row for i, batch, row in saved["timed"]}
+        self.resumed = {"quality_points": len(self.quality), "throughput_rows": len(self.timed)}
+        print(f"[e2e] going on from {path}: {len(self.quality)} quality points and {len(self.timed)} throughput "
+              "rows measured by an earlier call")
+
+    def write(self) -> None:
+        with replaced_atomically(self.path) as tmp:
+            tmp.write_text(json.dumps({
+                "sweep": self.identity, "quality": self.quality, "infill": self.infill,
+                "timed": [[i, batch, row] for (i, batch), row in self.timed.items()],
+                "throughput": list(self.timed.values())}, indent=1))
 
 
 def _budget(model_dir: Path) -> dict | None:
