@@ -333,6 +333,7 @@ def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeyp
     assert calls == {"quality": 2, "infill": 2, "throughput": 3}  # only the batch-2 group again
     res = json.loads((out / "results.json").read_text())
     assert res["quality"] == saved["quality"] and res["meta"]["resumed"] == {"quality_points": 2, "throughput_rows": 2}
+    assert "2 quality points and 2 throughput rows are that call's" in (out / "report.md").read_text()
     assert [(r["sampler"], r["batch"]) for r in res["throughput"]] == [
         ("kv-cache", 1), ("kv-cache", 2), ("mdlm", 1), ("mdlm", 2)]
     assert {r["latency_ms"] for r in res["throughput"] if r["batch"] == 1} == {
@@ -345,6 +346,7 @@ def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeyp
     assert "holds another sweep's results" in capsys.readouterr().out
     assert calls == {"quality": 4, "infill": 4, "throughput": 5}
     assert json.loads((out / "results.json").read_text())["meta"]["resumed"] is None
+    assert "went on from an earlier one" not in (out / "report.md").read_text()
 
 
 def test_e2e_throughput_times_the_points_in_turns():

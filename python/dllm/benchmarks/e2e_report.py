@@ -112,7 +112,9 @@ def markdown(results: dict) -> str:
         f"Machine load (1-minute load average) at the start and the end of the sweep: {m['load_average'][0]:.1f} "
         f"and {m['load_average'][1]:.1f} on {m['cpus']} cores, {m['threads']} used by this run" +
         (" (other work shared the cores: the timings are noisy)." if max(m["load_average"]) > m["threads"] + 0.5
-         else "."), "",
+         else ".") +
+        (f" This call went on from an earlier one, cut short: {m['resumed']['quality_points']} quality points and "
+         f"{m['resumed']['throughput_rows']} throughput rows are that call's." if m.get("resumed") else ""), "",
         f"Models: the `{m['size']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
         f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}. "
         f"Held-out text: the validation split of {m['data'] or 'the standard library'}.", "",
