@@ -19,6 +19,13 @@ LONGEST_FIRST = ("test_cuda_emulated_asan.py", "test_cuda_emulated.py")
 
 
 def pytest_collection_modifyitems(items):
+    # The GPU machine selects its tests with -k "cuda" (scripts/gpu_check.sh): one that needs a CUDA
+    # device and lacks cuda in its name or parameters would never run anywhere.
+    unreachable = [item.nodeid for item in items if "cuda" not in item.nodeid.lower() and any(
+        "CUDA device" in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif"))]
+    if unreachable:
+        raise pytest.UsageError("tests that need a CUDA device must have cuda in their names or parameters, "
+                                f"which the GPU run selects by: {', '.join(unreachable)}")
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
                else len(LONGEST_FIRST))
 

@@ -423,6 +423,11 @@ def test_the_sdpa_fallback_checks_and_clamps_lengths_as_the_kernels_do():
         fallback(torch.tensor([2.5, 11.0, 7.0]))
     with pytest.raises(RuntimeError, match="q_len is on meta"):
         fallback(None, torch.zeros(3, dtype=torch.int32, device="meta"))
+    # the kernels' messages, not SDPA's (which raises a RuntimeError for disagreeing dtypes)
+    with pytest.raises(TypeError, match="^attention: q, k, v must share a dtype"):
+        dllm.ops.sdpa_attention(q, k.double(), v, None, None, 0.2)
+    with pytest.raises(RuntimeError, match="^attention: the number of q heads must be a multiple"):
+        dllm.ops.sdpa_attention(k, q, q, None, None, 0.2)
     out = fallback(torch.tensor([-4, 30, 7]), torch.tensor([9, -1, 12]))
     want = reference(q, k, v, torch.tensor([0, 11, 7]), torch.tensor([9, 0, 9]))
     torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)

@@ -625,7 +625,7 @@ def test_l2_prefetch_changes_no_result_on_cuda(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
-def test_checking_ops_return_before_the_gpu_reaches_them():
+def test_cuda_checking_ops_return_before_the_gpu_reaches_them():
     """The ops whose kernels check their inputs' values do not wait for those checks: each returns
     while the stream is still busy (a 50 ms spin queued ahead), and a bad value then raises at a
     later call once the GPU has found it, or at raise_pending_errors, which waits."""

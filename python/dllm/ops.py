@@ -467,13 +467,10 @@ def cuda_kernel_supports(q: torch.Tensor) -> bool:
 
 
 def _fallback_lengths(t, name: str, q: torch.Tensor, limit: int):
-    """The kernels' checks of a length tensor (see csrc/torch/attention.cpp), for the SDPA path,
-    which would otherwise broadcast a [1] over the batch or compare against fractional lengths."""
+    """A length tensor on q's device, clamped as the kernels clamp it, for the SDPA path (whose
+    mask would otherwise index with lengths past S); _check_attention checked its shape and dtype."""
     if t is None:
         return None
-    if t.dim() != 1 or t.shape[0] != q.shape[0]:
-        raise RuntimeError(f"attention: {name} must have shape [{q.shape[0]}], got {list(t.shape)}")
-    _check_integer("attention", t, name)
     if t.device != q.device:
         raise RuntimeError(f"attention: {name} is on {t.device} but q is on {q.device}")
     return t.clamp(0, limit)
@@ -483,6 +480,8 @@ def sdpa_attention(q, k, v, kv_len, q_len, scale):
     """What :func:`attention` runs on CUDA for shapes the kernels do not take (see
     ``cuda_kernel_supports``): torch SDPA with a key-padding mask, same semantics (rows past
     q_len and rows without keys are zero, lengths clamped to [0, S] as the kernels do)."""
+    # the kernels' checks and messages, which SDPA's own would replace (its dtype error is a RuntimeError)
+    _check_attention(q, k, v, kv_len, q_len, None, None, 0, 0, scale, kernel_dtype=False)
     B, Sq, H, _ = q.shape
     Sk = k.shape[1]
     kv_len = _fallback_lengths(kv_len, "kv_len", q, Sk)
@@ -544,8 +543,10 @@ def _attention_op(varlen: bool) -> str:
     return "attention_varlen" if varlen else "attention"
 
 
-def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale):
-    """prepare_attention's checks (csrc/torch/attention.cpp); returns the number of query tokens."""
+def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                     kernel_dtype=True):
+    """prepare_attention's checks (csrc/torch/attention.cpp); returns the number of query tokens.
+    kernel_dtype=False (the SDPA path) takes any floating dtype q, k and v share."""
     varlen = cu_seqlens_q is not None
     op = _attention_op(varlen)
     torch._check(varlen == (cu_seqlens_k is not None),
@@ -553,7 +554,8 @@ def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seq
     rank = 3 if varlen else 4
     torch._check(q.dim() == rank and k.dim() == rank and v.dim() == rank,
                  lambda: f"{op}: q, k, v must be {'[total, heads, D] (varlen)' if varlen else '[B, S, heads, D]'}")
-    _check_dtype(op, q, "q")
+    if kernel_dtype:
+        _check_dtype(op, q, "q")
     torch._check_type(k.dtype == q.dtype and v.dtype == q.dtype, lambda: f"{op}: q, k, v must share a dtype")
     torch._check(_same_shape(k.shape, v.shape), lambda: f"{op}: k and v must have the same shape")
     heads, kv_heads, dim = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -577,7 +579,8 @@ def _check_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seq
     torch._check(_may(k.shape[0] == batch), lambda: f"{op}: q and k disagree on the batch size")
     for t, name in ((q_len, "q_len"), (kv_len, "kv_len")):
         if t is not None:
-            torch._check(_same_shape(t.shape, (batch,)), lambda: f"{op}: {name} must have shape [B]")
+            torch._check(_same_shape(t.shape, (batch,)),
+                         lambda: f"{op}: {name} must have shape [{batch}], got {list(t.shape)}")
             _check_integer(op, t, name)
     return batch * q.shape[1]
 
