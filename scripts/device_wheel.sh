@@ -32,4 +32,6 @@ DLLM_CUDA=ON TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
   "$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$DEST" \
   .
 "$PY" -c "import torch; print('built against torch', torch.__version__)"
+# what to pass gpu_check.sh as DLLM_BUILD_COMMIT, which then refuses a wheel of another commit
+echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- || echo -dirty)"
 ls -l "$DEST"/dllm-*.whl

@@ -35,7 +35,8 @@
 #                    builds one): installed instead of building here. A glob (wheels/dllm-*.whl) is
 #                    resolved here, to one file.
 #   DLLM_BUILD_COMMIT  the commit of this source (the machine's copy has no .git): stamps the build
-#                    and the results, and skips the build when the installed dllm is that commit.
+#                    and the results, and skips the build when the installed dllm is that commit;
+#                    with DLLM_WHEEL, a wheel of another commit stops the run after install.
 #   DLLM_TESTS_K     pytest -k expression (default: the GPU tests, "cuda and not emulated": every one
 #                    has cuda in its name or parameters; the CPU ones, the CUDA emulator's included,
 #                    run in CI; "" runs all).
@@ -128,6 +129,12 @@ if stage install; then
     exit 1
   fi
   note "install ($how) ok in $(( $(date +%s) - start )) s: $(tail -1 "$OUT/machine.txt")"
+  # a wheel left from an earlier commit would measure old kernels under rows named for new ones
+  if [ -n "${DLLM_WHEEL:-}" ] && [ -n "$commit" ] && [ "$(installed_commit)" != "$commit" ]; then
+    note "the wheel is of commit $(installed_commit), not DLLM_BUILD_COMMIT $commit: rebuild it (scripts/device_wheel.sh)"
+    pack
+    exit 1
+  fi
   pack
 fi
 
