@@ -323,7 +323,7 @@ def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeyp
     monkeypatch.setattr(e2e, "_throughputs_in_turns", counted("throughput", throughput, stop_at=2))
     assert main(args) == 130
     saved = json.loads((out / "partial.json").read_text())
-    assert len(saved["quality"]) == 2 and [r["batch"] for r in saved["throughput"]] == [1, 1]
+    assert len(saved["quality"]) == 2 and [(i, batch) for i, batch, _ in saved["timed"]] == [(0, 1), (1, 1)]
     assert calls == {"quality": 2, "infill": 2, "throughput": 2}
     capsys.readouterr()
 
@@ -337,7 +337,7 @@ def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeyp
     assert [(r["sampler"], r["batch"]) for r in res["throughput"]] == [
         ("kv-cache", 1), ("kv-cache", 2), ("mdlm", 1), ("mdlm", 2)]
     assert {r["latency_ms"] for r in res["throughput"] if r["batch"] == 1} == {
-        r["latency_ms"] for r in saved["throughput"]}
+        row["latency_ms"] for _, _, row in saved["timed"]}
     assert not (out / "partial.json").exists()
 
     # another grid's partial results are not taken up

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._atomic import replaced_atomically
+from .._atomic import remove_leftovers, replaced_atomically
 from ..data.corpus import load_corpus
 from ..devices import DEVICE_HELP, resolve_device
 from ..models.config import SIZES
@@ -586,6 +586,7 @@ class Partial:
         self.infill: dict[str, dict] = {}
         self.timed: dict[tuple[int, int], dict] = {}
         self.resumed = None
+        remove_leftovers(path)  # a write killed midway (SIGKILL past a time limit's grace)
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -603,8 +604,7 @@ class Partial:
         with replaced_atomically(self.path) as tmp:
             tmp.write_text(json.dumps({
                 "sweep": self.identity, "quality": self.quality, "infill": self.infill,
-                "timed": [[i, batch, row] for (i, batch), row in self.timed.items()],
-                "throughput": list(self.timed.values())}, indent=1))
+                "timed": [[i, batch, row] for (i, batch), row in self.timed.items()]}, indent=1))
 
 
 def _budget(model_dir: Path) -> dict | None:
