@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--no-wgmma", action="store_true", help="leave out the Hopper wgmma kernels")
     ap.add_argument("--no-atomic-dq", action="store_true",
                     help="leave out the wgmma backward with atomic dQ (DLLM_ATTENTION_DQ=atomic)")
+    ap.add_argument("--no-pingpong", action="store_true",
+                    help="run the wgmma kernels in lock step only (DLLM_ATTENTION_PINGPONG=0): 'dllm' is lock step")
     args, shapes, reps = parse_bench_args(ap, cpu=(3, 10))
     device = args.device
     cuda = device.startswith("cuda")
@@ -78,7 +80,7 @@ def main() -> None:
             def run(fn):
                 return timed_call(fn, (q, k, v), args.backward)
 
-            def dllm_call(kernel, pingpong="1", dq="separate"):
+            def dllm_call(kernel, pingpong="0" if args.no_pingpong else "1", dq="separate"):
                 def call():
                     # read by the op at every call, the backward's included
                     os.environ.update(DLLM_ATTENTION_KERNEL=kernel, DLLM_ATTENTION_PINGPONG=pingpong,
@@ -88,7 +90,8 @@ def main() -> None:
 
             candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
             if wgmma:
-                candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
+                if not args.no_pingpong:
+                    candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
                 if args.backward and not args.no_atomic_dq:
                     candidates["dllm atomic dQ"] = run(dllm_call("wgmma", dq="atomic"))
                 candidates["dllm mma.sync"] = run(dllm_call("mma"))

@@ -20,7 +20,7 @@
 #                    stopped by a non-finite gradient has that step replayed (e2e-replay-*.txt:
 #                    python -m dllm.training.replay) and trains again, before the sweep, with SDPA's
 #                    cuDNN backend off, into OUT_DIR.e2e-models-no-cudnn). The
-#                    stages' limits: install 480 s, tests 240 + 150 + 60 s, bench 11 x 75 s + 120 s (sedd_step
+#                    stages' limits: install 480 s, tests 240 + 90 + 120 + 60 s, bench 11 x 75 s + 120 s (sedd_step
 #                    compiles its peer once per shape), steps 180 s (sedd-small, with its network
 #                    also under torch.compile) + 90 s (llada-8b) + 60 s (ar-small).
 #                    These caps add up to far more than a 10-minute device call (bench alone 945 s;
@@ -165,6 +165,9 @@ WGMMA_OK=1
 # wgmma is the default attention on 9.0: without it, the models of `dllm bench step` take mma.sync
 wgmma_off() { WGMMA_OK=0; export DLLM_ATTENTION_KERNEL=mma; }
 [ "$WGMMA_OK" = 1 ] || wgmma_off
+# ping-pong (the default) with lock step's results; without it, everything runs the wgmma kernels in lock step
+pingpong_off() { export DLLM_ATTENTION_PINGPONG=0; }
+[ -e "$OUT/pingpong_failed" ] && pingpong_off
 if stage tests; then
   if ! "$PY" -c "import pytest" 2>/dev/null; then
     "$PY" -m pip install --no-index --find-links "${DLLM_WHEELS:-wheels}" pytest numpy >"$OUT/pip-pytest.log" 2>&1 \
@@ -186,8 +189,12 @@ if stage tests; then
   # wgmma's own tests first: the other tests' models take the default attention, wgmma on 9.0, and
   # take mma.sync instead when these failed
   if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
-    run_tests wgmma 150 "${K:+($K) and }wgmma and not atomic" || { wgmma_off; : >"$OUT/wgmma_failed"; }
-    # apart: a failure of the opt-in atomic dQ leaves out its benchmark row, not every wgmma one
+    # Lock step first (the kernels as the last GPU run had them, but for later changes), then the
+    # default ping-pong, then the opt-in atomic dQ: a failure in a later group drops only that variant
+    # (its benchmark rows; with ping-pong failing, everything after runs lock step).
+    run_tests wgmma-lock-step 90 "${K:+($K) and }wgmma and lock-step" || { wgmma_off; : >"$OUT/wgmma_failed"; }
+    [ "$WGMMA_OK" = 1 ] && { run_tests wgmma 120 "${K:+($K) and }wgmma and not atomic and not lock-step" \
+      || { pingpong_off; : >"$OUT/pingpong_failed"; }; }
     [ "$WGMMA_OK" = 1 ] && { run_tests wgmma-atomic-dq 60 "${K:+($K) and }wgmma and atomic" || : >"$OUT/atomic_dq_failed"; }
   fi
   run_tests main 240 "${K:+($K) and }not wgmma"
@@ -199,6 +206,7 @@ if stage bench; then
   no_wgmma=()
   [ "$WGMMA_OK" = 1 ] || { no_wgmma=(--no-wgmma); note "wgmma tests failed or DLLM_NO_WGMMA=1: benchmarks leave it out"; }
   [ -e "$OUT/atomic_dq_failed" ] && { no_wgmma+=(--no-atomic-dq); note "atomic dQ tests failed: benchmarks leave it out"; }
+  [ -e "$OUT/pingpong_failed" ] && { no_wgmma+=(--no-pingpong); note "ping-pong tests failed: benchmarks run lock step"; }
   for bench in ${DLLM_GPU_BENCHES:-attention attention_decode sedd_step unmask_step sample_categorical sedd_losses rotary adaln vocab_head published_latency attention_backward train_step}; do
     # a later call on the same (still warm) machine into the same OUT_DIR goes on from the first unfinished one
     [ -e "$OUT/$bench.done" ] && continue
@@ -260,7 +268,7 @@ if stage ncu; then
   wait_for_e2e_training
   profile ncu.txt 150 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
   # the wgmma attention's kernels, ping-pong and lock step, and with atomic dQ
-  [ "$WGMMA_OK" = 1 ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta|dq_from_accum' \
+  [ "$WGMMA_OK" = 1 ] && [ ! -e "$OUT/pingpong_failed" ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta|dq_from_accum' \
     scripts/profile_attention.py
   pack
 fi
