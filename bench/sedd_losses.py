@@ -4,7 +4,9 @@ The peers are the plain-PyTorch references (dllm.sedd.reference: SEDD's score en
 SUBS loss) with autograd, in float32 on the same logits. The floor is reading the logits of the
 masked positions (all of them by default, --mask-frac 1) and writing the whole gradient once at the
 measured copy bandwidth; dllm's fused kernels read those logits twice (forward, backward) and write
-the gradient once.
+the gradient once. dllm's forward and backward kernels are also timed alone, each against its own
+floor (the forward reads the masked rows; the backward reads them and writes the whole gradient),
+to say which of the two keeps fwd+bwd from the floor.
 
   python bench/sedd_losses.py --device cuda --out bench/results/<name>/sedd_losses
 """
@@ -50,15 +52,29 @@ def main() -> None:
         # read the masked rows' logits (the others do not enter either loss), write all of d(logits)
         nbytes = (int(masked.sum()) * k + logits.numel()) * logits.element_size()
         shape = f"{b}x{l}x{k}"
+        read_bytes = int(masked.sum()) * k * logits.element_size()
+        ones = torch.ones(b, device=device)
+        lse = torch.ops.dllm.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=k - 1)[1]
         cases = {
             "score_entropy_loss absorb": (
                 lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph="absorb"),
-                lambda z: ref.score_entropy_loss(z.float(), x_t, x0, sigma, dsigma, graph="absorb")),
+                lambda z: ref.score_entropy_loss(z.float(), x_t, x0, sigma, dsigma, graph="absorb"),
+                lambda: torch.ops.dllm.score_entropy_loss_backward(ones, logits, x_t, x0, sigma, dsigma, graph="absorb",
+                                                                   scale_by_sigma=True)),
             "masked_diffusion_loss": (
                 lambda z: dllm.ops.masked_diffusion_loss(z, x_t, x0, weight, mask_id=k - 1),
-                lambda z: ref.masked_diffusion_loss(z.float(), x_t, x0, weight, mask_id=k - 1)),
+                lambda z: ref.masked_diffusion_loss(z.float(), x_t, x0, weight, mask_id=k - 1),
+                lambda: torch.ops.dllm.masked_diffusion_loss_backward(ones, logits, lse, x_t, x0, weight,
+                                                                      mask_id=k - 1)),
         }
-        for op, (ours_fn, peer_fn) in cases.items():
+        for op, (ours_fn, peer_fn, backward_fn) in cases.items():
+            for part, fn, part_bytes in (("fwd", lambda: ours_fn(logits), read_bytes), ("bwd", backward_fn, nbytes)):
+                if part_bytes == 0:  # no masked row: the forward reads nothing, and has no floor
+                    continue
+                (alone,) = measure_against(f"{op} {part} alone", shape, args.dtype, [("dllm", fn)], device, part_bytes,
+                                           floor_gbps, **reps)
+                alone.note = f"{alone.median_ms / (part_bytes / floor_gbps / 1e6):.2f}x its floor"
+                rows.append(alone)
             impls = [("dllm", lambda: fwd_bwd(ours_fn, logits)),
                      ("eager reference (fp32)", lambda: fwd_bwd(peer_fn, logits))]
             ours, peer = measure_against(op + " fwd+bwd", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
