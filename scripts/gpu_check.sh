@@ -184,6 +184,7 @@ if stage tests; then
       >"$OUT/tests-$1.log" 2>&1
     local rc=$?
     note "tests ($1) exit code $rc: $(tail -1 "$OUT/tests-$1.log")"
+    (( rc == 5 )) && return 0  # no test selected (a narrow DLLM_TESTS_K): nothing failed
     return $rc
   }
   # wgmma's own tests first: the other tests' models take the default attention, wgmma on 9.0, and
@@ -268,6 +269,7 @@ if stage ncu; then
   wait_for_e2e_training
   profile ncu.txt 150 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
   # the wgmma attention's kernels, ping-pong and lock step, and with atomic dQ
+  [ -e "$OUT/atomic_dq_failed" ] && export DLLM_PROFILE_ATOMIC_DQ=0
   [ "$WGMMA_OK" = 1 ] && [ ! -e "$OUT/pingpong_failed" ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta|dq_from_accum' \
     scripts/profile_attention.py
   pack

@@ -9,6 +9,7 @@ and ping-pong with atomic dQ (DLLM_ATTENTION_DQ=atomic: no dQ kernel), for a pro
 for SDPA flash's, and the forward 166 TFLOP/s against the 250 the issue asks: the counters say
 whether the tensor cores, the exponentials, shared memory or the barriers hold each kernel back.
 Each configuration runs twice; the second call, the warm one, runs between cudaProfilerStart and Stop.
+DLLM_PROFILE_ATOMIC_DQ=0 leaves out the atomic-dQ configuration (gpu_check.sh sets it when its tests failed).
 """
 
 import os
@@ -23,10 +24,13 @@ assert torch.cuda.get_device_capability() == (9, 0) and dllm.build_info()["wgmma
     "profiles the wgmma kernels: needs a compute capability 9.0 GPU and a build for 9.0"
 g = torch.Generator(device="cuda").manual_seed(0)
 os.environ["DLLM_ATTENTION_KERNEL"] = "wgmma"
+CONFIGS = [("1", "separate"), ("0", "separate")]  # (DLLM_ATTENTION_PINGPONG, DLLM_ATTENTION_DQ)
+if os.environ.get("DLLM_PROFILE_ATOMIC_DQ") != "0":
+    CONFIGS.append(("1", "atomic"))
 
 for B, L, H, D in ((16, 1024, 12, 64), (2, 4096, 32, 128)):  # SEDD-small; D = 128 at L = 4096
     q, k, v = (torch.randn(B, L, H, D, generator=g, device="cuda").bfloat16().requires_grad_() for _ in range(3))
-    for pingpong, dq in (("1", "separate"), ("0", "separate"), ("1", "atomic")):
+    for pingpong, dq in CONFIGS:
         # read by the op at every call
         os.environ.update(DLLM_ATTENTION_PINGPONG=pingpong, DLLM_ATTENTION_DQ=dq)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import re
 import statistics
 from fractions import Fraction
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -340,13 +342,19 @@ def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeyp
         row["latency_ms"] for _, _, row in saved["timed"]}
     assert not (out / "partial.json").exists()
 
-    # another grid's partial results are not taken up
+    # another grid's partial results are not taken up, nor those of a model retrained into the same folder
     (out / "partial.json").write_text(json.dumps({**saved, "sweep": {**saved["sweep"], "samples": 3}}))
     assert main(args) == 0
     assert "holds another sweep's results" in capsys.readouterr().out
     assert calls == {"quality": 4, "infill": 4, "throughput": 5}
     assert json.loads((out / "results.json").read_text())["meta"]["resumed"] is None
     assert "went on from an earlier one" not in (out / "report.md").read_text()
+    (out / "partial.json").write_text(json.dumps(saved))
+    model_dir = Path(saved["sweep"]["model_dirs"]["mdlm"])
+    weights = max((f for f in model_dir.iterdir() if f.is_file()), key=lambda f: f.stat().st_size)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(args) == 0
+    assert "holds another sweep's results" in capsys.readouterr().out and calls["quality"] == 6
 
 
 def test_e2e_throughput_times_the_points_in_turns():

@@ -566,10 +566,20 @@ def run(ns: argparse.Namespace) -> dict:
     return results
 
 
+# The attention kernels a call runs (and so the bits of its samples) follow these variables.
+KERNEL_CHOICES = ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")
+
+
 def _sweep_identity(ns: argparse.Namespace, fracs: list[Fraction], models: Models, device: str) -> dict:
-    """What decides a sweep's results: a partial.json of another sweep is not taken up."""
-    return {"commit": git_commit(), "device": device, "model_dirs": {k: str(d) for k, d in models.dirs.items()},
-            "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},
+    """What decides a sweep's results: a partial.json of another sweep is not taken up. The model
+    folders' files by name, size and modification time, since a model retrained into the same
+    folder keeps its path and, at a step cap, its step count."""
+    return {"commit": git_commit(), "torch": torch.__version__, "card": card(device), "device": device,
+            "threads": torch.get_num_threads(), "kernels": {name: os.environ.get(name) for name in KERNEL_CHOICES},
+            "model_dirs": {k: str(d) for k, d in models.dirs.items()},
+            "model_files": {k: sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(d).iterdir()
+                                      if f.is_file()) for k, d in models.dirs.items()},
+            "data": models.data, "val_fraction": models.val_fraction,
             "gen_lengths": ns.gen_lengths, "batch_sizes": ns.batch_sizes, "samplers": ns.samplers,
             "step_fractions": [str(f) for f in fracs], "samples": ns.samples, "temperature": ns.temperature,
             "seed": ns.seed, "nll_windows": ns.nll_windows, "reps": ns.reps}
@@ -592,7 +602,8 @@ class Partial:
         except (OSError, ValueError):
             return
         if not isinstance(saved, dict) or saved.get("sweep") != identity:
-            print(f"[e2e] {path} holds another sweep's results (other models, commit or grid): starting over")
+            print(f"[e2e] {path} holds another sweep's results (other models, data, commit, machine or grid): "
+                  "starting over")
             return
         self.quality, self.infill = saved["quality"], saved["infill"]
         self.timed = {(i, batch): row for i, batch, row in saved["timed"]}
