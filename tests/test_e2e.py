@@ -775,6 +775,13 @@ def test_held_out_windows_end_each_file_with_end_of_text(tmp_path):
         assert files == val
 
 
+def model_folders(root) -> dict:
+    """Empty model folders for a sweep whose loading is stubbed (its identity lists their files)."""
+    for name in ("m", "a"):
+        (root / name).mkdir(exist_ok=True)
+    return {"mdlm": str(root / "m"), "ar": str(root / "a")}
+
+
 def test_speedups_compare_each_batch_with_the_baseline_of_that_batch(monkeypatch, tmp_path):
     """run() divides each row's tokens/s by the autoregressive row's of the same length and batch."""
     speeds = {}
@@ -792,7 +799,7 @@ def test_speedups_compare_each_batch_with_the_baseline_of_that_batch(monkeypatch
                "entropy": 3.0, "token_counts": [3, 3], "quality_nfe": 4.0, "example": "x = 1"}
     infill = {"infill_parse": 0.5, "infill_exact": 0.0, "infill_entropy": 2.0, "infill_steps": 3.0, "infill_nfe": 3.0}
     net = torch.nn.Linear(1, 1)
-    models = e2e.Models(SimpleNamespace(model=net), net, ByteTokenizer(), {"mdlm": "m", "ar": "a"}, 64, None, 0.05)
+    models = e2e.Models(SimpleNamespace(model=net), net, ByteTokenizer(), model_folders(tmp_path), 64, None, 0.05)
     written = {}
     monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
     monkeypatch.setattr(e2e, "_val_windows",
@@ -1238,7 +1245,7 @@ def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatc
         return dict(infills[sampler, frac])
 
     net = torch.nn.Linear(1, 1)
-    models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, ByteTokenizer(), {"mdlm": "m", "ar": "a"},
+    models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, ByteTokenizer(), model_folders(tmp_path),
                         48, None, 0.05)
     windows = torch.randint(0, 50, (3, 48), generator=torch.Generator().manual_seed(2))
     windows[:, 16:] = torch.randint(50, 250, (3, 32), generator=torch.Generator().manual_seed(3))
