@@ -187,8 +187,8 @@ if stage tests; then
     (( rc == 5 )) && return 0  # no test selected (a narrow DLLM_TESTS_K): nothing failed
     return $rc
   }
-  # wgmma's own tests first: the other tests' models take the default attention, wgmma on 9.0, and
-  # take mma.sync instead when these failed
+  # wgmma's own tests first: the other tests' models take the default attention, wgmma on 9.0 (mma.sync
+  # once lock step's tests failed, lock step once ping-pong's did)
   if "$PY" -c "import dllm, torch, sys; sys.exit(not (dllm.build_info()['wgmma'] and torch.cuda.get_device_capability() == (9, 0)))"; then
     # Lock step first (the kernels as the last GPU run had them, but for later changes), then the
     # default ping-pong, then the opt-in atomic dQ: a failure in a later group drops only that variant

@@ -510,6 +510,7 @@ def run(ns: argparse.Namespace) -> dict:
     # What is measured so far survives an interrupted sweep (partial.json, which the report replaces
     # at the end), and a later call of the same sweep on the same models goes on from there.
     partial = Partial(Path(ns.out_dir) / "partial.json", _sweep_identity(ns, fracs, models, device))
+    # partial's own containers, filled in place: each write() saves them as they stand
     quality, infill_cache, timed = partial.quality, partial.infill, partial.timed
     # taken after the models trained and loaded: the report gives the load the sweep itself ran under
     load_at_start = os.getloadavg()[0]
@@ -561,7 +562,7 @@ def run(ns: argparse.Namespace) -> dict:
     results["verdict"] = verdicts(results)
     out = Path(ns.out_dir)
     write_report(out, results)
-    (out / "partial.json").unlink(missing_ok=True)
+    partial.path.unlink(missing_ok=True)
     print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
     return results
 
