@@ -437,7 +437,7 @@ def test_the_kernels_take_bf16_and_fp16_at_d64_and_128_on_sm80_and_newer(monkeyp
     """The kernels refuse compute capability < 8.0 (mma.sync, cp.async) and float32, so attention()
     must send such inputs, and other head sizes, to SDPA. A meta tensor stands in for the CUDA one."""
     q = torch.empty(1, 4, 2, 64, dtype=torch.bfloat16, device="meta")
-    monkeypatch.setattr(dllm.ops, "_HAS_CUDA_ATTENTION", True)
+    monkeypatch.setattr(dllm.ops._attention, "_HAS_CUDA_ATTENTION", True)
     for major, supported in ((7, False), (8, True), (9, True)):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, m=major: SimpleNamespace(major=m))
         assert dllm.ops.cuda_kernel_supports(q) is supported
