@@ -30,7 +30,7 @@ SCHEDULES, OBJECTIVES = "python/dllm/sedd/schedules.py", "python/dllm/objectives
 COMMIT, PREDICT, SEDD, ATTENTION = (f"csrc/kernels/{name}_cpu.cpp"
                                     for name in ("commit_tokens", "predict_masked", "sedd", "attention"))
 RULES, GEN, KV, UNMASK = "test_sampler_rules", "test_generate", "test_kv_cache", "test_unmask"
-E2E = "python/dllm/benchmarks/e2e.py"
+E2E, E2E_PARTIAL = "python/dllm/benchmarks/e2e.py", "python/dllm/benchmarks/e2e_partial.py"
 # (file, text, replacement, test modules that must catch it)
 MUTANTS = [
     # the samplers' rules: time conditioning, guidance, remasking, MDLM's schedule and cache,
@@ -699,6 +699,10 @@ MUTANTS = [
     ("python/dllm/benchmarks/e2e_report.py", "f\"{_f(data['parse_rate'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_prefix'], 2)} | \"",
      "f\"{_f(data['parse_prefix'], 2)} | {_f(data['blank_rate'], 2)} | {_f(data['parse_rate'], 2)} | \"", ["test_e2e"]),
     (E2E, "rows = slice(lo, min(n, lo + 16))", "rows = slice(lo, min(n, lo + 15))", ["test_e2e"]),
+    # a cut-short sweep: what it takes up from partial.json, and what tells another sweep's file apart
+    (E2E_PARTIAL, 'saved.get("sweep") != identity', "False", ["test_e2e"]),
+    (E2E_PARTIAL, "f.stat().st_size, f.stat().st_mtime_ns]", "f.stat().st_size]", ["test_e2e"]),
+    (E2E_PARTIAL, 'self.timed = {(i, batch): row for i, batch, row in saved["timed"]}', "self.timed = {}", ["test_e2e"]),
 ]
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._atomic import remove_leftovers, replaced_atomically
 from ..data.corpus import load_corpus
 from ..devices import DEVICE_HELP, resolve_device
 from ..models.config import SIZES
@@ -41,6 +40,7 @@ from ..training.timed import train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
 from .common import card, command_line, git_commit, quantile, time_interleaved, utc_now
+from .e2e_partial import Partial, sweep_identity
 from .e2e_verdict import verdicts
 
 # Fast-dLLM's KV cache for dllm.generate(cache=...): "dual", its fastest (the prefix and the suffix of
@@ -509,7 +509,7 @@ def run(ns: argparse.Namespace) -> dict:
     chunk = max(ns.batch_sizes)
     # What is measured so far survives an interrupted sweep (partial.json, which the report replaces
     # at the end), and a later call of the same sweep on the same models goes on from there.
-    partial = Partial(Path(ns.out_dir) / "partial.json", _sweep_identity(ns, fracs, models, device))
+    partial = Partial(Path(ns.out_dir) / "partial.json", sweep_identity(ns, fracs, models, device))
     # partial's own containers, filled in place: each write() saves them as they stand
     quality, infill_cache, timed = partial.quality, partial.infill, partial.timed
     # taken after the models trained and loaded: the report gives the load the sweep itself ran under
@@ -565,58 +565,6 @@ def run(ns: argparse.Namespace) -> dict:
     partial.path.unlink(missing_ok=True)
     print(f"[e2e] wrote {out}/report.md, results.json, throughput.png, quality.png, frontier.png")
     return results
-
-
-# The attention kernels a call runs (and so the bits of its samples) follow these variables.
-KERNEL_CHOICES = ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")
-
-
-def _sweep_identity(ns: argparse.Namespace, fracs: list[Fraction], models: Models, device: str) -> dict:
-    """What decides a sweep's results: a partial.json of another sweep is not taken up. The model
-    folders' files by name, size and modification time, since a model retrained into the same
-    folder keeps its path and, at a step cap, its step count."""
-    return {"commit": git_commit(), "torch": torch.__version__, "card": card(device), "device": device,
-            "threads": torch.get_num_threads(), "kernels": {name: os.environ.get(name) for name in KERNEL_CHOICES},
-            "model_dirs": {k: str(d) for k, d in models.dirs.items()},
-            "model_files": {k: sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(d).iterdir()
-                                      if f.is_file()) for k, d in models.dirs.items()},
-            "data": models.data, "val_fraction": models.val_fraction,
-            "gen_lengths": ns.gen_lengths, "batch_sizes": ns.batch_sizes, "samplers": ns.samplers,
-            "step_fractions": [str(f) for f in fracs], "samples": ns.samples, "temperature": ns.temperature,
-            "seed": ns.seed, "nll_windows": ns.nll_windows, "reps": ns.reps}
-
-
-class Partial:
-    """A sweep's results so far, in `path`: the quality rows (in the order of the points), the
-    infill scores by (model, sampler, fraction), and the throughput rows by (point, batch). Those of
-    an earlier call of the same sweep (`identity`), cut short, are taken up; `resumed` counts them."""
-
-    def __init__(self, path: Path, identity: dict):
-        self.path, self.identity = path, identity
-        self.quality: list[dict] = []
-        self.infill: dict[str, dict] = {}
-        self.timed: dict[tuple[int, int], dict] = {}
-        self.resumed = None
-        remove_leftovers(path)  # a write killed midway (SIGKILL past a time limit's grace)
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        if not isinstance(saved, dict) or saved.get("sweep") != identity:
-            print(f"[e2e] {path} holds another sweep's results (other models, data, commit, machine or grid): "
-                  "starting over")
-            return
-        self.quality, self.infill = saved["quality"], saved["infill"]
-        self.timed = {(i, batch): row for i, batch, row in saved["timed"]}
-        self.resumed = {"quality_points": len(self.quality), "throughput_rows": len(self.timed)}
-        print(f"[e2e] going on from {path}: {len(self.quality)} quality points and {len(self.timed)} throughput "
-              "rows measured by an earlier call")
-
-    def write(self) -> None:
-        with replaced_atomically(self.path) as tmp:
-            tmp.write_text(json.dumps({
-                "sweep": self.identity, "quality": self.quality, "infill": self.infill,
-                "timed": [[i, batch, row] for (i, batch), row in self.timed.items()]}, indent=1))
 
 
 def _budget(model_dir: Path) -> dict | None:
