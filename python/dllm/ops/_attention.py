@@ -72,8 +72,8 @@ def _softmax_scale(q: torch.Tensor, softmax_scale: float | None, op: str) -> flo
     return float(softmax_scale)
 
 
-# Decided once at import (the library is loaded by then), so that torch.compile reads a constant
-# instead of tracing a dispatcher query.
+# Decided once at import (dllm.ops loads the library before its modules), so that torch.compile
+# reads a constant instead of tracing a dispatcher query.
 _HAS_CUDA_ATTENTION = torch._C._dispatch_has_kernel_for_dispatch_key("dllm::attention_forward", "CUDA")
 CUDA_HEAD_DIMS = (64, 128)
 
