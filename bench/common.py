@@ -110,7 +110,7 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
 
 def peak_extra_mb(fn, device: str) -> float:
     """CUDA memory fn allocates beyond what was allocated before it, at its peak, in MB (10^6 bytes,
-    as the notes and the README say; NaN on the CPU)."""
+    as the notes and the docs say; NaN on the CPU)."""
     if not device.startswith("cuda"):
         return float("nan")
     torch.cuda.synchronize(device)

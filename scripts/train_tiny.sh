@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tiny-model training comparison (README, "Benchmarks": bench/train_summary.py): MDLM, SEDD and
+# The tiny-model training comparison (docs/benchmarks.md: bench/train_summary.py): MDLM, SEDD and
 # the autoregressive model, each trained for the same wall-clock budget on the same BPE data, one
 # after another, then summarised into OUT_DIR (summary.md, val_bpb.png, each run's metrics).
 #

@@ -36,7 +36,7 @@ ISSUE_SIGNATURES = {
                    "cache=None, cuda_graph=False, generator=None, callback=None, return_history=False",
     # the published-checkpoints issue (its closing note spells out the keywords)
     dllm.models.from_pretrained: "path, *, map_location='cpu', dtype=None",
-    # the README's (written against the issues' names)
+    # docs/api.md's (written against the issues' names)
     dllm.ops.rotary: "x, cos, sin",
     dllm.ops.raise_pending_errors: "",
     dllm.ops.adaln: "x, weight, shift, scale, *, eps=1e-5",

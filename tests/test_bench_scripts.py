@@ -238,7 +238,7 @@ def test_rotary_timed_calls_do_no_work_on_the_tables_alone(monkeypatch):
 
 def test_peak_extra_memory_is_in_the_mb_its_notes_print(monkeypatch):
     """peak_extra_mb: the peak allocated while fn runs, less what was allocated before it, in MB
-    (10^6 bytes), the unit the notes ("peak extra memory ... MB") and the README's GB give. It
+    (10^6 bytes), the unit the notes ("peak extra memory ... MB") and docs/benchmarks.md's GB give. It
     returned MiB, which the notes printed as MB, 4.9% low. CUDA's counters faked (no GPU needed)."""
     monkeypatch.syspath_prepend(str(BENCH))
     from common import peak_extra_mb

@@ -36,13 +36,13 @@ def test_help_lists_every_command():
                         (("sample",), ("--sampler", "--block-length", "--cache", "--cuda-graph", "published",
                                        "--prompt", "--gen-length", "--steps", "--show-steps", "--temperature")),
                         (("bench", "step"), ("--preset", "--device", "--dtype", "--reps", "--out")),
-                        # the README's `dllm train` commands and options
+                        # docs/training.md's `dllm train` commands and options
                         (("train",), ("--objective", "--graph", "--noise", "--kv-heads", "--data", "--tokenizer",
                                       "--bpe-vocab-size", "--model", "--out-dir", "--max-time", "--hidden",
                                       "--layers", "--heads", "--random-length", "--val-fraction", "--seq-len",
                                       "--cache-dir", "--eval-batches", "--log-every", "--resume", "--steps")),
                         # the e2e issue's grid as the defaults: batch 1 and 16, lengths 256 and 1024,
-                        # L..L/8 steps, its three samplers; and the README's options
+                        # L..L/8 steps, its three samplers; and docs/benchmarks.md's options
                         (("bench", "e2e"), ("--size", "--minutes", "--out-dir", "--train-steps", "--model-dir",
                                             "--ar-dir", "(default: 1 16)", "(default: 256 1024)",
                                             "(default: 1 1/2 1/4 1/8)", "(default: mdlm llada fast-dllm)"))):
@@ -904,7 +904,7 @@ def test_eval_refuses_a_seed_out_of_range_in_python_too():
 
 
 def test_sample_eval_and_demo_defaults_are_those_their_help_states(monkeypatch, capsys):
-    """The defaults that --help and the README state, as the commands receive them (an option left out
+    """The defaults that --help and the docs state, as the commands receive them (an option left out
     takes the documented value; eval's --seed is the run's, so None)."""
     import dllm.demo
     import dllm.eval_cli

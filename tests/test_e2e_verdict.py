@@ -304,7 +304,7 @@ def test_each_length_is_judged_against_the_baselines_samples_of_that_length():
 
 
 def test_the_committed_cpu_report_has_no_win_under_todays_verdict():
-    """The README's reading of bench/results/cpu-2core-2026-12-01/e2e: four faster mdlm points, each at
+    """docs/benchmarks.md's reading of bench/results/cpu-2core-2026-12-01/e2e: four faster mdlm points, each at
     the baseline's floor, so none is a win (the one at 1.03x inside the baseline's spread besides)."""
     path = Path(__file__).parent.parent / "bench" / "results" / "cpu-2core-2026-12-01" / "e2e" / "results.json"
     found = verdicts(json.loads(path.read_text()))

@@ -943,7 +943,7 @@ def test_what_a_call_refuses_does_not_depend_on_the_template_being_complete():
 
 
 def test_a_trained_folder_samples_from_python(tmp_path):
-    """The README's route from `dllm train` to dllm.generate: load_for_sampling wraps the bare
+    """docs/training.md's route from `dllm train` to dllm.generate: load_for_sampling wraps the bare
     network with what the samplers need (mask id; a SEDD run's graph and noise)."""
     from _train_helpers import make_corpus, tiny
 

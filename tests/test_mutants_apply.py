@@ -20,7 +20,7 @@ def _mutants(script: str) -> list:
 
 @pytest.mark.parametrize("script", ["tests/mutate_cpu.py", "tests/cuda_emulator/mutate.py"])
 def test_help_and_bad_indices_end_before_any_worktree_is_made(script):
-    # the README tells users to run these scripts: `--help` printed a ValueError traceback
+    # docs/testing.md tells users to run these scripts: `--help` printed a ValueError traceback
     count = len(_mutants(script))
     for args, code, text in ((["--help"], 0, "INDEX"), (["-h"], 0, "INDEX"), (["x"], 1, "error: x: mutant indices"),
                              ([str(count)], 1, f"are 0 to {count - 1}")):
@@ -38,7 +38,7 @@ def test_every_mutant_names_text_that_is_in_its_file_once(script):
 
 @pytest.mark.parametrize("script,phrase", [("tests/mutate_cpu.py", "`python tests/mutate_cpu.py` plants {} known bugs"),
                                            ("tests/cuda_emulator/mutate.py", "does the same with {} bugs")])
-def test_readme_counts_the_planted_bugs(script, phrase):
-    # the README gives each sweep's size; it had fallen one mutant behind
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert phrase.format(len(_mutants(script))) in readme
+def test_the_docs_count_the_planted_bugs(script, phrase):
+    # docs/testing.md gives each sweep's size; it had fallen one mutant behind
+    testing = " ".join((ROOT / "docs" / "testing.md").read_text().split())
+    assert phrase.format(len(_mutants(script))) in testing

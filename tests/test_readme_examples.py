@@ -1,7 +1,7 @@
-"""The README's Python examples as a contract: each block is found by its content and run as written,
-after the few textual substitutions declared here (GPU to CPU, sizes a CPU runs in seconds, paths
-into tmp_path). Every substitution asserts that its text is still in the block, so a README edit
-fails here until this file follows it. Fragments get the names the README's prose defines (a model,
+"""The Python examples of the README and docs/ as a contract: each block is found by its content and
+run as written, after the few textual substitutions declared here (GPU to CPU, sizes a CPU runs in
+seconds, paths into tmp_path). Every substitution asserts that its text is still in the block, so an
+edit of the docs fails here until this file follows it. Fragments get the names the prose defines (a model,
 a prompt, a canvas) from a small prelude, and the outputs the blocks' comments state are checked.
 Every block, runnable or not, uses only dllm names that exist, called with parameters they take."""
 
@@ -23,10 +23,12 @@ from dllm.sampling.pretrained import MaskedLM
 
 from _train_helpers import make_corpus, tiny
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.S | re.M)
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [block for doc in DOCS
+          for block in re.findall(r"^```python\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M)]
 
-# each README block by a text only it contains
+# each block by a text only it contains
 MARKERS = {
     "build_info": "dllm.build_info()",
     "llada_step": "linear_transfer_counts(",
@@ -41,21 +43,21 @@ MARKERS = {
 
 def block(name: str) -> str:
     found = [b for b in BLOCKS if MARKERS[name] in b]
-    assert len(found) == 1, f"{len(found)} README python blocks contain {MARKERS[name]!r}"
+    assert len(found) == 1, f"{len(found)} python blocks of the docs contain {MARKERS[name]!r}"
     return found[0]
 
 
 def substitute(code: str, *edits: tuple[str, str]) -> str:
     for old, new in edits:
-        assert old in code, f"the README block no longer contains {old!r}: update {Path(__file__).name}"
+        assert old in code, f"the docs' block no longer contains {old!r}: update {Path(__file__).name}"
         code = code.replace(old, new)
     return code
 
 
 def run(name: str, code: str, **context) -> dict:
-    """Executes a block with ``torch``, ``dllm`` and ``context`` defined, as the README's prose has them."""
+    """Executes a block with ``torch``, ``dllm`` and ``context`` defined, as the docs' prose has them."""
     namespace = {"torch": torch, "dllm": dllm, **context}
-    exec(compile(code, f"README.md ({name})", "exec"), namespace)
+    exec(compile(code, f"docs ({name})", "exec"), namespace)
     return namespace
 
 
@@ -79,7 +81,7 @@ def gen_length(code: str) -> int:
 
 def test_every_python_block_is_covered_once():
     names = [[name for name, marker in MARKERS.items() if marker in code] for code in BLOCKS]
-    assert sorted(names) == sorted([name] for name in MARKERS), "a README python block this file does not run"
+    assert sorted(names) == sorted([name] for name in MARKERS), "a python block of the docs this file does not run"
 
 
 # dllm functions that take another object's fields as keywords (**overrides)
@@ -123,7 +125,7 @@ def test_blocks_use_existing_dllm_names_with_their_parameters(name):
         try:
             inspect.signature(fn).bind(*node.args, **dict.fromkeys(keywords))
         except TypeError as e:
-            raise AssertionError(f"README.md ({name}): {ast.unparse(node)}: {e}") from None
+            raise AssertionError(f"docs ({name}): {ast.unparse(node)}: {e}") from None
         if fn in KEYWORDS_OF:
             assert set(keywords) <= KEYWORDS_OF[fn], f"{ast.unparse(node)}: no such option"
         checked += 1
@@ -148,7 +150,7 @@ def test_build_info_and_sample_categorical(seeded):
 
 
 def test_llada_step_over_a_block(seeded):
-    # the README's running example: LLaDA's mask id 126336 in its vocabulary of 126464
+    # the docs' running example: LLaDA's mask id 126336 in its vocabulary of 126464
     B, L, V, mask = 2, 12, 126464, 126336
     s, e, steps, step = 4, 8, 2, 0
     x = torch.randint(0, 100, (B, L))
@@ -199,7 +201,7 @@ def test_sedd_sampling_loop(seeded):
 
 
 def test_train_then_load_and_sample(tmp_path, seeded):
-    # a tiny run over a small corpus; seq_len 128 holds the README's prompt + gen_length=64
+    # a tiny run over a small corpus; seq_len 128 holds the docs' prompt + gen_length=64
     options = {k: v for k, v in tiny(tmp_path, make_corpus(tmp_path / "corpus"), seq_len=128).items()
                if k not in ("steps", "out_dir")}
     out_dir = (tmp_path / "out" / "mdlm").as_posix()

@@ -164,7 +164,7 @@ def test_half_precision_logits(device, dtype, loss_name):
 def test_loss_and_gradient_do_not_depend_on_threads(loss_name):
     # One thread computes each position's loss and gradient row, and one sums a sequence's
     # positions in double, so a run trains alike on any thread count (a training-reproducibility
-    # property; the README promises thread independence only for the draws). The grain is
+    # property; docs/api.md promises thread independence only for the draws). The grain is
     # 65536 / K = 32 rows: 1, 2 and 3 threads split these 602 differently.
     graph = "uniform" if loss_name.endswith("uniform") else "absorb"
     logits, x_t, x0, sigma, dsigma = make_inputs((2, 301, 2003), graph, torch.float32, "cpu", seed=5)

@@ -524,7 +524,7 @@ def test_compiled_llada_step_matches_eager(device):
 
 
 def test_compiled_random_step_follows_manual_seed(device):
-    """The README's route for a compiled sampler step that draws: no generator argument (TorchDynamo
+    """docs/api.md's route for a compiled sampler step that draws: no generator argument (TorchDynamo
     cannot trace one), so torch's default generator, which torch.manual_seed makes repeatable,
     draw for draw with the eager ops."""
     logits, x = masked_batch(2, 64, 100, device)

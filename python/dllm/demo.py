@@ -72,7 +72,7 @@ def run_demo(out_dir: str = "out/demo", minutes: float = 3.0, gen_length: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(device))
-    # One position more than a sample, as the cached models and the README's records were trained
+    # One position more than a sample, as the cached models and docs/demo.md's records were trained
     # (the autoregressive model's start token and gen_length tokens after it need gen_length positions)
     seq_len = max(gen_length, 128) + 1
     dirs = {obj: train_for_minutes(obj, out, minutes, device=device, seq_len=seq_len, tokenizer=tokenizer,

@@ -1,7 +1,7 @@
 // Score-entropy discrete diffusion (SEDD) and masked diffusion (MDLM): fused sampler steps,
 // losses and forward noising. Framework-free: raw pointers and sizes.
 //
-// Notation (see README "SEDD and MDLM ops"): K = logits.size(-1). Graph "absorb": the mask is K - 1 and
+// Notation (see docs/api.md, "SEDD and MDLM ops"): K = logits.size(-1). Graph "absorb": the mask is K - 1 and
 // tokens are [0, K - 1); graph "uniform": tokens are [0, K). The log-score at a position is the
 // network output shifted by `shift` = log(expm1(sigma)) + log(K - 1) (scale_by_sigma) or 0,
 // with the entry of the input token set to 0.
