@@ -25,7 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-MASKED, SCORE, GENERATE = (f"python/dllm/sampling/{name}.py" for name in ("masked", "score", "generate"))
+MASKED, SCORE, GENERATE, OPTIONS, CANVAS = (f"python/dllm/sampling/{name}.py" for name in (
+    "masked", "score", "generate", "options", "canvas"))
 SCHEDULES, OBJECTIVES = "python/dllm/sedd/schedules.py", "python/dllm/objectives/diffusion.py"
 COMMIT, PREDICT, SEDD, ATTENTION = (f"csrc/kernels/{name}_cpu.cpp"
                                     for name in ("commit_tokens", "predict_masked", "sedd", "attention"))
@@ -105,8 +106,8 @@ MUTANTS = [
     (GENERATE, "threshold=0.9 if threshold is None else threshold", "threshold=0.5 if threshold is None else threshold",
      [RULES]),
     (GENERATE, "FAST_DLLM_BLOCK = 32", "FAST_DLLM_BLOCK = 16", [RULES]),
-    (GENERATE, "prompt[i, width - r.numel():] = r", "prompt[i, :r.numel()] = r", [GEN]),
-    (GENERATE, "stable=True).indices", "stable=True, descending=True).indices", [GEN]),
+    (CANVAS, "prompt[i, width - r.numel():] = r", "prompt[i, :r.numel()] = r", [GEN]),
+    (CANVAS, "stable=True).indices", "stable=True, descending=True).indices", [GEN]),
     ("python/dllm/sampling/loop.py", "        self.nfe += evaluations\n        if not (", "        self.nfe += 1\n        if not (",
      [GEN]),
     ("python/dllm/sampling/loop.py", "self.history.append(x.detach().clone())", "self.history.append(x.detach())", [GEN]),
@@ -256,7 +257,7 @@ MUTANTS = [
     # found by reviews of the API, the loaders and the trainer: generate's option checks, a published
     # model's vocabulary, a gradient overflow applied, ~ left unexpanded, a kept model's relative
     # corpus path, a tail split's copies, SentencePiece byte counts
-    (GENERATE, "if temperature < 0 or alg_temp < 0 or top_k < 0:", "if top_k < 0:", [GEN]),
+    (OPTIONS, "if temperature < 0 or alg_temp < 0 or top_k < 0:", "if top_k < 0:", [GEN]),
     ("python/dllm/models/hub/published.py", "return self.net.config.vocab_size", "return None",
      ["test_published_checkpoints"]),
     ("python/dllm/training/trainer.py", "if not math.isfinite(gnorm):", "if False:", ["test_training"]),
@@ -274,7 +275,7 @@ MUTANTS = [
     ("python/dllm/training/trainer.py", "        self._seed_dropout_per_rank()\n", "", ["test_training"]),
     (GENERATE, "@_on_the_models_device\n", "", [GEN]),
     # padding that holds the mask id keeps it (refused as a masked prompt); a 0-d sigma goes to the op as it is
-    (GENERATE, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
+    (CANVAS, "prompt = prompt.masked_fill(masks_in_padding, pad_id)", "prompt = prompt", [GEN]),
     ("python/dllm/ops/_checks.py", "return v.expand(like.shape[0]) if v.dim() == 0 else v", "return v", ["test_op_contracts"]),
     ("python/dllm/ops/_checks.py", "if FLOAT32_MAX < magnitude < math.inf or", "if False and", ["test_op_contracts"]),
     # the T-step bound's sigma, a float64 model's logits, the gated residual's dtype, a shard's weight dtype
@@ -347,14 +348,14 @@ MUTANTS = [
     (GENERATE, "tuple(x.shape), start, attention_mask is None)", "tuple(x.shape), start)", ["test_cuda_graph_replay"]),
     (GENERATE, "              attention_mask is None, has_known)", "              attention_mask is None)",
      ["test_cuda_graph_replay"]),
-    (GENERATE, "        _check_sedd_options(dict(block_length=block_length, temperature=temperature))\n        return",
+    (OPTIONS, "        _check_sedd_options(dict(block_length=block_length, temperature=temperature))\n        return",
      "        return", [GEN]),
-    (GENERATE, "if not 0.0 <= threshold <= 1.0:", "if not 0.0 < threshold <= 1.0:", [GEN]),
+    (OPTIONS, "if not 0.0 <= threshold <= 1.0:", "if not 0.0 < threshold <= 1.0:", [GEN]),
     ("python/dllm/sampling/loop.py", "return [(b - a) * 1e3 for a, b in self._marks]",
      "return [(b - a) for a, b in self._marks]", [GEN]),
-    (GENERATE, "attention_mask = None if attention_mask is None else attention_mask.expand(infill.shape[0], -1)",
+    (CANVAS, "attention_mask = None if attention_mask is None else attention_mask.expand(infill.shape[0], -1)",
      "pass", [GEN]),
-    (GENERATE, "if t.numel() and (t.dtype == torch.bool", "if (t.dtype == torch.bool", [GEN]),
+    (CANVAS, "if t.numel() and (t.dtype == torch.bool", "if (t.dtype == torch.bool", [GEN]),
     ("python/dllm/sampling/model_protocol.py", "isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for",
      "isinstance(m, torch.nn.modules.dropout._DropoutNd) for", [GEN]),
     ("python/dllm/sampling/model_protocol.py", "if logits.dim() != 3 or logits.shape[:2] != x.shape:",
@@ -426,7 +427,7 @@ MUTANTS = [
     (GENERATE, "threshold, alg_temp, cfg_scale, cache,", "threshold, alg_temp, cache,", ["test_cuda_graph_replay"]),
     ("python/dllm/sampling/cuda_graph.py", "for t in (*model.parameters(), *model.buffers())))",
      "for t in model.parameters()))", ["test_cuda_graph_replay"]),
-    (GENERATE, "    if isinstance(value, bool) or not isinstance(value, kind):", "    if not isinstance(value, kind):",
+    (OPTIONS, "    if isinstance(value, bool) or not isinstance(value, kind):", "    if not isinstance(value, kind):",
      [GEN]),
     # the e2e report: speedups against another batch's baseline, the spread of unsorted times, the
     # smallest win quoted as the largest, CPU timings in seconds
@@ -462,7 +463,7 @@ MUTANTS = [
     ("python/dllm/devices.py", "index = local_rank if device.index is None else device.index",
      "index = device.index or 0", ["test_cli"]),
     # plain dream on another confidence rule, MDLM's last fill leaving unsure masks
-    (GENERATE, 'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}',
+    (OPTIONS, 'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "entropy"}',
      'DEFAULT_VARIANT = {"llada": "low_confidence", "dream": "maskgit_plus"}', [RULES]),
     (MASKED, "mask_id=mask_id, threshold=0.0)  # every one of them", "mask_id=mask_id, threshold=0.5)", [GEN]),
     # the benchmarks' claims: warm-up, the copy floor, spreads, the peers' work, the FLOPs and bytes counted
@@ -678,7 +679,7 @@ MUTANTS = [
      "if not", ["test_cuda_graph_replay"]),
     ("python/dllm/sampling/generate.py", 'config = ("sedd-" + method, graph.name, graph.num_classes,',
      'config = ("sedd-" + method, graph.num_classes,', ["test_cuda_graph_replay"]),
-    ("python/dllm/sampling/generate.py", 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
+    (OPTIONS, 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
     # the e2e report's samples with the prompt token left in, infill holes read a token early and
     # judged against the def line, fast-dllm's NLL as a 1-step bound, llada's infill as mdlm's, the
     # baseline of the first length judging every length, the held-out text's row over whole files or every

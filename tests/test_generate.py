@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import dllm
-from dllm.sampling.generate import check_options
+from dllm.sampling.options import check_options
 from threads import assert_same_under_threads
 
 V, MASK, PAD = 40, 39, 0

@@ -14,7 +14,7 @@ from .devices import resolve_device
 from .models.hub import detect_layout
 from .models.io import is_dllm_config, network_config, read_config
 from .sampling import generate
-from .sampling.generate import check_options
+from .sampling.options import check_options
 from .sampling.pretrained import load_with_tokenizer, sampling_tokenizer
 
 # published checkpoints sample with their authors' sampler; dllm-trained masked models with llada's

@@ -211,8 +211,9 @@ class ARTransformer(DiffusionTransformer):
         temperature and generator object, as :func:`dllm.generate`'s do. The prompt and the generator are on the
         model's device (a list or array is put there). Returns ``[B, P + max_new_tokens]``."""
         # (dllm.sampling imports the models)
-        from ..sampling.generate import check_generator_device, check_number, token_tensor
+        from ..sampling.canvas import token_tensor
         from ..sampling.model_protocol import warn_if_dropout_on
+        from ..sampling.options import check_generator_device, check_number
 
         check_number("temperature", temperature)
         if temperature < 0:
