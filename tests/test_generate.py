@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import dllm
-from dllm.sampling.options import check_options
+from dllm.sampling.options import check_generator_device, check_options
 from threads import assert_same_under_threads
 
 V, MASK, PAD = 40, 39, 0
@@ -691,9 +691,9 @@ def test_a_generator_on_another_cuda_device_is_refused_before_the_network_runs(m
         assert model.calls == []
     for model_device, generator_device in (("cuda:0", "cuda:0"), ("cuda:1", "cuda:1"), ("cuda", "cuda:1"),
                                            ("cuda:1", "cuda"), ("cuda", "cuda")):
-        module.check_generator_device(_CudaLikeGenerator(generator_device), torch.device(model_device))
+        check_generator_device(_CudaLikeGenerator(generator_device), torch.device(model_device))
     with pytest.raises(ValueError, match="the generator is on cuda:1 but the model is on cuda:0"):
-        module.check_generator_device(_CudaLikeGenerator("cuda"), torch.device("cuda:0"))
+        check_generator_device(_CudaLikeGenerator("cuda"), torch.device("cuda:0"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
