@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dllm
-from common import Results, bench_parser, machine, matmul_tflops, measure_against, parse_bench_args
+from common import ATTENTION_KERNEL_VARIABLES, Results, bench_parser, machine, matmul_tflops, measure_against, parse_bench_args
 BACKENDS = {"SDPA default": None, "SDPA flash": SDPBackend.FLASH_ATTENTION, "SDPA cuDNN": SDPBackend.CUDNN_ATTENTION,
             "SDPA mem-efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -108,7 +108,7 @@ def main() -> None:
             # a backend may refuse the inputs (flash with a mask): RuntimeError
             measured = measure_against(op, shape, dt, list(candidates.items()), device, 0, 1.0,
                                        refused_by=(RuntimeError,), **reps)
-            for name in ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ"):
+            for name in ATTENTION_KERNEL_VARIABLES:
                 os.environ.pop(name)
             unit, scale = ("TFLOP/s", 1.0) if cuda else ("GFLOP/s", 1e3)
             for r in measured:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
-    DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine, null_for_nan, quantile,
-    sync, time_interleaved, time_ms, timing_of, utc_now)
+    ATTENTION_KERNEL_VARIABLES, DTYPES, add_timing_options, at_least, built_in, card, command_line, git_commit, machine,
+    null_for_nan, quantile, sync, time_interleaved, time_ms, timing_of, utc_now)
 
 
 def with_l2_prefetch(fn, on: bool):

@@ -253,6 +253,17 @@ def test_threshold_commit_matches_reference(device):
     assert torch.equal(committed, (got != x).sum(-1))
 
 
+@pytest.mark.parametrize("rule", [dict(num_tokens=1000), dict(threshold=0.0), dict(prob=1.0)])
+def test_a_commit_of_the_mask_token_counts_and_stays_masked(device, rule):
+    # Only a hand-written x0 holds mask_id: the count is of positions written, as documented.
+    x, x0, conf = commit_inputs(2, 61, device, seed=4)
+    x0[:, ::3] = MASK
+    got = x.clone()
+    committed = dllm.ops.commit_tokens(got, x0, conf, mask_id=MASK, **rule)
+    assert committed.tolist() == (x == MASK).sum(-1).tolist()
+    assert torch.equal(got, torch.where(x == MASK, x0, x))
+
+
 def test_prob_commit_is_bernoulli(device):
     # Each eligible position (masked, inside the row's window) commits independently with its
     # row's probability and takes x0's token there; every other position is left alone. Random

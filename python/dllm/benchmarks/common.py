@@ -18,6 +18,11 @@ from .._extension import build_info
 from ..devices import made_current
 
 
+# The attention kernels a call runs (and so the bits of its samples) follow these variables, which
+# the extension reads at each call.
+ATTENTION_KERNEL_VARIABLES = ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")
+
+
 def null_for_nan(value):
     """NaN (what was not measured) as JSON's null: NaN is not JSON, and strict readers refuse it."""
     if isinstance(value, float) and not math.isfinite(value):

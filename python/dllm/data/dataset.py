@@ -122,23 +122,33 @@ class PackedDataset:
 
 
 class BatchOrder:
-    """A fresh seeded permutation of the windows each epoch; ``state_dict`` is the data position."""
+    """A fresh seeded permutation of the windows each epoch; ``state_dict`` is the data position.
+
+    A batch that runs into the next epoch does not take a window twice while that epoch has others:
+    the new epoch's permutation puts the windows the batch already holds last, in their order.
+    """
 
     def __init__(self, num_windows: int, seed: int):
         if num_windows < 1:
             raise ValueError(f"BatchOrder needs at least one window, got num_windows={num_windows}")
         self.n, self.seed = num_windows, seed
         self.epoch, self.pos = 0, 0
+        self.deferred: list[int] = []  # the windows this epoch puts last
         self._perm = self._permutation()
 
     def _permutation(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if not self.deferred:
+            return perm
+        last = np.isin(perm, self.deferred)
+        return np.concatenate([perm[~last], perm[last]])
 
     def next(self, count: int) -> np.ndarray:
         out = []
         while count > 0:
             if self.pos == self.n:
                 self.epoch, self.pos = self.epoch + 1, 0
+                self.deferred = sorted(int(i) for part in out for i in part)
                 self._perm = self._permutation()
             take = min(count, self.n - self.pos)
             out.append(self._perm[self.pos:self.pos + take])
@@ -147,13 +157,15 @@ class BatchOrder:
         return np.concatenate(out)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "num_windows": self.n, "seed": self.seed}
+        return {"epoch": self.epoch, "pos": self.pos, "num_windows": self.n, "seed": self.seed,
+                "deferred": list(self.deferred)}
 
     def load_state_dict(self, s: dict) -> None:
         if s["num_windows"] != self.n or s["seed"] != self.seed:
             raise ValueError("the checkpoint's data position belongs to another dataset or seed "
                              f"({s['num_windows']} windows, seed {s['seed']}; now {self.n}, seed {self.seed})")
-        self.epoch, self.pos = s["epoch"], s["pos"]
+        # checkpoints from before the deferral have none
+        self.epoch, self.pos, self.deferred = s["epoch"], s["pos"], list(s.get("deferred", []))
         self._perm = self._permutation()
 
 

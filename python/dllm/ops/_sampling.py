@@ -195,7 +195,8 @@ def commit_tokens(
             block decoding); positions outside it are never committed. Default: the whole row.
 
     Returns:
-        int64 ``[B]``, the number of positions committed per row.
+        int64 ``[B]``, the number of positions committed per row: positions written, so one whose
+        ``x0`` is ``mask_id`` (which :func:`predict_masked` never proposes) counts and stays masked.
 
     The op never synchronises with the host, so a whole sampler step can be captured in a CUDA
     graph. Invalid per-row values (a negative count, a window outside ``[0, L]``, a prob outside
