@@ -220,7 +220,10 @@ def test_sample_and_eval_report_folder_mistakes_in_one_line(tmp_path, capsys):
         code, _, err = sample_in_process(capsys, str(tmp_path / folder))
         assert code == 2 and message.format(tmp=tmp_path) in err and len(err.splitlines()) == 1, (folder, err)
     for folder, message in [("nowhere", "nowhere' does not exist; expected the model folder of `dllm train`"),
-                            ("run", "did you mean '{tmp}/run/model'?")]:
+                            ("run", "did you mean '{tmp}/run/model'?"),
+                            # exported weights without the run that trained them
+                            ("run/model", "no run_config.json beside '{tmp}/run/model': `dllm eval` takes the model "
+                                          "folder of `dllm train`")]:
         with pytest.raises(SystemExit) as stop:
             main(["eval", str(tmp_path / folder), "--device", "cpu"])
         err = capsys.readouterr().err

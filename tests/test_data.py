@@ -260,6 +260,13 @@ def test_too_short_splits_are_named_with_the_options_to_change(tmp_path):
         prepare(str(f), seq_len=16, val_fraction=0.999, cache_dir=str(tmp_path / "cache"))
 
 
+def test_a_tokenizer_folder_without_its_json_and_a_bpe_without_texts_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json at"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(ValueError, match="needs train_texts"):
+        load_tokenizer("bpe")
+
+
 def test_invalid_tokenizer_json_is_named(tmp_path):
     bad = tmp_path / "bad_tok.json"
     bad.write_text('{"version": "1.0"}')

@@ -70,6 +70,7 @@ def test_parseable_prefix_counts_whole_lines():
 def test_entropy_of_known_distributions():
     assert unigram_entropy([7] * 10) == 0.0 and math.copysign(1, unigram_entropy([7] * 10)) == 1  # no "-0.00"
     assert unigram_entropy([0, 1, 2, 3]) == pytest.approx(2.0)
+    assert math.isnan(unigram_entropy([]))  # no samples: no entropy, and no division by zero
     # p = (1/2, 1/4, 1/4): H = 1/2 + 2 * 1/4 * 2 = 1.5 bits
     assert unigram_entropy(torch.tensor([5, 5, 6, 9]).tolist()) == pytest.approx(1.5)
     probs = torch.tensor([3, 1, 1, 5], dtype=torch.float64) / 10
@@ -479,6 +480,14 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
                             seed=0, train_steps=2)
     with pytest.raises(ValueError, match="holds a model trained with --val-fraction 0.05, not 0.2"):
         e2e._load_models(ns, "cpu")
+    # the two folders given the other way round
+    run["train"]["val_fraction"] = 0.2
+    record.write_text(json.dumps(run))
+    swapped = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data=None,
+                                 model_dir=str(tmp_path / "models" / "ar" / "model"), ar_dir=str(given))
+    with pytest.raises(ValueError, match="--model-dir must hold a masked-diffusion model and --ar-dir an "
+                                         "autoregressive one; got 'ar' and 'masked'"):
+        e2e._load_models(swapped, "cpu")
 
 
 def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):
@@ -498,7 +507,10 @@ def test_bench_e2e_rejects_bad_arguments(capsys, tmp_path):
     for args, message in [(["--batch-sizes", "1", "1"], "--batch-sizes lists a value twice: 1 1"),
                           (["--gen-lengths", "32", "64", "32"], "--gen-lengths lists a value twice"),
                           (["--temperature", "-1"], "--temperature must be finite and >= 0"),
-                          (["--minutes", "inf"], "--minutes (finite)")]:
+                          (["--minutes", "inf"], "--minutes (finite)"),
+                          (["--step-fractions", "1/0"], "--step-fractions: '1/0' is not a fraction like 1/4"),
+                          (["--step-fractions", "half"], "--step-fractions: 'half' is not a fraction like 1/4"),
+                          (["--threads", "0"], "--threads must be positive")]:
         with pytest.raises(SystemExit):  # before any training
             main(["bench", "e2e", *args, "--out-dir", str(tmp_path / "r")])
         assert message in capsys.readouterr().err

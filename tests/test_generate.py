@@ -528,6 +528,15 @@ def test_llada_commits_what_llada_commits_at_every_step(steps, block_length, cfg
         assert torch.equal(got, expected)
 
 
+def test_prompt_mask_and_infill_of_the_wrong_shape_are_named():
+    with pytest.raises(ValueError, match=r"attention_mask must have the prompt's shape \(2, 3\), got \(2, 4\)"):
+        dllm.generate(TinyModel(), [[1, 2, 3], [4, 5, 6]], attention_mask=[[1] * 4] * 2, gen_length=4, steps=2,
+                      sampler="llada")
+    with pytest.raises(ValueError, match=r"infill must be \[gen_length\] or \[B, gen_length\] with gen_length 4, "
+                                         r"got \(1, 3\)"):
+        dllm.generate(TinyModel(), [1], infill=[1, -1, 2], gen_length=4, steps=2, sampler="llada")
+
+
 def test_clear_errors():
     model = TinyModel()
     with pytest.raises(ValueError, match="unknown sampler"):

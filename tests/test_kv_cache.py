@@ -179,6 +179,14 @@ def test_cache_errors():
         kv.update(0, 2, k, k)
     with pytest.raises(ValueError, match=r"2 canvases of 10 positions; asked to write 2 at \[8, 11\)"):
         kv.update(0, 8, k, k)
+    cache = ar.new_cache(2, max_len=6)
+    x = torch.randint(0, MASK, (2, 4))
+    ar(x, cache=cache)
+    with pytest.raises(ValueError, match="KV cache holds 6 positions; asked to write up to 8"):
+        ar(x, start=4, cache=cache)
+    with pytest.raises(ValueError, match=f"sequence of {ar.config.max_seq_len + 1} tokens exceeds max_seq_len="
+                                         f"{ar.config.max_seq_len}"):
+        ar(torch.randint(0, MASK, (1, ar.config.max_seq_len + 1)))
 
 
 def test_cuda_graph_errors():

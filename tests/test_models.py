@@ -456,6 +456,11 @@ def test_a_mistyped_config_json_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config.json': vocab_size must be an int, got 'abc'"):
         from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(ValueError, match="config.json' is not UTF-8 text"):
+        from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"unknown model size 'huge'; expected one of \['medium', 'small', 'tiny'\]"):
+        model_config("huge")
 
 
 def test_llada_blocks_apply_dropout_in_training_only():

@@ -271,6 +271,8 @@ def test_schedules_take_a_float_t_and_refuse_t_outside_0_1(noise):
             noise(bad)
     with pytest.raises(ValueError, match=r"got nan and 1 more"):  # the bad value named, not a NaN range
         noise(torch.tensor([0.2, float("nan"), 2.0]))
+    with pytest.raises(TypeError, match="t must be a float or a tensor, got list"):
+        noise([0.5])
 
 
 @pytest.mark.parametrize("eps", [1e-3, 1e-5, 1e-7, 1e-9])

@@ -483,6 +483,21 @@ def test_unsupported_options_and_unknown_layouts_are_refused(tmp_path):
         from_pretrained(tmp_path / "cut")
 
 
+def test_an_unsupported_sedd_graph_or_noise_and_a_folder_without_weights_are_named(tmp_path):
+    make_checkpoint(tmp_path / "graph", "sedd", config_edit=lambda c: c["graph"].update(type="blocks"))
+    with pytest.raises(ValueError, match=r"SEDD graph type 'blocks' is not supported; expected one of \('absorb', "
+                                         r"'uniform'\)"):
+        from_pretrained(tmp_path / "graph")
+    make_checkpoint(tmp_path / "noise", "sedd", config_edit=lambda c: c.update(noise={"type": "cosine"}))
+    with pytest.raises(ValueError, match="SEDD noise type 'cosine' is not supported; expected loglinear or geometric"):
+        from_pretrained(tmp_path / "noise")
+    make_checkpoint(tmp_path / "bare", "mdlm")
+    (tmp_path / "bare" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights in .*bare': expected model.safetensors, "
+                                                "model.safetensors.index.json with its shards, or pytorch_model.bin"):
+        from_pretrained(tmp_path / "bare")
+
+
 def test_a_truncated_dllm_folder_is_named(tmp_path):
     from dllm.models import build_model, model_config
 

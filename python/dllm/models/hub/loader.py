@@ -102,7 +102,6 @@ def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[
     index = index_map(directory)
     to_dllm = {layout.published_name(name): name for name in shapes}
     state: dict[str, torch.Tensor] = {}
-    found_in: dict[str, str] = {}
     unexpected: list[str] = []
     for path in tqdm(files, desc=f"loading {layout.name} shards", unit="file", disable=len(files) < 2):
         for key, tensor in iter_tensors(path, device):
@@ -116,15 +115,12 @@ def _read_state(directory: Path, layout: Layout, cfg: ModelConfig, shapes: dict[
                 else:
                     unexpected.append(f"{key} (in {path.name})")
                 continue
-            if key in found_in:
-                raise ValueError(f"weight {key} appears in both {found_in[key]} and {path.name}")
             if tuple(tensor.shape) != shapes[target]:
                 raise ValueError(f"weight {key} in {path.name} has shape {tuple(tensor.shape)}, but config.json "
                                  f"implies {shapes[target]}")
             if not tensor.is_floating_point():
                 raise ValueError(f"weight {key} in {path.name} has dtype {tensor.dtype}, not a floating type")
             state[target] = tensor.to(dtype)
-            found_in[key] = path.name
     missing = [f"{key} (expected in {index.get(key, '?') if index else files[0].name})"
                for key, name in to_dllm.items() if name not in state]
     if missing or unexpected:
