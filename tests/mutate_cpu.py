@@ -250,6 +250,8 @@ MUTANTS = [
     ("csrc/kernels/adaln_cpu.cpp", "row[i] = L::load(x[i]) + g[i] * L::load(u[i]);", "row[i] = L::load(x[i]);",
      ["test_adaln"]),
     ("csrc/kernels/cpu_rows.h", "for (; i < n; ++i) sum += x[i] * x[i];", "", ["test_adaln"]),
+    ("csrc/kernels/cpu_rows.h", "h = u > 0x7f800000u ? 0x7e00u : 0x7c00u;", "h = 0x7c00u;", ["test_rotary"]),
+    ("csrc/kernels/cpu_rows.h", "if (u >= 0x47800000u) {", "if (u >= 0x47800000u + (1u << 13)) {", ["test_rotary"]),
     ("csrc/torch/adaln.cpp", "at::addcmul(weight_f, weight_f, scale)", "at::mul(weight_f, scale)", ["test_adaln"]),
     ("csrc/torch/attention.cpp", "return {t, token_stride, t.stride(-2)};", "return {t, token_stride, t.size(-1)};",
      ["test_attention"]),

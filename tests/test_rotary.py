@@ -136,6 +136,24 @@ def test_float32_results_halfway_between_two_outputs_round_to_even(device, dtype
     assert out[0, 0, 0, 0].item() == 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c", [1.0, 2.0, 2.0 + 3 * 2**-11, 0.75, 1.0 + 2**-12])
+def test_every_half_precision_value_rounds_as_torch_rounds(device, dtype, c):
+    # All 65536 bit patterns as x1 (x2 = 0), scaled by cos = c: the output's rounding on every path
+    # (subnormals, halfway cases, overflow to inf past 65504 at c >= 2, inf and NaN) against torch's
+    # conversion of the same float32 products. NaN is compared as NaN: its payload is not kept.
+    x1 = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    x = torch.stack([x1, torch.zeros_like(x1)], -1).reshape(1, -1, 1, 2).to(device=device, dtype=dtype)
+    cos = torch.full((x1.numel(), 1), c, device=device)
+    sin = torch.zeros_like(cos)
+    xf = x.float()
+    want = torch.cat([xf[..., :1] * c - xf[..., 1:] * 0.0, xf[..., 1:] * c + xf[..., :1] * 0.0], -1).to(dtype)
+    out = dllm.ops.rotary(x, cos, sin)
+    nan = want.isnan()
+    assert torch.equal(out.isnan(), nan)
+    assert torch.equal(out[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
+
 def test_the_inverse_rotations_gradient_is_the_forward_rotation():
     # the op's inverse=True (the backward's rotation by the opposite angle) is itself differentiable:
     # its gradient rotates back by the original angle, checked against float64 autograd
