@@ -513,7 +513,7 @@ def test_corrupt_or_truncated_checkpoint_is_refused(tmp_path, corpus):
     # a file given to --resume that is no checkpoint at all (exported weights) is not for deleting
     with pytest.raises(CheckpointError, match="not a dllm checkpoint.*; pass another checkpoint written by dllm train"):
         load_checkpoint(tmp_path / "run" / "model" / "model.safetensors")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint '.*run': Is a directory"):
+    with pytest.raises(CheckpointError, match="cannot read checkpoint '.*run': "):
         load_checkpoint(tmp_path / "run")
 
 

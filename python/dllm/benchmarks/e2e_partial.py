@@ -24,7 +24,8 @@ def sweep_identity(ns: argparse.Namespace, fracs: list[Fraction], models: Models
     folders' files by name, size and modification time, since a model retrained into the same
     folder keeps its path and, at a step cap, its step count."""
     return {"commit": git_commit(), "torch": torch.__version__, "card": card(device), "device": device,
-            "threads": torch.get_num_threads(), "kernels": {name: os.environ.get(name) for name in ATTENTION_KERNEL_VARIABLES},
+            "threads": torch.get_num_threads(),
+            "kernels": {name: os.environ.get(name) for name in ATTENTION_KERNEL_VARIABLES},
             "model_dirs": {k: str(d) for k, d in models.dirs.items()},
             "model_files": {k: sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in Path(d).iterdir()
                                       if f.is_file()) for k, d in models.dirs.items()},
