@@ -324,7 +324,7 @@ MUTANTS = [
     ("python/dllm/data/dataset.py", 'self.epoch, self.pos, self.deferred = s["epoch"], s["pos"],',
      'self.epoch, self.pos, self.deferred = s["epoch"], s["pos"] % self.n,', ["test_data"]),
     ("python/dllm/data/dataset.py", 'list(s.get("deferred", []))', "[]", ["test_data"]),
-    ("python/dllm/data/dataset.py", "self.deferred = sorted(int(i) for part in out for i in part)",
+    ("python/dllm/data/dataset.py", "self.deferred = sorted({int(i) for part in out for i in part})",
      "self.deferred = []", ["test_data"]),
     ("python/dllm/data/dataset.py", "return len(self.tokens) // self.seq_len",
      "return (len(self.tokens) - 1) // self.seq_len", ["test_data"]),

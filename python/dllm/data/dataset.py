@@ -148,7 +148,7 @@ class BatchOrder:
         while count > 0:
             if self.pos == self.n:
                 self.epoch, self.pos = self.epoch + 1, 0
-                self.deferred = sorted(int(i) for part in out for i in part)
+                self.deferred = sorted({int(i) for part in out for i in part})
                 self._perm = self._permutation()
             take = min(count, self.n - self.pos)
             out.append(self._perm[self.pos:self.pos + take])
