@@ -682,7 +682,7 @@ MUTANTS = [
     # graphed sessions under autocast with one generator, a SEDD graph's kind; guidance outside llada
     ("python/dllm/sampling/cuda_graph.py", 'if torch.is_autocast_enabled("cuda") or torch.is_autocast_enabled("cpu") or not',
      "if not", ["test_cuda_graph_replay"]),
-    ("python/dllm/sampling/generate.py", 'config = ("sedd-" + method, graph.name, graph.num_classes,',
+    (GENERATE, 'config = ("sedd-" + method, graph.name, graph.num_classes,',
      'config = ("sedd-" + method, graph.num_classes,', ["test_cuda_graph_replay"]),
     (OPTIONS, 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
     # the e2e report's samples with the prompt token left in, infill holes read a token early and
