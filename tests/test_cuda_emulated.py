@@ -19,6 +19,7 @@ import re
 import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
+import fuzz_emulated
 from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs, lse_reference
 from test_sedd_losses import backward_calls
@@ -583,6 +584,21 @@ def test_sedd_step_ignores_the_input_tokens_own_logit(emulator, graph, method):
     quiet = CPU.sedd_step(logits, x, sigma, dsig, generator=gen(), **kwargs)
     assert torch.equal(CPU.sedd_step(loud, x, sigma, dsig, generator=gen(), **kwargs), quiet)
     assert torch.equal(emulated(emulator, EMU.sedd_step, loud, x, sigma, dsig, generator=gen(), **kwargs), quiet)
+
+
+def test_sedd_step_with_logits_far_from_zero(emulator):
+    """Mixture rows' log-weights relative to the row's maximum, as on the CPU: near 1e7 the Gumbel
+    noise added to a raw float32 log-weight kept only its integer part (test_sedd_step's
+    frequencies test shows what that did to the distribution)."""
+    B, L, K = 2, 9, 4099
+    logits = torch.randn(B, L, K, generator=gen(8)) * 2 + 1e7
+    x = torch.randint(0, K, (B, L), generator=gen(9))
+    sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+    for graph, method in (("absorb", "analytic"), ("absorb", "euler"), ("absorb", "denoise"), ("uniform", "euler")):
+        masked = x.masked_fill(torch.rand(B, L, generator=gen(10)) < 0.7, K - 1) if graph == "absorb" else x
+        kwargs = dict(graph=graph, method=method)
+        got = emulated(emulator, EMU.sedd_step, logits, masked, sigma, dsig, generator=gen(), **kwargs)
+        assert torch.equal(got, CPU.sedd_step(logits, masked, sigma, dsig, generator=gen(), **kwargs)), (graph, method)
 
 
 def test_row_kernels_read_the_padded_head_rows(emulator):
@@ -1393,3 +1409,18 @@ def test_empty_inputs_launch_nothing(emulator):
         got, want = call(EMU), call(CPU)
         for a, b in zip(*((r,) if isinstance(r, torch.Tensor) else r for r in (got, want))):
             assert a.shape == b.shape and torch.equal(a, b), name
+
+
+# ---- random calls ------------------------------------------------------------------------------
+
+# Cases of fuzz_emulated.py (op: seeds beyond the first ones) that once found a bug: sedd_step's
+# raw log-weights near 1e7.
+FUZZ_FOUND = {"sedd_step": [178, 2782, 9264]}
+
+
+@pytest.mark.parametrize("op", sorted(fuzz_emulated.OPS))
+def test_random_calls_agree_with_the_cpu_ops(emulator, op):
+    """The first seeds of fuzz_emulated.py's random calls (`python fuzz_emulated.py --minutes N`
+    runs as many as time allows), and the cases that found bugs."""
+    for seed in [*range(40 if op == "attention" else 200), *FUZZ_FOUND.get(op, [])]:
+        fuzz_emulated.run_case(emulator, op, seed, EMU, CPU)

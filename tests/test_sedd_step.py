@@ -151,6 +151,26 @@ def test_frequencies_across_groups(device, graph, method, k):
     assert (np.abs(counts - expected) < 5 * np.sqrt(expected)).all(), list(zip(edges, counts, expected))
 
 
+@pytest.mark.parametrize("graph, method", [("absorb", "analytic"), ("absorb", "euler"), ("absorb", "denoise"),
+                                           ("uniform", "euler")])
+def test_frequencies_with_logits_far_from_zero(device, graph, method):
+    """Logits near 1e7, where float32's spacing is 1: a mixture row's log-weights must be taken
+    relative to its maximum before the Gumbel noise is added, or the noise keeps only its integer
+    part and the draws leave the distribution (the CUDA kernel, emulated, before 2026-12-06: 0.14 /
+    0.30 / 0.56 for probabilities 0.09 / 0.24 / 0.67). Such a row keeps x with weight 0 (c S > 1), so its
+    exact distribution is the softmax of its others, which the offset does not change."""
+    k, offset, sigma = 4099, 1e7, 1.0
+    # rounded to integers; 10 above 0 in the exact distribution, so that c S > 1 in both graphs
+    row = torch.randn(k, generator=torch.Generator().manual_seed(21)) * 2 + 10 + offset
+    x = k - 1 if graph == "absorb" else 11
+    dsig = sigma if method == "denoise" else 0.3
+    probs = exact_next_token_probs(row.double() - offset, x, sigma, dsig, graph, method, True)
+    assert probs[x] == 0.0  # x cannot stay: near 1e7 neither
+    torch.manual_seed(0)
+    tokens = draws(row.to(device), x, sigma, dsig, 1 << 17, graph, method, True)
+    assert chi_square_pvalue(tokens, probs) > P_MIN
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_absorb_keeps_unmasked_tokens_and_masks_stay_at_the_right_rate(device, method):
     torch.manual_seed(3)

@@ -39,14 +39,14 @@ struct StepScratch {
   float subgroup_lw[kSubgroupsPerGroup];
 };
 
-// log-weight of a token inside its group, up to the group's constant: the raw logit for
-// mixture rows, log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x. The exp is pass 2's
+// log-weight of a token inside its group, up to the group's constant: l - ref for mixture rows,
+// log(max(0, exp(l - ref) - clip)) for clip rows; -inf at x. The exp is pass 2's
 // exp_ftz, so that a token's weight is positive here exactly where it added to its group's sum:
 // with expf a token whose exp lies within exp_ftz's few ulps of the clip could give its group
 // mass while leaving every weight in it zero, and the draw would report kSeddNoMass.
 __device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref, float a) {
   if (i == x) return -kInf;
-  if (!clip) return l;
+  if (!clip) return l - ref;
   const float w = exp_ftz(l - ref) - a;
   return w > 0.0f ? logf(w) : -kInf;
 }
@@ -103,15 +103,18 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   for (int64_t g = threadIdx.x; g < groups; g += kThreads) row_acc = merge(row_acc, MaxSum{group_lw[2 * g], group_lw[2 * g + 1]});
   row_acc = block_max_sum(row_acc, scratch.maxsum);  // its barriers also order group_lw's reuse below
 
+  // Every log-weight below is relative to ref (the largest logit but x's, for mixture rows): the
+  // Gumbel noise added to a float32 log-weight of 1e7 would keep only its integer part.
   double log_w_x;
   float ref = 0.0f, clip = 0.0f;
   if (!s.clip) {
     const double lse_others = row_acc.m == -kInf ? -INFINITY : double(row_acc.m) + log(double(row_acc.s));
-    log_w_x = mixture_log_w_x(s, lse_others);
-    // Group log-weights in place: log(sum exp l) + log c - shift.
+    ref = row_acc.m == -kInf ? 0.0f : row_acc.m;
+    log_w_x = mixture_log_w_x(s, lse_others) - double(ref);
+    // Group log-weights in place: log(sum exp l) + log c - shift, less ref.
     for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
       const float m = group_lw[2 * g], sum = group_lw[2 * g + 1];
-      group_lw[2 * g] = m == -kInf ? -kInf : float(double(m) + log(double(sum)) + s.log_c);
+      group_lw[2 * g] = m == -kInf ? -kInf : float(double(m) - double(ref) + log(double(sum)) + s.log_c);
     }
   } else {
     ref = fmaxf(row_acc.m, float(s.shift));

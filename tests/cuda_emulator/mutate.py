@@ -218,6 +218,8 @@ MUTANTS = [
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),
     ("csrc/kernels/sedd.cu", "i < K; i += kThreads)\n        grad[i]", "i + 1 < K; i += kThreads)\n        grad[i]",
      "padded_head_rows"),
+    # a mixture row's token drawn by its raw log-weight: the Gumbel noise rounded away near 1e7
+    ("csrc/kernels/sedd.cu", "  if (!clip) return l - ref;", "  if (!clip) return l;", "far_from_zero"),
     ("csrc/kernels/sedd.cu", "p.x_next[r] = status == kSeddOk ? token : -1;", "p.x_next[r] = status == kSeddOk ? token : x;",
      "capture"),
     ("csrc/torch/unmask_cuda.cpp", "__launch_bounds__\n  call.params.rng = cuda_rng_state(generator, call.random);",

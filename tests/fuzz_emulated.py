@@ -1,0 +1,455 @@
+"""Differential fuzzing: dllm's CUDA kernels, run by the emulator (tests/cuda_emulator), against the
+CPU ops on random calls that no hand-written case combines: vocabularies at and around the
+kernels' group and chunk sizes, the mask id anywhere (first, last, at a group boundary), logits
+with heavy ties, -inf runs and large offsets, strided and broadcast layouts, every sampling rule
+and confidence, tiny and huge temperatures, the three emulated schedules, L2 prefetch on and off.
+
+The sampling kernels share Philox keys with the CPU ops, so draws must agree one to one; values
+agree to float32 accuracy; an input one side rejects, the other must reject with the same message.
+
+    python fuzz_emulated.py --minutes 30          # random cases until the time is up (from tests/)
+    python fuzz_emulated.py --case predict_masked:123   # one case again, printed in full
+
+test_cuda_emulated.py runs a fixed set of these cases in the test suite."""
+
+import argparse
+import os
+import random
+import sys
+import time
+import traceback
+
+import torch
+
+EMU_SCHEDULES = ((0, True, 0), (1, False, 0), (2, True, 3))  # test_cuda_emulated.SCHEDULES' values
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+GROUP = 2048  # kCategoricalGroup: the streaming kernels' group of the vocabulary
+
+
+class Case:
+    """One random call: its choices are drawn from the seed and recorded, so a failure prints them."""
+
+    def __init__(self, op, seed):
+        self.op, self.seed = op, seed
+        self.rng = random.Random(f"{op}:{seed}")
+        self.gen = torch.Generator().manual_seed(seed)
+        self.choices = {}
+
+    def pick(self, name, options):
+        value = self.rng.choice(options)
+        self.choices[name] = value
+        return value
+
+    def draw(self, name, value):
+        self.choices[name] = value
+        return value
+
+    def __str__(self):
+        return f"{self.op}:{self.seed} " + ", ".join(f"{k}={v}" for k, v in self.choices.items())
+
+
+def vocabulary(case, small_only=False):
+    """Sizes that end a 16-byte chunk, a 32-element batch or a group exactly or one past."""
+    near = [1, 2, 7, 8, 9, 31, 32, 33, 255, 256, 257, GROUP - 1, GROUP, GROUP + 1, 2 * GROUP + 7, 3001]
+    if not small_only:
+        near += [5 * GROUP, 5 * GROUP + 1, 40009]
+    return case.draw("V", case.rng.choice(near) if case.rng.random() < 0.7 else case.rng.randint(2, 5000))
+
+
+def logits_values(case, shape, dtype):
+    kind = case.pick("logits", ["randn", "wide", "ties", "flat", "offset", "minus-inf runs", "one spike"])
+    g = case.gen
+    if kind == "randn":
+        v = torch.randn(shape, generator=g) * 2
+    elif kind == "wide":
+        v = torch.randn(shape, generator=g) * 30
+    elif kind == "ties":
+        v = torch.randint(-2, 3, shape, generator=g).float()
+    elif kind == "flat":
+        v = torch.zeros(shape)
+    elif kind == "offset":
+        v = torch.randn(shape, generator=g) + case.pick("offset", [1e4, -1e4, 1e7])
+    elif kind == "minus-inf runs":
+        v = torch.randn(shape, generator=g) * 2
+        V = shape[-1]
+        a = case.rng.randint(0, V - 1)
+        b = case.rng.randint(a, V)
+        v[..., a:b] = float("-inf")
+        v[..., case.rng.randint(0, V - 1)] = 0.5  # a finite value survives in every row
+    else:
+        v = torch.randn(shape, generator=g)
+        v[..., case.rng.randint(0, shape[-1] - 1)] = 40.0
+    return v.to(dtype)
+
+
+def layout(case, t):
+    """t itself, a view of it at an element offset into a wider buffer, or with its leading dims
+    transposed in memory; the values are the same."""
+    how = case.pick("layout", ["contiguous", "offset", "transposed"] if t.dim() >= 2 else ["contiguous"])
+    if how == "offset":
+        wide = torch.empty(*t.shape[:-1], t.shape[-1] + 3, dtype=t.dtype)
+        wide[..., 1:-2] = t
+        return wide[..., 1:-2]
+    if how == "transposed" and t.dim() >= 3:
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+    if how == "transposed":
+        return t.t().contiguous().t()
+    return t
+
+
+def draw_tensor(case):
+    return torch.Generator().manual_seed(case.seed * 7919 + 1)
+
+
+def same(case, run_emu, run_cpu, compare):
+    """Runs both; both raise the same error, or both return and compare() accepts the results."""
+    try:
+        want = run_cpu()
+    except Exception as error:  # the reference rejects: the kernel must say the same
+        try:
+            run_emu()
+        except Exception as other:
+            assert type(other) is type(error) and str(other) == str(error), f"{case}\nCPU: {error}\nemulated: {other}"
+            return
+        raise AssertionError(f"{case}\nCPU raised {type(error).__name__}: {error}\nthe emulated op did not")
+    before = case.emulator.grids_run()
+    got = run_emu()
+    assert case.emulator.grids_run() > before, f"{case}\nthe emulated op launched no kernel"
+    compare(got, want)
+
+
+def close(a, b, case, what, rtol=1e-5, atol=1e-6):
+    try:
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, equal_nan=True)
+    except AssertionError as e:
+        raise AssertionError(f"{case}\n{what}: {e}") from None
+
+
+def equal(a, b, case, what):
+    if not torch.equal(a, b):
+        where = (a != b).nonzero()[:5].tolist()
+        raise AssertionError(f"{case}\n{what} differ at {where}: emulated {a.flatten()[:8].tolist()}..., "
+                             f"CPU {b.flatten()[:8].tolist()}...")
+
+
+def temperature_value(case):
+    return case.pick("temperature", [0.0, 0.0, 1.0, 1.0, 0.7, 2.5, 1e-3, 1e-30, 1e-40, 1e30])
+
+
+# ---- the ops ----------------------------------------------------------------------------------
+
+
+def fuzz_predict_masked(case, EMU, CPU):
+    V = vocabulary(case)
+    B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 12))
+    dtype = case.pick("dtype", DTYPES)
+    logits = layout(case, logits_values(case, (B, L, V), dtype))
+    mask = case.pick("mask_id", sorted({0, V - 1, min(GROUP, V - 1), min(GROUP - 1, V - 1), V // 2}))
+    g = draw_tensor(case)
+    x = torch.randint(0, V, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.5, 1.0])] = mask
+    if case.pick("bad token", [False] * 9 + [True]) and L > 0:
+        x[0, 0] = case.rng.choice([V, -1])
+    temperature = temperature_value(case)
+    top_k = case.pick("top_k", [0, 0, 1, 2, 50, V - 1, V + 5])
+    # not closer to 1 than float32 resolves: at 0.999999 the kernels' float sums may keep one more
+    # token of mass 1e-6 than the CPU's, and the entropy of the proposal moves by 1e-5
+    top_p = case.pick("top_p", [1.0, 1.0, 0.9, 0.5, 1e-6, 0.9999])
+    confidence = case.pick("confidence", ["prob", "margin", "entropy", "random"])
+    shift = case.pick("shift", [0, 1])
+    source = case.pick("confidence_from", ["model", "proposal"])
+    args = (logits, x, mask, temperature, top_k, top_p, confidence, shift, source)
+    seed = case.rng.randint(0, 2**31)
+
+    def compare(got, want):
+        equal(got[0], want[0], case, "x0")
+        close(got[1], want[1], case, "conf")
+
+    same(case, lambda: EMU.predict_masked(*args, generator=torch.Generator().manual_seed(seed)),
+         lambda: CPU.predict_masked(*args, generator=torch.Generator().manual_seed(seed)), compare)
+
+
+def fuzz_sample_categorical(case, EMU, CPU):
+    V = vocabulary(case)
+    R = case.draw("rows", case.rng.randint(1, 9))
+    dtype = case.pick("dtype", DTYPES)
+    logits = layout(case, logits_values(case, (R, V), dtype))
+    per_row = case.pick("per-row temperature", [False, True])
+    scalar = temperature_value(case)
+    temperature = None
+    if per_row:
+        temperature = torch.rand(R, generator=draw_tensor(case)) * 2
+        temperature[:: case.rng.randint(1, 3)] = 0.0
+    seed = case.rng.randint(0, 2**31)
+
+    def compare(got, want):
+        equal(got[0], want[0], case, "tokens")
+        close(got[1], want[1], case, "logprob")
+
+    same(case, lambda: EMU.sample_categorical(logits, temperature, scalar, generator=torch.Generator().manual_seed(seed)),
+         lambda: CPU.sample_categorical(logits, temperature, scalar, generator=torch.Generator().manual_seed(seed)),
+         compare)
+
+
+def sedd_inputs(case):
+    K = case.draw("K", case.rng.choice([2, 3, 37, GROUP, GROUP + 1, 3001, 50258]))
+    B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 9))
+    dtype = case.pick("dtype", DTYPES)
+    logits = layout(case, logits_values(case, (B, L, K), dtype))
+    graph = case.pick("graph", ["absorb", "uniform"])
+    g = draw_tensor(case)
+    x = torch.randint(0, K, (B, L), generator=g)
+    if graph == "absorb":
+        x[torch.rand(B, L, generator=g) < 0.6] = K - 1
+    sigma = torch.rand(B, generator=g) * case.rng.choice([0.1, 3.0, 30.0]) + 1e-4
+    dsig = torch.rand(B, generator=g) * case.rng.choice([0.01, 1.0, 20.0])
+    return logits, x, sigma, dsig, graph
+
+
+def fuzz_sedd_step(case, EMU, CPU):
+    logits, x, sigma, dsig, graph = sedd_inputs(case)
+    method = case.pick("method", ["analytic", "euler", "denoise"])
+    sbs = case.pick("scale_by_sigma", [True, False])
+    seed = case.rng.randint(0, 2**31)
+
+    def run(ops):
+        return ops.sedd_step(logits, x, sigma, dsig, graph=graph, method=method, scale_by_sigma=sbs,
+                             generator=torch.Generator().manual_seed(seed))
+
+    same(case, lambda: run(EMU), lambda: run(CPU), lambda got, want: equal(got, want, case, "tokens"))
+
+
+def fuzz_score_entropy_loss(case, EMU, CPU):
+    logits, x_t, sigma, dsigma, graph = sedd_inputs(case)
+    x0 = torch.randint(0, logits.shape[-1] - (graph == "absorb"), x_t.shape, generator=draw_tensor(case))
+    if graph == "uniform":
+        x_t = torch.where(torch.rand(x_t.shape, generator=draw_tensor(case)) < 0.5, x0, x_t)
+    sbs = case.pick("scale_by_sigma", [True, False])
+    grad = torch.rand(logits.shape[0], generator=draw_tensor(case)) + 0.5
+
+    def run(ops):
+        loss = ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
+        dlogits = ops.score_entropy_loss_backward(grad, logits, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)
+        return loss, dlogits
+
+    def compare(got, want):
+        close(got[0], want[0], case, "loss", rtol=1e-4, atol=1e-4)
+        # a batch whose loss overflowed has gradients at float32's edge, inf on one side or not
+        finite = torch.isfinite(want[0])
+        close(got[1][finite].float(), want[1][finite].float(), case, "dlogits",
+              rtol=2e-2 if logits.dtype != torch.float32 else 1e-4, atol=1e-4)
+
+    same(case, lambda: run(EMU), lambda: run(CPU), compare)
+
+
+def fuzz_masked_diffusion_loss(case, EMU, CPU):
+    V = vocabulary(case, small_only=True)
+    B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 12))
+    dtype = case.pick("dtype", DTYPES)
+    logits = layout(case, logits_values(case, (B, L, V), dtype))
+    mask = case.pick("mask_id", sorted({0, V - 1, V // 2}))
+    g = draw_tensor(case)
+    x0 = torch.randint(0, V, (B, L), generator=g)
+    x_t = torch.where(torch.rand(B, L, generator=g) < 0.6, torch.full_like(x0, mask), x0)
+    weight = torch.rand(B, generator=g) * 3
+    grad = torch.rand(B, generator=g) + 0.5
+
+    def run(ops):
+        loss, lse = ops.masked_diffusion_loss(logits, x_t, x0, weight, mask_id=mask)
+        return loss, lse, ops.masked_diffusion_loss_backward(grad, logits, lse, x_t, x0, weight, mask_id=mask)
+
+    def compare(got, want):
+        close(got[0], want[0], case, "loss", rtol=1e-4, atol=1e-4)
+        close(got[1], want[1], case, "lse", rtol=1e-5, atol=1e-5)
+        close(got[2].float(), want[2].float(), case, "dlogits", rtol=2e-2 if dtype != torch.float32 else 1e-4, atol=1e-4)
+
+    same(case, lambda: run(EMU), lambda: run(CPU), compare)
+
+
+def fuzz_commit_tokens(case, EMU, CPU):
+    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, 1100))
+    mask = 7
+    g = draw_tensor(case)
+    x = torch.randint(0, 50, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.3, 1.0])] = mask
+    x0 = torch.randint(100, 200, (B, L), generator=g)
+    conf = torch.rand(B, L, generator=g)
+    if case.pick("ties", [True, False]):
+        conf = (conf * case.rng.choice([1, 4, 64])).round() / 64
+    rule_name = case.pick("rule", ["num_tokens", "threshold", "prob"])
+    rule = {}
+    if rule_name == "num_tokens":
+        rule["num_tokens"] = torch.randint(0, L + 3, (B,), generator=g)
+        rule["position_temperature"] = case.pick("position_temperature", [0.0, 0.0, 0.3, 5.0, 1e-40])
+    elif rule_name == "threshold":
+        rule["threshold"] = case.pick("threshold", [0.0, 0.5, 0.9, 1.0, 2.0])
+    else:
+        rule["prob"] = (torch.rand(B, generator=g) * case.rng.choice([0.0, 1.0, 2.0])).clamp(max=1.0)
+    if case.pick("window", [False, True]):
+        start = torch.randint(0, L + 1, (B,), generator=g)
+        end = start + torch.randint(0, L + 1, (B,), generator=g)
+        rule["window"] = torch.stack([start, end.clamp(max=L)], 1)
+    seed = case.rng.randint(0, 2**31)
+    x_emu, x_cpu = x.clone(), x.clone()
+
+    def compare(got, want):
+        equal(got, want, case, "committed")
+        equal(x_emu, x_cpu, case, "x")
+
+    same(case, lambda: EMU.commit_tokens(x_emu, x0, conf, mask, generator=torch.Generator().manual_seed(seed), **rule),
+         lambda: CPU.commit_tokens(x_cpu, x0, conf, mask, generator=torch.Generator().manual_seed(seed), **rule),
+         compare)
+
+
+def fuzz_sample_transition(case, EMU, CPU):
+    K = case.draw("K", case.rng.choice([2, 3, 37, 50258]))
+    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, 300))
+    graph = case.pick("graph", ["absorb", "uniform"])
+    g = draw_tensor(case)
+    x0 = torch.randint(0, K - (graph == "absorb"), (B, L), generator=g)
+    sigma = torch.rand(B, generator=g) * case.rng.choice([0.01, 1.0, 50.0])
+    seed = case.rng.randint(0, 2**31)
+
+    def run(ops):
+        return ops.sample_transition(x0, sigma, graph=graph, num_classes=K, generator=torch.Generator().manual_seed(seed))
+
+    same(case, lambda: run(EMU), lambda: run(CPU), lambda got, want: equal(got, want, case, "x_t"))
+
+
+ATTENTION_VARIANTS = {  # DLLM_ATTENTION_KERNEL, DLLM_ATTENTION_PINGPONG, DLLM_ATTENTION_DQ
+    "mma": ("mma", "1", "separate"),
+    "wgmma": ("wgmma", "1", "separate"),
+    "wgmma lock-step": ("wgmma", "0", "separate"),
+    "wgmma atomic-dq": ("wgmma", "1", "atomic"),
+}
+
+
+def attention_gradients_agree(out, want, yardsticks, inputs, check):
+    """dq, dk, dv within 3x the larger float64 error of plain PyTorch and of the CPU op. The CPU
+    op's backward is the kernels' algorithm: delta = rowsum(dO * O) from the output as stored
+    (FlashAttention's), so in nearly one-hot rows (a large scale times |q| |k|) dq and dk carry
+    the output's rounding, which PyTorch's softmax backward does not (test_attention keeps to
+    scales where the two agree)."""
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, inputs, g, retain_graph=True)
+    ref_grads = torch.autograd.grad(want, inputs, g.double())
+    other = [torch.autograd.grad(y, inputs, g.to(y.dtype)) for y in yardsticks]
+    scale = max(r.abs().max().item() for r in ref_grads)
+    for i, name in enumerate("qkv"):
+        worst = max((o[i] for o in other), key=lambda t: (t.double() - ref_grads[i]).abs().max().item())
+        check(grads[i], ref_grads[i], worst, 3, f"d{name}", scale)
+
+
+def fuzz_attention(case, EMU, CPU):
+    """Forward and backward against float64 under FlashAttention's rule (test_attention.check),
+    and the packed layout's forward."""
+    from test_attention import EXTREME_SCORES, check
+    from test_cuda_emulated import EmulatedAttention
+    import dllm
+    from dllm.reference.attention import attention as reference
+
+    B, Hkv = case.draw("B", case.rng.randint(1, 3)), case.draw("Hkv", case.rng.randint(1, 2))
+    H = case.draw("H", Hkv * case.rng.randint(1, 3))
+    Sq = case.draw("Sq", case.rng.choice([1, 2, 4, 5, 17, 64, 65, 130, case.rng.randint(1, 200)]))
+    Sk = case.draw("Sk", case.rng.choice([1, 63, 64, 65, 128, 129, case.rng.randint(1, 300)]))
+    D, dtype = case.pick("D", [64, 128]), case.pick("dtype", [torch.bfloat16, torch.float16])
+    scores = case.pick("scores", ["random", "random", *EXTREME_SCORES])
+    if scores == "random":
+        g = draw_tensor(case)
+        q, k, v = (torch.randn(B, S, h, D, generator=g).to(dtype) for S, h in ((Sq, H), (Sk, Hkv), (Sk, Hkv)))
+    else:
+        q, k, v = (t.detach() for t in EXTREME_SCORES[scores](B, Sq, Sk, H, Hkv, D, dtype, "cpu"))
+    kv_len = q_len = None
+    if case.pick("lengths", [False, True]):
+        g = draw_tensor(case)
+        kv_len = torch.randint(0, Sk + 1, (B,), generator=g, dtype=torch.int32)
+        q_len = torch.randint(1, Sq + 1, (B,), generator=g, dtype=torch.int32)
+    scale = case.pick("scale", [D**-0.5, 0.9 * D**-0.5, 1.0])
+    variant = case.pick("kernel", list(ATTENTION_VARIANTS))
+    saved = {n: os.environ.get(n) for n in ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")}
+    os.environ.update(zip(saved, ATTENTION_VARIANTS[variant]))
+    try:
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        before = case.emulator.grids_run()
+        out = EmulatedAttention.apply(q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
+        assert case.emulator.grids_run() > before, f"{case}\nthe emulated op launched no kernel"
+        want = reference(q, k, v, kv_len, q_len, softmax_scale=scale)
+        low = reference(q, k, v, kv_len, q_len, softmax_scale=scale, upcast=False)
+        try:
+            check(out, want, low, 2, "out")
+            cpu_out = dllm.ops.attention(q, k, v, kv_len=kv_len, q_len=q_len, softmax_scale=scale)
+            attention_gradients_agree(out, want, (low, cpu_out), (q, k, v), check)
+        except AssertionError as e:
+            raise AssertionError(f"{case}\n{e}") from None
+        if kv_len is not None:
+            qd, kd, vd = (t.detach() for t in (q, k, v))
+            rows = [int(n) for n in q_len]
+            keys = [int(n) for n in kv_len]
+            cumsum = lambda n: torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
+            packed, _ = EMU.attention_forward(torch.cat([qd[b, :n] for b, n in enumerate(rows)]),
+                                              torch.cat([kd[b, :n] for b, n in enumerate(keys)]),
+                                              torch.cat([vd[b, :n] for b, n in enumerate(keys)]),
+                                              None, None, cumsum(rows), cumsum(keys), Sq, Sk, scale)
+            pick = lambda t: torch.cat([t.detach()[b, :n] for b, n in enumerate(rows)])  # noqa: E731
+            try:
+                check(packed, pick(want), pick(low), 2, "packed out")
+            except AssertionError as e:
+                raise AssertionError(f"{case}\n{e}") from None
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+OPS = {name[len("fuzz_"):]: f for name, f in globals().items() if name.startswith("fuzz_")}
+
+
+def run_case(emulator, op, seed, EMU, CPU):
+    case = Case(op, seed)
+    case.emulator = emulator
+    schedule = case.pick("schedule", range(len(EMU_SCHEDULES)))
+    prefetch = case.pick("L2 prefetch", ["0", "1"])
+    emulator.configure(*EMU_SCHEDULES[schedule], seed)
+    os.environ["DLLM_L2_PREFETCH"] = prefetch
+    try:
+        OPS[op](case, EMU, CPU)
+    finally:
+        emulator.configure(0, True, 0, 0)
+        os.environ.pop("DLLM_L2_PREFETCH", None)
+    return case
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--case", help="op:seed, one case again")
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from cuda_emulator.build import load
+
+    emulator = load()
+    EMU, CPU = torch.ops.dllm_emu, torch.ops.dllm
+    if args.case:
+        op, seed = args.case.split(":")
+        print(run_case(emulator, op, int(seed), EMU, CPU), "passed")
+        return
+    ops = args.ops.split(",")
+    deadline, seed, runs, failures = time.time() + 60 * args.minutes, args.seed, 0, 0
+    while time.time() < deadline:
+        op = ops[runs % len(ops)]
+        try:
+            run_case(emulator, op, seed, EMU, CPU)
+        except Exception:
+            failures += 1
+            print(f"FAILED {op}:{seed}\n{traceback.format_exc()}", flush=True)
+        runs, seed = runs + 1, seed + 1
+    print(f"{runs} cases, {failures} failed")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
