@@ -19,7 +19,6 @@ import re
 import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
-import fuzz_emulated
 from cuda_emulator.build import load
 from test_attention import EXTREME_SCORES, check, check_gradients, growing_scores_inputs, lse_reference
 from test_sedd_losses import backward_calls
@@ -1410,17 +1409,3 @@ def test_empty_inputs_launch_nothing(emulator):
         for a, b in zip(*((r,) if isinstance(r, torch.Tensor) else r for r in (got, want))):
             assert a.shape == b.shape and torch.equal(a, b), name
 
-
-# ---- random calls ------------------------------------------------------------------------------
-
-# Cases of fuzz_emulated.py (op: seeds beyond the first ones) that once found a bug: sedd_step's
-# raw log-weights near 1e7.
-FUZZ_FOUND = {"sedd_step": [178, 2782, 9264]}
-
-
-@pytest.mark.parametrize("op", sorted(fuzz_emulated.OPS))
-def test_random_calls_agree_with_the_cpu_ops(emulator, op):
-    """The first seeds of fuzz_emulated.py's random calls (`python fuzz_emulated.py --minutes N`
-    runs as many as time allows), and the cases that found bugs."""
-    for seed in [*range(40 if op == "attention" else 200), *FUZZ_FOUND.get(op, [])]:
-        fuzz_emulated.run_case(emulator, op, seed, EMU, CPU)

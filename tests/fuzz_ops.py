@@ -1,18 +1,24 @@
-"""Differential fuzzing: dllm's CUDA kernels, run by the emulator (tests/cuda_emulator), against the
-CPU ops on random calls that no hand-written case combines: vocabularies at and around the
-kernels' group and chunk sizes, the mask id anywhere (first, last, at a group boundary), logits
-with heavy ties, -inf runs and large offsets, strided and broadcast layouts, every sampling rule
-and confidence, tiny and huge temperatures, the three emulated schedules, L2 prefetch on and off.
+"""Differential fuzzing on random calls that no hand-written case combines: vocabularies at and
+around the kernels' group and chunk sizes, the mask id anywhere (first, last, at a group boundary),
+logits with heavy ties, -inf runs and large offsets, strided layouts, every sampling rule and
+confidence, tiny and huge temperatures, attention shapes at and around its tiles, lengths, packed
+sequences and every kernel variant, the three emulated thread schedules, L2 prefetch on and off.
 
-The sampling kernels share Philox keys with the CPU ops, so draws must agree one to one; values
-agree to float32 accuracy; an input one side rejects, the other must reject with the same message.
+- dllm's CUDA kernels, run by the emulator (tests/cuda_emulator), against the CPU ops. The sampling
+  kernels share Philox keys with the CPU ops, so draws agree one to one; values agree to float32
+  accuracy (attention: against float64, test_attention's rule); an input one side rejects, the
+  other must reject with the same message.
+- The CPU ops (`reference_*`) against the float64 references of what both kernels share: greedy
+  proposals, confidences, the deterministic commit rules, the losses and their gradients.
 
-    python fuzz_emulated.py --minutes 30          # random cases until the time is up (from tests/)
-    python fuzz_emulated.py --case predict_masked:123   # one case again, printed in full
+    python fuzz_ops.py --minutes 30                  # random cases until the time is up (from tests/)
+    python fuzz_ops.py --ops attention,sedd_step     # only these
+    python fuzz_ops.py --case predict_masked:123     # one case again, its choices printed
 
-test_cuda_emulated.py runs a fixed set of these cases in the test suite."""
+test_random_calls.py runs the first seeds of each op, and the cases that found bugs, in the suite."""
 
 import argparse
+import contextlib
 import os
 import random
 import sys
@@ -56,8 +62,11 @@ def vocabulary(case, small_only=False):
     return case.draw("V", case.rng.choice(near) if case.rng.random() < 0.7 else case.rng.randint(2, 5000))
 
 
-def logits_values(case, shape, dtype):
-    kind = case.pick("logits", ["randn", "wide", "ties", "flat", "offset", "minus-inf runs", "one spike"])
+LOGITS = ["randn", "wide", "ties", "flat", "offset", "minus-inf runs", "one spike"]
+
+
+def logits_values(case, shape, dtype, kinds=LOGITS):
+    kind = case.pick("logits", kinds)
     g = case.gen
     if kind == "randn":
         v = torch.randn(shape, generator=g) * 2
@@ -155,6 +164,8 @@ def fuzz_predict_masked(case, EMU, CPU):
     # not closer to 1 than float32 resolves: at 0.999999 the kernels' float sums may keep one more
     # token of mass 1e-6 than the CPU's, and the entropy of the proposal moves by 1e-5
     top_p = case.pick("top_p", [1.0, 1.0, 0.9, 0.5, 1e-6, 0.9999])
+    if temperature >= 1e30:  # equal masses: n of them sum to exactly top_p, a tie float sums decide
+        top_p = case.draw("top_p", 1.0)
     confidence = case.pick("confidence", ["prob", "margin", "entropy", "random"])
     shift = case.pick("shift", [0, 1])
     source = case.pick("confidence_from", ["model", "proposal"])
@@ -191,11 +202,11 @@ def fuzz_sample_categorical(case, EMU, CPU):
          compare)
 
 
-def sedd_inputs(case):
+def sedd_inputs(case, kinds=LOGITS):
     K = case.draw("K", case.rng.choice([2, 3, 37, GROUP, GROUP + 1, 3001, 50258]))
     B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 9))
     dtype = case.pick("dtype", DTYPES)
-    logits = layout(case, logits_values(case, (B, L, K), dtype))
+    logits = layout(case, logits_values(case, (B, L, K), dtype, kinds))
     graph = case.pick("graph", ["absorb", "uniform"])
     g = draw_tensor(case)
     x = torch.randint(0, K, (B, L), generator=g)
@@ -316,6 +327,65 @@ def fuzz_sample_transition(case, EMU, CPU):
     same(case, lambda: run(EMU), lambda: run(CPU), lambda got, want: equal(got, want, case, "x_t"))
 
 
+def fuzz_rotary(case, EMU, CPU):
+    """Bit for bit as the CPU op: both round the float32 rotation once."""
+    from dllm.models.layers import Rotary
+
+    B, S, H = case.draw("B", case.rng.randint(1, 3)), case.draw("S", case.rng.randint(1, 40)), case.draw(
+        "H", case.rng.randint(1, 9))
+    D = case.draw("D", case.rng.choice([2, 8, 64, 70, 128, 2 * case.rng.randint(1, 80)]))
+    dtype = case.pick("dtype", DTYPES)
+    g = draw_tensor(case)
+    how = case.pick("x", ["contiguous", "fused qkv", "misaligned"])
+    if how == "fused qkv":
+        x = torch.randn(B, S, 3, H, D, generator=g).to(dtype)[:, :, 1]
+    elif how == "misaligned":
+        x = torch.randn(B, S, H, D + 1, generator=g).to(dtype)[..., 1:]
+    else:
+        x = torch.randn(B, S, H, D, generator=g).to(dtype)
+    per_sequence = case.pick("per-sequence tables", [False, True])
+    positions = torch.randint(0, 5000, (B, S) if per_sequence else (S,), generator=g)
+    cos, sin = Rotary(D).at(positions)
+    inverse = case.pick("inverse", [False, True])
+    same(case, lambda: EMU.rotary(x, cos, sin, inverse), lambda: CPU.rotary(x, cos, sin, inverse),
+         lambda got, want: equal(got, want, case, "rotated"))
+
+
+def fuzz_adaln(case, EMU, CPU):
+    """The residual stream bit for bit as the CPU op's; the norm against float64."""
+    from test_adaln import ARITHMETIC, ROUNDING, adaln_reference
+
+    B, S = case.draw("B", case.rng.randint(1, 3)), case.draw("S", case.rng.randint(1, 20))
+    dim = case.draw("dim", case.rng.choice([1, 2, 37, 64, 70, 130, 256, 1096, case.rng.randint(1, 1500)]))
+    dtype = case.pick("dtype", DTYPES)
+    g = draw_tensor(case)
+    x = (case.pick("offset", [0.0, 3.0, 1e3]) + 2 * torch.randn(B, S, dim, generator=g)).to(dtype)
+    update = torch.randn(B, S, dim, generator=g).to(dtype)
+    weight = 1 + 0.5 * torch.randn(dim, generator=g)
+    shift, scale, gate = (torch.randn(B, dim, generator=g).to(case.pick(f"{n} dtype", [torch.bfloat16, torch.float32]))
+                          for n in ("shift", "scale", "gate"))
+    eps = case.pick("eps", [1e-6, 1e-5, 0.5])
+    residual = case.pick("op", ["adaln", "adaln_residual"]) == "adaln_residual"
+
+    def run(ops):
+        if residual:
+            return ops.adaln_residual(x, update, gate, weight, shift, scale, eps)
+        return (x, ops.adaln(x, weight, shift, scale, eps))
+
+    def compare(got, want):
+        equal(got[0], want[0], case, "x_next")
+        # float32's own error grows with a row's max |x| over its spread (an offset of 1e3, two
+        # nearly equal elements) and, as sums of dim terms round, with sqrt(dim): per row, test_adaln's
+        # bound plus that
+        rows = got[0].double()
+        spread = (rows.var(-1, unbiased=False) + eps).sqrt()
+        bound = ROUNDING[dtype] + ARITHMETIC + 4 * 2**-24 * rows.abs().amax(-1) / spread * dim**0.5
+        exact = adaln_reference(got[0], weight, shift, scale, eps)
+        error = ((got[1].double() - exact).abs() / exact.abs().clamp(min=1.0)).amax(-1)
+        assert got[1].dtype == dtype and (error <= bound).all(), f"{case}\nnorm: error {(error / bound).max():.3g}x the bound"
+    same(case, lambda: run(EMU), lambda: run(CPU), compare)
+
+
 ATTENTION_VARIANTS = {  # DLLM_ATTENTION_KERNEL, DLLM_ATTENTION_PINGPONG, DLLM_ATTENTION_DQ
     "mma": ("mma", "1", "separate"),
     "wgmma": ("wgmma", "1", "separate"),
@@ -324,17 +394,19 @@ ATTENTION_VARIANTS = {  # DLLM_ATTENTION_KERNEL, DLLM_ATTENTION_PINGPONG, DLLM_A
 }
 
 
-def attention_gradients_agree(out, want, yardsticks, inputs, check):
+def attention_gradients_agree(out, want, yardsticks, inputs, softmax_scale, check):
     """dq, dk, dv within 3x the larger float64 error of plain PyTorch and of the CPU op. The CPU
     op's backward is the kernels' algorithm: delta = rowsum(dO * O) from the output as stored
     (FlashAttention's), so in nearly one-hot rows (a large scale times |q| |k|) dq and dk carry
     the output's rounding, which PyTorch's softmax backward does not (test_attention keeps to
     scales where the two agree)."""
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
-    grads = torch.autograd.grad(out, inputs, g, retain_graph=True)
-    ref_grads = torch.autograd.grad(want, inputs, g.double())
-    other = [torch.autograd.grad(y, inputs, g.to(y.dtype)) for y in yardsticks]
-    scale = max(r.abs().max().item() for r in ref_grads)
+    grads = torch.autograd.grad(out, inputs, g)
+    ref_grads = torch.autograd.grad(want, inputs, g.double(), retain_graph=True)  # the packed layout's turn next
+    other = [torch.autograd.grad(y, inputs, g.to(y.dtype), retain_graph=True) for y in yardsticks]
+    # the floor relative to the largest gradient (test_attention's), and to the scores' scale:
+    # with one key dk is a cancellation of dP - delta, exactly 0, whose terms grow with it
+    scale = max(r.abs().max().item() for r in ref_grads) * max(1.0, softmax_scale * out.shape[-1] ** 0.5)
     for i, name in enumerate("qkv"):
         worst = max((o[i] for o in other), key=lambda t: (t.double() - ref_grads[i]).abs().max().item())
         check(grads[i], ref_grads[i], worst, 3, f"d{name}", scale)
@@ -351,7 +423,8 @@ def fuzz_attention(case, EMU, CPU):
     B, Hkv = case.draw("B", case.rng.randint(1, 3)), case.draw("Hkv", case.rng.randint(1, 2))
     H = case.draw("H", Hkv * case.rng.randint(1, 3))
     Sq = case.draw("Sq", case.rng.choice([1, 2, 4, 5, 17, 64, 65, 130, case.rng.randint(1, 200)]))
-    Sk = case.draw("Sk", case.rng.choice([1, 63, 64, 65, 128, 129, case.rng.randint(1, 300)]))
+    # past 256 keys, 5 to 64 queries split the keys into chunks
+    Sk = case.draw("Sk", case.rng.choice([1, 63, 64, 65, 128, 129, 700, case.rng.randint(1, 300)]))
     D, dtype = case.pick("D", [64, 128]), case.pick("dtype", [torch.bfloat16, torch.float16])
     scores = case.pick("scores", ["random", "random", *EXTREME_SCORES])
     if scores == "random":
@@ -366,35 +439,39 @@ def fuzz_attention(case, EMU, CPU):
         q_len = torch.randint(1, Sq + 1, (B,), generator=g, dtype=torch.int32)
     scale = case.pick("scale", [D**-0.5, 0.9 * D**-0.5, 1.0])
     variant = case.pick("kernel", list(ATTENTION_VARIANTS))
-    saved = {n: os.environ.get(n) for n in ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")}
-    os.environ.update(zip(saved, ATTENTION_VARIANTS[variant]))
-    try:
+    kernel, pingpong, dq = ATTENTION_VARIANTS[variant]
+    with environment(DLLM_ATTENTION_KERNEL=kernel, DLLM_ATTENTION_PINGPONG=pingpong, DLLM_ATTENTION_DQ=dq):
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         before = case.emulator.grids_run()
         out = EmulatedAttention.apply(q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
         assert case.emulator.grids_run() > before, f"{case}\nthe emulated op launched no kernel"
         want = reference(q, k, v, kv_len, q_len, softmax_scale=scale)
         low = reference(q, k, v, kv_len, q_len, softmax_scale=scale, upcast=False)
+        cpu_out = dllm.ops.attention(q, k, v, kv_len=kv_len, q_len=q_len, softmax_scale=scale)
         try:
             check(out, want, low, 2, "out")
-            cpu_out = dllm.ops.attention(q, k, v, kv_len=kv_len, q_len=q_len, softmax_scale=scale)
-            attention_gradients_agree(out, want, (low, cpu_out), (q, k, v), check)
+            attention_gradients_agree(out, want, (low, cpu_out), (q, k, v), scale, check)
+            if kv_len is not None:  # the same sequences packed (attention_varlen), forward and backward
+                rows, keys = q_len.tolist(), kv_len.tolist()
+                starts = lambda n: torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
+                pack = lambda t, n: torch.cat([t[b, :m] for b, m in enumerate(n)])  # noqa: E731
+                packed = EmulatedAttention.apply(pack(q, rows), pack(k, keys), pack(v, keys), None, None, starts(rows),
+                                                 starts(keys), Sq, Sk, scale)
+                # back in the padded layout, zeros past q_len as the reference has them
+                unpacked = torch.stack([torch.cat([part, part.new_zeros(Sq - n, H, D)])
+                                        for part, n in zip(packed.split(rows), rows)])
+                check(unpacked, want, low, 2, "packed out")
+                attention_gradients_agree(unpacked, want, (low, cpu_out), (q, k, v), scale, check)
         except AssertionError as e:
             raise AssertionError(f"{case}\n{e}") from None
-        if kv_len is not None:
-            qd, kd, vd = (t.detach() for t in (q, k, v))
-            rows = [int(n) for n in q_len]
-            keys = [int(n) for n in kv_len]
-            cumsum = lambda n: torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
-            packed, _ = EMU.attention_forward(torch.cat([qd[b, :n] for b, n in enumerate(rows)]),
-                                              torch.cat([kd[b, :n] for b, n in enumerate(keys)]),
-                                              torch.cat([vd[b, :n] for b, n in enumerate(keys)]),
-                                              None, None, cumsum(rows), cumsum(keys), Sq, Sk, scale)
-            pick = lambda t: torch.cat([t.detach()[b, :n] for b, n in enumerate(rows)])  # noqa: E731
-            try:
-                check(packed, pick(want), pick(low), 2, "packed out")
-            except AssertionError as e:
-                raise AssertionError(f"{case}\n{e}") from None
+
+
+@contextlib.contextmanager
+def environment(**values):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
@@ -403,21 +480,170 @@ def fuzz_attention(case, EMU, CPU):
                 os.environ[name] = value
 
 
+# ---- the CPU ops against their float64 references ------------------------------------------------
+# (a rule both kernels share, in dllm/*.h, would agree with itself above)
+
+
+def within_float32(case, what, got, exact, float32, floor=1e-6):
+    """got within twice plain PyTorch's float32 error of the float64 value, plus a floor."""
+    if got.numel() == 0:
+        return
+    err = (got.double() - exact).abs().max().item()
+    torch_err = (float32.double() - exact).abs().max().item()
+    assert err <= 2 * torch_err + floor, f"{case}\n{what}: error {err:.3g} against plain PyTorch's {torch_err:.3g}"
+
+
+def fuzz_reference_predict_masked(case, EMU, CPU):
+    """Greedy proposals exactly; the model's confidence, or the (tempered, filtered) proposal's."""
+    from dllm.reference import unmask as ref
+
+    V = max(2, vocabulary(case, small_only=True))
+    B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 12))
+    dtype = case.pick("dtype", DTYPES)
+    logits = layout(case, logits_values(case, (B, L, V), dtype))
+    mask = case.pick("mask_id", sorted({0, V - 1, V // 2}))
+    x = torch.randint(0, V, (B, L), generator=draw_tensor(case))
+    x[torch.rand(B, L, generator=draw_tensor(case)) < 0.7] = mask
+    kind = case.pick("confidence", ["prob", "margin", "entropy"])
+    shift = case.pick("shift", [0, 1])
+    source = case.pick("confidence_from", ["model", "proposal"])
+    temperature, top_k, top_p = 0.0, 0, 1.0
+    if source == "proposal":
+        temperature = case.pick("temperature", [0.0, 0.5, 1.0, 1.3])
+        top_k = case.pick("top_k", [0, 1, 5, V + 1])
+        top_p = case.pick("top_p", [1.0, 0.9, 0.5])
+    if (logits.isnan() | (logits == float("inf"))).any():
+        return  # an offset past float16's range: an error, which the emulated cases compare
+    rows = ref.shifted(logits, shift)
+    masked = x == mask
+    if (rows[masked].float().index_fill(-1, torch.tensor([mask]), float("-inf")) == float("-inf")).all(-1).any():
+        return  # a masked position with nothing to propose: an error, which the emulated cases compare
+    x0, conf = CPU.predict_masked(logits, x, mask, temperature, top_k, top_p, kind, shift, source,
+                                  generator=torch.Generator().manual_seed(case.seed))
+    equal(x0[~masked], x[~masked], case, "unmasked x0")
+    assert (conf[~masked] == float("-inf")).all() and not (x0[masked] == mask).any(), case
+    if source == "model":
+        rx0, rconf = ref.predict_masked_greedy(logits, x, mask, kind, shift)
+        equal(x0, rx0, case, "greedy x0")
+        float32 = ref.confidence(rows.float(), rx0, mask, kind)
+    else:
+        rconf = ref.proposal_confidence(rows, x0, mask, kind, temperature, top_k, top_p)
+        float32 = ref.proposal_confidence(rows.float(), x0, mask, kind, temperature, top_k, top_p)
+    # float32 math against float64, over values up to 1 / temperature times larger
+    floor = 1e-5 * max(1.0, 1.0 / temperature if temperature else 1.0)
+    within_float32(case, "conf", conf[masked], rconf[masked], float32[masked], floor)
+
+
+def fuzz_reference_commit_tokens(case, EMU, CPU):
+    """The deterministic rules (top-k, threshold; windows) exactly as LLaDA's and Fast-dLLM's loops."""
+    from dllm.reference import unmask as ref
+
+    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, 300))
+    mask, g = 7, draw_tensor(case)
+    x = torch.randint(0, 50, (B, L), generator=g)
+    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.3, 1.0])] = mask
+    x0 = torch.randint(100, 200, (B, L), generator=g)
+    conf = torch.rand(B, L, generator=g)
+    if case.pick("ties", [True, False]):
+        conf = (conf * case.rng.choice([1, 4, 64])).round() / 64
+    rule = {}
+    if case.pick("rule", ["num_tokens", "threshold"]) == "num_tokens":
+        rule["num_tokens"] = torch.randint(0, L + 3, (B,), generator=g)
+    else:
+        rule["threshold"] = case.pick("threshold", [0.0, 0.5, 0.9, 1.0, 2.0])
+    if case.pick("window", [False, True]):
+        start = torch.randint(0, L + 1, (B,), generator=g)
+        rule["window"] = torch.stack([start, (start + torch.randint(0, L + 1, (B,), generator=g)).clamp(max=L)], 1)
+    want = ref.commit_tokens(x, x0, conf, mask, **rule)
+    got = x.clone()
+    committed = CPU.commit_tokens(got, x0, conf, mask, **rule)
+    equal(got, want, case, "x")
+    equal(committed, (want != x).sum(1), case, "committed")
+
+
+def fuzz_reference_losses(case, EMU, CPU):
+    """Both losses and their gradients (the backward ops) against float64 autograd of the references."""
+    from dllm.sedd import reference as ref
+
+    # Not near 1e7: the log-sum-exp the MDLM backward reuses is a float32, whose spacing there (1)
+    # moves every probability of the gradient by up to e^0.5 (and at 1e4, by 1e-3 of itself).
+    kinds = [kind for kind in LOGITS if kind != "offset"]
+    kind = case.pick("loss", ["score_entropy", "masked_diffusion"])
+    if kind == "score_entropy":
+        logits, x_t, sigma, dsigma, graph = sedd_inputs(case, kinds)
+        x0 = torch.randint(0, logits.shape[-1] - (graph == "absorb"), x_t.shape, generator=draw_tensor(case))
+        sbs = case.pick("scale_by_sigma", [True, False])
+        loss = lambda ops, lg: ops.score_entropy_loss(lg, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs)  # noqa: E731
+        grad = lambda ops, g, lg: ops.score_entropy_loss_backward(g, lg, x_t, x0, sigma, dsigma, graph=graph,  # noqa: E731
+                                                                   scale_by_sigma=sbs)
+        exact = lambda lg: ref.score_entropy_loss(lg, x_t, x0, sigma.double(), dsigma.double(), graph=graph,  # noqa: E731
+                                                  scale_by_sigma=sbs)
+    else:
+        V = max(2, vocabulary(case, small_only=True))
+        B, L = case.draw("B", case.rng.randint(1, 3)), case.draw("L", case.rng.randint(1, 12))
+        logits = layout(case, logits_values(case, (B, L, V), case.pick("dtype", DTYPES), kinds))
+        mask = case.pick("mask_id", sorted({0, V - 1, V // 2}))
+        g = draw_tensor(case)
+        x0 = torch.randint(0, V, (B, L), generator=g).masked_fill_(torch.rand(B, L, generator=g) < 0.1, (mask + 1) % V)
+        x0[x0 == mask] = (mask + 1) % V
+        x_t = torch.where(torch.rand(B, L, generator=g) < 0.6, torch.full_like(x0, mask), x0)
+        weight = torch.rand(B, generator=g) * 3
+        loss = lambda ops, lg: ops.masked_diffusion_loss(lg, x_t, x0, weight, mask_id=mask)[0]  # noqa: E731
+        grad = lambda ops, g, lg: ops.masked_diffusion_loss_backward(  # noqa: E731
+            g, lg, ops.masked_diffusion_loss(lg, x_t, x0, weight, mask_id=mask)[1], x_t, x0, weight, mask_id=mask)
+        exact = lambda lg: ref.masked_diffusion_loss(lg, x_t, x0, weight.double(), mask_id=mask)  # noqa: E731
+    got = loss(CPU, logits)
+    rows = logits.double().requires_grad_()
+    want = exact(rows)
+    if not torch.isfinite(want).all():
+        return  # exp(logits) past float64 (wide logits): no reference
+    # The kernels sum a row's K terms in a few float32 lanes, PyTorch pairwise: a relative 1e-4 of
+    # the largest value bounds the first's rounding at K = 50258; a wrong term or branch is O(1).
+    float32 = exact(logits.float())
+    within_float32(case, "loss", got, want.detach(), float32, 1e-4 * max(1.0, want.abs().max().item()))
+    if kind == "score_entropy" and ref.log_score(logits.double(), x_t, sigma.double(), sbs).max() > 88.0:
+        return  # a score past float32's range: the kernels' gradients, the score times a weight, are inf
+    g = torch.rand(logits.shape[0], generator=draw_tensor(case)) + 0.5
+    (want_grad,) = torch.autograd.grad(want, rows, g.double())
+    float32_rows = logits.float().requires_grad_()
+    (float32_grad,) = torch.autograd.grad(exact(float32_rows), float32_rows, g)
+    got_grad = grad(CPU, g, logits)
+    # stored in the logits' dtype: one rounding more, and past the dtype's range an infinity
+    # (autograd's NaN at a -inf logit, 0 * inf, is no reference: those entries are left out)
+    known = ~want_grad.isnan()
+    got_grad, want_grad, float32_grad = got_grad[known], want_grad[known], float32_grad[known]
+    beyond = want_grad.to(logits.dtype).isinf()
+    equal(got_grad[beyond], want_grad[beyond].to(logits.dtype), case, "gradients past the dtype's range")
+    got_grad, want_grad, float32_grad = got_grad[~beyond].double(), want_grad[~beyond], float32_grad[~beyond].double()
+    if want_grad.numel() == 0:
+        return
+    rounding = {torch.float32: 0.0, torch.bfloat16: 2**-8, torch.float16: 2**-11}[logits.dtype]
+    err = ((got_grad - want_grad).abs() - rounding * want_grad.abs()).max().item()
+    finite = float32_grad.isfinite()  # PyTorch's float32 overflows where float64 does not
+    torch_err = (float32_grad - want_grad)[finite].abs().max().item() if finite.any() else 0.0
+    floor = 1e-4 * max(1.0, want_grad.abs().max().item())
+    assert err <= 2 * torch_err + floor, f"{case}\ngradient: error {err:.3g} against plain PyTorch's {torch_err:.3g}"
+
+
 OPS = {name[len("fuzz_"):]: f for name, f in globals().items() if name.startswith("fuzz_")}
 
 
 def run_case(emulator, op, seed, EMU, CPU):
+    """One case; emulator None for the reference_* ops, which run no CUDA kernel."""
     case = Case(op, seed)
     case.emulator = emulator
     schedule = case.pick("schedule", range(len(EMU_SCHEDULES)))
     prefetch = case.pick("L2 prefetch", ["0", "1"])
-    emulator.configure(*EMU_SCHEDULES[schedule], seed)
-    os.environ["DLLM_L2_PREFETCH"] = prefetch
-    try:
+    if emulator is None:
+        assert op.startswith("reference_"), f"{op} runs in the emulator"
         OPS[op](case, EMU, CPU)
+        return case
+    emulator.configure(*EMU_SCHEDULES[schedule], seed)
+    try:
+        with environment(DLLM_L2_PREFETCH=prefetch):
+            OPS[op](case, EMU, CPU)
     finally:
         emulator.configure(0, True, 0, 0)
-        os.environ.pop("DLLM_L2_PREFETCH", None)
     return case
 
 
@@ -431,18 +657,18 @@ def main():
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from cuda_emulator.build import load
 
-    emulator = load()
-    EMU, CPU = torch.ops.dllm_emu, torch.ops.dllm
+    ops = [args.case.split(":")[0]] if args.case else args.ops.split(",")
+    emulator = None if all(op.startswith("reference_") for op in ops) else load()
+    EMU, CPU = (torch.ops.dllm_emu if emulator else None), torch.ops.dllm
+    run = lambda op, seed: run_case(None if op.startswith("reference_") else emulator, op, seed, EMU, CPU)  # noqa: E731
     if args.case:
-        op, seed = args.case.split(":")
-        print(run_case(emulator, op, int(seed), EMU, CPU), "passed")
+        print(run(ops[0], int(args.case.split(":")[1])), "passed")
         return
-    ops = args.ops.split(",")
     deadline, seed, runs, failures = time.time() + 60 * args.minutes, args.seed, 0, 0
     while time.time() < deadline:
         op = ops[runs % len(ops)]
         try:
-            run_case(emulator, op, seed, EMU, CPU)
+            run(op, seed)
         except Exception:
             failures += 1
             print(f"FAILED {op}:{seed}\n{traceback.format_exc()}", flush=True)
