@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CUDA build of torch, so the CUDA kernels compile and link even where no GPU can run them.
 TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: venv build demo test test-asan gpu-wheels clean
+.PHONY: venv build demo test test-asan fuzz gpu-wheels clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: build
 # Every emulated CUDA kernel test under AddressSanitizer (`make test` runs a subset): any read or write past a tensor, a fiber stack or the dynamic shared memory aborts.
 test-asan: build
 	DLLM_EMU_ASAN_ALL=1 $(PY) -m pytest -q -s tests/test_cuda_emulated_asan.py
+
+# Random calls of every op, emulated CUDA against CPU and CPU against float64, for MINUTES minutes.
+MINUTES ?= 30
+fuzz: build
+	$(PY) tests/fuzz_ops.py --minutes $(MINUTES)
 
 # Wheels the GPU machine lacks (it has no network): pass them along with the device tool's
 # carry=["wheels"] and run `DLLM_WHEELS=wheels bash scripts/gpu_check.sh OUT`.
