@@ -279,16 +279,23 @@ def fuzz_masked_diffusion_loss(case, EMU, CPU):
     same(case, lambda: run(EMU), lambda: run(CPU), compare)
 
 
-def fuzz_commit_tokens(case, EMU, CPU):
-    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, 1100))
-    mask = 7
+def commit_inputs(case, longest):
+    """x with a random share masked (mask id 7), proposals x0, confidences with or without ties."""
+    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, longest))
     g = draw_tensor(case)
     x = torch.randint(0, 50, (B, L), generator=g)
-    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.3, 1.0])] = mask
+    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.3, 1.0])] = 7
     x0 = torch.randint(100, 200, (B, L), generator=g)
     conf = torch.rand(B, L, generator=g)
     if case.pick("ties", [True, False]):
-        conf = (conf * case.rng.choice([1, 4, 64])).round() / 64
+        levels = case.pick("levels", [1, 4, 64])
+        conf = (conf * levels).round() / levels
+    return x, x0, conf, g
+
+
+def fuzz_commit_tokens(case, EMU, CPU):
+    x, x0, conf, g = commit_inputs(case, 1100)
+    (B, L), mask = x.shape, 7
     rule_name = case.pick("rule", ["num_tokens", "threshold", "prob"])
     rule = {}
     if rule_name == "num_tokens":
@@ -588,14 +595,8 @@ def fuzz_reference_commit_tokens(case, EMU, CPU):
     """The deterministic rules (top-k, threshold; windows) exactly as LLaDA's and Fast-dLLM's loops."""
     from dllm.reference import unmask as ref
 
-    B, L = case.draw("B", case.rng.randint(1, 4)), case.draw("L", case.rng.randint(1, 300))
-    mask, g = 7, draw_tensor(case)
-    x = torch.randint(0, 50, (B, L), generator=g)
-    x[torch.rand(B, L, generator=g) < case.rng.choice([0.0, 0.3, 1.0])] = mask
-    x0 = torch.randint(100, 200, (B, L), generator=g)
-    conf = torch.rand(B, L, generator=g)
-    if case.pick("ties", [True, False]):
-        conf = (conf * case.rng.choice([1, 4, 64])).round() / 64
+    x, x0, conf, g = commit_inputs(case, 300)
+    (B, L), mask = x.shape, 7
     rule = {}
     if case.pick("rule", ["num_tokens", "threshold"]) == "num_tokens":
         rule["num_tokens"] = torch.randint(0, L + 3, (B,), generator=g)
