@@ -27,10 +27,10 @@ import traceback
 
 import torch
 
-from dllm.reference.unmask import shifted
+from cuda_emulator.build import load
+from dllm.reference.unmask import above, shifted
+from test_cuda_emulated import ATTENTION_VARIABLES, ATTENTION_VARIANTS, DTYPES, SCHEDULES, EmulatedAttention
 
-EMU_SCHEDULES = ((0, True, 0), (1, False, 0), (2, True, 3))  # test_cuda_emulated.SCHEDULES' values
-DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 GROUP = 2048  # kCategoricalGroup: the streaming kernels' group of the vocabulary
 
 
@@ -396,14 +396,6 @@ def fuzz_adaln(case, EMU, CPU):
     same(case, lambda: run(EMU), lambda: run(CPU), compare)
 
 
-ATTENTION_VARIANTS = {  # DLLM_ATTENTION_KERNEL, DLLM_ATTENTION_PINGPONG, DLLM_ATTENTION_DQ
-    "mma": ("mma", "1", "separate"),
-    "wgmma": ("wgmma", "1", "separate"),
-    "wgmma lock-step": ("wgmma", "0", "separate"),
-    "wgmma atomic-dq": ("wgmma", "1", "atomic"),
-}
-
-
 def tensor_core_rounding(q, k, v, g, kv_len, q_len, scale):
     """Per element of dq, dk, dv, what rounding P and dS to q's dtype adds to them: the kernels'
     tensor-core products take those as bfloat16 / float16 operands (FlashAttention-2's), and where
@@ -456,7 +448,6 @@ def fuzz_attention(case, EMU, CPU):
     """Forward and backward against float64 under FlashAttention's rule (test_attention.check),
     and the packed layout's forward."""
     from test_attention import EXTREME_SCORES, check
-    from test_cuda_emulated import EmulatedAttention
     import dllm
     from dllm.reference.attention import attention as reference
 
@@ -479,8 +470,7 @@ def fuzz_attention(case, EMU, CPU):
         q_len = torch.randint(1, Sq + 1, (B,), generator=g, dtype=torch.int32)
     scale = case.pick("scale", [D**-0.5, 0.9 * D**-0.5, 1.0])
     variant = case.pick("kernel", list(ATTENTION_VARIANTS))
-    kernel, pingpong, dq = ATTENTION_VARIANTS[variant]
-    with environment(DLLM_ATTENTION_KERNEL=kernel, DLLM_ATTENTION_PINGPONG=pingpong, DLLM_ATTENTION_DQ=dq):
+    with environment(**dict(zip(ATTENTION_VARIABLES, ATTENTION_VARIANTS[variant]))):
         q, k, v = (t.requires_grad_() for t in (q, k, v))
         before = case.emulator.grids_run()
         out = EmulatedAttention.apply(q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
@@ -534,18 +524,12 @@ def within_float32(case, what, got, exact, float32, floor=1e-6):
 
 
 def top_p_margin(rows, mask_id, temperature, top_p):
-    """How close to top_p the float64 mass above any distinct value of the rows comes."""
+    """How close to top_p the float64 mass above any token of the rows comes."""
     z = rows.double().clone()
     z[:, mask_id] = float("-inf")
     z = z / temperature
-    probs = torch.softmax(z, -1)
-    margin = float("inf")
-    for row, p in zip(z, probs):
-        values, order = torch.sort(row, descending=True)
-        first = torch.searchsorted(-values.contiguous(), -values.unique().contiguous(), side="left")
-        above = torch.cat([torch.zeros(1, dtype=torch.float64), p[order].cumsum(0)])[first]
-        margin = min(margin, (above - top_p).abs().min().item())
-    return margin
+    mass = above(z)[2][torch.isfinite(z)]
+    return (mass - top_p).abs().min().item() if mass.numel() else float("inf")
 
 
 def fuzz_reference_predict_masked(case, EMU, CPU):
@@ -683,13 +667,13 @@ def run_case(emulator, op, seed, EMU, CPU):
     """One case; emulator None for the reference_* ops, which run no CUDA kernel."""
     case = Case(op, seed)
     case.emulator = emulator
-    schedule = case.pick("schedule", range(len(EMU_SCHEDULES)))
+    schedule = case.pick("schedule", list(SCHEDULES))
     prefetch = case.pick("L2 prefetch", ["0", "1"])
     if emulator is None:
         assert op.startswith("reference_"), f"{op} runs in the emulator"
         OPS[op](case, EMU, CPU)
         return case
-    emulator.configure(*EMU_SCHEDULES[schedule], seed)
+    emulator.configure(*SCHEDULES[schedule], seed)
     try:
         with environment(DLLM_L2_PREFETCH=prefetch):
             OPS[op](case, EMU, CPU)
@@ -705,9 +689,6 @@ def main():
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--case", help="op:seed, one case again")
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from cuda_emulator.build import load
-
     ops = [args.case.split(":")[0]] if args.case else args.ops.split(",")
     emulator = None if all(op.startswith("reference_") for op in ops) else load()
     EMU, CPU = (torch.ops.dllm_emu if emulator else None), torch.ops.dllm

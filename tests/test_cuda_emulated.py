@@ -791,15 +791,22 @@ class EmulatedAttention(torch.autograd.Function):
         return *grads, None, None, None, None, None, None, None
 
 
-@pytest.fixture(params=["mma", "wgmma", "wgmma lock-step", "wgmma atomic-dq"])
+# The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma with its
+# two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0), or
+# with dQ added by the dK/dV kernel (DLLM_ATTENTION_DQ=atomic): the three variables' values.
+ATTENTION_VARIABLES = ("DLLM_ATTENTION_KERNEL", "DLLM_ATTENTION_PINGPONG", "DLLM_ATTENTION_DQ")
+ATTENTION_VARIANTS = {
+    "mma": ("mma", "1", "separate"),
+    "wgmma": ("wgmma", "1", "separate"),
+    "wgmma lock-step": ("wgmma", "0", "separate"),
+    "wgmma atomic-dq": ("wgmma", "1", "atomic"),
+}
+
+
+@pytest.fixture(params=list(ATTENTION_VARIANTS))
 def attention_kernel(request, emulator, monkeypatch):
-    """The kernels the binding launches (DLLM_ATTENTION_KERNEL): mma.sync, or Hopper's wgmma with
-    its two warpgroups half a tile apart (the default) or in lock step (DLLM_ATTENTION_PINGPONG=0),
-    or with dQ added by the dK/dV kernel (DLLM_ATTENTION_DQ=atomic)."""
-    kernel, _, variant = request.param.partition(" ")
-    monkeypatch.setenv("DLLM_ATTENTION_KERNEL", kernel)
-    monkeypatch.setenv("DLLM_ATTENTION_PINGPONG", "0" if variant == "lock-step" else "1")
-    monkeypatch.setenv("DLLM_ATTENTION_DQ", "atomic" if variant == "atomic-dq" else "separate")
+    for name, value in zip(ATTENTION_VARIABLES, ATTENTION_VARIANTS[request.param]):
+        monkeypatch.setenv(name, value)
     return request.param
 
 

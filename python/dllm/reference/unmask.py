@@ -26,20 +26,25 @@ def clean_log_probs(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     return torch.log_softmax(z, -1)
 
 
+def above(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softmax(z) over the last dim, and for each entry how many entries, and how much of that
+    mass, lie strictly above its value (top-k and top-p keep by these)."""
+    probs = torch.softmax(z, -1)
+    sorted_z, order = torch.sort(z, -1, descending=True)
+    sorted_p = probs.gather(-1, order)
+    first_of_value = torch.searchsorted(-sorted_z.contiguous(), -z.contiguous(), side="left")
+    mass = (torch.cumsum(sorted_p, -1) - sorted_p).gather(-1, first_of_value.clamp(max=z.shape[-1] - 1))
+    return probs, first_of_value, mass
+
+
 def filtered_proposal_probs(logits: torch.Tensor, mask_id: int, temperature: float, top_k: int = 0,
                             top_p: float = 1.0) -> torch.Tensor:
     """The exact float64 distribution that predict_masked draws a proposal from, per row."""
     z = logits.double().clone()
     z[..., mask_id] = float("-inf")
     z = z / temperature
-    probs = torch.softmax(z, -1)
+    probs, count_above, mass_above = above(z)
     keep = torch.isfinite(z)
-    # For each token: how many tokens, and how much mass, lie strictly above its value.
-    sorted_z, order = torch.sort(z, -1, descending=True)
-    sorted_p = probs.gather(-1, order)
-    first_of_value = torch.searchsorted(-sorted_z.contiguous(), -z.contiguous(), side="left")
-    count_above = first_of_value
-    mass_above = (torch.cumsum(sorted_p, -1) - sorted_p).gather(-1, first_of_value.clamp(max=z.shape[-1] - 1))
     if top_k > 0:
         keep &= count_above < top_k
     if top_p < 1.0:
