@@ -28,10 +28,12 @@ test: build
 test-asan: build
 	DLLM_EMU_ASAN_ALL=1 $(PY) -m pytest -q -s tests/test_cuda_emulated_asan.py
 
-# Random calls of every op, emulated CUDA against CPU and CPU against float64, for MINUTES minutes.
+# Random calls of every op (emulated CUDA against CPU, CPU against float64), then of dllm.generate
+# (its promises, and each step against a mirror of its sampler), for MINUTES minutes each.
 MINUTES ?= 30
 fuzz: build
 	$(PY) tests/fuzz_ops.py --minutes $(MINUTES)
+	$(PY) tests/fuzz_generate.py --minutes $(MINUTES)
 
 # Wheels the GPU machine lacks (it has no network): pass them along with the device tool's
 # carry=["wheels"] and run `DLLM_WHEELS=wheels bash scripts/gpu_check.sh OUT`.

@@ -1,9 +1,11 @@
-"""The first seeds of fuzz_ops.py's random calls of every op, and the cases that once found a bug
-(`python tests/fuzz_ops.py --minutes N` runs as many as time allows)."""
+"""The first seeds of fuzz_ops.py's random calls of every op and of fuzz_generate.py's random calls
+of dllm.generate, and the cases that once found a bug (`python tests/fuzz_ops.py --minutes N`,
+`python tests/fuzz_generate.py --minutes N` run as many as time allows)."""
 
 import pytest
 import torch
 
+import fuzz_generate
 import fuzz_ops
 from test_cuda_emulated import emulator  # noqa: F401 (the fixture)
 
@@ -26,3 +28,8 @@ def test_emulated_kernels_agree_with_the_cpu_ops(emulator, op):  # noqa: F811
 def test_cpu_ops_agree_with_the_float64_references(op):
     for seed in range(300):
         fuzz_ops.run_case(None, op, seed, None, torch.ops.dllm)
+
+
+def test_generate_keeps_its_promises_on_random_calls():
+    for seed in range(1000):
+        fuzz_generate.run_case(seed)
