@@ -32,16 +32,14 @@ test_random_calls.py runs the first seeds in the suite."""
 
 import argparse
 import math
-import sys
 import time
-import traceback
 
 import pytest
 import torch
 
 import dllm
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
-from fuzz_ops import Case
+from fuzz_ops import Case, fuzz_for
 from graph_replay import replay_on_cpu
 from test_cuda_graph_replay import score_model
 from test_generate import TinyModel
@@ -518,17 +516,7 @@ def main():
     if args.case is not None:
         print(run_case(args.case), "passed")
         return
-    deadline, seed, runs, failures = time.time() + 60 * args.minutes, args.seed, 0, 0
-    while time.time() < deadline:
-        try:
-            run_case(seed)
-        except Exception:
-            failures += 1
-            print(f"FAILED generate:{seed}\n{traceback.format_exc()}", flush=True)
-        runs, seed = runs + 1, seed + 1
-    print(f"{runs} cases, {failures} failed")
-    sys.exit(1 if failures else 0)
-
+    fuzz_for(args.minutes, args.seed, lambda i, seed: run_case(seed), lambda i, seed: f"generate:{seed}")
 
 if __name__ == "__main__":
     main()

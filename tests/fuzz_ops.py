@@ -696,15 +696,21 @@ def main():
     if args.case:
         print(run(ops[0], int(args.case.split(":")[1])), "passed")
         return
-    deadline, seed, runs, failures = time.time() + 60 * args.minutes, args.seed, 0, 0
+    fuzz_for(args.minutes, args.seed, lambda i, seed: run(ops[i % len(ops)], seed),
+             lambda i, seed: f"{ops[i % len(ops)]}:{seed}")
+
+
+def fuzz_for(minutes, first_seed, run_one, label):
+    """Runs run_one(i, first_seed + i) for i = 0, 1, ... until the time is up, printing each
+    failure under label(i, seed); exits 1 if any failed."""
+    deadline, runs, failures = time.time() + 60 * minutes, 0, 0
     while time.time() < deadline:
-        op = ops[runs % len(ops)]
         try:
-            run(op, seed)
+            run_one(runs, first_seed + runs)
         except Exception:
             failures += 1
-            print(f"FAILED {op}:{seed}\n{traceback.format_exc()}", flush=True)
-        runs, seed = runs + 1, seed + 1
+            print(f"FAILED {label(runs, first_seed + runs)}\n{traceback.format_exc()}", flush=True)
+        runs += 1
     print(f"{runs} cases, {failures} failed")
     sys.exit(1 if failures else 0)
 
