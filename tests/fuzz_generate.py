@@ -15,12 +15,12 @@ top-k, top-p, thresholds, alg_temp, guidance, Fast-dLLM's caches) and CUDA-graph
   evaluations a guided step), Dream's floor(n * (1 - s / t)), one token a step for first-hitting,
   Fast-dLLM's blocks in order with at least one token a step (all of them at threshold 0), feeding
   the model the span its cache says;
-- each masked sampler's step against a mirror of it (Call, check_mdlm, check_first_hitting): the
-  model called as the protocol says (sigma, padding mask, guidance), then the ops with the sampler's
-  options and rule, drawing from the generator's state before the step (which the callback
-  records), so the mirror's canvas must equal the step's exactly; fast-dllm's cached steps only
-  where a cache is exact (one layer of a time-agnostic model, greedy, no padding), as the uncached
-  call;
+- each sampler's step against a mirror of it (Call, check_mdlm, check_first_hitting, check_sedd):
+  the model called as the protocol says (sigma, padding mask, guidance; a fast-dllm step after its
+  block's first through a cache refreshed on that first step's canvas), then the ops with the
+  sampler's options and rule, drawing from the generator's state before the step (which the
+  callback records), so the mirror's canvas must equal the step's exactly; where a cache is exact
+  (one layer of a time-agnostic model, greedy, no padding), the uncached call's tokens;
 - seeded calls repeat; a row's tokens do not depend on the other rows' prompts (all but
   fast-dllm, whose step count does); a CUDA-graph replay gives the eager call's canvases, and so
   does a later call that replays the same graphs with other prompts.
@@ -186,8 +186,7 @@ def loglinear_sigma(t, eps):
 class Call:
     """One generate call's setting, and a mirror of its steps: the model called as the protocol
     says, then the sampler's ops, drawing from the generator's state before the step (kept by the
-    callback; without one only deterministic steps are mirrored). Every masked sampler is
-    mirrored, fast-dllm without a cache (a cached step's keys are the cache's)."""
+    callback; without one only deterministic steps are mirrored)."""
 
     def __init__(self, setup, sampler, options, start, gen_length, real, initial):
         self.setup, self.sampler, self.options, self.start, self.gen_length = setup, sampler, options, start, gen_length
@@ -197,18 +196,17 @@ class Call:
         self.canvas_mask = None if canvas_mask.all() else canvas_mask
         self.given = (initial != self.mask) & canvas_mask  # guidance's condition: prompts' and infill's tokens
         self.name, _, self.variant = sampler.partition(":")
-        self.mirrored = options.get("cache") is None
         self.random = self.name in ("mdlm", "first-hitting") or options.get("temperature", 1.0) > 0 or \
             self.variant in ("random", "origin") or options.get("alg_temp")
 
     def generator(self, state):
         """The generator of a mirrored step, or False where the step cannot be mirrored."""
-        if not self.mirrored or (self.random and state is None):
+        if self.random and state is None:
             return False
         return None if state is None else torch.Generator().set_state(state)
 
-    def forward(self, x, sigma=None, stacked=1):
-        kwargs = {} if self.canvas_mask is None else {"attention_mask": self.canvas_mask.repeat(stacked, 1)}
+    def forward(self, x, sigma=None, stacked=1, **cache):
+        kwargs = cache if self.canvas_mask is None else {"attention_mask": self.canvas_mask.repeat(stacked, 1), **cache}
         return self.setup.model(x, sigma, **kwargs) if self.time_conditioned else self.setup.model(x, **kwargs)
 
     def canvas_sigma(self, x, stacked=1):
@@ -243,6 +241,28 @@ class Call:
                                 **({"confidence_from": "proposal"} if self.name == "dream" else {}))
         dllm.ops.commit_tokens(x, x0, conf, mask_id=self.mask, generator=generator, **commit)
         assert torch.equal(x, after), f"a step differs from its mirror ({commit})"
+
+    @torch.no_grad()
+    def expect_cached(self, before, after, state, refreshed, span, threshold, window):
+        """fast-dllm with a cache: the block's refresh, a forward over ``refreshed`` (the canvas at
+        the block's first step), and for a later step of the block its forward over the positions
+        ``span`` = (first, end) with every other position's keys from the refresh."""
+        generator = self.generator(state)
+        if generator is False:
+            return
+        kv = self.setup.model.new_kv_cache(*before.shape)
+        logits = self.forward(refreshed, self.canvas_sigma(refreshed), cache=kv, start=0)
+        x = before.clone()
+        part = x if span is None else x[:, span[0]:span[1]].clone()
+        if span is not None:  # sigma: the whole canvas's masked fraction
+            logits = self.forward(part, self.canvas_sigma(x), cache=kv, start=span[0])
+            window = window - span[0]
+        x0, conf = self.propose(logits, part, generator)
+        dllm.ops.commit_tokens(part, x0, conf, mask_id=self.mask, threshold=threshold, window=window,
+                               generator=generator)
+        if span is not None:
+            x[:, span[0]:span[1]] = part
+        assert torch.equal(x, after), f"a cached step differs from its mirror ({span})"
 
     def window(self, batch, lo, hi):
         return torch.tensor([[lo, min(hi, self.start + self.gen_length)]] * batch)
@@ -287,7 +307,7 @@ def check_fast_dllm(call, steps_taken, widths):
     """widths: the callback's logits' lengths, the positions each step fed (None: no callback)."""
     block, threshold, cache = call.options["block_length"] or 32, call.options["threshold"], call.options.get("cache")
     length, shift = call.start + call.gen_length, call.setup.model.logits_shift
-    last_block = None
+    last_block = refreshed = None
     for i, (before, after, state) in enumerate(steps_taken):
         filled = commits(before, after, call.mask)
         lo = next(b for b in range(call.start, length, block) if (before[:, b:b + block] == call.mask).any())
@@ -298,12 +318,17 @@ def check_fast_dllm(call, steps_taken, widths):
         assert (filled.sum(-1) >= (left > 0).long()).all(), "a row with masks in the block committed none"
         if threshold == 0.0:
             assert torch.equal(filled.sum(-1), left), "threshold 0 commits every mask of the block"
-        call.expect(before, after, state, threshold=0.9 if threshold is None else threshold,
-                    window=call.window(len(left), lo, hi))
-        if widths is not None:  # a block's first step refreshes the cache over the whole canvas
-            fed_from = lo - min(shift, lo)  # a shifted head reads position i from row i - 1
-            fed = length if cache is None or lo != last_block else (length if cache == "prefix" else hi) - fed_from
-            assert widths[i] == fed, f"step {i} fed {widths[i]} positions, not {fed}"
+        rule = {"threshold": 0.9 if threshold is None else threshold, "window": call.window(len(left), lo, hi)}
+        # a block's first step refreshes the cache over the whole canvas; a shifted head reads
+        # position i from row i - 1, so a later step's span starts shift positions early
+        refreshed = before if lo != last_block else refreshed
+        span = None if cache is None or lo != last_block else (lo - min(shift, lo), length if cache == "prefix" else hi)
+        if cache is None:
+            call.expect(before, after, state, **rule)
+        else:
+            call.expect_cached(before, after, state, refreshed, span, **rule)
+        if widths is not None:
+            assert widths[i] == (length if span is None else span[1] - span[0]), f"step {i} fed {widths[i]} positions"
         last_block = lo
 
 
