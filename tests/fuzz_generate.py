@@ -171,6 +171,16 @@ def masked_options(case, sampler, gen_length):
     return options
 
 
+def varied_option(sampler, options):
+    """One option changed, to another value the sampler takes."""
+    name = sampler.partition(":")[0]
+    if name == "fast-dllm":
+        return {"threshold": 0.3 if options["threshold"] in (None, 0.9) else 0.9}
+    if name == "first-hitting":  # (it ignores steps)
+        return {"temperature": 2 * options["temperature"] or 1.0}
+    return {"steps": 2 * options["steps"]}  # (llada's: still a multiple of its block count)
+
+
 def commits(before, after, mask):
     """[B, L] bool: the positions a step filled; fails if it changed anything else."""
     changed = before != after
@@ -510,6 +520,10 @@ def fuzz_generate(case):
             replayed, _ = call(cuda_graph=True)
             # the next call with new prompts replays the graphs the first captured
             replayed_others = None if others is None else call(cuda_graph=True, prompt=others)[0]
+            # and a call with another option captures graphs of its own
+            varied = varied_option(sampler, options)
+            replayed_varied = call(cuda_graph=True, **varied)[0]
+        assert torch.equal(replayed_varied.sequences, call(**varied)[0].sequences), f"the replay with {varied} differs"
         assert torch.equal(replayed.sequences, out.sequences) and replayed.nfe == out.nfe, "the replay differs"
         if out.history is not None:
             assert all(torch.equal(a, b) for a, b in zip(replayed.history, out.history))
