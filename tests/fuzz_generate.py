@@ -23,7 +23,8 @@ top-k, top-p, thresholds, alg_temp, guidance, Fast-dLLM's caches) and CUDA-graph
   (one layer of a time-agnostic model, greedy, no padding), the uncached call's tokens;
 - seeded calls repeat; a row's tokens do not depend on the other rows' prompts (all but
   fast-dllm, whose step count does); a CUDA-graph replay gives the eager call's canvases, and so
-  does a later call that replays the same graphs with other prompts.
+  do a later call that replays the same graphs with other prompts and one with another option
+  (which must capture its own).
 
     python fuzz_generate.py --minutes 10        # random cases until the time is up (from tests/)
     python fuzz_generate.py --case 123          # one case again, its choices printed
