@@ -39,6 +39,7 @@ import pytest
 import torch
 
 import dllm
+from dllm.sampling.masked import MDLM_EPS, loglinear_sigma
 from dllm.sedd import Absorbing, Geometric, LogLinear, Uniform
 from fuzz_ops import Case, fuzz_for
 from graph_replay import replay_on_cpu
@@ -190,10 +191,6 @@ def commits(before, after, mask):
     return changed
 
 
-def loglinear_sigma(t, eps):
-    return -torch.log1p(-(1 - eps) * t)
-
-
 class Call:
     """One generate call's setting, and a mirror of its steps: the model called as the protocol
     says, then the sampler's ops, drawing from the generator's state before the step (kept by the
@@ -223,7 +220,7 @@ class Call:
     def canvas_sigma(self, x, stacked=1):
         """The samplers without a clock: log-linear sigma at the masked fraction of real tokens."""
         real = x.shape[1] if self.canvas_mask is None else self.canvas_mask.sum(-1).repeat(stacked)
-        return loglinear_sigma((x == self.mask).sum(-1) / real, 1e-3)
+        return loglinear_sigma((x == self.mask).sum(-1) / real)
 
     def propose(self, logits, x, generator, **kw):
         options = {"temperature": self.options["temperature"], "top_k": self.options.get("top_k", 0),
@@ -347,19 +344,19 @@ def check_fast_dllm(call, steps_taken, widths):
 def check_mdlm(call, steps_taken):
     """MDLM's ancestral steps: each mask commits with probability (t - s) / t to a draw of the
     proposal; masks left at the last step take the argmax of a forward at time s."""
-    times = torch.linspace(1, 1e-5, len(steps_taken) + 1, dtype=torch.float64).tolist()
+    times = torch.linspace(1, MDLM_EPS, len(steps_taken) + 1, dtype=torch.float64).tolist()
     for i, (before, after, state) in enumerate(steps_taken):
         generator = call.generator(state)
         if generator is False:
             continue
         t, s = times[i], times[i + 1]
         x, batch = before.clone(), len(before)
-        sigma = loglinear_sigma(torch.full((batch,), t), 1e-3)
+        sigma = loglinear_sigma(torch.full((batch,), t))
         x0, conf = call.propose(call.forward(x, sigma), x, generator)
         dllm.ops.commit_tokens(x, x0, conf, mask_id=call.mask, prob=torch.full((batch,), (t - s) / t),
                                generator=generator)
         if i == len(steps_taken) - 1 and (x == call.mask).any():
-            sigma = loglinear_sigma(torch.full((batch,), s), 1e-3)
+            sigma = loglinear_sigma(torch.full((batch,), s))
             x0, conf = call.propose(call.forward(x, sigma), x, None, temperature=0.0, top_k=0, top_p=1.0)
             dllm.ops.commit_tokens(x, x0, conf, mask_id=call.mask, threshold=0.0)
         assert torch.equal(x, after), f"mdlm step {i} differs from its mirror"
@@ -378,7 +375,7 @@ def check_first_hitting(call, steps_taken):
         x = before.clone()
         n = (x == call.mask).sum(-1).clamp(min=1)
         t = t * torch.rand(len(x), dtype=torch.float64, generator=generator) ** (1.0 / n)
-        x0, conf = call.propose(call.forward(x, loglinear_sigma(t, 1e-3).float()), x, generator, confidence="random")
+        x0, conf = call.propose(call.forward(x, loglinear_sigma(t).float()), x, generator, confidence="random")
         dllm.ops.commit_tokens(x, x0, conf, mask_id=call.mask, num_tokens=torch.ones(len(x), dtype=torch.int64),
                                generator=generator)
         assert torch.equal(x, after), f"first-hitting step {i} differs from its mirror"
