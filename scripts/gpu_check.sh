@@ -13,7 +13,8 @@
 # Environment:
 #   DLLM_GPU_STAGES  comma-separated stages to run, in this order: install, tests, bench, steps, ncu,
 #                    e2e (default install,tests,bench,steps; ncu: Nsight Compute's counters on the
-#                    streaming kernels into ncu.txt, 150 s, and on the wgmma attention's into
+#                    streaming kernels into ncu.txt, 150 s, their instructions executed by basic
+#                    block into ncu-streaming-sass.md, 120 s, and the wgmma attention's counters into
 #                    ncu-attention.txt, 90 s; e2e also needs DLLM_E2E_MINUTES: its two
 #                    models train in the background from the end of install, beside the tests, which time
 #                    nothing, and the benchmarks wait for them; the sweep runs last; a training
@@ -265,9 +266,30 @@ profile() {  # FILE SECONDS REGEX SCRIPT
     note "ncu exit code $? ($1)"
   fi
 }
+# The same kernels' instructions executed, instruction by instruction (SourceCounters), summed into
+# basic blocks by scripts/ncu_sass_summary.py into OUT/NAME-sass.md (and the executed rows into
+# NAME-sass.csv); the report and the whole export stay in OUT_DIR.ncu/, outside the archive
+profile_sass() {  # NAME SECONDS REGEX SCRIPT
+  local limit; limit=$(limit_left "$2")
+  if ! command -v ncu >/dev/null || (( limit < 30 )); then
+    note "ncu source counters skipped ($1): ncu not on PATH or DLLM_GPU_SECONDS spent"
+    return 0
+  fi
+  local rep="$OUT.ncu/$1"
+  mkdir -p "$OUT.ncu"
+  timeout -s INT -k 10 "$limit" ncu --clock-control none --profile-from-start off --section SourceCounters \
+    --section InstructionStats -k regex:"$3" -f -o "$rep" "$PY" "$4" >"$OUT/$1-capture.log" 2>&1
+  note "ncu source counters exit code $? ($1)"
+  ncu -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass.csv" 2>>"$OUT/$1-capture.log"
+  "$PY" scripts/ncu_sass_summary.py "$rep-sass.csv" --markdown "$OUT/$1-sass.md" --compact "$OUT/$1-sass.csv" \
+    >>"$OUT/$1-capture.log" 2>&1
+  note "ncu source export and summary exit code $? ($1-sass.md)"
+  gzip -f "$rep-sass.csv"
+}
 if stage ncu; then
   wait_for_e2e_training
   profile ncu.txt 150 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
+  profile_sass ncu-streaming 120 'sample_categorical|sedd_step|predict_masked|loss_' scripts/profile_streaming.py
   # the wgmma attention's kernels, ping-pong and lock step, and with atomic dQ
   [ -e "$OUT/atomic_dq_failed" ] && export DLLM_PROFILE_ATOMIC_DQ=0
   [ "$WGMMA_OK" = 1 ] && [ ! -e "$OUT/pingpong_failed" ] && profile ncu-attention.txt 90 'attention_(fwd|dq|dkdv)_wgmma|attention_delta|dq_from_accum' \
