@@ -251,16 +251,24 @@ __device__ uint4 minus_inf_chunk() {
   return uint4{w, w, w, w};
 }
 
+// The order in which for_batches gives a thread its elements: increasing index (for reductions
+// that break ties by meeting the lower index first), or any (sums, and argmaxes that compare
+// indices), which lets the straddling elements of both ends of the range come in one call.
+enum class Order { kIncreasing, kAny };
+
 // Calls f(v, where, chunks) for the elements of [lo, hi) that thread `tid` of kLanes owns (a warp:
 // tid = lane, kLanes = 32; a block: threadIdx.x, kThreads): v a batch of values (float[N]), where
 // its BatchIndex. A batch is the kUnroll 16-byte chunks a thread loads at once, of which the first
 // `chunks` are the row's; the rest, past the range's last whole chunk, hold -inf. The elements of
-// the range's straddling end chunks come one a batch (chunks = 1), before and after the whole
-// chunks, so that a thread meets its elements in increasing index order. The next batch's loads
+// the range's straddling end chunks come one a batch (chunks = 1): in Order::kIncreasing before
+// and after the whole chunks, so that a thread meets its elements in increasing index order; in
+// Order::kAny both ends first, in one call of f (a thread holding one element of either end), where
+// two calls and their loops took about 140 SASS instructions a group of the warp-per-group passes
+// (a row that starts off a 16-byte boundary splits every group so). The next batch's loads
 // are issued before f runs on this one. f sees a whole batch so that it can reduce it without a
 // branch an element: per-element online updates left these loops issue-bound at 35 to 120
 // instructions an element (SASS), 3 to 8 times the HBM time, on the H200.
-template <int kLanes, DType D, typename F>
+template <int kLanes, Order kOrder = Order::kIncreasing, DType D, typename F>
 __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int tid, F&& f) {
   constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
   constexpr int64_t kStep = int64_t(kLanes) * kUnroll;  // chunks a loop iteration advances
@@ -274,7 +282,17 @@ __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int 
       f(one, BatchIndex<1, 1, 1>{i}, 1);
     }
   };
-  one_by_one(lo, split.inner_lo);
+  if constexpr (kOrder == Order::kAny) {
+    static_assert(2 * kVec <= kLanes, "the straddling elements of both ends, one a thread");
+    const int64_t head = split.inner_lo - lo, ends = head + (hi - split.inner_hi);
+    if (tid < ends) {
+      const int64_t i = tid < head ? lo + tid : split.inner_hi + (tid - head);
+      float one[1] = {view.at(i)};
+      f(one, BatchIndex<1, 1, 1>{i}, 1);
+    }
+  } else {
+    one_by_one(lo, split.inner_lo);
+  }
   const int64_t c_end = split.end;
   auto load = [&](uint4 (&raw)[kUnroll], int64_t c0) {
 #pragma unroll
@@ -297,7 +315,7 @@ __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int 
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) raw[u] = next[u];
   }
-  one_by_one(split.inner_hi, hi);
+  if constexpr (kOrder == Order::kIncreasing) one_by_one(split.inner_hi, hi);
 }
 
 // Whether any value is NaN or +inf (-inf, the batches' padding, is not).
@@ -349,12 +367,13 @@ struct MaxSum {
 
 // s is a sum of exp((v - m) * scale) over values v of max m; scale is 1 but for the tempered sums
 // of sample_categorical, which keep the raw max.
+// Without a branch (warp_max_sum runs it in five dependent rounds a group, where branches cost
+// half its instructions in SASS and kept each round's max behind the previous round's sum): an
+// empty side (max -inf, sum 0) adds 0 * exp(-inf) = 0, and with both sides empty a stand-in max
+// of 0 keeps -inf - -inf (NaN) out.
 __device__ inline MaxSum merge(MaxSum a, MaxSum b, float scale = 1.0f) {
-  const float m = fmaxf(a.m, b.m);
-  if (m == -kInf) return {m, 0.0f};
-  const float sa = a.m == -kInf ? 0.0f : a.s * exp_ftz(a.m - m, scale, log2e_times(scale));
-  const float sb = b.m == -kInf ? 0.0f : b.s * exp_ftz(b.m - m, scale, log2e_times(scale));
-  return {m, sa + sb};
+  const float m = fmaxf(a.m, b.m), at = m == -kInf ? 0.0f : m, scale_log2 = log2e_times(scale);
+  return {m, a.s * exp_ftz(a.m - at, scale, scale_log2) + b.s * exp_ftz(b.m - at, scale, scale_log2)};
 }
 
 // A group's tempered log-mass relative to the row's maximum, from its raw maximum and its sum of

@@ -70,7 +70,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     MaxSum acc{-kInf, 0.0f};
-    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
+    for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       if (greedy) best = better(best, batch_argmax(v, where));
       bad |= add_batch_fma(acc, v, scale, scale_log2, batch_max(v));
     });

@@ -82,7 +82,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
     const int64_t lo = g * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
     MaxSum acc{-kInf, 0.0f};
-    for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
+    for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
       drop(v, where.find(x));
       bad |= add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
     });
@@ -125,7 +125,7 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       const int64_t lo = g * kCategoricalGroup;
       const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
       float acc = 0.0f;
-      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
+      for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
         drop(v, where.find(x));
         float part[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
     bool nan = false;  // a NaN among -inf only: other NaN (and +inf) make the sum NaN
     if (lo < hi) {
-      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
+      for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
         constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
         const int at = where.find(skip);
         if (!md && !absorb) {  // the -inf filling chunks past the range is no logit

@@ -113,9 +113,15 @@ MUTANTS = [
     ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
      "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
     (MMA, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
-    # a range's straddling last chunk left unread; a batch's tie going to its higher index
-    ("csrc/kernels/cuda_rows.cuh", "  one_by_one(split.inner_hi, hi);\n", "", "sedd or predict_masked or loss or alignment"),
+    # a range's straddling last chunk left unread, in increasing order and in one call with the
+    # first's; a batch's tie going to its higher index
+    ("csrc/kernels/cuda_rows.cuh", "(kOrder == Order::kIncreasing) one_by_one(split.inner_hi, hi);",
+     "(kOrder == Order::kIncreasing) {}", "predict_masked or loss or alignment"),
+    ("csrc/kernels/cuda_rows.cuh", "ends = head + (hi - split.inner_hi);", "ends = head;",
+     "sedd or sample_categorical or alignment"),
     ("csrc/kernels/cuda_rows.cuh", "    const bool gt = v[e] > top;", "    const bool gt = v[e] >= top;", "alignment or greedy"),
+    # merge's stand-in max for two empty sides left out (an all -inf group's sum NaN)
+    ("csrc/kernels/cuda_rows.cuh", "at = m == -kInf ? 0.0f : m,", "at = m,", "sedd or sample_categorical or predict"),
     # the batches (cuda_rows.cuh's for_batches): the next batch never loaded; chunks past the range
     # filled with zeros rather than -inf; a position between a batch's runs taken for one in them;
     # a batch's new maximum not rescaling the running sum
