@@ -218,6 +218,9 @@ NON_FINITE_PLACES = {
     "NaN": lambda row: row.__setitem__(1234, float("nan")),
     "+inf": lambda row: row.__setitem__(2999, float("inf")),
     "NaN among -inf": lambda row: (row[512:1024].fill_(float("-inf")), row.__setitem__(700, float("nan"))),
+    # every batch but one -inf only: the NaN's batch has no finite value (no sum to make NaN)
+    "NaN among -inf only": lambda row: (row.fill_(float("-inf")), row.__setitem__(5, 1.0),
+                                        row.__setitem__(700, float("nan"))),
     "NaN first": lambda row: row.__setitem__(0, float("nan")),
     "NaN at the mask": lambda row: row.__setitem__(MASK, float("nan")),
     "+inf at the mask": lambda row: row.__setitem__(MASK, float("inf")),
@@ -238,12 +241,14 @@ def test_non_finite_logits_are_errors_wherever_they_sit(emulator, place):
         rows, x = lg.view(1, -1, V), torch.full((1, lg.shape[0]), MASK)
         if name == "sample_categorical":
             return ops.sample_categorical(lg, torch.full((lg.shape[0],), t), 1.0, generator=gen())[0]
-        if name == "predict_masked":
-            return ops.predict_masked(rows, x, MASK, temperature=t, generator=gen())[0]
+        if name.startswith("predict_masked"):  # the confidence after the colon: each keeps other sums
+            return ops.predict_masked(rows, x, MASK, temperature=t, confidence=name.partition(":")[2] or "prob",
+                                      generator=gen())[0]
         return ops.sedd_step(rows, x, torch.tensor([1.0]), torch.tensor([0.1]), graph="uniform", method="euler",
                              generator=gen())
 
-    for name, t in [(op, t) for op in ("sample_categorical", "predict_masked") for t in (1.0, 0.5, 0.0)] + [("sedd", 1.0)]:
+    ops = ["sample_categorical", "predict_masked", "predict_masked:margin", "predict_masked:entropy"]
+    for name, t in [(op, t) for op in ops for t in (1.0, 0.5, 0.0)] + [("sedd", 1.0)]:
         same_error(lambda: call(EMU, name, t, logits), lambda: call(CPU, name, t, logits))
         assert torch.equal(call(EMU, name, t, logits[:2]), call(CPU, name, t, logits[:2])), (name, t)
 

@@ -204,17 +204,22 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   const bool group_sums = fused && scale == 1.0f && !entropy;
   const RowStats::Needs needs{p.confidence == Confidence::kMargin, !group_sums, entropy};
   RowStats mine;
+  // A NaN or +inf is found without a compare an element: +inf is a batch's max, a NaN makes the
+  // sums NaN (the unfused pass always keeps them), a NaN among -inf values only is looked for in
+  // such a batch; but the entropy's sums clamp a NaN away, so with them every element is tested.
+  // The mask's own logit, dropped from all of these, is read apart (the CPU kernel rejects a NaN
+  // mask logit too).
+  if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
   auto take = [&](auto& v, const auto& where) {
-    mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit
+    if (entropy) mine.bad |= any_not_below_inf(v);
     drop(v, where.find(mask));
     const float b1 = batch_max(v);
+    if (!(b1 > -kInf)) mine.bad |= any_nan(v);
+    mine.bad |= b1 == kInf;
     mine.add_batch(v, where, b1, needs);
     return b1;
   };
   if (fused) {
-    // Here a NaN or +inf makes its group's sum NaN, which is how they are found; the mask's own
-    // logit, dropped from the sums, is read apart.
-    if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);
     const float scale_log2 = log2e_times(scale);
     for (int64_t g = warp; g < groups; g += kWarps) {
       if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
@@ -252,7 +257,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     if (later < p.batch * p.length && p.x[later] == mask) prefetch_first_group(logits_row<D>(p, later), groups, vocab);
   }
   const RowStats st = block_stats(mine, sm.stats);  // its barriers publish group_max and the sums
-  if (st.bad) return fail(kNonFinite);
+  if (st.bad || !(st.s == st.s)) return fail(kNonFinite);
   if (st.m == -kInf) return fail(kAllMinusInf);
   int64_t token = st.best.i;
 

@@ -120,6 +120,12 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "ends = head + (hi - split.inner_hi);", "ends = head;",
      "sedd or sample_categorical or alignment"),
     ("csrc/kernels/cuda_rows.cuh", "    const bool gt = v[e] > top;", "    const bool gt = v[e] >= top;", "alignment or greedy"),
+    # predict_masked's unfused pass: a batch of -inf and NaN only, a +inf batch maximum, a NaN
+    # sum, and the entropy's clamped sums taken for clean
+    ("csrc/kernels/predict_masked.cu", "    if (!(b1 > -kInf)) mine.bad |= any_nan(v);\n", "", "non_finite"),
+    ("csrc/kernels/predict_masked.cu", "    mine.bad |= b1 == kInf;\n", "", "non_finite"),
+    ("csrc/kernels/predict_masked.cu", "if (st.bad || !(st.s == st.s))", "if (st.bad)", "non_finite"),
+    ("csrc/kernels/predict_masked.cu", "    if (entropy) mine.bad |= any_not_below_inf(v);\n", "", "non_finite"),
     # merge's stand-in max for two empty sides left out (an all -inf group's sum NaN)
     ("csrc/kernels/cuda_rows.cuh", "at = m == -kInf ? 0.0f : m,", "at = m,", "sedd or sample_categorical or predict"),
     # the batches (cuda_rows.cuh's for_batches): the next batch never loaded; chunks past the range
@@ -205,10 +211,6 @@ MUTANTS = [
      "commit"),
     ("csrc/kernels/predict_masked.cu", "(i - p.logits_shift > 0 ? i - p.logits_shift : 0)",
      "(i - p.logits_shift > 0 ? i - (p.logits_shift > 0) : 0)", "predict_masked"),
-    ("csrc/kernels/predict_masked.cu",
-     "    mine.bad |= any_not_below_inf(v);  // the mask's too: the CPU kernel rejects a NaN mask logit\n"
-     "    drop(v, where.find(mask));\n", "    drop(v, where.find(mask));\n    mine.bad |= any_not_below_inf(v);\n",
-     "errors"),
     ("csrc/kernels/sample_categorical.cu", "|| temperature == kInf", "", "errors"),
     ("csrc/kernels/predict_masked.cu", "if (token_in < 0 || token_in >= p.vocab) report_error",
      "if (token_in < 0) report_error", "errors"),
@@ -240,7 +242,7 @@ MUTANTS = [
     ("csrc/kernels/sample_categorical.cu", "    bad |= !(acc.s == acc.s);\n", "", "non_finite"),
     ("csrc/kernels/cuda_rows.cuh", "if (!(bm > -kInf)) return any_nan(v);", "if (!(bm > -kInf)) return false;", "non_finite"),
     ("csrc/kernels/sedd.cu", "bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);", "bool bad = false;", "non_finite"),
-    ("csrc/kernels/predict_masked.cu", "    if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);\n", "",
+    ("csrc/kernels/predict_masked.cu", "  if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);\n", "",
      "non_finite"),
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
      "kMaxFloat); }", "__device__ __forceinline__ float log2e_times(float scale) { return scale * kLog2e; }", "subnormal"),
