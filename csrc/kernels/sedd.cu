@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "cuda_rows.cuh"
@@ -37,6 +38,7 @@ struct StepScratch {
   MaxSum maxsum[kWarps];
   double sum[kWarps];
   float subgroup_lw[kSubgroupsPerGroup];
+  alignas(StepRow) unsigned char row[sizeof(StepRow)];  // the row's StepRow (bytes: shared memory takes no constructor)
 };
 
 // log-weight of a token inside its group, up to the group's constant: l - ref for mixture rows,
@@ -70,7 +72,12 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   if (!(sigma > 0.0f && sigma < kInf && d >= 0.0f && d < kInf)) return finish(-1, kSeddBadSigma);
   if (p.graph == SeddGraph::kAbsorb && x != K - 1) return finish(x, kSeddOk);
 
-  const StepRow s = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
+  // The row's constants, logs of expm1 in double, are some 400 instructions: thread 0 works them
+  // out while the other warps stream, and the barrier after pass 1 hands them over.
+  if (threadIdx.x == 0) {
+    const StepRow terms = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
+    memcpy(scratch.row, &terms, sizeof terms);
+  }
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
   const RowView<D> view(row);
 
@@ -99,18 +106,18 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
       prefetch_first_group(RowView<D>(static_cast<const T*>(p.logits) + later * p.row_stride), groups, K);
   }
   if (__syncthreads_or(bad)) return finish(-1, kSeddNonFinite);
+  StepRow s;
+  memcpy(&s, scratch.row, sizeof s);
   MaxSum row_acc{-kInf, 0.0f};
   for (int64_t g = threadIdx.x; g < groups; g += kThreads) row_acc = merge(row_acc, MaxSum{group_lw[2 * g], group_lw[2 * g + 1]});
   row_acc = block_max_sum(row_acc, scratch.maxsum);  // its barriers also order group_lw's reuse below
 
   // Every log-weight below is relative to ref (the largest logit but x's, for mixture rows): the
   // Gumbel noise added to a float32 log-weight of 1e7 would keep only its integer part.
-  double log_w_x;
+  double log_w_x = 0.0;  // clip rows: from clip_level; mixture rows: in the one thread that needs it
   float ref = 0.0f, clip = 0.0f;
   if (!s.clip) {
-    const double lse_others = row_acc.m == -kInf ? -INFINITY : double(row_acc.m) + log(double(row_acc.s));
     ref = row_acc.m == -kInf ? 0.0f : row_acc.m;
-    log_w_x = mixture_log_w_x(s, lse_others) - double(ref);
     // Group log-weights in place: log(sum exp l) + log c - shift, less ref.
     for (int64_t g = threadIdx.x; g < groups; g += kThreads) {
       const float m = group_lw[2 * g], sum = group_lw[2 * g + 1];
@@ -145,6 +152,10 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   // The group (or x, candidate index `groups`): Gumbel-max over the log-weights.
   ArgMax pick{-kInf, INT64_MAX};
   for (int64_t g = threadIdx.x; g <= groups; g += kThreads) {
+    if (g == groups && !s.clip) {
+      const double lse_others = row_acc.m == -kInf ? -INFINITY : double(row_acc.m) + log(double(row_acc.s));
+      log_w_x = mixture_log_w_x(s, lse_others) - double(ref);
+    }
     const float lw = g < groups ? group_lw[2 * g] : float(log_w_x);
     if (lw != -kInf) pick = better(pick, ArgMax{lw + gumbel_at(seed, offset, r, g, RngStream::kGroup), g});
   }

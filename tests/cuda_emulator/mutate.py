@@ -126,6 +126,8 @@ MUTANTS = [
     ("csrc/kernels/predict_masked.cu", "    mine.bad |= b1 == kInf;\n", "", "non_finite"),
     ("csrc/kernels/predict_masked.cu", "if (st.bad || !(st.s == st.s))", "if (st.bad)", "non_finite"),
     ("csrc/kernels/predict_masked.cu", "    if (entropy) mine.bad |= any_not_below_inf(v);\n", "", "non_finite"),
+    # sedd_step's mixture rows: the weight of staying at x left at 0 (log 1), where one thread takes it
+    ("csrc/kernels/sedd.cu", "if (g == groups && !s.clip) {", "if (g == groups && s.clip) {", "sedd_step"),
     # merge's stand-in max for two empty sides left out (an all -inf group's sum NaN)
     ("csrc/kernels/cuda_rows.cuh", "at = m == -kInf ? 0.0f : m,", "at = m,", "sedd or sample_categorical or predict"),
     # the batches (cuda_rows.cuh's for_batches): the next batch never loaded; chunks past the range
