@@ -46,10 +46,18 @@ def bound(ours, exact, torch32):
     assert (err <= allowed).all(), (err.max().item(), (torch32.double() - exact).abs().max().item())
 
 
+def incoming_gradient(logits):
+    """d(total)/d(loss) of each sequence: random, and negative for every other one (the backward
+    kernels take its sign apart from its log)."""
+    n = logits.shape[0]
+    g = (torch.rand(n, generator=torch.Generator().manual_seed(7)) + 0.5) * (1 - 2 * (torch.arange(n) % 2))
+    return g.to(logits.device)
+
+
 def score_entropy_three_ways(logits, x_t, x0, sigma, dsigma, graph, sbs):
     """(loss, d(loss)/d(logits)) from the op, the float64 reference and plain float32 torch, under
-    one random incoming gradient."""
-    g_out = (torch.rand(logits.shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(logits.device)
+    one random incoming gradient (negative for every other sequence)."""
+    g_out = incoming_gradient(logits)
     results = []
     for loss_of, leaf, g in (
         (lambda z: dllm.ops.score_entropy_loss(z, x_t, x0, sigma, dsigma, graph=graph, scale_by_sigma=sbs),
@@ -103,7 +111,7 @@ def check_masked_diffusion(logits, x_t, x0, weight, mask_id):
     returns the gradient."""
     leaf = logits.clone().requires_grad_()
     loss = dllm.ops.masked_diffusion_loss(leaf, x_t, x0, weight, mask_id=mask_id)
-    g_out = (torch.rand(logits.shape[0], generator=torch.Generator().manual_seed(7)) + 0.5).to(logits.device)
+    g_out = incoming_gradient(logits)
     (grad,) = torch.autograd.grad(loss, leaf, g_out)
     exact_leaf = logits.double().requires_grad_()
     exact = ref.masked_diffusion_loss(exact_leaf, x_t, x0, weight.double(), mask_id=mask_id)
@@ -261,6 +269,21 @@ def test_gradient_near_float32_exp_overflow_is_finite(device):
     (exact,) = torch.autograd.grad(se_ref(exact_logits, x_t, x0, sigma, dsigma, "uniform", False).sum(), exact_logits)
     assert loss.isfinite().all() and grad.isfinite().all(), grad
     # exp_poly rounds x log2(e) to float first: ~3e-6 relative at |x| = 88 (2e-7 holds near 0)
+    torch.testing.assert_close(grad.double(), exact, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_past_float32_exp_range_is_finite_where_the_product_is(device):
+    # ga * exp(l_y - shift) with exp(95) = 1.8e41 past float32's range but ga = dsigma / K = 1.7e-4:
+    # the product, 3e37, is finite. Taken apart, exp overflowed to inf first (a fuzzed K = 3001
+    # row found it on the edge, at 88.72).
+    logits = torch.tensor([[[95.0, 90.0, 88.5, 0.0, 1.0, 2.0]]], device=device, requires_grad=True)
+    x_t, x0 = torch.tensor([[3]], device=device), torch.tensor([[5]], device=device)
+    sigma, dsigma = torch.ones(1, device=device), torch.full((1,), 1e-3, device=device)
+    loss = dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="uniform", scale_by_sigma=False)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    exact_logits = logits.detach().double().requires_grad_()
+    (exact,) = torch.autograd.grad(se_ref(exact_logits, x_t, x0, sigma, dsigma, "uniform", False).sum(), exact_logits)
+    assert loss.isfinite().all() and grad.isfinite().all() and exact.abs().max() < 3.4e38, (grad, exact)
     torch.testing.assert_close(grad.double(), exact, rtol=1e-5, atol=1e-6)
 
 

@@ -332,10 +332,10 @@ __device__ bool any_not_below_inf(const float (&v)[N]) {
 // rescaling for results below 2^-126 (three more instructions an exponential), which the
 // streaming loops, issue-bound in SASS, would pay for every element. Taken where such a result
 // is negligible: in sums with a term of 1 (the max they are relative to), 10^30 below their
-// float32 rounding, and in the losses' gradients (a zero for a gradient below 1e-38 of the
-// row's weight); a value read on its own (a confidence, a probability) keeps __expf. The
-// emulator keeps __expf's libm exp of d * scale, so that emulated results stay exact (but for
-// add_batch_fma's sums, whose exp2f of an FFMA differs from it by ulps).
+// float32 rounding, and in the losses' gradients (a zero for a gradient below 1e-38); a value
+// read on its own (a confidence, a probability) keeps __expf. The emulator keeps __expf's libm
+// exp of d * scale, so that emulated results stay exact (but for add_batch_fma's sums, whose
+// exp2f of an FFMA differs from it by ulps).
 __device__ __forceinline__ float exp_ftz(float d, float scale = 1.0f, float scale_log2 = kLog2e) {
 #if defined(DLLM_CUDA_EMULATOR)
   // libm's exp of d * scale, but the NaN that the hardware's d * scale_log2 makes (0 times an

@@ -276,12 +276,12 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
     T* grad = static_cast<T*>(p.grad) + r * K;
     const GradRow gr = grad_row(p, r);
     const int64_t x0 = p.x0[r];
-    const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
+    const GradTerms t = grad_terms(gr);
     const float inactive = gr.tokens_ok ? 0.0f : NAN;
     auto value = [&](int64_t i, float l) {
       if (!gr.active) return inactive;
       if (i == gr.skip) return 0.0f;
-      return i == x0 ? float(x0_grad(gr, l)) : ga * exp_ftz(l - ref) - gb;
+      return i == x0 ? float(x0_grad(gr, l)) : t.sign * exp_ftz(l - t.exp_ref) - t.gb;
     };
     const RowView<D> view(row);
     const int64_t grad_head = int64_t(reinterpret_cast<uintptr_t>(grad) & 15) / RowView<D>::kElemBytes;
@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(kThreads) loss_backward_kernel(LossParams p) {
           // neither the skipped token nor x0 in this chunk: no per-element index tests
 #pragma unroll
           for (int j = 0; j < kVec; ++j)
-            Vec<D>::put(packed, j, IO<D>::store(ga * exp_ftz(Vec<D>::get(raw[u], j) - ref) - gb));
+            Vec<D>::put(packed, j, IO<D>::store(t.sign * exp_ftz(Vec<D>::get(raw[u], j) - t.exp_ref) - t.gb));
         } else if (gr.active) {
 #pragma unroll
           for (int j = 0; j < kVec; ++j) Vec<D>::put(packed, j, IO<D>::store(value(i0 + j, Vec<D>::get(raw[u], j))));

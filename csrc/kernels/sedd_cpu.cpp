@@ -237,8 +237,8 @@ int64_t backward_rows(const LossParams& p, int64_t begin, int64_t end) {
       continue;
     }
     // One fused load-compute-store loop (it vectorises), then the two special entries.
-    const float ga = float(gr.ga), gb = float(gr.gb), ref = float(gr.ref);
-    for (int64_t i = 0; i < K; ++i) grad[i] = Loader<D>::store(ga * exp_any(Loader<D>::load(row[i]) - ref) - gb);
+    const GradTerms t = grad_terms(gr);
+    for (int64_t i = 0; i < K; ++i) grad[i] = Loader<D>::store(t.sign * exp_any(Loader<D>::load(row[i]) - t.exp_ref) - t.gb);
     grad[x0] = Loader<D>::store(float(x0_grad(gr, Loader<D>::load(row[x0]))));
     grad[gr.skip] = Loader<D>::store(0.0f);
   }

@@ -128,6 +128,9 @@ MUTANTS = [
     ("csrc/kernels/predict_masked.cu", "    if (entropy) mine.bad |= any_not_below_inf(v);\n", "", "non_finite"),
     # sedd_step's mixture rows: the weight of staying at x left at 0 (log 1), where one thread takes it
     ("csrc/kernels/sedd.cu", "if (g == groups && !s.clip) {", "if (g == groups && s.clip) {", "sedd_step"),
+    # the losses' gradient: the incoming gradient's sign or its size left out of sign(ga) * exp(l - exp_ref)
+    ("csrc/include/dllm/sedd.h", "gr.ga < 0.0 ? -1.0f : 1.0f", "1.0f", "loss"),
+    ("csrc/include/dllm/sedd.h", "float(gr.ref - log(fabs(gr.ga)))", "float(gr.ref)", "loss"),
     # merge's stand-in max for two empty sides left out (an all -inf group's sum NaN)
     ("csrc/kernels/cuda_rows.cuh", "at = m == -kInf ? 0.0f : m,", "at = m,", "sedd or sample_categorical or predict"),
     # the batches (cuda_rows.cuh's for_batches): the next batch never loaded; chunks past the range

@@ -237,6 +237,16 @@ struct GradRow {
 
 DLLM_HD double x0_grad(const GradRow& gr, float l_x0) { return gr.ga * exp(double(l_x0) - gr.ref) - gr.gb - gr.g_x0; }
 
+// The float32 form of the other entries' ga * exp(l - ref) - gb: sign(ga) * exp(l - exp_ref) - gb,
+// with log|ga| folded into exp_ref. A product of a small ga (the uniform graph's g / K) and an
+// exp past float32's range (l - ref > 88.72) is finite; taken apart, exp overflowed to inf first.
+struct GradTerms {
+  float sign, exp_ref, gb;
+};
+DLLM_HD GradTerms grad_terms(const GradRow& gr) {
+  return {gr.ga < 0.0 ? -1.0f : 1.0f, float(gr.ref - log(fabs(gr.ga))), float(gr.gb)};
+}
+
 DLLM_HD GradRow grad_row(const LossParams& p, int64_t r) {
   const int64_t b = r / p.seq_len;
   const int64_t xt = p.x_t[r], x0 = p.x0[r];
