@@ -256,34 +256,24 @@ def test_the_column_a_loss_leaves_out_may_hold_anything(device, case, value):
     torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_near_float32_exp_overflow_is_finite(device):
-    # d(loss)/d(l_y) = ga * exp(l_y - shift): exp is finite in float32 up to 88.72, but the CPU's
-    # vectorised exp builds 2^n and overflowed from 127.5 ln 2 = 88.38 on, so logits in between
-    # got an inf gradient of a finite loss (CUDA's __expf gives the finite value).
-    logits = torch.tensor([[[88.0, 88.4, 88.5, 88.7, 0.0, 1.0]]], device=device, requires_grad=True)
-    x_t, x0 = torch.tensor([[4]], device=device), torch.tensor([[5]], device=device)
-    sigma, dsigma = torch.ones(1, device=device), torch.full((1,), 1e-3, device=device)
-    loss = dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="uniform", scale_by_sigma=False)
-    (grad,) = torch.autograd.grad(loss.sum(), logits)
-    exact_logits = logits.detach().double().requires_grad_()
-    (exact,) = torch.autograd.grad(se_ref(exact_logits, x_t, x0, sigma, dsigma, "uniform", False).sum(), exact_logits)
-    assert loss.isfinite().all() and grad.isfinite().all(), grad
-    # exp_poly rounds x log2(e) to float first: ~3e-6 relative at |x| = 88 (2e-7 holds near 0)
-    torch.testing.assert_close(grad.double(), exact, rtol=1e-5, atol=1e-6)
-
-
-def test_gradient_past_float32_exp_range_is_finite_where_the_product_is(device):
-    # ga * exp(l_y - shift) with exp(95) = 1.8e41 past float32's range but ga = dsigma / K = 1.7e-4:
-    # the product, 3e37, is finite. Taken apart, exp overflowed to inf first (a fuzzed K = 3001
-    # row found it on the edge, at 88.72).
-    logits = torch.tensor([[[95.0, 90.0, 88.5, 0.0, 1.0, 2.0]]], device=device, requires_grad=True)
-    x_t, x0 = torch.tensor([[3]], device=device), torch.tensor([[5]], device=device)
+# d(loss)/d(l_y) = ga * exp(l_y - shift), with ga = dsigma / K = 1.7e-4 here:
+# - near exp's edge: exp is finite in float32 up to 88.72, but the CPU's vectorised exp built 2^n
+#   and overflowed from 127.5 ln 2 = 88.38 on, so logits in between got an inf gradient of a finite
+#   loss;
+# - past it: exp(95) = 1.8e41 is past float32's range but the product, 3e37, is finite; taken
+#   apart, exp overflowed to inf first (a fuzzed K = 3001 row found it on the edge, at 88.72).
+@pytest.mark.parametrize("row,x_t", [([88.0, 88.4, 88.5, 88.7, 0.0, 1.0], 4), ([95.0, 90.0, 88.5, 0.0, 1.0, 2.0], 3)],
+                         ids=["near-exp-overflow", "past-exp-range"])
+def test_gradient_at_float32_exp_range_is_finite_where_the_product_is(device, row, x_t):
+    logits = torch.tensor([[row]], device=device, requires_grad=True)
+    x_t, x0 = torch.tensor([[x_t]], device=device), torch.tensor([[5]], device=device)
     sigma, dsigma = torch.ones(1, device=device), torch.full((1,), 1e-3, device=device)
     loss = dllm.ops.score_entropy_loss(logits, x_t, x0, sigma, dsigma, graph="uniform", scale_by_sigma=False)
     (grad,) = torch.autograd.grad(loss.sum(), logits)
     exact_logits = logits.detach().double().requires_grad_()
     (exact,) = torch.autograd.grad(se_ref(exact_logits, x_t, x0, sigma, dsigma, "uniform", False).sum(), exact_logits)
     assert loss.isfinite().all() and grad.isfinite().all() and exact.abs().max() < 3.4e38, (grad, exact)
+    # exp_poly rounds x log2(e) to float first: ~3e-6 relative at |x| = 88 (2e-7 holds near 0)
     torch.testing.assert_close(grad.double(), exact, rtol=1e-5, atol=1e-6)
 
 
