@@ -21,23 +21,33 @@ from dllm.benchmarks.common import (  # noqa: F401 (re-exported)
     null_for_nan, quantile, sync, time_interleaved, time_ms, timing_of, utc_now)
 
 
-def with_l2_prefetch(fn, on: bool):
-    """fn with DLLM_L2_PREFETCH set to "1" or "0" for each call: the streaming kernels read it at
-    every call, so rows timed in turns each run as they say (an unset variable is "0")."""
-    value = "1" if on else "0"
+STREAMING_VARIABLES = ("DLLM_L2_PREFETCH", "DLLM_ASYNC_COPIES")
+
+
+def with_streaming(fn, *switched_on: str):
+    """fn with the streaming kernels' switches (STREAMING_VARIABLES) set for each call, those named
+    to "1" and the others to "0": the kernels read them at every call, so rows timed in turns each
+    run as they say (an unset variable is "0")."""
+    unknown = set(switched_on) - set(STREAMING_VARIABLES)
+    if unknown:
+        raise ValueError(f"not a streaming switch: {sorted(unknown)}")
+    values = {name: "1" if name in switched_on else "0" for name in STREAMING_VARIABLES}
 
     def call():
-        os.environ["DLLM_L2_PREFETCH"] = value
+        os.environ.update(values)
         return fn()
     return call
 
 
 def dllm_rows(fn, device: str) -> list:
-    """dllm's row, and on CUDA "dllm, L2 prefetch", the same call with DLLM_L2_PREFETCH=1 (the
-    streaming kernels ask L2 for their rows ahead of their loads; off by default until measured)."""
-    rows = [("dllm", with_l2_prefetch(fn, False))]
+    """dllm's row and, on CUDA, the same call with each of the streaming kernels' switches that are
+    off by default until measured: "dllm, L2 prefetch" (DLLM_L2_PREFETCH=1: they ask L2 for their
+    rows ahead of their loads) and "dllm, async copies" (DLLM_ASYNC_COPIES=1: their warp-per-group
+    passes read through shared memory by cp.async, batches ahead)."""
+    rows = [("dllm", with_streaming(fn))]
     if device.startswith("cuda"):
-        rows.append(("dllm, L2 prefetch", with_l2_prefetch(fn, True)))
+        rows.append(("dllm, L2 prefetch", with_streaming(fn, "DLLM_L2_PREFETCH")))
+        rows.append(("dllm, async copies", with_streaming(fn, "DLLM_ASYNC_COPIES")))
     return rows
 
 

@@ -4,7 +4,8 @@ Peers, timed in the same run on the same logits:
   - softmax + torch.multinomial (the textbook draw);
   - float32 Gumbel race, MDLM/SEDD style (fast but inexact: truncates the tail);
   - float64 Gumbel-argmax, LLaDA's add_gumbel_noise (exact, materialises float64 copies).
-On CUDA also "dllm, L2 prefetch": dllm with DLLM_L2_PREFETCH=1 (off by default until measured).
+On CUDA also "dllm, L2 prefetch" (DLLM_L2_PREFETCH=1) and "dllm, async copies" (DLLM_ASYNC_COPIES=1),
+both off by default until measured.
 
   python bench/sample_categorical.py --device cuda --out bench/results/<name>
 """

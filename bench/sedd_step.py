@@ -7,7 +7,8 @@ position is masked by default (--mask-frac), so dllm reads every row: the absorb
 skipping of unmasked rows is not counted in its favour. The torch.compile peer (each shape's first
 case; --compile-all: every case) is compiled and timed after every eager row is written, in turns
 with dllm again, so a slow cold compile cannot cost the other rows. On CUDA also "dllm, L2
-prefetch": dllm with DLLM_L2_PREFETCH=1 (off by default until measured).
+prefetch" (DLLM_L2_PREFETCH=1) and "dllm, async copies" (DLLM_ASYNC_COPIES=1), both off by default
+until measured.
 
   python bench/sedd_step.py --device cuda --out bench/results/<name>/sedd_step
 """
@@ -20,7 +21,7 @@ import torch
 
 import dllm
 from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, dllm_rows, machine, measure_against,
-                    parse_bench_args, peak_extra_mb, unmeasured_row, with_l2_prefetch)
+                    parse_bench_args, peak_extra_mb, unmeasured_row, with_streaming)
 from dllm.sedd import reference as ref
 
 
@@ -105,7 +106,7 @@ def main() -> None:
             continue
         name = f"torch.compile reference ({time.perf_counter() - t0:.0f} s compile)"
         # timed in turns with dllm again, so its ratio compares calls that met the same machine
-        _, peer = measure_case(case, [("dllm", with_l2_prefetch(lambda: ours(*inputs), False)),
+        _, peer = measure_case(case, [("dllm", with_streaming(lambda: ours(*inputs))),
                                       (name, lambda: compiled(*inputs))], device, args.dtype, floor_gbps, reps)
         rows.report([peer])
     rows.finish()

@@ -4,9 +4,10 @@ The peer is LLaDA's generate.py step written out faithfully: float64 Gumbel nois
 argmax, float64 softmax for the confidence, masking, then a per-row torch.topk loop (with its
 implicit host sync per row) and the scatter. dllm does the same with predict_masked +
 commit_tokens, eagerly and (CUDA) replayed from a CUDA graph. Memory is the peak allocated during
-the step, beyond its inputs (CUDA only). On CUDA the row "dllm, L2 prefetch" is the eager step with
-DLLM_L2_PREFETCH=1 (predict_masked asks L2 for its rows ahead of its loads; off by default until
-measured), the others run with it off.
+the step, beyond its inputs (CUDA only). On CUDA the rows "dllm, L2 prefetch" and "dllm, async copies" are the eager
+step with DLLM_L2_PREFETCH=1 (predict_masked asks L2 for its rows ahead of its loads) and with
+DLLM_ASYNC_COPIES=1 (its fused pass reads through shared memory by cp.async, batches ahead), both
+off by default until measured; the others run with both off.
 
   python bench/unmask_step.py --device cuda --out bench/results/<name>
 """
@@ -17,7 +18,7 @@ import torch
 
 import dllm
 from common import (Results, bench_parser, copy_bandwidth_gbps, dllm_rows, machine, measure_against, parse_bench_args,
-                    peak_extra_mb, with_l2_prefetch)
+                    peak_extra_mb, with_streaming)
 from dllm.benchmarks.step_latency import llada_eager_step
 from dllm.sampling.cuda_graph import GraphedStep
 
@@ -74,7 +75,7 @@ def main() -> None:
             # it is queued while the clock's L2 flush runs: its gap to this row is the host work
             # that the flush does not hide.
             graphed = GraphedStep(lambda x: commit_in_place(logits, x, k, t), None)
-            impls.append(("dllm, CUDA graph", with_l2_prefetch(lambda: graphed(x.clone()), False)))
+            impls.append(("dllm, CUDA graph", with_streaming(lambda: graphed(x.clone()))))
         measured = measure_against("unmask step", shape, "bf16", impls, device, nbytes, floor_gbps, **reps)
         for row, (_, fn) in zip(measured, impls):
             if row.median_ms == row.median_ms:  # not out of memory

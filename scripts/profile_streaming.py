@@ -40,7 +40,11 @@ twice(lambda: dllm.ops.predict_masked(z, canvas, mask_id=126336, temperature=1.0
 os.environ["DLLM_L2_PREFETCH"] = "1"  # the same call asking L2 for its rows ahead: which counters move
 twice(lambda: dllm.ops.predict_masked(z, canvas, mask_id=126336, temperature=1.0))
 os.environ["DLLM_L2_PREFETCH"] = "0"
+os.environ["DLLM_ASYNC_COPIES"] = "1"  # and reading through shared memory by cp.async, batches ahead
+twice(lambda: dllm.ops.predict_masked(z, canvas, mask_id=126336, temperature=1.0))
+os.environ["DLLM_ASYNC_COPIES"] = "0"
 twice(lambda: dllm.ops.predict_masked(z[:1], canvas[:1], mask_id=126336))  # greedy B1 L1024: 3.9 waves at 2 blocks an SM
 print("profiled: sample_categorical 16384x50258, sedd_step absorb 16x1024x50258, masked_diffusion_loss fwd+bwd "
-      "16x1024x50258, predict_masked 8x1024x126464 at temperature 1 (without, then with DLLM_L2_PREFETCH=1) and "
+      "16x1024x50258, predict_masked 8x1024x126464 at temperature 1 (without, then with DLLM_L2_PREFETCH=1, then with "
+      "DLLM_ASYNC_COPIES=1) and "
       "1x1024x126464 greedy (bf16)")

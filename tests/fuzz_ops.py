@@ -2,7 +2,8 @@
 around the kernels' group and chunk sizes, the mask id anywhere (first, last, at a group boundary),
 logits with heavy ties, -inf runs and large offsets, strided layouts, every sampling rule and
 confidence, tiny and huge temperatures, attention shapes at and around its tiles, lengths, packed
-sequences and every kernel variant, the three emulated thread schedules, L2 prefetch on and off.
+sequences and every kernel variant, the three emulated thread schedules, L2 prefetch and async
+copies on and off.
 
 - dllm's CUDA kernels, run by the emulator (tests/cuda_emulator), against the CPU ops. The sampling
   kernels share Philox keys with the CPU ops, so draws agree one to one; values agree to float32
@@ -669,13 +670,15 @@ def run_case(emulator, op, seed, EMU, CPU):
     case.emulator = emulator
     schedule = case.pick("schedule", list(SCHEDULES))
     prefetch = case.pick("L2 prefetch", ["0", "1"])
+    # apart from the case's stream, so that the cases found before this switch keep their inputs
+    async_copies = case.draw("async copies", random.Random(f"{op}:{seed}:async").choice(["0", "1"]))
     if emulator is None:
         assert op.startswith("reference_"), f"{op} runs in the emulator"
         OPS[op](case, EMU, CPU)
         return case
     emulator.configure(*SCHEDULES[schedule], seed)
     try:
-        with environment(DLLM_L2_PREFETCH=prefetch):
+        with environment(DLLM_L2_PREFETCH=prefetch, DLLM_ASYNC_COPIES=async_copies):
             OPS[op](case, EMU, CPU)
     finally:
         emulator.configure(0, True, 0, 0)

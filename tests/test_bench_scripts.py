@@ -123,25 +123,28 @@ def test_results_are_written_after_every_row(tmp_path, monkeypatch):
         assert len(json.loads((tmp_path / "results.json").read_text())["rows"]) == n
 
 
-def test_dllm_rows_time_the_l2_prefetch_on_cuda_only_each_call_setting_it(monkeypatch):
-    """The streaming kernels read DLLM_L2_PREFETCH at every call: each row sets it before its own call,
-    so rows timed in turns run as their names say."""
+def test_dllm_rows_time_the_streaming_switches_on_cuda_only_each_call_setting_them(monkeypatch):
+    """The streaming kernels read DLLM_L2_PREFETCH and DLLM_ASYNC_COPIES at every call: each row
+    sets both before its own call, so rows timed in turns run as their names say."""
     monkeypatch.syspath_prepend(str(BENCH))
-    from common import dllm_rows
+    from common import dllm_rows, with_streaming
 
     monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", "1")
     seen = []
 
     def fn():
-        seen.append(os.environ["DLLM_L2_PREFETCH"])
+        seen.append((os.environ["DLLM_L2_PREFETCH"], os.environ["DLLM_ASYNC_COPIES"]))
 
     assert [name for name, _ in dllm_rows(fn, "cpu")] == ["dllm"]
     rows = dllm_rows(fn, "cuda:0")
-    assert [name for name, _ in rows] == ["dllm", "dllm, L2 prefetch"]
+    assert [name for name, _ in rows] == ["dllm", "dllm, L2 prefetch", "dllm, async copies"]
     for _ in range(2):
         for _, call in rows:
             call()
-    assert seen == ["0", "1", "0", "1"]
+    assert seen == [("0", "0"), ("1", "0"), ("0", "1")] * 2
+    with pytest.raises(ValueError, match="not a streaming switch"):
+        with_streaming(fn, "DLLM_ASYNC_COPY")
 
 
 def test_peers_are_timed_in_turns_with_dllm(tmp_path, monkeypatch):

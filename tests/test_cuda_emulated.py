@@ -520,6 +520,70 @@ def test_l2_prefetch_reaches_every_path(emulator, monkeypatch):
         emulator.configure(0, True, 0, 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
+    """DLLM_ASYNC_COPIES=1: the warp-per-group passes (sample_categorical's and sedd_step's pass 1,
+    predict_masked's fused pass A) read through each thread's ring of cp.async copies, batches ahead
+    and across the ends of groups: the same draws, proposals and confidences as the CPU ops. V =
+    40009: 20 groups, 2 or 3 a warp, bf16 rows off 16-byte boundaries; V = 4196: 3 groups, the last
+    of 100 elements, fewer whole chunks than lanes; the lagging schedule's 3 blocks take several rows
+    each, through the same ring. The unfused passes (greedy, filtered) read as before."""
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", "1")
+    for K in (40009, 4196):
+        logits, x = masked_batch(2, 9, K, "cpu", dtype)
+        for temperature, top_k, shift, confidence in ((1.0, 0, 0, "prob"), (0.7, 0, 1, "margin"),
+                                                      (1.0, 0, 0, "entropy"), (0.0, 0, 1, "prob"),
+                                                      (0.8, 50, 0, "prob")):
+            args = (logits, x, MASK, temperature, top_k, 1.0, confidence, shift, "model")
+            got = emulated(schedule, EMU.predict_masked, *args, generator=gen())
+            want = CPU.predict_masked(*args, generator=gen())
+            assert torch.equal(got[0], want[0])
+            torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+        temperature = torch.rand(18, generator=gen(1)) + 0.2
+        temperature[3] = 0.0
+        got = emulated(schedule, EMU.sample_categorical, logits.view(18, K), temperature, 1.0, generator=gen())
+        want = CPU.sample_categorical(logits.view(18, K), temperature, 1.0, generator=gen())
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+        x = torch.randint(0, K, (2, 9), generator=gen(2))
+        x[:, ::2] = K - 1
+        sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+        for graph in ("absorb", "uniform"):
+            got = emulated(schedule, EMU.sedd_step, logits, x, sigma, dsig, graph=graph, method="analytic",
+                           generator=gen())
+            assert torch.equal(got, CPU.sedd_step(logits, x, sigma, dsig, graph=graph, method="analytic",
+                                                  generator=gen()))
+
+
+def test_async_copies_reach_the_warp_group_passes_only(emulator, monkeypatch):
+    """The ring is taken where it should be (the emulator counts the bytes cp.async copies): by the
+    three warp-per-group passes, and not by predict_masked's unfused pass A nor with the variable
+    at 0, which refuses anything but "0" and "1"."""
+    def copied(call):
+        before = emulator.async_copied_bytes()
+        emulated(emulator, call)
+        return emulator.async_copied_bytes() - before
+
+    logits, x = masked_batch(2, 9, 40009, "cpu", torch.bfloat16)
+    sigma = torch.tensor([0.8, 2.5])
+    masked_x = torch.full((2, 9), 40008)
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", "1")
+    assert copied(lambda: EMU.predict_masked(logits, x, MASK, 1.0)) > 0
+    assert copied(lambda: EMU.sample_categorical(logits.view(18, -1), None, 1.0)) > 0
+    assert copied(lambda: EMU.sedd_step(logits, masked_x, sigma, sigma, graph="absorb", method="analytic")) > 0
+    assert copied(lambda: EMU.predict_masked(logits, x, MASK, 0.0)) == 0
+    assert copied(lambda: EMU.predict_masked(logits, x, MASK, 1.0, top_k=5)) == 0
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", "0")
+    assert copied(lambda: EMU.predict_masked(logits, x, MASK, 1.0)) == 0
+    assert copied(lambda: EMU.sample_categorical(logits.view(18, -1), None, 1.0)) == 0
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", "on")
+    for call in (lambda: EMU.sample_categorical(logits.view(18, -1), None, 1.0),
+                 lambda: EMU.predict_masked(logits, x, MASK, 1.0),
+                 lambda: EMU.sedd_step(logits, masked_x, sigma, sigma, graph="absorb", method="analytic")):
+        with pytest.raises(RuntimeError, match='DLLM_ASYNC_COPIES must be "0" or "1", got "on"'):
+            call()
+
+
 def test_predict_masked_llada_vocabulary(emulator):
     logits, x = masked_batch(1, 5, 126464, "cpu", torch.bfloat16)
     for temperature in (0.0, 1.0):

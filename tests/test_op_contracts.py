@@ -600,28 +600,34 @@ def test_commit_rules_the_kernel_refuses_are_refused_on_meta_too(device):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
-def test_l2_prefetch_changes_no_result_on_cuda(monkeypatch):
-    """DLLM_L2_PREFETCH=1 is a hint to L2: the streaming kernels draw the same tokens and compute the
-    same values with it, on rows long enough for the prefetch two rounds ahead (LLaDA's vocabulary)
-    and more rows than the blocks resident at once (a later row's first part prefetched too)."""
+def test_streaming_switches_change_no_result_on_cuda(monkeypatch):
+    """DLLM_L2_PREFETCH=1 is a hint to L2, and DLLM_ASYNC_COPIES=1 only changes how the warp-per-group
+    passes read (through shared memory, batches ahead): the streaming kernels draw the same tokens
+    and compute the same values with either or both, on rows long enough for the prefetch two
+    rounds ahead (LLaDA's vocabulary) and more rows than the blocks resident at once (a later row's
+    first part prefetched too); sample_categorical also at GPT-2's vocabulary, rows off 16 bytes."""
     g = torch.Generator("cuda").manual_seed(0)
     logits = (torch.randn(2, 700, 126464, device="cuda", generator=g) * 2).bfloat16()
     mask = 126463
     x = torch.where(torch.rand(2, 700, device="cuda", generator=g) < 0.7, mask,
                     torch.randint(0, mask, (2, 700), device="cuda", generator=g))
+    gpt2 = logits[..., :50258].contiguous()
     calls = {
         "predict_masked": lambda gen: ops.predict_masked(logits, x, mask_id=mask, temperature=1.0, generator=gen),
         "predict_masked greedy": lambda gen: ops.predict_masked(logits, x, mask_id=mask),
         "sample_categorical": lambda gen: ops.sample_categorical(logits, 0.9, generator=gen),
         "sedd_step": lambda gen: ops.sedd_step(logits, x, 0.8, 0.1, graph="absorb", method="analytic", generator=gen),
+        "sample_categorical V50258": lambda gen: ops.sample_categorical(gpt2, 0.9, generator=gen),
     }
     for name, call in calls.items():
         runs = []
-        for prefetch in ("0", "1"):
+        for prefetch, async_copies in (("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")):
             monkeypatch.setenv("DLLM_L2_PREFETCH", prefetch)
+            monkeypatch.setenv("DLLM_ASYNC_COPIES", async_copies)
             out = call(torch.Generator("cuda").manual_seed(3))
             runs.append(out if isinstance(out, tuple) else (out,))
-        assert all(torch.equal(a, b) for a, b in zip(*runs)), name
+        for run in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(runs[0], run)), name
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")

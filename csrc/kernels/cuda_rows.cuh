@@ -445,17 +445,21 @@ __device__ bool any_nan(const float (&v)[N]) {
 }
 
 // add_batch for the streaming passes over a row, by batch_sum_exp. A NaN or +inf among the values
-// makes the sum NaN, which is how these passes find them, but for a batch whose max is -inf
-// (fmaxf passes NaN over), which adds nothing: returns whether such a batch holds a NaN.
+// makes the sum NaN, which is how these passes find them (acc.s != acc.s); a batch whose max is
+// -inf (fmaxf passes NaN over) adds nothing, but a NaN in it makes the whole of acc NaN, which no
+// later batch can rescale away (bm > NaN is false), so that the callers test one sum at the end
+// rather than a flag every batch (kept live through their loops, it spilled at 80 registers).
 template <int N>
-__device__ bool add_batch_fma(MaxSum& acc, const float (&v)[N], float scale, float scale_log2, float bm) {
-  if (!(bm > -kInf)) return any_nan(v);
+__device__ void add_batch_fma(MaxSum& acc, const float (&v)[N], float scale, float scale_log2, float bm) {
+  if (!(bm > -kInf)) {
+    if (any_nan(v)) acc = MaxSum{kNaN, kNaN};
+    return;
+  }
   if (bm > acc.m) {
     acc.s = acc.m == -kInf ? 0.0f : acc.s * exp_ftz(acc.m - bm, scale, scale_log2);
     acc.m = bm;
   }
   acc.s += batch_sum_exp(v, acc.m, scale_log2);
-  return false;
 }
 
 struct ArgMax {

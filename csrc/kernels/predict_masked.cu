@@ -12,6 +12,7 @@
 // row: from L2 only while few rows are in flight (at 8 x 1024 rows of V = 126464 on the H200,
 // pass B's read came from HBM).
 #include "cuda_rows.cuh"
+#include "cuda_warp_groups.cuh"
 #include "dllm/philox.h"
 #include "dllm/unmask.h"
 #include "filter_threshold.h"
@@ -156,6 +157,18 @@ struct Scratch {
   RadixLevel level;
 };
 
+__host__ __device__ bool is_filtered(const PredictParams& p) { return p.top_k > 0 || p.top_p < 1.0f; }
+__host__ __device__ bool scored_by_proposal(const PredictParams& p) {
+  return p.proposal_confidence && p.confidence != Confidence::kRandom;
+}
+// A draw that nothing reshapes takes its group masses from pass A, which then also reduces each
+// group's tempered (max, sum) (as sample_categorical's pass 1), so that pass B need not read the
+// row again: at 2 rows of 253 KB a block the re-read missed L2 and doubled the HBM traffic. That
+// fused pass is the one that reads by warps (for_warp_groups), and takes the ring.
+__host__ __device__ bool fused_pass(const PredictParams& p) {
+  return p.temperature > 0.0f && !is_filtered(p) && !(scored_by_proposal(p) && p.confidence == Confidence::kEntropy);
+}
+
 // The logits row that position pos reads: row (b, max(i - shift, 0)).
 template <DType D>
 __device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
@@ -165,7 +178,7 @@ __device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
 }
 
 template <DType D>
-__device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset,
+__device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t seed, uint64_t offset, uint4* ring,
                                  float* group_lse, Scratch& sm) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t token_in = p.x[pos];
@@ -185,19 +198,17 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     }
   };
 
-  const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
-  const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
+  const bool filtered = is_filtered(p);
+  const bool proposal_scored = scored_by_proposal(p);
   const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
   const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
-  // A draw that nothing reshapes takes its group masses from pass A, which then also reduces each
-  // group's tempered (max, sum) (as sample_categorical's pass 1), so that pass B need not read the
-  // row again: at 2 rows of 253 KB a block the re-read missed L2 and doubled the HBM traffic.
-  const bool fused = p.temperature > 0.0f && !filtered && !proposal_entropy;
+  const bool fused = fused_pass(p);
   float* group_max = group_lse + groups;
 
   // Pass A: untempered statistics over the vocabulary without the mask token; one warp per group
-  // when fused, else the block strides the whole row (one stream a thread, no per-group restarts).
+  // when fused (for_warp_groups: through shared memory with DLLM_ASYNC_COPIES), else the block
+  // strides the whole row (one stream a thread, no per-group restarts).
   // At temperature 1 the fused pass's group sums are the untempered exponentials: the row's sums
   // are taken from them (add_sums) instead of a second exponential an element.
   const bool entropy = p.confidence == Confidence::kEntropy;
@@ -221,21 +232,25 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   };
   if (fused) {
     const float scale_log2 = log2e_times(scale);
-    for (int64_t g = warp; g < groups; g += kWarps) {
-      if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
-      const int64_t lo = g * kCategoricalGroup, hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-      MaxSum acc{-kInf, 0.0f};
-      for_batches<32>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-        drop(v, where.find(mask));
-        const float b1 = batch_max(v);
-        mine.add_batch(v, where, b1, needs);
-        mine.bad |= add_batch_fma(acc, v, scale, scale_log2, b1);
-      });
-      if (group_sums) mine.add_sums(acc);
-      acc = warp_max_sum(acc, scale);
-      mine.bad |= !(acc.s == acc.s);
-      if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
-    }
+    MaxSum acc;
+    for_warp_groups(
+        view, vocab, ring,
+        [&](int64_t g) {
+          if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
+          acc = MaxSum{-kInf, 0.0f};
+        },
+        [&](auto& v, const auto& where, int) {
+          drop(v, where.find(mask));
+          const float b1 = batch_max(v);
+          mine.add_batch(v, where, b1, needs);
+          add_batch_fma(acc, v, scale, scale_log2, b1);
+        },
+        [&](int64_t g) {
+          if (group_sums) mine.add_sums(acc);
+          acc = warp_max_sum(acc, scale);
+          mine.bad |= !(acc.s == acc.s);
+          if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
+        });
   } else {
     // DLLM_L2_PREFETCH (cuda_rows.cuh) by the block's loop iterations of kIteration elements
     // (16 KB, about one DRAM latency of work): thread 0 asks for the one kAhead ahead.
@@ -370,26 +385,36 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 // free, ptxas settles on 64 (4 blocks per SM) and spills to the stack.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictParams p) {
-  extern __shared__ float group_lse[];  // [groups] log-masses (sums, when fused), then [groups] maxima
+  // the fused pass A's ring with DLLM_ASYNC_COPIES (for_warp_groups), then group_lse: [groups]
+  // log-masses (sums, when fused), then [groups] maxima
+  extern __shared__ uint4 dynamic_smem[];
   __shared__ Scratch scratch;
+  uint4* ring = p.async_copies ? dynamic_smem : nullptr;
+  float* group_lse = reinterpret_cast<float*>(p.async_copies ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   const int64_t positions = p.batch * p.length;
   for (int64_t pos = blockIdx.x; pos < positions; pos += gridDim.x) {
-    predict_position<D>(p, pos, seed, offset, group_lse, scratch);
+    predict_position<D>(p, pos, seed, offset, ring, group_lse, scratch);
     __syncthreads();  // shared memory is reused by the next position
   }
 }
 
 }  // namespace
 
-void predict_masked_cuda(const PredictParams& p, void* stream) {
-  const int64_t positions = p.batch * p.length;
+void predict_masked_cuda(const PredictParams& params, void* stream) {
+  const int64_t positions = params.batch * params.length;
   if (positions == 0) return;
-  const size_t smem = 2 * size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float);
+  PredictParams p = params;
+  p.async_copies = params.async_copies && fused_pass(params);
+  const size_t smem = 2 * size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float) +
+                      (p.async_copies ? kAsyncRingBytes : 0);
   const unsigned grid = unsigned(positions < 2147483647 ? positions : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  with_dtype(p.dtype, [&]<DType D>() { predict_masked_kernel<D><<<grid, kThreads, smem, s>>>(p); });
+  with_dtype(p.dtype, [&]<DType D>() {
+    allow_dynamic_smem<predict_masked_kernel<D>>(smem);
+    predict_masked_kernel<D><<<grid, kThreads, smem, s>>>(p);
+  });
 }
 
 }  // namespace dllm

@@ -4,7 +4,8 @@
 // and reduces their online log-sum-exp with shuffles, so the streaming loop has no block
 // barriers. The chunks wholly inside a group are loaded as 16-byte vectors and the few elements
 // of chunks straddling its ends one by one, so rows of any length and alignment (V = 50258 bf16
-// rows start at 4-byte boundaries) take the vector path (cuda_rows.cuh's for_batches). Pass 2
+// rows start at 4-byte boundaries) take the vector path (cuda_rows.cuh's for_batches; through
+// shared memory with DLLM_ASYNC_COPIES, cuda_warp_groups.cuh). Pass 2
 // re-reads only the chosen group (4 KB of bf16, usually still in L2) to pick a subgroup and a
 // token inside it.
 #include <cuda_bf16.h>
@@ -15,6 +16,7 @@
 #include <limits>
 
 #include "cuda_rows.cuh"
+#include "cuda_warp_groups.cuh"
 #include "dllm/sample_categorical.h"
 
 namespace dllm {
@@ -44,11 +46,11 @@ __device__ RowView<D> logits_row(const CategoricalParams& p, int64_t r) {
 
 // One row by the whole block. Every early return is taken by all threads together.
 // group_lw holds 2 x groups floats: the groups' tempered sums (turned into log-masses in place),
-// then their raw maxima.
+// then their raw maxima. ring: pass 1's (for_warp_groups), or nullptr.
 template <DType D>
-__device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset,
+__device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset, uint4* ring,
                            float* group_lw, Scratch& scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
   const int64_t vocab = p.vocab;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
   float* group_max = group_lw + groups;
@@ -65,19 +67,22 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   ArgMax best{-kInf, INT64_MAX};
   bool bad = false;
   const float scale_log2 = log2e_times(scale);
-  for (int64_t g = warp; g < groups; g += kWarps) {
-    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
-    const int64_t lo = g * kCategoricalGroup;
-    const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-    MaxSum acc{-kInf, 0.0f};
-    for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-      if (greedy) best = better(best, batch_argmax(v, where));
-      bad |= add_batch_fma(acc, v, scale, scale_log2, batch_max(v));
-    });
-    acc = warp_max_sum(acc, scale);
-    bad |= !(acc.s == acc.s);
-    if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
-  }
+  MaxSum acc;
+  for_warp_groups<Order::kAny>(
+      view, vocab, ring,
+      [&](int64_t g) {
+        if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
+        acc = MaxSum{-kInf, 0.0f};
+      },
+      [&](auto& v, const auto& where, int) {
+        if (greedy) best = better(best, batch_argmax(v, where));
+        add_batch_fma(acc, v, scale, scale_log2, batch_max(v));
+      },
+      [&](int64_t g) {
+        acc = warp_max_sum(acc, scale);
+        bad |= !(acc.s == acc.s);
+        if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
+      });
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows) prefetch_first_group(logits_row<D>(p, later), groups, vocab);
@@ -108,12 +113,14 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
 // At least 3 blocks per SM (80 registers, no spills): left free, ptxas spills the float32 kernel.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 3) sample_categorical_kernel(CategoricalParams p) {
-  extern __shared__ float group_lw[];
+  extern __shared__ uint4 dynamic_smem[];  // pass 1's ring with DLLM_ASYNC_COPIES, then group_lw
   __shared__ Scratch scratch;
+  uint4* ring = p.async_copies ? dynamic_smem : nullptr;
+  float* group_lw = reinterpret_cast<float*>(p.async_copies ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    sample_row<D>(p, r, seed, offset, group_lw, scratch);
+    sample_row<D>(p, r, seed, offset, ring, group_lw, scratch);
     __syncthreads();  // group_lw and the scratch arrays are reused by the next row
   }
 }
@@ -123,10 +130,13 @@ __global__ void __launch_bounds__(kThreads, 3) sample_categorical_kernel(Categor
 void sample_categorical_cuda(const CategoricalParams& p, void* stream) {
   if (p.rows == 0) return;
   const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
-  const size_t smem = 2 * size_t(groups) * sizeof(float);
+  const size_t smem = 2 * size_t(groups) * sizeof(float) + (p.async_copies ? kAsyncRingBytes : 0);
   const unsigned grid = unsigned(p.rows < 2147483647 ? p.rows : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  with_dtype(p.dtype, [&]<DType D>() { sample_categorical_kernel<D><<<grid, kThreads, smem, s>>>(p); });
+  with_dtype(p.dtype, [&]<DType D>() {
+    allow_dynamic_smem<sample_categorical_kernel<D>>(smem);
+    sample_categorical_kernel<D><<<grid, kThreads, smem, s>>>(p);
+  });
 }
 
 }  // namespace dllm

@@ -2,8 +2,9 @@
 //
 // sedd_step: one block of 256 threads per row, the grouped Gumbel-max of sample_categorical
 // with SEDD's weights computed on load. Pass 1 streams the row once: each warp owns whole
-// groups of 2048 and reduces their online (max, sum-exp), skipping x, whose weight is computed
-// separately from the row sum. Mixture rows then need nothing more than the group log-masses;
+// groups of 2048 and reduces their online (max, sum-exp) (for_warp_groups: through shared
+// memory with DLLM_ASYNC_COPIES), skipping x, whose weight is computed separately from the row
+// sum. Mixture rows then need nothing more than the group log-masses;
 // clip rows (uniform analytic/denoise) make a second pass over the row for the clipped group
 // sums, which a block issues right after its first pass; the launch bounds the rows in flight
 // so that it is served from L2 (see sedd_step_cuda). The chosen group (4 KB) is read once more
@@ -21,6 +22,7 @@
 #include <limits>
 
 #include "cuda_rows.cuh"
+#include "cuda_warp_groups.cuh"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
 
@@ -54,8 +56,8 @@ __device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref,
 }
 
 template <DType D>
-__device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint64_t offset, float* group_lw,
-                         StepScratch& scratch) {
+__device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint64_t offset, uint4* ring,
+                         float* group_lw, StepScratch& scratch) {
   using T = typename IO<D>::T;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t K = p.vocab;
@@ -84,22 +86,25 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   // Pass 1: per-group (max, sum exp) of the logits other than x. A NaN or +inf makes its group's
   // sum NaN, which is how they are found; x's own logit is read apart.
   bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);
-  for (int64_t g = warp; g < groups; g += kWarps) {
-    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, K);
-    const int64_t lo = g * kCategoricalGroup;
-    const int64_t hi = lo + kCategoricalGroup < K ? lo + kCategoricalGroup : K;
-    MaxSum acc{-kInf, 0.0f};
-    for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int) {
-      drop(v, where.find(x));
-      bad |= add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
-    });
-    acc = warp_max_sum(acc);
-    bad |= !(acc.s == acc.s);
-    if (lane == 0) {
-      group_lw[2 * g] = acc.m;
-      group_lw[2 * g + 1] = acc.s;
-    }
-  }
+  MaxSum acc;
+  for_warp_groups<Order::kAny>(
+      view, K, ring,
+      [&](int64_t g) {
+        if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, K);
+        acc = MaxSum{-kInf, 0.0f};
+      },
+      [&](auto& v, const auto& where, int) {
+        drop(v, where.find(x));
+        add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
+      },
+      [&](int64_t g) {
+        acc = warp_max_sum(acc);
+        bad |= !(acc.s == acc.s);
+        if (lane == 0) {
+          group_lw[2 * g] = acc.m;
+          group_lw[2 * g + 1] = acc.s;
+        }
+      });
   if (p.l2_prefetch_blocks > 0 && lane == 0) {  // a later row that is read: absorbing rows only while masked
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows && (p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1))
@@ -173,12 +178,16 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
 // the kernel at 2 blocks, 25% occupancy, too few warps to cover the latency of each row's draw.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 3) sedd_step_kernel(SeddStepParams p) {
-  extern __shared__ float group_lw[];  // [groups][2]: (max, sum) after pass 1, then log-weights
+  // pass 1's ring with DLLM_ASYNC_COPIES (for_warp_groups), then group_lw: [groups][2], (max, sum)
+  // after pass 1, then log-weights
+  extern __shared__ uint4 dynamic_smem[];
   __shared__ StepScratch scratch;
+  uint4* ring = p.async_copies ? dynamic_smem : nullptr;
+  float* group_lw = reinterpret_cast<float*>(p.async_copies ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    step_row<D>(p, r, seed, offset, group_lw, scratch);
+    step_row<D>(p, r, seed, offset, ring, group_lw, scratch);
     __syncthreads();  // group_lw and the scratch arrays are reused by the next row
   }
 }
@@ -224,7 +233,7 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
-    bool nan = false;  // a NaN among -inf only: other NaN (and +inf) make the sum NaN
+    bool nan = false;  // a NaN among -inf only (float32; else the sum is NaN, as with any NaN or +inf)
     if (lo < hi) {
       for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
         constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
@@ -243,11 +252,11 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
             nan |= any_nan(v);
           }
         } else {
-          nan |= add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+          add_batch_fma(acc, v, 1.0f, kLog2e, bm);
         }
       });
     }
-    nan = __syncthreads_or(nan);
+    nan = __syncthreads_or(nan || !(acc.s == acc.s));
     acc = block_max_sum(acc, maxsum);
     if (!md && !absorb) sum_l = block_sum(sum_l, sums);
     if (threadIdx.x == 0) {
@@ -357,7 +366,7 @@ unsigned grid_for(int64_t rows) {
 void sedd_step_cuda(const SeddStepParams& p, void* stream) {
   if (p.rows == 0) return;
   const int64_t groups = (p.vocab + kCategoricalGroup - 1) / kCategoricalGroup;
-  const size_t smem = size_t(groups) * 2 * sizeof(float);
+  const size_t smem = size_t(groups) * 2 * sizeof(float) + (p.async_copies ? kAsyncRingBytes : 0);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   unsigned grid = grid_for(p.rows);
   if (p.graph == SeddGraph::kUniform && p.method != SeddMethod::kEuler) {
@@ -371,7 +380,10 @@ void sedd_step_cuda(const SeddStepParams& p, void* stream) {
     const int64_t in_flight = std::max<int64_t>(sms, (int64_t(24) << 20) / row_bytes);
     grid = unsigned(std::min<int64_t>(grid, in_flight));
   }
-  with_dtype(p.dtype, [&]<DType D>() { sedd_step_kernel<D><<<grid, kThreads, smem, s>>>(p); });
+  with_dtype(p.dtype, [&]<DType D>() {
+    allow_dynamic_smem<sedd_step_kernel<D>>(smem);
+    sedd_step_kernel<D><<<grid, kThreads, smem, s>>>(p);
+  });
 }
 
 void loss_forward_cuda(const LossParams& p, void* stream) {

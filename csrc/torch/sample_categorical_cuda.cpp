@@ -6,7 +6,7 @@
 
 #include "checks.h"
 #include "deferred_errors.h"
-#include "l2_prefetch_cuda.h"
+#include "streaming_options_cuda.h"
 #include "rng.h"
 #include "sample_categorical.h"
 
@@ -21,6 +21,7 @@ std::tuple<at::Tensor, at::Tensor> sample_categorical_cuda_op(const at::Tensor& 
   const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sample_categorical", call.params.vocab, 2);
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(3);  // sample_categorical_kernel's __launch_bounds__
+  call.params.async_copies = async_copies();
   call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, logits.options().dtype(at::kLong));
   call.params.first_error = first_error.data_ptr<int64_t>();

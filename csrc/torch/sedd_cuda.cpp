@@ -6,7 +6,7 @@
 
 #include "checks.h"
 #include "deferred_errors.h"
-#include "l2_prefetch_cuda.h"
+#include "streaming_options_cuda.h"
 #include "rng.h"
 #include "sedd.h"
 
@@ -30,6 +30,7 @@ at::Tensor sedd_step_cuda_op(const at::Tensor& logits, const at::Tensor& x, cons
   const c10::cuda::CUDAGuard guard(logits.device());
   check_cuda_vocab("sedd_step", call.params.vocab, 2);
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(3);  // sedd_step_kernel's __launch_bounds__
+  call.params.async_copies = async_copies();
   call.params.rng = cuda_rng_state(generator);
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();

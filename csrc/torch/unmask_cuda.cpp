@@ -5,7 +5,7 @@
 
 #include "checks.h"
 #include "deferred_errors.h"
-#include "l2_prefetch_cuda.h"
+#include "streaming_options_cuda.h"
 #include "rng.h"
 #include "unmask.h"
 
@@ -24,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor> predict_masked_cuda_op(const at::Tensor& logi
   check_cuda_vocab("predict_masked", call.params.vocab, 2);
   // before the generator advances: a refused value leaves the draws of later calls as they were
   call.params.l2_prefetch_blocks = l2_prefetch_blocks(2);  // predict_masked_kernel's __launch_bounds__
+  call.params.async_copies = async_copies();
   call.params.rng = cuda_rng_state(generator, call.random);
   at::Tensor first_error = at::full({1}, kNoError, x.options());
   call.params.first_error = first_error.data_ptr<int64_t>();

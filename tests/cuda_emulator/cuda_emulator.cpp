@@ -46,6 +46,7 @@ struct PendingCopy {
   size_t bytes;
   bool valid;
   bool fenced = false;  // a fence.proxy.async of the issuing thread followed its wait
+  uint64_t group = 0;   // the issuing thread's commit groups before it (cp_async_wait_own)
 };
 
 struct PendingWgmma {
@@ -104,6 +105,7 @@ struct Fiber {
   // cp.async copies issued, and those a wait completed: other threads may read the latter only
   // after a block barrier, so in the strict mode they land when the next one releases.
   std::vector<PendingCopy> pending, waited;
+  uint64_t commits = 0;  // cp.async.commit_group calls (cp_async_commit)
   // Landed cp.async copies into dynamic shared memory that no fence.proxy.async of this thread
   // has yet made visible to the async proxy (wgmma's operand reads).
   std::vector<std::pair<unsigned char*, size_t>> unfenced;
@@ -336,6 +338,7 @@ void run_block(dim3 block_idx) {
     f.warpgroup_parity = 0;
     f.pending.clear();
     f.waited.clear();
+    f.commits = 0;
     f.unfenced.clear();
     f.stored.clear();
     f.fenced_stores.clear();
@@ -543,7 +546,8 @@ void cp_async(void* dst, const void* src, size_t bytes, bool valid) {
   if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (valid && reinterpret_cast<uintptr_t>(src) % bytes != 0))
     fail("misaligned address in cp.async");
   if (valid) check_readable("cp.async", src, bytes);
-  st.current->pending.push_back(PendingCopy{dst, src, bytes, valid});
+  settings().async_copied_bytes += bytes;
+  st.current->pending.push_back(PendingCopy{dst, src, bytes, valid, false, st.current->commits});
   if (!settings().defer_async_copies) flush_copies(*st.current, st.current->pending);
 }
 
@@ -586,6 +590,16 @@ void fence_proxy_async() {
   f.fenced_stores.insert(f.fenced_stores.end(), f.stored.begin(), f.stored.end());
   f.stored.clear();
   for (PendingCopy& c : f.waited) c.fenced = true;
+}
+
+void cp_async_commit() { ++st.current->commits; }
+
+void cp_async_wait_own(int newest_pending) {
+  Fiber& f = *st.current;
+  std::vector<PendingCopy> done, still;
+  for (const PendingCopy& c : f.pending) (c.group + uint64_t(newest_pending) < f.commits ? done : still).push_back(c);
+  flush_copies(f, done);
+  f.pending = std::move(still);
 }
 
 void cp_async_wait_all() {

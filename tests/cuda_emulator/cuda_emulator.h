@@ -69,6 +69,11 @@ void warp_exchange(const void* mine, void* all, size_t bytes, unsigned mask);
 [[noreturn]] void fail(const char* what);
 void cp_async(void* dst, const void* src, size_t bytes, bool valid);
 void cp_async_wait_all();
+// cp.async.commit_group, and cp.async.wait_group n for copies that only the issuing thread reads
+// (a ring of its own): the copies of its committed groups but the newest n land now, as the
+// hardware makes them visible to that thread, without a barrier.
+void cp_async_commit();
+void cp_async_wait_own(int newest_pending);
 // cp.async.bulk.prefetch.L2: reads nothing, but checks what the hardware requires (16-byte
 // alignment, a size a positive multiple of 16) and, under ASan, that the range is inside memory.
 void prefetch_l2(const void* p, uint32_t bytes);

@@ -75,6 +75,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Floats the kernels have added with atomicAdd (a float2 counts two), in all.");
   m.def("prefetched_bytes", [] { return cuemu::settings().prefetched_bytes; },
         "Bytes the kernels have asked L2 to prefetch (cp.async.bulk.prefetch.L2), in all.");
+  m.def("async_copied_bytes", [] { return cuemu::settings().async_copied_bytes; },
+        "Bytes the kernels have copied to shared memory with cp.async, in all.");
   m.def(
       "noise_from_bits",
       [](const at::Tensor& bits) {

@@ -17,6 +17,7 @@ struct Settings {
   uint64_t grids_run = 0;          // kernel launches completed, so tests see the emulator ran
   uint64_t prefetched_bytes = 0;   // asked of L2 by prefetch_l2, so tests see a path prefetch
   uint64_t float_atomics = 0;      // floats added by atomicAdd, so tests see a path add with them
+  uint64_t async_copied_bytes = 0;  // issued by cp_async, so tests see a path copy with it
 };
 Settings& settings();
 

@@ -147,7 +147,7 @@ MUTANTS = [
      "sedd or sample_categorical"),
     # sedd_step's pass 1 counting x; the uniform loss summing the -inf filling; predict_masked's
     # fused group masses left untempered
-    ("csrc/kernels/sedd.cu", "      drop(v, where.find(x));\n      bad |= add_batch_fma", "      bad |= add_batch_fma", "sedd"),
+    ("csrc/kernels/sedd.cu", "        drop(v, where.find(x));\n        add_batch_fma", "        add_batch_fma", "sedd"),
     ("csrc/kernels/sedd.cu", "if (e != at && e / run < chunks) sum_l", "if (e != at) sum_l", "loss"),
     ("csrc/kernels/predict_masked.cu", "tempered_log_mass(group_max[g], group_lse[g], row_max, scale)",
      "tempered_log_mass(group_max[g], group_lse[g], row_max, 1.0f)", "predict"),
@@ -226,6 +226,17 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "return next < rows ? next : rows;", "return next < rows ? next : rows - 1;",
      "l2_prefetch"),
     ("csrc/kernels/sedd.cu", "(p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1)", "true", "l2_prefetch"),
+    # the warp-per-group passes' ring (DLLM_ASYNC_COPIES): a batch read before its copies landed,
+    # a copy into the slot about to be read, a straddling end element dropped, the next group's
+    # first chunk taken as if the row were 16-byte aligned, a slot past the group's chunks read
+    ("csrc/kernels/cuda_warp_groups.cuh", "async_wait_own<kAsyncStages - 1>();", "async_wait_own<kAsyncStages>();",
+     "async_copies"),
+    ("csrc/kernels/cuda_warp_groups.cuh", "into = stage == 0 ? kAsyncStages - 1 : stage - 1;", "into = stage;",
+     "async_copies"),
+    ("csrc/kernels/cuda_warp_groups.cuh", "if (end_offset >= 0) {", "if (end_offset > 0) {", "async_copies"),
+    ("csrc/kernels/cuda_warp_groups.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
+     "pc = (g + kWarps) * kGroupChunks + lane;", "async_copies"),
+    ("csrc/kernels/cuda_warp_groups.cuh", "c0 + 32 * u < c_end ? slots", "c0 + 32 * u <= c_end ? slots", "async_copies"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
      "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),
@@ -235,8 +246,8 @@ MUTANTS = [
     ("csrc/kernels/sedd.cu", "  if (!clip) return l - ref;", "  if (!clip) return l;", "far_from_zero"),
     ("csrc/kernels/sedd.cu", "p.x_next[r] = status == kSeddOk ? token : -1;", "p.x_next[r] = status == kSeddOk ? token : x;",
      "capture"),
-    ("csrc/torch/unmask_cuda.cpp", "__launch_bounds__\n  call.params.rng = cuda_rng_state(generator, call.random);",
-     "__launch_bounds__\n  call.params.rng = cuda_rng_state(generator);", "without_draws"),
+    ("csrc/torch/unmask_cuda.cpp", "async_copies();\n  call.params.rng = cuda_rng_state(generator, call.random);",
+     "async_copies();\n  call.params.rng = cuda_rng_state(generator);", "without_draws"),
     ("csrc/kernels/predict_masked.cu", "  if (positions == 0) return;\n", "", "empty_inputs"),
     ("csrc/kernels/rotary.cu", "p.x_head_stride % kVec == 0 &&", "", "16_byte"),
     # the streaming passes' FFMA exponent: its rounding's correction, the huge-scale branch, the
@@ -245,7 +256,7 @@ MUTANTS = [
      "large_logits"),
     ("csrc/kernels/cuda_rows.cuh", "if (fabsf(ms) < 0x1p31f) return", "if (fabsf(ms) < kInf) return", "tiny_temperatures"),
     ("csrc/kernels/sample_categorical.cu", "    bad |= !(acc.s == acc.s);\n", "", "non_finite"),
-    ("csrc/kernels/cuda_rows.cuh", "if (!(bm > -kInf)) return any_nan(v);", "if (!(bm > -kInf)) return false;", "non_finite"),
+    ("csrc/kernels/cuda_rows.cuh", "if (any_nan(v)) acc = MaxSum{kNaN, kNaN};", "", "non_finite"),
     ("csrc/kernels/sedd.cu", "bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);", "bool bad = false;", "non_finite"),
     ("csrc/kernels/predict_masked.cu", "  if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);\n", "",
      "non_finite"),

@@ -1,0 +1,192 @@
+// The warp-per-group pass of the streaming kernels (sample_categorical's and sedd_step's pass 1,
+// predict_masked's fused pass A): warp w of a block reduces the groups w, w + kWarps, ... of its
+// row, kCategoricalGroup elements each, alone. Internal to csrc/kernels.
+//
+// Two ways to read the groups. Straight into registers (for_batches): a thread has one batch
+// loading while it reduces the last, 2 KB a warp in flight, and none while the warp reduces a
+// group's sums with shuffles and starts the next group. With a ring (DLLM_ASYNC_COPIES), through
+// shared memory by cp.async: each thread copies its own chunks into slots of its own, and reads
+// back only those, so no barrier is needed; kAsyncStages - 1 batches ahead, across the ends of
+// groups, 6 KB a warp, in no register. The H200's counters of predict_masked (8 x 1024 rows of
+// 126464) gave 42% of the DRAM bandwidth at 25% occupancy (16 warps an SM, by registers): with
+// at most 32 KB an SM in flight, about what the copy bandwidth takes at HBM's latency and no
+// more, every pause of a warp's loads shows in the bandwidth.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "cuda_rows.cuh"
+
+namespace dllm::cuda {
+
+constexpr int kAsyncStages = 4;
+// Shared memory that a block's rings take: kAsyncStages batches of kUnroll 16-byte chunks a thread.
+constexpr int kAsyncRingChunks = kAsyncStages * kUnroll * kThreads;
+constexpr size_t kAsyncRingBytes = size_t(kAsyncRingChunks) * 16;
+
+// 16 bytes from global to shared memory, asynchronously (cp.async.cg: through L2 only, as a
+// streamed row is read once); before sm_80, a plain copy.
+__device__ __forceinline__ void async_copy_16(uint4* dst, const uint4* src) {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::cp_async(dst, src, 16, true);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(uint32_t(__cvta_generic_to_shared(dst))),
+               "l"(src)
+               : "memory");
+#else
+  *dst = __ldg(src);
+#endif
+}
+
+__device__ __forceinline__ void async_commit() {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// This thread's copies of all its committed groups but the newest N have landed and are visible
+// to it (not to other threads: that would take a barrier).
+template <int N>
+__device__ __forceinline__ void async_wait_own() {
+#if defined(DLLM_CUDA_EMULATOR)
+  cuemu::cp_async_wait_own(N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Through the ring: the batches of each group in for_batches' order (kOrder), its straddling
+// ends read one by one as there. The producer side issues the copies of the batch
+// kAsyncStages - 1 ahead of the one reduced, walking the same groups and chunks as the reducing
+// side; it copies into the slot that the reducing side read a batch earlier, whose values that
+// batch's reduction has used, so the copy cannot land before the read.
+template <Order kOrder, DType D, typename Begin, typename F, typename End>
+__device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uint4* ring, Begin&& begin, F&& f,
+                                      End&& end) {
+  constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
+  constexpr int kStep = 32 * kUnroll;                    // chunks a warp's batch advances
+  constexpr int kGroupChunks = kCategoricalGroup / kVec;  // chunks a group spans
+  // Group g's whole chunks are [g * kGroupChunks + skip, min((g + 1) * kGroupChunks, last)): the
+  // chunk at a group's start straddles it unless the row is 16-byte aligned. So the producer's
+  // place is one number, pc, and its group pc / kGroupChunks: the state of both sides lives
+  // through the pass, and with more of it (64-bit, or group and end apart) the kernels spilled at
+  // 80 registers. 32 bits suffice, as the bindings bound a vocabulary to 10.24 M entries.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int groups = int((vocab + kCategoricalGroup - 1) / kCategoricalGroup);
+  const int skip = view.head > 0 ? 1 : 0, last = int((vocab + view.head) / kVec);
+  auto chunk_end = [&](int g) { return (g + 1) * kGroupChunks < last ? (g + 1) * kGroupChunks : last; };
+  uint4* const slots = ring + threadIdx.x;  // slot u of stage s: slots[(s * kUnroll + u) * kThreads]
+
+  // The producer's next batch starts at this lane's chunk pc; pc >= last once it has copied all.
+  // It copies into stage (the reducing side's) - 1, the slot read a batch earlier.
+  int pc = warp * kGroupChunks + skip + lane, stage = kAsyncStages - 1;
+  auto produce = [&] {
+    if (pc < last) {
+      const int g = pc / kGroupChunks, e = chunk_end(g), into = stage == 0 ? kAsyncStages - 1 : stage - 1;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        if (pc + 32 * u < e) async_copy_16(slots + (into * kUnroll + u) * kThreads, view.base + pc + 32 * u);
+      pc += kStep;
+      if (pc >= e) pc = (g + kWarps) * kGroupChunks + skip + lane;
+    }
+    async_commit();  // empty past the last batch, so that every wait counts the same groups
+  };
+#pragma unroll 1
+  for (int s = 0; s < kAsyncStages - 1; ++s) {
+    stage = s + 1;  // the prologue fills stages 0 .. kAsyncStages - 2
+    produce();
+  }
+  stage = 0;
+
+  auto one_by_one = [&](int64_t from, int64_t to) {
+#pragma unroll 1
+    for (int64_t i = from + lane; i < to; i += 32) {
+      float one[1] = {view.at(i)};
+      f(one, BatchIndex<1, 1, 1>{i}, 1);
+    }
+  };
+  for (int g = warp; g < groups; g += kWarps) {
+    begin(int64_t(g));
+    const int64_t lo = int64_t(g) * kCategoricalGroup;
+    // kAny: the straddling elements of both ends, one a lane, loaded now and reduced after the
+    // batches, which hide the load.
+    float end_value = -kInf;
+    int end_offset = -1;  // from lo
+    {
+      const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+      const auto split = view.split(lo, hi);
+      if constexpr (kOrder == Order::kAny) {
+        const int head = int(split.inner_lo - lo), ends = head + int(hi - split.inner_hi);
+        if (lane < ends) {
+          end_offset = lane < head ? lane : int(split.inner_hi - lo) + (lane - head);
+          end_value = view.at(lo + end_offset);
+        }
+      } else {
+        one_by_one(lo, split.inner_lo);
+      }
+    }
+    const int c_end = chunk_end(g);
+    for (int c0 = g * kGroupChunks + skip + lane; c0 < c_end; c0 += kStep) {
+      produce();
+      async_wait_own<kAsyncStages - 1>();  // this batch's copies
+      float v[N];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const uint4 raw = c0 + 32 * u < c_end ? slots[(stage * kUnroll + u) * kThreads] : minus_inf_chunk<D>();
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw, j);
+      }
+      stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
+      const int left = (c_end - c0 + 31) / 32;
+      f(v, BatchIndex<N, kVec, 32 * kVec>{view.index(c0, 0)}, left < kUnroll ? left : kUnroll);
+    }
+    if constexpr (kOrder == Order::kAny) {
+      if (end_offset >= 0) {
+        float one[1] = {end_value};
+        f(one, BatchIndex<1, 1, 1>{lo + end_offset}, 1);
+      }
+    } else {
+      const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+      one_by_one(view.split(lo, hi).inner_hi, hi);
+    }
+    end(int64_t(g));
+  }
+}
+
+// For each of this warp's groups g: begin(g), then f(v, where, chunks) over its elements as
+// for_batches<32, kOrder> gives them, then end(g) (where the warp may reduce with shuffles: all
+// its lanes are there). ring: nullptr to read into registers, else the block's kAsyncRingChunks
+// slots of shared memory (16-byte aligned).
+template <Order kOrder = Order::kIncreasing, DType D, typename Begin, typename F, typename End>
+__device__ void for_warp_groups(const RowView<D>& view, int64_t vocab, uint4* ring, Begin&& begin, F&& f, End&& end) {
+  if (ring != nullptr) return for_warp_groups_async<kOrder>(view, vocab, ring, begin, f, end);
+  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  const int lane = threadIdx.x & 31;
+  for (int64_t g = threadIdx.x >> 5; g < groups; g += kWarps) {
+    begin(g);
+    const int64_t lo = g * kCategoricalGroup;
+    for_batches<32, kOrder>(view, lo, lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab, lane, f);
+    end(g);
+  }
+}
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (more than
+// 48 KB needs the opt-in): asked once a device for the largest amount yet.
+template <auto Kernel>
+void allow_dynamic_smem(size_t bytes) {
+  static std::atomic<size_t> granted[64];
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  cudaGetDevice(&device);
+  std::atomic<size_t>& mine = granted[device & 63];
+  if (mine.load(std::memory_order_relaxed) >= bytes) return;
+  // A failed call is left to fail the launch, and its check; it is asked again next time.
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)) == cudaSuccess)
+    mine.store(bytes, std::memory_order_relaxed);
+}
+
+}  // namespace dllm::cuda
