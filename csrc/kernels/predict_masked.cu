@@ -12,7 +12,7 @@
 // row: from L2 only while few rows are in flight (at 8 x 1024 rows of V = 126464 on the H200,
 // pass B's read came from HBM).
 #include "cuda_rows.cuh"
-#include "cuda_warp_groups.cuh"
+#include "cuda_async_rows.cuh"
 #include "dllm/philox.h"
 #include "dllm/unmask.h"
 #include "filter_threshold.h"
@@ -157,18 +157,6 @@ struct Scratch {
   RadixLevel level;
 };
 
-__host__ __device__ bool is_filtered(const PredictParams& p) { return p.top_k > 0 || p.top_p < 1.0f; }
-__host__ __device__ bool scored_by_proposal(const PredictParams& p) {
-  return p.proposal_confidence && p.confidence != Confidence::kRandom;
-}
-// A draw that nothing reshapes takes its group masses from pass A, which then also reduces each
-// group's tempered (max, sum) (as sample_categorical's pass 1), so that pass B need not read the
-// row again: at 2 rows of 253 KB a block the re-read missed L2 and doubled the HBM traffic. That
-// fused pass is the one that reads by warps (for_warp_groups), and takes the ring.
-__host__ __device__ bool fused_pass(const PredictParams& p) {
-  return p.temperature > 0.0f && !is_filtered(p) && !(scored_by_proposal(p) && p.confidence == Confidence::kEntropy);
-}
-
 // The logits row that position pos reads: row (b, max(i - shift, 0)).
 template <DType D>
 __device__ RowView<D> logits_row(const PredictParams& p, int64_t pos) {
@@ -198,17 +186,20 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     }
   };
 
-  const bool filtered = is_filtered(p);
-  const bool proposal_scored = scored_by_proposal(p);
+  const bool filtered = p.top_k > 0 || p.top_p < 1.0f;
+  const bool proposal_scored = p.proposal_confidence && p.confidence != Confidence::kRandom;
   const bool proposal_entropy = proposal_scored && p.confidence == Confidence::kEntropy;
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
   const float scale = p.temperature > 0.0f ? inverse_temperature(p.temperature) : 1.0f;
-  const bool fused = fused_pass(p);
+  // A draw that nothing reshapes takes its group masses from pass A, which then also reduces each
+  // group's tempered (max, sum) (as sample_categorical's pass 1), so that pass B need not read the
+  // row again: at 2 rows of 253 KB a block the re-read missed L2 and doubled the HBM traffic.
+  const bool fused = p.temperature > 0.0f && !filtered && !proposal_entropy;
   float* group_max = group_lse + groups;
 
   // Pass A: untempered statistics over the vocabulary without the mask token; one warp per group
-  // when fused (for_warp_groups: through shared memory with DLLM_ASYNC_COPIES), else the block
-  // strides the whole row (one stream a thread, no per-group restarts).
+  // when fused, else the block strides the whole row (one stream a thread, no per-group
+  // restarts); with DLLM_ASYNC_COPIES, through shared memory either way (cuda_async_rows.cuh).
   // At temperature 1 the fused pass's group sums are the untempered exponentials: the row's sums
   // are taken from them (add_sums) instead of a second exponential an element.
   const bool entropy = p.confidence == Confidence::kEntropy;
@@ -262,10 +253,15 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
     };
     if (ask)
       for (int r = 1; r < kAhead; ++r) prefetch_iteration(r * kIteration);
-    for_batches<kThreads>(view, 0, vocab, threadIdx.x, [&](auto& v, const auto& where, int) {
+    auto batch = [&](auto& v, const auto& where, int) {
       if (ask) prefetch_iteration(where(0) + kAhead * kIteration);
       take(v, where);
-    });
+    };
+    if (ring != nullptr) {
+      for_range_batches(view, 0, vocab, ring, batch);
+    } else {
+      for_batches<kThreads>(view, 0, vocab, threadIdx.x, batch);
+    }
   }
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(pos, p.batch * p.length, p.l2_prefetch_blocks);
@@ -385,8 +381,8 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
 // free, ptxas settles on 64 (4 blocks per SM) and spills to the stack.
 template <DType D>
 __global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictParams p) {
-  // the fused pass A's ring with DLLM_ASYNC_COPIES (for_warp_groups), then group_lse: [groups]
-  // log-masses (sums, when fused), then [groups] maxima
+  // pass A's ring with DLLM_ASYNC_COPIES, then group_lse: [groups] log-masses (sums, when fused),
+  // then [groups] maxima
   extern __shared__ uint4 dynamic_smem[];
   __shared__ Scratch scratch;
   uint4* ring = p.async_copies ? dynamic_smem : nullptr;
@@ -402,11 +398,9 @@ __global__ void __launch_bounds__(kThreads, 2) predict_masked_kernel(PredictPara
 
 }  // namespace
 
-void predict_masked_cuda(const PredictParams& params, void* stream) {
-  const int64_t positions = params.batch * params.length;
+void predict_masked_cuda(const PredictParams& p, void* stream) {
+  const int64_t positions = p.batch * p.length;
   if (positions == 0) return;
-  PredictParams p = params;
-  p.async_copies = params.async_copies && fused_pass(params);
   const size_t smem = 2 * size_t((p.vocab + kCategoricalGroup - 1) / kCategoricalGroup) * sizeof(float) +
                       (p.async_copies ? kAsyncRingBytes : 0);
   const unsigned grid = unsigned(positions < 2147483647 ? positions : 2147483647);

@@ -5,7 +5,7 @@
 // barriers. The chunks wholly inside a group are loaded as 16-byte vectors and the few elements
 // of chunks straddling its ends one by one, so rows of any length and alignment (V = 50258 bf16
 // rows start at 4-byte boundaries) take the vector path (cuda_rows.cuh's for_batches; through
-// shared memory with DLLM_ASYNC_COPIES, cuda_warp_groups.cuh). Pass 2
+// shared memory with DLLM_ASYNC_COPIES, cuda_async_rows.cuh). Pass 2
 // re-reads only the chosen group (4 KB of bf16, usually still in L2) to pick a subgroup and a
 // token inside it.
 #include <cuda_bf16.h>
@@ -16,7 +16,7 @@
 #include <limits>
 
 #include "cuda_rows.cuh"
-#include "cuda_warp_groups.cuh"
+#include "cuda_async_rows.cuh"
 #include "dllm/sample_categorical.h"
 
 namespace dllm {

@@ -22,7 +22,7 @@
 #include <limits>
 
 #include "cuda_rows.cuh"
-#include "cuda_warp_groups.cuh"
+#include "cuda_async_rows.cuh"
 #include "dllm/sample_categorical.h"
 #include "dllm/sedd.h"
 

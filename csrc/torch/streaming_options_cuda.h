@@ -1,5 +1,5 @@
 // The CUDA bindings' switches of the streaming kernels' reads: DLLM_L2_PREFETCH
-// (csrc/kernels/cuda_rows.cuh) and DLLM_ASYNC_COPIES (csrc/kernels/cuda_warp_groups.cuh). Each is
+// (csrc/kernels/cuda_rows.cuh) and DLLM_ASYNC_COPIES (csrc/kernels/cuda_async_rows.cuh). Each is
 // read at every call, so that a benchmark times both settings in one process; a CUDA graph keeps
 // the value it was captured with. Read before the generator's offset is taken, so that a refused
 // value consumes no random numbers.

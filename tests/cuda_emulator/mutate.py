@@ -226,17 +226,24 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "return next < rows ? next : rows;", "return next < rows ? next : rows - 1;",
      "l2_prefetch"),
     ("csrc/kernels/sedd.cu", "(p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1)", "true", "l2_prefetch"),
-    # the warp-per-group passes' ring (DLLM_ASYNC_COPIES): a batch read before its copies landed,
-    # a copy into the slot about to be read, a straddling end element dropped, the next group's
-    # first chunk taken as if the row were 16-byte aligned, a slot past the group's chunks read
-    ("csrc/kernels/cuda_warp_groups.cuh", "async_wait_own<kAsyncStages - 1>();", "async_wait_own<kAsyncStages>();",
-     "async_copies"),
-    ("csrc/kernels/cuda_warp_groups.cuh", "into = stage == 0 ? kAsyncStages - 1 : stage - 1;", "into = stage;",
-     "async_copies"),
-    ("csrc/kernels/cuda_warp_groups.cuh", "if (end_offset >= 0) {", "if (end_offset > 0) {", "async_copies"),
-    ("csrc/kernels/cuda_warp_groups.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
+    # the first passes' rings (DLLM_ASYNC_COPIES): a batch read before its copies landed (by
+    # warp groups, by the block), a copy into the slot about to be read (both), a straddling end
+    # element dropped (both), the next group's first chunk taken as if the row were 16-byte
+    # aligned, a slot past the range's chunks read
+    ("csrc/kernels/cuda_async_rows.cuh", "async_wait_own<kAsyncStages - 1>();  // this batch's copies\n      reduce_slots",
+     "async_wait_own<kAsyncStages>();\n      reduce_slots", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "async_wait_own<kAsyncStages - 1>();  // this batch's copies\n    reduce_slots",
+     "async_wait_own<kAsyncStages>();\n    reduce_slots", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "copy_slots<32>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, e);",
+     "copy_slots<32>(view, slots, stage, pc, e);", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);",
+     "slots, stage, pc, c_end);", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "if (end_offset >= 0) {", "if (end_offset > 0) {", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "  one_by_one(split.inner_hi, hi);\n}", "}", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
      "pc = (g + kWarps) * kGroupChunks + lane;", "async_copies"),
-    ("csrc/kernels/cuda_warp_groups.cuh", "c0 + 32 * u < c_end ? slots", "c0 + 32 * u <= c_end ? slots", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "c0 + kLanes * u < c_end ? slots", "c0 + kLanes * u <= c_end ? slots",
+     "async_copies"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
      "if (x < 0) return finish(-1, kSeddBadToken);", "errors"),
     ("csrc/kernels/sedd.cu", "      else if (xt == p.mask_id && x0 == p.mask_id) status = kSeddMaskTarget;\n", "", "errors"),

@@ -39,7 +39,7 @@ struct CategoricalParams {
   float* logprob = nullptr;    // [rows]; NaN on a bad row
   int64_t* first_error = nullptr;  // CUDA only: one int64 preset to kNoError, atomically lowered
   int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
-  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_warp_groups.cuh)
+  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_async_rows.cuh)
 };
 
 // Every kernel tempers logits as (v - max) * inverse_temperature(T): log-weights relative to the

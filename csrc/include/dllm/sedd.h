@@ -53,7 +53,7 @@ struct SeddStepParams {
   int64_t* x_next = nullptr;       // [rows]; -1 on a bad row
   int64_t* first_error = nullptr;  // CUDA only: preset to kSeddNoError, atomically lowered
   int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
-  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_warp_groups.cuh)
+  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_async_rows.cuh)
 };
 
 struct SampleTransitionParams {

@@ -35,7 +35,7 @@ struct PredictParams {
   float* conf = nullptr;   // [batch, length]
   int64_t* first_error = nullptr;  // CUDA only, as in CategoricalParams
   int64_t l2_prefetch_blocks = 0;  // CUDA only: DLLM_L2_PREFETCH (cuda_rows.cuh)
-  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_warp_groups.cuh)
+  bool async_copies = false;       // CUDA only: DLLM_ASYNC_COPIES (cuda_async_rows.cuh)
 };
 
 // predict_masked's errors: CategoricalStatus's kNonFinite and kAllMinusInf at a masked position, and

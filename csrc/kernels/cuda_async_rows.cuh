@@ -1,16 +1,19 @@
-// The warp-per-group pass of the streaming kernels (sample_categorical's and sedd_step's pass 1,
-// predict_masked's fused pass A): warp w of a block reduces the groups w, w + kWarps, ... of its
-// row, kCategoricalGroup elements each, alone. Internal to csrc/kernels.
+// The streaming kernels' first pass over a row, read into registers (for_batches, cuda_rows.cuh)
+// or, with DLLM_ASYNC_COPIES, through shared memory by cp.async. Internal to csrc/kernels.
 //
-// Two ways to read the groups. Straight into registers (for_batches): a thread has one batch
-// loading while it reduces the last, 2 KB a warp in flight, and none while the warp reduces a
-// group's sums with shuffles and starts the next group. With a ring (DLLM_ASYNC_COPIES), through
-// shared memory by cp.async: each thread copies its own chunks into slots of its own, and reads
-// back only those, so no barrier is needed; kAsyncStages - 1 batches ahead, across the ends of
-// groups, 6 KB a warp, in no register. The H200's counters of predict_masked (8 x 1024 rows of
-// 126464) gave 42% of the DRAM bandwidth at 25% occupancy (16 warps an SM, by registers): with
-// at most 32 KB an SM in flight, about what the copy bandwidth takes at HBM's latency and no
-// more, every pause of a warp's loads shows in the bandwidth.
+// Into registers a thread has one batch loading while it reduces the last: 2 KB a warp in flight,
+// and none while a warp reduces a group's sums with shuffles and starts the next group. Through a
+// ring each thread copies its own chunks into slots of its own and reads back only those, so no
+// barrier is needed: kAsyncStages - 1 batches ahead (and across the ends of groups), 6 KB a warp,
+// in no register. The H200's counters of predict_masked (8 x 1024 rows of 126464) gave 42% of the
+// DRAM bandwidth at 25% occupancy (16 warps an SM, by registers): with at most 32 KB an SM in
+// flight, about what the copy bandwidth takes at HBM's latency and no more, every pause of a
+// warp's loads shows in the bandwidth.
+//
+// Two walks: for_warp_groups, the warp-per-group passes (sample_categorical's and sedd_step's
+// pass 1, predict_masked's fused pass A: warp w reduces the groups w, w + kWarps, ... of
+// kCategoricalGroup elements, alone), and for_range_batches, a range read by the whole block
+// (predict_masked's unfused pass A: greedy, filtered).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -59,6 +62,66 @@ __device__ __forceinline__ void async_wait_own() {
 #endif
 }
 
+// A batch read back from this thread's slots of stage `stage` (slot u at slots[(stage * kUnroll +
+// u) * kThreads]): its chunks at c0 + kLanes * u below c_end, -inf past them; f(v, where, chunks)
+// as for_batches calls it.
+template <int kLanes, DType D, typename F>
+__device__ __forceinline__ void reduce_slots(const RowView<D>& view, const uint4* slots, int stage, int c0, int c_end,
+                                             F&& f) {
+  constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
+  float v[N];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint4 raw = c0 + kLanes * u < c_end ? slots[(stage * kUnroll + u) * kThreads] : minus_inf_chunk<D>();
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw, j);
+  }
+  const int left = (c_end - c0 + kLanes - 1) / kLanes;
+  f(v, BatchIndex<N, kVec, kLanes * kVec>{view.index(c0, 0)}, left < kUnroll ? left : kUnroll);
+}
+
+// Copies the chunks c0 + kLanes * u below c_end into this thread's slots of stage `into`, as one
+// commit group (empty when c0 >= c_end, so that every wait counts the same groups).
+template <int kLanes, DType D>
+__device__ __forceinline__ void copy_slots(const RowView<D>& view, uint4* slots, int into, int c0, int c_end) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (c0 + kLanes * u < c_end) async_copy_16(slots + (into * kUnroll + u) * kThreads, view.base + c0 + kLanes * u);
+  async_commit();
+}
+
+// for_batches<kThreads>(view, lo, hi, threadIdx.x, f) through the ring: the same batches, in the
+// same order, each thread copying its own kAsyncStages - 1 batches ahead into the slot it read a
+// batch earlier, whose values that batch's reduction has used, so the copy cannot land before the
+// read. Range ends as for_batches (Order::kIncreasing).
+template <DType D, typename F>
+__device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi, uint4* ring, F&& f) {
+  constexpr int kStep = kThreads * kUnroll;
+  const int tid = threadIdx.x;
+  const auto split = view.split(lo, hi);
+  auto one_by_one = [&](int64_t from, int64_t to) {
+#pragma unroll 1
+    for (int64_t i = from + tid; i < to; i += kThreads) {
+      float one[1] = {view.at(i)};
+      f(one, BatchIndex<1, 1, 1>{i}, 1);
+    }
+  };
+  one_by_one(lo, split.inner_lo);
+  uint4* const slots = ring + tid;
+  const int c_end = int(split.end);
+  int pc = int(split.begin) + tid;
+#pragma unroll 1
+  for (int s = 0; s < kAsyncStages - 1; ++s, pc += kStep) copy_slots<kThreads>(view, slots, s, pc, c_end);
+  int stage = 0;
+  for (int c0 = int(split.begin) + tid; c0 < c_end; c0 += kStep, pc += kStep) {
+    copy_slots<kThreads>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);
+    async_wait_own<kAsyncStages - 1>();  // this batch's copies
+    reduce_slots<kThreads>(view, slots, stage, c0, c_end, f);
+    stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
+  }
+  one_by_one(split.inner_hi, hi);
+}
+
 // Through the ring: the batches of each group in for_batches' order (kOrder), its straddling
 // ends read one by one as there. The producer side issues the copies of the batch
 // kAsyncStages - 1 ahead of the one reduced, walking the same groups and chunks as the reducing
@@ -67,7 +130,7 @@ __device__ __forceinline__ void async_wait_own() {
 template <Order kOrder, DType D, typename Begin, typename F, typename End>
 __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uint4* ring, Begin&& begin, F&& f,
                                       End&& end) {
-  constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
+  constexpr int kVec = Vec<D>::kSize;
   constexpr int kStep = 32 * kUnroll;                    // chunks a warp's batch advances
   constexpr int kGroupChunks = kCategoricalGroup / kVec;  // chunks a group spans
   // Group g's whole chunks are [g * kGroupChunks + skip, min((g + 1) * kGroupChunks, last)): the
@@ -85,15 +148,11 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
   // It copies into stage (the reducing side's) - 1, the slot read a batch earlier.
   int pc = warp * kGroupChunks + skip + lane, stage = kAsyncStages - 1;
   auto produce = [&] {
-    if (pc < last) {
-      const int g = pc / kGroupChunks, e = chunk_end(g), into = stage == 0 ? kAsyncStages - 1 : stage - 1;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (pc + 32 * u < e) async_copy_16(slots + (into * kUnroll + u) * kThreads, view.base + pc + 32 * u);
-      pc += kStep;
-      if (pc >= e) pc = (g + kWarps) * kGroupChunks + skip + lane;
-    }
-    async_commit();  // empty past the last batch, so that every wait counts the same groups
+    if (pc >= last) return async_commit();  // an empty group: every wait counts the same groups
+    const int g = pc / kGroupChunks, e = chunk_end(g);
+    copy_slots<32>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, e);
+    pc += kStep;
+    if (pc >= e) pc = (g + kWarps) * kGroupChunks + skip + lane;
   };
 #pragma unroll 1
   for (int s = 0; s < kAsyncStages - 1; ++s) {
@@ -133,16 +192,8 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
     for (int c0 = g * kGroupChunks + skip + lane; c0 < c_end; c0 += kStep) {
       produce();
       async_wait_own<kAsyncStages - 1>();  // this batch's copies
-      float v[N];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const uint4 raw = c0 + 32 * u < c_end ? slots[(stage * kUnroll + u) * kThreads] : minus_inf_chunk<D>();
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw, j);
-      }
+      reduce_slots<32>(view, slots, stage, c0, c_end, f);
       stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
-      const int left = (c_end - c0 + 31) / 32;
-      f(v, BatchIndex<N, kVec, 32 * kVec>{view.index(c0, 0)}, left < kUnroll ? left : kUnroll);
     }
     if constexpr (kOrder == Order::kAny) {
       if (end_offset >= 0) {
