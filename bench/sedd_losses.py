@@ -6,7 +6,8 @@ masked positions (all of them by default, --mask-frac 1) and writing the whole g
 measured copy bandwidth; dllm's fused kernels read those logits twice (forward, backward) and write
 the gradient once. dllm's forward and backward kernels are also timed alone, each against its own
 floor (the forward reads the masked rows; the backward reads them and writes the whole gradient),
-to say which of the two keeps fwd+bwd from the floor.
+to say which of the two keeps fwd+bwd from the floor; on CUDA the forward also with
+DLLM_ASYNC_COPIES=1 ("dllm, async copies", off by default until measured).
 
   python bench/sedd_losses.py --device cuda --out bench/results/<name>/sedd_losses
 """
@@ -17,7 +18,7 @@ import torch
 
 import dllm
 from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
-                    peak_extra_mb)
+                    peak_extra_mb, with_streaming)
 from dllm.sedd import reference as ref
 
 
@@ -71,11 +72,14 @@ def main() -> None:
             for part, fn, part_bytes in (("fwd", lambda: ours_fn(logits), read_bytes), ("bwd", backward_fn, nbytes)):
                 if part_bytes == 0:  # no masked row: the forward reads nothing, and has no floor
                     continue
-                (alone,) = measure_against(f"{op} {part} alone", shape, args.dtype, [("dllm", fn)], device, part_bytes,
-                                           floor_gbps, **reps)
-                alone.note = f"{alone.median_ms / (part_bytes / floor_gbps / 1e6):.2f}x its floor"
-                rows.append(alone)
-            impls = [("dllm", lambda: fwd_bwd(ours_fn, logits)),
+                impls = [("dllm", with_streaming(fn))]
+                if cuda and part == "fwd":
+                    impls.append(("dllm, async copies", with_streaming(fn, "DLLM_ASYNC_COPIES")))
+                for alone in measure_against(f"{op} {part} alone", shape, args.dtype, impls, device, part_bytes,
+                                             floor_gbps, **reps):
+                    alone.note = f"{alone.median_ms / (part_bytes / floor_gbps / 1e6):.2f}x its floor"
+                    rows.append(alone)
+            impls = [("dllm", with_streaming(lambda: fwd_bwd(ours_fn, logits))),
                      ("eager reference (fp32)", lambda: fwd_bwd(peer_fn, logits))]
             ours, peer = measure_against(op + " fwd+bwd", shape, args.dtype, impls, device, nbytes, floor_gbps, **reps)
             ours.note = f"{ours.median_ms / (nbytes / floor_gbps / 1e6):.2f}x the floor"

@@ -523,9 +523,10 @@ def test_l2_prefetch_reaches_every_path(emulator, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
     """DLLM_ASYNC_COPIES=1: the first passes over a row (sample_categorical's and sedd_step's pass 1,
-    predict_masked's pass A, by warp groups when fused, by the block when greedy or filtered) read
-    through each thread's ring of cp.async copies, batches ahead and across the ends of groups: the
-    same draws, proposals and confidences as the CPU ops. V = 40009: 20 groups, 2 or 3 a warp, bf16
+    predict_masked's pass A, by warp groups when fused, by the block when greedy or filtered; the
+    losses' forward, a slice a warp) read through each thread's ring of cp.async copies, batches
+    ahead and across the ends of groups: the same draws, proposals, confidences and losses as the
+    CPU ops. V = 40009: 20 groups, 2 or 3 a warp, bf16
     rows off 16-byte boundaries, 5-10 block iterations; V = 4196: 3 groups, the last of 100
     elements, fewer whole chunks than lanes; the lagging schedule's 3 blocks take several rows each,
     through the same ring."""
@@ -554,12 +555,20 @@ def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
                            generator=gen())
             assert torch.equal(got, CPU.sedd_step(logits, x, sigma, dsig, graph=graph, method="analytic",
                                                   generator=gen()))
+            x0 = torch.randint(0, K - 1, (2, 9), generator=gen(3))
+            loss = emulated(schedule, EMU.score_entropy_loss, logits, x, x0, sigma, dsig, graph=graph)
+            torch.testing.assert_close(loss, CPU.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph),
+                                       rtol=1e-5, atol=1e-5)
+        loss, lse = emulated(schedule, EMU.masked_diffusion_loss, logits, x, x0, sigma, mask_id=K - 1)
+        want_loss, want_lse = CPU.masked_diffusion_loss(logits, x, x0, sigma, mask_id=K - 1)
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lse[x == K - 1], want_lse[x == K - 1], rtol=1e-6, atol=1e-5)
 
 
 def test_async_copies_reach_every_first_pass(emulator, monkeypatch):
     """The ring is taken where it should be (the emulator counts the bytes cp.async copies): by the
-    three kernels' first passes, predict_masked's fused, greedy and filtered alike, and not with
-    the variable at 0, which refuses anything but "0" and "1"."""
+    three samplers' first passes, predict_masked's fused, greedy and filtered alike, and the losses'
+    forward, and not with the variable at 0, which refuses anything but "0" and "1"."""
     def copied(call):
         before = emulator.async_copied_bytes()
         emulated(emulator, call)
@@ -574,13 +583,16 @@ def test_async_copies_reach_every_first_pass(emulator, monkeypatch):
     assert copied(lambda: EMU.sedd_step(logits, masked_x, sigma, sigma, graph="absorb", method="analytic")) > 0
     assert copied(lambda: EMU.predict_masked(logits, x, MASK, 0.0)) > 0
     assert copied(lambda: EMU.predict_masked(logits, x, MASK, 1.0, top_k=5)) > 0
+    assert copied(lambda: EMU.masked_diffusion_loss(logits, masked_x, x, sigma, mask_id=40008)) > 0
+    assert copied(lambda: EMU.score_entropy_loss(logits, masked_x, x, sigma, sigma, graph="absorb")) > 0
     monkeypatch.setenv("DLLM_ASYNC_COPIES", "0")
     assert copied(lambda: EMU.predict_masked(logits, x, MASK, 1.0)) == 0
     assert copied(lambda: EMU.sample_categorical(logits.view(18, -1), None, 1.0)) == 0
     monkeypatch.setenv("DLLM_ASYNC_COPIES", "on")
     for call in (lambda: EMU.sample_categorical(logits.view(18, -1), None, 1.0),
                  lambda: EMU.predict_masked(logits, x, MASK, 1.0),
-                 lambda: EMU.sedd_step(logits, masked_x, sigma, sigma, graph="absorb", method="analytic")):
+                 lambda: EMU.sedd_step(logits, masked_x, sigma, sigma, graph="absorb", method="analytic"),
+                 lambda: EMU.masked_diffusion_loss(logits, masked_x, x, sigma, mask_id=40008)):
         with pytest.raises(RuntimeError, match='DLLM_ASYNC_COPIES must be "0" or "1", got "on"'):
             call()
 

@@ -12,8 +12,8 @@
 //
 // Two walks: for_warp_groups, the warp-per-group passes (sample_categorical's and sedd_step's
 // pass 1, predict_masked's fused pass A: warp w reduces the groups w, w + kWarps, ... of
-// kCategoricalGroup elements, alone), and for_range_batches, a range read by the whole block
-// (predict_masked's unfused pass A: greedy, filtered).
+// kCategoricalGroup elements, alone), and for_range_batches, one range (predict_masked's unfused
+// pass A, by the whole block: greedy, filtered; the losses' forward, a slice of the row a warp).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -90,36 +90,54 @@ __device__ __forceinline__ void copy_slots(const RowView<D>& view, uint4* slots,
   async_commit();
 }
 
-// for_batches<kThreads>(view, lo, hi, threadIdx.x, f) through the ring: the same batches, in the
-// same order, each thread copying its own kAsyncStages - 1 batches ahead into the slot it read a
-// batch earlier, whose values that batch's reduction has used, so the copy cannot land before the
-// read. Range ends as for_batches (Order::kIncreasing).
-template <DType D, typename F>
-__device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi, uint4* ring, F&& f) {
-  constexpr int kStep = kThreads * kUnroll;
-  const int tid = threadIdx.x;
+// for_batches<kLanes, kOrder>(view, lo, hi, tid, f) through the ring: the same batches, in the same
+// order, each thread copying its own kAsyncStages - 1 batches ahead into the slot it read a batch
+// earlier, whose values that batch's reduction has used, so the copy cannot land before the read.
+template <int kLanes, Order kOrder = Order::kIncreasing, DType D, typename F>
+__device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi, int tid, uint4* ring, F&& f) {
+  constexpr int kStep = kLanes * kUnroll;
   const auto split = view.split(lo, hi);
   auto one_by_one = [&](int64_t from, int64_t to) {
 #pragma unroll 1
-    for (int64_t i = from + tid; i < to; i += kThreads) {
+    for (int64_t i = from + tid; i < to; i += kLanes) {
       float one[1] = {view.at(i)};
       f(one, BatchIndex<1, 1, 1>{i}, 1);
     }
   };
-  one_by_one(lo, split.inner_lo);
-  uint4* const slots = ring + tid;
+  // kAny: the straddling elements of both ends, one a thread, loaded now and reduced after the
+  // batches, which hide the load.
+  float end_value = -kInf;
+  int64_t end_index = -1;
+  if constexpr (kOrder == Order::kAny) {
+    static_assert(2 * Vec<D>::kSize <= kLanes, "the straddling elements of both ends, one a thread");
+    const int64_t head = split.inner_lo - lo, ends = head + (hi - split.inner_hi);
+    if (tid < ends) {
+      end_index = tid < head ? lo + tid : split.inner_hi + (tid - head);
+      end_value = view.at(end_index);
+    }
+  } else {
+    one_by_one(lo, split.inner_lo);
+  }
+  uint4* const slots = ring + threadIdx.x;
   const int c_end = int(split.end);
   int pc = int(split.begin) + tid;
 #pragma unroll 1
-  for (int s = 0; s < kAsyncStages - 1; ++s, pc += kStep) copy_slots<kThreads>(view, slots, s, pc, c_end);
+  for (int s = 0; s < kAsyncStages - 1; ++s, pc += kStep) copy_slots<kLanes>(view, slots, s, pc, c_end);
   int stage = 0;
   for (int c0 = int(split.begin) + tid; c0 < c_end; c0 += kStep, pc += kStep) {
-    copy_slots<kThreads>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);
+    copy_slots<kLanes>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);
     async_wait_own<kAsyncStages - 1>();  // this batch's copies
-    reduce_slots<kThreads>(view, slots, stage, c0, c_end, f);
+    reduce_slots<kLanes>(view, slots, stage, c0, c_end, f);
     stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
   }
-  one_by_one(split.inner_hi, hi);
+  if constexpr (kOrder == Order::kAny) {
+    if (end_index >= 0) {
+      float one[1] = {end_value};
+      f(one, BatchIndex<1, 1, 1>{end_index}, 1);
+    }
+  } else {
+    one_by_one(split.inner_hi, hi);
+  }
 }
 
 // Through the ring: the batches of each group in for_batches' order (kOrder), its straddling

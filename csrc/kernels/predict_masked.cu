@@ -258,7 +258,7 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
       take(v, where);
     };
     if (ring != nullptr) {
-      for_range_batches(view, 0, vocab, ring, batch);
+      for_range_batches<kThreads>(view, 0, vocab, threadIdx.x, ring, batch);
     } else {
       for_batches<kThreads>(view, 0, vocab, threadIdx.x, batch);
     }

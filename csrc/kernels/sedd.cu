@@ -197,6 +197,7 @@ __global__ void __launch_bounds__(kThreads, 3) sedd_step_kernel(SeddStepParams p
 template <DType D>
 __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
   using T = typename IO<D>::T;
+  extern __shared__ uint4 ring[];  // with DLLM_ASYNC_COPIES (cuda_async_rows.cuh)
   __shared__ MaxSum maxsum[kWarps];
   __shared__ double sums[kWarps];
   const int64_t K = p.vocab;
@@ -234,27 +235,32 @@ __global__ void __launch_bounds__(kThreads) loss_forward_kernel(LossParams p) {
     const int64_t slice = ((K + kWarps - 1) / kWarps + 7) / 8 * 8;
     const int64_t lo = warp * slice, hi = lo + slice < K ? lo + slice : K;
     bool nan = false;  // a NaN among -inf only (float32; else the sum is NaN, as with any NaN or +inf)
-    if (lo < hi) {
-      for_batches<32, Order::kAny>(view, lo, hi, lane, [&](auto& v, const auto& where, int chunks) {
-        constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
-        const int at = where.find(skip);
-        if (!md && !absorb) {  // the -inf filling chunks past the range is no logit
+    auto batch = [&](auto& v, const auto& where, int chunks) {
+      constexpr int n = sizeof(v) / sizeof(v[0]), run = n / (n == 1 ? 1 : kUnroll);  // elements a chunk
+      const int at = where.find(skip);
+      if (!md && !absorb) {  // the -inf filling chunks past the range is no logit
 #pragma unroll
-          for (int e = 0; e < n; ++e)
-            if (e != at && e / run < chunks) sum_l += double(v[e]);
-        }
-        drop(v, at);  // the skipped column is no logit of the loss (as on the CPU)
-        const float bm = batch_max(v);
-        if constexpr (D == DType::kFloat32) {  // half the elements a byte; with the FFMA ptxas spills here
-          if (bm > -kInf) {
-            add_batch(acc, v, 1.0f, bm);
-          } else {
-            nan |= any_nan(v);
-          }
+        for (int e = 0; e < n; ++e)
+          if (e != at && e / run < chunks) sum_l += double(v[e]);
+      }
+      drop(v, at);  // the skipped column is no logit of the loss (as on the CPU)
+      const float bm = batch_max(v);
+      if constexpr (D == DType::kFloat32) {  // half the elements a byte; with the FFMA ptxas spills here
+        if (bm > -kInf) {
+          add_batch(acc, v, 1.0f, bm);
         } else {
-          add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+          nan |= any_nan(v);
         }
-      });
+      } else {
+        add_batch_fma(acc, v, 1.0f, kLog2e, bm);
+      }
+    };
+    if (lo < hi) {
+      if (p.async_copies) {
+        for_range_batches<32, Order::kAny>(view, lo, hi, lane, ring, batch);
+      } else {
+        for_batches<32, Order::kAny>(view, lo, hi, lane, batch);
+      }
     }
     nan = __syncthreads_or(nan || !(acc.s == acc.s));
     acc = block_max_sum(acc, maxsum);
@@ -389,7 +395,11 @@ void sedd_step_cuda(const SeddStepParams& p, void* stream) {
 void loss_forward_cuda(const LossParams& p, void* stream) {
   if (p.rows == 0) return;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  with_dtype(p.dtype, [&]<DType D>() { loss_forward_kernel<D><<<grid_for(p.rows), kThreads, 0, s>>>(p); });
+  const size_t smem = p.async_copies ? kAsyncRingBytes : 0;
+  with_dtype(p.dtype, [&]<DType D>() {
+    allow_dynamic_smem<loss_forward_kernel<D>>(smem);
+    loss_forward_kernel<D><<<grid_for(p.rows), kThreads, smem, s>>>(p);
+  });
 }
 
 void loss_backward_cuda(const LossParams& p, void* stream) {

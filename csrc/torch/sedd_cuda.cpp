@@ -59,6 +59,7 @@ at::Tensor score_entropy_loss_cuda_op(const at::Tensor& logits, const at::Tensor
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
+  call.params.async_copies = async_copies();
   loss_forward_cuda(call.params, stream());
   check_errors(op, slot, call.params.seq_len, kScoreEntropyErrors);
   return finish_loss(call);
@@ -88,6 +89,7 @@ std::tuple<at::Tensor, at::Tensor> masked_diffusion_loss_cuda_op(const at::Tenso
   call.params.lse = call.lse.data_ptr<float>();
   at::Tensor slot = error_slot(logits);
   call.params.first_error = slot.data_ptr<int64_t>();
+  call.params.async_copies = async_copies();
   loss_forward_cuda(call.params, stream());
   check_errors(op, slot, call.params.seq_len, kMaskedDiffusionErrors);
   return {finish_loss(call), call.lse};

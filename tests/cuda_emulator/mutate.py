@@ -206,7 +206,7 @@ MUTANTS = [
      "backward_fills"),
     ("csrc/kernels/sedd.cu", "    if (!gr.tokens_ok)\n#pragma unroll\n", "    if (false)\n#pragma unroll\n", "backward_fills"),
     # the loss forward flagging a NaN in the column it leaves out
-    ("csrc/kernels/sedd.cu", "        drop(v, at);  // the skipped column", "        nan |= any_nan(v);\n        drop(v, at);  //",
+    ("csrc/kernels/sedd.cu", "      drop(v, at);  // the skipped column", "      nan |= any_nan(v);\n      drop(v, at);  //",
      "losses_ignore"),
     # the kernels' rules and checks beyond their tested defaults: Fast-dLLM's progress guarantee, long
     # shifts, the per-row checks read back as errors, rows marked under capture, the padded head's
@@ -227,9 +227,9 @@ MUTANTS = [
      "l2_prefetch"),
     ("csrc/kernels/sedd.cu", "(p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1)", "true", "l2_prefetch"),
     # the first passes' rings (DLLM_ASYNC_COPIES): a batch read before its copies landed (by
-    # warp groups, by the block), a copy into the slot about to be read (both), a straddling end
-    # element dropped (both), the next group's first chunk taken as if the row were 16-byte
-    # aligned, a slot past the range's chunks read
+    # warp groups, in one range), a copy into the slot about to be read (both), straddling end
+    # elements dropped (one, all of a range's, a range's last), the next group's first chunk taken
+    # as if the row were 16-byte aligned, a slot past the range's chunks read
     ("csrc/kernels/cuda_async_rows.cuh", "async_wait_own<kAsyncStages - 1>();  // this batch's copies\n      reduce_slots",
      "async_wait_own<kAsyncStages>();\n      reduce_slots", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "async_wait_own<kAsyncStages - 1>();  // this batch's copies\n    reduce_slots",
@@ -239,7 +239,8 @@ MUTANTS = [
     ("csrc/kernels/cuda_async_rows.cuh", "slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);",
      "slots, stage, pc, c_end);", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "if (end_offset >= 0) {", "if (end_offset > 0) {", "async_copies"),
-    ("csrc/kernels/cuda_async_rows.cuh", "  one_by_one(split.inner_hi, hi);\n}", "}", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "if (end_index >= 0) {", "if (false) {", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "    one_by_one(split.inner_hi, hi);\n  }\n}", "  }\n}", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
      "pc = (g + kWarps) * kGroupChunks + lane;", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "c0 + kLanes * u < c_end ? slots", "c0 + kLanes * u <= c_end ? slots",

@@ -97,6 +97,7 @@ struct LossParams {
   const float* grad_loss = nullptr;
   void* grad = nullptr;
   int64_t* first_error = nullptr;
+  bool async_copies = false;  // CUDA only, the forward: DLLM_ASYNC_COPIES (cuda_async_rows.cuh)
 };
 
 // CPU: rows [begin, end); returns the lowest encoded error or kSeddNoError.
