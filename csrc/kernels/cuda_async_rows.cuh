@@ -90,6 +90,43 @@ __device__ __forceinline__ void copy_slots(const RowView<D>& view, uint4* slots,
   async_commit();
 }
 
+// The elements of [lo, hi) that the ring's walks read apart, outside its whole chunks (fewer
+// than kVec at each end): in Order::kIncreasing the head one by one before the chunks (start) and
+// the tail after them (finish), as for_batches; in Order::kAny both ends at once, one element a
+// thread, loaded by start and reduced by finish, so that the chunks' batches hide the load. The
+// offset from lo is 32-bit: it lives through the walk.
+template <int kLanes, Order kOrder, DType D>
+struct RangeEnds {
+  float value = -kInf;
+  int offset = -1;  // Order::kAny: this thread's element, or -1
+
+  template <typename F>
+  __device__ void start(const RowView<D>& view, int64_t lo, int64_t hi, int tid, F&& f) {
+    const auto split = view.split(lo, hi);
+    if constexpr (kOrder == Order::kAny) {
+      static_assert(2 * Vec<D>::kSize <= kLanes, "the straddling elements of both ends, one a thread");
+      const int head = int(split.inner_lo - lo), ends = head + int(hi - split.inner_hi);
+      if (tid < ends) {
+        offset = tid < head ? tid : int(split.inner_hi - lo) + (tid - head);
+        value = view.at(lo + offset);
+      }
+    } else {
+      reduce_one_by_one<kLanes>(view, lo, split.inner_lo, tid, f);
+    }
+  }
+  template <typename F>
+  __device__ void finish(const RowView<D>& view, int64_t lo, int64_t hi, int tid, F&& f) const {
+    if constexpr (kOrder == Order::kAny) {
+      if (offset >= 0) {
+        float one[1] = {value};
+        f(one, BatchIndex<1, 1, 1>{lo + offset}, 1);
+      }
+    } else {
+      reduce_one_by_one<kLanes>(view, view.split(lo, hi).inner_hi, hi, tid, f);
+    }
+  }
+};
+
 // for_batches<kLanes, kOrder>(view, lo, hi, tid, f) through the ring: the same batches, in the same
 // order, each thread copying its own kAsyncStages - 1 batches ahead into the slot it read a batch
 // earlier, whose values that batch's reduction has used, so the copy cannot land before the read.
@@ -97,27 +134,8 @@ template <int kLanes, Order kOrder = Order::kIncreasing, DType D, typename F>
 __device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi, int tid, uint4* ring, F&& f) {
   constexpr int kStep = kLanes * kUnroll;
   const auto split = view.split(lo, hi);
-  auto one_by_one = [&](int64_t from, int64_t to) {
-#pragma unroll 1
-    for (int64_t i = from + tid; i < to; i += kLanes) {
-      float one[1] = {view.at(i)};
-      f(one, BatchIndex<1, 1, 1>{i}, 1);
-    }
-  };
-  // kAny: the straddling elements of both ends, one a thread, loaded now and reduced after the
-  // batches, which hide the load.
-  float end_value = -kInf;
-  int64_t end_index = -1;
-  if constexpr (kOrder == Order::kAny) {
-    static_assert(2 * Vec<D>::kSize <= kLanes, "the straddling elements of both ends, one a thread");
-    const int64_t head = split.inner_lo - lo, ends = head + (hi - split.inner_hi);
-    if (tid < ends) {
-      end_index = tid < head ? lo + tid : split.inner_hi + (tid - head);
-      end_value = view.at(end_index);
-    }
-  } else {
-    one_by_one(lo, split.inner_lo);
-  }
+  RangeEnds<kLanes, kOrder, D> ends;
+  ends.start(view, lo, hi, tid, f);
   uint4* const slots = ring + threadIdx.x;
   const int c_end = int(split.end);
   int pc = int(split.begin) + tid;
@@ -130,18 +148,11 @@ __device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi
     reduce_slots<kLanes>(view, slots, stage, c0, c_end, f);
     stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
   }
-  if constexpr (kOrder == Order::kAny) {
-    if (end_index >= 0) {
-      float one[1] = {end_value};
-      f(one, BatchIndex<1, 1, 1>{end_index}, 1);
-    }
-  } else {
-    one_by_one(split.inner_hi, hi);
-  }
+  ends.finish(view, lo, hi, tid, f);
 }
 
 // Through the ring: the batches of each group in for_batches' order (kOrder), its straddling
-// ends read one by one as there. The producer side issues the copies of the batch
+// ends read apart (RangeEnds). The producer side issues the copies of the batch
 // kAsyncStages - 1 ahead of the one reduced, walking the same groups and chunks as the reducing
 // side; it copies into the slot that the reducing side read a batch earlier, whose values that
 // batch's reduction has used, so the copy cannot land before the read.
@@ -179,33 +190,12 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
   }
   stage = 0;
 
-  auto one_by_one = [&](int64_t from, int64_t to) {
-#pragma unroll 1
-    for (int64_t i = from + lane; i < to; i += 32) {
-      float one[1] = {view.at(i)};
-      f(one, BatchIndex<1, 1, 1>{i}, 1);
-    }
-  };
   for (int g = warp; g < groups; g += kWarps) {
     begin(int64_t(g));
     const int64_t lo = int64_t(g) * kCategoricalGroup;
-    // kAny: the straddling elements of both ends, one a lane, loaded now and reduced after the
-    // batches, which hide the load.
-    float end_value = -kInf;
-    int end_offset = -1;  // from lo
-    {
-      const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-      const auto split = view.split(lo, hi);
-      if constexpr (kOrder == Order::kAny) {
-        const int head = int(split.inner_lo - lo), ends = head + int(hi - split.inner_hi);
-        if (lane < ends) {
-          end_offset = lane < head ? lane : int(split.inner_hi - lo) + (lane - head);
-          end_value = view.at(lo + end_offset);
-        }
-      } else {
-        one_by_one(lo, split.inner_lo);
-      }
-    }
+    const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
+    RangeEnds<32, kOrder, D> ends;
+    ends.start(view, lo, hi, lane, f);
     const int c_end = chunk_end(g);
     for (int c0 = g * kGroupChunks + skip + lane; c0 < c_end; c0 += kStep) {
       produce();
@@ -213,15 +203,7 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
       reduce_slots<32>(view, slots, stage, c0, c_end, f);
       stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
     }
-    if constexpr (kOrder == Order::kAny) {
-      if (end_offset >= 0) {
-        float one[1] = {end_value};
-        f(one, BatchIndex<1, 1, 1>{lo + end_offset}, 1);
-      }
-    } else {
-      const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
-      one_by_one(view.split(lo, hi).inner_hi, hi);
-    }
+    ends.finish(view, lo, hi, lane, f);
     end(int64_t(g));
   }
 }

@@ -251,6 +251,18 @@ __device__ uint4 minus_inf_chunk() {
   return uint4{w, w, w, w};
 }
 
+// f(one, where, 1) on each element of [from, to) that thread tid of kLanes owns: a range's
+// straddling ends, fewer than kVec elements on each side, so at most one a thread; kept rolled,
+// which keeps these loops from costing the main loops registers.
+template <int kLanes, DType D, typename F>
+__device__ void reduce_one_by_one(const RowView<D>& view, int64_t from, int64_t to, int tid, F&& f) {
+#pragma unroll 1
+  for (int64_t i = from + tid; i < to; i += kLanes) {
+    float one[1] = {view.at(i)};
+    f(one, BatchIndex<1, 1, 1>{i}, 1);
+  }
+}
+
 // The order in which for_batches gives a thread its elements: increasing index (for reductions
 // that break ties by meeting the lower index first), or any (sums, and argmaxes that compare
 // indices), which lets the straddling elements of both ends of the range come in one call.
@@ -273,15 +285,6 @@ __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int 
   constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
   constexpr int64_t kStep = int64_t(kLanes) * kUnroll;  // chunks a loop iteration advances
   const auto split = view.split(lo, hi);
-  // Fewer than kVec elements on each side, so at most one a thread; kept rolled, which keeps
-  // these loops from costing the main loop registers.
-  auto one_by_one = [&](int64_t from, int64_t to) {
-#pragma unroll 1
-    for (int64_t i = from + tid; i < to; i += kLanes) {
-      float one[1] = {view.at(i)};
-      f(one, BatchIndex<1, 1, 1>{i}, 1);
-    }
-  };
   if constexpr (kOrder == Order::kAny) {
     static_assert(2 * kVec <= kLanes, "the straddling elements of both ends, one a thread");
     const int64_t head = split.inner_lo - lo, ends = head + (hi - split.inner_hi);
@@ -291,7 +294,7 @@ __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int 
       f(one, BatchIndex<1, 1, 1>{i}, 1);
     }
   } else {
-    one_by_one(lo, split.inner_lo);
+    reduce_one_by_one<kLanes>(view, lo, split.inner_lo, tid, f);
   }
   const int64_t c_end = split.end;
   auto load = [&](uint4 (&raw)[kUnroll], int64_t c0) {
@@ -315,7 +318,7 @@ __device__ void for_batches(const RowView<D>& view, int64_t lo, int64_t hi, int 
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) raw[u] = next[u];
   }
-  if constexpr (kOrder == Order::kIncreasing) one_by_one(split.inner_hi, hi);
+  if constexpr (kOrder == Order::kIncreasing) reduce_one_by_one<kLanes>(view, split.inner_hi, hi, tid, f);
 }
 
 // Whether any value is NaN or +inf (-inf, the batches' padding, is not).

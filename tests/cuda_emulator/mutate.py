@@ -115,7 +115,7 @@ MUTANTS = [
     (MMA, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
     # a range's straddling last chunk left unread, in increasing order and in one call with the
     # first's; a batch's tie going to its higher index
-    ("csrc/kernels/cuda_rows.cuh", "(kOrder == Order::kIncreasing) one_by_one(split.inner_hi, hi);",
+    ("csrc/kernels/cuda_rows.cuh", "(kOrder == Order::kIncreasing) reduce_one_by_one<kLanes>(view, split.inner_hi, hi, tid, f);",
      "(kOrder == Order::kIncreasing) {}", "predict_masked or loss or alignment"),
     ("csrc/kernels/cuda_rows.cuh", "ends = head + (hi - split.inner_hi);", "ends = head;",
      "sedd or sample_categorical or alignment"),
@@ -228,7 +228,7 @@ MUTANTS = [
     ("csrc/kernels/sedd.cu", "(p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1)", "true", "l2_prefetch"),
     # the first passes' rings (DLLM_ASYNC_COPIES): a batch read before its copies landed (by
     # warp groups, in one range), a copy into the slot about to be read (both), straddling end
-    # elements dropped (one, all of a range's, a range's last), the next group's first chunk taken
+    # elements dropped (a range's first, all of both ends, the last ones), the next group's first chunk taken
     # as if the row were 16-byte aligned, a slot past the range's chunks read
     ("csrc/kernels/cuda_async_rows.cuh", "async_wait_own<kAsyncStages - 1>();  // this batch's copies\n      reduce_slots",
      "async_wait_own<kAsyncStages>();\n      reduce_slots", "async_copies"),
@@ -238,9 +238,10 @@ MUTANTS = [
      "copy_slots<32>(view, slots, stage, pc, e);", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);",
      "slots, stage, pc, c_end);", "async_copies"),
-    ("csrc/kernels/cuda_async_rows.cuh", "if (end_offset >= 0) {", "if (end_offset > 0) {", "async_copies"),
-    ("csrc/kernels/cuda_async_rows.cuh", "if (end_index >= 0) {", "if (false) {", "async_copies"),
-    ("csrc/kernels/cuda_async_rows.cuh", "    one_by_one(split.inner_hi, hi);\n  }\n}", "  }\n}", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "if (offset >= 0) {", "if (offset > 0) {", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "value = view.at(lo + offset);", "value = -kInf;", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "      reduce_one_by_one<kLanes>(view, view.split(lo, hi).inner_hi, hi, tid, f);\n", "",
+     "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
      "pc = (g + kWarps) * kGroupChunks + lane;", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "c0 + kLanes * u < c_end ? slots", "c0 + kLanes * u <= c_end ? slots",
