@@ -565,6 +565,25 @@ def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
         torch.testing.assert_close(lse[x == K - 1], want_lse[x == K - 1], rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("async_copies", ["0", "1"])
+def test_sample_categorical_greedy_ties_go_to_the_lowest_index(emulator, async_copies, monkeypatch):
+    """Temperature 0 finds the argmax after pass 1: the first group holding the row's max, then that
+    group's first element at it. Ties across groups, at a group boundary, a row of one value, a
+    row whose first 4000 entries are -inf; rows of 6001 off 16-byte boundaries in 16-bit dtypes."""
+    monkeypatch.setenv("DLLM_ASYNC_COPIES", async_copies)
+    logits = torch.randn(5, 6001, generator=gen(3))
+    logits[1, [5000, 2100, 5999]] = 10.0
+    logits[2] = -3.0
+    logits[3, :4000] = float("-inf")
+    logits[4, [2048, 2047]] = 9.0
+    for dtype in DTYPES:
+        z = logits.to(dtype)
+        got = emulated(emulator, EMU.sample_categorical, z, None, 0.0)
+        want = CPU.sample_categorical(z, None, 0.0)
+        assert torch.equal(got[0], want[0]) and got[0][[1, 2, 4]].tolist() == [2100, 0, 2047]
+        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
 def test_async_copies_reach_every_first_pass(emulator, monkeypatch):
     """The ring is taken where it should be (the emulator counts the bytes cp.async copies): by the
     three samplers' first passes, predict_masked's fused, greedy and filtered alike, and the losses'

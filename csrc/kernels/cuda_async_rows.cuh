@@ -64,10 +64,9 @@ __device__ __forceinline__ void async_wait_own() {
 
 // A batch read back from this thread's slots of stage `stage` (slot u at slots[(stage * kUnroll +
 // u) * kThreads]): its chunks at c0 + kLanes * u below c_end, -inf past them; f(v, where, chunks)
-// as for_batches calls it.
+// as for_batches calls it. head: the row's RowView::head, as 32 bits that the walks keep live.
 template <int kLanes, DType D, typename F>
-__device__ __forceinline__ void reduce_slots(const RowView<D>& view, const uint4* slots, int stage, int c0, int c_end,
-                                             F&& f) {
+__device__ __forceinline__ void reduce_slots(const uint4* slots, int stage, int c0, int c_end, int head, F&& f) {
   constexpr int kVec = Vec<D>::kSize, N = kUnroll * kVec;
   float v[N];
 #pragma unroll
@@ -77,7 +76,7 @@ __device__ __forceinline__ void reduce_slots(const RowView<D>& view, const uint4
     for (int j = 0; j < kVec; ++j) v[u * kVec + j] = Vec<D>::get(raw, j);
   }
   const int left = (c_end - c0 + kLanes - 1) / kLanes;
-  f(v, BatchIndex<N, kVec, kLanes * kVec>{view.index(c0, 0)}, left < kUnroll ? left : kUnroll);
+  f(v, BatchIndex<N, kVec, kLanes * kVec>{int64_t(c0) * kVec - head}, left < kUnroll ? left : kUnroll);
 }
 
 // Copies the chunks c0 + kLanes * u below c_end into this thread's slots of stage `into`, as one
@@ -145,18 +144,18 @@ __device__ void for_range_batches(const RowView<D>& view, int64_t lo, int64_t hi
   for (int c0 = int(split.begin) + tid; c0 < c_end; c0 += kStep, pc += kStep) {
     copy_slots<kLanes>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, c_end);
     async_wait_own<kAsyncStages - 1>();  // this batch's copies
-    reduce_slots<kLanes>(view, slots, stage, c0, c_end, f);
+    reduce_slots<kLanes, D>(slots, stage, c0, c_end, int(view.head), f);
     stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
   }
   ends.finish(view, lo, hi, tid, f);
 }
 
-// Through the ring: the batches of each group in for_batches' order (kOrder), its straddling
-// ends read apart (RangeEnds). The producer side issues the copies of the batch
+// for_warp_groups through the ring: the batches of each group in for_batches' order (kOrder), its
+// straddling ends read apart (RangeEnds). The producer side issues the copies of the batch
 // kAsyncStages - 1 ahead of the one reduced, walking the same groups and chunks as the reducing
 // side; it copies into the slot that the reducing side read a batch earlier, whose values that
 // batch's reduction has used, so the copy cannot land before the read.
-template <Order kOrder, DType D, typename Begin, typename F, typename End>
+template <Order kOrder = Order::kIncreasing, DType D, typename Begin, typename F, typename End>
 __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uint4* ring, Begin&& begin, F&& f,
                                       End&& end) {
   constexpr int kVec = Vec<D>::kSize;
@@ -169,19 +168,22 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
   // 80 registers. 32 bits suffice, as the bindings bound a vocabulary to 10.24 M entries.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int groups = int((vocab + kCategoricalGroup - 1) / kCategoricalGroup);
-  const int skip = view.head > 0 ? 1 : 0, last = int((vocab + view.head) / kVec);
+  const int head = int(view.head), skip = head > 0 ? 1 : 0, last = int((vocab + head) / kVec);
   auto chunk_end = [&](int g) { return (g + 1) * kGroupChunks < last ? (g + 1) * kGroupChunks : last; };
   uint4* const slots = ring + threadIdx.x;  // slot u of stage s: slots[(s * kUnroll + u) * kThreads]
 
   // The producer's next batch starts at this lane's chunk pc; pc >= last once it has copied all.
   // It copies into stage (the reducing side's) - 1, the slot read a batch earlier.
   int pc = warp * kGroupChunks + skip + lane, stage = kAsyncStages - 1;
+  // A group's first chunk of this lane, skip + lane past a multiple of kStep, is the lane's place
+  // in every batch: pc & (kStep - 1). Recovered so, it takes no register through the loops.
+  static_assert(kGroupChunks % kStep == 0 && 32 < kStep);
   auto produce = [&] {
     if (pc >= last) return async_commit();  // an empty group: every wait counts the same groups
     const int g = pc / kGroupChunks, e = chunk_end(g);
     copy_slots<32>(view, slots, stage == 0 ? kAsyncStages - 1 : stage - 1, pc, e);
     pc += kStep;
-    if (pc >= e) pc = (g + kWarps) * kGroupChunks + skip + lane;
+    if (pc >= e) pc = (g + kWarps) * kGroupChunks + (pc & (kStep - 1));
   };
 #pragma unroll 1
   for (int s = 0; s < kAsyncStages - 1; ++s) {
@@ -190,17 +192,18 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
   }
   stage = 0;
 
-  for (int g = warp; g < groups; g += kWarps) {
+  for (int first = warp * kGroupChunks + skip + lane; first / kGroupChunks < groups; first += kWarps * kGroupChunks) {
+    const int g = first / kGroupChunks;
     begin(int64_t(g));
     const int64_t lo = int64_t(g) * kCategoricalGroup;
     const int64_t hi = lo + kCategoricalGroup < vocab ? lo + kCategoricalGroup : vocab;
     RangeEnds<32, kOrder, D> ends;
     ends.start(view, lo, hi, lane, f);
     const int c_end = chunk_end(g);
-    for (int c0 = g * kGroupChunks + skip + lane; c0 < c_end; c0 += kStep) {
+    for (int c0 = first; c0 < c_end; c0 += kStep) {
       produce();
       async_wait_own<kAsyncStages - 1>();  // this batch's copies
-      reduce_slots<32>(view, slots, stage, c0, c_end, f);
+      reduce_slots<32, D>(slots, stage, c0, c_end, head, f);
       stage = stage + 1 == kAsyncStages ? 0 : stage + 1;
     }
     ends.finish(view, lo, hi, lane, f);
@@ -210,11 +213,11 @@ __device__ void for_warp_groups_async(const RowView<D>& view, int64_t vocab, uin
 
 // For each of this warp's groups g: begin(g), then f(v, where, chunks) over its elements as
 // for_batches<32, kOrder> gives them, then end(g) (where the warp may reduce with shuffles: all
-// its lanes are there). ring: nullptr to read into registers, else the block's kAsyncRingChunks
-// slots of shared memory (16-byte aligned).
+// its lanes are there); for_warp_groups_async does the same through the block's ring of
+// kAsyncRingChunks slots of shared memory (16-byte aligned). Kernels that hold both walks at 80
+// registers take each in a kernel of its own: beside each other, ptxas spilled.
 template <Order kOrder = Order::kIncreasing, DType D, typename Begin, typename F, typename End>
-__device__ void for_warp_groups(const RowView<D>& view, int64_t vocab, uint4* ring, Begin&& begin, F&& f, End&& end) {
-  if (ring != nullptr) return for_warp_groups_async<kOrder>(view, vocab, ring, begin, f, end);
+__device__ void for_warp_groups(const RowView<D>& view, int64_t vocab, Begin&& begin, F&& f, End&& end) {
   const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
   const int lane = threadIdx.x & 31;
   for (int64_t g = threadIdx.x >> 5; g < groups; g += kWarps) {

@@ -587,6 +587,25 @@ __device__ int64_t draw_in_group(const RowView<D>& view, int64_t vocab, int64_t 
   return block_argmax(el, argmax_scratch).i;
 }
 
+// The row's lowest index holding its largest value, given every group's max (in shared memory,
+// published by a barrier; at least one above -inf): the first group holding it, then that group's
+// first element at it, the group re-read (usually from L2). The whole block calls it. Greedy rows
+// so keep no argmax in their streaming pass, whose registers are tight.
+template <DType D>
+__device__ int64_t argmax_by_groups(const RowView<D>& view, int64_t vocab, const float* group_max,
+                                    ArgMax* argmax_scratch) {
+  static_assert(kThreads * 8 == kCategoricalGroup);
+  const int64_t groups = (vocab + kCategoricalGroup - 1) / kCategoricalGroup;
+  ArgMax pick{-kInf, INT64_MAX};
+  for (int64_t g = threadIdx.x; g < groups; g += kThreads) pick = better(pick, ArgMax{group_max[g], g});
+  const int64_t first = block_argmax(pick, argmax_scratch).i * kCategoricalGroup + threadIdx.x * 8;
+  ArgMax top{-kInf, INT64_MAX};
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (first + j < vocab) top = better(top, ArgMax{view.at(first + j), first + j});
+  return block_argmax(top, argmax_scratch).i;
+}
+
 // One exact draw from softmax(weight) (see draw_in_group), given the group log-masses (in shared
 // memory, published by a barrier).
 template <DType D, typename Weight>

@@ -224,24 +224,27 @@ __device__ void predict_position(const PredictParams& p, int64_t pos, uint64_t s
   if (fused) {
     const float scale_log2 = log2e_times(scale);
     MaxSum acc;
-    for_warp_groups(
-        view, vocab, ring,
-        [&](int64_t g) {
-          if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
-          acc = MaxSum{-kInf, 0.0f};
-        },
-        [&](auto& v, const auto& where, int) {
-          drop(v, where.find(mask));
-          const float b1 = batch_max(v);
-          mine.add_batch(v, where, b1, needs);
-          add_batch_fma(acc, v, scale, scale_log2, b1);
-        },
-        [&](int64_t g) {
-          if (group_sums) mine.add_sums(acc);
-          acc = warp_max_sum(acc, scale);
-          mine.bad |= !(acc.s == acc.s);
-          if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
-        });
+    auto begin = [&](int64_t g) {
+      if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
+      acc = MaxSum{-kInf, 0.0f};
+    };
+    auto batch = [&](auto& v, const auto& where, int) {
+      drop(v, where.find(mask));
+      const float b1 = batch_max(v);
+      mine.add_batch(v, where, b1, needs);
+      add_batch_fma(acc, v, scale, scale_log2, b1);
+    };
+    auto end = [&](int64_t g) {
+      if (group_sums) mine.add_sums(acc);
+      acc = warp_max_sum(acc, scale);
+      mine.bad |= !(acc.s == acc.s);
+      if (lane == 0) group_max[g] = acc.m, group_lse[g] = acc.s;
+    };
+    if (ring != nullptr) {
+      for_warp_groups_async(view, vocab, ring, begin, batch, end);
+    } else {
+      for_warp_groups(view, vocab, begin, batch, end);
+    }
   } else {
     // DLLM_L2_PREFETCH (cuda_rows.cuh) by the block's loop iterations of kIteration elements
     // (16 KB, about one DRAM latency of work): thread 0 asks for the one kAhead ahead.

@@ -46,8 +46,8 @@ __device__ RowView<D> logits_row(const CategoricalParams& p, int64_t r) {
 
 // One row by the whole block. Every early return is taken by all threads together.
 // group_lw holds 2 x groups floats: the groups' tempered sums (turned into log-masses in place),
-// then their raw maxima. ring: pass 1's (for_warp_groups), or nullptr.
-template <DType D>
+// then their raw maxima. ring: pass 1's when kAsync (for_warp_groups_async).
+template <DType D, bool kAsync>
 __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed, uint64_t offset, uint4* ring,
                            float* group_lw, Scratch& scratch) {
   const int lane = threadIdx.x & 31;
@@ -62,34 +62,29 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   const RowView<D> view = logits_row<D>(p, r);
 
   // Pass 1, one warp per group: its raw max and sum of exp((v - max) * scale) (the row's max is
-  // not known yet), and the argmax when greedy. A NaN or +inf makes its group's sum NaN, which is
-  // how they are found.
-  ArgMax best{-kInf, INT64_MAX};
-  bool bad = false;
+  // not known yet). A NaN or +inf makes its group's sum NaN, and so the row's below, which is how
+  // they are found.
   const float scale_log2 = log2e_times(scale);
   MaxSum acc;
-  for_warp_groups<Order::kAny>(
-      view, vocab, ring,
-      [&](int64_t g) {
-        if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
-        acc = MaxSum{-kInf, 0.0f};
-      },
-      [&](auto& v, const auto& where, int) {
-        if (greedy) best = better(best, batch_argmax(v, where));
-        add_batch_fma(acc, v, scale, scale_log2, batch_max(v));
-      },
-      [&](int64_t g) {
-        acc = warp_max_sum(acc, scale);
-        bad |= !(acc.s == acc.s);
-        if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
-      });
+  auto begin = [&](int64_t g) {
+    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, vocab);
+    acc = MaxSum{-kInf, 0.0f};
+  };
+  auto batch = [&](auto& v, const auto&, int) { add_batch_fma(acc, v, scale, scale_log2, batch_max(v)); };
+  auto end = [&](int64_t g) {
+    acc = warp_max_sum(acc, scale);
+    if (lane == 0) group_max[g] = acc.m, group_lw[g] = acc.s;
+  };
+  if constexpr (kAsync) {
+    for_warp_groups_async<Order::kAny>(view, vocab, ring, begin, batch, end);
+  } else {
+    for_warp_groups<Order::kAny>(view, vocab, begin, batch, end);
+  }
   if (p.l2_prefetch_blocks > 0 && lane == 0) {
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows) prefetch_first_group(logits_row<D>(p, later), groups, vocab);
   }
-  // Also the barrier that publishes group_lw and group_max.
-  if (__syncthreads_or(bad)) return write_row(p, r, -1, kNaN, kNonFinite);
-  if (greedy) best = block_argmax(best, scratch.argmax);
+  __syncthreads();  // publishes group_lw and group_max
 
   // One reduction of the groups gives the row's max and its tempered mass relative to it; then
   // every group's log-mass relative to that max (the tempered log-weights of
@@ -97,6 +92,7 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   MaxSum row{-kInf, 0.0f};
   for (int64_t g = threadIdx.x; g < groups; g += kThreads) row = merge(row, MaxSum{group_max[g], group_lw[g]}, scale);
   row = block_max_sum(row, scratch.maxsum, scale);
+  if (!(row.s == row.s)) return write_row(p, r, -1, kNaN, kNonFinite);  // a NaN group sum stays NaN in merge
   if (row.m == -kInf) return write_row(p, r, -1, kNaN, kAllMinusInf);
   const float row_max = row.m, row_lse = __logf(row.s);
   for (int64_t g = threadIdx.x; g < groups; g += kThreads)
@@ -104,23 +100,25 @@ __device__ void sample_row(const CategoricalParams& p, int64_t r, uint64_t seed,
   __syncthreads();  // publishes group_lw to draw_hierarchical
 
   auto log_weight = [row_max, scale](int64_t, float v) { return (v - row_max) * scale; };
-  if (!greedy)
-    best.i = draw_hierarchical(view, vocab, group_lw, log_weight, seed, offset, uint64_t(r), scratch.argmax,
-                               scratch.subgroup_lse);
-  write_row(p, r, best.i, log_weight(best.i, view.at(best.i)) - row_lse, kCategoricalOk);
+  const int64_t token = greedy ? argmax_by_groups(view, vocab, group_max, scratch.argmax)
+                               : draw_hierarchical(view, vocab, group_lw, log_weight, seed, offset, uint64_t(r),
+                                                   scratch.argmax, scratch.subgroup_lse);
+  write_row(p, r, token, log_weight(token, view.at(token)) - row_lse, kCategoricalOk);
 }
 
 // At least 3 blocks per SM (80 registers, no spills): left free, ptxas spills the float32 kernel.
-template <DType D>
+// The ring's walk (kAsync, DLLM_ASYNC_COPIES) is a kernel apart: beside the register path in one
+// kernel, ptxas spilled at 80 registers (the ring's walk alone took 72).
+template <DType D, bool kAsync>
 __global__ void __launch_bounds__(kThreads, 3) sample_categorical_kernel(CategoricalParams p) {
-  extern __shared__ uint4 dynamic_smem[];  // pass 1's ring with DLLM_ASYNC_COPIES, then group_lw
+  extern __shared__ uint4 dynamic_smem[];  // pass 1's ring when kAsync, then group_lw
   __shared__ Scratch scratch;
-  uint4* ring = p.async_copies ? dynamic_smem : nullptr;
-  float* group_lw = reinterpret_cast<float*>(p.async_copies ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
+  uint4* ring = kAsync ? dynamic_smem : nullptr;
+  float* group_lw = reinterpret_cast<float*>(kAsync ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    sample_row<D>(p, r, seed, offset, ring, group_lw, scratch);
+    sample_row<D, kAsync>(p, r, seed, offset, ring, group_lw, scratch);
     __syncthreads();  // group_lw and the scratch arrays are reused by the next row
   }
 }
@@ -134,8 +132,12 @@ void sample_categorical_cuda(const CategoricalParams& p, void* stream) {
   const unsigned grid = unsigned(p.rows < 2147483647 ? p.rows : 2147483647);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   with_dtype(p.dtype, [&]<DType D>() {
-    allow_dynamic_smem<sample_categorical_kernel<D>>(smem);
-    sample_categorical_kernel<D><<<grid, kThreads, smem, s>>>(p);
+    if (p.async_copies) {
+      allow_dynamic_smem<sample_categorical_kernel<D, true>>(smem);
+      sample_categorical_kernel<D, true><<<grid, kThreads, smem, s>>>(p);
+    } else {
+      sample_categorical_kernel<D, false><<<grid, kThreads, smem, s>>>(p);
+    }
   });
 }
 

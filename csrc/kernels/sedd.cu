@@ -2,7 +2,7 @@
 //
 // sedd_step: one block of 256 threads per row, the grouped Gumbel-max of sample_categorical
 // with SEDD's weights computed on load. Pass 1 streams the row once: each warp owns whole
-// groups of 2048 and reduces their online (max, sum-exp) (for_warp_groups: through shared
+// groups of 2048 and reduces their online (max, sum-exp) (for_warp_groups; through shared
 // memory with DLLM_ASYNC_COPIES), skipping x, whose weight is computed separately from the row
 // sum. Mixture rows then need nothing more than the group log-masses;
 // clip rows (uniform analytic/denoise) make a second pass over the row for the clipped group
@@ -41,6 +41,7 @@ struct StepScratch {
   double sum[kWarps];
   float subgroup_lw[kSubgroupsPerGroup];
   alignas(StepRow) unsigned char row[sizeof(StepRow)];  // the row's StepRow (bytes: shared memory takes no constructor)
+  bool x_finite;  // x's own logit, which pass 1 leaves out, is below +inf (and not NaN)
 };
 
 // log-weight of a token inside its group, up to the group's constant: l - ref for mixture rows,
@@ -55,7 +56,7 @@ __device__ float element_lw(float l, int64_t i, int64_t x, bool clip, float ref,
   return w > 0.0f ? logf(w) : -kInf;
 }
 
-template <DType D>
+template <DType D, bool kAsync>
 __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint64_t offset, uint4* ring,
                          float* group_lw, StepScratch& scratch) {
   using T = typename IO<D>::T;
@@ -74,48 +75,53 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
   if (!(sigma > 0.0f && sigma < kInf && d >= 0.0f && d < kInf)) return finish(-1, kSeddBadSigma);
   if (p.graph == SeddGraph::kAbsorb && x != K - 1) return finish(x, kSeddOk);
 
-  // The row's constants, logs of expm1 in double, are some 400 instructions: thread 0 works them
-  // out while the other warps stream, and the barrier after pass 1 hands them over.
-  if (threadIdx.x == 0) {
-    const StepRow terms = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
-    memcpy(scratch.row, &terms, sizeof terms);
-  }
   const T* row = static_cast<const T*>(p.logits) + r * p.row_stride;
   const RowView<D> view(row);
+  // The row's constants, logs of expm1 in double, are some 400 instructions: thread 0 works them
+  // out while the other warps stream, and the barrier after pass 1 hands them over, with the check
+  // of x's own logit (whose load they hide), which pass 1 leaves out.
+  if (threadIdx.x == 0) {
+    const float l_x = view.at(x);
+    const StepRow terms = step_row(p.graph, p.method, p.scale_by_sigma, sigma, d, K);
+    memcpy(scratch.row, &terms, sizeof terms);
+    scratch.x_finite = l_x < kInf;
+  }
 
   // Pass 1: per-group (max, sum exp) of the logits other than x. A NaN or +inf makes its group's
-  // sum NaN, which is how they are found; x's own logit is read apart.
-  bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);
+  // sum NaN, and so the row's below, which is how they are found.
   MaxSum acc;
-  for_warp_groups<Order::kAny>(
-      view, K, ring,
-      [&](int64_t g) {
-        if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, K);
-        acc = MaxSum{-kInf, 0.0f};
-      },
-      [&](auto& v, const auto& where, int) {
-        drop(v, where.find(x));
-        add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
-      },
-      [&](int64_t g) {
-        acc = warp_max_sum(acc);
-        bad |= !(acc.s == acc.s);
-        if (lane == 0) {
-          group_lw[2 * g] = acc.m;
-          group_lw[2 * g + 1] = acc.s;
-        }
-      });
+  auto begin = [&](int64_t g) {
+    if (p.l2_prefetch_blocks > 0) prefetch_next_group(view, g, groups, K);
+    acc = MaxSum{-kInf, 0.0f};
+  };
+  auto batch = [&](auto& v, const auto& where, int) {
+    drop(v, where.find(x));
+    add_batch_fma(acc, v, 1.0f, kLog2e, batch_max(v));
+  };
+  auto end = [&](int64_t g) {
+    acc = warp_max_sum(acc);
+    if (lane == 0) {
+      group_lw[2 * g] = acc.m;
+      group_lw[2 * g + 1] = acc.s;
+    }
+  };
+  if constexpr (kAsync) {
+    for_warp_groups_async<Order::kAny>(view, K, ring, begin, batch, end);
+  } else {
+    for_warp_groups<Order::kAny>(view, K, begin, batch, end);
+  }
   if (p.l2_prefetch_blocks > 0 && lane == 0) {  // a later row that is read: absorbing rows only while masked
     const int64_t later = later_row(r, p.rows, p.l2_prefetch_blocks);
     if (later < p.rows && (p.graph != SeddGraph::kAbsorb || p.x[later] == K - 1))
       prefetch_first_group(RowView<D>(static_cast<const T*>(p.logits) + later * p.row_stride), groups, K);
   }
-  if (__syncthreads_or(bad)) return finish(-1, kSeddNonFinite);
+  __syncthreads();  // publishes group_lw, the row's constants and x's check
   StepRow s;
   memcpy(&s, scratch.row, sizeof s);
   MaxSum row_acc{-kInf, 0.0f};
   for (int64_t g = threadIdx.x; g < groups; g += kThreads) row_acc = merge(row_acc, MaxSum{group_lw[2 * g], group_lw[2 * g + 1]});
   row_acc = block_max_sum(row_acc, scratch.maxsum);  // its barriers also order group_lw's reuse below
+  if (!scratch.x_finite || !(row_acc.s == row_acc.s)) return finish(-1, kSeddNonFinite);  // merge keeps a NaN sum
 
   // Every log-weight below is relative to ref (the largest logit but x's, for mixture rows): the
   // Gumbel noise added to a float32 log-weight of 1e7 would keep only its integer part.
@@ -176,18 +182,22 @@ __device__ void step_row(const SeddStepParams& p, int64_t r, uint64_t seed, uint
 
 // At least 3 blocks per SM (80 registers, no spills): left free, ptxas takes 114 and the H200 ran
 // the kernel at 2 blocks, 25% occupancy, too few warps to cover the latency of each row's draw.
-template <DType D>
-__global__ void __launch_bounds__(kThreads, 3) sedd_step_kernel(SeddStepParams p) {
-  // pass 1's ring with DLLM_ASYNC_COPIES (for_warp_groups), then group_lw: [groups][2], (max, sum)
-  // after pass 1, then log-weights
+// The ring's walk (kAsync, DLLM_ASYNC_COPIES) is a kernel apart, as in sample_categorical.cu, at 2
+// blocks an SM: at 80 registers ptxas spilled the straddling element that each group loads ahead
+// (right after its load, so the warp waited for it), and 16 warps through the ring keep 96 KB an
+// SM in flight, twice what 24 keep through registers.
+template <DType D, bool kAsync>
+__global__ void __launch_bounds__(kThreads, kAsync ? 2 : 3) sedd_step_kernel(SeddStepParams p) {
+  // pass 1's ring when kAsync (for_warp_groups_async), then group_lw: [groups][2], (max, sum) after
+  // pass 1, then log-weights
   extern __shared__ uint4 dynamic_smem[];
   __shared__ StepScratch scratch;
-  uint4* ring = p.async_copies ? dynamic_smem : nullptr;
-  float* group_lw = reinterpret_cast<float*>(p.async_copies ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
+  uint4* ring = kAsync ? dynamic_smem : nullptr;
+  float* group_lw = reinterpret_cast<float*>(kAsync ? dynamic_smem + kAsyncRingChunks : dynamic_smem);
   uint64_t seed, offset;
   p.rng.unpack(seed, offset);
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    step_row<D>(p, r, seed, offset, ring, group_lw, scratch);
+    step_row<D, kAsync>(p, r, seed, offset, ring, group_lw, scratch);
     __syncthreads();  // group_lw and the scratch arrays are reused by the next row
   }
 }
@@ -387,8 +397,12 @@ void sedd_step_cuda(const SeddStepParams& p, void* stream) {
     grid = unsigned(std::min<int64_t>(grid, in_flight));
   }
   with_dtype(p.dtype, [&]<DType D>() {
-    allow_dynamic_smem<sedd_step_kernel<D>>(smem);
-    sedd_step_kernel<D><<<grid, kThreads, smem, s>>>(p);
+    if (p.async_copies) {
+      allow_dynamic_smem<sedd_step_kernel<D, true>>(smem);
+      sedd_step_kernel<D, true><<<grid, kThreads, smem, s>>>(p);
+    } else {
+      sedd_step_kernel<D, false><<<grid, kThreads, smem, s>>>(p);
+    }
   });
 }
 

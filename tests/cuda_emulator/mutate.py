@@ -147,7 +147,7 @@ MUTANTS = [
      "sedd or sample_categorical"),
     # sedd_step's pass 1 counting x; the uniform loss summing the -inf filling; predict_masked's
     # fused group masses left untempered
-    ("csrc/kernels/sedd.cu", "        drop(v, where.find(x));\n        add_batch_fma", "        add_batch_fma", "sedd"),
+    ("csrc/kernels/sedd.cu", "    drop(v, where.find(x));\n    add_batch_fma", "    add_batch_fma", "sedd"),
     ("csrc/kernels/sedd.cu", "if (e != at && e / run < chunks) sum_l", "if (e != at) sum_l", "loss"),
     ("csrc/kernels/predict_masked.cu", "tempered_log_mass(group_max[g], group_lse[g], row_max, scale)",
      "tempered_log_mass(group_max[g], group_lse[g], row_max, 1.0f)", "predict"),
@@ -242,8 +242,8 @@ MUTANTS = [
     ("csrc/kernels/cuda_async_rows.cuh", "value = view.at(lo + offset);", "value = -kInf;", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "      reduce_one_by_one<kLanes>(view, view.split(lo, hi).inner_hi, hi, tid, f);\n", "",
      "async_copies"),
-    ("csrc/kernels/cuda_async_rows.cuh", "pc = (g + kWarps) * kGroupChunks + skip + lane;",
-     "pc = (g + kWarps) * kGroupChunks + lane;", "async_copies"),
+    ("csrc/kernels/cuda_async_rows.cuh", "pc = (g + kWarps) * kGroupChunks + (pc & (kStep - 1));",
+     "pc = (g + kWarps) * kGroupChunks + (threadIdx.x & 31);", "async_copies"),
     ("csrc/kernels/cuda_async_rows.cuh", "c0 + kLanes * u < c_end ? slots", "c0 + kLanes * u <= c_end ? slots",
      "async_copies"),
     ("csrc/kernels/sedd.cu", "if (x < 0 || x >= K) return finish(-1, kSeddBadToken);",
@@ -264,9 +264,11 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "(part[2] + part[3])) * x.corr;", "(part[2] + part[3]));",
      "large_logits"),
     ("csrc/kernels/cuda_rows.cuh", "if (fabsf(ms) < 0x1p31f) return", "if (fabsf(ms) < kInf) return", "tiny_temperatures"),
-    ("csrc/kernels/sample_categorical.cu", "    bad |= !(acc.s == acc.s);\n", "", "non_finite"),
+    ("csrc/kernels/sample_categorical.cu", "if (!(row.s == row.s)) return", "if (false) return", "non_finite"),
     ("csrc/kernels/cuda_rows.cuh", "if (any_nan(v)) acc = MaxSum{kNaN, kNaN};", "", "non_finite"),
-    ("csrc/kernels/sedd.cu", "bool bad = threadIdx.x == 0 && !(view.at(x) < kInf);", "bool bad = false;", "non_finite"),
+    ("csrc/kernels/sedd.cu", "scratch.x_finite = l_x < kInf;", "scratch.x_finite = true;", "non_finite"),
+    ("csrc/kernels/sedd.cu", "if (!scratch.x_finite || !(row_acc.s == row_acc.s)) return", "if (!scratch.x_finite) return",
+     "non_finite"),
     ("csrc/kernels/predict_masked.cu", "  if (threadIdx.x == 0 && mask < vocab) mine.bad |= !(view.at(mask) < kInf);\n", "",
      "non_finite"),
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
