@@ -7,7 +7,7 @@
 // rows start at 4-byte boundaries) take the vector path (cuda_rows.cuh's for_batches; through
 // shared memory with DLLM_ASYNC_COPIES, cuda_async_rows.cuh). Pass 2
 // re-reads only the chosen group (4 KB of bf16, usually still in L2) to pick a subgroup and a
-// token inside it.
+// token inside it, or, greedy, the group's first element at the row's max.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
