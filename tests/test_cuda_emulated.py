@@ -453,14 +453,10 @@ def test_predict_masked_with_l2_prefetch(schedule, dtype, monkeypatch):
         EMU.predict_masked(logits, x, MASK, 1.0)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monkeypatch):
-    """DLLM_L2_PREFETCH=1 in the other two streaming kernels' pass 1 (groups a round ahead, a later
-    row's first round: under the absorbing graph only a masked one): the same draws, and every
-    prefetch aligned and inside the logits, as in predict_masked's test."""
-    monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
-    K = 40009
-    logits = (torch.randn(2, 9, K, generator=gen(0)) * 3).to(dtype)
+def assert_sampling_kernels_match_cpu(schedule, logits):
+    """sample_categorical over the rows of logits [2, 9, K] (row 3 greedy) and sedd_step's analytic
+    step on both graphs draw what the CPU ops draw; returns sedd_step's (x, sigma, dsig)."""
+    K = logits.shape[-1]
     temperature = torch.rand(18, generator=gen(1)) + 0.2
     temperature[3] = 0.0
     got = emulated(schedule, EMU.sample_categorical, logits.view(18, K), temperature, 1.0, generator=gen())
@@ -473,6 +469,18 @@ def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monk
     for graph in ("absorb", "uniform"):
         got = emulated(schedule, EMU.sedd_step, logits, x, sigma, dsig, graph=graph, method="analytic", generator=gen())
         assert torch.equal(got, CPU.sedd_step(logits, x, sigma, dsig, graph=graph, method="analytic", generator=gen()))
+    return x, sigma, dsig
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_categorical_and_sedd_step_with_l2_prefetch(schedule, dtype, monkeypatch):
+    """DLLM_L2_PREFETCH=1 in the other two streaming kernels' pass 1 (groups a round ahead, a later
+    row's first round: under the absorbing graph only a masked one): the same draws, and every
+    prefetch aligned and inside the logits, as in predict_masked's test."""
+    monkeypatch.setenv("DLLM_L2_PREFETCH", "1")
+    K = 40009
+    logits = (torch.randn(2, 9, K, generator=gen(0)) * 3).to(dtype)
+    x, sigma, dsig = assert_sampling_kernels_match_cpu(schedule, logits)
     monkeypatch.setenv("DLLM_L2_PREFETCH", "2")
     with pytest.raises(RuntimeError, match='DLLM_L2_PREFETCH must be "0" or "1", got "2"'):
         EMU.sample_categorical(logits.view(18, K), None, 1.0)
@@ -541,21 +549,9 @@ def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
             want = CPU.predict_masked(*args, generator=gen())
             assert torch.equal(got[0], want[0])
             torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
-        temperature = torch.rand(18, generator=gen(1)) + 0.2
-        temperature[3] = 0.0
-        got = emulated(schedule, EMU.sample_categorical, logits.view(18, K), temperature, 1.0, generator=gen())
-        want = CPU.sample_categorical(logits.view(18, K), temperature, 1.0, generator=gen())
-        assert torch.equal(got[0], want[0])
-        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
-        x = torch.randint(0, K, (2, 9), generator=gen(2))
-        x[:, ::2] = K - 1
-        sigma, dsig = torch.tensor([0.8, 2.5]), torch.tensor([0.3, 0.05])
+        x, sigma, dsig = assert_sampling_kernels_match_cpu(schedule, logits)
+        x0 = torch.randint(0, K - 1, (2, 9), generator=gen(3))
         for graph in ("absorb", "uniform"):
-            got = emulated(schedule, EMU.sedd_step, logits, x, sigma, dsig, graph=graph, method="analytic",
-                           generator=gen())
-            assert torch.equal(got, CPU.sedd_step(logits, x, sigma, dsig, graph=graph, method="analytic",
-                                                  generator=gen()))
-            x0 = torch.randint(0, K - 1, (2, 9), generator=gen(3))
             loss = emulated(schedule, EMU.score_entropy_loss, logits, x, x0, sigma, dsig, graph=graph)
             torch.testing.assert_close(loss, CPU.score_entropy_loss(logits, x, x0, sigma, dsig, graph=graph),
                                        rtol=1e-5, atol=1e-5)
