@@ -631,6 +631,29 @@ def test_streaming_switches_change_no_result_on_cuda(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
+def test_async_copies_change_no_loss_on_cuda(monkeypatch):
+    """DLLM_ASYNC_COPIES=1 in the losses' forward (a slice of the row a warp, through the ring): the
+    same losses, to float32 rounding, since rows off 16-byte boundaries (V = 50258 bf16) sum their
+    straddling elements last instead of first; on LLaDA's aligned rows too."""
+    g = torch.Generator("cuda").manual_seed(1)
+    for V in (126464, 50258):
+        logits = (torch.randn(2, 300, V, device="cuda", generator=g) * 2).bfloat16()
+        mask = V - 1
+        x0 = torch.randint(0, mask, (2, 300), device="cuda", generator=g)
+        x = torch.where(torch.rand(2, 300, device="cuda", generator=g) < 0.7, mask, x0)
+        sigma = torch.tensor([0.5, 2.0], device="cuda")
+        runs = []
+        for async_copies in ("0", "1"):
+            monkeypatch.setenv("DLLM_ASYNC_COPIES", async_copies)
+            runs.append((ops.score_entropy_loss(logits, x, x0, sigma, 0.3 * sigma, graph="absorb"),
+                         ops.score_entropy_loss(logits, x, x0, sigma, 0.3 * sigma, graph="uniform"),
+                         ops.masked_diffusion_loss(logits, x, x0, 1.0 / sigma, mask_id=mask)))
+        for want, got in zip(*runs):
+            assert bool(torch.isfinite(want).all())
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device and a CUDA build")
 def test_cuda_checking_ops_return_before_the_gpu_reaches_them():
     """The ops whose kernels check their inputs' values do not wait for those checks: each returns
     while the stream is still busy (a 50 ms spin queued ahead), and a bad value then raises at a
