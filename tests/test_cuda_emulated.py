@@ -534,10 +534,9 @@ def test_streaming_kernels_with_async_copies(schedule, dtype, monkeypatch):
     predict_masked's pass A, by warp groups when fused, by the block when greedy or filtered; the
     losses' forward, a slice a warp) read through each thread's ring of cp.async copies, batches
     ahead and across the ends of groups: the same draws, proposals, confidences and losses as the
-    CPU ops. V = 40009: 20 groups, 2 or 3 a warp, bf16
-    rows off 16-byte boundaries, 5-10 block iterations; V = 4196: 3 groups, the last of 100
-    elements, fewer whole chunks than lanes; the lagging schedule's 3 blocks take several rows each,
-    through the same ring."""
+    CPU ops. V = 40009: 20 groups, 2 or 3 a warp, bf16 rows off 16-byte boundaries, 5-10 block
+    iterations; V = 4196: 3 groups, the last of 100 elements, fewer whole chunks than lanes; the
+    lagging schedule's 3 blocks take several rows each, through the same ring."""
     monkeypatch.setenv("DLLM_ASYNC_COPIES", "1")
     for K in (40009, 4196):
         logits, x = masked_batch(2, 9, K, "cpu", dtype)
