@@ -136,6 +136,7 @@ def test_cpu_only_build_without_nvcc(tmp_path):
                             str(ROOT)], env=env, capture_output=True, text=True, timeout=1800)
     assert build.returncode == 0, build.stderr[-3000:]
     zipfile.ZipFile(next((tmp_path / "wheel").glob("dllm-*.whl"))).extractall(tmp_path / "site")
+    assert (tmp_path / "site" / "dllm" / "py.typed").is_file()  # PEP 561: type checkers read dllm's annotations
     site = {"PYTHONPATH": str(tmp_path / "site")}
     info = subprocess.run([sys.executable, "-c", "import dllm; print(dllm.__file__, dllm.build_info()['cuda'])"],
                           env=dict(env, **site), capture_output=True, text=True, timeout=120)
