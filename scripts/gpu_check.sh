@@ -226,6 +226,9 @@ if stage bench; then
     cat "$OUT/$bench/summary.md" 2>/dev/null
     pack
   done
+  # the opt-in switches against the defaults, over every benchmark of OUT_DIR so far
+  "$PY" bench/switches.py "$OUT" --out "$OUT/switches.md" || note "bench/switches.py exit code $?"
+  pack
 fi
 
 if stage steps; then

@@ -905,3 +905,66 @@ def test_train_step_rows_count_the_batchs_tokens_and_flops(tmp_path, monkeypatch
         seconds = r["median_ms"] * 1e-3
         assert r["note"] == f"{B * L / seconds:,.0f} tokens/s"
         assert r["pct_floor"] == pytest.approx(100 * flops / seconds / 1e12 / peak, rel=1e-9)
+
+
+def _timed_row(op, impl, median, spread=0.02, shape="16x1024x50258"):
+    return {"op": op, "shape": shape, "dtype": "bf16", "impl": impl, "median_ms": median,
+            "p20_ms": median - spread, "p80_ms": median + spread}
+
+
+def test_switches_report_says_where_each_switch_beat_the_default(tmp_path, monkeypatch):
+    """bench/switches.py pairs each switch row with the default row of its case in the same results
+    file, counts an outcome only where the p20-p80 spreads part, and suggests a default from the counts."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+    import switches
+
+    # the names the benchmarks give their switch rows are the ones the report reads
+    assert [name for name, _ in common.dllm_rows(lambda: None, "cuda")[1:]] == ["dllm, L2 prefetch", "dllm, async copies"]
+    attention = (BENCH / "attention.py").read_text()
+    assert all(f'candidates["{name}"]' in attention for name in ("dllm lock-step", "dllm atomic dQ"))
+    assert set(switches.SWITCHES) == {"dllm, L2 prefetch", "dllm, async copies", "dllm lock-step", "dllm atomic dQ"}
+
+    step, fwd = "sedd_step absorb/analytic", "attention fwd+bwd"
+    (tmp_path / "run" / "sedd_step").mkdir(parents=True)
+    meta = {"card": "H100", "commit": "abc"}
+    (tmp_path / "run" / "sedd_step" / "results.json").write_text(json.dumps({"meta": meta, "rows": [
+        _timed_row(step, "dllm", 1.0), _timed_row(step, "dllm, L2 prefetch", 0.9),  # faster: 0.92 < 0.98
+        _timed_row(step, "dllm, async copies", 0.97),  # within the spreads
+        _timed_row(step, "eager reference", 30.0),
+        _timed_row(step, "dllm", 2.0, shape="1x1024x50258"), _timed_row(step, "dllm, L2 prefetch", 2.5, shape="1x1024x50258"),
+        {**_timed_row(step, "dllm, async copies", 1.0, shape="1x1024x50258"), "median_ms": None},  # failed: no row
+        _timed_row(step, "dllm, async copies", 0.5, shape="64x128x50258"),  # no default row of its case
+    ]}))
+    (tmp_path / "run" / "attention_backward").mkdir()
+    (tmp_path / "run" / "attention_backward" / "results.json").write_text(json.dumps({"meta": meta, "rows": [
+        _timed_row(fwd, "dllm", 1.5, 0.1), _timed_row(fwd, "dllm lock-step", 1.8, 0.1),  # slower: 1.7 > 1.6
+        _timed_row(fwd, "dllm atomic dQ", 1.2, 0.1), _timed_row(fwd, "SDPA default", 0.6),
+    ]}))
+    (tmp_path / "run" / "e2e").mkdir()
+    (tmp_path / "run" / "e2e" / "results.json").write_text(json.dumps({"meta": {}, "throughput": [], "quality": []}))
+    out = tmp_path / "switches.md"
+    text = switches.main([str(tmp_path / "run"), "--out", str(out)])
+    assert out.read_text() == text
+    lines = text.splitlines()
+    summary = {r["switch"]: [r[k] for k in ("faster", "slower", "within spread", "ratios", "suggests")]
+               for r in markdown_rows(lines, "switch")}
+    assert summary == {
+        "dllm, L2 prefetch": ["1", "1", "0", "0.80-1.11x", "mixed: decide by shape"],
+        "dllm, async copies": ["0", "0", "1", "1.03-1.03x", "no difference measured"],
+        "dllm lock-step": ["0", "1", "0", "0.83-0.83x", "delete it"],
+        "dllm atomic dQ": ["1", "0", "0", "1.25-1.25x", "make it the default"],
+    }
+    compared = [(r["results"], r["shape"], r["switch"], r["outcome"]) for r in markdown_rows(lines, "results")]
+    assert compared == [
+        ("attention_backward", "16x1024x50258", "dllm lock-step", "slower"),
+        ("attention_backward", "16x1024x50258", "dllm atomic dQ", "faster"),
+        ("sedd_step", "16x1024x50258", "dllm, L2 prefetch", "faster"),
+        ("sedd_step", "16x1024x50258", "dllm, async copies", "within spread"),
+        ("sedd_step", "1x1024x50258", "dllm, L2 prefetch", "slower"),
+    ]
+    assert "2 results files" in text  # e2e's results hold no kernel rows
+
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "results.json").write_text(json.dumps({"meta": {}, "rows": [_timed_row(step, "dllm", 1.0)]}))
+    assert "No switch row" in switches.main([str(tmp_path / "cpu")])
