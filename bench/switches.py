@@ -9,7 +9,7 @@ timed calls), and what that suggests:
 - "make it the default": faster somewhere, slower nowhere;
 - "delete it": slower somewhere, faster nowhere;
 - "mixed: decide by shape": both;
-- "no difference measured": neither (the simpler path should stay).
+- "no difference measured": neither (keep the simpler path, delete the other).
 
 The "dllm lock-step" row is the older kernel kept as a switch, so "delete it" there means deleting
 that older path. ("dllm mma.sync", the attention of GPUs before Hopper timed on Hopper, is no switch:
