@@ -24,6 +24,7 @@ from dllm.benchmarks.common import quantile
 from dllm.benchmarks.e2e import BLOCK_LENGTH, _diffusion_steps, nll_per_window
 from dllm.cli import main
 from dllm.data.tokenizer import ByteTokenizer, load_tokenizer
+from dllm.models.io import read_config
 import numpy as np
 
 GOOD = ["x = 1\n", "def f(a):\n    return a + 1\n", "class A:\n    pass\n", "import os  # a comment\n"]
@@ -104,7 +105,7 @@ def test_sample_entropy_pools_the_samples_cut_at_end_of_text():
         def generator(self):
             return None
 
-        def call(self, model, sampler, steps, length, batch, g):
+        def call(self, model, sampler, steps, length, batch, g, first=0):
             return torch.tensor(rows[:batch]), steps
 
     q = _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)
@@ -274,7 +275,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     report = (out / "report.md").read_text(encoding="utf-8", errors="surrogateescape")  # the name's bytes, as they were
     assert f"Held-out text: the validation split of {corpus}." in report
     meta = res["meta"]
-    assert meta["load_average"] == [1.0, 1.0]
+    assert meta["load_average"] == [1.0, 1.0] and meta["sizes"] == {"mdlm": "tiny", "ar": "tiny"}
     assert meta["torch"] == torch.__version__ and meta["card"].startswith("CPU") and meta["commit"]
     assert f"torch {torch.__version__}" in report and "KV cache" in report and "dllm.ops.predict_masked" in report
     assert "sampling: dllm.ops.sample_categorical (C++ CPU kernel)" in report  # the baseline's kernels, named
@@ -369,7 +370,7 @@ def test_e2e_throughput_times_the_points_in_turns():
         def generator(self):
             return torch.Generator().manual_seed(0)
 
-        def call(self, model, sampler, steps, length, batch, g):
+        def call(self, model, sampler, steps, length, batch, g, first=0):
             calls.append(sampler)
             return None, steps
 
@@ -459,10 +460,16 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     assert baseline["tokenizer"] == str(given / "tokenizer.json") and baseline["data"] == str(corpus)
     # and the given one's held-out split (tiny's 0.2, not the default 0.05): it trains on none of the text scored
     assert baseline["val_fraction"] == 0.2
+    # and its size (64 wide, 2 blocks, 4 heads: no named size, so --size tiny's with those three), not --size's
+    assert (baseline["model"], baseline["hidden"], baseline["layers"], baseline["heads"]) == ("tiny", 64, 2, 4)
+    ar_model = read_config(tmp_path / "models" / "ar" / "model")["model"]
+    assert (ar_model["arch"], ar_model["hidden"], ar_model["layers"], ar_model["heads"]) == ("ar", 64, 2, 4)
     # the report gives each model's own budget (the given one's from its run record) and the held-out corpus
     report = (tmp_path / "report" / "report.md").read_text()
     assert "diffusion trained 2 steps, autoregressive trained 0.02 minutes or 2 steps (optimizer steps" in report
     assert f"Held-out text: the validation split of {corpus}." in report
+    assert "Models: the `64x2, 4 heads` MDLM (DiT, bidirectional) and the autoregressive transformer on the same " \
+        "backbone" in report
     # a --data given with both folders is the corpus the held-out split comes from
     ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data="elsewhere",
                             model_dir=str(given), ar_dir=str(tmp_path / "models" / "ar" / "model"))
@@ -549,6 +556,8 @@ def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
             train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)
     (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "data": None}}))
     assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=0) == tmp_path / "mdlm" / "model"
+    with pytest.raises(ValueError, match=re.escape("--hidden None, not 64") + ".*--retrain"):  # of the size's width
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, shape={"hidden": 64, "layers": 4, "heads": 4})
     with pytest.raises(ValueError, match=re.escape("--seed 0, not 1") + ".*--retrain"):
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=1)
 
@@ -561,6 +570,7 @@ def test_timed_training_takes_a_learning_rate_by_size(tmp_path, monkeypatch, siz
     monkeypatch.setattr(timed, "train", lambda **kw: calls.append(kw))
     timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, size=size)
     assert calls[0]["lr"] == lr and calls[0]["model"] == size and calls[0]["schedule"] == "constant"
+    assert (calls[0]["hidden"], calls[0]["layers"], calls[0]["heads"]) == (None, None, None)  # the size's own
 
 
 def test_a_kept_model_of_another_budget_is_reused_and_says_so(tmp_path, capsys):
@@ -633,7 +643,7 @@ def test_sample_quality_reports_the_standard_error_of_the_mean_prefix():
         def decode(self, ids):
             return "".join(texts[i - 1] for i in ids)
 
-    def call(model, sampler, steps, length, batch, g):
+    def call(model, sampler, steps, length, batch, g, first=0):
         rows = [[vocab[texts[(call.next + i) % len(texts)]], 0, 0] for i in range(batch)]
         call.next += batch
         return torch.tensor(rows), 4.0
@@ -694,7 +704,7 @@ def test_e2e_throughput_rows_take_the_median_the_sorted_spread_and_the_timed_cal
             def generator(self):
                 return None
 
-            def call(self, model, sampler, steps, length, batch, g):
+            def call(self, model, sampler, steps, length, batch, g, first=0):
                 return None, next(calls)
 
         def fake_interleaved(fns, device, *, warmup, reps, times=times):
@@ -738,8 +748,9 @@ def test_step_grid_keeps_at_least_one_step():
             assert e2e._diffusion_steps(sampler, length, frac) >= 1
 
 
-def test_the_models_window_holds_the_prompt_token_and_the_infill_context(monkeypatch, tmp_path):
-    """Trained models get max_gen + max(32, max_gen / 4) tokens; loaded ones need max_gen + 1."""
+def test_the_models_window_holds_the_prompt_and_the_infill_context(monkeypatch, tmp_path):
+    """Trained models get max_gen + max(32, max_gen / 4) tokens; loaded ones need max_gen + the prompt
+    (PROMPT_TOKENS and an end-of-text)."""
     seen = []
     monkeypatch.setattr(e2e, "train_for_minutes", lambda objective, train_dir, minutes, **kw: seen.append(kw["seq_len"])
                         or tmp_path / objective)
@@ -754,14 +765,34 @@ def test_the_models_window_holds_the_prompt_token_and_the_infill_context(monkeyp
     tok = SimpleNamespace(fingerprint="same")
     monkeypatch.setattr(e2e, "_model_dirs", lambda ns, device: {"mdlm": tmp_path / "m", "ar": tmp_path / "a"})
     monkeypatch.setattr(e2e, "load_for_sampling", lambda d, device: (None, tok, "masked" if d.name == "m" else "ar"))
-    for window, ok in ((23, False), (24, False), (25, True)):
-        monkeypatch.setattr(e2e, "read_config", lambda d, window=window: {"model": {"max_seq_len": window}})
+    for window, ok in ((23, False), (24 + e2e.PROMPT_TOKENS, False), (25 + e2e.PROMPT_TOKENS, True)):
+        monkeypatch.setattr(e2e, "read_config", lambda d, window=window: {"model": {"max_seq_len": window, "hidden": 8,
+                                                                                    "layers": 1, "heads": 2}})
         ns = argparse.Namespace(gen_lengths=[24, 8], data=None)
         if ok:
             assert e2e._load_models(ns, "cpu").seq_len == window
         else:
-            with pytest.raises(ValueError, match="needs 25"):
+            with pytest.raises(ValueError, match=f"after a {e2e.PROMPT_TOKENS + 1}-token prompt needs "
+                                                  f"{25 + e2e.PROMPT_TOKENS}"):
                 e2e._load_models(ns, "cpu")
+
+
+def test_the_report_names_each_models_size():
+    """A model of a named size's hidden width, blocks and heads is that size (a baseline trained beside it takes
+    the name, with its learning rate); any other is named by those three, which a baseline trained beside it
+    takes over --size's. Models of two sizes are no comparison of one backbone, and the report says so."""
+    from dllm.benchmarks.e2e_report import _models_and_sizes
+
+    tiny = {"arch": "dit", "hidden": 128, "layers": 4, "heads": 4, "cond_dim": 64, "max_seq_len": 256}
+    assert e2e._size_and_shape(tiny, "small") == ("tiny", None) and e2e.size_label(tiny) == "tiny"
+    wide = {**tiny, "heads": 8}
+    assert e2e._size_and_shape(wide, "small") == ("small", {"hidden": 128, "layers": 4, "heads": 8})
+    assert e2e.size_label(wide) == "128x4, 8 heads"
+    assert _models_and_sizes({"sizes": {"mdlm": "tiny", "ar": "tiny"}}) == \
+        "the `tiny` MDLM (DiT, bidirectional) and the autoregressive transformer on the same backbone"
+    assert _models_and_sizes({"sizes": {"mdlm": "tiny", "ar": "128x4, 8 heads"}}) == \
+        "the `tiny` MDLM (DiT, bidirectional) and a `128x4, 8 heads` autoregressive transformer (not the same size)"
+    assert _models_and_sizes({"size": "small"}).startswith("the `small` MDLM")  # results of before 2026-12-06
 
 
 def test_held_out_windows_end_each_file_with_end_of_text(tmp_path):
@@ -781,10 +812,13 @@ def test_held_out_windows_end_each_file_with_end_of_text(tmp_path):
     for _, text in val:
         stream += list(tok.encode(text)) + [tok.eos_id]
     for seq_len, count in ((7, 1000), (13, 3)):
-        windows, files = e2e._val_windows(Models(None, None, tok, {}, seq_len, str(corpus), 0.3), count)
+        windows, files = e2e._val_windows(Models(None, None, tok, {}, seq_len, str(corpus), 0.3, {}), count)
         n = min(count, len(stream) // seq_len)
         assert windows.shape == (n, seq_len) and windows.flatten().tolist() == stream[:n * seq_len]
         assert files == val
+
+
+TINY = {"mdlm": "tiny", "ar": "tiny"}  # the sizes of Models built by hand
 
 
 def model_folders(root) -> dict:
@@ -811,11 +845,12 @@ def test_speedups_compare_each_batch_with_the_baseline_of_that_batch(monkeypatch
                "entropy": 3.0, "token_counts": [3, 3], "quality_nfe": 4.0, "example": "x = 1"}
     infill = {"infill_parse": 0.5, "infill_exact": 0.0, "infill_entropy": 2.0, "infill_steps": 3.0, "infill_nfe": 3.0}
     net = torch.nn.Linear(1, 1)
-    models = e2e.Models(SimpleNamespace(model=net), net, ByteTokenizer(), model_folders(tmp_path), 64, None, 0.05)
+    models = e2e.Models(SimpleNamespace(model=net), net, ByteTokenizer(), model_folders(tmp_path), 64, None, 0.05,
+                        TINY)
     written = {}
     monkeypatch.setattr(e2e, "_load_models", lambda ns, device: models)
     monkeypatch.setattr(e2e, "_val_windows",
-                        lambda models, count: (torch.zeros(2, 64, dtype=torch.int64), [("a.py", "x = 1\n")]))
+                        lambda models, count: (torch.zeros(2, 64, dtype=torch.int64), [("a.py", "x = 1\n" * 4)]))
     monkeypatch.setattr(e2e, "held_out_functions", lambda *a, **kw: [object()])
     monkeypatch.setattr(e2e, "read_config", lambda d: {"objective": {"name": "mdlm", "noise": {"type": "loglinear"}}})
     monkeypatch.setattr(e2e, "get_objective", lambda name, tok: None)
@@ -1076,7 +1111,7 @@ def test_e2e_throughput_spread_is_p20_p80_from_five_calls(monkeypatch):
             def generator(self):
                 return None
 
-            def call(self, model, sampler, steps, length, batch, g):
+            def call(self, model, sampler, steps, length, batch, g, first=0):
                 return None, 4
 
         def fake_interleaved(fns, device, *, warmup, reps, times=times):
@@ -1101,34 +1136,53 @@ _FUNCTIONS = SMALL_FUNCTIONS + '''
 
 
 def test_the_runner_returns_the_generated_tokens_without_the_prompt(monkeypatch):
-    """Both models generate after one end-of-text token; the samples the report judges (cut at their
-    first end-of-text) are the tokens after it: with the prompt left in, every sample would be empty."""
+    """Both models generate after the same prompts, row i of a call from sample ``first`` after prompt
+    first + i (cyclically); the samples the report judges (cut at their first end-of-text) are the
+    tokens after it: with the prompt and its end-of-text left in, every sample would be empty."""
     rng = random.Random(21)
     batch, length = rng.randrange(2, 6), rng.randrange(5, 13)
     tok = SimpleNamespace(eos_id=rng.randrange(200, 256))
     made = {}
 
     temperature = rng.uniform(0.2, 0.9)
-    temperatures = []
+    temperatures, prompts_seen = [], []
+    prompts = torch.randint(0, 200, (3, e2e.PROMPT_TOKENS + 1))
+    prompts[:, -1] = tok.eos_id
 
     def fake_generate(model, prompt, *, gen_length, **kw):
         temperatures.append(kw.get("temperature"))
+        prompts_seen.append(prompt)
         made["mdlm"] = torch.randint(0, 200, (prompt.shape[0], gen_length))
         return SimpleNamespace(sequences=torch.cat([prompt, made["mdlm"]], 1), nfe=7)
 
     def ar_generate(prompt, n, **kw):
         temperatures.append(kw.get("temperature"))
+        prompts_seen.append(prompt)
         made["ar"] = torch.randint(0, 200, (prompt.shape[0], n))
         return torch.cat([prompt, made["ar"]], 1)
 
     monkeypatch.setattr(e2e, "generate", fake_generate)
-    models = e2e.Models(None, SimpleNamespace(generate=ar_generate), tok, {}, 64, None, 0.05)
-    runner = e2e.Runner(models, "cpu", temperature, 0)
+    models = e2e.Models(None, SimpleNamespace(generate=ar_generate), tok, {}, 64, None, 0.05, TINY)
+    runner = e2e.Runner(models, "cpu", temperature, 0, prompts)
     for model, sampler in (("mdlm", "mdlm"), ("mdlm", "llada"), ("ar", None)):
-        ids, nfe = runner.call(model, sampler, 4, length, batch, runner.generator())
+        ids, nfe = runner.call(model, sampler, 4, length, batch, runner.generator(), first=2)
         assert ids.shape == (batch, length) and torch.equal(ids, made[model]), (model, sampler)
         assert nfe == (length if model == "ar" else 7)
+        assert torch.equal(prompts_seen.pop(), prompts[[(2 + i) % 3 for i in range(batch)]])
     assert temperatures == [temperature] * 3  # both models sample at the benchmark's temperature
+
+
+def test_prompts_end_held_out_files_and_are_followed_by_a_file_start():
+    """file_start_prompts: the last PROMPT_TOKENS tokens of each held-out file that has them, then an
+    end-of-text (what both models saw before every file start in training), cycled to ``count`` rows."""
+    tok = load_tokenizer("byte")
+    k = e2e.PROMPT_TOKENS
+    files = [("a.py", "x = 1\n" * 5), ("short.py", "y\n"), ("b.py", "import os\n" * 3)]
+    got = e2e.file_start_prompts(files, tok, 3)
+    want = [list(("x = 1\n" * 5).encode())[-k:], list(("import os\n" * 3).encode())[-k:]]
+    assert got.tolist() == [want[0] + [tok.eos_id], want[1] + [tok.eos_id], want[0] + [tok.eos_id]]
+    with pytest.raises(ValueError, match=f"no held-out file has the {k} tokens"):
+        e2e.file_start_prompts([("short.py", "y\n")], tok, 2)
 
 
 def test_sample_quality_reports_the_mean_nfe_of_its_calls_and_the_first_sample():
@@ -1137,6 +1191,7 @@ def test_sample_quality_reports_the_mean_nfe_of_its_calls_and_the_first_sample()
     tok = load_tokenizer("byte")
     nfes = iter([5, 11, 8])
     texts = ["a = 1\n", "b = 2\n", "c = (\n", "d = 4\n", "e = 5\n", "f = 6\n"]
+    firsts = []
 
     class Runner:
         m = SimpleNamespace(tok=tok)
@@ -1144,11 +1199,13 @@ def test_sample_quality_reports_the_mean_nfe_of_its_calls_and_the_first_sample()
         def generator(self):
             return None
 
-        def call(self, model, sampler, steps, length, batch, g):
+        def call(self, model, sampler, steps, length, batch, g, first=0):
+            firsts.append(first)
             rows = [list(texts.pop(0).encode()) + [tok.eos_id] for _ in range(batch)]
             return torch.tensor(rows), next(nfes)
 
     q = e2e._sample_quality(Runner(), "mdlm", "fast-dllm", 1, 7, samples=6, chunk=2)
+    assert firsts == [0, 2, 4]  # each call's rows follow the next samples' prompts
     assert q["quality_nfe"] == pytest.approx(8.0) and q["example"] == "a = 1\n"
     assert q["samples"] == 6 and q["parse_rate"] == pytest.approx(5 / 6)
 
@@ -1258,7 +1315,7 @@ def test_run_pairs_each_point_with_its_own_bound_infill_and_reference(monkeypatc
 
     net = torch.nn.Linear(1, 1)
     models = e2e.Models(SimpleNamespace(model=torch.nn.Linear(1, 1)), net, ByteTokenizer(), model_folders(tmp_path),
-                        48, None, 0.05)
+                        48, None, 0.05, TINY)
     windows = torch.randint(0, 50, (3, 48), generator=torch.Generator().manual_seed(2))
     windows[:, 16:] = torch.randint(50, 250, (3, 32), generator=torch.Generator().manual_seed(3))
     tasks = [object()] * 5

@@ -36,7 +36,7 @@ from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
 from ..training.config import TrainConfig
 from ..training.evaluation import standard_error
-from ..training.timed import train_for_minutes
+from ..training.timed import SHAPE_KEYS, train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
 from .common import card, command_line, git_commit, quantile, time_interleaved, utc_now
@@ -51,6 +51,7 @@ SAMPLER_NAMES = {"mdlm": "mdlm", "llada": "llada:low_confidence", "fast-dllm": "
 BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32 tokens (Fast-dLLM's default, LLaDA's example; LLaDA's generate() defaults to 128)
 FAST_DLLM_THRESHOLD = 0.9
 MIN_BODY = 4             # tokens: the shortest function body worth infilling
+PROMPT_TOKENS = 16       # of a held-out file's end, before the end-of-text that samples follow (file_start_prompts)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,6 +100,7 @@ class Models:
     seq_len: int                 # the window both were trained on
     data: str | None
     val_fraction: float
+    sizes: dict                  # each model's size_label
 
 
 def _check(ns) -> list[Fraction]:
@@ -138,24 +140,42 @@ def _training_config(model_dir: Path) -> dict:
 def _model_dirs(ns, device: str) -> dict:
     """The two model folders: the ones given, the others trained (or found) in --train-dir."""
     max_gen = max(ns.gen_lengths)
-    # One prompt token (end-of-text: "a file starts here") plus room for the infill context.
+    # Room for the prompt (PROMPT_TOKENS of a file and an end-of-text) and the infill context.
     seq_len = max_gen + max(32, max_gen // 4)
     train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
     # A model trained here beside a given one takes that one's corpus, tokenizer and held-out split: the
     # same data, and none of the other's held-out text to train on.
     data, tokenizer, val_fraction = ns.data, "byte", TrainConfig.val_fraction
-    if ns.model_dir or ns.ar_dir:
-        given = Path(ns.model_dir or ns.ar_dir)
+    given = Path(ns.model_dir or ns.ar_dir) if ns.model_dir or ns.ar_dir else None
+    if given:
         data = ns.data if ns.data is not None else _training_config(given).get("data")
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
         val_fraction = _training_config(given).get("val_fraction", val_fraction)
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
-        dirs[objective] = Path(path) if path else train_for_minutes(
-            objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=ns.size, data=data,
+        if path:
+            dirs[objective] = Path(path)
+            continue
+        # and the given one's size: the comparison is of models of one size, whatever --size says
+        size, shape = _size_and_shape(read_config(given)["model"], ns.size) if given else (ns.size, None)
+        dirs[objective] = train_for_minutes(
+            objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=size, shape=shape, data=data,
             tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]",
             val_fraction=val_fraction)
     return dirs
+
+
+def _size_and_shape(model: dict, fallback: str) -> tuple[str, dict | None]:
+    """The named size of a model config, or ``fallback`` with the config's hidden, layers and heads."""
+    shape = {k: model[k] for k in SHAPE_KEYS}
+    named = next((name for name, preset in SIZES.items() if all(preset[k] == v for k, v in shape.items())), None)
+    return (named, None) if named else (fallback, shape)
+
+
+def size_label(model: dict) -> str:
+    """``tiny`` / ``small`` / ``medium``, or ``hidden x layers, N heads`` for a model of no named size."""
+    size, shape = _size_and_shape(model, "")
+    return f"{model['hidden']}x{model['layers']}, {model['heads']} heads" if shape else size
 
 
 def _load_models(ns, device: str) -> Models:
@@ -173,14 +193,17 @@ def _load_models(ns, device: str) -> Models:
                          f"got {kind!r} and {ar_kind!r}")
     if tok.fingerprint != ar_tok.fingerprint:
         raise ValueError("the diffusion and autoregressive models use different tokenizers")
-    windows = {int(read_config(d)["model"]["max_seq_len"]) for d in dirs.values()}
-    if min(windows) < max_gen + 1:
-        raise ValueError(f"the models take {min(windows)} tokens; generating {max_gen} after a prompt token needs "
-                         f"{max_gen + 1}: train with a longer window or pass shorter --gen-lengths")
+    configs = {k: read_config(d)["model"] for k, d in dirs.items()}
+    windows = {int(c["max_seq_len"]) for c in configs.values()}
+    if min(windows) < max_gen + PROMPT_TOKENS + 1:
+        raise ValueError(f"the models take {min(windows)} tokens; generating {max_gen} after a "
+                         f"{PROMPT_TOKENS + 1}-token prompt needs {max_gen + PROMPT_TOKENS + 1}: train with a longer "
+                         "window or pass shorter --gen-lengths")
     cfg = _training_config(dirs["mdlm"])
     # the held-out split: of the corpus asked for, else of the one the diffusion model trained on
     return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows),
-                  ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05))
+                  ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05),
+                  {k: size_label(c) for k, c in configs.items()})
 
 
 def _val_windows(models: Models, count: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
@@ -258,32 +281,56 @@ def _with_dtype(models: Models, dtype) -> Models:
     return replace(models, diffusion=copy.deepcopy(models.diffusion).to(dtype), ar=copy.deepcopy(models.ar).to(dtype))
 
 
-class Runner:
-    """Generation with either model (in its weights' dtype), always after an end-of-text prompt."""
+def file_start_prompts(val_files: list[tuple[str, str]], tok, count: int) -> torch.Tensor:
+    """``[count, PROMPT_TOKENS + 1]``: the last PROMPT_TOKENS tokens of held-out files (of at least that
+    many) and an end-of-text, so that a file starts next. That is what both models saw before every
+    file start in training. A lone end-of-text at position 0 they almost never saw (the training
+    windows start anywhere in a file): from it the autoregressive model of
+    bench/results/cpu-2core-2026-12-06/e2e-bpe-tiny/ wrote the middle of a file, indented, and
+    parsed nowhere (parseable prefix 0.03), against 0.31 after such a prompt."""
+    tails = []
+    for _, text in val_files:
+        ids = [int(i) for i in tok.encode(text)]
+        if len(ids) >= PROMPT_TOKENS:
+            tails.append(ids[-PROMPT_TOKENS:] + [tok.eos_id])
+        if len(tails) == count:
+            break
+    if not tails:
+        raise ValueError(f"no held-out file has the {PROMPT_TOKENS} tokens a prompt takes from its end")
+    return torch.tensor([tails[i % len(tails)] for i in range(count)])
 
-    def __init__(self, models: Models, device: str, temperature: float, seed: int):
+
+class Runner:
+    """Generation with either model (in its weights' dtype), always after the same prompts: row i of a
+    call that starts at sample ``first`` continues ``prompts[first + i]`` (cyclically)."""
+
+    def __init__(self, models: Models, device: str, temperature: float, seed: int, prompts: torch.Tensor):
         self.m, self.device, self.temperature, self.seed = models, device, temperature, seed
+        self.prompts = prompts.to(device)
         # On a GPU both sides replay their steps from CUDA graphs (kernels() says which).
         self.cuda_graph = device.startswith("cuda")
 
     def generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed)
 
-    def diffusion(self, sampler: str, steps: int, length: int, batch: int, g: torch.Generator):
-        prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
+    def prompt(self, batch: int, first: int) -> torch.Tensor:
+        rows = torch.arange(first, first + batch, device=self.device) % self.prompts.shape[0]
+        return self.prompts[rows]
+
+    def diffusion(self, sampler: str, steps: int, length: int, prompt: torch.Tensor, g: torch.Generator):
         out = generate(self.m.diffusion, prompt, gen_length=length, temperature=self.temperature, generator=g,
                        cuda_graph=self.cuda_graph, **_diffusion_kwargs(sampler, steps, length))
-        return out.sequences[:, 1:], out.nfe
+        return out.sequences[:, prompt.shape[1]:], out.nfe
 
-    def ar(self, length: int, batch: int, g: torch.Generator):
-        prompt = torch.full((batch, 1), self.m.tok.eos_id, device=self.device)
+    def ar(self, length: int, prompt: torch.Tensor, g: torch.Generator):
         seq = self.m.ar.generate(prompt, length, temperature=self.temperature, generator=g, cuda_graph=self.cuda_graph)
-        return seq[:, 1:], length
+        return seq[:, prompt.shape[1]:], length
 
-    def call(self, model: str, sampler: str | None, steps: int, length: int, batch: int, g):
+    def call(self, model: str, sampler: str | None, steps: int, length: int, batch: int, g, first: int = 0):
+        prompt = self.prompt(batch, first)
         if model == "ar":
-            return self.ar(length, batch, g)
-        return self.diffusion(sampler, steps, length, batch, g)
+            return self.ar(length, prompt, g)
+        return self.diffusion(sampler, steps, length, prompt, g)
 
 
 def _judged(rows: list[list[int]], tok) -> dict:
@@ -306,7 +353,7 @@ def _sample_quality(runner: Runner, model: str, sampler, steps: int, length: int
     g = runner.generator()
     rows, nfes = [], []
     for lo in range(0, samples, chunk):
-        ids, nfe = runner.call(model, sampler, steps, length, min(chunk, samples - lo), g)
+        ids, nfe = runner.call(model, sampler, steps, length, min(chunk, samples - lo), g, first=lo)
         nfes.append(nfe)
         rows += ids.tolist()
     return {**_judged(rows, runner.m.tok), "quality_nfe": statistics.mean(nfes)}
@@ -462,8 +509,9 @@ def run(ns: argparse.Namespace) -> dict:
     # Generation on a GPU runs bfloat16 copies of the weights, as an inference server does, not
     # autocast: its cast weights would end with each call, and with them the CUDA graphs that
     # later calls replay (the NLL keeps autocast over the float32 weights).
-    runner = Runner(_with_dtype(models, dtype), device, ns.temperature, ns.seed)
     windows, val_files = _val_windows(models, ns.nll_windows)
+    runner = Runner(_with_dtype(models, dtype), device, ns.temperature, ns.seed,
+                    file_start_prompts(val_files, models.tok, ns.samples))
     # The infill template (context, hole, context) fits the window the models were trained on.
     hole = min(128, models.seq_len // 3)
     before = models.seq_len // 2
@@ -545,7 +593,8 @@ def run(ns: argparse.Namespace) -> dict:
         row["speedup_vs_ar"] = row["tokens_per_s"] / ar_row["tokens_per_s"]
     reference = {str(length): held_out_quality(val_files, models.tok, length, ns.samples) for length in ns.gen_lengths}
     meta = {"command": command_line(), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
-            "date": utc_now(), "device": device, "size": ns.size, "seq_len": models.seq_len,
+            "date": utc_now(), "device": device, "seq_len": models.seq_len, "prompt_tokens": PROMPT_TOKENS,
+            "sizes": models.sizes,
             "model_dirs": models.dirs, "budgets": {k: _budget(Path(d)) for k, d in models.dirs.items()},
             "data": models.data,
             "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},

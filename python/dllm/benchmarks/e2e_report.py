@@ -92,6 +92,16 @@ def _budget_text(budget: dict) -> str:
     return (f"{budget['minutes']:g} minutes or " if budget["minutes"] else "") + f"{budget['steps']} steps"
 
 
+def _models_and_sizes(m: dict) -> str:
+    """Both models and their sizes (results of before 2026-12-06 kept --size alone, also for given folders)."""
+    sizes = m.get("sizes") or {"mdlm": m["size"], "ar": m["size"]}
+    if sizes["mdlm"] == sizes["ar"]:
+        return (f"the `{sizes['mdlm']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
+                "backbone")
+    return (f"the `{sizes['mdlm']}` MDLM (DiT, bidirectional) and a `{sizes['ar']}` autoregressive transformer "
+            "(not the same size)")
+
+
 def markdown(results: dict) -> str:
     m = results["meta"]
     k = m["kernels"]
@@ -115,8 +125,8 @@ def markdown(results: dict) -> str:
          else ".") +
         (f" This call went on from an earlier one, cut short: {m['resumed']['quality_points']} quality points and "
          f"{m['resumed']['throughput_rows']} throughput rows are that call's." if m.get("resumed") else ""), "",
-        f"Models: the `{m['size']}` MDLM (DiT, bidirectional) and the autoregressive transformer on the same "
-        f"backbone, same data and batch, {m['seq_len']}-token windows, {trained}. Folders: {m['model_dirs']}. "
+        f"Models: {_models_and_sizes(m)}, same data and batch, {m['seq_len']}-token windows, {trained}. "
+        f"Folders: {m['model_dirs']}. "
         f"Held-out text: the validation split of {m['data'] or 'the standard library'}.", "",
         "Kernels (each side's best in this build):", "",
         f"- precision: {k['precision']}",
@@ -133,8 +143,12 @@ def markdown(results: dict) -> str:
         + "). The val NLL is not judged: the diffusion figure is an upper bound, the baseline's is exact.", "",
         *summary(results["verdict"]),
         "## How it is measured", "",
-        f"- Both models generate after one end-of-text token (the start of a file), temperature "
-        f"{m['temperature']:g}; {m['samples']} samples per quality point, {m['infill_tasks']} infilled functions.",
+        (f"- Both models generate after the same prompts: the last {m['prompt_tokens']} tokens of a held-out file "
+         "and an end-of-text token, so that a file starts next (what both saw before every file start in "
+         "training; sample i follows the i-th such file, a batch's rows the first ones)"
+         if m.get("prompt_tokens") else "- Both models generate after one end-of-text token (the start of a file)") +
+        f", temperature {m['temperature']:g}; {m['samples']} samples per quality point, {m['infill_tasks']} infilled "
+        "functions.",
         f"- Throughput: one warm-up call, then the median of {m['reps']} timed `generate` calls (CUDA: events "
         "after a synchronize), taken in turns with every other point of the same length and batch, the "
         "autoregressive one among them, so that a drifting machine load moves all of them alike; tokens/s = batch x generated length / that time; latency = that time, which every "

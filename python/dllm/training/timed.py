@@ -15,16 +15,20 @@ from .checkpoint import CheckpointError
 from .config import TrainConfig, path_as_recorded
 from .trainer import train
 
+SHAPE_KEYS = ("hidden", "layers", "heads")  # what makes two models of one architecture the same size
+
 
 def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str, seq_len: int, size: str = "tiny",
-                      data: str | None = None, tokenizer: str = "byte", retrain: bool = False, seed: int = 0,
-                      steps: int = 20000, log_prefix: str = "[dllm]",
+                      shape: dict | None = None, data: str | None = None, tokenizer: str = "byte",
+                      retrain: bool = False, seed: int = 0, steps: int = 20000, log_prefix: str = "[dllm]",
                       val_fraction: float = TrainConfig.val_fraction) -> Path:
     """Trains ``objective`` into ``out/objective`` (constant lr: 1e-3 for tiny, 3e-4 for the larger
     sizes; batch 16, EMA 0.99) until the time budget or ``steps`` optimizer steps end; returns the
     exported model folder. An existing folder is reused unless ``retrain``; one trained with another
-    tokenizer is refused. ``val_fraction``: that of the model it is compared with, whose held-out text
-    it must not train on."""
+    tokenizer is refused. ``shape``: ``hidden``, ``layers`` and ``heads`` overriding the size's (those of
+    the model it is compared with); ``val_fraction``: that model's, whose held-out text it must not
+    train on."""
+    shape = {k: (shape or {}).get(k) for k in SHAPE_KEYS}
     model_dir = out / objective / "model"
     run_config = out / objective / "run_config.json"
     if retrain and (out / objective).exists():
@@ -38,9 +42,9 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         if trained["tokenizer"] != path_as_recorded("tokenizer", tokenizer):
             raise ValueError(f"{out / objective} holds a model trained with the {trained['tokenizer']!r} tokenizer, "
                              f"not {tokenizer!r}: retrain (--retrain) or choose another output folder")
-        for key, want in (("model", size), ("data", path_as_recorded("data", data))):
+        for key, want in (("model", size), ("data", path_as_recorded("data", data)), *shape.items()):
             if trained.get(key) != want:
-                flag = "--size" if key == "model" else "--data"
+                flag = {"model": "--size"}.get(key, f"--{key}")
                 raise ValueError(f"{out / objective} holds a model trained with {flag} {trained.get(key)!r}, not "
                                  f"{want!r}: retrain (--retrain) or choose another output folder")
         held_out = trained.get("val_fraction", TrainConfig.val_fraction)  # a record written by hand may lack it
@@ -57,7 +61,9 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
             print(f"{log_prefix} reusing {model_dir}{_other_budget(trained, minutes, steps)} (--retrain to train "
                   "again)")
             return model_dir
-    print(f"{log_prefix} training the {size} {objective} model for {minutes:g} minutes on {device}")
+    resized = ", ".join(f"{k} {v}" for k, v in shape.items() if v is not None)
+    print(f"{log_prefix} training the {size} {objective} model{f' ({resized})' if resized else ''} for {minutes:g} "
+          f"minutes on {device}")
     # tiny keeps the 1e-3 of the committed CPU reports; the larger sizes take SEDD's and MDLM's 3e-4
     # (at 1e-3 the small MDLM's gradient norm became NaN after about 90 steps on an H200,
     # bench/results/h200-2026-12-04/e2e-training-nan/)
@@ -66,7 +72,7 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16,
               lr=lr, schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0,
               eval_batches=2, ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed,
-              val_fraction=val_fraction)
+              val_fraction=val_fraction, **shape)
     except CheckpointError as e:
         raise CheckpointError(f"the unfinished run in {out / objective} cannot continue ({e}); --retrain starts "
                               "it over") from e
