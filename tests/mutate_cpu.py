@@ -685,11 +685,18 @@ MUTANTS = [
     (GENERATE, 'config = ("sedd-" + method, graph.name, graph.num_classes,',
      'config = ("sedd-" + method, graph.num_classes,', ["test_cuda_graph_replay"]),
     (OPTIONS, 'if cfg_scale and name != "llada":', "if False:", ["test_generate"]),
-    # the e2e report's samples with the prompt token left in, infill holes read a token early and
+    # the e2e report's samples with the prompt left in, infill holes read a token early and
     # judged against the def line, fast-dllm's NLL as a 1-step bound, llada's infill as mdlm's, the
     # baseline of the first length judging every length, the held-out text's row over whole files or every
     # file, its parse rate and parseable prefix swapped, one NLL window in 16 skipped
-    (E2E, "return out.sequences[:, 1:], out.nfe", "return out.sequences, out.nfe", ["test_e2e"]),
+    (E2E, "return out.sequences[:, prompt.shape[1]:], out.nfe", "return out.sequences[:, 1:], out.nfe", ["test_e2e"]),
+    # the prompts: a file's first tokens instead of its last, every call's rows after the first prompts, a
+    # baseline trained beside a given model at --size's shape
+    (E2E, "tails.append(ids[-PROMPT_TOKENS:] + [tok.eos_id])", "tails.append(ids[:PROMPT_TOKENS] + [tok.eos_id])",
+     ["test_e2e"]),
+    (E2E, "min(chunk, samples - lo), g, first=lo)", "min(chunk, samples - lo), g)", ["test_e2e"]),
+    (E2E, '_size_and_shape(read_config(given)["model"], ns.size) if given else (ns.size, None)', "(ns.size, None)",
+     ["test_e2e"]),
     (E2E, "hole = out.sequences[0, len(task.before):len(task.before) + n]",
      "hole = out.sequences[0, len(task.before) - 1:len(task.before) + n - 1]", ["test_e2e"]),
     (E2E, '"infill_exact": exact_match(fills, [t.body_text for t in tasks])',
