@@ -907,17 +907,18 @@ def test_train_step_rows_count_the_batchs_tokens_and_flops(tmp_path, monkeypatch
         assert r["pct_floor"] == pytest.approx(100 * flops / seconds / 1e12 / peak, rel=1e-9)
 
 
-def _timed_row(op, impl, median, spread=0.02, shape="16x1024x50258"):
-    return {"op": op, "shape": shape, "dtype": "bf16", "impl": impl, "median_ms": median,
-            "p20_ms": median - spread, "p80_ms": median + spread}
-
-
 def test_switches_report_says_where_each_switch_beat_the_default(tmp_path, monkeypatch):
     """bench/switches.py pairs each switch row with the default row of its case in the same results
-    file, counts an outcome only where the p20-p80 spreads part, and suggests a default from the counts."""
+    file, counts an outcome only where the p20-p80 spreads part, and suggests a default from the counts.
+    The results are written as the benchmarks write theirs (bench/common.py's rows and writer)."""
     monkeypatch.syspath_prepend(str(BENCH))
     import common
     import switches
+
+    def _timed_row(op, impl, median, spread=0.02, shape="16x1024x50258"):
+        # five calls whose p20, median and p80 are median - spread, median and median + spread
+        times = [median - spread, median - spread, median, median + spread, median + spread]
+        return common.row_of(op, shape, "bf16", impl, times, nbytes=1, floor_gbps=1.0)
 
     # the names the benchmarks give their switch rows are the ones the report reads
     assert [name for name, _ in common.dllm_rows(lambda: None, "cuda")[1:]] == ["dllm, L2 prefetch", "dllm, async copies"]
@@ -926,21 +927,20 @@ def test_switches_report_says_where_each_switch_beat_the_default(tmp_path, monke
     assert set(switches.SWITCHES) == {"dllm, L2 prefetch", "dllm, async copies", "dllm lock-step", "dllm atomic dQ"}
 
     step, fwd = "sedd_step absorb/analytic", "attention fwd+bwd"
-    (tmp_path / "run" / "sedd_step").mkdir(parents=True)
-    meta = {"card": "H100", "commit": "abc"}
-    (tmp_path / "run" / "sedd_step" / "results.json").write_text(json.dumps({"meta": meta, "rows": [
+    meta = {"card": "H100", "commit": "abc", "command": "bench", "torch": torch.__version__, "date": "today",
+            "floor_gbps": 1.0}
+    common.write_results(tmp_path / "run" / "sedd_step", "sedd_step", meta, [
         _timed_row(step, "dllm", 1.0), _timed_row(step, "dllm, L2 prefetch", 0.9),  # faster: 0.92 < 0.98
         _timed_row(step, "dllm, async copies", 0.97),  # within the spreads
         _timed_row(step, "eager reference", 30.0),
         _timed_row(step, "dllm", 2.0, shape="1x1024x50258"), _timed_row(step, "dllm, L2 prefetch", 2.5, shape="1x1024x50258"),
-        {**_timed_row(step, "dllm, async copies", 1.0, shape="1x1024x50258"), "median_ms": None},  # failed: no row
+        common.unmeasured_row(step, "1x1024x50258", "bf16", "dllm, async copies", 1, "failed"),  # no outcome
         _timed_row(step, "dllm, async copies", 0.5, shape="64x128x50258"),  # no default row of its case
-    ]}))
-    (tmp_path / "run" / "attention_backward").mkdir()
-    (tmp_path / "run" / "attention_backward" / "results.json").write_text(json.dumps({"meta": meta, "rows": [
+    ])
+    common.write_results(tmp_path / "run" / "attention_backward", "attention", meta, [
         _timed_row(fwd, "dllm", 1.5, 0.1), _timed_row(fwd, "dllm lock-step", 1.8, 0.1),  # slower: 1.7 > 1.6
         _timed_row(fwd, "dllm atomic dQ", 1.2, 0.1), _timed_row(fwd, "SDPA default", 0.6),
-    ]}))
+    ])
     (tmp_path / "run" / "e2e").mkdir()
     (tmp_path / "run" / "e2e" / "results.json").write_text(json.dumps({"meta": {}, "throughput": [], "quality": []}))
     out = tmp_path / "switches.md"
@@ -965,6 +965,5 @@ def test_switches_report_says_where_each_switch_beat_the_default(tmp_path, monke
     ]
     assert "2 results files" in text  # e2e's results hold no kernel rows
 
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "results.json").write_text(json.dumps({"meta": {}, "rows": [_timed_row(step, "dllm", 1.0)]}))
+    common.write_results(tmp_path / "cpu", "sedd_step", meta, [_timed_row(step, "dllm", 1.0)])
     assert "No switch row" in switches.main([str(tmp_path / "cpu")])
