@@ -3,7 +3,8 @@
 On a CUDA tensor these make the host wait for the device: reading a value in Python (``.item()``,
 ``bool(t)``, ``int(t)``, ``if t.any():``, which all reach ``aten::_local_scalar_dense``), ops whose
 output shape depends on the values (``nonzero``, boolean-mask indexing, ``masked_select``,
-``repeat_interleave`` without ``output_size``, ``unique``), ops that answer on the host
+``repeat_interleave`` without ``output_size``, ``unique``; not ``t[mask] = number``, which torch
+2.15 runs as ``masked_fill_``), ops that answer on the host
 (``torch.equal``, ``allclose``; ``bincount``, which sizes its output from the maximum), ``tolist``,
 and ``torch.tensor`` of host data (on CUDA a blocking copy); the last two dispatch no op on the CPU,
 so they are counted by patching them (every call, even one that stays on the host). ``.cpu()`` and
