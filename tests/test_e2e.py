@@ -47,6 +47,15 @@ class _E2E:
 '''
 
 
+def corpus_with_small_functions(root):
+    """make_corpus's files, each ending in SMALL_FUNCTIONS: whichever file is held out has functions short
+    enough to infill, whatever the running Python's sources hold (3.13's held-out part has none)."""
+    corpus = make_corpus(root)
+    for f in corpus.iterdir():
+        f.write_text(f.read_text() + SMALL_FUNCTIONS)
+    return corpus
+
+
 def test_parse_rate_of_known_code():
     assert all(parses(t) for t in GOOD) and not any(parses(t) for t in BAD)
     assert parse_rate(GOOD + BAD) == 0.5
@@ -221,9 +230,7 @@ def test_nll_bound_strata_are_dealt_to_the_windows_at_random():
 def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
     load_models = e2e._load_models
     # a folder whose name is not UTF-8 (as a non-ASCII one reaches Python under an ASCII locale): report.md names it
-    corpus = make_corpus(tmp_path / "corpus caf\udce9")
-    for f in corpus.iterdir():  # whichever file is held out has small functions to infill
-        f.write_text(f.read_text() + SMALL_FUNCTIONS)
+    corpus = corpus_with_small_functions(tmp_path / "corpus caf\udce9")
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
     # training and loading the models see a load of 9, the sweep 1: the report gives the sweep's
     loaded = []
@@ -300,9 +307,7 @@ def test_bench_e2e_cpu_run(tmp_path, monkeypatch, capsys):
 def test_an_interrupted_sweep_goes_on_from_its_partial_results(tmp_path, monkeypatch, capsys):
     """A sweep cut short (a device call's time limit) keeps its finished points in partial.json; the
     same sweep called again measures only the rest, and one of another grid starts over."""
-    corpus = make_corpus(tmp_path / "corpus")
-    for f in corpus.iterdir():
-        f.write_text(f.read_text() + SMALL_FUNCTIONS)
+    corpus = corpus_with_small_functions(tmp_path / "corpus")
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
     args = ["bench", "e2e", "--size", "tiny", "--minutes", "0.02", "--data", str(corpus), "--gen-lengths", "16",
@@ -448,7 +453,7 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
 
     from _train_helpers import tiny
 
-    corpus = make_corpus(tmp_path / "corpus")
+    corpus = corpus_with_small_functions(tmp_path / "corpus")
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
     train(**tiny(tmp_path / "mdlm", corpus, tokenizer="bpe", bpe_vocab_size=300, steps=2, seq_len=64))
     given = tmp_path / "mdlm" / "run" / "model"
