@@ -214,3 +214,29 @@ def test_configure_arch_list_and_compiler_search(tmp_path):
     r = _configure(tmp_path / "build2", "-DDLLM_CUDA=ON",
                    env=dict(no_nvcc, CUDA_HOME=str(toolkit), TORCH_CUDA_ARCH_LIST="Hopper"))
     assert r.returncode != 0 and 'not "Hopper"' in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not torch.version.cuda or not shutil.which("nvcc"), reason="needs nvcc and a CUDA build of torch")
+def test_an_nvcc_of_another_major_cuda_than_torchs_is_named_not_used(tmp_path):
+    real = Path(shutil.which("nvcc")).resolve()
+    other = int(torch.version.cuda.split(".")[0]) - 1
+    fake = tmp_path / "bin" / "nvcc"  # the real compiler, saying it is CUDA (torch's major - 1).8
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "Cuda compilation tools, release {other}.8, '
+                    f'V{other}.8.93"; exit 0; }}\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX")}
+    env.update(PATH=f"{fake.parent}{os.pathsep}{env['PATH']}", TORCH_CUDA_ARCH_LIST="9.0")
+    build = tmp_path / "build"
+    r = _configure(build, "-DDLLM_CUDA=ON", env=env)
+    assert r.returncode != 0, r.stderr[-2000:]
+    assert f"nvcc ({fake}) is CUDA {other}.8 but torch {torch.__version__} was built with CUDA " \
+           f"{torch.version.cuda}, and their major versions must agree" in " ".join(r.stderr.split()), r.stderr[-2000:]
+    # by default the build goes on without the CUDA kernels, and says why
+    r = _configure(build, "-DDLLM_CUDA=AUTO", env=env)
+    assert r.returncode == 0 and "building CPU kernels only: nvcc" in r.stderr, r.stderr[-2000:]
+    assert 'CUDA_ARCHS = ""' in (build / "_build_config.py").read_text()
+    # the nvcc named then by CUDACXX is taken in the same build folder, the one on PATH forgotten
+    r = _configure(build, "-DDLLM_CUDA=ON", env=dict(env, CUDACXX=str(real)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'CUDA_ARCHS = "90' in (build / "_build_config.py").read_text()
