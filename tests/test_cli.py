@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from dllm import build_info
 from dllm.cli import main
 from dllm.data.tokenizer import ByteTokenizer
 from dllm.demo import MASK_GLYPH, show
@@ -52,6 +53,16 @@ def test_help_lists_every_command():
     demo = dllm("demo", "--help")
     for flag in ("--minutes", "--out-dir", "--gen-length", "--steps", "--device", "--retrain", "--seed", "--tokenizer"):
         assert flag in demo.stdout
+
+
+def test_version_is_the_build_in_one_line():
+    info = build_info()
+    out = dllm("--version")
+    assert out.returncode == 0 and out.stdout.count("\n") == 1, out
+    line = out.stdout.strip()
+    assert line.startswith(f"dllm {info['version']} (commit {info['commit']}), torch {info['torch']}, Python "), line
+    kernels = "CUDA kernels for " + ", ".join(f"sm_{a}" for a in info["cuda_archs"]) if info["cuda"] else "CPU kernels only"
+    assert kernels in line and ("wgmma" in line) == info["wgmma"], line
 
 
 def test_demo_end_to_end(tmp_path):

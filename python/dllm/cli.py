@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import platform
 import sys
 import typing
 
@@ -101,8 +102,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def version_text() -> str:
+    """`dllm --version`: build_info() in one line, the first thing a bug report needs."""
+    from . import build_info
+    info = build_info()
+    if info["cuda"]:
+        kernels = "CUDA kernels for " + ", ".join(f"sm_{a}" for a in info["cuda_archs"])
+        kernels += " (with the Hopper wgmma attention)" if info["wgmma"] else ""
+    else:
+        kernels = "CPU kernels only"
+    return (f"dllm {info['version']} (commit {info['commit']}), torch {info['torch']}, "
+            f"Python {platform.python_version()}; {kernels}")
+
+
+class _PrintVersion(argparse.Action):
+    # argparse's own "version" action wraps the line at the terminal's width
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="dllm", description="dllm: discrete diffusion language models")
+    parser.add_argument("--version", action=_PrintVersion, help="print dllm's version and build, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("train", help="train a model (MDLM, SEDD, LLaDA or autoregressive)",
                         description="Train a diffusion or autoregressive LM. Default corpus: the running Python's "
