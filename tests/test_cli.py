@@ -55,11 +55,13 @@ def test_help_lists_every_command():
         assert flag in demo.stdout
 
 
-def test_version_is_the_build_in_one_line():
+def test_version_is_the_build_in_one_line_also_from_python_m_dllm():
     info = build_info()
     out = dllm("--version")
     assert out.returncode == 0 and out.stdout.count("\n") == 1, out
     line = out.stdout.strip()
+    as_module = subprocess.run([sys.executable, "-m", "dllm", "--version"], capture_output=True, text=True, timeout=600)
+    assert as_module.returncode == 0 and as_module.stdout.strip() == line, as_module
     assert line.startswith(f"dllm {info['version']} (commit {info['commit']}), torch {info['torch']}, Python "), line
     kernels = "CUDA kernels for " + ", ".join(f"sm_{a}" for a in info["cuda_archs"]) if info["cuda"] else "CPU kernels only"
     assert kernels in line and ("wgmma" in line) == info["wgmma"], line
