@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # A CUDA build of torch, so the CUDA kernels compile and link even where no GPU can run them.
 TORCH_SPEC ?= torch==2.14.1
 
-.PHONY: venv build demo test test-asan fuzz gpu-wheels clean
+.PHONY: venv build demo test test-asan fuzz aarch64-check gpu-wheels clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ MINUTES ?= 30
 fuzz: build
 	$(PY) tests/fuzz_ops.py --minutes $(MINUTES)
 	$(PY) tests/fuzz_generate.py --minutes $(MINUTES)
+
+# The CPU ops' tests on aarch64 (Grace, Graviton): cross-built, run by qemu (root, Debian 12; docs/testing.md).
+aarch64-check:
+	bash scripts/aarch64_check.sh
 
 # Wheels the GPU machine lacks (it has no network): pass them along with the device tool's
 # carry=["wheels"] and run `DLLM_WHEELS=wheels bash scripts/gpu_check.sh OUT`.
