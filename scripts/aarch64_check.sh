@@ -41,14 +41,15 @@ if [ ! -x "$SYSROOT/usr/bin/python3.11" ]; then
     libstdc++6:arm64 libc6:arm64 libgomp1:arm64)
   for deb in "$ARM"/debs/*.deb; do dpkg -x "$deb" "$SYSROOT"; done
 fi
-PIP=(python3 -m pip)
 PLATFORM=(--platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64
           --python-version 3.11 --only-binary=:all:)
 if [ ! -d "$SITE/torch" ]; then
-  "${PIP[@]}" download -q --no-deps "${PLATFORM[@]}" -d "$ARM/wheels" "$TORCH_SPEC"
+  python3 -m pip download -q --no-deps "${PLATFORM[@]}" -d "$ARM/wheels" "$TORCH_SPEC"
   mkdir -p "$SITE" && python3 -m zipfile -e "$ARM"/wheels/torch-*.whl "$SITE"
-  "${PIP[@]}" install -q --target "$SITE" "${PLATFORM[@]}" numpy tqdm safetensors tokenizers matplotlib filelock \
-    typing-extensions sympy networkx jinja2 fsspec pytest pytest-timeout pytest-xdist --no-warn-conflicts
+fi
+if [ ! -d "$SITE/pybind11" ]; then
+  python3 -m pip install -q --target "$SITE" "${PLATFORM[@]}" numpy tqdm safetensors tokenizers matplotlib filelock \
+    typing-extensions sympy networkx jinja2 fsspec pytest pytest-timeout pytest-xdist "pybind11>=2.12" --no-warn-conflicts
 fi
 
 # Placeholders for the CUDA libraries torch's libraries name: every version node and symbol they ask for.
@@ -118,8 +119,6 @@ EOF
 
 # The extension, compiled with CMakeLists.txt's flags (its CPU-only configuration).
 T=$SITE/torch OBJ=$ARM/obj PKG=$ARM/pkg
-PYBIND=$("${PIP[@]}" download -q --no-deps -d "$ARM/wheels" "pybind11>=2.12" > /dev/null &&
-         cd "$ARM" && python3 -m zipfile -e wheels/pybind11-*.whl pybind11-src > /dev/null && echo "$ARM/pybind11-src/pybind11/include")
 rm -rf "$OBJ" "$PKG" && mkdir -p "$OBJ" "$PKG"
 CXX=aarch64-linux-gnu-g++
 for f in "$SRC"/csrc/kernels/*.cpp; do
@@ -133,10 +132,11 @@ for f in "$SRC"/csrc/torch/*.cpp; do
   b=$(basename "$f"); [[ $b == *_cuda.cpp ]] && continue
   $CXX -DDLLM_WITH_CUDA=0 -DDLLM_WITH_WGMMA=0 -D_GLIBCXX_USE_CXX11_ABI=1 -I"$SRC/csrc/include" \
     -isystem "$SYSROOT/usr/include/python3.11" -isystem "$SYSROOT/usr/include" -isystem "$T/include" \
-    -isystem "$T/include/torch/csrc/api/include" -isystem "$PYBIND" -O2 -DNDEBUG -std=gnu++20 -fPIC -fopenmp \
+    -isystem "$T/include/torch/csrc/api/include" -isystem "$SITE/pybind11/include" -O2 -DNDEBUG -std=gnu++20 -fPIC -fopenmp \
     -c "$f" -o "$OBJ/binding_$b.o"
 done
 cp -r "$SRC/python/dllm" "$PKG/dllm" && rm "$PKG/dllm/_build_config.py.in"
+# libtorch's own CUDA dependencies are placeholders made for run time, not on the link path
 $CXX -shared -fopenmp -o "$PKG/dllm/_C.cpython-311-aarch64-linux-gnu.so" "$OBJ"/*.o -L"$T/lib" -ltorch -ltorch_cpu -lc10 \
   -Wl,-rpath,"$T/lib" -Wl,--allow-shlib-undefined
 TORCH_VERSION=$(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$T/version.py")

@@ -14,6 +14,7 @@ import platform
 import sys
 import typing
 
+from ._extension import build_info
 from .devices import DEVICE_HELP
 from .training.checkpoint import CheckpointError, RunFolderInUse
 from .training.config import TrainConfig
@@ -104,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def version_text() -> str:
     """`dllm --version`: build_info() in one line, the first thing a bug report needs."""
-    from . import build_info
     info = build_info()
     if info["cuda"]:
         kernels = "CUDA kernels for " + ", ".join(f"sm_{a}" for a in info["cuda_archs"])
