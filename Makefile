@@ -35,7 +35,8 @@ fuzz: build
 	$(PY) tests/fuzz_ops.py --minutes $(MINUTES)
 	$(PY) tests/fuzz_generate.py --minutes $(MINUTES)
 
-# The CPU ops' tests on aarch64 (Grace, Graviton): cross-built, run by qemu (root, Debian 12; docs/testing.md).
+# The CPU ops' tests on aarch64 (Grace, Graviton): cross-built, run by qemu (root, Debian 12; docs/testing.md);
+# DLLM_AARCH64_CUDA=1 builds the CUDA kernels too, as a GH200 host does.
 aarch64-check:
 	bash scripts/aarch64_check.sh
 

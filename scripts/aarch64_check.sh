@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # dllm's CPU ops on aarch64 (Grace / GH200 hosts, Graviton), from this x86-64 machine: cross-builds
-# the CPU-only extension against PyPI's aarch64 torch wheel and runs tests under qemu-user.
+# the extension against PyPI's aarch64 torch wheel and runs tests under qemu-user.
 #
 #   bash scripts/aarch64_check.sh [PYTEST ARGS...]      (as root, on Debian 12; from the checkout)
+#   DLLM_AARCH64_CUDA=1 bash scripts/aarch64_check.sh   (the CUDA build a GH200 makes, see below)
 #
 # Default tests: the CPU cases of the ops' test files but torch.compile's (inductor would compile its
 # C++ with the host's x86 compiler) and the statistical ones (their hundreds of thousands of draws
@@ -22,11 +23,21 @@
 #   cpuinfo_arm_linux_init).
 # The extension is built as CMake builds it (the same flags; -ffp-contract=off where CMake sets it),
 # without the x86 AVX2 copy of the kernels, which CMake leaves out on aarch64 too.
+#
+# DLLM_AARCH64_CUDA=1 builds it with the CUDA kernels, as on a Grace Hopper host: nvcc (torch's CUDA
+# major; PATH or CUDA_HOME) compiles the kernels for sm_90 (the wgmma ones for sm_90a) with the aarch64
+# GCC as host compiler, the bindings take the CUDA sources too, and the module links torch's CUDA
+# libraries and PyPI's aarch64 libcudart, which the tests then load (torch finds no GPU: the CPU ops
+# run, registered beside the CUDA ones). The headers are the same files for every host: nvcc's own, and
+# those of cuBLAS, cuSPARSE and cuSOLVER, which torch's CUDA headers include, from the nvidia wheels of
+# an x86 CUDA torch of the same CUDA (DLLM_NV_INCLUDE; default: this checkout's .venv, `make venv`),
+# since not every index has their aarch64 wheels.
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 ARM=${ARM:-/tmp/dllm-aarch64}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1}
 SITE=$ARM/site SYSROOT=$ARM/sysroot PLACEHOLDERS=$ARM/placeholders
+CUDA_BUILD=${DLLM_AARCH64_CUDA:-0}
 mkdir -p "$ARM"
 
 if ! command -v aarch64-linux-gnu-g++ > /dev/null || ! command -v qemu-aarch64-static > /dev/null; then
@@ -50,6 +61,26 @@ fi
 if [ ! -d "$SITE/pybind11" ]; then
   python3 -m pip install -q --target "$SITE" "${PLATFORM[@]}" numpy tqdm safetensors tokenizers matplotlib filelock \
     typing-extensions sympy networkx jinja2 fsspec pytest pytest-timeout pytest-xdist "pybind11>=2.12" --no-warn-conflicts
+fi
+
+T=$SITE/torch
+TORCH_CUDA=$(sed -n "s/^cuda: .* = '\(.*\)'/\1/p" "$T/version.py") CUDA_MAJOR=
+if (( CUDA_BUILD )); then
+  CUDA_MAJOR=${TORCH_CUDA%%.*}
+  NVCC=$(command -v nvcc || echo "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc")
+  [ -x "$NVCC" ] || { echo "DLLM_AARCH64_CUDA=1: no nvcc on PATH or in CUDA_HOME" >&2; exit 1; }
+  NVCC_MAJOR=$("$NVCC" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+  [ "$NVCC_MAJOR" = "$CUDA_MAJOR" ] || { echo "nvcc is CUDA $NVCC_MAJOR, torch's is $TORCH_CUDA" >&2; exit 1; }
+  CUDA_INCLUDE=$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')/include  # its toolkit's
+  NV_INCLUDE=${DLLM_NV_INCLUDE:-$(ls -d "$SRC"/.venv/lib/python3*/site-packages/nvidia/cu$CUDA_MAJOR/include 2>/dev/null | head -1)}
+  [ -f "$NV_INCLUDE/cublas_v2.h" ] || { echo "DLLM_AARCH64_CUDA=1 needs the cuBLAS headers of an x86 CUDA torch's" \
+    "nvidia wheels: make venv, or DLLM_NV_INCLUDE=.../nvidia/cu$CUDA_MAJOR/include" >&2; exit 1; }
+  CUDART=$ARM/cudart/nvidia/cu$CUDA_MAJOR/lib
+  if [ ! -f "$CUDART/libcudart.so.$CUDA_MAJOR" ]; then  # the version torch's own requirement names
+    toolkit=$(sed -n 's/^Requires-Dist: cuda-toolkit\[.*\]==\([0-9.]*\).*/\1/p' "$SITE"/torch-*.dist-info/METADATA)
+    python3 -m pip download -q "${PLATFORM[@]}" -d "$ARM/cuda-wheels" "cuda-toolkit[cudart]==$toolkit"
+    python3 -m zipfile -e "$ARM"/cuda-wheels/nvidia_cuda_runtime-*.whl "$ARM/cudart"
+  fi
 fi
 
 # Placeholders for the CUDA libraries torch's libraries name: every version node and symbol they ask for.
@@ -117,31 +148,47 @@ CPU revision	: 1
 
 EOF
 
-# The extension, compiled with CMakeLists.txt's flags (its CPU-only configuration).
-T=$SITE/torch OBJ=$ARM/obj PKG=$ARM/pkg
+# The extension, compiled with CMakeLists.txt's flags (its CPU-only configuration, or the CUDA one).
+OBJ=$ARM/obj PKG=$ARM/pkg
 rm -rf "$OBJ" "$PKG" && mkdir -p "$OBJ" "$PKG"
-CXX=aarch64-linux-gnu-g++
+CXX=aarch64-linux-gnu-g++ pids=()
+finish() { for p in "${pids[@]}"; do wait "$p"; done; pids=(); }  # each compile's status, so set -e sees a failure
 for f in "$SRC"/csrc/kernels/*.cpp; do
   b=$(basename "$f") exact=()
   case $b in sedd_cpu.cpp|rotary_cpu.cpp|adaln_cpu.cpp) exact=(-ffp-contract=off);; esac
   $CXX -I"$SRC/csrc/include" -O3 -DNDEBUG -std=gnu++20 -fPIC -fno-math-errno -fno-trapping-math "${exact[@]}" \
-    -c "$f" -o "$OBJ/kernel_$b.o" &
+    -c "$f" -o "$OBJ/kernel_$b.o" & pids+=($!)
 done
-wait
+finish
+CUDA_DEFS=(-DDLLM_WITH_CUDA=0 -DDLLM_WITH_WGMMA=0) CUDA_LIBS=() ARCHS=
+if (( CUDA_BUILD )); then
+  CUDA_DEFS=(-DDLLM_WITH_CUDA=1 -DDLLM_WITH_WGMMA=1 -I"$NV_INCLUDE" -isystem "$CUDA_INCLUDE")
+  CUDA_LIBS=(-ltorch_cuda -lc10_cuda "$CUDART/libcudart.so.$CUDA_MAJOR") ARCHS=90
+  for f in "$SRC"/csrc/kernels/*.cu; do  # one nvcc a core
+    arch=90; [[ $f == *_wgmma.cu ]] && arch=90a
+    "$NVCC" -ccbin "$CXX" -O3 -DNDEBUG -std=c++20 -Xcompiler=-fPIC -lineinfo --expt-relaxed-constexpr \
+      "--generate-code=arch=compute_$arch,code=[compute_$arch,sm_$arch]" -I"$SRC/csrc/include" -isystem "$CUDA_INCLUDE" \
+      -c "$f" -o "$OBJ/cuda_$(basename "$f").o" & pids+=($!)
+    (( ${#pids[@]} < $(nproc) )) || finish
+  done
+  finish
+fi
 for f in "$SRC"/csrc/torch/*.cpp; do
-  b=$(basename "$f"); [[ $b == *_cuda.cpp ]] && continue
-  $CXX -DDLLM_WITH_CUDA=0 -DDLLM_WITH_WGMMA=0 -D_GLIBCXX_USE_CXX11_ABI=1 -I"$SRC/csrc/include" \
+  b=$(basename "$f"); [[ $b == *_cuda.cpp ]] && (( ! CUDA_BUILD )) && continue
+  $CXX "${CUDA_DEFS[@]}" -D_GLIBCXX_USE_CXX11_ABI=1 -I"$SRC/csrc/include" \
     -isystem "$SYSROOT/usr/include/python3.11" -isystem "$SYSROOT/usr/include" -isystem "$T/include" \
     -isystem "$T/include/torch/csrc/api/include" -isystem "$SITE/pybind11/include" -O2 -DNDEBUG -std=gnu++20 -fPIC -fopenmp \
     -c "$f" -o "$OBJ/binding_$b.o"
 done
 cp -r "$SRC/python/dllm" "$PKG/dllm" && rm "$PKG/dllm/_build_config.py.in"
-# libtorch's own CUDA dependencies are placeholders made for run time, not on the link path
+# libtorch's own CUDA dependencies are placeholders made for run time, not on the link path (a CUDA
+# build links the aarch64 libcudart, which its tests load instead of the placeholder)
 $CXX -shared -fopenmp -o "$PKG/dllm/_C.cpython-311-aarch64-linux-gnu.so" "$OBJ"/*.o -L"$T/lib" -ltorch -ltorch_cpu -lc10 \
-  -Wl,-rpath,"$T/lib" -Wl,--allow-shlib-undefined
+  "${CUDA_LIBS[@]}" -Wl,-rpath,"$T/lib" -Wl,--allow-shlib-undefined
 TORCH_VERSION=$(sed -n "s/^__version__ = '\(.*\)'/\1/p" "$T/version.py")
-printf 'VERSION = "%s"\nTORCH_VERSION = "%s"\nTORCH_CUDA_VERSION = ""\nCUDA_ARCHS = ""\n' \
-  "$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml")" "$TORCH_VERSION" > "$PKG/dllm/_build_config.py"
+printf 'VERSION = "%s"\nTORCH_VERSION = "%s"\nTORCH_CUDA_VERSION = "%s"\nCUDA_ARCHS = "%s"\n' \
+  "$(sed -n 's/^version = "\(.*\)"/\1/p' "$SRC/pyproject.toml")" "$TORCH_VERSION" "${CUDA_MAJOR:+$TORCH_CUDA}" "$ARCHS" \
+  > "$PKG/dllm/_build_config.py"
 echo "COMMIT = \"$(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --quiet HEAD || echo -dirty)\"" \
   > "$PKG/dllm/_build_commit.py"
 
@@ -151,7 +198,7 @@ echo "COMMIT = \"$(git -C "$SRC" rev-parse --short HEAD)$(git -C "$SRC" diff --q
 cat > "$ARM/python" <<EOF
 #!/bin/bash
 export PYTHONPATH=$PKG:$SITE QEMU_LD_PREFIX=$SYSROOT
-export LD_LIBRARY_PATH=$PLACEHOLDERS:$SYSROOT/usr/lib/aarch64-linux-gnu:$SYSROOT/lib/aarch64-linux-gnu
+export LD_LIBRARY_PATH=${CUDART:+$CUDART:}$PLACEHOLDERS:$SYSROOT/usr/lib/aarch64-linux-gnu:$SYSROOT/lib/aarch64-linux-gnu
 exec qemu-aarch64-static $SYSROOT/usr/bin/python3.11 "\$@"
 EOF
 chmod +x "$ARM/python"
