@@ -72,7 +72,7 @@ if (( CUDA_BUILD )); then
   NVCC_MAJOR=$("$NVCC" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
   [ "$NVCC_MAJOR" = "$CUDA_MAJOR" ] || { echo "nvcc is CUDA $NVCC_MAJOR, torch's is $TORCH_CUDA" >&2; exit 1; }
   CUDA_INCLUDE=$("$NVCC" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')/include  # its toolkit's
-  NV_INCLUDE=${DLLM_NV_INCLUDE:-$(ls -d "$SRC"/.venv/lib/python3*/site-packages/nvidia/cu$CUDA_MAJOR/include 2>/dev/null | head -1)}
+  NV_INCLUDE=${DLLM_NV_INCLUDE:-$(ls -d "$SRC"/.venv/lib/python3*/site-packages/nvidia/cu"$CUDA_MAJOR"/include 2>/dev/null | head -1)}
   [ -f "$NV_INCLUDE/cublas_v2.h" ] || { echo "DLLM_AARCH64_CUDA=1 needs the cuBLAS headers of an x86 CUDA torch's" \
     "nvidia wheels: make venv, or DLLM_NV_INCLUDE=.../nvidia/cu$CUDA_MAJOR/include" >&2; exit 1; }
   CUDART=$ARM/cudart/nvidia/cu$CUDA_MAJOR/lib
