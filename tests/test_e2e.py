@@ -578,6 +578,19 @@ def test_timed_training_takes_a_learning_rate_by_size(tmp_path, monkeypatch, siz
     assert (calls[0]["hidden"], calls[0]["layers"], calls[0]["heads"]) == (None, None, None)  # the size's own
 
 
+def test_an_unfinished_run_that_cannot_continue_points_to_retrain(tmp_path, monkeypatch):
+    from dllm.training import timed
+    from dllm.training.checkpoint import CheckpointError
+
+    def damaged(**kw):
+        raise CheckpointError("checksum mismatch")
+
+    monkeypatch.setattr(timed, "train", damaged)
+    with pytest.raises(CheckpointError, match=re.escape(f"the unfinished run in {tmp_path / 'mdlm'} cannot continue "
+                                                        "(checksum mismatch); --retrain starts it over")):
+        timed.train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160)
+
+
 def test_a_kept_model_of_another_budget_is_reused_and_says_so(tmp_path, capsys):
     from dllm.training.timed import train_for_minutes
 

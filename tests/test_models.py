@@ -43,6 +43,9 @@ def test_save_and_from_pretrained_round_trip(tmp_path, arch, extra):
     wrong = LLaDAModel if arch != "llada" else DiffusionTransformer
     with pytest.raises(TypeError, match=f"not a {wrong.__name__}"):
         wrong.from_pretrained(tmp_path / arch)
+    (tmp_path / arch / "model.safetensors").unlink()  # a copy that left the weights behind
+    with pytest.raises(FileNotFoundError, match="no model.safetensors in"):
+        from_pretrained(tmp_path / arch)
 
 
 def test_from_pretrained_gives_an_eval_model_in_the_saved_dtype(tmp_path):

@@ -255,7 +255,11 @@ def test_get_noise_reads_back_a_schedules_config(noise):
                                         (lambda: dllm.sedd.Uniform(1), "vocab_size must be at least 2"),
                                         (lambda: dllm.sedd.get_noise(""), "unknown noise schedule ''"),
                                         # a misspelt graph would otherwise train as the uniform graph
-                                        (lambda: SEDD(ByteTokenizer(), graph="absorbing"), "unknown graph")])
+                                        (lambda: SEDD(ByteTokenizer(), graph="absorbing"), "unknown graph"),
+                                        # a user's tokenizer.json that already holds the mask token elsewhere
+                                        (lambda: SEDD(SimpleNamespace(mask_id=3, eos_id=0, vocab_size=10)),
+                                         "SEDD needs the mask as the last vocabulary entry; this tokenizer has it "
+                                         "at 3 of 10")])
 def test_schedules_and_graphs_check_their_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
