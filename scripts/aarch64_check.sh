@@ -78,6 +78,7 @@ if (( CUDA_BUILD )); then
   CUDART=$ARM/cudart/nvidia/cu$CUDA_MAJOR/lib
   if [ ! -f "$CUDART/libcudart.so.$CUDA_MAJOR" ]; then  # the version torch's own requirement names
     toolkit=$(sed -n 's/^Requires-Dist: cuda-toolkit\[.*\]==\([0-9.]*\).*/\1/p' "$SITE"/torch-*.dist-info/METADATA)
+    [ -n "$toolkit" ] || { echo "DLLM_AARCH64_CUDA=1: $TORCH_SPEC names no cuda-toolkit version to take libcudart from" >&2; exit 1; }
     python3 -m pip download -q "${PLATFORM[@]}" -d "$ARM/cuda-wheels" "cuda-toolkit[cudart]==$toolkit"
     python3 -m zipfile -e "$ARM"/cuda-wheels/nvidia_cuda_runtime-*.whl "$ARM/cudart"
   fi
@@ -160,9 +161,9 @@ for f in "$SRC"/csrc/kernels/*.cpp; do
     -c "$f" -o "$OBJ/kernel_$b.o" & pids+=($!)
 done
 finish
-CUDA_DEFS=(-DDLLM_WITH_CUDA=0 -DDLLM_WITH_WGMMA=0) CUDA_LIBS=() ARCHS=
+BINDING_FLAGS=(-DDLLM_WITH_CUDA=0 -DDLLM_WITH_WGMMA=0) CUDA_LIBS=() ARCHS=
 if (( CUDA_BUILD )); then
-  CUDA_DEFS=(-DDLLM_WITH_CUDA=1 -DDLLM_WITH_WGMMA=1 -I"$NV_INCLUDE" -isystem "$CUDA_INCLUDE")
+  BINDING_FLAGS=(-DDLLM_WITH_CUDA=1 -DDLLM_WITH_WGMMA=1 -I"$NV_INCLUDE" -isystem "$CUDA_INCLUDE")
   CUDA_LIBS=(-ltorch_cuda -lc10_cuda "$CUDART/libcudart.so.$CUDA_MAJOR") ARCHS=90
   for f in "$SRC"/csrc/kernels/*.cu; do  # one nvcc a core
     arch=90; [[ $f == *_wgmma.cu ]] && arch=90a
@@ -175,7 +176,7 @@ if (( CUDA_BUILD )); then
 fi
 for f in "$SRC"/csrc/torch/*.cpp; do
   b=$(basename "$f"); [[ $b == *_cuda.cpp ]] && (( ! CUDA_BUILD )) && continue
-  $CXX "${CUDA_DEFS[@]}" -D_GLIBCXX_USE_CXX11_ABI=1 -I"$SRC/csrc/include" \
+  $CXX "${BINDING_FLAGS[@]}" -D_GLIBCXX_USE_CXX11_ABI=1 -I"$SRC/csrc/include" \
     -isystem "$SYSROOT/usr/include/python3.11" -isystem "$SYSROOT/usr/include" -isystem "$T/include" \
     -isystem "$T/include/torch/csrc/api/include" -isystem "$SITE/pybind11/include" -O2 -DNDEBUG -std=gnu++20 -fPIC -fopenmp \
     -c "$f" -o "$OBJ/binding_$b.o"
