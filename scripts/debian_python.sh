@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # A CPython this machine lacks (3.14, 3.15, ...), from Debian unstable's x86_64 packages, unpacked into
-# a folder and run there, so that `make test PYTHON=...` can check dllm under a new Python:
-#
-#   bash scripts/debian_python.sh 3.15 /tmp/py315      # prints the interpreter's path
-#   make clean && make test PYTHON=/tmp/py315/root/usr/bin/python3.15 TORCH_SPEC=torch==2.15.0
+# a folder and run there, so that `make test PYTHON=...` can check dllm under a new Python (the
+# commands: docs/testing.md, "Versions"). It prints the interpreter's path.
 #
 # Nothing is installed system-wide. The interpreter runs on unstable's own glibc and libraries (its
 # ELF interpreter and RPATH point into the folder, so the processes it starts, pytest's workers
