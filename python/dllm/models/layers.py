@@ -38,10 +38,11 @@ class ModulatedLayerNorm(nn.Module):
             return ops.adaln(x, self.weight, shift, scale, eps=self.eps)
         acc = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            # layer_norm computes bfloat16 / float16 inputs in float32 and rounds once
-            y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps)
+            # in acc throughout, rounded once at the end as dllm.ops.adaln: layer_norm of a bfloat16
+            # x would round its output to bfloat16 before the multiply-add rounds again
+            y = F.layer_norm(x.to(acc), (x.shape[-1],), None, None, self.eps)
             w = self.weight.to(acc) * (1 + scale.to(acc))
-            return torch.addcmul(shift[:, None].to(x.dtype), y, w[:, None].to(x.dtype))
+            return torch.addcmul(shift[:, None].to(acc), y, w[:, None]).to(x.dtype)
 
     def residual(self, x, gate, update, shift, scale):
         """The gated residual ``x + gate * update`` (gate ``[B, dim]``), then this norm of it:

@@ -218,7 +218,9 @@ def fast_dllm(loop: StepLoop, x, *, mask_id, start, block_length, threshold, cac
     """Fast-dLLM's parallel decoding (Wu et al. 2025, `get_transfer_index` in threshold mode):
     blocks left to right (the last one may be shorter); every step commits each masked position
     of the block whose proposal has probability >= threshold, and at least the most confident
-    one, until the block is done. The number of steps adapts to the model's confidence.
+    one, until the block is done. The number of steps adapts to the model's confidence. The
+    confidences are float32: a probability within 2^-25 of 1 reads as 1, so threshold 1.0 commits
+    those too, where Fast-dLLM's float64 ones commit a token a step unless one is exactly 1.
 
     cache (Fast-dLLM's `generate_with_prefix_cache` / `generate_with_dual_cache`): the block's
     first step runs the whole canvas and refreshes every layer's keys and values; the block's
