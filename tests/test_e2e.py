@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import shutil
 import statistics
 from fractions import Fraction
 from pathlib import Path
@@ -475,10 +476,26 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     assert f"Held-out text: the validation split of {corpus}." in report
     assert "Models: the `64x2, 4 heads` MDLM (DiT, bidirectional) and the autoregressive transformer on the same " \
         "backbone" in report
-    # a --data given with both folders is the corpus the held-out split comes from
-    ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data="elsewhere",
+    # what the two runs did not share is said, not "same batch" (the given one trained at batch 8 on 64 tokens)
+    assert "same data, windows of at least 48 tokens; not shared (diffusion and autoregressive): batch_size 8 and 16, " \
+        "max_seq_len 64 and 48," in report
+    # a --data given with both folders is the corpus the held-out split comes from: the models' own, copied elsewhere
+    copy = shutil.copytree(corpus, tmp_path / "copy")
+    ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data=str(copy),
                             model_dir=str(given), ar_dir=str(tmp_path / "models" / "ar" / "model"))
-    assert e2e._load_models(ns, "cpu").data == "elsewhere"
+    assert e2e._load_models(ns, "cpu").data == str(copy)
+    # and no other: its held-out text may be text they trained on
+    (copy / "extra.py").write_text("def other():\n    return 1\n" * 50)
+    with pytest.raises(ValueError, match="was trained on another corpus or split than .*copy at --val-fraction 0.2"):
+        e2e._load_models(ns, "cpu")
+    # nor is a baseline trained beside the given model on another corpus than the one it trained on
+    ns_train = argparse.Namespace(gen_lengths=[16], train_dir=str(tmp_path / "other-models"), out_dir=str(tmp_path),
+                                  data=str(copy), model_dir=str(given), ar_dir=None, minutes=0.02, size="tiny",
+                                  retrain=False, seed=0, train_steps=2)
+    with pytest.raises(ValueError, match="was trained on another corpus"):
+        e2e._model_dirs(ns_train, "cpu")
+    assert not (tmp_path / "other-models").exists()
+    ns.data = str(corpus)
     # given models that held out different splits: each one's held-out text holds some the other trained on
     record = tmp_path / "models" / "ar" / "run_config.json"
     run = json.loads(record.read_text())

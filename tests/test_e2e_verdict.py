@@ -179,6 +179,22 @@ def test_a_faster_median_inside_the_baselines_spread_is_timing_noise():
     assert "| 64 | 1 | 1,000 | mdlm, 16 steps | 1,030 | 1.03x (noise) |" in text and "It is not faster" not in text
 
 
+def test_a_clear_win_is_preferred_to_a_faster_median_inside_the_noise():
+    """The fastest median of equal quality may have a slow tail; a slightly slower point clear of the
+    baseline's spread is the win the verdict reports, not 'within timing noise'."""
+    res = results_with_spread([("kv-cache", None, 1, 1000.0, (20.0, 21.0)), ("mdlm", "1/8", 1, 1820.0, (10.0, 30.0)),
+                               ("mdlm", "1/4", 1, 1670.0, (12.0, 12.5))])
+    (v,) = verdicts(res)
+    assert v["best_equal_quality"]["tokens_per_s"] == 1670.0 and v["best_equal_quality"]["clear_of_noise"]
+    text = "\n".join(summary([v]))
+    assert "faster at 1 of 1 (length, batch) points: L 64 B 1; by up to 1.67x" in text and "noise" not in text
+    # with no clear win, the fastest median of equal quality stands, marked as noise
+    res["throughput"][2]["spread_ms"] = (12.0, 25.0)
+    (v,) = verdicts(res)
+    assert v["best_equal_quality"]["tokens_per_s"] == 1820.0 and not v["best_equal_quality"]["clear_of_noise"]
+    assert "within timing noise" in "\n".join(summary([v]))
+
+
 def test_a_point_with_more_tokens_than_the_baseline_is_taken_at_the_baselines_count():
     """Either side may hold the smaller count: a diffusion point whose samples run longer than the
     baseline's is cut to the baseline's token count, not the other way round."""

@@ -101,6 +101,7 @@ class Models:
     data: str | None
     val_fraction: float
     sizes: dict                  # each model's size_label
+    differences: tuple[str, ...] = ()  # what else the two runs did not share (batch, window, model settings)
 
 
 def _check(ns) -> list[Fraction]:
@@ -132,9 +133,37 @@ def _check(ns) -> list[Fraction]:
     return sorted(set(fracs), reverse=True)
 
 
-def _training_config(model_dir: Path) -> dict:
+def _run_record(model_dir: Path) -> dict:
     run_config = model_dir.parent / "run_config.json"
-    return json.loads(run_config.read_text())["train"] if run_config.is_file() else {}
+    return json.loads(run_config.read_text()) if run_config.is_file() else {}
+
+
+def _training_config(model_dir: Path) -> dict:
+    return _run_record(model_dir).get("train", {})
+
+
+def _check_corpus(model_dir: Path, data: str | None, val_fraction: float) -> None:
+    """Refuses a model whose run record names another corpus or split than the held-out text's: that
+    text may then be text it trained on, and the two models would not share their data."""
+    recorded = _run_record(model_dir).get("corpus_hash")
+    if recorded is not None and recorded != load_corpus(data, val_fraction=val_fraction).hash:
+        raise ValueError(f"{model_dir} was trained on another corpus or split than {data or 'the standard library'} "
+                         f"at --val-fraction {val_fraction} (corpus hash {recorded[:12]}): both models must train on "
+                         "the data whose validation split scores them; leave out --data to take that model's own")
+
+
+# model settings that differ between the two by design
+_ARCH_KEYS = {"arch", "time_conditioning"}
+
+
+def _differences(dirs: dict) -> tuple[str, ...]:
+    """Batch, window (max_seq_len) and model settings in which the two runs differ (each side's value)."""
+    train = {k: _training_config(d) for k, d in dirs.items()}
+    model = {k: read_config(d)["model"] for k, d in dirs.items()}
+    pairs = [(key, train["mdlm"].get(key), train["ar"].get(key)) for key in ("batch_size", "grad_accum")]
+    pairs += [(key, model["mdlm"].get(key), model["ar"].get(key))
+              for key in sorted((set(model["mdlm"]) | set(model["ar"])) - _ARCH_KEYS - set(SHAPE_KEYS))]
+    return tuple(f"{key} {a} and {b}" for key, a, b in pairs if a != b and a is not None and b is not None)
 
 
 def _model_dirs(ns, device: str) -> dict:
@@ -151,6 +180,8 @@ def _model_dirs(ns, device: str) -> dict:
         data = ns.data if ns.data is not None else _training_config(given).get("data")
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
         val_fraction = _training_config(given).get("val_fraction", val_fraction)
+        if ns.data is not None:  # before training the other model on it
+            _check_corpus(given, data, val_fraction)
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
         if path:
@@ -201,9 +232,11 @@ def _load_models(ns, device: str) -> Models:
                          "window or pass shorter --gen-lengths")
     cfg = _training_config(dirs["mdlm"])
     # the held-out split: of the corpus asked for, else of the one the diffusion model trained on
-    return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows),
-                  ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05),
-                  {k: size_label(c) for k, c in configs.items()})
+    data, val_fraction = ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05)
+    for d in dirs.values():
+        _check_corpus(d, data, val_fraction)
+    return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows), data, val_fraction,
+                  {k: size_label(c) for k, c in configs.items()}, _differences(dirs))
 
 
 def _val_windows(models: Models, count: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
@@ -594,7 +627,7 @@ def run(ns: argparse.Namespace) -> dict:
     reference = {str(length): held_out_quality(val_files, models.tok, length, ns.samples) for length in ns.gen_lengths}
     meta = {"command": command_line(), "card": card(device), "torch": torch.__version__, "commit": git_commit(),
             "date": utc_now(), "device": device, "seq_len": models.seq_len, "prompt_tokens": PROMPT_TOKENS,
-            "sizes": models.sizes,
+            "sizes": models.sizes, "differences": models.differences,
             "model_dirs": models.dirs, "budgets": {k: _budget(Path(d)) for k, d in models.dirs.items()},
             "data": models.data,
             "train_steps": {k: _trained_steps(Path(d)) for k, d in models.dirs.items()},

@@ -11,7 +11,9 @@ from .common import null_for_nan
 from .e2e_verdict import ENTROPY_SLACK_BITS, entropy_shortfall, summary
 
 COLORS = {"mdlm": "tab:blue", "llada": "tab:orange", "fast-dllm": "tab:green", "kv-cache": "black"}
-SAMPLE_METRICS = (("nll", "val NLL, nats/token (lower: better)"), ("parse_prefix", "parseable prefix"),
+# the diffusion NLL is a bound and the baseline's exact, which a plot shared on its own must say
+NLL_IS = "\n(AR exact, diffusion: upper bound)"
+SAMPLE_METRICS = (("nll", "val NLL, nats/token (lower: better)" + NLL_IS), ("parse_prefix", "parseable prefix"),
                   ("parse_rate", "parse rate"), ("entropy", "sample token entropy, bits"))
 INFILL_METRICS = (("infill_parse", "infill parse rate"), ("infill_exact", "infill exact match"),
                   ("infill_entropy", "infill token entropy, bits"))
@@ -102,6 +104,15 @@ def _models_and_sizes(m: dict) -> str:
             "(not the same size)")
 
 
+def _shared_settings(m: dict) -> str:
+    """What both runs shared (results of before 2026-12-07 were trained together and do not say)."""
+    differences = m.get("differences") or []
+    if not differences:
+        return f"same data and batch, {m['seq_len']}-token windows"
+    return (f"same data, windows of at least {m['seq_len']} tokens; not shared (diffusion and autoregressive): "
+            + ", ".join(differences))
+
+
 def markdown(results: dict) -> str:
     m = results["meta"]
     k = m["kernels"]
@@ -125,7 +136,7 @@ def markdown(results: dict) -> str:
          else ".") +
         (f" This call went on from an earlier one, cut short: {m['resumed']['quality_points']} quality points and "
          f"{m['resumed']['throughput_rows']} throughput rows are that call's." if m.get("resumed") else ""), "",
-        f"Models: {_models_and_sizes(m)}, same data and batch, {m['seq_len']}-token windows, {trained}. "
+        f"Models: {_models_and_sizes(m)}, {_shared_settings(m)}, {trained}. "
         f"Folders: {m['model_dirs']}. "
         f"Held-out text: the validation split of {m['data'] or 'the standard library'}.", "",
         "Kernels (each side's best in this build):", "",
@@ -332,7 +343,7 @@ def frontier_figure(results: dict):
     plt = _plt()
     grid = results["meta"]["grid"]
     combos = [(length, batch) for length in grid["gen_lengths"] for batch in grid["batch_sizes"]]
-    metrics = (("nll", "val NLL, nats/token", False), ("parse_prefix", "parseable prefix", True))
+    metrics = (("nll", "val NLL, nats/token" + NLL_IS, False), ("parse_prefix", "parseable prefix", True))
     # keyed by fraction, as the verdicts are: two fractions may round to one step count
     quality = {(r["sampler"], r["gen_length"], r["fraction"]): r for r in results["quality"]}
     fig, axes = plt.subplots(len(metrics), len(combos), figsize=(4.2 * len(combos), 3.4 * len(metrics)), squeeze=False)
