@@ -142,14 +142,18 @@ def _training_config(model_dir: Path) -> dict:
     return _run_record(model_dir).get("train", {})
 
 
-def _check_corpus(model_dir: Path, data: str | None, val_fraction: float) -> None:
+def _check_corpus(model_dirs, data: str | None, val_fraction: float) -> None:
     """Refuses a model whose run record names another corpus or split than the held-out text's: that
     text may then be text it trained on, and the two models would not share their data."""
-    recorded = _run_record(model_dir).get("corpus_hash")
-    if recorded is not None and recorded != load_corpus(data, val_fraction=val_fraction).hash:
-        raise ValueError(f"{model_dir} was trained on another corpus or split than {data or 'the standard library'} "
-                         f"at --val-fraction {val_fraction} (corpus hash {recorded[:12]}): both models must train on "
-                         "the data whose validation split scores them; leave out --data to take that model's own")
+    recorded = {d: _run_record(d).get("corpus_hash") for d in model_dirs}
+    if not any(recorded.values()):
+        return
+    held_out = load_corpus(data, val_fraction=val_fraction).hash
+    for d, h in recorded.items():
+        if h is not None and h != held_out:
+            raise ValueError(f"{d} was trained on another corpus or split than {data or 'the standard library'} at "
+                             f"--val-fraction {val_fraction} (corpus hash {h[:12]}): both models must train on the "
+                             "data whose validation split scores them; leave out --data to take that model's own")
 
 
 # model settings that differ between the two by design
@@ -181,7 +185,7 @@ def _model_dirs(ns, device: str) -> dict:
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
         val_fraction = _training_config(given).get("val_fraction", val_fraction)
         if ns.data is not None:  # before training the other model on it
-            _check_corpus(given, data, val_fraction)
+            _check_corpus([given], data, val_fraction)
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
         if path:
@@ -233,8 +237,7 @@ def _load_models(ns, device: str) -> Models:
     cfg = _training_config(dirs["mdlm"])
     # the held-out split: of the corpus asked for, else of the one the diffusion model trained on
     data, val_fraction = ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05)
-    for d in dirs.values():
-        _check_corpus(d, data, val_fraction)
+    _check_corpus(dirs.values(), data, val_fraction)
     return Models(diffusion, ar, tok, {k: str(v) for k, v in dirs.items()}, min(windows), data, val_fraction,
                   {k: size_label(c) for k, c in configs.items()}, _differences(dirs))
 
