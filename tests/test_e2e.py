@@ -122,6 +122,8 @@ def test_sample_entropy_pools_the_samples_cut_at_end_of_text():
     assert q["parse_rate"] == pytest.approx(2 / 3) and q["blank_rate"] == pytest.approx(1 / 3)
     assert q["entropy"] == pytest.approx(unigram_entropy(code + code))
     assert q["token_counts"] == [4, 2, 2, 2, 2]  # "x = 1\n" twice: the spaces, then x, =, 1 and the newline
+    # tokens written: 6, 0 and 6 before each first end-of-text; the standard error of those three
+    assert q["written"] == pytest.approx(4.0) and q["written_se"] == pytest.approx(statistics.stdev([6, 0, 6]) / 3 ** 0.5)
     # a point whose samples all end at once wrote no tokens: no diversity, 0 bits (not NaN, which no rule catches)
     rows = [[eos] + list(range(100, 115))] * 3
     assert _sample_quality(Runner(), "ar", None, 16, 16, samples=3, chunk=3)["entropy"] == 0.0
@@ -1411,12 +1413,15 @@ def test_the_report_states_its_lengths_counts_and_loads():
             "kernels": {"precision": "p", "diffusion": "d", "ar": "a"}, "temperature": 1.0, "samples": 13,
             "infill_tasks": 7, "reps": 1, "fast_dllm": {"block_length": 32, "threshold": 0.9}, "nll_windows": 2,
             "continuous_bound": 1.0, "grid": {"gen_lengths": [16, 32, 64]},
-            "reference": {str(n): {"samples": 5, "parse_rate": 0.1, "blank_rate": 0.2, "parse_prefix": p, "entropy": 4.0}
-                          for n, p in ((16, 0.25), (32, 0.5), (64, 0.75))}}
+            "reference": {str(n): {"samples": 5, "parse_rate": 0.1, "blank_rate": 0.2, "parse_prefix": p, "entropy": 4.0,
+                                   "written": 0.9 * n} for n, p in ((16, 0.25), (32, 0.5), (64, 0.75))}}
+    del meta["reference"]["64"]["written"]  # results of before 2026-12-07
     text = markdown({"meta": meta, "quality": [], "throughput": [], "verdict": []})
     for length, data in meta["reference"].items():
         table = text.split(f"### Quality, {length} generated tokens\n")[1].split("###")[0]
-        assert f"| held-out text | first {length} tokens of 5 files | - | - | - | - | 0.10 | 0.20 | {data['parse_prefix']:.2f} | 4.00 |" in table
+        written = f"{data['written']:.1f}" if "written" in data else "-"
+        assert (f"| held-out text | first {length} tokens of 5 files | - | - | - | - | 0.10 | 0.20 | "
+                f"{data['parse_prefix']:.2f} | {written} | 4.00 |") in table
     assert "13 samples per quality point, 7 infilled functions" in text
     assert "at the start and the end of the sweep: 0.3 and 2.7 on 8 cores, 4 used by this run." in text
 

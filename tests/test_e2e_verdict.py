@@ -57,6 +57,17 @@ def test_prefix_shortfall_uses_both_standard_errors():
     assert quality_shortfalls(quality(prefix=0.49, prefix_se=0.04), ar) == ["parseable prefix 0.49 < 0.60"]
 
 
+def test_writing_less_before_end_of_text_is_a_shortfall():
+    """Tokens/s counts every generated token; a point that ends its samples early writes fewer that any
+    metric judges. Two standard errors of the difference, as for the parseable prefix."""
+    ar = {**quality(), "written": 240.0, "written_se": 4.0}
+    # hypot(4, 3) = 5: 10 tokens fewer is within two errors, 11 is not
+    assert quality_shortfalls({**quality(), "written": 230.0, "written_se": 3.0}, ar) == []
+    assert quality_shortfalls({**quality(), "written": 229.0, "written_se": 3.0}, ar) == ["tokens written 229 < 240"]
+    assert quality_shortfalls({**quality(), "written": 256.0, "written_se": 0.0}, ar) == []  # more is never short
+    assert quality_shortfalls(quality(), ar) == []  # results of before 2026-12-07 hold no count
+
+
 def test_entropy_collapse_is_not_equal_quality():
     ar = quality(entropy=4.4)
     assert quality_shortfalls(quality(entropy=4.4 - ENTROPY_SLACK_BITS + 1e-6), ar) == []

@@ -7,6 +7,9 @@ Definitions (the e2e report quotes them):
   ``ast.parse`` accepts with at least one statement, averaged over samples (a sample cut off
   mid-statement still earns credit for the complete code before the cut; a blank one earns none);
 - blank rate: the fraction of samples with no statement at all (empty, whitespace, comments);
+- tokens written: per sample, the tokens before its first end-of-text (all of them if it has none),
+  averaged over samples: the text every other metric judges, of the generation length that tokens/s
+  counts whole;
 - token entropy: the Shannon entropy, in bits, of the empirical unigram distribution of the generated
   tokens before each sample's first end-of-text, pooled over a point's samples (0 if there are none).
   A sampler that lowers it (greedy, over-confident parallel commits) can raise parse rates by

@@ -371,14 +371,16 @@ class Runner:
 
 def _judged(rows: list[list[int]], tok) -> dict:
     """The sample metrics of token rows, each judged up to its first end-of-text."""
-    tokens, texts = [], []
+    tokens, texts, written = [], [], []
     for row in rows:
         row = cut_at(row, tok.eos_id)  # the text and its tokens alike: what follows is another file
         tokens.extend(row)
         texts.append(tok.decode(row))
+        written.append(float(len(row)))
     prefixes = [parseable_prefix(t) for t in texts]
     return {"samples": len(texts), "parse_rate": parse_rate(texts), "parse_prefix": statistics.mean(prefixes),
             "parse_prefix_se": standard_error(torch.tensor(prefixes, dtype=torch.float64)),
+            "written": statistics.mean(written), "written_se": standard_error(torch.tensor(written, dtype=torch.float64)),
             # no token before any end-of-text: no diversity, 0 bits (unigram_entropy's NaN would pass every rule)
             "blank_rate": blank_rate(texts), "entropy": unigram_entropy(tokens) if tokens else 0.0,
             "token_counts": sorted(Counter(tokens).values(), reverse=True),  # the verdict's equal-count entropy

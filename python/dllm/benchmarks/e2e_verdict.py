@@ -8,6 +8,10 @@ noise of a few dozen samples:
   difference (Agresti-Caffo: one success and one failure added to each side, for the difference and
   for its error alike, so that rates of 0 or 1 still carry an error);
 - parseable prefix: the same, with the standard errors of the per-sample values;
+- tokens written (before the first end-of-text): the same. Tokens/s counts every generated token,
+  and the other metrics judge the text before the end-of-text alone, so a point that parses as well
+  while writing less text would otherwise be credited for tokens nobody reads (results written
+  before 2026-12-07 do not hold it);
 - token entropy: at least the baseline's minus ``ENTROPY_SLACK_BITS``. A sampler that repeats safe
   tokens (whitespace, a greedy loop) raises parse rates while its entropy collapses, so a point below
   this is not of equal quality whatever it parses. Both are taken at the smaller one's token count
@@ -52,6 +56,10 @@ def quality_shortfalls(point: dict, ar: dict) -> list[str]:
     gap = ar["parse_prefix"] - point["parse_prefix"]
     if gap > Z * math.hypot(ar["parse_prefix_se"], point["parse_prefix_se"]):
         out.append(f"parseable prefix {point['parse_prefix']:.2f} < {ar['parse_prefix']:.2f}")
+    if "written" in point and "written" in ar:
+        gap = ar["written"] - point["written"]
+        if gap > Z * math.hypot(ar["written_se"], point["written_se"]):
+            out.append(f"tokens written {point['written']:.0f} < {ar['written']:.0f}")
     collapsed = entropy_shortfall(point, ar)
     return out + ([collapsed] if collapsed else [])
 
