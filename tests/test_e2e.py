@@ -814,6 +814,20 @@ def test_the_models_window_holds_the_prompt_and_the_infill_context(monkeypatch, 
                 e2e._load_models(ns, "cpu")
 
 
+def test_the_report_names_the_settings_the_two_runs_did_not_share(monkeypatch):
+    """kv_heads None (as many as heads) against 2 is grouped-query attention on one side only: said, not
+    dropped as unknown; a folder without a run record says nothing of its batch."""
+    model = {"arch": "dit", "hidden": 64, "layers": 2, "heads": 4, "kv_heads": None, "max_seq_len": 64}
+    configs = {"m": model, "a": {**model, "arch": "ar", "kv_heads": 2, "max_seq_len": 48}}
+    records = {"m": {"batch_size": 8, "grad_accum": 1}, "a": {"batch_size": 16, "grad_accum": 1}}
+    monkeypatch.setattr(e2e, "read_config", lambda d: {"model": configs[d.name]})
+    monkeypatch.setattr(e2e, "_training_config", lambda d: records[d.name])
+    dirs = {"mdlm": Path("m"), "ar": Path("a")}
+    assert e2e._differences(dirs) == ("batch_size 8 and 16", "kv_heads None and 2", "max_seq_len 64 and 48")
+    records["a"] = {}
+    assert e2e._differences(dirs) == ("kv_heads None and 2", "max_seq_len 64 and 48")
+
+
 def test_the_report_names_each_models_size():
     """A model of a named size's hidden width, blocks and heads is that size (a baseline trained beside it takes
     the name, with its learning rate); any other is named by those three, which a baseline trained beside it

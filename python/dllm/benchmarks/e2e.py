@@ -164,10 +164,13 @@ def _differences(dirs: dict) -> tuple[str, ...]:
     """Batch, window (max_seq_len) and model settings in which the two runs differ (each side's value)."""
     train = {k: _training_config(d) for k, d in dirs.items()}
     model = {k: read_config(d)["model"] for k, d in dirs.items()}
-    pairs = [(key, train["mdlm"].get(key), train["ar"].get(key)) for key in ("batch_size", "grad_accum")]
-    pairs += [(key, model["mdlm"].get(key), model["ar"].get(key))
-              for key in sorted((set(model["mdlm"]) | set(model["ar"])) - _ARCH_KEYS - set(SHAPE_KEYS))]
-    return tuple(f"{key} {a} and {b}" for key, a, b in pairs if a != b and a is not None and b is not None)
+    pairs = []
+    if train["mdlm"] and train["ar"]:  # a folder without a run record says nothing of its batch
+        pairs += [(key, train["mdlm"].get(key), train["ar"].get(key)) for key in ("batch_size", "grad_accum")]
+    # None is a setting too (kv_heads None: as many as heads), unlike a key one architecture lacks
+    pairs += [(key, model["mdlm"][key], model["ar"][key])
+              for key in sorted((set(model["mdlm"]) & set(model["ar"])) - _ARCH_KEYS - set(SHAPE_KEYS))]
+    return tuple(f"{key} {a} and {b}" for key, a, b in pairs if a != b)
 
 
 def _model_dirs(ns, device: str) -> dict:
