@@ -460,11 +460,15 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     monkeypatch.setenv("DLLM_CACHE", str(tmp_path / "cache"))
     train(**tiny(tmp_path / "mdlm", corpus, tokenizer="bpe", bpe_vocab_size=300, steps=2, seq_len=64))
     given = tmp_path / "mdlm" / "run" / "model"
-    main(["bench", "e2e", "--size", "tiny", "--minutes", "0.02", "--train-steps", "2", "--gen-lengths", "16",
+    main(["bench", "e2e", "--size", "tiny", "--minutes", "0.02", "--gen-lengths", "16",
           "--batch-sizes", "1", "--step-fractions", "1", "--samplers", "mdlm", "--samples", "1", "--reps", "1",
           "--nll-windows", "1", "--device", "cpu", "--threads", "1", "--model-dir", str(given),
           "--out-dir", str(tmp_path / "report"), "--train-dir", str(tmp_path / "models")])
     baseline = json.loads((tmp_path / "models" / "ar" / "run_config.json").read_text())["train"]
+    # the given one's optimisation (batch 8, lr 3e-3, cosine after 2 warm-up steps, EMA 0.9999), window and,
+    # without --train-steps, its 2 steps: not the timed runs' batch 16, constant 1e-3 and 20000 steps
+    assert (baseline["batch_size"], baseline["lr"], baseline["schedule"], baseline["warmup"], baseline["ema"],
+            baseline["seq_len"], baseline["steps"]) == (8, 3e-3, "cosine", 2, 0.9999, 64, 2)
     assert baseline["tokenizer"] == str(given / "tokenizer.json") and baseline["data"] == str(corpus)
     # and the given one's held-out split (tiny's 0.2, not the default 0.05): it trains on none of the text scored
     assert baseline["val_fraction"] == 0.2
@@ -474,13 +478,12 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     assert (ar_model["arch"], ar_model["hidden"], ar_model["layers"], ar_model["heads"]) == ("ar", 64, 2, 4)
     # the report gives each model's own budget (the given one's from its run record) and the held-out corpus
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "diffusion trained 2 steps, autoregressive trained 0.02 minutes or 2 steps (optimizer steps" in report
+    assert "diffusion trained 2 steps, autoregressive trained 0.02 minutes or 2 steps (optimizer steps: diffusion 2, " \
+        "autoregressive 2)" in report
     assert f"Held-out text: the validation split of {corpus}." in report
     assert "Models: the `64x2, 4 heads` MDLM (DiT, bidirectional) and the autoregressive transformer on the same " \
         "backbone" in report
-    # what the two runs did not share is said, not "same batch" (the given one trained at batch 8 on 64 tokens)
-    assert "same data, windows of at least 48 tokens; not shared (diffusion and autoregressive): batch_size 8 and 16, " \
-        "max_seq_len 64 and 48," in report
+    assert "same data, batch and optimisation, 64-token windows" in report
     # a --data given with both folders is the corpus the held-out split comes from: the models' own, copied elsewhere
     copy = shutil.copytree(corpus, tmp_path / "copy")
     ns = argparse.Namespace(gen_lengths=[16], train_dir=None, out_dir=str(tmp_path / "report"), data=str(copy),
@@ -493,7 +496,7 @@ def test_bench_e2e_trains_the_missing_baseline_on_the_given_models_data(tmp_path
     # nor is a baseline trained beside the given model on another corpus than the one it trained on
     ns_train = argparse.Namespace(gen_lengths=[16], train_dir=str(tmp_path / "other-models"), out_dir=str(tmp_path),
                                   data=str(copy), model_dir=str(given), ar_dir=None, minutes=0.02, size="tiny",
-                                  retrain=False, seed=0, train_steps=2)
+                                  retrain=False, seed=0, train_steps=None)
     with pytest.raises(ValueError, match="was trained on another corpus"):
         e2e._model_dirs(ns_train, "cpu")
     assert not (tmp_path / "other-models").exists()
@@ -567,7 +570,7 @@ def test_bench_e2e_refuses_more_points_in_turns_than_a_model_keeps_graphs(tmp_pa
     assert "diffusion points" not in capsys.readouterr().err
 
 
-def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
+def test_a_kept_model_of_another_size_corpus_seed_or_recipe_is_refused(tmp_path):
     """`dllm bench e2e --seed 1` trains with seed 1: a folder trained with seed 0 is not its model."""
     from dllm.training.timed import train_for_minutes
 
@@ -578,12 +581,21 @@ def test_a_kept_model_of_another_size_corpus_or_seed_is_refused(tmp_path):
                              (dict(size="tiny", data=None), "--data 'corpus-a', not None")]:
         with pytest.raises(ValueError, match=re.escape(message) + ".*--retrain"):
             train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)
+    # nor one of another optimisation: that of a model given beside it, or the timed runs' own
+    (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "data": None, "batch_size": 16,
+                                                                            "warmup": 100}}))
+    for options, message in [(dict(recipe={"batch_size": 8}), "--batch-size 16, not 8"),
+                             ({}, "--warmup 100, not 50")]:
+        with pytest.raises(ValueError, match=re.escape(message) + ".*--retrain"):
+            train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, **options)
     (tmp_path / "mdlm" / "run_config.json").write_text(json.dumps({"train": {**trained, "data": None}}))
     assert train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=0) == tmp_path / "mdlm" / "model"
     with pytest.raises(ValueError, match=re.escape("--hidden None, not 64") + ".*--retrain"):  # of the size's width
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, shape={"hidden": 64, "layers": 4, "heads": 4})
     with pytest.raises(ValueError, match=re.escape("--seed 0, not 1") + ".*--retrain"):
         train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, seed=1)
+    with pytest.raises(ValueError, match=re.escape("recipe: ['learning_rate'] are not among")):
+        train_for_minutes("mdlm", tmp_path, 1.0, device="cpu", seq_len=160, recipe={"learning_rate": 1e-3})
 
 
 @pytest.mark.parametrize("size, lr", [("tiny", 1e-3), ("small", 3e-4), ("medium", 3e-4)])
@@ -814,6 +826,40 @@ def test_the_models_window_holds_the_prompt_and_the_infill_context(monkeypatch, 
                 e2e._load_models(ns, "cpu")
 
 
+def test_a_baseline_trained_beside_a_given_model_takes_its_recipe_window_and_steps(monkeypatch, tmp_path):
+    """Batch 8 at lr 3e-3 for 40 steps on 96-token windows: the baseline too, not the timed runs' batch 16 at 1e-3
+    for --train-steps' default; one that stops short of those steps is said to."""
+    given = tmp_path / "mdlm" / "model"
+    record = {"batch_size": 8, "grad_accum": 2, "lr": 3e-3, "schedule": "cosine", "warmup": 4, "ema": 0.999,
+              "steps": 50, "data": None, "val_fraction": 0.1, "seed": 0}
+    model = {"arch": "dit", "hidden": 64, "layers": 2, "heads": 4, "max_seq_len": 96}
+    monkeypatch.setattr(e2e, "_training_config", lambda d: record if d == given else {})
+    monkeypatch.setattr(e2e, "read_config", lambda d: {"model": model, "step": 40 if d == given else 12})
+    calls = []
+    monkeypatch.setattr(e2e, "train_for_minutes", lambda objective, train_dir, minutes, **kw: calls.append(kw)
+                        or tmp_path / objective / "model")
+    ns = argparse.Namespace(gen_lengths=[16], train_dir=str(tmp_path), out_dir=str(tmp_path), data=None,
+                            model_dir=str(given), ar_dir=None, minutes=0.5, size="small", retrain=False, seed=0,
+                            train_steps=None)
+    with pytest.warns(UserWarning, match=r"the ar model trained beside .* stopped at step 12 of its 40 \(--minutes "
+                                         r"0.5\): the report compares models of unequal training"):
+        assert e2e._model_dirs(ns, "cpu") == {"mdlm": given, "ar": tmp_path / "ar" / "model"}
+    kw = calls[0]
+    assert (kw["seq_len"], kw["steps"], kw["val_fraction"], kw["size"]) == (96, 40, 0.1, "small")
+    assert kw["recipe"] == {"batch_size": 8, "grad_accum": 2, "lr": 3e-3, "schedule": "cosine", "warmup": 4,
+                            "ema": 0.999}
+    # --train-steps, given, is the budget; a window too short for the generation is refused before training
+    ns.train_steps = 12
+    calls.clear()
+    e2e._model_dirs(ns, "cpu")
+    assert calls[0]["steps"] == 12
+    model["max_seq_len"] = 32
+    calls.clear()
+    with pytest.raises(ValueError, match="the models take 32 tokens; generating 16 after a 17-token prompt needs 33"):
+        e2e._model_dirs(ns, "cpu")
+    assert not calls
+
+
 def test_the_report_names_the_settings_the_two_runs_did_not_share(monkeypatch):
     """kv_heads None (as many as heads) against 2 is grouped-query attention on one side only: said, not
     dropped as unknown; a folder without a run record says nothing of its batch."""
@@ -824,6 +870,11 @@ def test_the_report_names_the_settings_the_two_runs_did_not_share(monkeypatch):
     monkeypatch.setattr(e2e, "_training_config", lambda d: records[d.name])
     dirs = {"mdlm": Path("m"), "ar": Path("a")}
     assert e2e._differences(dirs) == ("batch_size 8 and 16", "kv_heads None and 2", "max_seq_len 64 and 48")
+    # the optimisation, and where both decay by a cosine, the steps that place it (a record's missing key is unknown)
+    records = {"m": {"batch_size": 8, "lr": 3e-3, "schedule": "cosine", "steps": 100, "ema": 0.99},
+               "a": {"batch_size": 8, "lr": 1e-3, "schedule": "cosine", "steps": 40}}
+    assert e2e._differences(dirs) == ("lr 0.003 and 0.001", "cosine schedule's steps 100 and 40", "kv_heads None and 2",
+                                      "max_seq_len 64 and 48")
     records["a"] = {}
     assert e2e._differences(dirs) == ("kv_heads None and 2", "max_seq_len 64 and 48")
 

@@ -1,6 +1,6 @@
 """`dllm bench e2e`: can a diffusion LM outrun the autoregressive baseline of the same size?
 
-Trains (or loads) an MDLM and the causal transformer on the same backbone, data and time budget,
+Trains (or loads) an MDLM and the causal transformer on the same backbone, data, recipe and budget,
 then sweeps batch size x generation length x sampler steps x sampler, measuring throughput
 (tokens/s, latency per call) and, at every point, quality: the validation NLL (a T-step bound for
 diffusion), the parse rate of samples, the parse rate and exact match of infilled held-out function
@@ -36,7 +36,7 @@ from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
 from ..training.config import TrainConfig
 from ..training.evaluation import standard_error
-from ..training.timed import SHAPE_KEYS, train_for_minutes
+from ..training.timed import RECIPE_KEYS, SHAPE_KEYS, train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
 from .common import card, command_line, git_commit, quantile, time_interleaved, utc_now
@@ -52,6 +52,7 @@ BLOCK_LENGTH = 32        # llada and fast-dllm: semi-autoregressive blocks of 32
 FAST_DLLM_THRESHOLD = 0.9
 MIN_BODY = 4             # tokens: the shortest function body worth infilling
 PROMPT_TOKENS = 16       # of a held-out file's end, before the end-of-text that samples follow (file_start_prompts)
+DEFAULT_TRAIN_STEPS = 20000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,9 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ar-dir", default=None, help="a trained autoregressive model folder to reuse")
     p.add_argument("--train-dir", default=None, help="where to train the models (default: OUT_DIR/models); "
                    "models already there are reused unless --retrain")
-    p.add_argument("--train-steps", type=int, default=20000,
+    p.add_argument("--train-steps", type=int, default=None,
                    help="optimizer steps per model, the other cap beside --minutes: equal steps keep the budgets equal "
-                   "on a machine shared with other work (default: 20000)")
+                   f"on a machine shared with other work (default: those of --model-dir / --ar-dir when given, else "
+                   f"{DEFAULT_TRAIN_STEPS})")
     p.add_argument("--retrain", action="store_true", help="train again even if --train-dir has models")
     p.add_argument("--train-only", action="store_true",
                    help="train (or find) both models in --train-dir and stop; a later call with the same flags "
@@ -120,7 +122,8 @@ def _check(ns) -> list[Fraction]:
                          ("--samplers", ns.samplers)):
         if len(set(values)) < len(values):
             raise ValueError(f"{flag} lists a value twice: {' '.join(map(str, values))}")
-    if (ns.model_dir is None or ns.ar_dir is None) and not (0 < ns.minutes < math.inf and ns.train_steps > 0):
+    if (ns.model_dir is None or ns.ar_dir is None) and not (0 < ns.minutes < math.inf and
+                                                            (ns.train_steps is None or ns.train_steps > 0)):
         raise ValueError("--minutes (finite) and --train-steps must be positive when models are trained")
     if not 0 <= ns.temperature < math.inf:
         raise ValueError(f"--temperature must be finite and >= 0, got {ns.temperature}")
@@ -161,12 +164,17 @@ _ARCH_KEYS = {"arch", "time_conditioning"}
 
 
 def _differences(dirs: dict) -> tuple[str, ...]:
-    """Batch, window (max_seq_len) and model settings in which the two runs differ (each side's value)."""
+    """Optimisation (batch, learning rate, ...), window (max_seq_len) and model settings in which the two
+    runs differ (each side's value)."""
     train = {k: _training_config(d) for k, d in dirs.items()}
     model = {k: read_config(d)["model"] for k, d in dirs.items()}
     pairs = []
-    if train["mdlm"] and train["ar"]:  # a folder without a run record says nothing of its batch
-        pairs += [(key, train["mdlm"].get(key), train["ar"].get(key)) for key in ("batch_size", "grad_accum")]
+    if train["mdlm"] and train["ar"]:  # a folder without a run record says nothing of its optimisation
+        # dropout is a model setting too, compared below; a key a record lacks (written before it existed) is unknown
+        pairs += [(key, train["mdlm"][key], train["ar"][key]) for key in RECIPE_KEYS
+                  if key != "dropout" and key in train["mdlm"] and key in train["ar"]]
+        if train["mdlm"].get("schedule") == "cosine" == train["ar"].get("schedule"):  # the steps place its decay
+            pairs.append(("cosine schedule's steps", train["mdlm"].get("steps"), train["ar"].get("steps")))
     # None is a setting too (kv_heads None: as many as heads), unlike a key one architecture lacks
     pairs += [(key, model["mdlm"][key], model["ar"][key])
               for key in sorted((set(model["mdlm"]) & set(model["ar"])) - _ARCH_KEYS - set(SHAPE_KEYS))]
@@ -175,20 +183,33 @@ def _differences(dirs: dict) -> tuple[str, ...]:
 
 def _model_dirs(ns, device: str) -> dict:
     """The two model folders: the ones given, the others trained (or found) in --train-dir."""
+    if ns.model_dir and ns.ar_dir:
+        return {"mdlm": Path(ns.model_dir), "ar": Path(ns.ar_dir)}
     max_gen = max(ns.gen_lengths)
     # Room for the prompt (PROMPT_TOKENS of a file and an end-of-text) and the infill context.
     seq_len = max_gen + max(32, max_gen // 4)
     train_dir = Path(ns.train_dir or Path(ns.out_dir) / "models")
-    # A model trained here beside a given one takes that one's corpus, tokenizer and held-out split: the
-    # same data, and none of the other's held-out text to train on.
-    data, tokenizer, val_fraction = ns.data, "byte", TrainConfig.val_fraction
+    # A model trained here beside a given one takes that one's corpus, tokenizer and held-out split (the
+    # same data, and none of the other's held-out text to train on), its window, its optimisation and,
+    # unless --train-steps says otherwise, its number of steps: the same budget.
+    data, tokenizer, val_fraction, recipe = ns.data, "byte", TrainConfig.val_fraction, None
+    steps = ns.train_steps or DEFAULT_TRAIN_STEPS
     given = Path(ns.model_dir or ns.ar_dir) if ns.model_dir or ns.ar_dir else None
     if given:
-        data = ns.data if ns.data is not None else _training_config(given).get("data")
+        trained = _training_config(given)
+        data = ns.data if ns.data is not None else trained.get("data")
         tokenizer = str(given / "tokenizer.json") if (given / "tokenizer.json").is_file() else "byte"
-        val_fraction = _training_config(given).get("val_fraction", val_fraction)
+        val_fraction = trained.get("val_fraction", val_fraction)
+        seq_len = int(read_config(given)["model"]["max_seq_len"])
+        _check_window(seq_len, max_gen)
+        recipe = {k: trained[k] for k in RECIPE_KEYS if k in trained}
+        if ns.train_steps is None:
+            steps = _trained_steps(given) or trained.get("steps") or DEFAULT_TRAIN_STEPS
         if ns.data is not None:  # before training the other model on it
             _check_corpus([given], data, val_fraction)
+        print(f"[e2e] the model trained beside {given} takes its recipe" + (f" ({_recipe_text(recipe)})" if recipe else
+              " (it has no run record: the default one)") + f", {seq_len}-token windows and {steps} steps "
+              f"(or --minutes {ns.minutes:g}, whichever ends first)")
     dirs = {}
     for objective, path in (("mdlm", ns.model_dir), ("ar", ns.ar_dir)):
         if path:
@@ -198,9 +219,25 @@ def _model_dirs(ns, device: str) -> dict:
         size, shape = _size_and_shape(read_config(given)["model"], ns.size) if given else (ns.size, None)
         dirs[objective] = train_for_minutes(
             objective, train_dir, ns.minutes, device=device, seq_len=seq_len, size=size, shape=shape, data=data,
-            tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=ns.train_steps, log_prefix="[e2e]",
-            val_fraction=val_fraction)
+            tokenizer=tokenizer, retrain=ns.retrain, seed=ns.seed, steps=steps, log_prefix="[e2e]",
+            val_fraction=val_fraction, recipe=recipe)
+        reached = _trained_steps(dirs[objective]) if given else None
+        if reached is not None and reached < steps:
+            warnings.warn(f"the {objective} model trained beside {given} stopped at step {reached} of its {steps} "
+                          f"(--minutes {ns.minutes:g}): the report compares models of unequal training; a larger "
+                          "--minutes (or --retrain with one) gives it the given model's steps", stacklevel=2)
     return dirs
+
+
+def _recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in recipe.items())
+
+
+def _check_window(window: int, max_gen: int) -> None:
+    if window < max_gen + PROMPT_TOKENS + 1:
+        raise ValueError(f"the models take {window} tokens; generating {max_gen} after a "
+                         f"{PROMPT_TOKENS + 1}-token prompt needs {max_gen + PROMPT_TOKENS + 1}: train with a longer "
+                         "window or pass shorter --gen-lengths")
 
 
 def _size_and_shape(model: dict, fallback: str) -> tuple[str, dict | None]:
@@ -233,10 +270,7 @@ def _load_models(ns, device: str) -> Models:
         raise ValueError("the diffusion and autoregressive models use different tokenizers")
     configs = {k: read_config(d)["model"] for k, d in dirs.items()}
     windows = {int(c["max_seq_len"]) for c in configs.values()}
-    if min(windows) < max_gen + PROMPT_TOKENS + 1:
-        raise ValueError(f"the models take {min(windows)} tokens; generating {max_gen} after a "
-                         f"{PROMPT_TOKENS + 1}-token prompt needs {max_gen + PROMPT_TOKENS + 1}: train with a longer "
-                         "window or pass shorter --gen-lengths")
+    _check_window(min(windows), max_gen)
     cfg = _training_config(dirs["mdlm"])
     # the held-out split: of the corpus asked for, else of the one the diffusion model trained on
     data, val_fraction = ns.data if ns.data is not None else cfg.get("data"), cfg.get("val_fraction", 0.05)

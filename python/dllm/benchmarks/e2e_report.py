@@ -114,7 +114,7 @@ def _shared_settings(m: dict) -> str:
     """What both runs shared (results of before 2026-12-07 were trained together and do not say)."""
     differences = m.get("differences") or []
     if not differences:
-        return f"same data and batch, {m['seq_len']}-token windows"
+        return f"same data, batch and optimisation, {m['seq_len']}-token windows"
     return (f"same data, windows of at least {m['seq_len']} tokens; not shared (diffusion and autoregressive): "
             + ", ".join(differences))
 

@@ -16,19 +16,37 @@ from .config import TrainConfig, path_as_recorded
 from .trainer import train
 
 SHAPE_KEYS = ("hidden", "layers", "heads")  # what makes two models of one architecture the same size
+# How a run optimises (TrainConfig fields): a model trained to be compared with another takes that one's.
+RECIPE_KEYS = ("batch_size", "grad_accum", "lr", "schedule", "min_lr_ratio", "warmup", "weight_decay", "beta1",
+               "beta2", "grad_clip", "ema", "dropout", "random_length", "amp")
+
+
+def default_recipe(size: str) -> dict:
+    """A timed run's optimisation: batch 16, a constant learning rate after 50 warm-up steps (1e-3 for tiny,
+    3e-4 for the larger sizes), EMA 0.99, TrainConfig's defaults for the rest."""
+    # tiny keeps the 1e-3 of the committed CPU reports; the larger sizes take SEDD's and MDLM's 3e-4
+    # (at 1e-3 the small MDLM's gradient norm became NaN after about 90 steps on an H200,
+    # bench/results/h200-2026-12-04/e2e-training-nan/)
+    defaults = TrainConfig()
+    return {**{k: getattr(defaults, k) for k in RECIPE_KEYS}, "batch_size": 16, "lr": 1e-3 if size == "tiny" else 3e-4,
+            "schedule": "constant", "warmup": 50, "ema": 0.99}
 
 
 def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str, seq_len: int, size: str = "tiny",
                       shape: dict | None = None, data: str | None = None, tokenizer: str = "byte",
                       retrain: bool = False, seed: int = 0, steps: int = 20000, log_prefix: str = "[dllm]",
-                      val_fraction: float = TrainConfig.val_fraction) -> Path:
-    """Trains ``objective`` into ``out/objective`` (constant lr: 1e-3 for tiny, 3e-4 for the larger
-    sizes; batch 16, EMA 0.99) until the time budget or ``steps`` optimizer steps end; returns the
-    exported model folder. An existing folder is reused unless ``retrain``; one trained with another
-    tokenizer is refused. ``shape``: ``hidden``, ``layers`` and ``heads`` overriding the size's (those of
-    the model it is compared with); ``val_fraction``: that model's, whose held-out text it must not
-    train on."""
+                      val_fraction: float = TrainConfig.val_fraction, recipe: dict | None = None) -> Path:
+    """Trains ``objective`` into ``out/objective`` with ``default_recipe(size)`` until the time budget or
+    ``steps`` optimizer steps end; returns the exported model folder. An existing folder is reused unless
+    ``retrain``; one trained with another tokenizer, data, size, seed, split or recipe is refused.
+    ``shape``: ``hidden``, ``layers`` and ``heads`` overriding the size's; ``val_fraction`` and ``recipe``
+    (``RECIPE_KEYS``, overriding the default's): those of the model it is compared with, whose held-out
+    text it must not train on and whose optimisation it shares."""
     shape = {k: (shape or {}).get(k) for k in SHAPE_KEYS}
+    unknown = set(recipe or {}) - set(RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"recipe: {sorted(unknown)} are not among {RECIPE_KEYS}")
+    recipe = {**default_recipe(size), **(recipe or {})}
     model_dir = out / objective / "model"
     run_config = out / objective / "run_config.json"
     if retrain and (out / objective).exists():
@@ -51,6 +69,10 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         if held_out != val_fraction:
             raise ValueError(f"{out / objective} holds a model trained with --val-fraction {held_out}, not "
                              f"{val_fraction}: retrain (--retrain) or choose another output folder")
+        for key, want in recipe.items():  # a record of before a key existed kept its default
+            if key in trained and trained[key] != want:
+                raise ValueError(f"{out / objective} holds a model trained with --{key.replace('_', '-')} "
+                                 f"{trained[key]!r}, not {want!r}: retrain (--retrain) or choose another output folder")
         if trained.get("seed") != seed:  # `dllm bench e2e --seed` seeds the training too
             raise ValueError(f"{out / objective} holds a model trained with --seed {trained.get('seed')}, not {seed}: "
                              "retrain (--retrain) or choose another output folder")
@@ -64,15 +86,10 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
     resized = ", ".join(f"{k} {v}" for k, v in shape.items() if v is not None)
     print(f"{log_prefix} training the {size} {objective} model{f' ({resized})' if resized else ''} for {minutes:g} "
           f"minutes on {device}")
-    # tiny keeps the 1e-3 of the committed CPU reports; the larger sizes take SEDD's and MDLM's 3e-4
-    # (at 1e-3 the small MDLM's gradient norm became NaN after about 90 steps on an H200,
-    # bench/results/h200-2026-12-04/e2e-training-nan/)
-    lr = 1e-3 if size == "tiny" else 3e-4
     try:
-        train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, batch_size=16,
-              lr=lr, schedule="constant", warmup=50, ema=0.99, steps=steps, max_time=minutes * 60, eval_every=0,
-              eval_batches=2, ckpt_every=0, out_dir=str(out / objective), device=device, seed=seed,
-              val_fraction=val_fraction, **shape)
+        train(objective=objective, model=size, data=data, tokenizer=tokenizer, seq_len=seq_len, steps=steps,
+              max_time=minutes * 60, eval_every=0, eval_batches=2, ckpt_every=0, out_dir=str(out / objective),
+              device=device, seed=seed, val_fraction=val_fraction, **recipe, **shape)
     except CheckpointError as e:
         raise CheckpointError(f"the unfinished run in {out / objective} cannot continue ({e}); --retrain starts "
                               "it over") from e
