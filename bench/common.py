@@ -118,6 +118,29 @@ def matmul_tflops(device: str, dtype: torch.dtype) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
+def replayed(fn):
+    """fn as a CUDA graph's replay: captured at the first call (after a warm-up call on a side
+    stream, as torch.cuda.graph asks), whose errors the caller sees as fn's own; replayed at every
+    call after. The rows it times are the GPU's time without the host's launches, what a loop that
+    replays its steps (dllm.generate's, the e2e benchmark's) pays."""
+    graph = None
+
+    def call():
+        nonlocal graph
+        if graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured):
+                fn()
+            graph = captured
+        graph.replay()
+    return call
+
+
 def peak_extra_mb(fn, device: str) -> float:
     """CUDA memory fn allocates beyond what was allocated before it, at its peak, in MB (10^6 bytes,
     as the notes and the docs say; NaN on the CPU)."""

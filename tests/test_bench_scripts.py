@@ -967,3 +967,44 @@ def test_switches_report_says_where_each_switch_beat_the_default(tmp_path, monke
 
     common.write_results(tmp_path / "cpu", "sedd_step", meta, [_timed_row(step, "dllm", 1.0)])
     assert "No switch row" in switches.main([str(tmp_path / "cpu")])
+
+
+def test_replayed_captures_once_after_a_warm_up_and_then_only_replays(monkeypatch):
+    """bench/common.py's replayed(fn): the first call runs fn twice (the warm-up on a side stream, then
+    under capture) and replays; every later call only replays. Faked CUDA: the CPU has none."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    import common
+
+    log = []
+
+    class Graph:
+        def replay(self):
+            log.append("replay")
+
+    @contextmanager
+    def stream_or_graph(kind):
+        log.append(f"enter {kind}")
+        yield
+        log.append(f"exit {kind}")
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: stream_or_graph("stream"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: stream_or_graph("graph"))
+    call = common.replayed(lambda: log.append("fn"))
+    call()
+    assert log == ["enter stream", "fn", "exit stream", "enter graph", "fn", "exit graph", "replay"]
+    log.clear()
+    call()
+    call()
+    assert log == ["replay", "replay"]
+    # a capture that raised is not kept: the next call captures again, its error fn's own
+    failing = common.replayed(lambda: 1 / 0)
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            failing()
