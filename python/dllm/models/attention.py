@@ -21,7 +21,9 @@ def _fused_applies(q: torch.Tensor, k: torch.Tensor) -> bool:
     # Whether an unpadded, non-causal call takes dllm's op: on the GPU, where its kernels cover q
     # (bfloat16/float16, head dim 64 or 128), for a query block over a longer cached context
     # (Fast-dLLM's caches; the op splits the keys when its query tiles alone would leave most SMs
-    # idle, and neither path is measured on a GPU yet). Full self-attention takes SDPA there: its
+    # idle). Eager calls at those sizes measured 0.21-0.69x SDPA on the H200, mostly host time
+    # (bench/results/h200-2026-12-04/run2-d583a3b/attention_decode/): bench/attention_decode.py's
+    # CUDA-graph rows, the way the cached steps run, decide this routing. Full self-attention takes SDPA there: its
     # default (cuDNN) backend ran 1.6-2.1x faster than dllm's fastest kernels forward and 1.9-2.3x
     # forward + backward at head dims 64 and 128 on the H200
     # (bench/results/h200-2026-11-30/run3-0a8c228/attention*). On the CPU full batches keep SDPA
