@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import dllm
 from common import (DTYPES, Results, bench_parser, copy_bandwidth_gbps, machine, measure_against, parse_bench_args,
-                    replayed)
+                    replayed, unmeasured_row)
 
 # B x H x Hkv x C x n x D: the e2e `small` model at batch 1 and 16 (12 heads of 64, n = 1000 of a
 # 1025-position cache), LLaDA-8B's attention shape (32 heads of 128) with 4096 keys
@@ -73,8 +73,12 @@ def main() -> None:
                                     refused_by=(RuntimeError,), **reps))
         if device.startswith("cuda"):  # the filled prefix's shapes change every token: no graph replays it
             graphed = [(name, replayed(fn)) for name, fn in impls if name != "SDPA, filled prefix"]
-            rows.report(measure_against("attention decode, CUDA graph", shape, args.dtype, graphed, device, nbytes,
-                                        floor_gbps, refused_by=(RuntimeError,), **reps))
+            try:
+                rows.report(measure_against("attention decode, CUDA graph", shape, args.dtype, graphed, device,
+                                            nbytes, floor_gbps, refused_by=(RuntimeError,), **reps))
+            except RuntimeError as e:  # a capture no GPU has run yet: its failure costs these rows, not the rest
+                rows.report([unmeasured_row("attention decode, CUDA graph", shape, args.dtype, "dllm", nbytes,
+                                            f"capture failed: {str(e).splitlines()[0][:60]}")])
     rows.finish()
 
 
