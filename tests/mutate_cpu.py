@@ -502,7 +502,7 @@ MUTANTS = [
     ("csrc/kernels/commit_tokens_cpu.cpp", "if (!(prob >= 0.0 && prob <= 1.0))", "if (prob < 0.0 || prob > 1.0)",
      ["test_unmask"]),
     ("csrc/torch/unmask.cpp", "mask_id >= 0 && mask_id < vocab", "mask_id < vocab", ["test_unmask"]),
-    ("csrc/torch/attention.cpp", "n.ge(0).all().item<bool>() && ", "", ["test_attention"]),
+    ("csrc/torch/attention.cpp", "t.ge(0).all().item<bool>() && ", "", ["test_attention"]),
     ("csrc/torch/rotary.cpp", "call.cos = cos.contiguous();", "call.cos = cos;", ["test_rotary"]),
     ("python/dllm/ops/_sedd.py", "    return logits.new_empty(logits.shape[:1], dtype=torch.float32)\n\n",
      "    return logits.new_empty(logits.shape[:1])\n\n", ["test_sedd_losses"]),

@@ -929,6 +929,22 @@ def test_attention_never_reads_keys_past_kv_len(emulator, attention_kernel, Sq):
     assert (grads[1][~keep] == 0).all() and (grads[2][~keep] == 0).all()
 
 
+@pytest.mark.parametrize("Sq", [1, 9, 130])  # decoding, a query block split over the keys, the tiled forward
+@pytest.mark.parametrize("width", [torch.int32, torch.int64, torch.int16])
+def test_attention_clamps_lengths_of_any_integer_width_to_the_sequence(emulator, attention_kernel, Sq, width):
+    """The kernels read int32 and int64 lengths as given (the binding converts other widths) and clamp
+    them to [0, S] themselves: a length past S is S, a negative one 0, as the CPU's check would have it."""
+    B, Sk, H, Hkv, D = 3, 200, 4, 2, 64
+    q, k, v = (t.detach().requires_grad_() for t in attention_inputs(B, Sq, Sk, H, Hkv, D, torch.bfloat16))
+    kv_len, q_len = torch.tensor([Sk + 40, -3, 77], dtype=width), torch.tensor([-1, Sq + 9, max(Sq // 2, 1)], dtype=width)
+    fit = lambda t, S: t.long().clamp(0, S)  # noqa: E731
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, D**-0.5)
+    ref = reference_attention(q, k, v, fit(kv_len, Sk), fit(q_len, Sq))
+    low = reference_attention(q, k, v, fit(kv_len, Sk), fit(q_len, Sq), upcast=False)
+    check(out, ref, low, 2, "out")
+    check_gradients(out, ref, low, (q, k, v))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     "B, Sq, Sk, H, Hkv, D, lengths",

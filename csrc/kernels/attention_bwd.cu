@@ -7,7 +7,7 @@
 //           head of the GQA group; recomputes P^T and dP^T, dV += P^T dO, dK += dS^T Q.
 // P and dP are recomputed in both kernels (7 tile GEMMs instead of FlashAttention-2's 5), which
 // buys a result that does not depend on scheduling and needs no fp32 dQ buffer or atomics.
-// Query rows past q_count get P = 0 (their lse is treated as +inf) and key columns past k_count
+// Query rows past q_size get P = 0 (their lse is treated as +inf) and key columns past k_size
 // get dS = 0 in the dQ kernel; the dK/dV kernel never stores the rows of those keys.
 #include <cuda_runtime.h>
 
@@ -78,11 +78,11 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
   T* sV = sK + 2 * kDqKeys * Dim;
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (m0 >= qn || kn == 0) return;  // dq is pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b);
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gdo = static_cast<const T*>(g.dout) + q0 * g.do_token_stride + h * g.do_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
@@ -136,11 +136,11 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
   T* sdO = sQ + 2 * kQueries * Dim;
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (n0 >= kn || qn == 0) return;  // dk, dv are pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = int(p.heads / p.kv_heads);
-  const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + n0;
+  const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b) + n0;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
   // Query tile `it` of the walk over (head of the group, tile): its first row in q and dO.

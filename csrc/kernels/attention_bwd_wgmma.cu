@@ -27,8 +27,8 @@
 // barriers either way; warpgroup 0 alone copies the streamed tiles, after its products retire,
 // so that the copies land during its elementwise work.
 //
-// Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_count get
-// P = 0 (their lse is treated as +inf) and key columns past k_count get dS = 0 in the dQ kernel;
+// Every operand lives in the swizzled panel layout of wgmma.cuh. Query rows past q_size get
+// P = 0 (their lse is treated as +inf) and key columns past k_size get dS = 0 in the dQ kernel;
 // the dK/dV kernel never stores the rows of those keys.
 #include <cuda_runtime.h>
 
@@ -105,13 +105,13 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
   T* sV = sK + kDqKBuffers * kDqKeys * Dim;  // two of them
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (m0 >= qn || kn == 0) return;  // dq is pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first query row in the tile
   const bool loads = warp < 4, lags = stagger && !loads;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b);
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gdo = static_cast<const T*>(g.dout) + q0 * g.do_token_stride + h * g.do_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
@@ -291,13 +291,13 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
   T* sdS = sdO + kQueryBuffers * kQueries * Dim + (threadIdx.x >> 7) * kQueries * 64;  // this warpgroup's
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (n0 >= kn || qn == 0) return;  // dk, dv are pre-zeroed
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first key row in the tile
   const bool loads = warp < 4, lags = stagger && !loads;
   const int group = int(p.heads / p.kv_heads);
-  const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + n0;
+  const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b) + n0;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;
   // Query tile `it` of the walk over (head of the group, tile): its first row in q and dO.

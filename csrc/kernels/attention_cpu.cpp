@@ -142,7 +142,7 @@ template <DType D>
 void forward_few_queries(const AttentionParams& p, int64_t b, int64_t h, std::vector<float>& scores, float* q,
                          float* acc, float* rows) {
   const int64_t dim = p.head_dim, hk = h / (p.heads / p.kv_heads);
-  const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
+  const int64_t q0 = p.q_begin(b), qn = p.q_size(b), k0 = p.k_begin(b), kn = p.k_size(b);
   const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
   const int64_t v_first = k0 * p.v_token_stride + hk * p.v_head_stride;
   scores.resize(kn);
@@ -192,7 +192,7 @@ void forward_pairs(const AttentionParams& p, int64_t begin, int64_t end) {
   std::vector<float> s(kQueryTile * kKeyTile), m(kOnePassQueries), l(kOnePassQueries), scores, rows(kKeyGroup * dim);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.heads, h = pair % p.heads, hk = h / group;
-    const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
+    const int64_t q0 = p.q_begin(b), qn = p.q_size(b), k0 = p.k_begin(b), kn = p.k_size(b);
     if (qn <= kFewQueries) {
       forward_few_queries<D>(p, b, h, scores, q.data(), acc.data(), rows.data());
       continue;
@@ -281,7 +281,7 @@ void backward_pairs(const AttentionGradParams& g, int64_t begin, int64_t end) {
   std::vector<float> s(kQueryTile * kKeyTile), dp(kQueryTile * kKeyTile);
   for (int64_t pair = begin; pair < end; ++pair) {
     const int64_t b = pair / p.kv_heads, hk = pair % p.kv_heads;
-    const int64_t q0 = p.q_start[b], qn = p.q_count[b], k0 = p.k_start[b], kn = p.k_count[b];
+    const int64_t q0 = p.q_begin(b), qn = p.q_size(b), k0 = p.k_begin(b), kn = p.k_size(b);
     const int64_t kcols = round_up(kn, kGemmCols), qrows = round_up(qn, kGemmRowMultiple);
     const int64_t k_first = k0 * p.k_token_stride + hk * p.k_head_stride;
     keys.assign(kcols * ld, 0.0f);

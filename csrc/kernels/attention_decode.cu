@@ -11,8 +11,8 @@
 // reads as it reads the tensor-core forward's. The merge also serves the tensor-core forward's
 // split launch (attention_forward_split_cuda), whose chunks hold a query block's partial results.
 //
-// Scores are in base 2 (the scale times log2 e folded into q). Keys past k_count are never read;
-// CTAs whose chunk starts past k_count, and queries past q_count, write nothing, and the merge
+// Scores are in base 2 (the scale times log2 e folded into q). Keys past k_size are never read;
+// CTAs whose chunk starts past k_size, and queries past q_size, write nothing, and the merge
 // reads only chunks that hold keys. A sequence without keys keeps the binding's zero output and
 // -inf log-sum-exp.
 #include <cuda_runtime.h>
@@ -68,14 +68,14 @@ __global__ void __launch_bounds__(kThreads) attention_decode_chunk_kernel(const 
   __shared__ float s_out[L::kKeysPerPass][kDecodeQueries][Dim];
 
   const int b = blockIdx.z, h = blockIdx.y, c = blockIdx.x;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   const int first = c * kChunk;
   if (first >= kn || qn == 0) return;
   const int keys = kn - first < kChunk ? kn - first : kChunk;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int slot = threadIdx.x / L::kLanes, piece = threadIdx.x % L::kLanes;  // key of a pass, 8 elements of it
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t q0 = p.q_start[b], k0 = p.k_start[b] + first;
+  const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b) + first;
 
   // This lane's 8 elements of every query, scaled into base 2.
   float q[kDecodeQueries][kVec];
@@ -165,10 +165,10 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
   constexpr int kPerLane = Dim / 32;
   const int b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (i >= qn || kn == 0) return;
   const int chunks = int((kn + w.chunk_keys - 1) / w.chunk_keys);
-  const int64_t row = (p.q_start[b] + i) * p.heads + h;
+  const int64_t row = (p.q_begin(b) + i) * p.heads + h;
   const float2* stats = w.stats + row * w.chunks;
   float m = -INFINITY;
   for (int c = 0; c < chunks; ++c) m = fmaxf(m, stats[c].x);
@@ -181,11 +181,11 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
     for (int e = 0; e < kPerLane; ++e) o[e] = fmaf(part[lane + 32 * e], factor, o[e]);
   }
   const float inv = 1.0f / sum;  // >= 1: the maximum's own key contributes exp2(0)
-  auto* out = static_cast<typename cuda::IO<DT>::T*>(p.out) + (p.q_start[b] + i) * p.o_token_stride +
+  auto* out = static_cast<typename cuda::IO<DT>::T*>(p.out) + (p.q_begin(b) + i) * p.o_token_stride +
               h * p.o_head_stride;
 #pragma unroll
   for (int e = 0; e < kPerLane; ++e) out[lane + 32 * e] = cuda::IO<DT>::store(o[e] * inv);
-  if (lane == 0) p.lse[h * p.q_tokens + p.q_start[b] + i] = (m + log2f(sum)) * attn::kLn2;
+  if (lane == 0) p.lse[h * p.q_tokens + p.q_begin(b) + i] = (m + log2f(sum)) * attn::kLn2;
 }
 
 template <DType DT, int Dim>

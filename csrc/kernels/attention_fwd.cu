@@ -4,9 +4,9 @@
 // its sequence's K/V in 64-key tiles through double-buffered shared memory (cp.async: tile j+1
 // loads while tile j is multiplied); each warp keeps its Q fragments, scores, probabilities and
 // output accumulator in registers, with the online softmax in base 2 (the scale times log2 e
-// entering each exponent's FMA). Keys past k_count are never read: the loop stops at the last
-// tile holding a key, whose missing rows are zero-filled and whose columns past k_count get -inf
-// (the only tile that is masked). Query rows past q_count are zero-filled, computed and not
+// entering each exponent's FMA). Keys past k_size are never read: the loop stops at the last
+// tile holding a key, whose missing rows are zero-filled and whose columns past k_size get -inf
+// (the only tile that is masked). Query rows past q_size are zero-filled, computed and not
 // stored (where lengths may leave rows unstored, the binding pre-zeroes out and fills lse with
 // -inf, which is also the result for a sequence without keys).
 //
@@ -80,12 +80,12 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
 
   const int chunk = int(blockIdx.x % split.chunks), first = chunk * split.chunk_keys;
   const int b = blockIdx.z, h = blockIdx.y, m0 = int(blockIdx.x / split.chunks) * kBlockM;
-  const int qn = int(p.q_count[b]), keys = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), keys = int(p.k_size(b));
   if (m0 >= qn || first >= keys) return;  // (one pass: first = 0, so a sequence without keys)
   const int kn = split.out != nullptr && keys - first > split.chunk_keys ? split.chunk_keys : keys - first;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b] + first;
+  const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b) + first;
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;

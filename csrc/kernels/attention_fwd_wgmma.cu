@@ -32,7 +32,7 @@
 // once its products retire, so that the copies land during its softmax.
 //
 // The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
-// and epilogue are those of attention_fwd.cu. Keys past k_count are never read; query rows past
+// and epilogue are those of attention_fwd.cu. Keys past k_size are never read; query rows past
 // q_count are zero-filled, computed and not stored.
 #include <cuda_runtime.h>
 
@@ -79,13 +79,13 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_wgm
   T* sK = sQ + kBlockM * Dim;  // two buffers of kBlockN * Dim
   T* sV = sK + 2 * kBlockN * Dim;  // kVBuffers of them
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kBlockM;
-  const int qn = int(p.q_count[b]), kn = int(p.k_count[b]);
+  const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
   if (m0 >= qn || kn == 0) return;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int q_row0 = (warp / 4) * 64;  // this warpgroup's 64 query rows
   const bool loads = warp < 4, lags = stagger && !loads;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b];
+  const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b);
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;

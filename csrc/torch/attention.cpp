@@ -15,15 +15,17 @@ namespace {
 
 constexpr const char* kOp = "attention";
 
+// A padded batch's lengths as the kernels read them (AttentionParams::q_size / k_size, which clamp
+// them to [0, S]): int32 or int64 as given, other integer types as int64.
 at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const char* name, bool cuda) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, kOp, ": ", name, " must have shape [", batch, "], got ", t.sizes());
   check_integer(kOp, t, name);
-  at::Tensor n = t.to(at::kLong);
-  if (!cuda) {  // on CUDA a check would synchronise; lengths are clamped to [0, S] instead
-    TORCH_CHECK_VALUE(n.ge(0).all().item<bool>() && n.le(max_len).all().item<bool>(), kOp, ": ", name,
+  if (!cuda) {  // on CUDA a check would synchronise; the kernels clamp lengths to [0, S] instead
+    TORCH_CHECK_VALUE(t.ge(0).all().item<bool>() && t.le(max_len).all().item<bool>(), kOp, ": ", name,
                       " must lie in [0, ", max_len, "]");
   }
-  return n.clamp(0, max_len).contiguous();
+  const bool kept = t.scalar_type() == at::kInt || t.scalar_type() == at::kLong;
+  return (kept ? t : t.to(at::kLong)).contiguous();
 }
 
 // The CUDA kernels copy rows in 16-byte chunks: a contiguous tensor at an odd offset gets a copy.
@@ -85,7 +87,6 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   call.q = oq.t;
   call.k = ok.t;
   call.v = ov.t;
-  auto opts = q.options().dtype(at::kLong);
   int64_t batch, max_q, max_k;
   if (varlen) {
     TORCH_CHECK(!kv_len.has_value() && !q_len.has_value(), op, ": varlen inputs take lengths from cu_seqlens only");
@@ -127,15 +128,9 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     TORCH_CHECK(k.size(0) == batch, op, ": q and k disagree on the batch size: ", batch, " and ", k.size(0));
     max_q = q.size(1);
     max_k = k.size(1);
-    // One small kernel a descriptor, and one for both where queries and keys agree (self-attention):
-    // each is a launch on the stream ahead of the attention's.
-    auto starts = [&](int64_t len) { return len > 0 ? at::arange(0, batch * len, len, opts) : at::zeros({batch}, opts); };
-    call.q_start = starts(max_q);
-    call.k_start = max_k == max_q ? call.q_start : starts(max_k);
-    call.q_count = q_len ? lengths(*q_len, batch, max_q, "q_len", cuda) : at::full({batch}, max_q, opts);
-    call.k_count = kv_len ? lengths(*kv_len, batch, max_k, "kv_len", cuda)
-                   : !q_len && max_k == max_q ? call.q_count
-                                              : at::full({batch}, max_k, opts);
+    // No descriptors: the kernels work out starts and counts from the lengths as given.
+    if (q_len) call.q_len = lengths(*q_len, batch, max_q, "q_len", cuda);
+    if (kv_len) call.k_len = lengths(*kv_len, batch, max_k, "kv_len", cuda);
     if (q_len) check_same_device(op, q, "q", *q_len, "q_len");
     if (kv_len) check_same_device(op, q, "q", *kv_len, "kv_len");
   }
@@ -184,10 +179,20 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   p.v_head_stride = ov.head_stride;
   p.o_token_stride = heads * dim;
   p.o_head_stride = dim;
-  p.q_start = call.q_start.data_ptr<int64_t>();
-  p.q_count = call.q_count.data_ptr<int64_t>();
-  p.k_start = call.k_start.data_ptr<int64_t>();
-  p.k_count = call.k_count.data_ptr<int64_t>();
+  if (varlen) {
+    p.q_start = call.q_start.data_ptr<int64_t>();
+    p.q_count = call.q_count.data_ptr<int64_t>();
+    p.k_start = call.k_start.data_ptr<int64_t>();
+    p.k_count = call.k_count.data_ptr<int64_t>();
+  }
+  if (call.q_len.defined()) {
+    p.q_len = call.q_len.const_data_ptr();
+    p.q_len_int32 = call.q_len.scalar_type() == at::kInt;
+  }
+  if (call.k_len.defined()) {
+    p.k_len = call.k_len.const_data_ptr();
+    p.k_len_int32 = call.k_len.scalar_type() == at::kInt;
+  }
   p.scale = float(scale);
   return call;
 }

@@ -14,7 +14,8 @@ inline const char* attention_op(bool varlen) { return varlen ? "attention_varlen
 struct AttentionCall {
   const char* op = "attention";  // attention_op's
   at::Tensor q, k, v, out, lse;
-  at::Tensor q_start, q_count, k_start, k_count;  // int64 [B] sequence descriptors
+  at::Tensor q_start, q_count, k_start, k_count;  // varlen: int64 [B] sequence descriptors
+  at::Tensor q_len, k_len;                         // padded: the lengths given (AttentionParams::q_len)
   bool every_row_written = false;  // the CUDA kernels store all of out, lse and the gradients
   AttentionParams params;
 };

@@ -191,7 +191,7 @@ MUTANTS = [
     # the tensor-core forward split into key chunks: a chunk's keys from the sequence's start, chunks
     # running into the next one's keys, a statistic in raw score units, a row sum of one lane pair,
     # the merge counting chunks of the decoding kernels' size
-    (FWD, "k0 = p.k_start[b] + first;", "k0 = p.k_start[b];", "query_block"),
+    (FWD, "k0 = p.k_begin(b) + first;", "k0 = p.k_begin(b);", "query_block"),
     (FWD, "keys - first > split.chunk_keys ? split.chunk_keys : keys - first", "false ? split.chunk_keys : keys - first",
      "query_block"),
     (FWD, "float2{row_max[half] * scale_log2, row_sum[half]}", "float2{row_max[half], row_sum[half]}", "query_block"),
@@ -274,6 +274,9 @@ MUTANTS = [
     ("csrc/kernels/cuda_rows.cuh", "__device__ __forceinline__ float log2e_times(float scale) { return fminf(scale * kLog2e, "
      "kMaxFloat); }", "__device__ __forceinline__ float log2e_times(float scale) { return scale * kLog2e; }", "subnormal"),
     ("csrc/torch/attention.cpp", "!q_len && !kv_len && heads > 0", "!q_len && heads > 0", "attention_never_reads_keys"),
+    # a padded batch's lengths taken unclamped; its key starts placed at the queries' stride
+    ("csrc/include/dllm/attention.h", "    return n < 0 ? 0 : n > max ? max : n;", "    return n;", "clamps_lengths"),
+    ("csrc/include/dllm/attention.h", "k_start[b] : b * max_k;", "k_start[b] : b * max_q;", "clamps_lengths"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
     # kept after an error; a token read back from an x updated since

@@ -1,11 +1,12 @@
 // Bidirectional (non-causal) attention with per-sequence lengths, forward and backward.
 //
 // Every layout is described the same way: q, k, v, out are [tokens, heads, D] with token and
-// head strides, and sequence b owns query tokens [q_start[b], q_start[b] + q_count[b]) and key
-// tokens [k_start[b], k_start[b] + k_count[b]). A padded batch [B, S, H, D] with lengths is
-// q_start[b] = b * S, q_count[b] = q_len[b]; a packed varlen batch uses cu_seqlens. Keys past
-// k_count are never read (no mask tensor exists); query rows in a sequence's padding are not
-// computed and their output is zero.
+// head strides, and sequence b owns query tokens [q_begin(b), q_begin(b) + q_size(b)) and key
+// tokens [k_begin(b), k_begin(b) + k_size(b)). A packed varlen batch gives them as arrays made
+// from cu_seqlens; a padded batch [B, S, H, D] has q_begin(b) = b * S and q_size(b) = q_len[b]
+// (or S), worked out where they are read, so that no kernel runs ahead of the attention's to
+// write them. Keys past k_size are never read (no mask tensor exists); query rows in a
+// sequence's padding are not computed and their output is zero.
 #pragma once
 #include <cstdint>
 
@@ -30,11 +31,30 @@ struct AttentionParams {
   int64_t k_token_stride = 0, k_head_stride = 0;
   int64_t v_token_stride = 0, v_head_stride = 0;
   int64_t o_token_stride = 0, o_head_stride = 0;
-  const int64_t* q_start = nullptr;  // [batch]
-  const int64_t* q_count = nullptr;  // [batch]
-  const int64_t* k_start = nullptr;  // [batch]
-  const int64_t* k_count = nullptr;  // [batch]
+  // Varlen: int64 [batch] arrays, already clamped. Padded: null, sequence b starting at b * max_q
+  // (b * max_k), of q_len[b] (k_len[b]) queries (keys) clamped to [0, max_q] ([0, max_k]) here,
+  // as on CUDA a check would synchronise, or of max_q (max_k) where q_len (k_len) is null too.
+  const int64_t* q_start = nullptr;
+  const int64_t* q_count = nullptr;
+  const int64_t* k_start = nullptr;
+  const int64_t* k_count = nullptr;
+  const void* q_len = nullptr;  // [batch] int32 or int64 (q_len_int32), as the caller gave it
+  const void* k_len = nullptr;
+  bool q_len_int32 = false, k_len_int32 = false;
   float scale = 1.0f;
+
+  DLLM_HD_MEMBER int64_t q_begin(int64_t b) const { return q_start != nullptr ? q_start[b] : b * max_q; }
+  DLLM_HD_MEMBER int64_t k_begin(int64_t b) const { return k_start != nullptr ? k_start[b] : b * max_k; }
+  DLLM_HD_MEMBER int64_t q_size(int64_t b) const { return size(q_count, q_len, q_len_int32, b, max_q); }
+  DLLM_HD_MEMBER int64_t k_size(int64_t b) const { return size(k_count, k_len, k_len_int32, b, max_k); }
+
+ private:
+  DLLM_HD_MEMBER static int64_t size(const int64_t* count, const void* len, bool int32, int64_t b, int64_t max) {
+    if (count != nullptr) return count[b];
+    if (len == nullptr) return max;
+    const int64_t n = int32 ? int64_t(static_cast<const int32_t*>(len)[b]) : static_cast<const int64_t*>(len)[b];
+    return n < 0 ? 0 : n > max ? max : n;
+  }
 };
 
 struct AttentionGradParams {
