@@ -13,8 +13,9 @@
 //
 // Scores are in base 2 (the scale times log2 e folded into q). Keys past k_size are never read;
 // CTAs whose chunk starts past k_size, and queries past q_size, write nothing, and the merge
-// reads only chunks that hold keys. A sequence without keys keeps the binding's zero output and
-// -inf log-sum-exp.
+// reads only chunks that hold keys. The merge writes the rows without work too (zeros, and a -inf
+// log-sum-exp): a sequence's without keys, and a padded batch's past its queries, so that the
+// binding allocates out and lse unfilled.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -166,7 +167,17 @@ __global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(const 
   const int b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
-  if (i >= qn || kn == 0) return;
+  if (i >= qn || kn == 0) {
+    // (a varlen batch's rows past qn are the next sequence's)
+    if (i < qn || (p.q_start == nullptr && i < p.max_q)) {
+      auto* out = static_cast<typename cuda::IO<DT>::T*>(p.out) + (p.q_begin(b) + i) * p.o_token_stride +
+                  h * p.o_head_stride;
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) out[lane + 32 * e] = cuda::IO<DT>::store(0.0f);
+      if (lane == 0) p.lse[h * p.q_tokens + p.q_begin(b) + i] = -INFINITY;
+    }
+    return;
+  }
   const int chunks = int((kn + w.chunk_keys - 1) / w.chunk_keys);
   const int64_t row = (p.q_begin(b) + i) * p.heads + h;
   const float2* stats = w.stats + row * w.chunks;

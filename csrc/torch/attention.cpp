@@ -147,21 +147,11 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   // The CUDA kernels store every query row of a sequence with keys: without lengths (and with
   // keys) nothing is left for a zero fill, which would cost a pass over out.
   call.every_row_written = cuda && !varlen && !q_len && !kv_len && heads > 0 && max_q > 0 && max_k > 0;
-  if (outputs) {
-    const auto lse_options = q.options().dtype(at::kFloat);
-    call.out = call.every_row_written ? at::empty(q.sizes(), q.options()) : at::zeros(q.sizes(), q.options());
-    call.lse = call.every_row_written ? at::empty({heads, q_tokens}, lse_options)
-                                      : at::full({heads, q_tokens}, -std::numeric_limits<float>::infinity(), lse_options);
-  }
 
   AttentionParams& p = call.params;
   p.q = call.q.data_ptr();
   p.k = call.k.data_ptr();
   p.v = call.v.data_ptr();
-  if (outputs) {
-    p.out = call.out.data_ptr();
-    p.lse = call.lse.data_ptr<float>();
-  }
   p.dtype = dtype;
   p.batch = batch;
   p.heads = heads;
@@ -194,7 +184,18 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     p.k_len_int32 = call.k_len.scalar_type() == at::kInt;
   }
   p.scale = float(scale);
+  if (outputs) allocate_outputs(call, q, call.every_row_written);
   return call;
+}
+
+void allocate_outputs(AttentionCall& call, const at::Tensor& q, bool written_whole) {
+  AttentionParams& p = call.params;
+  const auto lse_options = q.options().dtype(at::kFloat);
+  call.out = written_whole ? at::empty(q.sizes(), q.options()) : at::zeros(q.sizes(), q.options());
+  call.lse = written_whole ? at::empty({p.heads, p.q_tokens}, lse_options)
+                           : at::full({p.heads, p.q_tokens}, -std::numeric_limits<float>::infinity(), lse_options);
+  p.out = call.out.data_ptr();
+  p.lse = call.lse.data_ptr<float>();
 }
 
 AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,

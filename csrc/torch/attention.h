@@ -28,6 +28,10 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                 int64_t max_seqlen_k, double scale, bool cuda, bool outputs = true);
 
+// out (q's shape) and lse ([heads, q_tokens] float32) for a prepared call: unfilled where the
+// kernels that run store every row (written_whole), else zeros and -inf.
+void allocate_outputs(AttentionCall& call, const at::Tensor& q, bool written_whole);
+
 struct AttentionGradCall {
   AttentionCall fwd;
   at::Tensor dout, dq, dk, dv;

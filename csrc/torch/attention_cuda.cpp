@@ -73,11 +73,16 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
                                                               const std::optional<at::Tensor>& cu_seqlens_k,
                                                               int64_t max_seqlen_q, int64_t max_seqlen_k, double scale) {
   AttentionCall call = prepare_attention(q, k, v, kv_len, q_len, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                         max_seqlen_k, scale, true);
+                                         max_seqlen_k, scale, true, /*outputs=*/false);
   const c10::cuda::CUDAGuard guard(q.device());
   check_supported(call.op, call.params);
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  // The merge of the decoding and split launches stores every row of a padded batch, those
+  // without work as zeros: their outputs need no fill, lengths or not (two launches fewer).
+  const bool merged = p.max_q <= kDecodeQueries || split.chunks > 0;
+  const bool launches = p.batch > 0 && p.heads > 0 && p.max_q > 0 && p.max_k > 0;
+  allocate_outputs(call, q, call.every_row_written || (merged && launches && p.q_start == nullptr));
   auto workspace = [&](int64_t chunks) {
     return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
   };

@@ -277,6 +277,10 @@ MUTANTS = [
     # a padded batch's lengths taken unclamped; its key starts placed at the queries' stride
     ("csrc/include/dllm/attention.h", "    return n < 0 ? 0 : n > max ? max : n;", "    return n;", "clamps_lengths"),
     ("csrc/include/dllm/attention.h", "k_start[b] : b * max_k;", "k_start[b] : b * max_q;", "clamps_lengths"),
+    # the merge leaving rows without work unwritten (the binding no longer fills them): all, or a
+    # padded batch's past its queries
+    (DECODE, "    if (i < qn || (p.q_start == nullptr && i < p.max_q)) {", "    if (false) {", "attention"),
+    (DECODE, "    if (i < qn || (p.q_start == nullptr && i < p.max_q)) {", "    if (i < qn) {", "attention"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
     # kept after an error; a token read back from an x updated since
