@@ -69,8 +69,8 @@ MUTANTS = [
     (MASKED, "    def step(x, t):", "    def step(x, _):", ["test_cuda_graph_replay"]),
     # ... and a dual-cached fast-dllm span at the capture's position, in the model or in the cache
     (MASKED, "at = positions[:1] if loop.cuda_graph else q_lo", "at = q_lo", ["test_cuda_graph_replay"]),
-    ("python/dllm/models/layers.py", "index = start.reshape(1) + torch.arange(k.shape[1], device=k.device)",
-     "index = torch.arange(k.shape[1], device=k.device)", ["test_cuda_graph_replay"]),
+    ("python/dllm/models/layers.py", "lambda: start.reshape(1) + torch.arange(k.shape[1], device=k.device))",
+     "lambda: torch.arange(k.shape[1], device=k.device))", ["test_cuda_graph_replay"]),
     # graphs kept across calls reading the first call's tensors (stale or freed) instead of their
     # session's: the padding mask, llada's prompt, first-hitting's counts, SEDD's known tokens, the
     # dual cache, the autoregressive cache
@@ -234,6 +234,9 @@ MUTANTS = [
      "out[i + half] = L::store(x2 * c - x1 * sn);", ["test_rotary"]),
     ("csrc/kernels/rotary_cpu.cpp", "p.cos + b * p.table_batch_stride + s * half", "p.cos + s * half", ["test_rotary"]),
     ("csrc/torch/rotary.cpp", "p.x_seq_stride = call.x.stride(1);", "p.x_seq_stride = heads * dim;", ["test_rotary"]),
+    # a decoding step's lengths kept from an earlier step whose position tensor was updated in place since
+    ("python/dllm/models/layers.py", "if layer == 0 or kept is None or kept[0] is not position or kept[1] != step:",
+     "if kept is None or kept[0] is not position:", ["test_models"]),
     ("python/dllm/models/layers.py", "w = self.weight.to(acc) * (1 + scale.to(acc))", "w = 1 + scale.to(acc)",
      ["test_layers"]),
     ("python/dllm/models/dit.py", "torch.addcmul(x, gate2[:, None], self.dropout(self._mlp(h)))",
@@ -603,8 +606,8 @@ MUTANTS = [
     # the autoregressive model's prompt checks and copy
     ("python/dllm/models/layers.py", "if start == 0 and end == self.length and (layer", "if end == self.length and (layer",
      ["test_kv_cache"]),
-    ("python/dllm/models/layers.py", "arange(k.shape[1], device=k.device)\n            self.k[layer].index_copy_(1, index, "
-     "k.to(self.k[layer].dtype))", "arange(k.shape[1], device=k.device)\n            self.k[layer].index_copy_(1, index, k)",
+    ("python/dllm/models/layers.py", "device=k.device))\n            self.k[layer].index_copy_(1, index, "
+     "k.to(self.k[layer].dtype))", "device=k.device))\n            self.k[layer].index_copy_(1, index, k)",
      ["test_kv_cache"]),
     ("python/dllm/models/dit.py", "        nn.init.zeros_(self.adaLN_modulation.weight)\n", "", ["test_models"]),
     ("python/dllm/models/dit.py", "x.reshape(-1, x.shape[-1]).index_select(0, logits_at)",

@@ -139,8 +139,11 @@ def test_ar_kv_cache_matches_full_forward():
     cache = m.new_cache(2, 10)
     parts = [m(x[:, :4], cache=cache, start=0)]          # a prompt, then one token at a time
     parts += [m(x[:, i:i + 1], cache=cache, start=i) for i in range(4, 6)]
-    parts.append(m(x[:, 6:7], cache=cache, start=torch.tensor(6)))  # a graphed step's position tensor
-    parts.append(m(x[:, 7:], cache=cache, start=7))      # a multi-token chunk after a cached prefix
+    position = torch.tensor(6)  # a graphed step's position tensor, updated in place as a graph's input is
+    parts.append(m(x[:, 6:7], cache=cache, start=position))
+    position.fill_(7)
+    parts.append(m(x[:, 7:8], cache=cache, start=position))
+    parts.append(m(x[:, 8:], cache=cache, start=8))      # a multi-token chunk after a cached prefix
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
     out = m.generate(x[:, :3], 5, temperature=0)
     assert out.shape == (2, 8) and torch.equal(out[:, :3], x[:, :3])

@@ -168,6 +168,23 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
+class _PerStep:
+    """What every layer of a step works out alike from the step's position (a decoding step's lengths,
+    a cached block's indices): made by the step's first layer and kept for the others, since on CUDA
+    each was a launch or two ahead of the layer's attention. A position tensor updated in place since
+    (a CUDA graph's static input) starts a new step."""
+
+    def __init__(self):
+        self._kept = None  # (position, what identifies the step, the value)
+
+    def get(self, layer: int, position, shape: tuple, make):
+        step = (position._version if isinstance(position, torch.Tensor) else position, shape)
+        kept = self._kept
+        if layer == 0 or kept is None or kept[0] is not position or kept[1] != step:
+            kept = self._kept = (position, step, make())
+        return kept[2]
+
+
 class KVCache:
     """Per-layer key/value buffers ``[B, max_len, Hkv, D]`` for autoregressive decoding."""
 
@@ -176,6 +193,7 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.max_len = max_len
+        self._filled = _PerStep()
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Writes the keys and values of positions ``[start, start + S)``; returns those of ``[0, start + S)``."""
@@ -188,7 +206,9 @@ class KVCache:
 
     def decode(self, layer: int, position: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """One token's step: writes its keys and values ``[B, 1, Hkv, D]`` at ``position`` and returns
-        the whole buffers with the filled length of each row, int32 ``[B]`` (attention's ``kv_len``).
+        the whole buffers with the filled length of each row, int ``[B]`` (attention's ``kv_len``), made
+        once a step: every layer of a step writes at the same position, and on CUDA each length tensor
+        made a layer was a launch or two ahead of its attention's.
         Whole buffers, not the filled prefix: a prefix of a batched buffer is a strided view that the
         CUDA kernels would copy, and its shape would change every token, which a CUDA graph cannot
         replay. ``position`` may be a one-element tensor on the cache's device (a graphed step's); it
@@ -201,7 +221,8 @@ class KVCache:
             index = position.reshape(1)
             self.k[layer].index_copy_(1, index, k.to(self.k[layer].dtype))
             self.v[layer].index_copy_(1, index, v.to(self.v[layer].dtype))
-            filled = (index + 1).to(torch.int32).expand(k.shape[0])
+            # int64 [B] in one launch: attention reads int32 and int64 lengths as given
+            make = lambda: index.expand(k.shape[0]) + 1  # noqa: E731
         else:
             if not 0 <= position < self.max_len:
                 raise ValueError(f"KV cache holds {self.max_len} positions; asked to write position {position}")
@@ -209,8 +230,8 @@ class KVCache:
             self.v[layer][:, position] = v[:, 0]
             if k.device.type == "cpu":
                 return self.k[layer][:, :position + 1], self.v[layer][:, :position + 1], None
-            filled = torch.full((k.shape[0],), position + 1, dtype=torch.int32, device=k.device)
-        return self.k[layer], self.v[layer], filled
+            make = lambda: torch.full((k.shape[0],), position + 1, dtype=torch.int32, device=k.device)  # noqa: E731
+        return self.k[layer], self.v[layer], self._filled.get(layer, position, k.shape[:2], make)
 
 
 class DenoisingKVCache:
@@ -223,6 +244,7 @@ class DenoisingKVCache:
         self.batch, self.length = batch, length
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
+        self._index = _PerStep()
 
     def update(self, layer: int, start: int | torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +255,8 @@ class DenoisingKVCache:
         if isinstance(start, torch.Tensor):
             if layer not in self.k:
                 raise ValueError("the KV cache is empty: its first forward must cover the whole canvas (the refresh)")
-            index = start.reshape(1) + torch.arange(k.shape[1], device=k.device)
+            index = self._index.get(layer, start, k.shape[1:2],
+                                    lambda: start.reshape(1) + torch.arange(k.shape[1], device=k.device))
             self.k[layer].index_copy_(1, index, k.to(self.k[layer].dtype))
             self.v[layer].index_copy_(1, index, v.to(self.v[layer].dtype))
             return self.k[layer], self.v[layer]
