@@ -80,12 +80,14 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
 
   const int chunk = int(blockIdx.x % split.chunks), first = chunk * split.chunk_keys;
   const int b = blockIdx.z, h = blockIdx.y, m0 = int(blockIdx.x / split.chunks) * kBlockM;
-  const int qn = int(p.q_size(b)), keys = int(p.k_size(b));
+  // The descriptor arrays (the binding makes them for this kernel, add_descriptors): the dense
+  // layout's arithmetic (AttentionParams::q_begin) left this kernel, at its 128 registers, a spill.
+  const int qn = int(p.q_count[b]), keys = int(p.k_count[b]);
   if (m0 >= qn || first >= keys) return;  // (one pass: first = 0, so a sequence without keys)
   const int kn = split.out != nullptr && keys - first > split.chunk_keys ? split.chunk_keys : keys - first;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
-  const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b) + first;
+  const int64_t q0 = p.q_start[b] + m0, k0 = p.k_start[b] + first;
   const T* gq = static_cast<const T*>(p.q) + q0 * p.q_token_stride + h * p.q_head_stride;
   const T* gk = static_cast<const T*>(p.k) + k0 * p.k_token_stride + hk * p.k_head_stride;
   const T* gv = static_cast<const T*>(p.v) + k0 * p.v_token_stride + hk * p.v_head_stride;

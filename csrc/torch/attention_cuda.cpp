@@ -78,20 +78,22 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   check_supported(call.op, call.params);
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  // The merge of the decoding and split launches stores every row of a padded batch, those
-  // without work as zeros: their outputs need no fill, lengths or not (two launches fewer).
-  const bool merged = p.max_q <= kDecodeQueries || split.chunks > 0;
+  const bool decoding = p.max_q <= kDecodeQueries, wgmma = !decoding && split.chunks == 0 && use_wgmma();
+  if (!decoding && !wgmma) add_descriptors(call);  // for the mma.sync forward, the split launch's too
+  // The merge of the decoding and split launches stores every row of a padded batch (its
+  // descriptors not made), those without work as zeros: their outputs need no fill.
+  const bool merged = decoding || split.chunks > 0;
   const bool launches = p.batch > 0 && p.heads > 0 && p.max_q > 0 && p.max_k > 0;
   allocate_outputs(call, q, call.every_row_written || (merged && launches && p.q_start == nullptr));
   auto workspace = [&](int64_t chunks) {
     return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
   };
-  if (p.max_q <= kDecodeQueries) {
+  if (decoding) {
     // A decoding step: the keys split across CTAs, which the tensor-core kernels' 128-query tiles cannot do
     attention_decode_cuda(p, workspace(attention_decode_chunks(p)).data_ptr<float>(), stream());
   } else if (split.chunks > 0) {
     attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), stream());
-  } else if (use_wgmma()) {
+  } else if (wgmma) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(p, pingpong(), stream());
 #endif

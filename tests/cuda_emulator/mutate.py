@@ -191,7 +191,7 @@ MUTANTS = [
     # the tensor-core forward split into key chunks: a chunk's keys from the sequence's start, chunks
     # running into the next one's keys, a statistic in raw score units, a row sum of one lane pair,
     # the merge counting chunks of the decoding kernels' size
-    (FWD, "k0 = p.k_begin(b) + first;", "k0 = p.k_begin(b);", "query_block"),
+    (FWD, "k0 = p.k_start[b] + first;", "k0 = p.k_start[b];", "query_block"),
     (FWD, "keys - first > split.chunk_keys ? split.chunk_keys : keys - first", "false ? split.chunk_keys : keys - first",
      "query_block"),
     (FWD, "float2{row_max[half] * scale_log2, row_sum[half]}", "float2{row_max[half], row_sum[half]}", "query_block"),
