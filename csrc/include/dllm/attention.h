@@ -5,7 +5,7 @@
 // tokens [k_begin(b), k_begin(b) + k_size(b)). A packed varlen batch gives them as arrays made
 // from cu_seqlens; a padded batch [B, S, H, D] has q_begin(b) = b * S and q_size(b) = q_len[b]
 // (or S), worked out where they are read, so that no kernel runs ahead of the attention's to
-// write them. Keys past k_size are never read (no mask tensor exists); query rows in a
+// write them (but for the mma.sync forward, which reads arrays: the binding's add_descriptors). Keys past k_size are never read (no mask tensor exists); query rows in a
 // sequence's padding are not computed and their output is zero.
 #pragma once
 #include <cstdint>
@@ -31,9 +31,10 @@ struct AttentionParams {
   int64_t k_token_stride = 0, k_head_stride = 0;
   int64_t v_token_stride = 0, v_head_stride = 0;
   int64_t o_token_stride = 0, o_head_stride = 0;
-  // Varlen: int64 [batch] arrays, already clamped. Padded: null, sequence b starting at b * max_q
-  // (b * max_k), of q_len[b] (k_len[b]) queries (keys) clamped to [0, max_q] ([0, max_k]) here,
-  // as on CUDA a check would synchronise, or of max_q (max_k) where q_len (k_len) is null too.
+  // Varlen (and padded, for the mma.sync forward): int64 [batch] arrays, already clamped. Padded:
+  // null, sequence b starting at b * max_q (b * max_k), of q_len[b] (k_len[b]) queries (keys)
+  // clamped to [0, max_q] ([0, max_k]) here, as on CUDA a check would synchronise, or of max_q
+  // (max_k) where q_len (k_len) is null too.
   const int64_t* q_start = nullptr;
   const int64_t* q_count = nullptr;
   const int64_t* k_start = nullptr;
