@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "models already there are reused unless --retrain")
     p.add_argument("--train-steps", type=int, default=None,
                    help="optimizer steps per model, the other cap beside --minutes: equal steps keep the budgets equal "
-                   f"on a machine shared with other work (default: those of --model-dir / --ar-dir when given, else "
+                   "on a machine shared with other work (default: those of --model-dir / --ar-dir when given, else "
                    f"{DEFAULT_TRAIN_STEPS})")
     p.add_argument("--retrain", action="store_true", help="train again even if --train-dir has models")
     p.add_argument("--train-only", action="store_true",
@@ -207,7 +207,8 @@ def _model_dirs(ns, device: str) -> dict:
             steps = _trained_steps(given) or trained.get("steps") or DEFAULT_TRAIN_STEPS
         if ns.data is not None:  # before training the other model on it
             _check_corpus([given], data, val_fraction)
-        print(f"[e2e] the model trained beside {given} takes its recipe" + (f" ({_recipe_text(recipe)})" if recipe else
+        said = ", ".join(f"{k} {v}" for k, v in recipe.items())
+        print(f"[e2e] the model trained beside {given} takes its recipe" + (f" ({said})" if recipe else
               " (it has no run record: the default one)") + f", {seq_len}-token windows and {steps} steps "
               f"(or --minutes {ns.minutes:g}, whichever ends first)")
     dirs = {}
@@ -227,10 +228,6 @@ def _model_dirs(ns, device: str) -> dict:
                           f"(--minutes {ns.minutes:g}): the report compares models of unequal training; a larger "
                           "--minutes (or --retrain with one) gives it the given model's steps", stacklevel=2)
     return dirs
-
-
-def _recipe_text(recipe: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in recipe.items())
 
 
 def _check_window(window: int, max_gen: int) -> None:
