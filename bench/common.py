@@ -122,7 +122,9 @@ def replayed(fn):
     """fn as a CUDA graph's replay: captured at the first call (after a warm-up call on a side
     stream, as torch.cuda.graph asks), whose errors the caller sees as fn's own; replayed at every
     call after. The rows it times are the GPU's time without the host's launches, what a loop that
-    replays its steps (dllm.generate's, the e2e benchmark's) pays."""
+    replays its steps (dllm.generate's, the e2e benchmark's) pays. Not dllm.sampling.cuda_graph's
+    GraphedStep, which copies its inputs into the graph at every call: at a few microseconds a
+    call, that copy would be a visible part of what is timed."""
     graph = None
 
     def call():

@@ -225,7 +225,7 @@ void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stre
 
 void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* stream) {
   const AttentionParams& p = g.fwd;
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   auto s = static_cast<cudaStream_t>(stream);
   attention_delta_cuda(g, delta, s);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_backward<DT, Dim>(g, delta, s); });

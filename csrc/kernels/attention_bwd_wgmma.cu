@@ -470,7 +470,7 @@ void attention_backward_wgmma_cuda(const AttentionGradParams& g, float* delta, b
                                    void* stream) {
   const AttentionParams& p = g.fwd;
   auto s = static_cast<cudaStream_t>(stream);
-  if (attn::nothing_to_launch(p)) {
+  if (p.launches_nothing()) {
     // dq, not zero-filled for the atomic path, takes its zeros from the rounding pass
     if (dq_accum != nullptr)
       attn::with_kernel_types(p, [&]<DType DT, int Dim>() { round_dq<DT, Dim>(g, dq_accum, s); });

@@ -214,7 +214,7 @@ int64_t attention_chunk_workspace_floats(const AttentionParams& p, int64_t chunk
 
 void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys,
                                  void* stream) {
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   const Partials w = partials(p, workspace, chunks, chunk_keys);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_merge<DT, Dim>(p, w, static_cast<cudaStream_t>(stream)); });
 }
@@ -222,7 +222,7 @@ void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int
 int64_t attention_decode_chunks(const AttentionParams& p) { return (p.max_k + kChunk - 1) / kChunk; }
 
 void attention_decode_cuda(const AttentionParams& p, float* workspace, void* stream) {
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const int64_t chunks = attention_decode_chunks(p);
   const Partials w = partials(p, workspace, chunks, kChunk);

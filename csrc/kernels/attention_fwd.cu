@@ -155,7 +155,7 @@ void launch_forward(const AttentionParams& p, const KeyChunks& split, cudaStream
 }  // namespace
 
 void attention_forward_cuda(const AttentionParams& p, void* stream) {
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, KeyChunks{}, s); });
 }
@@ -173,7 +173,7 @@ KeySplit attention_key_split(const AttentionParams& p, int sms) {
 }
 
 void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, void* stream) {
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const int64_t rows = p.q_tokens * p.heads * split.chunks;
   const KeyChunks chunks{workspace, reinterpret_cast<float2*>(workspace + rows * p.head_dim), int(split.chunks),

@@ -33,7 +33,7 @@
 //
 // The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
 // and epilogue are those of attention_fwd.cu. Keys past k_size are never read; query rows past
-// q_count are zero-filled, computed and not stored.
+// q_size are zero-filled, computed and not stored.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -189,7 +189,7 @@ void launch_forward(const AttentionParams& p, bool stagger, cudaStream_t stream)
 }  // namespace
 
 void attention_forward_wgmma_cuda(const AttentionParams& p, bool stagger, void* stream) {
-  if (attn::nothing_to_launch(p)) return;
+  if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
   attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, stagger, s); });
 }

@@ -443,11 +443,6 @@ __device__ __forceinline__ void probs_to_ds_t(float (&s)[Blocks][4], const float
     for (int e = 0; e < 4; ++e) s[nb][e] *= dp[nb][e] - col_delta[nb][e & 1];
 }
 
-// Whether p has nothing to compute: a launch with a zero grid dimension is an error on a GPU.
-inline bool nothing_to_launch(const AttentionParams& p) {
-  return p.batch == 0 || p.heads == 0 || p.max_q == 0 || p.max_k == 0;
-}
-
 // f.template operator()<DT, Dim>() for p's dtype and head dimension, among those the CUDA kernels
 // take (bfloat16 or float16; 64 or 128): the launches' one switch from run-time values to
 // template arguments.

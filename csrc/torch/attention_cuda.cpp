@@ -83,8 +83,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   // The merge of the decoding and split launches stores every row of a padded batch (its
   // descriptors not made), those without work as zeros: their outputs need no fill.
   const bool merged = decoding || split.chunks > 0;
-  const bool launches = p.batch > 0 && p.heads > 0 && p.max_q > 0 && p.max_k > 0;
-  allocate_outputs(call, q, call.every_row_written || (merged && launches && p.q_start == nullptr));
+  allocate_outputs(call, q, call.every_row_written || (merged && !p.launches_nothing() && p.q_start == nullptr));
   auto workspace = [&](int64_t chunks) {
     return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
   };

@@ -112,7 +112,7 @@ MUTANTS = [
     # the binding: a packed sequence running past the tokens left unclamped; zero heads launched
     ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
      "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
-    (MMA, "p.batch == 0 || p.heads == 0 ||", "p.batch == 0 ||", "degenerate"),
+    ("csrc/include/dllm/attention.h", "batch == 0 || heads == 0 ||", "batch == 0 ||", "degenerate"),
     # a range's straddling last chunk left unread, in increasing order and in one call with the
     # first's; a batch's tie going to its higher index
     ("csrc/kernels/cuda_rows.cuh", "(kOrder == Order::kIncreasing) reduce_one_by_one<kLanes>(view, split.inner_hi, hi, tid, f);",

@@ -5,8 +5,9 @@
 // tokens [k_begin(b), k_begin(b) + k_size(b)). A packed varlen batch gives them as arrays made
 // from cu_seqlens; a padded batch [B, S, H, D] has q_begin(b) = b * S and q_size(b) = q_len[b]
 // (or S), worked out where they are read, so that no kernel runs ahead of the attention's to
-// write them (but for the mma.sync forward, which reads arrays: the binding's add_descriptors). Keys past k_size are never read (no mask tensor exists); query rows in a
-// sequence's padding are not computed and their output is zero.
+// write them (but for the mma.sync forward, which reads arrays: the binding's add_descriptors).
+// Keys past k_size are never read (no mask tensor exists); query rows in a sequence's padding
+// are not computed and their output is zero.
 #pragma once
 #include <cstdint>
 
@@ -46,6 +47,8 @@ struct AttentionParams {
 
   DLLM_HD_MEMBER int64_t q_begin(int64_t b) const { return q_start != nullptr ? q_start[b] : b * max_q; }
   DLLM_HD_MEMBER int64_t k_begin(int64_t b) const { return k_start != nullptr ? k_start[b] : b * max_k; }
+  // Nothing to compute: a launch with a zero grid dimension is an error on a GPU.
+  DLLM_HD_MEMBER bool launches_nothing() const { return batch == 0 || heads == 0 || max_q == 0 || max_k == 0; }
   DLLM_HD_MEMBER int64_t q_size(int64_t b) const { return size(q_count, q_len, q_len_int32, b, max_q); }
   DLLM_HD_MEMBER int64_t k_size(int64_t b) const { return size(k_count, k_len, k_len_int32, b, max_k); }
 
