@@ -82,10 +82,13 @@ def _as_int(v, op: str, name: str, *, saturate: bool = False):
     schema takes a bool as 0 or 1, and refuses an int past int64 as "found type 'int'". A tensor
     (the schema takes a 0-d one) and torch.compile's symbolic ints pass as they are. saturate:
     an int past int64's largest is that largest (a count, where any value past the length is all)."""
-    if isinstance(v, (torch.Tensor, torch.SymInt)):
-        return v
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
+    # A plain int first: numbers.Integral's isinstance goes through the ABC machinery (0.46 us
+    # here against 0.1, three calls a predict_masked of about 5 us in all).
+    if type(v) is not int:
+        if isinstance(v, (torch.Tensor, torch.SymInt)):
+            return v
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
     if saturate and v > INT64_MAX:
         return INT64_MAX
     if not -INT64_MAX - 1 <= v <= INT64_MAX:
