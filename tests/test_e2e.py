@@ -879,6 +879,45 @@ def test_the_report_names_the_settings_the_two_runs_did_not_share(monkeypatch):
     assert e2e._differences(dirs) == ("kv_heads None and 2", "max_seq_len 64 and 48")
 
 
+def test_random_length_left_to_the_objective_is_compared_and_passed_on_as_the_objectives(monkeypatch, tmp_path):
+    """None leaves random_length to the objective: 0.01 for LLaDA, 0 for the others. A baseline beside a
+    LLaDA-objective model trains at 0.01, the report says LLaDA's None and the baseline's None differ and MDLM's
+    None and the baseline's 0.0 do not, and a kept baseline of None is the one 0.0 asks for."""
+    from dllm.training.timed import recipe_of, train_for_minutes
+
+    assert recipe_of({"objective": "llada", "random_length": None, "lr": 1e-3}) == {"lr": 1e-3, "random_length": 0.01}
+    assert recipe_of({"objective": "mdlm", "random_length": None}) == {"random_length": 0.0}
+    assert recipe_of({"objective": "llada", "random_length": 0.5}) == {"random_length": 0.5}
+    assert recipe_of({"random_length": None}) == {"random_length": None}  # whose, a record without objective does not say
+
+    model = {"arch": "llada", "hidden": 64, "layers": 2, "heads": 4, "max_seq_len": 64}
+    records = {"m": {"objective": "llada", "random_length": None}, "a": {"objective": "ar", "random_length": None}}
+    monkeypatch.setattr(e2e, "read_config", lambda d: {"model": {**model, "arch": "ar"} if d.name == "a" else model})
+    monkeypatch.setattr(e2e, "_training_config", lambda d: records[d.name])
+    dirs = {"mdlm": Path("m"), "ar": Path("a")}
+    assert e2e._differences(dirs) == ("random_length 0.01 and 0.0",)
+    records["m"]["objective"], records["a"]["random_length"] = "mdlm", 0.0
+    assert e2e._differences(dirs) == ()
+
+    records["m"]["objective"] = "llada"
+    calls = []
+    monkeypatch.setattr(e2e, "train_for_minutes", lambda objective, train_dir, minutes, **kw: calls.append(kw)
+                        or tmp_path / objective / "model")
+    ns = argparse.Namespace(gen_lengths=[16], train_dir=str(tmp_path), out_dir=str(tmp_path), data=None,
+                            model_dir="m", ar_dir=None, minutes=0.5, size="tiny", retrain=False, seed=0, train_steps=2)
+    e2e._model_dirs(ns, "cpu")
+    assert calls[0]["recipe"] == {"random_length": 0.01}
+
+    (tmp_path / "ar" / "model").mkdir(parents=True)
+    kept = {"tokenizer": "byte", "seq_len": 64, "model": "tiny", "data": None, "seed": 0, "objective": "ar",
+            "random_length": None}
+    (tmp_path / "ar" / "run_config.json").write_text(json.dumps({"train": kept}))
+    assert train_for_minutes("ar", tmp_path, 1.0, device="cpu", seq_len=64, recipe={"random_length": 0.0}) == \
+        tmp_path / "ar" / "model"
+    with pytest.raises(ValueError, match=re.escape("--random-length 0.0, not 0.01") + ".*--retrain"):
+        train_for_minutes("ar", tmp_path, 1.0, device="cpu", seq_len=64, recipe={"random_length": 0.01})
+
+
 def test_the_report_names_each_models_size():
     """A model of a named size's hidden width, blocks and heads is that size (a baseline trained beside it takes
     the name, with its learning rate); any other is named by those three, which a baseline trained beside it

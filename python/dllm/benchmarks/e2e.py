@@ -36,7 +36,7 @@ from ..sampling.cuda_graph import MAX_SESSIONS
 from ..sampling.pretrained import load_for_sampling
 from ..training.config import TrainConfig
 from ..training.evaluation import standard_error
-from ..training.timed import RECIPE_KEYS, SHAPE_KEYS, train_for_minutes
+from ..training.timed import RECIPE_KEYS, SHAPE_KEYS, recipe_of, train_for_minutes
 from .code_quality import (blank_rate, cut_at, exact_match, held_out_functions, parse_rate, parseable_prefix,
                            unigram_entropy)
 from .common import card, command_line, git_commit, quantile, time_interleaved, utc_now
@@ -167,12 +167,13 @@ def _differences(dirs: dict) -> tuple[str, ...]:
     """Optimisation (batch, learning rate, ...), window (max_seq_len) and model settings in which the two
     runs differ (each side's value)."""
     train = {k: _training_config(d) for k, d in dirs.items()}
+    recipe = {k: recipe_of(t) for k, t in train.items()}
     model = {k: read_config(d)["model"] for k, d in dirs.items()}
     pairs = []
     if train["mdlm"] and train["ar"]:  # a folder without a run record says nothing of its optimisation
         # dropout is a model setting too, compared below; a key a record lacks (written before it existed) is unknown
-        pairs += [(key, train["mdlm"][key], train["ar"][key]) for key in RECIPE_KEYS
-                  if key != "dropout" and key in train["mdlm"] and key in train["ar"]]
+        pairs += [(key, recipe["mdlm"][key], recipe["ar"][key]) for key in RECIPE_KEYS
+                  if key != "dropout" and key in recipe["mdlm"] and key in recipe["ar"]]
         if train["mdlm"].get("schedule") == "cosine" == train["ar"].get("schedule"):  # the steps place its decay
             pairs.append(("cosine schedule's steps", train["mdlm"].get("steps"), train["ar"].get("steps")))
     # None is a setting too (kv_heads None: as many as heads), unlike a key one architecture lacks
@@ -202,7 +203,7 @@ def _model_dirs(ns, device: str) -> dict:
         val_fraction = trained.get("val_fraction", val_fraction)
         seq_len = int(read_config(given)["model"]["max_seq_len"])
         _check_window(seq_len, max_gen)
-        recipe = {k: trained[k] for k in RECIPE_KEYS if k in trained}
+        recipe = recipe_of(trained)
         if ns.train_steps is None:
             steps = _trained_steps(given) or trained.get("steps") or DEFAULT_TRAIN_STEPS
         if ns.data is not None:  # before training the other model on it

@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+from ..objectives import OBJECTIVES
 from .checkpoint import CheckpointError
 from .config import TrainConfig, path_as_recorded
 from .trainer import train
@@ -30,6 +31,16 @@ def default_recipe(size: str) -> dict:
     defaults = TrainConfig()
     return {**{k: getattr(defaults, k) for k in RECIPE_KEYS}, "batch_size": 16, "lr": 1e-3 if size == "tiny" else 3e-4,
             "schedule": "constant", "warmup": 50, "ema": 0.99}
+
+
+def recipe_of(train: dict) -> dict:
+    """The RECIPE_KEYS among a run's training settings (a run record's "train"), random_length None
+    spelled out as its objective's own: None leaves it to the objective, whose defaults differ
+    (LLaDA cuts 1% of its steps to a random length, the others none)."""
+    recipe = {k: train[k] for k in RECIPE_KEYS if k in train}
+    if "random_length" in recipe and recipe["random_length"] is None and train.get("objective") in OBJECTIVES:
+        recipe["random_length"] = OBJECTIVES[train["objective"]].random_length
+    return recipe
 
 
 def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str, seq_len: int, size: str = "tiny",
@@ -69,10 +80,11 @@ def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str,
         if held_out != val_fraction:
             raise ValueError(f"{out / objective} holds a model trained with --val-fraction {held_out}, not "
                              f"{val_fraction}: retrain (--retrain) or choose another output folder")
-        for key, want in recipe.items():  # a record of before a key existed kept its default
-            if key in trained and trained[key] != want:
+        kept = recipe_of({**trained, "objective": objective})
+        for key, want in recipe_of({**recipe, "objective": objective}).items():
+            if key in kept and kept[key] != want:  # a record of before a key existed kept its default
                 raise ValueError(f"{out / objective} holds a model trained with --{key.replace('_', '-')} "
-                                 f"{trained[key]!r}, not {want!r}: retrain (--retrain) or choose another output folder")
+                                 f"{kept[key]!r}, not {want!r}: retrain (--retrain) or choose another output folder")
         if trained.get("seed") != seed:  # `dllm bench e2e --seed` seeds the training too
             raise ValueError(f"{out / objective} holds a model trained with --seed {trained.get('seed')}, not {seed}: "
                              "retrain (--retrain) or choose another output folder")
