@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
 
   const int chunk = int(blockIdx.x % split.chunks), first = chunk * split.chunk_keys;
   const int b = blockIdx.z, h = blockIdx.y, m0 = int(blockIdx.x / split.chunks) * kBlockM;
-  // The descriptor arrays (the binding makes them for this kernel, add_descriptors): the dense
-  // layout's arithmetic (AttentionParams::q_begin) left this kernel, at its 128 registers, a spill.
+  // The descriptor arrays (with_descriptors): the padded layout's arithmetic
+  // (AttentionParams::q_begin) left this kernel, at its 128 registers, a spill.
   const int qn = int(p.q_count[b]), keys = int(p.k_count[b]);
   if (m0 >= qn || first >= keys) return;  // (one pass: first = 0, so a sequence without keys)
   const int kn = split.out != nullptr && keys - first > split.chunk_keys ? split.chunk_keys : keys - first;
@@ -144,6 +144,29 @@ __global__ void __launch_bounds__(kThreads, Dim == 64 ? 2 : 1) attention_fwd_ker
   }
 }
 
+// A padded batch's starts and counts, one thread a sequence, as AttentionParams works them out.
+__global__ void padded_descriptors_kernel(const AttentionParams p, int64_t* d) {
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= p.batch) return;
+  d[b] = p.q_begin(b);
+  d[p.batch + b] = p.q_size(b);
+  d[2 * p.batch + b] = p.k_begin(b);
+  d[3 * p.batch + b] = p.k_size(b);
+}
+
+// p as the forward kernel reads it: a padded batch's arrays made into `descriptors` first.
+AttentionParams with_descriptors(const AttentionParams& p, int64_t* descriptors, cudaStream_t stream) {
+  if (p.q_start != nullptr) return p;
+  constexpr int kThreads = 128;
+  padded_descriptors_kernel<<<unsigned((p.batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p, descriptors);
+  AttentionParams a = p;
+  a.q_start = descriptors;
+  a.q_count = descriptors + p.batch;
+  a.k_start = descriptors + 2 * p.batch;
+  a.k_count = descriptors + 3 * p.batch;
+  return a;
+}
+
 template <DType DT, int Dim>
 void launch_forward(const AttentionParams& p, const KeyChunks& split, cudaStream_t stream) {
   constexpr int smem = fwd_smem_bytes<Dim>();
@@ -154,10 +177,13 @@ void launch_forward(const AttentionParams& p, const KeyChunks& split, cudaStream
 
 }  // namespace
 
-void attention_forward_cuda(const AttentionParams& p, void* stream) {
+int64_t attention_descriptor_count(const AttentionParams& p) { return p.q_start != nullptr ? 0 : 4 * p.batch; }
+
+void attention_forward_cuda(const AttentionParams& p, int64_t* descriptors, void* stream) {
   if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, KeyChunks{}, s); });
+  const AttentionParams a = with_descriptors(p, descriptors, s);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(a, KeyChunks{}, s); });
 }
 
 KeySplit attention_key_split(const AttentionParams& p, int sms) {
@@ -172,13 +198,16 @@ KeySplit attention_key_split(const AttentionParams& p, int sms) {
   return used > 1 ? KeySplit{used, chunk_keys} : KeySplit{};
 }
 
-void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, void* stream) {
+void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, int64_t* descriptors,
+                                  void* stream) {
   if (p.launches_nothing()) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const int64_t rows = p.q_tokens * p.heads * split.chunks;
   const KeyChunks chunks{workspace, reinterpret_cast<float2*>(workspace + rows * p.head_dim), int(split.chunks),
                          int(split.chunk_keys)};
-  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(p, chunks, s); });
+  const AttentionParams a = with_descriptors(p, descriptors, s);
+  attn::with_kernel_types(p, [&]<DType DT, int Dim>() { launch_forward<DT, Dim>(a, chunks, s); });
+  // p, not a: a padded batch's merge stores every row, those of its padding too (no fill needed)
   attention_merge_chunks_cuda(p, workspace, split.chunks, split.chunk_keys, stream);
 }
 

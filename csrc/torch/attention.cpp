@@ -188,25 +188,6 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   return call;
 }
 
-void add_descriptors(AttentionCall& call) {
-  AttentionParams& p = call.params;
-  if (p.q_start != nullptr) return;  // varlen's, made from cu_seqlens
-  const auto opts = call.q.options().dtype(at::kLong);
-  auto starts = [&](int64_t len) { return len > 0 ? at::arange(0, p.batch * len, len, opts) : at::zeros({p.batch}, opts); };
-  auto counts = [&](const at::Tensor& len, int64_t max) {
-    return len.defined() ? len.to(at::kLong).clamp(0, max).contiguous() : at::full({p.batch}, max, opts);
-  };
-  call.q_start = starts(p.max_q);
-  call.k_start = p.max_k == p.max_q ? call.q_start : starts(p.max_k);
-  call.q_count = counts(call.q_len, p.max_q);
-  call.k_count = !call.k_len.defined() && !call.q_len.defined() && p.max_k == p.max_q ? call.q_count
-                                                                                      : counts(call.k_len, p.max_k);
-  p.q_start = call.q_start.data_ptr<int64_t>();
-  p.q_count = call.q_count.data_ptr<int64_t>();
-  p.k_start = call.k_start.data_ptr<int64_t>();
-  p.k_count = call.k_count.data_ptr<int64_t>();
-}
-
 void allocate_outputs(AttentionCall& call, const at::Tensor& q, bool written_whole) {
   AttentionParams& p = call.params;
   const auto lse_options = q.options().dtype(at::kFloat);

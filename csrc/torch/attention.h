@@ -28,11 +28,6 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
                                 const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q,
                                 int64_t max_seqlen_k, double scale, bool cuda, bool outputs = true);
 
-// A padded call's descriptor arrays, as varlen calls have them: the mma.sync forward kernel
-// (attention_fwd.cu) reads those; every other kernel works out a padded batch's from max_q,
-// max_k and the lengths.
-void add_descriptors(AttentionCall& call);
-
 // out (q's shape) and lse ([heads, q_tokens] float32) for a prepared call: unfilled where the
 // kernels that run store every row (written_whole), else zeros and -inf.
 void allocate_outputs(AttentionCall& call, const at::Tensor& q, bool written_whole);

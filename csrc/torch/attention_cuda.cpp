@@ -79,25 +79,28 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const bool decoding = p.max_q <= kDecodeQueries, wgmma = !decoding && split.chunks == 0 && use_wgmma();
-  if (!decoding && !wgmma) add_descriptors(call);  // for the mma.sync forward, the split launch's too
-  // The merge of the decoding and split launches stores every row of a padded batch (its
-  // descriptors not made), those without work as zeros: their outputs need no fill.
+  // The merge of the decoding and split launches stores every row of a padded batch, those
+  // without work as zeros: their outputs need no fill.
   const bool merged = decoding || split.chunks > 0;
   allocate_outputs(call, q, call.every_row_written || (merged && !p.launches_nothing() && p.q_start == nullptr));
   auto workspace = [&](int64_t chunks) {
     return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
   };
+  // the mma.sync forward's copy of a padded batch's starts and counts (the split launch's too)
+  at::Tensor descriptors;
+  if (!decoding && !wgmma) descriptors = at::empty({attention_descriptor_count(p)}, q.options().dtype(at::kLong));
   if (decoding) {
     // A decoding step: the keys split across CTAs, which the tensor-core kernels' 128-query tiles cannot do
     attention_decode_cuda(p, workspace(attention_decode_chunks(p)).data_ptr<float>(), stream());
   } else if (split.chunks > 0) {
-    attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), stream());
+    attention_forward_split_cuda(p, split, workspace(split.chunks).data_ptr<float>(), descriptors.data_ptr<int64_t>(),
+                                 stream());
   } else if (wgmma) {
 #if DLLM_WITH_WGMMA
     attention_forward_wgmma_cuda(p, pingpong(), stream());
 #endif
   } else {
-    attention_forward_cuda(p, stream());
+    attention_forward_cuda(p, descriptors.data_ptr<int64_t>(), stream());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.out, call.lse};

@@ -281,6 +281,11 @@ MUTANTS = [
     # padded batch's past its queries
     (DECODE, "    if (i < qn || (p.q_start == nullptr && i < p.max_q)) {", "    if (false) {", "attention"),
     (DECODE, "    if (i < qn || (p.q_start == nullptr && i < p.max_q)) {", "    if (i < qn) {", "attention"),
+    # the mma.sync forward's copy of a padded batch's descriptors: q_len ignored, keys at the queries'
+    # stride; the split launch's merge given that copy, which leaves the padding's rows unstored
+    (FWD, "  d[p.batch + b] = p.q_size(b);", "  d[p.batch + b] = p.max_q;", "attention"),
+    (FWD, "  d[2 * p.batch + b] = p.k_begin(b);", "  d[2 * p.batch + b] = p.q_begin(b);", "attention"),
+    (FWD, "  attention_merge_chunks_cuda(p, workspace,", "  attention_merge_chunks_cuda(a, workspace,", "attention"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
     # kept after an error; a token read back from an x updated since

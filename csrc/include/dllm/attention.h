@@ -5,7 +5,7 @@
 // tokens [k_begin(b), k_begin(b) + k_size(b)). A packed varlen batch gives them as arrays made
 // from cu_seqlens; a padded batch [B, S, H, D] has q_begin(b) = b * S and q_size(b) = q_len[b]
 // (or S), worked out where they are read, so that no kernel runs ahead of the attention's to
-// write them (but for the mma.sync forward, which reads arrays: the binding's add_descriptors).
+// write them (but for the mma.sync forward, which reads arrays: one small kernel of its own makes them).
 // Keys past k_size are never read (no mask tensor exists); query rows in a sequence's padding
 // are not computed and their output is zero.
 #pragma once
@@ -32,7 +32,7 @@ struct AttentionParams {
   int64_t k_token_stride = 0, k_head_stride = 0;
   int64_t v_token_stride = 0, v_head_stride = 0;
   int64_t o_token_stride = 0, o_head_stride = 0;
-  // Varlen (and padded, for the mma.sync forward): int64 [batch] arrays, already clamped. Padded:
+  // Varlen (and padded, inside the mma.sync forward): int64 [batch] arrays, already clamped. Padded:
   // null, sequence b starting at b * max_q (b * max_k), of q_len[b] (k_len[b]) queries (keys)
   // clamped to [0, max_q] ([0, max_k]) here, as on CUDA a check would synchronise, or of max_q
   // (max_k) where q_len (k_len) is null too.
@@ -79,7 +79,11 @@ void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t
 // All pointers are device pointers; q, k, v, out and dout 16-byte aligned; out and dq / dk / dv
 // zero-filled and lse filled with -inf beforehand, since rows without work are not written.
 // `delta` is float32 scratch of lse's shape [heads, q_tokens].
-void attention_forward_cuda(const AttentionParams& p, void* stream);
+// The mma.sync forward reads a padded batch's starts and counts from arrays (its 128 registers at
+// D = 64 have no room to work them out): `descriptors`, int64 scratch of
+// attention_descriptor_count(p) elements (none for a varlen p, whose arrays it reads), receives them.
+int64_t attention_descriptor_count(const AttentionParams& p);
+void attention_forward_cuda(const AttentionParams& p, int64_t* descriptors, void* stream);
 // delta = rowsum(dO * O), the backward's first step (part of attention_backward_cuda).
 void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stream);
 // The forward and backward on Hopper's wgmma instruction, for compute capability 9.0 only; they
@@ -113,6 +117,7 @@ struct KeySplit {
   int64_t chunks = 0, chunk_keys = 0;
 };
 KeySplit attention_key_split(const AttentionParams& p, int sms);
-void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, void* stream);
+void attention_forward_split_cuda(const AttentionParams& p, KeySplit split, float* workspace, int64_t* descriptors,
+                                  void* stream);
 
 }  // namespace dllm
