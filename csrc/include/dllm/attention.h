@@ -101,7 +101,8 @@ void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* s
 // queries over many keys, where one CTA per query tile would leave most SMs idle. Each chunk's
 // unnormalised output and (maximum, sum) go to float32 scratch of
 // attention_chunk_workspace_floats(p, chunks) elements; attention_merge_chunks_cuda merges them
-// into out and lse. Same contract as attention_forward_cuda otherwise.
+// into out and lse, storing every row of a padded batch (zeros and -inf where there is no work):
+// its out and lse need no fill, a varlen batch's do. Same contract as attention_forward_cuda otherwise.
 int64_t attention_chunk_workspace_floats(const AttentionParams& p, int64_t chunks);
 void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys,
                                  void* stream);
