@@ -1141,6 +1141,43 @@ def test_attention_malformed_cu_seqlens_stay_inside_the_packed_tokens(emulator, 
     assert out.isfinite().all() and lse.isfinite().all()
 
 
+def clamped_ranges(cu: torch.Tensor, tokens: int, max_seqlen: int) -> list[tuple[int, int]]:
+    """(start, count) of each sequence as the CUDA binding reads a malformed cu_seqlens: the start
+    clamped into the tokens, the count (int64's wrapping difference, as torch's diff) into
+    [0, max_seqlen] and the tokens after the start."""
+    ranges = []
+    for lo, hi in zip(cu.tolist(), cu.tolist()[1:]):
+        start, n = min(max(lo, 0), tokens), (hi - lo + 2**63) % 2**64 - 2**63
+        ranges.append((start, min(max(n, 0), max_seqlen, tokens - start)))
+    return ranges
+
+
+@pytest.mark.parametrize("cu_k", [
+    torch.tensor([-3, 20, 5, 45], dtype=torch.int16),  # a negative start; a sequence ending before it starts
+    torch.tensor([0, 2**62, -2**63 + 10, 2**62]),  # 2**62 - (-2**63 + 10) wraps negative: no keys
+])
+def test_attention_decreasing_cu_seqlens_are_clamped_sequence_by_sequence(emulator, attention_kernel, cu_k):
+    """cu_seqlens of any integer width that decrease, start below 0 or lie far apart: each
+    sequence attends over the keys its clamped range names (ranges may overlap), and query rows
+    that no sequence holds, or whose sequence has no keys, are zero with a -inf log-sum-exp."""
+    g = gen(16)
+    q = torch.randn(30, 2, 64, generator=g).to(torch.bfloat16)
+    k, v = (torch.randn(50, 1, 64, generator=g).to(torch.bfloat16) for _ in range(2))
+    cu_q = torch.tensor([0, 10, 10, 26], dtype=torch.int16)  # rows 26-29 in no sequence
+    out, lse = emulated(emulator, EMU.attention_forward, q, k, v, None, None, cu_q, cu_k, 20, 64, 0.125)
+    zero_rows = torch.ones(30, dtype=torch.bool)
+    for (qs, qn), (ks, kn) in zip(clamped_ranges(cu_q, 30, 20), clamped_ranges(cu_k, 50, 64)):
+        if qn == 0 or kn == 0:
+            continue
+        zero_rows[qs:qs + qn] = False
+        sq, sk, sv = q[None, qs:qs + qn], k[None, ks:ks + kn], v[None, ks:ks + kn]
+        ref = reference_attention(sq, sk, sv, softmax_scale=0.125)
+        check(out[None, qs:qs + qn], ref, reference_attention(sq, sk, sv, softmax_scale=0.125, upcast=False), 2, "out")
+        torch.testing.assert_close(lse[:, qs:qs + qn].double(), lse_reference(sq, sk, torch.tensor([kn]), 0.125), rtol=1e-5, atol=1e-5)
+    assert zero_rows[26:].all() and not zero_rows.all()
+    assert out[zero_rows].eq(0).all() and lse[:, zero_rows].eq(-torch.inf).all()
+
+
 def test_attention_generous_max_seqlen_is_clamped_to_the_packed_tokens(emulator, attention_kernel):
     """max_seqlen_* only bound the lengths: bounds past 2^31 (a caller's "no limit") give the exact
     bounds' result. Unclamped they sized the grids and key chunks, and overflowed the kernels'

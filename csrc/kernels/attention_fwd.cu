@@ -154,11 +154,34 @@ __global__ void padded_descriptors_kernel(const AttentionParams p, int64_t* d) {
   d[3 * p.batch + b] = p.k_size(b);
 }
 
+__device__ int64_t cu_at(const CuSeqlens& c, int64_t i) {
+  return c.int32 ? int64_t(static_cast<const int32_t*>(c.cu)[i]) : static_cast<const int64_t*>(c.cu)[i];
+}
+
+__device__ void varlen_range(const CuSeqlens& c, int64_t b, int64_t& start, int64_t& count) {
+  const int64_t lo = cu_at(c, b), hi = cu_at(c, b + 1);
+  start = lo < 0 ? 0 : lo > c.tokens ? c.tokens : lo;
+  // as torch's int64 diff: wrapping, not undefined, for a malformed pair far apart
+  const int64_t n = int64_t(uint64_t(hi) - uint64_t(lo));
+  count = n < 0 ? 0 : n > c.max_seqlen ? c.max_seqlen : n;
+  if (count > c.tokens - start) count = c.tokens - start;
+}
+
+__global__ void varlen_descriptors_kernel(const CuSeqlens q, const CuSeqlens k, int64_t batch, int64_t* d) {
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  varlen_range(q, b, d[b], d[batch + b]);
+  varlen_range(k, b, d[2 * batch + b], d[3 * batch + b]);
+}
+
+constexpr int kDescriptorThreads = 128;
+
+unsigned descriptor_blocks(int64_t batch) { return unsigned((batch + kDescriptorThreads - 1) / kDescriptorThreads); }
+
 // p as the forward kernel reads it: a padded batch's arrays made into `descriptors` first.
 AttentionParams with_descriptors(const AttentionParams& p, int64_t* descriptors, cudaStream_t stream) {
   if (p.q_start != nullptr) return p;
-  constexpr int kThreads = 128;
-  padded_descriptors_kernel<<<unsigned((p.batch + kThreads - 1) / kThreads), kThreads, 0, stream>>>(p, descriptors);
+  padded_descriptors_kernel<<<descriptor_blocks(p.batch), kDescriptorThreads, 0, stream>>>(p, descriptors);
   AttentionParams a = p;
   a.q_start = descriptors;
   a.q_count = descriptors + p.batch;
@@ -178,6 +201,12 @@ void launch_forward(const AttentionParams& p, const KeyChunks& split, cudaStream
 }  // namespace
 
 int64_t attention_descriptor_count(const AttentionParams& p) { return p.q_start != nullptr ? 0 : 4 * p.batch; }
+
+void attention_varlen_descriptors_cuda(CuSeqlens q, CuSeqlens k, int64_t batch, int64_t* descriptors, void* stream) {
+  if (batch == 0) return;
+  varlen_descriptors_kernel<<<descriptor_blocks(batch), kDescriptorThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      q, k, batch, descriptors);
+}
 
 void attention_forward_cuda(const AttentionParams& p, int64_t* descriptors, void* stream) {
   if (p.launches_nothing()) return;

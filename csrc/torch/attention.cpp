@@ -17,6 +17,12 @@ constexpr const char* kOp = "attention";
 
 // A padded batch's lengths as the kernels read them (AttentionParams::q_size / k_size, which clamp
 // them to [0, S]): int32 or int64 as given, other integer types as int64.
+// t as the kernels read it: int32 or int64 as given, other widths as int64; contiguous.
+at::Tensor int32_or_int64(const at::Tensor& t) {
+  const bool kept = t.scalar_type() == at::kInt || t.scalar_type() == at::kLong;
+  return (kept ? t : t.to(at::kLong)).contiguous();
+}
+
 at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const char* name, bool cuda) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, kOp, ": ", name, " must have shape [", batch, "], got ", t.sizes());
   check_integer(kOp, t, name);
@@ -24,8 +30,7 @@ at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const ch
     TORCH_CHECK_VALUE(t.ge(0).all().item<bool>() && t.le(max_len).all().item<bool>(), kOp, ": ", name,
                       " must lie in [0, ", max_len, "]");
   }
-  const bool kept = t.scalar_type() == at::kInt || t.scalar_type() == at::kLong;
-  return (kept ? t : t.to(at::kLong)).contiguous();
+  return int32_or_int64(t);
 }
 
 // The CUDA kernels copy rows in 16-byte chunks: a contiguous tensor at an odd offset gets a copy.
@@ -99,24 +104,26 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     batch = cu_seqlens_q->size(0) - 1;
     TORCH_CHECK_VALUE(max_seqlen_q >= 0 && max_seqlen_k >= 0, op, ": max_seqlen_q and max_seqlen_k must be >= 0, got ",
                       max_seqlen_q, " and ", max_seqlen_k);
-    const at::Tensor cq = cu_seqlens_q->to(at::kLong), ck = cu_seqlens_k->to(at::kLong);
-    if (!cuda) {
+    if (cuda) {
+      // No check (it would synchronise): attention_cuda.cpp's add_varlen_descriptors clamps them
+      // in one kernel, where torch ops took fourteen launches.
+      call.cu_q = int32_or_int64(*cu_seqlens_q);
+      call.cu_k = int32_or_int64(*cu_seqlens_k);
+      call.max_seqlen_q = max_seqlen_q;
+      call.max_seqlen_k = max_seqlen_k;
+    } else {
+      const at::Tensor cq = cu_seqlens_q->to(at::kLong), ck = cu_seqlens_k->to(at::kLong);
       TORCH_CHECK_VALUE(cq[0].item<int64_t>() == 0 && ck[0].item<int64_t>() == 0 && cq.diff().ge(0).all().item<bool>() &&
                             ck.diff().ge(0).all().item<bool>() && cq[-1].item<int64_t>() <= q.size(0) &&
                             ck[-1].item<int64_t>() <= k.size(0),
                         op, ": cu_seqlens must start at 0, never decrease, and end within the packed tokens");
       TORCH_CHECK_VALUE(cq.diff().le(max_seqlen_q).all().item<bool>() && ck.diff().le(max_seqlen_k).all().item<bool>(),
                         op, ": a sequence is longer than max_seqlen_q / max_seqlen_k");
+      call.q_start = cq.slice(0, 0, batch).contiguous();
+      call.q_count = cq.diff().contiguous();
+      call.k_start = ck.slice(0, 0, batch).contiguous();
+      call.k_count = ck.diff().contiguous();
     }
-    // On CUDA, where checking cu_seqlens would cost a host sync, they are clamped instead: every
-    // sequence stays inside the packed tokens and within max_seqlen, so a malformed one gives
-    // wrong attention but never reads or writes outside q, k, v and out.
-    const at::Tensor q_start = cq.slice(0, 0, batch).clamp(0, q.size(0));
-    const at::Tensor k_start = ck.slice(0, 0, batch).clamp(0, k.size(0));
-    call.q_start = q_start.contiguous();
-    call.q_count = at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0))).contiguous();
-    call.k_start = k_start.contiguous();
-    call.k_count = at::minimum(ck.diff().clamp(0, max_seqlen_k), k_start.neg().add(k.size(0))).contiguous();
     // max_seqlen_* only bound the lengths, which are clamped to the packed tokens anyway: a
     // generous bound (2^32 for "no limit") would otherwise size the CUDA grids and key chunks,
     // and overflow the kernels' 32-bit positions within a sequence (attention_fwd.cu's
@@ -169,7 +176,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   p.v_head_stride = ov.head_stride;
   p.o_token_stride = heads * dim;
   p.o_head_stride = dim;
-  if (varlen) {
+  if (call.q_start.defined()) {  // on CUDA, add_varlen_descriptors's
     p.q_start = call.q_start.data_ptr<int64_t>();
     p.q_count = call.q_count.data_ptr<int64_t>();
     p.k_start = call.k_start.data_ptr<int64_t>();

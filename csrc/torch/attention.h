@@ -15,6 +15,10 @@ struct AttentionCall {
   const char* op = "attention";  // attention_op's
   at::Tensor q, k, v, out, lse;
   at::Tensor q_start, q_count, k_start, k_count;  // varlen: int64 [B] sequence descriptors
+  // varlen on CUDA: cu_seqlens (int32 or int64) and the bounds given, from which the CUDA binding
+  // makes the descriptors (add_varlen_descriptors), unchecked and clamped
+  at::Tensor cu_q, cu_k;
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;
   at::Tensor q_len, k_len;                         // padded: the lengths given (AttentionParams::q_len)
   bool every_row_written = false;  // the CUDA kernels store all of out, lse and the gradients
   AttentionParams params;

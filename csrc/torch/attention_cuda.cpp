@@ -66,6 +66,27 @@ bool atomic_dq() {
   return true;
 }
 
+// A varlen call's descriptors, made on the device from its cu_seqlens (attention.cpp left them).
+void add_varlen_descriptors(AttentionCall& call) {
+  if (!call.cu_q.defined()) return;
+  AttentionParams& p = call.params;
+  const at::Tensor d = at::empty({4, p.batch}, call.cu_q.options().dtype(at::kLong));
+  auto seqlens = [](const at::Tensor& cu, int64_t tokens, int64_t max_seqlen) {
+    return CuSeqlens{cu.const_data_ptr(), cu.scalar_type() == at::kInt, tokens, max_seqlen};
+  };
+  attention_varlen_descriptors_cuda(seqlens(call.cu_q, p.q_tokens, call.max_seqlen_q),
+                                    seqlens(call.cu_k, p.k_tokens, call.max_seqlen_k), p.batch, d.data_ptr<int64_t>(),
+                                    stream());
+  call.q_start = d[0];
+  call.q_count = d[1];
+  call.k_start = d[2];
+  call.k_count = d[3];
+  p.q_start = call.q_start.data_ptr<int64_t>();
+  p.q_count = call.q_count.data_ptr<int64_t>();
+  p.k_start = call.k_start.data_ptr<int64_t>();
+  p.k_count = call.k_count.data_ptr<int64_t>();
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                               const std::optional<at::Tensor>& kv_len,
                                                               const std::optional<at::Tensor>& q_len,
@@ -76,6 +97,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
                                          max_seqlen_k, scale, true, /*outputs=*/false);
   const c10::cuda::CUDAGuard guard(q.device());
   check_supported(call.op, call.params);
+  add_varlen_descriptors(call);
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const bool decoding = p.max_q <= kDecodeQueries, wgmma = !decoding && split.chunks == 0 && use_wgmma();
@@ -119,6 +141,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
                                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, true, atomic);
   AttentionGradParams& g = call.params;
   check_supported(call.fwd.op, g.fwd);
+  add_varlen_descriptors(call.fwd);
+  g.fwd.q_start = call.fwd.params.q_start;  // g.fwd was copied from call.fwd.params before
+  g.fwd.q_count = call.fwd.params.q_count;
+  g.fwd.k_start = call.fwd.params.k_start;
+  g.fwd.k_count = call.fwd.params.k_count;
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (wgmma) {
 #if DLLM_WITH_WGMMA

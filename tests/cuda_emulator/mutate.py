@@ -109,9 +109,8 @@ MUTANTS = [
     # overflows); the wgmma forward rescaling O by a stale correction
     (MMA, "constexpr float kRescaleThreshold = 8.0f;", "constexpr float kRescaleThreshold = 1e30f;", "climb"),
     (WG_FWD, "    if (rescale) rescale_rows(o, correction);", "    rescale_rows(o, correction);", "attention and wgmma"),
-    # the binding: a packed sequence running past the tokens left unclamped; zero heads launched
-    ("csrc/torch/attention.cpp", "at::minimum(cq.diff().clamp(0, max_seqlen_q), q_start.neg().add(q.size(0)))",
-     "cq.diff().clamp(0, max_seqlen_q)", "malformed"),
+    # a packed sequence running past the tokens left unclamped (the varlen descriptors); zero heads launched
+    (FWD, "  if (count > c.tokens - start) count = c.tokens - start;\n", "", "malformed"),
     ("csrc/include/dllm/attention.h", "batch == 0 || heads == 0 ||", "batch == 0 ||", "degenerate"),
     # a range's straddling last chunk left unread, in increasing order and in one call with the
     # first's; a batch's tie going to its higher index
@@ -286,6 +285,11 @@ MUTANTS = [
     (FWD, "  d[p.batch + b] = p.q_size(b);", "  d[p.batch + b] = p.max_q;", "attention"),
     (FWD, "  d[2 * p.batch + b] = p.k_begin(b);", "  d[2 * p.batch + b] = p.q_begin(b);", "attention"),
     (FWD, "  attention_merge_chunks_cuda(p, workspace,", "  attention_merge_chunks_cuda(a, workspace,", "attention"),
+    # a varlen sequence's start taken below 0, its count below 0 (cu_seqlens unchecked on CUDA)
+    (FWD, "  start = lo < 0 ? 0 : lo > c.tokens ? c.tokens : lo;", "  start = lo > c.tokens ? c.tokens : lo;",
+     "cu_seqlens"),
+    (FWD, "  count = n < 0 ? 0 : n > c.max_seqlen ? c.max_seqlen : n;", "  count = n > c.max_seqlen ? c.max_seqlen : n;",
+     "cu_seqlens"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
     # kept after an error; a token read back from an x updated since

@@ -83,6 +83,17 @@ void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t
 // D = 64 have no room to work them out): `descriptors`, int64 scratch of
 // attention_descriptor_count(p) elements (none for a varlen p, whose arrays it reads), receives them.
 int64_t attention_descriptor_count(const AttentionParams& p);
+// A varlen batch's q_start, q_count, k_start, k_count (each [batch] int64, one after the other in
+// `descriptors`) from cu_seqlens ([batch + 1], int32 or int64 as flagged), in one kernel. Nothing
+// is checked (a check would synchronise): starts are clamped to [0, tokens] and counts to
+// [0, max_seqlen] and to the tokens after the start, so a malformed cu_seqlens gives wrong
+// attention but never reads or writes outside q, k, v and out.
+struct CuSeqlens {
+  const void* cu = nullptr;
+  bool int32 = false;
+  int64_t tokens = 0, max_seqlen = 0;
+};
+void attention_varlen_descriptors_cuda(CuSeqlens q, CuSeqlens k, int64_t batch, int64_t* descriptors, void* stream);
 void attention_forward_cuda(const AttentionParams& p, int64_t* descriptors, void* stream);
 // delta = rowsum(dO * O), the backward's first step (part of attention_backward_cuda).
 void attention_delta_cuda(const AttentionGradParams& g, float* delta, void* stream);
