@@ -13,6 +13,9 @@
 // The same kernel serves a query block over many keys split into chunks (KeyChunks): then each
 // CTA walks one chunk of its sequence's keys and leaves its partial result for
 // attention_decode.cu's merge kernel.
+//
+// Here too: the one-thread-a-sequence kernels that make the int64 descriptor arrays this forward
+// reads for a padded batch, and every kernel reads for a varlen one (from cu_seqlens).
 #include <cuda_runtime.h>
 
 #include <algorithm>
