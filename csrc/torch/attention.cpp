@@ -15,14 +15,14 @@ namespace {
 
 constexpr const char* kOp = "attention";
 
-// A padded batch's lengths as the kernels read them (AttentionParams::q_size / k_size, which clamp
-// them to [0, S]): int32 or int64 as given, other integer types as int64.
-// t as the kernels read it: int32 or int64 as given, other widths as int64; contiguous.
+// t as the kernels read it: int32 or int64 as given, other integer types as int64; contiguous.
 at::Tensor int32_or_int64(const at::Tensor& t) {
   const bool kept = t.scalar_type() == at::kInt || t.scalar_type() == at::kLong;
   return (kept ? t : t.to(at::kLong)).contiguous();
 }
 
+// A padded batch's lengths as the kernels read them (AttentionParams::q_size / k_size, which clamp
+// them to [0, S]).
 at::Tensor lengths(const at::Tensor& t, int64_t batch, int64_t max_len, const char* name, bool cuda) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, kOp, ": ", name, " must have shape [", batch, "], got ", t.sizes());
   check_integer(kOp, t, name);
@@ -176,7 +176,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   p.v_head_stride = ov.head_stride;
   p.o_token_stride = heads * dim;
   p.o_head_stride = dim;
-  if (call.q_start.defined()) {  // on CUDA, add_varlen_descriptors's
+  if (call.q_start.defined()) {  // varlen on the CPU (on CUDA, add_varlen_descriptors sets them)
     p.q_start = call.q_start.data_ptr<int64_t>();
     p.q_count = call.q_count.data_ptr<int64_t>();
     p.k_start = call.k_start.data_ptr<int64_t>();
