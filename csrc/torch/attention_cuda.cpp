@@ -142,10 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   AttentionGradParams& g = call.params;
   check_supported(call.fwd.op, g.fwd);
   add_varlen_descriptors(call.fwd);
-  g.fwd.q_start = call.fwd.params.q_start;  // g.fwd was copied from call.fwd.params before
-  g.fwd.q_count = call.fwd.params.q_count;
-  g.fwd.k_start = call.fwd.params.k_start;
-  g.fwd.k_count = call.fwd.params.k_count;
+  g.fwd = call.fwd.params;  // copied before the descriptors were made (out and lse already set)
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
   if (wgmma) {
 #if DLLM_WITH_WGMMA

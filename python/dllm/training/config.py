@@ -162,3 +162,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
         return cls(**d)
+
+
+def random_length_spelled_out(options: dict, objective_default: float) -> dict:
+    """options (TrainConfig fields) with random_length None, which leaves it to the objective,
+    replaced by that objective's ``objective_default``: spelling it out changes nothing."""
+    if "random_length" in options and options["random_length"] is None:
+        return {**options, "random_length": objective_default}
+    return options

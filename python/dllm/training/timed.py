@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..objectives import OBJECTIVES
 from .checkpoint import CheckpointError
-from .config import TrainConfig, path_as_recorded
+from .config import TrainConfig, path_as_recorded, random_length_spelled_out
 from .trainer import train
 
 SHAPE_KEYS = ("hidden", "layers", "heads")  # what makes two models of one architecture the same size
@@ -38,9 +38,8 @@ def recipe_of(train: dict) -> dict:
     spelled out as its objective's own: None leaves it to the objective, whose defaults differ
     (LLaDA cuts 1% of its steps to a random length, the others none)."""
     recipe = {k: train[k] for k in RECIPE_KEYS if k in train}
-    if "random_length" in recipe and recipe["random_length"] is None and train.get("objective") in OBJECTIVES:
-        recipe["random_length"] = OBJECTIVES[train["objective"]].random_length
-    return recipe
+    objective = OBJECTIVES.get(train.get("objective"))
+    return random_length_spelled_out(recipe, objective.random_length) if objective else recipe
 
 
 def train_for_minutes(objective: str, out: Path, minutes: float, *, device: str, seq_len: int, size: str = "tiny",

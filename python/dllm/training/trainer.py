@@ -30,7 +30,7 @@ from ..models import build_model, model_config
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME
 from ..objectives import OBJECTIVES, get_objective
 from .checkpoint import CheckpointError, RunFolderInUse, load_checkpoint, save_checkpoint
-from .config import TrainConfig, path_as_recorded
+from .config import TrainConfig, path_as_recorded, random_length_spelled_out
 from .ema import EMA
 from .evaluation import nll_metrics, validation_nll
 from .metrics import MetricsLog, plot_metrics
@@ -393,11 +393,8 @@ class Trainer:
             g["betas"], g["weight_decay"] = (self.cfg.beta1, self.cfg.beta2), self.cfg.weight_decay
         if self.ema is not None:
             self.ema.load_state_dict(s["ema"])
-        saved, now = dict(s.get("train_config", {})), self.cfg.to_dict()
-        # random_length left to the objective (None) is the objective's: spelling that out changes nothing
-        for options in (saved, now):
-            if "random_length" in options and options["random_length"] is None:
-                options["random_length"] = self.objective.random_length
+        saved, now = (random_length_spelled_out(o, self.objective.random_length)
+                      for o in (s.get("train_config", {}), self.cfg.to_dict()))
         shaping = RESUME_SHAPING + (COSINE_SHAPING if self.cfg.schedule == "cosine" else ())
         self.resume_changes = {k: [saved[k], now[k]] for k in shaping if k in saved and saved[k] != now[k]}
         if self.resume_changes and self.is_main:
