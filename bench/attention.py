@@ -13,7 +13,10 @@ sets of dllm kernels run: "dllm" (wgmma, the default there), "dllm lock-step" (w
 warpgroups in lock step, DLLM_ATTENTION_PINGPONG=0, instead of half a tile apart) and "dllm
 mma.sync" (DLLM_ATTENTION_KERNEL=mma, the default elsewhere); the ratios are against the default one.
 Forward + backward also runs "dllm atomic dQ" (DLLM_ATTENTION_DQ=atomic: dQ added by the dK/dV
-kernel with float32 atomics, no dQ kernel).
+kernel with float32 atomics, no dQ kernel). The runs with lengths also time the same batch packed
+(FlashAttention's varlen layout, packed before the timing): "dllm varlen" (`attention_varlen`) and
+"SDPA jagged", SDPA on nested tensors of the jagged layout, the maskless ragged path torch offers
+(its flash kernel's varlen form on a GPU), given the longest sequence so that no call reads it back.
 
   python bench/attention.py --device cuda --out bench/results/<name>
 """
@@ -40,12 +43,32 @@ def timed_call(fn, inputs, backward: bool):
     """The call timed: fn's forward, and with backward its gradients with respect to inputs,
     returned by torch.autograd.grad rather than accumulated into their .grad: q, k and v are leaves
     here (activations in a model), and from the second call on accumulating would add a
-    read-modify-write of all three to every timed call, dllm's and the peers' alike."""
+    read-modify-write of all three to every timed call, dllm's and the peers' alike. Returns the
+    output and the gradients (None without backward), which the tests compare across peers."""
     def call():
         out = fn()
-        if backward:
-            torch.autograd.grad(out, inputs, torch.ones_like(out))
+        return out, torch.autograd.grad(out, inputs, torch.ones_like(out)) if backward else None
     return call
+
+
+def packed(q, k, v, kv_len, backward: bool):
+    """The padded batch q, k, v [B, L, H, D] with keys kv_len packed as a varlen batch (every query
+    kept): q, k, v [tokens, H, D], fresh leaves when timing the backward, and int32 cu_seqlens."""
+    B, L = q.shape[:2]
+    cu_q = torch.arange(0, B * L + 1, L, device=q.device, dtype=torch.int32)
+    cu_k = F.pad(kv_len.cumsum(0), (1, 0)).to(torch.int32)
+    keys = [slice(0, n) for n in kv_len.tolist()]
+    qp = q.detach().reshape(B * L, *q.shape[2:]).clone()
+    kp, vp = (torch.cat([t.detach()[b, r] for b, r in enumerate(keys)]) for t in (k, v))
+    return tuple(t.requires_grad_(backward) for t in (qp, kp, vp)), cu_q, cu_k
+
+
+def jagged(t, cu_seqlens, lengths: tuple[int, int]):
+    """A packed [tokens, H, D] as SDPA's nested [B, H, j, D] (a view), given its shortest and longest
+    sequence: read back from the offsets, they would cost a synchronisation a call."""
+    nested = torch.nested.nested_tensor_from_jagged(t, cu_seqlens.long(), min_seqlen=lengths[0],
+                                                    max_seqlen=lengths[1])
+    return nested.transpose(1, 2)
 
 
 def main() -> None:
@@ -103,6 +126,22 @@ def main() -> None:
                     with sdpa_kernel([backend]):
                         return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask if masked else None)
                 candidates[name] = run(sdpa)
+            if masked:
+                (qp, kp, vp), cu_q, cu_k = packed(q, k, v, kv_len, args.backward)
+                q_lengths, k_lengths = (L, L), (int(kv_len.min()), int(kv_len.max()))
+
+                def varlen():
+                    os.environ.update(DLLM_ATTENTION_KERNEL="wgmma" if wgmma else "mma", DLLM_ATTENTION_PINGPONG="1",
+                                      DLLM_ATTENTION_DQ="separate")
+                    return dllm.ops.attention_varlen(qp, kp, vp, cu_q, cu_k, L, k_lengths[1])
+
+                def sdpa_jagged():
+                    out = F.scaled_dot_product_attention(jagged(qp, cu_q, q_lengths), jagged(kp, cu_k, k_lengths),
+                                                         jagged(vp, cu_k, k_lengths))
+                    return out.transpose(1, 2).values()
+
+                candidates["dllm varlen"] = timed_call(varlen, (qp, kp, vp), args.backward)
+                candidates["SDPA jagged"] = timed_call(sdpa_jagged, (qp, kp, vp), args.backward)
             shape = f"B{B} H{H} L{L} D{D}" + (" lengths" if masked else "")
             op, dt = "attention" + (" fwd+bwd" if args.backward else " fwd"), str(dtype).removeprefix("torch.")
             # a backend may refuse the inputs (flash with a mask): RuntimeError

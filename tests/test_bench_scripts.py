@@ -677,6 +677,37 @@ def test_attention_decode_peers_attend_over_the_same_keys(monkeypatch):
             torch.testing.assert_close(peer().transpose(1, 2), want, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_attention_peers_compute_dllms_outputs_and_gradients(monkeypatch):
+    """Every peer of bench/attention.py computes what dllm's padded call does, forward and backward:
+    SDPA's with the boolean mask, and with lengths the same batch packed (dllm varlen, SDPA jagged):
+    every query row, each sequence's kv_len keys."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import attention
+
+    groups = _captured_impls(monkeypatch, attention, ["--shapes", "3x2x33x16", "--backward", "--threads", "1"])
+    assert [[name for name, _ in g] for g in groups] == [["dllm", "SDPA (CPU)"],
+                                                         ["dllm", "SDPA (CPU)", "dllm varlen", "SDPA jagged"]]
+    for impls in groups:
+        (_, ours), *peers = impls
+        want, want_grads = ours()
+        for name, peer in peers:
+            out, grads = peer()
+            packed = out.dim() == 3
+            got = out.reshape(want.shape) if packed else out.transpose(1, 2)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+            # the packed q is the padded one reshaped; its keys are each sequence's first kv_len
+            torch.testing.assert_close(grads[0].reshape(want_grads[0].shape), want_grads[0], atol=1e-5, rtol=1e-5,
+                                       msg=name)
+            if packed:
+                kv_len = [n for n in (want_grads[1].abs().sum((2, 3)) > 0).sum(1).tolist()]
+                want_kv = [torch.cat([g[b, :n] for b, n in enumerate(kv_len)]) for g in want_grads[1:]]
+                assert grads[1].shape[0] == sum(kv_len) < 3 * 33
+            else:
+                want_kv = want_grads[1:]
+            for got_g, want_g in zip(grads[1:], want_kv):
+                torch.testing.assert_close(got_g, want_g, atol=1e-5, rtol=1e-5, msg=name)
+
+
 def test_unmask_peer_runs_at_the_given_temperature(monkeypatch):
     """bench/unmask_step.py's LLaDA peer draws at --temperature, as dllm's step does (at 0 it would skip
     the float64 Gumbel noise that costs LLaDA's step its time)."""
