@@ -929,6 +929,31 @@ def test_attention_never_reads_keys_past_kv_len(emulator, attention_kernel, Sq):
     assert (grads[1][~keep] == 0).all() and (grads[2][~keep] == 0).all()
 
 
+@pytest.mark.parametrize("Sq", [1, 9, 260])  # decoding, a query block split over the keys, the tiled forward
+def test_attention_rows_without_work_are_stored_as_zeros_and_minus_inf(emulator, attention_kernel, Sq):
+    """A padded batch's outputs start unfilled (poisoned here): the rows no attention kernel computes
+    (queries past q_len, whole 128-query tiles of them too; every row of a sequence without keys;
+    the key gradients past kv_len, and all of them for a sequence without queries) come out as
+    zeros, and lse as -inf, whichever kernels run; the other rows' lse against float64."""
+    B, Sk, H, Hkv, D = 4, 300, 4, 2, 64
+    q, k, v = (t.detach().requires_grad_() for t in attention_inputs(B, Sq, Sk, H, Hkv, D, torch.bfloat16))
+    kv_len = torch.tensor([300, 0, 77, 40], dtype=torch.int32)
+    q_len = torch.tensor([Sq, Sq, max(Sq // 50, 1), 0], dtype=torch.int32)
+    scale = D**-0.5
+    rows = torch.arange(Sq)[None, :] < q_len[:, None]  # [B, Sq]
+    worked = rows & (kv_len > 0)[:, None]
+    _, lse = emulated(emulator, EMU.attention_forward, q.detach(), k.detach(), v.detach(), kv_len, q_len, None, None,
+                      Sq, Sk, scale)
+    want = lse_reference(q.detach(), k.detach(), kv_len, scale).masked_fill(~rows.flatten()[None, :], float("-inf"))
+    torch.testing.assert_close(lse.double(), want, rtol=1e-5, atol=1e-5)
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, kv_len, q_len, None, None, Sq, Sk, scale)
+    assert (out[~worked] == 0).all() and out[worked].ne(0).any(-1).all()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen(3)).to(out))
+    keys = (torch.arange(Sk)[None, :] < kv_len[:, None]) & (q_len > 0)[:, None]
+    assert (dq[~worked] == 0).all() and (dk[~keys] == 0).all() and (dv[~keys] == 0).all()
+    assert dq[worked].ne(0).any(-1).all() and dv[keys].ne(0).any(-1).all()
+
+
 @pytest.mark.parametrize("Sq", [1, 9, 130])  # decoding, a query block split over the keys, the tiled forward
 @pytest.mark.parametrize("width", [torch.int32, torch.int64, torch.int16])
 def test_attention_clamps_lengths_of_any_integer_width_to_the_sequence(emulator, attention_kernel, Sq, width):

@@ -33,7 +33,7 @@
 //
 // The accumulators have the mma.sync fragment layout, so the masking, online softmax (base 2)
 // and epilogue are those of attention_fwd.cu. Keys past k_size are never read; query rows past
-// q_size are zero-filled, computed and not stored.
+// q_size are zero-filled, computed and not stored (attention_fwd.cu says who stores them).
 #include <cuda_runtime.h>
 
 #include <cmath>

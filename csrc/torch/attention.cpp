@@ -154,6 +154,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   // The CUDA kernels store every query row of a sequence with keys: without lengths (and with
   // keys) nothing is left for a zero fill, which would cost a pass over out.
   call.every_row_written = cuda && !varlen && !q_len && !kv_len && heads > 0 && max_q > 0 && max_k > 0;
+  call.unfilled_outputs = cuda && !varlen;
 
   AttentionParams& p = call.params;
   p.q = call.q.data_ptr();
@@ -229,10 +230,11 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   call.fwd.params.out = call.fwd.out.data_ptr();
   call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
   call.dout = contiguous_for_kernels(dout.to(q.scalar_type()), cuda);
-  // The CUDA backward stores each gradient row of a sequence with queries and keys once; a dq
-  // rounded from a float32 copy (dq_written_whole) is stored whole, its empty rows as zeros.
+  // The CUDA backward stores each gradient row of a sequence with queries and keys once (the
+  // binding the rest, where the batch is padded); a dq rounded from a float32 copy
+  // (dq_written_whole) is stored whole, its empty rows as zeros.
   const auto gradient = [&](const at::Tensor& t) {
-    return call.fwd.every_row_written ? at::empty_like(t) : at::zeros_like(t);
+    return call.fwd.unfilled_outputs ? at::empty_like(t) : at::zeros_like(t);
   };
   call.dq = dq_written_whole ? at::empty_like(call.fwd.q) : gradient(call.fwd.q);
   call.dk = gradient(call.fwd.k);

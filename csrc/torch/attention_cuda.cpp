@@ -101,10 +101,13 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const bool decoding = p.max_q <= kDecodeQueries, wgmma = !decoding && split.chunks == 0 && use_wgmma();
-  // The merge of the decoding and split launches stores every row of a padded batch, those
-  // without work as zeros: their outputs need no fill.
-  const bool merged = decoding || split.chunks > 0;
-  allocate_outputs(call, q, call.every_row_written || (merged && !p.launches_nothing() && p.q_start == nullptr));
+  // A padded batch's rows without work: stored by the merge of the decoding and split launches,
+  // else by a kernel of their own, which writes those rows only (with kv_len alone, the sequences
+  // without keys) instead of filling out and lse whole first.
+  const bool merged = (decoding || split.chunks > 0) && !p.launches_nothing();
+  allocate_outputs(call, q, call.unfilled_outputs);
+  if (call.unfilled_outputs && !call.every_row_written && !merged)
+    attention_store_padding_cuda(p, AttentionPadding{call.out.data_ptr(), call.lse.data_ptr<float>()}, stream());
   auto workspace = [&](int64_t chunks) {
     return at::empty({attention_chunk_workspace_floats(p, chunks)}, q.options().dtype(at::kFloat));
   };
@@ -154,6 +157,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   } else {
     attention_backward_cuda(g, delta.data_ptr<float>(), stream());
   }
+  if (call.fwd.unfilled_outputs && !call.fwd.every_row_written)
+    attention_store_padding_cuda(
+        g.fwd, AttentionPadding{atomic ? nullptr : call.dq.data_ptr(), nullptr, {call.dk.data_ptr(), call.dv.data_ptr()}},
+        stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.dq, call.dk, call.dv};
 }

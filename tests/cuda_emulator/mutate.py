@@ -22,6 +22,7 @@ FWD, BWD, MMA, WG_FWD, WG_BWD, WG, DECODE = (
                  "attention_bwd_wgmma.cu", "wgmma.cuh", "attention_decode.cu")
 )
 DEFERRED = "csrc/torch/deferred_errors.cpp"
+PAD, BIND = "csrc/kernels/attention_padding.cu", "csrc/torch/attention_cuda.cpp"
 # (file, text, replacement, tests that must catch it)
 MUTANTS = [
     (FWD, "    __syncthreads();  // tile j is visible to all", "    // (removed)", "attention"),
@@ -290,6 +291,15 @@ MUTANTS = [
      "cu_seqlens"),
     (FWD, "  count = n < 0 ? 0 : n > c.max_seqlen ? c.max_seqlen : n;", "  count = n > c.max_seqlen ? c.max_seqlen : n;",
      "cu_seqlens"),
+    # a padded batch's rows without work: a sequence without keys keeping its q_len rows unstored,
+    # one without queries its key gradients; lse stored as 0; neither launch made
+    (PAD, "const int64_t q_first = kn == 0 ? 0 : qn,", "const int64_t q_first = qn,", "attention"),
+    (PAD, "k_first = qn == 0 || p.heads == 0 ? 0 : kn;", "k_first = p.heads == 0 ? 0 : kn;", "attention"),
+    (PAD, "b * p.max_q + q_first + i % rows] = -INFINITY;", "b * p.max_q + q_first + i % rows] = 0.0f;",
+     "rows_without_work"),
+    (BIND, "  if (call.unfilled_outputs && !call.every_row_written && !merged)\n",
+     "  if (false)\n", "attention"),
+    (BIND, "  if (call.fwd.unfilled_outputs && !call.fwd.every_row_written)\n", "  if (false)\n", "attention"),
     # errors found by the kernels: a call's own not raised once arrived, or marked as an earlier
     # call's; commit_tokens not raising what arrived; raise_pending_errors not waiting; the queue
     # kept after an error; a token read back from an x updated since

@@ -76,13 +76,26 @@ void attention_forward_cpu(const AttentionParams& p, int64_t begin, int64_t end)
 void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t end);
 
 // CUDA (head_dim 64 or 128, bfloat16 or float16), asynchronously on `stream` (a cudaStream_t).
-// All pointers are device pointers; q, k, v, out and dout 16-byte aligned; out and dq / dk / dv
-// zero-filled and lse filled with -inf beforehand, since rows without work are not written.
+// All pointers are device pointers; q, k, v, out and dout 16-byte aligned. Rows without work are
+// not written: a varlen batch's out and dq / dk / dv are zero-filled and its lse filled with -inf
+// beforehand; a padded batch's are stored by attention_store_padding_cuda instead (but where the
+// merge of a decoding or split launch stores every row, below).
 // `delta` is float32 scratch of lse's shape [heads, q_tokens].
 // The mma.sync forward reads a padded batch's starts and counts from arrays (its 128 registers at
 // D = 64 have no room to work them out): `descriptors`, int64 scratch of
 // attention_descriptor_count(p) elements (none for a varlen p, whose arrays it reads), receives them.
 int64_t attention_descriptor_count(const AttentionParams& p);
+// The outputs of a padded batch (q_start null) whose rows without work attention_store_padding_cuda
+// stores: query rows past q_size, or all of a sequence without keys, as zeros (`queries`: out or
+// dq, [q_tokens, heads, D] contiguous) and -inf (`lse`); key rows past k_size, or all of a
+// sequence without queries, as zeros (`keys`: dk and dv, [k_tokens, kv_heads, D] contiguous).
+// Any may be null. The rows are those no attention kernel writes, so either may run first.
+struct AttentionPadding {
+  void* queries = nullptr;
+  float* lse = nullptr;
+  void* keys[2] = {nullptr, nullptr};
+};
+void attention_store_padding_cuda(const AttentionParams& p, const AttentionPadding& out, void* stream);
 // A varlen batch's q_start, q_count, k_start, k_count (each [batch] int64, one after the other in
 // `descriptors`) from cu_seqlens ([batch + 1], int32 or int64 as flagged), in one kernel. Nothing
 // is checked (a check would synchronise): starts are clamped to [0, tokens] and counts to
