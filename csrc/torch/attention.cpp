@@ -152,7 +152,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   const int64_t q_tokens = varlen ? q.size(0) : batch * max_q;
   const int64_t k_tokens = varlen ? k.size(0) : batch * max_k;
   // The CUDA kernels store every query row of a sequence with keys: without lengths (and with
-  // keys) nothing is left for a zero fill, which would cost a pass over out.
+  // keys) no row is left for attention_store_padding_cuda, whose launch is then skipped.
   call.every_row_written = cuda && !varlen && !q_len && !kv_len && heads > 0 && max_q > 0 && max_k > 0;
   call.unfilled_outputs = cuda && !varlen;
 
@@ -192,7 +192,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
     p.k_len_int32 = call.k_len.scalar_type() == at::kInt;
   }
   p.scale = float(scale);
-  if (outputs) allocate_outputs(call, q, call.every_row_written);
+  if (outputs) allocate_outputs(call, q, call.unfilled_outputs);
   return call;
 }
 
