@@ -103,15 +103,16 @@ def main() -> None:
             def run(fn):
                 return timed_call(fn, (q, k, v), args.backward)
 
-            def dllm_call(kernel, pingpong="0" if args.no_pingpong else "1", dq="separate"):
+            def dllm_call(kernel="wgmma" if wgmma else "mma", pingpong="0" if args.no_pingpong else "1",
+                          dq="separate", attend=lambda: dllm.ops.attention(q, k, v, kv_len=lens)):
                 def call():
                     # read by the op at every call, the backward's included
                     os.environ.update(DLLM_ATTENTION_KERNEL=kernel, DLLM_ATTENTION_PINGPONG=pingpong,
                                       DLLM_ATTENTION_DQ=dq)
-                    return dllm.ops.attention(q, k, v, kv_len=lens)
+                    return attend()
                 return call
 
-            candidates = {"dllm": run(dllm_call("wgmma" if wgmma else "mma"))}
+            candidates = {"dllm": run(dllm_call())}
             if wgmma:
                 if not args.no_pingpong:
                     candidates["dllm lock-step"] = run(dllm_call("wgmma", "0"))
@@ -130,10 +131,7 @@ def main() -> None:
                 (qp, kp, vp), cu_q, cu_k = packed(q, k, v, kv_len, args.backward)
                 q_lengths, k_lengths = (L, L), (int(kv_len.min()), int(kv_len.max()))
 
-                def varlen():
-                    os.environ.update(DLLM_ATTENTION_KERNEL="wgmma" if wgmma else "mma", DLLM_ATTENTION_PINGPONG="1",
-                                      DLLM_ATTENTION_DQ="separate")
-                    return dllm.ops.attention_varlen(qp, kp, vp, cu_q, cu_k, L, k_lengths[1])
+                varlen = dllm_call(attend=lambda: dllm.ops.attention_varlen(qp, kp, vp, cu_q, cu_k, L, k_lengths[1]))
 
                 def sdpa_jagged():
                     out = F.scaled_dot_product_attention(jagged(qp, cu_q, q_lengths), jagged(kp, cu_k, k_lengths),
