@@ -6,6 +6,7 @@
 // ahead of the attention: with kv_len alone it writes only the sequences without keys.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "dllm/attention.h"
