@@ -699,7 +699,7 @@ def test_attention_peers_compute_dllms_outputs_and_gradients(monkeypatch):
             torch.testing.assert_close(grads[0].reshape(want_grads[0].shape), want_grads[0], atol=1e-5, rtol=1e-5,
                                        msg=name)
             if packed:
-                kv_len = [n for n in (want_grads[1].abs().sum((2, 3)) > 0).sum(1).tolist()]
+                kv_len = (want_grads[1].abs().sum((2, 3)) > 0).sum(1).tolist()  # dk is 0 past each kv_len
                 want_kv = [torch.cat([g[b, :n] for b, n in enumerate(kv_len)]) for g in want_grads[1:]]
                 assert grads[1].shape[0] == sum(kv_len) < 3 * 33
             else:
