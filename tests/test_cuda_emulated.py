@@ -1203,6 +1203,49 @@ def test_attention_decreasing_cu_seqlens_are_clamped_sequence_by_sequence(emulat
     assert out[zero_rows].eq(0).all() and lse[:, zero_rows].eq(-torch.inf).all()
 
 
+@pytest.mark.parametrize("n", [4, 9, 130])  # max_seqlen_q: decoding, a query block split over the keys, tiled
+def test_attention_varlen_rows_without_work_are_stored_as_zeros_and_minus_inf(emulator, attention_kernel, n):
+    """A varlen batch's outputs start unfilled too (poisoned here): query rows before the first
+    sequence, past one clamped to max_seqlen_q, after the last, and of a sequence without keys come
+    out as zeros (lse -inf); key gradient rows before the first sequence, of one without queries
+    and after the last as zeros; the rest against float64. A sequence lying in an earlier one's gap (cu_seqlens_q
+    decreasing) keeps its attention: the gaps are stored before the attention kernels run."""
+    H, Hkv, D, scale = 4, 2, 64, 0.125
+    cu_q = torch.tensor([2, n + 5, 2 * n + 5, n + 3, n + 5])  # 0: n + 3 rows, clamped to n; 2: none; 3: in 0's gap
+    cu_k = torch.tensor([1, 301, 301, 331, 361])  # 1: no keys
+    g = gen(17)
+    q, k, v = (torch.randn(rows, heads, D, generator=g).to(torch.bfloat16).requires_grad_()
+               for rows, heads in ((2 * n + 8, H), (365, Hkv), (365, Hkv)))
+    q_ranges, k_ranges = clamped_ranges(cu_q, len(q), n), clamped_ranges(cu_k, len(k), 300)
+    worked = [b for b, ((_, qn), (_, kn)) in enumerate(zip(q_ranges, k_ranges)) if qn and kn]
+    assert worked == [0, 3]
+    q_rows, k_rows = ([torch.arange(s, s + c) for s, c in (ranges[b] for b in worked)] for ranges in (q_ranges, k_ranges))
+    pad = lambda t, rows, S: torch.stack([torch.cat([t[r], t.new_zeros(S - len(r), *t.shape[1:])]) for r in rows])  # noqa: E731
+    q_len, kv_len = (torch.tensor([len(r) for r in rows]) for rows in (q_rows, k_rows))
+
+    def reference(upcast):  # the worked sequences' attention in their packed rows, zeros elsewhere
+        out = reference_attention(pad(q, q_rows, n), pad(k, k_rows, 300), pad(v, k_rows, 300), kv_len, q_len, scale,
+                                  upcast)
+        rows = torch.cat([out[i, :len(r)] for i, r in enumerate(q_rows)])
+        return rows.new_zeros(q.shape).index_copy(0, torch.cat(q_rows), rows)
+
+    out = emulated(emulator, EmulatedAttention.apply, q, k, v, None, None, cu_q, cu_k, n, 300, scale)
+    idle_q, idle_k = torch.ones(len(q), dtype=torch.bool), torch.ones(len(k), dtype=torch.bool)
+    idle_q[torch.cat(q_rows)], idle_k[torch.cat(k_rows)] = False, False
+    assert (out[idle_q] == 0).all() and out[~idle_q].ne(0).any(-1).all()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen(3)).to(out), retain_graph=True)
+    assert (dq[idle_q] == 0).all() and (dk[idle_k] == 0).all() and (dv[idle_k] == 0).all()
+    assert dq[~idle_q].ne(0).any(-1).all() and dv[~idle_k].ne(0).any(-1).all()
+    check(out, reference(True), reference(False), 2, "out")
+    check_gradients(out, reference(True), reference(False), (q, k, v))
+    _, lse = emulated(emulator, EMU.attention_forward, q.detach(), k.detach(), v.detach(), None, None, cu_q, cu_k, n,
+                      300, scale)
+    want = lse_reference(pad(q.detach(), q_rows, n), pad(k.detach(), k_rows, 300), kv_len, scale).view(H, len(worked), n)
+    want = torch.cat([want[:, i, :len(r)] for i, r in enumerate(q_rows)], 1)
+    torch.testing.assert_close(lse[:, ~idle_q].double(), want, rtol=1e-5, atol=1e-5)
+    assert lse[:, idle_q].eq(-torch.inf).all()
+
+
 def test_attention_generous_max_seqlen_is_clamped_to_the_packed_tokens(emulator, attention_kernel):
     """max_seqlen_* only bound the lengths: bounds past 2^31 (a caller's "no limit") give the exact
     bounds' result. Unclamped they sized the grids and key chunks, and overflowed the kernels'

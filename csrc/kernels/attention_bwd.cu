@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(const AttentionG
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
-  if (m0 >= qn || kn == 0) return;  // rows without work: filled first, or stored by attention_padding.cu
+  if (m0 >= qn || kn == 0) return;  // rows without work: stored by attention_padding.cu
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hk = int(h / (p.heads / p.kv_heads));
   const int64_t q0 = p.q_begin(b) + m0, k0 = p.k_begin(b);
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_kernel(const Attentio
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
-  if (n0 >= kn || qn == 0) return;  // rows without work: filled first, or stored by attention_padding.cu
+  if (n0 >= kn || qn == 0) return;  // rows without work: stored by attention_padding.cu
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = int(p.heads / p.kv_heads);
   const int64_t q0 = p.q_begin(b), k0 = p.k_begin(b) + n0;

@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_wgmma_kernel(const Atte
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
-  if (m0 >= qn || kn == 0) return;  // rows without work: filled first, or stored by attention_padding.cu
+  if (m0 >= qn || kn == 0) return;  // rows without work: stored by attention_padding.cu
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first query row in the tile
   const bool loads = warp < 4, lags = stagger && !loads;
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkdv_wgmma_kernel(const At
 
   const int b = blockIdx.z, hk = blockIdx.y, n0 = blockIdx.x * kRowsPerCta;
   const int qn = int(p.q_size(b)), kn = int(p.k_size(b));
-  if (n0 >= kn || qn == 0) return;  // rows without work: filled first, or stored by attention_padding.cu
+  if (n0 >= kn || qn == 0) return;  // rows without work: stored by attention_padding.cu
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int row0 = 64 * (warp / 4);  // this warpgroup's first key row in the tile
   const bool loads = warp < 4, lags = stagger && !loads;

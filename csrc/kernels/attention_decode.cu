@@ -14,8 +14,9 @@
 // Scores are in base 2 (the scale times log2 e folded into q). Keys past k_size are never read;
 // CTAs whose chunk starts past k_size, and queries past q_size, write nothing, and the merge
 // reads only chunks that hold keys. The merge writes the rows without work too (zeros, and a -inf
-// log-sum-exp): a sequence's without keys, and a padded batch's past its queries, so that the
-// binding allocates out and lse unfilled.
+// log-sum-exp): a sequence's without keys, and a padded batch's past its queries, so that a
+// padded batch's out and lse need nothing more (a varlen batch's rows in no sequence are stored
+// by attention_padding.cu).
 #include <cuda_runtime.h>
 
 #include <cmath>

@@ -7,8 +7,8 @@
 // entering each exponent's FMA). Keys past k_size are never read: the loop stops at the last
 // tile holding a key, whose missing rows are zero-filled and whose columns past k_size get -inf
 // (the only tile that is masked). Query rows past q_size are zero-filled, computed and not
-// stored; rows left unstored (those, and a sequence without keys) are zeros with a -inf lse,
-// filled first (varlen) or stored by attention_padding.cu (a padded batch).
+// stored; rows left unstored (those, a sequence without keys, and a varlen batch's rows in no
+// sequence) are zeros with a -inf lse, stored by attention_padding.cu.
 //
 // The same kernel serves a query block over many keys split into chunks (KeyChunks): then each
 // CTA walks one chunk of its sequence's keys and leaves its partial result for

@@ -154,7 +154,7 @@ AttentionCall prepare_attention(const at::Tensor& q, const at::Tensor& k, const 
   // The CUDA kernels store every query row of a sequence with keys: without lengths (and with
   // keys) no row is left for attention_store_padding_cuda, whose launch is then skipped.
   call.every_row_written = cuda && !varlen && !q_len && !kv_len && heads > 0 && max_q > 0 && max_k > 0;
-  call.unfilled_outputs = cuda && !varlen;
+  call.unfilled_outputs = cuda;
 
   AttentionParams& p = call.params;
   p.q = call.q.data_ptr();
@@ -231,7 +231,7 @@ AttentionGradCall prepare_attention_backward(const at::Tensor& dout, const at::T
   call.fwd.params.lse = call.fwd.lse.data_ptr<float>();
   call.dout = contiguous_for_kernels(dout.to(q.scalar_type()), cuda);
   // The CUDA backward stores each gradient row of a sequence with queries and keys once (the
-  // binding the rest, where the batch is padded); a dq rounded from a float32 copy
+  // binding the rest); a dq rounded from a float32 copy
   // (dq_written_whole) is stored whole, its empty rows as zeros.
   const auto gradient = [&](const at::Tensor& t) {
     return call.fwd.unfilled_outputs ? at::empty_like(t) : at::zeros_like(t);

@@ -21,8 +21,8 @@ struct AttentionCall {
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;
   at::Tensor q_len, k_len;                         // padded: the lengths given (AttentionParams::q_len)
   bool every_row_written = false;  // the CUDA kernels store all of out, lse and the gradients
-  // A padded batch on CUDA: out, lse and the gradients are allocated unfilled, and the rows the
-  // kernels leave are stored by attention_store_padding_cuda (varlen outputs are filled first).
+  // On CUDA: out, lse and the gradients are allocated unfilled, and the rows the kernels leave are
+  // stored by attention_store_padding_cuda (the CPU's start as zeros and -inf).
   bool unfilled_outputs = false;
   AttentionParams params;
 };

@@ -101,10 +101,11 @@ std::tuple<at::Tensor, at::Tensor> attention_forward_cuda_op(const at::Tensor& q
   const AttentionParams& p = call.params;
   const KeySplit split = attention_key_split(p, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const bool decoding = p.max_q <= kDecodeQueries, wgmma = !decoding && split.chunks == 0 && use_wgmma();
-  // A padded batch's rows without work: stored by the merge of the decoding and split launches,
-  // else by a kernel of their own, which writes those rows only (with kv_len alone, the sequences
-  // without keys) instead of filling out and lse whole first.
-  const bool merged = (decoding || split.chunks > 0) && !p.launches_nothing();
+  // The rows without work: a padded batch's stored by the merge of the decoding and split
+  // launches, else (a varlen batch's always: the merge leaves the rows no sequence holds) by a
+  // kernel of their own ahead of the attention, which writes those rows only (with kv_len alone,
+  // the sequences without keys) instead of filling out and lse whole first.
+  const bool merged = (decoding || split.chunks > 0) && !p.launches_nothing() && p.q_start == nullptr;
   allocate_outputs(call, q, call.unfilled_outputs);
   if (call.unfilled_outputs && !call.every_row_written && !merged)
     attention_store_padding_cuda(p, AttentionPadding{call.out.data_ptr(), call.lse.data_ptr<float>()}, stream());
@@ -147,6 +148,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   add_varlen_descriptors(call.fwd);
   g.fwd = call.fwd.params;  // copied before the descriptors were made (out and lse already set)
   at::Tensor delta = at::empty_like(call.fwd.lse);  // rowsum(dO * O), [heads, q_tokens] float32
+  // ahead of the attention kernels, which write again what it stores of a malformed cu_seqlens's
+  // overlapping sequences
+  if (call.fwd.unfilled_outputs && !call.fwd.every_row_written)
+    attention_store_padding_cuda(
+        g.fwd, AttentionPadding{atomic ? nullptr : call.dq.data_ptr(), nullptr, {call.dk.data_ptr(), call.dv.data_ptr()}},
+        stream());
   if (wgmma) {
 #if DLLM_WITH_WGMMA
     at::Tensor dq_accum;
@@ -157,10 +164,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward_cuda_op(
   } else {
     attention_backward_cuda(g, delta.data_ptr<float>(), stream());
   }
-  if (call.fwd.unfilled_outputs && !call.fwd.every_row_written)
-    attention_store_padding_cuda(
-        g.fwd, AttentionPadding{atomic ? nullptr : call.dq.data_ptr(), nullptr, {call.dk.data_ptr(), call.dv.data_ptr()}},
-        stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {call.dq, call.dk, call.dv};
 }

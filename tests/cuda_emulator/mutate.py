@@ -291,12 +291,17 @@ MUTANTS = [
      "cu_seqlens"),
     (FWD, "  count = n < 0 ? 0 : n > c.max_seqlen ? c.max_seqlen : n;", "  count = n > c.max_seqlen ? c.max_seqlen : n;",
      "cu_seqlens"),
-    # a padded batch's rows without work: a sequence without keys keeping its q_len rows unstored,
-    # one without queries its key gradients; lse stored as 0; neither launch made
-    (PAD, "const int64_t q_first = kn == 0 ? 0 : qn,", "const int64_t q_first = qn,", "attention"),
-    (PAD, "k_first = qn == 0 || p.heads == 0 ? 0 : kn;", "k_first = p.heads == 0 ? 0 : kn;", "attention"),
-    (PAD, "b * p.max_q + q_first + i % rows] = -INFINITY;", "b * p.max_q + q_first + i % rows] = 0.0f;",
-     "rows_without_work"),
+    # the rows without work: a sequence without keys keeping its query rows unstored, one without
+    # queries its key gradients; lse stored as 0; the gaps after sequences, and the rows before the
+    # first, unstored; a varlen batch's decoding or split launch taken as storing every row;
+    # neither launch made
+    (PAD, "p.q_begin(b + 1), kn > 0),", "p.q_begin(b + 1), true),", "attention"),
+    (PAD, "p.k_begin(b + 1), qn > 0 && p.heads > 0),", "p.k_begin(b + 1), p.heads > 0),", "attention"),
+    (PAD, "rows.first + i % n] = -INFINITY;", "rows.first + i % n] = 0.0f;", "rows_without_work"),
+    (PAD, "return worked ? Rows{end, next}", "return worked ? Rows{end, end}", "attention"),
+    (PAD, "Rows{0, b == 0 ? p.q_begin(0) : 0}", "Rows{0, 0}", "varlen_rows_without_work"),
+    (PAD, "Rows{0, b == 0 ? p.k_begin(0) : 0}", "Rows{0, 0}", "varlen_rows_without_work"),
+    (BIND, "!p.launches_nothing() && p.q_start == nullptr;", "!p.launches_nothing();", "varlen_rows_without_work"),
     (BIND, "  if (call.unfilled_outputs && !call.every_row_written && !merged)\n",
      "  if (false)\n", "attention"),
     (BIND, "  if (call.fwd.unfilled_outputs && !call.fwd.every_row_written)\n", "  if (false)\n", "attention"),

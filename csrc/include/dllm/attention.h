@@ -77,19 +77,19 @@ void attention_backward_cpu(const AttentionGradParams& p, int64_t begin, int64_t
 
 // CUDA (head_dim 64 or 128, bfloat16 or float16), asynchronously on `stream` (a cudaStream_t).
 // All pointers are device pointers; q, k, v, out and dout 16-byte aligned. Rows without work are
-// not written: a varlen batch's out and dq / dk / dv are zero-filled and its lse filled with -inf
-// beforehand; a padded batch's are stored by attention_store_padding_cuda instead (but where the
-// merge of a decoding or split launch stores every row, below).
+// not written: attention_store_padding_cuda stores them beforehand (but where the merge of a
+// padded batch's decoding or split launch stores every row, below).
 // `delta` is float32 scratch of lse's shape [heads, q_tokens].
 // The mma.sync forward reads a padded batch's starts and counts from arrays (its 128 registers at
 // D = 64 have no room to work them out): `descriptors`, int64 scratch of
 // attention_descriptor_count(p) elements (none for a varlen p, whose arrays it reads), receives them.
 int64_t attention_descriptor_count(const AttentionParams& p);
-// The outputs of a padded batch (q_start null) whose rows without work attention_store_padding_cuda
-// stores: query rows past q_size, or all of a sequence without keys, as zeros (`queries`: out or
-// dq, [q_tokens, heads, D] contiguous) and -inf (`lse`); key rows past k_size, or all of a
+// The outputs whose rows without work attention_store_padding_cuda stores: query rows no sequence
+// holds (a padded batch's past q_size) or of a sequence without keys, as zeros (`queries`: out or
+// dq, [q_tokens, heads, D] contiguous) and -inf (`lse`); key rows no sequence holds or of a
 // sequence without queries, as zeros (`keys`: dk and dv, [k_tokens, kv_heads, D] contiguous).
-// Any may be null. The rows are those no attention kernel writes, so either may run first.
+// Any may be null. It runs before the attention kernels: where a malformed cu_seqlens makes
+// sequences overlap, it also stores rows that they write.
 struct AttentionPadding {
   void* queries = nullptr;
   float* lse = nullptr;
@@ -125,8 +125,8 @@ void attention_backward_cuda(const AttentionGradParams& g, float* delta, void* s
 // queries over many keys, where one CTA per query tile would leave most SMs idle. Each chunk's
 // unnormalised output and (maximum, sum) go to float32 scratch of
 // attention_chunk_workspace_floats(p, chunks) elements; attention_merge_chunks_cuda merges them
-// into out and lse, storing every row of a padded batch (zeros and -inf where there is no work):
-// its out and lse need no fill, a varlen batch's do. Same contract as attention_forward_cuda otherwise.
+// into out and lse, storing every row of a padded batch (zeros and -inf where there is no work;
+// of a varlen batch, those of its sequences). Same contract as attention_forward_cuda otherwise.
 int64_t attention_chunk_workspace_floats(const AttentionParams& p, int64_t chunks);
 void attention_merge_chunks_cuda(const AttentionParams& p, float* workspace, int64_t chunks, int64_t chunk_keys,
                                  void* stream);
