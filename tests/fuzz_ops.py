@@ -484,13 +484,21 @@ def fuzz_attention(case, EMU, CPU):
             attention_gradients_agree(out, want, (low, cpu_out), (q, k, v), (kv_len, q_len), scale)
             if kv_len is not None:  # the same sequences packed (attention_varlen), forward and backward
                 rows, keys = q_len.tolist(), kv_len.tolist()
-                starts = lambda n: torch.tensor([0, *torch.tensor(n).cumsum(0).tolist()], dtype=torch.int32)  # noqa: E731
-                pack = lambda t, n: torch.cat([t[b, :m] for b, m in enumerate(n)])  # noqa: E731
-                packed = EmulatedAttention.apply(pack(q, rows), pack(k, keys), pack(v, keys), None, None, starts(rows),
-                                                 starts(keys), Sq, Sk, scale)
+                # packed rows that no sequence holds, before the first (cu_seqlens[0] > 0) and after the last
+                lead, tail = case.pick("lead", [0, 0, 2]), case.pick("tail", [0, 0, 3])
+                g = draw_tensor(case)
+                starts = lambda n: torch.tensor([lead, *(lead + torch.tensor(n).cumsum(0)).tolist()], dtype=torch.int32)  # noqa: E731
+                spare = lambda n, t: torch.randn(n, *t.shape[2:], generator=g).to(t.dtype)  # noqa: E731
+                pack = lambda t, n: torch.cat([spare(lead, t), *(t[b, :m] for b, m in enumerate(n)), spare(tail, t)])  # noqa: E731
+                inputs = pack(q, rows), pack(k, keys), pack(v, keys)
+                packed = EmulatedAttention.apply(*inputs, None, None, starts(rows), starts(keys), Sq, Sk, scale)
+                grads = torch.autograd.grad(packed, inputs, torch.randn(packed.shape, generator=g).to(packed),
+                                            retain_graph=True)
+                outside = lambda t: torch.cat([t[:lead], t[len(t) - tail:]])  # noqa: E731
+                assert all(outside(t).eq(0).all() for t in (packed, *grads)), "rows of no sequence are not zero"
                 # back in the padded layout, zeros past q_len as the reference has them
                 unpacked = torch.stack([torch.cat([part, part.new_zeros(Sq - n, H, D)])
-                                        for part, n in zip(packed.split(rows), rows)])
+                                        for part, n in zip(packed[lead:len(packed) - tail].split(rows), rows)])
                 check(unpacked, want, low, 2, "packed out")
                 attention_gradients_agree(unpacked, want, (low, cpu_out), (q, k, v), (kv_len, q_len), scale)
         except AssertionError as e:
