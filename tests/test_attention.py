@@ -147,6 +147,17 @@ def test_varlen_equals_padded(device, D):
     assert torch.equal(gq, gq_padded)
 
 
+def test_varlen_rows_past_the_last_sequence_are_zero(device):
+    """Packed rows after cu_seqlens[-1] (a buffer sized for more tokens than this batch holds) are in
+    no sequence: zeros in the output and in all three gradients."""
+    q, k, v = (t[0].detach().requires_grad_() for t in inputs(1, 20, 24, 4, 2, 64, torch.bfloat16, device, seed=2))
+    cu_q, cu_k = (torch.tensor(cu, dtype=torch.int32, device=device) for cu in ([0, 6, 15], [0, 10, 21]))
+    out = dllm.ops.attention_varlen(q, k, v, cu_q, cu_k, 9, 11)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+    assert out[15:].eq(0).all() and dq[15:].eq(0).all() and dk[21:].eq(0).all() and dv[21:].eq(0).all()
+    assert out[:15].ne(0).any(-1).all() and dv[:21].ne(0).any(-1).all()
+
+
 def copies_made(fn) -> set[str]:
     """The copy ops that fn dispatches (inside dllm's ops too)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
