@@ -1208,8 +1208,9 @@ def test_attention_varlen_rows_without_work_are_stored_as_zeros_and_minus_inf(em
     """A varlen batch's outputs start unfilled too (poisoned here): query rows before the first
     sequence, past one clamped to max_seqlen_q, after the last, and of a sequence without keys come
     out as zeros (lse -inf); key gradient rows before the first sequence, of one without queries
-    and after the last as zeros; the rest against float64. A sequence lying in an earlier one's gap (cu_seqlens_q
-    decreasing) keeps its attention: the gaps are stored before the attention kernels run."""
+    and after the last as zeros; the rest against float64. A sequence lying in an earlier one's
+    gap (cu_seqlens_q decreasing) keeps its attention: the gaps are stored before the attention
+    kernels run."""
     H, Hkv, D, scale = 4, 2, 64, 0.125
     cu_q = torch.tensor([2, n + 5, 2 * n + 5, n + 3, n + 5])  # 0: n + 3 rows, clamped to n; 2: none; 3: in 0's gap
     cu_k = torch.tensor([1, 301, 301, 331, 361])  # 1: no keys
@@ -1220,7 +1221,10 @@ def test_attention_varlen_rows_without_work_are_stored_as_zeros_and_minus_inf(em
     worked = [b for b, ((_, qn), (_, kn)) in enumerate(zip(q_ranges, k_ranges)) if qn and kn]
     assert worked == [0, 3]
     q_rows, k_rows = ([torch.arange(s, s + c) for s, c in (ranges[b] for b in worked)] for ranges in (q_ranges, k_ranges))
-    pad = lambda t, rows, S: torch.stack([torch.cat([t[r], t.new_zeros(S - len(r), *t.shape[1:])]) for r in rows])  # noqa: E731
+
+    def pad(t, rows, S):  # the worked sequences' rows, [len(rows), S, heads, D]
+        return torch.stack([torch.cat([t[r], t.new_zeros(S - len(r), *t.shape[1:])]) for r in rows])
+
     q_len, kv_len = (torch.tensor([len(r) for r in rows]) for rows in (q_rows, k_rows))
 
     def reference(upcast):  # the worked sequences' attention in their packed rows, zeros elsewhere
@@ -1233,14 +1237,15 @@ def test_attention_varlen_rows_without_work_are_stored_as_zeros_and_minus_inf(em
     idle_q, idle_k = torch.ones(len(q), dtype=torch.bool), torch.ones(len(k), dtype=torch.bool)
     idle_q[torch.cat(q_rows)], idle_k[torch.cat(k_rows)] = False, False
     assert (out[idle_q] == 0).all() and out[~idle_q].ne(0).any(-1).all()
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen(3)).to(out), retain_graph=True)
+    grad_out = torch.randn(out.shape, generator=gen(3)).to(out)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out, retain_graph=True)
     assert (dq[idle_q] == 0).all() and (dk[idle_k] == 0).all() and (dv[idle_k] == 0).all()
     assert dq[~idle_q].ne(0).any(-1).all() and dv[~idle_k].ne(0).any(-1).all()
     check(out, reference(True), reference(False), 2, "out")
     check_gradients(out, reference(True), reference(False), (q, k, v))
     _, lse = emulated(emulator, EMU.attention_forward, q.detach(), k.detach(), v.detach(), None, None, cu_q, cu_k, n,
                       300, scale)
-    want = lse_reference(pad(q.detach(), q_rows, n), pad(k.detach(), k_rows, 300), kv_len, scale).view(H, len(worked), n)
+    want = lse_reference(pad(q.detach(), q_rows, n), pad(k.detach(), k_rows, 300), kv_len, scale).view(H, -1, n)
     want = torch.cat([want[:, i, :len(r)] for i, r in enumerate(q_rows)], 1)
     torch.testing.assert_close(lse[:, ~idle_q].double(), want, rtol=1e-5, atol=1e-5)
     assert lse[:, idle_q].eq(-torch.inf).all()
